@@ -1,0 +1,5 @@
+"""Entry point for `python -m l4lb`."""
+
+from l4lb.cli import main
+
+main()

@@ -1,0 +1,97 @@
+"""The validated configuration: frozen dataclasses, produced only by l4lb.config.load.
+
+Every value here has been checked; code that receives a Config never re-validates it.
+Durations are float seconds. Addresses keep the text the user wrote (`text`) because the CLI and
+the control API show a backend exactly as it is written in the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+Protocol = Literal["tcp", "udp"]
+Scheduler = Literal[
+    "round_robin", "weighted_round_robin", "least_conn", "random_two", "source_hash", "maglev"
+]
+HashKey = Literal["src_ip", "src_ip_port"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+
+SCHEDULERS: tuple[Scheduler, ...] = (
+    "round_robin", "weighted_round_robin", "least_conn", "random_two", "source_hash", "maglev",
+)
+HASH_KEYS: tuple[HashKey, ...] = ("src_ip", "src_ip_port")
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """An IP address and port, e.g. `127.0.0.1:9001` or `[::1]:9001`."""
+
+    host: str  # canonical address text (ipaddress module form, no brackets)
+    port: int  # 1..65535 (listen addresses may not use 0 either)
+    text: str = field(compare=False, default="")  # as written in the file
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return ipaddress.ip_address(self.host).version
+
+    @property
+    def packed(self) -> bytes:
+        """The address in network order, 4 or 16 bytes."""
+        return ipaddress.ip_address(self.host).packed
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family == 6 else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One `[[services.backends]]` entry."""
+
+    address: Endpoint
+    name: str  # optional `name` key; defaults to the address text
+    weight: int = 1  # 1..256 in the file (0 only through the runtime API)
+    max_connections: int = 0  # 0 = unlimited
+    backup: bool = False
+
+
+@dataclass(frozen=True)
+class Service:
+    """One `[[services]]` entry."""
+
+    name: str
+    protocol: Protocol
+    listen: tuple[Endpoint, ...]
+    backends: tuple[Backend, ...]
+    scheduler: Scheduler = "round_robin"
+    hash_key: HashKey = "src_ip"
+    connect_timeout: float = 3.0
+    idle_timeout: float = 300.0
+    retries: int = 2
+    max_connections: int = 0
+    maglev_table_size: int = 65537  # prime
+
+
+@dataclass(frozen=True)
+class GlobalSettings:
+    """The `[global]` table."""
+
+    workers: int = 0  # 0 = one per CPU
+    control_socket: str = "/run/l4lb/l4lb.sock"
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    hash_seed: int = 0  # seed of the flow hash; equal on both nodes of a pair
+    shutdown_timeout: float = 30.0  # graceful drain on SIGTERM before the rest are closed
+    listen_backlog: int = 4096
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated configuration file."""
+
+    path: str  # file it came from ("<demo>" for the embedded default)
+    global_: GlobalSettings
+    services: tuple[Service, ...]

@@ -1,0 +1,107 @@
+"""Choose the data plane: the compiled C module, or the pure-Python reference when asked for.
+
+Both implement the `DataplaneAPI` protocol below; it is the whole boundary between the planes.
+What crosses it is data only: listener fds, table blobs (docs/forwarding-table.md), and
+snapshots of counters and sessions. No Python callback ever runs on a data-plane thread.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+NO_EXTENSIONS_ENV = "L4LB_NO_EXTENSIONS"
+
+
+class DataplaneUnavailable(RuntimeError):
+    """The compiled data plane is missing and the reference one was not asked for."""
+
+
+class DataplaneAPI(Protocol):
+    """What `l4lb._dataplane.Dataplane` and `l4lb.refdp.Dataplane` both provide.
+
+    Construction: `Dataplane(workers: int)` with workers >= 1. Nothing runs until `start()`.
+
+    stats() returns:
+        {"generation": int,
+         "services": {service_id: {"conns_total", "conns_active", "rejected", "no_backend",
+                                   "bytes_to_backend", "bytes_to_client", "accept_errors"}},
+         "backends": {backend_id: {"conns_total", "conns_active", "connect_failures",
+                                   "bytes_to_backend", "bytes_to_client"}}}
+    with every value an int; ids that never saw traffic may be absent.
+
+    sessions() returns a list of dicts, one per open TCP session:
+        {"service_id": int, "backend_id": int (-1 while none is chosen),
+         "client": (host: str, port: int), "started": float (unix time),
+         "bytes_to_backend": int, "bytes_to_client": int,
+         "state": "connecting" | "established" | "half_closed"}
+    """
+
+    workers: int
+
+    def start(self) -> None:
+        """Start the worker threads (each with its own poller)."""
+
+    def add_listener(self, service_id: int, fd: int, worker: int) -> None:
+        """Give a bound, listening, nonblocking socket to one worker.
+
+        The caller keeps ownership of the fd and must not close it before remove_listener().
+        """
+
+    def remove_listener(self, fd: int) -> None:
+        """Stop accepting on fd; when this returns no worker polls it any more."""
+
+    def publish(self, blob: bytes) -> int:
+        """Validate and swap in a new forwarding table; returns its generation (1, 2, ...).
+
+        Raises ValueError naming the first bad field; the old table then stays live.
+        """
+
+    @property
+    def generation(self) -> int:
+        """Generation of the live table, 0 before the first publish."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counter snapshot summed over all workers (see the class docstring)."""
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Snapshot of the open sessions (see the class docstring)."""
+
+    def stop(self, timeout: float) -> None:
+        """Stop accepting, let sessions finish for up to `timeout` seconds, close the rest,
+        join the workers. Idempotent."""
+
+
+def reference_requested() -> bool:
+    """True when L4LB_NO_EXTENSIONS asks for the pure-Python reference data plane."""
+    return os.environ.get(NO_EXTENSIONS_ENV, "") not in ("", "0")
+
+
+def compiled_available() -> bool:
+    """True when the C extension was built and imports."""
+    try:
+        from l4lb import _dataplane  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_dataplane_class() -> type[Any]:
+    """Return the Dataplane class to use; never falls back silently.
+
+    Raises DataplaneUnavailable with one line saying how to build the extension when the C module
+    is missing and L4LB_NO_EXTENSIONS is not set.
+    """
+    if reference_requested():
+        from l4lb.refdp import Dataplane as RefDataplane
+
+        return RefDataplane
+    try:
+        from l4lb._dataplane import Dataplane as CDataplane
+    except ImportError as exc:
+        raise DataplaneUnavailable(
+            "the compiled data plane l4lb._dataplane is not built "
+            f"({exc}); build it with `pip install .` (needs gcc, Python headers and Cython 3), "
+            f"or set {NO_EXTENSIONS_ENV}=1 to run the slow pure-Python reference"
+        ) from exc
+    return CDataplane

@@ -1,0 +1,132 @@
+/* table.h: the forwarding table (parse + validate), flow hash, Maglev fill and schedulers.
+ *
+ * Pure functions only: no I/O, no threads, no Python headers. The binary layout, the hash and
+ * every scheduler are specified in docs/forwarding-table.md; l4lb/table/ holds the Python twins
+ * and one test suite checks that both agree. All functions return 0 or -errno.
+ */
+#ifndef L4LB_TABLE_H
+#define L4LB_TABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdatomic.h>
+
+#define DP_TABLE_MAGIC "L4LB"
+#define DP_TABLE_VERSION 1
+#define DP_MAX_SERVICES 1024u
+#define DP_MAX_BACKENDS 65536u
+#define DP_MAX_WEIGHT 256u
+
+enum dp_proto { DP_PROTO_TCP = 0, DP_PROTO_UDP = 1 };
+enum dp_sched {
+    DP_SCHED_RR = 0,          /* round_robin */
+    DP_SCHED_WRR = 1,         /* weighted_round_robin (smooth, nginx-style) */
+    DP_SCHED_LC = 2,          /* least_conn (weighted) */
+    DP_SCHED_RANDOM2 = 3,     /* random_two (power of two choices) */
+    DP_SCHED_SRCHASH = 4,     /* source_hash */
+    DP_SCHED_MAGLEV = 5,      /* maglev */
+};
+enum dp_hash_key { DP_HASH_SRC_IP = 0, DP_HASH_SRC_IP_PORT = 1 };
+
+/* One service, decoded from its 48-byte record. */
+struct dp_service {
+    uint32_t service_id;          /* stable dense id, index of per-service counters */
+    uint8_t protocol;             /* enum dp_proto */
+    uint8_t scheduler;            /* enum dp_sched */
+    uint8_t hash_key;             /* enum dp_hash_key */
+    uint32_t connect_timeout_ms;  /* connect deadline per attempt, > 0 */
+    uint32_t idle_timeout_ms;     /* 0 = no idle timeout */
+    uint32_t retries;             /* other backends tried after a failed connect */
+    uint32_t max_connections;     /* 0 = unlimited, all workers together */
+    uint32_t backend_first;       /* index of first backend in dp_table.backends */
+    uint32_t backend_count;       /* number of backends of this service */
+    uint32_t ring_first;          /* index of first entry in dp_table.ring */
+    uint32_t ring_size;           /* maglev M / source_hash sum of weights / 0 */
+};
+
+/* One backend, decoded from its 40-byte record. */
+struct dp_backend {
+    uint32_t backend_id;          /* stable dense id, index of per-backend counters */
+    uint8_t family;               /* 4 or 6 */
+    uint8_t flags;                /* bit 0: backup (informational) */
+    uint16_t port;                /* host byte order, 1..65535 */
+    uint8_t addr[16];             /* network byte order; IPv4 in the first 4 bytes */
+    uint32_t weight;              /* 0 = not eligible for new connections */
+    uint32_t max_connections;     /* 0 = unlimited */
+};
+
+/* A validated, immutable table. Built once by dp_table_parse(), never modified after. */
+struct dp_table {
+    uint64_t generation;          /* set by the publisher, 0 until published */
+    uint32_t hash_seed;           /* seed of the flow hash */
+    uint32_t n_services;          /* entries in services[] */
+    uint32_t n_backends;          /* entries in backends[] */
+    uint32_t n_ring;              /* entries in ring[] */
+    struct dp_service *services;  /* n_services decoded records */
+    struct dp_backend *backends;  /* n_backends decoded records */
+    uint32_t *ring;               /* n_ring entries, relative backend indexes */
+    int16_t by_service_id[DP_MAX_SERVICES]; /* service_id -> index in services[], -1 if absent */
+    uint8_t digest[32];           /* SHA-256 of the blob, computed by the caller, may stay zero */
+};
+
+/* Decode and validate a blob (docs/forwarding-table.md). On success *out owns a new table.
+ * On failure returns -EINVAL and writes a one-line reason naming the field into err. */
+int dp_table_parse(const uint8_t *blob, size_t len, struct dp_table **out, char *err, size_t errlen);
+void dp_table_free(struct dp_table *t);
+
+/* Service record by stable id, NULL if the table has no such service. */
+const struct dp_service *dp_table_service(const struct dp_table *t, uint32_t service_id);
+
+/* Flow hash (FNV-1a 64 + splitmix64 finaliser), see the docs. */
+uint64_t dp_hash64(uint32_t seed, const uint8_t *data, size_t len);
+/* Flow hash of a client address: family 4/6, addr 16 bytes (network order), port host order. */
+uint64_t dp_flow_hash(uint32_t seed, uint8_t family, const uint8_t addr[16], uint16_t port,
+                      uint8_t hash_key);
+
+/* Maglev fill. backends[] are the service's backends in canonical order (weight 0 = skipped).
+ * Writes m entries (relative backend indexes) into ring. m must be prime and >= the number of
+ * eligible backends; returns -EINVAL otherwise, -ENOENT when no backend is eligible, -ENOMEM. */
+int maglev_fill(uint32_t hash_seed, const struct dp_backend *backends, uint32_t n,
+                uint32_t m, uint32_t *ring);
+
+/* 1 when m is prime, else 0 (trial division, at most 32768 steps). */
+int maglev_is_prime(uint32_t m);
+
+/* Length of a backend's Maglev key: family (1) + addr (16) + port (2, big-endian). */
+#define MAGLEV_KEY_LEN 19
+/* Write the Maglev key of one backend. */
+void maglev_backend_key(const struct dp_backend *b, uint8_t key[MAGLEV_KEY_LEN]);
+
+/* Scheduler state shared by all workers; lives as long as the data plane, survives table swaps. */
+struct sched_shared {
+    _Atomic uint32_t rr_next[DP_MAX_SERVICES];  /* round-robin counter per service id */
+    _Atomic int32_t active[DP_MAX_BACKENDS];    /* open sessions per backend id, all workers */
+    _Atomic int32_t svc_active[DP_MAX_SERVICES]; /* open sessions per service id, all workers */
+};
+
+/* Scheduler state private to one worker. */
+struct sched_worker {
+    int64_t wrr_current[DP_MAX_BACKENDS];       /* smooth WRR "current weight" per backend id */
+    uint64_t rng;                               /* xorshift64* state, never 0 */
+};
+
+/* Reset shared scheduler state: all counters 0. */
+void sched_shared_init(struct sched_shared *sh);
+/* Reset one worker's scheduler state: WRR currents 0, PRNG seeded with seed (0 is replaced by a
+ * fixed non-zero constant, SCHED_RNG_DEFAULT, because xorshift never leaves 0). */
+void sched_worker_init(struct sched_worker *w, uint64_t seed);
+#define SCHED_RNG_DEFAULT 0x9E3779B97F4A7C15ull
+/* Advance a worker's xorshift64* PRNG and return the next 64-bit output. */
+uint64_t sched_rng_next(struct sched_worker *w);
+
+/* Pick a backend for a new session (or a retry). tried[0..n_tried) are ABSOLUTE backend indexes
+ * (into t->backends) already attempted for this session; they are excluded. *slot is in/out: on a
+ * retry (n_tried > 0) of a hashing scheduler it holds the ring slot of the previous attempt and
+ * the walk starts after it; on return it holds the slot used (0 for non-hashing schedulers).
+ * On success *out is an absolute backend index.
+ * Returns 0, or -ENOENT when no eligible backend is left. Does not touch the active counters. */
+int sched_pick(const struct dp_table *t, const struct dp_service *svc, struct sched_shared *sh,
+               struct sched_worker *w, uint64_t flow_hash, const uint32_t *tried, uint32_t n_tried,
+               uint32_t *slot, uint32_t *out);
+
+#endif
