@@ -1,0 +1,99 @@
+"""Create the listening sockets the data plane accepts on: one SO_REUSEPORT socket per worker.
+
+Python owns the sockets (and closes them); the data plane only polls their fds. Before the
+per-worker sockets are bound, a probe socket WITHOUT SO_REUSEPORT is bound to the same address and
+closed at once: SO_REUSEPORT would otherwise let a second l4lb (same user) silently share the
+port, and an operator expects "address already in use" instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from dataclasses import dataclass
+
+from l4lb.config.model import Endpoint
+
+IP_FREEBIND = 15  # linux/in.h: bind to an address not (yet) on this host (VIPs on the standby)
+IPV6_FREEBIND = 78  # linux/in6.h: the same for IPv6 sockets
+
+
+class ListenError(OSError):
+    """A listen address could not be bound; str() is one line naming address and OS error."""
+
+
+@dataclass
+class ListenerGroup:
+    """All per-worker sockets of one listen address of one service."""
+
+    service: str  # service name
+    endpoint: Endpoint  # the address as configured
+    sockets: list[socket.socket]  # one per worker, index = worker number
+
+    def close(self) -> None:
+        """Close every socket of the group (call only after the data plane released them)."""
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+
+
+def _new_socket(endpoint: Endpoint, reuseport: bool) -> socket.socket:
+    family = socket.AF_INET6 if endpoint.family == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # "[::]:80" means IPv6 only; "0.0.0.0:80" is its own listener.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.bind((endpoint.host, endpoint.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _describe(service: str, endpoint: Endpoint, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    code = errno.errorcode.get(exc.errno or 0, "")
+    suffix = f" ({code})" if code else ""
+    return f"service {service!r}: cannot listen on {endpoint}: {reason}{suffix}"
+
+
+def open_listeners(service: str, endpoint: Endpoint, workers: int, backlog: int) -> ListenerGroup:
+    """Bind and listen `workers` nonblocking SO_REUSEPORT sockets on endpoint.
+
+    Raises ListenError with a one-line message when the address cannot be bound.
+    """
+    try:
+        probe = _new_socket(endpoint, reuseport=False)
+        probe.close()
+    except OSError as exc:
+        raise ListenError(exc.errno or 0, _describe(service, endpoint, exc)) from exc
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(workers):
+            sock = _new_socket(endpoint, reuseport=True)
+            sock.listen(backlog)
+            sock.setblocking(False)
+            sockets.append(sock)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ListenError(exc.errno or 0, _describe(service, endpoint, exc)) from exc
+    return ListenerGroup(service=service, endpoint=endpoint, sockets=sockets)
+
+
+def resolve_workers(configured: int) -> int:
+    """0 means one worker per CPU this process may run on."""
+    if configured > 0:
+        return configured
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
