@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# test.sh: build l4lb and run the whole test suite (the README's test command; .ci/run calls it).
+# Arguments are passed to pytest (e.g. -k maglev, -x).
+set -euo pipefail
+L4LB_EXTRAS=test
+export L4LB_EXTRAS
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+cd "$l4lb_root"
+echo "test: $("$VENV_PY" -m l4lb version | tr '\n' ' ')"
+set +e
+timeout --signal=INT 2400 "$VENV_PY" -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then
+    echo "test: error: pytest collected no tests" >&2
+    exit 1
+fi
+exit "$rc"
