@@ -1,0 +1,69 @@
+"""Format control-API results as aligned text tables for the CLI (JSON output bypasses this)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces; numbers right-aligned."""
+    cells = [[str(c) for c in headers]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(row[i], int | float) and not isinstance(row[i], bool)
+                   for row in rows) and bool(rows) for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        parts = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric,
+                                                                          strict=True)]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5K' (powers of 1024)."""
+    size = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if size < 1024 or unit == "T":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{n}B"
+
+
+BACKEND_HEADERS = ("BACKEND", "NAME", "STATE", "WEIGHT", "EFF", "ACTIVE", "TOTAL", "FAILS",
+                   "TO-BACKEND", "TO-CLIENT")
+
+
+def backend_rows(backends: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for b in backends:
+        name = b["name"] if b["name"] != b["address"] else "-"
+        state = b["state"] + (" (backup)" if b.get("backup") else "")
+        rows.append([b["address"], name, state, b["weight"], b["effective_weight"],
+                     b["conns_active"], b["conns_total"], b["connect_failures"],
+                     human_bytes(b["bytes_to_backend"]), human_bytes(b["bytes_to_client"])])
+    return rows
+
+
+def status_text(status: dict[str, Any]) -> str:
+    out = [f"l4lb {status['version']}  pid {status['pid']}  workers {status['workers']}  "
+           f"config {status['config']}",
+           f"table generation {status['table']['generation']}  digest "
+           f"{status['table']['digest']}"]
+    for svc in status["services"]:
+        c = svc["counters"]
+        out.append("")
+        out.append(f"service {svc['name']} ({svc['protocol']}, {svc['scheduler']}) listening on "
+                   f"{', '.join(svc['listen'])}")
+        out.append(f"  connections {c.get('conns_active', 0)} active, {c.get('conns_total', 0)} "
+                   f"total, {c.get('rejected', 0)} rejected, {c.get('no_backend', 0)} without "
+                   f"backend")
+        out.append("  " + table(BACKEND_HEADERS, backend_rows(svc["backends"]))
+                   .replace("\n", "\n  "))
+    return "\n".join(out)
