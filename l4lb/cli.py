@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from l4lb import __version__
-from l4lb.config import ConfigError, load_file
+from l4lb.config import Config, ConfigError, load_file
+from l4lb.control import ControlError, request
+from l4lb.display import BACKEND_HEADERS, backend_rows, human_bytes, status_text, table
 from l4lb.dataplane import DataplaneUnavailable, compiled_available, reference_requested
 from l4lb.logs import LEVELS, setup_logging
 from l4lb.net.listen import ListenError
@@ -31,7 +37,7 @@ def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> No
     ctx.obj = {"log_level": log_level, "log_format": log_format}
 
 
-def _load_or_exit(path: str) -> object:
+def _load_or_exit(path: str) -> Config:
     try:
         return load_file(path)
     except ConfigError as exc:
@@ -48,9 +54,6 @@ def _load_or_exit(path: str) -> object:
 def check(path: str) -> None:
     """Validate a configuration file; exit 0 when it is valid, 1 with every problem when not."""
     config = _load_or_exit(path)
-    from l4lb.config.model import Config
-
-    assert isinstance(config, Config)
     n_backends = sum(len(s.backends) for s in config.services)
     click.echo(f"{path}: ok ({len(config.services)} service(s), {n_backends} backend(s))")
 
@@ -61,11 +64,9 @@ def check(path: str) -> None:
 @click.pass_context
 def run(ctx: click.Context, path: str) -> None:
     """Run the balancer in the foreground (logs to stderr). SIGTERM drains, SIGINT stops."""
-    from l4lb.config.model import Config
     from l4lb.daemon import EXIT_DATAPLANE, EXIT_LISTEN, Daemon, serve
 
     config = _load_or_exit(path)
-    assert isinstance(config, Config)
     setup_logging(ctx.obj["log_level"] or config.global_.log_level,
                   ctx.obj["log_format"] or config.global_.log_format)
     daemon = Daemon(config)
@@ -80,7 +81,15 @@ def run(ctx: click.Context, path: str) -> None:
     if reference_requested():
         log.warning("daemon: running the pure-Python reference data plane "
                     "(L4LB_NO_EXTENSIONS is set): for tests, not for traffic")
-    sys.exit(asyncio.run(serve(daemon)))
+    try:
+        code = asyncio.run(serve(daemon, control_path=config.global_.control_socket))
+    except (ControlError, OSError) as exc:
+        daemon.stop(0.0)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        click.echo(f"l4lb: error: control socket {config.global_.control_socket}: {reason}",
+                   err=True)
+        sys.exit(EXIT_LISTEN)
+    sys.exit(code)
 
 
 @cli.command()
@@ -129,3 +138,98 @@ def version() -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="l4lb")
+
+
+# ---- clients of the control socket (docs/control-api.md) ----
+
+def _socket_options(fn: Any) -> Any:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON result.")(fn)
+    fn = click.option("--socket", "socket_path", type=click.Path(dir_okay=False), default=None,
+                      help="Control socket path (default: [global] control_socket of -c FILE).")(fn)
+    fn = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+                      default=None, help="Configuration file whose control socket to use.")(fn)
+    return fn
+
+
+def _call(config_path: str | None, socket_path: str | None, cmd: str, **args: Any) -> Any:
+    if socket_path is None:
+        if config_path is None:
+            from l4lb.config.model import GlobalSettings
+
+            socket_path = GlobalSettings().control_socket
+        else:
+            socket_path = _load_or_exit(config_path).global_.control_socket
+    try:
+        return request(socket_path, cmd, **args)
+    except ControlError as exc:
+        click.echo(f"l4lb: error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _emit(result: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(result, indent=2) if as_json else text(result))
+
+
+@cli.command()
+@_socket_options
+def status(config_path: str | None, socket_path: str | None, as_json: bool) -> None:
+    """Services, listeners, backends (state, weight, sessions, bytes), table generation/digest."""
+    _emit(_call(config_path, socket_path, "status"), as_json, status_text)
+
+
+@cli.command()
+@click.argument("service")
+@_socket_options
+def backends(service: str, config_path: str | None, socket_path: str | None,
+             as_json: bool) -> None:
+    """Backends of SERVICE with state and counters."""
+    _emit(_call(config_path, socket_path, "backends", service=service), as_json,
+          lambda r: table(BACKEND_HEADERS, backend_rows(r)))
+
+
+@cli.command()
+@click.argument("service", required=False, default="")
+@click.option("--backend", default="", help="Only sessions of this backend (address or name).")
+@_socket_options
+def sessions(service: str, backend: str, config_path: str | None, socket_path: str | None,
+             as_json: bool) -> None:
+    """Open sessions (of SERVICE, of one --backend)."""
+    result = _call(config_path, socket_path, "sessions", service=service, backend=backend)
+    _emit(result, as_json, lambda r: table(
+        ("SERVICE", "CLIENT", "BACKEND", "STATE", "AGE", "TO-BACKEND", "TO-CLIENT"),
+        [[s["service"], s["client"], s["backend"] or "-", s["state"],
+          f"{max(0.0, time.time() - s['started']):.0f}s", human_bytes(s["bytes_to_backend"]),
+          human_bytes(s["bytes_to_client"])] for s in r]))
+
+
+def _change_text(r: dict[str, Any]) -> str:
+    return (f"{r['service']}/{r['backend']}: state {r['state']}, weight {r['weight']} "
+            f"(table generation {r['generation']})")
+
+
+def _admin_command(name: str, doc: str) -> None:
+    @cli.command(name=name, help=doc)
+    @click.argument("service")
+    @click.argument("backend")
+    @_socket_options
+    def command(service: str, backend: str, config_path: str | None, socket_path: str | None,
+                as_json: bool) -> None:
+        _emit(_call(config_path, socket_path, name, service=service, backend=backend), as_json,
+              _change_text)
+
+
+_admin_command("enable", "Put BACKEND of SERVICE back in service (clears drain and maintenance).")
+_admin_command("disable", "Put BACKEND of SERVICE in maintenance: no new sessions.")
+_admin_command("drain", "Drain BACKEND of SERVICE: no new sessions; open ones continue.")
+
+
+@cli.command()
+@click.argument("service")
+@click.argument("backend")
+@click.argument("weight", type=click.IntRange(0, 256))
+@_socket_options
+def weight(service: str, backend: str, weight: int, config_path: str | None,
+           socket_path: str | None, as_json: bool) -> None:
+    """Set the weight (0..256) of BACKEND of SERVICE at run time."""
+    _emit(_call(config_path, socket_path, "weight", service=service, backend=backend,
+                weight=weight), as_json, _change_text)

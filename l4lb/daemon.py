@@ -14,14 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from l4lb import __version__
 from l4lb.config.model import Config
+from l4lb.control import ControlError, ControlServer
 from l4lb.dataplane import load_dataplane_class
 from l4lb.net.listen import ListenerGroup, open_listeners, resolve_workers
+from l4lb.state import Runtime, StateError, address_text
+from l4lb.table.blob import digest
 from l4lb.table.builder import TableBuilder
 
 log = logging.getLogger("l4lb")
@@ -36,11 +42,15 @@ EXIT_DATAPLANE = 4
 
 @dataclass
 class BackendView:
-    """One backend with its counters, for display (demo line, later the control API)."""
+    """One backend with its state and counters, for display (demo line, control API)."""
 
     service: str  # service name
     address: str  # as written in the file
     name: str  # backend name (defaults to the address)
+    state: str = "up"  # up | down | drain | maint
+    weight: int = 0  # current weight (file or runtime)
+    effective_weight: int = 0  # weight new sessions see (0 when not up, or an idle backup)
+    backup: bool = False
     conns_total: int = 0
     conns_active: int = 0
     connect_failures: int = 0
@@ -57,7 +67,10 @@ class Daemon:
     dp: Any = None  # the Dataplane instance (C or reference)
     builder: TableBuilder = field(default_factory=TableBuilder)
     listeners: list[ListenerGroup] = field(default_factory=list)
+    runtime: Runtime = field(default_factory=Runtime)  # admin state and weights per backend
     digest: str = ""  # digest of the live table
+    generation: int = 0  # generation of the live table
+    started: float = field(default_factory=time.time)  # unix time of start()
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -65,6 +78,7 @@ class Daemon:
         Raises DataplaneUnavailable or ListenError; on error everything started is undone.
         """
         dp_class = load_dataplane_class()
+        self.runtime = Runtime.from_config(self.config)
         self.workers = resolve_workers(self.config.global_.workers)
         self.dp = dp_class(self.workers)
         try:
@@ -86,23 +100,30 @@ class Daemon:
             raise
 
     def _publish(self) -> None:
-        from l4lb.table.blob import digest
-
-        blob = self.builder.build(self.config)
-        generation = self.dp.publish(blob)
+        blob = self.builder.build(self.config, self.runtime.effective_weights())
+        self.generation = self.dp.publish(blob)
         self.digest = digest(blob)
-        log.info("table: generation %d published (digest %s, %d services)", generation,
+        log.info("table: generation %d published (digest %s, %d services)", self.generation,
                  self.digest, len(self.config.services))
 
-    def backend_views(self) -> list[BackendView]:
-        """Backends of every service in file order, with their counters."""
+    def backend_views(self, service_name: str | None = None) -> list[BackendView]:
+        """Backends of every service (or one) in file order, with state and counters."""
         stats = self.dp.stats() if self.dp is not None else {"backends": {}}
         ids = self.builder.backend_ids()
         views: list[BackendView] = []
         for service in self.config.services:
+            if service_name is not None and service.name != service_name:
+                continue
+            primary_up = any(self.runtime.backends[(service.name, address_text(b))]
+                             .effective_weight() > 0 for b in service.backends if not b.backup)
             for backend in service.backends:
-                view = BackendView(service.name, backend.address.text or str(backend.address),
-                                   backend.name)
+                rt = self.runtime.backends[(service.name, address_text(backend))]
+                effective = rt.effective_weight()
+                if rt.backup and primary_up:
+                    effective = 0
+                view = BackendView(service.name, rt.address, backend.name, state=rt.state,
+                                   weight=rt.weight, effective_weight=effective,
+                                   backup=rt.backup)
                 bid = ids.get((service.name, view.address))
                 counters = stats["backends"].get(bid, {}) if bid is not None else {}
                 for key in ("conns_total", "conns_active", "connect_failures",
@@ -110,6 +131,100 @@ class Daemon:
                     setattr(view, key, int(counters.get(key, 0)))
                 views.append(view)
         return views
+
+    # ---- control API commands (docs/control-api.md) ----
+
+    def commands(self) -> dict[str, Callable[..., Any]]:
+        """The control socket's commands."""
+        return {"status": self.cmd_status, "backends": self.cmd_backends,
+                "sessions": self.cmd_sessions, "enable": self.cmd_enable,
+                "disable": self.cmd_disable, "drain": self.cmd_drain, "weight": self.cmd_weight}
+
+    def cmd_status(self) -> dict[str, Any]:
+        services = []
+        stats = self.dp.stats() if self.dp is not None else {"services": {}}
+        sids = self.builder.service_ids()
+        for service in self.config.services:
+            counters = stats["services"].get(sids.get(service.name), {})
+            services.append({
+                "name": service.name, "protocol": service.protocol,
+                "scheduler": service.scheduler,
+                "listen": [e.text or str(e) for e in service.listen],
+                "counters": {k: int(v) for k, v in counters.items()},
+                "backends": [asdict(v) for v in self.backend_views(service.name)],
+            })
+        return {"version": __version__, "pid": os.getpid(), "config": self.config.path,
+                "started": self.started, "workers": self.workers,
+                "table": {"generation": self.generation, "digest": self.digest},
+                "services": services}
+
+    def _service_known(self, service: str) -> None:
+        if service not in {s.name for s in self.config.services}:
+            names = ", ".join(s.name for s in self.config.services)
+            raise ControlError(f"no service named {service!r} (services: {names})")
+
+    def cmd_backends(self, service: str) -> list[dict[str, Any]]:
+        self._service_known(service)
+        return [asdict(v) for v in self.backend_views(service)]
+
+    def cmd_sessions(self, service: str = "", backend: str = "") -> list[dict[str, Any]]:
+        if self.dp is None:
+            return []
+        sids = {v: k for k, v in self.builder.service_ids().items()}
+        bids = {v: k for k, v in self.builder.backend_ids().items()}
+        want_bid: int | None = None
+        if backend:
+            if not service:
+                raise ControlError("sessions: --backend needs the service too")
+            rt = self._find(service, backend)
+            want_bid = self.builder.backend_ids()[(service, rt.address)]
+        out = []
+        for sess in self.dp.sessions():
+            svc_name = sids.get(sess["service_id"], "?")
+            if service and svc_name != service:
+                continue
+            if want_bid is not None and sess["backend_id"] != want_bid:
+                continue
+            key = bids.get(sess["backend_id"])
+            client = sess["client"]
+            out.append({**sess, "service": svc_name, "backend": key[1] if key else None,
+                        "client": f"[{client[0]}]:{client[1]}" if ":" in client[0]
+                        else f"{client[0]}:{client[1]}"})
+        return out
+
+    def _find(self, service: str, backend: str) -> Any:
+        try:
+            return self.runtime.find(service, backend)
+        except StateError as exc:
+            raise ControlError(str(exc)) from None
+
+    def _change(self, what: str, service: str, backend: str, fn: Callable[[], Any]) -> dict[str, Any]:
+        self._find(service, backend)
+        try:
+            rt = fn()
+        except StateError as exc:
+            raise ControlError(str(exc)) from None
+        self._publish()
+        log.info("backend %s/%s: %s (state %s, weight %d)", service, rt.address, what, rt.state,
+                 rt.weight)
+        return {"service": service, "backend": rt.address, "state": rt.state,
+                "weight": rt.weight, "generation": self.generation}
+
+    def cmd_enable(self, service: str, backend: str) -> dict[str, Any]:
+        return self._change("enabled", service, backend,
+                            lambda: self.runtime.set_admin(service, backend, "up"))
+
+    def cmd_disable(self, service: str, backend: str) -> dict[str, Any]:
+        return self._change("disabled (maintenance)", service, backend,
+                            lambda: self.runtime.set_admin(service, backend, "maint"))
+
+    def cmd_drain(self, service: str, backend: str) -> dict[str, Any]:
+        return self._change("draining", service, backend,
+                            lambda: self.runtime.set_admin(service, backend, "drain"))
+
+    def cmd_weight(self, service: str, backend: str, weight: int) -> dict[str, Any]:
+        return self._change(f"weight set to {weight}", service, backend,
+                            lambda: self.runtime.set_weight(service, backend, weight))
 
     def stop(self, timeout: float) -> None:
         """Stop accepting, drain for up to `timeout` seconds, close everything. Idempotent."""
@@ -126,10 +241,13 @@ class Daemon:
 
 
 async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
-                tick_interval: float = 1.0, duration: float | None = None) -> int:
+                tick_interval: float = 1.0, duration: float | None = None,
+                control_path: str | None = None) -> int:
     """Run until a signal (or `duration` seconds); return the exit code.
 
     `tick` is called every `tick_interval` seconds on the event loop (the demo's live line).
+    The control socket is served at `control_path` (None: no control socket); it is bound
+    before the loop starts, and a failure raises ControlError or OSError.
     """
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
@@ -150,6 +268,10 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
             log.info("daemon: %s received: draining for up to %.1fs", name, drain_timeout[0])
         done.set()
 
+    control: ControlServer | None = None
+    if control_path:
+        control = ControlServer(control_path, daemon.commands())
+        await control.start()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
@@ -168,6 +290,8 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        if control is not None:
+            await control.close()
     # The drain blocks (the data plane waits for sessions without the GIL): run it off the loop.
     await loop.run_in_executor(None, daemon.stop, drain_timeout[0])
     log.info("daemon: stopped")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 from l4lb.config import load_text
@@ -127,6 +129,8 @@ async def run_demo(host: str, port: int, duration: float | None, show_config: bo
         await backend.start()
     text = render_config(host, port, [b.port for b in backends])
     daemon: Daemon | None = None
+    control_dir = tempfile.mkdtemp(prefix="l4lb-demo-")
+    control_path = os.path.join(control_dir, "l4lb.sock")
     try:
         config = load_text(text, "<demo>")
         if show_config:
@@ -139,10 +143,12 @@ async def run_demo(host: str, port: int, duration: float | None, show_config: bo
               f"Try, in another terminal:\n"
               f"  curl -s http://{where}/          # each request names the backend that answered\n"
               f"  nc {host} {port}                  # a greeting, then every line echoed\n"
+              f"  l4lb status --socket {control_path}\n"
+              f"  l4lb drain demo backend-2 --socket {control_path}\n"
               f"Ctrl-C stops everything.", flush=True)
         last = [""]
         return await serve(daemon, tick=lambda d: _live_line(d, tty, last), tick_interval=1.0,
-                           duration=duration)
+                           duration=duration, control_path=control_path)
     finally:
         if daemon is not None:
             daemon.stop(0.0)
@@ -150,3 +156,5 @@ async def run_demo(host: str, port: int, duration: float | None, show_config: bo
             print()
         for backend in backends:
             await backend.close()
+        with contextlib.suppress(OSError):
+            os.rmdir(control_dir)
