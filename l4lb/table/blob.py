@@ -1,0 +1,318 @@
+"""The forwarding-table blob: records, pack, parse + validate; Python twin of src_ext/core/table.c.
+
+Layout and rules: docs/forwarding-table.md. `parse` refuses exactly what the C validator refuses,
+in the same order, with the same one-line text naming the first failing field, so a bad blob
+reads the same whichever data plane refused it (tests/unit/test_blob.py compares the two).
+Check order: header fields in offset order; every backend record; every service record (fields in
+offset order); every service's ring entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import sys
+from array import array
+from dataclasses import dataclass, field
+
+from l4lb.table.maglev import is_prime
+
+MAGIC = b"L4LB"
+VERSION = 1
+HEADER_SIZE = 32
+SERVICE_SIZE = 48
+BACKEND_SIZE = 40
+MAX_SERVICES = 1024
+MAX_BACKENDS = 65536
+MAX_WEIGHT = 256
+
+PROTO_TCP, PROTO_UDP = 0, 1
+SCHED_RR, SCHED_WRR, SCHED_LC, SCHED_RANDOM2, SCHED_SRCHASH, SCHED_MAGLEV = range(6)
+SCHED_NAMES = (
+    "round_robin",
+    "weighted_round_robin",
+    "least_conn",
+    "random_two",
+    "source_hash",
+    "maglev",
+)
+HASH_SRC_IP, HASH_SRC_IP_PORT = 0, 1
+FLAG_BACKUP = 1
+
+_HEADER = struct.Struct("<4sHHIIIIII")
+_SERVICE = struct.Struct("<IBBBB10I")
+_BACKEND = struct.Struct("<IBBH16sIIII")
+
+
+class TableError(ValueError):
+    """A blob that breaks docs/forwarding-table.md; the text names the first failing field."""
+
+
+@dataclass(frozen=True)
+class ServiceRec:
+    """One decoded 48-byte service record."""
+
+    service_id: int  # stable dense id < 1024
+    protocol: int  # 0 tcp, 1 udp
+    scheduler: int  # 0..5, see SCHED_NAMES
+    hash_key: int  # 0 src_ip, 1 src_ip_port
+    connect_timeout_ms: int  # > 0
+    idle_timeout_ms: int  # 0 = none
+    retries: int  # other backends tried after a failed connect
+    max_connections: int  # 0 = unlimited
+    backend_first: int  # index of the first backend record of the service
+    backend_count: int  # number of backend records of the service
+    ring_first: int  # index of the first ring entry of the service
+    ring_size: int  # maglev M / source_hash sum of eligible weights / 0
+
+
+@dataclass(frozen=True)
+class BackendRec:
+    """One decoded 40-byte backend record."""
+
+    backend_id: int  # stable dense id < 65536
+    family: int  # 4 or 6
+    flags: int  # bit 0: backup (informational)
+    port: int  # 1..65535
+    addr: bytes  # 16 bytes, network order; IPv4 in the first 4
+    weight: int  # 0..256, 0 = not eligible for new connections
+    max_connections: int  # 0 = unlimited
+
+
+@dataclass(frozen=True)
+class Table:
+    """A whole forwarding table: what a blob encodes."""
+
+    hash_seed: int  # u32 seed of the flow hash and the Maglev permutations
+    services: tuple[ServiceRec, ...]
+    backends: tuple[BackendRec, ...]
+    ring: tuple[int, ...]  # relative backend indexes of every service's ring, concatenated
+    _by_id: dict[int, int] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_id", {s.service_id: i for i, s in enumerate(self.services)})
+
+    def service(self, service_id: int) -> ServiceRec | None:
+        """The service with this stable id, or None."""
+        i = self._by_id.get(service_id)
+        return None if i is None else self.services[i]
+
+    def service_backends(self, svc: ServiceRec) -> tuple[BackendRec, ...]:
+        """The backend records of one service, in canonical order."""
+        return self.backends[svc.backend_first : svc.backend_first + svc.backend_count]
+
+    def service_ring(self, svc: ServiceRec) -> tuple[int, ...]:
+        """The ring entries of one service (relative backend indexes)."""
+        return self.ring[svc.ring_first : svc.ring_first + svc.ring_size]
+
+
+def _ring_bytes(ring: tuple[int, ...] | list[int]) -> bytes:
+    arr = array("I", ring)
+    if sys.byteorder == "big":
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def pack(table: Table) -> bytes:
+    """Encode a Table as a version-1 blob (no semantic checks: parse() does those)."""
+    ns, nb, nr = len(table.services), len(table.backends), len(table.ring)
+    total = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb + 4 * nr
+    parts = [_HEADER.pack(MAGIC, VERSION, HEADER_SIZE, ns, nb, nr, table.hash_seed, total, 0)]
+    for s in table.services:
+        parts.append(
+            _SERVICE.pack(
+                s.service_id,
+                s.protocol,
+                s.scheduler,
+                s.hash_key,
+                0,
+                s.connect_timeout_ms,
+                s.idle_timeout_ms,
+                s.retries,
+                s.max_connections,
+                s.backend_first,
+                s.backend_count,
+                s.ring_first,
+                s.ring_size,
+                0,
+                0,
+            )
+        )
+    for b in table.backends:
+        if len(b.addr) != 16:
+            raise TableError(f"backend addr {b.addr!r} is not 16 bytes")
+        parts.append(
+            _BACKEND.pack(
+                b.backend_id, b.family, b.flags, b.port, b.addr, b.weight, b.max_connections, 0, 0
+            )
+        )
+    parts.append(_ring_bytes(table.ring))
+    return b"".join(parts)
+
+
+def digest(blob: bytes) -> str:
+    """The table digest shown to operators: the first 16 hex digits of SHA-256(blob)."""
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_header(blob: bytes) -> tuple[int, int, int, int]:
+    n = len(blob)
+    if n < HEADER_SIZE:
+        raise TableError(f"blob: length {n} is shorter than the 32-byte header")
+    magic, version, hsize, ns, nb, nr, seed, total, reserved = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise TableError(f'header.magic: {magic.hex()} is not 4c344c42 ("L4LB")')
+    if version != VERSION:
+        raise TableError(f"header.version: {version} is not 1")
+    if hsize != HEADER_SIZE:
+        raise TableError(f"header.header_size: {hsize} is not 32")
+    if total != n:
+        raise TableError(f"header.total_size: {total} does not equal the blob length {n}")
+    expect = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb + 4 * nr
+    if expect != total:
+        raise TableError(
+            f"header.total_size: {total} does not equal 32 + 48*{ns} + 40*{nb} + 4*{nr} = {expect}"
+        )
+    if reserved != 0:
+        raise TableError(f"header.reserved: {reserved} is not 0")
+    return ns, nb, nr, seed
+
+
+def _check_backends(blob: bytes, offset: int, nb: int) -> list[BackendRec]:
+    backends: list[BackendRec] = []
+    first_use: dict[int, int] = {}
+    for i, fields in enumerate(_BACKEND.iter_unpack(blob[offset : offset + BACKEND_SIZE * nb])):
+        bid, family, flags, port, addr, weight, maxc, res0, res1 = fields
+        where = f"backend[{i}]"
+        if bid >= MAX_BACKENDS:
+            raise TableError(f"{where}.backend_id: {bid} is not below 65536")
+        if bid in first_use:
+            raise TableError(f"{where}.backend_id: {bid} is also used by backend[{first_use[bid]}]")
+        first_use[bid] = i
+        if family not in (4, 6):
+            raise TableError(f"{where}.family: {family} is not 4 or 6")
+        if port == 0:
+            raise TableError(f"{where}.port: 0 is not in 1..65535")
+        if family == 4 and any(addr[4:]):
+            raise TableError(f"{where}.addr: bytes 4..15 of an IPv4 address are not 0")
+        if weight > MAX_WEIGHT:
+            raise TableError(f"{where}.weight: {weight} is above 256")
+        for k, res in enumerate((res0, res1)):
+            if res != 0:
+                raise TableError(f"{where}.reserved[{k}]: {res} is not 0")
+        backends.append(BackendRec(bid, family, flags, port, addr, weight, maxc))
+    return backends
+
+
+def _check_services(blob: bytes, ns: int, nr: int, backends: list[BackendRec]) -> list[ServiceRec]:
+    services: list[ServiceRec] = []
+    first_use: dict[int, int] = {}
+    nb = len(backends)
+    end = HEADER_SIZE + SERVICE_SIZE * ns
+    for i, fields in enumerate(_SERVICE.iter_unpack(blob[HEADER_SIZE:end])):
+        (
+            sid,
+            proto,
+            sched,
+            hkey,
+            res,
+            cto,
+            ito,
+            retries,
+            maxc,
+            bfirst,
+            bcount,
+            rfirst,
+            rsize,
+            res0,
+            res1,
+        ) = fields
+        w = f"service[{i}]"
+        if sid >= MAX_SERVICES:
+            raise TableError(f"{w}.service_id: {sid} is not below 1024")
+        if sid in first_use:
+            raise TableError(f"{w}.service_id: {sid} is also used by service[{first_use[sid]}]")
+        first_use[sid] = i
+        if proto > PROTO_UDP:
+            raise TableError(f"{w}.protocol: {proto} is not 0 (tcp) or 1 (udp)")
+        if sched > SCHED_MAGLEV:
+            raise TableError(f"{w}.scheduler: {sched} is not in 0..5")
+        if hkey > HASH_SRC_IP_PORT:
+            raise TableError(f"{w}.hash_key: {hkey} is not 0 (src_ip) or 1 (src_ip_port)")
+        if res != 0:
+            raise TableError(f"{w}.reserved: {res} is not 0")
+        if cto == 0:
+            raise TableError(f"{w}.connect_timeout_ms: 0 is not > 0")
+        if bfirst > nb:
+            raise TableError(f"{w}.backend_first: {bfirst} is beyond the {nb} backends")
+        if bfirst + bcount > nb:
+            raise TableError(
+                f"{w}.backend_count: {bcount} backends from {bfirst} overrun the {nb} backends"
+            )
+        if rfirst > nr:
+            raise TableError(f"{w}.ring_first: {rfirst} is beyond the {nr} ring entries")
+        if rfirst + rsize > nr:
+            raise TableError(
+                f"{w}.ring_size: {rsize} entries from {rfirst} overrun the {nr} ring entries"
+            )
+        weights = [b.weight for b in backends[bfirst : bfirst + bcount] if b.weight > 0]
+        eligible, wsum = len(weights), sum(weights)
+        if sched <= SCHED_RANDOM2:
+            if rsize != 0:
+                raise TableError(
+                    f"{w}.ring_size: {rsize} is not 0 (scheduler {SCHED_NAMES[sched]} has no ring)"
+                )
+        elif sched == SCHED_MAGLEV:
+            if eligible == 0 and rsize != 0:
+                raise TableError(f"{w}.ring_size: {rsize} is not 0 although no backend is eligible")
+            if eligible > 0 and rsize == 0:
+                raise TableError(f"{w}.ring_size: 0 although {eligible} backends are eligible")
+            if rsize < eligible:
+                raise TableError(
+                    f"{w}.ring_size: {rsize} is below the {eligible} eligible backends"
+                )
+            if rsize != 0 and not is_prime(rsize):
+                raise TableError(f"{w}.ring_size: {rsize} is not prime")
+        elif rsize != wsum:
+            raise TableError(f"{w}.ring_size: {rsize} is not the sum of eligible weights {wsum}")
+        for k, r in enumerate((res0, res1)):
+            if r != 0:
+                raise TableError(f"{w}.reserved[{k}]: {r} is not 0")
+        services.append(
+            ServiceRec(
+                sid, proto, sched, hkey, cto, ito, retries, maxc, bfirst, bcount, rfirst, rsize
+            )
+        )
+    return services
+
+
+def _check_rings(services: list[ServiceRec], backends: list[BackendRec], ring: array[int]) -> None:
+    for i, s in enumerate(services):
+        entries = ring[s.ring_first : s.ring_first + s.ring_size]
+        if not entries:
+            continue
+        own = backends[s.backend_first : s.backend_first + s.backend_count]
+        bad = {e for e in set(entries) if e >= s.backend_count or own[e].weight == 0}
+        if not bad:
+            continue
+        for j, e in enumerate(entries):
+            if e >= s.backend_count:
+                raise TableError(
+                    f"service[{i}].ring[{j}]: {e} is not below backend_count {s.backend_count}"
+                )
+            if own[e].weight == 0:
+                raise TableError(f"service[{i}].ring[{j}]: backend {e} has weight 0")
+
+
+def parse(blob: bytes) -> Table:
+    """Decode and validate a blob; raises TableError naming the first failing field."""
+    ns, nb, nr, seed = _check_header(blob)
+    backends = _check_backends(blob, HEADER_SIZE + SERVICE_SIZE * ns, nb)
+    ring_off = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb
+    ring = array("I")
+    ring.frombytes(blob[ring_off : ring_off + 4 * nr])
+    if sys.byteorder == "big":
+        ring.byteswap()
+    services = _check_services(blob, ns, nr, backends)
+    _check_rings(services, backends, ring)
+    return Table(seed, tuple(services), tuple(backends), tuple(ring))

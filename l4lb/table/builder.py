@@ -1,0 +1,252 @@
+"""The control plane's table builder: Config + backend weights -> forwarding-table blob.
+
+TableBuilder keeps stable dense ids across rebuilds: a service keeps its id as long as its name
+is in the config, a backend as long as its (service name, address) is. Ids are the keys of the
+data plane's counters and scheduler state, so a reload must not renumber what did not change. An
+id that leaves the config is not handed to anything new until a table without it has been built
+(so the table that follows never gives a removed thing's id, and its counters, to a new one).
+New ids are the lowest free ones, allocated in config order (services) and canonical order
+(backends), so two nodes that build from the same config get the same ids and, since backends are
+sorted canonically and the hash seed comes from the config, byte-identical blobs.
+
+Effective weight of a backend: the override in `weights` if present (0 = down, drained or in
+maintenance), else the configured weight; a backup backend gets 0 while any primary of its
+service has an effective weight > 0, else its own effective weight. The Maglev fill runs in C
+(l4lb._dataplane.maglev_fill) unless the extension is missing or L4LB_NO_EXTENSIONS asks for the
+pure-Python reference; both fill identically.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from l4lb.config.model import HASH_KEYS, SCHEDULERS, Backend, Config, Service
+from l4lb.table.blob import (
+    FLAG_BACKUP,
+    MAX_BACKENDS,
+    MAX_SERVICES,
+    MAX_WEIGHT,
+    PROTO_TCP,
+    PROTO_UDP,
+    SCHED_MAGLEV,
+    SCHED_SRCHASH,
+    BackendRec,
+    ServiceRec,
+    Table,
+    pack,
+)
+from l4lb.table.hashing import addr16
+from l4lb.table.maglev import MaglevBackend
+from l4lb.table.maglev import maglev_fill as py_maglev_fill
+
+MaglevFill = Callable[[int, Sequence[MaglevBackend], int], list[int]]
+U32_MAX = 0xFFFFFFFF
+
+
+def default_maglev_fill() -> MaglevFill:
+    """The C fill when the extension imports and the reference was not requested, else Python."""
+    from l4lb.dataplane import reference_requested
+
+    if not reference_requested():
+        try:
+            from l4lb import _dataplane
+        except ImportError:
+            pass
+        else:
+            fill: MaglevFill = _dataplane.maglev_fill
+            return fill
+    return py_maglev_fill
+
+
+def backend_label(backend: Backend) -> str:
+    """A backend's address as written in the config (the key of `weights` and of IdMaps)."""
+    return backend.address.text or str(backend.address)
+
+
+@dataclass(frozen=True)
+class IdMaps:
+    """The ids of the last built table, for stats display."""
+
+    services: Mapping[str, int]  # service name -> service_id
+    backends: Mapping[tuple[str, str], int]  # (service name, backend_label) -> backend_id
+
+
+def _ms(seconds: float) -> int:
+    return min(max(round(seconds * 1000), 0), U32_MAX)
+
+
+def _allocate(
+    wanted: Iterable[object], previous: Mapping[object, int], limit: int, what: str
+) -> dict[object, int]:
+    """Ids for `wanted` keys (in order): kept from `previous`, else the lowest id that is neither
+    kept nor used by the previous table."""
+    keys = list(wanted)
+    result = {k: previous[k] for k in keys if k in previous}
+    taken = set(previous.values()) | set(result.values())
+    next_free = 0
+    for k in keys:
+        if k in result:
+            continue
+        while next_free in taken:
+            next_free += 1
+        if next_free >= limit:
+            raise ValueError(f"{what}: no free id below {limit} (too many, or too much churn)")
+        result[k] = next_free
+        taken.add(next_free)
+    return result
+
+
+class TableBuilder:
+    """Builds forwarding-table blobs from configs, keeping ids stable between builds."""
+
+    def __init__(self, maglev_fill: MaglevFill | None = None) -> None:
+        self._fill = maglev_fill or default_maglev_fill()
+        self._svc_ids: dict[object, int] = {}  # service name -> id, as in the last built table
+        self._bk_ids: dict[object, int] = {}  # (service name, canonical endpoint) -> id, likewise
+        self._ids = IdMaps({}, {})
+        self._table: Table | None = None
+        self._addr_cache: dict[str, tuple[int, bytes]] = {}  # host -> (family, 16-byte addr)
+
+    @property
+    def table(self) -> Table | None:
+        """The last built table (decoded form), None before the first build."""
+        return self._table
+
+    def ids(self) -> IdMaps:
+        """Id maps of the last built table."""
+        return self._ids
+
+    def service_ids(self) -> dict[str, int]:
+        """Service name -> service_id in the last built table."""
+        return dict(self._ids.services)
+
+    def backend_ids(self) -> dict[tuple[str, str], int]:
+        """(service name, backend address as written) -> backend_id in the last built table."""
+        return dict(self._ids.backends)
+
+    def build(self, config: Config, weights: Mapping[tuple[str, str], int] | None = None) -> bytes:
+        """Build the blob for `config` with optional effective-weight overrides, keyed by
+        (service name, backend address as written) or (service name, str(endpoint))."""
+        weights = weights or {}
+        if len(config.services) > MAX_SERVICES:
+            raise ValueError(f"services: {len(config.services)} is more than {MAX_SERVICES}")
+        svc_ids = _allocate(
+            (s.name for s in config.services), self._svc_ids, MAX_SERVICES, "services"
+        )
+        cache: dict[str, tuple[int, bytes]] = {}
+        ordered = [(svc, self._canonical(svc, cache)) for svc in config.services]
+        n_backends = sum(len(bks) for _, bks in ordered)
+        if n_backends > MAX_BACKENDS:
+            raise ValueError(f"backends: {n_backends} is more than {MAX_BACKENDS}")
+        bk_ids = _allocate(
+            ((svc.name, p.key) for svc, bks in ordered for p in bks),
+            self._bk_ids,
+            MAX_BACKENDS,
+            "backends",
+        )
+        if len(bk_ids) != n_backends:
+            raise ValueError("backends: an address appears twice in one service")
+
+        services: list[ServiceRec] = []
+        backends: list[BackendRec] = []
+        ring: list[int] = []
+        for svc, bks in ordered:
+            eff = _effective_weights(svc.name, bks, weights)
+            first = len(backends)
+            for p, w in zip(bks, eff, strict=True):
+                backends.append(
+                    BackendRec(
+                        backend_id=bk_ids[(svc.name, p.key)],
+                        family=p.family,
+                        flags=FLAG_BACKUP if p.backend.backup else 0,
+                        port=p.backend.address.port,
+                        addr=p.addr,
+                        weight=w,
+                        max_connections=min(p.backend.max_connections, U32_MAX),
+                    )
+                )
+            sched = SCHEDULERS.index(svc.scheduler)
+            svc_ring = self._ring(config.global_.hash_seed, svc, sched, backends[first:])
+            services.append(
+                ServiceRec(
+                    service_id=svc_ids[svc.name],
+                    protocol=PROTO_TCP if svc.protocol == "tcp" else PROTO_UDP,
+                    scheduler=sched,
+                    hash_key=HASH_KEYS.index(svc.hash_key),
+                    connect_timeout_ms=max(_ms(svc.connect_timeout), 1),
+                    idle_timeout_ms=_ms(svc.idle_timeout),
+                    retries=min(svc.retries, U32_MAX),
+                    max_connections=min(svc.max_connections, U32_MAX),
+                    backend_first=first,
+                    backend_count=len(bks),
+                    ring_first=len(ring),
+                    ring_size=len(svc_ring),
+                )
+            )
+            ring.extend(svc_ring)
+
+        table = Table(config.global_.hash_seed, tuple(services), tuple(backends), tuple(ring))
+        blob = pack(table)
+        self._svc_ids, self._bk_ids, self._table = dict(svc_ids), dict(bk_ids), table
+        self._addr_cache = cache
+        self._ids = IdMaps(
+            services={svc.name: svc_ids[svc.name] for svc in config.services},
+            backends={
+                (svc.name, p.label): bk_ids[(svc.name, p.key)] for svc, bks in ordered for p in bks
+            },
+        )
+        return blob
+
+    def _canonical(self, svc: Service, cache: dict[str, tuple[int, bytes]]) -> list[_Prepared]:
+        """The service's backends, addresses decoded once, sorted by (family, addr, port)."""
+        prepared: list[_Prepared] = []
+        for b in svc.backends:
+            host = b.address.host
+            fa = cache.get(host) or self._addr_cache.get(host)
+            if fa is None:
+                ip = ipaddress.ip_address(host)
+                fa = (ip.version, addr16(ip.version, ip.packed))
+            cache[host] = fa
+            port = b.address.port
+            key = f"[{host}]:{port}" if fa[0] == 6 else f"{host}:{port}"
+            prepared.append(_Prepared(b, fa[0], fa[1], key, b.address.text or key))
+        prepared.sort(key=lambda p: (p.family, p.addr, p.backend.address.port))
+        return prepared
+
+    def _ring(self, seed: int, svc: Service, sched: int, recs: list[BackendRec]) -> list[int]:
+        if sched == SCHED_SRCHASH:
+            return [j for j, r in enumerate(recs) for _ in range(r.weight)]
+        if sched != SCHED_MAGLEV or not any(r.weight for r in recs):
+            return []
+        m = svc.maglev_table_size
+        return list(self._fill(seed, [(r.family, r.addr, r.port, r.weight) for r in recs], m))
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A backend with its address decoded once per build."""
+
+    backend: Backend
+    family: int  # 4 or 6
+    addr: bytes  # 16 bytes, network order
+    key: str  # canonical endpoint text, str(backend.address): the id key
+    label: str  # address as written (backend_label)
+
+
+def _effective_weights(
+    service: str, backends: Sequence[_Prepared], weights: Mapping[tuple[str, str], int]
+) -> list[int]:
+    """Weights after overrides and the backup rule, in the order of `backends`."""
+    eff: list[int] = []
+    for p in backends:
+        w = weights.get((service, p.label)) if weights else None
+        if w is None:
+            w = weights.get((service, p.key), p.backend.weight) if weights else p.backend.weight
+        if not isinstance(w, int) or not 0 <= w <= MAX_WEIGHT:
+            raise ValueError(f"weight of {service}/{p.label}: {w!r} is not in 0..256")
+        eff.append(w)
+    if any(w > 0 for w, p in zip(eff, backends, strict=True) if not p.backend.backup):
+        eff = [0 if p.backend.backup else w for w, p in zip(eff, backends, strict=True)]
+    return eff
