@@ -1,0 +1,635 @@
+"""Check a parsed TOML document and build the frozen Config, collecting every problem at once.
+
+`validate(doc, locator, file)` walks the document the way `tomllib` returned it, reads each known
+key with its type and range rules, and records a Diagnostic (with the position the Locator finds)
+for every problem instead of stopping at the first. Cross-checks (duplicate service names,
+overlapping listen addresses, duplicate backends) run as entries are read, so the second of two
+clashing entries is the one reported and the message names the first. If anything was reported
+the result is the list of diagnostics; otherwise it is the Config. No I/O happens here.
+
+Invalid values are replaced by the model's defaults while checking continues; such a Config is
+never returned, because any error means the diagnostics are returned instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from l4lb.config.addresses import parse_endpoint
+from l4lb.config.durations import format_duration_ms, parse_duration_ms
+from l4lb.config.errors import Diagnostic, KeyPath, quote
+from l4lb.config.locate import Locator
+from l4lb.config.model import (
+    HASH_KEYS,
+    SCHEDULERS,
+    Backend,
+    Config,
+    Endpoint,
+    GlobalSettings,
+    LogFormat,
+    LogLevel,
+    Protocol,
+    Service,
+)
+
+MAX_SERVICES = 1024  # DP_MAX_SERVICES of the forwarding table
+MAX_BACKENDS = 65536  # DP_MAX_BACKENDS, over all services
+MAX_DURATION_MS = 24 * 3_600_000  # every duration is at most 24h
+U32_MAX = 2**32 - 1
+MAX_WORKERS = 256
+MAX_RETRIES = 16
+MAX_WEIGHT = 256
+MAX_MAGLEV_TABLE_SIZE = 1_000_003
+MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
+NAME_MAX_LEN = 64
+
+PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+
+TOP_KEYS = ("global", "services")
+GLOBAL_KEYS = (
+    "workers", "control_socket", "log_level", "log_format", "hash_seed", "shutdown_timeout",
+    "listen_backlog",
+)
+SERVICE_KEYS = (
+    "name", "protocol", "listen", "scheduler", "hash_key", "connect_timeout", "idle_timeout",
+    "retries", "max_connections", "maglev_table_size", "backends",
+)
+BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
+
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+_GLOBAL_DEFAULTS = GlobalSettings()
+_SERVICE_DEFAULTS = Service(name="", protocol="tcp", listen=(), backends=())
+_PLACEHOLDER_ENDPOINT = Endpoint(host="0.0.0.0", port=0)  # stands in for an invalid address
+_BACKEND_DEFAULTS = Backend(address=_PLACEHOLDER_ENDPOINT, name="")
+
+# Where a key that is unknown in one table does belong, for a better hint than "did you mean".
+_HOME_GLOBAL = "it belongs in [global]"
+_HOME_SERVICE = "it belongs in a [[services]] table"
+_HOME_BACKEND = "it belongs in a [[services.backends]] table"
+_HOME_SERVICE_FROM_BACKEND = (
+    "it is a service key: move it above the service's first [[services.backends]]"
+)
+
+T = TypeVar("T", bound=str)
+
+
+def _homes(own: Sequence[str], pairs: Sequence[tuple[Sequence[str], str]]) -> dict[str, str]:
+    homes: dict[str, str] = {}
+    for keys, hint in pairs:
+        for key in keys:
+            if key not in own:
+                homes.setdefault(key, hint)
+    return homes
+
+
+_TOP_HOMES = _homes(TOP_KEYS, [(GLOBAL_KEYS, _HOME_GLOBAL), (SERVICE_KEYS, _HOME_SERVICE),
+                               (BACKEND_KEYS, _HOME_BACKEND)])
+_GLOBAL_HOMES = _homes(GLOBAL_KEYS, [(SERVICE_KEYS, _HOME_SERVICE), (BACKEND_KEYS, _HOME_BACKEND)])
+_SERVICE_HOMES = _homes(SERVICE_KEYS, [(GLOBAL_KEYS, _HOME_GLOBAL), (BACKEND_KEYS, _HOME_BACKEND)])
+_BACKEND_HOMES = _homes(BACKEND_KEYS, [(SERVICE_KEYS, _HOME_SERVICE_FROM_BACKEND),
+                                       (GLOBAL_KEYS, _HOME_GLOBAL)])
+
+
+def describe(value: object) -> str:
+    """A TOML value's type for a message, with the value itself when it is short."""
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, int):
+        text = str(value) if abs(value) < 10**30 else "a very large number"
+        return f"an integer ({text})"
+    if isinstance(value, float):
+        return f"a float ({value!r})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        return f"a string ({quote(shown)})"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, datetime.datetime):
+        return "a date-time"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, datetime.time):
+        return "a time"
+    return f"a {type(value).__name__}"
+
+
+def suggest(word: str, choices: Sequence[str]) -> str | None:
+    """The choice `word` was most likely meant to be (case-insensitive), or None."""
+    lowered = {c.lower(): c for c in choices}
+    if word.lower() in lowered:
+        return lowered[word.lower()]
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def is_prime(n: int) -> bool:
+    """Trial division; fine for maglev_table_size's range."""
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True
+
+
+def nearest_primes(n: int) -> list[int]:
+    """The largest prime below n (if any) and the smallest prime above n."""
+    found = []
+    below = n - 1
+    while below >= 2 and not is_prime(below):
+        below -= 1
+    if below >= 2:
+        found.append(below)
+    above = n + 1
+    while not is_prime(above):
+        above += 1
+    found.append(above)
+    return found
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """One table of the document: where it is and how messages name it and its keys."""
+
+    path: KeyPath  # key path of the table
+    table: str  # the table in messages: "global", 'services[0] ("web")', '...: backends[1]'
+    prefix: str  # put before a key name: "global.", 'services[0] ("web"): ', '...: backends[1].'
+
+    def label(self, key: str) -> str:
+        return self.prefix + key
+
+
+_TOP = _Scope(path=(), table="the top level", prefix="")
+
+
+@dataclass
+class _ListenClaim:
+    """A listen address already taken, to report the first owner when a second one clashes."""
+
+    service: int  # index of the owning service
+    service_label: str  # e.g. 'services[0] ("web")'
+    index: int  # index in that service's listen array
+    endpoint: Endpoint
+
+
+class _Checker:
+    """Reads the document, records diagnostics and builds the model objects."""
+
+    def __init__(self, locator: Locator, file: str) -> None:
+        self.locator = locator
+        self.file = file
+        self.diagnostics: list[Diagnostic] = []
+        self.service_names: dict[str, int] = {}
+        self.listen_exact: dict[tuple[str, str, int], _ListenClaim] = {}
+        self.listen_wildcard: dict[tuple[str, int, int], _ListenClaim] = {}
+        self.listen_specific: dict[tuple[str, int, int], _ListenClaim] = {}
+        self.backend_total = 0
+
+    # ------------------------------------------------------------ reporting
+
+    def error(self, path: KeyPath, message: str, *, at_key: bool = False) -> None:
+        line, col = self.locator.key(path) if at_key else self.locator.value(path)
+        self.diagnostics.append(Diagnostic(self.file, line, col, "error", message, path))
+
+    def check_keys(self, scope: _Scope, table: dict[str, Any], allowed: Sequence[str],
+                   homes: dict[str, str]) -> None:
+        for key in table:
+            if key in allowed:
+                continue
+            message = f"unknown key {quote(key)} in {scope.table}"
+            if key in homes:
+                message += f"; {homes[key]}"
+            else:
+                guess = suggest(key, allowed)
+                if guess is not None:
+                    message += f"; did you mean {quote(guess)}?"
+            self.error((*scope.path, key), message, at_key=True)
+
+    def missing(self, scope: _Scope, key: str) -> None:
+        self.error(scope.path, f"{scope.table}: missing required key {quote(key)}", at_key=True)
+
+    def wrong_type(self, path: KeyPath, label: str, expected: str, value: object,
+                   hint: str = "") -> None:
+        message = f"{label}: expected {expected}, found {describe(value)}"
+        self.error(path, message + (f"; {hint}" if hint else ""))
+
+    # ------------------------------------------------------------ typed readers
+
+    def read_int(self, scope: _Scope, table: dict[str, Any], key: str, default: int,
+                 lo: int, hi: int, zero_hint: str = "") -> int:
+        if key not in table:
+            return default
+        value = table[key]
+        path = (*scope.path, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = ""
+            if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+                hint = f"write {value.strip()} without quotes"
+            self.wrong_type(path, scope.label(key), "an integer", value, hint)
+            return default
+        if not lo <= value <= hi:
+            shown = str(value) if abs(value) < 10**30 else "a very large number"
+            message = f"{scope.label(key)}: {shown} out of range ({lo}..{hi})"
+            if value == 0 and zero_hint:
+                message += f"; {zero_hint}"
+            self.error(path, message)
+            return default
+        return value
+
+    def read_bool(self, scope: _Scope, table: dict[str, Any], key: str, default: bool) -> bool:
+        if key not in table:
+            return default
+        value = table[key]
+        if not isinstance(value, bool):
+            hint = ""
+            if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+                hint = f"write {value.strip().lower()} without quotes"
+            self.wrong_type((*scope.path, key), scope.label(key), "a boolean", value, hint)
+            return default
+        return value
+
+    def read_str(self, scope: _Scope, table: dict[str, Any], key: str) -> str | None:
+        """The string at `key`, or None when it is absent or (reported) not a string."""
+        if key not in table:
+            return None
+        value = table[key]
+        if not isinstance(value, str):
+            self.wrong_type((*scope.path, key), scope.label(key), "a string", value)
+            return None
+        return value
+
+    def read_enum(self, scope: _Scope, table: dict[str, Any], key: str, default: T,
+                  choices: Sequence[T]) -> T:
+        value = self.read_str(scope, table, key)
+        if value is None:
+            return default
+        for choice in choices:
+            if value == choice:
+                return choice
+        message = f"{scope.label(key)}: {quote(value)} is not one of {', '.join(choices)}"
+        guess = suggest(value, choices)
+        if guess is not None:
+            message += f"; did you mean {quote(guess)}?"
+        self.error((*scope.path, key), message)
+        return default
+
+    def read_duration(self, scope: _Scope, table: dict[str, Any], key: str, default: float,
+                      zero_ok: bool) -> float:
+        if key not in table:
+            return default
+        value = table[key]
+        path = (*scope.path, key)
+        label = scope.label(key)
+        if not isinstance(value, str):
+            hint = ""
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:
+                hint = f'write "{value}s"'
+            elif isinstance(value, float) and 0 <= value < 10**9 and (value * 1000).is_integer():
+                hint = f'write "{format_duration_ms(int(value * 1000))}"'
+            self.wrong_type(path, label, "a duration string", value, hint)
+            return default
+        try:
+            ms = parse_duration_ms(value)
+        except ValueError as exc:
+            self.error(path, f"{label}: {exc}")
+            return default
+        if ms == 0 and not zero_ok:
+            self.error(path, f"{label}: must be greater than 0")
+            return default
+        if ms > MAX_DURATION_MS:
+            self.error(path, f"{label}: {quote(value)} is too long (at most 24h)")
+            return default
+        return ms / 1000
+
+    def read_table(self, path: KeyPath, label: str, value: object) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.wrong_type(path, label, "a table", value)
+            return None
+        return cast(dict[str, Any], value)
+
+    # ------------------------------------------------------------ the document
+
+    def document(self, doc: dict[str, Any]) -> Config:
+        self.check_keys(_TOP, doc, TOP_KEYS, _TOP_HOMES)
+        settings = _GLOBAL_DEFAULTS
+        if "global" in doc:
+            table = self.read_table(("global",), "global", doc["global"])
+            if table is not None:
+                settings = self.global_settings(table)
+        services: list[Service] = []
+        if "services" in doc:
+            services = self.services(doc["services"])
+        return Config(path=self.file, global_=settings, services=tuple(services))
+
+    def global_settings(self, table: dict[str, Any]) -> GlobalSettings:
+        scope = _Scope(path=("global",), table="global", prefix="global.")
+        self.check_keys(scope, table, GLOBAL_KEYS, _GLOBAL_HOMES)
+        d = _GLOBAL_DEFAULTS
+        return GlobalSettings(
+            workers=self.read_int(scope, table, "workers", d.workers, 0, MAX_WORKERS),
+            control_socket=self.control_socket(scope, table),
+            log_level=self.read_enum(scope, table, "log_level", d.log_level, LOG_LEVELS),
+            log_format=self.read_enum(scope, table, "log_format", d.log_format, LOG_FORMATS),
+            hash_seed=self.read_int(scope, table, "hash_seed", d.hash_seed, 0, U32_MAX),
+            shutdown_timeout=self.read_duration(scope, table, "shutdown_timeout",
+                                                d.shutdown_timeout, zero_ok=True),
+            listen_backlog=self.read_int(scope, table, "listen_backlog", d.listen_backlog,
+                                         1, 65535),
+        )
+
+    def control_socket(self, scope: _Scope, table: dict[str, Any]) -> str:
+        value = self.read_str(scope, table, "control_socket")
+        if value is None:
+            return _GLOBAL_DEFAULTS.control_socket
+        path = (*scope.path, "control_socket")
+        label = scope.label("control_socket")
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if value == "":
+            self.error(path, f"{label}: must not be empty")
+        elif "\0" in value:
+            self.error(path, f"{label}: must not contain a NUL character")
+        elif size > MAX_SOCKET_PATH_BYTES:
+            self.error(path, f"{label}: path is {size} bytes long; a unix socket path can have "
+                             f"at most {MAX_SOCKET_PATH_BYTES}")
+        else:
+            return value
+        return _GLOBAL_DEFAULTS.control_socket
+
+    def services(self, value: object) -> list[Service]:
+        path: KeyPath = ("services",)
+        if isinstance(value, dict):
+            self.error(path, "services: expected an array of tables ([[services]]), found a table",
+                       at_key=True)
+            return []
+        if not isinstance(value, list):
+            self.wrong_type(path, "services", "an array of tables ([[services]])", value)
+            return []
+        services: list[Service] = []
+        for i, entry in enumerate(value):
+            if i >= MAX_SERVICES:
+                self.error(("services", i), f"services[{i}]: too many services ({len(value)}; "
+                                            f"at most {MAX_SERVICES})", at_key=True)
+                break
+            table = self.read_table(("services", i), f"services[{i}]", entry)
+            if table is not None:
+                services.append(self.service(i, table))
+        return services
+
+    # ------------------------------------------------------------ one service
+
+    def service(self, i: int, table: dict[str, Any]) -> Service:
+        raw_name = table.get("name")
+        label = f"services[{i}]"
+        if isinstance(raw_name, str):
+            label += f" ({quote(raw_name)})"
+        scope = _Scope(path=("services", i), table=label, prefix=f"{label}: ")
+        self.check_keys(scope, table, SERVICE_KEYS, _SERVICE_HOMES)
+        d = _SERVICE_DEFAULTS
+        name = self.service_name(scope, table, i)
+        protocol = self.read_enum(scope, table, "protocol", d.protocol, PROTOCOLS)
+        if protocol == "udp":
+            self.error((*scope.path, "protocol"),
+                       f'{scope.label("protocol")}: "udp" is not implemented yet '
+                       "(TCP only in this release)")
+        listen = self.listen(scope, table, i, protocol)
+        scheduler = self.read_enum(scope, table, "scheduler", d.scheduler, SCHEDULERS)
+        hash_key = self.read_enum(scope, table, "hash_key", d.hash_key, HASH_KEYS)
+        connect_timeout = self.read_duration(scope, table, "connect_timeout", d.connect_timeout,
+                                             zero_ok=False)
+        idle_timeout = self.read_duration(scope, table, "idle_timeout", d.idle_timeout,
+                                          zero_ok=True)
+        retries = self.read_int(scope, table, "retries", d.retries, 0, MAX_RETRIES)
+        max_connections = self.read_int(scope, table, "max_connections", d.max_connections,
+                                        0, U32_MAX)
+        table_size = self.maglev_table_size(scope, table)
+        backends = self.backends(scope, table)
+        if scheduler == "maglev" and table_size < len(backends):
+            self.error((*scope.path, "maglev_table_size"),
+                       f"{scope.label('maglev_table_size')}: {table_size} is smaller than the "
+                       f"number of backends ({len(backends)})")
+        return Service(
+            name=name, protocol=protocol, listen=tuple(listen), backends=tuple(backends),
+            scheduler=scheduler, hash_key=hash_key, connect_timeout=connect_timeout,
+            idle_timeout=idle_timeout, retries=retries, max_connections=max_connections,
+            maglev_table_size=table_size,
+        )
+
+    def service_name(self, scope: _Scope, table: dict[str, Any], i: int) -> str:
+        if "name" not in table:
+            self.missing(scope, "name")
+            return ""
+        name = self.read_str(scope, table, "name")
+        if name is None:
+            return ""
+        path = (*scope.path, "name")
+        if len(name) > NAME_MAX_LEN or not _SERVICE_NAME.fullmatch(name):
+            self.error(path, f"{scope.label('name')}: invalid service name {quote(name)}: use 1 "
+                             f'to {NAME_MAX_LEN} letters, digits, "_", "." or "-", starting with '
+                             "a letter or digit")
+            return name
+        first = self.service_names.setdefault(name, i)
+        if first != i:
+            self.error(path, f"{scope.label('name')}: duplicate service name {quote(name)} "
+                             f"(also services[{first}])")
+        return name
+
+    def maglev_table_size(self, scope: _Scope, table: dict[str, Any]) -> int:
+        default = _SERVICE_DEFAULTS.maglev_table_size
+        size = self.read_int(scope, table, "maglev_table_size", default, 1, MAX_MAGLEV_TABLE_SIZE)
+        if is_prime(size):
+            return size
+        around = " and ".join(str(p) for p in nearest_primes(size))
+        self.error((*scope.path, "maglev_table_size"),
+                   f"{scope.label('maglev_table_size')}: {size} is not prime "
+                   f"(nearest primes: {around})")
+        return default
+
+    def listen(self, scope: _Scope, table: dict[str, Any], i: int,
+               protocol: Protocol) -> list[Endpoint]:
+        if "listen" not in table:
+            self.missing(scope, "listen")
+            return []
+        value = table["listen"]
+        path = (*scope.path, "listen")
+        label = scope.label("listen")
+        if isinstance(value, str):
+            self.wrong_type(path, label, "an array of addresses", value,
+                            f"write [{quote(value)}]")
+            return []
+        if not isinstance(value, list):
+            self.wrong_type(path, label, "an array of addresses", value)
+            return []
+        if not value:
+            self.error(path, f"{label}: must not be empty")
+            return []
+        endpoints: list[Endpoint] = []
+        for k, item in enumerate(value):
+            item_path = (*path, k)
+            item_label = f"{label}[{k}]"
+            if not isinstance(item, str):
+                self.wrong_type(item_path, item_label, "an address string", item)
+                continue
+            try:
+                endpoint = parse_endpoint(item, wildcard_ok=True)
+            except ValueError as exc:
+                self.error(item_path, f"{item_label}: {exc}")
+                continue
+            claim = _ListenClaim(service=i, service_label=scope.table, index=k, endpoint=endpoint)
+            self.claim_listen(item_path, item_label, protocol, claim)
+            endpoints.append(endpoint)
+        return endpoints
+
+    def claim_listen(self, path: KeyPath, label: str, protocol: Protocol,
+                     claim: _ListenClaim) -> None:
+        """Report a listen address that another one (in any service) already takes."""
+        ep = claim.endpoint
+        family = 4 if ":" not in ep.host else 6
+        wildcard = ep.host in ("0.0.0.0", "::")
+        exact_key = (protocol, ep.host, ep.port)
+        port_key = (protocol, family, ep.port)
+        first = self.listen_exact.get(exact_key)
+        if first is not None:
+            self.error(path, f"{label}: {quote(ep.text)} is already {self.owner(first, claim)}")
+            return
+        if wildcard:
+            other = self.listen_specific.get(port_key)
+        else:
+            other = self.listen_wildcard.get(port_key)
+        if other is not None:
+            self.error(path, f"{label}: {quote(ep.text)} overlaps {quote(other.endpoint.text)} "
+                             f"({self.where(other, claim)}): a wildcard address takes the port "
+                             "on every address")
+        self.listen_exact[exact_key] = claim
+        if wildcard:
+            self.listen_wildcard.setdefault(port_key, claim)
+        else:
+            self.listen_specific.setdefault(port_key, claim)
+
+    @staticmethod
+    def where(first: _ListenClaim, claim: _ListenClaim) -> str:
+        if first.service == claim.service:
+            return f"listen[{first.index}]"
+        return f"{first.service_label}: listen[{first.index}]"
+
+    def owner(self, first: _ListenClaim, claim: _ListenClaim) -> str:
+        if first.service == claim.service:
+            return f"listed at listen[{first.index}]"
+        return f"a listen address of {first.service_label} (listen[{first.index}])"
+
+    # ------------------------------------------------------------ backends
+
+    def backends(self, scope: _Scope, table: dict[str, Any]) -> list[Backend]:
+        if "backends" not in table:
+            self.missing(scope, "backends")
+            return []
+        value = table["backends"]
+        path = (*scope.path, "backends")
+        label = scope.label("backends")
+        if isinstance(value, dict):
+            self.error(path, f"{label}: expected an array of tables ([[services.backends]]), "
+                             "found a table", at_key=True)
+            return []
+        if not isinstance(value, list):
+            self.wrong_type(path, label, "an array of tables ([[services.backends]])", value)
+            return []
+        if not value:
+            self.error(path, f"{label}: must not be empty (a service needs at least one backend)")
+            return []
+        backends: list[Backend] = []
+        by_address: dict[tuple[str, int], int] = {}
+        by_name: dict[str, int] = {}
+        for j, entry in enumerate(value):
+            entry_path = (*path, j)
+            entry_label = f"{label}[{j}]"
+            self.backend_total += 1
+            if self.backend_total == MAX_BACKENDS + 1:
+                self.error(entry_path, f"{entry_label}: too many backends (at most "
+                                       f"{MAX_BACKENDS} in all services together)", at_key=True)
+            entry_table = self.read_table(entry_path, entry_label, entry)
+            if entry_table is None:
+                continue
+            bscope = _Scope(path=entry_path, table=entry_label, prefix=f"{entry_label}.")
+            backend = self.backend(bscope, entry_table)
+            if backend is None:
+                continue
+            key = (backend.address.host, backend.address.port)
+            first = by_address.setdefault(key, j)
+            if first != j:
+                self.error((*entry_path, "address"),
+                           f"{bscope.label('address')}: {quote(backend.address.text)} is already "
+                           f"the address of backends[{first}]")
+            first = by_name.setdefault(backend.name, j)
+            if first != j and "name" in entry_table:
+                self.error((*entry_path, "name"),
+                           f"{bscope.label('name')}: duplicate backend name {quote(backend.name)} "
+                           f"(also backends[{first}])")
+            elif first != j and by_address[key] == j:
+                self.error(entry_path,
+                           f"{entry_label}: its default name {quote(backend.name)} (its address) "
+                           f"is already the name of backends[{first}]", at_key=True)
+            backends.append(backend)
+        return backends
+
+    def backend(self, scope: _Scope, table: dict[str, Any]) -> Backend | None:
+        """The backend, or None when its address is missing or invalid (already reported)."""
+        self.check_keys(scope, table, BACKEND_KEYS, _BACKEND_HOMES)
+        d = _BACKEND_DEFAULTS
+        address: Endpoint | None = None
+        if "address" not in table:
+            self.missing(scope, "address")
+        else:
+            text = self.read_str(scope, table, "address")
+            if text is not None:
+                try:
+                    address = parse_endpoint(text, wildcard_ok=False)
+                except ValueError as exc:
+                    self.error((*scope.path, "address"), f"{scope.label('address')}: {exc}")
+        name = self.backend_name(scope, table, address)
+        weight = self.read_int(
+            scope, table, "weight", d.weight, 1, MAX_WEIGHT,
+            zero_hint="weight 0 is only for the runtime API (l4lb drain, l4lb weight)",
+        )
+        max_connections = self.read_int(scope, table, "max_connections", d.max_connections,
+                                        0, U32_MAX)
+        backup = self.read_bool(scope, table, "backup", d.backup)
+        if address is None:
+            return None
+        return Backend(address=address, name=name, weight=weight,
+                       max_connections=max_connections, backup=backup)
+
+    def backend_name(self, scope: _Scope, table: dict[str, Any], address: Endpoint | None) -> str:
+        if "name" not in table:
+            return address.text if address is not None else ""
+        name = self.read_str(scope, table, "name")
+        if name is None:
+            return ""
+        if not 1 <= len(name) <= NAME_MAX_LEN or not all(
+            c.isprintable() and not c.isspace() for c in name
+        ):
+            self.error((*scope.path, "name"),
+                       f"{scope.label('name')}: invalid backend name {quote(name)}: use 1 to "
+                       f"{NAME_MAX_LEN} characters without spaces or control characters")
+        return name
+
+
+def validate(doc: dict[str, Any], locator: Locator, file: str) -> Config | list[Diagnostic]:
+    """The Config for a parsed document, or every problem found in it (unsorted)."""
+    checker = _Checker(locator, file)
+    config = checker.document(doc)
+    if checker.diagnostics:
+        return checker.diagnostics
+    return config
