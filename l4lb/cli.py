@@ -233,3 +233,16 @@ def weight(service: str, backend: str, weight: int, config_path: str | None,
     """Set the weight (0..256) of BACKEND of SERVICE at run time."""
     _emit(_call(config_path, socket_path, "weight", service=service, backend=backend,
                 weight=weight), as_json, _change_text)
+
+
+@cli.command()
+@_socket_options
+def reload(config_path: str | None, socket_path: str | None, as_json: bool) -> None:
+    """Re-read the configuration file and apply the difference (like SIGHUP).
+
+    An invalid file changes nothing: every error is printed and the exit code is 1.
+    """
+    _emit(_call(config_path, socket_path, "reload"), as_json,
+          lambda r: f"reloaded: {r['changes']} (table generation {r['generation']})"
+          + "".join(f"\nwarning: [global] {k} changed: needs a restart"
+                    for k in r["restart_needed"]))

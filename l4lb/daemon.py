@@ -6,13 +6,14 @@ stops the start-up with one line naming the address and the OS error.
 
 Signals: SIGTERM drains gracefully (stop accepting, let sessions finish for up to
 `[global] shutdown_timeout`, close the rest, exit 0); SIGINT stops at once (sessions closed, exit 0);
-a second signal stops at once. SIGHUP is reserved for reload (issue #3) and says so.
+a second signal stops at once. SIGHUP reloads the configuration file (see Daemon.reload).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -25,7 +26,10 @@ from l4lb import __version__
 from l4lb.config.model import Config
 from l4lb.control import ControlError, ControlServer
 from l4lb.dataplane import load_dataplane_class
-from l4lb.net.listen import ListenerGroup, open_listeners, resolve_workers
+from l4lb.config import ConfigError, load_file
+from l4lb.logs import LEVELS
+from l4lb.net.listen import ListenError, ListenerGroup, open_listeners, resolve_workers
+from l4lb.reload import RESTART_ONLY, plan
 from l4lb.state import Runtime, StateError, address_text
 from l4lb.table.blob import digest
 from l4lb.table.builder import TableBuilder
@@ -138,7 +142,89 @@ class Daemon:
         """The control socket's commands."""
         return {"status": self.cmd_status, "backends": self.cmd_backends,
                 "sessions": self.cmd_sessions, "enable": self.cmd_enable,
-                "disable": self.cmd_disable, "drain": self.cmd_drain, "weight": self.cmd_weight}
+                "disable": self.cmd_disable, "drain": self.cmd_drain, "weight": self.cmd_weight,
+                "reload": self.cmd_reload}
+
+    def cmd_reload(self) -> dict[str, Any]:
+        return self.reload()
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file and apply the difference (SIGHUP, `l4lb reload`).
+
+        Nothing changes unless the whole new file is valid and every new listener binds: on any
+        error the running configuration stays and ControlError carries every problem.
+        Unchanged listeners stay bound, open sessions are untouched, and runtime state
+        (admin state, weights) of backends that stay is kept.
+        """
+        try:
+            new = load_file(self.config.path)
+        except ConfigError as exc:
+            log.error("reload: %s rejected, running configuration unchanged:\n%s",
+                      self.config.path, exc)
+            raise ControlError(
+                f"reload rejected, running configuration unchanged:\n{exc}") from None
+        except OSError as exc:
+            log.error("reload: cannot read %s: %s", self.config.path, exc.strerror or exc)
+            raise ControlError(f"reload rejected: cannot read {self.config.path}: "
+                               f"{exc.strerror or exc}") from None
+        diff = plan(self.config, new)
+        for key in diff.restart_needed:
+            log.warning("reload: [global] %s changed: takes effect only after a restart; "
+                        "keeping %r", key, getattr(self.config.global_, key))
+        keep = {k: getattr(self.config.global_, k) for k in RESTART_ONLY}
+        new = dataclasses.replace(new, global_=dataclasses.replace(new.global_, **keep))
+        fresh: list[ListenerGroup] = []
+        try:
+            for service, endpoint in diff.bind:
+                fresh.append(open_listeners(service, endpoint, self.workers,
+                                            self.config.global_.listen_backlog))
+        except ListenError as exc:
+            for group in fresh:
+                group.close()
+            log.error("reload: rejected, running configuration unchanged: %s", exc.strerror)
+            raise ControlError(f"reload rejected, running configuration unchanged: "
+                               f"{exc.strerror}") from None
+        old_config, old_runtime = self.config, self.runtime
+        self.config = new
+        self.runtime = Runtime.from_config(new, previous=old_runtime)
+        try:
+            self._publish()
+        except Exception:
+            self.config, self.runtime = old_config, old_runtime
+            for group in fresh:
+                group.close()
+            raise
+        ids = self.builder.service_ids()
+        for group in fresh:
+            for worker, sock in enumerate(group.sockets):
+                self.dp.add_listener(ids[group.service], sock.fileno(), worker)
+            self.listeners.append(group)
+            log.info("service %s: listening on %s", group.service, group.endpoint)
+        moved = dict((e, s) for s, e in diff.move)
+        released = set(diff.release)
+        kept: list[ListenerGroup] = []
+        for group in self.listeners:
+            if group.endpoint in released:
+                for sock in group.sockets:
+                    self.dp.remove_listener(sock.fileno())
+                group.close()
+                log.info("service %s: stopped listening on %s", group.service, group.endpoint)
+                continue
+            if group.endpoint in moved:
+                for worker, sock in enumerate(group.sockets):
+                    self.dp.remove_listener(sock.fileno())
+                    self.dp.add_listener(ids[moved[group.endpoint]], sock.fileno(), worker)
+                log.info("service %s: now serves %s (was %s)", moved[group.endpoint],
+                         group.endpoint, group.service)
+                group.service = moved[group.endpoint]
+            kept.append(group)
+        self.listeners = kept
+        if new.global_.log_level != old_config.global_.log_level:
+            logging.getLogger().setLevel(LEVELS[new.global_.log_level])
+        summary = diff.summary()
+        log.info("reload: %s applied: %s", self.config.path, summary)
+        return {"generation": self.generation, "digest": self.digest, "changes": summary,
+                "restart_needed": list(diff.restart_needed)}
 
     def cmd_status(self) -> dict[str, Any]:
         services = []
@@ -257,8 +343,9 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
-            log.warning("daemon: SIGHUP received: reload is not implemented yet; "
-                        "configuration unchanged")
+            log.info("daemon: SIGHUP received: reloading %s", daemon.config.path)
+            with contextlib.suppress(ControlError):  # already logged with every error
+                daemon.reload()
             return
         signals_seen.append(signum)
         if len(signals_seen) > 1 or signum == signal.SIGINT:

@@ -1,0 +1,88 @@
+"""Plan a reload: what differs between the running configuration and a new, valid one.
+
+Pure: compares two validated Configs and says which listeners to bind or release, which
+services and backends come and go, and which changed settings cannot apply without a restart
+(they are reported and the running value stays). Listeners are identified by their address, so a
+listen address that stays (even if it moves to another service) keeps its bound sockets and
+nothing is ever re-bound needlessly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from l4lb.config.model import Config, Endpoint
+from l4lb.state import address_text
+
+# [global] keys that only take effect at start; a reload keeps their running values.
+RESTART_ONLY = ("workers", "control_socket", "listen_backlog")
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """The difference between two configurations, in the order it must be applied."""
+
+    bind: tuple[tuple[str, Endpoint], ...] = ()  # (service, endpoint) to bind anew
+    release: tuple[Endpoint, ...] = ()  # listen addresses no service uses any more
+    move: tuple[tuple[str, Endpoint], ...] = ()  # kept address now serving another service
+    services_added: tuple[str, ...] = ()
+    services_removed: tuple[str, ...] = ()
+    services_changed: tuple[str, ...] = ()  # settings or backends differ
+    backends_added: tuple[tuple[str, str], ...] = ()  # (service, address as written)
+    backends_removed: tuple[tuple[str, str], ...] = ()
+    restart_needed: tuple[str, ...] = field(default=())  # global keys whose change is ignored
+
+    @property
+    def empty(self) -> bool:
+        return not (self.bind or self.release or self.move or self.services_added
+                    or self.services_removed or self.services_changed)
+
+    def summary(self) -> str:
+        parts = []
+        for label, items in (("services added", self.services_added),
+                             ("services removed", self.services_removed),
+                             ("services changed", self.services_changed)):
+            if items:
+                parts.append(f"{label}: {', '.join(items)}")
+        for label, pairs in (("backends added", self.backends_added),
+                             ("backends removed", self.backends_removed)):
+            if pairs:
+                parts.append(f"{label}: {', '.join(f'{s}/{a}' for s, a in pairs)}")
+        if self.bind:
+            parts.append(f"new listeners: {', '.join(str(e) for _, e in self.bind)}")
+        if self.release:
+            parts.append(f"listeners closed: {', '.join(str(e) for e in self.release)}")
+        return "; ".join(parts) or "no change"
+
+
+def _listen_map(config: Config) -> dict[Endpoint, str]:
+    return {e: s.name for s in config.services for e in s.listen}
+
+
+def plan(old: Config, new: Config) -> ReloadPlan:
+    """Compute the plan; both configurations are already valid."""
+    old_listen, new_listen = _listen_map(old), _listen_map(new)
+    bind = tuple((svc, e) for e, svc in new_listen.items() if e not in old_listen)
+    release = tuple(e for e in old_listen if e not in new_listen)
+    move = tuple((svc, e) for e, svc in new_listen.items()
+                 if e in old_listen and old_listen[e] != svc)
+    old_svcs = {s.name: s for s in old.services}
+    new_svcs = {s.name: s for s in new.services}
+    added = tuple(n for n in new_svcs if n not in old_svcs)
+    removed = tuple(n for n in old_svcs if n not in new_svcs)
+    changed = tuple(n for n in new_svcs if n in old_svcs and new_svcs[n] != old_svcs[n])
+    b_added: list[tuple[str, str]] = []
+    b_removed: list[tuple[str, str]] = []
+    for name in new_svcs.keys() | old_svcs.keys():
+        before = ({address_text(b) for b in old_svcs[name].backends} if name in old_svcs
+                  else set())
+        after = ({address_text(b) for b in new_svcs[name].backends} if name in new_svcs
+                 else set())
+        b_added += [(name, a) for a in sorted(after - before)]
+        b_removed += [(name, a) for a in sorted(before - after)]
+    restart = tuple(k for k in RESTART_ONLY
+                    if getattr(old.global_, k) != getattr(new.global_, k))
+    return ReloadPlan(bind=bind, release=release, move=move, services_added=added,
+                      services_removed=removed, services_changed=changed,
+                      backends_added=tuple(sorted(b_added)),
+                      backends_removed=tuple(sorted(b_removed)), restart_needed=restart)
