@@ -139,13 +139,15 @@ async def run_demo(host: str, port: int, duration: float | None, show_config: bo
         daemon.start()
         tty = sys.stdout.isatty()
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        tries = [(f"curl -s http://{where}/", "each request names the backend that answered"),
+                 (f"nc {host} {port}", "a greeting, then every line you type is echoed"),
+                 (f"l4lb status --socket {control_path}", "states and counters"),
+                 (f"l4lb drain demo backend-2 --socket {control_path}", "no new sessions")]
+        width = max(len(cmd) for cmd, _ in tries)
         print(f"l4lb demo: balancing {where} over 3 local backends (round_robin).\n"
-              f"Try, in another terminal:\n"
-              f"  curl -s http://{where}/          # each request names the backend that answered\n"
-              f"  nc {host} {port}                  # a greeting, then every line echoed\n"
-              f"  l4lb status --socket {control_path}\n"
-              f"  l4lb drain demo backend-2 --socket {control_path}\n"
-              f"Ctrl-C stops everything.", flush=True)
+              "Try, in another terminal:\n"
+              + "".join(f"  {cmd.ljust(width)}  # {why}\n" for cmd, why in tries)
+              + "Ctrl-C stops everything.", flush=True)
         last = [""]
         return await serve(daemon, tick=lambda d: _live_line(d, tty, last), tick_interval=1.0,
                            duration=duration, control_path=control_path)
