@@ -1,0 +1,385 @@
+"""Tests the blob format: pack/parse round trip, every validation rule, C and Python verdicts."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import types
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from l4lb.dataplane import reference_requested
+from l4lb.table.blob import BackendRec, ServiceRec, Table, TableError, digest, pack, parse
+from l4lb.table.maglev import maglev_fill
+
+
+@pytest.fixture(scope="module")
+def cdp() -> types.ModuleType:
+    """The compiled module; a missing build fails the test unless L4LB_NO_EXTENSIONS=1."""
+    try:
+        from l4lb import _dataplane
+    except ImportError as exc:
+        if reference_requested():
+            pytest.skip("L4LB_NO_EXTENSIONS=1: the compiled l4lb._dataplane is not built")
+        pytest.fail(f"l4lb._dataplane does not import ({exc}); run setup.py build_ext --inplace")
+    return _dataplane
+
+
+def v4(a: int, b: int, c: int, d: int) -> bytes:
+    return bytes([a, b, c, d]) + bytes(12)
+
+
+BACKENDS = (
+    # service 0 (maglev, M = 7): backend 1 has weight 0
+    BackendRec(10, 4, 0, 8080, v4(10, 0, 0, 1), 3, 0),
+    BackendRec(11, 4, 1, 8080, v4(10, 0, 0, 2), 0, 0),
+    BackendRec(12, 6, 0, 8080, bytes(range(1, 17)), 1, 100),
+    # service 1 (source_hash): weights 2 + 1
+    BackendRec(20, 4, 0, 53, v4(10, 0, 1, 1), 2, 0),
+    BackendRec(21, 4, 0, 53, v4(10, 0, 1, 2), 1, 0),
+    # service 2 (round_robin)
+    BackendRec(30, 4, 0, 9000, v4(10, 0, 2, 1), 256, 5),
+)
+MAGLEV_RING = tuple(
+    maglev_fill(77, [(b.family, b.addr, b.port, b.weight) for b in BACKENDS[:3]], 7)
+)
+SERVICES = (
+    ServiceRec(3, 0, 5, 0, 1000, 0, 2, 0, 0, 3, 0, 7),
+    ServiceRec(5, 1, 4, 1, 500, 30000, 0, 10, 3, 2, 7, 3),
+    ServiceRec(9, 0, 0, 0, 3000, 300000, 1, 0, 5, 1, 10, 0),
+)
+BASE = Table(77, SERVICES, BACKENDS, (*MAGLEV_RING, 0, 0, 1))
+SVC_OFF = 32
+BK_OFF = 32 + 48 * 3
+RING_OFF = BK_OFF + 40 * 6
+
+
+def base_blob() -> bytearray:
+    return bytearray(pack(BASE))
+
+
+def put(fmt: str, offset: int, value: int) -> Callable[[bytearray], bytearray]:
+    def mutate(blob: bytearray) -> bytearray:
+        struct.pack_into("<" + fmt, blob, offset, value)
+        return blob
+
+    return mutate
+
+
+def svc(i: int, field_offset: int, fmt: str, value: int) -> Callable[[bytearray], bytearray]:
+    return put(fmt, SVC_OFF + 48 * i + field_offset, value)
+
+
+def bk(i: int, field_offset: int, fmt: str, value: int) -> Callable[[bytearray], bytearray]:
+    return put(fmt, BK_OFF + 40 * i + field_offset, value)
+
+
+def ring(k: int, value: int) -> Callable[[bytearray], bytearray]:
+    return put("I", RING_OFF + 4 * k, value)
+
+
+def grow(blob: bytearray) -> bytearray:
+    blob += bytes(4)
+    struct.pack_into("<I", blob, 24, len(blob))
+    return blob
+
+
+def both(*mutations: Callable[[bytearray], bytearray]) -> Callable[[bytearray], bytearray]:
+    def mutate(blob: bytearray) -> bytearray:
+        for m in mutations:
+            blob = m(blob)
+        return blob
+
+    return mutate
+
+
+TOTAL = len(pack(BASE))
+
+# One case per rule of docs/forwarding-table.md; each mutation breaks exactly that rule.
+CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
+    ("length", lambda b: b[:31], "blob: length 31 is shorter than the 32-byte header"),
+    ("length-empty", lambda b: bytearray(), "blob: length 0 is shorter than the 32-byte header"),
+    (
+        "magic",
+        put("4s", 0, b"L4LC"),  # type: ignore[arg-type]
+        'header.magic: 4c344c43 is not 4c344c42 ("L4LB")',
+    ),
+    ("version", put("H", 4, 2), "header.version: 2 is not 1"),
+    ("header_size", put("H", 6, 40), "header.header_size: 40 is not 32"),
+    (
+        "total_size-length",
+        put("I", 24, TOTAL + 4),
+        f"header.total_size: {TOTAL + 4} does not equal the blob length {TOTAL}",
+    ),
+    (
+        "total_size-formula",
+        grow,
+        f"header.total_size: {TOTAL + 4} does not equal 32 + 48*3 + 40*6 + 4*10 = {TOTAL}",
+    ),
+    (
+        "total_size-counts",
+        put("I", 8, 4),
+        f"header.total_size: {TOTAL} does not equal 32 + 48*4 + 40*6 + 4*10 = {TOTAL + 48}",
+    ),
+    ("header-reserved", put("I", 28, 1), "header.reserved: 1 is not 0"),
+    ("service_id-range", svc(1, 0, "I", 1024), "service[1].service_id: 1024 is not below 1024"),
+    ("service_id-unique", svc(2, 0, "I", 3), "service[2].service_id: 3 is also used by service[0]"),
+    ("protocol", svc(0, 4, "B", 2), "service[0].protocol: 2 is not 0 (tcp) or 1 (udp)"),
+    ("scheduler", svc(1, 5, "B", 6), "service[1].scheduler: 6 is not in 0..5"),
+    ("hash_key", svc(2, 6, "B", 2), "service[2].hash_key: 2 is not 0 (src_ip) or 1 (src_ip_port)"),
+    ("service-reserved", svc(0, 7, "B", 1), "service[0].reserved: 1 is not 0"),
+    ("connect_timeout_ms", svc(1, 8, "I", 0), "service[1].connect_timeout_ms: 0 is not > 0"),
+    ("backend_first", svc(2, 24, "I", 7), "service[2].backend_first: 7 is beyond the 6 backends"),
+    (
+        "backend_count",
+        svc(2, 28, "I", 2),
+        "service[2].backend_count: 2 backends from 5 overrun the 6 backends",
+    ),
+    ("ring_first", svc(2, 32, "I", 11), "service[2].ring_first: 11 is beyond the 10 ring entries"),
+    (
+        "ring_size-range",
+        svc(1, 32, "I", 8),
+        "service[1].ring_size: 3 entries from 8 overrun the 10 ring entries",
+    ),
+    (
+        "ring_size-not-ring-scheduler",
+        both(svc(2, 32, "I", 0), svc(2, 36, "I", 1)),
+        "service[2].ring_size: 1 is not 0 (scheduler round_robin has no ring)",
+    ),
+    (
+        "maglev-ring_size-none-eligible",
+        both(bk(0, 24, "I", 0), bk(2, 24, "I", 0)),
+        "service[0].ring_size: 7 is not 0 although no backend is eligible",
+    ),
+    (
+        "maglev-ring_size-zero",
+        svc(0, 36, "I", 0),
+        "service[0].ring_size: 0 although 2 backends are eligible",
+    ),
+    (
+        "maglev-ring_size-small",
+        svc(0, 36, "I", 1),
+        "service[0].ring_size: 1 is below the 2 eligible backends",
+    ),
+    ("maglev-ring_size-prime", svc(0, 36, "I", 8), "service[0].ring_size: 8 is not prime"),
+    (
+        "source_hash-ring_size",
+        bk(3, 24, "I", 3),
+        "service[1].ring_size: 3 is not the sum of eligible weights 4",
+    ),
+    ("service-reserved0", svc(1, 40, "I", 9), "service[1].reserved[0]: 9 is not 0"),
+    ("service-reserved1", svc(2, 44, "I", 1), "service[2].reserved[1]: 1 is not 0"),
+    ("ring-entry-range", ring(8, 2), "service[1].ring[1]: 2 is not below backend_count 2"),
+    (
+        "ring-entry-weight",
+        ring(MAGLEV_RING.index(0), 1),
+        f"service[0].ring[{MAGLEV_RING.index(0)}]: backend 1 has weight 0",
+    ),
+    ("backend_id-range", bk(4, 0, "I", 65536), "backend[4].backend_id: 65536 is not below 65536"),
+    (
+        "backend_id-unique",
+        bk(4, 0, "I", 11),
+        "backend[4].backend_id: 11 is also used by backend[1]",
+    ),
+    ("family", bk(2, 4, "B", 5), "backend[2].family: 5 is not 4 or 6"),
+    ("port", bk(5, 6, "H", 0), "backend[5].port: 0 is not in 1..65535"),
+    (
+        "addr-ipv4-tail",
+        bk(3, 8 + 15, "B", 1),
+        "backend[3].addr: bytes 4..15 of an IPv4 address are not 0",
+    ),
+    ("weight", bk(5, 24, "I", 257), "backend[5].weight: 257 is above 256"),
+    ("backend-reserved0", bk(0, 32, "I", 4), "backend[0].reserved[0]: 4 is not 0"),
+    ("backend-reserved1", bk(1, 36, "I", 1), "backend[1].reserved[1]: 1 is not 0"),
+    # first failing field: backends are checked before services, services before rings,
+    # and lower indexes first
+    (
+        "order-backend-before-service",
+        both(svc(0, 4, "B", 9), bk(5, 6, "H", 0)),
+        "backend[5].port: 0 is not in 1..65535",
+    ),
+    (
+        "order-service-before-ring",
+        both(ring(8, 2), svc(2, 8, "I", 0)),
+        "service[2].connect_timeout_ms: 0 is not > 0",
+    ),
+    (
+        "order-lower-index-first",
+        both(svc(2, 5, "B", 9), svc(1, 5, "B", 7)),
+        "service[1].scheduler: 7 is not in 0..5",
+    ),
+    (
+        "order-offset-within-record",
+        both(bk(2, 24, "I", 999), bk(2, 4, "B", 0)),
+        "backend[2].family: 0 is not 4 or 6",
+    ),
+]
+
+
+def test_base_blob_is_valid_in_both(cdp: types.ModuleType) -> None:
+    blob = pack(BASE)
+    assert parse(blob) == BASE
+    cdp.table_check(blob)
+    assert len(blob) == 32 + 48 * 3 + 40 * 6 + 4 * 10
+
+
+@pytest.mark.parametrize(("name", "mutate", "message"), CASES, ids=[c[0] for c in CASES])
+def test_each_rule_python(
+    name: str, mutate: Callable[[bytearray], bytearray], message: str
+) -> None:
+    with pytest.raises(TableError) as err:
+        parse(bytes(mutate(base_blob())))
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(("name", "mutate", "message"), CASES, ids=[c[0] for c in CASES])
+def test_each_rule_c_gives_the_same_message(
+    cdp: types.ModuleType, name: str, mutate: Callable[[bytearray], bytearray], message: str
+) -> None:
+    with pytest.raises(ValueError) as err:
+        cdp.table_check(bytes(mutate(base_blob())))
+    assert str(err.value) == message
+
+
+def test_the_example_of_the_contract(cdp: types.ModuleType) -> None:
+    # docs/forwarding-table.md's own example: a maglev ring of 65536 entries.
+    backends = (BackendRec(0, 4, 0, 80, v4(10, 0, 0, 1), 1, 0),)
+    services = (
+        ServiceRec(0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0),
+        ServiceRec(1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0),
+        ServiceRec(2, 0, 5, 0, 1, 0, 0, 0, 0, 1, 0, 65536),
+    )
+    blob = pack(Table(0, services, backends, (0,) * 65536))
+    message = "service[2].ring_size: 65536 is not prime"
+    with pytest.raises(TableError, match=re.escape(message)):
+        parse(blob)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cdp.table_check(blob)
+
+
+def test_error_is_a_value_error() -> None:
+    assert issubclass(TableError, ValueError)
+
+
+def test_digest() -> None:
+    blob = pack(BASE)
+    assert digest(blob) == hashlib.sha256(blob).hexdigest()[:16]
+    assert len(digest(blob)) == 16
+    assert digest(bytes(svc(0, 12, "I", 1)(bytearray(blob)))) != digest(blob)
+
+
+def test_table_accessors() -> None:
+    s = BASE.service(5)
+    assert s is SERVICES[1]
+    assert BASE.service(4) is None
+    assert BASE.service_backends(s) == BACKENDS[3:5]
+    assert BASE.service_ring(s) == (0, 0, 1)
+
+
+def test_empty_table_round_trips(cdp: types.ModuleType) -> None:
+    empty = Table(0, (), (), ())
+    blob = pack(empty)
+    assert len(blob) == 32 and parse(blob) == empty
+    cdp.table_check(blob)
+
+
+backend_rec_st = st.builds(
+    BackendRec,
+    backend_id=st.just(0),
+    family=st.sampled_from([4, 6]),
+    flags=st.integers(0, 255),
+    port=st.integers(1, 65535),
+    addr=st.binary(min_size=16, max_size=16),
+    weight=st.integers(0, 256),
+    max_connections=st.integers(0, 2**32 - 1),
+)
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> Table:
+    """Random valid tables: every scheduler, random weights, consistent rings."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    n_services = draw(st.integers(0, 5))
+    sids = draw(
+        st.lists(st.integers(0, 1023), min_size=n_services, max_size=n_services, unique=True)
+    )
+    services: list[ServiceRec] = []
+    backends: list[BackendRec] = []
+    ring: list[int] = []
+    for sid in sids:
+        sched = draw(st.integers(0, 5))
+        own = draw(st.lists(backend_rec_st, min_size=0, max_size=6))
+        own = [
+            BackendRec(
+                len(backends) + j,
+                b.family,
+                b.flags,
+                b.port,
+                b.addr[:4] + bytes(12) if b.family == 4 else b.addr,
+                b.weight,
+                b.max_connections,
+            )
+            for j, b in enumerate(own)
+        ]
+        eligible = [j for j, b in enumerate(own) if b.weight > 0]
+        if sched == 4:
+            svc_ring = [j for j in eligible for _ in range(own[j].weight)]
+        elif sched == 5 and eligible:
+            svc_ring = maglev_fill(seed, [(b.family, b.addr, b.port, b.weight) for b in own], 13)
+        else:
+            svc_ring = []
+        services.append(
+            ServiceRec(
+                sid,
+                draw(st.integers(0, 1)),
+                sched,
+                draw(st.integers(0, 1)),
+                draw(st.integers(1, 2**32 - 1)),
+                draw(st.integers(0, 2**32 - 1)),
+                draw(st.integers(0, 2**32 - 1)),
+                draw(st.integers(0, 2**32 - 1)),
+                len(backends),
+                len(own),
+                len(ring),
+                len(svc_ring),
+            )
+        )
+        backends.extend(own)
+        ring.extend(svc_ring)
+    return Table(seed, tuple(services), tuple(backends), tuple(ring))
+
+
+@settings(max_examples=80, deadline=None)
+@given(table=tables())
+def test_round_trip(cdp: types.ModuleType, table: Table) -> None:
+    blob = pack(table)
+    assert parse(blob) == table
+    assert pack(parse(blob)) == blob
+    cdp.table_check(blob)
+
+
+@settings(max_examples=300, deadline=None)
+@given(table=tables(), data=st.data())
+def test_c_and_python_agree_on_corrupted_blobs(
+    cdp: types.ModuleType, table: Table, data: st.DataObject
+) -> None:
+    blob = bytearray(pack(table))
+    for _ in range(data.draw(st.integers(1, 3))):
+        if not blob:
+            break
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        blob[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        blob = blob[: data.draw(st.integers(0, len(blob)))]
+    try:
+        parse(bytes(blob))
+    except TableError as exc:
+        with pytest.raises(ValueError) as c_err:
+            cdp.table_check(bytes(blob))
+        assert str(c_err.value) == str(exc)
+    else:
+        cdp.table_check(bytes(blob))
