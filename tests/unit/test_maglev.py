@@ -30,7 +30,8 @@ def cdp() -> types.ModuleType:
         if reference_requested():
             pytest.skip("L4LB_NO_EXTENSIONS=1: the compiled l4lb._dataplane is not built")
         pytest.fail(f"l4lb._dataplane does not import ({exc}); run setup.py build_ext --inplace")
-    return _dataplane
+    module: types.ModuleType = _dataplane
+    return module
 
 
 def doc_fill(seed: int, backends: list[Bk], m: int) -> list[int]:

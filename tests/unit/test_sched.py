@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from l4lb.dataplane import reference_requested
 from l4lb.table import sched as pysched
-from l4lb.table.blob import BackendRec, ServiceRec, Table, pack
+from l4lb.table.blob import BackendRec, ServiceRec, Table, pack, parse
 from l4lb.table.maglev import maglev_fill
 
 RR, WRR, LC, RANDOM2, SRCHASH, MAGLEV = range(6)
@@ -32,7 +32,8 @@ def cdp() -> types.ModuleType:
         if reference_requested():
             pytest.skip("L4LB_NO_EXTENSIONS=1: the compiled l4lb._dataplane is not built")
         pytest.fail(f"l4lb._dataplane does not import ({exc}); run setup.py build_ext --inplace")
-    return _dataplane
+    module: types.ModuleType = _dataplane
+    return module
 
 
 Seq = Callable[..., list[int]]
@@ -42,7 +43,7 @@ Seq = Callable[..., list[int]]
 def impl(request: pytest.FixtureRequest) -> types.ModuleType:
     """Each distribution test runs against both implementations."""
     if request.param == "python":
-        return pysched  # type: ignore[return-value]
+        return pysched
     module: types.ModuleType = request.getfixturevalue("cdp")
     return module
 
@@ -285,7 +286,7 @@ def test_retries_try_every_eligible_backend_once(impl: types.ModuleType, schedul
 @pytest.mark.parametrize("scheduler", [SRCHASH, MAGLEV])
 def test_hashing_retry_walks_the_ring_forward(impl: types.ModuleType, scheduler: int) -> None:
     blob = make_blob(scheduler, [2, 0, 1, 3, 1], ring_size=101)
-    table = pysched.parse(blob)
+    table = parse(blob)
     svc = table.service(SID)
     assert svc is not None
     ring = table.service_ring(svc)
@@ -304,7 +305,7 @@ def test_hashing_retry_walks_the_ring_forward(impl: types.ModuleType, scheduler:
 
 def test_retry_of_a_full_hashed_backend_walks_on(impl: types.ModuleType) -> None:
     blob = make_blob(MAGLEV, [1, 1, 1], max_conns=[1, 0, 0], ring_size=13)
-    table = pysched.parse(blob)
+    table = parse(blob)
     svc = table.service(SID)
     assert svc is not None
     ring = table.service_ring(svc)
@@ -318,14 +319,14 @@ def test_retry_of_a_full_hashed_backend_walks_on(impl: types.ModuleType) -> None
 
 
 def test_python_pick_keeps_state_by_id() -> None:
-    table = pysched.parse(make_blob(WRR, [2, 1]))
+    table = parse(make_blob(WRR, [2, 1]))
     svc = table.service(SID)
     assert svc is not None
     shared, worker = pysched.SchedShared(), pysched.SchedWorker(3)
     got = [pysched.pick(table, svc, shared, worker, 0) for _ in range(3)]
     assert got == [(0, 3), (0, 4), (0, 3)]
     assert worker.wrr_current == {1: 0, 3: 0}  # a whole period brings both back to 0
-    rr_table = pysched.parse(make_blob(RR, [1, 1]))
+    rr_table = parse(make_blob(RR, [1, 1]))
     rr_svc = rr_table.service(SID)
     assert rr_svc is not None
     pysched.pick(rr_table, rr_svc, shared, worker, 0)

@@ -1,0 +1,320 @@
+"""Tests the table builder: record contents, canonical order, weights, backups, stable ids."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import random
+import types
+from typing import Any
+
+import pytest
+
+from l4lb.config import load_text
+from l4lb.config.model import Backend, Config, Endpoint, GlobalSettings, Service
+from l4lb.dataplane import reference_requested
+from l4lb.table.blob import FLAG_BACKUP, Table, parse
+from l4lb.table.builder import TableBuilder, default_maglev_fill
+from l4lb.table.maglev import maglev_fill as py_fill
+
+
+@pytest.fixture(scope="module")
+def cdp() -> types.ModuleType:
+    """The compiled module; a missing build fails the test unless L4LB_NO_EXTENSIONS=1."""
+    try:
+        from l4lb import _dataplane
+    except ImportError as exc:
+        if reference_requested():
+            pytest.skip("L4LB_NO_EXTENSIONS=1: the compiled l4lb._dataplane is not built")
+        pytest.fail(f"l4lb._dataplane does not import ({exc}); run setup.py build_ext --inplace")
+    module: types.ModuleType = _dataplane
+    return module
+
+
+def ep(host: str, port: int, text: str = "") -> Endpoint:
+    return Endpoint(host, port, text)
+
+
+def be(host: str, port: int, weight: int = 1, backup: bool = False, max_conns: int = 0) -> Backend:
+    text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return Backend(
+        ep(host, port, text), name=text, weight=weight, max_connections=max_conns, backup=backup
+    )
+
+
+def service(name: str, backends: list[Backend], **kw: Any) -> Service:
+    base = Service(
+        name=name,
+        protocol="tcp",
+        listen=(ep("127.0.0.1", 80, "127.0.0.1:80"),),
+        backends=tuple(backends),
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def config(*services: Service, seed: int = 7) -> Config:
+    return Config(path="<test>", global_=GlobalSettings(hash_seed=seed), services=services)
+
+
+def build(cfg: Config, weights: dict[tuple[str, str], int] | None = None) -> Table:
+    return parse(TableBuilder(maglev_fill=py_fill).build(cfg, weights))
+
+
+def test_records_carry_the_config() -> None:
+    svc = Service(
+        name="dns",
+        protocol="udp",
+        listen=(ep("127.0.0.1", 53, "127.0.0.1:53"),),
+        backends=(be("10.0.0.2", 53, weight=3, max_conns=9), be("10.0.0.1", 53)),
+        scheduler="least_conn",
+        hash_key="src_ip_port",
+        connect_timeout=0.25,
+        idle_timeout=0.0,
+        retries=4,
+        max_connections=1000,
+    )
+    table = build(config(svc, seed=12345))
+    assert table.hash_seed == 12345
+    (rec,) = table.services
+    assert (rec.service_id, rec.protocol, rec.scheduler, rec.hash_key) == (0, 1, 2, 1)
+    assert (rec.connect_timeout_ms, rec.idle_timeout_ms, rec.retries, rec.max_connections) == (
+        250,
+        0,
+        4,
+        1000,
+    )
+    assert (rec.backend_first, rec.backend_count, rec.ring_first, rec.ring_size) == (0, 2, 0, 0)
+    b0, b1 = table.backends
+    assert (b0.family, b0.addr, b0.port, b0.weight, b0.max_connections) == (
+        4,
+        bytes([10, 0, 0, 1]) + bytes(12),
+        53,
+        1,
+        0,
+    )
+    assert (b1.weight, b1.max_connections) == (3, 9)
+
+
+def test_a_tiny_connect_timeout_still_validates() -> None:
+    table = build(config(service("s", [be("10.0.0.1", 1)], connect_timeout=0.0001)))
+    assert table.services[0].connect_timeout_ms == 1
+
+
+def test_backends_are_in_canonical_order_whatever_the_config_order() -> None:
+    backends = [
+        be("2001:db8::1", 80),
+        be("10.0.0.2", 80),
+        be("10.0.0.10", 80),
+        be("10.0.0.2", 79),
+        be("9.255.255.255", 65535),
+        be("::ffff:1.2.3.4", 1),
+    ]
+    expected = [
+        (4, "9.255.255.255", 65535),
+        (4, "10.0.0.2", 79),
+        (4, "10.0.0.2", 80),
+        (4, "10.0.0.10", 80),
+        (6, "::ffff:1.2.3.4", 1),
+        (6, "2001:db8::1", 80),
+    ]
+    rnd = random.Random(1)
+    blobs = set()
+    for _ in range(5):
+        rnd.shuffle(backends)
+        cfg = config(service("web", list(backends), scheduler="maglev", maglev_table_size=251))
+        blob = TableBuilder(maglev_fill=py_fill).build(cfg)
+        blobs.add(blob)
+        got = [(b.family, b.addr, b.port) for b in parse(blob).backends]
+        assert got == [
+            (f, ipaddress.ip_address(h).packed.ljust(16, b"\0"), p) for f, h, p in expected
+        ]
+    assert len(blobs) == 1  # both nodes of a pair build byte-identical tables
+
+
+def test_rings_for_hashing_schedulers() -> None:
+    backends = [
+        be("10.0.0.1", 80, weight=2),
+        be("10.0.0.2", 80, weight=1),
+        be("10.0.0.3", 80, weight=3),
+    ]
+    table = build(
+        config(
+            service("sh", backends, scheduler="source_hash"),
+            service("mg", backends, scheduler="maglev", maglev_table_size=101),
+            service("rr", backends),
+        )
+    )
+    sh, mg, rr = table.services
+    assert table.service_ring(sh) == (0, 0, 1, 2, 2, 2)
+    assert mg.ring_size == 101 and mg.ring_first == 6
+    recs = table.service_backends(mg)
+    assert list(table.service_ring(mg)) == py_fill(
+        7, [(b.family, b.addr, b.port, b.weight) for b in recs], 101
+    )
+    assert rr.ring_size == 0 and len(table.ring) == 107
+
+
+def test_weight_overrides_by_text_or_canonical_endpoint() -> None:
+    backends = [
+        be("10.0.0.1", 80, weight=5),
+        be("10.0.0.2", 80, weight=5),
+        be("2001:db8::1", 80, weight=5),
+    ]
+    cfg = config(service("web", backends, scheduler="maglev", maglev_table_size=13))
+    table = build(
+        cfg,
+        {("web", "10.0.0.1:80"): 0, ("web", "[2001:db8::1]:80"): 9, ("other", "10.0.0.2:80"): 0},
+    )
+    assert [b.weight for b in table.backends] == [0, 5, 9]
+    assert 0 not in table.ring
+    # written text wins over the canonical form when both are given
+    written = Backend(ep("2001:db8::1", 80, "[2001:0db8::1]:80"), name="x", weight=5)
+    cfg = config(service("web", [written]))
+    weights = {("web", "[2001:0db8::1]:80"): 3, ("web", "[2001:db8::1]:80"): 4}
+    assert build(cfg, weights).backends[0].weight == 3
+    assert build(cfg, {("web", "[2001:db8::1]:80"): 4}).backends[0].weight == 4
+    with pytest.raises(ValueError, match=r"weight of web/\[2001:0db8::1\]:80: 257 is not in"):
+        build(cfg, {("web", "[2001:0db8::1]:80"): 257})
+
+
+def test_no_eligible_backend_gives_an_empty_maglev_ring() -> None:
+    cfg = config(service("web", [be("10.0.0.1", 80)], scheduler="maglev"))
+    table = build(cfg, {("web", "10.0.0.1:80"): 0})
+    assert table.services[0].ring_size == 0 and table.ring == ()
+
+
+def test_backups_only_take_traffic_when_every_primary_is_down() -> None:
+    backends = [
+        be("10.0.0.1", 80, weight=2),
+        be("10.0.0.2", 80, weight=3),
+        be("10.0.0.9", 80, weight=4, backup=True),
+    ]
+    cfg = config(service("web", backends, scheduler="source_hash"))
+    table = build(cfg)
+    assert [b.weight for b in table.backends] == [2, 3, 0]
+    assert [b.flags & FLAG_BACKUP for b in table.backends] == [0, 0, FLAG_BACKUP]
+    table = build(cfg, {("web", "10.0.0.1:80"): 0})
+    assert [b.weight for b in table.backends] == [0, 3, 0]
+    table = build(cfg, {("web", "10.0.0.1:80"): 0, ("web", "10.0.0.2:80"): 0})
+    assert [b.weight for b in table.backends] == [0, 0, 4]
+    assert table.ring == (2, 2, 2, 2)
+    # a backup that is itself down stays at 0
+    table = build(
+        cfg, {("web", "10.0.0.1:80"): 0, ("web", "10.0.0.2:80"): 0, ("web", "10.0.0.9:80"): 0}
+    )
+    assert [b.weight for b in table.backends] == [0, 0, 0]
+
+
+def test_ids_are_stable_across_rebuilds_and_reused_only_after_a_table_without_them() -> None:
+    a, b, c = be("10.0.0.1", 80), be("10.0.0.2", 80), be("10.0.0.3", 80)
+    tb = TableBuilder(maglev_fill=py_fill)
+    tb.build(config(service("s1", [a, b]), service("s2", [c])))
+    assert tb.service_ids() == {"s1": 0, "s2": 1}
+    assert tb.backend_ids() == {
+        ("s1", "10.0.0.1:80"): 0,
+        ("s1", "10.0.0.2:80"): 1,
+        ("s2", "10.0.0.3:80"): 2,
+    }
+
+    # s1 and backend b go away, s3 and backend c in s1 arrive: removed ids are not reused yet
+    tb.build(config(service("s2", [c]), service("s3", [a]), service("s1", [a, c])))
+    assert tb.service_ids() == {"s2": 1, "s3": 2, "s1": 0}
+    ids = tb.backend_ids()
+    assert ids[("s2", "10.0.0.3:80")] == 2 and ids[("s1", "10.0.0.1:80")] == 0
+    assert ids[("s3", "10.0.0.1:80")] == 3 and ids[("s1", "10.0.0.3:80")] == 4
+
+    tb.build(config(service("s2", [c])))  # s1 and s3 leave: their ids are not reused yet...
+    assert tb.service_ids() == {"s2": 1}
+    tb.build(config(service("s2", [c]), service("s4", [b]), service("s5", [a])))
+    # ...but now the last table held only service id 1 and backend id 2: the rest are free
+    assert tb.service_ids() == {"s2": 1, "s4": 0, "s5": 2}
+    assert tb.backend_ids() == {
+        ("s2", "10.0.0.3:80"): 2,
+        ("s4", "10.0.0.2:80"): 0,
+        ("s5", "10.0.0.1:80"): 1,
+    }
+    table = tb.table
+    assert table is not None
+    assert sorted(s.service_id for s in table.services) == [0, 1, 2]
+
+
+def test_an_id_removed_in_this_build_is_not_given_to_a_newcomer() -> None:
+    tb = TableBuilder(maglev_fill=py_fill)
+    tb.build(config(service("old", [be("10.0.0.1", 80)])))
+    tb.build(config(service("new", [be("10.0.0.2", 80)])))
+    assert tb.service_ids() == {"new": 1}
+    assert tb.backend_ids() == {("new", "10.0.0.2:80"): 1}
+
+
+def test_id_maps_use_the_address_as_written() -> None:
+    cfg = load_text(
+        '[[services]]\nname = "web"\nprotocol = "tcp"\nlisten = ["127.0.0.1:8080"]\n'
+        '  [[services.backends]]\n  address = "[2001:0db8:0::7]:9000"\n'
+        '  [[services.backends]]\n  address = "127.0.0.1:9001"\n'
+    )
+    tb = TableBuilder(maglev_fill=py_fill)
+    tb.build(cfg, {("web", "[2001:0db8:0::7]:9000"): 0})
+    assert tb.ids().backends == {("web", "127.0.0.1:9001"): 0, ("web", "[2001:0db8:0::7]:9000"): 1}
+    assert tb.ids().services == {"web": 0}
+    table = tb.table
+    assert table is not None
+    assert [b.weight for b in table.backends] == [1, 0]
+
+
+def test_a_failed_build_changes_nothing() -> None:
+    tb = TableBuilder(maglev_fill=py_fill)
+    tb.build(config(service("a", [be("10.0.0.1", 80)])))
+    bad = config(
+        service(
+            "b",
+            [be(f"10.0.0.{i}", 80) for i in range(1, 5)],
+            scheduler="maglev",
+            maglev_table_size=3,
+        )
+    )
+    with pytest.raises(ValueError, match="m: 3 is below the 4 eligible backends"):
+        tb.build(bad)
+    assert tb.service_ids() == {"a": 0}
+    tb.build(config(service("c", [be("10.0.0.1", 80)])))
+    assert tb.service_ids() == {"c": 1}  # "a" was in the last *built* table
+
+
+def test_limits() -> None:
+    too_many = config(*(service(f"s{i}", [be("10.0.0.1", 80)]) for i in range(1025)))
+    with pytest.raises(ValueError, match="services: 1025 is more than 1024"):
+        TableBuilder(maglev_fill=py_fill).build(too_many)
+    dup = config(service("s", [be("10.0.0.1", 80), be("10.0.0.1", 80)]))
+    with pytest.raises(ValueError, match="appears twice"):
+        TableBuilder(maglev_fill=py_fill).build(dup)
+
+
+def test_reference_request_selects_the_python_fill(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("L4LB_NO_EXTENSIONS", "1")
+    assert default_maglev_fill() is py_fill
+
+
+def test_default_fill_is_the_c_one_when_built(
+    cdp: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("L4LB_NO_EXTENSIONS", raising=False)
+    assert default_maglev_fill() is cdp.maglev_fill
+
+
+def test_c_and_python_fills_build_identical_blobs(cdp: types.ModuleType) -> None:
+    rnd = random.Random(5)
+    backends = [
+        be(
+            f"10.{rnd.randrange(256)}.{rnd.randrange(256)}.{i % 250 + 1}",
+            80 + i,
+            weight=rnd.randint(1, 256),
+        )
+        for i in range(300)
+    ]
+    cfg = config(
+        service("a", backends, scheduler="maglev", maglev_table_size=65537),
+        service("b", backends[:7], scheduler="maglev", maglev_table_size=13),
+        seed=0xFEEDFACE,
+    )
+    blob = TableBuilder(maglev_fill=cdp.maglev_fill).build(cfg)
+    assert blob == TableBuilder(maglev_fill=py_fill).build(cfg)
+    cdp.table_check(blob)
