@@ -1,9 +1,241 @@
 # cython: language_level=3
 """l4lb._dataplane: the only Python-visible compiled module (the C data plane under Cython).
 
-The class Dataplane (added by the relay work) wraps src_ext/core/dp.h; the module-level functions
-from table_api.pxi expose the pure table/hash/Maglev/scheduler code so tests can compare it with
-the Python twins in l4lb/table/.
+The class Dataplane wraps src_ext/core/dp.h (worker threads, TCP relay, table swap); the
+module-level functions from table_api.pxi expose the pure table/hash/Maglev/scheduler code so
+tests can compare it with the Python twins in l4lb/table/.
+
+The worker threads are pthreads created in C: they never hold the GIL and never touch a Python
+object. Every call below that can wait for a worker (add_listener, remove_listener, publish,
+stats, sessions, stop) releases the GIL for the whole C call and converts results afterwards.
 """
 
 include "table_api.pxi"
+
+cimport core as _core
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.errno cimport EALREADY, EEXIST, EINVAL, ENOENT, ENOTCONN, ESHUTDOWN, EBUSY
+
+import os as _os
+import socket as _socket
+
+cdef enum:
+    _DP_ERRLEN = 256
+
+_SESSION_STATES = ("connecting", "established", "half_closed")
+
+
+cdef object _dp_oserror(int rc):
+    return OSError(-rc, _os.strerror(-rc))
+
+
+cdef class Dataplane:
+    """The C data plane; the API is DataplaneAPI in l4lb/dataplane.py."""
+
+    cdef _core.dp *_dp
+    cdef readonly int workers
+
+    def __cinit__(self, int workers):
+        cdef int rc
+        cdef _core.dp *d = NULL
+        self._dp = NULL
+        if workers < 1 or workers > <int>_core.DP_MAX_WORKERS:
+            raise ValueError(f"workers must be in 1..{_core.DP_MAX_WORKERS}, got {workers}")
+        with nogil:
+            rc = _core.dp_create(<uint32_t>workers, &d)
+        if rc:
+            raise _dp_oserror(rc)
+        self._dp = d
+        self.workers = workers
+
+    def __dealloc__(self):
+        cdef _core.dp *d = self._dp
+        self._dp = NULL
+        if d != NULL:
+            with nogil:
+                _core.dp_destroy(d)
+
+    def start(self):
+        """Start the worker threads (each with its own epoll)."""
+        cdef int rc
+        with nogil:
+            rc = _core.dp_start(self._dp)
+        if rc == -EALREADY or rc == -ESHUTDOWN:
+            raise RuntimeError("data plane already started or stopped")
+        if rc:
+            raise _dp_oserror(rc)
+
+    def add_listener(self, int service_id, int fd, int worker):
+        """Give a bound, listening, nonblocking TCP socket to one worker (the caller keeps fd)."""
+        cdef int rc
+        if not 0 <= worker < self.workers:
+            raise ValueError(f"worker {worker} out of range 0..{self.workers - 1}")
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        with nogil:
+            rc = _core.dp_add_listener(self._dp, <uint32_t>service_id, fd, <uint32_t>worker)
+        if rc == -EEXIST:
+            raise ValueError(f"fd {fd} is already a listener")
+        if rc == -ENOTCONN:
+            raise ValueError(f"fd {fd} is not a listening TCP socket")
+        if rc == -ESHUTDOWN:
+            raise RuntimeError("data plane stopped")
+        if rc:
+            raise _dp_oserror(rc)
+
+    def remove_listener(self, int fd):
+        """Stop accepting on fd; when this returns no worker polls it any more."""
+        cdef int rc
+        with nogil:
+            rc = _core.dp_remove_listener(self._dp, fd)
+        if rc == -ENOENT:
+            raise ValueError(f"fd {fd} is not a listener")
+        if rc:
+            raise _dp_oserror(rc)
+
+    def publish(self, blob):
+        """Validate and swap in a new table; returns its generation. ValueError keeps the old."""
+        cdef bytes data = bytes(blob)
+        cdef const uint8_t *p = data
+        cdef size_t n = len(data)
+        cdef uint64_t gen = 0
+        cdef char err[_DP_ERRLEN]
+        cdef int rc
+        err[0] = 0
+        with nogil:
+            rc = _core.dp_publish(self._dp, p, n, &gen, err, _DP_ERRLEN)
+        if rc == -EINVAL:
+            raise ValueError(err.decode("utf-8", "replace"))
+        if rc:
+            raise _dp_oserror(rc)
+        return gen
+
+    @property
+    def generation(self):
+        """Generation of the live table, 0 before the first publish."""
+        return _core.dp_generation(self._dp)
+
+    def stats(self):
+        """Counter snapshot summed over all workers; ids that never saw traffic are absent."""
+        cdef _core.dp_stats_s *st = <_core.dp_stats_s *>malloc(sizeof(_core.dp_stats_s))
+        cdef int rc
+        cdef uint32_t i
+        cdef _core.dp_svc_stats *s
+        cdef _core.dp_be_stats *b
+        if st == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                rc = _core.dp_stats(self._dp, st)
+            if rc:
+                raise _dp_oserror(rc)
+            services = {}
+            backends = {}
+            for i in range(1024):
+                s = &st.svc[i]
+                if (s.conns_total or s.conns_active or s.rejected or s.no_backend
+                        or s.bytes_to_backend or s.bytes_to_client or s.accept_errors):
+                    services[i] = {
+                        "conns_total": s.conns_total, "conns_active": s.conns_active,
+                        "rejected": s.rejected, "no_backend": s.no_backend,
+                        "bytes_to_backend": s.bytes_to_backend,
+                        "bytes_to_client": s.bytes_to_client,
+                        "accept_errors": s.accept_errors,
+                    }
+            for i in range(65536):
+                b = &st.be[i]
+                if (b.conns_total or b.conns_active or b.connect_failures
+                        or b.bytes_to_backend or b.bytes_to_client):
+                    backends[i] = {
+                        "conns_total": b.conns_total, "conns_active": b.conns_active,
+                        "connect_failures": b.connect_failures,
+                        "bytes_to_backend": b.bytes_to_backend,
+                        "bytes_to_client": b.bytes_to_client,
+                    }
+            return {"generation": st.generation, "services": services, "backends": backends}
+        finally:
+            free(st)
+
+    def sessions(self):
+        """Snapshot of the open sessions (each worker answers for its own, at one instant)."""
+        cdef _core.dp_session_info *arr = NULL
+        cdef size_t n = 0, i
+        cdef int rc
+        cdef _core.dp_session_info *x
+        with nogil:
+            rc = _core.dp_sessions(self._dp, &arr, &n)
+        if rc:
+            raise _dp_oserror(rc)
+        out = []
+        try:
+            for i in range(n):
+                x = &arr[i]
+                if x.family == 4:
+                    host = _socket.inet_ntop(_socket.AF_INET, bytes(x.addr[:4]))
+                else:
+                    host = _socket.inet_ntop(_socket.AF_INET6, bytes(x.addr[:16]))
+                out.append({
+                    "service_id": x.service_id, "backend_id": x.backend_id,
+                    "client": (host, x.port), "started": x.started,
+                    "bytes_to_backend": x.bytes_to_backend,
+                    "bytes_to_client": x.bytes_to_client,
+                    "state": _SESSION_STATES[x.state],
+                })
+        finally:
+            free(arr)
+        return out
+
+    def stop(self, timeout):
+        """Stop accepting, let sessions finish for up to timeout seconds, reset the rest, join
+        the workers. Idempotent."""
+        cdef double t = float(timeout)
+        cdef uint32_t ms
+        cdef int rc
+        if not t > 0:
+            t = 0
+        ms = <uint32_t>(t * 1000.0) if t < 4000000.0 else <uint32_t>4000000000
+        with nogil:
+            rc = _core.dp_stop(self._dp, ms)
+        if rc:
+            raise _dp_oserror(rc)
+
+    # ---- internal: tests and benchmarks only ----------------------------------------------
+
+    def _tune(self, int copy_threshold, int pipe_size):
+        """Relay tuning before start(): copy buffer bytes (0 = always splice), pipe size."""
+        cdef int rc
+        if copy_threshold < 0 or pipe_size < 0:
+            raise ValueError("copy_threshold and pipe_size must be >= 0")
+        rc = _core.dp_set_tuning(self._dp, <uint32_t>copy_threshold, <uint32_t>pipe_size)
+        if rc == -EBUSY:
+            raise RuntimeError("tuning is only possible before start()")
+        if rc == -EINVAL:
+            raise ValueError("copy_threshold must be <= 65536 and pipe_size <= 64 MiB")
+        if rc:
+            raise _dp_oserror(rc)
+
+    def _internals(self):
+        """Pipe pool, slab and pause figures summed over workers (asked of each worker)."""
+        cdef _core.dp_internals_s r
+        cdef int rc
+        with nogil:
+            rc = _core.dp_internals(self._dp, &r)
+        if rc:
+            raise _dp_oserror(rc)
+        return {
+            "pipes_created": r.pipes_created, "pipes_reused": r.pipes_reused,
+            "pipes_closed": r.pipes_closed, "pipes_in_use": r.pipes_in_use,
+            "pipes_idle": r.pipes_idle, "pipe_size": r.pipe_size, "sessions": r.sessions,
+            "slab_bytes": r.slab_bytes, "session_size": r.session_size,
+            "listener_pauses": r.listener_pauses, "copy_sends": r.copy_sends,
+            "splice_moves": r.splice_moves, "tables_pending": r.tables_pending,
+        }
+
+
+def _ct_selftest(int seed, int rounds):
+    """Run the connection table's randomized self-check in C; returns 0 or -errno."""
+    cdef int rc
+    with nogil:
+        rc = _core.ct_selftest(<uint32_t>seed, <uint32_t>rounds)
+    return rc

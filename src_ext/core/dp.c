@@ -1,0 +1,858 @@
+/* dp.c: the data plane object (worker threads, command queues, listeners, table swap, stop).
+ *
+ * Design.
+ *
+ * Threads. dp_start() creates N pthreads with every signal blocked (signals stay with Python's
+ * main thread). A worker owns an epoll instance, an eventfd, its listeners, its sessions (a
+ * ct_table), its pipe pool, its scheduler state and its counters; nothing of it is shared except
+ * the few fields marked "shared" in relay_tcp.h. Workers never touch Python objects: the Cython
+ * class calls into this file with the GIL released and only converts results afterwards.
+ *
+ * Commands. Other threads talk to a worker through a queue guarded by dp->cmd_lock plus a write
+ * to the worker's eventfd. The worker drains its queue after each epoll batch (never in the
+ * middle of one, so a listener it removes cannot have a stale event pending) and marks each
+ * command done under the lock, broadcasting dp->cmd_cond; the caller waits on that condvar.
+ * remove_listener(), sessions() and internals() are such round trips, so they see a consistent
+ * state of each worker and return only after the worker acted. A worker that has exited sets
+ * `exited` under the same lock, after which callers act on its (now quiescent) state directly,
+ * so no caller can wait for an answer that never comes.
+ *
+ * Table swap (RCU-like, publisher-side reclaim). dp_publish() parses and validates the blob
+ * without any lock held by workers, stamps generation = previous + 1, and exchanges the atomic
+ * table pointer. Each worker loads the pointer once per loop iteration, right after epoll_wait
+ * returns (and again before an accept batch, so a connection that arrives after publish()
+ * returned is admitted under the new table), and stores the generation it loaded into its
+ * seen_gen (release). It reloads only where no local variable points at a table, and established
+ * sessions keep ids, never pointers, so w->table is the only table a worker holds. A retired
+ * table R can be freed once every worker's seen_gen > R.generation: a worker's seen_gen never
+ * exceeds the generation of the table it holds, and the release/acquire pair orders its last
+ * use of R before the free. A worker that is not running reports UINT64_MAX; dp_start() sets 0
+ * before the thread exists. Each publish wakes the workers through their eventfds so that idle
+ * workers move past old tables promptly, and reclaims whatever has become free. Forwarding never
+ * waits for a publisher and a publisher never waits for a worker.
+ *
+ * Stop. dp_stop() sets each worker's deadline and stop flag and wakes it. The worker takes its
+ * listeners out of epoll, keeps relaying until it has no sessions or the deadline passes, then
+ * resets what is left, answers pending commands and exits; dp_stop() joins every thread. The
+ * caller keeps ownership of listener fds throughout: the data plane never closes them.
+ *
+ * Counters. Per worker, single writer, relaxed stores (no locked instruction on the data path);
+ * dp_stats() sums them with relaxed loads. The only shared read-modify-writes on the data path
+ * are the scheduler's active counts in sched_shared, which least_conn and max_connections need
+ * to be global.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "relay_tcp.h"
+
+#define DP_EVENTS 256u               /* epoll events per wait */
+#define DP_COPY_DEFAULT 16384u       /* default copy buffer (see relay_tcp.c, bench figures) */
+#define DP_PIPE_DEFAULT 0u           /* default pipe size: kernel default (64 KiB) */
+#define DP_PIPE_POOL_CAP 256u        /* idle pipes kept per worker */
+
+static uint64_t dp_mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Wake worker w (commands, new table, stop). */
+static void dp_wake(struct dp_worker *w)
+{
+    uint64_t one = 1;
+
+    if (w->evfd >= 0)
+        (void)!write(w->evfd, &one, sizeof(one));
+}
+
+/* Register listener l in w's epoll (level-triggered). */
+static int dp_listener_arm(struct dp_worker *w, struct dp_listener *l)
+{
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &l->ep };
+
+    if (l->in_epoll)
+        return 0;
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, l->fd, &ev) < 0)
+        return -errno;
+    l->in_epoll = 1;
+    return 0;
+}
+
+static void dp_listener_disarm(struct dp_worker *w, struct dp_listener *l)
+{
+    if (!l->in_epoll)
+        return;
+    (void)epoll_ctl(w->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+    l->in_epoll = 0;
+}
+
+/* Append l to w's listener array. */
+static int dp_listener_push(struct dp_worker *w, struct dp_listener *l)
+{
+    if (w->n_listeners == w->cap_listeners) {
+        uint32_t cap = w->cap_listeners ? w->cap_listeners * 2 : 8;
+        struct dp_listener **a = realloc(w->listeners, cap * sizeof(*a));
+        if (!a)
+            return -ENOMEM;
+        w->listeners = a;
+        w->cap_listeners = cap;
+    }
+    w->listeners[w->n_listeners++] = l;
+    return 0;
+}
+
+/* Remove the listener with this fd from w (epoll and array) and free it. */
+static int dp_listener_drop(struct dp_worker *w, int fd)
+{
+    uint32_t i;
+
+    for (i = 0; i < w->n_listeners; i++) {
+        struct dp_listener *l = w->listeners[i];
+        if (l->fd != fd)
+            continue;
+        dp_listener_disarm(w, l);
+        w->listeners[i] = w->listeners[--w->n_listeners];
+        free(l);
+        return 0;
+    }
+    return -ENOENT;
+}
+
+/* Count the worker's pools and sessions into out (worker thread, or a quiescent worker). */
+static void dp_worker_internals(struct dp_worker *w, struct dp_internals *out)
+{
+    out->pipes_created += w->pp.created;
+    out->pipes_reused += w->pp.reused;
+    out->pipes_closed += w->pp.closed;
+    out->pipes_in_use += w->pp.in_use;
+    out->pipes_idle += w->pp.n_free;
+    if (w->pp.actual_size)
+        out->pipe_size = w->pp.actual_size;
+    out->sessions += w->ct.n_live;
+    out->slab_bytes += (uint64_t)w->ct.n_chunks * CT_SLAB_CHUNK * w->ct.obj_size;
+    out->session_size = w->ct.obj_size;
+    out->listener_pauses += __atomic_load_n(&w->cnt->listener_pauses, __ATOMIC_RELAXED);
+    out->copy_sends += __atomic_load_n(&w->cnt->copy_sends, __ATOMIC_RELAXED);
+    out->splice_moves += __atomic_load_n(&w->cnt->splice_moves, __ATOMIC_RELAXED);
+}
+
+/* State passed to the snapshot callback. */
+struct dp_snap {
+    struct dp_session_info *out;   /* array being filled */
+    size_t n;                      /* entries filled */
+    size_t cap;                    /* its capacity */
+};
+
+static void dp_snap_one(struct ct_entry *e, void *arg)
+{
+    struct dp_snap *sn = arg;
+    const struct relay_session *s = (const struct relay_session *)e;
+
+    if (s->state == RELAY_DEAD || sn->n >= sn->cap)
+        return;
+    relay_tcp_info(s, &sn->out[sn->n++]);
+}
+
+/* Snapshot w's sessions into a new array (worker thread, or a quiescent worker). */
+static int dp_worker_snapshot(struct dp_worker *w, struct dp_session_info **out, size_t *n)
+{
+    struct dp_snap sn = { .cap = w->ct.n_live };
+
+    *out = NULL;
+    *n = 0;
+    if (!sn.cap)
+        return 0;
+    sn.out = calloc(sn.cap, sizeof(*sn.out));
+    if (!sn.out)
+        return -ENOMEM;
+    ct_foreach(&w->ct, dp_snap_one, &sn);
+    *out = sn.out;
+    *n = sn.n;
+    return 0;
+}
+
+/* Execute one command on worker w. */
+static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
+{
+    switch (c->type) {
+    case DP_CMD_ADD_LISTENER:
+        c->rc = dp_listener_push(w, c->listener);
+        if (c->rc == 0 && !w->stopping && !w->paused_until_ms) {
+            c->rc = dp_listener_arm(w, c->listener);
+            if (c->rc)
+                w->n_listeners--;
+        }
+        break;
+    case DP_CMD_DEL_LISTENER:
+        c->rc = dp_listener_drop(w, c->fd);
+        break;
+    case DP_CMD_SNAPSHOT:
+        c->rc = dp_worker_snapshot(w, &c->sessions, &c->n_sessions);
+        break;
+    case DP_CMD_INTERNALS:
+        dp_worker_internals(w, c->internals);
+        c->rc = 0;
+        break;
+    }
+}
+
+/* Run every queued command and mark each done. */
+static void dp_worker_commands(struct dp_worker *w)
+{
+    struct dp *dp = w->dp;
+    struct dp_cmd *c, *next;
+
+    pthread_mutex_lock(&dp->cmd_lock);
+    c = w->cmd_head;
+    w->cmd_head = w->cmd_tail = NULL;
+    pthread_mutex_unlock(&dp->cmd_lock);
+    if (!c)
+        return;
+    for (struct dp_cmd *x = c; x; x = x->next)
+        dp_worker_exec(w, x);
+    pthread_mutex_lock(&dp->cmd_lock);
+    for (; c; c = next) {
+        next = c->next;
+        c->done = 1; /* c may vanish once the lock is released */
+    }
+    pthread_cond_broadcast(&dp->cmd_cond);
+    pthread_mutex_unlock(&dp->cmd_lock);
+}
+
+/* epoll_wait timeout for this iteration, in ms (-1 = none). */
+static int dp_worker_timeout(struct dp_worker *w)
+{
+    int64_t t = -1, x;
+
+    if (w->ready_head)
+        return 0;
+    x = ct_wheel_next_ms(&w->ct, w->now_ms);
+    if (x >= 0)
+        t = x;
+    if (w->paused_until_ms && !w->stopping) {
+        x = w->paused_until_ms > w->now_ms ? (int64_t)(w->paused_until_ms - w->now_ms) : 0;
+        t = t < 0 || x < t ? x : t;
+    }
+    if (w->stopping) {
+        x = w->stop_deadline_ms > w->now_ms ? (int64_t)(w->stop_deadline_ms - w->now_ms) : 0;
+        t = t < 0 || x < t ? x : t;
+    }
+    if (t > 3600000)
+        t = 3600000;
+    return (int)t;
+}
+
+static void *dp_worker_main(void *arg)
+{
+    struct dp_worker *w = arg;
+    struct dp *dp = w->dp;
+    struct epoll_event evs[DP_EVENTS];
+    uint32_t i;
+    int n, cmds;
+
+    w->now_ms = dp_mono_ms();
+    w->table = NULL; /* seen_gen is 0 (set by dp_start): holds nothing yet */
+    for (i = 0; i < w->n_listeners; i++)
+        (void)dp_listener_arm(w, w->listeners[i]);
+    for (;;) {
+        n = epoll_wait(w->epfd, evs, DP_EVENTS, dp_worker_timeout(w));
+        w->now_ms = dp_mono_ms();
+        dp_worker_refresh_table(w);
+        cmds = 0;
+        for (i = 0; n > 0 && i < (uint32_t)n; i++) {
+            struct dp_ep *ep = evs[i].data.ptr;
+            switch (ep->kind) {
+            case DP_EP_LISTENER: {
+                struct dp_listener *l = (struct dp_listener *)ep;
+                if (l->in_epoll && !w->stopping)
+                    relay_tcp_accept(w, l);
+                break;
+            }
+            case DP_EP_EVENTFD: {
+                uint64_t v;
+                (void)!read(w->evfd, &v, sizeof(v));
+                cmds = 1;
+                break;
+            }
+            default:
+                relay_tcp_event(w, ep, evs[i].events);
+                break;
+            }
+        }
+        relay_tcp_run_ready(w);
+        ct_wheel_advance(&w->ct, w->now_ms, relay_tcp_expire, w);
+        relay_tcp_reap(w);
+        if (cmds)
+            dp_worker_commands(w);
+        if (!w->stopping && atomic_load_explicit(&w->stop_req, memory_order_acquire)) {
+            w->stopping = 1;
+            for (i = 0; i < w->n_listeners; i++)
+                dp_listener_disarm(w, w->listeners[i]);
+        }
+        if (w->paused_until_ms && w->now_ms >= w->paused_until_ms) {
+            w->paused_until_ms = 0;
+            if (!w->stopping)
+                for (i = 0; i < w->n_listeners; i++)
+                    (void)dp_listener_arm(w, w->listeners[i]);
+        }
+        if (w->stopping && (w->ct.n_live == 0 || w->now_ms >= w->stop_deadline_ms))
+            break;
+    }
+    relay_tcp_close_all(w);
+    /* answer what is queued, then refuse further commands (callers act directly) */
+    dp_worker_commands(w);
+    pthread_mutex_lock(&dp->cmd_lock);
+    w->exited = 1;
+    pthread_mutex_unlock(&dp->cmd_lock);
+    dp_worker_commands(w);
+    w->table = NULL;
+    atomic_store_explicit(&w->seen_gen, UINT64_MAX, memory_order_release);
+    return NULL;
+}
+
+/* Queue c for w and wait until it is done. Called with dp->cmd_lock held; returns with it held.
+ * Returns -ESRCH when the worker does not take commands (not running); c was not run then. */
+static int dp_call_locked(struct dp *dp, struct dp_worker *w, struct dp_cmd *c)
+{
+    if (!w->thread_started || w->exited)
+        return -ESRCH;
+    c->next = NULL;
+    c->done = 0;
+    if (w->cmd_tail)
+        w->cmd_tail->next = c;
+    else
+        w->cmd_head = c;
+    w->cmd_tail = c;
+    dp_wake(w);
+    while (!c->done)
+        pthread_cond_wait(&dp->cmd_cond, &dp->cmd_lock);
+    return 0;
+}
+
+int dp_create(uint32_t n_workers, struct dp **out)
+{
+    struct dp *dp;
+    uint32_t i;
+    uint64_t now = dp_mono_ms();
+    int rc = -ENOMEM;
+
+    *out = NULL;
+    if (n_workers < 1 || n_workers > DP_MAX_WORKERS)
+        return -EINVAL;
+    dp = calloc(1, sizeof(*dp));
+    if (!dp)
+        return -ENOMEM;
+    dp->n_workers = n_workers;
+    dp->copy_threshold = DP_COPY_DEFAULT;
+    dp->pipe_size = DP_PIPE_DEFAULT;
+    atomic_init(&dp->table, NULL);
+    atomic_init(&dp->generation, 0);
+    pthread_mutex_init(&dp->pub_lock, NULL);
+    pthread_mutex_init(&dp->cmd_lock, NULL);
+    pthread_mutex_init(&dp->stop_lock, NULL);
+    pthread_cond_init(&dp->cmd_cond, NULL);
+    dp->shared = calloc(1, sizeof(*dp->shared));
+    dp->workers = calloc(n_workers, sizeof(*dp->workers));
+    for (i = 0; dp->workers && i < n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        w->epfd = w->evfd = -1;
+        atomic_init(&w->seen_gen, UINT64_MAX);
+        atomic_init(&w->stop_req, 0);
+    }
+    if (!dp->shared || !dp->workers)
+        goto fail;
+    sched_shared_init(dp->shared);
+    for (i = 0; i < n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        struct epoll_event ev = { .events = EPOLLIN };
+        w->dp = dp;
+        w->index = i;
+        w->ev_ep.kind = DP_EP_EVENTFD;
+        w->epfd = epoll_create1(EPOLL_CLOEXEC);
+        w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (w->epfd < 0 || w->evfd < 0) {
+            rc = -errno;
+            goto fail;
+        }
+        ev.data.ptr = &w->ev_ep;
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->evfd, &ev) < 0) {
+            rc = -errno;
+            goto fail;
+        }
+        w->sw = calloc(1, sizeof(*w->sw));
+        w->cnt = calloc(1, sizeof(*w->cnt));
+        if (!w->sw || !w->cnt)
+            goto fail;
+        sched_worker_init(w->sw, 0x9e3779b97f4a7c15ull ^ ((uint64_t)(i + 1) * 0xbf58476d1ce4e5b9ull));
+        if ((rc = ct_init(&w->ct, sizeof(struct relay_session), now)) != 0)
+            goto fail;
+        if ((rc = pipepool_init(&w->pp, DP_PIPE_POOL_CAP, dp->pipe_size)) != 0)
+            goto fail;
+    }
+    *out = dp;
+    return 0;
+fail:
+    dp_destroy(dp);
+    return rc;
+}
+
+int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size)
+{
+    uint32_t i;
+    int rc = 0;
+
+    if (copy_threshold > 65536u || pipe_size > (64u << 20))
+        return -EINVAL;
+    pthread_mutex_lock(&dp->cmd_lock);
+    if (dp->state != 0)
+        rc = -EBUSY;
+    else {
+        dp->copy_threshold = copy_threshold;
+        dp->pipe_size = pipe_size;
+        for (i = 0; i < dp->n_workers; i++)
+            dp->workers[i].pp.pipe_size = pipe_size;
+    }
+    pthread_mutex_unlock(&dp->cmd_lock);
+    return rc;
+}
+
+int dp_start(struct dp *dp)
+{
+    sigset_t all, old;
+    uint32_t i;
+    int rc = 0;
+
+    pthread_mutex_lock(&dp->cmd_lock);
+    if (dp->state != 0) {
+        rc = dp->state == 1 ? -EALREADY : -ESHUTDOWN;
+        pthread_mutex_unlock(&dp->cmd_lock);
+        return rc;
+    }
+    for (i = 0; i < dp->n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        w->buf_size = dp->copy_threshold;
+        if (w->buf_size && !(w->buf = malloc(w->buf_size))) {
+            rc = -ENOMEM;
+            break;
+        }
+    }
+    if (rc) {
+        pthread_mutex_unlock(&dp->cmd_lock);
+        return rc;
+    }
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (i = 0; i < dp->n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        /* under pub_lock: no publisher can judge this worker idle between here and its first
+         * table load */
+        pthread_mutex_lock(&dp->pub_lock);
+        atomic_store(&w->seen_gen, 0);
+        pthread_mutex_unlock(&dp->pub_lock);
+        rc = -pthread_create(&w->thread, NULL, dp_worker_main, w);
+        if (rc) {
+            atomic_store(&w->seen_gen, UINT64_MAX);
+            break;
+        }
+        w->thread_started = 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    dp->state = 1;
+    pthread_mutex_unlock(&dp->cmd_lock);
+    if (rc)
+        dp_stop(dp, 0);
+    return rc;
+}
+
+int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
+{
+    struct dp_listener *l;
+    struct dp_worker *w;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    struct dp_cmd c = { .type = DP_CMD_ADD_LISTENER };
+    uint32_t i;
+    int rc;
+
+    if (worker >= dp->n_workers || service_id >= DP_MAX_SERVICES || fd < 0)
+        return -EINVAL;
+    l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    l->ep.kind = DP_EP_LISTENER;
+    l->fd = fd;
+    l->service_id = service_id;
+    int type = 0, acc = 0;
+    socklen_t il = sizeof(int);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &il) < 0 ||
+        getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+        rc = -errno;
+        free(l);
+        return rc;
+    }
+    il = sizeof(int);
+    if (type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &il) < 0 || !acc) {
+        free(l);
+        return -ENOTCONN; /* not a listening TCP socket */
+    }
+    if (ss.ss_family == AF_INET) {
+        l->family = 4;
+        l->lport = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        memcpy(l->laddr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    } else if (ss.ss_family == AF_INET6) {
+        l->family = 6;
+        l->lport = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        memcpy(l->laddr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+    } else {
+        free(l);
+        return -EAFNOSUPPORT;
+    }
+    w = &dp->workers[worker];
+    pthread_mutex_lock(&dp->cmd_lock);
+    rc = 0;
+    if (dp->state == 2)
+        rc = -ESHUTDOWN;
+    for (i = 0; !rc && i < dp->n_lfd; i++)
+        if (dp->lfd[i] == fd)
+            rc = -EEXIST;
+    if (!rc && dp->n_lfd == dp->cap_lfd) {
+        uint32_t cap = dp->cap_lfd ? dp->cap_lfd * 2 : 16;
+        int *a = realloc(dp->lfd, cap * sizeof(*a));
+        uint32_t *b = a ? realloc(dp->lfd_worker, cap * sizeof(*b)) : NULL;
+        if (a)
+            dp->lfd = a;
+        if (b) {
+            dp->lfd_worker = b;
+            dp->cap_lfd = cap;
+        } else
+            rc = -ENOMEM;
+    }
+    if (!rc) {
+        c.listener = l;
+        if (dp_call_locked(dp, w, &c) == -ESRCH)
+            rc = w->exited ? -ESHUTDOWN : dp_listener_push(w, l); /* not started yet */
+        else
+            rc = c.rc;
+    }
+    if (!rc) {
+        dp->lfd[dp->n_lfd] = fd;
+        dp->lfd_worker[dp->n_lfd++] = worker;
+    }
+    pthread_mutex_unlock(&dp->cmd_lock);
+    if (rc)
+        free(l);
+    return rc;
+}
+
+int dp_remove_listener(struct dp *dp, int fd)
+{
+    struct dp_cmd c = { .type = DP_CMD_DEL_LISTENER, .fd = fd };
+    struct dp_worker *w;
+    uint32_t i;
+    int rc;
+
+    pthread_mutex_lock(&dp->cmd_lock);
+    for (i = 0; i < dp->n_lfd; i++)
+        if (dp->lfd[i] == fd)
+            break;
+    if (i == dp->n_lfd) {
+        pthread_mutex_unlock(&dp->cmd_lock);
+        return -ENOENT;
+    }
+    w = &dp->workers[dp->lfd_worker[i]];
+    dp->lfd[i] = dp->lfd[dp->n_lfd - 1];
+    dp->lfd_worker[i] = dp->lfd_worker[dp->n_lfd - 1];
+    dp->n_lfd--;
+    if (dp_call_locked(dp, w, &c) == -ESRCH)
+        rc = dp_listener_drop(w, fd); /* not running: its state is ours to change */
+    else
+        rc = c.rc;
+    pthread_mutex_unlock(&dp->cmd_lock);
+    return rc;
+}
+
+/* Free retired tables that no worker can still hold. Called with pub_lock held. */
+static void dp_reclaim_locked(struct dp *dp)
+{
+    uint64_t min_seen = UINT64_MAX, s;
+    uint32_t i, j;
+
+    for (i = 0; i < dp->n_workers; i++) {
+        s = atomic_load_explicit(&dp->workers[i].seen_gen, memory_order_acquire);
+        if (s < min_seen)
+            min_seen = s;
+    }
+    for (i = 0, j = 0; i < dp->n_retired; i++) {
+        if (dp->retired[i]->generation < min_seen)
+            dp_table_free(dp->retired[i]);
+        else
+            dp->retired[j++] = dp->retired[i];
+    }
+    dp->n_retired = j;
+}
+
+int dp_publish(struct dp *dp, const uint8_t *blob, size_t len, uint64_t *generation, char *err,
+               size_t errlen)
+{
+    struct dp_table *t = NULL, *old;
+    uint64_t g;
+    uint32_t i;
+    int rc;
+
+    if (errlen)
+        err[0] = 0;
+    rc = dp_table_parse(blob, len, &t, err, errlen);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&dp->pub_lock);
+    if (dp->n_retired == dp->cap_retired) {
+        uint32_t cap = dp->cap_retired ? dp->cap_retired * 2 : 8;
+        struct dp_table **a = realloc(dp->retired, cap * sizeof(*a));
+        if (!a) {
+            pthread_mutex_unlock(&dp->pub_lock);
+            dp_table_free(t);
+            return -ENOMEM;
+        }
+        dp->retired = a;
+        dp->cap_retired = cap;
+    }
+    g = atomic_load(&dp->generation) + 1;
+    t->generation = g;
+    old = atomic_exchange_explicit(&dp->table, t, memory_order_acq_rel);
+    atomic_store(&dp->generation, g);
+    if (old)
+        dp->retired[dp->n_retired++] = old;
+    dp_reclaim_locked(dp);
+    pthread_mutex_unlock(&dp->pub_lock);
+    /* under cmd_lock: dp_stop() closes the eventfds under it once the workers are gone */
+    pthread_mutex_lock(&dp->cmd_lock);
+    for (i = 0; dp->state == 1 && i < dp->n_workers; i++)
+        if (dp->workers[i].thread_started)
+            dp_wake(&dp->workers[i]);
+    pthread_mutex_unlock(&dp->cmd_lock);
+    *generation = g;
+    return 0;
+}
+
+uint64_t dp_generation(struct dp *dp)
+{
+    return atomic_load(&dp->generation);
+}
+
+int dp_stats(struct dp *dp, struct dp_stats *out)
+{
+    uint32_t i, k, x;
+
+    memset(out, 0, sizeof(*out));
+    out->generation = atomic_load(&dp->generation);
+    for (i = 0; i < dp->n_workers; i++) {
+        const struct dp_counters *c = dp->workers[i].cnt;
+        uint64_t v[DP_SC_N];
+        for (k = 0; k < DP_MAX_SERVICES; k++) {
+            for (x = 0; x < DP_SC_N; x++)
+                v[x] = __atomic_load_n(&c->svc[k][x], __ATOMIC_RELAXED);
+            out->svc[k].conns_total += v[DP_SC_CONNS_TOTAL];
+            out->svc[k].conns_active += (int64_t)v[DP_SC_CONNS_ACTIVE];
+            out->svc[k].rejected += v[DP_SC_REJECTED];
+            out->svc[k].no_backend += v[DP_SC_NO_BACKEND];
+            out->svc[k].bytes_to_backend += v[DP_SC_BYTES_TO_BACKEND];
+            out->svc[k].bytes_to_client += v[DP_SC_BYTES_TO_CLIENT];
+            out->svc[k].accept_errors += v[DP_SC_ACCEPT_ERRORS];
+        }
+        for (k = 0; k < DP_MAX_BACKENDS; k++) {
+            for (x = 0; x < DP_BC_N; x++)
+                v[x] = __atomic_load_n(&c->be[k][x], __ATOMIC_RELAXED);
+            out->be[k].conns_total += v[DP_BC_CONNS_TOTAL];
+            out->be[k].conns_active += (int64_t)v[DP_BC_CONNS_ACTIVE];
+            out->be[k].connect_failures += v[DP_BC_CONNECT_FAILURES];
+            out->be[k].bytes_to_backend += v[DP_BC_BYTES_TO_BACKEND];
+            out->be[k].bytes_to_client += v[DP_BC_BYTES_TO_CLIENT];
+        }
+    }
+    return 0;
+}
+
+int dp_sessions(struct dp *dp, struct dp_session_info **out, size_t *n)
+{
+    struct dp_cmd *cmds;
+    struct dp_session_info *all = NULL;
+    size_t total = 0, k;
+    uint32_t i;
+    int rc = 0;
+
+    *out = NULL;
+    *n = 0;
+    cmds = calloc(dp->n_workers, sizeof(*cmds));
+    if (!cmds)
+        return -ENOMEM;
+    pthread_mutex_lock(&dp->cmd_lock);
+    /* queue to every worker first, then wait for all: the snapshots are taken concurrently */
+    for (i = 0; i < dp->n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        cmds[i].type = DP_CMD_SNAPSHOT;
+        cmds[i].done = 1;
+        if (!w->thread_started || w->exited)
+            continue;
+        cmds[i].done = 0;
+        if (w->cmd_tail)
+            w->cmd_tail->next = &cmds[i];
+        else
+            w->cmd_head = &cmds[i];
+        w->cmd_tail = &cmds[i];
+        dp_wake(w);
+    }
+    for (i = 0; i < dp->n_workers; i++)
+        while (!cmds[i].done)
+            pthread_cond_wait(&dp->cmd_cond, &dp->cmd_lock);
+    pthread_mutex_unlock(&dp->cmd_lock);
+    for (i = 0; i < dp->n_workers; i++) {
+        if (cmds[i].rc)
+            rc = cmds[i].rc;
+        total += cmds[i].n_sessions;
+    }
+    if (!rc && total) {
+        all = malloc(total * sizeof(*all));
+        if (!all)
+            rc = -ENOMEM;
+    }
+    for (i = 0, k = 0; i < dp->n_workers; i++) {
+        if (!rc && cmds[i].n_sessions) {
+            memcpy(all + k, cmds[i].sessions, cmds[i].n_sessions * sizeof(*all));
+            k += cmds[i].n_sessions;
+        }
+        free(cmds[i].sessions);
+    }
+    free(cmds);
+    if (rc) {
+        free(all);
+        return rc;
+    }
+    *out = all;
+    *n = total;
+    return 0;
+}
+
+int dp_internals(struct dp *dp, struct dp_internals *out)
+{
+    struct dp_cmd c;
+    uint32_t i;
+
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&dp->cmd_lock);
+    for (i = 0; i < dp->n_workers; i++) {
+        memset(&c, 0, sizeof(c));
+        c.type = DP_CMD_INTERNALS;
+        c.internals = out;
+        if (dp_call_locked(dp, &dp->workers[i], &c) == -ESRCH)
+            dp_worker_internals(&dp->workers[i], out);
+    }
+    pthread_mutex_unlock(&dp->cmd_lock);
+    pthread_mutex_lock(&dp->pub_lock);
+    out->tables_pending = dp->n_retired;
+    pthread_mutex_unlock(&dp->pub_lock);
+    return 0;
+}
+
+int dp_stop(struct dp *dp, uint32_t timeout_ms)
+{
+    uint64_t deadline = dp_mono_ms() + timeout_ms;
+    uint32_t i;
+
+    pthread_mutex_lock(&dp->stop_lock);
+    pthread_mutex_lock(&dp->cmd_lock);
+    if (dp->state == 2) {
+        pthread_mutex_unlock(&dp->cmd_lock);
+        pthread_mutex_unlock(&dp->stop_lock);
+        return 0;
+    }
+    pthread_mutex_unlock(&dp->cmd_lock);
+    for (i = 0; i < dp->n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        if (!w->thread_started)
+            continue;
+        w->stop_deadline_ms = deadline;
+        atomic_store_explicit(&w->stop_req, 1, memory_order_release);
+        dp_wake(w);
+    }
+    for (i = 0; i < dp->n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        if (!w->thread_started)
+            continue;
+        pthread_join(w->thread, NULL);
+    }
+    pthread_mutex_lock(&dp->cmd_lock);
+    dp->state = 2;
+    /* no thread uses the workers any more: give back every descriptor now (the caller's
+     * listeners excepted), so a stopped data plane holds no fds even before it is freed */
+    for (i = 0; i < dp->n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        for (uint32_t j = 0; j < w->n_listeners; j++)
+            w->listeners[j]->in_epoll = 0;
+        if (w->pp.free)
+            pipepool_destroy(&w->pp);
+        if (w->epfd >= 0)
+            close(w->epfd);
+        if (w->evfd >= 0)
+            close(w->evfd);
+        w->epfd = w->evfd = -1;
+    }
+    pthread_mutex_unlock(&dp->cmd_lock);
+    pthread_mutex_lock(&dp->pub_lock);
+    dp_reclaim_locked(dp);
+    pthread_mutex_unlock(&dp->pub_lock);
+    pthread_mutex_unlock(&dp->stop_lock);
+    return 0;
+}
+
+void dp_destroy(struct dp *dp)
+{
+    uint32_t i, j;
+
+    if (!dp)
+        return;
+    if (dp->workers)
+        dp_stop(dp, 0);
+    for (i = 0; dp->workers && i < dp->n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        if (w->ct.index)
+            ct_destroy(&w->ct);
+        if (w->pp.free)
+            pipepool_destroy(&w->pp);
+        for (j = 0; j < w->n_listeners; j++)
+            free(w->listeners[j]);
+        free(w->listeners);
+        if (w->epfd >= 0)
+            close(w->epfd);
+        if (w->evfd >= 0)
+            close(w->evfd);
+        free(w->sw);
+        free(w->cnt);
+        free(w->buf);
+    }
+    for (i = 0; i < dp->n_retired; i++)
+        dp_table_free(dp->retired[i]);
+    free(dp->retired);
+    if (atomic_load(&dp->table))
+        dp_table_free(atomic_load(&dp->table));
+    free(dp->workers);
+    free(dp->shared);
+    free(dp->lfd);
+    free(dp->lfd_worker);
+    pthread_mutex_destroy(&dp->pub_lock);
+    pthread_mutex_destroy(&dp->cmd_lock);
+    pthread_mutex_destroy(&dp->stop_lock);
+    pthread_cond_destroy(&dp->cmd_cond);
+    free(dp);
+}

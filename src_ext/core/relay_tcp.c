@@ -1,0 +1,758 @@
+/* relay_tcp.c: the TCP relay of one worker (accept, connect with retries, splice/copy, close).
+ *
+ * Design.
+ *
+ * Accept. Listeners are level-triggered and owned by exactly one worker (one SO_REUSEPORT socket
+ * per worker), so there is no thundering herd. Each wake-up accepts at most RELAY_ACCEPT_BATCH
+ * connections per listener; what is left is reported again by the level-triggered epoll on the
+ * next iteration, which keeps accepts from starving established sessions. EMFILE/ENFILE/ENOBUFS/
+ * ENOMEM count an accept_error and take every listener of the worker out of epoll for
+ * RELAY_EMFILE_PAUSE_MS; the loop's epoll timeout puts them back. Nothing spins.
+ *
+ * Admission and backend choice. The service is looked up by the listener's service id in the
+ * table the worker loaded at the top of this iteration. max_connections is enforced with one
+ * atomic fetch-add on sched_shared.svc_active (undone when over the limit), so the limit holds
+ * across workers exactly. sched_pick() chooses the backend; the session records the backend ids
+ * it tried (not table indexes), so a retry after a table swap still excludes the right backends.
+ * The connect is nonblocking, its socket is registered edge-triggered for IN|OUT|RDHUP before
+ * connect() is called, and the ct timer carries the connect deadline. A refused, unreachable or
+ * timed-out attempt counts connect_failures on that backend and, while failures <= retries, picks
+ * again. Local resource failures (EMFILE, ENOBUFS, ...) are not the backend's fault: they count
+ * accept_errors and reset the client. No candidate left: RST the client (SO_LINGER 0), count
+ * no_backend. sched_shared.active[backend_id] is incremented when an attempt starts and
+ * decremented exactly once when the attempt fails or the session ends.
+ *
+ * Relay. Both sockets are registered once, edge-triggered, for IN|OUT|RDHUP: no epoll_ctl on the
+ * data path. A direction is pumped until the source says EAGAIN (the edge will come again), the
+ * destination says EAGAIN (EPOLLOUT will come; for TCP it is only raised after a writer filled
+ * the buffer, so it costs nothing while writes succeed), or it has moved RELAY_BUDGET bytes in
+ * this wake-up; then the session goes on the worker's ready list and is pumped again after the
+ * current batch without waiting for epoll (epoll_wait gets timeout 0 while the list is not
+ * empty). So there are no lost edges and no busy loops, and one fat stream cannot starve others.
+ *
+ * A direction starts in copy mode: recv() into the worker's small buffer, send() to the
+ * destination. A read that fills the buffer means bulk data, and the direction switches to
+ * splice mode: splice(src -> pipe) then splice(pipe -> dst), with the pipe taken from the
+ * worker's pool and given back as soon as it is empty (so idle sessions hold no pipe). A splice
+ * wake-up that moves less than one buffer's worth switches back to copy mode. When the
+ * destination takes only part of a copied chunk the rest is written into a pooled pipe and
+ * drained by splice like bulk data, so the buffer is free again at once and bytes keep their
+ * order: a direction never reads while its pipe holds bytes. The figures behind this split are in
+ * docs (bench): for one bulk stream splice wins; for small request/response messages one
+ * recv+send is two syscalls without a pipe, while splice needs two splices and a pool round trip.
+ *
+ * Half-close and reset. read() == 0 marks the direction's source at EOF; once its pipe is empty
+ * the relay calls shutdown(dst, SHUT_WR) and the direction is done; the other keeps going. Both
+ * done: both sockets are closed normally. ECONNRESET/EPIPE (or any other hard error) on either
+ * side closes both sockets with SO_LINGER 0, so the peer of the healthy side sees a reset too.
+ *
+ * Lifetime. A session closed while handling an event may still be referenced by later events of
+ * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
+ * drops it from epoll) and queues it on the worker's graveyard; relay_tcp_reap() frees the slab
+ * objects after the batch. Idle timeouts are lazy: the data path only stores last_active_ms; the
+ * timer re-arms itself when it fires early.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "relay_tcp.h"
+
+/* Session of an epoll endpoint tag. */
+static inline struct relay_session *relay_of_cep(struct dp_ep *ep)
+{
+    return (struct relay_session *)((char *)ep - offsetof(struct relay_session, cep));
+}
+
+static inline struct relay_session *relay_of_bep(struct dp_ep *ep)
+{
+    return (struct relay_session *)((char *)ep - offsetof(struct relay_session, bep));
+}
+
+static inline void relay_svc_add(struct dp_worker *w, uint32_t sid, int idx, int64_t v)
+{
+    DP_CNT_ADD(&w->cnt->svc[sid][idx], v);
+}
+
+static inline void relay_be_add(struct dp_worker *w, int32_t bid, int idx, int64_t v)
+{
+    DP_CNT_ADD(&w->cnt->be[(uint32_t)bid][idx], v);
+}
+
+/* Close fd so the peer sees a reset (SO_LINGER with a zero timeout). */
+static void relay_rst_close(int fd)
+{
+    struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd);
+}
+
+static void relay_nodelay(int fd)
+{
+    int one = 1;
+
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* True for errors that say this host ran out of something, not that a peer failed. */
+static int relay_local_error(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM ||
+           err == EADDRNOTAVAIL;
+}
+
+static void relay_ready_add(struct dp_worker *w, struct relay_session *s)
+{
+    if (s->on_ready)
+        return;
+    s->on_ready = 1;
+    s->ready_next = NULL;
+    s->ready_prev = w->ready_tail;
+    if (w->ready_tail)
+        w->ready_tail->ready_next = s;
+    else
+        w->ready_head = s;
+    w->ready_tail = s;
+}
+
+static void relay_ready_del(struct dp_worker *w, struct relay_session *s)
+{
+    if (!s->on_ready)
+        return;
+    if (s->ready_prev)
+        s->ready_prev->ready_next = s->ready_next;
+    else
+        w->ready_head = s->ready_next;
+    if (s->ready_next)
+        s->ready_next->ready_prev = s->ready_prev;
+    else
+        w->ready_tail = s->ready_prev;
+    s->ready_prev = s->ready_next = NULL;
+    s->on_ready = 0;
+}
+
+/* Give a direction's pipe back (to the pool if empty, else closed). */
+static void relay_drop_pipe(struct dp_worker *w, struct relay_dir *d)
+{
+    if (d->pipe.rfd < 0)
+        return;
+    pipepool_put(&w->pp, &d->pipe, d->in_pipe == 0);
+    d->in_pipe = 0;
+}
+
+/* Release the backend held by the current attempt (active counts). */
+static void relay_release_backend(struct dp_worker *w, struct relay_session *s)
+{
+    if (s->backend_id < 0)
+        return;
+    atomic_fetch_sub_explicit(&w->dp->shared->active[s->backend_id], 1, memory_order_relaxed);
+    relay_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, -1);
+    s->backend_id = -1;
+}
+
+/* End a session: close both sockets (with RST when rst), release everything, and queue the
+ * object for relay_tcp_reap(). Safe to call twice. */
+static void relay_kill(struct dp_worker *w, struct relay_session *s, int rst)
+{
+    if (s->state == RELAY_DEAD)
+        return;
+    if (s->cfd >= 0) {
+        if (rst)
+            relay_rst_close(s->cfd);
+        else
+            close(s->cfd);
+        s->cfd = -1;
+    }
+    if (s->bfd >= 0) {
+        if (rst)
+            relay_rst_close(s->bfd);
+        else
+            close(s->bfd);
+        s->bfd = -1;
+    }
+    relay_drop_pipe(w, &s->c2b);
+    relay_drop_pipe(w, &s->b2c);
+    relay_release_backend(w, s);
+    atomic_fetch_sub_explicit(&w->dp->shared->svc_active[s->service_id], 1, memory_order_relaxed);
+    relay_svc_add(w, s->service_id, DP_SC_CONNS_ACTIVE, -1);
+    ct_timer_cancel(&w->ct, &s->ct);
+    ct_remove(&w->ct, &s->ct);
+    relay_ready_del(w, s);
+    s->state = RELAY_DEAD;
+    s->grave_next = w->grave;
+    w->grave = s;
+}
+
+void relay_tcp_reap(struct dp_worker *w)
+{
+    struct relay_session *s;
+
+    while ((s = w->grave) != NULL) {
+        w->grave = s->grave_next;
+        ct_free(&w->ct, &s->ct);
+    }
+}
+
+void relay_tcp_pause_listeners(struct dp_worker *w)
+{
+    uint32_t i;
+
+    for (i = 0; i < w->n_listeners; i++) {
+        struct dp_listener *l = w->listeners[i];
+        if (l->in_epoll) {
+            (void)epoll_ctl(w->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+            l->in_epoll = 0;
+        }
+    }
+    w->paused_until_ms = w->now_ms + RELAY_EMFILE_PAUSE_MS;
+    DP_CNT_ADD(&w->cnt->listener_pauses, 1);
+}
+
+/* Fill a sockaddr for backend b. Returns its length. */
+static socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (b->family == 4) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(b->port);
+        memcpy(&sin->sin_addr, b->addr, 4);
+        return sizeof(*sin);
+    }
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(b->port);
+    memcpy(&sin6->sin6_addr, b->addr, 16);
+    return sizeof(*sin6);
+}
+
+/* Start a nonblocking connect to b. 0 connected, 1 in progress, -errno failed (bfd closed). */
+static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
+                               const struct dp_backend *b)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = relay_backend_addr(b, &ss);
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                              .data.ptr = &s->bep };
+    int fd, err;
+
+    fd = socket(b->family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                0);
+    if (fd < 0)
+        return -errno;
+    relay_nodelay(fd);
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        err = errno;
+        close(fd);
+        return -err;
+    }
+    s->bfd = fd;
+    if (connect(fd, (struct sockaddr *)&ss, sl) == 0)
+        return 0;
+    err = errno;
+    if (err == EINPROGRESS || err == EINTR)
+        return 1;
+    close(fd);
+    s->bfd = -1;
+    return -err;
+}
+
+static void relay_established(struct dp_worker *w, struct relay_session *s);
+static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b);
+
+/* Translate the session's tried backend ids into absolute indexes of svc in table t. */
+static uint32_t relay_tried_indexes(const struct dp_table *t, const struct dp_service *svc,
+                                    const struct relay_session *s, uint32_t *out)
+{
+    uint32_t n = 0, i, j;
+
+    for (i = 0; i < s->n_tried; i++)
+        for (j = svc->backend_first; j < svc->backend_first + svc->backend_count; j++)
+            if (t->backends[j].backend_id == s->tried_ids[i]) {
+                out[n++] = j;
+                break;
+            }
+    return n;
+}
+
+/* Pick a backend (excluding the ones tried) and connect, retrying immediate failures.
+ * Ends the session (no_backend) when no candidate is left. */
+static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
+{
+    const struct dp_table *t = w->table;
+    const struct dp_service *svc;
+    uint32_t tried[RELAY_MAX_TRIES], n, idx, slot, k;
+    int rc, first = s->n_tried == 0, weighted = 0;
+
+    for (;;) {
+        svc = t ? dp_table_service(t, s->service_id) : NULL;
+        if (!svc || svc->protocol != DP_PROTO_TCP || s->n_tried >= RELAY_MAX_TRIES)
+            break;
+        n = relay_tried_indexes(t, svc, s, tried);
+        slot = s->slot;
+        if (n && s->pick_gen != t->generation &&
+            (svc->scheduler == DP_SCHED_MAGLEV || svc->scheduler == DP_SCHED_SRCHASH) &&
+            svc->ring_size) {
+            /* the ring changed under a retry: restart the walk at this table's home slot */
+            uint64_t h = dp_flow_hash(t->hash_seed, s->ct.key.family, s->ct.key.caddr,
+                                      s->ct.key.cport, svc->hash_key);
+            slot = (uint32_t)((h % svc->ring_size + svc->ring_size - 1) % svc->ring_size);
+        }
+        uint64_t hash = dp_flow_hash(t->hash_seed, s->ct.key.family, s->ct.key.caddr,
+                                     s->ct.key.cport, svc->hash_key);
+        if (sched_pick(t, svc, w->dp->shared, w->sw, hash, tried, n, &slot, &idx) != 0) {
+            for (k = 0; first && k < svc->backend_count; k++)
+                weighted |= t->backends[svc->backend_first + k].weight > 0;
+            break;
+        }
+        const struct dp_backend *b = &t->backends[idx];
+        if (first)
+            relay_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);
+        first = 0;
+        s->slot = slot;
+        s->pick_gen = t->generation;
+        s->tried_ids[s->n_tried++] = b->backend_id;
+        s->backend_id = (int32_t)b->backend_id;
+        atomic_fetch_add_explicit(&w->dp->shared->active[b->backend_id], 1, memory_order_relaxed);
+        relay_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, 1);
+        rc = relay_start_connect(w, s, b);
+        if (rc == 0) {
+            relay_established(w, s);
+            return;
+        }
+        if (rc == 1) {
+            ct_timer_arm(&w->ct, &s->ct, w->now_ms + s->connect_timeout_ms);
+            return;
+        }
+        relay_release_backend(w, s);
+        if (relay_local_error(-rc)) {
+            relay_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
+            relay_kill(w, s, 1);
+            return;
+        }
+        relay_be_add(w, (int32_t)b->backend_id, DP_BC_CONNECT_FAILURES, 1);
+        s->failures++;
+        if (s->failures > s->retries)
+            break;
+    }
+    if (first && weighted) {
+        /* every weighted backend is at its max_connections: a capacity refusal */
+        relay_svc_add(w, s->service_id, DP_SC_REJECTED, 1);
+    } else {
+        if (first)
+            relay_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);
+        relay_svc_add(w, s->service_id, DP_SC_NO_BACKEND, 1);
+    }
+    relay_kill(w, s, 1);
+}
+
+/* The current attempt failed (refused, unreachable, timed out): count it and retry. */
+static void relay_connect_failed(struct dp_worker *w, struct relay_session *s)
+{
+    int32_t bid = s->backend_id;
+
+    ct_timer_cancel(&w->ct, &s->ct);
+    if (s->bfd >= 0) {
+        close(s->bfd);
+        s->bfd = -1;
+    }
+    relay_release_backend(w, s);
+    if (bid >= 0)
+        relay_be_add(w, bid, DP_BC_CONNECT_FAILURES, 1);
+    s->failures++;
+    if (s->failures > s->retries) {
+        relay_svc_add(w, s->service_id, DP_SC_NO_BACKEND, 1);
+        relay_kill(w, s, 1);
+        return;
+    }
+    relay_connect_next(w, s);
+}
+
+/* The backend connection is up: register the client and start relaying. */
+static void relay_established(struct dp_worker *w, struct relay_session *s)
+{
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                              .data.ptr = &s->cep };
+
+    ct_timer_cancel(&w->ct, &s->ct);
+    s->state = RELAY_ESTABLISHED;
+    relay_be_add(w, s->backend_id, DP_BC_CONNS_TOTAL, 1);
+    s->last_active_ms = w->now_ms;
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, s->cfd, &ev) < 0) {
+        relay_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
+        relay_kill(w, s, 1);
+        return;
+    }
+    s->cfd_in_epoll = 1;
+    if (s->idle_timeout_ms)
+        ct_timer_arm(&w->ct, &s->ct, w->now_ms + s->idle_timeout_ms);
+    /* data may already wait on either side (edge-triggered: nobody will tell us again) */
+    if (relay_pump(w, s, 1) == 0)
+        (void)relay_pump(w, s, 0);
+}
+
+/* Account n bytes written by direction c2b. */
+static inline void relay_account(struct dp_worker *w, struct relay_session *s, int c2b, size_t n)
+{
+    if (c2b) {
+        s->bytes_c2b += n;
+        relay_svc_add(w, s->service_id, DP_SC_BYTES_TO_BACKEND, (int64_t)n);
+        relay_be_add(w, s->backend_id, DP_BC_BYTES_TO_BACKEND, (int64_t)n);
+    } else {
+        s->bytes_b2c += n;
+        relay_svc_add(w, s->service_id, DP_SC_BYTES_TO_CLIENT, (int64_t)n);
+        relay_be_add(w, s->backend_id, DP_BC_BYTES_TO_CLIENT, (int64_t)n);
+    }
+}
+
+/* A direction forwarded its FIN; close the session when both have. Returns -1 if closed. */
+static int relay_dir_finished(struct dp_worker *w, struct relay_session *s)
+{
+    if (s->c2b.done && s->b2c.done) {
+        relay_kill(w, s, 0);
+        return -1;
+    }
+    s->state = RELAY_HALF_CLOSED;
+    return 0;
+}
+
+/* Move bytes in one direction until EAGAIN on either side or the budget is spent.
+ * Returns 0, or -1 when the session was closed. */
+static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b)
+{
+    struct relay_dir *d = c2b ? &s->c2b : &s->b2c;
+    int src = c2b ? s->cfd : s->bfd, dst = c2b ? s->bfd : s->cfd;
+    uint64_t moved = 0;
+    ssize_t n, m;
+    int rc;
+
+    if (d->done || s->state == RELAY_DEAD)
+        return 0;
+    for (;;) {
+        if (d->in_pipe) {
+            n = splice(d->pipe.rfd, NULL, dst, NULL, d->in_pipe,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                d->in_pipe -= (uint32_t)n;
+                moved += (uint64_t)n;
+                relay_account(w, s, c2b, (size_t)n);
+                continue;
+            }
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                d->wblocked = 1;
+                break;
+            }
+            goto reset;
+        }
+        d->wblocked = 0;
+        if (d->eof) {
+            relay_drop_pipe(w, d);
+            (void)shutdown(dst, SHUT_WR);
+            d->done = 1;
+            if (moved)
+                s->last_active_ms = w->now_ms;
+            return relay_dir_finished(w, s);
+        }
+        if (moved >= RELAY_BUDGET) {
+            relay_ready_add(w, s);
+            break;
+        }
+        if (!d->bulk) {
+            n = recv(src, w->buf, w->buf_size, 0);
+            if (n > 0) {
+                DP_CNT_ADD(&w->cnt->copy_sends, 1);
+                m = send(dst, w->buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (m < 0) {
+                    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                        goto reset;
+                    m = 0;
+                }
+                if (m > 0) {
+                    moved += (uint64_t)m;
+                    relay_account(w, s, c2b, (size_t)m);
+                }
+                if (m < n) {
+                    /* park the rest in a pipe; it is empty and larger than the buffer */
+                    if (d->pipe.rfd < 0 && (rc = pipepool_get(&w->pp, &d->pipe)) != 0)
+                        goto local_failure;
+                    ssize_t k = write(d->pipe.wfd, w->buf + m, (size_t)(n - m));
+                    if (k != n - m)
+                        goto local_failure;
+                    d->in_pipe = (uint32_t)k;
+                }
+                if ((uint32_t)n == w->buf_size)
+                    d->bulk = 1;
+                continue;
+            }
+            if (n == 0) {
+                d->eof = 1;
+                continue;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            goto reset;
+        }
+        if (d->pipe.rfd < 0 && (rc = pipepool_get(&w->pp, &d->pipe)) != 0) {
+            if (w->buf_size) { /* out of descriptors: copy mode needs no pipe up front */
+                d->bulk = 0;
+                continue;
+            }
+            goto local_failure;
+        }
+        n = splice(src, NULL, d->pipe.wfd, NULL, RELAY_SPLICE_LEN,
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            DP_CNT_ADD(&w->cnt->splice_moves, 1);
+            d->in_pipe = (uint32_t)n;
+            continue;
+        }
+        if (n == 0) {
+            d->eof = 1;
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (w->buf_size && moved < w->buf_size)
+                d->bulk = 0; /* the burst is over: small messages go by copy again */
+            break;
+        }
+        goto reset;
+    }
+    if (d->in_pipe == 0)
+        relay_drop_pipe(w, d);
+    if (moved)
+        s->last_active_ms = w->now_ms;
+    return 0;
+
+reset:
+    relay_kill(w, s, 1);
+    return -1;
+
+local_failure:
+    relay_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
+    relay_kill(w, s, 1);
+    return -1;
+}
+
+void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
+{
+    struct relay_session *s;
+    int from_client = ep->kind == DP_EP_CLIENT;
+    const uint32_t rd = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR;
+    const uint32_t wr = EPOLLOUT | EPOLLHUP | EPOLLERR;
+
+    s = from_client ? relay_of_cep(ep) : relay_of_bep(ep);
+    if (s->state == RELAY_DEAD)
+        return;
+    if (s->state == RELAY_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+
+        if (from_client)
+            return; /* the client is registered only once the backend is up */
+        if (getsockopt(s->bfd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err == 0 && (events & (EPOLLOUT | EPOLLIN)) && !(events & EPOLLERR))
+            relay_established(w, s);
+        else if (err != 0 || (events & (EPOLLERR | EPOLLHUP)))
+            relay_connect_failed(w, s);
+        return;
+    }
+    /* reading side of this socket, then writing side */
+    if (events & rd)
+        if (relay_pump(w, s, from_client) < 0)
+            return;
+    if (events & wr) {
+        struct relay_dir *d = from_client ? &s->b2c : &s->c2b;
+        if (d->in_pipe || (events & (EPOLLHUP | EPOLLERR)))
+            (void)relay_pump(w, s, !from_client);
+    }
+}
+
+void relay_tcp_run_ready(struct dp_worker *w)
+{
+    struct relay_session *s, *tail = w->ready_tail;
+
+    /* only the sessions queued before this pass: a session re-queued now waits for the next */
+    while ((s = w->ready_head) != NULL) {
+        int last = s == tail;
+        relay_ready_del(w, s);
+        if (relay_pump(w, s, 1) == 0)
+            (void)relay_pump(w, s, 0);
+        if (last)
+            break;
+    }
+}
+
+void relay_tcp_expire(struct ct_entry *e, void *arg)
+{
+    struct dp_worker *w = arg;
+    struct relay_session *s = (struct relay_session *)e;
+
+    if (s->state == RELAY_DEAD)
+        return;
+    if (s->state == RELAY_CONNECTING) {
+        relay_connect_failed(w, s);
+        return;
+    }
+    if (!s->idle_timeout_ms)
+        return;
+    if (w->now_ms - s->last_active_ms >= s->idle_timeout_ms)
+        relay_kill(w, s, 0);
+    else
+        ct_timer_arm(&w->ct, e, s->last_active_ms + s->idle_timeout_ms);
+}
+
+/* ct_foreach callback of relay_tcp_close_all. */
+static void relay_kill_one(struct ct_entry *e, void *arg)
+{
+    relay_kill(arg, (struct relay_session *)e, 1);
+}
+
+void relay_tcp_close_all(struct dp_worker *w)
+{
+    ct_foreach(&w->ct, relay_kill_one, w);
+    relay_tcp_reap(w);
+}
+
+void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out)
+{
+    out->service_id = s->service_id;
+    out->backend_id = s->backend_id;
+    out->family = s->ct.key.family;
+    out->port = s->ct.key.cport;
+    memcpy(out->addr, s->ct.key.caddr, 16);
+    out->started = s->started;
+    out->bytes_to_backend = s->bytes_c2b;
+    out->bytes_to_client = s->bytes_b2c;
+    out->state = s->state == RELAY_CONNECTING    ? DP_SESS_CONNECTING
+                 : s->state == RELAY_HALF_CLOSED ? DP_SESS_HALF_CLOSED
+                                                 : DP_SESS_ESTABLISHED;
+}
+
+/* Admit one accepted connection: service, limits, session object, first connect. */
+static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
+                      const struct sockaddr_storage *ss)
+{
+    const struct dp_table *t = w->table;
+    const struct dp_service *svc = t ? dp_table_service(t, l->service_id) : NULL;
+    uint32_t sid = l->service_id;
+    struct ct_entry *e;
+    struct relay_session *s;
+    struct timespec ts;
+    int32_t prev;
+
+    if (!svc || svc->protocol != DP_PROTO_TCP) {
+        relay_svc_add(w, sid, DP_SC_CONNS_TOTAL, 1);
+        relay_svc_add(w, sid, DP_SC_NO_BACKEND, 1);
+        relay_rst_close(fd);
+        return;
+    }
+    prev = atomic_fetch_add_explicit(&w->dp->shared->svc_active[sid], 1, memory_order_relaxed);
+    if (svc->max_connections && (uint32_t)prev >= svc->max_connections) {
+        atomic_fetch_sub_explicit(&w->dp->shared->svc_active[sid], 1, memory_order_relaxed);
+        relay_svc_add(w, sid, DP_SC_REJECTED, 1);
+        relay_rst_close(fd);
+        return;
+    }
+    if (ct_alloc(&w->ct, &e) != 0) {
+        atomic_fetch_sub_explicit(&w->dp->shared->svc_active[sid], 1, memory_order_relaxed);
+        relay_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
+        relay_rst_close(fd);
+        return;
+    }
+    s = (struct relay_session *)e;
+    s->cep.kind = DP_EP_CLIENT;
+    s->bep.kind = DP_EP_BACKEND;
+    s->state = RELAY_CONNECTING;
+    s->cfd = fd;
+    s->bfd = -1;
+    s->service_id = sid;
+    s->backend_id = -1;
+    s->retries = svc->retries < RELAY_MAX_TRIES - 1 ? svc->retries : RELAY_MAX_TRIES - 1;
+    s->connect_timeout_ms = svc->connect_timeout_ms;
+    s->idle_timeout_ms = svc->idle_timeout_ms;
+    s->last_active_ms = w->now_ms;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    s->started = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    s->c2b.pipe.rfd = s->c2b.pipe.wfd = -1;
+    s->b2c.pipe.rfd = s->b2c.pipe.wfd = -1;
+    s->c2b.bulk = s->b2c.bulk = w->buf_size == 0;
+    e->key.proto = DP_PROTO_TCP;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        e->key.family = 4;
+        e->key.cport = ntohs(sin->sin_port);
+        memcpy(e->key.caddr, &sin->sin_addr, 4);
+    } else {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        e->key.family = 6;
+        e->key.cport = ntohs(sin6->sin6_port);
+        memcpy(e->key.caddr, &sin6->sin6_addr, 16);
+    }
+    e->key.lport = l->lport;
+    memcpy(e->key.laddr, l->laddr, 16);
+    (void)ct_insert(&w->ct, e); /* only diagnostics use the index; ENOMEM is not fatal */
+    relay_svc_add(w, sid, DP_SC_CONNS_ACTIVE, 1); /* conns_total: at the first pick */
+    relay_nodelay(fd);
+    relay_connect_next(w, s);
+}
+
+void relay_tcp_accept(struct dp_worker *w, struct dp_listener *l)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    uint32_t i;
+    int fd;
+
+    dp_worker_refresh_table(w); /* a table published just before this client connected */
+    for (i = 0; i < RELAY_ACCEPT_BATCH; i++) {
+        sl = sizeof(ss);
+        fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            switch (errno) {
+            case EAGAIN:
+            case EINTR:
+                if (errno == EAGAIN)
+                    return;
+                continue;
+            case ECONNABORTED:
+            case EPROTO:
+            case ENETDOWN:
+            case ENOPROTOOPT:
+            case EHOSTDOWN:
+            case ENONET:
+            case EHOSTUNREACH:
+            case EOPNOTSUPP:
+            case ENETUNREACH:
+                relay_svc_add(w, l->service_id, DP_SC_ACCEPT_ERRORS, 1);
+                continue; /* the new connection died before we took it */
+            case EMFILE:
+            case ENFILE:
+            case ENOBUFS:
+            case ENOMEM:
+                relay_svc_add(w, l->service_id, DP_SC_ACCEPT_ERRORS, 1);
+                relay_tcp_pause_listeners(w);
+                return;
+            default:
+                relay_svc_add(w, l->service_id, DP_SC_ACCEPT_ERRORS, 1);
+                return;
+            }
+        }
+        relay_new(w, l, fd, &ss);
+    }
+}

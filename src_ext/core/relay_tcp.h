@@ -1,0 +1,204 @@
+/* relay_tcp.h: internals shared by dp.c (workers, commands, table swap) and relay_tcp.c (TCP).
+ *
+ * Not part of the Cython-visible API (that is dp.h). A dp_worker and everything it points to is
+ * owned by its thread; the fields marked "shared" are the only ones other threads touch.
+ */
+#ifndef L4LB_RELAY_TCP_H
+#define L4LB_RELAY_TCP_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "ct.h"
+#include "dp.h"
+#include "pipepool.h"
+#include "table.h"
+
+#define RELAY_MAX_TRIES 32u          /* backends remembered per session for retries */
+#define RELAY_ACCEPT_BATCH 64u       /* accepts per listener per wake-up */
+#define RELAY_BUDGET (512u * 1024u)  /* bytes per direction per wake-up before yielding */
+#define RELAY_EMFILE_PAUSE_MS 100u   /* listener pause after EMFILE/ENFILE */
+#define RELAY_SPLICE_LEN (1u << 20)  /* length asked of one splice into a pipe */
+
+/* Per-worker counter slots (plain single-writer counters, read with relaxed loads). */
+enum dp_svc_counter {
+    DP_SC_CONNS_TOTAL, DP_SC_CONNS_ACTIVE, DP_SC_REJECTED, DP_SC_NO_BACKEND,
+    DP_SC_BYTES_TO_BACKEND, DP_SC_BYTES_TO_CLIENT, DP_SC_ACCEPT_ERRORS, DP_SC_N
+};
+enum dp_be_counter {
+    DP_BC_CONNS_TOTAL, DP_BC_CONNS_ACTIVE, DP_BC_CONNECT_FAILURES,
+    DP_BC_BYTES_TO_BACKEND, DP_BC_BYTES_TO_CLIENT, DP_BC_N
+};
+
+/* One worker's counters; only that worker writes them. */
+struct dp_counters {
+    uint64_t svc[DP_MAX_SERVICES][DP_SC_N]; /* per service id */
+    uint64_t be[DP_MAX_BACKENDS][DP_BC_N];  /* per backend id */
+    uint64_t copy_sends;                    /* chunks relayed by copy */
+    uint64_t splice_moves;                  /* chunks relayed by splice */
+    uint64_t listener_pauses;               /* EMFILE/ENFILE pauses */
+};
+
+/* Add v to a single-writer counter; the relaxed atomic store keeps concurrent readers defined
+ * without a locked instruction. */
+#define DP_CNT_ADD(p, v) \
+    __atomic_store_n((p), __atomic_load_n((p), __ATOMIC_RELAXED) + (uint64_t)(v), __ATOMIC_RELAXED)
+
+/* What an epoll data pointer points at: the first byte says which kind of object. */
+enum dp_ep_kind { DP_EP_LISTENER = 1, DP_EP_EVENTFD, DP_EP_CLIENT, DP_EP_BACKEND };
+
+struct dp_ep {
+    uint8_t kind;                  /* enum dp_ep_kind */
+};
+
+/* One listening socket owned by a worker. */
+struct dp_listener {
+    struct dp_ep ep;               /* kind DP_EP_LISTENER; epoll data points here */
+    int fd;                        /* the caller's socket (never closed by us) */
+    uint32_t service_id;           /* service whose connections it accepts */
+    uint8_t in_epoll;              /* 1 while registered in the worker's epoll */
+    uint8_t family;                /* 4 or 6 (from getsockname) */
+    uint16_t lport;                /* local port, host order */
+    uint8_t laddr[16];             /* local address (maybe the wildcard) */
+};
+
+/* One relay direction (client->backend or backend->client). */
+struct relay_dir {
+    struct pipepool_pipe pipe;     /* pipe holding in-flight bytes; rfd -1 when none */
+    uint32_t in_pipe;              /* bytes in the pipe not yet written to the destination */
+    uint8_t eof;                   /* the source sent FIN (read returned 0) */
+    uint8_t done;                  /* FIN forwarded to the destination (shutdown SHUT_WR) */
+    uint8_t bulk;                  /* 1: splice mode; 0: copy mode (small messages) */
+    uint8_t wblocked;              /* destination returned EAGAIN; waiting for EPOLLOUT */
+};
+
+enum relay_state { RELAY_CONNECTING = 0, RELAY_ESTABLISHED, RELAY_HALF_CLOSED, RELAY_DEAD };
+
+/* One TCP session: a ct entry (first) plus relay state. */
+struct relay_session {
+    struct ct_entry ct;            /* table header: 5-tuple, timer; must stay first */
+    struct dp_ep cep;              /* kind DP_EP_CLIENT, epoll data of cfd */
+    struct dp_ep bep;              /* kind DP_EP_BACKEND, epoll data of bfd */
+    uint8_t state;                 /* enum relay_state */
+    uint8_t n_tried;               /* entries used in tried_ids */
+    uint8_t on_ready;              /* 1 while on the worker's ready list */
+    uint8_t cfd_in_epoll;          /* 1 once cfd is registered */
+    int cfd;                       /* client socket */
+    int bfd;                       /* backend socket, -1 before/between attempts */
+    uint32_t service_id;           /* copied at accept; the table is not read after connect */
+    int32_t backend_id;            /* backend id of the current attempt/connection, -1 none */
+    uint32_t slot;                 /* ring slot of the last pick (hashing schedulers) */
+    uint32_t retries;              /* retries allowed (service's value at accept) */
+    uint32_t failures;             /* failed attempts so far */
+    uint32_t connect_timeout_ms;   /* per attempt, copied at accept */
+    uint32_t idle_timeout_ms;      /* 0 = none, copied at accept */
+    uint64_t pick_gen;             /* generation of the table used for the last pick */
+    uint64_t last_active_ms;       /* monotonic ms of the last byte moved */
+    double started;                /* unix time of accept */
+    uint64_t bytes_c2b;            /* bytes written to the backend */
+    uint64_t bytes_b2c;            /* bytes written to the client */
+    struct relay_dir c2b;          /* client -> backend */
+    struct relay_dir b2c;          /* backend -> client */
+    struct relay_session *ready_prev; /* ready list links (sessions with budget left over) */
+    struct relay_session *ready_next;
+    struct relay_session *grave_next; /* dead sessions waiting to be freed after the batch */
+    uint32_t tried_ids[RELAY_MAX_TRIES]; /* backend ids attempted (excluded on retry) */
+};
+
+/* A request for a worker, queued by another thread, answered by the worker. */
+enum dp_cmd_type { DP_CMD_ADD_LISTENER = 1, DP_CMD_DEL_LISTENER, DP_CMD_SNAPSHOT, DP_CMD_INTERNALS };
+
+struct dp_cmd {
+    enum dp_cmd_type type;         /* what to do */
+    struct dp_cmd *next;           /* queue link */
+    int done;                      /* set by the worker under dp->cmd_lock */
+    int rc;                        /* 0 or -errno */
+    struct dp_listener *listener;  /* ADD (allocated by the caller) / DEL (returned to free) */
+    int fd;                        /* DEL: fd to remove */
+    struct dp_session_info *sessions; /* SNAPSHOT: malloc'ed array (by the worker) */
+    size_t n_sessions;             /* SNAPSHOT: its length */
+    struct dp_internals *internals;/* INTERNALS: accumulated into by the worker */
+};
+
+struct dp;
+
+struct dp_worker {
+    struct dp *dp;                 /* owner */
+    uint32_t index;                /* 0..n_workers-1 */
+    pthread_t thread;              /* the worker thread */
+    uint8_t thread_started;        /* 1 once pthread_create succeeded */
+    int epfd;                      /* this worker's epoll */
+    int evfd;                      /* eventfd: commands, table publishes, stop */
+    struct dp_ep ev_ep;            /* kind DP_EP_EVENTFD */
+    _Atomic uint64_t seen_gen;     /* shared: generation of the table this worker uses now
+                                      (UINT64_MAX when it holds no table) */
+    _Atomic int stop_req;          /* shared: dp_stop() asked this worker to stop */
+    uint64_t stop_deadline_ms;     /* shared (written before stop_req): when to close the rest */
+    struct dp_cmd *cmd_head;       /* shared under dp->cmd_lock: pending commands */
+    struct dp_cmd *cmd_tail;       /* shared under dp->cmd_lock */
+    int exited;                    /* shared under dp->cmd_lock: takes no more commands */
+    struct dp_listener **listeners;/* listeners owned (registered in epoll unless paused) */
+    uint32_t n_listeners;          /* entries in listeners */
+    uint32_t cap_listeners;        /* capacity of listeners */
+    uint64_t paused_until_ms;      /* 0, or when accepting resumes after EMFILE */
+    int stopping;                  /* stop seen: listeners off, draining sessions */
+    struct ct_table ct;            /* sessions */
+    struct pipepool pp;            /* pipes */
+    struct sched_worker *sw;       /* scheduler state private to this worker */
+    struct dp_counters *cnt;       /* counters written by this worker only */
+    uint8_t *buf;                  /* copy buffer (copy_threshold bytes) */
+    uint32_t buf_size;             /* its size, 0 = always splice */
+    const struct dp_table *table;  /* table loaded at the top of this loop iteration */
+    uint64_t now_ms;               /* monotonic ms at the top of this batch */
+    struct relay_session *ready_head; /* sessions to pump again without waiting for epoll */
+    struct relay_session *ready_tail;
+    struct relay_session *grave;   /* sessions closed in this batch, freed after it */
+};
+
+/* The data plane object (dp.h keeps it opaque). */
+struct dp {
+    uint32_t n_workers;            /* number of workers */
+    struct dp_worker *workers;     /* n_workers entries */
+    struct sched_shared *shared;   /* scheduler state shared by workers (atomics) */
+    _Atomic(struct dp_table *) table; /* live table, NULL before the first publish */
+    _Atomic uint64_t generation;   /* generation of the live table */
+    pthread_mutex_t pub_lock;      /* serialises publishers and the reclaim list */
+    struct dp_table **retired;     /* tables swapped out, not yet freed */
+    uint32_t n_retired;            /* entries in retired */
+    uint32_t cap_retired;          /* capacity of retired */
+    pthread_mutex_t cmd_lock;      /* protects command queues, exited flags, lfds */
+    pthread_cond_t cmd_cond;       /* broadcast when a command completes */
+    pthread_mutex_t stop_lock;     /* serialises dp_stop() callers */
+    int state;                     /* 0 created, 1 running, 2 stopped (under cmd_lock) */
+    int *lfd;                      /* fds of all listeners (under cmd_lock) */
+    uint32_t *lfd_worker;          /* owning worker of each lfd entry */
+    uint32_t n_lfd;                /* entries in lfd */
+    uint32_t cap_lfd;              /* capacity of lfd */
+    uint32_t copy_threshold;       /* relay tuning: copy buffer size (0 = always splice) */
+    uint32_t pipe_size;            /* relay tuning: pipe capacity */
+};
+
+/* Load the live table into w->table and publish the generation seen (see dp.c's essay). Only
+ * call where no local variable still points at the previous table. */
+static inline void dp_worker_refresh_table(struct dp_worker *w)
+{
+    struct dp_table *t = atomic_load_explicit(&w->dp->table, memory_order_acquire);
+
+    if (t == w->table)
+        return;
+    w->table = t;
+    atomic_store_explicit(&w->seen_gen, t ? t->generation : 0, memory_order_release);
+}
+
+/* relay_tcp.c: called by the worker loop in dp.c. */
+void relay_tcp_accept(struct dp_worker *w, struct dp_listener *l);
+void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events);
+void relay_tcp_run_ready(struct dp_worker *w);
+void relay_tcp_expire(struct ct_entry *e, void *arg);
+void relay_tcp_reap(struct dp_worker *w);
+void relay_tcp_close_all(struct dp_worker *w);
+void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out);
+void relay_tcp_pause_listeners(struct dp_worker *w);
+
+#endif

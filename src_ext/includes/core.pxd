@@ -1,0 +1,85 @@
+# core.pxd: Cython declarations of src_ext/core/dp.h (the data plane object) and ct's self-check.
+#
+# A pure extern block, nothing is defined here. Every function is nogil: none touches Python
+# objects, and the blocking ones (remove_listener, sessions, internals, stop) must be called with
+# the GIL released so that Python threads keep running while a worker answers.
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+
+cdef extern from "dp.h" nogil:
+    enum:
+        DP_MAX_WORKERS
+
+    struct dp:
+        pass
+
+    struct dp_svc_stats:
+        uint64_t conns_total
+        int64_t conns_active
+        uint64_t rejected
+        uint64_t no_backend
+        uint64_t bytes_to_backend
+        uint64_t bytes_to_client
+        uint64_t accept_errors
+
+    struct dp_be_stats:
+        uint64_t conns_total
+        int64_t conns_active
+        uint64_t connect_failures
+        uint64_t bytes_to_backend
+        uint64_t bytes_to_client
+
+    struct dp_stats_s "dp_stats":
+        uint64_t generation
+        dp_svc_stats svc[1024]
+        dp_be_stats be[65536]
+
+    enum dp_session_state:
+        DP_SESS_CONNECTING
+        DP_SESS_ESTABLISHED
+        DP_SESS_HALF_CLOSED
+
+    struct dp_session_info:
+        uint32_t service_id
+        int32_t backend_id
+        uint8_t family
+        uint8_t state
+        uint16_t port
+        uint8_t addr[16]
+        double started
+        uint64_t bytes_to_backend
+        uint64_t bytes_to_client
+
+    struct dp_internals_s "dp_internals":
+        uint64_t pipes_created
+        uint64_t pipes_reused
+        uint64_t pipes_closed
+        int64_t pipes_in_use
+        uint64_t pipes_idle
+        uint64_t pipe_size
+        uint64_t sessions
+        uint64_t slab_bytes
+        uint64_t session_size
+        uint64_t listener_pauses
+        uint64_t copy_sends
+        uint64_t splice_moves
+        uint64_t tables_pending
+
+    int dp_create(uint32_t n_workers, dp **out)
+    int dp_set_tuning(dp *d, uint32_t copy_threshold, uint32_t pipe_size)
+    int dp_start(dp *d)
+    int dp_add_listener(dp *d, uint32_t service_id, int fd, uint32_t worker)
+    int dp_remove_listener(dp *d, int fd)
+    int dp_publish(dp *d, const uint8_t *blob, size_t len, uint64_t *generation, char *err,
+                   size_t errlen)
+    uint64_t dp_generation(dp *d)
+    int dp_stats(dp *d, dp_stats_s *out)
+    int dp_sessions(dp *d, dp_session_info **out, size_t *n)
+    int dp_internals(dp *d, dp_internals_s *out)
+    int dp_stop(dp *d, uint32_t timeout_ms)
+    void dp_destroy(dp *d)
+
+
+cdef extern from "ct.h" nogil:
+    int ct_selftest(uint32_t seed, uint32_t rounds)
