@@ -1,0 +1,79 @@
+"""Counters of one worker, per service id and per backend id, and the sum that stats() returns.
+
+Each worker owns its Counters and is the only thread that writes them; stats() asks every
+worker for a copy (through the worker's command queue) and adds the copies up, so no lock is
+needed. Counters are keyed by the stable ids of the table, so they survive table swaps.
+
+What each counter means (the C core, src_ext/core/dp.h, keeps the same ones):
+  service  conns_total       connections admitted (accepted and not rejected)
+           conns_active      admitted connections still open (connecting included)
+           rejected          closed at once for capacity: the service's max_connections was
+                             reached, or the first pick found every weighted backend at its
+                             max_connections
+           no_backend        closed with RST because no backend could be connected: no table,
+                             no such service, none eligible, or every candidate failed
+           bytes_to_backend  bytes written to backends
+           bytes_to_client   bytes written to clients
+           accept_errors     accept() failures other than "nothing to accept", and local
+                             resource failures (no fd for the backend socket) during setup
+  backend  conns_total       sessions whose connect to this backend succeeded
+           conns_active      sessions assigned to it and still open (connecting or established)
+           connect_failures  connects refused, unreachable or timed out
+           bytes_to_backend, bytes_to_client  as above, for this backend
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SERVICE_FIELDS = ("conns_total", "conns_active", "rejected", "no_backend",
+                  "bytes_to_backend", "bytes_to_client", "accept_errors")
+BACKEND_FIELDS = ("conns_total", "conns_active", "connect_failures",
+                  "bytes_to_backend", "bytes_to_client")
+
+
+class Counters:
+    """Per-id counter dicts of one worker."""
+
+    def __init__(self) -> None:
+        self.services: dict[int, dict[str, int]] = {}  # service_id -> SERVICE_FIELDS
+        self.backends: dict[int, dict[str, int]] = {}  # backend_id -> BACKEND_FIELDS
+        self.splice_fallbacks = 0  # relay directions that had to copy instead of splice
+
+    def service(self, service_id: int) -> dict[str, int]:
+        """The counters of one service, created at zero on first use."""
+        found = self.services.get(service_id)
+        if found is None:
+            found = self.services[service_id] = dict.fromkeys(SERVICE_FIELDS, 0)
+        return found
+
+    def backend(self, backend_id: int) -> dict[str, int]:
+        """The counters of one backend, created at zero on first use."""
+        found = self.backends.get(backend_id)
+        if found is None:
+            found = self.backends[backend_id] = dict.fromkeys(BACKEND_FIELDS, 0)
+        return found
+
+    def copy(self) -> Counters:
+        """An independent copy (taken on the worker's own thread)."""
+        other = Counters()
+        other.services = {k: dict(v) for k, v in self.services.items()}
+        other.backends = {k: dict(v) for k, v in self.backends.items()}
+        other.splice_fallbacks = self.splice_fallbacks
+        return other
+
+
+def sum_counters(parts: list[Counters], generation: int) -> dict[str, Any]:
+    """The stats() dict: every worker's counters added up."""
+    services: dict[int, dict[str, int]] = {}
+    backends: dict[int, dict[str, int]] = {}
+    for part in parts:
+        for sid, values in part.services.items():
+            into = services.setdefault(sid, dict.fromkeys(SERVICE_FIELDS, 0))
+            for key, value in values.items():
+                into[key] += value
+        for bid, values in part.backends.items():
+            into = backends.setdefault(bid, dict.fromkeys(BACKEND_FIELDS, 0))
+            for key, value in values.items():
+                into[key] += value
+    return {"generation": generation, "services": services, "backends": backends}

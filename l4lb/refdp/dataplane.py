@@ -1,0 +1,141 @@
+"""The reference data plane's public class: the DataplaneAPI of l4lb/dataplane.py in pure Python.
+
+This object only dispatches: listeners go to the worker that polls them, publish() swaps the
+live table reference, stats() and sessions() ask every worker for a snapshot and add them up,
+stop() tells every worker to drain and joins the threads. See worker.py for the life of a
+connection and relay.py for the byte relay.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import threading
+import time
+from typing import Any
+
+from l4lb.refdp.counters import sum_counters
+from l4lb.refdp.livetable import LiveTable
+from l4lb.refdp.worker import Shared, Worker
+from l4lb.table.blob import parse
+from l4lb.table.sched import SchedShared
+
+JOIN_GRACE = 10.0  # seconds past the stop deadline a worker may take to exit
+
+
+class Dataplane:
+    """Pure-Python data plane with the same API and behaviour as l4lb._dataplane.Dataplane."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers  # number of worker threads
+        self._shared = Shared(sched=SchedShared())  # live table + scheduler counters
+        self._workers = [Worker(i, self._shared) for i in range(workers)]
+        self._owner: dict[int, Worker] = {}  # listener fd -> the worker polling it
+        self._lock = threading.Lock()  # serialises publish() and the API's bookkeeping
+        self._generation = 0  # generation of the live table
+        self._started = False
+        self._stopped = False
+
+    def start(self) -> None:
+        """Start the worker threads."""
+        with self._lock:
+            if self._started or self._stopped:
+                raise RuntimeError("data plane already started or stopped")
+            self._started = True
+        for worker in self._workers:
+            worker.start()
+
+    def add_listener(self, service_id: int, fd: int, worker: int) -> None:
+        """Give a bound, listening, nonblocking TCP socket to one worker (the caller keeps fd)."""
+        if not 0 <= worker < self.workers:
+            raise ValueError(f"worker {worker} out of range 0..{self.workers - 1}")
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        _check_listening_tcp(fd)
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("data plane stopped")
+            if fd in self._owner:
+                raise ValueError(f"fd {fd} is already a listener")
+            owner = self._owner[fd] = self._workers[worker]
+        try:
+            owner.call(lambda: owner.add_listener(service_id, fd))
+        except BaseException:
+            with self._lock:
+                del self._owner[fd]
+            raise
+
+    def remove_listener(self, fd: int) -> None:
+        """Stop accepting on fd; when this returns no worker polls it any more."""
+        with self._lock:
+            owner = self._owner.pop(fd, None)
+        if owner is None:
+            raise ValueError(f"fd {fd} is not a listener")
+        owner.call(lambda: owner.remove_listener(fd))
+
+    def publish(self, blob: bytes) -> int:
+        """Validate and swap in a new table; returns its generation. ValueError keeps the old."""
+        table = parse(bytes(blob))  # TableError (a ValueError) names the first bad field
+        with self._lock:
+            self._generation += 1
+            self._shared.table = LiveTable(table, self._generation)
+            return self._generation
+
+    @property
+    def generation(self) -> int:
+        """Generation of the live table, 0 before the first publish."""
+        return self._generation
+
+    def stats(self) -> dict[str, Any]:
+        """Counter snapshot summed over all workers."""
+        parts = [w.call(w.counters.copy) for w in self._workers]
+        return sum_counters(parts, self._generation)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Snapshot of the open sessions of every worker."""
+        found: list[dict[str, Any]] = []
+        for worker in self._workers:
+            found.extend(worker.call(worker.snapshot_sessions))
+        return found
+
+    @property
+    def splice_fallbacks(self) -> int:
+        """Relay directions that copied through user space because splice(2) said EINVAL."""
+        return sum(w.call(w.counters.copy).splice_fallbacks for w in self._workers)
+
+    def stop(self, timeout: float) -> None:
+        """Stop accepting, let sessions finish for up to timeout seconds, reset the rest, join."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            started = self._started
+        if not started:
+            for worker in self._workers:
+                worker.close_unstarted()
+            return
+        deadline = time.monotonic() + max(0.0, timeout)
+        for worker in self._workers:
+            worker.call(functools.partial(worker.begin_stop, deadline))
+        for worker in self._workers:
+            worker.thread.join(max(0.0, deadline - time.monotonic()) + JOIN_GRACE)
+        stuck = [w.index for w in self._workers if w.thread.is_alive()]
+        if stuck:
+            raise RuntimeError(f"refdp workers {stuck} did not exit")
+        for worker in self._workers:
+            if worker.error is not None:
+                raise RuntimeError(f"refdp worker {worker.index} crashed") from worker.error
+
+
+def _check_listening_tcp(fd: int) -> None:
+    """ValueError unless fd is a listening TCP socket (the reference relays TCP only)."""
+    probe = socket.socket(fileno=socket.dup(fd))
+    try:
+        if probe.type != socket.SOCK_STREAM:
+            raise ValueError(f"fd {fd}: the reference data plane relays TCP only")
+        if not probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ValueError(f"fd {fd} is not listening")
+    finally:
+        probe.close()

@@ -1,0 +1,44 @@
+"""The published forwarding table as the workers use it: parsed blob, generation, lookups.
+
+A LiveTable is immutable. publish() builds a new one and replaces the data plane's reference in
+one assignment; a worker reads that reference once per loop iteration, and a session keeps the
+table it started with until it is connected (its retries index into that table). Python's
+garbage collector frees a table once no worker and no session refers to it, which is what the
+C core does by hand with generations.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from l4lb.table.blob import BackendRec, ServiceRec, Table
+
+
+class LiveTable:
+    """A validated table, its generation, and per-service / per-backend lookups."""
+
+    def __init__(self, table: Table, generation: int) -> None:
+        self.table = table  # the parsed blob
+        self.generation = generation  # 1, 2, ... in publish order
+        self._by_service_id: dict[int, ServiceRec] = {s.service_id: s for s in table.services}
+        # (host text, port) to connect to, by absolute backend index
+        self.targets: list[tuple[str, int]] = [_target(b) for b in table.backends]
+
+    def service(self, service_id: int) -> ServiceRec | None:
+        """The service with this stable id, None when the table has none."""
+        return self._by_service_id.get(service_id)
+
+    def backend(self, index: int) -> BackendRec:
+        """The backend record at an absolute index."""
+        return self.table.backends[index]
+
+    def any_weighted(self, svc: ServiceRec) -> bool:
+        """True when some backend of svc has weight > 0 (it may still be at its max)."""
+        first = svc.backend_first
+        return any(b.weight > 0 for b in self.table.backends[first:first + svc.backend_count])
+
+
+def _target(backend: BackendRec) -> tuple[str, int]:
+    raw = bytes(backend.addr)
+    addr = ipaddress.ip_address(raw[:4] if backend.family == 4 else raw[:16])
+    return str(addr), backend.port

@@ -1,0 +1,486 @@
+"""One worker of the reference data plane: a thread with its own selectors loop.
+
+The loop waits on the worker's listeners, its sessions' sockets and a wake-up socketpair, then
+runs whatever timers are due. Everything a worker owns (listeners, sessions, counters, pipe
+pool, scheduler state) is touched only by its own thread; other threads talk to it through
+`call(fn)`, which queues fn, writes a byte to the wake-up socket and waits for the result. Before
+the thread starts and after it has exited, call() runs fn directly. The only state shared between
+workers is the live table reference and the scheduler's shared counters (round-robin counters,
+active sessions per backend and per service), guarded by one lock.
+
+Life of a connection (the C core does the same, in the same order):
+1. accept (nonblocking, a bounded batch per wake-up; EMFILE/ENFILE pause the listener briefly
+   instead of spinning); look the listener's service_id up in the live table; no table or no
+   such service: reset the client and count no_backend;
+2. the service's max_connections reached: reset the client and count rejected;
+3. pick a backend with the Python scheduler twin (l4lb.table.sched.pick), excluding backends
+   already tried; none: reset the client and count rejected when the first pick found every
+   weighted backend full, no_backend otherwise;
+4. nonblocking connect with the service's connect_timeout; refusal, error or timeout count a
+   connect_failure on that backend and go back to 3 while retries remain, else no_backend;
+5. relay (l4lb.refdp.relay) until both FINs went through, a reset, the idle timeout, or the
+   end of a graceful stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import ipaddress
+import itertools
+import queue
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from l4lb.refdp.counters import Counters
+from l4lb.refdp.livetable import LiveTable
+from l4lb.refdp.pipes import PipePool
+from l4lb.refdp.relay import Outcome, Session, State, reset_and_close
+from l4lb.table.blob import ServiceRec
+from l4lb.table.hashing import flow_hash
+from l4lb.table.sched import SchedShared, SchedWorker, pick
+
+T = TypeVar("T")
+
+ACCEPT_BATCH = 64  # connections accepted per readiness event of a listener
+ACCEPT_PAUSE = 0.1  # seconds a listener rests after EMFILE/ENFILE/ENOBUFS/ENOMEM
+CALL_TIMEOUT = 30.0  # seconds call() waits for a worker before declaring it stuck
+FD_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+# what a selector key's data says the fd is
+WAKE, LISTENER, CLIENT, BACKEND = "wake", "listener", "client", "backend"
+
+
+@dataclass
+class Shared:
+    """State all workers of one data plane share."""
+
+    sched: SchedShared  # round-robin counters, active sessions per backend id / service id
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards sched
+    table: LiveTable | None = None  # the live table; replaced whole by publish()
+
+
+@dataclass
+class Listener:
+    """A listening socket handed to this worker."""
+
+    service_id: int  # the service its connections belong to
+    fd: int  # the caller's fd (the key used by remove_listener)
+    sock: socket.socket  # our own dup of fd, closed when the listener is removed
+    paused: bool = False  # resting after an fd shortage
+
+
+class _Command:
+    """A function queued for the worker thread, and its result."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # handed to the caller, re-raised there
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class Worker:
+    """One worker thread and everything it owns."""
+
+    def __init__(self, index: int, shared: Shared) -> None:
+        self.index = index  # worker number, 0..workers-1
+        self.shared = shared  # table and scheduler state common to all workers
+        self.sel = selectors.DefaultSelector()  # this worker's poller (epoll on Linux)
+        self.wake_r, self.wake_w = socket.socketpair()  # a byte on wake_w wakes the loop
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.sel.register(self.wake_r, READ, (WAKE, None))
+        self.commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()  # call() queue
+        self.cmd_lock = threading.Lock()  # orders call() against thread start and exit
+        self.running = False  # the thread is running its loop (call() must queue)
+        self.listeners: dict[int, Listener] = {}  # by the caller's fd
+        self.sessions: set[Session] = set()  # open sessions
+        self.counters = Counters()  # written only by this worker's thread
+        self.pool = PipePool()  # pipes for splice, held only while data is in flight
+        self.sched = SchedWorker(index + 1)  # smooth-WRR currents and PRNG of this worker
+        self.timers: list[tuple[float, int, Callable[[], None]]] = []  # heap by deadline
+        self.timer_seq = itertools.count()  # tie-breaker so the heap never compares callables
+        self.stopping = False  # stop() began: no listeners, sessions drain until deadline
+        self.error: BaseException | None = None  # what killed the loop, if anything
+        self.thread = threading.Thread(target=self._run, name=f"l4lb-refdp-{index}",
+                                       daemon=True)
+
+    # --- called from other threads ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread."""
+        with self.cmd_lock:
+            self.running = True
+        self.thread.start()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run fn on the worker thread (or here when it is not running) and return its result."""
+        with self.cmd_lock:
+            if not self.running:
+                cmd = None
+            else:
+                cmd = _Command(fn)
+                self.commands.put(cmd)
+                with contextlib.suppress(BlockingIOError):  # wake-ups pending already
+                    self.wake_w.send(b"\0")
+        if cmd is None:
+            return fn()
+        if not cmd.done.wait(CALL_TIMEOUT):
+            raise RuntimeError(f"refdp worker {self.index} did not answer in {CALL_TIMEOUT} s")
+        if cmd.error is not None:
+            raise cmd.error
+        result: T = cmd.result
+        return result
+
+    # --- commands (run on the worker thread) ------------------------------------------------
+
+    def add_listener(self, service_id: int, fd: int) -> None:
+        """Poll a dup of fd for connections of service_id."""
+        sock = socket.socket(fileno=socket.dup(fd))
+        sock.setblocking(False)
+        lst = Listener(service_id, fd, sock)
+        self.listeners[fd] = lst
+        if not self.stopping:
+            self.sel.register(sock, READ, (LISTENER, lst))
+
+    def remove_listener(self, fd: int) -> None:
+        """Stop polling fd and close our dup of it."""
+        lst = self.listeners.pop(fd, None)
+        if lst is None:
+            return  # already dropped by begin_stop()
+        if not lst.paused and not self.stopping:
+            self.sel.unregister(lst.sock)
+        lst.sock.close()
+
+    def begin_stop(self, deadline: float) -> None:
+        """Stop accepting now; sessions may finish until deadline (monotonic), then are reset."""
+        if self.stopping:
+            return
+        for fd in list(self.listeners):
+            self.remove_listener(fd)
+        self.stopping = True
+        self._at(deadline, self._expire_all)
+
+    def snapshot_sessions(self) -> list[dict[str, Any]]:
+        """sessions() entries of this worker."""
+        return [s.snapshot() for s in self.sessions]
+
+    def close_unstarted(self) -> None:
+        """Release everything of a worker whose thread never ran."""
+        for fd in list(self.listeners):
+            lst = self.listeners.pop(fd)
+            lst.sock.close()
+        self._close_resources()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.error = exc
+            raise  # threading.excepthook prints it; stop() raises RuntimeError
+        finally:
+            self._exit()
+
+    def _loop(self) -> None:
+        while not (self.stopping and not self.sessions):
+            timeout = None
+            if self.timers:
+                timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            for key, mask in self.sel.select(timeout):
+                kind, obj = key.data
+                if kind == WAKE:
+                    self._on_wake()
+                elif kind == LISTENER:
+                    self._on_accept(obj)
+                elif not obj.closed:
+                    self._on_session_event(obj, kind, mask)
+            self._run_timers()
+
+    def _exit(self) -> None:
+        with self.cmd_lock:
+            self.running = False
+        while True:  # commands queued before `running` went False still get their answer
+            try:
+                self.commands.get_nowait().run()
+            except queue.Empty:
+                break
+        for session in list(self.sessions):
+            self._close_session(session, reset=True)
+        for fd in list(self.listeners):
+            lst = self.listeners.pop(fd)
+            lst.sock.close()
+        self._close_resources()
+
+    def _close_resources(self) -> None:
+        self.pool.close()
+        self.sel.close()
+        self.wake_r.close()
+        self.wake_w.close()
+
+    def _on_wake(self) -> None:
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                cmd = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            cmd.run()
+
+    # --- timers -----------------------------------------------------------------------------
+
+    def _at(self, deadline: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self.timers, (deadline, next(self.timer_seq), fn))
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self.timers)
+            fn()
+
+    def _expire_all(self) -> None:
+        """The stop deadline: reset whatever is still open."""
+        for session in list(self.sessions):
+            self._close_session(session, reset=True)
+
+    # --- accept and admission ---------------------------------------------------------------
+
+    def _on_accept(self, lst: Listener) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = lst.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.counters.service(lst.service_id)["accept_errors"] += 1
+                if exc.errno in FD_SHORTAGE:
+                    self._pause_listener(lst)
+                    return
+                continue  # ECONNABORTED and the like: that connection is gone, try the next
+            conn.setblocking(False)
+            self._admit(lst.service_id, conn, (str(addr[0]), int(addr[1])))
+
+    def _pause_listener(self, lst: Listener) -> None:
+        """Out of fds: stop polling the listener for a moment instead of spinning on it."""
+        self.sel.unregister(lst.sock)
+        lst.paused = True
+
+        def resume() -> None:
+            if self.listeners.get(lst.fd) is lst and not self.stopping:
+                lst.paused = False
+                self.sel.register(lst.sock, READ, (LISTENER, lst))
+
+        self._at(time.monotonic() + ACCEPT_PAUSE, resume)
+
+    def _admit(self, service_id: int, conn: socket.socket, client: tuple[str, int]) -> None:
+        counters = self.counters.service(service_id)
+        live = self.shared.table
+        svc = live.service(service_id) if live is not None else None
+        if live is None or svc is None:
+            counters["conns_total"] += 1
+            counters["no_backend"] += 1
+            reset_and_close(conn)
+            return
+        with self.shared.lock:
+            svc_active = self.shared.sched.svc_active
+            full = 0 < svc.max_connections <= svc_active.get(service_id, 0)
+            if not full:
+                svc_active[service_id] = svc_active.get(service_id, 0) + 1
+        if full:
+            counters["rejected"] += 1
+            reset_and_close(conn)
+            return
+        counters["conns_active"] += 1
+        session = Session(service_id, conn, client, live, svc)
+        session.flow_hash = _flow_hash(live, svc, client)
+        self.sessions.add(session)
+        self._connect_next(session)
+
+    # --- connecting -------------------------------------------------------------------------
+
+    def _connect_next(self, session: Session) -> None:
+        """Pick a backend not tried yet and start connecting to it."""
+        live, svc = session.live, session.service
+        with self.shared.lock:
+            choice = pick(live.table, svc, self.shared.sched, self.sched, session.flow_hash,
+                          session.tried, session.slot)
+            if choice is not None:
+                bid = live.backend(choice[1]).backend_id
+                _add(self.shared.sched.active, bid, 1)
+        counters = self.counters.service(session.service_id)
+        first = session.attempt == 0
+        if choice is None:
+            if first and live.any_weighted(svc):
+                counters["rejected"] += 1  # every weighted backend is at its max_connections
+            else:
+                counters["conns_total"] += first
+                counters["no_backend"] += 1
+            self._close_session(session, reset=True)
+            return
+        counters["conns_total"] += first
+        session.slot, session.backend_index = choice
+        session.backend_id = bid
+        session.attempt += 1
+        self.counters.backend(bid)["conns_active"] += 1
+        host, port = live.targets[session.backend_index]
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            counters["accept_errors"] += 1  # out of fds here: not the backend's fault
+            self._close_session(session, reset=True)
+            return
+        sock.setblocking(False)
+        session.backend = sock
+        err = sock.connect_ex((host, port))
+        if err == 0:
+            self._connected(session)
+        elif err in (errno.EINPROGRESS, errno.EAGAIN):
+            self._register(session, BACKEND, WRITE)
+            attempt = session.attempt
+            deadline = time.monotonic() + svc.connect_timeout_ms / 1000.0
+            self._at(deadline, lambda: self._connect_timer(session, attempt))
+        else:
+            self._connect_failed(session)
+
+    def _connect_timer(self, session: Session, attempt: int) -> None:
+        if not session.closed and session.state is State.CONNECTING and session.attempt == attempt:
+            self._connect_failed(session)
+
+    def _connect_failed(self, session: Session) -> None:
+        """Count the failure on the backend, then retry another one or give up."""
+        bid = session.backend_id
+        self.counters.backend(bid)["connect_failures"] += 1
+        self.counters.backend(bid)["conns_active"] -= 1
+        with self.shared.lock:
+            _add(self.shared.sched.active, bid, -1)
+        if session.backend is not None:
+            self._register(session, BACKEND, 0)
+            session.backend.close()
+            session.backend = None
+        session.tried.append(session.backend_index)
+        session.backend_index = session.backend_id = -1
+        if len(session.tried) > session.service.retries:
+            self.counters.service(session.service_id)["no_backend"] += 1
+            self._close_session(session, reset=True)
+            return
+        self._connect_next(session)
+
+    def _connected(self, session: Session) -> None:
+        self.counters.backend(session.backend_id)["conns_total"] += 1
+        session.connected(self.pool)
+        idle = session.service.idle_timeout_ms / 1000.0
+        if idle > 0:
+            self._at(session.last_active + idle, lambda: self._idle_timer(session, idle))
+        self._pump(session)
+
+    def _idle_timer(self, session: Session, idle: float) -> None:
+        if session.closed:
+            return
+        due = session.last_active + idle
+        if time.monotonic() >= due:
+            self._close_session(session, reset=False)
+        else:
+            self._at(due, lambda: self._idle_timer(session, idle))
+
+    # --- relaying ---------------------------------------------------------------------------
+
+    def _on_session_event(self, session: Session, kind: str, mask: int) -> None:
+        if session.state is State.CONNECTING:
+            if kind != BACKEND or session.backend is None:
+                return
+            err = session.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err == 0:
+                self._connected(session)
+            else:
+                self._connect_failed(session)
+            return
+        self._pump(session)
+
+    def _pump(self, session: Session) -> None:
+        fallbacks_before = session.fallbacks
+        outcome, up, down = session.pump()
+        svc = self.counters.service(session.service_id)
+        be = self.counters.backend(session.backend_id)
+        svc["bytes_to_backend"] += up
+        svc["bytes_to_client"] += down
+        be["bytes_to_backend"] += up
+        be["bytes_to_client"] += down
+        self.counters.splice_fallbacks += session.fallbacks - fallbacks_before
+        if outcome is Outcome.FINISHED:
+            self._close_session(session, reset=False)
+        elif outcome is Outcome.RESET:
+            self._close_session(session, reset=True)
+        else:
+            client_r, client_w, backend_r, backend_w = session.interest()
+            self._register(session, CLIENT, (READ if client_r else 0) | (WRITE if client_w else 0))
+            self._register(session, BACKEND,
+                           (READ if backend_r else 0) | (WRITE if backend_w else 0))
+
+    def _register(self, session: Session, side: str, mask: int) -> None:
+        """Make the selector wait for exactly mask (0: nothing) on one side of a session."""
+        sock = session.client if side == CLIENT else session.backend
+        old = session.client_mask if side == CLIENT else session.backend_mask
+        if sock is None or mask == old:
+            return
+        if old == 0:
+            self.sel.register(sock, mask, (side, session))
+        elif mask == 0:
+            self.sel.unregister(sock)
+        else:
+            self.sel.modify(sock, mask, (side, session))
+        if side == CLIENT:
+            session.client_mask = mask
+        else:
+            session.backend_mask = mask
+
+    def _close_session(self, session: Session, reset: bool) -> None:
+        if session.closed:
+            return
+        self._register(session, CLIENT, 0)
+        self._register(session, BACKEND, 0)
+        session.close(reset)
+        self.sessions.discard(session)
+        with self.shared.lock:
+            _add(self.shared.sched.svc_active, session.service_id, -1)
+            if session.backend_id >= 0:
+                _add(self.shared.sched.active, session.backend_id, -1)
+        self.counters.service(session.service_id)["conns_active"] -= 1
+        if session.backend_id >= 0:
+            self.counters.backend(session.backend_id)["conns_active"] -= 1
+
+
+def _add(counts: dict[int, int], key: int, delta: int) -> None:
+    """counts[key] += delta, the entry removed when it drops to 0 (ids come and go)."""
+    value = counts.get(key, 0) + delta
+    if value:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+
+
+def _flow_hash(live: LiveTable, svc: ServiceRec, client: tuple[str, int]) -> int:
+    addr = ipaddress.ip_address(client[0].split("%", 1)[0])
+    addr16 = addr.packed.ljust(16, b"\0")
+    return flow_hash(live.table.hash_seed, addr.version, addr16, client[1], svc.hash_key)
