@@ -1,0 +1,92 @@
+"""Connect failures: refused and timed-out backends are retried elsewhere; none left means RST."""
+
+from __future__ import annotations
+
+import time
+
+from .clients import connect, fate, recv_exact, recv_line, wait_for
+from .conftest import SVC, MakeLB, Servers
+from .tables import BackendSpec, ServiceSpec
+
+HOST = "127.0.0.1"
+
+
+def test_refused_backend_is_retried_on_another(make_lb: MakeLB, servers: Servers) -> None:
+    dead = servers.refusing()
+    alive = servers.start("alive", "name")
+    lb = make_lb([ServiceSpec(SVC, (BackendSpec("dead", HOST, dead.port),
+                                    BackendSpec("alive", HOST, alive.port)), retries=1)])
+    for _ in range(4):  # round robin: at least two of these try "dead" first
+        with connect(lb.addr()) as client:
+            assert recv_line(client) == "alive"
+    assert wait_for(lambda: lb.svc_stats().get("conns_active") == 0, 5)
+    assert lb.be_stats("dead")["connect_failures"] >= 2
+    assert lb.be_stats("dead").get("conns_total", 0) == 0
+    alive_stats = lb.be_stats("alive")
+    assert (alive_stats["conns_total"], alive_stats["connect_failures"]) == (4, 0)
+    svc = lb.svc_stats()
+    assert (svc["conns_total"], svc["no_backend"]) == (4, 0)
+
+
+def test_connect_timeout_then_retry_succeeds(make_lb: MakeLB, servers: Servers) -> None:
+    hole = servers.black_hole()
+    alive = servers.start("alive", "name")
+    lb = make_lb([ServiceSpec(SVC, (BackendSpec("hole", HOST, hole.port),
+                                    BackendSpec("alive", HOST, alive.port)),
+                              connect_timeout_ms=300, retries=1)])
+    took = []
+    for _ in range(2):  # round robin: one of the two tries the black hole first
+        start = time.monotonic()
+        with connect(lb.addr()) as client:
+            assert recv_line(client) == "alive"
+        took.append(time.monotonic() - start)
+    assert lb.be_stats("hole")["connect_failures"] >= 1
+    assert max(took) >= 0.25, took  # waited for the connect timeout ...
+    assert max(took) < 2.0, took  # ... and not much longer
+    assert lb.be_stats("alive")["conns_total"] == 2
+
+
+def test_all_backends_down_client_reset_promptly(make_lb: MakeLB, servers: Servers) -> None:
+    dead = [servers.refusing() for _ in range(3)]
+    lb = make_lb([ServiceSpec(SVC, tuple(BackendSpec(f"dead{i}", HOST, d.port)
+                                         for i, d in enumerate(dead)), retries=5)])
+    start = time.monotonic()
+    assert fate(lb.addr(), 1.0) == "reset"  # RST (SO_LINGER 0), not a FIN
+    assert time.monotonic() - start < 1.0
+    assert wait_for(lambda: lb.svc_stats().get("no_backend") == 1, 2)
+    for i in range(3):  # every backend tried once, none twice
+        assert lb.be_stats(f"dead{i}")["connect_failures"] == 1
+    assert lb.svc_stats()["conns_active"] == 0
+
+
+def test_retries_are_bounded(make_lb: MakeLB, servers: Servers) -> None:
+    dead = [servers.refusing() for _ in range(3)]
+    lb = make_lb([ServiceSpec(SVC, tuple(BackendSpec(f"dead{i}", HOST, d.port)
+                                         for i, d in enumerate(dead)), retries=1)])
+    assert fate(lb.addr(), 1.0) == "reset"
+    assert wait_for(lambda: lb.svc_stats().get("no_backend") == 1, 2)
+    failures = sum(lb.be_stats(f"dead{i}").get("connect_failures", 0) for i in range(3))
+    assert failures == 2  # the first attempt and one retry
+
+
+def test_no_eligible_backend_is_no_backend(make_lb: MakeLB, servers: Servers) -> None:
+    """Every backend has weight 0 (down): nothing is even tried."""
+    alive = servers.start("alive", "echo")
+    lb = make_lb([ServiceSpec(SVC, (BackendSpec("alive", HOST, alive.port, weight=0),))])
+    assert fate(lb.addr(), 1.0) == "reset"
+    assert wait_for(lambda: lb.svc_stats().get("no_backend") == 1, 2)
+    assert alive.records() == []
+    assert lb.svc_stats().get("rejected", 0) == 0
+
+
+def test_weight_zero_backend_gets_no_new_connections(make_lb: MakeLB, servers: Servers) -> None:
+    up = servers.start("up", "name")
+    down = servers.start("down", "name")
+    lb = make_lb([ServiceSpec(SVC, (BackendSpec("up", HOST, up.port),
+                                    BackendSpec("down", HOST, down.port, weight=0)))])
+    for _ in range(4):
+        with connect(lb.addr()) as client:
+            assert recv_line(client) == "up"
+    assert down.records() == []
+    with connect(lb.addr()) as client:  # still relays both ways
+        assert recv_exact(client, 3) == b"up\n"

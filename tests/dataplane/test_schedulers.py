@@ -1,0 +1,162 @@
+"""Every scheduler, observed through real connections to backends that answer with their name."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+
+import pytest
+
+from .backends import BackendServer
+from .clients import connect, recv_line, wait_for
+from .conftest import LB, SVC, MakeLB, Servers
+from .tables import BackendSpec, ServiceSpec, expected_backend
+
+HOST = "127.0.0.1"
+
+
+def name_backends(servers: Servers, *weights: int) -> tuple[list[BackendServer],
+                                                             tuple[BackendSpec, ...]]:
+    started = [servers.start(f"b{i}", "name") for i in range(len(weights))]
+    specs = tuple(BackendSpec(s.name, HOST, s.port, weight=w) for s, w in zip(started, weights,
+                                                                              strict=True))
+    return started, specs
+
+
+def ask(lb: LB, source: str | None = None) -> str:
+    """Open a connection, read the backend's name, close."""
+    with connect(lb.addr(), source) as client:
+        return recv_line(client)
+
+
+def canonical_names(lb: LB) -> list[str]:
+    assert lb.built is not None
+    return [lb.built.names[b.backend_id] for b in lb.built.table.backends]
+
+
+def settle(lb: LB) -> None:
+    """Wait until the data plane has closed every session (active counts back to 0)."""
+    assert wait_for(lambda: lb.svc_stats().get("conns_active") == 0, 5)
+
+
+def test_round_robin_exact_cycle(make_lb: MakeLB, servers: Servers) -> None:
+    _, specs = name_backends(servers, 1, 1, 1)
+    lb = make_lb([ServiceSpec(SVC, specs, scheduler="round_robin")], workers=2)
+    order = canonical_names(lb)
+    seen = [ask(lb) for _ in range(9)]
+    start = order.index(seen[0])
+    assert seen == [order[(start + i) % 3] for i in range(9)]
+    assert seen[0] == order[0]  # the shared counter starts at 0
+
+
+def test_weighted_round_robin_smooth_sequence(make_lb: MakeLB, servers: Servers) -> None:
+    _, specs = name_backends(servers, 5, 1, 1)
+    # one worker: the smooth-WRR state is per worker
+    lb = make_lb([ServiceSpec(SVC, specs, scheduler="weighted_round_robin")], workers=1)
+    order = canonical_names(lb)
+    weight = {s.name: s.weight for s in specs}
+    heavy, light1, light2 = "b0", *sorted((n for n in order if n != "b0"), key=order.index)
+    # nginx's smooth sequence for weights 5, 1, 1: a a b a c a a (ties go to canonical order,
+    # which only matters for the two light backends: the earlier one comes first)
+    cycle = [heavy, heavy, light1, heavy, light2, heavy, heavy]
+    assert sum(weight.values()) == len(cycle)
+    seen = [ask(lb) for _ in range(14)]
+    assert seen == cycle * 2
+
+
+def test_least_conn_follows_held_sessions(make_lb: MakeLB, servers: Servers) -> None:
+    _, specs = name_backends(servers, 1, 1, 1)
+    lb = make_lb([ServiceSpec(SVC, specs, scheduler="least_conn")], workers=2)
+    with contextlib.ExitStack() as stack:
+        held: dict[str, list[object]] = collections.defaultdict(list)
+        for _ in range(6):
+            client = stack.enter_context(connect(lb.addr()))
+            held[recv_line(client)].append(client)
+        assert sorted(len(v) for v in held.values()) == [2, 2, 2]
+        for client in held["b1"]:
+            client.close()  # type: ignore[attr-defined]
+        assert wait_for(lambda: lb.be_stats("b1").get("conns_active") == 0, 5)
+        for _ in range(2):  # b1 is the least loaded, twice
+            client = stack.enter_context(connect(lb.addr()))
+            assert recv_line(client) == "b1"
+        client = stack.enter_context(connect(lb.addr()))  # now all tie at 2 again
+        assert recv_line(client) in ("b0", "b1", "b2")
+    settle(lb)
+
+
+def test_least_conn_weighted(make_lb: MakeLB, servers: Servers) -> None:
+    """(active + 1) / weight: with weights 3 and 1, held sessions split 3 : 1."""
+    _, specs = name_backends(servers, 3, 1)
+    lb = make_lb([ServiceSpec(SVC, specs, scheduler="least_conn")], workers=2)
+    with contextlib.ExitStack() as stack:
+        got = collections.Counter()
+        for _ in range(8):
+            client = stack.enter_context(connect(lb.addr()))
+            got[recv_line(client)] += 1
+        assert got == {"b0": 6, "b1": 2}
+    settle(lb)
+
+
+@pytest.mark.slow
+def test_random_two_spreads_evenly(make_lb: MakeLB, servers: Servers) -> None:
+    _, specs = name_backends(servers, 1, 1, 1)
+    lb = make_lb([ServiceSpec(SVC, specs, scheduler="random_two")], workers=2)
+    got = collections.Counter(ask(lb) for _ in range(300))
+    # expected 100 each; 40 is more than 5 standard deviations of a fair three-way draw
+    assert set(got) == {"b0", "b1", "b2"}
+    assert all(60 <= n <= 140 for n in got.values()), got
+
+
+def test_random_two_prefers_the_less_loaded(make_lb: MakeLB, servers: Servers) -> None:
+    """With b0 holding 8 sessions, a new client goes to b0 only when both draws were b0."""
+    _, specs = name_backends(servers, 1, 1)
+    lb = make_lb([ServiceSpec(SVC, specs, scheduler="random_two")], workers=1)
+    with contextlib.ExitStack() as stack:
+        on_b0 = 0
+        for _ in range(40):  # hold sessions until b0 has 8 of them
+            client = stack.enter_context(connect(lb.addr()))
+            if recv_line(client) == "b0":
+                on_b0 += 1
+                if on_b0 == 8:
+                    break
+            else:
+                client.close()
+                assert wait_for(lambda: lb.be_stats("b1").get("conns_active") == 0, 5)
+        assert on_b0 == 8
+        got = collections.Counter(ask(lb) for _ in range(40))
+    # b1 has 0 sessions, b0 has 8: b0 wins only if both draws are b0 (p = 1/4) -> ~10 of 40
+    assert got["b1"] >= 22, got
+    settle(lb)
+
+
+@pytest.mark.parametrize("scheduler", ["source_hash", "maglev"])
+def test_hashing_schedulers_are_sticky_and_exact(make_lb: MakeLB, servers: Servers,
+                                                 scheduler: str) -> None:
+    _, specs = name_backends(servers, 2, 1, 1)
+    lb = make_lb([ServiceSpec(SVC, specs, scheduler=scheduler, maglev_size=4099)],
+                 hash_seed=7)
+    assert lb.built is not None
+    sources = [f"127.0.{1 + i // 200}.{1 + i % 200}" for i in range(60)]
+    got = collections.Counter()
+    for source in sources:
+        first, second = ask(lb, source), ask(lb, source)
+        assert first == second, source  # same client address, same backend
+        assert first == expected_backend(lb.built, SVC, (source, 0)), source
+        got[first] += 1
+    # weights 2:1:1 -> expected 30/15/15 of 60
+    assert 20 <= got["b0"] <= 40 and got["b1"] >= 7 and got["b2"] >= 7, got
+
+
+def test_maglev_src_ip_port_follows_the_twin(make_lb: MakeLB, servers: Servers) -> None:
+    _, specs = name_backends(servers, 1, 1, 1)
+    lb = make_lb([ServiceSpec(SVC, specs, scheduler="maglev", hash_key="src_ip_port",
+                              maglev_size=251)], hash_seed=11)
+    assert lb.built is not None
+    got = collections.Counter()
+    for _ in range(30):
+        with connect(lb.addr()) as client:
+            port = client.getsockname()[1]
+            name = recv_line(client)
+        assert name == expected_backend(lb.built, SVC, (HOST, port))
+        got[name] += 1
+    assert len(got) >= 2, got  # 30 ports on 3 backends all alike would be a broken key
