@@ -69,8 +69,12 @@ struct dp_table {
     uint8_t digest[32];           /* SHA-256 of the blob, computed by the caller, may stay zero */
 };
 
-/* Decode and validate a blob (docs/forwarding-table.md). On success *out owns a new table.
- * On failure returns -EINVAL and writes a one-line reason naming the field into err. */
+/* Decode and validate a blob (docs/forwarding-table.md). On success *out owns a new table
+ * (one allocation). On failure returns -EINVAL and writes a one-line reason naming the first
+ * failing field into err (same text as l4lb/table/blob.py), or -ENOMEM. Check order: header
+ * fields by offset, then backend records, then service records (fields by offset), then each
+ * service's ring entries. Beyond the documented rules it also refuses a maglev ring_size that
+ * is not prime and an IPv4 backend address whose bytes 4..15 are not 0. */
 int dp_table_parse(const uint8_t *blob, size_t len, struct dp_table **out, char *err, size_t errlen);
 void dp_table_free(struct dp_table *t);
 
@@ -84,8 +88,9 @@ uint64_t dp_flow_hash(uint32_t seed, uint8_t family, const uint8_t addr[16], uin
                       uint8_t hash_key);
 
 /* Maglev fill. backends[] are the service's backends in canonical order (weight 0 = skipped).
- * Writes m entries (relative backend indexes) into ring. m must be prime and >= the number of
- * eligible backends; returns -EINVAL otherwise, -ENOENT when no backend is eligible, -ENOMEM. */
+ * Writes m entries (relative backend indexes) into ring. Checks, in this order: every weight
+ * <= DP_MAX_WEIGHT and m prime (else -EINVAL), some backend eligible (else -ENOENT), m >= the
+ * number of eligible backends (else -EINVAL); -ENOMEM. Pure; safe without the GIL. */
 int maglev_fill(uint32_t hash_seed, const struct dp_backend *backends, uint32_t n,
                 uint32_t m, uint32_t *ring);
 
@@ -124,7 +129,12 @@ uint64_t sched_rng_next(struct sched_worker *w);
  * retry (n_tried > 0) of a hashing scheduler it holds the ring slot of the previous attempt and
  * the walk starts after it; on return it holds the slot used (0 for non-hashing schedulers).
  * On success *out is an absolute backend index.
- * Returns 0, or -ENOENT when no eligible backend is left. Does not touch the active counters. */
+ * Returns 0, or -ENOENT when no eligible backend is left. Does not touch the active counters.
+ * Candidates: weight > 0, active < max_connections when that is set, not tried. Hashing
+ * schedulers also skip a full backend on the FIRST pick (walking on from the home slot).
+ * round_robin and least_conn advance rr_next[service_id] once per call (when backend_count > 0);
+ * random_two draws two PRNG outputs per call that has a candidate, index = (x>>32)*E>>32 among
+ * the E candidates in canonical order. Service max_connections is NOT checked here. */
 int sched_pick(const struct dp_table *t, const struct dp_service *svc, struct sched_shared *sh,
                struct sched_worker *w, uint64_t flow_hash, const uint32_t *tried, uint32_t n_tried,
                uint32_t *slot, uint32_t *out);
