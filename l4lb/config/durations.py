@@ -35,7 +35,7 @@ def parse_duration_ms(text: str) -> int:
     if fraction is not None:
         ms = Decimal(fraction.group(1)) * UNITS_MS[fraction.group(2)]
         if ms == ms.to_integral_value() and ms > 0:
-            hint = f'write "{format_duration_ms(int(ms))}"'
+            hint = f'write "{suggest_duration(int(ms))}"'
         else:
             hint = "durations are whole milliseconds"
         raise ValueError(f"duration {quote(text)} has a fraction: {hint}")
@@ -70,3 +70,8 @@ def format_duration_ms(ms: int) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def suggest_duration(ms: int) -> str:
+    """How to write `ms` in a hint: "1500ms" rather than "1s500ms", "1m30s" for whole seconds."""
+    return format_duration_ms(ms) if ms % 1000 == 0 else f"{ms}ms"

@@ -20,8 +20,8 @@ _TOMLLIB_POSITION = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of d
 
 
 def _end_position(text: str) -> tuple[int, int]:
-    """Just after the last character, but on the last line that has text."""
-    body = text[:-1] if text.endswith("\n") else text
+    """Just after the last character that is not blank (so never on an empty last line)."""
+    body = text.rstrip()
     line = body.count("\n") + 1
     return line, len(body) - (body.rfind("\n") + 1) + 1
 

@@ -20,13 +20,22 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import re
 import tomllib
 
 KeyPath = tuple[str | int, ...]
 Position = tuple[int, int]  # (line, col), both 1-based
 
-_BARE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-_SCALAR_STOP = frozenset(",]}#\n")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]}#\n]+")  # numbers, booleans, dates: up to the next delimiter
+_SPACES = re.compile(r"[ \t]*")
+_BLANK = re.compile(r"(?:[ \t\r\n]+|#[^\n]*)*")  # spaces, line breaks and comments
+_STRINGS = {  # a string of each kind, from its opening quote to just past its closing one
+    '"""': re.compile(r'"""(?:[^"\\]|\\.|"(?!""))*"""(?:"{1,2}(?!"))?', re.S),
+    "'''": re.compile(r"'''(?:[^']|'(?!''))*'''(?:'{1,2}(?!'))?"),
+    '"': re.compile(r'"(?:[^"\\\n]|\\.)*"'),
+    "'": re.compile(r"'[^'\n]*'"),
+}
 
 
 class _StopScan(Exception):
@@ -38,7 +47,7 @@ class Locator:
 
     def __init__(self, text: str) -> None:
         self._text = text
-        self._line_starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self._keys: dict[KeyPath, int] = {}  # key path -> offset of its key or table header
         self._values: dict[KeyPath, int] = {}  # key path -> offset of its value
         self._aot_count: dict[KeyPath, int] = {}  # array-of-tables path -> elements so far
@@ -81,15 +90,9 @@ class Locator:
 
     def _skip_blank(self, newlines: bool) -> None:
         """Skip spaces and tabs; with `newlines`, also line breaks and comments."""
-        text = self._text
-        while self._i < len(text):
-            c = text[self._i]
-            if c in " \t" or (newlines and c in "\r\n"):
-                self._i += 1
-            elif newlines and c == "#":
-                self._skip_comment()
-            else:
-                return
+        match = (_BLANK if newlines else _SPACES).match(self._text, self._i)
+        if match is not None:
+            self._i = match.end()
 
     def _skip_comment(self) -> None:
         end = self._text.find("\n", self._i)
@@ -161,13 +164,12 @@ class Locator:
                 start = self._i
                 self._skip_string()
                 parts.append(self._decode_string(self._text[start:self._i]))
-            elif c and c in _BARE_KEY_CHARS:
-                start = self._i
-                while self._peek() and self._peek() in _BARE_KEY_CHARS:
-                    self._i += 1
-                parts.append(self._text[start:self._i])
             else:
-                raise _StopScan
+                match = _BARE_KEY.match(self._text, self._i)
+                if match is None:
+                    raise _StopScan
+                parts.append(match.group())
+                self._i = match.end()
             self._skip_blank(newlines=False)
             if self._peek() != ".":
                 return tuple(parts)
@@ -204,11 +206,11 @@ class Locator:
             self._scan_inline_table(path)
         elif c == "[":
             self._scan_array(path)
-        elif c == "" or c in _SCALAR_STOP:
-            raise _StopScan
         else:
-            while self._peek() and self._peek() not in _SCALAR_STOP:
-                self._i += 1
+            match = _SCALAR.match(self._text, self._i)
+            if match is None:
+                raise _StopScan
+            self._i = match.end()
 
     def _scan_inline_table(self, path: KeyPath) -> None:
         self._i += 1  # "{"
@@ -249,29 +251,8 @@ class Locator:
         """Skip one string of any of the four kinds, starting at its opening quote."""
         text = self._text
         quote = text[self._i]
-        if text.startswith(quote * 3, self._i):
-            end = self._find_close(quote * 3, self._i + 3, escapes=quote == '"')
-            end += 3
-            # up to two quotes of the content may stand right before the closing delimiter
-            extra = 0
-            while extra < 2 and end < len(text) and text[end] == quote:
-                end += 1
-                extra += 1
-            self._i = end
-            return
-        end = self._find_close(quote, self._i + 1, escapes=quote == '"')
-        self._i = end + 1
-
-    def _find_close(self, delim: str, start: int, escapes: bool) -> int:
-        text = self._text
-        j = start
-        while j < len(text):
-            if escapes and text[j] == "\\":
-                j += 2
-                continue
-            if text.startswith(delim, j):
-                return j
-            if len(delim) == 1 and text[j] == "\n":
-                raise _StopScan
-            j += 1
-        raise _StopScan
+        kind = quote * 3 if text.startswith(quote * 3, self._i) else quote
+        match = _STRINGS[kind].match(text, self._i)
+        if match is None:
+            raise _StopScan
+        self._i = match.end()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from l4lb.config.addresses import parse_endpoint
-from l4lb.config.durations import format_duration_ms, parse_duration_ms
+from l4lb.config.durations import parse_duration_ms, suggest_duration
 from l4lb.config.errors import Diagnostic, KeyPath, quote
 from l4lb.config.locate import Locator
 from l4lb.config.model import (
@@ -210,7 +210,8 @@ class _Checker:
         for key in table:
             if key in allowed:
                 continue
-            message = f"unknown key {quote(key)} in {scope.table}"
+            where = f"in {scope.table}" if scope.path else "at the top level"
+            message = f"unknown key {quote(key)} {where}"
             if key in homes:
                 message += f"; {homes[key]}"
             else:
@@ -299,7 +300,7 @@ class _Checker:
             if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:
                 hint = f'write "{value}s"'
             elif isinstance(value, float) and 0 <= value < 10**9 and (value * 1000).is_integer():
-                hint = f'write "{format_duration_ms(int(value * 1000))}"'
+                hint = f'write "{suggest_duration(int(value * 1000))}"'
             self.wrong_type(path, label, "a duration string", value, hint)
             return default
         try:
@@ -336,7 +337,7 @@ class _Checker:
         return Config(path=self.file, global_=settings, services=tuple(services))
 
     def global_settings(self, table: dict[str, Any]) -> GlobalSettings:
-        scope = _Scope(path=("global",), table="global", prefix="global.")
+        scope = _Scope(path=("global",), table="[global]", prefix="global.")
         self.check_keys(scope, table, GLOBAL_KEYS, _GLOBAL_HOMES)
         d = _GLOBAL_DEFAULTS
         return GlobalSettings(
@@ -503,32 +504,30 @@ class _Checker:
         port_key = (protocol, family, ep.port)
         first = self.listen_exact.get(exact_key)
         if first is not None:
-            self.error(path, f"{label}: {quote(ep.text)} is already {self.owner(first, claim)}")
+            if first.service == claim.service:
+                self.error(path, f"{label}: {quote(ep.text)} is listed twice "
+                                 f"(also listen[{first.index}])")
+            else:
+                self.error(path, f"{label}: {quote(ep.text)} is already a listen address of "
+                                 f"{first.service_label}")
             return
-        if wildcard:
-            other = self.listen_specific.get(port_key)
-        else:
-            other = self.listen_wildcard.get(port_key)
+        other = (self.listen_specific if wildcard else self.listen_wildcard).get(port_key)
         if other is not None:
-            self.error(path, f"{label}: {quote(ep.text)} overlaps {quote(other.endpoint.text)} "
-                             f"({self.where(other, claim)}): a wildcard address takes the port "
-                             "on every address")
+            owner = ("this service" if other.service == claim.service
+                     else other.service_label)
+            every = f"port {ep.port} on every IPv{family} address"
+            if wildcard:
+                message = (f"{quote(ep.text)} takes {every}, so it overlaps "
+                           f"{quote(other.endpoint.text)} of {owner}")
+            else:
+                message = (f"{quote(ep.text)} overlaps {quote(other.endpoint.text)} of {owner}, "
+                           f"which takes {every}")
+            self.error(path, f"{label}: {message}")
         self.listen_exact[exact_key] = claim
         if wildcard:
             self.listen_wildcard.setdefault(port_key, claim)
         else:
             self.listen_specific.setdefault(port_key, claim)
-
-    @staticmethod
-    def where(first: _ListenClaim, claim: _ListenClaim) -> str:
-        if first.service == claim.service:
-            return f"listen[{first.index}]"
-        return f"{first.service_label}: listen[{first.index}]"
-
-    def owner(self, first: _ListenClaim, claim: _ListenClaim) -> str:
-        if first.service == claim.service:
-            return f"listed at listen[{first.index}]"
-        return f"a listen address of {first.service_label} (listen[{first.index}])"
 
     # ------------------------------------------------------------ backends
 
@@ -559,6 +558,10 @@ class _Checker:
             if self.backend_total == MAX_BACKENDS + 1:
                 self.error(entry_path, f"{entry_label}: too many backends (at most "
                                        f"{MAX_BACKENDS} in all services together)", at_key=True)
+            if isinstance(entry, str):
+                self.wrong_type(entry_path, entry_label, "a table", entry,
+                                f"write {{ address = {quote(entry)} }}")
+                continue
             entry_table = self.read_table(entry_path, entry_label, entry)
             if entry_table is None:
                 continue
