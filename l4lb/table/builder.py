@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from l4lb.config.model import HASH_KEYS, SCHEDULERS, Backend, Config, Service
 from l4lb.table.blob import (
@@ -224,8 +225,7 @@ class TableBuilder:
         return list(self._fill(seed, [(r.family, r.addr, r.port, r.weight) for r in recs], m))
 
 
-@dataclass(frozen=True)
-class _Prepared:
+class _Prepared(NamedTuple):
     """A backend with its address decoded once per build."""
 
     backend: Backend
