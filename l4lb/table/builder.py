@@ -222,7 +222,10 @@ class TableBuilder:
         if sched != SCHED_MAGLEV or not any(r.weight for r in recs):
             return []
         m = svc.maglev_table_size
-        return list(self._fill(seed, [(r.family, r.addr, r.port, r.weight) for r in recs], m))
+        try:
+            return list(self._fill(seed, [(r.family, r.addr, r.port, r.weight) for r in recs], m))
+        except ValueError as exc:
+            raise ValueError(f"service {svc.name}: maglev fill: {exc}") from None
 
 
 class _Prepared(NamedTuple):

@@ -272,7 +272,7 @@ def test_a_failed_build_changes_nothing() -> None:
             maglev_table_size=3,
         )
     )
-    with pytest.raises(ValueError, match="m: 3 is below the 4 eligible backends"):
+    with pytest.raises(ValueError, match="service b: maglev fill: m: 3 is below the 4 eligible"):
         tb.build(bad)
     assert tb.service_ids() == {"a": 0}
     tb.build(config(service("c", [be("10.0.0.1", 80)])))
