@@ -464,10 +464,13 @@ def test_round_trip(advert: Advert, ident: int) -> None:
 @SETTINGS
 @given(st.binary(max_size=120))
 def test_random_bytes_only_raise_packet_error(data: bytes) -> None:
-    for decode in (lambda: decode_ipv4(data),
-                   lambda: decode_ipv6_packet(data),
-                   lambda: decode_vrrp(data, src=SRC4, dst=VRRP_GROUP_V4),
-                   lambda: decode_ipv6(data, src=SRC6, dst=VRRP_GROUP_V6, hop_limit=255)):
+    decoders: list[Callable[[], Advert]] = [
+        lambda: decode_ipv4(data),
+        lambda: decode_ipv6_packet(data),
+        lambda: decode_vrrp(data, src=SRC4, dst=VRRP_GROUP_V4),
+        lambda: decode_ipv6(data, src=SRC6, dst=VRRP_GROUP_V6, hop_limit=255),
+    ]
+    for decode in decoders:
         try:
             advert = decode()
         except PacketError as exc:
