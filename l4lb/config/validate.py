@@ -166,7 +166,7 @@ class _Scope:
     """One table of the document: where it is and how messages name it and its keys."""
 
     path: KeyPath  # key path of the table
-    table: str  # the table in messages: "global", 'services[0] ("web")', '...: backends[1]'
+    table: str  # the table in messages: "[global]", 'services[0] ("web")', '...: backends[1]'
     prefix: str  # put before a key name: "global.", 'services[0] ("web"): ', '...: backends[1].'
 
     def label(self, key: str) -> str:
@@ -201,8 +201,12 @@ class _Checker:
 
     # ------------------------------------------------------------ reporting
 
-    def error(self, path: KeyPath, message: str, *, at_key: bool = False) -> None:
-        line, col = self.locator.key(path) if at_key else self.locator.value(path)
+    def error(self, path: KeyPath, message: str, *, at_key: bool = False,
+              position_of: KeyPath | None = None) -> None:
+        """Record a problem with the value at `path` (or its key), positioned there or at
+        `position_of` (the table, for a key that is missing)."""
+        where = path if position_of is None else position_of
+        line, col = self.locator.key(where) if at_key else self.locator.value(where)
         self.diagnostics.append(Diagnostic(self.file, line, col, "error", message, path))
 
     def check_keys(self, scope: _Scope, table: dict[str, Any], allowed: Sequence[str],
@@ -221,7 +225,8 @@ class _Checker:
             self.error((*scope.path, key), message, at_key=True)
 
     def missing(self, scope: _Scope, key: str) -> None:
-        self.error(scope.path, f"{scope.table}: missing required key {quote(key)}", at_key=True)
+        self.error((*scope.path, key), f"{scope.table}: missing required key {quote(key)}",
+                   at_key=True, position_of=scope.path)
 
     def wrong_type(self, path: KeyPath, label: str, expected: str, value: object,
                    hint: str = "") -> None:
@@ -238,7 +243,7 @@ class _Checker:
         path = (*scope.path, key)
         if isinstance(value, bool) or not isinstance(value, int):
             hint = ""
-            if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+            if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,20}", value.strip()):
                 hint = f"write {value.strip()} without quotes"
             self.wrong_type(path, scope.label(key), "an integer", value, hint)
             return default

@@ -267,3 +267,12 @@ def test_at_most_65536_backends_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as info:
         load_text(_services(3, 3))
     assert [d.path for d in info.value.diagnostics] == [("services", 2, "backends", 2)]
+
+
+def test_missing_key_names_the_key_and_points_at_the_table() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text('[global]\n\n[[services]]\nname = "a"\nlisten = ["127.0.0.1:1"]\n', "m.toml")
+    (diag,) = info.value.diagnostics
+    assert diag.path == ("services", 0, "backends")
+    assert (diag.line, diag.col) == (3, 1)
+    assert diag.message == 'services[0] ("a"): missing required key "backends"'
