@@ -30,7 +30,7 @@ shutdown_timeout = "2s"
 [[services]]
 name = "demo"
 protocol = "tcp"
-listen = ["{host}:{port}"]
+listen = ["{listen}"]
 scheduler = "round_robin"
 connect_timeout = "1s"
 idle_timeout = "1m"
@@ -107,7 +107,8 @@ class DemoBackend:
 
 def render_config(host: str, port: int, ports: list[int]) -> str:
     """The demo's TOML with the real backend ports filled in."""
-    return DEMO_CONFIG.format(host=host, port=port, p1=ports[0], p2=ports[1], p3=ports[2])
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return DEMO_CONFIG.format(listen=listen, p1=ports[0], p2=ports[1], p3=ports[2])
 
 
 def _live_line(daemon: Daemon, tty: bool, last: list[str]) -> None:
@@ -140,7 +141,7 @@ async def run_demo(host: str, port: int, duration: float | None, show_config: bo
         tty = sys.stdout.isatty()
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         tries = [(f"curl -s http://{where}/", "each request names the backend that answered"),
-                 (f"nc {host} {port}", "a greeting, then every line you type is echoed"),
+                 (f"nc {'-6 ' if ':' in host else ''}{host} {port}", "a greeting, then every line you type is echoed"),
                  (f"l4lb status --socket {control_path}", "states and counters"),
                  (f"l4lb drain demo backend-2 --socket {control_path}", "no new sessions")]
         width = max(len(cmd) for cmd, _ in tries)
