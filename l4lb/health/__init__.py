@@ -1,0 +1,39 @@
+"""Health checks: active probes, rise/fall dampening, and the effective weights they lead to.
+
+- `settings`: `HealthSettings`, the validated per-service settings and their defaults.
+- `dampener`: pure UP/DOWN state machine per backend (rise, fall, start period, passive input).
+- `pool`: pure effective weights of a service (admin state, backups, min_healthy, slow start).
+- `probe`: TCP connect and send/expect probes on one private epoll under the asyncio loop.
+- `checker`: schedules probes for many backends and reports transitions.
+
+See docs/health.md.
+"""
+
+from l4lb.health.checker import CheckerStats, HealthChecker
+from l4lb.health.dampener import Dampener, Health, HealthSnapshot, Transition, transition_log_line
+from l4lb.health.pool import AdminState, PoolMember, PoolResult, effective_weights, ramp_weight
+from l4lb.health.probe import ProbeEngine, ProbeResult, ProbeSpec, probe_once, run_probe
+from l4lb.health.settings import DEFAULT_SETTINGS, HealthSettings, HealthSettingsError
+
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "AdminState",
+    "CheckerStats",
+    "Dampener",
+    "Health",
+    "HealthChecker",
+    "HealthSettings",
+    "HealthSettingsError",
+    "HealthSnapshot",
+    "PoolMember",
+    "PoolResult",
+    "ProbeEngine",
+    "ProbeResult",
+    "ProbeSpec",
+    "Transition",
+    "effective_weights",
+    "probe_once",
+    "ramp_weight",
+    "run_probe",
+    "transition_log_line",
+]

@@ -1,0 +1,183 @@
+"""Health-check settings of one service: one frozen, validated dataclass with documented defaults.
+
+The config module turns the TOML `[services.health]` table into a `HealthSettings`; everything
+under `l4lb.health` reads only this object. Construction validates every field and raises
+`ValueError` whose text names the field (`health.timeout: 3s must not exceed interval 2s`), so the
+config loader can attach file:line:col and collect it with its other diagnostics.
+
+Why these defaults (the same numbers as HAProxy's, for the same reasons):
+
+- interval 2 s, rise 2, fall 3: a dead backend is out within about fall x interval = 6 s, a
+  recovered one back within rise x interval = 4 s, and one lost packet never flips a backend.
+  Detection of a dead backend costs clients little even before that: the data plane retries a
+  refused or timed-out connect on another backend.
+- timeout 1 s: a connect to a live backend on a LAN takes well under a millisecond; 1 s is the
+  Linux initial SYN retransmission time, so a probe whose SYN was lost fails alone and `fall`
+  absorbs it. The timeout must not exceed the interval, so one backend never has two probes in
+  flight and the probe rate stays at most one per interval.
+- initial_state "up": a backend is in rotation from the start and the first failed probe takes it
+  out at once (it never proved itself); "down" keeps it out until `rise` probes passed. "up" is
+  the default because at daemon start every backend is new, and "down" would refuse every client
+  for rise x interval seconds.
+- jitter 0.1: each interval is stretched or shrunk by up to 10 % at random, so probes started
+  together (start-up, a network blip that timed them all out) drift apart instead of hitting the
+  backends and the checker in bursts.
+- down_interval None (= interval): a DOWN backend is probed as often as an UP one, so it comes
+  back as fast as possible; set it higher to spend less on backends that stay dead for long.
+- max_fails 0 (passive checks off): the data plane already retries a failed connect elsewhere, so
+  a dead backend between two probes costs a client one retry, while counting connect failures of
+  an overloaded-but-alive backend as deaths pushes its load onto the others. Turn it on where the
+  interval is long.
+- min_healthy 0.1: if fewer than 10 % of a service's enabled backends are UP (for pools of up to
+  ten backends: if none is), the checker is more likely wrong than the backends, so all of them
+  stay in rotation ("panic"). 0 turns the guard off: with every backend DOWN, clients are refused.
+- slow_start 0 (off): a ramp only helps backends with cold caches and needs weights > 1 to have
+  any steps; the operator who wants it knows it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+ProbeKind = Literal["tcp", "send_expect"]
+InitialState = Literal["up", "down"]
+
+PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect")
+INITIAL_STATES: tuple[InitialState, ...] = ("up", "down")
+
+MIN_INTERVAL = 0.01  # seconds; below this the checker would spend its time on one backend
+MAX_JITTER = 0.5  # fraction; more would let two consecutive probes nearly coincide
+MAX_SEND_BYTES = 4096  # a probe payload is a greeting, not a request body
+MAX_EXPECT_BYTES = 1024  # a literal prefix longer than this belongs in a regex
+
+
+class HealthSettingsError(ValueError):
+    """Invalid health settings; `problems` lists every one, str() joins them with "; "."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems  # one line per problem, each naming its field
+
+
+def _fmt_s(seconds: float) -> str:
+    """`2s`, `0.5s`: a duration for an error message."""
+    return f"{seconds:g}s"
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """How the backends of one service are checked, and how their states combine into weights.
+
+    Durations are float seconds. `expect` is a literal prefix (bytes) the reply must start with,
+    or a compiled bytes regex searched in what was read so far.
+    """
+
+    kind: ProbeKind = "tcp"  # "tcp": connect only; "send_expect": connect, send, read, match
+    interval: float = 2.0  # seconds between probes of an UP backend (start to start)
+    timeout: float = 1.0  # whole probe: connect (+ send + read); <= interval
+    rise: int = 2  # consecutive passed probes that bring a DOWN backend UP
+    fall: int = 3  # consecutive failed probes that take an UP backend DOWN
+    start_period: float = 0.0  # after a backend is added, failed probes are ignored this long
+    down_interval: float | None = None  # seconds between probes of a DOWN backend; None=interval
+    jitter: float = 0.1  # each interval is scaled by a random factor in [1-jitter, 1+jitter]
+    port: int | None = None  # probe this port instead of the backend's port
+    source: str | None = None  # bind probes to this source address (family must match)
+    send: bytes = b""  # send_expect: bytes sent once connected (may be empty: banner protocols)
+    expect: bytes | re.Pattern[bytes] | None = None  # send_expect: prefix or regex
+    initial_state: InitialState = "up"  # state of a backend before its first probe
+    max_fails: int = 0  # passive: this many failed connects within fail_timeout -> DOWN; 0 = off
+    fail_timeout: float = 10.0  # passive: the sliding window in seconds
+    min_healthy: float = 0.1  # below this fraction of UP backends the service panics; 0 = never
+    slow_start: float = 0.0  # seconds over which a backend that came back ramps to its weight
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise HealthSettingsError(problems)
+
+    def problems(self) -> list[str]:
+        """Every problem with these values, each a one-line message naming its field."""
+        out: list[str] = []
+
+        def duration(name: str, value: float, minimum: float, allow_zero: bool) -> bool:
+            if not isinstance(value, int | float) or isinstance(value, bool) or \
+                    not math.isfinite(value):
+                out.append(f"health.{name}: {value!r} is not a duration")
+                return False
+            if allow_zero and value == 0:
+                return True
+            if value < minimum:
+                low = "0 or at least " if allow_zero else "at least "
+                out.append(f"health.{name}: {_fmt_s(value)} must be {low}{_fmt_s(minimum)}")
+                return False
+            return True
+
+        if self.kind not in PROBE_KINDS:
+            out.append(f"health.kind: {self.kind!r} is not one of {', '.join(PROBE_KINDS)}")
+        ok_interval = duration("interval", self.interval, MIN_INTERVAL, False)
+        ok_timeout = duration("timeout", self.timeout, 0.001, False)
+        if ok_interval and ok_timeout and self.timeout > self.interval:
+            out.append(f"health.timeout: {_fmt_s(self.timeout)} must not exceed "
+                       f"interval {_fmt_s(self.interval)}")
+        if self.down_interval is not None and \
+                duration("down_interval", self.down_interval, MIN_INTERVAL, False) and \
+                ok_timeout and self.timeout > self.down_interval:
+            out.append(f"health.timeout: {_fmt_s(self.timeout)} must not exceed "
+                       f"down_interval {_fmt_s(self.down_interval)}")
+        duration("start_period", self.start_period, 0.0, True)
+        duration("fail_timeout", self.fail_timeout, 0.001, False)
+        duration("slow_start", self.slow_start, 0.0, True)
+        for name, value in (("rise", self.rise), ("fall", self.fall)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
+                out.append(f"health.{name}: {value!r} must be a whole number from 1 to 100")
+        if not isinstance(self.max_fails, int) or isinstance(self.max_fails, bool) or \
+                not 0 <= self.max_fails <= 100_000:
+            out.append(f"health.max_fails: {self.max_fails!r} must be a whole number >= 0")
+        if not isinstance(self.jitter, int | float) or not 0 <= self.jitter <= MAX_JITTER:
+            out.append(f"health.jitter: {self.jitter!r} must be a fraction from 0 to {MAX_JITTER}")
+        if not isinstance(self.min_healthy, int | float) or not 0 <= self.min_healthy <= 1:
+            out.append(f"health.min_healthy: {self.min_healthy!r} must be a fraction from 0 to 1")
+        if self.port is not None and (not isinstance(self.port, int) or
+                                      isinstance(self.port, bool) or
+                                      not 1 <= self.port <= 65535):
+            out.append(f"health.port: {self.port!r} must be a port from 1 to 65535")
+        if self.source is not None:
+            try:
+                ipaddress.ip_address(self.source)
+            except ValueError:
+                out.append(f"health.source: {self.source!r} is not an IP address")
+        if self.initial_state not in INITIAL_STATES:
+            out.append(f"health.initial_state: {self.initial_state!r} is not one of "
+                       f"{', '.join(INITIAL_STATES)}")
+        out.extend(self._payload_problems())
+        return out
+
+    def _payload_problems(self) -> list[str]:
+        out: list[str] = []
+        if not isinstance(self.send, bytes):
+            out.append(f"health.send: {self.send!r} must be bytes")
+        elif len(self.send) > MAX_SEND_BYTES:
+            out.append(f"health.send: {len(self.send)} bytes is more than {MAX_SEND_BYTES}")
+        expect = self.expect
+        if expect is not None and not isinstance(expect, bytes) and not (
+                isinstance(expect, re.Pattern) and isinstance(expect.pattern, bytes)):
+            out.append(f"health.expect: {expect!r} must be bytes or a compiled bytes regex")
+        elif isinstance(expect, bytes) and not 1 <= len(expect) <= MAX_EXPECT_BYTES:
+            out.append(f"health.expect: a prefix must be 1 to {MAX_EXPECT_BYTES} bytes")
+        if self.kind == "send_expect" and expect is None:
+            out.append('health.expect: kind "send_expect" needs an expect value')
+        if self.kind == "tcp" and (self.send or expect is not None):
+            out.append('health.send/expect: only kind "send_expect" sends or expects data')
+        return out
+
+    @property
+    def effective_down_interval(self) -> float:
+        """Seconds between probes of a DOWN backend."""
+        return self.interval if self.down_interval is None else self.down_interval
+
+
+DEFAULT_SETTINGS = HealthSettings()
