@@ -1,0 +1,324 @@
+"""Schedule active probes for many backends, feed the dampeners, report state transitions.
+
+Design. Every backend has one `_Entry`: its probe spec, settings, dampener and the time its next
+probe is due. Due times live in one heap; one asyncio timer is armed for the earliest of them.
+When it fires, every probe due within the next `tick` seconds is started (so 10,000 backends at
+a 1 s interval cost at most 1/tick wake-ups a second, not 10,000), at most `batch` probes per
+loop callback (the rest continue in the next callback, so other callbacks such as VRRP adverts
+run in between), and at most `max_in_flight` probes at once (each holds a socket; the rest wait
+in a FIFO and start as probes finish, which then shows as start delay in `stats()`).
+
+Intervals: a probe is due `interval` (DOWN: `down_interval`) after the previous one STARTED,
+scaled by a random factor in [1 - jitter, 1 + jitter], but never before the previous one
+finished: one backend never has two probes in flight. The first probe of a new backend is due at
+a random point of its first interval, so backends added together (start-up, reload) are spread
+out instead of probed in one burst.
+
+Results reach the backend's `Dampener`; a change of state calls `on_transition(key, transition)`
+synchronously on the loop (keep it short: log, mark the table dirty). Inconclusive results (local
+failures: no free fd, source address missing) are counted and logged at most once a minute, and
+never counted against the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from l4lb.health.dampener import Dampener, Health, HealthSnapshot, Transition
+from l4lb.health.probe import Probe, ProbeEngine, ProbeResult, ProbeSpec
+from l4lb.health.settings import HealthSettings
+
+log = logging.getLogger("l4lb.health")
+
+K = TypeVar("K", bound=Hashable)
+
+_INCONCLUSIVE_LOG_EVERY = 60.0  # seconds between two warnings about local probe failures
+
+
+class _Entry(Generic[K]):
+    """One checked backend."""
+
+    __slots__ = ("dampener", "due", "host", "ident", "key", "last_start", "port", "probe",
+                 "removed", "settings", "spec")
+
+    def __init__(self, ident: int, key: K, host: str, port: int, settings: HealthSettings,
+                 dampener: Dampener) -> None:
+        self.ident = ident  # checker-wide number, never reused; the heap refers to it
+        self.key = key  # caller's identity of the backend
+        self.host = host  # backend address
+        self.port = port  # backend port (the probe may use settings.port instead)
+        self.settings = settings  # health settings of its service
+        self.spec = ProbeSpec.build(host, port, settings)  # what a probe does
+        self.dampener = dampener  # its health state
+        self.due = 0.0  # monotonic time the next probe is due (valid while queued)
+        self.last_start = 0.0  # monotonic start of the last probe
+        self.probe: Probe | None = None  # the probe in flight, if any
+        self.removed = False  # set by remove(); queued references are then skipped
+
+
+@dataclass(frozen=True)
+class CheckerStats:
+    """Counters of the checker (for metrics and the benchmark)."""
+
+    backends: int  # backends checked
+    in_flight: int  # probes running now
+    waiting: int  # probes due but waiting for a free slot (max_in_flight reached)
+    probes: int  # probes finished since start
+    failed: int  # of those, conclusive failures
+    inconclusive: int  # of those, local failures not counted against the backend
+    transitions: int  # state changes reported
+    max_start_delay: float  # seconds: the latest any probe started after its due time
+
+
+class HealthChecker(Generic[K]):
+    """Active health checks for any number of backends on the running asyncio loop."""
+
+    def __init__(self, on_transition: Callable[[K, Transition], None], *,
+                 max_in_flight: int = 2048, batch: int = 64, tick: float = 0.005,
+                 rng: random.Random | None = None) -> None:
+        if max_in_flight < 1 or batch < 1 or tick < 0:
+            raise ValueError("max_in_flight and batch must be >= 1, tick >= 0")
+        self._on_transition = on_transition  # called as (key, transition)
+        self._max_in_flight = max_in_flight  # probes (sockets) at once
+        self._batch = batch  # probes started per loop callback
+        self._tick = tick  # probes due this soon are started together
+        self._rng = rng if rng is not None else random.Random()  # jitter source
+        self._entries: dict[K, _Entry[K]] = {}  # by key
+        # The due heap holds (due, ident) tuples: no GC-tracked object, so the 10,000 a second
+        # pushed here never reach the old generation (see ProbeEngine._register).
+        self._heap: list[tuple[float, int]] = []  # stale idents (removed entries) are skipped
+        self._by_ident: dict[int, _Entry[K]] = {}  # ident -> entry, while checked
+        self._idents = 0  # last ident handed out
+        self._waiting: deque[_Entry[K]] = deque()  # due, no free slot yet
+        self._in_flight = 0  # probes running
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
+        self._engine: ProbeEngine | None = None  # set by start()
+        self._timer: asyncio.TimerHandle | None = None  # armed for the earliest due time
+        self._timer_at = float("inf")  # when _timer fires
+        self._kick_pending = False  # a call_soon(_run) is queued
+        self._probes = 0  # counters, see CheckerStats
+        self._failed = 0
+        self._inconclusive = 0
+        self._transitions = 0
+        self._max_start_delay = 0.0
+        self._last_inconclusive_log = -_INCONCLUSIVE_LOG_EVERY  # monotonic
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin probing on the running loop (backends may be added before or after)."""
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._engine = ProbeEngine(self._loop)
+        now = time.monotonic()
+        for entry in self._entries.values():
+            self._push(entry, now + self._rng.uniform(0, entry.settings.interval))
+        self._arm_for_heap()
+
+    def stop(self) -> None:
+        """Cancel every probe and timer; the checker can be started again. Idempotent."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = float("inf")
+        for entry in self._entries.values():
+            if entry.probe is not None:
+                entry.probe.cancel()
+                entry.probe = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        self._loop = None
+        self._heap.clear()
+        self._waiting.clear()
+        self._in_flight = 0
+        self._kick_pending = False
+
+    # -- backends --------------------------------------------------------------------------
+
+    def add(self, key: K, host: str, port: int, settings: HealthSettings) -> None:
+        """Check backend `key` at host:port. Adding an existing key with the same target keeps
+        its state and applies the settings (reload); a changed target starts afresh."""
+        now = time.monotonic()
+        old = self._entries.get(key)
+        if old is not None and old.host == host and old.port == port:
+            old.settings = settings
+            old.spec = ProbeSpec.build(host, port, settings)
+            old.dampener.reconfigure(settings)
+            return
+        if old is not None:
+            self.remove(key)
+        self._idents += 1
+        entry = _Entry(self._idents, key, host, port, settings, Dampener(settings, now))
+        self._entries[key] = entry
+        self._by_ident[entry.ident] = entry
+        if self._loop is not None:
+            self._push(entry, now + self._rng.uniform(0, settings.interval))
+            self._arm_for_heap()
+
+    def remove(self, key: K) -> None:
+        """Stop checking `key` (its probe in flight is abandoned). Unknown keys are ignored."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        entry.removed = True
+        del self._by_ident[entry.ident]
+        if entry.probe is not None:
+            entry.probe.cancel()
+            entry.probe = None
+            self._in_flight -= 1
+            self._kick()
+
+    def keys(self) -> list[K]:
+        """Every checked backend."""
+        return list(self._entries)
+
+    def state(self, key: K) -> Health:
+        """Current health of `key` (KeyError if unknown)."""
+        return self._entries[key].dampener.state
+
+    def up_since(self, key: K) -> float | None:
+        """Monotonic time `key` last came UP from DOWN (start of its slow-start ramp)."""
+        return self._entries[key].dampener.up_since
+
+    def snapshot(self, key: K) -> HealthSnapshot:
+        """Health of `key` for display."""
+        return self._entries[key].dampener.snapshot(time.monotonic())
+
+    def passive_failures(self, key: K, count: int) -> None:
+        """Feed `count` connect failures the data plane counted for `key` since the last call."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        transition = entry.dampener.passive_failures(count, time.monotonic())
+        if transition is not None:
+            self._report(entry, transition)
+
+    def stats(self) -> CheckerStats:
+        """Counters since construction."""
+        return CheckerStats(backends=len(self._entries), in_flight=self._in_flight,
+                            waiting=len(self._waiting), probes=self._probes,
+                            failed=self._failed, inconclusive=self._inconclusive,
+                            transitions=self._transitions,
+                            max_start_delay=self._max_start_delay)
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def _push(self, entry: _Entry[K], due: float) -> None:
+        entry.due = due
+        heapq.heappush(self._heap, (due, entry.ident))
+
+    def _arm_for_heap(self) -> None:
+        """Make sure the timer fires for the earliest due time in the heap."""
+        heap = self._heap
+        while heap and heap[0][1] not in self._by_ident:
+            heapq.heappop(heap)
+        if not heap or self._loop is None:
+            return
+        when = heap[0][0]
+        if when >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _kick(self) -> None:
+        """Run the scheduler soon (a slot was freed while probes are waiting)."""
+        if self._waiting and not self._kick_pending and self._loop is not None:
+            self._kick_pending = True
+            self._loop.call_soon(self._run)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self._run()
+
+    def _run(self) -> None:
+        self._kick_pending = False
+        engine = self._engine
+        if engine is None:
+            return
+        now = time.monotonic()
+        budget = self._batch
+        waiting = self._waiting
+        while waiting and budget and self._in_flight < self._max_in_flight:
+            entry = waiting.popleft()
+            if not entry.removed:
+                self._launch(engine, entry, now)
+                budget -= 1
+        horizon = now + self._tick
+        heap = self._heap
+        by_ident = self._by_ident
+        while heap and heap[0][0] <= horizon and budget:
+            found = by_ident.get(heapq.heappop(heap)[1])
+            if found is None:
+                continue
+            entry = found
+            if self._in_flight < self._max_in_flight:
+                self._launch(engine, entry, now)
+                budget -= 1
+            else:
+                waiting.append(entry)
+        more_due = bool(waiting) or bool(heap and heap[0][0] <= horizon)
+        if not budget and more_due and not self._kick_pending and self._loop is not None:
+            # continue in a fresh callback so the loop runs the others (VRRP) in between
+            self._kick_pending = True
+            self._loop.call_soon(self._run)
+        self._arm_for_heap()
+
+    def _launch(self, engine: ProbeEngine, entry: _Entry[K], now: float) -> None:
+        delay = now - entry.due
+        if delay > self._max_start_delay:
+            self._max_start_delay = delay
+        entry.last_start = now
+        self._in_flight += 1
+        entry.probe = engine.start(entry.spec, self._on_result, entry)
+
+    def _on_result(self, entry: _Entry[K], result: ProbeResult) -> None:
+        if entry.removed:
+            return
+        entry.probe = None
+        self._in_flight -= 1
+        self._probes += 1
+        now = time.monotonic()
+        if not result.conclusive:
+            self._inconclusive += 1
+            if now - self._last_inconclusive_log >= _INCONCLUSIVE_LOG_EVERY:
+                self._last_inconclusive_log = now
+                log.warning("health: probe of %s could not be made: %s (not counted against "
+                            "the backend)", entry.spec, result.reason)
+        else:
+            if not result.ok:
+                self._failed += 1
+            transition = entry.dampener.probe(result.ok, result.reason, now)
+            if transition is not None:
+                self._report(entry, transition)
+        if entry.removed:  # the transition callback may have removed it
+            return
+        settings = entry.settings
+        interval = settings.interval if entry.dampener.state is Health.UP \
+            else settings.effective_down_interval
+        jitter = settings.jitter
+        if jitter:
+            interval *= 1.0 - jitter + 2.0 * jitter * self._rng.random()
+        self._push(entry, max(entry.last_start + interval, now))
+        if self._timer_at > entry.due:
+            self._arm_for_heap()
+        self._kick()
+
+    def _report(self, entry: _Entry[K], transition: Transition) -> None:
+        self._transitions += 1
+        try:
+            self._on_transition(entry.key, transition)
+        except Exception:  # the checker must keep running whatever the callback does
+            log.exception("health: transition callback failed for %s", entry.spec)

@@ -1,0 +1,467 @@
+"""Run active health probes (TCP connect, or connect + send + expect) on the asyncio event loop.
+
+Design. The checker must probe 10,000 backends a second without stalling the event loop it
+shares with VRRP, so a probe is not a coroutine, a task or a future. `ProbeEngine` owns one
+private epoll instance and registers only that epoll fd with the asyncio loop (`add_reader`).
+A probe is a small slotted object driven by callbacks:
+
+    socket(SOCK_NONBLOCK) -> SO_LINGER {on, 0} -> [bind source] -> connect() -> EINPROGRESS
+    -> epoll EPOLLOUT -> connected? (the event mask says so; SO_ERROR only on an error event)
+    -> tcp: done | send_expect: send() -> EPOLLIN -> recv() until expect matches -> close()
+
+which is five or six system calls and no per-probe asyncio object. When the epoll fd becomes
+readable, one callback drains up to `max_events` events; timeouts sit in one heap with one
+asyncio timer armed for the earliest deadline. Probe sockets close with SO_LINGER {1, 0}: an RST
+instead of a FIN, so 10,000 probes a second leave no TIME_WAIT sockets and use no ephemeral ports
+for long (a backend may log the reset as an aborted connection).
+
+Events of one epoll batch apply only to probes started before that batch was polled: a callback
+may close a probe and start another that reuses its fd number, and that new probe must not see
+the old fd's readiness.
+
+A probe's verdict is a `ProbeResult(ok, reason, latency, conclusive)`. Reasons are short and
+meant for operators: "connect ok", "expect matched", "connect refused", "connect timeout",
+"read timeout", "connection closed", "connection reset", "expect mismatch: got b'...'".
+A result is *inconclusive* when the failure is local (no free fd, the source address cannot be
+bound, no ephemeral port): it says nothing about the backend and must not count against it.
+
+`run_probe()` is the coroutine wrapper for one-off probes (tests, a future `l4lb probe`).
+"""
+
+from __future__ import annotations
+
+import _socket
+import asyncio
+import errno
+import heapq
+import ipaddress
+import logging
+import os
+import re
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
+
+from l4lb.health.settings import HealthSettings
+
+log = logging.getLogger("l4lb.health")
+
+T = TypeVar("T")
+
+READ_LIMIT = 16384  # bytes read at most while waiting for `expect` to match
+_RECV_CHUNK = 4096  # bytes per recv() call
+_SHOW_BYTES = 40  # bytes of a reply shown in a mismatch reason
+_LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, no TIME_WAIT
+_IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: bind(source, 0) picks the port at connect()
+_TIMER_SLACK = 0.01  # seconds: resolution of probe timeouts (a timeout is at most this late)
+_TIMER_EARLY = 0.001  # seconds: asyncio may fire a timer this early; count it as due
+_SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_EPOLLOUT = select.EPOLLOUT
+_EPOLLIN = select.EPOLLIN
+_EPOLL_BAD = select.EPOLLERR | select.EPOLLHUP
+
+# Phases of a probe.
+_CONNECTING = 0
+_SENDING = 1
+_READING = 2
+_DONE = 3
+
+_PHASE_TIMEOUT = {_CONNECTING: "connect timeout", _SENDING: "send timeout",
+                  _READING: "read timeout"}
+
+# errno -> reason; anything else becomes "connect error: <strerror>".
+_ERRNO_REASONS = {
+    errno.ECONNREFUSED: "connect refused",
+    errno.ETIMEDOUT: "connect timeout",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ECONNRESET: "connection reset",
+    errno.EPIPE: "connection closed",
+}
+# Local failures: the probe could not be made, which says nothing about the backend.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                           errno.EADDRNOTAVAIL, errno.EADDRINUSE, errno.EAGAIN})
+
+
+class ProbeResult(NamedTuple):
+    """The verdict of one probe."""
+
+    ok: bool  # the backend passed
+    reason: str  # short operator-readable cause ("connect refused", "expect matched")
+    latency: float  # seconds from the start of the probe to the verdict
+    conclusive: bool = True  # False: a local failure that says nothing about the backend
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """Everything needed to probe one backend, precomputed once per backend."""
+
+    host: str  # backend address (canonical text)
+    port: int  # port probed (the health `port` override, else the backend's)
+    family: int  # socket.AF_INET or AF_INET6
+    sockaddr: tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
+    source: tuple[Any, ...] | None  # sockaddr to bind before connecting, port 0
+    timeout: float  # seconds for the whole probe
+    send: bytes  # sent once connected ("" for none)
+    expect: bytes | re.Pattern[bytes] | None  # None: the connect alone decides
+
+    @classmethod
+    def build(cls, host: str, port: int, settings: HealthSettings) -> ProbeSpec:
+        """The spec for backend host:port under these settings.
+
+        ValueError if the source address is of another family than the backend.
+        """
+        addr = ipaddress.ip_address(host)
+        probe_port = settings.port if settings.port is not None else port
+        v6 = addr.version == 6
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        sockaddr: tuple[Any, ...] = (str(addr), probe_port, 0, 0) if v6 else (str(addr),
+                                                                               probe_port)
+        source: tuple[Any, ...] | None = None
+        if settings.source is not None:
+            src = ipaddress.ip_address(settings.source)
+            if src.version != addr.version:
+                raise ValueError(f"health.source {settings.source} is IPv{src.version} but "
+                                 f"backend {host} is IPv{addr.version}")
+            source = (str(src), 0, 0, 0) if v6 else (str(src), 0)
+        expect = settings.expect if settings.kind == "send_expect" else None
+        send = settings.send if settings.kind == "send_expect" else b""
+        return cls(host=str(addr), port=probe_port, family=family, sockaddr=sockaddr,
+                   source=source, timeout=settings.timeout, send=send, expect=expect)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else \
+            f"{self.host}:{self.port}"
+
+
+def _errno_reason(err: int) -> str:
+    return _ERRNO_REASONS.get(err) or f"connect error: {os.strerror(err).lower()}"
+
+
+def _shown(data: bytes | bytearray) -> str:
+    head = bytes(data[:_SHOW_BYTES])
+    return repr(head) + ("..." if len(data) > _SHOW_BYTES else "")
+
+
+class Probe:
+    """One probe in flight (the handle ProbeEngine.start returns); owned by its engine."""
+
+    __slots__ = ("batch", "buf", "callback", "deadline", "engine", "fd", "number", "phase",
+                 "sent", "sock", "spec", "started", "token")
+
+    def __init__(self, engine: ProbeEngine, spec: ProbeSpec,
+                 callback: Callable[[Any, ProbeResult], None], token: Any) -> None:
+        self.engine = engine  # the engine that runs it
+        self.spec = spec  # what to probe
+        self.callback = callback  # called once with (token, result) unless cancelled
+        self.token = token  # caller's context, passed back to callback
+        self.sock: _socket.socket | None = None  # None once closed
+        self.fd = -1  # the socket's fd while registered with the engine's epoll
+        self.phase = _CONNECTING  # _CONNECTING, _SENDING, _READING or _DONE
+        self.started = 0.0  # monotonic start time
+        self.deadline = 0.0  # monotonic time of the timeout
+        self.batch = 0  # engine batch number at registration (see module docstring)
+        self.number = 0  # engine-wide probe number, key of the engine's deadline table
+        self.sent = 0  # bytes of spec.send already sent
+        self.buf = bytearray()  # bytes read so far
+
+    @property
+    def done(self) -> bool:
+        """True once finished or cancelled."""
+        return self.phase == _DONE
+
+    def cancel(self) -> None:
+        """Abandon the probe: close its socket; its callback will not be called."""
+        self.phase = _DONE
+        self.engine._release(self)
+
+
+class ProbeEngine:
+    """Runs many probes concurrently on one asyncio loop through one private epoll instance."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None,
+                 max_events: int = 64) -> None:
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._ep = select.epoll()  # private epoll; its own fd is watched by the asyncio loop
+        self._max_events = max_events  # events handled per loop callback (bounds loop lag)
+        self._max_expire = max_events * 4  # timeouts handled per loop callback (cheaper)
+        self._by_fd: dict[int, Probe] = {}  # registered probes by socket fd
+        # Deadlines: a heap of (deadline, probe number) and a dict number -> probe. The heap
+        # holds no object the garbage collector tracks (see _register), the dict forgets a
+        # probe as soon as it finishes; heap entries of finished probes are skipped.
+        self._deadlines: list[tuple[float, int]] = []
+        self._timed: dict[int, Probe] = {}  # probe number -> probe, while it may time out
+        self._seq = 0  # probe numbers
+        self._batch = 0  # number of epoll batches polled so far
+        self._timer: asyncio.TimerHandle | None = None  # armed for the earliest deadline
+        self._timer_at = float("inf")  # when _timer fires
+        self._closed = False
+        self._loop.add_reader(self._ep.fileno(), self._on_ready)
+
+    @property
+    def in_flight(self) -> int:
+        """Probes started and not yet finished or cancelled."""
+        return len(self._by_fd)
+
+    def start(self, spec: ProbeSpec, callback: Callable[[T, ProbeResult], None],
+              token: T) -> Probe:
+        """Start one probe; `callback(token, result)` runs later on the loop, exactly once.
+
+        The returned handle's cancel() abandons the probe (no callback).
+        """
+        if self._closed:
+            raise RuntimeError("probe engine is closed")
+        probe = Probe(self, spec, callback, token)
+        now = time.monotonic()
+        probe.started = now
+        probe.deadline = now + spec.timeout
+        try:
+            sock = _socket.socket(spec.family, _SOCK_TYPE)
+        except OSError as exc:
+            self._finish_soon(probe, False, f"cannot create socket: {exc.strerror}", False)
+            return probe
+        probe.sock = sock
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            if spec.source is not None:
+                if spec.family == socket.AF_INET:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind(spec.source)
+        except OSError as exc:
+            where = spec.source[0] if spec.source is not None else "?"
+            text = (exc.strerror or str(exc)).lower()
+            self._finish_soon(probe, False, f"cannot set up probe socket ({where}): {text}",
+                              False)
+            return probe
+        err = sock.connect_ex(spec.sockaddr)
+        if err == errno.EINPROGRESS:
+            self._register(probe, sock, _EPOLLOUT)
+        elif err == 0:
+            self._register(probe, sock, _EPOLLOUT)  # connected already: the first event says so
+        else:
+            self._finish_soon(probe, False, _errno_reason(err), err not in _LOCAL_ERRNOS)
+        return probe
+
+    def _register(self, probe: Probe, sock: _socket.socket, events: int) -> None:
+        fd = sock.fileno()
+        probe.fd = fd
+        probe.batch = self._batch
+        self._by_fd[fd] = probe
+        self._ep.register(fd, events)
+        # (float, int) tuples are untracked by the GC at its next pass, so 10,000 probes a
+        # second do not pile up long-lived tracked objects that trigger full collections
+        # (which cost tens of milliseconds of loop lag with this many objects).
+        self._seq += 1
+        probe.number = self._seq
+        self._timed[self._seq] = probe
+        heapq.heappush(self._deadlines, (probe.deadline, self._seq))
+        if probe.deadline < self._timer_at:
+            self._arm(probe.deadline)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        # asyncio's clock is time.monotonic, the clock of every deadline here
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _finish_soon(self, probe: Probe, ok: bool, reason: str, conclusive: bool) -> None:
+        """Close the probe now but deliver its result from a fresh loop callback."""
+        latency = time.monotonic() - probe.started
+        self._close_sock(probe)
+        probe.phase = _DONE
+        result = ProbeResult(ok, reason, latency, conclusive)
+        self._loop.call_soon(self._deliver_late, probe, result)
+
+    def _deliver_late(self, probe: Probe, result: ProbeResult) -> None:
+        if probe.callback is not _cancelled_callback:
+            self._deliver(probe, result)
+
+    def _deliver(self, probe: Probe, result: ProbeResult) -> None:
+        callback, token = probe.callback, probe.token
+        probe.callback = _cancelled_callback
+        try:
+            callback(token, result)
+        except Exception:  # a broken callback must not stop the other probes
+            log.exception("health probe callback failed for %s", probe.spec)
+
+    def _close_sock(self, probe: Probe) -> None:
+        sock = probe.sock
+        if sock is not None:
+            probe.sock = None
+            if probe.fd >= 0 and self._by_fd.get(probe.fd) is probe:
+                del self._by_fd[probe.fd]
+                del self._timed[probe.number]
+            sock.close()  # also removes the fd from the epoll set
+
+    def _release(self, probe: Probe) -> None:
+        """Cancel path: close without a result."""
+        probe.callback = _cancelled_callback
+        self._close_sock(probe)
+
+    def _finish(self, probe: Probe, ok: bool, reason: str, conclusive: bool = True) -> None:
+        probe.phase = _DONE
+        latency = time.monotonic() - probe.started
+        self._close_sock(probe)
+        self._deliver(probe, ProbeResult(ok, reason, latency, conclusive))
+
+    def _on_ready(self) -> None:
+        self._batch += 1
+        batch = self._batch
+        by_fd = self._by_fd
+        for fd, events in self._ep.poll(0, self._max_events):
+            probe = by_fd.get(fd)
+            if probe is None or probe.batch >= batch:
+                continue
+            try:
+                self._step(probe, events)
+            except Exception:  # never let one probe break the loop callback
+                log.exception("health probe of %s failed unexpectedly", probe.spec)
+                if probe.phase != _DONE:
+                    self._finish(probe, False, "internal error", False)
+
+    def _step(self, probe: Probe, events: int) -> None:
+        sock = probe.sock
+        assert sock is not None
+        if probe.phase == _CONNECTING:
+            if events & _EPOLL_BAD:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    self._finish(probe, False, _errno_reason(err))
+                    return
+                if not events & _EPOLLOUT:
+                    self._finish(probe, False, "connection closed")
+                    return
+            spec = probe.spec
+            if spec.expect is None and not spec.send:
+                self._finish(probe, True, "connect ok")
+                return
+            probe.phase = _SENDING
+        if probe.phase == _SENDING:
+            if not self._send(probe, sock):
+                return
+            probe.phase = _READING
+            self._ep.modify(probe.fd, _EPOLLIN)
+            return  # the reply comes with a later event
+        self._read(probe, sock)
+
+    def _send(self, probe: Probe, sock: _socket.socket) -> bool:
+        """Send what is left; True when all is sent (False: finished, or wait for EPOLLOUT)."""
+        data = probe.spec.send
+        while probe.sent < len(data):
+            try:
+                probe.sent += sock.send(data[probe.sent:])
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                self._finish(probe, False, _ERRNO_REASONS.get(exc.errno or 0, "send failed"))
+                return False
+        if probe.spec.expect is None:
+            self._finish(probe, True, "sent")
+            return False
+        return True
+
+    def _read(self, probe: Probe, sock: _socket.socket) -> None:
+        try:
+            data = sock.recv(_RECV_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._finish(probe, False, _ERRNO_REASONS.get(exc.errno or 0, "read failed"))
+            return
+        buf = probe.buf
+        expect = probe.spec.expect
+        if not data:
+            if not buf:
+                self._finish(probe, False, "connection closed")
+            else:
+                self._finish(probe, False, f"expect mismatch: got {_shown(buf)}")
+            return
+        buf += data
+        if isinstance(expect, bytes):
+            if len(buf) >= len(expect):
+                if buf.startswith(expect):
+                    self._finish(probe, True, "expect matched")
+                else:
+                    self._finish(probe, False, f"expect mismatch: got {_shown(buf)}")
+            elif not expect.startswith(buf):
+                self._finish(probe, False, f"expect mismatch: got {_shown(buf)}")
+            return
+        assert expect is not None
+        if expect.search(buf) is not None:
+            self._finish(probe, True, "expect matched")
+        elif len(buf) >= READ_LIMIT:
+            self._finish(probe, False, f"expect mismatch: got {_shown(buf)}")
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        now = time.monotonic()
+        heap = self._deadlines
+        timed = self._timed
+        budget = self._max_expire
+        while heap and heap[0][0] <= now + _TIMER_EARLY and budget:
+            probe = timed.get(heapq.heappop(heap)[1])
+            if probe is None:
+                continue
+            budget -= 1
+            reason = _PHASE_TIMEOUT[probe.phase]
+            if probe.phase == _READING and probe.buf:
+                reason += f" (got {_shown(probe.buf)})"
+            self._finish(probe, False, reason)
+        while heap and heap[0][1] not in timed:
+            heapq.heappop(heap)
+        if not budget and not self._closed:
+            self._arm(now)  # more have expired: continue in a fresh callback
+        elif heap and not self._closed:
+            # Coalesce: most entries belong to probes long finished, so firing for each one
+            # would cost a timer per probe; timeouts are checked every _TIMER_SLACK instead.
+            self._arm(max(heap[0][0], now + _TIMER_SLACK))
+
+    def close(self) -> None:
+        """Cancel every probe in flight and release the epoll instance. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for probe in list(self._by_fd.values()):
+            probe.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadlines.clear()
+        self._timed.clear()
+        self._loop.remove_reader(self._ep.fileno())
+        self._ep.close()
+
+
+def _cancelled_callback(token: Any, result: ProbeResult) -> None:
+    """Placeholder callback of a probe whose result must not be delivered."""
+
+
+async def run_probe(spec: ProbeSpec, engine: ProbeEngine | None = None) -> ProbeResult:
+    """Probe once and return the verdict (a private engine is used when none is given)."""
+    loop = asyncio.get_running_loop()
+    own = engine is None
+    eng = ProbeEngine(loop) if engine is None else engine
+    fut: asyncio.Future[ProbeResult] = loop.create_future()
+
+    def done(_token: None, result: ProbeResult) -> None:
+        if not fut.done():
+            fut.set_result(result)
+
+    handle = eng.start(spec, done, None)
+    try:
+        return await fut
+    finally:
+        handle.cancel()
+        if own:
+            eng.close()
+
+
+async def probe_once(host: str, port: int, settings: HealthSettings) -> ProbeResult:
+    """Probe backend host:port once under `settings`."""
+    return await run_probe(ProbeSpec.build(host, port, settings))
