@@ -202,16 +202,19 @@ cdef class Dataplane:
 
     # ---- internal: tests and benchmarks only ----------------------------------------------
 
-    def _tune(self, int copy_threshold, int pipe_size):
-        """Relay tuning before start(): copy buffer bytes (0 = always splice), pipe size."""
+    def _tune(self, int copy_threshold, int pipe_size, bint copy_only=False):
+        """Relay tuning before start(): copy buffer bytes (0 = always splice), pipe size,
+        copy_only (never splice; benchmarks)."""
         cdef int rc
         if copy_threshold < 0 or pipe_size < 0:
             raise ValueError("copy_threshold and pipe_size must be >= 0")
-        rc = _core.dp_set_tuning(self._dp, <uint32_t>copy_threshold, <uint32_t>pipe_size)
+        rc = _core.dp_set_tuning(self._dp, <uint32_t>copy_threshold, <uint32_t>pipe_size,
+                                 copy_only)
         if rc == -EBUSY:
             raise RuntimeError("tuning is only possible before start()")
         if rc == -EINVAL:
-            raise ValueError("copy_threshold must be <= 65536 and pipe_size <= 64 MiB")
+            raise ValueError("copy_threshold must be <= 65536 (> 0 with copy_only), "
+                             "pipe_size <= 64 MiB")
         if rc:
             raise _dp_oserror(rc)
 

@@ -408,12 +408,12 @@ fail:
     return rc;
 }
 
-int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size)
+int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, int copy_only)
 {
     uint32_t i;
     int rc = 0;
 
-    if (copy_threshold > 65536u || pipe_size > (64u << 20))
+    if (copy_threshold > 65536u || pipe_size > (64u << 20) || (copy_only && !copy_threshold))
         return -EINVAL;
     pthread_mutex_lock(&dp->cmd_lock);
     if (dp->state != 0)
@@ -421,6 +421,7 @@ int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size)
     else {
         dp->copy_threshold = copy_threshold;
         dp->pipe_size = pipe_size;
+        dp->copy_only = copy_only != 0;
         for (i = 0; i < dp->n_workers; i++)
             dp->workers[i].pp.pipe_size = pipe_size;
     }
@@ -443,6 +444,7 @@ int dp_start(struct dp *dp)
     for (i = 0; i < dp->n_workers; i++) {
         struct dp_worker *w = &dp->workers[i];
         w->buf_size = dp->copy_threshold;
+        w->copy_only = dp->copy_only;
         if (w->buf_size && !(w->buf = malloc(w->buf_size))) {
             rc = -ENOMEM;
             break;

@@ -491,7 +491,7 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b)
                         goto local_failure;
                     d->in_pipe = (uint32_t)k;
                 }
-                if ((uint32_t)n == w->buf_size)
+                if ((uint32_t)n == w->buf_size && !w->copy_only)
                     d->bulk = 1;
                 continue;
             }

@@ -149,6 +149,7 @@ struct dp_worker {
     struct dp_counters *cnt;       /* counters written by this worker only */
     uint8_t *buf;                  /* copy buffer (copy_threshold bytes) */
     uint32_t buf_size;             /* its size, 0 = always splice */
+    uint8_t copy_only;             /* 1: never switch to splice (benchmarks) */
     const struct dp_table *table;  /* table loaded at the top of this loop iteration */
     uint64_t now_ms;               /* monotonic ms at the top of this batch */
     struct relay_session *ready_head; /* sessions to pump again without waiting for epoll */
@@ -177,6 +178,7 @@ struct dp {
     uint32_t cap_lfd;              /* capacity of lfd */
     uint32_t copy_threshold;       /* relay tuning: copy buffer size (0 = always splice) */
     uint32_t pipe_size;            /* relay tuning: pipe capacity */
+    uint8_t copy_only;             /* relay tuning: never splice bulk data (benchmarks) */
 };
 
 /* Load the live table into w->table and publish the generation seen (see dp.c's essay). Only

@@ -67,7 +67,7 @@ cdef extern from "dp.h" nogil:
         uint64_t tables_pending
 
     int dp_create(uint32_t n_workers, dp **out)
-    int dp_set_tuning(dp *d, uint32_t copy_threshold, uint32_t pipe_size)
+    int dp_set_tuning(dp *d, uint32_t copy_threshold, uint32_t pipe_size, int copy_only)
     int dp_start(dp *d)
     int dp_add_listener(dp *d, uint32_t service_id, int fd, uint32_t worker)
     int dp_remove_listener(dp *d, int fd)
