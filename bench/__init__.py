@@ -1,0 +1,1 @@
+"""bench: the comparative benchmark of l4lb against direct, HAProxy and nginx (bench/run.py)."""
