@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import resource
+import socket
 import time
+from collections.abc import Iterator
 
 from .clients import closed_within, connect, fate, recv_exact, recv_line, wait_for
 from .conftest import SVC, MakeLB, Servers
@@ -88,3 +92,43 @@ def test_idle_timeout_fires_in_time(make_lb: MakeLB, servers: Servers) -> None:
     assert how in ("eof", "reset")
     assert 0.2 <= took < 1.5, took
     assert wait_for(lambda: lb.svc_stats().get("conns_active") == 0, 2)
+
+
+@contextlib.contextmanager
+def no_free_fds() -> Iterator[None]:
+    """Lower RLIMIT_NOFILE so that this process cannot open one more fd, then restore it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        while True:  # fill every hole below the highest fd: new fds take the lowest number
+            fd = os.open(os.devnull, os.O_RDONLY)
+            fillers.append(fd)
+            if fd > highest:
+                break
+        os.close(fillers.pop())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in fillers:
+            os.close(fd)
+
+
+def test_fd_exhaustion_pauses_accepting_without_spinning(make_lb: MakeLB,
+                                                         servers: Servers) -> None:
+    echo = servers.start("echo", "echo")
+    lb = make_lb([ServiceSpec(SVC, (BackendSpec("echo", HOST, echo.port),))], workers=1)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # fd made before the limit drops
+    with client:
+        client.settimeout(5)
+        with no_free_fds():
+            client.connect(lb.addr())  # accepted by the kernel; accept4() gets EMFILE
+            cpu = time.process_time()
+            time.sleep(0.5)
+            spent = time.process_time() - cpu
+            errors = lb.svc_stats().get("accept_errors", 0)
+        assert spent < 0.25, f"{spent:.2f} s of CPU in 0.5 s: the data plane spins on EMFILE"
+        assert 1 <= errors <= 50, errors  # counted, and not retried in a tight loop
+        client.sendall(b"late")  # fds are back: the listener resumes and serves us
+        assert recv_exact(client, 4) == b"late"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
+import time
 
 import pytest
 
@@ -105,3 +107,73 @@ def test_client_reset_resets_backend_side(make_lb: MakeLB, servers: Servers) -> 
     assert wait_for(lambda: len(echo.ended()) == 1, 5)
     assert echo.ended()[0].end == "reset"
     assert wait_for(lambda: lb.svc_stats().get("conns_active") == 0, 5)
+
+
+@pytest.mark.timeout(60)
+def test_slow_reader_backpressure_without_spinning(make_lb: MakeLB, servers: Servers) -> None:
+    """A client that stops reading stalls the backend (bounded buffering) and costs no CPU."""
+    total = 64 << 20
+    backend = servers.start("bulk", "stream", send_total=total, seed=3)
+    lb = make_lb(one_service(BackendSpec("bulk", "127.0.0.1", backend.port)))
+    with connect(lb.addr()) as client:
+        assert recv_exact(client, 1000) == patterns.stream(1000, 3)
+        sent = lambda: backend.records()[0].bytes_out  # noqa: E731
+        last = -1
+        while sent() != last:  # wait until every buffer on the way is full
+            last = sent()
+            time.sleep(0.2)
+        cpu = time.process_time()
+        time.sleep(0.5)
+        spent = time.process_time() - cpu
+        assert spent < 0.25, f"{spent:.2f} s of CPU in 0.5 s while the client does not read"
+        assert sent() < total // 2, sent()  # the data plane did not buffer without bound
+        client.shutdown(socket.SHUT_WR)
+        h = hashlib.sha256(patterns.stream(1000, 3))
+        rest, how = read_to_end(client, 30)
+        h.update(rest)
+    assert (how, 1000 + len(rest)) == ("eof", total)
+    assert h.hexdigest() == patterns.digest(total, 3)
+
+
+def fill_until_blocked(sock: socket.socket, limit: int = 256 << 20) -> int:
+    """Send without reading until every buffer on the way is full; returns bytes sent."""
+    sock.setblocking(False)
+    chunk = patterns.stream(1 << 20, 7)
+    sent = stalls = 0
+    while stalls < 3 and sent < limit:
+        try:
+            sent += sock.send(chunk)
+            stalls = 0
+        except BlockingIOError:
+            stalls += 1
+            time.sleep(0.1)
+    sock.setblocking(True)
+    return sent
+
+
+def test_backend_reset_with_data_in_flight(make_lb: MakeLB, servers: Servers) -> None:
+    """Buffers full both ways (the client does not read), then the backend resets: the client
+    gets the reset, not a FIN. Nothing sends while the client waits, so no send() on the client
+    can consume the error that recv() must see."""
+    echo = servers.start("echo", "echo")
+    lb = make_lb(one_service(BackendSpec("echo", "127.0.0.1", echo.port)))
+    with connect(lb.addr()) as client:
+        sent = fill_until_blocked(client)
+        assert sent < 256 << 20  # backpressure reached the client
+        echo.reset_all()
+        data, how = read_to_end(client, 10)
+    assert how == "reset"
+    assert len(data) < sent
+    assert wait_for(lambda: lb.dp.sessions() == [], 5)
+
+
+def test_client_reset_with_data_in_flight(make_lb: MakeLB, servers: Servers) -> None:
+    backend = servers.start("bulk", "stream", send_total=256 << 20, seed=8)
+    lb = make_lb(one_service(BackendSpec("bulk", "127.0.0.1", backend.port)))
+    client = connect(lb.addr())
+    recv_exact(client, 1 << 20)  # the stream flows; the client stops reading and resets
+    reset_close(client)
+    assert wait_for(lambda: len(backend.ended()) == 1, 5)
+    assert backend.ended()[0].end == "reset"
+    assert backend.ended()[0].bytes_out < 256 << 20
+    assert wait_for(lambda: lb.dp.sessions() == [], 5)

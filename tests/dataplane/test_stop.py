@@ -47,6 +47,7 @@ def test_stop_lets_open_sessions_finish(make_lb: MakeLB, servers: Servers) -> No
     stopper.join(5)
     assert not stopper.is_alive()
     assert took[0] < 2.0, took  # returned when the last session ended, not at the deadline
+    assert wait_for(lambda: len(echo.ended()) == 1, 5)
     assert echo.ended()[0].end == "eof"
 
 
