@@ -413,7 +413,9 @@ int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, in
     uint32_t i;
     int rc = 0;
 
-    if (copy_threshold > 65536u || pipe_size > (64u << 20) || (copy_only && !copy_threshold))
+    /* a partly sent copy chunk is parked in an empty pipe, so a pipe must hold a whole chunk */
+    if (copy_threshold > 65536u || pipe_size > (64u << 20) || (copy_only && !copy_threshold) ||
+        (pipe_size && pipe_size < copy_threshold))
         return -EINVAL;
     pthread_mutex_lock(&dp->cmd_lock);
     if (dp->state != 0)

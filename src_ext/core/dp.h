@@ -85,7 +85,8 @@ int dp_create(uint32_t n_workers, struct dp **out);
 /* Relay tuning, before dp_start() only: copy_threshold = size of the per-worker copy buffer
  * (reads that fill it switch the direction to splice; 0 = always splice), pipe_size = requested
  * pipe capacity in bytes (0 = kernel default), copy_only != 0 = never splice (benchmarks; needs
- * copy_threshold > 0). -EBUSY once started, -EINVAL out of range. */
+ * copy_threshold > 0; pipe_size, when set, >= copy_threshold). -EBUSY once started, -EINVAL out of
+ * range. */
 int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, int copy_only);
 /* Start the worker threads. -EALREADY if started, -ESHUTDOWN after dp_stop(). */
 int dp_start(struct dp *dp);
