@@ -105,18 +105,25 @@ def _pick_ring(
     return None
 
 
+def _candidates(
+    table: Table, svc: ServiceRec, shared: SchedShared, tried: Sequence[int]
+) -> list[int]:
+    """Eligible, untried backends of the service (absolute indexes, canonical order)."""
+    return [
+        b
+        for b in range(svc.backend_first, svc.backend_first + svc.backend_count)
+        if _candidate(table, shared, b, tried)
+    ]
+
+
 def _pick_rr(
     table: Table, svc: ServiceRec, shared: SchedShared, tried: Sequence[int]
 ) -> int | None:
-    n = svc.backend_count
-    if n == 0:
+    """The (counter mod C)-th of the C candidates: an ineligible backend's turns spread evenly."""
+    cands = _candidates(table, svc, shared, tried)
+    if not cands:
         return None
-    start = _next_rr(shared, svc) % n
-    for k in range(n):
-        b = svc.backend_first + (start + k) % n
-        if _candidate(table, shared, b, tried):
-            return b
-    return None
+    return cands[_next_rr(shared, svc) % len(cands)]
 
 
 def _pick_wrr(
@@ -143,16 +150,14 @@ def _pick_wrr(
 def _pick_lc(
     table: Table, svc: ServiceRec, shared: SchedShared, tried: Sequence[int]
 ) -> int | None:
-    n = svc.backend_count
-    if n == 0:
+    """Least (active+1)/weight; ties go to the first candidate at or after rank counter mod C."""
+    cands = _candidates(table, svc, shared, tried)
+    if not cands:
         return None
-    start = _next_rr(shared, svc) % n
+    start = _next_rr(shared, svc) % len(cands)
     best: int | None = None
-    for k in range(n):
-        b = svc.backend_first + (start + k) % n
-        if _candidate(table, shared, b, tried) and (
-            best is None or _lighter(table, shared, b, best)
-        ):
+    for b in cands[start:] + cands[:start]:
+        if best is None or _lighter(table, shared, b, best):
             best = b
     return best
 
@@ -160,11 +165,7 @@ def _pick_lc(
 def _pick_random2(
     table: Table, svc: ServiceRec, shared: SchedShared, worker: SchedWorker, tried: Sequence[int]
 ) -> int | None:
-    cands = [
-        b
-        for b in range(svc.backend_first, svc.backend_first + svc.backend_count)
-        if _candidate(table, shared, b, tried)
-    ]
+    cands = _candidates(table, svc, shared, tried)
     e = len(cands)
     if e == 0:
         return None

@@ -116,25 +116,38 @@ static int sched_pick_ring(const struct dp_table *t, const struct dp_service *sv
     return -ENOENT;
 }
 
-/* round_robin: first candidate at or after the shared counter. */
+/* Number of candidates (eligible, untried) of the service. */
+static uint32_t sched_count_candidates(const struct dp_table *t, const struct dp_service *svc,
+                                      struct sched_shared *sh, const uint32_t *tried,
+                                      uint32_t n_tried)
+{
+    uint32_t e = 0, k;
+
+    for (k = 0; k < svc->backend_count; k++)
+        e += (uint32_t)sched_candidate(t, sh, svc->backend_first + k, tried, n_tried);
+    return e;
+}
+
+static uint32_t sched_nth_candidate(const struct dp_table *t, const struct dp_service *svc,
+                                    struct sched_shared *sh, const uint32_t *tried,
+                                    uint32_t n_tried, uint32_t r);
+
+/* round_robin: the (counter mod C)-th of the C candidates, so that a backend that is not
+ * eligible hands its turns to all the others evenly (not to its next neighbour only). */
 static int sched_pick_rr(const struct dp_table *t, const struct dp_service *svc,
                          struct sched_shared *sh, const uint32_t *tried, uint32_t n_tried,
                          uint32_t *out)
 {
-    uint32_t n = svc->backend_count, start, k;
+    uint32_t e = sched_count_candidates(t, svc, sh, tried, n_tried), n, b;
 
-    if (n == 0)
+    if (e == 0)
         return -ENOENT;
-    start = atomic_fetch_add_explicit(&sh->rr_next[svc->service_id], 1, memory_order_relaxed) % n;
-    for (k = 0; k < n; k++) {
-        uint32_t b = svc->backend_first + (start + k) % n;
-
-        if (sched_candidate(t, sh, b, tried, n_tried)) {
-            *out = b;
-            return 0;
-        }
-    }
-    return -ENOENT;
+    n = atomic_fetch_add_explicit(&sh->rr_next[svc->service_id], 1, memory_order_relaxed);
+    b = sched_nth_candidate(t, svc, sh, tried, n_tried, n % e);
+    if (b == UINT32_MAX)
+        return -ENOENT;
+    *out = b;
+    return 0;
 }
 
 /* weighted_round_robin: nginx's smooth WRR over the candidates, currents per worker. */
@@ -164,23 +177,30 @@ static int sched_pick_wrr(const struct dp_table *t, const struct dp_service *svc
     return 0;
 }
 
-/* least_conn: smallest (active+1)/weight, ties to the first at or after the rr counter. */
+/* least_conn: smallest (active+1)/weight; among equals, the first candidate at or after rank
+ * (counter mod C), so ties rotate evenly over the C candidates. */
 static int sched_pick_lc(const struct dp_table *t, const struct dp_service *svc,
                          struct sched_shared *sh, const uint32_t *tried, uint32_t n_tried,
                          uint32_t *out)
 {
-    uint32_t n = svc->backend_count, start, k, best = UINT32_MAX;
+    uint32_t e = sched_count_candidates(t, svc, sh, tried, n_tried), start, k, rank = 0;
+    uint32_t best = UINT32_MAX, best_rot = 0;
 
-    if (n == 0)
+    if (e == 0)
         return -ENOENT;
-    start = atomic_fetch_add_explicit(&sh->rr_next[svc->service_id], 1, memory_order_relaxed) % n;
-    for (k = 0; k < n; k++) {
-        uint32_t b = svc->backend_first + (start + k) % n;
+    start = atomic_fetch_add_explicit(&sh->rr_next[svc->service_id], 1, memory_order_relaxed) % e;
+    for (k = 0; k < svc->backend_count; k++) {
+        uint32_t b = svc->backend_first + k, rot;
 
         if (!sched_candidate(t, sh, b, tried, n_tried))
             continue;
-        if (best == UINT32_MAX || sched_lighter(t, sh, b, best))
+        rot = (rank + e - start) % e; /* position in the rotated order */
+        rank++;
+        if (best == UINT32_MAX || sched_lighter(t, sh, b, best) ||
+            (!sched_lighter(t, sh, best, b) && rot < best_rot)) {
             best = b;
+            best_rot = rot;
+        }
     }
     if (best == UINT32_MAX)
         return -ENOENT;
@@ -213,10 +233,8 @@ static int sched_pick_random2(const struct dp_table *t, const struct dp_service 
                               struct sched_shared *sh, struct sched_worker *w,
                               const uint32_t *tried, uint32_t n_tried, uint32_t *out)
 {
-    uint32_t e = 0, k, r1, r2, b1, b2;
+    uint32_t e = sched_count_candidates(t, svc, sh, tried, n_tried), r1, r2, b1, b2;
 
-    for (k = 0; k < svc->backend_count; k++)
-        e += (uint32_t)sched_candidate(t, sh, svc->backend_first + k, tried, n_tried);
     if (e == 0)
         return -ENOENT;
     r1 = (uint32_t)(((sched_rng_next(w) >> 32) * e) >> 32);

@@ -181,9 +181,11 @@ def test_round_robin_rotates_and_skips_ineligible(impl: types.ModuleType) -> Non
     picks = rel(impl.sched_sequence(make_blob(RR, [1, 1, 1, 1]), SID, hashes(4000), {}, 1))
     assert picks[:6] == [0, 1, 2, 3, 0, 1]
     assert Counter(picks) == {0: 1000, 1: 1000, 2: 1000, 3: 1000}
-    # a weight-0 backend is skipped: its turn goes to the next one
-    picks = rel(impl.sched_sequence(make_blob(RR, [1, 0, 1, 1]), SID, hashes(4000), {}, 1))
-    assert Counter(picks) == {0: 1000, 2: 2000, 3: 1000}
+    # a weight-0 backend is skipped and its turns spread evenly over the others (not all to its
+    # neighbour, which would double that one's load when a backend is drained)
+    picks = rel(impl.sched_sequence(make_blob(RR, [1, 0, 1, 1]), SID, hashes(3000), {}, 1))
+    assert picks[:6] == [0, 2, 3, 0, 2, 3]
+    assert Counter(picks) == {0: 1000, 2: 1000, 3: 1000}
 
 
 def test_smooth_weighted_round_robin(impl: types.ModuleType) -> None:
