@@ -151,8 +151,17 @@ def pack(table: Table) -> bytes:
 
 
 def digest(blob: bytes) -> str:
-    """The table digest shown to operators: the first 16 hex digits of SHA-256(blob)."""
-    return hashlib.sha256(blob).hexdigest()[:16]
+    """The table digest shown to operators: first 16 hex digits of SHA-256 of the blob with
+    every service_id and backend_id zeroed (ids depend on reload history; the mapping does not).
+    The blob must have passed validation (its counts are trusted)."""
+    masked = bytearray(blob)
+    n_services, n_backends = struct.unpack_from("<II", blob, 8)
+    for i in range(n_services):
+        struct.pack_into("<I", masked, HEADER_SIZE + SERVICE_SIZE * i, 0)
+    base = HEADER_SIZE + SERVICE_SIZE * n_services
+    for i in range(n_backends):
+        struct.pack_into("<I", masked, base + BACKEND_SIZE * i, 0)
+    return hashlib.sha256(bytes(masked)).hexdigest()[:16]
 
 
 def _check_header(blob: bytes) -> tuple[int, int, int, int]:

@@ -268,9 +268,21 @@ def test_error_is_a_value_error() -> None:
 
 def test_digest() -> None:
     blob = pack(BASE)
-    assert digest(blob) == hashlib.sha256(blob).hexdigest()[:16]
     assert len(digest(blob)) == 16
     assert digest(bytes(svc(0, 12, "I", 1)(bytearray(blob)))) != digest(blob)
+    # the digest ignores service and backend ids (they depend on a node's reload history) ...
+    renumbered = bytearray(blob)
+    struct.pack_into("<I", renumbered, 32, 77)  # service[0].service_id
+    struct.pack_into("<I", renumbered, 32 + 48 * len(SERVICES), 4242)  # backend[0].backend_id
+    parse(bytes(renumbered))
+    assert digest(bytes(renumbered)) == digest(blob)
+    # ... and is the SHA-256 of the blob with those ids zeroed
+    zeroed = bytearray(blob)
+    for i in range(len(SERVICES)):
+        struct.pack_into("<I", zeroed, 32 + 48 * i, 0)
+    for i in range(len(BACKENDS)):
+        struct.pack_into("<I", zeroed, 32 + 48 * len(SERVICES) + 40 * i, 0)
+    assert digest(blob) == hashlib.sha256(bytes(zeroed)).hexdigest()[:16]
 
 
 def test_table_accessors() -> None:
