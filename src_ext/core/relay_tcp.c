@@ -23,7 +23,9 @@
  * decremented exactly once when the attempt fails or the session ends.
  *
  * Relay. Both sockets are registered once, edge-triggered, for IN|OUT|RDHUP: no epoll_ctl on the
- * data path. A direction is pumped until the source says EAGAIN (the edge will come again), the
+ * data path. The client is registered at accept, so a client that resets while its backend is
+ * still connecting frees its session at once instead of holding a slot until the connect
+ * deadline; what it sent meanwhile waits in its socket and is pumped once the backend is up. A direction is pumped until the source says EAGAIN (the edge will come again), the
  * destination says EAGAIN (EPOLLOUT will come; for TCP it is only raised after a writer filled
  * the buffer, so it costs nothing while writes succeed), or it has moved RELAY_BUDGET bytes in
  * this wake-up; then the session goes on the worker's ready list and is pumped again after the
@@ -394,22 +396,13 @@ static void relay_connect_failed(struct dp_worker *w, struct relay_session *s)
     relay_connect_next(w, s);
 }
 
-/* The backend connection is up: register the client and start relaying. */
+/* The backend connection is up: start relaying. */
 static void relay_established(struct dp_worker *w, struct relay_session *s)
 {
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-                              .data.ptr = &s->cep };
-
     ct_timer_cancel(&w->ct, &s->ct);
     s->state = RELAY_ESTABLISHED;
     relay_be_add(w, s->backend_id, DP_BC_CONNS_TOTAL, 1);
     s->last_active_ms = w->now_ms;
-    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, s->cfd, &ev) < 0) {
-        relay_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
-        relay_kill(w, s, 1);
-        return;
-    }
-    s->cfd_in_epoll = 1;
     if (s->idle_timeout_ms)
         ct_timer_arm(&w->ct, &s->ct, w->now_ms + s->idle_timeout_ms);
     /* data may already wait on either side (edge-triggered: nobody will tell us again) */
@@ -579,8 +572,13 @@ void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
         int err = 0;
         socklen_t len = sizeof(err);
 
-        if (from_client)
-            return; /* the client is registered only once the backend is up */
+        if (from_client) {
+            /* a client that resets (or vanishes) while we connect ends the attempt at once;
+             * its data and FIN wait in the socket: the pump reads them once connected */
+            if (events & (EPOLLERR | EPOLLHUP))
+                relay_kill(w, s, 1);
+            return;
+        }
         if (getsockopt(s->bfd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
             err = errno;
         if (err == 0 && (events & (EPOLLOUT | EPOLLIN)) && !(events & EPOLLERR))
@@ -726,6 +724,16 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     (void)ct_insert(&w->ct, e); /* only diagnostics use the index; ENOMEM is not fatal */
     relay_svc_add(w, sid, DP_SC_CONNS_ACTIVE, 1); /* conns_total: at the first pick */
     relay_nodelay(fd);
+    /* edge-triggered from the start: events while connecting only matter for resets, and the
+     * pump drains whatever arrived once the backend is up */
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                              .data.ptr = &s->cep };
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        relay_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
+        relay_kill(w, s, 1);
+        return;
+    }
+    s->cfd_in_epoll = 1;
     relay_connect_next(w, s);
 }
 

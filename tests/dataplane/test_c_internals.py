@@ -23,7 +23,7 @@ import pytest
 from l4lb.dataplane import reference_requested
 
 from . import patterns
-from .clients import connect, echo_many, exchange, recv_exact, wait_for
+from .clients import connect, echo_many, exchange, recv_exact, reset_close, wait_for
 from .conftest import LB, SVC, Servers
 from .tables import BackendSpec, ServiceSpec
 
@@ -328,3 +328,22 @@ def test_idle_session_costs_under_2k_of_rss(servers: Servers) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_client_reset_while_connecting_frees_the_session(c_lb: MakeCLB,
+                                                         servers: Servers) -> None:
+    """The client socket is watched from accept on: a reset during a slow connect ends it."""
+    hole = servers.black_hole()
+    lb = c_lb([ServiceSpec(SVC, (BackendSpec("hole", HOST, hole.port),),
+                           connect_timeout_ms=5000, retries=0)])
+    client = connect(lb.addr())
+    assert wait_for(lambda: [s["state"] for s in lb.dp.sessions()] == ["connecting"], 2)
+    reset_close(client)
+    start = time.monotonic()
+    assert wait_for(lambda: lb.dp.sessions() == [], 2)
+    assert time.monotonic() - start < 1.0  # long before the 5 s connect deadline
+    stats = lb.dp.stats()
+    assert stats["services"][SVC]["conns_active"] == 0
+    hole_stats = stats["backends"].get(lb.backend_id("hole"), {})  # all zero: may be absent
+    assert hole_stats.get("conns_active", 0) == 0
+    assert hole_stats.get("connect_failures", 0) == 0
