@@ -130,7 +130,7 @@ def _nginx_main(prefix: str, nofile: int) -> list[str]:
         f"worker_rlimit_nofile {nofile};",
         f"pid {prefix}/nginx.pid;",
         f"error_log {prefix}/error.log warn;",
-        f"events {{ worker_connections {MAXCONN}; }}",
+        f"events {{ worker_connections {min(MAXCONN, nofile - 64)}; }}",
     ]
 
 

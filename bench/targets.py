@@ -11,6 +11,7 @@ mapped into the process: an l4lb figure is only ever one of the compiled data pl
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -68,8 +69,10 @@ def detect_l4lb(repo: Path, workdir: Path, reference: bool = False) -> L4lbSetup
     check = subprocess.run([*argv, "check", "-c", str(cfg)], capture_output=True, text=True,
                            cwd=repo, env=env, timeout=60, check=False)
     udp = check.returncode == 0
-    udp_note = "" if udp else "not supported yet: " + " ".join(
-        (check.stderr or check.stdout).split())[:300]
+    said = " ".join((check.stderr or check.stdout).split())
+    m = re.search(r"error: (.*?)(?: \d+ errors?)?$", said)
+    udp_note = "" if udp else "not supported yet (l4lb check: " + (m.group(1) if m else said)[
+        :200] + ")"
     return L4lbSetup(argv=argv, python=python, cwd=str(repo), compiled=compiled,
                      compiled_note=note, udp=udp, udp_note=udp_note)
 

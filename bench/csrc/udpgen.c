@@ -2,11 +2,14 @@
  *
  * Each flow is its own connected UDP socket (its own source port), so a balancer sees N clients.
  * Pacing: every tick (100 us) the generator sends what is due by then (rate x elapsed time minus
- * what was already sent), spread over the flows with sendmmsg, then waits in ppoll for echoes
- * until the next tick. Small ticks keep bursts small: a 300k/s rate is about 30 datagrams per
- * tick, so a drop means the path fell behind, not that one huge burst overflowed a buffer. Each
- * datagram carries its send time; the echo's round trip goes into a 1-us histogram. After the
- * offered period it waits up to 300 ms for late echoes, then prints one JSON object.
+ * what was already sent), spread over the flows with sendmmsg, reads every echo waiting on every
+ * flow with recvmmsg, and sleeps until the next tick. Small ticks keep bursts small: a 300k/s
+ * rate is about 30 datagrams per tick, so a drop means the path fell behind, not that one huge
+ * burst overflowed a buffer. Reading once per tick instead of on every wake-up keeps the
+ * generator's own cost per datagram low (it shares a CPU with the backend); the price is that a
+ * round trip is only known to within one tick. Each datagram carries its send time; the echo's
+ * round trip goes into a 1-us histogram. After the offered period it waits up to 300 ms for late
+ * echoes, then prints one JSON object.
  *
  * Usage: udpgen HOST PORT FLOWS SIZE RATE_PER_S DURATION_MS
  * Exit status 0 after a run (loss is data, not failure), 1 on a socket error, 2 on bad arguments.
@@ -183,24 +186,19 @@ int main(int argc, char **argv)
                 blocked += (uint64_t)(k - n);
             }
         }
-        next_tick += TICK_NS;
-        if (next_tick < t)
-            next_tick = t + TICK_NS;
-        int64_t wait = next_tick - now_ns();
-        struct timespec ts = {0, wait > 0 ? (long)wait : 0};
-        int r = ppoll(pfds, (nfds_t)flows, &ts, NULL);
-        if (r > 0) {
-            for (int f = 0; f < flows; f++) {
-                if (!pfds[f].revents)
-                    continue;
-                long got = drain(fds[f], &refused);
-                if (got < 0) {
-                    fprintf(stderr, "udpgen: recvmmsg: %s\n", strerror((int)-got));
-                    return 1;
-                }
-                received += (uint64_t)got;
+        for (int f = 0; f < flows; f++) {
+            long got = drain(fds[f], &refused);
+            if (got < 0) {
+                fprintf(stderr, "udpgen: recvmmsg: %s\n", strerror((int)-got));
+                return 1;
             }
+            received += (uint64_t)got;
         }
+        next_tick += TICK_NS;
+        if (next_tick < now_ns())
+            next_tick = now_ns() + TICK_NS;
+        struct timespec ts = {next_tick / 1000000000LL, (long)(next_tick % 1000000000LL)};
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
     }
     int64_t offered_end = now_ns();
     int64_t drain_end = offered_end + DRAIN_NS;
