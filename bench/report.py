@@ -213,8 +213,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 for err in sorted(set(cell.get("errors", [])))[:3]:
                     notes.append(f"{pin} {wl} {t}: failed: {err[:300]}")
     out += [f"- {n}" for n in notes] or ["- Nothing."]
-    if doc.get("chart"):
-        out += ["", f"![chart]({doc['chart']})"]
+    for png in doc.get("charts", []):
+        out += ["", f"![chart]({png})"]
     return "\n".join(out) + "\n"
 
 

@@ -7,8 +7,10 @@
 
 Targets: direct, l4lb, haproxy (splice forced), haproxy-auto, nginx (and l4lb-ref, the
 pure-Python data plane, only as a smoke test of the harness). Workloads and measurement rules:
-shared/PERF.md and bench/README.md. Results: bench/results/<mode>-<time>.{json,md,png} and
-latest-<mode>.*; raw per-run data: bench/results/raw/<time>/ (git-ignored).
+shared/PERF.md and bench/README.md.
+Results: bench/results/<kind>-<time>.{json,md,png} (kind: quick, full; custom when targets,
+workloads, pins or reps were narrowed; smoke with l4lb-ref); complete quick and full runs are
+also copied to latest-<mode>.*; raw per-run data: bench/results/raw/<time>/ (git-ignored).
 Exit status: 0 when the benchmark ran (failed runs are data, shown in the report), 2 on bad
 arguments, 1 when it could not run at all (e.g. a helper does not compile).
 """
@@ -196,26 +198,31 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     mode = doc["meta"]["mode"]
     smoke = "l4lb-ref" in options.targets
-    stem = f"{'smoke' if smoke else mode}-{stamp}"
+    custom = any(x is not None for x in (args.targets, args.only, args.pins, args.reps,
+                                          args.idle_conns))
+    kind = "smoke" if smoke else "custom" if custom else mode
+    stem = f"{kind}-{stamp}"
     doc["meta"]["started"] = stamp
     doc["meta"]["command"] = shlex.join(["python", "bench/run.py", *(argv or sys.argv[1:])])
-    png = results / f"{stem}.png"
+    written: list[Path] = []
     try:
-        if chart.draw(doc, png):
-            doc["chart"] = png.name
+        for i, pin in enumerate(p for p in options.pins if p in doc["summary"]):
+            png = results / (f"{stem}.png" if i == 0 else f"{stem}-{pin}.png")
+            if chart.draw(doc, png, pin):
+                doc.setdefault("charts", []).append(png.name)
+                written.append(png)
     except ImportError:
         doc["meta"]["notes"].append("no PNG: matplotlib is not installed (bench/install.sh)")
     report.write_json(results / f"{stem}.json", doc)
     report.write_markdown(results / f"{stem}.md", doc)
-    written = [results / f"{stem}.{ext}" for ext in ("json", "md", "png")]
-    if not smoke:
+    written = [results / f"{stem}.json", results / f"{stem}.md", *written]
+    if kind in ("quick", "full"):  # only complete default runs become latest-<mode>
         for src in written:
-            if src.exists():
-                shutil.copyfile(src, results / f"latest-{mode}{src.suffix}")
-        latest_md = results / f"latest-{mode}.md"
-        if latest_md.exists() and doc.get("chart"):
-            latest_md.write_text(latest_md.read_text().replace(
-                f"![chart]({png.name})", f"![chart](latest-{mode}.png)"))
+            dst = results / src.name.replace(stem, f"latest-{mode}")
+            if src.suffix == ".md":
+                dst.write_text(src.read_text().replace(f"]({stem}", f"](latest-{mode}"))
+            else:
+                shutil.copyfile(src, dst)
     print("results: " + ", ".join(str(p) for p in written if p.exists()))
     return 0
 
