@@ -183,6 +183,15 @@ def markdown(doc: dict[str, Any]) -> str:
             "- Cells: median (min-max) over the repetitions. LB CPU = utime+stime of the "
             "balancer's processes per unit of work. Absolute figures swing up to 2x between "
             "runs on this machine: compare ratios within this run.", ""]
+    others = [r["other_cpu_pct"] for r in doc["records"]
+              if r.get("ok") and r.get("kind") != "idle" and r.get("other_cpu_pct") is not None]
+    if others:
+        busy = sum(1 for x in others if x > 50)
+        out += [f"- Machine noise: processes other than the benchmark's used a median "
+                f"{statistics.median(others):.0f} % of a CPU during the traffic runs (max "
+                f"{max(others):.0f} %); {busy} of {len(others)} runs had more than 50 %, and "
+                "their throughput and latency figures understate every target. CPU per unit "
+                "of work suffers less.", ""]
     for t in meta["targets"]:
         out.append(f"- **{t}**: {meta['target_labels'].get(t, t)}")
     out.append("")
