@@ -10,8 +10,8 @@ active sessions per backend and per service), guarded by one lock.
 
 Life of a connection (the C core does the same, in the same order):
 1. accept (nonblocking, a bounded batch per wake-up; EMFILE/ENFILE pause the listener briefly
-   instead of spinning); look the listener's service_id up in the live table; no table or no
-   such service: reset the client and count no_backend;
+   instead of spinning); look the listener's service_id up in the live table; no table, no
+   such service or not a TCP one: reset the client and count no_backend;
 2. the service's max_connections reached: reset the client and count rejected;
 3. pick a backend with the Python scheduler twin (l4lb.table.sched.pick), excluding backends
    already tried; none: reset the client and count rejected when the first pick found every
@@ -42,7 +42,7 @@ from l4lb.refdp.counters import Counters
 from l4lb.refdp.livetable import LiveTable
 from l4lb.refdp.pipes import PipePool
 from l4lb.refdp.relay import Outcome, Session, State, reset_and_close
-from l4lb.table.blob import ServiceRec
+from l4lb.table.blob import PROTO_TCP, ServiceRec
 from l4lb.table.hashing import flow_hash
 from l4lb.table.sched import SchedShared, SchedWorker, pick
 
@@ -297,7 +297,7 @@ class Worker:
         counters = self.counters.service(service_id)
         live = self.shared.table
         svc = live.service(service_id) if live is not None else None
-        if live is None or svc is None:
+        if live is None or svc is None or svc.protocol != PROTO_TCP:
             counters["conns_total"] += 1
             counters["no_backend"] += 1
             reset_and_close(conn)

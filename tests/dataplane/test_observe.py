@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 
-from .clients import connect, recv_exact, recv_line, wait_for
+from . import patterns
+from .clients import connect, read_to_end, recv_exact, recv_line, wait_for
 from .conftest import SVC, MakeLB, Servers
 from .tables import BackendSpec, ServiceSpec
 
@@ -110,3 +112,21 @@ def test_counters_survive_a_table_swap(make_lb: MakeLB, servers: Servers) -> Non
     assert lb.svc_stats()["conns_total"] == 3
     assert lb.be_stats("n")["conns_total"] == 3
     assert lb.be_stats("n")["bytes_to_client"] == 3 * len(b"n\n")
+
+
+def test_sessions_report_half_closed_after_client_fin(make_lb: MakeLB, servers: Servers) -> None:
+    """The client's FIN is passed on while the backend keeps sending: "half_closed"."""
+    total = 32 << 20
+    backend = servers.start("bulk", "stream", send_total=total, seed=12)
+    lb = make_lb([ServiceSpec(SVC, (BackendSpec("bulk", HOST, backend.port),))])
+    with connect(lb.addr()) as client:
+        head = recv_exact(client, 1 << 20)
+        client.shutdown(socket.SHUT_WR)
+        assert wait_for(lambda: [s["state"] for s in lb.dp.sessions()] == ["half_closed"], 5), \
+            lb.dp.sessions()
+        rest, how = read_to_end(client, 30)
+    assert how == "eof"
+    assert hashlib.sha256(head + rest).hexdigest() == patterns.digest(total, 12)
+    assert wait_for(lambda: len(backend.ended()) == 1, 5)
+    assert backend.ended()[0].end == "eof"
+    assert wait_for(lambda: lb.dp.sessions() == [], 5)

@@ -156,3 +156,20 @@ def test_maglev_src_ip_port_follows_the_twin(make_lb: MakeLB, servers: Servers) 
         assert name == expected_backend(lb.built, SVC, (HOST, port))
         got[name] += 1
     assert len(got) >= 2, got  # 30 ports on 3 backends all alike would be a broken key
+
+
+def test_maglev_over_ipv6_follows_the_twin(make_lb: MakeLB, servers: Servers) -> None:
+    """The IPv6 flow key (family 6, 16 address bytes, port) through real sockets."""
+    started = [servers.start(f"b{i}", "name", host="::1") for i in range(3)]
+    specs = tuple(BackendSpec(s.name, "::1", s.port) for s in started)
+    lb = make_lb([ServiceSpec(SVC, specs, scheduler="maglev", hash_key="src_ip_port",
+                              maglev_size=251)], host="::1", hash_seed=3)
+    assert lb.built is not None
+    got = collections.Counter()
+    for _ in range(20):
+        with connect(lb.addr()) as client:
+            port = client.getsockname()[1]
+            name = recv_line(client)
+        assert name == expected_backend(lb.built, SVC, ("::1", port))
+        got[name] += 1
+    assert len(got) >= 2, got
