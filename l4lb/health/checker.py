@@ -82,7 +82,7 @@ class HealthChecker(Generic[K]):
     """Active health checks for any number of backends on the running asyncio loop."""
 
     def __init__(self, on_transition: Callable[[K, Transition], None], *,
-                 max_in_flight: int = 2048, batch: int = 64, tick: float = 0.005,
+                 max_in_flight: int = 2048, batch: int = 32, tick: float = 0.005,
                  rng: random.Random | None = None) -> None:
         if max_in_flight < 1 or batch < 1 or tick < 0:
             raise ValueError("max_in_flight and batch must be >= 1, tick >= 0")
@@ -151,8 +151,8 @@ class HealthChecker(Generic[K]):
         now = time.monotonic()
         old = self._entries.get(key)
         if old is not None and old.host == host and old.port == port:
+            old.spec = ProbeSpec.build(host, port, settings)  # may raise: change nothing before
             old.settings = settings
-            old.spec = ProbeSpec.build(host, port, settings)
             old.dampener.reconfigure(settings)
             return
         if old is not None:

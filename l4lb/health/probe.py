@@ -58,6 +58,7 @@ _SHOW_BYTES = 40  # bytes of a reply shown in a mismatch reason
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, no TIME_WAIT
 _IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: bind(source, 0) picks the port at connect()
 _TIMER_SLACK = 0.01  # seconds: resolution of probe timeouts (a timeout is at most this late)
+_MAX_POPS = 1024  # deadline-heap entries removed per loop callback (bounds loop lag)
 _TIMER_EARLY = 0.001  # seconds: asyncio may fire a timer this early; count it as due
 _SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _EPOLLOUT = select.EPOLLOUT
@@ -154,7 +155,8 @@ class Probe:
                  "sent", "sock", "spec", "started", "token")
 
     def __init__(self, engine: ProbeEngine, spec: ProbeSpec,
-                 callback: Callable[[Any, ProbeResult], None], token: Any) -> None:
+                 callback: Callable[[Any, ProbeResult], None], token: Any,
+                 started: float) -> None:
         self.engine = engine  # the engine that runs it
         self.spec = spec  # what to probe
         self.callback = callback  # called once with (token, result) unless cancelled
@@ -162,8 +164,8 @@ class Probe:
         self.sock: _socket.socket | None = None  # None once closed
         self.fd = -1  # the socket's fd while registered with the engine's epoll
         self.phase = _CONNECTING  # _CONNECTING, _SENDING, _READING or _DONE
-        self.started = 0.0  # monotonic start time
-        self.deadline = 0.0  # monotonic time of the timeout
+        self.started = started  # monotonic start time
+        self.deadline = started + spec.timeout  # monotonic time of the timeout
         self.batch = 0  # engine batch number at registration (see module docstring)
         self.number = 0  # engine-wide probe number, key of the engine's deadline table
         self.sent = 0  # bytes of spec.send already sent
@@ -188,7 +190,7 @@ class ProbeEngine:
         self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._ep = select.epoll()  # private epoll; its own fd is watched by the asyncio loop
         self._max_events = max_events  # events handled per loop callback (bounds loop lag)
-        self._max_expire = max_events * 4  # timeouts handled per loop callback (cheaper)
+        self._max_expire = max_events * 2  # timeouts handled per loop callback (cheaper)
         self._by_fd: dict[int, Probe] = {}  # registered probes by socket fd
         # Deadlines: a heap of (deadline, probe number) and a dict number -> probe. The heap
         # holds no object the garbage collector tracks (see _register), the dict forgets a
@@ -215,14 +217,12 @@ class ProbeEngine:
         """
         if self._closed:
             raise RuntimeError("probe engine is closed")
-        probe = Probe(self, spec, callback, token)
-        now = time.monotonic()
-        probe.started = now
-        probe.deadline = now + spec.timeout
+        probe = Probe(self, spec, callback, token, time.monotonic())
         try:
             sock = _socket.socket(spec.family, _SOCK_TYPE)
         except OSError as exc:
-            self._finish_soon(probe, False, f"cannot create socket: {exc.strerror}", False)
+            text = (exc.strerror or str(exc)).lower()
+            self._finish_soon(probe, False, f"cannot create socket: {text}", False)
             return probe
         probe.sock = sock
         try:
@@ -401,25 +401,32 @@ class ProbeEngine:
         self._timer = None
         self._timer_at = float("inf")
         now = time.monotonic()
+        limit = now + _TIMER_EARLY
         heap = self._deadlines
         timed = self._timed
-        budget = self._max_expire
-        while heap and heap[0][0] <= now + _TIMER_EARLY and budget:
-            probe = timed.get(heapq.heappop(heap)[1])
+        expire_budget = self._max_expire  # timeouts handled in this callback
+        pop_budget = _MAX_POPS  # heap entries removed in this callback (mostly stale ones)
+        while heap and expire_budget and pop_budget:
+            deadline, number = heap[0]
+            probe = timed.get(number)
+            if probe is not None and deadline > limit:
+                break  # the earliest live deadline is still ahead
+            heapq.heappop(heap)
+            pop_budget -= 1
             if probe is None:
-                continue
-            budget -= 1
+                continue  # that probe finished long ago
+            expire_budget -= 1
             reason = _PHASE_TIMEOUT[probe.phase]
             if probe.phase == _READING and probe.buf:
                 reason += f" (got {_shown(probe.buf)})"
             self._finish(probe, False, reason)
-        while heap and heap[0][1] not in timed:
-            heapq.heappop(heap)
-        if not budget and not self._closed:
-            self._arm(now)  # more have expired: continue in a fresh callback
-        elif heap and not self._closed:
-            # Coalesce: most entries belong to probes long finished, so firing for each one
-            # would cost a timer per probe; timeouts are checked every _TIMER_SLACK instead.
+        if self._closed:
+            return
+        if not expire_budget or not pop_budget:
+            self._arm(now)  # more to do: continue in a fresh callback
+        elif heap:
+            # Coalesce: firing at every deadline would cost a timer per probe; timeouts are
+            # checked every _TIMER_SLACK instead.
             self._arm(max(heap[0][0], now + _TIMER_SLACK))
 
     def close(self) -> None:

@@ -470,3 +470,73 @@ def test_checker_spreads_probes_and_keeps_the_loop_responsive() -> None:
     assert 1000 <= probes <= 2000  # ~3 intervals x 500, first interval spread at random
     assert transitions == 0
     assert median_lag < 0.02
+
+
+def test_checker_reload_keeps_state_and_a_new_target_starts_afresh() -> None:
+    async def go() -> list[object]:
+        events: list[tuple[str, Transition]] = []
+        chk: HealthChecker[str] = HealthChecker(lambda k, t: events.append((k, t)),
+                                                rng=NoJitter())
+        out: list[object] = []
+        with refusing_port() as closed, listener() as lst:
+            chk.add("b", "127.0.0.1", closed, HealthSettings(interval=0.1, timeout=0.05))
+            chk.start()
+            await asyncio.sleep(0.05)
+            out.append(chk.state("b"))  # first probe refused: DOWN at once
+            # reload with other settings, same target: state and schedule are kept
+            chk.add("b", "127.0.0.1", closed, HealthSettings(interval=0.2, timeout=0.05, rise=5))
+            out.append(chk.state("b"))
+            out.append(chk.snapshot("b").rise)
+            # the backend moved to another port: a new backend, UP (unconfirmed) again
+            chk.add("b", "127.0.0.1", lst.getsockname()[1], HealthSettings(interval=0.1,
+                                                                            timeout=0.05))
+            out.append(chk.snapshot("b").describe())
+            await asyncio.sleep(0.05)
+            out.append(chk.snapshot("b").describe())
+            chk.stop()
+        out.append([(k, t.new, t.reason) for k, t in events])
+        return out
+
+    assert run(go()) == [
+        Health.DOWN, Health.DOWN, 5, "UP (unconfirmed)", "UP",
+        [("b", Health.DOWN, "connect refused (no probe has passed yet)")],
+    ]
+
+
+def test_checker_probes_down_backends_at_down_interval() -> None:
+    async def go() -> tuple[int, int]:
+        chk: HealthChecker[str] = HealthChecker(lambda k, t: None, rng=NoJitter())
+        with refusing_port() as a, refusing_port() as b:
+            chk.add("slow", "127.0.0.1", a,
+                    HealthSettings(interval=0.05, timeout=0.04, down_interval=1.0))
+            chk.add("fast", "127.0.0.1", b, HealthSettings(interval=0.05, timeout=0.04))
+            chk.start()
+            await asyncio.sleep(0.3)
+            # failures go on counting while DOWN (the transition itself reset the count)
+            slow, fast = chk.snapshot("slow").failures, chk.snapshot("fast").failures
+            chk.stop()
+        return slow, fast
+
+    slow, fast = run(go())
+    assert slow == 0  # DOWN after its first probe; the next one is due only after 1 s
+    assert fast >= 3  # probed every 50 ms while DOWN
+
+
+def test_checker_never_counts_inconclusive_probes() -> None:
+    async def go() -> tuple[str, int, int]:
+        chk: HealthChecker[str] = HealthChecker(lambda k, t: None, rng=NoJitter())
+        with listener() as lst:
+            # the source address is not on this host: every probe fails locally
+            chk.add("b", "127.0.0.1", lst.getsockname()[1],
+                    HealthSettings(interval=0.05, timeout=0.04, source="192.0.2.1"))
+            chk.start()
+            await asyncio.sleep(0.3)
+            stats = chk.stats()
+            desc = chk.snapshot("b").describe()
+            chk.stop()
+        return desc, stats.inconclusive, stats.transitions
+
+    desc, inconclusive, transitions = run(go())
+    assert desc == "UP (unconfirmed)"
+    assert inconclusive >= 3
+    assert transitions == 0
