@@ -15,8 +15,8 @@ import click
 from l4lb import __version__
 from l4lb.config import Config, ConfigError, load_file
 from l4lb.control import ControlError, request
-from l4lb.display import BACKEND_HEADERS, backend_rows, human_bytes, status_text, table
 from l4lb.dataplane import DataplaneUnavailable, compiled_available, reference_requested
+from l4lb.display import BACKEND_HEADERS, backend_rows, human_bytes, status_text, table
 from l4lb.logs import LEVELS, setup_logging
 from l4lb.net.listen import ListenError
 

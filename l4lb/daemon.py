@@ -5,8 +5,8 @@ handed to it, so no accepted connection ever meets an empty table. A listener th
 stops the start-up with one line naming the address and the OS error.
 
 Signals: SIGTERM drains gracefully (stop accepting, let sessions finish for up to
-`[global] shutdown_timeout`, close the rest, exit 0); SIGINT stops at once (sessions closed, exit 0);
-a second signal stops at once. SIGHUP reloads the configuration file (see Daemon.reload).
+`[global] shutdown_timeout`, close the rest, exit 0); SIGINT stops at once (sessions closed,
+exit 0); a second signal stops at once. SIGHUP reloads the configuration file (see Daemon.reload).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from l4lb import __version__
+from l4lb.config import ConfigError, load_file
 from l4lb.config.model import Config
 from l4lb.control import ControlError, ControlServer
 from l4lb.dataplane import load_dataplane_class
-from l4lb.config import ConfigError, load_file
 from l4lb.logs import LEVELS
-from l4lb.net.listen import ListenError, ListenerGroup, open_listeners, resolve_workers
+from l4lb.net.listen import ListenerGroup, ListenError, open_listeners, resolve_workers
 from l4lb.reload import RESTART_ONLY, plan
 from l4lb.state import Runtime, StateError, address_text
 from l4lb.table.blob import digest
@@ -284,7 +284,8 @@ class Daemon:
         except StateError as exc:
             raise ControlError(str(exc)) from None
 
-    def _change(self, what: str, service: str, backend: str, fn: Callable[[], Any]) -> dict[str, Any]:
+    def _change(self, what: str, service: str, backend: str,
+                fn: Callable[[], Any]) -> dict[str, Any]:
         self._find(service, backend)
         try:
             rt = fn()

@@ -104,4 +104,5 @@ def load_dataplane_class() -> type[Any]:
             f"({exc}); build it with `pip install .` (needs gcc, Python headers and Cython 3), "
             f"or set {NO_EXTENSIONS_ENV}=1 to run the slow pure-Python reference"
         ) from exc
-    return CDataplane
+    cls: type[Any] = CDataplane
+    return cls

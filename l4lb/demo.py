@@ -141,7 +141,8 @@ async def run_demo(host: str, port: int, duration: float | None, show_config: bo
         tty = sys.stdout.isatty()
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         tries = [(f"curl -s http://{where}/", "each request names the backend that answered"),
-                 (f"nc {'-6 ' if ':' in host else ''}{host} {port}", "a greeting, then every line you type is echoed"),
+                 (f"nc {'-6 ' if ':' in host else ''}{host} {port}",
+                  "a greeting, then every line you type is echoed"),
                  (f"l4lb status --socket {control_path}", "states and counters"),
                  (f"l4lb drain demo backend-2 --socket {control_path}", "no new sessions")]
         width = max(len(cmd) for cmd, _ in tries)

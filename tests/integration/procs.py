@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -38,7 +38,7 @@ def test_errors_name_what_exists() -> None:
     with pytest.raises(StateError, match=r"has no backend 'x' \(backends: 127.0.0.1:1, "
                                          r"n1 \(127.0.0.1:2\)\)"):
         rt.find("web", "x")
-    with pytest.raises(StateError, match="weight 257 out of range 0..256"):
+    with pytest.raises(StateError, match=r"weight 257 out of range 0\.\.256"):
         rt.set_weight("web", "n1", 257)
 
 
