@@ -20,6 +20,7 @@ from l4lb.refdp.worker import Shared, Worker
 from l4lb.table.blob import parse
 from l4lb.table.sched import SchedShared
 
+MAX_WORKERS = 256  # as the C core's DP_MAX_WORKERS
 JOIN_GRACE = 10.0  # seconds past the stop deadline a worker may take to exit
 
 
@@ -27,8 +28,8 @@ class Dataplane:
     """Pure-Python data plane with the same API and behaviour as l4lb._dataplane.Dataplane."""
 
     def __init__(self, workers: int) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be in 1..{MAX_WORKERS}, got {workers}")
         self.workers = workers  # number of worker threads
         self._shared = Shared(sched=SchedShared())  # live table + scheduler counters
         self._workers = [Worker(i, self._shared) for i in range(workers)]

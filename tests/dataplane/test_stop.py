@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -96,25 +97,44 @@ def test_remove_listener_stops_accepting_and_add_resumes(make_lb: MakeLB,
         assert echo.records() == []
         lb.dp.add_listener(SVC, sock.fileno(), 0)  # polled again: the queued one is accepted
         assert recv_exact(waiting, 6) == b"queued"
-    with pytest.raises((ValueError, OSError, KeyError)):
+    with pytest.raises(ValueError):
         lb.dp.remove_listener(12345)  # not a listener
 
 
 def test_listener_api_misuse_is_refused(dp_impl: type[Any]) -> None:
+    with pytest.raises(ValueError):
+        dp_impl(0)
     dp = dp_impl(2)
     socks = open_listeners(HOST, 1)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    idle = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # bound, never listening
     try:
+        udp.bind((HOST, 0))
+        idle.bind((HOST, 0))
         dp.start()
-        with pytest.raises((ValueError, OSError)):
-            dp.add_listener(SVC, socks[0].fileno(), 2)  # worker out of range
-        dp.add_listener(SVC, socks[0].fileno(), 0)
-        with pytest.raises((ValueError, OSError)):
-            dp.add_listener(SVC, socks[0].fileno(), 1)  # already added
-        dp.remove_listener(socks[0].fileno())
+        with pytest.raises(RuntimeError):
+            dp.start()
+        fd = socks[0].fileno()
+        with pytest.raises(ValueError):
+            dp.add_listener(SVC, fd, 2)  # worker out of range
+        with pytest.raises(ValueError):
+            dp.add_listener(1024, fd, 0)  # service id out of range
+        with pytest.raises(ValueError):
+            dp.add_listener(SVC, udp.fileno(), 0)
+        with pytest.raises(ValueError):
+            dp.add_listener(SVC, idle.fileno(), 0)
+        dp.add_listener(SVC, fd, 0)
+        with pytest.raises(ValueError):
+            dp.add_listener(SVC, fd, 1)  # already added
+        dp.remove_listener(fd)
+        with pytest.raises(ValueError):
+            dp.remove_listener(fd)  # not a listener any more
     finally:
         dp.stop(0)
-        for sock in socks:
+        for sock in (*socks, udp, idle):
             sock.close()
+    with pytest.raises(RuntimeError):
+        dp.start()  # stopped for good
 
 
 def test_lifecycle_without_traffic(dp_impl: type[Any]) -> None:
