@@ -14,6 +14,7 @@ import click
 
 from l4lb import __version__
 from l4lb.config import Config, ConfigError, load_file
+from l4lb.config.model import GlobalSettings
 from l4lb.control import ControlError, request
 from l4lb.dataplane import DataplaneUnavailable, compiled_available, reference_requested
 from l4lb.display import BACKEND_HEADERS, backend_rows, human_bytes, status_text, table
@@ -151,14 +152,36 @@ def _socket_options(fn: Any) -> Any:
     return fn
 
 
+def _socket_of(config_path: str) -> str:
+    """The control socket named by a configuration file, even when the file is invalid (the
+    daemon, not the client, reports a bad file on `l4lb reload`)."""
+    import re
+    import tomllib
+
+    try:
+        return load_file(config_path).global_.control_socket
+    except ConfigError:
+        pass
+    except OSError as exc:
+        click.echo(f"{config_path}: error: cannot read configuration: {exc.strerror or exc}",
+                   err=True)
+        sys.exit(1)
+    with open(config_path, "rb") as f:
+        raw = f.read().decode("utf-8", "replace")
+    try:
+        value = tomllib.loads(raw).get("global", {}).get("control_socket")
+    except tomllib.TOMLDecodeError:
+        found = re.search(r'^\s*control_socket\s*=\s*"([^"]+)"', raw, re.MULTILINE)
+        value = found.group(1) if found else None
+    return value if isinstance(value, str) else GlobalSettings().control_socket
+
+
 def _call(config_path: str | None, socket_path: str | None, cmd: str, **args: Any) -> Any:
     if socket_path is None:
         if config_path is None:
-            from l4lb.config.model import GlobalSettings
-
             socket_path = GlobalSettings().control_socket
         else:
-            socket_path = _load_or_exit(config_path).global_.control_socket
+            socket_path = _socket_of(config_path)
     try:
         return request(socket_path, cmd, **args)
     except ControlError as exc:

@@ -48,9 +48,10 @@ def test_status_and_backends(daemon: tuple[int, Path], name_servers: list[NameSe
     assert status["table"]["generation"] == 1 and len(status["table"]["digest"]) == 16
     svc = status["services"][0]
     assert svc["name"] == "web" and svc["listen"] == [f"127.0.0.1:{port}"]
-    assert svc["counters"]["conns_total"] == 6
+    # 7 connections: the 6 above and wait_listening's readiness probe
+    assert svc["counters"]["conns_total"] == 7
     assert [b["address"] for b in svc["backends"]] == [f"127.0.0.1:{s.port}" for s in name_servers]
-    assert [b["conns_total"] for b in svc["backends"]] == [2, 2, 2]
+    assert sorted(b["conns_total"] for b in svc["backends"]) == [2, 2, 3]
     assert all(b["state"] == "up" for b in svc["backends"])
     text = ctl(cfg, "status").stdout
     assert "service web (tcp, round_robin)" in text and "BACKEND" in text
