@@ -15,7 +15,7 @@ What each counter means (the C core, src_ext/core/dp.h, keeps the same ones):
            bytes_to_backend  bytes written to backends
            bytes_to_client   bytes written to clients
            accept_errors     accept() failures other than "nothing to accept", and local
-                             resource failures (no fd for the backend socket) during setup
+                             resource failures (no fd for the backend socket or for a pipe)
   backend  conns_total       sessions whose connect to this backend succeeded
            conns_active      sessions assigned to it and still open (connecting or established)
            connect_failures  connects refused, unreachable or timed out

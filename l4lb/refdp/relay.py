@@ -12,7 +12,9 @@ End of stream and resets:
   shutdown(SHUT_WR), i.e. the FIN is passed on; the session is "half_closed";
 - both directions passed their FIN on: the session is finished and both sockets are closed;
 - the source raises ECONNRESET, or the destination raises EPIPE/ECONNRESET/ENOTCONN: the session
-  is reset: the other socket is closed with SO_LINGER 0, so the peer sees a reset too.
+  is reset: the other socket is closed with SO_LINGER 0, so the peer sees a reset too;
+- no fd is left for a pipe: the session is reset on both sides (a local failure, which the
+  worker counts in accept_errors like the C core).
 
 The pump does no polling and keeps no timers: the worker calls `Session.pump()` when one of the
 two sockets is ready and asks `interest()` which events to wait for next.
@@ -37,6 +39,7 @@ PUMP_BUDGET = 4 * 1024 * 1024  # bytes a direction moves per pump() before other
 COPY_CHUNK = 256 * 1024  # read size of the recv/send fallback
 RESET_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT,
                 errno.EHOSTUNREACH, errno.ENETUNREACH)
+FD_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
@@ -46,6 +49,7 @@ class Outcome(enum.Enum):
     OK = "ok"  # nothing special; wait for the next events
     FINISHED = "finished"  # both FINs passed on: close both sockets normally
     RESET = "reset"  # one side reset: reset the other side and close
+    LOCAL_FAILURE = "local_failure"  # no fd for a pipe: reset both sides, count accept_errors
 
 
 class State(enum.Enum):
@@ -65,6 +69,10 @@ def reset_and_close(sock: socket.socket) -> None:
 
 class _Reset(Exception):
     """Internal: one side of the session was reset."""
+
+
+class _LocalFailure(Exception):
+    """Internal: this process ran out of something (fds for a pipe); not the peers' fault."""
 
 
 class Direction:
@@ -141,7 +149,12 @@ class Direction:
     def _splice_in(self) -> int:
         pipe = self.pipe
         if pipe is None:
-            pipe = self.pipe = self.pool.take()
+            try:
+                pipe = self.pipe = self.pool.take()
+            except OSError as exc:
+                if exc.errno in FD_SHORTAGE:
+                    raise _LocalFailure from exc
+                raise
         try:
             n = os.splice(self.src.fileno(), pipe.w, pipe.capacity, flags=SPLICE_FLAGS)
         except (BlockingIOError, InterruptedError):
@@ -244,6 +257,8 @@ class Session:
             moved_down = down.pump()
         except _Reset:
             return Outcome.RESET, moved_up, moved_down
+        except _LocalFailure:
+            return Outcome.LOCAL_FAILURE, moved_up, moved_down
         self.bytes_to_backend += moved_up
         self.bytes_to_client += moved_down
         if moved_up or moved_down or (up.eof or down.eof) != was_eof:

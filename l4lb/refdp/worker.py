@@ -432,6 +432,9 @@ class Worker:
             self._close_session(session, reset=False)
         elif outcome is Outcome.RESET:
             self._close_session(session, reset=True)
+        elif outcome is Outcome.LOCAL_FAILURE:
+            svc["accept_errors"] += 1
+            self._close_session(session, reset=True)
         else:
             client_r, client_w, backend_r, backend_w = session.interest()
             self._register(session, CLIENT, (READ if client_r else 0) | (WRITE if client_w else 0))

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from l4lb.refdp import Dataplane
+from l4lb.refdp.pipes import Pipe, PipePool
 
 from . import patterns
-from .clients import connect, read_to_end, recv_exact, wait_for
+from .clients import connect, fate, read_to_end, recv_exact, wait_for
 from .conftest import LB, SVC, Servers
 from .tables import BackendSpec, ServiceSpec
 
@@ -69,3 +70,18 @@ def test_pipes_are_held_only_while_data_is_in_flight(ref_lb: LB) -> None:
         assert session.to_backend.pipe is None and session.to_client.pipe is None
         assert worker.pool.created <= 2  # reused from the pool, not one per chunk
     assert ref_lb.dp.splice_fallbacks == 0
+
+
+def test_no_fd_for_a_pipe_resets_the_session(ref_lb: LB,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def exhausted(self: PipePool) -> Pipe:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(PipePool, "take", exhausted)
+    assert fate(ref_lb.addr(), 2.0) == "reset"
+    assert wait_for(lambda: ref_lb.svc_stats().get("accept_errors") == 1, 2)
+    assert ref_lb.svc_stats()["conns_active"] == 0
+    monkeypatch.undo()
+    with connect(ref_lb.addr()) as client:  # the worker survived and relays again
+        client.sendall(b"again")
+        assert recv_exact(client, 5) == b"again"
