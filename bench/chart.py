@@ -1,7 +1,8 @@
 """Draw the benchmark's PNG chart: one panel per workload figure, one bar per target.
 
 Bars are medians over all repetitions of one pinning mode with min-max whiskers; a black dot
-marks the median of the close repetitions (vCPUs near each other) where there are any. A last
+marks the median of the close repetitions (vCPUs near each other) where there are any; a target
+that cannot run the workload (HAProxy and, for now, l4lb with UDP) is marked n/a. A last
 panel shows the forwarding-table rebuild + publish time by number of backends. matplotlib is
 imported here only, so planning and dry runs never need it.
 """
@@ -47,9 +48,18 @@ def draw(doc: dict[str, Any], path: Path, pin: str | None = None) -> bool:
     for i, (wl, m, per_t) in enumerate(panels):
         ax = axes[i // ncols][i % ncols]
         names, meds, lo, hi, close = [], [], [], [], []
+        na: list[str] = []  # targets that cannot run this workload (e.g. no UDP): shown as n/a
         for t in order:
             cell = per_t.get(t)
-            if cell is None or cell.get("skipped"):
+            if cell is None:
+                continue
+            if cell.get("skipped"):
+                names.append(t)
+                na.append(t)
+                meds.append(0.0)
+                lo.append(0.0)
+                hi.append(0.0)
+                close.append(None)
                 continue
             s = cell["all"].get(m.key)
             if s is None:
@@ -60,13 +70,17 @@ def draw(doc: dict[str, Any], path: Path, pin: str | None = None) -> bool:
             hi.append(s["max"] - s["median"])
             c = cell["close"].get(m.key)
             close.append(c["median"] if c else None)
-        if not names:
+        if len(names) == len(na):
             ax.set_axis_off()
             continue
         xs = list(range(len(names)))
         ax.bar(xs, meds, yerr=[lo, hi], capsize=3,
                color=[COLORS.get(t, "#9467bd") for t in names])
-        for x, c, v in zip(xs, close, meds, strict=True):
+        for x, t, c, v in zip(xs, names, close, meds, strict=True):
+            if t in na:
+                ax.annotate("n/a", (x, 0), textcoords="offset points", xytext=(0, 4),
+                            ha="center", fontsize=8, color="#555555")
+                continue
             if c is not None:
                 ax.plot([x], [c], "ko", markersize=3)
             ax.annotate(m.fmt.format(v), (x, v), textcoords="offset points", xytext=(6, 2),
