@@ -11,6 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from l4lb.health.settings import HealthSettings
+
 Protocol = Literal["tcp", "udp"]
 Scheduler = Literal[
     "round_robin", "weighted_round_robin", "least_conn", "random_two", "source_hash", "maglev"
@@ -73,6 +75,7 @@ class Service:
     retries: int = 2
     max_connections: int = 0
     maglev_table_size: int = 65537  # prime
+    health: HealthSettings | None = None  # [services.health]; None = no active checks
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,14 @@ from l4lb.config.model import (
     Protocol,
     Service,
 )
+from l4lb.health.settings import (
+    DEFAULT_SETTINGS,
+    INITIAL_STATES,
+    MAX_JITTER,
+    PROBE_KINDS,
+    HealthSettings,
+    HealthSettingsError,
+)
 
 MAX_SERVICES = 1024  # DP_MAX_SERVICES of the forwarding table
 MAX_BACKENDS = 65536  # DP_MAX_BACKENDS, over all services
@@ -59,9 +67,14 @@ GLOBAL_KEYS = (
 )
 SERVICE_KEYS = (
     "name", "protocol", "listen", "scheduler", "hash_key", "connect_timeout", "idle_timeout",
-    "retries", "max_connections", "maglev_table_size", "backends",
+    "retries", "max_connections", "maglev_table_size", "backends", "health",
 )
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
+HEALTH_KEYS = (
+    "kind", "interval", "timeout", "rise", "fall", "start_period", "down_interval", "jitter",
+    "port", "source", "send", "send_hex", "expect", "expect_regex", "initial_state", "max_fails",
+    "fail_timeout", "min_healthy", "slow_start",
+)
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -423,6 +436,7 @@ class _Checker:
                                         0, U32_MAX)
         table_size = self.maglev_table_size(scope, table)
         backends = self.backends(scope, table)
+        health = self.health(scope, table["health"]) if "health" in table else None
         if scheduler == "maglev" and table_size < len(backends):
             self.error((*scope.path, "maglev_table_size"),
                        f"{scope.label('maglev_table_size')}: {table_size} is smaller than the "
@@ -431,8 +445,93 @@ class _Checker:
             name=name, protocol=protocol, listen=tuple(listen), backends=tuple(backends),
             scheduler=scheduler, hash_key=hash_key, connect_timeout=connect_timeout,
             idle_timeout=idle_timeout, retries=retries, max_connections=max_connections,
-            maglev_table_size=table_size,
+            maglev_table_size=table_size, health=health,
         )
+
+    def read_fraction(self, scope: _Scope, table: dict[str, Any], key: str, default: float,
+                      hi: float) -> float:
+        if key not in table:
+            return default
+        value = table[key]
+        path = (*scope.path, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.wrong_type(path, scope.label(key), "a number", value)
+            return default
+        if not 0 <= value <= hi:
+            self.error(path, f"{scope.label(key)}: {value} out of range (0..{hi})")
+            return default
+        return float(value)
+
+    def health(self, scope: _Scope, value: object) -> HealthSettings | None:
+        """The service's [services.health] table; None when absent or wrong."""
+        path = (*scope.path, "health")
+        table = self.read_table(path, scope.label("health"), value)
+        if table is None:
+            return None
+        hs = _Scope(path=path, table=f"{scope.table}: health", prefix=f"{scope.prefix}health.")
+        before = len(self.diagnostics)
+        self.check_keys(hs, table, HEALTH_KEYS, {})
+        d = DEFAULT_SETTINGS
+        send = b""
+        if "send" in table and "send_hex" in table:
+            self.error((*path, "send_hex"), f"{hs.label('send_hex')}: give send or send_hex, "
+                       "not both")
+        elif (text := self.read_str(hs, table, "send")) is not None:
+            send = text.encode()
+        elif (hex_text := self.read_str(hs, table, "send_hex")) is not None:
+            try:
+                send = bytes.fromhex(hex_text)
+            except ValueError:
+                self.error((*path, "send_hex"), f"{hs.label('send_hex')}: {quote(hex_text)} is "
+                           "not hex bytes (e.g. \"0d0a\")")
+        expect: bytes | re.Pattern[bytes] | None = None
+        if "expect" in table and "expect_regex" in table:
+            self.error((*path, "expect_regex"), f"{hs.label('expect_regex')}: give expect or "
+                       "expect_regex, not both")
+        elif (prefix := self.read_str(hs, table, "expect")) is not None:
+            expect = prefix.encode()
+        elif (pattern := self.read_str(hs, table, "expect_regex")) is not None:
+            try:
+                expect = re.compile(pattern.encode())
+            except re.error as exc:
+                self.error((*path, "expect_regex"),
+                           f"{hs.label('expect_regex')}: not a valid regex: {exc}")
+        down_interval = (self.read_duration(hs, table, "down_interval", 1.0, zero_ok=False)
+                         if "down_interval" in table else None)
+        port = self.read_int(hs, table, "port", 1, 1, 65535) if "port" in table else None
+        source = self.read_str(hs, table, "source")
+        values: dict[str, Any] = dict(
+            kind=self.read_enum(hs, table, "kind", d.kind, PROBE_KINDS),
+            interval=self.read_duration(hs, table, "interval", d.interval, zero_ok=False),
+            timeout=self.read_duration(hs, table, "timeout", d.timeout, zero_ok=False),
+            rise=self.read_int(hs, table, "rise", d.rise, 1, 100),
+            fall=self.read_int(hs, table, "fall", d.fall, 1, 100),
+            start_period=self.read_duration(hs, table, "start_period", d.start_period,
+                                            zero_ok=True),
+            down_interval=down_interval,
+            jitter=self.read_fraction(hs, table, "jitter", d.jitter, MAX_JITTER),
+            port=port, source=source, send=send, expect=expect,
+            initial_state=self.read_enum(hs, table, "initial_state", d.initial_state,
+                                         INITIAL_STATES),
+            max_fails=self.read_int(hs, table, "max_fails", d.max_fails, 0, 100_000),
+            fail_timeout=self.read_duration(hs, table, "fail_timeout", d.fail_timeout,
+                                            zero_ok=False),
+            min_healthy=self.read_fraction(hs, table, "min_healthy", d.min_healthy, 1.0),
+            slow_start=self.read_duration(hs, table, "slow_start", d.slow_start, zero_ok=True),
+        )
+        try:
+            settings = HealthSettings(**values)
+        except HealthSettingsError as exc:
+            if len(self.diagnostics) > before:  # the readers above reported the cause
+                return None
+            for problem in exc.problems:
+                field = problem.split(":", 1)[0].removeprefix("health.").split("/")[0]
+                if field in table:
+                    self.error((*path, field), f"{scope.prefix}{problem}")
+                else:
+                    self.error(path, f"{scope.prefix}{problem}", at_key=True, position_of=path)
+            return None
+        return None if len(self.diagnostics) > before else settings
 
     def service_name(self, scope: _Scope, table: dict[str, Any], i: int) -> str:
         if "name" not in table:

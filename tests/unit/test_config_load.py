@@ -22,7 +22,7 @@ from l4lb.config import (
     load_text,
     validate,
 )
-from l4lb.config.validate import BACKEND_KEYS, GLOBAL_KEYS, SERVICE_KEYS
+from l4lb.config.validate import BACKEND_KEYS, GLOBAL_KEYS, HEALTH_KEYS, SERVICE_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = [REPO / "conf" / "l4lb.toml", *sorted((REPO / "conf" / "examples").glob("*.toml"))]
@@ -156,12 +156,16 @@ def test_shipped_examples_load_cleanly(path: Path) -> None:
 def test_annotated_example_shows_every_key() -> None:
     text = (REPO / "conf" / "l4lb.toml").read_text()
     written = set(re.findall(r"^\s*([a-z_]+)\s*=", text, flags=re.M))
-    assert set(GLOBAL_KEYS) | (set(SERVICE_KEYS) - {"backends"}) | set(BACKEND_KEYS) <= written
+    assert set(GLOBAL_KEYS) | (set(SERVICE_KEYS) - {"backends", "health"}) | set(BACKEND_KEYS) \
+        <= written
+    assert "[services.health]" in text
+    commented = set(re.findall(r"^\s*#?\s*([a-z_]+)\s*=", text, flags=re.M))
+    assert set(HEALTH_KEYS) - {"send_hex", "expect_regex"} <= commented
 
 
 def test_reference_documents_every_key_and_field() -> None:
     doc = (REPO / "docs" / "configuration.md").read_text()
-    for key in (*GLOBAL_KEYS, *SERVICE_KEYS, *BACKEND_KEYS):
+    for key in (*GLOBAL_KEYS, *SERVICE_KEYS, *BACKEND_KEYS, *HEALTH_KEYS):
         assert f"`{key}`" in doc, key
     # every model field is reachable from some key of the file
     fields = {f.name for cls in (GlobalSettings, Service, Backend) for f in dataclasses.fields(cls)}
