@@ -20,6 +20,8 @@ Life of a connection (the C core does the same, in the same order):
    connect_failure on that backend and go back to 3 while retries remain, else no_backend;
 5. relay (l4lb.refdp.relay) until both FINs went through, a reset, the idle timeout, or the
    end of a graceful stop.
+A client that resets while its backend is still connecting ends its session at once (steps 3-4
+are abandoned; nothing is counted but the close).
 """
 
 from __future__ import annotations
@@ -315,6 +317,7 @@ class Worker:
         session = Session(service_id, conn, client, live, svc)
         session.flow_hash = _flow_hash(live, svc, client)
         self.sessions.add(session)
+        self._register(session, CLIENT, READ)  # to notice a client that resets meanwhile
         self._connect_next(session)
 
     # --- connecting -------------------------------------------------------------------------
@@ -408,7 +411,10 @@ class Worker:
 
     def _on_session_event(self, session: Session, kind: str, mask: int) -> None:
         if session.state is State.CONNECTING:
-            if kind != BACKEND or session.backend is None:
+            if kind == CLIENT:
+                self._client_while_connecting(session)
+                return
+            if session.backend is None:
                 return
             err = session.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err == 0:
@@ -417,6 +423,19 @@ class Worker:
                 self._connect_failed(session)
             return
         self._pump(session)
+
+    def _client_while_connecting(self, session: Session) -> None:
+        """The client stirred before its backend is up. A reset ends the session at once (no
+        slot held until the connect deadline); data or a FIN wait in the socket for the pump,
+        and the client is not watched again until then (the selector is level-triggered)."""
+        try:
+            session.client.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close_session(session, reset=True)
+            return
+        self._register(session, CLIENT, 0)
 
     def _pump(self, session: Session) -> None:
         fallbacks_before = session.fallbacks

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
-from .clients import connect, fate, recv_exact, recv_line, wait_for
+from .clients import connect, fate, read_to_end, recv_exact, recv_line, reset_close, wait_for
 from .conftest import SVC, MakeLB, Servers
 from .tables import BackendSpec, ServiceSpec
 
@@ -90,3 +91,36 @@ def test_weight_zero_backend_gets_no_new_connections(make_lb: MakeLB, servers: S
     assert down.records() == []
     with connect(lb.addr()) as client:  # still relays both ways
         assert recv_exact(client, 3) == b"up\n"
+
+
+def test_client_reset_while_connecting_frees_the_session(make_lb: MakeLB,
+                                                         servers: Servers) -> None:
+    hole = servers.black_hole()
+    lb = make_lb([ServiceSpec(SVC, (BackendSpec("hole", HOST, hole.port),),
+                              connect_timeout_ms=5000, retries=0)])
+    client = connect(lb.addr())
+    assert wait_for(lambda: [s["state"] for s in lb.dp.sessions()] == ["connecting"], 5)
+    start = time.monotonic()
+    reset_close(client)
+    assert wait_for(lambda: lb.dp.sessions() == [], 2)
+    assert time.monotonic() - start < 2.0  # long before the 5 s connect deadline
+    assert lb.svc_stats()["conns_active"] == 0
+    assert lb.be_stats("hole").get("conns_active", 0) == 0
+    assert lb.svc_stats()["no_backend"] == 0
+
+
+def test_client_data_and_fin_while_connecting_are_delivered(make_lb: MakeLB,
+                                                            servers: Servers) -> None:
+    """A request sent (and the write side shut) before the backend is up still arrives."""
+    hole = servers.black_hole()
+    echo = servers.start("echo", "echo")
+    lb = make_lb([ServiceSpec(SVC, (BackendSpec("hole", HOST, hole.port),
+                                    BackendSpec("echo", HOST, echo.port)),
+                              scheduler="round_robin", connect_timeout_ms=300, retries=1)])
+    for _ in range(2):  # round robin: one of the two waits on the black hole first
+        with connect(lb.addr()) as client:
+            client.sendall(b"early request")
+            client.shutdown(socket.SHUT_WR)
+            data, how = read_to_end(client, 5)
+        assert (data, how) == (b"early request", "eof")
+    assert lb.be_stats("hole")["connect_failures"] >= 1
