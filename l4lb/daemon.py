@@ -27,12 +27,15 @@ from l4lb.config import ConfigError, load_file
 from l4lb.config.model import Config
 from l4lb.control import ControlError, ControlServer
 from l4lb.dataplane import load_dataplane_class
+from l4lb.health.checker import HealthChecker
+from l4lb.health.dampener import Health, Transition, transition_log_line
 from l4lb.logs import LEVELS
 from l4lb.net.listen import ListenerGroup, ListenError, open_listeners, resolve_workers
 from l4lb.reload import RESTART_ONLY, plan
 from l4lb.state import Runtime, StateError, address_text
 from l4lb.table.blob import digest
 from l4lb.table.builder import TableBuilder
+from l4lb.weights import Key, Weights, compute
 
 log = logging.getLogger("l4lb")
 
@@ -75,6 +78,12 @@ class Daemon:
     digest: str = ""  # digest of the live table
     generation: int = 0  # generation of the live table
     started: float = field(default_factory=time.time)  # unix time of start()
+    weights: Weights | None = None  # effective weights of the live table
+    checker: HealthChecker[Key] | None = None  # active health checks (on the event loop)
+    publish_handle: asyncio.Handle | None = None  # a coalesced re-publish is queued
+    ramp_handle: asyncio.TimerHandle | None = None  # re-publish at the next slow-start step
+    panic_logged: dict[str, str] = field(default_factory=dict)  # service -> reason warned
+    failures_seen: dict[int, int] = field(default_factory=dict)  # backend id -> connect fails
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -104,11 +113,107 @@ class Daemon:
             raise
 
     def _publish(self) -> None:
-        blob = self.builder.build(self.config, self.runtime.effective_weights())
+        weights = compute(self.config, self.runtime, time.monotonic(), self._ramp_start)
+        blob = self.builder.build(self.config, weights.weights)
         self.generation = self.dp.publish(blob)
+        self.weights = weights
         self.digest = digest(blob)
         log.info("table: generation %d published (digest %s, %d services)", self.generation,
                  self.digest, len(self.config.services))
+        for service, reason in weights.panic.items():
+            if self.panic_logged.get(service) != reason:
+                log.warning("service %s: panic: %s (below min_healthy): every enabled backend "
+                            "stays in rotation, DOWN ones included", service, reason)
+        for service in set(self.panic_logged) - set(weights.panic):
+            log.warning("service %s: panic over: health checks decide again", service)
+        self.panic_logged = dict(weights.panic)
+        self._schedule_ramp(weights.next_change)
+
+    def _ramp_start(self, key: Key) -> float | None:
+        """When the backend last came UP (start of its slow-start ramp), if it is checked."""
+        if self.checker is None:
+            return None
+        try:
+            return self.checker.up_since(key)
+        except KeyError:
+            return None
+
+    def _schedule_ramp(self, at: float | None) -> None:
+        if self.ramp_handle is not None:
+            self.ramp_handle.cancel()
+            self.ramp_handle = None
+        if at is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.ramp_handle = loop.call_at(at, self._publish_soon)
+
+    def _publish_soon(self) -> None:
+        """Re-publish once after the current burst of changes (many transitions, one table)."""
+        if self.publish_handle is not None or self.dp is None:
+            return
+
+        def run() -> None:
+            self.publish_handle = None
+            if self.dp is not None:
+                self._publish()
+
+        self.publish_handle = asyncio.get_running_loop().call_soon(run)
+
+    # ---- health checks (docs/health.md) ----
+
+    def start_health(self) -> None:
+        """Start probing on the running loop (serve() calls this)."""
+        self.checker = HealthChecker(self._on_transition)
+        self._sync_health()
+        self.checker.start()
+
+    def _sync_health(self) -> None:
+        """Make the checker probe exactly the backends of services with [services.health]."""
+        if self.checker is None:
+            return
+        wanted: set[Key] = set()
+        for service in self.config.services:
+            if service.health is None:
+                continue
+            for backend in service.backends:
+                key = (service.name, address_text(backend))
+                wanted.add(key)
+                self.checker.add(key, backend.address.host, backend.address.port,
+                                 service.health)
+                self.runtime.backends[key].health = self.checker.state(key).value
+        for key in set(self.checker.keys()) - wanted:
+            self.checker.remove(key)
+
+    def _on_transition(self, key: Key, transition: Transition) -> None:
+        rt = self.runtime.backends.get(key)
+        if rt is None:
+            return
+        line = transition_log_line(f"backend {key[0]}/{key[1]}", transition)
+        if transition.new is Health.DOWN:
+            log.warning("%s", line)
+        else:
+            log.info("%s", line)
+        rt.health = transition.new.value
+        self._publish_soon()
+
+    def feed_passive_failures(self) -> None:
+        """Hand the data plane's new connect failures to the checker (max_fails)."""
+        if self.checker is None or self.dp is None:
+            return
+        passive = {s.name for s in self.config.services
+                   if s.health is not None and s.health.max_fails > 0}
+        if not passive:
+            return
+        backends = self.dp.stats()["backends"]
+        for (service, address), bid in self.builder.backend_ids().items():
+            failures = int(backends.get(bid, {}).get("connect_failures", 0))
+            new = failures - self.failures_seen.get(bid, failures)
+            self.failures_seen[bid] = failures
+            if service in passive and new > 0:
+                self.checker.passive_failures((service, address), new)
 
     def backend_views(self, service_name: str | None = None) -> list[BackendView]:
         """Backends of every service (or one) in file order, with state and counters."""
@@ -118,13 +223,10 @@ class Daemon:
         for service in self.config.services:
             if service_name is not None and service.name != service_name:
                 continue
-            primary_up = any(self.runtime.backends[(service.name, address_text(b))]
-                             .effective_weight() > 0 for b in service.backends if not b.backup)
             for backend in service.backends:
                 rt = self.runtime.backends[(service.name, address_text(backend))]
-                effective = rt.effective_weight()
-                if rt.backup and primary_up:
-                    effective = 0
+                effective = (self.weights.weights.get((service.name, rt.address), 0)
+                             if self.weights is not None else 0)
                 view = BackendView(service.name, rt.address, backend.name, state=rt.state,
                                    weight=rt.weight, effective_weight=effective,
                                    backup=rt.backup)
@@ -187,10 +289,12 @@ class Daemon:
         old_config, old_runtime = self.config, self.runtime
         self.config = new
         self.runtime = Runtime.from_config(new, previous=old_runtime)
+        self._sync_health()
         try:
             self._publish()
         except Exception:
             self.config, self.runtime = old_config, old_runtime
+            self._sync_health()
             for group in fresh:
                 group.close()
             raise
@@ -315,6 +419,13 @@ class Daemon:
 
     def stop(self, timeout: float) -> None:
         """Stop accepting, drain for up to `timeout` seconds, close everything. Idempotent."""
+        if self.checker is not None:
+            self.checker.stop()
+            self.checker = None
+        for handle in (self.publish_handle, self.ramp_handle):
+            if handle is not None:
+                handle.cancel()
+        self.publish_handle = self.ramp_handle = None
         if self.dp is not None:
             for group in self.listeners:
                 for sock in group.sockets:
@@ -362,14 +473,17 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
         await control.start()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
+    daemon.start_health()
     try:
         deadline = None if duration is None else loop.time() + duration
         while not done.is_set():
-            wait = tick_interval if tick is not None else 3600.0
+            wait = min(tick_interval, 1.0)  # passive health failures are read every second
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - loop.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout=wait)
+            if not done.is_set():
+                daemon.feed_passive_failures()
             if tick is not None and not done.is_set():
                 tick(daemon)
             if deadline is not None and loop.time() >= deadline:

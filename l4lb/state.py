@@ -1,9 +1,8 @@
 """Runtime state of every backend (admin state, runtime weight) and the effective weights.
 
-Pure: no I/O, no clock. The daemon owns one `Runtime`; the control API changes it; after every
-change the daemon rebuilds and publishes the forwarding table from `effective_weights()`. Keys are
-(service name, backend address as written in the file). Health state (issue #3) will join the
-admin state here: a backend carries traffic only when admin is "up" and health is "up".
+Pure: no I/O, no clock. The daemon owns one `Runtime`; the control API and the health checker
+change it; after every change the daemon rebuilds and publishes the forwarding table with the
+weights l4lb.weights computes from it. Keys are (service name, backend address as written).
 """
 
 from __future__ import annotations
@@ -40,10 +39,6 @@ class BackendRuntime:
         if self.admin != "up":
             return self.admin
         return self.health
-
-    def effective_weight(self) -> int:
-        """Weight for new sessions: 0 unless admin and health are both up."""
-        return self.weight if self.admin == "up" and self.health == "up" else 0
 
 
 @dataclass
@@ -93,10 +88,6 @@ class Runtime:
         b = self.find(service, backend)
         b.weight = weight
         return b
-
-    def effective_weights(self) -> dict[tuple[str, str], int]:
-        """Weights for TableBuilder.build (backup selection is the builder's job)."""
-        return {key: b.effective_weight() for key, b in self.backends.items()}
 
 
 def address_text(backend: Backend) -> str:

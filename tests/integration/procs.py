@@ -25,10 +25,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 class NameServer:
     """A TCP backend thread that sends its name and closes each connection."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, port: int = 0) -> None:
         self.name = name
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(512)
         self.port = int(self.sock.getsockname()[1])
         self._stop = False
@@ -45,7 +46,10 @@ class NameServer:
             except OSError:
                 return
             with conn:
-                conn.sendall(self.name.encode())
+                try:
+                    conn.sendall(self.name.encode())
+                except OSError:  # health probes close with RST before reading
+                    pass
 
     def close(self) -> None:
         self._stop = True

@@ -6,6 +6,7 @@ import pytest
 
 from l4lb.config.model import Backend, Config, Endpoint, GlobalSettings, Service
 from l4lb.state import Runtime, StateError
+from l4lb.weights import compute
 
 
 def config(*addresses: str, backup: str = "") -> Config:
@@ -19,16 +20,29 @@ def config(*addresses: str, backup: str = "") -> Config:
 
 
 def test_states_map_to_effective_weights() -> None:
-    rt = Runtime.from_config(config("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"))
+    cfg = config("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4")
+    rt = Runtime.from_config(cfg)
     rt.set_admin("web", "n1", "drain")  # by name
     rt.set_admin("web", "127.0.0.1:3", "maint")  # by address
     rt.backends[("web", "127.0.0.1:1")].health = "down"
-    assert rt.effective_weights() == {("web", "127.0.0.1:1"): 0, ("web", "127.0.0.1:2"): 0,
-                                      ("web", "127.0.0.1:3"): 0}
-    assert [b.state for b in rt.backends.values()] == ["down", "drain", "maint"]
+    assert compute(cfg, rt, now=0.0).weights == {
+        ("web", "127.0.0.1:1"): 0, ("web", "127.0.0.1:2"): 0, ("web", "127.0.0.1:3"): 0,
+        ("web", "127.0.0.1:4"): 1}
+    assert [b.state for b in rt.backends.values()] == ["down", "drain", "maint", "up"]
     rt.set_admin("web", "n1", "up")
     rt.set_weight("web", "n1", 7)
-    assert rt.effective_weights()[("web", "127.0.0.1:2")] == 7
+    assert compute(cfg, rt, now=0.0).weights[("web", "127.0.0.1:2")] == 7
+
+
+def test_backup_serves_only_when_no_primary_is_up() -> None:
+    cfg = config("127.0.0.1:1", "127.0.0.1:2", backup="127.0.0.1:2")
+    rt = Runtime.from_config(cfg)
+    assert compute(cfg, rt, now=0.0).weights == {("web", "127.0.0.1:1"): 1,
+                                                 ("web", "127.0.0.1:2"): 0}
+    rt.set_admin("web", "127.0.0.1:1", "maint")
+    result = compute(cfg, rt, now=0.0)
+    assert result.weights == {("web", "127.0.0.1:1"): 0, ("web", "127.0.0.1:2"): 1}
+    assert result.panic == {} and result.up == {"web": 1}
 
 
 def test_errors_name_what_exists() -> None:

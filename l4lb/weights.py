@@ -1,0 +1,60 @@
+"""Compute every backend's effective weight from admin state, health and the pool rules.
+
+Pure: the daemon passes the configuration, the runtime state and the time; the result feeds
+TableBuilder.build. Every service goes through l4lb.health.pool (backups, min_healthy panic,
+slow start); a service without `[services.health]` simply has all backends UP, no panic and no
+ramp, which reduces to "admin up and weight > 0".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from l4lb.config.model import Config
+from l4lb.health.dampener import Health
+from l4lb.health.pool import PoolMember, effective_weights
+from l4lb.state import Runtime, address_text
+
+Key = tuple[str, str]  # (service name, backend address as written)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Effective weights of all services and the facts the daemon reports."""
+
+    weights: dict[Key, int]  # what the table builder gets
+    panic: dict[str, str]  # service -> panic reason, for services in panic only
+    up: dict[str, int]  # service -> UP enabled backends (both tiers; for tracking)
+    next_change: float | None  # monotonic time a slow-start step is due; None = none
+
+
+def compute(config: Config, runtime: Runtime, now: float,
+            ramp_start: Callable[[Key], float | None] = lambda key: None) -> Weights:
+    """Weights for every backend of `config` given `runtime` at monotonic time `now`."""
+    weights: dict[Key, int] = {}
+    panic: dict[str, str] = {}
+    up: dict[str, int] = {}
+    next_change: float | None = None
+    for service in config.services:
+        members = []
+        for backend in service.backends:
+            key = (service.name, address_text(backend))
+            rt = runtime.backends[key]
+            members.append(PoolMember(
+                key=key, weight=rt.weight,
+                health=Health.UP if rt.health == "up" else Health.DOWN,
+                admin=rt.admin, backup=rt.backup,
+                ramp_start=ramp_start(key) if service.health is not None else None))
+        hs = service.health
+        result = effective_weights(members, now,
+                                   min_healthy=hs.min_healthy if hs is not None else 0.0,
+                                   slow_start=hs.slow_start if hs is not None else 0.0)
+        weights.update(result.weights)
+        up[service.name] = result.up
+        if result.panic:
+            panic[service.name] = result.panic_reason
+        if result.next_change is not None:
+            next_change = (result.next_change if next_change is None
+                           else min(next_change, result.next_change))
+    return Weights(weights=weights, panic=panic, up=up, next_change=next_change)
