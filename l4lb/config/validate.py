@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -458,7 +459,7 @@ class _Checker:
             self.wrong_type(path, scope.label(key), "a number", value)
             return default
         if not 0 <= value <= hi:
-            self.error(path, f"{scope.label(key)}: {value} out of range (0..{hi})")
+            self.error(path, f"{scope.label(key)}: {value} out of range (0..{hi:g})")
             return default
         return float(value)
 
@@ -500,6 +501,13 @@ class _Checker:
                          if "down_interval" in table else None)
         port = self.read_int(hs, table, "port", 1, 1, 65535) if "port" in table else None
         source = self.read_str(hs, table, "source")
+        if source is not None:
+            try:
+                ipaddress.ip_address(source)
+            except ValueError:
+                self.error((*path, "source"), f"{hs.label('source')}: {quote(source)} is not an "
+                           "IP address (probes never resolve names)")
+                source = None
         values: dict[str, Any] = dict(
             kind=self.read_enum(hs, table, "kind", d.kind, PROBE_KINDS),
             interval=self.read_duration(hs, table, "interval", d.interval, zero_ok=False),
@@ -525,8 +533,9 @@ class _Checker:
             if len(self.diagnostics) > before:  # the readers above reported the cause
                 return None
             for problem in exc.problems:
-                field = problem.split(":", 1)[0].removeprefix("health.").split("/")[0]
-                if field in table:
+                fields = problem.split(":", 1)[0].removeprefix("health.").split("/")
+                field = next((f for f in fields if f in table), "")
+                if field:
                     self.error((*path, field), f"{scope.prefix}{problem}")
                 else:
                     self.error(path, f"{scope.prefix}{problem}", at_key=True, position_of=path)
