@@ -1,0 +1,299 @@
+"""Prometheus metrics: turn the daemon's `status` snapshot into metric families at scrape time.
+
+Design. Nothing here keeps gauges up to date in the background: the data already lives in the
+daemon (the data plane's counters, the runtime state of every backend) and the control API's
+`status` command returns all of it as one plain dict (docs/control-api.md). A scrape reads that
+dict once and turns it into metric families with `families()`, a pure function of its input.
+
+Two ways to scrape:
+- `L4lbCollector` is a prometheus_client Collector that calls the sources inside `collect()`.
+  `Exporter.registry` holds it with the process and platform collectors, so any
+  prometheus_client tooling (`generate_latest(registry)`, `start_http_server`) works as usual.
+- `Exporter.read()` + `Exporter.render(data)` split the same work in two: `read()` calls the
+  sources (the daemon's state is only safe to read on its event loop) and `render()` formats
+  the text, which may run in a worker thread (l4lb/httpserver.py does that, so 10,000
+  backends do not hold the loop while their lines are formatted).
+
+A source that raises is counted in `l4lb_scrape_errors_total` and its metrics are left out of
+that scrape; process metrics are still served. The names, types and labels are documented in
+docs/observability.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+log = logging.getLogger("l4lb")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # of render()'s output
+STATES = ("up", "down", "drain", "maint")  # backend states, see docs/control-api.md
+
+Snapshot = Callable[[], Mapping[str, Any]]  # returns the control API's `status` result
+StatsSource = Callable[[], Mapping[str, Any]]  # health checker or connection log counters
+LatencySource = Callable[[], Mapping[tuple[str, str], float]]  # (service, address) -> seconds
+
+_BACKEND_LABELS = ("service", "backend", "name")
+
+# Health checker counters (l4lb.health.checker.CheckerStats as a dict): key -> metric.
+_HEALTH_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("probes", "counter", "l4lb_health_probes", "Health probes finished."),
+    ("failed", "counter", "l4lb_health_probe_failures",
+     "Health probes that found the backend failing."),
+    ("inconclusive", "counter", "l4lb_health_probes_inconclusive",
+     "Health probes that failed locally and were not counted against the backend."),
+    ("transitions", "counter", "l4lb_health_transitions",
+     "Backend health state changes (up to down or down to up)."),
+    ("backends", "gauge", "l4lb_health_backends", "Backends with active health checks."),
+    ("in_flight", "gauge", "l4lb_health_probes_in_flight", "Health probes running now."),
+    ("waiting", "gauge", "l4lb_health_probes_waiting",
+     "Health probes due but waiting for a free slot."),
+    ("max_start_delay", "gauge", "l4lb_health_max_start_delay_seconds",
+     "The longest any health probe started after its due time."),
+)
+
+# Connection log writer counters (l4lb.connlog.ConnLogWriter.stats()): key -> metric.
+_CONNLOG_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("written", "counter", "l4lb_connlog_lines_written", "Connection log lines written."),
+    ("dropped", "counter", "l4lb_connlog_lines_dropped",
+     "Connection log lines dropped because the queue was full."),
+    ("failed", "counter", "l4lb_connlog_lines_failed",
+     "Connection log lines lost to write or open errors."),
+    ("queued", "gauge", "l4lb_connlog_lines_queued", "Connection log lines waiting to be written."),
+)
+
+
+@dataclass(frozen=True)
+class ScrapeData:
+    """What one scrape read from the sources (None: the source is absent or failed)."""
+
+    status: Mapping[str, Any] | None  # the `status` snapshot
+    health: Mapping[str, Any] | None  # health checker counters
+    probe_latency: Mapping[tuple[str, str], float] | None  # last probe latency per backend
+    connlog: Mapping[str, Any] | None  # connection log writer counters
+    scrape_errors: int  # sources that raised, since the exporter started
+
+
+def families(data: ScrapeData) -> list[Metric]:
+    """Every l4lb metric family for one scrape (pure: no I/O, no clock)."""
+    out: list[Metric] = []
+    errors = CounterMetricFamily("l4lb_scrape_errors",
+                                 "Scrapes where reading a source of l4lb metrics failed.")
+    errors.add_metric([], data.scrape_errors)
+    out.append(errors)
+    if data.status is not None:
+        out.extend(_status_families(data.status, data.probe_latency or {}))
+    if data.health is not None:
+        out.extend(_stats_families(data.health, _HEALTH_METRICS))
+    if data.connlog is not None:
+        out.extend(_stats_families(data.connlog, _CONNLOG_METRICS))
+    return out
+
+
+def _status_families(status: Mapping[str, Any],
+                     latency: Mapping[tuple[str, str], float]) -> Iterator[Metric]:
+    info = InfoMetricFamily("l4lb", "l4lb version.", labels=["version"])
+    info.add_metric([str(status.get("version", ""))], {})
+    yield info
+    yield _gauge("l4lb_start_time_seconds", "When the daemon started (unix time).",
+                 status.get("started", 0))
+    yield _gauge("l4lb_workers", "Data plane worker threads.", status.get("workers", 0))
+    table = status.get("table", {})
+    yield _gauge("l4lb_table_generation", "Generation of the published forwarding table.",
+                 table.get("generation", 0))
+
+    services: Sequence[Mapping[str, Any]] = status.get("services", [])
+    yield from _service_families(services)
+    yield from _backend_families(services, latency)
+
+
+def _service_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    svc_info = GaugeMetricFamily("l4lb_service_info", "A configured service (always 1).",
+                                 labels=["service", "protocol", "scheduler"])
+    conns = CounterMetricFamily("l4lb_service_connections",
+                                "Sessions the service accepted.", labels=["service"])
+    active = GaugeMetricFamily("l4lb_service_connections_active",
+                               "Sessions of the service open now.", labels=["service"])
+    rejected = CounterMetricFamily("l4lb_service_rejected",
+                                   "Sessions refused by the service's max_connections.",
+                                   labels=["service"])
+    no_backend = CounterMetricFamily("l4lb_service_no_backend",
+                                     "Sessions closed because no backend was available.",
+                                     labels=["service"])
+    accept_errors = CounterMetricFamily("l4lb_service_accept_errors",
+                                        "accept() failures on the service's listeners.",
+                                        labels=["service"])
+    nbytes = CounterMetricFamily("l4lb_service_bytes",
+                                 "Bytes relayed by the service's sessions.",
+                                 labels=["service", "direction"])
+    backends = GaugeMetricFamily("l4lb_service_backends",
+                                 "Backends of the service in each state.",
+                                 labels=["service", "state"])
+    for svc in services:
+        name = str(svc["name"])
+        c = svc.get("counters", {})
+        svc_info.add_metric([name, str(svc.get("protocol", "")),
+                             str(svc.get("scheduler", ""))], 1)
+        conns.add_metric([name], c.get("conns_total", 0))
+        active.add_metric([name], c.get("conns_active", 0))
+        rejected.add_metric([name], c.get("rejected", 0))
+        no_backend.add_metric([name], c.get("no_backend", 0))
+        accept_errors.add_metric([name], c.get("accept_errors", 0))
+        nbytes.add_metric([name, "to_backend"], c.get("bytes_to_backend", 0))
+        nbytes.add_metric([name, "to_client"], c.get("bytes_to_client", 0))
+        states = [b.get("state") for b in svc.get("backends", [])]
+        for state in STATES:
+            backends.add_metric([name, state], states.count(state))
+    yield from (svc_info, conns, active, rejected, no_backend, accept_errors, nbytes, backends)
+
+
+def _backend_families(services: Sequence[Mapping[str, Any]],
+                      latency: Mapping[tuple[str, str], float]) -> Iterator[Metric]:
+    labels = list(_BACKEND_LABELS)
+    conns = CounterMetricFamily("l4lb_backend_connections",
+                                "Sessions sent to the backend.", labels=labels)
+    active = GaugeMetricFamily("l4lb_backend_connections_active",
+                               "Sessions open to the backend now.", labels=labels)
+    failures = CounterMetricFamily("l4lb_backend_connect_failures",
+                                   "Failed connects to the backend.", labels=labels)
+    nbytes = CounterMetricFamily("l4lb_backend_bytes", "Bytes relayed by the backend's sessions.",
+                                 labels=[*labels, "direction"])
+    up = GaugeMetricFamily("l4lb_backend_up", "1 if the backend's state is up, else 0.",
+                           labels=labels)
+    state = GaugeMetricFamily("l4lb_backend_state",
+                              "1 for the backend's current state (up, down, drain, maint).",
+                              labels=[*labels, "state"])
+    weight = GaugeMetricFamily("l4lb_backend_weight", "Configured or runtime weight.",
+                               labels=labels)
+    effective = GaugeMetricFamily("l4lb_backend_effective_weight",
+                                  "Weight new sessions see (0 when not up, or a standing-by "
+                                  "backup).", labels=labels)
+    backup = GaugeMetricFamily("l4lb_backend_backup", "1 if the backend is a backup.",
+                               labels=labels)
+    probe = GaugeMetricFamily("l4lb_backend_probe_latency_seconds",
+                              "Latency of the backend's last health probe.", labels=labels)
+    for svc in services:
+        for b in svc.get("backends", []):
+            key = [str(b.get("service", svc["name"])), str(b["address"]),
+                   str(b.get("name", b["address"]))]
+            conns.add_metric(key, b.get("conns_total", 0))
+            active.add_metric(key, b.get("conns_active", 0))
+            failures.add_metric(key, b.get("connect_failures", 0))
+            nbytes.add_metric([*key, "to_backend"], b.get("bytes_to_backend", 0))
+            nbytes.add_metric([*key, "to_client"], b.get("bytes_to_client", 0))
+            now = b.get("state")
+            up.add_metric(key, 1 if now == "up" else 0)
+            for s in STATES:
+                state.add_metric([*key, s], 1 if now == s else 0)
+            weight.add_metric(key, b.get("weight", 0))
+            effective.add_metric(key, b.get("effective_weight", 0))
+            backup.add_metric(key, 1 if b.get("backup") else 0)
+            seconds = latency.get((key[0], key[1]))
+            if seconds is not None:
+                probe.add_metric(key, seconds)
+    yield from (conns, active, failures, nbytes, up, state, weight, effective, backup)
+    if probe.samples:
+        yield probe
+
+
+def _stats_families(stats: Mapping[str, Any],
+                    table: tuple[tuple[str, str, str, str], ...]) -> Iterator[Metric]:
+    for key, kind, name, doc in table:
+        if key not in stats:
+            continue
+        family: Metric
+        if kind == "counter":
+            family = CounterMetricFamily(name, doc)
+        else:
+            family = GaugeMetricFamily(name, doc)
+        family.add_metric([], float(stats[key]))
+        yield family
+
+
+def _gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=float(value or 0))
+
+
+class Exporter:
+    """The l4lb metrics of one daemon: its sources, its registry and how to render them."""
+
+    def __init__(self, snapshot: Snapshot, *, health: StatsSource | None = None,
+                 probe_latency: LatencySource | None = None,
+                 connlog: StatsSource | None = None, process: bool = True) -> None:
+        self.snapshot = snapshot  # the control API's `status` (called on the event loop)
+        self.health = health  # health checker counters, optional
+        self.probe_latency = probe_latency  # last probe latency per backend, optional
+        self.connlog = connlog  # connection log writer counters, optional
+        self._errors = 0  # sources that raised (l4lb_scrape_errors_total)
+        self._lock = threading.Lock()  # guards _errors (collect() may run in any thread)
+        # Process and platform metrics read /proc and sys, never the daemon's state.
+        self._system: list[Collector] = []
+        if process:
+            self._system = [ProcessCollector(registry=None), PlatformCollector(registry=None)]
+        self.registry = CollectorRegistry(auto_describe=False)  # scrape-time registry
+        self.registry.register(L4lbCollector(self))
+        for collector in self._system:
+            self.registry.register(collector)
+
+    def read(self) -> ScrapeData:
+        """Call every source once (on the thread that owns the daemon's state)."""
+        status = self._call("status", self.snapshot)
+        health = self._call("health", self.health) if self.health is not None else None
+        latency = (self._call("probe latency", self.probe_latency)
+                   if self.probe_latency is not None else None)
+        connlog = self._call("connlog", self.connlog) if self.connlog is not None else None
+        with self._lock:
+            errors = self._errors
+        return ScrapeData(status=status, health=health, probe_latency=latency,
+                          connlog=connlog, scrape_errors=errors)
+
+    def render(self, data: ScrapeData) -> bytes:
+        """The exposition text of `data` plus process metrics (safe in a worker thread)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(families(data)))
+        for collector in self._system:
+            registry.register(collector)
+        return generate_latest(registry)
+
+    def _call(self, what: str, source: Callable[[], Any]) -> Any:
+        try:
+            return source()
+        except Exception:
+            log.exception("metrics: reading %s failed", what)
+            with self._lock:
+                self._errors += 1
+            return None
+
+
+class L4lbCollector(Collector):
+    """Reads the exporter's sources at every collect() (the scrape-time registry's collector)."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self._exporter = exporter  # whose sources are read
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self._exporter.read())
+
+
+class _Fixed(Collector):
+    """Families read beforehand (render() formats them off the event loop)."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics  # returned as they are
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics
