@@ -1,0 +1,273 @@
+"""The connection log: one JSON line per closed session, written by a thread off the event loop.
+
+Design. `format_record()` is pure: it checks one closed-session record and turns it into one
+line of JSON (keys in a fixed order, ASCII only, so every line is valid UTF-8 whatever a name
+contains). `ConnLogWriter` owns the file. `write()` formats on the caller's thread (bad input
+raises there, where it can be fixed) and appends the line to a bounded in-memory queue under a
+lock; it never touches the file, never waits, and counts a line it cannot queue as dropped.
+A writer thread takes every queued line at once and appends them with one write() and one
+flush(), so a burst of closes costs one system call. `reopen()` (for logrotate: rename the file,
+then signal the daemon) makes the thread close and reopen the path before its next write.
+A failed open or write is logged (at most once a minute) and its lines are counted as failed;
+the writer keeps going and tries to open the file again before each later batch.
+
+Input record (a dict, as the data plane will report a closed session):
+    client            str    "host:port" ("[v6]:port" for IPv6)
+    service           str    service name
+    backend           str | None  backend address as written (None: no backend was chosen)
+    started           float  unix time the client connection was accepted
+    duration          float  seconds the session was open (>= 0)
+    bytes_to_backend  int    bytes relayed client -> backend
+    bytes_to_client   int    bytes relayed backend -> client
+    reason            str    why it closed (see CLOSE_REASONS; other short words are allowed)
+Output line:
+    {"client":..,"service":..,"backend":..,"start":"2026-01-02T03:04:05.678Z","duration":1.234,
+     "bytes_to_backend":..,"bytes_to_client":..,"reason":..}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+log = logging.getLogger("l4lb")
+
+# The close reasons the data plane is expected to use (docs/observability.md).
+CLOSE_REASONS = ("client_closed", "backend_closed", "client_reset", "backend_reset",
+                 "connect_failed", "no_backend", "idle_timeout", "shutdown", "error")
+MAX_REASON = 64  # characters of a close reason
+DEFAULT_QUEUE = 65536  # lines held in memory before new ones are dropped
+_ERROR_LOG_EVERY = 60.0  # seconds between two log lines about write errors
+
+
+class RecordError(ValueError):
+    """A closed-session record with a missing or ill-typed field."""
+
+
+def rfc3339(ts: float) -> str:
+    """Unix time -> '2026-01-02T03:04:05.678Z' (UTC, milliseconds)."""
+    if not math.isfinite(ts):
+        raise RecordError(f"started: not a finite time: {ts!r}")
+    ms = round(ts * 1000)
+    moment = datetime.fromtimestamp(ms // 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
+def format_record(record: Mapping[str, Any]) -> str:
+    """One closed session as one JSON line (with the trailing newline). Raises RecordError."""
+    client = _text(record, "client")
+    service = _text(record, "service")
+    backend = record.get("backend")
+    if backend is not None and not isinstance(backend, str):
+        raise RecordError("backend: expected a string or null")
+    started = _number(record, "started")
+    duration = _number(record, "duration")
+    if duration < 0:
+        raise RecordError(f"duration: negative ({duration})")
+    to_backend = _count(record, "bytes_to_backend")
+    to_client = _count(record, "bytes_to_client")
+    reason = _text(record, "reason")
+    if len(reason) > MAX_REASON:
+        raise RecordError(f"reason: longer than {MAX_REASON} characters")
+    line = {"client": client, "service": service, "backend": backend,
+            "start": rfc3339(started), "duration": round(duration, 6),
+            "bytes_to_backend": to_backend, "bytes_to_client": to_client, "reason": reason}
+    return json.dumps(line, separators=(",", ":")) + "\n"
+
+
+def _text(record: Mapping[str, Any], key: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise RecordError(f"{key}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _number(record: Mapping[str, Any], key: str) -> float:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RecordError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _count(record: Mapping[str, Any], key: str) -> int:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RecordError(f"{key}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+class ConnLogWriter:
+    """Appends connection log lines to `path` from a thread; start() before write()."""
+
+    def __init__(self, path: str, max_queue: int = DEFAULT_QUEUE) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        self.path = path  # the log file, opened in append mode (created 0640)
+        self.max_queue = max_queue  # lines held before new ones are dropped
+        self._cond = threading.Condition()  # guards everything below; wakes the thread
+        self._pending: deque[str] = deque()  # formatted lines not yet written
+        self._reopen = False  # reopen() was called and the thread has not reopened yet
+        self._stopping = False  # close() was called
+        self._thread: threading.Thread | None = None  # the writer thread while running
+        self._busy = False  # the thread holds a batch taken from _pending
+        self._written = 0  # lines written (counters: see stats())
+        self._dropped = 0  # lines refused because the queue was full
+        self._failed = 0  # lines lost to open or write errors
+        self._reopened = 0  # completed reopens
+        self._last_error_log = -_ERROR_LOG_EVERY  # monotonic time of the last error log
+
+    def start(self) -> None:
+        """Open the file (raises OSError if that fails) and start the writer thread."""
+        if self._thread is not None:
+            return
+        first = self._open()  # fail early and loudly on a bad path
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, args=(first,),
+                                        name="l4lb-connlog", daemon=True)
+        self._thread.start()
+
+    def write(self, record: Mapping[str, Any]) -> bool:
+        """Queue one closed session; False if it was dropped (queue full or not running).
+
+        Never blocks on I/O. Raises RecordError for a malformed record.
+        """
+        line = format_record(record)
+        with self._cond:
+            if self._thread is None or self._stopping or len(self._pending) >= self.max_queue:
+                self._dropped += 1
+                return False
+            self._pending.append(line)
+            if len(self._pending) == 1:
+                self._cond.notify_all()
+        return True
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued line has been handed to the file; False on timeout.
+
+        Blocks the caller: for shutdown and tests, not for the event loop's hot path.
+        """
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._thread is None or (not self._pending and not self._busy
+                                                 and not self._reopen), timeout)
+
+    def reopen(self) -> None:
+        """Close and reopen the file before the next write (after logrotate renamed it)."""
+        with self._cond:
+            self._reopen = True
+            self._cond.notify_all()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued, stop the thread, close the file. Idempotent."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("connlog: the writer thread did not finish within %.1f s", timeout)
+        with self._cond:
+            self._thread = None
+            self._cond.notify_all()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: written, dropped, failed, queued, reopened (for metrics)."""
+        with self._cond:
+            return {"written": self._written, "dropped": self._dropped,
+                    "failed": self._failed, "queued": len(self._pending),
+                    "reopened": self._reopened}
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _open(self) -> BinaryIO:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return os.fdopen(fd, "ab", buffering=0)  # no buffer: a failed write loses no more
+
+    def _run(self, first: BinaryIO) -> None:
+        out: BinaryIO | None = first
+        try:
+            while True:
+                with self._cond:
+                    while not self._pending and not self._reopen and not self._stopping:
+                        self._cond.wait()
+                    batch = list(self._pending)
+                    self._pending.clear()
+                    reopen, self._reopen = self._reopen, False
+                    stopping = self._stopping
+                    self._busy = True
+                try:
+                    if reopen:
+                        out = self._reopen_file(out)
+                    if batch:
+                        out = self._write_batch(out, batch)
+                finally:
+                    with self._cond:
+                        self._busy = False
+                        self._cond.notify_all()
+                if stopping:
+                    with self._cond:
+                        if not self._pending:
+                            return
+        finally:
+            if out is not None:
+                self._close_file(out)
+
+    def _reopen_file(self, out: BinaryIO | None) -> BinaryIO | None:
+        if out is not None:
+            self._close_file(out)
+        try:
+            fresh = self._open()
+        except OSError as exc:
+            self._error(f"cannot reopen {self.path}: {exc.strerror or exc}")
+            return None
+        with self._cond:
+            self._reopened += 1
+        return fresh
+
+    def _write_batch(self, out: BinaryIO | None, batch: list[str]) -> BinaryIO | None:
+        if out is None:  # an earlier open failed: try again
+            try:
+                out = self._open()
+            except OSError as exc:
+                self._error(f"cannot open {self.path}: {exc.strerror or exc}")
+                with self._cond:
+                    self._failed += len(batch)
+                return None
+        data = memoryview("".join(batch).encode("ascii"))
+        try:
+            while data:
+                n = out.write(data)
+                if not n:
+                    raise OSError(f"write() took no bytes of {len(data)}")
+                data = data[n:]
+        except OSError as exc:
+            self._error(f"cannot write {self.path}: {exc.strerror or exc}")
+            with self._cond:
+                self._failed += len(batch)
+            self._close_file(out)
+            return None
+        with self._cond:
+            self._written += len(batch)
+        return out
+
+    def _close_file(self, out: BinaryIO) -> None:
+        try:
+            out.close()
+        except OSError as exc:
+            self._error(f"cannot close {self.path}: {exc.strerror or exc}")
+
+    def _error(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= _ERROR_LOG_EVERY:
+            self._last_error_log = now
+            log.error("connlog: %s (lines are counted as failed until it works again)", message)
