@@ -1,0 +1,268 @@
+"""The metrics/status HTTP listener on loopback: routes, methods, errors, limits, shutdown."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from l4lb import httpserver
+from l4lb.httpserver import HttpServer
+
+from .loopthread import GrowingStatus, LoopThread
+
+
+@dataclass
+class Served:
+    lt: LoopThread
+    server: HttpServer
+    status: GrowingStatus
+    port: int
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    lt = LoopThread()
+    status = GrowingStatus()
+    health = {"backends": 4, "probes": 12, "failed": 3, "in_flight": 1, "waiting": 0,
+              "inconclusive": 0, "transitions": 2, "max_start_delay": 0.001}
+    server = lt.run(httpserver.start("127.0.0.1:0", status, health=lambda: health,
+                                     probe_latency=lambda: {("web", "127.0.0.1:9001"): 0.003}))
+    try:
+        yield Served(lt, server, status, server.addresses[0][1])
+    finally:
+        lt.run(server.close())
+        lt.close()
+
+
+def get(port: int, path: str, method: str = "GET",
+        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send `data`, read the reply until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    """True if the server closed `s` (FIN or reset) without sending anything."""
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def status_of(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1])
+
+
+def test_metrics_is_prometheus_text_with_every_backend(served: Served) -> None:
+    code, headers, body = get(served.port, "/metrics")
+    assert code == 200
+    assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert headers["connection"] == "close"
+    fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    conns = {s.labels["backend"]: s.value for s in fams["l4lb_backend_connections"].samples
+             if s.name == "l4lb_backend_connections_total"}
+    assert set(conns) == {"127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003", "[::1]:9004"}
+    assert conns["127.0.0.1:9002"] == 17
+    assert fams["l4lb_health_probes"].samples[0].value == 12
+    assert fams["l4lb_backend_probe_latency_seconds"].samples[0].value == 0.003
+    assert "process_cpu_seconds" in fams
+    assert int(headers["content-length"]) == len(body)
+
+
+def test_metrics_counters_grow_between_scrapes(served: Served) -> None:
+    def alpha_total() -> float:
+        body = get(served.port, "/metrics")[2].decode()
+        fams = {f.name: f for f in text_string_to_metric_families(body)}
+        return next(s.value for s in fams["l4lb_backend_connections"].samples
+                    if s.name.endswith("_total") and s.labels["name"] == "alpha")
+
+    first = alpha_total()
+    time.sleep(0.05)
+    assert alpha_total() > first
+
+
+def test_metrics_gzip_when_accepted(served: Served) -> None:
+    code, headers, body = get(served.port, "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert code == 200 and headers["content-encoding"] == "gzip"
+    assert b"l4lb_backend_connections_total" in gzip.decompress(body)
+
+
+def test_status_page(served: Served) -> None:
+    code, headers, body = get(served.port, "/")
+    assert code == 200
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["content-security-policy"].startswith("default-src 'none'")
+    assert headers["x-frame-options"] == "DENY"
+    text = body.decode()
+    for address in ("127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003", "[::1]:9004"):
+        assert f'data-backend="{address}"' in text
+    assert "&lt;b&gt;beta&lt;/b&gt;" in text and "<b>beta</b>" not in text
+
+
+def test_status_json(served: Served) -> None:
+    code, headers, body = get(served.port, "/status.json?x=1")
+    assert code == 200 and headers["content-type"] == "application/json"
+    doc = json.loads(body)
+    assert abs(doc["time"] - time.time()) < 5
+    assert doc["health"]["probes"] == 12
+    assert [b["name"] for b in doc["status"]["services"][0]["backends"]] == \
+        ["alpha", "<b>beta</b>", "gamma", "delta"]
+
+
+@pytest.mark.parametrize("path", ["/", "/metrics", "/status.json"])
+def test_head_has_the_get_headers_and_no_body(served: Served, path: str) -> None:
+    reply = raw(served.port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert status_of(reply) == 200 and body == b""
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    assert length > 100
+
+
+def test_unknown_path_is_404(served: Served) -> None:
+    code, _, body = get(served.port, "/admin")
+    assert code == 404 and b"/metrics" in body
+
+
+def test_other_methods_are_405_with_allow(served: Served) -> None:
+    code, headers, _ = get(served.port, "/metrics", method="DELETE")
+    assert code == 405 and headers["allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"garbage\r\n\r\n", 400),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64) + b"\r\n\r\n", 400),  # TLS
+    (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+    (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 70 + b"\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + (b"X-A: " + b"b" * 7000 + b"\r\n") * 3 + b"\r\n",
+     431),
+])
+def test_bad_requests_get_an_error_status(served: Served, request_bytes: bytes,
+                                          status: int) -> None:
+    reply = raw(served.port, request_bytes)
+    assert status_of(reply) == status
+    assert b"Connection: close" in reply
+
+
+def test_bare_lf_line_ends_are_tolerated(served: Served) -> None:
+    reply = raw(served.port, b"GET /status.json HTTP/1.0\n\n")
+    assert status_of(reply) == 200
+
+
+def test_slow_client_times_out_with_408(served: Served,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 0.3)
+    started = time.monotonic()
+    reply = raw(served.port, b"GET / HTTP/1.1\r\nHost: x\r\n")  # never ends its head
+    assert status_of(reply) == 408
+    assert time.monotonic() - started < 5
+
+
+def test_silent_connection_is_closed_without_a_reply(served: Served) -> None:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b""
+
+
+def test_connections_beyond_the_limit_are_closed(served: Served,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httpserver, "MAX_CLIENTS", 2)
+    monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 3.0)
+    idle = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(2)]
+    try:
+        for s in idle:
+            s.sendall(b"GET / HTTP/1.1\r\n")  # an unfinished head holds each slot
+        deadline = time.monotonic() + 5
+        while served.server.connections < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as extra:
+            extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert closed_by_server(extra)
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 5  # the slots come back
+    while served.server.connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert get(served.port, "/status.json")[0] == 200
+
+
+def test_failing_snapshot_gives_503_and_metrics_still_answer(served: Served) -> None:
+    served.status.fail = True
+    assert get(served.port, "/")[0] == 503
+    assert get(served.port, "/status.json")[0] == 503
+    code, _, body = get(served.port, "/metrics")
+    assert code == 200
+    assert b"l4lb_scrape_errors_total 1.0" in body
+    assert b"l4lb_backend_connections_total" not in body
+    served.status.fail = False
+    assert get(served.port, "/")[0] == 200
+
+
+def test_close_ends_open_connections_and_stops_listening(served: Served) -> None:
+    idle = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+    try:
+        idle.sendall(b"GET / HTTP/1.1\r\n")
+        deadline = time.monotonic() + 5
+        while not served.server.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        served.lt.run(served.server.close())
+        assert closed_by_server(idle)
+    finally:
+        idle.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", served.port), timeout=5).close()
+
+
+def test_port_in_use_raises_oserror(served: Served) -> None:
+    with pytest.raises(OSError):
+        served.lt.run(httpserver.start(f"127.0.0.1:{served.port}", served.status))
+
+
+def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    lt = LoopThread()
+    try:
+        try:
+            server = lt.run(httpserver.start("[::1]:0", GrowingStatus(), process_metrics=False))
+        except OSError as exc:
+            pytest.skip(f"no ::1 here: {exc}")
+        try:
+            port = server.addresses[0][1]
+            with socket.create_connection(("::1", port), timeout=10) as s:
+                s.sendall(b"GET /status.json HTTP/1.1\r\nHost: [::1]\r\n\r\n")
+                reply = b""
+                while chunk := s.recv(65536):
+                    reply += chunk
+            assert status_of(reply) == 200
+        finally:
+            lt.run(server.close())
+    finally:
+        lt.close()
