@@ -15,7 +15,8 @@ include "table_api.pxi"
 cimport core as _core
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.errno cimport EALREADY, EEXIST, EINVAL, ENOENT, ENOTCONN, ESHUTDOWN, EBUSY
+from libc.errno cimport (EALREADY, EBUSY, EEXIST, EINVAL, ENOENT, ENOTCONN, ESHUTDOWN,
+                         EAGAIN)
 
 import os as _os
 import socket as _socket
@@ -79,6 +80,8 @@ cdef class Dataplane:
             raise ValueError(f"fd {fd} is already a listener")
         if rc == -ENOTCONN:
             raise ValueError(f"fd {fd} is not a listening TCP socket")
+        if rc == -EAGAIN:
+            raise ValueError(f"fd {fd} is in blocking mode; give a nonblocking listener")
         if rc == -ESHUTDOWN:
             raise RuntimeError("data plane stopped")
         if rc:

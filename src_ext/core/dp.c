@@ -28,7 +28,9 @@
  * exceeds the generation of the table it holds, and the release/acquire pair orders its last
  * use of R before the free. A worker that is not running reports UINT64_MAX; dp_start() sets 0
  * before the thread exists. Each publish wakes the workers through their eventfds so that idle
- * workers move past old tables promptly, and reclaims whatever has become free. Forwarding never
+ * workers move past old tables promptly, and reclaims whatever has become free; dp_stats() (which
+ * the control plane polls) and dp_stop() reclaim too, so retired tables do not outlive the next
+ * poll. Forwarding never
  * waits for a publisher and a publisher never waits for a worker.
  *
  * Stop. dp_stop() sets each worker's deadline and stop flag and wakes it. The worker takes its
@@ -43,6 +45,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -511,6 +514,10 @@ int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
         free(l);
         return -ENOTCONN; /* not a listening TCP socket */
     }
+    if (!(fcntl(fd, F_GETFL) & O_NONBLOCK)) {
+        free(l);
+        return -EAGAIN; /* a blocking listener would stall its worker in accept4() */
+    }
     if (ss.ss_family == AF_INET) {
         l->family = 4;
         l->lport = ntohs(((struct sockaddr_in *)&ss)->sin_port);
@@ -661,6 +668,10 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
 
     memset(out, 0, sizeof(*out));
     out->generation = atomic_load(&dp->generation);
+    /* the control plane polls stats: a good moment to free tables retired by the last publish */
+    pthread_mutex_lock(&dp->pub_lock);
+    dp_reclaim_locked(dp);
+    pthread_mutex_unlock(&dp->pub_lock);
     for (i = 0; i < dp->n_workers; i++) {
         const struct dp_counters *c = dp->workers[i].cnt;
         uint64_t v[DP_SC_N];
@@ -764,6 +775,7 @@ int dp_internals(struct dp *dp, struct dp_internals *out)
     }
     pthread_mutex_unlock(&dp->cmd_lock);
     pthread_mutex_lock(&dp->pub_lock);
+    dp_reclaim_locked(dp);
     out->tables_pending = dp->n_retired;
     pthread_mutex_unlock(&dp->pub_lock);
     return 0;

@@ -91,7 +91,8 @@ int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, in
 /* Start the worker threads. -EALREADY if started, -ESHUTDOWN after dp_stop(). */
 int dp_start(struct dp *dp);
 /* Give listening nonblocking socket fd (caller keeps ownership) to worker, for service_id.
- * -EINVAL (bad worker/service id), -EEXIST (fd already added), -ESHUTDOWN (stopped). */
+ * -EINVAL (bad worker/service id), -EEXIST (fd already added), -ESHUTDOWN (stopped),
+ * -ENOTCONN (not a listening TCP socket), -EAGAIN (the socket is in blocking mode). */
 int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker);
 /* Stop polling fd; returns once its worker no longer polls it. -ENOENT if unknown. */
 int dp_remove_listener(struct dp *dp, int fd);

@@ -8,7 +8,9 @@ measures the C process from outside (RSS, fds), so it only runs against the comp
 from __future__ import annotations
 
 import ast
+import glob
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -173,6 +175,23 @@ def test_tuning_is_refused_once_started(c_lb: MakeCLB, servers: Servers) -> None
         spare._tune(0, 0, True)  # copy only needs a buffer
     with pytest.raises(ValueError):
         spare._tune(1 << 20, 0, False)
+
+
+def test_blocking_or_non_listening_sockets_are_refused() -> None:
+    """A blocking listener would stall its worker inside accept4(): refused up front."""
+    dp = CDataplane(1)
+    with socket.socket() as blocking, socket.socket() as unbound:
+        blocking.bind((HOST, 0))
+        blocking.listen(8)
+        with pytest.raises(ValueError, match="blocking"):
+            dp.add_listener(SVC, blocking.fileno(), 0)
+        unbound.setblocking(False)
+        with pytest.raises(ValueError, match="listening"):
+            dp.add_listener(SVC, unbound.fileno(), 0)
+        blocking.setblocking(False)
+        dp.add_listener(SVC, blocking.fileno(), 0)  # now acceptable
+        dp.remove_listener(blocking.fileno())
+    dp.stop(0)
 
 
 def test_retired_tables_are_freed_while_streaming(c_lb: MakeCLB, servers: Servers) -> None:
@@ -347,3 +366,297 @@ def test_client_reset_while_connecting_frees_the_session(c_lb: MakeCLB,
     hole_stats = stats["backends"].get(lb.backend_id("hole"), {})  # all zero: may be absent
     assert hole_stats.get("conns_active", 0) == 0
     assert hole_stats.get("connect_failures", 0) == 0
+
+
+# A C program that drives dp.h directly from several threads; built with sanitizers below.
+STRESS_C = r"""
+/* dp stress harness (built by tests/dataplane/test_c_internals.py with sanitizers): four client
+ * threads echo through two workers while a thread publishes 3,000 tables (and bad blobs) and the
+ * main thread polls sessions/stats/internals and removes and re-adds a listener. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "dp.h"
+
+static int echo_port[2], lb_port;
+static atomic_int done, bad;
+static struct dp *g_dp;
+
+static void *echo_main(void *arg)
+{
+    int ls = *(int *)arg, ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls}, evs[64];
+    static __thread char buf[65536];
+    epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
+    while (!atomic_load(&done)) {
+        int n = epoll_wait(ep, evs, 64, 50);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == ls) {
+                int c = accept4(ls, NULL, NULL, SOCK_NONBLOCK);
+                if (c >= 0) {
+                    ev.data.fd = c;
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
+                }
+                continue;
+            }
+            ssize_t k = recv(fd, buf, sizeof buf, 0);
+            if (k < 0 && errno == EAGAIN)
+                continue;
+            if (k <= 0) {
+                close(fd);
+                continue;
+            }
+            for (ssize_t o = 0; o < k;) {
+                ssize_t m = send(fd, buf + o, (size_t)(k - o), MSG_NOSIGNAL);
+                if (m < 0 && errno == EAGAIN) {
+                    usleep(100);
+                    continue;
+                }
+                if (m <= 0)
+                    break;
+                o += m;
+            }
+        }
+    }
+    close(ep);
+    return NULL;
+}
+
+static int listen_on(int port, int lb)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t l = sizeof a;
+
+    if (lb)
+        setsockopt(s, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(s, (void *)&a, sizeof a) || listen(s, 1024)) {
+        perror("bind");
+        exit(2);
+    }
+    fcntl(s, F_SETFL, O_NONBLOCK);
+    (void)l;
+    return s;
+}
+
+static int port_of(int s)
+{
+    struct sockaddr_in a;
+    socklen_t l = sizeof a;
+    getsockname(s, (void *)&a, &l);
+    return ntohs(a.sin_port);
+}
+
+static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+
+/* One round-robin service (id 1) over the two echo backends with weights w0, w1. */
+static size_t blob(uint8_t *b, uint32_t w0, uint32_t w1)
+{
+    size_t total = 32 + 48 + 2 * 40;
+    int lo = echo_port[0] < echo_port[1] ? 0 : 1;
+    memset(b, 0, total);
+    memcpy(b, "L4LB", 4);
+    put16(b + 4, 1);
+    put16(b + 6, 32);
+    put32(b + 8, 1);
+    put32(b + 12, 2);
+    put32(b + 20, 7);
+    put32(b + 24, (uint32_t)total);
+    put32(b + 32, 1);            /* service_id; tcp, round_robin, src_ip */
+    put32(b + 32 + 8, 500);      /* connect_timeout_ms */
+    put32(b + 32 + 16, 1);       /* retries */
+    put32(b + 32 + 28, 2);       /* backend_count */
+    for (int i = 0; i < 2; i++) {
+        uint8_t *r = b + 80 + 40 * i;
+        int which = i == 0 ? lo : 1 - lo; /* canonical order: by port */
+        put32(r, (uint32_t)which);
+        r[4] = 4;
+        put16(r + 6, (uint16_t)echo_port[which]);
+        r[8] = 127;
+        r[11] = 1;
+        put32(r + 24, which == 0 ? w0 : w1);
+    }
+    return total;
+}
+
+static void *client_main(void *arg)
+{
+    long id = (long)arg;
+    static __thread char out[70000], in[70000];
+    for (size_t i = 0; i < sizeof out; i++)
+        out[i] = (char)(i * 7 + (size_t)id);
+    for (int round = 0; round < 150; round++) {
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)lb_port),
+                                .sin_addr.s_addr = htonl(0x7f000001)};
+        struct timeval tv = {5, 0};
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (connect(c, (void *)&a, sizeof a)) {
+            atomic_fetch_add(&bad, 1);
+            close(c);
+            continue;
+        }
+        size_t n = 1 + (size_t)(round * 997 + id * 31) % sizeof out, sent = 0, got = 0;
+        if (round % 7 == 3) { /* reset mid-session */
+            struct linger lg = {1, 0};
+            send(c, out, 100, MSG_NOSIGNAL);
+            setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            close(c);
+            continue;
+        }
+        while (sent < n) {
+            ssize_t m = send(c, out + sent, n - sent, MSG_NOSIGNAL);
+            if (m <= 0)
+                break;
+            sent += (size_t)m;
+            for (;;) {
+                ssize_t k = recv(c, in + got, sizeof in - got, MSG_DONTWAIT);
+                if (k <= 0)
+                    break;
+                got += (size_t)k;
+            }
+        }
+        shutdown(c, SHUT_WR); /* half-close: the echo must still come back */
+        for (;;) {
+            ssize_t k = recv(c, in + got, sizeof in - got, 0);
+            if (k <= 0)
+                break;
+            got += (size_t)k;
+        }
+        if (got != n || memcmp(in, out, n)) {
+            fprintf(stderr, "client %ld round %d: got %zu of %zu\n", id, round, got, n);
+            atomic_fetch_add(&bad, 1);
+        }
+        close(c);
+    }
+    return NULL;
+}
+
+static void *publisher_main(void *arg)
+{
+    uint8_t b[256];
+    char err[256];
+    uint64_t gen;
+    (void)arg;
+    for (int i = 0; i < 3000; i++) {
+        size_t len = blob(b, 1 + (uint32_t)i % 3, 3 - (uint32_t)i % 3);
+        if (dp_publish(g_dp, b, len, &gen, err, sizeof err)) {
+            fprintf(stderr, "publish: %s\n", err);
+            atomic_fetch_add(&bad, 1);
+        }
+        if (i % 100 == 0) {
+            b[0] = 'X';
+            if (dp_publish(g_dp, b, len, &gen, err, sizeof err) != -EINVAL)
+                atomic_fetch_add(&bad, 1);
+        }
+    }
+    return NULL;
+}
+
+int main(void)
+{
+    int e0 = listen_on(0, 0), e1 = listen_on(0, 0), l0, l1;
+    pthread_t et[2], ct[4], pt;
+    uint8_t b[256];
+    char err[256];
+    uint64_t gen;
+    struct dp_stats *st = malloc(sizeof *st);
+    struct dp_internals in;
+
+    echo_port[0] = port_of(e0);
+    echo_port[1] = port_of(e1);
+    pthread_create(&et[0], NULL, echo_main, &e0);
+    pthread_create(&et[1], NULL, echo_main, &e1);
+    if (dp_create(2, &g_dp))
+        return 3;
+    l0 = listen_on(0, 1);
+    lb_port = port_of(l0);
+    l1 = listen_on(lb_port, 1);
+    if (dp_add_listener(g_dp, 1, l0, 0) || dp_start(g_dp) || dp_add_listener(g_dp, 1, l1, 1))
+        return 4;
+    if (dp_publish(g_dp, b, blob(b, 1, 1), &gen, err, sizeof err))
+        return 5;
+    pthread_create(&pt, NULL, publisher_main, NULL);
+    for (long i = 0; i < 4; i++)
+        pthread_create(&ct[i], NULL, client_main, (void *)i);
+    for (int i = 0; i < 200; i++) {
+        struct dp_session_info *s;
+        size_t n;
+        if (dp_sessions(g_dp, &s, &n) || dp_stats(g_dp, st) || dp_internals(g_dp, &in))
+            atomic_fetch_add(&bad, 1);
+        free(s);
+        if (i == 50 && dp_remove_listener(g_dp, l1))
+            atomic_fetch_add(&bad, 1);
+        if (i == 60 && dp_add_listener(g_dp, 1, l1, 1))
+            atomic_fetch_add(&bad, 1);
+        usleep(2000);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(ct[i], NULL);
+    pthread_join(pt, NULL);
+    usleep(200000);
+    dp_stats(g_dp, st);
+    dp_internals(g_dp, &in);
+    printf("gen=%llu total=%llu active=%lld no_backend=%llu pipes_in_use=%lld sessions=%llu "
+           "tables_pending=%llu bad=%d\n",
+           (unsigned long long)dp_generation(g_dp), (unsigned long long)st->svc[1].conns_total,
+           (long long)st->svc[1].conns_active, (unsigned long long)st->svc[1].no_backend,
+           (long long)in.pipes_in_use, (unsigned long long)in.sessions,
+           (unsigned long long)in.tables_pending, atomic_load(&bad));
+    dp_stop(g_dp, 500);
+    dp_stop(g_dp, 0);
+    dp_destroy(g_dp);
+    free(st);
+    atomic_store(&done, 1);
+    pthread_join(et[0], NULL);
+    pthread_join(et[1], NULL);
+    close(l0);
+    close(l1);
+    close(e0);
+    close(e1);
+    return atomic_load(&bad) ? 1 : 0;
+}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sanitizer", ["thread", "address,undefined"])
+def test_core_under_sanitizers(tmp_path: Any, sanitizer: str) -> None:
+    """Clients (echo, half-close, RST), 3,000 publishes, polling and listener churn at once,
+    with ThreadSanitizer, then AddressSanitizer + UBSan + LeakSanitizer: no report allowed."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("no gcc on PATH")  # the extension itself could not have been built either
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    core = os.path.join(root, "src_ext", "core")
+    main = tmp_path / "stress.c"
+    main.write_text(STRESS_C)
+    exe = tmp_path / "stress"
+    build = subprocess.run(
+        [gcc, "-std=gnu11", "-O1", "-g", f"-fsanitize={sanitizer}", "-I", core,
+         *sorted(glob.glob(os.path.join(core, "*.c"))), str(main), "-o", str(exe), "-lpthread"],
+        capture_output=True, text=True, timeout=240)
+    assert build.returncode == 0, build.stderr[-3000:]
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", UBSAN_OPTIONS="halt_on_error=1",
+               ASAN_OPTIONS="detect_leaks=1")
+    env.pop("LD_PRELOAD", None)
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert "Sanitizer" not in run.stderr, run.stderr[-4000:]
+    figures = dict(kv.split("=") for kv in run.stdout.split())
+    assert figures["gen"] == "3001" and figures["total"] == "600", figures
+    assert (figures["active"], figures["sessions"], figures["pipes_in_use"]) == ("0", "0", "0")
+    assert figures["no_backend"] == "0" and figures["tables_pending"] == "0", figures
