@@ -8,7 +8,9 @@ connection and relay.py for the byte relay.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
 import socket
 import threading
 import time
@@ -131,12 +133,15 @@ class Dataplane:
 
 
 def _check_listening_tcp(fd: int) -> None:
-    """ValueError unless fd is a listening TCP socket (the reference relays TCP only)."""
+    """ValueError unless fd is a listening, nonblocking TCP socket (the reference relays TCP
+    only; a blocking listener would stall its worker in accept())."""
     probe = socket.socket(fileno=socket.dup(fd))
     try:
         if probe.type != socket.SOCK_STREAM:
             raise ValueError(f"fd {fd}: the reference data plane relays TCP only")
         if not probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             raise ValueError(f"fd {fd} is not listening")
+        if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+            raise ValueError(f"fd {fd} is in blocking mode; give a nonblocking listener")
     finally:
         probe.close()

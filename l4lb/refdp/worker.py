@@ -154,8 +154,7 @@ class Worker:
 
     def add_listener(self, service_id: int, fd: int) -> None:
         """Poll a dup of fd for connections of service_id."""
-        sock = socket.socket(fileno=socket.dup(fd))
-        sock.setblocking(False)
+        sock = socket.socket(fileno=socket.dup(fd))  # nonblocking: checked by the caller
         lst = Listener(service_id, fd, sock)
         self.listeners[fd] = lst
         if not self.stopping:

@@ -123,6 +123,11 @@ def test_listener_api_misuse_is_refused(dp_impl: type[Any]) -> None:
             dp.add_listener(SVC, udp.fileno(), 0)
         with pytest.raises(ValueError):
             dp.add_listener(SVC, idle.fileno(), 0)
+        blocking = open_listeners(HOST, 1)
+        socks.extend(blocking)
+        blocking[0].setblocking(True)
+        with pytest.raises(ValueError, match="blocking"):
+            dp.add_listener(SVC, blocking[0].fileno(), 0)  # would stall a worker in accept()
         dp.add_listener(SVC, fd, 0)
         with pytest.raises(ValueError):
             dp.add_listener(SVC, fd, 1)  # already added
