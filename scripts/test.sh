@@ -3,7 +3,10 @@
 # Arguments are passed to pytest (e.g. -k maglev, -x).
 set -euo pipefail
 L4LB_EXTRAS=test
-export L4LB_EXTRAS
+# Real peers and tools the tests drive (installed only as root, only when missing): keepalived
+# (VRRP interoperability), tcpdump (captures), chromium (status page), tmux (`l4lb top`).
+L4LB_APT_EXTRA=${L4LB_APT_EXTRA:-"iproute2 keepalived tcpdump chromium tmux"}
+export L4LB_EXTRAS L4LB_APT_EXTRA
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$l4lb_root"
 echo "test: $("$VENV_PY" -m l4lb version | tr '\n' ' ')"
