@@ -9,20 +9,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 apt_pkgs=(haproxy nginx libnginx-mod-stream iperf3 wrk iproute2 util-linux)
-missing=()
-for p in "${apt_pkgs[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "bench/install.sh: error: missing Debian packages: ${missing[*]} (run as root)" >&2
-        exit 1
-    fi
-    echo "bench/install.sh: installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash "$root/scripts/apt-install.sh" "${apt_pkgs[@]}"
 
 # The Debian nginx and haproxy packages start system services; the benchmark runs its own
 # instances with private configs, so stop the packaged ones (they would hold ports 80/443).

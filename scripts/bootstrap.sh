@@ -24,20 +24,14 @@ PY
     [ -f "$inc/Python.h" ] || apt_needed+=(python3-dev)
     "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_needed+=(python3-venv)
 fi
-for extra in ${L4LB_APT_EXTRA:-}; do
-    dpkg -s "$extra" >/dev/null 2>&1 || apt_needed+=("$extra")
-done
 if [ ${#apt_needed[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then
-        echo "bootstrap: installing Debian packages: ${apt_needed[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${apt_needed[@]}" >/dev/null
-    else
-        echo "bootstrap: error: missing Debian packages: ${apt_needed[*]}" >&2
-        echo "bootstrap: run: sudo apt-get install ${apt_needed[*]}" >&2
-        exit 1
-    fi
+    bash "$l4lb_root/scripts/apt-install.sh" "${apt_needed[@]}"
+fi
+# Optional tools (tests that need them skip, naming the package, when they are absent): installed
+# only when running as root.
+if [ -n "${L4LB_APT_EXTRA:-}" ] && [ "$(id -u)" = 0 ]; then
+    # shellcheck disable=SC2086
+    bash "$l4lb_root/scripts/apt-install.sh" $L4LB_APT_EXTRA
 fi
 
 if [ ! -x .venv/bin/python ]; then
