@@ -262,27 +262,31 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     socklen_t sl = relay_backend_addr(b, &ss);
     struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                               .data.ptr = &s->bep };
-    int fd, err;
+    int fd, err, rc;
 
     fd = socket(b->family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                 0);
     if (fd < 0)
         return -errno;
     relay_nodelay(fd);
-    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (connect(fd, (struct sockaddr *)&ss, sl) == 0)
+        rc = 0;
+    else if (errno == EINPROGRESS || errno == EINTR)
+        rc = 1;
+    else {
         err = errno;
         close(fd);
         return -err;
     }
+    /* registered after connect(): the insert polls the socket, so a connect that completed (or
+     * failed) in between is reported at once */
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        err = errno;
+        close(fd);
+        return -(relay_local_error(err) ? err : ENOMEM);
+    }
     s->bfd = fd;
-    if (connect(fd, (struct sockaddr *)&ss, sl) == 0)
-        return 0;
-    err = errno;
-    if (err == EINPROGRESS || err == EINTR)
-        return 1;
-    close(fd);
-    s->bfd = -1;
-    return -err;
+    return rc;
 }
 
 static void relay_established(struct dp_worker *w, struct relay_session *s);
@@ -317,17 +321,15 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         if (!svc || svc->protocol != DP_PROTO_TCP || s->n_tried >= RELAY_MAX_TRIES)
             break;
         n = relay_tried_indexes(t, svc, s, tried);
+        uint64_t hash = dp_flow_hash(t->hash_seed, s->ct.key.family, s->ct.key.caddr,
+                                     s->ct.key.cport, svc->hash_key);
         slot = s->slot;
         if (n && s->pick_gen != t->generation &&
             (svc->scheduler == DP_SCHED_MAGLEV || svc->scheduler == DP_SCHED_SRCHASH) &&
             svc->ring_size) {
             /* the ring changed under a retry: restart the walk at this table's home slot */
-            uint64_t h = dp_flow_hash(t->hash_seed, s->ct.key.family, s->ct.key.caddr,
-                                      s->ct.key.cport, svc->hash_key);
-            slot = (uint32_t)((h % svc->ring_size + svc->ring_size - 1) % svc->ring_size);
+            slot = (uint32_t)((hash % svc->ring_size + svc->ring_size - 1) % svc->ring_size);
         }
-        uint64_t hash = dp_flow_hash(t->hash_seed, s->ct.key.family, s->ct.key.caddr,
-                                     s->ct.key.cport, svc->hash_key);
         if (sched_pick(t, svc, w->dp->shared, w->sw, hash, tried, n, &slot, &idx) != 0) {
             for (k = 0; first && k < svc->backend_count; k++)
                 weighted |= t->backends[svc->backend_first + k].weight > 0;
@@ -586,6 +588,17 @@ void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
         else if (err != 0 || (events & (EPOLLERR | EPOLLHUP)))
             relay_connect_failed(w, s);
         return;
+    }
+    if (events & EPOLLERR) {
+        /* a reset (or another hard error) on one side: reset the other side too, now, even
+         * when neither direction has anything to move (a half-closed, quiet session) */
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(from_client ? s->cfd : s->bfd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 ||
+            err != 0) {
+            relay_kill(w, s, 1);
+            return;
+        }
     }
     /* reading side of this socket, then writing side */
     if (events & rd)

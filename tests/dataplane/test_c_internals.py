@@ -660,3 +660,34 @@ def test_core_under_sanitizers(tmp_path: Any, sanitizer: str) -> None:
     assert figures["gen"] == "3001" and figures["total"] == "600", figures
     assert (figures["active"], figures["sessions"], figures["pipes_in_use"]) == ("0", "0", "0")
     assert figures["no_backend"] == "0" and figures["tables_pending"] == "0", figures
+
+
+def test_reset_reaches_a_quiet_half_closed_session() -> None:
+    """Client FIN, backend silent, then client RST: the backend side is reset at once (EPOLLERR
+    is acted on even when no direction has bytes to move)."""
+    backend = socket.socket()
+    backend.bind((HOST, 0))
+    backend.listen(4)
+    lb = LB(CDataplane, 1, HOST)
+    try:
+        lb.dp.start()
+        lb.listen(SVC)
+        lb.publish([ServiceSpec(SVC, (BackendSpec("b", HOST, backend.getsockname()[1]),))])
+        client = connect(lb.addr())
+        backend.settimeout(5)
+        conn, _ = backend.accept()
+        with conn:
+            conn.settimeout(5)
+            client.shutdown(socket.SHUT_WR)
+            assert conn.recv(16) == b""  # the client's FIN came through
+            assert wait_for(lambda: [s["state"] for s in lb.dp.sessions()] == ["half_closed"], 2)
+            reset_close(client)
+            assert wait_for(lambda: lb.dp.sessions() == [], 2)
+            time.sleep(0.05)  # let the RST cross loopback
+            # an RST makes the very first send fail (EPIPE in CLOSE_WAIT); after a FIN it would
+            # succeed and only a later one would fail
+            with pytest.raises((BrokenPipeError, ConnectionResetError)):
+                conn.send(b"x")
+    finally:
+        lb.close()
+        backend.close()
