@@ -1,10 +1,10 @@
 """The published forwarding table as the workers use it: parsed blob, generation, lookups.
 
 A LiveTable is immutable. publish() builds a new one and replaces the data plane's reference in
-one assignment; a worker reads that reference once per loop iteration, and a session keeps the
-table it started with until it is connected (its retries index into that table). Python's
-garbage collector frees a table once no worker and no session refers to it, which is what the
-C core does by hand with generations.
+one assignment; a worker reads that reference whenever it picks a backend (for a new session or
+a retry), and an established session never reads a table again. Python's garbage collector
+frees a table once nothing refers to it, which is what the C core does by hand with
+generations.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ import socket
 import struct
 import time
 
-from l4lb.refdp.livetable import LiveTable
 from l4lb.refdp.pipes import Pipe, PipePool
 from l4lb.table.blob import ServiceRec
 
@@ -214,21 +213,20 @@ class Session:
     """One proxied TCP connection: the client side, and the backend side once one is chosen."""
 
     def __init__(self, service_id: int, client: socket.socket, client_addr: tuple[str, int],
-                 live: LiveTable, service: ServiceRec) -> None:
+                 service: ServiceRec) -> None:
         self.service_id = service_id  # the listener's service
         self.client = client  # accepted socket, nonblocking
         self.client_addr = client_addr  # (host, port) of the client
-        self.live = live  # the table this session picks (and retries) its backends from
-        self.service = service  # its record in that table
+        self.service = service  # its record at accept: retries and timeouts come from here
         self.started = time.time()  # unix time of accept
         self.state = State.CONNECTING
         self.backend: socket.socket | None = None  # connecting or connected backend socket
-        self.backend_index = -1  # absolute index in the session's table, -1 while none
-        self.backend_id = -1  # stable id of that backend, -1 while none
-        self.tried: list[int] = []  # absolute backend indexes that failed to connect
-        self.slot = 0  # ring slot of the current pick (hashing schedulers)
+        self.backend_id = -1  # stable id of the current attempt's backend, -1 while none
+        self.tried_ids: list[int] = []  # backend ids picked so far (excluded from retries)
+        self.failures = 0  # connect attempts that failed
+        self.slot = 0  # ring slot of the last pick (hashing schedulers)
+        self.pick_gen = 0  # generation of the table of the last pick
         self.attempt = 0  # connect attempts started; a connect timer is valid for one attempt
-        self.flow_hash = 0  # hash of the client address (docs/forwarding-table.md)
         self.bytes_to_backend = 0  # bytes written to the backend
         self.bytes_to_client = 0  # bytes written to the client
         self.last_active = time.monotonic()  # last time a byte or FIN moved

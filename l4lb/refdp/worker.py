@@ -13,11 +13,13 @@ Life of a connection (the C core does the same, in the same order):
    instead of spinning); look the listener's service_id up in the live table; no table, no
    such service or not a TCP one: reset the client and count no_backend;
 2. the service's max_connections reached: reset the client and count rejected;
-3. pick a backend with the Python scheduler twin (l4lb.table.sched.pick), excluding backends
-   already tried; none: reset the client and count rejected when the first pick found every
-   weighted backend full, no_backend otherwise;
-4. nonblocking connect with the service's connect_timeout; refusal, error or timeout count a
-   connect_failure on that backend and go back to 3 while retries remain, else no_backend;
+3. pick a backend from the live table with the Python scheduler twin (l4lb.table.sched.pick),
+   excluding backends already tried (by id, so a retry after a table swap still excludes them);
+   none: reset the client and count rejected when the first pick found every weighted backend
+   full, no_backend otherwise;
+4. nonblocking connect with the connect_timeout of the service at accept; refusal, error or
+   timeout count a connect_failure on that backend and go back to 3 while the retries allowed
+   at accept remain, else no_backend;
 5. relay (l4lb.refdp.relay) until both FINs went through, a reset, the idle timeout, or the
    end of a graceful stop.
 A client that resets while its backend is still connecting ends its session at once (steps 3-4
@@ -44,7 +46,7 @@ from l4lb.refdp.counters import Counters
 from l4lb.refdp.livetable import LiveTable
 from l4lb.refdp.pipes import PipePool
 from l4lb.refdp.relay import Outcome, Session, State, reset_and_close
-from l4lb.table.blob import PROTO_TCP, ServiceRec
+from l4lb.table.blob import PROTO_TCP, SCHED_MAGLEV, SCHED_SRCHASH, ServiceRec
 from l4lb.table.hashing import flow_hash
 from l4lb.table.sched import SchedShared, SchedWorker, pick
 
@@ -313,8 +315,7 @@ class Worker:
             reset_and_close(conn)
             return
         counters["conns_active"] += 1
-        session = Session(service_id, conn, client, live, svc)
-        session.flow_hash = _flow_hash(live, svc, client)
+        session = Session(service_id, conn, client, svc)
         self.sessions.add(session)
         self._register(session, CLIENT, READ)  # to notice a client that resets meanwhile
         self._connect_next(session)
@@ -322,18 +323,32 @@ class Worker:
     # --- connecting -------------------------------------------------------------------------
 
     def _connect_next(self, session: Session) -> None:
-        """Pick a backend not tried yet and start connecting to it."""
-        live, svc = session.live, session.service
-        with self.shared.lock:
-            choice = pick(live.table, svc, self.shared.sched, self.sched, session.flow_hash,
-                          session.tried, session.slot)
-            if choice is not None:
-                bid = live.backend(choice[1]).backend_id
-                _add(self.shared.sched.active, bid, 1)
+        """Pick a backend not tried yet from the live table and start connecting to it.
+
+        Like the C core, every pick (retries too) reads the table live now: tried backends are
+        remembered by id, and when the ring of a hashing scheduler changed since the last pick
+        the walk restarts at this table's home slot of the client."""
         counters = self.counters.service(session.service_id)
-        first = session.attempt == 0
-        if choice is None:
-            if first and live.any_weighted(svc):
+        first = not session.tried_ids
+        live = self.shared.table
+        svc = live.service(session.service_id) if live is not None else None
+        choice = None
+        if live is not None and svc is not None and svc.protocol == PROTO_TCP:
+            first_be = svc.backend_first
+            tried = [i for i in range(first_be, first_be + svc.backend_count)
+                     if live.backend(i).backend_id in session.tried_ids]
+            h = _flow_hash(live, svc, session.client_addr)
+            slot = session.slot
+            if (tried and session.pick_gen != live.generation and svc.ring_size
+                    and svc.scheduler in (SCHED_SRCHASH, SCHED_MAGLEV)):
+                slot = (h % svc.ring_size + svc.ring_size - 1) % svc.ring_size
+            with self.shared.lock:
+                choice = pick(live.table, svc, self.shared.sched, self.sched, h, tried, slot)
+                if choice is not None:
+                    bid = live.backend(choice[1]).backend_id
+                    _add(self.shared.sched.active, bid, 1)
+        if live is None or svc is None or choice is None:
+            if first and svc is not None and live is not None and live.any_weighted(svc):
                 counters["rejected"] += 1  # every weighted backend is at its max_connections
             else:
                 counters["conns_total"] += first
@@ -341,11 +356,13 @@ class Worker:
             self._close_session(session, reset=True)
             return
         counters["conns_total"] += first
-        session.slot, session.backend_index = choice
+        session.slot, index = choice
+        session.pick_gen = live.generation
+        session.tried_ids.append(bid)
         session.backend_id = bid
         session.attempt += 1
         self.counters.backend(bid)["conns_active"] += 1
-        host, port = live.targets[session.backend_index]
+        host, port = live.targets[index]
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -361,7 +378,7 @@ class Worker:
         elif err in (errno.EINPROGRESS, errno.EAGAIN):
             self._register(session, BACKEND, WRITE)
             attempt = session.attempt
-            deadline = time.monotonic() + svc.connect_timeout_ms / 1000.0
+            deadline = time.monotonic() + session.service.connect_timeout_ms / 1000.0
             self._at(deadline, lambda: self._connect_timer(session, attempt))
         else:
             self._connect_failed(session)
@@ -381,9 +398,9 @@ class Worker:
             self._register(session, BACKEND, 0)
             session.backend.close()
             session.backend = None
-        session.tried.append(session.backend_index)
-        session.backend_index = session.backend_id = -1
-        if len(session.tried) > session.service.retries:
+        session.backend_id = -1
+        session.failures += 1
+        if session.failures > session.service.retries:
             self.counters.service(session.service_id)["no_backend"] += 1
             self._close_session(session, reset=True)
             return

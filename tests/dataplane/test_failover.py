@@ -124,3 +124,19 @@ def test_client_data_and_fin_while_connecting_are_delivered(make_lb: MakeLB,
             data, how = read_to_end(client, 5)
         assert (data, how) == (b"early request", "eof")
     assert lb.be_stats("hole")["connect_failures"] >= 1
+
+
+def test_retry_after_a_table_swap_uses_the_new_table(make_lb: MakeLB, servers: Servers) -> None:
+    """A session still connecting when a new table arrives retries from the new table, and the
+    backend it already tried stays excluded (tried backends are remembered by id)."""
+    hole = servers.black_hole()
+    alive = servers.start("alive", "name")
+    only_hole = (BackendSpec("hole", HOST, hole.port),
+                 BackendSpec("alive", HOST, alive.port, weight=0))
+    lb = make_lb([ServiceSpec(SVC, only_hole, connect_timeout_ms=500, retries=2)])
+    with connect(lb.addr()) as client:
+        assert wait_for(lambda: [s["state"] for s in lb.dp.sessions()] == ["connecting"], 5)
+        both = (BackendSpec("hole", HOST, hole.port), BackendSpec("alive", HOST, alive.port))
+        lb.publish([ServiceSpec(SVC, both, connect_timeout_ms=500, retries=2)])
+        assert recv_line(client) == "alive"
+    assert lb.be_stats("hole")["connect_failures"] == 1  # tried once, never again
