@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -86,12 +86,13 @@ def vrrp(**overrides: Any) -> dict[str, Any]:
 
 
 def start_node(topo: Topology, host: str, *instances: dict[str, Any],
-               load: dict[str, Any] | None = None, name: str | None = None) -> Node:
+               load: dict[str, Any] | None = None, name: str | None = None,
+               prefix: Sequence[str] = ()) -> Node:
     """Run vrrp_node.py with `instances` in host's namespace and wait until it is ready."""
     spec: dict[str, Any] = {"instances": list(instances)}
     if load is not None:
         spec["load"] = load
-    node = topo.python(host, "vrrp_node.py", json.dumps(spec), name=name or host)
+    node = topo.python(host, "vrrp_node.py", json.dumps(spec), name=name or host, prefix=prefix)
     node.wait_for(lambda e: e.get("event") in ("ready", "error"), 15)
     error = [e for e in node.events if e.get("event") == "error"]
     if error:

@@ -300,9 +300,11 @@ class Topology:
         self.nodes.append(node)
         return node
 
-    def python(self, host: str, script: str, *args: str, name: str | None = None) -> Node:
-        """Run a helper script of this directory with the test's Python in host's namespace."""
-        return self.start(host, [sys.executable, str(HERE / script), *args], name=name)
+    def python(self, host: str, script: str, *args: str, name: str | None = None,
+               prefix: Sequence[str] = ()) -> Node:
+        """Run a helper script of this directory with the test's Python in host's namespace
+        (`prefix`: a command that execs the rest, such as chrt)."""
+        return self.start(host, [*prefix, sys.executable, str(HERE / script), *args], name=name)
 
     def close(self) -> None:
         """Kill every process started, delete every namespace (and with them the links)."""
