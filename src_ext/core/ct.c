@@ -259,6 +259,8 @@ void ct_timer_arm(struct ct_table *ct, struct ct_entry *e, uint64_t at_ms)
 
     if (tick <= ct->now_tick)
         tick = ct->now_tick + 1;
+    if (ct->next_hint && tick < ct->next_hint)
+        ct->next_hint = tick;
     if (e->timer.armed)
         ct_list_del(&e->timer);
     else
@@ -318,6 +320,8 @@ uint32_t ct_wheel_advance(struct ct_table *ct, uint64_t now_ms, ct_expire_fn fn,
 
     if (target <= ct->now_tick)
         return 0;
+    if (ct->next_hint && ct->next_hint <= target)
+        ct->next_hint = 0; /* passing it: the next ct_wheel_next_ms() scans again */
     if (ct->n_timers == 0) {
         ct->now_tick = target;
         return 0;
@@ -341,17 +345,23 @@ uint32_t ct_wheel_advance(struct ct_table *ct, uint64_t now_ms, ct_expire_fn fn,
     return fired;
 }
 
-int64_t ct_wheel_next_ms(const struct ct_table *ct, uint64_t now_ms)
+int64_t ct_wheel_next_ms(struct ct_table *ct, uint64_t now_ms)
 {
     uint32_t d;
     uint64_t tick, due;
 
     if (ct->n_timers == 0)
         return -1;
-    for (d = 1; d <= CT_WHEEL_SLOTS; d++) {
-        tick = ct->now_tick + d;
-        if (ct->wheel[tick & (CT_WHEEL_SLOTS - 1)].next != &ct->wheel[tick & (CT_WHEEL_SLOTS - 1)])
-            break;
+    if (ct->next_hint > ct->now_tick) {
+        tick = ct->next_hint; /* cached: an event loop asks this every iteration */
+    } else {
+        for (d = 1; d <= CT_WHEEL_SLOTS; d++) {
+            tick = ct->now_tick + d;
+            if (ct->wheel[tick & (CT_WHEEL_SLOTS - 1)].next !=
+                &ct->wheel[tick & (CT_WHEEL_SLOTS - 1)])
+                break;
+        }
+        ct->next_hint = tick;
     }
     due = tick * CT_TICK_MS;
     return due > now_ms ? (int64_t)(due - now_ms) : 0;
@@ -477,6 +487,17 @@ int ct_selftest(uint32_t seed, uint32_t rounds)
                 }
             }
             if (armed != ct.n_timers || live != ct.n_live || live != ct.n_indexed)
+                rc = -EPROTO;
+            /* the loop's sleep must never pass the earliest due timer */
+            uint64_t earliest = UINT64_MAX;
+            for (i = 0; i < N; i++)
+                if (due[i] && due[i] < earliest)
+                    earliest = due[i];
+            int64_t sleep_ms = ct_wheel_next_ms(&ct, now);
+            if (earliest != UINT64_MAX &&
+                (sleep_ms < 0 || now + (uint64_t)sleep_ms > (earliest > now ? earliest : now)))
+                rc = -EPROTO;
+            if (earliest == UINT64_MAX && sleep_ms != -1)
                 rc = -EPROTO;
         }
         if (cx.bad)

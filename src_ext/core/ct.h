@@ -65,6 +65,7 @@ struct ct_table {
     struct ct_timer wheel[CT_WHEEL_SLOTS]; /* sentinel heads of the slot lists */
     uint64_t now_tick;         /* last tick processed by ct_wheel_advance() */
     uint32_t n_timers;         /* armed timers */
+    uint64_t next_hint;        /* a tick <= the first non-empty slot's tick, 0 = unknown */
 };
 
 /* Initialise an empty table for objects of obj_size bytes; now_ms is the current time. */
@@ -92,8 +93,9 @@ void ct_timer_arm(struct ct_table *ct, struct ct_entry *e, uint64_t at_ms);
 void ct_timer_cancel(struct ct_table *ct, struct ct_entry *e);
 /* Fire every timer due at or before now_ms, in tick order; returns how many fired. */
 uint32_t ct_wheel_advance(struct ct_table *ct, uint64_t now_ms, ct_expire_fn fn, void *arg);
-/* Milliseconds from now_ms until the next armed timer is due (0 if overdue), -1 if none. */
-int64_t ct_wheel_next_ms(const struct ct_table *ct, uint64_t now_ms);
+/* Milliseconds from now_ms until the wheel needs attention (never later than the next armed
+ * timer's due time, 0 if overdue), -1 if no timer is armed. Caches its scan (next_hint). */
+int64_t ct_wheel_next_ms(struct ct_table *ct, uint64_t now_ms);
 
 /* Call fn for every live object (order unspecified). fn must not allocate or free. */
 void ct_foreach(struct ct_table *ct, void (*fn)(struct ct_entry *e, void *arg), void *arg);
