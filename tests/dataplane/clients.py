@@ -133,17 +133,18 @@ def exchange(sock: socket.socket, total: int, seed: int, timeout: float,
              shut_when_sent: bool = True) -> Transfer:
     """Send `total` pattern bytes (then FIN) while receiving until the peer closes."""
     start = time.monotonic()
-    result = {"sent": 0, "error": ""}
+    sent = [0]  # written by the sender thread
+    error = [""]
 
     def send() -> None:
         try:
             for piece in patterns.chunks(total, seed):
                 sock.sendall(piece)
-                result["sent"] = int(result["sent"]) + len(piece)
+                sent[0] += len(piece)
             if shut_when_sent:
                 sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            result["error"] = repr(exc)
+            error[0] = repr(exc)
 
     sock.settimeout(timeout)
     sender = threading.Thread(target=send, name="exchange-send", daemon=True)
@@ -171,8 +172,7 @@ def exchange(sock: socket.socket, total: int, seed: int, timeout: float,
         if sender.is_alive():  # unblock a sender stuck in sendall, then wait for it
             sock.shutdown(socket.SHUT_RDWR)
             sender.join(5)
-    return Transfer(int(result["sent"]), received, h.hexdigest(), end,
-                    time.monotonic() - start, str(result["error"]))
+    return Transfer(sent[0], received, h.hexdigest(), end, time.monotonic() - start, error[0])
 
 
 @dataclass

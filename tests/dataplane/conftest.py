@@ -60,7 +60,10 @@ def no_leaks() -> Iterator[None]:
     threads = set(threading.enumerate())
     fds = len(os.listdir("/proc/self/fd"))
     yield
-    stray = lambda: [t for t in threading.enumerate() if t not in threads]  # noqa: E731
+
+    def stray() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in threads]
+
     assert wait_for(lambda: not stray(), 5.0), f"threads left running: {stray()}"
     assert wait_for(lambda: len(os.listdir("/proc/self/fd")) <= fds, 2.0), (
         f"fds leaked: {len(os.listdir('/proc/self/fd')) - fds}")

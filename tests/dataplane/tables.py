@@ -86,12 +86,12 @@ def build_table(services: list[ServiceSpec], hash_seed: int = 0,
         sched = SCHED_NAMES.index(spec.scheduler)
         own = be_recs[first:]
         ring_entries: list[int] = []
-        if spec.scheduler == "maglev" and any(b.weight for b in own):
-            fill_input = [(b.family, b.addr, b.port, b.weight) for b in own]
+        if spec.scheduler == "maglev" and any(r.weight for r in own):
+            fill_input = [(r.family, r.addr, r.port, r.weight) for r in own]
             ring_entries = maglev_fill(hash_seed, fill_input, spec.maglev_size)
         elif spec.scheduler == "source_hash":
-            for rel, b in enumerate(own):
-                ring_entries.extend([rel] * b.weight)
+            for rel, rec in enumerate(own):
+                ring_entries.extend([rel] * rec.weight)
         svc_recs.append(ServiceRec(
             service_id=spec.service_id, protocol=0, scheduler=sched,
             hash_key=HASH_KEYS.index(spec.hash_key), connect_timeout_ms=spec.connect_timeout_ms,

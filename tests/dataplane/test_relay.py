@@ -117,7 +117,10 @@ def test_slow_reader_backpressure_without_spinning(make_lb: MakeLB, servers: Ser
     lb = make_lb(one_service(BackendSpec("bulk", "127.0.0.1", backend.port)))
     with connect(lb.addr()) as client:
         assert recv_exact(client, 1000) == patterns.stream(1000, 3)
-        sent = lambda: backend.records()[0].bytes_out  # noqa: E731
+
+        def sent() -> int:
+            return backend.records()[0].bytes_out
+
         last = -1
         while sent() != last:  # wait until every buffer on the way is full
             last = sent()

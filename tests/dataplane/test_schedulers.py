@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import socket
 
 import pytest
 
@@ -69,13 +70,13 @@ def test_least_conn_follows_held_sessions(make_lb: MakeLB, servers: Servers) -> 
     _, specs = name_backends(servers, 1, 1, 1)
     lb = make_lb([ServiceSpec(SVC, specs, scheduler="least_conn")], workers=2)
     with contextlib.ExitStack() as stack:
-        held: dict[str, list[object]] = collections.defaultdict(list)
+        held: dict[str, list[socket.socket]] = collections.defaultdict(list)
         for _ in range(6):
             client = stack.enter_context(connect(lb.addr()))
             held[recv_line(client)].append(client)
         assert sorted(len(v) for v in held.values()) == [2, 2, 2]
         for client in held["b1"]:
-            client.close()  # type: ignore[attr-defined]
+            client.close()
         assert wait_for(lambda: lb.be_stats("b1").get("conns_active") == 0, 5)
         for _ in range(2):  # b1 is the least loaded, twice
             client = stack.enter_context(connect(lb.addr()))
@@ -90,7 +91,7 @@ def test_least_conn_weighted(make_lb: MakeLB, servers: Servers) -> None:
     _, specs = name_backends(servers, 3, 1)
     lb = make_lb([ServiceSpec(SVC, specs, scheduler="least_conn")], workers=2)
     with contextlib.ExitStack() as stack:
-        got = collections.Counter()
+        got: collections.Counter[str] = collections.Counter()
         for _ in range(8):
             client = stack.enter_context(connect(lb.addr()))
             got[recv_line(client)] += 1
@@ -133,7 +134,7 @@ def test_hashing_schedulers_are_sticky_and_exact(make_lb: MakeLB, servers: Serve
                  hash_seed=7)
     assert lb.built is not None
     sources = [f"127.0.{1 + i // 200}.{1 + i % 200}" for i in range(60)]
-    got = collections.Counter()
+    got: collections.Counter[str] = collections.Counter()
     for source in sources:
         first, second = ask(lb, source), ask(lb, source)
         assert first == second, source  # same client address, same backend
@@ -148,7 +149,7 @@ def test_maglev_src_ip_port_follows_the_twin(make_lb: MakeLB, servers: Servers) 
     lb = make_lb([ServiceSpec(SVC, specs, scheduler="maglev", hash_key="src_ip_port",
                               maglev_size=251)], hash_seed=11)
     assert lb.built is not None
-    got = collections.Counter()
+    got: collections.Counter[str] = collections.Counter()
     for _ in range(30):
         with connect(lb.addr()) as client:
             port = client.getsockname()[1]
@@ -165,7 +166,7 @@ def test_maglev_over_ipv6_follows_the_twin(make_lb: MakeLB, servers: Servers) ->
     lb = make_lb([ServiceSpec(SVC, specs, scheduler="maglev", hash_key="src_ip_port",
                               maglev_size=251)], host="::1", hash_seed=3)
     assert lb.built is not None
-    got = collections.Counter()
+    got: collections.Counter[str] = collections.Counter()
     for _ in range(20):
         with connect(lb.addr()) as client:
             port = client.getsockname()[1]
