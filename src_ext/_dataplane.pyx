@@ -236,6 +236,7 @@ cdef class Dataplane:
             "slab_bytes": r.slab_bytes, "session_size": r.session_size,
             "listener_pauses": r.listener_pauses, "copy_sends": r.copy_sends,
             "splice_moves": r.splice_moves, "tables_pending": r.tables_pending,
+            "sched_active": r.sched_active, "sched_svc_active": r.sched_svc_active,
         }
 
 

@@ -778,6 +778,11 @@ int dp_internals(struct dp *dp, struct dp_internals *out)
     dp_reclaim_locked(dp);
     out->tables_pending = dp->n_retired;
     pthread_mutex_unlock(&dp->pub_lock);
+    for (i = 0; i < DP_MAX_BACKENDS; i++)
+        out->sched_active += atomic_load_explicit(&dp->shared->active[i], memory_order_relaxed);
+    for (i = 0; i < DP_MAX_SERVICES; i++)
+        out->sched_svc_active +=
+            atomic_load_explicit(&dp->shared->svc_active[i], memory_order_relaxed);
     return 0;
 }
 

@@ -65,6 +65,8 @@ cdef extern from "dp.h" nogil:
         uint64_t copy_sends
         uint64_t splice_moves
         uint64_t tables_pending
+        int64_t sched_active
+        int64_t sched_svc_active
 
     int dp_create(uint32_t n_workers, dp **out)
     int dp_set_tuning(dp *d, uint32_t copy_threshold, uint32_t pipe_size, int copy_only)

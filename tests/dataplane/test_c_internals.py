@@ -194,6 +194,43 @@ def test_blocking_or_non_listening_sockets_are_refused() -> None:
     dp.stop(0)
 
 
+def test_shared_active_counts_are_exact(c_lb: MakeCLB, servers: Servers) -> None:
+    """sched_shared.active/svc_active (least_conn, max_connections) follow sessions exactly
+    through retries, timeouts, resets and half-closes, and return to zero."""
+    echo = servers.start("echo", "echo")
+    dead = servers.refusing()
+    hole = servers.black_hole()
+    lb = c_lb([ServiceSpec(SVC, (BackendSpec("echo", HOST, echo.port),
+                                 BackendSpec("dead", HOST, dead.port),
+                                 BackendSpec("hole", HOST, hole.port)),
+                           connect_timeout_ms=150, retries=2)])
+    held = [connect(lb.addr()) for _ in range(12)]  # round robin: some retry past dead/hole
+    try:
+        for sock in held:
+            sock.sendall(b"hi")
+        for sock in held:
+            assert recv_exact(sock, 2) == b"hi"
+        figures = lb.dp._internals()
+        assert (figures["sched_svc_active"], figures["sched_active"]) == (12, 12), figures
+        for i, sock in enumerate(held):
+            if i % 3 == 0:
+                reset_close(sock)
+            elif i % 3 == 1:
+                sock.shutdown(socket.SHUT_WR)  # half-close; the echo backend then closes
+            else:
+                sock.close()
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_for(lambda: lb.dp._internals()["sessions"] == 0, 5)
+    figures = lb.dp._internals()
+    assert (figures["sched_svc_active"], figures["sched_active"]) == (0, 0), figures
+    stats = lb.dp.stats()
+    assert stats["backends"][lb.backend_id("dead")]["connect_failures"] >= 1
+    assert stats["backends"][lb.backend_id("hole")]["connect_failures"] >= 1
+    assert stats["services"][SVC]["conns_active"] == 0
+
+
 def test_retired_tables_are_freed_while_streaming(c_lb: MakeCLB, servers: Servers) -> None:
     """1,000 publishes under traffic: the old tables are reclaimed, not piled up."""
     a = servers.start("a", "echo")
@@ -611,11 +648,12 @@ int main(void)
     dp_stats(g_dp, st);
     dp_internals(g_dp, &in);
     printf("gen=%llu total=%llu active=%lld no_backend=%llu pipes_in_use=%lld sessions=%llu "
-           "tables_pending=%llu bad=%d\n",
+           "tables_pending=%llu sched_active=%lld sched_svc_active=%lld bad=%d\n",
            (unsigned long long)dp_generation(g_dp), (unsigned long long)st->svc[1].conns_total,
            (long long)st->svc[1].conns_active, (unsigned long long)st->svc[1].no_backend,
            (long long)in.pipes_in_use, (unsigned long long)in.sessions,
-           (unsigned long long)in.tables_pending, atomic_load(&bad));
+           (unsigned long long)in.tables_pending, (long long)in.sched_active,
+           (long long)in.sched_svc_active, atomic_load(&bad));
     dp_stop(g_dp, 500);
     dp_stop(g_dp, 0);
     dp_destroy(g_dp);
@@ -660,6 +698,7 @@ def test_core_under_sanitizers(tmp_path: Any, sanitizer: str) -> None:
     assert figures["gen"] == "3001" and figures["total"] == "600", figures
     assert (figures["active"], figures["sessions"], figures["pipes_in_use"]) == ("0", "0", "0")
     assert figures["no_backend"] == "0" and figures["tables_pending"] == "0", figures
+    assert (figures["sched_active"], figures["sched_svc_active"]) == ("0", "0"), figures
 
 
 def test_reset_reaches_a_quiet_half_closed_session() -> None:
