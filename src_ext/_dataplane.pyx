@@ -235,7 +235,8 @@ cdef class Dataplane:
             "pipes_idle": r.pipes_idle, "pipe_size": r.pipe_size, "sessions": r.sessions,
             "slab_bytes": r.slab_bytes, "session_size": r.session_size,
             "listener_pauses": r.listener_pauses, "copy_sends": r.copy_sends,
-            "splice_moves": r.splice_moves, "tables_pending": r.tables_pending,
+            "splice_moves": r.splice_moves, "splice_fallbacks": r.splice_fallbacks,
+            "tables_pending": r.tables_pending,
             "sched_active": r.sched_active, "sched_svc_active": r.sched_svc_active,
         }
 

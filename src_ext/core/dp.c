@@ -149,6 +149,7 @@ static void dp_worker_internals(struct dp_worker *w, struct dp_internals *out)
     out->listener_pauses += __atomic_load_n(&w->cnt->listener_pauses, __ATOMIC_RELAXED);
     out->copy_sends += __atomic_load_n(&w->cnt->copy_sends, __ATOMIC_RELAXED);
     out->splice_moves += __atomic_load_n(&w->cnt->splice_moves, __ATOMIC_RELAXED);
+    out->splice_fallbacks += __atomic_load_n(&w->cnt->splice_fallbacks, __ATOMIC_RELAXED);
 }
 
 /* State passed to the snapshot callback. */

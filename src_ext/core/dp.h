@@ -77,6 +77,7 @@ struct dp_internals {
     uint64_t listener_pauses;  /* times accepting was paused after EMFILE/ENFILE */
     uint64_t copy_sends;       /* relay chunks moved by recv/send through the worker buffer */
     uint64_t splice_moves;     /* relay chunks moved by splice into a pipe */
+    uint64_t splice_fallbacks; /* relay directions that copy because splice said EINVAL */
     uint64_t tables_pending;   /* retired tables not yet freed */
     int64_t sched_active;      /* sum of sched_shared.active[] (sessions holding a backend) */
     int64_t sched_svc_active;  /* sum of sched_shared.svc_active[] (admitted sessions) */

@@ -506,7 +506,7 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b)
                         goto local_failure;
                     d->in_pipe = (uint32_t)k;
                 }
-                if ((uint32_t)n == w->buf_size && !w->copy_only)
+                if ((uint32_t)n == w->buf_size && !w->copy_only && !d->nosplice)
                     d->bulk = 1;
                 continue;
             }
@@ -544,6 +544,13 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b)
             if (w->buf_size && moved < w->buf_size)
                 d->bulk = 0; /* the burst is over: small messages go by copy again */
             break;
+        }
+        if ((errno == EINVAL || errno == ENOSYS) && w->buf_size) {
+            /* this source cannot be spliced (nothing was read): copy from now on */
+            d->nosplice = 1;
+            d->bulk = 0;
+            DP_CNT_ADD(&w->cnt->splice_fallbacks, 1);
+            continue;
         }
         goto reset;
     }

@@ -37,6 +37,7 @@ struct dp_counters {
     uint64_t be[DP_MAX_BACKENDS][DP_BC_N];  /* per backend id */
     uint64_t copy_sends;                    /* chunks relayed by copy */
     uint64_t splice_moves;                  /* chunks relayed by splice */
+    uint64_t splice_fallbacks;              /* directions that fell back to copy (EINVAL) */
     uint64_t listener_pauses;               /* EMFILE/ENFILE pauses */
 };
 
@@ -71,6 +72,7 @@ struct relay_dir {
     uint8_t done;                  /* FIN forwarded to the destination (shutdown SHUT_WR) */
     uint8_t bulk;                  /* 1: splice mode; 0: copy mode (small messages) */
     uint8_t wblocked;              /* destination returned EAGAIN; waiting for EPOLLOUT */
+    uint8_t nosplice;              /* splice refused (EINVAL/ENOSYS) on the source: copy only */
 };
 
 enum relay_state { RELAY_CONNECTING = 0, RELAY_ESTABLISHED, RELAY_HALF_CLOSED, RELAY_DEAD };

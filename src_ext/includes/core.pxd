@@ -64,6 +64,7 @@ cdef extern from "dp.h" nogil:
         uint64_t listener_pauses
         uint64_t copy_sends
         uint64_t splice_moves
+        uint64_t splice_fallbacks
         uint64_t tables_pending
         int64_t sched_active
         int64_t sched_svc_active
