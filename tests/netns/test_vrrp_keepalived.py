@@ -4,7 +4,8 @@ l4lb runs in lb1, keepalived 2.2 in lb2 (foreground, VRRP only, its config and p
 test's temp dir). For VRRPv2 and VRRPv3, with l4lb above and below keepalived: the higher
 priority becomes master; a graceful stop of the master (SIGTERM: priority-0 advert) hands over
 within about Skew_Time; the stopped node, restarted, preempts; a SIGKILLed master is replaced
-within Master_Down_Interval. So failover works both ways between the two implementations.
+within Master_Down_Interval. So failover works both ways between the two implementations,
+with multicast and (v3) with unicast peers.
 keepalived adds the IPv6 VIP as `virtual_ipaddress_excluded`, which is what l4lb does with
 VIPs of the other family than the first.
 
@@ -24,7 +25,7 @@ import pytest
 
 from l4lb.vrrp.fsm import master_down_interval_us, skew_time_us
 
-from .conftest import LB2_4, VIP4, VIP6, keepalived_available, start_node, vrrp
+from .conftest import LB1_4, LB2_4, VIP4, VIP6, keepalived_available, start_node, vrrp
 from .topo import Node, Topology
 
 pytestmark = pytest.mark.skipif(not keepalived_available(),
@@ -34,7 +35,8 @@ VIPS = {VIP4, VIP6}
 SLACK = 0.1  # seconds: polling `ip addr` (20 ms) + keepalived's own scheduling
 
 
-def keepalived_conf(version: int, interval: float, priority: int) -> str:
+def keepalived_conf(version: int, interval: float, priority: int, unicast: bool) -> str:
+    peers = f"unicast_peer {{\n        {LB1_4}\n    }}" if unicast else ""
     return f"""
 global_defs {{
     router_id l4lb_test_lb2
@@ -52,6 +54,7 @@ vrrp_instance VI_1 {{
     virtual_ipaddress_excluded {{
         {VIP6}
     }}
+    {peers}
 }}
 """
 
@@ -96,20 +99,24 @@ def skew(version: int, priority: int, interval: float) -> float:
     return skew_time_us(version, priority, round(interval * 1e6)) / 1e6
 
 
-CASES = [(2, 1.0, 100, 90), (2, 1.0, 90, 100), (3, 1.0, 100, 90), (3, 0.1, 100, 90),
-         (3, 0.1, 90, 100)]
+CASES = [(2, 1.0, 100, 90, False), (2, 1.0, 90, 100, False), (3, 1.0, 100, 90, False),
+         (3, 0.1, 100, 90, False), (3, 0.1, 90, 100, False), (3, 0.1, 100, 90, True),
+         (3, 0.1, 90, 100, True)]
 
 
-@pytest.mark.parametrize(("version", "interval", "l4lb_prio", "ka_prio"), CASES,
-                         ids=[f"v{v}-{i:g}s-l4lb{lp}-keepalived{kp}" for v, i, lp, kp in CASES])
+@pytest.mark.parametrize(("version", "interval", "l4lb_prio", "ka_prio", "unicast"), CASES,
+                         ids=[f"v{v}-{i:g}s-l4lb{lp}-keepalived{kp}{'-unicast' if u else ''}"
+                              for v, i, lp, kp, u in CASES])
 def test_pair_with_keepalived(pair: Topology, tmp_path: Path, version: int, interval: float,
-                              l4lb_prio: int, ka_prio: int,
+                              l4lb_prio: int, ka_prio: int, unicast: bool,
                               measure: Callable[[str, str], None]) -> None:
-    ka = Keepalived(pair, "lb2", tmp_path, keepalived_conf(version, interval, ka_prio))
-    cfg = vrrp(priority=l4lb_prio, advert_interval=interval, version=version)
+    ka = Keepalived(pair, "lb2", tmp_path,
+                    keepalived_conf(version, interval, ka_prio, unicast))
+    cfg = vrrp(priority=l4lb_prio, advert_interval=interval, version=version,
+               unicast_peers=[LB2_4] if unicast else [])
     l4 = start_node(pair, "lb1", cfg)
     ka.start()
-    label = f"v{version} {interval:g}s"
+    label = f"v{version} {interval:g}s{' unicast' if unicast else ''}"
     if l4lb_prio > ka_prio:
         # l4lb is master; keepalived backs it up.
         l4.state_event("MASTER", mdi(version, l4lb_prio, interval) + 3)
