@@ -28,7 +28,8 @@ import email.utils
 import gzip
 import logging
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -101,9 +102,11 @@ def parse_listen(text: str) -> tuple[str | None, int]:
 class HttpServer:
     """The listener; start() binds it, close() stops it and every connection."""
 
-    def __init__(self, exporter: Exporter, *, refresh: float = 2.0) -> None:
+    def __init__(self, exporter: Exporter, *, refresh: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.exporter = exporter  # reads the daemon's state and renders /metrics
         self.refresh = refresh  # status page refresh interval, seconds
+        self.clock = clock  # stamps each status document (the page's rates divide by it)
         self.server: asyncio.Server | None = None  # set by listen()
         self._clients: set[asyncio.Task[Any]] = set()  # connections being served
         self._renders = asyncio.Semaphore(RENDERS_AT_ONCE)  # /metrics formatting slots
@@ -198,14 +201,15 @@ class HttpServer:
         if request.path in ("/", "/status.json"):
             try:
                 status = self.exporter.snapshot()
+                now = self.clock()
                 health = self.exporter.health() if self.exporter.health is not None else None
             except Exception:
                 log.exception("http: reading the status failed")
                 return _text(503, "status unavailable (see the daemon's log)\n")
             if request.path == "/":
-                page = statuspage.render_page(status, health, refresh=self.refresh)
+                page = statuspage.render_page(status, health, now, refresh=self.refresh)
                 return Response(200, page.encode(), "text/html; charset=utf-8", _PAGE_HEADERS)
-            return Response(200, statuspage.status_json(status, health),
+            return Response(200, statuspage.status_json(status, health, now),
                             "application/json")
         raise HttpError(404, f"not found: {request.path} (try /, /metrics or /status.json)")
 
@@ -327,18 +331,20 @@ async def _linger(reader: asyncio.StreamReader) -> None:
 async def start(listen: str, snapshot: Snapshot, *, health: StatsSource | None = None,
                 probe_latency: LatencySource | None = None,
                 connlog: StatsSource | None = None, refresh: float = 2.0,
-                process_metrics: bool = True) -> HttpServer:
+                process_metrics: bool = True,
+                clock: Callable[[], float] = time.time) -> HttpServer:
     """Bind `listen` and serve /metrics, / and /status.json from `snapshot` (and the extras).
 
     `snapshot` returns the control API's `status` result; `health` the health checker's
     counters (a dict of l4lb.health.checker.CheckerStats); `probe_latency` the last probe
     latency in seconds per (service, backend address); `connlog` the connection log writer's
-    `stats()`. All are called on the event loop at request time. Raises OSError when the
-    address cannot be bound, ValueError when it is malformed.
+    `stats()`. All are called on the event loop at request time. `clock` stamps the status
+    documents (tests pass the fake snapshot's own clock). Raises OSError when the address
+    cannot be bound, ValueError when it is malformed.
     """
     exporter = Exporter(snapshot, health=health, probe_latency=probe_latency, connlog=connlog,
                         process=process_metrics)
-    server = HttpServer(exporter, refresh=refresh)
+    server = HttpServer(exporter, refresh=refresh, clock=clock)
     await server.listen(listen)
     return server
 

@@ -50,12 +50,19 @@ class GrowingStatus:
         self.evil_name = evil_name  # name of the second backend (must be shown as text)
         self.calls = 0  # how often the snapshot was read
         self.fail = False  # raise instead of answering (a daemon in trouble)
+        self.taken = self.t0  # wall time the last snapshot's counters stand for
+
+    def clock(self) -> float:
+        """The time of the last snapshot: a server stamping documents with it shows exact rates
+        however long the client took between two requests."""
+        return self.taken
 
     def __call__(self) -> dict[str, Any]:
         if self.fail:
             raise RuntimeError("snapshot failed on purpose")
         self.calls += 1
-        k = time.time() - self.t0
+        self.taken = time.time()
+        k = self.taken - self.t0
         conns = int(self.conn_rate * k)
         to_client = int(self.byte_rate * k)
 
