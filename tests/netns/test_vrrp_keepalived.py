@@ -191,3 +191,21 @@ def test_pair_with_keepalived(pair: Topology, tmp_path: Path, version: int, inte
                 f"{ev['t'] - killed:.3f}s after SIGKILL, {after:.3f}s after the last advert "
                 f"(Master_Down_Interval {mdi(version, l4lb_prio, interval):.3f}s)")
         pair.wait_addresses("lb1", VIPS, set(), 1)
+
+
+def test_v2_password_with_keepalived(pair: Topology, tmp_path: Path) -> None:
+    """keepalived's `auth_type PASS` pairs with l4lb's `auth_pass` (VRRPv2)."""
+    conf = keepalived_conf(2, 1.0, 100, False).replace(
+        "    virtual_ipaddress {",
+        "    authentication {\n        auth_type PASS\n        auth_pass l4lbpass\n    }\n"
+        "    virtual_ipaddress {", 1)
+    ka = Keepalived(pair, "lb2", tmp_path, conf)
+    l4 = start_node(pair, "lb1", vrrp(priority=90, version=2, auth_pass="l4lbpass"))
+    ka.start()
+    pair.wait_addresses("lb2", VIPS, set(), mdi(2, 100, 1.0) + 3)
+    time.sleep(1.5)
+    status = l4.request_status()["instances"][0]
+    assert status["state"] == "BACKUP" and status["master"] == LB2_4
+    assert status["counters"]["adverts_received"] >= 1
+    assert status["counters"]["drops"]["auth"] == 0
+    pair.wait_addresses("lb1", set(), VIPS, 1)

@@ -110,3 +110,16 @@ def test_advert_timing(pair: Topology, load: dict[str, float] | None,
         assert packet[1] == 0xC0 and packet[8] == 255 and packet[6:8] == b"\0\0"
         idents.append(struct.unpack("!H", packet[4:6])[0])
     assert all(b == a + 1 for a, b in itertools.pairwise(idents)), idents
+
+
+def test_garp_refresh_while_master(pair: Topology) -> None:
+    lb1 = start_node(pair, "lb1", vrrp(vips=[VIP4], garp_repeat=1, garp_refresh=0.2,
+                                       advert_interval=0.1))
+    lb1.state_event("MASTER", 3)
+    cap = start_capture(pair, 1.5)
+    cap.wait_for(lambda e: e.get("event") == "done", 5)
+    garp = announce(LB1_MAC, ipaddress.ip_interface(VIP4).ip)
+    times = [ts for ts, f in frames(cap) if f[:len(garp)] == garp]
+    assert 6 <= len(times) <= 8, times  # one every 0.2 s for 1.5 s
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.18 <= g <= 0.25 for g in gaps), gaps
