@@ -47,7 +47,8 @@ def test_election_kill_preempt_graceful(pair: Topology, interval: float,
     n2 = start_node(pair, "lb2", vrrp(priority=90, advert_interval=interval))
     n1.state_event("MASTER", mdi(100, interval) + 2)
     only_on(pair, "lb1", "lb2", 2)
-    status2 = n2.request_status()["instances"][0]
+    # (lb2 may have started after lb1 took over: wait for the first advert it hears)
+    status2 = n2.wait_status(lambda st: st["master"] is not None, 3 * interval + 1)
     assert status2["state"] == "BACKUP"
     assert status2["master"] == LB1_4
 
@@ -109,7 +110,7 @@ def test_ipv6_instance(pair: Topology) -> None:
     n2 = start_node(pair, "lb2", vrrp(priority=90, **cfg))
     n1.state_event("MASTER", mdi(100, interval) + 2)
     only_on(pair, "lb1", "lb2", 2)
-    status2 = n2.request_status()["instances"][0]
+    status2 = n2.wait_status(lambda st: st["master"] is not None, 1)
     assert status2["family"] == 6 and status2["master"].startswith("fe80::")
     assert status2["counters"]["adverts_received"] > 0
     since = len(n2.events)
@@ -126,7 +127,7 @@ def test_unicast_peers(pair: Topology) -> None:
                                       unicast_peers=[LB1_4]))
     n1.state_event("MASTER", mdi(100, interval) + 2)
     only_on(pair, "lb1", "lb2", 2)
-    status2 = n2.request_status()["instances"][0]
+    status2 = n2.wait_status(lambda st: st["master"] is not None, 1)
     assert status2["mode"] == "unicast" and status2["master"] == LB1_4
     since = len(n2.events)
     n1.signal(signal.SIGTERM)

@@ -173,6 +173,18 @@ class Node:
         self.send("status")
         return self.wait_for(lambda e: e.get("event") == "status", timeout, since)
 
+    def wait_status(self, match: Callable[[Event], bool], timeout: float,
+                    instance: int = 0) -> Event:
+        """Poll a vrrp_node's status until instance `instance` matches; that status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status: Event = self.request_status()["instances"][instance]
+            if match(status):
+                return status
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{self.name}: status never matched: {status}")
+            time.sleep(0.05)
+
     def signal(self, signum: int) -> None:
         """Send `signum` to the process (the ip netns exec'd program itself)."""
         if self.proc.poll() is None:
