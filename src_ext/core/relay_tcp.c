@@ -25,12 +25,15 @@
  * Relay. Both sockets are registered once, edge-triggered, for IN|OUT|RDHUP: no epoll_ctl on the
  * data path. The client is registered at accept, so a client that resets while its backend is
  * still connecting frees its session at once instead of holding a slot until the connect
- * deadline; what it sent meanwhile waits in its socket and is pumped once the backend is up. A direction is pumped until the source says EAGAIN (the edge will come again), the
- * destination says EAGAIN (EPOLLOUT will come; for TCP it is only raised after a writer filled
- * the buffer, so it costs nothing while writes succeed), or it has moved RELAY_BUDGET bytes in
- * this wake-up; then the session goes on the worker's ready list and is pumped again after the
- * current batch without waiting for epoll (epoll_wait gets timeout 0 while the list is not
- * empty). So there are no lost edges and no busy loops, and one fat stream cannot starve others.
+ * deadline; what it sent meanwhile waits in its socket and is pumped once the backend is up.
+ * A direction is pumped until the source says EAGAIN (the edge will come again; on a plain
+ * EPOLLIN edge a short recv() already proves that), the destination says EAGAIN (EPOLLOUT will
+ * come; for TCP it is only raised after a writer filled the buffer, so it costs nothing while
+ * writes succeed), or it has moved RELAY_BUDGET bytes in this wake-up; then the session goes on
+ * the worker's ready list and is pumped again after the current batch without waiting for epoll
+ * (epoll_wait gets timeout 0 while the list is not empty). So there are no lost edges and no
+ * busy loops, and one fat stream cannot starve others. EPOLLERR on either socket (a reset, even
+ * on a quiet half-closed session) resets both sides at once.
  *
  * A direction starts in copy mode: recv() into the worker's small buffer, send() to the
  * destination. A read that fills the buffer means bulk data, and the direction switches to
