@@ -16,8 +16,9 @@ browser and curl, and hard to upset:
   sends for a moment before closing, so unread input never turns into a reset that could
   destroy the response on the client's side ("lingering close").
 - The daemon's state is read on the event loop (the snapshot callables are not thread-safe);
-  formatting the metrics text (large with many backends) and gzip run in the default executor
-  so the loop keeps serving the data plane's control work and VRRP meanwhile.
+  formatting the metrics text, the page and the JSON (megabytes with 10,000 backends) and gzip
+  run in the default executor, at most RENDERS_AT_ONCE at a time, so the loop keeps serving
+  the control socket, health checks and VRRP meanwhile.
 """
 
 from __future__ import annotations
@@ -207,25 +208,33 @@ class HttpServer:
                 log.exception("http: reading the status failed")
                 return _text(503, "status unavailable (see the daemon's log)\n")
             if request.path == "/":
-                page = statuspage.render_page(status, health, now, refresh=self.refresh)
-                return Response(200, page.encode(), "text/html; charset=utf-8", _PAGE_HEADERS)
-            return Response(200, statuspage.status_json(status, health, now),
-                            "application/json")
+                page = await self._offload(_render_page, status, health, now, self.refresh)
+                return Response(200, page, "text/html; charset=utf-8", _PAGE_HEADERS)
+            body = await self._offload(statuspage.status_json, status, health, now)
+            return Response(200, body, "application/json")
         raise HttpError(404, f"not found: {request.path} (try /, /metrics or /status.json)")
 
     async def _metrics(self, request: Request) -> Response:
         data = self.exporter.read()  # on the loop: the daemon's state is not thread-safe
         zipped = "gzip" in request.headers.get("accept-encoding", "").lower()
-        loop = asyncio.get_running_loop()
-        async with self._renders:
-            body = await loop.run_in_executor(None, _render_metrics, self.exporter, data, zipped)
+        body = await self._offload(_render_metrics, self.exporter, data, zipped)
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if zipped else {}
         return Response(200, body, METRICS_CONTENT_TYPE, headers)
+
+    async def _offload(self, fn: Callable[..., bytes], *args: Any) -> bytes:
+        """Run a formatter in the default executor, at most RENDERS_AT_ONCE at a time."""
+        async with self._renders:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 def _render_metrics(exporter: Exporter, data: Any, zipped: bool) -> bytes:
     body = exporter.render(data)
     return gzip.compress(body, compresslevel=6) if zipped else body
+
+
+def _render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None, now: float,
+                 refresh: float) -> bytes:
+    return statuspage.render_page(status, health, now, refresh=refresh).encode()
 
 
 async def read_head(reader: asyncio.StreamReader) -> Request | None:
@@ -338,9 +347,10 @@ async def start(listen: str, snapshot: Snapshot, *, health: StatsSource | None =
     `snapshot` returns the control API's `status` result; `health` the health checker's
     counters (a dict of l4lb.health.checker.CheckerStats); `probe_latency` the last probe
     latency in seconds per (service, backend address); `connlog` the connection log writer's
-    `stats()`. All are called on the event loop at request time. `clock` stamps the status
-    documents (tests pass the fake snapshot's own clock). Raises OSError when the address
-    cannot be bound, ValueError when it is malformed.
+    `stats()`. All are called on the event loop at request time and must return fresh objects
+    that nothing else changes afterwards: formatting them happens in a worker thread.
+    `clock` stamps the status documents (tests pass the fake snapshot's own clock). Raises
+    OSError when the address cannot be bound, ValueError when it is malformed.
     """
     exporter = Exporter(snapshot, health=health, probe_latency=probe_latency, connlog=connlog,
                         process=process_metrics)

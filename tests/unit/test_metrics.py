@@ -7,10 +7,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
+from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from l4lb.metrics import STATES, Exporter
+from l4lb.metrics import STATES, Exporter, text_format
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -232,6 +235,34 @@ def test_failing_snapshot_is_counted_and_process_metrics_stay() -> None:
 def test_render_of_read_equals_the_scrape_time_registry() -> None:
     exporter = Exporter(make_status, process=False)
     assert exporter.render(exporter.read()) == generate_latest(exporter.registry)
+
+
+@settings(max_examples=60, deadline=None)
+@given(names=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=4),
+       values=st.lists(st.integers(min_value=0, max_value=2**63), min_size=4, max_size=4))
+def test_fast_text_format_matches_generate_latest(names: list[str], values: list[int]) -> None:
+    status = make_status()
+    web = status["services"][0]["backends"]
+    for i, name in enumerate(names):
+        web[i % len(web)]["name"] = name
+    web[0].update(conns_total=values[0], bytes_to_backend=values[1],
+                  bytes_to_client=values[2], connect_failures=values[3])
+    exporter = Exporter(lambda: status, health=lambda: {"max_start_delay": 1e-7},
+                        probe_latency=lambda: {("web", "127.0.0.1:9001"): 0.25},
+                        process=False)
+    assert exporter.render(exporter.read()) == generate_latest(exporter.registry)
+
+
+def test_text_format_refuses_types_it_does_not_write() -> None:
+    with pytest.raises(ValueError, match="histogram"):
+        text_format([HistogramMetricFamily("h", "doc", buckets=[("+Inf", 1)], sum_value=1)])
+
+
+def test_render_appends_process_metrics() -> None:
+    text = Exporter(make_status).render(Exporter(make_status).read()).decode()
+    fams = {f.name for f in text_string_to_metric_families(text)}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info",
+            "l4lb_backend_connections"} <= fams
 
 
 def test_collector_reads_the_snapshot_at_each_scrape() -> None:
