@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -142,14 +142,15 @@ def test_run_invalid_config_exits_1(tmp_path: Path) -> None:
 
 def test_run_without_compiled_module_says_how_to_build(tmp_path: Path,
                                                        name_servers: list[NameServer]) -> None:
-    """A copy of the package without the .so: `l4lb run` must refuse, not fall back."""
-    pkg = tmp_path / "site" / "l4lb"
-    shutil.copytree(REPO / "l4lb", pkg, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    """With the extension unimportable, `l4lb run` must refuse, not fall back."""
     cfg = write_config(tmp_path, free_port(), [name_servers[0].port])
-    env = child_env()
-    env["PYTHONPATH"] = str(tmp_path / "site")
-    res = subprocess.run(l4lb_cmd("run", "-c", str(cfg)), capture_output=True, text=True,
-                         env=env, timeout=30, cwd=tmp_path)
+    # sys.modules[name] = None makes every import of it raise ImportError, whatever finder
+    # (source tree, editable install) would have found the .so.
+    code = ("import sys; sys.modules['l4lb._dataplane'] = None; "
+            "sys.argv = ['l4lb', 'run', '-c', sys.argv[1]]; "
+            "from l4lb.cli import main; main()")
+    res = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True,
+                         env=child_env(), timeout=30, cwd=tmp_path)
     assert res.returncode == 4, res.stderr
     assert "l4lb._dataplane is not built" in res.stderr
     assert "pip install ." in res.stderr and "L4LB_NO_EXTENSIONS=1" in res.stderr
