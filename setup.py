@@ -20,10 +20,10 @@ if os.environ.get("L4LB_NO_EXTENSIONS", "") in ("", "0"):
                 "l4lb._dataplane",
                 sources=sources,
                 include_dirs=["src_ext/core", "src_ext/includes"],
-                extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                    "-fno-strict-aliasing"],
+                extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra",
+                                    "-Wno-unused-parameter", "-fno-strict-aliasing"],
                 libraries=["pthread"],
-                depends=sorted(glob.glob("src_ext/core/*.h")) + ["src_ext/includes/core.pxd"],
+                depends=[*sorted(glob.glob("src_ext/core/*.h")), "src_ext/includes/core.pxd"],
             )
         ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -45,11 +46,9 @@ class NameServer:
                 continue
             except OSError:
                 return
-            with conn:
-                try:
-                    conn.sendall(self.name.encode())
-                except OSError:  # health probes close with RST before reading
-                    pass
+            # health probes close with RST before reading: that is not an error here
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(self.name.encode())
 
     def close(self) -> None:
         self._stop = True
