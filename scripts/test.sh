@@ -2,7 +2,7 @@
 # test.sh: build l4lb and run the whole test suite (the README's test command; .ci/run calls it).
 # Arguments are passed to pytest (e.g. -k maglev, -x).
 set -euo pipefail
-L4LB_EXTRAS=test
+L4LB_EXTRAS=test,dev
 # Real peers and tools the tests drive (installed only as root, only when missing): keepalived
 # (VRRP interoperability), tcpdump (captures), chromium (status page), tmux (`l4lb top`).
 L4LB_APT_EXTRA=${L4LB_APT_EXTRA:-"iproute2 keepalived tcpdump chromium tmux"}
@@ -10,6 +10,9 @@ export L4LB_EXTRAS L4LB_APT_EXTRA
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$l4lb_root"
 echo "test: $("$VENV_PY" -m l4lb version | tr '\n' ' ')"
+echo "test: lint (ruff, mypy --strict)"
+"$VENV_PY" -m ruff check .
+"$VENV_PY" -m mypy
 set +e
 timeout --signal=INT 2400 "$VENV_PY" -m pytest "$@"
 rc=$?
