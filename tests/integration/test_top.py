@@ -27,18 +27,18 @@ BYTE_RATE = 3 * 1024 * 1024.0  # bytes/s to the client of backend alpha
 
 
 class Tmux:
-    """A private tmux server (its own socket name) with one session running `command`."""
+    """A private tmux server (its socket in the test's directory) with one session."""
 
-    def __init__(self, command: str) -> None:
-        self.name = f"l4lb-top-test-{os.getpid()}-{time.monotonic_ns()}"
+    def __init__(self, socket_path: Path, command: str) -> None:
+        self.socket = str(socket_path)
         env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"}
         env.pop("TMUX", None)
         self._run("new-session", "-d", "-s", "top", "-x", "160", "-y", "30", command, env=env)
 
     def _run(self, *args: str, env: dict[str, str] | None = None) -> str:
         assert TMUX is not None
-        out = subprocess.run([TMUX, "-L", self.name, *args], capture_output=True, text=True,
-                             timeout=10, check=True, env=env)
+        out = subprocess.run([TMUX, "-S", self.socket, *args], capture_output=True,
+                             text=True, timeout=10, check=True, env=env)
         return out.stdout
 
     def screen(self) -> str:
@@ -58,7 +58,7 @@ class Tmux:
         raise AssertionError(f"timed out waiting for {what}; screen:\n{screen}")
 
     def close(self) -> None:
-        subprocess.run([str(TMUX), "-L", self.name, "kill-server"], capture_output=True,
+        subprocess.run([str(TMUX), "-S", self.socket, "kill-server"], capture_output=True,
                        timeout=10, check=False)
 
 
@@ -96,12 +96,12 @@ def daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
 
 
 @pytest.fixture
-def top(daemon: FakeDaemon) -> Iterator[Tmux]:
+def top(daemon: FakeDaemon, tmp_path: Path) -> Iterator[Tmux]:
     command = (f"{shlex.quote(sys.executable)} -m l4lb.top {shlex.quote(daemon.path)} "
                "--interval 0.5; echo TOP-EXITED $?; "
                "stty -a | tr ' ;' '\\n\\n' | grep -x -E 'icanon|echo' | tr '\\n' ' '; "
                "echo; sleep 60")
-    tmux = Tmux(command)
+    tmux = Tmux(tmp_path / "tmux.sock", command)
     try:
         yield tmux
     finally:
