@@ -45,8 +45,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # of render()'s outpu
 STATES = ("up", "down", "drain", "maint")  # backend states, see docs/control-api.md
 
 Snapshot = Callable[[], Mapping[str, Any]]  # returns the control API's `status` result
-StatsSource = Callable[[], Mapping[str, Any]]  # health checker or connection log counters
-LatencySource = Callable[[], Mapping[tuple[str, str], float]]  # (service, address) -> seconds
+# Optional sources; returning None means "nothing to report now" (no metrics from it).
+StatsSource = Callable[[], Mapping[str, Any] | None]  # health checker or connlog counters
+LatencySource = Callable[[], Mapping[tuple[str, str], float] | None]  # (service, addr) -> s
 
 _BACKEND_LABELS = ("service", "backend", "name")
 _go_float = cast(Callable[[float], str], floatToGoString)  # 1e+06 style, as generate_latest

@@ -213,10 +213,16 @@ def test_health_and_probe_latency_and_connlog_when_given() -> None:
     assert samples(fams, "l4lb_connlog_lines_queued") == {(): 3}
 
 
-def test_absent_extras_leave_no_metrics() -> None:
-    fams = scrape(Exporter(make_status, process=False))
+@pytest.mark.parametrize("given", [False, True])
+def test_absent_extras_leave_no_metrics(given: bool) -> None:
+    """No source, or a source with nothing to report now (None): no metrics, no error."""
+    exporter = (Exporter(make_status, health=lambda: None, probe_latency=lambda: None,
+                         connlog=lambda: None, process=False) if given
+                else Exporter(make_status, process=False))
+    fams = scrape(exporter)
     assert not [n for n in fams if n.startswith(("l4lb_health", "l4lb_connlog"))]
     assert "l4lb_backend_probe_latency_seconds" not in fams
+    assert samples(fams, "l4lb_scrape_errors_total") == {(): 0}
 
 
 def test_failing_snapshot_is_counted_and_process_metrics_stay() -> None:
