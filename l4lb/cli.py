@@ -17,9 +17,17 @@ from l4lb.config import Config, ConfigError, load_file
 from l4lb.config.model import GlobalSettings
 from l4lb.control import ControlError, request
 from l4lb.dataplane import DataplaneUnavailable, compiled_available, reference_requested
-from l4lb.display import BACKEND_HEADERS, backend_rows, human_bytes, status_text, table
+from l4lb.display import (
+    BACKEND_HEADERS,
+    backend_rows,
+    human_bytes,
+    status_text,
+    table,
+    vrrp_text,
+)
 from l4lb.logs import LEVELS, setup_logging
 from l4lb.net.listen import ListenError
+from l4lb.vrrp.instance import VrrpError
 
 log = logging.getLogger("l4lb")
 
@@ -84,6 +92,10 @@ def run(ctx: click.Context, path: str) -> None:
                     "(L4LB_NO_EXTENSIONS is set): for tests, not for traffic")
     try:
         code = asyncio.run(serve(daemon, control_path=config.global_.control_socket))
+    except VrrpError as exc:
+        daemon.stop(0.0)
+        click.echo(f"l4lb: error: {exc}", err=True)
+        sys.exit(EXIT_LISTEN)
     except (ControlError, OSError) as exc:
         daemon.stop(0.0)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -269,3 +281,15 @@ def reload(config_path: str | None, socket_path: str | None, as_json: bool) -> N
           lambda r: f"reloaded: {r['changes']} (table generation {r['generation']})"
           + "".join(f"\nwarning: [global] {k} changed: needs a restart"
                     for k in r["restart_needed"]))
+
+
+@cli.group()
+def vrrp() -> None:
+    """VRRP instances of a running daemon."""
+
+
+@vrrp.command(name="status")
+@_socket_options
+def vrrp_status(config_path: str | None, socket_path: str | None, as_json: bool) -> None:
+    """State, priorities, master, VIPs, last transition and why, counters and drops."""
+    _emit(_call(config_path, socket_path, "vrrp"), as_json, vrrp_text)

@@ -35,6 +35,7 @@ from l4lb.reload import RESTART_ONLY, plan
 from l4lb.state import Runtime, StateError, address_text
 from l4lb.table.blob import digest
 from l4lb.table.builder import TableBuilder
+from l4lb.vrrp.instance import VrrpInstance
 from l4lb.weights import Key, Weights, compute
 
 log = logging.getLogger("l4lb")
@@ -84,6 +85,7 @@ class Daemon:
     ramp_handle: asyncio.TimerHandle | None = None  # re-publish at the next slow-start step
     panic_logged: dict[str, str] = field(default_factory=dict)  # service -> reason warned
     failures_seen: dict[int, int] = field(default_factory=dict)  # backend id -> connect fails
+    vrrp: list[VrrpInstance] = field(default_factory=list)  # running [[vrrp]] instances
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -128,6 +130,9 @@ class Daemon:
             log.warning("service %s: panic over: health checks decide again", service)
         self.panic_logged = dict(weights.panic)
         self._schedule_ramp(weights.next_change)
+        healthy = {service: up > 0 for service, up in weights.up.items()}
+        for instance in self.vrrp:
+            instance.set_tracking(services=healthy)
 
     def _ramp_start(self, key: Key) -> float | None:
         """When the backend last came UP (start of its slow-start ramp), if it is checked."""
@@ -161,6 +166,37 @@ class Daemon:
                 self._publish()
 
         self.publish_handle = asyncio.get_running_loop().call_soon(run)
+
+    # ---- VRRP (docs/ha.md) ----
+
+    async def start_vrrp(self) -> None:
+        """Start every [[vrrp]] instance (listeners are already bound, with IP_FREEBIND).
+
+        Raises VrrpError when one cannot start; the ones already started are stopped."""
+        try:
+            for settings in self.config.vrrp:
+                instance = VrrpInstance(settings)
+                await instance.start()
+                self.vrrp.append(instance)
+                log.info("vrrp %s: started on %s (VRID %d, priority %d)", settings.name,
+                         settings.interface, settings.virtual_router_id, settings.priority)
+        except BaseException:
+            await self.stop_vrrp()
+            raise
+        if self.weights is not None:
+            healthy = {service: up > 0 for service, up in self.weights.up.items()}
+            for instance in self.vrrp:
+                instance.set_tracking(services=healthy)
+
+    async def stop_vrrp(self) -> None:
+        """Leave the VRRP groups gracefully: priority-0 advert, VIPs removed."""
+        for instance in self.vrrp:
+            await instance.stop(graceful=True)
+        self.vrrp = []
+
+    def cmd_vrrp(self) -> dict[str, Any]:
+        return {"instances": [instance.status() for instance in self.vrrp],
+                "table": {"generation": self.generation, "digest": self.digest}}
 
     # ---- health checks (docs/health.md) ----
 
@@ -245,7 +281,7 @@ class Daemon:
         return {"status": self.cmd_status, "backends": self.cmd_backends,
                 "sessions": self.cmd_sessions, "enable": self.cmd_enable,
                 "disable": self.cmd_disable, "drain": self.cmd_drain, "weight": self.cmd_weight,
-                "reload": self.cmd_reload}
+                "reload": self.cmd_reload, "vrrp": self.cmd_vrrp}
 
     def cmd_reload(self) -> dict[str, Any]:
         return self.reload()
@@ -275,6 +311,12 @@ class Daemon:
                         "keeping %r", key, getattr(self.config.global_, key))
         keep = {k: getattr(self.config.global_, k) for k in RESTART_ONLY}
         new = dataclasses.replace(new, global_=dataclasses.replace(new.global_, **keep))
+        restart_needed = list(diff.restart_needed)
+        if new.vrrp != self.config.vrrp:
+            log.warning("reload: [[vrrp]] changed: takes effect only after a restart; "
+                        "keeping the running instances")
+            new = dataclasses.replace(new, vrrp=self.config.vrrp)
+            restart_needed.append("vrrp")
         fresh: list[ListenerGroup] = []
         try:
             for service, endpoint in diff.bind:
@@ -328,7 +370,7 @@ class Daemon:
         summary = diff.summary()
         log.info("reload: %s applied: %s", self.config.path, summary)
         return {"generation": self.generation, "digest": self.digest, "changes": summary,
-                "restart_needed": list(diff.restart_needed)}
+                "restart_needed": restart_needed}
 
     def cmd_status(self) -> dict[str, Any]:
         services = []
@@ -475,6 +517,7 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
         loop.add_signal_handler(signum, on_signal, signum)
     daemon.start_health()
     try:
+        await daemon.start_vrrp()  # VrrpError propagates after the cleanup below
         deadline = None if duration is None else loop.time() + duration
         while not done.is_set():
             wait = min(tick_interval, 1.0)  # passive health failures are read every second
@@ -492,6 +535,9 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        # Hand the VIPs over first (priority 0: the peer takes over after its skew time), then
+        # drain: sessions through this node may finish while new ones already go to the peer.
+        await daemon.stop_vrrp()
         if control is not None:
             await control.close()
     # The drain blocks (the data plane waits for sessions without the GIL): run it off the loop.

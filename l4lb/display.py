@@ -67,3 +67,29 @@ def status_text(status: dict[str, Any]) -> str:
         out.append("  " + table(BACKEND_HEADERS, backend_rows(svc["backends"]))
                    .replace("\n", "\n  "))
     return "\n".join(out)
+
+
+def vrrp_text(result: dict[str, Any]) -> str:
+    """`l4lb vrrp status`: one block per instance."""
+    table_info = result["table"]
+    out = [f"table generation {table_info['generation']}  digest {table_info['digest']}"]
+    if not result["instances"]:
+        out.append("no [[vrrp]] instances configured")
+    for inst in result["instances"]:
+        last = inst.get("last_transition")
+        why = f"{last['from']} -> {last['to']}: {last['reason']}" if last else "-"
+        counters = {k: v for k, v in inst.get("counters", {}).items() if k != "drops"}
+        drops = inst.get("counters", {}).get("drops", {})
+        out += [
+            "",
+            f"vrrp {inst['name']}: {inst['state']}  (VRID {inst['vrid']} on {inst['interface']}, "
+            f"v{inst['version']}, {inst['mode']})",
+            f"  priority {inst['priority']} (effective {inst['effective_priority']})  "
+            f"address {inst['address']}  master {inst['master'] or '-'}",
+            f"  vips {', '.join(inst['vips'])} ({'held' if inst['vips_held'] else 'not held'})",
+            f"  last transition: {why}",
+            "  counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items()))
+                              or "-"),
+            "  drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "none"),
+        ]
+    return "\n".join(out)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from l4lb.health.settings import HealthSettings
+from l4lb.vrrp.settings import VrrpSettings
 
 Protocol = Literal["tcp", "udp"]
 Scheduler = Literal[
@@ -98,3 +99,4 @@ class Config:
     path: str  # file it came from ("<demo>" for the embedded default)
     global_: GlobalSettings
     services: tuple[Service, ...]
+    vrrp: tuple[VrrpSettings, ...] = ()  # [[vrrp]] instances

@@ -45,6 +45,7 @@ from l4lb.health.settings import (
     HealthSettings,
     HealthSettingsError,
 )
+from l4lb.vrrp.settings import TrackService, VrrpSettings, VrrpSettingsError
 
 MAX_SERVICES = 1024  # DP_MAX_SERVICES of the forwarding table
 MAX_BACKENDS = 65536  # DP_MAX_BACKENDS, over all services
@@ -61,7 +62,7 @@ PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
-TOP_KEYS = ("global", "services")
+TOP_KEYS = ("global", "services", "vrrp")
 GLOBAL_KEYS = (
     "workers", "control_socket", "log_level", "log_format", "hash_seed", "shutdown_timeout",
     "listen_backlog",
@@ -71,6 +72,11 @@ SERVICE_KEYS = (
     "retries", "max_connections", "maglev_table_size", "backends", "health",
 )
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
+VRRP_KEYS = (
+    "name", "interface", "virtual_router_id", "priority", "advert_interval", "version",
+    "preempt", "preempt_delay", "vips", "unicast_peers", "garp_repeat", "garp_refresh",
+    "track_interfaces", "track_services", "notify", "source_address", "auth_pass",
+)
 HEALTH_KEYS = (
     "kind", "interval", "timeout", "rise", "fall", "start_period", "down_interval", "jitter",
     "port", "source", "send", "send_hex", "expect", "expect_regex", "initial_state", "max_fails",
@@ -353,7 +359,137 @@ class _Checker:
         services: list[Service] = []
         if "services" in doc:
             services = self.services(doc["services"])
-        return Config(path=self.file, global_=settings, services=tuple(services))
+        instances: list[VrrpSettings] = []
+        if "vrrp" in doc:
+            instances = self.vrrp_instances(doc["vrrp"], {s.name for s in services})
+        return Config(path=self.file, global_=settings, services=tuple(services),
+                      vrrp=tuple(instances))
+
+    # ------------------------------------------------------------ [[vrrp]]
+
+    def read_str_array(self, scope: _Scope, table: dict[str, Any], key: str) -> tuple[str, ...]:
+        if key not in table:
+            return ()
+        value = table[key]
+        path = (*scope.path, key)
+        if isinstance(value, str):
+            self.wrong_type(path, scope.label(key), "an array of strings", value,
+                            f"write [{quote(value)}]")
+            return ()
+        if not isinstance(value, list):
+            self.wrong_type(path, scope.label(key), "an array of strings", value)
+            return ()
+        out: list[str] = []
+        for k, item in enumerate(value):
+            if not isinstance(item, str):
+                self.wrong_type((*path, k), f"{scope.label(key)}[{k}]", "a string", item)
+                continue
+            out.append(item)
+        return tuple(out)
+
+    def vrrp_instances(self, value: object, services: set[str]) -> list[VrrpSettings]:
+        if not isinstance(value, list):
+            self.wrong_type(("vrrp",), "vrrp", "an array of tables ([[vrrp]])", value)
+            return []
+        out: list[VrrpSettings] = []
+        names: dict[str, int] = {}
+        routers: dict[tuple[str, int, int], int] = {}
+        for i, item in enumerate(value):
+            table = self.read_table(("vrrp", i), f"vrrp[{i}]", item)
+            if table is None:
+                continue
+            instance = self.vrrp_instance(i, table, services)
+            if instance is None:
+                continue
+            if instance.name in names:
+                self.error(("vrrp", i, "name"), f"vrrp[{i}]: name: {quote(instance.name)} is "
+                           f"already used by vrrp[{names[instance.name]}]")
+                continue
+            names[instance.name] = i
+            family = 6 if ":" in instance.vips[0] else 4
+            router = (instance.interface, instance.virtual_router_id, family)
+            if router in routers:
+                self.error(("vrrp", i, "virtual_router_id"),
+                           f"vrrp[{i}] ({quote(instance.name)}): virtual_router_id: "
+                           f"{instance.virtual_router_id} on {instance.interface} (IPv{family}) "
+                           f"is already used by vrrp[{routers[router]}]")
+                continue
+            routers[router] = i
+            out.append(instance)
+        return out
+
+    def vrrp_instance(self, i: int, table: dict[str, Any],
+                      services: set[str]) -> VrrpSettings | None:
+        raw_name = table.get("name")
+        label = f"vrrp[{i}]" + (f" ({quote(raw_name)})" if isinstance(raw_name, str) else "")
+        scope = _Scope(path=("vrrp", i), table=label, prefix=f"{label}: ")
+        before = len(self.diagnostics)
+        self.check_keys(scope, table, VRRP_KEYS, {})
+        for key in ("name", "interface", "virtual_router_id", "vips"):
+            if key not in table:
+                self.missing(scope, key)
+        tracks: list[TrackService] = []
+        raw_tracks = table.get("track_services", [])
+        tpath = (*scope.path, "track_services")
+        if not isinstance(raw_tracks, list):
+            self.wrong_type(tpath, scope.label("track_services"), "an array of tables",
+                            raw_tracks, '[{ service = "web", weight = -50 }]')
+            raw_tracks = []
+        for k, entry in enumerate(raw_tracks):
+            tlabel = f"{scope.label('track_services')}[{k}]"
+            tscope = _Scope(path=(*tpath, k), table=tlabel, prefix=f"{tlabel}.")
+            if not isinstance(entry, dict):
+                self.wrong_type((*tpath, k), tlabel, "a table", entry,
+                                '{ service = "web", weight = -50 }')
+                continue
+            self.check_keys(tscope, entry, ("service", "weight"), {})
+            service = self.read_str(tscope, entry, "service")
+            if service is None:
+                if "service" not in entry:
+                    self.missing(tscope, "service")
+                continue
+            if service not in services:
+                hint = suggest(service, sorted(services))
+                self.error((*tpath, k, "service"), f"{tlabel}.service: no service named "
+                           f"{quote(service)}" + (f"; did you mean {quote(hint)}?" if hint
+                                                   else ""))
+                continue
+            tracks.append(TrackService(service=service,
+                                       weight=self.read_int(tscope, entry, "weight", 0, -254,
+                                                            254)))
+        values: dict[str, Any] = dict(
+            name=self.read_str(scope, table, "name") or "",
+            interface=self.read_str(scope, table, "interface") or "",
+            virtual_router_id=self.read_int(scope, table, "virtual_router_id", 1, 1, 255),
+            vips=self.read_str_array(scope, table, "vips"),
+            priority=self.read_int(scope, table, "priority", 100, 1, 255),
+            advert_interval=self.read_duration(scope, table, "advert_interval", 1.0,
+                                               zero_ok=False),
+            version=self.read_int(scope, table, "version", 3, 2, 3),
+            preempt=self.read_bool(scope, table, "preempt", True),
+            preempt_delay=self.read_duration(scope, table, "preempt_delay", 0.0, zero_ok=True),
+            unicast_peers=self.read_str_array(scope, table, "unicast_peers"),
+            garp_repeat=self.read_int(scope, table, "garp_repeat", 5, 0, 100),
+            garp_refresh=self.read_duration(scope, table, "garp_refresh", 0.0, zero_ok=True),
+            track_interfaces=self.read_str_array(scope, table, "track_interfaces"),
+            track_services=tuple(tracks),
+            notify=self.read_str(scope, table, "notify"),
+            source_address=self.read_str(scope, table, "source_address"),
+            auth_pass=self.read_str(scope, table, "auth_pass"),
+        )
+        if len(self.diagnostics) > before:
+            return None
+        try:
+            return VrrpSettings(**values)
+        except VrrpSettingsError as exc:
+            for problem in exc.problems:
+                field = problem.split(":", 1)[0].removeprefix("vrrp.").split("[")[0]
+                message = f"{scope.prefix}{problem.removeprefix('vrrp.')}"
+                if field in table:
+                    self.error((*scope.path, field), message)
+                else:
+                    self.error(scope.path, message, at_key=True, position_of=scope.path)
+            return None
 
     def global_settings(self, table: dict[str, Any]) -> GlobalSettings:
         scope = _Scope(path=("global",), table="[global]", prefix="global.")
