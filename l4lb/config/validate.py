@@ -365,6 +365,29 @@ class _Checker:
         return Config(path=self.file, global_=settings, services=tuple(services),
                       vrrp=tuple(instances))
 
+    def settings_problems(self, path: KeyPath, prefix: str, section: str,
+                          table: dict[str, Any], problems: list[str], before: int) -> None:
+        """Report a settings object's own problems (`section.field: text` lines) at their keys,
+        leaving out those about keys the readers already reported (since `before`)."""
+        flagged = {str(d.path[len(path)]) for d in self.diagnostics[before:]
+                   if len(d.path) > len(path) and d.path[:len(path)] == path}
+        flagged |= {alias for key, alias in (("send_hex", "send"), ("expect_regex", "expect"))
+                    if key in flagged}
+        for problem in problems:
+            head = problem.split(":", 1)[0].removeprefix(f"{section}.")
+            fields = [f.split("[")[0] for f in head.split("/")]
+            # a problem about, or mentioning, a key already reported comes from a placeholder
+            if any(f in flagged for f in fields) or any(
+                    re.search(rf"\b{re.escape(f)}\b", problem) for f in flagged):
+                continue
+            field = next((f for f in fields if f in table), "")
+            message = f"{prefix}{problem.removeprefix(section + '.')}" if section == "vrrp" \
+                else f"{prefix}{problem}"
+            if field:
+                self.error((*path, field), message)
+            else:
+                self.error(path, message, at_key=True, position_of=path)
+
     # ------------------------------------------------------------ [[vrrp]]
 
     def read_str_array(self, scope: _Scope, table: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -457,11 +480,13 @@ class _Checker:
             tracks.append(TrackService(service=service,
                                        weight=self.read_int(tscope, entry, "weight", 0, -254,
                                                             254)))
+        # Keys missing or wrong get placeholders, so that the settings' own checks still run for
+        # everything else (their problems about reported keys are left out).
         values: dict[str, Any] = dict(
-            name=self.read_str(scope, table, "name") or "",
-            interface=self.read_str(scope, table, "interface") or "",
+            name=self.read_str(scope, table, "name") or "VI",
+            interface=self.read_str(scope, table, "interface") or "eth0",
             virtual_router_id=self.read_int(scope, table, "virtual_router_id", 1, 1, 255),
-            vips=self.read_str_array(scope, table, "vips"),
+            vips=self.read_str_array(scope, table, "vips") or ("192.0.2.1/32",),
             priority=self.read_int(scope, table, "priority", 100, 1, 255),
             advert_interval=self.read_duration(scope, table, "advert_interval", 1.0,
                                                zero_ok=False),
@@ -477,19 +502,12 @@ class _Checker:
             source_address=self.read_str(scope, table, "source_address"),
             auth_pass=self.read_str(scope, table, "auth_pass"),
         )
-        if len(self.diagnostics) > before:
-            return None
         try:
-            return VrrpSettings(**values)
+            settings = VrrpSettings(**values)
         except VrrpSettingsError as exc:
-            for problem in exc.problems:
-                field = problem.split(":", 1)[0].removeprefix("vrrp.").split("[")[0]
-                message = f"{scope.prefix}{problem.removeprefix('vrrp.')}"
-                if field in table:
-                    self.error((*scope.path, field), message)
-                else:
-                    self.error(scope.path, message, at_key=True, position_of=scope.path)
+            self.settings_problems(scope.path, scope.prefix, "vrrp", table, exc.problems, before)
             return None
+        return None if len(self.diagnostics) > before else settings
 
     def global_settings(self, table: dict[str, Any]) -> GlobalSettings:
         scope = _Scope(path=("global",), table="[global]", prefix="global.")
@@ -666,15 +684,7 @@ class _Checker:
         try:
             settings = HealthSettings(**values)
         except HealthSettingsError as exc:
-            if len(self.diagnostics) > before:  # the readers above reported the cause
-                return None
-            for problem in exc.problems:
-                fields = problem.split(":", 1)[0].removeprefix("health.").split("/")
-                field = next((f for f in fields if f in table), "")
-                if field:
-                    self.error((*path, field), f"{scope.prefix}{problem}")
-                else:
-                    self.error(path, f"{scope.prefix}{problem}", at_key=True, position_of=path)
+            self.settings_problems(path, scope.prefix, "health", table, exc.problems, before)
             return None
         return None if len(self.diagnostics) > before else settings
 

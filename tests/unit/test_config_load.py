@@ -22,7 +22,13 @@ from l4lb.config import (
     load_text,
     validate,
 )
-from l4lb.config.validate import BACKEND_KEYS, GLOBAL_KEYS, HEALTH_KEYS, SERVICE_KEYS
+from l4lb.config.validate import (
+    BACKEND_KEYS,
+    GLOBAL_KEYS,
+    HEALTH_KEYS,
+    SERVICE_KEYS,
+    VRRP_KEYS,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = [REPO / "conf" / "l4lb.toml", *sorted((REPO / "conf" / "examples").glob("*.toml"))]
@@ -161,11 +167,12 @@ def test_annotated_example_shows_every_key() -> None:
     assert "[services.health]" in text
     commented = set(re.findall(r"^\s*#?\s*([a-z_]+)\s*=", text, flags=re.M))
     assert set(HEALTH_KEYS) - {"send_hex", "expect_regex"} <= commented
+    assert "# [[vrrp]]" in text and set(VRRP_KEYS) <= commented
 
 
 def test_reference_documents_every_key_and_field() -> None:
     doc = (REPO / "docs" / "configuration.md").read_text()
-    for key in (*GLOBAL_KEYS, *SERVICE_KEYS, *BACKEND_KEYS, *HEALTH_KEYS):
+    for key in (*GLOBAL_KEYS, *SERVICE_KEYS, *BACKEND_KEYS, *HEALTH_KEYS, *VRRP_KEYS):
         assert f"`{key}`" in doc, key
     # every model field is reachable from some key of the file
     fields = {f.name for cls in (GlobalSettings, Service, Backend) for f in dataclasses.fields(cls)}
