@@ -153,9 +153,8 @@ class HttpServer:
         self._clients.add(task)
         try:
             await self._serve(reader, writer)
-        except asyncio.CancelledError:
-            writer.transport.abort()
-            raise
+        except asyncio.CancelledError:  # close(): end quietly (asyncio's stream callback
+            writer.transport.abort()  # would log a cancelled task as an error)
         except Exception:
             log.exception("http: connection failed")
             writer.transport.abort()
