@@ -19,6 +19,7 @@ Scheduler = Literal[
     "round_robin", "weighted_round_robin", "least_conn", "random_two", "source_hash", "maglev"
 ]
 HashKey = Literal["src_ip", "src_ip_port"]
+FlowKey = Literal["src_ip_port", "src_ip"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
 
@@ -77,6 +78,11 @@ class Service:
     max_connections: int = 0
     maglev_table_size: int = 65537  # prime
     health: HealthSettings | None = None  # [services.health]; None = no active checks
+    # UDP only (protocol = "udp"); TCP services keep the defaults:
+    udp_idle_timeout: float = 30.0  # a flow expires after this long without a datagram
+    max_flows: int = 0  # flows at once, all workers together; 0 = unlimited
+    responses: int = 0  # close a flow after this many replies; 0 = never (1 suits DNS)
+    session: FlowKey = "src_ip_port"  # what identifies a flow: client address and port, or address
 
 
 @dataclass(frozen=True)
