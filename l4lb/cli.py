@@ -293,3 +293,20 @@ def vrrp() -> None:
 def vrrp_status(config_path: str | None, socket_path: str | None, as_json: bool) -> None:
     """State, priorities, master, VIPs, last transition and why, counters and drops."""
     _emit(_call(config_path, socket_path, "vrrp"), as_json, vrrp_text)
+
+
+@cli.command()
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), default=None,
+              help="Control socket path (default: [global] control_socket of -c FILE).")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Configuration file whose control socket to use.")
+def top(interval: float, socket_path: str | None, config_path: str | None) -> None:
+    """Live view of services and backends with connection and byte rates; q quits."""
+    from l4lb.top import run_top
+
+    if socket_path is None:
+        socket_path = (_socket_of(config_path) if config_path is not None
+                       else GlobalSettings().control_socket)
+    sys.exit(run_top(socket_path, interval))

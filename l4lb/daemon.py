@@ -29,6 +29,8 @@ from l4lb.control import ControlError, ControlServer
 from l4lb.dataplane import load_dataplane_class
 from l4lb.health.checker import HealthChecker
 from l4lb.health.dampener import Health, Transition, transition_log_line
+from l4lb.httpserver import HttpServer
+from l4lb.httpserver import start as start_http
 from l4lb.logs import LEVELS
 from l4lb.net.listen import ListenerGroup, ListenError, open_listeners, resolve_workers
 from l4lb.reload import RESTART_ONLY, plan
@@ -234,6 +236,10 @@ class Daemon:
             log.info("%s", line)
         rt.health = transition.new.value
         self._publish_soon()
+
+    def health_stats(self) -> dict[str, Any] | None:
+        """The health checker's counters (for metrics), None when nothing is checked."""
+        return dataclasses.asdict(self.checker.stats()) if self.checker is not None else None
 
     def feed_passive_failures(self) -> None:
         """Hand the data plane's new connect failures to the checker (max_fails)."""
@@ -513,6 +519,17 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
     if control_path:
         control = ControlServer(control_path, daemon.commands())
         await control.start()
+    http: HttpServer | None = None
+    if daemon.config.metrics_listen is not None:
+        try:
+            http = await start_http(str(daemon.config.metrics_listen), daemon.cmd_status,
+                                    health=daemon.health_stats)
+        except BaseException:
+            if control is not None:
+                await control.close()
+            raise
+        log.info("metrics: serving /metrics and the status page on http://%s/",
+                 daemon.config.metrics_listen)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
     daemon.start_health()
@@ -538,6 +555,8 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
         # Hand the VIPs over first (priority 0: the peer takes over after its skew time), then
         # drain: sessions through this node may finish while new ones already go to the peer.
         await daemon.stop_vrrp()
+        if http is not None:
+            await http.close()
         if control is not None:
             await control.close()
     # The drain blocks (the data plane waits for sessions without the GIL): run it off the loop.

@@ -106,3 +106,4 @@ class Config:
     global_: GlobalSettings
     services: tuple[Service, ...]
     vrrp: tuple[VrrpSettings, ...] = ()  # [[vrrp]] instances
+    metrics_listen: Endpoint | None = None  # [metrics] listen: Prometheus + status page; None=off

@@ -62,7 +62,8 @@ PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
-TOP_KEYS = ("global", "services", "vrrp")
+TOP_KEYS = ("global", "services", "vrrp", "metrics")
+METRICS_KEYS = ("listen",)
 GLOBAL_KEYS = (
     "workers", "control_socket", "log_level", "log_format", "hash_seed", "shutdown_timeout",
     "listen_backlog",
@@ -362,8 +363,38 @@ class _Checker:
         instances: list[VrrpSettings] = []
         if "vrrp" in doc:
             instances = self.vrrp_instances(doc["vrrp"], {s.name for s in services})
+        metrics_listen: Endpoint | None = None
+        if "metrics" in doc:
+            table = self.read_table(("metrics",), "metrics", doc["metrics"])
+            if table is not None:
+                metrics_listen = self.metrics(table)
         return Config(path=self.file, global_=settings, services=tuple(services),
-                      vrrp=tuple(instances))
+                      vrrp=tuple(instances), metrics_listen=metrics_listen)
+
+    def metrics(self, table: dict[str, Any]) -> Endpoint | None:
+        scope = _Scope(path=("metrics",), table="[metrics]", prefix="metrics.")
+        self.check_keys(scope, table, METRICS_KEYS, {})
+        text = self.read_str(scope, table, "listen")
+        if text is None:
+            if "listen" not in table:
+                self.missing(scope, "listen")
+            return None
+        try:
+            endpoint = parse_endpoint(text, wildcard_ok=True)
+        except ValueError as exc:
+            self.error(("metrics", "listen"), f"metrics.listen: {exc}")
+            return None
+        for claims in (self.listen_exact, self.listen_wildcard, self.listen_specific):
+            for key, claim in claims.items():
+                if key[0] == "tcp" and claim.endpoint.port == endpoint.port and (
+                        claim.endpoint.host == endpoint.host
+                        or claim.endpoint.host in ("0.0.0.0", "::")
+                        or endpoint.host in ("0.0.0.0", "::")) and \
+                        claim.endpoint.family == endpoint.family:
+                    self.error(("metrics", "listen"), f"metrics.listen: {endpoint} is also "
+                               f"listened on by {claim.service_label}")
+                    return None
+        return endpoint
 
     def settings_problems(self, path: KeyPath, prefix: str, section: str,
                           table: dict[str, Any], problems: list[str], before: int) -> None:
