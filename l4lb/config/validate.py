@@ -31,6 +31,7 @@ from l4lb.config.model import (
     Backend,
     Config,
     Endpoint,
+    FlowKey,
     GlobalSettings,
     LogFormat,
     LogLevel,
@@ -71,7 +72,10 @@ GLOBAL_KEYS = (
 SERVICE_KEYS = (
     "name", "protocol", "listen", "scheduler", "hash_key", "connect_timeout", "idle_timeout",
     "retries", "max_connections", "maglev_table_size", "backends", "health",
+    "udp_idle_timeout", "max_flows", "responses", "session",
 )
+UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session")
+FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
 VRRP_KEYS = (
     "name", "interface", "virtual_router_id", "priority", "advert_interval", "version",
@@ -623,6 +627,16 @@ class _Checker:
         table_size = self.maglev_table_size(scope, table)
         backends = self.backends(scope, table)
         health = self.health(scope, table["health"]) if "health" in table else None
+        udp_idle_timeout = self.read_duration(scope, table, "udp_idle_timeout",
+                                              d.udp_idle_timeout, zero_ok=False)
+        max_flows = self.read_int(scope, table, "max_flows", d.max_flows, 0, U32_MAX)
+        responses = self.read_int(scope, table, "responses", d.responses, 0, U32_MAX)
+        session = self.read_enum(scope, table, "session", d.session, FLOW_KEYS)
+        if protocol == "tcp":
+            for key in UDP_ONLY_KEYS:
+                if key in table:
+                    self.error((*scope.path, key), f"{scope.label(key)}: applies to "
+                               'protocol = "udp" only')
         if scheduler == "maglev" and table_size < len(backends):
             self.error((*scope.path, "maglev_table_size"),
                        f"{scope.label('maglev_table_size')}: {table_size} is smaller than the "
@@ -631,7 +645,8 @@ class _Checker:
             name=name, protocol=protocol, listen=tuple(listen), backends=tuple(backends),
             scheduler=scheduler, hash_key=hash_key, connect_timeout=connect_timeout,
             idle_timeout=idle_timeout, retries=retries, max_connections=max_connections,
-            maglev_table_size=table_size, health=health,
+            maglev_table_size=table_size, health=health, udp_idle_timeout=udp_idle_timeout,
+            max_flows=max_flows, responses=responses, session=session,
         )
 
     def read_fraction(self, scope: _Scope, table: dict[str, Any], key: str, default: float,
