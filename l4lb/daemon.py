@@ -104,7 +104,8 @@ class Daemon:
             for service in self.config.services:
                 for endpoint in service.listen:
                     group = open_listeners(service.name, endpoint, self.workers,
-                                           self.config.global_.listen_backlog)
+                                           self.config.global_.listen_backlog,
+                                           service.protocol)
                     self.listeners.append(group)
             ids = self.builder.service_ids()
             for group in self.listeners:
@@ -325,9 +326,9 @@ class Daemon:
             restart_needed.append("vrrp")
         fresh: list[ListenerGroup] = []
         try:
-            for service, endpoint in diff.bind:
+            for service, (protocol, endpoint) in diff.bind:
                 fresh.append(open_listeners(service, endpoint, self.workers,
-                                            self.config.global_.listen_backlog))
+                                            self.config.global_.listen_backlog, protocol))
         except ListenError as exc:
             for group in fresh:
                 group.close()
@@ -352,23 +353,24 @@ class Daemon:
                 self.dp.add_listener(ids[group.service], sock.fileno(), worker)
             self.listeners.append(group)
             log.info("service %s: listening on %s", group.service, group.endpoint)
-        moved = dict((e, s) for s, e in diff.move)
+        moved = {listen: service for service, listen in diff.move}
         released = set(diff.release)
         kept: list[ListenerGroup] = []
         for group in self.listeners:
-            if group.endpoint in released:
+            listen = (group.protocol, group.endpoint)
+            if listen in released:
                 for sock in group.sockets:
                     self.dp.remove_listener(sock.fileno())
                 group.close()
                 log.info("service %s: stopped listening on %s", group.service, group.endpoint)
                 continue
-            if group.endpoint in moved:
+            if listen in moved:
                 for worker, sock in enumerate(group.sockets):
                     self.dp.remove_listener(sock.fileno())
-                    self.dp.add_listener(ids[moved[group.endpoint]], sock.fileno(), worker)
-                log.info("service %s: now serves %s (was %s)", moved[group.endpoint],
-                         group.endpoint, group.service)
-                group.service = moved[group.endpoint]
+                    self.dp.add_listener(ids[moved[listen]], sock.fileno(), worker)
+                log.info("service %s: now serves %s (was %s)", moved[listen], group.endpoint,
+                         group.service)
+                group.service = moved[listen]
             kept.append(group)
         self.listeners = kept
         if new.global_.log_level != old_config.global_.log_level:

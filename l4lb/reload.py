@@ -22,9 +22,9 @@ RESTART_ONLY = ("workers", "control_socket", "listen_backlog")
 class ReloadPlan:
     """The difference between two configurations, in the order it must be applied."""
 
-    bind: tuple[tuple[str, Endpoint], ...] = ()  # (service, endpoint) to bind anew
-    release: tuple[Endpoint, ...] = ()  # listen addresses no service uses any more
-    move: tuple[tuple[str, Endpoint], ...] = ()  # kept address now serving another service
+    bind: tuple[tuple[str, Listen], ...] = ()  # (service, listener) to bind anew
+    release: tuple[Listen, ...] = ()  # listeners no service uses any more
+    move: tuple[tuple[str, Listen], ...] = ()  # kept listener now serving another service
     services_added: tuple[str, ...] = ()
     services_removed: tuple[str, ...] = ()
     services_changed: tuple[str, ...] = ()  # settings or backends differ
@@ -49,14 +49,17 @@ class ReloadPlan:
             if pairs:
                 parts.append(f"{label}: {', '.join(f'{s}/{a}' for s, a in pairs)}")
         if self.bind:
-            parts.append(f"new listeners: {', '.join(str(e) for _, e in self.bind)}")
+            parts.append(f"new listeners: {', '.join(f'{p} {e}' for _, (p, e) in self.bind)}")
         if self.release:
-            parts.append(f"listeners closed: {', '.join(str(e) for e in self.release)}")
+            parts.append(f"listeners closed: {', '.join(f'{p} {e}' for p, e in self.release)}")
         return "; ".join(parts) or "no change"
 
 
-def _listen_map(config: Config) -> dict[Endpoint, str]:
-    return {e: s.name for s in config.services for e in s.listen}
+Listen = tuple[str, Endpoint]  # (protocol, address): TCP and UDP may share an address
+
+
+def _listen_map(config: Config) -> dict[Listen, str]:
+    return {(s.protocol, e): s.name for s in config.services for e in s.listen}
 
 
 def plan(old: Config, new: Config) -> ReloadPlan:

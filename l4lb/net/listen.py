@@ -1,4 +1,8 @@
-"""Create the listening sockets the data plane accepts on: one SO_REUSEPORT socket per worker.
+"""Create the listening sockets the data plane serves: one SO_REUSEPORT socket per worker.
+
+TCP sockets listen; UDP sockets are bound datagram sockets (the kernel spreads flows over the
+workers by the 4-tuple hash of SO_REUSEPORT) with IP_PKTINFO / IPV6_RECVPKTINFO on wildcard
+addresses, so replies can leave from the address each client sent to.
 
 Python owns the sockets (and closes them); the data plane only polls their fds. Before the
 per-worker sockets are bound, a probe socket WITHOUT SO_REUSEPORT is bound to the same address and
@@ -17,6 +21,7 @@ from l4lb.config.model import Endpoint
 
 IP_FREEBIND = 15  # linux/in.h: bind to an address not (yet) on this host (VIPs on the standby)
 IPV6_FREEBIND = 78  # linux/in6.h: the same for IPv6 sockets
+IP_PKTINFO = 8  # linux/in.h: receive the destination address of each datagram
 
 
 class ListenError(OSError):
@@ -29,6 +34,7 @@ class ListenerGroup:
 
     service: str  # service name
     endpoint: Endpoint  # the address as configured
+    protocol: str  # "tcp" or "udp"
     sockets: list[socket.socket]  # one per worker, index = worker number
 
     def close(self) -> None:
@@ -38,9 +44,10 @@ class ListenerGroup:
         self.sockets = []
 
 
-def _new_socket(endpoint: Endpoint, reuseport: bool) -> socket.socket:
+def _new_socket(endpoint: Endpoint, reuseport: bool, protocol: str = "tcp") -> socket.socket:
     family = socket.AF_INET6 if endpoint.family == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
@@ -51,6 +58,11 @@ def _new_socket(endpoint: Endpoint, reuseport: bool) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        if protocol == "udp" and endpoint.host in ("0.0.0.0", "::"):
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         sock.bind((endpoint.host, endpoint.port))
     except BaseException:
         sock.close()
@@ -65,28 +77,30 @@ def _describe(service: str, endpoint: Endpoint, exc: OSError) -> str:
     return f"service {service!r}: cannot listen on {endpoint}: {reason}{suffix}"
 
 
-def open_listeners(service: str, endpoint: Endpoint, workers: int, backlog: int) -> ListenerGroup:
-    """Bind and listen `workers` nonblocking SO_REUSEPORT sockets on endpoint.
+def open_listeners(service: str, endpoint: Endpoint, workers: int, backlog: int,
+                   protocol: str = "tcp") -> ListenerGroup:
+    """Bind (and for TCP listen on) `workers` nonblocking SO_REUSEPORT sockets on endpoint.
 
     Raises ListenError with a one-line message when the address cannot be bound.
     """
     try:
-        probe = _new_socket(endpoint, reuseport=False)
+        probe = _new_socket(endpoint, reuseport=False, protocol=protocol)
         probe.close()
     except OSError as exc:
         raise ListenError(exc.errno or 0, _describe(service, endpoint, exc)) from exc
     sockets: list[socket.socket] = []
     try:
         for _ in range(workers):
-            sock = _new_socket(endpoint, reuseport=True)
-            sock.listen(backlog)
+            sock = _new_socket(endpoint, reuseport=True, protocol=protocol)
+            if protocol == "tcp":
+                sock.listen(backlog)
             sock.setblocking(False)
             sockets.append(sock)
     except OSError as exc:
         for sock in sockets:
             sock.close()
         raise ListenError(exc.errno or 0, _describe(service, endpoint, exc)) from exc
-    return ListenerGroup(service=service, endpoint=endpoint, sockets=sockets)
+    return ListenerGroup(service=service, endpoint=endpoint, protocol=protocol, sockets=sockets)
 
 
 def resolve_workers(configured: int) -> int:

@@ -14,7 +14,8 @@ def ep(text: str) -> Endpoint:
 
 
 def svc(name: str, listen: list[str], backends: list[str], **kw: object) -> Service:
-    return Service(name=name, protocol="tcp", listen=tuple(ep(x) for x in listen),
+    kw.setdefault("protocol", "tcp")
+    return Service(name=name, listen=tuple(ep(x) for x in listen),
                    backends=tuple(Backend(address=ep(b), name=b) for b in backends), **kw)  # type: ignore[arg-type]
 
 
@@ -36,9 +37,9 @@ def test_listeners_backends_and_services() -> None:
                   scheduler="maglev"),
               svc("admin", ["127.0.0.1:90"], ["127.0.0.1:5"]))
     p = plan(old, new)
-    assert p.bind == (("web", ep("127.0.0.1:82")),)
-    assert p.release == (ep("127.0.0.1:81"),)
-    assert p.move == (("admin", ep("127.0.0.1:90")),)  # same address, new service: no re-bind
+    assert p.bind == (("web", ("tcp", ep("127.0.0.1:82"))),)
+    assert p.release == (("tcp", ep("127.0.0.1:81")),)
+    assert p.move == (("admin", ("tcp", ep("127.0.0.1:90"))),)  # no re-bind for a new service
     assert p.services_added == ("admin",) and p.services_removed == ("api",)
     assert p.services_changed == ("web",)
     assert p.backends_added == (("admin", "127.0.0.1:5"), ("web", "127.0.0.1:4"))
@@ -52,3 +53,12 @@ def test_restart_only_globals_are_reported() -> None:
     p = plan(old, new)
     assert p.restart_needed == ("workers",)
     assert p.empty  # a log level change needs no listener or table work
+
+
+def test_tcp_and_udp_on_one_address_are_separate_listeners() -> None:
+    old = cfg(svc("dns", ["127.0.0.1:53"], ["127.0.0.1:1"]))
+    new = cfg(svc("dns", ["127.0.0.1:53"], ["127.0.0.1:1"]),
+              svc("dns-udp", ["127.0.0.1:53"], ["127.0.0.1:1"], protocol="udp"))
+    p = plan(old, new)
+    assert p.bind == (("dns-udp", ("udp", ep("127.0.0.1:53"))),) and p.release == ()
+    assert "new listeners: udp 127.0.0.1:53" in p.summary()
