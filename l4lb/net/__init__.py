@@ -1,1 +1,1 @@
-"""Networking helpers of the control plane: listener sockets (later: VIPs through pyroute2)."""
+"""Networking of the control plane: listener sockets, and VIPs and links through pyroute2."""
