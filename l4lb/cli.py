@@ -310,3 +310,33 @@ def top(interval: float, socket_path: str | None, config_path: str | None) -> No
         socket_path = (_socket_of(config_path) if config_path is not None
                        else GlobalSettings().control_socket)
     sys.exit(run_top(socket_path, interval))
+
+
+@cli.command(name="add-backend")
+@click.argument("service")
+@click.argument("address")
+@click.option("--weight", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--name", default="", help="Backend name (default: the address).")
+@click.option("--backup", is_flag=True, help="A backup backend.")
+@click.option("--max-connections", type=click.IntRange(min=0), default=0, show_default=True)
+@_socket_options
+def add_backend(service: str, address: str, weight: int, name: str, backup: bool,
+                max_connections: int, config_path: str | None, socket_path: str | None,
+                as_json: bool) -> None:
+    """Add ADDRESS as a backend of SERVICE at run time (the file is not changed)."""
+    result = _call(config_path, socket_path, "add-backend", service=service, address=address,
+                   weight=weight, name=name, backup=backup, max_connections=max_connections)
+    _emit(result, as_json, lambda r: f"{r['service']}/{r['backend']}: added "
+          f"(table generation {r['generation']}); differs from the file: {r['differences']}")
+
+
+@cli.command(name="remove-backend")
+@click.argument("service")
+@click.argument("backend")
+@_socket_options
+def remove_backend(service: str, backend: str, config_path: str | None,
+                   socket_path: str | None, as_json: bool) -> None:
+    """Remove BACKEND from SERVICE at run time; its open sessions continue."""
+    result = _call(config_path, socket_path, "remove-backend", service=service, backend=backend)
+    _emit(result, as_json, lambda r: f"{r['service']}/{r['backend']}: removed "
+          f"(table generation {r['generation']}); differs from the file: {r['differences']}")

@@ -135,6 +135,8 @@ def _check_arguments(handler: Handler, cmd: str, args: dict[str, Any]) -> str:
             return f'command "{cmd}": argument "{name}" must be a string'
         if want in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
             return f'command "{cmd}": argument "{name}" must be an integer'
+        if want in ("bool", bool) and not isinstance(value, bool):
+            return f'command "{cmd}": argument "{name}" must be true or false'
         if want in ("float", float) and (not isinstance(value, int | float)
                                          or isinstance(value, bool)):
             return f'command "{cmd}": argument "{name}" must be a number'

@@ -33,6 +33,7 @@ from l4lb.httpserver import HttpServer
 from l4lb.httpserver import start as start_http
 from l4lb.logs import LEVELS
 from l4lb.net.listen import ListenerGroup, ListenError, open_listeners, resolve_workers
+from l4lb.overlay import Overlay, OverlayError
 from l4lb.reload import RESTART_ONLY, plan
 from l4lb.state import Runtime, StateError, address_text
 from l4lb.table.blob import digest
@@ -78,6 +79,8 @@ class Daemon:
     builder: TableBuilder = field(default_factory=TableBuilder)
     listeners: list[ListenerGroup] = field(default_factory=list)
     runtime: Runtime = field(default_factory=Runtime)  # admin state and weights per backend
+    file_config: Config | None = None  # the file as loaded; `config` = file + overlay
+    overlay: Overlay = field(default_factory=Overlay)  # add-backend / remove-backend changes
     digest: str = ""  # digest of the live table
     generation: int = 0  # generation of the live table
     started: float = field(default_factory=time.time)  # unix time of start()
@@ -95,6 +98,7 @@ class Daemon:
         Raises DataplaneUnavailable or ListenError; on error everything started is undone.
         """
         dp_class = load_dataplane_class()
+        self.file_config = self.config
         self.runtime = Runtime.from_config(self.config)
         self.workers = resolve_workers(self.config.global_.workers)
         self.dp = dp_class(self.workers)
@@ -288,7 +292,49 @@ class Daemon:
         return {"status": self.cmd_status, "backends": self.cmd_backends,
                 "sessions": self.cmd_sessions, "enable": self.cmd_enable,
                 "disable": self.cmd_disable, "drain": self.cmd_drain, "weight": self.cmd_weight,
-                "reload": self.cmd_reload, "vrrp": self.cmd_vrrp}
+                "reload": self.cmd_reload, "vrrp": self.cmd_vrrp,
+                "add-backend": self.cmd_add_backend, "remove-backend": self.cmd_remove_backend}
+
+    def _apply_overlay(self, overlay: Overlay) -> None:
+        """Run file + `overlay`: carry runtime state over, re-check health, publish."""
+        assert self.file_config is not None
+        old = (self.config, self.runtime, self.overlay)
+        self.overlay = overlay
+        self.config = overlay.apply(self.file_config)
+        self.runtime = Runtime.from_config(self.config, previous=old[1])
+        self._sync_health()
+        try:
+            self._publish()
+        except Exception:
+            self.config, self.runtime, self.overlay = old
+            self._sync_health()
+            raise
+
+    def cmd_add_backend(self, service: str, address: str, weight: int = 1, name: str = "",
+                        backup: bool = False, max_connections: int = 0) -> dict[str, Any]:
+        overlay = self.overlay.copy()
+        try:
+            backend = overlay.add(self.config, service, address, weight=weight, name=name,
+                                  backup=backup, max_connections=max_connections)
+        except OverlayError as exc:
+            raise ControlError(str(exc)) from None
+        self._apply_overlay(overlay)
+        log.info("backend %s/%s: added at run time (weight %d%s)", service, address,
+                 backend.weight, ", backup" if backend.backup else "")
+        return {"service": service, "backend": address, "generation": self.generation,
+                "differences": overlay.differences(service)}
+
+    def cmd_remove_backend(self, service: str, backend: str) -> dict[str, Any]:
+        overlay = self.overlay.copy()
+        try:
+            address = overlay.remove(self.config, service, backend)
+        except OverlayError as exc:
+            raise ControlError(str(exc)) from None
+        self._apply_overlay(overlay)
+        log.info("backend %s/%s: removed at run time (open sessions continue)", service,
+                 address)
+        return {"service": service, "backend": address, "generation": self.generation,
+                "differences": overlay.differences(service)}
 
     def cmd_reload(self) -> dict[str, Any]:
         return self.reload()
@@ -312,6 +358,9 @@ class Daemon:
             log.error("reload: cannot read %s: %s", self.config.path, exc.strerror or exc)
             raise ControlError(f"reload rejected: cannot read {self.config.path}: "
                                f"{exc.strerror or exc}") from None
+        overlay, notes = self.overlay.reconciled(new)
+        file_config = new
+        new = overlay.apply(new)
         diff = plan(self.config, new)
         for key in diff.restart_needed:
             log.warning("reload: [global] %s changed: takes effect only after a restart; "
@@ -335,14 +384,14 @@ class Daemon:
             log.error("reload: rejected, running configuration unchanged: %s", exc.strerror)
             raise ControlError(f"reload rejected, running configuration unchanged: "
                                f"{exc.strerror}") from None
-        old_config, old_runtime = self.config, self.runtime
-        self.config = new
-        self.runtime = Runtime.from_config(new, previous=old_runtime)
+        old = (self.config, self.runtime, self.file_config, self.overlay)
+        self.config, self.file_config, self.overlay = new, file_config, overlay
+        self.runtime = Runtime.from_config(new, previous=old[1])
         self._sync_health()
         try:
             self._publish()
         except Exception:
-            self.config, self.runtime = old_config, old_runtime
+            self.config, self.runtime, self.file_config, self.overlay = old
             self._sync_health()
             for group in fresh:
                 group.close()
@@ -373,7 +422,9 @@ class Daemon:
                 group.service = moved[listen]
             kept.append(group)
         self.listeners = kept
-        if new.global_.log_level != old_config.global_.log_level:
+        for note in notes:
+            log.info("reload: %s", note)
+        if new.global_.log_level != old[0].global_.log_level:
             logging.getLogger().setLevel(LEVELS[new.global_.log_level])
         summary = diff.summary()
         log.info("reload: %s applied: %s", self.config.path, summary)
@@ -391,6 +442,7 @@ class Daemon:
                 "scheduler": service.scheduler,
                 "listen": [e.text or str(e) for e in service.listen],
                 "counters": {k: int(v) for k, v in counters.items()},
+                "differences_from_file": self.overlay.differences(service.name),
                 "backends": [asdict(v) for v in self.backend_views(service.name)],
             })
         return {"version": __version__, "pid": os.getpid(), "config": self.config.path,

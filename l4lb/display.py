@@ -64,6 +64,11 @@ def status_text(status: dict[str, Any]) -> str:
         out.append(f"  connections {c.get('conns_active', 0)} active, {c.get('conns_total', 0)} "
                    f"total, {c.get('rejected', 0)} rejected, {c.get('no_backend', 0)} without "
                    f"backend")
+        diff = svc.get("differences_from_file", {})
+        if diff.get("added") or diff.get("removed"):
+            out.append("  differs from the file: "
+                       + "; ".join(f"{kind} at run time: {', '.join(addrs)}"
+                                   for kind, addrs in diff.items() if addrs))
         out.append("  " + table(BACKEND_HEADERS, backend_rows(svc["backends"]))
                    .replace("\n", "\n  "))
     return "\n".join(out)

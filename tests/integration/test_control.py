@@ -83,3 +83,27 @@ def test_client_errors_are_one_line_and_exit_1(daemon: tuple[int, Path]) -> None
     assert res.stderr.startswith("l4lb: error: service 'web' has no backend '10.9.9.9:1'")
     res = ctl(cfg, "backends", "api")
     assert res.returncode == 1 and "no service named 'api' (services: web)" in res.stderr
+
+
+def test_add_and_remove_backend_at_run_time(daemon: tuple[int, Path],
+                                            name_servers: list[NameServer]) -> None:
+    port, cfg = daemon
+    extra = NameServer("b4")
+    try:
+        res = ctl(cfg, "add-backend", "web", f"127.0.0.1:{extra.port}", "--name", "four")
+        assert res.returncode == 0, res.stderr
+        assert "generation 2" in res.stdout
+        seen = Counter(fetch(port).decode() for _ in range(16))
+        assert seen == {"b1": 4, "b2": 4, "b3": 4, "b4": 4}, seen
+        b1 = f"127.0.0.1:{name_servers[0].port}"
+        assert ctl(cfg, "remove-backend", "web", b1).returncode == 0
+        seen = Counter(fetch(port).decode() for _ in range(9))
+        assert seen == {"b2": 3, "b3": 3, "b4": 3}, seen
+        status = json.loads(ctl(cfg, "status", "--json").stdout)["services"][0]
+        assert status["differences_from_file"] == {"added": [f"127.0.0.1:{extra.port}"],
+                                                   "removed": [b1]}
+        assert "differs from the file: added at run time" in ctl(cfg, "status").stdout
+        res = ctl(cfg, "add-backend", "web", "localhost:80")
+        assert res.returncode == 1 and "IP address" in res.stderr
+    finally:
+        extra.close()

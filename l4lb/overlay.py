@@ -1,0 +1,129 @@
+"""Runtime backend additions and removals, laid over the configuration file.
+
+`l4lb add-backend` / `remove-backend` change the running set of backends without editing the
+file. The daemon keeps the file's Config and these changes apart, and runs the overlay of the
+two, so `l4lb status` can show every runtime change as a difference from the file, and a reload
+re-applies the changes to the new file. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from l4lb.config.addresses import parse_endpoint
+from l4lb.config.model import Backend, Config, Service
+from l4lb.state import address_text
+
+MAX_WEIGHT = 256
+MAX_BACKENDS = 65536  # all services together, as the forwarding table allows
+
+
+class OverlayError(ValueError):
+    """A runtime change that cannot be made; the message says why."""
+
+
+@dataclass
+class Overlay:
+    """Backends added and removed at run time, by (service name, address as written)."""
+
+    added: dict[tuple[str, str], Backend] = field(default_factory=dict)
+    removed: set[tuple[str, str]] = field(default_factory=set)
+
+    def apply(self, config: Config) -> Config:
+        """The configuration the daemon runs: the file's, with the changes applied."""
+        services = []
+        for service in config.services:
+            # a runtime addition replaces the file's entry of the same address (re-added after
+            # a removal, perhaps with another weight)
+            backends = [b for b in service.backends
+                        if (service.name, address_text(b)) not in self.removed
+                        and (service.name, address_text(b)) not in self.added]
+            backends += [b for (svc, _), b in self.added.items() if svc == service.name]
+            services.append(dataclasses.replace(service, backends=tuple(backends)))
+        return dataclasses.replace(config, services=tuple(services))
+
+    def add(self, running: Config, service: str, address: str, *, weight: int = 1,
+            name: str = "", backup: bool = False, max_connections: int = 0) -> Backend:
+        """Add a backend to `service` of the running configuration."""
+        svc = _service(running, service)
+        try:
+            endpoint = parse_endpoint(address, wildcard_ok=False)
+        except ValueError as exc:
+            raise OverlayError(f"add-backend: address {address!r}: {exc}") from None
+        if not 1 <= weight <= MAX_WEIGHT:
+            raise OverlayError(f"add-backend: weight {weight} out of range 1..{MAX_WEIGHT}")
+        if max_connections < 0:
+            raise OverlayError("add-backend: max_connections must be >= 0")
+        name = name or address
+        for b in svc.backends:
+            if b.address == endpoint:
+                raise OverlayError(f"add-backend: service {service!r} already has backend "
+                                   f"{address_text(b)}")
+            if b.name == name:
+                raise OverlayError(f"add-backend: service {service!r} already has a backend "
+                                   f"named {name!r}")
+        if sum(len(s.backends) for s in running.services) >= MAX_BACKENDS:
+            raise OverlayError(f"add-backend: at most {MAX_BACKENDS} backends in all services")
+        if (svc.scheduler == "maglev" and svc.maglev_table_size <= len(svc.backends)):
+            raise OverlayError(f"add-backend: service {service!r}: maglev_table_size "
+                               f"{svc.maglev_table_size} allows no more backends")
+        backend = Backend(address=endpoint, name=name, weight=weight,
+                          max_connections=max_connections, backup=backup)
+        key = (service, address)
+        self.removed.discard(key)
+        self.added[key] = backend
+        return backend
+
+    def remove(self, running: Config, service: str, backend: str) -> str:
+        """Remove the backend (address as written, or name) from `service`; its address."""
+        svc = _service(running, service)
+        match = [b for b in svc.backends if backend in (address_text(b), b.name)]
+        if not match:
+            known = ", ".join(address_text(b) for b in svc.backends)
+            raise OverlayError(f"remove-backend: service {service!r} has no backend "
+                               f"{backend!r} (backends: {known})")
+        if len(svc.backends) == 1:
+            raise OverlayError(f"remove-backend: {backend!r} is the last backend of service "
+                               f"{service!r}; disable it instead (l4lb disable)")
+        address = address_text(match[0])
+        key = (service, address)
+        if key in self.added:
+            del self.added[key]
+        else:
+            self.removed.add(key)
+        return address
+
+    def copy(self) -> Overlay:
+        return Overlay(added=dict(self.added), removed=set(self.removed))
+
+    def reconciled(self, file_config: Config) -> tuple[Overlay, list[str]]:
+        """For a reload: these changes minus those the new file made pointless, and notes on
+        the ones that went. `self` is not changed (a rejected reload keeps it)."""
+        out = self.copy()
+        notes: list[str] = []
+        in_file = {(s.name, address_text(b)) for s in file_config.services for b in s.backends}
+        names = {s.name for s in file_config.services}
+        for key in list(out.added):
+            if key[0] not in names:
+                notes.append(f"runtime backend {key[0]}/{key[1]} dropped: service is gone")
+                del out.added[key]
+        for key in list(out.removed):
+            if key not in in_file:
+                notes.append(f"runtime removal of {key[0]}/{key[1]} ended: the file no "
+                             "longer has it")
+                out.removed.discard(key)
+        return out, notes
+
+    def differences(self, service: str) -> dict[str, list[str]]:
+        """What runs differently from the file, for `l4lb status`."""
+        return {"added": sorted(a for (s, a) in self.added if s == service),
+                "removed": sorted(a for (s, a) in self.removed if s == service)}
+
+
+def _service(config: Config, name: str) -> Service:
+    for service in config.services:
+        if service.name == name:
+            return service
+    names = ", ".join(s.name for s in config.services)
+    raise OverlayError(f"no service named {name!r} (services: {names})")
