@@ -46,6 +46,7 @@ from l4lb.health.settings import (
     HealthSettings,
     HealthSettingsError,
 )
+from l4lb.table.maglev import is_prime
 from l4lb.vrrp.settings import TrackService, VrrpSettings, VrrpSettingsError
 
 MAX_SERVICES = 1024  # DP_MAX_SERVICES of the forwarding table
@@ -155,20 +156,6 @@ def suggest(word: str, choices: Sequence[str]) -> str | None:
         return lowered[word.lower()]
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return lowered[close[0]] if close else None
-
-
-def is_prime(n: int) -> bool:
-    """Trial division; fine for maglev_table_size's range."""
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    f = 3
-    while f * f <= n:
-        if n % f == 0:
-            return False
-        f += 2
-    return True
 
 
 def nearest_primes(n: int) -> list[int]:

@@ -12,23 +12,9 @@ import pytest
 
 from l4lb.config import load_text
 from l4lb.config.model import Backend, Config, Endpoint, GlobalSettings, Service
-from l4lb.dataplane import reference_requested
 from l4lb.table.blob import FLAG_BACKUP, Table, parse
 from l4lb.table.builder import TableBuilder, default_maglev_fill
 from l4lb.table.maglev import maglev_fill as py_fill
-
-
-@pytest.fixture(scope="module")
-def cdp() -> types.ModuleType:
-    """The compiled module; a missing build fails the test unless L4LB_NO_EXTENSIONS=1."""
-    try:
-        from l4lb import _dataplane
-    except ImportError as exc:
-        if reference_requested():
-            pytest.skip("L4LB_NO_EXTENSIONS=1: the compiled l4lb._dataplane is not built")
-        pytest.fail(f"l4lb._dataplane does not import ({exc}); run setup.py build_ext --inplace")
-    module: types.ModuleType = _dataplane
-    return module
 
 
 def ep(host: str, port: int, text: str = "") -> Endpoint:

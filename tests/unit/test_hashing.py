@@ -8,23 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l4lb.dataplane import reference_requested
 from l4lb.table.hashing import flow_hash, flow_key, hash64
 
 MASK64 = (1 << 64) - 1
-
-
-@pytest.fixture(scope="module")
-def cdp() -> types.ModuleType:
-    """The compiled module; a missing build fails the test unless L4LB_NO_EXTENSIONS=1."""
-    try:
-        from l4lb import _dataplane
-    except ImportError as exc:
-        if reference_requested():
-            pytest.skip("L4LB_NO_EXTENSIONS=1: the compiled l4lb._dataplane is not built")
-        pytest.fail(f"l4lb._dataplane does not import ({exc}); run setup.py build_ext --inplace")
-    module: types.ModuleType = _dataplane
-    return module
 
 
 def fnv1a64(data: bytes) -> int:

@@ -11,7 +11,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from l4lb.config.model import Backend, Config, Endpoint, GlobalSettings, Service
-from l4lb.dataplane import reference_requested
 from l4lb.table.blob import parse
 from l4lb.table.builder import TableBuilder
 from l4lb.table.hashing import hash64
@@ -19,19 +18,6 @@ from l4lb.table.maglev import backend_key, is_prime, maglev_fill
 
 PRIMES = [2, 3, 5, 7, 13, 101, 251, 1009, 4099]
 Bk = tuple[int, bytes, int, int]
-
-
-@pytest.fixture(scope="module")
-def cdp() -> types.ModuleType:
-    """The compiled module; a missing build fails the test unless L4LB_NO_EXTENSIONS=1."""
-    try:
-        from l4lb import _dataplane
-    except ImportError as exc:
-        if reference_requested():
-            pytest.skip("L4LB_NO_EXTENSIONS=1: the compiled l4lb._dataplane is not built")
-        pytest.fail(f"l4lb._dataplane does not import ({exc}); run setup.py build_ext --inplace")
-    module: types.ModuleType = _dataplane
-    return module
 
 
 def doc_fill(seed: int, backends: list[Bk], m: int) -> list[int]:

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l4lb.dataplane import reference_requested
 from l4lb.table import sched as pysched
 from l4lb.table.blob import BackendRec, ServiceRec, Table, pack, parse
 from l4lb.table.maglev import maglev_fill
@@ -21,19 +20,6 @@ ALL = (RR, WRR, LC, RANDOM2, SRCHASH, MAGLEV)
 SID = 7  # service id of the service under test
 OTHER = 2  # a service placed before it, so absolute and relative indexes differ
 OTHER_BACKENDS = 3
-
-
-@pytest.fixture(scope="module")
-def cdp() -> types.ModuleType:
-    """The compiled module; a missing build fails the test unless L4LB_NO_EXTENSIONS=1."""
-    try:
-        from l4lb import _dataplane
-    except ImportError as exc:
-        if reference_requested():
-            pytest.skip("L4LB_NO_EXTENSIONS=1: the compiled l4lb._dataplane is not built")
-        pytest.fail(f"l4lb._dataplane does not import ({exc}); run setup.py build_ext --inplace")
-    module: types.ModuleType = _dataplane
-    return module
 
 
 Seq = Callable[..., list[int]]
