@@ -37,7 +37,9 @@ SCHED_NAMES = (
     "maglev",
 )
 HASH_SRC_IP, HASH_SRC_IP_PORT = 0, 1
-FLAG_BACKUP = 1
+FLOW_SRC_IP_PORT, FLOW_SRC_IP = 0, 1  # udp flow_key: client address and port / address only
+FLAG_BACKUP = 1  # backend flag bit 0: a backup backend (informational)
+FLAG_DOWN = 2  # backend flag bit 1: health DOWN or maintenance (its UDP flows move)
 
 _HEADER = struct.Struct("<4sHHIIIIII")
 _SERVICE = struct.Struct("<IBBBB10I")
@@ -57,13 +59,16 @@ class ServiceRec:
     scheduler: int  # 0..5, see SCHED_NAMES
     hash_key: int  # 0 src_ip, 1 src_ip_port
     connect_timeout_ms: int  # > 0
-    idle_timeout_ms: int  # 0 = none
+    idle_timeout_ms: int  # tcp: 0 = none; udp: a flow expires after this long idle (> 0)
     retries: int  # other backends tried after a failed connect
     max_connections: int  # 0 = unlimited
     backend_first: int  # index of the first backend record of the service
     backend_count: int  # number of backend records of the service
     ring_first: int  # index of the first ring entry of the service
     ring_size: int  # maglev M / source_hash sum of eligible weights / 0
+    flow_key: int = 0  # udp: 0 client address and port, 1 client address only; tcp: 0
+    max_flows: int = 0  # udp: flows at once (all workers together), 0 = unlimited; tcp: 0
+    responses: int = 0  # udp: a flow ends after this many datagrams from its backend, 0 = never
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class BackendRec:
 
     backend_id: int  # stable dense id < 65536
     family: int  # 4 or 6
-    flags: int  # bit 0: backup (informational)
+    flags: int  # bit 0: backup (informational); bit 1: down (UDP flows move); 2..7 ignored
     port: int  # 1..65535
     addr: bytes  # 16 bytes, network order; IPv4 in the first 4
     weight: int  # 0..256, 0 = not eligible for new connections
@@ -125,7 +130,7 @@ def pack(table: Table) -> bytes:
                 s.protocol,
                 s.scheduler,
                 s.hash_key,
-                0,
+                s.flow_key,
                 s.connect_timeout_ms,
                 s.idle_timeout_ms,
                 s.retries,
@@ -134,8 +139,8 @@ def pack(table: Table) -> bytes:
                 s.backend_count,
                 s.ring_first,
                 s.ring_size,
-                0,
-                0,
+                s.max_flows,
+                s.responses,
             )
         )
     for b in table.backends:
@@ -224,7 +229,7 @@ def _check_services(blob: bytes, ns: int, nr: int, backends: list[BackendRec]) -
             proto,
             sched,
             hkey,
-            res,
+            fkey,
             cto,
             ito,
             retries,
@@ -233,8 +238,8 @@ def _check_services(blob: bytes, ns: int, nr: int, backends: list[BackendRec]) -
             bcount,
             rfirst,
             rsize,
-            res0,
-            res1,
+            max_flows,
+            responses,
         ) = fields
         w = f"service[{i}]"
         if sid >= MAX_SERVICES:
@@ -248,10 +253,14 @@ def _check_services(blob: bytes, ns: int, nr: int, backends: list[BackendRec]) -
             raise TableError(f"{w}.scheduler: {sched} is not in 0..5")
         if hkey > HASH_SRC_IP_PORT:
             raise TableError(f"{w}.hash_key: {hkey} is not 0 (src_ip) or 1 (src_ip_port)")
-        if res != 0:
-            raise TableError(f"{w}.reserved: {res} is not 0")
+        if proto == PROTO_TCP and fkey != 0:
+            raise TableError(f"{w}.flow_key: {fkey} is not 0 (tcp)")
+        if fkey > FLOW_SRC_IP:
+            raise TableError(f"{w}.flow_key: {fkey} is not 0 (src_ip_port) or 1 (src_ip)")
         if cto == 0:
             raise TableError(f"{w}.connect_timeout_ms: 0 is not > 0")
+        if proto == PROTO_UDP and ito == 0:
+            raise TableError(f"{w}.idle_timeout_ms: 0 is not > 0 (udp)")
         if bfirst > nb:
             raise TableError(f"{w}.backend_first: {bfirst} is beyond the {nb} backends")
         if bfirst + bcount > nb:
@@ -284,12 +293,27 @@ def _check_services(blob: bytes, ns: int, nr: int, backends: list[BackendRec]) -
                 raise TableError(f"{w}.ring_size: {rsize} is not prime")
         elif rsize != wsum:
             raise TableError(f"{w}.ring_size: {rsize} is not the sum of eligible weights {wsum}")
-        for k, r in enumerate((res0, res1)):
-            if r != 0:
-                raise TableError(f"{w}.reserved[{k}]: {r} is not 0")
+        if proto == PROTO_TCP and max_flows != 0:
+            raise TableError(f"{w}.max_flows: {max_flows} is not 0 (tcp)")
+        if proto == PROTO_TCP and responses != 0:
+            raise TableError(f"{w}.responses: {responses} is not 0 (tcp)")
         services.append(
             ServiceRec(
-                sid, proto, sched, hkey, cto, ito, retries, maxc, bfirst, bcount, rfirst, rsize
+                sid,
+                proto,
+                sched,
+                hkey,
+                cto,
+                ito,
+                retries,
+                maxc,
+                bfirst,
+                bcount,
+                rfirst,
+                rsize,
+                fkey,
+                max_flows,
+                responses,
             )
         )
     return services

@@ -150,6 +150,7 @@ static int table_check_service(struct dp_table *t, const uint8_t *rec, uint32_t 
     struct dp_service *s = &t->services[i];
     uint32_t eligible = 0, wsum = 0, k;
 
+    memset(s, 0, sizeof(*s));
     s->service_id = table_rd32(rec);
     s->protocol = rec[4];
     s->scheduler = rec[5];
@@ -162,6 +163,9 @@ static int table_check_service(struct dp_table *t, const uint8_t *rec, uint32_t 
     s->backend_count = table_rd32(rec + 28);
     s->ring_first = table_rd32(rec + 32);
     s->ring_size = table_rd32(rec + 36);
+    s->flow_key = rec[7];
+    s->max_flows = table_rd32(rec + 40);
+    s->responses = table_rd32(rec + 44);
 
     if (s->service_id >= DP_MAX_SERVICES)
         return table_fail(err, errlen, "service[%u].service_id: %u is not below 1024", i,
@@ -180,10 +184,17 @@ static int table_check_service(struct dp_table *t, const uint8_t *rec, uint32_t 
         return table_fail(err, errlen,
                           "service[%u].hash_key: %u is not 0 (src_ip) or 1 (src_ip_port)", i,
                           (unsigned)s->hash_key);
-    if (rec[7] != 0)
-        return table_fail(err, errlen, "service[%u].reserved: %u is not 0", i, (unsigned)rec[7]);
+    if (s->protocol == DP_PROTO_TCP && s->flow_key != 0)
+        return table_fail(err, errlen, "service[%u].flow_key: %u is not 0 (tcp)", i,
+                          (unsigned)s->flow_key);
+    if (s->flow_key > DP_FLOW_SRC_IP)
+        return table_fail(err, errlen,
+                          "service[%u].flow_key: %u is not 0 (src_ip_port) or 1 (src_ip)", i,
+                          (unsigned)s->flow_key);
     if (s->connect_timeout_ms == 0)
         return table_fail(err, errlen, "service[%u].connect_timeout_ms: 0 is not > 0", i);
+    if (s->protocol == DP_PROTO_UDP && s->idle_timeout_ms == 0)
+        return table_fail(err, errlen, "service[%u].idle_timeout_ms: 0 is not > 0 (udp)", i);
     if (s->backend_first > t->n_backends)
         return table_fail(err, errlen, "service[%u].backend_first: %u is beyond the %u backends",
                           i, s->backend_first, t->n_backends);
@@ -234,10 +245,12 @@ static int table_check_service(struct dp_table *t, const uint8_t *rec, uint32_t 
                           "service[%u].ring_size: %u is not the sum of eligible weights %u", i,
                           s->ring_size, wsum);
     }
-    for (k = 0; k < 2; k++)
-        if (table_rd32(rec + 40 + 4 * k) != 0)
-            return table_fail(err, errlen, "service[%u].reserved[%u]: %u is not 0", i, k,
-                              table_rd32(rec + 40 + 4 * k));
+    if (s->protocol == DP_PROTO_TCP && s->max_flows != 0)
+        return table_fail(err, errlen, "service[%u].max_flows: %u is not 0 (tcp)", i,
+                          s->max_flows);
+    if (s->protocol == DP_PROTO_TCP && s->responses != 0)
+        return table_fail(err, errlen, "service[%u].responses: %u is not 0 (tcp)", i,
+                          s->responses);
     return 0;
 }
 

@@ -27,6 +27,9 @@ enum dp_sched {
     DP_SCHED_MAGLEV = 5,      /* maglev */
 };
 enum dp_hash_key { DP_HASH_SRC_IP = 0, DP_HASH_SRC_IP_PORT = 1 };
+enum dp_flow_key { DP_FLOW_SRC_IP_PORT = 0, DP_FLOW_SRC_IP = 1 }; /* udp: what keys a flow */
+#define DP_BACKEND_FLAG_BACKUP 0x01u  /* informational */
+#define DP_BACKEND_FLAG_DOWN 0x02u    /* health DOWN or maintenance: its UDP flows move */
 
 /* One service, decoded from its 48-byte record. */
 struct dp_service {
@@ -35,20 +38,24 @@ struct dp_service {
     uint8_t scheduler;            /* enum dp_sched */
     uint8_t hash_key;             /* enum dp_hash_key */
     uint32_t connect_timeout_ms;  /* connect deadline per attempt, > 0 */
-    uint32_t idle_timeout_ms;     /* 0 = no idle timeout */
+    uint32_t idle_timeout_ms;     /* tcp: 0 = no idle timeout; udp: flow idle expiry, > 0 */
     uint32_t retries;             /* other backends tried after a failed connect */
     uint32_t max_connections;     /* 0 = unlimited, all workers together */
     uint32_t backend_first;       /* index of first backend in dp_table.backends */
     uint32_t backend_count;       /* number of backends of this service */
     uint32_t ring_first;          /* index of first entry in dp_table.ring */
     uint32_t ring_size;           /* maglev M / source_hash sum of weights / 0 */
+    uint8_t flow_key;             /* udp: enum dp_flow_key; tcp: 0 */
+    uint32_t max_flows;           /* udp: flows at once, all workers together, 0 = unlimited */
+    uint32_t responses;           /* udp: datagrams from the backend that end a flow, 0 = never */
 };
 
 /* One backend, decoded from its 40-byte record. */
 struct dp_backend {
     uint32_t backend_id;          /* stable dense id, index of per-backend counters */
     uint8_t family;               /* 4 or 6 */
-    uint8_t flags;                /* bit 0: backup (informational) */
+    uint8_t flags;                /* bit 0: backup (informational); bit 1: down (UDP flows
+                                     move); bits 2..7 reserved, ignored */
     uint16_t port;                /* host byte order, 1..65535 */
     uint8_t addr[16];             /* network byte order; IPv4 in the first 4 bytes */
     uint32_t weight;              /* 0 = not eligible for new connections */

@@ -44,6 +44,9 @@ cdef extern from "table.h" nogil:
         uint32_t backend_count
         uint32_t ring_first
         uint32_t ring_size
+        uint8_t flow_key
+        uint32_t max_flows
+        uint32_t responses
 
     struct dp_backend:
         uint32_t backend_id

@@ -36,7 +36,7 @@ MAGLEV_RING = tuple(
 )
 SERVICES = (
     ServiceRec(3, 0, 5, 0, 1000, 0, 2, 0, 0, 3, 0, 7),
-    ServiceRec(5, 1, 4, 1, 500, 30000, 0, 10, 3, 2, 7, 3),
+    ServiceRec(5, 1, 4, 1, 500, 30000, 0, 10, 3, 2, 7, 3, flow_key=1, max_flows=100, responses=1),
     ServiceRec(9, 0, 0, 0, 3000, 300000, 1, 0, 5, 1, 10, 0),
 )
 BASE = Table(77, SERVICES, BACKENDS, (*MAGLEV_RING, 0, 0, 1))
@@ -118,8 +118,14 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
     ("protocol", svc(0, 4, "B", 2), "service[0].protocol: 2 is not 0 (tcp) or 1 (udp)"),
     ("scheduler", svc(1, 5, "B", 6), "service[1].scheduler: 6 is not in 0..5"),
     ("hash_key", svc(2, 6, "B", 2), "service[2].hash_key: 2 is not 0 (src_ip) or 1 (src_ip_port)"),
-    ("service-reserved", svc(0, 7, "B", 1), "service[0].reserved: 1 is not 0"),
+    ("flow_key-tcp", svc(0, 7, "B", 1), "service[0].flow_key: 1 is not 0 (tcp)"),
+    (
+        "flow_key-udp",
+        svc(1, 7, "B", 2),
+        "service[1].flow_key: 2 is not 0 (src_ip_port) or 1 (src_ip)",
+    ),
     ("connect_timeout_ms", svc(1, 8, "I", 0), "service[1].connect_timeout_ms: 0 is not > 0"),
+    ("idle_timeout_ms-udp", svc(1, 12, "I", 0), "service[1].idle_timeout_ms: 0 is not > 0 (udp)"),
     ("backend_first", svc(2, 24, "I", 7), "service[2].backend_first: 7 is beyond the 6 backends"),
     (
         "backend_count",
@@ -158,8 +164,8 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
         bk(3, 24, "I", 3),
         "service[1].ring_size: 3 is not the sum of eligible weights 4",
     ),
-    ("service-reserved0", svc(1, 40, "I", 9), "service[1].reserved[0]: 9 is not 0"),
-    ("service-reserved1", svc(2, 44, "I", 1), "service[2].reserved[1]: 1 is not 0"),
+    ("max_flows-tcp", svc(0, 40, "I", 9), "service[0].max_flows: 9 is not 0 (tcp)"),
+    ("responses-tcp", svc(2, 44, "I", 1), "service[2].responses: 1 is not 0 (tcp)"),
     ("ring-entry-range", ring(8, 2), "service[1].ring[1]: 2 is not below backend_count 2"),
     (
         "ring-entry-weight",
@@ -203,6 +209,21 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
         "order-offset-within-record",
         both(bk(2, 24, "I", 999), bk(2, 4, "B", 0)),
         "backend[2].family: 0 is not 4 or 6",
+    ),
+    (
+        "order-flow_key-before-connect_timeout",
+        both(svc(1, 8, "I", 0), svc(1, 7, "B", 3)),
+        "service[1].flow_key: 3 is not 0 (src_ip_port) or 1 (src_ip)",
+    ),
+    (
+        "order-connect_timeout-before-idle_timeout",
+        both(svc(1, 12, "I", 0), svc(1, 8, "I", 0)),
+        "service[1].connect_timeout_ms: 0 is not > 0",
+    ),
+    (
+        "order-protocol-decides-the-udp-rules",  # a tcp service turned udp needs an idle timeout
+        svc(0, 4, "B", 1),
+        "service[0].idle_timeout_ms: 0 is not > 0 (udp)",
     ),
 ]
 
@@ -331,20 +352,24 @@ def tables(draw: st.DrawFn) -> Table:
             svc_ring = maglev_fill(seed, [(b.family, b.addr, b.port, b.weight) for b in own], 13)
         else:
             svc_ring = []
+        udp = draw(st.booleans())
         services.append(
             ServiceRec(
                 sid,
-                draw(st.integers(0, 1)),
+                int(udp),
                 sched,
                 draw(st.integers(0, 1)),
                 draw(st.integers(1, 2**32 - 1)),
-                draw(st.integers(0, 2**32 - 1)),
+                draw(st.integers(1 if udp else 0, 2**32 - 1)),
                 draw(st.integers(0, 2**32 - 1)),
                 draw(st.integers(0, 2**32 - 1)),
                 len(backends),
                 len(own),
                 len(ring),
                 len(svc_ring),
+                flow_key=draw(st.integers(0, 1)) if udp else 0,
+                max_flows=draw(st.integers(0, 2**32 - 1)) if udp else 0,
+                responses=draw(st.integers(0, 2**32 - 1)) if udp else 0,
             )
         )
         backends.extend(own)
