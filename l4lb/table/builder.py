@@ -9,9 +9,13 @@ New ids are the lowest free ones, allocated in config order (services) and canon
 (backends), so two nodes that build from the same config get the same ids and, since backends are
 sorted canonically and the hash seed comes from the config, byte-identical blobs.
 
-Effective weight of a backend: the override in `weights` if present (0 = down, drained or in
-maintenance), else the configured weight; a backup backend gets 0 while any primary of its
-service has an effective weight > 0, else its own effective weight. The Maglev fill runs in C
+Effective weight of a backend: 0 when it is in `down`, else the override in `weights` if present
+(0 = down, drained or in maintenance), else the configured weight; a backup backend gets 0 while
+any primary of its service has an effective weight > 0, else its own effective weight. A backend
+in `down` (health DOWN or maintenance, not a drain) also gets flag bit 1, which tells the data
+plane to move its UDP flows (docs/forwarding-table.md, "UDP services"). UDP services take their
+idle timeout from `udp_idle_timeout` and carry flow_key (`session`), max_flows and responses;
+TCP services leave those three at 0. The Maglev fill runs in C
 (l4lb._dataplane.maglev_fill) unless the extension is missing or L4LB_NO_EXTENSIONS asks for the
 pure-Python reference; both fill identically.
 """
@@ -19,13 +23,16 @@ pure-Python reference; both fill identically.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from l4lb.config.model import HASH_KEYS, SCHEDULERS, Backend, Config, Service
 from l4lb.table.blob import (
     FLAG_BACKUP,
+    FLAG_DOWN,
+    FLOW_SRC_IP,
+    FLOW_SRC_IP_PORT,
     MAX_BACKENDS,
     MAX_SERVICES,
     MAX_WEIGHT,
@@ -127,10 +134,17 @@ class TableBuilder:
         """(service name, backend address as written) -> backend_id in the last built table."""
         return dict(self._ids.backends)
 
-    def build(self, config: Config, weights: Mapping[tuple[str, str], int] | None = None) -> bytes:
-        """Build the blob for `config` with optional effective-weight overrides, keyed by
+    def build(
+        self,
+        config: Config,
+        weights: Mapping[tuple[str, str], int] | None = None,
+        down: Collection[tuple[str, str]] | None = None,
+    ) -> bytes:
+        """Build the blob for `config` with optional effective-weight overrides and the set of
+        backends that are DOWN or in maintenance (weight 0 and flag bit 1), both keyed by
         (service name, backend address as written) or (service name, str(endpoint))."""
         weights = weights or {}
+        down = down or frozenset()
         if len(config.services) > MAX_SERVICES:
             raise ValueError(f"services: {len(config.services)} is more than {MAX_SERVICES}")
         svc_ids = _allocate(
@@ -154,14 +168,15 @@ class TableBuilder:
         backends: list[BackendRec] = []
         ring: list[int] = []
         for svc, bks in ordered:
-            eff = _effective_weights(svc.name, bks, weights)
+            is_down = [(svc.name, p.label) in down or (svc.name, p.key) in down for p in bks]
+            eff = _effective_weights(svc.name, bks, weights, is_down)
             first = len(backends)
-            for p, w in zip(bks, eff, strict=True):
+            for p, w, dn in zip(bks, eff, is_down, strict=True):
                 backends.append(
                     BackendRec(
                         backend_id=bk_ids[(svc.name, p.key)],
                         family=p.family,
-                        flags=FLAG_BACKUP if p.backend.backup else 0,
+                        flags=(FLAG_BACKUP if p.backend.backup else 0) | (FLAG_DOWN if dn else 0),
                         port=p.backend.address.port,
                         addr=p.addr,
                         weight=w,
@@ -170,20 +185,28 @@ class TableBuilder:
                 )
             sched = SCHEDULERS.index(svc.scheduler)
             svc_ring = self._ring(config.global_.hash_seed, svc, sched, backends[first:])
+            udp = svc.protocol == "udp"
             services.append(
                 ServiceRec(
                     service_id=svc_ids[svc.name],
-                    protocol=PROTO_TCP if svc.protocol == "tcp" else PROTO_UDP,
+                    protocol=PROTO_UDP if udp else PROTO_TCP,
                     scheduler=sched,
                     hash_key=HASH_KEYS.index(svc.hash_key),
                     connect_timeout_ms=max(_ms(svc.connect_timeout), 1),
-                    idle_timeout_ms=_ms(svc.idle_timeout),
+                    idle_timeout_ms=(
+                        max(_ms(svc.udp_idle_timeout), 1) if udp else _ms(svc.idle_timeout)
+                    ),
                     retries=min(svc.retries, U32_MAX),
                     max_connections=min(svc.max_connections, U32_MAX),
                     backend_first=first,
                     backend_count=len(bks),
                     ring_first=len(ring),
                     ring_size=len(svc_ring),
+                    flow_key=(
+                        (FLOW_SRC_IP if svc.session == "src_ip" else FLOW_SRC_IP_PORT) if udp else 0
+                    ),
+                    max_flows=min(svc.max_flows, U32_MAX) if udp else 0,
+                    responses=min(svc.responses, U32_MAX) if udp else 0,
                 )
             )
             ring.extend(svc_ring)
@@ -239,11 +262,17 @@ class _Prepared(NamedTuple):
 
 
 def _effective_weights(
-    service: str, backends: Sequence[_Prepared], weights: Mapping[tuple[str, str], int]
+    service: str,
+    backends: Sequence[_Prepared],
+    weights: Mapping[tuple[str, str], int],
+    is_down: Sequence[bool],
 ) -> list[int]:
-    """Weights after overrides and the backup rule, in the order of `backends`."""
+    """Weights after DOWN, overrides and the backup rule, in the order of `backends`."""
     eff: list[int] = []
-    for p in backends:
+    for p, dn in zip(backends, is_down, strict=True):
+        if dn:
+            eff.append(0)
+            continue
         w = weights.get((service, p.label)) if weights else None
         if w is None:
             w = weights.get((service, p.key), p.backend.weight) if weights else p.backend.weight

@@ -12,7 +12,7 @@ import pytest
 
 from l4lb.config import load_text
 from l4lb.config.model import Backend, Config, Endpoint, GlobalSettings, Service
-from l4lb.table.blob import FLAG_BACKUP, Table, parse
+from l4lb.table.blob import FLAG_BACKUP, FLAG_DOWN, Table, parse
 from l4lb.table.builder import TableBuilder, default_maglev_fill
 from l4lb.table.maglev import maglev_fill as py_fill
 
@@ -55,7 +55,7 @@ def test_records_carry_the_config() -> None:
         scheduler="least_conn",
         hash_key="src_ip_port",
         connect_timeout=0.25,
-        idle_timeout=0.0,
+        idle_timeout=0.0,  # tcp only: a udp service takes udp_idle_timeout (default 30 s)
         retries=4,
         max_connections=1000,
     )
@@ -65,10 +65,11 @@ def test_records_carry_the_config() -> None:
     assert (rec.service_id, rec.protocol, rec.scheduler, rec.hash_key) == (0, 1, 2, 1)
     assert (rec.connect_timeout_ms, rec.idle_timeout_ms, rec.retries, rec.max_connections) == (
         250,
-        0,
+        30000,
         4,
         1000,
     )
+    assert (rec.flow_key, rec.max_flows, rec.responses) == (0, 0, 0)
     assert (rec.backend_first, rec.backend_count, rec.ring_first, rec.ring_size) == (0, 2, 0, 0)
     b0, b1 = table.backends
     assert (b0.family, b0.addr, b0.port, b0.weight, b0.max_connections) == (
@@ -161,6 +162,53 @@ def test_weight_overrides_by_text_or_canonical_endpoint() -> None:
     assert build(cfg, {("web", "[2001:db8::1]:80"): 4}).backends[0].weight == 4
     with pytest.raises(ValueError, match=r"weight of web/\[2001:0db8::1\]:80: 257 is not in"):
         build(cfg, {("web", "[2001:0db8::1]:80"): 257})
+
+
+def test_udp_fields_come_from_the_udp_settings_and_tcp_keeps_them_zero() -> None:
+    udp = service(
+        "dns",
+        [be("10.0.0.1", 53)],
+        protocol="udp",
+        idle_timeout=99.0,
+        udp_idle_timeout=2.5,
+        max_flows=5000,
+        responses=1,
+        session="src_ip",
+    )
+    tcp = service("web", [be("10.0.0.1", 80)], udp_idle_timeout=7.0, max_flows=3, responses=2)
+    rec_udp, rec_tcp = build(config(udp, tcp)).services
+    assert (rec_udp.protocol, rec_udp.idle_timeout_ms) == (1, 2500)
+    assert (rec_udp.flow_key, rec_udp.max_flows, rec_udp.responses) == (1, 5000, 1)
+    assert (rec_tcp.protocol, rec_tcp.idle_timeout_ms) == (0, 300000)  # its idle_timeout
+    assert (rec_tcp.flow_key, rec_tcp.max_flows, rec_tcp.responses) == (0, 0, 0)
+    # a udp idle timeout below one millisecond still validates (> 0)
+    tiny = dataclasses.replace(udp, udp_idle_timeout=0.0001, session="src_ip_port")
+    (rec,) = build(config(tiny)).services
+    assert (rec.idle_timeout_ms, rec.flow_key) == (1, 0)
+
+
+def test_down_backends_get_weight_0_and_the_down_flag() -> None:
+    backends = [
+        be("10.0.0.1", 53, weight=2),
+        be("10.0.0.2", 53, weight=3, backup=True),
+        be("2001:db8::1", 53, weight=4),
+    ]
+    cfg = config(service("dns", backends, protocol="udp", scheduler="source_hash"))
+    tb = TableBuilder(maglev_fill=py_fill)
+    # by the address as written or by the canonical endpoint; other services' keys do nothing
+    down = {("dns", "10.0.0.1:53"), ("dns", "[2001:db8::1]:53"), ("other", "10.0.0.2:53")}
+    table = parse(tb.build(cfg, None, down))
+    assert [b.weight for b in table.backends] == [0, 3, 0]  # every primary down: backup serves
+    assert [b.flags for b in table.backends] == [FLAG_DOWN, FLAG_BACKUP, FLAG_DOWN]
+    # DOWN wins over a weight override; a drained backend (weight 0, not down) has no flag
+    table = parse(
+        tb.build(
+            cfg, {("dns", "10.0.0.1:53"): 9, ("dns", "10.0.0.2:53"): 0}, {("dns", "10.0.0.1:53")}
+        )
+    )
+    assert [b.weight for b in table.backends] == [0, 0, 4]
+    assert [b.flags for b in table.backends] == [FLAG_DOWN, FLAG_BACKUP, 0]
+    assert parse(tb.build(cfg)).backends == parse(tb.build(cfg, None, set())).backends
 
 
 def test_no_eligible_backend_gives_an_empty_maglev_ring() -> None:
