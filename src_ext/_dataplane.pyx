@@ -1,13 +1,14 @@
 # cython: language_level=3
 """l4lb._dataplane: the only Python-visible compiled module (the C data plane under Cython).
 
-The class Dataplane wraps src_ext/core/dp.h (worker threads, TCP relay, table swap); the
+The class Dataplane wraps src_ext/core/dp.h (worker threads, TCP and UDP relays, table swap); the
 module-level functions from table_api.pxi expose the pure table/hash/Maglev/scheduler code so
 tests can compare it with the Python twins in l4lb/table/.
 
 The worker threads are pthreads created in C: they never hold the GIL and never touch a Python
 object. Every call below that can wait for a worker (add_listener, remove_listener, publish,
-stats, sessions, stop) releases the GIL for the whole C call and converts results afterwards.
+stats, sessions, flows, stop) releases the GIL for the whole C call and converts results
+afterwards.
 """
 
 include "table_api.pxi"
@@ -25,6 +26,19 @@ cdef enum:
     _DP_ERRLEN = 256
 
 _SESSION_STATES = ("connecting", "established", "half_closed")
+_SERVICE_KEYS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
+                 "bytes_to_client", "accept_errors", "datagrams_in", "datagrams_out",
+                 "flows_created", "flows_expired", "flows_active", "drops_max_flows",
+                 "drops_no_backend", "drops_truncated", "drops_send")
+_BACKEND_KEYS = ("conns_total", "conns_active", "connect_failures", "bytes_to_backend",
+                 "bytes_to_client", "datagrams_to_backend", "datagrams_to_client",
+                 "flows_active", "flows_total")
+
+
+cdef object _host(uint8_t family, const uint8_t *addr):
+    if family == 4:
+        return _socket.inet_ntop(_socket.AF_INET, addr[:4])
+    return _socket.inet_ntop(_socket.AF_INET6, addr[:16])
 
 
 cdef object _dp_oserror(int rc):
@@ -68,7 +82,9 @@ cdef class Dataplane:
             raise _dp_oserror(rc)
 
     def add_listener(self, int service_id, int fd, int worker):
-        """Give a bound, listening, nonblocking TCP socket to one worker (the caller keeps fd)."""
+        """Give a nonblocking listening TCP socket, or a bound UDP socket, to one worker (the
+        caller keeps fd). On a UDP socket bound to 0.0.0.0 or :: it sets IP_PKTINFO /
+        IPV6_RECVPKTINFO, so that replies leave from the address each client sent to."""
         cdef int rc
         if not 0 <= worker < self.workers:
             raise ValueError(f"worker {worker} out of range 0..{self.workers - 1}")
@@ -79,7 +95,7 @@ cdef class Dataplane:
         if rc == -EEXIST:
             raise ValueError(f"fd {fd} is already a listener")
         if rc == -ENOTCONN:
-            raise ValueError(f"fd {fd} is not a listening TCP socket")
+            raise ValueError(f"fd {fd} is neither a listening TCP socket nor a bound UDP socket")
         if rc == -EAGAIN:
             raise ValueError(f"fd {fd} is in blocking mode; give a nonblocking listener")
         if rc == -ESHUTDOWN:
@@ -138,24 +154,25 @@ cdef class Dataplane:
             for i in range(1024):
                 s = &st.svc[i]
                 if (s.conns_total or s.conns_active or s.rejected or s.no_backend
-                        or s.bytes_to_backend or s.bytes_to_client or s.accept_errors):
-                    services[i] = {
-                        "conns_total": s.conns_total, "conns_active": s.conns_active,
-                        "rejected": s.rejected, "no_backend": s.no_backend,
-                        "bytes_to_backend": s.bytes_to_backend,
-                        "bytes_to_client": s.bytes_to_client,
-                        "accept_errors": s.accept_errors,
-                    }
+                        or s.bytes_to_backend or s.bytes_to_client or s.accept_errors
+                        or s.datagrams_in or s.datagrams_out or s.flows_created
+                        or s.flows_expired or s.flows_active or s.drops_max_flows
+                        or s.drops_no_backend or s.drops_truncated or s.drops_send):
+                    services[i] = dict(zip(_SERVICE_KEYS, (
+                        s.conns_total, s.conns_active, s.rejected, s.no_backend,
+                        s.bytes_to_backend, s.bytes_to_client, s.accept_errors,
+                        s.datagrams_in, s.datagrams_out, s.flows_created, s.flows_expired,
+                        s.flows_active, s.drops_max_flows, s.drops_no_backend,
+                        s.drops_truncated, s.drops_send)))
             for i in range(65536):
                 b = &st.be[i]
                 if (b.conns_total or b.conns_active or b.connect_failures
-                        or b.bytes_to_backend or b.bytes_to_client):
-                    backends[i] = {
-                        "conns_total": b.conns_total, "conns_active": b.conns_active,
-                        "connect_failures": b.connect_failures,
-                        "bytes_to_backend": b.bytes_to_backend,
-                        "bytes_to_client": b.bytes_to_client,
-                    }
+                        or b.bytes_to_backend or b.bytes_to_client or b.datagrams_to_backend
+                        or b.datagrams_to_client or b.flows_active or b.flows_total):
+                    backends[i] = dict(zip(_BACKEND_KEYS, (
+                        b.conns_total, b.conns_active, b.connect_failures,
+                        b.bytes_to_backend, b.bytes_to_client, b.datagrams_to_backend,
+                        b.datagrams_to_client, b.flows_active, b.flows_total)))
             return {"generation": st.generation, "services": services, "backends": backends}
         finally:
             free(st)
@@ -174,16 +191,39 @@ cdef class Dataplane:
         try:
             for i in range(n):
                 x = &arr[i]
-                if x.family == 4:
-                    host = _socket.inet_ntop(_socket.AF_INET, bytes(x.addr[:4]))
-                else:
-                    host = _socket.inet_ntop(_socket.AF_INET6, bytes(x.addr[:16]))
                 out.append({
                     "service_id": x.service_id, "backend_id": x.backend_id,
-                    "client": (host, x.port), "started": x.started,
+                    "client": (_host(x.family, x.addr), x.port), "started": x.started,
                     "bytes_to_backend": x.bytes_to_backend,
                     "bytes_to_client": x.bytes_to_client,
                     "state": _SESSION_STATES[x.state],
+                })
+        finally:
+            free(arr)
+        return out
+
+    def flows(self):
+        """Snapshot of the open UDP flows (each worker answers for its own, at one instant)."""
+        cdef _core.dp_flow_info *arr = NULL
+        cdef size_t n = 0, i
+        cdef int rc
+        cdef _core.dp_flow_info *x
+        with nogil:
+            rc = _core.dp_flows(self._dp, &arr, &n)
+        if rc:
+            raise _dp_oserror(rc)
+        out = []
+        try:
+            for i in range(n):
+                x = &arr[i]
+                out.append({
+                    "service_id": x.service_id, "backend_id": x.backend_id,
+                    "client": (_host(x.family, x.addr), x.port), "started": x.started,
+                    "last_seen": x.last_seen,
+                    "datagrams_to_backend": x.datagrams_to_backend,
+                    "datagrams_to_client": x.datagrams_to_client,
+                    "bytes_to_backend": x.bytes_to_backend,
+                    "bytes_to_client": x.bytes_to_client,
                 })
         finally:
             free(arr)
@@ -221,6 +261,20 @@ cdef class Dataplane:
         if rc:
             raise _dp_oserror(rc)
 
+    def _udp_tune(self, int batch, int slot):
+        """UDP tuning before start(): datagrams per recvmmsg/sendmmsg (1..32), receive buffer
+        per datagram (1..65507 bytes; a larger datagram is dropped as truncated)."""
+        cdef int rc
+        if batch < 1 or slot < 1:
+            raise ValueError("batch and slot must be >= 1")
+        rc = _core.dp_set_udp_tuning(self._dp, <uint32_t>batch, <uint32_t>slot)
+        if rc == -EBUSY:
+            raise RuntimeError("tuning is only possible before start()")
+        if rc == -EINVAL:
+            raise ValueError("batch must be in 1..32 and slot in 1..65507")
+        if rc:
+            raise _dp_oserror(rc)
+
     def _internals(self):
         """Pipe pool, slab and pause figures summed over workers (asked of each worker)."""
         cdef _core.dp_internals_s r
@@ -238,6 +292,12 @@ cdef class Dataplane:
             "splice_moves": r.splice_moves, "splice_fallbacks": r.splice_fallbacks,
             "tables_pending": r.tables_pending,
             "sched_active": r.sched_active, "sched_svc_active": r.sched_svc_active,
+            "flows": r.flows, "flow_slab_bytes": r.flow_slab_bytes, "flow_size": r.flow_size,
+            "udp_buf_bytes": r.udp_buf_bytes,
+            "udp_rx_calls": r.udp_rx_calls, "udp_rx_datagrams": r.udp_rx_datagrams,
+            "udp_tx_calls": r.udp_tx_calls, "udp_tx_datagrams": r.udp_tx_datagrams,
+            "udp_up_calls": r.udp_up_calls, "udp_up_datagrams": r.udp_up_datagrams,
+            "udp_out_calls": r.udp_out_calls, "udp_out_datagrams": r.udp_out_datagrams,
         }
 
 

@@ -56,7 +56,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "relay_tcp.h"
+#include "relay_udp.h"
 
 #define DP_EVENTS 256u               /* epoll events per wait */
 #define DP_COPY_DEFAULT 16384u       /* default copy buffer (see relay_tcp.c, bench figures) */
@@ -126,6 +126,11 @@ static int dp_listener_drop(struct dp_worker *w, int fd)
         if (l->fd != fd)
             continue;
         dp_listener_disarm(w, l);
+        if (l->proto == DP_PROTO_UDP) {
+            /* its flows reply through it: end them (nothing is pending between batches) */
+            relay_udp_listener_gone(w, l);
+            relay_udp_reap(w);
+        }
         w->listeners[i] = w->listeners[--w->n_listeners];
         free(l);
         return 0;
@@ -150,6 +155,18 @@ static void dp_worker_internals(struct dp_worker *w, struct dp_internals *out)
     out->copy_sends += __atomic_load_n(&w->cnt->copy_sends, __ATOMIC_RELAXED);
     out->splice_moves += __atomic_load_n(&w->cnt->splice_moves, __ATOMIC_RELAXED);
     out->splice_fallbacks += __atomic_load_n(&w->cnt->splice_fallbacks, __ATOMIC_RELAXED);
+    out->flows += w->uct.n_live;
+    out->flow_slab_bytes += (uint64_t)w->uct.n_chunks * CT_SLAB_CHUNK * w->uct.obj_size;
+    out->flow_size = w->uct.obj_size;
+    out->udp_buf_bytes += w->uio->mem_len;
+    out->udp_rx_calls += __atomic_load_n(&w->cnt->udp_rx_calls, __ATOMIC_RELAXED);
+    out->udp_rx_datagrams += __atomic_load_n(&w->cnt->udp_rx_datagrams, __ATOMIC_RELAXED);
+    out->udp_tx_calls += __atomic_load_n(&w->cnt->udp_tx_calls, __ATOMIC_RELAXED);
+    out->udp_tx_datagrams += __atomic_load_n(&w->cnt->udp_tx_datagrams, __ATOMIC_RELAXED);
+    out->udp_up_calls += __atomic_load_n(&w->cnt->udp_up_calls, __ATOMIC_RELAXED);
+    out->udp_up_datagrams += __atomic_load_n(&w->cnt->udp_up_datagrams, __ATOMIC_RELAXED);
+    out->udp_out_calls += __atomic_load_n(&w->cnt->udp_out_calls, __ATOMIC_RELAXED);
+    out->udp_out_datagrams += __atomic_load_n(&w->cnt->udp_out_datagrams, __ATOMIC_RELAXED);
 }
 
 /* State passed to the snapshot callback. */
@@ -187,6 +204,47 @@ static int dp_worker_snapshot(struct dp_worker *w, struct dp_session_info **out,
     return 0;
 }
 
+/* State passed to the flow snapshot callback. */
+struct dp_fsnap {
+    struct dp_flow_info *out;      /* array being filled */
+    size_t n;                      /* entries filled */
+    size_t cap;                    /* its capacity */
+    uint64_t now_ms;               /* monotonic now */
+    double now_unix;               /* the same instant, unix seconds */
+};
+
+static void dp_fsnap_one(struct ct_entry *e, void *arg)
+{
+    struct dp_fsnap *sn = arg;
+    const struct relay_udp_flow *f = (const struct relay_udp_flow *)e;
+
+    if (f->dead || sn->n >= sn->cap)
+        return;
+    relay_udp_info(f, sn->now_ms, sn->now_unix, &sn->out[sn->n++]);
+}
+
+/* Snapshot w's UDP flows into a new array (worker thread, or a quiescent worker). */
+static int dp_worker_flows(struct dp_worker *w, struct dp_flow_info **out, size_t *n)
+{
+    struct dp_fsnap sn = { .cap = w->uct.n_live };
+    struct timespec ts;
+
+    *out = NULL;
+    *n = 0;
+    if (!sn.cap)
+        return 0;
+    sn.out = calloc(sn.cap, sizeof(*sn.out));
+    if (!sn.out)
+        return -ENOMEM;
+    sn.now_ms = dp_mono_ms();
+    clock_gettime(CLOCK_REALTIME, &ts);
+    sn.now_unix = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    ct_foreach(&w->uct, dp_fsnap_one, &sn);
+    *out = sn.out;
+    *n = sn.n;
+    return 0;
+}
+
 /* Execute one command on worker w. */
 static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
 {
@@ -208,6 +266,9 @@ static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
     case DP_CMD_INTERNALS:
         dp_worker_internals(w, c->internals);
         c->rc = 0;
+        break;
+    case DP_CMD_FLOWS:
+        c->rc = dp_worker_flows(w, &c->flows, &c->n_flows);
         break;
     }
 }
@@ -245,6 +306,9 @@ static int dp_worker_timeout(struct dp_worker *w)
     x = ct_wheel_next_ms(&w->ct, w->now_ms);
     if (x >= 0)
         t = x;
+    x = ct_wheel_next_ms(&w->uct, w->now_ms);
+    if (x >= 0 && (t < 0 || x < t))
+        t = x;
     if (w->paused_until_ms && !w->stopping) {
         x = w->paused_until_ms > w->now_ms ? (int64_t)(w->paused_until_ms - w->now_ms) : 0;
         t = t < 0 || x < t ? x : t;
@@ -280,7 +344,11 @@ static void *dp_worker_main(void *arg)
             switch (ep->kind) {
             case DP_EP_LISTENER: {
                 struct dp_listener *l = (struct dp_listener *)ep;
-                if (l->in_epoll && !w->stopping)
+                if (!l->in_epoll || w->stopping)
+                    break;
+                if (l->proto == DP_PROTO_UDP)
+                    relay_udp_read(w, l);
+                else
                     relay_tcp_accept(w, l);
                 break;
             }
@@ -290,20 +358,27 @@ static void *dp_worker_main(void *arg)
                 cmds = 1;
                 break;
             }
+            case DP_EP_UDP_FLOW:
+                relay_udp_event(w, ep, evs[i].events);
+                break;
             default:
                 relay_tcp_event(w, ep, evs[i].events);
                 break;
             }
         }
         relay_tcp_run_ready(w);
+        relay_udp_flush(w); /* the replies gathered in this batch, in one sendmmsg per listener */
         ct_wheel_advance(&w->ct, w->now_ms, relay_tcp_expire, w);
+        ct_wheel_advance(&w->uct, w->now_ms, relay_udp_expire, w);
         relay_tcp_reap(w);
+        relay_udp_reap(w);
         if (cmds)
             dp_worker_commands(w);
         if (!w->stopping && atomic_load_explicit(&w->stop_req, memory_order_acquire)) {
             w->stopping = 1;
             for (i = 0; i < w->n_listeners; i++)
                 dp_listener_disarm(w, w->listeners[i]);
+            relay_udp_stopping(w);
         }
         if (w->paused_until_ms && w->now_ms >= w->paused_until_ms) {
             w->paused_until_ms = 0;
@@ -311,10 +386,12 @@ static void *dp_worker_main(void *arg)
                 for (i = 0; i < w->n_listeners; i++)
                     (void)dp_listener_arm(w, w->listeners[i]);
         }
-        if (w->stopping && (w->ct.n_live == 0 || w->now_ms >= w->stop_deadline_ms))
+        if (w->stopping && ((w->ct.n_live == 0 && w->uct.n_live == 0) ||
+                            w->now_ms >= w->stop_deadline_ms))
             break;
     }
     relay_tcp_close_all(w);
+    relay_udp_close_all(w);
     /* answer what is queued, then refuse further commands (callers act directly) */
     dp_worker_commands(w);
     pthread_mutex_lock(&dp->cmd_lock);
@@ -361,6 +438,8 @@ int dp_create(uint32_t n_workers, struct dp **out)
     dp->n_workers = n_workers;
     dp->copy_threshold = DP_COPY_DEFAULT;
     dp->pipe_size = DP_PIPE_DEFAULT;
+    dp->udp_batch = RELAY_UDP_BATCH;
+    dp->udp_slot = RELAY_UDP_MAX;
     atomic_init(&dp->table, NULL);
     atomic_init(&dp->generation, 0);
     pthread_mutex_init(&dp->pub_lock, NULL);
@@ -402,6 +481,10 @@ int dp_create(uint32_t n_workers, struct dp **out)
         sched_worker_init(w->sw, 0x9e3779b97f4a7c15ull ^ ((uint64_t)(i + 1) * 0xbf58476d1ce4e5b9ull));
         if ((rc = ct_init(&w->ct, sizeof(struct relay_session), now)) != 0)
             goto fail;
+        if ((rc = ct_init(&w->uct, sizeof(struct relay_udp_flow), now)) != 0)
+            goto fail;
+        if ((rc = relay_udp_io_create(&w->uio, RELAY_UDP_BATCH, RELAY_UDP_MAX)) != 0)
+            goto fail;
         if ((rc = pipepool_init(&w->pp, DP_PIPE_POOL_CAP, dp->pipe_size)) != 0)
             goto fail;
     }
@@ -430,6 +513,31 @@ int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, in
         dp->copy_only = copy_only != 0;
         for (i = 0; i < dp->n_workers; i++)
             dp->workers[i].pp.pipe_size = pipe_size;
+    }
+    pthread_mutex_unlock(&dp->cmd_lock);
+    return rc;
+}
+
+int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot)
+{
+    uint32_t i, k;
+    int rc = 0;
+
+    if (batch < 1 || batch > RELAY_UDP_BATCH || slot < 1 || slot > RELAY_UDP_MAX)
+        return -EINVAL;
+    pthread_mutex_lock(&dp->cmd_lock);
+    if (dp->state != 0)
+        rc = -EBUSY;
+    else {
+        dp->udp_batch = batch;
+        dp->udp_slot = slot;
+        for (i = 0; i < dp->n_workers; i++) {
+            struct relay_udp_io *io = dp->workers[i].uio;
+            io->batch = batch;
+            io->slot = slot;
+            for (k = 0; k < RELAY_UDP_BATCH; k++)
+                io->in_iov[k].iov_len = slot;
+        }
     }
     pthread_mutex_unlock(&dp->cmd_lock);
     return rc;
@@ -511,13 +619,16 @@ int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
         return rc;
     }
     il = sizeof(int);
-    if (type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &il) < 0 || !acc) {
+    if (type == SOCK_DGRAM) {
+        l->proto = DP_PROTO_UDP;
+    } else if (type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &il) < 0 ||
+               !acc) {
         free(l);
-        return -ENOTCONN; /* not a listening TCP socket */
+        return -ENOTCONN; /* neither a listening TCP socket nor a UDP socket */
     }
     if (!(fcntl(fd, F_GETFL) & O_NONBLOCK)) {
         free(l);
-        return -EAGAIN; /* a blocking listener would stall its worker in accept4() */
+        return -EAGAIN; /* a blocking socket would stall its worker in accept4()/recvmmsg() */
     }
     if (ss.ss_family == AF_INET) {
         l->family = 4;
@@ -530,6 +641,27 @@ int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
     } else {
         free(l);
         return -EAFNOSUPPORT;
+    }
+    if (l->proto == DP_PROTO_UDP) {
+        static const uint8_t any[16];
+        int one = 1;
+        if (l->lport == 0) {
+            free(l);
+            return -ENOTCONN; /* an unbound UDP socket */
+        }
+        if (memcmp(l->laddr, any, 16) == 0) {
+            /* a wildcard address: have the kernel tell us, per datagram, which local address
+             * the client wrote to, so that the reply can leave from it */
+            rc = l->family == 4
+                     ? setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one))
+                     : setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one));
+            if (rc < 0) {
+                rc = -errno;
+                free(l);
+                return rc;
+            }
+            l->pktinfo = 1;
+        }
     }
     w = &dp->workers[worker];
     pthread_mutex_lock(&dp->cmd_lock);
@@ -686,6 +818,15 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
             out->svc[k].bytes_to_backend += v[DP_SC_BYTES_TO_BACKEND];
             out->svc[k].bytes_to_client += v[DP_SC_BYTES_TO_CLIENT];
             out->svc[k].accept_errors += v[DP_SC_ACCEPT_ERRORS];
+            out->svc[k].datagrams_in += v[DP_SC_DATAGRAMS_IN];
+            out->svc[k].datagrams_out += v[DP_SC_DATAGRAMS_OUT];
+            out->svc[k].flows_created += v[DP_SC_FLOWS_CREATED];
+            out->svc[k].flows_expired += v[DP_SC_FLOWS_EXPIRED];
+            out->svc[k].flows_active += (int64_t)v[DP_SC_FLOWS_ACTIVE];
+            out->svc[k].drops_max_flows += v[DP_SC_DROPS_MAX_FLOWS];
+            out->svc[k].drops_no_backend += v[DP_SC_DROPS_NO_BACKEND];
+            out->svc[k].drops_truncated += v[DP_SC_DROPS_TRUNCATED];
+            out->svc[k].drops_send += v[DP_SC_DROPS_SEND];
         }
         for (k = 0; k < DP_MAX_BACKENDS; k++) {
             for (x = 0; x < DP_BC_N; x++)
@@ -695,6 +836,10 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
             out->be[k].connect_failures += v[DP_BC_CONNECT_FAILURES];
             out->be[k].bytes_to_backend += v[DP_BC_BYTES_TO_BACKEND];
             out->be[k].bytes_to_client += v[DP_BC_BYTES_TO_CLIENT];
+            out->be[k].datagrams_to_backend += v[DP_BC_DATAGRAMS_TO_BACKEND];
+            out->be[k].datagrams_to_client += v[DP_BC_DATAGRAMS_TO_CLIENT];
+            out->be[k].flows_active += (int64_t)v[DP_BC_FLOWS_ACTIVE];
+            out->be[k].flows_total += v[DP_BC_FLOWS_TOTAL];
         }
     }
     return 0;
@@ -749,6 +894,66 @@ int dp_sessions(struct dp *dp, struct dp_session_info **out, size_t *n)
             k += cmds[i].n_sessions;
         }
         free(cmds[i].sessions);
+    }
+    free(cmds);
+    if (rc) {
+        free(all);
+        return rc;
+    }
+    *out = all;
+    *n = total;
+    return 0;
+}
+
+int dp_flows(struct dp *dp, struct dp_flow_info **out, size_t *n)
+{
+    struct dp_cmd *cmds;
+    struct dp_flow_info *all = NULL;
+    size_t total = 0, k;
+    uint32_t i;
+    int rc = 0;
+
+    *out = NULL;
+    *n = 0;
+    cmds = calloc(dp->n_workers, sizeof(*cmds));
+    if (!cmds)
+        return -ENOMEM;
+    pthread_mutex_lock(&dp->cmd_lock);
+    /* like dp_sessions: queue to every worker, then wait for all */
+    for (i = 0; i < dp->n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        cmds[i].type = DP_CMD_FLOWS;
+        cmds[i].done = 1;
+        if (!w->thread_started || w->exited)
+            continue;
+        cmds[i].done = 0;
+        if (w->cmd_tail)
+            w->cmd_tail->next = &cmds[i];
+        else
+            w->cmd_head = &cmds[i];
+        w->cmd_tail = &cmds[i];
+        dp_wake(w);
+    }
+    for (i = 0; i < dp->n_workers; i++)
+        while (!cmds[i].done)
+            pthread_cond_wait(&dp->cmd_cond, &dp->cmd_lock);
+    pthread_mutex_unlock(&dp->cmd_lock);
+    for (i = 0; i < dp->n_workers; i++) {
+        if (cmds[i].rc)
+            rc = cmds[i].rc;
+        total += cmds[i].n_flows;
+    }
+    if (!rc && total) {
+        all = malloc(total * sizeof(*all));
+        if (!all)
+            rc = -ENOMEM;
+    }
+    for (i = 0, k = 0; i < dp->n_workers; i++) {
+        if (!rc && cmds[i].n_flows) {
+            memcpy(all + k, cmds[i].flows, cmds[i].n_flows * sizeof(*all));
+            k += cmds[i].n_flows;
+        }
+        free(cmds[i].flows);
     }
     free(cmds);
     if (rc) {
@@ -850,6 +1055,9 @@ void dp_destroy(struct dp *dp)
         struct dp_worker *w = &dp->workers[i];
         if (w->ct.index)
             ct_destroy(&w->ct);
+        if (w->uct.index)
+            ct_destroy(&w->uct);
+        relay_udp_io_destroy(w->uio);
         if (w->pp.free)
             pipepool_destroy(&w->pp);
         for (j = 0; j < w->n_listeners; j++)

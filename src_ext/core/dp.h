@@ -1,8 +1,9 @@
 /* dp.h: the data plane object as seen from Cython (workers, listeners, table swap, snapshots).
  *
  * Every function may be called without the GIL; none calls back into Python. Functions that wait
- * for a worker (dp_remove_listener, dp_sessions, dp_internals, dp_stop) block the calling thread
- * only. All return 0 or -errno unless documented otherwise. See dp.c for the design essay.
+ * for a worker (dp_remove_listener, dp_sessions, dp_flows, dp_internals, dp_stop) block the
+ * calling thread only. All return 0 or -errno unless documented otherwise. See dp.c for the
+ * design essay, relay_tcp.c and relay_udp.c for the relays.
  */
 #ifndef L4LB_DP_H
 #define L4LB_DP_H
@@ -16,25 +17,47 @@
 
 struct dp;
 
-/* Per-service counters, summed over workers. */
+/* Per-service counters, summed over workers. TCP services move the conns_* ones, UDP services
+ * the datagram and flow ones; bytes and accept_errors are kept for both. */
 struct dp_svc_stats {
     uint64_t conns_total;      /* connections admitted (not rejected) */
     int64_t conns_active;      /* admitted connections still open */
     uint64_t rejected;         /* closed at once: the service's max_connections was reached */
     uint64_t no_backend;       /* closed with RST: no eligible backend left (incl. after retries) */
-    uint64_t bytes_to_backend; /* bytes written to backends */
-    uint64_t bytes_to_client;  /* bytes written to clients */
+    uint64_t bytes_to_backend; /* bytes (udp: payload bytes) written to backends */
+    uint64_t bytes_to_client;  /* bytes (udp: payload bytes) written to clients */
     uint64_t accept_errors;    /* accept4 failures (EMFILE, ENFILE, ENOBUFS, ...) and local
-                                  resource failures while setting up a session */
+                                  resource failures while setting up a session; udp: no socket
+                                  (or epoll slot, or memory) for a new flow, datagram dropped */
+    uint64_t datagrams_in;     /* udp: datagrams read from clients, dropped ones included */
+    uint64_t datagrams_out;    /* udp: datagrams sent to clients */
+    uint64_t flows_created;    /* udp: flows opened (a flow moved off a DOWN backend counts
+                                  again) */
+    uint64_t flows_expired;    /* udp: flows ended for any reason (idle, responses, refusal,
+                                  moved, listener removed, stop) */
+    int64_t flows_active;      /* udp: flows open now (flows_created - flows_expired) */
+    uint64_t drops_max_flows;  /* udp: datagrams that would have opened a flow beyond max_flows */
+    uint64_t drops_no_backend; /* udp: datagrams with no table, no such udp service, or no
+                                  eligible backend for a new flow */
+    uint64_t drops_truncated;  /* udp: datagrams larger than the receive buffer (65,507 bytes),
+                                  either way; never forwarded */
+    uint64_t drops_send;       /* udp: datagrams the kernel refused to send (full buffer,
+                                  refusal, unreachable), either way */
 };
 
 /* Per-backend counters, summed over workers. */
 struct dp_be_stats {
     uint64_t conns_total;      /* sessions established to this backend (connect succeeded) */
     int64_t conns_active;      /* sessions assigned to it and open (connecting or established) */
-    uint64_t connect_failures; /* connect refused, unreachable, timed out or failed otherwise */
+    uint64_t connect_failures; /* connect refused, unreachable, timed out or failed otherwise;
+                                  udp: flows ended by an ICMP error (ECONNREFUSED, ...) on their
+                                  upstream socket, or whose connect() failed */
     uint64_t bytes_to_backend; /* bytes written to it */
     uint64_t bytes_to_client;  /* bytes read from it and written to clients */
+    uint64_t datagrams_to_backend; /* udp: datagrams sent to it */
+    uint64_t datagrams_to_client;  /* udp: datagrams from it sent on to clients */
+    int64_t flows_active;      /* udp: flows assigned to it now */
+    uint64_t flows_total;      /* udp: flows ever assigned to it */
 };
 
 /* A counter snapshot; large (about 2.7 MB), allocate it on the heap. */
@@ -63,6 +86,21 @@ struct dp_session_info {
     uint64_t bytes_to_client;  /* bytes written to the client so far */
 };
 
+/* One open UDP flow in a dp_flows() snapshot. */
+struct dp_flow_info {
+    uint32_t service_id;       /* service of the listener the flow came in on */
+    int32_t backend_id;        /* its backend */
+    uint8_t family;            /* client address family, 4 or 6 */
+    uint16_t port;             /* client port, host order (flow_key 1: of the latest datagram) */
+    uint8_t addr[16];          /* client address, network order, IPv4 in the first 4 bytes */
+    double started;            /* first datagram, unix seconds */
+    double last_seen;          /* last datagram either way, unix seconds */
+    uint64_t datagrams_to_backend; /* datagrams sent to the backend */
+    uint64_t datagrams_to_client;  /* datagrams sent to the client */
+    uint64_t bytes_to_backend; /* payload bytes sent to the backend */
+    uint64_t bytes_to_client;  /* payload bytes sent to the client */
+};
+
 /* Internal figures for tests and benchmarks (summed over workers). */
 struct dp_internals {
     uint64_t pipes_created;    /* pipes ever created by the pools */
@@ -81,6 +119,19 @@ struct dp_internals {
     uint64_t tables_pending;   /* retired tables not yet freed */
     int64_t sched_active;      /* sum of sched_shared.active[] (sessions holding a backend) */
     int64_t sched_svc_active;  /* sum of sched_shared.svc_active[] (admitted sessions) */
+    uint64_t flows;            /* open UDP flows */
+    uint64_t flow_slab_bytes;  /* bytes of flow slab memory allocated */
+    uint64_t flow_size;        /* bytes per flow object */
+    uint64_t udp_buf_bytes;    /* address space of the UDP batch buffers (resident: touched
+                                  pages only) */
+    uint64_t udp_rx_calls;     /* recvmmsg calls on UDP listeners that returned datagrams */
+    uint64_t udp_rx_datagrams; /* datagrams they returned */
+    uint64_t udp_tx_calls;     /* send/sendmmsg calls on upstream sockets */
+    uint64_t udp_tx_datagrams; /* datagrams they sent */
+    uint64_t udp_up_calls;     /* recvmmsg calls on upstream sockets that returned datagrams */
+    uint64_t udp_up_datagrams; /* datagrams they returned */
+    uint64_t udp_out_calls;    /* sendmmsg calls on listeners (replies to clients) */
+    uint64_t udp_out_datagrams;/* datagrams they sent */
 };
 
 /* Create a data plane with n workers (1..DP_MAX_WORKERS). Nothing runs until dp_start(). */
@@ -91,11 +142,18 @@ int dp_create(uint32_t n_workers, struct dp **out);
  * copy_threshold > 0; pipe_size, when set, >= copy_threshold). -EBUSY once started, -EINVAL out of
  * range. */
 int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, int copy_only);
+/* UDP tuning, before dp_start() only: batch = datagrams per recvmmsg/sendmmsg (1..32, default
+ * 32), slot = receive buffer per datagram in bytes (1..65507, default 65507; a larger datagram
+ * is dropped as truncated). -EBUSY once started, -EINVAL out of range. */
+int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot);
 /* Start the worker threads. -EALREADY if started, -ESHUTDOWN after dp_stop(). */
 int dp_start(struct dp *dp);
-/* Give listening nonblocking socket fd (caller keeps ownership) to worker, for service_id.
- * -EINVAL (bad worker/service id), -EEXIST (fd already added), -ESHUTDOWN (stopped),
- * -ENOTCONN (not a listening TCP socket), -EAGAIN (the socket is in blocking mode). */
+/* Give a nonblocking socket fd (caller keeps ownership) to worker, for service_id: a listening
+ * TCP socket, or a bound UDP socket (SO_TYPE tells them apart). On a UDP socket bound to the
+ * wildcard address (0.0.0.0 or ::) it sets IP_PKTINFO / IPV6_RECVPKTINFO itself, so replies can
+ * leave from the address each client sent to. -EINVAL (bad worker/service id), -EEXIST (fd
+ * already added), -ESHUTDOWN (stopped), -ENOTCONN (neither a listening TCP socket nor a bound
+ * UDP socket), -EAGAIN (the socket is in blocking mode). */
 int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker);
 /* Stop polling fd; returns once its worker no longer polls it. -ENOENT if unknown. */
 int dp_remove_listener(struct dp *dp, int fd);
@@ -110,10 +168,13 @@ int dp_stats(struct dp *dp, struct dp_stats *out);
 /* Snapshot of the open sessions (each worker answers through its command queue). *out is
  * malloc'ed (free() it), *n its length. */
 int dp_sessions(struct dp *dp, struct dp_session_info **out, size_t *n);
+/* Snapshot of the open UDP flows, like dp_sessions. *out is malloc'ed (free() it). */
+int dp_flows(struct dp *dp, struct dp_flow_info **out, size_t *n);
 /* Internal figures (pools, slab, pauses), asked of each worker like dp_sessions. */
 int dp_internals(struct dp *dp, struct dp_internals *out);
-/* Graceful stop: stop accepting, let sessions finish for up to timeout_ms, close the rest,
- * join the workers. Idempotent. */
+/* Graceful stop: stop accepting (and reading UDP listeners), let sessions finish for up to
+ * timeout_ms, close the rest, join the workers. UDP flows keep relaying replies until they end
+ * or have been idle for 250 ms (see relay_udp.c). Idempotent. */
 int dp_stop(struct dp *dp, uint32_t timeout_ms);
 /* Stop (with no grace) if needed and free everything. dp may be NULL. */
 void dp_destroy(struct dp *dp);

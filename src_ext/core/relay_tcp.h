@@ -1,7 +1,8 @@
-/* relay_tcp.h: internals shared by dp.c (workers, commands, table swap) and relay_tcp.c (TCP).
+/* relay_tcp.h: internals shared by dp.c (workers, commands, table swap) and the relays.
  *
  * Not part of the Cython-visible API (that is dp.h). A dp_worker and everything it points to is
- * owned by its thread; the fields marked "shared" are the only ones other threads touch.
+ * owned by its thread; the fields marked "shared" are the only ones other threads touch. The TCP
+ * relay (relay_tcp.c) is declared here; the UDP relay's own types are in relay_udp.h.
  */
 #ifndef L4LB_RELAY_TCP_H
 #define L4LB_RELAY_TCP_H
@@ -24,11 +25,18 @@
 /* Per-worker counter slots (plain single-writer counters, read with relaxed loads). */
 enum dp_svc_counter {
     DP_SC_CONNS_TOTAL, DP_SC_CONNS_ACTIVE, DP_SC_REJECTED, DP_SC_NO_BACKEND,
-    DP_SC_BYTES_TO_BACKEND, DP_SC_BYTES_TO_CLIENT, DP_SC_ACCEPT_ERRORS, DP_SC_N
+    DP_SC_BYTES_TO_BACKEND, DP_SC_BYTES_TO_CLIENT, DP_SC_ACCEPT_ERRORS,
+    /* udp (meanings in dp.h, struct dp_svc_stats) */
+    DP_SC_DATAGRAMS_IN, DP_SC_DATAGRAMS_OUT, DP_SC_FLOWS_CREATED, DP_SC_FLOWS_EXPIRED,
+    DP_SC_FLOWS_ACTIVE, DP_SC_DROPS_MAX_FLOWS, DP_SC_DROPS_NO_BACKEND, DP_SC_DROPS_TRUNCATED,
+    DP_SC_DROPS_SEND, DP_SC_N
 };
 enum dp_be_counter {
     DP_BC_CONNS_TOTAL, DP_BC_CONNS_ACTIVE, DP_BC_CONNECT_FAILURES,
-    DP_BC_BYTES_TO_BACKEND, DP_BC_BYTES_TO_CLIENT, DP_BC_N
+    DP_BC_BYTES_TO_BACKEND, DP_BC_BYTES_TO_CLIENT,
+    /* udp */
+    DP_BC_DATAGRAMS_TO_BACKEND, DP_BC_DATAGRAMS_TO_CLIENT, DP_BC_FLOWS_ACTIVE, DP_BC_FLOWS_TOTAL,
+    DP_BC_N
 };
 
 /* One worker's counters; only that worker writes them. */
@@ -39,6 +47,14 @@ struct dp_counters {
     uint64_t splice_moves;                  /* chunks relayed by splice */
     uint64_t splice_fallbacks;              /* directions that fell back to copy (EINVAL) */
     uint64_t listener_pauses;               /* EMFILE/ENFILE pauses */
+    uint64_t udp_rx_calls;                  /* recvmmsg calls on UDP listeners that got data */
+    uint64_t udp_rx_datagrams;              /* datagrams those calls returned */
+    uint64_t udp_tx_calls;                  /* send/sendmmsg calls on upstream sockets */
+    uint64_t udp_tx_datagrams;              /* datagrams those calls sent */
+    uint64_t udp_up_calls;                  /* recvmmsg calls on upstream sockets that got data */
+    uint64_t udp_up_datagrams;              /* datagrams those calls returned */
+    uint64_t udp_out_calls;                 /* sendmmsg calls on listeners (replies) */
+    uint64_t udp_out_datagrams;             /* datagrams those calls sent */
 };
 
 /* Add v to a single-writer counter; the relaxed atomic store keeps concurrent readers defined
@@ -47,7 +63,7 @@ struct dp_counters {
     __atomic_store_n((p), __atomic_load_n((p), __ATOMIC_RELAXED) + (uint64_t)(v), __ATOMIC_RELAXED)
 
 /* What an epoll data pointer points at: the first byte says which kind of object. */
-enum dp_ep_kind { DP_EP_LISTENER = 1, DP_EP_EVENTFD, DP_EP_CLIENT, DP_EP_BACKEND };
+enum dp_ep_kind { DP_EP_LISTENER = 1, DP_EP_EVENTFD, DP_EP_CLIENT, DP_EP_BACKEND, DP_EP_UDP_FLOW };
 
 struct dp_ep {
     uint8_t kind;                  /* enum dp_ep_kind */
@@ -59,6 +75,9 @@ struct dp_listener {
     int fd;                        /* the caller's socket (never closed by us) */
     uint32_t service_id;           /* service whose connections it accepts */
     uint8_t in_epoll;              /* 1 while registered in the worker's epoll */
+    uint8_t proto;                 /* DP_PROTO_TCP (listening) or DP_PROTO_UDP (bound datagram) */
+    uint8_t pktinfo;               /* udp, wildcard address: datagrams carry the local address
+                                      (IP_PKTINFO / IPV6_RECVPKTINFO, set by dp_add_listener) */
     uint8_t family;                /* 4 or 6 (from getsockname) */
     uint16_t lport;                /* local port, host order */
     uint8_t laddr[16];             /* local address (maybe the wildcard) */
@@ -109,7 +128,9 @@ struct relay_session {
 };
 
 /* A request for a worker, queued by another thread, answered by the worker. */
-enum dp_cmd_type { DP_CMD_ADD_LISTENER = 1, DP_CMD_DEL_LISTENER, DP_CMD_SNAPSHOT, DP_CMD_INTERNALS };
+enum dp_cmd_type {
+    DP_CMD_ADD_LISTENER = 1, DP_CMD_DEL_LISTENER, DP_CMD_SNAPSHOT, DP_CMD_INTERNALS, DP_CMD_FLOWS
+};
 
 struct dp_cmd {
     enum dp_cmd_type type;         /* what to do */
@@ -120,10 +141,14 @@ struct dp_cmd {
     int fd;                        /* DEL: fd to remove */
     struct dp_session_info *sessions; /* SNAPSHOT: malloc'ed array (by the worker) */
     size_t n_sessions;             /* SNAPSHOT: its length */
+    struct dp_flow_info *flows;    /* FLOWS: malloc'ed array (by the worker) */
+    size_t n_flows;                /* FLOWS: its length */
     struct dp_internals *internals;/* INTERNALS: accumulated into by the worker */
 };
 
 struct dp;
+struct relay_udp_io;
+struct relay_udp_flow;
 
 struct dp_worker {
     struct dp *dp;                 /* owner */
@@ -157,6 +182,9 @@ struct dp_worker {
     struct relay_session *ready_head; /* sessions to pump again without waiting for epoll */
     struct relay_session *ready_tail;
     struct relay_session *grave;   /* sessions closed in this batch, freed after it */
+    struct ct_table uct;           /* UDP flows (relay_udp.c) */
+    struct relay_udp_io *uio;      /* UDP batch buffers (relay_udp.c), allocated at create */
+    struct relay_udp_flow *ugrave; /* UDP flows ended in this batch, freed after the flush */
 };
 
 /* The data plane object (dp.h keeps it opaque). */
@@ -181,6 +209,8 @@ struct dp {
     uint32_t copy_threshold;       /* relay tuning: copy buffer size (0 = always splice) */
     uint32_t pipe_size;            /* relay tuning: pipe capacity */
     uint8_t copy_only;             /* relay tuning: never splice bulk data (benchmarks) */
+    uint32_t udp_batch;            /* udp tuning: datagrams per recvmmsg/sendmmsg (1..32) */
+    uint32_t udp_slot;             /* udp tuning: receive buffer per datagram (bytes) */
 };
 
 /* Load the live table into w->table and publish the generation seen (see dp.c's essay). Only

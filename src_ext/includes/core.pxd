@@ -1,8 +1,8 @@
 # core.pxd: Cython declarations of src_ext/core/dp.h (the data plane object) and ct's self-check.
 #
 # A pure extern block, nothing is defined here. Every function is nogil: none touches Python
-# objects, and the blocking ones (remove_listener, sessions, internals, stop) must be called with
-# the GIL released so that Python threads keep running while a worker answers.
+# objects, and the blocking ones (remove_listener, sessions, flows, internals, stop) must be
+# called with the GIL released so that Python threads keep running while a worker answers.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -22,6 +22,15 @@ cdef extern from "dp.h" nogil:
         uint64_t bytes_to_backend
         uint64_t bytes_to_client
         uint64_t accept_errors
+        uint64_t datagrams_in
+        uint64_t datagrams_out
+        uint64_t flows_created
+        uint64_t flows_expired
+        int64_t flows_active
+        uint64_t drops_max_flows
+        uint64_t drops_no_backend
+        uint64_t drops_truncated
+        uint64_t drops_send
 
     struct dp_be_stats:
         uint64_t conns_total
@@ -29,6 +38,10 @@ cdef extern from "dp.h" nogil:
         uint64_t connect_failures
         uint64_t bytes_to_backend
         uint64_t bytes_to_client
+        uint64_t datagrams_to_backend
+        uint64_t datagrams_to_client
+        int64_t flows_active
+        uint64_t flows_total
 
     struct dp_stats_s "dp_stats":
         uint64_t generation
@@ -51,6 +64,19 @@ cdef extern from "dp.h" nogil:
         uint64_t bytes_to_backend
         uint64_t bytes_to_client
 
+    struct dp_flow_info:
+        uint32_t service_id
+        int32_t backend_id
+        uint8_t family
+        uint16_t port
+        uint8_t addr[16]
+        double started
+        double last_seen
+        uint64_t datagrams_to_backend
+        uint64_t datagrams_to_client
+        uint64_t bytes_to_backend
+        uint64_t bytes_to_client
+
     struct dp_internals_s "dp_internals":
         uint64_t pipes_created
         uint64_t pipes_reused
@@ -68,9 +94,22 @@ cdef extern from "dp.h" nogil:
         uint64_t tables_pending
         int64_t sched_active
         int64_t sched_svc_active
+        uint64_t flows
+        uint64_t flow_slab_bytes
+        uint64_t flow_size
+        uint64_t udp_buf_bytes
+        uint64_t udp_rx_calls
+        uint64_t udp_rx_datagrams
+        uint64_t udp_tx_calls
+        uint64_t udp_tx_datagrams
+        uint64_t udp_up_calls
+        uint64_t udp_up_datagrams
+        uint64_t udp_out_calls
+        uint64_t udp_out_datagrams
 
     int dp_create(uint32_t n_workers, dp **out)
     int dp_set_tuning(dp *d, uint32_t copy_threshold, uint32_t pipe_size, int copy_only)
+    int dp_set_udp_tuning(dp *d, uint32_t batch, uint32_t slot)
     int dp_start(dp *d)
     int dp_add_listener(dp *d, uint32_t service_id, int fd, uint32_t worker)
     int dp_remove_listener(dp *d, int fd)
@@ -79,6 +118,7 @@ cdef extern from "dp.h" nogil:
     uint64_t dp_generation(dp *d)
     int dp_stats(dp *d, dp_stats_s *out)
     int dp_sessions(dp *d, dp_session_info **out, size_t *n)
+    int dp_flows(dp *d, dp_flow_info **out, size_t *n)
     int dp_internals(dp *d, dp_internals_s *out)
     int dp_stop(dp *d, uint32_t timeout_ms)
     void dp_destroy(dp *d)

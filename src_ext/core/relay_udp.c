@@ -1,0 +1,815 @@
+/* relay_udp.c: the UDP relay of one worker (flows, batched datagram I/O, replies, expiry).
+ *
+ * Design.
+ *
+ * Flows. A flow is keyed (ct_key, proto 1) by the client address, the client port (flow_key 0;
+ * 0 in the key for flow_key 1) and the local address and port the client wrote to. The local
+ * address belongs in the key because a wildcard listener serves several addresses and each
+ * client must hear back from the one it used. Flows live in the worker's own ct_table (`uct`:
+ * slab, open-addressing index, timer wheel from ct.c), so nothing here locks; the kernel's
+ * SO_REUSEPORT hash on the 4-tuple sends a client address:port to the same worker every time,
+ * which makes the per-worker table exact for flow_key 0. For flow_key 1 (address only) two ports
+ * of one address may reach two workers, and each keeps its own flow for the address (see
+ * "Decisions"). The first datagram of a flow takes a max_flows slot (one atomic fetch-add on
+ * sched_shared.svc_active, undone when over the limit, so the limit holds across workers),
+ * picks a backend with the service's scheduler (flow hash and hash_key as for TCP; flows count
+ * as "active" for least_conn and a backend's max_connections), and opens a nonblocking UDP
+ * socket connect()ed to the backend and registered level-triggered for EPOLLIN in the worker's
+ * epoll. Every later datagram of the flow goes out on that socket; whatever the backend sends on
+ * it goes back to the client. A flow ends after idle_timeout_ms without a datagram either way
+ * (lazy timer: the data path only stores last_ms, the timer re-arms itself when it fires early),
+ * after `responses` datagrams from the backend, on an ICMP error (ECONNREFUSED & co. on the
+ * upstream socket: counted as the backend's connect_failures), when its backend moves (below),
+ * when its listener is removed, or at stop. Ending closes the socket at once (fd and epoll slot
+ * back), frees the index slot (the client's next datagram opens a new flow) and parks the object
+ * in a graveyard that is freed after the pending replies are flushed. The table never grows
+ * without bound: every flow has an idle timer, and max_flows caps the count.
+ *
+ * Backend moves. A flow remembers its backend by id, plus its index in the table generation that
+ * last confirmed it. When the live generation differs, the flow's next client datagram looks the
+ * backend up again (same index first, else a scan of the service's backends): absent, or weight 0
+ * with flag bit 1 (DOWN), and the flow ends and the datagram opens a new flow on a fresh pick; a
+ * drained backend (weight 0, no flag) keeps its flows. Steady state costs one compare.
+ *
+ * Batched I/O, client side. A UDP listener is level-triggered. A wake-up reads it with
+ * recvmmsg() in batches of RELAY_UDP_BATCH datagrams (at most RELAY_UDP_ROUNDS batches, then the
+ * others get their turn; level-triggering brings us back). Each datagram of a batch is routed to
+ * its flow and chained after the flow's earlier datagrams of the same batch; then each flow of
+ * the batch sends its chain on its upstream socket, in order, with one send() (one datagram) or
+ * one sendmmsg() (several).
+ *
+ * Batched I/O, backend side. An upstream socket's event reads it with recvmmsg() straight into
+ * the worker's reply slots, up to what is left of the batch (and of `responses`). Each reply's
+ * msghdr then points at the flow's client address and at the flow's prebuilt control message
+ * (the pktinfo source, below), so nothing is copied; the replies of every flow that woke in this
+ * epoll batch leave together, one sendmmsg() per listener, after the batch (or as soon as the
+ * slots are full). Partial sendmmsg results are resumed; a full socket buffer (EAGAIN, ENOBUFS)
+ * drops the rest of the run, another error drops just that datagram; both count drops_send.
+ *
+ * Buffers. Each worker has 2 x 32 slots (client side, backend side) in one anonymous mapping of
+ * 4.2 MB made with MAP_NORESERVE: a slot holds the largest IPv4 UDP payload (65,507 bytes), but
+ * a page becomes resident only when a datagram first reaches it, so a worker that relays small
+ * datagrams holds 64 slots x 1 page = 256 KiB, and only jumbo traffic makes the rest resident.
+ * Slots are RELAY_UDP_STRIDE apart (65,536 + 64 bytes) so that their first lines fall into
+ * different cache sets instead of all aliasing into one. Reading into full-size slots means a
+ * datagram is never cut by our own buffer below 65,508 bytes; a bigger one (possible over IPv6,
+ * up to 65,527) comes back with MSG_TRUNC and is counted as drops_truncated and never sent, in
+ * either direction. The alternative, small slots plus a slow path for MSG_TRUNC, does not work
+ * for UDP: a truncated datagram is already consumed and its tail is gone. Per-datagram state
+ * (msghdrs, iovecs, names, control buffers) is preallocated with the slots, flows come from the
+ * slab, so the data path allocates nothing.
+ *
+ * Reply source address. dp_add_listener() sets IP_PKTINFO (IPv4) or IPV6_RECVPKTINFO (IPv6) on a
+ * listener bound to the wildcard address. Each datagram then carries the destination address it
+ * was sent to (ipi_addr / ipi6_addr), which goes into the flow key and into the flow's reply
+ * control message (IP_PKTINFO with ipi_spec_dst, or IPV6_PKTINFO; the interface index only for a
+ * link-local source, 0 otherwise so the route decides). A dual-stack :: listener gets IPv4
+ * clients as v4-mapped addresses and answers them with a v4-mapped IPV6_PKTINFO, which the
+ * kernel accepts. A listener bound to a specific address needs no control message at all.
+ *
+ * Stop. A stopping worker stops reading its listeners; flows keep relaying replies until they
+ * end, but one idle for RELAY_UDP_STOP_IDLE_MS (250 ms) is done, so a DNS answer in flight still
+ * gets through while an idle 30 s flow does not hold the stop for 30 s.
+ *
+ * Decisions the contract leaves open (docs/forwarding-table.md, "UDP services").
+ * - The flow key includes the local address and port the client wrote to (see Flows).
+ * - flow_key 1 (client address only): replies go to the port of the flow's latest client
+ *   datagram; flows are per worker, so two ports of one address that the kernel hashes to two
+ *   workers make two flows (one per worker), which can pick different backends under the
+ *   non-hashing schedulers. With one worker, or a hashing scheduler with hash_key src_ip, the
+ *   mapping is exact.
+ * - A flow moved off a DOWN backend counts as expired and created again (its counters start
+ *   over); a flow's upstream socket is replaced, not re-connected, so late replies of the old
+ *   backend never reach the client under the new backend's name.
+ * - responses counts every datagram read from the backend, a truncated one included; replies
+ *   beyond `responses` that arrive before the socket is closed are discarded, not counted.
+ * - A datagram that cannot open its flow is dropped and counted: max_flows (drops_max_flows),
+ *   no service / no eligible backend (drops_no_backend), no socket, epoll slot or memory
+ *   (accept_errors), connect() refused by routing (the backend's connect_failures and
+ *   drops_send). Nothing is retried on another backend: UDP has no handshake to fail.
+ * - TCP fields of a udp service (connect_timeout_ms, retries, max_connections) are ignored.
+ *
+ * Cost: not measured yet.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "relay_udp.h"
+
+/* The flow of an epoll endpoint tag. */
+static inline struct relay_udp_flow *udp_of_ep(struct dp_ep *ep)
+{
+    return (struct relay_udp_flow *)((char *)ep - offsetof(struct relay_udp_flow, ep));
+}
+
+static inline void udp_svc_add(struct dp_worker *w, uint32_t sid, int idx, int64_t v)
+{
+    DP_CNT_ADD(&w->cnt->svc[sid][idx], v);
+}
+
+static inline void udp_be_add(struct dp_worker *w, int32_t bid, int idx, int64_t v)
+{
+    DP_CNT_ADD(&w->cnt->be[(uint32_t)bid][idx], v);
+}
+
+/* True for errors that say this host ran out of something, not that a backend failed. */
+static int udp_local_error(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM ||
+           err == EADDRNOTAVAIL || err == EAGAIN;
+}
+
+/* True for the errors an ICMP message leaves on a connected UDP socket. */
+static int udp_icmp_error(int err)
+{
+    return err == ECONNREFUSED || err == EHOSTUNREACH || err == ENETUNREACH ||
+           err == EHOSTDOWN || err == ENETDOWN || err == EPROTO || err == EMSGSIZE;
+}
+
+int relay_udp_io_create(struct relay_udp_io **out, uint32_t batch, uint32_t slot)
+{
+    struct relay_udp_io *io;
+    uint32_t i;
+
+    *out = NULL;
+    io = calloc(1, sizeof(*io));
+    if (!io)
+        return -ENOMEM;
+    io->mem_len = 2u * RELAY_UDP_BATCH * (size_t)RELAY_UDP_STRIDE;
+    /* address space only: a page becomes resident when a datagram first reaches it, so small
+     * datagrams cost one or two pages per slot and only jumbo ones touch the rest */
+    io->mem = mmap(NULL, io->mem_len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (io->mem == MAP_FAILED) {
+        free(io);
+        return -ENOMEM;
+    }
+    io->batch = batch;
+    io->slot = slot;
+    io->seq = 1;
+    for (i = 0; i < RELAY_UDP_BATCH; i++) {
+        io->in_iov[i].iov_base = io->mem + (size_t)i * RELAY_UDP_STRIDE;
+        io->in_iov[i].iov_len = slot;
+        io->in[i].msg_hdr.msg_iov = &io->in_iov[i];
+        io->in[i].msg_hdr.msg_iovlen = 1;
+        io->in[i].msg_hdr.msg_name = &io->in_name[i];
+        io->in[i].msg_hdr.msg_control = io->in_ctl[i];
+        io->out_iov[i].iov_base = io->mem + (size_t)(RELAY_UDP_BATCH + i) * RELAY_UDP_STRIDE;
+        io->out[i].msg_hdr.msg_iov = &io->out_iov[i];
+        io->out[i].msg_hdr.msg_iovlen = 1;
+        io->snd[i].msg_hdr.msg_iov = &io->snd_iov[i];
+        io->snd[i].msg_hdr.msg_iovlen = 1;
+    }
+    *out = io;
+    return 0;
+}
+
+void relay_udp_io_destroy(struct relay_udp_io *io)
+{
+    if (!io)
+        return;
+    munmap(io->mem, io->mem_len);
+    free(io);
+}
+
+/* End a flow: close its socket (which takes it out of epoll), give back its backend and its
+ * max_flows slot, take it out of the index (a new datagram of the client opens a new flow) and
+ * queue it for relay_udp_reap(), which runs after the pending replies are flushed. failed != 0:
+ * an ICMP error or a failed connect() ended it (counted on the backend). Safe to call twice. */
+static void udp_flow_end(struct dp_worker *w, struct relay_udp_flow *f, int failed)
+{
+    if (f->dead)
+        return;
+    f->dead = 1;
+    if (f->fd >= 0) {
+        close(f->fd);
+        f->fd = -1;
+    }
+    atomic_fetch_sub_explicit(&w->dp->shared->active[f->backend_id], 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&w->dp->shared->svc_active[f->service_id], 1, memory_order_relaxed);
+    udp_svc_add(w, f->service_id, DP_SC_FLOWS_EXPIRED, 1);
+    udp_svc_add(w, f->service_id, DP_SC_FLOWS_ACTIVE, -1);
+    udp_be_add(w, f->backend_id, DP_BC_FLOWS_ACTIVE, -1);
+    if (failed)
+        udp_be_add(w, f->backend_id, DP_BC_CONNECT_FAILURES, 1);
+    ct_timer_cancel(&w->uct, &f->ct);
+    ct_remove(&w->uct, &f->ct);
+    f->grave_next = w->ugrave;
+    w->ugrave = f;
+}
+
+void relay_udp_reap(struct dp_worker *w)
+{
+    struct relay_udp_flow *f;
+
+    while ((f = w->ugrave) != NULL) {
+        w->ugrave = f->grave_next;
+        ct_free(&w->uct, &f->ct);
+    }
+}
+
+/* The flow key of a received datagram: protocol, client address (and port for flow_key 0), and
+ * the local address and port it was sent to (from pktinfo on a wildcard listener). *cport gets
+ * the client port (for the scheduler's hash), *ifindex the arrival interface (0 if unknown).
+ * Returns 0, or -1 for an address family we do not relay. */
+static int udp_key(const struct dp_listener *l, const struct msghdr *mh, uint8_t flow_key,
+                   struct ct_key *k, uint16_t *cport, uint32_t *ifindex)
+{
+    const struct sockaddr_in6 *sa = mh->msg_name;
+    struct cmsghdr *c;
+
+    memset(k, 0, sizeof(*k));
+    k->proto = DP_PROTO_UDP;
+    k->lport = l->lport;
+    *ifindex = 0;
+    if (sa->sin6_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+        k->family = 4;
+        *cport = ntohs(sin->sin_port);
+        memcpy(k->caddr, &sin->sin_addr, 4);
+    } else if (sa->sin6_family == AF_INET6) {
+        k->family = 6;
+        *cport = ntohs(sa->sin6_port);
+        memcpy(k->caddr, &sa->sin6_addr, 16);
+    } else {
+        return -1;
+    }
+    k->cport = flow_key == DP_FLOW_SRC_IP ? 0 : *cport;
+    if (!l->pktinfo) {
+        memcpy(k->laddr, l->laddr, 16);
+        return 0;
+    }
+    for (c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR((struct msghdr *)mh, c)) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
+            c->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
+            struct in_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+            /* reply from the address the client wrote to; for a multicast or broadcast
+             * destination (never a valid source) from the address routing chose instead */
+            uint32_t dst = ntohl(pi.ipi_addr.s_addr);
+            if ((dst >> 28) == 0xe || dst == 0xffffffffu)
+                memcpy(k->laddr, &pi.ipi_spec_dst, 4);
+            else
+                memcpy(k->laddr, &pi.ipi_addr, 4);
+            *ifindex = (uint32_t)pi.ipi_ifindex;
+        } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
+                   c->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+            struct in6_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+            memcpy(k->laddr, &pi.ipi6_addr, 16);
+            *ifindex = pi.ipi6_ifindex;
+        }
+    }
+    return 0;
+}
+
+/* Build the control message that makes replies leave from the flow's local address. */
+static void udp_flow_ctl(struct relay_udp_flow *f, const struct dp_listener *l, uint32_t ifindex)
+{
+    struct msghdr mh = { .msg_control = f->ctl, .msg_controllen = sizeof(f->ctl) };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    const uint8_t *la = f->ct.key.laddr;
+    static const uint8_t zero[16];
+
+    f->ctl_len = 0;
+    memset(f->ctl, 0, sizeof(f->ctl));
+    if (!l->pktinfo)
+        return;
+    if (l->family == 4) {
+        struct in_pktinfo pi;
+        if (memcmp(la, zero, 4) == 0)
+            return; /* no pktinfo came with the datagram: let routing choose */
+        memset(&pi, 0, sizeof(pi));
+        memcpy(&pi.ipi_spec_dst, la, 4);
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(pi));
+        memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+        f->ctl_len = (uint8_t)CMSG_SPACE(sizeof(pi));
+    } else {
+        struct in6_pktinfo pi;
+        if (memcmp(la, zero, 16) == 0 || la[0] == 0xff)
+            return; /* unknown, or multicast (never a valid source) */
+        memset(&pi, 0, sizeof(pi));
+        memcpy(&pi.ipi6_addr, la, 16);
+        /* the interface matters for a link-local source only; 0 lets the route decide */
+        if (la[0] == 0xfe && (la[1] & 0xc0) == 0x80)
+            pi.ipi6_ifindex = ifindex;
+        c->cmsg_level = IPPROTO_IPV6;
+        c->cmsg_type = IPV6_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(pi));
+        memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+        f->ctl_len = (uint8_t)CMSG_SPACE(sizeof(pi));
+    }
+}
+
+/* Fill a sockaddr for backend b; returns its length. */
+static socklen_t udp_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (b->family == 4) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(b->port);
+        memcpy(&sin->sin_addr, b->addr, 4);
+        return sizeof(*sin);
+    }
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(b->port);
+    memcpy(&sin6->sin6_addr, b->addr, 16);
+    return sizeof(*sin6);
+}
+
+/* Open a flow for the first datagram of a client: max_flows, backend pick, connected upstream
+ * socket in epoll, index, idle timer. Returns the flow, or NULL when the datagram is dropped
+ * (counted here). */
+static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listener *l,
+                                           const struct dp_table *t,
+                                           const struct dp_service *svc, const struct ct_key *k,
+                                           uint16_t cport, const struct msghdr *mh,
+                                           uint32_t ifindex)
+{
+    uint32_t sid = l->service_id, idx = 0, slot = 0;
+    _Atomic int32_t *sact = &w->dp->shared->svc_active[sid];
+    struct epoll_event ev = { .events = EPOLLIN };
+    struct sockaddr_storage ss;
+    const struct dp_backend *b;
+    struct relay_udp_flow *f;
+    struct ct_entry *e;
+    struct timespec ts;
+    socklen_t sl;
+    int32_t prev;
+    int fd, err;
+
+    prev = atomic_fetch_add_explicit(sact, 1, memory_order_relaxed);
+    if (svc->max_flows && prev >= 0 && (uint32_t)prev >= svc->max_flows) {
+        atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
+        udp_svc_add(w, sid, DP_SC_DROPS_MAX_FLOWS, 1);
+        return NULL;
+    }
+    if (sched_pick(t, svc, w->dp->shared, w->sw,
+                   dp_flow_hash(t->hash_seed, k->family, k->caddr, cport, svc->hash_key), NULL, 0,
+                   &slot, &idx) != 0) {
+        atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
+        udp_svc_add(w, sid, DP_SC_DROPS_NO_BACKEND, 1);
+        return NULL;
+    }
+    b = &t->backends[idx];
+    fd = socket(b->family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                0);
+    if (fd < 0)
+        goto local_failure;
+    sl = udp_backend_addr(b, &ss);
+    if (connect(fd, (struct sockaddr *)&ss, sl) < 0) {
+        err = errno;
+        close(fd);
+        if (udp_local_error(err))
+            goto local_failure;
+        /* the backend's address is unusable from here (unreachable network, ...) */
+        udp_be_add(w, (int32_t)b->backend_id, DP_BC_CONNECT_FAILURES, 1);
+        udp_svc_add(w, sid, DP_SC_DROPS_SEND, 1);
+        atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
+        return NULL;
+    }
+    if (ct_alloc(&w->uct, &e) != 0) {
+        close(fd);
+        goto local_failure;
+    }
+    f = (struct relay_udp_flow *)e;
+    e->key = *k;
+    if (ct_insert(&w->uct, e) != 0) {
+        ct_free(&w->uct, e);
+        close(fd);
+        goto local_failure;
+    }
+    ev.data.ptr = &f->ep;
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        ct_free(&w->uct, e);
+        close(fd);
+        goto local_failure;
+    }
+    f->ep.kind = DP_EP_UDP_FLOW;
+    f->fd = fd;
+    f->l = l;
+    f->flow_key = svc->flow_key;
+    f->service_id = sid;
+    f->backend_id = (int32_t)b->backend_id;
+    f->be_index = idx;
+    f->be_gen = t->generation;
+    f->idle_timeout_ms = svc->idle_timeout_ms;
+    f->responses = svc->responses;
+    f->batch_seq = 0;
+    f->last_ms = w->now_ms;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    f->started = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    memcpy(&f->peer, mh->msg_name, mh->msg_namelen);
+    f->peer_len = mh->msg_namelen;
+    udp_flow_ctl(f, l, ifindex);
+    atomic_fetch_add_explicit(&w->dp->shared->active[b->backend_id], 1, memory_order_relaxed);
+    udp_svc_add(w, sid, DP_SC_FLOWS_CREATED, 1);
+    udp_svc_add(w, sid, DP_SC_FLOWS_ACTIVE, 1);
+    udp_be_add(w, f->backend_id, DP_BC_FLOWS_TOTAL, 1);
+    udp_be_add(w, f->backend_id, DP_BC_FLOWS_ACTIVE, 1);
+    ct_timer_arm(&w->uct, e, w->now_ms + f->idle_timeout_ms);
+    return f;
+
+local_failure:
+    atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
+    udp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
+    return NULL;
+}
+
+/* Check a flow's backend against live table t (its generation changed since the last check).
+ * Returns 1 when the flow may stay, 0 when it must move: its backend is gone from the service,
+ * or has weight 0 with the DOWN flag (a drained backend, weight 0 without the flag, keeps it). */
+static int udp_flow_confirm(struct relay_udp_flow *f, const struct dp_table *t,
+                            const struct dp_service *svc)
+{
+    uint32_t j, first = svc->backend_first, end = svc->backend_first + svc->backend_count;
+    const struct dp_backend *b = NULL;
+
+    if (f->be_index >= first && f->be_index < end &&
+        t->backends[f->be_index].backend_id == (uint32_t)f->backend_id) {
+        b = &t->backends[f->be_index];
+    } else {
+        for (j = first; j < end; j++)
+            if (t->backends[j].backend_id == (uint32_t)f->backend_id) {
+                b = &t->backends[j];
+                f->be_index = j;
+                break;
+            }
+    }
+    if (!b || (b->weight == 0 && (b->flags & DP_BACKEND_FLAG_DOWN)))
+        return 0;
+    f->be_gen = t->generation;
+    return 1;
+}
+
+/* Send the datagrams of this listener batch that belong to flow f, in order, on its upstream
+ * socket: one send() for one datagram, sendmmsg() for more. */
+static void udp_send_flow(struct dp_worker *w, struct relay_udp_flow *f)
+{
+    struct relay_udp_io *io = w->uio;
+    uint32_t cnt = 0, sent = 0, ok = 0, k;
+    uint64_t bytes = 0;
+    int i, r;
+
+    for (i = f->in_head; i >= 0; i = io->in_next[i]) {
+        io->snd_iov[cnt].iov_base = io->in_iov[i].iov_base;
+        io->snd_iov[cnt].iov_len = io->in[i].msg_len;
+        cnt++;
+    }
+    while (sent < cnt && !f->dead) {
+        if (cnt - sent == 1) {
+            ssize_t m = send(f->fd, io->snd_iov[sent].iov_base, io->snd_iov[sent].iov_len,
+                             MSG_DONTWAIT | MSG_NOSIGNAL);
+            r = m >= 0 ? 1 : -1;
+        } else {
+            r = sendmmsg(f->fd, &io->snd[sent], cnt - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
+        DP_CNT_ADD(&w->cnt->udp_tx_calls, 1);
+        if (r > 0) {
+            for (k = sent; k < sent + (uint32_t)r; k++)
+                bytes += io->snd_iov[k].iov_len;
+            sent += (uint32_t)r;
+            ok += (uint32_t)r;
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == ENOMEM)
+            break; /* the socket's buffer is full: the rest is dropped below */
+        if (udp_icmp_error(errno)) {
+            udp_flow_end(w, f, 1); /* the backend refused an earlier datagram */
+            break;
+        }
+        udp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, 1);
+        sent++;
+    }
+    if (sent < cnt)
+        udp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, cnt - sent);
+    if (!ok)
+        return;
+    DP_CNT_ADD(&w->cnt->udp_tx_datagrams, ok);
+    f->dg_c2b += ok;
+    f->bytes_c2b += bytes;
+    udp_svc_add(w, f->service_id, DP_SC_BYTES_TO_BACKEND, (int64_t)bytes);
+    udp_be_add(w, f->backend_id, DP_BC_DATAGRAMS_TO_BACKEND, ok);
+    udp_be_add(w, f->backend_id, DP_BC_BYTES_TO_BACKEND, (int64_t)bytes);
+}
+
+/* Route the n datagrams just read from listener l: find or open each one's flow, chain them
+ * per flow (keeping their order), then send each flow's chain. */
+static void udp_route_batch(struct dp_worker *w, struct dp_listener *l, const struct dp_table *t,
+                            const struct dp_service *svc, uint32_t n)
+{
+    struct relay_udp_io *io = w->uio;
+    uint32_t i, n_touched = 0, seq, ifindex;
+    struct relay_udp_flow *f;
+    struct ct_entry *e;
+    struct ct_key k;
+    uint16_t cport;
+
+    if (++io->seq == 0)
+        io->seq = 1;
+    seq = io->seq;
+    for (i = 0; i < n; i++) {
+        struct msghdr *mh = &io->in[i].msg_hdr;
+
+        io->in_next[i] = -1;
+        if (mh->msg_flags & MSG_TRUNC) {
+            udp_svc_add(w, l->service_id, DP_SC_DROPS_TRUNCATED, 1);
+            continue;
+        }
+        if (!svc || udp_key(l, mh, svc->flow_key, &k, &cport, &ifindex) != 0) {
+            udp_svc_add(w, l->service_id, DP_SC_DROPS_NO_BACKEND, 1);
+            continue;
+        }
+        e = ct_lookup(&w->uct, &k);
+        f = (struct relay_udp_flow *)e;
+        if (f && f->be_gen != t->generation && !udp_flow_confirm(f, t, svc)) {
+            udp_flow_end(w, f, 0); /* moved: this datagram opens its new flow */
+            f = NULL;
+        }
+        if (!f) {
+            f = udp_flow_new(w, l, t, svc, &k, cport, mh, ifindex);
+            if (!f)
+                continue;
+        }
+        f->last_ms = w->now_ms;
+        if (f->flow_key == DP_FLOW_SRC_IP) {
+            /* one flow for every port of the address: replies go to the latest one */
+            memcpy(&f->peer, mh->msg_name, mh->msg_namelen);
+            f->peer_len = mh->msg_namelen;
+        }
+        if (f->batch_seq != seq) {
+            f->batch_seq = seq;
+            f->in_head = (int16_t)i;
+            io->touched[n_touched++] = f;
+        } else {
+            io->in_next[f->in_tail] = (int16_t)i;
+        }
+        f->in_tail = (int16_t)i;
+    }
+    for (i = 0; i < n_touched; i++)
+        udp_send_flow(w, io->touched[i]);
+}
+
+void relay_udp_read(struct dp_worker *w, struct dp_listener *l)
+{
+    struct relay_udp_io *io = w->uio;
+    const struct dp_table *t;
+    const struct dp_service *svc;
+    uint32_t r, i, batch = io->batch;
+    int n;
+
+    dp_worker_refresh_table(w); /* a table published just before these datagrams arrived */
+    t = w->table;
+    svc = t ? dp_table_service(t, l->service_id) : NULL;
+    if (svc && svc->protocol != DP_PROTO_UDP)
+        svc = NULL;
+    for (r = 0; r < RELAY_UDP_ROUNDS; r++) {
+        for (i = 0; i < batch; i++) {
+            io->in[i].msg_hdr.msg_namelen = sizeof(io->in_name[i]);
+            io->in[i].msg_hdr.msg_controllen = l->pktinfo ? RELAY_UDP_CTL : 0;
+        }
+        n = recvmmsg(l->fd, io->in, batch, MSG_DONTWAIT, NULL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return; /* EAGAIN: drained (level-triggered: anything new is reported again) */
+        DP_CNT_ADD(&w->cnt->udp_rx_calls, 1);
+        DP_CNT_ADD(&w->cnt->udp_rx_datagrams, n);
+        udp_svc_add(w, l->service_id, DP_SC_DATAGRAMS_IN, n);
+        udp_route_batch(w, l, t, svc, (uint32_t)n);
+        if ((uint32_t)n < batch)
+            return;
+    }
+}
+
+/* Send the pending replies out[start, end), all for listener fd. */
+static void udp_send_out(struct dp_worker *w, int fd, uint32_t start, uint32_t end)
+{
+    struct relay_udp_io *io = w->uio;
+    uint32_t k = start, j;
+    int r;
+
+    while (k < end) {
+        r = sendmmsg(fd, &io->out[k], end - k, MSG_DONTWAIT | MSG_NOSIGNAL);
+        DP_CNT_ADD(&w->cnt->udp_out_calls, 1);
+        if (r > 0) {
+            DP_CNT_ADD(&w->cnt->udp_out_datagrams, r);
+            for (j = k; j < k + (uint32_t)r; j++) {
+                struct relay_udp_flow *f = io->out_flow[j];
+                size_t len = io->out_iov[j].iov_len;
+                f->dg_b2c++;
+                f->bytes_b2c += len;
+                udp_svc_add(w, f->service_id, DP_SC_DATAGRAMS_OUT, 1);
+                udp_svc_add(w, f->service_id, DP_SC_BYTES_TO_CLIENT, (int64_t)len);
+                udp_be_add(w, io->out_bid[j], DP_BC_DATAGRAMS_TO_CLIENT, 1);
+                udp_be_add(w, io->out_bid[j], DP_BC_BYTES_TO_CLIENT, (int64_t)len);
+            }
+            k += (uint32_t)r;
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == ENOMEM) {
+            for (; k < end; k++) /* the listener's buffer is full: drop the rest */
+                udp_svc_add(w, io->out_flow[k]->service_id, DP_SC_DROPS_SEND, 1);
+            break;
+        }
+        /* this one destination is refused (unreachable client, ...): skip it */
+        udp_svc_add(w, io->out_flow[k]->service_id, DP_SC_DROPS_SEND, 1);
+        k++;
+    }
+}
+
+void relay_udp_flush(struct dp_worker *w)
+{
+    struct relay_udp_io *io = w->uio;
+    uint32_t start = 0, end, n = io->n_out;
+
+    while (start < n) {
+        struct dp_listener *l = io->out_flow[start]->l;
+        for (end = start + 1; end < n && io->out_flow[end]->l == l; end++)
+            ;
+        udp_send_out(w, l->fd, start, end);
+        start = end;
+    }
+    io->n_out = 0;
+}
+
+/* Read what the backend sent on flow f into the pending replies (flushing when full). */
+static void udp_pull(struct dp_worker *w, struct relay_udp_flow *f)
+{
+    struct relay_udp_io *io = w->uio;
+    uint32_t r, k, base, vlen, batch = io->batch;
+    int n;
+
+    for (r = 0; r < RELAY_UDP_ROUNDS && !f->dead; r++) {
+        if (io->n_out == batch)
+            relay_udp_flush(w);
+        base = io->n_out;
+        vlen = batch - base;
+        if (f->responses && f->responses - f->replies < vlen)
+            vlen = f->responses - f->replies;
+        for (k = base; k < base + vlen; k++) {
+            struct msghdr *mh = &io->out[k].msg_hdr;
+            mh->msg_name = NULL;
+            mh->msg_namelen = 0;
+            mh->msg_control = NULL;
+            mh->msg_controllen = 0;
+            io->out_iov[k].iov_len = io->slot;
+        }
+        n = recvmmsg(f->fd, &io->out[base], vlen, MSG_DONTWAIT, NULL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                udp_flow_end(w, f, 1); /* ECONNREFUSED (ICMP port unreachable) and the like */
+            return;
+        }
+        if (n == 0)
+            return;
+        DP_CNT_ADD(&w->cnt->udp_up_calls, 1);
+        DP_CNT_ADD(&w->cnt->udp_up_datagrams, n);
+        f->replies += (uint32_t)n;
+        f->last_ms = w->now_ms;
+        for (k = base; k < base + (uint32_t)n; k++) {
+            uint32_t dst = io->n_out;
+            struct msghdr *mh;
+            if (io->out[k].msg_hdr.msg_flags & MSG_TRUNC) {
+                udp_svc_add(w, f->service_id, DP_SC_DROPS_TRUNCATED, 1);
+                continue;
+            }
+            if (dst != k) { /* close the gap a truncated datagram left: swap the slots */
+                void *slot = io->out_iov[dst].iov_base;
+                io->out_iov[dst].iov_base = io->out_iov[k].iov_base;
+                io->out_iov[k].iov_base = slot;
+            }
+            io->out_iov[dst].iov_len = io->out[k].msg_len;
+            mh = &io->out[dst].msg_hdr;
+            mh->msg_name = &f->peer;
+            mh->msg_namelen = f->peer_len;
+            mh->msg_control = f->ctl_len ? f->ctl : NULL;
+            mh->msg_controllen = f->ctl_len;
+            io->out_flow[dst] = f;
+            io->out_bid[dst] = f->backend_id;
+            io->n_out++;
+        }
+        if (f->responses && f->replies >= f->responses) {
+            udp_flow_end(w, f, 0); /* its replies are still pending: it is freed after them */
+            return;
+        }
+        if ((uint32_t)n < vlen)
+            return;
+    }
+}
+
+void relay_udp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
+{
+    struct relay_udp_flow *f = udp_of_ep(ep);
+
+    (void)events; /* EPOLLERR too: recvmmsg returns the queued replies first, then the error */
+    if (!f->dead)
+        udp_pull(w, f);
+}
+
+void relay_udp_expire(struct ct_entry *e, void *arg)
+{
+    struct dp_worker *w = arg;
+    struct relay_udp_flow *f = (struct relay_udp_flow *)e;
+    uint32_t idle;
+
+    if (f->dead)
+        return;
+    idle = f->idle_timeout_ms;
+    if (w->stopping && idle > RELAY_UDP_STOP_IDLE_MS)
+        idle = RELAY_UDP_STOP_IDLE_MS;
+    if (w->now_ms - f->last_ms >= idle)
+        udp_flow_end(w, f, 0);
+    else
+        ct_timer_arm(&w->uct, e, f->last_ms + idle);
+}
+
+/* ct_foreach callback of relay_udp_stopping: bring the flow's deadline forward. */
+static void udp_stop_arm(struct ct_entry *e, void *arg)
+{
+    struct dp_worker *w = arg;
+    struct relay_udp_flow *f = (struct relay_udp_flow *)e;
+
+    if (!f->dead && f->idle_timeout_ms > RELAY_UDP_STOP_IDLE_MS)
+        ct_timer_arm(&w->uct, e, f->last_ms + RELAY_UDP_STOP_IDLE_MS);
+}
+
+void relay_udp_stopping(struct dp_worker *w)
+{
+    ct_foreach(&w->uct, udp_stop_arm, w);
+}
+
+/* ct_foreach callback of relay_udp_close_all. */
+static void udp_end_one(struct ct_entry *e, void *arg)
+{
+    udp_flow_end(arg, (struct relay_udp_flow *)e, 0);
+}
+
+void relay_udp_close_all(struct dp_worker *w)
+{
+    relay_udp_flush(w);
+    ct_foreach(&w->uct, udp_end_one, w);
+    relay_udp_reap(w);
+}
+
+/* State of relay_udp_listener_gone's callback. */
+struct udp_gone {
+    struct dp_worker *w;           /* the worker */
+    const struct dp_listener *l;   /* the listener going away */
+};
+
+static void udp_end_if_listener(struct ct_entry *e, void *arg)
+{
+    struct udp_gone *g = arg;
+    struct relay_udp_flow *f = (struct relay_udp_flow *)e;
+
+    if (f->l == g->l)
+        udp_flow_end(g->w, f, 0);
+}
+
+void relay_udp_listener_gone(struct dp_worker *w, struct dp_listener *l)
+{
+    struct udp_gone g = { .w = w, .l = l };
+
+    relay_udp_flush(w); /* no pending reply may point at l */
+    ct_foreach(&w->uct, udp_end_if_listener, &g);
+}
+
+void relay_udp_info(const struct relay_udp_flow *f, uint64_t now_ms, double now_unix,
+                    struct dp_flow_info *out)
+{
+    out->service_id = f->service_id;
+    out->backend_id = f->backend_id;
+    out->family = f->ct.key.family;
+    out->port = ntohs(f->peer.sa.sa_family == AF_INET ? f->peer.sin.sin_port
+                                                      : f->peer.sin6.sin6_port);
+    memcpy(out->addr, f->ct.key.caddr, 16);
+    out->started = f->started;
+    /* last_ms has millisecond steps: never report a last datagram before the first one */
+    out->last_seen = now_unix - (double)(now_ms - f->last_ms) / 1000.0;
+    if (out->last_seen < out->started)
+        out->last_seen = out->started;
+    out->datagrams_to_backend = f->dg_c2b;
+    out->datagrams_to_client = f->dg_b2c;
+    out->bytes_to_backend = f->bytes_c2b;
+    out->bytes_to_client = f->bytes_b2c;
+}
