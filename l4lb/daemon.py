@@ -123,7 +123,10 @@ class Daemon:
 
     def _publish(self) -> None:
         weights = compute(self.config, self.runtime, time.monotonic(), self._ramp_start)
-        blob = self.builder.build(self.config, weights.weights)
+        # DOWN or in maintenance: UDP flows move on their next datagram (drained ones stay)
+        down = {key for key, rt in self.runtime.backends.items()
+                if rt.health == "down" or rt.admin == "maint"}
+        blob = self.builder.build(self.config, weights.weights, down)
         self.generation = self.dp.publish(blob)
         self.weights = weights
         self.digest = digest(blob)
