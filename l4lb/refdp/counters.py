@@ -15,11 +15,26 @@ What each counter means (the C core, src_ext/core/dp.h, keeps the same ones):
            bytes_to_backend  bytes written to backends
            bytes_to_client   bytes written to clients
            accept_errors     accept() failures other than "nothing to accept", and local
-                             resource failures (no fd for the backend socket or for a pipe)
+                             resource failures (no fd for the backend socket or for a pipe;
+                             udp: no fd for a flow's upstream socket, the datagram is dropped)
+  udp service datagrams_in   datagrams read from clients (dropped ones included)
+           datagrams_out     datagrams sent to clients
+           flows_created     flows opened (a flow moved off a DOWN backend counts again)
+           flows_expired     flows ended, for any reason (idle, responses, refusal, moved, stop)
+           flows_active      flows open now: flows_created - flows_expired
+           drops_max_flows   datagrams that would have opened a flow beyond max_flows
+           drops_no_backend  datagrams that would have opened a flow but found no table, no such
+                             udp service or no eligible backend
+           drops_truncated   datagrams larger than the receive buffer (either way), never sent
+           drops_send        datagrams the kernel refused to send (full buffer, refusal, ...)
   backend  conns_total       sessions whose connect to this backend succeeded
            conns_active      sessions assigned to it and still open (connecting or established)
-           connect_failures  connects refused, unreachable or timed out
+           connect_failures  connects refused, unreachable or timed out; udp: flows ended by
+                             an ICMP refusal (ECONNREFUSED on the upstream socket)
            bytes_to_backend, bytes_to_client  as above, for this backend
+  udp backend datagrams_to_backend, datagrams_to_client  datagrams sent to / relayed from it
+           flows_active      flows assigned to it now
+           flows_total       flows ever assigned to it
 """
 
 from __future__ import annotations
@@ -27,9 +42,13 @@ from __future__ import annotations
 from typing import Any
 
 SERVICE_FIELDS = ("conns_total", "conns_active", "rejected", "no_backend",
-                  "bytes_to_backend", "bytes_to_client", "accept_errors")
+                  "bytes_to_backend", "bytes_to_client", "accept_errors",
+                  "datagrams_in", "datagrams_out", "flows_created", "flows_expired",
+                  "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
+                  "drops_send")
 BACKEND_FIELDS = ("conns_total", "conns_active", "connect_failures",
-                  "bytes_to_backend", "bytes_to_client")
+                  "bytes_to_backend", "bytes_to_client",
+                  "datagrams_to_backend", "datagrams_to_client", "flows_active", "flows_total")
 
 
 class Counters:

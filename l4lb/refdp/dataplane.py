@@ -1,9 +1,9 @@
 """The reference data plane's public class: the DataplaneAPI of l4lb/dataplane.py in pure Python.
 
 This object only dispatches: listeners go to the worker that polls them, publish() swaps the
-live table reference, stats() and sessions() ask every worker for a snapshot and add them up,
-stop() tells every worker to drain and joins the threads. See worker.py for the life of a
-connection and relay.py for the byte relay.
+live table reference, stats(), sessions() and flows() ask every worker for a snapshot and add
+them up, stop() tells every worker to drain and joins the threads. See worker.py for the life of
+a TCP connection, relay.py for its byte relay, and udp.py for UDP flows.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import time
 from typing import Any
 
 from l4lb.refdp.counters import sum_counters
+from l4lb.refdp.dgram import enable_pktinfo, is_wildcard
 from l4lb.refdp.livetable import LiveTable
-from l4lb.refdp.worker import Shared, Worker
+from l4lb.refdp.shared import Shared
+from l4lb.refdp.worker import Worker
 from l4lb.table.blob import parse
 from l4lb.table.sched import SchedShared
 
@@ -51,12 +53,14 @@ class Dataplane:
             worker.start()
 
     def add_listener(self, service_id: int, fd: int, worker: int) -> None:
-        """Give a bound, listening, nonblocking TCP socket to one worker (the caller keeps fd)."""
+        """Give a nonblocking listener to one worker (the caller keeps fd): a listening TCP
+        socket, or a bound UDP socket (on a wildcard address, IP_PKTINFO / IPV6_RECVPKTINFO
+        are set on it here, as the C core does)."""
         if not 0 <= worker < self.workers:
             raise ValueError(f"worker {worker} out of range 0..{self.workers - 1}")
         if not 0 <= service_id < 1024:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
-        _check_listening_tcp(fd)
+        _check_listener(fd)
         with self._lock:
             if self._stopped:
                 raise RuntimeError("data plane stopped")
@@ -103,6 +107,13 @@ class Dataplane:
             found.extend(worker.call(worker.snapshot_sessions))
         return found
 
+    def flows(self) -> list[dict[str, Any]]:
+        """Snapshot of the open UDP flows of every worker."""
+        found: list[dict[str, Any]] = []
+        for worker in self._workers:
+            found.extend(worker.call(worker.snapshot_flows))
+        return found
+
     @property
     def splice_fallbacks(self) -> int:
         """Relay directions that copied through user space because splice(2) said EINVAL."""
@@ -132,15 +143,23 @@ class Dataplane:
                 raise RuntimeError(f"refdp worker {worker.index} crashed") from worker.error
 
 
-def _check_listening_tcp(fd: int) -> None:
-    """ValueError unless fd is a listening, nonblocking TCP socket (the reference relays TCP
-    only; a blocking listener would stall its worker in accept())."""
+def _check_listener(fd: int) -> None:
+    """ValueError unless fd is a nonblocking listening TCP socket or a nonblocking bound UDP
+    socket (a blocking listener would stall its worker). A UDP socket on a wildcard address
+    gets pktinfo turned on, or it could not reply from the address each client wrote to."""
     probe = socket.socket(fileno=socket.dup(fd))
     try:
-        if probe.type != socket.SOCK_STREAM:
-            raise ValueError(f"fd {fd}: the reference data plane relays TCP only")
-        if not probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            raise ValueError(f"fd {fd} is not listening")
+        if probe.type == socket.SOCK_STREAM:
+            if not probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                raise ValueError(f"fd {fd} is not listening")
+        elif probe.type == socket.SOCK_DGRAM and probe.family in (socket.AF_INET,
+                                                                   socket.AF_INET6):
+            if probe.getsockname()[1] == 0:
+                raise ValueError(f"fd {fd} is a UDP socket that is not bound")
+            if is_wildcard(probe):
+                enable_pktinfo(probe)
+        else:
+            raise ValueError(f"fd {fd} is neither a TCP nor a UDP socket")
         if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
             raise ValueError(f"fd {fd} is in blocking mode; give a nonblocking listener")
     finally:

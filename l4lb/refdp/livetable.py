@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from l4lb.table.blob import BackendRec, ServiceRec, Table
+from l4lb.table.hashing import flow_hash
 
 
 class LiveTable:
@@ -36,6 +37,20 @@ class LiveTable:
         """True when some backend of svc has weight > 0 (it may still be at its max)."""
         first = svc.backend_first
         return any(b.weight > 0 for b in self.table.backends[first:first + svc.backend_count])
+
+    def service_backend(self, svc: ServiceRec, backend_id: int) -> BackendRec | None:
+        """The record of backend_id among svc's backends, None when svc has no such backend."""
+        first = svc.backend_first
+        for rec in self.table.backends[first:first + svc.backend_count]:
+            if rec.backend_id == backend_id:
+                return rec
+        return None
+
+    def flow_hash(self, svc: ServiceRec, host: str, port: int) -> int:
+        """The flow hash of a client of svc (docs/forwarding-table.md, "Flow hash")."""
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+        addr16 = addr.packed.ljust(16, b"\0")
+        return flow_hash(self.table.hash_seed, addr.version, addr16, port, svc.hash_key)
 
 
 def _target(backend: BackendRec) -> tuple[str, int]:

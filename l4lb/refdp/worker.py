@@ -1,12 +1,15 @@
 """One worker of the reference data plane: a thread with its own selectors loop.
 
-The loop waits on the worker's listeners, its sessions' sockets and a wake-up socketpair, then
-runs whatever timers are due. Everything a worker owns (listeners, sessions, counters, pipe
-pool, scheduler state) is touched only by its own thread; other threads talk to it through
-`call(fn)`, which queues fn, writes a byte to the wake-up socket and waits for the result. Before
-the thread starts and after it has exited, call() runs fn directly. The only state shared between
-workers is the live table reference and the scheduler's shared counters (round-robin counters,
-active sessions per backend and per service), guarded by one lock.
+The loop waits on the worker's listeners, its sessions' and flows' sockets and a wake-up
+socketpair, then runs whatever timers are due. TCP sessions are handled here (below); UDP
+listeners and flows are handed to the worker's UdpRelay (l4lb.refdp.udp).
+
+Everything a worker owns (listeners, sessions, flows, counters, pipe pool, scheduler state) is
+touched only by its own thread; other threads talk to it through `call(fn)`, which queues fn,
+writes a byte to the wake-up socket and waits for the result. Before the thread starts and after
+it has exited, call() runs fn directly. The only state shared between workers is the live table
+reference and the scheduler's shared counters (round-robin counters, active sessions and flows
+per backend, sessions and flows per service), guarded by one lock (l4lb.refdp.shared).
 
 Life of a connection (the C core does the same, in the same order):
 1. accept (nonblocking, a bounded batch per wake-up; EMFILE/ENFILE pause the listener briefly
@@ -31,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import heapq
-import ipaddress
 import itertools
 import queue
 import selectors
@@ -39,16 +41,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from l4lb.refdp.counters import Counters
-from l4lb.refdp.livetable import LiveTable
 from l4lb.refdp.pipes import PipePool
 from l4lb.refdp.relay import Outcome, Session, State, reset_and_close
-from l4lb.table.blob import PROTO_TCP, SCHED_MAGLEV, SCHED_SRCHASH, ServiceRec
-from l4lb.table.hashing import flow_hash
-from l4lb.table.sched import SchedShared, SchedWorker, pick
+from l4lb.refdp.shared import Shared, add_count
+from l4lb.refdp.udp import UPSTREAM, UdpListener, UdpRelay
+from l4lb.table.blob import PROTO_TCP, SCHED_MAGLEV, SCHED_SRCHASH
+from l4lb.table.sched import SchedWorker, pick
 
 T = TypeVar("T")
 
@@ -58,17 +60,9 @@ CALL_TIMEOUT = 30.0  # seconds call() waits for a worker before declaring it stu
 FD_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
-# what a selector key's data says the fd is
-WAKE, LISTENER, CLIENT, BACKEND = "wake", "listener", "client", "backend"
-
-
-@dataclass
-class Shared:
-    """State all workers of one data plane share."""
-
-    sched: SchedShared  # round-robin counters, active sessions per backend id / service id
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards sched
-    table: LiveTable | None = None  # the live table; replaced whole by publish()
+# what a selector key's data says the fd is (and UPSTREAM: a UDP flow's backend socket)
+WAKE, LISTENER, UDP_LISTENER, CLIENT, BACKEND = (
+    "wake", "listener", "udp_listener", "client", "backend")
 
 
 @dataclass
@@ -113,13 +107,15 @@ class Worker:
         self.commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()  # call() queue
         self.cmd_lock = threading.Lock()  # orders call() against thread start and exit
         self.running = False  # the thread is running its loop (call() must queue)
-        self.listeners: dict[int, Listener] = {}  # by the caller's fd
+        self.listeners: dict[int, Listener] = {}  # TCP listeners by the caller's fd
+        self.udp_listeners: dict[int, UdpListener] = {}  # UDP listeners by the caller's fd
         self.sessions: set[Session] = set()  # open sessions
         self.counters = Counters()  # written only by this worker's thread
         self.pool = PipePool()  # pipes for splice, held only while data is in flight
         self.sched = SchedWorker(index + 1)  # smooth-WRR currents and PRNG of this worker
         self.timers: list[tuple[float, int, Callable[[], None]]] = []  # heap by deadline
         self.timer_seq = itertools.count()  # tie-breaker so the heap never compares callables
+        self.udp = UdpRelay(shared, self.counters, self.sched, self.sel, self._at)  # UDP flows
         self.stopping = False  # stop() began: no listeners, sessions drain until deadline
         self.error: BaseException | None = None  # what killed the loop, if anything
         self.thread = threading.Thread(target=self._run, name=f"l4lb-refdp-{index}",
@@ -155,15 +151,28 @@ class Worker:
     # --- commands (run on the worker thread) ------------------------------------------------
 
     def add_listener(self, service_id: int, fd: int) -> None:
-        """Poll a dup of fd for connections of service_id."""
+        """Poll a dup of fd for connections (TCP) or datagrams (UDP) of service_id."""
         sock = socket.socket(fileno=socket.dup(fd))  # nonblocking: checked by the caller
+        if sock.type == socket.SOCK_DGRAM:
+            udp = UdpListener(service_id, fd, sock)
+            self.udp_listeners[fd] = udp
+            if not self.stopping:
+                self.sel.register(sock, READ, (UDP_LISTENER, udp))
+            return
         lst = Listener(service_id, fd, sock)
         self.listeners[fd] = lst
         if not self.stopping:
             self.sel.register(sock, READ, (LISTENER, lst))
 
     def remove_listener(self, fd: int) -> None:
-        """Stop polling fd and close our dup of it."""
+        """Stop polling fd and close our dup of it (a UDP listener's flows end with it)."""
+        udp = self.udp_listeners.pop(fd, None)
+        if udp is not None:
+            self.udp.drop_listener(udp)
+            if not self.stopping:
+                self.sel.unregister(udp.sock)
+            udp.sock.close()
+            return
         lst = self.listeners.pop(fd, None)
         if lst is None:
             return  # already dropped by begin_stop()
@@ -172,11 +181,16 @@ class Worker:
         lst.sock.close()
 
     def begin_stop(self, deadline: float) -> None:
-        """Stop accepting now; sessions may finish until deadline (monotonic), then are reset."""
+        """Stop accepting and reading datagrams now; TCP sessions may finish until deadline
+        (monotonic), then are reset; UDP flows relay replies until they have been idle for
+        udp.STOP_IDLE (their listeners stay open for that, unpolled) or the deadline."""
         if self.stopping:
             return
         for fd in list(self.listeners):
             self.remove_listener(fd)
+        for udp in self.udp_listeners.values():
+            self.sel.unregister(udp.sock)
+        self.udp.stopping()
         self.stopping = True
         self._at(deadline, self._expire_all)
 
@@ -184,12 +198,20 @@ class Worker:
         """sessions() entries of this worker."""
         return [s.snapshot() for s in self.sessions]
 
+    def snapshot_flows(self) -> list[dict[str, Any]]:
+        """flows() entries of this worker."""
+        return self.udp.snapshot()
+
     def close_unstarted(self) -> None:
         """Release everything of a worker whose thread never ran."""
-        for fd in list(self.listeners):
-            lst = self.listeners.pop(fd)
-            lst.sock.close()
+        self._close_listeners()
         self._close_resources()
+
+    def _close_listeners(self) -> None:
+        for fd in list(self.listeners):
+            self.listeners.pop(fd).sock.close()
+        for fd in list(self.udp_listeners):
+            self.udp_listeners.pop(fd).sock.close()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -203,7 +225,7 @@ class Worker:
             self._exit()
 
     def _loop(self) -> None:
-        while not (self.stopping and not self.sessions):
+        while not (self.stopping and not self.sessions and not self.udp.flows):
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
@@ -213,6 +235,11 @@ class Worker:
                     self._on_wake()
                 elif kind == LISTENER:
                     self._on_accept(obj)
+                elif kind == UDP_LISTENER:
+                    self.udp.on_listener(obj)
+                elif kind == UPSTREAM:
+                    if not obj.closed:
+                        self.udp.on_upstream(obj)
                 elif not obj.closed:
                     self._on_session_event(obj, kind, mask)
             self._run_timers()
@@ -227,9 +254,8 @@ class Worker:
                 break
         for session in list(self.sessions):
             self._close_session(session, reset=True)
-        for fd in list(self.listeners):
-            lst = self.listeners.pop(fd)
-            lst.sock.close()
+        self.udp.close_all()
+        self._close_listeners()
         self._close_resources()
 
     def _close_resources(self) -> None:
@@ -263,9 +289,10 @@ class Worker:
             fn()
 
     def _expire_all(self) -> None:
-        """The stop deadline: reset whatever is still open."""
+        """The stop deadline: reset whatever is still open, end every flow."""
         for session in list(self.sessions):
             self._close_session(session, reset=True)
+        self.udp.close_all()
 
     # --- accept and admission ---------------------------------------------------------------
 
@@ -337,7 +364,7 @@ class Worker:
             first_be = svc.backend_first
             tried = [i for i in range(first_be, first_be + svc.backend_count)
                      if live.backend(i).backend_id in session.tried_ids]
-            h = _flow_hash(live, svc, session.client_addr)
+            h = live.flow_hash(svc, *session.client_addr)
             slot = session.slot
             if (tried and session.pick_gen != live.generation and svc.ring_size
                     and svc.scheduler in (SCHED_SRCHASH, SCHED_MAGLEV)):
@@ -346,7 +373,7 @@ class Worker:
                 choice = pick(live.table, svc, self.shared.sched, self.sched, h, tried, slot)
                 if choice is not None:
                     bid = live.backend(choice[1]).backend_id
-                    _add(self.shared.sched.active, bid, 1)
+                    add_count(self.shared.sched.active, bid, 1)
         if live is None or svc is None or choice is None:
             if first and svc is not None and live is not None and live.any_weighted(svc):
                 counters["rejected"] += 1  # every weighted backend is at its max_connections
@@ -393,7 +420,7 @@ class Worker:
         self.counters.backend(bid)["connect_failures"] += 1
         self.counters.backend(bid)["conns_active"] -= 1
         with self.shared.lock:
-            _add(self.shared.sched.active, bid, -1)
+            add_count(self.shared.sched.active, bid, -1)
         if session.backend is not None:
             self._register(session, BACKEND, 0)
             session.backend.close()
@@ -501,24 +528,10 @@ class Worker:
         session.close(reset)
         self.sessions.discard(session)
         with self.shared.lock:
-            _add(self.shared.sched.svc_active, session.service_id, -1)
+            add_count(self.shared.sched.svc_active, session.service_id, -1)
             if session.backend_id >= 0:
-                _add(self.shared.sched.active, session.backend_id, -1)
+                add_count(self.shared.sched.active, session.backend_id, -1)
         self.counters.service(session.service_id)["conns_active"] -= 1
         if session.backend_id >= 0:
             self.counters.backend(session.backend_id)["conns_active"] -= 1
 
-
-def _add(counts: dict[int, int], key: int, delta: int) -> None:
-    """counts[key] += delta, the entry removed when it drops to 0 (ids come and go)."""
-    value = counts.get(key, 0) + delta
-    if value:
-        counts[key] = value
-    else:
-        counts.pop(key, None)
-
-
-def _flow_hash(live: LiveTable, svc: ServiceRec, client: tuple[str, int]) -> int:
-    addr = ipaddress.ip_address(client[0].split("%", 1)[0])
-    addr16 = addr.packed.ljust(16, b"\0")
-    return flow_hash(live.table.hash_seed, addr.version, addr16, client[1], svc.hash_key)

@@ -1,0 +1,34 @@
+"""State that all workers of one reference data plane share: the live table and the counts
+that limits and schedulers read across workers.
+
+Everything here except `table` is guarded by `lock`; `table` is replaced whole by publish() (one
+reference assignment) and read without the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from l4lb.refdp.livetable import LiveTable
+from l4lb.table.sched import SchedShared
+
+
+@dataclass
+class Shared:
+    """State all workers of one data plane share."""
+
+    sched: SchedShared  # round-robin counters, active sessions / flows per backend id, TCP
+    #                     sessions per service id
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards sched and svc_flows
+    table: LiveTable | None = None  # the live table; replaced whole by publish()
+    svc_flows: dict[int, int] = field(default_factory=dict)  # open UDP flows per service id
+
+
+def add_count(counts: dict[int, int], key: int, delta: int) -> None:
+    """counts[key] += delta, the entry removed when it drops to 0 (ids come and go)."""
+    value = counts.get(key, 0) + delta
+    if value:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
