@@ -14,10 +14,14 @@ Every connection leaves a ConnRecord: peer, bytes and SHA-256 of what arrived, a
 RefusingPort is a bound socket that never listens (a connect to it is refused); BlackHole is a
 listener whose one-slot accept queue is already full, so the kernel drops new SYNs and a connect
 to it times out.
+
+UDP: UdpBackend (echo, name responder, DNS-shaped responder, silent) and UdpRefusingPort (ICMP
+port unreachable for every datagram).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import selectors
@@ -297,4 +301,193 @@ class BlackHole:
 
     def close(self) -> None:
         self.filler.close()
+        self.sock.close()
+
+
+# --- UDP -------------------------------------------------------------------------------------
+
+UDP_MODES = ("echo", "name", "dns", "silent", "oversize")
+UDP_OVERSIZE = 65527  # the largest UDP payload over IPv6 (without jumbograms)
+UDP_BUFFER = 4 << 20  # SO_RCVBUF / SO_SNDBUF asked for by UDP test sockets (net.core.*mem_max)
+UDP_RECV_MAX = 65535  # larger than any datagram the balancer may pass on
+UDP_BATCH = 256  # datagrams a UDP backend handles per readiness before it checks for requests
+DNS_HEADER = struct.Struct("!HHHHHH")  # id, flags, qdcount, ancount, nscount, arcount
+DNS_QR, DNS_RD, DNS_RA = 0x8000, 0x0100, 0x0080
+DNS_ANSWER = struct.Struct("!HHHIH")  # name pointer, type, class, ttl, rdlength (+ 4 bytes)
+
+
+def raise_buffers(sock: socket.socket, size: int = UDP_BUFFER) -> None:
+    """Ask for large socket buffers (the kernel caps them at net.core.rmem_max / wmem_max)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def dns_query(query_id: int, name: str) -> bytes:
+    """A DNS-shaped query: header (RD set, one question), the name as labels, type A, class IN."""
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return DNS_HEADER.pack(query_id, DNS_RD, 1, 0, 0, 0) + labels + struct.pack("!HH", 1, 1)
+
+
+def dns_answer(query: bytes, address: bytes) -> bytes | None:
+    """The reply of the "dns" backend: same id and question, QR and RA set, one A record with
+    `address`; None for anything that is not a one-question query."""
+    if len(query) < DNS_HEADER.size + 5:
+        return None
+    qid, flags, qdcount, ancount, _, _ = DNS_HEADER.unpack_from(query)
+    if flags & DNS_QR or qdcount != 1 or ancount != 0:
+        return None
+    header = DNS_HEADER.pack(qid, DNS_QR | DNS_RA | (flags & DNS_RD), 1, 1, 0, 0)
+    answer = DNS_ANSWER.pack(0xC000 | DNS_HEADER.size, 1, 1, 60, 4) + address
+    return header + query[DNS_HEADER.size:] + answer
+
+
+def dns_parse_answer(reply: bytes) -> tuple[int, int, bytes]:
+    """(query id, flags, the A record's 4 address bytes) of a "dns" backend's reply."""
+    qid, flags, _, ancount, _, _ = DNS_HEADER.unpack_from(reply)
+    if ancount != 1 or len(reply) < DNS_HEADER.size + DNS_ANSWER.size + 4:
+        raise ValueError(f"not a one-answer reply: {reply!r}")
+    return qid, flags, reply[-4:]
+
+
+class UdpBackend:
+    """A UDP backend on 127.0.0.1 or ::1, ephemeral port, served by one thread.
+
+    Modes: "echo" sends every datagram back unchanged; "name" answers `<name>\\n<datagram>`;
+    "dns" answers DNS-shaped queries (dns_answer) with the A record 192.0.2.<index>; "silent"
+    never answers; "oversize" (IPv6 only) answers UDP_OVERSIZE bytes, more than the balancer
+    takes, then the datagram itself. It counts what arrived per source (the balancer's
+    upstream socket of one flow) and, when keep_digests is set, the SHA-256 of every datagram
+    in arrival order.
+    """
+
+    def __init__(self, name: str, mode: str = "echo", host: str = "127.0.0.1",
+                 index: int = 1, keep_digests: bool = False) -> None:
+        if mode not in UDP_MODES:
+            raise ValueError(f"mode {mode!r} not in {UDP_MODES}")
+        self.name = name
+        self.mode = mode
+        self.host = host
+        self.index = index  # dns mode: the answer is 192.0.2.<index>
+        self.keep_digests = keep_digests
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        raise_buffers(self.sock)
+        self.sock.bind((host, 0))
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        self._lock = threading.Lock()  # guards the counts below
+        self._sources: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._bytes_in = 0
+        self._sent = 0  # datagrams answered
+        self._send_errors = 0  # answers the kernel refused (full buffer)
+        self._digests: list[str] = []
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.sock, READ)
+        self._sel.register(self._wake_r, READ)
+        self._thread = threading.Thread(target=self._run, name=f"udp-backend-{name}",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def received(self) -> int:
+        """Datagrams received so far."""
+        with self._lock:
+            return sum(self._sources.values())
+
+    def sources(self) -> collections.Counter[tuple[str, int]]:
+        """Datagrams received per source address (one source is one flow of the balancer)."""
+        with self._lock:
+            return collections.Counter(self._sources)
+
+    def bytes_in(self) -> int:
+        with self._lock:
+            return self._bytes_in
+
+    def sent(self) -> tuple[int, int]:
+        """(answers sent, answers the kernel refused)."""
+        with self._lock:
+            return self._sent, self._send_errors
+
+    def digests(self) -> list[str]:
+        """SHA-256 of every datagram received, in order (keep_digests only)."""
+        with self._lock:
+            return list(self._digests)
+
+    def close(self) -> None:
+        """Stop the thread and close every socket."""
+        if self._thread.is_alive():
+            self._stop.set()
+            self._wake_w.send(b"\0")
+            self._thread.join(10)
+            assert not self._thread.is_alive(), f"UDP backend {self.name} did not stop"
+        self._sel.close()
+        for sock in (self.sock, self._wake_r, self._wake_w):
+            sock.close()
+
+    def _run(self) -> None:
+        buf = bytearray(UDP_RECV_MAX)
+        view = memoryview(buf)
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(1.0):
+                if key.fileobj is self.sock:
+                    self._drain(view)
+
+    def _drain(self, view: memoryview) -> None:
+        for _ in range(UDP_BATCH):
+            try:
+                size, peer = self.sock.recvfrom_into(view)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError:  # a reply we sent met a closed port earlier
+                continue
+            data = bytes(view[:size])
+            with self._lock:  # recorded before the answer leaves: a client that has its
+                self._sources[(peer[0], peer[1])] += 1  # answer sees the record too
+                self._bytes_in += size
+                if self.keep_digests:
+                    self._digests.append(hashlib.sha256(data).hexdigest())
+            answer = self._answer(data, peer)
+            if answer is None:
+                continue
+            try:
+                self.sock.sendto(answer, peer)
+            except OSError:
+                with self._lock:
+                    self._send_errors += 1
+                continue
+            with self._lock:
+                self._sent += 1
+
+    def _answer(self, data: bytes, peer: Any) -> bytes | None:
+        if self.mode == "echo":
+            return data
+        if self.mode == "name":
+            return self.name.encode() + b"\n" + data
+        if self.mode == "dns":
+            return dns_answer(data, bytes([192, 0, 2, self.index & 0xFF]))
+        if self.mode == "oversize":
+            with contextlib.suppress(OSError):
+                self.sock.sendto(b"\xa5" * UDP_OVERSIZE, peer)
+            return data
+        return None
+
+
+class UdpRefusingPort:
+    """A UDP port that refuses: its socket is bound but connected elsewhere, so a datagram from
+    anyone else finds no socket and the kernel answers ICMP port unreachable."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.connect((host, 9))  # the discard port: we never send there
+        self.host = host
+        self.port: int = self.sock.getsockname()[1]
+
+    def close(self) -> None:
         self.sock.close()

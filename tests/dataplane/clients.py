@@ -264,3 +264,48 @@ def echo_many(socks: list[socket.socket], size: int, timeout: float,
                 f"conn {i}: {state[i]}, sent {sent[i]}, received {len(got[i])} of {size}"
                 + (", bytes differ" if len(got[i]) == size else ""))
     return outcome
+
+
+# --- UDP -------------------------------------------------------------------------------------
+
+UDP_CLIENT_BUFFER = 4 << 20  # SO_RCVBUF / SO_SNDBUF of UDP client sockets
+UDP_RECV_MAX = 65535
+
+
+def udp_socket(host: str, timeout: float | None = 5.0) -> socket.socket:
+    """A UDP socket bound to host, ephemeral port, with large buffers (blocking with timeout,
+    or nonblocking when timeout is None)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_CLIENT_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_CLIENT_BUFFER)
+        sock.bind((host, 0))
+        if timeout is None:
+            sock.setblocking(False)
+        else:
+            sock.settimeout(timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def udp_ask(sock: socket.socket, dest: tuple[str, int], payload: bytes,
+            timeout: float = 5.0) -> tuple[bytes, tuple[str, int]]:
+    """Send one datagram and wait for one back: (data, (source host, source port))."""
+    sock.settimeout(timeout)
+    sock.sendto(payload, dest)
+    data, src = sock.recvfrom(UDP_RECV_MAX)
+    return data, (str(src[0]), int(src[1]))
+
+
+def udp_silent(sock: socket.socket, seconds: float) -> bool:
+    """True when nothing arrives on sock for `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        sock.recvfrom(UDP_RECV_MAX)
+    except TimeoutError:
+        return True
+    return False
+

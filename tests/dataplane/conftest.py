@@ -4,15 +4,20 @@
   "c" FAILS when the extension does not import, unless L4LB_NO_EXTENSIONS=1 (then it skips).
 - `servers`: a factory for backend servers (tests/dataplane/backends.py), all closed afterwards.
 - `make_lb`: a factory for a running data plane: it creates the listeners itself (SO_REUSEPORT,
-  one per worker, nonblocking, 127.0.0.1 or ::1, ephemeral port), publishes a table built from
-  ServiceSpecs, and always stops the data plane and closes the listeners afterwards.
+  one per worker, nonblocking, ephemeral port; TCP ones listen, UDP ones are bound datagram
+  sockets with large buffers and IP_PKTINFO / IPV6_RECVPKTINFO when the address is a wildcard),
+  publishes a table built from ServiceSpecs, and always stops the data plane and closes the
+  listeners afterwards.
 - `no_leaks` (autouse): after a test and its fixtures are gone, no new thread and no new fd
   may remain.
+- `fd_room`: raises RLIMIT_NOFILE for tests that hold tens of thousands of sockets, and puts
+  the old limits back afterwards.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -22,13 +27,22 @@ import pytest
 
 from l4lb.dataplane import NO_EXTENSIONS_ENV, reference_requested
 
-from .backends import BackendServer, BlackHole, RefusingPort
+from .backends import (
+    BackendServer,
+    BlackHole,
+    RefusingPort,
+    UdpBackend,
+    UdpRefusingPort,
+    raise_buffers,
+)
 from .clients import wait_for
 from .tables import BuiltTable, ServiceSpec, build_table
 
 SVC = 1  # service id used by tests with a single service
 LISTEN_BACKLOG = 4096
 STOP_TIMEOUT = 0.0  # teardown: no grace, whatever is left is reset
+IP_PKTINFO = 8  # linux/in.h; the socket module lacks the name
+FD_ROOM = 1 << 16  # RLIMIT_NOFILE asked for by fd_room
 
 
 def load_impl(name: str) -> type[Any]:
@@ -69,11 +83,27 @@ def no_leaks() -> Iterator[None]:
         f"fds leaked: {len(os.listdir('/proc/self/fd')) - fds}")
 
 
+@pytest.fixture
+def fd_room() -> Iterator[int]:
+    """Raise RLIMIT_NOFILE to FD_ROOM for this test (root may raise the hard limit too)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, FD_ROOM)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError) as exc:
+        pytest.skip(f"needs RLIMIT_NOFILE {want} (now {soft}/{hard}): {exc}")
+    try:
+        yield want
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 class Servers:
     """Factory and owner of the backends of one test."""
 
     def __init__(self) -> None:
-        self._owned: list[BackendServer | RefusingPort | BlackHole] = []
+        self._owned: list[BackendServer | RefusingPort | BlackHole | UdpBackend
+                          | UdpRefusingPort] = []
 
     def start(self, name: str, mode: str = "echo", host: str = "127.0.0.1",
               send_total: int = 0, seed: int = 0) -> BackendServer:
@@ -90,6 +120,17 @@ class Servers:
         hole = BlackHole(host)
         self._owned.append(hole)
         return hole
+
+    def udp(self, name: str, mode: str = "echo", host: str = "127.0.0.1", index: int = 1,
+            keep_digests: bool = False) -> UdpBackend:
+        server = UdpBackend(name, mode, host, index, keep_digests)
+        self._owned.append(server)
+        return server
+
+    def udp_refusing(self, host: str = "127.0.0.1") -> UdpRefusingPort:
+        port = UdpRefusingPort(host)
+        self._owned.append(port)
+        return port
 
     def close(self) -> None:
         for owned in reversed(self._owned):
@@ -125,6 +166,37 @@ def open_listeners(host: str, workers: int) -> list[socket.socket]:
     return socks
 
 
+def open_udp_listeners(host: str, workers: int, v6only: bool = True) -> list[socket.socket]:
+    """`workers` SO_REUSEPORT datagram sockets bound to one ephemeral port, nonblocking, with
+    large buffers; on a wildcard address (0.0.0.0, ::) IP_PKTINFO / IPV6_RECVPKTINFO are set
+    so the data plane learns which address each client wrote to. An IPv6 socket is IPv6-only
+    unless v6only is False (then it also takes IPv4 clients, as ::ffff:a.b.c.d)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
+    port = 0
+    try:
+        for _ in range(workers):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            raise_buffers(sock)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+            if host in ("0.0.0.0", "::"):
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 class LB:
     """A running data plane with its listeners and the last table it was given."""
 
@@ -137,15 +209,21 @@ class LB:
         self.built: BuiltTable | None = None
         self.stopped = False
 
-    def listen(self, service_id: int) -> None:
-        socks = open_listeners(self.host, self.workers)
+    def listen(self, service_id: int, protocol: str = "tcp", v6only: bool = True) -> None:
+        if protocol == "udp":
+            socks = open_udp_listeners(self.host, self.workers, v6only)
+        else:
+            socks = open_listeners(self.host, self.workers)
         self.listeners[service_id] = socks
         for worker, sock in enumerate(socks):
             self.dp.add_listener(service_id, sock.fileno(), worker)
 
     def addr(self, service_id: int = SVC) -> tuple[str, int]:
-        sock = self.listeners[service_id][0]
-        return self.host, sock.getsockname()[1]
+        return self.host, self.port(service_id)
+
+    def port(self, service_id: int = SVC) -> int:
+        port: int = self.listeners[service_id][0].getsockname()[1]
+        return port
 
     def publish(self, services: list[ServiceSpec], hash_seed: int = 0) -> int:
         self.built = build_table(services, hash_seed)
@@ -162,6 +240,11 @@ class LB:
 
     def be_stats(self, name: str) -> dict[str, int]:
         found: dict[str, int] = self.dp.stats()["backends"].get(self.backend_id(name), {})
+        return found
+
+    def flows(self) -> list[dict[str, Any]]:
+        """The data plane's open UDP flows."""
+        found: list[dict[str, Any]] = self.dp.flows()
         return found
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -184,16 +267,18 @@ MakeLB = Callable[..., LB]
 
 @pytest.fixture
 def make_lb(dp_impl: type[Any], servers: Servers) -> Iterator[MakeLB]:
-    """make_lb(services, workers=2, host="127.0.0.1", hash_seed=0) -> a running LB."""
+    """make_lb(services, workers=2, host="127.0.0.1", hash_seed=0, v6only=True) -> a running
+    LB; host may be a wildcard (0.0.0.0, ::); v6only=False makes an IPv6 UDP listener
+    dual-stack."""
     made: list[LB] = []
 
     def make(services: list[ServiceSpec], workers: int = 2, host: str = "127.0.0.1",
-             hash_seed: int = 0) -> LB:
+             hash_seed: int = 0, v6only: bool = True) -> LB:
         lb = LB(dp_impl, workers, host)
         made.append(lb)
         lb.dp.start()
         for spec in services:
-            lb.listen(spec.service_id)
+            lb.listen(spec.service_id, spec.protocol, v6only)
         lb.publish(services, hash_seed)
         return lb
 

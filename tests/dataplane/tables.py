@@ -13,11 +13,13 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from l4lb.table.blob import SCHED_NAMES, BackendRec, ServiceRec, Table, pack
+from l4lb.table.blob import FLAG_DOWN, SCHED_NAMES, BackendRec, ServiceRec, Table, pack
 from l4lb.table.hashing import flow_hash
 from l4lb.table.maglev import maglev_fill
 
 HASH_KEYS = ("src_ip", "src_ip_port")
+PROTOCOLS = ("tcp", "udp")
+FLOW_KEYS = ("address_port", "address")  # udp flow_key 0 and 1
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class BackendSpec:
     port: int
     weight: int = 1
     max_connections: int = 0
+    down: bool = False  # flag bit 1: the control plane says DOWN (weight should be 0 then)
+    backend_id: int | None = None  # a fixed id (tables that drop a backend keep the others')
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,10 @@ class ServiceSpec:
     retries: int = 2
     max_connections: int = 0
     maglev_size: int = 65537  # prime; only used by maglev
+    protocol: str = "tcp"  # or "udp" (then idle_timeout_ms must be > 0)
+    flow_key: str = "address_port"  # udp: what identifies a flow, see FLOW_KEYS
+    max_flows: int = 0  # udp: flows at once, 0 = unlimited
+    responses: int = 0  # udp: a flow ends after this many datagrams from its backend
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,8 @@ def _canonical(spec: BackendSpec) -> tuple[int, bytes, int]:
 
 def build_table(services: list[ServiceSpec], hash_seed: int = 0,
                 first_backend_id: int = 0) -> BuiltTable:
-    """Pack services into a blob; backend ids are first_backend_id, +1, ... in packing order."""
+    """Pack services into a blob; backend ids are first_backend_id, +1, ... in packing order
+    unless a BackendSpec fixes its own."""
     svc_recs: list[ServiceRec] = []
     be_recs: list[BackendRec] = []
     ring: list[int] = []
@@ -78,11 +87,13 @@ def build_table(services: list[ServiceSpec], hash_seed: int = 0,
         first = len(be_recs)
         for b in ordered:
             family, raw = _addr16(b.host)
-            bid = first_backend_id + len(be_recs)
+            bid = first_backend_id + len(be_recs) if b.backend_id is None else b.backend_id
             if b.name in ids:
                 raise ValueError(f"backend name {b.name!r} used twice")
             ids[b.name] = bid
-            be_recs.append(BackendRec(bid, family, 0, b.port, raw, b.weight, b.max_connections))
+            flags = FLAG_DOWN if b.down else 0
+            be_recs.append(BackendRec(bid, family, flags, b.port, raw, b.weight,
+                                      b.max_connections))
         sched = SCHED_NAMES.index(spec.scheduler)
         own = be_recs[first:]
         ring_entries: list[int] = []
@@ -93,11 +104,13 @@ def build_table(services: list[ServiceSpec], hash_seed: int = 0,
             for rel, rec in enumerate(own):
                 ring_entries.extend([rel] * rec.weight)
         svc_recs.append(ServiceRec(
-            service_id=spec.service_id, protocol=0, scheduler=sched,
-            hash_key=HASH_KEYS.index(spec.hash_key), connect_timeout_ms=spec.connect_timeout_ms,
-            idle_timeout_ms=spec.idle_timeout_ms, retries=spec.retries,
-            max_connections=spec.max_connections, backend_first=first,
+            service_id=spec.service_id, protocol=PROTOCOLS.index(spec.protocol),
+            scheduler=sched, hash_key=HASH_KEYS.index(spec.hash_key),
+            connect_timeout_ms=spec.connect_timeout_ms, idle_timeout_ms=spec.idle_timeout_ms,
+            retries=spec.retries, max_connections=spec.max_connections, backend_first=first,
             backend_count=len(ordered), ring_first=len(ring), ring_size=len(ring_entries),
+            flow_key=FLOW_KEYS.index(spec.flow_key), max_flows=spec.max_flows,
+            responses=spec.responses,
         ))
         ring.extend(ring_entries)
     table = Table(hash_seed, tuple(svc_recs), tuple(be_recs), tuple(ring))
