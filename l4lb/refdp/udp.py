@@ -17,10 +17,10 @@ A datagram from a client:
    (a drained backend, weight 0 without the flag, keeps its flows);
 3. without a flow: no table, no such udp service: drops_no_backend; max_flows reached:
    drops_max_flows; the scheduler (l4lb.table.sched.pick, no retries) finds no backend:
-   drops_no_backend; no fd for the upstream socket: accept_errors; its connect() fails: the
-   flow is not opened, connect_failure on the backend. Otherwise a connected, nonblocking
-   upstream socket to the backend is opened and the flow counted (flows_created, flows_active,
-   and the backend's flows_total, flows_active);
+   drops_no_backend; no fd (or port) for the upstream socket: accept_errors; its connect()
+   fails otherwise (no route): connect_failure on the backend and drops_send. Otherwise a
+   connected, nonblocking upstream socket to the backend is opened and the flow counted
+   (flows_created, flows_active, and the backend's flows_total, flows_active);
 4. remembers the client's address (with flow_key 1 the latest port wins: replies go there) and
    goes out on the flow's upstream socket; a send the kernel refuses is counted in drops_send,
    and when the refusal is an ICMP error reported for an earlier datagram (ECONNREFUSED, host
@@ -56,7 +56,10 @@ UPSTREAM = "upstream"  # selector key data kind of a flow's upstream socket
 READ = selectors.EVENT_READ
 # errors an ICMP message leaves on a connected UDP socket: the backend cannot be reached
 ICMP_ERRNOS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
-                         errno.EHOSTDOWN, errno.ENETDOWN, errno.EPROTO))
+                         errno.EHOSTDOWN, errno.ENETDOWN, errno.EPROTO, errno.EMSGSIZE))
+# errors that say this host ran out of something, not that a backend failed
+LOCAL_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                          errno.EADDRNOTAVAIL, errno.EAGAIN))
 
 # (service id, local address written to (b"": the listener's own), client host, client port
 # or 0 with flow_key 1)
@@ -227,10 +230,14 @@ class UdpRelay:
         try:
             upstream.setblocking(False)
             upstream.connect(live.targets[choice[1]])
-        except OSError:  # no route to the backend
+        except OSError as exc:
             upstream.close()
-            self.counters.backend(rec.backend_id)["connect_failures"] += 1
             self._release(sid, rec.backend_id)
+            if exc.errno in LOCAL_ERRNOS:
+                counters["accept_errors"] += 1
+            else:  # the backend's address is unusable from here (no route, ...)
+                self.counters.backend(rec.backend_id)["connect_failures"] += 1
+                counters["drops_send"] += 1
             return None
         flow = Flow(key, svc, rec.backend_id, generation, upstream, lst, got.local, got.ifindex)
         self.flows[key] = flow

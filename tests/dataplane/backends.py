@@ -306,7 +306,7 @@ class BlackHole:
 
 # --- UDP -------------------------------------------------------------------------------------
 
-UDP_MODES = ("echo", "name", "dns", "silent", "oversize")
+UDP_MODES = ("echo", "name", "dns", "silent", "oversize", "hold")
 UDP_OVERSIZE = 65527  # the largest UDP payload over IPv6 (without jumbograms)
 UDP_BUFFER = 4 << 20  # SO_RCVBUF / SO_SNDBUF asked for by UDP test sockets (net.core.*mem_max)
 UDP_RECV_MAX = 65535  # larger than any datagram the balancer may pass on
@@ -355,9 +355,9 @@ class UdpBackend:
     Modes: "echo" sends every datagram back unchanged; "name" answers `<name>\\n<datagram>`;
     "dns" answers DNS-shaped queries (dns_answer) with the A record 192.0.2.<index>; "silent"
     never answers; "oversize" (IPv6 only) answers UDP_OVERSIZE bytes, more than the balancer
-    takes, then the datagram itself. It counts what arrived per source (the balancer's
-    upstream socket of one flow) and, when keep_digests is set, the SHA-256 of every datagram
-    in arrival order.
+    takes, then the datagram itself; "hold" keeps every datagram until release() echoes them.
+    It counts what arrived per source (the balancer's upstream socket of one flow) and, when
+    keep_digests is set, the SHA-256 of every datagram in arrival order.
     """
 
     def __init__(self, name: str, mode: str = "echo", host: str = "127.0.0.1",
@@ -381,6 +381,7 @@ class UdpBackend:
         self._sent = 0  # datagrams answered
         self._send_errors = 0  # answers the kernel refused (full buffer)
         self._digests: list[str] = []
+        self._held: list[tuple[bytes, Any]] = []  # hold mode: (datagram, source) not answered
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._sel = selectors.DefaultSelector()
@@ -417,6 +418,14 @@ class UdpBackend:
         """SHA-256 of every datagram received, in order (keep_digests only)."""
         with self._lock:
             return list(self._digests)
+
+    def release(self) -> int:
+        """Hold mode: echo every held datagram now; returns how many."""
+        with self._lock:
+            held, self._held = self._held, []
+        for data, peer in held:
+            self.sock.sendto(data, peer)
+        return len(held)
 
     def close(self) -> None:
         """Stop the thread and close every socket."""
@@ -470,6 +479,10 @@ class UdpBackend:
             return self.name.encode() + b"\n" + data
         if self.mode == "dns":
             return dns_answer(data, bytes([192, 0, 2, self.index & 0xFF]))
+        if self.mode == "hold":
+            with self._lock:
+                self._held.append((data, peer))
+            return None
         if self.mode == "oversize":
             with contextlib.suppress(OSError):
                 self.sock.sendto(b"\xa5" * UDP_OVERSIZE, peer)

@@ -14,6 +14,7 @@ import hashlib
 import os
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -332,6 +333,35 @@ def test_removing_a_listener_ends_its_flows(make_lb: MakeLB, servers: Servers) -
         lb.dp.remove_listener(lb.listeners[SVC][0].fileno())
         assert wait_for(lambda: flows_active(lb) == 0, 5)
     settled(lb.svc_stats, flows_created=1, flows_expired=1)
+
+
+def test_stop_delivers_pending_replies_and_ends_idle_flows(make_lb: MakeLB,
+                                                         servers: Servers) -> None:
+    """While the data plane stops it reads no listener, but a reply on its way still reaches
+    its client, and a flow idle for 250 ms is done (its 30 s idle timeout does not hold the
+    stop). The reply must leave within 250 ms of the question: the steps below take ~0.1 s."""
+    held = servers.udp("held", "hold")
+    lb = make_lb([udp_service([spec(held)])], workers=1)
+    with udp_socket(HOST) as client, udp_socket(HOST) as late:
+        client.sendto(b"pending", lb.addr())
+        assert wait_for(lambda: held.received() == 1, 5)
+        stopper = threading.Thread(target=lb.stop, args=(5.0,), name="udp-stop")
+        start = time.monotonic()
+        stopper.start()
+        try:
+            time.sleep(0.05)  # the stop has begun: listeners are no longer read
+            late.sendto(b"too late", lb.addr())
+            time.sleep(0.03)
+            assert held.release() == 1
+            assert client.recvfrom(UDP_RECV_MAX)[0] == b"pending"
+        finally:
+            stopper.join(10)
+        assert not stopper.is_alive()
+        assert time.monotonic() - start < 2.0  # neither the 30 s idle nor the 5 s grace
+        assert udp_silent(late, 0.05)
+    assert held.received() == 1  # "too late" never went anywhere
+    stats = lb.svc_stats()
+    assert (stats["datagrams_in"], stats["datagrams_out"], stats["flows_active"]) == (1, 1, 0)
 
 
 # --- table changes: DOWN moves flows, drain keeps them --------------------------------------
