@@ -10,14 +10,11 @@
   listeners afterwards.
 - `no_leaks` (autouse): after a test and its fixtures are gone, no new thread and no new fd
   may remain.
-- `fd_room`: raises RLIMIT_NOFILE for tests that hold tens of thousands of sockets, and puts
-  the old limits back afterwards.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -42,7 +39,6 @@ SVC = 1  # service id used by tests with a single service
 LISTEN_BACKLOG = 4096
 STOP_TIMEOUT = 0.0  # teardown: no grace, whatever is left is reset
 IP_PKTINFO = 8  # linux/in.h; the socket module lacks the name
-FD_ROOM = 1 << 16  # RLIMIT_NOFILE asked for by fd_room
 
 
 def load_impl(name: str) -> type[Any]:
@@ -81,21 +77,6 @@ def no_leaks() -> Iterator[None]:
     assert wait_for(lambda: not stray(), 5.0), f"threads left running: {stray()}"
     assert wait_for(lambda: len(os.listdir("/proc/self/fd")) <= fds, 2.0), (
         f"fds leaked: {len(os.listdir('/proc/self/fd')) - fds}")
-
-
-@pytest.fixture
-def fd_room() -> Iterator[int]:
-    """Raise RLIMIT_NOFILE to FD_ROOM for this test (root may raise the hard limit too)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(soft, FD_ROOM)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
-    except (ValueError, OSError) as exc:
-        pytest.skip(f"needs RLIMIT_NOFILE {want} (now {soft}/{hard}): {exc}")
-    try:
-        yield want
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 class Servers:
