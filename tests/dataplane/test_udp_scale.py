@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import resource
 import time
 from collections.abc import Callable, Iterator
 
@@ -48,8 +49,6 @@ def fleet() -> Iterator[Callable[[int], FleetProcess]]:
 
 def need_fds(count: int) -> None:
     """Fail early and clearly when this process cannot hold `count` more fds."""
-    import resource
-
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     have = soft - len(os.listdir("/proc/self/fd"))
     assert have >= count + FD_MARGIN, f"RLIMIT_NOFILE {soft} leaves {have} fds, need {count}"
