@@ -237,6 +237,20 @@ def sessions(service: str, backend: str, config_path: str | None, socket_path: s
           human_bytes(s["bytes_to_client"])] for s in r]))
 
 
+@cli.command()
+@click.argument("service", required=False, default="")
+@_socket_options
+def flows(service: str, config_path: str | None, socket_path: str | None, as_json: bool) -> None:
+    """UDP flows (of SERVICE)."""
+    result = _call(config_path, socket_path, "flows", service=service)
+    _emit(result, as_json, lambda r: table(
+        ("SERVICE", "CLIENT", "BACKEND", "AGE", "IDLE", "TO-BACKEND", "TO-CLIENT"),
+        [[f["service"], f["client"], f["backend"] or "-",
+          f"{max(0.0, time.time() - f['started']):.0f}s",
+          f"{max(0.0, time.time() - f['last_seen']):.0f}s",
+          human_bytes(f["bytes_to_backend"]), human_bytes(f["bytes_to_client"])] for f in r]))
+
+
 def _change_text(r: dict[str, Any]) -> str:
     return (f"{r['service']}/{r['backend']}: state {r['state']}, weight {r['weight']} "
             f"(table generation {r['generation']})")

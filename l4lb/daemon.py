@@ -293,7 +293,8 @@ class Daemon:
     def commands(self) -> dict[str, Callable[..., Any]]:
         """The control socket's commands."""
         return {"status": self.cmd_status, "backends": self.cmd_backends,
-                "sessions": self.cmd_sessions, "enable": self.cmd_enable,
+                "sessions": self.cmd_sessions, "flows": self.cmd_flows,
+                "enable": self.cmd_enable,
                 "disable": self.cmd_disable, "drain": self.cmd_drain, "weight": self.cmd_weight,
                 "reload": self.cmd_reload, "vrrp": self.cmd_vrrp,
                 "add-backend": self.cmd_add_backend, "remove-backend": self.cmd_remove_backend}
@@ -485,6 +486,23 @@ class Daemon:
             out.append({**sess, "service": svc_name, "backend": key[1] if key else None,
                         "client": f"[{client[0]}]:{client[1]}" if ":" in client[0]
                         else f"{client[0]}:{client[1]}"})
+        return out
+
+    def cmd_flows(self, service: str = "") -> list[dict[str, Any]]:
+        """UDP flows (of one service, or all)."""
+        if self.dp is None:
+            return []
+        sids = {v: k for k, v in self.builder.service_ids().items()}
+        bids = {v: k for k, v in self.builder.backend_ids().items()}
+        out = []
+        for flow in self.dp.flows():
+            svc_name = sids.get(flow["service_id"], "?")
+            if service and svc_name != service:
+                continue
+            key = bids.get(flow["backend_id"])
+            host, port = flow["client"]
+            out.append({**flow, "service": svc_name, "backend": key[1] if key else None,
+                        "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}"})
         return out
 
     def _find(self, service: str, backend: str) -> Any:

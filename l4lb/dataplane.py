@@ -30,6 +30,15 @@ class DataplaneAPI(Protocol):
                                    "bytes_to_backend", "bytes_to_client"}}}
     with every value an int; ids that never saw traffic may be absent.
 
+    UDP services (protocol 1 in the table) get bound, nonblocking SOCK_DGRAM sockets through
+    add_listener (the data plane sets IP_PKTINFO / IPV6_RECVPKTINFO itself on a wildcard
+    address); their counters add, per service: datagrams_in, datagrams_out, flows_created,
+    flows_expired (ended for any reason), flows_active, drops_max_flows, drops_no_backend,
+    drops_truncated, drops_send; per backend: datagrams_to_backend, datagrams_to_client,
+    flows_active, flows_total (bytes_* as for TCP; ICMP refusals count as connect_failures).
+    flows() returns one dict per UDP flow: {"service_id", "backend_id", "client": (host, port),
+    "started", "last_seen", and datagrams and bytes each way}.
+
     sessions() returns a list of dicts, one per open TCP session:
         {"service_id": int, "backend_id": int (-1 while none is chosen),
          "client": (host: str, port: int), "started": float (unix time),
@@ -43,7 +52,7 @@ class DataplaneAPI(Protocol):
         """Start the worker threads (each with its own poller)."""
 
     def add_listener(self, service_id: int, fd: int, worker: int) -> None:
-        """Give a bound, listening, nonblocking socket to one worker.
+        """Give a nonblocking socket (listening TCP, or bound UDP) to one worker.
 
         The caller keeps ownership of the fd and must not close it before remove_listener().
         """
@@ -65,7 +74,10 @@ class DataplaneAPI(Protocol):
         """Counter snapshot summed over all workers (see the class docstring)."""
 
     def sessions(self) -> list[dict[str, Any]]:
-        """Snapshot of the open sessions (see the class docstring)."""
+        """Snapshot of the open TCP sessions (see the class docstring)."""
+
+    def flows(self) -> list[dict[str, Any]]:
+        """Snapshot of the UDP flows (see the class docstring)."""
 
     def stop(self, timeout: float) -> None:
         """Stop accepting, let sessions finish for up to `timeout` seconds, close the rest,

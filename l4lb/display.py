@@ -61,9 +61,17 @@ def status_text(status: dict[str, Any]) -> str:
         out.append("")
         out.append(f"service {svc['name']} ({svc['protocol']}, {svc['scheduler']}) listening on "
                    f"{', '.join(svc['listen'])}")
-        out.append(f"  connections {c.get('conns_active', 0)} active, {c.get('conns_total', 0)} "
-                   f"total, {c.get('rejected', 0)} rejected, {c.get('no_backend', 0)} without "
-                   f"backend")
+        if svc["protocol"] == "udp":
+            drops = {k.removeprefix("drops_"): v for k, v in c.items()
+                     if k.startswith("drops_") and v}
+            out.append(f"  flows {c.get('flows_active', 0)} active, {c.get('flows_created', 0)} "
+                       f"created; datagrams {c.get('datagrams_in', 0)} in, "
+                       f"{c.get('datagrams_out', 0)} out; drops: "
+                       + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"))
+        else:
+            out.append(f"  connections {c.get('conns_active', 0)} active, "
+                       f"{c.get('conns_total', 0)} total, {c.get('rejected', 0)} rejected, "
+                       f"{c.get('no_backend', 0)} without backend")
         diff = svc.get("differences_from_file", {})
         if diff.get("added") or diff.get("removed"):
             out.append("  differs from the file: "

@@ -597,10 +597,6 @@ class _Checker:
         d = _SERVICE_DEFAULTS
         name = self.service_name(scope, table, i)
         protocol = self.read_enum(scope, table, "protocol", d.protocol, PROTOCOLS)
-        if protocol == "udp":
-            self.error((*scope.path, "protocol"),
-                       f'{scope.label("protocol")}: "udp" is not implemented yet '
-                       "(TCP only in this release)")
         listen = self.listen(scope, table, i, protocol)
         scheduler = self.read_enum(scope, table, "scheduler", d.scheduler, SCHEDULERS)
         hash_key = self.read_enum(scope, table, "hash_key", d.hash_key, HASH_KEYS)
@@ -614,6 +610,11 @@ class _Checker:
         table_size = self.maglev_table_size(scope, table)
         backends = self.backends(scope, table)
         health = self.health(scope, table["health"]) if "health" in table else None
+        if protocol == "udp" and health is not None and health.port is None:
+            self.error((*scope.path, "health"), f"{scope.label('health')}: a UDP service's "
+                       "health check needs `port`, a TCP port of the backends to probe (UDP "
+                       "probes are not built yet)", at_key=True,
+                       position_of=(*scope.path, "health"))
         udp_idle_timeout = self.read_duration(scope, table, "udp_idle_timeout",
                                               d.udp_idle_timeout, zero_ok=False)
         max_flows = self.read_int(scope, table, "max_flows", d.max_flows, 0, U32_MAX)
