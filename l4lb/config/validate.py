@@ -76,6 +76,8 @@ SERVICE_KEYS = (
     "udp_idle_timeout", "max_flows", "responses", "session",
 )
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session")
+TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle_timeout",
+                 "max_connections": "max_flows"}  # key -> the UDP key to use instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
 VRRP_KEYS = (
@@ -625,6 +627,12 @@ class _Checker:
                 if key in table:
                     self.error((*scope.path, key), f"{scope.label(key)}: applies to "
                                'protocol = "udp" only')
+        else:
+            for key, instead in TCP_ONLY_KEYS.items():
+                if key in table:
+                    hint = f"; use {instead}" if instead else ""
+                    self.error((*scope.path, key), f"{scope.label(key)}: applies to "
+                               f'protocol = "tcp" only{hint}')
         if scheduler == "maglev" and table_size < len(backends):
             self.error((*scope.path, "maglev_table_size"),
                        f"{scope.label('maglev_table_size')}: {table_size} is smaller than the "
