@@ -452,7 +452,8 @@ class Daemon:
         return {"version": __version__, "pid": os.getpid(), "config": self.config.path,
                 "started": self.started, "workers": self.workers,
                 "table": {"generation": self.generation, "digest": self.digest},
-                "services": services}
+                "services": services,
+                "vrrp": [instance.status() for instance in self.vrrp]}
 
     def _service_known(self, service: str) -> None:
         if service not in {s.name for s in self.config.services}:

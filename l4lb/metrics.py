@@ -121,7 +121,76 @@ def _status_families(status: Mapping[str, Any],
 
     services: Sequence[Mapping[str, Any]] = status.get("services", [])
     yield from _service_families(services)
+    yield from _udp_families(services)
     yield from _backend_families(services, latency)
+    yield from _vrrp_families(status.get("vrrp", []))
+
+
+VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT")
+
+_UDP_SERVICE_COUNTERS = (
+    ("l4lb_service_datagrams", "Datagrams relayed by a UDP service.",
+     (("datagrams_in", "from_client"), ("datagrams_out", "to_client"))),
+    ("l4lb_service_flows_created", "UDP flows created.", (("flows_created", None),)),
+    ("l4lb_service_flows_expired", "UDP flows ended (for any reason).", (("flows_expired", None),)),
+)
+
+
+def _udp_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    udp = [s for s in services if s.get("protocol") == "udp"]
+    if not udp:
+        return
+    for name, doc, fields in _UDP_SERVICE_COUNTERS:
+        labels = ["service", "direction"] if fields[0][1] else ["service"]
+        family = CounterMetricFamily(name, doc, labels=labels)
+        for svc in udp:
+            c = svc.get("counters", {})
+            for key, direction in fields:
+                family.add_metric([str(svc["name"])] + ([direction] if direction else []),
+                                  c.get(key, 0))
+        yield family
+    active = GaugeMetricFamily("l4lb_service_flows_active", "UDP flows open now.",
+                               labels=["service"])
+    drops = CounterMetricFamily("l4lb_service_datagram_drops",
+                                "Datagrams a UDP service dropped, by reason.",
+                                labels=["service", "reason"])
+    for svc in udp:
+        c = svc.get("counters", {})
+        active.add_metric([str(svc["name"])], c.get("flows_active", 0))
+        for reason in ("max_flows", "no_backend", "truncated", "send"):
+            drops.add_metric([str(svc["name"]), reason], c.get(f"drops_{reason}", 0))
+    yield from (active, drops)
+
+
+def _vrrp_families(instances: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    if not instances:
+        return
+    state = GaugeMetricFamily("l4lb_vrrp_state", "1 for the VRRP instance's current state.",
+                              labels=["instance", "state"])
+    priority = GaugeMetricFamily("l4lb_vrrp_priority", "Configured VRRP priority.",
+                                 labels=["instance"])
+    effective = GaugeMetricFamily("l4lb_vrrp_effective_priority",
+                                  "VRRP priority after tracking.", labels=["instance"])
+    vips = GaugeMetricFamily("l4lb_vrrp_vips_held", "1 while the instance holds its VIPs.",
+                             labels=["instance"])
+    counters = CounterMetricFamily("l4lb_vrrp_events", "VRRP counters (adverts, transitions, "
+                                   "announcements, ...), by kind.", labels=["instance", "kind"])
+    drops = CounterMetricFamily("l4lb_vrrp_drops", "Received VRRP packets dropped, by reason.",
+                                labels=["instance", "reason"])
+    for inst in instances:
+        name = str(inst.get("name", ""))
+        for s in VRRP_STATES:
+            state.add_metric([name, s], 1 if inst.get("state") == s else 0)
+        priority.add_metric([name], inst.get("priority", 0))
+        effective.add_metric([name], inst.get("effective_priority", 0))
+        vips.add_metric([name], 1 if inst.get("vips_held") else 0)
+        c = inst.get("counters", {})
+        for kind, value in sorted(c.items()):
+            if kind != "drops" and isinstance(value, int | float):
+                counters.add_metric([name, kind], value)
+        for reason, value in sorted(c.get("drops", {}).items()):
+            drops.add_metric([name, reason], value)
+    yield from (state, priority, effective, vips, counters, drops)
 
 
 def _service_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:

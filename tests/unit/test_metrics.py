@@ -295,3 +295,31 @@ def test_no_services_or_no_backends(services: list[dict[str, Any]]) -> None:
     fams = scrape(Exporter(lambda: status, process=False))
     assert samples(fams, "l4lb_table_generation") == {(): 41}
     assert samples(fams, "l4lb_backend_connections_total") == {}
+
+
+def test_udp_and_vrrp_families() -> None:
+    status = make_status()
+    status["services"][1]["protocol"] = "udp"
+    status["services"][1]["counters"].update(
+        datagrams_in=40, datagrams_out=38, flows_created=12, flows_expired=10, flows_active=2,
+        drops_max_flows=1, drops_no_backend=0, drops_truncated=3, drops_send=0)
+    status["vrrp"] = [{"name": "VI_1", "state": "BACKUP", "priority": 100,
+                       "effective_priority": 50, "vips_held": False,
+                       "counters": {"adverts_sent": 0, "adverts_received": 7,
+                                    "drops": {"ttl": 2, "checksum": 1}}}]
+    fam = scrape(Exporter(lambda: copy.deepcopy(status), process=False))
+    assert samples(fam, "l4lb_service_datagrams_total") == {
+        (("direction", "from_client"), ("service", "dns")): 40.0,
+        (("direction", "to_client"), ("service", "dns")): 38.0}
+    assert samples(fam, "l4lb_service_flows_active") == {(("service", "dns"),): 2.0}
+    drops = samples(fam, "l4lb_service_datagram_drops_total")
+    assert drops[(("reason", "truncated"), ("service", "dns"))] == 3.0
+    state = samples(fam, "l4lb_vrrp_state")
+    assert state[(("instance", "VI_1"), ("state", "BACKUP"))] == 1.0
+    assert state[(("instance", "VI_1"), ("state", "MASTER"))] == 0.0
+    assert samples(fam, "l4lb_vrrp_effective_priority") == {(("instance", "VI_1"),): 50.0}
+    assert samples(fam, "l4lb_vrrp_drops_total") == {
+        (("instance", "VI_1"), ("reason", "checksum")): 1.0,
+        (("instance", "VI_1"), ("reason", "ttl")): 2.0}
+    assert samples(fam, "l4lb_vrrp_events_total")[
+        (("instance", "VI_1"), ("kind", "adverts_received"))] == 7.0
