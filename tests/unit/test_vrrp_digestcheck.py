@@ -3,8 +3,10 @@ and two DigestCheck endpoints joined by an in-memory network (no sockets, no sle
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -330,9 +332,9 @@ class Endpoint(DigestCheck):
     """A DigestCheck whose datagrams go to an in-memory wire instead of a socket."""
 
     def __init__(self, wire: Wire, instances: Sequence[InstanceView], table: list[Table],
-                 clock: Clock) -> None:
+                 clock: Clock, port: int = 0) -> None:
         super().__init__(instances, lambda: (table[0].generation, table[0].digest),
-                         interval=2.0, grace=10.0, clock=clock)
+                         interval=2.0, grace=10.0, clock=clock, port=port, bind4="127.0.0.1")
         self.wire = wire
         self.table = table  # [our live table], changed by the test
 
@@ -478,3 +480,46 @@ def test_nothing_is_sent_while_our_digest_is_unknown() -> None:
     p.n2.round()
     assert p.wire == []
     assert p.n2.status()["table"] is None
+
+
+def test_start_publish_and_stop_on_the_loop(caplog: pytest.LogCaptureFixture) -> None:
+    """Sockets bound on 127.0.0.1 (nothing is sent: _transmit records); no sleeping."""
+    caplog.set_level(logging.INFO, logger="l4lb.vrrp")
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+
+    async def main() -> None:
+        clock = Clock()
+        wire: Wire = []
+        inst = FakeInstance(vrrp_settings(), LB2, FakeFsm(LB1))
+        table = [Table(1, A)]
+        node = Endpoint(wire, [inst], table, clock)  # port 0: any free port
+        node.published()  # before start: a no-op
+        await node.start()
+        assert node.running and node.error is None
+        assert len(wire) == 1 and wire[0][1] == LB1  # the first round, at once
+        table[0] = Table(2, B)
+        node.published()
+        node.published()  # a burst: one round
+        await asyncio.sleep(0)
+        assert [decode(p).digest for _, _, p in wire] == [A, B]
+        await node.stop()
+        await node.stop()  # idempotent
+        assert not node.running and node.status()["running"] is False
+        node.published()
+        await asyncio.sleep(0)
+        assert len(wire) == 2
+
+        taken = Endpoint(wire, [inst], table, clock, port=port)
+        await taken.start()  # the port is in use: off, one error, nothing raised
+        assert not taken.running
+        assert f"cannot bind UDP port {port}" in str(taken.status()["error"])
+        assert len(wire) == 2
+
+    try:
+        asyncio.run(main())
+    finally:
+        busy.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "table digest check off" in errors[0]
