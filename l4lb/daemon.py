@@ -38,6 +38,7 @@ from l4lb.reload import RESTART_ONLY, plan
 from l4lb.state import Runtime, StateError, address_text
 from l4lb.table.blob import digest
 from l4lb.table.builder import TableBuilder
+from l4lb.vrrp.digestcheck import DigestCheck
 from l4lb.vrrp.instance import VrrpInstance
 from l4lb.weights import Key, Weights, compute
 
@@ -91,6 +92,7 @@ class Daemon:
     panic_logged: dict[str, str] = field(default_factory=dict)  # service -> reason warned
     failures_seen: dict[int, int] = field(default_factory=dict)  # backend id -> connect fails
     vrrp: list[VrrpInstance] = field(default_factory=list)  # running [[vrrp]] instances
+    digest_check: DigestCheck | None = None  # compares table digests with the VRRP peers
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -130,6 +132,8 @@ class Daemon:
         self.generation = self.dp.publish(blob)
         self.weights = weights
         self.digest = digest(blob)
+        if self.digest_check is not None:
+            self.digest_check.published()
         log.info("table: generation %d published (digest %s, %d services)", self.generation,
                  self.digest, len(self.config.services))
         for service, reason in weights.panic.items():
@@ -193,6 +197,10 @@ class Daemon:
         except BaseException:
             await self.stop_vrrp()
             raise
+        if self.vrrp:
+            self.digest_check = DigestCheck(lambda: self.vrrp,
+                                            lambda: (self.generation, self.digest))
+            await self.digest_check.start()
         if self.weights is not None:
             healthy = {service: up > 0 for service, up in self.weights.up.items()}
             for instance in self.vrrp:
@@ -200,12 +208,22 @@ class Daemon:
 
     async def stop_vrrp(self) -> None:
         """Leave the VRRP groups gracefully: priority-0 advert, VIPs removed."""
+        if self.digest_check is not None:
+            await self.digest_check.stop()
+            self.digest_check = None
         for instance in self.vrrp:
             await instance.stop(graceful=True)
         self.vrrp = []
 
     def cmd_vrrp(self) -> dict[str, Any]:
-        return {"instances": [instance.status() for instance in self.vrrp],
+        check = self.digest_check.status() if self.digest_check is not None else None
+        instances = []
+        for instance in self.vrrp:
+            status = instance.status()
+            if check is not None:
+                status["digest_check"] = check["instances"].get(instance.settings.name)
+            instances.append(status)
+        return {"instances": instances, "digest_check": check,
                 "table": {"generation": self.generation, "digest": self.digest}}
 
     # ---- health checks (docs/health.md) ----

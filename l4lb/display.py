@@ -105,4 +105,10 @@ def vrrp_text(result: dict[str, Any]) -> str:
                               or "-"),
             "  drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "none"),
         ]
+        check = inst.get("digest_check")
+        if check:
+            peers = ", ".join(f"{p['address']} {p['digest']} "
+                              f"({'same' if p['agree'] else 'DIFFERENT'})"
+                              for p in check.get("peers", [])) or "none heard yet"
+            out.append(f"  table digest agreement with peers: {check['agreement']} ({peers})")
     return "\n".join(out)

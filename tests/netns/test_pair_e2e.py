@@ -177,6 +177,18 @@ def test_pair_end_to_end(pair: Topology, tmp_path: Path, mode: str,
     answers = wait_answers(client, start, 10, 10)
     assert len(set(answers)) == 1 and answers[0] in BACKENDS, answers
     backend = answers[0]
+    if wired:
+        # both nodes built the same table from the same file and agree on its digest
+        deadline = time.monotonic() + 10
+        while True:
+            res = subprocess.run(l4lb("vrrp", "status", "--json", "-c", str(lb1.config)),
+                                 capture_output=True, text=True, env=child_env(), timeout=30,
+                                 cwd=str(tmp_path))
+            check = json.loads(res.stdout)["instances"][0].get("digest_check") or {}
+            if check.get("agreement") == "yes" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert check.get("agreement") == "yes", res.stdout
 
     # lb1 dies: lb2 takes over, the client reaches the same backend through lb2.
     died = time.monotonic()
