@@ -261,17 +261,20 @@ cdef class Dataplane:
         if rc:
             raise _dp_oserror(rc)
 
-    def _udp_tune(self, int batch, int slot):
+    def _udp_tune(self, int batch=32, int slot=65507, bint gso=True, int poll_us=50):
         """UDP tuning before start(): datagrams per recvmmsg/sendmmsg (1..32), receive buffer
-        per datagram (1..65507 bytes; a larger datagram is dropped as truncated)."""
+        per datagram (1..65507 bytes; a larger datagram is dropped as truncated), gso (False:
+        never send GSO runs; True: where the kernel can), poll_us (poll-mode sleep under load,
+        0..1000 us, 0 = always block in epoll_wait)."""
         cdef int rc
-        if batch < 1 or slot < 1:
-            raise ValueError("batch and slot must be >= 1")
-        rc = _core.dp_set_udp_tuning(self._dp, <uint32_t>batch, <uint32_t>slot)
+        if batch < 1 or slot < 1 or poll_us < 0:
+            raise ValueError("batch and slot must be >= 1, poll_us >= 0")
+        rc = _core.dp_set_udp_tuning(self._dp, <uint32_t>batch, <uint32_t>slot, gso,
+                                     <uint32_t>poll_us)
         if rc == -EBUSY:
             raise RuntimeError("tuning is only possible before start()")
         if rc == -EINVAL:
-            raise ValueError("batch must be in 1..32 and slot in 1..65507")
+            raise ValueError("batch must be in 1..32, slot in 1..65507, poll_us in 0..1000")
         if rc:
             raise _dp_oserror(rc)
 
@@ -298,7 +301,14 @@ cdef class Dataplane:
             "udp_tx_calls": r.udp_tx_calls, "udp_tx_datagrams": r.udp_tx_datagrams,
             "udp_up_calls": r.udp_up_calls, "udp_up_datagrams": r.udp_up_datagrams,
             "udp_out_calls": r.udp_out_calls, "udp_out_datagrams": r.udp_out_datagrams,
+            "udp_gso_datagrams": r.udp_gso_datagrams, "udp_poll_sleeps": r.udp_poll_sleeps,
+            "loop_iterations": r.loop_iterations,
         }
+
+
+def _udp_gso_supported():
+    """True when this kernel takes UDP_SEGMENT, so the UDP relay sends GSO runs."""
+    return bool(_core.dp_udp_gso_supported())
 
 
 def _ct_selftest(int seed, int rounds):

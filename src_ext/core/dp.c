@@ -51,6 +51,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <time.h>
@@ -167,6 +168,9 @@ static void dp_worker_internals(struct dp_worker *w, struct dp_internals *out)
     out->udp_up_datagrams += __atomic_load_n(&w->cnt->udp_up_datagrams, __ATOMIC_RELAXED);
     out->udp_out_calls += __atomic_load_n(&w->cnt->udp_out_calls, __ATOMIC_RELAXED);
     out->udp_out_datagrams += __atomic_load_n(&w->cnt->udp_out_datagrams, __ATOMIC_RELAXED);
+    out->udp_gso_datagrams += __atomic_load_n(&w->cnt->udp_gso_datagrams, __ATOMIC_RELAXED);
+    out->udp_poll_sleeps += __atomic_load_n(&w->cnt->udp_poll_sleeps, __ATOMIC_RELAXED);
+    out->loop_iterations += __atomic_load_n(&w->cnt->loop_iterations, __ATOMIC_RELAXED);
 }
 
 /* State passed to the snapshot callback. */
@@ -332,11 +336,25 @@ static void *dp_worker_main(void *arg)
 
     w->now_ms = dp_mono_ms();
     w->table = NULL; /* seen_gen is 0 (set by dp_start): holds nothing yet */
+    /* poll-mode sleeps are tens of microseconds: do not let the default 50 us slack double them */
+    (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     for (i = 0; i < w->n_listeners; i++)
         (void)dp_listener_arm(w, w->listeners[i]);
     for (;;) {
-        n = epoll_wait(w->epfd, evs, DP_EVENTS, dp_worker_timeout(w));
+        int timeout = dp_worker_timeout(w);
+        if (w->udp_polling && timeout != 0 && !w->udp_more) {
+            /* poll mode (relay_udp.c, "Polling"): a short sleep that arrivals cannot cut short,
+             * then collect whatever came in meanwhile */
+            struct timespec nap = { 0, (long)w->udp_poll_us * 1000 };
+            nanosleep(&nap, NULL);
+            DP_CNT_ADD(&w->cnt->udp_poll_sleeps, 1);
+            timeout = 0;
+        }
+        n = epoll_wait(w->epfd, evs, DP_EVENTS, timeout);
+        DP_CNT_ADD(&w->cnt->loop_iterations, 1);
         w->now_ms = dp_mono_ms();
+        w->udp_moved = 0;
+        w->udp_more = 0;
         dp_worker_refresh_table(w);
         cmds = 0;
         for (i = 0; n > 0 && i < (uint32_t)n; i++) {
@@ -368,6 +386,10 @@ static void *dp_worker_main(void *arg)
         }
         relay_tcp_run_ready(w);
         relay_udp_flush(w); /* the replies gathered in this batch, in one sendmmsg per listener */
+        if (!w->udp_polling)
+            w->udp_polling = w->udp_poll_us && !w->stopping && w->udp_moved >= RELAY_UDP_POLL_ENTER;
+        else if (w->udp_moved < RELAY_UDP_POLL_LEAVE || w->stopping)
+            w->udp_polling = 0;
         ct_wheel_advance(&w->ct, w->now_ms, relay_tcp_expire, w);
         ct_wheel_advance(&w->uct, w->now_ms, relay_udp_expire, w);
         relay_tcp_reap(w);
@@ -440,6 +462,7 @@ int dp_create(uint32_t n_workers, struct dp **out)
     dp->pipe_size = DP_PIPE_DEFAULT;
     dp->udp_batch = RELAY_UDP_BATCH;
     dp->udp_slot = RELAY_UDP_MAX;
+    dp->udp_poll_us = RELAY_UDP_POLL_US;
     atomic_init(&dp->table, NULL);
     atomic_init(&dp->generation, 0);
     pthread_mutex_init(&dp->pub_lock, NULL);
@@ -462,6 +485,7 @@ int dp_create(uint32_t n_workers, struct dp **out)
         struct epoll_event ev = { .events = EPOLLIN };
         w->dp = dp;
         w->index = i;
+        w->udp_poll_us = RELAY_UDP_POLL_US;
         w->ev_ep.kind = DP_EP_EVENTFD;
         w->epfd = epoll_create1(EPOLL_CLOEXEC);
         w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -518,12 +542,13 @@ int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, in
     return rc;
 }
 
-int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot)
+int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot, int gso, uint32_t poll_us)
 {
     uint32_t i, k;
     int rc = 0;
 
-    if (batch < 1 || batch > RELAY_UDP_BATCH || slot < 1 || slot > RELAY_UDP_MAX)
+    if (batch < 1 || batch > RELAY_UDP_BATCH || slot < 1 || slot > RELAY_UDP_MAX ||
+        poll_us > RELAY_UDP_POLL_MAX_US)
         return -EINVAL;
     pthread_mutex_lock(&dp->cmd_lock);
     if (dp->state != 0)
@@ -531,10 +556,13 @@ int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot)
     else {
         dp->udp_batch = batch;
         dp->udp_slot = slot;
+        dp->udp_poll_us = poll_us;
         for (i = 0; i < dp->n_workers; i++) {
             struct relay_udp_io *io = dp->workers[i].uio;
+            dp->workers[i].udp_poll_us = poll_us;
             io->batch = batch;
             io->slot = slot;
+            io->gso = gso && relay_udp_gso_supported();
             for (k = 0; k < RELAY_UDP_BATCH; k++)
                 io->in_iov[k].iov_len = slot;
         }
@@ -903,6 +931,11 @@ int dp_sessions(struct dp *dp, struct dp_session_info **out, size_t *n)
     *out = all;
     *n = total;
     return 0;
+}
+
+int dp_udp_gso_supported(void)
+{
+    return relay_udp_gso_supported();
 }
 
 int dp_flows(struct dp *dp, struct dp_flow_info **out, size_t *n)

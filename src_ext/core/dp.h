@@ -132,6 +132,9 @@ struct dp_internals {
     uint64_t udp_up_datagrams; /* datagrams they returned */
     uint64_t udp_out_calls;    /* sendmmsg calls on listeners (replies to clients) */
     uint64_t udp_out_datagrams;/* datagrams they sent */
+    uint64_t udp_gso_datagrams;/* datagrams sent inside GSO runs (UDP_SEGMENT), either way */
+    uint64_t udp_poll_sleeps;  /* poll-mode sleeps of the UDP relay */
+    uint64_t loop_iterations;  /* epoll_wait calls of the worker loops */
 };
 
 /* Create a data plane with n workers (1..DP_MAX_WORKERS). Nothing runs until dp_start(). */
@@ -144,8 +147,10 @@ int dp_create(uint32_t n_workers, struct dp **out);
 int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, int copy_only);
 /* UDP tuning, before dp_start() only: batch = datagrams per recvmmsg/sendmmsg (1..32, default
  * 32), slot = receive buffer per datagram in bytes (1..65507, default 65507; a larger datagram
- * is dropped as truncated). -EBUSY once started, -EINVAL out of range. */
-int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot);
+ * is dropped as truncated), gso = 0 never sends GSO runs (default: where the kernel can),
+ * poll_us = poll-mode sleep under load in microseconds (0..1000, default 50; 0 = always block
+ * in epoll_wait; see relay_udp.c, "Polling"). -EBUSY once started, -EINVAL out of range. */
+int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot, int gso, uint32_t poll_us);
 /* Start the worker threads. -EALREADY if started, -ESHUTDOWN after dp_stop(). */
 int dp_start(struct dp *dp);
 /* Give a nonblocking socket fd (caller keeps ownership) to worker, for service_id: a listening
@@ -170,6 +175,9 @@ int dp_stats(struct dp *dp, struct dp_stats *out);
 int dp_sessions(struct dp *dp, struct dp_session_info **out, size_t *n);
 /* Snapshot of the open UDP flows, like dp_sessions. *out is malloc'ed (free() it). */
 int dp_flows(struct dp *dp, struct dp_flow_info **out, size_t *n);
+/* 1 when this kernel takes UDP_SEGMENT, so the UDP relay sends runs of equal-sized datagrams to
+ * one destination as one GSO buffer; 0 when it sends them one by one. */
+int dp_udp_gso_supported(void);
 /* Internal figures (pools, slab, pauses), asked of each worker like dp_sessions. */
 int dp_internals(struct dp *dp, struct dp_internals *out);
 /* Graceful stop: stop accepting (and reading UDP listeners), let sessions finish for up to

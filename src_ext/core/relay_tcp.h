@@ -55,6 +55,9 @@ struct dp_counters {
     uint64_t udp_up_datagrams;              /* datagrams those calls returned */
     uint64_t udp_out_calls;                 /* sendmmsg calls on listeners (replies) */
     uint64_t udp_out_datagrams;             /* datagrams those calls sent */
+    uint64_t udp_gso_datagrams;             /* datagrams sent inside GSO runs (either way) */
+    uint64_t udp_poll_sleeps;               /* poll-mode sleeps (see relay_udp.c, "Polling") */
+    uint64_t loop_iterations;               /* epoll_wait calls of the worker loop */
 };
 
 /* Add v to a single-writer counter; the relaxed atomic store keeps concurrent readers defined
@@ -185,6 +188,10 @@ struct dp_worker {
     struct ct_table uct;           /* UDP flows (relay_udp.c) */
     struct relay_udp_io *uio;      /* UDP batch buffers (relay_udp.c), allocated at create */
     struct relay_udp_flow *ugrave; /* UDP flows ended in this batch, freed after the flush */
+    uint32_t udp_moved;            /* datagrams read (either way) in this loop iteration */
+    uint32_t udp_poll_us;          /* udp tuning: poll-mode sleep, 0 = never poll */
+    uint8_t udp_polling;           /* 1: poll mode (sleep, then epoll_wait without blocking) */
+    uint8_t udp_more;              /* a UDP read stopped at its budget: more may be waiting */
 };
 
 /* The data plane object (dp.h keeps it opaque). */
@@ -211,6 +218,7 @@ struct dp {
     uint8_t copy_only;             /* relay tuning: never splice bulk data (benchmarks) */
     uint32_t udp_batch;            /* udp tuning: datagrams per recvmmsg/sendmmsg (1..32) */
     uint32_t udp_slot;             /* udp tuning: receive buffer per datagram (bytes) */
+    uint32_t udp_poll_us;          /* udp tuning: poll-mode sleep in us, 0 = never poll */
 };
 
 /* Load the live table into w->table and publish the generation seen (see dp.c's essay). Only

@@ -98,12 +98,25 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "relay_udp.h"
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103 /* linux/udp.h, since 4.18 */
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef PR_SET_VMA
+#define PR_SET_VMA 0x53564d41 /* linux/prctl.h, since 5.17 */
+#define PR_SET_VMA_ANON_NAME 0
+#endif
 
 /* The flow of an epoll endpoint tag. */
 static inline struct relay_udp_flow *udp_of_ep(struct dp_ep *ep)
@@ -153,6 +166,9 @@ int relay_udp_io_create(struct relay_udp_io **out, uint32_t batch, uint32_t slot
         free(io);
         return -ENOMEM;
     }
+    /* best effort: shows as [anon:l4lb-udp-slots] in /proc/PID/smaps (resident size) */
+    (void)prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)io->mem, io->mem_len,
+                (unsigned long)"l4lb-udp-slots");
     io->batch = batch;
     io->slot = slot;
     io->seq = 1;
@@ -166,11 +182,24 @@ int relay_udp_io_create(struct relay_udp_io **out, uint32_t batch, uint32_t slot
         io->out_iov[i].iov_base = io->mem + (size_t)(RELAY_UDP_BATCH + i) * RELAY_UDP_STRIDE;
         io->out[i].msg_hdr.msg_iov = &io->out_iov[i];
         io->out[i].msg_hdr.msg_iovlen = 1;
-        io->snd[i].msg_hdr.msg_iov = &io->snd_iov[i];
-        io->snd[i].msg_hdr.msg_iovlen = 1;
     }
+    io->gso = (uint8_t)relay_udp_gso_supported();
     *out = io;
     return 0;
+}
+
+int relay_udp_gso_supported(void)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), v = 0, ok;
+    socklen_t vl = sizeof(v);
+
+    if (fd < 0)
+        return 0;
+    /* a kernel that knows the option also honours the control message; an older one would
+     * ignore the message and glue a run into one datagram, so it must never see one */
+    ok = getsockopt(fd, SOL_UDP, UDP_SEGMENT, &v, &vl) == 0;
+    close(fd);
+    return ok;
 }
 
 void relay_udp_io_destroy(struct relay_udp_io *io)
@@ -455,57 +484,187 @@ static int udp_flow_confirm(struct relay_udp_flow *f, const struct dp_table *t,
     return 1;
 }
 
+/* Errors that say a GSO run cannot go out as such (route MTU below the segment, no checksum
+ * offload on the device, ...); its datagrams are then sent one by one. */
+static int udp_gso_error(int err)
+{
+    return err == EINVAL || err == EIO || err == EOPNOTSUPP || err == EMSGSIZE ||
+           err == ENOPROTOOPT;
+}
+
+/* Length of the run that starts at iov[0] (n entries, all of flow f, all to one destination):
+ * 1, or with GSO every following datagram of the same size plus one shorter last one, the way
+ * UDP_SEGMENT cuts a buffer. *bytes gets the run's payload bytes. */
+static uint32_t udp_run(const struct relay_udp_io *io, const struct relay_udp_flow *f,
+                        const struct iovec *iov, uint32_t n, uint32_t *bytes)
+{
+    size_t len = iov[0].iov_len, total = len;
+    uint32_t cnt = 1;
+
+    if (io->gso && !f->no_gso && len > 0 && len <= RELAY_UDP_GSO_MAX) {
+        while (cnt < n && iov[cnt].iov_len == len && total + len <= RELAY_UDP_GSO_BYTES) {
+            total += len;
+            cnt++;
+        }
+        if (cnt < n && iov[cnt].iov_len > 0 && iov[cnt].iov_len < len &&
+            total + iov[cnt].iov_len <= RELAY_UDP_GSO_BYTES) {
+            total += iov[cnt].iov_len;
+            cnt++;
+        }
+    }
+    *bytes = (uint32_t)total;
+    return cnt;
+}
+
+/* Fill send-vector entry m with iov[0..cnt) of flow f: to its client (reply != 0: address and
+ * pktinfo of the flow) or on its connected upstream socket; cnt > 1 adds UDP_SEGMENT. */
+static void udp_tx_entry(struct relay_udp_io *io, uint32_t m, struct relay_udp_flow *f,
+                         int reply, struct iovec *iov, uint32_t cnt, uint32_t bytes)
+{
+    struct msghdr *mh = &io->tx[m].msg_hdr;
+    size_t cl = reply ? f->ctl_len : 0;
+
+    mh->msg_iov = iov;
+    mh->msg_iovlen = cnt;
+    mh->msg_name = reply ? &f->peer : NULL;
+    mh->msg_namelen = reply ? f->peer_len : 0;
+    mh->msg_flags = 0;
+    if (cnt > 1) {
+        uint8_t *c = (uint8_t *)io->tx_ctl[m];
+        struct cmsghdr *h = (struct cmsghdr *)(c + cl); /* cl is a CMSG_SPACE: aligned */
+        uint16_t gso_size = (uint16_t)iov[0].iov_len;
+        if (cl)
+            memcpy(c, f->ctl, cl);
+        h->cmsg_level = SOL_UDP;
+        h->cmsg_type = UDP_SEGMENT;
+        h->cmsg_len = CMSG_LEN(sizeof(gso_size));
+        memcpy(CMSG_DATA(h), &gso_size, sizeof(gso_size));
+        mh->msg_control = c;
+        mh->msg_controllen = cl + CMSG_SPACE(sizeof(gso_size));
+    } else {
+        mh->msg_control = cl ? f->ctl : NULL;
+        mh->msg_controllen = cl;
+    }
+    io->tx_flow[m] = f;
+    io->tx_cnt[m] = (uint16_t)cnt;
+    io->tx_bytes[m] = bytes;
+}
+
+/* Count n datagrams of bytes payload that flow f sent, to its backend or to its client. */
+static void udp_account(struct dp_worker *w, struct relay_udp_flow *f, int to_backend,
+                        uint32_t n, uint64_t bytes)
+{
+    if (n > 1)
+        DP_CNT_ADD(&w->cnt->udp_gso_datagrams, n);
+    if (to_backend) {
+        DP_CNT_ADD(&w->cnt->udp_tx_datagrams, n);
+        f->dg_c2b += n;
+        f->bytes_c2b += bytes;
+        udp_svc_add(w, f->service_id, DP_SC_BYTES_TO_BACKEND, (int64_t)bytes);
+        udp_be_add(w, f->backend_id, DP_BC_DATAGRAMS_TO_BACKEND, n);
+        udp_be_add(w, f->backend_id, DP_BC_BYTES_TO_BACKEND, (int64_t)bytes);
+    } else {
+        DP_CNT_ADD(&w->cnt->udp_out_datagrams, n);
+        f->dg_b2c += n;
+        f->bytes_b2c += bytes;
+        udp_svc_add(w, f->service_id, DP_SC_DATAGRAMS_OUT, n);
+        udp_svc_add(w, f->service_id, DP_SC_BYTES_TO_CLIENT, (int64_t)bytes);
+        udp_be_add(w, f->backend_id, DP_BC_DATAGRAMS_TO_CLIENT, n);
+        udp_be_add(w, f->backend_id, DP_BC_BYTES_TO_CLIENT, (int64_t)bytes);
+    }
+}
+
+/* Send the datagrams of entry m one by one (its GSO run was refused). */
+static void udp_tx_singles(struct dp_worker *w, int fd, uint32_t m, int to_backend)
+{
+    struct relay_udp_io *io = w->uio;
+    struct relay_udp_flow *f = io->tx_flow[m];
+    struct msghdr mh = io->tx[m].msg_hdr;
+    struct iovec *iov = mh.msg_iov;
+    uint32_t k, cnt = io->tx_cnt[m];
+
+    mh.msg_control = !to_backend && f->ctl_len ? f->ctl : NULL;
+    mh.msg_controllen = to_backend ? 0 : f->ctl_len;
+    mh.msg_iovlen = 1;
+    for (k = 0; k < cnt; k++) {
+        mh.msg_iov = &iov[k];
+        if (sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+            udp_account(w, f, to_backend, 1, iov[k].iov_len);
+        else
+            udp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, 1);
+    }
+}
+
+/* Send io->tx[0..nm) on fd (a flow's upstream socket, or a listener for replies), resuming
+ * after partial results; count what went and what was dropped. */
+static void udp_tx_send(struct dp_worker *w, int fd, uint32_t nm, int to_backend)
+{
+    struct relay_udp_io *io = w->uio;
+    uint32_t i = 0, j;
+    int r, err;
+
+    while (i < nm) {
+        if (nm - i == 1)
+            r = sendmsg(fd, &io->tx[i].msg_hdr, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0 ? 1 : -1;
+        else
+            r = sendmmsg(fd, &io->tx[i], nm - i, MSG_DONTWAIT | MSG_NOSIGNAL);
+        DP_CNT_ADD(to_backend ? &w->cnt->udp_tx_calls : &w->cnt->udp_out_calls, 1);
+        if (r > 0) {
+            for (j = i; j < i + (uint32_t)r; j++)
+                udp_account(w, io->tx_flow[j], to_backend, io->tx_cnt[j], io->tx_bytes[j]);
+            i += (uint32_t)r;
+            continue;
+        }
+        err = errno;
+        if (err == EINTR)
+            continue;
+        if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == ENOMEM) {
+            for (; i < nm; i++) /* the socket's buffer is full: drop the rest */
+                udp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
+            return;
+        }
+        if (io->tx_cnt[i] > 1 && udp_gso_error(err)) {
+            io->tx_flow[i]->no_gso = 1; /* e.g. the route's MTU is below the segment size */
+            udp_tx_singles(w, fd, i, to_backend);
+            i++;
+            continue;
+        }
+        if (to_backend && udp_icmp_error(err)) {
+            /* the backend refused an earlier datagram; every entry here is this flow's */
+            udp_flow_end(w, io->tx_flow[i], 1);
+            for (; i < nm; i++)
+                udp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
+            return;
+        }
+        /* this one destination is refused (unreachable client, ...): skip it */
+        udp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
+        i++;
+    }
+}
+
 /* Send the datagrams of this listener batch that belong to flow f, in order, on its upstream
- * socket: one send() for one datagram, sendmmsg() for more. */
+ * socket: equal-sized neighbours as GSO runs, all in one sendmsg/sendmmsg. */
 static void udp_send_flow(struct dp_worker *w, struct relay_udp_flow *f)
 {
     struct relay_udp_io *io = w->uio;
-    uint32_t cnt = 0, sent = 0, ok = 0, k;
-    uint64_t bytes = 0;
-    int i, r;
+    uint32_t n = 0, nm = 0, k = 0, cnt, bytes;
+    int i;
 
     for (i = f->in_head; i >= 0; i = io->in_next[i]) {
-        io->snd_iov[cnt].iov_base = io->in_iov[i].iov_base;
-        io->snd_iov[cnt].iov_len = io->in[i].msg_len;
-        cnt++;
+        io->snd_iov[n].iov_base = io->in_iov[i].iov_base;
+        io->snd_iov[n].iov_len = io->in[i].msg_len;
+        n++;
     }
-    while (sent < cnt && !f->dead) {
-        if (cnt - sent == 1) {
-            ssize_t m = send(f->fd, io->snd_iov[sent].iov_base, io->snd_iov[sent].iov_len,
-                             MSG_DONTWAIT | MSG_NOSIGNAL);
-            r = m >= 0 ? 1 : -1;
-        } else {
-            r = sendmmsg(f->fd, &io->snd[sent], cnt - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
-        }
-        DP_CNT_ADD(&w->cnt->udp_tx_calls, 1);
-        if (r > 0) {
-            for (k = sent; k < sent + (uint32_t)r; k++)
-                bytes += io->snd_iov[k].iov_len;
-            sent += (uint32_t)r;
-            ok += (uint32_t)r;
-            continue;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == ENOMEM)
-            break; /* the socket's buffer is full: the rest is dropped below */
-        if (udp_icmp_error(errno)) {
-            udp_flow_end(w, f, 1); /* the backend refused an earlier datagram */
-            break;
-        }
-        udp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, 1);
-        sent++;
-    }
-    if (sent < cnt)
-        udp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, cnt - sent);
-    if (!ok)
+    if (f->dead) { /* cannot happen: a flow ends in routing only before it is chained */
+        udp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, n);
         return;
-    DP_CNT_ADD(&w->cnt->udp_tx_datagrams, ok);
-    f->dg_c2b += ok;
-    f->bytes_c2b += bytes;
-    udp_svc_add(w, f->service_id, DP_SC_BYTES_TO_BACKEND, (int64_t)bytes);
-    udp_be_add(w, f->backend_id, DP_BC_DATAGRAMS_TO_BACKEND, ok);
-    udp_be_add(w, f->backend_id, DP_BC_BYTES_TO_BACKEND, (int64_t)bytes);
+    }
+    while (k < n) {
+        cnt = udp_run(io, f, &io->snd_iov[k], n - k, &bytes);
+        udp_tx_entry(io, nm++, f, 0, &io->snd_iov[k], cnt, bytes);
+        k += cnt;
+    }
+    udp_tx_send(w, f->fd, nm, 1);
 }
 
 /* Route the n datagrams just read from listener l: find or open each one's flow, chain them
@@ -590,62 +749,35 @@ void relay_udp_read(struct dp_worker *w, struct dp_listener *l)
             return; /* EAGAIN: drained (level-triggered: anything new is reported again) */
         DP_CNT_ADD(&w->cnt->udp_rx_calls, 1);
         DP_CNT_ADD(&w->cnt->udp_rx_datagrams, n);
+        w->udp_moved += (uint32_t)n;
         udp_svc_add(w, l->service_id, DP_SC_DATAGRAMS_IN, n);
         udp_route_batch(w, l, t, svc, (uint32_t)n);
         if ((uint32_t)n < batch)
             return;
     }
-}
-
-/* Send the pending replies out[start, end), all for listener fd. */
-static void udp_send_out(struct dp_worker *w, int fd, uint32_t start, uint32_t end)
-{
-    struct relay_udp_io *io = w->uio;
-    uint32_t k = start, j;
-    int r;
-
-    while (k < end) {
-        r = sendmmsg(fd, &io->out[k], end - k, MSG_DONTWAIT | MSG_NOSIGNAL);
-        DP_CNT_ADD(&w->cnt->udp_out_calls, 1);
-        if (r > 0) {
-            DP_CNT_ADD(&w->cnt->udp_out_datagrams, r);
-            for (j = k; j < k + (uint32_t)r; j++) {
-                struct relay_udp_flow *f = io->out_flow[j];
-                size_t len = io->out_iov[j].iov_len;
-                f->dg_b2c++;
-                f->bytes_b2c += len;
-                udp_svc_add(w, f->service_id, DP_SC_DATAGRAMS_OUT, 1);
-                udp_svc_add(w, f->service_id, DP_SC_BYTES_TO_CLIENT, (int64_t)len);
-                udp_be_add(w, io->out_bid[j], DP_BC_DATAGRAMS_TO_CLIENT, 1);
-                udp_be_add(w, io->out_bid[j], DP_BC_BYTES_TO_CLIENT, (int64_t)len);
-            }
-            k += (uint32_t)r;
-            continue;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == ENOMEM) {
-            for (; k < end; k++) /* the listener's buffer is full: drop the rest */
-                udp_svc_add(w, io->out_flow[k]->service_id, DP_SC_DROPS_SEND, 1);
-            break;
-        }
-        /* this one destination is refused (unreachable client, ...): skip it */
-        udp_svc_add(w, io->out_flow[k]->service_id, DP_SC_DROPS_SEND, 1);
-        k++;
-    }
+    w->udp_more = 1; /* budget spent with the queue possibly not empty: no poll-mode sleep */
 }
 
 void relay_udp_flush(struct dp_worker *w)
 {
     struct relay_udp_io *io = w->uio;
-    uint32_t start = 0, end, n = io->n_out;
+    uint32_t k = 0, e, nm, cnt, bytes, n = io->n_out;
 
-    while (start < n) {
-        struct dp_listener *l = io->out_flow[start]->l;
-        for (end = start + 1; end < n && io->out_flow[end]->l == l; end++)
-            ;
-        udp_send_out(w, l->fd, start, end);
-        start = end;
+    while (k < n) {
+        struct dp_listener *l = io->out_flow[k]->l;
+        /* one sendmmsg per listener; in it, each flow's replies (they sit side by side) go as
+         * GSO runs where their sizes allow */
+        for (nm = 0; k < n && io->out_flow[k]->l == l;) {
+            struct relay_udp_flow *f = io->out_flow[k];
+            for (e = k + 1; e < n && io->out_flow[e] == f; e++)
+                ;
+            while (k < e) {
+                cnt = udp_run(io, f, &io->out_iov[k], e - k, &bytes);
+                udp_tx_entry(io, nm++, f, 1, &io->out_iov[k], cnt, bytes);
+                k += cnt;
+            }
+        }
+        udp_tx_send(w, l->fd, nm, 0);
     }
     io->n_out = 0;
 }
@@ -684,11 +816,11 @@ static void udp_pull(struct dp_worker *w, struct relay_udp_flow *f)
             return;
         DP_CNT_ADD(&w->cnt->udp_up_calls, 1);
         DP_CNT_ADD(&w->cnt->udp_up_datagrams, n);
+        w->udp_moved += (uint32_t)n;
         f->replies += (uint32_t)n;
         f->last_ms = w->now_ms;
         for (k = base; k < base + (uint32_t)n; k++) {
             uint32_t dst = io->n_out;
-            struct msghdr *mh;
             if (io->out[k].msg_hdr.msg_flags & MSG_TRUNC) {
                 udp_svc_add(w, f->service_id, DP_SC_DROPS_TRUNCATED, 1);
                 continue;
@@ -699,13 +831,7 @@ static void udp_pull(struct dp_worker *w, struct relay_udp_flow *f)
                 io->out_iov[k].iov_base = slot;
             }
             io->out_iov[dst].iov_len = io->out[k].msg_len;
-            mh = &io->out[dst].msg_hdr;
-            mh->msg_name = &f->peer;
-            mh->msg_namelen = f->peer_len;
-            mh->msg_control = f->ctl_len ? f->ctl : NULL;
-            mh->msg_controllen = f->ctl_len;
             io->out_flow[dst] = f;
-            io->out_bid[dst] = f->backend_id;
             io->n_out++;
         }
         if (f->responses && f->replies >= f->responses) {
@@ -715,6 +841,8 @@ static void udp_pull(struct dp_worker *w, struct relay_udp_flow *f)
         if ((uint32_t)n < vlen)
             return;
     }
+    if (!f->dead)
+        w->udp_more = 1;
 }
 
 void relay_udp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)

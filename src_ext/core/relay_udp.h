@@ -19,7 +19,13 @@
                                         cache sets */
 #define RELAY_UDP_ROUNDS 4u          /* listener batches per wake-up before yielding */
 #define RELAY_UDP_STOP_IDLE_MS 250u  /* while stopping, a flow idle this long is done */
+#define RELAY_UDP_POLL_US 50u        /* default poll-mode sleep (see relay_udp.c, "Polling") */
+#define RELAY_UDP_POLL_MAX_US 1000u  /* largest poll-mode sleep tuning accepts */
+#define RELAY_UDP_POLL_ENTER 8u      /* datagrams in one loop iteration that start poll mode */
+#define RELAY_UDP_POLL_LEAVE 2u      /* fewer datagrams after a poll sleep end poll mode */
 #define RELAY_UDP_CTL 64u            /* control bytes per received datagram (pktinfo) */
+#define RELAY_UDP_GSO_MAX 1400u      /* largest datagram sent in a GSO run (fits a 1500 MTU) */
+#define RELAY_UDP_GSO_BYTES 60000u   /* most payload bytes in one GSO run */
 
 /* One UDP flow: a ct entry (first) plus its upstream socket and reply addressing. */
 struct relay_udp_flow {
@@ -28,6 +34,7 @@ struct relay_udp_flow {
     uint8_t dead;                  /* ended; freed after the current batch is flushed */
     uint8_t flow_key;              /* enum dp_flow_key, copied at creation */
     uint8_t ctl_len;               /* bytes in ctl (0: replies need no control message) */
+    uint8_t no_gso;                /* a GSO send of this flow failed: send datagram by datagram */
     int fd;                        /* connected upstream socket, -1 once ended */
     struct dp_listener *l;         /* listener it came in on; replies leave through it */
     uint32_t service_id;           /* service of that listener */
@@ -64,6 +71,8 @@ struct relay_udp_io {
     uint32_t batch;                /* datagrams per call (tuning, 1..RELAY_UDP_BATCH) */
     uint32_t slot;                 /* receive length per datagram (tuning, 1..RELAY_UDP_MAX) */
     uint32_t seq;                  /* stamp of the current listener batch (never 0) */
+    uint8_t gso;                   /* send GSO runs: the kernel takes UDP_SEGMENT (probed at
+                                      create) and tuning did not turn it off */
     /* listener side: client -> backend */
     struct mmsghdr in[RELAY_UDP_BATCH];          /* recvmmsg vector */
     struct iovec in_iov[RELAY_UDP_BATCH];        /* one slot each */
@@ -71,18 +80,24 @@ struct relay_udp_io {
     uint64_t in_ctl[RELAY_UDP_BATCH][RELAY_UDP_CTL / 8]; /* pktinfo per datagram */
     int16_t in_next[RELAY_UDP_BATCH];            /* next datagram of the same flow, -1 = none */
     struct relay_udp_flow *touched[RELAY_UDP_BATCH]; /* flows with datagrams in this batch */
-    struct mmsghdr snd[RELAY_UDP_BATCH];         /* one flow's datagrams, for sendmmsg */
-    struct iovec snd_iov[RELAY_UDP_BATCH];       /* their payloads (point into in slots) */
+    struct iovec snd_iov[RELAY_UDP_BATCH];       /* one flow's payloads (point into in slots) */
     /* client side: backend -> client, flushed once per loop iteration (or when full) */
     struct mmsghdr out[RELAY_UDP_BATCH];         /* recvmmsg target, then sendmmsg vector */
     struct iovec out_iov[RELAY_UDP_BATCH];       /* one slot each */
     struct relay_udp_flow *out_flow[RELAY_UDP_BATCH]; /* flow of each pending reply */
-    int32_t out_bid[RELAY_UDP_BATCH];            /* backend id it came from */
     uint32_t n_out;                              /* pending replies */
+    /* the send vector of one sendmmsg: one entry per datagram, or per GSO run of datagrams */
+    struct mmsghdr tx[RELAY_UDP_BATCH];          /* the vector */
+    uint64_t tx_ctl[RELAY_UDP_BATCH][8];         /* control: pktinfo + UDP_SEGMENT (64 bytes) */
+    struct relay_udp_flow *tx_flow[RELAY_UDP_BATCH]; /* flow of each entry */
+    uint16_t tx_cnt[RELAY_UDP_BATCH];            /* datagrams in each entry */
+    uint32_t tx_bytes[RELAY_UDP_BATCH];          /* payload bytes in each entry */
 };
 
 /* relay_udp.c: called by dp.c (the worker's loop, commands, create/destroy). */
 int relay_udp_io_create(struct relay_udp_io **out, uint32_t batch, uint32_t slot);
+/* 1 when this kernel takes UDP_SEGMENT (generic segmentation offload for UDP sends). */
+int relay_udp_gso_supported(void);
 void relay_udp_io_destroy(struct relay_udp_io *io);
 void relay_udp_read(struct dp_worker *w, struct dp_listener *l);
 void relay_udp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events);
