@@ -3,10 +3,32 @@
  * Design.
  *
  * Threads. dp_start() creates N pthreads with every signal blocked (signals stay with Python's
- * main thread). A worker owns an epoll instance, an eventfd, its listeners, its sessions (a
- * ct_table), its pipe pool, its scheduler state and its counters; nothing of it is shared except
- * the few fields marked "shared" in relay_tcp.h. Workers never touch Python objects: the Cython
- * class calls into this file with the GIL released and only converts results afterwards.
+ * main thread). A worker owns an epoll instance, an eventfd, its listeners, its TCP sessions and
+ * its UDP flows (one ct_table each), its pipe pool, its UDP batch buffers, its scheduler state
+ * and its counters; nothing of it is shared except the few fields marked "shared" in
+ * relay_tcp.h. Workers never touch Python objects: the Cython class calls into this file with
+ * the GIL released and only converts results afterwards.
+ *
+ * Loop. One iteration: epoll_wait; load the live table; hand each event to its relay (a TCP
+ * listener accepts, a UDP listener is read by recvmmsg, sockets of sessions and flows pump);
+ * pump the TCP ready list; flush the UDP replies gathered in the iteration (relay_udp.c);
+ * fire due timers of both tables; free what was closed; run queued commands. Under heavy UDP
+ * load the worker switches to poll mode (relay_udp.c, "Polling"): a short sleep before a
+ * non-blocking epoll_wait, so that arrivals queue up into deeper batches instead of waking it.
+ *
+ * Listeners. dp_add_listener() takes a listening TCP socket or a bound UDP socket (SO_TYPE says
+ * which), nonblocking either way; on a UDP socket bound to a wildcard address it turns on
+ * IP_PKTINFO / IPV6_RECVPKTINFO (the reply source, relay_udp.c). dp.c remembers every listener
+ * it was given (dp->lfd, under cmd_lock).
+ *
+ * Steering. A UDP service with flow_key 1 keys flows by the client address alone, but the
+ * kernel spreads a SO_REUSEPORT group over its sockets by the 4-tuple, so two ports of one
+ * client could land on two workers (two flows, maybe two backends). dp_steer_sync() therefore
+ * attaches a classic BPF program to each such group (SO_ATTACH_REUSEPORT_CBPF) that picks the
+ * socket by the source address only, sized to the number of sockets we were given for that
+ * address and port, and detaches it when the service no longer needs it. It runs after a
+ * publish that changes which services need it and after a UDP listener comes or goes. A caller
+ * must not keep, in a steered group, open sockets it did not give us (or took back).
  *
  * Commands. Other threads talk to a worker through a queue guarded by dp->cmd_lock plus a write
  * to the worker's eventfd. The worker drains its queue after each epoll batch (never in the
@@ -34,9 +56,10 @@
  * waits for a publisher and a publisher never waits for a worker.
  *
  * Stop. dp_stop() sets each worker's deadline and stop flag and wakes it. The worker takes its
- * listeners out of epoll, keeps relaying until it has no sessions or the deadline passes, then
- * resets what is left, answers pending commands and exits; dp_stop() joins every thread. The
- * caller keeps ownership of listener fds throughout: the data plane never closes them.
+ * listeners out of epoll, keeps relaying until it has no sessions and no flows or the deadline
+ * passes (a UDP flow idle for 250 ms counts as done), then resets what is left, answers pending
+ * commands and exits; dp_stop() joins every thread. The caller keeps ownership of listener fds
+ * throughout: the data plane never closes them.
  *
  * Counters. Per worker, single writer, relaxed stores (no locked instruction on the data path);
  * dp_stats() sums them with relaxed loads. The only shared read-modify-writes on the data path
@@ -50,6 +73,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <linux/filter.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -58,6 +82,13 @@
 #include <unistd.h>
 
 #include "relay_udp.h"
+
+#ifndef SO_ATTACH_REUSEPORT_CBPF
+#define SO_ATTACH_REUSEPORT_CBPF 51
+#endif
+#ifndef SO_DETACH_REUSEPORT_BPF
+#define SO_DETACH_REUSEPORT_BPF 68
+#endif
 
 #define DP_EVENTS 256u               /* epoll events per wait */
 #define DP_COPY_DEFAULT 16384u       /* default copy buffer (see relay_tcp.c, bench figures) */
@@ -468,6 +499,7 @@ int dp_create(uint32_t n_workers, struct dp **out)
     pthread_mutex_init(&dp->pub_lock, NULL);
     pthread_mutex_init(&dp->cmd_lock, NULL);
     pthread_mutex_init(&dp->stop_lock, NULL);
+    pthread_mutex_init(&dp->steer_lock, NULL);
     pthread_cond_init(&dp->cmd_cond, NULL);
     dp->shared = calloc(1, sizeof(*dp->shared));
     dp->workers = calloc(n_workers, sizeof(*dp->workers));
@@ -620,6 +652,82 @@ int dp_start(struct dp *dp)
     return rc;
 }
 
+/* Attach to fd's SO_REUSEPORT group a classic BPF program that picks the group member by the
+ * client's address alone: index = ((xor of the source address words) * golden ratio >> 16) mod
+ * n. IPv4 packets (also those a dual-stack IPv6 socket receives) hash their one address word,
+ * IPv6 packets their four. An index the group does not have makes the kernel fall back to its
+ * own 4-tuple hash, so a wrong n costs spread, never datagrams. */
+static int dp_steer_attach(int fd, uint32_t n)
+{
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_H | BPF_ABS, (uint32_t)(SKF_AD_OFF + SKF_AD_PROTOCOL)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x86dd, 0, 10),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (uint32_t)(SKF_NET_OFF + 8)),
+        BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (uint32_t)(SKF_NET_OFF + 12)),
+        BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (uint32_t)(SKF_NET_OFF + 16)),
+        BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (uint32_t)(SKF_NET_OFF + 20)),
+        BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        BPF_JUMP(BPF_JMP | BPF_JA, 1, 0, 0),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (uint32_t)(SKF_NET_OFF + 12)), /* IPv4 source */
+        BPF_STMT(BPF_ALU | BPF_MUL | BPF_K, 0x9e3779b1u),
+        BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),
+        BPF_STMT(BPF_RET | BPF_A, 0),
+    };
+    struct sock_fprog prog = { .len = sizeof(code) / sizeof(code[0]), .filter = code };
+
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) < 0 ? -errno
+                                                                                          : 0;
+}
+
+/* Steering (see relay_udp.c, "Flows"): a flow keyed by the client address alone must see every
+ * port of that address on one worker, but the kernel spreads a SO_REUSEPORT group by the 4-tuple.
+ * For each group of UDP listeners (same family, address and port) whose service has flow_key 1
+ * and more than one member, attach dp_steer_attach() sized to the group; detach it when that is
+ * no longer so. Called with steer_lock held (it reads steer_svc); takes cmd_lock. */
+static void dp_steer_sync(struct dp *dp)
+{
+    uint32_t i, j, n, want, have;
+    int ok, same, zero = 0;
+
+    pthread_mutex_lock(&dp->cmd_lock);
+    for (i = 0; i < dp->n_lfd; i++)
+        dp->lfd[i].mark = 0;
+    for (i = 0; i < dp->n_lfd; i++) {
+        struct dp_lfd *a = &dp->lfd[i];
+        if (a->proto != DP_PROTO_UDP || a->mark)
+            continue;
+        for (n = 0, same = 1, have = a->steered, j = i; j < dp->n_lfd; j++) {
+            struct dp_lfd *b = &dp->lfd[j];
+            if (b->proto != DP_PROTO_UDP || b->family != a->family || b->lport != a->lport ||
+                memcmp(b->laddr, a->laddr, 16) != 0)
+                continue;
+            b->mark = 1;
+            n++;
+            same &= b->steered == have;
+        }
+        want = dp->steer_svc[a->service_id] && n > 1 ? n : 0;
+        if (same && want == have)
+            continue;
+        if (want)
+            ok = dp_steer_attach(a->fd, want) == 0;
+        else /* kernels before 5.14 cannot detach: the program then stays (it only coarsens) */
+            ok = setsockopt(a->fd, SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &zero, sizeof(zero)) == 0 ||
+                 errno == ENOENT;
+        for (j = i; ok && j < dp->n_lfd; j++)
+            if (dp->lfd[j].mark && dp->lfd[j].proto == DP_PROTO_UDP &&
+                dp->lfd[j].family == a->family && dp->lfd[j].lport == a->lport &&
+                memcmp(dp->lfd[j].laddr, a->laddr, 16) == 0)
+                dp->lfd[j].steered = want;
+    }
+    pthread_mutex_unlock(&dp->cmd_lock);
+}
+
 int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
 {
     struct dp_listener *l;
@@ -697,16 +805,13 @@ int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
     if (dp->state == 2)
         rc = -ESHUTDOWN;
     for (i = 0; !rc && i < dp->n_lfd; i++)
-        if (dp->lfd[i] == fd)
+        if (dp->lfd[i].fd == fd)
             rc = -EEXIST;
     if (!rc && dp->n_lfd == dp->cap_lfd) {
         uint32_t cap = dp->cap_lfd ? dp->cap_lfd * 2 : 16;
-        int *a = realloc(dp->lfd, cap * sizeof(*a));
-        uint32_t *b = a ? realloc(dp->lfd_worker, cap * sizeof(*b)) : NULL;
-        if (a)
+        struct dp_lfd *a = realloc(dp->lfd, cap * sizeof(*a));
+        if (a) {
             dp->lfd = a;
-        if (b) {
-            dp->lfd_worker = b;
             dp->cap_lfd = cap;
         } else
             rc = -ENOMEM;
@@ -719,13 +824,27 @@ int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
             rc = c.rc;
     }
     if (!rc) {
-        dp->lfd[dp->n_lfd] = fd;
-        dp->lfd_worker[dp->n_lfd++] = worker;
+        struct dp_lfd *e = &dp->lfd[dp->n_lfd++];
+        memset(e, 0, sizeof(*e));
+        e->fd = fd;
+        e->worker = worker;
+        e->service_id = service_id;
+        e->proto = l->proto;
+        e->family = l->family;
+        e->lport = l->lport;
+        memcpy(e->laddr, l->laddr, 16);
     }
     pthread_mutex_unlock(&dp->cmd_lock);
-    if (rc)
+    if (rc) {
         free(l);
-    return rc;
+        return rc;
+    }
+    if (l->proto == DP_PROTO_UDP) {
+        pthread_mutex_lock(&dp->steer_lock);
+        dp_steer_sync(dp);
+        pthread_mutex_unlock(&dp->steer_lock);
+    }
+    return 0;
 }
 
 int dp_remove_listener(struct dp *dp, int fd)
@@ -733,25 +852,30 @@ int dp_remove_listener(struct dp *dp, int fd)
     struct dp_cmd c = { .type = DP_CMD_DEL_LISTENER, .fd = fd };
     struct dp_worker *w;
     uint32_t i;
-    int rc;
+    int rc, udp;
 
     pthread_mutex_lock(&dp->cmd_lock);
     for (i = 0; i < dp->n_lfd; i++)
-        if (dp->lfd[i] == fd)
+        if (dp->lfd[i].fd == fd)
             break;
     if (i == dp->n_lfd) {
         pthread_mutex_unlock(&dp->cmd_lock);
         return -ENOENT;
     }
-    w = &dp->workers[dp->lfd_worker[i]];
+    w = &dp->workers[dp->lfd[i].worker];
+    udp = dp->lfd[i].proto == DP_PROTO_UDP;
     dp->lfd[i] = dp->lfd[dp->n_lfd - 1];
-    dp->lfd_worker[i] = dp->lfd_worker[dp->n_lfd - 1];
     dp->n_lfd--;
     if (dp_call_locked(dp, w, &c) == -ESRCH)
         rc = dp_listener_drop(w, fd); /* not running: its state is ours to change */
     else
         rc = c.rc;
     pthread_mutex_unlock(&dp->cmd_lock);
+    if (udp) { /* its group shrank: steer over the members left */
+        pthread_mutex_lock(&dp->steer_lock);
+        dp_steer_sync(dp);
+        pthread_mutex_unlock(&dp->steer_lock);
+    }
     return rc;
 }
 
@@ -779,6 +903,7 @@ int dp_publish(struct dp *dp, const uint8_t *blob, size_t len, uint64_t *generat
                size_t errlen)
 {
     struct dp_table *t = NULL, *old;
+    uint8_t steer[DP_MAX_SERVICES];
     uint64_t g;
     uint32_t i;
     int rc;
@@ -788,6 +913,10 @@ int dp_publish(struct dp *dp, const uint8_t *blob, size_t len, uint64_t *generat
     rc = dp_table_parse(blob, len, &t, err, errlen);
     if (rc)
         return rc;
+    memset(steer, 0, sizeof(steer)); /* read t while it is still ours alone */
+    for (i = 0; i < t->n_services; i++)
+        steer[t->services[i].service_id] = t->services[i].protocol == DP_PROTO_UDP &&
+                                           t->services[i].flow_key == DP_FLOW_SRC_IP;
     pthread_mutex_lock(&dp->pub_lock);
     if (dp->n_retired == dp->cap_retired) {
         uint32_t cap = dp->cap_retired ? dp->cap_retired * 2 : 8;
@@ -814,6 +943,15 @@ int dp_publish(struct dp *dp, const uint8_t *blob, size_t len, uint64_t *generat
         if (dp->workers[i].thread_started)
             dp_wake(&dp->workers[i]);
     pthread_mutex_unlock(&dp->cmd_lock);
+    pthread_mutex_lock(&dp->steer_lock);
+    if (g > dp->steer_gen) { /* a later publish may have overtaken us here: it wins */
+        dp->steer_gen = g;
+        if (memcmp(dp->steer_svc, steer, sizeof(steer)) != 0) {
+            memcpy(dp->steer_svc, steer, sizeof(steer));
+            dp_steer_sync(dp);
+        }
+    }
+    pthread_mutex_unlock(&dp->steer_lock);
     *generation = g;
     return 0;
 }
@@ -1112,7 +1250,7 @@ void dp_destroy(struct dp *dp)
     free(dp->workers);
     free(dp->shared);
     free(dp->lfd);
-    free(dp->lfd_worker);
+    pthread_mutex_destroy(&dp->steer_lock);
     pthread_mutex_destroy(&dp->pub_lock);
     pthread_mutex_destroy(&dp->cmd_lock);
     pthread_mutex_destroy(&dp->stop_lock);

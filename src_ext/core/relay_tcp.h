@@ -149,6 +149,20 @@ struct dp_cmd {
     struct dp_internals *internals;/* INTERNALS: accumulated into by the worker */
 };
 
+/* What dp.c keeps of each listener it was given (under dp->cmd_lock). */
+struct dp_lfd {
+    int fd;                        /* the caller's socket */
+    uint32_t worker;               /* the worker that polls it */
+    uint32_t service_id;           /* its service */
+    uint8_t proto;                 /* DP_PROTO_TCP or DP_PROTO_UDP */
+    uint8_t family;                /* 4 or 6 */
+    uint16_t lport;                /* local port */
+    uint8_t laddr[16];             /* local address */
+    uint32_t steered;              /* udp: size of the client-address steering program attached
+                                      to its SO_REUSEPORT group, 0 = none (dp.c, "Steering") */
+    uint8_t mark;                  /* scratch of dp_steer_sync */
+};
+
 struct dp;
 struct relay_udp_io;
 struct relay_udp_flow;
@@ -209,10 +223,12 @@ struct dp {
     pthread_cond_t cmd_cond;       /* broadcast when a command completes */
     pthread_mutex_t stop_lock;     /* serialises dp_stop() callers */
     int state;                     /* 0 created, 1 running, 2 stopped (under cmd_lock) */
-    int *lfd;                      /* fds of all listeners (under cmd_lock) */
-    uint32_t *lfd_worker;          /* owning worker of each lfd entry */
+    struct dp_lfd *lfd;            /* every listener (under cmd_lock) */
     uint32_t n_lfd;                /* entries in lfd */
     uint32_t cap_lfd;              /* capacity of lfd */
+    pthread_mutex_t steer_lock;    /* serialises steering updates; taken before cmd_lock */
+    uint64_t steer_gen;            /* generation steer_svc was taken from (under steer_lock) */
+    uint8_t steer_svc[DP_MAX_SERVICES]; /* 1: udp service with flow_key 1 (under steer_lock) */
     uint32_t copy_threshold;       /* relay tuning: copy buffer size (0 = always splice) */
     uint32_t pipe_size;            /* relay tuning: pipe capacity */
     uint8_t copy_only;             /* relay tuning: never splice bulk data (benchmarks) */

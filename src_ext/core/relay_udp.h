@@ -21,8 +21,8 @@
 #define RELAY_UDP_STOP_IDLE_MS 250u  /* while stopping, a flow idle this long is done */
 #define RELAY_UDP_POLL_US 50u        /* default poll-mode sleep (see relay_udp.c, "Polling") */
 #define RELAY_UDP_POLL_MAX_US 1000u  /* largest poll-mode sleep tuning accepts */
-#define RELAY_UDP_POLL_ENTER 8u      /* datagrams in one loop iteration that start poll mode */
-#define RELAY_UDP_POLL_LEAVE 2u      /* fewer datagrams after a poll sleep end poll mode */
+#define RELAY_UDP_POLL_ENTER 32u     /* datagrams in one loop iteration that start poll mode */
+#define RELAY_UDP_POLL_LEAVE 8u      /* fewer datagrams after a poll sleep end poll mode */
 #define RELAY_UDP_CTL 64u            /* control bytes per received datagram (pktinfo) */
 #define RELAY_UDP_GSO_MAX 1400u      /* largest datagram sent in a GSO run (fits a 1500 MTU) */
 #define RELAY_UDP_GSO_BYTES 60000u   /* most payload bytes in one GSO run */

@@ -1469,3 +1469,41 @@ def test_udp_steady_flows_allocate_nothing(tmp_path: Any) -> None:
                                       "-Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc"])
     figures = run_udp_stress(exe)
     assert figures["allocs"] == "0", figures
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_udp_address_keyed_flows_keep_every_port_on_one_worker(host: str) -> None:
+    """flow_key 1 with two workers: a reuseport steering program sends every port of one client
+    address to the same worker, so 40 ports make one flow; with flow_key 0 again (program
+    detached) every port is a flow of its own."""
+    backends = [udp_sock(host) for _ in range(2)]
+    lb = LB(CDataplane, 2, host)
+    clients: list[socket.socket] = []
+    try:
+        lb.dp.start()
+        lb.listen(SVC, "udp")
+
+        def publish(flow_key: str) -> None:
+            lb.publish([ServiceSpec(SVC, tuple(BackendSpec(f"b{i}", host, b.getsockname()[1])
+                                               for i, b in enumerate(backends)),
+                                    protocol="udp", idle_timeout_ms=UDP_IDLE_MS,
+                                    flow_key=flow_key)])
+
+        def ask_from_new_ports(count: int) -> None:
+            for _ in range(count):
+                client = udp_sock(host)
+                clients.append(client)
+                client.sendto(b"x", lb.addr())
+
+        publish("address")
+        ask_from_new_ports(40)
+        assert wait_for(lambda: lb.svc_stats().get("datagrams_in") == 40, 5)
+        assert lb.svc_stats()["flows_created"] == 1
+        publish("address_port")
+        ask_from_new_ports(40)
+        assert wait_for(lambda: lb.svc_stats().get("datagrams_in") == 80, 5)
+        assert lb.svc_stats()["flows_created"] == 41
+    finally:
+        lb.close()
+        for sock in backends + clients:
+            sock.close()
