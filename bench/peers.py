@@ -167,8 +167,9 @@ def l4lb_config(front: Ports, back: Ports, control_socket: str, udp: bool) -> st
 
 def l4lb_service(name: str, proto: str, listen: str, backends: list[str]) -> list[str]:
     """The TOML lines of one l4lb service."""
+    idle = 'udp_idle_timeout = "300s"' if proto == "udp" else 'idle_timeout = "300s"'
     out = ["[[services]]", f'name = "{name}"', f'protocol = "{proto}"', f'listen = ["{listen}"]',
-           'scheduler = "round_robin"', 'idle_timeout = "300s"', ""]
+           'scheduler = "round_robin"', idle, ""]
     for b in backends:
         out += ["[[services.backends]]", f'address = "{b}"', ""]
     return out
