@@ -28,7 +28,8 @@ class DataplaneAPI(Protocol):
                                    "bytes_to_backend", "bytes_to_client", "accept_errors"}},
          "backends": {backend_id: {"conns_total", "conns_active", "connect_failures",
                                    "bytes_to_backend", "bytes_to_client"}}}
-    with every value an int; ids that never saw traffic may be absent.
+    with every value an int; ids that never saw traffic may be absent (the C module returns
+    every key, TCP and UDP, in every dict it returns; the reference only those it counts).
 
     UDP services (protocol 1 in the table) get bound, nonblocking SOCK_DGRAM sockets through
     add_listener (the data plane sets IP_PKTINFO / IPV6_RECVPKTINFO itself on a wildcard
@@ -36,6 +37,8 @@ class DataplaneAPI(Protocol):
     flows_expired (ended for any reason), flows_active, drops_max_flows, drops_no_backend,
     drops_truncated, drops_send; per backend: datagrams_to_backend, datagrams_to_client,
     flows_active, flows_total (bytes_* as for TCP; ICMP refusals count as connect_failures).
+    A UDP socket must be bound (and nonblocking) or add_listener refuses it. On stop, UDP flows
+    keep relaying replies until each has been idle for 250 ms or the deadline passes.
     flows() returns one dict per UDP flow: {"service_id", "backend_id", "client": (host, port),
     "started", "last_seen", and datagrams and bytes each way}.
 

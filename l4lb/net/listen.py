@@ -22,6 +22,8 @@ from l4lb.config.model import Endpoint
 IP_FREEBIND = 15  # linux/in.h: bind to an address not (yet) on this host (VIPs on the standby)
 IPV6_FREEBIND = 78  # linux/in6.h: the same for IPv6 sockets
 IP_PKTINFO = 8  # linux/in.h: receive the destination address of each datagram
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF above net.core.rmem_max (CAP_NET_ADMIN)
+UDP_RCVBUF = 4 << 20  # a UDP listener's receive buffer: the 208 KiB default holds ~1 ms at 200k/s
 
 
 class ListenError(OSError):
@@ -58,6 +60,11 @@ def _new_socket(endpoint: Endpoint, reuseport: bool, protocol: str = "tcp") -> s
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        if protocol == "udp":
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_RCVBUF)
+            except PermissionError:  # not root: as much as net.core.rmem_max allows
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
         if protocol == "udp" and endpoint.host in ("0.0.0.0", "::"):
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
