@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -105,6 +106,16 @@ class DemoBackend:
             await self.server.wait_closed()
 
 
+def _own_command() -> str:
+    """How to run this same l4lb from another terminal: `l4lb` when that is what PATH finds,
+    else the full path of the script (e.g. .venv/bin/l4lb), else `python -m l4lb`."""
+    argv0 = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.basename(argv0) == "l4lb" and os.access(argv0, os.X_OK):
+        on_path = shutil.which("l4lb")
+        return "l4lb" if on_path and os.path.realpath(on_path) == argv0 else argv0
+    return f"{sys.executable} -m l4lb"
+
+
 def render_config(host: str, port: int, ports: list[int]) -> str:
     """The demo's TOML with the real backend ports filled in."""
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -140,11 +151,12 @@ async def run_demo(host: str, port: int, duration: float | None, show_config: bo
         daemon.start()
         tty = sys.stdout.isatty()
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        me = _own_command()
         tries = [(f"curl -s http://{where}/", "each request names the backend that answered"),
                  (f"nc {'-6 ' if ':' in host else ''}{host} {port}",
                   "a greeting, then every line you type is echoed"),
-                 (f"l4lb status --socket {control_path}", "states and counters"),
-                 (f"l4lb drain demo backend-2 --socket {control_path}", "no new sessions")]
+                 (f"{me} status --socket {control_path}", "states and counters"),
+                 (f"{me} drain demo backend-2 --socket {control_path}", "no new sessions")]
         width = max(len(cmd) for cmd, _ in tries)
         print(f"l4lb demo: balancing {where} over 3 local backends (round_robin).\n"
               "Try, in another terminal:\n"
