@@ -16,6 +16,7 @@ from l4lb import __version__
 from l4lb.config import Config, ConfigError, load_file
 from l4lb.config.model import GlobalSettings
 from l4lb.control import ControlError, request
+from l4lb.daemon import EXIT_CONFIG
 from l4lb.dataplane import DataplaneUnavailable, compiled_available, reference_requested
 from l4lb.display import (
     BACKEND_HEADERS,
@@ -51,10 +52,10 @@ def _load_or_exit(path: str) -> Config:
         return load_file(path)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
-        sys.exit(1)
+        sys.exit(EXIT_CONFIG)
     except OSError as exc:
         click.echo(f"{path}: error: cannot read configuration: {exc.strerror or exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_CONFIG)
 
 
 @cli.command()

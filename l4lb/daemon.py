@@ -47,7 +47,7 @@ log = logging.getLogger("l4lb")
 # Exit codes of `l4lb run` (documented in docs/cli.md).
 EXIT_OK = 0
 EXIT_CONFIG = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # click's own code for a usage error
 EXIT_LISTEN = 3
 EXIT_DATAPLANE = 4
 

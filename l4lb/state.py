@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from l4lb.config.model import Backend, Config, Service
+from l4lb.config.model import Backend, Config
 
 AdminState = Literal["up", "drain", "maint"]
 HealthState = Literal["up", "down"]
@@ -93,10 +93,3 @@ class Runtime:
 def address_text(backend: Backend) -> str:
     """The backend's address exactly as written in the file."""
     return backend.address.text or str(backend.address)
-
-
-def service_by_name(config: Config, name: str) -> Service:
-    for service in config.services:
-        if service.name == name:
-            return service
-    raise StateError(f"no service named {name!r}")
