@@ -1011,24 +1011,20 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
     return 0;
 }
 
-int dp_sessions(struct dp *dp, struct dp_session_info **out, size_t *n)
+/* Queue a command of `type` to every running worker, then wait for all of them (the snapshots
+ * are taken concurrently). Returns the per-worker commands (calloc'ed, the caller frees them and
+ * what they point to), or NULL when out of memory. */
+static struct dp_cmd *dp_ask_all(struct dp *dp, enum dp_cmd_type type)
 {
-    struct dp_cmd *cmds;
-    struct dp_session_info *all = NULL;
-    size_t total = 0, k;
+    struct dp_cmd *cmds = calloc(dp->n_workers, sizeof(*cmds));
     uint32_t i;
-    int rc = 0;
 
-    *out = NULL;
-    *n = 0;
-    cmds = calloc(dp->n_workers, sizeof(*cmds));
     if (!cmds)
-        return -ENOMEM;
+        return NULL;
     pthread_mutex_lock(&dp->cmd_lock);
-    /* queue to every worker first, then wait for all: the snapshots are taken concurrently */
     for (i = 0; i < dp->n_workers; i++) {
         struct dp_worker *w = &dp->workers[i];
-        cmds[i].type = DP_CMD_SNAPSHOT;
+        cmds[i].type = type;
         cmds[i].done = 1;
         if (!w->thread_started || w->exited)
             continue;
@@ -1044,6 +1040,22 @@ int dp_sessions(struct dp *dp, struct dp_session_info **out, size_t *n)
         while (!cmds[i].done)
             pthread_cond_wait(&dp->cmd_cond, &dp->cmd_lock);
     pthread_mutex_unlock(&dp->cmd_lock);
+    return cmds;
+}
+
+int dp_sessions(struct dp *dp, struct dp_session_info **out, size_t *n)
+{
+    struct dp_cmd *cmds;
+    struct dp_session_info *all = NULL;
+    size_t total = 0, k;
+    uint32_t i;
+    int rc = 0;
+
+    *out = NULL;
+    *n = 0;
+    cmds = dp_ask_all(dp, DP_CMD_SNAPSHOT);
+    if (!cmds)
+        return -ENOMEM;
     for (i = 0; i < dp->n_workers; i++) {
         if (cmds[i].rc)
             rc = cmds[i].rc;
@@ -1086,29 +1098,9 @@ int dp_flows(struct dp *dp, struct dp_flow_info **out, size_t *n)
 
     *out = NULL;
     *n = 0;
-    cmds = calloc(dp->n_workers, sizeof(*cmds));
+    cmds = dp_ask_all(dp, DP_CMD_FLOWS);
     if (!cmds)
         return -ENOMEM;
-    pthread_mutex_lock(&dp->cmd_lock);
-    /* like dp_sessions: queue to every worker, then wait for all */
-    for (i = 0; i < dp->n_workers; i++) {
-        struct dp_worker *w = &dp->workers[i];
-        cmds[i].type = DP_CMD_FLOWS;
-        cmds[i].done = 1;
-        if (!w->thread_started || w->exited)
-            continue;
-        cmds[i].done = 0;
-        if (w->cmd_tail)
-            w->cmd_tail->next = &cmds[i];
-        else
-            w->cmd_head = &cmds[i];
-        w->cmd_tail = &cmds[i];
-        dp_wake(w);
-    }
-    for (i = 0; i < dp->n_workers; i++)
-        while (!cmds[i].done)
-            pthread_cond_wait(&dp->cmd_cond, &dp->cmd_lock);
-    pthread_mutex_unlock(&dp->cmd_lock);
     for (i = 0; i < dp->n_workers; i++) {
         if (cmds[i].rc)
             rc = cmds[i].rc;
