@@ -105,16 +105,6 @@ static inline struct relay_session *relay_of_bep(struct dp_ep *ep)
     return (struct relay_session *)((char *)ep - offsetof(struct relay_session, bep));
 }
 
-static inline void relay_svc_add(struct dp_worker *w, uint32_t sid, int idx, int64_t v)
-{
-    DP_CNT_ADD(&w->cnt->svc[sid][idx], v);
-}
-
-static inline void relay_be_add(struct dp_worker *w, int32_t bid, int idx, int64_t v)
-{
-    DP_CNT_ADD(&w->cnt->be[(uint32_t)bid][idx], v);
-}
-
 /* Close fd so the peer sees a reset (SO_LINGER with a zero timeout). */
 static void relay_rst_close(int fd)
 {
@@ -183,7 +173,7 @@ static void relay_release_backend(struct dp_worker *w, struct relay_session *s)
     if (s->backend_id < 0)
         return;
     atomic_fetch_sub_explicit(&w->dp->shared->active[s->backend_id], 1, memory_order_relaxed);
-    relay_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, -1);
+    dp_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, -1);
     s->backend_id = -1;
 }
 
@@ -211,7 +201,7 @@ static void relay_kill(struct dp_worker *w, struct relay_session *s, int rst)
     relay_drop_pipe(w, &s->b2c);
     relay_release_backend(w, s);
     atomic_fetch_sub_explicit(&w->dp->shared->svc_active[s->service_id], 1, memory_order_relaxed);
-    relay_svc_add(w, s->service_id, DP_SC_CONNS_ACTIVE, -1);
+    dp_svc_add(w, s->service_id, DP_SC_CONNS_ACTIVE, -1);
     ct_timer_cancel(&w->ct, &s->ct);
     ct_remove(&w->ct, &s->ct);
     relay_ready_del(w, s);
@@ -346,14 +336,14 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         }
         const struct dp_backend *b = &t->backends[idx];
         if (first)
-            relay_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);
+            dp_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);
         first = 0;
         s->slot = slot;
         s->pick_gen = t->generation;
         s->tried_ids[s->n_tried++] = b->backend_id;
         s->backend_id = (int32_t)b->backend_id;
         atomic_fetch_add_explicit(&w->dp->shared->active[b->backend_id], 1, memory_order_relaxed);
-        relay_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, 1);
+        dp_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, 1);
         rc = relay_start_connect(w, s, b);
         if (rc == 0) {
             relay_established(w, s);
@@ -365,22 +355,22 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         }
         relay_release_backend(w, s);
         if (relay_local_error(-rc)) {
-            relay_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
+            dp_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
             relay_kill(w, s, 1);
             return;
         }
-        relay_be_add(w, (int32_t)b->backend_id, DP_BC_CONNECT_FAILURES, 1);
+        dp_be_add(w, (int32_t)b->backend_id, DP_BC_CONNECT_FAILURES, 1);
         s->failures++;
         if (s->failures > s->retries)
             break;
     }
     if (first && weighted) {
         /* every weighted backend is at its max_connections: a capacity refusal */
-        relay_svc_add(w, s->service_id, DP_SC_REJECTED, 1);
+        dp_svc_add(w, s->service_id, DP_SC_REJECTED, 1);
     } else {
         if (first)
-            relay_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);
-        relay_svc_add(w, s->service_id, DP_SC_NO_BACKEND, 1);
+            dp_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);
+        dp_svc_add(w, s->service_id, DP_SC_NO_BACKEND, 1);
     }
     relay_kill(w, s, 1);
 }
@@ -397,10 +387,10 @@ static void relay_connect_failed(struct dp_worker *w, struct relay_session *s)
     }
     relay_release_backend(w, s);
     if (bid >= 0)
-        relay_be_add(w, bid, DP_BC_CONNECT_FAILURES, 1);
+        dp_be_add(w, bid, DP_BC_CONNECT_FAILURES, 1);
     s->failures++;
     if (s->failures > s->retries) {
-        relay_svc_add(w, s->service_id, DP_SC_NO_BACKEND, 1);
+        dp_svc_add(w, s->service_id, DP_SC_NO_BACKEND, 1);
         relay_kill(w, s, 1);
         return;
     }
@@ -412,7 +402,7 @@ static void relay_established(struct dp_worker *w, struct relay_session *s)
 {
     ct_timer_cancel(&w->ct, &s->ct);
     s->state = RELAY_ESTABLISHED;
-    relay_be_add(w, s->backend_id, DP_BC_CONNS_TOTAL, 1);
+    dp_be_add(w, s->backend_id, DP_BC_CONNS_TOTAL, 1);
     s->last_active_ms = w->now_ms;
     if (s->idle_timeout_ms)
         ct_timer_arm(&w->ct, &s->ct, w->now_ms + s->idle_timeout_ms);
@@ -426,12 +416,12 @@ static inline void relay_account(struct dp_worker *w, struct relay_session *s, i
 {
     if (c2b) {
         s->bytes_c2b += n;
-        relay_svc_add(w, s->service_id, DP_SC_BYTES_TO_BACKEND, (int64_t)n);
-        relay_be_add(w, s->backend_id, DP_BC_BYTES_TO_BACKEND, (int64_t)n);
+        dp_svc_add(w, s->service_id, DP_SC_BYTES_TO_BACKEND, (int64_t)n);
+        dp_be_add(w, s->backend_id, DP_BC_BYTES_TO_BACKEND, (int64_t)n);
     } else {
         s->bytes_b2c += n;
-        relay_svc_add(w, s->service_id, DP_SC_BYTES_TO_CLIENT, (int64_t)n);
-        relay_be_add(w, s->backend_id, DP_BC_BYTES_TO_CLIENT, (int64_t)n);
+        dp_svc_add(w, s->service_id, DP_SC_BYTES_TO_CLIENT, (int64_t)n);
+        dp_be_add(w, s->backend_id, DP_BC_BYTES_TO_CLIENT, (int64_t)n);
     }
 }
 
@@ -580,7 +570,7 @@ reset:
     return -1;
 
 local_failure:
-    relay_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
+    dp_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
     relay_kill(w, s, 1);
     return -1;
 }
@@ -710,21 +700,21 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     int32_t prev;
 
     if (!svc || svc->protocol != DP_PROTO_TCP) {
-        relay_svc_add(w, sid, DP_SC_CONNS_TOTAL, 1);
-        relay_svc_add(w, sid, DP_SC_NO_BACKEND, 1);
+        dp_svc_add(w, sid, DP_SC_CONNS_TOTAL, 1);
+        dp_svc_add(w, sid, DP_SC_NO_BACKEND, 1);
         relay_rst_close(fd);
         return;
     }
     prev = atomic_fetch_add_explicit(&w->dp->shared->svc_active[sid], 1, memory_order_relaxed);
     if (svc->max_connections && (uint32_t)prev >= svc->max_connections) {
         atomic_fetch_sub_explicit(&w->dp->shared->svc_active[sid], 1, memory_order_relaxed);
-        relay_svc_add(w, sid, DP_SC_REJECTED, 1);
+        dp_svc_add(w, sid, DP_SC_REJECTED, 1);
         relay_rst_close(fd);
         return;
     }
     if (ct_alloc(&w->ct, &e) != 0) {
         atomic_fetch_sub_explicit(&w->dp->shared->svc_active[sid], 1, memory_order_relaxed);
-        relay_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
+        dp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
         relay_rst_close(fd);
         return;
     }
@@ -760,14 +750,14 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     e->key.lport = l->lport;
     memcpy(e->key.laddr, l->laddr, 16);
     (void)ct_insert(&w->ct, e); /* only diagnostics use the index; ENOMEM is not fatal */
-    relay_svc_add(w, sid, DP_SC_CONNS_ACTIVE, 1); /* conns_total: at the first pick */
+    dp_svc_add(w, sid, DP_SC_CONNS_ACTIVE, 1); /* conns_total: at the first pick */
     relay_nodelay(fd);
     /* edge-triggered from the start: events while connecting only matter for resets, and the
      * pump drains whatever arrived once the backend is up */
     struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                               .data.ptr = &s->cep };
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        relay_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
+        dp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
         relay_kill(w, s, 1);
         return;
     }
@@ -802,17 +792,17 @@ void relay_tcp_accept(struct dp_worker *w, struct dp_listener *l)
             case EHOSTUNREACH:
             case EOPNOTSUPP:
             case ENETUNREACH:
-                relay_svc_add(w, l->service_id, DP_SC_ACCEPT_ERRORS, 1);
+                dp_svc_add(w, l->service_id, DP_SC_ACCEPT_ERRORS, 1);
                 continue; /* the new connection died before we took it */
             case EMFILE:
             case ENFILE:
             case ENOBUFS:
             case ENOMEM:
-                relay_svc_add(w, l->service_id, DP_SC_ACCEPT_ERRORS, 1);
+                dp_svc_add(w, l->service_id, DP_SC_ACCEPT_ERRORS, 1);
                 relay_tcp_pause_listeners(w);
                 return;
             default:
-                relay_svc_add(w, l->service_id, DP_SC_ACCEPT_ERRORS, 1);
+                dp_svc_add(w, l->service_id, DP_SC_ACCEPT_ERRORS, 1);
                 return;
             }
         }

@@ -259,4 +259,15 @@ void relay_tcp_close_all(struct dp_worker *w);
 void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out);
 void relay_tcp_pause_listeners(struct dp_worker *w);
 
+/* Add v to a service's / a backend's counter `idx` of this worker (single writer). */
+static inline void dp_svc_add(struct dp_worker *w, uint32_t sid, int idx, int64_t v)
+{
+    DP_CNT_ADD(&w->cnt->svc[sid][idx], v);
+}
+
+static inline void dp_be_add(struct dp_worker *w, int32_t bid, int idx, int64_t v)
+{
+    DP_CNT_ADD(&w->cnt->be[(uint32_t)bid][idx], v);
+}
+
 #endif

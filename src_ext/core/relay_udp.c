@@ -160,16 +160,6 @@ static inline struct relay_udp_flow *udp_of_ep(struct dp_ep *ep)
     return (struct relay_udp_flow *)((char *)ep - offsetof(struct relay_udp_flow, ep));
 }
 
-static inline void udp_svc_add(struct dp_worker *w, uint32_t sid, int idx, int64_t v)
-{
-    DP_CNT_ADD(&w->cnt->svc[sid][idx], v);
-}
-
-static inline void udp_be_add(struct dp_worker *w, int32_t bid, int idx, int64_t v)
-{
-    DP_CNT_ADD(&w->cnt->be[(uint32_t)bid][idx], v);
-}
-
 /* True for errors that say this host ran out of something, not that a backend failed. */
 static int udp_local_error(int err)
 {
@@ -261,11 +251,11 @@ static void udp_flow_end(struct dp_worker *w, struct relay_udp_flow *f, int fail
     }
     atomic_fetch_sub_explicit(&w->dp->shared->active[f->backend_id], 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&w->dp->shared->svc_active[f->service_id], 1, memory_order_relaxed);
-    udp_svc_add(w, f->service_id, DP_SC_FLOWS_EXPIRED, 1);
-    udp_svc_add(w, f->service_id, DP_SC_FLOWS_ACTIVE, -1);
-    udp_be_add(w, f->backend_id, DP_BC_FLOWS_ACTIVE, -1);
+    dp_svc_add(w, f->service_id, DP_SC_FLOWS_EXPIRED, 1);
+    dp_svc_add(w, f->service_id, DP_SC_FLOWS_ACTIVE, -1);
+    dp_be_add(w, f->backend_id, DP_BC_FLOWS_ACTIVE, -1);
     if (failed)
-        udp_be_add(w, f->backend_id, DP_BC_CONNECT_FAILURES, 1);
+        dp_be_add(w, f->backend_id, DP_BC_CONNECT_FAILURES, 1);
     ct_timer_cancel(&w->uct, &f->ct);
     ct_remove(&w->uct, &f->ct);
     f->grave_next = w->ugrave;
@@ -419,14 +409,14 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
     prev = atomic_fetch_add_explicit(sact, 1, memory_order_relaxed);
     if (svc->max_flows && prev >= 0 && (uint32_t)prev >= svc->max_flows) {
         atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
-        udp_svc_add(w, sid, DP_SC_DROPS_MAX_FLOWS, 1);
+        dp_svc_add(w, sid, DP_SC_DROPS_MAX_FLOWS, 1);
         return NULL;
     }
     if (sched_pick(t, svc, w->dp->shared, w->sw,
                    dp_flow_hash(t->hash_seed, k->family, k->caddr, cport, svc->hash_key), NULL, 0,
                    &slot, &idx) != 0) {
         atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
-        udp_svc_add(w, sid, DP_SC_DROPS_NO_BACKEND, 1);
+        dp_svc_add(w, sid, DP_SC_DROPS_NO_BACKEND, 1);
         return NULL;
     }
     b = &t->backends[idx];
@@ -441,8 +431,8 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
         if (udp_local_error(err))
             goto local_failure;
         /* the backend's address is unusable from here (unreachable network, ...) */
-        udp_be_add(w, (int32_t)b->backend_id, DP_BC_CONNECT_FAILURES, 1);
-        udp_svc_add(w, sid, DP_SC_DROPS_SEND, 1);
+        dp_be_add(w, (int32_t)b->backend_id, DP_BC_CONNECT_FAILURES, 1);
+        dp_svc_add(w, sid, DP_SC_DROPS_SEND, 1);
         atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
         return NULL;
     }
@@ -481,16 +471,16 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
     f->peer_len = mh->msg_namelen;
     udp_flow_ctl(f, l, ifindex);
     atomic_fetch_add_explicit(&w->dp->shared->active[b->backend_id], 1, memory_order_relaxed);
-    udp_svc_add(w, sid, DP_SC_FLOWS_CREATED, 1);
-    udp_svc_add(w, sid, DP_SC_FLOWS_ACTIVE, 1);
-    udp_be_add(w, f->backend_id, DP_BC_FLOWS_TOTAL, 1);
-    udp_be_add(w, f->backend_id, DP_BC_FLOWS_ACTIVE, 1);
+    dp_svc_add(w, sid, DP_SC_FLOWS_CREATED, 1);
+    dp_svc_add(w, sid, DP_SC_FLOWS_ACTIVE, 1);
+    dp_be_add(w, f->backend_id, DP_BC_FLOWS_TOTAL, 1);
+    dp_be_add(w, f->backend_id, DP_BC_FLOWS_ACTIVE, 1);
     ct_timer_arm(&w->uct, e, w->now_ms + f->idle_timeout_ms);
     return f;
 
 local_failure:
     atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
-    udp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
+    dp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
     return NULL;
 }
 
@@ -596,17 +586,17 @@ static void udp_account(struct dp_worker *w, struct relay_udp_flow *f, int to_ba
         DP_CNT_ADD(&w->cnt->udp_tx_datagrams, n);
         f->dg_c2b += n;
         f->bytes_c2b += bytes;
-        udp_svc_add(w, f->service_id, DP_SC_BYTES_TO_BACKEND, (int64_t)bytes);
-        udp_be_add(w, f->backend_id, DP_BC_DATAGRAMS_TO_BACKEND, n);
-        udp_be_add(w, f->backend_id, DP_BC_BYTES_TO_BACKEND, (int64_t)bytes);
+        dp_svc_add(w, f->service_id, DP_SC_BYTES_TO_BACKEND, (int64_t)bytes);
+        dp_be_add(w, f->backend_id, DP_BC_DATAGRAMS_TO_BACKEND, n);
+        dp_be_add(w, f->backend_id, DP_BC_BYTES_TO_BACKEND, (int64_t)bytes);
     } else {
         DP_CNT_ADD(&w->cnt->udp_out_datagrams, n);
         f->dg_b2c += n;
         f->bytes_b2c += bytes;
-        udp_svc_add(w, f->service_id, DP_SC_DATAGRAMS_OUT, n);
-        udp_svc_add(w, f->service_id, DP_SC_BYTES_TO_CLIENT, (int64_t)bytes);
-        udp_be_add(w, f->backend_id, DP_BC_DATAGRAMS_TO_CLIENT, n);
-        udp_be_add(w, f->backend_id, DP_BC_BYTES_TO_CLIENT, (int64_t)bytes);
+        dp_svc_add(w, f->service_id, DP_SC_DATAGRAMS_OUT, n);
+        dp_svc_add(w, f->service_id, DP_SC_BYTES_TO_CLIENT, (int64_t)bytes);
+        dp_be_add(w, f->backend_id, DP_BC_DATAGRAMS_TO_CLIENT, n);
+        dp_be_add(w, f->backend_id, DP_BC_BYTES_TO_CLIENT, (int64_t)bytes);
     }
 }
 
@@ -627,7 +617,7 @@ static void udp_tx_singles(struct dp_worker *w, int fd, uint32_t m, int to_backe
         if (sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
             udp_account(w, f, to_backend, 1, iov[k].iov_len);
         else
-            udp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, 1);
+            dp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, 1);
     }
 }
 
@@ -656,7 +646,7 @@ static void udp_tx_send(struct dp_worker *w, int fd, uint32_t nm, int to_backend
             continue;
         if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == ENOMEM) {
             for (; i < nm; i++) /* the socket's buffer is full: drop the rest */
-                udp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
+                dp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
             return;
         }
         if (io->tx_cnt[i] > 1 && udp_gso_error(err)) {
@@ -669,11 +659,11 @@ static void udp_tx_send(struct dp_worker *w, int fd, uint32_t nm, int to_backend
             /* the backend refused an earlier datagram; every entry here is this flow's */
             udp_flow_end(w, io->tx_flow[i], 1);
             for (; i < nm; i++)
-                udp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
+                dp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
             return;
         }
         /* this one destination is refused (unreachable client, ...): skip it */
-        udp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
+        dp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
         i++;
     }
 }
@@ -692,7 +682,7 @@ static void udp_send_flow(struct dp_worker *w, struct relay_udp_flow *f)
         n++;
     }
     if (f->dead) { /* cannot happen: a flow ends in routing only before it is chained */
-        udp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, n);
+        dp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, n);
         return;
     }
     while (k < n) {
@@ -723,11 +713,11 @@ static void udp_route_batch(struct dp_worker *w, struct dp_listener *l, const st
 
         io->in_next[i] = -1;
         if (mh->msg_flags & MSG_TRUNC) {
-            udp_svc_add(w, l->service_id, DP_SC_DROPS_TRUNCATED, 1);
+            dp_svc_add(w, l->service_id, DP_SC_DROPS_TRUNCATED, 1);
             continue;
         }
         if (!svc || udp_key(l, mh, svc->flow_key, &k, &cport, &ifindex) != 0) {
-            udp_svc_add(w, l->service_id, DP_SC_DROPS_NO_BACKEND, 1);
+            dp_svc_add(w, l->service_id, DP_SC_DROPS_NO_BACKEND, 1);
             continue;
         }
         e = ct_lookup(&w->uct, &k);
@@ -786,7 +776,7 @@ void relay_udp_read(struct dp_worker *w, struct dp_listener *l)
         DP_CNT_ADD(&w->cnt->udp_rx_calls, 1);
         DP_CNT_ADD(&w->cnt->udp_rx_datagrams, n);
         w->udp_moved += (uint32_t)n;
-        udp_svc_add(w, l->service_id, DP_SC_DATAGRAMS_IN, n);
+        dp_svc_add(w, l->service_id, DP_SC_DATAGRAMS_IN, n);
         udp_route_batch(w, l, t, svc, (uint32_t)n);
         if ((uint32_t)n < batch)
             return;
@@ -858,7 +848,7 @@ static void udp_pull(struct dp_worker *w, struct relay_udp_flow *f)
         for (k = base; k < base + (uint32_t)n; k++) {
             uint32_t dst = io->n_out;
             if (io->out[k].msg_hdr.msg_flags & MSG_TRUNC) {
-                udp_svc_add(w, f->service_id, DP_SC_DROPS_TRUNCATED, 1);
+                dp_svc_add(w, f->service_id, DP_SC_DROPS_TRUNCATED, 1);
                 continue;
             }
             if (dst != k) { /* close the gap a truncated datagram left: swap the slots */
