@@ -26,14 +26,16 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def human_bytes(n: int) -> str:
-    """1536 -> '1.5K' (powers of 1024)."""
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5K' (powers of 1024, one decimal from K on)."""
     size = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if size < 1024 or unit == "T":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+    units = ("B", "K", "M", "G", "T", "P")
+    i = 0
+    while size >= 1024 and i < len(units) - 1:
         size /= 1024
-    return f"{n}B"
+        i += 1
+    unit = units[i]
+    return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
 
 
 BACKEND_HEADERS = ("BACKEND", "NAME", "STATE", "WEIGHT", "EFF", "ACTIVE", "TOTAL", "FAILS",

@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from l4lb.control import ControlError, request
+from l4lb.display import human_bytes
 
 STATE_STYLES = {"up": "bold green", "down": "bold red", "drain": "bold yellow",
                 "maint": "dim"}  # rich styles of the backend states
@@ -77,18 +78,6 @@ def rates(prev: Mapping[str, Any] | None, cur: Mapping[str, Any], dt: float) -> 
                 values[name] = (b - a) / dt
         out[key] = Rate(**values)
     return out
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5K' (powers of 1024, one decimal from K on)."""
-    size = float(n)
-    units = ("B", "K", "M", "G", "T", "P")
-    i = 0
-    while size >= 1024 and i < len(units) - 1:
-        size /= 1024
-        i += 1
-    unit = units[i]
-    return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
 
 
 def _conn_rate(r: float | None) -> str:
