@@ -14,18 +14,29 @@
  * atomic fetch-add on sched_shared.svc_active (undone when over the limit), so the limit holds
  * across workers exactly. sched_pick() chooses the backend; the session records the backend ids
  * it tried (not table indexes), so a retry after a table swap still excludes the right backends.
- * The connect is nonblocking, its socket is registered edge-triggered for IN|OUT|RDHUP before
- * connect() is called, and the ct timer carries the connect deadline. A refused, unreachable or
+ * The connect is nonblocking, its socket is registered edge-triggered for IN|OUT|RDHUP right
+ * after connect() is called (the insert polls it, so a connect that already completed or failed
+ * is reported), and the ct timer carries the connect deadline. The first EPOLLOUT without
+ * EPOLLERR/EPOLLHUP means connected (tcp_poll() raises EPOLLOUT only after the handshake, and
+ * a failed connect always carries EPOLLERR), so only the unusual masks pay a getsockopt
+ * (SO_ERROR). A refused, unreachable or
  * timed-out attempt counts connect_failures on that backend and, while failures <= retries, picks
  * again. Local resource failures (EMFILE, ENOBUFS, ...) are not the backend's fault: they count
  * accept_errors and reset the client. No candidate left: RST the client (SO_LINGER 0), count
  * no_backend. sched_shared.active[backend_id] is incremented when an attempt starts and
  * decremented exactly once when the attempt fails or the session ends.
  *
- * Relay. Both sockets are registered once, edge-triggered, for IN|OUT|RDHUP: no epoll_ctl on the
- * data path. The client is registered at accept, so a client that resets while its backend is
- * still connecting frees its session at once instead of holding a slot until the connect
- * deadline; what it sent meanwhile waits in its socket and is pumped once the backend is up.
+ * Relay. Both sockets are registered once, edge-triggered: the backend for IN|OUT|RDHUP, the
+ * client for IN|RDHUP only. EPOLLOUT on the client is added by one EPOLL_CTL_MOD the first time
+ * a write to it blocks (relay_client_want_out): writes to clients nearly always succeed, and an
+ * EPOLLOUT interest would otherwise turn each state change of our own FIN (the shutdown, the
+ * peer's ACK) into an event to handle. The client is registered at accept, so a client that
+ * resets while its backend is still connecting frees its session at once instead of holding a
+ * slot until the connect deadline; what it sent meanwhile waits in its socket and is pumped once
+ * the backend is up. Only if one of its events said so (s->cev): edge-triggered epoll queues an
+ * event for every arrival, so a client that raised none has nothing waiting, and the backend's
+ * connect event likewise tells whether the backend already wrote. That spares the two recv()
+ * calls that would each return EAGAIN on a new connection.
  * A direction is pumped until the source says EAGAIN (the edge will come again; on a plain
  * EPOLLIN edge a short recv() already proves that), the destination says EAGAIN (EPOLLOUT will
  * come; for TCP it is only raised after a writer filled the buffer, so it costs nothing while
@@ -62,17 +73,39 @@
  *   short connections (connect, 16 B echoed, close; 4 client threads): about 14,000/s at
  *     37..39 us of LB CPU each (accept, socket, connect, 2 x epoll_ctl, 2 x TCP_NODELAY, relay,
  *     2 x close); the client and the echo backend used the rest of the two vCPUs.
+ *   new connection per HTTP request (wrk -c50, Connection: close, through nginx; counted with
+ *     perf's syscall tracepoints and /proc/net/snmp OutSegs, see docs/performance.md): 19.3
+ *     system calls per connection before (5.2 recvfrom of which 1.2 EAGAIN, 2 shutdown, 2
+ *     setsockopt, 1 getsockopt), 15.1 after the changes below (nginx stream: 17.2); 20.0 TCP
+ *     segments per connection before, 18.6..19.2 after (nginx: 20.0); 6.7 -> 5.0 epoll events.
  * So splice halves the CPU per byte for bulk, and copying is 5..15% cheaper for messages that
  * fit the buffer (no pipe round trip, one copy each way of a few cache lines). Throughput
  * varies a lot from run to run on this shared box; the CPU per unit of work is the stable
- * figure. Pipes keep the kernel default size (64 KiB): 1 MiB pipes save about 18% CPU on bulk,
- * but a busy direction may then pin up to 1 MiB of kernel memory and unprivileged users hit
- * pipe-user-pages-soft; dp_set_tuning() can raise it.
+ * figure. Pipes keep the kernel default size (64 KiB): 1 MiB pipes saved about 18% CPU with the
+ * 1 MiB sendall() stream above, but with iperf3 through the harness's setup (bench/tcpprobe.py,
+ * three runs each) 64 KiB / 256 KiB / 1 MiB pipes cost 135..143 / 121..132 / 125..144 ms of
+ * CPU per GB for one stream and 121..136 / 102..131 / 123..147 for eight: no size wins beyond
+ * the noise, while a busy direction may pin up to the pipe's size of kernel memory and
+ * unprivileged users hit pipe-user-pages-soft after 64 pipes of 1 MiB (new pipes then get 8 KiB,
+ * too small to park a copy chunk). dp_set_tuning() can raise it.
  *
  * Half-close and reset. read() == 0 marks the direction's source at EOF; once its pipe is empty
- * the relay calls shutdown(dst, SHUT_WR) and the direction is done; the other keeps going. Both
- * done: both sockets are closed normally. ECONNRESET/EPIPE (or any other hard error) on either
+ * the relay calls shutdown(dst, SHUT_WR) and the direction is done; the other keeps going. When
+ * the other direction is done already, the relay closes both sockets without that shutdown:
+ * both sources are at EOF, so their receive queues are empty and close() sends the same FIN.
+ * An event with EPOLLRDHUP (and no EPOLLERR) says the FIN is queued behind the data, so a short
+ * copy read there is the last data: it is sent with MSG_MORE and the FIN that follows at once
+ * joins it in one segment (tcp_send_fin() merges into an unsent tail), and EOF is taken without
+ * the recv() that would return 0. Both done: both sockets are closed normally. ECONNRESET/EPIPE (or any other hard error) on either
  * side closes both sockets with SO_LINGER 0, so the peer of the healthy side sees a reset too.
+ *
+ * System calls. The data path enters the kernel through syscall(2) rather than glibc's
+ * wrappers: recv, send, splice, close, accept4, connect and epoll_wait are cancellation points,
+ * which in a multithreaded process cost two atomic updates of the thread's cancellation state
+ * per call (1.5..2% of the CPU per keep-alive request in perf; workers are never cancelled).
+ * Sanitizer builds keep the wrappers (DP_LIBC_CALLS), which the sanitizers intercept. TCP_NODELAY
+ * is set once on each listener (dp_add_listener) and inherited by accepted sockets (enum
+ * dp_nodelay), so only the backend socket needs its own setsockopt.
  *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
