@@ -14,6 +14,9 @@ finished: one backend never has two probes in flight. The first probe of a new b
 a random point of its first interval, so backends added together (start-up, reload) are spread
 out instead of probed in one burst.
 
+The latency of each backend's last conclusive probe is kept (`latency()`, `latencies()`): the
+time from its start to its verdict, a timeout included. Inconclusive results leave it as it was.
+
 Results reach the backend's `Dampener`; a change of state calls `on_transition(key, transition)`
 synchronously on the loop (keep it short: log, mark the table dirty). Inconclusive results (local
 failures: no free fd, source address missing) are counted and logged at most once a minute, and
@@ -46,8 +49,8 @@ _INCONCLUSIVE_LOG_EVERY = 60.0  # seconds between two warnings about local probe
 class _Entry(Generic[K]):
     """One checked backend."""
 
-    __slots__ = ("dampener", "due", "host", "ident", "key", "last_start", "port", "probe",
-                 "removed", "settings", "spec")
+    __slots__ = ("dampener", "due", "host", "ident", "key", "last_start", "latency", "port",
+                 "probe", "removed", "settings", "spec")
 
     def __init__(self, ident: int, key: K, host: str, port: int, settings: HealthSettings,
                  dampener: Dampener) -> None:
@@ -61,6 +64,7 @@ class _Entry(Generic[K]):
         self.due = 0.0  # monotonic time the next probe is due (valid while queued)
         self.last_start = 0.0  # monotonic start of the last probe
         self.probe: Probe | None = None  # the probe in flight, if any
+        self.latency: float | None = None  # seconds the last conclusive probe took
         self.removed = False  # set by remove(); queued references are then skipped
 
 
@@ -194,6 +198,15 @@ class HealthChecker(Generic[K]):
         """Health of `key` for display."""
         return self._entries[key].dampener.snapshot(time.monotonic())
 
+    def latency(self, key: K) -> float | None:
+        """Seconds the last conclusive probe of `key` took; None before the first (KeyError
+        if unknown)."""
+        return self._entries[key].latency
+
+    def latencies(self) -> dict[K, float]:
+        """Last conclusive probe latency of every backend that has one (a fresh dict)."""
+        return {key: e.latency for key, e in self._entries.items() if e.latency is not None}
+
     def passive_failures(self, key: K, count: int) -> None:
         """Feed `count` connect failures the data plane counted for `key` since the last call."""
         entry = self._entries.get(key)
@@ -298,6 +311,7 @@ class HealthChecker(Generic[K]):
                 log.warning("health: probe of %s could not be made: %s (not counted against "
                             "the backend)", entry.spec, result.reason)
         else:
+            entry.latency = result.latency
             if not result.ok:
                 self._failed += 1
             transition = entry.dampener.probe(result.ok, result.reason, now)

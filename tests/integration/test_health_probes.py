@@ -540,3 +540,30 @@ def test_checker_never_counts_inconclusive_probes() -> None:
     assert desc == "UP (unconfirmed)"
     assert inconclusive >= 3
     assert transitions == 0
+
+
+def test_checker_keeps_the_last_conclusive_probe_latency() -> None:
+    async def go() -> tuple[dict[str, float], float | None, float | None]:
+        chk: HealthChecker[str] = HealthChecker(lambda k, t: None, rng=NoJitter())
+        with listener() as lst, black_hole() as hole:
+            chk.add("up", "127.0.0.1", lst.getsockname()[1],
+                    HealthSettings(interval=0.1, timeout=0.1))
+            chk.add("hole", "127.0.0.1", hole, HealthSettings(interval=0.1, timeout=0.1))
+            chk.add("local", "127.0.0.1", lst.getsockname()[1],
+                    HealthSettings(interval=0.1, timeout=0.1, source="192.0.2.1"))
+            before = chk.latency("up")
+            chk.start()
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline and len(chk.latencies()) < 2:
+                await asyncio.sleep(0.02)
+            latencies = chk.latencies()
+            local = chk.latency("local")
+            chk.stop()
+        return latencies, before, local
+
+    latencies, before, local = run(go())
+    assert before is None  # nothing before the first probe
+    assert set(latencies) == {"up", "hole"}  # inconclusive probes leave "local" without one
+    assert local is None
+    assert 0.0 < latencies["up"] < 0.1
+    assert 0.09 <= latencies["hole"] < 1.0  # a timeout counts: its latency is the timeout
