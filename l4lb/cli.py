@@ -16,7 +16,7 @@ from l4lb import __version__
 from l4lb.config import Config, ConfigError, load_file
 from l4lb.config.durations import parse_duration_ms
 from l4lb.config.model import GlobalSettings
-from l4lb.control import ControlError, request
+from l4lb.control import ControlError, request_with
 from l4lb.daemon import EXIT_CONFIG
 from l4lb.dataplane import DataplaneUnavailable, compiled_available, reference_requested
 from l4lb.display import (
@@ -201,7 +201,7 @@ def _call(config_path: str | None, socket_path: str | None, cmd: str, **args: An
         else:
             socket_path = _socket_of(config_path)
     try:
-        return request(socket_path, cmd, **args)
+        return request_with(socket_path, cmd, args)
     except ControlError as exc:
         click.echo(f"l4lb: error: {exc}", err=True)
         sys.exit(1)
