@@ -16,12 +16,14 @@ itself, and every table publish cancels those whose backend left the drain state
 configuration (enable, disable, reload, remove-backend). l4lb.state.Drains keeps the records.
 
 The connection log: with `[global] connection_log`, the data plane keeps a bounded ring of
-closed-session records per worker; a timer on the loop takes them every 250 ms, names the
-service and backend of each from the id maps of the last few tables (a record may name a
-backend the last reload removed) and hands them to l4lb.connlog.ConnLogWriter, whose thread
-writes the file. After the data plane stopped, the ring is read once more, so shutdown closes
-are logged too. Lost records (ring full, writer queue full, write errors) are counted for the
-metrics and logged at most once a minute.
+closed-session records per worker; a timer on the loop takes them every 250 ms (4096 at a
+time; after a full read the next one runs as soon as the callbacks already queued have run, so
+a flood of closes never holds the loop for long), names the service and backend of each from
+the id maps of the last few tables (a record may name a backend the last reload removed) and
+hands them to l4lb.connlog.ConnLogWriter, whose thread writes the file. After the data plane
+stopped, the rings are read once more, so the closes of the shutdown are logged too. Lost
+records (ring full, writer queue full, write errors) are counted for the metrics and logged at
+most once a minute.
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ EXIT_DATAPLANE = 4
 
 CONNLOG_RING = 16384  # closed-session records each data-plane worker holds before dropping
 CONNLOG_INTERVAL = 0.25  # seconds between two reads of the data plane's record rings
-CONNLOG_BATCH = 65536  # records asked for per closed_sessions() call
-CONNLOG_MAX_BATCHES = 8  # per read: a flood of closes cannot hold the loop for long
+CONNLOG_BATCH = 4096  # records per read on the loop (about 45 ms of CPU; the loop stays free)
+CONNLOG_FINAL = 1 << 22  # records the last read after the data plane stopped takes at most
 CONNLOG_WARN_EVERY = 60.0  # seconds between two warnings about lost records
 MAX_DRAIN_TIMEOUT_MS = 24 * 3_600_000  # like every duration of the configuration
 
@@ -436,15 +438,20 @@ class Daemon:
 
     def _connlog_tick(self) -> None:
         self.connlog_timer = None
-        self.pump_connlog()
+        full = self.pump_connlog(CONNLOG_BATCH) >= CONNLOG_BATCH
         now = time.monotonic()
         if now - self.connlog_checked_at >= 1.0:
             self.connlog_checked_at = now
             self.warn_connlog_losses(now)
-        self._schedule_connlog()
+        if full and self.connlog is not None:  # more are waiting: read again after the
+            loop = asyncio.get_running_loop()  # callbacks already queued have run
+            self.connlog_timer = loop.call_later(0.0, self._connlog_tick)
+        else:
+            self._schedule_connlog()
 
-    def pump_connlog(self) -> int:
-        """Move closed-session records from the data plane to the writer; returns how many.
+    def pump_connlog(self, limit: int = CONNLOG_FINAL) -> int:
+        """Move up to `limit` closed-session records from the data plane to the writer;
+        returns how many it moved.
 
         Safe from the executor thread that stops the daemon (a lock orders it with the loop).
         """
@@ -453,15 +460,16 @@ class Daemon:
             if writer is None or not self._dp_supports("closed_sessions"):
                 return 0
             moved = 0
-            for _ in range(CONNLOG_MAX_BATCHES):
-                records = self.dp.closed_sessions(CONNLOG_BATCH)
+            while moved < limit:
+                want = min(CONNLOG_BATCH, limit - moved)
+                records = self.dp.closed_sessions(want)
                 for record in records:
                     try:
                         writer.write(self.connlog_record(record))
                     except (RecordError, KeyError, TypeError, ValueError):
                         self.connlog_invalid += 1
                 moved += len(records)
-                if len(records) < CONNLOG_BATCH:
+                if len(records) < want:
                     break
             return moved
 
