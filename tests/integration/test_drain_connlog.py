@@ -1,0 +1,309 @@
+"""`l4lb drain --timeout`, the connection log (with SIGUSR1 rotation) and probe latency through
+a real `l4lb run`, on both data planes.
+
+The drain and connection-log tests need the data plane's close_backend_sessions() and
+closed-session record ring; they skip, saying so, on a data plane that does not have them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .procs import NameServer, child_env, free_port, l4lb_cmd, stop_process, wait_listening
+from .test_cli import write_config
+from .test_udp_daemon import UdpNamer, ask
+
+IMPLS = ["c", "ref"]
+pytestmark = pytest.mark.timeout(60)
+
+
+def require_connlog_api(impl: str) -> None:
+    """Skip when this data plane lacks close_backend_sessions / the record ring."""
+    if impl == "ref":
+        from l4lb.refdp import Dataplane as cls
+    else:
+        from l4lb._dataplane import Dataplane as cls
+    missing = [m for m in ("close_backend_sessions", "set_connection_log", "closed_sessions")
+               if not hasattr(cls, m)]
+    if missing:
+        pytest.skip(f"the {impl} data plane has no {', '.join(missing)} yet")
+
+
+class HoldServer:
+    """A TCP backend that keeps each connection open, reading, until the client closes it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.received = 0  # bytes read from all connections
+        self.conns: list[socket.socket] = []
+        self._stop = False
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.conns.append(conn)
+            t = threading.Thread(target=self._read, args=(conn,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _read(self, conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        while not self._stop:
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                conn.close()  # the client closed (wait_listening's probe): close too
+                return
+            self.received += len(data)
+
+    def close(self) -> None:
+        self._stop = True
+        for t in self.threads:
+            t.join(timeout=2)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def running(cfg: Path, impl: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(l4lb_cmd("run", "-c", str(cfg)), env=child_env(impl == "ref"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, proc)
+        yield proc
+    finally:
+        stop_process(proc, signal.SIGKILL)  # a no-op when the test already stopped it
+
+
+def ctl(cfg: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(l4lb_cmd(*args, "-c", str(cfg)), capture_output=True, text=True,
+                          env=child_env(), timeout=timeout)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def wait_for_lines(path: Path, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    lines = read_log(path)
+    while len(lines) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lines = read_log(path)
+    return lines
+
+
+def fetch_from(port: int) -> tuple[bytes, int]:
+    """Connect, read to EOF; return what came and the client's local port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        local = int(s.getsockname()[1])
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+    return out, local
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_drain_timeout_counts_down_then_resets_the_session(impl: str, tmp_path: Path) -> None:
+    require_connlog_api(impl)
+    backend = HoldServer()
+    port = free_port()
+    log = tmp_path / "conn.jsonl"
+    cfg = write_config(tmp_path, port, [backend.port])
+    cfg.write_text(cfg.read_text().replace(
+        "[global]\n", f'[global]\nconnection_log = "{log}"\n'))
+    address = f"127.0.0.1:{backend.port}"
+    try:
+        with running(cfg, impl, port) as proc, \
+                socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(b"hello")
+            deadline = time.monotonic() + 5
+            while backend.received < 5 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert backend.received == 5  # the session is established end to end
+            started = time.monotonic()
+            res = ctl(cfg, "drain", "web", address, "--timeout", "2s")
+            took = time.monotonic() - started
+            assert res.returncode == 0, res.stderr
+            out = res.stdout.splitlines()
+            assert out[0].startswith(f"web/{address}: state drain")
+            countdown = [line for line in out[1:-1]
+                         if re.fullmatch(rf"web/{re.escape(address)}: 1 session left, "
+                                         r"[0-2]s to the deadline", line)]
+            assert countdown, out
+            assert out[-1] == f"web/{address}: deadline reached, closed 1 session"
+            assert 1.8 <= took < 8.0
+            client.settimeout(3)
+            with pytest.raises(ConnectionResetError):
+                while client.recv(4096):
+                    pass
+            backends = json.loads(ctl(cfg, "backends", "web", "--json").stdout)
+            assert backends[0]["state"] == "drain" and backends[0]["conns_active"] == 0
+            assert backends[0]["drain_deadline"] is None
+            assert stop_process(proc, signal.SIGTERM) == 0
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        assert f"backend web/{address}: drain deadline reached, closed 1 sessions" in err
+        reasons = [r["reason"] for r in read_log(log) if r["backend"] == address]
+        assert "drain_timeout" in reasons
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_drain_timeout_with_no_sessions_returns_at_once(impl: str, tmp_path: Path) -> None:
+    require_connlog_api(impl)
+    backends = [NameServer("b1"), NameServer("b2")]
+    port = free_port()
+    cfg = write_config(tmp_path, port, [b.port for b in backends])
+    try:
+        with running(cfg, impl, port):
+            address = f"127.0.0.1:{backends[1].port}"
+            started = time.monotonic()
+            res = ctl(cfg, "drain", "web", address, "--timeout", "5m")
+            assert res.returncode == 0, res.stderr
+            assert res.stdout.splitlines()[-1] == f"web/{address}: drained, no sessions left"
+            assert time.monotonic() - started < 5.0  # not the 5 minutes
+            view = json.loads(ctl(cfg, "backends", "web", "--json").stdout)[1]
+            assert view["state"] == "drain" and view["drain_deadline"] is None
+    finally:
+        for b in backends:
+            b.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_connection_log_lines_and_reopen_on_sigusr1(impl: str, tmp_path: Path) -> None:
+    require_connlog_api(impl)
+    names = [NameServer("b1"), NameServer("b2")]
+    udp = UdpNamer("u1")
+    port, uport = free_port(), free_port()
+    log = tmp_path / "conn.jsonl"
+    cfg = write_config(tmp_path, port, [n.port for n in names])
+    cfg.write_text(cfg.read_text().replace("[global]\n", f'[global]\nconnection_log = "{log}"\n')
+                   + f'\n[[services]]\nname = "dns"\nprotocol = "udp"\n'
+                   f'listen = ["127.0.0.1:{uport}"]\nresponses = 1\n\n'
+                   f'  [[services.backends]]\n  address = "127.0.0.1:{udp.port}"\n')
+    n = 5
+    try:
+        with running(cfg, impl, port) as proc:
+            ours = {}
+            for _ in range(n):
+                data, local = fetch_from(port)
+                ours[local] = data
+            assert ask(uport, 7) == b"u1"
+            # wait_listening's probe is a session too: n + 1 TCP lines and 1 UDP line
+            lines = wait_for_lines(log, n + 2)
+            assert len(lines) == n + 2, lines
+            tcp = [r for r in lines if r["protocol"] == "tcp"]
+            udp_lines = [r for r in lines if r["protocol"] == "udp"]
+            assert len(tcp) == n + 1 and len(udp_lines) == 1
+            mine = [r for r in tcp if int(r["client"].rsplit(":", 1)[1]) in ours]
+            assert len(mine) == n
+            backend_names = {f"127.0.0.1:{s.port}": s.name.encode() for s in names}
+            for r in mine:
+                assert r["service"] == "web" and r["client"].startswith("127.0.0.1:")
+                local = int(r["client"].rsplit(":", 1)[1])
+                assert backend_names[r["backend"]] == ours[local]
+                assert r["bytes_to_client"] == 2 and r["bytes_to_backend"] == 0
+                assert r["reason"] == "backend_closed"
+                assert 0 <= r["duration"] < 5 and r["start"].endswith("Z")
+            u = udp_lines[0]
+            assert (u["service"], u["backend"], u["reason"]) == \
+                ("dns", f"127.0.0.1:{udp.port}", "responses")
+            assert u["bytes_to_backend"] == 7 and u["bytes_to_client"] == 4
+            # logrotate: rename, then SIGUSR1; new lines go to a new file at the same path
+            rotated = tmp_path / "conn.jsonl.1"
+            log.rename(rotated)
+            proc.send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 5
+            while not log.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert log.exists()
+            for _ in range(3):
+                fetch_from(port)
+            assert len(wait_for_lines(log, 3)) == 3
+            assert len(read_log(rotated)) == n + 2
+            res = ctl(cfg, "reopen-logs")
+            assert res.returncode == 0 and res.stdout.strip() == f"reopened {log}"
+            assert stop_process(proc, signal.SIGTERM) == 0
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        assert f"connlog: reopening {log} (SIGUSR1)" in err
+        assert f"connlog: writing closed sessions to {log}" in err
+    finally:
+        for s in names:
+            s.close()
+        udp.close()
+
+
+def test_a_missing_connection_log_directory_is_a_config_error(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path, port, [free_port()])
+    cfg.write_text(cfg.read_text().replace(
+        "[global]\n", f'[global]\nconnection_log = "{tmp_path}/nope/conn.jsonl"\n'))
+    want = (f"{cfg}:2:18: error: global.connection_log: directory "
+            f'"{tmp_path}/nope" does not exist')
+    for command in ("check", "run"):
+        res = ctl(cfg, command, timeout=30)
+        assert res.returncode == 1
+        assert res.stderr.splitlines()[0] == want, res.stderr
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_probe_latency_in_metrics_and_backends(impl: str, tmp_path: Path) -> None:
+    names = [NameServer("b1")]
+    port, mport = free_port(), free_port()
+    cfg = write_config(tmp_path, port, [names[0].port],
+                       extra='\n  [services.health]\n  interval = "200ms"\n  timeout = "100ms"\n')
+    cfg.write_text(cfg.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{mport}"\n')
+    try:
+        with running(cfg, impl, port):
+            pattern = re.compile(r'^l4lb_backend_probe_latency_seconds\{backend="127\.0\.0\.1:'
+                                 rf'{names[0].port}",name="[^"]+",service="web"\}} (\S+)$', re.M)
+            found = None
+            deadline = time.monotonic() + 10
+            while found is None and time.monotonic() < deadline:
+                try:  # the HTTP listener starts a moment after the service listener
+                    with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics",
+                                                timeout=5) as r:
+                        found = pattern.search(r.read().decode())
+                except OSError:
+                    pass
+                if found is None:
+                    time.sleep(0.1)
+            assert found is not None
+            assert 0.0 < float(found.group(1)) < 0.1
+            view = json.loads(ctl(cfg, "backends", "web", "--json").stdout)[0]
+            assert 0.0 < view["probe_latency"] < 0.1
+            row = ctl(cfg, "backends", "web").stdout.splitlines()
+            assert row[0].endswith("PROBE") and row[1].endswith("ms")
+    finally:
+        names[0].close()
