@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -307,3 +309,95 @@ def test_probe_latency_in_metrics_and_backends(impl: str, tmp_path: Path) -> Non
             assert row[0].endswith("PROBE") and row[1].endswith("ms")
     finally:
         names[0].close()
+
+
+def open_session(port: int, backend: HoldServer) -> socket.socket:
+    """A client session through l4lb that the backend has seen data on."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    before = backend.received
+    client.sendall(b"hi")
+    deadline = time.monotonic() + 5
+    while backend.received < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert backend.received == before + 2
+    return client
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ctrl_c_leaves_the_deadline_armed_in_the_daemon(impl: str, tmp_path: Path) -> None:
+    require_connlog_api(impl)
+    backend = HoldServer()
+    port = free_port()
+    cfg = write_config(tmp_path, port, [backend.port])
+    address = f"127.0.0.1:{backend.port}"
+    master, slave = os.openpty()
+    try:
+        with running(cfg, impl, port), open_session(port, backend) as client:
+            cli = subprocess.Popen(l4lb_cmd("drain", "web", address, "--timeout", "3s",
+                                            "-c", str(cfg)),
+                                   env=child_env(), stdout=slave, stderr=subprocess.PIPE)
+            seen = b""
+            deadline = time.monotonic() + 10
+            while b"1 session left" not in seen and time.monotonic() < deadline:
+                ready, _, _ = select.select([master], [], [], 0.2)
+                if ready:
+                    seen += os.read(master, 4096)
+            # on a terminal the countdown is one line, rewritten in place
+            assert b"\r\x1b[Kweb/" + address.encode() + b": 1 session left" in seen, seen
+            cli.send_signal(signal.SIGINT)
+            assert cli.wait(timeout=10) == 130
+            err = cli.stderr.read().decode() if cli.stderr else ""
+            assert "interrupted: the drain deadline stays armed in the daemon" in err
+            view = json.loads(ctl(cfg, "backends", "web", "--json").stdout)[0]
+            assert view["drain_deadline"] is not None and view["conns_active"] == 1
+            # the daemon still closes the session at the deadline
+            client.settimeout(8)
+            with pytest.raises(ConnectionResetError):
+                while client.recv(4096):
+                    pass
+            view = json.loads(ctl(cfg, "backends", "web", "--json").stdout)[0]
+            assert view["drain_deadline"] is None and view["conns_active"] == 0
+    finally:
+        os.close(master)
+        os.close(slave)
+        backend.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_enable_cancels_the_deadline_and_shutdown_is_logged(impl: str, tmp_path: Path) -> None:
+    require_connlog_api(impl)
+    backend = HoldServer()
+    port = free_port()
+    log = tmp_path / "conn.jsonl"
+    cfg = write_config(tmp_path, port, [backend.port])
+    cfg.write_text(cfg.read_text().replace("[global]\n", f'[global]\nconnection_log = "{log}"\n'))
+    address = f"127.0.0.1:{backend.port}"
+    try:
+        with running(cfg, impl, port) as proc, open_session(port, backend) as client:
+            cli = subprocess.Popen(l4lb_cmd("drain", "web", address, "--timeout", "30s",
+                                            "-c", str(cfg)), env=child_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                view = json.loads(ctl(cfg, "backends", "web", "--json").stdout)[0]
+                if view["drain_deadline"] is not None:
+                    break
+                time.sleep(0.05)
+            assert re.search(r"drain, (30|29|28)s left", ctl(cfg, "backends", "web").stdout)
+            assert ctl(cfg, "enable", "web", address).returncode == 0
+            out, err = cli.communicate(timeout=10)
+            assert cli.returncode == 1
+            assert f"web/{address}: 1 session left, " in out  # counted down until cancelled
+            assert err.strip() == f"web/{address}: drain deadline cancelled: backend state " \
+                "is now up"
+            client.sendall(b"still here")  # the session was not closed
+            deadline = time.monotonic() + 5
+            while backend.received < 12 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert backend.received == 12
+            assert stop_process(proc, signal.SIGINT) == 0
+        shutdown = [r for r in read_log(log) if r["reason"] == "shutdown"]
+        assert len(shutdown) == 1 and shutdown[0]["backend"] == address
+        assert shutdown[0]["bytes_to_backend"] == 12
+    finally:
+        backend.close()
