@@ -500,9 +500,10 @@ class Daemon:
                 "bytes_to_client": record["bytes_to_client"], "reason": record["reason"]}
 
     def _ring_dropped(self) -> int:
-        if self.dp is None:
+        dp = self.dp  # stop() may clear it meanwhile, from the executor thread
+        if dp is None:
             return 0
-        return int(self.dp.stats().get("connlog_dropped", 0))
+        return int(dp.stats().get("connlog_dropped", 0))
 
     def connlog_stats(self) -> dict[str, Any] | None:
         """Counters of the connection log (for metrics), None while it is off."""
