@@ -564,14 +564,19 @@ class Daemon:
             log.info("backend %s/%s: drain deadline cancelled (%s)", service, address,
                      done.reason)
         elif done.outcome == "drained":
-            log.info("backend %s/%s: drained: no sessions left, deadline cancelled", service,
-                     address)
+            log.info("backend %s/%s: drained: no %s left, deadline cancelled", service, address,
+                     self._units(service, 2))
 
     def _protocol(self, service: str) -> str:
         for svc in self.config.services:
             if svc.name == service:
                 return svc.protocol
         return "tcp"
+
+    def _units(self, service: str, n: int) -> str:
+        """What a drain of `service` counts: "session(s)" (TCP) or "flow(s)" (UDP)."""
+        unit = "flow" if self._protocol(service) == "udp" else "session"
+        return unit if n == 1 else unit + "s"
 
     def _remaining(self, key: Key, stats: dict[str, Any] | None = None) -> tuple[int, int]:
         """(TCP sessions, UDP flows) the backend still has."""
@@ -598,9 +603,8 @@ class Daemon:
             log.warning("backend %s/%s: drain deadline reached, but this data plane cannot "
                         "close sessions; they continue", service, address)
         self.drains.end(armed.key, "deadline", time.time(), closed=closed)
-        what = "flows" if self._protocol(service) == "udp" else "sessions"
         log.info("backend %s/%s: drain deadline reached, closed %d %s", service, address, closed,
-                 what)
+                 self._units(service, closed))
 
     def check_drains(self) -> None:
         """End the deadlines of backends that have no sessions or flows left (every second)."""

@@ -174,7 +174,7 @@ def test_drain_timeout_counts_down_then_resets_the_session(impl: str, tmp_path: 
             assert backends[0]["drain_deadline"] is None
             assert stop_process(proc, signal.SIGTERM) == 0
         err = proc.stderr.read().decode() if proc.stderr else ""
-        assert f"backend web/{address}: drain deadline reached, closed 1 sessions" in err
+        assert f"backend web/{address}: drain deadline reached, closed 1 session" in err
         reasons = [r["reason"] for r in read_log(log) if r["backend"] == address]
         assert "drain_timeout" in reasons
     finally:
