@@ -401,3 +401,29 @@ def test_enable_cancels_the_deadline_and_shutdown_is_logged(impl: str, tmp_path:
         assert shutdown[0]["bytes_to_backend"] == 12
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_drain_timeout_ends_udp_flows(impl: str, tmp_path: Path) -> None:
+    require_connlog_api(impl)
+    udp = UdpNamer("u1")
+    tcp = NameServer("b1")
+    port, uport = free_port(), free_port()
+    cfg = write_config(tmp_path, port, [tcp.port])
+    cfg.write_text(cfg.read_text() + f'\n[[services]]\nname = "dns"\nprotocol = "udp"\n'
+                   f'listen = ["127.0.0.1:{uport}"]\n\n'
+                   f'  [[services.backends]]\n  address = "127.0.0.1:{udp.port}"\n')
+    address = f"127.0.0.1:{udp.port}"
+    try:
+        with running(cfg, impl, port):
+            assert ask(uport, 1) == b"u1"  # one flow, idle for up to udp_idle_timeout (30 s)
+            res = ctl(cfg, "drain", "dns", address, "--timeout", "1s")
+            assert res.returncode == 0, res.stderr
+            out = res.stdout.splitlines()
+            assert any(line.startswith(f"dns/{address}: 1 flow left, ") for line in out), out
+            assert out[-1] == f"dns/{address}: deadline reached, closed 1 flow"
+            flows = json.loads(ctl(cfg, "flows", "dns", "--json").stdout)
+            assert flows == []
+    finally:
+        udp.close()
+        tcp.close()
