@@ -207,3 +207,28 @@ def test_backends_table_shows_the_deadline_and_the_probe_latency() -> None:
     assert row[2] == "drain, 4m32s left"
     assert row[-1] == "1.2ms"
     assert countdown(0.2) == "1s" and countdown(-3) == "0s" and countdown(3700) == "1h1m40s"
+
+
+def test_cli_countdown_and_end_lines() -> None:
+    from l4lb.cli import drain_end_text, drain_line
+
+    info: dict[str, Any] = {"id": 1, "service": "web", "backend": B2, "protocol": "tcp",
+                            "state": "drain", "sessions": 3, "flows": 0, "remaining": 118.2,
+                            "deadline": 1.0, "timeout": 120.0, "outcome": None}
+    assert drain_line(info) == f"web/{B2}: 3 sessions left, 1m59s to the deadline"
+    assert drain_line({**info, "sessions": 1, "remaining": 0.0}) == \
+        f"web/{B2}: 1 session left, 0s to the deadline"
+    udp = {**info, "service": "dns", "protocol": "udp", "sessions": 0, "flows": 1}
+    assert drain_line(udp) == f"dns/{B2}: 1 flow left, 1m59s to the deadline"
+
+    def ended(outcome: str, closed: int = 0, reason: str = "") -> dict[str, Any]:
+        return {**info, "outcome": {"outcome": outcome, "closed": closed, "reason": reason,
+                                    "at": 2.0}}
+
+    assert drain_end_text(ended("deadline", 3)) == \
+        (f"web/{B2}: deadline reached, closed 3 sessions", 0)
+    assert drain_end_text({**ended("deadline", 1), "protocol": "udp"}) == \
+        (f"web/{B2}: deadline reached, closed 1 flow", 0)
+    assert drain_end_text(ended("drained")) == (f"web/{B2}: drained, no sessions left", 0)
+    assert drain_end_text(ended("cancelled", reason="backend state is now up")) == \
+        (f"web/{B2}: drain deadline cancelled: backend state is now up", 1)
