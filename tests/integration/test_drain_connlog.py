@@ -1,8 +1,6 @@
 """`l4lb drain --timeout`, the connection log (with SIGUSR1 rotation) and probe latency through
-a real `l4lb run`, on both data planes.
-
-The drain and connection-log tests need the data plane's close_backend_sessions() and
-closed-session record ring; they skip, saying so, on a data plane that does not have them."""
+a real `l4lb run`, on both data planes (close_backend_sessions() and the closed-session record
+ring of docs/architecture.md's data-plane API)."""
 
 from __future__ import annotations
 
@@ -29,18 +27,6 @@ from .test_udp_daemon import UdpNamer, ask
 
 IMPLS = ["c", "ref"]
 pytestmark = pytest.mark.timeout(60)
-
-
-def require_connlog_api(impl: str) -> None:
-    """Skip when this data plane lacks close_backend_sessions / the record ring."""
-    if impl == "ref":
-        from l4lb.refdp import Dataplane as cls
-    else:
-        from l4lb._dataplane import Dataplane as cls
-    missing = [m for m in ("close_backend_sessions", "set_connection_log", "closed_sessions")
-               if not hasattr(cls, m)]
-    if missing:
-        pytest.skip(f"the {impl} data plane has no {', '.join(missing)} yet")
 
 
 class HoldServer:
@@ -137,7 +123,6 @@ def fetch_from(port: int) -> tuple[bytes, int]:
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_drain_timeout_counts_down_then_resets_the_session(impl: str, tmp_path: Path) -> None:
-    require_connlog_api(impl)
     backend = HoldServer()
     port = free_port()
     log = tmp_path / "conn.jsonl"
@@ -183,7 +168,6 @@ def test_drain_timeout_counts_down_then_resets_the_session(impl: str, tmp_path: 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_drain_timeout_with_no_sessions_returns_at_once(impl: str, tmp_path: Path) -> None:
-    require_connlog_api(impl)
     backends = [NameServer("b1"), NameServer("b2")]
     port = free_port()
     cfg = write_config(tmp_path, port, [b.port for b in backends])
@@ -204,7 +188,6 @@ def test_drain_timeout_with_no_sessions_returns_at_once(impl: str, tmp_path: Pat
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_connection_log_lines_and_reopen_on_sigusr1(impl: str, tmp_path: Path) -> None:
-    require_connlog_api(impl)
     names = [NameServer("b1"), NameServer("b2")]
     udp = UdpNamer("u1")
     port, uport = free_port(), free_port()
@@ -325,7 +308,6 @@ def open_session(port: int, backend: HoldServer) -> socket.socket:
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_ctrl_c_leaves_the_deadline_armed_in_the_daemon(impl: str, tmp_path: Path) -> None:
-    require_connlog_api(impl)
     backend = HoldServer()
     port = free_port()
     cfg = write_config(tmp_path, port, [backend.port])
@@ -365,7 +347,6 @@ def test_ctrl_c_leaves_the_deadline_armed_in_the_daemon(impl: str, tmp_path: Pat
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_enable_cancels_the_deadline_and_shutdown_is_logged(impl: str, tmp_path: Path) -> None:
-    require_connlog_api(impl)
     backend = HoldServer()
     port = free_port()
     log = tmp_path / "conn.jsonl"
@@ -405,7 +386,6 @@ def test_enable_cancels_the_deadline_and_shutdown_is_logged(impl: str, tmp_path:
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_drain_timeout_ends_udp_flows(impl: str, tmp_path: Path) -> None:
-    require_connlog_api(impl)
     udp = UdpNamer("u1")
     tcp = NameServer("b1")
     port, uport = free_port(), free_port()
