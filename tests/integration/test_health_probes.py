@@ -282,6 +282,41 @@ def test_engine_runs_many_probes_and_closes_every_socket() -> None:
     assert open_fds() == before
 
 
+def test_engine_times_out_each_probe_by_its_own_timeout() -> None:
+    """Deadlines sit in one FIFO per timeout value: a short-timeout probe started after a
+    long-timeout one still times out first, and finished queues are dropped."""
+    before = open_fds()
+
+    async def go() -> tuple[list[tuple[str, float]], int]:
+        engine = ProbeEngine()
+        got: list[tuple[str, float]] = []
+        done = asyncio.Event()
+
+        def record(name: str, res: object) -> None:
+            assert isinstance(res, tuple)
+            got.append((name, res[2]))
+            if len(got) == 3:
+                done.set()
+
+        with black_hole() as port:
+            slow = HealthSettings(interval=1.0, timeout=0.4)
+            fast = HealthSettings(interval=1.0, timeout=0.1)
+            engine.start(ProbeSpec.build("127.0.0.1", port, slow), record, "slow")
+            engine.start(ProbeSpec.build("127.0.0.1", port, fast), record, "fast1")
+            engine.start(ProbeSpec.build("127.0.0.1", port, fast), record, "fast2")
+            await asyncio.wait_for(done.wait(), 3.0)
+            queues = len(engine._deadlines)
+        engine.close()
+        return got, queues
+
+    got, queues = run(go())
+    assert [name for name, _ in got] == ["fast1", "fast2", "slow"]
+    assert 0.1 <= got[0][1] < 0.3
+    assert 0.4 <= got[2][1] < 0.6
+    assert queues == 0  # every queue emptied and dropped
+    assert open_fds() == before
+
+
 def test_cancelled_probe_never_reports_and_frees_its_socket() -> None:
     before = open_fds()
 
