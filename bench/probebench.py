@@ -217,7 +217,7 @@ def measure_floor(rate: int, ports: list[int], warmup: float, window: float) -> 
     """The same system calls per probe as the checker, in a plain paced loop."""
     ep = select.epoll()
     slice_s = 0.005
-    per_slice = max(1, round(rate * slice_s))
+    owed = 0.0  # probes owed to the rate (fractions carry over between slices)
     live: dict[int, socket.socket] = {}
     sock_type = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
     targets = [("127.0.0.1", p) for p in ports]
@@ -243,7 +243,9 @@ def measure_floor(rate: int, ports: list[int], warmup: float, window: float) -> 
             break
         if now >= next_slice:
             next_slice += slice_s
-            for _ in range(per_slice):
+            owed += rate * slice_s
+            n, owed = int(owed), owed - int(owed)
+            for _ in range(n):
                 s = socket.socket(socket.AF_INET, sock_type)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
                 s.connect_ex(targets[i % nt])

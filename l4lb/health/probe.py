@@ -206,7 +206,7 @@ class ProbeEngine:
         self._by_fd: dict[int, Probe] = {}  # registered probes by socket fd
         # Deadlines: per distinct timeout, a FIFO of (deadline, probe number) in deadline order
         # (see the module docstring), and a dict number -> probe. The FIFOs hold no object the
-        # garbage collector tracks (see _register), the dict forgets a probe as soon as it
+        # garbage collector tracks (see start), the dict forgets a probe as soon as it
         # finishes; FIFO entries of finished probes are skipped when they reach the head.
         self._deadlines: dict[float, deque[tuple[float, int]]] = {}  # timeout -> FIFO
         self._timed: dict[int, Probe] = {}  # probe number -> probe, while it may time out
@@ -251,18 +251,15 @@ class ProbeEngine:
                               False)
             return probe
         err = sock.connect_ex(spec.sockaddr)
-        if err == _EINPROGRESS or err == 0:  # 0: connected already, the first event says so
-            self._register(probe, sock, _EPOLLOUT)
-        else:
+        if err != _EINPROGRESS and err != 0:  # 0: connected already, the first event says so
             self._finish_soon(probe, False, _errno_reason(err), err not in _LOCAL_ERRNOS)
-        return probe
-
-    def _register(self, probe: Probe, sock: _socket.socket, events: int) -> None:
+            return probe
+        # Register for EPOLLOUT and for the timeout (inlined: this runs for every probe).
         fd = sock.fileno()
         probe.fd = fd
         probe.batch = self._batch
         self._by_fd[fd] = probe
-        self._ep.register(fd, events)
+        self._ep.register(fd, _EPOLLOUT)
         # (float, int) tuples are untracked by the GC at its next pass, so 10,000 probes a
         # second do not pile up long-lived tracked objects that trigger full collections
         # (which cost tens of milliseconds of loop lag with this many objects).
@@ -270,12 +267,13 @@ class ProbeEngine:
         probe.number = seq
         self._timed[seq] = probe
         deadline = probe.deadline
-        fifo = self._deadlines.get(probe.spec.timeout)
+        fifo = self._deadlines.get(spec.timeout)
         if fifo is None:
-            fifo = self._deadlines[probe.spec.timeout] = deque()
+            fifo = self._deadlines[spec.timeout] = deque()
         fifo.append((deadline, seq))
         if deadline < self._timer_at:
             self._arm(deadline)
+        return probe
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
