@@ -19,6 +19,11 @@ What it does:
    that makes the same system calls per probe (socket, SO_LINGER, connect, epoll_ctl ADD,
    epoll_wait share, close), paced in 5 ms slices.
 4. The apparatus alone: the asyncio loop with the sleeper and no checker.
+5. `hole` (not run by default; `--only hole`): the floor's system calls towards a loopback
+   "black hole" (a backlog-0 listener whose accept queue is full, so the kernel drops the SYN),
+   each socket closed after one slice. No handshake completes, so no backend-side work is
+   billed here: it approximates the prober's own share of a probe to a remote backend, minus
+   the receive of its SYN-ACK and the send of its ACK.
 
 Per-probe figures are CPU microseconds per probe; `ratio` is checker / floor.
 `--only checker` runs only the checker phase (for `py-spy record -- python bench/probebench.py`).
@@ -213,9 +218,34 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
 
 # -- floor phase -------------------------------------------------------------------------------
 
-def measure_floor(rate: int, ports: list[int], warmup: float, window: float) -> Window:
-    """The same system calls per probe as the checker, in a plain paced loop."""
+def make_black_hole() -> tuple[socket.socket, list[socket.socket]]:
+    """A loopback port whose SYNs are dropped: backlog-0 listener with a full accept queue."""
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    fillers = []
+    for _ in range(3):  # more than the queue holds
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.setblocking(False)
+        c.connect_ex(lst.getsockname())
+        fillers.append(c)
+    time.sleep(0.05)  # let the fillers' handshakes settle
+    return lst, fillers
+
+
+def measure_floor(rate: int, ports: list[int], warmup: float, window: float,
+                  hole: bool = False) -> Window:
+    """The same system calls per probe as the checker, in a plain paced loop.
+
+    hole: towards a black hole; every socket is closed one slice after its connect.
+    """
     ep = select.epoll()
+    hole_lst: socket.socket | None = None
+    fillers: list[socket.socket] = []
+    previous: list[socket.socket] = []  # hole: the sockets of the last slice
+    if hole:
+        hole_lst, fillers = make_black_hole()
+        ports = [hole_lst.getsockname()[1]]
     slice_s = 0.005
     owed = 0.0  # probes owed to the rate (fractions carry over between slices)
     live: dict[int, socket.socket] = {}
@@ -245,6 +275,12 @@ def measure_floor(rate: int, ports: list[int], warmup: float, window: float) -> 
             next_slice += slice_s
             owed += rate * slice_s
             n, owed = int(owed), owed - int(owed)
+            if hole:
+                for s in previous:
+                    live.pop(s.fileno(), None)
+                    s.close()
+                done += len(previous)
+                previous = []
             for _ in range(n):
                 s = socket.socket(socket.AF_INET, sock_type)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
@@ -253,6 +289,8 @@ def measure_floor(rate: int, ports: list[int], warmup: float, window: float) -> 
                 fd = s.fileno()
                 live[fd] = s
                 ep.register(fd, select.EPOLLOUT)
+                if hole:
+                    previous.append(s)
         for fd, _ev in ep.poll(max(0.0, next_slice - time.monotonic()), 256):
             s = live.pop(fd)
             s.close()
@@ -263,8 +301,12 @@ def measure_floor(rate: int, ports: list[int], warmup: float, window: float) -> 
     for s in live.values():
         s.close()
     ep.close()
-    return Window("floor", rate, t1 - t_measure, done - p0, u1 - u0, s1 - s0, q1 - q0,
-                  0.0, 0.0, 0.0)
+    if hole_lst is not None:
+        for c in fillers:
+            c.close()
+        hole_lst.close()
+    return Window("hole" if hole else "floor", rate, t1 - t_measure, done - p0, u1 - u0,
+                  s1 - s0, q1 - q0, 0.0, 0.0, 0.0)
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -281,7 +323,7 @@ def _print(rows: list[Window], floors: dict[int, Window]) -> None:
             if fu + fs:
                 ratio = f"{(u + s) / (fu + fs):.2f}"
         lag = (f"{w.lag_p50_ms:.2f}/{w.lag_p99_ms:.2f}/{w.lag_max_ms:.2f}"
-               if w.phase != "floor" else "-")
+               if w.phase in ("checker", "idle") else "-")
         print(f"{w.phase:8} {w.backends:>8} {w.rate:>9.0f} {w.cpu_pct:>6.1f} "
               f"{100 * w.user / w.seconds:>6.1f} {100 * w.sys / w.seconds:>6.1f} "
               f"{u:>6.1f}+{s:<6.1f} {ratio:>6} {lag:>20} {w.runq_wait:>7.2f}")
@@ -295,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=5.0)
     ap.add_argument("--reps", type=int, default=1, help="repetitions of every phase")
     ap.add_argument("--quick", action="store_true", help="10,000 backends only, 3 s windows")
-    ap.add_argument("--only", choices=["checker", "floor", "idle"], action="append",
+    ap.add_argument("--only", choices=["checker", "floor", "idle", "hole"], action="append",
                     help="run only these phases (repeatable)")
     ap.add_argument("--nice", type=int, default=0, help="os.nice() increment (e.g. -15)")
     ap.add_argument("--no-lock", action="store_true", help="do not take " + LOCK_PATH)
@@ -331,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                     w = measure_floor(b, ports, args.warmup, args.window)
                     floors[b] = w
                     rows.append(w)
+                if "hole" in phases:
+                    rows.append(measure_floor(b, ports, args.warmup, args.window, hole=True))
                 if "checker" in phases:
                     rows.append(asyncio.run(_measure_loop("checker", b, ports, args.warmup,
                                                           args.window)))
