@@ -317,6 +317,40 @@ def test_engine_times_out_each_probe_by_its_own_timeout() -> None:
     assert open_fds() == before
 
 
+def test_a_raising_callback_does_not_stop_the_other_probes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Results of completed tcp handshakes are delivered inline in the epoll callback; one
+    callback that raises is logged and the probes of the same batch still report."""
+    before = open_fds()
+
+    async def go() -> list[str]:
+        engine = ProbeEngine()
+        got: list[str] = []
+        done = asyncio.Event()
+
+        def record(name: str, res: object) -> None:
+            assert isinstance(res, tuple)
+            if name == "bad":
+                raise RuntimeError("broken callback")
+            got.append(f"{name}: {res[1]}")
+            if len(got) == 4:
+                done.set()
+
+        with listener() as lst:
+            spec = ProbeSpec.build("127.0.0.1", lst.getsockname()[1], TCP)
+            for name in ("a", "b", "bad", "c", "d"):
+                engine.start(spec, record, name)
+            await asyncio.wait_for(done.wait(), 3.0)
+            left = engine.in_flight
+        engine.close()
+        return [*sorted(got), f"in flight {left}"]
+
+    assert run(go()) == ["a: connect ok", "b: connect ok", "c: connect ok", "d: connect ok",
+                         "in flight 0"]
+    assert "health probe callback failed" in caplog.text
+    assert open_fds() == before
+
+
 def test_cancelled_probe_never_reports_and_frees_its_socket() -> None:
     before = open_fds()
 
