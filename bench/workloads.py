@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import backends, loadgen, procfs, procs, vcpu
+from bench import backends, loadgen, procfs, procs, udploss, vcpu
 from bench.plan import Options, Step
 from bench.targets import Running
 
@@ -96,6 +96,7 @@ def run_step(ctx: Context, run: Running, step: Step) -> dict[str, Any]:
 
 def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> None:
     o, wl = ctx.options, step.workload
+    udp_before: list[udploss.UdpSocket] = []
     if wl.kind == "bulk":
         argv = loadgen.iperf3_argv(run.front.bulk, o.bulk_seconds, wl.streams)
         nominal = float(o.bulk_seconds)
@@ -107,6 +108,7 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
         argv = loadgen.udpgen_argv(str(ctx.bins["udpgen"]), run.front.udp, wl.streams, 64,
                                    wl.rate, o.udp_ms)
         nominal = o.udp_ms / 1000
+        udp_before = _udp_sockets()
     else:
         raise ValueError(f"unknown workload kind {wl.kind}")
     lb_pids = run.pids()
@@ -115,6 +117,7 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
     fin = procs.run_bounded(argv, timeout=nominal + SLACK, cpu=ctx.load_cpu,
                             workdir=ctx.workdir)
     b = _snapshot(lb_pids, be_pids)
+    udp_after = _udp_sockets() if wl.kind == "udp" else []
     rec["argv"] = fin.argv
     _account(rec, a, b, fin.cpu, has_lb=run.daemon is not None)
     if fin.timed_out:
@@ -150,11 +153,27 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
         m["rtt_p99_us"] = out["rtt_p99_us"]
         m["errors"] = out["send_errors"] + out["blocked"]
         m["drops"] = float(rec["net"]["Udp.RcvbufErrors"] + rec["net"]["Udp.InErrors"])
+        # where the lost datagrams were lost (bench/udploss.py), and whether udpgen kept pace
+        rec["udp_loss"] = udploss.attribute(out, udploss.socket_drops(
+            udp_before, udp_after, run.front.udp, ctx.backends.ports.udp))
+        m["skipped_pct"] = (100.0 * out.get("skipped", 0.0) / (out["offered"] + out["skipped"])
+                            if out["offered"] + out.get("skipped", 0.0) else 0.0)
     m["loadgen_cpu_pct"] = rec["loadgen_cpu_pct"]
     m["backend_cpu_pct"] = rec["backend_cpu_pct"]
     m["other_cpu_pct"] = rec["other_cpu_pct"]
     m["softirq_cpu_pct"] = rec["softirq_cpu_pct"]
     rec["metrics"] = m
+
+
+def _udp_sockets() -> list[udploss.UdpSocket]:
+    out: list[udploss.UdpSocket] = []
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                out += udploss.parse_udp_table(f.read())
+        except OSError:
+            continue
+    return out
 
 
 _LAST_NUMBER = re.compile(r"(accepted|connected) (\d+)\s*$")
