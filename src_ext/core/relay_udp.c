@@ -133,11 +133,19 @@
  * a GSO run; at 100k/s batches are 1-4 and a loop iteration runs per datagram. What is left is
  * the kernel's per-datagram work (two receives, two sends whose loopback delivery we pay), which
  * batching amortizes only in part; nginx does the same datagram work with ~6 system calls per
- * echo where this relay needs ~1-2.5. Loss at 300k/s is not ours on this box: the generator and
- * the echo server saturate their shared vCPU (91 % busy, drops at the echo socket); the
- * generator straight to the echo server loses 0-5 % at 300k/s today. At 200k/s l4lb lost
- * nothing while nginx, CPU-bound, lost 5-9 %. A listener with the default 208 KiB receive buffer
- * holds ~1 ms at 200k/s: give UDP listeners a few MiB (SO_RCVBUF / SO_RCVBUFFORCE).
+ * echo where this relay needs ~1-2.5. Same-run figures with the batched harness (udpgen and
+ * udpecho send GSO packets that the kernel cuts into single datagrams at the receiving socket,
+ * so this relay still reads and pays for each; bench/results/custom-20261122T042903Z.md):
+ * 300k/s 2.43 us/echo (2.31-2.47) against nginx's 5.55, ratio 0.44; 100k/s 4.29 against 6.19,
+ * ratio 0.69; poll_us 50, 100 or 200 made no measurable difference (2.32-2.44 us/echo at
+ * 300k/s). Loss: every datagram lost at 300k/s in those runs (0.3-2 %) was dropped at our
+ * listener (the harness names the socket), while the vCPU we run on was 75-92 % busy (this
+ * process ~0.57 of it; the rest is softirq work charged to no process, such as freeing the
+ * datagrams the other side received from us, which the kernel defers back to the CPU that
+ * allocated them) and the generator's vCPU was too busy for it to keep pace (it skipped 12-17 %
+ * of the schedule). In ad-hoc 3 s runs with nothing else running, most runs lost nothing; why
+ * the others lost is not established. The buffers ride out short stalls only (see
+ * "Socket buffers").
  */
 #define _GNU_SOURCE
 #include <errno.h>
