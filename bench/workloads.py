@@ -11,6 +11,7 @@ shared machine's noise, in percent of one CPU).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -97,6 +98,7 @@ def run_step(ctx: Context, run: Running, step: Step) -> dict[str, Any]:
 def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> None:
     o, wl = ctx.options, step.workload
     udp_before: list[udploss.UdpSocket] = []
+    ticks_before: dict[int, int] = {}
     if wl.kind == "bulk":
         argv = loadgen.iperf3_argv(run.front.bulk, o.bulk_seconds, wl.streams)
         nominal = float(o.bulk_seconds)
@@ -109,6 +111,7 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
                                    wl.rate, o.udp_ms)
         nominal = o.udp_ms / 1000
         udp_before = _udp_sockets()
+        ticks_before = _all_ticks()
     else:
         raise ValueError(f"unknown workload kind {wl.kind}")
     lb_pids = run.pids()
@@ -118,6 +121,11 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
                             workdir=ctx.workdir)
     b = _snapshot(lb_pids, be_pids)
     udp_after = _udp_sockets() if wl.kind == "udp" else []
+    if wl.kind == "udp":
+        # the CPU other processes took, counted per process (the "other" figure derived from
+        # /proc/stat misses what hides behind softirq time that is charged twice)
+        rec["others_cpu_pct"] = _others_pct(ticks_before, _all_ticks(), {
+            os.getpid(), *lb_pids, *be_pids}, b["t"] - a["t"])
     rec["argv"] = fin.argv
     _account(rec, a, b, fin.cpu, has_lb=run.daemon is not None)
     if fin.timed_out:
@@ -163,6 +171,20 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
     m["other_cpu_pct"] = rec["other_cpu_pct"]
     m["softirq_cpu_pct"] = rec["softirq_cpu_pct"]
     rec["metrics"] = m
+
+
+def _all_ticks() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            out[int(name)] = procfs.cpu_ticks(int(name))
+    return out
+
+
+def _others_pct(before: dict[int, int], after: dict[int, int], ours: set[int],
+                wall: float) -> float:
+    ticks = sum(t - before.get(pid, 0) for pid, t in after.items() if pid not in ours)
+    return round(100 * procfs.ticks_to_seconds(ticks) / wall, 1) if wall > 0 else 0.0
 
 
 def _udp_sockets() -> list[udploss.UdpSocket]:
