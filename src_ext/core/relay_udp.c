@@ -135,17 +135,18 @@
  * batching amortizes only in part; nginx does the same datagram work with ~6 system calls per
  * echo where this relay needs ~1-2.5. Same-run figures with the batched harness (udpgen and
  * udpecho send GSO packets that the kernel cuts into single datagrams at the receiving socket,
- * so this relay still reads and pays for each; bench/results/custom-20261122T042903Z.md):
- * 300k/s 2.43 us/echo (2.31-2.47) against nginx's 5.55, ratio 0.44; 100k/s 4.29 against 6.19,
- * ratio 0.69; poll_us 50, 100 or 200 made no measurable difference (2.32-2.44 us/echo at
- * 300k/s). Loss: every datagram lost at 300k/s in those runs (0.3-2 %) was dropped at our
- * listener (the harness names the socket), while the vCPU we run on was 75-92 % busy (this
- * process ~0.57 of it; the rest is softirq work charged to no process, such as freeing the
- * datagrams the other side received from us, which the kernel defers back to the CPU that
- * allocated them) and the generator's vCPU was too busy for it to keep pace (it skipped 12-17 %
- * of the schedule). In ad-hoc 3 s runs with nothing else running, most runs lost nothing; why
- * the others lost is not established. The buffers ride out short stalls only (see
- * "Socket buffers").
+ * so this relay still reads and pays for each), medians (min-max) of 3:
+ *   run (bench/results/)          offered  l4lb loss   l4lb us/echo      nginx loss  nginx  ratio
+ *   custom-20261122T044231Z quiet 300k/s   0 (0-0)     2.53 (2.39-2.53)  36 % (34-46) 5.22  0.48
+ *                                 100k/s   0           5.08              0           6.13   0.83
+ *   custom-20261122T042903Z busy  300k/s   0.64 %      2.43 (2.31-2.47)  44 % (43-49) 5.55  0.44
+ *                                 100k/s   0           4.29              4.3 %       6.19   0.69
+ * poll_us 50, 100 or 200 made no measurable difference (2.32-2.44 us/echo at 300k/s). In the
+ * busy run every lost datagram was dropped at our listener (the harness names the socket)
+ * while other sessions' processes took 20-35 % of our vCPU: this process got 55-59 % of it
+ * where the rate needs ~70 %, and in poll mode each sleep hands the CPU to such a co-runner
+ * until it yields. Buffers ride out short stalls only (see "Socket buffers"): the relay wants
+ * its CPU to itself.
  */
 #define _GNU_SOURCE
 #include <errno.h>
