@@ -143,8 +143,8 @@
  *                                 100k/s   0           4.29              4.3 %       6.19   0.69
  * poll_us 50, 100 or 200 made no measurable difference (2.32-2.44 us/echo at 300k/s). In the
  * busy run every lost datagram was dropped at our listener (the harness names the socket)
- * while other sessions' processes took 20-35 % of our vCPU: this process got 55-59 % of it
- * where the rate needs ~70 %, and in poll mode each sleep hands the CPU to such a co-runner
+ * while other sessions' processes took about 15-35 % of our vCPU: this process got 55-59 % of it
+ * where the rate needs 65-75 %, and in poll mode each sleep hands the CPU to such a co-runner
  * until it yields. Buffers ride out short stalls only (see "Socket buffers"): the relay wants
  * its CPU to itself.
  */
