@@ -147,8 +147,8 @@ def _udp_loss_table(doc: dict[str, Any], pin: str) -> list[str]:
              "unaccounted")
     lines = ["| rep | target | workload | offered | loss % | " + " | ".join(where)
              + " | skipped | late ticks | max/tick | loadgen CPU % | other CPU % | "
-             "others by process CPU % |",
-             "|" + "---|" * (11 + len(where))]
+             "others by process CPU % | steal % |",
+             "|" + "---|" * (12 + len(where))]
     for r in sorted(recs, key=lambda r: (r["workload"], r["target"], r["rep"])):
         raw, loss = r.get("raw", {}), r["udp_loss"]
         lines.append(
@@ -157,7 +157,8 @@ def _udp_loss_table(doc: dict[str, Any], pin: str) -> list[str]:
             + " | ".join(f"{loss.get(k, 0):,.0f}" for k in where)
             + f" | {raw.get('skipped', 0):,.0f} | {raw.get('late_ticks', 0):,.0f} | "
             f"{raw.get('max_tick', 0):,.0f} | {r.get('loadgen_cpu_pct', 0):.0f} | "
-            f"{r.get('other_cpu_pct', 0):.0f} | {r.get('others_cpu_pct', '-')} |")
+            f"{r.get('other_cpu_pct', 0):.0f} | {r.get('others_cpu_pct', '-')} | "
+            + "/".join(str(v) for v in (r.get("steal_pct") or {}).values()) + " |")
     return lines
 
 
@@ -243,7 +244,8 @@ def markdown(doc: dict[str, Any]) -> str:
                     "udpgen woke more than 10 ticks late (its CPU was taken); max/tick = most "
                     "datagrams offered in one 100 µs tick. others by process = CPU time of "
                     "every process that is not the benchmark's, summed per process over the "
-                    "run (processes that ended during it are missed).", "", *udp, ""]
+                    "run (processes that ended during it are missed); steal = time the "
+                    "hypervisor took from each vCPU (cpu0/cpu1).", "", *udp, ""]
     out += ["## Forwarding-table rebuild + publish (in-process)", "", *_table_rebuild(doc), ""]
     out += ["## PERF.md's earlier figures for the peers (other runs: orientation only)", "",
             "| workload | direct | HAProxy (splice forced) | nginx stream |", "|---|---|---|---|"]

@@ -99,6 +99,7 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
     o, wl = ctx.options, step.workload
     udp_before: list[udploss.UdpSocket] = []
     ticks_before: dict[int, int] = {}
+    steal_before: dict[str, int] = {}
     if wl.kind == "bulk":
         argv = loadgen.iperf3_argv(run.front.bulk, o.bulk_seconds, wl.streams)
         nominal = float(o.bulk_seconds)
@@ -112,6 +113,7 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
         nominal = o.udp_ms / 1000
         udp_before = _udp_sockets()
         ticks_before = _all_ticks()
+        steal_before = _steal_ticks()
     else:
         raise ValueError(f"unknown workload kind {wl.kind}")
     lb_pids = run.pids()
@@ -126,6 +128,11 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
         # /proc/stat misses what hides behind softirq time that is charged twice)
         rec["others_cpu_pct"] = _others_pct(ticks_before, _all_ticks(), {
             os.getpid(), *lb_pids, *be_pids}, b["t"] - a["t"])
+        # time the hypervisor ran something else on our vCPUs (a stall no process sees)
+        wall = b["t"] - a["t"]
+        rec["steal_pct"] = {cpu: round(100 * procfs.ticks_to_seconds(t - steal_before.get(cpu, 0))
+                                       / wall, 1) if wall > 0 else 0.0
+                            for cpu, t in _steal_ticks().items()}
     rec["argv"] = fin.argv
     _account(rec, a, b, fin.cpu, has_lb=run.daemon is not None)
     if fin.timed_out:
@@ -171,6 +178,16 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
     m["other_cpu_pct"] = rec["other_cpu_pct"]
     m["softirq_cpu_pct"] = rec["softirq_cpu_pct"]
     rec["metrics"] = m
+
+
+def _steal_ticks() -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0].startswith("cpu") and parts[0] != "cpu" and len(parts) > 8:
+                out[parts[0]] = int(parts[8])
+    return out
 
 
 def _all_ticks() -> dict[int, int]:
