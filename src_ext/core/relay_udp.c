@@ -72,6 +72,18 @@
  * the slab, so the data path allocates nothing (tests/dataplane/test_c_internals.py counts the
  * core's malloc calls over 51,200 datagrams: zero).
  *
+ * Socket buffers. The kernel queues what we have not read yet in the socket's receive buffer and
+ * drops (RcvbufErrors, the socket's drops in /proc/net/udp) what does not fit; a small datagram
+ * costs about 830 bytes of it on loopback (its sk_buff), so the default 208 KiB holds ~250. The
+ * listeners get 4 MiB from Python (l4lb/net/listen.py: ~5,000 datagrams, 17 ms at 300k/s). An
+ * upstream socket gets RELAY_UDP_UP_RCVBUF (2 MiB) here, one setsockopt per new flow: a backend
+ * answers a burst of requests with a burst of replies, while we may be busy with the listener's
+ * next batch, and with the default buffer a burst of ~250 replies per flow was lost there
+ * (measured: 50k-170k drops per 3 s run at 300k/s whenever the load CPU hiccupped). The size is
+ * a limit, not an allocation: only queued datagrams use memory, and the system-wide udp_mem
+ * bounds the sum. SO_RCVBUFFORCE needs CAP_NET_ADMIN; without it SO_RCVBUF gets what
+ * net.core.rmem_max allows.
+ *
  * Reply source address. dp_add_listener() sets IP_PKTINFO (IPv4) or IPV6_RECVPKTINFO (IPv6) on a
  * listener bound to the wildcard address. Each datagram then carries the destination address it
  * was sent to (ipi_addr / ipi6_addr), which goes into the flow key and into the flow's reply
@@ -132,11 +144,25 @@
  * a GSO run; at 100k/s batches are 1-4 and a loop iteration runs per datagram. What is left is
  * the kernel's per-datagram work (two receives, two sends whose loopback delivery we pay), which
  * batching amortizes only in part; nginx does the same datagram work with ~6 system calls per
- * echo where this relay needs ~1-2.5. Loss at 300k/s is not ours on this box: the generator and
- * the echo server saturate their shared vCPU (91 % busy, drops at the echo socket); the
- * generator straight to the echo server loses 0-5 % at 300k/s today. At 200k/s l4lb lost
- * nothing while nginx, CPU-bound, lost 5-9 %. A listener with the default 208 KiB receive buffer
- * holds ~1 ms at 200k/s: give UDP listeners a few MiB (SO_RCVBUF / SO_RCVBUFFORCE).
+ * echo where this relay needs ~1-2.5. Same-run figures with the batched harness (udpgen and
+ * udpecho send GSO packets that the kernel cuts into single datagrams at the receiving socket,
+ * so this relay still reads and pays for each), medians (min-max) of 3:
+ *   run (bench/results/)          offered  l4lb loss   l4lb us/echo      nginx loss  nginx  ratio
+ *   custom-20261122T044231Z quiet 300k/s   0 (0-0)     2.53 (2.39-2.53)  36 % (34-46) 5.22  0.48
+ *                                 100k/s   0           5.08              0           6.13   0.83
+ *   custom-20261122T044851Z quiet 300k/s   0 (0-0.97)  2.63 (2.58-3.15)  39 % (38-40) 5.43  0.48
+ *   custom-20261122T042903Z busy  300k/s   0.64 %      2.43 (2.31-2.47)  44 % (43-49) 5.55  0.44
+ *                                 100k/s   0           4.29              4.3 %       6.19   0.69
+ * poll_us 50, 100 or 200 made no measurable difference (2.32-2.44 us/echo at 300k/s). The
+ * one quiet run that lost (0.97 %, all at our listener, nothing else running) had a backlog
+ * of more than the listener's ~30 ms; at 300k/s this relay needs 71-94 % of its vCPU, so the
+ * margin is thin and a host-side slowdown is enough (steal time is recorded since). In the
+ * busy run every lost datagram was dropped at our listener (the harness names the socket)
+ * while other sessions' processes took about 15-35 % of our vCPU: this process got 55-59 % of it
+ * where the rate needs 65-75 %. Poll mode is not what exposes us to such co-runners: with a
+ * nice-10 CPU hog on our vCPU, poll_us 50 lost nothing in 2 of 2 runs (2.41-2.55 us/echo),
+ * poll_us 0 lost 0 and 5.5 % (2.66-3.05 us/echo). Buffers ride out short stalls only (see
+ * "Socket buffers"): the relay wants its CPU to itself.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -429,6 +455,16 @@ static socklen_t udp_backend_addr(const struct dp_backend *b, struct sockaddr_st
     return sizeof(*sin6);
 }
 
+/* Give an upstream socket a receive buffer that rides out a burst of replies (see "Buffers");
+ * best effort: without CAP_NET_ADMIN the kernel caps SO_RCVBUF at net.core.rmem_max. */
+static void udp_upstream_buffers(int fd)
+{
+    int v = RELAY_UDP_UP_RCVBUF;
+
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof(v)) != 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v));
+}
+
 /* Open a flow for the first datagram of a client: max_flows, backend pick, connected upstream
  * socket in epoll, index, idle timer. Returns the flow, or NULL when the datagram is dropped
  * (counted here). */
@@ -468,6 +504,7 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
                 0);
     if (fd < 0)
         goto local_failure;
+    udp_upstream_buffers(fd);
     sl = udp_backend_addr(b, &ss);
     if (connect(fd, (struct sockaddr *)&ss, sl) < 0) {
         err = errno;

@@ -26,6 +26,8 @@
 #define RELAY_UDP_CTL 64u            /* control bytes per received datagram (pktinfo) */
 #define RELAY_UDP_GSO_MAX 1400u      /* largest datagram sent in a GSO run (fits a 1500 MTU) */
 #define RELAY_UDP_GSO_BYTES 60000u   /* most payload bytes in one GSO run */
+#define RELAY_UDP_UP_RCVBUF (2 << 20) /* receive buffer of an upstream socket (relay_udp.c,
+                                         "Socket buffers") */
 
 /* One UDP flow: a ct entry (first) plus its upstream socket and reply addressing. */
 struct relay_udp_flow {
