@@ -99,7 +99,9 @@ def ctl(cfg: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProce
 def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    # the writer may be half-way through a batch: only complete lines count
+    complete = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete]
 
 
 def wait_for_lines(path: Path, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
