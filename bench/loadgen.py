@@ -94,14 +94,21 @@ def parse_wrk(text: str) -> dict[str, float]:
     return out
 
 
+UDP_TICK_US = 100  # udpgen's pacing tick: 30 datagrams per tick at 300k/s
+
+
 def udpgen_argv(binary: str, port: int, flows: int, size: int, rate: int,
-                duration_ms: int) -> list[str]:
-    """The UDP generator: flows sockets, size-byte datagrams at rate/s for duration_ms."""
-    return [binary, HOST, str(port), str(flows), str(size), str(rate), str(duration_ms)]
+                duration_ms: int, tick_us: int = UDP_TICK_US, gso: bool = True) -> list[str]:
+    """The UDP generator: flows sockets, size-byte datagrams at rate/s for duration_ms, paced
+    every tick_us; gso sends each flow's share of a tick as one GSO packet (the receiver still
+    gets one datagram each: see bench/csrc/udpgen.c)."""
+    return [binary, HOST, str(port), str(flows), str(size), str(rate), str(duration_ms),
+            str(tick_us), "1" if gso else "0"]
 
 
 def parse_udpgen(text: str) -> dict[str, float]:
-    """Every number udpgen prints (offered, sent, received, loss_pct, rtt_p50_us, ...)."""
+    """Every number udpgen prints (offered, sent, received, loss_pct, rtt_p50_us, rx_drops,
+    skipped, late_ticks, max_tick, ...)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -109,6 +116,6 @@ def parse_udpgen(text: str) -> dict[str, float]:
     return {k: float(v) for k, v in data.items()}
 
 
-def udpecho_argv(binary: str, port: int) -> list[str]:
-    """The UDP echo backend."""
-    return [binary, HOST, str(port)]
+def udpecho_argv(binary: str, port: int, gso: bool = True) -> list[str]:
+    """The UDP echo backend; gso sends a batch's replies to one peer as one GSO packet."""
+    return [binary, HOST, str(port), "1" if gso else "0"]

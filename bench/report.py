@@ -136,6 +136,32 @@ def _diag_table(doc: dict[str, Any], pin: str) -> list[str]:
     return lines
 
 
+def _udp_loss_table(doc: dict[str, Any], pin: str) -> list[str]:
+    """One row per UDP run: where its lost datagrams were lost (bench/udploss.py) and whether
+    the generator kept its pace (skipped: not offered because udpgen woke too late)."""
+    recs = [r for r in doc["records"] if r["pin"] == pin and r.get("kind") == "udp"
+            and r.get("udp_loss")]
+    if not recs:
+        return []
+    where = ("generator_send", "lb_listener", "lb_upstream", "backend", "generator_receive",
+             "unaccounted")
+    lines = ["| rep | target | workload | offered | loss % | " + " | ".join(where)
+             + " | skipped | late ticks | max/tick | loadgen CPU % | other CPU % | "
+             "others by process CPU % | steal % |",
+             "|" + "---|" * (12 + len(where))]
+    for r in sorted(recs, key=lambda r: (r["workload"], r["target"], r["rep"])):
+        raw, loss = r.get("raw", {}), r["udp_loss"]
+        lines.append(
+            f"| {r['rep']} | {r['target']} | {r['workload']} | {raw.get('offered', 0):,.0f} | "
+            f"{raw.get('loss_pct', 0):.3f} | "
+            + " | ".join(f"{loss.get(k, 0):,.0f}" for k in where)
+            + f" | {raw.get('skipped', 0):,.0f} | {raw.get('late_ticks', 0):,.0f} | "
+            f"{raw.get('max_tick', 0):,.0f} | {r.get('loadgen_cpu_pct', 0):.0f} | "
+            f"{r.get('other_cpu_pct', 0):.0f} | {r.get('others_cpu_pct', '-')} | "
+            + "/".join(str(v) for v in (r.get("steal_pct") or {}).values()) + " |")
+    return lines
+
+
 def _table_rebuild(doc: dict[str, Any]) -> list[str]:
     tb = doc.get("table")
     if not tb:
@@ -208,6 +234,18 @@ def markdown(doc: dict[str, Any]) -> str:
                 *(_ratio_table(doc, pin) or ["No pair to compare."]), "",
                 f"## {pin}: diagnostics (medians over all repetitions)", "",
                 *_diag_table(doc, pin), ""]
+        udp = _udp_loss_table(doc, pin)
+        if udp:
+            out += [f"## {pin}: UDP, where the lost datagrams were lost (every run)", "",
+                    "Datagrams dropped by the kernel at each socket (its drops counter in "
+                    "/proc/net/udp, udpgen's own sockets by SO_MEMINFO), the generator's failed "
+                    "sends, and the rest (unaccounted: dropped by the balancer itself or still "
+                    "in flight when udpgen stopped waiting). skipped = not offered because "
+                    "udpgen woke more than 10 ticks late (its CPU was taken); max/tick = most "
+                    "datagrams offered in one 100 µs tick. others by process = CPU time of "
+                    "every process that is not the benchmark's, summed per process over the "
+                    "run (processes that ended during it are missed); steal = time the "
+                    "hypervisor took from each vCPU (cpu0/cpu1).", "", *udp, ""]
     out += ["## Forwarding-table rebuild + publish (in-process)", "", *_table_rebuild(doc), ""]
     out += ["## PERF.md's earlier figures for the peers (other runs: orientation only)", "",
             "| workload | direct | HAProxy (splice forced) | nginx stream |", "|---|---|---|---|"]

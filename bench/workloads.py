@@ -11,6 +11,7 @@ shared machine's noise, in percent of one CPU).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import backends, loadgen, procfs, procs, vcpu
+from bench import backends, loadgen, procfs, procs, udploss, vcpu
 from bench.plan import Options, Step
 from bench.targets import Running
 
@@ -96,6 +97,9 @@ def run_step(ctx: Context, run: Running, step: Step) -> dict[str, Any]:
 
 def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> None:
     o, wl = ctx.options, step.workload
+    udp_before: list[udploss.UdpSocket] = []
+    ticks_before: dict[int, int] = {}
+    steal_before: dict[str, int] = {}
     if wl.kind == "bulk":
         argv = loadgen.iperf3_argv(run.front.bulk, o.bulk_seconds, wl.streams)
         nominal = float(o.bulk_seconds)
@@ -107,6 +111,9 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
         argv = loadgen.udpgen_argv(str(ctx.bins["udpgen"]), run.front.udp, wl.streams, 64,
                                    wl.rate, o.udp_ms)
         nominal = o.udp_ms / 1000
+        udp_before = _udp_sockets()
+        ticks_before = _all_ticks()
+        steal_before = _steal_ticks()
     else:
         raise ValueError(f"unknown workload kind {wl.kind}")
     lb_pids = run.pids()
@@ -115,6 +122,17 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
     fin = procs.run_bounded(argv, timeout=nominal + SLACK, cpu=ctx.load_cpu,
                             workdir=ctx.workdir)
     b = _snapshot(lb_pids, be_pids)
+    udp_after = _udp_sockets() if wl.kind == "udp" else []
+    if wl.kind == "udp":
+        # the CPU other processes took, counted per process (the "other" figure derived from
+        # /proc/stat misses what hides behind softirq time that is charged twice)
+        rec["others_cpu_pct"] = _others_pct(ticks_before, _all_ticks(), {
+            os.getpid(), *lb_pids, *be_pids}, b["t"] - a["t"])
+        # time the hypervisor ran something else on our vCPUs (a stall no process sees)
+        wall = b["t"] - a["t"]
+        rec["steal_pct"] = {cpu: round(100 * procfs.ticks_to_seconds(t - steal_before.get(cpu, 0))
+                                       / wall, 1) if wall > 0 else 0.0
+                            for cpu, t in _steal_ticks().items()}
     rec["argv"] = fin.argv
     _account(rec, a, b, fin.cpu, has_lb=run.daemon is not None)
     if fin.timed_out:
@@ -150,11 +168,51 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
         m["rtt_p99_us"] = out["rtt_p99_us"]
         m["errors"] = out["send_errors"] + out["blocked"]
         m["drops"] = float(rec["net"]["Udp.RcvbufErrors"] + rec["net"]["Udp.InErrors"])
+        # where the lost datagrams were lost (bench/udploss.py), and whether udpgen kept pace
+        rec["udp_loss"] = udploss.attribute(out, udploss.socket_drops(
+            udp_before, udp_after, run.front.udp, ctx.backends.ports.udp))
+        m["skipped_pct"] = (100.0 * out.get("skipped", 0.0) / (out["offered"] + out["skipped"])
+                            if out["offered"] + out.get("skipped", 0.0) else 0.0)
     m["loadgen_cpu_pct"] = rec["loadgen_cpu_pct"]
     m["backend_cpu_pct"] = rec["backend_cpu_pct"]
     m["other_cpu_pct"] = rec["other_cpu_pct"]
     m["softirq_cpu_pct"] = rec["softirq_cpu_pct"]
     rec["metrics"] = m
+
+
+def _steal_ticks() -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0].startswith("cpu") and parts[0] != "cpu" and len(parts) > 8:
+                out[parts[0]] = int(parts[8])
+    return out
+
+
+def _all_ticks() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            out[int(name)] = procfs.cpu_ticks(int(name))
+    return out
+
+
+def _others_pct(before: dict[int, int], after: dict[int, int], ours: set[int],
+                wall: float) -> float:
+    ticks = sum(t - before.get(pid, 0) for pid, t in after.items() if pid not in ours)
+    return round(100 * procfs.ticks_to_seconds(ticks) / wall, 1) if wall > 0 else 0.0
+
+
+def _udp_sockets() -> list[udploss.UdpSocket]:
+    out: list[udploss.UdpSocket] = []
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                out += udploss.parse_udp_table(f.read())
+        except OSError:
+            continue
+    return out
 
 
 _LAST_NUMBER = re.compile(r"(accepted|connected) (\d+)\s*$")

@@ -1,4 +1,4 @@
-"""The `l4lb` command line: run, check, demo, version (click)."""
+"""The `l4lb` command line: run, check, demo, version, and the control-socket clients (click)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import click
 
 from l4lb import __version__
 from l4lb.config import Config, ConfigError, load_file
+from l4lb.config.durations import parse_duration_ms
 from l4lb.config.model import GlobalSettings
-from l4lb.control import ControlError, request
+from l4lb.control import ControlError, request_with
 from l4lb.daemon import EXIT_CONFIG
 from l4lb.dataplane import DataplaneUnavailable, compiled_available, reference_requested
 from l4lb.display import (
     BACKEND_HEADERS,
     backend_rows,
+    countdown,
     human_bytes,
     status_text,
     table,
@@ -74,7 +76,7 @@ def check(path: str) -> None:
 @click.pass_context
 def run(ctx: click.Context, path: str) -> None:
     """Run the balancer in the foreground (logs to stderr). SIGTERM drains, SIGINT stops."""
-    from l4lb.daemon import EXIT_DATAPLANE, EXIT_LISTEN, Daemon, serve
+    from l4lb.daemon import EXIT_DATAPLANE, EXIT_LISTEN, ConnLogError, Daemon, serve
 
     config = _load_or_exit(path)
     setup_logging(ctx.obj["log_level"] or config.global_.log_level,
@@ -88,6 +90,9 @@ def run(ctx: click.Context, path: str) -> None:
     except ListenError as exc:
         click.echo(f"l4lb: error: {exc.strerror}", err=True)
         sys.exit(EXIT_LISTEN)
+    except ConnLogError as exc:
+        click.echo(f"l4lb: error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
     if reference_requested():
         log.warning("daemon: running the pure-Python reference data plane "
                     "(L4LB_NO_EXTENSIONS is set): for tests, not for traffic")
@@ -196,7 +201,7 @@ def _call(config_path: str | None, socket_path: str | None, cmd: str, **args: An
         else:
             socket_path = _socket_of(config_path)
     try:
-        return request(socket_path, cmd, **args)
+        return request_with(socket_path, cmd, args)
     except ControlError as exc:
         click.echo(f"l4lb: error: {exc}", err=True)
         sys.exit(1)
@@ -268,9 +273,126 @@ def _admin_command(name: str, doc: str) -> None:
               _change_text)
 
 
-_admin_command("enable", "Put BACKEND of SERVICE back in service (clears drain and maintenance).")
-_admin_command("disable", "Put BACKEND of SERVICE in maintenance: no new sessions.")
-_admin_command("drain", "Drain BACKEND of SERVICE: no new sessions; open ones continue.")
+_admin_command("enable", "Put BACKEND of SERVICE back in service (clears drain and maintenance; "
+               "cancels a drain deadline).")
+_admin_command("disable", "Put BACKEND of SERVICE in maintenance: no new sessions (cancels a "
+               "drain deadline).")
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_duration_ms(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@cli.command()
+@click.argument("service")
+@click.argument("backend")
+@click.option("--timeout", default=None, callback=_duration, metavar="DURATION",
+              help='Close what is left at this deadline ("30s", "5m", "1h"); the command '
+                   "counts the remaining sessions down and returns when none are left.")
+@_socket_options
+def drain(service: str, backend: str, timeout: str | None, config_path: str | None,
+          socket_path: str | None, as_json: bool) -> None:
+    """Drain BACKEND of SERVICE: no new sessions; open ones continue.
+
+    With --timeout, the daemon closes the sessions (and UDP flows) still open at the deadline.
+    The deadline lives in the daemon: Ctrl-C here does not cancel it; `l4lb enable`,
+    `l4lb disable` or another drain do.
+    """
+    if timeout is None:
+        _emit(_call(config_path, socket_path, "drain", service=service, backend=backend),
+              as_json, _change_text)
+        return
+    result = _call(config_path, socket_path, "drain", service=service, backend=backend,
+                   timeout=timeout)
+    if not as_json:
+        click.echo(_change_text(result))
+    sys.exit(_follow_drain(result["drain"], config_path, socket_path, as_json))
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _remaining_text(info: dict[str, Any]) -> str:
+    """ "3 sessions" (TCP), "2 flows" (UDP); both when a backend somehow has both."""
+    parts = []
+    if info["protocol"] != "udp" or info["sessions"]:
+        parts.append(_count(info["sessions"], "session"))
+    if info["protocol"] == "udp" or info["flows"]:
+        parts.append(_count(info["flows"], "flow"))
+    return " and ".join(parts)
+
+
+def drain_line(info: dict[str, Any]) -> str:
+    """One line of the countdown: what is left and how long until the deadline."""
+    return (f"{info['service']}/{info['backend']}: {_remaining_text(info)} left, "
+            f"{countdown(info['remaining'])} to the deadline")
+
+
+def drain_end_text(info: dict[str, Any]) -> tuple[str, int]:
+    """The last line of `drain --timeout` and the exit code, for a drain that has ended."""
+    who = f"{info['service']}/{info['backend']}"
+    outcome = info["outcome"]
+    what = "flows" if info["protocol"] == "udp" else "sessions"
+    if outcome["outcome"] == "deadline":
+        closed = _count(outcome["closed"], what[:-1])
+        return f"{who}: deadline reached, closed {closed}", 0
+    if outcome["outcome"] == "drained":
+        return f"{who}: drained, no {what} left", 0
+    return f"{who}: drain deadline cancelled: {outcome['reason']}", 1
+
+
+def _follow_drain(info: dict[str, Any], config_path: str | None, socket_path: str | None,
+                  as_json: bool) -> int:
+    """Poll drain-status once a second until the drain ends; print the countdown."""
+    tty = sys.stdout.isatty() and not as_json
+    shown = False
+    try:
+        while info["outcome"] is None and info["sessions"] + info["flows"] > 0:
+            if not as_json:
+                line = drain_line(info)
+                if tty:
+                    click.echo(f"\r\x1b[K{line}", nl=False)
+                else:
+                    click.echo(line)
+                shown = True
+            time.sleep(min(1.0, max(0.05, info["remaining"] + 0.1)))
+            info = _call(config_path, socket_path, "drain-status", drain_id=info["id"])
+    except KeyboardInterrupt:
+        if tty and shown:
+            click.echo()
+        at = time.strftime("%H:%M:%S", time.localtime(info["deadline"] or time.time()))
+        click.echo(f"interrupted: the drain deadline stays armed in the daemon: at {at} it "
+                   f"closes what is left of {info['service']}/{info['backend']} "
+                   "(`l4lb enable` or `l4lb disable` cancels it)", err=True)
+        return 130
+    if tty and shown:
+        click.echo("\r\x1b[K", nl=False)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return 0 if info["outcome"] is None or info["outcome"]["outcome"] != "cancelled" else 1
+    if info["outcome"] is None:  # nothing left; the daemon ends the deadline within a second
+        what = "flows" if info["protocol"] == "udp" else "sessions"
+        click.echo(f"{info['service']}/{info['backend']}: drained, no {what} left")
+        return 0
+    text, code = drain_end_text(info)
+    click.echo(text, err=code != 0)
+    return code
+
+
+@cli.command(name="reopen-logs")
+@_socket_options
+def reopen_logs(config_path: str | None, socket_path: str | None, as_json: bool) -> None:
+    """Reopen the connection log file (after logrotate renamed it); same as SIGUSR1."""
+    _emit(_call(config_path, socket_path, "reopen-logs"), as_json,
+          lambda r: f"reopened {r['connection_log']}" if r["connection_log"]
+          else "connection log is off: nothing to reopen")
 
 
 @cli.command()

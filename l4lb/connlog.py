@@ -11,18 +11,20 @@ then signal the daemon) makes the thread close and reopen the path before its ne
 A failed open or write is logged (at most once a minute) and its lines are counted as failed;
 the writer keeps going and tries to open the file again before each later batch.
 
-Input record (a dict, as the data plane will report a closed session):
+Input record (a dict: the daemon maps the data plane's `closed_sessions()` records to this):
     client            str    "host:port" ("[v6]:port" for IPv6)
     service           str    service name
+    protocol          str    "tcp" (a session) or "udp" (a flow)
     backend           str | None  backend address as written (None: no backend was chosen)
-    started           float  unix time the client connection was accepted
-    duration          float  seconds the session was open (>= 0)
+    started           float  unix time the client connection was accepted (UDP: first datagram)
+    duration          float  seconds the session or flow was open (>= 0)
     bytes_to_backend  int    bytes relayed client -> backend
     bytes_to_client   int    bytes relayed backend -> client
-    reason            str    why it closed (see CLOSE_REASONS; other short words are allowed)
+    reason            str    why it closed (see TCP_REASONS, UDP_REASONS; other short words are
+                             allowed, so a newer data plane's reason is written, not dropped)
 Output line:
-    {"client":..,"service":..,"backend":..,"start":"2026-01-02T03:04:05.678Z","duration":1.234,
-     "bytes_to_backend":..,"bytes_to_client":..,"reason":..}
+    {"client":..,"service":..,"protocol":"tcp","backend":..,"start":"2026-01-02T03:04:05.678Z",
+     "duration":1.234,"bytes_to_backend":..,"bytes_to_client":..,"reason":..}
 """
 
 from __future__ import annotations
@@ -40,9 +42,14 @@ from typing import Any, BinaryIO
 
 log = logging.getLogger("l4lb")
 
-# The close reasons the data plane is expected to use (docs/observability.md).
-CLOSE_REASONS = ("client_closed", "backend_closed", "client_reset", "backend_reset",
-                 "connect_failed", "no_backend", "idle_timeout", "shutdown", "error")
+# The close reasons the data plane reports (docs/connection-log.md explains each).
+TCP_REASONS = ("client_closed", "backend_closed", "client_reset", "backend_reset",
+               "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
+               "drain_timeout", "error")
+UDP_REASONS = ("idle_timeout", "responses", "refused", "moved", "listener_gone", "shutdown",
+               "drain_timeout", "error")
+CLOSE_REASONS = tuple(dict.fromkeys(TCP_REASONS + UDP_REASONS))  # both, without repeats
+PROTOCOLS = ("tcp", "udp")
 MAX_REASON = 64  # characters of a close reason
 DEFAULT_QUEUE = 65536  # lines held in memory before new ones are dropped
 _ERROR_LOG_EVERY = 60.0  # seconds between two log lines about write errors
@@ -52,19 +59,33 @@ class RecordError(ValueError):
     """A closed-session record with a missing or ill-typed field."""
 
 
+# The last second rfc3339() formatted and its text: closes come in bursts within one second,
+# and strftime is a fifth of the cost of a line. One tuple, so a reader in another thread
+# never pairs a second with another second's text.
+_last_second: tuple[int, str] = (-1, "")
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # ensure_ascii (the default): ASCII lines
+
+
 def rfc3339(ts: float) -> str:
     """Unix time -> '2026-01-02T03:04:05.678Z' (UTC, milliseconds)."""
+    global _last_second
     if not math.isfinite(ts):
         raise RecordError(f"started: not a finite time: {ts!r}")
-    ms = round(ts * 1000)
-    moment = datetime.fromtimestamp(ms // 1000, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    second, ms = divmod(round(ts * 1000), 1000)
+    cached = _last_second
+    if cached[0] != second:
+        cached = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        _last_second = cached
+    return f"{cached[1]}.{ms:03d}Z"
 
 
 def format_record(record: Mapping[str, Any]) -> str:
     """One closed session as one JSON line (with the trailing newline). Raises RecordError."""
     client = _text(record, "client")
     service = _text(record, "service")
+    protocol = _text(record, "protocol")
+    if protocol not in PROTOCOLS:
+        raise RecordError(f"protocol: expected tcp or udp, got {protocol!r}")
     backend = record.get("backend")
     if backend is not None and not isinstance(backend, str):
         raise RecordError("backend: expected a string or null")
@@ -77,10 +98,10 @@ def format_record(record: Mapping[str, Any]) -> str:
     reason = _text(record, "reason")
     if len(reason) > MAX_REASON:
         raise RecordError(f"reason: longer than {MAX_REASON} characters")
-    line = {"client": client, "service": service, "backend": backend,
+    line = {"client": client, "service": service, "protocol": protocol, "backend": backend,
             "start": rfc3339(started), "duration": round(duration, 6),
             "bytes_to_backend": to_backend, "bytes_to_client": to_client, "reason": reason}
-    return json.dumps(line, separators=(",", ":")) + "\n"
+    return _ENCODER.encode(line) + "\n"
 
 
 def _text(record: Mapping[str, Any], key: str) -> str:

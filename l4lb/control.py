@@ -158,7 +158,15 @@ def _socket_alive(path: str) -> bool:
 
 
 def request(path: str, cmd: str, timeout: float = 10.0, **args: Any) -> Any:
-    """Send one request to the daemon at `path`; return its result or raise ControlError."""
+    """Send one request to the daemon at `path`; return its result or raise ControlError.
+
+    `timeout` is the socket's; a command argument named "timeout" (drain) needs
+    request_with()."""
+    return request_with(path, cmd, args, timeout)
+
+
+def request_with(path: str, cmd: str, args: dict[str, Any], timeout: float = 10.0) -> Any:
+    """Like request(), with the command's arguments as a dict (any names)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:

@@ -6,7 +6,24 @@ stops the start-up with one line naming the address and the OS error.
 
 Signals: SIGTERM drains gracefully (stop accepting, let sessions finish for up to
 `[global] shutdown_timeout`, close the rest, exit 0); SIGINT stops at once (sessions closed,
-exit 0); a second signal stops at once. SIGHUP reloads the configuration file (see Daemon.reload).
+exit 0); a second signal stops at once. SIGHUP reloads the configuration file (see Daemon.reload);
+SIGUSR1 reopens the connection log (after logrotate renamed it).
+
+Drain deadlines (`l4lb drain --timeout`) live here, not in the CLI: the daemon arms one asyncio
+timer per backend; at the deadline it asks the data plane to close what is left of that backend
+(`close_backend_sessions`). Every second it also ends deadlines whose backend has emptied by
+itself, and every table publish cancels those whose backend left the drain state or the
+configuration (enable, disable, reload, remove-backend). l4lb.state.Drains keeps the records.
+
+The connection log: with `[global] connection_log`, the data plane keeps a bounded ring of
+closed-session records per worker; a timer on the loop takes them every 250 ms (4096 at a
+time; after a full read the next one runs as soon as the callbacks already queued have run, so
+a flood of closes never holds the loop for long), names the service and backend of each from
+the id maps of the last few tables (a record may name a backend the last reload removed) and
+hands them to l4lb.connlog.ConnLogWriter, whose thread writes the file. After the data plane
+stopped, the rings are read once more, so the closes of the shutdown are logged too. Lost
+records (ring full, writer queue full, write errors) are counted for the metrics and logged at
+most once a minute.
 """
 
 from __future__ import annotations
@@ -17,14 +34,18 @@ import dataclasses
 import logging
 import os
 import signal
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from l4lb import __version__
 from l4lb.config import ConfigError, load_file
+from l4lb.config.durations import format_duration_ms, parse_duration_ms
 from l4lb.config.model import Config
+from l4lb.connlog import ConnLogWriter, RecordError
 from l4lb.control import ControlError, ControlServer
 from l4lb.dataplane import load_dataplane_class
 from l4lb.health.checker import HealthChecker
@@ -35,7 +56,14 @@ from l4lb.logs import LEVELS
 from l4lb.net.listen import ListenerGroup, ListenError, open_listeners, resolve_workers
 from l4lb.overlay import Overlay, OverlayError
 from l4lb.reload import RESTART_ONLY, plan
-from l4lb.state import Runtime, StateError, address_text
+from l4lb.state import (
+    DrainDeadline,
+    DrainEnd,
+    Drains,
+    Runtime,
+    StateError,
+    address_text,
+)
 from l4lb.table.blob import digest
 from l4lb.table.builder import TableBuilder
 from l4lb.vrrp.digestcheck import DigestCheck
@@ -50,6 +78,19 @@ EXIT_CONFIG = 1
 EXIT_USAGE = 2  # click's own code for a usage error
 EXIT_LISTEN = 3
 EXIT_DATAPLANE = 4
+
+CONNLOG_RING = 16384  # closed-session records each data-plane worker holds before dropping
+CONNLOG_INTERVAL = 0.25  # seconds between two reads of the data plane's record rings
+CONNLOG_BATCH = 4096  # records per read on the loop (about 45 ms of CPU; the loop stays free)
+CONNLOG_FINAL = 1 << 22  # records the last read after the data plane stopped takes at most
+CONNLOG_WARN_EVERY = 60.0  # seconds between two warnings about lost records
+MAX_DRAIN_TIMEOUT_MS = 24 * 3_600_000  # like every duration of the configuration
+
+IdMaps = tuple[dict[int, str], dict[int, tuple[str, str]]]  # service id -> name, backend id -> key
+
+
+class ConnLogError(Exception):
+    """The connection log file cannot be opened (start-up fails, a reload is refused)."""
 
 
 @dataclass
@@ -68,6 +109,8 @@ class BackendView:
     connect_failures: int = 0
     bytes_to_backend: int = 0
     bytes_to_client: int = 0
+    drain_deadline: float | None = None  # unix time `drain --timeout` closes the rest, if armed
+    probe_latency: float | None = None  # seconds of the last conclusive health probe, if any
 
 
 @dataclass
@@ -93,6 +136,18 @@ class Daemon:
     failures_seen: dict[int, int] = field(default_factory=dict)  # backend id -> connect fails
     vrrp: list[VrrpInstance] = field(default_factory=list)  # running [[vrrp]] instances
     digest_check: DigestCheck | None = None  # compares table digests with the VRRP peers
+    drains: Drains = field(default_factory=Drains)  # `drain --timeout` deadlines and their ends
+    drain_timers: dict[int, asyncio.TimerHandle] = field(default_factory=dict)  # by drain id
+    connlog: ConnLogWriter | None = None  # the connection log writer while it is on
+    connlog_path: str | None = None  # its file
+    connlog_ids: deque[IdMaps] = field(  # id maps of recent tables, newest last
+        default_factory=lambda: deque(maxlen=16))
+    connlog_timer: asyncio.TimerHandle | None = None  # the next read of the record rings
+    connlog_lock: threading.Lock = field(default_factory=threading.Lock)  # pump vs. stop()
+    connlog_invalid: int = 0  # records the writer refused as malformed
+    connlog_lost_logged: dict[str, int] = field(default_factory=dict)  # counts at last warning
+    connlog_warned_at: float = -CONNLOG_WARN_EVERY  # monotonic time of the last warning
+    connlog_checked_at: float = 0.0  # monotonic time lost records were last looked at
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -107,6 +162,9 @@ class Daemon:
         try:
             self.dp.start()
             self._publish()
+            path = self.config.global_.connection_log
+            if path is not None:
+                self._enable_connlog(self._open_connlog(path), path)
             for service in self.config.services:
                 for endpoint in service.listen:
                     group = open_listeners(service.name, endpoint, self.workers,
@@ -147,6 +205,9 @@ class Daemon:
         healthy = {service: up > 0 for service, up in weights.up.items()}
         for instance in self.vrrp:
             instance.set_tracking(services=healthy)
+        self._remember_ids()
+        for done in self.drains.prune(self.runtime, time.time()):
+            self._drain_ended(done)
 
     def _ramp_start(self, key: Key) -> float | None:
         """When the backend last came UP (start of its slow-start ramp), if it is checked."""
@@ -263,6 +324,11 @@ class Daemon:
         rt.health = transition.new.value
         self._publish_soon()
 
+    def probe_latencies(self) -> dict[Key, float] | None:
+        """Last conclusive probe latency per checked backend (for metrics), None when nothing
+        is checked."""
+        return self.checker.latencies() if self.checker is not None else None
+
     def health_stats(self) -> dict[str, Any] | None:
         """The health checker's counters (for metrics), None when nothing is checked."""
         return dataclasses.asdict(self.checker.stats()) if self.checker is not None else None
@@ -287,6 +353,7 @@ class Daemon:
         """Backends of every service (or one) in file order, with state and counters."""
         stats = self.dp.stats() if self.dp is not None else {"backends": {}}
         ids = self.builder.backend_ids()
+        latencies = self.checker.latencies() if self.checker is not None else {}
         views: list[BackendView] = []
         for service in self.config.services:
             if service_name is not None and service.name != service_name:
@@ -303,8 +370,280 @@ class Daemon:
                 for key in ("conns_total", "conns_active", "connect_failures",
                             "bytes_to_backend", "bytes_to_client"):
                     setattr(view, key, int(counters.get(key, 0)))
+                armed = self.drains.pending.get((service.name, rt.address))
+                view.drain_deadline = armed.deadline if armed is not None else None
+                view.probe_latency = latencies.get((service.name, rt.address))
                 views.append(view)
         return views
+
+    # ---- connection log (docs/connection-log.md) ----
+
+    def _dp_supports(self, name: str) -> bool:
+        return self.dp is not None and callable(getattr(self.dp, name, None))
+
+    def _open_connlog(self, path: str) -> ConnLogWriter:
+        """A started writer for `path`; ConnLogError if the file cannot be opened."""
+        writer = ConnLogWriter(path)
+        try:
+            writer.start()
+        except OSError as exc:
+            raise ConnLogError(f"connection_log {path}: cannot open: "
+                               f"{exc.strerror or exc}") from None
+        return writer
+
+    def _enable_connlog(self, writer: ConnLogWriter, path: str) -> None:
+        self.connlog, self.connlog_path = writer, path
+        if self._dp_supports("set_connection_log"):
+            self.dp.set_connection_log(True, CONNLOG_RING)
+        else:
+            log.warning("connlog: this data plane does not report closed sessions; %s stays "
+                        "empty", path)
+        log.info("connlog: writing closed sessions to %s", path)
+        self._schedule_connlog()
+
+    def _switch_connlog(self, writer: ConnLogWriter | None, path: str | None) -> None:
+        """Apply a reloaded connection_log: `writer` is already open on `path` (None: off)."""
+        old = self.connlog
+        if old is None:
+            if writer is not None and path is not None:
+                self._enable_connlog(writer, path)
+            return
+        self.pump_connlog()  # what closed before the reload goes to the old file
+        if writer is None:
+            if self._dp_supports("set_connection_log"):
+                self.dp.set_connection_log(False)
+            self.pump_connlog()
+            self.connlog, self.connlog_path = None, None
+            if self.connlog_timer is not None:
+                self.connlog_timer.cancel()
+                self.connlog_timer = None
+            log.info("connlog: turned off (was writing to %s)", old.path)
+        else:
+            self.connlog, self.connlog_path = writer, path
+            log.info("connlog: writing closed sessions to %s (was %s)", path, old.path)
+        old.close()
+
+    def start_connlog(self) -> None:
+        """Start reading the record rings on the running loop (serve() calls this)."""
+        self._schedule_connlog()
+
+    def _schedule_connlog(self) -> None:
+        if self.connlog is None or self.connlog_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # start() runs before the loop; serve() calls start_connlog()
+        self.connlog_timer = loop.call_later(CONNLOG_INTERVAL, self._connlog_tick)
+
+    def _connlog_tick(self) -> None:
+        self.connlog_timer = None
+        full = self.pump_connlog(CONNLOG_BATCH) >= CONNLOG_BATCH
+        now = time.monotonic()
+        if now - self.connlog_checked_at >= 1.0:
+            self.connlog_checked_at = now
+            self.warn_connlog_losses(now)
+        if full and self.connlog is not None:  # more are waiting: read again after the
+            loop = asyncio.get_running_loop()  # callbacks already queued have run
+            self.connlog_timer = loop.call_later(0.0, self._connlog_tick)
+        else:
+            self._schedule_connlog()
+
+    def pump_connlog(self, limit: int = CONNLOG_FINAL) -> int:
+        """Move up to `limit` closed-session records from the data plane to the writer;
+        returns how many it moved.
+
+        Safe from the executor thread that stops the daemon (a lock orders it with the loop).
+        """
+        with self.connlog_lock:
+            writer = self.connlog
+            if writer is None or not self._dp_supports("closed_sessions"):
+                return 0
+            moved = 0
+            while moved < limit:
+                want = min(CONNLOG_BATCH, limit - moved)
+                records = self.dp.closed_sessions(want)
+                for record in records:
+                    try:
+                        writer.write(self.connlog_record(record))
+                    except (RecordError, KeyError, TypeError, ValueError):
+                        self.connlog_invalid += 1
+                moved += len(records)
+                if len(records) < want:
+                    break
+            return moved
+
+    def _remember_ids(self) -> None:
+        services = {sid: name for name, sid in self.builder.service_ids().items()}
+        backends = {bid: key for key, bid in self.builder.backend_ids().items()}
+        if not self.connlog_ids or self.connlog_ids[-1] != (services, backends):
+            self.connlog_ids.append((services, backends))
+
+    def connlog_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A data-plane record (ids) as a connection log record (names, "host:port")."""
+        sid, bid = int(record["service_id"]), int(record["backend_id"])
+        service: str | None = None
+        backend: str | None = None
+        for services, backends in reversed(self.connlog_ids):  # newest table first
+            if service is None:
+                service = services.get(sid)
+            if backend is None and bid >= 0:
+                key = backends.get(bid)
+                backend = key[1] if key is not None else None
+        host, port = record["client"]
+        return {"client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                "service": service if service is not None else f"?{sid}",
+                "protocol": record["protocol"],
+                "backend": backend if backend is not None or bid < 0 else f"?{bid}",
+                "started": record["started"], "duration": record["duration"],
+                "bytes_to_backend": record["bytes_to_backend"],
+                "bytes_to_client": record["bytes_to_client"], "reason": record["reason"]}
+
+    def _ring_dropped(self) -> int:
+        dp = self.dp  # stop() may clear it meanwhile, from the executor thread
+        if dp is None:
+            return 0
+        return int(dp.stats().get("connlog_dropped", 0))
+
+    def connlog_stats(self) -> dict[str, Any] | None:
+        """Counters of the connection log (for metrics), None while it is off."""
+        writer = self.connlog
+        if writer is None:
+            return None
+        stats: dict[str, Any] = dict(writer.stats())
+        stats["ring_dropped"] = self._ring_dropped()
+        stats["invalid"] = self.connlog_invalid
+        return stats
+
+    def warn_connlog_losses(self, now: float) -> None:
+        """Log lost records (ring full, queue full, write errors), at most once a minute."""
+        stats = self.connlog_stats()
+        if stats is None:
+            return
+        lost = {"data-plane ring full": int(stats["ring_dropped"]),
+                "writer queue full": int(stats["dropped"]),
+                "write errors": int(stats["failed"]), "malformed": int(stats["invalid"])}
+        new = {k: v - self.connlog_lost_logged.get(k, 0) for k, v in lost.items()}
+        if sum(new.values()) <= 0 or now - self.connlog_warned_at < CONNLOG_WARN_EVERY:
+            return
+        self.connlog_warned_at = now
+        self.connlog_lost_logged = lost
+        log.warning("connlog: %d records lost since the last warning (%s)", sum(new.values()),
+                    ", ".join(f"{k}: {v}" for k, v in new.items() if v))
+
+    def reopen_logs(self, why: str) -> str | None:
+        """Reopen the connection log file (after logrotate renamed it); its path, or None."""
+        if self.connlog is None:
+            log.info("connlog: %s: nothing to reopen (connection_log is off)", why)
+            return None
+        self.connlog.reopen()
+        log.info("connlog: reopening %s (%s)", self.connlog.path, why)
+        return self.connlog.path
+
+    def cmd_reopen_logs(self) -> dict[str, Any]:
+        path = self.reopen_logs("l4lb reopen-logs")
+        done = self.connlog.flush(2.0) if self.connlog is not None else True
+        return {"connection_log": path, "reopened": path is not None and done}
+
+    # ---- drain deadlines (`l4lb drain --timeout`) ----
+
+    def _arm_drain_timer(self, armed: DrainDeadline) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (unit tests call drain_deadline_reached themselves)
+        self.drain_timers[armed.ident] = loop.call_later(
+            max(0.0, armed.deadline - time.time()), self.drain_deadline_reached, armed.ident)
+
+    def _drain_ended(self, done: DrainEnd) -> None:
+        timer = self.drain_timers.pop(done.ident, None)
+        if timer is not None:
+            timer.cancel()
+        service, address = done.key
+        if done.outcome == "cancelled":
+            log.info("backend %s/%s: drain deadline cancelled (%s)", service, address,
+                     done.reason)
+        elif done.outcome == "drained":
+            log.info("backend %s/%s: drained: no %s left, deadline cancelled", service, address,
+                     self._units(service, 2))
+
+    def _protocol(self, service: str) -> str:
+        for svc in self.config.services:
+            if svc.name == service:
+                return svc.protocol
+        return "tcp"
+
+    def _units(self, service: str, n: int) -> str:
+        """What a drain of `service` counts: "session(s)" (TCP) or "flow(s)" (UDP)."""
+        unit = "flow" if self._protocol(service) == "udp" else "session"
+        return unit if n == 1 else unit + "s"
+
+    def _remaining(self, key: Key, stats: dict[str, Any] | None = None) -> tuple[int, int]:
+        """(TCP sessions, UDP flows) the backend still has."""
+        bid = self.builder.backend_ids().get(key)
+        if bid is None or self.dp is None:
+            return 0, 0
+        if stats is None:
+            stats = self.dp.stats()
+        counters = stats["backends"].get(bid, {})
+        return int(counters.get("conns_active", 0)), int(counters.get("flows_active", 0))
+
+    def drain_deadline_reached(self, ident: int) -> None:
+        """The deadline of drain `ident` passed: close what is left of its backend."""
+        self.drain_timers.pop(ident, None)
+        armed = self.drains.by_id(ident)
+        if not isinstance(armed, DrainDeadline):
+            return
+        service, address = armed.key
+        closed = 0
+        bid = self.builder.backend_ids().get(armed.key)
+        if bid is not None and self._dp_supports("close_backend_sessions"):
+            closed = int(self.dp.close_backend_sessions(bid))
+        elif bid is not None:
+            log.warning("backend %s/%s: drain deadline reached, but this data plane cannot "
+                        "close sessions; they continue", service, address)
+        self.drains.end(armed.key, "deadline", time.time(), closed=closed)
+        log.info("backend %s/%s: drain deadline reached, closed %d %s", service, address, closed,
+                 self._units(service, closed))
+
+    def check_drains(self) -> None:
+        """End the deadlines of backends that have no sessions or flows left (every second)."""
+        if not self.drains.pending or self.dp is None:
+            return
+        stats = self.dp.stats()
+        for key in list(self.drains.pending):
+            if self._remaining(key, stats) == (0, 0):
+                done = self.drains.end(key, "drained", time.time())
+                if done is not None:
+                    self._drain_ended(done)
+
+    def cancel_drain_timers(self) -> None:
+        """Forget the armed timers (the daemon is stopping; its sessions end anyway)."""
+        for timer in self.drain_timers.values():
+            timer.cancel()
+        self.drain_timers.clear()
+
+    def _drain_info(self, ident: int) -> dict[str, Any]:
+        found = self.drains.by_id(ident)
+        if found is None:
+            raise ControlError(f"no drain with id {ident} (never armed, or ended long ago)")
+        now = time.time()
+        service, address = found.key
+        rt = self.runtime.backends.get(found.key)
+        sessions, flows = self._remaining(found.key) if rt is not None else (0, 0)
+        info: dict[str, Any] = {
+            "id": ident, "service": service, "backend": address,
+            "protocol": self._protocol(service), "state": rt.state if rt else "removed",
+            "sessions": sessions, "flows": flows}
+        if isinstance(found, DrainDeadline):
+            info.update(deadline=found.deadline, timeout=found.timeout,
+                        remaining=found.remaining(now), outcome=None)
+        else:
+            info.update(deadline=None, timeout=None, remaining=0.0, outcome=found.as_dict())
+        return info
+
+    def cmd_drain_status(self, drain_id: int) -> dict[str, Any]:
+        return self._drain_info(drain_id)
 
     # ---- control API commands (docs/control-api.md) ----
 
@@ -315,7 +654,8 @@ class Daemon:
                 "enable": self.cmd_enable,
                 "disable": self.cmd_disable, "drain": self.cmd_drain, "weight": self.cmd_weight,
                 "reload": self.cmd_reload, "vrrp": self.cmd_vrrp,
-                "add-backend": self.cmd_add_backend, "remove-backend": self.cmd_remove_backend}
+                "add-backend": self.cmd_add_backend, "remove-backend": self.cmd_remove_backend,
+                "drain-status": self.cmd_drain_status, "reopen-logs": self.cmd_reopen_logs}
 
     def _apply_overlay(self, overlay: Overlay) -> None:
         """Run file + `overlay`: carry runtime state over, re-check health, publish."""
@@ -396,16 +736,21 @@ class Daemon:
             new = dataclasses.replace(new, vrrp=self.config.vrrp)
             restart_needed.append("vrrp")
         fresh: list[ListenerGroup] = []
+        new_log = new.global_.connection_log
+        fresh_log: ConnLogWriter | None = None
         try:
             for service, (protocol, endpoint) in diff.bind:
                 fresh.append(open_listeners(service, endpoint, self.workers,
                                             self.config.global_.listen_backlog, protocol))
-        except ListenError as exc:
+            if new_log is not None and new_log != self.connlog_path:
+                fresh_log = self._open_connlog(new_log)
+        except (ListenError, ConnLogError) as exc:
             for group in fresh:
                 group.close()
-            log.error("reload: rejected, running configuration unchanged: %s", exc.strerror)
+            reason = exc.strerror if isinstance(exc, ListenError) else str(exc)
+            log.error("reload: rejected, running configuration unchanged: %s", reason)
             raise ControlError(f"reload rejected, running configuration unchanged: "
-                               f"{exc.strerror}") from None
+                               f"{reason}") from None
         old = (self.config, self.runtime, self.file_config, self.overlay)
         self.config, self.file_config, self.overlay = new, file_config, overlay
         self.runtime = Runtime.from_config(new, previous=old[1])
@@ -417,7 +762,11 @@ class Daemon:
             self._sync_health()
             for group in fresh:
                 group.close()
+            if fresh_log is not None:
+                fresh_log.close()
             raise
+        if new_log != self.connlog_path:
+            self._switch_connlog(fresh_log, new_log)
         ids = self.builder.service_ids()
         for group in fresh:
             for worker, sock in enumerate(group.sockets):
@@ -470,6 +819,7 @@ class Daemon:
         return {"version": __version__, "pid": os.getpid(), "config": self.config.path,
                 "started": self.started, "workers": self.workers,
                 "table": {"generation": self.generation, "digest": self.digest},
+                "connection_log": self.connlog_path,
                 "services": services,
                 "vrrp": [instance.status() for instance in self.vrrp]}
 
@@ -551,9 +901,40 @@ class Daemon:
         return self._change("disabled (maintenance)", service, backend,
                             lambda: self.runtime.set_admin(service, backend, "maint"))
 
-    def cmd_drain(self, service: str, backend: str) -> dict[str, Any]:
-        return self._change("draining", service, backend,
-                            lambda: self.runtime.set_admin(service, backend, "drain"))
+    def cmd_drain(self, service: str, backend: str, timeout: str = "") -> dict[str, Any]:
+        """Drain: no new sessions. With `timeout` (a duration, "5m"), the daemon closes what is
+        left at the deadline; without, a deadline armed earlier is cancelled."""
+        ms: int | None = None
+        if timeout:
+            try:
+                ms = parse_duration_ms(timeout)
+            except ValueError as exc:
+                raise ControlError(f"drain: timeout: {exc}") from None
+            if ms > MAX_DRAIN_TIMEOUT_MS:
+                raise ControlError(f"drain: timeout: {timeout!r} is too long (at most 24h)")
+        rt = self._find(service, backend)
+        key = (service, rt.address)
+        what = "draining" if ms is None else \
+            f"draining, closing what is left in {format_duration_ms(ms)}"
+        result = self._change(what, service, backend,
+                              lambda: self.runtime.set_admin(service, backend, "drain"))
+        now = time.time()
+        if ms is None:
+            done = self.drains.end(key, "cancelled", now, reason="drained without a timeout")
+            if done is not None:
+                self._drain_ended(done)
+            return result
+        armed, replaced = self.drains.arm(key, now, ms / 1000)
+        if replaced is not None:
+            self._drain_ended(replaced)
+        if self._remaining(key) == (0, 0):
+            done = self.drains.end(key, "drained", now)
+            if done is not None:
+                self._drain_ended(done)
+        else:
+            self._arm_drain_timer(armed)
+        result["drain"] = self._drain_info(armed.ident)
+        return result
 
     def cmd_weight(self, service: str, backend: str, weight: int) -> dict[str, Any]:
         return self._change(f"weight set to {weight}", service, backend,
@@ -574,10 +955,19 @@ class Daemon:
                     with contextlib.suppress(Exception):
                         self.dp.remove_listener(sock.fileno())
             self.dp.stop(timeout)
-            self.dp = None
+            self.pump_connlog()  # the closes of the drain and of the stop itself
+            with self.connlog_lock:
+                self.dp = None
         for group in self.listeners:
             group.close()
         self.listeners = []
+        if self.connlog is not None:
+            with self.connlog_lock:
+                writer, self.connlog = self.connlog, None
+            writer.close()
+
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
 async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
@@ -596,6 +986,9 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGUSR1:
+            daemon.reopen_logs("SIGUSR1")
+            return
         if signum == signal.SIGHUP:
             log.info("daemon: SIGHUP received: reloading %s", daemon.config.path)
             with contextlib.suppress(ControlError):  # already logged with every error
@@ -617,16 +1010,19 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
     if daemon.config.metrics_listen is not None:
         try:
             http = await start_http(str(daemon.config.metrics_listen), daemon.cmd_status,
-                                    health=daemon.health_stats)
+                                    health=daemon.health_stats,
+                                    probe_latency=daemon.probe_latencies,
+                                    connlog=daemon.connlog_stats)
         except BaseException:
             if control is not None:
                 await control.close()
             raise
         log.info("metrics: serving /metrics and the status page on http://%s/",
                  daemon.config.metrics_listen)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in HANDLED_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     daemon.start_health()
+    daemon.start_connlog()
     try:
         await daemon.start_vrrp()  # VrrpError propagates after the cleanup below
         deadline = None if duration is None else loop.time() + duration
@@ -638,14 +1034,16 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
                 await asyncio.wait_for(done.wait(), timeout=wait)
             if not done.is_set():
                 daemon.feed_passive_failures()
+                daemon.check_drains()
             if tick is not None and not done.is_set():
                 tick(daemon)
             if deadline is not None and loop.time() >= deadline:
                 drain_timeout[0] = 0.0
                 break
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in HANDLED_SIGNALS:
             loop.remove_signal_handler(signum)
+        daemon.cancel_drain_timers()
         # Hand the VIPs over first (priority 0: the peer takes over after its skew time), then
         # drain: sessions through this node may finish while new ones already go to the peer.
         await daemon.stop_vrrp()
@@ -654,6 +1052,11 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
         if control is not None:
             await control.close()
     # The drain blocks (the data plane waits for sessions without the GIL): run it off the loop.
+    # The connection log timer keeps reading the record rings meanwhile (stop() reads them a last
+    # time after the data plane stopped).
     await loop.run_in_executor(None, daemon.stop, drain_timeout[0])
+    if daemon.connlog_timer is not None:
+        daemon.connlog_timer.cancel()
+        daemon.connlog_timer = None
     log.info("daemon: stopped")
     return EXIT_OK

@@ -47,6 +47,41 @@ class DataplaneAPI(Protocol):
          "client": (host: str, port: int), "started": float (unix time),
          "bytes_to_backend": int, "bytes_to_client": int,
          "state": "connecting" | "established" | "half_closed"}
+    stats() also has the top-level key "connlog_dropped": int (connection-log records refused
+    because a worker's ring was full, since the data plane was made).
+
+    Connection log (off by default; set_connection_log). While on, every TCP session and every
+    UDP flow that ends leaves one record in its worker's bounded ring (a single-producer ring:
+    the worker never waits, locks or allocates for it; a full ring refuses the new record and
+    counts it in connlog_dropped). TCP clients refused before they had a session (no_backend,
+    rejected) leave a record too, with backend_id -1 and duration 0; a UDP datagram that could
+    not open a flow leaves none. closed_sessions() takes records:
+        {"protocol": "tcp" | "udp", "service_id": int, "backend_id": int (-1: none chosen;
+         tcp connect_failed: the last backend tried), "client": (host: str, port: int),
+         "started": float (unix time of accept / first datagram),
+         "duration": float (seconds, >= 0), "bytes_to_backend": int, "bytes_to_client": int,
+         "reason": str}
+    Close reasons (CLOSE_REASONS_TCP / CLOSE_REASONS_UDP below; the most specific one):
+      tcp  client_closed   the client's FIN went through first and the session ended normally
+           backend_closed  the backend's FIN went through first
+           client_reset    the client reset (or vanished), also while the backend connected
+           backend_reset   the backend reset
+           connect_failed  every connect attempt failed (refused, unreachable, timed out)
+           no_backend      no eligible backend (or no table / no such tcp service)
+           rejected        max_connections of the service, or of every weighted backend
+           idle_timeout    idle for the service's idle_timeout_ms
+           shutdown        still open at the stop() deadline
+           drain_timeout   closed by close_backend_sessions()
+           error           anything else (a local resource failure: no fd, no memory)
+      udp  idle_timeout    no datagram either way for idle_timeout_ms
+           responses       the service's `responses` count of backend datagrams was reached
+           refused         an ICMP error (port unreachable, ...) on the flow's upstream socket
+           moved           its backend went DOWN (or left the service); the next datagram
+                           opened a new flow
+           listener_gone   its listener was removed
+           shutdown        ended by stop() (idle for 250 ms while stopping, or the deadline)
+           drain_timeout   ended by close_backend_sessions()
+           error           anything else
     """
 
     workers: int
@@ -82,9 +117,36 @@ class DataplaneAPI(Protocol):
     def flows(self) -> list[dict[str, Any]]:
         """Snapshot of the UDP flows (see the class docstring)."""
 
+    def close_backend_sessions(self, backend_id: int) -> int:
+        """Close every open TCP session whose current backend is backend_id (connecting,
+        established or half-closed): reset both sides (SO_LINGER 0), free it, count it like
+        any other close (conns_active goes down). End every UDP flow mapped to backend_id (the
+        client's next datagram opens a new flow). Returns how many sessions + flows were
+        closed, summed over all workers, once every worker has done it. Closed sessions get
+        the close reason "drain_timeout". Unknown/unused id: 0. backend_id outside
+        0..65535: ValueError."""
+
+    def set_connection_log(self, enabled: bool, capacity: int = 16384) -> None:
+        """Turn the connection log on or off (see the class docstring). On: each worker keeps
+        up to `capacity` records (1..4194304, rounded up to a power of two; ValueError
+        outside); a new capacity keeps the queued records that fit (the rest count as
+        dropped). Off: closing costs nothing extra, no record is kept, and nothing already
+        queued is discarded. Before or after start()."""
+
+    def closed_sessions(self, max: int = 65536) -> list[dict[str, Any]]:
+        """Take (remove) up to `max` queued records, oldest first within each worker. Never
+        waits for a worker; concurrent callers are serialised. max < 0: ValueError."""
+
     def stop(self, timeout: float) -> None:
         """Stop accepting, let sessions finish for up to `timeout` seconds, close the rest,
         join the workers. Idempotent."""
+
+
+CLOSE_REASONS_TCP = ("client_closed", "backend_closed", "client_reset", "backend_reset",
+                     "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
+                     "drain_timeout", "error")
+CLOSE_REASONS_UDP = ("idle_timeout", "responses", "refused", "moved", "listener_gone",
+                     "shutdown", "drain_timeout", "error")
 
 
 def reference_requested() -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,18 +40,46 @@ def human_bytes(n: float) -> str:
     return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
 
 
+def human_seconds(seconds: float) -> str:
+    """A short duration: 0.0012 -> '1.2ms', 0.25 -> '250ms', 3.5 -> '3.50s'."""
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f}ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    return f"{seconds:.2f}s"
+
+
+def countdown(seconds: float) -> str:
+    """Time left, whole seconds, largest units first: 272 -> '4m32s', 3700 -> '1h1m40s'."""
+    left = max(0, math.ceil(seconds))
+    hours, rest = divmod(left, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    return text + (f"{secs}s" if secs or not text else "")
+
+
 BACKEND_HEADERS = ("BACKEND", "NAME", "STATE", "WEIGHT", "EFF", "ACTIVE", "TOTAL", "FAILS",
-                   "TO-BACKEND", "TO-CLIENT")
+                   "TO-BACKEND", "TO-CLIENT", "PROBE")
 
 
-def backend_rows(backends: Sequence[dict[str, Any]]) -> list[list[Any]]:
+def backend_rows(backends: Sequence[dict[str, Any]],
+                 now: float | None = None) -> list[list[Any]]:
+    """Rows under BACKEND_HEADERS. A drain deadline shows in the state ("drain, 4m32s left",
+    counted from `now`, default the current time); PROBE is the last probe's latency."""
+    if now is None:
+        now = time.time()
     rows = []
     for b in backends:
         name = b["name"] if b["name"] != b["address"] else "-"
-        state = b["state"] + (" (backup)" if b.get("backup") else "")
+        state = b["state"]
+        if b.get("drain_deadline") is not None:
+            state += f", {countdown(b['drain_deadline'] - now)} left"
+        state += " (backup)" if b.get("backup") else ""
+        latency = b.get("probe_latency")
         rows.append([b["address"], name, state, b["weight"], b["effective_weight"],
                      b["conns_active"], b["conns_total"], b["connect_failures"],
-                     human_bytes(b["bytes_to_backend"]), human_bytes(b["bytes_to_client"])])
+                     human_bytes(b["bytes_to_backend"]), human_bytes(b["bytes_to_client"]),
+                     human_seconds(latency) if latency is not None else "-"])
     return rows
 
 
@@ -58,6 +88,8 @@ def status_text(status: dict[str, Any]) -> str:
            f"config {status['config']}",
            f"table generation {status['table']['generation']}  digest "
            f"{status['table']['digest']}"]
+    if status.get("connection_log"):
+        out.append(f"connection log {status['connection_log']}")
     for svc in status["services"]:
         c = svc["counters"]
         out.append("")

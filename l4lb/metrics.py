@@ -77,6 +77,10 @@ _CONNLOG_METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("failed", "counter", "l4lb_connlog_lines_failed",
      "Connection log lines lost to write or open errors."),
     ("queued", "gauge", "l4lb_connlog_lines_queued", "Connection log lines waiting to be written."),
+    ("ring_dropped", "counter", "l4lb_connlog_records_dropped_ring",
+     "Closed-session records the data plane dropped because its ring was full."),
+    ("invalid", "counter", "l4lb_connlog_records_invalid",
+     "Closed-session records the daemon could not turn into a line (malformed)."),
 )
 
 
@@ -257,7 +261,8 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
     backup = GaugeMetricFamily("l4lb_backend_backup", "1 if the backend is a backup.",
                                labels=labels)
     probe = GaugeMetricFamily("l4lb_backend_probe_latency_seconds",
-                              "Latency of the backend's last health probe.", labels=labels)
+                              "Latency of the backend's last conclusive health probe (a "
+                              "timeout counts as the timeout).", labels=labels)
     for svc in services:
         for b in svc.get("backends", []):
             key = [str(b.get("service", svc["name"])), str(b["address"]),

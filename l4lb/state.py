@@ -1,14 +1,22 @@
-"""Runtime state of every backend (admin state, runtime weight) and the effective weights.
+"""Runtime state of every backend (admin state, runtime weight, drain deadlines).
 
-Pure: no I/O, no clock. The daemon owns one `Runtime`; the control API and the health checker
-change it; after every change the daemon rebuilds and publishes the forwarding table with the
-weights l4lb.weights computes from it. Keys are (service name, backend address as written).
+Pure: no I/O, no clock (callers pass the time). The daemon owns one `Runtime`; the control API
+and the health checker change it; after every change the daemon rebuilds and publishes the
+forwarding table with the weights l4lb.weights computes from it. Keys are (service name,
+backend address as written).
+
+`Drains` is the bookkeeping of `l4lb drain --timeout`: at most one armed deadline per backend,
+each with an id that is never reused, and how each one ended (the deadline closed the rest, the
+backend emptied by itself, or another command cancelled it), kept for the last few hundred so
+a CLI that polls by id learns the outcome even after the deadline is gone. The daemon owns the
+timers and the data-plane calls; this class only records.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from l4lb.config.model import Backend, Config
 
@@ -88,6 +96,98 @@ class Runtime:
         b = self.find(service, backend)
         b.weight = weight
         return b
+
+
+DrainOutcome = Literal["deadline", "drained", "cancelled"]
+MAX_DRAIN_OUTCOMES = 256  # ended drains remembered for drain-status
+
+
+@dataclass
+class DrainDeadline:
+    """One armed `drain --timeout`: at `deadline` the daemon closes what is left."""
+
+    ident: int  # drain id, unique for the daemon's life (the CLI polls with it)
+    key: tuple[str, str]  # (service, backend address as written)
+    armed: float  # unix time it was armed
+    deadline: float  # unix time the remaining sessions and flows are closed
+    timeout: float  # seconds asked for (deadline - armed)
+
+    def remaining(self, now: float) -> float:
+        """Seconds until the deadline (0 once it has passed)."""
+        return max(0.0, self.deadline - now)
+
+
+@dataclass(frozen=True)
+class DrainEnd:
+    """How an armed drain ended."""
+
+    ident: int  # the drain's id
+    key: tuple[str, str]  # its backend
+    outcome: DrainOutcome  # deadline | drained (nothing left) | cancelled
+    closed: int  # sessions and flows closed at the deadline (0 otherwise)
+    reason: str  # for "cancelled": what cancelled it, e.g. "backend enabled"
+    at: float  # unix time it ended
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "closed": self.closed, "reason": self.reason,
+                "at": self.at}
+
+
+@dataclass
+class Drains:
+    """Armed drain deadlines by backend, and the recent ends by id."""
+
+    pending: dict[tuple[str, str], DrainDeadline] = field(default_factory=dict)  # by backend
+    ended: OrderedDict[int, DrainEnd] = field(default_factory=OrderedDict)  # oldest first
+    last_id: int = 0  # the last id handed out
+
+    def arm(self, key: tuple[str, str], now: float, timeout: float) -> tuple[DrainDeadline,
+                                                                           DrainEnd | None]:
+        """Arm a deadline `timeout` seconds from `now` for `key`; a deadline already armed for
+        it is cancelled (returned as the second value)."""
+        if timeout < 0:
+            raise StateError(f"drain timeout {timeout} is negative")
+        replaced = self.end(key, "cancelled", now, reason="replaced by a new drain")
+        self.last_id += 1
+        armed = DrainDeadline(self.last_id, key, now, now + timeout, timeout)
+        self.pending[key] = armed
+        return armed, replaced
+
+    def end(self, key: tuple[str, str], outcome: DrainOutcome, now: float, *, closed: int = 0,
+            reason: str = "") -> DrainEnd | None:
+        """End the deadline armed for `key`, if any, and remember how."""
+        armed = self.pending.pop(key, None)
+        if armed is None:
+            return None
+        done = DrainEnd(armed.ident, key, outcome, closed, reason, now)
+        self.ended[armed.ident] = done
+        while len(self.ended) > MAX_DRAIN_OUTCOMES:
+            self.ended.popitem(last=False)
+        return done
+
+    def by_id(self, ident: int) -> DrainDeadline | DrainEnd | None:
+        """The armed deadline or the remembered end with this id (None: unknown or forgotten)."""
+        for armed in self.pending.values():
+            if armed.ident == ident:
+                return armed
+        return self.ended.get(ident)
+
+    def prune(self, runtime: Runtime, now: float) -> list[DrainEnd]:
+        """Cancel deadlines whose backend is gone or no longer draining (after a reload or a
+        runtime removal); returns what was cancelled."""
+        out = []
+        for key in list(self.pending):
+            rt = runtime.backends.get(key)
+            if rt is None:
+                reason = "backend removed"
+            elif rt.admin != "drain":
+                reason = f"backend state is now {rt.state}"
+            else:
+                continue
+            done = self.end(key, "cancelled", now, reason=reason)
+            if done is not None:
+                out.append(done)
+        return out
 
 
 def address_text(backend: Backend) -> str:

@@ -98,7 +98,14 @@ _SCRIPT = r"""
   }
   var HEAD = [["Backend", 0], ["Name", 0], ["State", 0], ["Weight", 1], ["Effective", 1],
               ["Active", 1], ["Conn/s", 1], ["Total", 1], ["Failures", 1],
-              ["To backend", 1], ["To client", 1], ["To backend/s", 1], ["To client/s", 1]];
+              ["To backend", 1], ["To client", 1], ["To backend/s", 1], ["To client/s", 1],
+              ["Probe", 1]];
+  function fmtLatency(s) {
+    if (s === null || s === undefined) { return ""; }
+    if (s < 0.01) { return (s * 1000).toFixed(1) + " ms"; }
+    if (s < 1) { return Math.round(s * 1000) + " ms"; }
+    return s.toFixed(2) + " s";
+  }
 
   function oldMaps(old) {
     var svcs = {}, bes = {};
@@ -181,6 +188,7 @@ _SCRIPT = r"""
         cell(tr, bytes(b.bytes_to_client), "n");
         cell(tr, fmtRate(rate(b.bytes_to_backend, o.bytes_to_backend, dt), true), "n");
         cell(tr, fmtRate(rate(b.bytes_to_client, o.bytes_to_client, dt), true), "n");
+        cell(tr, fmtLatency(b.probe_latency), "n");
         tbody.appendChild(tr);
       });
       table.appendChild(tbody);
@@ -200,6 +208,7 @@ _SCRIPT = r"""
       cell(tr, bytes(c.bytes_to_client || 0), "n");
       cell(tr, fmtRate(rate(c.bytes_to_backend, oc.bytes_to_backend, dt), true), "n");
       cell(tr, fmtRate(rate(c.bytes_to_client, oc.bytes_to_client, dt), true), "n");
+      cell(tr, "");
       tfoot.appendChild(tr);
       table.appendChild(tfoot);
       sec.appendChild(table);
@@ -244,7 +253,7 @@ CONTENT_SECURITY_POLICY = (
     "frame-ancestors 'none'")
 
 _HEAD = ("Backend", "Name", "State", "Weight", "Effective", "Active", "Conn/s", "Total",
-         "Failures", "To backend", "To client", "To backend/s", "To client/s")
+         "Failures", "To backend", "To client", "To backend/s", "To client/s", "Probe")
 _NUMERIC_FROM = 3  # columns from this index on are numbers (right-aligned)
 _NO_RATE = "\u2013"  # shown where a rate needs a second snapshot
 
@@ -308,7 +317,7 @@ def _service_html(svc: Mapping[str, Any]) -> str:
               f"accept errors {c.get('accept_errors', 0)}")
     foot = _cells(["service total", "", "", "", "", c.get("conns_active", 0), _NO_RATE,
                    c.get("conns_total", 0), "", human_bytes(c.get("bytes_to_backend", 0)),
-                   human_bytes(c.get("bytes_to_client", 0)), _NO_RATE, _NO_RATE])
+                   human_bytes(c.get("bytes_to_client", 0)), _NO_RATE, _NO_RATE, ""])
     return (f'<section class="service" data-service="{esc(name)}">'
             f'<h2>{esc(name)} <span class="meta">{esc(meta)}</span></h2>'
             f'<p class="summary">{esc(counts)}</p>'
@@ -330,8 +339,20 @@ def _backend_html(b: Mapping[str, Any]) -> str:
     cells += _cells([b.get("weight", 0), b.get("effective_weight", 0), b.get("conns_active", 0),
                      _NO_RATE, b.get("conns_total", 0), b.get("connect_failures", 0),
                      human_bytes(b.get("bytes_to_backend", 0)),
-                     human_bytes(b.get("bytes_to_client", 0)), _NO_RATE, _NO_RATE], numeric=True)
+                     human_bytes(b.get("bytes_to_client", 0)), _NO_RATE, _NO_RATE,
+                     latency_text(b.get("probe_latency"))], numeric=True)
     return (f'<tr data-backend="{esc(address)}" data-state="{esc(state)}">{cells}</tr>')
+
+
+def latency_text(seconds: float | None) -> str:
+    """The Probe column, as the page script writes it: "1.2 ms", "250 ms", "1.50 s", or ""."""
+    if seconds is None:
+        return ""
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 1:
+        return f"{round(seconds * 1000)} ms"
+    return f"{seconds:.2f} s"
 
 
 def _cells(values: Sequence[Any], numeric: bool = False) -> str:

@@ -7,7 +7,8 @@ tests can compare it with the Python twins in l4lb/table/.
 
 The worker threads are pthreads created in C: they never hold the GIL and never touch a Python
 object. Every call below that can wait for a worker (add_listener, remove_listener, publish,
-stats, sessions, flows, stop) releases the GIL for the whole C call and converts results
+stats, sessions, flows, close_backend_sessions, set_connection_log, closed_sessions, stop)
+releases the GIL for the whole C call and converts results
 afterwards.
 """
 
@@ -26,6 +27,14 @@ cdef enum:
     _DP_ERRLEN = 256
 
 _SESSION_STATES = ("connecting", "established", "half_closed")
+# enum dp_close_reason (dp.h), in its order
+_CLOSE_REASONS = ("client_closed", "backend_closed", "client_reset", "backend_reset",
+                  "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
+                  "drain_timeout", "error", "responses", "refused", "moved", "listener_gone")
+_PROTOCOLS = ("tcp", "udp")
+if len(_CLOSE_REASONS) != <int>_core.DP_CLOSE_N:
+    raise ImportError("l4lb._dataplane: _CLOSE_REASONS does not match enum dp_close_reason")
+_MAX_BACKENDS = 65536
 _SERVICE_KEYS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
                  "bytes_to_client", "accept_errors", "datagrams_in", "datagrams_out",
                  "flows_created", "flows_expired", "flows_active", "drops_max_flows",
@@ -173,7 +182,8 @@ cdef class Dataplane:
                         b.conns_total, b.conns_active, b.connect_failures,
                         b.bytes_to_backend, b.bytes_to_client, b.datagrams_to_backend,
                         b.datagrams_to_client, b.flows_active, b.flows_total)))
-            return {"generation": st.generation, "services": services, "backends": backends}
+            return {"generation": st.generation, "services": services, "backends": backends,
+                    "connlog_dropped": st.connlog_dropped}
         finally:
             free(st)
 
@@ -224,6 +234,62 @@ cdef class Dataplane:
                     "datagrams_to_client": x.datagrams_to_client,
                     "bytes_to_backend": x.bytes_to_backend,
                     "bytes_to_client": x.bytes_to_client,
+                })
+        finally:
+            free(arr)
+        return out
+
+    def close_backend_sessions(self, int backend_id):
+        """Reset every open TCP session and end every UDP flow of backend_id, on every worker;
+        returns how many were closed (logged as "drain_timeout")."""
+        cdef uint64_t closed = 0
+        cdef int rc
+        if not 0 <= backend_id < _MAX_BACKENDS:
+            raise ValueError(f"backend_id {backend_id} out of range 0..{_MAX_BACKENDS - 1}")
+        with nogil:
+            rc = _core.dp_close_backend_sessions(self._dp, <uint32_t>backend_id, &closed)
+        if rc:
+            raise _dp_oserror(rc)
+        return closed
+
+    def set_connection_log(self, enabled, int capacity=16384):
+        """Turn the connection log on (a ring of `capacity` records per worker, rounded up to a
+        power of two) or off (queued records stay until taken)."""
+        cdef int on = 1 if enabled else 0
+        cdef int rc
+        if on and not 1 <= capacity <= <int>_core.DP_CONNLOG_MAX:
+            raise ValueError(f"capacity must be in 1..{_core.DP_CONNLOG_MAX}, got {capacity}")
+        with nogil:
+            rc = _core.dp_set_connection_log(self._dp, on, <uint32_t>(capacity if on else 0))
+        if rc == -EINVAL:
+            raise ValueError(f"capacity must be in 1..{_core.DP_CONNLOG_MAX}, got {capacity}")
+        if rc:
+            raise _dp_oserror(rc)
+
+    def closed_sessions(self, max=65536):
+        """Take up to `max` queued connection-log records (oldest first within each worker);
+        never waits for a worker."""
+        cdef _core.dp_conn_record *arr = NULL
+        cdef _core.dp_conn_record *x
+        cdef size_t n = 0, i, limit
+        cdef int rc
+        if max < 0:
+            raise ValueError(f"max must be >= 0, got {max}")
+        limit = <size_t>max
+        with nogil:
+            rc = _core.dp_closed_sessions(self._dp, limit, &arr, &n)
+        if rc:
+            raise _dp_oserror(rc)
+        out = []
+        try:
+            for i in range(n):
+                x = &arr[i]
+                out.append({
+                    "protocol": _PROTOCOLS[x.protocol], "service_id": x.service_id,
+                    "backend_id": x.backend_id,
+                    "client": (_host(x.family, x.addr), x.port), "started": x.started,
+                    "duration": x.duration, "bytes_to_backend": x.bytes_to_backend,
+                    "bytes_to_client": x.bytes_to_client, "reason": _CLOSE_REASONS[x.reason],
                 })
         finally:
             free(arr)

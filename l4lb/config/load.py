@@ -1,6 +1,8 @@
 """Turn configuration text into a Config: TOML parsing, position lookup, then validation.
 
-`load_text` is pure. `load_file` reads the file and calls it; reading errors (missing file,
+`load_text` is pure apart from one look at the file system (whether the directory of
+`[global] connection_log` exists, through its `dir_exists` argument, os.path.isdir by default;
+pass None to skip it). `load_file` reads the file and calls it; reading errors (missing file,
 permissions) propagate as OSError so the caller can word them; text that is not UTF-8 is a
 ConfigError pointing at the first bad byte. TOML syntax errors become one diagnostic each, with
 the line and column `tomllib` names in its message (moved from the message to the position).
@@ -8,8 +10,10 @@ the line and column `tomllib` names in its message (moved from the message to th
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
+from collections.abc import Callable
 
 from l4lb.config.errors import ConfigError, Diagnostic
 from l4lb.config.locate import Locator
@@ -40,13 +44,16 @@ def syntax_diagnostic(text: str, file: str, exc: tomllib.TOMLDecodeError) -> Dia
     return Diagnostic(file, line, col, "error", message)
 
 
-def load_text(text: str, path: str = "<string>") -> Config:
-    """Parse and validate configuration `text`; `path` names it in messages and in Config.path."""
+def load_text(text: str, path: str = "<string>",
+              dir_exists: Callable[[str], bool] | None = os.path.isdir) -> Config:
+    """Parse and validate configuration `text`; `path` names it in messages and in Config.path.
+
+    `dir_exists` checks that the connection log's directory exists (None: not checked)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([syntax_diagnostic(text, path, exc)]) from None
-    result = validate(doc, Locator(text), path)
+    result = validate(doc, Locator(text), path, dir_exists)
     if isinstance(result, Config):
         return result
     raise ConfigError(result)

@@ -96,6 +96,7 @@ class GlobalSettings:
     hash_seed: int = 0  # seed of the flow hash; equal on both nodes of a pair
     shutdown_timeout: float = 30.0  # graceful drain on SIGTERM before the rest are closed
     listen_backlog: int = 4096
+    connection_log: str | None = None  # JSON-lines file of closed sessions; None = off
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ key with its type and range rules, and records a Diagnostic (with the position t
 for every problem instead of stopping at the first. Cross-checks (duplicate service names,
 overlapping listen addresses, duplicate backends) run as entries are read, so the second of two
 clashing entries is the one reported and the message names the first. If anything was reported
-the result is the list of diagnostics; otherwise it is the Config. No I/O happens here.
+the result is the list of diagnostics; otherwise it is the Config. The one look at the file
+system (does the connection log's directory exist?) goes through the `dir_exists` function the
+caller passes; without one, that check is skipped. Nothing else does I/O here.
 
 Invalid values are replaced by the model's defaults while checking continues; such a Config is
 never returned, because any error means the diagnostics are returned instead.
@@ -16,8 +18,9 @@ from __future__ import annotations
 import datetime
 import difflib
 import ipaddress
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -68,7 +71,7 @@ TOP_KEYS = ("global", "services", "vrrp", "metrics")
 METRICS_KEYS = ("listen",)
 GLOBAL_KEYS = (
     "workers", "control_socket", "log_level", "log_format", "hash_seed", "shutdown_timeout",
-    "listen_backlog",
+    "listen_backlog", "connection_log",
 )
 SERVICE_KEYS = (
     "name", "protocol", "listen", "scheduler", "hash_key", "connect_timeout", "idle_timeout",
@@ -203,9 +206,11 @@ class _ListenClaim:
 class _Checker:
     """Reads the document, records diagnostics and builds the model objects."""
 
-    def __init__(self, locator: Locator, file: str) -> None:
+    def __init__(self, locator: Locator, file: str,
+                 dir_exists: Callable[[str], bool] | None = None) -> None:
         self.locator = locator
         self.file = file
+        self.dir_exists = dir_exists  # file-system check for connection_log; None = skip it
         self.diagnostics: list[Diagnostic] = []
         self.service_names: dict[str, int] = {}
         self.listen_exact: dict[tuple[str, str, int], _ListenClaim] = {}
@@ -547,7 +552,32 @@ class _Checker:
                                                 d.shutdown_timeout, zero_ok=True),
             listen_backlog=self.read_int(scope, table, "listen_backlog", d.listen_backlog,
                                          1, 65535),
+            connection_log=self.connection_log(scope, table),
         )
+
+    def connection_log(self, scope: _Scope, table: dict[str, Any]) -> str | None:
+        value = self.read_str(scope, table, "connection_log")
+        if value is None:
+            return None
+        path = (*scope.path, "connection_log")
+        label = scope.label("connection_log")
+        directory = os.path.dirname(value) or "."
+        if value == "":
+            self.error(path, f"{label}: must not be empty (leave the key out to turn the "
+                             "connection log off)")
+        elif "\0" in value:
+            self.error(path, f"{label}: must not contain a NUL character")
+        elif value.endswith("/"):
+            self.error(path, f"{label}: names a directory; write the path of the log file, "
+                             f"e.g. {quote(value + 'conn.jsonl')}")
+        elif self.dir_exists is not None and not self.dir_exists(directory):
+            self.error(path, f"{label}: directory {quote(directory)} does not exist")
+        elif self.dir_exists is not None and self.dir_exists(value):
+            self.error(path, f"{label}: {quote(value)} is a directory; write the path of the "
+                             "log file inside it")
+        else:
+            return value
+        return None
 
     def control_socket(self, scope: _Scope, table: dict[str, Any]) -> str:
         value = self.read_str(scope, table, "control_socket")
@@ -930,9 +960,13 @@ class _Checker:
         return name
 
 
-def validate(doc: dict[str, Any], locator: Locator, file: str) -> Config | list[Diagnostic]:
-    """The Config for a parsed document, or every problem found in it (unsorted)."""
-    checker = _Checker(locator, file)
+def validate(doc: dict[str, Any], locator: Locator, file: str,
+             dir_exists: Callable[[str], bool] | None = None) -> Config | list[Diagnostic]:
+    """The Config for a parsed document, or every problem found in it (unsorted).
+
+    `dir_exists(path)` answers whether a directory exists (os.path.isdir); None skips the
+    checks that need the file system."""
+    checker = _Checker(locator, file, dir_exists)
     config = checker.document(doc)
     if checker.diagnostics:
         return checker.diagnostics

@@ -14,6 +14,9 @@ finished: one backend never has two probes in flight. The first probe of a new b
 a random point of its first interval, so backends added together (start-up, reload) are spread
 out instead of probed in one burst.
 
+The latency of each backend's last conclusive probe is kept (`latency()`, `latencies()`): the
+time from its start to its verdict, a timeout included. Inconclusive results leave it as it was.
+
 Results reach the backend's `Dampener`; a change of state calls `on_transition(key, transition)`
 synchronously on the loop (keep it short: log, mark the table dirty). Inconclusive results (local
 failures: no free fd, source address missing) are counted and logged at most once a minute, and
@@ -46,8 +49,8 @@ _INCONCLUSIVE_LOG_EVERY = 60.0  # seconds between two warnings about local probe
 class _Entry(Generic[K]):
     """One checked backend."""
 
-    __slots__ = ("dampener", "due", "host", "ident", "key", "last_start", "port", "probe",
-                 "removed", "settings", "spec")
+    __slots__ = ("dampener", "due", "host", "ident", "key", "last_start", "latency", "port",
+                 "probe", "removed", "settings", "spec")
 
     def __init__(self, ident: int, key: K, host: str, port: int, settings: HealthSettings,
                  dampener: Dampener) -> None:
@@ -61,6 +64,7 @@ class _Entry(Generic[K]):
         self.due = 0.0  # monotonic time the next probe is due (valid while queued)
         self.last_start = 0.0  # monotonic start of the last probe
         self.probe: Probe | None = None  # the probe in flight, if any
+        self.latency: float | None = None  # seconds the last conclusive probe took
         self.removed = False  # set by remove(); queued references are then skipped
 
 
@@ -110,6 +114,7 @@ class HealthChecker(Generic[K]):
         self._transitions = 0
         self._max_start_delay = 0.0
         self._last_inconclusive_log = -_INCONCLUSIVE_LOG_EVERY  # monotonic
+        self._result_cb = self._on_result  # one bound method for every probe, not one each
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -194,6 +199,15 @@ class HealthChecker(Generic[K]):
         """Health of `key` for display."""
         return self._entries[key].dampener.snapshot(time.monotonic())
 
+    def latency(self, key: K) -> float | None:
+        """Seconds the last conclusive probe of `key` took; None before the first (KeyError
+        if unknown)."""
+        return self._entries[key].latency
+
+    def latencies(self) -> dict[K, float]:
+        """Last conclusive probe latency of every backend that has one (a fresh dict)."""
+        return {key: e.latency for key, e in self._entries.items() if e.latency is not None}
+
     def passive_failures(self, key: K, count: int) -> None:
         """Feed `count` connect failures the data plane counted for `key` since the last call."""
         entry = self._entries.get(key)
@@ -259,16 +273,29 @@ class HealthChecker(Generic[K]):
         horizon = now + self._tick
         heap = self._heap
         by_ident = self._by_ident
+        heappop = heapq.heappop
+        start = engine.start
+        result_cb = self._result_cb
+        max_in_flight = self._max_in_flight
+        max_delay = self._max_start_delay
         while heap and heap[0][0] <= horizon and budget:
-            found = by_ident.get(heapq.heappop(heap)[1])
+            found = by_ident.get(heappop(heap)[1])
             if found is None:
                 continue
             entry = found
-            if self._in_flight < self._max_in_flight:
-                self._launch(engine, entry, now)
+            if self._in_flight < max_in_flight:
+                # _launch, inlined: this loop starts every probe
+                delay = now - entry.due
+                if delay > max_delay:
+                    max_delay = delay
+                entry.last_start = now
+                self._in_flight += 1
+                entry.probe = start(entry.spec, result_cb, entry)
                 budget -= 1
             else:
                 waiting.append(entry)
+        if max_delay > self._max_start_delay:
+            self._max_start_delay = max_delay
         more_due = bool(waiting) or bool(heap and heap[0][0] <= horizon)
         if not budget and more_due and not self._kick_pending and self._loop is not None:
             # continue in a fresh callback so the loop runs the others (VRRP) in between
@@ -282,7 +309,7 @@ class HealthChecker(Generic[K]):
             self._max_start_delay = delay
         entry.last_start = now
         self._in_flight += 1
-        entry.probe = engine.start(entry.spec, self._on_result, entry)
+        entry.probe = engine.start(entry.spec, self._result_cb, entry)
 
     def _on_result(self, entry: _Entry[K], result: ProbeResult) -> None:
         if entry.removed:
@@ -291,16 +318,18 @@ class HealthChecker(Generic[K]):
         self._in_flight -= 1
         self._probes += 1
         now = time.monotonic()
-        if not result.conclusive:
+        ok, reason, latency, conclusive = result
+        if not conclusive:
             self._inconclusive += 1
             if now - self._last_inconclusive_log >= _INCONCLUSIVE_LOG_EVERY:
                 self._last_inconclusive_log = now
                 log.warning("health: probe of %s could not be made: %s (not counted against "
-                            "the backend)", entry.spec, result.reason)
+                            "the backend)", entry.spec, reason)
         else:
-            if not result.ok:
+            entry.latency = latency
+            if not ok:
                 self._failed += 1
-            transition = entry.dampener.probe(result.ok, result.reason, now)
+            transition = entry.dampener.probe(ok, reason, now)
             if transition is not None:
                 self._report(entry, transition)
         if entry.removed:  # the transition callback may have removed it
@@ -311,10 +340,15 @@ class HealthChecker(Generic[K]):
         jitter = settings.jitter
         if jitter:
             interval *= 1.0 - jitter + 2.0 * jitter * self._rng.random()
-        self._push(entry, max(entry.last_start + interval, now))
-        if self._timer_at > entry.due:
+        due = entry.last_start + interval
+        if due < now:
+            due = now
+        entry.due = due  # _push, inlined
+        heapq.heappush(self._heap, (due, entry.ident))
+        if self._timer_at > due:
             self._arm_for_heap()
-        self._kick()
+        if self._waiting:
+            self._kick()
 
     def _report(self, entry: _Entry[K], transition: Transition) -> None:
         self._transitions += 1

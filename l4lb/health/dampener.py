@@ -134,6 +134,11 @@ class Dampener:
         self._last_reason = reason
         self._last_probe_at = now
         if ok:
+            if self._state is Health.UP:  # the common case of _passed, inlined
+                self._started = True
+                self._failures = 0
+                self._confirmed = True
+                return None
             return self._passed(reason, now)
         return self._failed(reason, now)
 

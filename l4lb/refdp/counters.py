@@ -35,6 +35,8 @@ What each counter means (the C core, src_ext/core/dp.h, keeps the same ones):
   udp backend datagrams_to_backend, datagrams_to_client  datagrams sent to / relayed from it
            flows_active      flows assigned to it now
            flows_total       flows ever assigned to it
+  worker   connlog_dropped   connection-log records refused because the worker's queue was full
+                             (stats() reports the sum as a top-level key)
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Counters:
         self.services: dict[int, dict[str, int]] = {}  # service_id -> SERVICE_FIELDS
         self.backends: dict[int, dict[str, int]] = {}  # backend_id -> BACKEND_FIELDS
         self.splice_fallbacks = 0  # relay directions that had to copy instead of splice
+        self.connlog_dropped = 0  # connection-log records refused: the queue was full
 
     def service(self, service_id: int) -> dict[str, int]:
         """The counters of one service, created at zero on first use."""
@@ -79,6 +82,7 @@ class Counters:
         other.services = {k: dict(v) for k, v in self.services.items()}
         other.backends = {k: dict(v) for k, v in self.backends.items()}
         other.splice_fallbacks = self.splice_fallbacks
+        other.connlog_dropped = self.connlog_dropped
         return other
 
 
@@ -95,4 +99,5 @@ def sum_counters(parts: list[Counters], generation: int) -> dict[str, Any]:
             into = backends.setdefault(bid, dict.fromkeys(BACKEND_FIELDS, 0))
             for key, value in values.items():
                 into[key] += value
-    return {"generation": generation, "services": services, "backends": backends}
+    return {"generation": generation, "services": services, "backends": backends,
+            "connlog_dropped": sum(part.connlog_dropped for part in parts)}

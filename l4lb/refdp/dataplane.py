@@ -2,7 +2,9 @@
 
 This object only dispatches: listeners go to the worker that polls them, publish() swaps the
 live table reference, stats(), sessions() and flows() ask every worker for a snapshot and add
-them up, stop() tells every worker to drain and joins the threads. See worker.py for the life of
+them up, close_backend_sessions() asks every worker to close its share, set_connection_log()
+switches every worker's record queue, closed_sessions() empties those queues without asking the
+workers, stop() tells every worker to drain and joins the threads. See worker.py for the life of
 a TCP connection, relay.py for its byte relay, and udp.py for UDP flows.
 """
 
@@ -19,12 +21,14 @@ from typing import Any
 from l4lb.refdp.counters import sum_counters
 from l4lb.refdp.dgram import enable_pktinfo, is_wildcard
 from l4lb.refdp.livetable import LiveTable
+from l4lb.refdp.records import ring_capacity
 from l4lb.refdp.shared import Shared
 from l4lb.refdp.worker import Worker
 from l4lb.table.blob import parse
 from l4lb.table.sched import SchedShared
 
 MAX_WORKERS = 256  # as the C core's DP_MAX_WORKERS
+MAX_BACKENDS = 65536  # as the C core's DP_MAX_BACKENDS
 JOIN_GRACE = 10.0  # seconds past the stop deadline a worker may take to exit
 
 
@@ -39,6 +43,7 @@ class Dataplane:
         self._workers = [Worker(i, self._shared) for i in range(workers)]
         self._owner: dict[int, Worker] = {}  # listener fd -> the worker polling it
         self._lock = threading.Lock()  # serialises publish() and the API's bookkeeping
+        self._log_lock = threading.Lock()  # one connection-log reader or setter at a time
         self._generation = 0  # generation of the live table
         self._started = False
         self._stopped = False
@@ -113,6 +118,33 @@ class Dataplane:
         for worker in self._workers:
             found.extend(worker.call(worker.snapshot_flows))
         return found
+
+    def close_backend_sessions(self, backend_id: int) -> int:
+        """Reset every open session and end every UDP flow of backend_id on every worker;
+        returns how many were closed (logged as "drain_timeout")."""
+        if not 0 <= backend_id < MAX_BACKENDS:
+            raise ValueError(f"backend_id {backend_id} out of range 0..{MAX_BACKENDS - 1}")
+        return sum(w.call(functools.partial(w.close_backend, backend_id))
+                   for w in self._workers)
+
+    def set_connection_log(self, enabled: bool, capacity: int = 16384) -> None:
+        """Turn the connection log on (capacity records per worker, rounded up to a power of
+        two) or off (queued records stay until taken)."""
+        size = ring_capacity(capacity) if enabled else None
+        with self._log_lock:
+            for worker in self._workers:
+                worker.call(functools.partial(worker.configure_log, bool(enabled), size))
+
+    def closed_sessions(self, max: int = 65536) -> list[dict[str, Any]]:
+        """Take up to max queued records, oldest first within each worker, without waiting
+        for any worker."""
+        if max < 0:
+            raise ValueError(f"max must be >= 0, got {max}")
+        taken: list[dict[str, Any]] = []
+        with self._log_lock:
+            for worker in self._workers:
+                taken.extend(worker.log.take(max - len(taken)))
+        return taken
 
     @property
     def splice_fallbacks(self) -> int:

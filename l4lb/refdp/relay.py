@@ -15,6 +15,9 @@ End of stream and resets:
   is reset: the other socket is closed with SO_LINGER 0, so the peer sees a reset too;
 - no fd is left for a pipe: the session is reset on both sides (a local failure, which the
   worker counts in accept_errors like the C core).
+For the connection log the session remembers whose FIN went through first (`fin_first`) and,
+after a reset, which side failed (`reset_by`: a failed read blames the source, a failed write
+or FIN the destination), as the C relay does.
 
 The pump does no polling and keeps no timers: the worker calls `Session.pump()` when one of the
 two sockets is ready and asks `interest()` which events to wait for next.
@@ -67,7 +70,11 @@ def reset_and_close(sock: socket.socket) -> None:
 
 
 class _Reset(Exception):
-    """Internal: one side of the session was reset."""
+    """Internal: one side of the session was reset; `sock` is the socket that failed."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
 
 
 class _LocalFailure(Exception):
@@ -88,6 +95,7 @@ class Direction:
         self.fallbacks = 0  # 1 once this direction fell back to copying
         self.eof = False  # src sent its FIN
         self.shut = False  # that FIN was passed on to dst
+        self.written = 0  # bytes written to dst so far (kept even when a pump raises)
 
     @property
     def done(self) -> bool:
@@ -136,7 +144,7 @@ class Direction:
             return 0
         except OSError as exc:
             if exc.errno in RESET_ERRNOS:
-                raise _Reset from exc
+                raise _Reset(self.src) from exc
             raise
         if not data:
             self.eof = True
@@ -161,7 +169,7 @@ class Direction:
         except OSError as exc:
             self._release_pipe()
             if exc.errno in RESET_ERRNOS:
-                raise _Reset from exc
+                raise _Reset(self.src) from exc
             raise
         else:
             if n == 0:
@@ -184,9 +192,10 @@ class Direction:
             return 0
         except OSError as exc:
             if exc.errno in RESET_ERRNOS:
-                raise _Reset from exc
+                raise _Reset(self.dst) from exc
             raise
         self.pending -= n
+        self.written += n
         if self.pending == 0:
             self._release_pipe()
         return n
@@ -195,7 +204,7 @@ class Direction:
         try:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            raise _Reset from exc
+            raise _Reset(self.dst) from exc
         self.shut = True
 
     def _release_pipe(self) -> None:
@@ -232,6 +241,8 @@ class Session:
         self.last_active = time.monotonic()  # last time a byte or FIN moved
         self.to_backend: Direction | None = None  # set once connected
         self.to_client: Direction | None = None  # set once connected
+        self.fin_first = ""  # "client_closed" / "backend_closed": whose FIN went through first
+        self.reset_by = ""  # after a RESET outcome: "client_reset" or "backend_reset"
         self.client_mask = 0  # selector events the client socket is registered for
         self.backend_mask = 0  # selector events the backend socket is registered for
         self.closed = False
@@ -248,19 +259,28 @@ class Session:
         """Relay both ways; returns (outcome, bytes to backend, bytes to client) of this call."""
         up, down = self.to_backend, self.to_client
         assert up is not None and down is not None
-        moved_up = moved_down = 0
+        up_before, down_before = up.written, down.written
         was_eof = up.eof or down.eof
         try:
-            moved_up = up.pump()
-            moved_down = down.pump()
-        except _Reset:
-            return Outcome.RESET, moved_up, moved_down
+            up.pump()
+            down.pump()
+        except _Reset as exc:
+            self.reset_by = "client_reset" if exc.sock is self.client else "backend_reset"
+            outcome = Outcome.RESET
         except _LocalFailure:
-            return Outcome.LOCAL_FAILURE, moved_up, moved_down
+            outcome = Outcome.LOCAL_FAILURE
+        else:
+            outcome = Outcome.OK
+        # what moved before a reset counts too
+        moved_up, moved_down = up.written - up_before, down.written - down_before
         self.bytes_to_backend += moved_up
         self.bytes_to_client += moved_down
+        if outcome is not Outcome.OK:
+            return outcome, moved_up, moved_down
         if moved_up or moved_down or (up.eof or down.eof) != was_eof:
             self.last_active = time.monotonic()
+        if not self.fin_first and (up.done or down.done):
+            self.fin_first = "client_closed" if up.done else "backend_closed"
         if up.done and down.done:
             return Outcome.FINISHED, moved_up, moved_down
         if up.eof or down.eof:

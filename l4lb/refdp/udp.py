@@ -32,6 +32,10 @@ idle_timeout_ms without a datagram either way, and when its listener is removed.
 plane stops, listeners are no longer read but flows still relay replies until they end or have
 been idle for STOP_IDLE (or the stop deadline). Every end counts flows_expired; the flow's
 record at creation gives its idle timeout and responses limit.
+
+Every end goes through `_end(flow, reason)` with the connection log's close reason (idle_timeout,
+responses, refused, moved, listener_gone, shutdown, drain_timeout); with the log on it queues
+one record. A datagram that cannot open a flow leaves no record (no flow existed).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from typing import Any
 
 from l4lb.refdp.counters import Counters
 from l4lb.refdp.dgram import RECV_MAX, Received, receive, reply
+from l4lb.refdp.records import RecordQueue, make_record
 from l4lb.refdp.shared import Shared, add_count
 from l4lb.table.blob import FLAG_DOWN, PROTO_UDP, ServiceRec
 from l4lb.table.sched import SchedWorker, pick
@@ -100,6 +105,7 @@ class Flow:
         "responses_max",
         "service_id",
         "started",
+        "stop_cut",
         "upstream",
     )
 
@@ -127,6 +133,7 @@ class Flow:
         self.bytes_to_backend = 0
         self.bytes_to_client = 0
         self.closed = False
+        self.stop_cut = False  # the stop shortened its idle timeout to STOP_IDLE
 
     def snapshot(self) -> dict[str, Any]:
         """The flows() entry of this flow."""
@@ -148,12 +155,13 @@ class UdpRelay:
 
     def __init__(self, shared: Shared, counters: Counters, sched: SchedWorker,
                  sel: selectors.BaseSelector,
-                 at: Callable[[float, Callable[[], None]], None]) -> None:
+                 at: Callable[[float, Callable[[], None]], None], log: RecordQueue) -> None:
         self.shared = shared  # live table, scheduler state, flow counts of all workers
         self.counters = counters  # the worker's counters
         self.sched = sched  # the worker's scheduler state (smooth WRR, PRNG)
         self.sel = sel  # the worker's selector
         self.at = at  # schedule a callback at a monotonic time on the worker's timer heap
+        self.log = log  # the worker's connection log
         self.flows: dict[FlowKey, Flow] = {}
         self.buf = bytearray(RECV_MAX)  # every datagram passes through here
         self.view = memoryview(self.buf)
@@ -187,7 +195,7 @@ class UdpRelay:
         if flow is not None and live is not None and flow.generation != live.generation:
             rec = live.service_backend(svc, flow.backend_id) if svc is not None else None
             if rec is None or (rec.weight == 0 and rec.flags & FLAG_DOWN):
-                self._end(flow)  # its backend is DOWN or gone: the datagram picks again
+                self._end(flow, "moved")  # its backend is DOWN or gone: the datagram picks again
                 flow = None
             else:
                 flow.generation = live.generation
@@ -257,7 +265,7 @@ class UdpRelay:
             counters["drops_send"] += 1
             if exc.errno in ICMP_ERRNOS:  # an earlier datagram met a closed port (or no route)
                 self.counters.backend(flow.backend_id)["connect_failures"] += 1
-                self._end(flow)
+                self._end(flow, "refused")
             return
         flow.last_seen = time.monotonic()
         flow.last_seen_wall = time.time()
@@ -283,7 +291,7 @@ class UdpRelay:
                 return
             except OSError:  # an ICMP error (port or host unreachable): the flow cannot go on
                 be["connect_failures"] += 1
-                self._end(flow)
+                self._end(flow, "refused")
                 return
             flow.last_seen = time.monotonic()
             flow.last_seen_wall = time.time()
@@ -293,7 +301,7 @@ class UdpRelay:
             else:
                 self._to_client(flow, size, counters, be)
             if 0 < flow.responses_max <= flow.responses:
-                self._end(flow)
+                self._end(flow, "responses")
 
     def _to_client(self, flow: Flow, size: int, counters: dict[str, int],
                    be: dict[str, int]) -> None:
@@ -317,15 +325,19 @@ class UdpRelay:
             return
         due = flow.last_seen + flow.idle
         if time.monotonic() >= due:
-            self._end(flow)
+            self._end(flow, "shutdown" if flow.stop_cut else "idle_timeout")
         else:
             self.at(due, lambda: self._idle_timer(flow))
 
-    def _end(self, flow: Flow) -> None:
-        """Close the flow and give back its place in every count."""
+    def _end(self, flow: Flow, reason: str) -> None:
+        """Close the flow and give back its place in every count (every end comes here)."""
         if flow.closed:
             return
         flow.closed = True
+        if self.log.on:
+            self.log.add(make_record("udp", flow.service_id, flow.backend_id, flow.client,
+                                     flow.started, flow.bytes_to_backend, flow.bytes_to_client,
+                                     reason))
         self.sel.unregister(flow.upstream)
         flow.upstream.close()
         if self.flows.get(flow.key) is flow:
@@ -345,19 +357,27 @@ class UdpRelay:
         """lst is being removed: end the flows whose replies would go through it."""
         lst.closed = True
         for flow in [f for f in self.flows.values() if f.listener is lst]:
-            self._end(flow)
+            self._end(flow, "listener_gone")
 
     def stopping(self) -> None:
         """The data plane stops: every flow ends once idle for STOP_IDLE (or sooner)."""
         for flow in self.flows.values():
             if flow.idle > STOP_IDLE:
                 flow.idle = STOP_IDLE
+                flow.stop_cut = True
                 self.at(flow.last_seen + STOP_IDLE, functools.partial(self._idle_timer, flow))
 
     def close_all(self) -> None:
         """End every flow (the stop deadline, or the worker is exiting)."""
         for flow in list(self.flows.values()):
-            self._end(flow)
+            self._end(flow, "shutdown")
+
+    def close_backend(self, backend_id: int) -> int:
+        """End every flow of backend_id ("drain_timeout"); returns how many."""
+        doomed = [f for f in self.flows.values() if f.backend_id == backend_id]
+        for flow in doomed:
+            self._end(flow, "drain_timeout")
+        return len(doomed)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """flows() entries of this worker."""

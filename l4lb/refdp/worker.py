@@ -27,6 +27,11 @@ Life of a connection (the C core does the same, in the same order):
    end of a graceful stop.
 A client that resets while its backend is still connecting ends its session at once (steps 3-4
 are abandoned; nothing is counted but the close).
+
+Every end of a session goes through `_close_session(session, reset, reason)`, whose callers name
+the close reason (l4lb/dataplane.py); with the connection log on it queues one record in the
+worker's RecordQueue (l4lb.refdp.records), as do the refusals of steps 1 and 2 (no session, no
+backend). `close_backend(backend_id)` resets every session of one backend ("drain_timeout").
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from typing import Any, TypeVar
 
 from l4lb.refdp.counters import Counters
 from l4lb.refdp.pipes import PipePool
+from l4lb.refdp.records import RecordQueue, make_record
 from l4lb.refdp.relay import Outcome, Session, State, reset_and_close
 from l4lb.refdp.shared import Shared, add_count
 from l4lb.refdp.udp import UPSTREAM, UdpListener, UdpRelay
@@ -111,11 +117,13 @@ class Worker:
         self.udp_listeners: dict[int, UdpListener] = {}  # UDP listeners by the caller's fd
         self.sessions: set[Session] = set()  # open sessions
         self.counters = Counters()  # written only by this worker's thread
+        self.log = RecordQueue(self.counters)  # connection log: the worker writes, one reader
         self.pool = PipePool()  # pipes for splice, held only while data is in flight
         self.sched = SchedWorker(index + 1)  # smooth-WRR currents and PRNG of this worker
         self.timers: list[tuple[float, int, Callable[[], None]]] = []  # heap by deadline
         self.timer_seq = itertools.count()  # tie-breaker so the heap never compares callables
-        self.udp = UdpRelay(shared, self.counters, self.sched, self.sel, self._at)  # UDP flows
+        self.udp = UdpRelay(shared, self.counters, self.sched, self.sel, self._at,
+                            self.log)  # UDP flows
         self.stopping = False  # stop() began: no listeners, sessions drain until deadline
         self.error: BaseException | None = None  # what killed the loop, if anything
         self.thread = threading.Thread(target=self._run, name=f"l4lb-refdp-{index}",
@@ -194,6 +202,18 @@ class Worker:
         self.stopping = True
         self._at(deadline, self._expire_all)
 
+    def close_backend(self, backend_id: int) -> int:
+        """Reset every session whose current backend is backend_id and end its UDP flows;
+        returns how many were closed."""
+        doomed = [s for s in self.sessions if s.backend_id == backend_id]
+        for session in doomed:
+            self._close_session(session, reset=True, reason="drain_timeout")
+        return len(doomed) + self.udp.close_backend(backend_id)
+
+    def configure_log(self, on: bool, capacity: int | None) -> None:
+        """Turn the connection log on or off (capacity: a new queue size, or None to keep)."""
+        self.log.configure(on, capacity)
+
     def snapshot_sessions(self) -> list[dict[str, Any]]:
         """sessions() entries of this worker."""
         return [s.snapshot() for s in self.sessions]
@@ -253,7 +273,7 @@ class Worker:
             except queue.Empty:
                 break
         for session in list(self.sessions):
-            self._close_session(session, reset=True)
+            self._close_session(session, reset=True, reason="shutdown")
         self.udp.close_all()
         self._close_listeners()
         self._close_resources()
@@ -291,7 +311,7 @@ class Worker:
     def _expire_all(self) -> None:
         """The stop deadline: reset whatever is still open, end every flow."""
         for session in list(self.sessions):
-            self._close_session(session, reset=True)
+            self._close_session(session, reset=True, reason="shutdown")
         self.udp.close_all()
 
     # --- accept and admission ---------------------------------------------------------------
@@ -310,6 +330,10 @@ class Worker:
                 continue  # ECONNABORTED and the like: that connection is gone, try the next
             conn.setblocking(False)
             self._admit(lst.service_id, conn, (str(addr[0]), int(addr[1])))
+
+    def _log_refused(self, service_id: int, client: tuple[str, int], reason: str) -> None:
+        """A client refused before it had a session: its connection-log record (log on)."""
+        self.log.add(make_record("tcp", service_id, -1, client, time.time(), 0, 0, reason))
 
     def _pause_listener(self, lst: Listener) -> None:
         """Out of fds: stop polling the listener for a moment instead of spinning on it."""
@@ -330,6 +354,8 @@ class Worker:
         if live is None or svc is None or svc.protocol != PROTO_TCP:
             counters["conns_total"] += 1
             counters["no_backend"] += 1
+            if self.log.on:
+                self._log_refused(service_id, client, "no_backend")
             reset_and_close(conn)
             return
         with self.shared.lock:
@@ -339,6 +365,8 @@ class Worker:
                 svc_active[service_id] = svc_active.get(service_id, 0) + 1
         if full:
             counters["rejected"] += 1
+            if self.log.on:
+                self._log_refused(service_id, client, "rejected")
             reset_and_close(conn)
             return
         counters["conns_active"] += 1
@@ -377,10 +405,12 @@ class Worker:
         if live is None or svc is None or choice is None:
             if first and svc is not None and live is not None and live.any_weighted(svc):
                 counters["rejected"] += 1  # every weighted backend is at its max_connections
+                reason = "rejected"
             else:
                 counters["conns_total"] += first
                 counters["no_backend"] += 1
-            self._close_session(session, reset=True)
+                reason = "connect_failed" if session.failures else "no_backend"
+            self._close_session(session, reset=True, reason=reason)
             return
         counters["conns_total"] += first
         session.slot, index = choice
@@ -395,7 +425,7 @@ class Worker:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError:
             counters["accept_errors"] += 1  # out of fds here: not the backend's fault
-            self._close_session(session, reset=True)
+            self._close_session(session, reset=True, reason="error")
             return
         sock.setblocking(False)
         session.backend = sock
@@ -429,7 +459,7 @@ class Worker:
         session.failures += 1
         if session.failures > session.service.retries:
             self.counters.service(session.service_id)["no_backend"] += 1
-            self._close_session(session, reset=True)
+            self._close_session(session, reset=True, reason="connect_failed")
             return
         self._connect_next(session)
 
@@ -446,7 +476,7 @@ class Worker:
             return
         due = session.last_active + idle
         if time.monotonic() >= due:
-            self._close_session(session, reset=False)
+            self._close_session(session, reset=False, reason="idle_timeout")
         else:
             self._at(due, lambda: self._idle_timer(session, idle))
 
@@ -476,7 +506,7 @@ class Worker:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self._close_session(session, reset=True)
+            self._close_session(session, reset=True, reason="client_reset")
             return
         self._register(session, CLIENT, 0)
 
@@ -491,12 +521,12 @@ class Worker:
         be["bytes_to_client"] += down
         self.counters.splice_fallbacks += session.fallbacks - fallbacks_before
         if outcome is Outcome.FINISHED:
-            self._close_session(session, reset=False)
+            self._close_session(session, reset=False, reason=session.fin_first)
         elif outcome is Outcome.RESET:
-            self._close_session(session, reset=True)
+            self._close_session(session, reset=True, reason=session.reset_by)
         elif outcome is Outcome.LOCAL_FAILURE:
             svc["accept_errors"] += 1
-            self._close_session(session, reset=True)
+            self._close_session(session, reset=True, reason="error")
         else:
             client_r, client_w, backend_r, backend_w = session.interest()
             self._register(session, CLIENT, (READ if client_r else 0) | (WRITE if client_w else 0))
@@ -520,9 +550,17 @@ class Worker:
         else:
             session.backend_mask = mask
 
-    def _close_session(self, session: Session, reset: bool) -> None:
+    def _close_session(self, session: Session, reset: bool, reason: str) -> None:
+        """End a session (every close goes through here), recording why when the log is on."""
         if session.closed:
             return
+        if self.log.on:
+            backend_id = session.backend_id
+            if backend_id < 0 and session.tried_ids:
+                backend_id = session.tried_ids[-1]  # its last attempt failed: name that one
+            self.log.add(make_record("tcp", session.service_id, backend_id, session.client_addr,
+                                     session.started, session.bytes_to_backend,
+                                     session.bytes_to_client, reason))
         self._register(session, CLIENT, 0)
         self._register(session, BACKEND, 0)
         session.close(reset)

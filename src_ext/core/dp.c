@@ -61,6 +61,23 @@
  * commands and exits; dp_stop() joins every thread. The caller keeps ownership of listener fds
  * throughout: the data plane never closes them.
  *
+ * Close by backend. dp_close_backend_sessions() is a command to every worker at once
+ * (dp_ask_all): each resets the TCP sessions and ends the UDP flows whose backend is the one
+ * named, between two epoll batches, frees them, and answers with its count; the caller returns
+ * the sum once every worker has answered. A worker that is not running holds nothing to close.
+ *
+ * Connection log. Off by default. dp_set_connection_log() gives each worker a bounded
+ * single-producer / single-consumer ring of records (connlog_ring.c) and sets the worker's
+ * log_on flag, both through a command (or directly on a worker that is not running), so those
+ * two fields only ever change on the worker's own thread or while it is quiescent; the relays
+ * then fill one record per close in place (relay_tcp.c, relay_udp.c: "reasons"). A full ring
+ * refuses the new record and counts it in connlog_dropped; nothing on the worker side waits,
+ * locks or allocates. dp_closed_sessions() empties the rings without asking any worker:
+ * dp->log_lock makes it the one consumer, and it reads each ring's committed records with
+ * acquire loads. A capacity change allocates new rings in the caller and lets each worker move
+ * its queued records over (the setter holds log_lock, so no reader is in the old ring), then
+ * frees the old ones. Turning the log off clears log_on and keeps the rings and what they hold.
+ *
  * Counters. Per worker, single writer, relaxed stores (no locked instruction on the data path);
  * dp_stats() sums them with relaxed loads. The only shared read-modify-writes on the data path
  * are the scheduler's active counts in sched_shared, which least_conn and max_connections need
@@ -282,6 +299,23 @@ static int dp_worker_flows(struct dp_worker *w, struct dp_flow_info **out, size_
     return 0;
 }
 
+/* Switch w's connection log (worker thread, or a worker that is not running): a new ring takes
+ * over what the old one holds (what does not fit is counted as dropped) and the old ring goes
+ * back to the caller in c->ring. Runs while the caller holds dp->log_lock, so no reader is in
+ * the old ring. */
+static void dp_worker_connlog(struct dp_worker *w, struct dp_cmd *c)
+{
+    struct connlog_ring *old = w->log_ring;
+
+    if (c->ring) {
+        if (old)
+            DP_CNT_ADD(&w->cnt->connlog_dropped, connlog_ring_move(old, c->ring));
+        w->log_ring = c->ring;
+        c->ring = old;
+    }
+    w->log_on = c->log_on && w->log_ring;
+}
+
 /* Execute one command on worker w. */
 static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
 {
@@ -306,6 +340,15 @@ static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
         break;
     case DP_CMD_FLOWS:
         c->rc = dp_worker_flows(w, &c->flows, &c->n_flows);
+        break;
+    case DP_CMD_CLOSE_BACKEND:
+        c->closed = relay_tcp_close_backend(w, (int32_t)c->backend_id) +
+                    relay_udp_close_backend(w, (int32_t)c->backend_id);
+        c->rc = 0;
+        break;
+    case DP_CMD_CONNLOG:
+        dp_worker_connlog(w, c);
+        c->rc = 0;
         break;
     }
 }
@@ -509,6 +552,7 @@ int dp_create(uint32_t n_workers, struct dp **out)
     pthread_mutex_init(&dp->cmd_lock, NULL);
     pthread_mutex_init(&dp->stop_lock, NULL);
     pthread_mutex_init(&dp->steer_lock, NULL);
+    pthread_mutex_init(&dp->log_lock, NULL);
     pthread_cond_init(&dp->cmd_cond, NULL);
     dp->shared = calloc(1, sizeof(*dp->shared));
     dp->workers = calloc(n_workers, sizeof(*dp->workers));
@@ -990,6 +1034,7 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
     for (i = 0; i < dp->n_workers; i++) {
         const struct dp_counters *c = dp->workers[i].cnt;
         uint64_t v[DP_SC_N];
+        out->connlog_dropped += __atomic_load_n(&c->connlog_dropped, __ATOMIC_RELAXED);
         for (k = 0; k < DP_MAX_SERVICES; k++) {
             for (x = 0; x < DP_SC_N; x++)
                 v[x] = __atomic_load_n(&c->svc[k][x], __ATOMIC_RELAXED);
@@ -1027,10 +1072,11 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
     return 0;
 }
 
-/* Queue a command of `type` to every running worker, then wait for all of them (the snapshots
- * are taken concurrently). Returns the per-worker commands (calloc'ed, the caller frees them and
- * what they point to), or NULL when out of memory. */
-static struct dp_cmd *dp_ask_all(struct dp *dp, enum dp_cmd_type type)
+/* Queue a copy of the command `tmpl` to every running worker, then wait for all of them (they
+ * run it concurrently). Returns the per-worker commands (calloc'ed, the caller frees them and
+ * what they point to; a worker that is not running left its copy as it was), or NULL when out of
+ * memory. */
+static struct dp_cmd *dp_ask_all(struct dp *dp, const struct dp_cmd *tmpl)
 {
     struct dp_cmd *cmds = calloc(dp->n_workers, sizeof(*cmds));
     uint32_t i;
@@ -1040,7 +1086,8 @@ static struct dp_cmd *dp_ask_all(struct dp *dp, enum dp_cmd_type type)
     pthread_mutex_lock(&dp->cmd_lock);
     for (i = 0; i < dp->n_workers; i++) {
         struct dp_worker *w = &dp->workers[i];
-        cmds[i].type = type;
+        cmds[i] = *tmpl;
+        cmds[i].next = NULL;
         cmds[i].done = 1;
         if (!w->thread_started || w->exited)
             continue;
@@ -1069,7 +1116,7 @@ int dp_sessions(struct dp *dp, struct dp_session_info **out, size_t *n)
 
     *out = NULL;
     *n = 0;
-    cmds = dp_ask_all(dp, DP_CMD_SNAPSHOT);
+    cmds = dp_ask_all(dp, &(struct dp_cmd){ .type = DP_CMD_SNAPSHOT });
     if (!cmds)
         return -ENOMEM;
     for (i = 0; i < dp->n_workers; i++) {
@@ -1114,7 +1161,7 @@ int dp_flows(struct dp *dp, struct dp_flow_info **out, size_t *n)
 
     *out = NULL;
     *n = 0;
-    cmds = dp_ask_all(dp, DP_CMD_FLOWS);
+    cmds = dp_ask_all(dp, &(struct dp_cmd){ .type = DP_CMD_FLOWS });
     if (!cmds)
         return -ENOMEM;
     for (i = 0; i < dp->n_workers; i++) {
@@ -1168,6 +1215,109 @@ int dp_internals(struct dp *dp, struct dp_internals *out)
     for (i = 0; i < DP_MAX_SERVICES; i++)
         out->sched_svc_active +=
             atomic_load_explicit(&dp->shared->svc_active[i], memory_order_relaxed);
+    return 0;
+}
+
+int dp_close_backend_sessions(struct dp *dp, uint32_t backend_id, uint64_t *closed)
+{
+    struct dp_cmd *cmds;
+    uint32_t i;
+
+    *closed = 0;
+    if (backend_id >= DP_MAX_BACKENDS)
+        return -EINVAL;
+    /* a worker that is not running has no session and no flow: its copy stays at 0 */
+    cmds = dp_ask_all(dp, &(struct dp_cmd){ .type = DP_CMD_CLOSE_BACKEND,
+                                            .backend_id = backend_id });
+    if (!cmds)
+        return -ENOMEM;
+    for (i = 0; i < dp->n_workers; i++)
+        *closed += cmds[i].closed;
+    free(cmds);
+    return 0;
+}
+
+int dp_set_connection_log(struct dp *dp, int enabled, uint32_t capacity)
+{
+    struct connlog_ring **fresh = NULL;
+    struct dp_cmd c;
+    uint32_t i, cap = 1;
+    int rc = 0;
+
+    if (enabled) {
+        if (capacity == 0 || capacity > DP_CONNLOG_MAX)
+            return -EINVAL;
+        while (cap < capacity)
+            cap <<= 1;
+    }
+    pthread_mutex_lock(&dp->log_lock);
+    if (enabled && cap != dp->log_capacity) {
+        /* new rings, allocated here so that the workers never allocate */
+        fresh = calloc(dp->n_workers, sizeof(*fresh));
+        for (i = 0; fresh && i < dp->n_workers && !rc; i++)
+            rc = connlog_ring_create(cap, &fresh[i]);
+        if (!fresh || rc) {
+            for (i = 0; fresh && i < dp->n_workers; i++)
+                connlog_ring_destroy(fresh[i]);
+            free(fresh);
+            pthread_mutex_unlock(&dp->log_lock);
+            return -ENOMEM;
+        }
+    }
+    pthread_mutex_lock(&dp->cmd_lock);
+    for (i = 0; i < dp->n_workers; i++) {
+        memset(&c, 0, sizeof(c));
+        c.type = DP_CMD_CONNLOG;
+        c.log_on = enabled != 0;
+        c.ring = fresh ? fresh[i] : NULL;
+        if (dp_call_locked(dp, &dp->workers[i], &c) == -ESRCH)
+            dp_worker_connlog(&dp->workers[i], &c); /* not running: ours to change */
+        if (fresh)
+            fresh[i] = c.ring; /* the replaced ring (or NULL) */
+    }
+    pthread_mutex_unlock(&dp->cmd_lock);
+    if (fresh) {
+        for (i = 0; i < dp->n_workers; i++)
+            connlog_ring_destroy(fresh[i]);
+        free(fresh);
+        dp->log_capacity = cap;
+    }
+    pthread_mutex_unlock(&dp->log_lock);
+    return 0;
+}
+
+int dp_closed_sessions(struct dp *dp, size_t max, struct dp_conn_record **out, size_t *n)
+{
+    struct dp_conn_record *all = NULL;
+    size_t total = 0, k = 0, p;
+    uint32_t i;
+
+    *out = NULL;
+    *n = 0;
+    pthread_mutex_lock(&dp->log_lock);
+    for (i = 0; i < dp->n_workers && total < max; i++)
+        if (dp->workers[i].log_ring) {
+            p = connlog_ring_pending(dp->workers[i].log_ring);
+            total += p < max - total ? p : max - total;
+        }
+    if (total) {
+        all = malloc(total * sizeof(*all));
+        if (!all) {
+            pthread_mutex_unlock(&dp->log_lock);
+            return -ENOMEM;
+        }
+    }
+    /* the workers may have added records since: take no more than counted */
+    for (i = 0; i < dp->n_workers && k < total; i++)
+        if (dp->workers[i].log_ring)
+            k += connlog_ring_take(dp->workers[i].log_ring, all + k, total - k);
+    pthread_mutex_unlock(&dp->log_lock);
+    if (!k) {
+        free(all);
+        all = NULL;
+    }
+    *out = all;
+    *n = k;
     return 0;
 }
 
@@ -1249,6 +1399,7 @@ void dp_destroy(struct dp *dp)
         free(w->sw);
         free(w->cnt);
         free(w->buf);
+        connlog_ring_destroy(w->log_ring);
     }
     for (i = 0; i < dp->n_retired; i++)
         dp_table_free(dp->retired[i]);
@@ -1259,6 +1410,7 @@ void dp_destroy(struct dp *dp)
     free(dp->shared);
     free(dp->lfd);
     pthread_mutex_destroy(&dp->steer_lock);
+    pthread_mutex_destroy(&dp->log_lock);
     pthread_mutex_destroy(&dp->pub_lock);
     pthread_mutex_destroy(&dp->cmd_lock);
     pthread_mutex_destroy(&dp->stop_lock);

@@ -1,8 +1,8 @@
 /* dp.h: the data plane object as seen from Cython (workers, listeners, table swap, snapshots).
  *
  * Every function may be called without the GIL; none calls back into Python. Functions that wait
- * for a worker (dp_remove_listener, dp_sessions, dp_flows, dp_internals, dp_stop) block the
- * calling thread only. All return 0 or -errno unless documented otherwise. See dp.c for the
+ * for a worker (dp_remove_listener, dp_sessions, dp_flows, dp_internals,
+ * dp_close_backend_sessions, dp_set_connection_log, dp_stop) block the calling thread only. All return 0 or -errno unless documented otherwise. See dp.c for the
  * design essay, relay_tcp.c and relay_udp.c for the relays.
  */
 #ifndef L4LB_DP_H
@@ -14,6 +14,7 @@
 #include "table.h"
 
 #define DP_MAX_WORKERS 256u
+#define DP_CONNLOG_MAX (1u << 22)    /* largest connection-log ring, records per worker */
 
 struct dp;
 
@@ -63,6 +64,8 @@ struct dp_be_stats {
 /* A counter snapshot; large (about 2.7 MB), allocate it on the heap. */
 struct dp_stats {
     uint64_t generation;                       /* generation of the live table */
+    uint64_t connlog_dropped;                  /* connection-log records refused by a full
+                                                  ring, since dp_create */
     struct dp_svc_stats svc[DP_MAX_SERVICES];  /* indexed by service id */
     struct dp_be_stats be[DP_MAX_BACKENDS];    /* indexed by backend id */
 };
@@ -99,6 +102,45 @@ struct dp_flow_info {
     uint64_t datagrams_to_client;  /* datagrams sent to the client */
     uint64_t bytes_to_backend; /* payload bytes sent to the backend */
     uint64_t bytes_to_client;  /* payload bytes sent to the client */
+};
+
+/* Why a TCP session or a UDP flow ended (connection log). The names the Cython module gives
+ * them are the contract's (l4lb/dataplane.py); the order here only has to match that table. */
+enum dp_close_reason {
+    DP_CLOSE_CLIENT_CLOSED = 0,    /* tcp: the client's FIN came first, the session ended normally */
+    DP_CLOSE_BACKEND_CLOSED,       /* tcp: the backend's FIN came first */
+    DP_CLOSE_CLIENT_RESET,         /* tcp: the client reset (or vanished) */
+    DP_CLOSE_BACKEND_RESET,        /* tcp: the backend reset */
+    DP_CLOSE_CONNECT_FAILED,       /* tcp: every connect attempt failed */
+    DP_CLOSE_NO_BACKEND,           /* tcp: no eligible backend (or no table / service) */
+    DP_CLOSE_REJECTED,             /* tcp: max_connections of the service or of every backend */
+    DP_CLOSE_IDLE_TIMEOUT,         /* idle for the service's idle timeout */
+    DP_CLOSE_SHUTDOWN,             /* closed by dp_stop() (tcp: at the deadline; udp: early
+                                      idle end while stopping, or the deadline) */
+    DP_CLOSE_DRAIN_TIMEOUT,        /* closed by dp_close_backend_sessions() */
+    DP_CLOSE_ERROR,                /* anything else (a local resource failure, ...) */
+    DP_CLOSE_RESPONSES,            /* udp: the service's `responses` count was reached */
+    DP_CLOSE_REFUSED,              /* udp: an ICMP error on the upstream socket */
+    DP_CLOSE_MOVED,                /* udp: the backend went DOWN (or left); the flow re-hashed */
+    DP_CLOSE_LISTENER_GONE,        /* udp: the flow's listener was removed */
+    DP_CLOSE_N
+};
+
+/* One record of the connection log: a TCP session or UDP flow that ended. 64 bytes. */
+struct dp_conn_record {
+    uint32_t service_id;       /* service of the listener it came in on */
+    int32_t backend_id;        /* its backend (tcp: the last one tried), -1 when none was chosen */
+    uint8_t protocol;          /* DP_PROTO_TCP or DP_PROTO_UDP */
+    uint8_t reason;            /* enum dp_close_reason */
+    uint8_t family;            /* client address family, 4 or 6 */
+    uint8_t reserved0;         /* 0 */
+    uint16_t port;             /* client port, host order (udp flow_key 1: of the latest datagram) */
+    uint16_t reserved1;        /* 0 */
+    uint8_t addr[16];          /* client address, network order, IPv4 in the first 4 bytes */
+    double started;            /* accept / first datagram, unix seconds */
+    double duration;           /* seconds from started to the close, >= 0 */
+    uint64_t bytes_to_backend; /* bytes (udp: payload bytes) written to the backend */
+    uint64_t bytes_to_client;  /* bytes (udp: payload bytes) written to the client */
 };
 
 /* Internal figures for tests and benchmarks (summed over workers). */
@@ -180,6 +222,21 @@ int dp_flows(struct dp *dp, struct dp_flow_info **out, size_t *n);
 int dp_udp_gso_supported(void);
 /* Internal figures (pools, slab, pauses), asked of each worker like dp_sessions. */
 int dp_internals(struct dp *dp, struct dp_internals *out);
+/* Close every open TCP session (connecting, established or half-closed) whose current backend
+ * is backend_id, resetting both sides, and end every UDP flow of that backend; each worker does
+ * it for its own before this returns. *closed gets the number closed. -EINVAL when backend_id
+ * >= DP_MAX_BACKENDS. The closes are counted like any other and logged as
+ * DP_CLOSE_DRAIN_TIMEOUT. */
+int dp_close_backend_sessions(struct dp *dp, uint32_t backend_id, uint64_t *closed);
+/* Turn the connection log on or off. On: every session or flow that ends leaves one record in
+ * its worker's ring of `capacity` records (rounded up to a power of two, 1..DP_CONNLOG_MAX;
+ * ignored when off); a full ring refuses new records and counts them (connlog_dropped). A new
+ * capacity replaces the rings, keeping the queued records that fit. Off: nothing is recorded,
+ * queued records stay until taken. Before or after dp_start(). -EINVAL for a bad capacity. */
+int dp_set_connection_log(struct dp *dp, int enabled, uint32_t capacity);
+/* Take up to max queued records (oldest first within each worker) without waiting for any
+ * worker. *out is malloc'ed (free() it; NULL when *n is 0). */
+int dp_closed_sessions(struct dp *dp, size_t max, struct dp_conn_record **out, size_t *n);
 /* Graceful stop: stop accepting (and reading UDP listeners), let sessions finish for up to
  * timeout_ms, close the rest, join the workers. UDP flows keep relaying replies until they end
  * or have been idle for 250 ms (see relay_udp.c). Idempotent. */

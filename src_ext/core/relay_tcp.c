@@ -112,6 +112,24 @@
  * drops it from epoll) and queues it on the worker's graveyard; relay_tcp_reap() frees the slab
  * objects after the batch. Idle timeouts are lazy: the data path only stores last_active_ms; the
  * timer re-arms itself when it fires early.
+ *
+ * Close reasons and the connection log. Every end of a session goes through relay_kill(), and
+ * every caller says why (enum dp_close_reason in dp.h), decided where the close is decided: the
+ * FIN bookkeeping knows which side finished first (relay_dir_finish: the direction that
+ * completes the pair is the second), a failed write blames the destination's side and a failed
+ * read the source's (relay_pump's reset_dst / reset labels), the epoll error path the socket it
+ * came from, the connect path rejected / no_backend / connect_failed, the timers idle_timeout,
+ * stop shutdown, dp_close_backend_sessions() drain_timeout, local failures error. Clients
+ * refused before they had a session (no service, the service's max_connections, no slab slot)
+ * are logged at that spot, with backend -1. When the log is off the whole cost is one
+ * predictable branch on w->log_on per close; when it is on, relay_kill() fills one record in
+ * place in the worker's ring (connlog_ring.c: no lock, no allocation; the clock is a vDSO read).
+ * A session whose current attempt was released (connect_failed) reports the last backend tried.
+ *
+ * Close by backend. relay_tcp_close_backend() runs as a worker command (dp.c), between epoll
+ * batches: it resets both sides of every session whose current backend is the one asked for,
+ * whatever its state, counts it like any other close, and frees them at once (nothing of the
+ * batch can still point at them).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -254,12 +272,65 @@ static void relay_release_backend(struct dp_worker *w, struct relay_session *s)
     s->backend_id = -1;
 }
 
-/* End a session: close both sockets (with RST when rst), release everything, and queue the
- * object for relay_tcp_reap(). Safe to call twice. */
-static void relay_kill(struct dp_worker *w, struct relay_session *s, int rst)
+/* Fill one connection-log record of a TCP client (w->log_on): nothing, when the ring is full. */
+static void relay_log(struct dp_worker *w, uint32_t sid, int32_t bid, const struct ct_key *k,
+                      double started, double now, uint64_t c2b, uint64_t b2c, uint8_t reason)
+{
+    struct dp_conn_record *r = dp_log_claim(w);
+
+    if (!r)
+        return;
+    r->service_id = sid;
+    r->backend_id = bid;
+    r->protocol = DP_PROTO_TCP;
+    r->reason = reason;
+    r->family = k->family;
+    r->reserved0 = 0;
+    r->port = k->cport;
+    r->reserved1 = 0;
+    memcpy(r->addr, k->caddr, 16);
+    r->started = started;
+    r->duration = now > started ? now - started : 0.0;
+    r->bytes_to_backend = c2b;
+    r->bytes_to_client = b2c;
+    connlog_ring_commit(w->log_ring);
+}
+
+/* Log a client refused before it had a session (w->log_on): duration 0, no backend. */
+static void relay_log_refused(struct dp_worker *w, uint32_t sid,
+                              const struct sockaddr_storage *ss, uint8_t reason)
+{
+    struct ct_key k;
+    double now = dp_unix_now();
+
+    memset(&k, 0, sizeof(k));
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        k.family = 4;
+        k.cport = ntohs(sin->sin_port);
+        memcpy(k.caddr, &sin->sin_addr, 4);
+    } else {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        k.family = 6;
+        k.cport = ntohs(sin6->sin6_port);
+        memcpy(k.caddr, &sin6->sin6_addr, 16);
+    }
+    relay_log(w, sid, -1, &k, now, now, 0, 0, reason);
+}
+
+/* End a session: close both sockets (with RST when rst), release everything, leave a record in
+ * the connection log (when on) saying why (enum dp_close_reason), and queue the object for
+ * relay_tcp_reap(). Every close of a session goes through here. Safe to call twice. */
+static void relay_kill(struct dp_worker *w, struct relay_session *s, int rst, uint8_t reason)
 {
     if (s->state == RELAY_DEAD)
         return;
+    if (__builtin_expect(w->log_on, 0))
+        relay_log(w, s->service_id,
+                  s->backend_id >= 0 ? s->backend_id
+                  : s->n_tried     ? (int32_t)s->tried_ids[s->n_tried - 1]
+                                   : -1,
+                  &s->ct.key, s->started, dp_unix_now(), s->bytes_c2b, s->bytes_b2c, reason);
     if (s->cfd >= 0) {
         if (rst)
             relay_rst_close(s->cfd);
@@ -446,7 +517,7 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         relay_release_backend(w, s);
         if (relay_local_error(-rc)) {
             dp_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
-            relay_kill(w, s, 1);
+            relay_kill(w, s, 1, DP_CLOSE_ERROR);
             return;
         }
         dp_be_add(w, (int32_t)b->backend_id, DP_BC_CONNECT_FAILURES, 1);
@@ -457,12 +528,13 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
     if (first && weighted) {
         /* every weighted backend is at its max_connections: a capacity refusal */
         dp_svc_add(w, s->service_id, DP_SC_REJECTED, 1);
-    } else {
-        if (first)
-            dp_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);
-        dp_svc_add(w, s->service_id, DP_SC_NO_BACKEND, 1);
+        relay_kill(w, s, 1, DP_CLOSE_REJECTED);
+        return;
     }
-    relay_kill(w, s, 1);
+    if (first)
+        dp_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);
+    dp_svc_add(w, s->service_id, DP_SC_NO_BACKEND, 1);
+    relay_kill(w, s, 1, s->failures ? DP_CLOSE_CONNECT_FAILED : DP_CLOSE_NO_BACKEND);
 }
 
 /* The current attempt failed (refused, unreachable, timed out): count it and retry. */
@@ -481,7 +553,7 @@ static void relay_connect_failed(struct dp_worker *w, struct relay_session *s)
     s->failures++;
     if (s->failures > s->retries) {
         dp_svc_add(w, s->service_id, DP_SC_NO_BACKEND, 1);
-        relay_kill(w, s, 1);
+        relay_kill(w, s, 1, DP_CLOSE_CONNECT_FAILED);
         return;
     }
     relay_connect_next(w, s);
@@ -531,18 +603,18 @@ static inline void relay_account(struct dp_worker *w, struct relay_session *s, i
 }
 
 /* Direction d's source is at EOF and its pipe is empty: forward the FIN. When the other
- * direction is done already, close() both sockets instead: the receive queues are empty (both
- * sources reached EOF), so close() sends the same FIN as shutdown() would, one system call
- * earlier. Returns -1 when the session was closed. */
-static int relay_dir_finish(struct dp_worker *w, struct relay_session *s, struct relay_dir *d,
-                            int dst)
+ * direction is done already (its FIN came first), close() both sockets instead: the receive
+ * queues are empty (both sources reached EOF), so close() sends the same FIN as shutdown()
+ * would, one system call earlier. Returns -1 when the session was closed. */
+static int relay_dir_finish(struct dp_worker *w, struct relay_session *s, int c2b, int dst)
 {
-    const struct relay_dir *other = d == &s->c2b ? &s->b2c : &s->c2b;
+    struct relay_dir *d = c2b ? &s->c2b : &s->b2c;
+    const struct relay_dir *other = c2b ? &s->b2c : &s->c2b;
 
     relay_drop_pipe(w, d);
     d->done = 1;
     if (other->done) {
-        relay_kill(w, s, 0);
+        relay_kill(w, s, 0, c2b ? DP_CLOSE_BACKEND_CLOSED : DP_CLOSE_CLIENT_CLOSED);
         return -1;
     }
     (void)shutdown(dst, SHUT_WR);
@@ -588,13 +660,13 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, uns
                     goto local_failure;
                 break;
             }
-            goto reset;
+            goto reset_dst;
         }
         d->wblocked = 0;
         if (d->eof) {
             if (moved)
                 s->last_active_ms = w->now_ms;
-            return relay_dir_finish(w, s, d, dst);
+            return relay_dir_finish(w, s, c2b, dst);
         }
         if (drained)
             break;
@@ -610,7 +682,7 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, uns
                 m = relay_send(dst, w->buf, (size_t)n, last ? MSG_MORE : 0);
                 if (m < 0) {
                     if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                        goto reset;
+                        goto reset_dst;
                     m = 0;
                 }
                 if (m > 0) {
@@ -685,13 +757,15 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, uns
         s->last_active_ms = w->now_ms;
     return 0;
 
+reset_dst:
+    c2b = !c2b; /* writing failed: the destination's side reset */
 reset:
-    relay_kill(w, s, 1);
+    relay_kill(w, s, 1, c2b ? DP_CLOSE_CLIENT_RESET : DP_CLOSE_BACKEND_RESET);
     return -1;
 
 local_failure:
     dp_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
-    relay_kill(w, s, 1);
+    relay_kill(w, s, 1, DP_CLOSE_ERROR);
     return -1;
 }
 
@@ -714,7 +788,7 @@ void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
              * its data and FIN wait in the socket (noted in cev): the pump reads them once
              * connected */
             if (events & (EPOLLERR | EPOLLHUP))
-                relay_kill(w, s, 1);
+                relay_kill(w, s, 1, DP_CLOSE_CLIENT_RESET);
             else
                 s->cev |= events;
             return;
@@ -740,7 +814,7 @@ void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
         socklen_t len = sizeof(err);
         if (getsockopt(from_client ? s->cfd : s->bfd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 ||
             err != 0) {
-            relay_kill(w, s, 1);
+            relay_kill(w, s, 1, from_client ? DP_CLOSE_CLIENT_RESET : DP_CLOSE_BACKEND_RESET);
             return;
         }
     }
@@ -784,7 +858,7 @@ void relay_tcp_expire(struct ct_entry *e, void *arg)
     if (!s->idle_timeout_ms)
         return;
     if (w->now_ms - s->last_active_ms >= s->idle_timeout_ms)
-        relay_kill(w, s, 0);
+        relay_kill(w, s, 0, DP_CLOSE_IDLE_TIMEOUT);
     else
         ct_timer_arm(&w->ct, e, s->last_active_ms + s->idle_timeout_ms);
 }
@@ -792,13 +866,40 @@ void relay_tcp_expire(struct ct_entry *e, void *arg)
 /* ct_foreach callback of relay_tcp_close_all. */
 static void relay_kill_one(struct ct_entry *e, void *arg)
 {
-    relay_kill(arg, (struct relay_session *)e, 1);
+    relay_kill(arg, (struct relay_session *)e, 1, DP_CLOSE_SHUTDOWN);
 }
 
 void relay_tcp_close_all(struct dp_worker *w)
 {
     ct_foreach(&w->ct, relay_kill_one, w);
     relay_tcp_reap(w);
+}
+
+/* State of relay_tcp_close_backend's callback. */
+struct relay_by_backend {
+    struct dp_worker *w;           /* the worker */
+    int32_t backend_id;            /* whose sessions to close */
+    uint64_t closed;               /* sessions closed so far */
+};
+
+static void relay_kill_if_backend(struct ct_entry *e, void *arg)
+{
+    struct relay_by_backend *b = arg;
+    struct relay_session *s = (struct relay_session *)e;
+
+    if (s->state == RELAY_DEAD || s->backend_id != b->backend_id)
+        return;
+    relay_kill(b->w, s, 1, DP_CLOSE_DRAIN_TIMEOUT);
+    b->closed++;
+}
+
+uint64_t relay_tcp_close_backend(struct dp_worker *w, int32_t backend_id)
+{
+    struct relay_by_backend b = { .w = w, .backend_id = backend_id };
+
+    ct_foreach(&w->ct, relay_kill_if_backend, &b);
+    relay_tcp_reap(w); /* between batches: no event or ready entry points at them any more */
+    return b.closed;
 }
 
 void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out)
@@ -831,6 +932,8 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     if (!svc || svc->protocol != DP_PROTO_TCP) {
         dp_svc_add(w, sid, DP_SC_CONNS_TOTAL, 1);
         dp_svc_add(w, sid, DP_SC_NO_BACKEND, 1);
+        if (__builtin_expect(w->log_on, 0))
+            relay_log_refused(w, sid, ss, DP_CLOSE_NO_BACKEND);
         relay_rst_close(fd);
         return;
     }
@@ -838,12 +941,16 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     if (svc->max_connections && (uint32_t)prev >= svc->max_connections) {
         atomic_fetch_sub_explicit(&w->dp->shared->svc_active[sid], 1, memory_order_relaxed);
         dp_svc_add(w, sid, DP_SC_REJECTED, 1);
+        if (__builtin_expect(w->log_on, 0))
+            relay_log_refused(w, sid, ss, DP_CLOSE_REJECTED);
         relay_rst_close(fd);
         return;
     }
     if (ct_alloc(&w->ct, &e) != 0) {
         atomic_fetch_sub_explicit(&w->dp->shared->svc_active[sid], 1, memory_order_relaxed);
         dp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
+        if (__builtin_expect(w->log_on, 0))
+            relay_log_refused(w, sid, ss, DP_CLOSE_ERROR);
         relay_rst_close(fd);
         return;
     }
@@ -891,7 +998,7 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = &s->cep };
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         dp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
-        relay_kill(w, s, 1);
+        relay_kill(w, s, 1, DP_CLOSE_ERROR);
         return;
     }
     s->cfd_in_epoll = 1;

@@ -10,7 +10,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 
+#include "connlog_ring.h"
 #include "ct.h"
 #include "dp.h"
 #include "pipepool.h"
@@ -74,6 +76,7 @@ struct dp_counters {
     uint64_t udp_gso_datagrams;             /* datagrams sent inside GSO runs (either way) */
     uint64_t udp_poll_sleeps;               /* poll-mode sleeps (see relay_udp.c, "Polling") */
     uint64_t loop_iterations;               /* epoll_wait calls of the worker loop */
+    uint64_t connlog_dropped;               /* connection-log records refused (ring full) */
 };
 
 /* Add v to a single-writer counter; the relaxed atomic store keeps concurrent readers defined
@@ -164,7 +167,8 @@ struct relay_session {
 
 /* A request for a worker, queued by another thread, answered by the worker. */
 enum dp_cmd_type {
-    DP_CMD_ADD_LISTENER = 1, DP_CMD_DEL_LISTENER, DP_CMD_SNAPSHOT, DP_CMD_INTERNALS, DP_CMD_FLOWS
+    DP_CMD_ADD_LISTENER = 1, DP_CMD_DEL_LISTENER, DP_CMD_SNAPSHOT, DP_CMD_INTERNALS, DP_CMD_FLOWS,
+    DP_CMD_CLOSE_BACKEND, DP_CMD_CONNLOG
 };
 
 struct dp_cmd {
@@ -179,6 +183,11 @@ struct dp_cmd {
     struct dp_flow_info *flows;    /* FLOWS: malloc'ed array (by the worker) */
     size_t n_flows;                /* FLOWS: its length */
     struct dp_internals *internals;/* INTERNALS: accumulated into by the worker */
+    uint32_t backend_id;           /* CLOSE_BACKEND: whose sessions and flows to close */
+    uint64_t closed;               /* CLOSE_BACKEND: how many the worker closed */
+    int log_on;                    /* CONNLOG: record closes from now on (1) or not (0) */
+    struct connlog_ring *ring;     /* CONNLOG: a new ring to use (NULL: keep the current one);
+                                      on return, the replaced ring for the caller to free */
 };
 
 /* What dp.c keeps of each listener it was given (under dp->cmd_lock). */
@@ -238,6 +247,12 @@ struct dp_worker {
     uint32_t udp_poll_us;          /* udp tuning: poll-mode sleep, 0 = never poll */
     uint8_t udp_polling;           /* 1: poll mode (sleep, then epoll_wait without blocking) */
     uint8_t udp_more;              /* a UDP read stopped at its budget: more may be waiting */
+    uint8_t log_on;                /* connection log on: each close leaves a record in log_ring
+                                      (written by this worker only, in a command) */
+    struct connlog_ring *log_ring; /* this worker's record ring (NULL until the log is first
+                                      turned on); the worker produces, dp_closed_sessions
+                                      consumes under dp->log_lock; replaced only in a command
+                                      while the replacer holds dp->log_lock */
 };
 
 /* The data plane object (dp.h keeps it opaque). */
@@ -267,6 +282,9 @@ struct dp {
     uint32_t udp_batch;            /* udp tuning: datagrams per recvmmsg/sendmmsg (1..32) */
     uint32_t udp_slot;             /* udp tuning: receive buffer per datagram (bytes) */
     uint32_t udp_poll_us;          /* udp tuning: poll-mode sleep in us, 0 = never poll */
+    pthread_mutex_t log_lock;      /* serialises connection-log readers and setters */
+    uint32_t log_capacity;         /* records per worker ring, 0 before the first enable
+                                      (under log_lock) */
 };
 
 /* Load the live table into w->table and publish the generation seen (see dp.c's essay). Only
@@ -290,6 +308,27 @@ void relay_tcp_reap(struct dp_worker *w);
 void relay_tcp_close_all(struct dp_worker *w);
 void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out);
 void relay_tcp_pause_listeners(struct dp_worker *w);
+uint64_t relay_tcp_close_backend(struct dp_worker *w, int32_t backend_id);
+
+/* Claim w's next connection-log record (call only while w->log_on), or NULL when the ring is
+ * full (counted in connlog_dropped). Fill every field, then connlog_ring_commit(w->log_ring). */
+static inline struct dp_conn_record *dp_log_claim(struct dp_worker *w)
+{
+    struct dp_conn_record *r = connlog_ring_claim(w->log_ring);
+
+    if (!r)
+        DP_CNT_ADD(&w->cnt->connlog_dropped, 1);
+    return r;
+}
+
+/* The current time in unix seconds (for a record's duration; vDSO, no system call). */
+static inline double dp_unix_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 /* Add v to a service's / a backend's counter `idx` of this worker (single writer). */
 static inline void dp_svc_add(struct dp_worker *w, uint32_t sid, int idx, int64_t v)

@@ -72,6 +72,18 @@
  * the slab, so the data path allocates nothing (tests/dataplane/test_c_internals.py counts the
  * core's malloc calls over 51,200 datagrams: zero).
  *
+ * Socket buffers. The kernel queues what we have not read yet in the socket's receive buffer and
+ * drops (RcvbufErrors, the socket's drops in /proc/net/udp) what does not fit; a small datagram
+ * costs about 830 bytes of it on loopback (its sk_buff), so the default 208 KiB holds ~250. The
+ * listeners get 4 MiB from Python (l4lb/net/listen.py: ~5,000 datagrams, 17 ms at 300k/s). An
+ * upstream socket gets RELAY_UDP_UP_RCVBUF (2 MiB) here, one setsockopt per new flow: a backend
+ * answers a burst of requests with a burst of replies, while we may be busy with the listener's
+ * next batch, and with the default buffer a burst of ~250 replies per flow was lost there
+ * (measured: 50k-170k drops per 3 s run at 300k/s whenever the load CPU hiccupped). The size is
+ * a limit, not an allocation: only queued datagrams use memory, and the system-wide udp_mem
+ * bounds the sum. SO_RCVBUFFORCE needs CAP_NET_ADMIN; without it SO_RCVBUF gets what
+ * net.core.rmem_max allows.
+ *
  * Reply source address. dp_add_listener() sets IP_PKTINFO (IPv4) or IPV6_RECVPKTINFO (IPv6) on a
  * listener bound to the wildcard address. Each datagram then carries the destination address it
  * was sent to (ipi_addr / ipi6_addr), which goes into the flow key and into the flow's reply
@@ -93,6 +105,17 @@
  * Stop. A stopping worker stops reading its listeners; flows keep relaying replies until they
  * end, but one idle for RELAY_UDP_STOP_IDLE_MS (250 ms) is done, so a DNS answer in flight still
  * gets through while an idle 30 s flow does not hold the stop for 30 s.
+ *
+ * Ends, reasons and the connection log. Every end of a flow goes through udp_flow_end(), whose
+ * caller names the reason (enum dp_close_reason): idle_timeout (the timer), responses, refused
+ * (an ICMP error read or met by a send; counted as the backend's connect_failure), moved (DOWN
+ * backend), listener_gone, shutdown (the stop's early idle end, or its deadline), drain_timeout
+ * (relay_udp_close_backend, a worker command between batches: it flushes the pending replies,
+ * ends every flow of the backend and frees them; the client's next datagram opens a new flow).
+ * The reason is stored in the flow; relay_udp_reap(), the one place flows are freed (after the
+ * pending replies went out, so bytes_to_client is final), fills one record in place in the
+ * worker's ring when the log is on; off, the cost is one predictable branch. A datagram that could not open a flow (max_flows, no
+ * backend, connect() refused) leaves no record: no flow existed, and the drop counters say it.
  *
  * Decisions the contract leaves open (docs/forwarding-table.md, "UDP services").
  * - The flow key includes the local address and port the client wrote to (see Flows).
@@ -121,11 +144,25 @@
  * a GSO run; at 100k/s batches are 1-4 and a loop iteration runs per datagram. What is left is
  * the kernel's per-datagram work (two receives, two sends whose loopback delivery we pay), which
  * batching amortizes only in part; nginx does the same datagram work with ~6 system calls per
- * echo where this relay needs ~1-2.5. Loss at 300k/s is not ours on this box: the generator and
- * the echo server saturate their shared vCPU (91 % busy, drops at the echo socket); the
- * generator straight to the echo server loses 0-5 % at 300k/s today. At 200k/s l4lb lost
- * nothing while nginx, CPU-bound, lost 5-9 %. A listener with the default 208 KiB receive buffer
- * holds ~1 ms at 200k/s: give UDP listeners a few MiB (SO_RCVBUF / SO_RCVBUFFORCE).
+ * echo where this relay needs ~1-2.5. Same-run figures with the batched harness (udpgen and
+ * udpecho send GSO packets that the kernel cuts into single datagrams at the receiving socket,
+ * so this relay still reads and pays for each), medians (min-max) of 3:
+ *   run (bench/results/)          offered  l4lb loss   l4lb us/echo      nginx loss  nginx  ratio
+ *   custom-20261122T044231Z quiet 300k/s   0 (0-0)     2.53 (2.39-2.53)  36 % (34-46) 5.22  0.48
+ *                                 100k/s   0           5.08              0           6.13   0.83
+ *   custom-20261122T044851Z quiet 300k/s   0 (0-0.97)  2.63 (2.58-3.15)  39 % (38-40) 5.43  0.48
+ *   custom-20261122T042903Z busy  300k/s   0.64 %      2.43 (2.31-2.47)  44 % (43-49) 5.55  0.44
+ *                                 100k/s   0           4.29              4.3 %       6.19   0.69
+ * poll_us 50, 100 or 200 made no measurable difference (2.32-2.44 us/echo at 300k/s). The
+ * one quiet run that lost (0.97 %, all at our listener, nothing else running) had a backlog
+ * of more than the listener's ~30 ms; at 300k/s this relay needs 71-94 % of its vCPU, so the
+ * margin is thin and a host-side slowdown is enough (steal time is recorded since). In the
+ * busy run every lost datagram was dropped at our listener (the harness names the socket)
+ * while other sessions' processes took about 15-35 % of our vCPU: this process got 55-59 % of it
+ * where the rate needs 65-75 %. Poll mode is not what exposes us to such co-runners: with a
+ * nice-10 CPU hog on our vCPU, poll_us 50 lost nothing in 2 of 2 runs (2.41-2.55 us/echo),
+ * poll_us 0 lost 0 and 5.5 % (2.66-3.05 us/echo). Buffers ride out short stalls only (see
+ * "Socket buffers"): the relay wants its CPU to itself.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -236,15 +273,45 @@ void relay_udp_io_destroy(struct relay_udp_io *io)
     free(io);
 }
 
+/* Fill one connection-log record for flow f, freed now (w->log_on): nothing, when the ring is
+ * full. */
+static void udp_log(struct dp_worker *w, const struct relay_udp_flow *f, uint8_t reason)
+{
+    struct dp_conn_record *r = dp_log_claim(w);
+    double now;
+
+    if (!r)
+        return;
+    now = dp_unix_now();
+    r->service_id = f->service_id;
+    r->backend_id = f->backend_id;
+    r->protocol = DP_PROTO_UDP;
+    r->reason = reason;
+    r->family = f->ct.key.family;
+    r->reserved0 = 0;
+    r->port = ntohs(f->peer.sa.sa_family == AF_INET ? f->peer.sin.sin_port
+                                                    : f->peer.sin6.sin6_port);
+    r->reserved1 = 0;
+    memcpy(r->addr, f->ct.key.caddr, 16);
+    r->started = f->started;
+    r->duration = now > f->started ? now - f->started : 0.0;
+    r->bytes_to_backend = f->bytes_c2b;
+    r->bytes_to_client = f->bytes_b2c;
+    connlog_ring_commit(w->log_ring);
+}
+
 /* End a flow: close its socket (which takes it out of epoll), give back its backend and its
- * max_flows slot, take it out of the index (a new datagram of the client opens a new flow) and
- * queue it for relay_udp_reap(), which runs after the pending replies are flushed. failed != 0:
- * an ICMP error or a failed connect() ended it (counted on the backend). Safe to call twice. */
-static void udp_flow_end(struct dp_worker *w, struct relay_udp_flow *f, int failed)
+ * max_flows slot, take it out of the index (a new datagram of the client opens a new flow),
+ * remember why (reason, an enum dp_close_reason) and queue it for relay_udp_reap(), which runs
+ * after the pending replies are flushed and logs it. Every end of a flow goes through here.
+ * DP_CLOSE_REFUSED (an ICMP error) also counts a connect_failure on the backend. Safe to call
+ * twice. */
+static void udp_flow_end(struct dp_worker *w, struct relay_udp_flow *f, uint8_t reason)
 {
     if (f->dead)
         return;
     f->dead = 1;
+    f->reason = reason;
     if (f->fd >= 0) {
         close(f->fd);
         f->fd = -1;
@@ -254,7 +321,7 @@ static void udp_flow_end(struct dp_worker *w, struct relay_udp_flow *f, int fail
     dp_svc_add(w, f->service_id, DP_SC_FLOWS_EXPIRED, 1);
     dp_svc_add(w, f->service_id, DP_SC_FLOWS_ACTIVE, -1);
     dp_be_add(w, f->backend_id, DP_BC_FLOWS_ACTIVE, -1);
-    if (failed)
+    if (reason == DP_CLOSE_REFUSED)
         dp_be_add(w, f->backend_id, DP_BC_CONNECT_FAILURES, 1);
     ct_timer_cancel(&w->uct, &f->ct);
     ct_remove(&w->uct, &f->ct);
@@ -268,6 +335,9 @@ void relay_udp_reap(struct dp_worker *w)
 
     while ((f = w->ugrave) != NULL) {
         w->ugrave = f->grave_next;
+        /* here, not at the end: replies still pending then have been sent (and counted) now */
+        if (__builtin_expect(w->log_on, 0))
+            udp_log(w, f, f->reason);
         ct_free(&w->uct, &f->ct);
     }
 }
@@ -385,6 +455,16 @@ static socklen_t udp_backend_addr(const struct dp_backend *b, struct sockaddr_st
     return sizeof(*sin6);
 }
 
+/* Give an upstream socket a receive buffer that rides out a burst of replies (see "Buffers");
+ * best effort: without CAP_NET_ADMIN the kernel caps SO_RCVBUF at net.core.rmem_max. */
+static void udp_upstream_buffers(int fd)
+{
+    int v = RELAY_UDP_UP_RCVBUF;
+
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof(v)) != 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v));
+}
+
 /* Open a flow for the first datagram of a client: max_flows, backend pick, connected upstream
  * socket in epoll, index, idle timer. Returns the flow, or NULL when the datagram is dropped
  * (counted here). */
@@ -424,6 +504,7 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
                 0);
     if (fd < 0)
         goto local_failure;
+    udp_upstream_buffers(fd);
     sl = udp_backend_addr(b, &ss);
     if (connect(fd, (struct sockaddr *)&ss, sl) < 0) {
         err = errno;
@@ -657,7 +738,7 @@ static void udp_tx_send(struct dp_worker *w, int fd, uint32_t nm, int to_backend
         }
         if (to_backend && udp_icmp_error(err)) {
             /* the backend refused an earlier datagram; every entry here is this flow's */
-            udp_flow_end(w, io->tx_flow[i], 1);
+            udp_flow_end(w, io->tx_flow[i], DP_CLOSE_REFUSED);
             for (; i < nm; i++)
                 dp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
             return;
@@ -723,7 +804,7 @@ static void udp_route_batch(struct dp_worker *w, struct dp_listener *l, const st
         e = ct_lookup(&w->uct, &k);
         f = (struct relay_udp_flow *)e;
         if (f && f->be_gen != t->generation && !udp_flow_confirm(f, t, svc)) {
-            udp_flow_end(w, f, 0); /* moved: this datagram opens its new flow */
+            udp_flow_end(w, f, DP_CLOSE_MOVED); /* this datagram opens its new flow */
             f = NULL;
         }
         if (!f) {
@@ -835,7 +916,8 @@ static void udp_pull(struct dp_worker *w, struct relay_udp_flow *f)
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
-                udp_flow_end(w, f, 1); /* ECONNREFUSED (ICMP port unreachable) and the like */
+                /* ECONNREFUSED (ICMP port unreachable) and the like */
+                udp_flow_end(w, f, DP_CLOSE_REFUSED);
             return;
         }
         if (n == 0)
@@ -861,7 +943,8 @@ static void udp_pull(struct dp_worker *w, struct relay_udp_flow *f)
             io->n_out++;
         }
         if (f->responses && f->replies >= f->responses) {
-            udp_flow_end(w, f, 0); /* its replies are still pending: it is freed after them */
+            /* its replies are still pending: it is freed after them */
+            udp_flow_end(w, f, DP_CLOSE_RESPONSES);
             return;
         }
         if ((uint32_t)n < vlen)
@@ -891,8 +974,9 @@ void relay_udp_expire(struct ct_entry *e, void *arg)
     idle = f->idle_timeout_ms;
     if (w->stopping && idle > RELAY_UDP_STOP_IDLE_MS)
         idle = RELAY_UDP_STOP_IDLE_MS;
-    if (w->now_ms - f->last_ms >= idle)
-        udp_flow_end(w, f, 0);
+    if (w->now_ms - f->last_ms >= idle) /* idle less than its own timeout: the stop ended it */
+        udp_flow_end(w, f, w->now_ms - f->last_ms >= f->idle_timeout_ms ? DP_CLOSE_IDLE_TIMEOUT
+                                                                        : DP_CLOSE_SHUTDOWN);
     else
         ct_timer_arm(&w->uct, e, f->last_ms + idle);
 }
@@ -915,7 +999,7 @@ void relay_udp_stopping(struct dp_worker *w)
 /* ct_foreach callback of relay_udp_close_all. */
 static void udp_end_one(struct ct_entry *e, void *arg)
 {
-    udp_flow_end(arg, (struct relay_udp_flow *)e, 0);
+    udp_flow_end(arg, (struct relay_udp_flow *)e, DP_CLOSE_SHUTDOWN);
 }
 
 void relay_udp_close_all(struct dp_worker *w)
@@ -937,7 +1021,7 @@ static void udp_end_if_listener(struct ct_entry *e, void *arg)
     struct relay_udp_flow *f = (struct relay_udp_flow *)e;
 
     if (f->l == g->l)
-        udp_flow_end(g->w, f, 0);
+        udp_flow_end(g->w, f, DP_CLOSE_LISTENER_GONE);
 }
 
 void relay_udp_listener_gone(struct dp_worker *w, struct dp_listener *l)
@@ -946,6 +1030,34 @@ void relay_udp_listener_gone(struct dp_worker *w, struct dp_listener *l)
 
     relay_udp_flush(w); /* no pending reply may point at l */
     ct_foreach(&w->uct, udp_end_if_listener, &g);
+}
+
+/* State of relay_udp_close_backend's callback. */
+struct udp_by_backend {
+    struct dp_worker *w;           /* the worker */
+    int32_t backend_id;            /* whose flows to end */
+    uint64_t closed;               /* flows ended so far */
+};
+
+static void udp_end_if_backend(struct ct_entry *e, void *arg)
+{
+    struct udp_by_backend *b = arg;
+    struct relay_udp_flow *f = (struct relay_udp_flow *)e;
+
+    if (f->dead || f->backend_id != b->backend_id)
+        return;
+    udp_flow_end(b->w, f, DP_CLOSE_DRAIN_TIMEOUT);
+    b->closed++;
+}
+
+uint64_t relay_udp_close_backend(struct dp_worker *w, int32_t backend_id)
+{
+    struct udp_by_backend b = { .w = w, .backend_id = backend_id };
+
+    relay_udp_flush(w); /* no pending reply may point at a flow freed below */
+    ct_foreach(&w->uct, udp_end_if_backend, &b);
+    relay_udp_reap(w);
+    return b.closed;
 }
 
 void relay_udp_info(const struct relay_udp_flow *f, uint64_t now_ms, double now_unix,

@@ -26,6 +26,8 @@
 #define RELAY_UDP_CTL 64u            /* control bytes per received datagram (pktinfo) */
 #define RELAY_UDP_GSO_MAX 1400u      /* largest datagram sent in a GSO run (fits a 1500 MTU) */
 #define RELAY_UDP_GSO_BYTES 60000u   /* most payload bytes in one GSO run */
+#define RELAY_UDP_UP_RCVBUF (2 << 20) /* receive buffer of an upstream socket (relay_udp.c,
+                                         "Socket buffers") */
 
 /* One UDP flow: a ct entry (first) plus its upstream socket and reply addressing. */
 struct relay_udp_flow {
@@ -35,6 +37,7 @@ struct relay_udp_flow {
     uint8_t flow_key;              /* enum dp_flow_key, copied at creation */
     uint8_t ctl_len;               /* bytes in ctl (0: replies need no control message) */
     uint8_t no_gso;                /* a GSO send of this flow failed: send datagram by datagram */
+    uint8_t reason;                /* why it ended (enum dp_close_reason), set by udp_flow_end */
     int fd;                        /* connected upstream socket, -1 once ended */
     struct dp_listener *l;         /* listener it came in on; replies leave through it */
     uint32_t service_id;           /* service of that listener */
@@ -107,6 +110,7 @@ void relay_udp_reap(struct dp_worker *w);
 void relay_udp_stopping(struct dp_worker *w);
 void relay_udp_close_all(struct dp_worker *w);
 void relay_udp_listener_gone(struct dp_worker *w, struct dp_listener *l);
+uint64_t relay_udp_close_backend(struct dp_worker *w, int32_t backend_id);
 void relay_udp_info(const struct relay_udp_flow *f, uint64_t now_ms, double now_unix,
                     struct dp_flow_info *out);
 

@@ -1,7 +1,8 @@
 # core.pxd: Cython declarations of src_ext/core/dp.h (the data plane object) and ct's self-check.
 #
 # A pure extern block, nothing is defined here. Every function is nogil: none touches Python
-# objects, and the blocking ones (remove_listener, sessions, flows, internals, stop) must be
+# objects, and the blocking ones (remove_listener, sessions, flows, internals,
+# close_backend_sessions, set_connection_log, stop) must be
 # called with the GIL released so that Python threads keep running while a worker answers.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -10,6 +11,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 cdef extern from "dp.h" nogil:
     enum:
         DP_MAX_WORKERS
+        DP_CONNLOG_MAX
 
     struct dp:
         pass
@@ -45,6 +47,7 @@ cdef extern from "dp.h" nogil:
 
     struct dp_stats_s "dp_stats":
         uint64_t generation
+        uint64_t connlog_dropped
         dp_svc_stats svc[1024]
         dp_be_stats be[65536]
 
@@ -74,6 +77,22 @@ cdef extern from "dp.h" nogil:
         double last_seen
         uint64_t datagrams_to_backend
         uint64_t datagrams_to_client
+        uint64_t bytes_to_backend
+        uint64_t bytes_to_client
+
+    enum:
+        DP_CLOSE_N
+
+    struct dp_conn_record:
+        uint32_t service_id
+        int32_t backend_id
+        uint8_t protocol
+        uint8_t reason
+        uint8_t family
+        uint16_t port
+        uint8_t addr[16]
+        double started
+        double duration
         uint64_t bytes_to_backend
         uint64_t bytes_to_client
 
@@ -124,6 +143,9 @@ cdef extern from "dp.h" nogil:
     int dp_flows(dp *d, dp_flow_info **out, size_t *n)
     int dp_udp_gso_supported()
     int dp_internals(dp *d, dp_internals_s *out)
+    int dp_close_backend_sessions(dp *d, uint32_t backend_id, uint64_t *closed)
+    int dp_set_connection_log(dp *d, int enabled, uint32_t capacity)
+    int dp_closed_sessions(dp *d, size_t max, dp_conn_record **out, size_t *n)
     int dp_stop(dp *d, uint32_t timeout_ms)
     void dp_destroy(dp *d)
 

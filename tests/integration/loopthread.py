@@ -76,7 +76,7 @@ class GrowingStatus:
 
         backends = [
             view("127.0.0.1:9001", "alpha", "up", conns_total=conns, conns_active=4,
-                 bytes_to_backend=conns * 10, bytes_to_client=to_client),
+                 bytes_to_backend=conns * 10, bytes_to_client=to_client, probe_latency=0.0034),
             view("127.0.0.1:9002", self.evil_name, "down", conns_total=17,
                  connect_failures=5),
             view("127.0.0.1:9003", "gamma", "drain", conns_total=40, conns_active=1),

@@ -282,6 +282,75 @@ def test_engine_runs_many_probes_and_closes_every_socket() -> None:
     assert open_fds() == before
 
 
+def test_engine_times_out_each_probe_by_its_own_timeout() -> None:
+    """Deadlines sit in one FIFO per timeout value: a short-timeout probe started after a
+    long-timeout one still times out first, and finished queues are dropped."""
+    before = open_fds()
+
+    async def go() -> tuple[list[tuple[str, float]], int]:
+        engine = ProbeEngine()
+        got: list[tuple[str, float]] = []
+        done = asyncio.Event()
+
+        def record(name: str, res: object) -> None:
+            assert isinstance(res, tuple)
+            got.append((name, res[2]))
+            if len(got) == 3:
+                done.set()
+
+        with black_hole() as port:
+            slow = HealthSettings(interval=1.0, timeout=0.4)
+            fast = HealthSettings(interval=1.0, timeout=0.1)
+            engine.start(ProbeSpec.build("127.0.0.1", port, slow), record, "slow")
+            engine.start(ProbeSpec.build("127.0.0.1", port, fast), record, "fast1")
+            engine.start(ProbeSpec.build("127.0.0.1", port, fast), record, "fast2")
+            await asyncio.wait_for(done.wait(), 3.0)
+            queues = len(engine._deadlines)
+        engine.close()
+        return got, queues
+
+    got, queues = run(go())
+    assert [name for name, _ in got] == ["fast1", "fast2", "slow"]
+    assert 0.1 <= got[0][1] < 0.3
+    assert 0.4 <= got[2][1] < 0.6
+    assert queues == 0  # every queue emptied and dropped
+    assert open_fds() == before
+
+
+def test_a_raising_callback_does_not_stop_the_other_probes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Results of completed tcp handshakes are delivered inline in the epoll callback; one
+    callback that raises is logged and the probes of the same batch still report."""
+    before = open_fds()
+
+    async def go() -> list[str]:
+        engine = ProbeEngine()
+        got: list[str] = []
+        done = asyncio.Event()
+
+        def record(name: str, res: object) -> None:
+            assert isinstance(res, tuple)
+            if name == "bad":
+                raise RuntimeError("broken callback")
+            got.append(f"{name}: {res[1]}")
+            if len(got) == 4:
+                done.set()
+
+        with listener() as lst:
+            spec = ProbeSpec.build("127.0.0.1", lst.getsockname()[1], TCP)
+            for name in ("a", "b", "bad", "c", "d"):
+                engine.start(spec, record, name)
+            await asyncio.wait_for(done.wait(), 3.0)
+            left = engine.in_flight
+        engine.close()
+        return [*sorted(got), f"in flight {left}"]
+
+    assert run(go()) == ["a: connect ok", "b: connect ok", "c: connect ok", "d: connect ok",
+                         "in flight 0"]
+    assert "health probe callback failed" in caplog.text
+    assert open_fds() == before
+
+
 def test_cancelled_probe_never_reports_and_frees_its_socket() -> None:
     before = open_fds()
 
@@ -540,3 +609,30 @@ def test_checker_never_counts_inconclusive_probes() -> None:
     assert desc == "UP (unconfirmed)"
     assert inconclusive >= 3
     assert transitions == 0
+
+
+def test_checker_keeps_the_last_conclusive_probe_latency() -> None:
+    async def go() -> tuple[dict[str, float], float | None, float | None]:
+        chk: HealthChecker[str] = HealthChecker(lambda k, t: None, rng=NoJitter())
+        with listener() as lst, black_hole() as hole:
+            chk.add("up", "127.0.0.1", lst.getsockname()[1],
+                    HealthSettings(interval=0.1, timeout=0.1))
+            chk.add("hole", "127.0.0.1", hole, HealthSettings(interval=0.1, timeout=0.1))
+            chk.add("local", "127.0.0.1", lst.getsockname()[1],
+                    HealthSettings(interval=0.1, timeout=0.1, source="192.0.2.1"))
+            before = chk.latency("up")
+            chk.start()
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline and len(chk.latencies()) < 2:
+                await asyncio.sleep(0.02)
+            latencies = chk.latencies()
+            local = chk.latency("local")
+            chk.stop()
+        return latencies, before, local
+
+    latencies, before, local = run(go())
+    assert before is None  # nothing before the first probe
+    assert set(latencies) == {"up", "hole"}  # inconclusive probes leave "local" without one
+    assert local is None
+    assert 0.0 < latencies["up"] < 0.1
+    assert 0.09 <= latencies["hole"] < 1.0  # a timeout counts: its latency is the timeout

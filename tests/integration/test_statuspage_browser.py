@@ -131,6 +131,7 @@ def test_script_renders_backends_states_and_rates(tmp_path: Path,
     # Columns: 5 active, 6 conn/s, 7 total, 8 failures, 11 to-backend/s, 12 to-client/s.
     assert number(alpha[6]) == pytest.approx(CONN_RATE, rel=0.001)
     assert number(beta[6]) == 0 and number(beta[8]) == 5
+    assert alpha[13] == "3.4 ms" and beta[13] == ""  # the Probe column, drawn by the script
     rate, unit = alpha[12].split()
     assert unit == "MiB/s" and float(rate) == pytest.approx(BYTE_RATE / 2**20, rel=0.001)
     assert number(dom.foot[6]) == pytest.approx(CONN_RATE, rel=0.001)  # the service's rate

@@ -15,7 +15,7 @@ from l4lb.connlog import ConnLogWriter, RecordError, format_record, rfc3339
 
 
 def record(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"client": "192.0.2.7:51000", "service": "web",
+    base: dict[str, Any] = {"client": "192.0.2.7:51000", "service": "web", "protocol": "tcp",
                             "backend": "127.0.0.1:9001", "started": 1700000000.25,
                             "duration": 1.5, "bytes_to_backend": 120, "bytes_to_client": 4096,
                             "reason": "client_closed"}
@@ -37,7 +37,8 @@ def test_format_record_is_one_json_line_with_every_field_in_order() -> None:
     line = format_record(record())
     assert line.endswith("\n") and line.count("\n") == 1
     assert list(json.loads(line).items()) == [
-        ("client", "192.0.2.7:51000"), ("service", "web"), ("backend", "127.0.0.1:9001"),
+        ("client", "192.0.2.7:51000"), ("service", "web"), ("protocol", "tcp"),
+        ("backend", "127.0.0.1:9001"),
         ("start", "2023-11-14T22:13:20.250Z"), ("duration", 1.5), ("bytes_to_backend", 120),
         ("bytes_to_client", 4096), ("reason", "client_closed")]
 
@@ -60,7 +61,7 @@ def test_duration_is_rounded_to_microseconds() -> None:
     {"client": None}, {"service": 3}, {"backend": 5}, {"started": "yesterday"},
     {"started": float("nan")}, {"duration": -0.1}, {"duration": True},
     {"bytes_to_backend": -1}, {"bytes_to_client": 1.5}, {"reason": None},
-    {"reason": "x" * 65},
+    {"reason": "x" * 65}, {"protocol": "sctp"}, {"protocol": None},
 ])
 def test_malformed_records_raise(changes: dict[str, Any]) -> None:
     with pytest.raises(RecordError):
@@ -229,3 +230,13 @@ def test_full_queue_drops_without_blocking_and_counts(tmp_path: Path) -> None:
     assert len(lines) == accepted == writer.stats()["written"]
     numbers = [x["bytes_to_backend"] for x in lines]
     assert numbers == sorted(numbers)  # order kept, gaps only where lines were dropped
+
+
+def test_udp_flow_record_and_every_contract_reason_format() -> None:
+    from l4lb.connlog import CLOSE_REASONS, TCP_REASONS, UDP_REASONS
+
+    assert set(TCP_REASONS) | set(UDP_REASONS) == set(CLOSE_REASONS)
+    assert "drain_timeout" in TCP_REASONS and "drain_timeout" in UDP_REASONS
+    for reason in CLOSE_REASONS:
+        parsed = json.loads(format_record(record(protocol="udp", reason=reason)))
+        assert parsed["protocol"] == "udp" and parsed["reason"] == reason

@@ -194,7 +194,8 @@ def test_health_and_probe_latency_and_connlog_when_given() -> None:
     health = {"backends": 3, "in_flight": 1, "waiting": 0, "probes": 120, "failed": 7,
               "inconclusive": 2, "transitions": 4, "max_start_delay": 0.015}
     latency = {("web", "127.0.0.1:9001"): 0.0025}
-    connlog = {"written": 10, "dropped": 2, "failed": 1, "queued": 3, "reopened": 1}
+    connlog = {"written": 10, "dropped": 2, "failed": 1, "queued": 3, "reopened": 1,
+               "ring_dropped": 5, "invalid": 0}
     fams = scrape(Exporter(make_status, health=lambda: health, probe_latency=lambda: latency,
                            connlog=lambda: connlog, process=False))
     assert samples(fams, "l4lb_health_probes_total") == {(): 120}
@@ -211,6 +212,25 @@ def test_health_and_probe_latency_and_connlog_when_given() -> None:
     assert samples(fams, "l4lb_connlog_lines_dropped_total") == {(): 2}
     assert samples(fams, "l4lb_connlog_lines_failed_total") == {(): 1}
     assert samples(fams, "l4lb_connlog_lines_queued") == {(): 3}
+    assert samples(fams, "l4lb_connlog_records_dropped_ring_total") == {(): 5}
+    assert samples(fams, "l4lb_connlog_records_invalid_total") == {(): 0}
+
+
+def test_every_metric_is_listed_in_the_docs() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
+    health = {"backends": 3, "in_flight": 1, "waiting": 0, "probes": 120, "failed": 7,
+              "inconclusive": 2, "transitions": 4, "max_start_delay": 0.015}
+    connlog = {"written": 1, "dropped": 0, "failed": 0, "queued": 0, "ring_dropped": 0,
+               "invalid": 0}
+    fams = scrape(Exporter(make_status, health=lambda: health,
+                           probe_latency=lambda: {("web", "127.0.0.1:9001"): 0.1},
+                           connlog=lambda: connlog, process=False))
+    for fam in fams.values():
+        name = fam.name + ("_total" if fam.type == "counter" else "")
+        name = fam.name + "_info" if fam.type == "info" else name
+        assert f"`{name}`" in doc, name
 
 
 @pytest.mark.parametrize("given", [False, True])

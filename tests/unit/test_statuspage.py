@@ -15,11 +15,13 @@ EVIL = '</script><script>alert("x")</script><!--'
 
 
 def make_status() -> dict[str, Any]:
-    def backend(address: str, name: str, state: str, backup: bool = False) -> dict[str, Any]:
+    def backend(address: str, name: str, state: str, backup: bool = False,
+                probe: float | None = None) -> dict[str, Any]:
         return {"service": "web", "address": address, "name": name, "state": state,
                 "weight": 5, "effective_weight": 5 if state == "up" else 0, "backup": backup,
                 "conns_total": 1234, "conns_active": 3, "connect_failures": 9,
-                "bytes_to_backend": 2048, "bytes_to_client": 3 * 1024 * 1024}
+                "bytes_to_backend": 2048, "bytes_to_client": 3 * 1024 * 1024,
+                "drain_deadline": None, "probe_latency": probe}
 
     return {"version": "0.9.0", "pid": 77, "config": "/etc/l4lb.toml",
             "started": 1000.0, "workers": 4, "table": {"generation": 12, "digest": "beef"},
@@ -28,8 +30,8 @@ def make_status() -> dict[str, Any]:
                           "counters": {"conns_total": 1234, "conns_active": 3, "rejected": 2,
                                        "no_backend": 1, "bytes_to_backend": 2048,
                                        "bytes_to_client": 3145728, "accept_errors": 0},
-                          "backends": [backend("127.0.0.1:9001", "b1", "up"),
-                                       backend("127.0.0.1:9002", EVIL, "down"),
+                          "backends": [backend("127.0.0.1:9001", "b1", "up", probe=0.0012),
+                                       backend("127.0.0.1:9002", EVIL, "down", probe=0.25),
                                        backend("127.0.0.1:9003", "b3", "drain"),
                                        backend("[::1]:9004", "[::1]:9004", "maint",
                                                backup=True)]}]}
@@ -97,7 +99,9 @@ def test_one_row_per_backend_with_state_badges_and_numbers() -> None:
     first = page.rows[0]["cells"]
     assert first[:3] == ["127.0.0.1:9001", "b1", "up"]
     assert first[3:] == ["5", "5", "3", "\u2013", "1234", "9", "2.0 KiB", "3.0 MiB", "\u2013",
-                         "\u2013"]
+                         "\u2013", "1.2 ms"]
+    assert page.rows[1]["cells"][-1] == "250 ms"
+    assert page.rows[2]["cells"][-1] == ""  # no probe yet, or no health checks
     assert page.rows[3]["cells"][2] == "maintbackup"
     assert page.rows[3]["cells"][1] == ""  # a name equal to an address is not repeated
 
@@ -159,3 +163,10 @@ def test_no_external_assets() -> None:
 def test_human_bytes() -> None:
     assert [human_bytes(n) for n in (0, 1023, 1024, 1536, 5 * 1024**3, 2 * 1024**6)] == \
         ["0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 GiB", "2048.0 PiB"]
+
+
+def test_latency_text_matches_the_page_script() -> None:
+    from l4lb.statuspage import latency_text
+
+    assert [latency_text(v) for v in (None, 0.0004, 0.0123, 0.9996, 1.5)] == \
+        ["", "0.4 ms", "12 ms", "1000 ms", "1.50 s"]
