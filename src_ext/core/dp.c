@@ -95,6 +95,8 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -424,7 +426,14 @@ static void *dp_worker_main(void *arg)
             DP_CNT_ADD(&w->cnt->udp_poll_sleeps, 1);
             timeout = 0;
         }
+        /* syscall(2), not glibc's epoll_wait(): that is a cancellation point, which costs two
+         * atomic updates per call in a multithreaded process (relay_tcp.c, relay_recv) */
+#if DP_LIBC_CALLS
         n = epoll_wait(w->epfd, evs, DP_EVENTS, timeout);
+#else
+        n = (int)syscall(SYS_epoll_pwait, w->epfd, evs, (int)DP_EVENTS, timeout, NULL,
+                         (size_t)8);
+#endif
         DP_CNT_ADD(&w->cnt->loop_iterations, 1);
         w->now_ms = dp_mono_ms();
         w->udp_moved = 0;
@@ -821,6 +830,13 @@ int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
     } else {
         free(l);
         return -EAFNOSUPPORT;
+    }
+    if (l->proto == DP_PROTO_TCP) {
+        /* accepted sockets inherit TCP_NODELAY from the listener: one setsockopt here instead
+         * of one per connection (relay_tcp.h, enum dp_nodelay) */
+        int one = 1;
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0)
+            l->nodelay = DP_NODELAY_LISTENER;
     }
     if (l->proto == DP_PROTO_UDP) {
         static const uint8_t any[16];

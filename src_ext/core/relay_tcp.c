@@ -14,18 +14,29 @@
  * atomic fetch-add on sched_shared.svc_active (undone when over the limit), so the limit holds
  * across workers exactly. sched_pick() chooses the backend; the session records the backend ids
  * it tried (not table indexes), so a retry after a table swap still excludes the right backends.
- * The connect is nonblocking, its socket is registered edge-triggered for IN|OUT|RDHUP before
- * connect() is called, and the ct timer carries the connect deadline. A refused, unreachable or
+ * The connect is nonblocking, its socket is registered edge-triggered for IN|OUT|RDHUP right
+ * after connect() is called (the insert polls it, so a connect that already completed or failed
+ * is reported), and the ct timer carries the connect deadline. The first EPOLLOUT without
+ * EPOLLERR/EPOLLHUP means connected (tcp_poll() raises EPOLLOUT only after the handshake, and
+ * a failed connect always carries EPOLLERR), so only the unusual masks pay a getsockopt
+ * (SO_ERROR). A refused, unreachable or
  * timed-out attempt counts connect_failures on that backend and, while failures <= retries, picks
  * again. Local resource failures (EMFILE, ENOBUFS, ...) are not the backend's fault: they count
  * accept_errors and reset the client. No candidate left: RST the client (SO_LINGER 0), count
  * no_backend. sched_shared.active[backend_id] is incremented when an attempt starts and
  * decremented exactly once when the attempt fails or the session ends.
  *
- * Relay. Both sockets are registered once, edge-triggered, for IN|OUT|RDHUP: no epoll_ctl on the
- * data path. The client is registered at accept, so a client that resets while its backend is
- * still connecting frees its session at once instead of holding a slot until the connect
- * deadline; what it sent meanwhile waits in its socket and is pumped once the backend is up.
+ * Relay. Both sockets are registered once, edge-triggered: the backend for IN|OUT|RDHUP, the
+ * client for IN|RDHUP only. EPOLLOUT on the client is added by one EPOLL_CTL_MOD the first time
+ * a write to it blocks (relay_client_want_out): writes to clients nearly always succeed, and an
+ * EPOLLOUT interest would otherwise turn each state change of our own FIN (the shutdown, the
+ * peer's ACK) into an event to handle. The client is registered at accept, so a client that
+ * resets while its backend is still connecting frees its session at once instead of holding a
+ * slot until the connect deadline; what it sent meanwhile waits in its socket and is pumped once
+ * the backend is up. Only if one of its events said so (s->cev): edge-triggered epoll queues an
+ * event for every arrival, so a client that raised none has nothing waiting, and the backend's
+ * connect event likewise tells whether the backend already wrote. That spares the two recv()
+ * calls that would each return EAGAIN on a new connection.
  * A direction is pumped until the source says EAGAIN (the edge will come again; on a plain
  * EPOLLIN edge a short recv() already proves that), the destination says EAGAIN (EPOLLOUT will
  * come; for TCP it is only raised after a writer filled the buffer, so it costs nothing while
@@ -62,17 +73,39 @@
  *   short connections (connect, 16 B echoed, close; 4 client threads): about 14,000/s at
  *     37..39 us of LB CPU each (accept, socket, connect, 2 x epoll_ctl, 2 x TCP_NODELAY, relay,
  *     2 x close); the client and the echo backend used the rest of the two vCPUs.
+ *   new connection per HTTP request (wrk -c50, Connection: close, through nginx; counted with
+ *     perf's syscall tracepoints and /proc/net/snmp OutSegs, see docs/performance.md): 19.3
+ *     system calls per connection before (5.2 recvfrom of which 1.2 EAGAIN, 2 shutdown, 2
+ *     setsockopt, 1 getsockopt), 15.1 after the changes below (nginx stream: 17.2); 20.0 TCP
+ *     segments per connection before, 18.6..19.2 after (nginx: 20.0); 6.7 -> 5.0 epoll events.
  * So splice halves the CPU per byte for bulk, and copying is 5..15% cheaper for messages that
  * fit the buffer (no pipe round trip, one copy each way of a few cache lines). Throughput
  * varies a lot from run to run on this shared box; the CPU per unit of work is the stable
- * figure. Pipes keep the kernel default size (64 KiB): 1 MiB pipes save about 18% CPU on bulk,
- * but a busy direction may then pin up to 1 MiB of kernel memory and unprivileged users hit
- * pipe-user-pages-soft; dp_set_tuning() can raise it.
+ * figure. Pipes keep the kernel default size (64 KiB): 1 MiB pipes saved about 18% CPU with the
+ * 1 MiB sendall() stream above, but with iperf3 through the harness's setup (bench/tcpprobe.py,
+ * three runs each) 64 KiB / 256 KiB / 1 MiB pipes cost 135..143 / 121..132 / 125..144 ms of
+ * CPU per GB for one stream and 121..136 / 102..131 / 123..147 for eight: no size wins beyond
+ * the noise, while a busy direction may pin up to the pipe's size of kernel memory and
+ * unprivileged users hit pipe-user-pages-soft after 64 pipes of 1 MiB (new pipes then get 8 KiB,
+ * too small to park a copy chunk). dp_set_tuning() can raise it.
  *
  * Half-close and reset. read() == 0 marks the direction's source at EOF; once its pipe is empty
- * the relay calls shutdown(dst, SHUT_WR) and the direction is done; the other keeps going. Both
- * done: both sockets are closed normally. ECONNRESET/EPIPE (or any other hard error) on either
+ * the relay calls shutdown(dst, SHUT_WR) and the direction is done; the other keeps going. When
+ * the other direction is done already, the relay closes both sockets without that shutdown:
+ * both sources are at EOF, so their receive queues are empty and close() sends the same FIN.
+ * An event with EPOLLRDHUP (and no EPOLLERR) says the FIN is queued behind the data, so a short
+ * copy read there is the last data: it is sent with MSG_MORE and the FIN that follows at once
+ * joins it in one segment (tcp_send_fin() merges into an unsent tail), and EOF is taken without
+ * the recv() that would return 0. Both done: both sockets are closed normally. ECONNRESET/EPIPE (or any other hard error) on either
  * side closes both sockets with SO_LINGER 0, so the peer of the healthy side sees a reset too.
+ *
+ * System calls. The data path enters the kernel through syscall(2) rather than glibc's
+ * wrappers: recv, send, splice, close, accept4, connect and epoll_wait are cancellation points,
+ * which in a multithreaded process cost two atomic updates of the thread's cancellation state
+ * per call (1.5..2% of the CPU per keep-alive request in perf; workers are never cancelled).
+ * Sanitizer builds keep the wrappers (DP_LIBC_CALLS), which the sanitizers intercept. TCP_NODELAY
+ * is set once on each listener (dp_add_listener) and inherited by accepted sockets (enum
+ * dp_nodelay), so only the backend socket needs its own setsockopt.
  *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
@@ -82,7 +115,7 @@
  *
  * Close reasons and the connection log. Every end of a session goes through relay_kill(), and
  * every caller says why (enum dp_close_reason in dp.h), decided where the close is decided: the
- * FIN bookkeeping knows which side finished first (relay_dir_finished: the direction that
+ * FIN bookkeeping knows which side finished first (relay_dir_finish: the direction that
  * completes the pair is the second), a failed write blames the destination's side and a failed
  * read the source's (relay_pump's reset_dst / reset labels), the epoll error path the socket it
  * came from, the connect path rejected / no_backend / connect_failed, the timers idle_timeout,
@@ -107,10 +140,54 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "relay_tcp.h"
+
+/* How the event that led to a pump describes the source (relay_pump's `hint`). */
+#define RELAY_HINT_EDGE 1u /* a plain EPOLLIN edge: a short copy read proves the queue empty */
+#define RELAY_HINT_FIN 2u  /* the source's FIN is already queued (RDHUP, no error): a short copy
+                              read is the last data before EOF */
+
+/* Plain system calls for the data path. glibc's recv/send/close/accept4/connect/splice/write
+ * are cancellation points, and in a multithreaded process each one brackets the system call
+ * with two atomic updates of the thread's cancellation state (1.5..2% of the relay's CPU per
+ * request in perf). Workers are never cancelled, so they enter the kernel through syscall(2).
+ * Sanitizer builds keep the libc calls, which the sanitizers intercept to follow descriptors
+ * and buffers (DP_LIBC_CALLS, relay_tcp.h). */
+#if DP_LIBC_CALLS
+#define relay_recv(fd, buf, len) recv((fd), (buf), (len), 0)
+#define relay_send(fd, buf, len, flags) \
+    send((fd), (buf), (len), (flags) | MSG_NOSIGNAL | MSG_DONTWAIT)
+#define relay_splice(in, out, len) \
+    splice((in), NULL, (out), NULL, (len), SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+#define relay_close(fd) ((void)close(fd))
+#define relay_write(fd, buf, len) write((fd), (buf), (len))
+#define relay_accept4(fd, sa, sl, fl) accept4((fd), (sa), (sl), (fl))
+#define relay_connect(fd, sa, sl) connect((fd), (sa), (sl))
+#else
+#define relay_recv(fd, buf, len) syscall(SYS_recvfrom, (fd), (buf), (len), 0, NULL, NULL)
+#define relay_send(fd, buf, len, flags) \
+    syscall(SYS_sendto, (fd), (buf), (len), (flags) | MSG_NOSIGNAL | MSG_DONTWAIT, NULL, 0)
+#define relay_splice(in, out, len) \
+    syscall(SYS_splice, (in), NULL, (out), NULL, (len), SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+#define relay_close(fd) ((void)syscall(SYS_close, (fd)))
+#define relay_write(fd, buf, len) syscall(SYS_write, (fd), (buf), (len))
+#define relay_accept4(fd, sa, sl, fl) (int)syscall(SYS_accept4, (fd), (sa), (sl), (fl))
+#define relay_connect(fd, sa, sl) syscall(SYS_connect, (fd), (sa), (sl))
+#endif
+
+/* The pump hint of an event mask of the source socket. */
+static inline unsigned relay_hint(uint32_t events)
+{
+    if (events & EPOLLERR)
+        return 0;
+    if (events & EPOLLRDHUP)
+        return RELAY_HINT_FIN;
+    return events & EPOLLHUP ? 0 : RELAY_HINT_EDGE;
+}
 
 /* Session of an epoll endpoint tag. */
 static inline struct relay_session *relay_of_cep(struct dp_ep *ep)
@@ -129,7 +206,7 @@ static void relay_rst_close(int fd)
     struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
     (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    close(fd);
+    relay_close(fd);
 }
 
 static void relay_nodelay(int fd)
@@ -258,14 +335,14 @@ static void relay_kill(struct dp_worker *w, struct relay_session *s, int rst, ui
         if (rst)
             relay_rst_close(s->cfd);
         else
-            close(s->cfd);
+            relay_close(s->cfd);
         s->cfd = -1;
     }
     if (s->bfd >= 0) {
         if (rst)
             relay_rst_close(s->bfd);
         else
-            close(s->bfd);
+            relay_close(s->bfd);
         s->bfd = -1;
     }
     relay_drop_pipe(w, &s->c2b);
@@ -339,28 +416,41 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     if (fd < 0)
         return -errno;
     relay_nodelay(fd);
-    if (connect(fd, (struct sockaddr *)&ss, sl) == 0)
+    if (relay_connect(fd, (struct sockaddr *)&ss, sl) == 0)
         rc = 0;
     else if (errno == EINPROGRESS || errno == EINTR)
         rc = 1;
     else {
         err = errno;
-        close(fd);
+        relay_close(fd);
         return -err;
     }
     /* registered after connect(): the insert polls the socket, so a connect that completed (or
      * failed) in between is reported at once */
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         err = errno;
-        close(fd);
+        relay_close(fd);
         return -(relay_local_error(err) ? err : ENOMEM);
     }
     s->bfd = fd;
     return rc;
 }
 
-static void relay_established(struct dp_worker *w, struct relay_session *s);
-static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, int edge);
+static void relay_established(struct dp_worker *w, struct relay_session *s, uint32_t bev);
+
+/* The client socket is registered without EPOLLOUT (relay_new): add it the first time a write
+ * to the client blocks. The modify polls the socket, so room made in between is reported. */
+static int relay_client_want_out(struct dp_worker *w, struct relay_session *s)
+{
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                              .data.ptr = &s->cep };
+
+    if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, s->cfd, &ev) < 0)
+        return -errno;
+    s->cfd_out = 1;
+    return 0;
+}
+static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, unsigned hint);
 
 /* Translate the session's tried backend ids into absolute indexes of svc in table t. */
 static uint32_t relay_tried_indexes(const struct dp_table *t, const struct dp_service *svc,
@@ -417,7 +507,7 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         dp_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, 1);
         rc = relay_start_connect(w, s, b);
         if (rc == 0) {
-            relay_established(w, s);
+            relay_established(w, s, RELAY_EV_UNKNOWN);
             return;
         }
         if (rc == 1) {
@@ -454,7 +544,7 @@ static void relay_connect_failed(struct dp_worker *w, struct relay_session *s)
 
     ct_timer_cancel(&w->ct, &s->ct);
     if (s->bfd >= 0) {
-        close(s->bfd);
+        relay_close(s->bfd);
         s->bfd = -1;
     }
     relay_release_backend(w, s);
@@ -469,18 +559,33 @@ static void relay_connect_failed(struct dp_worker *w, struct relay_session *s)
     relay_connect_next(w, s);
 }
 
-/* The backend connection is up: start relaying. */
-static void relay_established(struct dp_worker *w, struct relay_session *s)
+/* The backend connection is up: start relaying. bev: the backend socket's event mask that
+ * reported the connection, or RELAY_EV_UNKNOWN when connect() succeeded at once. */
+static void relay_established(struct dp_worker *w, struct relay_session *s, uint32_t bev)
 {
+    uint32_t cev = s->cev;
+
     ct_timer_cancel(&w->ct, &s->ct);
     s->state = RELAY_ESTABLISHED;
+    s->cev = 0;
     dp_be_add(w, s->backend_id, DP_BC_CONNS_TOTAL, 1);
     s->last_active_ms = w->now_ms;
     if (s->idle_timeout_ms)
         ct_timer_arm(&w->ct, &s->ct, w->now_ms + s->idle_timeout_ms);
-    /* data may already wait on either side (edge-triggered: nobody will tell us again) */
-    if (relay_pump(w, s, 1, 0) == 0)
-        (void)relay_pump(w, s, 0, 0);
+    if (bev == RELAY_EV_UNKNOWN) {
+        /* no event told us anything yet: look at both sides */
+        if (relay_pump(w, s, 1, 0) == 0)
+            (void)relay_pump(w, s, 0, 0);
+        return;
+    }
+    /* Edge-triggered: every arrival on a socket queues an event, and the insert into epoll
+     * reported what was there before. So the client has data or a FIN waiting only if one of
+     * its events (gathered in cev while connecting) said so; an event still queued is handled
+     * as an established one. The backend's own event mask says the same for its side. */
+    if ((cev & (EPOLLIN | EPOLLRDHUP)) && relay_pump(w, s, 1, relay_hint(cev)) < 0)
+        return;
+    if (bev & (EPOLLIN | EPOLLRDHUP))
+        (void)relay_pump(w, s, 0, relay_hint(bev));
 }
 
 /* Account n bytes written by direction c2b. */
@@ -497,24 +602,38 @@ static inline void relay_account(struct dp_worker *w, struct relay_session *s, i
     }
 }
 
-/* Direction c2b forwarded its FIN; close the session when both have (the other direction's
- * FIN came first). Returns -1 if closed. */
-static int relay_dir_finished(struct dp_worker *w, struct relay_session *s, int c2b)
+/* Direction d's source is at EOF and its pipe is empty: forward the FIN. When the other
+ * direction is done already (its FIN came first), close() both sockets instead: the receive
+ * queues are empty (both sources reached EOF), so close() sends the same FIN as shutdown()
+ * would, one system call earlier. Returns -1 when the session was closed. */
+static int relay_dir_finish(struct dp_worker *w, struct relay_session *s, int c2b, int dst)
 {
-    if (s->c2b.done && s->b2c.done) {
+    struct relay_dir *d = c2b ? &s->c2b : &s->b2c;
+    const struct relay_dir *other = c2b ? &s->b2c : &s->c2b;
+
+    relay_drop_pipe(w, d);
+    d->done = 1;
+    if (other->done) {
         relay_kill(w, s, 0, c2b ? DP_CLOSE_BACKEND_CLOSED : DP_CLOSE_CLIENT_CLOSED);
         return -1;
     }
+    (void)shutdown(dst, SHUT_WR);
     s->state = RELAY_HALF_CLOSED;
     return 0;
 }
 
 /* Move bytes in one direction until EAGAIN on either side or the budget is spent.
- * edge != 0: called for a plain EPOLLIN edge of the source (no RDHUP/HUP/ERR in it); then a
- * short recv() in copy mode proves the receive queue empty, and the EAGAIN read that would
- * confirm it is skipped (any later arrival raises a new edge; a FIN that came with this edge
- * would have set RDHUP). Returns 0, or -1 when the session was closed. */
-static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, int edge)
+ * hint (RELAY_HINT_*, from the source's event mask, 0 when unknown):
+ *   EDGE: called for a plain EPOLLIN edge of the source (no RDHUP/HUP/ERR in it); a short
+ *     recv() in copy mode proves the receive queue empty, and the EAGAIN read that would
+ *     confirm it is skipped (any later arrival raises a new edge; a FIN that came with this
+ *     edge would have set RDHUP).
+ *   FIN: the source's FIN is queued behind its data (RDHUP is only raised once the FIN is in
+ *     sequence, and nothing can follow it). A short recv() in copy mode therefore returned the
+ *     last bytes: they are sent with MSG_MORE, so that the FIN which follows at once leaves in
+ *     the same segment, and EOF is taken without the recv() that would return 0.
+ * Returns 0, or -1 when the session was closed. */
+static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, unsigned hint)
 {
     struct relay_dir *d = c2b ? &s->c2b : &s->b2c;
     int src = c2b ? s->cfd : s->bfd, dst = c2b ? s->bfd : s->cfd;
@@ -526,8 +645,7 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, int
         return 0;
     for (;;) {
         if (d->in_pipe) {
-            n = splice(d->pipe.rfd, NULL, dst, NULL, d->in_pipe,
-                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            n = relay_splice(d->pipe.rfd, dst, d->in_pipe);
             if (n > 0) {
                 d->in_pipe -= (uint32_t)n;
                 moved += (uint64_t)n;
@@ -538,18 +656,17 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, int
                 continue;
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 d->wblocked = 1;
+                if (!c2b && !s->cfd_out && relay_client_want_out(w, s) < 0)
+                    goto local_failure;
                 break;
             }
             goto reset_dst;
         }
         d->wblocked = 0;
         if (d->eof) {
-            relay_drop_pipe(w, d);
-            (void)shutdown(dst, SHUT_WR);
-            d->done = 1;
             if (moved)
                 s->last_active_ms = w->now_ms;
-            return relay_dir_finished(w, s, c2b);
+            return relay_dir_finish(w, s, c2b, dst);
         }
         if (drained)
             break;
@@ -558,10 +675,11 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, int
             break;
         }
         if (!d->bulk) {
-            n = recv(src, w->buf, w->buf_size, 0);
+            n = relay_recv(src, w->buf, w->buf_size);
             if (n > 0) {
+                int last = (hint & RELAY_HINT_FIN) && (uint32_t)n < w->buf_size;
                 DP_CNT_ADD(&w->cnt->copy_sends, 1);
-                m = send(dst, w->buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+                m = relay_send(dst, w->buf, (size_t)n, last ? MSG_MORE : 0);
                 if (m < 0) {
                     if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                         goto reset_dst;
@@ -575,15 +693,17 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, int
                     /* park the rest in a pipe; it is empty and larger than the buffer */
                     if (d->pipe.rfd < 0 && (rc = pipepool_get(&w->pp, &d->pipe)) != 0)
                         goto local_failure;
-                    ssize_t k = write(d->pipe.wfd, w->buf + m, (size_t)(n - m));
+                    ssize_t k = relay_write(d->pipe.wfd, w->buf + m, (size_t)(n - m));
                     if (k != n - m)
                         goto local_failure;
                     d->in_pipe = (uint32_t)k;
                 }
-                if ((uint32_t)n == w->buf_size && !w->copy_only && !d->nosplice)
+                if (last)
+                    d->eof = 1; /* the FIN is next in the queue: no recv() to confirm it */
+                else if ((uint32_t)n == w->buf_size && !w->copy_only && !d->nosplice)
                     d->bulk = 1;
                 else if ((uint32_t)n < w->buf_size)
-                    drained = edge;
+                    drained = (hint & RELAY_HINT_EDGE) != 0;
                 continue;
             }
             if (n == 0) {
@@ -603,8 +723,7 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, int
             }
             goto local_failure;
         }
-        n = splice(src, NULL, d->pipe.wfd, NULL, RELAY_SPLICE_LEN,
-                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        n = relay_splice(src, d->pipe.wfd, RELAY_SPLICE_LEN);
         if (n > 0) {
             DP_CNT_ADD(&w->cnt->splice_moves, 1);
             d->in_pipe = (uint32_t)n;
@@ -666,15 +785,24 @@ void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
 
         if (from_client) {
             /* a client that resets (or vanishes) while we connect ends the attempt at once;
-             * its data and FIN wait in the socket: the pump reads them once connected */
+             * its data and FIN wait in the socket (noted in cev): the pump reads them once
+             * connected */
             if (events & (EPOLLERR | EPOLLHUP))
                 relay_kill(w, s, 1, DP_CLOSE_CLIENT_RESET);
+            else
+                s->cev |= events;
+            return;
+        }
+        if ((events & EPOLLOUT) && !(events & (EPOLLERR | EPOLLHUP))) {
+            /* tcp_poll() reports EPOLLOUT only once the handshake is complete, and a failed
+             * connect always carries EPOLLERR: no SO_ERROR round trip needed */
+            relay_established(w, s, events);
             return;
         }
         if (getsockopt(s->bfd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
             err = errno;
         if (err == 0 && (events & (EPOLLOUT | EPOLLIN)) && !(events & EPOLLERR))
-            relay_established(w, s);
+            relay_established(w, s, events);
         else if (err != 0 || (events & (EPOLLERR | EPOLLHUP)))
             relay_connect_failed(w, s);
         return;
@@ -692,7 +820,7 @@ void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
     }
     /* reading side of this socket, then writing side */
     if (events & rd)
-        if (relay_pump(w, s, from_client, !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) < 0)
+        if (relay_pump(w, s, from_client, relay_hint(events)) < 0)
             return;
     if (events & wr) {
         struct relay_dir *d = from_client ? &s->b2c : &s->c2b;
@@ -843,6 +971,8 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     s->c2b.pipe.rfd = s->c2b.pipe.wfd = -1;
     s->b2c.pipe.rfd = s->b2c.pipe.wfd = -1;
     s->c2b.bulk = s->b2c.bulk = w->buf_size == 0;
+    s->cev = 0;
+    s->cfd_out = 0;
     e->key.proto = DP_PROTO_TCP;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
@@ -859,11 +989,13 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     memcpy(e->key.laddr, l->laddr, 16);
     (void)ct_insert(&w->ct, e); /* only diagnostics use the index; ENOMEM is not fatal */
     dp_svc_add(w, sid, DP_SC_CONNS_ACTIVE, 1); /* conns_total: at the first pick */
-    relay_nodelay(fd);
+    if (l->nodelay != DP_NODELAY_INHERITED)
+        relay_nodelay(fd);
     /* edge-triggered from the start: events while connecting only matter for resets, and the
-     * pump drains whatever arrived once the backend is up */
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-                              .data.ptr = &s->cep };
+     * pump drains whatever arrived once the backend is up. No EPOLLOUT until a write to the
+     * client blocks (relay_client_want_out): a writable client is the common case, and the
+     * state changes of our own FIN (shutdown, then the peer's ACK) would each report one */
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = &s->cep };
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         dp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
         relay_kill(w, s, 1, DP_CLOSE_ERROR);
@@ -883,14 +1015,18 @@ void relay_tcp_accept(struct dp_worker *w, struct dp_listener *l)
     dp_worker_refresh_table(w); /* a table published just before this client connected */
     for (i = 0; i < RELAY_ACCEPT_BATCH; i++) {
         sl = sizeof(ss);
-        fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        fd = relay_accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             switch (errno) {
             case EAGAIN:
             case EINTR:
-                if (errno == EAGAIN)
-                    return;
-                continue;
+                if (errno == EINTR)
+                    continue;
+                /* the queue was empty after TCP_NODELAY was set on the listener: from now on
+                 * every accepted socket was cloned from it with the option (dp.c) */
+                if (l->nodelay == DP_NODELAY_LISTENER)
+                    l->nodelay = DP_NODELAY_INHERITED;
+                return;
             case ECONNABORTED:
             case EPROTO:
             case ENETDOWN:

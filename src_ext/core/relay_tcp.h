@@ -18,11 +18,27 @@
 #include "pipepool.h"
 #include "table.h"
 
+/* 1: call the kernel through glibc's wrappers (sanitizer builds, which intercept them);
+ * 0: through syscall(2), skipping the cancellation-point bookkeeping (relay_tcp.c). */
+#ifndef DP_LIBC_CALLS
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define DP_LIBC_CALLS 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define DP_LIBC_CALLS 1
+#endif
+#endif
+#endif
+#ifndef DP_LIBC_CALLS
+#define DP_LIBC_CALLS 0
+#endif
+
 #define RELAY_MAX_TRIES 32u          /* backends remembered per session for retries */
 #define RELAY_ACCEPT_BATCH 64u       /* accepts per listener per wake-up */
 #define RELAY_BUDGET (512u * 1024u)  /* bytes per direction per wake-up before yielding */
 #define RELAY_EMFILE_PAUSE_MS 100u   /* listener pause after EMFILE/ENFILE */
 #define RELAY_SPLICE_LEN (1u << 20)  /* length asked of one splice into a pipe */
+#define RELAY_EV_UNKNOWN 0xffffffffu /* relay_established(): connected at once, no event mask */
 
 /* Per-worker counter slots (plain single-writer counters, read with relaxed loads). */
 enum dp_svc_counter {
@@ -75,6 +91,16 @@ struct dp_ep {
     uint8_t kind;                  /* enum dp_ep_kind */
 };
 
+/* TCP_NODELAY of a TCP listener's accepted sockets. Linux copies the option from the
+ * listener into each connection it creates, so dp_add_listener() sets it on the listener;
+ * connections queued before that still lack it, so the relay sets it per socket until its first
+ * accept4() finds the queue empty. */
+enum dp_nodelay {
+    DP_NODELAY_PER_SOCKET = 0,     /* the listener refused it: set it on every accepted socket */
+    DP_NODELAY_LISTENER,           /* set on the listener; older connections may be queued */
+    DP_NODELAY_INHERITED,          /* the queue drained since: accepted sockets have it */
+};
+
 /* One listening socket owned by a worker. */
 struct dp_listener {
     struct dp_ep ep;               /* kind DP_EP_LISTENER; epoll data points here */
@@ -85,6 +111,8 @@ struct dp_listener {
     uint8_t pktinfo;               /* udp, wildcard address: datagrams carry the local address
                                       (IP_PKTINFO / IPV6_RECVPKTINFO, set by dp_add_listener) */
     uint8_t family;                /* 4 or 6 (from getsockname) */
+    uint8_t nodelay;               /* tcp: enum dp_nodelay, whether accepted sockets still need
+                                      their own TCP_NODELAY */
     uint16_t lport;                /* local port, host order */
     uint8_t laddr[16];             /* local address (maybe the wildcard) */
 };
@@ -111,6 +139,10 @@ struct relay_session {
     uint8_t n_tried;               /* entries used in tried_ids */
     uint8_t on_ready;              /* 1 while on the worker's ready list */
     uint8_t cfd_in_epoll;          /* 1 once cfd is registered */
+    uint8_t cfd_out;               /* 1 once cfd is registered for EPOLLOUT too (a write to the
+                                      client blocked once; relay_client_want_out) */
+    uint32_t cev;                  /* client events seen while connecting (EPOLLIN/RDHUP say
+                                      data or a FIN waits for the pump), 0 once established */
     int cfd;                       /* client socket */
     int bfd;                       /* backend socket, -1 before/between attempts */
     uint32_t service_id;           /* copied at accept; the table is not read after connect */

@@ -1,0 +1,176 @@
+"""Profile the compiled TCP relay in-process: CPU per unit of work plus the worker's own counters.
+
+Not part of the comparative harness (bench/run.py): a tool for attributing the relay's cost while
+optimising it, used for the figures in docs/performance.md. It starts the compiled data plane with
+one worker in this process, pinned to --lb-cpu, publishes one TCP service that forwards
+--listen-port to --backend (an already running server, e.g. the harness's nginx HTTP backend or
+`iperf3 -s`), runs one bounded load generator on --load-cpu, and prints one JSON object with:
+the worker thread's CPU time (from /proc/self/task/TID/schedstat, in ns) per request or per GB,
+its voluntary context switches and epoll loop iterations per unit of work, the copy/splice chunk
+counts, the pipe pool figures, and the TCP segments the host sent per unit of work.
+
+    python -m bench.tcpprobe --backend 127.0.0.1:8080 --load wrk-close --seconds 4
+    python -m bench.tcpprobe --backend 127.0.0.1:5201 --load iperf1 --pipe-size 1048576
+
+Loads: wrk-close (new connection per request, 50 concurrent), wrk-ka (keep-alive, 50
+connections), iperf1 / iperf8 (iperf3 -P 1 / -P 8, client to server). Traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+TIMEOUT_SLACK = 20.0  # seconds a load generator may overrun --seconds before it is killed
+
+
+def _config(listen_port: int, backend: str) -> Any:
+    from l4lb.config.model import Backend, Config, Endpoint, GlobalSettings, Service
+
+    host, port = backend.rsplit(":", 1)
+    be = Endpoint(host=host, port=int(port), text=backend)
+    svc = Service(name="probe", protocol="tcp",
+                  listen=(Endpoint(host="127.0.0.1", port=listen_port,
+                                   text=f"127.0.0.1:{listen_port}"),),
+                  backends=(Backend(address=be, name=backend),), scheduler="round_robin")
+    return Config(path="<tcpprobe>", global_=GlobalSettings(workers=1), services=(svc,))
+
+
+def _worker_tids(before: set[int]) -> list[int]:
+    return sorted({int(t) for t in os.listdir("/proc/self/task")} - before)
+
+
+def _thread_cpu(tids: list[int]) -> tuple[int, int]:
+    """(CPU ns, voluntary context switches) of the given threads."""
+    ns = ctx = 0
+    for t in tids:
+        with open(f"/proc/self/task/{t}/schedstat") as f:
+            ns += int(f.read().split()[0])
+        with open(f"/proc/self/task/{t}/status") as f:
+            m = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", f.read(), re.M)
+            ctx += int(m.group(1)) if m else 0
+    return ns, ctx
+
+
+def _out_segs() -> int:
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(dict(zip(rows[0], rows[1], strict=True))["OutSegs"])
+
+
+def _load_argv(kind: str, port: int, seconds: int, cpu: int) -> list[str]:
+    pin = ["taskset", "-c", str(cpu)]
+    url = f"http://127.0.0.1:{port}/"
+    if kind == "wrk-close":
+        return [*pin, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "--timeout", "2s",
+                "-H", "Connection: close", url]
+    if kind == "wrk-ka":
+        return [*pin, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "--timeout", "2s", url]
+    if kind in ("iperf1", "iperf8"):
+        return [*pin, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds),
+                "-P", kind[-1], "-J", "--connect-timeout", "3000"]
+    raise ValueError(f"unknown load {kind!r}")
+
+
+def _units(kind: str, text: str) -> tuple[float, str, dict[str, Any]]:
+    """(units of work, unit name, extra figures) from the load generator's output."""
+    if kind.startswith("wrk"):
+        m = re.search(r"(\d+) requests in", text)
+        p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
+        errs = re.search(r"Socket errors:.*", text)
+        extra = {"p99": p99.group(1) if p99 else None, "errors": errs.group(0) if errs else ""}
+        return float(m.group(1)) if m else 0.0, "req", extra
+    data = json.loads(text)
+    sent = float(data["end"]["sum_received"]["bytes"])
+    extra = {"gbit_s": round(data["end"]["sum_received"]["bits_per_second"] / 1e9, 2),
+             "retransmits": data["end"].get("sum_sent", {}).get("retransmits")}
+    return sent / 1e9, "GB", extra
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the data plane, drive it, return the figures."""
+    from l4lb._dataplane import Dataplane
+
+    from l4lb.table.builder import TableBuilder
+
+    os.sched_setaffinity(0, {args.lb_cpu})
+    before = {int(t) for t in os.listdir("/proc/self/task")}
+    dp = Dataplane(1)
+    if args.pipe_size is not None or args.copy_threshold is not None:
+        dp._tune(16384 if args.copy_threshold is None else args.copy_threshold,
+                 args.pipe_size or 0)
+    builder = TableBuilder()
+    blob = builder.build(_config(args.listen_port, args.backend))
+    sid = builder.service_ids()["probe"]
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", args.listen_port))
+    ls.listen(4096)
+    ls.setblocking(False)
+    dp.start()
+    try:
+        dp.publish(blob)
+        dp.add_listener(sid, ls.fileno(), 0)
+        tids = _worker_tids(before | {threading.get_native_id()})
+        in0, (ns0, cx0), sg0 = dp._internals(), _thread_cpu(tids), _out_segs()
+        t0 = time.monotonic()
+        proc = subprocess.run(_load_argv(args.load, args.listen_port, args.seconds,
+                                         args.load_cpu),
+                              capture_output=True, text=True, check=False,
+                              timeout=args.seconds + TIMEOUT_SLACK)
+        wall = time.monotonic() - t0
+        in1, (ns1, cx1), sg1 = dp._internals(), _thread_cpu(tids), _out_segs()
+        units, unit, extra = _units(args.load, proc.stdout)
+        if units <= 0:
+            raise RuntimeError(f"no work measured: {proc.stdout[-300:]} {proc.stderr[-300:]}")
+        scale = 1e3 if unit == "req" else 1e6  # us per request, ms per GB
+        out: dict[str, Any] = {
+            "load": args.load, "unit": unit, "units": units, "wall_s": round(wall, 3),
+            "rate_per_s": round(units / wall, 1),
+            f"cpu_{'us_per_req' if unit == 'req' else 'ms_per_GB'}":
+                round((ns1 - ns0) / scale / units, 3),
+            "cpu_pct": round(100 * (ns1 - ns0) / 1e9 / wall, 1),
+            f"ctxsw_per_{unit}": round((cx1 - cx0) / units, 4),
+            f"loops_per_{unit}": round((in1["loop_iterations"] - in0["loop_iterations"]) / units,
+                                       4),
+            f"segments_per_{unit}": round((sg1 - sg0) / units, 3),
+            "copy_sends": in1["copy_sends"] - in0["copy_sends"],
+            "splice_moves": in1["splice_moves"] - in0["splice_moves"],
+            "pipes_created": in1["pipes_created"] - in0["pipes_created"],
+            "pipe_size": in1["pipe_size"],
+            **extra,
+        }
+        return out
+    finally:
+        dp.stop(1.0)
+        ls.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: prints one JSON object."""
+    ap = argparse.ArgumentParser(prog="python -m bench.tcpprobe", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", required=True, help="HOST:PORT of a running server")
+    ap.add_argument("--listen-port", type=int, default=23041)
+    ap.add_argument("--load", default="wrk-close",
+                    choices=["wrk-close", "wrk-ka", "iperf1", "iperf8"])
+    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--lb-cpu", type=int, default=1)
+    ap.add_argument("--load-cpu", type=int, default=0)
+    ap.add_argument("--pipe-size", type=int, default=None, help="bytes (Dataplane._tune)")
+    ap.add_argument("--copy-threshold", type=int, default=None, help="bytes (Dataplane._tune)")
+    args = ap.parse_args(argv)
+    print(json.dumps(run(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
