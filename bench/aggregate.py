@@ -3,7 +3,9 @@
 Groups are (pinning mode, workload, target). Each group is summarised twice: over every
 successful run ("all") and over the runs whose vCPU probe said the two CPUs were close
 ("close"): far runs halve every figure through a balancer, so they are shown, not mixed in
-silently. Ratios are of medians of the same subset, measured in the same invocation.
+silently. Ratios are of medians of the same subset, measured in the same invocation. A UDP run
+whose generator skipped more than SKIPPED_LIMIT % of the rate (it fell behind: its CPU was
+taken) did not offer the nominal rate; each cell counts such runs ("behind") for the report.
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ DIAGNOSTICS = (
     Metric("backend_cpu_pct", "backend CPU", "%", ""),
     Metric("softirq_cpu_pct", "softirq CPU", "%", ""),
     Metric("other_cpu_pct", "other procs CPU", "%", ""),
+    Metric("skipped_pct", "udpgen skipped", "%", "", "{:.2f}"),
     Metric("retransmits", "retransmits", "", "", "{:.0f}"),
     Metric("drops", "UDP drops", "", "", "{:.0f}"),
     Metric("errors", "errors", "", "", "{:.0f}"),
 )
 SUBSETS = ("all", "close")
+SKIPPED_LIMIT = 1.0  # % of the offered rate udpgen may skip before a run is marked "behind"
 
 
 def stats(xs: list[float]) -> dict[str, float]:
@@ -56,12 +60,14 @@ def stats(xs: list[float]) -> dict[str, float]:
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """{pin: {workload: {target: {"all"|"close": {metric: stats}, "runs", "failed", ...}}}}."""
+    """{pin: {workload: {target: {"all"|"close": {metric: stats}, "runs", "failed", "behind",
+    ...}}}}; "behind" counts the successful runs whose skipped_pct exceeds SKIPPED_LIMIT."""
     out: dict[str, Any] = {}
     for rec in records:
         cell = (out.setdefault(rec["pin"], {}).setdefault(rec["workload"], {})
                 .setdefault(rec["target"], {"kind": rec["kind"], "runs": 0, "failed": 0,
                                             "errors": [], "skipped": None, "vcpu_rtt_ns": [],
+                                            "behind": 0,
                                             "_vals": {s: {} for s in SUBSETS}}))
         if rec.get("skipped"):
             cell["skipped"] = rec["skipped"]
@@ -73,6 +79,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             cell["failed"] += 1
             cell["errors"].append(rec.get("error") or "unknown error")
             continue
+        if (rec["metrics"].get("skipped_pct") or 0.0) > SKIPPED_LIMIT:
+            cell["behind"] += 1
         subsets = ("all", "close") if rec.get("close") else ("all",)
         for key, value in rec["metrics"].items():
             if value is None:

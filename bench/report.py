@@ -4,8 +4,11 @@ The JSON keeps everything (meta, plan, every run's record, summaries, ratios, ta
 the Markdown shows, per pinning mode: medians (min-max) over all repetitions, the same over the
 close repetitions only, the ratios between targets, and the diagnostics that say whether a
 figure can be trusted (load generator and backend CPU, the machine's other load, retransmits,
-errors, vCPU distance). PERF.md's earlier peer figures are repeated at the end for orientation;
-only ratios measured in the same run are comparable.
+errors, vCPU distance, how much of the rate the UDP generator skipped). UDP runs whose generator
+fell behind (skipped more than SKIPPED_LIMIT % of the rate) are marked in bold wherever they
+count: the main tables, the diagnostics and the per-run UDP table. PERF.md's earlier peer
+figures are repeated at the end for orientation; only ratios measured in the same run are
+comparable.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate import DIAGNOSTICS, HEADLINE, Metric
+from bench.aggregate import DIAGNOSTICS, HEADLINE, SKIPPED_LIMIT, Metric
 
 PERF_MD_REFERENCE = (
     ("bulk1", "92.0 Gbit/s", "70.3 Gbit/s · 62 ms/GB", "39.0 Gbit/s · 202 ms/GB"),
@@ -54,6 +57,8 @@ def _cell(cell: dict[str, Any] | None, subset: str, kind: str) -> str:
     text = " · ".join(parts) if parts else ("no close run" if subset == "close" else "-")
     if cell.get("failed"):
         text += f" · **{cell['failed']}/{cell['runs']} failed**"
+    if cell.get("behind"):
+        text += f" · **{cell['behind']}/{cell['runs']} generator behind**"
     return text
 
 
@@ -129,11 +134,25 @@ def _diag_table(doc: dict[str, Any], pin: str) -> list[str]:
                    f"{statistics.median(lbp):.0f}" if lbp else "-"]
             for m in DIAGNOSTICS:
                 s = cell["all"].get(m.key)
-                row.append("-" if s is None else
-                           (f"{s['median'] * s['n']:.0f} total" if m.key == "errors"
-                            and s["n"] else m.fmt.format(s["median"])))
+                text = ("-" if s is None else
+                        (f"{s['median'] * s['n']:.0f} total" if m.key == "errors"
+                         and s["n"] else m.fmt.format(s["median"])))
+                if m.key == "skipped_pct" and cell.get("behind"):
+                    text += f" **({cell['behind']} runs > {SKIPPED_LIMIT:g} %)**"
+                row.append(text)
             lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+def _skipped_text(rec: dict[str, Any]) -> str:
+    """A UDP run's skipped share of the rate; bold with a warning when the generator fell
+    behind."""
+    pct = (rec.get("metrics") or {}).get("skipped_pct")
+    if pct is None:
+        return "-"
+    if pct > SKIPPED_LIMIT:
+        return f"**{pct:.2f} behind**"
+    return f"{pct:.2f}"
 
 
 def _udp_loss_table(doc: dict[str, Any], pin: str) -> list[str]:
@@ -146,8 +165,8 @@ def _udp_loss_table(doc: dict[str, Any], pin: str) -> list[str]:
     where = ("generator_send", "lb_listener", "lb_upstream", "backend", "generator_receive",
              "unaccounted")
     lines = ["| rep | target | workload | offered | loss % | " + " | ".join(where)
-             + " | skipped | late ticks | max/tick | loadgen CPU % | other CPU % | "
-             "others by process CPU % | steal % |",
+             + " | skipped | skipped % | late ticks | max/tick | loadgen CPU % | "
+             "other procs CPU % | steal % |",
              "|" + "---|" * (12 + len(where))]
     for r in sorted(recs, key=lambda r: (r["workload"], r["target"], r["rep"])):
         raw, loss = r.get("raw", {}), r["udp_loss"]
@@ -155,9 +174,10 @@ def _udp_loss_table(doc: dict[str, Any], pin: str) -> list[str]:
             f"| {r['rep']} | {r['target']} | {r['workload']} | {raw.get('offered', 0):,.0f} | "
             f"{raw.get('loss_pct', 0):.3f} | "
             + " | ".join(f"{loss.get(k, 0):,.0f}" for k in where)
-            + f" | {raw.get('skipped', 0):,.0f} | {raw.get('late_ticks', 0):,.0f} | "
+            + f" | {raw.get('skipped', 0):,.0f} | {_skipped_text(r)} | "
+            f"{raw.get('late_ticks', 0):,.0f} | "
             f"{raw.get('max_tick', 0):,.0f} | {r.get('loadgen_cpu_pct', 0):.0f} | "
-            f"{r.get('other_cpu_pct', 0):.0f} | {r.get('others_cpu_pct', '-')} | "
+            f"{r.get('other_cpu_pct', 0):.0f} | "
             + "/".join(str(v) for v in (r.get("steal_pct") or {}).values()) + " |")
     return lines
 
@@ -242,7 +262,9 @@ def markdown(doc: dict[str, Any]) -> str:
                     "sends, and the rest (unaccounted: dropped by the balancer itself or still "
                     "in flight when udpgen stopped waiting). skipped = not offered because "
                     "udpgen woke more than 10 ticks late (its CPU was taken); max/tick = most "
-                    "datagrams offered in one 100 µs tick. others by process = CPU time of "
+                    "datagrams offered in one 100 µs tick. skipped % = skipped / (offered + "
+                    f"skipped); above {SKIPPED_LIMIT:g} % the run is marked **behind**: the "
+                    "generator did not offer the nominal rate. other procs = CPU time of "
                     "every process that is not the benchmark's, summed per process over the "
                     "run (processes that ended during it are missed); steal = time the "
                     "hypervisor took from each vCPU (cpu0/cpu1).", "", *udp, ""]

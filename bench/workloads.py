@@ -5,8 +5,10 @@ the kernel's TCP/UDP counters and the per-CPU busy time, and probes the vCPU dis
 before. From those it derives the figures of PERF.md: LB CPU per GB / per connection / per
 request / per echo, RSS per idle connection, plus the load generator's and the backend's CPU
 share (to show neither was the bottleneck), the interrupt + softirq time (loopback networking
-that no process is charged for) and the remaining busy time of other processes ("other": the
-shared machine's noise, in percent of one CPU).
+that no process is charged for) and the CPU time of every other process ("other": the shared
+machine's noise, in percent of one CPU), summed per process from /proc/PID/stat. Deriving
+"other" from /proc/stat as busy - softirq - ours undercounts it to 0 %: the kernel also charges
+much of that softirq time to the processes that were running when it struck.
 """
 
 from __future__ import annotations
@@ -41,17 +43,23 @@ class Context:
 def _snapshot(pids_lb: list[int], pids_be: list[int]) -> dict[str, Any]:
     return {"t": time.monotonic(), "lb": procfs.cpu_ticks_of(pids_lb),
             "be": procfs.cpu_ticks_of(pids_be), "net": procfs.net_counters(),
-            "cpus": procfs.cpu_times()}
+            "cpus": procfs.cpu_times(), "all": _all_ticks()}
+
+
+def _ours(ctx: Context, lb_pids: list[int], *more: int) -> set[int]:
+    """The benchmark's own processes: the harness, the balancer, every backend, and `more`
+    (load generators still alive at the second snapshot; reaped ones are gone from it)."""
+    be = [p for kind in ("bulk", "newconn", "udp") for p in ctx.backends.pids_for(kind)]
+    return {os.getpid(), *lb_pids, *be, *more}
 
 
 def _account(rec: dict[str, Any], a: dict[str, Any], b: dict[str, Any],
-             loadgen_cpu: float, has_lb: bool) -> None:
+             loadgen_cpu: float, has_lb: bool, ours: set[int]) -> None:
     wall = b["t"] - a["t"]
     lb = procfs.ticks_to_seconds(b["lb"] - a["lb"])
     be = procfs.ticks_to_seconds(b["be"] - a["be"])
     busy = procfs.busy_percent(a["cpus"], b["cpus"])
     irq = procfs.busy_percent(a["cpus"], b["cpus"], column=2)
-    busy_s = sum(busy.values()) / 100.0 * wall
     irq_s = sum(irq.values()) / 100.0 * wall
     rec.update({
         "wall_s": round(wall, 3),
@@ -63,8 +71,8 @@ def _account(rec: dict[str, Any], a: dict[str, Any], b: dict[str, Any],
         "loadgen_cpu_pct": round(100 * loadgen_cpu / wall, 1) if wall > 0 else 0.0,
         "cpu_busy_pct": busy,
         "softirq_cpu_pct": round(100 * irq_s / wall, 1) if wall > 0 else 0.0,
-        "other_cpu_pct": round(100 * max(0.0, busy_s - irq_s - lb - be - loadgen_cpu) / wall, 1)
-        if wall > 0 else 0.0,
+        # every process that is not the benchmark's, counted per process (see the docstring)
+        "other_cpu_pct": _others_pct(a["all"], b["all"], ours, wall),
         "net": procfs.counter_delta(a["net"], b["net"]),
     })
 
@@ -98,7 +106,6 @@ def run_step(ctx: Context, run: Running, step: Step) -> dict[str, Any]:
 def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> None:
     o, wl = ctx.options, step.workload
     udp_before: list[udploss.UdpSocket] = []
-    ticks_before: dict[int, int] = {}
     steal_before: dict[str, int] = {}
     if wl.kind == "bulk":
         argv = loadgen.iperf3_argv(run.front.bulk, o.bulk_seconds, wl.streams)
@@ -112,7 +119,6 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
                                    wl.rate, o.udp_ms)
         nominal = o.udp_ms / 1000
         udp_before = _udp_sockets()
-        ticks_before = _all_ticks()
         steal_before = _steal_ticks()
     else:
         raise ValueError(f"unknown workload kind {wl.kind}")
@@ -124,17 +130,13 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
     b = _snapshot(lb_pids, be_pids)
     udp_after = _udp_sockets() if wl.kind == "udp" else []
     if wl.kind == "udp":
-        # the CPU other processes took, counted per process (the "other" figure derived from
-        # /proc/stat misses what hides behind softirq time that is charged twice)
-        rec["others_cpu_pct"] = _others_pct(ticks_before, _all_ticks(), {
-            os.getpid(), *lb_pids, *be_pids}, b["t"] - a["t"])
         # time the hypervisor ran something else on our vCPUs (a stall no process sees)
         wall = b["t"] - a["t"]
         rec["steal_pct"] = {cpu: round(100 * procfs.ticks_to_seconds(t - steal_before.get(cpu, 0))
                                        / wall, 1) if wall > 0 else 0.0
                             for cpu, t in _steal_ticks().items()}
     rec["argv"] = fin.argv
-    _account(rec, a, b, fin.cpu, has_lb=run.daemon is not None)
+    _account(rec, a, b, fin.cpu, has_lb=run.daemon is not None, ours=_ours(ctx, lb_pids))
     if fin.timed_out:
         raise RuntimeError(f"{argv[0]} killed after {nominal + SLACK:.0f}s")
     if fin.returncode != 0 and wl.kind != "bulk":
@@ -200,6 +202,8 @@ def _all_ticks() -> dict[int, int]:
 
 def _others_pct(before: dict[int, int], after: dict[int, int], ours: set[int],
                 wall: float) -> float:
+    """CPU % of one CPU taken by the processes not in `ours` between two _all_ticks() maps.
+    A process born during the run counts in full; one that ended during it is missed."""
     ticks = sum(t - before.get(pid, 0) for pid, t in after.items() if pid not in ours)
     return round(100 * procfs.ticks_to_seconds(ticks) / wall, 1) if wall > 0 else 0.0
 
@@ -264,6 +268,7 @@ def _idle(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> None:
         lb_pids = run.pids()
         rss1 = procfs.rss_kb_of(lb_pids)
         b = _snapshot(lb_pids, [])
+        ours = _ours(ctx, lb_pids, sink.pid, hold.pid)
         loadgen_cpu = procfs.ticks_to_seconds(procfs.cpu_ticks(hold.pid) +
                                               procfs.cpu_ticks(sink.pid))
     finally:
@@ -271,7 +276,7 @@ def _idle(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> None:
             procs.stop(hold)
         procs.stop(sink)
         time.sleep(0.3)  # the balancer closes its side before the next workload is timed
-    _account(rec, a, b, loadgen_cpu, has_lb=run.daemon is not None)
+    _account(rec, a, b, loadgen_cpu, has_lb=run.daemon is not None, ours=ours)
     rec["raw"] = {"rss_before_kb": rss0, "rss_after_kb": rss1, "held": n}
     lb_s = rec["lb_cpu_s"]
     rec["metrics"] = {
