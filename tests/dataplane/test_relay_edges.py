@@ -189,6 +189,35 @@ def test_backend_data_then_close_arrives_whole(make_lb: MakeLB, scripted: Any, s
     assert lb.svc_stats()["bytes_to_client"] == size
 
 
+@pytest.mark.parametrize("size", (1, 16 * 1024, 16 * 1024 + 1, 200 * 1024))
+def test_backend_data_and_fin_then_client_still_sends(make_lb: MakeLB, scripted: Any,
+                                                      size: int) -> None:
+    """The backend sends N bytes with its FIN in the same segment but keeps reading (a
+    half-close): the client gets N bytes and EOF, then sends its own data, which the backend
+    still receives, followed by the client's FIN."""
+    payload = patterns.stream(size, 15)
+    question = patterns.stream(3000, 16)
+    seen: list[tuple[int, str, str]] = []
+
+    def script(sock: socket.socket) -> None:
+        send_then_fin(sock, payload, "corked")
+        seen.append(read_all(sock, 10))
+
+    backend = scripted(script)
+    lb = make_lb(one_service(backend.port))
+    with client_socket(lb.addr()) as client:
+        data, how = read_to_end(client, 10)
+        assert (len(data), how) == (size, "eof")
+        assert data == payload
+        client.sendall(question)
+        client.shutdown(socket.SHUT_WR)
+        assert wait_for(lambda: backend.served == 1, 5)
+        assert client.recv(1) == b""  # still EOF, no reset
+    assert backend.errors == []
+    assert seen == [(len(question), hashlib.sha256(question).hexdigest(), "eof")]
+    assert wait_for(lambda: lb.svc_stats().get("conns_active") == 0, 5), lb.svc_stats()
+
+
 @pytest.mark.parametrize("style", FIN_STYLES)
 @pytest.mark.parametrize("size", SIZES)
 def test_client_data_then_fin_and_reply_after_it(make_lb: MakeLB, scripted: Any, size: int,
@@ -217,6 +246,8 @@ def test_client_data_then_fin_and_reply_after_it(make_lb: MakeLB, scripted: Any,
     assert wait_for(lambda: backend.served == 1, 5)
     assert backend.errors == []
     assert wait_for(lambda: lb.svc_stats().get("conns_active") == 0, 5), lb.svc_stats()
+    stats = lb.svc_stats()
+    assert (stats["bytes_to_backend"], stats["bytes_to_client"]) == (size, len(reply))
 
 
 # --- 2. the first blocked write ------------------------------------------------------------
@@ -373,6 +404,7 @@ def test_small_round_trips_are_quick(make_lb: MakeLB, servers: Servers) -> None:
             client.sendall(message)
             assert recv_exact(client, len(message)) == message
         took = time.monotonic() - start
+    print(f"{ROUND_TRIPS} round trips in {took:.3f} s")
     assert took < ROUND_TRIP_BOUND, f"{ROUND_TRIPS} round trips took {took:.2f} s"
 
 
@@ -425,5 +457,6 @@ def test_split_small_messages_are_not_held_by_nagle(make_lb: MakeLB, scripted: A
         took = time.monotonic() - start
         client.shutdown(socket.SHUT_WR)
         assert wait_for(lambda: backend.served == 1, 5)
+    print(f"{i + 1} split round trips in {took:.3f} s, {slow} over 30 ms")
     assert took < ROUND_TRIP_BOUND, f"{i + 1} round trips took {took:.2f} s ({slow} slow)"
     assert backend.errors == []
