@@ -329,6 +329,7 @@ class Worker:
                     return
                 continue  # ECONNABORTED and the like: that connection is gone, try the next
             conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the C relay
             self._admit(lst.service_id, conn, (str(addr[0]), int(addr[1])))
 
     def _log_refused(self, service_id: int, client: tuple[str, int], reason: str) -> None:
@@ -428,6 +429,7 @@ class Worker:
             self._close_session(session, reset=True, reason="error")
             return
         sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session.backend = sock
         err = sock.connect_ex((host, port))
         if err == 0:

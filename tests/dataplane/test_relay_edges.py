@@ -408,12 +408,6 @@ def test_small_round_trips_are_quick(make_lb: MakeLB, servers: Servers) -> None:
     assert took < ROUND_TRIP_BOUND, f"{ROUND_TRIPS} round trips took {took:.2f} s"
 
 
-@pytest.mark.parametrize("dp_impl", [
-    "c",
-    pytest.param("ref", marks=pytest.mark.xfail(
-        strict=True, reason="l4lb.refdp sets no TCP_NODELAY on its sockets: every round trip "
-        "waits for two delayed ACKs (about 85 ms)")),
-], indirect=True)
 def test_split_small_messages_are_not_held_by_nagle(make_lb: MakeLB, scripted: Any) -> None:
     """Each request and each response is written in two 5-byte halves, the second only once the
     peer has read the first, so the relay always sends the second half while the first is
