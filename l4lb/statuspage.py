@@ -10,6 +10,12 @@ current snapshot (counter deltas over the server's clock) and redraws the tables
 the server puts into the HTML goes through `html.escape`; the embedded JSON escapes `<`, `>`
 and `&` so that it cannot end its script element.
 
+A backend with an armed drain deadline (`drain --timeout`) shows the time left next to its
+state badge ("drain 4m32s"). The text comes from the CLI's `countdown()`, counted from the
+document's `time`: the server puts it into the HTML and into the document's `drain_left`
+({service: {address: text}}), and the script only copies it, so the page and `l4lb backends`
+cannot disagree on the format.
+
 `CONTENT_SECURITY_POLICY` allows exactly the page's own style and script (by hash) and fetches
 to the same origin; the server sends it with the page.
 """
@@ -23,6 +29,8 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from l4lb.display import countdown
 
 STATES = ("up", "down", "drain", "maint")  # backend states, see docs/control-api.md
 
@@ -47,6 +55,7 @@ text-align:center}
 .state-drain{background:#fcebc6;color:#7a4b00}
 .state-maint{background:#e2e4e9;color:#464d5a}
 .tag{font-size:.8em;color:#5b6475;margin-left:.4em}
+.tag.deadline{color:#7a4b00;font-weight:600;font-variant-numeric:tabular-nums}
 """
 
 _SCRIPT = r"""
@@ -107,6 +116,10 @@ _SCRIPT = r"""
     return s.toFixed(2) + " s";
   }
 
+  function own(obj, key) {
+    return obj && Object.prototype.hasOwnProperty.call(obj, key) ? obj[key] : undefined;
+  }
+
   function oldMaps(old) {
     var svcs = {}, bes = {};
     if (!old || !old.status) { return [svcs, bes]; }
@@ -138,6 +151,7 @@ _SCRIPT = r"""
     var sections = [];
     (st.services || []).forEach(function (svc) {
       var c = svc.counters || {}, oc = oldSvc[svc.name];
+      var left = own(doc.drain_left, svc.name);
       var sec = document.createElement("section");
       sec.className = "service";
       sec.setAttribute("data-service", svc.name);
@@ -172,6 +186,14 @@ _SCRIPT = r"""
         badge.className = "state state-" + (STATES.indexOf(b.state) >= 0 ? b.state : "maint");
         badge.textContent = b.state;
         td.appendChild(badge);
+        var until = own(left, b.address);
+        if (typeof until === "string") {
+          var dl = document.createElement("span");
+          dl.className = "tag deadline";
+          dl.title = "time left until the drain deadline closes what is left";
+          dl.textContent = until;
+          td.appendChild(dl);
+        }
         if (b.backup) {
           var tag = document.createElement("span");
           tag.className = "tag";
@@ -260,9 +282,25 @@ _NO_RATE = "\u2013"  # shown where a rate needs a second snapshot
 
 def document(status: Mapping[str, Any], health: Mapping[str, Any] | None = None,
              now: float | None = None) -> dict[str, Any]:
-    """The object served at /status.json: {"time": unix time, "status": ..., "health": ...}."""
-    return {"time": time.time() if now is None else now, "status": status,
-            "health": dict(health) if health is not None else None}
+    """The object served at /status.json: {"time": unix time, "status": ..., "health": ...,
+    "drain_left": {service: {address: "4m32s"}}} (drain_left: only backends with a deadline)."""
+    stamp = time.time() if now is None else now
+    return {"time": stamp, "status": status,
+            "health": dict(health) if health is not None else None,
+            "drain_left": drain_left(status, stamp)}
+
+
+def drain_left(status: Mapping[str, Any], now: float) -> dict[str, dict[str, str]]:
+    """Time left to each armed drain deadline, as `l4lb backends` writes it, by service and
+    backend address; a service without one is left out."""
+    out: dict[str, dict[str, str]] = {}
+    for svc in status.get("services", []):
+        for b in svc.get("backends", []):
+            deadline = b.get("drain_deadline")
+            if deadline is not None:
+                out.setdefault(str(svc.get("name", "")), {})[str(b.get("address", ""))] = \
+                    countdown(float(deadline) - now)
+    return out
 
 
 def status_json(status: Mapping[str, Any], health: Mapping[str, Any] | None = None,
@@ -295,7 +333,7 @@ def render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None = No
         '<div id="services" data-rates="no">',
     ]
     for svc in status.get("services", []):
-        parts.append(_service_html(svc))
+        parts.append(_service_html(svc, doc["drain_left"].get(str(svc.get("name", "")), {})))
     parts.append("</div>")
     parts.append('<script type="application/json" id="l4lb-data">'
                  f"{_script_safe_json(doc)}</script>")
@@ -304,14 +342,14 @@ def render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None = No
     return "\n".join(parts)
 
 
-def _service_html(svc: Mapping[str, Any]) -> str:
+def _service_html(svc: Mapping[str, Any], left: Mapping[str, str]) -> str:
     esc = html.escape
     name = str(svc.get("name", ""))
     meta = " · ".join([str(svc.get("protocol", "")), str(svc.get("scheduler", "")),
                        ", ".join(str(x) for x in svc.get("listen", []))])
     head = "".join(f'<th class="n">{esc(h)}</th>' if i >= _NUMERIC_FROM else f"<th>{esc(h)}</th>"
                    for i, h in enumerate(_HEAD))
-    rows = [_backend_html(b) for b in svc.get("backends", [])]
+    rows = [_backend_html(b, left.get(str(b.get("address", "")))) for b in svc.get("backends", [])]
     c = svc.get("counters", {})
     counts = (f"rejected {c.get('rejected', 0)} · no backend {c.get('no_backend', 0)} · "
               f"accept errors {c.get('accept_errors', 0)}")
@@ -325,13 +363,16 @@ def _service_html(svc: Mapping[str, Any]) -> str:
             f"<tbody>{''.join(rows)}</tbody><tfoot><tr>{foot}</tr></tfoot></table></section>")
 
 
-def _backend_html(b: Mapping[str, Any]) -> str:
+def _backend_html(b: Mapping[str, Any], until: str | None) -> str:
     esc = html.escape
     address = str(b.get("address", ""))
     name = str(b.get("name", address))
     state = str(b.get("state", ""))
     css = state if state in STATES else "maint"
     badge = f'<span class="state state-{css}">{esc(state)}</span>'
+    if until is not None:
+        badge += (f'<span class="tag deadline" title="time left until the drain deadline '
+                  f'closes what is left">{esc(until)}</span>')
     if b.get("backup"):
         badge += '<span class="tag">backup</span>'
     cells = _cells([address, "" if name == address else name])

@@ -4,7 +4,9 @@ Design. Every `interval` seconds the view asks the control socket for `status` (
 snapshot `l4lb status` prints), computes rates from the previous snapshot with `rates()` (a
 pure function: counter deltas over the monotonic time between the two answers; a counter that
 went down, after a reload replaced the backend, shows no rate instead of a negative one) and
-redraws one rich table on the terminal's alternate screen. Between two polls it waits on
+redraws one rich table on the terminal's alternate screen. A backend with an armed drain
+deadline shows the time left next to its state ("drain 4m32s", formatted by the CLI's
+`countdown()`, counted from the wall clock at each redraw). Between two polls it waits on
 standard input in cbreak mode, so `q` quits at once; Ctrl-C quits too. The terminal's modes
 and screen are restored on every way out. When the daemon stops answering, the last table
 stays on screen with the error under it, and polling goes on, so the view recovers when the
@@ -31,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from l4lb.control import ControlError, request
-from l4lb.display import human_bytes
+from l4lb.display import countdown, human_bytes
 
 STATE_STYLES = {"up": "bold green", "down": "bold red", "drain": "bold yellow",
                 "maint": "dim"}  # rich styles of the backend states
@@ -131,6 +133,9 @@ def render(status: Mapping[str, Any], rate: Mapping[Key, Rate], *, socket_path: 
             r = rate.get((svc["name"], b["address"]), Rate(None, None, None))
             state = str(b.get("state", "?"))
             shown = Text(state, style=STATE_STYLES.get(state, ""))
+            deadline = b.get("drain_deadline")
+            if deadline is not None:  # `drain --timeout`: the time left, as `l4lb backends`
+                shown.append(" " + countdown(float(deadline) - wall), style="yellow")
             if b.get("backup"):
                 shown.append(" backup", style="dim")
             name = str(b.get("name", ""))

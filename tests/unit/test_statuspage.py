@@ -9,7 +9,14 @@ import re
 from html.parser import HTMLParser
 from typing import Any
 
-from l4lb.statuspage import CONTENT_SECURITY_POLICY, human_bytes, render_page, status_json
+from l4lb.display import backend_rows
+from l4lb.statuspage import (
+    CONTENT_SECURITY_POLICY,
+    drain_left,
+    human_bytes,
+    render_page,
+    status_json,
+)
 
 EVIL = '</script><script>alert("x")</script><!--'
 
@@ -121,13 +128,63 @@ def test_embedded_json_is_the_status_document() -> None:
     data = [text for attrs, text in page.scripts if attrs.get("type") == "application/json"]
     assert len(data) == 1
     assert "</" not in data[0]
-    assert json.loads(data[0]) == {"time": 5000.0, "status": status, "health": {"probes": 3}}
+    assert json.loads(data[0]) == {"time": 5000.0, "status": status, "health": {"probes": 3},
+                                   "drain_left": {}}
 
 
 def test_status_json_document() -> None:
     status = make_status()
     doc = json.loads(status_json(status, None, now=12.5))
-    assert doc == {"time": 12.5, "status": status, "health": None}
+    assert doc == {"time": 12.5, "status": status, "health": None, "drain_left": {}}
+
+
+def with_deadline(deadline: float) -> dict[str, Any]:
+    """make_status() with a drain deadline armed on 127.0.0.1:9003 (state drain)."""
+    status = make_status()
+    status["services"][0]["backends"][2]["drain_deadline"] = deadline
+    return status
+
+
+def test_drain_deadline_shows_the_time_left_next_to_the_state() -> None:
+    now = 50_000.0
+    status = with_deadline(now + 272)
+    text = render_page(status, now=now)
+    page = parse(text)
+    drain = page.rows[2]
+    assert (drain["backend"], drain["state"], drain["badge"]) == \
+        ("127.0.0.1:9003", "drain", "state state-drain")
+    assert drain["cells"][2] == "drain4m32s"  # badge, then the time left
+    assert '<span class="tag deadline"' in text
+    assert [r["cells"][2] for r in page.rows if r is not drain] == ["up", "down", "maintbackup"]
+    # The same text as `l4lb backends` ("drain, 4m32s left"): one formatter for both.
+    assert backend_rows(status["services"][0]["backends"], now=now)[2][2] == "drain, 4m32s left"
+
+
+def test_drain_deadline_in_the_document_for_the_page_script() -> None:
+    now = 50_000.0
+    status = with_deadline(now + 3700.2)
+    doc = json.loads(status_json(status, None, now=now))
+    assert doc["drain_left"] == {"web": {"127.0.0.1:9003": "1h1m41s"}}  # whole seconds, up
+    page = parse(render_page(status, now=now))
+    data = [text for attrs, text in page.scripts if attrs.get("type") == "application/json"]
+    assert json.loads(data[0])["drain_left"] == doc["drain_left"]
+    assert page.rows[2]["cells"][2] == "drain1h1m41s"
+
+
+def test_a_passed_drain_deadline_shows_zero() -> None:
+    now = 50_000.0
+    status = with_deadline(now - 3)  # the daemon closes what is left within a second
+    assert parse(render_page(status, now=now)).rows[2]["cells"][2] == "drain0s"
+    assert drain_left(status, now) == {"web": {"127.0.0.1:9003": "0s"}}
+
+
+def test_drain_left_keys_are_escaped_in_the_html() -> None:
+    status = with_deadline(100.0)
+    status["services"][0]["name"] = EVIL
+    text = render_page(status, now=40.0)
+    assert EVIL not in text
+    assert drain_left(status, 40.0) == {EVIL: {"127.0.0.1:9003": "1m"}}
+    assert parse(text).rows[2]["cells"][2] == "drain1m"
 
 
 def test_summary_shows_uptime_generation_and_health() -> None:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from l4lb.top import Rate, human_bytes, rates, render, run_top
+from l4lb.display import backend_rows, human_bytes
+from l4lb.top import Rate, rates, render, run_top
 
 
 def make_status(conns: int, to_client: int) -> dict[str, Any]:
@@ -75,6 +76,23 @@ def test_render_shows_services_backends_states_and_rates() -> None:
     assert lines["127.0.0.1:9002"][1:4] == ["maint", "backup", "2"]  # name = address: hidden
     assert lines["web"][:3] == ["web", "tcp", "round_robin"]
     assert "up 1h1m" in text and "table gen 5" in text and "/run/l4lb.sock" in text
+
+
+def test_render_shows_the_time_left_to_a_drain_deadline() -> None:
+    status = make_status(300, 1000)
+    drained = dict(status["services"][0]["backends"][0], address="127.0.0.1:9003",
+                   name="three", state="drain", drain_deadline=1000.0 + 3661 + 272)
+    backup = dict(drained, address="127.0.0.1:9004", name="four", backup=True,
+                  drain_deadline=1000.0 + 3661 + 59.5)
+    status["services"][0]["backends"] += [drained, backup]
+    text = screen_text(status, None)
+    lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    assert lines["127.0.0.1:9003"][:5] == ["127.0.0.1:9003", "three", "drain", "4m32s", "2"]
+    assert lines["127.0.0.1:9004"][:6] == ["127.0.0.1:9004", "four", "drain", "1m", "backup",
+                                           "2"]
+    assert lines["127.0.0.1:9001"][2:4] == ["up", "2"]  # no deadline: nothing added
+    # The same countdown as `l4lb backends` shows for that snapshot and time.
+    assert backend_rows([drained], now=1000.0 + 3661)[0][2] == "drain, 4m32s left"
 
 
 def test_render_first_frame_and_error_line() -> None:
