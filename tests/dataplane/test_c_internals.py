@@ -8,9 +8,7 @@ measures the C process from outside (RSS, fds), so it only runs against the comp
 from __future__ import annotations
 
 import ast
-import glob
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +22,7 @@ import pytest
 
 from l4lb.dataplane import reference_requested
 
-from . import patterns
+from . import cstress, patterns
 from .clients import connect, echo_many, exchange, recv_exact, reset_close, wait_for
 from .conftest import LB, SVC, Servers
 from .tables import BackendSpec, ServiceSpec, build_table
@@ -442,95 +440,7 @@ STRESS_C = r"""
 /* dp stress harness (built by tests/dataplane/test_c_internals.py with sanitizers): four client
  * threads echo through two workers while a thread publishes 3,000 tables (and bad blobs) and the
  * main thread polls sessions/stats/internals and removes and re-adds a listener. */
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-#include "dp.h"
-
-static int echo_port[2], lb_port;
-static atomic_int done, bad;
-static struct dp *g_dp;
-
-static void *echo_main(void *arg)
-{
-    int ls = *(int *)arg, ep = epoll_create1(0);
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls}, evs[64];
-    static __thread char buf[65536];
-    epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
-    while (!atomic_load(&done)) {
-        int n = epoll_wait(ep, evs, 64, 50);
-        for (int i = 0; i < n; i++) {
-            int fd = evs[i].data.fd;
-            if (fd == ls) {
-                int c = accept4(ls, NULL, NULL, SOCK_NONBLOCK);
-                if (c >= 0) {
-                    ev.data.fd = c;
-                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
-                }
-                continue;
-            }
-            ssize_t k = recv(fd, buf, sizeof buf, 0);
-            if (k < 0 && errno == EAGAIN)
-                continue;
-            if (k <= 0) {
-                close(fd);
-                continue;
-            }
-            for (ssize_t o = 0; o < k;) {
-                ssize_t m = send(fd, buf + o, (size_t)(k - o), MSG_NOSIGNAL);
-                if (m < 0 && errno == EAGAIN) {
-                    usleep(100);
-                    continue;
-                }
-                if (m <= 0)
-                    break;
-                o += m;
-            }
-        }
-    }
-    close(ep);
-    return NULL;
-}
-
-static int listen_on(int port, int lb)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(0x7f000001)};
-    socklen_t l = sizeof a;
-
-    if (lb)
-        setsockopt(s, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    if (bind(s, (void *)&a, sizeof a) || listen(s, 1024)) {
-        perror("bind");
-        exit(2);
-    }
-    fcntl(s, F_SETFL, O_NONBLOCK);
-    (void)l;
-    return s;
-}
-
-static int port_of(int s)
-{
-    struct sockaddr_in a;
-    socklen_t l = sizeof a;
-    getsockname(s, (void *)&a, &l);
-    return ntohs(a.sin_port);
-}
-
-static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-
+""" + cstress.TCP_HARNESS_C + r"""
 /* One round-robin service (id 1) over the two echo backends with weights w0, w1. */
 static size_t blob(uint8_t *b, uint32_t w0, uint32_t w1)
 {
@@ -707,26 +617,8 @@ int main(void)
 def test_core_under_sanitizers(tmp_path: Any, sanitizer: str) -> None:
     """Clients (echo, half-close, RST), 3,000 publishes, polling and listener churn at once,
     with ThreadSanitizer, then AddressSanitizer + UBSan + LeakSanitizer: no report allowed."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("no gcc on PATH")  # the extension itself could not have been built either
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    core = os.path.join(root, "src_ext", "core")
-    main = tmp_path / "stress.c"
-    main.write_text(STRESS_C)
-    exe = tmp_path / "stress"
-    build = subprocess.run(
-        [gcc, "-std=gnu11", "-O1", "-g", f"-fsanitize={sanitizer}", "-I", core,
-         *sorted(glob.glob(os.path.join(core, "*.c"))), str(main), "-o", str(exe), "-lpthread"],
-        capture_output=True, text=True, timeout=240)
-    assert build.returncode == 0, build.stderr[-3000:]
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", UBSAN_OPTIONS="halt_on_error=1",
-               ASAN_OPTIONS="detect_leaks=1")
-    env.pop("LD_PRELOAD", None)
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=240, env=env)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    assert "Sanitizer" not in run.stderr, run.stderr[-4000:]
-    figures = dict(kv.split("=") for kv in run.stdout.split())
+    figures = cstress.run(cstress.build(tmp_path, "stress", STRESS_C,
+                                        ["-O1", f"-fsanitize={sanitizer}"]))
     assert figures["gen"] == "3001" and figures["total"] == "600", figures
     assert (figures["active"], figures["sessions"], figures["pipes_in_use"]) == ("0", "0", "0")
     assert figures["no_backend"] == "0" and figures["tables_pending"] == "0", figures
@@ -1419,30 +1311,11 @@ int main(void)
 
 
 def build_udp_stress(tmp_path: Any, flags: list[str]) -> str:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("no gcc on PATH")  # the extension itself could not have been built either
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    core = os.path.join(root, "src_ext", "core")
-    main = tmp_path / "udp_stress.c"
-    main.write_text(UDP_STRESS_C)
-    exe = tmp_path / "udp_stress"
-    build = subprocess.run(
-        [gcc, "-std=gnu11", "-g", *flags, "-I", core,
-         *sorted(glob.glob(os.path.join(core, "*.c"))), str(main), "-o", str(exe), "-lpthread"],
-        capture_output=True, text=True, timeout=240)
-    assert build.returncode == 0, build.stderr[-3000:]
-    return str(exe)
+    return cstress.build(tmp_path, "udp_stress", UDP_STRESS_C, flags)
 
 
 def run_udp_stress(exe: str) -> dict[str, str]:
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", UBSAN_OPTIONS="halt_on_error=1",
-               ASAN_OPTIONS="detect_leaks=1")
-    env.pop("LD_PRELOAD", None)
-    run = subprocess.run([exe], capture_output=True, text=True, timeout=240, env=env)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    assert "Sanitizer" not in run.stderr, run.stderr[-4000:]
-    figures = dict(kv.split("=") for kv in run.stdout.split())
+    figures = cstress.run(exe)
     # every flow ended, every shared count is back at zero, the steady phase lost nothing
     assert figures["steady"] == str(400 * 8 * 16), figures
     assert (figures["flows"], figures["active"], figures["be_active"]) == ("0", "0", "0"), figures

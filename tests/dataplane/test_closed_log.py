@@ -6,11 +6,8 @@ and close_backend_sessions() from several threads under ThreadSanitizer and Addr
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import socket
-import subprocess
 import time
 from typing import Any
 
@@ -18,6 +15,7 @@ import pytest
 
 from l4lb.dataplane import CLOSE_REASONS_TCP, CLOSE_REASONS_UDP, reference_requested
 
+from . import cstress
 from .clients import (
     closed_within,
     connect,
@@ -350,84 +348,9 @@ LOG_STRESS_C = r"""
  * client threads run short echo sessions (some reset) through two workers while a reader thread
  * takes records, a thread resizes the rings, and the main thread closes backend 0's sessions
  * from time to time. At the end every admitted session is either a record or a drop. */
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-#include "dp.h"
-
-static int echo_port[2], lb_port;
-static atomic_int done, clients_done, bad;
+""" + cstress.TCP_HARNESS_C + r"""
+static atomic_int clients_done;
 static atomic_ulong taken, drained, reasons[DP_CLOSE_N];
-static struct dp *g_dp;
-
-static void *echo_main(void *arg)
-{
-    int ls = *(int *)arg, ep = epoll_create1(0);
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls}, evs[64];
-    static __thread char buf[65536];
-    epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
-    while (!atomic_load(&done)) {
-        int n = epoll_wait(ep, evs, 64, 50);
-        for (int i = 0; i < n; i++) {
-            int fd = evs[i].data.fd;
-            if (fd == ls) {
-                int c = accept4(ls, NULL, NULL, SOCK_NONBLOCK);
-                if (c >= 0) {
-                    ev.data.fd = c;
-                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
-                }
-                continue;
-            }
-            ssize_t k = recv(fd, buf, sizeof buf, 0);
-            if (k < 0 && errno == EAGAIN)
-                continue;
-            if (k <= 0) {
-                close(fd);
-                continue;
-            }
-            if (send(fd, buf, (size_t)k, MSG_NOSIGNAL) < 0)
-                close(fd);
-        }
-    }
-    close(ep);
-    return NULL;
-}
-
-static int listen_on(int port, int reuse)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(0x7f000001)};
-    if (reuse)
-        setsockopt(s, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    if (bind(s, (void *)&a, sizeof a) || listen(s, 1024)) {
-        perror("bind");
-        exit(2);
-    }
-    fcntl(s, F_SETFL, O_NONBLOCK);
-    return s;
-}
-
-static int port_of(int s)
-{
-    struct sockaddr_in a;
-    socklen_t l = sizeof a;
-    getsockname(s, (void *)&a, &l);
-    return ntohs(a.sin_port);
-}
-
-static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 
 /* One round-robin tcp service (id 1) over the two echo backends (ids 0 and 1). */
 static size_t blob(uint8_t *b)
@@ -602,26 +525,8 @@ int main(void)
 
 
 def build_and_run(tmp_path: Any, flags: list[str]) -> dict[str, int]:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("no gcc on PATH")  # the extension itself could not have been built either
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    core = os.path.join(root, "src_ext", "core")
-    main = tmp_path / "log_stress.c"
-    main.write_text(LOG_STRESS_C)
-    exe = tmp_path / "log_stress"
-    build = subprocess.run(
-        [gcc, "-std=gnu11", "-g", *flags, "-I", core,
-         *sorted(glob.glob(os.path.join(core, "*.c"))), str(main), "-o", str(exe), "-lpthread"],
-        capture_output=True, text=True, timeout=240)
-    assert build.returncode == 0, build.stderr[-3000:]
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", UBSAN_OPTIONS="halt_on_error=1",
-               ASAN_OPTIONS="detect_leaks=1")
-    env.pop("LD_PRELOAD", None)
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=240, env=env)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    assert "Sanitizer" not in run.stderr, run.stderr[-4000:]
-    return {k: int(v) for k, v in (kv.split("=") for kv in run.stdout.split())}
+    figures = cstress.run(cstress.build(tmp_path, "log_stress", LOG_STRESS_C, flags))
+    return {k: int(v) for k, v in figures.items()}
 
 
 @pytest.mark.slow
