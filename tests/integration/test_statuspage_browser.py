@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None,
 
 CONN_RATE = 1_000_000.0  # sessions/s of backend alpha in the fake snapshot (large: exact rates)
 BYTE_RATE = 3 * 1024 * 1024.0  # bytes/s to the client of backend alpha
+DRAIN_TIMEOUT = 300.0  # seconds from the fake snapshot's start to gamma's drain deadline
 
 
 @pytest.fixture
@@ -32,7 +33,14 @@ def page_url() -> Iterator[tuple[str, GrowingStatus]]:
     lt = LoopThread()
     status = GrowingStatus(conn_rate=CONN_RATE, byte_rate=BYTE_RATE)
     health = {"backends": 4, "probes": 8, "failed": 1, "in_flight": 0}
-    server: HttpServer = lt.run(httpserver.start("127.0.0.1:0", status, refresh=1.0,
+
+    def snapshot() -> dict[str, Any]:  # gamma (127.0.0.1:9003) has a drain deadline armed
+        result = status()
+        for b in result["services"][0]["backends"]:
+            b["drain_deadline"] = status.t0 + DRAIN_TIMEOUT if b["name"] == "gamma" else None
+        return result
+
+    server: HttpServer = lt.run(httpserver.start("127.0.0.1:0", snapshot, refresh=1.0,
                                                  health=lambda: health, clock=status.clock))
     try:
         yield f"http://127.0.0.1:{server.addresses[0][1]}/", status
@@ -125,9 +133,15 @@ def test_script_renders_backends_states_and_rates(tmp_path: Path,
         ("127.0.0.1:9002", "down", "state state-down"),
         ("127.0.0.1:9003", "drain", "state state-drain"),
         ("[::1]:9004", "maint", "state state-maint")]
-    alpha, beta, _, delta = (r["cells"] for r in dom.rows)
+    alpha, beta, gamma, delta = (r["cells"] for r in dom.rows)
     assert alpha[1] == "alpha" and beta[1] == "<b>beta</b>"  # a name is text, never markup
-    assert delta[2] == "maintbackup"
+    assert delta[2] == "maintbackup" and alpha[2] == "up"
+    # The drain deadline's time left, next to the badge ("drain" + "4m55s"), as of the last
+    # document the script drew.
+    left = re.fullmatch(r"drain(?:(\d+)m)?(?:(\d+)s)?", gamma[2])
+    assert left is not None and left.group(1) is not None, gamma[2]
+    seconds = 60 * int(left.group(1)) + int(left.group(2) or 0)
+    assert DRAIN_TIMEOUT - 60 < seconds <= DRAIN_TIMEOUT
     # Columns: 5 active, 6 conn/s, 7 total, 8 failures, 11 to-backend/s, 12 to-client/s.
     assert number(alpha[6]) == pytest.approx(CONN_RATE, rel=0.001)
     assert number(beta[6]) == 0 and number(beta[8]) == 5

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.skipif(TMUX is None, reason="needs tmux: apt-get instal
 REPO = Path(__file__).resolve().parents[2]
 CONN_RATE = 250.0  # sessions/s of backend alpha in the fake snapshot
 BYTE_RATE = 3 * 1024 * 1024.0  # bytes/s to the client of backend alpha
+DRAIN_TIMEOUT = 300.0  # seconds from the fake daemon's start to gamma's drain deadline
 
 
 class Tmux:
@@ -72,8 +74,15 @@ class FakeDaemon:
         self.server: ControlServer | None = None
         self.start()
 
+    def snapshot(self) -> dict[str, Any]:
+        """The growing status, with a drain deadline armed on gamma (127.0.0.1:9003)."""
+        status = self.status()
+        for b in status["services"][0]["backends"]:
+            b["drain_deadline"] = self.status.t0 + DRAIN_TIMEOUT if b["name"] == "gamma" else None
+        return status
+
     def start(self) -> None:
-        self.server = ControlServer(self.path, {"status": self.status})
+        self.server = ControlServer(self.path, {"status": self.snapshot})
         self.lt.run(self.server.start())
 
     def stop(self) -> None:
@@ -137,7 +146,12 @@ def test_top_shows_backends_states_and_rates_and_quits_on_q(top: Tmux) -> None:
     assert alpha[10].endswith("M/s") and float(alpha[10][:-3]) == pytest.approx(3.0, rel=0.1)
     beta = row(screen, "127.0.0.1:9002")
     assert beta[1:3] == ["<b>beta</b>", "down"] and beta[6] == "0.0" and beta[8] == "5"
-    assert row(screen, "127.0.0.1:9003")[1:3] == ["gamma", "drain"]
+    gamma = row(screen, "127.0.0.1:9003")  # drain, then the time left ("4m58s")
+    assert gamma[1:3] == ["gamma", "drain"] and gamma[4] == "3"
+    left = re.fullmatch(r"(\d+)m(\d+)s|(\d+)m", gamma[3])
+    assert left is not None, gamma
+    seconds = 60 * int(left.group(1) or left.group(3)) + int(left.group(2) or 0)
+    assert DRAIN_TIMEOUT - 60 < seconds <= DRAIN_TIMEOUT
     assert row(screen, "[::1]:9004")[1:4] == ["delta", "maint", "backup"]
     web = row(screen, "web")  # web, protocol, scheduler, "rej" N, "nob" N, active, conn/s
     assert web[1:8] == ["tcp", "maglev", "rej", "2", "nob", "1", "5"]
