@@ -23,7 +23,7 @@ What runs (all on loopback, every process started here is stopped by its PID):
   (refused, reset, early EOF, 2 s timeout) and its timestamps (CLOCK_MONOTONIC, shared by the
   processes) is recorded.
 
-The timeline of one run has these phases, in order, each --phase-seconds long (c and d shorter):
+The timeline of one run has these phases, in order, each --phase-seconds long (c, d, s shorter):
   a   no publishes (the baseline)
   b   one rebuild + publish every 100 ms; the weights alternate between the configured ones and
       every 10th backend at 0, so the Maglev ring really changes (about 10 % of slots move)
@@ -31,7 +31,11 @@ The timeline of one run has these phases, in order, each --phase-seconds long (c
       the most publishes the data plane can take, each one waking the worker
   d   back-to-back rebuild + publish, for --burst-seconds (the publisher's CPU competes with the
       worker's, which shares its CPU)
+  s   control: the publisher thread spins on its CPU for --burst-seconds without publishing, so
+      c and d can be told apart from plain CPU sharing between the publisher and the worker
   a2  no publishes again (shows drift over the run)
+The publisher shares the worker's CPU by default (--publisher-cpu moves it; --publisher-sched
+idle runs it under SCHED_IDLE, so the worker always preempts it; --publisher-nice N renices it).
 For every phase it reports requests/s, latency p50/p99/p99.9/max by kind, the longest gap between
 two completed requests (any kind), failures, and the build and publish durations, then the ratios
 of b, c, d to a. The load generator is Python: its own timing noise (tens to hundreds of µs,
@@ -52,6 +56,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -69,9 +74,9 @@ FAIL_NAMES = {2: "refused", 3: "reset", 4: "eof", 5: "timeout", 6: "other"}
 class Phase:
     """One phase of the timeline."""
 
-    name: str  # a, b, c, d, a2
+    name: str  # a, b, c, d, s, a2
     seconds: float  # its length
-    mode: str  # idle | periodic | burst_prebuilt | burst_rebuild
+    mode: str  # idle | periodic | burst_prebuilt | burst_rebuild | spin
     what: str  # one line for the report
 
 
@@ -109,6 +114,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         Phase("b", ps, "periodic", f"rebuild + publish every {args.period_ms:g} ms"),
         Phase("c", bs, "burst_prebuilt", "back-to-back publishes of 2 prebuilt blobs"),
         Phase("d", bs, "burst_rebuild", "back-to-back rebuild + publish"),
+        Phase("s", bs, "spin", "control: the publisher thread spins, no publish"),
         Phase("a2", ps, "idle", "no publishes (again)"),
     ]
     wanted = [p for p in args.phases.split(",") if p]
@@ -430,6 +436,15 @@ def ratios(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _worker_ns(tids: list[int]) -> int:
+    """CPU time (ns) of the data plane's worker threads, from schedstat."""
+    ns = 0
+    for t in tids:
+        with open(f"/proc/self/task/{t}/schedstat") as f:
+            ns += int(f.read().split()[0])
+    return ns
+
+
 def _spawn(argv: list[str]) -> subprocess.Popen[str]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.Popen([sys.executable, "-m", "bench.publishbench", *argv], cwd=root,
@@ -475,7 +490,14 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         ls.bind(("127.0.0.1", args.listen_port))
         ls.listen(4096)
         ls.setblocking(False)
+        before = {int(t) for t in os.listdir("/proc/self/task")}
         dp.start()
+        tids = sorted({int(t) for t in os.listdir("/proc/self/task")} - before)
+        _pin(args.lb_cpu if args.publisher_cpu < 0 else args.publisher_cpu)  # this thread only
+        if args.publisher_sched == "idle":  # this thread only (pid 0 = the calling thread)
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        if args.publisher_nice:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.publisher_nice)
         dp.publish(blobs[0])
         dp.add_listener(sid, ls.fileno(), 0)
         st0 = dp.stats()
@@ -492,8 +514,10 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         publishes: dict[str, list[tuple[float, float]]] = {}
         flip = False
         start = t0
+        worker: dict[str, dict[str, float]] = {}
         for ph in plan.phases:
             end = start + ph.seconds
+            ns0, it0 = _worker_ns(tids), dp._internals()["loop_iterations"]
             pubs: list[tuple[float, float]] = publishes.setdefault(ph.name, [])
             nxt = start
             while True:
@@ -502,6 +526,10 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
                     break
                 if ph.mode == "idle":
                     time.sleep(min(0.05, end - now))
+                    continue
+                if ph.mode == "spin":
+                    while time.monotonic() < end:
+                        pass
                     continue
                 if ph.mode == "periodic" and now < nxt:
                     time.sleep(min(nxt - now, end - now))
@@ -519,6 +547,9 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
                     pubs.append((tb - ta, time.perf_counter() - tb))
                 nxt += plan.period_ms / 1e3
             windows.append((ph.name, start, end))
+            ns1, it1 = _worker_ns(tids), dp._internals()["loop_iterations"]
+            worker[ph.name] = {"cpu_pct": 100 * (ns1 - ns0) / 1e9 / ph.seconds,
+                               "loops_per_s": (it1 - it0) / ph.seconds}
             start = end
         try:
             lg.wait(DRAIN_SECONDS + 10.0)
@@ -531,6 +562,8 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             raw = f.read()
         records = [REC.unpack_from(raw, i) for i in range(0, len(raw), REC.size)]
         summary = summarize(records, windows, publishes)
+        for name, w in worker.items():
+            summary[name]["worker"] = w
         s0, s1 = st0["services"].get(sid, {}), st1["services"].get(sid, {})
         b_fail = sum(v.get("connect_failures", 0) for v in st1["backends"].values()) - sum(
             v.get("connect_failures", 0) for v in st0["backends"].values())
@@ -538,7 +571,10 @@ def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             "plan": {**asdict(plan), "seconds": plan.seconds},
             "dataplane": "reference" if reference_requested() else "compiled",
             "generation": dp.generation,
-            "cpus": {"lb_and_publisher": args.lb_cpu, "load_and_backends": args.load_cpu},
+            "cpus": {"worker": args.lb_cpu, "load_and_backends": args.load_cpu,
+                     "publisher": args.lb_cpu if args.publisher_cpu < 0 else args.publisher_cpu},
+            "publisher_sched": args.publisher_sched
+                               + (f", nice {args.publisher_nice}" if args.publisher_nice else ""),
             "lb_counters": {k: s1.get(k, 0) - s0.get(k, 0)
                             for k in ("conns_total", "no_backend", "rejected", "accept_errors")}
                            | {"backend_connect_failures": b_fail},
@@ -562,7 +598,11 @@ def _f(x: float, nd: int = 2) -> str:
 
 def markdown(res: dict[str, Any], plan: Plan) -> str:
     """The result as Markdown tables."""
-    lines = [f"Data plane: {res['dataplane']}, 1 worker, maglev {plan.slots} slots, "
+    cpus = res["cpus"]
+    lines = [f"CPUs: worker {cpus['worker']}, publisher {cpus['publisher']} "
+             f"({res['publisher_sched']} scheduling), load generator "
+             f"and backends {cpus['load_and_backends']}. "
+             f"Data plane: {res['dataplane']}, 1 worker, maglev {plan.slots} slots, "
              f"{plan.backends} backends (all real echo listeners). Load: {plan.ka_rate:g} req/s "
              f"over {plan.ka_conns} persistent connections + {plan.new_rate:g} new connections/s "
              f"(one {REQ_BYTES}-byte request each). Latency from the due time, in ms. "
@@ -570,13 +610,15 @@ def markdown(res: dict[str, Any], plan: Plan) -> str:
              f"{json.dumps(res['lb_counters'])}.", "",
              "| phase | what | ok req/s | ka p50 / p99 / p99.9 / max | "
              "new p50 / p99 / p99.9 / max | longest gap | failed | publishes | "
-             "build ms p50 / max | publish ms p50 / p99 / max |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "build ms p50 / max | publish ms p50 / p99 / max | worker CPU % | loops/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     whats = {p.name: p.what for p in plan.phases}
+    nan = float("nan")
     for name, ph in res["phases"].items():
         ka, nw = ph["ka"], ph["new"]
         b = ph.get("build_ms")
         p = ph.get("publish_ms")
+        w = ph.get("worker", {})
         fails = ", ".join(f"{k} {v}" for k, v in sorted(ph["failures"].items())) or "0"
         lines.append(
             f"| {name} | {whats[name]} | {ph['ok_per_s']:.0f} | "
@@ -585,7 +627,7 @@ def markdown(res: dict[str, Any], plan: Plan) -> str:
             f"{_f(ph['max_gap_ms'])} | {fails} | {ph['publishes']} | "
             + (f"{_f(b['p50'])} / {_f(b['max'])}" if b and b['max'] > 0 else "-") + " | "
             + (f"{_f(p['p50'], 3)} / {_f(p['p99'], 3)} / {_f(p['max'], 3)}" if p else "-")
-            + " |")
+            + f" | {_f(w.get('cpu_pct', nan), 1)} | {w.get('loops_per_s', nan):.0f} |")
     lines += ["", "Ratios to phase a (all requests; same run):", "",
               "| phase | ok req/s | p50 | p99 | p99.9 | max | longest gap |",
               "|---|---|---|---|---|---|---|"]
@@ -604,14 +646,22 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--ka-conns", type=int, default=16)
     ap.add_argument("--new-rate", type=float, default=300.0, help="new connections/s")
     ap.add_argument("--phase-seconds", type=float, default=8.0, help="phases a, b, a2")
-    ap.add_argument("--burst-seconds", type=float, default=5.0, help="phases c, d")
+    ap.add_argument("--burst-seconds", type=float, default=5.0, help="phases c, d, s")
     ap.add_argument("--period-ms", type=float, default=100.0, help="phase b's publish period")
-    ap.add_argument("--phases", default="a,b,c,d,a2")
+    ap.add_argument("--phases", default="a,b,c,d,s,a2")
     ap.add_argument("--listen-port", type=int, default=23051)
     ap.add_argument("--backend-base", type=int, default=31000)
     ap.add_argument("--lb-cpu", type=int, default=1)
     ap.add_argument("--load-cpu", type=int, default=0)
+    ap.add_argument("--publisher-cpu", type=int, default=-1,
+                    help="CPU of the publishing thread (default: --lb-cpu, as in the daemon)")
+    ap.add_argument("--publisher-sched", choices=["normal", "idle"], default="normal",
+                    help="idle: the publishing thread runs under SCHED_IDLE")
+    ap.add_argument("--publisher-nice", type=int, default=0,
+                    help="nice value of the publishing thread only")
     ap.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+    ap.add_argument("--save", action="store_true",
+                    help="also write bench/results/custom-publish-<UTC>.{md,json}")
     ap.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
     ap.add_argument("--no-lock", action="store_true", help="do not take " + LOCK_PATH)
     # internal: the child processes
@@ -645,11 +695,26 @@ def main(argv: list[str] | None = None) -> int:
         lock_fd = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o666)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
     try:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        load0 = os.getloadavg()
         res = run(args, plan)
+        res["started_utc"], res["loadavg_before_after"] = stamp, [load0, os.getloadavg()]
+        res["command"] = "python -m bench.publishbench " + " ".join(sys.argv[1:] if argv is None
+                                                                    else argv)
     finally:
         if lock_fd >= 0:
             os.close(lock_fd)
-    print(json.dumps(res, indent=1) if args.json else markdown(res, plan))
+    md = markdown(res, plan)
+    print(json.dumps(res, indent=1) if args.json else md)
+    if args.save:
+        base = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                            f"custom-publish-{stamp}")
+        with open(base + ".md", "w") as f:
+            f.write(f"# Table publish under load, {stamp}\n\n`{res['command']}`; load average "
+                    f"before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}\n\n{md}\n")
+        with open(base + ".json", "w") as f:
+            json.dump(res, f, indent=1)
+        print(f"saved {base}.md and .json", file=sys.stderr)
     return 0
 
 

@@ -20,10 +20,10 @@ def _plan(*argv: str) -> pb.Plan:
 
 def test_default_plan_is_the_documented_timeline() -> None:
     plan = _plan()
-    assert [p.name for p in plan.phases] == ["a", "b", "c", "d", "a2"]
+    assert [p.name for p in plan.phases] == ["a", "b", "c", "d", "s", "a2"]
     assert [p.mode for p in plan.phases] == ["idle", "periodic", "burst_prebuilt",
-                                             "burst_rebuild", "idle"]
-    assert plan.seconds == 8 + 8 + 5 + 5 + 8
+                                             "burst_rebuild", "spin", "idle"]
+    assert plan.seconds == 8 + 8 + 5 + 5 + 5 + 8
     assert (plan.backends, plan.slots, plan.period_ms) == (1000, 65537, 100.0)
 
 
