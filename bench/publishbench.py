@@ -5,7 +5,7 @@ forwarding never pauses"; bench/tablebench.py times the rebuild with no traffic,
 measures the second half. It is a reproducible script, not a test, and not part of bench/run.py.
 It holds `flock /tmp/l4lb-bench.lock` while it makes load.
 
-    python -m bench.publishbench                 # about 45 s; prints Markdown, --json for JSON
+    python -m bench.publishbench                 # about 40 s; prints Markdown, --json for JSON
     python -m bench.publishbench --dry-run       # print the plan only: nothing starts
 
 What runs (all on loopback, every process started here is stopped by its PID):
