@@ -383,8 +383,8 @@ void relay_tcp_pause_listeners(struct dp_worker *w)
     DP_CNT_ADD(&w->cnt->listener_pauses, 1);
 }
 
-/* Fill a sockaddr for backend b. Returns its length. */
-static socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss)
+/* Fill a sockaddr for backend b. Returns its length (relay_tcp.h: the UDP relay uses it too). */
+socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss)
 {
     memset(ss, 0, sizeof(*ss));
     if (b->family == 4) {

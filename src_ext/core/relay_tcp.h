@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "connlog_ring.h"
@@ -309,6 +310,9 @@ void relay_tcp_close_all(struct dp_worker *w);
 void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out);
 void relay_tcp_pause_listeners(struct dp_worker *w);
 uint64_t relay_tcp_close_backend(struct dp_worker *w, int32_t backend_id);
+
+/* relay_tcp.c, shared with relay_udp.c: fill ss with backend b's address; returns its length. */
+socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss);
 
 /* Claim w's next connection-log record (call only while w->log_on), or NULL when the ring is
  * full (counted in connlog_dropped). Fill every field, then connlog_ring_commit(w->log_ring). */

@@ -437,24 +437,6 @@ static void udp_flow_ctl(struct relay_udp_flow *f, const struct dp_listener *l, 
     }
 }
 
-/* Fill a sockaddr for backend b; returns its length. */
-static socklen_t udp_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss)
-{
-    memset(ss, 0, sizeof(*ss));
-    if (b->family == 4) {
-        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons(b->port);
-        memcpy(&sin->sin_addr, b->addr, 4);
-        return sizeof(*sin);
-    }
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons(b->port);
-    memcpy(&sin6->sin6_addr, b->addr, 16);
-    return sizeof(*sin6);
-}
-
 /* Give an upstream socket a receive buffer that rides out a burst of replies (see "Buffers");
  * best effort: without CAP_NET_ADMIN the kernel caps SO_RCVBUF at net.core.rmem_max. */
 static void udp_upstream_buffers(int fd)
@@ -505,7 +487,7 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
     if (fd < 0)
         goto local_failure;
     udp_upstream_buffers(fd);
-    sl = udp_backend_addr(b, &ss);
+    sl = relay_backend_addr(b, &ss);
     if (connect(fd, (struct sockaddr *)&ss, sl) < 0) {
         err = errno;
         close(fd);
