@@ -58,6 +58,17 @@ def countdown(seconds: float) -> str:
     return text + (f"{secs}s" if secs or not text else "")
 
 
+def uptime(seconds: float, sep: str = "") -> str:
+    """How long something has run, two largest units: '2d3h', '3h7m', '7m5s' (sep between)."""
+    s = max(0, int(seconds))
+    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if d:
+        return f"{d}d{sep}{h}h"
+    if h:
+        return f"{h}h{sep}{m}m"
+    return f"{m}m{sep}{s % 60}s"
+
+
 BACKEND_HEADERS = ("BACKEND", "NAME", "STATE", "WEIGHT", "EFF", "ACTIVE", "TOTAL", "FAILS",
                    "TO-BACKEND", "TO-CLIENT", "PROBE")
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from l4lb.display import countdown
+from l4lb.display import countdown, uptime
 
 STATES = ("up", "down", "drain", "maint")  # backend states, see docs/control-api.md
 
@@ -315,7 +315,7 @@ def render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None = No
     doc = document(status, health, now)
     esc = html.escape
     table = status.get("table", {})
-    summary = (f"pid {status.get('pid')} · up {_uptime(doc['time'] - status.get('started', 0))}"
+    summary = (f"pid {status.get('pid')} · up {uptime(doc['time'] - status.get('started', 0), ' ')}"
                f" · {status.get('workers')} workers · table generation "
                f"{table.get('generation')} ({table.get('digest')})")
     refresh_text = f"{refresh:g}"
@@ -428,12 +428,3 @@ def human_bytes(n: float) -> str:
         i += 1
     return f"{size:.0f} B" if i == 0 else f"{size:.1f} {units[i]}"
 
-
-def _uptime(seconds: float) -> str:
-    s = max(0, int(seconds))
-    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
-    if d:
-        return f"{d}d {h}h"
-    if h:
-        return f"{h}h {m}m"
-    return f"{m}m {s % 60}s"

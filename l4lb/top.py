@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from l4lb.control import ControlError, request
-from l4lb.display import countdown, human_bytes
+from l4lb.display import countdown, human_bytes, uptime
 
 STATE_STYLES = {"up": "bold green", "down": "bold red", "drain": "bold yellow",
                 "maint": "dim"}  # rich styles of the backend states
@@ -92,16 +92,6 @@ def _byte_rate(r: float | None) -> str:
     return "-" if r is None else human_bytes(r) + "/s"
 
 
-def _uptime(seconds: float) -> str:
-    s = max(0, int(seconds))
-    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
-    if d:
-        return f"{d}d{h}h"
-    if h:
-        return f"{h}h{m}m"
-    return f"{m}m{s % 60}s"
-
-
 def render(status: Mapping[str, Any], rate: Mapping[Key, Rate], *, socket_path: str,
            interval: float, error: str = "", now: float | None = None) -> RenderableType:
     """The whole screen for one snapshot."""
@@ -109,7 +99,7 @@ def render(status: Mapping[str, Any], rate: Mapping[Key, Rate], *, socket_path: 
     table = status.get("table", {})
     title = Text.assemble(
         ("l4lb top", "bold"), f"  {status.get('version', '?')}  pid {status.get('pid', '?')}  "
-        f"up {_uptime(wall - float(status.get('started', wall)))}  "
+        f"up {uptime(wall - float(status.get('started', wall)))}  "
         f"workers {status.get('workers', '?')}  table gen {table.get('generation', '?')}  "
         f"{socket_path}")
     grid = Table(box=None, pad_edge=False, expand=False, header_style="bold reverse")
