@@ -45,7 +45,7 @@ FORMAT_CHOICE = click.Choice(["text", "json"])
               help="Override [global] log_format (text or json).")
 @click.pass_context
 def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
-    """l4lb: a TCP load balancer with a C data plane and a Python control plane."""
+    """l4lb: a TCP and UDP load balancer with a C data plane and a Python control plane."""
     ctx.obj = {"log_level": log_level, "log_format": log_format}
 
 
