@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from l4lb.health.dampener import Dampener, Health, HealthSnapshot, Transition
-from l4lb.health.probe import Probe, ProbeEngine, ProbeResult, ProbeSpec
+from l4lb.health.probe import ProbeEngine, ProbeHandle, ProbeResult, ProbeSpec
 from l4lb.health.settings import HealthSettings
 
 log = logging.getLogger("l4lb.health")
@@ -63,7 +63,7 @@ class _Entry(Generic[K]):
         self.dampener = dampener  # its health state
         self.due = 0.0  # monotonic time the next probe is due (valid while queued)
         self.last_start = 0.0  # monotonic start of the last probe
-        self.probe: Probe | None = None  # the probe in flight, if any
+        self.probe: ProbeHandle | None = None  # the probe in flight, if any
         self.latency: float | None = None  # seconds the last conclusive probe took
         self.removed = False  # set by remove(); queued references are then skipped
 

@@ -28,6 +28,10 @@ meant for operators: "connect ok", "expect matched", "connect refused", "connect
 A result is *inconclusive* when the failure is local (no free fd, the source address cannot be
 bound, no ephemeral port): it says nothing about the backend and must not count against it.
 
+Specs of `kind = "syn"` (half-open probes through a raw socket) go to a `SynProbeEngine`
+(l4lb/health/synprobe.py) that this engine opens on first use and closes with itself, so the
+checker drives both kinds through one `start()` and gets the same `ProbeResult`s.
+
 `run_probe()` is the coroutine wrapper for one-off probes (tests, a future `l4lb probe`).
 """
 
@@ -47,9 +51,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from l4lb.health.settings import HealthSettings
+
+if TYPE_CHECKING:
+    from l4lb.health.synprobe import SynProbeEngine
 
 log = logging.getLogger("l4lb.health")
 
@@ -104,6 +111,13 @@ class ProbeResult(NamedTuple):
     conclusive: bool = True  # False: a local failure that says nothing about the backend
 
 
+class ProbeHandle(Protocol):
+    """A probe in flight, of either engine."""
+
+    def cancel(self) -> None:
+        """Abandon the probe; its callback will not be called."""
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
     """Everything needed to probe one backend, precomputed once per backend."""
@@ -116,6 +130,7 @@ class ProbeSpec:
     timeout: float  # seconds for the whole probe
     send: bytes  # sent once connected ("" for none)
     expect: bytes | re.Pattern[bytes] | None  # None: the connect alone decides
+    syn: bool = False  # half-open probe through a raw socket (kind "syn") instead of connect
     # derived: a completed handshake is the verdict (no send, no expect); the engine's fast path
     connect_only: bool = field(init=False, repr=False, compare=False)
 
@@ -144,7 +159,8 @@ class ProbeSpec:
         expect = settings.expect if settings.kind == "send_expect" else None
         send = settings.send if settings.kind == "send_expect" else b""
         return cls(host=str(addr), port=probe_port, family=family, sockaddr=sockaddr,
-                   source=source, timeout=settings.timeout, send=send, expect=expect)
+                   source=source, timeout=settings.timeout, send=send, expect=expect,
+                   syn=settings.kind == "syn")
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else \
@@ -215,21 +231,33 @@ class ProbeEngine:
         self._timer: asyncio.TimerHandle | None = None  # armed for the earliest deadline
         self._timer_at = float("inf")  # when _timer fires
         self._closed = False
+        self._syn: SynProbeEngine | None = None  # opened by the first syn probe
         self._loop.add_reader(self._ep.fileno(), self._on_ready)
 
     @property
     def in_flight(self) -> int:
         """Probes started and not yet finished or cancelled."""
-        return len(self._by_fd)
+        return len(self._by_fd) + (self._syn.in_flight if self._syn is not None else 0)
+
+    @property
+    def syn_engine(self) -> SynProbeEngine | None:
+        """The engine of the syn probes, once the first one started."""
+        return self._syn
 
     def start(self, spec: ProbeSpec, callback: Callable[[T, ProbeResult], None],
-              token: T) -> Probe:
+              token: T) -> ProbeHandle:
         """Start one probe; `callback(token, result)` runs later on the loop, exactly once.
 
         The returned handle's cancel() abandons the probe (no callback).
         """
         if self._closed:
             raise RuntimeError("probe engine is closed")
+        if spec.syn:
+            syn = self._syn
+            if syn is None:
+                from l4lb.health.synprobe import SynProbeEngine
+                syn = self._syn = SynProbeEngine(self._loop)
+            return syn.start(spec, callback, token)
         probe = Probe(self, spec, callback, token, time.monotonic())
         try:
             sock = _socket.socket(spec.family, _SOCK_TYPE)
@@ -481,6 +509,9 @@ class ProbeEngine:
             self._timer = None
         self._deadlines.clear()
         self._timed.clear()
+        if self._syn is not None:
+            self._syn.close()
+            self._syn = None
         self._loop.remove_reader(self._ep.fileno())
         self._ep.close()
 

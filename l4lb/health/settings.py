@@ -43,10 +43,10 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-ProbeKind = Literal["tcp", "send_expect"]
+ProbeKind = Literal["tcp", "send_expect", "syn"]
 InitialState = Literal["up", "down"]
 
-PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect")
+PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect", "syn")
 INITIAL_STATES: tuple[InitialState, ...] = ("up", "down")
 
 MIN_INTERVAL = 0.01  # seconds; below this the checker would spend its time on one backend
@@ -76,7 +76,8 @@ class HealthSettings:
     or a compiled bytes regex searched in what was read so far.
     """
 
-    kind: ProbeKind = "tcp"  # "tcp": connect only; "send_expect": connect, send, read, match
+    kind: ProbeKind = "tcp"  # "tcp": connect only; "send_expect": connect, send, read, match;
+    # "syn": half-open, a SYN from a raw socket answered by SYN-ACK or RST (needs CAP_NET_RAW)
     interval: float = 2.0  # seconds between probes of an UP backend (start to start)
     timeout: float = 1.0  # whole probe: connect (+ send + read); <= interval
     rise: int = 2  # consecutive passed probes that bring a DOWN backend UP
@@ -170,7 +171,7 @@ class HealthSettings:
             out.append(f"health.expect: a prefix must be 1 to {MAX_EXPECT_BYTES} bytes")
         if self.kind == "send_expect" and expect is None:
             out.append('health.expect: kind "send_expect" needs an expect value')
-        if self.kind == "tcp" and (self.send or expect is not None):
+        if self.kind in ("tcp", "syn") and (self.send or expect is not None):
             out.append('health.send/expect: only kind "send_expect" sends or expects data')
         return out
 
