@@ -7,7 +7,11 @@ overlapping listen addresses, duplicate backends) run as entries are read, so th
 clashing entries is the one reported and the message names the first. If anything was reported
 the result is the list of diagnostics; otherwise it is the Config. The one look at the file
 system (does the connection log's directory exist?) goes through the `dir_exists` function the
-caller passes; without one, that check is skipped. Nothing else does I/O here.
+caller passes; without one, that check is skipped. The same switch governs the one look at the
+process's privileges: with `dir_exists` given (the loader checks against this host), a
+`kind = "syn"` health check fails here when a raw socket cannot be opened (no CAP_NET_RAW), so
+the daemon refuses to start or reload instead of marking every backend unprobeable. Nothing else
+does I/O here.
 
 Invalid values are replaced by the model's defaults while checking continues; such a Config is
 never returned, because any error means the diagnostics are returned instead.
@@ -49,6 +53,7 @@ from l4lb.health.settings import (
     HealthSettings,
     HealthSettingsError,
 )
+from l4lb.health.synprobe import raw_socket_problem
 from l4lb.table.maglev import is_prime
 from l4lb.vrrp.settings import TrackService, VrrpSettings, VrrpSettingsError
 
@@ -217,6 +222,8 @@ class _Checker:
         self.listen_wildcard: dict[tuple[str, int, int], _ListenClaim] = {}
         self.listen_specific: dict[tuple[str, int, int], _ListenClaim] = {}
         self.backend_total = 0
+        self.raw_problem: str | None = None  # why no raw socket opens, once someone asked
+        self.raw_checked = False  # raw_problem is valid
 
     # ------------------------------------------------------------ reporting
 
@@ -758,6 +765,14 @@ class _Checker:
         except HealthSettingsError as exc:
             self.settings_problems(path, scope.prefix, "health", table, exc.problems, before)
             return None
+        if settings.kind == "syn" and self.dir_exists is not None:
+            if not self.raw_checked:
+                self.raw_checked = True
+                self.raw_problem = raw_socket_problem()
+            if self.raw_problem is not None:
+                self.error((*path, "kind"), f'{hs.label("kind")}: "syn" probes need a raw '
+                           f"socket, which this process cannot open ({self.raw_problem}); run "
+                           'with CAP_NET_RAW (e.g. as root) or use kind "tcp"')
         return None if len(self.diagnostics) > before else settings
 
     def service_name(self, scope: _Scope, table: dict[str, Any], i: int) -> str:

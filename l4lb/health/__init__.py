@@ -4,6 +4,7 @@
 - `dampener`: pure UP/DOWN state machine per backend (rise, fall, start period, passive input).
 - `pool`: pure effective weights of a service (admin state, backups, min_healthy, slow start).
 - `probe`: TCP connect and send/expect probes on one private epoll under the asyncio loop.
+- `synprobe`: half-open SYN probes through a BPF-filtered raw socket (kind "syn").
 - `checker`: schedules probes for many backends and reports transitions.
 
 See docs/health.md.
@@ -12,8 +13,16 @@ See docs/health.md.
 from l4lb.health.checker import CheckerStats, HealthChecker
 from l4lb.health.dampener import Dampener, Health, HealthSnapshot, Transition, transition_log_line
 from l4lb.health.pool import AdminState, PoolMember, PoolResult, effective_weights, ramp_weight
-from l4lb.health.probe import ProbeEngine, ProbeResult, ProbeSpec, probe_once, run_probe
+from l4lb.health.probe import (
+    ProbeEngine,
+    ProbeHandle,
+    ProbeResult,
+    ProbeSpec,
+    probe_once,
+    run_probe,
+)
 from l4lb.health.settings import DEFAULT_SETTINGS, HealthSettings, HealthSettingsError
+from l4lb.health.synprobe import SynProbeEngine
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -28,8 +37,10 @@ __all__ = [
     "PoolMember",
     "PoolResult",
     "ProbeEngine",
+    "ProbeHandle",
     "ProbeResult",
     "ProbeSpec",
+    "SynProbeEngine",
     "Transition",
     "effective_weights",
     "probe_once",
