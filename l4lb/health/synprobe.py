@@ -400,7 +400,7 @@ class SynProbeEngine:
             except OSError as exc:
                 err = exc.errno or 0
                 reason = _SEND_REASONS.get(err) or f"cannot find source address: {_strerror(exc)}"
-                self._finish_soon(probe, reason, err not in _SEND_REASONS)
+                self._finish_soon(probe, reason, err in _SEND_REASONS)
                 return probe
         lane = self._lanes.get((spec.family, source))
         if lane is None:
