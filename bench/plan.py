@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PIN_MODES = ("pinned", "unpinned")
-TARGETS = ("direct", "l4lb", "haproxy", "haproxy-auto", "nginx", "l4lb-ref")
+TARGETS = ("direct", "l4lb", "l4lb-cubic", "haproxy", "haproxy-auto", "nginx", "l4lb-ref")
+L4LB_VARIANTS = ("l4lb", "l4lb-cubic")  # the compiled data plane, by configuration
+CUBIC = "cubic"  # l4lb-cubic: the bulk service's congestion_control
 PEERS = ("haproxy", "haproxy-auto", "nginx")
 LB_CPU = 1  # the balancer's CPU in pinned mode
 LOAD_CPU = 0  # load generators' and backends' CPU in pinned mode
@@ -21,6 +23,7 @@ LOAD_CPU = 0  # load generators' and backends' CPU in pinned mode
 TARGET_LABELS = {
     "direct": "direct (client straight to the backend)",
     "l4lb": "l4lb (1 worker, compiled data plane)",
+    "l4lb-cubic": "l4lb with congestion_control = \"cubic\" on the bulk service (bulk only)",
     "haproxy": "HAProxy (mode tcp, 1 thread, splice forced both ways)",
     "haproxy-auto": "HAProxy (mode tcp, 1 thread, option splice-auto)",
     "nginx": "nginx stream (1 worker)",
@@ -60,6 +63,8 @@ def workloads(quick: bool, udp_rates: tuple[int, ...], idle_conns: int) -> tuple
 
 def supports(target: str, wl: Workload) -> bool:
     """Whether the target can run the workload at all (l4lb UDP is checked at run time)."""
+    if target == "l4lb-cubic":
+        return wl.kind == "bulk"  # the key only changes how the balancer's sockets send
     if wl.kind == "idle":
         return target != "direct"  # nothing sits in between: nothing to measure
     if wl.kind == "udp":
@@ -74,7 +79,8 @@ class Options:
     quick: bool = False  # the short mode (< 3 minutes)
     reps: int = 3  # repetitions (>= 3 for reported figures)
     pins: tuple[str, ...] = ("pinned", "unpinned")  # pinning modes, in order
-    targets: tuple[str, ...] = ("direct", "l4lb", "haproxy", "haproxy-auto", "nginx")
+    targets: tuple[str, ...] = ("direct", "l4lb", "l4lb-cubic", "haproxy", "haproxy-auto",
+                                "nginx")
     only: tuple[str, ...] = ()  # restrict to these workload names (empty: all)
     bulk_seconds: int = 4  # iperf3 -t
     http_seconds: int = 4  # wrk -d

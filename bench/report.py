@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.aggregate import DIAGNOSTICS, HEADLINE, SKIPPED_LIMIT, Metric
+from bench.plan import L4LB_VARIANTS
 
 PERF_MD_REFERENCE = (
     ("bulk1", "92.0 Gbit/s", "70.3 Gbit/s · 62 ms/GB", "39.0 Gbit/s · 202 ms/GB"),
@@ -84,8 +85,9 @@ def _ratio_table(doc: dict[str, Any], pin: str) -> list[str]:
     summary_pin = doc["summary"].get(pin, {})
     rpin = doc["ratios"].get(pin, {})
     targets = _targets(summary_pin, doc["meta"]["targets"])
-    peers = [t for t in targets if t not in ("direct", "l4lb")]
-    cols = [f"l4lb/{p}" for p in peers if "l4lb" in targets]
+    ours = [t for t in L4LB_VARIANTS if t in targets]
+    peers = [t for t in targets if t not in ("direct", *L4LB_VARIANTS)]
+    cols = [f"{t}/{p}" for t in ours for p in peers]
     cols += [f"{t}/direct" for t in targets if t != "direct" and "direct" in targets]
     if not cols:
         return []

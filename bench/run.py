@@ -5,8 +5,9 @@
     python bench/run.py                    # < 15 minutes: pinned and unpinned, longer runs
     python bench/run.py --quick --dry-run  # print the plan only: nothing started, no load
 
-Targets: direct, l4lb, haproxy (splice forced), haproxy-auto, nginx (and l4lb-ref, the
-pure-Python data plane, only as a smoke test of the harness). Workloads and measurement rules:
+Targets: direct, l4lb, l4lb-cubic (bulk only: the bulk service with congestion_control =
+"cubic"), haproxy (splice forced), haproxy-auto, nginx (and l4lb-ref, the pure-Python data
+plane, only as a smoke test of the harness). Workloads and measurement rules:
 shared/PERF.md and bench/README.md.
 Results: bench/results/<kind>-<time>.{json,md,png} (kind: quick, full; custom when targets,
 workloads, pins or reps were narrowed; smoke with l4lb-ref); complete quick and full runs are

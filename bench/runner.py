@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import aggregate, backends, native, peers, procfs, procs, targets, workloads
-from bench.plan import LB_CPU, LOAD_CPU, TARGET_LABELS, Plan
+from bench.plan import L4LB_VARIANTS, LB_CPU, LOAD_CPU, TARGET_LABELS, Plan
 
 TOOLS = {"haproxy": "haproxy", "haproxy-auto": "haproxy", "nginx": "nginx"}
 LOAD_TOOLS = {"bulk": "iperf3", "newconn": "wrk", "keepalive": "wrk"}
@@ -104,7 +104,7 @@ def execute(plan: Plan, repo: Path, rawdir: Path, max_seconds: float,
     if any(t.startswith("l4lb") for t in o.targets):
         l4lb_setup = targets.detect_l4lb(repo, rawdir / "l4lb-detect",
                                          reference="l4lb-ref" in o.targets)
-        if "l4lb" in o.targets and not l4lb_setup.compiled:
+        if any(t in o.targets for t in L4LB_VARIANTS) and not l4lb_setup.compiled:
             notes.append("l4lb: not run: the compiled data plane is not available "
                          f"({l4lb_setup.compiled_note})")
         if not l4lb_setup.udp:
@@ -139,7 +139,7 @@ def execute(plan: Plan, repo: Path, rawdir: Path, max_seconds: float,
                 reason = None
                 if tool in missing_tools:
                     reason = f"{tool} is not installed"
-                elif block.target == "l4lb" and l4lb_setup is not None \
+                elif block.target in L4LB_VARIANTS and l4lb_setup is not None \
                         and not l4lb_setup.compiled:
                     reason = "compiled data plane not available"
                 run = None
@@ -157,7 +157,8 @@ def execute(plan: Plan, repo: Path, rawdir: Path, max_seconds: float,
                                 "pin": step.pin, "rep": step.rep, "target": step.target,
                                 "workload": step.workload.name, "kind": step.workload.kind,
                                 "ok": False, "metrics": {}, "skipped": None, "error": None}
-                            if block.target == "l4lb" and reason and "compiled" in reason:
+                            if block.target in L4LB_VARIANTS and reason \
+                                    and "compiled" in reason:
                                 rec["skipped"] = reason
                             else:
                                 rec["error"] = reason

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import peers, procfs, procs
+from bench import peers, plan, procfs, procs
 
 NO_EXT = "L4LB_NO_EXTENSIONS"
 
@@ -121,15 +121,16 @@ def start(target: str, front: peers.Ports, back: peers.Ports, rundir: Path, cpu:
         run = Running(target, front, d, udp=True)
         _ready(run, front, udp=True)
         return run
-    if target in ("l4lb", "l4lb-ref"):
+    if target in (*plan.L4LB_VARIANTS, "l4lb-ref"):
         if l4lb is None:
             raise RuntimeError("l4lb was not detected")
         reference = target == "l4lb-ref"
         if not reference and not l4lb.compiled:
             raise RuntimeError(f"compiled data plane not available: {l4lb.compiled_note}")
         conf = rundir / f"{target}.toml"
-        conf.write_text(peers.l4lb_config(front, back, str(rundir / f"{target}.sock"),
-                                          udp=l4lb.udp))
+        conf.write_text(peers.l4lb_config(
+            front, back, str(rundir / f"{target}.sock"), udp=l4lb.udp,
+            bulk_congestion_control=plan.CUBIC if target == "l4lb-cubic" else None))
         d = procs.start(target, [*l4lb.argv, "run", "-c", str(conf)], rundir / f"{target}.log",
                         cpu=cpu, env=_env(reference, l4lb.cwd), cwd=l4lb.cwd)
         run = Running(target, front, d, udp=l4lb.udp, udp_note=l4lb.udp_note)

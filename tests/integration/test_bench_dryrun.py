@@ -81,6 +81,28 @@ def test_full_plan_is_pinned_and_unpinned_and_fits_fifteen_minutes(tmp_path: Pat
     assert {w["name"] for w in plan["workloads"]} >= {"udp100k", "udp300k"}
 
 
+def test_cubic_variant_runs_only_the_bulk_workloads(tmp_path: Path) -> None:
+    plan = _plan(["--targets", "l4lb,l4lb-cubic,haproxy"], tmp_path / "r")
+    steps = {(b["target"], s) for b in plan["blocks"] for s in b["steps"]}
+    cubic = {s for t, s in steps if t == "l4lb-cubic"}
+    assert cubic == {"bulk1", "bulk8"}
+    assert {s for t, s in steps if t == "l4lb"} > cubic
+
+
+def test_cubic_variant_sets_the_key_on_the_bulk_service_only() -> None:
+    sys.path.insert(0, str(REPO))
+    from bench import peers
+
+    ports = peers.Ports(bulk=1, http=2, idle=3, udp=4)
+    plain = peers.l4lb_config(ports, ports, "/run/x.sock", udp=True)
+    cubic = peers.l4lb_config(ports, ports, "/run/x.sock", udp=True,
+                              bulk_congestion_control="cubic")
+    assert "congestion_control" not in plain
+    services = cubic.split("[[services]]")[1:]
+    with_key = [s for s in services if 'congestion_control = "cubic"' in s]
+    assert len(with_key) == 1 and 'name = "bulk"' in with_key[0]
+
+
 def test_reference_smoke_target_is_labelled_apart(tmp_path: Path) -> None:
     res = _run(["--quick", "--dry-run", "--l4lb-reference", "--targets", "l4lb"],
                tmp_path / "r")
