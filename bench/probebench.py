@@ -19,13 +19,19 @@ What it does:
    that makes the same system calls per probe (socket, SO_LINGER, connect, epoll_ctl ADD,
    epoll_wait share, close), paced in 5 ms slices.
 4. The apparatus alone: the asyncio loop with the sleeper and no checker.
-5. `hole` (not run by default; `--only hole`): the floor's system calls towards a loopback
+5. `syn`: the checker phase again with `kind = "syn"` (half-open probes through a raw socket,
+   l4lb/health/synprobe.py; needs root or CAP_NET_RAW, skipped otherwise). The backends' kernel
+   answers in softirq context on loopback, which is billed to this process as sys time, as in
+   the checker phase; the child process does no work (nothing is accepted).
+6. `synfloor`: the kernel floor of SYN probing at the same rate: a plain paced loop that sends
+   prebuilt SYNs from a raw socket (one sendto each) and drains the replies, no matching.
+7. `hole` (not run by default; `--only hole`): the floor's system calls towards a loopback
    "black hole" (a backlog-0 listener whose accept queue is full, so the kernel drops the SYN),
    each socket closed after one slice. No handshake completes, so no backend-side work is
    billed here: it approximates the prober's own share of a probe to a remote backend, minus
    the receive of its SYN-ACK and the send of its ACK.
 
-Per-probe figures are CPU microseconds per probe; `ratio` is checker / floor.
+Per-probe figures are CPU microseconds per probe; `ratio` is checker (or syn) / floor.
 `--only checker` runs only the checker phase (for `py-spy record -- python bench/probebench.py`).
 """
 
@@ -57,7 +63,7 @@ _SLEEP = 0.005  # the lag sleeper's period
 class Window:
     """CPU and progress of one measured window."""
 
-    phase: str  # "checker", "floor" or "idle"
+    phase: str  # "checker", "syn", "floor", "synfloor", "hole" or "idle"
     backends: int  # backends probed (0 for idle)
     seconds: float  # wall length of the window
     probes: int  # probes finished in the window
@@ -181,7 +187,8 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
                         window: float) -> Window:
     from l4lb.health import HealthChecker, HealthSettings
 
-    settings = HealthSettings(interval=1.0, timeout=0.5, jitter=0.1)
+    kind = "syn" if phase == "syn" else "tcp"
+    settings = HealthSettings(kind=kind, interval=1.0, timeout=0.5, jitter=0.1)
     checker: HealthChecker[int] | None = None
     if backends:
         checker = HealthChecker(lambda _k, _t: None, max_in_flight=4096)
@@ -309,6 +316,77 @@ def measure_floor(rate: int, ports: list[int], warmup: float, window: float,
                   s1 - s0, q1 - q0, 0.0, 0.0, 0.0)
 
 
+def measure_syn_floor(rate: int, ports: list[int], warmup: float, window: float) -> Window:
+    """The kernel floor of SYN probing: prebuilt SYNs from a raw socket, replies drained."""
+    from l4lb.health.synprobe import attach_filter, bpf_program, build_syn, syn_partial_sum
+
+    reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserved.bind(("0.0.0.0", 0))
+    sport = reserved.getsockname()[1]
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                        socket.IPPROTO_TCP)
+    attach_filter(raw, bpf_program(socket.AF_INET, [sport]))
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    lo = socket.inet_aton("127.0.0.1")
+    packets = [build_syn(syn_partial_sum(lo, lo, p), sport, p, 1000 + i)
+               for i, p in enumerate(ports)]
+    ep = select.epoll()
+    ep.register(raw.fileno(), select.EPOLLIN)
+    slice_s = 0.005
+    owed = 0.0
+    dst = ("127.0.0.1", 0)
+    n_pk = len(packets)
+    i = done = p0 = 0
+    start = time.monotonic()
+    t_measure = start + warmup
+    t_end = t_measure + window
+    measuring = False
+    u0 = s0 = q0 = 0.0
+    next_slice = start
+    recv = raw.recv
+    send = raw.sendto
+    while True:
+        now = time.monotonic()
+        if not measuring and now >= t_measure:
+            measuring = True
+            u0, s0 = _rusage()
+            q0 = _runq_wait()
+            p0 = done
+            t_measure = now
+        if now >= t_end:
+            break
+        if now >= next_slice:
+            next_slice += slice_s
+            owed += rate * slice_s
+            n, owed = int(owed), owed - int(owed)
+            for _ in range(n):
+                send(packets[i % n_pk], dst)
+                i += 1
+        if ep.poll(max(0.0, next_slice - time.monotonic()), 1):
+            while True:
+                try:
+                    recv(256)
+                except BlockingIOError:
+                    break
+                done += 1
+    u1, s1 = _rusage()
+    q1 = _runq_wait()
+    t1 = time.monotonic()
+    ep.close()
+    raw.close()
+    reserved.close()
+    return Window("synfloor", rate, t1 - t_measure, done - p0, u1 - u0, s1 - s0, q1 - q0,
+                  0.0, 0.0, 0.0)
+
+
+def _can_raw() -> bool:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP).close()
+    except OSError:
+        return False
+    return True
+
+
 # -- main --------------------------------------------------------------------------------------
 
 def _print(rows: list[Window], floors: dict[int, Window]) -> None:
@@ -318,12 +396,12 @@ def _print(rows: list[Window], floors: dict[int, Window]) -> None:
     for w in rows:
         u, s = w.per_probe_us()
         ratio = ""
-        if w.phase == "checker" and w.backends in floors:
+        if w.phase in ("checker", "syn") and w.backends in floors:
             fu, fs = floors[w.backends].per_probe_us()
             if fu + fs:
                 ratio = f"{(u + s) / (fu + fs):.2f}"
         lag = (f"{w.lag_p50_ms:.2f}/{w.lag_p99_ms:.2f}/{w.lag_max_ms:.2f}"
-               if w.phase in ("checker", "idle") else "-")
+               if w.phase in ("checker", "syn", "idle") else "-")
         print(f"{w.phase:8} {w.backends:>8} {w.rate:>9.0f} {w.cpu_pct:>6.1f} "
               f"{100 * w.user / w.seconds:>6.1f} {100 * w.sys / w.seconds:>6.1f} "
               f"{u:>6.1f}+{s:<6.1f} {ratio:>6} {lag:>20} {w.runq_wait:>7.2f}")
@@ -337,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=5.0)
     ap.add_argument("--reps", type=int, default=1, help="repetitions of every phase")
     ap.add_argument("--quick", action="store_true", help="10,000 backends only, 3 s windows")
-    ap.add_argument("--only", choices=["checker", "floor", "idle", "hole"], action="append",
+    ap.add_argument("--only", choices=["checker", "floor", "idle", "hole", "syn", "synfloor"],
+                    action="append",
                     help="run only these phases (repeatable)")
     ap.add_argument("--nice", type=int, default=0, help="os.nice() increment (e.g. -15)")
     ap.add_argument("--no-lock", action="store_true", help="do not take " + LOCK_PATH)
@@ -346,7 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.backends.split(",") if x]
     if args.quick:
         sizes, args.window = [10000], 3.0
-    phases = args.only or ["idle", "floor", "checker"]
+    phases = args.only or ["idle", "floor", "checker", "syn", "synfloor"]
+    if {"syn", "synfloor"} & set(phases) and not _can_raw():
+        print("no raw socket (needs root or CAP_NET_RAW): skipping the syn phases",
+              file=sys.stderr)
+        phases = [p for p in phases if p not in ("syn", "synfloor")]
     if args.nice:
         os.nice(args.nice)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -378,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
                 if "checker" in phases:
                     rows.append(asyncio.run(_measure_loop("checker", b, ports, args.warmup,
                                                           args.window)))
+                if "syn" in phases:
+                    rows.append(asyncio.run(_measure_loop("syn", b, ports, args.warmup,
+                                                          args.window)))
+                if "synfloor" in phases:
+                    rows.append(measure_syn_floor(b, ports, args.warmup, args.window))
     finally:
         stop_backends(pid, stop_w)
         if lock_fd >= 0:

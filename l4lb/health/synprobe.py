@@ -83,7 +83,11 @@ _TIMER_EARLY = 0.001  # seconds: asyncio may fire a timer this early
 _MAX_EXPIRE = 256  # timeouts handled per timer callback
 
 _SYN_HEADER = struct.Struct("!HHIIHHHH")  # sport dport seq ack offset+flags window csum urg
+# an IPv4 header without options, then the TCP header up to its flags:
+# frag, protocol, source address; source port, destination port, seq, ack, data offset, flags
+_V4_PLAIN = struct.Struct("!6xH1xB2x4s4xHHIIBB")
 _OFFSET_SYN = (5 << 12) | TCP_SYN  # data offset 5 words, flags SYN
+_SYN_ACK = TCP_SYN | TCP_ACK
 _new_tuple = tuple.__new__  # builds a ProbeResult without NamedTuple's Python-level __new__
 
 # Local send failures: the probe could not be made, which says nothing about the backend.
@@ -152,6 +156,12 @@ def parse_reply(packet: bytes, family: int, peer: bytes | None = None) -> Reply 
     AF_INET: `packet` starts with the IPv4 header (the peer is read from it). AF_INET6: it is
     the TCP segment alone and `peer` is the sender's packed address (from recvfrom)."""
     n = len(packet)
+    if family == socket.AF_INET and n >= 40 and packet[0] == 0x45:  # no IP options: one unpack
+        frag, proto, src, sport, dport, seq, ack, doff, flags = _V4_PLAIN.unpack_from(packet)
+        if proto != socket.IPPROTO_TCP or frag & 0x3FFF or doff < 0x50 or \
+                n < 20 + (doff >> 4) * 4:
+            return None
+        return _new_tuple(Reply, (src, sport, dport, seq, ack, flags))
     if family == socket.AF_INET:
         if n < 20 or packet[0] >> 4 != 4:
             return None
@@ -271,7 +281,7 @@ def _strerror(exc: OSError) -> str:
 class _Lane:
     """The raw socket and reserved source ports of one (family, source address)."""
 
-    __slots__ = ("family", "next", "nports", "ports", "raw", "reserved", "source")
+    __slots__ = ("family", "next", "nports", "ports", "raw", "reserved", "sendto", "source")
 
     def __init__(self, family: int, source: str | None, nports: int) -> None:
         self.family = family  # AF_INET or AF_INET6
@@ -294,6 +304,7 @@ class _Lane:
             raw = socket.socket(family, socket.SOCK_RAW | socket.SOCK_NONBLOCK |
                                 socket.SOCK_CLOEXEC, socket.IPPROTO_TCP)
             self.raw = raw
+            self.sendto = raw.sendto  # bound once: every probe calls it
             attach_filter(raw, bpf_program(family, self.ports))
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             if source is not None:
@@ -314,21 +325,22 @@ class _Lane:
 class _Target:
     """What a probe of one backend needs, learned once (and again after SOURCE_TTL)."""
 
-    __slots__ = ("dport", "dst", "learned", "partial", "sockaddr")
+    __slots__ = ("dport", "dst", "expires", "lane", "partial", "sockaddr")
 
-    def __init__(self, dst: bytes, dport: int, sockaddr: tuple[Any, ...], partial: int,
-                 learned: float) -> None:
+    def __init__(self, lane: _Lane, dst: bytes, dport: int, sockaddr: tuple[Any, ...],
+                 partial: int, expires: float) -> None:
+        self.lane = lane  # the raw socket and ports the probes go through
         self.dst = dst  # packed backend address
         self.dport = dport  # probed port
         self.sockaddr = sockaddr  # sendto() address (port 0: raw sockets ignore it)
         self.partial = partial  # syn_partial_sum for the current source address
-        self.learned = learned  # monotonic time the source address was looked up
+        self.expires = expires  # monotonic time to look the source address up again
 
 
 class SynProbe:
     """One SYN probe in flight (the handle SynProbeEngine.start returns)."""
 
-    __slots__ = ("callback", "engine", "key", "number", "spec", "started", "token")
+    __slots__ = ("callback", "deadline", "engine", "key", "spec", "started", "token")
 
     def __init__(self, engine: SynProbeEngine, spec: ProbeSpec,
                  callback: Callable[[Any, ProbeResult], None], token: Any,
@@ -338,8 +350,8 @@ class SynProbe:
         self.callback = callback  # called once with (token, result) unless cancelled
         self.token = token  # caller's context
         self.started = started  # monotonic send time
+        self.deadline = started + spec.timeout  # monotonic time of the timeout
         self.key: tuple[bytes, int, int, int] | None = None  # in-flight key while waiting
-        self.number = 0  # engine-wide probe number (deadline FIFOs)
 
     @property
     def done(self) -> bool:
@@ -364,11 +376,14 @@ class SynProbeEngine:
         self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._ports_per_lane = ports_per_lane  # reserved source ports per lane
         self._lanes: dict[tuple[int, str | None], _Lane] = {}  # (family, source) -> lane
-        self._targets: dict[tuple[Any, ...], _Target] = {}  # (sockaddr, source) -> target
-        self._flight: dict[tuple[bytes, int, int, int], SynProbe] = {}  # key -> probe
-        self._timed: dict[int, SynProbe] = {}  # probe number -> probe, while it may time out
-        self._deadlines: dict[float, deque[tuple[float, int]]] = {}  # timeout -> FIFO
-        self._seq = 0  # probe numbers
+        # sockaddr (no source) or (sockaddr, source) -> target
+        self._targets: dict[tuple[Any, ...], _Target] = {}
+        # Probes waiting for a reply, by the key their reply must carry (see match_key). A
+        # probe leaves it when answered, timed out or cancelled.
+        self._flight: dict[tuple[bytes, int, int, int], SynProbe] = {}
+        # Deadlines: per distinct timeout, a FIFO of (deadline, key) in deadline order; an
+        # entry whose key has left _flight (or now names a later probe) is skipped.
+        self._deadlines: dict[float, deque[tuple[float, tuple[bytes, int, int, int]]]] = {}
         self._timer: asyncio.TimerHandle | None = None  # armed for the earliest deadline
         self._timer_at = float("inf")  # when _timer fires
         # seq numbers: seeded from the OS so that an off-path host cannot predict them
@@ -379,7 +394,7 @@ class SynProbeEngine:
     @property
     def in_flight(self) -> int:
         """Probes sent and not yet answered, timed out or cancelled."""
-        return len(self._timed)
+        return len(self._flight)
 
     def reserved_ports(self) -> dict[tuple[int, str | None], list[int]]:
         """The reserved source ports of every open lane (for tests and diagnostics)."""
@@ -392,23 +407,15 @@ class SynProbeEngine:
             raise RuntimeError("probe engine is closed")
         now = time.monotonic()
         probe = SynProbe(self, spec, callback, token, now)
-        source = spec.source[0] if spec.source is not None else None
-        target = self._targets.get((spec.sockaddr, source))
-        if target is None or now - target.learned > SOURCE_TTL:
+        target = self._targets.get(spec.sockaddr if spec.source is None else
+                                   (spec.sockaddr, spec.source))
+        if target is None or now > target.expires:
             try:
-                target = self._learn(spec, source, now)
+                target = self._learn(spec, now)
             except OSError as exc:
-                err = exc.errno or 0
-                reason = _SEND_REASONS.get(err) or f"cannot find source address: {_strerror(exc)}"
-                self._finish_soon(probe, reason, err in _SEND_REASONS)
+                self._finish_soon(probe, exc)
                 return probe
-        lane = self._lanes.get((spec.family, source))
-        if lane is None:
-            try:
-                lane = self._open_lane(spec.family, source)
-            except OSError as exc:
-                self._finish_soon(probe, f"cannot open raw socket: {_strerror(exc)}", False)
-                return probe
+        lane = target.lane
         i = lane.next
         lane.next = i + 1 if i + 1 < lane.nports else 0
         sport = lane.ports[i]
@@ -417,34 +424,31 @@ class SynProbeEngine:
         total = target.partial + sport + (seq >> 16) + (seq & 0xFFFF)
         total = (total & 0xFFFF) + (total >> 16)
         total = (total & 0xFFFF) + (total >> 16)
-        packet = _SYN_HEADER.pack(sport, dport, seq, 0, _OFFSET_SYN, SYN_WINDOW,
-                                  ~total & 0xFFFF, 0)
-        raw = lane.raw
-        assert raw is not None
         try:
-            raw.sendto(packet, target.sockaddr)
+            lane.sendto(_SYN_HEADER.pack(sport, dport, seq, 0, _OFFSET_SYN, SYN_WINDOW,
+                                         ~total & 0xFFFF, 0), target.sockaddr)
         except OSError as exc:
-            err = exc.errno or 0
-            reason = _SEND_REASONS.get(err) or f"send failed: {_strerror(exc)}"
-            self._finish_soon(probe, reason, err not in _LOCAL_ERRNOS)
+            self._finish_soon(probe, exc, sending=True)
             return probe
         key = (target.dst, dport, sport, seq)
         probe.key = key
         self._flight[key] = probe
-        number = self._seq = self._seq + 1
-        probe.number = number
-        self._timed[number] = probe
-        deadline = now + spec.timeout
+        deadline = probe.deadline
         fifo = self._deadlines.get(spec.timeout)
         if fifo is None:
             fifo = self._deadlines[spec.timeout] = deque()
-        fifo.append((deadline, number))
+        fifo.append((deadline, key))
         if deadline < self._timer_at:
             self._arm(deadline)
         return probe
 
-    def _learn(self, spec: ProbeSpec, source: str | None, now: float) -> _Target:
-        """Look up the source address the kernel uses towards spec's backend (UDP connect)."""
+    def _learn(self, spec: ProbeSpec, now: float) -> _Target:
+        """The target of spec's backend: its lane (opened on first use) and the source address
+        the kernel uses towards it (a UDP socket's getsockname after connect)."""
+        source = spec.source[0] if spec.source is not None else None
+        lane = self._lanes.get((spec.family, source))
+        if lane is None:
+            lane = self._open_lane(spec.family, source)
         udp = socket.socket(spec.family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
             if spec.source is not None:
@@ -457,12 +461,17 @@ class SynProbeEngine:
         dst = socket.inet_pton(spec.family, spec.host)
         sockaddr = (spec.host, 0, 0, spec.sockaddr[3]) if spec.family == socket.AF_INET6 \
             else (spec.host, 0)
-        target = _Target(dst, spec.port, sockaddr, syn_partial_sum(src, dst, spec.port), now)
-        self._targets[spec.sockaddr, source] = target
+        target = _Target(lane, dst, spec.port, sockaddr, syn_partial_sum(src, dst, spec.port),
+                         now + SOURCE_TTL)
+        self._targets[spec.sockaddr if spec.source is None else
+                      (spec.sockaddr, spec.source)] = target
         return target
 
     def _open_lane(self, family: int, source: str | None) -> _Lane:
-        lane = _Lane(family, source, self._ports_per_lane)
+        try:
+            lane = _Lane(family, source, self._ports_per_lane)
+        except OSError as exc:
+            raise _LaneError(exc) from None
         assert lane.raw is not None
         self._lanes[family, source] = lane
         self._loop.add_reader(lane.raw.fileno(), self._on_readable, lane)
@@ -474,8 +483,19 @@ class SynProbeEngine:
         self._timer_at = when
         self._timer = self._loop.call_at(when, self._on_timer)
 
-    def _finish_soon(self, probe: SynProbe, reason: str, conclusive: bool) -> None:
-        """Deliver a failure that happened while starting, from a fresh loop callback."""
+    def _finish_soon(self, probe: SynProbe, exc: OSError, sending: bool = False) -> None:
+        """Deliver a failure to start the probe, from a fresh loop callback."""
+        err = exc.errno or 0
+        text = _strerror(exc.__cause__ if isinstance(exc, _LaneError) and
+                         isinstance(exc.__cause__, OSError) else exc)
+        if isinstance(exc, _LaneError):
+            reason, conclusive = f"cannot open raw socket: {text}", False
+        elif err in _SEND_REASONS:
+            reason, conclusive = _SEND_REASONS[err], True
+        elif sending:
+            reason, conclusive = f"send failed: {text}", err not in _LOCAL_ERRNOS
+        else:
+            reason, conclusive = f"cannot find source address: {text}", False
         result = ProbeResult(False, reason, time.monotonic() - probe.started, conclusive)
         self._loop.call_soon(self._deliver_late, probe, result)
 
@@ -495,7 +515,6 @@ class SynProbeEngine:
             probe.key = None
             if self._flight.get(key) is probe:
                 del self._flight[key]
-            self._timed.pop(probe.number, None)
 
     def _on_readable(self, lane: _Lane) -> None:
         raw = lane.raw
@@ -504,38 +523,59 @@ class SynProbeEngine:
         family = lane.family
         v4 = family == socket.AF_INET
         flight = self._flight
-        timed = self._timed
+        recv = raw.recv
         recvfrom = raw.recvfrom
-        monotonic = time.monotonic
+        unpack_v4 = _V4_PLAIN.unpack_from
+        peer = None
+        # one clock reading per batch: the replies of a batch all arrived before it was read
+        now = time.monotonic()
         for _ in range(_MAX_DRAIN):
             try:
-                packet, addr = recvfrom(_RECV_SIZE)
+                if v4:
+                    packet = recv(_RECV_SIZE)  # the peer is in the IPv4 header
+                else:
+                    packet, addr = recvfrom(_RECV_SIZE)
+                    peer = socket.inet_pton(family, addr[0].split("%", 1)[0])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. ENOBUFS: replies were lost; the probes time out
                 log.debug("health: raw socket receive failed: %s", exc)
                 return
-            peer = None if v4 else socket.inet_pton(family, addr[0].split("%", 1)[0])
-            reply = parse_reply(packet, family, peer)
-            if reply is None:
+            if v4 and packet[0] == 0x45 and len(packet) >= 40:
+                # parse_reply's common case, inlined (this runs for every reply)
+                frag, proto, src, sport, dport, _seq, ack, doff, flags = unpack_v4(packet)
+                if proto != 6 or frag & 0x3FFF or doff < 0x50 or \
+                        len(packet) < 20 + (doff >> 4) * 4:
+                    self.stray += 1
+                    continue
+                key = (src, sport, dport, (ack - 1) & 0xFFFFFFFF)
+            else:
+                reply = parse_reply(packet, family, peer)
+                if reply is None:
+                    self.stray += 1
+                    continue
+                flags = reply[5]
+                key = (reply[0], reply[1], reply[2], (reply[4] - 1) & 0xFFFFFFFF)
+            if flags & TCP_RST:
+                if not flags & TCP_ACK:
+                    self.stray += 1
+                    continue
+                ok = False
+            elif flags & _SYN_ACK == _SYN_ACK:
+                ok = True
+            else:
                 self.stray += 1
                 continue
-            key = (reply[0], reply[1], reply[2], (reply[4] - 1) & 0xFFFFFFFF)
-            probe = flight.get(key)
-            verdict = reply_verdict(reply[5])
-            if probe is None or verdict is None:  # not ours, or e.g. a bare ACK: keep waiting
+            probe = flight.pop(key, None)
+            if probe is None:  # not ours, or late: the probe timed out already
                 self.stray += 1
                 continue
-            del flight[key]
             probe.key = None
-            del timed[probe.number]
-            result = _new_tuple(ProbeResult, (verdict, "syn-ack" if verdict else
-                                              "connect refused", monotonic() - probe.started,
-                                              True))
             callback = probe.callback
             probe.callback = _cancelled
             try:
-                callback(probe.token, result)
+                callback(probe.token, _new_tuple(ProbeResult, (
+                    ok, "syn-ack" if ok else "connect refused", now - probe.started, True)))
             except Exception:  # a broken callback must not stop the other probes
                 log.exception("health probe callback failed for %s", probe.spec)
             if self._closed:
@@ -546,21 +586,23 @@ class SynProbeEngine:
         self._timer_at = float("inf")
         now = time.monotonic()
         limit = now + _TIMER_EARLY
-        timed = self._timed
+        flight = self._flight
         budget = _MAX_EXPIRE
         pops = 4 * _MAX_EXPIRE
         for timeout, fifo in list(self._deadlines.items()):
             while fifo and budget and pops:
-                deadline, number = fifo[0]
-                probe = timed.get(number)
-                if probe is not None and deadline > limit:
+                deadline, key = fifo[0]
+                probe = flight.get(key)
+                live = probe is not None and probe.deadline == deadline
+                if live and deadline > limit:
                     break
                 fifo.popleft()
                 pops -= 1
-                if probe is None:
+                if probe is None or not live:
                     continue  # answered or cancelled long ago
                 budget -= 1
-                self._forget(probe)
+                del flight[key]
+                probe.key = None
                 callback = probe.callback
                 probe.callback = _cancelled
                 try:
@@ -583,10 +625,10 @@ class SynProbeEngine:
         if self._closed:
             return
         self._closed = True
-        for probe in list(self._timed.values()):
+        for probe in self._flight.values():
             probe.callback = _cancelled
+            probe.key = None
         self._flight.clear()
-        self._timed.clear()
         self._deadlines.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -597,3 +639,11 @@ class SynProbeEngine:
             lane.close()
         self._lanes.clear()
         self._targets.clear()
+
+
+class _LaneError(OSError):
+    """The raw socket or the reserved ports of a lane could not be set up (cause: OSError)."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.__cause__ = cause

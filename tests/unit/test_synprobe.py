@@ -289,3 +289,15 @@ def test_syn_kind_settings_and_spec() -> None:
         HealthSettings(kind="syn", send=b"PING")
     with pytest.raises(HealthSettingsError, match="send/expect"):
         HealthSettings(kind="syn", expect=b"+OK")
+
+
+@given(st.binary(min_size=4, max_size=4), st.integers(0, 65535), st.integers(0, 65535),
+       st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 255),
+       st.sampled_from([b"", b"\x02\x04\x05\xb4"]), st.sampled_from([b"", b"\x01\x01\x01\x00"]))
+def test_ipv4_fields_round_trip_with_and_without_ip_options(
+        src: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, tcp_options: bytes,
+        ip_options: bytes) -> None:
+    seg = tcp_segment(sport, dport, seq, ack, flags, options=tcp_options)
+    pkt = ipv4_header(src, V4, len(seg), options=ip_options) + seg
+    assert parse_reply(pkt, socket.AF_INET) == Reply(src, sport, dport, seq, ack, flags)
+    assert parse_reply(pkt[:-1], socket.AF_INET) is None
