@@ -569,6 +569,8 @@ class SynProbeEngine:
             probe = flight.pop(key, None)
             if probe is None:  # not ours, or late: the probe timed out already
                 self.stray += 1
+                log.debug("health: unmatched segment port %d -> %d flags %#x", key[1], key[2],
+                          flags)
                 continue
             probe.key = None
             callback = probe.callback

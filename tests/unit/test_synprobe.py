@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from l4lb.config import ConfigError, load_text
 from l4lb.health import HealthSettings, HealthSettingsError, ProbeSpec
 from l4lb.health.synprobe import (
     TCP_ACK,
@@ -301,3 +302,29 @@ def test_ipv4_fields_round_trip_with_and_without_ip_options(
     pkt = ipv4_header(src, V4, len(seg), options=ip_options) + seg
     assert parse_reply(pkt, socket.AF_INET) == Reply(src, sport, dport, seq, ack, flags)
     assert parse_reply(pkt[:-1], socket.AF_INET) is None
+
+
+SYN_CONFIG = """
+[[services]]
+name = "web"
+listen = ["127.0.0.1:8080"]
+backends = [{ address = "127.0.0.1:9001" }]
+[services.health]
+kind = "syn"
+"""
+
+
+def test_syn_config_without_raw_socket_fails_at_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    import l4lb.config.validate as validate
+
+    monkeypatch.setattr(validate, "raw_socket_problem", lambda: "operation not permitted")
+    with pytest.raises(ConfigError) as exc:
+        load_text(SYN_CONFIG, "l4lb.toml")
+    text = str(exc.value)
+    assert 'l4lb.toml:7:8: error: services[0] ("web"): health.kind: "syn" probes need a raw ' \
+        "socket, which this process cannot open (operation not permitted)" in text
+    # without host checks (dir_exists=None) the file is only validated, not checked here
+    assert load_text(SYN_CONFIG, "l4lb.toml", dir_exists=None).services[0].health is not None
+    monkeypatch.setattr(validate, "raw_socket_problem", lambda: None)
+    health = load_text(SYN_CONFIG, "l4lb.toml").services[0].health
+    assert health is not None and health.kind == "syn"
