@@ -471,7 +471,7 @@ class SynProbeEngine:
         try:
             lane = _Lane(family, source, self._ports_per_lane)
         except OSError as exc:
-            raise _LaneError(exc) from None
+            raise _LaneError(exc, source) from None
         assert lane.raw is not None
         self._lanes[family, source] = lane
         self._loop.add_reader(lane.raw.fileno(), self._on_readable, lane)
@@ -489,7 +489,8 @@ class SynProbeEngine:
         text = _strerror(exc.__cause__ if isinstance(exc, _LaneError) and
                          isinstance(exc.__cause__, OSError) else exc)
         if isinstance(exc, _LaneError):
-            reason, conclusive = f"cannot open raw socket: {text}", False
+            where = f" ({exc.source})" if exc.source is not None else ""
+            reason, conclusive = f"cannot set up raw probe socket{where}: {text}", False
         elif err in _SEND_REASONS:
             reason, conclusive = _SEND_REASONS[err], True
         elif sending:
@@ -646,6 +647,7 @@ class SynProbeEngine:
 class _LaneError(OSError):
     """The raw socket or the reserved ports of a lane could not be set up (cause: OSError)."""
 
-    def __init__(self, cause: OSError) -> None:
+    def __init__(self, cause: OSError, source: str | None) -> None:
         super().__init__(cause.errno, cause.strerror)
         self.__cause__ = cause
+        self.source = source  # the lane's source address, None for the kernel's choice
