@@ -290,9 +290,13 @@ class Daemon:
             self.cc_problems.append("this data plane cannot set a backend congestion control")
             log.error("%s", self.cc_problems[-1])
             return self.cc_problems
+        names = {sid: name for name, sid in ids.items()}
         for sid in sorted(set(self.cc_backend) - set(want)):
             self.dp.set_congestion_control(sid, None)
             del self.cc_backend[sid]
+            if sid in names:
+                log.info("service %s: backend connections use the system default congestion "
+                         "control", names[sid])
         for sid, (name, algo) in want.items():
             if self.cc_backend.get(sid) == algo:
                 continue
