@@ -122,8 +122,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dp.start()
     try:
         dp.publish(blob)
-        if args.congestion_control:  # backend leg
-            dp.set_congestion_control(sid, args.congestion_control)
+        backend_cc = args.backend_congestion_control or args.congestion_control
+        if backend_cc:  # backend leg
+            dp.set_congestion_control(sid, backend_cc)
         dp.add_listener(sid, ls.fileno(), 0)
         tids = _worker_tids(before | {threading.get_native_id()})
         in0, (ns0, cx0), sg0 = dp._internals(), _thread_cpu(tids), _out_segs()
@@ -153,6 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "pipes_created": in1["pipes_created"] - in0["pipes_created"],
             "pipe_size": in1["pipe_size"],
             "congestion_control": args.congestion_control or "",
+            "backend_congestion_control": args.backend_congestion_control or "",
             **extra,
         }
         return out
@@ -178,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="TCP congestion control of both legs, as a service's "
                          "congestion_control key (listener + set_congestion_control); "
                          "default: the system's")
+    ap.add_argument("--backend-congestion-control", default=None, metavar="NAME",
+                    help="the backend leg's alone, as backend_congestion_control "
+                         "(set_congestion_control; wins over --congestion-control there)")
     args = ap.parse_args(argv)
     print(json.dumps(run(args)))
     return 0
