@@ -95,8 +95,8 @@ SYSTEM_CC = "/proc/sys/net/ipv4/tcp_congestion_control"  # the system default al
 def system_congestion_control() -> str:
     """The name of the system default TCP congestion control ("reno" if unreadable)."""
     try:
-        with open(SYSTEM_CC, encoding="ascii") as f:
-            return f.read().strip() or "reno"
+        with open(SYSTEM_CC, "rb") as f:
+            return f.read().decode("utf-8", "replace").strip() or "reno"
     except OSError:
         return "reno"
 

@@ -1014,8 +1014,8 @@ class _Checker:
 def _sysctl_words(name: str) -> list[str]:
     """The words of /proc/sys/net/ipv4/<name>, [] when it cannot be read."""
     try:
-        with open(f"/proc/sys/net/ipv4/{name}", encoding="ascii") as f:
-            return f.read().split()
+        with open(f"/proc/sys/net/ipv4/{name}", "rb") as f:
+            return f.read().decode("utf-8", "replace").split()
     except (OSError, ValueError):
         return []
 

@@ -7,9 +7,11 @@ reports the key with its position. The algorithm of each socket is read from the
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +193,35 @@ def test_both_legs_follow_the_config_across_reloads(tmp_path: Path, hold: HoldSe
         err = proc.stderr.read().decode() if proc.stderr else ""
     assert code == 0, err
     assert f"service bulk: backend connections use congestion control {algo}" in err
+
+
+HOST_CHECK = """
+import os, sys
+from l4lb.config.validate import congestion_control_problem
+os.setgroups([]); os.setgid(65534); os.setuid(65534)  # imports first: /root is not readable
+for name in sys.argv[1:]:
+    print(name, "->", congestion_control_problem(name))
+"""
+
+
+def test_host_check_as_an_unprivileged_process() -> None:
+    """What `l4lb check` (and a non-root daemon) says about each kind of name."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start an unprivileged child")
+    allowed = set(sysctl_words("tcp_allowed_congestion_control"))
+    restricted = [n for n in sysctl_words("tcp_available_congestion_control")
+                  if n not in allowed]
+    if not restricted:
+        pytest.skip("every available algorithm is allowed to everyone on this host")
+    default = system_default()
+    out = subprocess.run([sys.executable, "-c", HOST_CHECK, default, restricted[0], "nosuchcc"],
+                         capture_output=True, text=True, timeout=30, check=False,
+                         env=child_env())
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"{default} -> None"
+    assert lines[1].startswith(f'{restricted[0]} -> "{restricted[0]}" is not allowed for this '
+                               "process: without CAP_NET_ADMIN only "
+                               "net.ipv4.tcp_allowed_congestion_control may be used")
+    assert lines[2].startswith('nosuchcc -> "nosuchcc" is not a congestion control algorithm of '
+                               "this kernel (net.ipv4.tcp_available_congestion_control: ")
