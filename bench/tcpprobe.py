@@ -11,6 +11,7 @@ counts, the pipe pool figures, and the TCP segments the host sent per unit of wo
 
     python -m bench.tcpprobe --backend 127.0.0.1:8080 --load wrk-close --seconds 4
     python -m bench.tcpprobe --backend 127.0.0.1:5201 --load iperf1 --pipe-size 1048576
+    python -m bench.tcpprobe --backend 127.0.0.1:5201 --load iperf1 --congestion-control cubic
 
 Loads: wrk-close (new connection per request, 50 concurrent), wrk-ka (keep-alive, 50
 connections), iperf1 / iperf8 (iperf3 -P 1 / -P 8, client to server). Traffic stays on loopback.
@@ -113,11 +114,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind(("127.0.0.1", args.listen_port))
+    if args.congestion_control:  # client leg: accepted sockets inherit it from the listener
+        ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION,
+                      args.congestion_control.encode())
     ls.listen(4096)
     ls.setblocking(False)
     dp.start()
     try:
         dp.publish(blob)
+        backend_cc = args.backend_congestion_control or args.congestion_control
+        if backend_cc:  # backend leg
+            dp.set_congestion_control(sid, backend_cc)
         dp.add_listener(sid, ls.fileno(), 0)
         tids = _worker_tids(before | {threading.get_native_id()})
         in0, (ns0, cx0), sg0 = dp._internals(), _thread_cpu(tids), _out_segs()
@@ -146,6 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "splice_moves": in1["splice_moves"] - in0["splice_moves"],
             "pipes_created": in1["pipes_created"] - in0["pipes_created"],
             "pipe_size": in1["pipe_size"],
+            "congestion_control": args.congestion_control or "",
+            "backend_congestion_control": args.backend_congestion_control or "",
             **extra,
         }
         return out
@@ -167,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-cpu", type=int, default=0)
     ap.add_argument("--pipe-size", type=int, default=None, help="bytes (Dataplane._tune)")
     ap.add_argument("--copy-threshold", type=int, default=None, help="bytes (Dataplane._tune)")
+    ap.add_argument("--congestion-control", default=None, metavar="NAME",
+                    help="TCP congestion control of both legs, as a service's "
+                         "congestion_control key (listener + set_congestion_control); "
+                         "default: the system's")
+    ap.add_argument("--backend-congestion-control", default=None, metavar="NAME",
+                    help="the backend leg's alone, as backend_congestion_control "
+                         "(set_congestion_control; wins over --congestion-control there)")
     args = ap.parse_args(argv)
     print(json.dumps(run(args)))
     return 0

@@ -31,11 +31,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -85,6 +88,18 @@ CONNLOG_BATCH = 4096  # records per read on the loop (about 45 ms of CPU; the lo
 CONNLOG_FINAL = 1 << 22  # records the last read after the data plane stopped takes at most
 CONNLOG_WARN_EVERY = 60.0  # seconds between two warnings about lost records
 MAX_DRAIN_TIMEOUT_MS = 24 * 3_600_000  # like every duration of the configuration
+
+SYSTEM_CC = "/proc/sys/net/ipv4/tcp_congestion_control"  # the system default algorithm
+
+
+def system_congestion_control() -> str:
+    """The name of the system default TCP congestion control ("reno" if unreadable)."""
+    try:
+        with open(SYSTEM_CC, "rb") as f:
+            return f.read().decode("utf-8", "replace").strip() or "reno"
+    except OSError:
+        return "reno"
+
 
 IdMaps = tuple[dict[int, str], dict[int, tuple[str, str]]]  # service id -> name, backend id -> key
 
@@ -148,6 +163,12 @@ class Daemon:
     connlog_lost_logged: dict[str, int] = field(default_factory=dict)  # counts at last warning
     connlog_warned_at: float = -CONNLOG_WARN_EVERY  # monotonic time of the last warning
     connlog_checked_at: float = 0.0  # monotonic time lost records were last looked at
+    cc_backend: dict[int, str] = field(default_factory=dict)  # service id -> backend-leg
+    #                                   congestion control the data plane was given
+    cc_listeners: weakref.WeakKeyDictionary[socket.socket, str | None] = field(
+        default_factory=weakref.WeakKeyDictionary)  # TCP listener -> the client-leg algorithm
+    #                                   it was given (None: reset to the system default)
+    cc_problems: list[str] = field(default_factory=list)  # what the last sync could not apply
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -165,12 +186,16 @@ class Daemon:
             path = self.config.global_.connection_log
             if path is not None:
                 self._enable_connlog(self._open_connlog(path), path)
+            if self.cc_problems:
+                raise ListenError(errno.EINVAL, self.cc_problems[0])
             for service in self.config.services:
                 for endpoint in service.listen:
                     group = open_listeners(service.name, endpoint, self.workers,
                                            self.config.global_.listen_backlog,
                                            service.protocol)
                     self.listeners.append(group)
+            if self._sync_listener_congestion(self.listeners):
+                raise ListenError(errno.EINVAL, self.cc_problems[0])
             ids = self.builder.service_ids()
             for group in self.listeners:
                 for worker, sock in enumerate(group.sockets):
@@ -188,6 +213,7 @@ class Daemon:
                 if rt.health == "down" or rt.admin == "maint"}
         blob = self.builder.build(self.config, weights.weights, down)
         self.generation = self.dp.publish(blob)
+        self._sync_backend_congestion()
         self.weights = weights
         self.digest = digest(blob)
         if self.digest_check is not None:
@@ -241,6 +267,91 @@ class Daemon:
                 self._publish()
 
         self.publish_handle = asyncio.get_running_loop().call_soon(run)
+
+    # ---- TCP congestion control (docs/configuration.md, congestion_control) ----
+
+    def _sync_backend_congestion(self) -> list[str]:
+        """Give the data plane the backend-leg algorithm of every TCP service and clear it for
+        ids that no longer have one (after each publish: a reload may move service ids).
+
+        Returns (and keeps in cc_problems) what could not be applied, each logged; the load
+        already checked every name against this host, so that is a race (a module unloaded).
+        """
+        self.cc_problems = []
+        if self.dp is None:
+            return self.cc_problems
+        ids = self.builder.service_ids()
+        want = {ids[s.name]: (s.name, s.backend_leg_congestion_control)
+                for s in self.config.services
+                if s.protocol == "tcp" and s.backend_leg_congestion_control and s.name in ids}
+        if not want and not self.cc_backend:
+            return self.cc_problems  # the default path: no call at all
+        if not self._dp_supports("set_congestion_control"):
+            self.cc_problems.append("this data plane cannot set a backend congestion control")
+            log.error("%s", self.cc_problems[-1])
+            return self.cc_problems
+        names = {sid: name for name, sid in ids.items()}
+        for sid in sorted(set(self.cc_backend) - set(want)):
+            self.dp.set_congestion_control(sid, None)
+            del self.cc_backend[sid]
+            if sid in names:
+                log.info("service %s: backend connections use the system default congestion "
+                         "control", names[sid])
+        for sid, (name, algo) in want.items():
+            if self.cc_backend.get(sid) == algo:
+                continue
+            try:
+                self.dp.set_congestion_control(sid, algo)
+            except (OSError, ValueError) as exc:
+                self.cc_problems.append(f"service {name}: backend congestion control {algo}: "
+                                        f"{exc.strerror if isinstance(exc, OSError) else exc}")
+                log.error("%s; its backend connections use the system default",
+                          self.cc_problems[-1])
+                self.dp.set_congestion_control(sid, None)
+                self.cc_backend.pop(sid, None)
+                continue
+            self.cc_backend[sid] = str(algo)
+            log.info("service %s: backend connections use congestion control %s", name, algo)
+        return self.cc_problems
+
+    def _sync_listener_congestion(self, groups: list[ListenerGroup]) -> list[str]:
+        """Set TCP_CONGESTION on each TCP listener of `groups` to its service's
+        congestion_control; accepted sockets inherit it (sockets accepted earlier keep theirs).
+        A listener whose service dropped the key gets the system default of this moment back.
+        Listeners never given an algorithm and still without one are not touched.
+
+        Returns (and keeps in cc_problems) what could not be applied, each logged."""
+        problems: list[str] = []
+        services = {s.name: s for s in self.config.services}
+        for group in groups:
+            if group.protocol != "tcp":
+                continue
+            service = services.get(group.service)
+            want = service.client_congestion_control if service is not None else None
+            changed = False
+            for sock in group.sockets:
+                if sock in self.cc_listeners:
+                    if self.cc_listeners[sock] == want:
+                        continue
+                elif want is None:
+                    continue  # never set: the system default already, without a setsockopt
+                algo = want if want is not None else system_congestion_control()
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, algo.encode())
+                except OSError as exc:
+                    problems.append(f"service {group.service}: listener {group.endpoint}: "
+                                    f"congestion control {algo}: {exc.strerror or exc}")
+                    log.error("%s", problems[-1])
+                    break
+                self.cc_listeners[sock] = want
+                changed = True
+            if changed:
+                log.info("service %s: clients on %s use congestion control %s%s",
+                         group.service, group.endpoint,
+                         want if want is not None else system_congestion_control(),
+                         "" if want is not None else " (the system default)")
+        self.cc_problems = problems
+        return problems
 
     # ---- VRRP (docs/ha.md) ----
 
@@ -768,6 +879,7 @@ class Daemon:
         if new_log != self.connlog_path:
             self._switch_connlog(fresh_log, new_log)
         ids = self.builder.service_ids()
+        self._sync_listener_congestion(fresh)  # before they are polled
         for group in fresh:
             for worker, sock in enumerate(group.sockets):
                 self.dp.add_listener(ids[group.service], sock.fileno(), worker)
@@ -793,6 +905,7 @@ class Daemon:
                 group.service = moved[listen]
             kept.append(group)
         self.listeners = kept
+        self._sync_listener_congestion(self.listeners)  # a changed key, a moved listener
         for note in notes:
             log.info("reload: %s", note)
         if new.global_.log_level != old[0].global_.log_level:

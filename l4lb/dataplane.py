@@ -8,6 +8,7 @@ snapshots of counters and sessions. No Python callback ever runs on a data-plane
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Protocol
 
 NO_EXTENSIONS_ENV = "L4LB_NO_EXTENSIONS"
@@ -137,9 +138,34 @@ class DataplaneAPI(Protocol):
         """Take (remove) up to `max` queued records, oldest first within each worker. Never
         waits for a worker; concurrent callers are serialised. max < 0: ValueError."""
 
+    def set_congestion_control(self, service_id: int, name: str | None) -> None:
+        """Congestion control of the backend leg of TCP service service_id: the data plane
+        sets TCP_CONGESTION `name` on each backend socket before connect(); None: the system
+        default (no setsockopt at all). Applies to connect attempts that start afterwards (open
+        sessions keep theirs); the client leg is the caller's: accepted sockets inherit the
+        algorithm of their listener. The name is tried on a scratch socket first, so a refused
+        one changes nothing. Before or after start(). Not part of the table blob.
+        ValueError: service_id outside 0..1023, or name not 1..15 characters of
+        [A-Za-z0-9_-]; OSError ENOENT: no such algorithm on this kernel; PermissionError
+        (EPERM): not in net.ipv4.tcp_allowed_congestion_control and no CAP_NET_ADMIN; OSError
+        ENOSPC: more than 64 distinct names over the data plane's life."""
+
+    def congestion_control(self, service_id: int) -> str | None:
+        """The backend-leg algorithm set for service_id, None when none is."""
+
     def stop(self, timeout: float) -> None:
         """Stop accepting, let sessions finish for up to `timeout` seconds, close the rest,
         join the workers. Idempotent."""
+
+
+CC_NAME_MAX = 15  # longest congestion control name (TCP_CA_NAME_MAX is 16 with the NUL)
+CC_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{CC_NAME_MAX}}}")  # what set_congestion_control takes
+
+
+def congestion_control_name_ok(name: str) -> bool:
+    """True when `name` has the form of a Linux congestion control name (whether this
+    kernel has it is another question)."""
+    return CC_NAME.fullmatch(name) is not None
 
 
 CLOSE_REASONS_TCP = ("client_closed", "backend_closed", "client_reset", "backend_reset",

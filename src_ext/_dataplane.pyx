@@ -7,8 +7,8 @@ tests can compare it with the Python twins in l4lb/table/.
 
 The worker threads are pthreads created in C: they never hold the GIL and never touch a Python
 object. Every call below that can wait for a worker (add_listener, remove_listener, publish,
-stats, sessions, flows, close_backend_sessions, set_connection_log, closed_sessions, stop)
-releases the GIL for the whole C call and converts results
+stats, sessions, flows, close_backend_sessions, set_connection_log, closed_sessions,
+set_congestion_control, stop) releases the GIL for the whole C call and converts results
 afterwards.
 """
 
@@ -18,7 +18,15 @@ cimport core as _core
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.errno cimport (EALREADY, EBUSY, EEXIST, EINVAL, ENOENT, ENOTCONN, ESHUTDOWN,
-                         EAGAIN)
+                         EAGAIN, ENOSPC, EPERM)
+
+# dp.h's congestion control side table (declared here: includes/core.pxd mirrors the rest)
+cdef extern from "dp.h" nogil:
+    enum:
+        DP_CC_NAME_MAX
+        DP_CC_MAX_NAMES
+    int dp_set_congestion_control(_core.dp *d, uint32_t service_id, const char *name)
+    const char *dp_congestion_control(_core.dp *d, uint32_t service_id)
 
 import os as _os
 import socket as _socket
@@ -295,6 +303,46 @@ cdef class Dataplane:
             free(arr)
         return out
 
+    def set_congestion_control(self, int service_id, name):
+        """Backend-leg congestion control of a TCP service: TCP_CONGESTION `name` on each
+        backend socket before connect(), or None for the system default (no setsockopt)."""
+        cdef bytes raw = b""
+        cdef const char *p = NULL
+        cdef int rc
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        if name is not None:
+            if not isinstance(name, str):
+                raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+            if not name.isascii() or "\0" in name:
+                raise ValueError(_cc_bad_name(name))
+            raw = name.encode("ascii")
+            p = raw
+        with nogil:
+            rc = dp_set_congestion_control(self._dp, <uint32_t>service_id, p)
+        if rc == -EINVAL:
+            raise ValueError(_cc_bad_name(name))
+        if rc == -ENOENT:
+            raise OSError(ENOENT, f"congestion control {name!r} is not available on this "
+                                  "kernel (net.ipv4.tcp_available_congestion_control)")
+        if rc == -EPERM:
+            raise OSError(EPERM, f"congestion control {name!r} is not allowed for this "
+                                 "process (net.ipv4.tcp_allowed_congestion_control; or "
+                                 "CAP_NET_ADMIN)")
+        if rc == -ENOSPC:
+            raise OSError(ENOSPC, f"more than {DP_CC_MAX_NAMES} distinct congestion control "
+                                  "names")
+        if rc:
+            raise _dp_oserror(rc)
+
+    def congestion_control(self, int service_id):
+        """The backend-leg algorithm set for service_id, or None."""
+        cdef const char *p
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        p = dp_congestion_control(self._dp, <uint32_t>service_id)
+        return None if p == NULL else p.decode("ascii")
+
     def stop(self, timeout):
         """Stop accepting, let sessions finish for up to timeout seconds, reset the rest, join
         the workers. Idempotent."""
@@ -370,6 +418,11 @@ cdef class Dataplane:
             "udp_gso_datagrams": r.udp_gso_datagrams, "udp_poll_sleeps": r.udp_poll_sleeps,
             "loop_iterations": r.loop_iterations,
         }
+
+
+def _cc_bad_name(name):
+    return (f"invalid congestion control name {name!r}: use 1 to {DP_CC_NAME_MAX - 1} "
+            "characters of A-Z a-z 0-9 _ -")
 
 
 def _udp_gso_supported():

@@ -83,6 +83,21 @@ class Service:
     max_flows: int = 0  # flows at once, all workers together; 0 = unlimited
     responses: int = 0  # close a flow after this many replies; 0 = never (1 suits DNS)
     session: FlowKey = "src_ip_port"  # what identifies a flow: client address and port, or address
+    # TCP only: TCP congestion control (a Linux algorithm name; None = the system default, no
+    # setsockopt): `congestion_control` for both legs, `backend_congestion_control` for the
+    # backend leg alone (it wins over congestion_control there)
+    congestion_control: str | None = None
+    backend_congestion_control: str | None = None
+
+    @property
+    def client_congestion_control(self) -> str | None:
+        """The algorithm of the client leg (set on the listeners), None: system default."""
+        return self.congestion_control
+
+    @property
+    def backend_leg_congestion_control(self) -> str | None:
+        """The algorithm of the backend leg (set by the data plane before connect)."""
+        return self.backend_congestion_control or self.congestion_control
 
 
 @dataclass(frozen=True)

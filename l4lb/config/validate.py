@@ -10,8 +10,10 @@ system (does the connection log's directory exist?) goes through the `dir_exists
 caller passes; without one, that check is skipped. The same switch governs the one look at the
 process's privileges: with `dir_exists` given (the loader checks against this host), a
 `kind = "syn"` health check fails here when a raw socket cannot be opened (no CAP_NET_RAW), so
-the daemon refuses to start or reload instead of marking every backend unprobeable. Nothing else
-does I/O here.
+the daemon refuses to start or reload instead of marking every backend unprobeable. Likewise a
+service's `congestion_control` / `backend_congestion_control` is tried on a scratch TCP socket
+(congestion_control_problem): an algorithm this kernel lacks, or one this process may not use,
+is reported at the key. Nothing else does I/O here.
 
 Invalid values are replaced by the model's defaults while checking continues; such a Config is
 never returned, because any error means the diagnostics are returned instead.
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import errno
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -45,6 +49,7 @@ from l4lb.config.model import (
     Protocol,
     Service,
 )
+from l4lb.dataplane import CC_NAME_MAX, congestion_control_name_ok
 from l4lb.health.settings import (
     DEFAULT_SETTINGS,
     INITIAL_STATES,
@@ -81,11 +86,13 @@ GLOBAL_KEYS = (
 SERVICE_KEYS = (
     "name", "protocol", "listen", "scheduler", "hash_key", "connect_timeout", "idle_timeout",
     "retries", "max_connections", "maglev_table_size", "backends", "health",
-    "udp_idle_timeout", "max_flows", "responses", "session",
+    "udp_idle_timeout", "max_flows", "responses", "session", "congestion_control",
+    "backend_congestion_control",
 )
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session")
 TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle_timeout",
-                 "max_connections": "max_flows"}  # key -> the UDP key to use instead
+                 "max_connections": "max_flows", "congestion_control": "",
+                 "backend_congestion_control": ""}  # key -> the UDP key to use instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
 VRRP_KEYS = (
@@ -224,6 +231,7 @@ class _Checker:
         self.backend_total = 0
         self.raw_problem: str | None = None  # why no raw socket opens, once someone asked
         self.raw_checked = False  # raw_problem is valid
+        self.cc_problems: dict[str, str | None] = {}  # congestion control name -> problem
 
     # ------------------------------------------------------------ reporting
 
@@ -659,6 +667,9 @@ class _Checker:
         max_flows = self.read_int(scope, table, "max_flows", d.max_flows, 0, U32_MAX)
         responses = self.read_int(scope, table, "responses", d.responses, 0, U32_MAX)
         session = self.read_enum(scope, table, "session", d.session, FLOW_KEYS)
+        congestion = self.congestion_control(scope, table, "congestion_control", protocol)
+        backend_congestion = self.congestion_control(scope, table,
+                                                     "backend_congestion_control", protocol)
         if protocol == "tcp":
             for key in UDP_ONLY_KEYS:
                 if key in table:
@@ -680,7 +691,32 @@ class _Checker:
             idle_timeout=idle_timeout, retries=retries, max_connections=max_connections,
             maglev_table_size=table_size, health=health, udp_idle_timeout=udp_idle_timeout,
             max_flows=max_flows, responses=responses, session=session,
+            congestion_control=congestion, backend_congestion_control=backend_congestion,
         )
+
+    def congestion_control(self, scope: _Scope, table: dict[str, Any], key: str,
+                           protocol: Protocol) -> str | None:
+        """A congestion control name (None: absent or reported). Its form is always checked;
+        whether this host lets this process use it, only with host checks on and for TCP (a
+        UDP service gets the "tcp only" error instead)."""
+        value = self.read_str(scope, table, key)
+        if value is None:
+            return None
+        path = (*scope.path, key)
+        if not congestion_control_name_ok(value):
+            self.error(path, f"{scope.label(key)}: {quote(value)} is not a congestion control "
+                       f"name: use 1 to {CC_NAME_MAX} characters of A-Z a-z 0-9 _ - "
+                       '(for example "cubic" or "bbr")')
+            return None
+        if self.dir_exists is None or protocol != "tcp":
+            return value
+        if value not in self.cc_problems:
+            self.cc_problems[value] = congestion_control_problem(value)
+        problem = self.cc_problems[value]
+        if problem is not None:
+            self.error(path, f"{scope.label(key)}: {problem}")
+            return None
+        return value
 
     def read_fraction(self, scope: _Scope, table: dict[str, Any], key: str, default: float,
                       hi: float) -> float:
@@ -973,6 +1009,39 @@ class _Checker:
                        f"{scope.label('name')}: invalid backend name {quote(name)}: use 1 to "
                        f"{NAME_MAX_LEN} characters without spaces or control characters")
         return name
+
+
+def _sysctl_words(name: str) -> list[str]:
+    """The words of /proc/sys/net/ipv4/<name>, [] when it cannot be read."""
+    try:
+        with open(f"/proc/sys/net/ipv4/{name}", "rb") as f:
+            return f.read().decode("utf-8", "replace").split()
+    except (OSError, ValueError):
+        return []
+
+
+def congestion_control_problem(name: str) -> str | None:
+    """Why this process cannot set TCP congestion control `name` (a well-formed name), or
+    None when it can. Host I/O: one scratch TCP socket, and /proc/sys for the message."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+        except OSError as exc:
+            failure = exc
+        else:
+            return None
+    if failure.errno == errno.ENOENT:
+        available = _sysctl_words("tcp_available_congestion_control")
+        message = (f"{quote(name)} is not a congestion control algorithm of this kernel "
+                   f"(net.ipv4.tcp_available_congestion_control: {' '.join(available)})")
+        guess = suggest(name, available)
+        return message + (f"; did you mean {quote(guess)}?" if guess is not None else "")
+    if failure.errno == errno.EPERM:
+        allowed = _sysctl_words("tcp_allowed_congestion_control")
+        return (f"{quote(name)} is not allowed for this process: without CAP_NET_ADMIN only "
+                f"net.ipv4.tcp_allowed_congestion_control may be used ({' '.join(allowed)}); "
+                f"run l4lb as root (or with CAP_NET_ADMIN), or add {name} to that sysctl")
+    return f"{quote(name)} cannot be set on a TCP socket: {failure.strerror or failure}"
 
 
 def validate(doc: dict[str, Any], locator: Locator, file: str,

@@ -4,12 +4,15 @@ This object only dispatches: listeners go to the worker that polls them, publish
 live table reference, stats(), sessions() and flows() ask every worker for a snapshot and add
 them up, close_backend_sessions() asks every worker to close its share, set_connection_log()
 switches every worker's record queue, closed_sessions() empties those queues without asking the
-workers, stop() tells every worker to drain and joins the threads. See worker.py for the life of
-a TCP connection, relay.py for its byte relay, and udp.py for UDP flows.
+workers, set_congestion_control() stores a service's backend-leg algorithm in the shared state
+that each worker reads before it connects, stop() tells every worker to drain and joins the
+threads. See worker.py for the life of a TCP connection, relay.py for its byte relay, and udp.py
+for UDP flows.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import os
@@ -18,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from l4lb.dataplane import CC_NAME_MAX, congestion_control_name_ok
 from l4lb.refdp.counters import sum_counters
 from l4lb.refdp.dgram import enable_pktinfo, is_wildcard
 from l4lb.refdp.livetable import LiveTable
@@ -30,6 +34,7 @@ from l4lb.table.sched import SchedShared
 MAX_WORKERS = 256  # as the C core's DP_MAX_WORKERS
 MAX_BACKENDS = 65536  # as the C core's DP_MAX_BACKENDS
 JOIN_GRACE = 10.0  # seconds past the stop deadline a worker may take to exit
+MAX_CC_NAMES = 64  # distinct congestion control names, as the C core's DP_CC_MAX_NAMES
 
 
 class Dataplane:
@@ -45,6 +50,7 @@ class Dataplane:
         self._lock = threading.Lock()  # serialises publish() and the API's bookkeeping
         self._log_lock = threading.Lock()  # one connection-log reader or setter at a time
         self._generation = 0  # generation of the live table
+        self._cc_names: set[str] = set()  # congestion control names ever set (bounded)
         self._started = False
         self._stopped = False
 
@@ -146,6 +152,34 @@ class Dataplane:
                 taken.extend(worker.log.take(max - len(taken)))
         return taken
 
+    def set_congestion_control(self, service_id: int, name: str | None) -> None:
+        """Backend-leg congestion control of a TCP service: TCP_CONGESTION `name` on each
+        backend socket before connect(), or None for the system default (no setsockopt)."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        if name is None:
+            with self._lock:
+                self._shared.congestion.pop(service_id, None)
+            return
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+        if not congestion_control_name_ok(name):
+            raise ValueError(f"invalid congestion control name {name!r}: use 1 to "
+                             f"{CC_NAME_MAX} characters of A-Z a-z 0-9 _ -")
+        _try_congestion_control(name)
+        with self._lock:
+            if name not in self._cc_names and len(self._cc_names) >= MAX_CC_NAMES:
+                raise OSError(errno.ENOSPC, f"more than {MAX_CC_NAMES} distinct congestion "
+                                            "control names")
+            self._cc_names.add(name)
+            self._shared.congestion[service_id] = name
+
+    def congestion_control(self, service_id: int) -> str | None:
+        """The backend-leg algorithm set for service_id, or None."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return self._shared.congestion.get(service_id)
+
     @property
     def splice_fallbacks(self) -> int:
         """Relay directions that copied through user space because splice(2) said EINVAL."""
@@ -173,6 +207,24 @@ class Dataplane:
         for worker in self._workers:
             if worker.error is not None:
                 raise RuntimeError(f"refdp worker {worker.index} crashed") from worker.error
+
+
+def _try_congestion_control(name: str) -> None:
+    """Set `name` on a scratch TCP socket, as the C core does before it accepts a name:
+    OSError ENOENT (no such algorithm) or EPERM (not allowed for this process), worded like the
+    C module's."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise OSError(errno.ENOENT, f"congestion control {name!r} is not available on "
+                              "this kernel (net.ipv4.tcp_available_congestion_control)") from None
+            if exc.errno == errno.EPERM:
+                raise OSError(errno.EPERM, f"congestion control {name!r} is not allowed for "
+                              "this process (net.ipv4.tcp_allowed_congestion_control; or "
+                              "CAP_NET_ADMIN)") from None
+            raise
 
 
 def _check_listener(fd: int) -> None:

@@ -1,8 +1,10 @@
 """State that all workers of one reference data plane share: the live table and the counts
 that limits and schedulers read across workers.
 
-Everything here except `table` is guarded by `lock`; `table` is replaced whole by publish() (one
-reference assignment) and read without the lock.
+Everything here except `table` and `congestion` is guarded by `lock`; `table` is replaced whole
+by publish() (one reference assignment) and read without the lock; `congestion` gets single-key
+stores and reads (each atomic under the GIL), so a worker sees a service's old name or its new
+one, never a mix.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class Shared:
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards sched and svc_flows
     table: LiveTable | None = None  # the live table; replaced whole by publish()
     svc_flows: dict[int, int] = field(default_factory=dict)  # open UDP flows per service id
+    congestion: dict[int, str] = field(default_factory=dict)  # service id -> backend-leg
+    #                     congestion control (set_congestion_control); absent = system default
 
 
 def add_count(counts: dict[int, int], key: int, delta: int) -> None:

@@ -430,6 +430,10 @@ class Worker:
             return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cc = self.shared.congestion.get(session.service_id)
+        if cc is not None:  # before connect(), as the C relay; refused: the system default
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
         session.backend = sock
         err = sock.connect_ex((host, port))
         if err == 0:

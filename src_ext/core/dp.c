@@ -78,6 +78,21 @@
  * its queued records over (the setter holds log_lock, so no reader is in the old ring), then
  * frees the old ones. Turning the log off clears log_on and keeps the rings and what they hold.
  *
+ * Congestion control. A TCP service may name the algorithm of its backend leg
+ * (dp_set_congestion_control; the client leg is the caller's business: accepted sockets inherit
+ * TCP_CONGESTION from their listener). It is not in the forwarding table, whose service records
+ * have a fixed size (docs/forwarding-table.md), but in a side table of its own, struct dp_cc,
+ * allocated with struct dp (struct dp_box below) so the relay needs no field of struct dp: up
+ * to DP_CC_MAX_NAMES interned names, each written once under cc.lock and never changed or freed
+ * until dp_destroy, plus one atomic byte per service, 0 for none or k for names[k - 1]. A setter
+ * writes the name (when new) and then stores the byte with release; the relay loads the byte
+ * with acquire once per connect attempt and, when it is not 0, passes the name to setsockopt
+ * before connect(). So a worker sees a whole name or none, never a torn one, and never waits;
+ * services without the setting pay one load and a branch. A name is tried on a scratch socket
+ * before it is interned, so an unknown or forbidden one is refused (-ENOENT, -EPERM) instead of
+ * failing on every connection; a setsockopt that still fails later (a module unloaded
+ * meanwhile) leaves that connection on the system default.
+ *
  * Counters. Per worker, single writer, relaxed stores (no locked instruction on the data path);
  * dp_stats() sums them with relaxed loads. The only shared read-modify-writes on the data path
  * are the scheduler's active counts in sched_shared, which least_conn and max_connections need
@@ -113,6 +128,29 @@
 #define DP_COPY_DEFAULT 16384u       /* default copy buffer (see relay_tcp.c, bench figures) */
 #define DP_PIPE_DEFAULT 0u           /* default pipe size: kernel default (64 KiB) */
 #define DP_PIPE_POOL_CAP 256u        /* idle pipes kept per worker */
+
+/* The backend-leg congestion control side table (see "Congestion control" above). */
+struct dp_cc {
+    pthread_mutex_t lock;          /* serialises setters (interning and per-service stores) */
+    char names[DP_CC_MAX_NAMES][DP_CC_NAME_MAX]; /* interned names, NUL-terminated; slot i is
+                                                    written once, before index i + 1 is
+                                                    published, and never changed after */
+    uint32_t n_names;              /* slots in use (under lock) */
+    _Atomic uint8_t idx[DP_MAX_SERVICES]; /* per service id: 0 none, k names[k - 1]; stored with
+                                             release, loaded with acquire */
+};
+
+/* What dp_create allocates: the data plane and its side table in one block (dp first, so a
+ * struct dp pointer is the block's address). */
+struct dp_box {
+    struct dp dp;                  /* the data plane proper (relay_tcp.h) */
+    struct dp_cc cc;               /* its congestion control side table */
+};
+
+static struct dp_cc *dp_cc_of(struct dp *dp)
+{
+    return &((struct dp_box *)dp)->cc;
+}
 
 static uint64_t dp_mono_ms(void)
 {
@@ -529,6 +567,7 @@ static int dp_call_locked(struct dp *dp, struct dp_worker *w, struct dp_cmd *c)
 
 int dp_create(uint32_t n_workers, struct dp **out)
 {
+    struct dp_box *box;
     struct dp *dp;
     uint32_t i;
     uint64_t now = dp_mono_ms();
@@ -537,9 +576,11 @@ int dp_create(uint32_t n_workers, struct dp **out)
     *out = NULL;
     if (n_workers < 1 || n_workers > DP_MAX_WORKERS)
         return -EINVAL;
-    dp = calloc(1, sizeof(*dp));
-    if (!dp)
+    box = calloc(1, sizeof(*box));
+    if (!box)
         return -ENOMEM;
+    dp = &box->dp;
+    pthread_mutex_init(&box->cc.lock, NULL);
     dp->n_workers = n_workers;
     dp->copy_threshold = DP_COPY_DEFAULT;
     dp->pipe_size = DP_PIPE_DEFAULT;
@@ -1415,5 +1456,81 @@ void dp_destroy(struct dp *dp)
     pthread_mutex_destroy(&dp->cmd_lock);
     pthread_mutex_destroy(&dp->stop_lock);
     pthread_cond_destroy(&dp->cmd_cond);
-    free(dp);
+    pthread_mutex_destroy(&dp_cc_of(dp)->lock);
+    free(dp); /* the whole struct dp_box: dp is its first member */
+}
+
+/* 1 when name is a plausible algorithm name: 1..DP_CC_NAME_MAX - 1 of [A-Za-z0-9_-]. */
+static int dp_cc_name_ok(const char *name)
+{
+    size_t i;
+
+    for (i = 0; name[i]; i++) {
+        char c = name[i];
+        if (i >= DP_CC_NAME_MAX - 1)
+            return 0;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return 0;
+    }
+    return i > 0;
+}
+
+/* Try name on a scratch TCP socket: 0, or the kernel's -errno (-ENOENT unknown, -EPERM not
+ * allowed for this process). */
+static int dp_cc_try(const char *name)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), rc = 0;
+
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, (socklen_t)strlen(name)) < 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+int dp_set_congestion_control(struct dp *dp, uint32_t service_id, const char *name)
+{
+    struct dp_cc *cc = dp_cc_of(dp);
+    uint32_t i;
+    int rc;
+
+    if (service_id >= DP_MAX_SERVICES || (name && !dp_cc_name_ok(name)))
+        return -EINVAL;
+    if (!name) {
+        pthread_mutex_lock(&cc->lock);
+        atomic_store_explicit(&cc->idx[service_id], 0, memory_order_release);
+        pthread_mutex_unlock(&cc->lock);
+        return 0;
+    }
+    if ((rc = dp_cc_try(name)) != 0)
+        return rc;
+    pthread_mutex_lock(&cc->lock);
+    for (i = 0; i < cc->n_names; i++)
+        if (strcmp(cc->names[i], name) == 0)
+            break;
+    if (i == cc->n_names) {
+        if (cc->n_names == DP_CC_MAX_NAMES) {
+            pthread_mutex_unlock(&cc->lock);
+            return -ENOSPC;
+        }
+        /* a fresh slot: no worker reads it before the release store below publishes it */
+        memcpy(cc->names[i], name, strlen(name) + 1);
+        cc->n_names++;
+    }
+    atomic_store_explicit(&cc->idx[service_id], (uint8_t)(i + 1), memory_order_release);
+    pthread_mutex_unlock(&cc->lock);
+    return 0;
+}
+
+const char *dp_congestion_control(struct dp *dp, uint32_t service_id)
+{
+    struct dp_cc *cc = dp_cc_of(dp);
+    uint8_t k;
+
+    if (service_id >= DP_MAX_SERVICES)
+        return NULL;
+    k = atomic_load_explicit(&cc->idx[service_id], memory_order_acquire);
+    return k ? cc->names[k - 1] : NULL;
 }

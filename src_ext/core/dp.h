@@ -2,8 +2,10 @@
  *
  * Every function may be called without the GIL; none calls back into Python. Functions that wait
  * for a worker (dp_remove_listener, dp_sessions, dp_flows, dp_internals,
- * dp_close_backend_sessions, dp_set_connection_log, dp_stop) block the calling thread only. All return 0 or -errno unless documented otherwise. See dp.c for the
- * design essay, relay_tcp.c and relay_udp.c for the relays.
+ * dp_close_backend_sessions, dp_set_connection_log, dp_stop) block the calling thread only;
+ * dp_set_congestion_control takes a lock no worker takes. All return 0 or -errno unless
+ * documented otherwise. See dp.c for the design essay, relay_tcp.c and relay_udp.c for the
+ * relays.
  */
 #ifndef L4LB_DP_H
 #define L4LB_DP_H
@@ -15,6 +17,8 @@
 
 #define DP_MAX_WORKERS 256u
 #define DP_CONNLOG_MAX (1u << 22)    /* largest connection-log ring, records per worker */
+#define DP_CC_NAME_MAX 16u           /* TCP_CA_NAME_MAX: longest algorithm name + NUL */
+#define DP_CC_MAX_NAMES 64u          /* distinct algorithm names one data plane interns */
 
 struct dp;
 
@@ -241,6 +245,18 @@ int dp_closed_sessions(struct dp *dp, size_t max, struct dp_conn_record **out, s
  * timeout_ms, close the rest, join the workers. UDP flows keep relaying replies until they end
  * or have been idle for 250 ms (see relay_udp.c). Idempotent. */
 int dp_stop(struct dp *dp, uint32_t timeout_ms);
+/* Congestion control of the backend leg (TCP_CONGESTION on each backend socket, before
+ * connect) for one TCP service: name = a Linux algorithm name (1..DP_CC_NAME_MAX - 1 characters
+ * of [A-Za-z0-9_-]), or NULL for the system default (no setsockopt at all). Takes effect for
+ * connect attempts that start after it returns; open sessions keep theirs. Before or after
+ * dp_start(). -EINVAL: bad service id or name; -ENOENT: this kernel has no such algorithm;
+ * -EPERM: the process may not use it (not in net.ipv4.tcp_allowed_congestion_control and no
+ * CAP_NET_ADMIN); -ENOSPC: DP_CC_MAX_NAMES distinct names were interned already. The name is
+ * tried on a scratch socket first, so a refused name changes nothing. */
+int dp_set_congestion_control(struct dp *dp, uint32_t service_id, const char *name);
+/* The backend-leg algorithm of service_id, NULL when none is set. The string is interned and
+ * lives as long as dp; any thread may call this (the relay does, once per connect attempt). */
+const char *dp_congestion_control(struct dp *dp, uint32_t service_id);
 /* Stop (with no grace) if needed and free everything. dp may be NULL. */
 void dp_destroy(struct dp *dp);
 

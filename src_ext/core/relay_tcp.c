@@ -105,7 +105,10 @@
  * per call (1.5..2% of the CPU per keep-alive request in perf; workers are never cancelled).
  * Sanitizer builds keep the wrappers (DP_LIBC_CALLS), which the sanitizers intercept. TCP_NODELAY
  * is set once on each listener (dp_add_listener) and inherited by accepted sockets (enum
- * dp_nodelay), so only the backend socket needs its own setsockopt.
+ * dp_nodelay), so only the backend socket needs its own setsockopt. Likewise a service's
+ * congestion control: the client leg inherits TCP_CONGESTION from the listener (set by the
+ * control plane), the backend leg gets one more setsockopt before connect(), only for services
+ * that name an algorithm (dp_congestion_control, dp.c).
  *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
@@ -409,6 +412,7 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     socklen_t sl = relay_backend_addr(b, &ss);
     struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                               .data.ptr = &s->bep };
+    const char *cc;
     int fd, err, rc;
 
     fd = socket(b->family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
@@ -416,6 +420,10 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     if (fd < 0)
         return -errno;
     relay_nodelay(fd);
+    cc = dp_congestion_control(w->dp, s->service_id);
+    if (cc) /* the service's backend-leg algorithm (dp.c, "Congestion control"); refused: the
+               connection keeps the system default */
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, (socklen_t)strlen(cc));
     if (relay_connect(fd, (struct sockaddr *)&ss, sl) == 0)
         rc = 0;
     else if (errno == EINPROGRESS || errno == EINTR)
