@@ -81,10 +81,9 @@
  * Congestion control. A TCP service may name the algorithm of its backend leg
  * (dp_set_congestion_control; the client leg is the caller's business: accepted sockets inherit
  * TCP_CONGESTION from their listener). It is not in the forwarding table, whose service records
- * have a fixed size (docs/forwarding-table.md), but in a side table of its own, struct dp_cc,
- * allocated with struct dp (struct dp_box below) so the relay needs no field of struct dp: up
- * to DP_CC_MAX_NAMES interned names, each written once under cc.lock and never changed or freed
- * until dp_destroy, plus one atomic byte per service, 0 for none or k for names[k - 1]. A setter
+ * have a fixed size (docs/forwarding-table.md), but in a side table of its own (struct dp_cc,
+ * dp->cc): up to DP_CC_MAX_NAMES interned names, each written once under cc.lock and never
+ * changed or freed until dp_destroy, plus one atomic byte per service, 0 for none or k for names[k - 1]. A setter
  * writes the name (when new) and then stores the byte with release; the relay loads the byte
  * with acquire once per connect attempt and, when it is not 0, passes the name to setsockopt
  * before connect(). So a worker sees a whole name or none, never a torn one, and never waits;
@@ -128,29 +127,6 @@
 #define DP_COPY_DEFAULT 16384u       /* default copy buffer (see relay_tcp.c, bench figures) */
 #define DP_PIPE_DEFAULT 0u           /* default pipe size: kernel default (64 KiB) */
 #define DP_PIPE_POOL_CAP 256u        /* idle pipes kept per worker */
-
-/* The backend-leg congestion control side table (see "Congestion control" above). */
-struct dp_cc {
-    pthread_mutex_t lock;          /* serialises setters (interning and per-service stores) */
-    char names[DP_CC_MAX_NAMES][DP_CC_NAME_MAX]; /* interned names, NUL-terminated; slot i is
-                                                    written once, before index i + 1 is
-                                                    published, and never changed after */
-    uint32_t n_names;              /* slots in use (under lock) */
-    _Atomic uint8_t idx[DP_MAX_SERVICES]; /* per service id: 0 none, k names[k - 1]; stored with
-                                             release, loaded with acquire */
-};
-
-/* What dp_create allocates: the data plane and its side table in one block (dp first, so a
- * struct dp pointer is the block's address). */
-struct dp_box {
-    struct dp dp;                  /* the data plane proper (relay_tcp.h) */
-    struct dp_cc cc;               /* its congestion control side table */
-};
-
-static struct dp_cc *dp_cc_of(struct dp *dp)
-{
-    return &((struct dp_box *)dp)->cc;
-}
 
 static uint64_t dp_mono_ms(void)
 {
@@ -567,7 +543,6 @@ static int dp_call_locked(struct dp *dp, struct dp_worker *w, struct dp_cmd *c)
 
 int dp_create(uint32_t n_workers, struct dp **out)
 {
-    struct dp_box *box;
     struct dp *dp;
     uint32_t i;
     uint64_t now = dp_mono_ms();
@@ -576,11 +551,10 @@ int dp_create(uint32_t n_workers, struct dp **out)
     *out = NULL;
     if (n_workers < 1 || n_workers > DP_MAX_WORKERS)
         return -EINVAL;
-    box = calloc(1, sizeof(*box));
-    if (!box)
+    dp = calloc(1, sizeof(*dp));
+    if (!dp)
         return -ENOMEM;
-    dp = &box->dp;
-    pthread_mutex_init(&box->cc.lock, NULL);
+    pthread_mutex_init(&dp->cc.lock, NULL);
     dp->n_workers = n_workers;
     dp->copy_threshold = DP_COPY_DEFAULT;
     dp->pipe_size = DP_PIPE_DEFAULT;
@@ -1456,8 +1430,8 @@ void dp_destroy(struct dp *dp)
     pthread_mutex_destroy(&dp->cmd_lock);
     pthread_mutex_destroy(&dp->stop_lock);
     pthread_cond_destroy(&dp->cmd_cond);
-    pthread_mutex_destroy(&dp_cc_of(dp)->lock);
-    free(dp); /* the whole struct dp_box: dp is its first member */
+    pthread_mutex_destroy(&dp->cc.lock);
+    free(dp);
 }
 
 /* 1 when name is a plausible algorithm name: 1..DP_CC_NAME_MAX - 1 of [A-Za-z0-9_-]. */
@@ -1492,7 +1466,7 @@ static int dp_cc_try(const char *name)
 
 int dp_set_congestion_control(struct dp *dp, uint32_t service_id, const char *name)
 {
-    struct dp_cc *cc = dp_cc_of(dp);
+    struct dp_cc *cc = &dp->cc;
     uint32_t i;
     int rc;
 
@@ -1526,7 +1500,7 @@ int dp_set_congestion_control(struct dp *dp, uint32_t service_id, const char *na
 
 const char *dp_congestion_control(struct dp *dp, uint32_t service_id)
 {
-    struct dp_cc *cc = dp_cc_of(dp);
+    struct dp_cc *cc = &dp->cc;
     uint8_t k;
 
     if (service_id >= DP_MAX_SERVICES)

@@ -256,6 +256,17 @@ struct dp_worker {
                                       while the replacer holds dp->log_lock */
 };
 
+/* The backend-leg congestion control side table (see dp.c, "Congestion control"). */
+struct dp_cc {
+    pthread_mutex_t lock;          /* serialises setters (interning and per-service stores) */
+    char names[DP_CC_MAX_NAMES][DP_CC_NAME_MAX]; /* interned names, NUL-terminated; slot i is
+                                                    written once, before index i + 1 is
+                                                    published, and never changed after */
+    uint32_t n_names;              /* slots in use (under lock) */
+    _Atomic uint8_t idx[DP_MAX_SERVICES]; /* per service id: 0 none, k names[k - 1]; stored with
+                                             release, loaded with acquire */
+};
+
 /* The data plane object (dp.h keeps it opaque). */
 struct dp {
     uint32_t n_workers;            /* number of workers */
@@ -286,6 +297,7 @@ struct dp {
     pthread_mutex_t log_lock;      /* serialises connection-log readers and setters */
     uint32_t log_capacity;         /* records per worker ring, 0 before the first enable
                                       (under log_lock) */
+    struct dp_cc cc;               /* backend-leg congestion control per service */
 };
 
 /* Load the live table into w->table and publish the generation seen (see dp.c's essay). Only
