@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,53 +19,12 @@ from typing import Any
 
 import pytest
 
+from tests.congestion_host import other_algorithm, ss_algorithms, sysctl_words, system_default
+
 from .backends import BackendServer
 from .clients import connect, recv_exact, wait_for
 from .conftest import SVC, MakeLB, Servers
 from .tables import BackendSpec, ServiceSpec
-
-SYSCTL = Path("/proc/sys/net/ipv4")
-SS_TIMEOUT = 5.0  # seconds for one ss run
-
-
-def _sysctl_words(name: str) -> list[str]:
-    return (SYSCTL / name).read_text().split()
-
-
-def system_default() -> str:
-    return (SYSCTL / "tcp_congestion_control").read_text().strip()
-
-
-def other_algorithm() -> str:
-    """An algorithm this kernel has and this process may set, other than the system default."""
-    default = system_default()
-    for name in ("cubic", "reno", *_sysctl_words("tcp_available_congestion_control")):
-        if name == default:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
-            except OSError:
-                continue
-        return name
-    pytest.skip(f"no congestion control other than the default ({default}) is usable here")
-
-
-def ss_algorithms(filter_expr: str) -> list[str]:
-    """The congestion control name of every established TCP socket ss finds for filter_expr."""
-    if shutil.which("ss") is None:
-        pytest.skip("ss (iproute2) is not installed")
-    known = set(_sysctl_words("tcp_available_congestion_control"))
-    out = subprocess.run(["ss", "-tinH", "state", "established", filter_expr],
-                         capture_output=True, text=True, check=True, timeout=SS_TIMEOUT).stdout
-    found: list[str] = []
-    for line in out.splitlines():
-        if not line[:1].isspace():
-            continue  # the address line; the info line that follows is indented
-        names = [word for word in line.split() if word in known]
-        assert names, f"no congestion control name in ss output: {line!r}"
-        found.append(names[0])
-    return found
 
 
 def service(backend: BackendServer) -> list[ServiceSpec]:
@@ -225,8 +183,8 @@ def test_algorithm_not_allowed_for_an_unprivileged_process(impl: str) -> None:
     """Without CAP_NET_ADMIN only net.ipv4.tcp_allowed_congestion_control may be set."""
     if os.geteuid() != 0:
         pytest.skip("needs root to start an unprivileged child")
-    allowed = set(_sysctl_words("tcp_allowed_congestion_control"))
-    restricted = [n for n in _sysctl_words("tcp_available_congestion_control")
+    allowed = set(sysctl_words("tcp_allowed_congestion_control"))
+    restricted = [n for n in sysctl_words("tcp_available_congestion_control")
                   if n not in allowed]
     if not restricted:
         pytest.skip("every available algorithm is allowed to everyone on this host")

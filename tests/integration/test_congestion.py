@@ -18,45 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.congestion_host import other_algorithm, ss_algorithms, sysctl_words, system_default
+
 from .procs import child_env, free_port, l4lb_cmd, stop_process, wait_listening
-
-SYSCTL = Path("/proc/sys/net/ipv4")
-SS_TIMEOUT = 5.0
-
-
-def sysctl_words(name: str) -> list[str]:
-    return (SYSCTL / name).read_text().split()
-
-
-def system_default() -> str:
-    return (SYSCTL / "tcp_congestion_control").read_text().strip()
-
-
-def other_algorithm() -> str:
-    """A usable algorithm other than the system default (skip when there is none)."""
-    default = system_default()
-    for name in ("cubic", "reno", *sysctl_words("tcp_available_congestion_control")):
-        if name == default:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
-            except OSError:
-                continue
-        return name
-    pytest.skip(f"no congestion control other than the default ({default}) is usable here")
 
 
 def ss_algorithm(filter_expr: str) -> str:
     """The congestion control of the one established TCP socket that matches filter_expr."""
-    known = set(sysctl_words("tcp_available_congestion_control"))
-    out = subprocess.run(["ss", "-tinH", "state", "established", filter_expr],
-                         capture_output=True, text=True, check=True, timeout=SS_TIMEOUT).stdout
-    infos = [line for line in out.splitlines() if line[:1].isspace()]
-    assert len(infos) == 1, out
-    names = [word for word in infos[0].split() if word in known]
-    assert names, infos[0]
-    return names[0]
+    found = ss_algorithms(filter_expr)
+    assert len(found) == 1, found
+    return found[0]
 
 
 class HoldServer:
