@@ -1,21 +1,21 @@
 """Turn configuration text into a Config: TOML parsing, position lookup, then validation.
 
-`load_text` is pure apart from one look at the file system (whether the directory of
-`[global] connection_log` exists, through its `dir_exists` argument, os.path.isdir by default;
-pass None to skip it). `load_file` reads the file and calls it; reading errors (missing file,
-permissions) propagate as OSError so the caller can word them; text that is not UTF-8 is a
-ConfigError pointing at the first bad byte. TOML syntax errors become one diagnostic each, with
-the line and column `tomllib` names in its message (moved from the message to the position).
+`load_text` is pure apart from the questions it asks of the host through its `host` argument
+(l4lb.config.host: the connection log's directory, a raw socket for SYN probes, the congestion
+control algorithms): this host by default, None to skip them. `load_file` reads the file and
+calls it; reading errors (missing file, permissions) propagate as OSError so the caller can
+word them; text that is not UTF-8 is a ConfigError pointing at the first bad byte. TOML syntax
+errors become one diagnostic each, with the line and column `tomllib` names in its message
+(moved from the message to the position).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
-from collections.abc import Callable
 
 from l4lb.config.errors import ConfigError, Diagnostic
+from l4lb.config.host import THIS_HOST, HostChecks
 from l4lb.config.locate import Locator
 from l4lb.config.model import Config
 from l4lb.config.validate import validate
@@ -45,15 +45,15 @@ def syntax_diagnostic(text: str, file: str, exc: tomllib.TOMLDecodeError) -> Dia
 
 
 def load_text(text: str, path: str = "<string>",
-              dir_exists: Callable[[str], bool] | None = os.path.isdir) -> Config:
+              host: HostChecks | None = THIS_HOST) -> Config:
     """Parse and validate configuration `text`; `path` names it in messages and in Config.path.
 
-    `dir_exists` checks that the connection log's directory exists (None: not checked)."""
+    `host` answers what the configuration asks of the host (None: those checks are skipped)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([syntax_diagnostic(text, path, exc)]) from None
-    result = validate(doc, Locator(text), path, dir_exists)
+    result = validate(doc, Locator(text), path, host)
     if isinstance(result, Config):
         return result
     raise ConfigError(result)

@@ -5,15 +5,13 @@ key with its type and range rules, and records a Diagnostic (with the position t
 for every problem instead of stopping at the first. Cross-checks (duplicate service names,
 overlapping listen addresses, duplicate backends) run as entries are read, so the second of two
 clashing entries is the one reported and the message names the first. If anything was reported
-the result is the list of diagnostics; otherwise it is the Config. The one look at the file
-system (does the connection log's directory exist?) goes through the `dir_exists` function the
-caller passes; without one, that check is skipped. The same switch governs the one look at the
-process's privileges: with `dir_exists` given (the loader checks against this host), a
-`kind = "syn"` health check fails here when a raw socket cannot be opened (no CAP_NET_RAW), so
-the daemon refuses to start or reload instead of marking every backend unprobeable. Likewise a
-service's `congestion_control` / `backend_congestion_control` is tried on a scratch TCP socket
-(congestion_control_problem): an algorithm this kernel lacks, or one this process may not use,
-is reported at the key. Nothing else does I/O here.
+the result is the list of diagnostics; otherwise it is the Config. Three questions need the
+host, and they go only through the `host` object the caller passes (l4lb.config.host; None
+skips them): does the connection log's directory exist; can this process open a raw socket, so
+that a `kind = "syn"` health check fails here without CAP_NET_RAW and the daemon refuses to
+start or reload instead of marking every backend unprobeable; and can it set each service's
+`congestion_control` / `backend_congestion_control`, so that an algorithm this kernel lacks, or
+one this process may not use, is reported at the key. Nothing else does I/O here.
 
 Invalid values are replaced by the model's defaults while checking continues; such a Config is
 never returned, because any error means the diagnostics are returned instead.
@@ -27,14 +25,14 @@ import errno
 import ipaddress
 import os
 import re
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from l4lb.config.addresses import parse_endpoint
 from l4lb.config.durations import parse_duration_ms, suggest_duration
 from l4lb.config.errors import Diagnostic, KeyPath, quote
+from l4lb.config.host import HostChecks
 from l4lb.config.locate import Locator
 from l4lb.config.model import (
     HASH_KEYS,
@@ -58,7 +56,6 @@ from l4lb.health.settings import (
     HealthSettings,
     HealthSettingsError,
 )
-from l4lb.health.synprobe import raw_socket_problem
 from l4lb.table.maglev import is_prime
 from l4lb.vrrp.settings import TrackService, VrrpSettings, VrrpSettingsError
 
@@ -218,11 +215,10 @@ class _ListenClaim:
 class _Checker:
     """Reads the document, records diagnostics and builds the model objects."""
 
-    def __init__(self, locator: Locator, file: str,
-                 dir_exists: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, locator: Locator, file: str, host: HostChecks | None = None) -> None:
         self.locator = locator
         self.file = file
-        self.dir_exists = dir_exists  # file-system check for connection_log; None = skip it
+        self.host = host  # answers the questions about this host; None = skip them
         self.diagnostics: list[Diagnostic] = []
         self.service_names: dict[str, int] = {}
         self.listen_exact: dict[tuple[str, str, int], _ListenClaim] = {}
@@ -585,9 +581,9 @@ class _Checker:
         elif value.endswith("/"):
             self.error(path, f"{label}: names a directory; write the path of the log file, "
                              f"e.g. {quote(value + 'conn.jsonl')}")
-        elif self.dir_exists is not None and not self.dir_exists(directory):
+        elif self.host is not None and not self.host.dir_exists(directory):
             self.error(path, f"{label}: directory {quote(directory)} does not exist")
-        elif self.dir_exists is not None and self.dir_exists(value):
+        elif self.host is not None and self.host.dir_exists(value):
             self.error(path, f"{label}: {quote(value)} is a directory; write the path of the "
                              "log file inside it")
         else:
@@ -708,10 +704,10 @@ class _Checker:
                        f"name: use 1 to {CC_NAME_MAX} characters of A-Z a-z 0-9 _ - "
                        '(for example "cubic" or "bbr")')
             return None
-        if self.dir_exists is None or protocol != "tcp":
+        if self.host is None or protocol != "tcp":
             return value
         if value not in self.cc_problems:
-            self.cc_problems[value] = congestion_control_problem(value)
+            self.cc_problems[value] = congestion_control_problem(self.host, value)
         problem = self.cc_problems[value]
         if problem is not None:
             self.error(path, f"{scope.label(key)}: {problem}")
@@ -801,10 +797,10 @@ class _Checker:
         except HealthSettingsError as exc:
             self.settings_problems(path, scope.prefix, "health", table, exc.problems, before)
             return None
-        if settings.kind == "syn" and self.dir_exists is not None:
+        if settings.kind == "syn" and self.host is not None:
             if not self.raw_checked:
                 self.raw_checked = True
-                self.raw_problem = raw_socket_problem()
+                self.raw_problem = self.host.raw_socket_error()
             if self.raw_problem is not None:
                 self.error((*path, "kind"), f'{hs.label("kind")}: "syn" probes need a raw '
                            f"socket, which this process cannot open ({self.raw_problem}); run "
@@ -1011,46 +1007,33 @@ class _Checker:
         return name
 
 
-def _sysctl_words(name: str) -> list[str]:
-    """The words of /proc/sys/net/ipv4/<name>, [] when it cannot be read."""
-    try:
-        with open(f"/proc/sys/net/ipv4/{name}", "rb") as f:
-            return f.read().decode("utf-8", "replace").split()
-    except (OSError, ValueError):
-        return []
-
-
-def congestion_control_problem(name: str) -> str | None:
-    """Why this process cannot set TCP congestion control `name` (a well-formed name), or
-    None when it can. Host I/O: one scratch TCP socket, and /proc/sys for the message."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
-        except OSError as exc:
-            failure = exc
-        else:
-            return None
-    if failure.errno == errno.ENOENT:
-        available = _sysctl_words("tcp_available_congestion_control")
+def congestion_control_problem(host: HostChecks, name: str) -> str | None:
+    """Why the process `host` answers for cannot set TCP congestion control `name` (a
+    well-formed name), or None when it can."""
+    err = host.congestion_control_errno(name)
+    if err == 0:
+        return None
+    if err == errno.ENOENT:
+        available = host.ipv4_sysctl_words("tcp_available_congestion_control")
         message = (f"{quote(name)} is not a congestion control algorithm of this kernel "
                    f"(net.ipv4.tcp_available_congestion_control: {' '.join(available)})")
         guess = suggest(name, available)
         return message + (f"; did you mean {quote(guess)}?" if guess is not None else "")
-    if failure.errno == errno.EPERM:
-        allowed = _sysctl_words("tcp_allowed_congestion_control")
+    if err == errno.EPERM:
+        allowed = host.ipv4_sysctl_words("tcp_allowed_congestion_control")
         return (f"{quote(name)} is not allowed for this process: without CAP_NET_ADMIN only "
                 f"net.ipv4.tcp_allowed_congestion_control may be used ({' '.join(allowed)}); "
                 f"run l4lb as root (or with CAP_NET_ADMIN), or add {name} to that sysctl")
-    return f"{quote(name)} cannot be set on a TCP socket: {failure.strerror or failure}"
+    return f"{quote(name)} cannot be set on a TCP socket: {os.strerror(err).lower()}"
 
 
 def validate(doc: dict[str, Any], locator: Locator, file: str,
-             dir_exists: Callable[[str], bool] | None = None) -> Config | list[Diagnostic]:
+             host: HostChecks | None = None) -> Config | list[Diagnostic]:
     """The Config for a parsed document, or every problem found in it (unsorted).
 
-    `dir_exists(path)` answers whether a directory exists (os.path.isdir); None skips the
-    checks that need the file system."""
-    checker = _Checker(locator, file, dir_exists)
+    `host` answers what the document asks of the host it will run on (l4lb.config.host); None
+    skips those checks."""
+    checker = _Checker(locator, file, host)
     config = checker.document(doc)
     if checker.diagnostics:
         return checker.diagnostics

@@ -168,10 +168,11 @@ def test_both_legs_follow_the_config_across_reloads(tmp_path: Path, hold: HoldSe
 
 HOST_CHECK = """
 import os, sys
+from l4lb.config.host import THIS_HOST
 from l4lb.config.validate import congestion_control_problem
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # imports first: /root is not readable
 for name in sys.argv[1:]:
-    print(name, "->", congestion_control_problem(name))
+    print(name, "->", congestion_control_problem(THIS_HOST, name))
 """
 
 

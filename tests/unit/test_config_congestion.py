@@ -4,16 +4,18 @@ the backend leg to the data plane (with a fake data plane). No sockets here."""
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import pytest
 
 from l4lb.config import ConfigError, load_text
-from l4lb.config import validate as validate_mod
 from l4lb.config.model import Service
 from l4lb.daemon import Daemon
 from l4lb.dataplane import congestion_control_name_ok
 from l4lb.state import Runtime
+
+from .fakehost import FakeHost
 
 TCP = """\
 [[services]]
@@ -36,7 +38,7 @@ listen = ["127.0.0.1:5353"]
 
 def pure(text: str) -> Any:
     """Load without host checks (no file system, no sockets)."""
-    return load_text(text, "t.toml", dir_exists=None)
+    return load_text(text, "t.toml", host=None)
 
 
 def errors(text: str, **kw: Any) -> list[str]:
@@ -46,20 +48,12 @@ def errors(text: str, **kw: Any) -> list[str]:
 
 
 @pytest.fixture
-def fake_host(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The host knows "cubic" and "bbr"; "dctcp" needs CAP_NET_ADMIN. Records the names asked."""
-    asked: list[str] = []
-
-    def problem(name: str) -> str | None:
-        asked.append(name)
-        if name in ("cubic", "bbr"):
-            return None
-        if name == "dctcp":
-            return '"dctcp" is not allowed for this process'
-        return f'"{name}" is not a congestion control algorithm of this kernel'
-
-    monkeypatch.setattr(validate_mod, "congestion_control_problem", problem)
-    return asked
+def fake_host() -> FakeHost:
+    """A host that has cubic, bbr and dctcp, and lets this process use cubic and bbr only."""
+    return FakeHost(
+        cc={"cubic": 0, "bbr": 0, "dctcp": errno.EPERM},
+        sysctls={"tcp_available_congestion_control": ["reno", "cubic", "bbr", "dctcp"],
+                 "tcp_allowed_congestion_control": ["reno", "bbr"]})
 
 
 def test_unset_is_the_system_default() -> None:
@@ -89,44 +83,45 @@ def test_backend_key_overrides_the_backend_leg_only() -> None:
 @pytest.mark.parametrize("value", ["", "x" * 16, "cu bic", "cubic;", "é"])
 def test_malformed_names_are_reported_at_the_value(value: str) -> None:
     text = TCP.format(keys=f'congestion_control = "{value}"')
-    assert errors(text, dir_exists=None) == [
+    assert errors(text, host=None) == [
         f't.toml:4:22: error: services[0] ("web"): congestion_control: "{value}" is not a '
         "congestion control name: use 1 to 15 characters of A-Z a-z 0-9 _ - (for example "
         '"cubic" or "bbr")']
 
 
 def test_a_name_must_be_a_string() -> None:
-    assert errors(TCP.format(keys="backend_congestion_control = 3"), dir_exists=None) == [
+    assert errors(TCP.format(keys="backend_congestion_control = 3"), host=None) == [
         't.toml:4:30: error: services[0] ("web"): backend_congestion_control: expected a '
         "string, found an integer (3)"]
 
 
-def test_udp_services_refuse_both_keys(fake_host: list[str]) -> None:
+def test_udp_services_refuse_both_keys(fake_host: FakeHost) -> None:
     keys = 'congestion_control = "cubic"\nbackend_congestion_control = "nosuch"'
-    assert errors(UDP.format(keys=keys)) == [
+    assert errors(UDP.format(keys=keys), host=fake_host) == [
         't.toml:5:22: error: services[0] ("dns"): congestion_control: applies to protocol = '
         '"tcp" only',
         't.toml:6:30: error: services[0] ("dns"): backend_congestion_control: applies to '
         'protocol = "tcp" only']
-    assert fake_host == []  # no host check for a key that does not apply
+    assert fake_host.asked == []  # no host check for a key that does not apply
 
 
-def test_host_check_reports_unknown_and_forbidden_names(fake_host: list[str]) -> None:
-    keys = 'congestion_control = "nosuch"\nbackend_congestion_control = "dctcp"'
-    assert errors(TCP.format(keys=keys)) == [
-        't.toml:4:22: error: services[0] ("web"): congestion_control: "nosuch" is not a '
-        "congestion control algorithm of this kernel",
+def test_host_check_reports_unknown_and_forbidden_names(fake_host: FakeHost) -> None:
+    keys = 'congestion_control = "cubc"\nbackend_congestion_control = "dctcp"'
+    assert errors(TCP.format(keys=keys), host=fake_host) == [
+        't.toml:4:22: error: services[0] ("web"): congestion_control: "cubc" is not a '
+        "congestion control algorithm of this kernel (net.ipv4.tcp_available_congestion_control:"
+        ' reno cubic bbr dctcp); did you mean "cubic"?',
         't.toml:5:30: error: services[0] ("web"): backend_congestion_control: "dctcp" is not '
-        "allowed for this process"]
+        "allowed for this process: without CAP_NET_ADMIN only "
+        "net.ipv4.tcp_allowed_congestion_control may be used (reno bbr); run l4lb as root (or "
+        "with CAP_NET_ADMIN), or add dctcp to that sysctl"]
 
 
-def test_host_check_runs_once_per_name_and_only_with_host_checks(fake_host: list[str]) -> None:
+def test_host_check_runs_once_per_name_and_only_with_host_checks(fake_host: FakeHost) -> None:
     text = TCP.format(keys='congestion_control = "cubic"\nbackend_congestion_control = "cubic"')
-    assert load_text(text, "t.toml").services[0].congestion_control == "cubic"
-    assert fake_host == ["cubic"]
-    fake_host.clear()
-    pure(TCP.format(keys='congestion_control = "nosuch"'))  # the pure loader asks nobody
-    assert fake_host == []
+    assert load_text(text, "t.toml", host=fake_host).services[0].congestion_control == "cubic"
+    assert fake_host.asked == ["cc cubic"]
+    pure(TCP.format(keys='congestion_control = "nosuch"'))  # without a host nobody is asked
 
 
 def test_name_form() -> None:

@@ -30,6 +30,8 @@ from l4lb.health.synprobe import (
     tcp_checksum,
 )
 
+from .fakehost import FakeHost
+
 V4 = socket.inet_pton(socket.AF_INET, "127.0.0.1")
 V6 = socket.inet_pton(socket.AF_INET6, "::1")
 A4 = socket.inet_pton(socket.AF_INET, "10.1.2.3")
@@ -314,17 +316,14 @@ kind = "syn"
 """
 
 
-def test_syn_config_without_raw_socket_fails_at_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    import l4lb.config.validate as validate
-
-    monkeypatch.setattr(validate, "raw_socket_problem", lambda: "operation not permitted")
+def test_syn_config_without_raw_socket_fails_at_kind() -> None:
+    host = FakeHost(raw_error="operation not permitted")
     with pytest.raises(ConfigError) as exc:
-        load_text(SYN_CONFIG, "l4lb.toml")
+        load_text(SYN_CONFIG, "l4lb.toml", host=host)
     text = str(exc.value)
     assert 'l4lb.toml:7:8: error: services[0] ("web"): health.kind: "syn" probes need a raw ' \
         "socket, which this process cannot open (operation not permitted)" in text
-    # without host checks (dir_exists=None) the file is only validated, not checked here
-    assert load_text(SYN_CONFIG, "l4lb.toml", dir_exists=None).services[0].health is not None
-    monkeypatch.setattr(validate, "raw_socket_problem", lambda: None)
-    health = load_text(SYN_CONFIG, "l4lb.toml").services[0].health
+    # without a host the file is only validated, not checked against one
+    assert load_text(SYN_CONFIG, "l4lb.toml", host=None).services[0].health is not None
+    health = load_text(SYN_CONFIG, "l4lb.toml", host=FakeHost()).services[0].health
     assert health is not None and health.kind == "syn"

@@ -1,0 +1,32 @@
+"""A stand-in for l4lb.config.host.THIS_HOST: answers a test chooses, and the questions asked."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FakeHost:
+    """Answers l4lb.config.host.HostChecks from its fields and records every question."""
+
+    dirs: set[str] = field(default_factory=set)  # existing directories
+    raw_error: str | None = None  # why no raw socket opens (None: it opens)
+    cc: dict[str, int] = field(default_factory=dict)  # algorithm -> errno (0: usable)
+    sysctls: dict[str, list[str]] = field(default_factory=dict)  # net.ipv4 sysctl -> words
+    asked: list[str] = field(default_factory=list)  # questions, e.g. "cc cubic", "raw"
+
+    def dir_exists(self, path: str) -> bool:
+        self.asked.append(f"dir {path}")
+        return path in self.dirs
+
+    def raw_socket_error(self) -> str | None:
+        self.asked.append("raw")
+        return self.raw_error
+
+    def congestion_control_errno(self, name: str) -> int:
+        self.asked.append(f"cc {name}")
+        return self.cc.get(name, errno.ENOENT)
+
+    def ipv4_sysctl_words(self, name: str) -> list[str]:
+        return list(self.sysctls.get(name, []))
