@@ -436,3 +436,163 @@ def _ct_selftest(int seed, int rounds):
     with nogil:
         rc = _core.ct_selftest(<uint32_t>seed, <uint32_t>rounds)
     return rc
+
+
+# -- SYN probe fleet (src_ext/core/synprobe.h): the C twin of l4lb/health/synfleet.py ----------
+
+cdef extern from "synprobe.h" nogil:
+    enum:
+        SP_MAX_PORTS
+    struct sp_fleet:
+        pass
+    struct sp_result:
+        uint32_t id
+        uint32_t verdict
+        int32_t err
+        uint32_t latency_us
+    struct sp_target_info:
+        int64_t due_ns
+        int64_t start_ns
+        int64_t deadline_ns
+        uint32_t seq
+        uint16_t sport
+        uint8_t in_flight
+    int sp_fleet_create(uint64_t seed, sp_fleet **out)
+    void sp_fleet_destroy(sp_fleet *f)
+    int sp_lane_add(sp_fleet *f, uint32_t lane, int family, int fd, const uint16_t *ports,
+                    uint32_t nports)
+    int sp_target_add(sp_fleet *f, uint32_t id, uint32_t lane, const uint8_t *dst,
+                      uint16_t dport, const uint8_t *src, uint32_t scope_id, uint32_t timeout_ms,
+                      uint32_t interval_ms, uint32_t jitter_ppm, int64_t first_due_ns)
+    int sp_target_remove(sp_fleet *f, uint32_t id)
+    int sp_target_set_timing(sp_fleet *f, uint32_t id, uint32_t interval_ms,
+                             uint32_t timeout_ms, uint32_t jitter_ppm)
+    int sp_target_get "sp_target_info"(const sp_fleet *f, uint32_t id, sp_target_info *out)
+    uint32_t sp_fleet_in_flight(const sp_fleet *f)
+    uint64_t sp_fleet_stray(const sp_fleet *f)
+    int64_t sp_fleet_next_due(const sp_fleet *f)
+    int sp_fleet_run(sp_fleet *f, int64_t now_ns, sp_result *results, uint32_t max_results,
+                     int64_t *next_due)
+    uint64_t sp_splitmix64(uint64_t *state)
+    int64_t sp_scaled_interval(int64_t interval_ns, uint32_t jitter_ppm, uint32_t r)
+
+from libc.stdint cimport uint16_t
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+
+def sp_splitmix_next(uint64_t state):
+    """(new state, output) of one splitmix64 step (for the twin's tests)."""
+    cdef uint64_t s = state
+    cdef uint64_t out = sp_splitmix64(&s)
+    return s, out
+
+
+def sp_scaled(int64_t interval_ns, uint32_t jitter_ppm, uint32_t r):
+    """sp_scaled_interval (for the twin's tests)."""
+    return sp_scaled_interval(interval_ns, jitter_ppm, r)
+
+
+cdef class SynFleet:
+    """SYN probe targets run in C; the API is documented on l4lb.health.synfleet.PySynFleet."""
+
+    cdef sp_fleet *_f
+    cdef uint32_t _max
+    cdef sp_result *_res
+
+    def __cinit__(self, uint64_t seed, uint32_t max_results=1024):
+        cdef int rc
+        self._f = NULL
+        self._res = NULL
+        if max_results < 1:
+            raise ValueError("max_results must be >= 1")
+        rc = sp_fleet_create(seed, &self._f)
+        if rc:
+            raise _dp_oserror(rc)
+        self._max = max_results
+        self._res = <sp_result *>malloc(max_results * sizeof(sp_result))
+        if self._res == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self._f != NULL:
+            sp_fleet_destroy(self._f)
+            self._f = NULL
+        if self._res != NULL:
+            free(self._res)
+            self._res = NULL
+
+    def close(self):
+        """Free the fleet (the lane fds belong to the caller). Idempotent."""
+        if self._f != NULL:
+            sp_fleet_destroy(self._f)
+            self._f = NULL
+
+    cdef sp_fleet *_live(self) except NULL:
+        if self._f == NULL:
+            raise RuntimeError("syn fleet is closed")
+        return self._f
+
+    def add_lane(self, uint32_t lane, int family, int fd, ports):
+        cdef uint16_t p[SP_MAX_PORTS]
+        cdef uint32_t n = 0
+        cdef int rc
+        if len(ports) < 1 or len(ports) > SP_MAX_PORTS:
+            raise ValueError(f"between 1 and {SP_MAX_PORTS} ports")
+        for port in ports:
+            p[n] = port
+            n += 1
+        rc = sp_lane_add(self._live(), lane, family, fd, p, n)
+        if rc:
+            raise _dp_oserror(rc)
+
+    def add_target(self, uint32_t tid, uint32_t lane, bytes dst, uint16_t port, bytes src,
+                   uint32_t scope_id, uint32_t timeout_ms, uint32_t interval_ms,
+                   uint32_t jitter_ppm, int64_t first_due_ns):
+        cdef int rc
+        if len(dst) not in (4, 16) or len(src) != len(dst):
+            raise ValueError("dst and src must be packed addresses of one family")
+        rc = sp_target_add(self._live(), tid, lane, <const uint8_t *>PyBytes_AS_STRING(dst), port,
+                           <const uint8_t *>PyBytes_AS_STRING(src), scope_id, timeout_ms,
+                           interval_ms, jitter_ppm, first_due_ns)
+        if rc:
+            raise _dp_oserror(rc)
+
+    def remove_target(self, uint32_t tid):
+        cdef int rc = sp_target_remove(self._live(), tid)
+        if rc:
+            raise _dp_oserror(rc)
+
+    def set_timing(self, uint32_t tid, uint32_t interval_ms, uint32_t timeout_ms,
+                   uint32_t jitter_ppm):
+        cdef int rc = sp_target_set_timing(self._live(), tid, interval_ms, timeout_ms, jitter_ppm)
+        if rc:
+            raise _dp_oserror(rc)
+
+    def target(self, uint32_t tid):
+        cdef sp_target_info info
+        cdef int rc = sp_target_get(self._live(), tid, &info)
+        if rc:
+            raise _dp_oserror(rc)
+        return (info.due_ns, info.start_ns, info.deadline_ns, info.seq, info.sport,
+                bool(info.in_flight))
+
+    @property
+    def in_flight(self):
+        return sp_fleet_in_flight(self._live())
+
+    @property
+    def stray(self):
+        return sp_fleet_stray(self._live())
+
+    def next_due(self):
+        return sp_fleet_next_due(self._live())
+
+    def run(self, int64_t now_ns):
+        cdef sp_fleet *f = self._live()
+        cdef int64_t nxt = 0
+        cdef int n
+        with nogil:
+            n = sp_fleet_run(f, now_ns, self._res, self._max, &nxt)
+        if n < 0:
+            raise _dp_oserror(n)
+        return PyBytes_FromStringAndSize(<char *>self._res, n * sizeof(sp_result)), nxt
