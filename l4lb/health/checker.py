@@ -14,6 +14,15 @@ finished: one backend never has two probes in flight. The first probe of a new b
 a random point of its first interval, so backends added together (start-up, reload) are spread
 out instead of probed in one burst.
 
+Backends of services with `kind = "syn"` are not in the heap: they go to a SYN fleet
+(l4lb/health/synfleet.py: the C fleet, or its Python twin without the extension) that owns their
+schedule, probes and timeouts and delivers results in batches; those results take the same path
+as the others (`_account`: dampener, latency, counters, transitions), and a change of state sets
+the fleet's interval for the backend (`down_interval` while DOWN). Should a backend not fit the
+fleet (its lane or source address cannot be set up), it stays in the heap, where the probe
+engine turns that into an inconclusive result as before. `syn_fleet="off"` keeps every backend
+in the heap.
+
 The latency of each backend's last conclusive probe is kept (`latency()`, `latencies()`): the
 time from its start to its verdict, a timeout included. Inconclusive results leave it as it was.
 
@@ -38,6 +47,7 @@ from typing import Generic, TypeVar
 from l4lb.health.dampener import Dampener, Health, HealthSnapshot, Transition
 from l4lb.health.probe import ProbeEngine, ProbeHandle, ProbeResult, ProbeSpec
 from l4lb.health.settings import HealthSettings
+from l4lb.health.synfleet import SynFleetRunner
 
 log = logging.getLogger("l4lb.health")
 
@@ -49,8 +59,8 @@ _INCONCLUSIVE_LOG_EVERY = 60.0  # seconds between two warnings about local probe
 class _Entry(Generic[K]):
     """One checked backend."""
 
-    __slots__ = ("dampener", "due", "host", "ident", "key", "last_start", "latency", "port",
-                 "probe", "removed", "settings", "spec")
+    __slots__ = ("dampener", "due", "fleet_id", "host", "ident", "key", "last_start", "latency",
+                 "port", "probe", "removed", "settings", "spec")
 
     def __init__(self, ident: int, key: K, host: str, port: int, settings: HealthSettings,
                  dampener: Dampener) -> None:
@@ -66,6 +76,7 @@ class _Entry(Generic[K]):
         self.probe: ProbeHandle | None = None  # the probe in flight, if any
         self.latency: float | None = None  # seconds the last conclusive probe took
         self.removed = False  # set by remove(); queued references are then skipped
+        self.fleet_id: int | None = None  # id in the SYN fleet while it schedules this backend
 
 
 @dataclass(frozen=True)
@@ -87,9 +98,11 @@ class HealthChecker(Generic[K]):
 
     def __init__(self, on_transition: Callable[[K, Transition], None], *,
                  max_in_flight: int = 2048, batch: int = 32, tick: float = 0.005,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, syn_fleet: str = "auto") -> None:
         if max_in_flight < 1 or batch < 1 or tick < 0:
             raise ValueError("max_in_flight and batch must be >= 1, tick >= 0")
+        if syn_fleet not in ("auto", "c", "py", "off"):
+            raise ValueError("syn_fleet must be auto, c, py or off")
         self._on_transition = on_transition  # called as (key, transition)
         self._max_in_flight = max_in_flight  # probes (sockets) at once
         self._batch = batch  # probes started per loop callback
@@ -115,6 +128,9 @@ class HealthChecker(Generic[K]):
         self._max_start_delay = 0.0
         self._last_inconclusive_log = -_INCONCLUSIVE_LOG_EVERY  # monotonic
         self._result_cb = self._on_result  # one bound method for every probe, not one each
+        self._syn_fleet = syn_fleet  # fleet implementation for kind "syn": auto, c, py, off
+        self._fleet: SynFleetRunner | None = None  # opened by the first syn backend
+        self._by_fleet_id: dict[int, _Entry[K]] = {}  # fleet id -> entry
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -126,7 +142,7 @@ class HealthChecker(Generic[K]):
         self._engine = ProbeEngine(self._loop)
         now = time.monotonic()
         for entry in self._entries.values():
-            self._push(entry, now + self._rng.uniform(0, entry.settings.interval))
+            self._schedule_new(entry, now)
         self._arm_for_heap()
 
     def stop(self) -> None:
@@ -139,6 +155,11 @@ class HealthChecker(Generic[K]):
             if entry.probe is not None:
                 entry.probe.cancel()
                 entry.probe = None
+            entry.fleet_id = None
+        if self._fleet is not None:
+            self._fleet.close()
+            self._fleet = None
+        self._by_fleet_id.clear()
         if self._engine is not None:
             self._engine.close()
             self._engine = None
@@ -156,9 +177,18 @@ class HealthChecker(Generic[K]):
         now = time.monotonic()
         old = self._entries.get(key)
         if old is not None and old.host == host and old.port == port:
-            old.spec = ProbeSpec.build(host, port, settings)  # may raise: change nothing before
+            spec = ProbeSpec.build(host, port, settings)  # may raise: change nothing before
+            old_spec = old.spec
+            old.spec = spec
             old.settings = settings
             old.dampener.reconfigure(settings)
+            if self._loop is None:
+                return
+            if old.fleet_id is not None and spec.syn and (spec.sockaddr, spec.source) == \
+                    (old_spec.sockaddr, old_spec.source):
+                self._fleet_timing(old)
+            elif old.fleet_id is not None or (spec.syn and self._fleet_wanted()):
+                self._reschedule_elsewhere(old, now)
             return
         if old is not None:
             self.remove(key)
@@ -167,7 +197,7 @@ class HealthChecker(Generic[K]):
         self._entries[key] = entry
         self._by_ident[entry.ident] = entry
         if self._loop is not None:
-            self._push(entry, now + self._rng.uniform(0, settings.interval))
+            self._schedule_new(entry, now)
             self._arm_for_heap()
 
     def remove(self, key: K) -> None:
@@ -177,6 +207,11 @@ class HealthChecker(Generic[K]):
             return
         entry.removed = True
         del self._by_ident[entry.ident]
+        if entry.fleet_id is not None:
+            self._by_fleet_id.pop(entry.fleet_id, None)
+            if self._fleet is not None:
+                self._fleet.remove(entry.fleet_id)
+            entry.fleet_id = None
         if entry.probe is not None:
             entry.probe.cancel()
             entry.probe = None
@@ -216,14 +251,81 @@ class HealthChecker(Generic[K]):
         transition = entry.dampener.passive_failures(count, time.monotonic())
         if transition is not None:
             self._report(entry, transition)
+            if entry.fleet_id is not None and not entry.removed:
+                self._fleet_timing(entry)
 
     def stats(self) -> CheckerStats:
         """Counters since construction."""
-        return CheckerStats(backends=len(self._entries), in_flight=self._in_flight,
+        in_flight = self._in_flight + (self._fleet.in_flight if self._fleet is not None else 0)
+        return CheckerStats(backends=len(self._entries), in_flight=in_flight,
                             waiting=len(self._waiting), probes=self._probes,
                             failed=self._failed, inconclusive=self._inconclusive,
                             transitions=self._transitions,
                             max_start_delay=self._max_start_delay)
+
+    # -- the SYN fleet ---------------------------------------------------------------------
+
+    def _fleet_wanted(self) -> bool:
+        return self._syn_fleet != "off"
+
+    def _schedule_new(self, entry: _Entry[K], now: float) -> None:
+        """First probe of a (new, or moved) backend: in the fleet if it takes it, else the heap."""
+        first = now + self._rng.uniform(0, entry.settings.interval)
+        if entry.spec.syn and self._fleet_wanted() and self._loop is not None:
+            if self._fleet is None:
+                self._fleet = SynFleetRunner(self._loop, self._on_fleet_result,
+                                             impl=self._syn_fleet, seed=self._rng.getrandbits(64),
+                                             tick=self._tick)
+            try:
+                interval = self._current_interval(entry)
+                fid = self._fleet.add(entry.spec, interval, entry.settings.jitter, first)
+            except OSError as exc:
+                log.debug("health: %s stays off the syn fleet: %s", entry.spec, exc)
+            else:
+                entry.fleet_id = fid
+                self._by_fleet_id[fid] = entry
+                return
+        self._push(entry, first)
+
+    def _reschedule_elsewhere(self, entry: _Entry[K], now: float) -> None:
+        """The backend's probe kind or target changed across the fleet boundary: abandon what
+        runs and schedule it afresh (a new ident drops its old heap references)."""
+        if entry.fleet_id is not None:
+            self._by_fleet_id.pop(entry.fleet_id, None)
+            if self._fleet is not None:
+                self._fleet.remove(entry.fleet_id)
+            entry.fleet_id = None
+        if entry.probe is not None:
+            entry.probe.cancel()
+            entry.probe = None
+            self._in_flight -= 1
+        del self._by_ident[entry.ident]
+        self._idents += 1
+        entry.ident = self._idents
+        self._by_ident[entry.ident] = entry
+        self._schedule_new(entry, now)
+        self._arm_for_heap()
+        self._kick()
+
+    @staticmethod
+    def _current_interval(entry: _Entry[K]) -> float:
+        settings = entry.settings
+        return settings.interval if entry.dampener.state is Health.UP \
+            else settings.effective_down_interval
+
+    def _fleet_timing(self, entry: _Entry[K]) -> None:
+        if self._fleet is not None and entry.fleet_id is not None:
+            self._fleet.set_timing(entry.fleet_id, self._current_interval(entry),
+                                   entry.settings.timeout, entry.settings.jitter)
+
+    def _on_fleet_result(self, fid: int, result: ProbeResult) -> None:
+        entry = self._by_fleet_id.get(fid)
+        if entry is None or entry.removed:
+            return
+        before = entry.dampener.state
+        self._account(entry, result, time.monotonic())
+        if not entry.removed and entry.fleet_id == fid and entry.dampener.state is not before:
+            self._fleet_timing(entry)
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -267,7 +369,7 @@ class HealthChecker(Generic[K]):
         waiting = self._waiting
         while waiting and budget and self._in_flight < self._max_in_flight:
             entry = waiting.popleft()
-            if not entry.removed:
+            if not entry.removed and entry.fleet_id is None:
                 self._launch(engine, entry, now)
                 budget -= 1
         horizon = now + self._tick
@@ -280,7 +382,7 @@ class HealthChecker(Generic[K]):
         max_delay = self._max_start_delay
         while heap and heap[0][0] <= horizon and budget:
             found = by_ident.get(heappop(heap)[1])
-            if found is None:
+            if found is None or found.fleet_id is not None:
                 continue
             entry = found
             if self._in_flight < max_in_flight:
@@ -316,23 +418,9 @@ class HealthChecker(Generic[K]):
             return
         entry.probe = None
         self._in_flight -= 1
-        self._probes += 1
         now = time.monotonic()
-        ok, reason, latency, conclusive = result
-        if not conclusive:
-            self._inconclusive += 1
-            if now - self._last_inconclusive_log >= _INCONCLUSIVE_LOG_EVERY:
-                self._last_inconclusive_log = now
-                log.warning("health: probe of %s could not be made: %s (not counted against "
-                            "the backend)", entry.spec, reason)
-        else:
-            entry.latency = latency
-            if not ok:
-                self._failed += 1
-            transition = entry.dampener.probe(ok, reason, now)
-            if transition is not None:
-                self._report(entry, transition)
-        if entry.removed:  # the transition callback may have removed it
+        self._account(entry, result, now)
+        if entry.removed or entry.fleet_id is not None:  # the transition callback moved it
             return
         settings = entry.settings
         interval = settings.interval if entry.dampener.state is Health.UP \
@@ -349,6 +437,25 @@ class HealthChecker(Generic[K]):
             self._arm_for_heap()
         if self._waiting:
             self._kick()
+
+    def _account(self, entry: _Entry[K], result: ProbeResult, now: float) -> None:
+        """The result path shared by the heap's probes and the fleet's: counters, latency,
+        dampener, transitions."""
+        self._probes += 1
+        ok, reason, latency, conclusive = result
+        if not conclusive:
+            self._inconclusive += 1
+            if now - self._last_inconclusive_log >= _INCONCLUSIVE_LOG_EVERY:
+                self._last_inconclusive_log = now
+                log.warning("health: probe of %s could not be made: %s (not counted against "
+                            "the backend)", entry.spec, reason)
+        else:
+            entry.latency = latency
+            if not ok:
+                self._failed += 1
+            transition = entry.dampener.probe(ok, reason, now)
+            if transition is not None:
+                self._report(entry, transition)
 
     def _report(self, entry: _Entry[K], transition: Transition) -> None:
         self._transitions += 1
