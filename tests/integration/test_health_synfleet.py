@@ -1,0 +1,358 @@
+"""One test suite for both SYN fleets (the C `SynFleet` and the Python twin `PySynFleet`).
+
+Every fleet test runs twice (`impl`: "c" and "py"). The clock is fake (`run(now_ns)` takes the
+time; nothing sleeps) while the packets are real: loopback SYNs from a BPF-filtered raw socket
+(root or CAP_NET_RAW; skipped otherwise). Replies of a run are waited for with select() on the
+lane socket, bounded. Targets: a listener (UP), a port bound without listen() (RST), a listener
+whose socket filter drops every segment (no answer: timeouts, and a quiet target for forged
+replies). "c" FAILS when the extension does not import, unless L4LB_NO_EXTENSIONS=1 (then it
+skips), like tests/dataplane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from l4lb.dataplane import NO_EXTENSIONS_ENV, reference_requested
+from l4lb.health import Health, HealthChecker, HealthSettings, Transition
+from l4lb.health.synfleet import (
+    LOCAL_ERROR,
+    NO_EVENT,
+    REFUSED,
+    RESULT,
+    TIMEOUT,
+    UP,
+    Fleet,
+    make_fleet,
+    scaled_interval,
+    splitmix64,
+)
+from l4lb.health.synprobe import TCP_ACK, TCP_RST, TCP_SYN, _Lane, raw_socket_problem, tcp_checksum
+
+from .test_health_syn import listener, refusing_port, run
+
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.root,
+    pytest.mark.skipif(raw_socket_problem() is not None,
+                       reason="needs a raw socket (root or CAP_NET_RAW)"),
+]
+
+LO = socket.inet_aton("127.0.0.1")
+LO6 = socket.inet_pton(socket.AF_INET6, "::1")
+T0 = 1_000_000_000_000  # fake clock start, ns
+MS = 1_000_000
+
+
+def _check_impl(impl: str) -> None:
+    if impl == "c":
+        if reference_requested():
+            pytest.skip(f"{NO_EXTENSIONS_ENV}=1: the compiled fleet is not tested")
+        try:
+            from l4lb._dataplane import SynFleet  # noqa: F401
+        except ImportError as exc:
+            pytest.fail(f"l4lb._dataplane.SynFleet does not import ({exc})", pytrace=False)
+
+
+class Rig:
+    """A fleet with one IPv4 lane (id 0) and one IPv6 lane (id 1) on loopback."""
+
+    def __init__(self, impl: str, seed: int = 7, max_results: int = 1024) -> None:
+        self.lanes = [_Lane(socket.AF_INET, None, 4), _Lane(socket.AF_INET6, None, 4)]
+        self.fleet: Fleet = make_fleet(impl, seed, max_results)
+        for i, lane in enumerate(self.lanes):
+            assert lane.raw is not None
+            self.fleet.add_lane(i, lane.family, lane.raw.fileno(), lane.ports)
+
+    def add(self, tid: int, port: int, *, v6: bool = False, timeout_ms: int = 300,
+            interval_ms: int = 1000, jitter_ppm: int = 0, due: int = T0,
+            dst: bytes | None = None) -> None:
+        addr = LO6 if v6 else LO
+        self.fleet.add_target(tid, 1 if v6 else 0, dst or addr, port, addr, 0, timeout_ms,
+                              interval_ms, jitter_ppm, due)
+
+    def run(self, now: int, wait: bool = False) -> list[tuple[int, int, int, int]]:
+        """One run; wait: first wait (bounded) until a lane socket is readable."""
+        if wait:
+            fds = [lane.raw.fileno() for lane in self.lanes if lane.raw is not None]
+            select.select(fds, [], [], 2.0)
+        buf, self.next_due = self.fleet.run(now)
+        return list(RESULT.iter_unpack(buf))
+
+    def close(self) -> None:
+        self.fleet.close()
+        for lane in self.lanes:
+            lane.close()
+
+
+@pytest.fixture(params=["c", "py"])
+def impl(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    _check_impl(name)
+    return name
+
+
+@pytest.fixture
+def rig(impl: str) -> Iterator[Rig]:
+    r = Rig(impl)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def forged(src_port: int, dst_port: int, seq: int, ack: int, flags: int) -> bytes:
+    """A TCP header from 127.0.0.1:src_port to 127.0.0.1:dst_port with a correct checksum."""
+    hdr = struct.pack("!HHIIBBHHH", src_port, dst_port, seq, ack, 5 << 4, flags, 1024, 0, 0)
+    csum = tcp_checksum(LO, LO, hdr)
+    return hdr[:16] + struct.pack("!H", csum) + hdr[18:]
+
+
+# -- pure pieces -------------------------------------------------------------------------------
+
+def test_prng_and_scaling_agree_with_the_c_code() -> None:
+    _check_impl("c")
+    from l4lb._dataplane import sp_scaled, sp_splitmix_next
+    state = 12345
+    for _ in range(100):
+        assert sp_splitmix_next(state) == splitmix64(state)
+        state, out = splitmix64(state)
+        r = out >> 32
+        for iv, j in ((1000 * MS, 100_000), (3600_000 * MS, 1_000_000), (7 * MS, 0)):
+            got = scaled_interval(iv, j, r)
+            assert got == sp_scaled(iv, j, r)
+            assert iv - iv * j // 1_000_000 <= got <= iv + iv * j // 1_000_000
+    # splitmix64 reference values for seed 0 (the published first outputs)
+    s, a = splitmix64(0)
+    _, b = splitmix64(s)
+    assert (a, b) == (0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4)
+
+
+# -- verdicts ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_listener_is_up_and_closed_port_refused(rig: Rig, v6: bool) -> None:
+    host = "::1" if v6 else "127.0.0.1"
+    with listener(host) as lst, refusing_port(host) as closed:
+        rig.add(0, lst.getsockname()[1], v6=v6)
+        rig.add(1, closed, v6=v6)
+        assert rig.run(T0) == []
+        assert rig.fleet.in_flight == 2
+        assert rig.next_due == T0 + 300 * MS  # the earlier deadline
+        got = rig.run(T0 + 2 * MS, wait=True)
+        if len(got) < 2:
+            got += rig.run(T0 + 2 * MS, wait=True)
+        assert sorted(got) == [(0, UP, 0, 2000), (1, REFUSED, 0, 2000)]
+        assert rig.fleet.in_flight == 0
+        with pytest.raises(BlockingIOError):
+            lst.accept()
+
+
+def test_timeout_comes_at_the_deadline_not_before(rig: Rig) -> None:
+    with listener("127.0.0.1", drop_all=True) as hole:
+        rig.add(0, hole.getsockname()[1], timeout_ms=250)
+        assert rig.run(T0) == []
+        assert rig.run(T0 + 250 * MS - 1) == []
+        assert rig.fleet.target(0)[5] is True
+        assert rig.run(T0 + 250 * MS) == [(0, TIMEOUT, 0, 250_000)]
+        assert rig.fleet.target(0)[5] is False
+
+
+def test_replies_with_wrong_ack_port_or_flags_are_ignored(rig: Rig) -> None:
+    with listener("127.0.0.1", drop_all=True) as hole:
+        hport = hole.getsockname()[1]
+        rig.add(0, hport)
+        rig.run(T0)
+        _due, _start, _dl, seq, sport, flying = rig.fleet.target(0)
+        assert flying
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        try:
+            sa = TCP_SYN | TCP_ACK
+            bad = [forged(hport, sport, 99, (seq + 2) & 0xFFFFFFFF, sa),  # wrong ack
+                   forged(hport + 1 if hport < 65535 else 1, sport, 99, seq + 1, sa),  # port
+                   forged(hport, sport, 99, (seq + 1) & 0xFFFFFFFF, TCP_RST)]  # RST without ACK
+            for pkt in bad:
+                raw.sendto(pkt, ("127.0.0.1", 0))
+            stray0 = rig.fleet.stray
+            assert rig.run(T0 + MS, wait=True) == []
+            # all three were seen and none matched (the wait may return after the first)
+            deadline = time.monotonic() + 2
+            while rig.fleet.stray < stray0 + 3 and time.monotonic() < deadline:
+                assert rig.run(T0 + MS, wait=True) == []
+            assert rig.fleet.stray == stray0 + 3
+            raw.sendto(forged(hport, sport, 99, (seq + 1) & 0xFFFFFFFF, sa), ("127.0.0.1", 0))
+            assert rig.run(T0 + 3 * MS, wait=True) == [(0, UP, 0, 3000)]
+        finally:
+            raw.close()
+
+
+def test_removed_while_in_flight_reports_nothing(rig: Rig) -> None:
+    with refusing_port("127.0.0.1") as closed:
+        rig.add(0, closed)
+        rig.run(T0)
+        rig.fleet.remove_target(0)
+        assert rig.fleet.in_flight == 0
+        assert rig.run(T0 + MS, wait=True) == []
+        assert rig.fleet.stray >= 1  # the RST arrived and matched nothing
+        assert rig.next_due == NO_EVENT
+        with pytest.raises(OSError) as exc:
+            rig.fleet.remove_target(0)
+        assert exc.value.errno == errno.ENOENT
+        rig.add(0, closed, due=T0 + 5 * MS)  # the id is free again
+        assert rig.run(T0 + 5 * MS) == []
+        assert rig.run(T0 + 6 * MS, wait=True) == [(0, REFUSED, 0, 1000)]
+
+
+def test_local_send_error_is_reported_with_its_errno(rig: Rig) -> None:
+    # a raw socket without SO_BROADCAST may not send to the broadcast address: EACCES
+    rig.add(0, 80, dst=socket.inet_aton("255.255.255.255"))
+    assert rig.run(T0) == [(0, LOCAL_ERROR, errno.EACCES, 0)]
+    assert rig.fleet.in_flight == 0
+    assert rig.next_due == T0 + 1000 * MS
+
+
+def test_results_beyond_max_results_wait_for_the_next_call(impl: str) -> None:
+    r = Rig(impl, max_results=3)
+    try:
+        with listener("127.0.0.1", drop_all=True) as hole:
+            for tid in range(8):
+                r.add(tid, hole.getsockname()[1], timeout_ms=10)
+            sends = 0
+            while r.fleet.in_flight < 8 and sends < 8:
+                assert r.run(T0) == []  # a result slot is kept for every SYN sent
+                sends += 1
+                assert r.next_due == (T0 if r.fleet.in_flight < 8 else T0 + 10 * MS)
+            assert sends == 3
+            got: list[int] = []
+            for _ in range(8):
+                batch = r.run(T0 + 10 * MS)
+                assert 1 <= len(batch) <= 3
+                assert all(verdict == TIMEOUT for _t, verdict, _e, _l in batch)
+                got += [tid for tid, _v, _e, _l in batch]
+                if r.next_due > T0 + 10 * MS:
+                    break
+                assert r.next_due == T0 + 10 * MS  # cut short: call again
+            assert got == list(range(8))  # in (deadline, id) order
+    finally:
+        r.close()
+
+
+# -- schedule ------------------------------------------------------------------------------------
+
+def _timeout_schedule(impl: str, seed: int, rounds: int) -> list[tuple[int, int, int]]:
+    """(target, send time, next due) for `rounds` timeouts of 3 black-hole targets."""
+    r = Rig(impl, seed=seed)
+    out: list[tuple[int, int, int]] = []
+    try:
+        with listener("127.0.0.1", drop_all=True) as hole:
+            for tid in range(3):
+                r.add(tid, hole.getsockname()[1], timeout_ms=100, interval_ms=1000,
+                      jitter_ppm=200_000, due=T0 + tid * MS)
+            now = T0
+            for _ in range(rounds * 6):  # one event per run: sends and timeouts of 3 targets
+                results = r.run(now)
+                for tid, verdict, _e, _l in results:
+                    assert verdict == TIMEOUT
+                    due, start, _dl, _s, _p, _f = r.fleet.target(tid)
+                    out.append((tid, start, due))
+                now = r.next_due
+    finally:
+        r.close()
+    return out
+
+
+def test_schedule_follows_the_seed_and_the_interval_rule(impl: str) -> None:
+    sched = _timeout_schedule(impl, seed=99, rounds=6)
+    assert len(sched) >= 12
+    assert sched == _timeout_schedule(impl, seed=99, rounds=6)  # same seed, same schedule
+    assert sched != _timeout_schedule(impl, seed=100, rounds=6)
+    # the rule, with the draws recomputed: due = start + interval * factor(draw), draws taken
+    # in result order from the jitter stream
+    state = 99
+    for _tid, start, due in sched:
+        state, out = splitmix64(state)
+        assert due == max(start + scaled_interval(1000 * MS, 200_000, out >> 32),
+                          start + 100 * MS)
+        assert 800 * MS <= due - start <= 1200 * MS
+
+
+def test_both_twins_produce_the_same_schedule() -> None:
+    _check_impl("c")
+    assert _timeout_schedule("c", 5, 5) == _timeout_schedule("py", 5, 5)
+
+
+def test_interval_change_reschedules_a_waiting_target_with_the_same_draw(rig: Rig) -> None:
+    with refusing_port("127.0.0.1") as closed:
+        rig.add(0, closed, interval_ms=10_000, jitter_ppm=100_000)
+        rig.run(T0)
+        assert rig.run(T0 + 2 * MS, wait=True) == [(0, REFUSED, 0, 2000)]
+        due, start, *_ = rig.fleet.target(0)
+        _, out = splitmix64(7)  # the rig's seed: the first draw
+        assert due == start + scaled_interval(10_000 * MS, 100_000, out >> 32)
+        rig.fleet.set_timing(0, 2000, 300, 100_000)
+        due2 = rig.fleet.target(0)[0]
+        assert due2 == start + scaled_interval(2000 * MS, 100_000, out >> 32)
+        rig.fleet.set_timing(0, 1, 300, 0)  # never before the verdict
+        assert rig.fleet.target(0)[0] == T0 + 2 * MS
+        assert rig.fleet.next_due() == T0 + 2 * MS
+
+
+def test_set_timing_while_in_flight_applies_after_the_verdict(rig: Rig) -> None:
+    with listener("127.0.0.1", drop_all=True) as hole:
+        rig.add(0, hole.getsockname()[1], timeout_ms=100, interval_ms=1000)
+        rig.run(T0)
+        rig.fleet.set_timing(0, 5000, 50, 0)
+        assert rig.fleet.target(0)[2] == T0 + 100 * MS  # the running probe keeps its deadline
+        assert rig.run(T0 + 100 * MS) == [(0, TIMEOUT, 0, 100_000)]
+        assert rig.fleet.target(0)[0] == T0 + 5000 * MS
+        rig.run(T0 + 5000 * MS)
+        assert rig.fleet.target(0)[2] == T0 + 5050 * MS  # the new timeout
+
+
+# -- through the checker -----------------------------------------------------------------------
+
+def test_checker_runs_syn_backends_on_the_fleet(impl: str) -> None:
+    settings = HealthSettings(kind="syn", interval=0.05, timeout=0.02, rise=1, fall=1,
+                              jitter=0.0, initial_state="down", down_interval=0.03)
+
+    async def scenario() -> tuple[dict[str, Health], list[Transition], str, int]:
+        seen: list[Transition] = []
+        checker: HealthChecker[str] = HealthChecker(lambda _k, t: seen.append(t),
+                                                    syn_fleet=impl)
+        with listener("127.0.0.1") as up, refusing_port("127.0.0.1") as closed, \
+                listener("127.0.0.1", drop_all=True) as hole:
+            checker.add("up", "127.0.0.1", up.getsockname()[1], settings)
+            checker.add("closed", "127.0.0.1", closed, settings)
+            checker.add("hole", "127.0.0.1", hole.getsockname()[1], settings)
+            checker.add("tcp", "127.0.0.1", up.getsockname()[1],
+                        HealthSettings(interval=0.05, timeout=0.04, rise=1, fall=1))
+            checker.start()
+            try:
+                fleet = checker._fleet
+                assert fleet is not None
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline and checker.stats().probes < 20:
+                    await asyncio.sleep(0.02)
+                checker.remove("closed")
+                states = {k: checker.state(k) for k in ("up", "hole", "tcp")}
+                assert sorted(checker.keys()) == ["hole", "tcp", "up"]
+                lat = checker.latency("up")
+                assert lat is not None and lat < 0.04
+                probes = checker.stats().probes
+            finally:
+                checker.stop()
+            return states, seen, fleet.impl, probes
+
+    states, seen, used, probes = run(scenario())
+    assert used == impl
+    assert probes >= 20
+    assert states == {"up": Health.UP, "hole": Health.DOWN, "tcp": Health.UP}
+    assert [t.reason.split(" ")[0] for t in seen if t.new is Health.UP] == ["syn-ack"]
