@@ -19,8 +19,12 @@ What it does:
    that makes the same system calls per probe (socket, SO_LINGER, connect, epoll_ctl ADD,
    epoll_wait share, close), paced in 5 ms slices.
 4. The apparatus alone: the asyncio loop with the sleeper and no checker.
-5. `syn`: the checker phase again with `kind = "syn"` (half-open probes through a raw socket,
-   l4lb/health/synprobe.py; needs root or CAP_NET_RAW, skipped otherwise). The backends' kernel
+5. `syn`: the checker phase again with `kind = "syn"` (half-open probes through a raw socket;
+   needs root or CAP_NET_RAW, skipped otherwise). The checker hands these backends to the C SYN
+   fleet (l4lb/health/synfleet.py, src_ext/core/synprobe.c). Not run by default (`--only`):
+   `synpy`, the same through the fleet's pure-Python twin, and `synold`, the same through the
+   per-probe `SynProbeEngine` (l4lb/health/synprobe.py, the checker's heap; the path before the
+   fleet). The backends' kernel
    answers in softirq context on loopback, which is billed to this process as sys time, as in
    the checker phase; the child process does no work (nothing is accepted).
 6. `synfloor`: the kernel floor of SYN probing at the same rate: a plain paced loop that sends
@@ -63,7 +67,7 @@ _SLEEP = 0.005  # the lag sleeper's period
 class Window:
     """CPU and progress of one measured window."""
 
-    phase: str  # "checker", "syn", "floor", "synfloor", "hole" or "idle"
+    phase: str  # "checker", "syn", "synpy", "synold", "floor", "synfloor", "hole" or "idle"
     backends: int  # backends probed (0 for idle)
     seconds: float  # wall length of the window
     probes: int  # probes finished in the window
@@ -175,6 +179,9 @@ def stop_backends(pid: int, stop_w: int) -> None:
 
 # -- checker phase -----------------------------------------------------------------------------
 
+_SYN_PHASES = {"syn": "c", "synpy": "py", "synold": "off"}  # phase -> checker's syn_fleet
+
+
 async def _sleeper(lags: list[float], stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     while not stop.is_set():
@@ -187,11 +194,12 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
                         window: float) -> Window:
     from l4lb.health import HealthChecker, HealthSettings
 
-    kind = "syn" if phase == "syn" else "tcp"
-    settings = HealthSettings(kind=kind, interval=1.0, timeout=0.5, jitter=0.1)
+    settings = HealthSettings(kind="syn" if phase in _SYN_PHASES else "tcp", interval=1.0,
+                              timeout=0.5, jitter=0.1)
     checker: HealthChecker[int] | None = None
     if backends:
-        checker = HealthChecker(lambda _k, _t: None, max_in_flight=4096)
+        checker = HealthChecker(lambda _k, _t: None, max_in_flight=4096,
+                                syn_fleet=_SYN_PHASES.get(phase, "off"))
         for i in range(backends):
             checker.add(i, "127.0.0.1", ports[i % len(ports)], settings)
         checker.start()
@@ -396,12 +404,12 @@ def _print(rows: list[Window], floors: dict[int, Window]) -> None:
     for w in rows:
         u, s = w.per_probe_us()
         ratio = ""
-        if w.phase in ("checker", "syn") and w.backends in floors:
+        if w.phase in ("checker", *_SYN_PHASES) and w.backends in floors:
             fu, fs = floors[w.backends].per_probe_us()
             if fu + fs:
                 ratio = f"{(u + s) / (fu + fs):.2f}"
         lag = (f"{w.lag_p50_ms:.2f}/{w.lag_p99_ms:.2f}/{w.lag_max_ms:.2f}"
-               if w.phase in ("checker", "syn", "idle") else "-")
+               if w.phase in ("checker", "idle", *_SYN_PHASES) else "-")
         print(f"{w.phase:8} {w.backends:>8} {w.rate:>9.0f} {w.cpu_pct:>6.1f} "
               f"{100 * w.user / w.seconds:>6.1f} {100 * w.sys / w.seconds:>6.1f} "
               f"{u:>6.1f}+{s:<6.1f} {ratio:>6} {lag:>20} {w.runq_wait:>7.2f}")
@@ -415,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=5.0)
     ap.add_argument("--reps", type=int, default=1, help="repetitions of every phase")
     ap.add_argument("--quick", action="store_true", help="10,000 backends only, 3 s windows")
-    ap.add_argument("--only", choices=["checker", "floor", "idle", "hole", "syn", "synfloor"],
+    ap.add_argument("--only", choices=["checker", "floor", "idle", "hole", "syn", "synpy",
+                                       "synold", "synfloor"],
                     action="append",
                     help="run only these phases (repeatable)")
     ap.add_argument("--nice", type=int, default=0, help="os.nice() increment (e.g. -15)")
@@ -426,10 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         sizes, args.window = [10000], 3.0
     phases = args.only or ["idle", "floor", "checker", "syn", "synfloor"]
-    if {"syn", "synfloor"} & set(phases) and not _can_raw():
+    if {"synfloor", *_SYN_PHASES} & set(phases) and not _can_raw():
         print("no raw socket (needs root or CAP_NET_RAW): skipping the syn phases",
               file=sys.stderr)
-        phases = [p for p in phases if p not in ("syn", "synfloor")]
+        phases = [p for p in phases if p != "synfloor" and p not in _SYN_PHASES]
     if args.nice:
         os.nice(args.nice)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -461,9 +470,10 @@ def main(argv: list[str] | None = None) -> int:
                 if "checker" in phases:
                     rows.append(asyncio.run(_measure_loop("checker", b, ports, args.warmup,
                                                           args.window)))
-                if "syn" in phases:
-                    rows.append(asyncio.run(_measure_loop("syn", b, ports, args.warmup,
-                                                          args.window)))
+                for phase in _SYN_PHASES:
+                    if phase in phases:
+                        rows.append(asyncio.run(_measure_loop(phase, b, ports, args.warmup,
+                                                              args.window)))
                 if "synfloor" in phases:
                     rows.append(measure_syn_floor(b, ports, args.warmup, args.window))
     finally:
