@@ -465,6 +465,7 @@ cdef extern from "synprobe.h" nogil:
                       uint16_t dport, const uint8_t *src, uint32_t scope_id, uint32_t timeout_ms,
                       uint32_t interval_ms, uint32_t jitter_ppm, int64_t first_due_ns)
     int sp_target_remove(sp_fleet *f, uint32_t id)
+    int sp_target_set_source(sp_fleet *f, uint32_t id, const uint8_t *src, uint32_t src_len)
     int sp_target_set_timing(sp_fleet *f, uint32_t id, uint32_t interval_ms,
                              uint32_t timeout_ms, uint32_t jitter_ppm)
     int sp_target_get "sp_target_info"(const sp_fleet *f, uint32_t id, sp_target_info *out)
@@ -554,6 +555,12 @@ cdef class SynFleet:
         rc = sp_target_add(self._live(), tid, lane, <const uint8_t *>PyBytes_AS_STRING(dst), port,
                            <const uint8_t *>PyBytes_AS_STRING(src), scope_id, timeout_ms,
                            interval_ms, jitter_ppm, first_due_ns)
+        if rc:
+            raise _dp_oserror(rc)
+
+    def set_source(self, uint32_t tid, bytes src):
+        cdef int rc = sp_target_set_source(self._live(), tid,
+                                           <const uint8_t *>PyBytes_AS_STRING(src), len(src))
         if rc:
             raise _dp_oserror(rc)
 

@@ -24,7 +24,9 @@ same draw.
 ports per (family, source), `synprobe._Lane`), learns each target's source address, hands fds
 and constants to the fleet, and drives `run()` from one asyncio timer (armed `tick` after the
 next event, so probes due close together go out in one call) and one reader per raw socket.
-It converts each record to the same `ProbeResult` the engines deliver.
+It converts each record to the same `ProbeResult` the engines deliver. Source addresses are
+looked up again SOURCE_TTL (60 s) after they were learned, at most 256 a second, and a changed
+one replaces the target's checksum template (`set_source`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import os
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -46,6 +49,7 @@ from l4lb.health.synprobe import (
     _RECV_SIZE,
     _SEND_REASONS,
     PORTS_PER_LANE,
+    SOURCE_TTL,
     _Lane,
     build_syn,
     parse_reply,
@@ -95,6 +99,9 @@ class Fleet(Protocol):
                    timeout_ms: int, interval_ms: int, jitter_ppm: int,
                    first_due_ns: int) -> None:
         """Add target `tid` (packed addresses), first probe at first_due_ns."""
+
+    def set_source(self, tid: int, src: bytes) -> None:
+        """The kernel's source address towards `tid` changed: new checksum template."""
 
     def remove_target(self, tid: int) -> None:
         """Forget `tid`; a probe in flight is abandoned."""
@@ -225,6 +232,16 @@ class PySynFleet:
         self._vers += 1
         t.ver = self._vers
         heapq.heappush(self._heap, (first_due_ns, tid, t.ver))
+
+    def set_source(self, tid: int, src: bytes) -> None:
+        """See Fleet.set_source."""
+        self._live()
+        t = self._targets.get(tid)
+        if t is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        if len(src) != len(t.dst):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        t.partial = syn_partial_sum(src, t.dst, t.dport)
 
     def remove_target(self, tid: int) -> None:
         """See Fleet.remove_target."""
@@ -445,6 +462,8 @@ def _ppm(jitter: float) -> int:
 
 
 _new_tuple = tuple.__new__
+_RELEARN_EVERY = 1.0  # seconds between two passes over the source addresses due again
+_RELEARN_MAX = 256  # source addresses looked up per pass (bounds loop lag)
 
 
 class SynFleetRunner:
@@ -470,6 +489,13 @@ class SynFleetRunner:
         self._timer_at = float("inf")  # when _timer fires
         self._soon = False  # a call_soon(_run) is queued
         self._closed = False
+        # Source addresses are learned again after SOURCE_TTL (routes change): per target its
+        # spec and source, and a FIFO of (learned at, id, generation) in learning order.
+        self._specs: dict[int, tuple[ProbeSpec, bytes, int]] = {}  # id -> (spec, src, gen)
+        self._learned: deque[tuple[float, int, int]] = deque()
+        self._gen = 0  # generations tell a reused id from its predecessor
+        self._relearn: asyncio.TimerHandle | None = None  # the periodic pass
+        self.relearned = 0  # source addresses that changed (for tests and diagnostics)
 
     @property
     def in_flight(self) -> int:
@@ -513,14 +539,48 @@ class SynFleetRunner:
         except BaseException:
             self._free.append(tid)
             raise
+        self._gen += 1
+        self._specs[tid] = (spec, src, self._gen)
+        self._learned.append((time.monotonic(), tid, self._gen))
+        if self._relearn is None:
+            self._relearn = self._loop.call_later(_RELEARN_EVERY, self._on_relearn)
         self._arm(first_due)
         return tid
+
+    def _on_relearn(self) -> None:
+        """Look the source address up again for targets learned SOURCE_TTL ago."""
+        self._relearn = None
+        if self._closed:
+            return
+        now = time.monotonic()
+        learned = self._learned
+        budget = _RELEARN_MAX
+        while learned and budget and learned[0][0] + SOURCE_TTL <= now:
+            _at, tid, gen = learned.popleft()
+            found = self._specs.get(tid)
+            if found is None or found[2] != gen:
+                continue  # removed (and perhaps reused) since
+            budget -= 1
+            spec, old, _gen = found
+            try:
+                src = learn_source(spec)
+            except OSError as exc:  # keep the old one; the probes will tell
+                log.debug("health: cannot look up the source address for %s: %s", spec, exc)
+                src = old
+            if src != old:
+                self._fleet.set_source(tid, src)
+                self.relearned += 1
+            self._specs[tid] = (spec, src, gen)
+            learned.append((now, tid, gen))
+        if learned:
+            self._relearn = self._loop.call_later(_RELEARN_EVERY, self._on_relearn)
 
     def remove(self, tid: int) -> None:
         """Stop probing `tid`; its probe in flight is abandoned."""
         if self._closed:
             return
         self._fleet.remove_target(tid)
+        self._specs.pop(tid, None)
         self._free.append(tid)
 
     def set_timing(self, tid: int, interval: float, timeout: float, jitter: float) -> None:
@@ -591,6 +651,11 @@ class SynFleetRunner:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._relearn is not None:
+            self._relearn.cancel()
+            self._relearn = None
+        self._specs.clear()
+        self._learned.clear()
         for _lane_id, lane in self._lanes.values():
             if lane.raw is not None:
                 self._loop.remove_reader(lane.raw.fileno())

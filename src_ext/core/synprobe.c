@@ -268,6 +268,8 @@ static int grow(struct sp_fleet *f, uint32_t id)
 
 /* -- life cycle ---------------------------------------------------------------------------- */
 
+static uint32_t partial_sum(const struct sp_target *t, const uint8_t *src);
+
 int sp_fleet_create(uint64_t seed, struct sp_fleet **out)
 {
     struct sp_fleet *f = calloc(1, sizeof(*f));
@@ -328,7 +330,6 @@ int sp_target_add(struct sp_fleet *f, uint32_t id, uint32_t lane, const uint8_t 
         return -EEXIST;
     int family = f->lanes[lane].family;
     uint32_t alen = family == AF_INET ? 4 : 16;
-    uint8_t ph[40 + 20];
     memset(t, 0, sizeof(*t));
     t->used = 1;
     t->family = (uint8_t)family;
@@ -342,12 +343,34 @@ int sp_target_add(struct sp_fleet *f, uint32_t id, uint32_t lane, const uint8_t 
     t->due_ns = first_due_ns;
     t->heap_pos = SP_NO_POS;
     t->hnext = SP_NIL;
-    /* pseudo-header, then the SYN with source port, seq and checksum zero */
-    uint32_t n = 0;
+    t->partial = partial_sum(t, src);
+    f->count++;
+    heap_fix(f, id);
+    return 0;
+}
+
+int sp_target_set_source(struct sp_fleet *f, uint32_t id, const uint8_t *src, uint32_t src_len)
+{
+    if (id >= f->cap || !f->t[id].used)
+        return -ENOENT;
+    if (src_len != (f->t[id].family == AF_INET ? 4u : 16u))
+        return -EINVAL;
+    f->t[id].partial = partial_sum(&f->t[id], src);
+    return 0;
+}
+
+/* The folded sum of the pseudo-header and the SYN's fixed fields (source port, seq and
+ * checksum zero) for target t and source address src. */
+static uint32_t partial_sum(const struct sp_target *t, const uint8_t *src)
+{
+    uint8_t ph[40 + 20];
+    uint32_t alen = t->family == AF_INET ? 4 : 16, n;
+    uint16_t dport = t->dport;
+    const uint8_t *dst = t->dst;
     memcpy(ph, src, alen);
     memcpy(ph + alen, dst, alen);
     n = 2 * alen;
-    if (family == AF_INET) {
+    if (t->family == AF_INET) {
         ph[n++] = 0;
         ph[n++] = IPPROTO_TCP;
         ph[n++] = 0;
@@ -365,10 +388,7 @@ int sp_target_add(struct sp_fleet *f, uint32_t id, uint32_t lane, const uint8_t 
     ph[n + 13] = SP_TCP_SYN;
     ph[n + 14] = (uint8_t)(SP_SYN_WINDOW >> 8);
     ph[n + 15] = (uint8_t)SP_SYN_WINDOW;
-    t->partial = sum16(ph, n + 20);
-    f->count++;
-    heap_fix(f, id);
-    return 0;
+    return sum16(ph, n + 20);
 }
 
 int sp_target_remove(struct sp_fleet *f, uint32_t id)

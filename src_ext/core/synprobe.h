@@ -57,6 +57,9 @@ int sp_lane_add(struct sp_fleet *f, uint32_t lane, int family, int fd, const uin
 int sp_target_add(struct sp_fleet *f, uint32_t id, uint32_t lane, const uint8_t *dst,
                   uint16_t dport, const uint8_t *src, uint32_t scope_id, uint32_t timeout_ms,
                   uint32_t interval_ms, uint32_t jitter_ppm, int64_t first_due_ns);
+/* The kernel's source address towards `id` changed (routes): new checksum template. src_len
+ * must match the target's family (4 or 16), else -EINVAL. */
+int sp_target_set_source(struct sp_fleet *f, uint32_t id, const uint8_t *src, uint32_t src_len);
 /* Forget target `id`; a probe in flight is abandoned (its reply is ignored). -ENOENT if unknown. */
 int sp_target_remove(struct sp_fleet *f, uint32_t id);
 /* New interval/timeout/jitter for `id`. If it is waiting for its next probe, that probe is

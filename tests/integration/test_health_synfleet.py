@@ -245,6 +245,40 @@ def test_results_beyond_max_results_wait_for_the_next_call(impl: str) -> None:
         r.close()
 
 
+def _sniff_syn(sniffer: socket.socket, dport: int) -> bytes:
+    """The TCP header of the next SYN to `dport` the sniffer sees (bounded wait)."""
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        if not select.select([sniffer], [], [], 0.5)[0]:
+            continue
+        pkt = sniffer.recv(256)
+        ihl = (pkt[0] & 0x0F) * 4
+        seg = pkt[ihl:ihl + 20]
+        if len(seg) == 20 and struct.unpack_from("!H", seg, 2)[0] == dport and \
+                seg[13] == TCP_SYN:
+            return seg
+    raise AssertionError("no SYN seen")
+
+
+def test_set_source_fixes_the_checksum(rig: Rig) -> None:
+    sniffer = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    try:
+        with listener("127.0.0.1", drop_all=True) as hole:
+            hport = hole.getsockname()[1]
+            rig.fleet.add_target(0, 0, LO, hport, socket.inet_aton("127.0.0.2"), 0, 100, 1000,
+                                 0, T0)
+            rig.run(T0)
+            assert tcp_checksum(LO, LO, _sniff_syn(sniffer, hport)) != 0  # wrong source
+            with pytest.raises(OSError):
+                rig.fleet.set_source(0, LO6)  # another family
+            rig.fleet.set_source(0, LO)
+            rig.run(T0 + 100 * MS)  # the timeout
+            rig.run(rig.fleet.next_due())
+            assert tcp_checksum(LO, LO, _sniff_syn(sniffer, hport)) == 0
+    finally:
+        sniffer.close()
+
+
 # -- schedule ------------------------------------------------------------------------------------
 
 def _timeout_schedule(impl: str, seed: int, rounds: int) -> list[tuple[int, int, int]]:
@@ -315,6 +349,39 @@ def test_set_timing_while_in_flight_applies_after_the_verdict(rig: Rig) -> None:
         assert rig.fleet.target(0)[0] == T0 + 5000 * MS
         rig.run(T0 + 5000 * MS)
         assert rig.fleet.target(0)[2] == T0 + 5050 * MS  # the new timeout
+
+
+# -- the runner ------------------------------------------------------------------------------
+
+def test_runner_learns_source_addresses_again(impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import l4lb.health.synfleet as synfleet
+    from l4lb.health import ProbeResult, ProbeSpec
+
+    monkeypatch.setattr(synfleet, "SOURCE_TTL", 0.0)
+    monkeypatch.setattr(synfleet, "_RELEARN_EVERY", 0.01)
+    answers = iter([LO, socket.inet_aton("127.0.0.9")])
+    real = synfleet.learn_source
+    monkeypatch.setattr(synfleet, "learn_source",
+                        lambda spec: next(answers, None) or real(spec))
+
+    async def scenario() -> tuple[int, list[ProbeResult]]:
+        got: list[ProbeResult] = []
+        runner = synfleet.SynFleetRunner(asyncio.get_running_loop(),
+                                         lambda _tid, res: got.append(res), impl=impl)
+        try:
+            with refusing_port("127.0.0.1") as closed:
+                spec = ProbeSpec.build("127.0.0.1", closed, HealthSettings(kind="syn"))
+                runner.add(spec, 0.02, 0.0, time.monotonic())
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline and (runner.relearned < 2 or len(got) < 2):
+                    await asyncio.sleep(0.01)
+        finally:
+            runner.close()
+        return runner.relearned, got
+
+    relearned, got = run(scenario())
+    assert relearned == 2  # to 127.0.0.9, then back to the real 127.0.0.1
+    assert got and all(r.reason == "connect refused" and r.conclusive for r in got)
 
 
 # -- through the checker -----------------------------------------------------------------------
