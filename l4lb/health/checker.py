@@ -47,7 +47,8 @@ from typing import Generic, TypeVar
 from l4lb.health.dampener import Dampener, Health, HealthSnapshot, Transition
 from l4lb.health.probe import ProbeEngine, ProbeHandle, ProbeResult, ProbeSpec
 from l4lb.health.settings import HealthSettings
-from l4lb.health.synfleet import SynFleetRunner
+from l4lb.health.synfleet import RESULT, SynFleetRunner, probe_result
+from l4lb.health.synfleet import UP as _FLEET_UP
 
 log = logging.getLogger("l4lb.health")
 
@@ -273,7 +274,7 @@ class HealthChecker(Generic[K]):
         first = now + self._rng.uniform(0, entry.settings.interval)
         if entry.spec.syn and self._fleet_wanted() and self._loop is not None:
             if self._fleet is None:
-                self._fleet = SynFleetRunner(self._loop, self._on_fleet_result,
+                self._fleet = SynFleetRunner(self._loop, self._on_fleet_batch,
                                              impl=self._syn_fleet, seed=self._rng.getrandbits(64),
                                              tick=self._tick)
             try:
@@ -318,14 +319,29 @@ class HealthChecker(Generic[K]):
             self._fleet.set_timing(entry.fleet_id, self._current_interval(entry),
                                    entry.settings.timeout, entry.settings.jitter)
 
-    def _on_fleet_result(self, fid: int, result: ProbeResult) -> None:
-        entry = self._by_fleet_id.get(fid)
-        if entry is None or entry.removed:
-            return
-        before = entry.dampener.state
-        self._account(entry, result, time.monotonic())
-        if not entry.removed and entry.fleet_id == fid and entry.dampener.state is not before:
-            self._fleet_timing(entry)
+    def _on_fleet_batch(self, buf: bytes) -> None:
+        """Results of one fleet run (RESULT records): the same path as the heap's probes."""
+        now = time.monotonic()
+        by_fleet_id = self._by_fleet_id
+        up = Health.UP
+        passed = 0
+        for fid, verdict, err, lat_us in RESULT.iter_unpack(buf):
+            entry = by_fleet_id.get(fid)
+            if entry is None:
+                continue  # removed, perhaps by a transition callback of this batch
+            dampener = entry.dampener
+            before = dampener.state
+            if verdict == _FLEET_UP and before is up:
+                # _account's common case, inlined: a conclusive pass of an UP backend counts,
+                # sets the latency and never changes the state
+                passed += 1
+                entry.latency = lat_us / 1e6
+                dampener.probe(True, "syn-ack", now)
+                continue
+            self._account(entry, probe_result(verdict, err, lat_us), now)
+            if not entry.removed and entry.fleet_id == fid and dampener.state is not before:
+                self._fleet_timing(entry)
+        self._probes += passed
 
     # -- scheduling ------------------------------------------------------------------------
 

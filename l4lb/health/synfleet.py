@@ -22,8 +22,12 @@ same draw.
 
 `SynFleetRunner` is the I/O glue the checker uses: it opens lanes (a raw socket and reserved
 ports per (family, source), `synprobe._Lane`), learns each target's source address, hands fds
-and constants to the fleet, and drives `run()` from one asyncio timer (armed `tick` after the
-next event, so probes due close together go out in one call) and one reader per raw socket.
+and constants to the fleet, and drives `run()` from one asyncio timer, armed `tick` after the next
+event, so probes due close together go out in one call. It does not watch the raw sockets:
+while probes are in flight the timer fires every `tick` and drains them, which costs a third
+of the wake-ups a reader would (on loopback replies trickle in over several softirq rounds,
+each a wake-up), and the lanes carry SO_TIMESTAMPNS so a reply's latency ends at the kernel's
+receive time, not at the drain.
 It converts each record to the same `ProbeResult` the engines deliver. Source addresses are
 looked up again SOURCE_TTL (60 s) after they were learned, at most 256 a second, and a changed
 one replaces the target's checksum template (`set_source`).
@@ -72,6 +76,9 @@ _BATCH = 64  # SYNs per send batch, replies per receive round (as the C fleet)
 _RECV_ROUNDS = 16  # receive rounds per lane per run
 _MASK64 = (1 << 64) - 1
 _SEQ_SALT = 0xD1B54A32D192ED03  # the seq stream's seed is seed ^ this
+SO_TIMESTAMPNS = 35  # asm-generic/socket.h (SCM_TIMESTAMPNS has the same value)
+_TIMESPEC = struct.Struct("=qq")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 def splitmix64(state: int) -> tuple[int, int]:
@@ -308,12 +315,14 @@ class PySynFleet:
         return NO_EVENT if top is None else top[0]
 
     def _finish(self, tid: int, t: _Target, now: int, verdict: int, err: int,
-                out: list[bytes]) -> None:
+                out: list[bytes], at: int = 0) -> None:
         if t.key is not None:
             del self._flight[t.key]
             t.key = None
         t.in_flight = False
-        lat = (now - t.start) // 1000
+        if at < t.start or at > now:
+            at = now  # no timestamp, or the clocks disagree
+        lat = (at - t.start) // 1000
         out.append(RESULT.pack(tid, verdict, err, min(max(lat, 0), 0xFFFFFFFF)))
         t.verdict_at = now
         self._jit, r = splitmix64(self._jit)
@@ -341,11 +350,12 @@ class PySynFleet:
         sock = lane.sock
         family = lane.family
         targets = self._targets
+        wall_to_mono: int | None = None
         for _ in range(_RECV_ROUNDS * _BATCH):
             if len(out) >= self._max:
                 return True
             try:
-                packet, addr = sock.recvfrom(_RECV_SIZE)
+                packet, anc, _flags, addr = sock.recvmsg(_RECV_SIZE, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError:  # e.g. ENOBUFS: replies were lost; those probes time out
@@ -361,7 +371,15 @@ class PySynFleet:
             if tid is None:
                 self._stray += 1
                 continue
-            self._finish(tid, targets[tid], now, UP if ok else REFUSED, 0, out)
+            at = 0
+            for level, kind, data in anc:  # SO_TIMESTAMPNS, if the caller set it
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
+                        len(data) >= _TIMESPEC.size:
+                    if wall_to_mono is None:
+                        wall_to_mono = time.monotonic_ns() - time.time_ns()
+                    sec, nsec = _TIMESPEC.unpack_from(data)
+                    at = sec * 1_000_000_000 + nsec + wall_to_mono
+            self._finish(tid, targets[tid], now, UP if ok else REFUSED, 0, out, at)
         return True
 
     def run(self, now_ns: int) -> tuple[bytes, int]:
@@ -462,21 +480,43 @@ def _ppm(jitter: float) -> int:
 
 
 _new_tuple = tuple.__new__
+_UP_REASON = "syn-ack"
+_VERDICT_REASONS = {REFUSED: "connect refused", TIMEOUT: "connect timeout"}
+
+
+def probe_result(verdict: int, err: int, latency_us: int) -> ProbeResult:
+    """The ProbeResult of one record (the same verdicts and reasons as SynProbeEngine)."""
+    latency = latency_us / 1e6
+    if verdict == UP:
+        return _new_tuple(ProbeResult, (True, _UP_REASON, latency, True))
+    reason = _VERDICT_REASONS.get(verdict)
+    if reason is not None:
+        return _new_tuple(ProbeResult, (False, reason, latency, True))
+    reason = _SEND_REASONS.get(err) or f"send failed: {os.strerror(err).lower()}"
+    return ProbeResult(False, reason, latency, verdict == SEND_ERROR)
+
+
+def results(buf: bytes) -> list[tuple[int, ProbeResult]]:
+    """(id, result) of every record in a run's buffer."""
+    return [(tid, probe_result(v, e, lat)) for tid, v, e, lat in RESULT.iter_unpack(buf)]
+
+
 _RELEARN_EVERY = 1.0  # seconds between two passes over the source addresses due again
 _RELEARN_MAX = 256  # source addresses looked up per pass (bounds loop lag)
 
 
 class SynFleetRunner:
-    """Drives a fleet on an asyncio loop and delivers `ProbeResult`s as `on_result(id, result)`.
+    """Drives a fleet on an asyncio loop and delivers each run's results as `on_batch(buf)`
+    (packed RESULT records: decode with `results`, or `RESULT.iter_unpack` and `probe_result`).
 
     Ids are small integers handed out by `add` (and reused after `remove`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 on_result: Callable[[int, ProbeResult], None], *, impl: str = "auto",
+                 on_batch: Callable[[bytes], None], *, impl: str = "auto",
                  seed: int | None = None, tick: float = 0.005,
                  ports_per_lane: int = PORTS_PER_LANE) -> None:
         self._loop = loop
-        self._on_result = on_result  # called for every result, in batch order
+        self._on_batch = on_batch  # called with every non-empty batch of results
         self._fleet = make_fleet(impl, seed if seed is not None else
                                  int.from_bytes(os.urandom(8), "little"))
         self.impl = "py" if isinstance(self._fleet, PySynFleet) else "c"  # which fleet runs
@@ -512,12 +552,12 @@ class SynFleetRunner:
         assert lane.raw is not None
         lane_id = len(self._lanes)
         try:
+            lane.raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self._fleet.add_lane(lane_id, family, lane.raw.fileno(), lane.ports)
         except BaseException:
             lane.close()
             raise
         self._lanes[family, source] = (lane_id, lane)
-        self._loop.add_reader(lane.raw.fileno(), self._run)
         return lane_id
 
     def add(self, spec: ProbeSpec, interval: float, jitter: float, first_due: float) -> int:
@@ -615,23 +655,11 @@ class SynFleetRunner:
             return
         now = time.monotonic_ns()
         buf, nxt = self._fleet.run(now)
-        on_result = self._on_result
-        for tid, verdict, err, lat_us in RESULT.iter_unpack(buf):
-            latency = lat_us / 1e6
-            if verdict == UP:
-                result = _new_tuple(ProbeResult, (True, "syn-ack", latency, True))
-            elif verdict == REFUSED:
-                result = _new_tuple(ProbeResult, (False, "connect refused", latency, True))
-            elif verdict == TIMEOUT:
-                result = _new_tuple(ProbeResult, (False, "connect timeout", latency, True))
-            else:
-                reason = _SEND_REASONS.get(err) or \
-                    f"send failed: {os.strerror(err).lower()}"
-                result = ProbeResult(False, reason, latency, verdict == SEND_ERROR)
+        if buf:
             try:
-                on_result(tid, result)
-            except Exception:  # a broken callback must not stop the other results
-                log.exception("health: syn fleet result callback failed for target %d", tid)
+                self._on_batch(buf)
+            except Exception:  # a broken callback must not stop the fleet
+                log.exception("health: syn fleet result callback failed")
             if self._closed:
                 return
         if nxt == now:  # cut short at max_results: continue in a fresh callback
@@ -640,6 +668,8 @@ class SynFleetRunner:
                 self._loop.call_soon(self._on_soon)
             return
         nxt = self._fleet.next_due()  # callbacks may have changed intervals
+        if self._fleet.in_flight and nxt > now:
+            nxt = now  # replies are drained every tick while probes are in flight
         if nxt != NO_EVENT:
             self._arm(nxt / 1e9)
 
@@ -656,9 +686,6 @@ class SynFleetRunner:
             self._relearn = None
         self._specs.clear()
         self._learned.clear()
-        for _lane_id, lane in self._lanes.values():
-            if lane.raw is not None:
-                self._loop.remove_reader(lane.raw.fileno())
         self._fleet.close()
         for _lane_id, lane in self._lanes.values():
             lane.close()

@@ -25,7 +25,10 @@
  * numbers come from two splitmix64 streams seeded by the caller, so a seed fixes the schedule.
  *
  * I/O. SYNs of one lane go out with sendmmsg (one call per up to SP_BATCH due probes); replies
- * come in with recvmmsg until EAGAIN (bounded per call). A SYN is a 20-byte TCP header whose
+ * come in with recvmmsg until EAGAIN (bounded per call). The caller may drain only every few
+ * milliseconds (fewer wake-ups); if it set SO_TIMESTAMPNS on a lane, a reply's latency ends at
+ * the kernel's receive time (wall clock, mapped to CLOCK_MONOTONIC, the clock of now_ns) rather
+ * than at the drain. A SYN is a 20-byte TCP header whose
  * checksum is the target's precomputed partial sum plus the port and seq of this probe. A failed
  * send is a result at once: local errors (no buffer space, EPERM from a firewall) are
  * inconclusive, unreachable networks and the rest are conclusive.
@@ -38,6 +41,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include "synprobe.h"
 
@@ -466,12 +470,15 @@ int64_t sp_fleet_next_due(const struct sp_fleet *f)
 
 /* -- run ----------------------------------------------------------------------------------- */
 
-/* The probe of `id` ended at now with `verdict`: report it, schedule the next one. */
-static void finish(struct sp_fleet *f, uint32_t id, int64_t now, uint32_t verdict, int err,
-                   struct sp_result *r)
+/* The probe of `id` ended at now with `verdict` (its answer arrived at `at`, or 0: now):
+ * report it, schedule the next one. */
+static void finish(struct sp_fleet *f, uint32_t id, int64_t now, int64_t at, uint32_t verdict,
+                   int err, struct sp_result *r)
 {
     struct sp_target *t = &f->t[id];
-    int64_t lat = (now - t->start_ns) / 1000;
+    if (at < t->start_ns || at > now)
+        at = now;  /* no timestamp, or the clocks disagree (a step of the wall clock) */
+    int64_t lat = (at - t->start_ns) / 1000;
     if (t->in_flight) {
         hash_remove(f, id);
         f->in_flight--;
@@ -539,7 +546,7 @@ static uint32_t flush(struct sp_fleet *f, struct sp_lane *l, int64_t now, struct
             continue;
         uint32_t id = l->pend[off].id;
         if (f->t[id].used && f->t[id].in_flight)
-            finish(f, id, now, local_errno(err) ? SP_LOCAL_ERROR : SP_SEND_ERROR, err,
+            finish(f, id, now, 0, local_errno(err) ? SP_LOCAL_ERROR : SP_SEND_ERROR, err,
                    &res[nres++]);
         off++;
     }
@@ -583,7 +590,13 @@ static uint32_t drain(struct sp_fleet *f, struct sp_lane *l, int64_t now, struct
     struct mmsghdr msg[SP_BATCH];
     struct iovec iov[SP_BATCH];
     struct sockaddr_in6 from[SP_BATCH];
+    union {
+        char buf[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } ctl[SP_BATCH];
     uint32_t nres = 0, alen = l->family == AF_INET ? 4 : 16;
+    int64_t wall_to_mono = 0;  /* CLOCK_MONOTONIC - CLOCK_REALTIME, read once if needed */
+    int have_offset = 0;
     for (int round = 0; round < SP_MAX_RECV_ROUNDS; round++) {
         uint32_t want = max - nres < SP_BATCH ? max - nres : SP_BATCH;
         if (!want) {
@@ -598,6 +611,8 @@ static uint32_t drain(struct sp_fleet *f, struct sp_lane *l, int64_t now, struct
             msg[i].msg_hdr.msg_iovlen = 1;
             msg[i].msg_hdr.msg_name = &from[i];
             msg[i].msg_hdr.msg_namelen = sizeof(from[i]);
+            msg[i].msg_hdr.msg_control = ctl[i].buf;
+            msg[i].msg_hdr.msg_controllen = sizeof(ctl[i].buf);
         }
         int rc = recvmmsg(l->fd, msg, want, MSG_DONTWAIT, NULL);
         if (rc <= 0)
@@ -630,7 +645,24 @@ static uint32_t drain(struct sp_fleet *f, struct sp_lane *l, int64_t now, struct
                 f->stray++;
                 continue;
             }
-            finish(f, id, now, verdict, 0, &res[nres++]);
+            /* SO_TIMESTAMPNS (if the caller set it): the latency ends at the kernel's receive
+             * time, not at this (possibly tick-delayed) drain */
+            int64_t at = 0;
+            struct cmsghdr *c = CMSG_FIRSTHDR(&msg[i].msg_hdr);
+            if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
+                c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+                struct timespec ts;
+                memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+                if (!have_offset) {
+                    struct timespec m, w;
+                    clock_gettime(CLOCK_MONOTONIC, &m);
+                    clock_gettime(CLOCK_REALTIME, &w);
+                    wall_to_mono = (m.tv_sec - w.tv_sec) * 1000000000ll + (m.tv_nsec - w.tv_nsec);
+                    have_offset = 1;
+                }
+                at = ts.tv_sec * 1000000000ll + ts.tv_nsec + wall_to_mono;
+            }
+            finish(f, id, now, at, verdict, 0, &res[nres++]);
         }
         if ((uint32_t)rc < want)
             return nres;
@@ -655,7 +687,7 @@ int sp_fleet_run(struct sp_fleet *f, int64_t now_ns, struct sp_result *results,
         if (ev(f, id) > now_ns)
             break;
         if (t->in_flight) {
-            finish(f, id, now_ns, SP_TIMEOUT, 0, &results[nres++]);
+            finish(f, id, now_ns, 0, SP_TIMEOUT, 0, &results[nres++]);
             continue;
         }
         struct sp_lane *l = &f->lanes[t->lane];

@@ -366,8 +366,10 @@ def test_runner_learns_source_addresses_again(impl: str, monkeypatch: pytest.Mon
 
     async def scenario() -> tuple[int, list[ProbeResult]]:
         got: list[ProbeResult] = []
-        runner = synfleet.SynFleetRunner(asyncio.get_running_loop(),
-                                         lambda _tid, res: got.append(res), impl=impl)
+        runner = synfleet.SynFleetRunner(
+            asyncio.get_running_loop(),
+            lambda buf: got.extend(res for _tid, res in synfleet.results(buf)), impl=impl,
+            tick=0.05)
         try:
             with refusing_port("127.0.0.1") as closed:
                 spec = ProbeSpec.build("127.0.0.1", closed, HealthSettings(kind="syn"))
@@ -382,6 +384,8 @@ def test_runner_learns_source_addresses_again(impl: str, monkeypatch: pytest.Mon
     relearned, got = run(scenario())
     assert relearned == 2  # to 127.0.0.9, then back to the real 127.0.0.1
     assert got and all(r.reason == "connect refused" and r.conclusive for r in got)
+    # drained every 50 ms, yet the latency ends at the kernel's receive time (SO_TIMESTAMPNS)
+    assert all(0 <= r.latency < 0.02 for r in got)
 
 
 # -- through the checker -----------------------------------------------------------------------
