@@ -5,6 +5,7 @@
 - `pool`: pure effective weights of a service (admin state, backups, min_healthy, slow start).
 - `probe`: TCP connect and send/expect probes on one private epoll under the asyncio loop.
 - `synprobe`: half-open SYN probes through a BPF-filtered raw socket (kind "syn").
+- `synfleet`: the SYN fleet the checker runs "syn" backends on (C, or its Python twin).
 - `checker`: schedules probes for many backends and reports transitions.
 
 See docs/health.md.

@@ -77,7 +77,9 @@ int64_t sp_fleet_next_due(const struct sp_fleet *f);
 /* Do everything due at now_ns: drain replies from every lane and match them, expire timeouts,
  * send the SYNs that are due, schedule each answered target's next probe. Writes up to
  * max_results results; returns their number (>= 0) or -errno. *next_due is the earliest event
- * left (now_ns when results were cut short at max_results: call again). */
+ * left (now_ns when results were cut short at max_results: call again). now_ns is on the
+ * CLOCK_MONOTONIC scale; a lane with SO_TIMESTAMPNS set gets latencies that end at the kernel's
+ * receive time instead of now_ns. */
 int sp_fleet_run(struct sp_fleet *f, int64_t now_ns, struct sp_result *results,
                  uint32_t max_results, int64_t *next_due);
 
