@@ -472,7 +472,7 @@ def learn_source(spec: ProbeSpec) -> bytes:
 
 
 def _ms(seconds: float) -> int:
-    return max(0, round(seconds * 1000))
+    return min(0xFFFFFFFF, max(0, round(seconds * 1000)))  # the fleets keep u32 milliseconds
 
 
 def _ppm(jitter: float) -> int:

@@ -121,7 +121,7 @@ uint64_t sp_splitmix64(uint64_t *state)
 int64_t sp_scaled_interval(int64_t interval_ns, uint32_t jitter_ppm, uint32_t r)
 {
     uint64_t iv = (uint64_t)interval_ns;
-    uint64_t span = iv * jitter_ppm / 1000000u;
+    uint64_t span = (uint64_t)((unsigned __int128)iv * jitter_ppm / 1000000u);
     return (int64_t)(iv - span + (uint64_t)(((unsigned __int128)(2 * span) * r) >> 32));
 }
 

@@ -126,7 +126,8 @@ def test_prng_and_scaling_agree_with_the_c_code() -> None:
         assert sp_splitmix_next(state) == splitmix64(state)
         state, out = splitmix64(state)
         r = out >> 32
-        for iv, j in ((1000 * MS, 100_000), (3600_000 * MS, 1_000_000), (7 * MS, 0)):
+        for iv, j in ((1000 * MS, 100_000), (3600_000 * MS, 1_000_000), (7 * MS, 0),
+                      (0xFFFFFFFF * MS, 1_000_000)):  # the longest interval: no overflow
             got = scaled_interval(iv, j, r)
             assert got == sp_scaled(iv, j, r)
             assert iv - iv * j // 1_000_000 <= got <= iv + iv * j // 1_000_000
