@@ -428,3 +428,34 @@ def test_checker_runs_syn_backends_on_the_fleet(impl: str) -> None:
     assert probes >= 20
     assert states == {"up": Health.UP, "hole": Health.DOWN, "tcp": Health.UP}
     assert [t.reason.split(" ")[0] for t in seen if t.new is Health.UP] == ["syn-ack"]
+
+
+def test_reload_moves_a_backend_between_fleet_and_heap() -> None:
+    syn = HealthSettings(kind="syn", interval=0.03, timeout=0.02, rise=1, fall=1, jitter=0.0)
+    tcp = HealthSettings(kind="tcp", interval=0.03, timeout=0.02, rise=1, fall=1, jitter=0.0)
+
+    async def reasons_after(checker: HealthChecker[str], settings: HealthSettings,
+                            port: int) -> tuple[str, int]:
+        checker.add("b", "127.0.0.1", port, settings)  # a reload with another kind
+        start = checker.stats().probes
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and checker.stats().probes < start + 4:
+            await asyncio.sleep(0.01)
+        return checker.snapshot("b").last_reason, len(checker._by_fleet_id)
+
+    async def scenario() -> list[tuple[str, int]]:
+        checker: HealthChecker[str] = HealthChecker(lambda _k, _t: None)
+        with listener("127.0.0.1") as lst:
+            port = lst.getsockname()[1]
+            checker.add("b", "127.0.0.1", port, syn)
+            checker.start()
+            try:
+                seen = [await reasons_after(checker, s, port) for s in (syn, tcp, syn)]
+                assert checker.stats().inconclusive == 0
+                assert checker.state("b") is Health.UP
+            finally:
+                checker.stop()
+        return seen
+
+    seen = run(scenario())
+    assert seen == [("syn-ack", 1), ("connect ok", 0), ("syn-ack", 1)]
