@@ -3,6 +3,7 @@ algorithm other than the default, and what `ss` says each socket uses."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,19 @@ def other_algorithm() -> str:
                 continue
         return name
     pytest.skip(f"no congestion control other than the default ({default}) is usable here")
+
+
+def unprivileged_forbidden_algorithm() -> str:
+    """An algorithm this kernel has that a process without CAP_NET_ADMIN may not set (skips the
+    test when there is none, or when this process cannot start an unprivileged child)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start an unprivileged child")
+    allowed = set(sysctl_words("tcp_allowed_congestion_control"))
+    restricted = [n for n in sysctl_words("tcp_available_congestion_control")
+                  if n not in allowed]
+    if not restricted:
+        pytest.skip("every available algorithm is allowed to everyone on this host")
+    return restricted[0]
 
 
 def ss_algorithms(filter_expr: str) -> list[str]:

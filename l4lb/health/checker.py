@@ -208,15 +208,7 @@ class HealthChecker(Generic[K]):
             return
         entry.removed = True
         del self._by_ident[entry.ident]
-        if entry.fleet_id is not None:
-            self._by_fleet_id.pop(entry.fleet_id, None)
-            if self._fleet is not None:
-                self._fleet.remove(entry.fleet_id)
-            entry.fleet_id = None
-        if entry.probe is not None:
-            entry.probe.cancel()
-            entry.probe = None
-            self._in_flight -= 1
+        if self._abandon(entry):
             self._kick()
 
     def keys(self) -> list[K]:
@@ -288,18 +280,25 @@ class HealthChecker(Generic[K]):
                 return
         self._push(entry, first)
 
-    def _reschedule_elsewhere(self, entry: _Entry[K], now: float) -> None:
-        """The backend's probe kind or target changed across the fleet boundary: abandon what
-        runs and schedule it afresh (a new ident drops its old heap references)."""
+    def _abandon(self, entry: _Entry[K]) -> bool:
+        """Take the backend out of the fleet and cancel its probe in flight; True when a probe
+        was cancelled (a slot for a waiting probe is free)."""
         if entry.fleet_id is not None:
             self._by_fleet_id.pop(entry.fleet_id, None)
             if self._fleet is not None:
                 self._fleet.remove(entry.fleet_id)
             entry.fleet_id = None
-        if entry.probe is not None:
-            entry.probe.cancel()
-            entry.probe = None
-            self._in_flight -= 1
+        if entry.probe is None:
+            return False
+        entry.probe.cancel()
+        entry.probe = None
+        self._in_flight -= 1
+        return True
+
+    def _reschedule_elsewhere(self, entry: _Entry[K], now: float) -> None:
+        """The backend's probe kind or target changed across the fleet boundary: abandon what
+        runs and schedule it afresh (a new ident drops its old heap references)."""
+        self._abandon(entry)
         del self._by_ident[entry.ident]
         self._idents += 1
         entry.ident = self._idents

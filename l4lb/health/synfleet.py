@@ -56,6 +56,7 @@ from l4lb.health.synprobe import (
     SOURCE_TTL,
     _Lane,
     build_syn,
+    learn_source,
     parse_reply,
     reply_verdict,
     syn_partial_sum,
@@ -457,19 +458,6 @@ def make_fleet(impl: str, seed: int, max_results: int = 1024) -> Fleet:
 
 
 # -- the driver --------------------------------------------------------------------------------
-
-def learn_source(spec: ProbeSpec) -> bytes:
-    """The packed source address the kernel uses towards spec's backend (OSError if none)."""
-    udp = socket.socket(spec.family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        if spec.source is not None:
-            udp.bind(spec.source)
-        udp.connect(spec.sockaddr)
-        src_text = udp.getsockname()[0]
-    finally:
-        udp.close()
-    return socket.inet_pton(spec.family, src_text.split("%", 1)[0])
-
 
 def _ms(seconds: float) -> int:
     return min(0xFFFFFFFF, max(0, round(seconds * 1000)))  # the fleets keep u32 milliseconds

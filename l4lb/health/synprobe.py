@@ -272,6 +272,20 @@ def raw_socket_problem(family: int = socket.AF_INET) -> str | None:
     return None
 
 
+def learn_source(spec: ProbeSpec) -> bytes:
+    """The packed source address the kernel uses towards spec's backend (OSError if none): a
+    UDP socket's getsockname after connect."""
+    udp = socket.socket(spec.family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        if spec.source is not None:
+            udp.bind(spec.source)
+        udp.connect(spec.sockaddr)
+        src_text = udp.getsockname()[0]
+    finally:
+        udp.close()
+    return socket.inet_pton(spec.family, src_text.split("%", 1)[0])
+
+
 # -- the engine -------------------------------------------------------------------------------
 
 def _strerror(exc: OSError) -> str:
@@ -449,15 +463,7 @@ class SynProbeEngine:
         lane = self._lanes.get((spec.family, source))
         if lane is None:
             lane = self._open_lane(spec.family, source)
-        udp = socket.socket(spec.family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
-            if spec.source is not None:
-                udp.bind(spec.source)
-            udp.connect(spec.sockaddr)
-            src_text = udp.getsockname()[0]
-        finally:
-            udp.close()
-        src = socket.inet_pton(spec.family, src_text.split("%", 1)[0])
+        src = learn_source(spec)
         dst = socket.inet_pton(spec.family, spec.host)
         sockaddr = (spec.host, 0, 0, spec.sockaddr[3]) if spec.family == socket.AF_INET6 \
             else (spec.host, 0)

@@ -19,7 +19,12 @@ from typing import Any
 
 import pytest
 
-from tests.congestion_host import other_algorithm, ss_algorithms, sysctl_words, system_default
+from tests.congestion_host import (
+    other_algorithm,
+    ss_algorithms,
+    system_default,
+    unprivileged_forbidden_algorithm,
+)
 
 from .backends import BackendServer
 from .clients import connect, recv_exact, wait_for
@@ -181,17 +186,11 @@ dp.stop(0.0)
 @pytest.mark.parametrize("impl", ["c", "ref"])
 def test_algorithm_not_allowed_for_an_unprivileged_process(impl: str) -> None:
     """Without CAP_NET_ADMIN only net.ipv4.tcp_allowed_congestion_control may be set."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to start an unprivileged child")
-    allowed = set(sysctl_words("tcp_allowed_congestion_control"))
-    restricted = [n for n in sysctl_words("tcp_available_congestion_control")
-                  if n not in allowed]
-    if not restricted:
-        pytest.skip("every available algorithm is allowed to everyone on this host")
+    forbidden = unprivileged_forbidden_algorithm()
     if impl == "c":
         pytest.importorskip("l4lb._dataplane")
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", NOT_ALLOWED, restricted[0], impl],
+    out = subprocess.run([sys.executable, "-c", NOT_ALLOWED, forbidden, impl],
                          capture_output=True, text=True, timeout=30, cwd=root,
                          env={**os.environ, "PYTHONPATH": str(root)}, check=False)
     assert out.returncode == 0, out.stderr

@@ -7,7 +7,6 @@ reports the key with its position. The algorithm of each socket is read from the
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -18,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.congestion_host import other_algorithm, ss_algorithms, sysctl_words, system_default
+from tests.congestion_host import (
+    other_algorithm,
+    ss_algorithms,
+    system_default,
+    unprivileged_forbidden_algorithm,
+)
 
 from .procs import child_env, free_port, l4lb_cmd, stop_process, wait_listening
 
@@ -178,21 +182,15 @@ for name in sys.argv[1:]:
 
 def test_host_check_as_an_unprivileged_process() -> None:
     """What `l4lb check` (and a non-root daemon) says about each kind of name."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to start an unprivileged child")
-    allowed = set(sysctl_words("tcp_allowed_congestion_control"))
-    restricted = [n for n in sysctl_words("tcp_available_congestion_control")
-                  if n not in allowed]
-    if not restricted:
-        pytest.skip("every available algorithm is allowed to everyone on this host")
+    forbidden = unprivileged_forbidden_algorithm()
     default = system_default()
-    out = subprocess.run([sys.executable, "-c", HOST_CHECK, default, restricted[0], "nosuchcc"],
+    out = subprocess.run([sys.executable, "-c", HOST_CHECK, default, forbidden, "nosuchcc"],
                          capture_output=True, text=True, timeout=30, check=False,
                          env=child_env())
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"{default} -> None"
-    assert lines[1].startswith(f'{restricted[0]} -> "{restricted[0]}" is not allowed for this '
+    assert lines[1].startswith(f'{forbidden} -> "{forbidden}" is not allowed for this '
                                "process: without CAP_NET_ADMIN only "
                                "net.ipv4.tcp_allowed_congestion_control may be used")
     assert lines[2].startswith('nosuchcc -> "nosuchcc" is not a congestion control algorithm of '
