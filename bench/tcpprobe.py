@@ -68,7 +68,7 @@ def _out_segs() -> int:
 
 
 def _load_argv(kind: str, port: int, seconds: int, cpu: int) -> list[str]:
-    pin = ["taskset", "-c", str(cpu)]
+    pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []
     url = f"http://127.0.0.1:{port}/"
     if kind == "wrk-close":
         return [*pin, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "--timeout", "2s",
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from l4lb.table.builder import TableBuilder
 
-    os.sched_setaffinity(0, {args.lb_cpu})
+    os.sched_setaffinity(0, {args.lb_cpu} if args.lb_cpu >= 0 else set(range(os.cpu_count() or 1)))
     before = {int(t) for t in os.listdir("/proc/self/task")}
     dp = Dataplane(1)
     if args.pipe_size is not None or args.copy_threshold is not None:
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", default="wrk-close",
                     choices=["wrk-close", "wrk-ka", "iperf1", "iperf8"])
     ap.add_argument("--seconds", type=int, default=4)
-    ap.add_argument("--lb-cpu", type=int, default=1)
-    ap.add_argument("--load-cpu", type=int, default=0)
+    ap.add_argument("--lb-cpu", type=int, default=1, help="-1: not pinned")
+    ap.add_argument("--load-cpu", type=int, default=0, help="-1: not pinned")
     ap.add_argument("--pipe-size", type=int, default=None, help="bytes (Dataplane._tune)")
     ap.add_argument("--copy-threshold", type=int, default=None, help="bytes (Dataplane._tune)")
     ap.add_argument("--congestion-control", default=None, metavar="NAME",
