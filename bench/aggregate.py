@@ -47,6 +47,7 @@ DIAGNOSTICS = (
     Metric("other_cpu_pct", "other procs CPU", "%", ""),
     Metric("skipped_pct", "udpgen skipped", "%", "", "{:.2f}"),
     Metric("retransmits", "retransmits", "", "", "{:.0f}"),
+    Metric("tfo_per_conn", "SYN-data per conn", "", "", "{:.2f}"),
     Metric("drops", "UDP drops", "", "", "{:.0f}"),
     Metric("errors", "errors", "", "", "{:.0f}"),
 )

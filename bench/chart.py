@@ -14,8 +14,9 @@ from typing import Any
 
 from bench.aggregate import HEADLINE
 
-COLORS = {"direct": "#888888", "l4lb": "#d62728", "l4lb-cubic": "#ff7f0e", "haproxy": "#1f77b4",
-          "haproxy-auto": "#aec7e8", "nginx": "#2ca02c", "l4lb-ref": "#ff9896"}
+COLORS = {"direct": "#888888", "l4lb": "#d62728", "l4lb-cubic": "#ff7f0e", "l4lb-tfo": "#9467bd",
+          "haproxy": "#1f77b4", "haproxy-auto": "#aec7e8",
+          "nginx": "#2ca02c", "l4lb-ref": "#ff9896"}
 
 
 def draw(doc: dict[str, Any], path: Path, pin: str | None = None) -> bool:

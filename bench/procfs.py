@@ -27,6 +27,7 @@ WANTED_COUNTERS = (
     "TcpExt.ListenDrops",
     "TcpExt.ListenOverflows",
     "TcpExt.TCPTimeouts",
+    "TcpExt.TCPFastOpenActive",
 )
 
 

@@ -6,8 +6,11 @@
     python bench/run.py --quick --dry-run  # print the plan only: nothing started, no load
 
 Targets: direct, l4lb, l4lb-cubic (bulk only: the bulk service with congestion_control =
-"cubic"), haproxy (splice forced), haproxy-auto, nginx (and l4lb-ref, the pure-Python data
-plane, only as a smoke test of the harness). Workloads and measurement rules:
+"cubic"), l4lb-tfo (new connections only: backend_fast_open = true), haproxy (splice forced),
+haproxy-auto, nginx (and l4lb-ref, the pure-Python data plane, only as a smoke test of the
+harness). l4lb-tfo needs root: the run sets the server bit of net.ipv4.tcp_fastopen and
+restores it afterwards.
+Workloads and measurement rules:
 shared/PERF.md and bench/README.md.
 Results: bench/results/<kind>-<time>.{json,md,png} (kind: quick, full; custom when targets,
 workloads, pins or reps were narrowed; smoke with l4lb-ref); complete quick and full runs are
@@ -37,6 +40,7 @@ from bench.plan import (  # noqa: E402
     LOAD_CPU,
     TARGET_LABELS,
     TARGETS,
+    TFO_TARGETS,
     Options,
     Plan,
     make_plan,
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.reps < 3:
         print(f"bench/run.py: warning: {options.reps} repetitions; PERF.md asks for >= 3",
               file=sys.stderr)
-    from bench import chart, report, runner
+    from bench import chart, fastopen, report, runner
 
     print(describe(plan).splitlines()[0], flush=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -193,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
 
     try:
-        doc = runner.execute(plan, REPO, rawdir, budget, echo)
+        with fastopen.server_bit(any(t in TFO_TARGETS for t in options.targets)) as tfo_notes:
+            doc = runner.execute(plan, REPO, rawdir, budget, echo)
     except RuntimeError as exc:
         print(f"bench/run.py: error: {exc}", file=sys.stderr)
         return 1
+    doc["meta"]["notes"].extend(tfo_notes)
     mode = doc["meta"]["mode"]
     smoke = "l4lb-ref" in options.targets
     custom = any(x is not None for x in (args.targets, args.only, args.pins, args.reps,

@@ -160,6 +160,9 @@ def _traffic(ctx: Context, run: Running, step: Step, rec: dict[str, Any]) -> Non
                                if lb_s is not None and out["requests"] else None)
         m["errors"] = out["errors"]
         m["retransmits"] = float(rec["net"]["Tcp.RetransSegs"])
+        if wl.kind == "newconn" and out["requests"]:
+            # backend connections that carried the request in the SYN (the -tfo targets)
+            m["tfo_per_conn"] = rec["net"].get("TcpExt.TCPFastOpenActive", 0) / out["requests"]
     else:
         out = loadgen.parse_udpgen(fin.stdout)
         rec["raw"] = out
