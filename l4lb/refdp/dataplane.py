@@ -180,6 +180,23 @@ class Dataplane:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return self._shared.congestion.get(service_id)
 
+    def set_fast_open(self, service_id: int, on: bool) -> None:
+        """TCP Fast Open towards the backends of a TCP service (see l4lb.dataplane)."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        if not isinstance(on, bool):
+            raise TypeError(f"on must be a bool, not {type(on).__name__}")
+        if on:
+            self._shared.fast_open.add(service_id)
+        else:
+            self._shared.fast_open.discard(service_id)
+
+    def fast_open(self, service_id: int) -> bool:
+        """Whether fast open towards the backends is on for service_id."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return service_id in self._shared.fast_open
+
     @property
     def splice_fallbacks(self) -> int:
         """Relay directions that copied through user space because splice(2) said EINVAL."""
