@@ -17,7 +17,9 @@ counts, the pipe pool figures, and the TCP segments the host sent per unit of wo
 --backend-fast-open turns on the service's backend_fast_open (Dataplane.set_fast_open); the
 backend must enable TFO itself (e.g. nginx `listen ... fastopen=4096`, net.ipv4.tcp_fastopen
 with bit 0x2). The output then also counts the backend connects opened with MSG_FASTOPEN and
-those whose SYN carried the client's bytes (fo_attempts, fo_syn_data, per unit of work).
+those whose SYN carried the client's bytes (fo_attempts, fo_syn_data, per unit of work): only
+connections whose request is already waiting when the relay connects use it, which
+--defer-accept SECONDS (TCP_DEFER_ACCEPT on the listener) makes every client-speaks-first one.
 
 Loads: wrk-close (new connection per request, 50 concurrent), wrk-ka (keep-alive, 50
 connections), iperf1 / iperf8 (iperf3 -P 1 / -P 8, client to server). Traffic stays on loopback.
@@ -124,6 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION,
                       args.congestion_control.encode())
     ls.listen(4096)
+    if args.defer_accept:  # accept only once the client's first bytes are there
+        ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, args.defer_accept)
     ls.setblocking(False)
     dp.start()
     try:
@@ -164,6 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "congestion_control": args.congestion_control or "",
             "backend_congestion_control": args.backend_congestion_control or "",
             "backend_fast_open": bool(args.backend_fast_open),
+            "defer_accept": args.defer_accept,
             f"fo_attempts_per_{unit}": round(
                 (in1["fast_open_attempts"] - in0["fast_open_attempts"]) / units, 4),
             f"fo_syn_data_per_{unit}": round(
@@ -199,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend-fast-open", action="store_true",
                     help="TCP Fast Open towards the backend, as a service's backend_fast_open "
                          "(set_fast_open)")
+    ap.add_argument("--defer-accept", type=int, default=0, metavar="SECONDS",
+                    help="TCP_DEFER_ACCEPT on the listener (0: off): connections are accepted "
+                         "once the client's first bytes arrived, so fast open always has them")
     args = ap.parse_args(argv)
     print(json.dumps(run(args)))
     return 0

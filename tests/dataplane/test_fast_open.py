@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from .clients import connect, read_to_end, recv_exact, wait_for
-from .conftest import LB, SVC, MakeLB, Servers
+from .conftest import LB, SVC, MakeLB, Servers, load_impl
 from .fast_open_env import GREETING, FoBackend, private_netns, tcp_ext
 from .tables import BackendSpec, ServiceSpec
 
@@ -274,3 +274,33 @@ def test_kernel_without_the_client_bit(make_lb: MakeLB) -> None:
             assert tcp_ext()["TCPFastOpenCookieReqd"] == 0
         finally:
             backend.close()
+
+
+@pytest.mark.parametrize("copy_threshold", [0, 1024])
+@root_only
+def test_c_relay_without_room_in_the_copy_buffer(fo_ns: None, backends: list[FoBackend],
+                                                 copy_threshold: int) -> None:
+    """C only: always splicing (0), or a copy buffer smaller than the SYN's data (1024 < about
+    1.4 KB): the relay peeks into its own stack buffer and drops what the SYN carried with one
+    recv(MSG_TRUNC) instead of skipping it in the pump's first copy read."""
+    impl = load_impl("c")
+    backend = FoBackend("echo")
+    backends.append(backend)
+    lb = LB(impl, 1, "127.0.0.1")
+    try:
+        lb.dp._tune(copy_threshold, 0)
+        lb.dp.start()
+        lb.listen(SVC)
+        lb.publish([ServiceSpec(SVC, (BackendSpec("b0", *backend.addr),))])
+        lb.dp.set_fast_open(SVC, True)
+        for sock in lb.listeners[SVC]:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+        sent = [b"warm", *payloads(3, 3000, "tuned")]
+        for p in sent:
+            assert echo_trip(lb, p) == p
+        assert sorted(wait_received(backend, 4)) == sorted(sent)
+        counts = fo_counts(lb)
+        assert counts is not None and counts["syn_data"] == 3
+        assert 1024 < counts["syn_bytes"] / 3 <= 2048  # the SYN took more than the buffer
+    finally:
+        lb.close()
