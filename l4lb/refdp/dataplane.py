@@ -4,10 +4,10 @@ This object only dispatches: listeners go to the worker that polls them, publish
 live table reference, stats(), sessions() and flows() ask every worker for a snapshot and add
 them up, close_backend_sessions() asks every worker to close its share, set_connection_log()
 switches every worker's record queue, closed_sessions() empties those queues without asking the
-workers, set_congestion_control() stores a service's backend-leg algorithm in the shared state
-that each worker reads before it connects, stop() tells every worker to drain and joins the
-threads. See worker.py for the life of a TCP connection, relay.py for its byte relay, and udp.py
-for UDP flows.
+workers, set_congestion_control() stores a service's backend-leg algorithm and set_fast_open()
+its fast open switch in the shared state that each worker reads before it connects, stop()
+tells every worker to drain and joins the threads. See worker.py for the life of a TCP
+connection, relay.py for its byte relay, and udp.py for UDP flows.
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ Life of a connection (the C core does the same, in the same order):
    full, no_backend otherwise;
 4. nonblocking connect with the connect_timeout of the service at accept; refusal, error or
    timeout count a connect_failure on that backend and go back to 3 while the retries allowed
-   at accept remain, else no_backend;
+   at accept remain, else no_backend. With fast open on for the service and the client's first
+   bytes already waiting, the connect is a sendto(MSG_FASTOPEN) of a peek of them; what the SYN
+   carried leaves the client socket only once the attempt has connected (_connected);
 5. relay (l4lb.refdp.relay) until both FINs went through, a reset, the idle timeout, or the
    end of a graceful stop.
 A client that resets while its backend is still connecting ends its session at once (steps 3-4
