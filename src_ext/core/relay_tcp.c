@@ -133,9 +133,9 @@
  *   Measured (bench/tcpprobe.py wrk-close against nginx `fastopen=4096`, loopback, perf's
  *   syscall tracepoints per connection): a connection whose request is waiting trades
  *   connect() + send() for the peek + sendto(MSG_FASTOPEN), the same count, and saves about
- *   2.2 of 18.5 TCP segments; one whose request is not there yet pays the peek for nothing. With
- *   wrk only about 20 % of the requests are there when the relay accepts, all of them when the
- *   listener has TCP_DEFER_ACCEPT (docs/configuration.md has the figures).
+ *   2.3 of 18.5 TCP segments; one whose request is not there yet pays the peek for nothing. With
+ *   wrk a median 13 % (0.2..44 %) of the requests were there when the relay accepted, all of
+ *   them when the listener had TCP_DEFER_ACCEPT (docs/configuration.md has the figures).
  *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
