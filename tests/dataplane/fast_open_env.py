@@ -66,18 +66,19 @@ class FoBackend:
     """A loopback TCP backend, one thread per connection, that keeps every byte it received.
 
     fastopen: TCP_FASTOPEN on its listener (the server side of TFO), or a plain listener.
-    mode "echo": echo everything, close after the client's FIN; "greet": send GREETING first
-    (a server-speaks-first protocol), then echo; "eof_reply": read up to the client's FIN, then
-    answer b"got <n>\\n" and close (a half-close round trip)."""
+    host: 127.0.0.1 or ::1. mode "echo": echo everything, close after the client's FIN;
+    "greet": send GREETING first (a server-speaks-first protocol), then echo; "eof_reply": read
+    up to the client's FIN, then answer b"got <n>\\n" and close (a half-close round trip)."""
 
-    def __init__(self, mode: str = "echo", fastopen: bool = True) -> None:
+    def __init__(self, mode: str = "echo", fastopen: bool = True, host: str = "127.0.0.1") -> None:
         self.mode = mode
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         if fastopen:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 64)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.sock.listen(64)
-        self.addr: tuple[str, int] = self.sock.getsockname()
+        self.addr: tuple[str, int] = self.sock.getsockname()[:2]
         self._lock = threading.Lock()
         self._received: list[bytes] = []  # per finished connection: every byte it sent us
         self._conns: list[socket.socket] = []

@@ -55,9 +55,9 @@ def backends(fo_ns: None) -> Iterator[list[FoBackend]]:
 
 
 def start_lb(make_lb: MakeLB, targets: list[tuple[str, int]], fast_open: bool = True,
-             defer: bool = True, workers: int = 1) -> LB:
-    specs = [BackendSpec(f"b{i}", host, port) for i, (host, port) in enumerate(targets)]
-    lb = make_lb([ServiceSpec(SVC, tuple(specs), retries=2)], workers=workers)
+             defer: bool = True, workers: int = 1, host: str = "127.0.0.1") -> LB:
+    specs = [BackendSpec(f"b{i}", h, port) for i, (h, port) in enumerate(targets)]
+    lb = make_lb([ServiceSpec(SVC, tuple(specs), retries=2)], workers=workers, host=host)
     if fast_open:
         lb.dp.set_fast_open(SVC, True)
     if defer:  # accept only once the client's first bytes are there
@@ -146,6 +146,19 @@ def test_syn_carries_the_first_bytes_once(fo_make_lb: MakeLB,
     counts = fo_counts(lb)
     if counts is not None:
         assert counts == {"attempts": 6, "syn_data": 5, "syn_bytes": 500}
+
+
+@root_only
+def test_ipv6_backend(fo_make_lb: MakeLB, backends: list[FoBackend]) -> None:
+    backend = FoBackend("echo", host="::1")
+    backends.append(backend)
+    lb = start_lb(fo_make_lb, [backend.addr], host="::1", workers=2)
+    sent = [b"warm", *payloads(4, 200, "six")]
+    for p in sent:
+        assert echo_trip(lb, p) == p
+    assert sorted(wait_received(backend, 5)) == sorted(sent)
+    # two workers share the kernel's cookie cache: only the first connection fetched one
+    assert tcp_ext()["TCPFastOpenActive"] == 4
 
 
 @pytest.mark.parametrize("size", [70_000, 300_000])
