@@ -12,6 +12,14 @@ counts, the pipe pool figures, and the TCP segments the host sent per unit of wo
     python -m bench.tcpprobe --backend 127.0.0.1:8080 --load wrk-close --seconds 4
     python -m bench.tcpprobe --backend 127.0.0.1:5201 --load iperf1 --pipe-size 1048576
     python -m bench.tcpprobe --backend 127.0.0.1:5201 --load iperf1 --congestion-control cubic
+    python -m bench.tcpprobe --backend 127.0.0.1:8099 --load wrk-close --backend-fast-open
+
+--backend-fast-open turns on the service's backend_fast_open (Dataplane.set_fast_open); the
+backend must enable TFO itself (e.g. nginx `listen ... fastopen=4096`, net.ipv4.tcp_fastopen
+with bit 0x2). The output then also counts the backend connects opened with MSG_FASTOPEN and
+those whose SYN carried the client's bytes (fo_attempts, fo_syn_data, per unit of work): only
+connections whose request is already waiting when the relay connects use it, which
+--defer-accept SECONDS (TCP_DEFER_ACCEPT on the listener) makes every client-speaks-first one.
 
 Loads: wrk-close (new connection per request, 50 concurrent), wrk-ka (keep-alive, 50
 connections), iperf1 / iperf8 (iperf3 -P 1 / -P 8, client to server). Traffic stays on loopback.
@@ -118,6 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION,
                       args.congestion_control.encode())
     ls.listen(4096)
+    if args.defer_accept:  # accept only once the client's first bytes are there
+        ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, args.defer_accept)
     ls.setblocking(False)
     dp.start()
     try:
@@ -125,6 +135,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         backend_cc = args.backend_congestion_control or args.congestion_control
         if backend_cc:  # backend leg
             dp.set_congestion_control(sid, backend_cc)
+        if args.backend_fast_open:
+            dp.set_fast_open(sid, True)
         dp.add_listener(sid, ls.fileno(), 0)
         tids = _worker_tids(before | {threading.get_native_id()})
         in0, (ns0, cx0), sg0 = dp._internals(), _thread_cpu(tids), _out_segs()
@@ -155,6 +167,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "pipe_size": in1["pipe_size"],
             "congestion_control": args.congestion_control or "",
             "backend_congestion_control": args.backend_congestion_control or "",
+            "backend_fast_open": bool(args.backend_fast_open),
+            "defer_accept": args.defer_accept,
+            f"fo_attempts_per_{unit}": round(
+                (in1["fast_open_attempts"] - in0["fast_open_attempts"]) / units, 4),
+            f"fo_syn_data_per_{unit}": round(
+                (in1["fast_open_syn_data"] - in0["fast_open_syn_data"]) / units, 4),
             **extra,
         }
         return out
@@ -183,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend-congestion-control", default=None, metavar="NAME",
                     help="the backend leg's alone, as backend_congestion_control "
                          "(set_congestion_control; wins over --congestion-control there)")
+    ap.add_argument("--backend-fast-open", action="store_true",
+                    help="TCP Fast Open towards the backend, as a service's backend_fast_open "
+                         "(set_fast_open)")
+    ap.add_argument("--defer-accept", type=int, default=0, metavar="SECONDS",
+                    help="TCP_DEFER_ACCEPT on the listener (0: off): connections are accepted "
+                         "once the client's first bytes arrived, so fast open always has them")
     args = ap.parse_args(argv)
     print(json.dumps(run(args)))
     return 0

@@ -169,6 +169,8 @@ class Daemon:
         default_factory=weakref.WeakKeyDictionary)  # TCP listener -> the client-leg algorithm
     #                                   it was given (None: reset to the system default)
     cc_problems: list[str] = field(default_factory=list)  # what the last sync could not apply
+    fast_open: set[int] = field(default_factory=set)  # service ids the data plane was told to
+    #                                   open backend connections with TCP Fast Open
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -214,6 +216,7 @@ class Daemon:
         blob = self.builder.build(self.config, weights.weights, down)
         self.generation = self.dp.publish(blob)
         self._sync_backend_congestion()
+        self._sync_backend_fast_open()
         self.weights = weights
         self.digest = digest(blob)
         if self.digest_check is not None:
@@ -313,6 +316,38 @@ class Daemon:
             self.cc_backend[sid] = str(algo)
             log.info("service %s: backend connections use congestion control %s", name, algo)
         return self.cc_problems
+
+    # ---- TCP Fast Open towards the backends (docs/configuration.md, backend_fast_open) ----
+
+    def _sync_backend_fast_open(self) -> None:
+        """Turn fast open on in the data plane for every TCP service with backend_fast_open,
+        and off for ids that no longer have it (after each publish: a reload may move service
+        ids). A data plane without set_fast_open is a problem (in cc_problems, so start
+        refuses) only when some service asks for it."""
+        if self.dp is None:
+            return
+        ids = self.builder.service_ids()
+        want = {ids[s.name]: s.name for s in self.config.services
+                if s.protocol == "tcp" and s.backend_fast_open and s.name in ids}
+        if not want and not self.fast_open:
+            return  # the default path: no call at all
+        if not self._dp_supports("set_fast_open"):
+            self.cc_problems.append("this data plane cannot open backend connections with "
+                                    "TCP Fast Open")
+            log.error("%s", self.cc_problems[-1])
+            return
+        names = {sid: name for name, sid in ids.items()}
+        for sid in sorted(self.fast_open - set(want)):
+            self.dp.set_fast_open(sid, False)
+            self.fast_open.discard(sid)
+            if sid in names:
+                log.info("service %s: backend connections without TCP Fast Open", names[sid])
+        for sid, name in sorted(want.items()):
+            if sid in self.fast_open:
+                continue
+            self.dp.set_fast_open(sid, True)
+            self.fast_open.add(sid)
+            log.info("service %s: backend connections use TCP Fast Open", name)
 
     def _sync_listener_congestion(self, groups: list[ListenerGroup]) -> list[str]:
         """Set TCP_CONGESTION on each TCP listener of `groups` to its service's

@@ -153,6 +153,21 @@ class DataplaneAPI(Protocol):
     def congestion_control(self, service_id: int) -> str | None:
         """The backend-leg algorithm set for service_id, None when none is."""
 
+    def set_fast_open(self, service_id: int, on: bool) -> None:
+        """TCP Fast Open towards the backends of TCP service service_id (default off). On:
+        when a client's first bytes already wait in its socket as a connect attempt starts
+        (the first and each retry), the data plane peeks them and sends them in the SYN
+        (sendto MSG_FASTOPEN on a fresh socket) instead of calling connect(); they leave the
+        client socket only once that attempt has connected (then exactly the bytes the SYN
+        carried are discarded), so a refused or timed-out attempt retries with them intact
+        and failures count as without fast open. Nothing waiting: a plain connect(). No
+        cookie for the backend yet: a plain SYN that asks for one. Applies to connect attempts
+        that start afterwards. Before or after start(). Not part of the table blob.
+        ValueError: service_id outside 0..1023; TypeError: on not a bool."""
+
+    def fast_open(self, service_id: int) -> bool:
+        """Whether fast open towards the backends is on for service_id."""
+
     def stop(self, timeout: float) -> None:
         """Stop accepting, let sessions finish for up to `timeout` seconds, close the rest,
         join the workers. Idempotent."""

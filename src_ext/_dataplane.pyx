@@ -27,6 +27,11 @@ cdef extern from "dp.h" nogil:
         DP_CC_MAX_NAMES
     int dp_set_congestion_control(_core.dp *d, uint32_t service_id, const char *name)
     const char *dp_congestion_control(_core.dp *d, uint32_t service_id)
+    # and its per-service options (fast open towards the backends)
+    int dp_set_fast_open(_core.dp *d, uint32_t service_id, int on)
+    int dp_fast_open(_core.dp *d, uint32_t service_id)
+    void dp_fast_open_stats(_core.dp *d, uint64_t *attempts, uint64_t *syn_data,
+                            uint64_t *syn_bytes)
 
 import os as _os
 import socket as _socket
@@ -392,12 +397,32 @@ cdef class Dataplane:
         if rc:
             raise _dp_oserror(rc)
 
+    def set_fast_open(self, int service_id, on):
+        """TCP Fast Open towards the backends of a TCP service (True) or not (False): a
+        client's first bytes that already wait when a connect attempt starts go in the SYN."""
+        cdef int rc
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        if not isinstance(on, bool):
+            raise TypeError(f"on must be a bool, not {type(on).__name__}")
+        rc = dp_set_fast_open(self._dp, <uint32_t>service_id, 1 if on else 0)
+        if rc:
+            raise _dp_oserror(rc)
+
+    def fast_open(self, int service_id):
+        """Whether fast open towards the backends is on for service_id."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return bool(dp_fast_open(self._dp, <uint32_t>service_id))
+
     def _internals(self):
         """Pipe pool, slab and pause figures summed over workers (asked of each worker)."""
         cdef _core.dp_internals_s r
         cdef int rc
+        cdef uint64_t fo_attempts, fo_syn_data, fo_syn_bytes
         with nogil:
             rc = _core.dp_internals(self._dp, &r)
+            dp_fast_open_stats(self._dp, &fo_attempts, &fo_syn_data, &fo_syn_bytes)
         if rc:
             raise _dp_oserror(rc)
         return {
@@ -417,6 +442,8 @@ cdef class Dataplane:
             "udp_out_calls": r.udp_out_calls, "udp_out_datagrams": r.udp_out_datagrams,
             "udp_gso_datagrams": r.udp_gso_datagrams, "udp_poll_sleeps": r.udp_poll_sleeps,
             "loop_iterations": r.loop_iterations,
+            "fast_open_attempts": fo_attempts, "fast_open_syn_data": fo_syn_data,
+            "fast_open_syn_bytes": fo_syn_bytes,
         }
 
 

@@ -2,11 +2,11 @@
 
 `load_text` is pure apart from the questions it asks of the host through its `host` argument
 (l4lb.config.host: the connection log's directory, a raw socket for SYN probes, the congestion
-control algorithms): this host by default, None to skip them. `load_file` reads the file and
-calls it; reading errors (missing file, permissions) propagate as OSError so the caller can
-word them; text that is not UTF-8 is a ConfigError pointing at the first bad byte. TOML syntax
-errors become one diagnostic each, with the line and column `tomllib` names in its message
-(moved from the message to the position).
+control algorithms, net.ipv4.tcp_fastopen): this host by default, None to skip them.
+`load_file` reads the file and calls it; reading errors (missing file, permissions) propagate as
+OSError so the caller can word them; text that is not UTF-8 is a ConfigError pointing at the
+first bad byte. TOML syntax errors become one diagnostic each, with the line and column
+`tomllib` names in its message (moved from the message to the position).
 """
 
 from __future__ import annotations

@@ -88,6 +88,9 @@ class Service:
     # backend leg alone (it wins over congestion_control there)
     congestion_control: str | None = None
     backend_congestion_control: str | None = None
+    # TCP only: TCP Fast Open towards the backends (the client's first bytes ride in the SYN
+    # when they are already waiting; docs/configuration.md, backend_fast_open)
+    backend_fast_open: bool = False
 
     @property
     def client_congestion_control(self) -> str | None:

@@ -5,13 +5,15 @@ key with its type and range rules, and records a Diagnostic (with the position t
 for every problem instead of stopping at the first. Cross-checks (duplicate service names,
 overlapping listen addresses, duplicate backends) run as entries are read, so the second of two
 clashing entries is the one reported and the message names the first. If anything was reported
-the result is the list of diagnostics; otherwise it is the Config. Three questions need the
+the result is the list of diagnostics; otherwise it is the Config. Four questions need the
 host, and they go only through the `host` object the caller passes (l4lb.config.host; None
 skips them): does the connection log's directory exist; can this process open a raw socket, so
 that a `kind = "syn"` health check fails here without CAP_NET_RAW and the daemon refuses to
 start or reload instead of marking every backend unprobeable; and can it set each service's
 `congestion_control` / `backend_congestion_control`, so that an algorithm this kernel lacks, or
-one this process may not use, is reported at the key. Nothing else does I/O here.
+one this process may not use, is reported at the key; and, for a service with
+`backend_fast_open`, does net.ipv4.tcp_fastopen let clients use TCP Fast Open. Nothing else does
+I/O here.
 
 Invalid values are replaced by the model's defaults while checking continues; such a Config is
 never returned, because any error means the diagnostics are returned instead.
@@ -65,6 +67,7 @@ MAX_DURATION_MS = 24 * 3_600_000  # every duration is at most 24h
 U32_MAX = 2**32 - 1
 MAX_WORKERS = 256
 MAX_RETRIES = 16
+TFO_CLIENT = 0x1  # net.ipv4.tcp_fastopen: clients may use TCP Fast Open
 MAX_WEIGHT = 256
 MAX_MAGLEV_TABLE_SIZE = 1_000_003
 MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
@@ -84,12 +87,13 @@ SERVICE_KEYS = (
     "name", "protocol", "listen", "scheduler", "hash_key", "connect_timeout", "idle_timeout",
     "retries", "max_connections", "maglev_table_size", "backends", "health",
     "udp_idle_timeout", "max_flows", "responses", "session", "congestion_control",
-    "backend_congestion_control",
+    "backend_congestion_control", "backend_fast_open",
 )
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session")
 TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle_timeout",
                  "max_connections": "max_flows", "congestion_control": "",
-                 "backend_congestion_control": ""}  # key -> the UDP key to use instead
+                 "backend_congestion_control": "", "backend_fast_open": ""}  # key -> the UDP
+#                                                                      key to use instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
 VRRP_KEYS = (
@@ -228,6 +232,7 @@ class _Checker:
         self.raw_problem: str | None = None  # why no raw socket opens, once someone asked
         self.raw_checked = False  # raw_problem is valid
         self.cc_problems: dict[str, str | None] = {}  # congestion control name -> problem
+        self.fastopen_sysctl: str | None = None  # net.ipv4.tcp_fastopen once asked ("": unread)
 
     # ------------------------------------------------------------ reporting
 
@@ -666,6 +671,7 @@ class _Checker:
         congestion = self.congestion_control(scope, table, "congestion_control", protocol)
         backend_congestion = self.congestion_control(scope, table,
                                                      "backend_congestion_control", protocol)
+        fast_open = self.backend_fast_open(scope, table, protocol)
         if protocol == "tcp":
             for key in UDP_ONLY_KEYS:
                 if key in table:
@@ -688,7 +694,29 @@ class _Checker:
             maglev_table_size=table_size, health=health, udp_idle_timeout=udp_idle_timeout,
             max_flows=max_flows, responses=responses, session=session,
             congestion_control=congestion, backend_congestion_control=backend_congestion,
+            backend_fast_open=fast_open,
         )
+
+    def backend_fast_open(self, scope: _Scope, table: dict[str, Any], protocol: Protocol) -> bool:
+        """The `backend_fast_open` switch. On for a TCP service with host checks on, the host
+        must let clients use TCP Fast Open: bit 0x1 of net.ipv4.tcp_fastopen (an unreadable
+        sysctl is not held against the file). A UDP service gets the "tcp only" error."""
+        value = self.read_bool(scope, table, "backend_fast_open", False)
+        if not value or self.host is None or protocol != "tcp":
+            return value
+        if self.fastopen_sysctl is None:
+            words = self.host.ipv4_sysctl_words("tcp_fastopen")
+            self.fastopen_sysctl = words[0] if words else ""
+        word = self.fastopen_sysctl
+        if word and not (word.isdigit() and int(word) & TFO_CLIENT):
+            self.error((*scope.path, "backend_fast_open"),
+                       f"{scope.label('backend_fast_open')}: this host does not let clients use "
+                       f"TCP Fast Open (net.ipv4.tcp_fastopen = {word}, without the client bit "
+                       f"0x1); set it, e.g. sysctl -w net.ipv4.tcp_fastopen="
+                       f"{int(word) | TFO_CLIENT if word.isdigit() else 1}, or leave "
+                       "backend_fast_open out")
+            return False
+        return value
 
     def congestion_control(self, scope: _Scope, table: dict[str, Any], key: str,
                            protocol: Protocol) -> str | None:

@@ -4,10 +4,10 @@ This object only dispatches: listeners go to the worker that polls them, publish
 live table reference, stats(), sessions() and flows() ask every worker for a snapshot and add
 them up, close_backend_sessions() asks every worker to close its share, set_connection_log()
 switches every worker's record queue, closed_sessions() empties those queues without asking the
-workers, set_congestion_control() stores a service's backend-leg algorithm in the shared state
-that each worker reads before it connects, stop() tells every worker to drain and joins the
-threads. See worker.py for the life of a TCP connection, relay.py for its byte relay, and udp.py
-for UDP flows.
+workers, set_congestion_control() stores a service's backend-leg algorithm and set_fast_open()
+its fast open switch in the shared state that each worker reads before it connects, stop()
+tells every worker to drain and joins the threads. See worker.py for the life of a TCP
+connection, relay.py for its byte relay, and udp.py for UDP flows.
 """
 
 from __future__ import annotations
@@ -179,6 +179,23 @@ class Dataplane:
         if not 0 <= service_id < 1024:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return self._shared.congestion.get(service_id)
+
+    def set_fast_open(self, service_id: int, on: bool) -> None:
+        """TCP Fast Open towards the backends of a TCP service (see l4lb.dataplane)."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        if not isinstance(on, bool):
+            raise TypeError(f"on must be a bool, not {type(on).__name__}")
+        if on:
+            self._shared.fast_open.add(service_id)
+        else:
+            self._shared.fast_open.discard(service_id)
+
+    def fast_open(self, service_id: int) -> bool:
+        """Whether fast open towards the backends is on for service_id."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return service_id in self._shared.fast_open
 
     @property
     def splice_fallbacks(self) -> int:

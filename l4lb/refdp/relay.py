@@ -236,6 +236,8 @@ class Session:
         self.slot = 0  # ring slot of the last pick (hashing schedulers)
         self.pick_gen = 0  # generation of the table of the last pick
         self.attempt = 0  # connect attempts started; a connect timer is valid for one attempt
+        self.syn_data = 0  # bytes of the client's queue the current attempt's SYN carried (fast
+        #                    open); still in the client socket until the attempt connects
         self.bytes_to_backend = 0  # bytes written to the backend
         self.bytes_to_client = 0  # bytes written to the client
         self.last_active = time.monotonic()  # last time a byte or FIN moved

@@ -1,10 +1,10 @@
 """State that all workers of one reference data plane share: the live table and the counts
 that limits and schedulers read across workers.
 
-Everything here except `table` and `congestion` is guarded by `lock`; `table` is replaced whole
-by publish() (one reference assignment) and read without the lock; `congestion` gets single-key
-stores and reads (each atomic under the GIL), so a worker sees a service's old name or its new
-one, never a mix.
+Everything here except `table`, `congestion` and `fast_open` is guarded by `lock`; `table` is
+replaced whole by publish() (one reference assignment) and read without the lock; `congestion`
+and `fast_open` get single-key stores and reads (each atomic under the GIL), so a worker sees a
+service's old setting or its new one, never a mix.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ class Shared:
     svc_flows: dict[int, int] = field(default_factory=dict)  # open UDP flows per service id
     congestion: dict[int, str] = field(default_factory=dict)  # service id -> backend-leg
     #                     congestion control (set_congestion_control); absent = system default
+    fast_open: set[int] = field(default_factory=set)  # service ids with fast open towards
+    #                     their backends (set_fast_open)
 
 
 def add_count(counts: dict[int, int], key: int, delta: int) -> None:

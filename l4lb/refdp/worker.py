@@ -22,7 +22,9 @@ Life of a connection (the C core does the same, in the same order):
    full, no_backend otherwise;
 4. nonblocking connect with the connect_timeout of the service at accept; refusal, error or
    timeout count a connect_failure on that backend and go back to 3 while the retries allowed
-   at accept remain, else no_backend;
+   at accept remain, else no_backend. With fast open on for the service and the client's first
+   bytes already waiting, the connect is a sendto(MSG_FASTOPEN) of a peek of them; what the SYN
+   carried leaves the client socket only once the attempt has connected (_connected);
 5. relay (l4lb.refdp.relay) until both FINs went through, a reset, the idle timeout, or the
    end of a graceful stop.
 A client that resets while its backend is still connecting ends its session at once (steps 3-4
@@ -64,6 +66,8 @@ ACCEPT_BATCH = 64  # connections accepted per readiness event of a listener
 ACCEPT_PAUSE = 0.1  # seconds a listener rests after EMFILE/ENFILE/ENOBUFS/ENOMEM
 CALL_TIMEOUT = 30.0  # seconds call() waits for a worker before declaring it stuck
 FD_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+COPY_PEEK = 16384  # fast open: bytes of a waiting client peeked for the SYN (the C default
+#                    copy buffer)
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 # what a selector key's data says the fd is (and UPSTREAM: a UDP flow's backend socket)
@@ -435,7 +439,12 @@ class Worker:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
         session.backend = sock
-        err = sock.connect_ex((host, port))
+        session.syn_data = 0
+        err = -1
+        if session.service_id in self.shared.fast_open:
+            err = self._fast_open(session, sock, (host, port))
+        if err < 0:  # no fast open, or nothing waiting for one
+            err = sock.connect_ex((host, port))
         if err == 0:
             self._connected(session)
         elif err in (errno.EINPROGRESS, errno.EAGAIN):
@@ -445,6 +454,30 @@ class Worker:
             self._at(deadline, lambda: self._connect_timer(session, attempt))
         else:
             self._connect_failed(session)
+
+    def _fast_open(self, session: Session, sock: socket.socket,
+                   address: tuple[str, int]) -> int:
+        """Open sock towards address with the client's waiting bytes in the SYN (as the C
+        relay's relay_fast_open): peek them, sendto(MSG_FASTOPEN); session.syn_data gets what
+        the SYN took (0 without a cookie: a plain SYN that asks for one). The bytes stay in
+        the client socket until the attempt connects (_connected drops them). Returns
+        EINPROGRESS, another errno (failed like connect), or -1: nothing waits (or the kernel
+        refuses fast open), connect() as usual."""
+        try:
+            data = session.client.recv(COPY_PEEK, socket.MSG_PEEK)
+        except OSError:
+            return -1  # nothing yet, or a reset the client's own event reports
+        if not data:
+            return -1  # a FIN first: nothing to send early
+        try:
+            session.syn_data = sock.sendto(data, socket.MSG_FASTOPEN, address)
+        except (BlockingIOError, InterruptedError):
+            return errno.EINPROGRESS  # no cookie yet: the SYN took nothing
+        except OSError as exc:
+            if exc.errno == errno.EOPNOTSUPP:
+                return -1  # net.ipv4.tcp_fastopen lacks the client bit
+            return exc.errno or errno.EIO
+        return errno.EINPROGRESS
 
     def _connect_timer(self, session: Session, attempt: int) -> None:
         if not session.closed and session.state is State.CONNECTING and session.attempt == attempt:
@@ -471,6 +504,22 @@ class Worker:
 
     def _connected(self, session: Session) -> None:
         self.counters.backend(session.backend_id)["conns_total"] += 1
+        if session.syn_data:
+            # the SYN carried them and the backend socket owns them now: drop them from the
+            # client socket, where they were only peeked (they are all there)
+            k, session.syn_data = session.syn_data, 0
+            try:
+                dropped = len(session.client.recv(k, socket.MSG_TRUNC))
+            except OSError:
+                self._close_session(session, reset=True, reason="client_reset")
+                return
+            if dropped != k:
+                self.counters.service(session.service_id)["accept_errors"] += 1
+                self._close_session(session, reset=True, reason="error")
+                return
+            session.bytes_to_backend += k
+            self.counters.service(session.service_id)["bytes_to_backend"] += k
+            self.counters.backend(session.backend_id)["bytes_to_backend"] += k
         session.connected(self.pool)
         idle = session.service.idle_timeout_ms / 1000.0
         if idle > 0:

@@ -92,6 +92,13 @@
  * failing on every connection; a setsockopt that still fails later (a module unloaded
  * meanwhile) leaves that connection on the system default.
  *
+ * Service options. Other per-service switches of the backend leg live beside it in one more
+ * side table (struct dp_svc_opts, dp->opts): one atomic byte of DP_OPT_* bits per service id,
+ * stored and loaded relaxed, since no other data is published with a bit. The only one so far
+ * is DP_OPT_FAST_OPEN (dp_set_fast_open; relay_tcp.c, "Fast open"). The relay reads the byte
+ * once per connect attempt, so a change applies from the next attempt on; services without
+ * options pay that load and a branch.
+ *
  * Counters. Per worker, single writer, relaxed stores (no locked instruction on the data path);
  * dp_stats() sums them with relaxed loads. The only shared read-modify-writes on the data path
  * are the scheduler's active counts in sched_shared, which least_conn and max_connections need
@@ -1507,4 +1514,41 @@ const char *dp_congestion_control(struct dp *dp, uint32_t service_id)
         return NULL;
     k = atomic_load_explicit(&cc->idx[service_id], memory_order_acquire);
     return k ? cc->names[k - 1] : NULL;
+}
+
+int dp_set_fast_open(struct dp *dp, uint32_t service_id, int on)
+{
+    if (service_id >= DP_MAX_SERVICES)
+        return -EINVAL;
+    if (on)
+        atomic_fetch_or_explicit(&dp->opts.bits[service_id], DP_OPT_FAST_OPEN,
+                                 memory_order_relaxed);
+    else
+        atomic_fetch_and_explicit(&dp->opts.bits[service_id], (uint8_t)~DP_OPT_FAST_OPEN,
+                                  memory_order_relaxed);
+    return 0;
+}
+
+int dp_fast_open(struct dp *dp, uint32_t service_id)
+{
+    if (service_id >= DP_MAX_SERVICES)
+        return 0;
+    return (atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed) &
+            DP_OPT_FAST_OPEN) != 0;
+}
+
+void dp_fast_open_stats(struct dp *dp, uint64_t *attempts, uint64_t *syn_data,
+                        uint64_t *syn_bytes)
+{
+    uint32_t i;
+
+    *attempts = *syn_data = *syn_bytes = 0;
+    for (i = 0; i < dp->n_workers; i++) {
+        const struct dp_counters *c = dp->workers[i].cnt;
+        if (!c)
+            continue;
+        *attempts += __atomic_load_n(&c->fo_attempts, __ATOMIC_RELAXED);
+        *syn_data += __atomic_load_n(&c->fo_syn_data, __ATOMIC_RELAXED);
+        *syn_bytes += __atomic_load_n(&c->fo_syn_bytes, __ATOMIC_RELAXED);
+    }
 }

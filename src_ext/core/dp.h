@@ -257,6 +257,20 @@ int dp_set_congestion_control(struct dp *dp, uint32_t service_id, const char *na
 /* The backend-leg algorithm of service_id, NULL when none is set. The string is interned and
  * lives as long as dp; any thread may call this (the relay does, once per connect attempt). */
 const char *dp_congestion_control(struct dp *dp, uint32_t service_id);
+/* TCP Fast Open towards the backends of one TCP service (on != 0) or not (0, the default).
+ * On: when a client's first bytes already wait in its socket as a connect attempt starts, the
+ * relay sends them in the SYN (sendto MSG_FASTOPEN) instead of calling connect(); they leave
+ * the client socket only once the attempt has connected, so a failed attempt retries with them.
+ * Takes effect for connect attempts that start after it returns. Before or after dp_start().
+ * -EINVAL: bad service id. */
+int dp_set_fast_open(struct dp *dp, uint32_t service_id, int on);
+/* 1 when fast open is on for service_id, 0 when not (or a bad id). Any thread. */
+int dp_fast_open(struct dp *dp, uint32_t service_id);
+/* Fast-open counters summed over workers (relaxed loads, no worker is asked): attempts = backend
+ * connects opened with sendto(MSG_FASTOPEN), syn_data = those whose SYN carried client bytes
+ * (the kernel had a cookie for the backend), syn_bytes = the bytes those SYNs carried. */
+void dp_fast_open_stats(struct dp *dp, uint64_t *attempts, uint64_t *syn_data,
+                        uint64_t *syn_bytes);
 /* Stop (with no grace) if needed and free everything. dp may be NULL. */
 void dp_destroy(struct dp *dp);
 

@@ -110,6 +110,33 @@
  * control plane), the backend leg gets one more setsockopt before connect(), only for services
  * that name an algorithm (dp_congestion_control, dp.c).
  *
+ * Fast open. A service with fast open (dp_set_fast_open; dp.c, "Service options") puts the
+ * client's first bytes into the SYN towards its backend when they are already waiting as an
+ * attempt starts: recv(MSG_PEEK) of up to one copy buffer, then sendto(MSG_FASTOPEN) on the
+ * fresh socket instead of connect(). With a cookie for that backend the kernel sends a SYN with
+ * as many of the bytes as fit (s->syn_data) and owns them from then on; without one it sends a
+ * plain SYN that asks for a cookie, takes nothing and says EINPROGRESS, which is then a normal
+ * connect in progress. The bytes are only peeked: they stay in the client socket until the
+ * attempt is confirmed by the usual EPOLLOUT; then the pump's first copy read from the client
+ * skips exactly syn_data bytes and sends only what follows them (the rest, if the SYN took
+ * only part, or what the client wrote since), so dropping them costs no system call of its
+ * own. Where they do not fit that read (splice-only tuning, a copy buffer smaller than the
+ * peek) one recv(MSG_TRUNC), which discards on TCP without copying, drops them. So a refused or
+ * timed-out attempt retries the next backend with the client's data intact, each attempt
+ * peeks afresh, and failures are counted exactly as without fast open. With nothing waiting
+ * (a server-speaks-first protocol, a slow client) the attempt is a plain connect(): fast open
+ * never holds a SYN back until the client writes, as TCP_FASTOPEN_CONNECT would. The cost on
+ * such a connection is the one peek that says EAGAIN; a kernel whose net.ipv4.tcp_fastopen lacks
+ * the client bit refuses MSG_FASTOPEN (EOPNOTSUPP) and the attempt falls back to connect().
+ * That the backend may receive a SYN's data twice (a retransmitted SYN, a replay) is TFO's
+ * usual caveat and the application's concern (docs/configuration.md).
+ *   Measured (bench/tcpprobe.py wrk-close against nginx `fastopen=4096`, loopback, perf's
+ *   syscall tracepoints per connection): a connection whose request is waiting trades
+ *   connect() + send() for the peek + sendto(MSG_FASTOPEN), the same count, and saves about
+ *   2.3 of 18.5 TCP segments; one whose request is not there yet pays the peek for nothing. With
+ *   wrk a median 13 % (0.2..44 %) of the requests were there when the relay accepted, all of
+ *   them when the listener had TCP_DEFER_ACCEPT (docs/configuration.md has the figures).
+ *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
  * drops it from epoll) and queues it on the worker's graveyard; relay_tcp_reap() frees the slab
@@ -153,6 +180,8 @@
 #define RELAY_HINT_EDGE 1u /* a plain EPOLLIN edge: a short copy read proves the queue empty */
 #define RELAY_HINT_FIN 2u  /* the source's FIN is already queued (RDHUP, no error): a short copy
                               read is the last data before EOF */
+#define RELAY_FO_MIN_PEEK 2048u /* fast open: peek at least this much (a stack buffer when the
+                                   worker's copy buffer is smaller or absent) */
 
 /* Plain system calls for the data path. glibc's recv/send/close/accept4/connect/splice/write
  * are cancellation points, and in a multithreaded process each one brackets the system call
@@ -170,6 +199,10 @@
 #define relay_write(fd, buf, len) write((fd), (buf), (len))
 #define relay_accept4(fd, sa, sl, fl) accept4((fd), (sa), (sl), (fl))
 #define relay_connect(fd, sa, sl) connect((fd), (sa), (sl))
+#define relay_peek(fd, buf, len) recv((fd), (buf), (len), MSG_PEEK | MSG_DONTWAIT)
+#define relay_discard(fd, len) recv((fd), NULL, (len), MSG_TRUNC | MSG_DONTWAIT)
+#define relay_sendto_fo(fd, buf, len, sa, sl) \
+    sendto((fd), (buf), (len), MSG_FASTOPEN | MSG_NOSIGNAL | MSG_DONTWAIT, (sa), (sl))
 #else
 #define relay_recv(fd, buf, len) syscall(SYS_recvfrom, (fd), (buf), (len), 0, NULL, NULL)
 #define relay_send(fd, buf, len, flags) \
@@ -180,6 +213,12 @@
 #define relay_write(fd, buf, len) syscall(SYS_write, (fd), (buf), (len))
 #define relay_accept4(fd, sa, sl, fl) (int)syscall(SYS_accept4, (fd), (sa), (sl), (fl))
 #define relay_connect(fd, sa, sl) syscall(SYS_connect, (fd), (sa), (sl))
+#define relay_peek(fd, buf, len) \
+    syscall(SYS_recvfrom, (fd), (buf), (len), MSG_PEEK | MSG_DONTWAIT, NULL, NULL)
+#define relay_discard(fd, len) \
+    syscall(SYS_recvfrom, (fd), NULL, (len), MSG_TRUNC | MSG_DONTWAIT, NULL, NULL)
+#define relay_sendto_fo(fd, buf, len, sa, sl) \
+    syscall(SYS_sendto, (fd), (buf), (len), MSG_FASTOPEN | MSG_NOSIGNAL | MSG_DONTWAIT, (sa), (sl))
 #endif
 
 /* The pump hint of an event mask of the source socket. */
@@ -404,6 +443,39 @@ socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage
     return sizeof(*sin6);
 }
 
+/* Open fd (fresh, nonblocking, unconnected) towards ss with TCP Fast Open when the client's
+ * first bytes are already waiting: peek them and hand them to sendto(MSG_FASTOPEN), which sends
+ * the SYN, with as many of them as the kernel takes into it when it holds a cookie for this
+ * backend. s->syn_data gets that count; the bytes stay in the client socket (see "Fast open").
+ * Returns 1 (connect in progress), -errno (failed like connect()), or 2 when nothing waits (or
+ * this kernel refuses fast open): the caller then calls connect() as usual. */
+static int relay_fast_open(struct dp_worker *w, struct relay_session *s, int fd,
+                           const struct sockaddr_storage *ss, socklen_t sl)
+{
+    uint8_t small[RELAY_FO_MIN_PEEK];
+    uint8_t *buf = w->buf_size >= RELAY_FO_MIN_PEEK ? w->buf : small;
+    size_t len = w->buf_size >= RELAY_FO_MIN_PEEK ? w->buf_size : sizeof(small);
+    ssize_t n, k;
+
+    n = relay_peek(s->cfd, buf, len);
+    if (n <= 0)
+        return 2; /* nothing yet (server speaks first, slow client), a FIN or an error: the
+                     client's own event handles the last two */
+    DP_CNT_ADD(&w->cnt->fo_attempts, 1);
+    k = relay_sendto_fo(fd, buf, (size_t)n, (const struct sockaddr *)ss, sl);
+    if (k > 0) {
+        s->syn_data = (uint32_t)k;
+        DP_CNT_ADD(&w->cnt->fo_syn_data, 1);
+        DP_CNT_ADD(&w->cnt->fo_syn_bytes, k);
+        return 1;
+    }
+    if (k == 0 || errno == EINPROGRESS || errno == EINTR)
+        return 1; /* no cookie yet (the SYN asks for one) or TFO blackholed: a plain SYN */
+    if (errno == EOPNOTSUPP)
+        return 2; /* net.ipv4.tcp_fastopen lacks the client bit: connect() instead */
+    return -errno;
+}
+
 /* Start a nonblocking connect to b. 0 connected, 1 in progress, -errno failed (bfd closed). */
 static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
                                const struct dp_backend *b)
@@ -424,14 +496,20 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     if (cc) /* the service's backend-leg algorithm (dp.c, "Congestion control"); refused: the
                connection keeps the system default */
         (void)setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, (socklen_t)strlen(cc));
-    if (relay_connect(fd, (struct sockaddr *)&ss, sl) == 0)
-        rc = 0;
-    else if (errno == EINPROGRESS || errno == EINTR)
-        rc = 1;
-    else {
-        err = errno;
+    s->syn_data = 0;
+    rc = dp_fast_open(w->dp, s->service_id) ? relay_fast_open(w, s, fd, &ss, sl) : 2;
+    if (rc == 2) { /* no fast open, or no client bytes waiting for one */
+        if (relay_connect(fd, (struct sockaddr *)&ss, sl) == 0)
+            rc = 0;
+        else if (errno == EINPROGRESS || errno == EINTR)
+            rc = 1;
+        else
+            rc = -errno;
+    }
+    if (rc < 0) {
+        s->syn_data = 0;
         relay_close(fd);
-        return -err;
+        return rc;
     }
     /* registered after connect(): the insert polls the socket, so a connect that completed (or
      * failed) in between is reported at once */
@@ -445,6 +523,8 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
 }
 
 static void relay_established(struct dp_worker *w, struct relay_session *s, uint32_t bev);
+static inline void relay_account(struct dp_worker *w, struct relay_session *s, int c2b,
+                                 size_t n);
 
 /* The client socket is registered without EPOLLOUT (relay_new): add it the first time a write
  * to the client blocks. The modify polls the socket, so room made in between is reported. */
@@ -567,6 +647,29 @@ static void relay_connect_failed(struct dp_worker *w, struct relay_session *s)
     relay_connect_next(w, s);
 }
 
+/* Discard the s->syn_data bytes the SYN carried from the client socket with one
+ * recv(MSG_TRUNC) (on TCP it drops them without copying). Returns 0, or -1 when the session was
+ * closed (the client reset meanwhile, or a local failure). */
+static int relay_drop_syn_data(struct dp_worker *w, struct relay_session *s)
+{
+    uint32_t k = s->syn_data;
+    ssize_t n;
+
+    s->syn_data = 0;
+    do
+        n = relay_discard(s->cfd, k);
+    while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)k)
+        return 0;
+    if (n < 0 && !relay_local_error(errno)) {
+        relay_kill(w, s, 1, DP_CLOSE_CLIENT_RESET);
+    } else { /* they were peeked: fewer cannot be there */
+        dp_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
+        relay_kill(w, s, 1, DP_CLOSE_ERROR);
+    }
+    return -1;
+}
+
 /* The backend connection is up: start relaying. bev: the backend socket's event mask that
  * reported the connection, or RELAY_EV_UNKNOWN when connect() succeeded at once. */
 static void relay_established(struct dp_worker *w, struct relay_session *s, uint32_t bev)
@@ -577,6 +680,17 @@ static void relay_established(struct dp_worker *w, struct relay_session *s, uint
     s->state = RELAY_ESTABLISHED;
     s->cev = 0;
     dp_be_add(w, s->backend_id, DP_BC_CONNS_TOTAL, 1);
+    if (s->syn_data) {
+        /* the SYN carried the first syn_data bytes of the client's queue and the kernel of the
+         * backend socket owns them now (it resends them itself if the SYN-ACK did not cover
+         * them): they must leave the client socket, where they were only peeked. In copy mode
+         * the pump's first read from the client drops them (they fit the buffer: they were
+         * peeked into it), which saves a system call; the client event that reported them has
+         * been or will be handled like any other. Otherwise relay_drop_syn_data does it now */
+        relay_account(w, s, 1, s->syn_data);
+        if ((s->c2b.bulk || s->syn_data > w->buf_size) && relay_drop_syn_data(w, s) < 0)
+            return;
+    }
     s->last_active_ms = w->now_ms;
     if (s->idle_timeout_ms)
         ct_timer_arm(&w->ct, &s->ct, w->now_ms + s->idle_timeout_ms);
@@ -686,8 +800,16 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, uns
             n = relay_recv(src, w->buf, w->buf_size);
             if (n > 0) {
                 int last = (hint & RELAY_HINT_FIN) && (uint32_t)n < w->buf_size;
+                ssize_t off = 0;
+                if (__builtin_expect(s->syn_data != 0, 0) && c2b) {
+                    /* fast open: the SYN carried the head of this queue (relay_established);
+                     * drop it here instead of in a recv() of its own */
+                    off = (ssize_t)s->syn_data < n ? (ssize_t)s->syn_data : n;
+                    s->syn_data -= (uint32_t)off;
+                }
                 DP_CNT_ADD(&w->cnt->copy_sends, 1);
-                m = relay_send(dst, w->buf, (size_t)n, last ? MSG_MORE : 0);
+                m = n > off ? relay_send(dst, w->buf + off, (size_t)(n - off), last ? MSG_MORE : 0)
+                            : 0;
                 if (m < 0) {
                     if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                         goto reset_dst;
@@ -697,18 +819,19 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, uns
                     moved += (uint64_t)m;
                     relay_account(w, s, c2b, (size_t)m);
                 }
-                if (m < n) {
+                if (m < n - off) {
                     /* park the rest in a pipe; it is empty and larger than the buffer */
                     if (d->pipe.rfd < 0 && (rc = pipepool_get(&w->pp, &d->pipe)) != 0)
                         goto local_failure;
-                    ssize_t k = relay_write(d->pipe.wfd, w->buf + m, (size_t)(n - m));
-                    if (k != n - m)
+                    ssize_t k = relay_write(d->pipe.wfd, w->buf + off + m, (size_t)(n - off - m));
+                    if (k != n - off - m)
                         goto local_failure;
                     d->in_pipe = (uint32_t)k;
                 }
                 if (last)
                     d->eof = 1; /* the FIN is next in the queue: no recv() to confirm it */
-                else if ((uint32_t)n == w->buf_size && !w->copy_only && !d->nosplice)
+                else if ((uint32_t)n == w->buf_size && !w->copy_only && !d->nosplice &&
+                         !s->syn_data)
                     d->bulk = 1;
                 else if ((uint32_t)n < w->buf_size)
                     drained = (hint & RELAY_HINT_EDGE) != 0;
@@ -981,6 +1104,7 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     s->c2b.bulk = s->b2c.bulk = w->buf_size == 0;
     s->cev = 0;
     s->cfd_out = 0;
+    s->syn_data = 0;
     e->key.proto = DP_PROTO_TCP;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;

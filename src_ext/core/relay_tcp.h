@@ -78,6 +78,10 @@ struct dp_counters {
     uint64_t udp_poll_sleeps;               /* poll-mode sleeps (see relay_udp.c, "Polling") */
     uint64_t loop_iterations;               /* epoll_wait calls of the worker loop */
     uint64_t connlog_dropped;               /* connection-log records refused (ring full) */
+    uint64_t fo_attempts;                   /* backend connects opened by sendto(MSG_FASTOPEN)
+                                               with client data (relay_fast_open) */
+    uint64_t fo_syn_data;                   /* of those, attempts whose SYN carried data */
+    uint64_t fo_syn_bytes;                  /* client bytes the kernel took into those SYNs */
 };
 
 /* Add v to a single-writer counter; the relaxed atomic store keeps concurrent readers defined
@@ -163,6 +167,9 @@ struct relay_session {
     struct relay_session *ready_prev; /* ready list links (sessions with budget left over) */
     struct relay_session *ready_next;
     struct relay_session *grave_next; /* dead sessions waiting to be freed after the batch */
+    uint32_t syn_data;             /* bytes of the client's queue the kernel took into the
+                                      current attempt's SYN (fast open); they stay in the client
+                                      socket until the attempt connects, 0 = none */
     uint32_t tried_ids[RELAY_MAX_TRIES]; /* backend ids attempted (excluded on retry) */
 };
 
@@ -267,6 +274,16 @@ struct dp_cc {
                                              release, loaded with acquire */
 };
 
+/* Per-service options of the backend leg that are not in the forwarding table (see dp.c,
+ * "Service options"): one atomic byte of DP_OPT_* bits per service id. */
+#define DP_OPT_FAST_OPEN 0x01u     /* open backend connections with TCP Fast Open */
+
+struct dp_svc_opts {
+    _Atomic uint8_t bits[DP_MAX_SERVICES]; /* per service id: DP_OPT_* bits; relaxed stores
+                                              (dp_set_fast_open) and loads (once per attempt):
+                                              nothing else is published with them */
+};
+
 /* The data plane object (dp.h keeps it opaque). */
 struct dp {
     uint32_t n_workers;            /* number of workers */
@@ -298,6 +315,7 @@ struct dp {
     uint32_t log_capacity;         /* records per worker ring, 0 before the first enable
                                       (under log_lock) */
     struct dp_cc cc;               /* backend-leg congestion control per service */
+    struct dp_svc_opts opts;       /* backend-leg options per service (fast open) */
 };
 
 /* Load the live table into w->table and publish the generation seen (see dp.c's essay). Only
