@@ -29,7 +29,7 @@ TARGET_LABELS = {
     "direct": "direct (client straight to the backend)",
     "l4lb": "l4lb (1 worker, compiled data plane)",
     "l4lb-cubic": "l4lb with congestion_control = \"cubic\" on the bulk service (bulk only)",
-    "l4lb-tfo": "l4lb with backend_fast_open = true on the HTTP service (new connections only)",
+    "l4lb-tfo": "l4lb with backend_fast_open + defer_accept on the HTTP service (new conns only)",
     "haproxy": "HAProxy (mode tcp, 1 thread, splice forced both ways)",
     "haproxy-auto": "HAProxy (mode tcp, 1 thread, option splice-auto)",
     "nginx": "nginx stream (1 worker)",

@@ -90,6 +90,7 @@ CONNLOG_WARN_EVERY = 60.0  # seconds between two warnings about lost records
 MAX_DRAIN_TIMEOUT_MS = 24 * 3_600_000  # like every duration of the configuration
 
 SYSTEM_CC = "/proc/sys/net/ipv4/tcp_congestion_control"  # the system default algorithm
+DEFER_ACCEPT_S = 1  # defer_accept: TCP_DEFER_ACCEPT seconds (a silent client waits about this)
 
 
 def system_congestion_control() -> str:
@@ -169,6 +170,8 @@ class Daemon:
         default_factory=weakref.WeakKeyDictionary)  # TCP listener -> the client-leg algorithm
     #                                   it was given (None: reset to the system default)
     cc_problems: list[str] = field(default_factory=list)  # what the last sync could not apply
+    deferred_listeners: weakref.WeakKeyDictionary[socket.socket, bool] = field(
+        default_factory=weakref.WeakKeyDictionary)  # TCP listener -> TCP_DEFER_ACCEPT given
     fast_open: set[int] = field(default_factory=set)  # service ids the data plane was told to
     #                                   open backend connections with TCP Fast Open
 
@@ -198,6 +201,9 @@ class Daemon:
                     self.listeners.append(group)
             if self._sync_listener_congestion(self.listeners):
                 raise ListenError(errno.EINVAL, self.cc_problems[0])
+            problems = self._sync_listener_defer_accept(self.listeners)
+            if problems:
+                raise ListenError(errno.EINVAL, problems[0])
             ids = self.builder.service_ids()
             for group in self.listeners:
                 for worker, sock in enumerate(group.sockets):
@@ -386,6 +392,39 @@ class Daemon:
                          want if want is not None else system_congestion_control(),
                          "" if want is not None else " (the system default)")
         self.cc_problems = problems
+        return problems
+
+    def _sync_listener_defer_accept(self, groups: list[ListenerGroup]) -> list[str]:
+        """Give each TCP listener of `groups` its service's defer_accept: TCP_DEFER_ACCEPT of
+        DEFER_ACCEPT_S seconds, or 0 when the service dropped the key (or the listener moved to
+        a service without it). Listeners never deferred and still not wanted are not touched.
+        Connections already in the accept queue are not affected. Returns (and logs) what
+        could not be applied."""
+        problems: list[str] = []
+        services = {s.name: s for s in self.config.services}
+        for group in groups:
+            if group.protocol != "tcp":
+                continue
+            service = services.get(group.service)
+            want = service is not None and service.defer_accept
+            changed = False
+            for sock in group.sockets:
+                if self.deferred_listeners.get(sock, False) == want:
+                    continue
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
+                                    DEFER_ACCEPT_S if want else 0)
+                except OSError as exc:
+                    problems.append(f"service {group.service}: listener {group.endpoint}: "
+                                    f"defer_accept: {exc.strerror or exc}")
+                    log.error("%s", problems[-1])
+                    break
+                self.deferred_listeners[sock] = want
+                changed = True
+            if changed:
+                log.info("service %s: listener %s %s", group.service, group.endpoint,
+                         "accepts a connection once its first bytes arrived (defer_accept)"
+                         if want else "accepts connections at once (defer_accept off)")
         return problems
 
     # ---- VRRP (docs/ha.md) ----
@@ -915,6 +954,7 @@ class Daemon:
             self._switch_connlog(fresh_log, new_log)
         ids = self.builder.service_ids()
         self._sync_listener_congestion(fresh)  # before they are polled
+        self._sync_listener_defer_accept(fresh)
         for group in fresh:
             for worker, sock in enumerate(group.sockets):
                 self.dp.add_listener(ids[group.service], sock.fileno(), worker)
@@ -941,6 +981,7 @@ class Daemon:
             kept.append(group)
         self.listeners = kept
         self._sync_listener_congestion(self.listeners)  # a changed key, a moved listener
+        self._sync_listener_defer_accept(self.listeners)
         for note in notes:
             log.info("reload: %s", note)
         if new.global_.log_level != old[0].global_.log_level:

@@ -91,6 +91,9 @@ class Service:
     # TCP only: TCP Fast Open towards the backends (the client's first bytes ride in the SYN
     # when they are already waiting; docs/configuration.md, backend_fast_open)
     backend_fast_open: bool = False
+    # TCP only: accept a client's connection only once its first bytes arrived (TCP_DEFER_ACCEPT
+    # on the listeners, 1 s); docs/configuration.md, defer_accept
+    defer_accept: bool = False
 
     @property
     def client_congestion_control(self) -> str | None:

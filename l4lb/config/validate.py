@@ -87,13 +87,13 @@ SERVICE_KEYS = (
     "name", "protocol", "listen", "scheduler", "hash_key", "connect_timeout", "idle_timeout",
     "retries", "max_connections", "maglev_table_size", "backends", "health",
     "udp_idle_timeout", "max_flows", "responses", "session", "congestion_control",
-    "backend_congestion_control", "backend_fast_open",
+    "backend_congestion_control", "backend_fast_open", "defer_accept",
 )
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session")
 TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle_timeout",
                  "max_connections": "max_flows", "congestion_control": "",
-                 "backend_congestion_control": "", "backend_fast_open": ""}  # key -> the UDP
-#                                                                      key to use instead
+                 "backend_congestion_control": "", "backend_fast_open": "",
+                 "defer_accept": ""}  # key -> the UDP key to use instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
 VRRP_KEYS = (
@@ -672,6 +672,7 @@ class _Checker:
         backend_congestion = self.congestion_control(scope, table,
                                                      "backend_congestion_control", protocol)
         fast_open = self.backend_fast_open(scope, table, protocol)
+        defer_accept = self.read_bool(scope, table, "defer_accept", False)
         if protocol == "tcp":
             for key in UDP_ONLY_KEYS:
                 if key in table:
@@ -694,7 +695,7 @@ class _Checker:
             maglev_table_size=table_size, health=health, udp_idle_timeout=udp_idle_timeout,
             max_flows=max_flows, responses=responses, session=session,
             congestion_control=congestion, backend_congestion_control=backend_congestion,
-            backend_fast_open=fast_open,
+            backend_fast_open=fast_open, defer_accept=defer_accept and protocol == "tcp",
         )
 
     def backend_fast_open(self, scope: _Scope, table: dict[str, Any], protocol: Protocol) -> bool:

@@ -74,8 +74,8 @@ def test_configs_enable_fast_open_on_the_http_leg_only() -> None:
     l4lb = peers.l4lb_config(FRONT, BACK, "/tmp/x.sock", udp=False, http_fast_open=True)
     sections = l4lb.split("[[services]]")
     http = next(s for s in sections if 'name = "http"' in s)
-    assert "backend_fast_open = true" in http
-    assert l4lb.count("backend_fast_open") == 1
+    assert "backend_fast_open = true" in http and "defer_accept = true" in http
+    assert l4lb.count("backend_fast_open") == 1 and l4lb.count("defer_accept") == 1
     assert "backend_fast_open" not in peers.l4lb_config(FRONT, BACK, "/tmp/x.sock", udp=False)
 
     ngx = peers.nginx_http_backend_config(12, "/tmp/p")
