@@ -31,6 +31,7 @@ from l4lb.health.synfleet import (
     TIMEOUT,
     UP,
     Fleet,
+    drain_unfiltered,
     make_fleet,
     scaled_interval,
     splitmix64,
@@ -70,6 +71,7 @@ class Rig:
         self.fleet: Fleet = make_fleet(impl, seed, max_results)
         for i, lane in enumerate(self.lanes):
             assert lane.raw is not None
+            drain_unfiltered(lane.raw)  # deterministic runs: no segment from before the filter
             self.fleet.add_lane(i, lane.family, lane.raw.fileno(), lane.ports)
 
     def add(self, tid: int, port: int, *, v6: bool = False, timeout_ms: int = 300,
