@@ -20,6 +20,13 @@ interval * uniform[1 - jitter, 1 + jitter] after the previous send, never before
 `set_timing` (the backend went DOWN: `down_interval`) reschedules a waiting target with the
 same draw.
 
+Quiet passes: the caller may mark a target quiet (`set_quiet`); the fleet then counts its
+passes (verdict UP) instead of writing them to the results, keeping per target the number since
+the last collect and the verdict time and latency of the last one, plus a fleet-wide total
+(`quiet_passes`). `collect(id)` and `collect_all()` (QUIET records) hand them over and reset
+them. The checker marks a backend quiet while a pass cannot change its state (see checker.py),
+so at steady state almost no result crosses into Python.
+
 `SynFleetRunner` is the I/O glue the checker uses: it opens lanes (a raw socket and reserved
 ports per (family, source), `synprobe._Lane`), learns each target's source address, hands fds
 and constants to the fleet, and drives `run()` from one asyncio timer, armed `tick` after the next
