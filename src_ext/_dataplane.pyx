@@ -477,7 +477,7 @@ cdef extern from "synprobe.h" nogil:
     int sp_target_set_quiet(sp_fleet *f, uint32_t id, int quiet)
     int sp_target_collect(sp_fleet *f, uint32_t id, uint64_t *count, int64_t *last_ns,
                           uint32_t *latency_us)
-    uint32_t sp_fleet_collect_all(sp_fleet *f, sp_quiet *out, uint32_t max)
+    uint32_t sp_fleet_collect_all(sp_fleet *f, sp_quiet *out, uint32_t max, int reset)
     uint32_t sp_fleet_quiet_pending(const sp_fleet *f)
     uint64_t sp_fleet_quiet_passes(const sp_fleet *f)
     uint32_t sp_fleet_in_flight(const sp_fleet *f)
@@ -608,7 +608,7 @@ cdef class SynFleet:
             raise _dp_oserror(rc)
         return count, last_ns, lat
 
-    def collect_all(self):
+    def collect_all(self, bint reset=True):
         cdef sp_fleet *f = self._live()
         cdef uint32_t want = sp_fleet_quiet_pending(f)
         cdef uint32_t n
@@ -619,7 +619,7 @@ cdef class SynFleet:
         if buf == NULL:
             raise MemoryError()
         try:
-            n = sp_fleet_collect_all(f, buf, want)
+            n = sp_fleet_collect_all(f, buf, want, reset)
             return PyBytes_FromStringAndSize(<char *>buf, n * sizeof(sp_quiet))
         finally:
             free(buf)

@@ -135,9 +135,9 @@ class Fleet(Protocol):
         """(count, last_ns, last_latency_us) of `tid`'s quiet passes since the last collect
         ((0, 0, 0) if none); resets them."""
 
-    def collect_all(self) -> bytes:
+    def collect_all(self, reset: bool = True) -> bytes:
         """QUIET records of every target with quiet passes not yet collected (id order);
-        resets them."""
+        resets them (reset=False: only reads them)."""
 
     @property
     def quiet_passes(self) -> int:
@@ -309,7 +309,7 @@ class PySynFleet:
         t.quiet_count = t.quiet_at = t.quiet_lat = 0
         return got
 
-    def collect_all(self) -> bytes:
+    def collect_all(self, reset: bool = True) -> bytes:
         """See Fleet.collect_all."""
         self._live()
         out = []
@@ -317,7 +317,8 @@ class PySynFleet:
             t = self._targets[tid]
             if t.quiet_count:
                 out.append(QUIET.pack(tid, t.quiet_lat, t.quiet_count, t.quiet_at))
-                t.quiet_count = t.quiet_at = t.quiet_lat = 0
+                if reset:
+                    t.quiet_count = t.quiet_at = t.quiet_lat = 0
         return b"".join(out)
 
     @property
@@ -641,10 +642,10 @@ class SynFleetRunner:
         count, last_ns, lat_us = self._fleet.collect(tid)
         return count, last_ns / 1e9, lat_us
 
-    def collect_all(self) -> bytes:
+    def collect_all(self, reset: bool = True) -> bytes:
         """QUIET records (id, latency us, count, last ns) of every target with quiet passes
-        not yet collected; resets them."""
-        return b"" if self._closed else self._fleet.collect_all()
+        not yet collected; resets them (reset=False: only reads them)."""
+        return b"" if self._closed else self._fleet.collect_all(reset)
 
     def _lane(self, family: int, source: str | None) -> int:
         found = self._lanes.get((family, source))

@@ -490,15 +490,22 @@ int sp_target_collect(struct sp_fleet *f, uint32_t id, uint64_t *count, int64_t 
     return 0;
 }
 
-uint32_t sp_fleet_collect_all(struct sp_fleet *f, struct sp_quiet *out, uint32_t max)
+uint32_t sp_fleet_collect_all(struct sp_fleet *f, struct sp_quiet *out, uint32_t max, int reset)
 {
-    uint32_t n = 0;
-    for (uint32_t id = 0; id < f->cap && n < max && f->quiet_pending; id++) {
+    uint32_t n = 0, left = f->quiet_pending;
+    for (uint32_t id = 0; id < f->cap && n < max && left; id++) {
         struct sp_target *t = &f->t[id];
         if (!t->used || !t->quiet_count)
             continue;
         out[n].id = id;
-        take_quiet(f, t, &out[n].count, &out[n].last_ns, &out[n].latency_us);
+        if (reset) {
+            take_quiet(f, t, &out[n].count, &out[n].last_ns, &out[n].latency_us);
+        } else {
+            out[n].count = t->quiet_count;
+            out[n].last_ns = t->quiet_ns;
+            out[n].latency_us = t->quiet_lat_us;
+        }
+        left--;
         n++;
     }
     return n;

@@ -83,9 +83,10 @@ int sp_target_set_quiet(struct sp_fleet *f, uint32_t id, int quiet);
  * latency of the last one (all 0 if none); resets them. */
 int sp_target_collect(struct sp_fleet *f, uint32_t id, uint64_t *count, int64_t *last_ns,
                       uint32_t *latency_us);
-/* Collect every target with quiet passes not yet collected, in id order, up to max records;
- * returns the number written (those targets are reset, the rest stay for the next call). */
-uint32_t sp_fleet_collect_all(struct sp_fleet *f, struct sp_quiet *out, uint32_t max);
+/* Every target with quiet passes not yet collected, in id order, up to max records; returns
+ * the number written. reset: collect them (those targets are reset, the rest stay for the next
+ * call); 0: only read them (the caller wants the latest latencies, not the passes). */
+uint32_t sp_fleet_collect_all(struct sp_fleet *f, struct sp_quiet *out, uint32_t max, int reset);
 /* Targets with quiet passes not yet collected. */
 uint32_t sp_fleet_quiet_pending(const struct sp_fleet *f);
 /* Quiet passes since the fleet was created (collected or not, removed targets included). */

@@ -319,6 +319,8 @@ def test_quiet_passes_are_counted_not_reported(rig: Rig) -> None:
             got += rig.run(now + 51 * MS, wait=True)
             assert got == [(1, UP, 0, 1000)]
         assert rig.fleet.quiet_passes == 4
+        peek = rig.fleet.collect_all(False)  # read only
+        assert list(QUIET.iter_unpack(peek)) == [(0, 1000, 3, T0 + 301 * MS)]
         recs = list(QUIET.iter_unpack(rig.fleet.collect_all()))
         assert recs == [(0, 1000, 3, T0 + 301 * MS)]  # (id, latency us, count, last ns)
         assert rig.fleet.collect_all() == b""
@@ -620,7 +622,9 @@ def test_random_operations_give_the_same_results_in_both_twins(seed: int) -> Non
                 elif op < 0.58 and tid in live:
                     out.append(("collect", tid, r.fleet.collect(tid)))
                 elif op < 0.61:
-                    out.append(("collect_all", list(QUIET.iter_unpack(r.fleet.collect_all()))))
+                    reset = rng.random() < 0.5
+                    out.append(("collect_all", reset,
+                                list(QUIET.iter_unpack(r.fleet.collect_all(reset)))))
                 else:
                     now += rng.randint(0, 30) * MS
                     out.append(("run", now, r.run(now), r.next_due))
@@ -643,6 +647,6 @@ def test_random_operations_give_the_same_results_in_both_twins(seed: int) -> Non
     assert verdicts.count(TIMEOUT) > 20 and verdicts.count(LOCAL_ERROR) > 0
     assert verdicts.count(UP) > 5
     collected = [x for x in c_trace if isinstance(x, tuple) and
-                 ((x[0] == "collect" and x[2][0]) or (x[0] == "collect_all" and x[1]))]
+                 ((x[0] == "collect" and x[2][0]) or (x[0] == "collect_all" and x[2]))]
     assert collected  # quiet passes were counted and handed over
     assert c_trace == py_trace
