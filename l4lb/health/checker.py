@@ -47,6 +47,7 @@ never counted against the backend.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import heapq
 import logging
@@ -263,16 +264,23 @@ class HealthChecker(Generic[K]):
 
     def latencies(self) -> dict[K, float]:
         """Last conclusive probe latency of every backend that has one (a fresh dict)."""
-        out = {key: e.latency for key, e in self._entries.items() if e.latency is not None}
-        if self._fleet is not None:
-            # the latest quiet pass of each backend that has some, read in one call and not
-            # collected: handing 10,000 backends' passes to their dampeners would cost tens of
-            # milliseconds in one callback, and nothing here needs the dampeners
-            by_fleet_id = self._by_fleet_id
-            for fid, lat_us, _n, _last in QUIET.iter_unpack(self._fleet.collect_all(False)):
-                entry = by_fleet_id.get(fid)
-                if entry is not None:
-                    out[entry.key] = lat_us / 1e6
+        buf = self._fleet.collect_all(False) if self._fleet is not None else b""
+        if not buf:
+            return {key: e.latency for key, e in self._entries.items() if e.latency is not None}
+        # The latest quiet pass of each backend that has some, read in one call and not
+        # collected: nothing here needs the dampeners, and handing 10,000 backends' passes to
+        # them would cost tens of milliseconds in one callback. QUIET records as native u32
+        # words: id, latency, then count and last_ns (two words each).
+        words = array.array("I", buf)
+        pending = dict(zip(words[0::6], words[1::6], strict=True)).get  # fleet id -> latency us
+        out: dict[K, float] = {}
+        for key, e in self._entries.items():
+            fid = e.fleet_id
+            lat_us = pending(fid) if e.quiet and fid is not None else None
+            if lat_us is not None:
+                out[key] = lat_us / 1e6
+            elif e.latency is not None:
+                out[key] = e.latency
         return out
 
     def passive_failures(self, key: K, count: int) -> None:
