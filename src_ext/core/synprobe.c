@@ -467,7 +467,7 @@ int sp_target_set_quiet(struct sp_fleet *f, uint32_t id, int quiet)
     return 0;
 }
 
-/* Hand out and reset the quiet passes of a target that has some. */
+/* Hand out and reset a target's quiet passes (zeros if it has none). */
 static void take_quiet(struct sp_fleet *f, struct sp_target *t, uint64_t *count, int64_t *last_ns,
                        uint32_t *latency_us)
 {
@@ -555,8 +555,8 @@ int64_t sp_fleet_next_due(const struct sp_fleet *f)
 /* The probe of `id` ended at now with `verdict` (its answer arrived at `at`, or 0: now):
  * report it in *r (or count it, a pass of a quiet target), schedule the next one. Returns the
  * results written (0 or 1). */
-static uint32_t finish(struct sp_fleet *f, uint32_t id, int64_t now, int64_t at, uint32_t verdict,
-                   int err, struct sp_result *r)
+static uint32_t finish(struct sp_fleet *f, uint32_t id, int64_t now, int64_t at,
+                       uint32_t verdict, int err, struct sp_result *r)
 {
     struct sp_target *t = &f->t[id];
     if (at < t->start_ns || at > now)
