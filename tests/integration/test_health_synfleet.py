@@ -554,12 +554,19 @@ def test_reload_moves_a_backend_between_fleet_and_heap() -> None:
     assert seen == [("syn-ack", 1), ("connect ok", 0), ("syn-ack", 1)]
 
 
-def _syn_ack_waiter(rig: Rig) -> tuple[socket.socket, Callable[[set[tuple[int, int]]], None]]:
-    """A sniffer on the rig's IPv4 ports and wait(want): return once a SYN-ACK to every
-    (our port, ack) in `want` was seen (bounded). Raw sockets get their copies of a segment in
-    one pass, so once the sniffer has it the lane has it too: a run that follows drains it."""
+def _syn_ack_waiter(make_rig: Callable[[], Rig]) -> tuple[
+        Rig, socket.socket, Callable[[set[tuple[int, int]]], None]]:
+    """A rig, a sniffer on its IPv4 ports and wait(want): return once a SYN-ACK to every
+    (our port, ack) in `want` was seen (bounded). The sniffer is opened before the rig's lanes:
+    the kernel hands a segment to the newest raw socket first, so once the sniffer has a
+    SYN-ACK the lane has it too, and a run that follows drains it."""
     sniffer = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
                             socket.IPPROTO_TCP)
+    try:
+        rig = make_rig()
+    except BaseException:
+        sniffer.close()
+        raise
     attach_filter(sniffer, bpf_program(socket.AF_INET, rig.lanes[0].ports))
     drain_unfiltered(sniffer)
 
@@ -575,7 +582,7 @@ def _syn_ack_waiter(rig: Rig) -> tuple[socket.socket, Callable[[set[tuple[int, i
             want.discard((dport, ack))
         assert not want, "SYN-ACKs not seen"
 
-    return sniffer, wait
+    return rig, sniffer, wait
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -590,8 +597,8 @@ def test_random_operations_give_the_same_results_in_both_twins(seed: int) -> Non
 
     def trace(impl: str, hole: int, up: int) -> list[object]:
         rng = random.Random(seed)
-        r = Rig(impl, seed=seed, max_results=rng.randint(1, 8))
-        sniffer, wait = _syn_ack_waiter(r)
+        max_results = rng.randint(1, 8)
+        r, sniffer, wait = _syn_ack_waiter(lambda: Rig(impl, seed=seed, max_results=max_results))
         out: list[object] = []
         live: set[int] = set()
         answering: set[int] = set()  # live targets on the listener
