@@ -35,7 +35,9 @@ What it does:
    billed here: it approximates the prober's own share of a probe to a remote backend, minus
    the receive of its SYN-ACK and the send of its ACK.
 
-Per-probe figures are CPU microseconds per probe; `ratio` is checker (or syn) / floor.
+Per-probe figures are CPU microseconds per probe; `ratio` is checker (or syn) / floor; `quiet%`
+is the share of a syn phase's probes that the fleet kept as quiet passes (passes of backends
+that are UP with nothing pending: counted in C, never handed to Python one by one).
 `--only checker` runs only the checker phase (for `py-spy record -- python bench/probebench.py`).
 """
 
@@ -77,6 +79,7 @@ class Window:
     lag_p50_ms: float  # sleeper lag percentiles (checker and idle phases)
     lag_p99_ms: float
     lag_max_ms: float
+    quiet: int = 0  # syn phases: passes the fleet kept (quiet passes), never seen by Python
 
     @property
     def rate(self) -> float:
@@ -182,6 +185,12 @@ def stop_backends(pid: int, stop_w: int) -> None:
 _SYN_PHASES = {"syn": "c", "synpy": "py", "synold": "off"}  # phase -> checker's syn_fleet
 
 
+def _quiet(checker: Any) -> int:
+    """Quiet passes so far (passes the SYN fleet counted instead of reporting them)."""
+    fleet = getattr(checker, "_fleet", None)
+    return int(getattr(fleet, "quiet_passes", 0)) if fleet is not None else 0
+
+
 async def _sleeper(lags: list[float], stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     while not stop.is_set():
@@ -210,6 +219,7 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
         await asyncio.sleep(warmup)
         lags.clear()
         p0 = checker.stats().probes if checker else 0
+        k0 = _quiet(checker)
         u0, s0 = _rusage()
         q0 = _runq_wait()
         t0 = time.monotonic()
@@ -218,6 +228,7 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
         u1, s1 = _rusage()
         q1 = _runq_wait()
         p1 = checker.stats().probes if checker else 0
+        k1 = _quiet(checker)
         snap = sorted(lags)
     finally:
         stop.set()
@@ -228,7 +239,8 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
             if failed:
                 print(f"  note: {failed} probes failed during the run", file=sys.stderr)
     return Window(phase, backends, t1 - t0, p1 - p0, u1 - u0, s1 - s0, q1 - q0,
-                  1e3 * _pct(snap, 0.5), 1e3 * _pct(snap, 0.99), 1e3 * (snap[-1] if snap else 0))
+                  1e3 * _pct(snap, 0.5), 1e3 * _pct(snap, 0.99), 1e3 * (snap[-1] if snap else 0),
+                  k1 - k0)
 
 
 # -- floor phase -------------------------------------------------------------------------------
@@ -399,7 +411,8 @@ def _can_raw() -> bool:
 
 def _print(rows: list[Window], floors: dict[int, Window]) -> None:
     hdr = (f"{'phase':8} {'backends':>8} {'probes/s':>9} {'cpu%':>6} {'user%':>6} {'sys%':>6} "
-           f"{'us/probe u+s':>14} {'ratio':>6} {'lag p50/p99/max ms':>20} {'runq s':>7}")
+           f"{'us/probe u+s':>14} {'ratio':>6} {'lag p50/p99/max ms':>20} {'runq s':>7} "
+           f"{'quiet%':>6}")
     print(hdr)
     for w in rows:
         u, s = w.per_probe_us()
@@ -412,7 +425,8 @@ def _print(rows: list[Window], floors: dict[int, Window]) -> None:
                if w.phase in ("checker", "idle", *_SYN_PHASES) else "-")
         print(f"{w.phase:8} {w.backends:>8} {w.rate:>9.0f} {w.cpu_pct:>6.1f} "
               f"{100 * w.user / w.seconds:>6.1f} {100 * w.sys / w.seconds:>6.1f} "
-              f"{u:>6.1f}+{s:<6.1f} {ratio:>6} {lag:>20} {w.runq_wait:>7.2f}")
+              f"{u:>6.1f}+{s:<6.1f} {ratio:>6} {lag:>20} {w.runq_wait:>7.2f} "
+              f"{100 * w.quiet / w.probes if w.phase in _SYN_PHASES and w.probes else 0:>6.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -477,6 +477,11 @@ cdef extern from "synprobe.h" nogil:
         uint32_t verdict
         int32_t err
         uint32_t latency_us
+    struct sp_quiet:
+        uint32_t id
+        uint32_t latency_us
+        uint64_t count
+        int64_t last_ns
     struct sp_target_info:
         int64_t due_ns
         int64_t start_ns
@@ -496,6 +501,12 @@ cdef extern from "synprobe.h" nogil:
     int sp_target_set_timing(sp_fleet *f, uint32_t id, uint32_t interval_ms,
                              uint32_t timeout_ms, uint32_t jitter_ppm)
     int sp_target_get "sp_target_info"(const sp_fleet *f, uint32_t id, sp_target_info *out)
+    int sp_target_set_quiet(sp_fleet *f, uint32_t id, int quiet)
+    int sp_target_collect(sp_fleet *f, uint32_t id, uint64_t *count, int64_t *last_ns,
+                          uint32_t *latency_us)
+    uint32_t sp_fleet_collect_all(sp_fleet *f, sp_quiet *out, uint32_t max, int reset)
+    uint32_t sp_fleet_quiet_pending(const sp_fleet *f)
+    uint64_t sp_fleet_quiet_passes(const sp_fleet *f)
     uint32_t sp_fleet_in_flight(const sp_fleet *f)
     uint64_t sp_fleet_stray(const sp_fleet *f)
     int64_t sp_fleet_next_due(const sp_fleet *f)
@@ -609,6 +620,40 @@ cdef class SynFleet:
             raise _dp_oserror(rc)
         return (info.due_ns, info.start_ns, info.deadline_ns, info.seq, info.sport,
                 bool(info.in_flight))
+
+    def set_quiet(self, uint32_t tid, bint quiet):
+        cdef int rc = sp_target_set_quiet(self._live(), tid, quiet)
+        if rc:
+            raise _dp_oserror(rc)
+
+    def collect(self, uint32_t tid):
+        cdef uint64_t count = 0
+        cdef int64_t last_ns = 0
+        cdef uint32_t lat = 0
+        cdef int rc = sp_target_collect(self._live(), tid, &count, &last_ns, &lat)
+        if rc:
+            raise _dp_oserror(rc)
+        return count, last_ns, lat
+
+    def collect_all(self, bint reset=True):
+        cdef sp_fleet *f = self._live()
+        cdef uint32_t want = sp_fleet_quiet_pending(f)
+        cdef uint32_t n
+        cdef sp_quiet *buf
+        if want == 0:
+            return b""
+        buf = <sp_quiet *>malloc(want * sizeof(sp_quiet))
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            n = sp_fleet_collect_all(f, buf, want, reset)
+            return PyBytes_FromStringAndSize(<char *>buf, n * sizeof(sp_quiet))
+        finally:
+            free(buf)
+
+    @property
+    def quiet_passes(self):
+        return sp_fleet_quiet_passes(self._live())
 
     @property
     def in_flight(self):

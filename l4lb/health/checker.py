@@ -26,6 +26,19 @@ in the heap.
 The latency of each backend's last conclusive probe is kept (`latency()`, `latencies()`): the
 time from its start to its verdict, a timeout included. Inconclusive results leave it as it was.
 
+Quiet passes. At steady state nearly every fleet result is a pass of a backend whose dampener
+is `steady` (UP, confirmed, no failure counted, start period over), and such a pass changes
+nothing but the last probe's result, reason, time and latency. So once a backend is steady the
+checker marks it quiet in the fleet, which then counts its passes instead of reporting them
+(one call when the flag changes, none per probe). What an operator can read stays exact: the
+fleet-wide count of quiet passes is part of `stats().probes`; `snapshot()` and `latency()`
+first collect the backend's pending passes (one call) and hand them to its dampener
+(`Dampener.passes`); `latencies()` reads the latest pass of every backend in one bulk call
+without collecting them (no dampener is touched, so it stays cheap at 10,000 backends). Every
+path that changes the dampener or takes the backend out of the fleet collects first: a
+reported result (a failure is always reported), a passive failure, a reload, a removal,
+`stop()`. The flag follows `steady` after each of them.
+
 Results reach the backend's `Dampener`; a change of state calls `on_transition(key, transition)`
 synchronously on the loop (keep it short: log, mark the table dirty). Inconclusive results (local
 failures: no free fd, source address missing) are counted and logged at most once a minute, and
@@ -34,6 +47,7 @@ never counted against the backend.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import heapq
 import logging
@@ -47,8 +61,9 @@ from typing import Generic, TypeVar
 from l4lb.health.dampener import Dampener, Health, HealthSnapshot, Transition
 from l4lb.health.probe import ProbeEngine, ProbeHandle, ProbeResult, ProbeSpec
 from l4lb.health.settings import HealthSettings
-from l4lb.health.synfleet import RESULT, SynFleetRunner, probe_result
+from l4lb.health.synfleet import QUIET, RESULT, SynFleetRunner, probe_result
 from l4lb.health.synfleet import UP as _FLEET_UP
+from l4lb.health.synfleet import UP_REASON as _FLEET_UP_REASON
 
 log = logging.getLogger("l4lb.health")
 
@@ -61,7 +76,7 @@ class _Entry(Generic[K]):
     """One checked backend."""
 
     __slots__ = ("dampener", "due", "fleet_id", "host", "ident", "key", "last_start", "latency",
-                 "port", "probe", "removed", "settings", "spec")
+                 "port", "probe", "quiet", "removed", "settings", "spec")
 
     def __init__(self, ident: int, key: K, host: str, port: int, settings: HealthSettings,
                  dampener: Dampener) -> None:
@@ -78,6 +93,7 @@ class _Entry(Generic[K]):
         self.latency: float | None = None  # seconds the last conclusive probe took
         self.removed = False  # set by remove(); queued references are then skipped
         self.fleet_id: int | None = None  # id in the SYN fleet while it schedules this backend
+        self.quiet = False  # the fleet counts its passes instead of reporting them
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,8 @@ class HealthChecker(Generic[K]):
 
     def __init__(self, on_transition: Callable[[K, Transition], None], *,
                  max_in_flight: int = 2048, batch: int = 32, tick: float = 0.005,
-                 rng: random.Random | None = None, syn_fleet: str = "auto") -> None:
+                 rng: random.Random | None = None, syn_fleet: str = "auto",
+                 quiet_passes: bool = True) -> None:
         if max_in_flight < 1 or batch < 1 or tick < 0:
             raise ValueError("max_in_flight and batch must be >= 1, tick >= 0")
         if syn_fleet not in ("auto", "c", "py", "off"):
@@ -132,6 +149,7 @@ class HealthChecker(Generic[K]):
         self._syn_fleet = syn_fleet  # fleet implementation for kind "syn": auto, c, py, off
         self._fleet: SynFleetRunner | None = None  # opened by the first syn backend
         self._by_fleet_id: dict[int, _Entry[K]] = {}  # fleet id -> entry
+        self._quiet_passes = quiet_passes  # let the fleet count passes of steady backends
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -152,13 +170,16 @@ class HealthChecker(Generic[K]):
             self._timer.cancel()
             self._timer = None
         self._timer_at = float("inf")
+        self._collect_all()
         for entry in self._entries.values():
             if entry.probe is not None:
                 entry.probe.cancel()
                 entry.probe = None
             entry.fleet_id = None
+            entry.quiet = False
         if self._fleet is not None:
             self._fleet.close()
+            self._probes += self._fleet.quiet_passes
             self._fleet = None
         self._by_fleet_id.clear()
         if self._engine is not None:
@@ -179,6 +200,8 @@ class HealthChecker(Generic[K]):
         old = self._entries.get(key)
         if old is not None and old.host == host and old.port == port:
             spec = ProbeSpec.build(host, port, settings)  # may raise: change nothing before
+            if old.quiet:  # the passes so far happened under the old settings
+                self._collect(old)
             old_spec = old.spec
             old.spec = spec
             old.settings = settings
@@ -188,6 +211,7 @@ class HealthChecker(Generic[K]):
             if old.fleet_id is not None and spec.syn and (spec.sockaddr, spec.source) == \
                     (old_spec.sockaddr, old_spec.source):
                 self._fleet_timing(old)
+                self._sync_quiet(old)
             elif old.fleet_id is not None or (spec.syn and self._fleet_wanted()):
                 self._reschedule_elsewhere(old, now)
             return
@@ -225,33 +249,61 @@ class HealthChecker(Generic[K]):
 
     def snapshot(self, key: K) -> HealthSnapshot:
         """Health of `key` for display."""
-        return self._entries[key].dampener.snapshot(time.monotonic())
+        entry = self._entries[key]
+        if entry.quiet:
+            self._collect(entry)
+        return entry.dampener.snapshot(time.monotonic())
 
     def latency(self, key: K) -> float | None:
         """Seconds the last conclusive probe of `key` took; None before the first (KeyError
         if unknown)."""
-        return self._entries[key].latency
+        entry = self._entries[key]
+        if entry.quiet:
+            self._collect(entry)
+        return entry.latency
 
     def latencies(self) -> dict[K, float]:
         """Last conclusive probe latency of every backend that has one (a fresh dict)."""
-        return {key: e.latency for key, e in self._entries.items() if e.latency is not None}
+        buf = self._fleet.collect_all(False) if self._fleet is not None else b""
+        if not buf:
+            return {key: e.latency for key, e in self._entries.items() if e.latency is not None}
+        # The latest quiet pass of each backend that has some, read in one call and not
+        # collected: nothing here needs the dampeners, and handing 10,000 backends' passes to
+        # them would cost tens of milliseconds in one callback. QUIET records as native u32
+        # words: id, latency, then count and last_ns (two words each).
+        words = array.array("I", buf)
+        pending = dict(zip(words[0::6], words[1::6], strict=True)).get  # fleet id -> latency us
+        out: dict[K, float] = {}
+        for key, e in self._entries.items():
+            fid = e.fleet_id
+            lat_us = pending(fid) if e.quiet and fid is not None else None
+            if lat_us is not None:
+                out[key] = lat_us / 1e6
+            elif e.latency is not None:
+                out[key] = e.latency
+        return out
 
     def passive_failures(self, key: K, count: int) -> None:
         """Feed `count` connect failures the data plane counted for `key` since the last call."""
         entry = self._entries.get(key)
         if entry is None:
             return
+        if entry.quiet:  # its passes came before these failures
+            self._collect(entry)
         transition = entry.dampener.passive_failures(count, time.monotonic())
         if transition is not None:
             self._report(entry, transition)
             if entry.fleet_id is not None and not entry.removed:
                 self._fleet_timing(entry)
+                self._sync_quiet(entry)
 
     def stats(self) -> CheckerStats:
         """Counters since construction."""
-        in_flight = self._in_flight + (self._fleet.in_flight if self._fleet is not None else 0)
+        fleet = self._fleet
+        in_flight = self._in_flight + (fleet.in_flight if fleet is not None else 0)
+        quiet = fleet.quiet_passes if fleet is not None else 0
         return CheckerStats(backends=len(self._entries), in_flight=in_flight,
-                            waiting=len(self._waiting), probes=self._probes,
+                            waiting=len(self._waiting), probes=self._probes + quiet,
                             failed=self._failed, inconclusive=self._inconclusive,
                             transitions=self._transitions,
                             max_start_delay=self._max_start_delay)
@@ -284,6 +336,9 @@ class HealthChecker(Generic[K]):
         """Take the backend out of the fleet and cancel its probe in flight; True when a probe
         was cancelled (a slot for a waiting probe is free)."""
         if entry.fleet_id is not None:
+            if entry.quiet:
+                self._collect(entry)
+                entry.quiet = False
             self._by_fleet_id.pop(entry.fleet_id, None)
             if self._fleet is not None:
                 self._fleet.remove(entry.fleet_id)
@@ -318,28 +373,75 @@ class HealthChecker(Generic[K]):
             self._fleet.set_timing(entry.fleet_id, self._current_interval(entry),
                                    entry.settings.timeout, entry.settings.jitter)
 
+    def _set_quiet(self, entry: _Entry[K], quiet: bool) -> None:
+        if self._fleet is not None and entry.fleet_id is not None:
+            self._fleet.set_quiet(entry.fleet_id, quiet)
+            entry.quiet = quiet
+
+    def _sync_quiet(self, entry: _Entry[K]) -> None:
+        """Quiet exactly while the backend's passes change nothing (see the module docstring);
+        call after its pending passes were collected and its dampener was updated."""
+        quiet = self._quiet_passes and entry.fleet_id is not None and entry.dampener.steady
+        if quiet != entry.quiet:
+            self._set_quiet(entry, quiet)
+
+    def _apply_quiet(self, entry: _Entry[K], count: int, last: float, lat_us: int) -> None:
+        """Hand `count` passes counted by the fleet, the last at `last`, to the backend (they
+        are in stats().probes already, through the fleet's counter)."""
+        entry.latency = lat_us / 1e6
+        transition = entry.dampener.passes(count, _FLEET_UP_REASON, last)
+        if transition is not None:  # not while steady; kept for safety
+            self._report(entry, transition)
+
+    def _collect(self, entry: _Entry[K]) -> None:
+        """Bring a quiet backend up to date with the passes the fleet counted for it."""
+        if self._fleet is None or entry.fleet_id is None:
+            return
+        count, last, lat_us = self._fleet.collect(entry.fleet_id)
+        if count:
+            self._apply_quiet(entry, count, last, lat_us)
+
+    def _collect_all(self) -> None:
+        """`_collect` for every backend, in one call to the fleet."""
+        if self._fleet is None:
+            return
+        by_fleet_id = self._by_fleet_id
+        for fid, lat_us, count, last_ns in QUIET.iter_unpack(self._fleet.collect_all()):
+            entry = by_fleet_id.get(fid)
+            if entry is not None:
+                self._apply_quiet(entry, count, last_ns / 1e9, lat_us)
+
     def _on_fleet_batch(self, buf: bytes) -> None:
-        """Results of one fleet run (RESULT records): the same path as the heap's probes."""
-        now = time.monotonic()
+        """Results of one fleet run (RESULT records): the same path as the heap's probes.
+        Passes of quiet backends do not come here (see the module docstring)."""
+        fleet = self._fleet
+        now = fleet.run_at if fleet is not None else time.monotonic()
         by_fleet_id = self._by_fleet_id
         up = Health.UP
+        quiet_passes = self._quiet_passes
         passed = 0
         for fid, verdict, err, lat_us in RESULT.iter_unpack(buf):
             entry = by_fleet_id.get(fid)
             if entry is None:
                 continue  # removed, perhaps by a transition callback of this batch
+            if entry.quiet:  # a failure (or inconclusive) of a quiet backend: passes first
+                self._collect(entry)
             dampener = entry.dampener
             before = dampener.state
             if verdict == _FLEET_UP and before is up:
                 # _account's common case, inlined: a conclusive pass of an UP backend counts,
-                # sets the latency and never changes the state
+                # sets the latency and never changes the state; the backend is steady after it
                 passed += 1
                 entry.latency = lat_us / 1e6
-                dampener.probe(True, "syn-ack", now)
+                dampener.probe(True, _FLEET_UP_REASON, now)
+                if quiet_passes and not entry.quiet:
+                    self._set_quiet(entry, True)
                 continue
             self._account(entry, probe_result(verdict, err, lat_us), now)
-            if not entry.removed and entry.fleet_id == fid and dampener.state is not before:
-                self._fleet_timing(entry)
+            if not entry.removed and entry.fleet_id == fid:
+                if dampener.state is not before:
+                    self._fleet_timing(entry)
+                self._sync_quiet(entry)
         self._probes += passed
 
     # -- scheduling ------------------------------------------------------------------------

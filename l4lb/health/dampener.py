@@ -142,6 +142,27 @@ class Dampener:
             return self._passed(reason, now)
         return self._failed(reason, now)
 
+    @property
+    def steady(self) -> bool:
+        """True when a passed probe would change nothing but the last probe's result, reason
+        and time: UP, confirmed, no failure counted, start period over. The checker lets the
+        SYN fleet count such passes and hands them over later (`passes`)."""
+        return self._state is Health.UP and self._confirmed and not self._failures and \
+            self._started
+
+    def passes(self, count: int, reason: str, last: float) -> Transition | None:
+        """Record `count` passed probes, the last at `last`: the same as `count` calls of
+        `probe(True, reason, last)` (the time of the earlier ones only matters if the backend
+        is DOWN; the checker hands passes over only while it is `steady`)."""
+        transition = None
+        for _ in range(count):
+            found = self.probe(True, reason, last)
+            if found is not None:
+                transition = found
+            if self._state is Health.UP:  # further passes of an UP backend are all alike
+                break
+        return transition
+
     def _passed(self, reason: str, now: float) -> Transition | None:
         self._started = True
         self._failures = 0

@@ -20,6 +20,13 @@ interval * uniform[1 - jitter, 1 + jitter] after the previous send, never before
 `set_timing` (the backend went DOWN: `down_interval`) reschedules a waiting target with the
 same draw.
 
+Quiet passes: the caller may mark a target quiet (`set_quiet`); the fleet then counts its
+passes (verdict UP) instead of writing them to the results, keeping per target the number since
+the last collect and the verdict time and latency of the last one, plus a fleet-wide total
+(`quiet_passes`). `collect(id)` and `collect_all()` (QUIET records) hand them over and reset
+them. The checker marks a backend quiet while a pass cannot change its state (see checker.py),
+so at steady state almost no result crosses into Python.
+
 `SynFleetRunner` is the I/O glue the checker uses: it opens lanes (a raw socket and reserved
 ports per (family, source), `synprobe._Lane`), learns each target's source address, hands fds
 and constants to the fleet, and drives `run()` from one asyncio timer, armed `tick` after the next
@@ -71,6 +78,7 @@ LOCAL_ERROR = 4  # the SYN could not be sent for a local reason: inconclusive
 SEND_ERROR = 5  # the send failed for a reason that concerns the backend: conclusive
 
 RESULT = struct.Struct("=IIiI")  # id, verdict, errno, latency_us (struct sp_result)
+QUIET = struct.Struct("=IIQq")  # id, latency_us, count, last_ns (struct sp_quiet)
 NO_EVENT = (1 << 63) - 1  # next_due of an empty fleet (SP_NO_EVENT)
 MAX_LANES = 64  # lane ids 0..63
 _BATCH = 64  # SYNs per send batch, replies per receive round (as the C fleet)
@@ -120,6 +128,21 @@ class Fleet(Protocol):
     def target(self, tid: int) -> tuple[int, int, int, int, int, bool]:
         """(due_ns, start_ns, deadline_ns, seq, sport, in_flight) of `tid`."""
 
+    def set_quiet(self, tid: int, quiet: bool) -> None:
+        """Quiet on/off (default off): while on, a pass of `tid` is counted, not reported."""
+
+    def collect(self, tid: int) -> tuple[int, int, int]:
+        """(count, last_ns, last_latency_us) of `tid`'s quiet passes since the last collect
+        ((0, 0, 0) if none); resets them."""
+
+    def collect_all(self, reset: bool = True) -> bytes:
+        """QUIET records of every target with quiet passes not yet collected (id order);
+        resets them (reset=False: only reads them)."""
+
+    @property
+    def quiet_passes(self) -> int:
+        """Quiet passes since the fleet was created (collected or not)."""
+
     @property
     def in_flight(self) -> int:
         """Targets with a probe in flight."""
@@ -140,8 +163,9 @@ class Fleet(Protocol):
 
 class _Target:
     __slots__ = ("deadline", "dport", "draw", "dst", "due", "family", "in_flight", "interval_ms",
-                 "jitter_ppm", "key", "lane", "partial", "scope_id", "seq", "sport", "start",
-                 "timeout_ms", "ver", "verdict_at")
+                 "jitter_ppm", "key", "lane", "partial", "quiet", "quiet_at", "quiet_count",
+                 "quiet_lat", "scope_id", "seq", "sport", "start", "timeout_ms", "ver",
+                 "verdict_at")
 
     def __init__(self, lane: int, family: int, dst: bytes, dport: int, scope_id: int,
                  partial: int, timeout_ms: int, interval_ms: int, jitter_ppm: int,
@@ -165,6 +189,10 @@ class _Target:
         self.in_flight = False  # a probe waits for its answer
         self.key: tuple[bytes, int, int, int] | None = None  # in-flight key while in flight
         self.ver = 0  # bumped whenever the event time changes (older heap entries are stale)
+        self.quiet = False  # passes are counted here instead of reported
+        self.quiet_count = 0  # quiet passes not yet collected
+        self.quiet_at = 0  # verdict time of the last of them
+        self.quiet_lat = 0  # latency (us) of the last of them
 
 
 class _PyLane:
@@ -192,6 +220,8 @@ class PySynFleet:
         self._heap: list[tuple[int, int, int]] = []  # (event time, id, ver)
         self._flight: dict[tuple[bytes, int, int, int], int] = {}  # in-flight key -> id
         self._stray = 0
+        self._quiet_passes = 0  # quiet passes ever counted
+        self._wall_to_mono: int | None = None  # CLOCK_MONOTONIC - CLOCK_REALTIME, per drain
         self._vers = 0  # last version handed out (fleet-wide: a reused id never matches)
         self._closed = False
 
@@ -261,6 +291,41 @@ class PySynFleet:
             del self._flight[t.key]
             t.key = None
 
+    def set_quiet(self, tid: int, quiet: bool) -> None:
+        """See Fleet.set_quiet."""
+        self._live()
+        t = self._targets.get(tid)
+        if t is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        t.quiet = bool(quiet)
+
+    def collect(self, tid: int) -> tuple[int, int, int]:
+        """See Fleet.collect."""
+        self._live()
+        t = self._targets.get(tid)
+        if t is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        got = (t.quiet_count, t.quiet_at, t.quiet_lat)
+        t.quiet_count = t.quiet_at = t.quiet_lat = 0
+        return got
+
+    def collect_all(self, reset: bool = True) -> bytes:
+        """See Fleet.collect_all."""
+        self._live()
+        out = []
+        for tid in sorted(self._targets):
+            t = self._targets[tid]
+            if t.quiet_count:
+                out.append(QUIET.pack(tid, t.quiet_lat, t.quiet_count, t.quiet_at))
+                if reset:
+                    t.quiet_count = t.quiet_at = t.quiet_lat = 0
+        return b"".join(out)
+
+    @property
+    def quiet_passes(self) -> int:
+        """See Fleet.quiet_passes."""
+        return self._quiet_passes
+
     def _reschedule(self, tid: int, t: _Target) -> None:
         due = t.start + scaled_interval(t.interval_ms * 1_000_000, t.jitter_ppm, t.draw)
         t.due = due if due > t.verdict_at else t.verdict_at
@@ -323,8 +388,14 @@ class PySynFleet:
         t.in_flight = False
         if at < t.start or at > now:
             at = now  # no timestamp, or the clocks disagree
-        lat = (at - t.start) // 1000
-        out.append(RESULT.pack(tid, verdict, err, min(max(lat, 0), 0xFFFFFFFF)))
+        lat = min(max((at - t.start) // 1000, 0), 0xFFFFFFFF)
+        if verdict == UP and t.quiet:
+            t.quiet_count += 1
+            t.quiet_at = now
+            t.quiet_lat = lat
+            self._quiet_passes += 1
+        else:
+            out.append(RESULT.pack(tid, verdict, err, lat))
         t.verdict_at = now
         self._jit, r = splitmix64(self._jit)
         t.draw = r >> 32
@@ -347,40 +418,48 @@ class PySynFleet:
         lane.pend.clear()
 
     def _drain(self, lane: _PyLane, now: int, out: list[bytes]) -> bool:
-        """Read the lane's replies; True if it stopped before EAGAIN."""
-        sock = lane.sock
-        family = lane.family
-        targets = self._targets
-        wall_to_mono: int | None = None
-        for _ in range(_RECV_ROUNDS * _BATCH):
-            if len(out) >= self._max:
+        """Read the lane's replies; True if it stopped before EAGAIN. Rounds of up to _BATCH
+        reads (fewer when fewer result slots are left), at most _RECV_ROUNDS, as the C fleet's
+        recvmmsg calls."""
+        self._wall_to_mono = None  # read once per drain, when a timestamp needs it
+        for _ in range(_RECV_ROUNDS):
+            want = min(self._max - len(out), _BATCH)
+            if not want:
                 return True
-            try:
-                packet, anc, _flags, addr = sock.recvmsg(_RECV_SIZE, _CMSG_SPACE)
-            except (BlockingIOError, InterruptedError):
-                return False
-            except OSError:  # e.g. ENOBUFS: replies were lost; those probes time out
-                return False
-            peer = None if family == socket.AF_INET else \
-                socket.inet_pton(family, addr[0].split("%", 1)[0])
-            reply = parse_reply(packet, family, peer)
-            ok = None if reply is None else reply_verdict(reply.flags)
-            tid = None
-            if reply is not None and ok is not None:
-                tid = self._flight.get((reply.peer, reply.peer_port, reply.our_port,
-                                        (reply.ack - 1) & 0xFFFFFFFF))
-            if tid is None:
-                self._stray += 1
-                continue
-            at = 0
-            for level, kind, data in anc:  # SO_TIMESTAMPNS, if the caller set it
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
-                        len(data) >= _TIMESPEC.size:
-                    if wall_to_mono is None:
-                        wall_to_mono = time.monotonic_ns() - time.time_ns()
-                    sec, nsec = _TIMESPEC.unpack_from(data)
-                    at = sec * 1_000_000_000 + nsec + wall_to_mono
-            self._finish(tid, targets[tid], now, UP if ok else REFUSED, 0, out, at)
+            for _ in range(want):
+                if not self._recv_one(lane, now, out):
+                    return False
+        return True
+
+    def _recv_one(self, lane: _PyLane, now: int, out: list[bytes]) -> bool:
+        """Read and match one reply; False at EAGAIN (or an error: those probes time out)."""
+        family = lane.family
+        try:
+            packet, anc, _flags, addr = lane.sock.recvmsg(_RECV_SIZE, _CMSG_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:  # e.g. ENOBUFS: replies were lost; those probes time out
+            return False
+        peer = None if family == socket.AF_INET else \
+            socket.inet_pton(family, addr[0].split("%", 1)[0])
+        reply = parse_reply(packet, family, peer)
+        ok = None if reply is None else reply_verdict(reply.flags)
+        tid = None
+        if reply is not None and ok is not None:
+            tid = self._flight.get((reply.peer, reply.peer_port, reply.our_port,
+                                    (reply.ack - 1) & 0xFFFFFFFF))
+        if tid is None:
+            self._stray += 1
+            return True
+        at = 0
+        for level, kind, data in anc:  # SO_TIMESTAMPNS, if the caller set it
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
+                    len(data) >= _TIMESPEC.size:
+                if self._wall_to_mono is None:
+                    self._wall_to_mono = time.monotonic_ns() - time.time_ns()
+                sec, nsec = _TIMESPEC.unpack_from(data)
+                at = sec * 1_000_000_000 + nsec + self._wall_to_mono
+        self._finish(tid, self._targets[tid], now, UP if ok else REFUSED, 0, out, at)
         return True
 
     def run(self, now_ns: int) -> tuple[bytes, int]:
@@ -431,6 +510,18 @@ class PySynFleet:
         return b"".join(out), now_ns if more else self.next_due()
 
 
+def drain_unfiltered(raw: socket.socket) -> int:
+    """Discard what a new raw socket queued before its BPF filter was attached (any TCP
+    segment on the host in that moment; it would show up as stray). Returns the count
+    (bounded: the socket's receive buffer holds far fewer)."""
+    for n in range(1 << 16):
+        try:
+            raw.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return n
+    return 1 << 16
+
+
 def c_fleet_available() -> bool:
     """True when the compiled fleet imports and L4LB_NO_EXTENSIONS does not forbid it."""
     from l4lb.dataplane import reference_requested
@@ -468,7 +559,7 @@ def _ppm(jitter: float) -> int:
 
 
 _new_tuple = tuple.__new__
-_UP_REASON = "syn-ack"
+UP_REASON = "syn-ack"  # the reason of every pass
 _VERDICT_REASONS = {REFUSED: "connect refused", TIMEOUT: "connect timeout"}
 
 
@@ -476,7 +567,7 @@ def probe_result(verdict: int, err: int, latency_us: int) -> ProbeResult:
     """The ProbeResult of one record (the same verdicts and reasons as SynProbeEngine)."""
     latency = latency_us / 1e6
     if verdict == UP:
-        return _new_tuple(ProbeResult, (True, _UP_REASON, latency, True))
+        return _new_tuple(ProbeResult, (True, UP_REASON, latency, True))
     reason = _VERDICT_REASONS.get(verdict)
     if reason is not None:
         return _new_tuple(ProbeResult, (False, reason, latency, True))
@@ -524,11 +615,37 @@ class SynFleetRunner:
         self._gen = 0  # generations tell a reused id from its predecessor
         self._relearn: asyncio.TimerHandle | None = None  # the periodic pass
         self.relearned = 0  # source addresses that changed (for tests and diagnostics)
+        self.run_at = 0.0  # monotonic time of the run whose results on_batch is handed
+        self._quiet_closed = 0  # quiet passes of the fleet, kept when it is closed
 
     @property
     def in_flight(self) -> int:
         """Probes in flight."""
         return 0 if self._closed else self._fleet.in_flight
+
+    @property
+    def quiet_passes(self) -> int:
+        """Quiet passes counted since the runner was made (see `set_quiet`)."""
+        return self._quiet_closed if self._closed else self._fleet.quiet_passes
+
+    def set_quiet(self, tid: int, quiet: bool) -> None:
+        """While quiet, a pass of `tid` is counted by the fleet instead of delivered; `collect`
+        hands the count, the time and the latency of the last one over."""
+        if not self._closed:
+            self._fleet.set_quiet(tid, quiet)
+
+    def collect(self, tid: int) -> tuple[int, float, int]:
+        """(count, monotonic time of the last, its latency in us) of `tid`'s quiet passes since
+        the last collect; resets them."""
+        if self._closed:
+            return 0, 0.0, 0
+        count, last_ns, lat_us = self._fleet.collect(tid)
+        return count, last_ns / 1e9, lat_us
+
+    def collect_all(self, reset: bool = True) -> bytes:
+        """QUIET records (id, latency us, count, last ns) of every target with quiet passes
+        not yet collected; resets them (reset=False: only reads them)."""
+        return b"" if self._closed else self._fleet.collect_all(reset)
 
     def _lane(self, family: int, source: str | None) -> int:
         found = self._lanes.get((family, source))
@@ -540,6 +657,7 @@ class SynFleetRunner:
         assert lane.raw is not None
         lane_id = len(self._lanes)
         try:
+            drain_unfiltered(lane.raw)
             lane.raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self._fleet.add_lane(lane_id, family, lane.raw.fileno(), lane.ports)
         except BaseException:
@@ -644,6 +762,7 @@ class SynFleetRunner:
         now = time.monotonic_ns()
         buf, nxt = self._fleet.run(now)
         if buf:
+            self.run_at = now / 1e9
             try:
                 self._on_batch(buf)
             except Exception:  # a broken callback must not stop the fleet
@@ -674,6 +793,7 @@ class SynFleetRunner:
             self._relearn = None
         self._specs.clear()
         self._learned.clear()
+        self._quiet_closed = self._fleet.quiet_passes
         self._fleet.close()
         for _lane_id, lane in self._lanes.values():
             lane.close()

@@ -10,7 +10,10 @@
  * One event per target. A target is always in exactly one state: waiting for its next probe
  * (event time = due) or waiting for the answer (event time = deadline). A single indexed binary
  * min-heap ordered by (event time, id) therefore carries both the schedule and the timeouts;
- * the tie-break on id makes the order deterministic, which the Python twin copies. The heap top
+ * the tie-break on id makes the order deterministic, which the Python twin copies. Entries hold
+ * the event time and the positions live in an array of their own, so a sift stays in two dense
+ * arrays instead of touching a target per level (at 10,000 targets that was most of the C
+ * code's cache misses). The heap top
  * is the next time Python must call in (one asyncio timer), besides the lanes' readability.
  *
  * Matching. A reply belongs to the probe whose (address, port, our port, seq) equals (source,
@@ -32,6 +35,18 @@
  * checksum is the target's precomputed partial sum plus the port and seq of this probe. A failed
  * send is a result at once: local errors (no buffer space, EPERM from a firewall) are
  * inconclusive, unreachable networks and the rest are conclusive.
+ *
+ * Quiet passes. At steady state nearly every verdict is a pass of a backend that is UP with no
+ * failure counted, which changes nothing in the caller's state machine; handing each one to
+ * Python cost about 2.5 us (decoding, a dict lookup, a dampener touched between wake-ups, that
+ * is a cache miss). So the caller marks such a target quiet (sp_target_set_quiet) and the fleet
+ * keeps its passes: it counts them and remembers the last one's verdict time and latency,
+ * which is all the caller needs to bring its own view up to date. The caller collects them
+ * lazily - when someone reads that view, and before it accounts any reported verdict of the
+ * target (a failure is always reported) - one target at a time (sp_target_collect) or all at
+ * once (sp_fleet_collect_all). A fleet-wide counter of quiet passes keeps the caller's probe
+ * count exact without collecting. Quiet changes nothing else: the schedule, the jitter draws
+ * and the sequence numbers are the same with or without it.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -70,12 +85,15 @@ struct sp_target {
     uint32_t timeout_ms;       /* probe timeout */
     uint32_t interval_ms;      /* nominal interval between two sends */
     uint32_t jitter_ppm;       /* jitter, parts per million of the interval */
-    uint32_t heap_pos;         /* index in the heap, SP_NO_POS if absent */
     uint32_t hnext;            /* next id in the seq hash chain, SP_NIL at the end */
     int64_t due_ns;            /* next send time (while waiting) */
     int64_t start_ns;          /* last send time (0: never sent) */
     int64_t deadline_ns;       /* timeout of the probe in flight */
     int64_t verdict_ns;        /* time of the last verdict (the next send is never earlier) */
+    uint8_t quiet;             /* passes are counted here instead of reported */
+    uint32_t quiet_lat_us;     /* latency of the last quiet pass not yet collected */
+    uint64_t quiet_count;      /* quiet passes not yet collected */
+    int64_t quiet_ns;          /* verdict time of the last quiet pass not yet collected */
 };
 
 /* A probe waiting in a lane's send batch. */
@@ -94,16 +112,27 @@ struct sp_lane {
     struct sp_pending pend[SP_BATCH]; /* SYNs collected for the next sendmmsg */
 };
 
+/* One heap entry. The event time is kept here, not read from the target, so that a sift
+ * touches only the heap and pos arrays (about 200 KB for 10,000 targets) instead of a target
+ * struct per level (a cache miss each). */
+struct sp_heap_ent {
+    int64_t ev;                /* the target's event time: due time, or deadline in flight */
+    uint32_t id;               /* the target */
+};
+
 struct sp_fleet {
     struct sp_target *t;       /* targets by id */
     uint32_t cap;              /* entries of t */
     uint32_t count;            /* ids in use */
-    uint32_t *heap;            /* ids, a min-heap on (event time, id) */
-    uint32_t heap_len;         /* ids in heap */
+    struct sp_heap_ent *heap;  /* a min-heap on (event time, id) */
+    uint32_t heap_len;         /* entries in heap */
+    uint32_t *pos;             /* by id: index of its heap entry, SP_NO_POS if absent */
     uint32_t *buckets;         /* seq hash: first id of each chain, SP_NIL if none */
     uint32_t nbuckets;         /* entries of buckets (a power of two) */
     uint32_t in_flight;        /* targets with a probe in flight */
     uint64_t stray;            /* segments that matched no probe */
+    uint64_t quiet_passes;     /* quiet passes ever counted */
+    uint32_t quiet_pending;    /* targets whose quiet_count is not 0 */
     uint64_t jit_state;        /* splitmix64 state of the jitter draws */
     uint64_t seq_state;        /* splitmix64 state of the sequence numbers */
     struct sp_lane lanes[SP_MAX_LANES]; /* by lane id */
@@ -147,74 +176,73 @@ static int64_t ev(const struct sp_fleet *f, uint32_t id)
     return t->in_flight ? t->deadline_ns : t->due_ns;
 }
 
-static int before(const struct sp_fleet *f, uint32_t a, uint32_t b)
+static int before(const struct sp_heap_ent *a, const struct sp_heap_ent *b)
 {
-    int64_t ea = ev(f, a), eb = ev(f, b);
-    return ea < eb || (ea == eb && a < b);
+    return a->ev < b->ev || (a->ev == b->ev && a->id < b->id);
 }
 
-static void heap_set(struct sp_fleet *f, uint32_t i, uint32_t id)
+static void heap_set(struct sp_fleet *f, uint32_t i, struct sp_heap_ent e)
 {
-    f->heap[i] = id;
-    f->t[id].heap_pos = i;
+    f->heap[i] = e;
+    f->pos[e.id] = i;
 }
 
 static void sift_up(struct sp_fleet *f, uint32_t i)
 {
-    uint32_t id = f->heap[i];
+    struct sp_heap_ent e = f->heap[i];
     while (i) {
         uint32_t p = (i - 1) / 2;
-        if (!before(f, id, f->heap[p]))
+        if (!before(&e, &f->heap[p]))
             break;
         heap_set(f, i, f->heap[p]);
         i = p;
     }
-    heap_set(f, i, id);
+    heap_set(f, i, e);
 }
 
 static void sift_down(struct sp_fleet *f, uint32_t i)
 {
-    uint32_t id = f->heap[i], n = f->heap_len;
+    struct sp_heap_ent e = f->heap[i];
+    uint32_t n = f->heap_len;
     for (;;) {
         uint32_t c = 2 * i + 1;
         if (c >= n)
             break;
-        if (c + 1 < n && before(f, f->heap[c + 1], f->heap[c]))
+        if (c + 1 < n && before(&f->heap[c + 1], &f->heap[c]))
             c++;
-        if (!before(f, f->heap[c], id))
+        if (!before(&f->heap[c], &e))
             break;
         heap_set(f, i, f->heap[c]);
         i = c;
     }
-    heap_set(f, i, id);
+    heap_set(f, i, e);
 }
 
-/* The target's event time changed (or it is new): restore the heap order. */
+/* The target's event time changed (or it is new): store it in its entry, restore the order. */
 static void heap_fix(struct sp_fleet *f, uint32_t id)
 {
-    struct sp_target *t = &f->t[id];
-    if (t->heap_pos == SP_NO_POS) {
-        t->heap_pos = f->heap_len++;
-        f->heap[t->heap_pos] = id;
-        sift_up(f, t->heap_pos);
-        return;
-    }
-    sift_up(f, t->heap_pos);
-    sift_down(f, f->t[id].heap_pos);
+    uint32_t i = f->pos[id];
+    if (i == SP_NO_POS)
+        i = f->heap_len++;
+    f->heap[i].ev = ev(f, id);
+    f->heap[i].id = id;
+    f->pos[id] = i;
+    sift_up(f, i);
+    sift_down(f, f->pos[id]);
 }
 
 static void heap_remove(struct sp_fleet *f, uint32_t id)
 {
-    uint32_t i = f->t[id].heap_pos, last;
+    uint32_t i = f->pos[id];
     if (i == SP_NO_POS)
         return;
-    f->t[id].heap_pos = SP_NO_POS;
-    last = f->heap[--f->heap_len];
-    if (last == id)
+    f->pos[id] = SP_NO_POS;
+    struct sp_heap_ent last = f->heap[--f->heap_len];
+    if (last.id == id)
         return;
     heap_set(f, i, last);
     sift_up(f, i);
-    sift_down(f, f->t[last].heap_pos);
+    sift_down(f, f->pos[last.id]);
 }
 
 /* -- the seq hash -------------------------------------------------------------------------- */
@@ -251,10 +279,14 @@ static int grow(struct sp_fleet *f, uint32_t id)
         return -ENOMEM;
     f->t = t;
     memset(t + old, 0, (size_t)(cap - old) * sizeof(*t));
-    uint32_t *heap = realloc(f->heap, (size_t)cap * sizeof(*heap));
+    struct sp_heap_ent *heap = realloc(f->heap, (size_t)cap * sizeof(*heap));
     if (!heap)
         return -ENOMEM;
     f->heap = heap;
+    uint32_t *pos = realloc(f->pos, (size_t)cap * sizeof(*pos));
+    if (!pos)
+        return -ENOMEM;
+    f->pos = pos;
     uint32_t *buckets = malloc((size_t)cap * sizeof(*buckets));
     if (!buckets)
         return -ENOMEM;
@@ -298,6 +330,7 @@ void sp_fleet_destroy(struct sp_fleet *f)
         return;
     free(f->t);
     free(f->heap);
+    free(f->pos);
     free(f->buckets);
     free(f);
 }
@@ -345,7 +378,7 @@ int sp_target_add(struct sp_fleet *f, uint32_t id, uint32_t lane, const uint8_t 
     t->interval_ms = interval_ms;
     t->jitter_ppm = jitter_ppm;
     t->due_ns = first_due_ns;
-    t->heap_pos = SP_NO_POS;
+    f->pos[id] = SP_NO_POS;
     t->hnext = SP_NIL;
     t->partial = partial_sum(t, src);
     f->count++;
@@ -405,6 +438,8 @@ int sp_target_remove(struct sp_fleet *f, uint32_t id)
         f->in_flight--;
     }
     heap_remove(f, id);
+    if (t->quiet_count)
+        f->quiet_pending--;
     /* a probe still in a lane's send batch: mark it dead (run() skips unused ids) */
     t->used = 0;
     t->in_flight = 0;
@@ -439,6 +474,68 @@ int sp_target_set_timing(struct sp_fleet *f, uint32_t id, uint32_t interval_ms,
     return 0;
 }
 
+int sp_target_set_quiet(struct sp_fleet *f, uint32_t id, int quiet)
+{
+    if (id >= f->cap || !f->t[id].used)
+        return -ENOENT;
+    f->t[id].quiet = quiet != 0;
+    return 0;
+}
+
+/* Hand out and reset a target's quiet passes (zeros if it has none). */
+static void take_quiet(struct sp_fleet *f, struct sp_target *t, uint64_t *count, int64_t *last_ns,
+                       uint32_t *latency_us)
+{
+    *count = t->quiet_count;
+    *last_ns = t->quiet_ns;
+    *latency_us = t->quiet_lat_us;
+    if (t->quiet_count)
+        f->quiet_pending--;
+    t->quiet_count = 0;
+    t->quiet_ns = 0;
+    t->quiet_lat_us = 0;
+}
+
+int sp_target_collect(struct sp_fleet *f, uint32_t id, uint64_t *count, int64_t *last_ns,
+                      uint32_t *latency_us)
+{
+    if (id >= f->cap || !f->t[id].used)
+        return -ENOENT;
+    take_quiet(f, &f->t[id], count, last_ns, latency_us);
+    return 0;
+}
+
+uint32_t sp_fleet_collect_all(struct sp_fleet *f, struct sp_quiet *out, uint32_t max, int reset)
+{
+    uint32_t n = 0, left = f->quiet_pending;
+    for (uint32_t id = 0; id < f->cap && n < max && left; id++) {
+        struct sp_target *t = &f->t[id];
+        if (!t->used || !t->quiet_count)
+            continue;
+        out[n].id = id;
+        if (reset) {
+            take_quiet(f, t, &out[n].count, &out[n].last_ns, &out[n].latency_us);
+        } else {
+            out[n].count = t->quiet_count;
+            out[n].last_ns = t->quiet_ns;
+            out[n].latency_us = t->quiet_lat_us;
+        }
+        left--;
+        n++;
+    }
+    return n;
+}
+
+uint32_t sp_fleet_quiet_pending(const struct sp_fleet *f)
+{
+    return f->quiet_pending;
+}
+
+uint64_t sp_fleet_quiet_passes(const struct sp_fleet *f)
+{
+    return f->quiet_passes;
+}
+
 int sp_target_info(const struct sp_fleet *f, uint32_t id, struct sp_target_info *out)
 {
     if (id >= f->cap || !f->t[id].used)
@@ -465,15 +562,16 @@ uint64_t sp_fleet_stray(const struct sp_fleet *f)
 
 int64_t sp_fleet_next_due(const struct sp_fleet *f)
 {
-    return f->heap_len ? ev(f, f->heap[0]) : SP_NO_EVENT;
+    return f->heap_len ? f->heap[0].ev : SP_NO_EVENT;
 }
 
 /* -- run ----------------------------------------------------------------------------------- */
 
 /* The probe of `id` ended at now with `verdict` (its answer arrived at `at`, or 0: now):
- * report it, schedule the next one. */
-static void finish(struct sp_fleet *f, uint32_t id, int64_t now, int64_t at, uint32_t verdict,
-                   int err, struct sp_result *r)
+ * report it in *r (or count it, a pass of a quiet target), schedule the next one. Returns the
+ * results written (0 or 1). */
+static uint32_t finish(struct sp_fleet *f, uint32_t id, int64_t now, int64_t at,
+                       uint32_t verdict, int err, struct sp_result *r)
 {
     struct sp_target *t = &f->t[id];
     if (at < t->start_ns || at > now)
@@ -484,14 +582,26 @@ static void finish(struct sp_fleet *f, uint32_t id, int64_t now, int64_t at, uin
         f->in_flight--;
         t->in_flight = 0;
     }
-    r->id = id;
-    r->verdict = verdict;
-    r->err = err;
-    r->latency_us = lat < 0 ? 0 : lat > UINT32_MAX ? UINT32_MAX : (uint32_t)lat;
+    uint32_t lat_us = lat < 0 ? 0 : lat > UINT32_MAX ? UINT32_MAX : (uint32_t)lat;
+    uint32_t written = 0;
+    if (verdict == SP_UP && t->quiet) {
+        if (!t->quiet_count++)
+            f->quiet_pending++;
+        t->quiet_ns = now;
+        t->quiet_lat_us = lat_us;
+        f->quiet_passes++;
+    } else {
+        r->id = id;
+        r->verdict = verdict;
+        r->err = err;
+        r->latency_us = lat_us;
+        written = 1;
+    }
     t->verdict_ns = now;
     t->draw = (uint32_t)(sp_splitmix64(&f->jit_state) >> 32);
     reschedule(f, id);
     heap_fix(f, id);
+    return written;
 }
 
 static int local_errno(int err)
@@ -546,8 +656,8 @@ static uint32_t flush(struct sp_fleet *f, struct sp_lane *l, int64_t now, struct
             continue;
         uint32_t id = l->pend[off].id;
         if (f->t[id].used && f->t[id].in_flight)
-            finish(f, id, now, 0, local_errno(err) ? SP_LOCAL_ERROR : SP_SEND_ERROR, err,
-                   &res[nres++]);
+            nres += finish(f, id, now, 0, local_errno(err) ? SP_LOCAL_ERROR : SP_SEND_ERROR,
+                           err, &res[nres]);
         off++;
     }
     l->npend = 0;
@@ -662,7 +772,7 @@ static uint32_t drain(struct sp_fleet *f, struct sp_lane *l, int64_t now, struct
                 }
                 at = ts.tv_sec * 1000000000ll + ts.tv_nsec + wall_to_mono;
             }
-            finish(f, id, now, at, verdict, 0, &res[nres++]);
+            nres += finish(f, id, now, at, verdict, 0, &res[nres]);
         }
         if ((uint32_t)rc < want)
             return nres;
@@ -682,12 +792,12 @@ int sp_fleet_run(struct sp_fleet *f, int64_t now_ns, struct sp_result *results,
     /* every due event; a result slot is kept for each probe a flush may fail */
     uint32_t pending = 0;
     while (f->heap_len && nres + pending < max_results) {
-        uint32_t id = f->heap[0];
-        struct sp_target *t = &f->t[id];
-        if (ev(f, id) > now_ns)
+        if (f->heap[0].ev > now_ns)
             break;
+        uint32_t id = f->heap[0].id;
+        struct sp_target *t = &f->t[id];
         if (t->in_flight) {
-            finish(f, id, now_ns, 0, SP_TIMEOUT, 0, &results[nres++]);
+            nres += finish(f, id, now_ns, 0, SP_TIMEOUT, 0, &results[nres]);
             continue;
         }
         struct sp_lane *l = &f->lanes[t->lane];
@@ -727,7 +837,7 @@ int sp_fleet_run(struct sp_fleet *f, int64_t now_ns, struct sp_result *results,
             pending -= SP_BATCH;
         }
     }
-    if (f->heap_len && nres + pending >= max_results && ev(f, f->heap[0]) <= now_ns)
+    if (f->heap_len && nres + pending >= max_results && f->heap[0].ev <= now_ns)
         more = 1;
     for (uint32_t i = 0; i < SP_MAX_LANES; i++)
         if (f->lanes[i].fd >= 0 && f->lanes[i].npend) {

@@ -31,6 +31,15 @@ struct sp_result {
     uint32_t latency_us;       /* microseconds from the send to the verdict */
 };
 
+/* One target's quiet passes since the last collect, as sp_fleet_collect_all writes them
+ * (24 bytes, native byte order: "=IIQq"). */
+struct sp_quiet {
+    uint32_t id;               /* the target */
+    uint32_t latency_us;       /* latency of the last of them */
+    uint64_t count;            /* quiet passes since the last collect (> 0) */
+    int64_t last_ns;           /* verdict time of the last of them (that run's now_ns) */
+};
+
 /* What sp_target_info reports (for tests and diagnostics). */
 struct sp_target_info {
     int64_t due_ns;            /* next send time (valid when !in_flight) */
@@ -66,6 +75,22 @@ int sp_target_remove(struct sp_fleet *f, uint32_t id);
  * rescheduled with the new interval and the same jitter draw, never before the last verdict. */
 int sp_target_set_timing(struct sp_fleet *f, uint32_t id, uint32_t interval_ms,
                          uint32_t timeout_ms, uint32_t jitter_ppm);
+/* Quiet on/off for `id` (default off). While quiet, a pass (SP_UP) is not written to the
+ * results: it is counted, and its time and latency kept, until sp_target_collect. Every other
+ * verdict is reported as usual. Turning quiet off keeps the passes not yet collected. */
+int sp_target_set_quiet(struct sp_fleet *f, uint32_t id, int quiet);
+/* The quiet passes of `id` since the last collect: their number, the verdict time and the
+ * latency of the last one (all 0 if none); resets them. */
+int sp_target_collect(struct sp_fleet *f, uint32_t id, uint64_t *count, int64_t *last_ns,
+                      uint32_t *latency_us);
+/* Every target with quiet passes not yet collected, in id order, up to max records; returns
+ * the number written. reset: collect them (those targets are reset, the rest stay for the next
+ * call); 0: only read them (the caller wants the latest latencies, not the passes). */
+uint32_t sp_fleet_collect_all(struct sp_fleet *f, struct sp_quiet *out, uint32_t max, int reset);
+/* Targets with quiet passes not yet collected. */
+uint32_t sp_fleet_quiet_pending(const struct sp_fleet *f);
+/* Quiet passes since the fleet was created (collected or not, removed targets included). */
+uint64_t sp_fleet_quiet_passes(const struct sp_fleet *f);
 /* The state of target `id`. */
 int sp_target_info(const struct sp_fleet *f, uint32_t id, struct sp_target_info *out);
 /* Targets with a probe in flight. */
@@ -76,7 +101,7 @@ uint64_t sp_fleet_stray(const struct sp_fleet *f);
 int64_t sp_fleet_next_due(const struct sp_fleet *f);
 /* Do everything due at now_ns: drain replies from every lane and match them, expire timeouts,
  * send the SYNs that are due, schedule each answered target's next probe. Writes up to
- * max_results results; returns their number (>= 0) or -errno. *next_due is the earliest event
+ * max_results results (a quiet target's passes are counted instead, see sp_target_set_quiet); returns their number (>= 0) or -errno. *next_due is the earliest event
  * left (now_ns when results were cut short at max_results: call again). now_ns is on the
  * CLOCK_MONOTONIC scale; a lane with SO_TIMESTAMPNS set gets latencies that end at the kernel's
  * receive time instead of now_ns. */

@@ -17,7 +17,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -26,16 +26,27 @@ from l4lb.health import Health, HealthChecker, HealthSettings, Transition
 from l4lb.health.synfleet import (
     LOCAL_ERROR,
     NO_EVENT,
+    QUIET,
     REFUSED,
     RESULT,
     TIMEOUT,
     UP,
     Fleet,
+    drain_unfiltered,
     make_fleet,
     scaled_interval,
     splitmix64,
 )
-from l4lb.health.synprobe import TCP_ACK, TCP_RST, TCP_SYN, _Lane, raw_socket_problem, tcp_checksum
+from l4lb.health.synprobe import (
+    TCP_ACK,
+    TCP_RST,
+    TCP_SYN,
+    _Lane,
+    attach_filter,
+    bpf_program,
+    raw_socket_problem,
+    tcp_checksum,
+)
 
 from .test_health_syn import listener, refusing_port, run
 
@@ -70,6 +81,7 @@ class Rig:
         self.fleet: Fleet = make_fleet(impl, seed, max_results)
         for i, lane in enumerate(self.lanes):
             assert lane.raw is not None
+            drain_unfiltered(lane.raw)  # deterministic runs: no segment from before the filter
             self.fleet.add_lane(i, lane.family, lane.raw.fileno(), lane.ports)
 
     def add(self, tid: int, port: int, *, v6: bool = False, timeout_ms: int = 300,
@@ -280,6 +292,87 @@ def test_set_source_fixes_the_checksum(rig: Rig) -> None:
         sniffer.close()
 
 
+# -- quiet passes ----------------------------------------------------------------------------------
+
+def test_quiet_passes_are_counted_not_reported(rig: Rig) -> None:
+    with listener("127.0.0.1") as lst:
+        rig.add(0, lst.getsockname()[1], interval_ms=100)
+        rig.add(1, lst.getsockname()[1], interval_ms=100, due=T0 + 50 * MS)
+        rig.fleet.set_quiet(0, True)
+        assert rig.fleet.collect(0) == (0, 0, 0)
+        rig.run(T0)
+        assert rig.run(T0 + 2 * MS, wait=True) == []  # target 0 passed, quietly
+        assert rig.fleet.in_flight == 0
+        assert rig.fleet.quiet_passes == 1
+        assert rig.fleet.collect(0) == (1, T0 + 2 * MS, 2000)
+        assert rig.fleet.collect(0) == (0, 0, 0)  # collected: reset
+        # the schedule is the same as without quiet: next probe interval after the send
+        _, out = splitmix64(7)
+        assert rig.fleet.target(0)[0] == T0 + scaled_interval(100 * MS, 0, out >> 32)
+        rig.run(T0 + 50 * MS)  # target 1, not quiet
+        assert rig.run(T0 + 53 * MS, wait=True) == [(1, UP, 0, 3000)]
+        for k in range(1, 4):  # three more passes of target 0, one of target 1
+            now = T0 + k * 100 * MS
+            rig.run(now)
+            got = rig.run(now + MS, wait=True)
+            rig.run(now + 50 * MS)
+            got += rig.run(now + 51 * MS, wait=True)
+            assert got == [(1, UP, 0, 1000)]
+        assert rig.fleet.quiet_passes == 4
+        peek = rig.fleet.collect_all(False)  # read only
+        assert list(QUIET.iter_unpack(peek)) == [(0, 1000, 3, T0 + 301 * MS)]
+        recs = list(QUIET.iter_unpack(rig.fleet.collect_all()))
+        assert recs == [(0, 1000, 3, T0 + 301 * MS)]  # (id, latency us, count, last ns)
+        assert rig.fleet.collect_all() == b""
+        assert rig.fleet.quiet_passes == 4  # the fleet-wide count is never reset
+
+
+def test_quiet_target_reports_every_other_verdict(rig: Rig) -> None:
+    with refusing_port("127.0.0.1") as closed, listener("127.0.0.1", drop_all=True) as hole:
+        rig.add(0, closed, timeout_ms=100)
+        rig.add(1, hole.getsockname()[1], timeout_ms=100)
+        rig.add(2, 80, dst=socket.inet_aton("255.255.255.255"))
+        for tid in range(3):
+            rig.fleet.set_quiet(tid, True)
+        got = rig.run(T0)
+        assert got == [(2, LOCAL_ERROR, errno.EACCES, 0)]
+        assert rig.run(T0 + 2 * MS, wait=True) == [(0, REFUSED, 0, 2000)]
+        assert rig.run(T0 + 100 * MS) == [(1, TIMEOUT, 0, 100_000)]
+        assert rig.fleet.quiet_passes == 0
+        assert rig.fleet.collect_all() == b""
+
+
+def test_quiet_off_keeps_pending_passes_and_reports_again(rig: Rig) -> None:
+    with listener("127.0.0.1") as lst:
+        rig.add(0, lst.getsockname()[1], interval_ms=100)
+        rig.fleet.set_quiet(0, True)
+        rig.run(T0)
+        assert rig.run(T0 + MS, wait=True) == []
+        rig.fleet.set_quiet(0, False)
+        rig.run(T0 + 100 * MS)
+        assert rig.run(T0 + 101 * MS, wait=True) == [(0, UP, 0, 1000)]
+        assert rig.fleet.collect(0) == (1, T0 + MS, 1000)
+
+
+def test_removed_quiet_target_forgets_its_passes(rig: Rig) -> None:
+    with listener("127.0.0.1") as lst:
+        rig.add(0, lst.getsockname()[1])
+        rig.fleet.set_quiet(0, True)
+        rig.run(T0)
+        assert rig.run(T0 + MS, wait=True) == []
+        rig.fleet.remove_target(0)
+        for call in (lambda: rig.fleet.collect(0), lambda: rig.fleet.set_quiet(0, True)):
+            with pytest.raises(OSError) as exc:
+                call()
+            assert exc.value.errno == errno.ENOENT
+        assert rig.fleet.collect_all() == b""
+        assert rig.fleet.quiet_passes == 1  # it did pass
+        rig.add(0, lst.getsockname()[1], due=T0 + 10 * MS)  # the id again: a fresh target
+        assert rig.fleet.collect(0) == (0, 0, 0)
+        rig.run(T0 + 10 * MS)
+        assert rig.run(T0 + 11 * MS, wait=True) == [(0, UP, 0, 1000)]  # not quiet
+
+
 # -- schedule ------------------------------------------------------------------------------------
 
 def _timeout_schedule(impl: str, seed: int, rounds: int) -> list[tuple[int, int, int]]:
@@ -461,50 +554,106 @@ def test_reload_moves_a_backend_between_fleet_and_heap() -> None:
     assert seen == [("syn-ack", 1), ("connect ok", 0), ("syn-ack", 1)]
 
 
+def _syn_ack_waiter(make_rig: Callable[[], Rig]) -> tuple[
+        Rig, socket.socket, Callable[[set[tuple[int, int]]], None]]:
+    """A rig, a sniffer on its IPv4 ports and wait(want): return once a SYN-ACK to every
+    (our port, ack) in `want` was seen (bounded). The sniffer is opened before the rig's lanes:
+    the kernel hands a segment to the newest raw socket first, so once the sniffer has a
+    SYN-ACK the lane has it too, and a run that follows drains it."""
+    sniffer = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                            socket.IPPROTO_TCP)
+    try:
+        rig = make_rig()
+    except BaseException:
+        sniffer.close()
+        raise
+    attach_filter(sniffer, bpf_program(socket.AF_INET, rig.lanes[0].ports))
+    drain_unfiltered(sniffer)
+
+    def wait(want: set[tuple[int, int]]) -> None:
+        deadline = time.monotonic() + 2
+        while want and time.monotonic() < deadline:
+            if not select.select([sniffer], [], [], 0.2)[0]:
+                continue
+            pkt = sniffer.recv(256)
+            ihl = (pkt[0] & 0x0F) * 4
+            dport, ack = struct.unpack_from("!H", pkt, ihl + 2)[0], \
+                struct.unpack_from("!I", pkt, ihl + 8)[0]
+            want.discard((dport, ack))
+        assert not want, "SYN-ACKs not seen"
+
+    return rig, sniffer, wait
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_operations_give_the_same_results_in_both_twins(seed: int) -> None:
-    """Differential: the same random add/remove/set_timing/run sequence on both fleets gives
-    the same results and states. Only targets whose verdicts do not depend on packet timing:
-    a black hole (timeouts) and the broadcast address (a local send error)."""
+    """Differential: the same random add/remove/set_timing/set_quiet/collect/run sequence on
+    both fleets gives the same results and states. Targets: a black hole (timeouts), the
+    broadcast address (a local send error) and a listener (passes, quiet or reported); after
+    each run the test waits until the listener's SYN-ACKs to that run's SYNs have arrived, so
+    no verdict depends on packet timing."""
     _check_impl("c")
     import random
 
-    def trace(impl: str, hole: int) -> list[object]:
+    def trace(impl: str, hole: int, up: int) -> list[object]:
         rng = random.Random(seed)
-        r = Rig(impl, seed=seed, max_results=rng.randint(1, 8))
+        max_results = rng.randint(1, 8)
+        r, sniffer, wait = _syn_ack_waiter(lambda: Rig(impl, seed=seed, max_results=max_results))
         out: list[object] = []
         live: set[int] = set()
+        answering: set[int] = set()  # live targets on the listener
         now = T0
         try:
             for _ in range(400):
                 op = rng.random()
                 tid = rng.randrange(12)
                 if op < 0.25 and tid not in live:
-                    dst = socket.inet_aton("255.255.255.255") if rng.random() < 0.2 else None
-                    r.add(tid, hole, timeout_ms=rng.randint(1, 50),
+                    kind = rng.random()
+                    dst = socket.inet_aton("255.255.255.255") if kind < 0.2 else None
+                    r.add(tid, up if 0.2 <= kind < 0.5 else hole, timeout_ms=rng.randint(1, 50),
                           interval_ms=rng.randint(1, 200), jitter_ppm=rng.randint(0, 1_000_000),
                           due=now + rng.randint(0, 100) * MS, dst=dst)
                     live.add(tid)
+                    if 0.2 <= kind < 0.5:
+                        answering.add(tid)
+                        r.fleet.set_quiet(tid, rng.random() < 0.5)
                 elif op < 0.35 and tid in live:
                     r.fleet.remove_target(tid)
                     live.discard(tid)
+                    answering.discard(tid)
                 elif op < 0.45 and tid in live:
                     r.fleet.set_timing(tid, rng.randint(1, 300), rng.randint(1, 50),
                                        rng.randint(0, 1_000_000))
+                elif op < 0.53 and tid in live:
+                    r.fleet.set_quiet(tid, rng.random() < 0.7)
+                elif op < 0.58 and tid in live:
+                    out.append(("collect", tid, r.fleet.collect(tid)))
+                elif op < 0.61:
+                    reset = rng.random() < 0.5
+                    out.append(("collect_all", reset,
+                                list(QUIET.iter_unpack(r.fleet.collect_all(reset)))))
                 else:
                     now += rng.randint(0, 30) * MS
                     out.append(("run", now, r.run(now), r.next_due))
+                    infos = {t: r.fleet.target(t) for t in answering}
+                    wait({(i[4], (i[3] + 1) & 0xFFFFFFFF) for i in infos.values()
+                          if i[5] and i[1] == now})
                 out.append(sorted((t, *r.fleet.target(t)[:4], r.fleet.target(t)[5])
                                   for t in live))  # sport differs: the lanes' own ports
-                out.append(r.fleet.in_flight)
+                out.append((r.fleet.in_flight, r.fleet.quiet_passes))
         finally:
+            sniffer.close()
             r.close()
         return out
 
-    with listener("127.0.0.1", drop_all=True) as hole:
-        c_trace = trace("c", hole.getsockname()[1])
-        py_trace = trace("py", hole.getsockname()[1])
-    verdicts = [rec[1] for x in c_trace if isinstance(x, tuple) and isinstance(x[2], list)
-                for rec in x[2]]
+    with listener("127.0.0.1", drop_all=True) as hole, listener("127.0.0.1") as up:
+        c_trace = trace("c", hole.getsockname()[1], up.getsockname()[1])
+        py_trace = trace("py", hole.getsockname()[1], up.getsockname()[1])
+    verdicts = [rec[1] for x in c_trace if isinstance(x, tuple) and x[0] == "run"
+                for rec in x[2]]  # type: ignore[attr-defined]
     assert verdicts.count(TIMEOUT) > 20 and verdicts.count(LOCAL_ERROR) > 0
+    assert verdicts.count(UP) > 5
+    collected = [x for x in c_trace if isinstance(x, tuple) and
+                 ((x[0] == "collect" and x[2][0]) or (x[0] == "collect_all" and x[2]))]
+    assert collected  # quiet passes were counted and handed over
     assert c_trace == py_trace

@@ -5,6 +5,7 @@ Pure: a fake clock is a float passed to every call; nothing sleeps, nothing touc
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -279,3 +280,81 @@ def test_matches_a_simple_model(rise: int, fall: int, initial: str,
                 expect_flip, up, confirmed, run_fail = True, False, True, 0
         assert (tr is not None) == expect_flip, (i, results)
         assert d.state is (Health.UP if up else Health.DOWN)
+
+
+# -- steady, and passes handed over in bulk (the SYN fleet's quiet passes) ------------------
+
+def _history(d: Dampener, ops: list[tuple[str, int]]) -> float:
+    """Apply ops (probe pass/fail, passive failures) one second apart; returns the next time."""
+    t = 1.0
+    for kind, n in ops:
+        if kind == "pass":
+            d.probe(True, OK, t)
+        elif kind == "fail":
+            d.probe(False, REFUSED, t)
+        else:
+            d.passive_failures(n, t)
+        t += 1.0
+    return t
+
+
+_OPS = st.lists(st.tuples(st.sampled_from(["pass", "fail", "passive"]), st.integers(1, 3)),
+                max_size=12)
+_SETTINGS = st.builds(HealthSettings, rise=st.integers(1, 3), fall=st.integers(1, 3),
+                      initial_state=st.sampled_from(["up", "down"]),
+                      start_period=st.sampled_from([0.0, 2.5, 100.0]),
+                      max_fails=st.sampled_from([0, 2]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs=_SETTINGS, ops=_OPS, count=st.integers(0, 5))
+def test_passes_equal_that_many_probe_calls(hs: HealthSettings, ops: list[tuple[str, int]],
+                                            count: int) -> None:
+    """passes(n, reason, t) leaves the dampener exactly as n probe(True, reason, t) calls do,
+    and returns the transition they caused, from any history (DOWN included)."""
+    bulk, single = Dampener(hs, 0.0), Dampener(hs, 0.0)
+    t = _history(bulk, ops)
+    _history(single, ops)
+    got = bulk.passes(count, "syn-ack", t)
+    want = [tr for tr in (single.probe(True, "syn-ack", t) for _ in range(count)) if tr]
+    assert got == (want[0] if want else None)
+    assert bulk.snapshot(t + 1) == single.snapshot(t + 1)
+    assert bulk.steady == single.steady
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs=_SETTINGS, ops=_OPS)
+def test_a_pass_of_a_steady_backend_changes_only_the_last_probe(
+        hs: HealthSettings, ops: list[tuple[str, int]]) -> None:
+    """The promise the checker's quiet passes rest on: while `steady`, a pass changes nothing
+    but last_ok, last_reason and last_probe_at, and the backend stays steady."""
+    d = Dampener(hs, 0.0)
+    t = _history(d, ops)
+    if not d.steady:
+        return
+    before = d.snapshot(t)
+    assert d.probe(True, "syn-ack", t) is None
+    after = d.snapshot(t)
+    assert d.steady
+    assert after == dataclasses.replace(before, last_ok=True, last_reason="syn-ack",
+                                        last_probe_at=t)
+
+
+def test_steady_means_up_confirmed_no_failure_and_started() -> None:
+    hs = HealthSettings(fall=3, start_period=10.0)
+    d = Dampener(hs, 0.0)
+    assert d.state is Health.UP and not d.steady  # unconfirmed, in its start period
+    d.probe(True, OK, 1.0)
+    assert d.steady
+    d.probe(False, REFUSED, 2.0)
+    assert not d.steady  # UP, going down (1/3)
+    d.probe(True, OK, 3.0)
+    assert d.steady
+    fails(d, 3, 4.0)
+    assert d.state is Health.DOWN and not d.steady
+    passes(d, 2, 8.0)
+    assert d.state is Health.UP and d.steady  # came back: rise passes
+    down = Dampener(HealthSettings(initial_state="down", rise=1), 0.0)
+    assert not down.steady
+    assert down.passes(3, OK, 5.0) is not None  # the first of three brings it UP
+    assert down.steady and down.snapshot(6.0).last_probe_at == 5.0
