@@ -510,18 +510,6 @@ class PySynFleet:
         return b"".join(out), now_ns if more else self.next_due()
 
 
-def drain_unfiltered(raw: socket.socket) -> int:
-    """Discard what a new raw socket queued before its BPF filter was attached (any TCP
-    segment on the host in that moment; it would show up as stray). Returns the count
-    (bounded: the socket's receive buffer holds far fewer)."""
-    for n in range(1 << 16):
-        try:
-            raw.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return n
-    return 1 << 16
-
-
 def c_fleet_available() -> bool:
     """True when the compiled fleet imports and L4LB_NO_EXTENSIONS does not forbid it."""
     from l4lb.dataplane import reference_requested
@@ -657,7 +645,6 @@ class SynFleetRunner:
         assert lane.raw is not None
         lane_id = len(self._lanes)
         try:
-            drain_unfiltered(lane.raw)
             lane.raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self._fleet.add_lane(lane_id, family, lane.raw.fileno(), lane.ports)
         except BaseException:

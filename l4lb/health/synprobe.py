@@ -263,6 +263,18 @@ def attach_filter(sock: socket.socket, prog: Sequence[BpfInsn]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
+def drain_unfiltered(raw: socket.socket) -> int:
+    """Discard what a new raw socket queued before its BPF filter was attached (any TCP
+    segment on the host in that moment; it would show up as stray). Returns the count
+    (bounded: the socket's receive buffer holds far fewer)."""
+    for n in range(1 << 16):
+        try:
+            raw.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return n
+    return 1 << 16
+
+
 def raw_socket_problem(family: int = socket.AF_INET) -> str | None:
     """Why a raw TCP socket cannot be opened here (None: it can). For config checks."""
     try:
@@ -320,6 +332,7 @@ class _Lane:
             self.raw = raw
             self.sendto = raw.sendto  # bound once: every probe calls it
             attach_filter(raw, bpf_program(family, self.ports))
+            drain_unfiltered(raw)  # what arrived before the filter: not ours, not strays
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             if source is not None:
                 raw.bind((source, 0))

@@ -39,6 +39,7 @@ from l4lb.health.synprobe import (
     Reply,
     _Lane,
     attach_filter,
+    drain_unfiltered,
     parse_reply,
     raw_socket_problem,
 )
@@ -266,6 +267,29 @@ def test_filter_keeps_other_traffic_away_from_the_raw_socket(host: str) -> None:
     assert all(r.our_port in lane.ports and r.flags & (TCP_SYN | TCP_RST) for r in seen), seen
     assert not [r for r in seen if port in (r.peer_port, r.our_port) or
                 client_ports & {r.peer_port, r.our_port}], seen
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_drain_unfiltered_empties_a_raw_socket_without_filter(host: str) -> None:
+    # What a new lane's raw socket queued before its filter was attached: here a raw socket
+    # that never gets one, and loopback traffic that it copies. _Lane drains right after
+    # attaching its filter, so these would otherwise be counted as strays.
+    fam = family(host)
+    raw = socket.socket(fam, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
+    try:
+        with listener(host) as lst:
+            lst.setblocking(True)
+            for _ in range(3):
+                c = socket.create_connection((host, lst.getsockname()[1]), timeout=2)
+                conn, _ = lst.accept()
+                conn.close()
+                c.close()
+        time.sleep(0.05)  # the last FIN/ACKs are delivered in softirq
+        assert drain_unfiltered(raw) >= 9  # 3 x (SYN, SYN-ACK, ACK) at least
+        with pytest.raises(BlockingIOError):
+            raw.recv(256)
+    finally:
+        raw.close()
 
 
 def test_many_probes_in_flight_all_answered() -> None:

@@ -32,7 +32,6 @@ from l4lb.health.synfleet import (
     TIMEOUT,
     UP,
     Fleet,
-    drain_unfiltered,
     make_fleet,
     scaled_interval,
     splitmix64,
@@ -44,6 +43,7 @@ from l4lb.health.synprobe import (
     _Lane,
     attach_filter,
     bpf_program,
+    drain_unfiltered,
     raw_socket_problem,
     tcp_checksum,
 )
@@ -80,8 +80,7 @@ class Rig:
         self.lanes = [_Lane(socket.AF_INET, None, 4), _Lane(socket.AF_INET6, None, 4)]
         self.fleet: Fleet = make_fleet(impl, seed, max_results)
         for i, lane in enumerate(self.lanes):
-            assert lane.raw is not None
-            drain_unfiltered(lane.raw)  # deterministic runs: no segment from before the filter
+            assert lane.raw is not None  # _Lane drained what came before its filter
             self.fleet.add_lane(i, lane.family, lane.raw.fileno(), lane.ports)
 
     def add(self, tid: int, port: int, *, v6: bool = False, timeout_ms: int = 300,
