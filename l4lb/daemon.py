@@ -42,12 +42,12 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from l4lb import __version__
 from l4lb.config import ConfigError, load_file
 from l4lb.config.durations import format_duration_ms, parse_duration_ms
-from l4lb.config.model import Config
+from l4lb.config.model import Config, Service
 from l4lb.connlog import ConnLogWriter, RecordError
 from l4lb.control import ControlError, ControlServer
 from l4lb.dataplane import load_dataplane_class
@@ -90,6 +90,7 @@ CONNLOG_WARN_EVERY = 60.0  # seconds between two warnings about lost records
 MAX_DRAIN_TIMEOUT_MS = 24 * 3_600_000  # like every duration of the configuration
 
 SYSTEM_CC = "/proc/sys/net/ipv4/tcp_congestion_control"  # the system default algorithm
+T = TypeVar("T")
 DEFER_ACCEPT_S = 1  # defer_accept: TCP_DEFER_ACCEPT seconds (a silent client waits about this)
 
 
@@ -362,37 +363,19 @@ class Daemon:
         Listeners never given an algorithm and still without one are not touched.
 
         Returns (and keeps in cc_problems) what could not be applied, each logged."""
-        problems: list[str] = []
-        services = {s.name: s for s in self.config.services}
-        for group in groups:
-            if group.protocol != "tcp":
-                continue
-            service = services.get(group.service)
-            want = service.client_congestion_control if service is not None else None
-            changed = False
-            for sock in group.sockets:
-                if sock in self.cc_listeners:
-                    if self.cc_listeners[sock] == want:
-                        continue
-                elif want is None:
-                    continue  # never set: the system default already, without a setsockopt
-                algo = want if want is not None else system_congestion_control()
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, algo.encode())
-                except OSError as exc:
-                    problems.append(f"service {group.service}: listener {group.endpoint}: "
-                                    f"congestion control {algo}: {exc.strerror or exc}")
-                    log.error("%s", problems[-1])
-                    break
-                self.cc_listeners[sock] = want
-                changed = True
-            if changed:
-                log.info("service %s: clients on %s use congestion control %s%s",
-                         group.service, group.endpoint,
-                         want if want is not None else system_congestion_control(),
-                         "" if want is not None else " (the system default)")
-        self.cc_problems = problems
-        return problems
+        def apply(sock: socket.socket, want: str | None) -> str:
+            algo = want if want is not None else system_congestion_control()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, algo.encode())
+            return algo
+
+        def announce(group: ListenerGroup, want: str | None, algo: str) -> None:
+            log.info("service %s: clients on %s use congestion control %s%s", group.service,
+                     group.endpoint, algo, "" if want is not None else " (the system default)")
+
+        self.cc_problems = self._sync_listeners(
+            groups, lambda want: f"congestion control {want or system_congestion_control()}",
+            lambda s: s.client_congestion_control, None, self.cc_listeners, apply, announce)
+        return self.cc_problems
 
     def _sync_listener_defer_accept(self, groups: list[ListenerGroup]) -> list[str]:
         """Give each TCP listener of `groups` its service's defer_accept: TCP_DEFER_ACCEPT of
@@ -400,31 +383,52 @@ class Daemon:
         a service without it). Listeners never deferred and still not wanted are not touched.
         Connections already in the accept queue are not affected. Returns (and logs) what
         could not be applied."""
+        def apply(sock: socket.socket, want: bool) -> str:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
+                            DEFER_ACCEPT_S if want else 0)
+            return "on" if want else "off"
+
+        def announce(group: ListenerGroup, want: bool, _: str) -> None:
+            log.info("service %s: listener %s %s", group.service, group.endpoint,
+                     "accepts a connection once its first bytes arrived (defer_accept)"
+                     if want else "accepts connections at once (defer_accept off)")
+
+        return self._sync_listeners(groups, lambda _: "defer_accept", lambda s: s.defer_accept,
+                                    False, self.deferred_listeners, apply, announce)
+
+    def _sync_listeners(self, groups: list[ListenerGroup], what: Callable[[T], str],
+                        want_of: Callable[[Service], T], default: T,
+                        given: weakref.WeakKeyDictionary[socket.socket, T],
+                        apply: Callable[[socket.socket, T], str],
+                        announce: Callable[[ListenerGroup, T, str], None]) -> list[str]:
+        """The shared loop of the listener options: for each TCP listener of `groups`, the
+        value its service wants (`default` when the service is gone) is applied unless
+        `given` (listener -> value applied) already has it; a listener never given one counts
+        as `default`, so the default path makes no call. `apply` returns the value as it was
+        applied (for the log line); a refusal stops that group and is returned and logged,
+        `what(want)` naming the option in the message."""
         problems: list[str] = []
         services = {s.name: s for s in self.config.services}
         for group in groups:
             if group.protocol != "tcp":
                 continue
             service = services.get(group.service)
-            want = service is not None and service.defer_accept
-            changed = False
+            want = want_of(service) if service is not None else default
+            applied = ""
             for sock in group.sockets:
-                if self.deferred_listeners.get(sock, False) == want:
+                if given.get(sock, default) == want:
                     continue
                 try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
-                                    DEFER_ACCEPT_S if want else 0)
+                    applied = apply(sock, want)
                 except OSError as exc:
                     problems.append(f"service {group.service}: listener {group.endpoint}: "
-                                    f"defer_accept: {exc.strerror or exc}")
+                                    f"{what(want)}: {exc.strerror or exc}")
                     log.error("%s", problems[-1])
+                    applied = ""
                     break
-                self.deferred_listeners[sock] = want
-                changed = True
-            if changed:
-                log.info("service %s: listener %s %s", group.service, group.endpoint,
-                         "accepts a connection once its first bytes arrived (defer_accept)"
-                         if want else "accepts connections at once (defer_accept off)")
+                given[sock] = want
+            if applied:
+                announce(group, want, applied)
         return problems
 
     # ---- VRRP (docs/ha.md) ----

@@ -8,24 +8,7 @@ import pytest
 from l4lb.config import ConfigError, load_text
 from l4lb.config.model import Service
 
-TCP = """\
-[[services]]
-name = "web"
-listen = ["127.0.0.1:8080"]
-{keys}
-  [[services.backends]]
-  address = "127.0.0.1:9001"
-"""
-UDP = """\
-[[services]]
-name = "dns"
-protocol = "udp"
-listen = ["127.0.0.1:5353"]
-{keys}
-  [[services.backends]]
-  address = "127.0.0.1:9053"
-"""
-
+from .test_config_fast_open import TCP, UDP  # the same one-service files
 
 def errors(text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
