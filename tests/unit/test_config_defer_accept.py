@@ -10,6 +10,7 @@ from l4lb.config.model import Service
 
 from .test_config_fast_open import TCP, UDP  # the same one-service files
 
+
 def errors(text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_text(text, "t.toml", host=None)
