@@ -1009,6 +1009,13 @@ class Daemon:
                 "differences_from_file": self.overlay.differences(service.name),
                 "backends": [asdict(v) for v in self.backend_views(service.name)],
             })
+            if service.protocol == "tcp":  # the socket options in effect (None: the system's)
+                services[-1]["tcp_options"] = {
+                    "congestion_control": service.client_congestion_control,
+                    "backend_congestion_control": service.backend_leg_congestion_control,
+                    "backend_fast_open": service.backend_fast_open,
+                    "defer_accept": service.defer_accept,
+                }
         return {"version": __version__, "pid": os.getpid(), "config": self.config.path,
                 "started": self.started, "workers": self.workers,
                 "table": {"generation": self.generation, "digest": self.digest},

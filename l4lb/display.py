@@ -94,6 +94,22 @@ def backend_rows(backends: Sequence[dict[str, Any]],
     return rows
 
 
+def tcp_options_text(options: dict[str, Any]) -> str:
+    """The TCP socket options of a service that differ from the defaults, for `l4lb status`:
+    `congestion control cubic (clients), bbr (backends); backend fast open; defer accept`, or
+    "" when every one is the default."""
+    parts = []
+    client, backend = options.get("congestion_control"), options.get("backend_congestion_control")
+    if client or backend:
+        legs = [f"{client} (clients)" if client else "", f"{backend} (backends)" if backend else ""]
+        parts.append("congestion control " + ", ".join(leg for leg in legs if leg))
+    if options.get("backend_fast_open"):
+        parts.append("backend fast open")
+    if options.get("defer_accept"):
+        parts.append("defer accept")
+    return "; ".join(parts)
+
+
 def status_text(status: dict[str, Any]) -> str:
     out = [f"l4lb {status['version']}  pid {status['pid']}  workers {status['workers']}  "
            f"config {status['config']}",
@@ -117,6 +133,9 @@ def status_text(status: dict[str, Any]) -> str:
             out.append(f"  connections {c.get('conns_active', 0)} active, "
                        f"{c.get('conns_total', 0)} total, {c.get('rejected', 0)} rejected, "
                        f"{c.get('no_backend', 0)} without backend")
+        options = tcp_options_text(svc.get("tcp_options") or {})
+        if options:
+            out.append(f"  options: {options}")
         diff = svc.get("differences_from_file", {})
         if diff.get("added") or diff.get("removed"):
             out.append("  differs from the file: "

@@ -1,9 +1,11 @@
 """`defer_accept` end to end: with it, the daemon (a subprocess, on either data plane) takes a
 client's connection only once the client has sent something, so a silent client never reaches
-the backend; a reload turns it off and on again on the running listeners."""
+the backend; a reload turns it off and on again on the running listeners; `l4lb status` says
+which is in effect."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import threading
@@ -92,6 +94,14 @@ def reload(cfg: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def tcp_options(cfg: Path) -> dict[str, object]:
+    res = subprocess.run(l4lb_cmd("status", "--json", "-c", str(cfg)), capture_output=True,
+                         text=True, env=child_env(), timeout=30, check=False)
+    assert res.returncode == 0, res.stderr
+    options: dict[str, object] = json.loads(res.stdout)["services"][0]["tcp_options"]
+    return options
+
+
 def settle(server: RecordingServer) -> int:
     """The backend's connection count once nothing else is arriving (wait_listening's probe
     closes at once, and a FIN counts as data for a deferred listener: it is forwarded)."""
@@ -132,10 +142,12 @@ def test_a_silent_client_waits_until_it_speaks_and_reload_toggles_it(
     try:
         wait_listening(port, proc)
         assert not silent_client_reaches_backend(port, backend, clients)
+        assert tcp_options(cfg)["defer_accept"] is True
 
         cfg.write_text(config(tmp_path, port, backend.port, ""))
         reload(cfg)
         assert silent_client_reaches_backend(port, backend, clients)
+        assert tcp_options(cfg)["defer_accept"] is False
 
         cfg.write_text(config(tmp_path, port, backend.port, "defer_accept = true"))
         reload(cfg)
