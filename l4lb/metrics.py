@@ -67,6 +67,8 @@ _HEALTH_METRICS: tuple[tuple[str, str, str, str], ...] = (
      "Health probes due but waiting for a free slot."),
     ("max_start_delay", "gauge", "l4lb_health_max_start_delay_seconds",
      "The longest any health probe started after its due time."),
+    ("stray", "counter", "l4lb_health_syn_stray_segments",
+     "Segments on the SYN probes' raw sockets that matched no probe (late or foreign)."),
 )
 
 # Connection log writer counters (l4lb.connlog.ConnLogWriter.stats()): key -> metric.

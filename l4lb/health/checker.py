@@ -108,6 +108,7 @@ class CheckerStats:
     inconclusive: int  # of those, local failures not counted against the backend
     transitions: int  # state changes reported
     max_start_delay: float  # seconds: the latest any probe started after its due time
+    stray: int = 0  # segments on the SYN probes' raw sockets that matched no probe
 
 
 class HealthChecker(Generic[K]):
@@ -150,6 +151,7 @@ class HealthChecker(Generic[K]):
         self._fleet: SynFleetRunner | None = None  # opened by the first syn backend
         self._by_fleet_id: dict[int, _Entry[K]] = {}  # fleet id -> entry
         self._quiet_passes = quiet_passes  # let the fleet count passes of steady backends
+        self._stray = 0  # stray segments of SYN engines and fleets already closed
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -180,9 +182,13 @@ class HealthChecker(Generic[K]):
         if self._fleet is not None:
             self._fleet.close()
             self._probes += self._fleet.quiet_passes
+            self._stray += self._fleet.stray
             self._fleet = None
         self._by_fleet_id.clear()
         if self._engine is not None:
+            syn = self._engine.syn_engine
+            if syn is not None:
+                self._stray += syn.stray
             self._engine.close()
             self._engine = None
         self._loop = None
@@ -302,11 +308,14 @@ class HealthChecker(Generic[K]):
         fleet = self._fleet
         in_flight = self._in_flight + (fleet.in_flight if fleet is not None else 0)
         quiet = fleet.quiet_passes if fleet is not None else 0
+        syn = self._engine.syn_engine if self._engine is not None else None
+        stray = self._stray + (fleet.stray if fleet is not None else 0) + \
+            (syn.stray if syn is not None else 0)
         return CheckerStats(backends=len(self._entries), in_flight=in_flight,
                             waiting=len(self._waiting), probes=self._probes + quiet,
                             failed=self._failed, inconclusive=self._inconclusive,
                             transitions=self._transitions,
-                            max_start_delay=self._max_start_delay)
+                            max_start_delay=self._max_start_delay, stray=stray)
 
     # -- the SYN fleet ---------------------------------------------------------------------
 

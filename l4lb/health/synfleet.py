@@ -605,6 +605,7 @@ class SynFleetRunner:
         self.relearned = 0  # source addresses that changed (for tests and diagnostics)
         self.run_at = 0.0  # monotonic time of the run whose results on_batch is handed
         self._quiet_closed = 0  # quiet passes of the fleet, kept when it is closed
+        self._stray_closed = 0  # stray segments of the fleet, kept when it is closed
 
     @property
     def in_flight(self) -> int:
@@ -615,6 +616,12 @@ class SynFleetRunner:
     def quiet_passes(self) -> int:
         """Quiet passes counted since the runner was made (see `set_quiet`)."""
         return self._quiet_closed if self._closed else self._fleet.quiet_passes
+
+    @property
+    def stray(self) -> int:
+        """Segments that passed the lanes' filters but matched no probe (a reply after its
+        timeout, another program's traffic to our reserved ports)."""
+        return self._stray_closed if self._closed else self._fleet.stray
 
     def set_quiet(self, tid: int, quiet: bool) -> None:
         """While quiet, a pass of `tid` is counted by the fleet instead of delivered; `collect`
@@ -781,6 +788,7 @@ class SynFleetRunner:
         self._specs.clear()
         self._learned.clear()
         self._quiet_closed = self._fleet.quiet_passes
+        self._stray_closed = self._fleet.stray
         self._fleet.close()
         for _lane_id, lane in self._lanes.values():
             lane.close()

@@ -522,6 +522,55 @@ def test_checker_runs_syn_backends_on_the_fleet(impl: str) -> None:
     assert [t.reason.split(" ")[0] for t in seen if t.new is Health.UP] == ["syn-ack"]
 
 
+@pytest.mark.parametrize("fleet", ["c", "py", "off"])
+def test_checker_counts_stray_segments_for_metrics(fleet: str) -> None:
+    """Forged SYN-ACKs to the reserved ports of the checker's SYN lane (the fleet's or, with
+    the fleet off, the per-probe engine's) match no probe: CheckerStats.stray counts them, and
+    keeps them after stop(). This is l4lb_health_syn_stray_segments."""
+    if fleet == "c":
+        _check_impl(fleet)
+    # probes stay in flight most of the time (the fleet drains its lanes only then)
+    settings = HealthSettings(kind="syn", interval=0.05, timeout=0.045, rise=1, fall=1,
+                              jitter=0.0)
+
+    async def scenario() -> tuple[int, int, int]:
+        checker: HealthChecker[str] = HealthChecker(lambda _k, _t: None, syn_fleet=fleet)
+        with listener("127.0.0.1") as up:
+            checker.add("up", "127.0.0.1", up.getsockname()[1], settings)
+            checker.start()
+            try:
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline and checker.stats().probes < 1:
+                    await asyncio.sleep(0.01)
+                if fleet == "off":
+                    engine = checker._engine.syn_engine if checker._engine else None
+                    assert engine is not None
+                    ports = next(iter(engine.reserved_ports().values()))
+                else:
+                    runner = checker._fleet
+                    assert runner is not None
+                    ports = next(iter(runner._lanes.values()))[1].ports
+                before = checker.stats().stray
+                raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+                try:
+                    for port in ports[:3]:  # from port 9, with an ack no probe has
+                        raw.sendto(forged(9, port, 99, 12345, TCP_SYN | TCP_ACK),
+                                   ("127.0.0.1", 0))
+                finally:
+                    raw.close()
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline and checker.stats().stray < before + 3:
+                    await asyncio.sleep(0.01)
+                during = checker.stats().stray
+            finally:
+                checker.stop()
+            return before, during, checker.stats().stray
+
+    before, during, after = run(scenario())
+    assert during >= before + 3  # (a real reply after its timeout would be one more)
+    assert after >= during
+
+
 def test_reload_moves_a_backend_between_fleet_and_heap() -> None:
     syn = HealthSettings(kind="syn", interval=0.03, timeout=0.02, rise=1, fall=1, jitter=0.0)
     tcp = HealthSettings(kind="tcp", interval=0.03, timeout=0.02, rise=1, fall=1, jitter=0.0)

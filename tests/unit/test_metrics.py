@@ -192,7 +192,7 @@ def test_counters_are_monotonic_across_scrapes_of_growing_snapshots() -> None:
 
 def test_health_and_probe_latency_and_connlog_when_given() -> None:
     health = {"backends": 3, "in_flight": 1, "waiting": 0, "probes": 120, "failed": 7,
-              "inconclusive": 2, "transitions": 4, "max_start_delay": 0.015}
+              "inconclusive": 2, "transitions": 4, "max_start_delay": 0.015, "stray": 6}
     latency = {("web", "127.0.0.1:9001"): 0.0025}
     connlog = {"written": 10, "dropped": 2, "failed": 1, "queued": 3, "reopened": 1,
                "ring_dropped": 5, "invalid": 0}
@@ -206,6 +206,7 @@ def test_health_and_probe_latency_and_connlog_when_given() -> None:
     assert samples(fams, "l4lb_health_probes_in_flight") == {(): 1}
     assert samples(fams, "l4lb_health_probes_waiting") == {(): 0}
     assert samples(fams, "l4lb_health_max_start_delay_seconds") == {(): 0.015}
+    assert samples(fams, "l4lb_health_syn_stray_segments_total") == {(): 6}
     assert samples(fams, "l4lb_backend_probe_latency_seconds") == \
         {bkey("web", "127.0.0.1:9001", "b1"): 0.0025}
     assert samples(fams, "l4lb_connlog_lines_written_total") == {(): 10}
