@@ -44,18 +44,10 @@ from l4lb.health.synprobe import (
     attach_filter,
     bpf_program,
     drain_unfiltered,
-    raw_socket_problem,
     tcp_checksum,
 )
 
-from .test_health_syn import listener, refusing_port, run
-
-pytestmark = [
-    pytest.mark.timeout(30),
-    pytest.mark.root,
-    pytest.mark.skipif(raw_socket_problem() is not None,
-                       reason="needs a raw socket (root or CAP_NET_RAW)"),
-]
+from .test_health_syn import listener, pytestmark, refusing_port, run  # noqa: F401 (markers)
 
 LO = socket.inet_aton("127.0.0.1")
 LO6 = socket.inet_pton(socket.AF_INET6, "::1")

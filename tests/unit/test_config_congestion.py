@@ -174,14 +174,20 @@ listen = ["127.0.0.1:8081"]
 """
 
 
-def daemon_with(web: str, api: str) -> tuple[Daemon, FakeDataplane]:
+def daemon_on(web: str, api: str, dp: Any) -> Daemon:
+    """A daemon with the two services of TWO whose data plane is `dp` (a fake), after its
+    first publish."""
     daemon = Daemon(pure(TWO.format(web=web, api=api)))
-    dp = FakeDataplane()
     daemon.dp = dp
     daemon.file_config = daemon.config
     daemon.runtime = Runtime.from_config(daemon.config)
     daemon._publish()
-    return daemon, dp
+    return daemon
+
+
+def daemon_with(web: str, api: str) -> tuple[Daemon, FakeDataplane]:
+    dp = FakeDataplane()
+    return daemon_on(web, api, dp), dp
 
 
 def switch(daemon: Daemon, web: str, api: str) -> None:

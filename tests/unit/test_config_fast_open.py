@@ -10,10 +10,9 @@ import pytest
 
 from l4lb.config import ConfigError, load_text
 from l4lb.config.model import Service
-from l4lb.daemon import Daemon
-from l4lb.state import Runtime
 
 from .fakehost import FakeHost
+from .test_config_congestion import daemon_on, sid, switch  # the two-service daemon harness
 
 TCP = """\
 [[services]]
@@ -128,53 +127,16 @@ class OldDataplane:
         pass
 
 
-TWO = """\
-[[services]]
-name = "web"
-listen = ["127.0.0.1:8080"]
-{web}
-  [[services.backends]]
-  address = "127.0.0.1:9001"
-
-[[services]]
-name = "api"
-listen = ["127.0.0.1:8081"]
-{api}
-  [[services.backends]]
-  address = "127.0.0.1:9002"
-"""
-
-
-def daemon_with(web: str, api: str, dp: Any) -> Daemon:
-    daemon = Daemon(load_text(TWO.format(web=web, api=api), "t.toml", host=None))
-    daemon.dp = dp
-    daemon.file_config = daemon.config
-    daemon.runtime = Runtime.from_config(daemon.config)
-    daemon._publish()
-    return daemon
-
-
-def switch(daemon: Daemon, web: str, api: str) -> None:
-    """What a reload does to the data plane's side: new config, new table."""
-    daemon.config = load_text(TWO.format(web=web, api=api), "t.toml", host=None)
-    daemon.runtime = Runtime.from_config(daemon.config, previous=daemon.runtime)
-    daemon._publish()
-
-
-def sid(daemon: Daemon, name: str) -> int:
-    return daemon.builder.service_ids()[name]
-
-
 def test_daemon_default_path_makes_no_call() -> None:
     dp = FakeDataplane()
-    daemon = daemon_with("", "", dp)
+    daemon = daemon_on("", "", dp)
     daemon._publish()
     assert dp.calls == []
 
 
 def test_daemon_turns_it_on_and_off_across_reloads() -> None:
     dp = FakeDataplane()
-    daemon = daemon_with(ON, "", dp)
+    daemon = daemon_on(ON, "", dp)
     web = sid(daemon, "web")
     assert dp.calls == [(web, True)]
     dp.calls.clear()
@@ -191,7 +153,7 @@ def test_daemon_turns_it_on_and_off_across_reloads() -> None:
 
 def test_daemon_follows_a_service_whose_id_moves() -> None:
     dp = FakeDataplane()
-    daemon = daemon_with(ON, ON, dp)
+    daemon = daemon_on(ON, ON, dp)
     assert sorted(dp.calls) == sorted([(sid(daemon, "web"), True), (sid(daemon, "api"), True)])
     dp.calls.clear()
     switch(daemon, ON, "")  # api keeps its id or not: whatever id is on now must be web's
@@ -200,7 +162,7 @@ def test_daemon_follows_a_service_whose_id_moves() -> None:
 
 
 def test_daemon_reports_a_data_plane_without_it(caplog: pytest.LogCaptureFixture) -> None:
-    daemon = daemon_with("", "", OldDataplane())
+    daemon = daemon_on("", "", OldDataplane())
     assert daemon.cc_problems == []
     switch(daemon, ON, "")
     assert any("TCP Fast Open" in p for p in daemon.cc_problems)
