@@ -168,6 +168,20 @@ class DataplaneAPI(Protocol):
     def fast_open(self, service_id: int) -> bool:
         """Whether fast open towards the backends is on for service_id."""
 
+    def set_udp_gro(self, service_id: int, on: bool) -> None:
+        """GRO buffers for UDP service service_id (on by default): the data plane sets
+        UDP_GRO on the service's listeners (now, and on those added later) and on the upstream
+        socket of each later flow without `responses`, so that the kernel may hand it several
+        datagrams of one sender in one read, which it relays as one GSO run with the same
+        boundaries. Off: UDP_GRO off on the listeners; open flows keep what they have. A data
+        plane (or kernel) that reads datagram by datagram accepts the call and stays as it is.
+        Before or after start(). Not part of the table blob. ValueError: service_id outside
+        0..1023; TypeError: on not a bool; OSError: a listener refused the option."""
+
+    def udp_gro(self, service_id: int) -> bool:
+        """Whether service_id's UDP sockets get GRO buffers (switched on, and the data plane
+        and kernel use them)."""
+
     def stop(self, timeout: float) -> None:
         """Stop accepting, let sessions finish for up to `timeout` seconds, close the rest,
         join the workers. Idempotent."""

@@ -30,6 +30,8 @@ cdef extern from "dp.h" nogil:
     # and its per-service options (fast open towards the backends)
     int dp_set_fast_open(_core.dp *d, uint32_t service_id, int on)
     int dp_fast_open(_core.dp *d, uint32_t service_id)
+    int dp_set_udp_gro(_core.dp *d, uint32_t service_id, int on)
+    int dp_udp_gro(_core.dp *d, uint32_t service_id)
     void dp_fast_open_stats(_core.dp *d, uint64_t *attempts, uint64_t *syn_data,
                             uint64_t *syn_bytes)
 
@@ -380,15 +382,18 @@ cdef class Dataplane:
         if rc:
             raise _dp_oserror(rc)
 
-    def _udp_tune(self, int batch=32, int slot=65507, bint gso=True, int poll_us=50):
+    def _udp_tune(self, int batch=32, int slot=65507, bint gso=True, int poll_us=50,
+                  bint gro=True):
         """UDP tuning before start(): datagrams per recvmmsg/sendmmsg (1..32), receive buffer
         per datagram (1..65507 bytes; a larger datagram is dropped as truncated), gso (False:
         never send GSO runs; True: where the kernel can), poll_us (poll-mode sleep under load,
-        0..1000 us, 0 = always block in epoll_wait)."""
+        0..1000 us, 0 = always block in epoll_wait), gro (False: never ask for GRO buffers;
+        True: where the kernel can, with gso on and full-size slots; listeners added before the
+        call keep what they had)."""
         cdef int rc
         if batch < 1 or slot < 1 or poll_us < 0:
             raise ValueError("batch and slot must be >= 1, poll_us >= 0")
-        rc = _core.dp_set_udp_tuning(self._dp, <uint32_t>batch, <uint32_t>slot, gso,
+        rc = _core.dp_set_udp_tuning(self._dp, <uint32_t>batch, <uint32_t>slot, gso, gro,
                                      <uint32_t>poll_us)
         if rc == -EBUSY:
             raise RuntimeError("tuning is only possible before start()")
@@ -415,6 +420,24 @@ cdef class Dataplane:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return bool(dp_fast_open(self._dp, <uint32_t>service_id))
 
+    def set_udp_gro(self, int service_id, on):
+        """GRO buffers for UDP service service_id (True, the default) or not (False): sets
+        UDP_GRO on its listeners now and on the upstream sockets of later flows."""
+        cdef int rc
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        if not isinstance(on, bool):
+            raise TypeError(f"on must be a bool, not {type(on).__name__}")
+        rc = dp_set_udp_gro(self._dp, <uint32_t>service_id, 1 if on else 0)
+        if rc:
+            raise _dp_oserror(rc)
+
+    def udp_gro(self, int service_id):
+        """Whether service_id's UDP sockets get GRO buffers (on, and this kernel has them)."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return bool(dp_udp_gro(self._dp, <uint32_t>service_id))
+
     def _internals(self):
         """Pipe pool, slab and pause figures summed over workers (asked of each worker)."""
         cdef _core.dp_internals_s r
@@ -440,7 +463,8 @@ cdef class Dataplane:
             "udp_tx_calls": r.udp_tx_calls, "udp_tx_datagrams": r.udp_tx_datagrams,
             "udp_up_calls": r.udp_up_calls, "udp_up_datagrams": r.udp_up_datagrams,
             "udp_out_calls": r.udp_out_calls, "udp_out_datagrams": r.udp_out_datagrams,
-            "udp_gso_datagrams": r.udp_gso_datagrams, "udp_poll_sleeps": r.udp_poll_sleeps,
+            "udp_gso_datagrams": r.udp_gso_datagrams, "udp_gro_datagrams": r.udp_gro_datagrams,
+            "udp_poll_sleeps": r.udp_poll_sleeps,
             "loop_iterations": r.loop_iterations,
             "fast_open_attempts": fo_attempts, "fast_open_syn_data": fo_syn_data,
             "fast_open_syn_bytes": fo_syn_bytes,
@@ -455,6 +479,11 @@ def _cc_bad_name(name):
 def _udp_gso_supported():
     """True when this kernel takes UDP_SEGMENT, so the UDP relay sends GSO runs."""
     return bool(_core.dp_udp_gso_supported())
+
+
+def _udp_gro_supported():
+    """True when this kernel takes UDP_GRO, so UDP sockets may hand the relay GRO buffers."""
+    return bool(_core.dp_udp_gro_supported())
 
 
 def _ct_selftest(int seed, int rounds):

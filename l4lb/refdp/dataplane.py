@@ -197,6 +197,20 @@ class Dataplane:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return service_id in self._shared.fast_open
 
+    def set_udp_gro(self, service_id: int, on: bool) -> None:
+        """GRO buffers for a UDP service (see l4lb.dataplane): the reference reads datagram by
+        datagram (the kernel cuts a GSO packet for it), so the switch changes nothing here."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        if not isinstance(on, bool):
+            raise TypeError(f"on must be a bool, not {type(on).__name__}")
+
+    def udp_gro(self, service_id: int) -> bool:
+        """Always False: the reference never asks for GRO buffers."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return False
+
     @property
     def splice_fallbacks(self) -> int:
         """Relay directions that copied through user space because splice(2) said EINVAL."""

@@ -95,9 +95,11 @@
  * Service options. Other per-service switches of the backend leg live beside it in one more
  * side table (struct dp_svc_opts, dp->opts): one atomic byte of DP_OPT_* bits per service id,
  * stored and loaded relaxed, since no other data is published with a bit. The only one so far
- * is DP_OPT_FAST_OPEN (dp_set_fast_open; relay_tcp.c, "Fast open"). The relay reads the byte
- * once per connect attempt, so a change applies from the next attempt on; services without
- * options pay that load and a branch.
+ * are DP_OPT_FAST_OPEN (dp_set_fast_open; relay_tcp.c, "Fast open") and DP_OPT_NO_GRO
+ * (dp_set_udp_gro; relay_udp.c, "GRO buffers"). The relay reads the byte once per connect
+ * attempt or new flow, so a change applies from the next one on; services without options pay
+ * that load and a branch. dp_set_udp_gro also sets the socket option on the service's
+ * listeners itself, under cmd_lock, from the caller's thread.
  *
  * Counters. Per worker, single writer, relaxed stores (no locked instruction on the data path);
  * dp_stats() sums them with relaxed loads. The only shared read-modify-writes on the data path
@@ -203,6 +205,8 @@ static int dp_listener_drop(struct dp_worker *w, int fd)
             relay_udp_listener_gone(w, l);
             relay_udp_reap(w);
         }
+        if (l->proto == DP_PROTO_UDP && w->uio->gro)
+            (void)relay_udp_gro_set(l->fd, 0); /* back to its owner as it came */
         w->listeners[i] = w->listeners[--w->n_listeners];
         free(l);
         return 0;
@@ -240,6 +244,7 @@ static void dp_worker_internals(struct dp_worker *w, struct dp_internals *out)
     out->udp_out_calls += __atomic_load_n(&w->cnt->udp_out_calls, __ATOMIC_RELAXED);
     out->udp_out_datagrams += __atomic_load_n(&w->cnt->udp_out_datagrams, __ATOMIC_RELAXED);
     out->udp_gso_datagrams += __atomic_load_n(&w->cnt->udp_gso_datagrams, __ATOMIC_RELAXED);
+    out->udp_gro_datagrams += __atomic_load_n(&w->cnt->udp_gro_datagrams, __ATOMIC_RELAXED);
     out->udp_poll_sleeps += __atomic_load_n(&w->cnt->udp_poll_sleeps, __ATOMIC_RELAXED);
     out->loop_iterations += __atomic_load_n(&w->cnt->loop_iterations, __ATOMIC_RELAXED);
 }
@@ -649,7 +654,8 @@ int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, in
     return rc;
 }
 
-int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot, int gso, uint32_t poll_us)
+int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot, int gso, int gro,
+                      uint32_t poll_us)
 {
     uint32_t i, k;
     int rc = 0;
@@ -670,6 +676,7 @@ int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot, int gso, uin
             io->batch = batch;
             io->slot = slot;
             io->gso = gso && relay_udp_gso_supported();
+            io->gro = io->gso && gro && slot == RELAY_UDP_MAX && relay_udp_gro_supported();
             for (k = 0; k < RELAY_UDP_BATCH; k++)
                 io->in_iov[k].iov_len = slot;
         }
@@ -882,6 +889,12 @@ int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
         }
     }
     w = &dp->workers[worker];
+    /* GRO buffers: several datagrams of one client per read (relay_udp.c, "GRO buffers");
+     * best effort, the relay reads a socket with or without it */
+    if (l->proto == DP_PROTO_UDP && w->uio->gro &&
+        !(atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed) &
+          DP_OPT_NO_GRO))
+        (void)relay_udp_gro_set(fd, 1);
     pthread_mutex_lock(&dp->cmd_lock);
     rc = 0;
     if (dp->state == 2)
@@ -1171,6 +1184,11 @@ int dp_sessions(struct dp *dp, struct dp_session_info **out, size_t *n)
 int dp_udp_gso_supported(void)
 {
     return relay_udp_gso_supported();
+}
+
+int dp_udp_gro_supported(void)
+{
+    return relay_udp_gro_supported();
 }
 
 int dp_flows(struct dp *dp, struct dp_flow_info **out, size_t *n)
@@ -1535,6 +1553,43 @@ int dp_fast_open(struct dp *dp, uint32_t service_id)
         return 0;
     return (atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed) &
             DP_OPT_FAST_OPEN) != 0;
+}
+
+int dp_set_udp_gro(struct dp *dp, uint32_t service_id, int on)
+{
+    uint32_t i;
+    int rc = 0, r;
+
+    if (service_id >= DP_MAX_SERVICES)
+        return -EINVAL;
+    pthread_mutex_lock(&dp->cmd_lock); /* dp->lfd is stable under it */
+    if (on)
+        atomic_fetch_and_explicit(&dp->opts.bits[service_id], (uint8_t)~DP_OPT_NO_GRO,
+                                  memory_order_relaxed);
+    else
+        atomic_fetch_or_explicit(&dp->opts.bits[service_id], DP_OPT_NO_GRO,
+                                 memory_order_relaxed);
+    for (i = 0; i < dp->n_lfd; i++) {
+        const struct dp_lfd *e = &dp->lfd[i];
+        if (e->service_id != service_id || e->proto != DP_PROTO_UDP ||
+            !dp->workers[e->worker].uio->gro)
+            continue;
+        /* the worker reads the socket either way: a buffer it takes just before or after
+         * the change is one datagram or a GRO buffer with its segment size */
+        r = relay_udp_gro_set(e->fd, on);
+        if (r && !rc)
+            rc = r;
+    }
+    pthread_mutex_unlock(&dp->cmd_lock);
+    return rc;
+}
+
+int dp_udp_gro(struct dp *dp, uint32_t service_id)
+{
+    if (service_id >= DP_MAX_SERVICES || !dp->n_workers || !dp->workers[0].uio->gro)
+        return 0;
+    return !(atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed) &
+             DP_OPT_NO_GRO);
 }
 
 void dp_fast_open_stats(struct dp *dp, uint64_t *attempts, uint64_t *syn_data,

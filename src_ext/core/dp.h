@@ -179,6 +179,7 @@ struct dp_internals {
     uint64_t udp_out_calls;    /* sendmmsg calls on listeners (replies to clients) */
     uint64_t udp_out_datagrams;/* datagrams they sent */
     uint64_t udp_gso_datagrams;/* datagrams sent inside GSO runs (UDP_SEGMENT), either way */
+    uint64_t udp_gro_datagrams;/* datagrams received inside GRO buffers (UDP_GRO), either way */
     uint64_t udp_poll_sleeps;  /* poll-mode sleeps of the UDP relay */
     uint64_t loop_iterations;  /* epoll_wait calls of the worker loops */
 };
@@ -194,9 +195,11 @@ int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, in
 /* UDP tuning, before dp_start() only: batch = datagrams per recvmmsg/sendmmsg (1..32, default
  * 32), slot = receive buffer per datagram in bytes (1..65507, default 65507; a larger datagram
  * is dropped as truncated), gso = 0 never sends GSO runs (default: where the kernel can),
- * poll_us = poll-mode sleep under load in microseconds (0..1000, default 50; 0 = always block
+ * gro = 0 never asks the kernel for GRO buffers (default: where the kernel can; applies to
+ * listeners added after the call and to new flows), poll_us = poll-mode sleep under load in microseconds (0..1000, default 50; 0 = always block
  * in epoll_wait; see relay_udp.c, "Polling"). -EBUSY once started, -EINVAL out of range. */
-int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot, int gso, uint32_t poll_us);
+int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot, int gso, int gro,
+                      uint32_t poll_us);
 /* Start the worker threads. -EALREADY if started, -ESHUTDOWN after dp_stop(). */
 int dp_start(struct dp *dp);
 /* Give a nonblocking socket fd (caller keeps ownership) to worker, for service_id: a listening
@@ -224,6 +227,9 @@ int dp_flows(struct dp *dp, struct dp_flow_info **out, size_t *n);
 /* 1 when this kernel takes UDP_SEGMENT, so the UDP relay sends runs of equal-sized datagrams to
  * one destination as one GSO buffer; 0 when it sends them one by one. */
 int dp_udp_gso_supported(void);
+/* 1 when this kernel takes UDP_GRO, so a UDP socket may hand the relay several datagrams of one
+ * sender in one read (a GRO buffer), which it forwards as one GSO run. */
+int dp_udp_gro_supported(void);
 /* Internal figures (pools, slab, pauses), asked of each worker like dp_sessions. */
 int dp_internals(struct dp *dp, struct dp_internals *out);
 /* Close every open TCP session (connecting, established or half-closed) whose current backend
@@ -266,6 +272,15 @@ const char *dp_congestion_control(struct dp *dp, uint32_t service_id);
 int dp_set_fast_open(struct dp *dp, uint32_t service_id, int on);
 /* 1 when fast open is on for service_id, 0 when not (or a bad id). Any thread. */
 int dp_fast_open(struct dp *dp, uint32_t service_id);
+/* GRO buffers for UDP service service_id (on by default, where the worker's tuning and the
+ * kernel allow it; relay_udp.c, "GRO buffers"): on != 0 sets UDP_GRO on the service's
+ * listeners already added, and on the upstream sockets of flows opened afterwards; 0 turns it
+ * off there (open flows keep theirs). Before or after dp_start(). 0, -EINVAL (bad id), or the
+ * -errno of a listener's setsockopt (the others are still set). */
+int dp_set_udp_gro(struct dp *dp, uint32_t service_id, int on);
+/* 1 when service_id's UDP sockets get GRO buffers (not switched off, and the kernel and
+ * tuning allow it), 0 when not (or a bad id). Any thread. */
+int dp_udp_gro(struct dp *dp, uint32_t service_id);
 /* Fast-open counters summed over workers (relaxed loads, no worker is asked): attempts = backend
  * connects opened with sendto(MSG_FASTOPEN), syn_data = those whose SYN carried client bytes
  * (the kernel had a cookie for the backend), syn_bytes = the bytes those SYNs carried. */

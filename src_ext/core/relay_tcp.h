@@ -75,6 +75,8 @@ struct dp_counters {
     uint64_t udp_out_calls;                 /* sendmmsg calls on listeners (replies) */
     uint64_t udp_out_datagrams;             /* datagrams those calls sent */
     uint64_t udp_gso_datagrams;             /* datagrams sent inside GSO runs (either way) */
+    uint64_t udp_gro_datagrams;             /* datagrams received inside GRO buffers (either
+                                               way; relay_udp.c, "GRO buffers") */
     uint64_t udp_poll_sleeps;               /* poll-mode sleeps (see relay_udp.c, "Polling") */
     uint64_t loop_iterations;               /* epoll_wait calls of the worker loop */
     uint64_t connlog_dropped;               /* connection-log records refused (ring full) */
@@ -277,11 +279,14 @@ struct dp_cc {
 /* Per-service options of the backend leg that are not in the forwarding table (see dp.c,
  * "Service options"): one atomic byte of DP_OPT_* bits per service id. */
 #define DP_OPT_FAST_OPEN 0x01u     /* open backend connections with TCP Fast Open */
+#define DP_OPT_NO_GRO 0x02u        /* udp: no GRO buffers on the service's listeners and upstream
+                                      sockets (dp_set_udp_gro; relay_udp.c, "GRO buffers") */
 
 struct dp_svc_opts {
     _Atomic uint8_t bits[DP_MAX_SERVICES]; /* per service id: DP_OPT_* bits; relaxed stores
-                                              (dp_set_fast_open) and loads (once per attempt):
-                                              nothing else is published with them */
+                                              (dp_set_fast_open, dp_set_udp_gro) and loads
+                                              (once per attempt or flow): nothing else is
+                                              published with them */
 };
 
 /* The data plane object (dp.h keeps it opaque). */

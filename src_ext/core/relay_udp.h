@@ -23,7 +23,11 @@
 #define RELAY_UDP_POLL_MAX_US 1000u  /* largest poll-mode sleep tuning accepts */
 #define RELAY_UDP_POLL_ENTER 32u     /* datagrams in one loop iteration that start poll mode */
 #define RELAY_UDP_POLL_LEAVE 8u      /* fewer datagrams after a poll sleep end poll mode */
-#define RELAY_UDP_CTL 64u            /* control bytes per received datagram (pktinfo) */
+#define RELAY_UDP_CTL 64u            /* control bytes per received datagram: pktinfo (40 for
+                                        IPv6) + UDP_GRO (24) */
+#define RELAY_UDP_GRO_CTL 24u        /* control bytes per read on an upstream socket: UDP_GRO */
+#define RELAY_UDP_GRO_LEN 65535u     /* receive length of a GRO socket: the largest buffer the
+                                        kernel merges (an IPv6 payload; fits RELAY_UDP_STRIDE) */
 #define RELAY_UDP_GSO_MAX 1400u      /* largest datagram sent in a GSO run (fits a 1500 MTU) */
 #define RELAY_UDP_GSO_BYTES 60000u   /* most payload bytes in one GSO run */
 #define RELAY_UDP_UP_RCVBUF (2 << 20) /* receive buffer of an upstream socket (relay_udp.c,
@@ -37,6 +41,8 @@ struct relay_udp_flow {
     uint8_t flow_key;              /* enum dp_flow_key, copied at creation */
     uint8_t ctl_len;               /* bytes in ctl (0: replies need no control message) */
     uint8_t no_gso;                /* a GSO send of this flow failed: send datagram by datagram */
+    uint8_t gro;                   /* UDP_GRO is on for the upstream socket (relay_udp.c, "GRO
+                                      buffers") */
     uint8_t reason;                /* why it ended (enum dp_close_reason), set by udp_flow_end */
     int fd;                        /* connected upstream socket, -1 once ended */
     struct dp_listener *l;         /* listener it came in on; replies leave through it */
@@ -76,17 +82,24 @@ struct relay_udp_io {
     uint32_t seq;                  /* stamp of the current listener batch (never 0) */
     uint8_t gso;                   /* send GSO runs: the kernel takes UDP_SEGMENT (probed at
                                       create) and tuning did not turn it off */
+    uint8_t gro;                   /* ask for GRO buffers: the kernel takes UDP_GRO, gso is on,
+                                      slot is RELAY_UDP_MAX, tuning did not turn it off */
     /* listener side: client -> backend */
     struct mmsghdr in[RELAY_UDP_BATCH];          /* recvmmsg vector */
     struct iovec in_iov[RELAY_UDP_BATCH];        /* one slot each */
     struct sockaddr_in6 in_name[RELAY_UDP_BATCH];/* client addresses (v4 fits too) */
     uint64_t in_ctl[RELAY_UDP_BATCH][RELAY_UDP_CTL / 8]; /* pktinfo per datagram */
+    uint16_t in_seg[RELAY_UDP_BATCH];            /* segment size of a GRO buffer, 0 = one
+                                                    datagram */
     int16_t in_next[RELAY_UDP_BATCH];            /* next datagram of the same flow, -1 = none */
     struct relay_udp_flow *touched[RELAY_UDP_BATCH]; /* flows with datagrams in this batch */
     struct iovec snd_iov[RELAY_UDP_BATCH];       /* one flow's payloads (point into in slots) */
+    uint16_t snd_seg[RELAY_UDP_BATCH];           /* their in_seg */
     /* client side: backend -> client, flushed once per loop iteration (or when full) */
     struct mmsghdr out[RELAY_UDP_BATCH];         /* recvmmsg target, then sendmmsg vector */
     struct iovec out_iov[RELAY_UDP_BATCH];       /* one slot each */
+    uint16_t out_seg[RELAY_UDP_BATCH];           /* segment size of a GRO buffer, 0 = one */
+    uint64_t out_ctl[RELAY_UDP_BATCH][RELAY_UDP_GRO_CTL / 8]; /* UDP_GRO control per read */
     struct relay_udp_flow *out_flow[RELAY_UDP_BATCH]; /* flow of each pending reply */
     uint32_t n_out;                              /* pending replies */
     /* the send vector of one sendmmsg: one entry per datagram, or per GSO run of datagrams */
@@ -94,6 +107,8 @@ struct relay_udp_io {
     uint64_t tx_ctl[RELAY_UDP_BATCH][8];         /* control: pktinfo + UDP_SEGMENT (64 bytes) */
     struct relay_udp_flow *tx_flow[RELAY_UDP_BATCH]; /* flow of each entry */
     uint16_t tx_cnt[RELAY_UDP_BATCH];            /* datagrams in each entry */
+    uint16_t tx_seg[RELAY_UDP_BATCH];            /* each entry's datagram size (UDP_SEGMENT;
+                                                    the last datagram may be shorter) */
     uint32_t tx_bytes[RELAY_UDP_BATCH];          /* payload bytes in each entry */
 };
 
@@ -101,6 +116,10 @@ struct relay_udp_io {
 int relay_udp_io_create(struct relay_udp_io **out, uint32_t batch, uint32_t slot);
 /* 1 when this kernel takes UDP_SEGMENT (generic segmentation offload for UDP sends). */
 int relay_udp_gso_supported(void);
+/* 1 when this kernel takes UDP_GRO (several datagrams of one sender per read). */
+int relay_udp_gro_supported(void);
+/* Turn UDP_GRO on (on != 0) or off on socket fd: 0 or -errno. */
+int relay_udp_gro_set(int fd, int on);
 void relay_udp_io_destroy(struct relay_udp_io *io);
 void relay_udp_read(struct dp_worker *w, struct dp_listener *l);
 void relay_udp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events);

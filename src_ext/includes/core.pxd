@@ -126,12 +126,14 @@ cdef extern from "dp.h" nogil:
         uint64_t udp_out_calls
         uint64_t udp_out_datagrams
         uint64_t udp_gso_datagrams
+        uint64_t udp_gro_datagrams
         uint64_t udp_poll_sleeps
         uint64_t loop_iterations
 
     int dp_create(uint32_t n_workers, dp **out)
     int dp_set_tuning(dp *d, uint32_t copy_threshold, uint32_t pipe_size, int copy_only)
-    int dp_set_udp_tuning(dp *d, uint32_t batch, uint32_t slot, int gso, uint32_t poll_us)
+    int dp_set_udp_tuning(dp *d, uint32_t batch, uint32_t slot, int gso, int gro,
+                          uint32_t poll_us)
     int dp_start(dp *d)
     int dp_add_listener(dp *d, uint32_t service_id, int fd, uint32_t worker)
     int dp_remove_listener(dp *d, int fd)
@@ -142,6 +144,7 @@ cdef extern from "dp.h" nogil:
     int dp_sessions(dp *d, dp_session_info **out, size_t *n)
     int dp_flows(dp *d, dp_flow_info **out, size_t *n)
     int dp_udp_gso_supported()
+    int dp_udp_gro_supported()
     int dp_internals(dp *d, dp_internals_s *out)
     int dp_close_backend_sessions(dp *d, uint32_t backend_id, uint64_t *closed)
     int dp_set_connection_log(dp *d, int enabled, uint32_t capacity)

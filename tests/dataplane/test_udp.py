@@ -14,6 +14,7 @@ import hashlib
 import os
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -171,6 +172,27 @@ def test_oversized_datagrams_are_counted_and_never_cut(make_lb: MakeLB,
     settled(lb.svc_stats, datagrams_in=3, datagrams_out=1, bytes_to_backend=65507,
             bytes_to_client=65507, drops_send=0)
     settled(lambda: lb.be_stats("big"), datagrams_to_backend=1, datagrams_to_client=1)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_gso_sending_client_gets_every_datagram_back(make_lb: MakeLB, servers: Servers,
+                                                       host: str) -> None:
+    """A client that batches its datagrams into GSO packets (QUIC stacks do): each packet of
+    12 datagrams (11 x 120 bytes + 7) is 12 datagrams to the backend and back, in order. The C
+    plane may read such a packet as one GRO buffer (relay_udp.c, "GRO buffers"); the reference
+    gets it cut by the kernel. Counters are per datagram either way."""
+    echo = servers.udp("echo", "echo", host=host, keep_digests=True)
+    lb = make_lb([udp_service([spec(echo)])], host=host)
+    sent = [patterns.stream(120 if k < 11 else 7, seed=k) for k in range(12)]
+    with udp_socket(host) as client:
+        for _ in range(3):
+            client.sendmsg([b"".join(sent)], [(17, 103, struct.pack("=H", 120))], 0, lb.addr())
+            back = [client.recvfrom(UDP_RECV_MAX) for _ in sent]
+            assert [data for data, _ in back] == sent
+            assert {src[:2] for _, src in back} == {lb.addr()[:2]}
+    assert echo.digests() == [hashlib.sha256(p).hexdigest() for p in sent] * 3
+    settled(lb.svc_stats, datagrams_in=36, datagrams_out=36, bytes_to_backend=3 * 1327,
+            bytes_to_client=3 * 1327, flows_created=1, drops_truncated=0, drops_send=0)
 
 
 # --- where replies come from ----------------------------------------------------------------
