@@ -175,6 +175,8 @@ class Daemon:
         default_factory=weakref.WeakKeyDictionary)  # TCP listener -> TCP_DEFER_ACCEPT given
     fast_open: set[int] = field(default_factory=set)  # service ids the data plane was told to
     #                                   open backend connections with TCP Fast Open
+    udp_gro_off: set[int] = field(default_factory=set)  # UDP service ids the data plane was
+    #                                   told to read without GRO buffers (udp_gro = false)
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -224,6 +226,7 @@ class Daemon:
         self.generation = self.dp.publish(blob)
         self._sync_backend_congestion()
         self._sync_backend_fast_open()
+        self._sync_udp_gro()
         self.weights = weights
         self.digest = digest(blob)
         if self.digest_check is not None:
@@ -355,6 +358,39 @@ class Daemon:
             self.dp.set_fast_open(sid, True)
             self.fast_open.add(sid)
             log.info("service %s: backend connections use TCP Fast Open", name)
+
+    # ---- GRO buffers on UDP sockets (docs/configuration.md, udp_gro) ----
+
+    def _sync_udp_gro(self) -> None:
+        """Switch GRO buffers off in the data plane for every UDP service with udp_gro = false,
+        and back on for ids that no longer have it (after each publish: a reload may move
+        service ids). On is the data plane's default, so the default path makes no call. A
+        data plane without set_udp_gro is a problem (in cc_problems, so start refuses) only
+        when some service asks for it."""
+        if self.dp is None:
+            return
+        ids = self.builder.service_ids()
+        want_off = {ids[s.name]: s.name for s in self.config.services
+                    if s.protocol == "udp" and not s.udp_gro and s.name in ids}
+        if not want_off and not self.udp_gro_off:
+            return
+        if not self._dp_supports("set_udp_gro"):
+            self.cc_problems.append("this data plane cannot switch GRO buffers off")
+            log.error("%s", self.cc_problems[-1])
+            return
+        names = {sid: name for name, sid in ids.items()}
+        for sid in sorted(self.udp_gro_off - set(want_off)):
+            self.dp.set_udp_gro(sid, True)
+            self.udp_gro_off.discard(sid)
+            if sid in names:
+                log.info("service %s: UDP sockets read with GRO buffers", names[sid])
+        for sid, name in sorted(want_off.items()):
+            if sid in self.udp_gro_off:
+                continue
+            self.dp.set_udp_gro(sid, False)
+            self.udp_gro_off.add(sid)
+            log.info("service %s: UDP sockets read without GRO buffers (udp_gro = false)",
+                     name)
 
     def _sync_listener_congestion(self, groups: list[ListenerGroup]) -> list[str]:
         """Set TCP_CONGESTION on each TCP listener of `groups` to its service's

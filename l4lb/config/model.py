@@ -83,6 +83,9 @@ class Service:
     max_flows: int = 0  # flows at once, all workers together; 0 = unlimited
     responses: int = 0  # close a flow after this many replies; 0 = never (1 suits DNS)
     session: FlowKey = "src_ip_port"  # what identifies a flow: client address and port, or address
+    # several datagrams of one sender per read, relayed as one GSO run (UDP_GRO on the
+    # listeners and upstream sockets; docs/configuration.md, udp_gro)
+    udp_gro: bool = True
     # TCP only: TCP congestion control (a Linux algorithm name; None = the system default, no
     # setsockopt): `congestion_control` for both legs, `backend_congestion_control` for the
     # backend leg alone (it wins over congestion_control there)

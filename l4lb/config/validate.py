@@ -87,9 +87,9 @@ SERVICE_KEYS = (
     "name", "protocol", "listen", "scheduler", "hash_key", "connect_timeout", "idle_timeout",
     "retries", "max_connections", "maglev_table_size", "backends", "health",
     "udp_idle_timeout", "max_flows", "responses", "session", "congestion_control",
-    "backend_congestion_control", "backend_fast_open", "defer_accept",
+    "backend_congestion_control", "backend_fast_open", "defer_accept", "udp_gro",
 )
-UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session")
+UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session", "udp_gro")
 TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle_timeout",
                  "max_connections": "max_flows", "congestion_control": "",
                  "backend_congestion_control": "", "backend_fast_open": "",
@@ -668,6 +668,7 @@ class _Checker:
         max_flows = self.read_int(scope, table, "max_flows", d.max_flows, 0, U32_MAX)
         responses = self.read_int(scope, table, "responses", d.responses, 0, U32_MAX)
         session = self.read_enum(scope, table, "session", d.session, FLOW_KEYS)
+        udp_gro = self.read_bool(scope, table, "udp_gro", d.udp_gro)
         congestion = self.congestion_control(scope, table, "congestion_control", protocol)
         backend_congestion = self.congestion_control(scope, table,
                                                      "backend_congestion_control", protocol)
@@ -694,7 +695,8 @@ class _Checker:
             idle_timeout=idle_timeout, retries=retries, max_connections=max_connections,
             maglev_table_size=table_size, health=health, udp_idle_timeout=udp_idle_timeout,
             max_flows=max_flows, responses=responses, session=session,
-            congestion_control=congestion, backend_congestion_control=backend_congestion,
+            udp_gro=udp_gro or protocol == "tcp", congestion_control=congestion,
+            backend_congestion_control=backend_congestion,
             backend_fast_open=fast_open, defer_accept=defer_accept and protocol == "tcp",
         )
 
