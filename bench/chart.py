@@ -15,6 +15,7 @@ from typing import Any
 from bench.aggregate import HEADLINE
 
 COLORS = {"direct": "#888888", "l4lb": "#d62728", "l4lb-cubic": "#ff7f0e", "l4lb-tfo": "#9467bd",
+          "l4lb-nogro": "#e377c2",
           "haproxy": "#1f77b4", "haproxy-auto": "#aec7e8",
           "nginx": "#2ca02c", "l4lb-ref": "#ff9896"}
 

@@ -13,15 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PIN_MODES = ("pinned", "unpinned")
-TARGETS = ("direct", "l4lb", "l4lb-cubic", "l4lb-tfo", "haproxy", "haproxy-auto", "nginx",
-           "l4lb-ref")
-L4LB_VARIANTS = ("l4lb", "l4lb-cubic", "l4lb-tfo")  # the compiled data plane, by configuration
+TARGETS = ("direct", "l4lb", "l4lb-cubic", "l4lb-tfo", "l4lb-nogro", "haproxy", "haproxy-auto",
+           "nginx", "l4lb-ref")
+L4LB_VARIANTS = ("l4lb", "l4lb-cubic", "l4lb-tfo", "l4lb-nogro")  # the compiled data plane, by
+#                                                                  configuration
 CUBIC = "cubic"  # l4lb-cubic: the bulk service's congestion_control
 PEERS = ("haproxy", "haproxy-auto", "nginx")
 # TCP Fast Open towards the HTTP backend. HAProxy 2.6's `tfo` server keyword sent no SYN-data
 # in mode tcp here (TcpExt.TCPFastOpenActive stayed 0, also with tcp-request inspect-delay),
 # and nginx's stream proxy has no such option: there is no peer to pair it with.
 TFO_TARGETS = ("l4lb-tfo",)
+# udp_gro = false on the UDP service: how much of l4lb's UDP figure comes from GRO buffers.
+# udpgen and udpecho send GSO packets, which a GRO socket on loopback receives whole (one
+# buffer per packet); from a NIC, only datagrams that arrive in one receive poll merge. Run at
+# the rate the target is defined at only, to keep the full run inside its budget.
+NOGRO_RATE = 300_000
 LB_CPU = 1  # the balancer's CPU in pinned mode
 LOAD_CPU = 0  # load generators' and backends' CPU in pinned mode
 
@@ -30,6 +36,7 @@ TARGET_LABELS = {
     "l4lb": "l4lb (1 worker, compiled data plane)",
     "l4lb-cubic": "l4lb with congestion_control = \"cubic\" on the bulk service (bulk only)",
     "l4lb-tfo": "l4lb with backend_fast_open + defer_accept on the HTTP service (new conns only)",
+    "l4lb-nogro": "l4lb with udp_gro = false on the UDP service (UDP 300k/s only)",
     "haproxy": "HAProxy (mode tcp, 1 thread, splice forced both ways)",
     "haproxy-auto": "HAProxy (mode tcp, 1 thread, option splice-auto)",
     "nginx": "nginx stream (1 worker)",
@@ -73,6 +80,8 @@ def supports(target: str, wl: Workload) -> bool:
         return wl.kind == "bulk"  # the key only changes how the balancer's sockets send
     if target in TFO_TARGETS:
         return wl.kind == "newconn"  # Fast Open only changes how a backend connection opens
+    if target == "l4lb-nogro":
+        return wl.kind == "udp" and wl.rate == NOGRO_RATE
     if wl.kind == "idle":
         return target != "direct"  # nothing sits in between: nothing to measure
     if wl.kind == "udp":
@@ -87,8 +96,8 @@ class Options:
     quick: bool = False  # the short mode (< 3 minutes)
     reps: int = 3  # repetitions (>= 3 for reported figures)
     pins: tuple[str, ...] = ("pinned", "unpinned")  # pinning modes, in order
-    targets: tuple[str, ...] = ("direct", "l4lb", "l4lb-cubic", "l4lb-tfo", "haproxy",
-                                "haproxy-auto", "nginx")
+    targets: tuple[str, ...] = ("direct", "l4lb", "l4lb-cubic", "l4lb-tfo", "l4lb-nogro",
+                                "haproxy", "haproxy-auto", "nginx")
     only: tuple[str, ...] = ()  # restrict to these workload names (empty: all)
     bulk_seconds: int = 4  # iperf3 -t
     http_seconds: int = 4  # wrk -d

@@ -6,7 +6,8 @@
     python bench/run.py --quick --dry-run  # print the plan only: nothing started, no load
 
 Targets: direct, l4lb, l4lb-cubic (bulk only: the bulk service with congestion_control =
-"cubic"), l4lb-tfo (new connections only: backend_fast_open and defer_accept), haproxy (splice
+"cubic"), l4lb-tfo (new connections only: backend_fast_open and defer_accept), l4lb-nogro (UDP
+300k/s only: udp_gro = false on the UDP service), haproxy (splice
 forced), haproxy-auto, nginx (and l4lb-ref, the pure-Python data plane, only as a smoke test of
 the harness). l4lb-tfo needs root: the run sets the server bit of net.ipv4.tcp_fastopen and
 restores it afterwards.

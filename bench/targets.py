@@ -131,7 +131,7 @@ def start(target: str, front: peers.Ports, back: peers.Ports, rundir: Path, cpu:
         conf.write_text(peers.l4lb_config(
             front, back, str(rundir / f"{target}.sock"), udp=l4lb.udp,
             bulk_congestion_control=plan.CUBIC if target == "l4lb-cubic" else None,
-            http_fast_open=target == "l4lb-tfo"))
+            http_fast_open=target == "l4lb-tfo", udp_gro=target != "l4lb-nogro"))
         d = procs.start(target, [*l4lb.argv, "run", "-c", str(conf)], rundir / f"{target}.log",
                         cpu=cpu, env=_env(reference, l4lb.cwd), cwd=l4lb.cwd)
         run = Running(target, front, d, udp=l4lb.udp, udp_note=l4lb.udp_note)

@@ -103,6 +103,20 @@ def test_cubic_variant_sets_the_key_on_the_bulk_service_only() -> None:
     assert len(with_key) == 1 and 'name = "bulk"' in with_key[0]
 
 
+def test_nogro_variant_runs_udp_300k_only_and_switches_the_udp_service(tmp_path: Path) -> None:
+    plan = _plan(["--targets", "l4lb,l4lb-nogro,nginx"], tmp_path / "r")
+    steps = {(b["target"], s) for b in plan["blocks"] for s in b["steps"]}
+    assert {s for t, s in steps if t == "l4lb-nogro"} == {"udp300k"}
+    sys.path.insert(0, str(REPO))
+    from bench import peers
+
+    ports = peers.Ports(bulk=1, http=2, idle=3, udp=4)
+    assert "udp_gro" not in peers.l4lb_config(ports, ports, "/run/x.sock", udp=True)
+    off = peers.l4lb_config(ports, ports, "/run/x.sock", udp=True, udp_gro=False)
+    with_key = [s for s in off.split("[[services]]")[1:] if "udp_gro = false" in s]
+    assert len(with_key) == 1 and 'protocol = "udp"' in with_key[0]
+
+
 def test_reference_smoke_target_is_labelled_apart(tmp_path: Path) -> None:
     res = _run(["--quick", "--dry-run", "--l4lb-reference", "--targets", "l4lb"],
                tmp_path / "r")
