@@ -77,7 +77,7 @@
  * have been. GRO needs GSO and full-size slots (tuning that shortens the slot or turns GSO off
  * turns it off), and removing a listener turns UDP_GRO off again (merged datagrams still queued
  * stay merged).
- * Measured with bench/udpprobe.py (300k/s, 8 flows of 64 bytes, interleaved pairs): 2.2-2.5
+ * Measured with bench/udpprobe.py (300k/s, 8 flows of 64 bytes, interleaved pairs): 2.16-2.53
  * instead of 2.4-2.9 us of CPU per echo, median pair ratio 0.86; at 450k/s no loss where the
  * relay without GRO lost 0.7-3.7 %. With a generator that sends single datagrams nothing merges
  * on loopback, and the cost was the same as without GRO (3.3-3.5 us/echo at 200k/s).
