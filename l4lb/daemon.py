@@ -1052,6 +1052,14 @@ class Daemon:
                     "backend_fast_open": service.backend_fast_open,
                     "defer_accept": service.defer_accept,
                 }
+            else:  # the key, and whether GRO buffers are in use (data plane and kernel)
+                sid = sids.get(service.name)
+                services[-1]["udp_options"] = {
+                    "udp_gro": service.udp_gro,
+                    "gro_in_effect": bool(service.udp_gro and sid is not None
+                                          and self._dp_supports("udp_gro")
+                                          and self.dp is not None and self.dp.udp_gro(sid)),
+                }
         return {"version": __version__, "pid": os.getpid(), "config": self.config.path,
                 "started": self.started, "workers": self.workers,
                 "table": {"generation": self.generation, "digest": self.digest},

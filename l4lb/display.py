@@ -110,6 +110,16 @@ def tcp_options_text(options: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def udp_options_text(options: dict[str, Any]) -> str:
+    """A UDP service's socket options that differ from the defaults, for `l4lb status`: why it
+    reads datagram by datagram, or "" when it gets GRO buffers (or the daemon did not say)."""
+    if not options or options.get("gro_in_effect", True):
+        return ""
+    if not options.get("udp_gro", True):
+        return "no GRO buffers (udp_gro = false)"
+    return "no GRO buffers (this data plane or kernel reads datagram by datagram)"
+
+
 def status_text(status: dict[str, Any]) -> str:
     out = [f"l4lb {status['version']}  pid {status['pid']}  workers {status['workers']}  "
            f"config {status['config']}",
@@ -133,7 +143,8 @@ def status_text(status: dict[str, Any]) -> str:
             out.append(f"  connections {c.get('conns_active', 0)} active, "
                        f"{c.get('conns_total', 0)} total, {c.get('rejected', 0)} rejected, "
                        f"{c.get('no_backend', 0)} without backend")
-        options = tcp_options_text(svc.get("tcp_options") or {})
+        options = (tcp_options_text(svc.get("tcp_options") or {})
+                   or udp_options_text(svc.get("udp_options") or {}))
         if options:
             out.append(f"  options: {options}")
         diff = svc.get("differences_from_file", {})

@@ -1,4 +1,4 @@
-"""`l4lb status` names a TCP service's socket options that differ from the defaults."""
+"""`l4lb status` names a service's socket options that differ from the defaults (TCP and UDP)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from l4lb.display import status_text, tcp_options_text
+from l4lb.display import status_text, tcp_options_text, udp_options_text
 
 DEFAULTS = {"congestion_control": None, "backend_congestion_control": None,
             "backend_fast_open": False, "defer_accept": False}
@@ -40,3 +40,23 @@ def test_status_shows_the_line_only_when_something_is_set() -> None:
     assert "\n  options: backend fast open\n" in on
     assert "options:" not in status_text(status(DEFAULTS))
     assert "options:" not in status_text(status(None))  # a daemon that does not send them
+
+
+@pytest.mark.parametrize(("options", "text"), [
+    ({"udp_gro": True, "gro_in_effect": True}, ""),
+    ({"udp_gro": False, "gro_in_effect": False}, "no GRO buffers (udp_gro = false)"),
+    ({"udp_gro": True, "gro_in_effect": False},
+     "no GRO buffers (this data plane or kernel reads datagram by datagram)"),
+    ({}, ""),  # a daemon that does not send them
+])
+def test_udp_options_text(options: dict[str, Any], text: str) -> None:
+    assert udp_options_text(options) == text
+
+
+def test_status_shows_a_udp_service_without_gro() -> None:
+    doc = status(None)
+    doc["services"][0].update(protocol="udp", udp_options={"udp_gro": False,
+                                                            "gro_in_effect": False})
+    assert "\n  options: no GRO buffers (udp_gro = false)\n" in status_text(doc)
+    doc["services"][0]["udp_options"] = {"udp_gro": True, "gro_in_effect": True}
+    assert "options:" not in status_text(doc)
