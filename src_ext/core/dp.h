@@ -195,9 +195,10 @@ int dp_set_tuning(struct dp *dp, uint32_t copy_threshold, uint32_t pipe_size, in
 /* UDP tuning, before dp_start() only: batch = datagrams per recvmmsg/sendmmsg (1..32, default
  * 32), slot = receive buffer per datagram in bytes (1..65507, default 65507; a larger datagram
  * is dropped as truncated), gso = 0 never sends GSO runs (default: where the kernel can),
- * gro = 0 never asks the kernel for GRO buffers (default: where the kernel can; applies to
- * listeners added after the call and to new flows), poll_us = poll-mode sleep under load in microseconds (0..1000, default 50; 0 = always block
- * in epoll_wait; see relay_udp.c, "Polling"). -EBUSY once started, -EINVAL out of range. */
+ * gro = 0 never asks the kernel for GRO buffers (default: where the kernel can, with gso on
+ * and full-size slots; applies to listeners added after the call and to new flows), poll_us =
+ * poll-mode sleep under load in microseconds (0..1000, default 50; 0 = always block in
+ * epoll_wait; see relay_udp.c, "Polling"). -EBUSY once started, -EINVAL out of range. */
 int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot, int gso, int gro,
                       uint32_t poll_us);
 /* Start the worker threads. -EALREADY if started, -ESHUTDOWN after dp_stop(). */

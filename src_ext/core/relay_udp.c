@@ -66,9 +66,10 @@
  * exactly), unless the service switched it off (DP_OPT_NO_GRO, dp_set_udp_gro: the `udp_gro`
  * key). Since the switch changes a listener's option at any time, a worker that may use GRO
  * reads every UDP socket as if it had it on (control buffer, RELAY_UDP_GRO_LEN bytes); a read
- * without the control message is one datagram. A GRO buffer is one entry of a batch: it belongs to one flow (one sender), and it
- * leaves as one GSO run with the same segment size, so the far side gets the same datagrams,
- * boundaries and bytes; the stack moves one packet instead of several on both sides of us.
+ * without the control message is one datagram. A GRO buffer is one entry of a batch: it belongs
+ * to one flow (one sender), and it leaves as one GSO run with the same segment size, so the far
+ * side gets the same datagrams, boundaries and bytes; the stack moves one packet instead of
+ * several on both sides of us.
  * Every counter still counts datagrams (a dropped buffer counts all of them in its drop
  * counter; udp_gro_datagrams says how many came merged). A buffer that may not leave as one run
  * (GSO off or refused for the flow, datagrams over RELAY_UDP_GSO_MAX, or longer than an IPv4
