@@ -205,8 +205,6 @@ static int dp_listener_drop(struct dp_worker *w, int fd)
             relay_udp_listener_gone(w, l);
             relay_udp_reap(w);
         }
-        if (l->proto == DP_PROTO_UDP && w->uio->gro)
-            (void)relay_udp_gro_set(l->fd, 0); /* back to its owner as it came */
         w->listeners[i] = w->listeners[--w->n_listeners];
         free(l);
         return 0;
@@ -889,12 +887,6 @@ int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
         }
     }
     w = &dp->workers[worker];
-    /* GRO buffers: several datagrams of one client per read (relay_udp.c, "GRO buffers");
-     * best effort, the relay reads a socket with or without it */
-    if (l->proto == DP_PROTO_UDP && w->uio->gro &&
-        !(atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed) &
-          DP_OPT_NO_GRO))
-        (void)relay_udp_gro_set(fd, 1);
     pthread_mutex_lock(&dp->cmd_lock);
     rc = 0;
     if (dp->state == 2)
@@ -928,6 +920,12 @@ int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
         e->family = l->family;
         e->lport = l->lport;
         memcpy(e->laddr, l->laddr, 16);
+        /* GRO buffers: several datagrams of one client per read (relay_udp.c, "GRO
+         * buffers"); best effort, the worker reads the socket right with or without it */
+        if (l->proto == DP_PROTO_UDP && w->uio->gro &&
+            !(atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed) &
+              DP_OPT_NO_GRO))
+            (void)relay_udp_gro_set(fd, 1);
     }
     pthread_mutex_unlock(&dp->cmd_lock);
     if (rc) {
@@ -1569,14 +1567,16 @@ int dp_set_udp_gro(struct dp *dp, uint32_t service_id, int on)
     else
         atomic_fetch_or_explicit(&dp->opts.bits[service_id], DP_OPT_NO_GRO,
                                  memory_order_relaxed);
-    for (i = 0; i < dp->n_lfd; i++) {
+    /* on: the listeners get it now (a worker reads a socket right either way). Off is never
+     * applied to a listener: merged buffers it already queued would come back without their
+     * segment size once the option is off (the kernel adds it only while the option is on),
+     * and would leave as one datagram. So off reaches listeners added later and new flows. */
+    for (i = 0; on && i < dp->n_lfd; i++) {
         const struct dp_lfd *e = &dp->lfd[i];
         if (e->service_id != service_id || e->proto != DP_PROTO_UDP ||
             !dp->workers[e->worker].uio->gro)
             continue;
-        /* the worker reads the socket either way: a buffer it takes just before or after
-         * the change is one datagram or a GRO buffer with its segment size */
-        r = relay_udp_gro_set(e->fd, on);
+        r = relay_udp_gro_set(e->fd, 1);
         if (r && !rc)
             rc = r;
     }

@@ -275,8 +275,10 @@ int dp_set_fast_open(struct dp *dp, uint32_t service_id, int on);
 int dp_fast_open(struct dp *dp, uint32_t service_id);
 /* GRO buffers for UDP service service_id (on by default, where the worker's tuning and the
  * kernel allow it; relay_udp.c, "GRO buffers"): on != 0 sets UDP_GRO on the service's
- * listeners already added, and on the upstream sockets of flows opened afterwards; 0 turns it
- * off there (open flows keep theirs). Before or after dp_start(). 0, -EINVAL (bad id), or the
+ * listeners already added, on those added later and on the upstream sockets of flows opened
+ * afterwards; 0 leaves it off on listeners added later and on new flows' sockets, but never
+ * turns it off on a listener that has it (merged datagrams it holds would lose their
+ * boundaries), nor on open flows. Before or after dp_start(). 0, -EINVAL (bad id), or the
  * -errno of a listener's setsockopt (the others are still set). */
 int dp_set_udp_gro(struct dp *dp, uint32_t service_id, int on);
 /* 1 when service_id's UDP sockets get GRO buffers (not switched off, and the kernel and

@@ -64,20 +64,25 @@
  * relay turns it on for every UDP listener (dp_add_listener) and for the upstream socket of
  * every flow without `responses` (a flow that counts replies must read them one by one to stop
  * exactly), unless the service switched it off (DP_OPT_NO_GRO, dp_set_udp_gro: the `udp_gro`
- * key). Since the switch changes a listener's option at any time, a worker that may use GRO
- * reads every UDP socket as if it had it on (control buffer, RELAY_UDP_GRO_LEN bytes); a read
- * without the control message is one datagram. A GRO buffer is one entry of a batch: it belongs
+ * key). The option is never turned off on a socket that has it: the kernel adds the control
+ * message only while the option is on, so a merged buffer queued before the switch would be
+ * read as one datagram after it. "Off" therefore reaches listeners added later and new flows,
+ * and a listener leaves dp_remove_listener with the option as it had it. Whatever the tuning
+ * says, a worker on a kernel that has UDP_GRO reads every listener as if it had the option on
+ * (control buffer, RELAY_UDP_GRO_LEN bytes): a read without the control message is then
+ * exactly one datagram. A GRO buffer is one entry of a batch: it belongs
  * to one flow (one sender), and it leaves as one GSO run with the same segment size, so the far
  * side gets the same datagrams, boundaries and bytes; the stack moves one packet instead of
  * several on both sides of us.
  * Every counter still counts datagrams (a dropped buffer counts all of them in its drop
  * counter; udp_gro_datagrams says how many came merged). A buffer that may not leave as one run
- * (GSO off or refused for the flow, datagrams over RELAY_UDP_GSO_MAX, or longer than an IPv4
- * datagram may be) is sent datagram by datagram, in order. A GRO socket reads up to
- * RELAY_UDP_GRO_LEN; a single datagram longer than a slot is dropped as truncated, as it would
- * have been. GRO needs GSO and full-size slots (tuning that shortens the slot or turns GSO off
- * turns it off), and removing a listener turns UDP_GRO off again (merged datagrams still queued
- * stay merged).
+ * (GSO off or refused for the flow, or longer than an IPv4 datagram may be) is sent datagram by
+ * datagram, in order, in sendmmsg calls of its own vector (udp_tx_singles), as is a refused
+ * run; a send there that meets the backend's ICMP error ends the flow, and nothing is sent on
+ * its fd afterwards. A GRO socket reads up to RELAY_UDP_GRO_LEN; a datagram (or a buffer's
+ * segment) longer than a slot is dropped as truncated, as it would have been. New sockets get
+ * GRO only with GSO on and full-size slots (tuning that shortens the slot or turns GSO off
+ * turns it off).
  * Measured with bench/udpprobe.py (300k/s, 8 flows of 64 bytes, interleaved pairs): 2.16-2.53
  * instead of 2.4-2.9 us of CPU per echo, median pair ratio 0.86; at 450k/s no loss where the
  * relay without GRO lost 0.7-3.7 %. With a generator that sends single datagrams nothing merges
@@ -276,7 +281,8 @@ int relay_udp_io_create(struct relay_udp_io **out, uint32_t batch, uint32_t slot
         io->out[i].msg_hdr.msg_iovlen = 1;
     }
     io->gso = (uint8_t)relay_udp_gso_supported();
-    io->gro = (uint8_t)(io->gso && slot == RELAY_UDP_MAX && relay_udp_gro_supported());
+    io->gro_read = (uint8_t)relay_udp_gro_supported();
+    io->gro = (uint8_t)(io->gso && slot == RELAY_UDP_MAX && io->gro_read);
     *out = io;
     return 0;
 }
@@ -622,7 +628,7 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
 
 local_failure:
     atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
-    dp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, 1);
+    dp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, dgrams); /* per datagram, as every drop */
     return NULL;
 }
 
@@ -697,14 +703,15 @@ static uint32_t udp_run(const struct relay_udp_io *io, const struct relay_udp_fl
     return cnt;
 }
 
-/* 1 when a GRO buffer of flow f (bytes long, cut at seg) may leave as one GSO run: GSO is on
- * for the flow, its datagrams fit a 1500-byte MTU, and it is no larger than an IPv4 datagram
- * may be (a buffer from an IPv6 client can be 20 bytes longer). Otherwise it is sent datagram
- * by datagram. */
+/* 1 when a GRO buffer of flow f (bytes long) may leave as one GSO run with its own segment
+ * size: GSO is on for the flow, and the buffer is no larger than an IPv4 datagram may be (one
+ * from an IPv6 client can be 20 bytes longer). Otherwise it is sent datagram by datagram. The
+ * segment size is not held to RELAY_UDP_GSO_MAX: the datagrams arrived at that size, and a
+ * path that cannot take it refuses the run (EINVAL), which falls back like any refused run. */
 static inline int udp_gro_as_run(const struct relay_udp_io *io, const struct relay_udp_flow *f,
-                                 uint16_t seg, uint32_t bytes)
+                                 uint32_t bytes)
 {
-    return io->gso && !f->no_gso && seg <= RELAY_UDP_GSO_MAX && bytes <= RELAY_UDP_MAX;
+    return io->gso && !f->no_gso && bytes <= RELAY_UDP_MAX;
 }
 
 /* Fill send-vector entry m with iov[0..cnt) of flow f, dgrams datagrams cut at gso_size: to its
@@ -767,36 +774,83 @@ static void udp_account(struct dp_worker *w, struct relay_udp_flow *f, int to_ba
     }
 }
 
-/* Send the datagrams of entry m one by one: its GSO run was refused, or it is a GRO buffer that
- * may not leave as one (each iovec is cut at the entry's segment size). */
-static void udp_tx_singles(struct dp_worker *w, int fd, uint32_t m, int to_backend)
+/* Datagrams left in iov[k..niov) from byte off of iov[k] on, each iovec cut at seg (0: one
+ * datagram per iovec; an empty iovec is one datagram). */
+static uint32_t udp_left(const struct iovec *iov, uint32_t niov, uint32_t k, size_t off,
+                         uint32_t seg)
+{
+    uint32_t n = 0;
+    size_t rem;
+
+    for (; k < niov; k++, off = 0) {
+        rem = iov[k].iov_len - off;
+        if (rem == 0)
+            n += off == 0;
+        else
+            n += seg ? (uint32_t)((rem + seg - 1) / seg) : 1;
+    }
+    return n;
+}
+
+/* Send the datagrams in iov[0..niov) of flow f one per message (each iovec cut at seg when
+ * seg > 0), in sendmmsg calls of up to RELAY_UDP_BATCH on fd: its upstream socket (to_backend)
+ * or its listener (a reply). For a GSO run the kernel refused, and for a GRO buffer that may not
+ * leave as one run. Uses its own vector (io->sp), so a caller may be in the middle of io->tx.
+ * Counts what went and what was dropped; an ICMP error met on the backend side ends the flow
+ * (refused) and drops the rest, so a caller must check f->dead before using its fd again. */
+static void udp_tx_singles(struct dp_worker *w, int fd, struct relay_udp_flow *f, int to_backend,
+                           const struct iovec *iov, uint32_t niov, uint32_t seg)
 {
     struct relay_udp_io *io = w->uio;
-    struct relay_udp_flow *f = io->tx_flow[m];
-    struct msghdr mh = io->tx[m].msg_hdr;
-    const struct iovec *iov = mh.msg_iov;
-    uint32_t k, niov = (uint32_t)mh.msg_iovlen, seg = io->tx_seg[m];
-    struct iovec one;
-    size_t off, len;
+    uint32_t k = 0, m, i, j;
+    size_t off = 0, len;
+    int r, err;
 
-    mh.msg_control = !to_backend && f->ctl_len ? f->ctl : NULL;
-    mh.msg_controllen = to_backend ? 0 : f->ctl_len;
-    mh.msg_iov = &one;
-    mh.msg_iovlen = 1;
-    for (k = 0; k < niov; k++) {
-        off = 0;
-        do { /* an empty datagram is one datagram too */
+    while (k < niov) {
+        for (m = 0; m < RELAY_UDP_BATCH && k < niov; m++) {
+            struct msghdr *mh = &io->sp[m].msg_hdr;
             len = iov[k].iov_len - off;
             if (seg && len > seg)
                 len = seg;
-            one.iov_base = (uint8_t *)iov[k].iov_base + off;
-            one.iov_len = len;
-            if (sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
-                udp_account(w, f, to_backend, 1, len);
-            else
-                dp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, 1);
+            io->sp_iov[m].iov_base = (uint8_t *)iov[k].iov_base + off;
+            io->sp_iov[m].iov_len = len;
+            mh->msg_iov = &io->sp_iov[m];
+            mh->msg_iovlen = 1;
+            mh->msg_name = to_backend ? NULL : &f->peer;
+            mh->msg_namelen = to_backend ? 0 : f->peer_len;
+            mh->msg_control = !to_backend && f->ctl_len ? f->ctl : NULL;
+            mh->msg_controllen = to_backend ? 0 : f->ctl_len;
+            mh->msg_flags = 0;
             off += len;
-        } while (off < iov[k].iov_len);
+            if (off >= iov[k].iov_len) {
+                k++;
+                off = 0;
+            }
+        }
+        for (i = 0; i < m;) {
+            r = sendmmsg(fd, &io->sp[i], m - i, MSG_DONTWAIT | MSG_NOSIGNAL);
+            DP_CNT_ADD(to_backend ? &w->cnt->udp_tx_calls : &w->cnt->udp_out_calls, 1);
+            if (r > 0) {
+                for (j = i; j < i + (uint32_t)r; j++)
+                    udp_account(w, f, to_backend, 1, io->sp_iov[j].iov_len);
+                i += (uint32_t)r;
+                continue;
+            }
+            err = errno;
+            if (err == EINTR)
+                continue;
+            if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == ENOMEM ||
+                (to_backend && udp_icmp_error(err))) {
+                /* a full buffer, or the backend refused an earlier datagram: drop the rest */
+                dp_svc_add(w, f->service_id, DP_SC_DROPS_SEND,
+                           (m - i) + udp_left(iov, niov, k, off, seg));
+                if (to_backend && udp_icmp_error(err))
+                    udp_flow_end(w, f, DP_CLOSE_REFUSED);
+                return;
+            }
+            dp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, 1); /* just this one */
+            i++;
+        }
     }
 }
 
@@ -829,9 +883,16 @@ static void udp_tx_send(struct dp_worker *w, int fd, uint32_t nm, int to_backend
             return;
         }
         if (io->tx_cnt[i] > 1 && udp_gso_error(err)) {
-            io->tx_flow[i]->no_gso = 1; /* e.g. the route's MTU is below the segment size */
-            udp_tx_singles(w, fd, i, to_backend);
+            struct relay_udp_flow *f = io->tx_flow[i];
+            f->no_gso = 1; /* e.g. the route's MTU is below the segment size */
+            udp_tx_singles(w, fd, f, to_backend, io->tx[i].msg_hdr.msg_iov,
+                           (uint32_t)io->tx[i].msg_hdr.msg_iovlen, io->tx_seg[i]);
             i++;
+            if (to_backend && f->dead) { /* refused meanwhile: its fd is closed */
+                for (; i < nm; i++)
+                    dp_svc_add(w, io->tx_flow[i]->service_id, DP_SC_DROPS_SEND, io->tx_cnt[i]);
+                return;
+            }
             continue;
         }
         if (to_backend && udp_icmp_error(err)) {
@@ -848,29 +909,42 @@ static void udp_tx_send(struct dp_worker *w, int fd, uint32_t nm, int to_backend
 }
 
 /* Put iov[0..n) of flow f (seg: their GRO segment sizes) into io->tx after the nm entries
- * already there, to its client (reply) or its backend, sending on fd whenever a GRO buffer must
- * go datagram by datagram (so the order holds). Returns the entries now waiting in io->tx. */
+ * already there, to its client (reply: fd is its listener) or its backend (fd is f->fd), sending
+ * on fd whenever a GRO buffer must go datagram by datagram (so the order holds). Returns the
+ * entries now waiting in io->tx; 0, with the rest counted as dropped, when sending to the
+ * backend ended the flow (its fd is closed then, and may already be another socket's). */
 static uint32_t udp_tx_add(struct dp_worker *w, int fd, struct relay_udp_flow *f, int reply,
                            struct iovec *iov, const uint16_t *seg, uint32_t n, uint32_t nm)
 {
     struct relay_udp_io *io = w->uio;
-    uint32_t k = 0, cnt, dgrams, bytes;
+    uint32_t k = 0, cnt, dgrams, bytes, left = 0;
     uint16_t gso_size;
 
     while (k < n) {
         cnt = udp_run(io, f, &iov[k], &seg[k], n - k, &dgrams, &bytes, &gso_size);
-        if (seg[k] && !udp_gro_as_run(io, f, seg[k], bytes)) {
+        if (seg[k] && !udp_gro_as_run(io, f, bytes)) {
             if (nm)
                 udp_tx_send(w, fd, nm, !reply);
-            udp_tx_entry(io, 0, f, reply, &iov[k], 1, dgrams, bytes, gso_size);
-            udp_tx_singles(w, fd, 0, !reply);
             nm = 0;
-        } else {
-            udp_tx_entry(io, nm++, f, reply, &iov[k], cnt, dgrams, bytes, gso_size);
+            if (!reply && f->dead)
+                break;
+            udp_tx_singles(w, fd, f, !reply, &iov[k], 1, seg[k]);
+            k += cnt;
+            if (!reply && f->dead)
+                break;
+            continue;
         }
+        udp_tx_entry(io, nm++, f, reply, &iov[k], cnt, dgrams, bytes, gso_size);
         k += cnt;
     }
-    return nm;
+    if (reply || !f->dead)
+        return nm;
+    /* refused: count what is left, and never touch fd again */
+    for (; k < n; k++)
+        left += udp_segs((uint32_t)iov[k].iov_len, seg[k]);
+    if (left)
+        dp_svc_add(w, f->service_id, DP_SC_DROPS_SEND, left);
+    return 0;
 }
 
 /* Send the datagrams of this listener batch that belong to flow f, in order, on its upstream
@@ -919,15 +993,15 @@ static uint32_t udp_route_batch(struct dp_worker *w, struct dp_listener *l,
         uint32_t len = io->in[i].msg_len;
 
         io->in_next[i] = -1;
-        io->in_seg[i] = io->gro ? udp_gro_seg(mh, len) : 0;
+        io->in_seg[i] = io->gro_read ? udp_gro_seg(mh, len) : 0;
         segs = udp_segs(len, io->in_seg[i]);
         total += segs;
         if (io->in_seg[i])
             DP_CNT_ADD(&w->cnt->udp_gro_datagrams, segs);
         /* a GRO socket reads up to RELAY_UDP_GRO_LEN: one datagram longer than a slot is cut
          * as it would have been; a lost UDP_GRO message would hide the boundaries */
-        if ((mh->msg_flags & MSG_TRUNC) || (io->gro && (mh->msg_flags & MSG_CTRUNC)) ||
-            (!io->in_seg[i] && len > io->slot)) {
+        if ((mh->msg_flags & MSG_TRUNC) || (io->gro_read && (mh->msg_flags & MSG_CTRUNC)) ||
+            (io->in_seg[i] ? io->in_seg[i] > io->slot : len > io->slot)) {
             dp_svc_add(w, l->service_id, DP_SC_DROPS_TRUNCATED, segs);
             continue;
         }
@@ -972,8 +1046,8 @@ void relay_udp_read(struct dp_worker *w, struct dp_listener *l)
     const struct dp_table *t;
     const struct dp_service *svc;
     uint32_t r, i, dg, batch = io->batch;
-    size_t rlen = io->gro ? RELAY_UDP_GRO_LEN : io->slot;
-    size_t clen = io->gro || l->pktinfo ? RELAY_UDP_CTL : 0;
+    size_t rlen = io->gro_read ? RELAY_UDP_GRO_LEN : io->slot;
+    size_t clen = io->gro_read || l->pktinfo ? RELAY_UDP_CTL : 0;
     int n;
 
     dp_worker_refresh_table(w); /* a table published just before these datagrams arrived */
@@ -1068,7 +1142,7 @@ static void udp_pull(struct dp_worker *w, struct relay_udp_flow *f)
             /* as on a listener (udp_route_batch): a GRO socket reads more than a slot */
             if ((io->out[k].msg_hdr.msg_flags & MSG_TRUNC) ||
                 (f->gro && (io->out[k].msg_hdr.msg_flags & MSG_CTRUNC)) ||
-                (!seg && len > io->slot)) {
+                (seg ? seg > io->slot : len > io->slot)) {
                 dp_svc_add(w, f->service_id, DP_SC_DROPS_TRUNCATED, segs);
                 continue;
             }

@@ -84,6 +84,8 @@ struct relay_udp_io {
                                       create) and tuning did not turn it off */
     uint8_t gro;                   /* ask for GRO buffers: the kernel takes UDP_GRO, gso is on,
                                       slot is RELAY_UDP_MAX, tuning did not turn it off */
+    uint8_t gro_read;              /* the kernel takes UDP_GRO: read every listener as if it
+                                      had it on (it may, whatever the tuning says now) */
     /* listener side: client -> backend */
     struct mmsghdr in[RELAY_UDP_BATCH];          /* recvmmsg vector */
     struct iovec in_iov[RELAY_UDP_BATCH];        /* one slot each */
@@ -109,6 +111,10 @@ struct relay_udp_io {
     uint16_t tx_cnt[RELAY_UDP_BATCH];            /* datagrams in each entry */
     uint16_t tx_seg[RELAY_UDP_BATCH];            /* each entry's datagram size (UDP_SEGMENT;
                                                     the last datagram may be shorter) */
+    /* datagram by datagram (relay_udp.c, udp_tx_singles): a refused run, a GRO buffer that may
+     * not leave as one; apart from tx, which may be half sent when it is needed */
+    struct mmsghdr sp[RELAY_UDP_BATCH];          /* one message per datagram */
+    struct iovec sp_iov[RELAY_UDP_BATCH];        /* slices of the run's or buffer's payload */
     uint32_t tx_bytes[RELAY_UDP_BATCH];          /* payload bytes in each entry */
 };
 

@@ -203,23 +203,22 @@ def test_a_wildcard_listener_reads_pktinfo_and_gro_together(rig: Any) -> None:
 
 
 @needs_gro
-def test_segments_too_large_for_a_run_leave_one_by_one(rig: Any) -> None:
-    """A GRO buffer of 3,000-byte datagrams is not sent as a run (runs stay within a 1500-byte
-    MTU): the backend still gets 5 exact datagrams, sent one by one."""
+def test_large_segments_leave_as_one_run_when_the_path_takes_them(rig: Any) -> None:
+    """A GRO buffer keeps its own segment size on the way out, also above the 1,400 bytes that
+    runs of single datagrams are held to: on loopback 3,000-byte datagrams leave as one run."""
     r = rig()
     client = r.sock("127.0.0.1")
     r.start()
     exchange(r, client, ("127.0.0.1", r.port()), [3000] * 4 + [999], [2000] * 2)
     f = r.figures()
-    assert f["udp_gro_datagrams"] == 7 and f["udp_gso_datagrams"] == 0, f
-    assert f["udp_tx_datagrams"] == 5 and f["udp_out_datagrams"] == 2, f
+    assert f["udp_gro_datagrams"] == 7 and f["udp_gso_datagrams"] == 7, f
+    assert (f["udp_tx_calls"], f["udp_tx_datagrams"]) == (1, 5), f
 
 
 @needs_gro
-def test_gro_can_be_turned_off_and_leaves_with_its_listener(rig: Any) -> None:
-    """_udp_tune(gro=False): the listener keeps UDP_GRO off and the kernel cuts GSO packets
-    before the relay sees them. With GRO on, removing the listener turns it off again, so the
-    socket goes back to its owner as it came."""
+def test_gro_can_be_turned_off_by_tuning(rig: Any) -> None:
+    """_udp_tune(gro=False) before the listener is added: it never gets UDP_GRO, and the kernel
+    cuts GSO packets before the relay sees them."""
     off = rig(tune={"gro": False})
     client = off.sock("127.0.0.1")
     off.start()
@@ -228,11 +227,79 @@ def test_gro_can_be_turned_off_and_leaves_with_its_listener(rig: Any) -> None:
     f = off.figures()
     assert f["udp_gro_datagrams"] == 0 and f["udp_rx_datagrams"] == 4, f
 
-    on = rig()
-    on.start()
-    assert gro_on(on.listener) == 1
-    on.dp.remove_listener(on.listener.fileno())
-    assert gro_on(on.listener) == 0
+
+@needs_gro
+def test_a_buffer_that_may_not_leave_as_a_run_goes_out_in_batches(rig: Any) -> None:
+    """Without GSO (tuning) a GRO buffer is sent datagram by datagram, and in sendmmsg calls:
+    20 x 1,452 bytes (a QUIC-sized packet) are 20 exact datagrams in ONE call. The listener had
+    UDP_GRO from its owner; the relay reads it right although it would not have set it."""
+    r = rig(tune={"gso": False})
+    client = r.sock("127.0.0.1")
+    r.listener.setsockopt(SOL_UDP, UDP_GRO, 1)
+    r.start()
+    sent = pieces(6, [1452] * 19 + [100])
+    send_gso(client, sent, ("127.0.0.1", r.port()))
+    assert [d for d, _ in receive(r.backend, len(sent))] == sent
+    wait_for(lambda: r.figures()["udp_tx_datagrams"] == 20, 5)
+    f = r.figures()
+    assert (f["udp_rx_calls"], f["udp_gro_datagrams"], f["udp_tx_calls"],
+            f["udp_gso_datagrams"]) == (1, 20, 1, 0), f
+    assert r.stats()["datagrams_in"] == 20
+
+
+@needs_gro
+@pytest.mark.parametrize(("tune", "sizes", "arrive"), [
+    ({"gro": False}, [100] * 4, True),
+    ({"slot": 1000}, [400] * 4, True),
+    ({"slot": 1000}, [1200] * 3, False),
+])
+def test_tuning_after_a_listener_was_added_keeps_boundaries(
+        rig: Any, tune: dict[str, Any], sizes: list[int], arrive: bool) -> None:
+    """add_listener (it sets UDP_GRO), then tuning turns GRO off (or shortens the slots), then
+    start: the listener still has the option, and the worker still reads its buffers right. A
+    buffer whose datagrams exceed the shortened slot counts one drop per datagram."""
+    r = rig()
+    client = r.sock("127.0.0.1")
+    spec = ServiceSpec(SVC, (BackendSpec("u", "127.0.0.1", r.backend.getsockname()[1]),),
+                       protocol="udp", idle_timeout_ms=IDLE_MS)
+    r.dp.publish(build_table([spec]).blob)
+    r.dp.add_listener(SVC, r.listener.fileno(), 0)
+    r.dp._udp_tune(**tune)
+    assert gro_on(r.listener) == 1
+    sent = pieces(7, sizes)
+    send_gso(client, sent, ("127.0.0.1", r.port()))
+    r.dp.start()
+    if arrive:
+        assert [d for d, _ in receive(r.backend, len(sent))] == sent
+    else:
+        wait_for(lambda: r.stats().get("drops_truncated") == len(sent), 5)
+        assert r.stats()["drops_truncated"] == len(sent)
+    wait_for(lambda: r.stats().get("datagrams_in") == len(sent), 5)
+    assert r.stats()["datagrams_in"] == len(sent)
+
+
+@needs_gro
+def test_switching_off_never_splits_what_a_listener_holds(rig: Any) -> None:
+    """The kernel adds a buffer's segment size only while UDP_GRO is on, so turning it off
+    would turn a queued buffer into one datagram. set_udp_gro(False) therefore leaves a
+    listener that has it as it is (and so does remove_listener): a buffer queued before the
+    switch arrives as its datagrams, and so does one sent after."""
+    r = rig()
+    client = r.sock("127.0.0.1")
+    r.listener.setsockopt(SOL_UDP, UDP_GRO, 1)
+    before = pieces(8, [100] * 4)
+    send_gso(client, before, ("127.0.0.1", r.port()))  # queued merged
+    r.dp.set_udp_gro(SVC, False)
+    r.start()
+    assert gro_on(r.listener) == 1
+    assert [d for d, _ in receive(r.backend, 4)] == before
+    after = pieces(9, [50] * 5)
+    send_gso(client, after, ("127.0.0.1", r.port()))
+    assert [d for d, _ in receive(r.backend, 5)] == after
+    r.dp.remove_listener(r.listener.fileno())
+    assert gro_on(r.listener) == 1
+    wait_for(lambda: r.stats()["datagrams_in"] == 9, 5)
+    assert r.stats()["datagrams_in"] == 9
 
 
 @needs_gro
@@ -293,7 +360,7 @@ def test_a_dropped_gro_buffer_counts_every_datagram(rig: Any) -> None:
 def test_the_service_switch_covers_listeners_and_new_flows(rig: Any) -> None:
     """set_udp_gro(SVC, False) before the listener is added keeps it off; switched on, the
     listener gets UDP_GRO at once and the next flow's upstream socket has it too; switched off
-    again, the listener loses it while the open flow keeps its own."""
+    again, the next flow's socket goes without it while the listener keeps it."""
     r = rig()
     r.dp.set_udp_gro(SVC, False)
     assert r.dp.udp_gro(SVC) is False
@@ -309,7 +376,8 @@ def test_the_service_switch_covers_listeners_and_new_flows(rig: Any) -> None:
     exchange(r, second, ("127.0.0.1", r.port()), [100] * 4, [100] * 4)
     assert r.figures()["udp_gro_datagrams"] == 8  # both ways
 
-    r.dp.set_udp_gro(SVC, False)
-    assert gro_on(r.listener) == 0
-    exchange(r, second, ("127.0.0.1", r.port()), [100] * 3, [100] * 3)
-    assert r.figures()["udp_gro_datagrams"] == 11  # only the open flow's reply came merged
+    r.dp.set_udp_gro(SVC, False)  # never off on a listener that has it (test above)
+    assert gro_on(r.listener) == 1 and r.dp.udp_gro(SVC) is False
+    third = r.sock("127.0.0.1")
+    exchange(r, third, ("127.0.0.1", r.port()), [100] * 3, [100] * 3)
+    assert r.figures()["udp_gro_datagrams"] == 11  # the listener's 3; not the new flow's reply
