@@ -177,6 +177,8 @@ class Daemon:
     #                                   open backend connections with TCP Fast Open
     udp_gro_off: set[int] = field(default_factory=set)  # UDP service ids the data plane was
     #                                   told to read without GRO buffers (udp_gro = false)
+    udp_gro_kept: set[str] = field(default_factory=set)  # services switched off by a reload
+    #                                   whose open listeners keep GRO buffers (never turned off)
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -383,14 +385,24 @@ class Daemon:
             self.dp.set_udp_gro(sid, True)
             self.udp_gro_off.discard(sid)
             if sid in names:
+                self.udp_gro_kept.discard(names[sid])
                 log.info("service %s: UDP sockets read with GRO buffers", names[sid])
+        self.udp_gro_kept &= set(want_off.values())
         for sid, name in sorted(want_off.items()):
             if sid in self.udp_gro_off:
                 continue
+            had = self._dp_supports("udp_gro") and bool(self.dp.udp_gro(sid))
             self.dp.set_udp_gro(sid, False)
             self.udp_gro_off.add(sid)
-            log.info("service %s: UDP sockets read without GRO buffers (udp_gro = false)",
-                     name)
+            if had and any(g.service == name and g.protocol == "udp" for g in self.listeners):
+                # turning UDP_GRO off would merge what a listener holds into one datagram
+                self.udp_gro_kept.add(name)
+                log.warning("service %s: new flows read without GRO buffers (udp_gro = "
+                            "false); its open listeners keep them until the daemon restarts",
+                            name)
+            else:
+                log.info("service %s: UDP sockets read without GRO buffers (udp_gro = false)",
+                         name)
 
     def _sync_listener_congestion(self, groups: list[ListenerGroup]) -> list[str]:
         """Set TCP_CONGESTION on each TCP listener of `groups` to its service's
@@ -1056,6 +1068,7 @@ class Daemon:
                 sid = sids.get(service.name)
                 services[-1]["udp_options"] = {
                     "udp_gro": service.udp_gro,
+                    "listeners_keep_gro": service.name in self.udp_gro_kept,
                     "gro_in_effect": bool(service.udp_gro and sid is not None
                                           and self._dp_supports("udp_gro")
                                           and self.dp is not None and self.dp.udp_gro(sid)),

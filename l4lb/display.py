@@ -116,6 +116,9 @@ def udp_options_text(options: dict[str, Any]) -> str:
     if not options or options.get("gro_in_effect", True):
         return ""
     if not options.get("udp_gro", True):
+        if options.get("listeners_keep_gro"):
+            return ("no GRO buffers for new flows (udp_gro = false); the open listeners keep "
+                    "them until a restart")
         return "no GRO buffers (udp_gro = false)"
     return "no GRO buffers (this data plane or kernel reads datagram by datagram)"
 

@@ -1,5 +1,5 @@
-"""`udp_gro` through `l4lb run`: the key off and on across a reload, shown by `l4lb status`, and a
-GSO-sending client served exactly in both states, on both data planes."""
+"""`udp_gro` through `l4lb run`: the key off, on and off again across reloads, shown by `l4lb
+status`, and a GSO-sending client served exactly in every state, on both data planes."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ import pytest
 from .procs import child_env, free_port, l4lb_cmd, stop_process
 
 SOL_UDP, UDP_SEGMENT = 17, 103
+
+
+def _udp_gro_supported() -> bool:
+    """Whether this kernel has UDP_GRO (so the C data plane takes GRO buffers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.getsockopt(SOL_UDP, 104)
+        except OSError:
+            return False
+    return True
 
 
 class Echo:
@@ -91,7 +101,8 @@ def test_udp_gro_off_and_on_across_a_reload(impl: str, tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         gso_round_trip(port)
-        assert status(cfg, env)["udp_options"] == {"udp_gro": False, "gro_in_effect": False}
+        assert status(cfg, env)["udp_options"] == {"udp_gro": False, "listeners_keep_gro": False,
+                                                   "gro_in_effect": False}
         assert "  options: no GRO buffers (udp_gro = false)\n" in status(cfg, env, text=True)
 
         config(cfg, ctl, port, echo.port, gro=True)
@@ -105,11 +116,21 @@ def test_udp_gro_off_and_on_across_a_reload(impl: str, tmp_path: Path) -> None:
             assert options["gro_in_effect"] is False
             assert "no GRO buffers (this data plane or kernel" in status(cfg, env, text=True)
         else:
-            from l4lb._dataplane import _udp_gro_supported
             assert options["gro_in_effect"] is _udp_gro_supported()
             assert ("options:" in status(cfg, env, text=True)) is not _udp_gro_supported()
+        # back to false: new flows go without, the open listener keeps GRO (never turned off)
+        config(cfg, ctl, port, echo.port, gro=False)
+        res = subprocess.run(l4lb_cmd("reload", "-c", str(cfg)), capture_output=True, text=True,
+                             env=env, timeout=30, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        gso_round_trip(port)
+        options = status(cfg, env)["udp_options"]
+        kept = impl == "c" and _udp_gro_supported()
+        assert options == {"udp_gro": False, "listeners_keep_gro": kept, "gro_in_effect": False}
+        assert ("the open listeners keep them until a restart" in status(cfg, env, text=True)) \
+            is kept
         counters = status(cfg, env)["counters"]
-        assert counters["datagrams_in"] == counters["datagrams_out"] == 22
+        assert counters["datagrams_in"] == counters["datagrams_out"] == 33
         assert stop_process(proc, signal.SIGTERM) == 0
     finally:
         stop_process(proc, signal.SIGKILL)

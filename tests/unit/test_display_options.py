@@ -47,6 +47,9 @@ def test_status_shows_the_line_only_when_something_is_set() -> None:
     ({"udp_gro": False, "gro_in_effect": False}, "no GRO buffers (udp_gro = false)"),
     ({"udp_gro": True, "gro_in_effect": False},
      "no GRO buffers (this data plane or kernel reads datagram by datagram)"),
+    ({"udp_gro": False, "listeners_keep_gro": True, "gro_in_effect": False},
+     "no GRO buffers for new flows (udp_gro = false); the open listeners keep them until a "
+     "restart"),
     ({}, ""),  # a daemon that does not send them
 ])
 def test_udp_options_text(options: dict[str, Any], text: str) -> None:
