@@ -287,17 +287,23 @@ int relay_udp_io_create(struct relay_udp_io **out, uint32_t batch, uint32_t slot
     return 0;
 }
 
-int relay_udp_gro_supported(void)
+/* 1 when this kernel knows the SOL_UDP socket option opt (a fresh socket can read it). */
+static int udp_option_known(int opt)
 {
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), v = 0, ok;
     socklen_t vl = sizeof(v);
 
     if (fd < 0)
         return 0;
-    /* a kernel that knows the option reports each merged buffer's segment size */
-    ok = getsockopt(fd, SOL_UDP, UDP_GRO, &v, &vl) == 0;
+    ok = getsockopt(fd, SOL_UDP, opt, &v, &vl) == 0;
     close(fd);
     return ok;
+}
+
+int relay_udp_gro_supported(void)
+{
+    /* a kernel that knows the option reports each merged buffer's segment size */
+    return udp_option_known(UDP_GRO);
 }
 
 int relay_udp_gro_set(int fd, int on)
@@ -332,16 +338,9 @@ static inline uint32_t udp_segs(uint32_t len, uint16_t seg)
 
 int relay_udp_gso_supported(void)
 {
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), v = 0, ok;
-    socklen_t vl = sizeof(v);
-
-    if (fd < 0)
-        return 0;
     /* a kernel that knows the option also honours the control message; an older one would
      * ignore the message and glue a run into one datagram, so it must never see one */
-    ok = getsockopt(fd, SOL_UDP, UDP_SEGMENT, &v, &vl) == 0;
-    close(fd);
-    return ok;
+    return udp_option_known(UDP_SEGMENT);
 }
 
 void relay_udp_io_destroy(struct relay_udp_io *io)

@@ -22,6 +22,7 @@ from l4lb.dataplane import reference_requested
 from .clients import wait_for
 from .conftest import SVC
 from .tables import BackendSpec, ServiceSpec, build_table
+from .test_c_internals import udp_sock  # the C suite's UDP socket (large buffer, timeout)
 
 if reference_requested():
     pytest.skip("L4LB_NO_EXTENSIONS=1: the compiled data plane is not tested",
@@ -41,21 +42,6 @@ IDLE_MS = 30_000
 
 needs_gro = pytest.mark.skipif(not (_udp_gro_supported() and _udp_gso_supported()),
                                reason="this kernel has no UDP_GRO / UDP_SEGMENT")
-
-
-def family_of(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def dgram(host: str, blocking: bool = True) -> socket.socket:
-    sock = socket.socket(family_of(host), socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.bind((host, 0))
-    if blocking:
-        sock.settimeout(5)
-    else:
-        sock.setblocking(False)
-    return sock
 
 
 def pieces(tag: int, sizes: list[int]) -> list[bytes]:
@@ -98,7 +84,7 @@ class Rig:
         self.host = host
 
     def sock(self, host: str, blocking: bool = True) -> socket.socket:
-        sock = dgram(host, blocking)
+        sock = udp_sock(host, blocking)
         self.socks.append(sock)
         return sock
 

@@ -38,7 +38,11 @@ class UdpNamer:
                 continue
             except OSError:
                 return
-            self.sock.sendto(data[:2] + self.name, peer)
+            self.sock.sendto(self.answer(data), peer)
+
+    def answer(self, data: bytes) -> bytes:
+        """What goes back for `data`: the query id and the name."""
+        return data[:2] + self.name
 
     def close(self) -> None:
         self.stop = True

@@ -8,7 +8,6 @@ import signal
 import socket
 import struct
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from .procs import child_env, free_port, l4lb_cmd, stop_process
+from .test_udp_daemon import UdpNamer
 
 SOL_UDP, UDP_SEGMENT = 17, 103
 
@@ -30,32 +30,14 @@ def _udp_gro_supported() -> bool:
     return True
 
 
-class Echo:
+class Echo(UdpNamer):
     """A UDP echo backend thread (datagram by datagram)."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.stop = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__("echo")
 
-    def _serve(self) -> None:
-        while not self.stop:
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.sock.sendto(data, peer)
-
-    def close(self) -> None:
-        self.stop = True
-        self.thread.join(timeout=2)
-        self.sock.close()
+    def answer(self, data: bytes) -> bytes:
+        return data
 
 
 def config(path: Path, ctl: Path, port: int, backend: int, gro: bool) -> None:
@@ -76,6 +58,12 @@ def gso_round_trip(port: int) -> None:
                    ("127.0.0.1", port))
         got = sorted(s.recvfrom(65535)[0] for _ in sent)  # one flow per echo source: any order
     assert got == sorted(sent)
+
+
+def reload(cfg: Path, env: dict[str, str]) -> None:
+    res = subprocess.run(l4lb_cmd("reload", "-c", str(cfg)), capture_output=True, text=True,
+                         env=env, timeout=30, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def status(cfg: Path, env: dict[str, str], text: bool = False) -> Any:
@@ -106,9 +94,7 @@ def test_udp_gro_off_and_on_across_a_reload(impl: str, tmp_path: Path) -> None:
         assert "  options: no GRO buffers (udp_gro = false)\n" in status(cfg, env, text=True)
 
         config(cfg, ctl, port, echo.port, gro=True)
-        res = subprocess.run(l4lb_cmd("reload", "-c", str(cfg)), capture_output=True, text=True,
-                             env=env, timeout=30, check=False)
-        assert res.returncode == 0, res.stdout + res.stderr
+        reload(cfg, env)
         gso_round_trip(port)
         options = status(cfg, env)["udp_options"]
         assert options["udp_gro"] is True
@@ -120,9 +106,7 @@ def test_udp_gro_off_and_on_across_a_reload(impl: str, tmp_path: Path) -> None:
             assert ("options:" in status(cfg, env, text=True)) is not _udp_gro_supported()
         # back to false: new flows go without, the open listener keeps GRO (never turned off)
         config(cfg, ctl, port, echo.port, gro=False)
-        res = subprocess.run(l4lb_cmd("reload", "-c", str(cfg)), capture_output=True, text=True,
-                             env=env, timeout=30, check=False)
-        assert res.returncode == 0, res.stdout + res.stderr
+        reload(cfg, env)
         gso_round_trip(port)
         options = status(cfg, env)["udp_options"]
         kept = impl == "c" and _udp_gro_supported()

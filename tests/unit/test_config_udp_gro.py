@@ -10,16 +10,8 @@ import pytest
 
 from l4lb.config.model import Service
 
-from .test_config_congestion import UDP, daemon_on, errors, pure, sid, switch
+from .test_config_congestion import TCP, UDP, daemon_on, errors, pure, sid, switch
 
-TCP = """\
-[[services]]
-name = "web"
-listen = ["127.0.0.1:8080"]
-{keys}
-  [[services.backends]]
-  address = "127.0.0.1:9001"
-"""
 UDP_ON = 'protocol = "udp"'
 UDP_OFF = 'protocol = "udp"\nudp_gro = false'
 
