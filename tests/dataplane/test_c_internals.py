@@ -35,7 +35,7 @@ if reference_requested():
 
 try:
     from l4lb._dataplane import Dataplane as CDataplane
-    from l4lb._dataplane import _ct_selftest, _udp_gso_supported
+    from l4lb._dataplane import _ct_selftest, _udp_gro_supported, _udp_gso_supported
 except ImportError as exc:  # the behaviour suite fails loudly for this; so do we
     pytest.fail(f"l4lb._dataplane does not import ({exc}); build it with "
                 "`python3 setup.py build_ext --inplace`", pytrace=False)
@@ -955,9 +955,12 @@ def test_udp_tuning_is_checked() -> None:
 UDP_STRESS_C = r"""
 /* UDP stress harness (built by tests/dataplane/test_c_internals.py, plain and with sanitizers).
  *
- * Phase 1 (steady state): 8 clients echo 64-byte datagrams through flows that already exist;
- * with -DCOUNT_ALLOC (and -Wl,--wrap=malloc,...) it counts the allocations the core makes
- * meanwhile, which must be none. Phase 2 (churn): 4 client threads open short flows of mixed
+ * Phase 1 (steady state): 8 clients echo 64-byte datagrams through flows that already exist,
+ * half of them sending each round's 16 as one GSO packet (so the relay reads GRO buffers), and
+ * the echo backends answer runs of equal-sized datagrams from one source as GSO packets too (so
+ * the flows' upstream sockets get GRO buffers); with -DCOUNT_ALLOC (and
+ * -Wl,--wrap=malloc,...) it counts the allocations the core makes meanwhile, which must be
+ * none. Phase 2 (churn): 4 client threads open short flows of mixed
  * sizes (1 .. 65,507 bytes) to a round-robin service and to a wildcard service (responses = 1,
  * flow key = address) on 127.0.0.x, checking every echo byte for byte and its source address,
  * while a thread publishes 1,500 tables that mark a backend DOWN and up again (and bad blobs),
@@ -1006,6 +1009,38 @@ void *__wrap_realloc(void *p, size_t n)
 #endif
 
 #define MAXD 65507
+#define RUN_MAX 16    /* datagrams an echo backend answers as one GSO packet, at most */
+#define RUN_SEG 1400  /* ... each no longer than this */
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+/* Send n datagrams of seg bytes (the last may be shorter; len bytes in all) in buf as one GSO
+ * packet, or as one datagram when n == 1. */
+static void send_run(int fd, const char *buf, size_t len, size_t seg, int n,
+                     const struct sockaddr_in *to)
+{
+    uint16_t gso = (uint16_t)seg;
+    union { char b[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctl;
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    struct msghdr mh = {.msg_name = (void *)to, .msg_namelen = to ? sizeof *to : 0,
+                        .msg_iov = &iov, .msg_iovlen = 1};
+    if (n > 1) {
+        struct cmsghdr *c;
+        memset(&ctl, 0, sizeof ctl);
+        mh.msg_control = ctl.b;
+        mh.msg_controllen = sizeof ctl.b;
+        c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof gso);
+        memcpy(CMSG_DATA(c), &gso, sizeof gso);
+    }
+    sendmsg(fd, &mh, 0);
+}
 static atomic_int done, bad, lost;
 static int echo_port[2], lb_port, wild_port;
 static struct dp *g_dp;
@@ -1037,24 +1072,46 @@ static int port_of(int s)
     return ntohs(a.sin_port);
 }
 
+/* Echo every datagram to its sender; consecutive ones of one sender with one size (up to
+ * RUN_SEG bytes) go back together as one GSO packet, in order. */
 static void *echo_main(void *arg)
 {
     int fd = *(int *)arg;
-    char *buf = malloc(MAXD + 1);
+    char *buf = malloc(MAXD + 1), *run = malloc(RUN_MAX * RUN_SEG);
     while (!atomic_load(&done)) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
+        struct sockaddr_in rto;
+        size_t rseg = 0;
+        int rn = 0;
         if (poll(&p, 1, 50) <= 0)
             continue;
         for (;;) {
             struct sockaddr_in from;
             socklen_t fl = sizeof from;
             ssize_t n = recvfrom(fd, buf, MAXD + 1, MSG_DONTWAIT, (void *)&from, &fl);
+            int joins = n > 0 && (size_t)n <= RUN_SEG;
+            if (rn && (n < 0 || !joins || (size_t)n != rseg || rn == RUN_MAX ||
+                       from.sin_port != rto.sin_port ||
+                       from.sin_addr.s_addr != rto.sin_addr.s_addr)) {
+                send_run(fd, run, (size_t)rn * rseg, rseg, rn, &rto);
+                rn = 0;
+            }
             if (n < 0)
                 break;
-            sendto(fd, buf, (size_t)n, 0, (void *)&from, fl);
+            if (!joins) {
+                sendto(fd, buf, (size_t)n, 0, (void *)&from, fl);
+                continue;
+            }
+            if (!rn) {
+                rto = from;
+                rseg = (size_t)n;
+            }
+            memcpy(run + (size_t)rn * rseg, buf, (size_t)n);
+            rn++;
         }
     }
     free(buf);
+    free(run);
     return NULL;
 }
 
@@ -1119,7 +1176,7 @@ static int client_socket(void)
 static long steady(int rounds)
 {
     int c[8];
-    char out[64], in[128];
+    char out[64], in[128], gso[16 * 64];
     long got = 0;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)lb_port),
                             .sin_addr.s_addr = htonl(0x7f000001)};
@@ -1136,9 +1193,15 @@ static long steady(int rounds)
 #endif
     for (int r = 0; r < rounds; r++)
         for (int i = 0; i < 8; i++) {
-            for (int k = 0; k < 16; k++) {
-                fill(out, 64, (unsigned)(r * 16 + k));
-                send(c[i], out, 64, 0);
+            if (i % 2 == 0) { /* one GSO packet of 16 */
+                for (int k = 0; k < 16; k++)
+                    fill(gso + 64 * k, 64, (unsigned)(r * 16 + k));
+                send_run(c[i], gso, sizeof gso, 64, 16, NULL);
+            } else {
+                for (int k = 0; k < 16; k++) {
+                    fill(out, 64, (unsigned)(r * 16 + k));
+                    send(c[i], out, 64, 0);
+                }
             }
             for (int k = 0; k < 16; k++) {
                 ssize_t n = recv(c[i], in, sizeof in, 0);
@@ -1285,7 +1348,8 @@ int main(void)
     dp_stats(g_dp, st);
     dp_internals(g_dp, &in);
     printf("steady=%ld flows=%llu created=%llu expired=%llu active=%lld be_active=%lld "
-           "sched_active=%lld sched_svc_active=%lld tables_pending=%llu gso=%llu lost=%d bad=%d\n",
+           "sched_active=%lld sched_svc_active=%lld tables_pending=%llu gso=%llu gro=%llu lost=%d "
+           "bad=%d\n",
            steady_got, (unsigned long long)in.flows,
            (unsigned long long)(st->svc[1].flows_created + st->svc[2].flows_created),
            (unsigned long long)(st->svc[1].flows_expired + st->svc[2].flows_expired),
@@ -1293,7 +1357,7 @@ int main(void)
            (long long)(st->be[0].flows_active + st->be[1].flows_active + st->be[2].flows_active),
            (long long)in.sched_active, (long long)in.sched_svc_active,
            (unsigned long long)in.tables_pending, (unsigned long long)in.udp_gso_datagrams,
-           atomic_load(&lost), atomic_load(&bad));
+           (unsigned long long)in.udp_gro_datagrams, atomic_load(&lost), atomic_load(&bad));
     dp_stop(g_dp, 500);
     dp_destroy(g_dp);
     free(st);
@@ -1323,6 +1387,8 @@ def run_udp_stress(exe: str) -> dict[str, str]:
     assert (figures["sched_active"], figures["sched_svc_active"]) == ("0", "0"), figures
     assert figures["tables_pending"] == "0", figures
     assert int(figures["lost"]) < 200, figures  # moves and a removed listener lose a few
+    if _udp_gro_supported():  # the GRO paths ran: half the steady clients send GSO packets
+        assert int(figures["gro"]) >= 4 * 400 * 16, figures
     return figures
 
 
