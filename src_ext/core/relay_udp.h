@@ -23,8 +23,10 @@
 #define RELAY_UDP_POLL_MAX_US 1000u  /* largest poll-mode sleep tuning accepts */
 #define RELAY_UDP_POLL_ENTER 32u     /* datagrams in one loop iteration that start poll mode */
 #define RELAY_UDP_POLL_LEAVE 8u      /* fewer datagrams after a poll sleep end poll mode */
-#define RELAY_UDP_CTL 64u            /* control bytes per received datagram: pktinfo (40 for
-                                        IPv6) + UDP_GRO (24) */
+#define RELAY_UDP_CTL 96u            /* control bytes per received datagram: pktinfo (40 for
+                                        IPv6) + UDP_GRO (24), and room for one more message an
+                                        owner's socket option may add (a cut-off list would
+                                        drop the datagram: MSG_CTRUNC) */
 #define RELAY_UDP_GRO_CTL 24u        /* control bytes per read on an upstream socket: UDP_GRO */
 #define RELAY_UDP_GRO_LEN 65535u     /* receive length of a GRO socket: the largest buffer the
                                         kernel merges (an IPv6 payload; fits RELAY_UDP_STRIDE) */
@@ -90,7 +92,7 @@ struct relay_udp_io {
     struct mmsghdr in[RELAY_UDP_BATCH];          /* recvmmsg vector */
     struct iovec in_iov[RELAY_UDP_BATCH];        /* one slot each */
     struct sockaddr_in6 in_name[RELAY_UDP_BATCH];/* client addresses (v4 fits too) */
-    uint64_t in_ctl[RELAY_UDP_BATCH][RELAY_UDP_CTL / 8]; /* pktinfo per datagram */
+    uint64_t in_ctl[RELAY_UDP_BATCH][RELAY_UDP_CTL / 8]; /* pktinfo, UDP_GRO per datagram */
     uint16_t in_seg[RELAY_UDP_BATCH];            /* segment size of a GRO buffer, 0 = one
                                                     datagram */
     int16_t in_next[RELAY_UDP_BATCH];            /* next datagram of the same flow, -1 = none */
