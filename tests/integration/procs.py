@@ -23,6 +23,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def reload_ok(cfg: Path, env: dict[str, str] | None = None) -> None:
+    """`l4lb reload -c cfg`, which must succeed (env: child_env() unless given)."""
+    res = subprocess.run(l4lb_cmd("reload", "-c", str(cfg)), capture_output=True, text=True,
+                         env=env if env is not None else child_env(), timeout=30, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 class NameServer:
     """A TCP backend thread that sends its name and closes each connection."""
 

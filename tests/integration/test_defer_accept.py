@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .procs import child_env, free_port, l4lb_cmd, stop_process, wait_listening
+from .procs import child_env, free_port, l4lb_cmd, reload_ok, stop_process, wait_listening
 
 SILENT_WAIT = 0.5  # how long a silent client is watched: well below the 1 s deferral
 
@@ -88,12 +88,6 @@ def config(tmp: Path, port: int, backend: int, keys: str) -> str:
             f'  [[services.backends]]\n  address = "127.0.0.1:{backend}"\n')
 
 
-def reload(cfg: Path) -> None:
-    res = subprocess.run(l4lb_cmd("reload", "-c", str(cfg)), capture_output=True, text=True,
-                         env=child_env(), timeout=30, check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
-
-
 def tcp_options(cfg: Path) -> dict[str, object]:
     res = subprocess.run(l4lb_cmd("status", "--json", "-c", str(cfg)), capture_output=True,
                          text=True, env=child_env(), timeout=30, check=False)
@@ -145,12 +139,12 @@ def test_a_silent_client_waits_until_it_speaks_and_reload_toggles_it(
         assert tcp_options(cfg)["defer_accept"] is True
 
         cfg.write_text(config(tmp_path, port, backend.port, ""))
-        reload(cfg)
+        reload_ok(cfg)
         assert silent_client_reaches_backend(port, backend, clients)
         assert tcp_options(cfg)["defer_accept"] is False
 
         cfg.write_text(config(tmp_path, port, backend.port, "defer_accept = true"))
-        reload(cfg)
+        reload_ok(cfg)
         assert not silent_client_reaches_backend(port, backend, clients)
     finally:
         for client in clients:

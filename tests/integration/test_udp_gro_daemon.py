@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .procs import child_env, free_port, l4lb_cmd, stop_process
+from .procs import child_env, free_port, l4lb_cmd, reload_ok, stop_process
 from .test_udp_daemon import UdpNamer
 
 SOL_UDP, UDP_SEGMENT = 17, 103
@@ -60,12 +60,6 @@ def gso_round_trip(port: int) -> None:
     assert got == sorted(sent)
 
 
-def reload(cfg: Path, env: dict[str, str]) -> None:
-    res = subprocess.run(l4lb_cmd("reload", "-c", str(cfg)), capture_output=True, text=True,
-                         env=env, timeout=30, check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
-
-
 def status(cfg: Path, env: dict[str, str], text: bool = False) -> Any:
     args = ["status", "-c", str(cfg)] if text else ["status", "--json", "-c", str(cfg)]
     res = subprocess.run(l4lb_cmd(*args), capture_output=True, text=True, env=env, timeout=30,
@@ -94,7 +88,7 @@ def test_udp_gro_off_and_on_across_a_reload(impl: str, tmp_path: Path) -> None:
         assert "  options: no GRO buffers (udp_gro = false)\n" in status(cfg, env, text=True)
 
         config(cfg, ctl, port, echo.port, gro=True)
-        reload(cfg, env)
+        reload_ok(cfg, env)
         gso_round_trip(port)
         options = status(cfg, env)["udp_options"]
         assert options["udp_gro"] is True
@@ -106,7 +100,7 @@ def test_udp_gro_off_and_on_across_a_reload(impl: str, tmp_path: Path) -> None:
             assert ("options:" in status(cfg, env, text=True)) is not _udp_gro_supported()
         # back to false: new flows go without, the open listener keeps GRO (never turned off)
         config(cfg, ctl, port, echo.port, gro=False)
-        reload(cfg, env)
+        reload_ok(cfg, env)
         gso_round_trip(port)
         options = status(cfg, env)["udp_options"]
         kept = impl == "c" and _udp_gro_supported()

@@ -157,6 +157,28 @@ class FakeDataplane:
         pass
 
 
+class OldDataplane:
+    """A data plane with publish() and stop() only: none of the per-service switches."""
+
+    def publish(self, blob: bytes) -> int:
+        return 1
+
+    def stop(self, timeout: float) -> None:
+        pass
+
+
+class SwitchRecorder(OldDataplane):
+    """A data plane with one per-service switch, `method(service_id, on)`, that records every
+    call (set_fast_open, set_udp_gro)."""
+
+    def __init__(self, method: str) -> None:
+        self.calls: list[tuple[int, bool]] = []
+        setattr(self, method, self._record)
+
+    def _record(self, service_id: int, on: bool) -> None:
+        self.calls.append((service_id, on))
+
+
 TWO = """\
 [[services]]
 name = "web"

@@ -12,7 +12,13 @@ from l4lb.config import ConfigError, load_text
 from l4lb.config.model import Service
 
 from .fakehost import FakeHost
-from .test_config_congestion import daemon_on, sid, switch  # the two-service daemon harness
+from .test_config_congestion import (  # the two-service daemon harness
+    OldDataplane,
+    SwitchRecorder,
+    daemon_on,
+    sid,
+    switch,
+)
 
 TCP = """\
 [[services]]
@@ -101,41 +107,15 @@ def test_must_be_a_boolean() -> None:
         'a string ("true"); write true without quotes']
 
 
-class FakeDataplane:
-    """Records set_fast_open calls (the daemon's only use of it here)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, bool]] = []
-
-    def publish(self, blob: bytes) -> int:
-        return 1
-
-    def set_fast_open(self, service_id: int, on: bool) -> None:
-        self.calls.append((service_id, on))
-
-    def stop(self, timeout: float) -> None:
-        pass
-
-
-class OldDataplane:
-    """A data plane without set_fast_open."""
-
-    def publish(self, blob: bytes) -> int:
-        return 1
-
-    def stop(self, timeout: float) -> None:
-        pass
-
-
 def test_daemon_default_path_makes_no_call() -> None:
-    dp = FakeDataplane()
+    dp = SwitchRecorder("set_fast_open")
     daemon = daemon_on("", "", dp)
     daemon._publish()
     assert dp.calls == []
 
 
 def test_daemon_turns_it_on_and_off_across_reloads() -> None:
-    dp = FakeDataplane()
+    dp = SwitchRecorder("set_fast_open")
     daemon = daemon_on(ON, "", dp)
     web = sid(daemon, "web")
     assert dp.calls == [(web, True)]
@@ -152,7 +132,7 @@ def test_daemon_turns_it_on_and_off_across_reloads() -> None:
 
 
 def test_daemon_follows_a_service_whose_id_moves() -> None:
-    dp = FakeDataplane()
+    dp = SwitchRecorder("set_fast_open")
     daemon = daemon_on(ON, ON, dp)
     assert sorted(dp.calls) == sorted([(sid(daemon, "web"), True), (sid(daemon, "api"), True)])
     dp.calls.clear()

@@ -10,7 +10,17 @@ import pytest
 
 from l4lb.config.model import Service
 
-from .test_config_congestion import TCP, UDP, daemon_on, errors, pure, sid, switch
+from .test_config_congestion import (
+    TCP,
+    UDP,
+    OldDataplane,
+    SwitchRecorder,
+    daemon_on,
+    errors,
+    pure,
+    sid,
+    switch,
+)
 
 UDP_ON = 'protocol = "udp"'
 UDP_OFF = 'protocol = "udp"\nudp_gro = false'
@@ -34,42 +44,16 @@ def test_must_be_a_boolean() -> None:
         'integer (0)']
 
 
-class FakeDataplane:
-    """Records set_udp_gro calls (the daemon's only use of it here)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, bool]] = []
-
-    def publish(self, blob: bytes) -> int:
-        return 1
-
-    def set_udp_gro(self, service_id: int, on: bool) -> None:
-        self.calls.append((service_id, on))
-
-    def stop(self, timeout: float) -> None:
-        pass
-
-
-class OldDataplane:
-    """A data plane without set_udp_gro."""
-
-    def publish(self, blob: bytes) -> int:
-        return 1
-
-    def stop(self, timeout: float) -> None:
-        pass
-
-
 def test_daemon_default_path_makes_no_call() -> None:
     """GRO is the data plane's default: a UDP service without the key costs no call."""
-    dp = FakeDataplane()
+    dp = SwitchRecorder("set_udp_gro")
     daemon = daemon_on(UDP_ON, UDP_ON, dp)
     daemon._publish()
     assert dp.calls == []
 
 
 def test_daemon_turns_it_off_and_on_across_reloads() -> None:
-    dp = FakeDataplane()
+    dp = SwitchRecorder("set_udp_gro")
     daemon = daemon_on(UDP_OFF, UDP_ON, dp)
     web = sid(daemon, "web")
     assert dp.calls == [(web, False)]
@@ -86,7 +70,7 @@ def test_daemon_turns_it_off_and_on_across_reloads() -> None:
 
 
 def test_daemon_follows_a_service_whose_id_moves() -> None:
-    dp = FakeDataplane()
+    dp = SwitchRecorder("set_udp_gro")
     daemon = daemon_on(UDP_OFF, UDP_OFF, dp)
     assert sorted(dp.calls) == sorted([(sid(daemon, "web"), False), (sid(daemon, "api"), False)])
     dp.calls.clear()
