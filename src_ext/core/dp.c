@@ -674,7 +674,7 @@ int dp_set_udp_tuning(struct dp *dp, uint32_t batch, uint32_t slot, int gso, int
             io->batch = batch;
             io->slot = slot;
             io->gso = gso && relay_udp_gso_supported();
-            io->gro = io->gso && gro && slot == RELAY_UDP_MAX && relay_udp_gro_supported();
+            io->gro = io->gso && gro && slot == RELAY_UDP_MAX && io->gro_read;
             for (k = 0; k < RELAY_UDP_BATCH; k++)
                 io->in_iov[k].iov_len = slot;
         }
@@ -925,7 +925,7 @@ int dp_add_listener(struct dp *dp, uint32_t service_id, int fd, uint32_t worker)
         if (l->proto == DP_PROTO_UDP && w->uio->gro &&
             !(atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed) &
               DP_OPT_NO_GRO))
-            (void)relay_udp_gro_set(fd, 1);
+            (void)relay_udp_gro_on(fd);
     }
     pthread_mutex_unlock(&dp->cmd_lock);
     if (rc) {
@@ -1576,7 +1576,7 @@ int dp_set_udp_gro(struct dp *dp, uint32_t service_id, int on)
         if (e->service_id != service_id || e->proto != DP_PROTO_UDP ||
             !dp->workers[e->worker].uio->gro)
             continue;
-        r = relay_udp_gro_set(e->fd, 1);
+        r = relay_udp_gro_on(e->fd);
         if (r && !rc)
             rc = r;
     }

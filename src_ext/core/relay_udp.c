@@ -306,9 +306,9 @@ int relay_udp_gro_supported(void)
     return udp_option_known(UDP_GRO);
 }
 
-int relay_udp_gro_set(int fd, int on)
+int relay_udp_gro_on(int fd)
 {
-    int v = on ? 1 : 0;
+    int v = 1;
 
     return setsockopt(fd, SOL_UDP, UDP_GRO, &v, sizeof(v)) == 0 ? 0 : -errno;
 }
@@ -569,7 +569,7 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
      * stays one datagram, so the count can stop exactly */
     if (w->uio->gro && !svc->responses &&
         !(atomic_load_explicit(&w->dp->opts.bits[sid], memory_order_relaxed) & DP_OPT_NO_GRO))
-        gro = relay_udp_gro_set(fd, 1) == 0;
+        gro = relay_udp_gro_on(fd) == 0;
     sl = relay_backend_addr(b, &ss);
     if (connect(fd, (struct sockaddr *)&ss, sl) < 0) {
         err = errno;

@@ -126,8 +126,9 @@ int relay_udp_io_create(struct relay_udp_io **out, uint32_t batch, uint32_t slot
 int relay_udp_gso_supported(void);
 /* 1 when this kernel takes UDP_GRO (several datagrams of one sender per read). */
 int relay_udp_gro_supported(void);
-/* Turn UDP_GRO on (on != 0) or off on socket fd: 0 or -errno. */
-int relay_udp_gro_set(int fd, int on);
+/* Turn UDP_GRO on for socket fd: 0 or -errno. Never turned off again (relay_udp.c, "GRO
+ * buffers": merged datagrams queued meanwhile would lose their boundaries). */
+int relay_udp_gro_on(int fd);
 void relay_udp_io_destroy(struct relay_udp_io *io);
 void relay_udp_read(struct dp_worker *w, struct dp_listener *l);
 void relay_udp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events);
