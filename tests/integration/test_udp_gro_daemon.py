@@ -107,6 +107,10 @@ def test_udp_gro_off_and_on_across_a_reload(impl: str, tmp_path: Path) -> None:
         assert options == {"udp_gro": False, "listeners_keep_gro": kept, "gro_in_effect": False}
         assert ("the open listeners keep them until a restart" in status(cfg, env, text=True)) \
             is kept
+        deadline = time.monotonic() + 5  # a datagram is counted just after it was sent
+        while status(cfg, env)["counters"].get("datagrams_out") != 33 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
         counters = status(cfg, env)["counters"]
         assert counters["datagrams_in"] == counters["datagrams_out"] == 33
         assert stop_process(proc, signal.SIGTERM) == 0
