@@ -16,6 +16,13 @@ The rules, in order:
    health verdicts of that tier are ignored ("panic"): every enabled backend of the tier gets its
    configured weight, DOWN ones included. The checker is then more likely wrong than the
    backends, and the data plane's connect retry absorbs the ones that are really dead.
+   *Unproven* backends take no part in this: a backend that started DOWN (`initial_state =
+   "down"`) and has had no verdict yet (it has not come UP, and no failed probe has been counted
+   against it) is not known bad, only not yet shown good. It counts neither as UP nor as enabled
+   for min_healthy, and panic does not put it in rotation; with no UP backend anywhere, the tier
+   that panics is the primaries with a verdict, else the backups with one, else none panics.
+   So a pool of new `initial_state = "down"` backends carries no traffic until they pass `rise`
+   probes, instead of panicking at once.
 4. *Slow start*: an UP backend whose ramp started `e` seconds ago (e < slow_start) gets
    `1 + floor((weight - 1) * e / slow_start)`: 1 at once, its full weight after slow_start.
    A weight-1 backend has no steps to ramp through. Not applied in panic.
@@ -53,6 +60,7 @@ class PoolMember(Generic[K]):
     admin: AdminState = "up"  # operator state
     backup: bool = False  # serves only when no primary is UP
     ramp_start: float | None = None  # monotonic start of its slow-start ramp; None = no ramp
+    unproven: bool = False  # DOWN since added with initial_state "down", no verdict yet (rule 3)
 
 
 @dataclass(frozen=True)
@@ -67,15 +75,25 @@ class PoolResult(Generic[K]):
     up: int  # UP enabled backends of the whole service, both tiers (for VRRP tracking)
     enabled: int  # enabled backends of the whole service, both tiers
     next_change: float | None  # monotonic time a slow-start step changes a weight; None = never
+    tier_unproven: int = 0  # unproven enabled backends of the tier (not in tier_enabled)
 
     @property
     def panic_reason(self) -> str:
-        """One line for the panic warning, e.g. `0 of 3 enabled primary backends are UP`."""
-        return f"{self.tier_up} of {self.tier_enabled} enabled {self.tier} backends are UP"
+        """One line for the panic warning, e.g. `0 of 3 enabled primary backends are UP`, with
+        `; 2 unproven left out` when unproven backends of the tier were not counted."""
+        text = f"{self.tier_up} of {self.tier_enabled} enabled {self.tier} backends are UP"
+        if self.tier_unproven:
+            text += f"; {self.tier_unproven} unproven left out"
+        return text
 
 
 def _is_enabled(member: PoolMember[K]) -> bool:
     return member.admin == "up" and member.weight > 0
+
+
+def _is_unproven(member: PoolMember[K]) -> bool:
+    """Unproven and DOWN (an UP backend has had its verdict, whatever the flag says)."""
+    return member.unproven and member.health is Health.DOWN
 
 
 def ramp_weight(weight: int, ramp_start: float | None, slow_start: float,
@@ -115,13 +133,20 @@ def effective_weights(members: Sequence[PoolMember[K]], now: float, min_healthy:
     up_backups = [m for m in backups if m.health is Health.UP]
     up_total = len(up_primaries) + len(up_backups)
     tier: Tier
-    if up_primaries or (primaries and not up_backups):
-        tier, group, up = "primary", primaries, up_primaries
+    if up_primaries:
+        tier, tier_members, up = "primary", primaries, up_primaries
+    elif up_backups:
+        tier, tier_members, up = "backup", backups, up_backups
+    elif primaries and (any(not _is_unproven(m) for m in primaries)
+                        or all(_is_unproven(m) for m in backups)):
+        # nothing is UP: the primaries panic, unless only the backups have had a verdict
+        tier, tier_members, up = "primary", primaries, up_primaries
     elif backups:
-        tier, group, up = "backup", backups, up_backups
+        tier, tier_members, up = "backup", backups, up_backups
     else:
         return PoolResult(weights=weights, tier="none", panic=False, tier_up=0, tier_enabled=0,
                           up=0, enabled=0, next_change=None)
+    group = [m for m in tier_members if not _is_unproven(m)]
     threshold = Fraction(min_healthy).limit_denominator(1_000_000) * len(group)
     panic = len(up) < threshold
     next_change: float | None = None
@@ -136,4 +161,4 @@ def effective_weights(members: Sequence[PoolMember[K]], now: float, min_healthy:
                 next_change = step_at if next_change is None else min(next_change, step_at)
     return PoolResult(weights=weights, tier=tier, panic=panic, tier_up=len(up),
                       tier_enabled=len(group), up=up_total, enabled=len(enabled),
-                      next_change=next_change)
+                      next_change=next_change, tier_unproven=len(tier_members) - len(group))
