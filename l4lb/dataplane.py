@@ -127,6 +127,14 @@ class DataplaneAPI(Protocol):
         the close reason "drain_timeout". Unknown/unused id: 0. backend_id outside
         0..65535: ValueError."""
 
+    def reset_counters(self, *, service_id: int | None = None,
+                       backend_id: int | None = None) -> bool:
+        """Zero every counter of one service id or one backend id (exactly one) that has left
+        the table, so that a new service or backend given that id starts from 0. Returns False
+        and changes nothing while the live table still has the id, a session or UDP flow of any
+        worker still counts on it (from the pick on, connecting included), or (service) one of
+        its listeners is still registered. TableBuilder.release() follows a True."""
+
     def set_connection_log(self, enabled: bool, capacity: int = 16384) -> None:
         """Turn the connection log on or off (see the class docstring). On: each worker keeps
         up to `capacity` records (1..4194304, rounded up to a power of two; ValueError

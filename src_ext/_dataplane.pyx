@@ -7,8 +7,8 @@ tests can compare it with the Python twins in l4lb/table/.
 
 The worker threads are pthreads created in C: they never hold the GIL and never touch a Python
 object. Every call below that can wait for a worker (add_listener, remove_listener, publish,
-stats, sessions, flows, close_backend_sessions, set_connection_log, closed_sessions,
-set_congestion_control, stop) releases the GIL for the whole C call and converts results
+stats, sessions, flows, close_backend_sessions, reset_counters, set_connection_log,
+closed_sessions, set_congestion_control, stop) releases the GIL for the whole C call and converts results
 afterwards.
 """
 
@@ -50,6 +50,7 @@ _PROTOCOLS = ("tcp", "udp")
 if len(_CLOSE_REASONS) != <int>_core.DP_CLOSE_N:
     raise ImportError("l4lb._dataplane: _CLOSE_REASONS does not match enum dp_close_reason")
 _MAX_BACKENDS = 65536
+_MAX_SERVICES = 1024
 _SERVICE_KEYS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
                  "bytes_to_client", "accept_errors", "datagrams_in", "datagrams_out",
                  "flows_created", "flows_expired", "flows_active", "drops_max_flows",
@@ -266,6 +267,31 @@ cdef class Dataplane:
         if rc:
             raise _dp_oserror(rc)
         return closed
+
+    def reset_counters(self, *, service_id=None, backend_id=None):
+        """Zero the counters of one service id or one backend id that has left the table, so
+        that the id can be reused by a new one starting from 0. Returns False (and changes
+        nothing) while the live table still has the id, a session or UDP flow still counts on
+        it, or (service) one of its listeners is still registered; True once zeroed."""
+        cdef int rc
+        cdef int service
+        cdef uint32_t ident
+        if (service_id is None) == (backend_id is None):
+            raise TypeError("reset_counters: give exactly one of service_id, backend_id")
+        service = 1 if service_id is not None else 0
+        value = int(service_id if service_id is not None else backend_id)
+        limit = _MAX_SERVICES if service else _MAX_BACKENDS
+        if not 0 <= value < limit:
+            raise ValueError(f"{'service_id' if service else 'backend_id'} {value} out of range "
+                             f"0..{limit - 1}")
+        ident = <uint32_t>value
+        with nogil:
+            rc = _core.dp_reset_counters(self._dp, service, ident)
+        if rc == -EBUSY:
+            return False
+        if rc:
+            raise _dp_oserror(rc)
+        return True
 
     def set_connection_log(self, enabled, int capacity=16384):
         """Turn the connection log on (a ring of `capacity` records per worker, rounded up to a

@@ -133,6 +133,36 @@ class Dataplane:
         return sum(w.call(functools.partial(w.close_backend, backend_id))
                    for w in self._workers)
 
+    def reset_counters(self, *, service_id: int | None = None,
+                       backend_id: int | None = None) -> bool:
+        """Zero the counters of one service id or backend id that has left the table; False
+        (nothing changed) while the live table has it, or a session, UDP flow or listener of
+        a worker still counts on it."""
+        if (service_id is None) == (backend_id is None):
+            raise TypeError("reset_counters: give exactly one of service_id, backend_id")
+        service = service_id is not None
+        chosen = service_id if service_id is not None else backend_id
+        assert chosen is not None
+        ident = int(chosen)
+        limit = 1024 if service else MAX_BACKENDS
+        if not 0 <= ident < limit:
+            raise ValueError(f"{'service_id' if service else 'backend_id'} {ident} out of range "
+                             f"0..{limit - 1}")
+        with self._lock:  # no publish in between: a retired id never comes back in one
+            live = self._shared.table
+            if live is not None and (
+                    live.service(ident) is not None if service
+                    else any(b.backend_id == ident for b in live.table.backends)):
+                return False
+            # call() runs on each worker between its events: whatever it picked with an older
+            # table has been counted by then
+            if any(w.call(functools.partial(w.counts_on, service, ident))
+                   for w in self._workers):
+                return False
+            for w in self._workers:
+                w.call(functools.partial(w.zero_counters, service, ident))
+        return True
+
     def set_connection_log(self, enabled: bool, capacity: int = 16384) -> None:
         """Turn the connection log on (capacity records per worker, rounded up to a power of
         two) or off (queued records stay until taken)."""

@@ -214,6 +214,21 @@ class Worker:
             self._close_session(session, reset=True, reason="drain_timeout")
         return len(doomed) + self.udp.close_backend(backend_id)
 
+    def counts_on(self, service: bool, ident: int) -> bool:
+        """True while a session, flow or listener of this worker still counts on the id."""
+        if service:
+            found = self.counters.services.get(ident, {})
+            if (any(lst.service_id == ident for lst in self.listeners.values())
+                    or any(u.service_id == ident for u in self.udp_listeners.values())):
+                return True
+        else:
+            found = self.counters.backends.get(ident, {})
+        return bool(found.get("conns_active", 0) or found.get("flows_active", 0))
+
+    def zero_counters(self, service: bool, ident: int) -> None:
+        """Forget the counters of a service or backend id (the next use starts at 0)."""
+        (self.counters.services if service else self.counters.backends).pop(ident, None)
+
     def configure_log(self, on: bool, capacity: int | None) -> None:
         """Turn the connection log on or off (capacity: a new queue size, or None to keep)."""
         self.log.configure(on, capacity)

@@ -2,9 +2,12 @@
 
 TableBuilder keeps stable dense ids across rebuilds: a service keeps its id as long as its name
 is in the config, a backend as long as its (service name, address) is. Ids are the keys of the
-data plane's counters and scheduler state, so a reload must not renumber what did not change. An
-id that leaves the config is not handed to anything new until a table without it has been built
-(so the table that follows never gives a removed thing's id, and its counters, to a new one).
+data plane's counters, sessions, UDP flows and scheduler state, so a reload must not renumber what
+did not change. An id that leaves the table is retired: it is not handed to anything new until the
+caller releases it (`release`), which the daemon does once the data plane shows no session or flow
+on it any more and has zeroed its counters. Without that, a new backend would inherit a removed
+one's counters, its open sessions (`l4lb sessions`, least_conn, drains) and its connection-log
+lines.
 New ids are the lowest free ones, allocated in config order (services) and canonical order
 (backends), so two nodes that build from the same config get the same ids and, since backends are
 sorted canonically and the hash seed comes from the config, byte-identical blobs.
@@ -86,13 +89,14 @@ def _ms(seconds: float) -> int:
 
 
 def _allocate(
-    wanted: Iterable[object], previous: Mapping[object, int], limit: int, what: str
+    wanted: Iterable[object], previous: Mapping[object, int], retired: Collection[int],
+    limit: int, what: str
 ) -> dict[object, int]:
     """Ids for `wanted` keys (in order): kept from `previous`, else the lowest id that is neither
-    kept nor used by the previous table."""
+    kept, nor used by the previous table, nor retired."""
     keys = list(wanted)
     result = {k: previous[k] for k in keys if k in previous}
-    taken = set(previous.values()) | set(result.values())
+    taken = set(previous.values()) | set(result.values()) | set(retired)
     next_free = 0
     for k in keys:
         if k in result:
@@ -113,6 +117,8 @@ class TableBuilder:
         self._fill = maglev_fill or default_maglev_fill()
         self._svc_ids: dict[object, int] = {}  # service name -> id, as in the last built table
         self._bk_ids: dict[object, int] = {}  # (service name, canonical endpoint) -> id, likewise
+        self._retired_svc: set[int] = set()  # service ids out of the table, not yet released
+        self._retired_bk: set[int] = set()  # backend ids out of the table, not yet released
         self._ids = IdMaps({}, {})
         self._table: Table | None = None
         self._addr_cache: dict[str, tuple[int, bytes]] = {}  # host -> (family, 16-byte addr)
@@ -134,6 +140,17 @@ class TableBuilder:
         """(service name, backend address as written) -> backend_id in the last built table."""
         return dict(self._ids.backends)
 
+    def retired(self) -> tuple[frozenset[int], frozenset[int]]:
+        """(service ids, backend ids) that left the table and were not released yet."""
+        return frozenset(self._retired_svc), frozenset(self._retired_bk)
+
+    def release(self, service_ids: Iterable[int] = (), backend_ids: Iterable[int] = ()) -> None:
+        """Let retired ids be given to new services / backends again. The caller promises that
+        nothing in the data plane refers to them any more (no session, flow or unread
+        connection-log record) and that their counters start again from 0."""
+        self._retired_svc.difference_update(service_ids)
+        self._retired_bk.difference_update(backend_ids)
+
     def build(
         self,
         config: Config,
@@ -148,7 +165,8 @@ class TableBuilder:
         if len(config.services) > MAX_SERVICES:
             raise ValueError(f"services: {len(config.services)} is more than {MAX_SERVICES}")
         svc_ids = _allocate(
-            (s.name for s in config.services), self._svc_ids, MAX_SERVICES, "services"
+            (s.name for s in config.services), self._svc_ids, self._retired_svc, MAX_SERVICES,
+            "services"
         )
         cache: dict[str, tuple[int, bytes]] = {}
         ordered = [(svc, self._canonical(svc, cache)) for svc in config.services]
@@ -158,6 +176,7 @@ class TableBuilder:
         bk_ids = _allocate(
             ((svc.name, p.key) for svc, bks in ordered for p in bks),
             self._bk_ids,
+            self._retired_bk,
             MAX_BACKENDS,
             "backends",
         )
@@ -213,6 +232,8 @@ class TableBuilder:
 
         table = Table(config.global_.hash_seed, tuple(services), tuple(backends), tuple(ring))
         blob = pack(table)
+        self._retired_svc |= set(self._svc_ids.values()) - set(svc_ids.values())
+        self._retired_bk |= set(self._bk_ids.values()) - set(bk_ids.values())
         self._svc_ids, self._bk_ids, self._table = dict(svc_ids), dict(bk_ids), table
         self._addr_cache = cache
         self._ids = IdMaps(

@@ -340,6 +340,30 @@ static void dp_worker_connlog(struct dp_worker *w, struct dp_cmd *c)
     w->log_on = c->log_on && w->log_ring;
 }
 
+/* 1 while worker w may still count anything on a service or backend id: the live table (which
+ * the worker adopts first) has it, or a session or flow of w counts on it (a session counts on
+ * its backend from the pick on, connecting included; see dp_reset_counters). */
+static int dp_worker_id_busy(struct dp_worker *w, int service, uint32_t id)
+{
+    const struct dp_table *t;
+    const uint64_t *v;
+    uint32_t i;
+
+    dp_worker_refresh_table(w);
+    t = w->table;
+    if (service) {
+        v = w->cnt->svc[id];
+        if (t && dp_table_service(t, id))
+            return 1;
+        return v[DP_SC_CONNS_ACTIVE] != 0 || v[DP_SC_FLOWS_ACTIVE] != 0;
+    }
+    for (i = 0; t && i < t->n_backends; i++)
+        if (t->backends[i].backend_id == id)
+            return 1;
+    v = w->cnt->be[id];
+    return v[DP_BC_CONNS_ACTIVE] != 0 || v[DP_BC_FLOWS_ACTIVE] != 0;
+}
+
 /* Execute one command on worker w. */
 static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
 {
@@ -372,6 +396,17 @@ static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
         break;
     case DP_CMD_CONNLOG:
         dp_worker_connlog(w, c);
+        c->rc = 0;
+        break;
+    case DP_CMD_ID_QUIET:
+        c->busy = dp_worker_id_busy(w, c->id_service, c->id);
+        c->rc = 0;
+        break;
+    case DP_CMD_ID_ZERO:
+        if (c->id_service)
+            memset(w->cnt->svc[c->id], 0, sizeof(w->cnt->svc[c->id]));
+        else
+            memset(w->cnt->be[c->id], 0, sizeof(w->cnt->be[c->id]));
         c->rc = 0;
         break;
     }
@@ -1271,6 +1306,65 @@ int dp_close_backend_sessions(struct dp *dp, uint32_t backend_id, uint64_t *clos
         return -ENOMEM;
     for (i = 0; i < dp->n_workers; i++)
         *closed += cmds[i].closed;
+    free(cmds);
+    return 0;
+}
+
+int dp_reset_counters(struct dp *dp, int service, uint32_t id)
+{
+    struct dp_cmd tmpl = { .type = DP_CMD_ID_QUIET, .id_service = (uint8_t)(service != 0),
+                           .id = id };
+    struct dp_cmd *cmds;
+    uint32_t i;
+    int busy = 0;
+
+    if (id >= (service ? DP_MAX_SERVICES : DP_MAX_BACKENDS))
+        return -EINVAL;
+    if (service) { /* a listener of the service would keep counting on its id */
+        pthread_mutex_lock(&dp->cmd_lock);
+        for (i = 0; i < dp->n_lfd; i++)
+            busy |= dp->lfd[i].service_id == id;
+        pthread_mutex_unlock(&dp->cmd_lock);
+        if (busy)
+            return -EBUSY;
+    }
+    /* Phase 1: every running worker adopts the live table and says whether it still counts on
+     * the id. Once all say no, none can start to: the id is not in the live table, and the
+     * caller (TableBuilder) never puts a retired id into a later one. pub_lock keeps a publish
+     * out of the two phases. */
+    pthread_mutex_lock(&dp->pub_lock);
+    cmds = dp_ask_all(dp, &tmpl);
+    if (!cmds) {
+        pthread_mutex_unlock(&dp->pub_lock);
+        return -ENOMEM;
+    }
+    for (i = 0; i < dp->n_workers; i++)
+        busy |= cmds[i].busy;
+    free(cmds);
+    if (busy) {
+        pthread_mutex_unlock(&dp->pub_lock);
+        return -EBUSY;
+    }
+    /* Phase 2: each worker zeroes its own slots (it is their only writer). A worker that is not
+     * running writes nothing, so its slots are zeroed from here. */
+    tmpl.type = DP_CMD_ID_ZERO;
+    cmds = dp_ask_all(dp, &tmpl);
+    if (!cmds) {
+        pthread_mutex_unlock(&dp->pub_lock);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&dp->cmd_lock);
+    for (i = 0; i < dp->n_workers; i++) {
+        struct dp_worker *w = &dp->workers[i];
+        if (w->thread_started && !w->exited)
+            continue;
+        if (service)
+            memset(w->cnt->svc[id], 0, sizeof(w->cnt->svc[id]));
+        else
+            memset(w->cnt->be[id], 0, sizeof(w->cnt->be[id]));
+    }
+    pthread_mutex_unlock(&dp->cmd_lock);
+    pthread_mutex_unlock(&dp->pub_lock);
     free(cmds);
     return 0;
 }

@@ -239,6 +239,12 @@ int dp_internals(struct dp *dp, struct dp_internals *out);
  * >= DP_MAX_BACKENDS. The closes are counted like any other and logged as
  * DP_CLOSE_DRAIN_TIMEOUT. */
 int dp_close_backend_sessions(struct dp *dp, uint32_t backend_id, uint64_t *closed);
+/* Zero every counter of a service id (service != 0) or a backend id that has left the
+ * forwarding table, so that the id can be given to a new service or backend that starts from 0.
+ * -EBUSY (nothing changed) while the live table still has the id, a worker's session or UDP flow
+ * still counts on it, or (service) a listener of that service is still registered; -EINVAL for
+ * an id out of range. The caller must not publish the id again before this returned 0. */
+int dp_reset_counters(struct dp *dp, int service, uint32_t id);
 /* Turn the connection log on or off. On: every session or flow that ends leaves one record in
  * its worker's ring of `capacity` records (rounded up to a power of two, 1..DP_CONNLOG_MAX;
  * ignored when off); a full ring refuses new records and counts them (connlog_dropped). A new

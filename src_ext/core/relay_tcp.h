@@ -178,7 +178,7 @@ struct relay_session {
 /* A request for a worker, queued by another thread, answered by the worker. */
 enum dp_cmd_type {
     DP_CMD_ADD_LISTENER = 1, DP_CMD_DEL_LISTENER, DP_CMD_SNAPSHOT, DP_CMD_INTERNALS, DP_CMD_FLOWS,
-    DP_CMD_CLOSE_BACKEND, DP_CMD_CONNLOG
+    DP_CMD_CLOSE_BACKEND, DP_CMD_CONNLOG, DP_CMD_ID_QUIET, DP_CMD_ID_ZERO
 };
 
 struct dp_cmd {
@@ -198,6 +198,11 @@ struct dp_cmd {
     int log_on;                    /* CONNLOG: record closes from now on (1) or not (0) */
     struct connlog_ring *ring;     /* CONNLOG: a new ring to use (NULL: keep the current one);
                                       on return, the replaced ring for the caller to free */
+    uint8_t id_service;            /* ID_QUIET / ID_ZERO: 1 = `id` is a service id, 0 = a
+                                      backend id */
+    uint32_t id;                   /* ID_QUIET / ID_ZERO: the id asked about / to zero */
+    int busy;                      /* ID_QUIET: 1 when this worker's live table still has the id
+                                      or a session or flow of this worker still counts on it */
 };
 
 /* What dp.c keeps of each listener it was given (under dp->cmd_lock). */

@@ -239,7 +239,7 @@ def test_backups_only_take_traffic_when_every_primary_is_down() -> None:
     assert [b.weight for b in table.backends] == [0, 0, 0]
 
 
-def test_ids_are_stable_across_rebuilds_and_reused_only_after_a_table_without_them() -> None:
+def test_ids_are_stable_across_rebuilds_and_reused_only_once_released() -> None:
     a, b, c = be("10.0.0.1", 80), be("10.0.0.2", 80), be("10.0.0.3", 80)
     tb = TableBuilder(maglev_fill=py_fill)
     tb.build(config(service("s1", [a, b]), service("s2", [c])))
@@ -249,27 +249,36 @@ def test_ids_are_stable_across_rebuilds_and_reused_only_after_a_table_without_th
         ("s1", "10.0.0.2:80"): 1,
         ("s2", "10.0.0.3:80"): 2,
     }
+    assert tb.retired() == (frozenset(), frozenset())
 
-    # s1 and backend b go away, s3 and backend c in s1 arrive: removed ids are not reused yet
+    # s1 and backend b go away, s3 and backend c in s1 arrive: removed ids are not reused
     tb.build(config(service("s2", [c]), service("s3", [a]), service("s1", [a, c])))
     assert tb.service_ids() == {"s2": 1, "s3": 2, "s1": 0}
     ids = tb.backend_ids()
     assert ids[("s2", "10.0.0.3:80")] == 2 and ids[("s1", "10.0.0.1:80")] == 0
     assert ids[("s3", "10.0.0.1:80")] == 3 and ids[("s1", "10.0.0.3:80")] == 4
+    assert tb.retired() == (frozenset(), frozenset({1}))
 
-    tb.build(config(service("s2", [c])))  # s1 and s3 leave: their ids are not reused yet...
+    tb.build(config(service("s2", [c])))  # s1 and s3 leave: their ids are retired...
     assert tb.service_ids() == {"s2": 1}
+    assert tb.retired() == (frozenset({0, 2}), frozenset({0, 1, 3, 4}))
+    tb.build(config(service("s2", [c]), service("s4", [b])))
+    # ...and stay retired over any number of tables until the caller releases them
+    assert tb.service_ids() == {"s2": 1, "s4": 3}
+    assert tb.backend_ids() == {("s2", "10.0.0.3:80"): 2, ("s4", "10.0.0.2:80"): 5}
+
+    tb.release(service_ids=[0, 2], backend_ids=[0, 1, 3])
+    assert tb.retired() == (frozenset(), frozenset({4}))
     tb.build(config(service("s2", [c]), service("s4", [b]), service("s5", [a])))
-    # ...but now the last table held only service id 1 and backend id 2: the rest are free
-    assert tb.service_ids() == {"s2": 1, "s4": 0, "s5": 2}
+    assert tb.service_ids() == {"s2": 1, "s4": 3, "s5": 0}
     assert tb.backend_ids() == {
         ("s2", "10.0.0.3:80"): 2,
-        ("s4", "10.0.0.2:80"): 0,
-        ("s5", "10.0.0.1:80"): 1,
+        ("s4", "10.0.0.2:80"): 5,
+        ("s5", "10.0.0.1:80"): 0,
     }
     table = tb.table
     assert table is not None
-    assert sorted(s.service_id for s in table.services) == [0, 1, 2]
+    assert sorted(s.service_id for s in table.services) == [0, 1, 3]
 
 
 def test_an_id_removed_in_this_build_is_not_given_to_a_newcomer() -> None:
