@@ -13,7 +13,7 @@
  * remote_port in network byte order in the upper 16 bits and local_port in host order, and
  * tuple_key() builds the same layout from getsockname()/getpeername().
  *
- * No clang is needed: the eleven-instruction program is assembled below by hand.
+ * No clang is needed: the sixteen-instruction program is assembled below by hand.
  *
  * Where the work runs. A redirected skb is queued on the peer's psock and sent by a kworker
  * (sk_psock_backlog), on the CPU whose softirq received it. /proc/PID/stat of this process
