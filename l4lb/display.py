@@ -71,27 +71,79 @@ def uptime(seconds: float, sep: str = "") -> str:
 
 BACKEND_HEADERS = ("BACKEND", "NAME", "STATE", "WEIGHT", "EFF", "ACTIVE", "TOTAL", "FAILS",
                    "TO-BACKEND", "TO-CLIENT", "PROBE")
+# A UDP service's backends: flows instead of connections, and datagrams next to the bytes.
+UDP_BACKEND_HEADERS = ("BACKEND", "NAME", "STATE", "WEIGHT", "EFF", "FLOWS", "TOTAL", "FAILS",
+                       "DGRAMS-TO-BACKEND", "DGRAMS-TO-CLIENT", "TO-BACKEND", "TO-CLIENT",
+                       "PROBE")
 
 
 def backend_rows(backends: Sequence[dict[str, Any]],
                  now: float | None = None) -> list[list[Any]]:
     """Rows under BACKEND_HEADERS. A drain deadline shows in the state ("drain, 4m32s left",
-    counted from `now`, default the current time); PROBE is the last probe's latency."""
-    if now is None:
-        now = time.time()
-    rows = []
-    for b in backends:
-        name = b["name"] if b["name"] != b["address"] else "-"
-        state = b["state"]
-        if b.get("drain_deadline") is not None:
-            state += f", {countdown(b['drain_deadline'] - now)} left"
-        state += " (backup)" if b.get("backup") else ""
-        latency = b.get("probe_latency")
-        rows.append([b["address"], name, state, b["weight"], b["effective_weight"],
-                     b["conns_active"], b["conns_total"], b["connect_failures"],
-                     human_bytes(b["bytes_to_backend"]), human_bytes(b["bytes_to_client"]),
-                     human_seconds(latency) if latency is not None else "-"])
-    return rows
+    counted from `now`, default the current time); PROBE is the last probe's latency.
+    ACTIVE and TOTAL count sessions: TCP connections, or the flows of a UDP backend (a backend
+    has only one kind, the other counts stay 0), so the table fits both protocols."""
+    return [[*_backend_lead(b, now),
+             _count(b, "conns_active") + _count(b, "flows_active"),
+             _count(b, "conns_total") + _count(b, "flows_total"),
+             _count(b, "connect_failures"), human_bytes(_count(b, "bytes_to_backend")),
+             human_bytes(_count(b, "bytes_to_client")), _probe(b)]
+            for b in backends]
+
+
+def udp_backend_rows(backends: Sequence[dict[str, Any]],
+                     now: float | None = None) -> list[list[Any]]:
+    """Rows under UDP_BACKEND_HEADERS: flows open now and ever mapped to the backend, ICMP
+    refusals (FAILS), datagrams and bytes each way, the last probe's latency."""
+    return [[*_backend_lead(b, now),
+             _count(b, "flows_active"), _count(b, "flows_total"), _count(b, "connect_failures"),
+             _count(b, "datagrams_to_backend"), _count(b, "datagrams_to_client"),
+             human_bytes(_count(b, "bytes_to_backend")),
+             human_bytes(_count(b, "bytes_to_client")), _probe(b)]
+            for b in backends]
+
+
+def backend_table(backends: Sequence[dict[str, Any]], protocol: str = "tcp",
+                  now: float | None = None) -> str:
+    """The backends of one service as a text table, in the layout of its protocol."""
+    if protocol == "udp":
+        return table(UDP_BACKEND_HEADERS, udp_backend_rows(backends, now))
+    return table(BACKEND_HEADERS, backend_rows(backends, now))
+
+
+def _backend_lead(b: dict[str, Any], now: float | None) -> list[Any]:
+    """BACKEND, NAME, STATE, WEIGHT, EFF: the columns both layouts start with."""
+    name = b["name"] if b["name"] != b["address"] else "-"
+    state = b["state"]
+    if b.get("drain_deadline") is not None:
+        if now is None:
+            now = time.time()
+        state += f", {countdown(b['drain_deadline'] - now)} left"
+    state += " (backup)" if b.get("backup") else ""
+    return [b["address"], name, state, b["weight"], b["effective_weight"]]
+
+
+def _count(b: dict[str, Any], key: str) -> int:
+    """A counter of a backend view; 0 when the daemon does not send it (an older daemon)."""
+    return int(b.get(key) or 0)
+
+
+def _probe(b: dict[str, Any]) -> str:
+    latency = b.get("probe_latency")
+    return human_seconds(latency) if latency is not None else "-"
+
+
+PANIC_PREFIX = "PANIC: "  # panic_text() = PANIC_PREFIX + reason + PANIC_TAIL (the page too)
+PANIC_TAIL = (" (below min_healthy): health checks are ignored, DOWN backends stay in "
+              "rotation")
+
+
+def panic_text(reason: str | None) -> str:
+    """The `l4lb status` line of a service in panic, from the service's `panic` (the reason),
+    or "" when it is not in panic. EFF still shows the weights the table really uses."""
+    if not reason:
+        return ""
+    return f"{PANIC_PREFIX}{reason}{PANIC_TAIL}"
 
 
 def tcp_options_text(options: dict[str, Any]) -> str:
@@ -135,6 +187,9 @@ def status_text(status: dict[str, Any]) -> str:
         out.append("")
         out.append(f"service {svc['name']} ({svc['protocol']}, {svc['scheduler']}) listening on "
                    f"{', '.join(svc['listen'])}")
+        panic = panic_text(svc.get("panic"))
+        if panic:
+            out.append(f"  {panic}")
         if svc["protocol"] == "udp":
             drops = {k.removeprefix("drops_"): v for k, v in c.items()
                      if k.startswith("drops_") and v}
@@ -155,7 +210,7 @@ def status_text(status: dict[str, Any]) -> str:
             out.append("  differs from the file: "
                        + "; ".join(f"{kind} at run time: {', '.join(addrs)}"
                                    for kind, addrs in diff.items() if addrs))
-        out.append("  " + table(BACKEND_HEADERS, backend_rows(svc["backends"]))
+        out.append("  " + backend_table(svc["backends"], svc["protocol"])
                    .replace("\n", "\n  "))
     return "\n".join(out)
 

@@ -166,6 +166,28 @@ def _udp_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
         for reason in ("max_flows", "no_backend", "truncated", "send"):
             drops.add_metric([str(svc["name"]), reason], c.get(f"drops_{reason}", 0))
     yield from (active, drops)
+    yield from _udp_backend_families(udp)
+
+
+def _udp_backend_families(udp: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    """Per-backend flow and datagram counts of UDP services (a TCP backend has none)."""
+    labels = list(_BACKEND_LABELS)
+    flows = CounterMetricFamily("l4lb_backend_flows", "UDP flows mapped to the backend.",
+                                labels=labels)
+    active = GaugeMetricFamily("l4lb_backend_flows_active",
+                               "UDP flows mapped to the backend now.", labels=labels)
+    datagrams = CounterMetricFamily("l4lb_backend_datagrams",
+                                    "Datagrams relayed by the backend's UDP flows.",
+                                    labels=[*labels, "direction"])
+    for svc in udp:
+        for b in svc.get("backends", []):
+            key = [str(b.get("service", svc["name"])), str(b["address"]),
+                   str(b.get("name", b["address"]))]
+            flows.add_metric(key, b.get("flows_total", 0))
+            active.add_metric(key, b.get("flows_active", 0))
+            datagrams.add_metric([*key, "to_backend"], b.get("datagrams_to_backend", 0))
+            datagrams.add_metric([*key, "to_client"], b.get("datagrams_to_client", 0))
+    yield from (flows, active, datagrams)
 
 
 def _vrrp_families(instances: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
@@ -258,8 +280,9 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
     weight = GaugeMetricFamily("l4lb_backend_weight", "Configured or runtime weight.",
                                labels=labels)
     effective = GaugeMetricFamily("l4lb_backend_effective_weight",
-                                  "Weight new sessions see (0 when not up, or a standing-by "
-                                  "backup).", labels=labels)
+                                  "Weight the table uses for new sessions (0 when not "
+                                  "eligible; DOWN backends keep theirs during a panic).",
+                                  labels=labels)
     backup = GaugeMetricFamily("l4lb_backend_backup", "1 if the backend is a backup.",
                                labels=labels)
     probe = GaugeMetricFamily("l4lb_backend_probe_latency_seconds",

@@ -16,6 +16,11 @@ document's `time`: the server puts it into the HTML and into the document's `dra
 ({service: {address: text}}), and the script only copies it, so the page and `l4lb backends`
 cannot disagree on the format.
 
+A service in panic (below min_healthy, health verdicts ignored; the service's `panic` in the
+snapshot is the reason) gets a line under its heading with the wording of `l4lb status`
+(display.panic_text; the script's copy of the wording is filled in from the same constants).
+A UDP backend's Active and Total count its flows, as `l4lb backends` does.
+
 `CONTENT_SECURITY_POLICY` allows exactly the page's own style and script (by hash) and fetches
 to the same origin; the server sends it with the page.
 """
@@ -30,7 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from l4lb.display import countdown, uptime
+from l4lb.display import PANIC_PREFIX, PANIC_TAIL, countdown, panic_text, uptime
 
 STATES = ("up", "down", "drain", "maint")  # backend states, see docs/control-api.md
 
@@ -56,12 +61,14 @@ text-align:center}
 .state-maint{background:#e2e4e9;color:#464d5a}
 .tag{font-size:.8em;color:#5b6475;margin-left:.4em}
 .tag.deadline{color:#7a4b00;font-weight:600;font-variant-numeric:tabular-nums}
+.panic{color:#9d1c12;font-weight:bold}
 """
 
 _SCRIPT = r"""
 (function () {
   "use strict";
   var STATES = ["up", "down", "drain", "maint"];
+  var PANIC_PREFIX = @PANIC_PREFIX@, PANIC_TAIL = @PANIC_TAIL@;
   var dataEl = document.getElementById("l4lb-data");
   var refresh = Number(document.body.getAttribute("data-refresh")) || 2;
   var prev = JSON.parse(dataEl.textContent);
@@ -116,6 +123,12 @@ _SCRIPT = r"""
     return s.toFixed(2) + " s";
   }
 
+  function sessions(x, kind) {
+    // TCP connections or UDP flows: one of the two is always 0
+    var flows = kind === "active" ? x.flows_active : (x.flows_total || x.flows_created);
+    return ((kind === "active" ? x.conns_active : x.conns_total) || 0) + (flows || 0);
+  }
+
   function own(obj, key) {
     return obj && Object.prototype.hasOwnProperty.call(obj, key) ? obj[key] : undefined;
   }
@@ -168,6 +181,12 @@ _SCRIPT = r"""
       counts.textContent = "rejected " + (c.rejected || 0) + " \u00b7 no backend " +
         (c.no_backend || 0) + " \u00b7 accept errors " + (c.accept_errors || 0);
       sec.appendChild(counts);
+      if (svc.panic) {
+        var panic = document.createElement("p");
+        panic.className = "summary panic";
+        panic.textContent = PANIC_PREFIX + svc.panic + PANIC_TAIL;
+        sec.appendChild(panic);
+      }
       var table = document.createElement("table");
       table.className = "backends";
       var thead = document.createElement("thead");
@@ -202,9 +221,10 @@ _SCRIPT = r"""
         }
         cell(tr, b.weight, "n");
         cell(tr, b.effective_weight, "n");
-        cell(tr, b.conns_active, "n");
-        cell(tr, fmtRate(rate(b.conns_total, o.conns_total, dt), false), "n rate-conns");
-        cell(tr, b.conns_total, "n");
+        cell(tr, sessions(b, "active"), "n");
+        cell(tr, fmtRate(rate(sessions(b, "total"), o.address ? sessions(o, "total") : null,
+                              dt), false), "n rate-conns");
+        cell(tr, sessions(b, "total"), "n");
         cell(tr, b.connect_failures, "n");
         cell(tr, bytes(b.bytes_to_backend), "n");
         cell(tr, bytes(b.bytes_to_client), "n");
@@ -222,9 +242,10 @@ _SCRIPT = r"""
       cell(tr, "");
       cell(tr, "");
       cell(tr, "");
-      cell(tr, c.conns_active || 0, "n");
-      cell(tr, fmtRate(rate(c.conns_total, oc.conns_total, dt), false), "n rate-conns");
-      cell(tr, c.conns_total || 0, "n");
+      cell(tr, sessions(c, "active"), "n");
+      cell(tr, fmtRate(rate(sessions(c, "total"), oldSvc[svc.name] ? sessions(oc, "total") :
+                            null, dt), false), "n rate-conns");
+      cell(tr, sessions(c, "total"), "n");
       cell(tr, "");
       cell(tr, bytes(c.bytes_to_backend || 0), "n");
       cell(tr, bytes(c.bytes_to_client || 0), "n");
@@ -262,6 +283,10 @@ _SCRIPT = r"""
   setTimeout(tick, refresh * 1000);
 })();
 """
+
+
+_SCRIPT = _SCRIPT.replace("@PANIC_PREFIX@", json.dumps(PANIC_PREFIX)).replace(
+    "@PANIC_TAIL@", json.dumps(PANIC_TAIL))
 
 
 def _csp_hash(text: str) -> str:
@@ -353,12 +378,14 @@ def _service_html(svc: Mapping[str, Any], left: Mapping[str, str]) -> str:
     c = svc.get("counters", {})
     counts = (f"rejected {c.get('rejected', 0)} · no backend {c.get('no_backend', 0)} · "
               f"accept errors {c.get('accept_errors', 0)}")
-    foot = _cells(["service total", "", "", "", "", c.get("conns_active", 0), _NO_RATE,
-                   c.get("conns_total", 0), "", human_bytes(c.get("bytes_to_backend", 0)),
+    panic = panic_text(svc.get("panic"))
+    panic_html = f'<p class="summary panic">{esc(panic)}</p>' if panic else ""
+    foot = _cells(["service total", "", "", "", "", _sessions(c, "active"), _NO_RATE,
+                   _sessions(c, "total"), "", human_bytes(c.get("bytes_to_backend", 0)),
                    human_bytes(c.get("bytes_to_client", 0)), _NO_RATE, _NO_RATE, ""])
     return (f'<section class="service" data-service="{esc(name)}">'
             f'<h2>{esc(name)} <span class="meta">{esc(meta)}</span></h2>'
-            f'<p class="summary">{esc(counts)}</p>'
+            f'<p class="summary">{esc(counts)}</p>{panic_html}'
             f'<table class="backends"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody><tfoot><tr>{foot}</tr></tfoot></table></section>")
 
@@ -377,12 +404,21 @@ def _backend_html(b: Mapping[str, Any], until: str | None) -> str:
         badge += '<span class="tag">backup</span>'
     cells = _cells([address, "" if name == address else name])
     cells += f"<td>{badge}</td>"
-    cells += _cells([b.get("weight", 0), b.get("effective_weight", 0), b.get("conns_active", 0),
-                     _NO_RATE, b.get("conns_total", 0), b.get("connect_failures", 0),
+    cells += _cells([b.get("weight", 0), b.get("effective_weight", 0), _sessions(b, "active"),
+                     _NO_RATE, _sessions(b, "total"), b.get("connect_failures", 0),
                      human_bytes(b.get("bytes_to_backend", 0)),
                      human_bytes(b.get("bytes_to_client", 0)), _NO_RATE, _NO_RATE,
                      latency_text(b.get("probe_latency"))], numeric=True)
     return (f'<tr data-backend="{esc(address)}" data-state="{esc(state)}">{cells}</tr>')
+
+
+def _sessions(x: Mapping[str, Any], kind: str) -> int:
+    """Active or total sessions of a backend or service: TCP connections or UDP flows (the
+    other kind is 0), as the page script's sessions()."""
+    if kind == "active":
+        return int(x.get("conns_active") or 0) + int(x.get("flows_active") or 0)
+    flows = x.get("flows_total") or x.get("flows_created") or 0
+    return int(x.get("conns_total") or 0) + int(flows)
 
 
 def latency_text(seconds: float | None) -> str:
