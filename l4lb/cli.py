@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
+import stat
 import sys
 import time
+import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -16,8 +20,8 @@ from l4lb import __version__
 from l4lb.config import Config, ConfigError, load_file
 from l4lb.config.durations import parse_duration_ms
 from l4lb.config.model import GlobalSettings
-from l4lb.control import ControlError, request_with
-from l4lb.daemon import EXIT_CONFIG
+from l4lb.control import ControlError, os_error_text, request_with
+from l4lb.daemon import EXIT_CONFIG, MAX_DRAIN_TIMEOUT_MS
 from l4lb.dataplane import DataplaneUnavailable, compiled_available, reference_requested
 from l4lb.display import (
     BACKEND_HEADERS,
@@ -38,7 +42,27 @@ LEVEL_CHOICE = click.Choice(sorted(LEVELS))
 FORMAT_CHOICE = click.Choice(["text", "json"])
 
 
+def _version_text() -> str:
+    if reference_requested():
+        plane = "pure-Python reference (L4LB_NO_EXTENSIONS is set)"
+    elif compiled_available():
+        from l4lb import _dataplane
+
+        plane = f"compiled C ({_dataplane.__file__})"
+    else:
+        plane = "NOT BUILT (run `pip install .`)"
+    return f"l4lb {__version__}\ndata plane: {plane}\npython: {sys.version.split()[0]}"
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(_version_text())
+        ctx.exit(0)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print what `l4lb version` prints and exit.")
 @click.option("--log-level", type=LEVEL_CHOICE, default=None,
               help="Override [global] log_level (debug, info, warning, error).")
 @click.option("--log-format", type=FORMAT_CHOICE, default=None,
@@ -49,20 +73,45 @@ def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> No
     ctx.obj = {"log_level": log_level, "log_format": log_format}
 
 
-def _load_or_exit(path: str) -> Config:
+def _echo_error(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _log_error(text: str) -> None:
+    log.error("%s", text)
+
+
+def _not_a_file(path: str) -> str:
+    """Why `path` cannot be a configuration file ("" when it may be one): reading a
+    directory fails late and reading a FIFO blocks, so both are refused before open()."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""  # open() reports it
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    return ""
+
+
+def _load_or_exit(path: str, report: Callable[[str], None] = _echo_error) -> Config:
+    problem = _not_a_file(path)
+    if problem:
+        report(f"{path}: error: cannot read configuration: {problem}")
+        sys.exit(EXIT_CONFIG)
     try:
         return load_file(path)
     except ConfigError as exc:
-        click.echo(str(exc), err=True)
+        report(str(exc))
         sys.exit(EXIT_CONFIG)
     except OSError as exc:
-        click.echo(f"{path}: error: cannot read configuration: {exc.strerror or exc}", err=True)
+        report(f"{path}: error: cannot read configuration: {exc.strerror or exc}")
         sys.exit(EXIT_CONFIG)
 
 
 @cli.command()
-@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False),
-              help="Configuration file (TOML).")
+@click.option("-c", "--config", "path", required=True, help="Configuration file (TOML).")
 def check(path: str) -> None:
     """Validate a configuration file; exit 0 when it is valid, 1 with every problem when not."""
     config = _load_or_exit(path)
@@ -70,29 +119,55 @@ def check(path: str) -> None:
     click.echo(f"{path}: ok ({len(config.services)} service(s), {n_backends} backend(s))")
 
 
+def _fatal(text: str, code: int, as_json: bool) -> NoReturn:
+    """Report a fatal error of `l4lb run` and exit: a log line under --log-format json (the
+    logging is set up by then), else `l4lb: error: TEXT` on stderr."""
+    if as_json:
+        log.error("%s", text)
+    else:
+        click.echo(f"l4lb: error: {text}", err=True)
+    sys.exit(code)
+
+
+def _raised_in(exc: BaseException, module: str) -> bool:
+    """Whether `exc` was raised inside (a call from) `module`."""
+    return any(frame.f_globals.get("__name__") == module
+               for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+def _serve_error_text(exc: OSError, config: Config) -> str:
+    """What failed when serve() raised `exc` (the control socket raises ControlError): the
+    [metrics] listener, the only other socket serve() binds."""
+    if config.metrics_listen is not None and _raised_in(exc, "l4lb.httpserver"):
+        where = config.metrics_listen.text or str(config.metrics_listen)
+        return f"metrics.listen: cannot listen on {where}: {os_error_text(exc)}"
+    return os_error_text(exc)
+
+
 @cli.command()
-@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False),
-              help="Configuration file (TOML).")
+@click.option("-c", "--config", "path", required=True, help="Configuration file (TOML).")
 @click.pass_context
 def run(ctx: click.Context, path: str) -> None:
     """Run the balancer in the foreground (logs to stderr). SIGTERM drains, SIGINT stops."""
     from l4lb.daemon import EXIT_DATAPLANE, EXIT_LISTEN, ConnLogError, Daemon, serve
 
-    config = _load_or_exit(path)
+    report = _echo_error
+    if ctx.obj["log_format"] == "json":  # a bad file is reported as a JSON line too
+        setup_logging(ctx.obj["log_level"] or "info", "json")
+        report = _log_error
+    config = _load_or_exit(path, report)
+    as_json = (ctx.obj["log_format"] or config.global_.log_format) == "json"
     setup_logging(ctx.obj["log_level"] or config.global_.log_level,
                   ctx.obj["log_format"] or config.global_.log_format)
     daemon = Daemon(config)
     try:
         daemon.start()
     except DataplaneUnavailable as exc:
-        click.echo(f"l4lb: error: {exc}", err=True)
-        sys.exit(EXIT_DATAPLANE)
+        _fatal(str(exc), EXIT_DATAPLANE, as_json)
     except ListenError as exc:
-        click.echo(f"l4lb: error: {exc.strerror}", err=True)
-        sys.exit(EXIT_LISTEN)
+        _fatal(str(exc.strerror), EXIT_LISTEN, as_json)
     except ConnLogError as exc:
-        click.echo(f"l4lb: error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _fatal(str(exc), EXIT_CONFIG, as_json)
     if reference_requested():
         log.warning("daemon: running the pure-Python reference data plane "
                     "(L4LB_NO_EXTENSIONS is set): for tests, not for traffic")
@@ -100,14 +175,13 @@ def run(ctx: click.Context, path: str) -> None:
         code = asyncio.run(serve(daemon, control_path=config.global_.control_socket))
     except VrrpError as exc:
         daemon.stop(0.0)
-        click.echo(f"l4lb: error: {exc}", err=True)
-        sys.exit(EXIT_LISTEN)
-    except (ControlError, OSError) as exc:
+        _fatal(str(exc), EXIT_LISTEN, as_json)
+    except ControlError as exc:  # its text starts with "control socket PATH: "
         daemon.stop(0.0)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        click.echo(f"l4lb: error: control socket {config.global_.control_socket}: {reason}",
-                   err=True)
-        sys.exit(EXIT_LISTEN)
+        _fatal(str(exc), EXIT_LISTEN, as_json)
+    except OSError as exc:
+        daemon.stop(0.0)
+        _fatal(_serve_error_text(exc, config), EXIT_LISTEN, as_json)
     sys.exit(code)
 
 
@@ -143,15 +217,7 @@ def demo(ctx: click.Context, host: str, port: int, duration: float | None,
 @cli.command()
 def version() -> None:
     """Print the version and which data plane this installation runs."""
-    if reference_requested():
-        plane = "pure-Python reference (L4LB_NO_EXTENSIONS is set)"
-    elif compiled_available():
-        from l4lb import _dataplane
-
-        plane = f"compiled C ({_dataplane.__file__})"
-    else:
-        plane = "NOT BUILT (run `pip install .`)"
-    click.echo(f"l4lb {__version__}\ndata plane: {plane}\npython: {sys.version.split()[0]}")
+    click.echo(_version_text())
 
 
 def main() -> None:
@@ -163,19 +229,22 @@ def main() -> None:
 
 def _socket_options(fn: Any) -> Any:
     fn = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON result.")(fn)
-    fn = click.option("--socket", "socket_path", type=click.Path(dir_okay=False), default=None,
+    fn = click.option("--socket", "socket_path", default=None,
                       help="Control socket path (default: [global] control_socket of -c FILE).")(fn)
-    fn = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-                      default=None, help="Configuration file whose control socket to use.")(fn)
+    fn = click.option("-c", "--config", "config_path", default=None,
+                      help="Configuration file whose control socket to use.")(fn)
     return fn
 
 
 def _socket_of(config_path: str) -> str:
     """The control socket named by a configuration file, even when the file is invalid (the
     daemon, not the client, reports a bad file on `l4lb reload`)."""
-    import re
     import tomllib
 
+    problem = _not_a_file(config_path)
+    if problem:
+        click.echo(f"{config_path}: error: cannot read configuration: {problem}", err=True)
+        sys.exit(1)
     try:
         return load_file(config_path).global_.control_socket
     except ConfigError:
@@ -194,12 +263,16 @@ def _socket_of(config_path: str) -> str:
     return value if isinstance(value, str) else GlobalSettings().control_socket
 
 
+def _socket_path(config_path: str | None, socket_path: str | None) -> str:
+    if socket_path is not None:
+        return socket_path
+    if config_path is None:
+        return GlobalSettings().control_socket
+    return _socket_of(config_path)
+
+
 def _call(config_path: str | None, socket_path: str | None, cmd: str, **args: Any) -> Any:
-    if socket_path is None:
-        if config_path is None:
-            socket_path = GlobalSettings().control_socket
-        else:
-            socket_path = _socket_of(config_path)
+    socket_path = _socket_path(config_path, socket_path)
     try:
         return request_with(socket_path, cmd, args)
     except ControlError as exc:
@@ -257,6 +330,17 @@ def flows(service: str, config_path: str | None, socket_path: str | None, as_jso
           human_bytes(f["bytes_to_backend"]), human_bytes(f["bytes_to_client"])] for f in r]))
 
 
+def _overlay_text(r: dict[str, Any], what: str) -> str:
+    """The answer to add-backend/remove-backend; what differs from the file is said as
+    `l4lb status` says it."""
+    diff: dict[str, list[str]] = r["differences"]
+    parts = [f"{kind} at run time: {', '.join(addrs)}" for kind, addrs in diff.items() if addrs]
+    differs = ("differs from the file: " + "; ".join(parts) if parts
+               else "runs the backends of the file again")
+    return (f"{r['service']}/{r['backend']}: {what} (table generation {r['generation']}); "
+            f"service {r['service']} {differs}")
+
+
 def _change_text(r: dict[str, Any]) -> str:
     return (f"{r['service']}/{r['backend']}: state {r['state']}, weight {r['weight']} "
             f"(table generation {r['generation']})")
@@ -283,9 +367,11 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is None:
         return None
     try:
-        parse_duration_ms(value)
+        ms = parse_duration_ms(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if ms > MAX_DRAIN_TIMEOUT_MS:  # the daemon refuses it too; say so before asking
+        raise click.BadParameter(f"{value!r} is too long (at most 24h)")
     return value
 
 
@@ -395,7 +481,21 @@ def reopen_logs(config_path: str | None, socket_path: str | None, as_json: bool)
           else "connection log is off: nothing to reopen")
 
 
-@cli.command()
+_NEGATIVE_NUMBER = re.compile(r"-[0-9]+")
+
+
+class _SignedArguments(click.Command):
+    """A command whose arguments may be negative numbers: click takes `-1` for an unknown
+    option ("No such option: -1"); here it reaches the argument, whose range check then says
+    what is wrong with it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if any(_NEGATIVE_NUMBER.fullmatch(arg) for arg in args):
+            ctx.ignore_unknown_options = True
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_SignedArguments)
 @click.argument("service")
 @click.argument("backend")
 @click.argument("weight", type=click.IntRange(0, 256))
@@ -407,17 +507,55 @@ def weight(service: str, backend: str, weight: int, config_path: str | None,
                 weight=weight), as_json, _change_text)
 
 
+def _daemon_file(status: dict[str, Any]) -> str | None:
+    """The file the daemon runs, as a path this process can open (None: cannot tell). The
+    daemon names it as it was given to `l4lb run -c`: a relative path is relative to the
+    daemon's working directory."""
+    path = str(status["config"])
+    if os.path.isabs(path):
+        return path
+    try:
+        return os.path.normpath(os.path.join(os.readlink(f"/proc/{int(status['pid'])}/cwd"),
+                                             path))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _reload_text(r: dict[str, Any], path: str) -> str:
+    return (f"reloaded {path}: {r['changes']} (table generation {r['generation']})"
+            + "".join(f"\nwarning: [global] {k} changed: needs a restart"
+                      for k in r["restart_needed"]))
+
+
 @cli.command()
 @_socket_options
 def reload(config_path: str | None, socket_path: str | None, as_json: bool) -> None:
-    """Re-read the configuration file and apply the difference (like SIGHUP).
+    """Make the daemon re-read its configuration file and apply the difference (like SIGHUP).
 
-    An invalid file changes nothing: every error is printed and the exit code is 1.
+    The daemon re-reads the file it was started with. With -c FILE, FILE must be that file
+    (-c names the daemon, through its control socket): another file is refused with exit 1;
+    running another file needs a restart. An invalid file changes nothing: every error is
+    printed and the exit code is 1.
     """
-    _emit(_call(config_path, socket_path, "reload"), as_json,
-          lambda r: f"reloaded: {r['changes']} (table generation {r['generation']})"
-          + "".join(f"\nwarning: [global] {k} changed: needs a restart"
-                    for k in r["restart_needed"]))
+    where = _socket_path(config_path, socket_path)
+    status = _call(None, where, "status")
+    daemon_file = _daemon_file(status)
+    running = daemon_file or str(status["config"])
+    if config_path is not None and daemon_file is not None \
+            and not _same_file(config_path, daemon_file):
+        click.echo(f"l4lb: error: the daemon at {where} runs {running}, not {config_path}: "
+                   f"reload re-reads {running}; to run {config_path}, restart the daemon "
+                   "with it", err=True)
+        sys.exit(1)
+    _emit(_call(None, where, "reload"), as_json, lambda r: _reload_text(r, running))
 
 
 @cli.group()
@@ -435,14 +573,21 @@ def vrrp_status(config_path: str | None, socket_path: str | None, as_json: bool)
 @cli.command()
 @click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
               help="Seconds between refreshes.")
-@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--socket", "socket_path", default=None,
               help="Control socket path (default: [global] control_socket of -c FILE).")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+@click.option("-c", "--config", "config_path", default=None,
               help="Configuration file whose control socket to use.")
 def top(interval: float, socket_path: str | None, config_path: str | None) -> None:
-    """Live view of services and backends with connection and byte rates; q quits."""
+    """Live view of services and backends with connection and byte rates; q quits.
+
+    It needs a terminal: with standard output redirected it says so and exits 1 (`l4lb
+    status` prints a snapshot)."""
     from l4lb.top import run_top
 
+    if not sys.stdout.isatty():
+        click.echo("l4lb top: error: standard output is not a terminal; for a snapshot use "
+                   "`l4lb status` (`--json` for scripts)", err=True)
+        sys.exit(1)
     if socket_path is None:
         socket_path = (_socket_of(config_path) if config_path is not None
                        else GlobalSettings().control_socket)
@@ -463,8 +608,7 @@ def add_backend(service: str, address: str, weight: int, name: str, backup: bool
     """Add ADDRESS as a backend of SERVICE at run time (the file is not changed)."""
     result = _call(config_path, socket_path, "add-backend", service=service, address=address,
                    weight=weight, name=name, backup=backup, max_connections=max_connections)
-    _emit(result, as_json, lambda r: f"{r['service']}/{r['backend']}: added "
-          f"(table generation {r['generation']}); differs from the file: {r['differences']}")
+    _emit(result, as_json, lambda r: _overlay_text(r, "added"))
 
 
 @cli.command(name="remove-backend")
@@ -475,5 +619,4 @@ def remove_backend(service: str, backend: str, config_path: str | None,
                    socket_path: str | None, as_json: bool) -> None:
     """Remove BACKEND from SERVICE at run time; its open sessions continue."""
     result = _call(config_path, socket_path, "remove-backend", service=service, backend=backend)
-    _emit(result, as_json, lambda r: f"{r['service']}/{r['backend']}: removed "
-          f"(table generation {r['generation']}); differs from the file: {r['differences']}")
+    _emit(result, as_json, lambda r: _overlay_text(r, "removed"))

@@ -43,7 +43,7 @@ def test_good_request_gets_its_result() -> None:
     (b"not json\n", "malformed request: not JSON"),
     (b"[1, 2]\n", "malformed request: expected a JSON object"),
     (b'{"text": "x"}\n', 'malformed request: missing "cmd" (a string)'),
-    (b'{"cmd": 7}\n', 'malformed request: missing "cmd" (a string)'),
+    (b'{"cmd": 7}\n', 'malformed request: "cmd" must be a string, not a number'),
     (b'{"cmd": "ehco"}\n', 'unknown command "ehco"; did you mean "echo"?'),
     (b'{"cmd": "zzzzzz"}\n', 'unknown command "zzzzzz" (commands: boom, bug, echo, status)'),
     (b'{"cmd": "echo"}\n', 'command "echo": missing argument "text"'),
