@@ -6,13 +6,16 @@ traffic to backends that were meant to prove themselves first. Pure: no clock, n
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l4lb.health.dampener import Health
+from l4lb.health.dampener import Health, Transition, transition_log_line
 from l4lb.health.pool import PoolMember, effective_weights
 
 UP, DOWN = Health.UP, Health.DOWN
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def m(key: str, health: Health = UP, weight: int = 10, backup: bool = False,
@@ -111,3 +114,35 @@ def test_an_unproven_down_backend_never_gets_traffic(
     alone = effective_weights(known, now=0.0, min_healthy=min_healthy)
     assert {k: v for k, v in r.weights.items() if k in alone.weights} == alone.weights
     assert r.panic == alone.panic
+
+
+# -- the docs show the lines the code writes (review 6, items 1, 4, 5) ----------------------
+
+
+def test_health_docs_show_the_real_transition_lines() -> None:
+    doc = (DOCS / "health.md").read_text()
+    down = Transition(UP, DOWN, "connect refused (3/3 probes failed)", at=0.0)
+    assert transition_log_line("backend web/10.0.0.1:80", down) in doc
+    up = Transition(DOWN, UP, "connect ok (2/2 probes passed)", at=0.0)
+    assert transition_log_line("backend web/10.0.0.1:80", up) in doc
+    assert "service web: backend app1" not in doc
+    assert "not wired to them yet" not in doc
+    assert "ignoring health checks" not in doc
+
+
+def test_health_docs_show_the_real_panic_reasons() -> None:
+    doc = " ".join((DOCS / "health.md").read_text().split())  # lines folded
+    plain = effective_weights([m("a", DOWN), m("b", DOWN), m("c", DOWN)], now=0.0,
+                              min_healthy=0.1)
+    assert f"service web: panic: {plain.panic_reason} (below min_healthy)" in doc
+    mixed = effective_weights([m("a", DOWN), m("b", DOWN, unproven=True),
+                               m("c", DOWN, unproven=True)], now=0.0, min_healthy=0.1)
+    assert f"`{mixed.panic_reason}`" in doc
+    assert "open tcp sessions to a backend that goes down are not closed" in doc.lower()
+    assert "connect error: invalid argument" in doc
+
+
+def test_observability_docs_know_the_cli_runs_top() -> None:
+    doc = (DOCS / "observability.md").read_text()
+    assert "once the CLI registers it" not in doc
+    assert "l4lb top [-c FILE | --socket PATH] [--interval 1]" in doc
