@@ -5,15 +5,37 @@ through the object the caller passes: `THIS_HOST` (the loader's default, used by
 start and reload) answers for this machine and this process's privileges, a test passes its
 own, and None skips the questions altogether. Each answer is a fact, not a message: the wording
 of every error stays in validate.py.
+
+The facts: whether a directory exists; why no raw socket opens; the errno of setting a TCP
+congestion control; a net.ipv4 sysctl; the network interfaces of this namespace with their
+addresses (for `[[vrrp]]` interface, source_address and track_interfaces); and the errno of
+binding a TCP socket to (address, 0), which is what a health probe with `source` does.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
 import socket
+import struct
+from collections.abc import Mapping
 from typing import Protocol
 
 from l4lb.health.synprobe import raw_socket_problem
+from l4lb.vrrp.settings import VipInterface
+
+_IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: bind(address, 0) reserves no port until connect()
+_NLMSG_HDR = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, sequence, port id
+_NLMSG_ERROR = 2  # linux/netlink.h message types and flags
+_NLMSG_DONE = 3
+_NLM_F_REQUEST = 0x1
+_NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+_RTM_NEWADDR = 20  # linux/rtnetlink.h
+_RTM_GETADDR = 22
+_IFA_ADDRESS = 1  # linux/if_addr.h attributes
+_IFA_LOCAL = 2
+_NETLINK_TIMEOUT = 2.0  # seconds; the kernel answers a dump at once
 
 
 class HostChecks(Protocol):
@@ -31,6 +53,14 @@ class HostChecks(Protocol):
 
     def ipv4_sysctl_words(self, name: str) -> list[str]:
         """The words of /proc/sys/net/ipv4/<name>, [] when it cannot be read."""
+
+    def interfaces(self) -> Mapping[str, tuple[VipInterface, ...]] | None:
+        """Every network interface of this namespace by name, with its addresses (kernel
+        order, primary first); None when they cannot be listed."""
+
+    def bind_errno(self, address: str) -> int:
+        """0 when a TCP socket of this process can bind (address, 0), else the errno
+        (EADDRNOTAVAIL: not an address of this host)."""
 
 
 class ThisHost:
@@ -56,6 +86,81 @@ class ThisHost:
                 return f.read().decode("utf-8", "replace").split()
         except (OSError, ValueError):
             return []
+
+
+    def interfaces(self) -> Mapping[str, tuple[VipInterface, ...]] | None:
+        try:
+            names = dict(socket.if_nameindex())
+            found: dict[str, list[VipInterface]] = {name: [] for name in names.values()}
+            for index, address in _netlink_addresses():
+                if index in names:
+                    found[names[index]].append(address)
+        except (OSError, ValueError, struct.error):
+            return None
+        return {name: tuple(addresses) for name, addresses in found.items()}
+
+    def bind_errno(self, address: str) -> int:
+        ip = ipaddress.ip_address(address)
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+                probe.bind((address, 0))
+            except OSError as exc:
+                return exc.errno or errno.EINVAL
+        return 0
+
+
+def _netlink_addresses() -> list[tuple[int, VipInterface]]:
+    """(interface index, address) of every address of this namespace, by one rtnetlink dump
+    (RTM_GETADDR). Plain sockets, not pyroute2: its synchronous IPRoute cannot run inside the
+    daemon's event loop, where a reload validates."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        nl.settimeout(_NETLINK_TIMEOUT)
+        nl.bind((0, 0))
+        request = struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)  # struct ifaddrmsg
+        nl.send(struct.pack("=IHHII", _NLMSG_HDR.size + len(request), _RTM_GETADDR,
+                            _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + request)
+        out: list[tuple[int, VipInterface]] = []
+        while True:
+            data = nl.recv(65536)
+            offset = 0
+            while offset + _NLMSG_HDR.size <= len(data):
+                length, kind, _, _, _ = _NLMSG_HDR.unpack_from(data, offset)
+                if length < _NLMSG_HDR.size:
+                    raise ValueError("truncated netlink message")
+                body = data[offset + _NLMSG_HDR.size:offset + length]
+                offset += (length + 3) & ~3
+                if kind == _NLMSG_DONE:
+                    return out
+                if kind == _NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", body)[0]
+                    raise OSError(code, os.strerror(code))
+                if kind == _RTM_NEWADDR:
+                    found = _address_of(body)
+                    if found is not None:
+                        out.append(found)
+
+
+def _address_of(body: bytes) -> tuple[int, VipInterface] | None:
+    """The interface index and address (with prefix) of one RTM_NEWADDR message body."""
+    family, prefixlen, _, _, index = struct.unpack_from("=BBBBI", body)
+    size = {socket.AF_INET: 4, socket.AF_INET6: 16}.get(family)
+    if size is None:
+        return None
+    attrs: dict[int, bytes] = {}
+    offset = 8
+    while offset + 4 <= len(body):
+        length, kind = struct.unpack_from("=HH", body, offset)
+        if length < 4:
+            break
+        attrs[kind] = body[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    # IFA_LOCAL is the own address of a point-to-point link, IFA_ADDRESS its peer's
+    raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
+    if raw is None or len(raw) != size:
+        return None
+    return index, ipaddress.ip_interface((raw, prefixlen))
 
 
 THIS_HOST: HostChecks = ThisHost()

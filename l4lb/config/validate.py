@@ -21,13 +21,14 @@ never returned, because any error means the diagnostics are returned instead.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import difflib
 import errno
 import ipaddress
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -59,7 +60,7 @@ from l4lb.health.settings import (
     HealthSettingsError,
 )
 from l4lb.table.maglev import is_prime
-from l4lb.vrrp.settings import TrackService, VrrpSettings, VrrpSettingsError
+from l4lb.vrrp.settings import TrackService, VipInterface, VrrpSettings, VrrpSettingsError
 
 MAX_SERVICES = 1024  # DP_MAX_SERVICES of the forwarding table
 MAX_BACKENDS = 65536  # DP_MAX_BACKENDS, over all services
@@ -72,6 +73,7 @@ MAX_WEIGHT = 256
 MAX_MAGLEV_TABLE_SIZE = 1_000_003
 MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
 NAME_MAX_LEN = 64
+MAX_LISTED = 8  # interface names listed in a message
 
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
@@ -108,6 +110,7 @@ HEALTH_KEYS = (
 )
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_IFNAME = re.compile(r"[^\s/:]{1,15}")  # an interface name (as l4lb.vrrp.settings checks it)
 
 _GLOBAL_DEFAULTS = GlobalSettings()
 _SERVICE_DEFAULTS = Service(name="", protocol="tcp", listen=(), backends=())
@@ -233,6 +236,9 @@ class _Checker:
         self.raw_checked = False  # raw_problem is valid
         self.cc_problems: dict[str, str | None] = {}  # congestion control name -> problem
         self.fastopen_sysctl: str | None = None  # net.ipv4.tcp_fastopen once asked ("": unread)
+        self.bind_errnos: dict[str, int] = {}  # health.source -> errno of binding it (0: ok)
+        self.host_interfaces: Mapping[str, tuple[VipInterface, ...]] | None = None  # once asked
+        self.interfaces_asked = False  # host_interfaces is valid
 
     # ------------------------------------------------------------ reporting
 
@@ -241,6 +247,8 @@ class _Checker:
         """Record a problem with the value at `path` (or its key), positioned there or at
         `position_of` (the table, for a key that is missing)."""
         where = path if position_of is None else position_of
+        if position_of is not None and self.locator.has_value(position_of):
+            at_key = False  # an inline table: its "{", not the key in front of it
         line, col = self.locator.key(where) if at_key else self.locator.value(where)
         self.diagnostics.append(Diagnostic(self.file, line, col, "error", message, path))
 
@@ -425,13 +433,23 @@ class _Checker:
             if any(f in flagged for f in fields) or any(
                     re.search(rf"\b{re.escape(f)}\b", problem) for f in flagged):
                 continue
-            field = next((f for f in fields if f in table), "")
+            # a problem that involves two keys (its own and one it names with a value,
+            # "must not exceed interval 1s") is reported at the one written later
+            text = problem.split(":", 1)[-1]
+            keys = [f for f in fields if f in table] + [
+                k for k in table if k not in fields
+                and re.search(rf"(?<![\w.]){re.escape(k)} (?=[0-9\"'=])", text)]
+            field = max(keys, key=lambda k: self.locator.key((*path, k)), default="")
             message = f"{prefix}{problem.removeprefix(section + '.')}" if section == "vrrp" \
                 else f"{prefix}{problem}"
-            if field:
-                self.error((*path, field), message)
-            else:
+            if not field:
                 self.error(path, message, at_key=True, position_of=path)
+                continue
+            where: KeyPath = (*path, field)
+            if isinstance(table[field], list):
+                k = _element_of(text, table[field], message, self.diagnostics[before:])
+                where = where if k is None else (*where, k)
+            self.error(where, message)
 
     # ------------------------------------------------------------ [[vrrp]]
 
@@ -467,23 +485,30 @@ class _Checker:
             if table is None:
                 continue
             instance = self.vrrp_instance(i, table, services)
-            if instance is None:
-                continue
-            if instance.name in names:
-                self.error(("vrrp", i, "name"), f"vrrp[{i}]: name: {quote(instance.name)} is "
-                           f"already used by vrrp[{names[instance.name]}]")
-                continue
-            names[instance.name] = i
-            family = 6 if ":" in instance.vips[0] else 4
-            router = (instance.interface, instance.virtual_router_id, family)
-            if router in routers:
-                self.error(("vrrp", i, "virtual_router_id"),
-                           f"vrrp[{i}] ({quote(instance.name)}): virtual_router_id: "
-                           f"{instance.virtual_router_id} on {instance.interface} (IPv{family}) "
-                           f"is already used by vrrp[{routers[router]}]")
-                continue
-            routers[router] = i
-            out.append(instance)
+            # the clashes with other instances are checked on the values as written, so that
+            # they are reported together with the instance's own problems
+            clash = False
+            name = table.get("name")
+            if isinstance(name, str):
+                if name in names:
+                    self.error(("vrrp", i, "name"), f"vrrp[{i}] ({quote(name)}): name: "
+                               f"{quote(name)} is already used by vrrp[{names[name]}]")
+                    clash = True
+                else:
+                    names[name] = i
+            router = _router_of(table)
+            if router is not None:
+                if router in routers:
+                    interface, vrid, family = router
+                    label = f"vrrp[{i}]" + (f" ({quote(name)})" if isinstance(name, str) else "")
+                    self.error(("vrrp", i, "virtual_router_id"),
+                               f"{label}: virtual_router_id: {vrid} on {interface} (IPv{family}) "
+                               f"is already used by vrrp[{routers[router]}]")
+                    clash = True
+                else:
+                    routers[router] = i
+            if instance is not None and not clash:
+                out.append(instance)
         return out
 
     def vrrp_instance(self, i: int, table: dict[str, Any],
@@ -547,12 +572,67 @@ class _Checker:
             source_address=self.read_str(scope, table, "source_address"),
             auth_pass=self.read_str(scope, table, "auth_pass"),
         )
+        settings: VrrpSettings | None = None
         try:
             settings = VrrpSettings(**values)
         except VrrpSettingsError as exc:
             self.settings_problems(scope.path, scope.prefix, "vrrp", table, exc.problems, before)
-            return None
+        if self.host is not None:
+            self.vrrp_host(scope, table, before)
         return None if len(self.diagnostics) > before else settings
+
+    def interfaces(self) -> Mapping[str, tuple[VipInterface, ...]] | None:
+        """The host's interfaces and their addresses (asked once); None: unknown."""
+        if self.host is not None and not self.interfaces_asked:
+            self.interfaces_asked = True
+            self.host_interfaces = self.host.interfaces()
+        return self.host_interfaces
+
+    def vrrp_host(self, scope: _Scope, table: dict[str, Any], before: int) -> None:
+        """The host checks of one [[vrrp]] table, each on a key that has no other problem:
+        `interface` exists and (without source_address) has an address of the instance's
+        family to send adverts from, as the instance would pick it when it starts;
+        `source_address` is an address of this host; every `track_interfaces` entry exists."""
+        links = self.interfaces()
+        if links is None:
+            return
+        path = scope.path
+        flagged = {d.path[len(path)] for d in self.diagnostics[before:]
+                   if len(d.path) > len(path) and d.path[:len(path)] == path}
+        vips = table.get("vips")
+        family: int | None = None
+        vip_ips: set[object] = set()
+        if "vips" not in flagged and isinstance(vips, list):
+            for text in vips:
+                with contextlib.suppress(ValueError, TypeError):
+                    vip_ips.add(ipaddress.ip_interface(text).ip)
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                family = ipaddress.ip_interface(vips[0]).version
+        interface = table.get("interface")
+        if isinstance(interface, str) and "interface" not in flagged:
+            if interface not in links:
+                self.error((*path, "interface"), f"{scope.label('interface')}: "
+                           + _no_interface(interface, links))
+            elif family is not None and "source_address" not in table and not any(
+                    a.version == family and a.ip not in vip_ips
+                    and (family == 4 or a.ip.is_link_local) for a in links[interface]):
+                kind = "IPv4 address" if family == 4 else "IPv6 link-local address"
+                self.error((*path, "interface"), f"{scope.label('interface')}: {interface} has "
+                           f"no {kind} to send adverts from (add one, or set source_address)")
+        source = table.get("source_address")
+        if isinstance(source, str) and "source_address" not in flagged:
+            with contextlib.suppress(ValueError):
+                ip = ipaddress.ip_address(source)
+                if not any(a.ip == ip for addresses in links.values() for a in addresses):
+                    self.error((*path, "source_address"), f"{scope.label('source_address')}: "
+                               f"{ip} is not an address of this host")
+        tracked = table.get("track_interfaces")
+        if isinstance(tracked, list):
+            for k, name in enumerate(tracked):
+                if isinstance(name, str) and _IFNAME.fullmatch(name) and name not in links:
+                    self.error((*path, "track_interfaces", k),
+                               f"{scope.label('track_interfaces')}[{k}]: "
+                               + _no_interface(name, links))
 
     def global_settings(self, table: dict[str, Any]) -> GlobalSettings:
         scope = _Scope(path=("global",), table="[global]", prefix="global.")
@@ -656,9 +736,13 @@ class _Checker:
         max_connections = self.read_int(scope, table, "max_connections", d.max_connections,
                                         0, U32_MAX)
         table_size = self.maglev_table_size(scope, table)
-        backends = self.backends(scope, table)
-        health = self.health(scope, table["health"]) if "health" in table else None
-        if protocol == "udp" and health is not None and health.port is None:
+        indexed = self.backends(scope, table)
+        backends = [backend for _, backend in indexed]
+        raw_health = table.get("health")
+        health = self.health(scope, raw_health) if "health" in table else None
+        if isinstance(raw_health, dict):
+            self.health_source(scope, raw_health, indexed)
+        if protocol == "udp" and isinstance(raw_health, dict) and "port" not in raw_health:
             self.error((*scope.path, "health"), f"{scope.label('health')}: a UDP service's "
                        "health check needs `port`, a TCP port of the backends to probe (UDP "
                        "probes are not built yet)", at_key=True,
@@ -699,6 +783,45 @@ class _Checker:
             backend_congestion_control=backend_congestion,
             backend_fast_open=fast_open, defer_accept=defer_accept and protocol == "tcp",
         )
+
+    def health_source(self, scope: _Scope, health: dict[str, Any],
+                      backends: Sequence[tuple[int, Backend]]) -> None:
+        """Checks of `health.source` that need more than its own text, made even when the
+        health table has other errors: every backend (index in the file, backend) must be of
+        its family, since a probe binds the source before it connects to the backend; and, with
+        host checks, this process must be able to bind it."""
+        text = health.get("source")
+        try:
+            source = ipaddress.ip_address(text) if isinstance(text, str) else None
+        except ValueError:
+            source = None  # reported by health()
+        if source is None:
+            return
+        path = (*scope.path, "health", "source")
+        label = f"{scope.prefix}health.source"
+        other = [(j, b) for j, b in backends if b.address.family != source.version]
+        if other:
+            j, first = other[0]
+            which = f"backends[{j}] ({quote(first.address.text or str(first.address))})"
+            if len(other) > 1:
+                which += f" and {len(other) - 1} other backend{'s' if len(other) > 2 else ''}"
+            family = 4 if source.version == 6 else 6
+            self.error(path, f"{label}: {source} is IPv{source.version}, but {which} "
+                       f"{'are' if len(other) > 1 else 'is'} IPv{family}; a probe leaves from "
+                       f"this address, so every backend must be IPv{source.version} (leave "
+                       f"source out, or move the IPv{family} backends to a service of their own)")
+        if self.host is None:
+            return
+        key = str(source)
+        if key not in self.bind_errnos:
+            self.bind_errnos[key] = self.host.bind_errno(key)
+        err = self.bind_errnos[key]
+        if err == errno.EADDRNOTAVAIL:
+            self.error(path, f"{label}: {source} is not an address of this host, so probes "
+                       "cannot leave from it")
+        elif err != 0:
+            self.error(path, f"{label}: probes cannot leave from {source}: binding it fails "
+                       f"({os.strerror(err).lower()})")
 
     def backend_fast_open(self, scope: _Scope, table: dict[str, Any], protocol: Protocol) -> bool:
         """The `backend_fast_open` switch. On for a TCP service with host checks on, the host
@@ -940,7 +1063,8 @@ class _Checker:
 
     # ------------------------------------------------------------ backends
 
-    def backends(self, scope: _Scope, table: dict[str, Any]) -> list[Backend]:
+    def backends(self, scope: _Scope, table: dict[str, Any]) -> list[tuple[int, Backend]]:
+        """The service's valid backends, each with its index in the file."""
         if "backends" not in table:
             self.missing(scope, "backends")
             return []
@@ -957,7 +1081,8 @@ class _Checker:
         if not value:
             self.error(path, f"{label}: must not be empty (a service needs at least one backend)")
             return []
-        backends: list[Backend] = []
+        backends: list[tuple[int, Backend]] = []
+        named: list[tuple[int, Backend]] = []  # those with a `name` key
         by_address: dict[tuple[str, int], int] = {}
         by_name: dict[str, int] = {}
         for j, entry in enumerate(value):
@@ -993,8 +1118,31 @@ class _Checker:
                 self.error(entry_path,
                            f"{entry_label}: its default name {quote(backend.name)} (its address) "
                            f"is already the name of backends[{first}]", at_key=True)
-            backends.append(backend)
+            backends.append((j, backend))
+            if "name" in entry_table:
+                named.append((j, backend))
+        self.names_not_addresses(path, label, backends, named, by_address)
         return backends
+
+    def names_not_addresses(self, path: KeyPath, label: str, backends: list[tuple[int, Backend]],
+                            named: list[tuple[int, Backend]],
+                            by_address: dict[tuple[str, int], int]) -> None:
+        """A backend's name must not be (a spelling of) another backend's address: the CLI and
+        the control API take either to mean a backend (l4lb drain web 10.0.0.2:80)."""
+        names = {j: backend.name for j, backend in backends}
+        for j, backend in named:
+            try:
+                endpoint = parse_endpoint(backend.name, wildcard_ok=False)
+            except ValueError:
+                continue
+            other = by_address.get((endpoint.host, endpoint.port))
+            # the same text as the other's name is already reported as a duplicate name
+            if other is not None and other != j and names.get(other) != backend.name:
+                self.error((*path, j, "name"),
+                           f"{label}[{j}].name: {quote(backend.name)} is the address of "
+                           f"backends[{other}]; a backend's name must not be another backend's "
+                           "address (l4lb drain and the control API would not know which one "
+                           "is meant)")
 
     def backend(self, scope: _Scope, table: dict[str, Any]) -> Backend | None:
         """The backend, or None when its address is missing or invalid (already reported)."""
@@ -1036,6 +1184,53 @@ class _Checker:
                        f"{scope.label('name')}: invalid backend name {quote(name)}: use 1 to "
                        f"{NAME_MAX_LEN} characters without spaces or control characters")
         return name
+
+
+def _element_of(text: str, values: list[Any], message: str,
+                found: Sequence[Diagnostic]) -> int | None:
+    """Which element of an array a settings problem is about: the one it starts with (as
+    written, quoted, or as the address it is); of an element "listed twice", the later copy.
+    None when the problem is about the array as a whole."""
+    text = text.strip()
+    matches = []
+    for k, value in enumerate(values):
+        if not isinstance(value, str):
+            continue
+        spellings = {value, repr(value)}
+        with contextlib.suppress(ValueError):
+            spellings.add(str(ipaddress.ip_interface(value).ip))
+        if any(text.startswith(f"{s} ") for s in spellings):
+            matches.append(k)
+    if not matches:
+        return None
+    if text.endswith("is listed twice"):  # the n-th report of it is about the (n+1)-th copy
+        n = sum(1 for d in found if d.message == message)
+        return matches[min(n + 1, len(matches) - 1)]
+    return matches[0]
+
+
+def _router_of(table: dict[str, Any]) -> tuple[str, int, int] | None:
+    """(interface, virtual_router_id, family) of a [[vrrp]] table as written, None when one of
+    them is missing or not valid (reported at the key)."""
+    interface, vrid, vips = table.get("interface"), table.get("virtual_router_id"), \
+        table.get("vips")
+    if not isinstance(interface, str) or not _IFNAME.fullmatch(interface) or \
+            isinstance(vrid, bool) or not isinstance(vrid, int) or not 1 <= vrid <= 255 or \
+            not isinstance(vips, list) or not vips or not isinstance(vips[0], str):
+        return None
+    try:
+        family = ipaddress.ip_interface(vips[0]).version
+    except ValueError:
+        return None
+    return interface, vrid, family
+
+
+def _no_interface(name: str, links: Mapping[str, object]) -> str:
+    """The message for an interface name this host does not have."""
+    names = sorted(links)
+    shown = ", ".join(names[:MAX_LISTED]) + (f" and {len(names) - MAX_LISTED} more"
+                                               if len(names) > MAX_LISTED else "")
+    return f"no interface named {quote(name)} on this host (it has {shown})"
 
 
 def congestion_control_problem(host: HostChecks, name: str) -> str | None:
