@@ -5,15 +5,20 @@ key with its type and range rules, and records a Diagnostic (with the position t
 for every problem instead of stopping at the first. Cross-checks (duplicate service names,
 overlapping listen addresses, duplicate backends) run as entries are read, so the second of two
 clashing entries is the one reported and the message names the first. If anything was reported
-the result is the list of diagnostics; otherwise it is the Config. Four questions need the
-host, and they go only through the `host` object the caller passes (l4lb.config.host; None
-skips them): does the connection log's directory exist; can this process open a raw socket, so
-that a `kind = "syn"` health check fails here without CAP_NET_RAW and the daemon refuses to
-start or reload instead of marking every backend unprobeable; and can it set each service's
-`congestion_control` / `backend_congestion_control`, so that an algorithm this kernel lacks, or
-one this process may not use, is reported at the key; and, for a service with
-`backend_fast_open`, does net.ipv4.tcp_fastopen let clients use TCP Fast Open. Nothing else does
-I/O here.
+the result is the list of diagnostics; otherwise it is the Config. Checks that involve several
+keys or tables (a UDP health check without `port`, two [[vrrp]] instances with one name or
+router, health.source against the backends' family) read the values as written, so they are
+reported together with the other problems of their tables, not after those were fixed.
+
+Some questions need the host, and they go only through the `host` object the caller passes
+(l4lb.config.host; None skips them): does the connection log's directory exist; can this
+process open a raw socket, so that a `kind = "syn"` health check fails here without
+CAP_NET_RAW and the daemon refuses to start or reload instead of marking every backend
+unprobeable; can it set each service's `congestion_control` / `backend_congestion_control`;
+for a service with `backend_fast_open`, does net.ipv4.tcp_fastopen let clients use TCP Fast
+Open; can it bind each `health.source`; and do the interfaces and addresses a [[vrrp]] table
+names (interface, source_address, track_interfaces) exist, so that an instance does not fail
+only after the listeners were bound, or sit in FAULT for ever. Nothing else does I/O here.
 
 Invalid values are replaced by the model's defaults while checking continues; such a Config is
 never returned, because any error means the diagnostics are returned instead.
