@@ -47,12 +47,16 @@ from typing import Any, TypeVar
 from l4lb import __version__
 from l4lb.config import ConfigError, load_file
 from l4lb.config.durations import format_duration_ms, parse_duration_ms
-from l4lb.config.model import Config, Service
+from l4lb.config.locate import Locator
+from l4lb.config.model import Backend, Config, Service
+from l4lb.config.validate import validate
 from l4lb.connlog import ConnLogWriter, RecordError
 from l4lb.control import ControlError, ControlServer
 from l4lb.dataplane import load_dataplane_class
 from l4lb.health.checker import HealthChecker
 from l4lb.health.dampener import Health, Transition, transition_log_line
+from l4lb.health.probe import ProbeSpec
+from l4lb.health.settings import HealthSettings
 from l4lb.httpserver import HttpServer
 from l4lb.httpserver import start as start_http
 from l4lb.logs import LEVELS
@@ -106,8 +110,37 @@ def system_congestion_control() -> str:
 IdMaps = tuple[dict[int, str], dict[int, tuple[str, str]]]  # service id -> name, backend id -> key
 
 
+def _reason(exc: BaseException) -> str:
+    """One line for a failed step: the OS error text, or the message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def backend_name_problem(name: str) -> str | None:
+    """Why the configuration file would refuse `name` as a backend name, or None.
+
+    The runtime API takes the names the file takes: the file's own validator judges a one-backend
+    document, so the rules live in one place (l4lb.config.validate)."""
+    doc = {"services": [{"name": "s", "listen": ["127.0.0.1:1"],
+                         "backends": [{"address": "127.0.0.1:2", "name": name}]}]}
+    result = validate(doc, Locator(""), "<add-backend>", None)
+    if isinstance(result, Config):
+        return None
+    label = "backends[0].name: "
+    for diagnostic in result:
+        if diagnostic.path[-1:] == ("name",):
+            return diagnostic.message.split(label, 1)[-1]
+    return "; ".join(d.message for d in result)
+
+
 class ConnLogError(Exception):
     """The connection log file cannot be opened (start-up fails, a reload is refused)."""
+
+
+BACKEND_COUNTERS = ("conns_total", "conns_active", "connect_failures", "bytes_to_backend",
+                    "bytes_to_client", "flows_active", "flows_total", "datagrams_to_backend",
+                    "datagrams_to_client")  # data-plane counters a BackendView copies
 
 
 @dataclass
@@ -119,13 +152,19 @@ class BackendView:
     name: str  # backend name (defaults to the address)
     state: str = "up"  # up | down | drain | maint
     weight: int = 0  # current weight (file or runtime)
-    effective_weight: int = 0  # weight new sessions see (0 when not up, or an idle backup)
+    effective_weight: int = 0  # weight the live table gives it: 0 when it takes no new
+    #                            sessions (down, drain, maint, an idle backup), except that in
+    #                            panic every enabled backend keeps its weight, DOWN ones too
     backup: bool = False
     conns_total: int = 0
     conns_active: int = 0
     connect_failures: int = 0
     bytes_to_backend: int = 0
     bytes_to_client: int = 0
+    flows_active: int = 0  # UDP flows open now (0 for TCP)
+    flows_total: int = 0  # UDP flows since start (0 for TCP)
+    datagrams_to_backend: int = 0  # UDP datagrams relayed to the backend (0 for TCP)
+    datagrams_to_client: int = 0  # UDP datagrams relayed back to clients (0 for TCP)
     drain_deadline: float | None = None  # unix time `drain --timeout` closes the rest, if armed
     probe_latency: float | None = None  # seconds of the last conclusive health probe, if any
 
@@ -179,6 +218,7 @@ class Daemon:
     #                                   told to read without GRO buffers (udp_gro = false)
     udp_gro_kept: set[str] = field(default_factory=set)  # services switched off by a reload
     #                                   whose open listeners keep GRO buffers (never turned off)
+    stop_deadline: float | None = None  # unix time the drain of a stop ends; None: running
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -532,22 +572,37 @@ class Daemon:
         self._sync_health()
         self.checker.start()
 
-    def _sync_health(self) -> None:
-        """Make the checker probe exactly the backends of services with [services.health]."""
-        if self.checker is None:
-            return
-        wanted: set[Key] = set()
-        for service in self.config.services:
+    @staticmethod
+    def _health_targets(config: Config) -> list[tuple[Key, Backend, HealthSettings]]:
+        """The backends `config` checks, each with its settings. Builds every probe first
+        (pure), so a target that cannot be probed (a health.source of the other family) raises
+        ValueError, naming the backend, before anything is changed."""
+        targets: list[tuple[Key, Backend, HealthSettings]] = []
+        for service in config.services:
             if service.health is None:
                 continue
             for backend in service.backends:
                 key = (service.name, address_text(backend))
-                wanted.add(key)
-                self.checker.add(key, backend.address.host, backend.address.port,
-                                 service.health)
-                self.runtime.backends[key].health = self.checker.state(key).value
-        for key in set(self.checker.keys()) - wanted:
-            self.checker.remove(key)
+                try:
+                    ProbeSpec.build(backend.address.host, backend.address.port, service.health)
+                except ValueError as exc:
+                    raise ValueError(f"backend {key[0]}/{key[1]}: {exc}") from None
+                targets.append((key, backend, service.health))
+        return targets
+
+    def _sync_health(self, prune: bool = True) -> None:
+        """Make the checker probe the backends of services with [services.health], and (with
+        `prune`) only those. A reload syncs without pruning until it is committed, so that a
+        rollback finds the backends it had removed with their health state intact."""
+        if self.checker is None:
+            return
+        targets = self._health_targets(self.config)
+        for key, backend, settings in targets:
+            self.checker.add(key, backend.address.host, backend.address.port, settings)
+            self.runtime.backends[key].health = self.checker.state(key).value
+        if prune:
+            for key in set(self.checker.keys()) - {key for key, _, _ in targets}:
+                self.checker.remove(key)
 
     def _on_transition(self, key: Key, transition: Transition) -> None:
         rt = self.runtime.backends.get(key)
@@ -588,7 +643,8 @@ class Daemon:
 
     def backend_views(self, service_name: str | None = None) -> list[BackendView]:
         """Backends of every service (or one) in file order, with state and counters."""
-        stats = self.dp.stats() if self.dp is not None else {"backends": {}}
+        dp = self.dp  # stop() may clear it meanwhile, from the executor thread
+        stats = dp.stats() if dp is not None else {"backends": {}}
         ids = self.builder.backend_ids()
         latencies = self.checker.latencies() if self.checker is not None else {}
         views: list[BackendView] = []
@@ -604,8 +660,7 @@ class Daemon:
                                    backup=rt.backup)
                 bid = ids.get((service.name, view.address))
                 counters = stats["backends"].get(bid, {}) if bid is not None else {}
-                for key in ("conns_total", "conns_active", "connect_failures",
-                            "bytes_to_backend", "bytes_to_client"):
+                for key in BACKEND_COUNTERS:
                     setattr(view, key, int(counters.get(key, 0)))
                 armed = self.drains.pending.get((service.name, rt.address))
                 view.drain_deadline = armed.deadline if armed is not None else None
@@ -894,42 +949,92 @@ class Daemon:
                 "add-backend": self.cmd_add_backend, "remove-backend": self.cmd_remove_backend,
                 "drain-status": self.cmd_drain_status, "reopen-logs": self.cmd_reopen_logs}
 
-    def _apply_overlay(self, overlay: Overlay) -> None:
-        """Run file + `overlay`: carry runtime state over, re-check health, publish."""
-        assert self.file_config is not None
-        old = (self.config, self.runtime, self.overlay)
-        self.overlay = overlay
-        self.config = overlay.apply(self.file_config)
-        self.runtime = Runtime.from_config(self.config, previous=old[1])
-        self._sync_health()
+    def _commit(self, config: Config, file_config: Config, overlay: Overlay,
+                fresh: list[ListenerGroup]) -> None:
+        """Run `config` (= `file_config` + `overlay`): carry the runtime state over, sync the
+        health checks, publish its table and hand the `fresh` listeners (bound, not yet polled)
+        to the data plane. All or nothing: on any failure the configuration, runtime state,
+        health checks and table are put back, the fresh listeners are closed, and the error is
+        raised again. The steps that release things (listeners closed, health checks of removed
+        backends) are left to the caller, after this returned."""
+        self._health_targets(config)  # ValueError here: nothing changed yet
+        old = (self.config, self.runtime, self.file_config, self.overlay)
+        old_table = (self.generation, self.builder.service_ids(), self.builder.backend_ids())
+        handed: list[int] = []
         try:
+            self.config, self.file_config, self.overlay = config, file_config, overlay
+            self.runtime = Runtime.from_config(config, previous=old[1])
+            self._sync_health(prune=False)
             self._publish()
-        except Exception:
-            self.config, self.runtime, self.overlay = old
-            self._sync_health()
+            ids = self.builder.service_ids()
+            self._sync_listener_congestion(fresh)  # before they are polled
+            self._sync_listener_defer_accept(fresh)
+            for group in fresh:
+                for worker, sock in enumerate(group.sockets):
+                    self.dp.add_listener(ids[group.service], sock.fileno(), worker)
+                    handed.append(sock.fileno())
+        except BaseException:
+            for fd in handed:
+                with contextlib.suppress(Exception):
+                    self.dp.remove_listener(fd)
+            for group in fresh:
+                group.close()
+            self.config, self.runtime, self.file_config, self.overlay = old
+            try:
+                self._sync_health()
+                if (self.generation, self.builder.service_ids(),
+                        self.builder.backend_ids()) != old_table:
+                    self._publish()  # the failed step came after the new table went live
+            except Exception:
+                log.exception("rollback: could not restore the running configuration fully")
             raise
+        self._sync_health()  # committed: stop checking what left
 
-    def cmd_add_backend(self, service: str, address: str, weight: int = 1, name: str = "",
-                        backup: bool = False, max_connections: int = 0) -> dict[str, Any]:
+    def _refuse_while_stopping(self, what: str) -> None:
+        if self.stop_deadline is not None:
+            raise ControlError(f"{what}: refused: the daemon is stopping (draining)")
+
+    def _apply_overlay(self, overlay: Overlay, what: str) -> None:
+        """Run file + `overlay` (add-backend, remove-backend); ControlError if it fails, with
+        nothing changed."""
+        assert self.file_config is not None
+        try:
+            self._commit(overlay.apply(self.file_config), self.file_config, overlay, [])
+        except Exception as exc:
+            reason = _reason(exc)
+            log.error("%s: rejected, running configuration unchanged: %s", what, reason,
+                      exc_info=not isinstance(exc, ValueError | OSError))
+            raise ControlError(f"{what}: rejected, running configuration unchanged: "
+                               f"{reason}") from None
+
+    def cmd_add_backend(self, service: str, address: str, weight: int = 1,
+                        name: str | None = None, backup: bool = False,
+                        max_connections: int = 0) -> dict[str, Any]:
+        self._refuse_while_stopping("add-backend")
+        if name:  # absent, null or "" (the CLI without --name): the address, as in the file
+            problem = backend_name_problem(name)
+            if problem is not None:
+                raise ControlError(f"add-backend: name: {problem}")
         overlay = self.overlay.copy()
         try:
-            backend = overlay.add(self.config, service, address, weight=weight, name=name,
+            backend = overlay.add(self.config, service, address, weight=weight, name=name or "",
                                   backup=backup, max_connections=max_connections)
         except OverlayError as exc:
             raise ControlError(str(exc)) from None
-        self._apply_overlay(overlay)
+        self._apply_overlay(overlay, "add-backend")
         log.info("backend %s/%s: added at run time (weight %d%s)", service, address,
                  backend.weight, ", backup" if backend.backup else "")
         return {"service": service, "backend": address, "generation": self.generation,
                 "differences": overlay.differences(service)}
 
     def cmd_remove_backend(self, service: str, backend: str) -> dict[str, Any]:
+        self._refuse_while_stopping("remove-backend")
         overlay = self.overlay.copy()
         try:
             address = overlay.remove(self.config, service, backend)
         except OverlayError as exc:
             raise ControlError(str(exc)) from None
-        self._apply_overlay(overlay)
+        self._apply_overlay(overlay, "remove-backend")
         log.info("backend %s/%s: removed at run time (open sessions continue)", service,
                  address)
         return {"service": service, "backend": address, "generation": self.generation,
@@ -941,11 +1046,14 @@ class Daemon:
     def reload(self) -> dict[str, Any]:
         """Re-read the configuration file and apply the difference (SIGHUP, `l4lb reload`).
 
-        Nothing changes unless the whole new file is valid and every new listener binds: on any
-        error the running configuration stays and ControlError carries every problem.
-        Unchanged listeners stay bound, open sessions are untouched, and runtime state
-        (admin state, weights) of backends that stay is kept.
+        All or nothing: the new file must be valid, every new listener must bind, the connection
+        log must open, and health checks, table and listeners must all be taken by the data
+        plane (Daemon._commit); on any error the running configuration stays (listeners,
+        health checks, table, connection log) and ControlError carries the problems. Unchanged
+        listeners stay bound, open sessions are untouched, and runtime state (admin state,
+        weights) of backends that stay is kept. A reload that changes nothing publishes nothing.
         """
+        self._refuse_while_stopping("reload")
         try:
             new = load_file(self.config.path)
         except ConfigError as exc:
@@ -957,19 +1065,16 @@ class Daemon:
             log.error("reload: cannot read %s: %s", self.config.path, exc.strerror or exc)
             raise ControlError(f"reload rejected: cannot read {self.config.path}: "
                                f"{exc.strerror or exc}") from None
+        previous = self.config
         overlay, notes = self.overlay.reconciled(new)
         file_config = new
         new = overlay.apply(new)
-        diff = plan(self.config, new)
-        for key in diff.restart_needed:
-            log.warning("reload: [global] %s changed: takes effect only after a restart; "
-                        "keeping %r", key, getattr(self.config.global_, key))
+        diff = plan(previous, new)
         keep = {k: getattr(self.config.global_, k) for k in RESTART_ONLY}
-        new = dataclasses.replace(new, global_=dataclasses.replace(new.global_, **keep))
+        new = dataclasses.replace(new, global_=dataclasses.replace(new.global_, **keep),
+                                  metrics_listen=self.config.metrics_listen)
         restart_needed = list(diff.restart_needed)
         if new.vrrp != self.config.vrrp:
-            log.warning("reload: [[vrrp]] changed: takes effect only after a restart; "
-                        "keeping the running instances")
             new = dataclasses.replace(new, vrrp=self.config.vrrp)
             restart_needed.append("vrrp")
         fresh: list[ListenerGroup] = []
@@ -981,37 +1086,28 @@ class Daemon:
                                             self.config.global_.listen_backlog, protocol))
             if new_log is not None and new_log != self.connlog_path:
                 fresh_log = self._open_connlog(new_log)
-        except (ListenError, ConnLogError) as exc:
+            if (new.services, new.global_.hash_seed) != (previous.services,
+                                                         previous.global_.hash_seed):
+                self._commit(new, file_config, overlay, fresh)
+            else:  # the table stays as it is: no publish, no new generation
+                self.config, self.file_config, self.overlay = new, file_config, overlay
+        except Exception as exc:
             for group in fresh:
-                group.close()
-            reason = exc.strerror if isinstance(exc, ListenError) else str(exc)
-            log.error("reload: rejected, running configuration unchanged: %s", reason)
-            raise ControlError(f"reload rejected, running configuration unchanged: "
-                               f"{reason}") from None
-        old = (self.config, self.runtime, self.file_config, self.overlay)
-        self.config, self.file_config, self.overlay = new, file_config, overlay
-        self.runtime = Runtime.from_config(new, previous=old[1])
-        self._sync_health()
-        try:
-            self._publish()
-        except Exception:
-            self.config, self.runtime, self.file_config, self.overlay = old
-            self._sync_health()
-            for group in fresh:
-                group.close()
+                group.close()  # _commit closed them already; closing twice is harmless
             if fresh_log is not None:
                 fresh_log.close()
-            raise
+            reason = _reason(exc)
+            log.error("reload: rejected, running configuration unchanged: %s", reason,
+                      exc_info=not isinstance(exc, ValueError | OSError | ConnLogError))
+            raise ControlError(f"reload rejected, running configuration unchanged: "
+                               f"{reason}") from None
+        # Committed. What follows releases what the new configuration no longer uses.
         if new_log != self.connlog_path:
             self._switch_connlog(fresh_log, new_log)
-        ids = self.builder.service_ids()
-        self._sync_listener_congestion(fresh)  # before they are polled
-        self._sync_listener_defer_accept(fresh)
+        self.listeners.extend(fresh)
         for group in fresh:
-            for worker, sock in enumerate(group.sockets):
-                self.dp.add_listener(ids[group.service], sock.fileno(), worker)
-            self.listeners.append(group)
             log.info("service %s: listening on %s", group.service, group.endpoint)
+        ids = self.builder.service_ids()
         moved = {listen: service for service, listen in diff.move}
         released = set(diff.release)
         kept: list[ListenerGroup] = []
@@ -1019,7 +1115,8 @@ class Daemon:
             listen = (group.protocol, group.endpoint)
             if listen in released:
                 for sock in group.sockets:
-                    self.dp.remove_listener(sock.fileno())
+                    with contextlib.suppress(Exception):
+                        self.dp.remove_listener(sock.fileno())
                 group.close()
                 log.info("service %s: stopped listening on %s", group.service, group.endpoint)
                 continue
@@ -1036,17 +1133,32 @@ class Daemon:
         self._sync_listener_defer_accept(self.listeners)
         for note in notes:
             log.info("reload: %s", note)
-        if new.global_.log_level != old[0].global_.log_level:
+        if new.global_.log_level != previous.global_.log_level:
             logging.getLogger().setLevel(LEVELS[new.global_.log_level])
+        for key, before, after in diff.settings_changed:
+            if key in diff.restart_needed:
+                log.warning("reload: %s changed (%s -> %s): takes effect only after a restart; "
+                            "keeping %s", key, before, after, before)
+            elif key == "hash_seed":
+                log.warning("reload: [global] hash_seed changed (%s -> %s): every maglev and "
+                            "source_hash client is remapped", before, after)
+        if "vrrp" in restart_needed:
+            log.warning("reload: [[vrrp]] changed: takes effect only after a restart; "
+                        "keeping the running instances")
         summary = diff.summary()
+        if "vrrp" in restart_needed:
+            summary = ("" if summary == "no change" else summary + "; ") + \
+                "[[vrrp]] changed (needs a restart; the running instances stay)"
         log.info("reload: %s applied: %s", self.config.path, summary)
         return {"generation": self.generation, "digest": self.digest, "changes": summary,
                 "restart_needed": restart_needed}
 
     def cmd_status(self) -> dict[str, Any]:
-        services = []
-        stats = self.dp.stats() if self.dp is not None else {"services": {}}
+        services: list[dict[str, Any]] = []
+        dp = self.dp  # stop() may clear it meanwhile, from the executor thread
+        stats = dp.stats() if dp is not None else {"services": {}}
         sids = self.builder.service_ids()
+        panic = self.weights.panic if self.weights is not None else {}
         for service in self.config.services:
             counters = stats["services"].get(sids.get(service.name), {})
             services.append({
@@ -1055,6 +1167,7 @@ class Daemon:
                 "listen": [e.text or str(e) for e in service.listen],
                 "counters": {k: int(v) for k, v in counters.items()},
                 "differences_from_file": self.overlay.differences(service.name),
+                "panic": panic.get(service.name),
                 "backends": [asdict(v) for v in self.backend_views(service.name)],
             })
             if service.protocol == "tcp":  # the socket options in effect (None: the system's)
@@ -1070,11 +1183,14 @@ class Daemon:
                     "udp_gro": service.udp_gro,
                     "listeners_keep_gro": service.name in self.udp_gro_kept,
                     "gro_in_effect": bool(service.udp_gro and sid is not None
-                                          and self._dp_supports("udp_gro")
-                                          and self.dp is not None and self.dp.udp_gro(sid)),
+                                          and dp is not None
+                                          and callable(getattr(dp, "udp_gro", None))
+                                          and dp.udp_gro(sid)),
                 }
         return {"version": __version__, "pid": os.getpid(), "config": self.config.path,
                 "started": self.started, "workers": self.workers,
+                "state": "running" if self.stop_deadline is None else "draining",
+                "drain_ends": self.stop_deadline,
                 "table": {"generation": self.generation, "digest": self.digest},
                 "connection_log": self.connlog_path,
                 "services": services,
@@ -1089,7 +1205,17 @@ class Daemon:
         self._service_known(service)
         return [asdict(v) for v in self.backend_views(service)]
 
+    def _service_of(self, service: str, protocol: str, command: str) -> None:
+        """`service` must exist and be of `protocol` (ControlError otherwise)."""
+        self._service_known(service)
+        if self._protocol(service) != protocol:
+            other = "flows" if protocol == "tcp" else "sessions"
+            raise ControlError(f"{command}: {service!r} is a {self._protocol(service).upper()} "
+                               f"service; its {other} are listed by `{other}`")
+
     def cmd_sessions(self, service: str = "", backend: str = "") -> list[dict[str, Any]]:
+        if service:
+            self._service_of(service, "tcp", "sessions")
         if self.dp is None:
             return []
         sids = {v: k for k, v in self.builder.service_ids().items()}
@@ -1097,7 +1223,7 @@ class Daemon:
         want_bid: int | None = None
         if backend:
             if not service:
-                raise ControlError("sessions: --backend needs the service too")
+                raise ControlError("sessions: \"backend\" needs \"service\" too")
             rt = self._find(service, backend)
             want_bid = self.builder.backend_ids()[(service, rt.address)]
         out = []
@@ -1116,6 +1242,8 @@ class Daemon:
 
     def cmd_flows(self, service: str = "") -> list[dict[str, Any]]:
         """UDP flows (of one service, or all)."""
+        if service:
+            self._service_of(service, "udp", "flows")
         if self.dp is None:
             return []
         sids = {v: k for k, v in self.builder.service_ids().items()}
@@ -1139,6 +1267,7 @@ class Daemon:
 
     def _change(self, what: str, service: str, backend: str,
                 fn: Callable[[], Any]) -> dict[str, Any]:
+        self._refuse_while_stopping(f"backend {service}/{backend}")
         self._find(service, backend)
         try:
             rt = fn()
@@ -1197,8 +1326,11 @@ class Daemon:
         return self._change(f"weight set to {weight}", service, backend,
                             lambda: self.runtime.set_weight(service, backend, weight))
 
-    def stop(self, timeout: float) -> None:
-        """Stop accepting, drain for up to `timeout` seconds, close everything. Idempotent."""
+    def begin_stop(self, timeout: float) -> None:
+        """Enter the stop (on the loop, before the blocking drain): health checks and timers
+        end, every listener leaves the data plane and is closed, so that new clients are
+        refused at once, and commands that change anything are refused from now on."""
+        self.stop_deadline = time.time() + timeout
         if self.checker is not None:
             self.checker.stop()
             self.checker = None
@@ -1206,18 +1338,44 @@ class Daemon:
             if handle is not None:
                 handle.cancel()
         self.publish_handle = self.ramp_handle = None
-        if self.dp is not None:
-            for group in self.listeners:
+        for group in self.listeners:
+            if self.dp is not None:
                 for sock in group.sockets:
                     with contextlib.suppress(Exception):
                         self.dp.remove_listener(sock.fileno())
+            group.close()
+        self.listeners = []
+
+    def stop_now(self) -> int:
+        """Cut a running drain short (a second signal): close every session and flow the data
+        plane still has, so that stop() ends at once; the closes are logged as usual. Returns
+        how many were closed. Safe while stop() runs in another thread."""
+        dp = self.dp
+        self.stop_deadline = time.time()
+        if dp is None or not callable(getattr(dp, "close_backend_sessions", None)):
+            return 0
+        bids = {bid for _, backends in self.connlog_ids for bid in backends}
+        with contextlib.suppress(Exception):  # the workers may be gone already
+            bids |= {int(s["backend_id"]) for s in dp.sessions()}
+            if callable(getattr(dp, "flows", None)):
+                bids |= {int(f["backend_id"]) for f in dp.flows()}
+        closed = 0
+        for bid in sorted(b for b in bids if b >= 0):
+            with contextlib.suppress(Exception):
+                closed += int(dp.close_backend_sessions(bid))
+        return closed
+
+    def stop(self, timeout: float) -> None:
+        """Stop accepting, drain for up to `timeout` seconds, close everything. Idempotent.
+
+        Blocks for the drain: serve() runs it off the loop, after begin_stop()."""
+        if self.stop_deadline is None:
+            self.begin_stop(timeout)
+        if self.dp is not None:
             self.dp.stop(timeout)
             self.pump_connlog()  # the closes of the drain and of the stop itself
             with self.connlog_lock:
                 self.dp = None
-        for group in self.listeners:
-            group.close()
-        self.listeners = []
         if self.connlog is not None:
             with self.connlog_lock:
                 writer, self.connlog = self.connlog, None
@@ -1235,11 +1393,19 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
     `tick` is called every `tick_interval` seconds on the event loop (the demo's live line).
     The control socket is served at `control_path` (None: no control socket); it is bound
     before the loop starts, and a failure raises ControlError or OSError.
+
+    The stop: VRRP leaves first, then the listeners close (new clients are refused), then the
+    drain runs off the loop for up to `[global] shutdown_timeout` as it is at that moment (a
+    reload may have changed it). Signal handlers, the control socket (`status` says
+    "draining"; changes are refused) and the metrics server stay until the drain is over, so
+    a second SIGTERM/SIGINT during it closes what is left at once, the closes are logged and
+    the exit code is still 0.
     """
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
-    drain_timeout = [daemon.config.global_.shutdown_timeout]
+    drain_timeout: list[float | None] = [None]  # None: [global] shutdown_timeout at the stop
     signals_seen: list[int] = []
+    draining = [False]  # the drain runs (begin_stop was called)
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
@@ -1252,11 +1418,17 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
                 daemon.reload()
             return
         signals_seen.append(signum)
+        if draining[0]:
+            closed = daemon.stop_now()
+            log.info("daemon: %s received: stopping now (closing %d open sessions and flows)",
+                     name, closed)
+            return
         if len(signals_seen) > 1 or signum == signal.SIGINT:
             drain_timeout[0] = 0.0
             log.info("daemon: %s received: stopping now", name)
         else:
-            log.info("daemon: %s received: draining for up to %.1fs", name, drain_timeout[0])
+            log.info("daemon: %s received: draining for up to %.1fs", name,
+                     daemon.config.global_.shutdown_timeout)
         done.set()
 
     control: ControlServer | None = None
@@ -1276,42 +1448,54 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
             raise
         log.info("metrics: serving /metrics and the status page on http://%s/",
                  daemon.config.metrics_listen)
+
+    async def close_servers() -> None:
+        for signum in HANDLED_SIGNALS:
+            loop.remove_signal_handler(signum)
+        if http is not None:
+            await http.close()
+        if control is not None:
+            await control.close()
+
     for signum in HANDLED_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     daemon.start_health()
     daemon.start_connlog()
     try:
-        await daemon.start_vrrp()  # VrrpError propagates after the cleanup below
-        deadline = None if duration is None else loop.time() + duration
-        while not done.is_set():
-            wait = min(tick_interval, 1.0)  # passive health failures are read every second
-            if deadline is not None:
-                wait = min(wait, max(0.0, deadline - loop.time()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout=wait)
-            if not done.is_set():
-                daemon.feed_passive_failures()
-                daemon.check_drains()
-            if tick is not None and not done.is_set():
-                tick(daemon)
-            if deadline is not None and loop.time() >= deadline:
-                drain_timeout[0] = 0.0
-                break
+        try:
+            await daemon.start_vrrp()  # VrrpError propagates after the cleanup below
+            deadline = None if duration is None else loop.time() + duration
+            while not done.is_set():
+                wait = min(tick_interval, 1.0)  # passive health failures are read every second
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - loop.time()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), timeout=wait)
+                if not done.is_set():
+                    daemon.feed_passive_failures()
+                    daemon.check_drains()
+                if tick is not None and not done.is_set():
+                    tick(daemon)
+                if deadline is not None and loop.time() >= deadline:
+                    drain_timeout[0] = 0.0
+                    break
+        finally:
+            daemon.cancel_drain_timers()
+            # Hand the VIPs over first (priority 0: the peer takes over after its skew time),
+            # then drain: sessions through this node may finish while new ones already go to
+            # the peer.
+            await daemon.stop_vrrp()
+        timeout = drain_timeout[0]
+        if timeout is None:
+            timeout = daemon.config.global_.shutdown_timeout
+        daemon.begin_stop(timeout)
+        draining[0] = True
+        # The drain blocks (the data plane waits for sessions without the GIL): run it off the
+        # loop. The connection log timer keeps reading the record rings meanwhile (stop() reads
+        # them a last time after the data plane stopped).
+        await loop.run_in_executor(None, daemon.stop, timeout)
     finally:
-        for signum in HANDLED_SIGNALS:
-            loop.remove_signal_handler(signum)
-        daemon.cancel_drain_timers()
-        # Hand the VIPs over first (priority 0: the peer takes over after its skew time), then
-        # drain: sessions through this node may finish while new ones already go to the peer.
-        await daemon.stop_vrrp()
-        if http is not None:
-            await http.close()
-        if control is not None:
-            await control.close()
-    # The drain blocks (the data plane waits for sessions without the GIL): run it off the loop.
-    # The connection log timer keeps reading the record rings meanwhile (stop() reads them a last
-    # time after the data plane stopped).
-    await loop.run_in_executor(None, daemon.stop, drain_timeout[0])
+        await close_servers()
     if daemon.connlog_timer is not None:
         daemon.connlog_timer.cancel()
         daemon.connlog_timer = None

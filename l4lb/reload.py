@@ -4,18 +4,24 @@ Pure: compares two validated Configs and says which listeners to bind or release
 services and backends come and go, and which changed settings cannot apply without a restart
 (they are reported and the running value stays). Listeners are identified by their address, so a
 listen address that stays (even if it moves to another service) keeps its bound sockets and
-nothing is ever re-bound needlessly.
+nothing is ever re-bound needlessly. Every changed `[global]` key and `[metrics] listen` is named
+in the summary, whether it applies at once or waits for a restart, so that a reload never says
+"no change" while something changed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-from l4lb.config.model import Config, Endpoint
+from l4lb.config.durations import format_duration_ms
+from l4lb.config.model import Config, Endpoint, GlobalSettings
 from l4lb.state import address_text
 
 # [global] keys that only take effect at start; a reload keeps their running values.
-RESTART_ONLY = ("workers", "control_socket", "listen_backlog")
+# log_format: the handlers are set up once by the CLI (which may override the key).
+RESTART_ONLY = ("workers", "control_socket", "listen_backlog", "log_format")
+METRICS_LISTEN = "metrics.listen"  # [metrics] listen: the HTTP server is bound once at start
+GLOBAL_KEYS = tuple(f.name for f in fields(GlobalSettings))
 
 
 @dataclass(frozen=True)
@@ -30,10 +36,13 @@ class ReloadPlan:
     services_changed: tuple[str, ...] = ()  # settings or backends differ
     backends_added: tuple[tuple[str, str], ...] = ()  # (service, address as written)
     backends_removed: tuple[tuple[str, str], ...] = ()
-    restart_needed: tuple[str, ...] = field(default=())  # global keys whose change is ignored
+    restart_needed: tuple[str, ...] = field(default=())  # keys whose change waits (restart)
+    settings_changed: tuple[tuple[str, str, str], ...] = ()  # (key, old, new) of [global] keys
+    #                                   and metrics.listen, as text, restart-only ones included
 
     @property
     def empty(self) -> bool:
+        """Nothing to bind, release or publish (changed settings may still need applying)."""
         return not (self.bind or self.release or self.move or self.services_added
                     or self.services_removed or self.services_changed)
 
@@ -52,10 +61,35 @@ class ReloadPlan:
             parts.append(f"new listeners: {', '.join(f'{p} {e}' for _, (p, e) in self.bind)}")
         if self.release:
             parts.append(f"listeners closed: {', '.join(f'{p} {e}' for p, e in self.release)}")
+        for key, before, after in self.settings_changed:
+            text = f"{key} {before} -> {after}"
+            if key in self.restart_needed:
+                text += " (needs a restart; the running value stays)"
+            elif key == "hash_seed":
+                text += " (every maglev and source_hash client is remapped)"
+            parts.append(text)
         return "; ".join(parts) or "no change"
 
 
 Listen = tuple[str, Endpoint]  # (protocol, address): TCP and UDP may share an address
+
+
+def _setting_text(key: str, value: object) -> str:
+    if value is None:
+        return "off"
+    if key == "shutdown_timeout" and isinstance(value, float):
+        return format_duration_ms(round(value * 1000))
+    return str(value)
+
+
+def settings_changed(old: Config, new: Config) -> tuple[tuple[str, str, str], ...]:
+    """(key, old, new) for every [global] key and for metrics.listen that differ."""
+    out = [(k, _setting_text(k, getattr(old.global_, k)), _setting_text(k, getattr(new.global_, k)))
+           for k in GLOBAL_KEYS if getattr(old.global_, k) != getattr(new.global_, k)]
+    if old.metrics_listen != new.metrics_listen:
+        out.append((METRICS_LISTEN, _setting_text(METRICS_LISTEN, old.metrics_listen),
+                    _setting_text(METRICS_LISTEN, new.metrics_listen)))
+    return tuple(out)
 
 
 def _listen_map(config: Config) -> dict[Listen, str]:
@@ -83,9 +117,10 @@ def plan(old: Config, new: Config) -> ReloadPlan:
                  else set())
         b_added += [(name, a) for a in sorted(after - before)]
         b_removed += [(name, a) for a in sorted(before - after)]
-    restart = tuple(k for k in RESTART_ONLY
-                    if getattr(old.global_, k) != getattr(new.global_, k))
+    settings = settings_changed(old, new)
+    restart = tuple(k for k, _, _ in settings if k in RESTART_ONLY or k == METRICS_LISTEN)
     return ReloadPlan(bind=bind, release=release, move=move, services_added=added,
                       services_removed=removed, services_changed=changed,
                       backends_added=tuple(sorted(b_added)),
-                      backends_removed=tuple(sorted(b_removed)), restart_needed=restart)
+                      backends_removed=tuple(sorted(b_removed)), restart_needed=restart,
+                      settings_changed=settings)
