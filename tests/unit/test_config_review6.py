@@ -402,3 +402,49 @@ def test_a_vip_without_prefix_is_a_host_address() -> None:
         'vips = ["10.0.0.1", "fd00::1"] }]\n'
     [instance] = load_text(text, "t.toml", host=None).vrrp
     assert instance.vip_interfaces == (IF("10.0.0.1/32"), IF("fd00::1/128"))
+
+
+class _Plane:
+    """The part of the data plane a rejected reload could touch: publish counts tables."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+
+    def publish(self, blob: bytes) -> int:
+        self.generation += 1
+        return self.generation
+
+    def stats(self) -> dict[str, Any]:
+        return {"generation": self.generation, "services": {}, "backends": {}}
+
+    def remove_listener(self, fd: int) -> None:
+        raise AssertionError("a rejected reload removed a listener")
+
+
+def test_reload_rejects_host_problems_before_changing_anything(tmp_path: Path) -> None:
+    """The daemon's reload loads with this host's answers (inside no loop here; the loop case is
+    covered by test_this_host_interfaces_work_inside_a_running_event_loop)."""
+    from l4lb.config import load_file
+    from l4lb.control import ControlError
+    from l4lb.daemon import Daemon
+    from l4lb.state import Runtime
+
+    path = tmp_path / "l4lb.toml"
+    good = f'[global]\ncontrol_socket = "{tmp_path}/s.sock"\n' + service(["127.0.0.1:9001"], "")
+    path.write_text(good)
+    daemon = Daemon(load_file(str(path)))
+    plane = _Plane()
+    daemon.dp = plane  # type: ignore[assignment]
+    daemon.file_config = daemon.config
+    daemon.runtime = Runtime.from_config(daemon.config)
+    daemon._publish()
+    before = (daemon.config, plane.generation)
+    path.write_text(good.replace('"127.0.0.1:9001" }', '"127.0.0.1:9002" }') +
+                    'health = { source = "198.51.100.254" }\n' +
+                    VRRP_HOST.split("\n\n")[0].replace("eth9", "l4lbnone0")
+                    .replace(', "eth7"', "").replace('"eth0"', '"lo"'))
+    with pytest.raises(ControlError) as info:
+        daemon.reload()
+    assert 'interface: no interface named "l4lbnone0"' in str(info.value)
+    assert "health.source: 198.51.100.254 is not an address of this host" in str(info.value)
+    assert (daemon.config, plane.generation) == before
