@@ -1,4 +1,4 @@
-"""Review 6 of `l4lb run` and the clients against a real daemon: start-up errors name what failed."""
+"""Review 6 of `l4lb run` and the clients on a real daemon: start-up errors name what failed."""
 
 from __future__ import annotations
 
