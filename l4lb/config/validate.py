@@ -821,6 +821,9 @@ class _Checker:
         if key not in self.bind_errnos:
             self.bind_errnos[key] = self.host.bind_errno(key)
         err = self.bind_errnos[key]
+        links = self.interfaces() if err == errno.EADDRNOTAVAIL else None
+        if links is not None and any(a.ip == source for v in links.values() for a in v):
+            err = 0  # configured but not usable yet: an IPv6 address still in DAD (tentative)
         if err == errno.EADDRNOTAVAIL:
             self.error(path, f"{label}: {source} is not an address of this host, so probes "
                        "cannot leave from it")

@@ -141,6 +141,15 @@ def test_health_source_must_be_an_address_of_this_host() -> None:
     assert load_text(text, "t.toml", host=None).services  # no host checks: not asked
 
 
+def test_health_source_still_tentative_is_accepted() -> None:
+    """An IPv6 address in duplicate address detection does not bind yet (EADDRNOTAVAIL) but is
+    on an interface: a daemon started at boot must not fail for it."""
+    host = NetHost(links={"eth0": (IF("fd00::7/64"),)}, bindable=set())
+    text = service(["[fd00::1]:9001"], 'health = { source = "fd00::7" }')
+    assert load_text(text, "t.toml", host=host).services
+    assert problems(text.replace("fd00::7", "fd00::8"), host)
+
+
 def test_health_source_other_bind_errors_are_worded() -> None:
     class Busy(NetHost):
         def bind_errno(self, address: str) -> int:
