@@ -213,3 +213,70 @@ def test_the_page_script_is_valid_javascript(tmp_path: Path) -> None:
     done = subprocess.run(["node", "--check", str(path)], capture_output=True, text=True,
                           timeout=30, check=False)
     assert done.returncode == 0, done.stderr
+
+
+_DOM_STUB = r"""
+// A minimal DOM for the page script: elements with children, text, class and attributes.
+function El(tag) { this.tag = tag; this.children = []; this.attrs = {}; this.className = "";
+                   this.textContent = ""; }
+El.prototype.appendChild = function (c) { this.children.push(c); return c; };
+El.prototype.setAttribute = function (k, v) { this.attrs[k] = String(v); };
+El.prototype.getAttribute = function (k) {
+  return this.attrs[k] === undefined ? null : this.attrs[k]; };
+El.prototype.replaceChildren = function () {
+  this.children = Array.prototype.slice.call(arguments); };
+var byId = {};
+["version", "summary", "health", "services", "freshness", "l4lb-data"].forEach(function (id) {
+  byId[id] = new El("div"); });
+var input = JSON.parse(require("fs").readFileSync(0, "utf8"));
+byId["l4lb-data"].textContent = JSON.stringify(input.first);
+global.document = {getElementById: function (id) { return byId[id]; },
+                   createElement: function (tag) { return new El(tag); },
+                   body: new El("body")};
+var pending = [];
+global.setTimeout = function (f) { pending.push(f); };
+global.fetch = function () {
+  return Promise.resolve({ok: true, json: function () { return input.second; }}); };
+function text(el) { return el.textContent + el.children.map(text).join(""); }
+function walk(el, out) {
+  out.push(el); el.children.forEach(function (c) { walk(c, out); }); return out; }
+"""
+
+_DOM_REPORT = r"""
+pending.shift()();  // the first tick: fetch, render, schedule the next
+setImmediate(function () { setImmediate(function () {
+  var all = walk(byId.services, []);
+  var out = {panic: all.filter(function (e) { return e.className === "summary panic"; })
+                       .map(text),
+             rows: {}};
+  all.filter(function (e) { return e.tag === "tr" && e.attrs["data-backend"]; })
+     .forEach(function (tr) { out.rows[tr.attrs["data-backend"]] = tr.children.map(text); });
+  all.filter(function (e) { return e.tag === "tfoot"; }).forEach(function (f, i) {
+    out.rows["total " + i] = f.children[0].children.map(text); });
+  process.stdout.write(JSON.stringify(out));
+}); });
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_page_script_redraws_panic_and_udp_flows(tmp_path: Path) -> None:
+    import json
+
+    first = {"time": 100.0, "status": make_status(), "health": None, "drain_left": {}}
+    later = make_status(panic=REASON)
+    later["services"][1]["backends"][0].update(flows_active=5, flows_total=29)
+    later["services"][1]["counters"].update(flows_active=5, flows_created=33)
+    second = {"time": 102.0, "status": later, "health": None, "drain_left": {}}
+    path = tmp_path / "page.js"
+    path.write_text(_DOM_STUB + _SCRIPT + _DOM_REPORT)
+    done = subprocess.run(["node", str(path)], input=json.dumps({"first": first,
+                                                                 "second": second}),
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["panic"] == [panic_text(REASON)]
+    # Weight, Effective, Active, Conn/s (10 new flows in 2 s), Total
+    assert got["rows"]["127.0.0.1:5301"][3:8] == ["3", "3", "5", "5.0", "29"]
+    assert got["rows"]["127.0.0.1:9001"][5:8] == ["2", "0.0", "40"]  # TCP as before
+    dns_total = got["rows"]["total 1"]
+    assert dns_total[5:8] == ["5", "5.0", "33"]  # flows active, created, rate of created
