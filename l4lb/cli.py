@@ -120,8 +120,8 @@ def check(path: str) -> None:
 
 
 def _fatal(text: str, code: int, as_json: bool) -> NoReturn:
-    """Report a fatal error of `l4lb run` and exit: a log line under --log-format json (the
-    logging is set up by then), else `l4lb: error: TEXT` on stderr."""
+    """Report a fatal error of `l4lb run` (or demo) and exit: a log line under --log-format
+    json (the logging is set up by then), else `l4lb: error: TEXT` on stderr."""
     if as_json:
         log.error("%s", text)
     else:
@@ -199,15 +199,14 @@ def demo(ctx: click.Context, host: str, port: int, duration: float | None,
     from l4lb.daemon import EXIT_DATAPLANE, EXIT_LISTEN
     from l4lb.demo import run_demo
 
+    as_json = ctx.obj["log_format"] == "json"
     setup_logging(ctx.obj["log_level"] or "warning", ctx.obj["log_format"] or "text")
     try:
         code = asyncio.run(run_demo(host, port, duration, show_config))
     except DataplaneUnavailable as exc:
-        click.echo(f"l4lb: error: {exc}", err=True)
-        sys.exit(EXIT_DATAPLANE)
+        _fatal(str(exc), EXIT_DATAPLANE, as_json)
     except ListenError as exc:
-        click.echo(f"l4lb: error: {exc.strerror} (try --port)", err=True)
-        sys.exit(EXIT_LISTEN)
+        _fatal(f"{exc.strerror} (try --port)", EXIT_LISTEN, as_json)
     except ConfigError as exc:  # the embedded config failed validation: a bug, say so plainly
         click.echo(f"l4lb: internal error: the demo configuration is invalid:\n{exc}", err=True)
         sys.exit(70)
@@ -308,6 +307,8 @@ def backends(service: str, config_path: str | None, socket_path: str | None,
 def sessions(service: str, backend: str, config_path: str | None, socket_path: str | None,
              as_json: bool) -> None:
     """Open sessions (of SERVICE, of one --backend)."""
+    if backend and not service:
+        raise click.UsageError("--backend needs SERVICE (the backend's service)")
     result = _call(config_path, socket_path, "sessions", service=service, backend=backend)
     _emit(result, as_json, lambda r: table(
         ("SERVICE", "CLIENT", "BACKEND", "STATE", "AGE", "TO-BACKEND", "TO-CLIENT"),

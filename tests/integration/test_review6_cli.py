@@ -116,3 +116,10 @@ def test_reload_with_another_file_is_refused(tmp_path: Path, running: Path) -> N
     res = run_fails("reload", "-c", str(running))
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"reloaded {running}: ")
+
+
+def test_demo_fatal_error_is_json_under_log_format_json(held_port: int) -> None:
+    res = run_fails("--log-format", "json", "demo", "--port", str(held_port), "--duration", "1")
+    assert res.returncode == 3
+    last = json.loads(res.stderr.splitlines()[-1])
+    assert last["level"] == "error" and last["message"].endswith("(try --port)")

@@ -321,3 +321,9 @@ def test_server_bind_failure_is_a_control_error(tmp_path: Path) -> None:
     with pytest.raises(ControlError, match=rf"^control socket {path}: cannot listen: "
                                            r"Not a directory \(ENOTDIR\)$"):
         asyncio.run(ControlServer(path, {}).start())
+
+
+def test_sessions_backend_without_service_is_a_usage_error() -> None:
+    res = l4lb("sessions", "--backend", "b1", "--socket", "/nonexistent.sock")
+    assert res.exit_code == 2
+    assert "--backend needs SERVICE" in res.stderr
