@@ -130,14 +130,21 @@ def _fatal(text: str, code: int, as_json: bool) -> NoReturn:
 
 
 def _raised_in(exc: BaseException, module: str) -> bool:
-    """Whether `exc` was raised inside (a call from) `module`."""
-    return any(frame.f_globals.get("__name__") == module
-               for frame, _ in traceback.walk_tb(exc.__traceback__))
+    """Whether `exc`, or an exception it was raised from, was raised inside `module`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if any(frame.f_globals.get("__name__") == module
+               for frame, _ in traceback.walk_tb(seen.__traceback__)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _serve_error_text(exc: OSError, config: Config) -> str:
     """What failed when serve() raised `exc` (the control socket raises ControlError): the
     [metrics] listener, the only other socket serve() binds."""
+    if isinstance(exc, ListenError):  # already one line naming what and where
+        return str(exc.strerror)
     if config.metrics_listen is not None and _raised_in(exc, "l4lb.httpserver"):
         where = config.metrics_listen.text or str(config.metrics_listen)
         return f"metrics.listen: cannot listen on {where}: {os_error_text(exc)}"

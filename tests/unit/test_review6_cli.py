@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import select
@@ -327,3 +328,27 @@ def test_sessions_backend_without_service_is_a_usage_error() -> None:
     res = l4lb("sessions", "--backend", "b1", "--socket", "/nonexistent.sock")
     assert res.exit_code == 2
     assert "--backend needs SERVICE" in res.stderr
+
+
+def test_only_the_metrics_listener_is_blamed_for_its_own_errors() -> None:
+    from l4lb.cli import _serve_error_text
+    from l4lb.config import load_text
+
+    config = load_text('[metrics]\nlisten = "127.0.0.1:9100"\n[[services]]\nname = "web"\n'
+                       'protocol = "tcp"\nlisten = ["127.0.0.1:8080"]\n'
+                       '  [[services.backends]]\n  address = "127.0.0.1:9"\n', "m.toml")
+
+    async def bind_taken() -> None:
+        from l4lb.httpserver import start
+
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen(1)
+            await start(f"127.0.0.1:{held.getsockname()[1]}", lambda: {})
+
+    with pytest.raises(OSError) as from_metrics:
+        asyncio.run(bind_taken())
+    assert _serve_error_text(from_metrics.value, config) == (
+        "metrics.listen: cannot listen on 127.0.0.1:9100: Address already in use (EADDRINUSE)")
+    elsewhere = OSError(errno.EADDRINUSE, "error while attempting to bind on address ('x', 1)")
+    assert _serve_error_text(elsewhere, config) == "Address already in use (EADDRINUSE)"
