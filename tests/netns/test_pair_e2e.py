@@ -11,11 +11,10 @@ lb2 90, 100 ms adverts). The client connects every 50 ms from one address. Check
   (deterministic table); the outage seen by the client is measured;
 - lb1 comes back and preempts; a graceful stop of lb1 (SIGTERM) hands over again.
 
-Two modes. "daemon": VRRP runs inside `l4lb run` from a `[[vrrp]]` table; skipped with "needs
-[[vrrp]] wiring in the daemon" while `l4lb check` rejects such a config. "split": the same
+Two modes. "daemon": VRRP runs inside `l4lb run` from a `[[vrrp]]` table. "split": the same
 scenario with VRRP in a separate process per node (tests/netns/vrrp_node.py) beside a daemon
-that has no `[[vrrp]]`, which runs today and checks the data path, the listeners on a VIP the
-node does not hold, and failover as the client sees it.
+that has no `[[vrrp]]`; it checks the data path, the listeners on a VIP the node does not hold,
+and failover as the client sees it, with the VRRP engine outside the daemon.
 """
 
 from __future__ import annotations
@@ -78,15 +77,6 @@ track_services = [{{ service = "web", weight = -50 }}]
 
 def l4lb(*args: str) -> list[str]:
     return [sys.executable, "-m", "l4lb", *args]
-
-
-def vrrp_wired(tmp_path: Path) -> bool:
-    """True when `l4lb check` accepts a configuration with a [[vrrp]] table."""
-    cfg = tmp_path / "wired-check.toml"
-    cfg.write_text(service_toml(tmp_path / "check.sock") + vrrp_toml(100))
-    res = subprocess.run(l4lb("check", "-c", str(cfg)), capture_output=True, text=True,
-                         env=child_env(), timeout=60)
-    return res.returncode == 0
 
 
 class LbNode:
@@ -159,8 +149,6 @@ def first_ok_after(client: Node, since_t: float) -> float:
 def test_pair_end_to_end(pair: Topology, tmp_path: Path, mode: str,
                          measure: Callable[[str, str], None]) -> None:
     wired = mode == "daemon"
-    if wired and not vrrp_wired(tmp_path):
-        pytest.skip("needs [[vrrp]] wiring in the daemon")
     pair.add_host("be", [f"{a}/24" for a in BACKENDS.values()], mac="02:00:00:00:00:21")
     be = pair.python("be", "name_backends.py",
                      *[f"{n}={a}:9000" for n, a in BACKENDS.items()], name="backends")

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from l4lb.config.host import THIS_HOST
 
 
 @dataclass
@@ -30,3 +35,16 @@ class FakeHost:
 
     def ipv4_sysctl_words(self, name: str) -> list[str]:
         return list(self.sysctls.get(name, []))
+
+
+class ExampleHost:
+    """This machine's answers, except that it always has the `eth0` (IPv4 and link-local IPv6)
+    that the shipped examples and the golden files name, so they load on any test host."""
+
+    ETH0 = (ipaddress.ip_interface("192.0.2.2/24"), ipaddress.ip_interface("fe80::2/64"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(THIS_HOST, name)
+
+    def interfaces(self) -> Mapping[str, tuple[Any, ...]] | None:
+        return {**(THIS_HOST.interfaces() or {}), "eth0": self.ETH0}

@@ -1,5 +1,6 @@
 """Golden tests of the configuration compiler: each tests/golden/config/NAME.toml must fail to load
-with exactly the report in NAME.err (the file name in messages is NAME.toml)."""
+with exactly the report in NAME.err (the file name in messages is NAME.toml). The host is this
+machine with a fixed `eth0` (tests/unit/fakehost.py), which the VRRP cases name."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from l4lb.config import ConfigError, load_text
+
+from .fakehost import ExampleHost
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "config"
 CASES = sorted(GOLDEN.glob("*.toml"))
@@ -24,7 +27,7 @@ def test_golden_cases_exist_and_pair_up() -> None:
 def test_golden(case: Path) -> None:
     expected = case.with_suffix(".err").read_text()
     with pytest.raises(ConfigError) as info:
-        load_text(case.read_text(), case.name)
+        load_text(case.read_text(), case.name, host=ExampleHost())
     assert str(info.value) + "\n" == expected
     # the report is the diagnostics, in order, and the count line
     lines = expected.splitlines()
