@@ -4,10 +4,12 @@ Start-up order matters: the data plane starts and gets its first table BEFORE an
 handed to it, so no accepted connection ever meets an empty table. A listener that cannot bind
 stops the start-up with one line naming the address and the OS error.
 
-Signals: SIGTERM drains gracefully (stop accepting, let sessions finish for up to
-`[global] shutdown_timeout`, close the rest, exit 0); SIGINT stops at once (sessions closed,
-exit 0); a second signal stops at once. SIGHUP reloads the configuration file (see Daemon.reload);
-SIGUSR1 reopens the connection log (after logrotate renamed it).
+Signals: SIGTERM drains gracefully (the listeners close first, so new clients are refused; then
+sessions finish for up to `[global] shutdown_timeout`, the rest are closed, exit 0); SIGINT stops
+at once (sessions closed, exit 0); a second SIGTERM/SIGINT during the drain closes what is left
+at once (Daemon.stop_now; the closes are logged, exit 0). The control socket answers through the
+drain (status says "draining"; changes are refused). SIGHUP reloads the configuration file (see
+Daemon.reload, all or nothing); SIGUSR1 reopens the connection log (after logrotate renamed it).
 
 Drain deadlines (`l4lb drain --timeout`) live here, not in the CLI: the daemon arms one asyncio
 timer per backend; at the deadline it asks the data plane to close what is left of that backend
@@ -1413,6 +1415,9 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
             daemon.reopen_logs("SIGUSR1")
             return
         if signum == signal.SIGHUP:
+            if draining[0]:
+                log.warning("daemon: SIGHUP received while stopping: no reload")
+                return
             log.info("daemon: SIGHUP received: reloading %s", daemon.config.path)
             with contextlib.suppress(ControlError):  # already logged with every error
                 daemon.reload()
