@@ -111,6 +111,14 @@ class CheckerStats:
     stray: int = 0  # segments on the SYN probes' raw sockets that matched no probe
 
 
+def _subject(key: object) -> str:
+    """How log lines name a checked backend: SERVICE/ADDRESS for the daemon's (service,
+    address) keys, the key as text otherwise."""
+    if isinstance(key, tuple) and len(key) == 2:
+        return f"{key[0]}/{key[1]}"
+    return str(key)
+
+
 class HealthChecker(Generic[K]):
     """Active health checks for any number of backends on the running asyncio loop."""
 
@@ -573,8 +581,8 @@ class HealthChecker(Generic[K]):
             self._inconclusive += 1
             if now - self._last_inconclusive_log >= _INCONCLUSIVE_LOG_EVERY:
                 self._last_inconclusive_log = now
-                log.warning("health: probe of %s could not be made: %s (not counted against "
-                            "the backend)", entry.spec, reason)
+                log.warning("backend %s: probe of %s could not be made: %s (not counted "
+                            "against the backend)", _subject(entry.key), entry.spec, reason)
         else:
             entry.latency = latency
             if not ok:

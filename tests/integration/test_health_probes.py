@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import re
@@ -609,6 +610,24 @@ def test_checker_never_counts_inconclusive_probes() -> None:
     assert desc == "UP (unconfirmed)"
     assert inconclusive >= 3
     assert transitions == 0
+
+
+def test_inconclusive_probe_warning_names_the_backend_first(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def go() -> None:
+        chk: HealthChecker[tuple[str, str]] = HealthChecker(lambda k, t: None, rng=NoJitter())
+        with listener() as lst:
+            port = lst.getsockname()[1]
+            chk.add(("web", "127.0.0.1:80"), "127.0.0.1", port,
+                    HealthSettings(interval=0.05, timeout=0.04, source="192.0.2.1"))
+            chk.start()
+            await asyncio.sleep(0.2)
+            chk.stop()
+
+    with caplog.at_level(logging.WARNING):
+        run(go())
+    lines = [r.getMessage() for r in caplog.records if "could not be made" in r.getMessage()]
+    assert lines and lines[0].startswith("backend web/127.0.0.1:80: probe of 127.0.0.1:")
 
 
 def test_checker_keeps_the_last_conclusive_probe_latency() -> None:
