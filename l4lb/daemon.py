@@ -64,7 +64,7 @@ from l4lb.httpserver import start as start_http
 from l4lb.logs import LEVELS
 from l4lb.net.listen import ListenerGroup, ListenError, open_listeners, resolve_workers
 from l4lb.overlay import Overlay, OverlayError
-from l4lb.reload import RESTART_ONLY, plan
+from l4lb.reload import RESTART_ONLY, Listen, plan
 from l4lb.state import (
     DrainDeadline,
     DrainEnd,
@@ -952,17 +952,21 @@ class Daemon:
                 "drain-status": self.cmd_drain_status, "reopen-logs": self.cmd_reopen_logs}
 
     def _commit(self, config: Config, file_config: Config, overlay: Overlay,
-                fresh: list[ListenerGroup]) -> None:
+                fresh: list[ListenerGroup],
+                moves: tuple[tuple[str, Listen], ...] = ()) -> None:
         """Run `config` (= `file_config` + `overlay`): carry the runtime state over, sync the
-        health checks, publish its table and hand the `fresh` listeners (bound, not yet polled)
-        to the data plane. All or nothing: on any failure the configuration, runtime state,
-        health checks and table are put back, the fresh listeners are closed, and the error is
-        raised again. The steps that release things (listeners closed, health checks of removed
+        health checks, publish its table, hand the `fresh` listeners (bound, not yet polled)
+        to the data plane and give the kept listeners of `moves` to their new service. All or
+        nothing: on any failure the configuration, runtime state, health checks, table and
+        moved listeners are put back, the fresh listeners are closed, and the error is raised
+        again. The steps that release things (listeners closed, health checks of removed
         backends) are left to the caller, after this returned."""
         self._health_targets(config)  # ValueError here: nothing changed yet
         old = (self.config, self.runtime, self.file_config, self.overlay)
         old_table = (self.generation, self.builder.service_ids(), self.builder.backend_ids())
         handed: list[int] = []
+        moved: list[tuple[ListenerGroup, str]] = []  # (group, the service it served)
+        by_listen = {(g.protocol, g.endpoint): g for g in self.listeners}
         try:
             self.config, self.file_config, self.overlay = config, file_config, overlay
             self.runtime = Runtime.from_config(config, previous=old[1])
@@ -975,6 +979,11 @@ class Daemon:
                 for worker, sock in enumerate(group.sockets):
                     self.dp.add_listener(ids[group.service], sock.fileno(), worker)
                     handed.append(sock.fileno())
+            for service, listen in moves:
+                group = by_listen[listen]
+                moved.append((group, group.service))
+                self._hand_listener(group, ids[service])
+                group.service = service
         except BaseException:
             for fd in handed:
                 with contextlib.suppress(Exception):
@@ -986,11 +995,28 @@ class Daemon:
                 self._sync_health()
                 if (self.generation, self.builder.service_ids(),
                         self.builder.backend_ids()) != old_table:
-                    self._publish()  # the failed step came after the new table went live
+                    # The builder took the new ids: build the old table again. A service or
+                    # backend the failed configuration removed comes back under a new id (the
+                    # builder retired its old one), so its data-plane counters restart at 0.
+                    self._publish()
+                ids = self.builder.service_ids()
+                for group, service in moved:
+                    group.service = service
+                    self._hand_listener(group, ids[service])
             except Exception:
                 log.exception("rollback: could not restore the running configuration fully")
             raise
+        for group, service in moved:
+            log.info("service %s: now serves %s (was %s)", group.service, group.endpoint,
+                     service)
         self._sync_health()  # committed: stop checking what left
+
+    def _hand_listener(self, group: ListenerGroup, service_id: int) -> None:
+        """Make the data plane serve `group`'s sockets for `service_id` (a moved listener)."""
+        for worker, sock in enumerate(group.sockets):
+            with contextlib.suppress(Exception):  # not registered (a failed move): add it
+                self.dp.remove_listener(sock.fileno())
+            self.dp.add_listener(service_id, sock.fileno(), worker)
 
     def _refuse_while_stopping(self, what: str) -> None:
         if self.stop_deadline is not None:
@@ -1090,7 +1116,7 @@ class Daemon:
                 fresh_log = self._open_connlog(new_log)
             if (new.services, new.global_.hash_seed) != (previous.services,
                                                          previous.global_.hash_seed):
-                self._commit(new, file_config, overlay, fresh)
+                self._commit(new, file_config, overlay, fresh, diff.move)
             else:  # the table stays as it is: no publish, no new generation
                 self.config, self.file_config, self.overlay = new, file_config, overlay
         except Exception as exc:
@@ -1109,8 +1135,6 @@ class Daemon:
         self.listeners.extend(fresh)
         for group in fresh:
             log.info("service %s: listening on %s", group.service, group.endpoint)
-        ids = self.builder.service_ids()
-        moved = {listen: service for service, listen in diff.move}
         released = set(diff.release)
         kept: list[ListenerGroup] = []
         for group in self.listeners:
@@ -1122,13 +1146,6 @@ class Daemon:
                 group.close()
                 log.info("service %s: stopped listening on %s", group.service, group.endpoint)
                 continue
-            if listen in moved:
-                for worker, sock in enumerate(group.sockets):
-                    self.dp.remove_listener(sock.fileno())
-                    self.dp.add_listener(ids[moved[listen]], sock.fileno(), worker)
-                log.info("service %s: now serves %s (was %s)", moved[listen], group.endpoint,
-                         group.service)
-                group.service = moved[listen]
             kept.append(group)
         self.listeners = kept
         self._sync_listener_congestion(self.listeners)  # a changed key, a moved listener

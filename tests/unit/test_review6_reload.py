@@ -49,6 +49,7 @@ class FakeDataplane:
         self.listeners: dict[int, int] = {}  # fd -> service id
         self.backend_stats: dict[int, dict[str, int]] = {}
         self.fail_add_listener = False
+        self.fail_add_once = False  # fail the next add_listener only
         self.fail_publish = False
 
     def publish(self, blob: bytes) -> int:
@@ -59,7 +60,8 @@ class FakeDataplane:
         return self.generation
 
     def add_listener(self, service_id: int, fd: int, worker: int) -> None:
-        if self.fail_add_listener:
+        if self.fail_add_listener or self.fail_add_once:
+            self.fail_add_once = False
             raise OSError(12, "Cannot allocate memory (injected)")
         self.listeners[fd] = service_id
 
@@ -128,7 +130,7 @@ def snapshot(daemon: Daemon) -> tuple[Any, ...]:
     keys = sorted(daemon.checker.keys()) if daemon.checker is not None else []
     return (daemon.config, daemon.file_config, sorted(daemon.runtime.backends), daemon.digest,
             [(g.service, g.endpoint) for g in daemon.listeners], keys,
-            daemon.builder.service_ids())
+            sorted(daemon.builder.service_ids()))  # names: a rollback may renumber (report)
 
 
 # ---- item 1: reload and add-backend are transactional ----
@@ -199,6 +201,24 @@ def test_a_failure_after_the_table_went_live_rolls_everything_back(
     dp.fail_add_listener = False
     assert "services added: more" in daemon.reload()["changes"]
     assert not can_bind(extra)
+
+
+def test_a_listener_that_failed_to_move_serves_its_old_service_again(
+        tmp_path: Path, ports: tuple[int, int]) -> None:
+    path = write(tmp_path, service("old", ports[0], ["127.0.0.1:9001"]))
+    daemon, dp = make_daemon(path)
+    before, fds = snapshot(daemon), dict(dp.listeners)
+    path.write_text(path.read_text().replace('"old"', '"new"'))  # the address changes service
+    dp.fail_add_once = True
+    with pytest.raises(ControlError, match="Cannot allocate memory"):
+        daemon.reload()
+    assert snapshot(daemon) == before and set(dp.listeners) == set(fds)
+    assert [g.service for g in daemon.listeners] == ["old"]
+    assert set(dp.listeners.values()) == {daemon.builder.service_ids()["old"]}
+    result = daemon.reload()
+    assert "services added: new" in result["changes"]
+    assert [g.service for g in daemon.listeners] == ["new"]
+    assert set(dp.listeners.values()) == {daemon.builder.service_ids()["new"]}
 
 
 def test_a_failed_reload_keeps_the_health_state_of_backends_it_would_remove(
