@@ -262,10 +262,14 @@ class Daemon:
             raise
 
     def _publish(self) -> None:
-        weights = compute(self.config, self.runtime, time.monotonic(), self._ramp_start)
-        # DOWN or in maintenance: UDP flows move on their next datagram (drained ones stay)
+        weights = compute(self.config, self.runtime, time.monotonic(), self._ramp_start,
+                          self._unproven)
+        # DOWN or in maintenance: UDP flows move on their next datagram (drained ones stay).
+        # A DOWN backend that a panic keeps in rotation (weight > 0) is not marked: the builder
+        # gives every marked backend weight 0.
         down = {key for key, rt in self.runtime.backends.items()
-                if rt.health == "down" or rt.admin == "maint"}
+                if rt.admin == "maint"
+                or (rt.health == "down" and weights.weights.get(key, 0) == 0)}
         blob = self.builder.build(self.config, weights.weights, down)
         self.generation = self.dp.publish(blob)
         self._sync_backend_congestion()
@@ -279,8 +283,8 @@ class Daemon:
                  self.digest, len(self.config.services))
         for service, reason in weights.panic.items():
             if self.panic_logged.get(service) != reason:
-                log.warning("service %s: panic: %s (below min_healthy): every enabled backend "
-                            "stays in rotation, DOWN ones included", service, reason)
+                log.warning("service %s: panic: %s (below min_healthy): health checks are "
+                            "ignored, DOWN backends stay in rotation", service, reason)
         for service in set(self.panic_logged) - set(weights.panic):
             log.warning("service %s: panic over: health checks decide again", service)
         self.panic_logged = dict(weights.panic)
@@ -291,6 +295,15 @@ class Daemon:
         self._remember_ids()
         for done in self.drains.prune(self.runtime, time.time()):
             self._drain_ended(done)
+
+    def _unproven(self, key: Key) -> bool:
+        """True while a checked backend is DOWN by initial_state "down" with no verdict yet."""
+        if self.checker is None:
+            return False
+        try:
+            return not self.checker.proven(key)
+        except KeyError:
+            return False
 
     def _ramp_start(self, key: Key) -> float | None:
         """When the backend last came UP (start of its slow-start ramp), if it is checked."""
@@ -572,6 +585,8 @@ class Daemon:
         """Start probing on the running loop (serve() calls this)."""
         self.checker = HealthChecker(self._on_transition)
         self._sync_health()
+        if any(rt.health == "down" for rt in self.runtime.backends.values()):
+            self._publish()  # initial_state "down": start() published them UP
         self.checker.start()
 
     @staticmethod

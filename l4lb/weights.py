@@ -30,7 +30,8 @@ class Weights:
 
 
 def compute(config: Config, runtime: Runtime, now: float,
-            ramp_start: Callable[[Key], float | None] = lambda key: None) -> Weights:
+            ramp_start: Callable[[Key], float | None] = lambda key: None,
+            unproven: Callable[[Key], bool] = lambda key: False) -> Weights:
     """Weights for every backend of `config` given `runtime` at monotonic time `now`."""
     weights: dict[Key, int] = {}
     panic: dict[str, str] = {}
@@ -45,7 +46,8 @@ def compute(config: Config, runtime: Runtime, now: float,
                 key=key, weight=rt.weight,
                 health=Health.UP if rt.health == "up" else Health.DOWN,
                 admin=rt.admin, backup=rt.backup,
-                ramp_start=ramp_start(key) if service.health is not None else None))
+                ramp_start=ramp_start(key) if service.health is not None else None,
+                unproven=service.health is not None and unproven(key)))
         hs = service.health
         result = effective_weights(members, now,
                                    min_healthy=hs.min_healthy if hs is not None else 0.0,

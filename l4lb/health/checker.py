@@ -257,6 +257,10 @@ class HealthChecker(Generic[K]):
         """Current health of `key` (KeyError if unknown)."""
         return self._entries[key].dampener.state
 
+    def proven(self, key: K) -> bool:
+        """False while `key` is unproven: DOWN by initial_state "down", no verdict yet."""
+        return self._entries[key].dampener.proven
+
     def up_since(self, key: K) -> float | None:
         """Monotonic time `key` last came UP from DOWN (start of its slow-start ramp)."""
         return self._entries[key].dampener.up_since

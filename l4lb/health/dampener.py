@@ -96,11 +96,18 @@ class Dampener:
         self._last_ok: bool | None = None  # last probe result
         self._last_reason = ""  # last probe reason
         self._last_probe_at: float | None = None  # time of the last probe result
+        self._verdict = settings.initial_state == "up"  # False while unproven (pool rule 3)
 
     @property
     def state(self) -> Health:
         """Current state."""
         return self._state
+
+    @property
+    def proven(self) -> bool:
+        """False while the backend is DOWN only by initial_state "down": it has not come UP and
+        no failed probe has been counted against it (l4lb.health.pool's unproven rule)."""
+        return self._verdict
 
     @property
     def up_since(self) -> float | None:
@@ -182,6 +189,7 @@ class Dampener:
             return None
         self._successes = 0
         self._failures += 1
+        self._verdict = True
         if self._state is Health.DOWN:
             return None
         if not self._confirmed:
@@ -218,6 +226,7 @@ class Dampener:
         self._state = new
         self._since = now
         self._confirmed = True
+        self._verdict = True
         self._successes = 0
         self._failures = 0
         self._passive.clear()
