@@ -200,6 +200,9 @@ class Daemon:
     connlog_path: str | None = None  # its file
     connlog_ids: deque[IdMaps] = field(  # id maps of recent tables, newest last
         default_factory=lambda: deque(maxlen=16))
+    # names of ids that left the table and are not released yet (release_retired_ids)
+    retired_services: dict[int, str] = field(default_factory=dict)
+    retired_backends: dict[int, tuple[str, str]] = field(default_factory=dict)
     connlog_timer: asyncio.TimerHandle | None = None  # the next read of the record rings
     connlog_lock: threading.Lock = field(default_factory=threading.Lock)  # pump vs. stop()
     connlog_invalid: int = 0  # records the writer refused as malformed
@@ -785,8 +788,49 @@ class Daemon:
     def _remember_ids(self) -> None:
         services = {sid: name for name, sid in self.builder.service_ids().items()}
         backends = {bid: key for key, bid in self.builder.backend_ids().items()}
+        if self.connlog_ids:  # what just left the table keeps its name until released
+            old_services, old_backends = self.connlog_ids[-1]
+            for sid, name in old_services.items():
+                if sid not in services:
+                    self.retired_services.setdefault(sid, name)
+            for bid, key in old_backends.items():
+                if bid not in backends:
+                    self.retired_backends.setdefault(bid, key)
         if not self.connlog_ids or self.connlog_ids[-1] != (services, backends):
             self.connlog_ids.append((services, backends))
+
+    def release_retired_ids(self) -> None:
+        """Free the ids of services and backends that left the table once nothing in the data
+        plane counts on them any more (docs/forwarding-table.md, "Ids that leave the table").
+        The data plane zeroes their counters first; the connection-log records still queued
+        are written while the ids still name the old ones. Called about once a second."""
+        if self.dp is None or not self._dp_supports("reset_counters"):
+            return
+        services, backends = self.builder.retired()
+        if not services and not backends:
+            return
+        stats = self.dp.stats()
+
+        def idle(counters: dict[str, int]) -> bool:
+            return not counters.get("conns_active") and not counters.get("flows_active")
+
+        freed_s = [sid for sid in sorted(services)
+                   if idle(stats["services"].get(sid, {}))
+                   and self.dp.reset_counters(service_id=sid)]
+        freed_b = [bid for bid in sorted(backends)
+                   if idle(stats["backends"].get(bid, {}))
+                   and self.dp.reset_counters(backend_id=bid)]
+        if not freed_s and not freed_b:
+            return
+        self.pump_connlog()
+        for sid in freed_s:
+            self.retired_services.pop(sid, None)
+        for bid in freed_b:
+            self.retired_backends.pop(bid, None)
+            self.failures_seen.pop(bid, None)
+        self.builder.release(service_ids=freed_s, backend_ids=freed_b)
+        log.info("table: released %d service and %d backend ids (nothing counts on them)",
+                  len(freed_s), len(freed_b))
 
     def connlog_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """A data-plane record (ids) as a connection log record (names, "host:port")."""
@@ -799,6 +843,10 @@ class Daemon:
             if backend is None and bid >= 0:
                 key = backends.get(bid)
                 backend = key[1] if key is not None else None
+        if service is None:
+            service = self.retired_services.get(sid)
+        if backend is None and bid in self.retired_backends:
+            backend = self.retired_backends[bid][1]
         host, port = record["client"]
         return {"client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                 "service": service if service is not None else f"?{sid}",
@@ -978,7 +1026,7 @@ class Daemon:
         backends) are left to the caller, after this returned."""
         self._health_targets(config)  # ValueError here: nothing changed yet
         old = (self.config, self.runtime, self.file_config, self.overlay)
-        old_table = (self.generation, self.builder.service_ids(), self.builder.backend_ids())
+        old_generation, saved_ids = self.generation, self.builder.checkpoint()
         handed: list[int] = []
         moved: list[tuple[ListenerGroup, str]] = []  # (group, the service it served)
         by_listen = {(g.protocol, g.endpoint): g for g in self.listeners}
@@ -1008,11 +1056,10 @@ class Daemon:
             self.config, self.runtime, self.file_config, self.overlay = old
             try:
                 self._sync_health()
-                if (self.generation, self.builder.service_ids(),
-                        self.builder.backend_ids()) != old_table:
-                    # The builder took the new ids: build the old table again. A service or
-                    # backend the failed configuration removed comes back under a new id (the
-                    # builder retired its old one), so its data-plane counters restart at 0.
+                # The ids go back to what they were (those given out since stay retired);
+                # if the new table went live, the old one is built again, with the same ids.
+                self.builder.restore(saved_ids)
+                if self.generation != old_generation:
                     self._publish()
                 ids = self.builder.service_ids()
                 for group, service in moved:
@@ -1252,8 +1299,10 @@ class Daemon:
             self._service_of(service, "tcp", "sessions")
         if self.dp is None:
             return []
-        sids = {v: k for k, v in self.builder.service_ids().items()}
-        bids = {v: k for k, v in self.builder.backend_ids().items()}
+        sids = {**self.retired_services,
+                **{v: k for k, v in self.builder.service_ids().items()}}
+        bids = {**self.retired_backends,
+                **{v: k for k, v in self.builder.backend_ids().items()}}
         want_bid: int | None = None
         if backend:
             if not service:
@@ -1280,8 +1329,10 @@ class Daemon:
             self._service_of(service, "udp", "flows")
         if self.dp is None:
             return []
-        sids = {v: k for k, v in self.builder.service_ids().items()}
-        bids = {v: k for k, v in self.builder.backend_ids().items()}
+        sids = {**self.retired_services,
+                **{v: k for k, v in self.builder.service_ids().items()}}
+        bids = {**self.retired_backends,
+                **{v: k for k, v in self.builder.backend_ids().items()}}
         out = []
         for flow in self.dp.flows():
             svc_name = sids.get(flow["service_id"], "?")
@@ -1511,6 +1562,7 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
                 if not done.is_set():
                     daemon.feed_passive_failures()
                     daemon.check_drains()
+                    daemon.release_retired_ids()
                 if tick is not None and not done.is_set():
                     tick(daemon)
                 if deadline is not None and loop.time() >= deadline:

@@ -110,6 +110,18 @@ def _allocate(
     return result
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    """What TableBuilder.checkpoint() saves."""
+
+    svc_ids: Mapping[object, int]  # service name -> id
+    bk_ids: Mapping[object, int]  # (service name, canonical endpoint) -> id
+    retired_svc: frozenset[int]  # retired service ids
+    retired_bk: frozenset[int]  # retired backend ids
+    ids: IdMaps  # id maps of the last built table
+    table: Table | None  # the last built table
+
+
 class TableBuilder:
     """Builds forwarding-table blobs from configs, keeping ids stable between builds."""
 
@@ -150,6 +162,22 @@ class TableBuilder:
         connection-log record) and that their counters start again from 0."""
         self._retired_svc.difference_update(service_ids)
         self._retired_bk.difference_update(backend_ids)
+
+    def checkpoint(self) -> _Checkpoint:
+        """The builder's state, for `restore` after a table that must be taken back."""
+        return _Checkpoint(dict(self._svc_ids), dict(self._bk_ids), frozenset(self._retired_svc),
+                           frozenset(self._retired_bk), self._ids, self._table)
+
+    def restore(self, saved: _Checkpoint) -> None:
+        """Go back to a checkpoint: the ids it had are kept (a rebuild of its config gives the
+        same table). Ids given out since then are retired, not freed: a table with them may
+        have been live, so something in the data plane may still count on them."""
+        since_svc = set(self._svc_ids.values()) | self._retired_svc
+        since_bk = set(self._bk_ids.values()) | self._retired_bk
+        self._svc_ids, self._bk_ids = dict(saved.svc_ids), dict(saved.bk_ids)
+        self._retired_svc = (set(saved.retired_svc) | since_svc) - set(saved.svc_ids.values())
+        self._retired_bk = (set(saved.retired_bk) | since_bk) - set(saved.bk_ids.values())
+        self._ids, self._table = saved.ids, saved.table
 
     def build(
         self,

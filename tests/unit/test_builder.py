@@ -361,3 +361,20 @@ def test_c_and_python_fills_build_identical_blobs(cdp: types.ModuleType) -> None
     blob = TableBuilder(maglev_fill=cdp.maglev_fill).build(cfg)
     assert blob == TableBuilder(maglev_fill=py_fill).build(cfg)
     cdp.table_check(blob)
+
+
+def test_restore_takes_ids_back_and_retires_those_given_out_since() -> None:
+    a, b, c = be("10.0.0.1", 80), be("10.0.0.2", 80), be("10.0.0.3", 80)
+    tb = TableBuilder(maglev_fill=py_fill)
+    first = tb.build(config(service("s1", [a, b])))
+    saved = tb.checkpoint()
+    tb.build(config(service("s1", [a, c]), service("s2", [b])))  # b leaves s1, c and s2 come
+    assert tb.retired() == (frozenset(), frozenset({1}))
+    tb.restore(saved)
+    assert tb.service_ids() == {"s1": 0}
+    assert tb.backend_ids() == {("s1", "10.0.0.1:80"): 0, ("s1", "10.0.0.2:80"): 1}
+    # s2 (id 1) and the new backends (ids 2, 3) may have been live: retired, not free
+    assert tb.retired() == (frozenset({1}), frozenset({2, 3}))
+    assert tb.build(config(service("s1", [a, b]))) == first  # the same table again
+    tb.build(config(service("s1", [a, b, c])))
+    assert tb.backend_ids()[("s1", "10.0.0.3:80")] == 4
