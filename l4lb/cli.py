@@ -537,9 +537,17 @@ def _same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+def _restart_key(key: str) -> str:
+    """How a restart-only key is named: `[global] workers`, `[metrics] listen`, `[[vrrp]]`."""
+    if key == "vrrp":
+        return "[[vrrp]]"
+    table, dot, name = key.partition(".")
+    return f"[{table}] {name}" if dot else f"[global] {key}"
+
+
 def _reload_text(r: dict[str, Any], path: str) -> str:
     return (f"reloaded {path}: {r['changes']} (table generation {r['generation']})"
-            + "".join(f"\nwarning: [global] {k} changed: needs a restart"
+            + "".join(f"\nwarning: {_restart_key(k)} changed: needs a restart"
                       for k in r["restart_needed"]))
 
 

@@ -182,6 +182,10 @@ def status_text(status: dict[str, Any]) -> str:
            f"{status['table']['digest']}"]
     if status.get("connection_log"):
         out.append(f"connection log {status['connection_log']}")
+    if status.get("state") == "draining":
+        ends = status.get("drain_ends")
+        left = f", what is left closes in {max(0.0, ends - time.time()):.0f}s" if ends else ""
+        out.append(f"DRAINING: stopping (SIGTERM); new clients are refused{left}")
     for svc in status["services"]:
         c = svc["counters"]
         out.append("")

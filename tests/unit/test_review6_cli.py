@@ -352,3 +352,16 @@ def test_only_the_metrics_listener_is_blamed_for_its_own_errors() -> None:
         "metrics.listen: cannot listen on 127.0.0.1:9100: Address already in use (EADDRINUSE)")
     elsewhere = OSError(errno.EADDRINUSE, "error while attempting to bind on address ('x', 1)")
     assert _serve_error_text(elsewhere, config) == "Address already in use (EADDRINUSE)"
+
+
+def test_reload_names_each_restart_only_key_by_its_table() -> None:
+    from l4lb.cli import _reload_text
+
+    text = _reload_text({"changes": "no change", "generation": 3,
+                         "restart_needed": ["workers", "metrics.listen", "vrrp"]}, "/x.toml")
+    assert text.splitlines() == [
+        "reloaded /x.toml: no change (table generation 3)",
+        "warning: [global] workers changed: needs a restart",
+        "warning: [metrics] listen changed: needs a restart",
+        "warning: [[vrrp]] changed: needs a restart",
+    ]

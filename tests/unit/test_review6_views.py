@@ -280,3 +280,16 @@ def test_the_page_script_redraws_panic_and_udp_flows(tmp_path: Path) -> None:
     assert got["rows"]["127.0.0.1:9001"][5:8] == ["2", "0.0", "40"]  # TCP as before
     dns_total = got["rows"]["total 1"]
     assert dns_total[5:8] == ["5", "5.0", "33"]  # flows active, created, rate of created
+
+
+def test_status_says_when_the_daemon_drains() -> None:
+    import time
+
+    running = status_text({**make_status(), "state": "running", "drain_ends": None})
+    assert "DRAINING" not in running
+    draining = status_text({**make_status(), "state": "draining",
+                            "drain_ends": time.time() + 20.4})
+    line = next(x for x in draining.splitlines() if x.startswith("DRAINING"))
+    assert line.startswith("DRAINING: stopping (SIGTERM); new clients are refused, what is "
+                           "left closes in ")
+    assert line.endswith(("20s", "19s"))
