@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from l4lb.config.addresses import parse_endpoint
-from l4lb.config.model import Backend, Config, Service
+from l4lb.config.model import Backend, Config, Endpoint, Service
 from l4lb.state import address_text
 
 MAX_WEIGHT = 256
@@ -56,6 +56,10 @@ class Overlay:
         if max_connections < 0:
             raise OverlayError("add-backend: max_connections must be >= 0")
         name = name or address
+        try:  # a name that is an address must be this backend's own
+            name_endpoint: Endpoint | None = parse_endpoint(name, wildcard_ok=False)
+        except ValueError:
+            name_endpoint = None
         for b in svc.backends:
             if b.address == endpoint:
                 raise OverlayError(f"add-backend: service {service!r} already has backend "
@@ -63,6 +67,14 @@ class Overlay:
             if b.name == name:
                 raise OverlayError(f"add-backend: service {service!r} already has a backend "
                                    f"named {name!r}")
+            if name_endpoint is not None and _same(name_endpoint, b.address):
+                raise OverlayError(f"add-backend: name {name!r} is the address of backend "
+                                   f"{address_text(b)} of service {service!r}; a backend's "
+                                   "name must not be another backend's address")
+            if _is_address(b.name, endpoint) and b.name != address_text(b):
+                raise OverlayError(f"add-backend: address {address!r} is the name of backend "
+                                   f"{address_text(b)} of service {service!r}; l4lb drain and "
+                                   "the control API would not know which one is meant")
         if sum(len(s.backends) for s in running.services) >= MAX_BACKENDS:
             raise OverlayError(f"add-backend: at most {MAX_BACKENDS} backends in all services")
         if (svc.scheduler == "maglev" and svc.maglev_table_size <= len(svc.backends)):
@@ -127,3 +139,15 @@ def _service(config: Config, name: str) -> Service:
             return service
     names = ", ".join(s.name for s in config.services)
     raise OverlayError(f"no service named {name!r} (services: {names})")
+
+
+def _is_address(text: str, endpoint: Endpoint) -> bool:
+    """Whether `text` is a spelling of `endpoint` (host and port)."""
+    try:
+        return _same(parse_endpoint(text, wildcard_ok=False), endpoint)
+    except ValueError:
+        return False
+
+
+def _same(a: Endpoint, b: Endpoint) -> bool:
+    return (a.host, a.port) == (b.host, b.port)

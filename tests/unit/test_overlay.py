@@ -80,3 +80,29 @@ def test_reload_keeps_changes_that_still_make_sense() -> None:
     gone, notes = ov.reconciled(load_text(new_file.replace('"web"', '"www"'), "f.toml"))
     assert "runtime backend web/127.0.0.1:3 dropped: service is gone" in notes
     assert gone.added == {}
+
+
+FILE_NAMED = FILE + """
+  [[services.backends]]
+  address = "[::1]:4"
+  name = "[::1]:5"
+"""
+
+
+@pytest.mark.parametrize("address, name, says", [
+    # the same text is already a duplicate name (an unnamed backend is named by its address)
+    ("127.0.0.1:3", "127.0.0.1:1", "already has a backend named '127.0.0.1:1'"),
+    # another spelling of an address is caught too, both ways round
+    ("[::1]:3", "[0::1]:4", "name '\\[0::1\\]:4' is the address of backend \\[::1\\]:4"),
+    ("[0:0::1]:5", "", "is the name of backend \\[::1\\]:4"),
+    ("127.0.0.1:3", "127.0.0.01:2", None),  # not an address: a plain name
+])
+def test_add_refuses_a_name_that_is_another_backends_address(
+        address: str, name: str, says: str | None) -> None:
+    running = load_text(FILE_NAMED, "f.toml")
+    ov = Overlay()
+    if says is None:
+        assert ov.add(running, "web", address, name=name).name == name
+        return
+    with pytest.raises(OverlayError, match=says):
+        ov.add(running, "web", address, name=name)
