@@ -301,12 +301,16 @@ class Daemon:
 
     def _unproven(self, key: Key) -> bool:
         """True while a checked backend is DOWN by initial_state "down" with no verdict yet."""
-        if self.checker is None:
-            return False
-        try:
-            return not self.checker.proven(key)
-        except KeyError:
-            return False
+        if self.checker is not None:
+            try:
+                return not self.checker.proven(key)
+            except KeyError:
+                pass
+        # not checked yet (the first table, before start_health): DOWN by initial_state "down"
+        rt = self.runtime.backends.get(key)
+        hs = next((s.health for s in self.config.services if s.name == key[0]), None)
+        return (rt is not None and rt.health == "down" and hs is not None
+                and hs.initial_state == "down")
 
     def _ramp_start(self, key: Key) -> float | None:
         """When the backend last came UP (start of its slow-start ramp), if it is checked."""

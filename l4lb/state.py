@@ -68,7 +68,11 @@ class Runtime:
                     weight=backend.weight if old is None else old.weight,
                     backup=backend.backup,
                     admin="up" if old is None else old.admin,
-                    health="up" if old is None else old.health,
+                    # a new backend starts as its health check's initial_state says, so the
+                    # first table already leaves out one that must prove itself
+                    health=(old.health if old is not None
+                            else "down" if service.health is not None
+                            and service.health.initial_state == "down" else "up"),
                 )
         return rt
 
