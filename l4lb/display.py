@@ -175,6 +175,13 @@ def udp_options_text(options: dict[str, Any]) -> str:
     return "no GRO buffers (this data plane or kernel reads datagram by datagram)"
 
 
+def _peer_word(peer: dict[str, Any]) -> str:
+    """A digest-check peer's word: silent (cannot be compared), same or DIFFERENT."""
+    if peer.get("silent"):
+        return "silent"
+    return "same" if peer["agree"] else "DIFFERENT"
+
+
 def status_text(status: dict[str, Any]) -> str:
     out = [f"l4lb {status['version']}  pid {status['pid']}  workers {status['workers']}  "
            f"config {status['config']}",
@@ -244,8 +251,7 @@ def vrrp_text(result: dict[str, Any]) -> str:
         ]
         check = inst.get("digest_check")
         if check:
-            peers = ", ".join(f"{p['address']} {p['digest']} "
-                              f"({'same' if p['agree'] else 'DIFFERENT'})"
+            peers = ", ".join(f"{p['address']} {p['digest']} ({_peer_word(p)})"
                               for p in check.get("peers", [])) or "none heard yet"
             out.append(f"  table digest agreement with peers: {check['agreement']} ({peers})")
     return "\n".join(out)

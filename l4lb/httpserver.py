@@ -128,8 +128,7 @@ class HttpServer:
         host, port = parse_listen(listen)
         self.server = await asyncio.start_server(self._client, host, port, limit=MAX_LINE,
                                                  reuse_address=True)
-        log.info("http: serving /metrics and the status page on %s",
-                 ", ".join(f"{h}:{p}" for h, p in self.addresses))
+        log.debug("http: listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
 
     async def close(self) -> None:
         """Stop listening and end every connection. Idempotent."""

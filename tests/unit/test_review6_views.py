@@ -293,3 +293,19 @@ def test_status_says_when_the_daemon_drains() -> None:
     assert line.startswith("DRAINING: stopping (SIGTERM); new clients are refused, what is "
                            "left closes in ")
     assert line.endswith(("20s", "19s"))
+
+
+def test_vrrp_status_calls_a_silent_peer_silent() -> None:
+    from l4lb.display import vrrp_text
+
+    inst = {"name": "VI_1", "state": "MASTER", "priority": 100, "interface": "eth0", "vrid": 51,
+            "version": 3, "mode": "multicast", "effective_priority": 100,
+            "address": "10.0.0.1", "master": None, "vips": ["10.0.0.100/24"],
+            "vips_held": True, "last_transition": None, "counters": {},
+            "digest_check": {"agreement": "unknown", "peers": [
+                {"address": "10.0.0.2", "digest": "aa", "agree": True, "silent": True},
+                {"address": "10.0.0.3", "digest": "bb", "agree": False, "silent": False},
+                {"address": "10.0.0.4", "digest": "cc", "agree": True, "silent": False}]}}
+    text = vrrp_text({"table": {"generation": 1, "digest": "cc"}, "instances": [inst]})
+    assert ("table digest agreement with peers: unknown (10.0.0.2 aa (silent), "
+            "10.0.0.3 bb (DIFFERENT), 10.0.0.4 cc (same))") in text
