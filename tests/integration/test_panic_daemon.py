@@ -25,11 +25,11 @@ def status(cfg: Path) -> dict[str, Any]:
 
 def knock(port: int) -> bytes:
     """Connect and read until the balancer closes: b"" when it had nowhere to send us."""
-    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
-        try:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
             return s.recv(64)
-        except ConnectionResetError:
-            return b""
+    except ConnectionResetError:  # the balancer's reset may already be there at connect
+        return b""
 
 
 def wait_for(pred: Any, timeout: float = 5.0) -> bool:
