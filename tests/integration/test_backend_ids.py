@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .procs import free_port
+from .procs import free_port, wait_until
 from .test_cli import write_config
 from .test_drain_connlog import IMPLS, HoldServer, ctl, running, wait_for_lines
 
@@ -35,15 +35,6 @@ def sessions(cfg: Path) -> list[dict[str, Any]]:
 def ok(cfg: Path, *args: str) -> None:
     res = ctl(cfg, *args)
     assert res.returncode == 0, res.stdout + res.stderr
-
-
-def wait_until(pred: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("impl", IMPLS)

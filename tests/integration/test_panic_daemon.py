@@ -7,11 +7,18 @@ import json
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from .procs import NameServer, child_env, free_port, l4lb_cmd, stop_process, wait_listening
+from .procs import (
+    NameServer,
+    child_env,
+    free_port,
+    l4lb_cmd,
+    stop_process,
+    wait_listening,
+    wait_until,
+)
 from .test_cli import write_config
 
 
@@ -32,15 +39,6 @@ def knock(port: int) -> bytes:
         return b""
 
 
-def wait_for(pred: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_panic_keeps_a_down_backend_in_the_table(tmp_path: Path) -> None:
     port, dead = free_port(), free_port()  # nothing listens on `dead`
     cfg = write_config(tmp_path, port, [dead], extra="""
@@ -54,7 +52,7 @@ def test_panic_keeps_a_down_backend_in_the_table(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_listening(port, proc)
-        assert wait_for(lambda: status(cfg)["panic"] is not None)
+        assert wait_until(lambda: status(cfg)["panic"] is not None)
         svc = status(cfg)
         assert svc["backends"][0]["state"] == "down"
         assert svc["backends"][0]["effective_weight"] > 0  # panic: still in rotation
