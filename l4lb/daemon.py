@@ -826,7 +826,11 @@ class Daemon:
                    and self.dp.reset_counters(backend_id=bid)]
         if not freed_s and not freed_b:
             return
-        self.pump_connlog()
+        # the records of their last sessions are queued by now: write them while the ids still
+        # name the old ones. One bounded read, so that the loop stays free; with more queued,
+        # the ids are released on a later tick (the rings are read every CONNLOG_INTERVAL).
+        if self.pump_connlog(CONNLOG_BATCH) >= CONNLOG_BATCH:
+            return
         for sid in freed_s:
             self.retired_services.pop(sid, None)
         for bid in freed_b:
@@ -894,16 +898,18 @@ class Daemon:
 
     def reopen_logs(self, why: str) -> str | None:
         """Reopen the connection log file (after logrotate renamed it); its path, or None."""
-        if self.connlog is None:
+        writer = self.connlog  # stop() may clear it meanwhile, from the executor thread
+        if writer is None:
             log.info("connlog: %s: nothing to reopen (connection_log is off)", why)
             return None
-        self.connlog.reopen()
-        log.info("connlog: reopening %s (%s)", self.connlog.path, why)
-        return self.connlog.path
+        writer.reopen()
+        log.info("connlog: reopening %s (%s)", writer.path, why)
+        return writer.path
 
     def cmd_reopen_logs(self) -> dict[str, Any]:
         path = self.reopen_logs("l4lb reopen-logs")
-        done = self.connlog.flush(2.0) if self.connlog is not None else True
+        writer = self.connlog
+        done = writer.flush(2.0) if writer is not None else True
         return {"connection_log": path, "reopened": path is not None and done}
 
     # ---- drain deadlines (`l4lb drain --timeout`) ----
@@ -942,10 +948,11 @@ class Daemon:
     def _remaining(self, key: Key, stats: dict[str, Any] | None = None) -> tuple[int, int]:
         """(TCP sessions, UDP flows) the backend still has."""
         bid = self.builder.backend_ids().get(key)
-        if bid is None or self.dp is None:
+        dp = self.dp  # stop() may clear it meanwhile, from the executor thread
+        if bid is None or dp is None:
             return 0, 0
         if stats is None:
-            stats = self.dp.stats()
+            stats = dp.stats()
         counters = stats["backends"].get(bid, {})
         return int(counters.get("conns_active", 0)), int(counters.get("flows_active", 0))
 
@@ -1031,6 +1038,7 @@ class Daemon:
         self._health_targets(config)  # ValueError here: nothing changed yet
         old = (self.config, self.runtime, self.file_config, self.overlay)
         old_generation, saved_ids = self.generation, self.builder.checkpoint()
+        saved_drains = dict(self.drains.pending)  # a publish below may end some of them
         handed: list[int] = []
         moved: list[tuple[ListenerGroup, str]] = []  # (group, the service it served)
         by_listen = {(g.protocol, g.endpoint): g for g in self.listeners}
@@ -1065,6 +1073,13 @@ class Daemon:
                 self.builder.restore(saved_ids)
                 if self.generation != old_generation:
                     self._publish()
+                for key, armed in saved_drains.items():  # deadlines the new table ended
+                    if key not in self.drains.pending:
+                        self.drains.pending[key] = armed
+                        self.drains.ended.pop(armed.ident, None)
+                        self._arm_drain_timer(armed)
+                        log.info("backend %s/%s: drain deadline restored (reload rolled back)",
+                                 *key)
                 ids = self.builder.service_ids()
                 for group, service in moved:
                     group.service = service
@@ -1301,7 +1316,8 @@ class Daemon:
     def cmd_sessions(self, service: str = "", backend: str = "") -> list[dict[str, Any]]:
         if service:
             self._service_of(service, "tcp", "sessions")
-        if self.dp is None:
+        dp = self.dp  # stop() may clear it meanwhile, from the executor thread
+        if dp is None:
             return []
         sids = {**self.retired_services,
                 **{v: k for k, v in self.builder.service_ids().items()}}
@@ -1314,7 +1330,7 @@ class Daemon:
             rt = self._find(service, backend)
             want_bid = self.builder.backend_ids()[(service, rt.address)]
         out = []
-        for sess in self.dp.sessions():
+        for sess in dp.sessions():
             svc_name = sids.get(sess["service_id"], "?")
             if service and svc_name != service:
                 continue
@@ -1331,14 +1347,15 @@ class Daemon:
         """UDP flows (of one service, or all)."""
         if service:
             self._service_of(service, "udp", "flows")
-        if self.dp is None:
+        dp = self.dp  # stop() may clear it meanwhile, from the executor thread
+        if dp is None:
             return []
         sids = {**self.retired_services,
                 **{v: k for k, v in self.builder.service_ids().items()}}
         bids = {**self.retired_backends,
                 **{v: k for k, v in self.builder.backend_ids().items()}}
         out = []
-        for flow in self.dp.flows():
+        for flow in dp.flows():
             svc_name = sids.get(flow["service_id"], "?")
             if service and svc_name != service:
                 continue
@@ -1566,7 +1583,10 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
                 if not done.is_set():
                     daemon.feed_passive_failures()
                     daemon.check_drains()
-                    daemon.release_retired_ids()
+                    try:
+                        daemon.release_retired_ids()
+                    except Exception:  # retried next second; never a reason to stop serving
+                        log.exception("table: could not release retired ids")
                 if tick is not None and not done.is_set():
                     tick(daemon)
                 if deadline is not None and loop.time() >= deadline:

@@ -69,10 +69,11 @@ class Runtime:
                     backup=backend.backup,
                     admin="up" if old is None else old.admin,
                     # a new backend starts as its health check's initial_state says, so the
-                    # first table already leaves out one that must prove itself
-                    health=(old.health if old is not None
-                            else "down" if service.health is not None
-                            and service.health.initial_state == "down" else "up"),
+                    # first table already leaves out one that must prove itself; a service
+                    # without health checks has every backend up
+                    health=("up" if service.health is None
+                            else old.health if old is not None
+                            else service.health.initial_state),
                 )
         return rt
 

@@ -148,7 +148,7 @@ class Dataplane:
         if not 0 <= ident < limit:
             raise ValueError(f"{'service_id' if service else 'backend_id'} {ident} out of range "
                              f"0..{limit - 1}")
-        with self._lock:  # no publish in between: a retired id never comes back in one
+        with self._lock:  # serialised with publish (a retired id never comes back in one)
             live = self._shared.table
             if live is not None and (
                     live.service(ident) is not None if service

@@ -89,13 +89,17 @@ def _ms(seconds: float) -> int:
 
 
 def _allocate(
-    wanted: Iterable[object], previous: Mapping[object, int], retired: Collection[int],
+    wanted: Iterable[object], previous: Mapping[object, int], retired: Mapping[int, object],
     limit: int, what: str
 ) -> dict[object, int]:
-    """Ids for `wanted` keys (in order): kept from `previous`, else the lowest id that is neither
-    kept, nor used by the previous table, nor retired."""
+    """Ids for `wanted` keys (in order): kept from `previous`; else the retired id the same key
+    last had (it comes back while something may still count on that id: it is the same
+    service or backend); else the lowest id that is neither kept, nor used by the previous
+    table, nor retired."""
     keys = list(wanted)
     result = {k: previous[k] for k in keys if k in previous}
+    returning = {key: ident for ident, key in retired.items()}
+    result.update({k: returning[k] for k in keys if k not in result and k in returning})
     taken = set(previous.values()) | set(result.values()) | set(retired)
     next_free = 0
     for k in keys:
@@ -116,10 +120,31 @@ class _Checkpoint:
 
     svc_ids: Mapping[object, int]  # service name -> id
     bk_ids: Mapping[object, int]  # (service name, canonical endpoint) -> id
-    retired_svc: frozenset[int]  # retired service ids
-    retired_bk: frozenset[int]  # retired backend ids
+    retired_svc: Mapping[int, object]  # retired service ids -> the key that last had each
+    retired_bk: Mapping[int, object]  # retired backend ids -> the key that last had each
     ids: IdMaps  # id maps of the last built table
     table: Table | None  # the last built table
+
+
+def _retire(before: Mapping[object, int], after: Mapping[object, int],
+            retired: Mapping[int, object]) -> dict[int, object]:
+    """The retired ids after a build: those that left the table join, those that came back
+    (their key returned) leave."""
+    used = set(after.values())
+    out = {ident: key for ident, key in retired.items() if ident not in used}
+    out.update({ident: key for key, ident in before.items() if ident not in used})
+    return out
+
+
+def _restored(saved: Mapping[object, int], saved_retired: Mapping[int, object],
+              now: Mapping[object, int], now_retired: Mapping[int, object]) -> dict[int, object]:
+    """The retired ids after going back to a checkpoint: the checkpoint's, plus every id used or
+    retired since that the checkpoint does not use."""
+    used = set(saved.values())
+    out = {ident: key for ident, key in now_retired.items() if ident not in used}
+    out.update({ident: key for key, ident in now.items() if ident not in used})
+    out.update(saved_retired)
+    return out
 
 
 class TableBuilder:
@@ -129,8 +154,9 @@ class TableBuilder:
         self._fill = maglev_fill or default_maglev_fill()
         self._svc_ids: dict[object, int] = {}  # service name -> id, as in the last built table
         self._bk_ids: dict[object, int] = {}  # (service name, canonical endpoint) -> id, likewise
-        self._retired_svc: set[int] = set()  # service ids out of the table, not yet released
-        self._retired_bk: set[int] = set()  # backend ids out of the table, not yet released
+        # ids out of the table and not yet released, with the key that last had each
+        self._retired_svc: dict[int, object] = {}
+        self._retired_bk: dict[int, object] = {}
         self._ids = IdMaps({}, {})
         self._table: Table | None = None
         self._addr_cache: dict[str, tuple[int, bytes]] = {}  # host -> (family, 16-byte addr)
@@ -160,23 +186,25 @@ class TableBuilder:
         """Let retired ids be given to new services / backends again. The caller promises that
         nothing in the data plane refers to them any more (no session, flow or unread
         connection-log record) and that their counters start again from 0."""
-        self._retired_svc.difference_update(service_ids)
-        self._retired_bk.difference_update(backend_ids)
+        for ident in service_ids:
+            self._retired_svc.pop(ident, None)
+        for ident in backend_ids:
+            self._retired_bk.pop(ident, None)
 
     def checkpoint(self) -> _Checkpoint:
         """The builder's state, for `restore` after a table that must be taken back."""
-        return _Checkpoint(dict(self._svc_ids), dict(self._bk_ids), frozenset(self._retired_svc),
-                           frozenset(self._retired_bk), self._ids, self._table)
+        return _Checkpoint(dict(self._svc_ids), dict(self._bk_ids), dict(self._retired_svc),
+                           dict(self._retired_bk), self._ids, self._table)
 
     def restore(self, saved: _Checkpoint) -> None:
         """Go back to a checkpoint: the ids it had are kept (a rebuild of its config gives the
         same table). Ids given out since then are retired, not freed: a table with them may
         have been live, so something in the data plane may still count on them."""
-        since_svc = set(self._svc_ids.values()) | self._retired_svc
-        since_bk = set(self._bk_ids.values()) | self._retired_bk
+        self._retired_svc = _restored(saved.svc_ids, saved.retired_svc, self._svc_ids,
+                                      self._retired_svc)
+        self._retired_bk = _restored(saved.bk_ids, saved.retired_bk, self._bk_ids,
+                                     self._retired_bk)
         self._svc_ids, self._bk_ids = dict(saved.svc_ids), dict(saved.bk_ids)
-        self._retired_svc = (set(saved.retired_svc) | since_svc) - set(saved.svc_ids.values())
-        self._retired_bk = (set(saved.retired_bk) | since_bk) - set(saved.bk_ids.values())
         self._ids, self._table = saved.ids, saved.table
 
     def build(
@@ -260,8 +288,8 @@ class TableBuilder:
 
         table = Table(config.global_.hash_seed, tuple(services), tuple(backends), tuple(ring))
         blob = pack(table)
-        self._retired_svc |= set(self._svc_ids.values()) - set(svc_ids.values())
-        self._retired_bk |= set(self._bk_ids.values()) - set(bk_ids.values())
+        self._retired_svc = _retire(self._svc_ids, svc_ids, self._retired_svc)
+        self._retired_bk = _retire(self._bk_ids, bk_ids, self._retired_bk)
         self._svc_ids, self._bk_ids, self._table = dict(svc_ids), dict(bk_ids), table
         self._addr_cache = cache
         self._ids = IdMaps(

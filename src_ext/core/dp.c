@@ -1330,29 +1330,23 @@ int dp_reset_counters(struct dp *dp, int service, uint32_t id)
     }
     /* Phase 1: every running worker adopts the live table and says whether it still counts on
      * the id. Once all say no, none can start to: the id is not in the live table, and the
-     * caller (TableBuilder) never puts a retired id into a later one. pub_lock keeps a publish
-     * out of the two phases. */
-    pthread_mutex_lock(&dp->pub_lock);
+     * caller (TableBuilder) never puts a retired id into a later one, so a publish between the
+     * two phases changes nothing for it. (No pub_lock here: dp_start takes cmd_lock before
+     * pub_lock, and dp_ask_all takes cmd_lock.) */
     cmds = dp_ask_all(dp, &tmpl);
-    if (!cmds) {
-        pthread_mutex_unlock(&dp->pub_lock);
+    if (!cmds)
         return -ENOMEM;
-    }
     for (i = 0; i < dp->n_workers; i++)
         busy |= cmds[i].busy;
     free(cmds);
-    if (busy) {
-        pthread_mutex_unlock(&dp->pub_lock);
+    if (busy)
         return -EBUSY;
-    }
     /* Phase 2: each worker zeroes its own slots (it is their only writer). A worker that is not
      * running writes nothing, so its slots are zeroed from here. */
     tmpl.type = DP_CMD_ID_ZERO;
     cmds = dp_ask_all(dp, &tmpl);
-    if (!cmds) {
-        pthread_mutex_unlock(&dp->pub_lock);
+    if (!cmds)
         return -ENOMEM;
-    }
     pthread_mutex_lock(&dp->cmd_lock);
     for (i = 0; i < dp->n_workers; i++) {
         struct dp_worker *w = &dp->workers[i];
@@ -1364,7 +1358,6 @@ int dp_reset_counters(struct dp *dp, int service, uint32_t id)
             memset(w->cnt->be[id], 0, sizeof(w->cnt->be[id]));
     }
     pthread_mutex_unlock(&dp->cmd_lock);
-    pthread_mutex_unlock(&dp->pub_lock);
     free(cmds);
     return 0;
 }

@@ -94,3 +94,30 @@ def test_new_backend_does_not_inherit_a_removed_ones_sessions(tmp_path: Path,
             s.close()
         for server in (a, b, c):
             server.close()
+
+
+def test_a_backend_added_back_keeps_its_open_sessions(tmp_path: Path) -> None:
+    port = free_port()
+    a, b = HoldServer(), HoldServer()
+    cfg = write_config(tmp_path, port, [a.port, b.port])
+    addr_b = f"127.0.0.1:{b.port}"
+    held: list[socket.socket] = []
+    try:
+        with running(cfg, "c", port):
+            for _ in range(4):  # round robin: two on each
+                s = socket.create_connection(("127.0.0.1", port), timeout=3)
+                s.sendall(b"z")
+                held.append(s)
+            assert wait_until(lambda: backends(cfg)[addr_b]["conns_active"] == 2)
+            ok(cfg, "remove-backend", "web", addr_b)
+            ok(cfg, "add-backend", "web", addr_b)  # back while its sessions are open
+            assert backends(cfg)[addr_b]["conns_active"] == 2
+            assert [s["backend"] for s in sessions(cfg)].count(addr_b) == 2
+            res = ctl(cfg, "drain", "web", addr_b, "--timeout", "1s")
+            assert "closed 2" in res.stdout, res.stdout + res.stderr
+            assert wait_until(lambda: backends(cfg)[addr_b]["conns_active"] == 0)
+    finally:
+        for s in held:
+            s.close()
+        a.close()
+        b.close()

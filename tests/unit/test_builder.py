@@ -267,6 +267,14 @@ def test_ids_are_stable_across_rebuilds_and_reused_only_once_released() -> None:
     assert tb.service_ids() == {"s2": 1, "s4": 3}
     assert tb.backend_ids() == {("s2", "10.0.0.3:80"): 2, ("s4", "10.0.0.2:80"): 5}
 
+    # a key that comes back while its old id is retired gets that id again (the same backend:
+    # whatever still counts on the id is its own)
+    tb.build(config(service("s2", [c]), service("s4", [b]), service("s3", [a])))
+    assert tb.service_ids()["s3"] == 2 and tb.backend_ids()[("s3", "10.0.0.1:80")] == 3
+    assert tb.retired() == (frozenset({0}), frozenset({0, 1, 4}))
+    tb.build(config(service("s2", [c]), service("s4", [b])))
+    assert tb.retired() == (frozenset({0, 2}), frozenset({0, 1, 3, 4}))
+
     tb.release(service_ids=[0, 2], backend_ids=[0, 1, 3])
     assert tb.retired() == (frozenset(), frozenset({4}))
     tb.build(config(service("s2", [c]), service("s4", [b]), service("s5", [a])))
@@ -377,4 +385,6 @@ def test_restore_takes_ids_back_and_retires_those_given_out_since() -> None:
     assert tb.retired() == (frozenset({1}), frozenset({2, 3}))
     assert tb.build(config(service("s1", [a, b]))) == first  # the same table again
     tb.build(config(service("s1", [a, b, c])))
-    assert tb.backend_ids()[("s1", "10.0.0.3:80")] == 4
+    # c comes back under the id it had in the taken-back table: it is the same backend
+    assert tb.backend_ids()[("s1", "10.0.0.3:80")] == 2
+    assert tb.retired() == (frozenset({1}), frozenset({3}))

@@ -1,0 +1,48 @@
+"""What a reload carries over, and what a rolled-back one must put back: health of backends whose
+service dropped its checks, and drain deadlines a failed reload would have ended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from l4lb.control import ControlError
+
+from .test_review6_reload import make_daemon, ports, service, write  # noqa: F401 (fixture)
+
+
+def test_a_service_that_drops_its_health_checks_has_every_backend_up(
+        tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
+    path = write(tmp_path, service("web", ports[0], ["127.0.0.1:9001", "127.0.0.1:9003"],
+                                   '[services.health]\nsource = "127.0.0.1"'))
+    daemon, _ = make_daemon(path, checker=True)
+    key = ("web", "127.0.0.1:9001")
+    daemon.runtime.backends[key].health = "down"  # what a DOWN transition does
+    daemon._publish()
+    assert daemon.weights is not None and daemon.weights.weights[key] == 0
+    path.write_text(service("web", ports[0], ["127.0.0.1:9001", "127.0.0.1:9003"]))
+    daemon.reload()
+    assert daemon.runtime.backends[key].health == "up"
+    assert daemon.weights.weights[key] > 0
+
+
+def test_a_rolled_back_reload_keeps_the_drain_deadlines(
+        tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
+    web, extra = ports
+    path = write(tmp_path, service("web", web, ["127.0.0.1:9001", "127.0.0.1:9003"]))
+    daemon, dp = make_daemon(path)
+    bid = daemon.builder.backend_ids()[("web", "127.0.0.1:9001")]
+    dp.backend_stats[bid] = {"conns_active": 3}
+    daemon.cmd_drain("web", "127.0.0.1:9001", timeout="5m")
+    armed = daemon.drains.pending[("web", "127.0.0.1:9001")]
+    # the new file drops the draining backend (its deadline ends when that table goes live)
+    # and adds a service whose listener then cannot be handed over: rolled back
+    path.write_text(service("web", web, ["127.0.0.1:9003"])
+                    + service("more", extra, ["127.0.0.1:9002"]))
+    dp.fail_add_listener = True
+    with pytest.raises(ControlError):
+        daemon.reload()
+    assert daemon.runtime.backends[("web", "127.0.0.1:9001")].admin == "drain"
+    assert daemon.drains.pending == {("web", "127.0.0.1:9001"): armed}
+    assert armed.ident not in daemon.drains.ended
