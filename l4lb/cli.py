@@ -167,6 +167,7 @@ def run(ctx: click.Context, path: str) -> None:
     setup_logging(ctx.obj["log_level"] or config.global_.log_level,
                   ctx.obj["log_format"] or config.global_.log_format)
     daemon = Daemon(config)
+    daemon.log_level_pinned = ctx.obj["log_level"] is not None
     try:
         daemon.start()
     except DataplaneUnavailable as exc:

@@ -206,6 +206,7 @@ class Daemon:
     connlog_timer: asyncio.TimerHandle | None = None  # the next read of the record rings
     connlog_lock: threading.Lock = field(default_factory=threading.Lock)  # pump vs. stop()
     connlog_invalid: int = 0  # records the writer refused as malformed
+    log_level_pinned: bool = False  # `l4lb --log-level` was given: reloads keep that level
     connlog_lost_logged: dict[str, int] = field(default_factory=dict)  # counts at last warning
     connlog_warned_at: float = -CONNLOG_WARN_EVERY  # monotonic time of the last warning
     connlog_checked_at: float = 0.0  # monotonic time lost records were last looked at
@@ -1234,7 +1235,11 @@ class Daemon:
         for note in notes:
             log.info("reload: %s", note)
         if new.global_.log_level != previous.global_.log_level:
-            logging.getLogger().setLevel(LEVELS[new.global_.log_level])
+            if self.log_level_pinned:
+                log.info("reload: log_level %s in the file; keeping the level of --log-level",
+                         new.global_.log_level)
+            else:
+                logging.getLogger().setLevel(LEVELS[new.global_.log_level])
         for key, before, after in diff.settings_changed:
             if key in diff.restart_needed:
                 log.warning("reload: %s changed (%s -> %s): takes effect only after a restart; "

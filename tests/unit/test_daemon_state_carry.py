@@ -3,6 +3,7 @@ service dropped its checks, and drain deadlines a failed reload would have ended
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,20 @@ def test_a_rolled_back_reload_keeps_the_drain_deadlines(
     assert daemon.runtime.backends[("web", "127.0.0.1:9001")].admin == "drain"
     assert daemon.drains.pending == {("web", "127.0.0.1:9001"): armed}
     assert armed.ident not in daemon.drains.ended
+
+
+@pytest.mark.parametrize("pinned, want", [(False, logging.DEBUG), (True, logging.WARNING)])
+def test_reload_keeps_a_log_level_given_on_the_command_line(
+        tmp_path: Path, ports: tuple[int, int], pinned: bool, want: int) -> None:  # noqa: F811
+    path = write(tmp_path, service("web", ports[0], ["127.0.0.1:9001"]))
+    daemon, _ = make_daemon(path)
+    daemon.log_level_pinned = pinned
+    root = logging.getLogger()
+    saved = root.level
+    try:
+        root.setLevel(logging.WARNING)  # as `l4lb --log-level warning run` set it
+        path.write_text(path.read_text().replace("[global]\n", '[global]\nlog_level = "debug"\n'))
+        daemon.reload()
+        assert root.level == want
+    finally:
+        root.setLevel(saved)
