@@ -1049,8 +1049,11 @@ class Daemon:
             self._sync_health(prune=False)
             self._publish()
             ids = self.builder.service_ids()
-            self._sync_listener_congestion(fresh)  # before they are polled
-            self._sync_listener_defer_accept(fresh)
+            # before they are polled; as at start, a new listener without its options is refused
+            problems = (self._sync_listener_congestion(fresh)
+                        + self._sync_listener_defer_accept(fresh))
+            if problems:
+                raise ValueError("; ".join(problems))  # logged without a traceback
             for group in fresh:
                 for worker, sock in enumerate(group.sockets):
                     self.dp.add_listener(ids[group.service], sock.fileno(), worker)

@@ -11,7 +11,10 @@ first bad byte. TOML syntax errors become one diagnostic each, with the line and
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 import tomllib
 
 from l4lb.config.errors import ConfigError, Diagnostic
@@ -60,9 +63,19 @@ def load_text(text: str, path: str = "<string>",
 
 
 def load_file(path: str) -> Config:
-    """Read `path` (UTF-8) and load it; OSError if it cannot be read."""
-    with open(path, "rb") as f:
-        data = f.read()
+    """Read `path` (UTF-8) and load it; OSError if it cannot be read or is not a regular file
+    (a FIFO would block the reader, a reload included, until someone writes to it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read()
+    finally:
+        os.close(fd)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -4,6 +4,7 @@ object and the limits that need generated input."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import re
 from pathlib import Path
@@ -298,3 +299,12 @@ def test_missing_key_names_the_key_and_points_at_the_table() -> None:
     assert diag.path == ("services", 0, "backends")
     assert (diag.line, diag.col) == (3, 1)
     assert diag.message == 'services[0] ("a"): missing required key "backends"'
+
+
+def test_load_file_refuses_a_fifo_and_a_directory_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "l4lb.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        load_file(str(fifo))  # would block in open()/read() until a writer came
+    with pytest.raises(IsADirectoryError):
+        load_file(str(tmp_path))

@@ -1,16 +1,18 @@
-"""What a reload carries over, and what a rolled-back one must put back: health of backends whose
-service dropped its checks, and drain deadlines a failed reload would have ended."""
+"""Reload edge cases: what it carries over (health once checks are dropped, the --log-level
+level) and what a refused or rolled-back reload must leave as it was (drain deadlines, no
+listener without its socket options)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from l4lb.control import ControlError
 
-from .test_review6_reload import make_daemon, ports, service, write  # noqa: F401 (fixture)
+from .test_review6_reload import can_bind, make_daemon, ports, service, write  # noqa: F401 (fixture)
 
 
 def test_a_service_that_drops_its_health_checks_has_every_backend_up(
@@ -64,3 +66,24 @@ def test_reload_keeps_a_log_level_given_on_the_command_line(
         assert root.level == want
     finally:
         root.setLevel(saved)
+
+
+def test_a_new_listener_that_cannot_take_its_options_is_refused_as_at_start(
+        tmp_path: Path, ports: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    web, extra = ports
+    path = write(tmp_path, service("web", web, ["127.0.0.1:9001"]))
+    daemon, _ = make_daemon(path)
+    services = daemon.builder.service_ids()
+    real = daemon._sync_listener_congestion
+
+    def refuse_new(groups: list[Any]) -> list[str]:
+        real(groups)
+        return [f"service {g.service}: TCP_CONGESTION refused" for g in groups
+                if g.service == "more"]
+
+    monkeypatch.setattr(daemon, "_sync_listener_congestion", refuse_new)
+    path.write_text(path.read_text() + service("more", extra, ["127.0.0.1:9002"]))
+    with pytest.raises(ControlError, match="service more: TCP_CONGESTION refused"):
+        daemon.reload()
+    assert daemon.builder.service_ids() == services  # rolled back
+    assert can_bind(extra)  # the new listener was closed again
