@@ -60,8 +60,18 @@ def counters_by_key(status: Mapping[str, Any]) -> dict[Key, Mapping[str, Any]]:
     for svc in status.get("services", []):
         out[(svc["name"], None)] = svc.get("counters", {})
         for b in svc.get("backends", []):
-            out[(svc["name"], b["address"])] = b
+            out[(svc["name"], b["address"])] = {**b, "conns_total": _total(b)}
     return out
+
+
+def _active(b: Mapping[str, Any]) -> int:
+    """A backend's open sessions, or its UDP flows (a backend only ever has one kind)."""
+    return int(b.get("conns_active", 0)) + int(b.get("flows_active", 0))
+
+
+def _total(b: Mapping[str, Any]) -> int:
+    """A backend's sessions so far, or its UDP flows so far."""
+    return int(b.get("conns_total", 0)) + int(b.get("flows_total", 0))
 
 
 def rates(prev: Mapping[str, Any] | None, cur: Mapping[str, Any], dt: float) -> dict[Key, Rate]:
@@ -132,8 +142,8 @@ def render(status: Mapping[str, Any], rate: Mapping[Key, Rate], *, socket_path: 
             grid.add_row(Text("  " + str(b["address"])),
                          Text("" if name == b["address"] else name), shown,
                          str(b.get("weight", 0)), str(b.get("effective_weight", 0)),
-                         str(b.get("conns_active", 0)), _conn_rate(r.conns),
-                         str(b.get("conns_total", 0)), str(b.get("connect_failures", 0)),
+                         str(_active(b)), _conn_rate(r.conns),
+                         str(_total(b)), str(b.get("connect_failures", 0)),
                          _byte_rate(r.to_backend), _byte_rate(r.to_client),
                          human_bytes(b.get("bytes_to_backend", 0)),
                          human_bytes(b.get("bytes_to_client", 0)))

@@ -115,3 +115,18 @@ def test_run_top_without_daemon_returns_1(tmp_path: Path,
 def test_run_top_rejects_a_bad_interval(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         run_top(str(tmp_path / "absent.sock"), interval=0)
+
+
+def test_udp_backends_count_their_flows() -> None:
+    def udp(flows_total: int) -> dict[str, Any]:
+        status = make_status(0, 0)
+        svc = status["services"][0]
+        svc["protocol"] = "udp"
+        b = svc["backends"][0]
+        b.update(conns_total=0, conns_active=0, flows_active=4, flows_total=flows_total)
+        return status
+
+    text = screen_text(udp(250), udp(50))
+    lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    # ACTIVE 4 flows, 200 new flows in the 1 s between the snapshots, TOTAL 250
+    assert lines["127.0.0.1:9001"][5:8] == ["4", "200", "250"]
