@@ -71,8 +71,9 @@ class DataplaneAPI(Protocol):
            no_backend      no eligible backend (or no table / no such tcp service)
            rejected        max_connections of the service, or of every weighted backend
            idle_timeout    idle for the service's idle_timeout_ms
-           shutdown        still open at the stop() deadline
-           drain_timeout   closed by close_backend_sessions()
+           shutdown        still open at the stop() deadline, or closed by
+                           close_backend_sessions() once stop() has begun
+           drain_timeout   closed by close_backend_sessions() (before any stop())
            error           anything else (a local resource failure: no fd, no memory)
       udp  idle_timeout    no datagram either way for idle_timeout_ms
            responses       the service's `responses` count of backend datagrams was reached
@@ -80,8 +81,9 @@ class DataplaneAPI(Protocol):
            moved           its backend went DOWN (or left the service); the next datagram
                            opened a new flow
            listener_gone   its listener was removed
-           shutdown        ended by stop() (idle for 250 ms while stopping, or the deadline)
-           drain_timeout   ended by close_backend_sessions()
+           shutdown        ended by stop() (idle for 250 ms while stopping, or the deadline),
+                           or by close_backend_sessions() once stop() has begun
+           drain_timeout   ended by close_backend_sessions() (before any stop())
            error           anything else
     """
 

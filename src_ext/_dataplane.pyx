@@ -257,7 +257,7 @@ cdef class Dataplane:
 
     def close_backend_sessions(self, int backend_id):
         """Reset every open TCP session and end every UDP flow of backend_id, on every worker;
-        returns how many were closed (logged as "drain_timeout")."""
+        returns how many were closed (logged as "drain_timeout"; "shutdown" once stop() began)."""
         cdef uint64_t closed = 0
         cdef int rc
         if not 0 <= backend_id < _MAX_BACKENDS:

@@ -372,11 +372,12 @@ class UdpRelay:
         for flow in list(self.flows.values()):
             self._end(flow, "shutdown")
 
-    def close_backend(self, backend_id: int) -> int:
-        """End every flow of backend_id ("drain_timeout"); returns how many."""
+    def close_backend(self, backend_id: int, reason: str = "drain_timeout") -> int:
+        """End every flow of backend_id (reason: "drain_timeout", or "shutdown" during a
+        stop); returns how many."""
         doomed = [f for f in self.flows.values() if f.backend_id == backend_id]
         for flow in doomed:
-            self._end(flow, "drain_timeout")
+            self._end(flow, reason)
         return len(doomed)
 
     def snapshot(self) -> list[dict[str, Any]]:

@@ -208,11 +208,12 @@ class Worker:
 
     def close_backend(self, backend_id: int) -> int:
         """Reset every session whose current backend is backend_id and end its UDP flows;
-        returns how many were closed."""
+        returns how many were closed. During a stop this cuts the drain short: "shutdown"."""
+        reason = "shutdown" if self.stopping else "drain_timeout"
         doomed = [s for s in self.sessions if s.backend_id == backend_id]
         for session in doomed:
-            self._close_session(session, reset=True, reason="drain_timeout")
-        return len(doomed) + self.udp.close_backend(backend_id)
+            self._close_session(session, reset=True, reason=reason)
+        return len(doomed) + self.udp.close_backend(backend_id, reason)
 
     def counts_on(self, service: bool, ident: int) -> bool:
         """True while a session, flow or listener of this worker still counts on the id."""

@@ -121,7 +121,8 @@ enum dp_close_reason {
     DP_CLOSE_IDLE_TIMEOUT,         /* idle for the service's idle timeout */
     DP_CLOSE_SHUTDOWN,             /* closed by dp_stop() (tcp: at the deadline; udp: early
                                       idle end while stopping, or the deadline) */
-    DP_CLOSE_DRAIN_TIMEOUT,        /* closed by dp_close_backend_sessions() */
+    DP_CLOSE_DRAIN_TIMEOUT,        /* closed by dp_close_backend_sessions() (SHUTDOWN
+                                      instead once dp_stop() has begun) */
     DP_CLOSE_ERROR,                /* anything else (a local resource failure, ...) */
     DP_CLOSE_RESPONSES,            /* udp: the service's `responses` count was reached */
     DP_CLOSE_REFUSED,              /* udp: an ICMP error on the upstream socket */

@@ -149,7 +149,8 @@
  * completes the pair is the second), a failed write blames the destination's side and a failed
  * read the source's (relay_pump's reset_dst / reset labels), the epoll error path the socket it
  * came from, the connect path rejected / no_backend / connect_failed, the timers idle_timeout,
- * stop shutdown, dp_close_backend_sessions() drain_timeout, local failures error. Clients
+ * stop shutdown, dp_close_backend_sessions() drain_timeout (shutdown once the worker is
+ * stopping: a second signal cutting the drain short), local failures error. Clients
  * refused before they had a session (no service, the service's max_connections, no slab slot)
  * are logged at that spot, with backend -1. When the log is off the whole cost is one
  * predictable branch on w->log_on per close; when it is on, relay_kill() fills one record in
@@ -1020,7 +1021,8 @@ static void relay_kill_if_backend(struct ct_entry *e, void *arg)
 
     if (s->state == RELAY_DEAD || s->backend_id != b->backend_id)
         return;
-    relay_kill(b->w, s, 1, DP_CLOSE_DRAIN_TIMEOUT);
+    /* During a stop the close cuts the drain short (a second signal): that is a shutdown. */
+    relay_kill(b->w, s, 1, b->w->stopping ? DP_CLOSE_SHUTDOWN : DP_CLOSE_DRAIN_TIMEOUT);
     b->closed++;
 }
 

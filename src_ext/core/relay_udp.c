@@ -1263,7 +1263,7 @@ static void udp_end_if_backend(struct ct_entry *e, void *arg)
 
     if (f->dead || f->backend_id != b->backend_id)
         return;
-    udp_flow_end(b->w, f, DP_CLOSE_DRAIN_TIMEOUT);
+    udp_flow_end(b->w, f, b->w->stopping ? DP_CLOSE_SHUTDOWN : DP_CLOSE_DRAIN_TIMEOUT);
     b->closed++;
 }
 

@@ -87,6 +87,7 @@ def test_drain_refuses_new_clients_answers_status_and_a_second_signal_ends_it(
             lines = wait_for_lines(log, 2)
             mine = [r for r in lines if r["client"].endswith(f":{local}")]
             assert len(mine) == 1, lines
+            assert mine[0]["reason"] == "shutdown", mine  # the stop, not an operator's drain
     finally:
         backend.close()
 
