@@ -168,6 +168,7 @@ def run(ctx: click.Context, path: str) -> None:
                   ctx.obj["log_format"] or config.global_.log_format)
     daemon = Daemon(config)
     daemon.log_level_pinned = ctx.obj["log_level"] is not None
+    daemon.log_format_pinned = ctx.obj["log_format"] is not None
     try:
         daemon.start()
     except DataplaneUnavailable as exc:

@@ -61,7 +61,7 @@ from l4lb.health.probe import ProbeSpec
 from l4lb.health.settings import HealthSettings
 from l4lb.httpserver import HttpServer
 from l4lb.httpserver import start as start_http
-from l4lb.logs import LEVELS
+from l4lb.logs import LEVELS, set_log_format
 from l4lb.net.listen import ListenerGroup, ListenError, open_listeners, resolve_workers
 from l4lb.overlay import Overlay, OverlayError
 from l4lb.reload import RESTART_ONLY, Listen, plan
@@ -207,6 +207,7 @@ class Daemon:
     connlog_lock: threading.Lock = field(default_factory=threading.Lock)  # pump vs. stop()
     connlog_invalid: int = 0  # records the writer refused as malformed
     log_level_pinned: bool = False  # `l4lb --log-level` was given: reloads keep that level
+    log_format_pinned: bool = False  # `l4lb --log-format` was given: reloads keep that format
     connlog_lost_logged: dict[str, int] = field(default_factory=dict)  # counts at last warning
     connlog_warned_at: float = -CONNLOG_WARN_EVERY  # monotonic time of the last warning
     connlog_checked_at: float = 0.0  # monotonic time lost records were last looked at
@@ -1243,6 +1244,14 @@ class Daemon:
                          new.global_.log_level)
             else:
                 logging.getLogger().setLevel(LEVELS[new.global_.log_level])
+        if new.global_.log_format != previous.global_.log_format:
+            if self.log_format_pinned:
+                log.info("reload: log_format %s in the file; keeping the format of --log-format",
+                         new.global_.log_format)
+            else:  # the change itself is the last line in the old format
+                log.info("reload: log_format %s -> %s", previous.global_.log_format,
+                         new.global_.log_format)
+                set_log_format(new.global_.log_format)
         for key, before, after in diff.settings_changed:
             if key in diff.restart_needed:
                 log.warning("reload: %s changed (%s -> %s): takes effect only after a restart; "

@@ -32,15 +32,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, sort_keys=False)
 
 
+def formatter(fmt: str) -> logging.Formatter:
+    """The formatter of a log_format value: "json" or "text"."""
+    if fmt == "json":
+        return JsonFormatter()
+    return logging.Formatter("%(asctime)s %(levelname)-7s %(message)s")
+
+
 def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Configure the root logger once (replaces earlier handlers)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+    handler.setFormatter(formatter(fmt))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(LEVELS.get(level, logging.INFO))
+
+
+def set_log_format(fmt: str) -> None:
+    """Switch every handler of the root logger to fmt ("text" or "json"): a reload's log_format."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter(fmt))

@@ -18,8 +18,7 @@ from l4lb.config.model import Config, Endpoint, GlobalSettings
 from l4lb.state import address_text
 
 # [global] keys that only take effect at start; a reload keeps their running values.
-# log_format: the handlers are set up once by the CLI (which may override the key).
-RESTART_ONLY = ("workers", "control_socket", "listen_backlog", "log_format")
+RESTART_ONLY = ("workers", "control_socket", "listen_backlog")
 METRICS_LISTEN = "metrics.listen"  # [metrics] listen: the HTTP server is bound once at start
 GLOBAL_KEYS = tuple(f.name for f in fields(GlobalSettings))
 

@@ -1,9 +1,11 @@
 """Reload edge cases: what it carries over (health once checks are dropped, the --log-level
-level) and what a refused or rolled-back reload must leave as it was (drain deadlines, no
-listener without its socket options)."""
+level and --log-format format) and what a refused or rolled-back reload must leave as it was
+(drain deadlines, no listener without its socket options)."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 
 from l4lb.control import ControlError
+from l4lb.logs import setup_logging
 
 from .test_review6_reload import can_bind, make_daemon, ports, service, write  # noqa: F401 (fixture)
 
@@ -66,6 +69,36 @@ def test_reload_keeps_a_log_level_given_on_the_command_line(
         assert root.level == want
     finally:
         root.setLevel(saved)
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_reload_applies_log_format_unless_the_command_line_chose_it(
+        tmp_path: Path, ports: tuple[int, int], pinned: bool) -> None:  # noqa: F811
+    path = write(tmp_path, service("web", ports[0], ["127.0.0.1:9001"]))
+    daemon, _ = make_daemon(path)
+    daemon.log_format_pinned = pinned
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    try:
+        setup_logging("info", "text", stream)  # as `l4lb run` set it up
+        path.write_text(path.read_text().replace("[global]\n", '[global]\nlog_format = "json"\n'))
+        result = daemon.reload()
+        assert "log_format" not in result["restart_needed"]
+        logging.getLogger("l4lb.test").info("service web: after the reload")
+        last = stream.getvalue().splitlines()[-1]
+        if pinned:
+            assert not last.startswith("{") and last.endswith("service web: after the reload")
+        else:
+            assert json.loads(last)["message"] == "service web: after the reload"
+            assert any(line.endswith("reload: log_format text -> json")
+                       for line in stream.getvalue().splitlines()), stream.getvalue()
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
 
 
 def test_a_new_listener_that_cannot_take_its_options_is_refused_as_at_start(

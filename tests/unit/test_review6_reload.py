@@ -286,8 +286,8 @@ def test_reload_reports_and_applies_globals(tmp_path: Path, ports: tuple[int, in
     assert "hash_seed 0 -> 7 (every maglev and source_hash client is remapped)" in changes
     assert daemon.generation == generation + 1  # the seed is in the table
     assert f"connection_log {log} -> off" in changes and daemon.connlog is None
-    assert set(result["restart_needed"]) == {"log_format", "metrics.listen"}
-    assert daemon.config.global_.log_format == "text"  # running values stay
+    assert set(result["restart_needed"]) == {"metrics.listen"}
+    assert daemon.config.global_.log_format == "json"  # applied at once (test_reload_log_format)
     running = daemon.config.metrics_listen
     assert running is not None and running.port == ports[1]
     assert any("hash_seed changed" in r.getMessage() and r.levelno == logging.WARNING
