@@ -9,7 +9,9 @@ of every error stays in validate.py.
 The facts: whether a directory exists; why no raw socket opens; the errno of setting a TCP
 congestion control; a net.ipv4 sysctl; the network interfaces of this namespace with their
 addresses (for `[[vrrp]]` interface, source_address and track_interfaces); and the errno of
-binding a TCP socket to (address, 0), which is what a health probe with `source` does.
+binding a TCP socket to (address, 0), which is what a health probe with `source` does. Where
+`ip_nonlocal_bind` lets any address bind (common next to keepalived), the kernel's route for the
+address must also say it is local, so a typo still fails as it does elsewhere.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ _NLM_F_REQUEST = 0x1
 _NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 _RTM_NEWADDR = 20  # linux/rtnetlink.h
 _RTM_GETADDR = 22
+_RTM_NEWROUTE = 24
+_RTM_GETROUTE = 26
+_RTA_DST = 1
+_RTN_LOCAL = 2  # route type of an address of this host (the local table)
 _IFA_ADDRESS = 1  # linux/if_addr.h attributes
 _IFA_LOCAL = 2
 _NETLINK_TIMEOUT = 2.0  # seconds; the kernel answers a dump at once
@@ -108,7 +114,47 @@ class ThisHost:
                 probe.bind((address, 0))
             except OSError as exc:
                 return exc.errno or errno.EINVAL
+        if _nonlocal_bind(ip.version):  # the bind proves nothing: ask the routing table
+            try:
+                if not _route_is_local(ip):
+                    return errno.EADDRNOTAVAIL
+            except (OSError, ValueError, struct.error):
+                pass  # cannot tell: the bind's answer stands
         return 0
+
+
+def _nonlocal_bind(version: int) -> bool:
+    """Whether net.ipv{4,6}.ip_nonlocal_bind lets this namespace bind addresses it lacks."""
+    try:
+        with open(f"/proc/sys/net/ipv{version}/ip_nonlocal_bind", "rb") as f:
+            return f.read().strip() not in (b"", b"0")
+    except OSError:
+        return False
+
+
+def _route_is_local(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether the kernel routes `ip` to this host (RTM_GETROUTE answers type RTN_LOCAL)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    dst = ip.packed
+    # struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+    request = struct.pack("=BBBBBBBBI", family, len(dst) * 8, 0, 0, 0, 0, 0, 0, 0)
+    request += struct.pack("=HH", 4 + len(dst), _RTA_DST) + dst
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        nl.settimeout(_NETLINK_TIMEOUT)
+        nl.bind((0, 0))
+        nl.send(_NLMSG_HDR.pack(_NLMSG_HDR.size + len(request), _RTM_GETROUTE,
+                                _NLM_F_REQUEST, 1, 0) + request)
+        data = nl.recv(65536)
+    length, kind, _, _, _ = _NLMSG_HDR.unpack_from(data)
+    body = data[_NLMSG_HDR.size:length]
+    if kind == _NLMSG_ERROR:
+        code = -struct.unpack_from("=i", body)[0]
+        if code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return False  # no route at all: certainly not ours
+        raise OSError(code, os.strerror(code))
+    if kind != _RTM_NEWROUTE:
+        raise ValueError(f"unexpected netlink message type {kind}")
+    return bool(body[7] == _RTN_LOCAL)
 
 
 def _netlink_addresses() -> list[tuple[int, VipInterface]]:

@@ -9,8 +9,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,6 +330,34 @@ def test_this_host_binds_only_its_own_addresses() -> None:
     foreign = next(ip for ip in ipaddress.ip_network("198.51.100.0/24").hosts() if ip not in own)
     assert THIS_HOST.bind_errno("127.0.0.1") == 0
     assert THIS_HOST.bind_errno(str(foreign)) == errno.EADDRNOTAVAIL
+
+
+NONLOCAL_SCRIPT = """
+import errno, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+for version in (4, 6):
+    with open(f"/proc/sys/net/ipv{version}/ip_nonlocal_bind", "w") as f:
+        f.write("1")
+from l4lb.config.host import THIS_HOST
+got = {a: THIS_HOST.bind_errno(a) for a in ("127.0.0.1", "127.0.0.9", "::1", "198.51.100.7",
+                                             "2001:db8::7")}
+want = {"127.0.0.1": 0, "127.0.0.9": 0, "::1": 0, "198.51.100.7": errno.EADDRNOTAVAIL,
+        "2001:db8::7": errno.EADDRNOTAVAIL}
+print(got)
+sys.exit(0 if got == want else 1)
+"""
+
+
+def test_this_host_refuses_foreign_sources_also_with_ip_nonlocal_bind() -> None:
+    """With ip_nonlocal_bind = 1 (often set next to keepalived) any address binds; the routing
+    table still tells an address of this host from a typo. Runs in a private network namespace
+    (unshare -n), so the host's sysctls are not touched."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private network namespace")
+    done = subprocess.run(["unshare", "-n", sys.executable, "-c", NONLOCAL_SCRIPT],
+                          capture_output=True, text=True, timeout=30,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_netlink_address_message_prefers_the_local_address() -> None:
