@@ -1169,7 +1169,7 @@ class Daemon:
         """
         self._refuse_while_stopping("reload")
         try:
-            new = load_file(self.config.path)
+            new = load_file(self.config.path, running_vrrp=self.config.vrrp)
         except ConfigError as exc:
             log.error("reload: %s rejected, running configuration unchanged:\n%s",
                       self.config.path, exc)

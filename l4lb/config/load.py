@@ -16,12 +16,14 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Collection
 
 from l4lb.config.errors import ConfigError, Diagnostic
 from l4lb.config.host import THIS_HOST, HostChecks
 from l4lb.config.locate import Locator
 from l4lb.config.model import Config
 from l4lb.config.validate import validate
+from l4lb.vrrp.settings import VrrpSettings
 
 _TOMLLIB_POSITION = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)\s*$")
 
@@ -48,21 +50,24 @@ def syntax_diagnostic(text: str, file: str, exc: tomllib.TOMLDecodeError) -> Dia
 
 
 def load_text(text: str, path: str = "<string>",
-              host: HostChecks | None = THIS_HOST) -> Config:
+              host: HostChecks | None = THIS_HOST,
+              running_vrrp: Collection[VrrpSettings] = ()) -> Config:
     """Parse and validate configuration `text`; `path` names it in messages and in Config.path.
 
-    `host` answers what the configuration asks of the host (None: those checks are skipped)."""
+    `host` answers what the configuration asks of the host (None: those checks are skipped);
+    `running_vrrp`: a reload's running [[vrrp]] instances, whose unchanged tables are not
+    checked against the host again."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([syntax_diagnostic(text, path, exc)]) from None
-    result = validate(doc, Locator(text), path, host)
+    result = validate(doc, Locator(text), path, host, running_vrrp)
     if isinstance(result, Config):
         return result
     raise ConfigError(result)
 
 
-def load_file(path: str) -> Config:
+def load_file(path: str, running_vrrp: Collection[VrrpSettings] = ()) -> Config:
     """Read `path` (UTF-8) and load it; OSError if it cannot be read or is not a regular file
     (a FIFO would block the reader, a reload included, until someone writes to it)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -85,4 +90,4 @@ def load_file(path: str) -> Config:
         bad = data[exc.start:exc.start + 1].hex()
         raise ConfigError([Diagnostic(path, line, col, "error",
                                       f"not UTF-8 text (byte 0x{bad})")]) from None
-    return load_text(text, path)
+    return load_text(text, path, running_vrrp=running_vrrp)

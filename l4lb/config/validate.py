@@ -33,7 +33,7 @@ import errno
 import ipaddress
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -227,10 +227,12 @@ class _ListenClaim:
 class _Checker:
     """Reads the document, records diagnostics and builds the model objects."""
 
-    def __init__(self, locator: Locator, file: str, host: HostChecks | None = None) -> None:
+    def __init__(self, locator: Locator, file: str, host: HostChecks | None = None,
+                 running_vrrp: Collection[VrrpSettings] = ()) -> None:
         self.locator = locator
         self.file = file
         self.host = host  # answers the questions about this host; None = skip them
+        self.running_vrrp = running_vrrp  # instances a reload keeps: no host checks for them
         self.diagnostics: list[Diagnostic] = []
         self.service_names: dict[str, int] = {}
         self.listen_exact: dict[tuple[str, str, int], _ListenClaim] = {}
@@ -582,7 +584,9 @@ class _Checker:
             settings = VrrpSettings(**values)
         except VrrpSettingsError as exc:
             self.settings_problems(scope.path, scope.prefix, "vrrp", table, exc.problems, before)
-        if self.host is not None:
+        # An instance that runs unchanged is not re-checked: a reload keeps it as it is, and a
+        # tracked interface that has gone is its fault state, not a reason to refuse the file.
+        if self.host is not None and (settings is None or settings not in self.running_vrrp):
             self.vrrp_host(scope, table, before)
         return None if len(self.diagnostics) > before else settings
 
@@ -1262,12 +1266,14 @@ def congestion_control_problem(host: HostChecks, name: str) -> str | None:
 
 
 def validate(doc: dict[str, Any], locator: Locator, file: str,
-             host: HostChecks | None = None) -> Config | list[Diagnostic]:
+             host: HostChecks | None = None,
+             running_vrrp: Collection[VrrpSettings] = ()) -> Config | list[Diagnostic]:
     """The Config for a parsed document, or every problem found in it (unsorted).
 
     `host` answers what the document asks of the host it will run on (l4lb.config.host); None
-    skips those checks."""
-    checker = _Checker(locator, file, host)
+    skips those checks. `running_vrrp` (a reload's running instances): a [[vrrp]] table equal to
+    one of them skips its host checks."""
+    checker = _Checker(locator, file, host, running_vrrp)
     config = checker.document(doc)
     if checker.diagnostics:
         return checker.diagnostics

@@ -277,6 +277,23 @@ def test_vrrp_host_checks_run_beside_the_instance_errors_and_skip_unknown_hosts(
     assert load_text(VRRP_HOST, "t.toml", host=NetHost(links=None)).vrrp  # cannot list: skip
 
 
+def test_a_reload_does_not_recheck_the_host_for_instances_that_run_unchanged() -> None:
+    """A tracked interface that has gone must not block a reload that changes a backend: the
+    running instance goes on as it is (keepalived makes it a fault, not a config error). A
+    changed or new instance is checked as at start."""
+    running = load_text(VRRP_HOST, "t.toml", host=None).vrrp
+    config = load_text(VRRP_HOST, "t.toml", host=NetHost(), running_vrrp=running)
+    assert config.vrrp == running
+    changed = VRRP_HOST.replace("virtual_router_id = 51", "virtual_router_id = 51\npriority = 90")
+    with pytest.raises(ConfigError) as exc:
+        load_text(changed, "t.toml", host=NetHost(), running_vrrp=running)
+    assert [d.message for d in exc.value.diagnostics] == [
+        'vrrp[0] ("VI_1"): interface: no interface named "eth9" on this host '
+        '(it has eth0, eth1, eth2, lo)',
+        'vrrp[0] ("VI_1"): track_interfaces[1]: no interface named "eth7" on this host '
+        '(it has eth0, eth1, eth2, lo)']
+
+
 def test_many_interfaces_are_listed_briefly() -> None:
     links = {f"veth{k}": () for k in range(20)}
     [line] = problems(VRRP_HOST.split("\n\n")[0].replace(', "eth7"', "").replace(
