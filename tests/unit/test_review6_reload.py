@@ -139,8 +139,8 @@ def snapshot(daemon: Daemon) -> tuple[Any, ...]:
 def family_mismatch(path: Path, service_name: str) -> Any:
     """load_file for `path`, with the health source of `service_name` made IPv6 after the
     validator (which now refuses it) passed the file: a failure only the daemon can meet."""
-    def load(_: str) -> Any:
-        config = load_file(str(path))
+    def load(_: str, **kwargs: Any) -> Any:
+        config = load_file(str(path), **kwargs)
         services = tuple(
             replace(s, health=replace(s.health, source="::1"))
             if s.name == service_name and s.health is not None else s
