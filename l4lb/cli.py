@@ -519,11 +519,13 @@ def weight(service: str, backend: str, weight: int, config_path: str | None,
 
 def _daemon_file(status: dict[str, Any]) -> str | None:
     """The file the daemon runs, as a path this process can open (None: cannot tell). The
-    daemon names it as it was given to `l4lb run -c`: a relative path is relative to the
-    daemon's working directory."""
+    daemon names it as it was given to `l4lb run -c`, and as an absolute path (`config_file`);
+    an older daemon without the latter: a relative path is relative to its working directory."""
     path = str(status["config"])
     if os.path.isabs(path):
         return path
+    if isinstance(status.get("config_file"), str):
+        return str(status["config_file"])
     try:
         return os.path.normpath(os.path.join(os.readlink(f"/proc/{int(status['pid'])}/cwd"),
                                              path))

@@ -208,6 +208,7 @@ class Daemon:
     connlog_invalid: int = 0  # records the writer refused as malformed
     log_level_pinned: bool = False  # `l4lb --log-level` was given: reloads keep that level
     log_format_pinned: bool = False  # `l4lb --log-format` was given: reloads keep that format
+    cwd: str = field(default_factory=os.getcwd)  # where a relative config path is read from
     connlog_lost_logged: dict[str, int] = field(default_factory=dict)  # counts at last warning
     connlog_warned_at: float = -CONNLOG_WARN_EVERY  # monotonic time of the last warning
     connlog_checked_at: float = 0.0  # monotonic time lost records were last looked at
@@ -1305,6 +1306,7 @@ class Daemon:
                                           and dp.udp_gro(sid)),
                 }
         return {"version": __version__, "pid": os.getpid(), "config": self.config.path,
+                "config_file": os.path.normpath(os.path.join(self.cwd, self.config.path)),
                 "started": self.started, "workers": self.workers,
                 "state": "running" if self.stop_deadline is None else "draining",
                 "drain_ends": self.stop_deadline,

@@ -365,3 +365,25 @@ def test_reload_names_each_restart_only_key_by_its_table() -> None:
         "warning: [metrics] listen changed: needs a restart",
         "warning: [[vrrp]] changed: needs a restart",
     ]
+
+
+def test_the_daemon_file_comes_from_its_absolute_path_not_from_proc(tmp_path: Path) -> None:
+    """A daemon started with a relative -c names its file absolutely too (`config_file`), so
+    that `reload -c` can compare files without /proc/PID/cwd (wrong across PID namespaces)."""
+    from l4lb.cli import _daemon_file
+
+    status = {"config": "l4lb.toml", "config_file": f"{tmp_path}/l4lb.toml", "pid": 2**22 + 1}
+    assert _daemon_file(status) == f"{tmp_path}/l4lb.toml"
+    assert _daemon_file({"config": "/etc/l4lb.toml", "pid": 1}) == "/etc/l4lb.toml"
+    assert _daemon_file({"config": "l4lb.toml", "pid": 2**22 + 1}) is None  # no such process
+
+
+def test_status_names_the_file_absolutely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from l4lb.config import load_text
+    from l4lb.daemon import Daemon
+
+    monkeypatch.chdir(tmp_path)
+    daemon = Daemon(load_text("", "conf/l4lb.toml", host=None))
+    status = daemon.cmd_status()
+    assert (status["config"], status["config_file"]) == ("conf/l4lb.toml",
+                                                         f"{tmp_path}/conf/l4lb.toml")
