@@ -668,10 +668,13 @@ class Daemon:
             if service in passive and new > 0:
                 self.checker.passive_failures((service, address), new)
 
-    def backend_views(self, service_name: str | None = None) -> list[BackendView]:
-        """Backends of every service (or one) in file order, with state and counters."""
+    def backend_views(self, service_name: str | None = None,
+                      stats: dict[str, Any] | None = None) -> list[BackendView]:
+        """Backends of every service (or one) in file order, with state and counters (from
+        `stats`, a data-plane snapshot the caller already took, else a fresh one)."""
         dp = self.dp  # stop() may clear it meanwhile, from the executor thread
-        stats = dp.stats() if dp is not None else {"backends": {}}
+        if stats is None:
+            stats = dp.stats() if dp is not None else {"backends": {}}
         ids = self.builder.backend_ids()
         latencies = self.checker.latencies() if self.checker is not None else {}
         views: list[BackendView] = []
@@ -1274,7 +1277,7 @@ class Daemon:
     def cmd_status(self) -> dict[str, Any]:
         services: list[dict[str, Any]] = []
         dp = self.dp  # stop() may clear it meanwhile, from the executor thread
-        stats = dp.stats() if dp is not None else {"services": {}}
+        stats = dp.stats() if dp is not None else {"services": {}, "backends": {}}
         sids = self.builder.service_ids()
         panic = self.weights.panic if self.weights is not None else {}
         for service in self.config.services:
@@ -1286,7 +1289,7 @@ class Daemon:
                 "counters": {k: int(v) for k, v in counters.items()},
                 "differences_from_file": self.overlay.differences(service.name),
                 "panic": panic.get(service.name),
-                "backends": [asdict(v) for v in self.backend_views(service.name)],
+                "backends": [asdict(v) for v in self.backend_views(service.name, stats)],
             })
             if service.protocol == "tcp":  # the socket options in effect (None: the system's)
                 services[-1]["tcp_options"] = {

@@ -189,7 +189,7 @@ cdef class Dataplane:
                         s.datagrams_in, s.datagrams_out, s.flows_created, s.flows_expired,
                         s.flows_active, s.drops_max_flows, s.drops_no_backend,
                         s.drops_truncated, s.drops_send)))
-            for i in range(65536):
+            for i in range(st.n_be):  # ids no table named were never counted
                 b = &st.be[i]
                 if (b.conns_total or b.conns_active or b.connect_failures
                         or b.bytes_to_backend or b.bytes_to_client or b.datagrams_to_backend

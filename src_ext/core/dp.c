@@ -107,6 +107,7 @@
  * to be global.
  */
 #define _GNU_SOURCE
+#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -1033,7 +1034,7 @@ int dp_publish(struct dp *dp, const uint8_t *blob, size_t len, uint64_t *generat
     struct dp_table *t = NULL, *old;
     uint8_t steer[DP_MAX_SERVICES];
     uint64_t g;
-    uint32_t i;
+    uint32_t i, hw = 0;
     int rc;
 
     if (errlen)
@@ -1042,6 +1043,9 @@ int dp_publish(struct dp *dp, const uint8_t *blob, size_t len, uint64_t *generat
     if (rc)
         return rc;
     memset(steer, 0, sizeof(steer)); /* read t while it is still ours alone */
+    for (i = 0; i < t->n_backends; i++)
+        if (t->backends[i].backend_id >= hw)
+            hw = t->backends[i].backend_id + 1;
     for (i = 0; i < t->n_services; i++)
         steer[t->services[i].service_id] = t->services[i].protocol == DP_PROTO_UDP &&
                                            t->services[i].flow_key == DP_FLOW_SRC_IP;
@@ -1057,6 +1061,8 @@ int dp_publish(struct dp *dp, const uint8_t *blob, size_t len, uint64_t *generat
         dp->retired = a;
         dp->cap_retired = cap;
     }
+    if (hw > atomic_load(&dp->be_hw)) /* before the swap: no worker counts at or above it */
+        atomic_store(&dp->be_hw, hw);
     g = atomic_load(&dp->generation) + 1;
     t->generation = g;
     old = atomic_exchange_explicit(&dp->table, t, memory_order_acq_rel);
@@ -1091,9 +1097,14 @@ uint64_t dp_generation(struct dp *dp)
 
 int dp_stats(struct dp *dp, struct dp_stats *out)
 {
-    uint32_t i, k, x;
+    uint32_t i, k, x, n_be;
 
-    memset(out, 0, sizeof(*out));
+    /* Only the backend ids a table ever named: 65,536 slots per worker are megabytes to read,
+     * and the control plane asks for stats on its event loop. */
+    n_be = atomic_load(&dp->be_hw);
+    memset(out, 0, offsetof(struct dp_stats, be));
+    memset(out->be, 0, n_be * sizeof(out->be[0]));
+    out->n_be = n_be;
     out->generation = atomic_load(&dp->generation);
     /* the control plane polls stats: a good moment to free tables retired by the last publish */
     pthread_mutex_lock(&dp->pub_lock);
@@ -1123,7 +1134,7 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
             out->svc[k].drops_truncated += v[DP_SC_DROPS_TRUNCATED];
             out->svc[k].drops_send += v[DP_SC_DROPS_SEND];
         }
-        for (k = 0; k < DP_MAX_BACKENDS; k++) {
+        for (k = 0; k < n_be; k++) {
             for (x = 0; x < DP_BC_N; x++)
                 v[x] = __atomic_load_n(&c->be[k][x], __ATOMIC_RELAXED);
             out->be[k].conns_total += v[DP_BC_CONNS_TOTAL];

@@ -70,6 +70,9 @@ struct dp_stats {
     uint64_t generation;                       /* generation of the live table */
     uint64_t connlog_dropped;                  /* connection-log records refused by a full
                                                   ring, since dp_create */
+    uint32_t n_be;                             /* be[] entries filled: 1 + the highest backend
+                                                  id ever published; the rest are left as they
+                                                  were (not zeroed), never read them */
     struct dp_svc_stats svc[DP_MAX_SERVICES];  /* indexed by service id */
     struct dp_be_stats be[DP_MAX_BACKENDS];    /* indexed by backend id */
 };

@@ -326,6 +326,8 @@ struct dp {
                                       (under log_lock) */
     struct dp_cc cc;               /* backend-leg congestion control per service */
     struct dp_svc_opts opts;       /* backend-leg options per service (fast open) */
+    _Atomic uint32_t be_hw;        /* 1 + the highest backend id any published table named:
+                                      no counter at or above it was ever written (dp_stats) */
 };
 
 /* Load the live table into w->table and publish the generation seen (see dp.c's essay). Only

@@ -124,6 +124,25 @@ def test_counters_survive_a_table_swap(make_lb: MakeLB, servers: Servers) -> Non
     assert lb.be_stats("n")["bytes_to_client"] == 3 * len(b"n\n")
 
 
+def test_stats_reach_the_highest_backend_id_and_keep_it_after_it_left(
+        make_lb: MakeLB, servers: Servers) -> None:
+    """The C stats() reads only ids a table ever named (their high-water mark): the last id
+    possible is counted, and so are ids that left the table again."""
+    name = servers.start("n", "name")
+    top = BackendSpec("top", HOST, name.port, backend_id=65535)
+    low = BackendSpec("low", HOST, name.port, backend_id=3)
+    lb = make_lb([ServiceSpec(SVC, (top,))])
+    with connect(lb.addr()) as client:
+        assert recv_line(client) == "n"
+    lb.publish([ServiceSpec(SVC, (low,))])  # 65535 leaves the table; its counters stay
+    with connect(lb.addr()) as client:
+        assert recv_line(client) == "n"
+    assert wait_for(lambda: lb.svc_stats().get("conns_active") == 0, 5)
+    backends = lb.dp.stats()["backends"]
+    assert backends[65535]["conns_total"] == 1 and backends[3]["conns_total"] == 1
+    assert set(backends) == {3, 65535}
+
+
 def test_sessions_report_half_closed_after_client_fin(make_lb: MakeLB, servers: Servers) -> None:
     """The client's FIN is passed on while the backend keeps sending: "half_closed"."""
     total = 32 << 20
