@@ -589,6 +589,23 @@ class Daemon:
         return {"instances": instances, "digest_check": check,
                 "table": {"generation": self.generation, "digest": self.digest}}
 
+    def log_summary(self, why: str) -> None:
+        """One log line per service and per VRRP instance with its state (SIGUSR2)."""
+        log.info("daemon: %s received: state of %d services and %d vrrp instances follows",
+                 why, len(self.config.services), len(self.vrrp))
+        status = self.cmd_status()
+        for service in status["services"]:
+            backends = service["backends"]
+            up = sum(1 for b in backends if b["state"] == "up")
+            counters = service["counters"]
+            log.info("service %s: %d/%d backends up, %d active, %d total connections%s",
+                     service["name"], up, len(backends), int(counters.get("conns_active", 0)),
+                     int(counters.get("conns_total", 0)),
+                     f" (panic: {service['panic']})" if service["panic"] else "")
+        for instance in self.vrrp:
+            state = instance.status()
+            log.info("vrrp %s: %s", instance.settings.name, state.get("state", "?"))
+
     # ---- health checks (docs/health.md) ----
 
     def start_health(self) -> None:
@@ -1510,7 +1527,8 @@ class Daemon:
             writer.close()
 
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                   signal.SIGUSR2)
 
 
 async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
@@ -1539,6 +1557,9 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
         name = signal.Signals(signum).name
         if signum == signal.SIGUSR1:
             daemon.reopen_logs("SIGUSR1")
+            return
+        if signum == signal.SIGUSR2:  # keepalived's habit (a stats dump): never fatal here
+            daemon.log_summary("SIGUSR2")
             return
         if signum == signal.SIGHUP:
             if draining[0]:

@@ -5,6 +5,7 @@ reload that fails leaves no listener behind."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -138,5 +139,29 @@ def test_a_failed_reload_binds_nothing_and_the_next_one_adds_the_service(
             assert not refused(leak)
             reload_ok(cfg)  # nothing left to change: no new table
             assert request(sock, "status")["table"]["generation"] == reply["generation"]
+    finally:
+        backend.close()
+
+
+def test_sigusr2_logs_a_summary_and_keeps_running(tmp_path: Path) -> None:
+    """keepalived operators send SIGUSR2 for a stats dump: unhandled, it killed the daemon on the
+    spot (exit 140), leaving the VIPs up. Now it logs the state and changes nothing."""
+    backend = HoldServer()
+    port = free_port()
+    cfg = write_config(tmp_path, port, [backend.port])
+    try:
+        with running(cfg, "c", port) as proc:
+            proc.send_signal(signal.SIGUSR2)
+            sock = str(tmp_path / "l4lb.sock")
+            assert request(sock, "status", timeout=5)["state"] == "running"
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0
+            assert proc.stderr is not None
+            err = proc.stderr.read().decode()
+            assert "daemon: SIGUSR2 received: state of 1 services" in err, err
+            # (the wait for the listener made a connection of its own)
+            assert re.search(r"service web: 1/1 backends up, 0 active, \d+ total connections",
+                             err), err
     finally:
         backend.close()
