@@ -5,9 +5,18 @@ One request per line, one reply per line:
     ← {"ok": true, "result": [...]}
     ← {"ok": false, "error": "unknown command \"statsu\"; did you mean \"status\"?"}
 Malformed or unknown requests get an error reply; they never stop the daemon. Commands are
-registered by the daemon as coroutine-free callables taking the request's arguments as keyword
-arguments; an exception of type ControlError (or StateError) becomes the error text.
-The protocol is documented in docs/control-api.md.
+registered by the daemon as callables taking the request's arguments as keyword arguments; a
+handler may be a coroutine function (or return an awaitable), which the server awaits, so a
+command that waits for something does not hold the loop. An exception of type ControlError
+(or StateError) becomes the error text. The protocol is documented in docs/control-api.md.
+
+Design: the server must never hold the event loop (VRRP adverts run on it every 100 ms or so)
+and must not be exhausted by one client. So it yields to the loop after every request (a
+pipelining client cannot keep it), serves at most MAX_CONNECTIONS connections, closes one that
+sends no request line for IDLE_TIMEOUT or leaves a reply unread for WRITE_TIMEOUT, and never
+replaces a socket file that a live (possibly stalled) daemon may still own, nor removes at exit
+a file that is no longer its own. install_loop_exception_handler() keeps accept() failures at
+the fd limit from flooding the log.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +39,11 @@ log = logging.getLogger("l4lb")
 
 MAX_REQUEST = 65536  # bytes per request line
 MAX_UNIX_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
+MAX_CONNECTIONS = 64  # control connections served at once; more get one error line
+IDLE_TIMEOUT = 60.0  # seconds a connection may take to send its next whole request line
+WRITE_TIMEOUT = 10.0  # seconds a client may take to read a reply before it is dropped
+STALE_CHECK_TIMEOUT = 0.5  # seconds to wait for a daemon at an existing socket path
+ACCEPT_LOG_INTERVAL = 10.0  # seconds between two log lines about the same accept() failure
 
 
 class ControlError(Exception):
@@ -42,9 +57,16 @@ class ControlServer:
     """Serves registered commands on a unix socket."""
 
     def __init__(self, path: str, commands: dict[str, Handler]) -> None:
-        self.path = path
-        self.commands = commands
-        self.server: asyncio.AbstractServer | None = None
+        self.path = path  # where the socket is bound
+        self.commands = commands  # command name -> handler (plain or coroutine function)
+        self.server: asyncio.AbstractServer | None = None  # set by start()
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we bound
+        self._clients: set[asyncio.Task[Any]] = set()  # connections being served
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now (refused ones are not counted)."""
+        return len(self._clients)
 
     async def start(self) -> None:
         """Bind the socket (replacing a stale one), mode 0600.
@@ -62,52 +84,152 @@ class ControlServer:
             if directory:
                 os.makedirs(directory, mode=0o755, exist_ok=True)
             if os.path.exists(self.path):
-                if _socket_alive(self.path):
-                    raise ControlError(f"{where}: another daemon answers there")
-                os.unlink(self.path)
+                problem = _socket_in_use(self.path)
+                if problem:
+                    raise ControlError(f"{where}: {problem}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
             old_umask = os.umask(0o177)
             try:
                 self.server = await asyncio.start_unix_server(self._client, path=self.path,
                                                               limit=MAX_REQUEST)
             finally:
                 os.umask(old_umask)
+            st = os.lstat(self.path)
+            self._bound = (st.st_dev, st.st_ino)
             os.chmod(self.path, 0o600)
         except OSError as exc:
             if self.server is not None:
                 self.server.close()
                 self.server = None
+                self._unlink_own()
             raise ControlError(f"{where}: cannot listen: {os_error_text(exc)}") from None
         log.info("control: listening on %s", self.path)
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+        """Stop listening, end every connection, and remove the socket file if it is still
+        the one this server bound (another daemon may have replaced it meanwhile)."""
+        if self.server is None:
+            return
+        self.server.close()
+        for task in list(self._clients):
+            task.cancel()
+        if self._clients:
+            await asyncio.gather(*self._clients, return_exceptions=True)
+        await self.server.wait_closed()
+        self.server = None
+        self._unlink_own()
+
+    def _unlink_own(self) -> None:
+        """Unlink self.path only if it is still the socket we bound."""
+        bound, self._bound = self._bound, None
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("control: %s: not removed: %s", self.path, os_error_text(exc))
+            return
+        if bound is None or (st.st_dev, st.st_ino) != bound:
+            log.warning("control: %s is no longer the socket this daemon bound "
+                        "(replaced by another process?): leaving it", self.path)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or len(self._clients) >= MAX_CONNECTIONS:
+            _refuse(writer, f"too many control connections ({MAX_CONNECTIONS})")
+            return
+        self._clients.add(task)
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:  # close(): end quietly (asyncio's stream callback
+            writer.transport.abort()  # would log a cancelled task as an error)
+        except Exception:
+            log.exception("control: connection failed")
+            writer.transport.abort()
+        finally:
+            self._clients.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer requests until EOF, an error, the idle timeout or the write timeout."""
         try:
             while True:
                 try:
-                    line = await reader.readline()
+                    async with asyncio.timeout(IDLE_TIMEOUT):
+                        line = await reader.readline()
+                except TimeoutError:
+                    log.debug("control: no request for %gs: closing the connection",
+                              IDLE_TIMEOUT)
+                    break
                 except ValueError:  # longer than MAX_REQUEST
                     writer.write(_reply_error(f"request longer than {MAX_REQUEST} bytes"))
+                    await _drain(writer)
                     break
                 if not line:
                     break
-                writer.write(self.handle_line(line))
-                await writer.drain()
+                writer.write(await self.handle(line))
+                await _drain(writer)
+                # readline() does not suspend while a line is buffered, nor drain() below the
+                # high-water mark: without this, a client that pipelines thousands of requests
+                # holds the loop (and VRRP adverts) until it has all its replies.
+                await asyncio.sleep(0)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
+        except _WriteTimeout:
+            log.warning("control: a client did not read its replies for %gs: closing it",
+                        WRITE_TIMEOUT)
+            writer.transport.abort()
+            return
+        writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(WRITE_TIMEOUT):
                 await writer.wait_closed()
 
+    async def handle(self, line: bytes) -> bytes:
+        """Answer one request line; a handler's awaitable result is awaited."""
+        call = self._parse(line)
+        if isinstance(call, bytes):
+            return call
+        cmd, handler, args = call
+        try:
+            result = handler(**args)
+            if inspect.isawaitable(result):
+                result = await result
+        except (ControlError, ValueError) as exc:
+            return _reply_error(str(exc))
+        except Exception as exc:  # a bug: report it, keep serving
+            log.exception("control: command %s failed", cmd)
+            return _reply_error(f"internal error in {cmd}: {exc}")
+        return _reply_result(cmd, result)
+
     def handle_line(self, line: bytes) -> bytes:
-        """Answer one request line (public for tests)."""
+        """Answer one request line without a loop (public for tests).
+
+        Only for plain handlers: a command whose handler returns an awaitable gets an error
+        reply here (the server itself uses handle())."""
+        call = self._parse(line)
+        if isinstance(call, bytes):
+            return call
+        cmd, handler, args = call
+        try:
+            result = handler(**args)
+        except (ControlError, ValueError) as exc:
+            return _reply_error(str(exc))
+        except Exception as exc:  # a bug: report it, keep serving
+            log.exception("control: command %s failed", cmd)
+            return _reply_error(f"internal error in {cmd}: {exc}")
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited: close it rather than leak a warning
+            return _reply_error(f"internal error in {cmd}: the command is asynchronous "
+                                "(handle_line serves only plain handlers)")
+        return _reply_result(cmd, result)
+
+    def _parse(self, line: bytes) -> bytes | tuple[str, Handler, dict[str, Any]]:
+        """The command, its handler and arguments of one request line, or an error reply."""
         try:
             request = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -129,14 +251,38 @@ class ControlServer:
         problem = _check_arguments(handler, cmd, request)
         if problem:
             return _reply_error(problem)
-        try:
-            result = handler(**request)
-        except (ControlError, ValueError) as exc:
-            return _reply_error(str(exc))
-        except Exception as exc:  # a bug: report it, keep serving
-            log.exception("control: command %s failed", cmd)
-            return _reply_error(f"internal error in {cmd}: {exc}")
+        return cmd, handler, request
+
+
+class _WriteTimeout(Exception):
+    """A client did not take a reply within WRITE_TIMEOUT."""
+
+
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    """writer.drain(), or _WriteTimeout when the client has not read it in WRITE_TIMEOUT."""
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await writer.drain()
+    except TimeoutError:
+        raise _WriteTimeout from None
+
+
+def _refuse(writer: asyncio.StreamWriter, message: str) -> None:
+    """Send one error line to a connection that is not served, and close it.
+
+    The line fits in a fresh socket's buffer; close() sends it and then closes, without a
+    task waiting for it."""
+    log.warning("control: %s: refusing a connection", message)
+    writer.write(_reply_error(message))
+    writer.close()
+
+
+def _reply_result(cmd: str, result: Any) -> bytes:
+    try:
         return json.dumps({"ok": True, "result": result}).encode() + b"\n"
+    except (TypeError, ValueError) as exc:  # a handler bug: the result is not JSON
+        log.error("control: command %s returned a result that is not JSON: %s", cmd, exc)
+        return _reply_error(f"internal error in {cmd}: the result is not JSON ({exc})")
 
 
 def _check_arguments(handler: Handler, cmd: str, args: dict[str, Any]) -> str:
@@ -181,14 +327,29 @@ def _reply_error(message: str) -> bytes:
     return json.dumps({"ok": False, "error": message}).encode() + b"\n"
 
 
-def _socket_alive(path: str) -> bool:
+def _socket_in_use(path: str) -> str:
+    """Why the socket file at `path` must not be replaced; "" if it is stale.
+
+    Only ECONNREFUSED (nobody listens there: a stale socket, or not a socket at all) or the
+    file gone meanwhile means stale. A connection means another daemon answers. A timeout or
+    EAGAIN (a full backlog: a daemon that is stalled or busy) or any other error means one
+    may still be there, and taking its path would cut it off from its clients."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
+        s.settimeout(STALE_CHECK_TIMEOUT)
         try:
             s.connect(path)
-        except OSError:
-            return False
-        return True
+        except (ConnectionRefusedError, FileNotFoundError):
+            return ""
+        except TimeoutError:
+            return (f"another daemon may be there: it did not accept within "
+                    f"{STALE_CHECK_TIMEOUT:g}s (stalled?); not replacing it (remove the file "
+                    "if no daemon uses it)")
+        except OSError as exc:
+            why = "its backlog is full (stalled?)" if exc.errno == errno.EAGAIN else \
+                os_error_text(exc)
+            return (f"another daemon may be there: connecting failed: {why}; not replacing "
+                    "it (remove the file if no daemon uses it)")
+        return "another daemon answers there"
 
 
 def request(path: str, cmd: str, timeout: float = 10.0, **args: Any) -> Any:
@@ -289,3 +450,118 @@ def _result(where: str, line: bytes) -> Any:
     if not reply["ok"]:
         raise ControlError(str(reply.get("error")))
     return reply.get("result")
+
+
+# -- the loop's exception handler ------------------------------------------------------------
+
+_ACCEPT_MESSAGE = "socket.accept() out of system resource"  # asyncio's context["message"]
+
+
+class AcceptErrorLog:
+    """Turns asyncio's accept() failures into at most one log line per kind and interval.
+
+    A kind is (errno, listening address). The first failure of a kind is logged at once;
+    later ones within ACCEPT_LOG_INTERVAL are counted, and the next line (or flush()) says
+    how many there were. Pure: it returns the lines, the caller logs them."""
+
+    def __init__(self, interval: float = ACCEPT_LOG_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval  # seconds between two lines of one kind
+        self.clock = clock  # monotonic seconds
+        self._last: dict[tuple[int, str], float] = {}  # kind -> when its last line was logged
+        self._held: dict[tuple[int, str], tuple[str, int]] = {}  # kind -> (text, failures
+        #                                                           not logged since then)
+
+    @staticmethod
+    def matches(context: dict[str, Any]) -> bool:
+        """Whether `context` is asyncio's report of a failed accept()."""
+        return (context.get("message") == _ACCEPT_MESSAGE
+                and isinstance(context.get("exception"), OSError))
+
+    def note(self, context: dict[str, Any]) -> str | None:
+        """Count one failure; the line to log now, or None while the kind is held back."""
+        exc = context["exception"]
+        where = _listener_name(context.get("socket"))
+        kind = (exc.errno or 0, where)
+        text = f"accept failed on {where}: {os_error_text(exc)}"
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            _, count = self._held.get(kind, (text, 0))
+            self._held[kind] = (text, count + 1)
+            return None
+        self._last[kind] = now
+        _, count = self._held.pop(kind, (text, 0))
+        return f"{text} ({count} more since the last line)" if count else text
+
+    def flush(self) -> list[str]:
+        """Lines for the failures held back whose interval has ended (a quiet end of a storm)."""
+        now = self.clock()
+        lines = []
+        for kind, (text, count) in list(self._held.items()):
+            if now - self._last[kind] >= self.interval:
+                del self._held[kind]
+                self._last[kind] = now
+                lines.append(f"{text} ({count} more since the last line)")
+        return lines
+
+    @property
+    def held(self) -> int:
+        """Failures counted but not logged yet."""
+        return sum(count for _, count in self._held.values())
+
+
+def _listener_name(sock: Any) -> str:
+    """The listening socket of an accept() failure, as a path or HOST:PORT."""
+    try:
+        name = sock.getsockname()
+    except Exception:  # no socket in the context, or closed meanwhile
+        return "a listening socket"
+    if isinstance(name, tuple) and len(name) >= 2:
+        host = f"[{name[0]}]" if ":" in str(name[0]) else str(name[0])
+        return f"{host}:{name[1]}"
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return str(name) or "an unnamed unix socket"
+
+
+def install_loop_exception_handler(loop: asyncio.AbstractEventLoop, *,
+                                   interval: float = ACCEPT_LOG_INTERVAL,
+                                   clock: Callable[[], float] = time.monotonic) -> None:
+    """Rate-limit asyncio's "socket.accept() out of system resource" reports on `loop`.
+
+    At the fd limit, asyncio reports a failed accept() with a traceback each time it retries
+    (tens of thousands of lines a minute). With this handler, each kind (errno, listener)
+    logs one line without a traceback per `interval`, saying how many failures it stood for;
+    held-back counts are logged when their interval ends. Every other context goes to the
+    handler that was set before (asyncio's default one if none)."""
+    limiter = AcceptErrorLog(interval, clock)
+    previous = loop.get_exception_handler()
+    flush_armed = [False]
+
+    def flush() -> None:
+        flush_armed[0] = False
+        for line in limiter.flush():
+            log.error("%s", line)
+        if limiter.held:
+            arm_flush()
+
+    def arm_flush() -> None:
+        if not flush_armed[0]:
+            flush_armed[0] = True
+            loop.call_later(interval, flush)
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not limiter.matches(context):
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        line = limiter.note(context)
+        if line is not None:
+            log.error("%s", line)
+        else:
+            arm_flush()
+
+    loop.set_exception_handler(handler)
