@@ -474,6 +474,7 @@ static void *dp_worker_main(void *arg)
     w->table = NULL; /* seen_gen is 0 (set by dp_start): holds nothing yet */
     /* poll-mode sleeps are tens of microseconds: do not let the default 50 us slack double them */
     (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    (void)relay_reserve_fill(w); /* short of it: the first spend has less to give back */
     for (i = 0; i < w->n_listeners; i++)
         (void)dp_listener_arm(w, w->listeners[i]);
     for (;;) {
@@ -546,10 +547,14 @@ static void *dp_worker_main(void *arg)
             relay_udp_stopping(w);
         }
         if (w->paused_until_ms && w->now_ms >= w->paused_until_ms) {
-            w->paused_until_ms = 0;
-            if (!w->stopping)
-                for (i = 0; i < w->n_listeners; i++)
-                    (void)dp_listener_arm(w, w->listeners[i]);
+            if (relay_reserve_fill(w) != 0) { /* still short of fds: stay paused */
+                w->paused_until_ms = w->now_ms + RELAY_EMFILE_PAUSE_MS;
+            } else {
+                w->paused_until_ms = 0;
+                if (!w->stopping)
+                    for (i = 0; i < w->n_listeners; i++)
+                        (void)dp_listener_arm(w, w->listeners[i]);
+            }
         }
         if (w->stopping && ((w->ct.n_live == 0 && w->uct.n_live == 0) ||
                             w->now_ms >= w->stop_deadline_ms))
@@ -557,6 +562,7 @@ static void *dp_worker_main(void *arg)
     }
     relay_tcp_close_all(w);
     relay_udp_close_all(w);
+    relay_reserve_close(w);
     /* answer what is queued, then refuse further commands (callers act directly) */
     dp_worker_commands(w);
     pthread_mutex_lock(&dp->cmd_lock);

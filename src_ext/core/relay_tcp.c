@@ -9,6 +9,15 @@
  * ENOMEM count an accept_error and take every listener of the worker out of epoll for
  * RELAY_EMFILE_PAUSE_MS; the loop's epoll timeout puts them back. Nothing spins.
  *
+ * The fd reserve. An accept can take the last free descriptor, and then the backend socket (or
+ * a pipe to park data in) fails with EMFILE: the client would be reset, its fd would be free
+ * again, and the next queued client would meet the same fate, so a full backlog would drain as
+ * resets. So each worker holds RELAY_RESERVE_FDS eventfds it does not need. When a socket or a
+ * pipe for a session in hand fails with EMFILE/ENFILE, the worker closes them, retries once
+ * (now it fits), and pauses its listeners; they come back only when the reserve can be taken
+ * again, that is when at least that many fds are free. Queued clients wait in the backlog, as
+ * they do when accept4() itself fails.
+ *
  * Admission and backend choice. The service is looked up by the listener's service id in the
  * table the worker reloaded just before this accept batch (dp_worker_refresh_table). max_connections is enforced with one
  * atomic fetch-add on sched_shared.svc_active (undone when over the limit), so the limit holds
@@ -170,6 +179,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -411,6 +421,40 @@ void relay_tcp_reap(struct dp_worker *w)
     }
 }
 
+int relay_reserve_fill(struct dp_worker *w)
+{
+    while (w->n_reserve < RELAY_RESERVE_FDS) {
+        int fd = eventfd(0, EFD_CLOEXEC);
+        if (fd < 0)
+            return -errno;
+        w->reserve_fd[w->n_reserve++] = fd;
+    }
+    return 0;
+}
+
+uint32_t relay_reserve_spend(struct dp_worker *w)
+{
+    uint32_t n = w->n_reserve;
+
+    while (w->n_reserve > 0)
+        relay_close(w->reserve_fd[--w->n_reserve]);
+    if (n)
+        relay_tcp_pause_listeners(w);
+    return n;
+}
+
+void relay_reserve_close(struct dp_worker *w)
+{
+    while (w->n_reserve > 0)
+        relay_close(w->reserve_fd[--w->n_reserve]);
+}
+
+/* True when err says this process is out of descriptors (what the reserve can help with). */
+static int relay_out_of_fds(int err)
+{
+    return err == EMFILE || err == ENFILE;
+}
+
 void relay_tcp_pause_listeners(struct dp_worker *w)
 {
     uint32_t i;
@@ -604,6 +648,10 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
             return;
         }
         relay_release_backend(w, s);
+        if (relay_out_of_fds(-rc) && relay_reserve_spend(w)) {
+            s->n_tried--; /* not the backend's fault: the same pick may be tried again */
+            continue;
+        }
         if (relay_local_error(-rc)) {
             dp_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
             relay_kill(w, s, 1, DP_CLOSE_ERROR);
@@ -822,7 +870,9 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, uns
                 }
                 if (m < n - off) {
                     /* park the rest in a pipe; it is empty and larger than the buffer */
-                    if (d->pipe.rfd < 0 && (rc = pipepool_get(&w->pp, &d->pipe)) != 0)
+                    if (d->pipe.rfd < 0 && (rc = pipepool_get(&w->pp, &d->pipe)) != 0 &&
+                        (!relay_out_of_fds(-rc) || !relay_reserve_spend(w) ||
+                         (rc = pipepool_get(&w->pp, &d->pipe)) != 0))
                         goto local_failure;
                     ssize_t k = relay_write(d->pipe.wfd, w->buf + off + m, (size_t)(n - off - m));
                     if (k != n - off - m)
@@ -1185,5 +1235,7 @@ void relay_tcp_accept(struct dp_worker *w, struct dp_listener *l)
             }
         }
         relay_new(w, l, fd, &ss);
+        if (w->paused_until_ms) /* the reserve was spent on it: leave the rest queued */
+            return;
     }
 }

@@ -38,6 +38,8 @@
 #define RELAY_ACCEPT_BATCH 64u       /* accepts per listener per wake-up */
 #define RELAY_BUDGET (512u * 1024u)  /* bytes per direction per wake-up before yielding */
 #define RELAY_EMFILE_PAUSE_MS 100u   /* listener pause after EMFILE/ENFILE */
+#define RELAY_RESERVE_FDS 4u         /* fds a worker holds back for sessions it has accepted:
+                                        a backend socket and a pipe (relay_reserve_spend) */
 #define RELAY_SPLICE_LEN (1u << 20)  /* length asked of one splice into a pipe */
 #define RELAY_EV_UNKNOWN 0xffffffffu /* relay_established(): connected at once, no event mask */
 
@@ -242,6 +244,8 @@ struct dp_worker {
     uint32_t n_listeners;          /* entries in listeners */
     uint32_t cap_listeners;        /* capacity of listeners */
     uint64_t paused_until_ms;      /* 0, or when accepting resumes after EMFILE */
+    int reserve_fd[RELAY_RESERVE_FDS]; /* eventfds held only to be closed when fds run out */
+    uint32_t n_reserve;            /* entries of reserve_fd in use */
     int stopping;                  /* stop seen: listeners off, draining sessions */
     struct ct_table ct;            /* sessions */
     struct pipepool pp;            /* pipes */
@@ -341,6 +345,13 @@ static inline void dp_worker_refresh_table(struct dp_worker *w)
     w->table = t;
     atomic_store_explicit(&w->seen_gen, t ? t->generation : 0, memory_order_release);
 }
+
+/* relay_tcp.c: the fd reserve. fill: take fds until RELAY_RESERVE_FDS are held (0, or -EMFILE
+ * and the listeners stay paused); spend: out of fds, give them all back so that the session in
+ * hand can go on, and pause the listeners until fill succeeds again (returns how many). */
+int relay_reserve_fill(struct dp_worker *w);
+uint32_t relay_reserve_spend(struct dp_worker *w);
+void relay_reserve_close(struct dp_worker *w);
 
 /* relay_tcp.c: called by the worker loop in dp.c. */
 void relay_tcp_accept(struct dp_worker *w, struct dp_listener *l);
