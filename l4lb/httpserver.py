@@ -7,11 +7,19 @@ browser and curl, and hard to upset:
   keep-alive state, no pipelining and no idle timer to get wrong.
 - Only GET and HEAD, no request body. The request head (request line and headers) is read
   line by line with a limit per line (MAX_LINE), in total (MAX_HEAD) and in header count
-  (MAX_HEADERS), all within HEAD_TIMEOUT seconds, so a slow or endless client costs one
-  socket for a bounded time. Writing the response has its own deadline (SEND_TIMEOUT).
+  (MAX_HEADERS), all within HEAD_TIMEOUT seconds (short: a scraper sends its head at once),
+  so a slow or endless client costs one socket for a bounded time. Writing the response has
+  its own deadline (SEND_TIMEOUT).
 - Malformed requests get 400, a missing Host on HTTP/1.1 too, other methods 405, other HTTP
   versions 505, an oversized head 431, a timed-out head 408, unknown paths 404.
-- At most MAX_CLIENTS connections at once; more are closed at once without a reply.
+- At most MAX_CLIENTS connections at once, and at most MAX_PER_PEER from one client address,
+  so that a few slow clients from one host ("slowloris") cannot lock Prometheus out. A
+  connection beyond either cap is answered 503 at once, without reading its request, and
+  counted (refused_total()); at most MAX_CLIENTS such refusals linger at a time, more are
+  dropped without a reply (and counted too).
+- The handling of one connection never loops over buffered input without bound: there is one
+  request per connection and lingering reads at most LINGER_BYTES, so a client cannot keep
+  the event loop busy by pipelining (the control socket needs an explicit yield for that).
 - After the response the server shuts down its sending side and reads what the client still
   sends for a moment before closing, so unread input never turns into a reset that could
   destroy the response on the client's side ("lingering close").
@@ -43,8 +51,9 @@ log = logging.getLogger("l4lb")
 MAX_LINE = 8192  # bytes per request line or header line
 MAX_HEAD = 16384  # bytes of request line plus headers
 MAX_HEADERS = 64  # header fields per request
-MAX_CLIENTS = 64  # connections served at once
-HEAD_TIMEOUT = 10.0  # seconds to receive the whole request head
+MAX_CLIENTS = 64  # connections served at once (and refusals lingering at once)
+MAX_PER_PEER = 8  # connections served at once from one client IP address
+HEAD_TIMEOUT = 3.0  # seconds to receive the whole request head
 SEND_TIMEOUT = 30.0  # seconds to send the whole response
 LINGER_TIME = 1.0  # seconds to read leftover input after responding
 LINGER_BYTES = 65536  # bytes of leftover input read before closing anyway
@@ -110,6 +119,9 @@ class HttpServer:
         self.clock = clock  # stamps each status document (the page's rates divide by it)
         self.server: asyncio.Server | None = None  # set by listen()
         self._clients: set[asyncio.Task[Any]] = set()  # connections being served
+        self._per_peer: dict[str, int] = {}  # client IP -> connections being served from it
+        self._refusing: set[asyncio.Task[Any]] = set()  # refused connections getting their 503
+        self._refused = 0  # connections refused since start (a cap was reached)
         self._renders = asyncio.Semaphore(RENDERS_AT_ONCE)  # /metrics formatting slots
 
     @property
@@ -124,6 +136,10 @@ class HttpServer:
         """Connections being served now."""
         return len(self._clients)
 
+    def refused_total(self) -> int:
+        """Connections refused since start because MAX_CLIENTS or MAX_PER_PEER was reached."""
+        return self._refused
+
     async def listen(self, listen: str) -> None:
         host, port = parse_listen(listen)
         self.server = await asyncio.start_server(self._client, host, port, limit=MAX_LINE,
@@ -134,10 +150,11 @@ class HttpServer:
         """Stop listening and end every connection. Idempotent."""
         if self.server is not None:
             self.server.close()
-        for task in list(self._clients):
+        tasks = self._clients | self._refusing
+        for task in tasks:
             task.cancel()
-        if self._clients:
-            await asyncio.gather(*self._clients, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.wait_closed()
             self.server = None
@@ -146,10 +163,19 @@ class HttpServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is None or len(self._clients) >= MAX_CLIENTS:
+        peer = _peer_host(writer)
+        if task is None:  # pragma: no cover - a stream callback always runs in a task
             writer.transport.abort()
             return
+        if self._per_peer.get(peer, 0) >= MAX_PER_PEER:
+            await self._refuse(task, reader, writer,
+                               f"too many connections from {peer} ({MAX_PER_PEER})")
+            return
+        if len(self._clients) >= MAX_CLIENTS:
+            await self._refuse(task, reader, writer, f"too many connections ({MAX_CLIENTS})")
+            return
         self._clients.add(task)
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         try:
             await self._serve(reader, writer)
         except asyncio.CancelledError:  # close(): end quietly (asyncio's stream callback
@@ -159,6 +185,37 @@ class HttpServer:
             writer.transport.abort()
         finally:
             self._clients.discard(task)
+            left = self._per_peer.pop(peer, 1) - 1
+            if left > 0:
+                self._per_peer[peer] = left
+
+    async def _refuse(self, task: asyncio.Task[Any], reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, why: str) -> None:
+        """Answer 503 without reading the request, linger briefly, close; count it.
+
+        The reply fits in a fresh socket's buffer, so writing it never waits. Lingering keeps
+        the client's unread request from turning the close into a reset that could destroy
+        the 503; at most MAX_CLIENTS refusals linger at once, beyond that the connection is
+        dropped without a reply."""
+        self._refused += 1
+        if len(self._refusing) >= MAX_CLIENTS:
+            writer.transport.abort()
+            return
+        self._refusing.add(task)
+        try:
+            response = _text(503, f"{why}; try again later\n")
+            response.headers["Retry-After"] = "1"
+            writer.write(_encode(response, head_only=False))
+            if writer.can_write_eof():
+                writer.write_eof()
+            await _linger(reader)
+            writer.close()
+        except asyncio.CancelledError:
+            writer.transport.abort()
+        except Exception:  # a reset by the client, or the like: nothing to tell it
+            writer.transport.abort()
+        finally:
+            self._refusing.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         response: Response | None
@@ -223,6 +280,14 @@ class HttpServer:
         """Run a formatter in the default executor, at most RENDERS_AT_ONCE at a time."""
         async with self._renders:
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+def _peer_host(writer: asyncio.StreamWriter) -> str:
+    """The client's IP address ("" if the transport does not know it)."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return ""
 
 
 def _render_metrics(exporter: Exporter, data: Any, zipped: bool) -> bytes:

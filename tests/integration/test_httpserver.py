@@ -191,8 +191,8 @@ def test_silent_connection_is_closed_without_a_reply(served: Served) -> None:
         assert s.recv(100) == b""
 
 
-def test_connections_beyond_the_limit_are_closed(served: Served,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connections_beyond_the_limit_get_503(served: Served,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(httpserver, "MAX_CLIENTS", 2)
     monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 3.0)
     idle = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(2)]
@@ -202,9 +202,9 @@ def test_connections_beyond_the_limit_are_closed(served: Served,
         deadline = time.monotonic() + 5
         while served.server.connections < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as extra:
-            extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert closed_by_server(extra)
+        reply = raw(served.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(reply) == 503  # answered, not reset (docs/observability.md)
+        assert served.server.refused_total() == 1
     finally:
         for s in idle:
             s.close()

@@ -1,0 +1,173 @@
+"""The metrics HTTP listener under a slowloris: per-address cap, 503 instead of a reset, a short
+head timeout, and the count of refused connections."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+from l4lb import httpserver
+from l4lb.httpserver import HttpServer
+
+from ..integration.loopthread import GrowingStatus
+
+T = TypeVar("T")
+WAIT = 5.0  # seconds any single wait in these tests may take before it counts as a failure
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def run(scenario: Callable[[HttpServer, int], Awaitable[T]]) -> T:
+    """Run `scenario(server, port)` against a listener on 127.0.0.1, on one loop."""
+    async def main() -> T:
+        server = await httpserver.start("127.0.0.1:0", GrowingStatus(), process_metrics=False)
+        try:
+            async with asyncio.timeout(4 * WAIT):
+                return await scenario(server, server.addresses[0][1])
+        finally:
+            await server.close()
+    return asyncio.run(main())
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def connect(port: int, source: str = "127.0.0.1") -> Conn:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def reply_of(conn: Conn, send: bytes = b"") -> bytes:
+    """Send `send`, then read the reply until the server closes ("" on a reset)."""
+    reader, writer = conn
+    try:
+        if send:
+            writer.write(send)
+        async with asyncio.timeout(WAIT):
+            return await reader.read()
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+def status_of(reply: bytes) -> int:
+    assert reply.startswith(b"HTTP/1.1 "), reply[:80]
+    return int(reply.split(b" ", 2)[1])
+
+
+GET = b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_ninth_connection_from_one_address_gets_503_another_address_200() -> None:
+    async def scenario(server: HttpServer, port: int) -> tuple[bytes, bytes, int]:
+        held = [await connect(port) for _ in range(8)]
+        try:
+            for _, w in held:
+                w.write(b"G")  # an unfinished head holds a slot
+            await until(lambda: server.connections == 8, "8 served connections")
+            ninth = await reply_of(await connect(port), GET)
+            other = await reply_of(await connect(port, "127.0.0.2"), GET)
+            return ninth, other, server.refused_total()
+        finally:
+            for _, w in held:
+                w.close()
+
+    ninth, other, refused = run(scenario)
+    assert status_of(ninth) == 503
+    assert b"Retry-After: 1\r\n" in ninth and b"Connection: close\r\n" in ninth
+    assert ninth.endswith(b"too many connections from 127.0.0.1 (8); try again later\n")
+    assert status_of(other) == 200
+    assert refused == 1
+
+
+def test_a_slowloris_from_one_address_does_not_lock_out_another() -> None:
+    """70 connections that each sent b"G" (the reviewer's attack): Prometheus elsewhere gets in."""
+    async def scenario(server: HttpServer, port: int) -> tuple[list[int], int, int]:
+        conns = [await connect(port) for _ in range(70)]
+        for _, w in conns:
+            w.write(b"G")
+        await until(lambda: server.connections == 8, "8 served connections")
+        try:
+            scraped = await reply_of(await connect(port, "127.0.0.2"),
+                                     b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            refusals = [status_of(await reply_of(c)) for c in conns[8:]]
+            return refusals, status_of(scraped), server.refused_total()
+        finally:
+            for _, w in conns:
+                w.close()
+
+    refusals, scraped, refused = run(scenario)
+    assert refusals == [503] * 62
+    assert scraped == 200
+    assert refused == 62
+
+
+def test_connections_beyond_the_total_cap_get_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httpserver, "MAX_CLIENTS", 2)
+
+    async def scenario(server: HttpServer, port: int) -> tuple[bytes, int, int]:
+        held = [await connect(port, "127.0.0.2"), await connect(port, "127.0.0.3")]
+        try:
+            for _, w in held:
+                w.write(b"GET / HTTP/1.1\r\n")
+            await until(lambda: server.connections == 2, "2 served connections")
+            extra = await reply_of(await connect(port, "127.0.0.4"), GET)
+        finally:
+            for _, w in held:
+                w.close()
+        await until(lambda: server.connections == 0, "the slots to come back")
+        again = await reply_of(await connect(port), GET)
+        return extra, status_of(again), server.refused_total()
+
+    extra, again, refused = run(scenario)
+    assert status_of(extra) == 503
+    assert extra.endswith(b"too many connections (2); try again later\n")
+    assert again == 200
+    assert refused == 1
+
+
+def test_refusals_lingering_at_once_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond MAX_CLIENTS lingering refusals, a connection is dropped without a reply."""
+    monkeypatch.setattr(httpserver, "MAX_CLIENTS", 1)
+    monkeypatch.setattr(httpserver, "MAX_PER_PEER", 1)
+    monkeypatch.setattr(httpserver, "LINGER_TIME", 3 * WAIT)  # the first refusal stays
+
+    async def scenario(server: HttpServer, port: int) -> tuple[int, bytes, int]:
+        held = await connect(port)
+        held[1].write(b"G")
+        await until(lambda: server.connections == 1, "1 served connection")
+        first = await connect(port)  # refused, lingering: we neither read nor close yet
+        await until(lambda: server.refused_total() == 1, "the first refusal")
+        dropped = await reply_of(await connect(port), GET)
+        head = await first[0].readuntil(b"\r\n")
+        first[1].close()
+        held[1].close()
+        return status_of(head + b" "), dropped, server.refused_total()
+
+    first, dropped, refused = run(scenario)
+    assert first == 503
+    assert dropped == b""
+    assert refused == 2
+
+
+def test_the_head_timeout_is_short_and_closes_an_unfinished_head(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert httpserver.HEAD_TIMEOUT <= 3.0  # a scraper sends its head at once
+    monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 0.05)
+
+    async def scenario(server: HttpServer, port: int) -> tuple[bytes, int]:
+        reply = await reply_of(await connect(port), b"G")  # and nothing more
+        await until(lambda: server.connections == 0, "the slot to come back")
+        return reply, server.refused_total()
+
+    reply, refused = run(scenario)
+    assert status_of(reply) == 408
+    assert refused == 0  # a timeout is not a refusal
