@@ -156,7 +156,14 @@ def _serve_error_text(exc: OSError, config: Config) -> str:
 @click.pass_context
 def run(ctx: click.Context, path: str) -> None:
     """Run the balancer in the foreground (logs to stderr). SIGTERM drains, SIGINT stops."""
-    from l4lb.daemon import EXIT_DATAPLANE, EXIT_LISTEN, ConnLogError, Daemon, serve
+    from l4lb.daemon import (
+        EXIT_DATAPLANE,
+        EXIT_LISTEN,
+        ConnLogError,
+        Daemon,
+        raise_fd_limit,
+        serve,
+    )
 
     report = _echo_error
     if ctx.obj["log_format"] == "json":  # a bad file is reported as a JSON line too
@@ -166,6 +173,9 @@ def run(ctx: click.Context, path: str) -> None:
     as_json = (ctx.obj["log_format"] or config.global_.log_format) == "json"
     setup_logging(ctx.obj["log_level"] or config.global_.log_level,
                   ctx.obj["log_format"] or config.global_.log_format)
+    fds = raise_fd_limit()
+    log.info("daemon: %d file descriptors allowed (about %d TCP sessions moving data at once)",
+             fds, max(0, fds - 64) // 6)
     daemon = Daemon(config)
     daemon.log_level_pinned = ctx.obj["log_level"] is not None
     daemon.log_format_pinned = ctx.obj["log_format"] is not None

@@ -36,6 +36,7 @@ import dataclasses
 import errno
 import logging
 import os
+import resource
 import signal
 import socket
 import threading
@@ -1525,6 +1526,22 @@ class Daemon:
             with self.connlog_lock:
                 writer, self.connlog = self.connlog, None
             writer.close()
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (`l4lb run` does it at start)
+    and return the soft limit now in force. Every TCP session holds 2 descriptors and up to 2
+    pipes (4 more) while data waits; every UDP flow 1. A systemd unit sets the hard limit with
+    LimitNOFILE= (docs/operations.md, "File descriptors")."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass  # keep the soft limit; start() logs what it is
+    return int(soft)
 
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
