@@ -62,6 +62,7 @@ class ControlServer:
         self.server: asyncio.AbstractServer | None = None  # set by start()
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we bound
         self._clients: set[asyncio.Task[Any]] = set()  # connections being served
+        self._refusals_logged = False  # a refusal was logged since the cap was last left
 
     @property
     def connections(self) -> int:
@@ -140,7 +141,11 @@ class ControlServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is None or len(self._clients) >= MAX_CONNECTIONS:
-            _refuse(writer, f"too many control connections ({MAX_CONNECTIONS})")
+            message = f"too many control connections ({MAX_CONNECTIONS})"
+            if not self._refusals_logged:  # once per episode at the cap, not per connection
+                self._refusals_logged = True
+                log.warning("control: %s: refusing connections until one ends", message)
+            _refuse(writer, message)
             return
         self._clients.add(task)
         try:
@@ -152,6 +157,7 @@ class ControlServer:
             writer.transport.abort()
         finally:
             self._clients.discard(task)
+            self._refusals_logged = False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer requests until EOF, an error, the idle timeout or the write timeout."""
@@ -272,7 +278,6 @@ def _refuse(writer: asyncio.StreamWriter, message: str) -> None:
 
     The line fits in a fresh socket's buffer; close() sends it and then closes, without a
     task waiting for it."""
-    log.warning("control: %s: refusing a connection", message)
     writer.write(_reply_error(message))
     writer.close()
 

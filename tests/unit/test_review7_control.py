@@ -198,8 +198,8 @@ def test_close_removes_its_own_socket(tmp_path: Path) -> None:
 
 # -- item 3: caps and timeouts -------------------------------------------------------------
 
-def test_connections_beyond_the_cap_get_one_error_line(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connections_beyond_the_cap_get_one_error_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(control, "MAX_CONNECTIONS", 2)
     path = str(tmp_path / "ctl.sock")
 
@@ -217,6 +217,9 @@ def test_connections_beyond_the_cap_get_one_error_line(tmp_path: Path,
             reader, writer = await asyncio.open_unix_connection(path)
             refused = await read_until_eof(reader)
             writer.close()
+            reader, writer = await asyncio.open_unix_connection(path)
+            assert await read_until_eof(reader) == refused  # a second one, logged once
+            writer.close()
             held[0].close()  # a slot comes back
             await until(lambda: server.connections < 2, "a freed slot")
             reader, writer = await asyncio.open_unix_connection(path)
@@ -230,7 +233,10 @@ def test_connections_beyond_the_cap_get_one_error_line(tmp_path: Path,
                 w.close()
             await server.close()
 
-    refused, again = run(scenario)
+    with caplog.at_level(logging.WARNING, logger="l4lb"):
+        refused, again = run(scenario)
+    assert [r.getMessage() for r in caplog.records] == [
+        "control: too many control connections (2): refusing connections until one ends"]
     assert json.loads(refused) == {"ok": False, "error": "too many control connections (2)"}
     assert refused.count(b"\n") == 1
     assert json.loads(again) == {"ok": True, "result": "pong"}
