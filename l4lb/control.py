@@ -103,7 +103,8 @@ class ControlServer:
             if self.server is not None:
                 self.server.close()
                 self.server = None
-                self._unlink_own()
+                if self._bound is not None:
+                    self._unlink_own()
             raise ControlError(f"{where}: cannot listen: {os_error_text(exc)}") from None
         log.info("control: listening on %s", self.path)
 

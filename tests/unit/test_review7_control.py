@@ -243,7 +243,7 @@ def test_connections_beyond_the_cap_get_one_error_line(
 
 
 def test_an_idle_connection_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(control, "IDLE_TIMEOUT", 0.05)
+    monkeypatch.setattr(control, "IDLE_TIMEOUT", 0.3)
     path = str(tmp_path / "ctl.sock")
 
     async def scenario() -> tuple[bytes, bytes, int]:
@@ -273,14 +273,19 @@ def test_a_client_that_does_not_read_its_replies_is_dropped(
     monkeypatch.setattr(control, "WRITE_TIMEOUT", 0.1)
     path = str(tmp_path / "ctl.sock")
     big = "x" * (1 << 20)
+    calls = [0]
+
+    def send_big() -> str:
+        calls[0] += 1
+        return big
 
     async def scenario() -> int:
-        server = ControlServer(path, {"big": lambda: big})
+        server = ControlServer(path, {"big": send_big})
         await server.start()
         try:
             _reader, writer = await asyncio.open_unix_connection(path, limit=4096)
             writer.write(b'{"cmd": "big"}\n' * 4)  # and never read
-            await until(lambda: server.connections == 1, "the connection to be served")
+            await until(lambda: calls[0] > 0, "the first request to be served")
             await until(lambda: server.connections == 0, "the unread connection to be dropped")
             writer.close()
             return server.connections
@@ -289,6 +294,7 @@ def test_a_client_that_does_not_read_its_replies_is_dropped(
 
     with caplog.at_level(logging.WARNING, logger="l4lb"):
         assert run(scenario) == 0
+    assert calls[0] == 1  # dropped while its first reply was unread
     assert any("did not read its replies" in r.getMessage() for r in caplog.records)
 
 
