@@ -278,16 +278,18 @@ class Daemon:
                 if rt.admin == "maint"
                 or (rt.health == "down" and weights.weights.get(key, 0) == 0)}
         blob = self.builder.build(self.config, weights.weights, down)
-        self.generation = self.dp.publish(blob)
+        fresh = digest(blob)
+        if self.generation == 0 or fresh != self.digest:  # the same table again: keep the live
+            self.generation = self.dp.publish(blob)        # one (a no-op `weight`, say)
+            self.digest = fresh
+            if self.digest_check is not None:
+                self.digest_check.published()
+            log.info("table: generation %d published (digest %s, %d services)",
+                     self.generation, self.digest, len(self.config.services))
         self._sync_backend_congestion()
         self._sync_backend_fast_open()
         self._sync_udp_gro()
         self.weights = weights
-        self.digest = digest(blob)
-        if self.digest_check is not None:
-            self.digest_check.published()
-        log.info("table: generation %d published (digest %s, %d services)", self.generation,
-                 self.digest, len(self.config.services))
         for service, reason in weights.panic.items():
             if self.panic_logged.get(service) != reason:
                 log.warning("service %s: panic: %s (below min_healthy): health checks are "

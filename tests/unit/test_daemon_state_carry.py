@@ -120,3 +120,16 @@ def test_a_new_listener_that_cannot_take_its_options_is_refused_as_at_start(
         daemon.reload()
     assert daemon.builder.service_ids() == services  # rolled back
     assert can_bind(extra)  # the new listener was closed again
+
+
+def test_a_change_that_leaves_the_table_as_it_is_publishes_nothing(
+        tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
+    path = write(tmp_path, service("web", ports[0], ["127.0.0.1:9001", "127.0.0.1:9003"]))
+    daemon, _ = make_daemon(path)
+    daemon.cmd_weight("web", "127.0.0.1:9001", 5)
+    generation, digest = daemon.generation, daemon.digest
+    for _ in range(3):  # the same weight again, a script's retry: no new table, no log line
+        daemon.cmd_weight("web", "127.0.0.1:9001", 5)
+    assert (daemon.generation, daemon.digest) == (generation, digest)
+    daemon.cmd_weight("web", "127.0.0.1:9001", 6)
+    assert daemon.generation == generation + 1 and daemon.digest != digest
