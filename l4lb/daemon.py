@@ -1195,8 +1195,10 @@ class Daemon:
         try:
             new = load_file(self.config.path, running_vrrp=self.config.vrrp)
         except ConfigError as exc:
-            log.error("reload: %s rejected, running configuration unchanged:\n%s",
-                      self.config.path, exc)
+            # one log line per problem: a journal keeps each line as its own entry
+            log.error("reload: %s rejected, running configuration unchanged:", self.config.path)
+            for line in str(exc).splitlines():
+                log.error("reload: %s", line)
             raise ControlError(
                 f"reload rejected, running configuration unchanged:\n{exc}") from None
         except OSError as exc:

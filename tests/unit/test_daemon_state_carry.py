@@ -133,3 +133,16 @@ def test_a_change_that_leaves_the_table_as_it_is_publishes_nothing(
     assert (daemon.generation, daemon.digest) == (generation, digest)
     daemon.cmd_weight("web", "127.0.0.1:9001", 6)
     assert daemon.generation == generation + 1 and daemon.digest != digest
+
+
+def test_a_rejected_reload_logs_one_line_per_problem(
+        tmp_path: Path, ports: tuple[int, int], caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    path = write(tmp_path, service("web", ports[0], ["127.0.0.1:9001"]))
+    daemon, _ = make_daemon(path)
+    path.write_text(path.read_text().replace("[global]\n", "[global]\nworkers = -1\nbogus = 1\n"))
+    with caplog.at_level(logging.ERROR, logger="l4lb"), pytest.raises(ControlError):
+        daemon.reload()
+    messages = [r.getMessage() for r in caplog.records]
+    assert all("\n" not in m for m in messages), messages
+    assert any("global.workers" in m and m.startswith("reload: ") for m in messages), messages
+    assert any("bogus" in m and m.startswith("reload: ") for m in messages), messages
