@@ -54,7 +54,7 @@ from l4lb.config.locate import Locator
 from l4lb.config.model import Backend, Config, Service
 from l4lb.config.validate import validate
 from l4lb.connlog import ConnLogWriter, RecordError
-from l4lb.control import ControlError, ControlServer
+from l4lb.control import ControlError, ControlServer, install_loop_exception_handler
 from l4lb.dataplane import load_dataplane_class
 from l4lb.health.checker import HealthChecker
 from l4lb.health.dampener import Health, Transition, transition_log_line
@@ -1569,6 +1569,7 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
     the exit code is still 0.
     """
     loop = asyncio.get_running_loop()
+    install_loop_exception_handler(loop)  # out of fds: one line per 10 s, not 100 per accept
     done = asyncio.Event()
     drain_timeout: list[float | None] = [None]  # None: [global] shutdown_timeout at the stop
     signals_seen: list[int] = []

@@ -418,6 +418,9 @@ async def start(listen: str, snapshot: Snapshot, *, health: StatsSource | None =
     exporter = Exporter(snapshot, health=health, probe_latency=probe_latency, connlog=connlog,
                         process=process_metrics)
     server = HttpServer(exporter, refresh=refresh, clock=clock)
+    exporter.counters["l4lb_http_connections_refused"] = (
+        "Connections to the metrics listener refused with 503 (or dropped): too many at once, "
+        "or from one client address.", server.refused_total)
     await server.listen(listen)
     return server
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from prometheus_client import generate_latest
@@ -95,6 +95,8 @@ class ScrapeData:
     probe_latency: Mapping[tuple[str, str], float] | None  # last probe latency per backend
     connlog: Mapping[str, Any] | None  # connection log writer counters
     scrape_errors: int  # sources that raised, since the exporter started
+    counters: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # name (no _total)
+    #                                   -> (help, value): the daemon's own (Exporter.counters)
 
 
 def families(data: ScrapeData) -> list[Metric]:
@@ -104,6 +106,10 @@ def families(data: ScrapeData) -> list[Metric]:
                                  "Scrapes where reading a source of l4lb metrics failed.")
     errors.add_metric([], data.scrape_errors)
     out.append(errors)
+    for name, (doc, value) in sorted(data.counters.items()):
+        family = CounterMetricFamily(name, doc)
+        family.add_metric([], value)
+        out.append(family)
     if data.status is not None:
         out.extend(_status_families(data.status, data.probe_latency or {}))
     if data.health is not None:
@@ -340,6 +346,8 @@ class Exporter:
         self.health = health  # health checker counters, optional
         self.probe_latency = probe_latency  # last probe latency per backend, optional
         self.connlog = connlog  # connection log writer counters, optional
+        # single counters of the daemon itself: name (no _total) -> (help, source)
+        self.counters: dict[str, tuple[str, Callable[[], int]]] = {}
         self._errors = 0  # sources that raised (l4lb_scrape_errors_total)
         self._lock = threading.Lock()  # guards _errors (collect() may run in any thread)
         # Process and platform metrics read /proc and sys, never the daemon's state.
@@ -358,10 +366,15 @@ class Exporter:
         latency = (self._call("probe latency", self.probe_latency)
                    if self.probe_latency is not None else None)
         connlog = self._call("connlog", self.connlog) if self.connlog is not None else None
+        counters: dict[str, tuple[str, int]] = {}
+        for name, (doc, source) in self.counters.items():
+            value = self._call(name, source)
+            if value is not None:
+                counters[name] = (doc, int(value))
         with self._lock:
             errors = self._errors
         return ScrapeData(status=status, health=health, probe_latency=latency,
-                          connlog=connlog, scrape_errors=errors)
+                          connlog=connlog, scrape_errors=errors, counters=counters)
 
     def render(self, data: ScrapeData) -> bytes:
         """The exposition text of `data` plus process metrics (safe in a worker thread).

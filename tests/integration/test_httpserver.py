@@ -90,6 +90,7 @@ def test_metrics_is_prometheus_text_with_every_backend(served: Served) -> None:
     assert fams["l4lb_health_probes"].samples[0].value == 12
     assert fams["l4lb_backend_probe_latency_seconds"].samples[0].value == 0.003
     assert "process_cpu_seconds" in fams
+    assert fams["l4lb_http_connections_refused"].samples[0].value == 0  # the daemon's own
     assert int(headers["content-length"]) == len(body)
 
 

@@ -4,6 +4,7 @@ level and --log-format format) and what a refused or rolled-back reload must lea
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from l4lb.control import ControlError
+from l4lb.daemon import serve
 from l4lb.logs import setup_logging
 
 from .test_review6_reload import can_bind, make_daemon, ports, service, write  # noqa: F401 (fixture)
@@ -146,3 +148,17 @@ def test_a_rejected_reload_logs_one_line_per_problem(
     assert all("\n" not in m for m in messages), messages
     assert any("global.workers" in m and m.startswith("reload: ") for m in messages), messages
     assert any("bogus" in m and m.startswith("reload: ") for m in messages), messages
+
+
+def test_serve_rate_limits_accept_errors_on_its_loop(
+        tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
+    """Out of fds, asyncio logs every failed accept of the control socket with a traceback
+    (about 100 per event): serve() installs the handler that folds them into one line."""
+    daemon, _ = make_daemon(write(tmp_path, service("web", ports[0], ["127.0.0.1:9001"])))
+    seen: list[object] = []
+
+    def tick(_: Any) -> None:
+        seen.append(asyncio.get_running_loop().get_exception_handler())
+
+    assert asyncio.run(serve(daemon, tick=tick, tick_interval=0.05, duration=0.2)) == 0
+    assert seen and all(h is not None for h in seen), seen
