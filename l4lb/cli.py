@@ -20,7 +20,13 @@ from l4lb import __version__
 from l4lb.config import Config, ConfigError, load_file
 from l4lb.config.durations import parse_duration_ms
 from l4lb.config.model import GlobalSettings
-from l4lb.control import ControlError, os_error_text, request_with
+from l4lb.control import (
+    ControlError,
+    os_error_text,
+    request_with,
+    socket_in_use,
+    socket_label,
+)
 from l4lb.daemon import EXIT_CONFIG, MAX_DRAIN_TIMEOUT_MS
 from l4lb.dataplane import DataplaneUnavailable, compiled_available, reference_requested
 from l4lb.display import (
@@ -173,6 +179,11 @@ def run(ctx: click.Context, path: str) -> None:
     as_json = (ctx.obj["log_format"] or config.global_.log_format) == "json"
     setup_logging(ctx.obj["log_level"] or config.global_.log_level,
                   ctx.obj["log_format"] or config.global_.log_format)
+    sock = config.global_.control_socket
+    if sock and os.path.exists(sock):  # before anything binds, publishes or opens a file
+        busy = socket_in_use(sock)
+        if busy:
+            _fatal(f"{socket_label(sock)}: {busy}", EXIT_LISTEN, as_json)
     fds = raise_fd_limit()
     log.info("daemon: %d file descriptors allowed (about %d TCP sessions moving data at once)",
              fds, max(0, fds - 64) // 6)

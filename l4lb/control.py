@@ -85,7 +85,7 @@ class ControlServer:
             if directory:
                 os.makedirs(directory, mode=0o755, exist_ok=True)
             if os.path.exists(self.path):
-                problem = _socket_in_use(self.path)
+                problem = socket_in_use(self.path)
                 if problem:
                     raise ControlError(f"{where}: {problem}")
                 with contextlib.suppress(FileNotFoundError):
@@ -333,7 +333,7 @@ def _reply_error(message: str) -> bytes:
     return json.dumps({"ok": False, "error": message}).encode() + b"\n"
 
 
-def _socket_in_use(path: str) -> str:
+def socket_in_use(path: str) -> str:
     """Why the socket file at `path` must not be replaced; "" if it is stale.
 
     Only ECONNREFUSED (nobody listens there: a stale socket, or not a socket at all) or the

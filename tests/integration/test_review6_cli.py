@@ -102,6 +102,8 @@ def test_second_daemon_on_the_same_socket(tmp_path: Path, running: Path) -> None
     sock = tmp_path / "ctl.sock"
     assert res.stderr.splitlines()[-1] == \
         f"l4lb: error: control socket {sock}: another daemon answers there"
+    # refused before it published a table or bound a listener that would then be undone
+    assert "published" not in res.stderr and "listening on" not in res.stderr, res.stderr
 
 
 def test_reload_with_another_file_is_refused(tmp_path: Path, running: Path) -> None:
