@@ -144,6 +144,13 @@ class ConnLogError(Exception):
 BACKEND_COUNTERS = ("conns_total", "conns_active", "connect_failures", "bytes_to_backend",
                     "bytes_to_client", "flows_active", "flows_total", "datagrams_to_backend",
                     "datagrams_to_client")  # data-plane counters a BackendView copies
+# every service's `counters` in `status` has these keys, 0 before any traffic (control-api.md);
+# UDP services also the second tuple's
+SERVICE_COUNTERS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
+                    "bytes_to_client", "accept_errors")
+UDP_SERVICE_COUNTERS = ("datagrams_in", "datagrams_out", "flows_created", "flows_expired",
+                        "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
+                        "drops_send")
 
 
 @dataclass
@@ -1303,7 +1310,10 @@ class Daemon:
         sids = self.builder.service_ids()
         panic = self.weights.panic if self.weights is not None else {}
         for service in self.config.services:
-            counters = stats["services"].get(sids.get(service.name), {})
+            counters = dict.fromkeys(SERVICE_COUNTERS, 0)
+            if service.protocol == "udp":
+                counters.update(dict.fromkeys(UDP_SERVICE_COUNTERS, 0))
+            counters.update(stats["services"].get(sids.get(service.name), {}))
             services.append({
                 "name": service.name, "protocol": service.protocol,
                 "scheduler": service.scheduler,

@@ -162,3 +162,12 @@ def test_serve_rate_limits_accept_errors_on_its_loop(
 
     assert asyncio.run(serve(daemon, tick=tick, tick_interval=0.05, duration=0.2)) == 0
     assert seen and all(h is not None for h in seen), seen
+
+
+def test_status_counters_have_every_key_before_any_traffic(
+        tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
+    from l4lb.daemon import SERVICE_COUNTERS
+
+    daemon, _ = make_daemon(write(tmp_path, service("web", ports[0], ["127.0.0.1:9001"])))
+    (web,) = daemon.cmd_status()["services"]
+    assert web["counters"] == dict.fromkeys(SERVICE_COUNTERS, 0)
