@@ -211,7 +211,9 @@ def status_text(status: dict[str, Any]) -> str:
         else:
             out.append(f"  connections {c.get('conns_active', 0)} active, "
                        f"{c.get('conns_total', 0)} total, {c.get('rejected', 0)} rejected, "
-                       f"{c.get('no_backend', 0)} without backend")
+                       f"{c.get('no_backend', 0)} without backend"
+                       + (f", {c['accept_errors']} accept errors (out of fds?)"
+                          if c.get("accept_errors") else ""))
         options = (tcp_options_text(svc.get("tcp_options") or {})
                    or udp_options_text(svc.get("udp_options") or {}))
         if options:

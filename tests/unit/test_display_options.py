@@ -63,3 +63,11 @@ def test_status_shows_a_udp_service_without_gro() -> None:
     assert "\n  options: no GRO buffers (udp_gro = false)\n" in status_text(doc)
     doc["services"][0]["udp_options"] = {"udp_gro": True, "gro_in_effect": True}
     assert "options:" not in status_text(doc)
+
+
+def test_status_names_accept_errors_only_when_there_are_some() -> None:
+    quiet = status(None)
+    assert "accept errors" not in status_text(quiet)
+    quiet["services"][0]["counters"] = {"accept_errors": 7, "conns_total": 3}
+    assert "3 total, 0 rejected, 0 without backend, 7 accept errors (out of fds?)" \
+        in status_text(quiet)
