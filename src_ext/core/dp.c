@@ -108,6 +108,7 @@
  */
 #define _GNU_SOURCE
 #include <stddef.h>
+#include <stdio.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -474,6 +475,11 @@ static void *dp_worker_main(void *arg)
     w->table = NULL; /* seen_gen is 0 (set by dp_start): holds nothing yet */
     /* poll-mode sleeps are tens of microseconds: do not let the default 50 us slack double them */
     (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    {   /* named for top -H, perf and /proc/PID/task/TID/comm: "l4lb-w0", "l4lb-w1", ... */
+        char name[16];
+        (void)snprintf(name, sizeof(name), "l4lb-w%u", w->index);
+        (void)prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
+    }
     (void)relay_reserve_fill(w); /* short of it: the first spend has less to give back */
     for (i = 0; i < w->n_listeners; i++)
         (void)dp_listener_arm(w, w->listeners[i]);

@@ -8,6 +8,7 @@ measures the C process from outside (RSS, fds), so it only runs against the comp
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import socket
 import subprocess
@@ -1446,3 +1447,19 @@ def test_udp_address_keyed_flows_keep_every_port_on_one_worker(host: str) -> Non
         lb.close()
         for sock in backends + clients:
             sock.close()
+
+
+def test_worker_threads_are_named() -> None:
+    """top -H and perf tell the workers apart: l4lb-w0, l4lb-w1, ..."""
+    from l4lb._dataplane import Dataplane
+
+    dp = Dataplane(2)
+    dp.start()
+    try:
+        names = set()
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{tid}/comm") as f:
+                names.add(f.read().strip())
+        assert {"l4lb-w0", "l4lb-w1"} <= names, names
+    finally:
+        dp.stop(0)
