@@ -63,6 +63,8 @@ from l4lb.health.settings import HealthSettings
 from l4lb.httpserver import HttpServer
 from l4lb.httpserver import start as start_http
 from l4lb.logs import LEVELS, set_log_format
+from l4lb.looplag import INTERVAL as LAG_INTERVAL
+from l4lb.looplag import LoopLag
 from l4lb.net.listen import ListenerGroup, ListenError, open_listeners, resolve_workers
 from l4lb.overlay import Overlay, OverlayError
 from l4lb.reload import RESTART_ONLY, Listen, plan
@@ -217,6 +219,7 @@ class Daemon:
     log_level_pinned: bool = False  # `l4lb --log-level` was given: reloads keep that level
     log_format_pinned: bool = False  # `l4lb --log-format` was given: reloads keep that format
     cwd: str = field(default_factory=os.getcwd)  # where a relative config path is read from
+    loop_lag: LoopLag = field(default_factory=LoopLag)  # how late serve()'s loop runs (stalls)
     connlog_lost_logged: dict[str, int] = field(default_factory=dict)  # counts at last warning
     connlog_warned_at: float = -CONNLOG_WARN_EVERY  # monotonic time of the last warning
     connlog_checked_at: float = 0.0  # monotonic time lost records were last looked at
@@ -1347,6 +1350,7 @@ class Daemon:
                 "drain_ends": self.stop_deadline,
                 "table": {"generation": self.generation, "digest": self.digest},
                 "connection_log": self.connlog_path,
+                "loop": self.loop_lag.status(),
                 "services": services,
                 "vrrp": [instance.status() for instance in self.vrrp]}
 
@@ -1580,6 +1584,18 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
     """
     loop = asyncio.get_running_loop()
     install_loop_exception_handler(loop)  # out of fds: one line per 10 s, not 100 per accept
+    lag_timer: list[asyncio.TimerHandle | None] = [None]
+
+    def sample_lag(due: float) -> None:
+        now = loop.time()
+        stall = daemon.loop_lag.observe(due, now)
+        if stall is not None:
+            log.warning("daemon: event loop stalled for %.0f ms: VRRP adverts, health probes "
+                        "and the control socket waited that long", stall * 1000)
+        lag_timer[0] = loop.call_at(now + LAG_INTERVAL, sample_lag, now + LAG_INTERVAL)
+
+    lag_timer[0] = loop.call_at(loop.time() + LAG_INTERVAL, sample_lag,
+                                loop.time() + LAG_INTERVAL)
     done = asyncio.Event()
     drain_timeout: list[float | None] = [None]  # None: [global] shutdown_timeout at the stop
     signals_seen: list[int] = []
@@ -1634,6 +1650,8 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
                  daemon.config.metrics_listen)
 
     async def close_servers() -> None:
+        if lag_timer[0] is not None:
+            lag_timer[0].cancel()
         for signum in HANDLED_SIGNALS:
             loop.remove_signal_handler(signum)
         if http is not None:

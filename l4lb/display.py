@@ -189,6 +189,10 @@ def status_text(status: dict[str, Any]) -> str:
            f"{status['table']['digest']}"]
     if status.get("connection_log"):
         out.append(f"connection log {status['connection_log']}")
+    loop = status.get("loop") or {}
+    if loop.get("stalls"):
+        out.append(f"event loop: {loop['stalls']} stalls of {loop['stall_ms']} ms or more, the "
+                   f"worst {loop['lag_max_ms']:.0f} ms (VRRP adverts and probes waited)")
     if status.get("state") == "draining":
         ends = status.get("drain_ends")
         left = f", what is left closes in {max(0.0, ends - time.time()):.0f}s" if ends else ""

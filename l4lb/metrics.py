@@ -127,6 +127,15 @@ def _status_families(status: Mapping[str, Any],
     yield _gauge("l4lb_start_time_seconds", "When the daemon started (unix time).",
                  status.get("started", 0))
     yield _gauge("l4lb_workers", "Data plane worker threads.", status.get("workers", 0))
+    loop = status.get("loop")
+    if isinstance(loop, Mapping):
+        yield _gauge("l4lb_loop_lag_max_seconds", "Worst lateness of the control plane's event "
+                     "loop since start (a stall delays VRRP adverts and health probes).",
+                     float(loop.get("lag_max_ms", 0)) / 1000)
+        stalls = CounterMetricFamily("l4lb_loop_stalls", "Times the control plane's event loop "
+                                     "ran a sample at least 250 ms late.")
+        stalls.add_metric([], int(loop.get("stalls", 0)))
+        yield stalls
     table = status.get("table", {})
     yield _gauge("l4lb_table_generation", "Generation of the published forwarding table.",
                  table.get("generation", 0))

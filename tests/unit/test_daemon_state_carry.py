@@ -171,3 +171,12 @@ def test_status_counters_have_every_key_before_any_traffic(
     daemon, _ = make_daemon(write(tmp_path, service("web", ports[0], ["127.0.0.1:9001"])))
     (web,) = daemon.cmd_status()["services"]
     assert web["counters"] == dict.fromkeys(SERVICE_COUNTERS, 0)
+
+
+def test_serve_samples_its_loop_lag_into_status(
+        tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
+    daemon, _ = make_daemon(write(tmp_path, service("web", ports[0], ["127.0.0.1:9001"])))
+    assert asyncio.run(serve(daemon, duration=0.35)) == 0
+    assert daemon.loop_lag.samples >= 2  # one every 100 ms
+    loop = daemon.cmd_status()["loop"]
+    assert set(loop) == {"lag_max_ms", "lag_last_ms", "stalls", "stall_ms"}

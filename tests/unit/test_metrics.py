@@ -37,6 +37,7 @@ def make_status() -> dict[str, Any]:
     return {
         "version": "1.2.3", "pid": 1234, "config": "/etc/l4lb.toml", "started": 1700000000.0,
         "workers": 2, "table": {"generation": 41, "digest": "00ff"},
+        "loop": {"lag_max_ms": 667.0, "lag_last_ms": 1.0, "stalls": 2, "stall_ms": 250},
         "services": [
             {"name": "web", "protocol": "tcp", "scheduler": "maglev",
              "listen": ["127.0.0.1:8080"],
@@ -80,6 +81,7 @@ def test_every_metric_has_its_type_and_help() -> None:
     fams = scrape(Exporter(make_status, process=False))
     want = {
         "l4lb_info": "gauge", "l4lb_start_time_seconds": "gauge", "l4lb_workers": "gauge",
+        "l4lb_loop_lag_max_seconds": "gauge", "l4lb_loop_stalls": "counter",
         "l4lb_table_generation": "gauge", "l4lb_scrape_errors": "counter",
         "l4lb_service_info": "gauge", "l4lb_service_connections": "counter",
         "l4lb_service_connections_active": "gauge", "l4lb_service_rejected": "counter",
@@ -215,6 +217,8 @@ def test_health_and_probe_latency_and_connlog_when_given() -> None:
     assert samples(fams, "l4lb_connlog_lines_queued") == {(): 3}
     assert samples(fams, "l4lb_connlog_records_dropped_ring_total") == {(): 5}
     assert samples(fams, "l4lb_connlog_records_invalid_total") == {(): 0}
+    assert samples(fams, "l4lb_loop_lag_max_seconds") == {(): 0.667}
+    assert samples(fams, "l4lb_loop_stalls_total") == {(): 2}
 
 
 def test_every_metric_is_listed_in_the_docs() -> None:
