@@ -228,6 +228,7 @@ static void dp_worker_internals(struct dp_worker *w, struct dp_internals *out)
     out->slab_bytes += (uint64_t)w->ct.n_chunks * CT_SLAB_CHUNK * w->ct.obj_size;
     out->session_size = w->ct.obj_size;
     out->listener_pauses += __atomic_load_n(&w->cnt->listener_pauses, __ATOMIC_RELAXED);
+    out->park_allocs += __atomic_load_n(&w->cnt->park_allocs, __ATOMIC_RELAXED);
     out->copy_sends += __atomic_load_n(&w->cnt->copy_sends, __ATOMIC_RELAXED);
     out->splice_moves += __atomic_load_n(&w->cnt->splice_moves, __ATOMIC_RELAXED);
     out->splice_fallbacks += __atomic_load_n(&w->cnt->splice_fallbacks, __ATOMIC_RELAXED);

@@ -163,6 +163,7 @@ struct dp_internals {
     uint64_t slab_bytes;       /* bytes of session slab memory allocated */
     uint64_t session_size;     /* bytes per session object */
     uint64_t listener_pauses;  /* times accepting was paused after EMFILE/ENFILE */
+    uint64_t park_allocs;      /* copies parked in memory: no fd left for a pipe */
     uint64_t copy_sends;       /* relay chunks moved by recv/send through the worker buffer */
     uint64_t splice_moves;     /* relay chunks moved by splice into a pipe */
     uint64_t splice_fallbacks; /* relay directions that copy because splice said EINVAL */

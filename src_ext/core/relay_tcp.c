@@ -16,7 +16,9 @@
  * pipe for a session in hand fails with EMFILE/ENFILE, the worker closes them, retries once
  * (now it fits), and pauses its listeners; they come back only when the reserve can be taken
  * again, that is when at least that many fds are free. Queued clients wait in the backlog, as
- * they do when accept4() itself fails.
+ * they do when accept4() itself fails. A copy that the destination takes only in part needs a
+ * pipe for the rest; with no fd left for one even after the reserve, the rest (at most one copy
+ * buffer) is parked in memory (relay_dir.park) and written before the source is read again.
  *
  * Admission and backend choice. The service is looked up by the listener's service id in the
  * table the worker reloaded just before this accept batch (dp_worker_refresh_table). max_connections is enforced with one
@@ -177,6 +179,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -315,6 +318,14 @@ static void relay_drop_pipe(struct dp_worker *w, struct relay_dir *d)
     d->in_pipe = 0;
 }
 
+/* Free a direction's parked bytes (relay_pump: out of fds for a pipe). */
+static void relay_drop_park(struct relay_dir *d)
+{
+    free(d->park);
+    d->park = NULL;
+    d->park_len = d->park_off = 0;
+}
+
 /* Release the backend held by the current attempt (active counts). */
 static void relay_release_backend(struct dp_worker *w, struct relay_session *s)
 {
@@ -400,6 +411,8 @@ static void relay_kill(struct dp_worker *w, struct relay_session *s, int rst, ui
     }
     relay_drop_pipe(w, &s->c2b);
     relay_drop_pipe(w, &s->b2c);
+    relay_drop_park(&s->c2b);
+    relay_drop_park(&s->b2c);
     relay_release_backend(w, s);
     atomic_fetch_sub_explicit(&w->dp->shared->svc_active[s->service_id], 1, memory_order_relaxed);
     dp_svc_add(w, s->service_id, DP_SC_CONNS_ACTIVE, -1);
@@ -833,6 +846,27 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, uns
             }
             goto reset_dst;
         }
+        if (__builtin_expect(d->park_len != 0, 0)) { /* as the pipe above, from memory */
+            m = relay_send(dst, d->park + d->park_off, d->park_len, 0);
+            if (m > 0) {
+                d->park_off += (uint32_t)m;
+                d->park_len -= (uint32_t)m;
+                moved += (uint64_t)m;
+                relay_account(w, s, c2b, (size_t)m);
+                if (d->park_len == 0)
+                    relay_drop_park(d);
+                continue;
+            }
+            if (m < 0 && errno == EINTR)
+                continue;
+            if (m < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                d->wblocked = 1;
+                if (!c2b && !s->cfd_out && relay_client_want_out(w, s) < 0)
+                    goto local_failure;
+                break;
+            }
+            goto reset_dst;
+        }
         d->wblocked = 0;
         if (d->eof) {
             if (moved)
@@ -870,14 +904,24 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, uns
                 }
                 if (m < n - off) {
                     /* park the rest in a pipe; it is empty and larger than the buffer */
+                    size_t rest = (size_t)(n - off - m);
                     if (d->pipe.rfd < 0 && (rc = pipepool_get(&w->pp, &d->pipe)) != 0 &&
                         (!relay_out_of_fds(-rc) || !relay_reserve_spend(w) ||
-                         (rc = pipepool_get(&w->pp, &d->pipe)) != 0))
-                        goto local_failure;
-                    ssize_t k = relay_write(d->pipe.wfd, w->buf + off + m, (size_t)(n - off - m));
-                    if (k != n - off - m)
-                        goto local_failure;
-                    d->in_pipe = (uint32_t)k;
+                         (rc = pipepool_get(&w->pp, &d->pipe)) != 0)) {
+                        /* no fd for a pipe even after the reserve: hold the rest in memory,
+                         * not a reset; the source is not read again until it is written */
+                        if (!relay_out_of_fds(-rc) || (d->park = malloc(rest)) == NULL)
+                            goto local_failure;
+                        memcpy(d->park, w->buf + off + m, rest);
+                        d->park_len = (uint32_t)rest;
+                        d->park_off = 0;
+                        DP_CNT_ADD(&w->cnt->park_allocs, 1);
+                    } else {
+                        ssize_t k = relay_write(d->pipe.wfd, w->buf + off + m, rest);
+                        if (k != (ssize_t)rest)
+                            goto local_failure;
+                        d->in_pipe = (uint32_t)k;
+                    }
                 }
                 if (last)
                     d->eof = 1; /* the FIN is next in the queue: no recv() to confirm it */
@@ -1006,7 +1050,7 @@ void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
             return;
     if (events & wr) {
         struct relay_dir *d = from_client ? &s->b2c : &s->c2b;
-        if (d->in_pipe || (events & (EPOLLHUP | EPOLLERR)))
+        if (d->in_pipe || d->park_len || (events & (EPOLLHUP | EPOLLERR)))
             (void)relay_pump(w, s, !from_client, 0);
     }
 }

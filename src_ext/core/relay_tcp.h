@@ -68,6 +68,7 @@ struct dp_counters {
     uint64_t splice_moves;                  /* chunks relayed by splice */
     uint64_t splice_fallbacks;              /* directions that fell back to copy (EINVAL) */
     uint64_t listener_pauses;               /* EMFILE/ENFILE pauses */
+    uint64_t park_allocs;                   /* copies parked in memory (no fd for a pipe) */
     uint64_t udp_rx_calls;                  /* recvmmsg calls on UDP listeners that got data */
     uint64_t udp_rx_datagrams;              /* datagrams those calls returned */
     uint64_t udp_tx_calls;                  /* send/sendmmsg calls on upstream sockets */
@@ -135,6 +136,10 @@ struct relay_dir {
     uint8_t bulk;                  /* 1: splice mode; 0: copy mode (small messages) */
     uint8_t wblocked;              /* destination returned EAGAIN; waiting for EPOLLOUT */
     uint8_t nosplice;              /* splice refused (EINVAL/ENOSYS) on the source: copy only */
+    uint32_t park_len;             /* bytes in park not yet written to the destination */
+    uint32_t park_off;             /* where they start in park */
+    uint8_t *park;                 /* out of fds for a pipe: the rest of one copy, malloc'd
+                                      (at most copy_threshold bytes); NULL when none */
 };
 
 enum relay_state { RELAY_CONNECTING = 0, RELAY_ESTABLISHED, RELAY_HALF_CLOSED, RELAY_DEAD };

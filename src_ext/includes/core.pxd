@@ -108,6 +108,7 @@ cdef extern from "dp.h" nogil:
         uint64_t slab_bytes
         uint64_t session_size
         uint64_t listener_pauses
+        uint64_t park_allocs
         uint64_t copy_sends
         uint64_t splice_moves
         uint64_t splice_fallbacks

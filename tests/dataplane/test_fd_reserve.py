@@ -9,15 +9,19 @@ headroom). Now the reserve serves the client in hand and the listener pauses unt
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import os
 import select
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
+from . import patterns
 from .conftest import Servers
 
 HOST = "127.0.0.1"
@@ -40,10 +44,25 @@ LB_PROCESS = textwrap.dedent("""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + int(sys.argv[2]), hard))
     print(ls.getsockname()[1], flush=True)
-    sys.stdin.readline()
-    print(repr(dp.stats()["services"].get(1, {})), flush=True)
+    for line in sys.stdin:  # one report per line asked
+        print(repr((dp.stats()["services"].get(1, {}), dp._internals())), flush=True)
     dp.stop(0)
 """)
+
+
+def wmem_max() -> int:
+    """The largest send buffer the kernel grows a TCP socket to (net.ipv4.tcp_wmem)."""
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        return int(f.read().split()[2])
+
+
+def report(proc: subprocess.Popen[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """The child's (service counters, data-plane internals), read now."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("report\n")
+    proc.stdin.flush()
+    counters, internals = ast.literal_eval(proc.stdout.readline())
+    return counters, internals
 
 
 def outcomes(clients: list[socket.socket], seconds: float) -> dict[str, int]:
@@ -95,10 +114,53 @@ def test_clients_queued_behind_a_full_fd_table_wait(servers: Servers, headroom: 
         for c in clients:  # fds come back: the queued ones are served now
             c.close()
         clients = []
-        proc.stdin.write("stats\n")
-        proc.stdin.flush()
-        counters = proc.stdout.readline()
-        assert "'no_backend': 0" in counters, counters
+        counters, _ = report(proc)
+        assert counters["no_backend"] == 0, counters
+    finally:
+        for c in clients:
+            c.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_a_session_with_no_fd_left_for_a_pipe_parks_in_memory(servers: Servers) -> None:
+    """Every fd is taken by sessions whose clients do not read: a copy that the client cannot
+    take must be parked, and there is no fd for a pipe (the reserve gives two). The rest is held
+    in memory instead of resetting the session, and every byte arrives once clients read."""
+    n, total = 4, max(8 << 20, 2 * wmem_max())  # more than the client leg's send buffer
+    stream = servers.start("stream", "stream", send_total=total, seed=7)
+    # 2 fds per session and nothing more (the reserve was taken before the limit)
+    proc = subprocess.Popen([sys.executable, "-c", LB_PROCESS, str(stream.port), str(2 * n)],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    clients: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        for _ in range(n):
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader
+            c.settimeout(10)
+            c.connect((HOST, port))
+            clients.append(c)
+        deadline = time.monotonic() + 10
+        while report(proc)[1]["park_allocs"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        internals = report(proc)[1]
+        assert internals["park_allocs"] >= 1, internals
+        assert internals["sessions"] == n, internals  # nobody was reset
+        for c in clients:  # now read everything: nothing lost, nothing out of order
+            got = hashlib.sha256()
+            size = 0
+            while size < total:
+                chunk = c.recv(1 << 16)
+                assert chunk, f"closed after {size} of {total} bytes"
+                got.update(chunk)
+                size += len(chunk)
+            assert size == total and got.hexdigest() == patterns.digest(total, 7)
+        assert report(proc)[0]["accept_errors"] <= 1
     finally:
         for c in clients:
             c.close()
