@@ -7,9 +7,18 @@ raises there, where it can be fixed) and appends the line to a bounded in-memory
 lock; it never touches the file, never waits, and counts a line it cannot queue as dropped.
 A writer thread takes every queued line at once and appends them with one write() and one
 flush(), so a burst of closes costs one system call. `reopen()` (for logrotate: rename the file,
-then signal the daemon) makes the thread close and reopen the path before its next write.
+then signal the daemon) makes the thread close and reopen the path before its next write; it
+returns a future the thread resolves with the outcome (None, or the error text), and the last
+outcome stays readable as `last_reopen_error`, so "reopened" is never claimed for a failure.
 A failed open or write is logged (at most once a minute) and its lines are counted as failed;
 the writer keeps going and tries to open the file again before each later batch.
+
+A batch is all or nothing on a regular file: the thread notes the file's size before the write
+and, when a write fails part way (ENOSPC after 14 lines and a fragment), truncates the file back
+to that size, so every line in the file is whole and `failed` counts exactly the lines that are
+not there. Where that is impossible (a FIFO, a character device, a failed ftruncate) the lines
+written whole are counted as written, the rest as failed, and the next write starts with a
+newline, so the fragment stands alone on its line and the next line is valid JSON.
 
 Input record (a dict: the daemon maps the data plane's `closed_sessions()` records to this):
     client            str    "host:port" ("[v6]:port" for IPv6)
@@ -33,10 +42,12 @@ import json
 import logging
 import math
 import os
+import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -143,6 +154,9 @@ class ConnLogWriter:
         self._dropped = 0  # lines refused because the queue was full
         self._failed = 0  # lines lost to open or write errors
         self._reopened = 0  # completed reopens
+        self._reopen_waiters: list[Future[str | None]] = []  # futures of requested reopens
+        self._reopen_error: str | None = None  # why the last reopen failed; None: it worked
+        self._torn = False  # the stream may end in a fragment: start the next write on a new line
         self._last_error_log = -_ERROR_LOG_EVERY  # monotonic time of the last error log
 
     def start(self) -> None:
@@ -180,11 +194,33 @@ class ConnLogWriter:
                 lambda: self._thread is None or (not self._pending and not self._busy
                                                  and not self._reopen), timeout)
 
-    def reopen(self) -> None:
-        """Close and reopen the file before the next write (after logrotate renamed it)."""
+    def reopen(self) -> Future[str | None]:
+        """Close and reopen the file before the next write (after logrotate renamed it).
+
+        Never blocks. The returned future is resolved by the writer thread once it tried:
+        with None when the file is open again, or with the error text (`cannot reopen PATH:
+        Is a directory`) when it failed (also when the writer is not running). An event loop
+        awaits it with `asyncio.wrap_future()` and a timeout; `last_reopen_error` keeps the
+        outcome afterwards.
+        """
+        done: Future[str | None] = Future()
         with self._cond:
+            if self._thread is None or self._stopping:
+                done.set_result(f"cannot reopen {self.path}: the writer is not running")
+                return done
+            self._reopen_waiters.append(done)
             self._reopen = True
             self._cond.notify_all()
+        return done
+
+    @property
+    def last_reopen_error(self) -> str | None:
+        """Why the last reopen failed (`cannot reopen PATH: Is a directory`), or None: no
+        reopen was asked for, the last one worked, or a later batch opened the path again.
+        Set before flush() returns, so `reopen(); flush(); last_reopen_error` reads the outcome.
+        """
+        with self._cond:
+            return self._reopen_error
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, stop the thread, close the file. Idempotent."""
@@ -224,11 +260,15 @@ class ConnLogWriter:
                     batch = list(self._pending)
                     self._pending.clear()
                     reopen, self._reopen = self._reopen, False
+                    waiters, self._reopen_waiters = self._reopen_waiters, []
                     stopping = self._stopping
                     self._busy = True
                 try:
                     if reopen:
                         out = self._reopen_file(out)
+                        error = self._reopen_error
+                        for waiter in waiters:
+                            waiter.set_result(error)
                     if batch:
                         out = self._write_batch(out, batch)
                 finally:
@@ -242,6 +282,11 @@ class ConnLogWriter:
         finally:
             if out is not None:
                 self._close_file(out)
+            with self._cond:
+                waiters, self._reopen_waiters = self._reopen_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(f"cannot reopen {self.path}: the writer stopped")
 
     def _reopen_file(self, out: BinaryIO | None) -> BinaryIO | None:
         if out is not None:
@@ -249,10 +294,14 @@ class ConnLogWriter:
         try:
             fresh = self._open()
         except OSError as exc:
-            self._error(f"cannot reopen {self.path}: {exc.strerror or exc}")
+            message = f"cannot reopen {self.path}: {exc.strerror or exc}"
+            with self._cond:
+                self._reopen_error = message
+            self._error(message)
             return None
         with self._cond:
             self._reopened += 1
+            self._reopen_error = None
         return fresh
 
     def _write_batch(self, out: BinaryIO | None, batch: list[str]) -> BinaryIO | None:
@@ -264,7 +313,14 @@ class ConnLogWriter:
                 with self._cond:
                     self._failed += len(batch)
                 return None
-        data = memoryview("".join(batch).encode("ascii"))
+            with self._cond:
+                self._reopen_error = None  # the path works again: a failed reopen is over
+        size = _regular_size(out)  # None: not a regular file (or fstat failed)
+        if self._torn and size == 0:
+            self._torn = False  # a new, empty file: nothing to separate from
+        lead = b"\n" if self._torn else b""
+        data = memoryview(lead + "".join(batch).encode("ascii"))
+        total = len(data)
         try:
             while data:
                 n = out.write(data)
@@ -273,13 +329,39 @@ class ConnLogWriter:
                 data = data[n:]
         except OSError as exc:
             self._error(f"cannot write {self.path}: {exc.strerror or exc}")
-            with self._cond:
-                self._failed += len(batch)
+            self._count_partial(out, size, batch, lead, total - len(data))
             self._close_file(out)
             return None
+        self._torn = False
         with self._cond:
             self._written += len(batch)
         return out
+
+    def _count_partial(self, out: BinaryIO, size: int | None, batch: list[str], lead: bytes,
+                       sent: int) -> None:
+        """After a failed write that took `sent` bytes: undo it (a regular file goes back to
+        `size`), or else count the whole lines that made it and mark a trailing fragment."""
+        if sent and size is not None:
+            try:
+                os.ftruncate(out.fileno(), size)
+                sent = 0  # nothing of the batch (nor the leading newline) is left
+            except OSError as exc:
+                self._error(f"cannot truncate {self.path} after a failed write: "
+                            f"{exc.strerror or exc}")
+        whole = 0
+        if sent > len(lead):  # some of the batch itself stays in the stream
+            left = sent - len(lead)
+            for line in batch:
+                if left < len(line):
+                    break
+                left -= len(line)
+                whole += 1
+            self._torn = left > 0  # a fragment of the next line ends the stream
+        elif sent:
+            self._torn = False  # only the leading newline went out: a line starts here
+        with self._cond:
+            self._written += whole
+            self._failed += len(batch) - whole
 
     def _close_file(self, out: BinaryIO) -> None:
         try:
@@ -292,3 +374,12 @@ class ConnLogWriter:
         if now - self._last_error_log >= _ERROR_LOG_EVERY:
             self._last_error_log = now
             log.error("connlog: %s (lines are counted as failed until it works again)", message)
+
+
+def _regular_size(out: BinaryIO) -> int | None:
+    """The size of `out` if it is a regular file (a batch on it can be undone), else None."""
+    try:
+        info = os.fstat(out.fileno())
+    except (OSError, ValueError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
