@@ -285,3 +285,21 @@ def test_exit_with_stderr_blocked_does_not_hang(tmp_path: Path) -> None:
         proc.stderr.close()
     assert out == b"logged\n"
     assert code == 3
+
+
+def test_exit_writes_the_last_lines_when_stderr_takes_them(tmp_path: Path) -> None:
+    """What was logged just before sys.exit() (a fatal error) is on stderr, in order."""
+    script = tmp_path / "last.py"
+    script.write_text(
+        "import logging, sys\n"
+        "from l4lb import logs\n"
+        "logs.setup_logging('info', 'json')\n"
+        "for i in range(3):\n"
+        "    logging.getLogger('l4lb').error('fatal %d', i)\n"
+        "sys.exit(4)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, env=env,
+                          timeout=30)
+    assert done.returncode == 4
+    assert [json.loads(x)["message"] for x in done.stderr.decode().splitlines()] == [
+        "fatal 0", "fatal 1", "fatal 2"]
