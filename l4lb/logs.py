@@ -97,7 +97,7 @@ class QueueStreamHandler(logging.Handler):
             return
         try:
             line = self.format(record) + "\n"
-        except Exception:  # a bad format string: report it like logging does, then go on
+        except Exception:  # a bad format string or argument: counted (handleError), not raised
             self.handleError(record)
             return
         with self._cond:
