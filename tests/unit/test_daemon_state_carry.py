@@ -15,7 +15,7 @@ import pytest
 
 from l4lb.control import ControlError
 from l4lb.daemon import serve
-from l4lb.logs import setup_logging
+from l4lb.logs import flush_logs, setup_logging
 
 from .test_review6_reload import can_bind, make_daemon, ports, service, write  # noqa: F401 (fixture)
 
@@ -88,6 +88,7 @@ def test_reload_applies_log_format_unless_the_command_line_chose_it(
         result = daemon.reload()
         assert "log_format" not in result["restart_needed"]
         logging.getLogger("l4lb.test").info("service web: after the reload")
+        assert flush_logs(5.0)  # the lines are written by the logging thread
         last = stream.getvalue().splitlines()[-1]
         if pinned:
             assert not last.startswith("{") and last.endswith("service web: after the reload")
