@@ -38,7 +38,7 @@ from l4lb.display import (
     table,
     vrrp_text,
 )
-from l4lb.logs import LEVELS, setup_logging
+from l4lb.logs import LEVELS, flush_logs, setup_logging
 from l4lb.net.listen import ListenError
 from l4lb.vrrp.instance import VrrpError
 
@@ -131,6 +131,7 @@ def _fatal(text: str, code: int, as_json: bool) -> NoReturn:
     if as_json:
         log.error("%s", text)
     else:
+        flush_logs(1.0)  # the log lines that led here come first
         click.echo(f"l4lb: error: {text}", err=True)
     sys.exit(code)
 
@@ -507,7 +508,14 @@ def _follow_drain(info: dict[str, Any], config_path: str | None, socket_path: st
 @_socket_options
 def reopen_logs(config_path: str | None, socket_path: str | None, as_json: bool) -> None:
     """Reopen the connection log file (after logrotate renamed it); same as SIGUSR1."""
-    _emit(_call(config_path, socket_path, "reopen-logs"), as_json,
+    result = _call(config_path, socket_path, "reopen-logs")
+    if result["connection_log"] and not result["reopened"]:  # logrotate's postrotate sees it
+        if as_json:
+            _emit(result, as_json, str)
+        else:
+            click.echo(f"l4lb: error: {result.get('error') or 'not reopened'}", err=True)
+        sys.exit(1)
+    _emit(result, as_json,
           lambda r: f"reopened {r['connection_log']}" if r["connection_log"]
           else "connection log is off: nothing to reopen")
 

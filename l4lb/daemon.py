@@ -44,6 +44,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -62,7 +63,7 @@ from l4lb.health.probe import ProbeSpec
 from l4lb.health.settings import HealthSettings
 from l4lb.httpserver import HttpServer
 from l4lb.httpserver import start as start_http
-from l4lb.logs import LEVELS, set_log_format
+from l4lb.logs import LEVELS, dropped_lines, set_log_format
 from l4lb.looplag import INTERVAL as LAG_INTERVAL
 from l4lb.looplag import LoopLag
 from l4lb.net.listen import ListenerGroup, ListenError, open_listeners, resolve_workers
@@ -96,6 +97,7 @@ CONNLOG_INTERVAL = 0.25  # seconds between two reads of the data plane's record 
 CONNLOG_BATCH = 4096  # records per read on the loop (about 45 ms of CPU; the loop stays free)
 CONNLOG_FINAL = 1 << 22  # records the last read after the data plane stopped takes at most
 CONNLOG_WARN_EVERY = 60.0  # seconds between two warnings about lost records
+REOPEN_WAIT = 2.0  # seconds `reopen-logs` waits for the connection log writer to reopen
 MAX_DRAIN_TIMEOUT_MS = 24 * 3_600_000  # like every duration of the configuration
 
 SYSTEM_CC = "/proc/sys/net/ipv4/tcp_congestion_control"  # the system default algorithm
@@ -932,21 +934,33 @@ class Daemon:
         log.warning("connlog: %d records lost since the last warning (%s)", sum(new.values()),
                     ", ".join(f"{k}: {v}" for k, v in new.items() if v))
 
-    def reopen_logs(self, why: str) -> str | None:
-        """Reopen the connection log file (after logrotate renamed it); its path, or None."""
+    def reopen_logs(self, why: str) -> Future[str | None] | None:
+        """Reopen the connection log file (after logrotate renamed it). Returns the writer's
+        future (None when reopened, else the error text), or None when the log is off."""
         writer = self.connlog  # stop() may clear it meanwhile, from the executor thread
         if writer is None:
             log.info("connlog: %s: nothing to reopen (connection_log is off)", why)
             return None
-        writer.reopen()
+        done = writer.reopen()
         log.info("connlog: reopening %s (%s)", writer.path, why)
-        return writer.path
+        return done
 
-    def cmd_reopen_logs(self) -> dict[str, Any]:
-        path = self.reopen_logs("l4lb reopen-logs")
+    async def cmd_reopen_logs(self) -> dict[str, Any]:
+        """`l4lb reopen-logs`: waits (off the loop's back) up to REOPEN_WAIT for the writer
+        thread to reopen the file; a failure or no answer is reported, not hidden."""
         writer = self.connlog
-        done = writer.flush(2.0) if writer is not None else True
-        return {"connection_log": path, "reopened": path is not None and done}
+        done = self.reopen_logs("l4lb reopen-logs")
+        if writer is None or done is None:
+            return {"connection_log": None, "reopened": False}
+        try:
+            error = await asyncio.wait_for(asyncio.wrap_future(done), REOPEN_WAIT)
+        except TimeoutError:
+            error = (f"cannot reopen {writer.path}: the writer did not answer within "
+                     f"{REOPEN_WAIT:g}s (a slow or blocked disk?)")
+        reply: dict[str, Any] = {"connection_log": writer.path, "reopened": error is None}
+        if error is not None:
+            reply["error"] = error
+        return reply
 
     # ---- drain deadlines (`l4lb drain --timeout`) ----
 
@@ -1646,6 +1660,9 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
             if control is not None:
                 await control.close()
             raise
+        http.exporter.counters["l4lb_log_lines_dropped"] = (
+            "Log lines dropped because stderr was blocked (the log never blocks the daemon).",
+            dropped_lines)
         log.info("metrics: serving /metrics and the status page on http://%s/",
                  daemon.config.metrics_listen)
 

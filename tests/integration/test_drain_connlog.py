@@ -241,6 +241,12 @@ def test_connection_log_lines_and_reopen_on_sigusr1(impl: str, tmp_path: Path) -
             assert len(read_log(rotated)) == n + 2
             res = ctl(cfg, "reopen-logs")
             assert res.returncode == 0 and res.stdout.strip() == f"reopened {log}"
+            # a reopen that fails is an error (logrotate's postrotate sees exit 1)
+            log.rename(tmp_path / "conn.jsonl.2")
+            log.mkdir()
+            res = ctl(cfg, "reopen-logs")
+            assert res.returncode == 1, res.stdout + res.stderr
+            assert res.stderr.startswith(f"l4lb: error: cannot reopen {log}"), res.stderr
             assert stop_process(proc, signal.SIGTERM) == 0
         err = proc.stderr.read().decode() if proc.stderr else ""
         assert f"connlog: reopening {log} (SIGUSR1)" in err

@@ -33,6 +33,8 @@ def test_metrics_and_status_page(tmp_path: Path, name_servers: list[NameServer])
         assert sorted(total.values()) == [3.0, 3.0, 3.0], total
         assert set(total) == {f"127.0.0.1:{s.port}" for s in name_servers}
         assert "l4lb_table_generation" in families
+        assert families["l4lb_log_lines_dropped"].samples[0].value == 0  # the daemon wired it
+        assert "l4lb_loop_lag_max_seconds" in families
         with urllib.request.urlopen(f"http://127.0.0.1:{mport}/", timeout=5) as r:
             page = r.read().decode()
         assert "<table" in page and f"127.0.0.1:{name_servers[2].port}" in page

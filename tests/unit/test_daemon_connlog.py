@@ -4,6 +4,7 @@ reopened, switched and turned off by a reload, and losses counted and warned abo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -176,7 +177,8 @@ def test_reopen_after_a_rename_writes_a_new_file(tmp_path: Path) -> None:
     daemon.pump_connlog()
     assert daemon.connlog is not None and daemon.connlog.flush()
     log.rename(tmp_path / "conn.jsonl.1")
-    assert daemon.cmd_reopen_logs() == {"connection_log": str(log), "reopened": True}
+    assert asyncio.run(daemon.cmd_reopen_logs()) == {"connection_log": str(log),
+                                                     "reopened": True}
     dp.ring = [record(daemon, "127.0.0.1:9002")]
     daemon.pump_connlog()
     daemon.stop(0.0)
@@ -199,7 +201,7 @@ def test_reload_moves_the_log_then_turns_it_off(tmp_path: Path) -> None:
     assert [r["backend"] for r in lines(log)] == ["127.0.0.1:9001"]  # before the first reload
     assert [r["backend"] for r in lines(moved)] == ["127.0.0.1:9002"]
     assert daemon.connlog_stats() is None
-    assert daemon.cmd_reopen_logs() == {"connection_log": None, "reopened": False}
+    assert asyncio.run(daemon.cmd_reopen_logs()) == {"connection_log": None, "reopened": False}
     daemon.stop(0.0)
 
 
@@ -212,4 +214,15 @@ def test_a_reload_to_a_file_that_cannot_be_opened_changes_nothing(tmp_path: Path
     assert str(info.value).startswith("reload rejected, running configuration unchanged: "
                                       "connection_log /proc/l4lb-conn.jsonl: cannot open")
     assert daemon.connlog_path == str(log)
+    daemon.stop(0.0)
+
+
+def test_a_failed_reopen_is_reported(tmp_path: Path) -> None:
+    """`mv conn.jsonl x; mkdir conn.jsonl; l4lb reopen-logs` used to say "reopened"."""
+    daemon, _, log = make_daemon(tmp_path)
+    log.rename(tmp_path / "conn.jsonl.1")
+    log.mkdir()
+    reply = asyncio.run(daemon.cmd_reopen_logs())
+    assert reply["reopened"] is False and reply["connection_log"] == str(log)
+    assert reply["error"].startswith(f"cannot reopen {log}") and "directory" in reply["error"]
     daemon.stop(0.0)
