@@ -267,8 +267,9 @@ class ConnLogWriter:
                     if reopen:
                         out = self._reopen_file(out)
                         error = self._reopen_error
-                        for waiter in waiters:
-                            waiter.set_result(error)
+                        for waiter in waiters:  # one that gave up waiting was cancelled
+                            if waiter.set_running_or_notify_cancel():
+                                waiter.set_result(error)
                     if batch:
                         out = self._write_batch(out, batch)
                 finally:
@@ -285,7 +286,7 @@ class ConnLogWriter:
             with self._cond:
                 waiters, self._reopen_waiters = self._reopen_waiters, []
             for waiter in waiters:
-                if not waiter.done():
+                if waiter.set_running_or_notify_cancel():
                     waiter.set_result(f"cannot reopen {self.path}: the writer stopped")
 
     def _reopen_file(self, out: BinaryIO | None) -> BinaryIO | None:

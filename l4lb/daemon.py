@@ -247,6 +247,7 @@ class Daemon:
         Raises DataplaneUnavailable or ListenError; on error everything started is undone.
         """
         dp_class = load_dataplane_class()
+        self.generation, self.digest = 0, ""  # a new data plane has no table: publish one
         self.file_config = self.config
         self.runtime = Runtime.from_config(self.config)
         self.workers = resolve_workers(self.config.global_.workers)
@@ -953,7 +954,9 @@ class Daemon:
         if writer is None or done is None:
             return {"connection_log": None, "reopened": False}
         try:
-            error = await asyncio.wait_for(asyncio.wrap_future(done), REOPEN_WAIT)
+            # shielded: giving up waiting must not cancel the writer's own future
+            error = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)),
+                                           REOPEN_WAIT)
         except TimeoutError:
             error = (f"cannot reopen {writer.path}: the writer did not answer within "
                      f"{REOPEN_WAIT:g}s (a slow or blocked disk?)")

@@ -6,7 +6,7 @@
  * per worker), so there is no thundering herd. Each wake-up accepts at most RELAY_ACCEPT_BATCH
  * connections per listener; what is left is reported again by the level-triggered epoll on the
  * next iteration, which keeps accepts from starving established sessions. EMFILE/ENFILE/ENOBUFS/
- * ENOMEM count an accept_error and take every listener of the worker out of epoll for
+ * ENOMEM count an accept_error and take every TCP listener of the worker out of epoll for
  * RELAY_EMFILE_PAUSE_MS; the loop's epoll timeout puts them back. Nothing spins.
  *
  * The fd reserve. An accept can take the last free descriptor, and then the backend socket (or
@@ -474,7 +474,9 @@ void relay_tcp_pause_listeners(struct dp_worker *w)
 
     for (i = 0; i < w->n_listeners; i++) {
         struct dp_listener *l = w->listeners[i];
-        if (l->in_epoll) {
+        /* UDP listeners stay: their flows' datagrams need no new fd, and a new flow that
+         * cannot get its socket is counted and dropped by relay_udp.c */
+        if (l->proto == DP_PROTO_TCP && l->in_epoll) {
             (void)epoll_ctl(w->epfd, EPOLL_CTL_DEL, l->fd, NULL);
             l->in_epoll = 0;
         }

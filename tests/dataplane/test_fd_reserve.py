@@ -22,6 +22,7 @@ import time
 import pytest
 
 from . import patterns
+from .clients import udp_ask, udp_socket
 from .conftest import Servers
 
 HOST = "127.0.0.1"
@@ -161,6 +162,65 @@ def test_a_session_with_no_fd_left_for_a_pipe_parks_in_memory(servers: Servers) 
                 size += len(chunk)
             assert size == total and got.hexdigest() == patterns.digest(total, 7)
         assert report(proc)[0]["accept_errors"] <= 1
+    finally:
+        for c in clients:
+            c.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+LB_MIXED = textwrap.dedent("""
+    import os, resource, socket, sys
+    from l4lb._dataplane import Dataplane
+    from tests.dataplane.tables import BackendSpec, ServiceSpec, build_table
+    dp = Dataplane(1)
+    dp.start()
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4096)
+    ls.setblocking(False)
+    dp.add_listener(1, ls.fileno(), 0)
+    us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    us.bind(("127.0.0.1", 0))
+    us.setblocking(False)
+    dp.add_listener(2, us.fileno(), 0)
+    dp.publish(build_table([
+        ServiceSpec(1, (BackendSpec("echo", "127.0.0.1", int(sys.argv[1])),)),
+        ServiceSpec(2, (BackendSpec("uecho", "127.0.0.1", int(sys.argv[2])),), protocol="udp",
+                    idle_timeout_ms=60_000)]).blob)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + 12, hard))
+    print(ls.getsockname()[1], us.getsockname()[1], flush=True)
+    for line in sys.stdin:
+        print(repr((dp.stats()["services"].get(1, {}), dp._internals())), flush=True)
+    dp.stop(0)
+""")
+
+
+def test_a_tcp_fd_shortage_leaves_udp_flows_alone(servers: Servers) -> None:
+    """Out of fds, the worker stops accepting TCP until fds are free again; its UDP listeners
+    stay read, since the datagrams of existing flows need no new descriptor."""
+    echo = servers.start("echo", "echo")
+    uecho = servers.udp("uecho", "echo")
+    proc = subprocess.Popen([sys.executable, "-c", LB_MIXED, str(echo.port), str(uecho.port)],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    clients: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        tcp_port, udp_port = (int(p) for p in proc.stdout.readline().split())
+        with udp_socket(HOST) as flow:
+            assert udp_ask(flow, (HOST, udp_port), b"before")[0] == b"before"
+            for _ in range(20):  # more sessions than the 12 spare fds hold
+                clients.append(socket.create_connection((HOST, tcp_port), timeout=5))
+            outcomes(clients, 1.0)  # the ones that fit are served; the rest wait
+            assert report(proc)[1]["listener_pauses"] >= 1
+            for k in range(3):  # the flow goes on while TCP accepting is paused
+                assert udp_ask(flow, (HOST, udp_port), b"during %d" % k, timeout=2)[0] == \
+                    b"during %d" % k
     finally:
         for c in clients:
             c.close()

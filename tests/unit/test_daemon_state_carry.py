@@ -181,3 +181,23 @@ def test_serve_samples_its_loop_lag_into_status(
     assert daemon.loop_lag.samples >= 2  # one every 100 ms
     loop = daemon.cmd_status()["loop"]
     assert set(loop) == {"lag_max_ms", "lag_last_ms", "stalls", "stall_ms"}
+
+
+def test_a_second_start_publishes_into_its_new_data_plane(
+        tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
+    """start() makes a new data plane: the table it publishes is never 'the same as the live
+    one' (the live one belonged to the data plane before)."""
+    from l4lb.config import load_file
+    from l4lb.daemon import Daemon
+
+    daemon = Daemon(load_file(str(write(tmp_path, service("web", ports[0],
+                                                          ["127.0.0.1:9001"])))))
+    try:
+        daemon.start()
+        first = daemon.digest
+        daemon.stop(0.0)
+        daemon.start()
+        assert daemon.dp is not None and daemon.dp.generation == 1
+        assert daemon.digest == first and daemon.generation == 1
+    finally:
+        daemon.stop(0.0)

@@ -246,3 +246,21 @@ def test_reopen_of_a_writer_that_is_not_running_fails_at_once(tmp_path: Path) ->
     outcome = writer.reopen()
     assert outcome.done()
     assert outcome.result() == f"cannot reopen {writer.path}: the writer is not running"
+
+
+def test_a_reopen_nobody_waits_for_any_more_does_not_stop_the_writer(tmp_path: Path) -> None:
+    """reopen-logs gives up after 2 s; the writer thread must go on writing when it finishes
+    the reopen later (it used to die on the cancelled future's InvalidStateError)."""
+    path = tmp_path / "conn.jsonl"
+    writer = ConnLogWriter(str(path))
+    writer.start()
+    try:
+        with writer._cond:  # hold the thread back so that the cancel comes first
+            done = writer.reopen()
+            assert done.cancel()
+        assert writer.write(record())
+        assert writer.flush(5.0)
+        assert writer._thread is not None and writer._thread.is_alive()
+        assert writer.stats()["written"] == 1
+    finally:
+        writer.close()
