@@ -253,6 +253,14 @@ class Daemon:
         self.workers = resolve_workers(self.config.global_.workers)
         self.dp = dp_class(self.workers)
         try:
+            # bind first: an address in use stops the start before a table is published or
+            # the connection log is opened (and logged as such)
+            for service in self.config.services:
+                for endpoint in service.listen:
+                    group = open_listeners(service.name, endpoint, self.workers,
+                                           self.config.global_.listen_backlog,
+                                           service.protocol)
+                    self.listeners.append(group)
             self.dp.start()
             self._publish()
             path = self.config.global_.connection_log
@@ -260,12 +268,6 @@ class Daemon:
                 self._enable_connlog(self._open_connlog(path), path)
             if self.cc_problems:
                 raise ListenError(errno.EINVAL, self.cc_problems[0])
-            for service in self.config.services:
-                for endpoint in service.listen:
-                    group = open_listeners(service.name, endpoint, self.workers,
-                                           self.config.global_.listen_backlog,
-                                           service.protocol)
-                    self.listeners.append(group)
             if self._sync_listener_congestion(self.listeners):
                 raise ListenError(errno.EINVAL, self.cc_problems[0])
             problems = self._sync_listener_defer_accept(self.listeners)

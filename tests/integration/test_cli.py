@@ -129,6 +129,7 @@ def test_run_refuses_an_address_in_use(tmp_path: Path, name_servers: list[NameSe
     line = [x for x in res.stderr.splitlines() if "error" in x]
     assert len(line) == 1, res.stderr
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use (EADDRINUSE)" in line[0]
+    assert "published" not in res.stderr, res.stderr  # refused before the first table
 
 
 def test_run_invalid_config_exits_1(tmp_path: Path) -> None:
