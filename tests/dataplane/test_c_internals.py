@@ -1453,13 +1453,16 @@ def test_worker_threads_are_named() -> None:
     """top -H and perf tell the workers apart: l4lb-w0, l4lb-w1, ..."""
     from l4lb._dataplane import Dataplane
 
-    dp = Dataplane(2)
-    dp.start()
-    try:
-        names = set()
+    def names() -> set[str]:
+        found = set()
         for tid in os.listdir("/proc/self/task"):
             with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{tid}/comm") as f:
-                names.add(f.read().strip())
-        assert {"l4lb-w0", "l4lb-w1"} <= names, names
+                found.add(f.read().strip())
+        return found
+
+    dp = Dataplane(2)
+    dp.start()
+    try:  # each worker names itself as it starts: start() does not wait for that
+        assert wait_for(lambda: {"l4lb-w0", "l4lb-w1"} <= names(), 5), names()
     finally:
         dp.stop(0)
