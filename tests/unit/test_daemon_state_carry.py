@@ -178,7 +178,7 @@ def test_serve_samples_its_loop_lag_into_status(
         tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
     daemon, _ = make_daemon(write(tmp_path, service("web", ports[0], ["127.0.0.1:9001"])))
     assert asyncio.run(serve(daemon, duration=0.35)) == 0
-    assert daemon.loop_lag.samples >= 2  # one every 100 ms
+    assert daemon.loop_lag.samples >= 1  # one every 100 ms (a loaded host may run fewer)
     loop = daemon.cmd_status()["loop"]
     assert set(loop) == {"lag_max_ms", "lag_last_ms", "stalls", "stall_ms"}
 
