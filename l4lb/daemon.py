@@ -252,15 +252,15 @@ class Daemon:
         self.runtime = Runtime.from_config(self.config)
         self.workers = resolve_workers(self.config.global_.workers)
         self.dp = dp_class(self.workers)
-        try:
+        bound: list[ListenerGroup] = []  # not self.listeners until the first table is out:
+        try:                              # _publish() reads those as handed to the data plane
             # bind first: an address in use stops the start before a table is published or
             # the connection log is opened (and logged as such)
             for service in self.config.services:
                 for endpoint in service.listen:
-                    group = open_listeners(service.name, endpoint, self.workers,
-                                           self.config.global_.listen_backlog,
-                                           service.protocol)
-                    self.listeners.append(group)
+                    bound.append(open_listeners(service.name, endpoint, self.workers,
+                                                self.config.global_.listen_backlog,
+                                                service.protocol))
             self.dp.start()
             self._publish()
             path = self.config.global_.connection_log
@@ -268,6 +268,7 @@ class Daemon:
                 self._enable_connlog(self._open_connlog(path), path)
             if self.cc_problems:
                 raise ListenError(errno.EINVAL, self.cc_problems[0])
+            self.listeners, bound = bound, []
             if self._sync_listener_congestion(self.listeners):
                 raise ListenError(errno.EINVAL, self.cc_problems[0])
             problems = self._sync_listener_defer_accept(self.listeners)
@@ -280,6 +281,8 @@ class Daemon:
                 log.info("service %s: listening on %s (%d workers)", group.service,
                          group.endpoint, self.workers)
         except BaseException:
+            for group in bound:  # bound, never handed over
+                group.close()
             self.stop(0.0)
             raise
 
