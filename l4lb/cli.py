@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import signal
 import stat
 import sys
 import time
@@ -172,6 +173,10 @@ def run(ctx: click.Context, path: str) -> None:
         serve,
     )
 
+    # Until serve() installs its handlers, the default action of these would end the process
+    # (a logrotate SIGUSR1 or a reload's SIGHUP that comes during a slow start): ignore them.
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
     report = _echo_error
     if ctx.obj["log_format"] == "json":  # a bad file is reported as a JSON line too
         setup_logging(ctx.obj["log_level"] or "info", "json")

@@ -48,6 +48,13 @@ def wait_until(what: str, check: object, timeout: float = 5.0) -> None:
     raise AssertionError(f"{what}: not within {timeout}s")
 
 
+def answers(sock: str) -> bool:
+    try:
+        return bool(request(sock, "status", timeout=2)["state"] == "running")
+    except ControlError:
+        return False
+
+
 def draining(sock: str) -> bool:
     try:
         return bool(request(sock, "status", timeout=2)["state"] == "draining")
@@ -151,10 +158,14 @@ def test_sigusr2_logs_a_summary_and_keeps_running(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, port, [backend.port])
     try:
         with running(cfg, "c", port) as proc:
+            # still starting (the control socket and the handlers come after the listeners):
+            # ignored then, never the default action, which ends the process
             proc.send_signal(signal.SIGUSR2)
+            proc.send_signal(signal.SIGHUP)
             sock = str(tmp_path / "l4lb.sock")
-            assert request(sock, "status", timeout=5)["state"] == "running"
+            wait_until("control socket answers", lambda: not proc.poll() and answers(sock))
             assert proc.poll() is None
+            proc.send_signal(signal.SIGUSR2)  # running: handled (before the SIGINT, in order)
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=10) == 0
             assert proc.stderr is not None
