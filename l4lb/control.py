@@ -205,11 +205,8 @@ class ControlServer:
             result = handler(**args)
             if inspect.isawaitable(result):
                 result = await result
-        except (ControlError, ValueError) as exc:
-            return _reply_error(str(exc))
-        except Exception as exc:  # a bug: report it, keep serving
-            log.exception("control: command %s failed", cmd)
-            return _reply_error(f"internal error in {cmd}: {exc}")
+        except Exception as exc:
+            return _failure_reply(cmd, exc)
         return _reply_result(cmd, result)
 
     def handle_line(self, line: bytes) -> bytes:
@@ -223,11 +220,8 @@ class ControlServer:
         cmd, handler, args = call
         try:
             result = handler(**args)
-        except (ControlError, ValueError) as exc:
-            return _reply_error(str(exc))
-        except Exception as exc:  # a bug: report it, keep serving
-            log.exception("control: command %s failed", cmd)
-            return _reply_error(f"internal error in {cmd}: {exc}")
+        except Exception as exc:
+            return _failure_reply(cmd, exc)
         if inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()  # never awaited: close it rather than leak a warning
@@ -327,6 +321,16 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object" if isinstance(value, dict) else "a string"
+
+
+def _failure_reply(cmd: str, exc: Exception) -> bytes:
+    """The reply to a command that raised (call it from the except block): ControlError and
+    ValueError are the client's mistakes, said as they are; anything else is a bug, logged
+    with its traceback, and the server keeps serving."""
+    if isinstance(exc, (ControlError, ValueError)):
+        return _reply_error(str(exc))
+    log.exception("control: command %s failed", cmd)
+    return _reply_error(f"internal error in {cmd}: {exc}")
 
 
 def _reply_error(message: str) -> bytes:

@@ -194,14 +194,11 @@ def _udp_backend_families(udp: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
     datagrams = CounterMetricFamily("l4lb_backend_datagrams",
                                     "Datagrams relayed by the backend's UDP flows.",
                                     labels=[*labels, "direction"])
-    for svc in udp:
-        for b in svc.get("backends", []):
-            key = [str(b.get("service", svc["name"])), str(b["address"]),
-                   str(b.get("name", b["address"]))]
-            flows.add_metric(key, b.get("flows_total", 0))
-            active.add_metric(key, b.get("flows_active", 0))
-            datagrams.add_metric([*key, "to_backend"], b.get("datagrams_to_backend", 0))
-            datagrams.add_metric([*key, "to_client"], b.get("datagrams_to_client", 0))
+    for b, key in _backends(udp):
+        flows.add_metric(key, b.get("flows_total", 0))
+        active.add_metric(key, b.get("flows_active", 0))
+        datagrams.add_metric([*key, "to_backend"], b.get("datagrams_to_backend", 0))
+        datagrams.add_metric([*key, "to_client"], b.get("datagrams_to_client", 0))
     yield from (flows, active, datagrams)
 
 
@@ -303,25 +300,22 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
     probe = GaugeMetricFamily("l4lb_backend_probe_latency_seconds",
                               "Latency of the backend's last conclusive health probe (a "
                               "timeout counts as the timeout).", labels=labels)
-    for svc in services:
-        for b in svc.get("backends", []):
-            key = [str(b.get("service", svc["name"])), str(b["address"]),
-                   str(b.get("name", b["address"]))]
-            conns.add_metric(key, b.get("conns_total", 0))
-            active.add_metric(key, b.get("conns_active", 0))
-            failures.add_metric(key, b.get("connect_failures", 0))
-            nbytes.add_metric([*key, "to_backend"], b.get("bytes_to_backend", 0))
-            nbytes.add_metric([*key, "to_client"], b.get("bytes_to_client", 0))
-            now = b.get("state")
-            up.add_metric(key, 1 if now == "up" else 0)
-            for s in STATES:
-                state.add_metric([*key, s], 1 if now == s else 0)
-            weight.add_metric(key, b.get("weight", 0))
-            effective.add_metric(key, b.get("effective_weight", 0))
-            backup.add_metric(key, 1 if b.get("backup") else 0)
-            seconds = latency.get((key[0], key[1]))
-            if seconds is not None:
-                probe.add_metric(key, seconds)
+    for b, key in _backends(services):
+        conns.add_metric(key, b.get("conns_total", 0))
+        active.add_metric(key, b.get("conns_active", 0))
+        failures.add_metric(key, b.get("connect_failures", 0))
+        nbytes.add_metric([*key, "to_backend"], b.get("bytes_to_backend", 0))
+        nbytes.add_metric([*key, "to_client"], b.get("bytes_to_client", 0))
+        now = b.get("state")
+        up.add_metric(key, 1 if now == "up" else 0)
+        for s in STATES:
+            state.add_metric([*key, s], 1 if now == s else 0)
+        weight.add_metric(key, b.get("weight", 0))
+        effective.add_metric(key, b.get("effective_weight", 0))
+        backup.add_metric(key, 1 if b.get("backup") else 0)
+        seconds = latency.get((key[0], key[1]))
+        if seconds is not None:
+            probe.add_metric(key, seconds)
     yield from (conns, active, failures, nbytes, up, state, weight, effective, backup)
     if probe.samples:
         yield probe
@@ -339,6 +333,15 @@ def _stats_families(stats: Mapping[str, Any],
             family = GaugeMetricFamily(name, doc)
         family.add_metric([], float(stats[key]))
         yield family
+
+
+def _backends(services: Iterable[Mapping[str, Any]]
+              ) -> Iterator[tuple[Mapping[str, Any], list[str]]]:
+    """Every backend of `services` with its label values: service, address, name."""
+    for svc in services:
+        for b in svc.get("backends", []):
+            yield b, [str(b.get("service", svc["name"])), str(b["address"]),
+                      str(b.get("name", b["address"]))]
 
 
 def _gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:

@@ -449,8 +449,7 @@ uint32_t relay_reserve_spend(struct dp_worker *w)
 {
     uint32_t n = w->n_reserve;
 
-    while (w->n_reserve > 0)
-        relay_close(w->reserve_fd[--w->n_reserve]);
+    relay_reserve_close(w);
     if (n)
         relay_tcp_pause_listeners(w);
     return n;
@@ -830,10 +829,20 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, uns
     if (d->done || s->state == RELAY_DEAD)
         return 0;
     for (;;) {
-        if (d->in_pipe) {
-            n = relay_splice(d->pipe.rfd, dst, d->in_pipe);
+        if (d->in_pipe || __builtin_expect(d->park_len != 0, 0)) {
+            /* bytes the destination has not taken yet: in the pipe, or (out of fds for one)
+             * parked in memory; the two never coexist */
+            n = d->in_pipe ? relay_splice(d->pipe.rfd, dst, d->in_pipe)
+                           : relay_send(dst, d->park + d->park_off, d->park_len, 0);
             if (n > 0) {
-                d->in_pipe -= (uint32_t)n;
+                if (d->in_pipe) {
+                    d->in_pipe -= (uint32_t)n;
+                } else {
+                    d->park_off += (uint32_t)n;
+                    d->park_len -= (uint32_t)n;
+                    if (d->park_len == 0)
+                        relay_drop_park(d);
+                }
                 moved += (uint64_t)n;
                 relay_account(w, s, c2b, (size_t)n);
                 continue;
@@ -841,27 +850,6 @@ static int relay_pump(struct dp_worker *w, struct relay_session *s, int c2b, uns
             if (n < 0 && errno == EINTR)
                 continue;
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                d->wblocked = 1;
-                if (!c2b && !s->cfd_out && relay_client_want_out(w, s) < 0)
-                    goto local_failure;
-                break;
-            }
-            goto reset_dst;
-        }
-        if (__builtin_expect(d->park_len != 0, 0)) { /* as the pipe above, from memory */
-            m = relay_send(dst, d->park + d->park_off, d->park_len, 0);
-            if (m > 0) {
-                d->park_off += (uint32_t)m;
-                d->park_len -= (uint32_t)m;
-                moved += (uint64_t)m;
-                relay_account(w, s, c2b, (size_t)m);
-                if (d->park_len == 0)
-                    relay_drop_park(d);
-                continue;
-            }
-            if (m < 0 && errno == EINTR)
-                continue;
-            if (m < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 d->wblocked = 1;
                 if (!c2b && !s->cfd_out && relay_client_want_out(w, s) < 0)
                     goto local_failure;
