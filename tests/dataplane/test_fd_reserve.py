@@ -10,6 +10,7 @@ headroom). Now the reserve serves the client in hand and the listener pauses unt
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import os
 import select
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -32,6 +34,7 @@ LB_PROCESS = textwrap.dedent("""
     import os, resource, socket, sys
     from l4lb._dataplane import Dataplane
     from tests.dataplane.tables import BackendSpec, ServiceSpec, build_table
+    # argv: TCP backend port, spare fds under the limit, [UDP backend port]
     dp = Dataplane(1)
     dp.start()
     ls = socket.socket()
@@ -39,16 +42,46 @@ LB_PROCESS = textwrap.dedent("""
     ls.listen(4096)
     ls.setblocking(False)
     dp.add_listener(1, ls.fileno(), 0)
-    spec = ServiceSpec(1, (BackendSpec("echo", "127.0.0.1", int(sys.argv[1])),))
-    dp.publish(build_table([spec]).blob)
+    specs = [ServiceSpec(1, (BackendSpec("echo", "127.0.0.1", int(sys.argv[1])),))]
+    ports = [ls.getsockname()[1]]
+    if len(sys.argv) > 3:
+        us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        us.bind(("127.0.0.1", 0))
+        us.setblocking(False)
+        dp.add_listener(2, us.fileno(), 0)
+        specs.append(ServiceSpec(2, (BackendSpec("uecho", "127.0.0.1", int(sys.argv[3])),),
+                                 protocol="udp", idle_timeout_ms=60_000))
+        ports.append(us.getsockname()[1])
+    dp.publish(build_table(specs).blob)
     highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + int(sys.argv[2]), hard))
-    print(ls.getsockname()[1], flush=True)
+    print(*ports, flush=True)
     for line in sys.stdin:  # one report per line asked
         print(repr((dp.stats()["services"].get(1, {}), dp._internals())), flush=True)
     dp.stop(0)
 """)
+
+
+@contextlib.contextmanager
+def child_lb(*args: int) -> Iterator[tuple[subprocess.Popen[str], list[int],
+                                            list[socket.socket]]]:
+    """The data plane of LB_PROCESS in a child, its listening ports, and a list for the test's
+    clients; at the end the clients are closed and the child stopped."""
+    proc = subprocess.Popen([sys.executable, "-c", LB_PROCESS, *map(str, args)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    clients: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        yield proc, [int(p) for p in proc.stdout.readline().split()], clients
+    finally:
+        for c in clients:
+            c.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def wmem_max() -> int:
@@ -100,12 +133,7 @@ def outcomes(clients: list[socket.socket], seconds: float) -> dict[str, int]:
 @pytest.mark.parametrize("headroom", [200, 201])  # both parities of the free fd count
 def test_clients_queued_behind_a_full_fd_table_wait(servers: Servers, headroom: int) -> None:
     echo = servers.start("echo", "echo")
-    proc = subprocess.Popen([sys.executable, "-c", LB_PROCESS, str(echo.port), str(headroom)],
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    clients: list[socket.socket] = []
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        port = int(proc.stdout.readline())
+    with child_lb(echo.port, headroom) as (proc, (port,), clients):
         for _ in range(300):  # more than the fds allow: the backlog holds the rest
             c = socket.create_connection((HOST, port), timeout=5)
             clients.append(c)
@@ -114,17 +142,8 @@ def test_clients_queued_behind_a_full_fd_table_wait(servers: Servers, headroom: 
         assert 50 <= seen["echo"] < 300, seen  # some served, the rest wait in the backlog
         for c in clients:  # fds come back: the queued ones are served now
             c.close()
-        clients = []
         counters, _ = report(proc)
         assert counters["no_backend"] == 0, counters
-    finally:
-        for c in clients:
-            c.close()
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_a_session_with_no_fd_left_for_a_pipe_parks_in_memory(servers: Servers) -> None:
@@ -134,12 +153,7 @@ def test_a_session_with_no_fd_left_for_a_pipe_parks_in_memory(servers: Servers) 
     n, total = 4, max(8 << 20, 2 * wmem_max())  # more than the client leg's send buffer
     stream = servers.start("stream", "stream", send_total=total, seed=7)
     # 2 fds per session and nothing more (the reserve was taken before the limit)
-    proc = subprocess.Popen([sys.executable, "-c", LB_PROCESS, str(stream.port), str(2 * n)],
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    clients: list[socket.socket] = []
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
+    with child_lb(stream.port, 2 * n) as (proc, (port,), clients):
         for _ in range(n):
             c = socket.socket()
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader
@@ -162,43 +176,6 @@ def test_a_session_with_no_fd_left_for_a_pipe_parks_in_memory(servers: Servers) 
                 size += len(chunk)
             assert size == total and got.hexdigest() == patterns.digest(total, 7)
         assert report(proc)[0]["accept_errors"] <= 1
-    finally:
-        for c in clients:
-            c.close()
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-LB_MIXED = textwrap.dedent("""
-    import os, resource, socket, sys
-    from l4lb._dataplane import Dataplane
-    from tests.dataplane.tables import BackendSpec, ServiceSpec, build_table
-    dp = Dataplane(1)
-    dp.start()
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(4096)
-    ls.setblocking(False)
-    dp.add_listener(1, ls.fileno(), 0)
-    us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    us.bind(("127.0.0.1", 0))
-    us.setblocking(False)
-    dp.add_listener(2, us.fileno(), 0)
-    dp.publish(build_table([
-        ServiceSpec(1, (BackendSpec("echo", "127.0.0.1", int(sys.argv[1])),)),
-        ServiceSpec(2, (BackendSpec("uecho", "127.0.0.1", int(sys.argv[2])),), protocol="udp",
-                    idle_timeout_ms=60_000)]).blob)
-    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + 12, hard))
-    print(ls.getsockname()[1], us.getsockname()[1], flush=True)
-    for line in sys.stdin:
-        print(repr((dp.stats()["services"].get(1, {}), dp._internals())), flush=True)
-    dp.stop(0)
-""")
 
 
 def test_a_tcp_fd_shortage_leaves_udp_flows_alone(servers: Servers) -> None:
@@ -206,26 +183,13 @@ def test_a_tcp_fd_shortage_leaves_udp_flows_alone(servers: Servers) -> None:
     stay read, since the datagrams of existing flows need no new descriptor."""
     echo = servers.start("echo", "echo")
     uecho = servers.udp("uecho", "echo")
-    proc = subprocess.Popen([sys.executable, "-c", LB_MIXED, str(echo.port), str(uecho.port)],
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    clients: list[socket.socket] = []
-    try:
-        assert proc.stdout is not None
-        tcp_port, udp_port = (int(p) for p in proc.stdout.readline().split())
-        with udp_socket(HOST) as flow:
-            assert udp_ask(flow, (HOST, udp_port), b"before")[0] == b"before"
-            for _ in range(20):  # more sessions than the 12 spare fds hold
-                clients.append(socket.create_connection((HOST, tcp_port), timeout=5))
-            outcomes(clients, 1.0)  # the ones that fit are served; the rest wait
-            assert report(proc)[1]["listener_pauses"] >= 1
-            for k in range(3):  # the flow goes on while TCP accepting is paused
-                assert udp_ask(flow, (HOST, udp_port), b"during %d" % k, timeout=2)[0] == \
-                    b"during %d" % k
-    finally:
-        for c in clients:
-            c.close()
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with child_lb(echo.port, 12, uecho.port) as (proc, (tcp_port, udp_port), clients), \
+            udp_socket(HOST) as flow:
+        assert udp_ask(flow, (HOST, udp_port), b"before")[0] == b"before"
+        for _ in range(20):  # more sessions than the 12 spare fds hold
+            clients.append(socket.create_connection((HOST, tcp_port), timeout=5))
+        outcomes(clients, 1.0)  # the ones that fit are served; the rest wait
+        assert report(proc)[1]["listener_pauses"] >= 1
+        for k in range(3):  # the flow goes on while TCP accepting is paused
+            assert udp_ask(flow, (HOST, udp_port), b"during %d" % k, timeout=2)[0] == \
+                b"during %d" % k

@@ -12,21 +12,13 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import pytest
 
 from l4lb.connlog import ConnLogWriter, format_record
 
-
-def record(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"client": "192.0.2.7:51000", "service": "web", "protocol": "tcp",
-                            "backend": "127.0.0.1:9001", "started": 1700000000.25,
-                            "duration": 1.5, "bytes_to_backend": 120, "bytes_to_client": 4096,
-                            "reason": "client_closed"}
-    base.update(changes)
-    return base
-
+from .test_connlog import record
 
 LINE = len(format_record(record()))  # the length of every line whose byte counts have 3 digits
 

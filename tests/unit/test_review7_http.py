@@ -13,6 +13,7 @@ from l4lb import httpserver
 from l4lb.httpserver import HttpServer
 
 from ..integration.loopthread import GrowingStatus
+from .test_review7_control import until
 
 T = TypeVar("T")
 WAIT = 5.0  # seconds any single wait in these tests may take before it counts as a failure
@@ -29,15 +30,6 @@ def run(scenario: Callable[[HttpServer, int], Awaitable[T]]) -> T:
         finally:
             await server.close()
     return asyncio.run(main())
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def connect(port: int, source: str = "127.0.0.1") -> Conn:
