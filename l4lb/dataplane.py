@@ -36,7 +36,8 @@ class DataplaneAPI(Protocol):
     add_listener (the data plane sets IP_PKTINFO / IPV6_RECVPKTINFO itself on a wildcard
     address); their counters add, per service: datagrams_in, datagrams_out, flows_created,
     flows_expired (ended for any reason), flows_active, drops_max_flows, drops_no_backend,
-    drops_truncated, drops_send; per backend: datagrams_to_backend, datagrams_to_client,
+    drops_truncated, drops_send, drops_max_udp_flows (the cap of set_udp_flow_cap); per
+    backend: datagrams_to_backend, datagrams_to_client,
     flows_active, flows_total (bytes_* as for TCP; ICMP refusals count as connect_failures).
     A UDP socket must be bound (and nonblocking) or add_listener refuses it. On stop, UDP flows
     keep relaying replies until each has been idle for 250 ms or the deadline passes.
@@ -191,6 +192,18 @@ class DataplaneAPI(Protocol):
     def udp_gro(self, service_id: int) -> bool:
         """Whether service_id's UDP sockets get GRO buffers (switched on, and the data plane
         and kernel use them)."""
+
+    def set_udp_flow_cap(self, cap: int) -> None:
+        """At most `cap` UDP flows open at once, all services and workers together (0, the
+        default: no cap). Each flow holds a file descriptor; the cap keeps a flood of new UDP
+        source ports from taking every descriptor the TCP relay needs. A datagram that would
+        open one more flow is dropped and counted in its service's drops_max_udp_flows; open
+        flows are never closed by it. Before or after start(). TypeError: not an int;
+        ValueError: outside 0..4294967295."""
+
+    def udp_flows(self) -> tuple[int, int]:
+        """(cap, open): the cap set by set_udp_flow_cap (0: none) and the UDP flows open now,
+        all services together."""
 
     def stop(self, timeout: float) -> None:
         """Stop accepting, let sessions finish for up to `timeout` seconds, close the rest,

@@ -32,6 +32,9 @@ cdef extern from "dp.h" nogil:
     int dp_fast_open(_core.dp *d, uint32_t service_id)
     int dp_set_udp_gro(_core.dp *d, uint32_t service_id, int on)
     int dp_udp_gro(_core.dp *d, uint32_t service_id)
+    # the cap on UDP flows of all services together (relay_udp.c, "Flow cap")
+    void dp_set_udp_flow_cap(_core.dp *d, uint32_t cap)
+    void dp_udp_flows(_core.dp *d, uint32_t *cap, int64_t *open)
     void dp_fast_open_stats(_core.dp *d, uint64_t *attempts, uint64_t *syn_data,
                             uint64_t *syn_bytes)
 
@@ -54,7 +57,7 @@ _MAX_SERVICES = 1024
 _SERVICE_KEYS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
                  "bytes_to_client", "accept_errors", "datagrams_in", "datagrams_out",
                  "flows_created", "flows_expired", "flows_active", "drops_max_flows",
-                 "drops_no_backend", "drops_truncated", "drops_send")
+                 "drops_no_backend", "drops_truncated", "drops_send", "drops_max_udp_flows")
 _BACKEND_KEYS = ("conns_total", "conns_active", "connect_failures", "bytes_to_backend",
                  "bytes_to_client", "datagrams_to_backend", "datagrams_to_client",
                  "flows_active", "flows_total")
@@ -182,13 +185,14 @@ cdef class Dataplane:
                         or s.bytes_to_backend or s.bytes_to_client or s.accept_errors
                         or s.datagrams_in or s.datagrams_out or s.flows_created
                         or s.flows_expired or s.flows_active or s.drops_max_flows
-                        or s.drops_no_backend or s.drops_truncated or s.drops_send):
+                        or s.drops_no_backend or s.drops_truncated or s.drops_send
+                        or s.drops_max_udp_flows):
                     services[i] = dict(zip(_SERVICE_KEYS, (
                         s.conns_total, s.conns_active, s.rejected, s.no_backend,
                         s.bytes_to_backend, s.bytes_to_client, s.accept_errors,
                         s.datagrams_in, s.datagrams_out, s.flows_created, s.flows_expired,
                         s.flows_active, s.drops_max_flows, s.drops_no_backend,
-                        s.drops_truncated, s.drops_send)))
+                        s.drops_truncated, s.drops_send, s.drops_max_udp_flows)))
             for i in range(st.n_be):  # ids no table named were never counted
                 b = &st.be[i]
                 if (b.conns_total or b.conns_active or b.connect_failures
@@ -463,6 +467,22 @@ cdef class Dataplane:
         if not 0 <= service_id < 1024:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return bool(dp_udp_gro(self._dp, <uint32_t>service_id))
+
+    def set_udp_flow_cap(self, cap):
+        """At most `cap` UDP flows open at once, all services together (0: no cap); a
+        datagram that would open one more is dropped and counted (drops_max_udp_flows)."""
+        if isinstance(cap, bool) or not isinstance(cap, int):
+            raise TypeError(f"cap must be an int, not {type(cap).__name__}")
+        if not 0 <= cap <= 0xFFFFFFFF:
+            raise ValueError(f"cap {cap} out of range 0..4294967295")
+        dp_set_udp_flow_cap(self._dp, <uint32_t>cap)
+
+    def udp_flows(self):
+        """(cap, open): the UDP flow cap (0: none) and the flows open now."""
+        cdef uint32_t cap
+        cdef int64_t n
+        dp_udp_flows(self._dp, &cap, &n)
+        return (int(cap), int(n))
 
     def _internals(self):
         """Pipe pool, slab and pause figures summed over workers (asked of each worker)."""

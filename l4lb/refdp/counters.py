@@ -27,6 +27,8 @@ What each counter means (the C core, src_ext/core/dp.h, keeps the same ones):
                              udp service or no eligible backend
            drops_truncated   datagrams larger than the receive buffer (either way), never sent
            drops_send        datagrams the kernel refused to send (full buffer, refusal, ...)
+           drops_max_udp_flows  datagrams that would have opened a flow while the flows of all
+                             services together were at the data plane's cap (set_udp_flow_cap)
   backend  conns_total       sessions whose connect to this backend succeeded
            conns_active      sessions assigned to it and still open (connecting or established)
            connect_failures  connects refused, unreachable or timed out; udp: flows ended by
@@ -47,7 +49,7 @@ SERVICE_FIELDS = ("conns_total", "conns_active", "rejected", "no_backend",
                   "bytes_to_backend", "bytes_to_client", "accept_errors",
                   "datagrams_in", "datagrams_out", "flows_created", "flows_expired",
                   "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
-                  "drops_send")
+                  "drops_send", "drops_max_udp_flows")
 BACKEND_FIELDS = ("conns_total", "conns_active", "connect_failures",
                   "bytes_to_backend", "bytes_to_client",
                   "datagrams_to_backend", "datagrams_to_client", "flows_active", "flows_total")

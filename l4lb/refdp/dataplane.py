@@ -235,6 +235,20 @@ class Dataplane:
         if not isinstance(on, bool):
             raise TypeError(f"on must be a bool, not {type(on).__name__}")
 
+    def set_udp_flow_cap(self, cap: int) -> None:
+        """At most `cap` UDP flows open at once, all services together (0: no cap)."""
+        if isinstance(cap, bool) or not isinstance(cap, int):
+            raise TypeError(f"cap must be an int, not {type(cap).__name__}")
+        if not 0 <= cap <= 0xFFFFFFFF:
+            raise ValueError(f"cap {cap} out of range 0..4294967295")
+        with self._shared.lock:
+            self._shared.udp_flow_cap = cap
+
+    def udp_flows(self) -> tuple[int, int]:
+        """(cap, open): the UDP flow cap (0: none) and the flows open now."""
+        with self._shared.lock:
+            return (self._shared.udp_flow_cap, self._shared.udp_flows)
+
     def udp_gro(self, service_id: int) -> bool:
         """Always False: the reference never asks for GRO buffers."""
         if not 0 <= service_id < 1024:

@@ -22,9 +22,12 @@ class Shared:
 
     sched: SchedShared  # round-robin counters, active sessions / flows per backend id, TCP
     #                     sessions per service id
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards sched and svc_flows
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards sched, svc_flows,
+    #                     udp_flows
     table: LiveTable | None = None  # the live table; replaced whole by publish()
     svc_flows: dict[int, int] = field(default_factory=dict)  # open UDP flows per service id
+    udp_flows: int = 0  # open UDP flows of all services (under lock)
+    udp_flow_cap: int = 0  # at most this many UDP flows at once, 0 = no cap (set_udp_flow_cap)
     congestion: dict[int, str] = field(default_factory=dict)  # service id -> backend-leg
     #                     congestion control (set_congestion_control); absent = system default
     fast_open: set[int] = field(default_factory=set)  # service ids with fast open towards

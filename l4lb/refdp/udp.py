@@ -16,7 +16,8 @@ A datagram from a client:
    lists with weight 0 and the `down` flag (bit 1), ends here and the datagram opens a new flow
    (a drained backend, weight 0 without the flag, keeps its flows);
 3. without a flow: no table, no such udp service: drops_no_backend; max_flows reached:
-   drops_max_flows; the scheduler (l4lb.table.sched.pick, no retries) finds no backend:
+   drops_max_flows; the data plane's flow cap (all services together) reached:
+   drops_max_udp_flows; the scheduler (l4lb.table.sched.pick, no retries) finds no backend:
    drops_no_backend; no fd (or port) for the upstream socket: accept_errors; its connect()
    fails otherwise (no route): connect_failure on the backend and drops_send. Otherwise a
    connected, nonblocking upstream socket to the backend is opened and the flow counted
@@ -221,12 +222,16 @@ class UdpRelay:
             if 0 < svc.max_flows <= self.shared.svc_flows.get(sid, 0):
                 counters["drops_max_flows"] += 1
                 return None
+            if 0 < self.shared.udp_flow_cap <= self.shared.udp_flows:
+                counters["drops_max_udp_flows"] += 1
+                return None
             choice = pick(live.table, svc, self.shared.sched, self.sched, h)
             if choice is None:
                 counters["drops_no_backend"] += 1
                 return None
             rec = live.backend(choice[1])
             add_count(self.shared.svc_flows, sid, 1)
+            self.shared.udp_flows += 1
             add_count(self.shared.sched.active, rec.backend_id, 1)
         try:
             upstream = socket.socket(socket.AF_INET6 if rec.family == 6 else socket.AF_INET,
@@ -351,6 +356,7 @@ class UdpRelay:
     def _release(self, service_id: int, backend_id: int) -> None:
         with self.shared.lock:
             add_count(self.shared.svc_flows, service_id, -1)
+            self.shared.udp_flows -= 1
             add_count(self.shared.sched.active, backend_id, -1)
 
     def drop_listener(self, lst: UdpListener) -> None:

@@ -1146,6 +1146,7 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
             out->svc[k].drops_no_backend += v[DP_SC_DROPS_NO_BACKEND];
             out->svc[k].drops_truncated += v[DP_SC_DROPS_TRUNCATED];
             out->svc[k].drops_send += v[DP_SC_DROPS_SEND];
+            out->svc[k].drops_max_udp_flows += v[DP_SC_DROPS_MAX_UDP_FLOWS];
         }
         for (k = 0; k < n_be; k++) {
             for (x = 0; x < DP_BC_N; x++)
@@ -1701,6 +1702,17 @@ int dp_udp_gro(struct dp *dp, uint32_t service_id)
         return 0;
     return !(atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed) &
              DP_OPT_NO_GRO);
+}
+
+void dp_set_udp_flow_cap(struct dp *dp, uint32_t cap)
+{
+    atomic_store_explicit(&dp->udp_flow_cap, cap, memory_order_relaxed);
+}
+
+void dp_udp_flows(struct dp *dp, uint32_t *cap, int64_t *open)
+{
+    *cap = atomic_load_explicit(&dp->udp_flow_cap, memory_order_relaxed);
+    *open = atomic_load_explicit(&dp->udp_flows, memory_order_relaxed);
 }
 
 void dp_fast_open_stats(struct dp *dp, uint64_t *attempts, uint64_t *syn_data,

@@ -48,6 +48,9 @@ struct dp_svc_stats {
                                   either way; never forwarded */
     uint64_t drops_send;       /* udp: datagrams the kernel refused to send (full buffer,
                                   refusal, unreachable), either way */
+    uint64_t drops_max_udp_flows; /* udp: datagrams that would have opened a flow while all
+                                     services together held the data plane's flow cap
+                                     (dp_set_udp_flow_cap) */
 };
 
 /* Per-backend counters, summed over workers. */
@@ -295,6 +298,13 @@ int dp_set_udp_gro(struct dp *dp, uint32_t service_id, int on);
 /* 1 when service_id's UDP sockets get GRO buffers (not switched off, and the kernel and
  * tuning allow it), 0 when not (or a bad id). Any thread. */
 int dp_udp_gro(struct dp *dp, uint32_t service_id);
+/* The cap on UDP flows open at once, all services and workers together (relay_udp.c, "Flow
+ * cap"): a datagram that would open one more is dropped and counted in its service's
+ * drops_max_udp_flows. 0 = no cap (the default). Takes effect for flows opened after it returns;
+ * open flows are never closed by it. Before or after dp_start(). Any thread. */
+void dp_set_udp_flow_cap(struct dp *dp, uint32_t cap);
+/* The cap (0 = none) and the number of UDP flows open now. Any thread (relaxed loads). */
+void dp_udp_flows(struct dp *dp, uint32_t *cap, int64_t *open);
 /* Fast-open counters summed over workers (relaxed loads, no worker is asked): attempts = backend
  * connects opened with sendto(MSG_FASTOPEN), syn_data = those whose SYN carried client bytes
  * (the kernel had a cookie for the backend), syn_bytes = the bytes those SYNs carried. */

@@ -50,7 +50,7 @@ enum dp_svc_counter {
     /* udp (meanings in dp.h, struct dp_svc_stats) */
     DP_SC_DATAGRAMS_IN, DP_SC_DATAGRAMS_OUT, DP_SC_FLOWS_CREATED, DP_SC_FLOWS_EXPIRED,
     DP_SC_FLOWS_ACTIVE, DP_SC_DROPS_MAX_FLOWS, DP_SC_DROPS_NO_BACKEND, DP_SC_DROPS_TRUNCATED,
-    DP_SC_DROPS_SEND, DP_SC_N
+    DP_SC_DROPS_SEND, DP_SC_DROPS_MAX_UDP_FLOWS, DP_SC_N
 };
 enum dp_be_counter {
     DP_BC_CONNS_TOTAL, DP_BC_CONNS_ACTIVE, DP_BC_CONNECT_FAILURES,
@@ -337,6 +337,10 @@ struct dp {
     struct dp_svc_opts opts;       /* backend-leg options per service (fast open) */
     _Atomic uint32_t be_hw;        /* 1 + the highest backend id any published table named:
                                       no counter at or above it was ever written (dp_stats) */
+    _Atomic int64_t udp_flows;     /* udp flows open now, every worker and service: each holds
+                                      one upstream socket (relay_udp.c, "Flow cap") */
+    _Atomic uint32_t udp_flow_cap; /* at most this many udp flows at once, 0 = no cap
+                                      (dp_set_udp_flow_cap; relaxed, read per new flow) */
 };
 
 /* Load the live table into w->table and publish the generation seen (see dp.c's essay). Only

@@ -25,6 +25,16 @@
  * in a graveyard that is freed after the pending replies are flushed. The table never grows
  * without bound: every flow has an idle timer, and max_flows caps the count.
  *
+ * Flow cap. Each flow holds a file descriptor, and every service and the TCP relay draw on the
+ * same descriptor table. A flood of new source ports at one service (each a flow) could take
+ * every descriptor and starve the others, TCP accepts included. So the data plane also counts
+ * the flows of all services together (dp->udp_flows, one more relaxed fetch-add per new flow and
+ * one fetch-sub per end, beside the service's) and refuses a new flow while the count is at
+ * dp->udp_flow_cap (the control plane sets it, by default to half of the descriptor limit).
+ * The refused datagram is counted in its service's drops_max_udp_flows. A flow the service's
+ * own max_flows refuses is counted there and takes no place in the cap. Open flows are never
+ * closed by a lower cap; new ones wait until enough have ended.
+ *
  * Backend moves. A flow remembers its backend by id, plus its index in the table generation that
  * last confirmed it. When the live generation differs, the flow's next client datagram looks the
  * backend up again (same index first, else a scan of the service's backends): absent, or weight 0
@@ -158,6 +168,7 @@
  * - responses counts every datagram read from the backend, a truncated one included; replies
  *   beyond `responses` that arrive before the socket is closed are discarded, not counted.
  * - A datagram that cannot open its flow is dropped and counted: max_flows (drops_max_flows),
+ *   the flow cap of the data plane (drops_max_udp_flows),
  *   no service / no eligible backend (drops_no_backend), no socket, epoll slot or memory
  *   (accept_errors), connect() refused by routing (the backend's connect_failures and
  *   drops_send). Nothing is retried on another backend: UDP has no handshake to fail.
@@ -378,8 +389,16 @@ static void udp_log(struct dp_worker *w, const struct relay_udp_flow *f, uint8_t
     connlog_ring_commit(w->log_ring);
 }
 
+/* Give back the places a flow held in its service's count (max_flows) and in the data plane's
+ * (the flow cap). */
+static void udp_flow_unclaim(struct dp_worker *w, uint32_t sid)
+{
+    atomic_fetch_sub_explicit(&w->dp->shared->svc_active[sid], 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&w->dp->udp_flows, 1, memory_order_relaxed);
+}
+
 /* End a flow: close its socket (which takes it out of epoll), give back its backend and its
- * max_flows slot, take it out of the index (a new datagram of the client opens a new flow),
+ * max_flows and flow cap places, take it out of the index (a new datagram of the client opens a new flow),
  * remember why (reason, an enum dp_close_reason) and queue it for relay_udp_reap(), which runs
  * after the pending replies are flushed and logs it. Every end of a flow goes through here.
  * DP_CLOSE_REFUSED (an ICMP error) also counts a connect_failure on the backend. Safe to call
@@ -395,7 +414,7 @@ static void udp_flow_end(struct dp_worker *w, struct relay_udp_flow *f, uint8_t 
         f->fd = -1;
     }
     atomic_fetch_sub_explicit(&w->dp->shared->active[f->backend_id], 1, memory_order_relaxed);
-    atomic_fetch_sub_explicit(&w->dp->shared->svc_active[f->service_id], 1, memory_order_relaxed);
+    udp_flow_unclaim(w, f->service_id);
     dp_svc_add(w, f->service_id, DP_SC_FLOWS_EXPIRED, 1);
     dp_svc_add(w, f->service_id, DP_SC_FLOWS_ACTIVE, -1);
     dp_be_add(w, f->backend_id, DP_BC_FLOWS_ACTIVE, -1);
@@ -543,19 +562,28 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
     struct ct_entry *e;
     struct timespec ts;
     socklen_t sl;
+    int64_t all;
     int32_t prev;
+    uint32_t cap;
     int fd, err, gro = 0;
 
     prev = atomic_fetch_add_explicit(sact, 1, memory_order_relaxed);
+    all = atomic_fetch_add_explicit(&w->dp->udp_flows, 1, memory_order_relaxed);
     if (svc->max_flows && prev >= 0 && (uint32_t)prev >= svc->max_flows) {
-        atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
+        udp_flow_unclaim(w, sid);
         dp_svc_add(w, sid, DP_SC_DROPS_MAX_FLOWS, dgrams);
+        return NULL;
+    }
+    cap = atomic_load_explicit(&w->dp->udp_flow_cap, memory_order_relaxed);
+    if (cap && all >= (int64_t)cap) {
+        udp_flow_unclaim(w, sid);
+        dp_svc_add(w, sid, DP_SC_DROPS_MAX_UDP_FLOWS, dgrams);
         return NULL;
     }
     if (sched_pick(t, svc, w->dp->shared, w->sw,
                    dp_flow_hash(t->hash_seed, k->family, k->caddr, cport, svc->hash_key), NULL, 0,
                    &slot, &idx) != 0) {
-        atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
+        udp_flow_unclaim(w, sid);
         dp_svc_add(w, sid, DP_SC_DROPS_NO_BACKEND, dgrams);
         return NULL;
     }
@@ -579,7 +607,7 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
         /* the backend's address is unusable from here (unreachable network, ...) */
         dp_be_add(w, (int32_t)b->backend_id, DP_BC_CONNECT_FAILURES, 1);
         dp_svc_add(w, sid, DP_SC_DROPS_SEND, dgrams);
-        atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
+        udp_flow_unclaim(w, sid);
         return NULL;
     }
     if (ct_alloc(&w->uct, &e) != 0) {
@@ -626,7 +654,7 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
     return f;
 
 local_failure:
-    atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
+    udp_flow_unclaim(w, sid);
     dp_svc_add(w, sid, DP_SC_ACCEPT_ERRORS, dgrams); /* per datagram, as every drop */
     return NULL;
 }

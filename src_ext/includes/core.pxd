@@ -33,6 +33,7 @@ cdef extern from "dp.h" nogil:
         uint64_t drops_no_backend
         uint64_t drops_truncated
         uint64_t drops_send
+        uint64_t drops_max_udp_flows
 
     struct dp_be_stats:
         uint64_t conns_total

@@ -17,7 +17,8 @@ TCP_SERVICE_KEYS = {"conns_total", "conns_active", "rejected", "no_backend", "by
                     "bytes_to_client", "accept_errors"}
 SERVICE_KEYS = TCP_SERVICE_KEYS | {"datagrams_in", "datagrams_out", "flows_created",
                                    "flows_expired", "flows_active", "drops_max_flows",
-                                   "drops_no_backend", "drops_truncated", "drops_send"}
+                                   "drops_no_backend", "drops_truncated", "drops_send",
+                                   "drops_max_udp_flows"}
 TCP_BACKEND_KEYS = {"conns_total", "conns_active", "connect_failures", "bytes_to_backend",
                     "bytes_to_client"}
 BACKEND_KEYS = TCP_BACKEND_KEYS | {"datagrams_to_backend", "datagrams_to_client",

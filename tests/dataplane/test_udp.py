@@ -39,7 +39,8 @@ HOST = "127.0.0.1"
 IDLE_LONG = 30_000  # ms: flows that must outlive the test
 UDP_SERVICE_KEYS = {"datagrams_in", "datagrams_out", "flows_created", "flows_expired",
                     "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
-                    "drops_send", "bytes_to_backend", "bytes_to_client", "accept_errors"}
+                    "drops_send", "drops_max_udp_flows", "bytes_to_backend", "bytes_to_client",
+                    "accept_errors"}
 UDP_BACKEND_KEYS = {"datagrams_to_backend", "datagrams_to_client", "flows_active",
                     "flows_total", "bytes_to_backend", "bytes_to_client", "connect_failures"}
 FLOW_KEYS = {"service_id", "backend_id", "client", "started", "last_seen",
@@ -311,6 +312,49 @@ def test_max_flows_drops_and_counts(make_lb: MakeLB, servers: Servers) -> None:
         for i in set(range(8)) - admitted.keys():  # room again
             assert udp_ask(socks[i], lb.addr(), b"3")[0] == b"3"
     settled(lb.svc_stats, datagrams_in=16, datagrams_out=13, flows_created=8, drops_max_flows=3)
+
+
+def test_flow_cap_counts_all_services_together(make_lb: MakeLB, servers: Servers) -> None:
+    """set_udp_flow_cap: one cap over the flows of every service (each holds an fd); the
+    service that hits it counts drops_max_udp_flows, a lower cap closes nothing, and room comes
+    back as flows end."""
+    echo, echo2 = servers.udp("echo", "echo"), servers.udp("echo2", "echo")
+    other = SVC + 1
+    lb = make_lb([udp_service([spec(echo)], responses=2),
+                  dataclasses.replace(udp_service([spec(echo2)], responses=2), service_id=other)])
+    assert lb.dp.udp_flows() == (0, 0)  # no cap until one is set
+    lb.dp.set_udp_flow_cap(4)
+    with udp_clients(HOST, 3) as first, udp_clients(HOST, 3) as second:
+        for sock in first:
+            sock.sendto(b"1", lb.addr())
+        assert len(collect(first, 3, 5.0)) == 3
+        assert wait_for(lambda: lb.dp.udp_flows() == (4, 3), 5), lb.dp.udp_flows()
+        for sock in second:
+            sock.sendto(b"1", lb.addr(other))
+        admitted = collect(second, 1, 5.0)
+        assert len(admitted) == 1  # the fourth flow of the data plane
+        assert wait_for(lambda: lb.svc_stats(other).get("drops_max_udp_flows") == 2, 5)
+        assert collect(second, 2, 0.2).keys() <= admitted.keys()  # the other 2 got nothing
+        assert lb.svc_stats().get("drops_max_udp_flows") == 0
+        assert lb.svc_stats(other).get("drops_max_flows") == 0  # not the service's own limit
+        lb.dp.set_udp_flow_cap(2)  # below the flows open: they stay
+        assert lb.dp.udp_flows() == (2, 4)
+        for i in admitted:
+            assert udp_ask(second[i], lb.addr(other), b"2")[0] == b"2"  # ends that flow
+        assert udp_ask(first[0], lb.addr(), b"2")[0] == b"2"
+        assert wait_for(lambda: lb.dp.udp_flows() == (2, 2), 5), lb.dp.udp_flows()
+        late = next(i for i in range(3) if i not in admitted)
+        second[late].sendto(b"3", lb.addr(other))  # 2 open, cap 2: still no room
+        assert wait_for(lambda: lb.svc_stats(other).get("drops_max_udp_flows") == 3, 5)
+        lb.dp.set_udp_flow_cap(0)  # no cap
+        assert udp_ask(second[late], lb.addr(other), b"4")[0] == b"4"
+        assert lb.dp.udp_flows() == (0, 3)
+    with pytest.raises(ValueError):
+        lb.dp.set_udp_flow_cap(-1)
+    with pytest.raises(ValueError):
+        lb.dp.set_udp_flow_cap(1 << 32)
+    with pytest.raises(TypeError):
+        lb.dp.set_udp_flow_cap(True)
 
 
 def test_icmp_refusal_ends_the_flow_and_is_counted(make_lb: MakeLB, servers: Servers) -> None:
