@@ -53,7 +53,7 @@ from l4lb.config import ConfigError, load_file
 from l4lb.config.durations import format_duration_ms, parse_duration_ms
 from l4lb.config.locate import Locator
 from l4lb.config.model import Backend, Config, Service
-from l4lb.config.validate import validate
+from l4lb.config.validate import U32_MAX, validate
 from l4lb.connlog import ConnLogWriter, RecordError
 from l4lb.control import ControlError, ControlServer, install_loop_exception_handler
 from l4lb.dataplane import load_dataplane_class
@@ -154,7 +154,7 @@ SERVICE_COUNTERS = ("conns_total", "conns_active", "rejected", "no_backend", "by
                     "bytes_to_client", "accept_errors")
 UDP_SERVICE_COUNTERS = ("datagrams_in", "datagrams_out", "flows_created", "flows_expired",
                         "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
-                        "drops_send")
+                        "drops_send", "drops_max_udp_flows")
 
 
 @dataclass
@@ -240,6 +240,8 @@ class Daemon:
     udp_gro_kept: set[str] = field(default_factory=set)  # services switched off by a reload
     #                                   whose open listeners keep GRO buffers (never turned off)
     stop_deadline: float | None = None  # unix time the drain of a stop ends; None: running
+    udp_flow_limit: int = 0  # the cap on UDP flows (all services) the data plane was given;
+    #                          0: none given yet ([global] max_udp_flows, udp_flow_cap())
 
     def start(self) -> None:
         """Create the data plane, publish the first table, bind and hand over the listeners.
@@ -248,6 +250,7 @@ class Daemon:
         """
         dp_class = load_dataplane_class()
         self.generation, self.digest = 0, ""  # a new data plane has no table: publish one
+        self.udp_flow_limit = 0  # nor a flow cap
         self.file_config = self.config
         self.runtime = Runtime.from_config(self.config)
         self.workers = resolve_workers(self.config.global_.workers)
@@ -307,6 +310,7 @@ class Daemon:
         self._sync_backend_congestion()
         self._sync_backend_fast_open()
         self._sync_udp_gro()
+        self._sync_udp_flow_cap()
         self.weights = weights
         for service, reason in weights.panic.items():
             if self.panic_logged.get(service) != reason:
@@ -489,6 +493,29 @@ class Daemon:
             else:
                 log.info("service %s: UDP sockets read without GRO buffers (udp_gro = false)",
                          name)
+
+    def _sync_udp_flow_cap(self) -> None:
+        """Give the data plane the cap on UDP flows of all services together ([global]
+        max_udp_flows, by default half of the file descriptor limit of this moment), when it
+        differs from the one it has. A data plane without the call is a problem (in
+        cc_problems, so start refuses) only when the file sets the key."""
+        setting = self.config.global_.max_udp_flows
+        if self.dp is None:
+            return
+        if not self._dp_supports("set_udp_flow_cap"):
+            if setting is not None:
+                self.cc_problems.append("this data plane cannot cap UDP flows (max_udp_flows)")
+                log.error("%s", self.cc_problems[-1])
+            return
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        cap = udp_flow_cap(setting, nofile)
+        if cap == self.udp_flow_limit:
+            return
+        self.dp.set_udp_flow_cap(cap)
+        self.udp_flow_limit = cap
+        how = ("[global] max_udp_flows" if setting is not None
+               else f"half of the {nofile} file descriptors allowed; [global] max_udp_flows")
+        log.info("daemon: at most %d UDP flows at once, all services together (%s)", cap, how)
 
     def _sync_listener_congestion(self, groups: list[ListenerGroup]) -> list[str]:
         """Set TCP_CONGESTION on each TCP listener of `groups` to its service's
@@ -1274,6 +1301,7 @@ class Daemon:
             raise ControlError(f"reload rejected, running configuration unchanged: "
                                f"{reason}") from None
         # Committed. What follows releases what the new configuration no longer uses.
+        self._sync_udp_flow_cap()  # a [global] key: applied whether or not the table changed
         if new_log != self.connlog_path:
             self._switch_connlog(fresh_log, new_log)
         self.listeners.extend(fresh)
@@ -1373,8 +1401,18 @@ class Daemon:
                 "table": {"generation": self.generation, "digest": self.digest},
                 "connection_log": self.connlog_path,
                 "loop": self.loop_lag.status(),
+                "udp_flows": self._udp_flows_status(dp),
                 "services": services,
                 "vrrp": [instance.status() for instance in self.vrrp]}
+
+    def _udp_flows_status(self, dp: Any) -> dict[str, Any]:
+        """`udp_flows` of `status`: the cap on UDP flows of all services, where it comes from,
+        and how many are open (None without a data plane that counts them)."""
+        open_now = None
+        if dp is not None and callable(getattr(dp, "udp_flows", None)):
+            open_now = int(dp.udp_flows()[1])
+        return {"max": self.udp_flow_limit or None, "open": open_now,
+                "auto": self.config.global_.max_udp_flows is None}
 
     def _service_known(self, service: str) -> None:
         if service not in {s.name for s in self.config.services}:
@@ -1566,6 +1604,18 @@ class Daemon:
             with self.connlog_lock:
                 writer, self.connlog = self.connlog, None
             writer.close()
+
+
+def udp_flow_cap(setting: int | None, nofile: int) -> int:
+    """The cap on UDP flows of all services together: `setting` ([global] max_udp_flows), or
+    for None ("auto") half of `nofile`, the soft RLIMIT_NOFILE, so that UDP flows (one
+    descriptor each) can never take the descriptors the TCP relay needs. Never below 1, never
+    above 4294967295 (RLIM_INFINITY, -1 here, gives that)."""
+    if setting is not None:
+        return setting
+    if nofile == resource.RLIM_INFINITY:
+        return U32_MAX
+    return max(1, min(nofile // 2, U32_MAX))
 
 
 def raise_fd_limit() -> int:

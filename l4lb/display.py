@@ -193,6 +193,10 @@ def status_text(status: dict[str, Any]) -> str:
     if loop.get("stalls"):
         out.append(f"event loop: {loop['stalls']} stalls of {loop['stall_ms']} ms or more, the "
                    f"worst {loop['lag_max_ms']:.0f} ms (VRRP adverts and probes waited)")
+    flows = status.get("udp_flows") or {}
+    if flows.get("max") and any(s.get("protocol") == "udp" for s in status["services"]):
+        origin = "auto: half the fd limit" if flows.get("auto") else "max_udp_flows"
+        out.append(f"udp flows {flows.get('open')} of at most {flows['max']} ({origin})")
     if status.get("state") == "draining":
         ends = status.get("drain_ends")
         left = f", what is left closes in {max(0.0, ends - time.time()):.0f}s" if ends else ""

@@ -136,6 +136,12 @@ def _status_families(status: Mapping[str, Any],
                                      "ran a sample at least 250 ms late.")
         stalls.add_metric([], int(loop.get("stalls", 0)))
         yield stalls
+    flows = status.get("udp_flows")
+    if isinstance(flows, Mapping) and flows.get("max") is not None:
+        yield _gauge("l4lb_udp_flows_max", "Cap on UDP flows open at once, all services "
+                     "together ([global] max_udp_flows).", flows["max"])
+        yield _gauge("l4lb_udp_flows_active", "UDP flows open now, all services together.",
+                     flows.get("open") or 0)
     table = status.get("table", {})
     yield _gauge("l4lb_table_generation", "Generation of the published forwarding table.",
                  table.get("generation", 0))
@@ -178,7 +184,7 @@ def _udp_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
     for svc in udp:
         c = svc.get("counters", {})
         active.add_metric([str(svc["name"])], c.get("flows_active", 0))
-        for reason in ("max_flows", "no_backend", "truncated", "send"):
+        for reason in ("max_flows", "max_udp_flows", "no_backend", "truncated", "send"):
             drops.add_metric([str(svc["name"]), reason], c.get(f"drops_{reason}", 0))
     yield from (active, drops)
     yield from _udp_backend_families(udp)

@@ -121,6 +121,9 @@ class GlobalSettings:
     shutdown_timeout: float = 30.0  # graceful drain on SIGTERM before the rest are closed
     listen_backlog: int = 4096
     connection_log: str | None = None  # JSON-lines file of closed sessions; None = off
+    # UDP flows open at once, all services together (each holds a file descriptor); None =
+    # "auto": half of the descriptor limit `l4lb run` works with (daemon.udp_flow_cap)
+    max_udp_flows: int | None = None
 
 
 @dataclass(frozen=True)

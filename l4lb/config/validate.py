@@ -88,7 +88,7 @@ TOP_KEYS = ("global", "services", "vrrp", "metrics")
 METRICS_KEYS = ("listen",)
 GLOBAL_KEYS = (
     "workers", "control_socket", "log_level", "log_format", "hash_seed", "shutdown_timeout",
-    "listen_backlog", "connection_log",
+    "listen_backlog", "connection_log", "max_udp_flows",
 )
 SERVICE_KEYS = (
     "name", "protocol", "listen", "scheduler", "hash_key", "connect_timeout", "idle_timeout",
@@ -658,7 +658,28 @@ class _Checker:
             listen_backlog=self.read_int(scope, table, "listen_backlog", d.listen_backlog,
                                          1, 65535),
             connection_log=self.connection_log(scope, table),
+            max_udp_flows=self.max_udp_flows(scope, table),
         )
+
+    def max_udp_flows(self, scope: _Scope, table: dict[str, Any]) -> int | None:
+        """An integer 1..4294967295, or "auto" (the default: None)."""
+        value = table.get("max_udp_flows", "auto")
+        if value == "auto":
+            return None
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            self.error((*scope.path, "max_udp_flows"),
+                       f"{scope.label('max_udp_flows')}: write \"auto\" in lower case")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = ""
+            if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,20}", value.strip()):
+                hint = f"write {value.strip()} without quotes"
+            self.wrong_type((*scope.path, "max_udp_flows"), scope.label("max_udp_flows"),
+                            'an integer or "auto"', value, hint)
+            return None
+        return self.read_int(scope, table, "max_udp_flows", 1, 1, U32_MAX,
+                             zero_hint='leave the key out (or write "auto") for the default, '
+                                       'half of the file descriptor limit')
 
     def connection_log(self, scope: _Scope, table: dict[str, Any]) -> str | None:
         value = self.read_str(scope, table, "connection_log")
