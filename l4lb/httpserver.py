@@ -12,9 +12,10 @@ browser and curl, and hard to upset:
   its own deadline (SEND_TIMEOUT).
 - Malformed requests get 400, a missing Host on HTTP/1.1 too, other methods 405, other HTTP
   versions 505, an oversized head 431, a timed-out head 408, unknown paths 404.
-- At most MAX_CLIENTS connections at once, and at most MAX_PER_PEER from one client address,
-  so that a few slow clients from one host ("slowloris") cannot lock Prometheus out. A
-  connection beyond either cap is answered 503 at once, without reading its request, and
+- At most MAX_CLIENTS connections at once, and at most MAX_PER_PEER from one client address
+  (an IPv6 client's /64, since one host commonly owns a whole /64; see peer_key()), so that
+  a few slow clients from one host ("slowloris") cannot lock Prometheus out. A connection
+  beyond either cap is answered 503 at once, without reading its request, and
   counted (refused_total()); at most MAX_CLIENTS such refusals linger at a time, more are
   dropped without a reply (and counted too).
 - The handling of one connection never loops over buffered input without bound: there is one
@@ -35,6 +36,7 @@ import asyncio
 import contextlib
 import email.utils
 import gzip
+import ipaddress
 import logging
 import re
 import time
@@ -119,7 +121,7 @@ class HttpServer:
         self.clock = clock  # stamps each status document (the page's rates divide by it)
         self.server: asyncio.Server | None = None  # set by listen()
         self._clients: set[asyncio.Task[Any]] = set()  # connections being served
-        self._per_peer: dict[str, int] = {}  # client IP -> connections being served from it
+        self._per_peer: dict[str, int] = {}  # peer_key() -> connections being served from it
         self._refusing: set[asyncio.Task[Any]] = set()  # refused connections getting their 503
         self._refused = 0  # connections refused since start (a cap was reached)
         self._renders = asyncio.Semaphore(RENDERS_AT_ONCE)  # /metrics formatting slots
@@ -163,7 +165,7 @@ class HttpServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        peer = _peer_host(writer)
+        peer = peer_key(_peer_host(writer))
         if task is None:  # pragma: no cover - a stream callback always runs in a task
             writer.transport.abort()
             return
@@ -288,6 +290,25 @@ def _peer_host(writer: asyncio.StreamWriter) -> str:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return ""
+
+
+def peer_key(host: str) -> str:
+    """What MAX_PER_PEER counts by: an IPv4 address as it is (also when it arrives as an
+    IPv4-mapped IPv6 address on a dual-stack listener), an IPv6 address by its /64 (one host or
+    one customer usually has the whole /64, so counting single addresses would let it open
+    2**64 times MAX_PER_PEER connections), except link-local ones (every host on a link shares
+    fe80::/64), which count as the full address. Anything else (a unix peer) as given."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # no zone index
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        if address.is_link_local:
+            return host
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _render_metrics(exporter: Exporter, data: Any, zipped: bool) -> bytes:

@@ -173,3 +173,17 @@ def test_the_head_timeout_is_short_and_closes_an_unfinished_head(
     reply, refused = run(scenario)
     assert status_of(reply) == 408
     assert refused == 0  # a timeout is not a refusal
+
+
+@pytest.mark.parametrize(("host", "key"), [
+    ("192.0.2.7", "192.0.2.7"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),              # a dual-stack listener's IPv4 client
+    ("2001:db8:1:2::7", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:1", "2001:db8:1:2::/64"),  # the same /64: one bucket
+    ("2001:db8:1:3::7", "2001:db8:1:3::/64"),       # the next /64: another
+    ("fe80::1%eth0", "fe80::1%eth0"),                # link-local: every host shares fe80::/64
+    ("::1", "::/64"),
+    ("", ""),                                        # no peer address (unix socket)
+])
+def test_the_per_peer_cap_counts_an_ipv6_client_by_its_64(host: str, key: str) -> None:
+    assert httpserver.peer_key(host) == key
