@@ -201,6 +201,18 @@ class DataplaneAPI(Protocol):
         flows are never closed by it. Before or after start(). TypeError: not an int;
         ValueError: outside 0..4294967295."""
 
+    def set_fd_ceiling(self, ceiling: int) -> None:
+        """Leave the descriptors numbered `ceiling` and up to the rest of the process (the
+        control plane: control socket, metrics, health probes, log files); 0 (the default):
+        none. The kernel hands out the lowest free number, so a new descriptor at or above it
+        means the process is nearly full: the data plane then acts as when it is out of
+        descriptors (listeners pause, a pipe or UDP flow socket up there is closed again), and
+        keeps sockets above it only for a session it has already accepted. Any time.
+        TypeError: not an int; ValueError: outside 0..4294967295."""
+
+    def fd_ceiling(self) -> int:
+        """The descriptor ceiling set by set_fd_ceiling (0: none)."""
+
     def udp_flows(self) -> tuple[int, int]:
         """(cap, open): the cap set by set_udp_flow_cap (0: none) and the UDP flows open now,
         all services together."""

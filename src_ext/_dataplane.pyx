@@ -32,6 +32,9 @@ cdef extern from "dp.h" nogil:
     int dp_fast_open(_core.dp *d, uint32_t service_id)
     int dp_set_udp_gro(_core.dp *d, uint32_t service_id, int on)
     int dp_udp_gro(_core.dp *d, uint32_t service_id)
+    # the descriptor ceiling (relay_tcp.c, "The fd reserve")
+    void dp_set_fd_ceiling(_core.dp *d, uint32_t ceiling)
+    uint32_t dp_fd_ceiling(_core.dp *d)
     # the cap on UDP flows of all services together (relay_udp.c, "Flow cap")
     void dp_set_udp_flow_cap(_core.dp *d, uint32_t cap)
     void dp_udp_flows(_core.dp *d, uint32_t *cap, int64_t *open)
@@ -476,6 +479,18 @@ cdef class Dataplane:
         if not 0 <= cap <= 0xFFFFFFFF:
             raise ValueError(f"cap {cap} out of range 0..4294967295")
         dp_set_udp_flow_cap(self._dp, <uint32_t>cap)
+
+    def set_fd_ceiling(self, ceiling):
+        """Leave descriptors numbered `ceiling` and up to the control plane (0: none)."""
+        if isinstance(ceiling, bool) or not isinstance(ceiling, int):
+            raise TypeError(f"ceiling must be an int, not {type(ceiling).__name__}")
+        if not 0 <= ceiling <= 0xFFFFFFFF:
+            raise ValueError(f"ceiling {ceiling} out of range 0..4294967295")
+        dp_set_fd_ceiling(self._dp, <uint32_t>ceiling)
+
+    def fd_ceiling(self):
+        """The descriptor ceiling (0: none)."""
+        return int(dp_fd_ceiling(self._dp))
 
     def udp_flows(self):
         """(cap, open): the UDP flow cap (0: none) and the flows open now."""

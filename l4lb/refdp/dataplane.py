@@ -244,6 +244,18 @@ class Dataplane:
         with self._shared.lock:
             self._shared.udp_flow_cap = cap
 
+    def set_fd_ceiling(self, ceiling: int) -> None:
+        """Descriptors numbered `ceiling` and up are left to the control plane (0: none)."""
+        if isinstance(ceiling, bool) or not isinstance(ceiling, int):
+            raise TypeError(f"ceiling must be an int, not {type(ceiling).__name__}")
+        if not 0 <= ceiling <= 0xFFFFFFFF:
+            raise ValueError(f"ceiling {ceiling} out of range 0..4294967295")
+        self._shared.fd_ceiling = ceiling
+
+    def fd_ceiling(self) -> int:
+        """The descriptor ceiling (0: none)."""
+        return self._shared.fd_ceiling
+
     def udp_flows(self) -> tuple[int, int]:
         """(cap, open): the UDP flow cap (0: none) and the flows open now."""
         with self._shared.lock:

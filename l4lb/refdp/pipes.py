@@ -9,8 +9,10 @@ closed instead of pooled, so a pooled pipe is always empty.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+from collections.abc import Callable
 
 PIPE_SIZE = 256 * 1024  # bytes asked for with F_SETPIPE_SZ; the kernel may round it up
 POOL_MAX = 64  # empty pipes kept per worker; more are closed when given back
@@ -36,16 +38,22 @@ class Pipe:
 class PipePool:
     """Empty pipes ready for reuse by the sessions of one worker."""
 
-    def __init__(self, keep: int = POOL_MAX) -> None:
+    def __init__(self, keep: int = POOL_MAX,
+                 fd_high: Callable[[int], bool] = lambda fd: False) -> None:
         self._free: list[Pipe] = []  # empty pipes, most recently returned last
         self._keep = keep  # most pipes kept in _free
+        self._fd_high = fd_high  # whether an fd is at the data plane's descriptor ceiling
         self.created = 0  # pipes ever created (for tests and curiosity)
 
     def take(self) -> Pipe:
-        """An empty pipe; raises OSError (EMFILE, ENFILE) when none can be created."""
+        """An empty pipe; raises OSError (EMFILE, ENFILE) when none can be created, EMFILE
+        also when a new one would sit at the descriptor ceiling (it is closed again)."""
         if self._free:
             return self._free.pop()
         pipe = Pipe()
+        if self._fd_high(pipe.r) or self._fd_high(pipe.w):
+            pipe.close()  # the descriptors up there are the control plane's
+            raise OSError(errno.EMFILE, "descriptor ceiling reached")
         self.created += 1
         return pipe
 

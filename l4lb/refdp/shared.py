@@ -28,6 +28,12 @@ class Shared:
     svc_flows: dict[int, int] = field(default_factory=dict)  # open UDP flows per service id
     udp_flows: int = 0  # open UDP flows of all services (under lock)
     udp_flow_cap: int = 0  # at most this many UDP flows at once, 0 = no cap (set_udp_flow_cap)
+    fd_ceiling: int = 0  # descriptors from here up are the control plane's (set_fd_ceiling);
+    #                      0 = none. Read without the lock: one int, replaced whole
+
+    def fd_high(self, fd: int) -> bool:
+        """Whether fd is at or above the descriptor ceiling (the process is nearly full)."""
+        return 0 < self.fd_ceiling <= fd
     congestion: dict[int, str] = field(default_factory=dict)  # service id -> backend-leg
     #                     congestion control (set_congestion_control); absent = system default
     fast_open: set[int] = field(default_factory=set)  # service ids with fast open towards

@@ -240,6 +240,11 @@ class UdpRelay:
             counters["accept_errors"] += 1  # out of fds: not the backend's fault
             self._release(sid, rec.backend_id)
             return None
+        if self.shared.fd_high(upstream.fileno()):  # the control plane's part of the fds
+            upstream.close()
+            counters["accept_errors"] += 1
+            self._release(sid, rec.backend_id)
+            return None
         try:
             upstream.setblocking(False)
             upstream.connect(live.targets[choice[1]])

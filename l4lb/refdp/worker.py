@@ -13,8 +13,10 @@ per backend, sessions and flows per service), guarded by one lock (l4lb.refdp.sh
 
 Life of a connection (the C core does the same, in the same order):
 1. accept (nonblocking, a bounded batch per wake-up; EMFILE/ENFILE pause the listener briefly
-   instead of spinning); look the listener's service_id up in the live table; no table, no
-   such service or not a TCP one: reset the client and count no_backend;
+   instead of spinning, and so does a client socket at the descriptor ceiling, which is served;
+   the listener resumes once RESERVE_FDS descriptors are free below the ceiling); look the
+   listener's service_id up in the live table; no table, no such service or not a TCP one:
+   reset the client and count no_backend;
 2. the service's max_connections reached: reset the client and count rejected;
 3. pick a backend from the live table with the Python scheduler twin (l4lb.table.sched.pick),
    excluding backends already tried (by id, so a retry after a table swap still excludes them);
@@ -42,6 +44,7 @@ import contextlib
 import errno
 import heapq
 import itertools
+import os
 import queue
 import selectors
 import socket
@@ -64,6 +67,7 @@ T = TypeVar("T")
 
 ACCEPT_BATCH = 64  # connections accepted per readiness event of a listener
 ACCEPT_PAUSE = 0.1  # seconds a listener rests after EMFILE/ENFILE/ENOBUFS/ENOMEM
+RESERVE_FDS = 4  # descriptors that must be free below the ceiling before it accepts again
 CALL_TIMEOUT = 30.0  # seconds call() waits for a worker before declaring it stuck
 FD_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 COPY_PEEK = 16384  # fast open: bytes of a waiting client peeked for the SYN (the C default
@@ -122,7 +126,8 @@ class Worker:
         self.sessions: set[Session] = set()  # open sessions
         self.counters = Counters()  # written only by this worker's thread
         self.log = RecordQueue(self.counters)  # connection log: the worker writes, one reader
-        self.pool = PipePool()  # pipes for splice, held only while data is in flight
+        self.pool = PipePool(fd_high=shared.fd_high)  # pipes for splice, held only while data
+        #                                                is in flight
         self.sched = SchedWorker(index + 1)  # smooth-WRR currents and PRNG of this worker
         self.timers: list[tuple[float, int, Callable[[], None]]] = []  # heap by deadline
         self.timer_seq = itertools.count()  # tie-breaker so the heap never compares callables
@@ -350,7 +355,11 @@ class Worker:
                 continue  # ECONNABORTED and the like: that connection is gone, try the next
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the C relay
+            high = self.shared.fd_high(conn.fileno())
             self._admit(lst.service_id, conn, (str(addr[0]), int(addr[1])))
+            if high:  # at the descriptor ceiling: this client is served, the rest wait queued
+                self._pause_listener(lst)
+                return
 
     def _log_refused(self, service_id: int, client: tuple[str, int], reason: str) -> None:
         """A client refused before it had a session: its connection-log record (log on)."""
@@ -363,10 +372,29 @@ class Worker:
 
         def resume() -> None:
             if self.listeners.get(lst.fd) is lst and not self.stopping:
+                if not self._room_below_ceiling():
+                    self._at(time.monotonic() + ACCEPT_PAUSE, resume)
+                    return
                 lst.paused = False
                 self.sel.register(lst.sock, READ, (LISTENER, lst))
 
         self._at(time.monotonic() + ACCEPT_PAUSE, resume)
+
+    def _room_below_ceiling(self) -> bool:
+        """Whether RESERVE_FDS descriptors are free below the descriptor ceiling (the C relay
+        resumes when its fd reserve fits there again); True without a ceiling."""
+        if not self.shared.fd_ceiling:
+            return True
+        probes: list[int] = []
+        try:
+            for _ in range(RESERVE_FDS):
+                probes.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            return False
+        finally:
+            for fd in probes:
+                os.close(fd)
+        return not any(self.shared.fd_high(fd) for fd in probes)
 
     def _admit(self, service_id: int, conn: socket.socket, client: tuple[str, int]) -> None:
         counters = self.counters.service(service_id)

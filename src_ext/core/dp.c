@@ -670,6 +670,7 @@ int dp_create(uint32_t n_workers, struct dp **out)
             goto fail;
         if ((rc = pipepool_init(&w->pp, DP_PIPE_POOL_CAP, dp->pipe_size)) != 0)
             goto fail;
+        w->pp.fd_ceiling = &dp->fd_ceiling;
     }
     *out = dp;
     return 0;
@@ -1702,6 +1703,16 @@ int dp_udp_gro(struct dp *dp, uint32_t service_id)
         return 0;
     return !(atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed) &
              DP_OPT_NO_GRO);
+}
+
+void dp_set_fd_ceiling(struct dp *dp, uint32_t ceiling)
+{
+    atomic_store_explicit(&dp->fd_ceiling, ceiling, memory_order_relaxed);
+}
+
+uint32_t dp_fd_ceiling(struct dp *dp)
+{
+    return atomic_load_explicit(&dp->fd_ceiling, memory_order_relaxed);
 }
 
 void dp_set_udp_flow_cap(struct dp *dp, uint32_t cap)

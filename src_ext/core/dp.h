@@ -298,6 +298,16 @@ int dp_set_udp_gro(struct dp *dp, uint32_t service_id, int on);
 /* 1 when service_id's UDP sockets get GRO buffers (not switched off, and the kernel and
  * tuning allow it), 0 when not (or a bad id). Any thread. */
 int dp_udp_gro(struct dp *dp, uint32_t service_id);
+/* The descriptor ceiling: descriptors numbered `ceiling` and up are left to the rest of the
+ * process (the control plane: control socket, metrics, health probes, log files). Linux hands
+ * out the lowest free number, so a new descriptor at or above it means fewer than the limit
+ * minus `ceiling` are free. The workers then act as when they are out of descriptors: a new
+ * pipe or UDP flow socket is closed again (the copy is parked in memory, the datagram dropped),
+ * and the TCP listeners pause until the fd reserve fits below the ceiling again; the client
+ * and backend sockets of a session already accepted are kept. 0 (the default): no ceiling.
+ * Any thread, any time; relay_tcp.c, "The fd reserve". */
+void dp_set_fd_ceiling(struct dp *dp, uint32_t ceiling);
+uint32_t dp_fd_ceiling(struct dp *dp);
 /* The cap on UDP flows open at once, all services and workers together (relay_udp.c, "Flow
  * cap"): a datagram that would open one more is dropped and counted in its service's
  * drops_max_udp_flows. 0 = no cap (the default). Takes effect for flows opened after it returns;

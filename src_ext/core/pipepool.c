@@ -8,7 +8,10 @@
  * buffer pages and no extra descriptors. Only pipes known to be empty come back to the stack; a
  * pipe that may still hold bytes (a session killed mid-transfer) is closed, which frees its
  * pages. The stack is bounded (cap) so a burst does not pin descriptors forever. Pipes are
- * created O_NONBLOCK|O_CLOEXEC; the relay also passes SPLICE_F_NONBLOCK.
+ * created O_NONBLOCK|O_CLOEXEC; the relay also passes SPLICE_F_NONBLOCK. A new pipe whose
+ * descriptors land at or above the data plane's descriptor ceiling (fd_ceiling) is closed
+ * again and reported as -EMFILE: the relay then treats it as "no fd" (relay_tcp.c, "The fd
+ * reserve"), and the descriptors up there stay free for the control plane.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,6 +23,7 @@
 
 int pipepool_init(struct pipepool *pp, uint32_t cap, uint32_t pipe_size)
 {
+    pp->fd_ceiling = NULL;
     pp->free = calloc(cap ? cap : 1, sizeof(*pp->free));
     if (!pp->free)
         return -ENOMEM;
@@ -56,6 +60,14 @@ int pipepool_get(struct pipepool *pp, struct pipepool_pipe *out)
     }
     if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
         return -errno;
+    if (pp->fd_ceiling) {
+        uint32_t c = atomic_load_explicit(pp->fd_ceiling, memory_order_relaxed);
+        if (c && ((uint32_t)fds[0] >= c || (uint32_t)fds[1] >= c)) {
+            close(fds[0]); /* the descriptors up there are the control plane's */
+            close(fds[1]);
+            return -EMFILE;
+        }
+    }
     if (pp->pipe_size) {
         /* a refusal (over /proc/sys/fs/pipe-max-size for an unprivileged user) keeps the
          * default size, which still works */

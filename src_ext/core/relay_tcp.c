@@ -19,6 +19,18 @@
  * they do when accept4() itself fails. A copy that the destination takes only in part needs a
  * pipe for the rest; with no fd left for one even after the reserve, the rest (at most one copy
  * buffer) is parked in memory (relay_dir.park) and written before the source is read again.
+ * The control plane needs descriptors too (its control socket, metrics, health probes, log
+ * files), and if the workers took them all, `l4lb status` could not even connect. So the data
+ * plane has a ceiling (dp->fd_ceiling, set by the control plane a little below the limit):
+ * since the kernel always hands out the lowest free number, a new fd at or above it means
+ * the process is nearly full. The worker then acts as if it were out of fds: a pipe or a UDP
+ * flow socket up there is closed again (pipepool.c; relay_udp.c), and the reserve is refilled
+ * only below the ceiling. An accepted client or a backend socket up there belongs to a session
+ * in hand: the worker spends its reserve and moves the socket down into the room that gives
+ * (fcntl F_DUPFD_CLOEXEC takes the lowest free number), and the listeners pause as above.
+ * Only when the reserve is already spent does a socket stay above, for that one session. So
+ * the workers hold (nearly) nothing above the ceiling, and that part stays the control
+ * plane's.
  *
  * Admission and backend choice. The service is looked up by the listener's service id in the
  * table the worker reloaded just before this accept batch (dp_worker_refresh_table). max_connections is enforced with one
@@ -440,6 +452,10 @@ int relay_reserve_fill(struct dp_worker *w)
         int fd = eventfd(0, EFD_CLOEXEC);
         if (fd < 0)
             return -errno;
+        if (relay_fd_high(w, fd)) { /* fits only in the control plane's part */
+            relay_close(fd);
+            return -EMFILE;
+        }
         w->reserve_fd[w->n_reserve++] = fd;
     }
     return 0;
@@ -459,6 +475,28 @@ void relay_reserve_close(struct dp_worker *w)
 {
     while (w->n_reserve > 0)
         relay_close(w->reserve_fd[--w->n_reserve]);
+}
+
+/* fd came out at or above the descriptor ceiling: move it below, into the room the reserve
+ * gives back (the listeners then pause until the reserve fits below the ceiling again). With
+ * no reserve left it stays where it is, for the session in hand only: the listeners are paused
+ * already. Returns the fd to use; the one given is closed when it was moved. */
+static int relay_fd_lower(struct dp_worker *w, int fd)
+{
+    int low;
+
+    if (!relay_fd_high(w, fd))
+        return fd;
+    if (!relay_reserve_spend(w)) {
+        if (!w->paused_until_ms)
+            relay_tcp_pause_listeners(w);
+        return fd;
+    }
+    low = fcntl(fd, F_DUPFD_CLOEXEC, 0); /* the lowest free number: one the reserve gave back */
+    if (low < 0)
+        return fd;
+    relay_close(fd);
+    return low;
 }
 
 /* True when err says this process is out of descriptors (what the reserve can help with). */
@@ -550,6 +588,7 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
                 0);
     if (fd < 0)
         return -errno;
+    fd = relay_fd_lower(w, fd);
     relay_nodelay(fd);
     cc = dp_congestion_control(w->dp, s->service_id);
     if (cc) /* the service's backend-leg algorithm (dp.c, "Congestion control"); refused: the
@@ -1268,8 +1307,10 @@ void relay_tcp_accept(struct dp_worker *w, struct dp_listener *l)
                 return;
             }
         }
+        fd = relay_fd_lower(w, fd); /* at the ceiling: served, the rest wait in the backlog */
         relay_new(w, l, fd, &ss);
-        if (w->paused_until_ms) /* the reserve was spent on it: leave the rest queued */
+        if (w->paused_until_ms) /* the reserve was spent on it, or the ceiling reached: leave
+                                   the rest queued */
             return;
     }
 }

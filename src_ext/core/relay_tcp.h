@@ -341,7 +341,19 @@ struct dp {
                                       one upstream socket (relay_udp.c, "Flow cap") */
     _Atomic uint32_t udp_flow_cap; /* at most this many udp flows at once, 0 = no cap
                                       (dp_set_udp_flow_cap; relaxed, read per new flow) */
+    _Atomic uint32_t fd_ceiling;   /* descriptors numbered at or above it are the control
+                                      plane's: the data plane keeps no new one there but the
+                                      sockets of a session in hand (relay_tcp.c, "The fd
+                                      reserve"); 0 = no ceiling (dp_set_fd_ceiling) */
 };
+
+/* True when fd is at or above w's data plane's descriptor ceiling (see struct dp). */
+static inline int relay_fd_high(const struct dp_worker *w, int fd)
+{
+    uint32_t c = atomic_load_explicit(&w->dp->fd_ceiling, memory_order_relaxed);
+
+    return c != 0 && (uint32_t)fd >= c;
+}
 
 /* Load the live table into w->table and publish the generation seen (see dp.c's essay). Only
  * call where no local variable still points at the previous table. */

@@ -592,6 +592,10 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
                 0);
     if (fd < 0)
         goto local_failure;
+    if (relay_fd_high(w, fd)) { /* the control plane's part of the descriptors */
+        close(fd);
+        goto local_failure;
+    }
     udp_upstream_buffers(fd);
     /* GRO buffers for replies, unless the flow counts them (`responses`): then every read
      * stays one datagram, so the count can stop exactly */
