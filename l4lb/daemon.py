@@ -240,6 +240,8 @@ class Daemon:
     udp_gro_kept: set[str] = field(default_factory=set)  # services switched off by a reload
     #                                   whose open listeners keep GRO buffers (never turned off)
     stop_deadline: float | None = None  # unix time the drain of a stop ends; None: running
+    fd_limit: int = 0  # the soft RLIMIT_NOFILE at start(), and the data plane's ceiling
+    fd_ceiling: int = 0  # below it (fd_ceiling(); 0: none)
     udp_flow_limit: int = 0  # the cap on UDP flows (all services) the data plane was given;
     #                          0: none given yet ([global] max_udp_flows, udp_flow_cap())
 
@@ -255,6 +257,7 @@ class Daemon:
         self.runtime = Runtime.from_config(self.config)
         self.workers = resolve_workers(self.config.global_.workers)
         self.dp = dp_class(self.workers)
+        self._set_fd_ceiling()
         bound: list[ListenerGroup] = []  # not self.listeners until the first table is out:
         try:                              # _publish() reads those as handed to the data plane
             # bind first: an address in use stops the start before a table is published or
@@ -493,6 +496,18 @@ class Daemon:
             else:
                 log.info("service %s: UDP sockets read without GRO buffers (udp_gro = false)",
                          name)
+
+    def _set_fd_ceiling(self) -> None:
+        """Keep the top of the descriptor limit for the control plane (fd_ceiling())."""
+        self.fd_limit = int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        self.fd_ceiling = fd_ceiling(self.fd_limit)
+        if not self.fd_ceiling or not self._dp_supports("set_fd_ceiling"):
+            self.fd_ceiling = 0
+            return
+        self.dp.set_fd_ceiling(self.fd_ceiling)
+        log.info("daemon: traffic uses file descriptors below %d; the %d above are kept for "
+                 "the control socket, metrics, health probes and logs", self.fd_ceiling,
+                 self.fd_limit - self.fd_ceiling)
 
     def _sync_udp_flow_cap(self) -> None:
         """Give the data plane the cap on UDP flows of all services together ([global]
@@ -1402,6 +1417,7 @@ class Daemon:
                 "connection_log": self.connlog_path,
                 "loop": self.loop_lag.status(),
                 "udp_flows": self._udp_flows_status(dp),
+                "fds": {"limit": self.fd_limit, "ceiling": self.fd_ceiling or None},
                 "services": services,
                 "vrrp": [instance.status() for instance in self.vrrp]}
 
@@ -1604,6 +1620,17 @@ class Daemon:
             with self.connlog_lock:
                 writer, self.connlog = self.connlog, None
             writer.close()
+
+
+def fd_ceiling(nofile: int) -> int:
+    """The data plane's descriptor ceiling for a soft RLIMIT_NOFILE of `nofile`: the top
+    sixteenth of the limit, at least 32 and at most 1024 descriptors, is kept for the control
+    plane (control socket connections, metrics clients, health probes, log files), so that
+    `l4lb status` still connects when the traffic has taken everything else. 0 (no ceiling)
+    for an unlimited or absurdly small limit."""
+    if nofile == resource.RLIM_INFINITY or nofile < 64:
+        return 0
+    return min(nofile - min(1024, max(32, nofile // 16)), U32_MAX)
 
 
 def udp_flow_cap(setting: int | None, nofile: int) -> int:
