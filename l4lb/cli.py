@@ -169,6 +169,7 @@ def run(ctx: click.Context, path: str) -> None:
         EXIT_LISTEN,
         ConnLogError,
         Daemon,
+        fd_ceiling,
         raise_fd_limit,
         serve,
     )
@@ -192,7 +193,7 @@ def run(ctx: click.Context, path: str) -> None:
             _fatal(f"{socket_label(sock)}: {busy}", EXIT_LISTEN, as_json)
     fds = raise_fd_limit()
     log.info("daemon: %d file descriptors allowed (about %d TCP sessions moving data at once)",
-             fds, max(0, fds - 64) // 6)
+             fds, max(0, (fd_ceiling(fds) or fds) - 64) // 6)
     daemon = Daemon(config)
     daemon.log_level_pinned = ctx.obj["log_level"] is not None
     daemon.log_format_pinned = ctx.obj["log_format"] is not None
