@@ -8,8 +8,8 @@ tests can compare it with the Python twins in l4lb/table/.
 The worker threads are pthreads created in C: they never hold the GIL and never touch a Python
 object. Every call below that can wait for a worker (add_listener, remove_listener, publish,
 stats, sessions, flows, close_backend_sessions, reset_counters, set_connection_log,
-closed_sessions, set_congestion_control, set_socket_buffers, stop) releases the GIL for the whole C call and converts results
-afterwards.
+closed_sessions, set_congestion_control, set_socket_buffers, stop) releases the GIL for the
+whole C call and converts results afterwards.
 """
 
 include "table_api.pxi"
