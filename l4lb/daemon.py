@@ -1507,9 +1507,10 @@ class Daemon:
         """The socket buffer part of a TCP service's tcp_options in status."""
         snd, rcv, keeps = self.listener_buffers(service.name)
         sid = sids.get(service.name)
-        errors = 0
-        if sid is not None and dp is not None and callable(getattr(dp, "socket_buffer_errors",
-                                                                   None)):
+        errors = 0  # asked only of a service with backend sizes (the reference data plane
+        #             asks each of its workers)
+        if ((service.backend_sndbuf or service.backend_rcvbuf) and sid is not None
+                and dp is not None and callable(getattr(dp, "socket_buffer_errors", None))):
             errors = int(dp.socket_buffer_errors(sid))
         return {"client_sndbuf": service.client_sndbuf, "client_rcvbuf": service.client_rcvbuf,
                 "backend_sndbuf": service.backend_sndbuf,
