@@ -66,7 +66,13 @@ from l4lb.httpserver import start as start_http
 from l4lb.logs import LEVELS, dropped_lines, set_log_format
 from l4lb.looplag import INTERVAL as LAG_INTERVAL
 from l4lb.looplag import LoopLag
-from l4lb.net.listen import ListenerGroup, ListenError, open_listeners, resolve_workers
+from l4lb.net.listen import (
+    ListenerGroup,
+    ListenError,
+    open_listeners,
+    resolve_workers,
+    set_socket_buffer,
+)
 from l4lb.overlay import Overlay, OverlayError
 from l4lb.reload import RESTART_ONLY, Listen, plan
 from l4lb.state import (
@@ -245,6 +251,14 @@ class Daemon:
     #                                   told to read without GRO buffers (udp_gro = false)
     udp_gro_kept: set[str] = field(default_factory=set)  # services switched off by a reload
     #                                   whose open listeners keep GRO buffers (never turned off)
+    sockbuf_backend: dict[int, tuple[int, int]] = field(default_factory=dict)  # service id ->
+    #                                   backend-leg (SO_SNDBUF, SO_RCVBUF) the data plane was given
+    sockbuf_wanted: weakref.WeakKeyDictionary[socket.socket, tuple[int, int]] = field(
+        default_factory=weakref.WeakKeyDictionary)  # TCP listener -> the client-leg sizes its
+    #                                   service asked for when it was last synced
+    sockbuf_held: weakref.WeakKeyDictionary[socket.socket, tuple[int, int]] = field(
+        default_factory=weakref.WeakKeyDictionary)  # TCP listener -> the sizes set on it (a
+    #                                   size once set stays: a socket cannot go back to autotuning)
     stop_deadline: float | None = None  # unix time the drain of a stop ends; None: running
     fd_limit: int = 0  # the soft RLIMIT_NOFILE at start(), and the data plane's ceiling
     fd_ceiling: int = 0  # below it (fd_ceiling(); 0: none)
@@ -283,7 +297,8 @@ class Daemon:
             self.listeners, bound = bound, []
             if self._sync_listener_congestion(self.listeners):
                 raise ListenError(errno.EINVAL, self.cc_problems[0])
-            problems = self._sync_listener_defer_accept(self.listeners)
+            problems = (self._sync_listener_defer_accept(self.listeners)
+                        + self._sync_listener_buffers(self.listeners))
             if problems:
                 raise ListenError(errno.EINVAL, problems[0])
             ids = self.builder.service_ids()
@@ -320,6 +335,7 @@ class Daemon:
         self._sync_backend_fast_open()
         self._sync_udp_gro()
         self._sync_udp_flow_cap()
+        self._sync_backend_buffers()
         self.weights = weights
         for service, reason in weights.panic.items():
             if self.panic_logged.get(service) != reason:
@@ -537,6 +553,113 @@ class Daemon:
         how = ("[global] max_udp_flows" if setting is not None
                else f"half of the {nofile} file descriptors allowed; [global] max_udp_flows")
         log.info("daemon: at most %d UDP flows at once, all services together (%s)", cap, how)
+
+    # ---- socket buffers (docs/configuration.md, "Socket buffers") ----
+
+    def _sync_backend_buffers(self) -> None:
+        """Give the data plane the backend-leg SO_SNDBUF / SO_RCVBUF of every TCP service that
+        sets them, and (0, 0) to ids that no longer have them (after each publish: a reload may
+        move service ids). The default path makes no call. A data plane without
+        set_socket_buffers, or sizes it refuses, are problems (in cc_problems, so start
+        refuses; a reload logs them and that service's backend leg keeps autotuning)."""
+        if self.dp is None:
+            return
+        ids = self.builder.service_ids()
+        want = {ids[s.name]: (s.name, (s.backend_sndbuf, s.backend_rcvbuf))
+                for s in self.config.services
+                if s.protocol == "tcp" and (s.backend_sndbuf or s.backend_rcvbuf)
+                and s.name in ids}
+        if not want and not self.sockbuf_backend:
+            return  # the default path: no call at all
+        if not self._dp_supports("set_socket_buffers"):
+            self.cc_problems.append("this data plane cannot set backend socket buffers")
+            log.error("%s", self.cc_problems[-1])
+            return
+        names = {sid: name for name, sid in ids.items()}
+        for sid in sorted(set(self.sockbuf_backend) - set(want)):
+            self.dp.set_socket_buffers(sid, 0, 0)
+            del self.sockbuf_backend[sid]
+            if sid in names:
+                log.info("service %s: backend connections use the kernel's socket buffers",
+                         names[sid])
+        for sid, (name, sizes) in sorted(want.items()):
+            if self.sockbuf_backend.get(sid) == sizes:
+                continue
+            try:
+                self.dp.set_socket_buffers(sid, *sizes)
+            except (OSError, ValueError) as exc:
+                self.cc_problems.append(f"service {name}: backend socket buffers "
+                                        f"{sizes[0]}/{sizes[1]}: "
+                                        f"{exc.strerror if isinstance(exc, OSError) else exc}")
+                log.error("%s; its backend connections use the kernel's buffers",
+                          self.cc_problems[-1])
+                self.dp.set_socket_buffers(sid, 0, 0)
+                self.sockbuf_backend.pop(sid, None)
+                continue
+            self.sockbuf_backend[sid] = sizes
+            log.info("service %s: backend connections use SO_SNDBUF %s, SO_RCVBUF %s", name,
+                     sizes[0] or "autotuned", sizes[1] or "autotuned")
+
+    def _sync_listener_buffers(self, groups: list[ListenerGroup]) -> list[str]:
+        """Give each TCP listener of `groups` its service's client_sndbuf / client_rcvbuf;
+        accepted sockets inherit them (sockets accepted earlier keep theirs). A size the
+        service dropped (0) cannot be taken back: the kernel has no way to return a socket to
+        autotuning, and a new listener would lose its accept queue; so the listener keeps it
+        until the daemon restarts (a warning, and `listeners_keep_sockbuf` in status).
+        Listeners never given a size and still without one are not touched. Returns what could
+        not be applied, each logged."""
+        def apply(sock: socket.socket, want: tuple[int, int]) -> str:
+            held = list(self.sockbuf_held.get(sock, (0, 0)))
+            applied: list[str] = []
+            for side, (option, size) in enumerate(((socket.SO_SNDBUF, want[0]),
+                                                   (socket.SO_RCVBUF, want[1]))):
+                if size and size != held[side]:
+                    got = set_socket_buffer(sock, option, size)
+                    held[side] = size
+                    self.sockbuf_held[sock] = (held[0], held[1])
+                    applied.append(f"{'SO_SNDBUF' if side == 0 else 'SO_RCVBUF'} {size} "
+                                   f"(the kernel applied {got})")
+            return ", ".join(applied) or "-"
+
+        def announce(group: ListenerGroup, want: tuple[int, int], applied: str) -> None:
+            held = self.sockbuf_held.get(group.sockets[0], (0, 0)) if group.sockets else (0, 0)
+            kept = [f"{key} {size}" for key, size, asked in (
+                ("SO_SNDBUF", held[0], want[0]), ("SO_RCVBUF", held[1], want[1]))
+                if size and not asked]
+            if applied != "-":
+                log.info("service %s: clients on %s get %s", group.service, group.endpoint,
+                         applied)
+            if kept:
+                log.warning("service %s: listener %s keeps %s until the daemon restarts (a "
+                            "socket cannot return to the kernel's autotuning)", group.service,
+                            group.endpoint, " and ".join(kept))
+
+        return self._sync_listeners(
+            groups, lambda want: f"socket buffers {want[0]}/{want[1]}",
+            lambda s: (s.client_sndbuf, s.client_rcvbuf), (0, 0), self.sockbuf_wanted, apply,
+            announce)
+
+    def listener_buffers(self, service: str) -> tuple[int | None, int | None, bool]:
+        """(SO_SNDBUF, SO_RCVBUF) the kernel applied on `service`'s first open TCP listener
+        (getsockopt: doubled, maybe capped), each None while that buffer was never set
+        (autotuning), and whether a listener keeps a size the service no longer asks for."""
+        wanted = next(((s.client_sndbuf, s.client_rcvbuf) for s in self.config.services
+                       if s.name == service), (0, 0))
+        applied: list[int | None] = [None, None]
+        keeps = False
+        first = True
+        for group in self.listeners:
+            if group.service != service or group.protocol != "tcp":
+                continue
+            for sock in group.sockets:
+                held = self.sockbuf_held.get(sock, (0, 0))
+                keeps |= any(h and not w for h, w in zip(held, wanted, strict=True))
+                if first and sock.fileno() >= 0:
+                    first = False
+                    for side, option in enumerate((socket.SO_SNDBUF, socket.SO_RCVBUF)):
+                        if held[side]:
+                            applied[side] = int(sock.getsockopt(socket.SOL_SOCKET, option))
+        return applied[0], applied[1], keeps
 
     def _sync_listener_congestion(self, groups: list[ListenerGroup]) -> list[str]:
         """Set TCP_CONGESTION on each TCP listener of `groups` to its service's
@@ -1156,7 +1279,8 @@ class Daemon:
             ids = self.builder.service_ids()
             # before they are polled; as at start, a new listener without its options is refused
             problems = (self._sync_listener_congestion(fresh)
-                        + self._sync_listener_defer_accept(fresh))
+                        + self._sync_listener_defer_accept(fresh)
+                        + self._sync_listener_buffers(fresh))
             if problems:
                 raise ValueError("; ".join(problems))  # logged without a traceback
             for group in fresh:
@@ -1343,6 +1467,7 @@ class Daemon:
         self.listeners = kept
         self._sync_listener_congestion(self.listeners)  # a changed key, a moved listener
         self._sync_listener_defer_accept(self.listeners)
+        self._sync_listener_buffers(self.listeners)
         for note in notes:
             log.info("reload: %s", note)
         if new.global_.log_level != previous.global_.log_level:
@@ -1407,6 +1532,7 @@ class Daemon:
                     "backend_fast_open": service.backend_fast_open,
                     "defer_accept": service.defer_accept,
                 }
+                services[-1]["tcp_options"].update(self._buffer_status(service, dp, sids))
             else:  # the key, and whether GRO buffers are in use (data plane and kernel)
                 sid = sids.get(service.name)
                 services[-1]["udp_options"] = {
@@ -1438,6 +1564,22 @@ class Daemon:
             open_now = int(dp.udp_flows()[1])
         return {"max": self.udp_flow_limit or None, "open": open_now,
                 "auto": self.config.global_.max_udp_flows is None}
+
+    def _buffer_status(self, service: Service, dp: Any,
+                       sids: dict[str, int]) -> dict[str, Any]:
+        """The socket buffer part of a TCP service's tcp_options in status."""
+        snd, rcv, keeps = self.listener_buffers(service.name)
+        sid = sids.get(service.name)
+        errors = 0  # asked only of a service with backend sizes (the reference data plane
+        #             asks each of its workers)
+        if ((service.backend_sndbuf or service.backend_rcvbuf) and sid is not None
+                and dp is not None and callable(getattr(dp, "socket_buffer_errors", None))):
+            errors = int(dp.socket_buffer_errors(sid))
+        return {"client_sndbuf": service.client_sndbuf, "client_rcvbuf": service.client_rcvbuf,
+                "backend_sndbuf": service.backend_sndbuf,
+                "backend_rcvbuf": service.backend_rcvbuf,
+                "listener_sndbuf_applied": snd, "listener_rcvbuf_applied": rcv,
+                "listeners_keep_sockbuf": keeps, "backend_sockbuf_errors": errors}
 
     def _service_known(self, service: str) -> None:
         if service not in {s.name for s in self.config.services}:

@@ -179,6 +179,27 @@ class DataplaneAPI(Protocol):
     def fast_open(self, service_id: int) -> bool:
         """Whether fast open towards the backends is on for service_id."""
 
+    def set_socket_buffers(self, service_id: int, sndbuf: int, rcvbuf: int) -> None:
+        """Socket buffers of the backend leg of TCP service service_id: the data plane sets
+        SO_SNDBUF `sndbuf` and SO_RCVBUF `rcvbuf` bytes on each backend socket before
+        connect() (the window scale is fixed by the SYN); 0 leaves that buffer to the kernel's
+        autotuning (no setsockopt at all). The kernel doubles a size; with CAP_NET_ADMIN the
+        data plane uses SO_SNDBUFFORCE / SO_RCVBUFFORCE, so net.core.wmem_max / rmem_max do
+        not cap it. The sizes are tried on a scratch socket first, so a refused one changes
+        nothing; a backend socket that refuses one later is counted (socket_buffer_errors) and
+        keeps the kernel's buffers. Applies to connect attempts that start afterwards (open
+        sessions keep theirs); the client leg is the caller's: accepted sockets inherit the
+        buffers of their listener. Before or after start(). Not part of the table blob.
+        ValueError: service_id outside 0..1023, or a size not 0 nor 4096..1073741823;
+        TypeError: a size not an int; OSError: the scratch socket refused it."""
+
+    def socket_buffers(self, service_id: int) -> tuple[int, int]:
+        """(sndbuf, rcvbuf) set for service_id's backend leg; 0 where the kernel autotunes."""
+
+    def socket_buffer_errors(self, service_id: int) -> int:
+        """Backend sockets of service_id that refused one of its buffer sizes (each refused
+        option counts); zeroed with the service's counters (reset_counters)."""
+
     def set_udp_gro(self, service_id: int, on: bool) -> None:
         """GRO buffers for UDP service service_id (on by default): the data plane sets
         UDP_GRO on the service's listeners (now, and on those added later) and on the upstream
@@ -224,6 +245,10 @@ class DataplaneAPI(Protocol):
 
 CC_NAME_MAX = 15  # longest congestion control name (TCP_CA_NAME_MAX is 16 with the NUL)
 CC_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{CC_NAME_MAX}}}")  # what set_congestion_control takes
+
+
+SOCKBUF_MIN = 4096  # smallest size set_socket_buffers takes (0 = the kernel's autotuning)
+SOCKBUF_MAX = 2**30 - 1  # largest: the kernel doubles a size into an int
 
 
 def congestion_control_name_ok(name: str) -> bool:

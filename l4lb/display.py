@@ -159,7 +159,32 @@ def tcp_options_text(options: dict[str, Any]) -> str:
         parts.append("backend fast open")
     if options.get("defer_accept"):
         parts.append("defer accept")
+    parts.extend(_buffers_text(options))
     return "; ".join(parts)
+
+
+def _buffers_text(options: dict[str, Any]) -> list[str]:
+    """The socket buffer parts of tcp_options_text: `client buffers snd 65536 (kernel
+    131072), rcv 65536 (kernel 131072)`, `backend buffers snd 65536`, the listeners that keep a
+    removed size, and refusals."""
+    parts = []
+    client = []
+    for side in ("snd", "rcv"):
+        size, applied = options.get(f"client_{side}buf"), options.get(f"listener_{side}buf_applied")
+        if size or applied:
+            kernel = f" (kernel {applied})" if applied else ""
+            client.append(f"{side} {size or 'kept'}{kernel}")  # 0 here: a removed size kept
+    if client:
+        parts.append("client buffers " + ", ".join(client))
+    if options.get("listeners_keep_sockbuf"):
+        parts.append("listeners keep a removed buffer size until a restart")
+    backend = [f"{side} {options[f'backend_{side}buf']}" for side in ("snd", "rcv")
+               if options.get(f"backend_{side}buf")]
+    if backend:
+        parts.append("backend buffers " + ", ".join(backend))
+    if options.get("backend_sockbuf_errors"):
+        parts.append(f"{options['backend_sockbuf_errors']} backend buffer refusals")
+    return parts
 
 
 def udp_options_text(options: dict[str, Any]) -> str:

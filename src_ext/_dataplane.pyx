@@ -8,8 +8,8 @@ tests can compare it with the Python twins in l4lb/table/.
 The worker threads are pthreads created in C: they never hold the GIL and never touch a Python
 object. Every call below that can wait for a worker (add_listener, remove_listener, publish,
 stats, sessions, flows, close_backend_sessions, reset_counters, set_connection_log,
-closed_sessions, set_congestion_control, stop) releases the GIL for the whole C call and converts results
-afterwards.
+closed_sessions, set_congestion_control, set_socket_buffers, stop) releases the GIL for the
+whole C call and converts results afterwards.
 """
 
 include "table_api.pxi"
@@ -40,6 +40,15 @@ cdef extern from "dp.h" nogil:
     void dp_udp_flows(_core.dp *d, uint32_t *cap, int64_t *open)
     void dp_fast_open_stats(_core.dp *d, uint64_t *attempts, uint64_t *syn_data,
                             uint64_t *syn_bytes)
+    # and the backend leg's socket buffers
+    enum:
+        DP_SOCKBUF_MIN
+        DP_SOCKBUF_MAX
+    int dp_set_socket_buffers(_core.dp *d, uint32_t service_id, uint32_t sndbuf,
+                              uint32_t rcvbuf)
+    void dp_socket_buffers(_core.dp *d, uint32_t service_id, uint32_t *sndbuf,
+                           uint32_t *rcvbuf)
+    uint64_t dp_socket_buffer_errors(_core.dp *d, uint32_t service_id)
 
 import os as _os
 import socket as _socket
@@ -452,6 +461,42 @@ cdef class Dataplane:
         if not 0 <= service_id < 1024:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return bool(dp_fast_open(self._dp, <uint32_t>service_id))
+
+    def set_socket_buffers(self, int service_id, sndbuf, rcvbuf):
+        """Backend-leg socket buffers of a TCP service: SO_SNDBUF `sndbuf` and SO_RCVBUF
+        `rcvbuf` bytes on each backend socket before connect() (0: the kernel's autotuning, no
+        setsockopt; else 4096..1073741823)."""
+        cdef int rc
+        cdef uint32_t snd, rcv
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        for size in (sndbuf, rcvbuf):
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise TypeError(f"a socket buffer size must be an int, not "
+                                f"{type(size).__name__}")
+            if size != 0 and not DP_SOCKBUF_MIN <= size <= DP_SOCKBUF_MAX:
+                raise ValueError(f"socket buffer size {size} out of range (0, or "
+                                 f"{DP_SOCKBUF_MIN}..{DP_SOCKBUF_MAX})")
+        snd, rcv = sndbuf, rcvbuf
+        with nogil:
+            rc = dp_set_socket_buffers(self._dp, <uint32_t>service_id, snd, rcv)
+        if rc:
+            raise _dp_oserror(rc)
+
+    def socket_buffers(self, int service_id):
+        """(sndbuf, rcvbuf) of service_id's backend leg; 0 where the kernel autotunes."""
+        cdef uint32_t snd, rcv
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        dp_socket_buffers(self._dp, <uint32_t>service_id, &snd, &rcv)
+        return (snd, rcv)
+
+    def socket_buffer_errors(self, int service_id):
+        """Backend sockets of service_id that refused one of its buffer sizes (each refused
+        option counts); such a session went on with the kernel's buffers."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return dp_socket_buffer_errors(self._dp, <uint32_t>service_id)
 
     def set_udp_gro(self, int service_id, on):
         """GRO buffers for UDP service service_id (True, the default) or not (False): sets

@@ -97,6 +97,13 @@ class Service:
     # TCP only: accept a client's connection only once its first bytes arrived (TCP_DEFER_ACCEPT
     # on the listeners, 1 s); docs/configuration.md, defer_accept
     defer_accept: bool = False
+    # TCP only: SO_SNDBUF / SO_RCVBUF in bytes, 0 = the kernel's autotuning (no setsockopt); the
+    # client leg's on the listeners (accepted sockets inherit them), the backend leg's set by the
+    # data plane before connect(); docs/configuration.md, "Socket buffers"
+    client_sndbuf: int = 0
+    client_rcvbuf: int = 0
+    backend_sndbuf: int = 0
+    backend_rcvbuf: int = 0
 
     @property
     def client_congestion_control(self) -> str | None:

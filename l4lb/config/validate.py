@@ -55,7 +55,7 @@ from l4lb.config.model import (
     Protocol,
     Service,
 )
-from l4lb.dataplane import CC_NAME_MAX, congestion_control_name_ok
+from l4lb.dataplane import CC_NAME_MAX, SOCKBUF_MAX, SOCKBUF_MIN, congestion_control_name_ok
 from l4lb.health.settings import (
     DEFAULT_SETTINGS,
     INITIAL_STATES,
@@ -95,12 +95,15 @@ SERVICE_KEYS = (
     "retries", "max_connections", "maglev_table_size", "backends", "health",
     "udp_idle_timeout", "max_flows", "responses", "session", "congestion_control",
     "backend_congestion_control", "backend_fast_open", "defer_accept", "udp_gro",
+    "client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf",
 )
+SOCKBUF_KEYS = ("client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf")
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session", "udp_gro")
 TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle_timeout",
                  "max_connections": "max_flows", "congestion_control": "",
                  "backend_congestion_control": "", "backend_fast_open": "",
-                 "defer_accept": ""}  # key -> the UDP key to use instead
+                 "defer_accept": "", "client_sndbuf": "", "client_rcvbuf": "",
+                 "backend_sndbuf": "", "backend_rcvbuf": ""}  # key -> the UDP key instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
 VRRP_KEYS = (
@@ -788,6 +791,7 @@ class _Checker:
                                                      "backend_congestion_control", protocol)
         fast_open = self.backend_fast_open(scope, table, protocol)
         defer_accept = self.read_bool(scope, table, "defer_accept", False)
+        sockbuf = {key: self.socket_buffer(scope, table, key) for key in SOCKBUF_KEYS}
         if protocol == "tcp":
             for key in UDP_ONLY_KEYS:
                 if key in table:
@@ -812,6 +816,7 @@ class _Checker:
             udp_gro=udp_gro or protocol == "tcp", congestion_control=congestion,
             backend_congestion_control=backend_congestion,
             backend_fast_open=fast_open, defer_accept=defer_accept and protocol == "tcp",
+            **(sockbuf if protocol == "tcp" else {}),
         )
 
     def health_source(self, scope: _Scope, health: dict[str, Any],
@@ -876,6 +881,19 @@ class _Checker:
                        "backend_fast_open out")
             return False
         return value
+
+    def socket_buffer(self, scope: _Scope, table: dict[str, Any], key: str) -> int:
+        """A socket buffer size in bytes (client_sndbuf, ...): 0 (the kernel's autotuning), or
+        SOCKBUF_MIN..SOCKBUF_MAX. Whether the host caps it (net.core.wmem_max / rmem_max
+        without CAP_NET_ADMIN) is not an error: the daemon shows what the kernel applied."""
+        value = table.get(key)
+        if (isinstance(value, int) and not isinstance(value, bool)
+                and value != 0 and not SOCKBUF_MIN <= value <= SOCKBUF_MAX):
+            shown = str(value) if abs(value) < 10**30 else "a very large number"
+            self.error((*scope.path, key), f"{scope.label(key)}: {shown} out of range (0 for "
+                       f"the kernel's autotuning, or {SOCKBUF_MIN}..{SOCKBUF_MAX} bytes)")
+            return 0
+        return self.read_int(scope, table, key, 0, 0, SOCKBUF_MAX)
 
     def congestion_control(self, scope: _Scope, table: dict[str, Any], key: str,
                            protocol: Protocol) -> str | None:

@@ -22,6 +22,7 @@ from l4lb.config.model import Endpoint
 IP_FREEBIND = 15  # linux/in.h: bind to an address not (yet) on this host (VIPs on the standby)
 IPV6_FREEBIND = 78  # linux/in6.h: the same for IPv6 sockets
 IP_PKTINFO = 8  # linux/in.h: receive the destination address of each datagram
+SO_SNDBUFFORCE = 32  # asm-generic/socket.h: SO_SNDBUF above net.core.wmem_max (CAP_NET_ADMIN)
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF above net.core.rmem_max (CAP_NET_ADMIN)
 UDP_RCVBUF = 4 << 20  # a UDP listener's receive buffer: the 208 KiB default holds ~1 ms at 200k/s
 
@@ -75,6 +76,19 @@ def _new_socket(endpoint: Endpoint, reuseport: bool, protocol: str = "tcp") -> s
         sock.close()
         raise
     return sock
+
+
+def set_socket_buffer(sock: socket.socket, option: int, size: int) -> int:
+    """Set `option` (socket.SO_SNDBUF or SO_RCVBUF) to `size` bytes on sock, through the FORCE
+    option when this process may (CAP_NET_ADMIN: not capped at net.core.wmem_max / rmem_max),
+    else the plain one (capped). Returns what the kernel applied (getsockopt: the size doubled
+    for its bookkeeping, capped or raised to its bounds). OSError when both are refused."""
+    forced = SO_SNDBUFFORCE if option == socket.SO_SNDBUF else SO_RCVBUFFORCE
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, forced, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+    return int(sock.getsockopt(socket.SOL_SOCKET, option))
 
 
 def _describe(service: str, endpoint: Endpoint, exc: OSError) -> str:

@@ -63,6 +63,8 @@ class Counters:
         self.backends: dict[int, dict[str, int]] = {}  # backend_id -> BACKEND_FIELDS
         self.splice_fallbacks = 0  # relay directions that had to copy instead of splice
         self.connlog_dropped = 0  # connection-log records refused: the queue was full
+        self.sockbuf_errors: dict[int, int] = {}  # service_id -> backend sockets that refused
+        #                     one of its buffer sizes (each refused option counts)
 
     def service(self, service_id: int) -> dict[str, int]:
         """The counters of one service, created at zero on first use."""
@@ -85,6 +87,7 @@ class Counters:
         other.backends = {k: dict(v) for k, v in self.backends.items()}
         other.splice_fallbacks = self.splice_fallbacks
         other.connlog_dropped = self.connlog_dropped
+        other.sockbuf_errors = dict(self.sockbuf_errors)
         return other
 
 

@@ -4,8 +4,9 @@ This object only dispatches: listeners go to the worker that polls them, publish
 live table reference, stats(), sessions() and flows() ask every worker for a snapshot and add
 them up, close_backend_sessions() asks every worker to close its share, set_connection_log()
 switches every worker's record queue, closed_sessions() empties those queues without asking the
-workers, set_congestion_control() stores a service's backend-leg algorithm and set_fast_open()
-its fast open switch in the shared state that each worker reads before it connects, stop()
+workers, set_congestion_control() stores a service's backend-leg algorithm, set_fast_open()
+its fast open switch and set_socket_buffers() its buffer sizes in the shared state that each
+worker reads before it connects, stop()
 tells every worker to drain and joins the threads. See worker.py for the life of a TCP
 connection, relay.py for its byte relay, and udp.py for UDP flows.
 """
@@ -21,7 +22,8 @@ import threading
 import time
 from typing import Any
 
-from l4lb.dataplane import CC_NAME_MAX, congestion_control_name_ok
+from l4lb.dataplane import CC_NAME_MAX, SOCKBUF_MAX, SOCKBUF_MIN, congestion_control_name_ok
+from l4lb.net.listen import SO_SNDBUFFORCE, set_socket_buffer
 from l4lb.refdp.counters import sum_counters
 from l4lb.refdp.dgram import enable_pktinfo, is_wildcard
 from l4lb.refdp.livetable import LiveTable
@@ -227,6 +229,39 @@ class Dataplane:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return service_id in self._shared.fast_open
 
+    def set_socket_buffers(self, service_id: int, sndbuf: int, rcvbuf: int) -> None:
+        """Backend-leg socket buffers of a TCP service (see l4lb.dataplane): tried on a
+        scratch socket, FORCE first, as the C core does."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        for size in (sndbuf, rcvbuf):
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise TypeError(f"a socket buffer size must be an int, not "
+                                f"{type(size).__name__}")
+            if size != 0 and not SOCKBUF_MIN <= size <= SOCKBUF_MAX:
+                raise ValueError(f"socket buffer size {size} out of range (0, or "
+                                 f"{SOCKBUF_MIN}..{SOCKBUF_MAX})")
+        if not sndbuf and not rcvbuf:
+            self._shared.sockbuf.pop(service_id, None)
+            return
+        force = _try_socket_buffers(sndbuf, rcvbuf)
+        with self._lock:
+            self._shared.sockbuf_force = force
+            self._shared.sockbuf[service_id] = (sndbuf, rcvbuf)
+
+    def socket_buffers(self, service_id: int) -> tuple[int, int]:
+        """(sndbuf, rcvbuf) of service_id's backend leg; 0 where the kernel autotunes."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return self._shared.sockbuf.get(service_id, (0, 0))
+
+    def socket_buffer_errors(self, service_id: int) -> int:
+        """Backend sockets of service_id that refused one of its buffer sizes."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return sum(w.call(w.counters.copy).sockbuf_errors.get(service_id, 0)
+                   for w in self._workers)
+
     def set_udp_gro(self, service_id: int, on: bool) -> None:
         """GRO buffers for a UDP service (see l4lb.dataplane): the reference reads datagram by
         datagram (the kernel cuts a GSO packet for it), so the switch changes nothing here."""
@@ -312,6 +347,22 @@ def _try_congestion_control(name: str) -> None:
                               "this process (net.ipv4.tcp_allowed_congestion_control; or "
                               "CAP_NET_ADMIN)") from None
             raise
+
+
+def _try_socket_buffers(sndbuf: int, rcvbuf: int) -> bool:
+    """Set the sizes (0: skipped) on a scratch TCP socket, SO_*BUFFORCE first: True when the
+    FORCE options work (CAP_NET_ADMIN), False when only the plain ones do; OSError else."""
+    force = True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, sndbuf or SOCKBUF_MIN)
+        except PermissionError:
+            force = False
+        if sndbuf:
+            set_socket_buffer(probe, socket.SO_SNDBUF, sndbuf)
+        if rcvbuf:
+            set_socket_buffer(probe, socket.SO_RCVBUF, rcvbuf)
+    return force
 
 
 def _check_listener(fd: int) -> None:

@@ -1,10 +1,12 @@
 """State that all workers of one reference data plane share: the live table and the counts
 that limits and schedulers read across workers.
 
-Everything here except `table`, `congestion` and `fast_open` is guarded by `lock`; `table` is
-replaced whole by publish() (one reference assignment) and read without the lock; `congestion`
-and `fast_open` get single-key stores and reads (each atomic under the GIL), so a worker sees a
-service's old setting or its new one, never a mix.
+Everything here except `table`, `congestion`, `fast_open`, `sockbuf` and `sockbuf_force` is
+guarded by `lock`; `table` is replaced whole by publish() (one reference assignment) and read
+without the lock; `congestion`, `fast_open` and `sockbuf` get single-key stores and reads (each
+atomic under the GIL; a service's two buffer sizes are one tuple), so a worker sees a service's
+old setting or its new one, never a mix; `sockbuf_force` is stored before the sizes it was
+probed with.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class Shared:
     #                     congestion control (set_congestion_control); absent = system default
     fast_open: set[int] = field(default_factory=set)  # service ids with fast open towards
     #                     their backends (set_fast_open)
+    sockbuf: dict[int, tuple[int, int]] = field(default_factory=dict)  # service id ->
+    #                     backend-leg (SO_SNDBUF, SO_RCVBUF), 0 = autotuning (set_socket_buffers)
+    sockbuf_force: bool = False  # the sizes go in with SO_SNDBUFFORCE / SO_RCVBUFFORCE
+    #                     (set_socket_buffers found CAP_NET_ADMIN), not the plain options
 
 
 def add_count(counts: dict[int, int], key: int, delta: int) -> None:

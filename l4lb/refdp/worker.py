@@ -54,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from l4lb.net.listen import SO_RCVBUFFORCE, SO_SNDBUFFORCE
 from l4lb.refdp.counters import Counters
 from l4lb.refdp.pipes import PipePool
 from l4lb.refdp.records import RecordQueue, make_record
@@ -234,6 +235,8 @@ class Worker:
     def zero_counters(self, service: bool, ident: int) -> None:
         """Forget the counters of a service or backend id (the next use starts at 0)."""
         (self.counters.services if service else self.counters.backends).pop(ident, None)
+        if service:
+            self.counters.sockbuf_errors.pop(ident, None)
 
     def configure_log(self, on: bool, capacity: int | None) -> None:
         """Turn the connection log on or off (capacity: a new queue size, or None to keep)."""
@@ -482,6 +485,9 @@ class Worker:
         if cc is not None:  # before connect(), as the C relay; refused: the system default
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+        sizes = self.shared.sockbuf.get(session.service_id)
+        if sizes is not None:  # before the SYN fixes the window scale, as the C relay
+            self._socket_buffers(session.service_id, sock, sizes)
         session.backend = sock
         session.syn_data = 0
         err = -1
@@ -498,6 +504,22 @@ class Worker:
             self._at(deadline, lambda: self._connect_timer(session, attempt))
         else:
             self._connect_failed(session)
+
+    def _socket_buffers(self, service_id: int, sock: socket.socket,
+                        sizes: tuple[int, int]) -> None:
+        """SO_SNDBUF / SO_RCVBUF (the FORCE kinds when set_socket_buffers found them usable)
+        on a fresh backend socket; a refusal is counted and the session keeps the kernel's
+        buffers (the C relay's relay_sockbuf)."""
+        force = self.shared.sockbuf_force
+        for size, plain, forced in ((sizes[0], socket.SO_SNDBUF, SO_SNDBUFFORCE),
+                                    (sizes[1], socket.SO_RCVBUF, SO_RCVBUFFORCE)):
+            if not size:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, forced if force else plain, size)
+            except OSError:
+                errors = self.counters.sockbuf_errors
+                errors[service_id] = errors.get(service_id, 0) + 1
 
     def _fast_open(self, session: Session, sock: socket.socket,
                    address: tuple[str, int]) -> int:

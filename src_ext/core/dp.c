@@ -92,6 +92,19 @@
  * failing on every connection; a setsockopt that still fails later (a module unloaded
  * meanwhile) leaves that connection on the system default.
  *
+ * Socket buffers. A TCP service may cap the socket buffers of its backend leg
+ * (dp_set_socket_buffers; the client leg, again, is the caller's: accepted sockets inherit
+ * SO_SNDBUF / SO_RCVBUF from their listener). Another side table (struct dp_sockbuf,
+ * dp->sockbuf): one atomic 64-bit word per service id holding both sizes, so the relay pays one
+ * acquire load and a branch per connect attempt when a service has none, and sees both sizes of
+ * one setter call together. The setter first applies the sizes to a scratch socket: SO_*FORCE
+ * when the process may (CAP_NET_ADMIN; the size is then not capped at net.core.wmem_max /
+ * rmem_max), else the plain options; which one worked goes into sockbuf.force before the word
+ * is stored, so the relay issues exactly one setsockopt per size and never a failing FORCE
+ * first. A backend socket that still refuses (capabilities dropped meanwhile) counts
+ * sockbuf_errors for its service and the session goes on with the kernel's buffers: a cap is a
+ * memory bound, not a reason to refuse a client.
+ *
  * Service options. Other per-service switches of the backend leg live beside it in one more
  * side table (struct dp_svc_opts, dp->opts): one atomic byte of DP_OPT_* bits per service id,
  * stored and loaded relaxed, since no other data is published with a bit. The only one so far
@@ -406,9 +419,10 @@ static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
         c->rc = 0;
         break;
     case DP_CMD_ID_ZERO:
-        if (c->id_service)
+        if (c->id_service) {
             memset(w->cnt->svc[c->id], 0, sizeof(w->cnt->svc[c->id]));
-        else
+            w->cnt->sockbuf_errors[c->id] = 0;
+        } else
             memset(w->cnt->be[c->id], 0, sizeof(w->cnt->be[c->id]));
         c->rc = 0;
         break;
@@ -1378,10 +1392,12 @@ int dp_reset_counters(struct dp *dp, int service, uint32_t id)
         struct dp_worker *w = &dp->workers[i];
         if (w->thread_started && !w->exited)
             continue;
-        if (service)
+        if (service) {
             memset(w->cnt->svc[id], 0, sizeof(w->cnt->svc[id]));
-        else
+            w->cnt->sockbuf_errors[id] = 0;
+        } else {
             memset(w->cnt->be[id], 0, sizeof(w->cnt->be[id]));
+        }
     }
     pthread_mutex_unlock(&dp->cmd_lock);
     free(cmds);
@@ -1724,6 +1740,71 @@ void dp_udp_flows(struct dp *dp, uint32_t *cap, int64_t *open)
 {
     *cap = atomic_load_explicit(&dp->udp_flow_cap, memory_order_relaxed);
     *open = atomic_load_explicit(&dp->udp_flows, memory_order_relaxed);
+}
+
+/* Apply size with SO_SNDBUF (snd) or SO_RCVBUF to fd, by the FORCE variant when force. */
+static int dp_sockbuf_apply(int fd, int snd, int force, uint32_t size)
+{
+    int v = (int)size, opt;
+
+    if (snd)
+        opt = force ? SO_SNDBUFFORCE : SO_SNDBUF;
+    else
+        opt = force ? SO_RCVBUFFORCE : SO_RCVBUF;
+    return setsockopt(fd, SOL_SOCKET, opt, &v, sizeof(v)) < 0 ? -errno : 0;
+}
+
+int dp_set_socket_buffers(struct dp *dp, uint32_t service_id, uint32_t sndbuf, uint32_t rcvbuf)
+{
+    int fd, force = 1, rc = 0;
+
+    if (service_id >= DP_MAX_SERVICES || (sndbuf && (sndbuf < DP_SOCKBUF_MIN ||
+                                                     sndbuf > DP_SOCKBUF_MAX)) ||
+        (rcvbuf && (rcvbuf < DP_SOCKBUF_MIN || rcvbuf > DP_SOCKBUF_MAX)))
+        return -EINVAL;
+    if (sndbuf || rcvbuf) {
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -errno;
+        rc = dp_sockbuf_apply(fd, 1, 1, sndbuf ? sndbuf : DP_SOCKBUF_MIN);
+        if (rc == -EPERM) { /* no CAP_NET_ADMIN: plain options, capped by the kernel */
+            force = 0;
+            rc = dp_sockbuf_apply(fd, 1, 0, sndbuf ? sndbuf : DP_SOCKBUF_MIN);
+        }
+        if (!rc && rcvbuf)
+            rc = dp_sockbuf_apply(fd, 0, force, rcvbuf);
+        close(fd);
+        if (rc)
+            return rc;
+        atomic_store_explicit(&dp->sockbuf.force, (uint8_t)force, memory_order_relaxed);
+    }
+    atomic_store_explicit(&dp->sockbuf.size[service_id],
+                          (uint64_t)sndbuf | ((uint64_t)rcvbuf << 32), memory_order_release);
+    return 0;
+}
+
+void dp_socket_buffers(struct dp *dp, uint32_t service_id, uint32_t *sndbuf, uint32_t *rcvbuf)
+{
+    uint64_t v = 0;
+
+    if (service_id < DP_MAX_SERVICES)
+        v = atomic_load_explicit(&dp->sockbuf.size[service_id], memory_order_acquire);
+    *sndbuf = (uint32_t)v;
+    *rcvbuf = (uint32_t)(v >> 32);
+}
+
+uint64_t dp_socket_buffer_errors(struct dp *dp, uint32_t service_id)
+{
+    uint64_t n = 0;
+    uint32_t i;
+
+    if (service_id >= DP_MAX_SERVICES)
+        return 0;
+    for (i = 0; i < dp->n_workers; i++)
+        if (dp->workers[i].cnt)
+            n += __atomic_load_n(&dp->workers[i].cnt->sockbuf_errors[service_id],
+                                 __ATOMIC_RELAXED);
+    return n;
 }
 
 void dp_fast_open_stats(struct dp *dp, uint64_t *attempts, uint64_t *syn_data,

@@ -3,7 +3,8 @@
  * Every function may be called without the GIL; none calls back into Python. Functions that wait
  * for a worker (dp_remove_listener, dp_sessions, dp_flows, dp_internals,
  * dp_close_backend_sessions, dp_set_connection_log, dp_stop) block the calling thread only;
- * dp_set_congestion_control takes a lock no worker takes. All return 0 or -errno unless
+ * dp_set_congestion_control takes a lock no worker takes; dp_set_socket_buffers opens a
+ * scratch socket and takes no lock. All return 0 or -errno unless
  * documented otherwise. See dp.c for the design essay, relay_tcp.c and relay_udp.c for the
  * relays.
  */
@@ -19,6 +20,8 @@
 #define DP_CONNLOG_MAX (1u << 22)    /* largest connection-log ring, records per worker */
 #define DP_CC_NAME_MAX 16u           /* TCP_CA_NAME_MAX: longest algorithm name + NUL */
 #define DP_CC_MAX_NAMES 64u          /* distinct algorithm names one data plane interns */
+#define DP_SOCKBUF_MIN 4096u         /* smallest backend-leg socket buffer size (bytes) */
+#define DP_SOCKBUF_MAX 0x3fffffffu   /* largest: the kernel doubles it into an int */
 
 struct dp;
 
@@ -315,6 +318,22 @@ uint32_t dp_fd_ceiling(struct dp *dp);
 void dp_set_udp_flow_cap(struct dp *dp, uint32_t cap);
 /* The cap (0 = none) and the number of UDP flows open now. Any thread (relaxed loads). */
 void dp_udp_flows(struct dp *dp, uint32_t *cap, int64_t *open);
+
+/* Socket buffers of the backend leg of one TCP service: SO_SNDBUF sndbuf and SO_RCVBUF rcvbuf
+ * bytes on each backend socket before connect() (the window scale is fixed by the SYN), each 0
+ * for the kernel's autotuning (no setsockopt) or DP_SOCKBUF_MIN..DP_SOCKBUF_MAX. The kernel
+ * doubles a size; a process with CAP_NET_ADMIN gets it with SO_SNDBUFFORCE / SO_RCVBUFFORCE,
+ * any other has it capped at net.core.wmem_max / rmem_max. The sizes are tried on a scratch
+ * socket first (which also decides FORCE or not), so a refused one changes nothing. Takes
+ * effect for connect attempts that start after it returns; open sessions keep theirs. Before or
+ * after dp_start(). -EINVAL: bad service id or size; else the scratch socket's -errno. */
+int dp_set_socket_buffers(struct dp *dp, uint32_t service_id, uint32_t sndbuf, uint32_t rcvbuf);
+/* The sizes set for service_id (0, 0 when none or a bad id). Any thread. */
+void dp_socket_buffers(struct dp *dp, uint32_t service_id, uint32_t *sndbuf, uint32_t *rcvbuf);
+/* Backend sockets of service_id that refused one of its sizes (each refused option counts),
+ * summed over workers with relaxed loads; 0 for a bad id. The connection went on with the
+ * kernel's buffers. */
+uint64_t dp_socket_buffer_errors(struct dp *dp, uint32_t service_id);
 /* Fast-open counters summed over workers (relaxed loads, no worker is asked): attempts = backend
  * connects opened with sendto(MSG_FASTOPEN), syn_data = those whose SYN carried client bytes
  * (the kernel had a cookie for the backend), syn_bytes = the bytes those SYNs carried. */

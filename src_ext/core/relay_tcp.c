@@ -133,6 +133,17 @@
  * control plane), the backend leg gets one more setsockopt before connect(), only for services
  * that name an algorithm (dp_congestion_control, dp.c).
  *
+ * Socket buffers. So do a service's SO_SNDBUF / SO_RCVBUF (HAProxy's tune.sndbuf.* /
+ * tune.rcvbuf.*): the client leg inherits them from the listener (set by the control plane), the
+ * backend leg gets them from relay_sockbuf() right after socket(), before connect() or the fast
+ * open sendto(), because the window scale the SYN announces follows the receive buffer at that
+ * moment. A service without them pays one acquire load of its side-table word and a branch per
+ * connect attempt (dp.c, "Socket buffers"); one with them, one setsockopt per size, of the kind
+ * (plain or FORCE) the setter found to work. A refusal costs the connection nothing but its
+ * cap: it is counted in the service's sockbuf_errors (shown by `l4lb status`) and the session
+ * goes on with the kernel's buffers, because failing a client over a memory bound would turn a
+ * tuning knob into an outage.
+ *
  * Fast open. A service with fast open (dp_set_fast_open; dp.c, "Service options") puts the
  * client's first bytes into the SYN towards its backend when they are already waiting as an
  * attempt starts: recv(MSG_PEEK) of up to one copy buffer, then sendto(MSG_FASTOPEN) on the
@@ -573,6 +584,21 @@ static int relay_fast_open(struct dp_worker *w, struct relay_session *s, int fd,
     return -errno;
 }
 
+/* Give fd (a fresh backend socket of service_id) the service's socket buffer sizes, packed as
+ * in struct dp_sockbuf (not 0): see "Socket buffers". A refused size is counted, not fatal. */
+static void relay_sockbuf(struct dp_worker *w, int fd, uint32_t service_id, uint64_t sizes)
+{
+    int force = atomic_load_explicit(&w->dp->sockbuf.force, memory_order_relaxed);
+    int snd = (int)(uint32_t)sizes, rcv = (int)(uint32_t)(sizes >> 32);
+
+    if (snd && setsockopt(fd, SOL_SOCKET, force ? SO_SNDBUFFORCE : SO_SNDBUF, &snd,
+                          sizeof(snd)) < 0)
+        DP_CNT_ADD(&w->cnt->sockbuf_errors[service_id], 1);
+    if (rcv && setsockopt(fd, SOL_SOCKET, force ? SO_RCVBUFFORCE : SO_RCVBUF, &rcv,
+                          sizeof(rcv)) < 0)
+        DP_CNT_ADD(&w->cnt->sockbuf_errors[service_id], 1);
+}
+
 /* Start a nonblocking connect to b. 0 connected, 1 in progress, -errno failed (bfd closed). */
 static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
                                const struct dp_backend *b)
@@ -582,6 +608,7 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                               .data.ptr = &s->bep };
     const char *cc;
+    uint64_t sizes;
     int fd, err, rc;
 
     fd = socket(b->family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
@@ -594,6 +621,9 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     if (cc) /* the service's backend-leg algorithm (dp.c, "Congestion control"); refused: the
                connection keeps the system default */
         (void)setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, (socklen_t)strlen(cc));
+    sizes = atomic_load_explicit(&w->dp->sockbuf.size[s->service_id], memory_order_acquire);
+    if (sizes) /* the service's socket buffers, before the SYN fixes the window scale */
+        relay_sockbuf(w, fd, s->service_id, sizes);
     s->syn_data = 0;
     rc = dp_fast_open(w->dp, s->service_id) ? relay_fast_open(w, s, fd, &ss, sl) : 2;
     if (rc == 2) { /* no fast open, or no client bytes waiting for one */

@@ -87,6 +87,10 @@ struct dp_counters {
                                                with client data (relay_fast_open) */
     uint64_t fo_syn_data;                   /* of those, attempts whose SYN carried data */
     uint64_t fo_syn_bytes;                  /* client bytes the kernel took into those SYNs */
+    uint64_t sockbuf_errors[DP_MAX_SERVICES]; /* per service id: backend sockets that refused
+                                                 the service's SO_SNDBUF / SO_RCVBUF (each
+                                                 refused option counts; relay_tcp.c, "Socket
+                                                 buffers"); zeroed with the service's row */
 };
 
 /* Add v to a single-writer counter; the relaxed atomic store keeps concurrent readers defined
@@ -296,6 +300,18 @@ struct dp_cc {
 #define DP_OPT_NO_GRO 0x02u        /* udp: no GRO buffers on the service's listeners and upstream
                                       sockets (dp_set_udp_gro; relay_udp.c, "GRO buffers") */
 
+/* The backend-leg socket buffer side table (see dp.c, "Socket buffers"). */
+struct dp_sockbuf {
+    _Atomic uint8_t force;         /* 1: the sizes go in with SO_SNDBUFFORCE / SO_RCVBUFFORCE
+                                      (this process has CAP_NET_ADMIN: no net.core.*mem_max cap),
+                                      0: plain SO_SNDBUF / SO_RCVBUF; stored (relaxed) by the
+                                      setter before the sizes it probed, read after them */
+    _Atomic uint64_t size[DP_MAX_SERVICES]; /* per service id: SO_SNDBUF bytes in the low 32
+                                               bits, SO_RCVBUF in the high 32, 0 for the
+                                               kernel's autotuning; stored with release, loaded
+                                               with acquire once per connect attempt */
+};
+
 struct dp_svc_opts {
     _Atomic uint8_t bits[DP_MAX_SERVICES]; /* per service id: DP_OPT_* bits; relaxed stores
                                               (dp_set_fast_open, dp_set_udp_gro) and loads
@@ -335,6 +351,7 @@ struct dp {
                                       (under log_lock) */
     struct dp_cc cc;               /* backend-leg congestion control per service */
     struct dp_svc_opts opts;       /* backend-leg options per service (fast open) */
+    struct dp_sockbuf sockbuf;     /* backend-leg socket buffer sizes per service */
     _Atomic uint32_t be_hw;        /* 1 + the highest backend id any published table named:
                                       no counter at or above it was ever written (dp_stats) */
     _Atomic int64_t udp_flows;     /* udp flows open now, every worker and service: each holds

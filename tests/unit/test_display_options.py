@@ -25,6 +25,24 @@ def test_options_text(changes: dict[str, Any], text: str) -> None:
     assert tcp_options_text({**DEFAULTS, **changes}) == text
 
 
+@pytest.mark.parametrize(("changes", "text"), [
+    ({"client_sndbuf": 0, "client_rcvbuf": 0, "backend_sndbuf": 0, "backend_rcvbuf": 0,
+      "listener_sndbuf_applied": None, "listener_rcvbuf_applied": None,
+      "listeners_keep_sockbuf": False, "backend_sockbuf_errors": 0}, ""),
+    ({"client_sndbuf": 65536, "listener_sndbuf_applied": 131072},
+     "client buffers snd 65536 (kernel 131072)"),
+    ({"client_rcvbuf": 8192000, "listener_rcvbuf_applied": 8388608, "backend_sndbuf": 4096},
+     "client buffers rcv 8192000 (kernel 8388608); backend buffers snd 4096"),
+    ({"client_sndbuf": 0, "listener_sndbuf_applied": 131072, "listeners_keep_sockbuf": True},
+     "client buffers snd kept (kernel 131072); listeners keep a removed buffer size until "
+     "a restart"),
+    ({"backend_rcvbuf": 65536, "backend_sockbuf_errors": 3},
+     "backend buffers rcv 65536; 3 backend buffer refusals"),
+])
+def test_buffer_options_text(changes: dict[str, Any], text: str) -> None:
+    assert tcp_options_text({**DEFAULTS, **changes}) == text
+
+
 def status(options: dict[str, Any] | None) -> dict[str, Any]:
     svc: dict[str, Any] = {"name": "web", "protocol": "tcp", "scheduler": "round_robin",
                            "listen": ["127.0.0.1:80"], "counters": {}, "backends": [],
