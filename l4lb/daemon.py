@@ -1336,12 +1336,22 @@ class Daemon:
         if self.stop_deadline is not None:
             raise ControlError(f"{what}: refused: the daemon is stopping (draining)")
 
+    def _keep_restart_only(self, new: Config) -> Config:
+        """`new` with what only a restart changes taken from the running configuration: the
+        RESTART_ONLY [global] keys, [metrics] listen and the [[vrrp]] instances."""
+        keep = {k: getattr(self.config.global_, k) for k in RESTART_ONLY}
+        return dataclasses.replace(new, global_=dataclasses.replace(new.global_, **keep),
+                                   metrics_listen=self.config.metrics_listen,
+                                   vrrp=self.config.vrrp)
+
     def _apply_overlay(self, overlay: Overlay, what: str) -> None:
         """Run file + `overlay` (add-backend, remove-backend); ControlError if it fails, with
-        nothing changed."""
+        nothing changed. What waits for a restart (a reload said so) keeps waiting: the file's
+        restart-only values are not taken over here either."""
         assert self.file_config is not None
         try:
-            self._commit(overlay.apply(self.file_config), self.file_config, overlay, [])
+            self._commit(self._keep_restart_only(overlay.apply(self.file_config)),
+                         self.file_config, overlay, [])
         except Exception as exc:
             reason = _reason(exc)
             log.error("%s: rejected, running configuration unchanged: %s", what, reason,
@@ -1360,12 +1370,17 @@ class Daemon:
         overlay = self.overlay.copy()
         try:
             backend = overlay.add(self.config, service, address, weight=weight, name=name or "",
-                                  backup=backup, max_connections=max_connections)
+                                  backup=backup, max_connections=max_connections,
+                                  file=self.file_config)
         except OverlayError as exc:
             raise ControlError(str(exc)) from None
         self._apply_overlay(overlay, "add-backend")
-        log.info("backend %s/%s: added at run time (weight %d%s)", service, address,
-                 backend.weight, ", backup" if backend.backup else "")
+        if (service, address) in overlay.added:
+            log.info("backend %s/%s: added at run time (weight %d%s)", service, address,
+                     backend.weight, ", backup" if backend.backup else "")
+        else:
+            log.info("backend %s/%s: runs again as in the file (the runtime removal is undone)",
+                     service, address_text(backend))
         return {"service": service, "backend": address, "generation": self.generation,
                 "differences": overlay.differences(service)}
 
@@ -1414,13 +1429,10 @@ class Daemon:
         file_config = new
         new = overlay.apply(new)
         diff = plan(previous, new)
-        keep = {k: getattr(self.config.global_, k) for k in RESTART_ONLY}
-        new = dataclasses.replace(new, global_=dataclasses.replace(new.global_, **keep),
-                                  metrics_listen=self.config.metrics_listen)
         restart_needed = list(diff.restart_needed)
         if new.vrrp != self.config.vrrp:
-            new = dataclasses.replace(new, vrrp=self.config.vrrp)
             restart_needed.append("vrrp")
+        new = self._keep_restart_only(new)
         fresh: list[ListenerGroup] = []
         new_log = new.global_.connection_log
         fresh_log: ConnLogWriter | None = None

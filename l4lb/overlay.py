@@ -44,8 +44,12 @@ class Overlay:
         return dataclasses.replace(config, services=tuple(services))
 
     def add(self, running: Config, service: str, address: str, *, weight: int = 1,
-            name: str = "", backup: bool = False, max_connections: int = 0) -> Backend:
-        """Add a backend to `service` of the running configuration."""
+            name: str = "", backup: bool = False, max_connections: int = 0,
+            file: Config | None = None) -> Backend:
+        """Add a backend to `service` of the running configuration. When it is a backend of
+        the file (`file`) that a runtime removal took out, with the same settings, the removal
+        is undone instead: the service runs the file's backend again, with no difference left
+        to show (and a later reload that drops it from the file drops it)."""
         svc = _service(running, service)
         try:
             endpoint = parse_endpoint(address, wildcard_ok=False)
@@ -80,8 +84,17 @@ class Overlay:
         if (svc.scheduler == "maglev" and svc.maglev_table_size <= len(svc.backends)):
             raise OverlayError(f"add-backend: service {service!r}: maglev_table_size "
                                f"{svc.maglev_table_size} allows no more backends")
+        defaulted = name == address
         backend = Backend(address=endpoint, name=name, weight=weight,
                           max_connections=max_connections, backup=backup)
+        for fb in _service(file, service).backends if file is not None else ():
+            fkey = (service, address_text(fb))
+            if fkey in self.removed and _same(fb.address, endpoint):
+                own = dataclasses.replace(backend, name=address_text(fb)) if defaulted and \
+                    fb.name == address_text(fb) else backend  # the address, however spelled
+                if own == fb:
+                    self.removed.discard(fkey)
+                    return fb
         key = (service, address)
         self.removed.discard(key)
         self.added[key] = backend
