@@ -38,6 +38,7 @@ Output line:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -247,7 +248,19 @@ class ConnLogWriter:
     # -- the writer thread -------------------------------------------------------------------
 
     def _open(self) -> BinaryIO:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        """Open the file for appending without ever blocking: start() runs on the event loop,
+        and a FIFO opened for writing would wait for a reader (the loop with it). A FIFO
+        with no reader is refused (ENXIO) with a message that says so. Writes block again
+        (in the writer thread, off the loop)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NONBLOCK, 0o640)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                raise OSError(errno.ENXIO, "a FIFO with no reader; start the reader first",
+                              self.path) from None
+            raise
+        os.set_blocking(fd, True)
         return os.fdopen(fd, "ab", buffering=0)  # no buffer: a failed write loses no more
 
     def _run(self, first: BinaryIO) -> None:

@@ -240,3 +240,50 @@ def test_udp_flow_record_and_every_contract_reason_format() -> None:
     for reason in CLOSE_REASONS:
         parsed = json.loads(format_record(record(protocol="udp", reason=reason)))
         assert parsed["protocol"] == "udp" and parsed["reason"] == reason
+
+
+def _start_within(writer: ConnLogWriter, seconds: float) -> BaseException | None:
+    """writer.start() in a thread: what it raised (None: it started); fails the test if it is
+    still blocked after `seconds` (the old open waited for a FIFO's reader forever)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            writer.start()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"start() still blocked after {seconds} s"
+    return outcome[0]
+
+
+def test_a_fifo_without_a_reader_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "conn.fifo"
+    os.mkfifo(fifo)
+    error = _start_within(ConnLogWriter(str(fifo)), 3.0)
+    if error is None:  # pragma: no cover - a reader appeared: release the blocked open
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        os.close(fd)
+    assert isinstance(error, OSError) and "a FIFO with no reader" in str(error), error
+
+
+def test_a_fifo_with_a_reader_gets_the_lines(tmp_path: Path) -> None:
+    fifo = tmp_path / "conn.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        writer = ConnLogWriter(str(fifo))
+        assert _start_within(writer, 3.0) is None
+        try:
+            assert writer.write(record(bytes_to_backend=7))
+            assert writer.flush(5.0)
+        finally:
+            writer.close()
+        line = os.read(reader, 65536).decode()
+        assert json.loads(line)["bytes_to_backend"] == 7
+    finally:
+        os.close(reader)

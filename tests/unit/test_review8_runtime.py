@@ -13,7 +13,7 @@ from .test_review6_reload import make_daemon, ports, service, write  # noqa: F40
 
 
 def test_runtime_changes_keep_restart_only_settings_waiting(tmp_path: Path,
-                                                           ports: tuple[int, int]) -> None:
+                                                           ports: tuple[int, int]) -> None:  # noqa: F811
     body = service("web", ports[0], ["127.0.0.1:9001", "127.0.0.1:9002"])
     path = write(tmp_path, "listen_backlog = 128\n" + body)
     daemon, _ = make_daemon(path)
@@ -28,7 +28,7 @@ def test_runtime_changes_keep_restart_only_settings_waiting(tmp_path: Path,
 
 
 def test_re_adding_a_removed_file_backend_undoes_the_removal(tmp_path: Path,
-                                                              ports: tuple[int, int]) -> None:
+                                                              ports: tuple[int, int]) -> None:  # noqa: F811
     path = write(tmp_path, service("web", ports[0], ["127.0.0.1:9001", "127.0.0.1:9002"]))
     daemon, _ = make_daemon(path)
     daemon.cmd_remove_backend("web", "127.0.0.1:9002")
@@ -45,7 +45,7 @@ def test_re_adding_a_removed_file_backend_undoes_the_removal(tmp_path: Path,
 
 
 def test_re_adding_with_other_settings_is_a_runtime_change(tmp_path: Path,
-                                                           ports: tuple[int, int]) -> None:
+                                                           ports: tuple[int, int]) -> None:  # noqa: F811
     path = write(tmp_path, service("web", ports[0], ["127.0.0.1:9001", "127.0.0.1:9002"]))
     daemon, _ = make_daemon(path)
     daemon.cmd_remove_backend("web", "127.0.0.1:9002")
@@ -56,7 +56,7 @@ def test_re_adding_with_other_settings_is_a_runtime_change(tmp_path: Path,
 
 
 def test_the_overlay_matches_a_removed_backend_by_endpoint_however_spelled(
-        tmp_path: Path, ports: tuple[int, int]) -> None:
+        tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
     path = write(tmp_path, service("web", ports[0], ["[::1]:9001", "[0:0::1]:9002"]))
     daemon, _ = make_daemon(path)
     assert daemon.file_config is not None
