@@ -1,5 +1,5 @@
 """Entry point for `python -m l4lb`."""
 
-from l4lb.cli import main
+from l4lb.entry import main
 
 main()
