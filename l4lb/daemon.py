@@ -790,9 +790,12 @@ class Daemon:
             backends = service["backends"]
             up = sum(1 for b in backends if b["state"] == "up")
             counters = service["counters"]
-            log.info("service %s: %d/%d backends up, %d active, %d total connections%s",
-                     service["name"], up, len(backends), int(counters.get("conns_active", 0)),
-                     int(counters.get("conns_total", 0)),
+            udp = service["protocol"] == "udp"  # flows, not connections
+            log.info("service %s: %d/%d backends up, %d active, %d total %s%s",
+                     service["name"], up, len(backends),
+                     int(counters.get("flows_active" if udp else "conns_active", 0)),
+                     int(counters.get("flows_created" if udp else "conns_total", 0)),
+                     "flows" if udp else "connections",
                      f" (panic: {service['panic']})" if service["panic"] else "")
         for instance in self.vrrp:
             state = instance.status()
