@@ -380,8 +380,9 @@ def _overlay_text(r: dict[str, Any], what: str) -> str:
 
 
 def _change_text(r: dict[str, Any]) -> str:
-    return (f"{r['service']}/{r['backend']}: state {r['state']}, weight {r['weight']} "
+    text = (f"{r['service']}/{r['backend']}: state {r['state']}, weight {r['weight']} "
             f"(table generation {r['generation']})")
+    return text + (f"\nnote: {r['note']}" if r.get("note") else "")
 
 
 def _admin_command(name: str, doc: str) -> None:

@@ -1729,8 +1729,16 @@ class Daemon:
         return result
 
     def cmd_weight(self, service: str, backend: str, weight: int) -> dict[str, Any]:
-        return self._change(f"weight set to {weight}", service, backend,
-                            lambda: self.runtime.set_weight(service, backend, weight))
+        reply = self._change(f"weight set to {weight}", service, backend,
+                             lambda: self.runtime.set_weight(service, backend, weight))
+        if self._scheduler(service) == "round_robin":  # takes backends in turn, whatever
+            reply["note"] = ('scheduler "round_robin" ignores weights: only 0 (no new '
+                             'sessions) changes anything; use "weighted_round_robin" for '
+                             "shares")
+        return reply
+
+    def _scheduler(self, service: str) -> str:
+        return next(s.scheduler for s in self.config.services if s.name == service)
 
     def begin_stop(self, timeout: float) -> None:
         """Enter the stop (on the loop, before the blocking drain): health checks and timers

@@ -807,6 +807,8 @@ class _Checker:
             self.error((*scope.path, "maglev_table_size"),
                        f"{scope.label('maglev_table_size')}: {table_size} is smaller than the "
                        f"number of backends ({len(backends)})")
+        if scheduler == "round_robin":
+            self.round_robin_weights(scope, table, indexed)
         return Service(
             name=name, protocol=protocol, listen=tuple(listen), backends=tuple(backends),
             scheduler=scheduler, hash_key=hash_key, connect_timeout=connect_timeout,
@@ -1113,6 +1115,28 @@ class _Checker:
             self.listen_specific.setdefault(port_key, claim)
 
     # ------------------------------------------------------------ backends
+
+    def round_robin_weights(self, scope: _Scope, table: dict[str, Any],
+                            indexed: list[tuple[int, Backend]]) -> None:
+        """round_robin takes every backend in turn whatever its weight (forwarding-table.md),
+        so different weights in the file are a mistake (HAProxy's weighted `roundrobin` is
+        l4lb's weighted_round_robin): reported at the weight of the first backend whose weight
+        differs from the first backend's (at the first backend's when only that one has the
+        key)."""
+        if not indexed:
+            return
+        first_j, first = indexed[0]
+        for j, backend in indexed[1:]:
+            if backend.weight == first.weight:
+                continue
+            entries = table.get("backends", [])
+            at = j if isinstance(entries[j], dict) and "weight" in entries[j] else first_j
+            label = f"{scope.label('backends')}[{at}].weight"
+            self.error((*scope.path, "backends", at, "weight"),
+                       f"{label}: backend weights differ ({first.weight} and {backend.weight}) "
+                       'but scheduler "round_robin" ignores weights; use scheduler = '
+                       '"weighted_round_robin"')
+            return
 
     def backends(self, scope: _Scope, table: dict[str, Any]) -> list[tuple[int, Backend]]:
         """The service's valid backends, each with its index in the file."""

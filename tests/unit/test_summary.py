@@ -1,5 +1,6 @@
-"""The SIGUSR2 summary (Daemon.log_summary): one line per service, connections for TCP and
-flows for UDP (a UDP service used to report its always-zero connection counters)."""
+"""What the daemon tells an operator about a service: the SIGUSR2 summary (one line per service,
+connections for TCP and flows for UDP; a UDP service used to report its always-zero connection
+counters), and the note of `weight` on a round_robin service (which ignores weights)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ def test_udp_services_report_flows(tmp_path: Path, ports: tuple[int, int],  # no
     lines = [r.getMessage() for r in caplog.records]
     assert "service web: 1/1 backends up, 4 active, 40 total connections" in lines
     assert "service dns: 2/2 backends up, 3 active, 30 total flows" in lines
+
+
+def test_weight_on_a_round_robin_service_carries_a_note(
+        tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
+    from l4lb.cli import _change_text
+
+    body = service("web", ports[0], ["127.0.0.1:9001", "127.0.0.1:9002"]) + \
+        service("wrr", ports[1], ["127.0.0.1:9003"], 'scheduler = "weighted_round_robin"')
+    daemon, _ = make_daemon(write(tmp_path, body))
+    reply = daemon.cmd_weight("web", "127.0.0.1:9001", 5)
+    assert "round_robin\" ignores weights" in reply["note"]
+    assert _change_text(reply).endswith("\nnote: " + reply["note"])
+    assert "note" not in daemon.cmd_weight("wrr", "127.0.0.1:9003", 5)
