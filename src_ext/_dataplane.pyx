@@ -215,7 +215,8 @@ cdef class Dataplane:
                         b.bytes_to_backend, b.bytes_to_client, b.datagrams_to_backend,
                         b.datagrams_to_client, b.flows_active, b.flows_total)))
             return {"generation": st.generation, "services": services, "backends": backends,
-                    "connlog_dropped": st.connlog_dropped}
+                    "connlog_dropped": st.connlog_dropped,
+                    "listener_pauses": st.listener_pauses}
         finally:
             free(st)
 

@@ -38,7 +38,8 @@ What each counter means (the C core, src_ext/core/dp.h, keeps the same ones):
            flows_active      flows assigned to it now
            flows_total       flows ever assigned to it
   worker   connlog_dropped   connection-log records refused because the worker's queue was full
-                             (stats() reports the sum as a top-level key)
+           listener_pauses   times its TCP listeners paused (out of fds, or at the descriptor
+                             ceiling); stats() reports the sums of both as top-level keys
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Counters:
         self.backends: dict[int, dict[str, int]] = {}  # backend_id -> BACKEND_FIELDS
         self.splice_fallbacks = 0  # relay directions that had to copy instead of splice
         self.connlog_dropped = 0  # connection-log records refused: the queue was full
+        self.listener_pauses = 0  # times the TCP listeners paused: out of fds, or at the
+        #                           descriptor ceiling (stats() reports the sum)
         self.sockbuf_errors: dict[int, int] = {}  # service_id -> backend sockets that refused
         #                     one of its buffer sizes (each refused option counts)
 
@@ -87,6 +90,7 @@ class Counters:
         other.backends = {k: dict(v) for k, v in self.backends.items()}
         other.splice_fallbacks = self.splice_fallbacks
         other.connlog_dropped = self.connlog_dropped
+        other.listener_pauses = self.listener_pauses
         other.sockbuf_errors = dict(self.sockbuf_errors)
         return other
 
@@ -105,4 +109,5 @@ def sum_counters(parts: list[Counters], generation: int) -> dict[str, Any]:
             for key, value in values.items():
                 into[key] += value
     return {"generation": generation, "services": services, "backends": backends,
-            "connlog_dropped": sum(part.connlog_dropped for part in parts)}
+            "connlog_dropped": sum(part.connlog_dropped for part in parts),
+            "listener_pauses": sum(part.listener_pauses for part in parts)}

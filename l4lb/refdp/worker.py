@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import heapq
 import itertools
 import os
@@ -129,6 +130,9 @@ class Worker:
         self.log = RecordQueue(self.counters)  # connection log: the worker writes, one reader
         self.pool = PipePool(fd_high=shared.fd_high)  # pipes for splice, held only while data
         #                                                is in flight
+        self.reserve: list[int] = []  # spare fds (/dev/null) for a session in hand at the
+        #                               ceiling (C: relay_reserve_*); filled below the ceiling
+        self.resume_armed = False  # a resume of the paused TCP listeners is scheduled
         self.sched = SchedWorker(index + 1)  # smooth-WRR currents and PRNG of this worker
         self.timers: list[tuple[float, int, Callable[[], None]]] = []  # heap by deadline
         self.timer_seq = itertools.count()  # tie-breaker so the heap never compares callables
@@ -307,6 +311,7 @@ class Worker:
         self._close_resources()
 
     def _close_resources(self) -> None:
+        self._reserve_close()
         self.pool.close()
         self.sel.close()
         self.wake_r.close()
@@ -356,12 +361,11 @@ class Worker:
                     self._pause_listener(lst)
                     return
                 continue  # ECONNABORTED and the like: that connection is gone, try the next
+            conn = self._lower(conn)  # at the ceiling: served, the rest wait in the backlog
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the C relay
-            high = self.shared.fd_high(conn.fileno())
             self._admit(lst.service_id, conn, (str(addr[0]), int(addr[1])))
-            if high:  # at the descriptor ceiling: this client is served, the rest wait queued
-                self._pause_listener(lst)
+            if lst.paused:  # the reserve was spent on it
                 return
 
     def _log_refused(self, service_id: int, client: tuple[str, int], reason: str) -> None:
@@ -369,35 +373,71 @@ class Worker:
         self.log.add(make_record("tcp", service_id, -1, client, time.time(), 0, 0, reason))
 
     def _pause_listener(self, lst: Listener) -> None:
-        """Out of fds: stop polling the listener for a moment instead of spinning on it."""
-        self.sel.unregister(lst.sock)
-        lst.paused = True
+        """Out of fds: stop polling the TCP listeners for a moment instead of spinning (all of
+        them, as the C relay: they draw on the same descriptors)."""
+        del lst  # every TCP listener of the worker pauses, not only the one that failed
+        self._pause_listeners()
 
-        def resume() -> None:
-            if self.listeners.get(lst.fd) is lst and not self.stopping:
-                if not self._room_below_ceiling():
-                    self._at(time.monotonic() + ACCEPT_PAUSE, resume)
-                    return
+    def _pause_listeners(self) -> None:
+        for lst in self.listeners.values():
+            if not lst.paused:
+                self.sel.unregister(lst.sock)
+                lst.paused = True
+        self.counters.listener_pauses += 1
+        if not self.resume_armed:
+            self.resume_armed = True
+            self._at(time.monotonic() + ACCEPT_PAUSE, self._resume_listeners)
+
+    def _resume_listeners(self) -> None:
+        """Back to accepting once the reserve is whole again (below the ceiling)."""
+        self.resume_armed = False
+        if self.stopping:
+            return
+        if not self._reserve_fill():  # still short of fds: stay paused
+            self.resume_armed = True
+            self._at(time.monotonic() + ACCEPT_PAUSE, self._resume_listeners)
+            return
+        for lst in self.listeners.values():
+            if lst.paused:
                 lst.paused = False
                 self.sel.register(lst.sock, READ, (LISTENER, lst))
 
-        self._at(time.monotonic() + ACCEPT_PAUSE, resume)
-
-    def _room_below_ceiling(self) -> bool:
-        """Whether RESERVE_FDS descriptors are free below the descriptor ceiling (the C relay
-        resumes when its fd reserve fits there again); True without a ceiling."""
-        if not self.shared.fd_ceiling:
-            return True
-        probes: list[int] = []
-        try:
-            for _ in range(RESERVE_FDS):
-                probes.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
-        except OSError:
-            return False
-        finally:
-            for fd in probes:
+    def _reserve_fill(self) -> bool:
+        """Take spare fds until RESERVE_FDS are held, each below the descriptor ceiling;
+        False when that is not possible now."""
+        while len(self.reserve) < RESERVE_FDS:
+            try:
+                fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return False
+            if self.shared.fd_high(fd):  # fits only in the control plane's part
                 os.close(fd)
-        return not any(self.shared.fd_high(fd) for fd in probes)
+                return False
+            self.reserve.append(fd)
+        return True
+
+    def _reserve_close(self) -> None:
+        while self.reserve:
+            os.close(self.reserve.pop())
+
+    def _lower(self, sock: socket.socket) -> socket.socket:
+        """sock came out at or above the descriptor ceiling: move it below, into the room the
+        reserve gives back, and pause the listeners until the reserve fits below the ceiling
+        again (C: relay_fd_lower). With no reserve left it stays, for this session only."""
+        if not self.shared.fd_high(sock.fileno()):
+            return sock
+        spent = bool(self.reserve)
+        self._reserve_close()
+        self._pause_listeners()
+        if not spent:
+            return sock
+        try:
+            low = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 0)
+        except OSError:
+            return sock
+        moved = socket.socket(fileno=low)
+        sock.close()
+        return moved
 
     def _admit(self, service_id: int, conn: socket.socket, client: tuple[str, int]) -> None:
         counters = self.counters.service(service_id)
@@ -474,7 +514,7 @@ class Worker:
         host, port = live.targets[index]
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = self._lower(socket.socket(family, socket.SOCK_STREAM))
         except OSError:
             counters["accept_errors"] += 1  # out of fds here: not the backend's fault
             self._close_session(session, reset=True, reason="error")

@@ -1142,6 +1142,7 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
         const struct dp_counters *c = dp->workers[i].cnt;
         uint64_t v[DP_SC_N];
         out->connlog_dropped += __atomic_load_n(&c->connlog_dropped, __ATOMIC_RELAXED);
+        out->listener_pauses += __atomic_load_n(&c->listener_pauses, __ATOMIC_RELAXED);
         for (k = 0; k < DP_MAX_SERVICES; k++) {
             for (x = 0; x < DP_SC_N; x++)
                 v[x] = __atomic_load_n(&c->svc[k][x], __ATOMIC_RELAXED);

@@ -76,6 +76,8 @@ struct dp_stats {
     uint64_t generation;                       /* generation of the live table */
     uint64_t connlog_dropped;                  /* connection-log records refused by a full
                                                   ring, since dp_create */
+    uint64_t listener_pauses;                  /* times a worker paused its TCP listeners:
+                                                  out of fds, or at the descriptor ceiling */
     uint32_t n_be;                             /* be[] entries filled: 1 + the highest backend
                                                   id ever published; the rest are left as they
                                                   were (not zeroed), never read them */

@@ -567,13 +567,14 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
     uint32_t cap;
     int fd, err, gro = 0;
 
+    /* the service's place first: a flow max_flows refuses never holds one in the cap */
     prev = atomic_fetch_add_explicit(sact, 1, memory_order_relaxed);
-    all = atomic_fetch_add_explicit(&w->dp->udp_flows, 1, memory_order_relaxed);
     if (svc->max_flows && prev >= 0 && (uint32_t)prev >= svc->max_flows) {
-        udp_flow_unclaim(w, sid);
+        atomic_fetch_sub_explicit(sact, 1, memory_order_relaxed);
         dp_svc_add(w, sid, DP_SC_DROPS_MAX_FLOWS, dgrams);
         return NULL;
     }
+    all = atomic_fetch_add_explicit(&w->dp->udp_flows, 1, memory_order_relaxed);
     cap = atomic_load_explicit(&w->dp->udp_flow_cap, memory_order_relaxed);
     if (cap && all >= (int64_t)cap) {
         udp_flow_unclaim(w, sid);

@@ -49,6 +49,7 @@ cdef extern from "dp.h" nogil:
     struct dp_stats_s "dp_stats":
         uint64_t generation
         uint64_t connlog_dropped
+        uint64_t listener_pauses
         uint32_t n_be
         dp_svc_stats svc[1024]
         dp_be_stats be[65536]
