@@ -533,7 +533,7 @@ class Daemon:
 
     def _sync_udp_flow_cap(self) -> None:
         """Give the data plane the cap on UDP flows of all services together ([global]
-        max_udp_flows, by default half of the file descriptor limit of this moment), when it
+        max_udp_flows, by default half of the file descriptor limit read at start), when it
         differs from the one it has. A data plane without the call is a problem (in
         cc_problems, so start refuses) only when the file sets the key."""
         setting = self.config.global_.max_udp_flows
@@ -544,7 +544,8 @@ class Daemon:
                 self.cc_problems.append("this data plane cannot cap UDP flows (max_udp_flows)")
                 log.error("%s", self.cc_problems[-1])
             return
-        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        # the limit read at start(), as for the ceiling, so that the two stay consistent
+        nofile = self.fd_limit or int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         cap = udp_flow_cap(setting, nofile)
         if cap == self.udp_flow_limit:
             return
@@ -1567,7 +1568,8 @@ class Daemon:
                 "connection_log": self.connlog_path,
                 "loop": self.loop_lag.status(),
                 "udp_flows": self._udp_flows_status(dp),
-                "fds": {"limit": self.fd_limit, "ceiling": self.fd_ceiling or None},
+                "fds": {"limit": self.fd_limit, "ceiling": self.fd_ceiling or None,
+                        "listener_pauses": int(stats.get("listener_pauses", 0))},
                 "services": services,
                 "vrrp": [instance.status() for instance in self.vrrp]}
 

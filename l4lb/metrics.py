@@ -136,8 +136,17 @@ def _status_families(status: Mapping[str, Any],
                                      "ran a sample at least 250 ms late.")
         stalls.add_metric([], int(loop.get("stalls", 0)))
         yield stalls
+    fds = status.get("fds")
+    if isinstance(fds, Mapping):
+        pauses = CounterMetricFamily("l4lb_listener_pauses", "Times a worker stopped accepting "
+                                     "TCP connections for a moment: out of file descriptors, "
+                                     "or at the descriptor ceiling kept for the control plane "
+                                     "(clients wait in the listen backlog meanwhile).")
+        pauses.add_metric([], int(fds.get("listener_pauses", 0)))
+        yield pauses
     flows = status.get("udp_flows")
-    if isinstance(flows, Mapping) and flows.get("max") is not None:
+    udp = any(s.get("protocol") == "udp" for s in status.get("services", []))
+    if isinstance(flows, Mapping) and flows.get("max") is not None and udp:
         yield _gauge("l4lb_udp_flows_max", "Cap on UDP flows open at once, all services "
                      "together ([global] max_udp_flows).", flows["max"])
         yield _gauge("l4lb_udp_flows_active", "UDP flows open now, all services together.",

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import resource
+import selectors
 import signal
 import socket
 import subprocess
@@ -27,40 +28,52 @@ FLOOD = 200  # clients held open at once: 400 descriptors through the balancer w
 
 class HoldServer:
     """A TCP backend thread that answers each connection with b"ok" and keeps it open until the
-    client closes it (so that sessions through the balancer stay open)."""
+    client's side closes it (then it closes too), so that sessions through the balancer stay
+    open exactly as long as their clients want."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1024)
-        self.sock.settimeout(0.2)
+        self.sock.setblocking(False)
         self.port = int(self.sock.getsockname()[1])
-        self.conns: list[socket.socket] = []
+        self.accepted = 0  # connections ever accepted
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.sock, selectors.EVENT_READ)
         self.stop = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
         while not self.stop:
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                conn.sendall(b"ok")
-            except OSError:
-                conn.close()
-                continue
-            self.conns.append(conn)
+            for key, _ in self.sel.select(0.2):
+                if key.fileobj is self.sock:
+                    with contextlib.suppress(OSError):
+                        conn, _ = self.sock.accept()
+                        conn.setblocking(False)
+                        self.accepted += 1
+                        with contextlib.suppress(OSError):
+                            conn.sendall(b"ok")
+                        self.sel.register(conn, selectors.EVENT_READ)
+                    continue
+                conn = key.fileobj
+                assert isinstance(conn, socket.socket)
+                try:
+                    data = conn.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:  # the client's side is gone: close ours
+                    self.sel.unregister(conn)
+                    conn.close()
 
     def close(self) -> None:
         self.stop = True
         self.thread.join(timeout=2)
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
+        for key in list(self.sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.sel.close()
 
 
 def low_nofile() -> None:
@@ -78,57 +91,82 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def high_fds(pid: int, ceiling: int) -> list[int]:
+    """The daemon's descriptors at or above the ceiling."""
+    return sorted(fd for fd in map(int, os.listdir(f"/proc/{pid}/fd")) if fd >= ceiling)
+
+
+def connect_nowait(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        sock.connect(("127.0.0.1", port))
+    return sock
+
+
 @pytest.mark.parametrize("impl", ["c", "ref"])
 def test_a_client_flood_leaves_descriptors_for_the_control_plane(impl: str,
                                                                  tmp_path: Path) -> None:
+    """Fill up to the ceiling, queue more clients, then let sessions end a few at a time (each
+    end lets one queued client in): the traffic never settles above the ceiling, `status`
+    answers throughout, probes keep passing, and every queued client is served in the end."""
     backend = HoldServer()
     port, cfg, ctl = free_port(), tmp_path / "fd.toml", tmp_path / "ctl.sock"
     cfg.write_text("\n".join([
-        "[global]", "workers = 1", f'control_socket = "{ctl}"', "",
+        "[global]", "workers = 2", f'control_socket = "{ctl}"', "",
         "[[services]]", 'name = "web"', f'listen = ["127.0.0.1:{port}"]',
         "[services.health]", 'interval = "300ms"', 'timeout = "200ms"', "fall = 2",
         "[[services.backends]]", f'address = "127.0.0.1:{backend.port}"', ""]))
     env = child_env(reference=impl == "ref")
     proc = subprocess.Popen(l4lb_cmd("run", "-c", str(cfg)), env=env, preexec_fn=low_nofile,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    clients: list[socket.socket] = []
+    ceiling = NOFILE - 32
+    first: list[socket.socket] = []
+    queued: list[socket.socket] = []
     try:
         wait_listening(port, proc)
         assert wait_until(ctl.exists, 15)
-        assert status(cfg, env)["fds"] == {"limit": NOFILE, "ceiling": NOFILE - 32}
+        fds = status(cfg, env)["fds"]
+        assert fds == {"limit": NOFILE, "ceiling": ceiling, "listener_pauses": 0}
         before = status(cfg, env)["services"][0]["counters"]["conns_total"]  # wait_listening's
-        for _ in range(FLOOD):
-            sock = socket.socket()
-            clients.append(sock)
-            sock.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                sock.connect(("127.0.0.1", port))
-        # the balancer fills up to its ceiling, and the rest of the clients wait in the backlog
-        assert wait_until(lambda: open_fds(proc.pid) >= NOFILE - 32 - 8, 10), open_fds(proc.pid)
-        time.sleep(1.0)  # three probe intervals at the ceiling
-        held = open_fds(proc.pid)
-        assert held <= NOFILE - 16, held  # the top stays (mostly) free
+        first = [connect_nowait(port) for _ in range(80)]  # about 160 fds: below the ceiling
+        assert wait_until(lambda: backend_count(backend) >= 80, 10)
+        queued = [connect_nowait(port) for _ in range(FLOOD)]  # these reach the ceiling
+        assert wait_until(lambda: open_fds(proc.pid) >= ceiling - 8, 10), open_fds(proc.pid)
+        for _ in range(10):  # sessions end a few at a time, queued clients take their place
+            for sock in first[:4]:
+                sock.close()
+            del first[:4]
+            time.sleep(0.3)
+            assert len(high_fds(proc.pid, ceiling)) <= 4, high_fds(proc.pid, ceiling)
         state = status(cfg, env)  # the control socket still answers
+        assert state["fds"]["listener_pauses"] > 0
         web = state["services"][0]
         assert [b["state"] for b in web["backends"]] == ["up"]  # probes still run and pass
+        assert web["counters"]["accept_errors"] == 0
         served = web["counters"]["conns_total"] - before
-        assert 0 < served < FLOOD
-        # the flood ends: the queued clients get their turn
-        for sock in clients[:served]:
+        assert 80 < served < 80 + FLOOD
+        # the flood ends: every queued client gets its turn
+        for sock in first:
             sock.close()
-        del clients[:served]
-        for sock in clients:
+        first.clear()
+        for sock in queued:
             sock.setblocking(True)
-            sock.settimeout(5)
-        for _ in range(2):  # the rest in two rounds: each round fits below the ceiling
-            batch, clients = clients[:FLOOD // 2], clients[FLOOD // 2:]
+            sock.settimeout(10)
+        while queued:  # in rounds that fit below the ceiling
+            batch, queued = queued[:60], queued[60:]
             for sock in batch:
                 assert sock.recv(2) == b"ok"
                 sock.close()
-        assert status(cfg, env)["services"][0]["counters"]["conns_total"] == before + FLOOD
+        total = status(cfg, env)["services"][0]["counters"]["conns_total"]
+        assert total == before + 80 + FLOOD
         assert stop_process(proc, signal.SIGINT) == 0
     finally:
-        for sock in clients:
+        for sock in first + queued:
             sock.close()
         stop_process(proc, signal.SIGKILL)
         backend.close()
+
+
+def backend_count(backend: HoldServer) -> int:
+    return backend.accepted
