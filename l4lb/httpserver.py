@@ -12,10 +12,11 @@ browser and curl, and hard to upset:
   its own deadline (SEND_TIMEOUT).
 - Malformed requests get 400, a missing Host on HTTP/1.1 too, other methods 405, other HTTP
   versions 505, an oversized head 431, a timed-out head 408, unknown paths 404.
-- At most MAX_CLIENTS connections at once, and at most MAX_PER_PEER from one client address
-  (an IPv6 client's /64, since one host commonly owns a whole /64; see peer_key()), so that
-  a few slow clients from one host ("slowloris") cannot lock Prometheus out. A connection
-  beyond either cap is answered 503 at once, without reading its request, and
+- At most MAX_CLIENTS connections at once, at most MAX_PER_PEER from one client address, and
+  at most MAX_PER_PREFIX from one IPv6 /64 (a host may own a whole /64 and use a new address
+  per connection, while a server LAN is one /64 of many hosts; see peer_key()), so that a few
+  slow clients ("slowloris") cannot lock Prometheus out. A connection beyond any cap is
+  answered 503 at once, without reading its request, and
   counted (refused_total()); at most MAX_CLIENTS such refusals linger at a time, more are
   dropped without a reply (and counted too).
 - The handling of one connection never loops over buffered input without bound: there is one
@@ -55,6 +56,7 @@ MAX_HEAD = 16384  # bytes of request line plus headers
 MAX_HEADERS = 64  # header fields per request
 MAX_CLIENTS = 64  # connections served at once (and refusals lingering at once)
 MAX_PER_PEER = 8  # connections served at once from one client IP address
+MAX_PER_PREFIX = 32  # and from one IPv6 /64
 HEAD_TIMEOUT = 3.0  # seconds to receive the whole request head
 SEND_TIMEOUT = 30.0  # seconds to send the whole response
 LINGER_TIME = 1.0  # seconds to read leftover input after responding
@@ -121,7 +123,8 @@ class HttpServer:
         self.clock = clock  # stamps each status document (the page's rates divide by it)
         self.server: asyncio.Server | None = None  # set by listen()
         self._clients: set[asyncio.Task[Any]] = set()  # connections being served
-        self._per_peer: dict[str, int] = {}  # peer_key() -> connections being served from it
+        self._per_peer: dict[str, int] = {}  # an address or a /64 (peer_key()) -> connections
+        #                                      being served from it
         self._refusing: set[asyncio.Task[Any]] = set()  # refused connections getting their 503
         self._refused = 0  # connections refused since start (a cap was reached)
         self._renders = asyncio.Semaphore(RENDERS_AT_ONCE)  # /metrics formatting slots
@@ -165,7 +168,8 @@ class HttpServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        peer = peer_key(_peer_host(writer))
+        host = _peer_host(writer)
+        peer, prefix = peer_key(host), prefix_key(host)
         if task is None:  # pragma: no cover - a stream callback always runs in a task
             writer.transport.abort()
             return
@@ -173,11 +177,17 @@ class HttpServer:
             await self._refuse(task, reader, writer,
                                f"too many connections from {peer} ({MAX_PER_PEER})")
             return
+        if prefix is not None and self._per_peer.get(prefix, 0) >= MAX_PER_PREFIX:
+            await self._refuse(task, reader, writer,
+                               f"too many connections from {prefix} ({MAX_PER_PREFIX})")
+            return
         if len(self._clients) >= MAX_CLIENTS:
             await self._refuse(task, reader, writer, f"too many connections ({MAX_CLIENTS})")
             return
         self._clients.add(task)
-        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+        keys = (peer,) if prefix is None else (peer, prefix)
+        for key in keys:
+            self._per_peer[key] = self._per_peer.get(key, 0) + 1
         try:
             await self._serve(reader, writer)
         except asyncio.CancelledError:  # close(): end quietly (asyncio's stream callback
@@ -187,9 +197,10 @@ class HttpServer:
             writer.transport.abort()
         finally:
             self._clients.discard(task)
-            left = self._per_peer.pop(peer, 1) - 1
-            if left > 0:
-                self._per_peer[peer] = left
+            for key in keys:
+                left = self._per_peer.pop(key, 1) - 1
+                if left > 0:
+                    self._per_peer[key] = left
 
     async def _refuse(self, task: asyncio.Task[Any], reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, why: str) -> None:
@@ -293,11 +304,8 @@ def _peer_host(writer: asyncio.StreamWriter) -> str:
 
 
 def peer_key(host: str) -> str:
-    """What MAX_PER_PEER counts by: an IPv4 address as it is (also when it arrives as an
-    IPv4-mapped IPv6 address on a dual-stack listener), an IPv6 address by its /64 (one host or
-    one customer usually has the whole /64, so counting single addresses would let it open
-    2**64 times MAX_PER_PEER connections), except link-local ones (every host on a link shares
-    fe80::/64), which count as the full address. Anything else (a unix peer) as given."""
+    """What MAX_PER_PEER counts by: the client's address, an IPv4-mapped IPv6 address as the
+    IPv4 address (a dual-stack listener). Anything that is no address (a unix peer) as given."""
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])  # no zone index
     except ValueError:
@@ -306,9 +314,24 @@ def peer_key(host: str) -> str:
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
         if address.is_link_local:
-            return host
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
+            return host  # the zone tells links apart
     return str(address)
+
+
+def prefix_key(host: str) -> str | None:
+    """What MAX_PER_PREFIX counts by: an IPv6 client's /64, None for IPv4 (mapped too),
+    link-local addresses (every host on a link shares fe80::/64) and non-addresses. A cap per
+    address alone would let one host with a /64 of its own open 2**64 times MAX_PER_PEER
+    connections; a cap per /64 alone would let one slow host lock out its whole server LAN,
+    hence both, the /64 one larger."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if (not isinstance(address, ipaddress.IPv6Address) or address.ipv4_mapped is not None
+            or address.is_link_local):
+        return None
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 def _render_metrics(exporter: Exporter, data: Any, zipped: bool) -> bytes:

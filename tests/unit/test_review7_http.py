@@ -175,15 +175,48 @@ def test_the_head_timeout_is_short_and_closes_an_unfinished_head(
     assert refused == 0  # a timeout is not a refusal
 
 
-@pytest.mark.parametrize(("host", "key"), [
-    ("192.0.2.7", "192.0.2.7"),
-    ("::ffff:192.0.2.7", "192.0.2.7"),              # a dual-stack listener's IPv4 client
-    ("2001:db8:1:2::7", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2:ffff:ffff:ffff:1", "2001:db8:1:2::/64"),  # the same /64: one bucket
-    ("2001:db8:1:3::7", "2001:db8:1:3::/64"),       # the next /64: another
-    ("fe80::1%eth0", "fe80::1%eth0"),                # link-local: every host shares fe80::/64
-    ("::1", "::/64"),
-    ("", ""),                                        # no peer address (unix socket)
+@pytest.mark.parametrize(("host", "peer", "prefix"), [
+    ("192.0.2.7", "192.0.2.7", None),
+    ("::ffff:192.0.2.7", "192.0.2.7", None),               # a dual-stack listener's IPv4 client
+    ("2001:db8:1:2::7", "2001:db8:1:2::7", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:1", "2001:db8:1:2:ffff:ffff:ffff:1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::7", "2001:db8:1:3::7", "2001:db8:1:3::/64"),  # the next /64: another
+    ("fe80::1%eth0", "fe80::1%eth0", None),                 # link-local: every host shares it
+    ("::1", "::1", "::/64"),
+    ("", "", None),                                         # no peer address (unix socket)
 ])
-def test_the_per_peer_cap_counts_an_ipv6_client_by_its_64(host: str, key: str) -> None:
-    assert httpserver.peer_key(host) == key
+def test_the_caps_count_by_address_and_by_ipv6_64(host: str, peer: str,
+                                                   prefix: str | None) -> None:
+    assert httpserver.peer_key(host) == peer
+    assert httpserver.prefix_key(host) == prefix
+
+
+@pytest.mark.usefixtures("patient")
+def test_one_ipv6_64_has_a_cap_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ::1 (a /64 of one address here) the /64's cap is what a fourth connection meets when
+    it is the smaller one; the message names the /64."""
+    monkeypatch.setattr(httpserver, "MAX_PER_PEER", 100)
+    monkeypatch.setattr(httpserver, "MAX_PER_PREFIX", 3)
+
+    async def scenario(server: HttpServer, port: int) -> bytes:
+        held = [await asyncio.open_connection("::1", port) for _ in range(3)]
+        try:
+            for _, w in held:
+                w.write(b"G")  # an unfinished head holds a slot
+            await until(lambda: server.connections == 3, "3 served connections")
+            return await reply_of(await asyncio.open_connection("::1", port), GET)
+        finally:
+            for _, w in held:
+                w.close()
+
+    async def main() -> bytes:
+        server = await httpserver.start("[::1]:0", GrowingStatus(), process_metrics=False)
+        try:
+            async with asyncio.timeout(4 * WAIT):
+                return await scenario(server, server.addresses[0][1])
+        finally:
+            await server.close()
+
+    fourth = asyncio.run(main())
+    assert status_of(fourth) == 503
+    assert fourth.endswith(b"too many connections from ::/64 (3); try again later\n")
