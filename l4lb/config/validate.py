@@ -670,8 +670,9 @@ class _Checker:
         if value == "auto":
             return None
         if isinstance(value, str) and value.strip().lower() == "auto":
+            how = "in lower case" if value.strip() != "auto" else "without spaces"
             self.error((*scope.path, "max_udp_flows"),
-                       f"{scope.label('max_udp_flows')}: write \"auto\" in lower case")
+                       f"{scope.label('max_udp_flows')}: write \"auto\" {how}")
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             hint = ""

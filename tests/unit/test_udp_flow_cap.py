@@ -49,6 +49,7 @@ def test_integers_in_range_are_taken(value: str) -> None:
                    "(1..4294967295)"),
     ("-5", "c.toml:2:17: error: global.max_udp_flows: -5 out of range (1..4294967295)"),
     ('"AUTO"', 'c.toml:2:17: error: global.max_udp_flows: write "auto" in lower case'),
+    ('"auto "', 'c.toml:2:17: error: global.max_udp_flows: write "auto" without spaces'),
     ('"7"', 'c.toml:2:17: error: global.max_udp_flows: expected an integer or "auto", found a '
             'string ("7"); write 7 without quotes'),
     ("true", 'c.toml:2:17: error: global.max_udp_flows: expected an integer or "auto", found '
