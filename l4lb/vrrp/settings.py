@@ -74,7 +74,13 @@ class TrackService:
 
 
 def _fmt_s(seconds: float) -> str:
-    return f"{seconds:g}s"
+    """A duration as the configuration file writes it ("150ms", "2s"; the file's grammar has
+    no fractions), or "1.2345s" when it is not a whole number of milliseconds."""
+    ms = seconds * 1000
+    if not math.isfinite(ms) or abs(ms - round(ms)) > 1e-6:
+        return f"{seconds:g}s"
+    whole = round(ms)
+    return f"{whole // 1000}s" if whole % 1000 == 0 else f"{whole}ms"
 
 
 def _is_int(value: object) -> bool:

@@ -98,7 +98,7 @@ def test_v2_whole_seconds_and_owner_priority() -> None:
     ({"unicast_peers": ("10.0.0.2", "10.0.0.2")}, "vrrp.unicast_peers", "listed twice"),
     ({"garp_repeat": -1}, "vrrp.garp_repeat", "0 to 100"),
     ({"garp_repeat": 101}, "vrrp.garp_repeat", "0 to 100"),
-    ({"garp_refresh": 0.05}, "vrrp.garp_refresh", "0 (off) or at least 0.1s"),
+    ({"garp_refresh": 0.05}, "vrrp.garp_refresh", "0 (off) or at least 100ms"),
     ({"garp_refresh": -1.0}, "vrrp.garp_refresh", "from 0s"),
     ({"track_interfaces": ("eth/0",)}, "vrrp.track_interfaces", "not an interface name"),
     ({"track_interfaces": ("eth1", "eth1")}, "vrrp.track_interfaces", "listed twice"),
