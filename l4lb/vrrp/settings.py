@@ -176,12 +176,12 @@ class VrrpSettings:
         cs = value * 100
         if self.version == 2:
             if value != int(value) or not 1 <= value <= 255:
-                return [f"vrrp.advert_interval: {_fmt_s(value)}: VRRPv2 needs whole seconds "
-                        "from 1s to 255s"]
+                return [f"vrrp.advert_interval: {_fmt_s(value)}: version 2 (VRRPv2) needs whole "
+                        "seconds from 1s to 255s"]
             return []
         if abs(cs - round(cs)) > 1e-6 or not 1 <= round(cs) <= 4095:
-            return [f"vrrp.advert_interval: {_fmt_s(value)}: VRRPv3 needs whole centiseconds "
-                    "from 10ms to 40950ms"]
+            return [f"vrrp.advert_interval: {_fmt_s(value)}: version 3 (VRRPv3) needs whole "
+                    "centiseconds from 10ms to 40950ms"]
         return []
 
     @staticmethod
