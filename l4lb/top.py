@@ -232,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("socket", help="control socket path")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
     args = parser.parse_args(argv)
+    if not sys.stdout.isatty():  # as `l4lb top`: a live view written to a file never ends
+        print("l4lb top: error: standard output is not a terminal; for a snapshot use "
+              "`l4lb status` (`--json` for scripts)", file=sys.stderr)
+        return 1
     return run_top(args.socket, args.interval)
 
 

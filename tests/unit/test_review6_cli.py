@@ -287,6 +287,13 @@ def test_top_without_a_terminal_says_so() -> None:
     assert res.stderr.startswith("l4lb top: error: standard output is not a terminal")
 
 
+def test_python_m_top_without_a_terminal_says_so_too(capsys: pytest.CaptureFixture[str]) -> None:
+    from l4lb.top import main as top_main
+
+    assert top_main(["/nonexistent.sock"]) == 1  # pytest's captured stdout is no terminal
+    assert capsys.readouterr().err.startswith("l4lb top: error: standard output is not a")
+
+
 def test_api_cmd_of_the_wrong_type() -> None:
     server = ControlServer("/nonexistent/sock", {"status": lambda: {}})
     reply = json.loads(server.handle_line(b'{"cmd": 5}\n'))
