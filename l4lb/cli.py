@@ -376,7 +376,7 @@ def _overlay_text(r: dict[str, Any], what: str) -> str:
     differs = ("differs from the file: " + "; ".join(parts) if parts
                else "runs the backends of the file again")
     return (f"{r['service']}/{r['backend']}: {what} (table generation {r['generation']}); "
-            f"service {r['service']} {differs}")
+            f"service {r['service']} {differs}" + (f"\nnote: {r['note']}" if r.get("note") else ""))
 
 
 def _change_text(r: dict[str, Any]) -> str:

@@ -1385,8 +1385,12 @@ class Daemon:
         else:
             log.info("backend %s/%s: runs again as in the file (the runtime removal is undone)",
                      service, address_text(backend))
-        return {"service": service, "backend": address, "generation": self.generation,
-                "differences": overlay.differences(service)}
+        reply = {"service": service, "backend": address, "generation": self.generation,
+                 "differences": overlay.differences(service)}
+        svc = next(s for s in self.config.services if s.name == service)
+        if svc.scheduler == "round_robin" and len({b.weight for b in svc.backends}) > 1:
+            reply["note"] = ROUND_ROBIN_NOTE  # the weights differ now: as the file check says
+        return reply
 
     def cmd_remove_backend(self, service: str, backend: str) -> dict[str, Any]:
         self._refuse_while_stopping("remove-backend")
@@ -1734,9 +1738,7 @@ class Daemon:
         reply = self._change(f"weight set to {weight}", service, backend,
                              lambda: self.runtime.set_weight(service, backend, weight))
         if self._scheduler(service) == "round_robin":  # takes backends in turn, whatever
-            reply["note"] = ('scheduler "round_robin" ignores weights: only 0 (no new '
-                             'sessions) changes anything; use "weighted_round_robin" for '
-                             "shares")
+            reply["note"] = ROUND_ROBIN_NOTE
         return reply
 
     def _scheduler(self, service: str) -> str:
@@ -1836,6 +1838,9 @@ def raise_fd_limit() -> int:
             pass  # keep the soft limit; start() logs what it is
     return int(soft)
 
+
+ROUND_ROBIN_NOTE = ('scheduler "round_robin" ignores weights: only 0 (no new sessions) '
+                    'changes anything; use "weighted_round_robin" for shares')  # weight replies
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
                    signal.SIGUSR2)

@@ -45,3 +45,14 @@ def test_weight_on_a_round_robin_service_carries_a_note(
     assert "round_robin\" ignores weights" in reply["note"]
     assert _change_text(reply).endswith("\nnote: " + reply["note"])
     assert "note" not in daemon.cmd_weight("wrr", "127.0.0.1:9003", 5)
+
+
+def test_add_backend_with_a_weight_on_a_round_robin_service_carries_the_note(
+        tmp_path: Path, ports: tuple[int, int]) -> None:  # noqa: F811
+    from l4lb.cli import _overlay_text
+
+    daemon, _ = make_daemon(write(tmp_path, service("web", ports[0], ["127.0.0.1:9001"])))
+    assert "note" not in daemon.cmd_add_backend("web", "127.0.0.1:9002")
+    reply = daemon.cmd_add_backend("web", "127.0.0.1:9003", weight=4)
+    assert "ignores weights" in reply["note"]
+    assert _overlay_text(reply, "added").endswith("\nnote: " + reply["note"])
