@@ -225,6 +225,11 @@ class VrrpInstance:
         if self._loop is not None:
             raise VrrpError(f"vrrp {self.settings.name}: already started")
         s = self.settings
+        if not has_net_admin():
+            raise VrrpError(f"vrrp {s.name}: cannot add its virtual addresses: this process "
+                            "lacks CAP_NET_ADMIN (run it as root, or give the unit "
+                            "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW); a MASTER without "
+                            "its addresses would keep the peer from taking them")
         self._loop = asyncio.get_running_loop()
         self._netlink = Netlink()
         try:
@@ -661,6 +666,22 @@ class VrrpInstance:
             "timer_late_max_ms": self.timer_late_max_us / 1000,
             "counters": {**counters, "drops": dict(self.counters.drops)},
         }
+
+
+CAP_NET_ADMIN = 12  # linux/capability.h
+
+
+def has_net_admin(status: str = "/proc/self/status") -> bool:
+    """Whether this process may add addresses (CAP_NET_ADMIN among its effective
+    capabilities); True when /proc cannot tell (the add itself then reports)."""
+    try:
+        with open(status, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 def _link_fault(name: str) -> str:
