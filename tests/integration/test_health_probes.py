@@ -45,8 +45,16 @@ def run(coro: Awaitable[T], limit: float = 10.0) -> T:
     return asyncio.run(bounded())
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds() -> frozenset[tuple[int, str]]:
+    """This process's descriptors with what each is ("socket:[inode]", a path, ...). Compared
+    as sets: a descriptor a test opened and left open shows up as a new pair, while one that
+    another thread of the test process closed meanwhile (a lingering server of an earlier
+    test) does not make the test fail, as a plain count did."""
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed while we looked
+            out.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
+    return frozenset(out)
 
 
 @contextlib.contextmanager
@@ -280,7 +288,7 @@ def test_engine_runs_many_probes_and_closes_every_socket() -> None:
 
     reasons = run(go())
     assert reasons == ["connect ok", "connect refused"] * 100
-    assert open_fds() == before
+    assert open_fds() <= before
 
 
 def test_engine_times_out_each_probe_by_its_own_timeout() -> None:
@@ -315,7 +323,7 @@ def test_engine_times_out_each_probe_by_its_own_timeout() -> None:
     assert 0.1 <= got[0][1] < 0.3
     assert 0.4 <= got[2][1] < 0.6
     assert queues == 0  # every queue emptied and dropped
-    assert open_fds() == before
+    assert open_fds() <= before
 
 
 def test_a_raising_callback_does_not_stop_the_other_probes(
@@ -349,7 +357,7 @@ def test_a_raising_callback_does_not_stop_the_other_probes(
     assert run(go()) == ["a: connect ok", "b: connect ok", "c: connect ok", "d: connect ok",
                          "in flight 0"]
     assert "health probe callback failed" in caplog.text
-    assert open_fds() == before
+    assert open_fds() <= before
 
 
 def test_cancelled_probe_never_reports_and_frees_its_socket() -> None:
@@ -369,7 +377,7 @@ def test_cancelled_probe_never_reports_and_frees_its_socket() -> None:
         return got
 
     assert run(go()) == []
-    assert open_fds() == before
+    assert open_fds() <= before
 
 
 # -- the checker ---------------------------------------------------------------------------
@@ -454,7 +462,7 @@ def test_checker_takes_dead_backends_down_after_fall_and_back_up_after_rise() ->
     # 3 failures need at least 2 full intervals (x 0.9 jitter) after the first one
     assert isinstance(r["down_after"], float) and 0.18 <= r["down_after"] < 2.0
     assert isinstance(r["up_after"], float) and 0.09 <= r["up_after"] < 2.0
-    assert open_fds() == before
+    assert open_fds() <= before
 
 
 class NoJitter(random.Random):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
 import shlex
 import shutil
@@ -183,9 +184,14 @@ def test_top_survives_a_daemon_restart(daemon: FakeDaemon, top: Tmux) -> None:
 
 
 def test_top_without_a_daemon_exits_1(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "l4lb.top", str(tmp_path / "none.sock")],
-                            capture_output=True, text=True, timeout=30, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdin=subprocess.DEVNULL)
+    leader, follower = pty.openpty()  # a terminal for stdout: without one top refuses first
+    try:
+        result = subprocess.run([sys.executable, "-m", "l4lb.top", str(tmp_path / "none.sock")],
+                                stdout=follower, stderr=subprocess.PIPE, text=True, timeout=30,
+                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                stdin=subprocess.DEVNULL)
+    finally:
+        os.close(follower)
+        os.close(leader)
     assert result.returncode == 1
     assert "not found (is l4lb running?)" in result.stderr
