@@ -24,8 +24,11 @@ The rules, in order:
    So a pool of new `initial_state = "down"` backends carries no traffic until they pass `rise`
    probes, instead of panicking at once.
 4. *Slow start*: an UP backend whose ramp started `e` seconds ago (e < slow_start) gets
-   `1 + floor((weight - 1) * e / slow_start)`: 1 at once, its full weight after slow_start.
-   A weight-1 backend has no steps to ramp through. Not applied in panic.
+   `1 + floor((weight - 1) * e' / slow_start)`, where e' is e rounded down to a whole number of
+   ticks of max(1 s, slow_start / 20) (as HAProxy's warm-up task): 1 at once, its full weight
+   after slow_start, and at most 20 weight changes (so at most 20 table rebuilds) per ramp,
+   however large the weight. A weight-1 backend has no steps to ramp through. Not applied in
+   panic.
 
 `next_change` tells the daemon when a slow-start ramp will next change a weight, so it can
 schedule one rebuild instead of polling.
@@ -96,6 +99,10 @@ def _is_unproven(member: PoolMember[K]) -> bool:
     return member.unproven and member.health is Health.DOWN
 
 
+RAMP_TICK_MIN = 1.0  # seconds: a ramp changes a weight at most once a second,
+RAMP_TICKS = 20  # and at most this many times (HAProxy's warm-up: max(1 s, slowstart / 20))
+
+
 def ramp_weight(weight: int, ramp_start: float | None, slow_start: float,
                 now: float) -> tuple[int, float | None]:
     """The slow-start weight at `now` and the time of its next step (None when fully ramped)."""
@@ -103,17 +110,32 @@ def ramp_weight(weight: int, ramp_start: float | None, slow_start: float,
         return weight, None
     if now >= ramp_start + slow_start:
         return weight, None
-    done = _ramp_steps(weight - 1, ramp_start, slow_start, now)
-    if done >= weight - 1:
-        return weight, None
-    step_at = ramp_start + (done + 1) * slow_start / (weight - 1)
-    # Rounding (large monotonic times, short steps) can put the computed step a few ulps
-    # before the instant the weight really changes; the caller must see a change at step_at.
-    for _ in range(64):
-        if _ramp_steps(weight - 1, ramp_start, slow_start, step_at) > done:
-            break
-        step_at = math.nextafter(step_at, math.inf)
-    return 1 + done, step_at
+    tick = max(RAMP_TICK_MIN, slow_start / RAMP_TICKS)
+    current = _ramp_weight_at(weight, ramp_start, slow_start, tick, now)
+    ticks = int(max(0.0, now - ramp_start) / tick + _EPS)
+    end = ramp_start + slow_start
+    for k in range(ticks + 1, ticks + RAMP_TICKS + 2):  # the first later tick that changes it
+        step_at = min(ramp_start + k * tick, end)
+        if step_at < end and \
+                1 + _ramp_steps(weight - 1, ramp_start, slow_start, step_at) <= current:
+            continue  # a tick without a change
+        # Rounding (large monotonic times) can put the computed instant a few ulps before the
+        # one where the weight really changes; the caller must see a change at step_at.
+        for _ in range(64):
+            if _ramp_weight_at(weight, ramp_start, slow_start, tick, step_at) > current:
+                break
+            step_at = math.nextafter(step_at, math.inf)
+        return current, step_at
+    return current, end  # not reached: the end always changes it
+
+
+def _ramp_weight_at(weight: int, ramp_start: float, slow_start: float, tick: float,
+                    now: float) -> int:
+    """The ramp's weight at `now`: full from ramp_start + slow_start on."""
+    if now >= ramp_start + slow_start:
+        return weight
+    ticks = int(max(0.0, now - ramp_start) / tick + _EPS)
+    return 1 + _ramp_steps(weight - 1, ramp_start, slow_start, ramp_start + ticks * tick)
 
 
 def _ramp_steps(steps: int, ramp_start: float, slow_start: float, now: float) -> int:

@@ -121,6 +121,24 @@ def test_slow_start_ramps_from_one_to_the_weight() -> None:
                     (11, None), (11, None)]
 
 
+def test_slow_start_changes_a_weight_at_most_20_times_and_once_a_second() -> None:
+    """Weight 256 over 60 s: 20 steps of 3 s (one table rebuild each), not 255 of 0.24 s;
+    weight 100 over 4 s: 4 steps of 1 s, not 99."""
+    for weight, period, tick in ((256, 60.0, 3.0), (100, 4.0, 1.0)):
+        t, changes, last = 1000.0, [], 1
+        w, nxt = ramp_weight(weight, 1000.0, period, t)
+        assert w == 1
+        while nxt is not None:
+            t = nxt
+            w, nxt = ramp_weight(weight, 1000.0, period, t)
+            assert w > last
+            changes.append(t - 1000.0)
+            last = w
+        assert w == weight
+        assert len(changes) == round(period / tick)
+        assert changes == pytest.approx([tick * k for k in range(1, len(changes) + 1)])
+
+
 def test_slow_start_needs_weights_above_one_and_a_ramp_start() -> None:
     r = effective_weights([m("a", weight=1, ramp_start=0.0), m("b", ramp_start=None)],
                           now=1.0, slow_start=10.0)
