@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import signal
 import stat
 import sys
 import time
@@ -39,6 +38,7 @@ from l4lb.display import (
     table,
     vrrp_text,
 )
+from l4lb.entry import ignore_operator_signals
 from l4lb.logs import LEVELS, flush_logs, setup_logging
 from l4lb.net.listen import ListenError
 from l4lb.vrrp.instance import VrrpError
@@ -175,9 +175,9 @@ def run(ctx: click.Context, path: str) -> None:
     )
 
     # Until serve() installs its handlers, the default action of these would end the process
-    # (a logrotate SIGUSR1 or a reload's SIGHUP that comes during a slow start): ignore them.
-    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(signum, signal.SIG_IGN)
+    # (a logrotate SIGUSR1 or a reload's SIGHUP that comes during a slow start): ignore them
+    # (l4lb.entry did so already, unless this was called without it: CliRunner, imports).
+    ignore_operator_signals()
     report = _echo_error
     if ctx.obj["log_format"] == "json":  # a bad file is reported as a JSON line too
         setup_logging(ctx.obj["log_level"] or "info", "json")
@@ -376,13 +376,18 @@ def _overlay_text(r: dict[str, Any], what: str) -> str:
     differs = ("differs from the file: " + "; ".join(parts) if parts
                else "runs the backends of the file again")
     return (f"{r['service']}/{r['backend']}: {what} (table generation {r['generation']}); "
-            f"service {r['service']} {differs}" + (f"\nnote: {r['note']}" if r.get("note") else ""))
+            f"service {r['service']} {differs}" + _note(r))
 
 
 def _change_text(r: dict[str, Any]) -> str:
     text = (f"{r['service']}/{r['backend']}: state {r['state']}, weight {r['weight']} "
             f"(table generation {r['generation']})")
-    return text + (f"\nnote: {r['note']}" if r.get("note") else "")
+    return text + _note(r)
+
+
+def _note(r: dict[str, Any]) -> str:
+    """A change reply's `note` (weights under round_robin) as a line of its own, or ""."""
+    return f"\nnote: {r['note']}" if r.get("note") else ""
 
 
 def _admin_command(name: str, doc: str) -> None:

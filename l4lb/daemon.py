@@ -289,6 +289,7 @@ class Daemon:
                                                 service.protocol))
             self.dp.start()
             self._publish()
+            self._sync_udp_flow_cap()  # a [global] key: at start and at each reload only
             path = self.config.global_.connection_log
             if path is not None:
                 self._enable_connlog(self._open_connlog(path), path)
@@ -334,7 +335,6 @@ class Daemon:
         self._sync_backend_congestion()
         self._sync_backend_fast_open()
         self._sync_udp_gro()
-        self._sync_udp_flow_cap()
         self._sync_backend_buffers()
         self.weights = weights
         for service, reason in weights.panic.items():
@@ -1387,7 +1387,7 @@ class Daemon:
                      service, address_text(backend))
         reply = {"service": service, "backend": address, "generation": self.generation,
                  "differences": overlay.differences(service)}
-        svc = next(s for s in self.config.services if s.name == service)
+        svc = self._service_config(service)
         if svc.scheduler == "round_robin" and len({b.weight for b in svc.backends}) > 1:
             reply["note"] = ROUND_ROBIN_NOTE  # the weights differ now: as the file check says
         return reply
@@ -1737,12 +1737,13 @@ class Daemon:
     def cmd_weight(self, service: str, backend: str, weight: int) -> dict[str, Any]:
         reply = self._change(f"weight set to {weight}", service, backend,
                              lambda: self.runtime.set_weight(service, backend, weight))
-        if self._scheduler(service) == "round_robin":  # takes backends in turn, whatever
+        if self._service_config(service).scheduler == "round_robin":  # in turn, whatever
             reply["note"] = ROUND_ROBIN_NOTE
         return reply
 
-    def _scheduler(self, service: str) -> str:
-        return next(s.scheduler for s in self.config.services if s.name == service)
+    def _service_config(self, service: str) -> Service:
+        """The running configuration of `service` (a name the caller has checked)."""
+        return next(s for s in self.config.services if s.name == service)
 
     def begin_stop(self, timeout: float) -> None:
         """Enter the stop (on the loop, before the blocking drain): health checks and timers

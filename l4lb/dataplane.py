@@ -251,6 +251,16 @@ SOCKBUF_MIN = 4096  # smallest size set_socket_buffers takes (0 = the kernel's a
 SOCKBUF_MAX = 2**30 - 1  # largest: the kernel doubles a size into an int
 
 
+def check_u32(what: str, value: object) -> int:
+    """`value` as a count or limit a data plane takes (set_udp_flow_cap, set_fd_ceiling): an
+    int in 0..4294967295, else TypeError / ValueError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{what} {value} out of range 0..4294967295")
+    return value
+
+
 def congestion_control_name_ok(name: str) -> bool:
     """True when `name` has the form of a Linux congestion control name (whether this
     kernel has it is another question)."""

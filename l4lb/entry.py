@@ -31,11 +31,16 @@ def command(argv: list[str]) -> str | None:
     return None
 
 
+def ignore_operator_signals() -> None:
+    """Ignore SIGHUP, SIGUSR1 and SIGUSR2 until serve() installs the daemon's handlers."""
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def main() -> None:
     """Console-script entry point (and `python -m l4lb`)."""
     if command(sys.argv[1:]) == "run":
-        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(signum, signal.SIG_IGN)
+        ignore_operator_signals()
     from l4lb.cli import main as cli_main  # the slow part
 
     cli_main()

@@ -53,6 +53,8 @@ cdef extern from "dp.h" nogil:
 import os as _os
 import socket as _socket
 
+from l4lb.dataplane import check_u32
+
 cdef enum:
     _DP_ERRLEN = 256
 
@@ -520,19 +522,11 @@ cdef class Dataplane:
     def set_udp_flow_cap(self, cap):
         """At most `cap` UDP flows open at once, all services together (0: no cap); a
         datagram that would open one more is dropped and counted (drops_max_udp_flows)."""
-        if isinstance(cap, bool) or not isinstance(cap, int):
-            raise TypeError(f"cap must be an int, not {type(cap).__name__}")
-        if not 0 <= cap <= 0xFFFFFFFF:
-            raise ValueError(f"cap {cap} out of range 0..4294967295")
-        dp_set_udp_flow_cap(self._dp, <uint32_t>cap)
+        dp_set_udp_flow_cap(self._dp, <uint32_t>check_u32("cap", cap))
 
     def set_fd_ceiling(self, ceiling):
         """Leave descriptors numbered `ceiling` and up to the control plane (0: none)."""
-        if isinstance(ceiling, bool) or not isinstance(ceiling, int):
-            raise TypeError(f"ceiling must be an int, not {type(ceiling).__name__}")
-        if not 0 <= ceiling <= 0xFFFFFFFF:
-            raise ValueError(f"ceiling {ceiling} out of range 0..4294967295")
-        dp_set_fd_ceiling(self._dp, <uint32_t>ceiling)
+        dp_set_fd_ceiling(self._dp, <uint32_t>check_u32("ceiling", ceiling))
 
     def fd_ceiling(self):
         """The descriptor ceiling (0: none)."""

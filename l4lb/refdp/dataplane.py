@@ -22,7 +22,13 @@ import threading
 import time
 from typing import Any
 
-from l4lb.dataplane import CC_NAME_MAX, SOCKBUF_MAX, SOCKBUF_MIN, congestion_control_name_ok
+from l4lb.dataplane import (
+    CC_NAME_MAX,
+    SOCKBUF_MAX,
+    SOCKBUF_MIN,
+    check_u32,
+    congestion_control_name_ok,
+)
 from l4lb.net.listen import SO_SNDBUFFORCE, set_socket_buffer
 from l4lb.refdp.counters import sum_counters
 from l4lb.refdp.dgram import enable_pktinfo, is_wildcard
@@ -272,20 +278,12 @@ class Dataplane:
 
     def set_udp_flow_cap(self, cap: int) -> None:
         """At most `cap` UDP flows open at once, all services together (0: no cap)."""
-        if isinstance(cap, bool) or not isinstance(cap, int):
-            raise TypeError(f"cap must be an int, not {type(cap).__name__}")
-        if not 0 <= cap <= 0xFFFFFFFF:
-            raise ValueError(f"cap {cap} out of range 0..4294967295")
         with self._shared.lock:
-            self._shared.udp_flow_cap = cap
+            self._shared.udp_flow_cap = check_u32("cap", cap)
 
     def set_fd_ceiling(self, ceiling: int) -> None:
         """Descriptors numbered `ceiling` and up are left to the control plane (0: none)."""
-        if isinstance(ceiling, bool) or not isinstance(ceiling, int):
-            raise TypeError(f"ceiling must be an int, not {type(ceiling).__name__}")
-        if not 0 <= ceiling <= 0xFFFFFFFF:
-            raise ValueError(f"ceiling {ceiling} out of range 0..4294967295")
-        self._shared.fd_ceiling = ceiling
+        self._shared.fd_ceiling = check_u32("ceiling", ceiling)
 
     def fd_ceiling(self) -> int:
         """The descriptor ceiling (0: none)."""

@@ -358,7 +358,7 @@ class Worker:
             except OSError as exc:
                 self.counters.service(lst.service_id)["accept_errors"] += 1
                 if exc.errno in FD_SHORTAGE:
-                    self._pause_listener(lst)
+                    self._pause_listeners()
                     return
                 continue  # ECONNABORTED and the like: that connection is gone, try the next
             conn = self._lower(conn)  # at the ceiling: served, the rest wait in the backlog
@@ -372,13 +372,9 @@ class Worker:
         """A client refused before it had a session: its connection-log record (log on)."""
         self.log.add(make_record("tcp", service_id, -1, client, time.time(), 0, 0, reason))
 
-    def _pause_listener(self, lst: Listener) -> None:
-        """Out of fds: stop polling the TCP listeners for a moment instead of spinning (all of
-        them, as the C relay: they draw on the same descriptors)."""
-        del lst  # every TCP listener of the worker pauses, not only the one that failed
-        self._pause_listeners()
-
     def _pause_listeners(self) -> None:
+        """Out of fds (or at the ceiling): stop polling every TCP listener of the worker for
+        a moment instead of spinning (as the C relay: they draw on the same descriptors)."""
         for lst in self.listeners.values():
             if not lst.paused:
                 self.sel.unregister(lst.sock)

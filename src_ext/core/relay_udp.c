@@ -398,9 +398,9 @@ static void udp_flow_unclaim(struct dp_worker *w, uint32_t sid)
 }
 
 /* End a flow: close its socket (which takes it out of epoll), give back its backend and its
- * max_flows and flow cap places, take it out of the index (a new datagram of the client opens a new flow),
- * remember why (reason, an enum dp_close_reason) and queue it for relay_udp_reap(), which runs
- * after the pending replies are flushed and logs it. Every end of a flow goes through here.
+ * places in max_flows and the flow cap, take it out of the index (a new datagram of the client
+ * opens a new flow), remember why (reason, an enum dp_close_reason) and queue it for
+ * relay_udp_reap(), which runs after the pending replies are flushed and logs it. Every end of a flow goes through here.
  * DP_CLOSE_REFUSED (an ICMP error) also counts a connect_failure on the backend. Safe to call
  * twice. */
 static void udp_flow_end(struct dp_worker *w, struct relay_udp_flow *f, uint8_t reason)
