@@ -139,7 +139,7 @@ def test_a_client_flood_leaves_descriptors_for_the_control_plane(impl: str,
     backend = HoldServer()
     port, cfg, ctl = free_port(), tmp_path / "fd.toml", tmp_path / "ctl.sock"
     cfg.write_text("\n".join([
-        "[global]", "workers = 2", f'control_socket = "{ctl}"', "",
+        "[global]", "workers = 1", f'control_socket = "{ctl}"', "",
         "[[services]]", 'name = "web"', f'listen = ["127.0.0.1:{port}"]',
         "[services.health]", 'interval = "300ms"', 'timeout = "200ms"', "fall = 2",
         "[[services.backends]]", f'address = "127.0.0.1:{backend.port}"', ""]))
@@ -164,9 +164,10 @@ def test_a_client_flood_leaves_descriptors_for_the_control_plane(impl: str,
                 sock.close()
             del first[:4]
             time.sleep(0.3)
-            # at most the one session in hand of each worker when its reserve was spent
+            # at most the one session in hand when the worker's reserve was spent (one worker:
+            # with several, one may take the room another's reserve gave back, a few more)
             above = traffic_above(proc.pid, ceiling, port, backend.port)
-            assert len(above) <= 2 * 2, above
+            assert len(above) <= 2, above
         state = status(cfg, env)  # the control socket still answers
         assert state["fds"]["listener_pauses"] > 0
         web = state["services"][0]
