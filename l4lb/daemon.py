@@ -48,7 +48,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from l4lb import __version__
+from l4lb import __version__, proxyproto
 from l4lb.config import ConfigError, load_file
 from l4lb.config.durations import format_duration_ms, parse_duration_ms
 from l4lb.config.locate import Locator
@@ -247,6 +247,8 @@ class Daemon:
         default_factory=weakref.WeakKeyDictionary)  # TCP listener -> TCP_DEFER_ACCEPT given
     fast_open: set[int] = field(default_factory=set)  # service ids the data plane was told to
     #                                   open backend connections with TCP Fast Open
+    proxy: dict[int, int] = field(default_factory=dict)  # service id -> the PROXY protocol
+    #                       version the data plane was told to send its backends (1 or 2)
     udp_gro_off: set[int] = field(default_factory=set)  # UDP service ids the data plane was
     #                                   told to read without GRO buffers (udp_gro = false)
     udp_gro_kept: set[str] = field(default_factory=set)  # services switched off by a reload
@@ -334,6 +336,7 @@ class Daemon:
                      self.generation, self.digest, len(self.config.services))
         self._sync_backend_congestion()
         self._sync_backend_fast_open()
+        self._sync_proxy_protocol()
         self._sync_udp_gro()
         self._sync_backend_buffers()
         self.weights = weights
@@ -475,6 +478,40 @@ class Daemon:
             self.dp.set_fast_open(sid, True)
             self.fast_open.add(sid)
             log.info("service %s: backend connections use TCP Fast Open", name)
+
+    # ---- PROXY protocol towards the backends (docs/configuration.md, proxy_protocol) ----
+
+    def _sync_proxy_protocol(self) -> None:
+        """Tell the data plane which PROXY protocol version each TCP service's backend
+        connections start with, and none for ids that no longer have one (after each publish:
+        a reload may move service ids). A data plane without set_proxy_protocol is a problem
+        (in cc_problems, so start refuses) only when some service asks for it."""
+        if self.dp is None:
+            return
+        ids = self.builder.service_ids()
+        want = {ids[s.name]: (s.name, proxyproto.version_number(s.proxy_protocol))
+                for s in self.config.services
+                if s.protocol == "tcp" and s.proxy_protocol != "off" and s.name in ids}
+        if not want and not self.proxy:
+            return  # the default path: no call at all
+        if not self._dp_supports("set_proxy_protocol"):
+            self.cc_problems.append("this data plane cannot send a PROXY protocol header")
+            log.error("%s", self.cc_problems[-1])
+            return
+        names = {sid: name for name, sid in ids.items()}
+        for sid in sorted(set(self.proxy) - set(want)):
+            self.dp.set_proxy_protocol(sid, 0)
+            del self.proxy[sid]
+            if sid in names:
+                log.info("service %s: backend connections without a PROXY protocol header",
+                         names[sid])
+        for sid, (name, version) in sorted(want.items()):
+            if self.proxy.get(sid) == version:
+                continue
+            self.dp.set_proxy_protocol(sid, version)
+            self.proxy[sid] = version
+            log.info("service %s: backend connections start with a PROXY protocol v%d header",
+                     name, version)
 
     # ---- GRO buffers on UDP sockets (docs/configuration.md, udp_gro) ----
 
@@ -1551,6 +1588,7 @@ class Daemon:
                     "backend_congestion_control": service.backend_leg_congestion_control,
                     "backend_fast_open": service.backend_fast_open,
                     "defer_accept": service.defer_accept,
+                    "proxy_protocol": service.proxy_protocol,
                 }
                 services[-1]["tcp_options"].update(self._buffer_status(service, dp, sids))
             else:  # the key, and whether GRO buffers are in use (data plane and kernel)

@@ -179,6 +179,19 @@ class DataplaneAPI(Protocol):
     def fast_open(self, service_id: int) -> bool:
         """Whether fast open towards the backends is on for service_id."""
 
+    def set_proxy_protocol(self, service_id: int, version: int) -> None:
+        """PROXY protocol towards the backends of TCP service service_id: version 1 or 2
+        writes that header (l4lb.proxyproto; the client's address and port and the address
+        and port it connected to) to each backend connection before any byte of the client's,
+        0 (the default) none. With fast open the header leads the SYN's data. A header the
+        connected socket does not take whole is a local failure (the session is reset and
+        counted in accept_errors). Applies to connect attempts that start afterwards. Before
+        or after start(). Not part of the table blob. ValueError: service_id outside 0..1023
+        or version not 0, 1 or 2."""
+
+    def proxy_protocol(self, service_id: int) -> int:
+        """The PROXY protocol version set for service_id, 0 for none."""
+
     def set_socket_buffers(self, service_id: int, sndbuf: int, rcvbuf: int) -> None:
         """Socket buffers of the backend leg of TCP service service_id: the data plane sets
         SO_SNDBUF `sndbuf` and SO_RCVBUF `rcvbuf` bytes on each backend socket before

@@ -159,6 +159,8 @@ def tcp_options_text(options: dict[str, Any]) -> str:
         parts.append("backend fast open")
     if options.get("defer_accept"):
         parts.append("defer accept")
+    if options.get("proxy_protocol", "off") != "off":
+        parts.append(f"PROXY protocol {options['proxy_protocol']}")
     parts.extend(_buffers_text(options))
     return "; ".join(parts)
 

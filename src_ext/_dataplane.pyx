@@ -15,7 +15,7 @@ whole C call and converts results afterwards.
 include "table_api.pxi"
 
 cimport core as _core
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.errno cimport (EALREADY, EBUSY, EEXIST, EINVAL, ENOENT, ENOTCONN, ESHUTDOWN,
                          EAGAIN, ENOSPC, EPERM)
@@ -30,6 +30,8 @@ cdef extern from "dp.h" nogil:
     # and its per-service options (fast open towards the backends)
     int dp_set_fast_open(_core.dp *d, uint32_t service_id, int on)
     int dp_fast_open(_core.dp *d, uint32_t service_id)
+    int dp_set_proxy_protocol(_core.dp *d, uint32_t service_id, int version)
+    int dp_proxy_protocol(_core.dp *d, uint32_t service_id)
     int dp_set_udp_gro(_core.dp *d, uint32_t service_id, int on)
     int dp_udp_gro(_core.dp *d, uint32_t service_id)
     # the descriptor ceiling (relay_tcp.c, "The fd reserve")
@@ -465,6 +467,24 @@ cdef class Dataplane:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return bool(dp_fast_open(self._dp, <uint32_t>service_id))
 
+    def set_proxy_protocol(self, int service_id, int version):
+        """PROXY protocol header ahead of each backend connection of a TCP service: version 1
+        or 2, 0 for none (the default)."""
+        cdef int rc
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        if version not in (0, 1, 2):
+            raise ValueError(f"PROXY protocol version {version} is not 0, 1 or 2")
+        rc = dp_set_proxy_protocol(self._dp, <uint32_t>service_id, version)
+        if rc:
+            raise _dp_oserror(rc)
+
+    def proxy_protocol(self, int service_id):
+        """The PROXY protocol version set for service_id, 0 for none."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return dp_proxy_protocol(self._dp, <uint32_t>service_id)
+
     def set_socket_buffers(self, int service_id, sndbuf, rcvbuf):
         """Backend-leg socket buffers of a TCP service: SO_SNDBUF `sndbuf` and SO_RCVBUF
         `rcvbuf` bytes on each backend socket before connect() (0: the kernel's autotuning, no
@@ -571,6 +591,45 @@ cdef class Dataplane:
             "fast_open_attempts": fo_attempts, "fast_open_syn_data": fo_syn_data,
             "fast_open_syn_bytes": fo_syn_bytes,
         }
+
+
+cdef extern from "proxyhdr.h" nogil:
+    enum:
+        PP_MAX
+    int pp_build(uint8_t *out, size_t cap, int version, int family, const uint8_t *src,
+                 uint16_t sport, const uint8_t *dst, uint16_t dport)
+    int pp_build_local(uint8_t *out, size_t cap, int version)
+
+
+def proxy_header(int version, int family, bytes src, int sport, bytes dst, int dport):
+    """The C builder's PROXY protocol header (src_ext/core/proxyhdr.c) for a relayed
+    connection: family 4 or 6, addresses packed (4 or 16 bytes), ports 0..65535. For the tests
+    that hold it to l4lb.proxyproto.build(). ValueError on bad arguments."""
+    cdef uint8_t out[PP_MAX]
+    cdef uint8_t a[16]
+    cdef uint8_t b[16]
+    cdef int n
+    alen = 4 if family == 4 else 16
+    if family not in (4, 6) or len(src) != alen or len(dst) != alen:
+        raise ValueError("family must be 4 or 6 and the addresses 4 or 16 bytes to match")
+    if not (0 <= sport <= 65535 and 0 <= dport <= 65535):
+        raise ValueError("ports must be in 0..65535")
+    for i in range(alen):
+        a[i] = src[i]
+        b[i] = dst[i]
+    n = pp_build(out, PP_MAX, version, family, a, <uint16_t>sport, b, <uint16_t>dport)
+    if n < 0:
+        raise ValueError(f"pp_build failed: {_os.strerror(-n)}")
+    return bytes(out[:n])
+
+
+def proxy_local_header(int version):
+    """The C builder's header for the balancer's own connections (health probes)."""
+    cdef uint8_t out[PP_MAX]
+    cdef int n = pp_build_local(out, PP_MAX, version)
+    if n < 0:
+        raise ValueError(f"pp_build_local failed: {_os.strerror(-n)}")
+    return bytes(out[:n])
 
 
 def _cc_bad_name(name):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from l4lb.health.settings import HealthSettings
+from l4lb.proxyproto import ProxyVersion
 from l4lb.vrrp.settings import VrrpSettings
 
 Protocol = Literal["tcp", "udp"]
@@ -104,6 +105,10 @@ class Service:
     client_rcvbuf: int = 0
     backend_sndbuf: int = 0
     backend_rcvbuf: int = 0
+    # TCP only: a PROXY protocol header ("v1" text, "v2" binary) ahead of each backend
+    # connection, telling the backend the client's address; docs/configuration.md,
+    # proxy_protocol
+    proxy_protocol: ProxyVersion = "off"
 
     @property
     def client_congestion_control(self) -> str | None:

@@ -64,6 +64,7 @@ from l4lb.health.settings import (
     HealthSettings,
     HealthSettingsError,
 )
+from l4lb.proxyproto import PROXY_VERSIONS, ProxyVersion
 from l4lb.table.maglev import is_prime
 from l4lb.vrrp.settings import TrackService, VipInterface, VrrpSettings, VrrpSettingsError
 
@@ -95,7 +96,7 @@ SERVICE_KEYS = (
     "retries", "max_connections", "maglev_table_size", "backends", "health",
     "udp_idle_timeout", "max_flows", "responses", "session", "congestion_control",
     "backend_congestion_control", "backend_fast_open", "defer_accept", "udp_gro",
-    "client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf",
+    "client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf", "proxy_protocol",
 )
 SOCKBUF_KEYS = ("client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf")
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session", "udp_gro")
@@ -103,7 +104,8 @@ TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle
                  "max_connections": "max_flows", "congestion_control": "",
                  "backend_congestion_control": "", "backend_fast_open": "",
                  "defer_accept": "", "client_sndbuf": "", "client_rcvbuf": "",
-                 "backend_sndbuf": "", "backend_rcvbuf": ""}  # key -> the UDP key instead
+                 "backend_sndbuf": "", "backend_rcvbuf": "",
+                 "proxy_protocol": ""}  # key -> the UDP key instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
 VRRP_KEYS = (
@@ -114,7 +116,7 @@ VRRP_KEYS = (
 HEALTH_KEYS = (
     "kind", "interval", "timeout", "rise", "fall", "start_period", "down_interval", "jitter",
     "port", "source", "send", "send_hex", "expect", "expect_regex", "initial_state", "max_fails",
-    "fail_timeout", "min_healthy", "slow_start",
+    "fail_timeout", "min_healthy", "slow_start", "send_proxy",
 )
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -772,8 +774,10 @@ class _Checker:
         table_size = self.maglev_table_size(scope, table)
         indexed = self.backends(scope, table)
         backends = [backend for _, backend in indexed]
+        proxy = self.read_enum(scope, table, "proxy_protocol", d.proxy_protocol, PROXY_VERSIONS)
         raw_health = table.get("health")
-        health = self.health(scope, raw_health) if "health" in table else None
+        health = (self.health(scope, raw_health, proxy if protocol == "tcp" else "off")
+                  if "health" in table else None)
         if isinstance(raw_health, dict):
             self.health_source(scope, raw_health, indexed)
         if protocol == "udp" and isinstance(raw_health, dict) and "port" not in raw_health:
@@ -819,6 +823,7 @@ class _Checker:
             udp_gro=udp_gro or protocol == "tcp", congestion_control=congestion,
             backend_congestion_control=backend_congestion,
             backend_fast_open=fast_open, defer_accept=defer_accept and protocol == "tcp",
+            proxy_protocol=proxy if protocol == "tcp" else "off",
             **(sockbuf if protocol == "tcp" else {}),
         )
 
@@ -936,8 +941,11 @@ class _Checker:
             return default
         return float(value)
 
-    def health(self, scope: _Scope, value: object) -> HealthSettings | None:
-        """The service's [services.health] table; None when absent or wrong."""
+    def health(self, scope: _Scope, value: object, proxy: ProxyVersion) -> HealthSettings | None:
+        """The service's [services.health] table; None when absent or wrong. proxy: the
+        service's proxy_protocol, which send_expect probes speak too unless health.send_proxy
+        says otherwise (by default they do when they probe the traffic port, as HAProxy's
+        checks follow send-proxy unless a check port is set)."""
         path = (*scope.path, "health")
         table = self.read_table(path, scope.label("health"), value)
         if table is None:
@@ -981,8 +989,21 @@ class _Checker:
                 self.error((*path, "source"), f"{hs.label('source')}: {quote(source)} is not an "
                            "IP address (probes never resolve names)")
                 source = None
+        kind = self.read_enum(hs, table, "kind", d.kind, PROBE_KINDS)
+        send_proxy = self.read_bool(hs, table, "send_proxy", proxy != "off" and port is None)
+        if send_proxy and "send_proxy" in table and proxy == "off":
+            self.error((*path, "send_proxy"), f"{hs.label('send_proxy')}: the service sends no "
+                       "PROXY header (proxy_protocol is off), so its probes have none to send; "
+                       'set proxy_protocol = "v1" or "v2", or leave send_proxy out')
+            send_proxy = False
+        elif send_proxy and "send_proxy" in table and kind != "send_expect":
+            self.error((*path, "send_proxy"), f"{hs.label('send_proxy')}: only kind "
+                       f'"send_expect" sends data, and this probe is {quote(kind)}; a '
+                       "connect-only probe sends no header (leave send_proxy out)")
+            send_proxy = False
         values: dict[str, Any] = dict(
-            kind=self.read_enum(hs, table, "kind", d.kind, PROBE_KINDS),
+            kind=kind,
+            proxy_protocol=proxy if send_proxy and kind == "send_expect" else "off",
             interval=self.read_duration(hs, table, "interval", d.interval, zero_ok=False),
             timeout=self.read_duration(hs, table, "timeout", d.timeout, zero_ok=False),
             rise=self.read_int(hs, table, "rise", d.rise, 1, 100),

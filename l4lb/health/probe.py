@@ -53,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
+from l4lb import proxyproto
 from l4lb.health.settings import HealthSettings
 
 if TYPE_CHECKING:
@@ -158,6 +159,9 @@ class ProbeSpec:
             source = (str(src), 0, 0, 0) if v6 else (str(src), 0)
         expect = settings.expect if settings.kind == "send_expect" else None
         send = settings.send if settings.kind == "send_expect" else b""
+        if settings.kind == "send_expect" and settings.proxy_protocol != "off":
+            # a probe is the balancer's own connection, not a relayed client: LOCAL
+            send = proxyproto.local(proxyproto.version_number(settings.proxy_protocol)) + send
         return cls(host=str(addr), port=probe_port, family=family, sockaddr=sockaddr,
                    source=source, timeout=settings.timeout, send=send, expect=expect,
                    syn=settings.kind == "syn")

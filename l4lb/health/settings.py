@@ -43,6 +43,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from l4lb.proxyproto import PROXY_VERSIONS, ProxyVersion
+
 ProbeKind = Literal["tcp", "send_expect", "syn"]
 InitialState = Literal["up", "down"]
 
@@ -94,6 +96,10 @@ class HealthSettings:
     fail_timeout: float = 10.0  # passive: the sliding window in seconds
     min_healthy: float = 0.1  # below this fraction of UP backends the service panics; 0 = never
     slow_start: float = 0.0  # seconds over which a backend that came back ramps to its weight
+    # send_expect: the PROXY protocol header version probes send first (LOCAL / "PROXY UNKNOWN",
+    # l4lb.proxyproto.local), "off" for none; the validator derives it from the service's
+    # proxy_protocol and health.send_proxy
+    proxy_protocol: ProxyVersion = "off"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -171,6 +177,12 @@ class HealthSettings:
             out.append(f"health.expect: a prefix must be 1 to {MAX_EXPECT_BYTES} bytes")
         if self.kind == "send_expect" and expect is None:
             out.append('health.expect: kind "send_expect" needs an expect value')
+        if self.proxy_protocol not in PROXY_VERSIONS:
+            out.append(f"health.proxy_protocol: {self.proxy_protocol!r} is not one of "
+                       f"{', '.join(PROXY_VERSIONS)}")
+        elif self.proxy_protocol != "off" and self.kind != "send_expect":
+            out.append('health.send_proxy: only kind "send_expect" sends data, so a PROXY '
+                       'header needs it')
         if self.kind in ("tcp", "syn") and (self.send or expect is not None):
             out.append('health.send/expect: only kind "send_expect" sends or expects data')
         return out

@@ -235,6 +235,25 @@ class Dataplane:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return service_id in self._shared.fast_open
 
+    def set_proxy_protocol(self, service_id: int, version: int) -> None:
+        """PROXY protocol header ahead of each backend connection (see l4lb.dataplane)."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        if not isinstance(version, int):
+            raise TypeError(f"version must be an int, not {type(version).__name__}")
+        if version not in (0, 1, 2):
+            raise ValueError(f"PROXY protocol version {version} is not 0, 1 or 2")
+        if version:
+            self._shared.proxy[service_id] = version
+        else:
+            self._shared.proxy.pop(service_id, None)
+
+    def proxy_protocol(self, service_id: int) -> int:
+        """The PROXY protocol version set for service_id, 0 for none."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return self._shared.proxy.get(service_id, 0)
+
     def set_socket_buffers(self, service_id: int, sndbuf: int, rcvbuf: int) -> None:
         """Backend-leg socket buffers of a TCP service (see l4lb.dataplane): tried on a
         scratch socket, FORCE first, as the C core does."""

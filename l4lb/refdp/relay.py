@@ -238,6 +238,9 @@ class Session:
         self.attempt = 0  # connect attempts started; a connect timer is valid for one attempt
         self.syn_data = 0  # bytes of the client's queue the current attempt's SYN carried (fast
         #                    open); still in the client socket until the attempt connects
+        self.pp = 0  # PROXY protocol version of the current attempt, 0 none
+        self.pp_sent = 0  # bytes of its header the SYN carried (fast open)
+        self.pp_pending = False  # the current attempt still owes its backend the header
         self.bytes_to_backend = 0  # bytes written to the backend
         self.bytes_to_client = 0  # bytes written to the client
         self.last_active = time.monotonic()  # last time a byte or FIN moved

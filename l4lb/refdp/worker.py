@@ -55,6 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from l4lb import proxyproto
 from l4lb.net.listen import SO_RCVBUFFORCE, SO_SNDBUFFORCE
 from l4lb.refdp.counters import Counters
 from l4lb.refdp.pipes import PipePool
@@ -72,6 +73,8 @@ ACCEPT_PAUSE = 0.1  # seconds a listener rests after EMFILE/ENFILE/ENOBUFS/ENOME
 RESERVE_FDS = 4  # descriptors that must be free below the ceiling before it accepts again
 CALL_TIMEOUT = 30.0  # seconds call() waits for a worker before declaring it stuck
 FD_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# errors that say this host ran out of something, not that a peer failed (relay_local_error)
+LOCAL_ERRNOS = (*FD_SHORTAGE, errno.EADDRNOTAVAIL)
 COPY_PEEK = 16384  # fast open: bytes of a waiting client peeked for the SYN (the C default
 #                    copy buffer)
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -526,6 +529,9 @@ class Worker:
             self._socket_buffers(session.service_id, sock, sizes)
         session.backend = sock
         session.syn_data = 0
+        session.pp = self.shared.proxy.get(session.service_id, 0)
+        session.pp_sent = 0
+        session.pp_pending = session.pp != 0
         err = -1
         if session.service_id in self.shared.fast_open:
             err = self._fast_open(session, sock, (host, port))
@@ -564,15 +570,23 @@ class Worker:
         the SYN took (0 without a cookie: a plain SYN that asks for one). The bytes stay in
         the client socket until the attempt connects (_connected drops them). Returns
         EINPROGRESS, another errno (failed like connect), or -1: nothing waits (or the kernel
-        refuses fast open), connect() as usual."""
+        refuses fast open), connect() as usual. A PROXY protocol header leads the SYN's data
+        (session.pp_sent counts its share), even when no client byte waits."""
+        try:
+            header = self._pp_header(session) if session.pp else b""
+        except OSError:
+            return -1  # _pp_send meets the failure again once connected and reports it
         try:
             data = session.client.recv(COPY_PEEK, socket.MSG_PEEK)
         except OSError:
-            return -1  # nothing yet, or a reset the client's own event reports
-        if not data:
-            return -1  # a FIN first: nothing to send early
+            data = b""  # nothing yet, or a reset the client's own event reports
+        if not header and not data:
+            return -1  # nothing to send early (a FIN first counts as nothing)
         try:
-            session.syn_data = sock.sendto(data, socket.MSG_FASTOPEN, address)
+            taken = sock.sendto(header + data, socket.MSG_FASTOPEN, address)
+            session.pp_sent = min(taken, len(header))
+            session.pp_pending = taken < len(header)
+            session.syn_data = taken - session.pp_sent
         except (BlockingIOError, InterruptedError):
             return errno.EINPROGRESS  # no cookie yet: the SYN took nothing
         except OSError as exc:
@@ -580,6 +594,36 @@ class Worker:
                 return -1  # net.ipv4.tcp_fastopen lacks the client bit
             return exc.errno or errno.EIO
         return errno.EINPROGRESS
+
+    @staticmethod
+    def _pp_header(session: Session) -> bytes:
+        """The PROXY protocol header of session (version session.pp): the client's address
+        and the one it connected to (the C relay's relay_pp_header). OSError from
+        getsockname()."""
+        local = session.client.getsockname()
+        return proxyproto.build(session.pp, session.client_addr[:2], (local[0], local[1]))
+
+    def _pp_send(self, session: Session) -> bool:
+        """Send what the connected attempt still owes its backend of the PROXY header, before
+        any client byte (the C relay's relay_pp_send). False when the session was closed: the
+        backend reset, or a short write (a local failure on a connection this fresh)."""
+        session.pp_pending = False
+        assert session.backend is not None
+        try:
+            header = self._pp_header(session)[session.pp_sent:]
+            sent = session.backend.send(header, socket.MSG_NOSIGNAL) if header else -1
+        except (BlockingIOError, InterruptedError):
+            sent = -1
+        except OSError as exc:
+            if exc.errno not in LOCAL_ERRNOS:
+                self._close_session(session, reset=True, reason="backend_reset")
+                return False
+            sent = -1
+        if header and sent == len(header):
+            return True
+        self.counters.service(session.service_id)["accept_errors"] += 1
+        self._close_session(session, reset=True, reason="error")
+        return False
 
     def _connect_timer(self, session: Session, attempt: int) -> None:
         if not session.closed and session.state is State.CONNECTING and session.attempt == attempt:
@@ -606,6 +650,8 @@ class Worker:
 
     def _connected(self, session: Session) -> None:
         self.counters.backend(session.backend_id)["conns_total"] += 1
+        if session.pp_pending and not self._pp_send(session):
+            return
         if session.syn_data:
             # the SYN carried them and the backend socket owns them now: drop them from the
             # client socket, where they were only peeked (they are all there)

@@ -107,9 +107,10 @@
  *
  * Service options. Other per-service switches of the backend leg live beside it in one more
  * side table (struct dp_svc_opts, dp->opts): one atomic byte of DP_OPT_* bits per service id,
- * stored and loaded relaxed, since no other data is published with a bit. The only one so far
- * are DP_OPT_FAST_OPEN (dp_set_fast_open; relay_tcp.c, "Fast open") and DP_OPT_NO_GRO
- * (dp_set_udp_gro; relay_udp.c, "GRO buffers"). The relay reads the byte once per connect
+ * stored and loaded relaxed, since no other data is published with a bit. They are
+ * DP_OPT_FAST_OPEN (dp_set_fast_open; relay_tcp.c, "Fast open"), DP_OPT_PROXY_V1/V2
+ * (dp_set_proxy_protocol; relay_tcp.c, "PROXY protocol") and DP_OPT_NO_GRO (dp_set_udp_gro;
+ * relay_udp.c, "GRO buffers"). The relay reads the byte once per connect
  * attempt or new flow, so a change applies from the next one on; services without options pay
  * that load and a branch. dp_set_udp_gro also sets the socket option on the service's
  * listeners itself, under cmd_lock, from the caller's thread.
@@ -1681,6 +1682,35 @@ int dp_fast_open(struct dp *dp, uint32_t service_id)
         return 0;
     return (atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed) &
             DP_OPT_FAST_OPEN) != 0;
+}
+
+int dp_set_proxy_protocol(struct dp *dp, uint32_t service_id, int version)
+{
+    _Atomic uint8_t *bits;
+    uint8_t old, want;
+
+    if (service_id >= DP_MAX_SERVICES || version < 0 || version > 2)
+        return -EINVAL;
+    bits = &dp->opts.bits[service_id];
+    want = version == 1 ? DP_OPT_PROXY_V1 : version == 2 ? DP_OPT_PROXY_V2 : 0;
+    old = atomic_load_explicit(bits, memory_order_relaxed);
+    /* one compare-exchange loop, so that a reader never sees both versions or neither while
+     * switching from one to the other, and the other bits are kept */
+    while (!atomic_compare_exchange_weak_explicit(bits, &old,
+                                                  (uint8_t)((old & ~DP_OPT_PROXY) | want),
+                                                  memory_order_relaxed, memory_order_relaxed))
+        ;
+    return 0;
+}
+
+int dp_proxy_protocol(struct dp *dp, uint32_t service_id)
+{
+    uint8_t b;
+
+    if (service_id >= DP_MAX_SERVICES)
+        return 0;
+    b = atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed);
+    return b & DP_OPT_PROXY_V1 ? 1 : b & DP_OPT_PROXY_V2 ? 2 : 0;
 }
 
 int dp_set_udp_gro(struct dp *dp, uint32_t service_id, int on)

@@ -292,6 +292,13 @@ const char *dp_congestion_control(struct dp *dp, uint32_t service_id);
 int dp_set_fast_open(struct dp *dp, uint32_t service_id, int on);
 /* 1 when fast open is on for service_id, 0 when not (or a bad id). Any thread. */
 int dp_fast_open(struct dp *dp, uint32_t service_id);
+/* PROXY protocol towards the backends of one TCP service: version 1 or 2 writes that header
+ * (proxyhdr.c) to each backend connection before any byte of the client's, 0 (the default)
+ * none. Takes effect for connect attempts that start after it returns. Before or after
+ * dp_start(). -EINVAL: bad service id or version. */
+int dp_set_proxy_protocol(struct dp *dp, uint32_t service_id, int version);
+/* The version set for service_id: 0, 1 or 2 (0 for a bad id). Any thread. */
+int dp_proxy_protocol(struct dp *dp, uint32_t service_id);
 /* GRO buffers for UDP service service_id (on by default, where the worker's tuning and the
  * kernel allow it; relay_udp.c, "GRO buffers"): on != 0 sets UDP_GRO on the service's
  * listeners already added, on those added later and on the upstream sockets of flows opened

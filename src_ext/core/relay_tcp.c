@@ -171,6 +171,23 @@
  *   wrk a median 13 % (0.2..44 %) of the requests were there when the relay accepted, all of
  *   them when the listener had TCP_DEFER_ACCEPT (docs/configuration.md has the figures).
  *
+ * PROXY protocol. A service with `proxy_protocol` (dp_set_proxy_protocol; dp.c, "Service
+ * options") owes each backend connection one header (proxyhdr.c) before the client's first
+ * byte. The version is read with the other option bits when an attempt starts (s->pp), so a
+ * reload that changes it applies from the next attempt and never mid-header. The header is
+ * rebuilt when needed rather than kept: the session key holds the client's address and the
+ * listener's, and only a wildcard listener costs a getsockname() for the address the client
+ * reached. It goes out when the backend connection is up (relay_pp_send, from
+ * relay_established, before any pump), with MSG_MORE when an event already said client bytes
+ * wait, so that header and request share a segment; a short write there is a local failure,
+ * since a connection that fresh has room for far more. With fast open the header leads the
+ * SYN's data: the kernel takes header and peeked client bytes together, s->pp_sent counts the
+ * header's share and s->syn_data the client's, and what the SYN did not take of the header is
+ * sent once connected, ahead of the rest. Even with nothing from the client waiting (a
+ * server-speaks-first protocol) the SYN carries the header. A retry builds a fresh header for
+ * the next backend: the addresses are the client's, whichever backend it reaches. The header's
+ * bytes are not counted as client bytes (bytes_to_backend).
+ *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
  * drops it from epoll) and queues it on the worker's graveyard; relay_tcp_reap() frees the slab
@@ -211,6 +228,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proxyhdr.h"
 #include "relay_tcp.h"
 
 /* How the event that led to a pump describes the source (relay_pump's `hint`). */
@@ -551,6 +569,30 @@ socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage
     return sizeof(*sin6);
 }
 
+/* Build the PROXY protocol header (version s->pp) of session s into out (PP_MAX bytes): the
+ * client's address from the session key, the address it connected to from the key too unless
+ * the listener is a wildcard, then from getsockname(). Returns its length or -errno. */
+static int relay_pp_header(const struct relay_session *s, uint8_t *out)
+{
+    static const uint8_t zero[16];
+    const struct ct_key *k = &s->ct.key;
+    const uint8_t *dst = k->laddr;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+
+    if (memcmp(dst, zero, k->family == 4 ? 4 : 16) == 0) {
+        if (getsockname(s->cfd, (struct sockaddr *)&ss, &sl) < 0)
+            return -errno;
+        if (ss.ss_family == AF_INET && k->family == 4)
+            dst = (const uint8_t *)&((const struct sockaddr_in *)&ss)->sin_addr;
+        else if (ss.ss_family == AF_INET6 && k->family == 6)
+            dst = (const uint8_t *)&((const struct sockaddr_in6 *)&ss)->sin6_addr;
+        else
+            return -EAFNOSUPPORT;
+    }
+    return pp_build(out, PP_MAX, s->pp, k->family, k->caddr, k->cport, dst, k->lport);
+}
+
 /* Open fd (fresh, nonblocking, unconnected) towards ss with TCP Fast Open when the client's
  * first bytes are already waiting: peek them and hand them to sendto(MSG_FASTOPEN), which sends
  * the SYN, with as many of them as the kernel takes into it when it holds a cookie for this
@@ -564,17 +606,25 @@ static int relay_fast_open(struct dp_worker *w, struct relay_session *s, int fd,
     uint8_t *buf = w->buf_size >= RELAY_FO_MIN_PEEK ? w->buf : small;
     size_t len = w->buf_size >= RELAY_FO_MIN_PEEK ? w->buf_size : sizeof(small);
     ssize_t n, k;
+    int h = 0;
 
-    n = relay_peek(s->cfd, buf, len);
-    if (n <= 0)
-        return 2; /* nothing yet (server speaks first, slow client), a FIN or an error: the
-                     client's own event handles the last two */
+    if (s->pp && (h = relay_pp_header(s, buf)) < 0)
+        return 2; /* relay_pp_send() meets the failure again once connected and reports it */
+    n = relay_peek(s->cfd, buf + h, len - (size_t)h);
+    if (n < 0)
+        n = 0; /* nothing yet (server speaks first, slow client) or an error: the client's own
+                  event handles the error, as it handles a FIN (n == 0) */
+    if (n + h == 0)
+        return 2;
     DP_CNT_ADD(&w->cnt->fo_attempts, 1);
-    k = relay_sendto_fo(fd, buf, (size_t)n, (const struct sockaddr *)ss, sl);
+    k = relay_sendto_fo(fd, buf, (size_t)(n + h), (const struct sockaddr *)ss, sl);
     if (k > 0) {
-        s->syn_data = (uint32_t)k;
+        /* the header went first: whatever the kernel took beyond it is the client's */
+        s->pp_sent = (uint8_t)(k < h ? k : h);
+        s->pp_pending = k < h;
+        s->syn_data = (uint32_t)(k - s->pp_sent);
         DP_CNT_ADD(&w->cnt->fo_syn_data, 1);
-        DP_CNT_ADD(&w->cnt->fo_syn_bytes, k);
+        DP_CNT_ADD(&w->cnt->fo_syn_bytes, s->syn_data);
         return 1;
     }
     if (k == 0 || errno == EINPROGRESS || errno == EINTR)
@@ -582,6 +632,35 @@ static int relay_fast_open(struct dp_worker *w, struct relay_session *s, int fd,
     if (errno == EOPNOTSUPP)
         return 2; /* net.ipv4.tcp_fastopen lacks the client bit: connect() instead */
     return -errno;
+}
+
+/* The backend connection is up and still owes its PROXY header (s->pp_pending): send what the
+ * SYN did not carry, before any client byte. more: client bytes are known to follow at once
+ * (MSG_MORE lets them share the header's segment). Returns 0, or -1 when the session was
+ * closed: a backend that reset meanwhile, or a short write, which a connection this fresh
+ * cannot give (its send buffer holds far more than PP_MAX bytes) short of a local failure. */
+static int relay_pp_send(struct dp_worker *w, struct relay_session *s, int more)
+{
+    uint8_t hdr[PP_MAX];
+    int n = relay_pp_header(s, hdr);
+    ssize_t k = -1;
+
+    s->pp_pending = 0;
+    if (n > s->pp_sent) {
+        do
+            k = relay_send(s->bfd, hdr + s->pp_sent, (size_t)(n - s->pp_sent),
+                           more ? MSG_MORE : 0);
+        while (k < 0 && errno == EINTR);
+        if (k == n - s->pp_sent)
+            return 0;
+        if (k < 0 && errno != EAGAIN && !relay_local_error(errno)) {
+            relay_kill(w, s, 1, DP_CLOSE_BACKEND_RESET);
+            return -1;
+        }
+    }
+    dp_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
+    relay_kill(w, s, 1, DP_CLOSE_ERROR);
+    return -1;
 }
 
 /* Give fd (a fresh backend socket of service_id) the service's socket buffer sizes, packed as
@@ -609,6 +688,7 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
                               .data.ptr = &s->bep };
     const char *cc;
     uint64_t sizes;
+    uint8_t opts = atomic_load_explicit(&w->dp->opts.bits[s->service_id], memory_order_relaxed);
     int fd, err, rc;
 
     fd = socket(b->family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
@@ -625,7 +705,10 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     if (sizes) /* the service's socket buffers, before the SYN fixes the window scale */
         relay_sockbuf(w, fd, s->service_id, sizes);
     s->syn_data = 0;
-    rc = dp_fast_open(w->dp, s->service_id) ? relay_fast_open(w, s, fd, &ss, sl) : 2;
+    s->pp = opts & DP_OPT_PROXY_V1 ? 1 : opts & DP_OPT_PROXY_V2 ? 2 : 0;
+    s->pp_sent = 0;
+    s->pp_pending = s->pp != 0;
+    rc = opts & DP_OPT_FAST_OPEN ? relay_fast_open(w, s, fd, &ss, sl) : 2;
     if (rc == 2) { /* no fast open, or no client bytes waiting for one */
         if (relay_connect(fd, (struct sockaddr *)&ss, sl) == 0)
             rc = 0;
@@ -812,6 +895,9 @@ static void relay_established(struct dp_worker *w, struct relay_session *s, uint
     s->state = RELAY_ESTABLISHED;
     s->cev = 0;
     dp_be_add(w, s->backend_id, DP_BC_CONNS_TOTAL, 1);
+    if (s->pp_pending &&
+        relay_pp_send(w, s, bev != RELAY_EV_UNKNOWN && (cev & EPOLLIN)) < 0)
+        return;
     if (s->syn_data) {
         /* the SYN carried the first syn_data bytes of the client's queue and the kernel of the
          * backend socket owns them now (it resends them itself if the SYN-ACK did not cover
@@ -1260,6 +1346,7 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     s->cev = 0;
     s->cfd_out = 0;
     s->syn_data = 0;
+    s->pp = s->pp_sent = s->pp_pending = 0;
     e->key.proto = DP_PROTO_TCP;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;

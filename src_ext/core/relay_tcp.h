@@ -159,6 +159,11 @@ struct relay_session {
     uint8_t cfd_in_epoll;          /* 1 once cfd is registered */
     uint8_t cfd_out;               /* 1 once cfd is registered for EPOLLOUT too (a write to the
                                       client blocked once; relay_client_want_out) */
+    uint8_t pp;                    /* PROXY protocol version of the current attempt, 0 none
+                                      (the service's option when the attempt started) */
+    uint8_t pp_sent;               /* bytes of that header already sent (in a fast-open SYN);
+                                      the rest goes out once connected (relay_pp_send) */
+    uint8_t pp_pending;            /* 1 while the current attempt still owes its header */
     uint32_t cev;                  /* client events seen while connecting (EPOLLIN/RDHUP say
                                       data or a FIN waits for the pump), 0 once established */
     int cfd;                       /* client socket */
@@ -299,6 +304,11 @@ struct dp_cc {
 #define DP_OPT_FAST_OPEN 0x01u     /* open backend connections with TCP Fast Open */
 #define DP_OPT_NO_GRO 0x02u        /* udp: no GRO buffers on the service's listeners and upstream
                                       sockets (dp_set_udp_gro; relay_udp.c, "GRO buffers") */
+#define DP_OPT_PROXY_V1 0x04u      /* tcp: a PROXY protocol version 1 header ahead of each
+                                      backend connection (dp_set_proxy_protocol; relay_tcp.c,
+                                      "PROXY protocol") */
+#define DP_OPT_PROXY_V2 0x08u      /* tcp: the same in version 2 (at most one of the two) */
+#define DP_OPT_PROXY (DP_OPT_PROXY_V1 | DP_OPT_PROXY_V2)
 
 /* The backend-leg socket buffer side table (see dp.c, "Socket buffers"). */
 struct dp_sockbuf {

@@ -18,6 +18,8 @@ DEFAULTS = {"congestion_control": None, "backend_congestion_control": None,
      "congestion control cubic (clients), cubic (backends)"),
     ({"backend_congestion_control": "bbr"}, "congestion control bbr (backends)"),
     ({"backend_fast_open": True, "defer_accept": True}, "backend fast open; defer accept"),
+    ({"proxy_protocol": "off"}, ""),
+    ({"backend_fast_open": True, "proxy_protocol": "v2"}, "backend fast open; PROXY protocol v2"),
     ({"congestion_control": "reno", "backend_congestion_control": "reno", "defer_accept": True},
      "congestion control reno (clients), reno (backends); defer accept"),
 ])
