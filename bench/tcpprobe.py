@@ -20,6 +20,8 @@ with bit 0x2). The output then also counts the backend connects opened with MSG_
 those whose SYN carried the client's bytes (fo_attempts, fo_syn_data, per unit of work): only
 connections whose request is already waiting when the relay connects use it, which
 --defer-accept SECONDS (TCP_DEFER_ACCEPT on the listener) makes every client-speaks-first one.
+--proxy-protocol 1|2 sends that PROXY protocol header first (set_proxy_protocol); the backend
+must expect it (nginx `listen ... proxy_protocol`).
 
 Loads: wrk-close (new connection per request, 50 concurrent), wrk-ka (keep-alive, 50
 connections), iperf1 / iperf8 (iperf3 -P 1 / -P 8, client to server). Traffic stays on loopback.
@@ -137,6 +139,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dp.set_congestion_control(sid, backend_cc)
         if args.backend_fast_open:
             dp.set_fast_open(sid, True)
+        if args.proxy_protocol:
+            dp.set_proxy_protocol(sid, args.proxy_protocol)
         dp.add_listener(sid, ls.fileno(), 0)
         tids = _worker_tids(before | {threading.get_native_id()})
         in0, (ns0, cx0), sg0 = dp._internals(), _thread_cpu(tids), _out_segs()
@@ -168,6 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "congestion_control": args.congestion_control or "",
             "backend_congestion_control": args.backend_congestion_control or "",
             "backend_fast_open": bool(args.backend_fast_open),
+            "proxy_protocol": args.proxy_protocol,
             "defer_accept": args.defer_accept,
             f"fo_attempts_per_{unit}": round(
                 (in1["fast_open_attempts"] - in0["fast_open_attempts"]) / units, 4),
@@ -204,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend-fast-open", action="store_true",
                     help="TCP Fast Open towards the backend, as a service's backend_fast_open "
                          "(set_fast_open)")
+    ap.add_argument("--proxy-protocol", type=int, default=0, choices=(0, 1, 2),
+                    help="a PROXY protocol header of this version ahead of each backend "
+                         "connection, as a service's proxy_protocol (set_proxy_protocol); the "
+                         "backend must expect it (nginx `listen ... proxy_protocol`)")
     ap.add_argument("--defer-accept", type=int, default=0, metavar="SECONDS",
                     help="TCP_DEFER_ACCEPT on the listener (0: off): connections are accepted "
                          "once the client's first bytes arrived, so fast open always has them")
