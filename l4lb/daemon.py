@@ -1307,7 +1307,7 @@ class Daemon:
         backends) are left to the caller, after this returned."""
         self._health_targets(config)  # ValueError here: nothing changed yet
         old = (self.config, self.runtime, self.file_config, self.overlay)
-        old_generation, saved_ids = self.generation, self.builder.checkpoint()
+        saved_ids = self.builder.checkpoint()
         saved_drains = dict(self.drains.pending)  # a publish below may end some of them
         handed: list[int] = []
         moved: list[tuple[ListenerGroup, str]] = []  # (group, the service it served)
@@ -1344,9 +1344,12 @@ class Daemon:
                 self._sync_health()
                 # The ids go back to what they were (those given out since stay retired);
                 # if the new table went live, the old one is built again, with the same ids.
+                # Published even when the table did not change: _publish() then leaves the
+                # table alone but re-syncs the per-service options that are not in it (fast
+                # open, PROXY protocol, congestion control, buffers, GRO), which the failed
+                # reload may have switched already.
                 self.builder.restore(saved_ids)
-                if self.generation != old_generation:
-                    self._publish()
+                self._publish()
                 for key, armed in saved_drains.items():  # deadlines the new table ended
                     if key not in self.drains.pending:
                         self.drains.pending[key] = armed

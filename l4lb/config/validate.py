@@ -776,8 +776,8 @@ class _Checker:
         backends = [backend for _, backend in indexed]
         proxy = self.read_enum(scope, table, "proxy_protocol", d.proxy_protocol, PROXY_VERSIONS)
         raw_health = table.get("health")
-        health = (self.health(scope, raw_health, proxy if protocol == "tcp" else "off")
-                  if "health" in table else None)
+        health = (self.health(scope, raw_health, proxy if protocol == "tcp" else "off",
+                              protocol) if "health" in table else None)
         if isinstance(raw_health, dict):
             self.health_source(scope, raw_health, indexed)
         if protocol == "udp" and isinstance(raw_health, dict) and "port" not in raw_health:
@@ -941,7 +941,8 @@ class _Checker:
             return default
         return float(value)
 
-    def health(self, scope: _Scope, value: object, proxy: ProxyVersion) -> HealthSettings | None:
+    def health(self, scope: _Scope, value: object, proxy: ProxyVersion,
+               protocol: Protocol = "tcp") -> HealthSettings | None:
         """The service's [services.health] table; None when absent or wrong. proxy: the
         service's proxy_protocol, which send_expect probes speak too unless health.send_proxy
         says otherwise (by default they do when they probe the traffic port, as HAProxy's
@@ -991,12 +992,19 @@ class _Checker:
                 source = None
         kind = self.read_enum(hs, table, "kind", d.kind, PROBE_KINDS)
         send_proxy = self.read_bool(hs, table, "send_proxy", proxy != "off" and port is None)
-        if send_proxy and "send_proxy" in table and proxy == "off":
+        explicit = isinstance(table.get("send_proxy"), bool)  # a bad value is reported once
+        if "send_proxy" in table and not explicit:
+            send_proxy = False
+        elif explicit and protocol != "tcp":
+            self.error((*path, "send_proxy"), f"{hs.label('send_proxy')}: applies to "
+                       'protocol = "tcp" only (UDP services send no PROXY header)')
+            send_proxy = False
+        elif send_proxy and explicit and proxy == "off":
             self.error((*path, "send_proxy"), f"{hs.label('send_proxy')}: the service sends no "
                        "PROXY header (proxy_protocol is off), so its probes have none to send; "
                        'set proxy_protocol = "v1" or "v2", or leave send_proxy out')
             send_proxy = False
-        elif send_proxy and "send_proxy" in table and kind != "send_expect":
+        elif send_proxy and explicit and kind != "send_expect":
             self.error((*path, "send_proxy"), f"{hs.label('send_proxy')}: only kind "
                        f'"send_expect" sends data, and this probe is {quote(kind)}; a '
                        "connect-only probe sends no header (leave send_proxy out)")

@@ -623,8 +623,10 @@ static int relay_fast_open(struct dp_worker *w, struct relay_session *s, int fd,
         s->pp_sent = (uint8_t)(k < h ? k : h);
         s->pp_pending = k < h;
         s->syn_data = (uint32_t)(k - s->pp_sent);
-        DP_CNT_ADD(&w->cnt->fo_syn_data, 1);
-        DP_CNT_ADD(&w->cnt->fo_syn_bytes, s->syn_data);
+        if (s->syn_data) {
+            DP_CNT_ADD(&w->cnt->fo_syn_data, 1);
+            DP_CNT_ADD(&w->cnt->fo_syn_bytes, s->syn_data);
+        }
         return 1;
     }
     if (k == 0 || errno == EINPROGRESS || errno == EINTR)

@@ -84,8 +84,10 @@ struct dp_counters {
     uint64_t loop_iterations;               /* epoll_wait calls of the worker loop */
     uint64_t connlog_dropped;               /* connection-log records refused (ring full) */
     uint64_t fo_attempts;                   /* backend connects opened by sendto(MSG_FASTOPEN)
-                                               with client data (relay_fast_open) */
-    uint64_t fo_syn_data;                   /* of those, attempts whose SYN carried data */
+                                               with client data or a PROXY header
+                                               (relay_fast_open) */
+    uint64_t fo_syn_data;                   /* of those, attempts whose SYN carried client
+                                               data (not only header bytes) */
     uint64_t fo_syn_bytes;                  /* client bytes the kernel took into those SYNs */
     uint64_t sockbuf_errors[DP_MAX_SERVICES]; /* per service id: backend sockets that refused
                                                  the service's SO_SNDBUF / SO_RCVBUF (each

@@ -247,6 +247,7 @@ def test_fast_open_syn_leads_with_the_header(fo_make_lb: MakeLB,
         counts = internals()
         assert counts["fast_open_syn_bytes"] - counts_before["fast_open_syn_bytes"] == \
             sum(len(p) for p in sent)
+        assert counts["fast_open_syn_data"] - counts_before["fast_open_syn_data"] == 4
 
 
 def test_fast_open_server_speaks_first_syn_carries_the_header(
@@ -269,5 +270,10 @@ def test_fast_open_server_speaks_first_syn_carries_the_header(
         finally:
             sock.close()
     assert tcp_ext()["TCPFastOpenActive"] - before["TCPFastOpenActive"] == 2
+    internals = getattr(lb.dp, "_internals", None)
+    if internals is not None:  # header-only SYNs are attempts, not SYNs with client data
+        counts = internals()
+        assert counts["fast_open_attempts"] == 3
+        assert (counts["fast_open_syn_data"], counts["fast_open_syn_bytes"]) == (0, 0)
     done = finished(backend, 3)
     assert all(c.error == "" and c.payload == b"QUIT\r\n" for c in done), done

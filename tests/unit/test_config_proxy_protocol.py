@@ -152,3 +152,20 @@ def test_daemon_reports_a_data_plane_without_it(caplog: pytest.LogCaptureFixture
     switch(daemon, 'proxy_protocol = "v2"', "")
     assert any("PROXY protocol" in p for p in daemon.cc_problems)
     assert "PROXY protocol" in caplog.text
+
+
+def test_a_bad_send_proxy_value_is_reported_once() -> None:
+    text = TCP.format(keys='proxy_protocol = "v2"') + \
+        '\n  [services.health]\n  send_proxy = "yes"\n'
+    assert errors(text) == [
+        't.toml:9:16: error: services[0] ("web"): health.send_proxy: expected a boolean, found a '
+        'string ("yes")']
+
+
+def test_send_proxy_on_a_udp_service_applies_to_tcp_only() -> None:
+    text = UDP.format(keys="") + \
+        '\n  [services.health]\n  port = 53\n  kind = "send_expect"\n  expect = "x"\n' \
+        '  send_proxy = true\n'
+    assert errors(text) == [
+        't.toml:13:16: error: services[0] ("dns"): health.send_proxy: applies to protocol = '
+        '"tcp" only (UDP services send no PROXY header)']
