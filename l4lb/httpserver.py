@@ -416,8 +416,10 @@ class HttpServer:
                 await writer.drain()
                 if writer.can_write_eof():
                     writer.write_eof()
-        except (TimeoutError, ConnectionError):
-            writer.transport.abort()  # a client too slow to take the reply
+        except (TimeoutError, OSError):
+            # a client too slow to take the reply, or gone: after its reset the shutdown of
+            # our side fails with ENOTCONN, which is no ConnectionError
+            writer.transport.abort()
             return
         await _linger(reader)
         writer.close()
