@@ -61,7 +61,7 @@ from l4lb.health.checker import HealthChecker
 from l4lb.health.dampener import Health, Transition, transition_log_line
 from l4lb.health.probe import ProbeSpec
 from l4lb.health.settings import HealthSettings
-from l4lb.httpserver import HttpServer
+from l4lb.httpserver import HttpServer, caps_for
 from l4lb.httpserver import start as start_http
 from l4lb.logs import LEVELS, dropped_lines, set_log_format
 from l4lb.looplag import INTERVAL as LAG_INTERVAL
@@ -567,6 +567,11 @@ class Daemon:
         log.info("daemon: traffic uses file descriptors below %d; the %d above are kept for "
                  "the control socket, metrics, health probes and logs", self.fd_ceiling,
                  self.fd_limit - self.fd_ceiling)
+
+    def fd_share(self) -> int | None:
+        """The descriptors kept for the control plane, above the data plane's ceiling (None:
+        no ceiling); the metrics listener cuts its caps to fit in them (httpserver.caps_for())."""
+        return self.fd_limit - self.fd_ceiling if self.fd_ceiling else None
 
     def _sync_udp_flow_cap(self) -> None:
         """Give the data plane the cap on UDP flows of all services together ([global]
@@ -1963,7 +1968,7 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
             http = await start_http(str(daemon.config.metrics_listen), daemon.cmd_status,
                                     health=daemon.health_stats,
                                     probe_latency=daemon.probe_latencies,
-                                    connlog=daemon.connlog_stats)
+                                    connlog=daemon.connlog_stats, fd_share=daemon.fd_share())
         except BaseException:
             if control is not None:
                 await control.close()
@@ -1973,6 +1978,12 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
             dropped_lines)
         log.info("metrics: serving /metrics and the status page on http://%s/",
                  daemon.config.metrics_listen)
+        caps = http.caps
+        if caps != caps_for(None):
+            log.info("metrics: at most %d connections served at once (%d from one address, %d "
+                     "from one IPv6 /64) and %d refused ones answered: a quarter each of the %d "
+                     "file descriptors kept for the control plane", caps.clients, caps.per_peer,
+                     caps.per_prefix, caps.refusing, daemon.fd_share())
 
     async def close_servers() -> None:
         if lag_timer[0] is not None:

@@ -97,6 +97,10 @@ class DataplaneAPI(Protocol):
         """Give a nonblocking socket (listening TCP, or bound UDP) to one worker.
 
         The caller keeps ownership of the fd and must not close it before remove_listener().
+        The data plane polls that fd itself and takes no descriptor of its own for it, so
+        adding a listener never fails for want of descriptors and puts none at or above the
+        descriptor ceiling (set_fd_ceiling), however full the process is (a reload during a
+        flood); neither remove_listener() nor stop() closes it.
         """
 
     def remove_listener(self, fd: int) -> None:

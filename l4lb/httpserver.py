@@ -19,6 +19,14 @@ browser and curl, and hard to upset:
   answered 503 at once, without reading its request, and
   counted (refused_total()); at most MAX_CLIENTS such refusals linger at a time, more are
   dropped without a reply (and counted too).
+- Every connection holds a descriptor from the control plane's share of the limit (the top
+  above the data plane's ceiling, daemon.fd_ceiling()). When the daemon runs with a ceiling it
+  passes that share, and the caps shrink with it (caps_for(): served connections and lingering
+  refusals a quarter of the share each), so that a scrape flood leaves the control socket,
+  the health probes and reloads their descriptors. The server accepts by itself rather than
+  through asyncio.start_server, and decides on each connection as it is accepted: asyncio
+  accepts up to 100 at a time and each would hold its descriptor for a few loop turns before
+  its handler could refuse it, while here a connection beyond the caps is closed at once.
 - The handling of one connection never loops over buffered input without bound: there is one
   request per connection and lingering reads at most LINGER_BYTES, so a client cannot keep
   the event loop busy by pipelining (the control socket needs an explicit yield for that).
@@ -36,12 +44,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import errno
+import functools
 import gzip
 import ipaddress
 import logging
 import re
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,9 +66,20 @@ log = logging.getLogger("l4lb")
 MAX_LINE = 8192  # bytes per request line or header line
 MAX_HEAD = 16384  # bytes of request line plus headers
 MAX_HEADERS = 64  # header fields per request
-MAX_CLIENTS = 64  # connections served at once (and refusals lingering at once)
+MAX_CLIENTS = 64  # connections served at once (and refusals lingering at once); with a
+#                   descriptor share, fewer (caps_for())
+MIN_CLIENTS = 4  # the fewest caps_for() gives, however small the share
 MAX_PER_PEER = 8  # connections served at once from one client IP address
+MIN_PER_PEER = 2  # the fewest caps_for() gives: Prometheus and an operator's curl on one host
 MAX_PER_PREFIX = 32  # and from one IPv6 /64
+LISTEN_BACKLOG = 100  # the listen() backlog, as asyncio.start_server's
+ACCEPT_BATCH = 64  # connections accepted per wake-up of a listener, so that a flood of them
+#                    cannot keep the loop from the control socket and the health probes
+ACCEPT_PAUSE = 1.0  # seconds a listener rests after accept() ran out of descriptors (as
+#                     asyncio's own servers do), instead of spinning on it
+ACCEPT_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_MESSAGE = "socket.accept() out of system resource"  # asyncio's report of such a
+#                   failure, which the daemon's loop handler rate-limits (control.AcceptErrorLog)
 HEAD_TIMEOUT = 3.0  # seconds to receive the whole request head
 SEND_TIMEOUT = 30.0  # seconds to send the whole response
 LINGER_TIME = 1.0  # seconds to read leftover input after responding
@@ -113,108 +136,247 @@ def parse_listen(text: str) -> tuple[str | None, int]:
     return (host or None), int(port_text)
 
 
+@dataclass(frozen=True)
+class Caps:
+    """How many connections the server holds at once; each holds one descriptor."""
+
+    clients: int  # served at once
+    refusing: int  # refused ones getting their 503 at once (lingering); more are dropped
+    per_peer: int  # served at once from one client address (peer_key())
+    per_prefix: int  # served at once from one IPv6 /64 (prefix_key())
+
+    @property
+    def descriptors(self) -> int:
+        """The most descriptors its connections hold together (its listeners aside)."""
+        return self.clients + self.refusing
+
+
+def caps_for(fd_share: int | None) -> Caps:
+    """The caps of a server in a control plane that keeps `fd_share` descriptors for itself
+    (the top of the limit, above the data plane's ceiling: daemon.fd_ceiling()); None: no
+    ceiling, the constants (MAX_*).
+
+    Served connections and lingering refusals may each take a quarter of the share, at least
+    MIN_CLIENTS and at most MAX_CLIENTS, so that together they leave at least half of it to the
+    control socket, the health probes, the logs and a reload, whatever a scrape flood does (the
+    least share the ceiling keeps, 32, gives 8 and 8). One client address may hold a quarter
+    of the served slots (MIN_PER_PEER..MAX_PER_PEER) and one IPv6 /64 half of them (at least
+    the per-address cap, at most MAX_PER_PREFIX), as 8 and 32 of 64 do. From a share of 256
+    (a limit of 4096) on, the caps are the constants."""
+    if fd_share is None:
+        return Caps(MAX_CLIENTS, MAX_CLIENTS, MAX_PER_PEER, MAX_PER_PREFIX)
+    slots = min(MAX_CLIENTS, max(MIN_CLIENTS, fd_share // 4))
+    per_peer = min(MAX_PER_PEER, max(MIN_PER_PEER, slots // 4))
+    per_prefix = min(MAX_PER_PREFIX, max(per_peer, slots // 2))
+    return Caps(slots, slots, per_peer, per_prefix)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class _Accepted:
+    """An accepted socket, and whether its task took it over (a task cancelled before it ran
+    never did: the socket is then closed when the task ends)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock  # the connection
+        self.taken = False  # its task ran and handed it to a stream transport
+
+
 class HttpServer:
-    """The listener; start() binds it, close() stops it and every connection."""
+    """The listener; listen() binds it, close() stops it and every connection."""
 
     def __init__(self, exporter: Exporter, *, refresh: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, fd_share: int | None = None) -> None:
         self.exporter = exporter  # reads the daemon's state and renders /metrics
         self.refresh = refresh  # status page refresh interval, seconds
         self.clock = clock  # stamps each status document (the page's rates divide by it)
-        self.server: asyncio.Server | None = None  # set by listen()
-        self._clients: set[asyncio.Task[Any]] = set()  # connections being served
+        self.fd_share = fd_share  # descriptors the control plane keeps for itself, which the
+        #                           caps are cut to (caps_for()); None: no ceiling
+        self.sockets: list[socket.socket] = []  # the listening sockets, set by listen()
+        self._resting: dict[socket.socket, asyncio.TimerHandle] = {}  # listeners paused
+        #                           after accept() ran out of descriptors -> their wake-up
+        self._clients: set[asyncio.Task[None]] = set()  # connections being served
         self._per_peer: dict[str, int] = {}  # an address or a /64 (peer_key()) -> connections
         #                                      being served from it
-        self._refusing: set[asyncio.Task[Any]] = set()  # refused connections getting their 503
+        self._refusing: set[asyncio.Task[None]] = set()  # refused connections getting their 503
         self._refused = 0  # connections refused since start (a cap was reached)
         self._renders = asyncio.Semaphore(RENDERS_AT_ONCE)  # /metrics formatting slots
 
     @property
+    def caps(self) -> Caps:
+        """The caps in force (read at each connection: tests change the constants)."""
+        return caps_for(self.fd_share)
+
+    @property
     def addresses(self) -> list[tuple[str, int]]:
         """(host, port) of every bound socket (the real port when 0 was asked for)."""
-        if self.server is None:
-            return []
-        return [(s.getsockname()[0], s.getsockname()[1]) for s in self.server.sockets]
+        return [(s.getsockname()[0], s.getsockname()[1]) for s in self.sockets]
 
     @property
     def connections(self) -> int:
         """Connections being served now."""
         return len(self._clients)
 
+    @property
+    def held(self) -> int:
+        """Connections this server holds a descriptor for now: served, and refused ones
+        getting their 503 (at most caps.descriptors)."""
+        return len(self._clients) + len(self._refusing)
+
     def refused_total(self) -> int:
-        """Connections refused since start because MAX_CLIENTS or MAX_PER_PEER was reached."""
+        """Connections refused since start because a cap (caps) was reached."""
         return self._refused
 
     async def listen(self, listen: str) -> None:
         host, port = parse_listen(listen)
-        self.server = await asyncio.start_server(self._client, host, port, limit=MAX_LINE,
-                                                 reuse_address=True)
+        self.sockets = await _bind(host, port)
+        loop = asyncio.get_running_loop()
+        for sock in self.sockets:
+            loop.add_reader(sock.fileno(), self._accept, sock)
         log.debug("http: listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
 
     async def close(self) -> None:
         """Stop listening and end every connection. Idempotent."""
-        if self.server is not None:
-            self.server.close()
+        loop = asyncio.get_running_loop()
+        for sock in self.sockets:
+            if sock not in self._resting:
+                loop.remove_reader(sock.fileno())
+            sock.close()
+        self.sockets = []
+        for timer in self._resting.values():
+            timer.cancel()
+        self._resting.clear()
         tasks = self._clients | self._refusing
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.server is not None:
-            await self.server.wait_closed()
-            self.server = None
 
-    # -- one connection ----------------------------------------------------------------------
+    # -- accepting ---------------------------------------------------------------------------
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        host = _peer_host(writer)
+    def _accept(self, sock: socket.socket) -> None:
+        """The listener is readable: take up to ACCEPT_BATCH connections and settle each one
+        at once (_admit())."""
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in ACCEPT_SHORTAGE:
+                    self._rest(sock, exc)
+                    return
+                continue  # ECONNABORTED and the like: that connection is gone, try the next
+            self._admit(conn, address)
+
+    def _rest(self, sock: socket.socket, exc: OSError) -> None:
+        """accept() ran out of descriptors (or memory): report it as asyncio's servers do (the
+        daemon logs it at most once per 10 s) and leave the listener for ACCEPT_PAUSE instead
+        of spinning on it; clients wait in the listen backlog meanwhile."""
+        loop = asyncio.get_running_loop()
+        loop.call_exception_handler({"message": ACCEPT_MESSAGE, "exception": exc,
+                                     "socket": sock})
+        loop.remove_reader(sock.fileno())
+        self._resting[sock] = loop.call_later(ACCEPT_PAUSE, self._wake, sock)
+
+    def _wake(self, sock: socket.socket) -> None:
+        if self._resting.pop(sock, None) is not None and sock in self.sockets:
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
+
+    def _admit(self, conn: socket.socket, address: Any) -> None:
+        """Serve, refuse (503) or drop a connection just accepted. Decided here, before the
+        loop turns, so that no connection holds a descriptor outside the caps: one beyond them
+        and beyond the lingering refusals is closed at once."""
+        host = str(address[0]) if isinstance(address, tuple) and address else ""
         peer, prefix = peer_key(host), prefix_key(host)
-        if task is None:  # pragma: no cover - a stream callback always runs in a task
-            writer.transport.abort()
+        caps = self.caps
+        why = self._verdict(caps, peer, prefix)
+        if why is None:
+            self._start(conn, self._clients, self._serve, (peer,) if prefix is None
+                        else (peer, prefix))
             return
-        if self._per_peer.get(peer, 0) >= MAX_PER_PEER:
-            await self._refuse(task, reader, writer,
-                               f"too many connections from {peer} ({MAX_PER_PEER})")
+        self._refused += 1
+        if len(self._refusing) >= caps.refusing:
+            conn.close()
             return
-        if prefix is not None and self._per_peer.get(prefix, 0) >= MAX_PER_PREFIX:
-            await self._refuse(task, reader, writer,
-                               f"too many connections from {prefix} ({MAX_PER_PREFIX})")
-            return
-        if len(self._clients) >= MAX_CLIENTS:
-            await self._refuse(task, reader, writer, f"too many connections ({MAX_CLIENTS})")
-            return
-        self._clients.add(task)
-        keys = (peer,) if prefix is None else (peer, prefix)
+        self._start(conn, self._refusing, functools.partial(self._refuse, why), ())
+
+    def _verdict(self, caps: Caps, peer: str, prefix: str | None) -> str | None:
+        """Why a new connection from `peer` (in `prefix`) is refused now; None: it is served."""
+        if self._per_peer.get(peer, 0) >= caps.per_peer:
+            return f"too many connections from {peer} ({caps.per_peer})"
+        if prefix is not None and self._per_peer.get(prefix, 0) >= caps.per_prefix:
+            return f"too many connections from {prefix} ({caps.per_prefix})"
+        if len(self._clients) >= caps.clients:
+            return f"too many connections ({caps.clients})"
+        return None
+
+    def _start(self, conn: socket.socket, tasks: set[asyncio.Task[None]], handler: Handler,
+               keys: tuple[str, ...]) -> None:
+        """Run `handler` on `conn` in a task that counts in `tasks` (and, per key, in
+        _per_peer) from now until it ends, however it ends."""
         for key in keys:
             self._per_peer[key] = self._per_peer.get(key, 0) + 1
-        try:
-            await self._serve(reader, writer)
-        except asyncio.CancelledError:  # close(): end quietly (asyncio's stream callback
-            writer.transport.abort()  # would log a cancelled task as an error)
-        except Exception:
-            log.exception("http: connection failed")
-            writer.transport.abort()
-        finally:
-            self._clients.discard(task)
+        accepted = _Accepted(conn)
+        task = asyncio.get_running_loop().create_task(self._connection(accepted, handler))
+        tasks.add(task)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
             for key in keys:
                 left = self._per_peer.pop(key, 1) - 1
                 if left > 0:
                     self._per_peer[key] = left
+            if not accepted.taken:  # cancelled by close() before it ran
+                conn.close()
 
-    async def _refuse(self, task: asyncio.Task[Any], reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter, why: str) -> None:
-        """Answer 503 without reading the request, linger briefly, close; count it.
+        task.add_done_callback(ended)
+
+    # -- one connection ----------------------------------------------------------------------
+
+    async def _connection(self, accepted: _Accepted, handler: Handler) -> None:
+        """Run `handler` on the accepted socket's streams; return only once its descriptor is
+        closed, so that the slot it held in the caps is free only when the descriptor is."""
+        accepted.taken = True
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, accepted.sock)
+        except (OSError, asyncio.CancelledError):  # the client went, or close() came first:
+            accepted.sock.close()  # the transport, if made, is closed already (a no-op then)
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        try:
+            await handler(reader, writer)
+        except asyncio.CancelledError:  # close(): end quietly (a cancelled task would be
+            pass                        # logged as an error)
+        except Exception:
+            log.exception("http: connection failed")
+        if not transport.is_closing():  # cancelled, or failed half-way
+            transport.abort()
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await writer.wait_closed()
+        except TimeoutError:  # a graceful close still flushing to a client that reads nothing
+            transport.abort()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        except asyncio.CancelledError:  # close() while the close was under way: end it now
+            transport.abort()
+            raise
+        except Exception:  # the close met a reset or the like: the descriptor is closed
+            pass
+
+    async def _refuse(self, why: str, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        """Answer 503 without reading the request, linger briefly, close (_admit() counted it).
 
         The reply fits in a fresh socket's buffer, so writing it never waits. Lingering keeps
         the client's unread request from turning the close into a reset that could destroy
-        the 503; at most MAX_CLIENTS refusals linger at once, beyond that the connection is
-        dropped without a reply."""
-        self._refused += 1
-        if len(self._refusing) >= MAX_CLIENTS:
-            writer.transport.abort()
-            return
-        self._refusing.add(task)
+        the 503; at most caps.refusing refusals linger at once, beyond that _admit() drops the
+        connection without a reply."""
         try:
             response = _text(503, f"{why}; try again later\n")
             response.headers["Retry-After"] = "1"
@@ -227,8 +389,6 @@ class HttpServer:
             writer.transport.abort()
         except Exception:  # a reset by the client, or the like: nothing to tell it
             writer.transport.abort()
-        finally:
-            self._refusing.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         response: Response | None
@@ -256,8 +416,10 @@ class HttpServer:
                 await writer.drain()
                 if writer.can_write_eof():
                     writer.write_eof()
-        except (TimeoutError, ConnectionError):
-            writer.transport.abort()  # a client too slow to take the reply
+        except (TimeoutError, OSError):
+            # a client too slow to take the reply, or gone: after its reset the shutdown of
+            # our side fails with ENOTCONN, which is no ConnectionError
+            writer.transport.abort()
             return
         await _linger(reader)
         writer.close()
@@ -293,14 +455,6 @@ class HttpServer:
         """Run a formatter in the default executor, at most RENDERS_AT_ONCE at a time."""
         async with self._renders:
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-
-def _peer_host(writer: asyncio.StreamWriter) -> str:
-    """The client's IP address ("" if the transport does not know it)."""
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return ""
 
 
 def peer_key(host: str) -> str:
@@ -444,11 +598,45 @@ async def _linger(reader: asyncio.StreamReader) -> None:
                 left -= len(chunk)
 
 
+async def _bind(host: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` names (None: every local address, IPv4 and
+    IPv6), nonblocking, as asyncio.start_server binds them: SO_REUSEADDR, IPv6 ones IPv6-only
+    (the IPv4 socket takes IPv4). OSError when one cannot be bound (the others are closed)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):  # unique, in order
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:  # a family this host lacks (no IPv6): skip it, as asyncio does
+                continue
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(exc.errno, f"error while attempting to bind on address "
+                                         f"{address!r}: {(exc.strerror or '').lower()}") from None
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        if not sockets:
+            raise OSError(errno.EAFNOSUPPORT, f"no socket could be made for {host}:{port}")
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 async def start(listen: str, snapshot: Snapshot, *, health: StatsSource | None = None,
                 probe_latency: LatencySource | None = None,
                 connlog: StatsSource | None = None, refresh: float = 2.0,
                 process_metrics: bool = True,
-                clock: Callable[[], float] = time.time) -> HttpServer:
+                clock: Callable[[], float] = time.time,
+                fd_share: int | None = None) -> HttpServer:
     """Bind `listen` and serve /metrics, / and /status.json from `snapshot` (and the extras).
 
     `snapshot` returns the control API's `status` result; `health` the health checker's
@@ -456,12 +644,14 @@ async def start(listen: str, snapshot: Snapshot, *, health: StatsSource | None =
     latency in seconds per (service, backend address); `connlog` the connection log writer's
     `stats()`. All are called on the event loop at request time and must return fresh objects
     that nothing else changes afterwards: formatting them happens in a worker thread.
-    `clock` stamps the status documents (tests pass the fake snapshot's own clock). Raises
-    OSError when the address cannot be bound, ValueError when it is malformed.
+    `clock` stamps the status documents (tests pass the fake snapshot's own clock).
+    `fd_share`: the descriptors the control plane keeps above the data plane's ceiling, which
+    cut the server's caps (caps_for()); None: no ceiling. Raises OSError when the address
+    cannot be bound, ValueError when it is malformed.
     """
     exporter = Exporter(snapshot, health=health, probe_latency=probe_latency, connlog=connlog,
                         process=process_metrics)
-    server = HttpServer(exporter, refresh=refresh, clock=clock)
+    server = HttpServer(exporter, refresh=refresh, clock=clock, fd_share=fd_share)
     exporter.counters["l4lb_http_connections_refused"] = (
         "Connections to the metrics listener refused with 503 (or dropped): too many at once, "
         "or from one client address.", server.refused_total)
@@ -469,5 +659,5 @@ async def start(listen: str, snapshot: Snapshot, *, health: StatsSource | None =
     return server
 
 
-__all__ = ["HttpError", "HttpServer", "Request", "Response", "parse_head", "parse_listen",
-           "read_head", "start"]
+__all__ = ["Caps", "HttpError", "HttpServer", "Request", "Response", "caps_for", "parse_head",
+           "parse_listen", "read_head", "start"]

@@ -35,7 +35,7 @@ from l4lb.refdp.dgram import enable_pktinfo, is_wildcard
 from l4lb.refdp.livetable import LiveTable
 from l4lb.refdp.records import ring_capacity
 from l4lb.refdp.shared import Shared
-from l4lb.refdp.worker import Worker
+from l4lb.refdp.worker import Worker, borrow_listener
 from l4lb.table.blob import parse
 from l4lb.table.sched import SchedShared
 
@@ -385,8 +385,9 @@ def _try_socket_buffers(sndbuf: int, rcvbuf: int) -> bool:
 def _check_listener(fd: int) -> None:
     """ValueError unless fd is a nonblocking listening TCP socket or a nonblocking bound UDP
     socket (a blocking listener would stall its worker). A UDP socket on a wildcard address
-    gets pktinfo turned on, or it could not reply from the address each client wrote to."""
-    probe = socket.socket(fileno=socket.dup(fd))
+    gets pktinfo turned on, or it could not reply from the address each client wrote to.
+    The probe takes no descriptor (a dup could fail, or land above the descriptor ceiling)."""
+    probe = borrow_listener(fd)
     try:
         if probe.type == socket.SOCK_STREAM:
             if not probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
@@ -402,4 +403,4 @@ def _check_listener(fd: int) -> None:
         if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
             raise ValueError(f"fd {fd} is in blocking mode; give a nonblocking listener")
     finally:
-        probe.close()
+        probe.detach()  # the fd stays the caller's

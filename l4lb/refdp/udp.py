@@ -78,7 +78,7 @@ class UdpListener:
     def __init__(self, service_id: int, fd: int, sock: socket.socket) -> None:
         self.service_id = service_id  # the service its datagrams belong to
         self.fd = fd  # the caller's fd (the key used by remove_listener)
-        self.sock = sock  # our own dup of fd, closed when the listener is removed
+        self.sock = sock  # a socket object over the caller's fd (worker.borrow_listener())
         self.closed = False  # removed: flows replying through it end
 
 

@@ -84,13 +84,33 @@ WAKE, LISTENER, UDP_LISTENER, CLIENT, BACKEND = (
     "wake", "listener", "udp_listener", "client", "backend")
 
 
+class BorrowedSocket(socket.socket):
+    """A socket object over a descriptor that stays its owner's: give it back with detach(),
+    never close(). Even collected without detach() (a data plane dropped unstopped) it leaves
+    the descriptor open, where a plain socket object would close it under its owner, or close
+    whatever reused the number by then."""
+
+    def __del__(self) -> None:
+        if self.fileno() != -1:
+            self.detach()
+
+
+def borrow_listener(fd: int) -> socket.socket:
+    """A socket object over the caller's listener fd that takes no descriptor of its own: the
+    C core polls the caller's fd itself. A dup would take the lowest free number, which during
+    a flood is at or above the descriptor ceiling, in the control plane's share (a reload then
+    put listeners up there), or none at all (EMFILE, where the C core has no such failure).
+    The fd stays the caller's, who closes it after remove_listener() (BorrowedSocket)."""
+    return BorrowedSocket(fileno=fd)
+
+
 @dataclass
 class Listener:
     """A listening socket handed to this worker."""
 
     service_id: int  # the service its connections belong to
     fd: int  # the caller's fd (the key used by remove_listener)
-    sock: socket.socket  # our own dup of fd, closed when the listener is removed
+    sock: socket.socket  # a socket object over the caller's fd (borrow_listener())
     paused: bool = False  # resting after an fd shortage
 
 
@@ -176,34 +196,41 @@ class Worker:
     # --- commands (run on the worker thread) ------------------------------------------------
 
     def add_listener(self, service_id: int, fd: int) -> None:
-        """Poll a dup of fd for connections (TCP) or datagrams (UDP) of service_id."""
-        sock = socket.socket(fileno=socket.dup(fd))  # nonblocking: checked by the caller
-        if sock.type == socket.SOCK_DGRAM:
-            udp = UdpListener(service_id, fd, sock)
-            self.udp_listeners[fd] = udp
+        """Poll fd for connections (TCP) or datagrams (UDP) of service_id; it stays the
+        caller's (borrow_listener())."""
+        sock = borrow_listener(fd)  # nonblocking: checked by the caller
+        try:
+            if sock.type == socket.SOCK_DGRAM:
+                udp = UdpListener(service_id, fd, sock)
+                self.udp_listeners[fd] = udp
+                if not self.stopping:
+                    self.sel.register(sock, READ, (UDP_LISTENER, udp))
+                return
+            lst = Listener(service_id, fd, sock)
+            self.listeners[fd] = lst
             if not self.stopping:
-                self.sel.register(sock, READ, (UDP_LISTENER, udp))
-            return
-        lst = Listener(service_id, fd, sock)
-        self.listeners[fd] = lst
-        if not self.stopping:
-            self.sel.register(sock, READ, (LISTENER, lst))
+                self.sel.register(sock, READ, (LISTENER, lst))
+        except BaseException:
+            self.listeners.pop(fd, None)
+            self.udp_listeners.pop(fd, None)
+            sock.detach()
+            raise
 
     def remove_listener(self, fd: int) -> None:
-        """Stop polling fd and close our dup of it (a UDP listener's flows end with it)."""
+        """Stop polling fd and give it back (a UDP listener's flows end with it)."""
         udp = self.udp_listeners.pop(fd, None)
         if udp is not None:
             self.udp.drop_listener(udp)
             if not self.stopping:
                 self.sel.unregister(udp.sock)
-            udp.sock.close()
+            udp.sock.detach()
             return
         lst = self.listeners.pop(fd, None)
         if lst is None:
             return  # already dropped by begin_stop()
         if not lst.paused and not self.stopping:
             self.sel.unregister(lst.sock)
-        lst.sock.close()
+        lst.sock.detach()
 
     def begin_stop(self, deadline: float) -> None:
         """Stop accepting and reading datagrams now; TCP sessions may finish until deadline
@@ -263,10 +290,11 @@ class Worker:
         self._close_resources()
 
     def _close_listeners(self) -> None:
+        """Forget every listener; their fds stay open: they are the caller's."""
         for fd in list(self.listeners):
-            self.listeners.pop(fd).sock.close()
+            self.listeners.pop(fd).sock.detach()
         for fd in list(self.udp_listeners):
-            self.udp_listeners.pop(fd).sock.close()
+            self.udp_listeners.pop(fd).sock.detach()
 
     # --- the loop ---------------------------------------------------------------------------
 

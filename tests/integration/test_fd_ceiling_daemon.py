@@ -1,7 +1,9 @@
 """The descriptor ceiling through `l4lb run` with a small descriptor limit: a flood of TCP
 clients that would take every descriptor leaves the top of the limit to the control plane, so
 `l4lb status` still answers and health probes still run; the queued clients are served once the
-flood ends. Both data planes."""
+flood ends. Both data planes. A flood of idle connections to the metrics listener takes no more
+of the control plane's share than the listener's caps (a quarter of it each for served
+connections and answered refusals)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,21 @@ import contextlib
 import json
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from l4lb.dataplane import reference_requested
 
 from .procs import child_env, free_port, l4lb_cmd, stop_process, wait_listening, wait_until
 
@@ -199,3 +206,106 @@ def test_a_client_flood_leaves_descriptors_for_the_control_plane(impl: str,
 
 def backend_count(backend: HoldServer) -> int:
     return backend.accepted
+
+
+METRICS_FLOOD = 100  # idle connections to the metrics listener, 2 from each of 50 addresses
+METRICS_CAPS = 16  # what the listener may hold at the limit of 256: 8 served + 8 answered
+
+
+def metrics_sockets(pid: int, mport: int) -> int:
+    """The daemon's descriptors of connections to its metrics listener (local port `mport`,
+    with a peer; the listener itself has none)."""
+    ports = tcp_ports(pid)
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+            if target.startswith("socket:["):
+                local, remote = ports.get(target[len("socket:["):-1], (0, 0))
+                count += local == mport and remote != 0
+    return count
+
+
+class FdSampler:
+    """The most metrics_sockets(pid, mport) seen, sampled on a thread until stop()."""
+
+    def __init__(self, pid: int, mport: int) -> None:
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(pid, mport), daemon=True)
+        self._thread.start()
+
+    def _run(self, pid: int, mport: int) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):  # the daemon is gone
+                self.most = max(self.most, metrics_sockets(pid, mport))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(10)
+        return self.most
+
+
+def answered(sock: socket.socket) -> bool:
+    """Whether the metrics listener has replied to or closed `sock` (without waiting)."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_a_scrape_flood_leaves_the_control_plane_its_descriptors(tmp_path: Path) -> None:
+    """100 idle connections to the metrics listener of a daemon with a limit of 256 (32 kept
+    for the control plane): the listener holds at most the 8 served and 8 answered ones that a
+    quarter each of the share allows (it used to hold 64 and 64, four times the share), closes
+    the rest at once, counts every refusal, and `l4lb status` answers all along; once the
+    flood is over, a scrape gets its reply."""
+    backend = HoldServer()
+    port, mport = free_port(), free_port()
+    cfg, ctl = tmp_path / "fd.toml", tmp_path / "ctl.sock"
+    cfg.write_text("\n".join([
+        "[global]", "workers = 1", f'control_socket = "{ctl}"', "",
+        "[metrics]", f'listen = "127.0.0.1:{mport}"', "",
+        "[[services]]", 'name = "web"', f'listen = ["127.0.0.1:{port}"]',
+        "[[services.backends]]", f'address = "127.0.0.1:{backend.port}"', ""]))
+    env = child_env(reference=reference_requested())
+    proc = subprocess.Popen(l4lb_cmd("run", "-c", str(cfg)), env=env, preexec_fn=low_nofile,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    flood: list[socket.socket] = []
+    sampler: FdSampler | None = None
+    try:
+        wait_listening(mport, proc)
+        assert wait_until(ctl.exists, 15)
+        assert status(cfg, env)["fds"]["ceiling"] == NOFILE - 32
+        sampler = FdSampler(proc.pid, mport)
+        for i in range(METRICS_FLOOD):
+            sock = socket.socket()
+            flood.append(sock)
+            sock.settimeout(10)
+            sock.bind((f"127.0.0.{2 + i % 50}", 0))
+            sock.connect(("127.0.0.1", mport))
+            sock.sendall(b"G")  # an unfinished request head: a served one holds its slot
+        # every refused one is answered or closed at once; only the served ones stay silent
+        wait_until(lambda: sum(not answered(s) for s in flood) <= 8, 10)
+        state = status(cfg, env)  # the control socket gets its descriptors
+        held = sampler.stop()
+        assert held <= METRICS_CAPS + 1, held  # + the one in hand between accept and close
+        assert sum(not answered(s) for s in flood) <= 8
+        assert state["fds"]["limit"] == NOFILE
+        for sock in flood:
+            sock.close()
+        flood.clear()
+        assert wait_until(lambda: metrics_sockets(proc.pid, mport) == 0, 10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        refused = next(s.value for f in text_string_to_metric_families(text)
+                       for s in f.samples if s.name == "l4lb_http_connections_refused_total")
+        assert METRICS_FLOOD // 2 <= refused <= METRICS_FLOOD - 8  # 8 were served
+        assert stop_process(proc, signal.SIGINT) == 0
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        for sock in flood:
+            sock.close()
+        stop_process(proc, signal.SIGKILL)
+        backend.close()
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert ("metrics: at most 8 connections served at once (2 from one address, 4 from one "
+            "IPv6 /64)") in err

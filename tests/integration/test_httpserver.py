@@ -6,7 +6,9 @@ import asyncio
 import gzip
 import http.client
 import json
+import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,6 +215,114 @@ def test_connections_beyond_the_limit_get_503(served: Served,
     while served.server.connections and time.monotonic() < deadline:
         time.sleep(0.01)
     assert get(served.port, "/status.json")[0] == 200
+
+
+def server_side_sockets(port: int) -> int:
+    """This process's descriptors of TCP sockets with local port `port` and a peer: the
+    server's ends of its connections (the clients' ends have it as their remote port, the
+    listener has no peer). Read through socket objects that borrow each descriptor (detach(),
+    never close()), so that counting takes no descriptor and is quick."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=int(name))
+        except OSError:  # not a socket, or closed meanwhile
+            continue
+        try:
+            if (sock.type == socket.SOCK_STREAM
+                    and sock.family in (socket.AF_INET, socket.AF_INET6)
+                    and sock.getsockname()[1] == port):
+                sock.getpeername()  # OSError for the listener
+                count += 1
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+    return count
+
+
+class Sampler:
+    """The most server_side_sockets(port) seen, sampled on a thread until stop()."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.most = max(self.most, server_side_sockets(self.port))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(10)
+        return self.most
+
+
+FLOOD = 90  # idle connections at once: within the listen backlog (100), so none waits for a
+#             SYN retry; from 45 addresses, 2 each, so that the first ones are all served
+
+
+@pytest.mark.parametrize(("share", "served", "answered"), [
+    (32, 8, 8),  # the least share the ceiling keeps (limit 256): a quarter each
+    (64, 16, 16),  # limit 1024
+    (None, 64, FLOOD - 64),  # no ceiling: as before, 64 served and every refusal answered
+    (1024, 64, FLOOD - 64),  # limit 16384 and up: the same
+])
+def test_a_flood_of_idle_connections_holds_no_more_descriptors_than_the_caps(
+        monkeypatch: pytest.MonkeyPatch, share: int | None, served: int, answered: int) -> None:
+    """Each connection holds a descriptor of the control plane's share: served ones and
+    lingering refusals stay within their caps at every moment, the rest are closed at once
+    without a reply, every refusal is counted, and the slots come back afterwards."""
+    monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 30.0)  # served connections keep their
+    monkeypatch.setattr(httpserver, "LINGER_TIME", 30.0)  # slots, and so do answered refusals
+    lt = LoopThread()
+    server = lt.run(httpserver.start("127.0.0.1:0", GrowingStatus(), process_metrics=False,
+                                     fd_share=share))
+    port = server.addresses[0][1]
+    bound = server.caps.descriptors + 1  # + the one in hand between accept() and its close
+    flood: list[socket.socket] = []
+    sampler = Sampler(port)
+    try:
+        for i in range(FLOOD):
+            sock = socket.socket()
+            flood.append(sock)
+            sock.settimeout(10)
+            sock.bind((f"127.0.0.{2 + i % 45}", 0))
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"G")  # an unfinished head holds a served slot
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+                server.connections + server.refused_total() == FLOOD
+                and server_side_sockets(port) == served + answered):
+            time.sleep(0.001)
+        assert sampler.stop() <= bound
+        assert (server.connections, server.held) == (served, served + answered)
+        assert server_side_sockets(port) == served + answered
+        assert server.refused_total() == FLOOD - served
+        replies = []
+        for sock in flood[served:]:  # accepted in order: the first ones are served
+            try:
+                head = sock.recv(100)
+            except ConnectionResetError:  # dropped with its request unread
+                head = b""
+            replies.append(status_of(head) if head else 0)
+        assert replies == [503] * answered + [0] * (FLOOD - served - answered)
+    finally:
+        sampler.stop()
+        for sock in flood:
+            sock.close()
+        try:
+            deadline = time.monotonic() + 10  # the slots come back
+            while (server.held or server_side_sockets(port)) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert (server.held, server_side_sockets(port)) == (0, 0)
+            assert get(port, "/status.json")[0] == 200
+        finally:
+            lt.run(server.close())
+            lt.close()
 
 
 def test_failing_snapshot_gives_503_and_metrics_still_answer(served: Served) -> None:

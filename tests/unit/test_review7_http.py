@@ -4,6 +4,8 @@ head timeout, and the count of refused connections."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -11,6 +13,7 @@ import pytest
 
 from l4lb import httpserver
 from l4lb.httpserver import HttpServer
+from l4lb.metrics import Exporter
 
 from ..integration.loopthread import GrowingStatus
 from .test_review7_control import until
@@ -220,3 +223,44 @@ def test_one_ipv6_64_has_a_cap_of_its_own(monkeypatch: pytest.MonkeyPatch) -> No
     fourth = asyncio.run(main())
     assert status_of(fourth) == 503
     assert fourth.endswith(b"too many connections from ::/64 (3); try again later\n")
+
+
+class ResetWriter:
+    """The writer side of a client that reset right after the reply went out: the kernel then
+    refuses the shutdown of our sending side with ENOTCONN."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+        self.aborted = False
+        self.transport = self
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    async def drain(self) -> None:
+        return None
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_a_client_gone_before_the_shutdown_is_dropped_quietly() -> None:
+    """ENOTCONN is no ConnectionError: it used to end the connection with a logged traceback
+    ("http: connection failed"), one per such client of a flood."""
+    async def main() -> ResetWriter:
+        server = HttpServer(Exporter(GrowingStatus(), process=False))
+        reader = asyncio.StreamReader()
+        reader.feed_data(GET)
+        writer = ResetWriter()
+        await server._serve(reader, writer)  # type: ignore[arg-type]
+        return writer
+
+    writer = asyncio.run(main())
+    assert status_of(writer.sent) == 200
+    assert writer.aborted
