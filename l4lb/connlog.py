@@ -57,7 +57,7 @@ log = logging.getLogger("l4lb")
 # The close reasons the data plane reports (docs/connection-log.md explains each).
 TCP_REASONS = ("client_closed", "backend_closed", "client_reset", "backend_reset",
                "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
-               "drain_timeout", "error")
+               "drain_timeout", "backend_down", "error")
 UDP_REASONS = ("idle_timeout", "responses", "refused", "moved", "listener_gone", "shutdown",
                "drain_timeout", "error")
 CLOSE_REASONS = tuple(dict.fromkeys(TCP_REASONS + UDP_REASONS))  # both, without repeats

@@ -187,6 +187,7 @@ class BackendView:
     datagrams_to_client: int = 0  # UDP datagrams relayed back to clients (0 for TCP)
     drain_deadline: float | None = None  # unix time `drain --timeout` closes the rest, if armed
     probe_latency: float | None = None  # seconds of the last conclusive health probe, if any
+    sessions_shut_down: int = 0  # sessions closed because it went DOWN (health.on_down)
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict, in field order: dataclasses.asdict() without its recursion
@@ -216,6 +217,10 @@ class Daemon:
     ramp_handle: asyncio.TimerHandle | None = None  # re-publish at the next slow-start step
     panic_logged: dict[str, str] = field(default_factory=dict)  # service -> reason warned
     failures_seen: dict[int, int] = field(default_factory=dict)  # backend id -> connect fails
+    # health.on_down = "shutdown_sessions": backends gone DOWN whose sessions are still to close
+    # once a published table gives them weight 0 -> the panic that delays it was logged
+    on_down_pending: dict[Key, bool] = field(default_factory=dict)
+    sessions_shut_down: dict[Key, int] = field(default_factory=dict)  # closed by on_down so far
     vrrp: list[VrrpInstance] = field(default_factory=list)  # running [[vrrp]] instances
     digest_check: DigestCheck | None = None  # compares table digests with the VRRP peers
     drains: Drains = field(default_factory=Drains)  # `drain --timeout` deadlines and their ends
@@ -354,6 +359,10 @@ class Daemon:
         self._remember_ids()
         for done in self.drains.prune(self.runtime, time.time()):
             self._drain_ended(done)
+        if self.on_down_pending:
+            self._shut_down_sessions(weights)
+        for gone in [key for key in self.sessions_shut_down if key not in self.runtime.backends]:
+            del self.sessions_shut_down[gone]  # a backend added again later starts from 0
 
     def _unproven(self, key: Key) -> bool:
         """True while a checked backend is DOWN by initial_state "down" with no verdict yet."""
@@ -896,7 +905,58 @@ class Daemon:
         else:
             log.info("%s", line)
         rt.health = transition.new.value
+        if transition.new is Health.DOWN and self._on_down(key[0]) == "shutdown_sessions":
+            self.on_down_pending.setdefault(key, False)  # closed after the next publish
+        else:
+            self.on_down_pending.pop(key, None)
         self._publish_soon()
+
+    def _on_down(self, service: str) -> str:
+        """health.on_down of `service` ("keep" without health checks or such a service)."""
+        for svc in self.config.services:
+            if svc.name == service:
+                return svc.health.on_down if svc.health is not None else "keep"
+        return "keep"
+
+    def _shut_down_sessions(self, weights: Weights) -> None:
+        """health.on_down = "shutdown_sessions": reset the sessions of the backends that went
+        DOWN, right after the publish (just done) of the first table that gives them weight 0,
+        so that a client that reconnects at once cannot land on them again. A panic keeps DOWN
+        backends in rotation: their sessions stay (they would only come back to the same
+        backends) until a table without them, if they are still DOWN then. A backend that came
+        back UP, left the configuration or whose service now says "keep" is forgotten."""
+        ids = self.builder.backend_ids()
+        for key, panic_logged in list(self.on_down_pending.items()):
+            rt = self.runtime.backends.get(key)
+            if rt is None or rt.health != "down" or self._on_down(key[0]) != "shutdown_sessions":
+                del self.on_down_pending[key]
+                continue
+            service, address = key
+            if weights.weights.get(key, 0) > 0:  # DOWN and in rotation: a panic
+                if not panic_logged and service in weights.panic:
+                    log.warning('backend %s/%s: sessions kept (on_down = "shutdown_sessions"): '
+                                "service %s is in panic, DOWN backends stay in rotation; they "
+                                "are closed if it leaves rotation while still DOWN",
+                                service, address, service)
+                    self.on_down_pending[key] = True
+                continue
+            del self.on_down_pending[key]
+            bid = ids.get(key)
+            if bid is None:
+                continue
+            if not self._dp_supports("close_backend_sessions"):
+                log.warning('backend %s/%s: on_down = "shutdown_sessions", but this data plane '
+                            "cannot close sessions; they continue", service, address)
+                continue
+            try:
+                closed = int(self.dp.close_backend_sessions(bid, reason="backend_down"))
+            except (OSError, ValueError) as exc:
+                log.error('backend %s/%s: closing its sessions (on_down = "shutdown_sessions") '
+                          "failed: %s", service, address, _reason(exc))
+                continue
+            self.sessions_shut_down[key] = self.sessions_shut_down.get(key, 0) + closed
+            log.warning('backend %s/%s: closed %d %s (on_down = "shutdown_sessions")', service,
+                        address, closed, "session" if closed == 1 else "sessions")
 
     def probe_latencies(self) -> dict[Key, float] | None:
         """Last conclusive probe latency per checked backend (for metrics), None when nothing
@@ -950,6 +1010,8 @@ class Daemon:
                 armed = self.drains.pending.get((service.name, rt.address))
                 view.drain_deadline = armed.deadline if armed is not None else None
                 view.probe_latency = latencies.get((service.name, rt.address))
+                view.sessions_shut_down = self.sessions_shut_down.get((service.name, rt.address),
+                                                                      0)
                 views.append(view)
         return views
 

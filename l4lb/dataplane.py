@@ -74,13 +74,17 @@ class DataplaneAPI(Protocol):
            idle_timeout    idle for the service's idle_timeout_ms
            shutdown        still open at the stop() deadline, or closed by
                            close_backend_sessions() once stop() has begun
-           drain_timeout   closed by close_backend_sessions() (before any stop())
+           drain_timeout   closed by close_backend_sessions() (before any stop()): a drain's
+                           deadline
+           backend_down    closed by close_backend_sessions(reason="backend_down") (before any
+                           stop()): the health checks took the backend DOWN
            error           anything else (a local resource failure: no fd, no memory)
       udp  idle_timeout    no datagram either way for idle_timeout_ms
            responses       the service's `responses` count of backend datagrams was reached
            refused         an ICMP error (port unreachable, ...) on the flow's upstream socket
            moved           its backend went DOWN (or left the service); the next datagram
-                           opened a new flow
+                           opened a new flow; also a flow that close_backend_sessions(
+                           reason="backend_down") ended
            listener_gone   its listener was removed
            shutdown        ended by stop() (idle for 250 ms while stopping, or the deadline),
                            or by close_backend_sessions() once stop() has begun
@@ -125,14 +129,16 @@ class DataplaneAPI(Protocol):
     def flows(self) -> list[dict[str, Any]]:
         """Snapshot of the UDP flows (see the class docstring)."""
 
-    def close_backend_sessions(self, backend_id: int) -> int:
+    def close_backend_sessions(self, backend_id: int, reason: str = "drain_timeout") -> int:
         """Close every open TCP session whose current backend is backend_id (connecting,
         established or half-closed): reset both sides (SO_LINGER 0), free it, count it like
         any other close (conns_active goes down). End every UDP flow mapped to backend_id (the
         client's next datagram opens a new flow). Returns how many sessions + flows were
-        closed, summed over all workers, once every worker has done it. Closed sessions get
-        the close reason "drain_timeout". Unknown/unused id: 0. backend_id outside
-        0..65535: ValueError."""
+        closed, summed over all workers, once every worker has done it. `reason` is the close
+        reason they get: "drain_timeout" (a drain's deadline) or "backend_down" (the health
+        checks took the backend DOWN; UDP flows get "moved"); "shutdown" once stop() has
+        begun. Unknown/unused id: 0. backend_id outside 0..65535, or another reason:
+        ValueError."""
 
     def reset_counters(self, *, service_id: int | None = None,
                        backend_id: int | None = None) -> bool:
@@ -286,9 +292,19 @@ def congestion_control_name_ok(name: str) -> bool:
 
 CLOSE_REASONS_TCP = ("client_closed", "backend_closed", "client_reset", "backend_reset",
                      "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
-                     "drain_timeout", "error")
+                     "drain_timeout", "backend_down", "error")
 CLOSE_REASONS_UDP = ("idle_timeout", "responses", "refused", "moved", "listener_gone",
                      "shutdown", "drain_timeout", "error")
+
+
+CLOSE_BACKEND_REASONS = ("drain_timeout", "backend_down")  # what close_backend_sessions takes
+
+
+def check_close_backend_reason(reason: object) -> str:
+    """`reason` as close_backend_sessions() takes it (CLOSE_BACKEND_REASONS), else ValueError."""
+    if not isinstance(reason, str) or reason not in CLOSE_BACKEND_REASONS:
+        raise ValueError(f"reason {reason!r} is not one of {', '.join(CLOSE_BACKEND_REASONS)}")
+    return reason
 
 
 def reference_requested() -> bool:

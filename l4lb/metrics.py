@@ -297,6 +297,9 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
                                "Sessions open to the backend now.", labels=labels)
     failures = CounterMetricFamily("l4lb_backend_connect_failures",
                                    "Failed connects to the backend.", labels=labels)
+    shut_down = CounterMetricFamily("l4lb_backend_sessions_shut_down",
+                                    "Sessions reset because the backend went DOWN "
+                                    '(health.on_down = "shutdown_sessions").', labels=labels)
     nbytes = CounterMetricFamily("l4lb_backend_bytes", "Bytes relayed by the backend's sessions.",
                                  labels=[*labels, "direction"])
     up = GaugeMetricFamily("l4lb_backend_up", "1 if the backend's state is up, else 0.",
@@ -319,6 +322,7 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
         conns.add_metric(key, b.get("conns_total", 0))
         active.add_metric(key, b.get("conns_active", 0))
         failures.add_metric(key, b.get("connect_failures", 0))
+        shut_down.add_metric(key, b.get("sessions_shut_down", 0))
         nbytes.add_metric([*key, "to_backend"], b.get("bytes_to_backend", 0))
         nbytes.add_metric([*key, "to_client"], b.get("bytes_to_client", 0))
         now = b.get("state")
@@ -331,7 +335,7 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
         seconds = latency.get((key[0], key[1]))
         if seconds is not None:
             probe.add_metric(key, seconds)
-    yield from (conns, active, failures, nbytes, up, state, weight, effective, backup)
+    yield from (conns, active, failures, shut_down, nbytes, up, state, weight, effective, backup)
     if probe.samples:
         yield probe
 

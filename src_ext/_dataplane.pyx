@@ -55,7 +55,7 @@ cdef extern from "dp.h" nogil:
 import os as _os
 import socket as _socket
 
-from l4lb.dataplane import check_u32
+from l4lb.dataplane import check_close_backend_reason, check_u32
 
 cdef enum:
     _DP_ERRLEN = 256
@@ -64,7 +64,8 @@ _SESSION_STATES = ("connecting", "established", "half_closed")
 # enum dp_close_reason (dp.h), in its order
 _CLOSE_REASONS = ("client_closed", "backend_closed", "client_reset", "backend_reset",
                   "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
-                  "drain_timeout", "error", "responses", "refused", "moved", "listener_gone")
+                  "drain_timeout", "error", "responses", "refused", "moved", "listener_gone",
+                  "backend_down")
 _PROTOCOLS = ("tcp", "udp")
 if len(_CLOSE_REASONS) != <int>_core.DP_CLOSE_N:
     raise ImportError("l4lb._dataplane: _CLOSE_REASONS does not match enum dp_close_reason")
@@ -276,15 +277,18 @@ cdef class Dataplane:
             free(arr)
         return out
 
-    def close_backend_sessions(self, int backend_id):
+    def close_backend_sessions(self, int backend_id, reason="drain_timeout"):
         """Reset every open TCP session and end every UDP flow of backend_id, on every worker;
-        returns how many were closed (logged as "drain_timeout"; "shutdown" once stop() began)."""
+        returns how many were closed (logged with `reason`, "drain_timeout" or "backend_down",
+        a UDP flow's "backend_down" as "moved"; "shutdown" once stop() began)."""
         cdef uint64_t closed = 0
         cdef int rc
+        cdef int why
         if not 0 <= backend_id < _MAX_BACKENDS:
             raise ValueError(f"backend_id {backend_id} out of range 0..{_MAX_BACKENDS - 1}")
+        why = _CLOSE_REASONS.index(check_close_backend_reason(reason))
         with nogil:
-            rc = _core.dp_close_backend_sessions(self._dp, <uint32_t>backend_id, &closed)
+            rc = _core.dp_close_backend_sessions(self._dp, <uint32_t>backend_id, why, &closed)
         if rc:
             raise _dp_oserror(rc)
         return closed

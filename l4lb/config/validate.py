@@ -60,6 +60,7 @@ from l4lb.health.settings import (
     DEFAULT_SETTINGS,
     INITIAL_STATES,
     MAX_JITTER,
+    ON_DOWN,
     PROBE_KINDS,
     HealthSettings,
     HealthSettingsError,
@@ -117,6 +118,7 @@ HEALTH_KEYS = (
     "kind", "interval", "timeout", "rise", "fall", "start_period", "down_interval", "jitter",
     "port", "source", "send", "send_hex", "expect", "expect_regex", "initial_state", "max_fails",
     "fail_timeout", "min_healthy", "slow_start", "send_proxy",
+    "on_down",
 )
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -785,6 +787,10 @@ class _Checker:
                        "health check needs `port`, a TCP port of the backends to probe (UDP "
                        "probes are not built yet)", at_key=True,
                        position_of=(*scope.path, "health"))
+        if protocol == "udp" and isinstance(raw_health, dict) and "on_down" in raw_health:
+            self.error((*scope.path, "health", "on_down"), f"{scope.label('health.on_down')}: "
+                       'applies to protocol = "tcp" only; a UDP flow whose backend goes DOWN '
+                       'moves to another backend with its next datagram (close reason "moved")')
         udp_idle_timeout = self.read_duration(scope, table, "udp_idle_timeout",
                                               d.udp_idle_timeout, zero_ok=False)
         max_flows = self.read_int(scope, table, "max_flows", d.max_flows, 0, U32_MAX)
@@ -1028,6 +1034,7 @@ class _Checker:
                                             zero_ok=False),
             min_healthy=self.read_fraction(hs, table, "min_healthy", d.min_healthy, 1.0),
             slow_start=self.read_duration(hs, table, "slow_start", d.slow_start, zero_ok=True),
+            on_down=self.read_enum(hs, table, "on_down", d.on_down, ON_DOWN),
         )
         try:
             settings = HealthSettings(**values)

@@ -33,6 +33,11 @@ Why these defaults (the same numbers as HAProxy's, for the same reasons):
   stay in rotation ("panic"). 0 turns the guard off: with every backend DOWN, clients are refused.
 - slow_start 0 (off): a ramp only helps backends with cold caches and needs weights > 1 to have
   any steps; the operator who wants it knows it.
+- on_down "keep": a backend marked DOWN takes no new session, and the open ones go on (as with
+  HAProxy without `on-marked-down shutdown-sessions`): a failed check often means the checked
+  port or path failed while established sessions still work, and resetting them is a choice
+  only the operator can make. "shutdown_sessions" resets them once the table without the
+  backend is out (TCP services only; UDP flows move by themselves).
 """
 
 from __future__ import annotations
@@ -47,9 +52,11 @@ from l4lb.proxyproto import PROXY_VERSIONS, ProxyVersion
 
 ProbeKind = Literal["tcp", "send_expect", "syn"]
 InitialState = Literal["up", "down"]
+OnDown = Literal["keep", "shutdown_sessions"]
 
 PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect", "syn")
 INITIAL_STATES: tuple[InitialState, ...] = ("up", "down")
+ON_DOWN: tuple[OnDown, ...] = ("keep", "shutdown_sessions")
 
 MIN_INTERVAL = 0.01  # seconds; below this the checker would spend its time on one backend
 MAX_JITTER = 0.5  # fraction; more would let two consecutive probes nearly coincide
@@ -96,6 +103,8 @@ class HealthSettings:
     fail_timeout: float = 10.0  # passive: the sliding window in seconds
     min_healthy: float = 0.1  # below this fraction of UP backends the service panics; 0 = never
     slow_start: float = 0.0  # seconds over which a backend that came back ramps to its weight
+    on_down: OnDown = "keep"  # a backend marked DOWN: "keep" its open sessions, or
+    # "shutdown_sessions": reset them once the table without it is published (tcp only)
     # send_expect: the PROXY protocol header version probes send first (LOCAL / "PROXY UNKNOWN",
     # l4lb.proxyproto.local), "off" for none; the validator derives it from the service's
     # proxy_protocol and health.send_proxy
@@ -160,6 +169,8 @@ class HealthSettings:
         if self.initial_state not in INITIAL_STATES:
             out.append(f"health.initial_state: {self.initial_state!r} is not one of "
                        f"{', '.join(INITIAL_STATES)}")
+        if self.on_down not in ON_DOWN:
+            out.append(f"health.on_down: {self.on_down!r} is not one of {', '.join(ON_DOWN)}")
         out.extend(self._payload_problems())
         return out
 

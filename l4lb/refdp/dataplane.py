@@ -26,6 +26,7 @@ from l4lb.dataplane import (
     CC_NAME_MAX,
     SOCKBUF_MAX,
     SOCKBUF_MIN,
+    check_close_backend_reason,
     check_u32,
     congestion_control_name_ok,
 )
@@ -133,12 +134,14 @@ class Dataplane:
             found.extend(worker.call(worker.snapshot_flows))
         return found
 
-    def close_backend_sessions(self, backend_id: int) -> int:
+    def close_backend_sessions(self, backend_id: int, reason: str = "drain_timeout") -> int:
         """Reset every open session and end every UDP flow of backend_id on every worker;
-        returns how many were closed (logged as "drain_timeout")."""
+        returns how many were closed (logged with `reason`, "drain_timeout" or "backend_down",
+        a UDP flow's "backend_down" as "moved")."""
         if not 0 <= backend_id < MAX_BACKENDS:
             raise ValueError(f"backend_id {backend_id} out of range 0..{MAX_BACKENDS - 1}")
-        return sum(w.call(functools.partial(w.close_backend, backend_id))
+        why = check_close_backend_reason(reason)
+        return sum(w.call(functools.partial(w.close_backend, backend_id, why))
                    for w in self._workers)
 
     def reset_counters(self, *, service_id: int | None = None,

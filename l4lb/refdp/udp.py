@@ -384,8 +384,8 @@ class UdpRelay:
             self._end(flow, "shutdown")
 
     def close_backend(self, backend_id: int, reason: str = "drain_timeout") -> int:
-        """End every flow of backend_id (reason: "drain_timeout", or "shutdown" during a
-        stop); returns how many."""
+        """End every flow of backend_id (reason: "drain_timeout", "moved" for a backend gone
+        DOWN, or "shutdown" during a stop); returns how many."""
         doomed = [f for f in self.flows.values() if f.backend_id == backend_id]
         for flow in doomed:
             self._end(flow, reason)

@@ -35,7 +35,8 @@ are abandoned; nothing is counted but the close).
 Every end of a session goes through `_close_session(session, reset, reason)`, whose callers name
 the close reason (l4lb/dataplane.py); with the connection log on it queues one record in the
 worker's RecordQueue (l4lb.refdp.records), as do the refusals of steps 1 and 2 (no session, no
-backend). `close_backend(backend_id)` resets every session of one backend ("drain_timeout").
+backend). `close_backend(backend_id, reason)` resets every session of one backend
+("drain_timeout" or "backend_down").
 """
 
 from __future__ import annotations
@@ -246,14 +247,17 @@ class Worker:
         self.stopping = True
         self._at(deadline, self._expire_all)
 
-    def close_backend(self, backend_id: int) -> int:
+    def close_backend(self, backend_id: int, why: str = "drain_timeout") -> int:
         """Reset every session whose current backend is backend_id and end its UDP flows;
-        returns how many were closed. During a stop this cuts the drain short: "shutdown"."""
-        reason = "shutdown" if self.stopping else "drain_timeout"
+        returns how many were closed, logged as `why` ("drain_timeout" or "backend_down"; a
+        UDP flow's "backend_down" is "moved"). During a stop this cuts the drain short:
+        "shutdown"."""
+        reason = "shutdown" if self.stopping else why
         doomed = [s for s in self.sessions if s.backend_id == backend_id]
         for session in doomed:
             self._close_session(session, reset=True, reason=reason)
-        return len(doomed) + self.udp.close_backend(backend_id, reason)
+        flows = "moved" if reason == "backend_down" else reason
+        return len(doomed) + self.udp.close_backend(backend_id, flows)
 
     def counts_on(self, service: bool, ident: int) -> bool:
         """True while a session, flow or listener of this worker still counts on the id."""

@@ -63,8 +63,9 @@
  *
  * Close by backend. dp_close_backend_sessions() is a command to every worker at once
  * (dp_ask_all): each resets the TCP sessions and ends the UDP flows whose backend is the one
- * named, between two epoll batches, frees them, and answers with its count; the caller returns
- * the sum once every worker has answered. A worker that is not running holds nothing to close.
+ * named, between two epoll batches, frees them (logged with the caller's reason: a drain's
+ * deadline or a backend gone DOWN), and answers with its count; the caller returns the sum once
+ * every worker has answered. A worker that is not running holds nothing to close.
  *
  * Connection log. Off by default. dp_set_connection_log() gives each worker a bounded
  * single-producer / single-consumer ring of records (connlog_ring.c) and sets the worker's
@@ -407,8 +408,8 @@ static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
         c->rc = dp_worker_flows(w, &c->flows, &c->n_flows);
         break;
     case DP_CMD_CLOSE_BACKEND:
-        c->closed = relay_tcp_close_backend(w, (int32_t)c->backend_id) +
-                    relay_udp_close_backend(w, (int32_t)c->backend_id);
+        c->closed = relay_tcp_close_backend(w, (int32_t)c->backend_id, c->reason) +
+                    relay_udp_close_backend(w, (int32_t)c->backend_id, c->reason);
         c->rc = 0;
         break;
     case DP_CMD_CONNLOG:
@@ -1333,17 +1334,20 @@ int dp_internals(struct dp *dp, struct dp_internals *out)
     return 0;
 }
 
-int dp_close_backend_sessions(struct dp *dp, uint32_t backend_id, uint64_t *closed)
+int dp_close_backend_sessions(struct dp *dp, uint32_t backend_id, enum dp_close_reason reason,
+                              uint64_t *closed)
 {
     struct dp_cmd *cmds;
     uint32_t i;
 
     *closed = 0;
-    if (backend_id >= DP_MAX_BACKENDS)
+    if (backend_id >= DP_MAX_BACKENDS ||
+        (reason != DP_CLOSE_DRAIN_TIMEOUT && reason != DP_CLOSE_BACKEND_DOWN))
         return -EINVAL;
     /* a worker that is not running has no session and no flow: its copy stays at 0 */
     cmds = dp_ask_all(dp, &(struct dp_cmd){ .type = DP_CMD_CLOSE_BACKEND,
-                                            .backend_id = backend_id });
+                                            .backend_id = backend_id,
+                                            .reason = (uint8_t)reason });
     if (!cmds)
         return -ENOMEM;
     for (i = 0; i < dp->n_workers; i++)

@@ -132,13 +132,16 @@ enum dp_close_reason {
     DP_CLOSE_IDLE_TIMEOUT,         /* idle for the service's idle timeout */
     DP_CLOSE_SHUTDOWN,             /* closed by dp_stop() (tcp: at the deadline; udp: early
                                       idle end while stopping, or the deadline) */
-    DP_CLOSE_DRAIN_TIMEOUT,        /* closed by dp_close_backend_sessions() (SHUTDOWN
-                                      instead once dp_stop() has begun) */
+    DP_CLOSE_DRAIN_TIMEOUT,        /* closed by dp_close_backend_sessions() for a drain's
+                                      deadline (SHUTDOWN instead once dp_stop() has begun) */
     DP_CLOSE_ERROR,                /* anything else (a local resource failure, ...) */
     DP_CLOSE_RESPONSES,            /* udp: the service's `responses` count was reached */
     DP_CLOSE_REFUSED,              /* udp: an ICMP error on the upstream socket */
     DP_CLOSE_MOVED,                /* udp: the backend went DOWN (or left); the flow re-hashed */
     DP_CLOSE_LISTENER_GONE,        /* udp: the flow's listener was removed */
+    DP_CLOSE_BACKEND_DOWN,         /* tcp: closed by dp_close_backend_sessions() for a backend
+                                      the health checks took DOWN (SHUTDOWN instead once
+                                      dp_stop() has begun; a udp flow ends as MOVED) */
     DP_CLOSE_N
 };
 
@@ -249,9 +252,13 @@ int dp_internals(struct dp *dp, struct dp_internals *out);
 /* Close every open TCP session (connecting, established or half-closed) whose current backend
  * is backend_id, resetting both sides, and end every UDP flow of that backend; each worker does
  * it for its own before this returns. *closed gets the number closed. -EINVAL when backend_id
- * >= DP_MAX_BACKENDS. The closes are counted like any other and logged as
- * DP_CLOSE_DRAIN_TIMEOUT. */
-int dp_close_backend_sessions(struct dp *dp, uint32_t backend_id, uint64_t *closed);
+ * >= DP_MAX_BACKENDS or reason is neither DP_CLOSE_DRAIN_TIMEOUT (a drain's deadline) nor
+ * DP_CLOSE_BACKEND_DOWN (the health checks took the backend DOWN). The closes are counted like
+ * any other and logged with that reason (a UDP flow closed for BACKEND_DOWN as
+ * DP_CLOSE_MOVED: its client's next datagram opens a flow elsewhere), or as DP_CLOSE_SHUTDOWN
+ * once dp_stop() has begun. */
+int dp_close_backend_sessions(struct dp *dp, uint32_t backend_id, enum dp_close_reason reason,
+                              uint64_t *closed);
 /* Zero every counter of a service id (service != 0) or a backend id that has left the
  * forwarding table, so that the id can be given to a new service or backend that starts from 0.
  * -EBUSY (nothing changed) while the live table still has the id, a worker's session or UDP flow

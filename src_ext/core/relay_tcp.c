@@ -200,8 +200,9 @@
  * completes the pair is the second), a failed write blames the destination's side and a failed
  * read the source's (relay_pump's reset_dst / reset labels), the epoll error path the socket it
  * came from, the connect path rejected / no_backend / connect_failed, the timers idle_timeout,
- * stop shutdown, dp_close_backend_sessions() drain_timeout (shutdown once the worker is
- * stopping: a second signal cutting the drain short), local failures error. Clients
+ * stop shutdown, dp_close_backend_sessions() the reason its caller gives, drain_timeout or
+ * backend_down (shutdown once the worker is stopping: a second signal cutting the drain short),
+ * local failures error. Clients
  * refused before they had a session (no service, the service's max_connections, no slab slot)
  * are logged at that spot, with backend -1. When the log is off the whole cost is one
  * predictable branch on w->log_on per close; when it is on, relay_kill() fills one record in
@@ -1252,6 +1253,7 @@ void relay_tcp_close_all(struct dp_worker *w)
 struct relay_by_backend {
     struct dp_worker *w;           /* the worker */
     int32_t backend_id;            /* whose sessions to close */
+    uint8_t reason;                /* DP_CLOSE_DRAIN_TIMEOUT or DP_CLOSE_BACKEND_DOWN */
     uint64_t closed;               /* sessions closed so far */
 };
 
@@ -1263,13 +1265,13 @@ static void relay_kill_if_backend(struct ct_entry *e, void *arg)
     if (s->state == RELAY_DEAD || s->backend_id != b->backend_id)
         return;
     /* During a stop the close cuts the drain short (a second signal): that is a shutdown. */
-    relay_kill(b->w, s, 1, b->w->stopping ? DP_CLOSE_SHUTDOWN : DP_CLOSE_DRAIN_TIMEOUT);
+    relay_kill(b->w, s, 1, b->w->stopping ? DP_CLOSE_SHUTDOWN : b->reason);
     b->closed++;
 }
 
-uint64_t relay_tcp_close_backend(struct dp_worker *w, int32_t backend_id)
+uint64_t relay_tcp_close_backend(struct dp_worker *w, int32_t backend_id, uint8_t reason)
 {
-    struct relay_by_backend b = { .w = w, .backend_id = backend_id };
+    struct relay_by_backend b = { .w = w, .backend_id = backend_id, .reason = reason };
 
     ct_foreach(&w->ct, relay_kill_if_backend, &b);
     relay_tcp_reap(w); /* between batches: no event or ready entry points at them any more */

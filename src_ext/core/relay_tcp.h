@@ -212,6 +212,8 @@ struct dp_cmd {
     size_t n_flows;                /* FLOWS: its length */
     struct dp_internals *internals;/* INTERNALS: accumulated into by the worker */
     uint32_t backend_id;           /* CLOSE_BACKEND: whose sessions and flows to close */
+    uint8_t reason;                /* CLOSE_BACKEND: why (enum dp_close_reason):
+                                      DP_CLOSE_DRAIN_TIMEOUT or DP_CLOSE_BACKEND_DOWN */
     uint64_t closed;               /* CLOSE_BACKEND: how many the worker closed */
     int log_on;                    /* CONNLOG: record closes from now on (1) or not (0) */
     struct connlog_ring *ring;     /* CONNLOG: a new ring to use (NULL: keep the current one);
@@ -412,7 +414,7 @@ void relay_tcp_reap(struct dp_worker *w);
 void relay_tcp_close_all(struct dp_worker *w);
 void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out);
 void relay_tcp_pause_listeners(struct dp_worker *w);
-uint64_t relay_tcp_close_backend(struct dp_worker *w, int32_t backend_id);
+uint64_t relay_tcp_close_backend(struct dp_worker *w, int32_t backend_id, uint8_t reason);
 
 /* relay_tcp.c, shared with relay_udp.c: fill ss with backend b's address; returns its length. */
 socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss);

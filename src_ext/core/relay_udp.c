@@ -152,7 +152,8 @@
  * (an ICMP error read or met by a send; counted as the backend's connect_failure), moved (DOWN
  * backend), listener_gone, shutdown (the stop's early idle end, or its deadline), drain_timeout
  * (relay_udp_close_backend, a worker command between batches: it flushes the pending replies,
- * ends every flow of the backend and frees them; the client's next datagram opens a new flow).
+ * ends every flow of the backend and frees them; the client's next datagram opens a new flow;
+ * asked for a backend gone DOWN, that is moved).
  * The reason is stored in the flow; relay_udp_reap(), the one place flows are freed (after the
  * pending replies went out, so bytes_to_client is final), fills one record in place in the
  * worker's ring when the log is on; off, the cost is one predictable branch. A datagram that could not open a flow (max_flows, no
@@ -1286,6 +1287,7 @@ void relay_udp_listener_gone(struct dp_worker *w, struct dp_listener *l)
 struct udp_by_backend {
     struct dp_worker *w;           /* the worker */
     int32_t backend_id;            /* whose flows to end */
+    uint8_t reason;                /* DP_CLOSE_DRAIN_TIMEOUT or DP_CLOSE_MOVED */
     uint64_t closed;               /* flows ended so far */
 };
 
@@ -1296,13 +1298,16 @@ static void udp_end_if_backend(struct ct_entry *e, void *arg)
 
     if (f->dead || f->backend_id != b->backend_id)
         return;
-    udp_flow_end(b->w, f, b->w->stopping ? DP_CLOSE_SHUTDOWN : DP_CLOSE_DRAIN_TIMEOUT);
+    udp_flow_end(b->w, f, b->w->stopping ? DP_CLOSE_SHUTDOWN : b->reason);
     b->closed++;
 }
 
-uint64_t relay_udp_close_backend(struct dp_worker *w, int32_t backend_id)
+uint64_t relay_udp_close_backend(struct dp_worker *w, int32_t backend_id, uint8_t reason)
 {
-    struct udp_by_backend b = { .w = w, .backend_id = backend_id };
+    /* a flow of a backend gone DOWN moves: the client's next datagram opens one elsewhere */
+    struct udp_by_backend b = { .w = w, .backend_id = backend_id,
+                                .reason = reason == DP_CLOSE_BACKEND_DOWN ? DP_CLOSE_MOVED
+                                                                          : reason };
 
     relay_udp_flush(w); /* no pending reply may point at a flow freed below */
     ct_foreach(&w->uct, udp_end_if_backend, &b);

@@ -150,7 +150,7 @@ cdef extern from "dp.h" nogil:
     int dp_udp_gso_supported()
     int dp_udp_gro_supported()
     int dp_internals(dp *d, dp_internals_s *out)
-    int dp_close_backend_sessions(dp *d, uint32_t backend_id, uint64_t *closed)
+    int dp_close_backend_sessions(dp *d, uint32_t backend_id, int reason, uint64_t *closed)
     int dp_reset_counters(dp *d, int service, uint32_t id)
     int dp_set_connection_log(dp *d, int enabled, uint32_t capacity)
     int dp_closed_sessions(dp *d, size_t max, dp_conn_record **out, size_t *n)

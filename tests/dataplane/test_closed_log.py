@@ -238,6 +238,43 @@ def test_drain_timeout(make_lb: MakeLB, servers: Servers) -> None:
         "drain_timeout", lb.backend_id("echo"), 42)
 
 
+def test_backend_down(make_lb: MakeLB, servers: Servers) -> None:
+    """close_backend_sessions(reason="backend_down") (health.on_down): that reason, not
+    drain_timeout; a UDP flow it ends has "moved" (its next datagram opens one elsewhere)."""
+    udp = servers.udp("u", "echo")
+    lb = logged_lb(make_lb, [echo_service(servers),
+                             ServiceSpec(2, (BackendSpec("u", HOST, udp.port),), protocol="udp",
+                                         idle_timeout_ms=30_000)])
+    with connect(lb.addr()) as client, udp_socket(HOST) as sock:
+        me = client.getsockname()
+        client.sendall(b"k" * 17)
+        assert recv_exact(client, 17) == b"k" * 17
+        assert udp_ask(sock, lb.addr(2), b"flow")[0] == b"flow"
+        assert lb.dp.close_backend_sessions(lb.backend_id("echo"), reason="backend_down") == 1
+        assert closed_within(client, 2.0) == "reset"
+        record = one(lb, me)
+        assert lb.dp.close_backend_sessions(lb.backend_id("u"), "backend_down") == 1
+        flow = one(lb, sock.getsockname())
+    assert (record["protocol"], record["reason"], record["backend_id"],
+            record["bytes_to_backend"], record["bytes_to_client"]) == (
+        "tcp", "backend_down", lb.backend_id("echo"), 17, 17)
+    assert (flow["protocol"], flow["reason"], flow["backend_id"]) == (
+        "udp", "moved", lb.backend_id("u"))
+
+
+def test_close_backend_takes_two_reasons(dp_impl: type[Any]) -> None:
+    dp = dp_impl(1)
+    try:
+        dp.start()
+        assert dp.close_backend_sessions(0, reason="drain_timeout") == 0
+        assert dp.close_backend_sessions(0, reason="backend_down") == 0
+        for bad in ("shutdown", "moved", "", "BACKEND_DOWN", None, 10):
+            with pytest.raises(ValueError, match="reason"):
+                dp.close_backend_sessions(0, reason=bad)
+    finally:
+        dp.stop(0)
+
+
 def test_udp_idle_expiry_and_responses(make_lb: MakeLB, servers: Servers) -> None:
     echo = servers.udp("echo", "echo")
     lb = logged_lb(make_lb, [
@@ -333,7 +370,7 @@ def test_api_checks_and_log_before_start(dp_impl: type[Any]) -> None:
 
 def test_every_reason_is_documented() -> None:
     """The strings the data planes may produce are the ones l4lb.dataplane lists."""
-    assert len(set(CLOSE_REASONS_TCP)) == 11 and len(set(CLOSE_REASONS_UDP)) == 8
+    assert len(set(CLOSE_REASONS_TCP)) == 12 and len(set(CLOSE_REASONS_UDP)) == 8
     if reference_requested():
         return
     from l4lb import _dataplane
@@ -488,7 +525,8 @@ int main(void)
     for (long i = 0; i < 4; i++)
         pthread_create(&ct[i], NULL, client_main, (void *)i);
     while (atomic_load(&clients_done) < 4) {
-        if (dp_close_backend_sessions(g_dp, 0, &closed) || dp_stats(g_dp, st))
+        if (dp_close_backend_sessions(g_dp, 0, DP_CLOSE_DRAIN_TIMEOUT, &closed) ||
+            dp_stats(g_dp, st))
             atomic_fetch_add(&bad, 1);
         atomic_fetch_add(&drained, closed);
         usleep(2000);

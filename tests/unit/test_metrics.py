@@ -89,6 +89,7 @@ def test_every_metric_has_its_type_and_help() -> None:
         "l4lb_service_bytes": "counter", "l4lb_service_backends": "gauge",
         "l4lb_backend_connections": "counter", "l4lb_backend_connections_active": "gauge",
         "l4lb_backend_connect_failures": "counter", "l4lb_backend_bytes": "counter",
+        "l4lb_backend_sessions_shut_down": "counter",
         "l4lb_backend_up": "gauge", "l4lb_backend_state": "gauge",
         "l4lb_backend_weight": "gauge", "l4lb_backend_effective_weight": "gauge",
         "l4lb_backend_backup": "gauge",

@@ -1,0 +1,258 @@
+"""health.on_down = "shutdown_sessions" in the daemon, against a fake data plane: the sessions of
+a backend that goes DOWN (probes or max_fails) are closed with reason "backend_down" right after
+the publish of the first table that gives it weight 0, not before; not during a panic (until a
+table takes it out while still DOWN); not with the default "keep"; and the count reaches the
+status and the metrics. No sockets, no sleeping: the coalesced publish runs on a real loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from l4lb.config import load_file
+from l4lb.daemon import Daemon
+from l4lb.health.checker import HealthChecker
+from l4lb.health.dampener import Health, Transition
+from l4lb.metrics import Exporter
+from l4lb.state import Runtime
+from l4lb.table.blob import parse
+
+from .test_metrics import scrape
+
+B1, B2, B3 = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
+
+
+class FakeDataplane:
+    """publish, stats and close_backend_sessions; each close records what the live table (the
+    last blob published) gave that backend at that moment."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.blob = b""
+        self.active: dict[int, int] = {}  # backend id -> open TCP sessions
+        self.failures: dict[int, int] = {}  # backend id -> connect failures
+        self.closes: list[tuple[int, str, int, int]] = []  # (id, reason, live weight, gen)
+
+    def publish(self, blob: bytes) -> int:
+        self.blob = blob
+        self.generation += 1
+        return self.generation
+
+    def live_weight(self, backend_id: int) -> int:
+        found = [b.weight for b in parse(self.blob).backends if b.backend_id == backend_id]
+        assert len(found) == 1
+        return found[0]
+
+    def stats(self) -> dict[str, Any]:
+        ids = set(self.active) | set(self.failures)
+        return {"generation": self.generation, "services": {}, "connlog_dropped": 0,
+                "backends": {bid: {"conns_active": self.active.get(bid, 0),
+                                   "connect_failures": self.failures.get(bid, 0)}
+                             for bid in ids}}
+
+    def close_backend_sessions(self, backend_id: int, reason: str = "drain_timeout") -> int:
+        self.closes.append((backend_id, reason, self.live_weight(backend_id), self.generation))
+        return self.active.pop(backend_id, 0)
+
+    def stop(self, timeout: float) -> None:
+        pass
+
+
+def config(on_down: str = "", min_healthy: float = 0.1, extra: str = "") -> str:
+    line = f'on_down = "{on_down}"' if on_down else ""
+    return f"""\
+[global]
+control_socket = "{{dir}}/l4lb.sock"
+
+[[services]]
+name = "web"
+listen = ["127.0.0.1:18080"]
+
+  [services.health]
+  min_healthy = {min_healthy}
+  {line}
+  {extra}
+
+  [[services.backends]]
+  address = "{B1}"
+
+  [[services.backends]]
+  address = "{B2}"
+
+  [[services.backends]]
+  address = "{B3}"
+"""
+
+
+def make_daemon(tmp_path: Path, text: str) -> tuple[Daemon, FakeDataplane]:
+    path = tmp_path / "l4lb.toml"
+    path.write_text(text.format(dir=tmp_path))
+    daemon = Daemon(load_file(str(path)))
+    dp = FakeDataplane()
+    daemon.dp = dp
+    daemon.file_config = daemon.config
+    daemon.runtime = Runtime.from_config(daemon.config)
+    daemon._publish()
+    return daemon, dp
+
+
+def bid(daemon: Daemon, address: str) -> int:
+    return daemon.builder.backend_ids()[("web", address)]
+
+
+def went(new: Health) -> Transition:
+    old = Health.UP if new is Health.DOWN else Health.DOWN
+    return Transition(old, new, "connect refused (3/3 probes failed)", 0.0)
+
+
+async def settle(daemon: Daemon) -> None:
+    """Let the loop run the coalesced publish."""
+    for _ in range(100):
+        if daemon.publish_handle is None:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the publish never ran")
+
+
+def transitions(daemon: Daemon, *changes: tuple[str, Health]) -> tuple[int, int]:
+    """Apply the changes in one burst on a loop; returns (closes before the publish ran,
+    generation before it)."""
+    dp: FakeDataplane = daemon.dp
+
+    async def go() -> tuple[int, int]:
+        for address, new in changes:
+            daemon._on_transition(("web", address), went(new))
+        before = (len(dp.closes), dp.generation)
+        await settle(daemon)
+        return before
+
+    return asyncio.run(go())
+
+
+def shut_down_count(daemon: Daemon, address: str) -> int:
+    views = {v["address"]: v for v in daemon.cmd_backends("web")}
+    count: int = views[address]["sessions_shut_down"]
+    return count
+
+
+def test_down_closes_its_sessions_right_after_the_table_without_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    daemon, dp = make_daemon(tmp_path, config("shutdown_sessions"))
+    b2 = bid(daemon, B2)
+    dp.active = {b2: 12, bid(daemon, B1): 3}
+    assert dp.live_weight(b2) == 1
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        closes_before, gen_before = transitions(daemon, (B2, Health.DOWN))
+    assert closes_before == 0  # nothing closed before the new table is out
+    # one close, for that backend, with the reason, after the publish that took it out
+    assert dp.closes == [(b2, "backend_down", 0, gen_before + 1)]
+    assert dp.active == {bid(daemon, B1): 3}
+    messages = caplog.messages
+    closed = f'backend web/{B2}: closed 12 sessions (on_down = "shutdown_sessions")'
+    assert closed in messages
+    published = [i for i, m in enumerate(messages) if m.startswith("table: generation")]
+    assert published and published[-1] < messages.index(closed)
+    assert shut_down_count(daemon, B2) == 12 and shut_down_count(daemon, B1) == 0
+    status = daemon.cmd_status()
+    assert [b["sessions_shut_down"] for b in status["services"][0]["backends"]] == [0, 12, 0]
+    fams = scrape(Exporter(lambda: status, process=False))
+    got = {tuple(sorted(s.labels.items())): s.value
+           for s in fams["l4lb_backend_sessions_shut_down"].samples}
+    assert got[(("backend", B2), ("name", B2), ("service", "web"))] == 12
+
+    daemon._publish()  # later publishes close nothing more
+    transitions(daemon, (B2, Health.UP))
+    assert len(dp.closes) == 1
+    dp.active[b2] = 1  # DOWN again: closed again, counted on top
+    transitions(daemon, (B2, Health.DOWN))
+    assert [c[:3] for c in dp.closes] == [(b2, "backend_down", 0)] * 2
+    assert shut_down_count(daemon, B2) == 13
+    assert f'backend web/{B2}: closed 1 session (on_down = "shutdown_sessions")' \
+        in caplog.messages
+
+
+def test_the_default_keeps_the_sessions(tmp_path: Path) -> None:
+    for text in (config(), config("keep")):
+        daemon, dp = make_daemon(tmp_path, text)
+        dp.active = {bid(daemon, B2): 4}
+        transitions(daemon, (B2, Health.DOWN))
+        assert dp.live_weight(bid(daemon, B2)) == 0  # out of rotation, sessions untouched
+        assert dp.closes == [] and dp.active == {bid(daemon, B2): 4}
+        health = daemon.config.services[0].health
+        assert health is not None and health.on_down == "keep"
+        assert shut_down_count(daemon, B2) == 0
+
+
+def test_back_up_before_the_publish_closes_nothing(tmp_path: Path) -> None:
+    daemon, dp = make_daemon(tmp_path, config("shutdown_sessions"))
+    dp.active = {bid(daemon, B2): 2}
+    transitions(daemon, (B2, Health.DOWN), (B2, Health.UP))
+    assert dp.closes == [] and not daemon.on_down_pending
+
+
+def test_several_at_once_make_one_table_then_one_close_each(tmp_path: Path) -> None:
+    daemon, dp = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    gen = dp.generation
+    transitions(daemon, (B1, Health.DOWN), (B3, Health.DOWN))
+    assert dp.generation == gen + 1
+    assert sorted(c[0] for c in dp.closes) == sorted([bid(daemon, B1), bid(daemon, B3)])
+    assert {c[1:] for c in dp.closes} == {("backend_down", 0, gen + 1)}
+
+
+def test_panic_keeps_them_until_a_table_takes_the_backend_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 3 backends, min_healthy 0.5: one DOWN is fine, two DOWN is a panic (1 < 1.5 UP)
+    daemon, dp = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.5))
+    b2, b3 = bid(daemon, B2), bid(daemon, B3)
+    dp.active = {b2: 5, b3: 7}
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        transitions(daemon, (B2, Health.DOWN), (B3, Health.DOWN))
+        assert daemon.cmd_status()["services"][0]["panic"] is not None
+        assert dp.live_weight(b2) == dp.live_weight(b3) == 1  # still in rotation
+        assert dp.closes == []
+        kept = [m for m in caplog.messages if "sessions kept" in m]
+        assert sorted(kept) == sorted(
+            f'backend web/{b}: sessions kept (on_down = "shutdown_sessions"): service web is '
+            "in panic, DOWN backends stay in rotation; they are closed if it leaves rotation "
+            "while still DOWN" for b in (B2, B3))
+        daemon._publish()
+        assert len([m for m in caplog.messages if "sessions kept" in m]) == 2  # said once
+        transitions(daemon, (B2, Health.UP))  # the panic ends; B3 leaves rotation, still DOWN
+    assert daemon.cmd_status()["services"][0]["panic"] is None
+    assert dp.closes == [(b3, "backend_down", 0, dp.generation)]
+    assert dp.active == {b2: 5}
+    assert not daemon.on_down_pending
+
+
+def test_a_reload_to_keep_forgets_a_pending_close(tmp_path: Path) -> None:
+    daemon, dp = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.5))
+    dp.active = {bid(daemon, B2): 1, bid(daemon, B3): 1}
+    transitions(daemon, (B2, Health.DOWN), (B3, Health.DOWN))  # panic: pending
+    assert set(daemon.on_down_pending) == {("web", B2), ("web", B3)}
+    (tmp_path / "l4lb.toml").write_text(config("keep", min_healthy=0.0).format(dir=tmp_path))
+    daemon.reload()
+    assert dp.closes == [] and not daemon.on_down_pending
+
+
+def test_passive_failures_take_it_down_and_close_too(tmp_path: Path) -> None:
+    daemon, dp = make_daemon(tmp_path, config("shutdown_sessions", extra="max_fails = 3"))
+    b2 = bid(daemon, B2)
+    dp.active = {b2: 2}
+
+    async def go() -> None:
+        daemon.checker = HealthChecker(daemon._on_transition)
+        daemon._sync_health()
+        daemon.feed_passive_failures()  # the baseline
+        dp.failures[b2] = 3
+        daemon.feed_passive_failures()
+        assert daemon.runtime.backends[("web", B2)].health == "down"
+        assert dp.closes == []
+        await settle(daemon)
+        daemon.checker.stop()
+
+    asyncio.run(go())
+    assert dp.closes == [(b2, "backend_down", 0, dp.generation)]
