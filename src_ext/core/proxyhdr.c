@@ -100,6 +100,19 @@ static char *pp_put_v6(char *p, const uint8_t *a)
     return p;
 }
 
+/* A version 2 header without addresses (AF_UNSPEC): command 0x20 LOCAL or 0x21 PROXY. */
+static int pp_v2_unspec(uint8_t *out, size_t cap, uint8_t command)
+{
+    if (cap < 16)
+        return -ENOSPC;
+    memcpy(out, pp_v2_sig, 12);
+    out[12] = command;
+    out[13] = 0x00; /* AF_UNSPEC */
+    out[14] = 0;
+    out[15] = 0;
+    return 16;
+}
+
 int pp_build_local(uint8_t *out, size_t cap, int version)
 {
     static const char v1[] = "PROXY UNKNOWN\r\n";
@@ -112,14 +125,7 @@ int pp_build_local(uint8_t *out, size_t cap, int version)
     }
     if (version != 2)
         return -EINVAL;
-    if (cap < 16)
-        return -ENOSPC;
-    memcpy(out, pp_v2_sig, 12);
-    out[12] = 0x20; /* version 2, LOCAL */
-    out[13] = 0x00; /* AF_UNSPEC */
-    out[14] = 0;
-    out[15] = 0;
-    return 16;
+    return pp_v2_unspec(out, cap, 0x20); /* version 2, LOCAL */
 }
 
 int pp_build(uint8_t *out, size_t cap, int version, int family, const uint8_t *src,
@@ -141,14 +147,7 @@ int pp_build(uint8_t *out, size_t cap, int version, int family, const uint8_t *s
         /* one IPv4 and one IPv6 address: not expressible as a pair of one family */
         if (version == 1)
             return pp_build_local(out, cap, 1); /* "PROXY UNKNOWN" */
-        if (cap < 16)
-            return -ENOSPC;
-        memcpy(out, pp_v2_sig, 12);
-        out[12] = 0x21; /* version 2, PROXY */
-        out[13] = 0x00; /* AF_UNSPEC */
-        out[14] = 0;
-        out[15] = 0;
-        return 16;
+        return pp_v2_unspec(out, cap, 0x21);    /* version 2, PROXY, no addresses */
     }
     if (version == 2) {
         alen = family == 4 ? 4 : 16;

@@ -8,6 +8,8 @@
   sockets with large buffers and IP_PKTINFO / IPV6_RECVPKTINFO when the address is a wildcard),
   publishes a table built from ServiceSpecs, and always stops the data plane and closes the
   listeners afterwards.
+- `fo_ns` / `fo_make_lb`: the test's thread (and a make_lb data plane) in a private network
+  namespace with net.ipv4.tcp_fastopen = 3 (fast_open_env.private_netns); root only.
 - `no_leaks` (autouse): after a test and its fixtures are gone, no new thread and no new fd
   may remain.
 """
@@ -33,6 +35,7 @@ from .backends import (
     raise_buffers,
 )
 from .clients import wait_for
+from .fast_open_env import private_netns
 from .tables import BuiltTable, ServiceSpec, build_table
 
 SVC = 1  # service id used by tests with a single service
@@ -266,3 +269,18 @@ def make_lb(dp_impl: type[Any], servers: Servers) -> Iterator[MakeLB]:
     yield make
     for lb in made:
         lb.close()
+
+
+@pytest.fixture
+def fo_ns() -> Iterator[None]:
+    """This test's thread in a private namespace with net.ipv4.tcp_fastopen = 3."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a network namespace)")
+    with private_netns(3):
+        yield
+
+
+@pytest.fixture
+def fo_make_lb(fo_ns: None, make_lb: MakeLB) -> MakeLB:
+    """make_lb, created inside fo_ns (so the data plane's threads and sockets live there)."""
+    return make_lb

@@ -11,15 +11,15 @@ what it received per connection.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import socket
 import struct
-import threading
 from dataclasses import dataclass
 
+from .fast_open_env import FoBackend
+
 V2_SIG = bytes([0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A])
-GREETING = b"220 ready\r\n"
+GREETING = b"220 ready\r\n"  # what a "greet" backend sends once it has read the header
 
 
 class HeaderError(ValueError):
@@ -121,53 +121,24 @@ class Conn:
     payload: bytes
 
 
-class ProxyBackend:
+class ProxyBackend(FoBackend):
     """A loopback TCP backend expecting PROXY protocol `version` on every connection.
 
     mode "echo": echo what follows the header, close after the client's FIN; "greet": send
     GREETING once the header is read (a server-speaks-first protocol that waits for the
     header, as Postfix does), then echo. A connection whose header does not parse is closed at
-    once, and the error kept."""
+    once, and the error kept. Accepting and closing are FoBackend's (fast_open_env.py)."""
 
     def __init__(self, version: int, mode: str = "echo", host: str = "127.0.0.1",
                  fastopen: bool = False) -> None:
         self.version = version
-        self.mode = mode
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        if fastopen:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 64)
-        self.sock.bind((host, 0))
-        self.sock.listen(64)
-        self.addr: tuple[str, int] = self.sock.getsockname()[:2]
-        self._lock = threading.Lock()
-        self._done: list[Conn] = []
-        self._conns: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._closing = False
-        self._acceptor = threading.Thread(target=self._accept_loop, name="pp-backend",
-                                          daemon=True)
-        self._acceptor.start()
+        self._done: list[Conn] = []  # set before the acceptor thread starts
+        super().__init__(mode, fastopen=fastopen, host=host)
 
     def done(self) -> list[Conn]:
         """The finished connections, in the order they finished."""
         with self._lock:
             return list(self._done)
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                if self._closing:
-                    conn.close()
-                    return
-                self._conns.append(conn)
-                thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-                self._threads.append(thread)
-            thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
         header: Header | None = None
@@ -193,17 +164,3 @@ class ProxyBackend:
                 self._done.append(Conn(header, error, b"".join(got)))
                 self._conns.remove(conn)
             conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            conns = list(self._conns)
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self._acceptor.join(5.0)
-        self.sock.close()
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
-            thread.join(5.0)

@@ -31,21 +31,6 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a network 
 
 
 @pytest.fixture
-def fo_ns() -> Iterator[None]:
-    """This test's thread in a private namespace with net.ipv4.tcp_fastopen = 3."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (a network namespace)")
-    with private_netns(3):
-        yield
-
-
-@pytest.fixture
-def fo_make_lb(fo_ns: None, make_lb: MakeLB) -> MakeLB:
-    """make_lb, created inside fo_ns (so the data plane's threads and sockets live there)."""
-    return make_lb
-
-
-@pytest.fixture
 def backends(fo_ns: None) -> Iterator[list[FoBackend]]:
     """FoBackends a test starts (append them); all closed afterwards, inside fo_ns."""
     owned: list[FoBackend] = []

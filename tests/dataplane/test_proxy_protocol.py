@@ -8,7 +8,6 @@ with l4lb.proxyproto.build. The fast-open tests run in a private network namespa
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from l4lb import proxyproto
 
 from .clients import connect, read_to_end, recv_exact, wait_for
 from .conftest import LB, SVC, MakeLB, Servers
-from .fast_open_env import FoBackend, private_netns, tcp_ext
+from .fast_open_env import FoBackend, tcp_ext
 from .proxy_backend import GREETING, Conn, ProxyBackend
 from .tables import BackendSpec, ServiceSpec
 
@@ -206,20 +205,6 @@ def test_server_speaks_first(make_lb: MakeLB, pp_backends: list[ProxyBackend],
 
 
 # --- with TCP Fast Open towards the backends ------------------------------------------------
-
-@pytest.fixture
-def fo_ns() -> Iterator[None]:
-    """This test's thread in a private namespace with net.ipv4.tcp_fastopen = 3."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (a network namespace)")
-    with private_netns(3):
-        yield
-
-
-@pytest.fixture
-def fo_make_lb(fo_ns: None, make_lb: MakeLB) -> MakeLB:
-    return make_lb
-
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_fast_open_syn_leads_with_the_header(fo_make_lb: MakeLB,
