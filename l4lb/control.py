@@ -12,7 +12,8 @@ command that waits for something does not hold the loop. An exception of type Co
 
 Design: the server must never hold the event loop (VRRP adverts run on it every 100 ms or so)
 and must not be exhausted by one client. So it yields to the loop after every request (a
-pipelining client cannot keep it), serves at most MAX_CONNECTIONS connections, closes one that
+pipelining client cannot keep it), serves at most MAX_CONNECTIONS connections (fewer under a
+small descriptor limit: cap_for()), closes one that
 sends no request line for IDLE_TIMEOUT or leaves a reply unread for WRITE_TIMEOUT, and never
 replaces a socket file that a live (possibly stalled) daemon may still own, nor removes at exit
 a file that is no longer its own. install_loop_exception_handler() keeps accept() failures at
@@ -40,6 +41,19 @@ log = logging.getLogger("l4lb")
 MAX_REQUEST = 65536  # bytes per request line
 MAX_UNIX_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 MAX_CONNECTIONS = 64  # control connections served at once; more get one error line
+MIN_CONNECTIONS = 4  # the fewest cap_for() gives, however small the descriptor share
+
+
+def cap_for(fd_share: int | None) -> int:
+    """Control connections served at once in a control plane that keeps `fd_share`
+    descriptors for itself (the top of the limit, above the data plane's ceiling:
+    daemon.fd_ceiling()); None: no ceiling, MAX_CONNECTIONS. An eighth of the share, at least
+    MIN_CONNECTIONS and at most MAX_CONNECTIONS: with the metrics listener's half
+    (httpserver.caps_for()) that leaves at least three eighths to the health probes, the logs
+    and a reload (the least share the ceiling keeps, 32, gives 4)."""
+    if fd_share is None:
+        return MAX_CONNECTIONS
+    return min(MAX_CONNECTIONS, max(MIN_CONNECTIONS, fd_share // 8))
 IDLE_TIMEOUT = 60.0  # seconds a connection may take to send its next whole request line
 WRITE_TIMEOUT = 10.0  # seconds a client may take to read a reply before it is dropped
 STALE_CHECK_TIMEOUT = 0.5  # seconds to wait for a daemon at an existing socket path
@@ -56,9 +70,12 @@ Handler = Callable[..., Any]
 class ControlServer:
     """Serves registered commands on a unix socket."""
 
-    def __init__(self, path: str, commands: dict[str, Handler]) -> None:
+    def __init__(self, path: str, commands: dict[str, Handler],
+                 max_connections: int | None = None) -> None:
         self.path = path  # where the socket is bound
         self.commands = commands  # command name -> handler (plain or coroutine function)
+        self.max_connections = max_connections  # served at once (cap_for()); None:
+        #                                          MAX_CONNECTIONS, read at each connection
         self.server: asyncio.AbstractServer | None = None  # set by start()
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we bound
         self._clients: set[asyncio.Task[Any]] = set()  # connections being served
@@ -141,8 +158,9 @@ class ControlServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is None or len(self._clients) >= MAX_CONNECTIONS:
-            message = f"too many control connections ({MAX_CONNECTIONS})"
+        cap = MAX_CONNECTIONS if self.max_connections is None else self.max_connections
+        if task is None or len(self._clients) >= cap:
+            message = f"too many control connections ({cap})"
             if not self._refusals_logged:  # once per episode at the cap, not per connection
                 self._refusals_logged = True
                 log.warning("control: %s: refusing connections until one ends", message)

@@ -56,6 +56,7 @@ from l4lb.config.model import Backend, Config, Service
 from l4lb.config.validate import U32_MAX, validate
 from l4lb.connlog import ConnLogWriter, RecordError
 from l4lb.control import ControlError, ControlServer, install_loop_exception_handler
+from l4lb.control import cap_for as control_cap_for
 from l4lb.dataplane import load_dataplane_class
 from l4lb.health.checker import HealthChecker
 from l4lb.health.dampener import Health, Transition, transition_log_line
@@ -2022,8 +2023,12 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
 
     control: ControlServer | None = None
     if control_path:
-        control = ControlServer(control_path, daemon.commands())
+        control_cap = control_cap_for(daemon.fd_share())
+        control = ControlServer(control_path, daemon.commands(), max_connections=control_cap)
         await control.start()
+        if control_cap != control_cap_for(None):
+            log.info("control: at most %d connections served at once: an eighth of the %d file "
+                     "descriptors kept for the control plane", control_cap, daemon.fd_share())
     http: HttpServer | None = None
     if daemon.config.metrics_listen is not None:
         try:

@@ -309,3 +309,4 @@ def test_a_scrape_flood_leaves_the_control_plane_its_descriptors(tmp_path: Path)
     err = proc.stderr.read().decode() if proc.stderr else ""
     assert ("metrics: at most 8 connections served at once (2 from one address, 4 from one "
             "IPv6 /64)") in err
+    assert "control: at most 4 connections served at once: an eighth of the 32 file " in err

@@ -198,13 +198,17 @@ def test_close_removes_its_own_socket(tmp_path: Path) -> None:
 
 # -- item 3: caps and timeouts -------------------------------------------------------------
 
+@pytest.mark.parametrize("how", ["constant", "argument"])
 def test_connections_beyond_the_cap_get_one_error_line(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(control, "MAX_CONNECTIONS", 2)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        how: str) -> None:
+    if how == "constant":
+        monkeypatch.setattr(control, "MAX_CONNECTIONS", 2)
     path = str(tmp_path / "ctl.sock")
 
     async def scenario() -> tuple[bytes, bytes]:
-        server = ControlServer(path, {"ping": lambda: "pong"})
+        server = ControlServer(path, {"ping": lambda: "pong"},
+                               max_connections=2 if how == "argument" else None)
         await server.start()
         held = []
         try:
@@ -450,3 +454,11 @@ def test_accept_error_log_matches_only_accept_failures() -> None:
     assert AcceptErrorLog.matches(accept_failure())
     assert not AcceptErrorLog.matches({"message": "socket.accept() out of system resource"})
     assert not AcceptErrorLog.matches({"message": "other", "exception": OSError(24, "x")})
+
+
+@pytest.mark.parametrize(("share", "cap"), [
+    (None, 64), (32, 4), (40, 5), (64, 8), (256, 32), (512, 64), (1024, 64), (8, 4)])
+def test_the_cap_follows_the_descriptor_share(share: int | None, cap: int) -> None:
+    """An eighth of the control plane's descriptors (4..64): with the metrics listener's half,
+    three eighths stay for probes, logs and reloads."""
+    assert control.cap_for(share) == cap
