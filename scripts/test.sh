@@ -5,8 +5,8 @@ set -euo pipefail
 L4LB_EXTRAS=test,dev
 # Real peers and tools the tests drive (installed only as root, only when missing): keepalived
 # (VRRP interoperability), tcpdump (captures), chromium (status page), tmux (`l4lb top`), nginx
-# (a backend that reads the PROXY protocol header).
-L4LB_APT_EXTRA=${L4LB_APT_EXTRA:-"iproute2 keepalived tcpdump chromium tmux nginx"}
+# and haproxy (backends that read the PROXY protocol header).
+L4LB_APT_EXTRA=${L4LB_APT_EXTRA:-"iproute2 keepalived tcpdump chromium tmux nginx haproxy"}
 export L4LB_EXTRAS L4LB_APT_EXTRA
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$l4lb_root"

@@ -1,9 +1,10 @@
-"""`proxy_protocol` end to end against a real peer: nginx with `listen ... proxy_protocol`
-reads the header l4lb sends (v1 over IPv4, v2 over IPv6) and answers with the addresses it
-learnt from it, which must be the client's own and the VIP's. The services' send_expect health
-probes must pass through the same listeners (their LOCAL / UNKNOWN header is accepted), or the
-backends never come UP: initial_state = "down". Both data planes. Skipped when nginx is not
-installed (CI installs the Debian package `nginx`; scripts/test.sh)."""
+"""`proxy_protocol` end to end against real peers: nginx (`listen ... proxy_protocol`) and
+HAProxy (`bind ... accept-proxy`) read the header l4lb sends (v1 over IPv4, v2 over IPv6) and
+answer with the addresses they learnt from it, which must be the client's own and the VIP's.
+The services' send_expect health probes must pass through the same listeners (their LOCAL /
+UNKNOWN header is accepted), or the backends never come UP: initial_state = "down". Both data
+planes. A test is skipped when its peer is not installed (CI installs the Debian packages
+`nginx` and `haproxy`; scripts/test.sh)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import pytest
 
 from .procs import child_env, free_port, l4lb_cmd, stop_process, wait_listening, wait_until
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None,
-                                reason="nginx is not installed (Debian package nginx)")
+needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None,
+                                 reason="nginx is not installed (Debian package nginx)")
+needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None,
+                                   reason="haproxy is not installed (Debian package haproxy)")
 
 NGINX_CONF = """\
 daemon off;
@@ -102,10 +105,58 @@ def all_up(cfg: Path) -> bool:
     return all(b["state"] == "up" for s in services for b in s["backends"])
 
 
+HAPROXY_CONF = """\
+global
+    log stderr format raw local0 info
+defaults
+    mode http
+    log global
+    timeout connect 2s
+    timeout client 5s
+    timeout server 5s
+frontend pp
+    bind 127.0.0.1:{p4} accept-proxy
+    bind [::1]:{p6} accept-proxy
+    http-request return status 200 content-type text/plain lf-string "{answer}"
+"""
+HAPROXY_ANSWER = "pp %[src] %[src_port] %[dst] %[dst_port]\\n"  # from the header (accept-proxy)
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """HAProxy in the foreground (-db, ours), answering with the addresses it took from the
+    header on 127.0.0.1 and ::1; yields the two ports."""
+    p4, p6 = free_port(), free_port("::1")
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(HAPROXY_CONF.format(p4=p4, p6=p6, answer=HAPROXY_ANSWER))
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_listening(p4, proc)
+        yield p4, p6
+    finally:
+        stop_process(proc, timeout=10.0)
+
+
+@needs_nginx
 @pytest.mark.parametrize("reference", [False, True], ids=["c", "ref"])
 def test_nginx_learns_the_client_address(tmp_path: Path, nginx: tuple[int, int, Path],
                                          reference: bool) -> None:
     p4, p6, error_log = nginx
+    through_the_balancer(tmp_path, p4, p6, reference)
+    assert "broken header" not in error_log.read_text()
+
+
+@needs_haproxy
+@pytest.mark.parametrize("reference", [False, True], ids=["c", "ref"])
+def test_haproxy_learns_the_client_address(tmp_path: Path, haproxy: tuple[int, int],
+                                           reference: bool) -> None:
+    through_the_balancer(tmp_path, *haproxy, reference)
+
+
+def through_the_balancer(tmp_path: Path, p4: int, p6: int, reference: bool) -> None:
+    """Run l4lb with a v1 service to p4 (IPv4) and a v2 service to p6 (IPv6); wait until the
+    probes have brought both backends UP, then check what the peer says it learnt."""
     port4, port6 = free_port(), free_port("::1")
     cfg = tmp_path / "l4lb.toml"
     cfg.write_text(l4lb_config(tmp_path, port4, port6, p4, p6))
@@ -113,7 +164,7 @@ def test_nginx_learns_the_client_address(tmp_path: Path, nginx: tuple[int, int, 
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_listening(port4, proc)
-        assert wait_until(lambda: all_up(cfg), 15.0), "the probes never passed through nginx"
+        assert wait_until(lambda: all_up(cfg), 15.0), "the probes never passed through the peer"
         for _ in range(3):
             body, me = ask("127.0.0.1", port4)
             assert body == f"pp {me[0]} {me[1]} 127.0.0.1 {port4}"
@@ -129,4 +180,3 @@ def test_nginx_learns_the_client_address(tmp_path: Path, nginx: tuple[int, int, 
     assert code == 0, err
     assert "service v1: backend connections start with a PROXY protocol v1 header" in err
     assert "service v2: backend connections start with a PROXY protocol v2 header" in err
-    assert "broken header" not in error_log.read_text()
