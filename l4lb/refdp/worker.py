@@ -643,14 +643,18 @@ class Worker:
         assert session.backend is not None
         try:
             header = self._pp_header(session)[session.pp_sent:]
-            sent = session.backend.send(header, socket.MSG_NOSIGNAL) if header else -1
-        except (BlockingIOError, InterruptedError):
-            sent = -1
-        except OSError as exc:
-            if exc.errno not in LOCAL_ERRNOS:
-                self._close_session(session, reset=True, reason="backend_reset")
-                return False
-            sent = -1
+        except OSError:
+            header = b""  # getsockname() failed: a local failure, as in the C relay
+        sent = -1
+        if header:
+            try:
+                sent = session.backend.send(header, socket.MSG_NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                if exc.errno not in LOCAL_ERRNOS:
+                    self._close_session(session, reset=True, reason="backend_reset")
+                    return False
         if header and sent == len(header):
             return True
         self.counters.service(session.service_id)["accept_errors"] += 1
