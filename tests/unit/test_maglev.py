@@ -111,7 +111,11 @@ def test_removing_one_of_n_backends_moves_about_one_nth(
     seed: int, n: int, data: st.DataObject
 ) -> None:
     # M = 4099 >= 100 N. The minimum possible disruption is the removed backend's share (1/N);
-    # Maglev moves a little more (measured max 1.94/N over 300 random cases): bound 2.5/N.
+    # Maglev moves more, and by no fixed factor: over 1,500 random cases the mean was 1.37/N,
+    # the 99th percentile 1.96/N and the worst 2.39/N, and Hypothesis found a case at 2.89/N
+    # (seed 1760, N = 27) that broke the bound of 2.5/N this test had until session 9. The
+    # bound is 4/N: far above Maglev's tail, far below a fill that is not consistent (which
+    # moves about (N-1)/N); the typical disruption is held by the test below.
     ids = data.draw(st.lists(st.integers(0, 2**20), min_size=n, max_size=n, unique=True))
     before = sorted(v4(i) for i in ids)
     k = data.draw(st.integers(0, n - 1))
@@ -122,7 +126,24 @@ def test_removing_one_of_n_backends_moves_about_one_nth(
     removed_share = sum(1 for x in ring_before if x == before[k])
     assert all(y != before[k] for y in ring_after)
     assert changed >= removed_share
-    assert changed / 4099 <= 2.5 / n
+    assert changed / 4099 <= 4 / n
+
+
+def test_removing_one_backend_moves_little_more_than_its_share_on_average() -> None:
+    """Over 200 fixed random cases (seeded), one removal out of 10..40 moves on average at most
+    1.6/N of the slots (measured 1.37/N over 1,500 cases; the minimum is 1/N)."""
+    rng = random.Random(20261122)
+    total = 0.0
+    for _ in range(200):
+        n = rng.randint(10, 40)
+        before = sorted(v4(i) for i in rng.sample(range(2**20), n))
+        k = rng.randrange(n)
+        after = before[:k] + before[k + 1:]
+        seed = rng.randrange(2**32)
+        ring_before = [before[j] for j in maglev_fill(seed, before, 4099)]
+        ring_after = [after[j] for j in maglev_fill(seed, after, 4099)]
+        total += n * sum(1 for x, y in zip(ring_before, ring_after, strict=True) if x != y) / 4099
+    assert total / 200 <= 1.6
 
 
 @settings(max_examples=40, deadline=None)
