@@ -1377,6 +1377,8 @@ class Daemon:
         old = (self.config, self.runtime, self.file_config, self.overlay)
         saved_ids = self.builder.checkpoint()
         saved_drains = dict(self.drains.pending)  # a publish below may end some of them
+        # and may prune the on_down state of backends the new file drops (restored below)
+        saved_on_down = (dict(self.on_down_pending), dict(self.sessions_shut_down))
         handed: list[int] = []
         moved: list[tuple[ListenerGroup, str]] = []  # (group, the service it served)
         by_listen = {(g.protocol, g.endpoint): g for g in self.listeners}
@@ -1417,6 +1419,7 @@ class Daemon:
                 # open, PROXY protocol, congestion control, buffers, GRO), which the failed
                 # reload may have switched already.
                 self.builder.restore(saved_ids)
+                self.on_down_pending, self.sessions_shut_down = saved_on_down
                 self._publish()
                 for key, armed in saved_drains.items():  # deadlines the new table ended
                     if key not in self.drains.pending:
