@@ -956,8 +956,9 @@ class Daemon:
                           "failed: %s", service, address, _reason(exc))
                 continue
             self.sessions_shut_down[key] = self.sessions_shut_down.get(key, 0) + closed
-            log.warning('backend %s/%s: closed %d %s (on_down = "shutdown_sessions")', service,
-                        address, closed, "session" if closed == 1 else "sessions")
+            log.log(logging.WARNING if closed else logging.INFO,
+                    'backend %s/%s: closed %d %s (on_down = "shutdown_sessions")', service,
+                    address, closed, "session" if closed == 1 else "sessions")
 
     def probe_latencies(self) -> dict[Key, float] | None:
         """Last conclusive probe latency per checked backend (for metrics), None when nothing

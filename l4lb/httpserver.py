@@ -78,6 +78,13 @@ ACCEPT_BATCH = 64  # connections accepted per wake-up of a listener, so that a f
 ACCEPT_PAUSE = 1.0  # seconds a listener rests after accept() ran out of descriptors (as
 #                     asyncio's own servers do), instead of spinning on it
 ACCEPT_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# errors accept() reports for one pending connection that is already gone (accept(2): Linux
+# passes the new socket's pending network errors on; EPERM: a firewall): take the next one.
+# Any other error says something about the listener itself, which then rests (_rest) instead
+# of being asked again at once, forever
+ACCEPT_ONE_GONE = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                   errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+                   errno.EOPNOTSUPP, errno.ENETUNREACH, errno.ETIMEDOUT)
 ACCEPT_MESSAGE = "socket.accept() out of system resource"  # asyncio's report of such a
 #                   failure, which the daemon's loop handler rate-limits (control.AcceptErrorLog)
 HEAD_TIMEOUT = 3.0  # seconds to receive the whole request head
@@ -264,19 +271,22 @@ class HttpServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in ACCEPT_SHORTAGE:
-                    self._rest(sock, exc)
-                    return
-                continue  # ECONNABORTED and the like: that connection is gone, try the next
+                if exc.errno in ACCEPT_ONE_GONE:
+                    continue  # that connection is gone: try the next
+                self._rest(sock, exc)
+                return
             self._admit(conn, address)
 
     def _rest(self, sock: socket.socket, exc: OSError) -> None:
-        """accept() ran out of descriptors (or memory): report it as asyncio's servers do (the
-        daemon logs it at most once per 10 s) and leave the listener for ACCEPT_PAUSE instead
-        of spinning on it; clients wait in the listen backlog meanwhile."""
+        """accept() failed for the listener, not for one connection: out of descriptors (or
+        memory), reported as asyncio's servers do (the daemon logs it at most once per 10 s),
+        or anything else (reported by the loop's handler, at most once per rest). Leave the
+        listener for ACCEPT_PAUSE instead of spinning on it; clients wait in the listen
+        backlog meanwhile."""
         loop = asyncio.get_running_loop()
-        loop.call_exception_handler({"message": ACCEPT_MESSAGE, "exception": exc,
-                                     "socket": sock})
+        message = (ACCEPT_MESSAGE if exc.errno in ACCEPT_SHORTAGE else
+                   f"http: accept() failed on the metrics listener; it rests {ACCEPT_PAUSE:g}s")
+        loop.call_exception_handler({"message": message, "exception": exc, "socket": sock})
         loop.remove_reader(sock.fileno())
         self._resting[sock] = loop.call_later(ACCEPT_PAUSE, self._wake, sock)
 
@@ -412,6 +422,10 @@ class HttpServer:
             return
         try:
             async with asyncio.timeout(SEND_TIMEOUT):
+                # drain() returns only once the kernel has taken the whole response, so that
+                # SEND_TIMEOUT bounds a client that never reads (a zero window), not just its
+                # first buffer: the close below does not wait for it
+                writer.transport.set_write_buffer_limits(high=0)
                 writer.write(_encode(response, head_only=method == "HEAD"))
                 await writer.drain()
                 if writer.can_write_eof():
@@ -422,9 +436,7 @@ class HttpServer:
             writer.transport.abort()
             return
         await _linger(reader)
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        writer.close()  # _connection() waits for the close, SEND_TIMEOUT at most
 
     async def _route(self, request: Request) -> Response:
         if request.path == "/metrics":

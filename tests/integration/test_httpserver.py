@@ -434,3 +434,50 @@ def test_formatting_many_backends_does_not_stall_the_loop() -> None:
     # Formatting on the loop would stall it for the whole request; off the loop only the
     # garbage collector and short C calls (join, encode) hold it, for tens of milliseconds.
     assert worst_gap < took / 2, (took, worst_gap)
+
+
+def test_a_client_that_never_reads_is_dropped_within_the_send_timeout(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: when the unsent tail of a response fitted under the transport's
+    high-water mark, drain() returned at once, SEND_TIMEOUT never fired, and the close waited
+    without a deadline for a client that keeps a zero window: a few such clients held their
+    served slots (and descriptors) for as long as they answered window probes. Responses of
+    many sizes (the tail left in user space depends on the kernel's send buffer), clients with
+    a 4 KiB receive buffer that read nothing: every slot must come back within a few
+    SEND_TIMEOUTs."""
+    monkeypatch.setattr(httpserver, "SEND_TIMEOUT", 1.0)
+
+    async def route(request: httpserver.Request) -> httpserver.Response:
+        return httpserver.Response(200, b"x" * int(request.path[1:]), "text/plain")
+
+    monkeypatch.setattr(served.server, "_route", route)
+    clients = []
+    try:
+        for i, size in enumerate(range(2_600_000, 3_000_000, 16_000)):
+            client = socket.socket()
+            clients.append(client)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.bind((f"127.0.2.{10 + i}", 0))  # one address each: no per-peer cap
+            client.connect(("127.0.0.1", served.port))
+            client.sendall(f"GET /{size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        deadline = time.monotonic() + 4 * httpserver.SEND_TIMEOUT + 2.0
+        while time.monotonic() < deadline and served.server.connections:
+            time.sleep(0.1)
+        assert served.server.connections == 0
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_listener_that_accept_keeps_failing_on_rests_instead_of_spinning(
+        served: Served) -> None:
+    """Found by review: any accept() error but a shortage was skipped with `continue`, so a
+    listener that fails for good (here: shut down under the server, accept() says EINVAL each
+    time it is readable) spun at 100 % CPU without a word. It now rests ACCEPT_PAUSE and the
+    failure goes to the loop's exception handler."""
+    listener = served.server.sockets[0]
+    listener.shutdown(socket.SHUT_RDWR)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and listener not in served.server._resting:
+        time.sleep(0.02)
+    assert listener in served.server._resting

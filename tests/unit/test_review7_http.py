@@ -237,6 +237,9 @@ class ResetWriter:
     def write(self, data: bytes) -> None:
         self.sent += data
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # the transport's: drain() waits until the kernel has everything
+
     async def drain(self) -> None:
         return None
 
