@@ -82,6 +82,11 @@ class ControlServer:
         self._refusals_logged = False  # a refusal was logged since the cap was last left
 
     @property
+    def cap(self) -> int:
+        """Connections served at once (read at each connection: tests change the constant)."""
+        return MAX_CONNECTIONS if self.max_connections is None else self.max_connections
+
+    @property
     def connections(self) -> int:
         """Connections being served now (refused ones are not counted)."""
         return len(self._clients)
@@ -109,8 +114,13 @@ class ControlServer:
                     os.unlink(self.path)
             old_umask = os.umask(0o177)
             try:
+                # backlog = the cap: asyncio accepts at most `backlog` connections per wake-up
+                # of the listener, and each holds a descriptor until its handler has written
+                # the refusal, so a burst of connections holds about twice the cap at once
+                # (with asyncio's default of 100, a burst filled a limit of 256)
                 self.server = await asyncio.start_unix_server(self._client, path=self.path,
-                                                              limit=MAX_REQUEST)
+                                                              limit=MAX_REQUEST,
+                                                              backlog=self.cap)
             finally:
                 os.umask(old_umask)
             st = os.lstat(self.path)
@@ -158,7 +168,7 @@ class ControlServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        cap = MAX_CONNECTIONS if self.max_connections is None else self.max_connections
+        cap = self.cap
         if task is None or len(self._clients) >= cap:
             message = f"too many control connections ({cap})"
             if not self._refusals_logged:  # once per episode at the cap, not per connection
