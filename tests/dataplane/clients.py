@@ -309,3 +309,25 @@ def udp_silent(sock: socket.socket, seconds: float) -> bool:
         return True
     return False
 
+
+def echo_trip(addr: tuple[str, int], payload: bytes,
+              timeout: float = 10.0) -> tuple[bytes, tuple[str, int]]:
+    """Connect, send payload and a FIN (from a thread, so that a large echo cannot block the
+    send), read up to the peer's close (which must be a clean EOF); returns what came back and
+    the client's own (address, port)."""
+    sock = connect(addr)
+    try:
+        me: tuple[str, int] = sock.getsockname()[:2]
+
+        def send() -> None:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        data, how = read_to_end(sock, timeout)
+        sender.join(timeout)
+        assert how == "eof", (how, len(data))
+        return data, me
+    finally:
+        sock.close()

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from . import clients
 from .clients import connect, read_to_end, recv_exact, wait_for
 from .conftest import LB, SVC, MakeLB, Servers, load_impl
 from .fast_open_env import GREETING, FoBackend, private_netns, tcp_ext
@@ -52,21 +52,8 @@ def start_lb(make_lb: MakeLB, targets: list[tuple[str, int]], fast_open: bool = 
 
 
 def echo_trip(lb: LB, payload: bytes) -> bytes:
-    """Send payload (from a thread, then FIN) and read the echo up to the LB's close."""
-    sock = connect(lb.addr())
-    try:
-        def send() -> None:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        data, how = read_to_end(sock, 10.0)
-        sender.join(10.0)
-        assert how == "eof", (how, len(data))
-        return data
-    finally:
-        sock.close()
+    """Send payload (then FIN) through lb and read the echo up to the LB's close."""
+    return clients.echo_trip(lb.addr(), payload)[0]
 
 
 def fo_counts(lb: LB) -> dict[str, int] | None:

@@ -9,7 +9,6 @@ with l4lb.proxyproto.build. The fast-open tests run in a private network namespa
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from l4lb import proxyproto
 
 from .clients import connect, read_to_end, recv_exact, wait_for
+from .clients import echo_trip as trip
 from .conftest import LB, SVC, MakeLB, Servers
 from .fast_open_env import FoBackend, tcp_ext
 from .proxy_backend import GREETING, Conn, ProxyBackend
@@ -39,27 +39,6 @@ def start_lb(make_lb: MakeLB, targets: list[tuple[str, int]], version: int,
     lb = make_lb([ServiceSpec(SVC, tuple(specs), retries=retries)], workers=workers, host=host)
     lb.dp.set_proxy_protocol(SVC, version)
     return lb
-
-
-def trip(dest: tuple[str, int], payload: bytes) -> tuple[bytes, tuple[str, int]]:
-    """Send payload and FIN from a fresh client; returns the echo read to the end and the
-    client's own (address, port)."""
-    sock = connect(dest)
-    try:
-        me = sock.getsockname()[:2]
-
-        def send() -> None:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        data, how = read_to_end(sock, 10.0)
-        sender.join(10.0)
-        assert how == "eof", (how, len(data))
-        return data, me
-    finally:
-        sock.close()
 
 
 def finished(backend: ProxyBackend, n: int) -> list[Conn]:

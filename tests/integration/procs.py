@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,3 +128,16 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
             proc.wait(timeout=5)
             raise AssertionError(f"l4lb did not exit within {timeout}s of signal {sig}") from None
     return int(proc.returncode)
+
+
+@contextlib.contextmanager
+def running(cfg: Path, impl: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`l4lb run -c cfg` on data plane `impl` ("c" or "ref"), its stderr piped, until it
+    listens on 127.0.0.1:port; killed (SIGKILL) at the end unless the test stopped it."""
+    proc = subprocess.Popen(l4lb_cmd("run", "-c", str(cfg)), env=child_env(impl == "ref"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, proc)
+        yield proc
+    finally:
+        stop_process(proc, signal.SIGKILL)  # a no-op when the test already stopped it

@@ -4,7 +4,6 @@ ring of docs/architecture.md's data-plane API)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -15,13 +14,19 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .procs import NameServer, child_env, free_port, l4lb_cmd, stop_process, wait_listening
+from .procs import (
+    NameServer,
+    child_env,
+    free_port,
+    l4lb_cmd,
+    running,
+    stop_process,
+)
 from .test_cli import write_config
 from .test_udp_daemon import UdpNamer, ask
 
@@ -78,17 +83,6 @@ class HoldServer:
         for c in self.conns:
             c.close()
         self.sock.close()
-
-
-@contextlib.contextmanager
-def running(cfg: Path, impl: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(l4lb_cmd("run", "-c", str(cfg)), env=child_env(impl == "ref"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_listening(port, proc)
-        yield proc
-    finally:
-        stop_process(proc, signal.SIGKILL)  # a no-op when the test already stopped it
 
 
 def ctl(cfg: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

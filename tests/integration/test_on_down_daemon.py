@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .procs import child_env, free_port, l4lb_cmd, stop_process, wait_listening, wait_until
+from .procs import child_env, free_port, l4lb_cmd, running, stop_process, wait_until
 from .test_cli import write_config
 
 IMPLS = ["c", "ref"]
@@ -91,17 +91,6 @@ class NamedEcho:
         for c in self.conns:
             c.close()
         self.sock.close()
-
-
-@contextlib.contextmanager
-def running(cfg: Path, impl: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(l4lb_cmd("run", "-c", str(cfg)), env=child_env(impl == "ref"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_listening(port, proc)
-        yield proc
-    finally:
-        stop_process(proc, signal.SIGKILL)  # a no-op when the test already stopped it
 
 
 def backends(cfg: Path) -> dict[str, dict[str, Any]]:
