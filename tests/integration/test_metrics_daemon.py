@@ -21,6 +21,7 @@ def test_metrics_and_status_page(tmp_path: Path, name_servers: list[NameServer])
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_listening(port, proc)
+        wait_listening(mport, proc)  # the HTTP listener starts a moment after the service's
         for _ in range(8):
             fetch(port)
         with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
