@@ -2,7 +2,7 @@
 
 This object only dispatches: listeners go to the worker that polls them, publish() swaps the
 live table reference, stats(), sessions() and flows() ask every worker for a snapshot and add
-them up, close_backend_sessions() asks every worker (once, for all the backends named) to close its share, set_connection_log()
+them up, close_backend_sessions() asks every worker to close its share, set_connection_log()
 switches every worker's record queue, closed_sessions() empties those queues without asking the
 workers, set_congestion_control() stores a service's backend-leg algorithm, set_fast_open()
 its fast open switch and set_socket_buffers() its buffer sizes in the shared state that each

@@ -271,6 +271,7 @@ static void dp_worker_internals(struct dp_worker *w, struct dp_internals *out)
     out->udp_gro_datagrams += __atomic_load_n(&w->cnt->udp_gro_datagrams, __ATOMIC_RELAXED);
     out->udp_poll_sleeps += __atomic_load_n(&w->cnt->udp_poll_sleeps, __ATOMIC_RELAXED);
     out->loop_iterations += __atomic_load_n(&w->cnt->loop_iterations, __ATOMIC_RELAXED);
+    out->close_passes += __atomic_load_n(&w->cnt->close_passes, __ATOMIC_RELAXED);
 }
 
 /* State passed to the snapshot callback. */
@@ -418,6 +419,7 @@ static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
     case DP_CMD_CLOSE_BACKEND:
         relay_tcp_close_backends(w, c->close_set, c->reason);
         relay_udp_close_backends(w, c->close_set, c->reason);
+        DP_CNT_ADD(&w->cnt->close_passes, 1);
         c->rc = 0;
         break;
     case DP_CMD_CONNLOG:

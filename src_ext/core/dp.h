@@ -198,6 +198,8 @@ struct dp_internals {
     uint64_t udp_gro_datagrams;/* datagrams received inside GRO buffers (UDP_GRO), either way */
     uint64_t udp_poll_sleeps;  /* poll-mode sleeps of the UDP relay */
     uint64_t loop_iterations;  /* epoll_wait calls of the worker loops */
+    uint64_t close_passes;     /* close-by-backend commands the workers ran (one per worker per
+                                  dp_close_backends call, however many ids it named) */
 };
 
 /* Create a data plane with n workers (1..DP_MAX_WORKERS). Nothing runs until dp_start(). */
