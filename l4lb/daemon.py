@@ -106,6 +106,7 @@ CONNLOG_FINAL = 1 << 22  # records the last read after the data plane stopped ta
 CONNLOG_WARN_EVERY = 60.0  # seconds between two warnings about lost records
 REOPEN_WAIT = 2.0  # seconds `reopen-logs` waits for the connection log writer to reopen
 MAX_DRAIN_TIMEOUT_MS = 24 * 3_600_000  # like every duration of the configuration
+DRAIN_COALESCE = 0.1  # seconds: drain deadlines this close to one that fires close with it
 
 SYSTEM_CC = "/proc/sys/net/ipv4/tcp_congestion_control"  # the system default algorithm
 T = TypeVar("T")
@@ -925,8 +926,20 @@ class Daemon:
         so that a client that reconnects at once cannot land on them again. A panic keeps DOWN
         backends in rotation: their sessions stay (they would only come back to the same
         backends) until a table without them, if they are still DOWN then. A backend that came
-        back UP, left the configuration or whose service now says "keep" is forgotten."""
+        back UP, left the configuration or whose service now says "keep" is forgotten.
+
+        Every backend due at this publish is closed by ONE data-plane call (one scan of each
+        worker's sessions, however many backends: a rack of 50 going DOWN together costs what
+        one does), made here on the loop thread, not in an executor. The C call releases the
+        GIL, but the loop would have to wait for it anyway: the close must stay between this
+        publish and the next one (a backend back UP in the next table must not lose its new
+        sessions, and a reload may hand a removed backend's id to another), and reload() and
+        stop() would have to wait for a close in flight; the reference plane holds the GIL
+        throughout, so an executor would gain nothing there. Measured (docs/performance.md,
+        "Closing sessions by backend"), one batched call costs about one scan of the session
+        table, a few ms at a million sessions, well inside a VRRP advert interval."""
         ids = self.builder.backend_ids()
+        due: dict[Key, int] = {}  # backend -> its id, in on_down_pending order
         for key, panic_logged in list(self.on_down_pending.items()):
             rt = self.runtime.backends.get(key)
             if rt is None or rt.health != "down" or self._on_down(key[0]) != "shutdown_sessions":
@@ -943,22 +956,28 @@ class Daemon:
                 continue
             del self.on_down_pending[key]
             bid = ids.get(key)
-            if bid is None:
-                continue
-            if not self._dp_supports("close_backend_sessions"):
+            if bid is not None:
+                due[key] = bid
+        if not due:
+            return
+        if not self._dp_supports("close_backend_sessions"):
+            for service, address in due:
                 log.warning('backend %s/%s: on_down = "shutdown_sessions", but this data plane '
                             "cannot close sessions; they continue", service, address)
-                continue
-            try:
-                closed = int(self.dp.close_backend_sessions(bid, reason="backend_down"))
-            except (OSError, ValueError) as exc:
+            return
+        try:
+            closed = self.dp.close_backend_sessions(list(due.values()), reason="backend_down")
+        except (OSError, ValueError, TypeError) as exc:
+            for service, address in due:
                 log.error('backend %s/%s: closing its sessions (on_down = "shutdown_sessions") '
                           "failed: %s", service, address, _reason(exc))
-                continue
-            self.sessions_shut_down[key] = self.sessions_shut_down.get(key, 0) + closed
-            log.log(logging.WARNING if closed else logging.INFO,
-                    'backend %s/%s: closed %d %s (on_down = "shutdown_sessions")', service,
-                    address, closed, "session" if closed == 1 else "sessions")
+            return
+        for key, bid in due.items():
+            count = int(closed.get(bid, 0))
+            self.sessions_shut_down[key] = self.sessions_shut_down.get(key, 0) + count
+            log.log(logging.WARNING if count else logging.INFO,
+                    'backend %s/%s: closed %d %s (on_down = "shutdown_sessions")', key[0],
+                    key[1], count, "session" if count == 1 else "sessions")
 
     def probe_latencies(self) -> dict[Key, float] | None:
         """Last conclusive probe latency per checked backend (for metrics), None when nothing
@@ -1296,22 +1315,43 @@ class Daemon:
         return int(counters.get("conns_active", 0)), int(counters.get("flows_active", 0))
 
     def drain_deadline_reached(self, ident: int) -> None:
-        """The deadline of drain `ident` passed: close what is left of its backend."""
+        """The deadline of drain `ident` passed: close what is left of its backend, and of
+        every other drain whose deadline falls within DRAIN_COALESCE of now (their timers are
+        cancelled), in one data-plane call: drains armed together (a script draining a rack)
+        end together at the cost of one."""
         self.drain_timers.pop(ident, None)
         armed = self.drains.by_id(ident)
         if not isinstance(armed, DrainDeadline):
             return
-        service, address = armed.key
-        closed = 0
-        bid = self.builder.backend_ids().get(armed.key)
-        if bid is not None and self._dp_supports("close_backend_sessions"):
-            closed = int(self.dp.close_backend_sessions(bid))
-        elif bid is not None:
-            log.warning("backend %s/%s: drain deadline reached, but this data plane cannot "
-                        "close sessions; they continue", service, address)
-        self.drains.end(armed.key, "deadline", time.time(), closed=closed)
-        log.info("backend %s/%s: drain deadline reached, closed %d %s", service, address, closed,
-                 self._units(service, closed))
+        now = time.time()
+        due = [armed] + [other for other in self.drains.pending.values()
+                         if other is not armed and other.deadline <= now + DRAIN_COALESCE]
+        for other in due[1:]:
+            timer = self.drain_timers.pop(other.ident, None)
+            if timer is not None:
+                timer.cancel()
+        ids = self.builder.backend_ids()
+        bids = {d.key: ids[d.key] for d in due if d.key in ids}
+        closed: dict[int, int] = {}
+        if bids and self._dp_supports("close_backend_sessions"):
+            try:
+                closed = self.dp.close_backend_sessions(list(bids.values()))
+            except (OSError, ValueError, TypeError) as exc:
+                for service, address in bids:  # the drains stay; check_drains ends them
+                    log.error("backend %s/%s: drain deadline reached, closing its sessions "
+                              "failed: %s", service, address, _reason(exc))
+                return
+        elif bids:
+            for service, address in bids:
+                log.warning("backend %s/%s: drain deadline reached, but this data plane "
+                            "cannot close sessions; they continue", service, address)
+        for deadline in due:
+            service, address = deadline.key
+            bid = bids.get(deadline.key)
+            count = int(closed.get(bid, 0)) if bid is not None else 0
+            self.drains.end(deadline.key, "deadline", now, closed=count)
+            log.info("backend %s/%s: drain deadline reached, closed %d %s", service, address,
+                     count, self._units(service, count))
 
     def check_drains(self) -> None:
         """End the deadlines of backends that have no sessions or flows left (every second)."""
@@ -1892,9 +1932,8 @@ class Daemon:
             if callable(getattr(dp, "flows", None)):
                 bids |= {int(f["backend_id"]) for f in dp.flows()}
         closed = 0
-        for bid in sorted(b for b in bids if b >= 0):
-            with contextlib.suppress(Exception):
-                closed += int(dp.close_backend_sessions(bid))
+        with contextlib.suppress(Exception):  # one call for all of them (one pass per worker)
+            closed = sum(dp.close_backend_sessions(sorted(b for b in bids if b >= 0)).values())
         return closed
 
     def stop(self, timeout: float) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,13 @@ from l4lb.table.blob import parse
 
 from .test_metrics import scrape
 
-B1, B2, B3 = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
+B1, B2, B3, B4 = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003", "127.0.0.1:9004"
 
 
 class FakeDataplane:
-    """publish, stats and close_backend_sessions; each close records what the live table (the
-    last blob published) gave that backend at that moment."""
+    """publish, stats and close_backend_sessions (one id or several); each close records what
+    the live table (the last blob published) gave that backend at that moment, and each call
+    the ids it named."""
 
     def __init__(self) -> None:
         self.generation = 0
@@ -36,6 +38,7 @@ class FakeDataplane:
         self.active: dict[int, int] = {}  # backend id -> open TCP sessions
         self.failures: dict[int, int] = {}  # backend id -> connect failures
         self.closes: list[tuple[int, str, int, int]] = []  # (id, reason, live weight, gen)
+        self.calls: list[list[int]] = []  # the ids of each close_backend_sessions call
 
     def publish(self, blob: bytes) -> int:
         self.blob = blob
@@ -54,9 +57,15 @@ class FakeDataplane:
                                    "connect_failures": self.failures.get(bid, 0)}
                              for bid in ids}}
 
-    def close_backend_sessions(self, backend_id: int, reason: str = "drain_timeout") -> int:
-        self.closes.append((backend_id, reason, self.live_weight(backend_id), self.generation))
-        return self.active.pop(backend_id, 0)
+    def close_backend_sessions(self, backend_ids: int | Iterable[int],
+                               reason: str = "drain_timeout") -> int | dict[int, int]:
+        ids = [backend_ids] if isinstance(backend_ids, int) else list(backend_ids)
+        self.calls.append(ids)
+        closed = {}
+        for bid in dict.fromkeys(ids):
+            self.closes.append((bid, reason, self.live_weight(bid), self.generation))
+            closed[bid] = self.active.pop(bid, 0)
+        return closed[ids[0]] if isinstance(backend_ids, int) else closed
 
     def stop(self, timeout: float) -> None:
         pass
@@ -194,13 +203,68 @@ def test_back_up_before_the_publish_closes_nothing(tmp_path: Path) -> None:
     assert dp.closes == [] and not daemon.on_down_pending
 
 
-def test_several_at_once_make_one_table_then_one_close_each(tmp_path: Path) -> None:
+def test_several_at_once_make_one_table_then_one_close_call(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     daemon, dp = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    b1, b2, b3 = bid(daemon, B1), bid(daemon, B2), bid(daemon, B3)
+    dp.active = {b1: 4, b2: 2, b3: 1}
     gen = dp.generation
-    transitions(daemon, (B1, Health.DOWN), (B3, Health.DOWN))
-    assert dp.generation == gen + 1
-    assert sorted(c[0] for c in dp.closes) == sorted([bid(daemon, B1), bid(daemon, B3)])
-    assert {c[1:] for c in dp.closes} == {("backend_down", 0, gen + 1)}
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        closes_before, _ = transitions(daemon, (B1, Health.DOWN), (B3, Health.DOWN))
+    assert closes_before == 0 and dp.generation == gen + 1
+    # ONE data-plane call for both, after the one table that gives both weight 0
+    assert [sorted(call) for call in dp.calls] == [sorted([b1, b3])]
+    assert sorted(dp.closes) == sorted([(b1, "backend_down", 0, gen + 1),
+                                        (b3, "backend_down", 0, gen + 1)])
+    assert dp.active == {b2: 2}
+    # per backend: its own count and its own line, after the publish
+    assert (shut_down_count(daemon, B1), shut_down_count(daemon, B2),
+            shut_down_count(daemon, B3)) == (4, 0, 1)
+    lines = [f'backend web/{B1}: closed 4 sessions (on_down = "shutdown_sessions")',
+             f'backend web/{B3}: closed 1 session (on_down = "shutdown_sessions")']
+    published = [i for i, m in enumerate(caplog.messages) if m.startswith("table: generation")]
+    assert all(published[-1] < caplog.messages.index(line) for line in lines)
+
+
+def test_a_panic_backend_waits_while_the_others_close_in_one_call(tmp_path: Path) -> None:
+    # 4 backends, min_healthy 0.5 (2 UP needed): B2 DOWN alone is closed alone; B3 and B4
+    # DOWN in the same tick leave 1 UP, a panic that keeps every DOWN backend in rotation and
+    # closes nothing; B2 back UP ends the panic, B3 and B4 leave rotation still DOWN, and
+    # one call closes both.
+    text = config("shutdown_sessions", min_healthy=0.5).replace(
+        f'  [[services.backends]]\n  address = "{B3}"\n',
+        f'  [[services.backends]]\n  address = "{B3}"\n\n  [[services.backends]]\n'
+        f'  address = "{B4}"\n')
+    daemon, dp = make_daemon(tmp_path, text)
+    b2, b3, b4 = bid(daemon, B2), bid(daemon, B3), bid(daemon, B4)
+    dp.active = {b2: 1, b3: 2, b4: 3}
+    transitions(daemon, (B2, Health.DOWN))
+    assert dp.calls == [[b2]]
+    transitions(daemon, (B3, Health.DOWN), (B4, Health.DOWN))
+    assert daemon.cmd_status()["services"][0]["panic"] is not None
+    assert dp.calls == [[b2]]  # panic: kept
+    assert set(daemon.on_down_pending) == {("web", B3), ("web", B4)}
+    transitions(daemon, (B2, Health.UP))
+    assert daemon.cmd_status()["services"][0]["panic"] is None
+    assert [sorted(call) for call in dp.calls] == [[b2], sorted([b3, b4])]
+    assert (shut_down_count(daemon, B3), shut_down_count(daemon, B4)) == (2, 3)
+    assert not daemon.on_down_pending
+
+
+def test_a_failed_close_is_logged_for_each_backend(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    daemon, dp = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+
+    def refuse(backend_ids: object, reason: str = "drain_timeout") -> int:
+        raise OSError(12, "Cannot allocate memory")
+
+    dp.close_backend_sessions = refuse  # type: ignore[method-assign,assignment]
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        transitions(daemon, (B1, Health.DOWN), (B3, Health.DOWN))
+    failed = sorted(m for m in caplog.messages if "closing its sessions" in m)
+    assert failed == [f'backend web/{b}: closing its sessions (on_down = "shutdown_sessions") '
+                      "failed: Cannot allocate memory" for b in (B1, B3)]
+    assert shut_down_count(daemon, B1) == shut_down_count(daemon, B3) == 0
 
 
 def test_panic_keeps_them_until_a_table_takes_the_backend_out(
