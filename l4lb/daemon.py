@@ -13,9 +13,10 @@ Daemon.reload, all or nothing); SIGUSR1 reopens the connection log (after logrot
 
 Drain deadlines (`l4lb drain --timeout`) live here, not in the CLI: the daemon arms one asyncio
 timer per backend; at the deadline it asks the data plane to close what is left of that backend
-(`close_backend_sessions`). Every second it also ends deadlines whose backend has emptied by
-itself, and every table publish cancels those whose backend left the drain state or the
-configuration (enable, disable, reload, remove-backend). l4lb.state.Drains keeps the records.
+(`close_backend_sessions`; deadlines due within DRAIN_COALESCE of each other go in one call).
+Every second it also ends deadlines whose backend has emptied by itself, and every table
+publish cancels those whose backend left the drain state or the configuration (enable,
+disable, reload, remove-backend). l4lb.state.Drains keeps the records.
 
 The connection log: with `[global] connection_log`, the data plane keeps a bounded ring of
 closed-session records per worker; a timer on the loop takes them every 250 ms (4096 at a
@@ -936,8 +937,11 @@ class Daemon:
         sessions, and a reload may hand a removed backend's id to another), and reload() and
         stop() would have to wait for a close in flight; the reference plane holds the GIL
         throughout, so an executor would gain nothing there. Measured (docs/performance.md,
-        "Closing sessions by backend"), one batched call costs about one scan of the session
-        table, a few ms at a million sessions, well inside a VRRP advert interval."""
+        "Closing sessions by backend"): a batched call costs one scan (30 µs for 50 backends
+        at 4,000 sessions, where 50 calls took 1.2 ms) plus about 10 µs per session reset,
+        which no batching or thread changes; so 100,000 sessions closed at once hold the loop
+        for about a second on two workers, within VRRP's master-down interval (3 adverts). A
+        fenced executor (the next publish waits for the close) is the step if that is not."""
         ids = self.builder.backend_ids()
         due: dict[Key, int] = {}  # backend -> its id, in on_down_pending order
         for key, panic_logged in list(self.on_down_pending.items()):
