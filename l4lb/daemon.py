@@ -45,7 +45,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -124,6 +124,12 @@ def system_congestion_control() -> str:
 
 
 IdMaps = tuple[dict[int, str], dict[int, tuple[str, str]]]  # service id -> name, backend id -> key
+
+
+def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """loop.call_soon_threadsafe(callback), nothing once the loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
 
 
 def _reason(exc: BaseException) -> str:
@@ -224,6 +230,10 @@ class Daemon:
     # once a published table gives them weight 0 -> the panic that delays it was logged
     on_down_pending: dict[Key, bool] = field(default_factory=dict)
     sessions_shut_down: dict[Key, int] = field(default_factory=dict)  # closed by on_down so far
+    close_off_loop: bool = False  # on_down closes run in close_pool (set for the C plane)
+    close_pool: ThreadPoolExecutor | None = None  # its one thread, made on first use
+    # the on_down close in flight off the loop: its result, and the backends it closes -> ids
+    closing: tuple[Future[dict[int, int]], dict[Key, int]] | None = None
     vrrp: list[VrrpInstance] = field(default_factory=list)  # running [[vrrp]] instances
     digest_check: DigestCheck | None = None  # compares table digests with the VRRP peers
     drains: Drains = field(default_factory=Drains)  # `drain --timeout` deadlines and their ends
@@ -287,6 +297,8 @@ class Daemon:
         self.runtime = Runtime.from_config(self.config)
         self.workers = resolve_workers(self.config.global_.workers)
         self.dp = dp_class(self.workers)
+        # the C plane releases the GIL while its workers close: on_down closes leave the loop
+        self.close_off_loop = getattr(dp_class, "__module__", "") == "l4lb._dataplane"
         self._set_fd_ceiling()
         bound: list[ListenerGroup] = []  # not self.listeners until the first table is out:
         try:                              # _publish() reads those as handed to the data plane
@@ -325,6 +337,7 @@ class Daemon:
             raise
 
     def _publish(self) -> None:
+        self.finish_close()  # no table goes out while an on_down close is in flight
         weights = compute(self.config, self.runtime, time.monotonic(), self._ramp_start,
                           self._unproven)
         # DOWN or in maintenance: UDP flows move on their next datagram (drained ones stay).
@@ -931,18 +944,19 @@ class Daemon:
 
         Every backend due at this publish is closed by ONE data-plane call (one scan of each
         worker's sessions, however many backends: a rack of 50 going DOWN together costs what
-        one does), made here on the loop thread, not in an executor. The C call releases the
-        GIL, but the loop would have to wait for it anyway: the close must stay between this
-        publish and the next one (a backend back UP in the next table must not lose its new
-        sessions, and a reload may hand a removed backend's id to another), and reload() and
-        stop() would have to wait for a close in flight; the reference plane holds the GIL
-        throughout, so an executor would gain nothing there. Measured (docs/performance.md,
-        "Closing sessions by backend"): a batched call costs one scan (30 µs for 50 backends
-        at 4,000 sessions, where 50 calls took 1.2 ms) plus about 10 µs per session reset,
-        which no batching or thread changes; so 100,000 sessions closed at once hold the loop
-        for about a second on two workers: within VRRP's master-down interval at 1 s adverts
-        (3.6 s), not at 100 ms adverts (0.365 s, about 30,000 sessions). A fenced executor (the
-        next publish waits for a close in flight) is the step if such closes must be met."""
+        one does). Measured (docs/performance.md, "Closing sessions by backend"): one scan
+        (30 µs for 50 backends at 4,000 sessions, where 50 calls took 1.2 ms) plus about 10 µs
+        per session reset, which batching cannot change: 100,000 sessions reset at once take
+        about a second on two workers, longer than VRRP's master-down interval with 100 ms
+        adverts (0.365 s). So with the C plane (close_off_loop), whose call releases the GIL,
+        the call runs in close_pool's thread and the loop goes on with adverts, probes and
+        commands meanwhile. It is fenced: finish_close() waits for it and counts it before the
+        next table is published (_publish), before a reload saves the state it may roll back
+        to (_commit) and before a stop (begin_stop, stop), so a backend back UP in the next
+        table keeps its new sessions and no reload can hand a closing backend's id to another
+        first. The reference plane holds the GIL while it closes, so it (and a data plane
+        given without start(), as in the unit tests) closes here, on the loop, as does a
+        publish made without a running loop or once a stop has begun."""
         ids = self.builder.backend_ids()
         due: dict[Key, int] = {}  # backend -> its id, in on_down_pending order
         for key, panic_logged in list(self.on_down_pending.items()):
@@ -971,7 +985,36 @@ class Daemon:
                             "cannot close sessions; they continue", service, address)
             return
         try:
-            closed = self.dp.close_backend_sessions(list(due.values()), reason="backend_down")
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if self.close_off_loop and loop is not None and self.stop_deadline is None:
+            if self.close_pool is None:
+                self.close_pool = ThreadPoolExecutor(1, thread_name_prefix="l4lb-close")
+            future = self.close_pool.submit(self.dp.close_backend_sessions, list(due.values()),
+                                            "backend_down")
+            self.closing = (future, due)
+            future.add_done_callback(lambda _: _call_soon_threadsafe(loop, self.finish_close))
+            return
+        future = Future()
+        try:
+            future.set_result(self.dp.close_backend_sessions(list(due.values()),
+                                                             reason="backend_down"))
+        except (OSError, ValueError, TypeError) as exc:
+            future.set_exception(exc)
+        self.closing = (future, due)
+        self.finish_close()
+
+    def finish_close(self) -> None:
+        """Wait for the on_down close in flight, if any, then count and log it per backend (on
+        the loop thread: run by the close's own completion, and as a fence before anything
+        that must not overtake it)."""
+        if self.closing is None:
+            return
+        future, due = self.closing
+        self.closing = None
+        try:
+            closed = future.result()
         except (OSError, ValueError, TypeError) as exc:
             for service, address in due:
                 log.error('backend %s/%s: closing its sessions (on_down = "shutdown_sessions") '
@@ -1420,6 +1463,7 @@ class Daemon:
         again. The steps that release things (listeners closed, health checks of removed
         backends) are left to the caller, after this returned."""
         self._health_targets(config)  # ValueError here: nothing changed yet
+        self.finish_close()  # counted before the state a rollback puts back is saved
         old = (self.config, self.runtime, self.file_config, self.overlay)
         saved_ids = self.builder.checkpoint()
         saved_drains = dict(self.drains.pending)  # a publish below may end some of them
@@ -1907,6 +1951,7 @@ class Daemon:
         """Enter the stop (on the loop, before the blocking drain): health checks and timers
         end, every listener leaves the data plane and is closed, so that new clients are
         refused at once, and commands that change anything are refused from now on."""
+        self.finish_close()  # an on_down close in flight ends and is counted first
         self.stop_deadline = time.time() + timeout
         if self.checker is not None:
             self.checker.stop()
@@ -1947,6 +1992,13 @@ class Daemon:
         Blocks for the drain: serve() runs it off the loop, after begin_stop()."""
         if self.stop_deadline is None:
             self.begin_stop(timeout)
+        closing = self.closing  # begin_stop() ended it, unless it began since (a late publish)
+        if closing is not None:
+            with contextlib.suppress(Exception):  # counted by finish_close() on the loop
+                closing[0].result()
+        if self.close_pool is not None:
+            self.close_pool.shutdown(wait=True)
+            self.close_pool = None
         if self.dp is not None:
             self.dp.stop(timeout)
             self.pump_connlog()  # the closes of the drain and of the stop itself

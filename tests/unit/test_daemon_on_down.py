@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -320,3 +321,90 @@ def test_passive_failures_take_it_down_and_close_too(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert dp.closes == [(b2, "backend_down", 0, dp.generation)]
+
+
+class SlowClose(FakeDataplane):
+    """A close that blocks until `release` (as a large close of the C plane, GIL released, would
+    take its time); it notes the generation live when it ends and the thread it ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.published_during = threading.Event()  # a table went out while the close ran
+        self.ended_at: list[tuple[int, str]] = []  # (live generation, thread name)
+
+    def publish(self, blob: bytes) -> int:
+        if self.started.is_set() and not self.ended_at:
+            self.published_during.set()
+        return super().publish(blob)
+
+    def close_backend_sessions(self, backend_ids: int | Iterable[int],
+                               reason: str = "drain_timeout") -> int | dict[int, int]:
+        self.started.set()
+        assert self.release.wait(5.0), "never released"
+        closed = super().close_backend_sessions(backend_ids, reason)
+        self.ended_at.append((self.generation, threading.current_thread().name))
+        return closed
+
+
+def test_off_the_loop_the_close_lets_the_loop_run_and_fences_the_next_publish(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    dp = SlowClose()
+    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
+    daemon._publish()
+    b1, b3 = bid(daemon, B1), bid(daemon, B3)
+    dp.active = {b1: 4, b3: 1}
+
+    async def go() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        for address in (B1, B3):
+            daemon._on_transition(("web", address), went(Health.DOWN))
+        await settle(daemon)
+        down_gen = dp.generation
+        assert await loop.run_in_executor(None, dp.started.wait, 5.0)
+        # the close is under way in its thread, and the loop runs: nothing counted yet
+        assert daemon.closing is not None and shut_down_count(daemon, B1) == 0
+
+        def release_when_overtaken() -> None:  # lets the close end; at once if a table
+            dp.published_during.wait(0.5)       # overtook it (the fence would be missing)
+            dp.release.set()
+
+        threading.Thread(target=release_when_overtaken).start()
+        daemon._on_transition(("web", B1), went(Health.UP))
+        await settle(daemon)  # this publish waits for the close first
+        return down_gen, dp.generation
+
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        down_gen, up_gen = asyncio.run(go())
+    assert dp.ended_at == [(down_gen, "l4lb-close_0")]  # ended before the next table
+    assert not dp.published_during.is_set() and up_gen == down_gen + 1
+    assert [sorted(call) for call in dp.calls] == [sorted([b1, b3])]
+    assert (shut_down_count(daemon, B1), shut_down_count(daemon, B3)) == (4, 1)
+    closed = f'backend web/{B1}: closed 4 sessions (on_down = "shutdown_sessions")'
+    up_table = f"table: generation {up_gen} published"
+    assert caplog.messages.index(closed) < next(
+        i for i, m in enumerate(caplog.messages) if m.startswith(up_table))
+    daemon.stop(0.0)
+    assert daemon.close_pool is None
+
+
+def test_a_stop_waits_for_the_close_in_flight_and_counts_it(tmp_path: Path) -> None:
+    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    dp = SlowClose()
+    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
+    daemon._publish()
+    dp.active = {bid(daemon, B2): 7}
+
+    async def go() -> None:
+        daemon._on_transition(("web", B2), went(Health.DOWN))
+        await settle(daemon)
+        assert await asyncio.get_running_loop().run_in_executor(None, dp.started.wait, 5.0)
+        dp.release.set()
+        daemon.begin_stop(0.0)  # waits for it and counts it before anything stops
+        assert daemon.closing is None and shut_down_count(daemon, B2) == 7
+
+    asyncio.run(go())
+    daemon.stop(0.0)
+    assert daemon.close_pool is None and dp.ended_at
