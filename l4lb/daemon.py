@@ -994,7 +994,8 @@ class Daemon:
             future = self.close_pool.submit(self.dp.close_backend_sessions, list(due.values()),
                                             "backend_down")
             self.closing = (future, due)
-            future.add_done_callback(lambda _: _call_soon_threadsafe(loop, self.finish_close))
+            future.add_done_callback(
+                lambda done: _call_soon_threadsafe(loop, lambda: self.finish_close(done)))
             return
         future = Future()
         try:
@@ -1005,11 +1006,12 @@ class Daemon:
         self.closing = (future, due)
         self.finish_close()
 
-    def finish_close(self) -> None:
+    def finish_close(self, only: Future[dict[int, int]] | None = None) -> None:
         """Wait for the on_down close in flight, if any, then count and log it per backend (on
-        the loop thread: run by the close's own completion, and as a fence before anything
-        that must not overtake it)."""
-        if self.closing is None:
+        the loop thread: run by the close's own completion, with `only` = that close, which
+        a fence may have counted already while a newer one is in flight; and as a fence
+        before anything that must not overtake it)."""
+        if self.closing is None or (only is not None and self.closing[0] is not only):
             return
         future, due = self.closing
         self.closing = None

@@ -324,13 +324,14 @@ def test_passive_failures_take_it_down_and_close_too(tmp_path: Path) -> None:
 
 
 class SlowClose(FakeDataplane):
-    """A close that blocks until `release` (as a large close of the C plane, GIL released, would
-    take its time); it notes the generation live when it ends and the thread it ran on."""
+    """A close that blocks until `release` lets it (one release() per close; as a large close of
+    the C plane, GIL released, would take its time); it notes the generation live when it ends
+    and the thread it ran on."""
 
     def __init__(self) -> None:
         super().__init__()
         self.started = threading.Event()
-        self.release = threading.Event()
+        self.release = threading.Semaphore(0)
         self.published_during = threading.Event()  # a table went out while the close ran
         self.ended_at: list[tuple[int, str]] = []  # (live generation, thread name)
 
@@ -342,7 +343,7 @@ class SlowClose(FakeDataplane):
     def close_backend_sessions(self, backend_ids: int | Iterable[int],
                                reason: str = "drain_timeout") -> int | dict[int, int]:
         self.started.set()
-        assert self.release.wait(5.0), "never released"
+        assert self.release.acquire(timeout=5.0), "never released"
         closed = super().close_backend_sessions(backend_ids, reason)
         self.ended_at.append((self.generation, threading.current_thread().name))
         return closed
@@ -369,7 +370,7 @@ def test_off_the_loop_the_close_lets_the_loop_run_and_fences_the_next_publish(
 
         def release_when_overtaken() -> None:  # lets the close end; at once if a table
             dp.published_during.wait(0.5)       # overtook it (the fence would be missing)
-            dp.release.set()
+            dp.release.release()
 
         threading.Thread(target=release_when_overtaken).start()
         daemon._on_transition(("web", B1), went(Health.UP))
@@ -401,10 +402,50 @@ def test_a_stop_waits_for_the_close_in_flight_and_counts_it(tmp_path: Path) -> N
         daemon._on_transition(("web", B2), went(Health.DOWN))
         await settle(daemon)
         assert await asyncio.get_running_loop().run_in_executor(None, dp.started.wait, 5.0)
-        dp.release.set()
+        dp.release.release()
         daemon.begin_stop(0.0)  # waits for it and counts it before anything stops
         assert daemon.closing is None and shut_down_count(daemon, B2) == 7
 
     asyncio.run(go())
     daemon.stop(0.0)
     assert daemon.close_pool is None and dp.ended_at
+
+
+def test_a_close_counted_by_a_fence_does_not_wait_for_the_next_one(tmp_path: Path) -> None:
+    """The completion callback of a close that a fence (the next publish) already counted must
+    not wait for the close that publish started: the loop would block on it."""
+    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    dp = SlowClose()
+    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
+    daemon._publish()
+    b1, b3 = bid(daemon, B1), bid(daemon, B3)
+    dp.active = {b1: 2, b3: 3}
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        daemon._on_transition(("web", B1), went(Health.DOWN))
+        await settle(daemon)
+        assert await loop.run_in_executor(None, dp.started.wait, 5.0)
+        first = daemon.closing
+        assert first is not None
+        dp.release.release()  # the first close ends; its callback is queued, not run yet:
+        daemon._on_transition(("web", B3), went(Health.DOWN))
+        assert daemon.publish_handle is not None
+        daemon.publish_handle.cancel()  # publish now, without yielding to the loop
+        daemon.publish_handle = None
+        daemon._publish()  # fences (waits for and counts) the first, starts a second
+        second = daemon.closing
+        assert second is not None and second is not first
+        assert shut_down_count(daemon, B1) == 2
+        for _ in range(10):  # the first close's completion callback runs: a no-op now
+            await asyncio.sleep(0)
+        assert daemon.closing is second and not second[0].done()
+        dp.release.release()
+        await loop.run_in_executor(None, second[0].exception, 5.0)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert daemon.closing is None and shut_down_count(daemon, B3) == 3
+
+    asyncio.run(go())
+    assert [c for c in dp.calls] == [[b1], [b3]]
+    daemon.stop(0.0)

@@ -81,7 +81,7 @@ def test_a_close_in_flight_is_counted_before_a_reload_saves_its_rollback_state(
         daemon._on_transition(("web", B3), went(Health.DOWN))
         await settle(daemon)
         assert await asyncio.get_running_loop().run_in_executor(None, dp.started.wait, 5.0)
-        dp.release.set()  # it ends; its count is not taken yet when the reload begins
+        dp.release.release()  # it ends; its count is not taken yet when the reload begins
         (tmp_path / "l4lb.toml").write_text(
             config("shutdown_sessions", min_healthy=0.1).format(dir=tmp_path))
         monkeypatch.setattr(daemon, "_sync_listener_defer_accept",
