@@ -2,7 +2,8 @@
  *
  * Every function may be called without the GIL; none calls back into Python. Functions that wait
  * for a worker (dp_remove_listener, dp_sessions, dp_flows, dp_internals,
- * dp_close_backend_sessions, dp_set_connection_log, dp_stop) block the calling thread only;
+ * dp_close_backend_sessions, dp_close_backends, dp_set_connection_log, dp_stop) block the
+ * calling thread only;
  * dp_set_congestion_control takes a lock no worker takes; dp_set_socket_buffers opens a
  * scratch socket and takes no lock. All return 0 or -errno unless
  * documented otherwise. See dp.c for the design essay, relay_tcp.c and relay_udp.c for the
