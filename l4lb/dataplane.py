@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol, overload
 
 NO_EXTENSIONS_ENV = "L4LB_NO_EXTENSIONS"
 
@@ -129,16 +130,32 @@ class DataplaneAPI(Protocol):
     def flows(self) -> list[dict[str, Any]]:
         """Snapshot of the UDP flows (see the class docstring)."""
 
-    def close_backend_sessions(self, backend_id: int, reason: str = "drain_timeout") -> int:
-        """Close every open TCP session whose current backend is backend_id (connecting,
-        established or half-closed): reset both sides (SO_LINGER 0), free it, count it like
-        any other close (conns_active goes down). End every UDP flow mapped to backend_id (the
-        client's next datagram opens a new flow). Returns how many sessions + flows were
-        closed, summed over all workers, once every worker has done it. `reason` is the close
+    @overload
+    def close_backend_sessions(self, backend_ids: int, reason: str = "drain_timeout") -> int:
+        ...
+
+    @overload
+    def close_backend_sessions(self, backend_ids: Iterable[int],
+                               reason: str = "drain_timeout") -> dict[int, int]:
+        ...
+
+    def close_backend_sessions(self, backend_ids: int | Iterable[int],
+                               reason: str = "drain_timeout") -> int | dict[int, int]:
+        """Close every open TCP session whose current backend is one of backend_ids
+        (connecting, established or half-closed): reset both sides (SO_LINGER 0), free it,
+        count it like any other close (conns_active goes down). End every UDP flow mapped to
+        one of them (the client's next datagram opens a new flow). `reason` is the close
         reason they get: "drain_timeout" (a drain's deadline) or "backend_down" (the health
         checks took the backend DOWN; UDP flows get "moved"); "shutdown" once stop() has
-        begun. Unknown/unused id: 0. backend_id outside 0..65535, or another reason:
-        ValueError."""
+        begun. Returns once every worker has done it.
+
+        backend_ids is one id (an int: returns how many sessions + flows were closed, summed
+        over all workers) or several (any iterable of ints, duplicates allowed, up to
+        MAX_CLOSE_IDS: returns {id: how many closed} for each distinct id given, 0 included;
+        an empty one asks nothing of the workers and returns {}). Several ids cost ONE round
+        trip and one scan of each worker's sessions and flows, not one per id: close together
+        what goes together. Unknown/unused id: 0. An id outside 0..65535, too many ids, or
+        another reason: ValueError naming it; a non-int id: TypeError."""
 
     def reset_counters(self, *, service_id: int | None = None,
                        backend_id: int | None = None) -> bool:
@@ -298,6 +315,30 @@ CLOSE_REASONS_UDP = ("idle_timeout", "responses", "refused", "moved", "listener_
 
 
 CLOSE_BACKEND_REASONS = ("drain_timeout", "backend_down")  # what close_backend_sessions takes
+MAX_BACKEND_ID = 65535  # as the C core's DP_MAX_BACKENDS - 1
+MAX_CLOSE_IDS = 65536  # ids one close_backend_sessions() call takes (C: DP_CLOSE_MAX_IDS)
+
+
+def check_backend_ids(backend_ids: object) -> tuple[list[int], bool]:
+    """close_backend_sessions()'s `backend_ids` as (the ids, in the order given, True when it
+    was the one-int form); ValueError for an id out of range or more than MAX_CLOSE_IDS ids,
+    TypeError for what is neither an int nor an iterable of ints."""
+    if isinstance(backend_ids, int) and not isinstance(backend_ids, bool):
+        ids, single = [backend_ids], True
+    elif isinstance(backend_ids, (str, bytes, bytearray, bool)) or not isinstance(
+            backend_ids, Iterable):
+        raise TypeError("backend_ids must be an int or an iterable of ints, not "
+                        f"{type(backend_ids).__name__}")
+    else:
+        ids, single = list(backend_ids), False
+    if len(ids) > MAX_CLOSE_IDS:
+        raise ValueError(f"backend_ids: {len(ids)} ids, at most {MAX_CLOSE_IDS} in one call")
+    for bid in ids:
+        if isinstance(bid, bool) or not isinstance(bid, int):
+            raise TypeError(f"backend_id must be an int, not {type(bid).__name__}")
+        if not 0 <= bid <= MAX_BACKEND_ID:
+            raise ValueError(f"backend_id {bid} out of range 0..{MAX_BACKEND_ID}")
+    return ids, single
 
 
 def check_close_backend_reason(reason: object) -> str:

@@ -17,7 +17,7 @@ include "table_api.pxi"
 cimport core as _core
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.errno cimport (EALREADY, EBUSY, EEXIST, EINVAL, ENOENT, ENOTCONN, ESHUTDOWN,
+from libc.errno cimport (E2BIG, EALREADY, EBUSY, EEXIST, EINVAL, ENOENT, ENOTCONN, ESHUTDOWN,
                          EAGAIN, ENOSPC, EPERM)
 
 # dp.h's congestion control side table (declared here: includes/core.pxd mirrors the rest)
@@ -55,7 +55,7 @@ cdef extern from "dp.h" nogil:
 import os as _os
 import socket as _socket
 
-from l4lb.dataplane import check_close_backend_reason, check_u32
+from l4lb.dataplane import check_backend_ids, check_close_backend_reason, check_u32
 
 cdef enum:
     _DP_ERRLEN = 256
@@ -277,21 +277,45 @@ cdef class Dataplane:
             free(arr)
         return out
 
-    def close_backend_sessions(self, int backend_id, reason="drain_timeout"):
-        """Reset every open TCP session and end every UDP flow of backend_id, on every worker;
-        returns how many were closed (logged with `reason`, "drain_timeout" or "backend_down",
-        a UDP flow's "backend_down" as "moved"; "shutdown" once stop() began)."""
-        cdef uint64_t closed = 0
+    def close_backend_sessions(self, backend_ids, reason="drain_timeout"):
+        """Reset every open TCP session and end every UDP flow of the backend(s), on every
+        worker, in one command (one scan of each worker's sessions and flows, whatever the
+        number of ids): one id (int) returns how many were closed, an iterable of ids returns
+        {id: closed} per distinct id. Logged with `reason`, "drain_timeout" or "backend_down"
+        (a UDP flow's "backend_down" as "moved"; "shutdown" once stop() began)."""
+        cdef uint32_t *ids = NULL
+        cdef uint64_t *closed = NULL
+        cdef size_t n, k
         cdef int rc
         cdef int why
-        if not 0 <= backend_id < _MAX_BACKENDS:
-            raise ValueError(f"backend_id {backend_id} out of range 0..{_MAX_BACKENDS - 1}")
+        given, single = check_backend_ids(backend_ids)
         why = _CLOSE_REASONS.index(check_close_backend_reason(reason))
-        with nogil:
-            rc = _core.dp_close_backend_sessions(self._dp, <uint32_t>backend_id, why, &closed)
-        if rc:
-            raise _dp_oserror(rc)
-        return closed
+        n = len(given)
+        if n == 0:
+            return {}
+        ids = <uint32_t *>malloc(n * sizeof(uint32_t))
+        closed = <uint64_t *>malloc(n * sizeof(uint64_t))
+        try:
+            if ids == NULL or closed == NULL:
+                raise MemoryError()
+            for k in range(n):
+                ids[k] = <uint32_t>given[k]
+            with nogil:
+                rc = _core.dp_close_backends(self._dp, ids, n, why, closed)
+            if rc == -EINVAL:
+                raise ValueError(f"close_backend_sessions: refused by the data plane (a backend "
+                                 f"id >= {_MAX_BACKENDS} or a bad reason)")
+            if rc == -E2BIG:
+                raise ValueError(f"backend_ids: {n} ids, at most {_core.DP_CLOSE_MAX_IDS} in "
+                                 "one call")
+            if rc:
+                raise _dp_oserror(rc)
+            if single:
+                return closed[0]
+            return {given[k]: closed[k] for k in range(n)}
+        finally:
+            free(ids)
+            free(closed)
 
     def reset_counters(self, *, service_id=None, backend_id=None):
         """Zero the counters of one service id or one backend id that has left the table, so
@@ -591,7 +615,7 @@ cdef class Dataplane:
             "udp_out_calls": r.udp_out_calls, "udp_out_datagrams": r.udp_out_datagrams,
             "udp_gso_datagrams": r.udp_gso_datagrams, "udp_gro_datagrams": r.udp_gro_datagrams,
             "udp_poll_sleeps": r.udp_poll_sleeps,
-            "loop_iterations": r.loop_iterations,
+            "loop_iterations": r.loop_iterations, "close_passes": r.close_passes,
             "fast_open_attempts": fo_attempts, "fast_open_syn_data": fo_syn_data,
             "fast_open_syn_bytes": fo_syn_bytes,
         }

@@ -20,12 +20,14 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, overload
 
 from l4lb.dataplane import (
     CC_NAME_MAX,
     SOCKBUF_MAX,
     SOCKBUF_MIN,
+    check_backend_ids,
     check_close_backend_reason,
     check_u32,
     congestion_control_name_ok,
@@ -134,15 +136,32 @@ class Dataplane:
             found.extend(worker.call(worker.snapshot_flows))
         return found
 
-    def close_backend_sessions(self, backend_id: int, reason: str = "drain_timeout") -> int:
-        """Reset every open session and end every UDP flow of backend_id on every worker;
-        returns how many were closed (logged with `reason`, "drain_timeout" or "backend_down",
-        a UDP flow's "backend_down" as "moved")."""
-        if not 0 <= backend_id < MAX_BACKENDS:
-            raise ValueError(f"backend_id {backend_id} out of range 0..{MAX_BACKENDS - 1}")
+    @overload
+    def close_backend_sessions(self, backend_ids: int, reason: str = "drain_timeout") -> int:
+        ...
+
+    @overload
+    def close_backend_sessions(self, backend_ids: Iterable[int],
+                               reason: str = "drain_timeout") -> dict[int, int]:
+        ...
+
+    def close_backend_sessions(self, backend_ids: int | Iterable[int],
+                               reason: str = "drain_timeout") -> int | dict[int, int]:
+        """Reset every open session and end every UDP flow of the backend(s) on every worker,
+        one call to each worker for all of them (one pass over its sessions and flows); one id
+        returns how many were closed, an iterable {id: closed} per distinct id (logged with
+        `reason`, "drain_timeout" or "backend_down", a UDP flow's "backend_down" as
+        "moved")."""
+        ids, single = check_backend_ids(backend_ids)
         why = check_close_backend_reason(reason)
-        return sum(w.call(functools.partial(w.close_backend, backend_id, why))
-                   for w in self._workers)
+        if not ids:
+            return {}
+        wanted = frozenset(ids)
+        closed = dict.fromkeys(wanted, 0)
+        for w in self._workers:
+            for bid, n in w.call(functools.partial(w.close_backends, wanted, why)).items():
+                closed[bid] += n
+        return closed[ids[0]] if single else closed
 
     def reset_counters(self, *, service_id: int | None = None,
                        backend_id: int | None = None) -> bool:

@@ -383,13 +383,17 @@ class UdpRelay:
         for flow in list(self.flows.values()):
             self._end(flow, "shutdown")
 
-    def close_backend(self, backend_id: int, reason: str = "drain_timeout") -> int:
-        """End every flow of backend_id (reason: "drain_timeout", "moved" for a backend gone
-        DOWN, or "shutdown" during a stop); returns how many."""
-        doomed = [f for f in self.flows.values() if f.backend_id == backend_id]
+    def close_backends(self, backend_ids: frozenset[int],
+                       reason: str = "drain_timeout") -> dict[int, int]:
+        """End every flow of the backends in backend_ids, in one pass (reason:
+        "drain_timeout", "moved" for a backend gone DOWN, or "shutdown" during a stop);
+        returns {id: how many ended} for the ids that had any."""
+        closed: dict[int, int] = {}
+        doomed = [f for f in self.flows.values() if f.backend_id in backend_ids]
         for flow in doomed:
+            closed[flow.backend_id] = closed.get(flow.backend_id, 0) + 1
             self._end(flow, reason)
-        return len(doomed)
+        return closed
 
     def snapshot(self) -> list[dict[str, Any]]:
         """flows() entries of this worker."""

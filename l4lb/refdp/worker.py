@@ -35,8 +35,8 @@ are abandoned; nothing is counted but the close).
 Every end of a session goes through `_close_session(session, reset, reason)`, whose callers name
 the close reason (l4lb/dataplane.py); with the connection log on it queues one record in the
 worker's RecordQueue (l4lb.refdp.records), as do the refusals of steps 1 and 2 (no session, no
-backend). `close_backend(backend_id, reason)` resets every session of one backend
-("drain_timeout" or "backend_down").
+backend). `close_backends(backend_ids, reason)` resets every session of a set of backends
+("drain_timeout" or "backend_down") in one pass.
 """
 
 from __future__ import annotations
@@ -247,17 +247,22 @@ class Worker:
         self.stopping = True
         self._at(deadline, self._expire_all)
 
-    def close_backend(self, backend_id: int, why: str = "drain_timeout") -> int:
-        """Reset every session whose current backend is backend_id and end its UDP flows;
-        returns how many were closed, logged as `why` ("drain_timeout" or "backend_down"; a
-        UDP flow's "backend_down" is "moved"). During a stop this cuts the drain short:
-        "shutdown"."""
+    def close_backends(self, backend_ids: frozenset[int],
+                       why: str = "drain_timeout") -> dict[int, int]:
+        """Reset every session whose current backend is in backend_ids and end their UDP
+        flows, in one pass over each; returns {id: how many closed} for the ids that had any,
+        logged as `why` ("drain_timeout" or "backend_down"; a UDP flow's "backend_down" is
+        "moved"). During a stop this cuts the drain short: "shutdown"."""
         reason = "shutdown" if self.stopping else why
-        doomed = [s for s in self.sessions if s.backend_id == backend_id]
+        closed: dict[int, int] = {}
+        doomed = [s for s in self.sessions if s.backend_id in backend_ids]
         for session in doomed:
+            closed[session.backend_id] = closed.get(session.backend_id, 0) + 1
             self._close_session(session, reset=True, reason=reason)
         flows = "moved" if reason == "backend_down" else reason
-        return len(doomed) + self.udp.close_backend(backend_id, flows)
+        for bid, n in self.udp.close_backends(backend_ids, flows).items():
+            closed[bid] = closed.get(bid, 0) + n
+        return closed
 
     def counts_on(self, service: bool, ident: int) -> bool:
         """True while a session, flow or listener of this worker still counts on the id."""

@@ -61,11 +61,19 @@
  * commands and exits; dp_stop() joins every thread. The caller keeps ownership of listener fds
  * throughout: the data plane never closes them.
  *
- * Close by backend. dp_close_backend_sessions() is a command to every worker at once
- * (dp_ask_all): each resets the TCP sessions and ends the UDP flows whose backend is the one
- * named, between two epoll batches, frees them (logged with the caller's reason: a drain's
- * deadline or a backend gone DOWN), and answers with its count; the caller returns the sum once
- * every worker has answered. A worker that is not running holds nothing to close.
+ * Close by backend. dp_close_backends() is one command to every worker at once (dp_ask_all),
+ * however many backends it names: the caller first builds a struct dp_close_set (relay_tcp.h;
+ * a bitmap over the whole backend id space, 8 KiB, plus the sorted distinct ids and one count
+ * each), so that each worker makes ONE pass over its sessions and ONE over its flows, testing
+ * each against the bitmap, between two epoll batches; it resets the TCP sessions and ends the
+ * UDP flows of those backends, frees them (logged with the caller's reason: a drain's deadline
+ * or a backend gone DOWN) and adds each close to its backend's count (a relaxed atomic add:
+ * the workers scan at the same time; the caller reads the counts after every worker has
+ * answered under cmd_lock). The cost of a call is therefore one scan of every session slot
+ * plus the closes, not one scan per backend: 50 backends going DOWN together cost what one
+ * does. The set holds at most DP_CLOSE_MAX_IDS ids (the whole id space, so one call can name
+ * every backend; duplicates allowed); dp_close_backend_sessions() is the one-id form. A worker
+ * that is not running holds nothing to close.
  *
  * Connection log. Off by default. dp_set_connection_log() gives each worker a bounded
  * single-producer / single-consumer ring of records (connlog_ring.c) and sets the worker's
@@ -263,6 +271,7 @@ static void dp_worker_internals(struct dp_worker *w, struct dp_internals *out)
     out->udp_gro_datagrams += __atomic_load_n(&w->cnt->udp_gro_datagrams, __ATOMIC_RELAXED);
     out->udp_poll_sleeps += __atomic_load_n(&w->cnt->udp_poll_sleeps, __ATOMIC_RELAXED);
     out->loop_iterations += __atomic_load_n(&w->cnt->loop_iterations, __ATOMIC_RELAXED);
+    out->close_passes += __atomic_load_n(&w->cnt->close_passes, __ATOMIC_RELAXED);
 }
 
 /* State passed to the snapshot callback. */
@@ -408,8 +417,9 @@ static void dp_worker_exec(struct dp_worker *w, struct dp_cmd *c)
         c->rc = dp_worker_flows(w, &c->flows, &c->n_flows);
         break;
     case DP_CMD_CLOSE_BACKEND:
-        c->closed = relay_tcp_close_backend(w, (int32_t)c->backend_id, c->reason) +
-                    relay_udp_close_backend(w, (int32_t)c->backend_id, c->reason);
+        relay_tcp_close_backends(w, c->close_set, c->reason);
+        relay_udp_close_backends(w, c->close_set, c->reason);
+        DP_CNT_ADD(&w->cnt->close_passes, 1);
         c->rc = 0;
         break;
     case DP_CMD_CONNLOG:
@@ -1334,26 +1344,77 @@ int dp_internals(struct dp *dp, struct dp_internals *out)
     return 0;
 }
 
+/* qsort order of backend ids. */
+static int dp_u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+int dp_close_backends(struct dp *dp, const uint32_t *ids, size_t n, enum dp_close_reason reason,
+                      uint64_t *closed)
+{
+    struct dp_close_set *set;
+    struct dp_cmd *cmds;
+    uint32_t *members;
+    size_t k;
+    uint32_t m = 0;
+
+    for (k = 0; k < n && closed; k++)
+        closed[k] = 0;
+    if (reason != DP_CLOSE_DRAIN_TIMEOUT && reason != DP_CLOSE_BACKEND_DOWN)
+        return -EINVAL;
+    if (n > DP_CLOSE_MAX_IDS)
+        return -E2BIG;
+    if (n && (!ids || !closed))
+        return -EINVAL;
+    for (k = 0; k < n; k++)
+        if (ids[k] >= DP_MAX_BACKENDS)
+            return -EINVAL;
+    if (!n)
+        return 0; /* nothing to ask of any worker */
+    set = calloc(1, sizeof(*set));
+    members = malloc(n * sizeof(*members));
+    if (set)
+        set->closed = calloc(n, sizeof(*set->closed));
+    if (!set || !members || !set->closed) {
+        if (set)
+            free(set->closed);
+        free(set);
+        free(members);
+        return -ENOMEM;
+    }
+    memcpy(members, ids, n * sizeof(*members));
+    qsort(members, n, sizeof(*members), dp_u32_cmp);
+    for (k = 0; k < n; k++) /* each once */
+        if (!m || members[m - 1] != members[k])
+            members[m++] = members[k];
+    for (k = 0; k < m; k++)
+        set->bits[members[k] / 64] |= UINT64_C(1) << (members[k] % 64);
+    set->ids = members;
+    set->n = m;
+    /* a worker that is not running has no session and no flow: nothing of it to count */
+    cmds = dp_ask_all(dp, &(struct dp_cmd){ .type = DP_CMD_CLOSE_BACKEND, .close_set = set,
+                                            .reason = (uint8_t)reason });
+    if (cmds) { /* every worker has answered: its adds happened before its done flag */
+        for (k = 0; k < n; k++) {
+            const uint32_t *at = bsearch(&ids[k], members, m, sizeof(*members), dp_u32_cmp);
+            closed[k] = atomic_load_explicit(&set->closed[at - members], memory_order_relaxed);
+        }
+    }
+    free(cmds);
+    free((void *)set->closed);
+    free(set);
+    free(members);
+    return cmds ? 0 : -ENOMEM;
+}
+
 int dp_close_backend_sessions(struct dp *dp, uint32_t backend_id, enum dp_close_reason reason,
                               uint64_t *closed)
 {
-    struct dp_cmd *cmds;
-    uint32_t i;
-
     *closed = 0;
-    if (backend_id >= DP_MAX_BACKENDS ||
-        (reason != DP_CLOSE_DRAIN_TIMEOUT && reason != DP_CLOSE_BACKEND_DOWN))
-        return -EINVAL;
-    /* a worker that is not running has no session and no flow: its copy stays at 0 */
-    cmds = dp_ask_all(dp, &(struct dp_cmd){ .type = DP_CMD_CLOSE_BACKEND,
-                                            .backend_id = backend_id,
-                                            .reason = (uint8_t)reason });
-    if (!cmds)
-        return -ENOMEM;
-    for (i = 0; i < dp->n_workers; i++)
-        *closed += cmds[i].closed;
-    free(cmds);
-    return 0;
+    return dp_close_backends(dp, &backend_id, 1, reason, closed);
 }
 
 int dp_reset_counters(struct dp *dp, int service, uint32_t id)

@@ -2,7 +2,8 @@
  *
  * Every function may be called without the GIL; none calls back into Python. Functions that wait
  * for a worker (dp_remove_listener, dp_sessions, dp_flows, dp_internals,
- * dp_close_backend_sessions, dp_set_connection_log, dp_stop) block the calling thread only;
+ * dp_close_backend_sessions, dp_close_backends, dp_set_connection_log, dp_stop) block the
+ * calling thread only;
  * dp_set_congestion_control takes a lock no worker takes; dp_set_socket_buffers opens a
  * scratch socket and takes no lock. All return 0 or -errno unless
  * documented otherwise. See dp.c for the design essay, relay_tcp.c and relay_udp.c for the
@@ -198,6 +199,8 @@ struct dp_internals {
     uint64_t udp_gro_datagrams;/* datagrams received inside GRO buffers (UDP_GRO), either way */
     uint64_t udp_poll_sleeps;  /* poll-mode sleeps of the UDP relay */
     uint64_t loop_iterations;  /* epoll_wait calls of the worker loops */
+    uint64_t close_passes;     /* close-by-backend commands the workers ran (one per worker per
+                                  dp_close_backends call, however many ids it named) */
 };
 
 /* Create a data plane with n workers (1..DP_MAX_WORKERS). Nothing runs until dp_start(). */
@@ -256,9 +259,19 @@ int dp_internals(struct dp *dp, struct dp_internals *out);
  * DP_CLOSE_BACKEND_DOWN (the health checks took the backend DOWN). The closes are counted like
  * any other and logged with that reason (a UDP flow closed for BACKEND_DOWN as
  * DP_CLOSE_MOVED: its client's next datagram opens a flow elsewhere), or as DP_CLOSE_SHUTDOWN
- * once dp_stop() has begun. */
+ * once dp_stop() has begun. The one-id form of dp_close_backends(). */
 int dp_close_backend_sessions(struct dp *dp, uint32_t backend_id, enum dp_close_reason reason,
                               uint64_t *closed);
+/* Most ids one dp_close_backends() call takes (duplicates counted): the whole id space. */
+#define DP_CLOSE_MAX_IDS DP_MAX_BACKENDS
+/* dp_close_backend_sessions() for the n backends ids[0..n-1] at once: one command to each
+ * worker, which scans its sessions and flows once for all of them (dp.c, "Close by backend").
+ * closed[k] gets the number of sessions + flows closed for ids[k] (an id given twice gets the
+ * same figure twice; add up distinct ids only). n = 0 asks nothing of any worker and returns 0.
+ * -EINVAL for a bad reason (as above) or an id >= DP_MAX_BACKENDS, -E2BIG when n >
+ * DP_CLOSE_MAX_IDS, -ENOMEM; nothing is closed then and every closed[k] is 0. */
+int dp_close_backends(struct dp *dp, const uint32_t *ids, size_t n, enum dp_close_reason reason,
+                      uint64_t *closed);
 /* Zero every counter of a service id (service != 0) or a backend id that has left the
  * forwarding table, so that the id can be given to a new service or backend that starts from 0.
  * -EBUSY (nothing changed) while the live table still has the id, a worker's session or UDP flow

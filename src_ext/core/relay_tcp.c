@@ -209,10 +209,11 @@
  * place in the worker's ring (connlog_ring.c: no lock, no allocation; the clock is a vDSO read).
  * A session whose current attempt was released (connect_failed) reports the last backend tried.
  *
- * Close by backend. relay_tcp_close_backend() runs as a worker command (dp.c), between epoll
- * batches: it resets both sides of every session whose current backend is the one asked for,
- * whatever its state, counts it like any other close, and frees them at once (nothing of the
- * batch can still point at them).
+ * Close by backend. relay_tcp_close_backends() runs as a worker command (dp.c), between epoll
+ * batches: in one pass over the worker's sessions it resets both sides of every session whose
+ * current backend is in the set asked for (one bit test each; struct dp_close_set), whatever
+ * its state, counts it like any other close and on its backend's entry of the set, and frees
+ * them at once (nothing of the batch can still point at them).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -1249,12 +1250,11 @@ void relay_tcp_close_all(struct dp_worker *w)
     relay_tcp_reap(w);
 }
 
-/* State of relay_tcp_close_backend's callback. */
+/* State of relay_tcp_close_backends' callback. */
 struct relay_by_backend {
     struct dp_worker *w;           /* the worker */
-    int32_t backend_id;            /* whose sessions to close */
+    struct dp_close_set *set;      /* whose sessions to close, and their counts */
     uint8_t reason;                /* DP_CLOSE_DRAIN_TIMEOUT or DP_CLOSE_BACKEND_DOWN */
-    uint64_t closed;               /* sessions closed so far */
 };
 
 static void relay_kill_if_backend(struct ct_entry *e, void *arg)
@@ -1262,20 +1262,19 @@ static void relay_kill_if_backend(struct ct_entry *e, void *arg)
     struct relay_by_backend *b = arg;
     struct relay_session *s = (struct relay_session *)e;
 
-    if (s->state == RELAY_DEAD || s->backend_id != b->backend_id)
+    if (s->state == RELAY_DEAD || !dp_close_set_has(b->set, s->backend_id))
         return;
+    dp_close_set_count(b->set, s->backend_id); /* before the kill, which may reset the id */
     /* During a stop the close cuts the drain short (a second signal): that is a shutdown. */
     relay_kill(b->w, s, 1, b->w->stopping ? DP_CLOSE_SHUTDOWN : b->reason);
-    b->closed++;
 }
 
-uint64_t relay_tcp_close_backend(struct dp_worker *w, int32_t backend_id, uint8_t reason)
+void relay_tcp_close_backends(struct dp_worker *w, struct dp_close_set *set, uint8_t reason)
 {
-    struct relay_by_backend b = { .w = w, .backend_id = backend_id, .reason = reason };
+    struct relay_by_backend b = { .w = w, .set = set, .reason = reason };
 
     ct_foreach(&w->ct, relay_kill_if_backend, &b);
     relay_tcp_reap(w); /* between batches: no event or ready entry points at them any more */
-    return b.closed;
 }
 
 void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out)

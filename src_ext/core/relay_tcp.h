@@ -82,6 +82,8 @@ struct dp_counters {
                                                way; relay_udp.c, "GRO buffers") */
     uint64_t udp_poll_sleeps;               /* poll-mode sleeps (see relay_udp.c, "Polling") */
     uint64_t loop_iterations;               /* epoll_wait calls of the worker loop */
+    uint64_t close_passes;                  /* close-by-backend commands run, each one pass
+                                               over the sessions and flows (dp.c) */
     uint64_t connlog_dropped;               /* connection-log records refused (ring full) */
     uint64_t fo_attempts;                   /* backend connects opened by sendto(MSG_FASTOPEN)
                                                with client data or a PROXY header
@@ -193,6 +195,41 @@ struct relay_session {
     uint32_t tried_ids[RELAY_MAX_TRIES]; /* backend ids attempted (excluded on retry) */
 };
 
+/* The backends of one dp_close_backends() call (dp.c, "Close by backend"): built by the
+ * caller before the command is queued, read by every worker at once, never written by one
+ * except through `closed`. Membership is one bit test, so a worker's scan costs the same for
+ * one backend or thousands; the per-backend count is found by a binary search in `ids`, paid
+ * only for a session or flow that is closed. */
+struct dp_close_set {
+    uint64_t bits[DP_MAX_BACKENDS / 64]; /* bit id % 64 of word id / 64 set: id is in the set */
+    const uint32_t *ids;           /* the members, ascending, each once */
+    uint32_t n;                    /* how many members (1..DP_CLOSE_MAX_IDS) */
+    _Atomic uint64_t *closed;      /* per member (same index as ids): sessions + flows closed,
+                                      summed over the workers (relaxed adds) */
+};
+
+/* 1 when backend id (a session's or flow's, -1 = none) is in set. */
+static inline int dp_close_set_has(const struct dp_close_set *set, int32_t id)
+{
+    return id >= 0 && (uint32_t)id < DP_MAX_BACKENDS &&
+           (set->bits[(uint32_t)id / 64] >> ((uint32_t)id % 64) & 1u);
+}
+
+/* Count one close on member id (dp_close_set_has(set, id) holds). */
+static inline void dp_close_set_count(struct dp_close_set *set, int32_t id)
+{
+    uint32_t lo = 0, hi = set->n, mid;
+
+    while (hi - lo > 1) {
+        mid = lo + (hi - lo) / 2;
+        if (set->ids[mid] <= (uint32_t)id)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    atomic_fetch_add_explicit(&set->closed[lo], 1, memory_order_relaxed);
+}
+
 /* A request for a worker, queued by another thread, answered by the worker. */
 enum dp_cmd_type {
     DP_CMD_ADD_LISTENER = 1, DP_CMD_DEL_LISTENER, DP_CMD_SNAPSHOT, DP_CMD_INTERNALS, DP_CMD_FLOWS,
@@ -211,10 +248,10 @@ struct dp_cmd {
     struct dp_flow_info *flows;    /* FLOWS: malloc'ed array (by the worker) */
     size_t n_flows;                /* FLOWS: its length */
     struct dp_internals *internals;/* INTERNALS: accumulated into by the worker */
-    uint32_t backend_id;           /* CLOSE_BACKEND: whose sessions and flows to close */
+    struct dp_close_set *close_set;/* CLOSE_BACKEND: whose sessions and flows to close (the
+                                      caller's; the worker adds its closes to its counts) */
     uint8_t reason;                /* CLOSE_BACKEND: why (enum dp_close_reason):
                                       DP_CLOSE_DRAIN_TIMEOUT or DP_CLOSE_BACKEND_DOWN */
-    uint64_t closed;               /* CLOSE_BACKEND: how many the worker closed */
     int log_on;                    /* CONNLOG: record closes from now on (1) or not (0) */
     struct connlog_ring *ring;     /* CONNLOG: a new ring to use (NULL: keep the current one);
                                       on return, the replaced ring for the caller to free */
@@ -414,7 +451,7 @@ void relay_tcp_reap(struct dp_worker *w);
 void relay_tcp_close_all(struct dp_worker *w);
 void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out);
 void relay_tcp_pause_listeners(struct dp_worker *w);
-uint64_t relay_tcp_close_backend(struct dp_worker *w, int32_t backend_id, uint8_t reason);
+void relay_tcp_close_backends(struct dp_worker *w, struct dp_close_set *set, uint8_t reason);
 
 /* relay_tcp.c, shared with relay_udp.c: fill ss with backend b's address; returns its length. */
 socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss);

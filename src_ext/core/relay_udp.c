@@ -151,8 +151,8 @@
  * caller names the reason (enum dp_close_reason): idle_timeout (the timer), responses, refused
  * (an ICMP error read or met by a send; counted as the backend's connect_failure), moved (DOWN
  * backend), listener_gone, shutdown (the stop's early idle end, or its deadline), drain_timeout
- * (relay_udp_close_backend, a worker command between batches: it flushes the pending replies,
- * ends every flow of the backend and frees them; the client's next datagram opens a new flow;
+ * (relay_udp_close_backends, a worker command between batches: it flushes the pending replies,
+ * ends every flow of the backends asked for in one pass and frees them; the client's next datagram opens a new flow;
  * asked for a backend gone DOWN, that is moved).
  * The reason is stored in the flow; relay_udp_reap(), the one place flows are freed (after the
  * pending replies went out, so bytes_to_client is final), fills one record in place in the
@@ -1283,12 +1283,11 @@ void relay_udp_listener_gone(struct dp_worker *w, struct dp_listener *l)
     ct_foreach(&w->uct, udp_end_if_listener, &g);
 }
 
-/* State of relay_udp_close_backend's callback. */
+/* State of relay_udp_close_backends' callback. */
 struct udp_by_backend {
     struct dp_worker *w;           /* the worker */
-    int32_t backend_id;            /* whose flows to end */
+    struct dp_close_set *set;      /* whose flows to end, and their counts */
     uint8_t reason;                /* DP_CLOSE_DRAIN_TIMEOUT or DP_CLOSE_MOVED */
-    uint64_t closed;               /* flows ended so far */
 };
 
 static void udp_end_if_backend(struct ct_entry *e, void *arg)
@@ -1296,23 +1295,22 @@ static void udp_end_if_backend(struct ct_entry *e, void *arg)
     struct udp_by_backend *b = arg;
     struct relay_udp_flow *f = (struct relay_udp_flow *)e;
 
-    if (f->dead || f->backend_id != b->backend_id)
+    if (f->dead || !dp_close_set_has(b->set, f->backend_id))
         return;
+    dp_close_set_count(b->set, f->backend_id);
     udp_flow_end(b->w, f, b->w->stopping ? DP_CLOSE_SHUTDOWN : b->reason);
-    b->closed++;
 }
 
-uint64_t relay_udp_close_backend(struct dp_worker *w, int32_t backend_id, uint8_t reason)
+void relay_udp_close_backends(struct dp_worker *w, struct dp_close_set *set, uint8_t reason)
 {
     /* a flow of a backend gone DOWN moves: the client's next datagram opens one elsewhere */
-    struct udp_by_backend b = { .w = w, .backend_id = backend_id,
+    struct udp_by_backend b = { .w = w, .set = set,
                                 .reason = reason == DP_CLOSE_BACKEND_DOWN ? DP_CLOSE_MOVED
                                                                           : reason };
 
     relay_udp_flush(w); /* no pending reply may point at a flow freed below */
     ct_foreach(&w->uct, udp_end_if_backend, &b);
     relay_udp_reap(w);
-    return b.closed;
 }
 
 void relay_udp_info(const struct relay_udp_flow *f, uint64_t now_ms, double now_unix,

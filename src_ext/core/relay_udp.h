@@ -138,7 +138,7 @@ void relay_udp_reap(struct dp_worker *w);
 void relay_udp_stopping(struct dp_worker *w);
 void relay_udp_close_all(struct dp_worker *w);
 void relay_udp_listener_gone(struct dp_worker *w, struct dp_listener *l);
-uint64_t relay_udp_close_backend(struct dp_worker *w, int32_t backend_id, uint8_t reason);
+void relay_udp_close_backends(struct dp_worker *w, struct dp_close_set *set, uint8_t reason);
 void relay_udp_info(const struct relay_udp_flow *f, uint64_t now_ms, double now_unix,
                     struct dp_flow_info *out);
 

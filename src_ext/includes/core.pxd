@@ -2,7 +2,7 @@
 #
 # A pure extern block, nothing is defined here. Every function is nogil: none touches Python
 # objects, and the blocking ones (remove_listener, sessions, flows, internals,
-# close_backend_sessions, set_connection_log, stop) must be
+# close_backend_sessions, close_backends, set_connection_log, stop) must be
 # called with the GIL released so that Python threads keep running while a worker answers.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -12,6 +12,7 @@ cdef extern from "dp.h" nogil:
     enum:
         DP_MAX_WORKERS
         DP_CONNLOG_MAX
+        DP_CLOSE_MAX_IDS
 
     struct dp:
         pass
@@ -133,6 +134,7 @@ cdef extern from "dp.h" nogil:
         uint64_t udp_gro_datagrams
         uint64_t udp_poll_sleeps
         uint64_t loop_iterations
+        uint64_t close_passes
 
     int dp_create(uint32_t n_workers, dp **out)
     int dp_set_tuning(dp *d, uint32_t copy_threshold, uint32_t pipe_size, int copy_only)
@@ -151,6 +153,7 @@ cdef extern from "dp.h" nogil:
     int dp_udp_gro_supported()
     int dp_internals(dp *d, dp_internals_s *out)
     int dp_close_backend_sessions(dp *d, uint32_t backend_id, int reason, uint64_t *closed)
+    int dp_close_backends(dp *d, const uint32_t *ids, size_t n, int reason, uint64_t *closed)
     int dp_reset_counters(dp *d, int service, uint32_t id)
     int dp_set_connection_log(dp *d, int enabled, uint32_t capacity)
     int dp_closed_sessions(dp *d, size_t max, dp_conn_record **out, size_t *n)

@@ -1,9 +1,11 @@
-"""close_backend_sessions(): the sessions and flows of one backend end at once, the others stay."""
+"""close_backend_sessions(): the sessions and flows of a backend (or of several, in one call) end
+at once, the others stay."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -145,3 +147,112 @@ def test_unknown_and_bad_backend_ids(dp_impl: type[Any]) -> None:
     finally:
         dp.stop(0)
     assert dp.close_backend_sessions(3) == 0  # stopped: nothing left either
+
+
+def pass_counter(dp: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """How many close-by-backend passes the workers of dp have made so far: the C module's
+    internals counter, the reference's calls of Worker.close_backends."""
+    internals = getattr(dp, "_internals", None)
+    if internals is not None:
+        return lambda: int(internals()["close_passes"])
+    from l4lb.refdp.worker import Worker
+
+    calls = [0]
+    original = Worker.close_backends
+
+    def counting(self: Worker, *args: Any, **kwargs: Any) -> dict[int, int]:
+        calls[0] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Worker, "close_backends", counting)
+    return lambda: calls[0]
+
+
+def test_several_backends_in_one_call(make_lb: MakeLB, servers: Servers,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """One call, one pass per worker: exactly the sessions and flows of the ids named end,
+    counted per backend; the others keep relaying."""
+    tcp = [servers.start(name, "echo") for name in "abcd"]
+    u1, u2 = servers.udp("u1", "echo"), servers.udp("u2", "echo", index=2)
+    lb = make_lb([ServiceSpec(SVC, tuple(BackendSpec(name, HOST, s.port)
+                                         for name, s in zip("abcd", tcp, strict=True))),
+                  ServiceSpec(2, (BackendSpec("u1", HOST, u1.port), BackendSpec("u2", HOST,
+                                                                                u2.port)),
+                              protocol="udp", idle_timeout_ms=30_000)])
+    passes = pass_counter(lb.dp, monkeypatch)
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(connect(lb.addr())) for _ in range(12)]
+        for i, client in enumerate(clients):
+            client.sendall(b"ping%02d" % i)
+            assert recv_exact(client, 6) == b"ping%02d" % i
+        socks = [stack.enter_context(udp_socket(HOST)) for _ in range(6)]
+        for i, sock in enumerate(socks):
+            assert udp_ask(sock, lb.addr(2), b"hello%d" % i)[0] == b"hello%d" % i
+        owner = {client: backend_of(lb, client) for client in clients}
+        flows = {f["client"][1]: f["backend_id"] for f in lb.flows()}
+        id_a, id_c, id_u1 = lb.backend_id("a"), lb.backend_id("c"), lb.backend_id("u1")
+        doomed = [c for c in clients if owner[c] in (id_a, id_c)]
+        kept = [c for c in clients if owner[c] not in (id_a, id_c)]
+        gone = [s for s in socks if flows[s.getsockname()[1]] == id_u1]
+        assert doomed and kept and gone and len(gone) < len(socks)
+        expected = {id_a: sum(owner[c] == id_a for c in clients),
+                    id_c: sum(owner[c] == id_c for c in clients), id_u1: len(gone)}
+        before = passes()
+
+        got = lb.dp.close_backend_sessions([id_a, id_c, id_u1, id_a])  # a duplicate, too
+
+        assert got == expected
+        assert passes() - before == lb.workers  # one command per worker for all the ids
+        for client in doomed:
+            assert closed_within(client, 2.0) == "reset"
+        for client in kept:
+            client.sendall(b"still")
+            assert recv_exact(client, 5) == b"still"
+        for name in ("a", "c", "u1"):
+            stats = lb.be_stats(name)
+            assert stats.get("conns_active", 0) == stats.get("flows_active", 0) == 0, name
+        for name in ("b", "d"):
+            assert lb.be_stats(name)["conns_active"] == sum(
+                owner[c] == lb.backend_id(name) for c in clients)
+        assert sorted({s["backend_id"] for s in lb.dp.sessions()}) == sorted(
+            {owner[c] for c in kept})
+        assert {f["backend_id"] for f in lb.flows()} == {lb.backend_id("u2")}
+        assert len(lb.flows()) == len(socks) - len(gone)
+        assert lb.svc_stats(2)["flows_expired"] == len(gone)
+        # nothing left of them: every id still answers, with 0
+        assert lb.dp.close_backend_sessions((id_a, id_c, id_u1)) == dict.fromkeys(
+            (id_a, id_c, id_u1), 0)
+    assert wait_for(lambda: lb.svc_stats()["conns_active"] == 0, 5)
+
+
+def test_empty_duplicate_and_bad_id_sets(dp_impl: type[Any],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    dp = dp_impl(2)
+    passes = pass_counter(dp, monkeypatch)
+    try:
+        assert dp.close_backend_sessions([]) == {}  # before start: nothing to close
+        assert dp.close_backend_sessions([3, 3]) == {3: 0}
+        dp.start()
+        before = passes()
+        assert dp.close_backend_sessions([]) == {}
+        assert dp.close_backend_sessions(iter(())) == {}
+        assert passes() == before  # an empty set asks nothing of the workers
+        assert dp.close_backend_sessions(b for b in (0, 65535, 0)) == {0: 0, 65535: 0}
+        assert passes() == before + dp.workers
+        everything = dp.close_backend_sessions(range(65536))  # the whole id space at once
+        assert len(everything) == 65536 and not any(everything.values())
+        single = dp.close_backend_sessions(5)  # the int form still answers an int
+        assert single == 0 and isinstance(single, int)
+        for bad in ([-1], [65536], [0, 70000], (7, -3)):
+            with pytest.raises(ValueError, match=r"backend_id -?\d+ out of range 0\.\.65535"):
+                dp.close_backend_sessions(bad)
+        with pytest.raises(ValueError, match="65537 ids, at most 65536 in one call"):
+            dp.close_backend_sessions([0] * 65537)
+        for wrong in (["1"], [1.5], [True], "12", b"\x01", 1.5, None):
+            with pytest.raises(TypeError, match="must be an int"):
+                dp.close_backend_sessions(wrong)
+        with pytest.raises(ValueError, match="reason"):
+            dp.close_backend_sessions([1, 2], reason="moved")
+    finally:
+        dp.stop(0)
+    assert dp.close_backend_sessions([1, 2]) == {1: 0, 2: 0}  # stopped: nothing left either

@@ -262,6 +262,34 @@ def test_backend_down(make_lb: MakeLB, servers: Servers) -> None:
         "udp", "moved", lb.backend_id("u"))
 
 
+def test_several_backends_in_one_call_keep_the_reason(make_lb: MakeLB,
+                                                      servers: Servers) -> None:
+    """close_backend_sessions([...]) logs each close of the batch as the one-id form would:
+    backend_down (a UDP flow: moved), or drain_timeout by default."""
+    other = servers.start("other", "echo")
+    udp = servers.udp("u", "echo")
+    lb = logged_lb(make_lb, [echo_service(servers),
+                             ServiceSpec(3, (BackendSpec("other", HOST, other.port),)),
+                             ServiceSpec(2, (BackendSpec("u", HOST, udp.port),), protocol="udp",
+                                         idle_timeout_ms=30_000)])
+    ids = [lb.backend_id(name) for name in ("echo", "other", "u")]
+    for reason, flow_reason in (("backend_down", "moved"), ("drain_timeout", "drain_timeout")):
+        with connect(lb.addr()) as one_client, connect(lb.addr(3)) as two, \
+                udp_socket(HOST) as sock:
+            for client in (one_client, two):
+                client.sendall(b"x" * 9)
+                assert recv_exact(client, 9) == b"x" * 9
+            assert udp_ask(sock, lb.addr(2), b"flow")[0] == b"flow"
+            kw = {"reason": reason} if reason != "drain_timeout" else {}
+            assert lb.dp.close_backend_sessions(ids, **kw) == dict.fromkeys(ids, 1)
+            records = {r["backend_id"]: r for r in take(lb, 3)}
+            assert (records[ids[0]]["client"], records[ids[1]]["client"],
+                    records[ids[2]]["client"]) == (one_client.getsockname(),
+                                                   two.getsockname(), sock.getsockname())
+        assert [(records[i]["protocol"], records[i]["reason"]) for i in ids] == [
+            ("tcp", reason), ("tcp", reason), ("udp", flow_reason)]
+
+
 def test_close_backend_takes_two_reasons(dp_impl: type[Any]) -> None:
     dp = dp_impl(1)
     try:
@@ -524,9 +552,19 @@ int main(void)
     pthread_create(&zt, NULL, resizer_main, NULL);
     for (long i = 0; i < 4; i++)
         pthread_create(&ct[i], NULL, client_main, (void *)i);
-    while (atomic_load(&clients_done) < 4) {
-        if (dp_close_backend_sessions(g_dp, 0, DP_CLOSE_DRAIN_TIMEOUT, &closed) ||
-            dp_stats(g_dp, st))
+    for (int round = 0; atomic_load(&clients_done) < 4; round++) {
+        if (round % 2) { /* the one-id form, then a set with a duplicate and an unused id */
+            if (dp_close_backend_sessions(g_dp, 0, DP_CLOSE_DRAIN_TIMEOUT, &closed))
+                atomic_fetch_add(&bad, 1);
+        } else {
+            uint32_t ids[3] = { 0, 77, 0 };
+            uint64_t per[3];
+            if (dp_close_backends(g_dp, ids, 3, DP_CLOSE_DRAIN_TIMEOUT, per) || per[1] ||
+                per[0] != per[2])
+                atomic_fetch_add(&bad, 1);
+            closed = per[0];
+        }
+        if (dp_stats(g_dp, st))
             atomic_fetch_add(&bad, 1);
         atomic_fetch_add(&drained, closed);
         usleep(2000);
@@ -570,9 +608,9 @@ def build_and_run(tmp_path: Any, flags: list[str]) -> dict[str, int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("sanitizer", ["thread", "address,undefined"])
 def test_log_and_drain_under_sanitizers(tmp_path: Any, sanitizer: str) -> None:
-    """Records are taken, rings resized and backend 0 drained while 800 sessions run; with
-    ThreadSanitizer, then AddressSanitizer + UBSan + LeakSanitizer: no report, and every
-    admitted session ends as exactly one record or one counted drop."""
+    """Records are taken, rings resized and backend 0 drained (alone and in a set of ids) while
+    800 sessions run; with ThreadSanitizer, then AddressSanitizer + UBSan + LeakSanitizer: no
+    report, and every admitted session ends as exactly one record or one counted drop."""
     if reference_requested():
         pytest.skip("L4LB_NO_EXTENSIONS=1: the compiled data plane is not tested")
     figures = build_and_run(tmp_path, ["-O1", f"-fsanitize={sanitizer}"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ from l4lb.state import Runtime
 
 class FakeDataplane:
     """Just enough of the DataplaneAPI: publish, stats with per-backend active counts, and
-    close_backend_sessions."""
+    close_backend_sessions (one id or several)."""
 
     def __init__(self) -> None:
         self.generation = 0
         self.active: dict[int, int] = {}  # backend id -> open TCP sessions
         self.flows: dict[int, int] = {}  # backend id -> UDP flows
         self.closed: list[int] = []  # backend ids close_backend_sessions was called for
+        self.calls: list[list[int]] = []  # the ids of each call
 
     def publish(self, blob: bytes) -> int:
         self.generation += 1
@@ -38,9 +40,17 @@ class FakeDataplane:
                 "backends": {bid: {"conns_active": self.active.get(bid, 0),
                                    "flows_active": self.flows.get(bid, 0)} for bid in ids}}
 
-    def close_backend_sessions(self, backend_id: int) -> int:
-        self.closed.append(backend_id)
-        return self.active.pop(backend_id, 0) + self.flows.pop(backend_id, 0)
+    def close_backend_sessions(self, backend_ids: int | Iterable[int]) -> int | dict[int, int]:
+        ids = [backend_ids] if isinstance(backend_ids, int) else list(backend_ids)
+        self.calls.append(ids)
+        closed = {}
+        for bid in dict.fromkeys(ids):
+            self.closed.append(bid)
+            closed[bid] = self.active.pop(bid, 0) + self.flows.pop(bid, 0)
+        return closed[ids[0]] if isinstance(backend_ids, int) else closed
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return [{"backend_id": bid} for bid, n in self.active.items() for _ in range(n)]
 
     def stop(self, timeout: float) -> None:
         pass
@@ -61,7 +71,11 @@ listen = ["127.0.0.1:18080"]
   address = "127.0.0.1:9002"
   name = "two"
 """
-B2 = "127.0.0.1:9002"
+B1, B2, B3 = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
+THIRD = """
+  [[services.backends]]
+  address = "127.0.0.1:9003"
+"""
 
 
 def make_daemon(tmp_path: Path, text: str = CONFIG) -> tuple[Daemon, FakeDataplane]:
@@ -105,6 +119,38 @@ def test_deadline_closes_what_is_left_and_the_status_says_how_many(
     assert daemon.cmd_backends("web")[1]["drain_deadline"] is None
     daemon.drain_deadline_reached(info["id"])  # a late second call changes nothing
     assert dp.closed == [bid(daemon)]
+
+
+def test_deadlines_due_together_close_in_one_call(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    daemon, dp = make_daemon(tmp_path, CONFIG + THIRD)
+    b1, b2, b3 = (bid(daemon, a) for a in (B1, B2, B3))
+    dp.active = {b1: 3, b2: 1, b3: 5}
+    first = daemon.cmd_drain("web", B1, timeout="2s")["drain"]["id"]
+    second = daemon.cmd_drain("web", B2, timeout="2s")["drain"]["id"]
+    later = daemon.cmd_drain("web", B3, timeout="1h")["drain"]["id"]
+    for armed in daemon.drains.pending.values():  # B1 and B2 due now, B3 in an hour
+        armed.deadline -= 2.0 if armed.ident != later else 0.0
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        daemon.drain_deadline_reached(first)
+    assert [sorted(call) for call in dp.calls] == [sorted([b1, b2])]  # one call for both
+    assert dp.active == {b3: 5}
+    for ident, address, closed in ((first, B1, 3), (second, B2, 1)):
+        outcome = daemon.cmd_drain_status(ident)["outcome"]
+        assert (outcome["outcome"], outcome["closed"]) == ("deadline", closed)
+        assert (f"backend web/{address}: drain deadline reached, closed {closed} "
+                f"{'session' if closed == 1 else 'sessions'}") in caplog.messages
+    assert daemon.cmd_drain_status(later)["outcome"] is None
+    daemon.drain_deadline_reached(second)  # its timer, had it fired anyway: nothing more
+    assert len(dp.calls) == 1
+
+
+def test_stop_now_closes_every_backend_in_one_call(tmp_path: Path) -> None:
+    daemon, dp = make_daemon(tmp_path, CONFIG + THIRD)
+    dp.active = {bid(daemon, B1): 2, bid(daemon, B3): 4}
+    assert daemon.stop_now() == 6
+    assert len(dp.calls) == 1 and set(dp.calls[0]) >= {bid(daemon, B1), bid(daemon, B3)}
+    assert dp.active == {}
 
 
 def test_drain_with_nothing_left_ends_at_once(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,13 @@ from l4lb.table.blob import parse
 
 from .test_metrics import scrape
 
-B1, B2, B3 = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
+B1, B2, B3, B4 = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003", "127.0.0.1:9004"
 
 
 class FakeDataplane:
-    """publish, stats and close_backend_sessions; each close records what the live table (the
-    last blob published) gave that backend at that moment."""
+    """publish, stats and close_backend_sessions (one id or several); each close records what
+    the live table (the last blob published) gave that backend at that moment, and each call
+    the ids it named."""
 
     def __init__(self) -> None:
         self.generation = 0
@@ -36,6 +39,7 @@ class FakeDataplane:
         self.active: dict[int, int] = {}  # backend id -> open TCP sessions
         self.failures: dict[int, int] = {}  # backend id -> connect failures
         self.closes: list[tuple[int, str, int, int]] = []  # (id, reason, live weight, gen)
+        self.calls: list[list[int]] = []  # the ids of each close_backend_sessions call
 
     def publish(self, blob: bytes) -> int:
         self.blob = blob
@@ -54,9 +58,15 @@ class FakeDataplane:
                                    "connect_failures": self.failures.get(bid, 0)}
                              for bid in ids}}
 
-    def close_backend_sessions(self, backend_id: int, reason: str = "drain_timeout") -> int:
-        self.closes.append((backend_id, reason, self.live_weight(backend_id), self.generation))
-        return self.active.pop(backend_id, 0)
+    def close_backend_sessions(self, backend_ids: int | Iterable[int],
+                               reason: str = "drain_timeout") -> int | dict[int, int]:
+        ids = [backend_ids] if isinstance(backend_ids, int) else list(backend_ids)
+        self.calls.append(ids)
+        closed = {}
+        for bid in dict.fromkeys(ids):
+            self.closes.append((bid, reason, self.live_weight(bid), self.generation))
+            closed[bid] = self.active.pop(bid, 0)
+        return closed[ids[0]] if isinstance(backend_ids, int) else closed
 
     def stop(self, timeout: float) -> None:
         pass
@@ -194,13 +204,68 @@ def test_back_up_before_the_publish_closes_nothing(tmp_path: Path) -> None:
     assert dp.closes == [] and not daemon.on_down_pending
 
 
-def test_several_at_once_make_one_table_then_one_close_each(tmp_path: Path) -> None:
+def test_several_at_once_make_one_table_then_one_close_call(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     daemon, dp = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    b1, b2, b3 = bid(daemon, B1), bid(daemon, B2), bid(daemon, B3)
+    dp.active = {b1: 4, b2: 2, b3: 1}
     gen = dp.generation
-    transitions(daemon, (B1, Health.DOWN), (B3, Health.DOWN))
-    assert dp.generation == gen + 1
-    assert sorted(c[0] for c in dp.closes) == sorted([bid(daemon, B1), bid(daemon, B3)])
-    assert {c[1:] for c in dp.closes} == {("backend_down", 0, gen + 1)}
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        closes_before, _ = transitions(daemon, (B1, Health.DOWN), (B3, Health.DOWN))
+    assert closes_before == 0 and dp.generation == gen + 1
+    # ONE data-plane call for both, after the one table that gives both weight 0
+    assert [sorted(call) for call in dp.calls] == [sorted([b1, b3])]
+    assert sorted(dp.closes) == sorted([(b1, "backend_down", 0, gen + 1),
+                                        (b3, "backend_down", 0, gen + 1)])
+    assert dp.active == {b2: 2}
+    # per backend: its own count and its own line, after the publish
+    assert (shut_down_count(daemon, B1), shut_down_count(daemon, B2),
+            shut_down_count(daemon, B3)) == (4, 0, 1)
+    lines = [f'backend web/{B1}: closed 4 sessions (on_down = "shutdown_sessions")',
+             f'backend web/{B3}: closed 1 session (on_down = "shutdown_sessions")']
+    published = [i for i, m in enumerate(caplog.messages) if m.startswith("table: generation")]
+    assert all(published[-1] < caplog.messages.index(line) for line in lines)
+
+
+def test_a_panic_backend_waits_while_the_others_close_in_one_call(tmp_path: Path) -> None:
+    # 4 backends, min_healthy 0.5 (2 UP needed): B2 DOWN alone is closed alone; B3 and B4
+    # DOWN in the same tick leave 1 UP, a panic that keeps every DOWN backend in rotation and
+    # closes nothing; B2 back UP ends the panic, B3 and B4 leave rotation still DOWN, and
+    # one call closes both.
+    text = config("shutdown_sessions", min_healthy=0.5).replace(
+        f'  [[services.backends]]\n  address = "{B3}"\n',
+        f'  [[services.backends]]\n  address = "{B3}"\n\n  [[services.backends]]\n'
+        f'  address = "{B4}"\n')
+    daemon, dp = make_daemon(tmp_path, text)
+    b2, b3, b4 = bid(daemon, B2), bid(daemon, B3), bid(daemon, B4)
+    dp.active = {b2: 1, b3: 2, b4: 3}
+    transitions(daemon, (B2, Health.DOWN))
+    assert dp.calls == [[b2]]
+    transitions(daemon, (B3, Health.DOWN), (B4, Health.DOWN))
+    assert daemon.cmd_status()["services"][0]["panic"] is not None
+    assert dp.calls == [[b2]]  # panic: kept
+    assert set(daemon.on_down_pending) == {("web", B3), ("web", B4)}
+    transitions(daemon, (B2, Health.UP))
+    assert daemon.cmd_status()["services"][0]["panic"] is None
+    assert [sorted(call) for call in dp.calls] == [[b2], sorted([b3, b4])]
+    assert (shut_down_count(daemon, B3), shut_down_count(daemon, B4)) == (2, 3)
+    assert not daemon.on_down_pending
+
+
+def test_a_failed_close_is_logged_for_each_backend(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    daemon, dp = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+
+    def refuse(backend_ids: object, reason: str = "drain_timeout") -> int:
+        raise OSError(12, "Cannot allocate memory")
+
+    dp.close_backend_sessions = refuse  # type: ignore[method-assign,assignment]
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        transitions(daemon, (B1, Health.DOWN), (B3, Health.DOWN))
+    failed = sorted(m for m in caplog.messages if "closing its sessions" in m)
+    assert failed == [f'backend web/{b}: closing its sessions (on_down = "shutdown_sessions") '
+                      "failed: Cannot allocate memory" for b in (B1, B3)]
+    assert shut_down_count(daemon, B1) == shut_down_count(daemon, B3) == 0
 
 
 def test_panic_keeps_them_until_a_table_takes_the_backend_out(
@@ -256,3 +321,131 @@ def test_passive_failures_take_it_down_and_close_too(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert dp.closes == [(b2, "backend_down", 0, dp.generation)]
+
+
+class SlowClose(FakeDataplane):
+    """A close that blocks until `release` lets it (one release() per close; as a large close of
+    the C plane, GIL released, would take its time); it notes the generation live when it ends
+    and the thread it ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Semaphore(0)
+        self.published_during = threading.Event()  # a table went out while the close ran
+        self.ended_at: list[tuple[int, str]] = []  # (live generation, thread name)
+
+    def publish(self, blob: bytes) -> int:
+        if self.started.is_set() and not self.ended_at:
+            self.published_during.set()
+        return super().publish(blob)
+
+    def close_backend_sessions(self, backend_ids: int | Iterable[int],
+                               reason: str = "drain_timeout") -> int | dict[int, int]:
+        self.started.set()
+        assert self.release.acquire(timeout=5.0), "never released"
+        closed = super().close_backend_sessions(backend_ids, reason)
+        self.ended_at.append((self.generation, threading.current_thread().name))
+        return closed
+
+
+def test_off_the_loop_the_close_lets_the_loop_run_and_fences_the_next_publish(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    dp = SlowClose()
+    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
+    daemon._publish()
+    b1, b3 = bid(daemon, B1), bid(daemon, B3)
+    dp.active = {b1: 4, b3: 1}
+
+    async def go() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        for address in (B1, B3):
+            daemon._on_transition(("web", address), went(Health.DOWN))
+        await settle(daemon)
+        down_gen = dp.generation
+        assert await loop.run_in_executor(None, dp.started.wait, 5.0)
+        # the close is under way in its thread, and the loop runs: nothing counted yet
+        assert daemon.closing is not None and shut_down_count(daemon, B1) == 0
+
+        def release_when_overtaken() -> None:  # lets the close end; at once if a table
+            dp.published_during.wait(0.5)       # overtook it (the fence would be missing)
+            dp.release.release()
+
+        threading.Thread(target=release_when_overtaken).start()
+        daemon._on_transition(("web", B1), went(Health.UP))
+        await settle(daemon)  # this publish waits for the close first
+        return down_gen, dp.generation
+
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        down_gen, up_gen = asyncio.run(go())
+    assert dp.ended_at == [(down_gen, "l4lb-close_0")]  # ended before the next table
+    assert not dp.published_during.is_set() and up_gen == down_gen + 1
+    assert [sorted(call) for call in dp.calls] == [sorted([b1, b3])]
+    assert (shut_down_count(daemon, B1), shut_down_count(daemon, B3)) == (4, 1)
+    closed = f'backend web/{B1}: closed 4 sessions (on_down = "shutdown_sessions")'
+    up_table = f"table: generation {up_gen} published"
+    assert caplog.messages.index(closed) < next(
+        i for i, m in enumerate(caplog.messages) if m.startswith(up_table))
+    daemon.stop(0.0)
+    assert daemon.close_pool is None
+
+
+def test_a_stop_waits_for_the_close_in_flight_and_counts_it(tmp_path: Path) -> None:
+    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    dp = SlowClose()
+    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
+    daemon._publish()
+    dp.active = {bid(daemon, B2): 7}
+
+    async def go() -> None:
+        daemon._on_transition(("web", B2), went(Health.DOWN))
+        await settle(daemon)
+        assert await asyncio.get_running_loop().run_in_executor(None, dp.started.wait, 5.0)
+        dp.release.release()
+        daemon.begin_stop(0.0)  # waits for it and counts it before anything stops
+        assert daemon.closing is None and shut_down_count(daemon, B2) == 7
+
+    asyncio.run(go())
+    daemon.stop(0.0)
+    assert daemon.close_pool is None and dp.ended_at
+
+
+def test_a_close_counted_by_a_fence_does_not_wait_for_the_next_one(tmp_path: Path) -> None:
+    """The completion callback of a close that a fence (the next publish) already counted must
+    not wait for the close that publish started: the loop would block on it."""
+    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    dp = SlowClose()
+    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
+    daemon._publish()
+    b1, b3 = bid(daemon, B1), bid(daemon, B3)
+    dp.active = {b1: 2, b3: 3}
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        daemon._on_transition(("web", B1), went(Health.DOWN))
+        await settle(daemon)
+        assert await loop.run_in_executor(None, dp.started.wait, 5.0)
+        first = daemon.closing
+        assert first is not None
+        dp.release.release()  # the first close ends; its callback is queued, not run yet:
+        daemon._on_transition(("web", B3), went(Health.DOWN))
+        assert daemon.publish_handle is not None
+        daemon.publish_handle.cancel()  # publish now, without yielding to the loop
+        daemon.publish_handle = None
+        daemon._publish()  # fences (waits for and counts) the first, starts a second
+        second = daemon.closing
+        assert second is not None and second is not first
+        assert shut_down_count(daemon, B1) == 2
+        for _ in range(10):  # the first close's completion callback runs: a no-op now
+            await asyncio.sleep(0)
+        assert daemon.closing is second and not second[0].done()
+        dp.release.release()
+        await loop.run_in_executor(None, second[0].exception, 5.0)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert daemon.closing is None and shut_down_count(daemon, B3) == 3
+
+    asyncio.run(go())
+    assert [c for c in dp.calls] == [[b1], [b3]]
+    daemon.stop(0.0)

@@ -1,9 +1,11 @@
 """health.on_down across a reload that is rolled back (found by review): the tentative publish
 of the failed reload pruned the counter of a backend the new file dropped and the closes that
-waited out a panic; the rollback now puts both back."""
+waited out a panic; the rollback now puts both back, and keeps the count of a close that was
+still in flight off the loop when the reload began."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,18 @@ import pytest
 from l4lb.control import ControlError
 from l4lb.health.dampener import Health
 
-from .test_daemon_on_down import B2, B3, bid, config, make_daemon, shut_down_count, transitions
+from .test_daemon_on_down import (
+    B2,
+    B3,
+    SlowClose,
+    bid,
+    config,
+    make_daemon,
+    settle,
+    shut_down_count,
+    transitions,
+    went,
+)
 
 
 def without_b3(text: str) -> str:
@@ -54,3 +67,28 @@ def test_rolled_back_reload_keeps_a_close_pending_in_panic(
     monkeypatch.undo()
     transitions(daemon, (B2, Health.UP))  # panic over, B3 leaves rotation while DOWN
     assert [c[0] for c in dp.closes] == [bid(daemon, B3)]
+
+
+def test_a_close_in_flight_is_counted_before_a_reload_saves_its_rollback_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    dp = SlowClose()  # the C plane's close, off the loop
+    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
+    daemon._publish()
+    dp.active = {bid(daemon, B3): 5}
+
+    async def go() -> None:
+        daemon._on_transition(("web", B3), went(Health.DOWN))
+        await settle(daemon)
+        assert await asyncio.get_running_loop().run_in_executor(None, dp.started.wait, 5.0)
+        dp.release.release()  # it ends; its count is not taken yet when the reload begins
+        (tmp_path / "l4lb.toml").write_text(
+            config("shutdown_sessions", min_healthy=0.1).format(dir=tmp_path))
+        monkeypatch.setattr(daemon, "_sync_listener_defer_accept",
+                            lambda groups: ["injected: a fresh listener refused an option"])
+        with pytest.raises(ControlError):
+            daemon.reload()
+
+    asyncio.run(go())
+    assert shut_down_count(daemon, B3) == 5  # not lost to the rollback
+    daemon.stop(0.0)
