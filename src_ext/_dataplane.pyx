@@ -600,9 +600,35 @@ cdef class Dataplane:
 cdef extern from "proxyhdr.h" nogil:
     enum:
         PP_MAX
+    struct pp_info:
+        uint32_t len
+        uint8_t version
+        uint8_t family
+        uint16_t sport
+        uint16_t dport
+        uint8_t src[16]
+        uint8_t dst[16]
     int pp_build(uint8_t *out, size_t cap, int version, int family, const uint8_t *src,
                  uint16_t sport, const uint8_t *dst, uint16_t dport)
     int pp_build_local(uint8_t *out, size_t cap, int version)
+    int pp_parse(const uint8_t *buf, size_t n, pp_info *out)
+
+
+def proxy_parse(bytes data):
+    """The C parser's verdict (src_ext/core/proxyhdr.c, pp_parse) on the first bytes of a
+    client, for the tests that hold it to l4lb.proxyproto.parse(): None (more bytes needed),
+    or (length, version, family, src, sport, dst, dport) with family 4 or 6 and the addresses
+    packed, or family 0 and empty addresses (use the connection's own). ValueError: invalid."""
+    cdef pp_info info
+    cdef const uint8_t *p = data
+    cdef int rc = pp_parse(p, <size_t>len(data), &info)
+    if rc < 0:
+        raise ValueError("not a valid PROXY protocol header")
+    if rc == 0:
+        return None
+    alen = 4 if info.family == 4 else 16 if info.family == 6 else 0
+    return (info.len, info.version, info.family, bytes(info.src[:alen]), info.sport,
+            bytes(info.dst[:alen]), info.dport)
 
 
 def proxy_header(int version, int family, bytes src, int sport, bytes dst, int dport):
