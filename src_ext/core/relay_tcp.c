@@ -188,6 +188,32 @@
  * the next backend: the addresses are the client's, whichever backend it reaches. The header's
  * bytes are not counted as client bytes (bytes_to_backend).
  *
+ * Receiving the PROXY protocol. A service with accept_proxy (dp_set_accept_proxy; a timeout
+ * word per service id, read once per accepted client: the only cost to other services, one load
+ * and a predictable branch in relay_new) sits behind another balancer, and each client starts
+ * with a header naming the real one. relay_new admits the client as usual (max_connections
+ * counts it) but picks no backend: the session stays RELAY_CONNECTING with s->pin WAIT, the
+ * real peer saved in s->peer_*, and the ct timer set to the header deadline. The client's
+ * EPOLLIN (the insert polls, so a header already queued reports at once) goes to
+ * relay_pin_read, never to the connect path: it peeks at most PP_PARSE_MIN + 1 bytes and asks
+ * pp_parse (proxyhdr.c) for a verdict. Nothing is consumed until the header is whole, so a
+ * header in pieces needs no buffer in the session: each piece raises a new edge and is peeked
+ * again with the ones before it. Once whole, recv(MSG_TRUNC) discards exactly its length
+ * without copying (a version 2 header's TLVs beyond the peek are discarded by count as they
+ * arrive, s->pin SKIP_* and s->pin_skip), so the client's first bytes stay queued for the
+ * pump and for fast open's peek. A header naming a client rewrites the session key (client and
+ * destination; re-indexed), and everything downstream reads the key: the scheduler's hash, the
+ * snapshots, the log, and the header sent on with proxy_protocol (whose destination is then the
+ * header's, not getsockname's). LOCAL / UNKNOWN keep the connection's addresses. Then the
+ * deadline is cancelled, s->cev says whether bytes or a FIN follow the header, and
+ * relay_connect_next picks a backend as for any client. A bad header, or a valid beginning
+ * followed by the client's FIN (EPOLLRDHUP), counts proxy_header_errors and resets the client;
+ * the deadline counts proxy_header_timeouts and resets it; neither ever chose a backend. A FIN
+ * before any byte (a TCP check of the balancer in front) closes quietly. The session struct
+ * did not grow for this: the tried backend ids became 16-bit (DP_MAX_BACKENDS is 65536), and
+ * 20 of the 64 bytes that freed hold the peer's address and the skip count, with pin,
+ * peer_family and peer_port in what was padding: 432 -> 384 bytes per session.
+ *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
  * drops it from epoll) and queues it on the worker's graveyard; relay_tcp_reap() frees the slab
