@@ -209,6 +209,16 @@ _V1_FIELDS = st.builds(
     st.sampled_from(["TCP4", "TCP6", "UNKNOWN"]), st.lists(_FIELD_TEXT, min_size=3, max_size=5),
     st.sampled_from(["\r\n", "\r", "\n", " \r\n", "", "\r\nGET"]))
 
+_ADDR_TEXT = st.sampled_from(
+    ["1.2.3.4", "0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3.04", "256.1.1.1", "1.2.3",
+     "1.2.3.4.5", "::", "::1", "2001:db8::1", "::ffff:1.2.3.4", "1:2:3:4:5:6:7:8", "1::2::3",
+     "fe80::1%lo", "12345::", "g::", ":1", "1:", "1.2.3.4:"])
+_PORT_TEXT = st.sampled_from(["0", "1", "80", "65535", "65536", "00", "01", "0080", "-1", "+1",
+                              "1e3", "123456", ""])
+_V1_STRUCTURED = st.builds(
+    lambda proto, a, b, p, q: f"PROXY {proto} {a} {b} {p} {q}\r\n".encode(),
+    st.sampled_from(["TCP4", "TCP6"]), _ADDR_TEXT, _ADDR_TEXT, _PORT_TEXT, _PORT_TEXT)
+
 
 @st.composite
 def _mutated(draw: st.DrawFn) -> bytes:
@@ -227,7 +237,8 @@ def _mutated(draw: st.DrawFn) -> bytes:
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.one_of(st.binary(max_size=140), _V1_LINES, _V1_FIELDS, _mutated(),
+@given(data=st.one_of(st.binary(max_size=140), _V1_LINES, _V1_FIELDS, _V1_STRUCTURED,
+                      _mutated(),
                       st.builds(lambda tail: SIG + tail, st.binary(max_size=60))))
 def test_c_parser_matches_the_python_twin(cdp: types.ModuleType, data: bytes) -> None:
     want = _py_verdict(data)
