@@ -123,12 +123,26 @@ def behind_the_front(tmp_path: Path, backend: ProxyBackend, lb: int,
         for i, front in enumerate(fronts):
             payload = b"through %d " % i * (i + 1)
             clients.append((trip(*front, payload), front, payload))
+        with socket.create_connection(fronts[0], timeout=5.0) as held:  # `l4lb sessions`
+            held_me = held.getsockname()[:2]
+            held.sendall(b"held")
+            assert held.recv(4) == b"held"
+            res = subprocess.run(l4lb_cmd("sessions", "--json", "-c", str(cfg)),
+                                 capture_output=True, text=True, env=child_env(), timeout=30,
+                                 check=True)
+            (sess,) = [x for x in json.loads(res.stdout) if x["state"] != "connecting"]
+            assert sess["client"] == hostport(held_me), sess
+            assert sess["peer"].startswith("127.0.0.1:") and sess["peer"] != sess["client"]
+            res = subprocess.run(l4lb_cmd("sessions", "-c", str(cfg)), capture_output=True,
+                                 text=True, env=child_env(), timeout=30, check=True)
+            assert "PEER" in res.stdout and sess["peer"] in res.stdout, res.stdout
+        clients.append((held_me, fronts[0], b"held"))
         with socket.create_connection(("127.0.0.1", lb), timeout=5.0) as direct:
             direct.sendall(b"GET / HTTP/1.0\r\n\r\n")  # skips the front: no header
             with pytest.raises(ConnectionResetError):
                 while direct.recv(4096):
                     pass
-        assert wait_until(lambda: len(backend.done()) >= len(fronts), 10.0), backend.done()
+        assert wait_until(lambda: len(backend.done()) >= len(clients), 10.0), backend.done()
 
         def counters() -> dict[str, int]:
             res = subprocess.run(l4lb_cmd("status", "--json", "-c", str(cfg)),
