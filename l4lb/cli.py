@@ -347,11 +347,19 @@ def sessions(service: str, backend: str, config_path: str | None, socket_path: s
     if backend and not service:
         raise click.UsageError("--backend needs SERVICE (the backend's service)")
     result = _call(config_path, socket_path, "sessions", service=service, backend=backend)
-    _emit(result, as_json, lambda r: table(
-        ("SERVICE", "CLIENT", "BACKEND", "STATE", "AGE", "TO-BACKEND", "TO-CLIENT"),
-        [[s["service"], s["client"], s["backend"] or "-", s["state"],
-          f"{max(0.0, time.time() - s['started']):.0f}s", human_bytes(s["bytes_to_backend"]),
-          human_bytes(s["bytes_to_client"])] for s in r]))
+    _emit(result, as_json, _sessions_table)
+
+
+def _sessions_table(rows: list[dict[str, Any]]) -> str:
+    """`l4lb sessions` as a table; a PEER column (the balancer in front, accept_proxy) only
+    when some session has one."""
+    peers = any(s.get("peer") for s in rows)
+    return table(
+        ("SERVICE", "CLIENT", *(("PEER",) if peers else ()), "BACKEND", "STATE", "AGE",
+         "TO-BACKEND", "TO-CLIENT"),
+        [[s["service"], s["client"], *((s.get("peer") or "-",) if peers else ()),
+          s["backend"] or "-", s["state"], f"{max(0.0, time.time() - s['started']):.0f}s",
+          human_bytes(s["bytes_to_backend"]), human_bytes(s["bytes_to_client"])] for s in rows])
 
 
 @cli.command()

@@ -22,6 +22,8 @@ newline, so the fragment stands alone on its line and the next line is valid JSO
 
 Input record (a dict: the daemon maps the data plane's `closed_sessions()` records to this):
     client            str    "host:port" ("[v6]:port" for IPv6)
+    peer              str | None  (optional) accept_proxy: the connection's real peer (the
+                             balancer in front), "host:port"; absent or None on other services
     service           str    service name
     protocol          str    "tcp" (a session) or "udp" (a flow)
     backend           str | None  backend address as written (None: no backend was chosen)
@@ -34,6 +36,8 @@ Input record (a dict: the daemon maps the data plane's `closed_sessions()` recor
 Output line:
     {"client":..,"service":..,"protocol":"tcp","backend":..,"start":"2026-01-02T03:04:05.678Z",
      "duration":1.234,"bytes_to_backend":..,"bytes_to_client":..,"reason":..}
+    with "peer":.. after "client" for a session of an accept_proxy service (only there, so the
+    lines of other services stay as they were).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ log = logging.getLogger("l4lb")
 # The close reasons the data plane reports (docs/connection-log.md explains each).
 TCP_REASONS = ("client_closed", "backend_closed", "client_reset", "backend_reset",
                "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
-               "drain_timeout", "backend_down", "error")
+               "drain_timeout", "backend_down", "error", "proxy_header", "proxy_header_timeout")
 UDP_REASONS = ("idle_timeout", "responses", "refused", "moved", "listener_gone", "shutdown",
                "drain_timeout", "error")
 CLOSE_REASONS = tuple(dict.fromkeys(TCP_REASONS + UDP_REASONS))  # both, without repeats
@@ -110,7 +114,11 @@ def format_record(record: Mapping[str, Any]) -> str:
     reason = _text(record, "reason")
     if len(reason) > MAX_REASON:
         raise RecordError(f"reason: longer than {MAX_REASON} characters")
-    line = {"client": client, "service": service, "protocol": protocol, "backend": backend,
+    peer = record.get("peer")
+    if peer is not None and not isinstance(peer, str):
+        raise RecordError("peer: expected a string or null")
+    line = {"client": client, **({"peer": peer} if peer is not None else {}),
+            "service": service, "protocol": protocol, "backend": backend,
             "start": rfc3339(started), "duration": round(duration, 6),
             "bytes_to_backend": to_backend, "bytes_to_client": to_client, "reason": reason}
     return _ENCODER.encode(line) + "\n"

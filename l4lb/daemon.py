@@ -132,6 +132,12 @@ def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, callback: Callable[[]
         loop.call_soon_threadsafe(callback)
 
 
+def _hostport(addr: Any) -> str:
+    """(host, port) as "host:port", "[v6]:port" for IPv6 (sessions, the connection log)."""
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _reason(exc: BaseException) -> str:
     """One line for a failed step: the OS error text, or the message."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -166,7 +172,8 @@ BACKEND_COUNTERS = ("conns_total", "conns_active", "connect_failures", "bytes_to
 # every service's `counters` in `status` has these keys, 0 before any traffic (control-api.md);
 # UDP services also the second tuple's
 SERVICE_COUNTERS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
-                    "bytes_to_client", "accept_errors")
+                    "bytes_to_client", "accept_errors", "proxy_header_errors",
+                    "proxy_header_timeouts")
 UDP_SERVICE_COUNTERS = ("datagrams_in", "datagrams_out", "flows_created", "flows_expired",
                         "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
                         "drops_send", "drops_max_udp_flows")
@@ -267,6 +274,8 @@ class Daemon:
     #                                   open backend connections with TCP Fast Open
     proxy: dict[int, int] = field(default_factory=dict)  # service id -> the PROXY protocol
     #                       version the data plane was told to send its backends (1 or 2)
+    accept_proxy: dict[int, int] = field(default_factory=dict)  # service id -> how long (ms)
+    #                       the data plane was told to wait for each client's PROXY header
     udp_gro_off: set[int] = field(default_factory=set)  # UDP service ids the data plane was
     #                                   told to read without GRO buffers (udp_gro = false)
     udp_gro_kept: set[str] = field(default_factory=set)  # services switched off by a reload
@@ -358,6 +367,7 @@ class Daemon:
         self._sync_backend_congestion()
         self._sync_backend_fast_open()
         self._sync_proxy_protocol()
+        self._sync_accept_proxy()
         self._sync_udp_gro()
         self._sync_backend_buffers()
         self.weights = weights
@@ -537,6 +547,41 @@ class Daemon:
             self.proxy[sid] = version
             log.info("service %s: backend connections start with a PROXY protocol v%d header",
                      name, version)
+
+    # ---- PROXY protocol from the clients (docs/configuration.md, accept_proxy) ----
+
+    def _sync_accept_proxy(self) -> None:
+        """Tell the data plane which TCP services expect a PROXY protocol header from each
+        client and how long it may take, and none for ids that no longer expect one (after
+        each publish: a reload may move service ids; clients already accepted keep what they
+        had). A data plane without set_accept_proxy is a problem (in cc_problems, so start
+        refuses) only when some service asks for it."""
+        if self.dp is None:
+            return
+        ids = self.builder.service_ids()
+        want = {ids[s.name]: (s.name, max(1, round(s.accept_proxy_timeout * 1000)))
+                for s in self.config.services
+                if s.protocol == "tcp" and s.accept_proxy and s.name in ids}
+        if not want and not self.accept_proxy:
+            return  # the default path: no call at all
+        if not self._dp_supports("set_accept_proxy"):
+            self.cc_problems.append("this data plane cannot receive a PROXY protocol header")
+            log.error("%s", self.cc_problems[-1])
+            return
+        names = {sid: name for name, sid in ids.items()}
+        for sid in sorted(set(self.accept_proxy) - set(want)):
+            self.dp.set_accept_proxy(sid, 0)
+            del self.accept_proxy[sid]
+            if sid in names:
+                log.info("service %s: clients no longer send a PROXY protocol header",
+                         names[sid])
+        for sid, (name, timeout_ms) in sorted(want.items()):
+            if self.accept_proxy.get(sid) == timeout_ms:
+                continue
+            self.dp.set_accept_proxy(sid, timeout_ms)
+            self.accept_proxy[sid] = timeout_ms
+            log.info("service %s: each client must start with a PROXY protocol header "
+                     "(within %g s)", name, timeout_ms / 1000)
 
     # ---- GRO buffers on UDP sockets (docs/configuration.md, udp_gro) ----
 
@@ -1250,7 +1295,9 @@ class Daemon:
         if backend is None and bid in self.retired_backends:
             backend = self.retired_backends[bid][1]
         host, port = record["client"]
+        peer = record.get("peer")
         return {"client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                **({"peer": _hostport(peer)} if peer else {}),
                 "service": service if service is not None else f"?{sid}",
                 "protocol": record["protocol"],
                 "backend": backend if backend is not None or bid < 0 else f"?{bid}",
@@ -1755,6 +1802,8 @@ class Daemon:
                     "backend_fast_open": service.backend_fast_open,
                     "defer_accept": service.defer_accept,
                     "proxy_protocol": service.proxy_protocol,
+                    "accept_proxy": service.accept_proxy,
+                    "accept_proxy_timeout": service.accept_proxy_timeout,
                 }
                 services[-1]["tcp_options"].update(self._buffer_status(service, dp, sids))
             else:  # the key, and whether GRO buffers are in use (data plane and kernel)
@@ -1848,9 +1897,11 @@ class Daemon:
                 continue
             key = bids.get(sess["backend_id"])
             client = sess["client"]
+            peer = sess.get("peer")
             out.append({**sess, "service": svc_name, "backend": key[1] if key else None,
                         "client": f"[{client[0]}]:{client[1]}" if ":" in client[0]
-                        else f"{client[0]}:{client[1]}"})
+                        else f"{client[0]}:{client[1]}",
+                        "peer": _hostport(peer) if peer else None})
         return out
 
     def cmd_flows(self, service: str = "") -> list[dict[str, Any]]:

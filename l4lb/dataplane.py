@@ -49,7 +49,15 @@ class DataplaneAPI(Protocol):
         {"service_id": int, "backend_id": int (-1 while none is chosen),
          "client": (host: str, port: int), "started": float (unix time),
          "bytes_to_backend": int, "bytes_to_client": int,
-         "state": "connecting" | "established" | "half_closed"}
+         "state": "connecting" | "established" | "half_closed",
+         "peer": (host: str, port: int) | None}
+    On a service with accept_proxy (set_accept_proxy) "client" is the address the client's
+    PROXY protocol header named (the connection's own until the header is read, and for a
+    LOCAL / UNKNOWN header), "peer" the connection's real peer (the balancer in front); "peer"
+    is None on other services. A session waiting for its header is "connecting". TCP services
+    count, per service, proxy_header_errors (clients reset before any backend was chosen: the
+    header was missing, invalid or cut short by their FIN) and proxy_header_timeouts (not
+    complete within the timeout).
     stats() also has the top-level key "connlog_dropped": int (connection-log records refused
     because a worker's ring was full, since the data plane was made).
 
@@ -63,7 +71,7 @@ class DataplaneAPI(Protocol):
          tcp connect_failed: the last backend tried), "client": (host: str, port: int),
          "started": float (unix time of accept / first datagram),
          "duration": float (seconds, >= 0), "bytes_to_backend": int, "bytes_to_client": int,
-         "reason": str}
+         "reason": str, "peer": (host: str, port: int) | None (as in sessions())}
     Close reasons (CLOSE_REASONS_TCP / CLOSE_REASONS_UDP below; the most specific one):
       tcp  client_closed   the client's FIN went through first and the session ended normally
            backend_closed  the backend's FIN went through first
@@ -80,6 +88,9 @@ class DataplaneAPI(Protocol):
            backend_down    closed by close_backend_sessions(reason="backend_down") (before any
                            stop()): the health checks took the backend DOWN
            error           anything else (a local resource failure: no fd, no memory)
+           proxy_header    accept_proxy: the client's PROXY protocol header was missing,
+                           invalid or cut short; no backend was chosen (backend_id -1)
+           proxy_header_timeout  accept_proxy: the header was not complete in time
       udp  idle_timeout    no datagram either way for idle_timeout_ms
            responses       the service's `responses` count of backend datagrams was reached
            refused         an ICMP error (port unreachable, ...) on the flow's upstream socket
@@ -219,6 +230,24 @@ class DataplaneAPI(Protocol):
     def proxy_protocol(self, service_id: int) -> int:
         """The PROXY protocol version set for service_id, 0 for none."""
 
+    def set_accept_proxy(self, service_id: int, timeout_ms: int) -> None:
+        """PROXY protocol from the clients of TCP service service_id: timeout_ms != 0 makes
+        every connection accepted from now on start with a version 1 or 2 header (told apart by
+        its first byte), complete within timeout_ms; 0 (the default) expects none. No backend
+        is chosen before the header is read; only its bytes are consumed, so the client's own
+        first bytes reach the backend (and a fast-open SYN) untouched. Its addresses (PROXY
+        command, TCP over IPv4 / IPv6) become the session's client and the address it
+        connected to; LOCAL, UNKNOWN and families without TCP addresses keep the connection's
+        own. A bad header resets the client (proxy_header_errors, close reason proxy_header),
+        a late one too (proxy_header_timeouts, proxy_header_timeout); a FIN before any byte
+        closes it quietly (client_closed: a plain TCP check of the balancer in front). Clients
+        accepted before the call keep what they had. Before or after start(). Not part of the
+        table blob. ValueError: service_id outside 0..1023; TypeError / ValueError: timeout_ms
+        not an int in 0..4294967295."""
+
+    def accept_proxy(self, service_id: int) -> int:
+        """The header timeout set for service_id in ms, 0 when it expects no header."""
+
     def set_socket_buffers(self, service_id: int, sndbuf: int, rcvbuf: int) -> None:
         """Socket buffers of the backend leg of TCP service service_id: the data plane sets
         SO_SNDBUF `sndbuf` and SO_RCVBUF `rcvbuf` bytes on each backend socket before
@@ -309,7 +338,8 @@ def congestion_control_name_ok(name: str) -> bool:
 
 CLOSE_REASONS_TCP = ("client_closed", "backend_closed", "client_reset", "backend_reset",
                      "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
-                     "drain_timeout", "backend_down", "error")
+                     "drain_timeout", "backend_down", "error", "proxy_header",
+                     "proxy_header_timeout")
 CLOSE_REASONS_UDP = ("idle_timeout", "responses", "refused", "moved", "listener_gone",
                      "shutdown", "drain_timeout", "error")
 

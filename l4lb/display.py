@@ -159,6 +159,9 @@ def tcp_options_text(options: dict[str, Any]) -> str:
         parts.append("backend fast open")
     if options.get("defer_accept"):
         parts.append("defer accept")
+    if options.get("accept_proxy"):
+        parts.append(f"accepts PROXY protocol (header within "
+                     f"{options.get('accept_proxy_timeout', 5.0):g}s)")
     if options.get("proxy_protocol", "off") != "off":
         parts.append(f"PROXY protocol {options['proxy_protocol']}")
     parts.extend(_buffers_text(options))
@@ -248,7 +251,11 @@ def status_text(status: dict[str, Any]) -> str:
                        f"{c.get('conns_total', 0)} total, {c.get('rejected', 0)} rejected, "
                        f"{c.get('no_backend', 0)} without backend"
                        + (f", {c['accept_errors']} accept errors (out of fds?)"
-                          if c.get("accept_errors") else ""))
+                          if c.get("accept_errors") else "")
+                       + (f", PROXY header errors {c.get('proxy_header_errors', 0)}, timeouts "
+                          f"{c.get('proxy_header_timeouts', 0)}"
+                          if c.get("proxy_header_errors") or c.get("proxy_header_timeouts")
+                          or (svc.get("tcp_options") or {}).get("accept_proxy") else ""))
         options = (tcp_options_text(svc.get("tcp_options") or {})
                    or udp_options_text(svc.get("udp_options") or {}))
         if options:

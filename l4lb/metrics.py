@@ -270,6 +270,11 @@ def _service_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]
     backends = GaugeMetricFamily("l4lb_service_backends",
                                  "Backends of the service in each state.",
                                  labels=["service", "state"])
+    proxy_errors = CounterMetricFamily(
+        "l4lb_service_proxy_header_errors",
+        "Clients of an accept_proxy service reset before any backend was chosen, by reason: "
+        "invalid (a missing, malformed or cut-short PROXY header) or timeout.",
+        labels=["service", "reason"])
     for svc in services:
         name = str(svc["name"])
         c = svc.get("counters", {})
@@ -282,10 +287,15 @@ def _service_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]
         accept_errors.add_metric([name], c.get("accept_errors", 0))
         nbytes.add_metric([name, "to_backend"], c.get("bytes_to_backend", 0))
         nbytes.add_metric([name, "to_client"], c.get("bytes_to_client", 0))
+        if ((svc.get("tcp_options") or {}).get("accept_proxy")
+                or c.get("proxy_header_errors") or c.get("proxy_header_timeouts")):
+            proxy_errors.add_metric([name, "invalid"], c.get("proxy_header_errors", 0))
+            proxy_errors.add_metric([name, "timeout"], c.get("proxy_header_timeouts", 0))
         states = [b.get("state") for b in svc.get("backends", [])]
         for state in STATES:
             backends.add_metric([name, state], states.count(state))
-    yield from (svc_info, conns, active, rejected, no_backend, accept_errors, nbytes, backends)
+    yield from (svc_info, conns, active, rejected, no_backend, accept_errors, nbytes, backends,
+                proxy_errors)
 
 
 def _backend_families(services: Sequence[Mapping[str, Any]],

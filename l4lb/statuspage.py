@@ -179,7 +179,9 @@ _SCRIPT = r"""
       var counts = document.createElement("p");
       counts.className = "summary";
       counts.textContent = "rejected " + (c.rejected || 0) + " \u00b7 no backend " +
-        (c.no_backend || 0) + " \u00b7 accept errors " + (c.accept_errors || 0);
+        (c.no_backend || 0) + " \u00b7 accept errors " + (c.accept_errors || 0) +
+        ((svc.tcp_options || {}).accept_proxy ? " \u00b7 PROXY header errors " +
+         (c.proxy_header_errors || 0) + " \u00b7 timeouts " + (c.proxy_header_timeouts || 0) : "");
       sec.appendChild(counts);
       if (svc.panic) {
         var panic = document.createElement("p");
@@ -378,6 +380,9 @@ def _service_html(svc: Mapping[str, Any], left: Mapping[str, str]) -> str:
     c = svc.get("counters", {})
     counts = (f"rejected {c.get('rejected', 0)} · no backend {c.get('no_backend', 0)} · "
               f"accept errors {c.get('accept_errors', 0)}")
+    if (svc.get("tcp_options") or {}).get("accept_proxy"):
+        counts += (f" · PROXY header errors {c.get('proxy_header_errors', 0)} · "
+                   f"timeouts {c.get('proxy_header_timeouts', 0)}")
     panic = panic_text(svc.get("panic"))
     panic_html = f'<p class="summary panic">{esc(panic)}</p>' if panic else ""
     foot = _cells(["service total", "", "", "", "", _sessions(c, "active"), _NO_RATE,

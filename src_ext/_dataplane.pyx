@@ -32,6 +32,8 @@ cdef extern from "dp.h" nogil:
     int dp_fast_open(_core.dp *d, uint32_t service_id)
     int dp_set_proxy_protocol(_core.dp *d, uint32_t service_id, int version)
     int dp_proxy_protocol(_core.dp *d, uint32_t service_id)
+    int dp_set_accept_proxy(_core.dp *d, uint32_t service_id, uint32_t timeout_ms)
+    uint32_t dp_accept_proxy(_core.dp *d, uint32_t service_id)
     int dp_set_udp_gro(_core.dp *d, uint32_t service_id, int on)
     int dp_udp_gro(_core.dp *d, uint32_t service_id)
     # the descriptor ceiling (relay_tcp.c, "The fd reserve")
@@ -65,7 +67,7 @@ _SESSION_STATES = ("connecting", "established", "half_closed")
 _CLOSE_REASONS = ("client_closed", "backend_closed", "client_reset", "backend_reset",
                   "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
                   "drain_timeout", "error", "responses", "refused", "moved", "listener_gone",
-                  "backend_down")
+                  "backend_down", "proxy_header", "proxy_header_timeout")
 _PROTOCOLS = ("tcp", "udp")
 if len(_CLOSE_REASONS) != <int>_core.DP_CLOSE_N:
     raise ImportError("l4lb._dataplane: _CLOSE_REASONS does not match enum dp_close_reason")
@@ -74,7 +76,8 @@ _MAX_SERVICES = 1024
 _SERVICE_KEYS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
                  "bytes_to_client", "accept_errors", "datagrams_in", "datagrams_out",
                  "flows_created", "flows_expired", "flows_active", "drops_max_flows",
-                 "drops_no_backend", "drops_truncated", "drops_send", "drops_max_udp_flows")
+                 "drops_no_backend", "drops_truncated", "drops_send", "drops_max_udp_flows",
+                 "proxy_header_errors", "proxy_header_timeouts")
 _BACKEND_KEYS = ("conns_total", "conns_active", "connect_failures", "bytes_to_backend",
                  "bytes_to_client", "datagrams_to_backend", "datagrams_to_client",
                  "flows_active", "flows_total")
@@ -84,6 +87,13 @@ cdef object _host(uint8_t family, const uint8_t *addr):
     if family == 4:
         return _socket.inet_ntop(_socket.AF_INET, addr[:4])
     return _socket.inet_ntop(_socket.AF_INET6, addr[:16])
+
+
+cdef object _peer(uint8_t family, const uint8_t *addr, uint16_t port):
+    """The real peer of an accept_proxy session as (host, port), None on other services."""
+    if family == 0:
+        return None
+    return (_host(family, addr), port)
 
 
 cdef object _dp_oserror(int rc):
@@ -203,13 +213,15 @@ cdef class Dataplane:
                         or s.datagrams_in or s.datagrams_out or s.flows_created
                         or s.flows_expired or s.flows_active or s.drops_max_flows
                         or s.drops_no_backend or s.drops_truncated or s.drops_send
-                        or s.drops_max_udp_flows):
+                        or s.drops_max_udp_flows or s.proxy_header_errors
+                        or s.proxy_header_timeouts):
                     services[i] = dict(zip(_SERVICE_KEYS, (
                         s.conns_total, s.conns_active, s.rejected, s.no_backend,
                         s.bytes_to_backend, s.bytes_to_client, s.accept_errors,
                         s.datagrams_in, s.datagrams_out, s.flows_created, s.flows_expired,
                         s.flows_active, s.drops_max_flows, s.drops_no_backend,
-                        s.drops_truncated, s.drops_send, s.drops_max_udp_flows)))
+                        s.drops_truncated, s.drops_send, s.drops_max_udp_flows,
+                        s.proxy_header_errors, s.proxy_header_timeouts)))
             for i in range(st.n_be):  # ids no table named were never counted
                 b = &st.be[i]
                 if (b.conns_total or b.conns_active or b.connect_failures
@@ -242,6 +254,7 @@ cdef class Dataplane:
                 out.append({
                     "service_id": x.service_id, "backend_id": x.backend_id,
                     "client": (_host(x.family, x.addr), x.port), "started": x.started,
+                    "peer": _peer(x.peer_family, x.peer_addr, x.peer_port),
                     "bytes_to_backend": x.bytes_to_backend,
                     "bytes_to_client": x.bytes_to_client,
                     "state": _SESSION_STATES[x.state],
@@ -380,6 +393,7 @@ cdef class Dataplane:
                     "client": (_host(x.family, x.addr), x.port), "started": x.started,
                     "duration": x.duration, "bytes_to_backend": x.bytes_to_backend,
                     "bytes_to_client": x.bytes_to_client, "reason": _CLOSE_REASONS[x.reason],
+                    "peer": _peer(x.peer_family, x.peer_addr, x.peer_port),
                 })
         finally:
             free(arr)
@@ -513,6 +527,23 @@ cdef class Dataplane:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return dp_proxy_protocol(self._dp, <uint32_t>service_id)
 
+    def set_accept_proxy(self, int service_id, timeout_ms):
+        """PROXY protocol from the clients of a TCP service: every connection accepted from now
+        on must start with a header complete within timeout_ms; 0 expects none (the default)."""
+        cdef int rc
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        rc = dp_set_accept_proxy(self._dp, <uint32_t>service_id,
+                                 <uint32_t>check_u32("timeout_ms", timeout_ms))
+        if rc:
+            raise _dp_oserror(rc)
+
+    def accept_proxy(self, int service_id):
+        """The header timeout set for service_id in ms, 0 when it expects no header."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return dp_accept_proxy(self._dp, <uint32_t>service_id)
+
     def set_socket_buffers(self, int service_id, sndbuf, rcvbuf):
         """Backend-leg socket buffers of a TCP service: SO_SNDBUF `sndbuf` and SO_RCVBUF
         `rcvbuf` bytes on each backend socket before connect() (0: the kernel's autotuning, no
@@ -624,9 +655,35 @@ cdef class Dataplane:
 cdef extern from "proxyhdr.h" nogil:
     enum:
         PP_MAX
+    struct pp_info:
+        uint32_t len
+        uint8_t version
+        uint8_t family
+        uint16_t sport
+        uint16_t dport
+        uint8_t src[16]
+        uint8_t dst[16]
     int pp_build(uint8_t *out, size_t cap, int version, int family, const uint8_t *src,
                  uint16_t sport, const uint8_t *dst, uint16_t dport)
     int pp_build_local(uint8_t *out, size_t cap, int version)
+    int pp_parse(const uint8_t *buf, size_t n, pp_info *out)
+
+
+def proxy_parse(bytes data):
+    """The C parser's verdict (src_ext/core/proxyhdr.c, pp_parse) on the first bytes of a
+    client, for the tests that hold it to l4lb.proxyproto.parse(): None (more bytes needed),
+    or (length, version, family, src, sport, dst, dport) with family 4 or 6 and the addresses
+    packed, or family 0 and empty addresses (use the connection's own). ValueError: invalid."""
+    cdef pp_info info
+    cdef const uint8_t *p = data
+    cdef int rc = pp_parse(p, <size_t>len(data), &info)
+    if rc < 0:
+        raise ValueError("not a valid PROXY protocol header")
+    if rc == 0:
+        return None
+    alen = 4 if info.family == 4 else 16 if info.family == 6 else 0
+    return (info.len, info.version, info.family, bytes(info.src[:alen]), info.sport,
+            bytes(info.dst[:alen]), info.dport)
 
 
 def proxy_header(int version, int family, bytes src, int sport, bytes dst, int dport):

@@ -109,6 +109,12 @@ class Service:
     # connection, telling the backend the client's address; docs/configuration.md,
     # proxy_protocol
     proxy_protocol: ProxyVersion = "off"
+    # TCP only: every client connection starts with a PROXY protocol header (v1 or v2, told
+    # apart by its first bytes) from a balancer in front, whose addresses become the client's;
+    # it must be complete within accept_proxy_timeout seconds; docs/configuration.md,
+    # accept_proxy
+    accept_proxy: bool = False
+    accept_proxy_timeout: float = 5.0
 
     @property
     def client_congestion_control(self) -> str | None:

@@ -98,6 +98,7 @@ SERVICE_KEYS = (
     "udp_idle_timeout", "max_flows", "responses", "session", "congestion_control",
     "backend_congestion_control", "backend_fast_open", "defer_accept", "udp_gro",
     "client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf", "proxy_protocol",
+    "accept_proxy", "accept_proxy_timeout",
 )
 SOCKBUF_KEYS = ("client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf")
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session", "udp_gro")
@@ -106,7 +107,8 @@ TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle
                  "backend_congestion_control": "", "backend_fast_open": "",
                  "defer_accept": "", "client_sndbuf": "", "client_rcvbuf": "",
                  "backend_sndbuf": "", "backend_rcvbuf": "",
-                 "proxy_protocol": ""}  # key -> the UDP key instead
+                 "proxy_protocol": "", "accept_proxy": "",
+                 "accept_proxy_timeout": ""}  # key -> the UDP key instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
 VRRP_KEYS = (
@@ -803,6 +805,9 @@ class _Checker:
         fast_open = self.backend_fast_open(scope, table, protocol)
         defer_accept = self.read_bool(scope, table, "defer_accept", False)
         sockbuf = {key: self.socket_buffer(scope, table, key) for key in SOCKBUF_KEYS}
+        accept_proxy = self.read_bool(scope, table, "accept_proxy", d.accept_proxy)
+        accept_timeout = self.read_duration(scope, table, "accept_proxy_timeout",
+                                            d.accept_proxy_timeout, zero_ok=False)
         if protocol == "tcp":
             for key in UDP_ONLY_KEYS:
                 if key in table:
@@ -830,6 +835,8 @@ class _Checker:
             backend_congestion_control=backend_congestion,
             backend_fast_open=fast_open, defer_accept=defer_accept and protocol == "tcp",
             proxy_protocol=proxy if protocol == "tcp" else "off",
+            accept_proxy=accept_proxy and protocol == "tcp",
+            accept_proxy_timeout=accept_timeout if protocol == "tcp" else d.accept_proxy_timeout,
             **(sockbuf if protocol == "tcp" else {}),
         )
 

@@ -29,6 +29,10 @@ What each counter means (the C core, src_ext/core/dp.h, keeps the same ones):
            drops_send        datagrams the kernel refused to send (full buffer, refusal, ...)
            drops_max_udp_flows  datagrams that would have opened a flow while the flows of all
                              services together were at the data plane's cap (set_udp_flow_cap)
+  tcp service (accept_proxy)
+           proxy_header_errors    clients reset before any backend was chosen: their PROXY
+                             protocol header was missing, invalid, or cut short by their FIN
+           proxy_header_timeouts  clients reset because the header was not complete in time
   backend  conns_total       sessions whose connect to this backend succeeded
            conns_active      sessions assigned to it and still open (connecting or established)
            connect_failures  connects refused, unreachable or timed out; udp: flows ended by
@@ -50,7 +54,8 @@ SERVICE_FIELDS = ("conns_total", "conns_active", "rejected", "no_backend",
                   "bytes_to_backend", "bytes_to_client", "accept_errors",
                   "datagrams_in", "datagrams_out", "flows_created", "flows_expired",
                   "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
-                  "drops_send", "drops_max_udp_flows")
+                  "drops_send", "drops_max_udp_flows", "proxy_header_errors",
+                  "proxy_header_timeouts")
 BACKEND_FIELDS = ("conns_total", "conns_active", "connect_failures",
                   "bytes_to_backend", "bytes_to_client",
                   "datagrams_to_backend", "datagrams_to_client", "flows_active", "flows_total")

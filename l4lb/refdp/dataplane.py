@@ -276,6 +276,21 @@ class Dataplane:
             raise ValueError(f"service_id {service_id} out of range 0..1023")
         return self._shared.proxy.get(service_id, 0)
 
+    def set_accept_proxy(self, service_id: int, timeout_ms: int) -> None:
+        """PROXY protocol from the clients of a TCP service (see l4lb.dataplane)."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        if check_u32("timeout_ms", timeout_ms):
+            self._shared.accept_proxy[service_id] = timeout_ms
+        else:
+            self._shared.accept_proxy.pop(service_id, None)
+
+    def accept_proxy(self, service_id: int) -> int:
+        """The header timeout set for service_id in ms, 0 when it expects no header."""
+        if not 0 <= service_id < 1024:
+            raise ValueError(f"service_id {service_id} out of range 0..1023")
+        return self._shared.accept_proxy.get(service_id, 0)
+
     def set_socket_buffers(self, service_id: int, sndbuf: int, rcvbuf: int) -> None:
         """Backend-leg socket buffers of a TCP service (see l4lb.dataplane): tried on a
         scratch socket, FORCE first, as the C core does."""

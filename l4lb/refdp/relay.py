@@ -33,6 +33,7 @@ import socket
 import struct
 import time
 
+from l4lb import proxyproto
 from l4lb.refdp.pipes import Pipe, PipePool
 from l4lb.table.blob import ServiceRec
 
@@ -241,6 +242,14 @@ class Session:
         self.pp = 0  # PROXY protocol version of the current attempt, 0 none
         self.pp_sent = 0  # bytes of its header the SYN carried (fast open)
         self.pp_pending = False  # the current attempt still owes its backend the header
+        self.peer: tuple[str, int] | None = None  # accept_proxy: the connection's real peer
+        #                                          (the balancer in front); None otherwise
+        self.local_addr: tuple[str, int] | None = None  # the address the client connected to,
+        #                     as its PROXY header named it (None: the socket's own)
+        self.pin_wait = False  # accept_proxy: its header is still due (no backend yet)
+        self.pin_buf = b""  # header bytes read so far (each one known to be the header's)
+        self.pin_skip = 0  # header bytes (version 2 TLVs) still to discard once parsed
+        self.pin_result: proxyproto.ParsedHeader | None = None  # the header, once parsed
         self.bytes_to_backend = 0  # bytes written to the backend
         self.bytes_to_client = 0  # bytes written to the client
         self.last_active = time.monotonic()  # last time a byte or FIN moved
@@ -329,4 +338,5 @@ class Session:
             "bytes_to_backend": self.bytes_to_backend,
             "bytes_to_client": self.bytes_to_client,
             "state": self.state.value,
+            "peer": self.peer,
         }

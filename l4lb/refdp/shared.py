@@ -1,10 +1,11 @@
 """State that all workers of one reference data plane share: the live table and the counts
 that limits and schedulers read across workers.
 
-Everything here except `table`, `congestion`, `fast_open`, `proxy`, `sockbuf` and
-`sockbuf_force` is
+Everything here except `table`, `congestion`, `fast_open`, `proxy`, `accept_proxy`, `sockbuf`
+and `sockbuf_force` is
 guarded by `lock`; `table` is replaced whole by publish() (one reference assignment) and read
-without the lock; `congestion`, `fast_open`, `proxy` and `sockbuf` get single-key stores and
+without the lock; `congestion`, `fast_open`, `proxy`, `accept_proxy` and `sockbuf` get
+single-key stores and
 reads (each
 atomic under the GIL; a service's two buffer sizes are one tuple), so a worker sees a service's
 old setting or its new one, never a mix; `sockbuf_force` is stored before the sizes it was
@@ -44,6 +45,9 @@ class Shared:
     #                     their backends (set_fast_open)
     proxy: dict[int, int] = field(default_factory=dict)  # service id -> PROXY protocol version
     #                     (1 or 2) of its backend connections (set_proxy_protocol); absent = none
+    accept_proxy: dict[int, int] = field(default_factory=dict)  # service id -> how long (ms)
+    #                     a new client has to send its PROXY header (set_accept_proxy); absent =
+    #                     the service expects none
     sockbuf: dict[int, tuple[int, int]] = field(default_factory=dict)  # service id ->
     #                     backend-leg (SO_SNDBUF, SO_RCVBUF), 0 = autotuning (set_socket_buffers)
     sockbuf_force: bool = False  # the sizes go in with SO_SNDBUFFORCE / SO_RCVBUFFORCE

@@ -29,6 +29,12 @@ Life of a connection (the C core does the same, in the same order):
    carried leaves the client socket only once the attempt has connected (_connected);
 5. relay (l4lb.refdp.relay) until both FINs went through, a reset, the idle timeout, or the
    end of a graceful stop.
+On a service with accept_proxy, step 3 waits for the client's PROXY protocol header (the C
+relay's relay_pin_read): the worker peeks, parses with l4lb.proxyproto.parse and takes only
+bytes known to be the header's (a level-triggered selector cannot leave an incomplete header
+queued, as the C relay does under its edge-triggered epoll, without waking again and again);
+its addresses become the session's client (scheduler, sessions(), the log, the header sent on);
+a bad one resets the client (proxy_header_errors), a late one too (proxy_header_timeouts).
 A client that resets while its backend is still connecting ends its session at once (steps 3-4
 are abandoned; nothing is counted but the close).
 
@@ -58,6 +64,7 @@ from typing import Any, TypeVar
 
 from l4lb import proxyproto
 from l4lb.net.listen import SO_RCVBUFFORCE, SO_SNDBUFFORCE
+from l4lb.proxyproto import ProxyHeaderError
 from l4lb.refdp.counters import Counters
 from l4lb.refdp.pipes import PipePool
 from l4lb.refdp.records import RecordQueue, make_record
@@ -76,6 +83,7 @@ CALL_TIMEOUT = 30.0  # seconds call() waits for a worker before declaring it stu
 FD_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # errors that say this host ran out of something, not that a peer failed (relay_local_error)
 LOCAL_ERRNOS = (*FD_SHORTAGE, errno.EADDRNOTAVAIL)
+PIN_PEEK = 4096  # accept_proxy: bytes peeked per look at a client's PROXY header
 COPY_PEEK = 16384  # fast open: bytes of a waiting client peeked for the SYN (the C default
 #                    copy buffer)
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -501,6 +509,68 @@ class Worker:
         session = Session(service_id, conn, client, svc)
         self.sessions.add(session)
         self._register(session, CLIENT, READ)  # to notice a client that resets meanwhile
+        timeout_ms = self.shared.accept_proxy.get(service_id, 0)
+        if timeout_ms:  # no backend before the client's PROXY header is read (_pin_read)
+            session.pin_wait = True
+            session.peer = client
+            self._at(time.monotonic() + timeout_ms / 1000.0, lambda: self._pin_timer(session))
+            return
+        self._connect_next(session)
+
+    # --- the client's PROXY protocol header (accept_proxy) ----------------------------------
+
+    def _pin_timer(self, session: Session) -> None:
+        """The header deadline: a session still waiting for it is reset."""
+        if session.closed or not session.pin_wait:
+            return
+        self.counters.service(session.service_id)["proxy_header_timeouts"] += 1
+        self._close_session(session, reset=True, reason="proxy_header_timeout")
+
+    def _pin_reject(self, session: Session) -> None:
+        """A bad header (or none): count it and reset the client; no backend was chosen."""
+        self.counters.service(session.service_id)["proxy_header_errors"] += 1
+        self._close_session(session, reset=True, reason="proxy_header")
+
+    def _pin_read(self, session: Session) -> None:
+        """The client of a session still owing its header is readable: read as much of the
+        header as is there, never a byte past it; once it is whole, pick a backend."""
+        sock = session.client
+        try:
+            if session.pin_result is None:
+                data = sock.recv(PIN_PEEK, socket.MSG_PEEK)
+                if not data:
+                    if session.pin_buf:  # cut short by the client's FIN
+                        self._pin_reject(session)
+                    else:  # a FIN before any byte: a plain TCP check of the balancer in front
+                        self._close_session(session, reset=False, reason="client_closed")
+                    return
+                try:
+                    got = proxyproto.parse(session.pin_buf + data)
+                except ProxyHeaderError:
+                    self._pin_reject(session)
+                    return
+                if got is None:  # every byte so far is the header's: take them
+                    session.pin_buf += sock.recv(len(data))
+                    return
+                session.pin_result = got
+                session.pin_skip = got.length - len(session.pin_buf)
+            while session.pin_skip:
+                chunk = sock.recv(min(session.pin_skip, 65536))
+                if not chunk:
+                    self._pin_reject(session)  # FIN inside a long version 2 header
+                    return
+                session.pin_skip -= len(chunk)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close_session(session, reset=True, reason="client_reset")
+            return
+        got = session.pin_result
+        session.pin_wait = False
+        session.pin_buf = b""
+        if got.src is not None:
+            session.client_addr = got.src
+            session.local_addr = got.dst
         self._connect_next(session)
 
     # --- connecting -------------------------------------------------------------------------
@@ -637,7 +707,7 @@ class Worker:
         """The PROXY protocol header of session (version session.pp): the client's address
         and the one it connected to (the C relay's relay_pp_header). OSError from
         getsockname()."""
-        local = session.client.getsockname()
+        local = session.local_addr or session.client.getsockname()
         return proxyproto.build(session.pp, session.client_addr[:2], (local[0], local[1]))
 
     def _pp_send(self, session: Session) -> bool:
@@ -728,6 +798,9 @@ class Worker:
 
     def _on_session_event(self, session: Session, kind: str, mask: int) -> None:
         if session.state is State.CONNECTING:
+            if kind == CLIENT and session.pin_wait:
+                self._pin_read(session)
+                return
             if kind == CLIENT:
                 self._client_while_connecting(session)
                 return
@@ -804,7 +877,7 @@ class Worker:
                 backend_id = session.tried_ids[-1]  # its last attempt failed: name that one
             self.log.add(make_record("tcp", session.service_id, backend_id, session.client_addr,
                                      session.started, session.bytes_to_backend,
-                                     session.bytes_to_client, reason))
+                                     session.bytes_to_client, reason, session.peer))
         self._register(session, CLIENT, 0)
         self._register(session, BACKEND, 0)
         session.close(reset)

@@ -3,7 +3,7 @@
  * Design.
  *
  * The connection log keeps one record per TCP session or UDP flow that ended (dp.h, struct
- * dp_conn_record, 64 bytes). Each worker writes its own ring, so the data path never shares a
+ * dp_conn_record, 80 bytes since the real peer of an accept_proxy session joined it). Each worker writes its own ring, so the data path never shares a
  * lock or a counter with another thread: a classic single-producer / single-consumer ring of
  * power-of-two capacity indexed by two free-running 64-bit counters. `head` counts records the
  * worker committed, `tail` records the reader took; head - tail is the fill level and never

@@ -121,7 +121,9 @@
  * (dp_set_proxy_protocol; relay_tcp.c, "PROXY protocol") and DP_OPT_NO_GRO (dp_set_udp_gro;
  * relay_udp.c, "GRO buffers"). The relay reads the byte once per connect
  * attempt or new flow, so a change applies from the next one on; services without options pay
- * that load and a branch. dp_set_udp_gro also sets the socket option on the service's
+ * that load and a branch. The client leg's accept_proxy is a word per service id of its own
+ * (struct dp_accept_proxy: the header timeout, 0 = none; dp_set_accept_proxy), read once per
+ * accepted client (relay_tcp.c, "Receiving the PROXY protocol"). dp_set_udp_gro also sets the socket option on the service's
  * listeners itself, under cmd_lock, from the caller's thread.
  *
  * Counters. Per worker, single writer, relaxed stores (no locked instruction on the data path);
@@ -1175,6 +1177,8 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
             out->svc[k].drops_truncated += v[DP_SC_DROPS_TRUNCATED];
             out->svc[k].drops_send += v[DP_SC_DROPS_SEND];
             out->svc[k].drops_max_udp_flows += v[DP_SC_DROPS_MAX_UDP_FLOWS];
+            out->svc[k].proxy_header_errors += v[DP_SC_PROXY_HDR_ERRORS];
+            out->svc[k].proxy_header_timeouts += v[DP_SC_PROXY_HDR_TIMEOUTS];
         }
         for (k = 0; k < n_be; k++) {
             for (x = 0; x < DP_BC_N; x++)
@@ -1776,6 +1780,22 @@ int dp_proxy_protocol(struct dp *dp, uint32_t service_id)
         return 0;
     b = atomic_load_explicit(&dp->opts.bits[service_id], memory_order_relaxed);
     return b & DP_OPT_PROXY_V1 ? 1 : b & DP_OPT_PROXY_V2 ? 2 : 0;
+}
+
+int dp_set_accept_proxy(struct dp *dp, uint32_t service_id, uint32_t timeout_ms)
+{
+    if (service_id >= DP_MAX_SERVICES)
+        return -EINVAL;
+    atomic_store_explicit(&dp->accept_proxy.timeout_ms[service_id], timeout_ms,
+                          memory_order_relaxed);
+    return 0;
+}
+
+uint32_t dp_accept_proxy(struct dp *dp, uint32_t service_id)
+{
+    if (service_id >= DP_MAX_SERVICES)
+        return 0;
+    return atomic_load_explicit(&dp->accept_proxy.timeout_ms[service_id], memory_order_relaxed);
 }
 
 int dp_set_udp_gro(struct dp *dp, uint32_t service_id, int on)

@@ -55,6 +55,11 @@ struct dp_svc_stats {
     uint64_t drops_max_udp_flows; /* udp: datagrams that would have opened a flow while all
                                      services together held the data plane's flow cap
                                      (dp_set_udp_flow_cap) */
+    uint64_t proxy_header_errors; /* tcp, accept_proxy: clients closed (RST) before any backend
+                                     was chosen because their PROXY protocol header was
+                                     missing, invalid or cut short by their FIN */
+    uint64_t proxy_header_timeouts; /* tcp, accept_proxy: clients closed (RST) because their
+                                       header was not complete within the service's timeout */
 };
 
 /* Per-backend counters, summed over workers. */
@@ -99,7 +104,12 @@ struct dp_session_info {
     uint8_t family;            /* 4 or 6 */
     uint8_t state;             /* enum dp_session_state */
     uint16_t port;             /* client port, host order */
-    uint8_t addr[16];          /* client address, network order, IPv4 in the first 4 bytes */
+    uint8_t addr[16];          /* client address, network order, IPv4 in the first 4 bytes
+                                  (accept_proxy: the one the client's PROXY header named) */
+    uint8_t peer_family;       /* accept_proxy: the real peer's family (4 or 6), 0 otherwise */
+    uint16_t peer_port;        /* accept_proxy: the real peer's port, host order */
+    uint8_t peer_addr[16];     /* accept_proxy: the real peer's address (the balancer in
+                                  front), network order */
     double started;            /* accept time, unix seconds */
     uint64_t bytes_to_backend; /* bytes written to the backend so far */
     uint64_t bytes_to_client;  /* bytes written to the client so far */
@@ -143,20 +153,27 @@ enum dp_close_reason {
     DP_CLOSE_BACKEND_DOWN,         /* tcp: closed by dp_close_backend_sessions() for a backend
                                       the health checks took DOWN (SHUTDOWN instead once
                                       dp_stop() has begun; a udp flow ends as MOVED) */
+    DP_CLOSE_PROXY_HEADER,         /* tcp, accept_proxy: the client's PROXY protocol header was
+                                      missing, invalid or cut short; no backend was chosen */
+    DP_CLOSE_PROXY_TIMEOUT,        /* tcp, accept_proxy: the header did not arrive in time */
     DP_CLOSE_N
 };
 
-/* One record of the connection log: a TCP session or UDP flow that ended. 64 bytes. */
+/* One record of the connection log: a TCP session or UDP flow that ended. 80 bytes. */
 struct dp_conn_record {
     uint32_t service_id;       /* service of the listener it came in on */
     int32_t backend_id;        /* its backend (tcp: the last one tried), -1 when none was chosen */
     uint8_t protocol;          /* DP_PROTO_TCP or DP_PROTO_UDP */
     uint8_t reason;            /* enum dp_close_reason */
     uint8_t family;            /* client address family, 4 or 6 */
-    uint8_t reserved0;         /* 0 */
+    uint8_t peer_family;       /* tcp, accept_proxy: the real peer's family, 4 or 6; 0 on other
+                                  services (then peer_port and peer_addr are 0) */
     uint16_t port;             /* client port, host order (udp flow_key 1: of the latest datagram) */
-    uint16_t reserved1;        /* 0 */
-    uint8_t addr[16];          /* client address, network order, IPv4 in the first 4 bytes */
+    uint16_t peer_port;        /* the real peer's port, host order */
+    uint8_t addr[16];          /* client address, network order, IPv4 in the first 4 bytes
+                                  (accept_proxy: the one the client's PROXY header named) */
+    uint8_t peer_addr[16];     /* the real peer's address (the balancer in front), network
+                                  order */
     double started;            /* accept / first datagram, unix seconds */
     double duration;           /* seconds from started to the close, >= 0 */
     uint64_t bytes_to_backend; /* bytes (udp: payload bytes) written to the backend */
@@ -319,6 +336,14 @@ int dp_fast_open(struct dp *dp, uint32_t service_id);
 int dp_set_proxy_protocol(struct dp *dp, uint32_t service_id, int version);
 /* The version set for service_id: 0, 1 or 2 (0 for a bad id). Any thread. */
 int dp_proxy_protocol(struct dp *dp, uint32_t service_id);
+/* PROXY protocol from the clients of one TCP service: timeout_ms != 0 makes every connection
+ * accepted from then on start with a version 1 or 2 header, complete within timeout_ms, whose
+ * addresses become the session's client (relay_tcp.c, "Receiving the PROXY protocol"); 0 (the
+ * default) expects none. Clients accepted before keep what they had. Before or after
+ * dp_start(). -EINVAL: bad service id. */
+int dp_set_accept_proxy(struct dp *dp, uint32_t service_id, uint32_t timeout_ms);
+/* The timeout set for service_id in ms, 0 when it expects no header (or a bad id). */
+uint32_t dp_accept_proxy(struct dp *dp, uint32_t service_id);
 /* GRO buffers for UDP service service_id (on by default, where the worker's tuning and the
  * kernel allow it; relay_udp.c, "GRO buffers"): on != 0 sets UDP_GRO on the service's
  * listeners already added, on those added later and on the upstream sockets of flows opened

@@ -188,6 +188,32 @@
  * the next backend: the addresses are the client's, whichever backend it reaches. The header's
  * bytes are not counted as client bytes (bytes_to_backend).
  *
+ * Receiving the PROXY protocol. A service with accept_proxy (dp_set_accept_proxy; a timeout
+ * word per service id, read once per accepted client: the only cost to other services, one load
+ * and a predictable branch in relay_new) sits behind another balancer, and each client starts
+ * with a header naming the real one. relay_new admits the client as usual (max_connections
+ * counts it) but picks no backend: the session stays RELAY_CONNECTING with s->pin WAIT, the
+ * real peer saved in s->peer_*, and the ct timer set to the header deadline. The client's
+ * EPOLLIN (the insert polls, so a header already queued reports at once) goes to
+ * relay_pin_read, never to the connect path: it peeks at most PP_PARSE_MIN + 1 bytes and asks
+ * pp_parse (proxyhdr.c) for a verdict. Nothing is consumed until the header is whole, so a
+ * header in pieces needs no buffer in the session: each piece raises a new edge and is peeked
+ * again with the ones before it. Once whole, recv(MSG_TRUNC) discards exactly its length
+ * without copying (a version 2 header's TLVs beyond the peek are discarded by count as they
+ * arrive, s->pin SKIP_* and s->pin_skip), so the client's first bytes stay queued for the
+ * pump and for fast open's peek. A header naming a client rewrites the session key (client and
+ * destination; re-indexed), and everything downstream reads the key: the scheduler's hash, the
+ * snapshots, the log, and the header sent on with proxy_protocol (whose destination is then the
+ * header's, not getsockname's). LOCAL / UNKNOWN keep the connection's addresses. Then the
+ * deadline is cancelled, s->cev says whether bytes or a FIN follow the header, and
+ * relay_connect_next picks a backend as for any client. A bad header, or a valid beginning
+ * followed by the client's FIN (EPOLLRDHUP), counts proxy_header_errors and resets the client;
+ * the deadline counts proxy_header_timeouts and resets it; neither ever chose a backend. A FIN
+ * before any byte (a TCP check of the balancer in front) closes quietly. The session struct
+ * did not grow for this: the tried backend ids became 16-bit (DP_MAX_BACKENDS is 65536), and
+ * 20 of the 64 bytes that freed hold the peer's address and the skip count, with pin,
+ * peer_family and peer_port in what was padding: 432 -> 384 bytes per session.
+ *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
  * drops it from epoll) and queues it on the worker's graveyard; relay_tcp_reap() frees the slab
@@ -379,9 +405,11 @@ static void relay_release_backend(struct dp_worker *w, struct relay_session *s)
     s->backend_id = -1;
 }
 
-/* Fill one connection-log record of a TCP client (w->log_on): nothing, when the ring is full. */
-static void relay_log(struct dp_worker *w, uint32_t sid, int32_t bid, const struct ct_key *k,
-                      double started, double now, uint64_t c2b, uint64_t b2c, uint8_t reason)
+/* Fill one connection-log record of a TCP client (w->log_on): nothing, when the ring is full.
+ * s: the session (its real peer, accept_proxy), NULL for a client refused before it had one. */
+static void relay_log(struct dp_worker *w, const struct relay_session *s, uint32_t sid,
+                      int32_t bid, const struct ct_key *k, double started, double now,
+                      uint64_t c2b, uint64_t b2c, uint8_t reason)
 {
     struct dp_conn_record *r = dp_log_claim(w);
 
@@ -392,10 +420,17 @@ static void relay_log(struct dp_worker *w, uint32_t sid, int32_t bid, const stru
     r->protocol = DP_PROTO_TCP;
     r->reason = reason;
     r->family = k->family;
-    r->reserved0 = 0;
     r->port = k->cport;
-    r->reserved1 = 0;
     memcpy(r->addr, k->caddr, 16);
+    if (s && s->peer_family) {
+        r->peer_family = s->peer_family;
+        r->peer_port = s->peer_port;
+        memcpy(r->peer_addr, s->peer_addr, 16);
+    } else {
+        r->peer_family = 0;
+        r->peer_port = 0;
+        memset(r->peer_addr, 0, 16);
+    }
     r->started = started;
     r->duration = now > started ? now - started : 0.0;
     r->bytes_to_backend = c2b;
@@ -422,7 +457,7 @@ static void relay_log_refused(struct dp_worker *w, uint32_t sid,
         k.cport = ntohs(sin6->sin6_port);
         memcpy(k.caddr, &sin6->sin6_addr, 16);
     }
-    relay_log(w, sid, -1, &k, now, now, 0, 0, reason);
+    relay_log(w, NULL, sid, -1, &k, now, now, 0, 0, reason);
 }
 
 /* End a session: close both sockets (with RST when rst), release everything, leave a record in
@@ -433,7 +468,7 @@ static void relay_kill(struct dp_worker *w, struct relay_session *s, int rst, ui
     if (s->state == RELAY_DEAD)
         return;
     if (__builtin_expect(w->log_on, 0))
-        relay_log(w, s->service_id,
+        relay_log(w, s, s->service_id,
                   s->backend_id >= 0 ? s->backend_id
                   : s->n_tried     ? (int32_t)s->tried_ids[s->n_tried - 1]
                                    : -1,
@@ -582,7 +617,7 @@ static int relay_pp_header(const struct relay_session *s, uint8_t *out)
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
 
-    if (memcmp(dst, zero, k->family == 4 ? 4 : 16) == 0) {
+    if (s->pin != RELAY_PIN_PROXY && memcmp(dst, zero, k->family == 4 ? 4 : 16) == 0) {
         if (getsockname(s->cfd, (struct sockaddr *)&ss, &sl) < 0)
             return -errno;
         if (ss.ss_family == AF_INET && k->family == 4)
@@ -1144,6 +1179,110 @@ local_failure:
     return -1;
 }
 
+/* A client of an accept_proxy service was admitted: remember the real peer, wait for its
+ * header for at most timeout_ms (relay_tcp_expire). */
+static void relay_pin_start(struct dp_worker *w, struct relay_session *s, uint32_t timeout_ms)
+{
+    s->pin = RELAY_PIN_WAIT;
+    s->pin_skip = 0;
+    s->peer_family = s->ct.key.family;
+    s->peer_port = s->ct.key.cport;
+    memcpy(s->peer_addr, s->ct.key.caddr, 16);
+    ct_timer_arm(&w->ct, &s->ct, w->now_ms + timeout_ms);
+}
+
+/* The header was valid and named a client: it becomes the session's key (re-indexed), so the
+ * scheduler, the snapshots, the log and the header sent on (proxy_protocol) all use it. */
+static void relay_pin_apply(struct dp_worker *w, struct relay_session *s,
+                            const struct pp_info *info)
+{
+    struct ct_key *k = &s->ct.key;
+    size_t alen = info->family == 4 ? 4 : 16;
+
+    ct_remove(&w->ct, &s->ct);
+    k->family = info->family;
+    k->cport = info->sport;
+    k->lport = info->dport;
+    memset(k->caddr, 0, sizeof(k->caddr));
+    memset(k->laddr, 0, sizeof(k->laddr));
+    memcpy(k->caddr, info->src, alen);
+    memcpy(k->laddr, info->dst, alen);
+    (void)ct_insert(&w->ct, &s->ct); /* only diagnostics use the index */
+}
+
+/* A bad header (or none): count it, reset the client; no backend was chosen. */
+static void relay_pin_reject(struct dp_worker *w, struct relay_session *s)
+{
+    dp_svc_add(w, s->service_id, DP_SC_PROXY_HDR_ERRORS, 1);
+    relay_kill(w, s, 1, DP_CLOSE_PROXY_HEADER);
+}
+
+/* An event of a client whose PROXY header is still due (see "Receiving the PROXY protocol"):
+ * peek, parse, and once it is complete discard exactly its bytes and pick a backend. */
+static void relay_pin_read(struct dp_worker *w, struct relay_session *s, uint32_t events)
+{
+    uint8_t buf[PP_PARSE_MIN + 1];
+    struct pp_info info;
+    uint32_t more = 0;
+    ssize_t n;
+    int rc;
+
+    if (events & (EPOLLERR | EPOLLHUP)) {
+        relay_kill(w, s, 1, DP_CLOSE_CLIENT_RESET);
+        return;
+    }
+    if (s->pin == RELAY_PIN_WAIT) {
+        do
+            n = relay_peek(s->cfd, buf, sizeof(buf));
+        while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                relay_kill(w, s, 1, DP_CLOSE_CLIENT_RESET);
+            return;
+        }
+        if (n == 0) { /* a FIN before any byte: a plain TCP check of the balancer in front */
+            relay_kill(w, s, 0, DP_CLOSE_CLIENT_CLOSED);
+            return;
+        }
+        rc = pp_parse(buf, (size_t)n, &info);
+        if (rc == 0 && !(events & EPOLLRDHUP))
+            return; /* a valid beginning: the next segment raises a new edge */
+        if (rc <= 0) { /* invalid, or cut short by the client's FIN */
+            relay_pin_reject(w, s);
+            return;
+        }
+        if (info.family) {
+            relay_pin_apply(w, s, &info);
+            s->pin = RELAY_PIN_SKIP_PROXY;
+        } else {
+            s->pin = RELAY_PIN_SKIP_LOCAL;
+        }
+        s->pin_skip = info.len;
+        /* client bytes beyond the header already wait (or may: a header longer than the peek) */
+        more = (size_t)n != info.len ? EPOLLIN : 0;
+    } else {
+        more = EPOLLIN;
+    }
+    do
+        n = relay_discard(s->cfd, s->pin_skip);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        relay_kill(w, s, 1, DP_CLOSE_CLIENT_RESET);
+        return;
+    }
+    if (n > 0)
+        s->pin_skip -= (uint32_t)n;
+    if (s->pin_skip) { /* the rest of a long version 2 header is still on its way */
+        if (events & EPOLLRDHUP)
+            relay_pin_reject(w, s);
+        return;
+    }
+    s->pin = s->pin == RELAY_PIN_SKIP_PROXY ? RELAY_PIN_PROXY : RELAY_PIN_LOCAL;
+    ct_timer_cancel(&w->ct, &s->ct);
+    s->cev = more | (events & EPOLLRDHUP); /* what relay_established pumps first */
+    relay_connect_next(w, s);
+}
+
 void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
 {
     struct relay_session *s;
@@ -1159,6 +1298,10 @@ void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
         socklen_t len = sizeof(err);
 
         if (from_client) {
+            if (__builtin_expect(s->pin >= RELAY_PIN_WAIT, 0)) {
+                relay_pin_read(w, s, events); /* no backend yet: its PROXY header first */
+                return;
+            }
             /* a client that resets (or vanishes) while we connect ends the attempt at once;
              * its data and FIN wait in the socket (noted in cev): the pump reads them once
              * connected */
@@ -1227,6 +1370,12 @@ void relay_tcp_expire(struct ct_entry *e, void *arg)
     if (s->state == RELAY_DEAD)
         return;
     if (s->state == RELAY_CONNECTING) {
+        if (__builtin_expect(s->pin >= RELAY_PIN_WAIT, 0)) {
+            /* the whole header did not arrive in time */
+            dp_svc_add(w, s->service_id, DP_SC_PROXY_HDR_TIMEOUTS, 1);
+            relay_kill(w, s, 1, DP_CLOSE_PROXY_TIMEOUT);
+            return;
+        }
         relay_connect_failed(w, s);
         return;
     }
@@ -1284,6 +1433,9 @@ void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out)
     out->family = s->ct.key.family;
     out->port = s->ct.key.cport;
     memcpy(out->addr, s->ct.key.caddr, 16);
+    out->peer_family = s->peer_family;
+    out->peer_port = s->peer_port;
+    memcpy(out->peer_addr, s->peer_addr, 16);
     out->started = s->started;
     out->bytes_to_backend = s->bytes_c2b;
     out->bytes_to_client = s->bytes_b2c;
@@ -1303,6 +1455,7 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     struct relay_session *s;
     struct timespec ts;
     int32_t prev;
+    uint32_t hdr_ms;
 
     if (!svc || svc->protocol != DP_PROTO_TCP) {
         dp_svc_add(w, sid, DP_SC_CONNS_TOTAL, 1);
@@ -1350,6 +1503,8 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     s->cfd_out = 0;
     s->syn_data = 0;
     s->pp = s->pp_sent = s->pp_pending = 0;
+    s->pin = RELAY_PIN_NONE;
+    s->peer_family = 0;
     e->key.proto = DP_PROTO_TCP;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
@@ -1379,6 +1534,13 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
         return;
     }
     s->cfd_in_epoll = 1;
+    hdr_ms = atomic_load_explicit(&w->dp->accept_proxy.timeout_ms[sid], memory_order_relaxed);
+    if (__builtin_expect(hdr_ms != 0, 0)) {
+        /* accept_proxy: no backend before the client's PROXY header is read. The insert
+         * above polled the socket, so a header already there raises EPOLLIN at once */
+        relay_pin_start(w, s, hdr_ms);
+        return;
+    }
     relay_connect_next(w, s);
 }
 

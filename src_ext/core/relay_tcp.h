@@ -50,7 +50,9 @@ enum dp_svc_counter {
     /* udp (meanings in dp.h, struct dp_svc_stats) */
     DP_SC_DATAGRAMS_IN, DP_SC_DATAGRAMS_OUT, DP_SC_FLOWS_CREATED, DP_SC_FLOWS_EXPIRED,
     DP_SC_FLOWS_ACTIVE, DP_SC_DROPS_MAX_FLOWS, DP_SC_DROPS_NO_BACKEND, DP_SC_DROPS_TRUNCATED,
-    DP_SC_DROPS_SEND, DP_SC_DROPS_MAX_UDP_FLOWS, DP_SC_N
+    DP_SC_DROPS_SEND, DP_SC_DROPS_MAX_UDP_FLOWS,
+    /* tcp, accept_proxy (relay_tcp.c, "Receiving the PROXY protocol") */
+    DP_SC_PROXY_HDR_ERRORS, DP_SC_PROXY_HDR_TIMEOUTS, DP_SC_N
 };
 enum dp_be_counter {
     DP_BC_CONNS_TOTAL, DP_BC_CONNS_ACTIVE, DP_BC_CONNECT_FAILURES,
@@ -152,6 +154,20 @@ struct relay_dir {
 
 enum relay_state { RELAY_CONNECTING = 0, RELAY_ESTABLISHED, RELAY_HALF_CLOSED, RELAY_DEAD };
 
+/* Where a session of an accept_proxy service is with its client's PROXY protocol header
+ * (relay_tcp.c, "Receiving the PROXY protocol"); always RELAY_PIN_NONE on other services. */
+enum relay_pin {
+    RELAY_PIN_NONE = 0,            /* no header expected */
+    RELAY_PIN_LOCAL,               /* read; it named no client (LOCAL, UNKNOWN): the key holds
+                                      the connection's own addresses */
+    RELAY_PIN_PROXY,               /* read; the key holds the header's addresses, peer_* the
+                                      connection's */
+    RELAY_PIN_WAIT,                /* waiting for it (state RELAY_CONNECTING, no backend yet);
+                                      this and the ones below are the "not read yet" states */
+    RELAY_PIN_SKIP_LOCAL,          /* its start was read, as LOCAL: discarding the rest of it,
+                                      pin_skip more bytes (version 2 TLVs) */
+    RELAY_PIN_SKIP_PROXY,          /* the same, as PROXY (the key holds its addresses) */
+};
 /* One TCP session: a ct entry (first) plus relay state. */
 struct relay_session {
     struct ct_entry ct;            /* table header: 5-tuple, timer; must stay first */
@@ -168,6 +184,9 @@ struct relay_session {
     uint8_t pp_sent;               /* bytes of that header already sent (in a fast-open SYN);
                                       the rest goes out once connected (relay_pp_send) */
     uint8_t pp_pending;            /* 1 while the current attempt still owes its header */
+    uint8_t pin;                   /* enum relay_pin: the client's own PROXY header */
+    uint8_t peer_family;           /* accept_proxy: 4 or 6, the family of the connection's
+                                      real peer (the balancer in front), 0 on other services */
     uint32_t cev;                  /* client events seen while connecting (EPOLLIN/RDHUP say
                                       data or a FIN waits for the pump), 0 once established */
     int cfd;                       /* client socket */
@@ -179,6 +198,7 @@ struct relay_session {
     uint32_t failures;             /* failed attempts so far */
     uint32_t connect_timeout_ms;   /* per attempt, copied at accept */
     uint32_t idle_timeout_ms;      /* 0 = none, copied at accept */
+    uint16_t peer_port;            /* accept_proxy: the real peer's port, host order */
     uint64_t pick_gen;             /* generation of the table used for the last pick */
     uint64_t last_active_ms;       /* monotonic ms of the last byte moved */
     double started;                /* unix time of accept */
@@ -192,8 +212,14 @@ struct relay_session {
     uint32_t syn_data;             /* bytes of the client's queue the kernel took into the
                                       current attempt's SYN (fast open); they stay in the client
                                       socket until the attempt connects, 0 = none */
-    uint32_t tried_ids[RELAY_MAX_TRIES]; /* backend ids attempted (excluded on retry) */
+    uint16_t tried_ids[RELAY_MAX_TRIES]; /* backend ids attempted (excluded on retry); ids
+                                            are below DP_MAX_BACKENDS (65536) */
+    uint32_t pin_skip;             /* RELAY_PIN_WAIT: header bytes (version 2 TLVs) still to
+                                      discard once its addresses were read, 0 = none */
+    uint8_t peer_addr[16];         /* accept_proxy: the real peer's address, network order,
+                                      IPv4 in the first 4 bytes */
 };
+_Static_assert(DP_MAX_BACKENDS <= 65536u, "relay_session.tried_ids holds 16-bit backend ids");
 
 /* The backends of one dp_close_backends() call (dp.c, "Close by backend"): built by the
  * caller before the command is queued, read by every worker at once, never written by one
@@ -351,6 +377,13 @@ struct dp_cc {
 #define DP_OPT_PROXY_V2 0x08u      /* tcp: the same in version 2 (at most one of the two) */
 #define DP_OPT_PROXY (DP_OPT_PROXY_V1 | DP_OPT_PROXY_V2)
 
+/* The accept_proxy side table (see dp.c, "Service options"): per service id, how long a new
+ * client has to send its PROXY protocol header, 0 = the service expects none. */
+struct dp_accept_proxy {
+    _Atomic uint32_t timeout_ms[DP_MAX_SERVICES]; /* relaxed stores (dp_set_accept_proxy) and
+                                                     loads (once per accepted client) */
+};
+
 /* The backend-leg socket buffer side table (see dp.c, "Socket buffers"). */
 struct dp_sockbuf {
     _Atomic uint8_t force;         /* 1: the sizes go in with SO_SNDBUFFORCE / SO_RCVBUFFORCE
@@ -403,6 +436,7 @@ struct dp {
     struct dp_cc cc;               /* backend-leg congestion control per service */
     struct dp_svc_opts opts;       /* backend-leg options per service (fast open) */
     struct dp_sockbuf sockbuf;     /* backend-leg socket buffer sizes per service */
+    struct dp_accept_proxy accept_proxy; /* client-leg PROXY header timeouts per service */
     _Atomic uint32_t be_hw;        /* 1 + the highest backend id any published table named:
                                       no counter at or above it was ever written (dp_stats) */
     _Atomic int64_t udp_flows;     /* udp flows open now, every worker and service: each holds

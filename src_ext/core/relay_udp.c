@@ -378,10 +378,11 @@ static void udp_log(struct dp_worker *w, const struct relay_udp_flow *f, uint8_t
     r->protocol = DP_PROTO_UDP;
     r->reason = reason;
     r->family = f->ct.key.family;
-    r->reserved0 = 0;
+    r->peer_family = 0;
     r->port = ntohs(f->peer.sa.sa_family == AF_INET ? f->peer.sin.sin_port
                                                     : f->peer.sin6.sin6_port);
-    r->reserved1 = 0;
+    r->peer_port = 0;
+    memset(r->peer_addr, 0, sizeof(r->peer_addr));
     memcpy(r->addr, f->ct.key.caddr, 16);
     r->started = f->started;
     r->duration = now > f->started ? now - f->started : 0.0;

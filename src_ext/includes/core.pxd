@@ -35,6 +35,8 @@ cdef extern from "dp.h" nogil:
         uint64_t drops_truncated
         uint64_t drops_send
         uint64_t drops_max_udp_flows
+        uint64_t proxy_header_errors
+        uint64_t proxy_header_timeouts
 
     struct dp_be_stats:
         uint64_t conns_total
@@ -67,6 +69,9 @@ cdef extern from "dp.h" nogil:
         uint8_t state
         uint16_t port
         uint8_t addr[16]
+        uint8_t peer_family
+        uint16_t peer_port
+        uint8_t peer_addr[16]
         double started
         uint64_t bytes_to_backend
         uint64_t bytes_to_client
@@ -93,8 +98,11 @@ cdef extern from "dp.h" nogil:
         uint8_t protocol
         uint8_t reason
         uint8_t family
+        uint8_t peer_family
         uint16_t port
+        uint16_t peer_port
         uint8_t addr[16]
+        uint8_t peer_addr[16]
         double started
         double duration
         uint64_t bytes_to_backend
