@@ -101,6 +101,24 @@ def test_reset_in_the_middle_of_a_header(make_lb: MakeLB, servers: Servers) -> N
     assert backend.records() == []
 
 
+def test_deadline_during_the_tlvs(make_lb: MakeLB, servers: Servers) -> None:
+    """The header's addresses were read, its TLVs are still being discarded: a timeout."""
+    backend = servers.start("echo")
+    lb = start_lb(make_lb, [backend.addr], timeout_ms=400)
+    lb.dp.set_connection_log(True, 64)
+    header = long_v2(60000)
+    sock = connect(lb.addr())
+    sock.sendall(header[:2000])
+    time.sleep(0.1)
+    sock.sendall(header[2000:30000])
+    assert closed_within(sock, 3.0) == "reset"
+    sock.close()
+    assert wait_for(lambda: lb.svc_stats().get("proxy_header_timeouts") == 1, 5.0)
+    assert [(r["reason"], r["client"]) for r in lb.dp.closed_sessions()] == \
+        [("proxy_header_timeout", SRC4)]
+    assert backend.records() == []
+
+
 def test_fin_during_the_tlvs(make_lb: MakeLB, servers: Servers) -> None:
     backend = servers.start("echo")
     lb = start_lb(make_lb, [backend.addr])
