@@ -1046,7 +1046,7 @@ class Daemon:
         try:
             future.set_result(self.dp.close_backend_sessions(list(due.values()),
                                                              reason="backend_down"))
-        except (OSError, ValueError, TypeError) as exc:
+        except Exception as exc:  # logged by finish_close, as off the loop
             future.set_exception(exc)
         self.closing = (future, due)
         self.finish_close()
@@ -1062,7 +1062,8 @@ class Daemon:
         self.closing = None
         try:
             closed = future.result()
-        except (OSError, ValueError, TypeError) as exc:
+        except Exception as exc:  # whatever the close thread met (a MemoryError too): this
+            # is a fence of the next publish, reload or stop, which must not fail because of it
             for service, address in due:
                 log.error('backend %s/%s: closing its sessions (on_down = "shutdown_sessions") '
                           "failed: %s", service, address, _reason(exc))

@@ -5,7 +5,8 @@ worker for a copy (through the worker's command queue) and adds the copies up, s
 needed. Counters are keyed by the stable ids of the table, so they survive table swaps.
 
 What each counter means (the C core, src_ext/core/dp.h, keeps the same ones):
-  service  conns_total       connections admitted (accepted and not rejected)
+  service  conns_total       connections admitted (accepted and not rejected), counted at the
+                             first pick: not an accept_proxy client ended before its header
            conns_active      admitted connections still open (connecting included)
            rejected          closed at once for capacity: the service's max_connections was
                              reached, or the first pick found every weighted backend at its

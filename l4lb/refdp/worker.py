@@ -554,6 +554,11 @@ class Worker:
                     return
                 session.pin_result = got
                 session.pin_skip = got.length - len(session.pin_buf)
+                if got.src is not None:
+                    # its client from now on, already while the TLVs are skipped (a timeout or
+                    # a FIN there names it), as the C relay rewrites the key on the parse
+                    session.client_addr = got.src
+                    session.local_addr = got.dst
             while session.pin_skip:
                 chunk = sock.recv(min(session.pin_skip, 65536))
                 if not chunk:
@@ -565,12 +570,8 @@ class Worker:
         except OSError:
             self._close_session(session, reset=True, reason="client_reset")
             return
-        got = session.pin_result
         session.pin_wait = False
         session.pin_buf = b""
-        if got.src is not None:
-            session.client_addr = got.src
-            session.local_addr = got.dst
         self._connect_next(session)
 
     # --- connecting -------------------------------------------------------------------------

@@ -29,7 +29,9 @@ struct dp;
 /* Per-service counters, summed over workers. TCP services move the conns_* ones, UDP services
  * the datagram and flow ones; bytes and accept_errors are kept for both. */
 struct dp_svc_stats {
-    uint64_t conns_total;      /* connections admitted (not rejected) */
+    uint64_t conns_total;      /* connections admitted (not rejected), counted when the first
+                                  backend is picked: an accept_proxy client that never got
+                                  past its header is in conns_active while open, never here */
     int64_t conns_active;      /* admitted connections still open */
     uint64_t rejected;         /* closed at once: the service's max_connections was reached */
     uint64_t no_backend;       /* closed with RST: no eligible backend left (incl. after retries) */

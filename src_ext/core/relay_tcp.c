@@ -1258,8 +1258,11 @@ static void relay_pin_read(struct dp_worker *w, struct relay_session *s, uint32_
             s->pin = RELAY_PIN_SKIP_LOCAL;
         }
         s->pin_skip = info.len;
-        /* client bytes beyond the header already wait (or may: a header longer than the peek) */
-        more = (size_t)n != info.len ? EPOLLIN : 0;
+        /* client bytes beyond the header already wait, or may: a header longer than the peek,
+         * or one exactly as long as a full peek (a version 2 header of PP_PARSE_MIN + 1
+         * bytes), which says nothing about what follows it. Their edge was consumed by this
+         * event, so the pump must be told */
+        more = (size_t)n != info.len || (size_t)n == sizeof(buf) ? EPOLLIN : 0;
     } else {
         more = EPOLLIN;
     }

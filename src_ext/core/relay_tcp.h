@@ -214,7 +214,7 @@ struct relay_session {
                                       socket until the attempt connects, 0 = none */
     uint16_t tried_ids[RELAY_MAX_TRIES]; /* backend ids attempted (excluded on retry); ids
                                             are below DP_MAX_BACKENDS (65536) */
-    uint32_t pin_skip;             /* RELAY_PIN_WAIT: header bytes (version 2 TLVs) still to
+    uint32_t pin_skip;             /* RELAY_PIN_SKIP_*: header bytes (version 2 TLVs) still to
                                       discard once its addresses were read, 0 = none */
     uint8_t peer_addr[16];         /* accept_proxy: the real peer's address, network order,
                                       IPv4 in the first 4 bytes */

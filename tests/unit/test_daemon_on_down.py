@@ -449,3 +449,47 @@ def test_a_close_counted_by_a_fence_does_not_wait_for_the_next_one(tmp_path: Pat
     asyncio.run(go())
     assert [c for c in dp.calls] == [[b1], [b3]]
     daemon.stop(0.0)
+
+
+def test_an_unexpected_error_in_the_close_thread_does_not_stop_the_next_table(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The close thread fails with something else than OSError/ValueError/TypeError (a
+    MemoryError from the C plane's allocation, say): it is logged per backend, and the next
+    publish, whose fence meets that failure, still puts its table out."""
+    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
+    dp = SlowClose()
+    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
+    daemon._publish()
+
+    def fail(backend_ids: object, reason: str = "drain_timeout") -> int:
+        dp.started.set()
+        assert dp.release.acquire(timeout=5.0), "never released"
+        raise MemoryError()
+
+    dp.close_backend_sessions = fail  # type: ignore[method-assign,assignment]
+
+    async def go() -> tuple[int, int]:
+        daemon._on_transition(("web", B1), went(Health.DOWN))
+        await settle(daemon)
+        assert await asyncio.get_running_loop().run_in_executor(None, dp.started.wait, 5.0)
+        before = dp.generation
+        closing = daemon.closing
+        assert closing is not None
+        dp.release.release()
+        assert closing[0].exception(5.0) is not None  # failed; its callback not run yet
+        daemon._on_transition(("web", B1), went(Health.UP))
+        assert daemon.publish_handle is not None
+        daemon.publish_handle.cancel()  # publish now: its fence meets the failure
+        daemon.publish_handle = None
+        daemon._publish()
+        for _ in range(10):  # the failed close's completion callback: a no-op now
+            await asyncio.sleep(0)
+        return before, dp.generation
+
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        before, after = asyncio.run(go())
+    assert after == before + 1  # the table with B1 back UP went out
+    assert daemon.closing is None and shut_down_count(daemon, B1) == 0
+    assert any(m.startswith(f"backend web/{B1}: closing its sessions") and "MemoryError" in m
+               for m in caplog.messages), caplog.messages
+    daemon.stop(0.0)
