@@ -132,6 +132,13 @@ def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, callback: Callable[[]
         loop.call_soon_threadsafe(callback)
 
 
+def closes_off_loop(dp_class: Any) -> bool:
+    """Whether on_down closes may leave the loop with this data plane: only one whose
+    close_backend_sessions releases the GIL while its workers close says so
+    (CLOSES_WITHOUT_GIL, the C plane); the reference plane holds the GIL throughout."""
+    return getattr(dp_class, "CLOSES_WITHOUT_GIL", False) is True
+
+
 def _hostport(addr: Any) -> str:
     """(host, port) as "host:port", "[v6]:port" for IPv6 (sessions, the connection log)."""
     host, port = addr[0], addr[1]
@@ -306,8 +313,7 @@ class Daemon:
         self.runtime = Runtime.from_config(self.config)
         self.workers = resolve_workers(self.config.global_.workers)
         self.dp = dp_class(self.workers)
-        # the C plane releases the GIL while its workers close: on_down closes leave the loop
-        self.close_off_loop = getattr(dp_class, "__module__", "") == "l4lb._dataplane"
+        self.close_off_loop = closes_off_loop(dp_class)
         self._set_fd_ceiling()
         bound: list[ListenerGroup] = []  # not self.listeners until the first table is out:
         try:                              # _publish() reads those as handed to the data plane

@@ -103,6 +103,10 @@ cdef object _dp_oserror(int rc):
 cdef class Dataplane:
     """The C data plane; the API is DataplaneAPI in l4lb/dataplane.py."""
 
+    # close_backend_sessions() releases the GIL while the workers close, so the daemon may run
+    # it off its event loop (l4lb/daemon.py, _shut_down_sessions); the reference plane cannot
+    CLOSES_WITHOUT_GIL = True
+
     cdef _core.dp *_dp
     cdef readonly int workers
 

@@ -493,3 +493,18 @@ def test_an_unexpected_error_in_the_close_thread_does_not_stop_the_next_table(
     assert any(m.startswith(f"backend web/{B1}: closing its sessions") and "MemoryError" in m
                for m in caplog.messages), caplog.messages
     daemon.stop(0.0)
+
+
+def test_only_a_plane_that_closes_without_the_gil_closes_off_the_loop() -> None:
+    """The daemon reads the capability from the data plane's class: the C plane has it, the
+    reference plane (which holds the GIL while it closes) and the fakes do not."""
+    from l4lb.daemon import closes_off_loop
+    from l4lb.refdp.dataplane import Dataplane as ReferenceDataplane
+
+    assert not closes_off_loop(ReferenceDataplane)
+    assert not closes_off_loop(FakeDataplane)
+    try:
+        from l4lb._dataplane import Dataplane as CDataplane
+    except ImportError:
+        pytest.skip("the C data plane is not built")
+    assert closes_off_loop(CDataplane)
