@@ -22,6 +22,11 @@ connections whose request is already waiting when the relay connects use it, whi
 --defer-accept SECONDS (TCP_DEFER_ACCEPT on the listener) makes every client-speaks-first one.
 --proxy-protocol 1|2 sends that PROXY protocol header first (set_proxy_protocol); the backend
 must expect it (nginx `listen ... proxy_protocol`).
+--accept-proxy turns on the service's accept_proxy (set_accept_proxy, 5 s) and, with
+wrk-close only, has wrk start every connection with a PROXY v1 header in the same write as its
+request (a Lua script: each request goes on a new connection, so each header is the first bytes
+of its connection, as a balancer in front sends it). --wrk-script-baseline runs the same script
+without the header and without accept_proxy, so that a pair differs only in the header.
 
 Loads: wrk-close (new connection per request, 50 concurrent), wrk-ka (keep-alive, 50
 connections), iperf1 / iperf8 (iperf3 -P 1 / -P 8, client to server). Traffic stays on loopback.
@@ -77,12 +82,39 @@ def _out_segs() -> int:
     return int(dict(zip(rows[0], rows[1], strict=True))["OutSegs"])
 
 
-def _load_argv(kind: str, port: int, seconds: int, cpu: int) -> list[str]:
+# wrk checks that request() returns valid HTTP by calling it once, after init(), in its first
+# thread's Lua state (the one thread, -t1); that first answer is never sent
+WRK_PROXY_LUA = """-- bench/tcpprobe.py: each request, on its own connection, led by a PROXY header
+wrk.headers["Host"] = "127.0.0.1"
+wrk.headers["Connection"] = "close"
+local plain = wrk.format("GET", "/")
+local req = "{prefix}" .. plain
+local calls = 0
+request = function()
+  calls = calls + 1
+  if calls == 1 then return plain end
+  return req
+end
+"""
+
+
+def _wrk_script(port: int, header: bool) -> str:
+    """Write the Lua script of --accept-proxy / --wrk-script-baseline; returns its path."""
+    prefix = f"PROXY TCP4 192.0.2.7 127.0.0.1 40000 {port}\\r\\n" if header else ""
+    path = f"/tmp/l4lb-tcpprobe-{os.getpid()}.lua"
+    with open(path, "w") as f:
+        f.write(WRK_PROXY_LUA.replace("{prefix}", prefix))
+    return path
+
+
+def _load_argv(kind: str, port: int, seconds: int, cpu: int,
+               script: str | None = None) -> list[str]:
     pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []
     url = f"http://127.0.0.1:{port}/"
     if kind == "wrk-close":
+        lua = ["-s", script] if script else []
         return [*pin, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "--timeout", "2s",
-                "-H", "Connection: close", url]
+                *lua, "-H", "Connection: close", url]
     if kind == "wrk-ka":
         return [*pin, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "--timeout", "2s", url]
     if kind in ("iperf1", "iperf8"):
@@ -97,13 +129,20 @@ def _units(kind: str, text: str) -> tuple[float, str, dict[str, Any]]:
         m = re.search(r"(\d+) requests in", text)
         p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
         errs = re.search(r"Socket errors:.*", text)
-        extra = {"p99": p99.group(1) if p99 else None, "errors": errs.group(0) if errs else ""}
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+        extra = {"p99": p99.group(1) if p99 else None, "errors": errs.group(0) if errs else "",
+                 "non_2xx": int(non2xx.group(1)) if non2xx else 0}
         return float(m.group(1)) if m else 0.0, "req", extra
     data = json.loads(text)
     sent = float(data["end"]["sum_received"]["bytes"])
     extra = {"gbit_s": round(data["end"]["sum_received"]["bits_per_second"] / 1e9, 2),
              "retransmits": data["end"].get("sum_sent", {}).get("retransmits")}
     return sent / 1e9, "GB", extra
+
+
+def _svc_counter(dp: Any, sid: int, name: str) -> int:
+    """One counter of service sid from the data plane's stats (0 when it has none yet)."""
+    return int(dp.stats()["services"].get(sid, {}).get(name, 0))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,6 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.sched_setaffinity(0, {args.lb_cpu} if args.lb_cpu >= 0 else set(range(os.cpu_count() or 1)))
     before = {int(t) for t in os.listdir("/proc/self/task")}
     dp = Dataplane(1)
+    script: str | None = None  # wrk's Lua script (--accept-proxy, --wrk-script-baseline)
     if args.pipe_size is not None or args.copy_threshold is not None:
         dp._tune(16384 if args.copy_threshold is None else args.copy_threshold,
                  args.pipe_size or 0)
@@ -141,12 +181,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dp.set_fast_open(sid, True)
         if args.proxy_protocol:
             dp.set_proxy_protocol(sid, args.proxy_protocol)
+        if args.accept_proxy or args.wrk_script_baseline:
+            script = _wrk_script(args.listen_port, header=args.accept_proxy)
+        if args.accept_proxy:
+            dp.set_accept_proxy(sid, 5000)
         dp.add_listener(sid, ls.fileno(), 0)
         tids = _worker_tids(before | {threading.get_native_id()})
         in0, (ns0, cx0), sg0 = dp._internals(), _thread_cpu(tids), _out_segs()
         t0 = time.monotonic()
         proc = subprocess.run(_load_argv(args.load, args.listen_port, args.seconds,
-                                         args.load_cpu),
+                                         args.load_cpu, script),
                               capture_output=True, text=True, check=False,
                               timeout=args.seconds + TIMEOUT_SLACK)
         wall = time.monotonic() - t0
@@ -174,6 +218,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "backend_fast_open": bool(args.backend_fast_open),
             "proxy_protocol": args.proxy_protocol,
             "defer_accept": args.defer_accept,
+            "accept_proxy": bool(args.accept_proxy),
+            "proxy_header_errors": _svc_counter(dp, sid, "proxy_header_errors"),
             f"fo_attempts_per_{unit}": round(
                 (in1["fast_open_attempts"] - in0["fast_open_attempts"]) / units, 4),
             f"fo_syn_data_per_{unit}": round(
@@ -183,6 +229,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return out
     finally:
         dp.stop(1.0)
+        if script:
+            os.unlink(script)
         ls.close()
 
 
@@ -216,7 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--defer-accept", type=int, default=0, metavar="SECONDS",
                     help="TCP_DEFER_ACCEPT on the listener (0: off): connections are accepted "
                          "once the client's first bytes arrived, so fast open always has them")
+    ap.add_argument("--accept-proxy", action="store_true",
+                    help="accept_proxy on the service (set_accept_proxy), and wrk leads every "
+                         "connection with a PROXY v1 header (wrk-close only)")
+    ap.add_argument("--wrk-script-baseline", action="store_true",
+                    help="wrk through the same Lua script, without the header (the pair of "
+                         "--accept-proxy)")
     args = ap.parse_args(argv)
+    if (args.accept_proxy or args.wrk_script_baseline) and args.load != "wrk-close":
+        ap.error("--accept-proxy and --wrk-script-baseline need --load wrk-close")
+    if args.accept_proxy and args.wrk_script_baseline:
+        ap.error("--accept-proxy and --wrk-script-baseline exclude each other")
     print(json.dumps(run(args)))
     return 0
 
