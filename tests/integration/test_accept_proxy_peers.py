@@ -1,7 +1,9 @@
 """`accept_proxy` end to end behind real balancers: HAProxy (`mode tcp`, `server ...
-send-proxy` and `send-proxy-v2`) and nginx stream (`proxy_protocol on;`) in front of l4lb,
-which has `accept_proxy = true` and sends `proxy_protocol = "v2"` on to its backend. The backend
-(tests/dataplane/proxy_backend.py, a parser written independently of l4lb's) must see the real
+send-proxy`, `send-proxy-v2`, and `send-proxy-v2` with TLVs from `proxy-v2-options
+crc32c,unique-id,authority`, which l4lb skips) and nginx stream (`proxy_protocol on;`) in front
+of l4lb, which has `accept_proxy = true` and sends `proxy_protocol = "v2"` on to its backend.
+The backend (tests/dataplane/proxy_backend.py, a parser written independently of l4lb's) must
+see the real
 client's address and port and the front balancer's address, not the front balancer as the
 client; l4lb's connection log must name the client and, as `peer`, the front balancer's
 connection. Clients come over IPv4 and IPv6 while the front always reaches l4lb over IPv4 (a
@@ -47,10 +49,17 @@ frontend v2
     bind 127.0.0.1:{f2}
     bind [::1]:{f2}
     default_backend to_l4lb_v2
+frontend v2tlv
+    bind 127.0.0.1:{f3}
+    bind [::1]:{f3}
+    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    default_backend to_l4lb_v2tlv
 backend to_l4lb_v1
     server l4lb 127.0.0.1:{lb} send-proxy
 backend to_l4lb_v2
     server l4lb 127.0.0.1:{lb} send-proxy-v2
+backend to_l4lb_v2tlv
+    server l4lb 127.0.0.1:{lb} send-proxy-v2 proxy-v2-options crc32c,unique-id,authority
 """
 
 NGINX_CONF = """\
@@ -176,17 +185,18 @@ def behind_the_front(tmp_path: Path, backend: ProxyBackend, lb: int,
 
 
 @pytest.fixture
-def haproxy(tmp_path: Path) -> Iterator[tuple[int, int, int]]:
-    """HAProxy in the foreground (-db, ours): frontends on f1 (send-proxy) and f2
-    (send-proxy-v2), on 127.0.0.1 and ::1, towards l4lb on 127.0.0.1:lb; yields f1, f2, lb."""
-    f1, f2, lb = free_port(), free_port(), free_port()
+def haproxy(tmp_path: Path) -> Iterator[tuple[int, int, int, int]]:
+    """HAProxy in the foreground (-db, ours): frontends on f1 (send-proxy), f2
+    (send-proxy-v2) and f3 (send-proxy-v2 with TLVs: crc32c, unique-id), on 127.0.0.1 and ::1,
+    towards l4lb on 127.0.0.1:lb; yields f1, f2, f3, lb."""
+    f1, f2, f3, lb = free_port(), free_port(), free_port(), free_port()
     conf = tmp_path / "haproxy.cfg"
-    conf.write_text(HAPROXY_CONF.format(f1=f1, f2=f2, lb=lb))
+    conf.write_text(HAPROXY_CONF.format(f1=f1, f2=f2, f3=f3, lb=lb))
     proc = subprocess.Popen(["haproxy", "-db", "-f", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
         wait_listening(f1, proc)
-        yield f1, f2, lb
+        yield f1, f2, f3, lb
     finally:
         stop_process(proc, timeout=10.0)
 
@@ -209,10 +219,12 @@ def nginx(tmp_path: Path) -> Iterator[tuple[int, int]]:
 
 @needs_haproxy
 @pytest.mark.parametrize("reference", [False, True], ids=["c", "ref"])
-def test_behind_haproxy_send_proxy_v1_and_v2(tmp_path: Path, haproxy: tuple[int, int, int],
+def test_behind_haproxy_send_proxy_v1_and_v2(tmp_path: Path,
+                                             haproxy: tuple[int, int, int, int],
                                              backend: ProxyBackend, reference: bool) -> None:
-    f1, f2, lb = haproxy
-    fronts = [("127.0.0.1", f1), ("::1", f1), ("127.0.0.1", f2), ("::1", f2)]
+    f1, f2, f3, lb = haproxy  # f3: v2 with TLVs (crc32c, unique-id), which l4lb skips
+    fronts = [("127.0.0.1", f1), ("::1", f1), ("127.0.0.1", f2), ("::1", f2),
+              ("127.0.0.1", f3), ("::1", f3)]
     behind_the_front(tmp_path, backend, lb, fronts, reference)
 
 
