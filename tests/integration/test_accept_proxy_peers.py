@@ -3,11 +3,11 @@ send-proxy`, `send-proxy-v2`, and `send-proxy-v2` with TLVs from `proxy-v2-optio
 crc32c,unique-id,authority`, which l4lb skips) and nginx stream (`proxy_protocol on;`) in front
 of l4lb, which has `accept_proxy = true` and sends `proxy_protocol = "v2"` on to its backend.
 The backend (tests/dataplane/proxy_backend.py, a parser written independently of l4lb's) must
-see the real
-client's address and port and the front balancer's address, not the front balancer as the
-client; l4lb's connection log must name the client and, as `peer`, the front balancer's
-connection. Clients come over IPv4 and IPv6 while the front always reaches l4lb over IPv4 (a
-TCP6 header over an IPv4 connection). A client that skips the front and sends no header is
+see the real client's address and port and the front balancer's address, not the front
+balancer as the client, and exactly the client's bytes after the header; l4lb's connection log
+must name the client and, as `peer`, the front balancer's connection. Clients come over IPv4
+and IPv6 while the front always reaches l4lb over IPv4 (a TCP6 header over an IPv4
+connection). A client that skips the front and sends no header is
 reset and counted. Both data planes. A test is skipped when its peer is not installed (CI
 installs the Debian packages `haproxy`, `nginx` and `libnginx-mod-stream`; scripts/test.sh)."""
 
