@@ -1301,9 +1301,8 @@ class Daemon:
             service = self.retired_services.get(sid)
         if backend is None and bid in self.retired_backends:
             backend = self.retired_backends[bid][1]
-        host, port = record["client"]
         peer = record.get("peer")
-        return {"client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        return {"client": _hostport(record["client"]),
                 **({"peer": _hostport(peer)} if peer else {}),
                 "service": service if service is not None else f"?{sid}",
                 "protocol": record["protocol"],
@@ -1903,11 +1902,9 @@ class Daemon:
             if want_bid is not None and sess["backend_id"] != want_bid:
                 continue
             key = bids.get(sess["backend_id"])
-            client = sess["client"]
             peer = sess.get("peer")
             out.append({**sess, "service": svc_name, "backend": key[1] if key else None,
-                        "client": f"[{client[0]}]:{client[1]}" if ":" in client[0]
-                        else f"{client[0]}:{client[1]}",
+                        "client": _hostport(sess["client"]),
                         "peer": _hostport(peer) if peer else None})
         return out
 
@@ -1928,9 +1925,8 @@ class Daemon:
             if service and svc_name != service:
                 continue
             key = bids.get(flow["backend_id"])
-            host, port = flow["client"]
             out.append({**flow, "service": svc_name, "backend": key[1] if key else None,
-                        "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}"})
+                        "client": _hostport(flow["client"])})
         return out
 
     def _find(self, service: str, backend: str) -> Any:

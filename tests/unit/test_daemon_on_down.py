@@ -349,12 +349,19 @@ class SlowClose(FakeDataplane):
         return closed
 
 
-def test_off_the_loop_the_close_lets_the_loop_run_and_fences_the_next_publish(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def off_loop_daemon(tmp_path: Path) -> tuple[Daemon, SlowClose]:
+    """A daemon whose on_down closes run off the loop (as with the C plane) against a SlowClose,
+    its first table published."""
     daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
     dp = SlowClose()
     daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
     daemon._publish()
+    return daemon, dp
+
+
+def test_off_the_loop_the_close_lets_the_loop_run_and_fences_the_next_publish(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    daemon, dp = off_loop_daemon(tmp_path)
     b1, b3 = bid(daemon, B1), bid(daemon, B3)
     dp.active = {b1: 4, b3: 1}
 
@@ -392,10 +399,7 @@ def test_off_the_loop_the_close_lets_the_loop_run_and_fences_the_next_publish(
 
 
 def test_a_stop_waits_for_the_close_in_flight_and_counts_it(tmp_path: Path) -> None:
-    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
-    dp = SlowClose()
-    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
-    daemon._publish()
+    daemon, dp = off_loop_daemon(tmp_path)
     dp.active = {bid(daemon, B2): 7}
 
     async def go() -> None:
@@ -414,10 +418,7 @@ def test_a_stop_waits_for_the_close_in_flight_and_counts_it(tmp_path: Path) -> N
 def test_a_close_counted_by_a_fence_does_not_wait_for_the_next_one(tmp_path: Path) -> None:
     """The completion callback of a close that a fence (the next publish) already counted must
     not wait for the close that publish started: the loop would block on it."""
-    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
-    dp = SlowClose()
-    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
-    daemon._publish()
+    daemon, dp = off_loop_daemon(tmp_path)
     b1, b3 = bid(daemon, B1), bid(daemon, B3)
     dp.active = {b1: 2, b3: 3}
 
@@ -456,10 +457,7 @@ def test_an_unexpected_error_in_the_close_thread_does_not_stop_the_next_table(
     """The close thread fails with something else than OSError/ValueError/TypeError (a
     MemoryError from the C plane's allocation, say): it is logged per backend, and the next
     publish, whose fence meets that failure, still puts its table out."""
-    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
-    dp = SlowClose()
-    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
-    daemon._publish()
+    daemon, dp = off_loop_daemon(tmp_path)
 
     def fail(backend_ids: object, reason: str = "drain_timeout") -> int:
         dp.started.set()

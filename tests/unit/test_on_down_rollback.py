@@ -16,10 +16,10 @@ from l4lb.health.dampener import Health
 from .test_daemon_on_down import (
     B2,
     B3,
-    SlowClose,
     bid,
     config,
     make_daemon,
+    off_loop_daemon,
     settle,
     shut_down_count,
     transitions,
@@ -71,10 +71,7 @@ def test_rolled_back_reload_keeps_a_close_pending_in_panic(
 
 def test_a_close_in_flight_is_counted_before_a_reload_saves_its_rollback_state(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    daemon, _ = make_daemon(tmp_path, config("shutdown_sessions", min_healthy=0.0))
-    dp = SlowClose()  # the C plane's close, off the loop
-    daemon.dp, daemon.generation, daemon.close_off_loop = dp, 0, True
-    daemon._publish()
+    daemon, dp = off_loop_daemon(tmp_path)  # the C plane's close, off the loop
     dp.active = {bid(daemon, B3): 5}
 
     async def go() -> None:
