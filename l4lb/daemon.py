@@ -211,6 +211,8 @@ class BackendView:
     drain_deadline: float | None = None  # unix time `drain --timeout` closes the rest, if armed
     probe_latency: float | None = None  # seconds of the last conclusive health probe, if any
     sessions_shut_down: int = 0  # sessions closed because it went DOWN (health.on_down)
+    check: dict[str, Any] | None = None  # health check detail (HealthSnapshot.as_view), None
+    #                                      when its service has no [services.health]
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict, in field order: dataclasses.asdict() without its recursion
@@ -1115,6 +1117,8 @@ class Daemon:
             stats = dp.stats() if dp is not None else {"backends": {}}
         ids = self.builder.backend_ids()
         latencies = self.checker.latencies() if self.checker is not None else {}
+        snapshots = self.checker.snapshots() if self.checker is not None else {}
+        to_wall = time.time() - time.monotonic()
         views: list[BackendView] = []
         for service in self.config.services:
             if service_name is not None and service.name != service_name:
@@ -1133,6 +1137,8 @@ class Daemon:
                 armed = self.drains.pending.get((service.name, rt.address))
                 view.drain_deadline = armed.deadline if armed is not None else None
                 view.probe_latency = latencies.get((service.name, rt.address))
+                snapshot = snapshots.get((service.name, rt.address))
+                view.check = snapshot.as_view(to_wall) if snapshot is not None else None
                 view.sessions_shut_down = self.sessions_shut_down.get((service.name, rt.address),
                                                                       0)
                 views.append(view)

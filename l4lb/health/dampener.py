@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from l4lb.health.settings import HealthSettings
 
@@ -66,6 +67,7 @@ class HealthSnapshot:
     last_ok: bool | None  # result of the last probe; None before the first
     last_reason: str  # reason of the last probe ("" before the first)
     last_probe_at: float | None  # monotonic time of the last probe result
+    change_reason: str = ""  # why the state last changed, as logged ("" if it never changed)
 
     def describe(self) -> str:
         """`UP`, `UP (unconfirmed)`, `UP, going down (1/3)`, `DOWN`, `DOWN, going up (1/2)`."""
@@ -76,6 +78,20 @@ class HealthSnapshot:
         if self.successes:
             return f"DOWN, going up ({self.successes}/{self.rise})"
         return "DOWN"
+
+    def as_view(self, to_wall: float) -> dict[str, Any]:
+        """The snapshot for the control API (`check` of a backend view). `to_wall` is added
+        to the monotonic times to make them unix times (time.time() - time.monotonic())."""
+        last = self.last_probe_at
+        return {"health": self.state.name.lower(), "status": self.describe(),
+                "confirmed": self.confirmed, "successes": self.successes,
+                "failures": self.failures, "rise": self.rise, "fall": self.fall,
+                "since": self.since + to_wall, "change_reason": self.change_reason or None,
+                "last_result": (None if self.last_ok is None
+                                else "passed" if self.last_ok else "failed"),
+                "last_reason": self.last_reason or None,
+                "last_probe": last + to_wall if last is not None else None,
+                "in_start_period": self.in_start_period}
 
 
 class Dampener:
@@ -96,6 +112,7 @@ class Dampener:
         self._last_ok: bool | None = None  # last probe result
         self._last_reason = ""  # last probe reason
         self._last_probe_at: float | None = None  # time of the last probe result
+        self._change_reason = ""  # reason of the last change of state, as logged
         self._verdict = settings.initial_state == "up"  # False while unproven (pool rule 3)
 
     @property
@@ -225,6 +242,7 @@ class Dampener:
         old = self._state
         self._state = new
         self._since = now
+        self._change_reason = reason
         self._confirmed = True
         self._verdict = True
         self._successes = 0
@@ -240,7 +258,8 @@ class Dampener:
             failures=self._failures, rise=self._settings.rise, fall=self._settings.fall,
             since=self._since, up_since=self._up_since,
             in_start_period=self.in_start_period(now), last_ok=self._last_ok,
-            last_reason=self._last_reason, last_probe_at=self._last_probe_at)
+            last_reason=self._last_reason, last_probe_at=self._last_probe_at,
+            change_reason=self._change_reason)
 
 
 def transition_log_line(subject: str, transition: Transition) -> str:
