@@ -27,7 +27,14 @@ def view_after(probes: list[bool], settings: HealthSettings = HS, start: float =
     d = Dampener(settings, start)
     for i, ok in enumerate(probes, 1):
         d.probe(ok, "connect ok" if ok else reason, start + i)
-    return d.snapshot(start + len(probes)).as_view(TO_WALL)
+    now = start + len(probes)
+    view = d.view(now, TO_WALL)
+    snap = d.snapshot(now)  # the view holds what the snapshot holds
+    assert (view["status"], view["successes"], view["failures"], view["since"],
+            view["change_reason"] or "", view["last_reason"] or "") == \
+        (snap.describe(), snap.successes, snap.failures, snap.since + TO_WALL,
+         snap.change_reason, snap.last_reason)
+    return view
 
 
 def test_view_of_a_new_unconfirmed_backend() -> None:
@@ -71,12 +78,12 @@ def test_passive_down_keeps_its_reason_and_a_down_start_says_no_probe_yet() -> N
     d = Dampener(HealthSettings(max_fails=2, fail_timeout=5.0), 0.0)
     d.probe(True, "connect ok", 1.0)
     d.passive_failures(2, 2.0)
-    view = d.snapshot(2.0).as_view(0.0)
+    view = d.view(2.0, 0.0)
     assert view["change_reason"] == "2 failed connects within 5s (passive, max_fails 2)"
     assert view["last_result"] == "passed"  # the last probe passed; the data plane disagreed
     assert check_note(view, 3.0).startswith("DOWN for 0m1s: 2 failed connects")
 
-    fresh = Dampener(HealthSettings(initial_state="down"), 0.0).snapshot(0.0).as_view(0.0)
+    fresh = Dampener(HealthSettings(initial_state="down"), 0.0).view(0.0, 0.0)
     assert check_note(fresh, 7.0) == "DOWN for 0m7s; no probe has finished yet"
 
 

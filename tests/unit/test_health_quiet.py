@@ -229,7 +229,7 @@ def _differential_run(rig: Rig, monkeypatch: pytest.MonkeyPatch,
                 if second % 4 == 0:
                     readings.append(("latencies", second, checker.latencies()))
                 if second % 2 == 0:  # the bulk read for display, which collects nothing
-                    readings.append(("snapshots", second, checker.snapshots()))
+                    readings.append(("views", second, checker.views(0.0)))
                 if second % 5 == 0:
                     for name in sorted(checker.keys()):
                         readings.append(("snapshot", second, name, checker.snapshot(name),
@@ -371,14 +371,16 @@ def test_bulk_snapshots_read_quiet_passes_without_collecting_them(
             runner = _runner(checker)
             fid = checker._entries["b"].fleet_id
             assert fid is not None
-            before = checker._entries["b"].dampener.snapshot(rig.now)
-            bulk = checker.snapshots()["b"]
+            dampener = checker._entries["b"].dampener
+            before = dampener.view(rig.now, 0.0)
+            bulk = checker.views(0.0)["b"]
             # the dampener itself still has the last pass it was handed (before going quiet)
-            assert before.last_probe_at is not None and bulk.last_probe_at is not None
-            assert bulk.last_probe_at > before.last_probe_at
+            assert bulk["last_probe"] > before["last_probe"]
             assert runner.collect_all(False)  # nothing was collected ...
-            assert bulk == checker.snapshot("b")  # ... and collecting gives the same reading
-            assert bulk.last_reason == "syn-ack" and bulk.last_ok is True
+            snap = checker.snapshot("b")  # ... and collecting gives the same reading
+            assert dampener.view(rig.now, 0.0) == bulk
+            assert (bulk["last_probe"], bulk["last_reason"], bulk["last_result"]) == \
+                (snap.last_probe_at, "syn-ack", "passed")
         finally:
             checker.stop()
 
