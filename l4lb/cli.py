@@ -30,8 +30,7 @@ from l4lb.control import (
 from l4lb.daemon import EXIT_CONFIG, MAX_DRAIN_TIMEOUT_MS
 from l4lb.dataplane import DataplaneUnavailable, compiled_available, reference_requested
 from l4lb.display import (
-    BACKEND_HEADERS,
-    backend_rows,
+    backends_text,
     countdown,
     human_bytes,
     status_text,
@@ -334,7 +333,7 @@ def backends(service: str, config_path: str | None, socket_path: str | None,
              as_json: bool) -> None:
     """Backends of SERVICE with state and counters."""
     _emit(_call(config_path, socket_path, "backends", service=service), as_json,
-          lambda r: table(BACKEND_HEADERS, backend_rows(r)))
+          backends_text)
 
 
 @cli.command()

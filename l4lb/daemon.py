@@ -211,10 +211,13 @@ class BackendView:
     drain_deadline: float | None = None  # unix time `drain --timeout` closes the rest, if armed
     probe_latency: float | None = None  # seconds of the last conclusive health probe, if any
     sessions_shut_down: int = 0  # sessions closed because it went DOWN (health.on_down)
+    check: dict[str, Any] | None = None  # health check detail (Dampener.view), None
+    #                                      when its service has no [services.health]
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict, in field order: dataclasses.asdict() without its recursion
-        and deep copies (every field is a plain value), about 20 times cheaper, which counts
+        and deep copies (every field is a plain value, or `check`, a dict built for this
+        view alone), about 20 times cheaper, which counts
         with 10,000 backends in one `status` on the event loop."""
         return dict(vars(self))
 
@@ -244,10 +247,12 @@ class Daemon:
     # once a published table gives them weight 0 -> the panic that delays it was logged
     on_down_pending: dict[Key, bool] = field(default_factory=dict)
     sessions_shut_down: dict[Key, int] = field(default_factory=dict)  # closed by on_down so far
-    close_off_loop: bool = False  # on_down closes run in close_pool (set for the C plane)
+    close_off_loop: bool = False  # on_down and drain closes run in close_pool (the C plane)
     close_pool: ThreadPoolExecutor | None = None  # its one thread, made on first use
-    # the on_down close in flight off the loop: its result, and the backends it closes -> ids
-    closing: tuple[Future[dict[int, int]], dict[Key, int]] | None = None
+    # the close in flight off the loop (on_down or drain deadline): its result, and what
+    # counts and logs it on the loop (finish_close)
+    closing: tuple[Future[dict[int, int]], Callable[[Future[dict[int, int]]], None]] | None = None
+    drain_closing: set[Key] = field(default_factory=set)  # drained backends being closed
     vrrp: list[VrrpInstance] = field(default_factory=list)  # running [[vrrp]] instances
     digest_check: DigestCheck | None = None  # compares table digests with the VRRP peers
     drains: Drains = field(default_factory=Drains)  # `drain --timeout` deadlines and their ends
@@ -1035,6 +1040,32 @@ class Daemon:
                 log.warning('backend %s/%s: on_down = "shutdown_sessions", but this data plane '
                             "cannot close sessions; they continue", service, address)
             return
+        def account(future: Future[dict[int, int]]) -> None:
+            try:
+                closed = future.result()
+            except Exception as exc:  # whatever the close thread met (a MemoryError too)
+                for service, address in due:
+                    log.error('backend %s/%s: closing its sessions (on_down = '
+                              '"shutdown_sessions") failed: %s', service, address,
+                              _reason(exc))
+                return
+            for key, bid in due.items():
+                count = int(closed.get(bid, 0))
+                self.sessions_shut_down[key] = self.sessions_shut_down.get(key, 0) + count
+                log.log(logging.WARNING if count else logging.INFO,
+                        'backend %s/%s: closed %d %s (on_down = "shutdown_sessions")', key[0],
+                        key[1], count, "session" if count == 1 else "sessions")
+
+        self._close(list(due.values()), "backend_down", account)
+
+    def _close(self, bids: list[int], reason: str,
+               account: Callable[[Future[dict[int, int]]], None]) -> None:
+        """One close_backend_sessions call for `bids`; `account(future)` counts and logs its
+        result on the loop. With close_off_loop and a running loop, before any stop, the call
+        runs in close_pool's thread and this returns at once (see _shut_down_sessions for
+        why and for the fences); otherwise it runs here. One close at a time: one still in flight
+        ends and is counted first."""
+        self.finish_close()
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -1042,44 +1073,30 @@ class Daemon:
         if self.close_off_loop and loop is not None and self.stop_deadline is None:
             if self.close_pool is None:
                 self.close_pool = ThreadPoolExecutor(1, thread_name_prefix="l4lb-close")
-            future = self.close_pool.submit(self.dp.close_backend_sessions, list(due.values()),
-                                            "backend_down")
-            self.closing = (future, due)
+            future = self.close_pool.submit(self.dp.close_backend_sessions, bids, reason)
+            self.closing = (future, account)
             future.add_done_callback(
                 lambda done: _call_soon_threadsafe(loop, lambda: self.finish_close(done)))
             return
         future = Future()
         try:
-            future.set_result(self.dp.close_backend_sessions(list(due.values()),
-                                                             reason="backend_down"))
-        except Exception as exc:  # logged by finish_close, as off the loop
+            future.set_result(self.dp.close_backend_sessions(bids, reason=reason))
+        except Exception as exc:  # logged by account, as off the loop
             future.set_exception(exc)
-        self.closing = (future, due)
+        self.closing = (future, account)
         self.finish_close()
 
     def finish_close(self, only: Future[dict[int, int]] | None = None) -> None:
-        """Wait for the on_down close in flight, if any, then count and log it per backend (on
-        the loop thread: run by the close's own completion, with `only` = that close, which
-        a fence may have counted already while a newer one is in flight; and as a fence
-        before anything that must not overtake it)."""
+        """Wait for the close in flight, if any, then count and log it (its `account`, on the
+        loop thread: run by the close's own completion, with `only` = that close, which a
+        fence may have counted already while a newer one is in flight; and as a fence before
+        anything that must not overtake it). `account` catches what the close raised: this
+        is a fence of the next publish, reload or stop, which must not fail because of it."""
         if self.closing is None or (only is not None and self.closing[0] is not only):
             return
-        future, due = self.closing
+        future, account = self.closing
         self.closing = None
-        try:
-            closed = future.result()
-        except Exception as exc:  # whatever the close thread met (a MemoryError too): this
-            # is a fence of the next publish, reload or stop, which must not fail because of it
-            for service, address in due:
-                log.error('backend %s/%s: closing its sessions (on_down = "shutdown_sessions") '
-                          "failed: %s", service, address, _reason(exc))
-            return
-        for key, bid in due.items():
-            count = int(closed.get(bid, 0))
-            self.sessions_shut_down[key] = self.sessions_shut_down.get(key, 0) + count
-            log.log(logging.WARNING if count else logging.INFO,
-                    'backend %s/%s: closed %d %s (on_down = "shutdown_sessions")', key[0],
-                    key[1], count, "session" if count == 1 else "sessions")
+        account(future)
 
     def probe_latencies(self) -> dict[Key, float] | None:
         """Last conclusive probe latency per checked backend (for metrics), None when nothing
@@ -1115,6 +1132,8 @@ class Daemon:
             stats = dp.stats() if dp is not None else {"backends": {}}
         ids = self.builder.backend_ids()
         latencies = self.checker.latencies() if self.checker is not None else {}
+        checks = (self.checker.views(time.time() - time.monotonic())
+                  if self.checker is not None else {})
         views: list[BackendView] = []
         for service in self.config.services:
             if service_name is not None and service.name != service_name:
@@ -1133,6 +1152,7 @@ class Daemon:
                 armed = self.drains.pending.get((service.name, rt.address))
                 view.drain_deadline = armed.deadline if armed is not None else None
                 view.probe_latency = latencies.get((service.name, rt.address))
+                view.check = checks.get((service.name, rt.address))
                 view.sessions_shut_down = self.sessions_shut_down.get((service.name, rt.address),
                                                                       0)
                 views.append(view)
@@ -1421,8 +1441,11 @@ class Daemon:
         """The deadline of drain `ident` passed: close what is left of its backend, and of
         every other drain whose deadline falls within DRAIN_COALESCE of now (their timers are
         cancelled), in one data-plane call: drains armed together (a script draining a rack)
-        end together at the cost of one."""
+        end together at the cost of one. With the C plane the call runs off the loop, as
+        on_down's does (`_close`), and the drains end when it has (`drain_closing` meanwhile
+        keeps check_drains from ending them as drained)."""
         self.drain_timers.pop(ident, None)
+        self.finish_close()  # a close in flight (perhaps of this drain) ends first
         armed = self.drains.by_id(ident)
         if not isinstance(armed, DrainDeadline):
             return
@@ -1435,20 +1458,37 @@ class Daemon:
                 timer.cancel()
         ids = self.builder.backend_ids()
         bids = {d.key: ids[d.key] for d in due if d.key in ids}
-        closed: dict[int, int] = {}
-        if bids and self._dp_supports("close_backend_sessions"):
-            try:
-                closed = self.dp.close_backend_sessions(list(bids.values()))
-            except (OSError, ValueError, TypeError) as exc:
-                for service, address in bids:  # the drains stay; check_drains ends them
-                    log.error("backend %s/%s: drain deadline reached, closing its sessions "
-                              "failed: %s", service, address, _reason(exc))
-                return
-        elif bids:
+        if bids and not self._dp_supports("close_backend_sessions"):
             for service, address in bids:
                 log.warning("backend %s/%s: drain deadline reached, but this data plane "
                             "cannot close sessions; they continue", service, address)
+            bids = {}
+        if not bids:
+            self._end_drains(due, {}, {})
+            return
+
+        def account(future: Future[dict[int, int]]) -> None:
+            self.drain_closing.difference_update(bids)
+            try:
+                closed = future.result()
+            except Exception as exc:  # the drains stay; check_drains ends them
+                for service, address in bids:
+                    log.error("backend %s/%s: drain deadline reached, closing its sessions "
+                              "failed: %s", service, address, _reason(exc))
+                return
+            self._end_drains(due, bids, closed)
+
+        self.drain_closing.update(bids)
+        self._close(list(bids.values()), "drain_timeout", account)
+
+    def _end_drains(self, due: list[DrainDeadline], bids: dict[Key, int],
+                    closed: dict[int, int]) -> None:
+        """End the drains whose deadline closed their backends (`closed`: backend id -> how
+        many), unless a command ended or replaced one meanwhile."""
+        now = time.time()
         for deadline in due:
+            if self.drains.pending.get(deadline.key) is not deadline:
+                continue  # ended meanwhile (defensive: the commands that end one fence first)
             service, address = deadline.key
             bid = bids.get(deadline.key)
             count = int(closed.get(bid, 0)) if bid is not None else 0
@@ -1462,7 +1502,7 @@ class Daemon:
             return
         stats = self.dp.stats()
         for key in list(self.drains.pending):
-            if self._remaining(key, stats) == (0, 0):
+            if key not in self.drain_closing and self._remaining(key, stats) == (0, 0):
                 done = self.drains.end(key, "drained", time.time())
                 if done is not None:
                     self._drain_ended(done)

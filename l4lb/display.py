@@ -119,8 +119,59 @@ def _backend_lead(b: dict[str, Any], now: float | None) -> list[Any]:
         if now is None:
             now = time.time()
         state += f", {countdown(b['drain_deadline'] - now)} left"
+    progress = check_progress(b.get("check"))
+    state += f", {progress}" if progress else ""
     state += " (backup)" if b.get("backup") else ""
     return [b["address"], name, state, b["weight"], b["effective_weight"]]
+
+
+def check_progress(check: dict[str, Any] | None) -> str:
+    """What the health check adds to a backend's state (STATE column, the page's tag):
+    "going down 1/3" (an UP backend with failed probes counted toward `fall`), "going up 1/2"
+    (a DOWN one with passes counted toward `rise`), "unconfirmed" (UP by initial_state, no
+    probe passed yet), else ""."""
+    if not check:
+        return ""
+    if check["health"] == "up":
+        if not check["confirmed"]:
+            return "unconfirmed"
+        if check["failures"]:
+            return f"going down {check['failures']}/{check['fall']}"
+    elif check["successes"]:
+        return f"going up {check['successes']}/{check['rise']}"
+    return ""
+
+
+def check_note(check: dict[str, Any] | None, now: float) -> str:
+    """Why a checked backend is DOWN, or what its last failed probe said: `DOWN for 3m2s:
+    connect refused (3/3 probes failed); last probe 1s ago failed: connect refused`. "" for
+    a backend without checks, and for one that is UP with a passed (or no) last probe."""
+    if not check or (check["health"] == "up" and check["last_result"] != "failed"):
+        return ""
+    text = f"{check['health'].upper()} for {uptime(now - check['since'])}"
+    if check.get("change_reason"):
+        text += f": {check['change_reason']}"
+    if check["last_result"] is not None:
+        text += (f"; last probe {uptime(now - check['last_probe'])} ago "
+                 f"{check['last_result']}: {check['last_reason']}")
+    elif check["health"] == "down":
+        text += "; no probe has finished yet"
+    return text
+
+
+def check_lines(backends: Sequence[dict[str, Any]], now: float | None = None) -> list[str]:
+    """check_note() of every backend that has one, as `ADDRESS: NOTE` lines for under the
+    backends table (UP backends whose last probe passed get no line)."""
+    stamp = time.time() if now is None else now
+    notes = ((b["address"], check_note(b.get("check"), stamp)) for b in backends)
+    return [f"{address}: {note}" for address, note in notes if note]
+
+
+def backends_text(backends: Sequence[dict[str, Any]], protocol: str = "tcp",
+                  now: float | None = None) -> str:
+    """`l4lb backends`, and the backends of each service in `l4lb status`: the table of the
+    service's protocol, then check_lines()."""
+    return "\n".join([backend_table(backends, protocol, now), *check_lines(backends, now)])
 
 
 def _count(b: dict[str, Any], key: str) -> int:
@@ -265,7 +316,7 @@ def status_text(status: dict[str, Any]) -> str:
             out.append("  differs from the file: "
                        + "; ".join(f"{kind} at run time: {', '.join(addrs)}"
                                    for kind, addrs in diff.items() if addrs))
-        out.append("  " + backend_table(svc["backends"], svc["protocol"])
+        out.append("  " + backends_text(svc["backends"], svc["protocol"])
                    .replace("\n", "\n  "))
     return "\n".join(out)
 

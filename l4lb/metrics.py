@@ -328,7 +328,25 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
     probe = GaugeMetricFamily("l4lb_backend_probe_latency_seconds",
                               "Latency of the backend's last conclusive health probe (a "
                               "timeout counts as the timeout).", labels=labels)
+    since = GaugeMetricFamily("l4lb_backend_health_since_timestamp_seconds",
+                              "Unix time of the backend's last change of health state (or "
+                              "of the start of its checks); checked backends only.",
+                              labels=labels)
+    consecutive = GaugeMetricFamily("l4lb_backend_check_consecutive",
+                                    "Consecutive failed probes counted toward fall (UP) or "
+                                    "passed ones toward rise (DOWN).",
+                                    labels=[*labels, "result"])
+    last = GaugeMetricFamily("l4lb_backend_last_check_passed",
+                             "1 if the backend's last conclusive probe passed, 0 if it "
+                             "failed; absent before the first.", labels=labels)
     for b, key in _backends(services):
+        check = b.get("check")
+        if check:
+            since.add_metric(key, check["since"])
+            consecutive.add_metric([*key, "failed"], check["failures"])
+            consecutive.add_metric([*key, "passed"], check["successes"])
+            if check["last_result"] is not None:
+                last.add_metric(key, 1 if check["last_result"] == "passed" else 0)
         conns.add_metric(key, b.get("conns_total", 0))
         active.add_metric(key, b.get("conns_active", 0))
         failures.add_metric(key, b.get("connect_failures", 0))
@@ -346,8 +364,9 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
         if seconds is not None:
             probe.add_metric(key, seconds)
     yield from (conns, active, failures, shut_down, nbytes, up, state, weight, effective, backup)
-    if probe.samples:
-        yield probe
+    for family in (probe, since, consecutive, last):
+        if family.samples:
+            yield family
 
 
 def _stats_families(stats: Mapping[str, Any],

@@ -35,7 +35,15 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from l4lb.display import PANIC_PREFIX, PANIC_TAIL, countdown, panic_text, uptime
+from l4lb.display import (
+    PANIC_PREFIX,
+    PANIC_TAIL,
+    check_note,
+    check_progress,
+    countdown,
+    panic_text,
+    uptime,
+)
 
 STATES = ("up", "down", "drain", "maint")  # backend states, see docs/control-api.md
 
@@ -60,6 +68,7 @@ text-align:center}
 .state-drain{background:#fcebc6;color:#7a4b00}
 .state-maint{background:#e2e4e9;color:#464d5a}
 .tag{font-size:.8em;color:#5b6475;margin-left:.4em}
+.tag.check{color:#8a1f11}
 .tag.deadline{color:#7a4b00;font-weight:600;font-variant-numeric:tabular-nums}
 .panic{color:#9d1c12;font-weight:bold}
 """
@@ -165,6 +174,7 @@ _SCRIPT = r"""
     (st.services || []).forEach(function (svc) {
       var c = svc.counters || {}, oc = oldSvc[svc.name];
       var left = own(doc.drain_left, svc.name);
+      var checks = own(doc.checks, svc.name);
       var sec = document.createElement("section");
       sec.className = "service";
       sec.setAttribute("data-service", svc.name);
@@ -207,6 +217,18 @@ _SCRIPT = r"""
         badge.className = "state state-" + (STATES.indexOf(b.state) >= 0 ? b.state : "maint");
         badge.textContent = b.state;
         td.appendChild(badge);
+        var check = own(checks, b.address);
+        if (check) {
+          if (check[1]) {
+            badge.title = check[1];
+          }
+          if (check[0]) {
+            var progress = document.createElement("span");
+            progress.className = "tag check";
+            progress.textContent = check[0];
+            td.appendChild(progress);
+          }
+        }
         var until = own(left, b.address);
         if (typeof until === "string") {
           var dl = document.createElement("span");
@@ -310,11 +332,12 @@ _NO_RATE = "\u2013"  # shown where a rate needs a second snapshot
 def document(status: Mapping[str, Any], health: Mapping[str, Any] | None = None,
              now: float | None = None) -> dict[str, Any]:
     """The object served at /status.json: {"time": unix time, "status": ..., "health": ...,
-    "drain_left": {service: {address: "4m32s"}}} (drain_left: only backends with a deadline)."""
+    "drain_left": {service: {address: "4m32s"}}, "checks": {service: {address: [progress,
+    note]}}} (drain_left: only backends with a deadline; checks: see checks())."""
     stamp = time.time() if now is None else now
     return {"time": stamp, "status": status,
             "health": dict(health) if health is not None else None,
-            "drain_left": drain_left(status, stamp)}
+            "drain_left": drain_left(status, stamp), "checks": checks(status, stamp)}
 
 
 def drain_left(status: Mapping[str, Any], now: float) -> dict[str, dict[str, str]]:
@@ -327,6 +350,21 @@ def drain_left(status: Mapping[str, Any], now: float) -> dict[str, dict[str, str
             if deadline is not None:
                 out.setdefault(str(svc.get("name", "")), {})[str(b.get("address", ""))] = \
                     countdown(float(deadline) - now)
+    return out
+
+
+def checks(status: Mapping[str, Any], now: float) -> dict[str, dict[str, list[str]]]:
+    """The health check's part of each backend's state cell, as `l4lb status` words it:
+    [display.check_progress() (a tag next to the badge), display.check_note() (the badge's
+    tooltip)], by service and backend address; backends with neither are left out."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for svc in status.get("services", []):
+        for b in svc.get("backends", []):
+            check = b.get("check")
+            progress, note = check_progress(check), check_note(check, now)
+            if progress or note:
+                out.setdefault(str(svc.get("name", "")), {})[str(b.get("address", ""))] = \
+                    [progress, note]
     return out
 
 
@@ -360,7 +398,9 @@ def render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None = No
         '<div id="services" data-rates="no">',
     ]
     for svc in status.get("services", []):
-        parts.append(_service_html(svc, doc["drain_left"].get(str(svc.get("name", "")), {})))
+        name = str(svc.get("name", ""))
+        parts.append(_service_html(svc, doc["drain_left"].get(name, {}),
+                                   doc["checks"].get(name, {})))
     parts.append("</div>")
     parts.append('<script type="application/json" id="l4lb-data">'
                  f"{_script_safe_json(doc)}</script>")
@@ -369,14 +409,17 @@ def render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None = No
     return "\n".join(parts)
 
 
-def _service_html(svc: Mapping[str, Any], left: Mapping[str, str]) -> str:
+def _service_html(svc: Mapping[str, Any], left: Mapping[str, str],
+                  checked: Mapping[str, list[str]]) -> str:
     esc = html.escape
     name = str(svc.get("name", ""))
     meta = " · ".join([str(svc.get("protocol", "")), str(svc.get("scheduler", "")),
                        ", ".join(str(x) for x in svc.get("listen", []))])
     head = "".join(f'<th class="n">{esc(h)}</th>' if i >= _NUMERIC_FROM else f"<th>{esc(h)}</th>"
                    for i, h in enumerate(_HEAD))
-    rows = [_backend_html(b, left.get(str(b.get("address", "")))) for b in svc.get("backends", [])]
+    rows = [_backend_html(b, left.get(str(b.get("address", ""))),
+                          checked.get(str(b.get("address", ""))))
+            for b in svc.get("backends", [])]
     c = svc.get("counters", {})
     counts = (f"rejected {c.get('rejected', 0)} · no backend {c.get('no_backend', 0)} · "
               f"accept errors {c.get('accept_errors', 0)}")
@@ -395,13 +438,17 @@ def _service_html(svc: Mapping[str, Any], left: Mapping[str, str]) -> str:
             f"<tbody>{''.join(rows)}</tbody><tfoot><tr>{foot}</tr></tfoot></table></section>")
 
 
-def _backend_html(b: Mapping[str, Any], until: str | None) -> str:
+def _backend_html(b: Mapping[str, Any], until: str | None, check: list[str] | None) -> str:
     esc = html.escape
     address = str(b.get("address", ""))
     name = str(b.get("name", address))
     state = str(b.get("state", ""))
     css = state if state in STATES else "maint"
-    badge = f'<span class="state state-{css}">{esc(state)}</span>'
+    progress, note = check if check is not None else ("", "")
+    title = f' title="{esc(note)}"' if note else ""
+    badge = f'<span class="state state-{css}"{title}>{esc(state)}</span>'
+    if progress:
+        badge += f'<span class="tag check">{esc(progress)}</span>'
     if until is not None:
         badge += (f'<span class="tag deadline" title="time left until the drain deadline '
                   f'closes what is left">{esc(until)}</span>')

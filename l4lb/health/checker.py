@@ -56,7 +56,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from l4lb.health.dampener import Dampener, Health, HealthSnapshot, Transition
 from l4lb.health.probe import ProbeEngine, ProbeHandle, ProbeResult, ProbeSpec
@@ -279,6 +279,24 @@ class HealthChecker(Generic[K]):
         if entry.quiet:
             self._collect(entry)
         return entry.latency
+
+    def views(self, to_wall: float) -> dict[K, dict[str, Any]]:
+        """`Dampener.view()` of every backend, for display, in one bulk read. As in
+        `latencies()`, the pending passes of quiet backends are read, not collected: such a
+        backend is steady, so its passes change nothing but the last probe's result, reason
+        and time, which are filled in from the fleet's record. No dampener changes."""
+        now = time.monotonic()
+        buf = self._fleet.collect_all(False) if self._fleet is not None else b""
+        pending = {fid: last_ns for fid, _lat, _count, last_ns in QUIET.iter_unpack(buf)}
+        out: dict[K, dict[str, Any]] = {}
+        for key, e in self._entries.items():
+            view = e.dampener.view(now, to_wall)
+            last_ns = pending.get(e.fleet_id) if e.quiet and e.fleet_id is not None else None
+            if last_ns is not None:
+                view.update(last_result="passed", last_reason=_FLEET_UP_REASON,
+                            last_probe=last_ns / 1e9 + to_wall)
+            out[key] = view
+        return out
 
     def latencies(self) -> dict[K, float]:
         """Last conclusive probe latency of every backend that has one (a fresh dict)."""

@@ -28,6 +28,12 @@ BYTE_RATE = 3 * 1024 * 1024.0  # bytes/s to the client of backend alpha
 DRAIN_TIMEOUT = 300.0  # seconds from the fake snapshot's start to gamma's drain deadline
 
 
+BETA_CHECK = {"health": "down", "status": "DOWN, going up (1/2)", "confirmed": True,
+              "successes": 1, "failures": 0, "rise": 2, "fall": 3,
+              "change_reason": "connect refused (3/3 probes failed)", "last_result": "passed",
+              "last_reason": "connect ok", "in_start_period": False}
+
+
 @pytest.fixture
 def page_url() -> Iterator[tuple[str, GrowingStatus]]:
     lt = LoopThread()
@@ -38,6 +44,9 @@ def page_url() -> Iterator[tuple[str, GrowingStatus]]:
         result = status()
         for b in result["services"][0]["backends"]:
             b["drain_deadline"] = status.t0 + DRAIN_TIMEOUT if b["name"] == "gamma" else None
+            # beta is DOWN, one passed probe toward rise 2 (its tag), with its reason (tooltip)
+            b["check"] = BETA_CHECK | {"since": status.t0, "last_probe": status.t0} \
+                if b["name"] == "<b>beta</b>" else None
         return result
 
     server: HttpServer = lt.run(httpserver.start("127.0.0.1:0", snapshot, refresh=1.0,
@@ -92,6 +101,7 @@ class Dom(HTMLParser):
             self._cells.append("")
         elif tag == "span" and self._row is not None and "state-" in (a.get("class") or ""):
             self._row["badge"] = a.get("class")
+            self._row["title"] = a.get("title")
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "tr" and self._cells is not None:
@@ -136,6 +146,12 @@ def test_script_renders_backends_states_and_rates(tmp_path: Path,
     alpha, beta, gamma, delta = (r["cells"] for r in dom.rows)
     assert alpha[1] == "alpha" and beta[1] == "<b>beta</b>"  # a name is text, never markup
     assert delta[2] == "maintbackup" and alpha[2] == "up"
+    # The health check's progress next to beta's badge, and why it is DOWN as its tooltip
+    assert beta[2] == "downgoing up 1/2"
+    title = dom.rows[1]["title"]
+    assert title.startswith("DOWN for 0m")
+    assert ": connect refused (3/3 probes failed); last probe 0m" in title
+    assert "ago passed: connect ok" in title and dom.rows[0]["title"] is None
     # The drain deadline's time left, next to the badge ("drain" + "4m55s"), as of the last
     # document the script drew.
     left = re.fullmatch(r"drain(?:(\d+)m)?(?:(\d+)s)?", gamma[2])

@@ -29,6 +29,7 @@ class FakeDataplane:
         self.flows: dict[int, int] = {}  # backend id -> UDP flows
         self.closed: list[int] = []  # backend ids close_backend_sessions was called for
         self.calls: list[list[int]] = []  # the ids of each call
+        self.reasons: list[str] = []  # the close reason of each call
 
     def publish(self, blob: bytes) -> int:
         self.generation += 1
@@ -40,9 +41,11 @@ class FakeDataplane:
                 "backends": {bid: {"conns_active": self.active.get(bid, 0),
                                    "flows_active": self.flows.get(bid, 0)} for bid in ids}}
 
-    def close_backend_sessions(self, backend_ids: int | Iterable[int]) -> int | dict[int, int]:
+    def close_backend_sessions(self, backend_ids: int | Iterable[int],
+                               reason: str = "drain_timeout") -> int | dict[int, int]:
         ids = [backend_ids] if isinstance(backend_ids, int) else list(backend_ids)
         self.calls.append(ids)
+        self.reasons.append(reason)
         closed = {}
         for bid in dict.fromkeys(ids):
             self.closed.append(bid)
@@ -134,6 +137,7 @@ def test_deadlines_due_together_close_in_one_call(
     with caplog.at_level(logging.INFO, logger="l4lb"):
         daemon.drain_deadline_reached(first)
     assert [sorted(call) for call in dp.calls] == [sorted([b1, b2])]  # one call for both
+    assert dp.reasons == ["drain_timeout"]  # the connection log's reason for them
     assert dp.active == {b3: 5}
     for ident, address, closed in ((first, B1, 3), (second, B2, 1)):
         outcome = daemon.cmd_drain_status(ident)["outcome"]

@@ -506,3 +506,47 @@ def test_only_a_plane_that_closes_without_the_gil_closes_off_the_loop() -> None:
     except ImportError:
         pytest.skip("the C data plane is not built")
     assert closes_off_loop(CDataplane)
+
+
+def test_a_drain_deadline_closes_off_the_loop_and_ends_the_drain_when_done(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A drain deadline's close runs in the close thread too (a drain of 100,000 sessions
+    takes about a second): the loop goes on, check_drains does not call the backend drained
+    meanwhile, and the drain ends as "deadline" with the count once the close is done."""
+    daemon, dp = off_loop_daemon(tmp_path)
+    b2, b3 = bid(daemon, B2), bid(daemon, B3)
+    dp.active = {b2: 5, b3: 2}
+    drain = daemon.cmd_drain("web", B2, timeout="1h")["drain"]["id"]
+    replaced = daemon.cmd_drain("web", B3, timeout="1h")["drain"]["id"]
+    for armed in daemon.drains.pending.values():
+        armed.deadline -= 3600.0  # both due now: one call for both
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        daemon.drain_deadline_reached(drain)  # returns at once, the close in its thread
+        assert await loop.run_in_executor(None, dp.started.wait, 5.0)
+        assert daemon.closing is not None
+        assert daemon.cmd_drain_status(drain)["outcome"] is None  # not ended yet
+        dp.active[b2] = 0  # as if the workers had closed some already
+        daemon.check_drains()  # ... which must not end it as "drained"
+        assert daemon.cmd_drain_status(drain)["outcome"] is None
+        # a new drain of B3 while the close runs waits for it (the fence): the old drain
+        # ends as "deadline" first, and the new one finds nothing left
+        threading.Timer(0.2, dp.release.release).start()
+        again = daemon.cmd_drain("web", B3, timeout="1h")["drain"]["id"]
+        assert daemon.closing is None
+        old = daemon.cmd_drain_status(replaced)["outcome"]
+        assert (old["outcome"], old["closed"]) == ("deadline", 2)
+        assert daemon.cmd_drain_status(again)["outcome"]["outcome"] == "drained"
+
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        asyncio.run(go())
+    assert dp.ended_at and dp.ended_at[0][1] == "l4lb-close_0"
+    assert [sorted(call) for call in dp.calls] == [sorted([b2, b3])]
+    outcome = daemon.cmd_drain_status(drain)["outcome"]
+    assert outcome["outcome"] == "deadline"
+    assert f"backend web/{B2}: drain deadline reached, closed 0 sessions" in caplog.messages
+    assert caplog.messages.index(f"backend web/{B3}: drain deadline reached, closed 2 "
+                                 "sessions") < next(i for i, m in enumerate(caplog.messages)
+                                                    if m.startswith(f"backend web/{B3}: draining"))
+    daemon.stop(0.0)

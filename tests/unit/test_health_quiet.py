@@ -228,6 +228,8 @@ def _differential_run(rig: Rig, monkeypatch: pytest.MonkeyPatch,
                     readings.append(("stats", second, checker.stats()))
                 if second % 4 == 0:
                     readings.append(("latencies", second, checker.latencies()))
+                if second % 2 == 0:  # the bulk read for display, which collects nothing
+                    readings.append(("views", second, checker.views(0.0)))
                 if second % 5 == 0:
                     for name in sorted(checker.keys()):
                         readings.append(("snapshot", second, name, checker.snapshot(name),
@@ -354,6 +356,31 @@ def test_snapshot_after_quiet_passes_shows_the_last_one(
             assert checker.latency("b") == 100e-6
             assert checker.stats().probes == 10
             assert runner.collect(fid) == (0, 0.0, 0)  # the snapshot collected them
+        finally:
+            checker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_bulk_snapshots_read_quiet_passes_without_collecting_them(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        checker, _seen = _single(rig, monkeypatch, lambda _t: True, HS)
+        try:
+            _advance(rig, checker, START_NS + 10 * S)
+            runner = _runner(checker)
+            fid = checker._entries["b"].fleet_id
+            assert fid is not None
+            dampener = checker._entries["b"].dampener
+            before = dampener.view(rig.now, 0.0)
+            bulk = checker.views(0.0)["b"]
+            # the dampener itself still has the last pass it was handed (before going quiet)
+            assert bulk["last_probe"] > before["last_probe"]
+            assert runner.collect_all(False)  # nothing was collected ...
+            snap = checker.snapshot("b")  # ... and collecting gives the same reading
+            assert dampener.view(rig.now, 0.0) == bulk
+            assert (bulk["last_probe"], bulk["last_reason"], bulk["last_result"]) == \
+                (snap.last_probe_at, "syn-ack", "passed")
         finally:
             checker.stop()
 
