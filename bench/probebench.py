@@ -35,6 +35,10 @@ What it does:
    billed here: it approximates the prober's own share of a probe to a remote backend, minus
    the receive of its SYN-ACK and the send of its ACK.
 
+8. `http` (not run by default; `--only http`): the checker phase with `kind = "http"` (connect,
+   send a GET, read and judge the response head) against a second child process whose
+   listeners read each request and answer `200 OK` with a 3-byte body before closing.
+
 Per-probe figures are CPU microseconds per probe; `ratio` is checker (or syn) / floor; `quiet%`
 is the share of a syn phase's probes that the fleet kept as quiet passes (passes of backends
 that are UP with nothing pending: counted in C, never handed to Python one by one).
@@ -119,10 +123,15 @@ def _pct(sorted_vals: list[float], q: float) -> float:
 
 # -- the backends' process ------------------------------------------------------------------
 
-def _serve(listeners: list[socket.socket], stop_fd: int) -> None:
-    """Child: accept and close on every listener until stop_fd becomes readable."""
+_HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+
+
+def _serve(listeners: list[socket.socket], stop_fd: int, http: bool = False) -> None:
+    """Child: accept and close on every listener until stop_fd becomes readable; with http,
+    read each connection's request first and answer it with _HTTP_OK."""
     ep = select.epoll()
     by_fd = {s.fileno(): s for s in listeners}
+    conns: dict[int, socket.socket] = {}
     for s in listeners:
         s.setblocking(False)
         ep.register(s.fileno(), select.EPOLLIN)
@@ -131,6 +140,15 @@ def _serve(listeners: list[socket.socket], stop_fd: int) -> None:
         for fd, _ev in ep.poll(1.0, 256):
             if fd == stop_fd:
                 return
+            conn_r = conns.pop(fd, None)
+            if conn_r is not None:  # http: the request (or its end) arrived
+                try:
+                    if conn_r.recv(4096):
+                        conn_r.send(_HTTP_OK)
+                except OSError:
+                    pass
+                conn_r.close()  # also leaves the epoll set
+                continue
             lst = by_fd[fd]
             for _ in range(64):
                 try:
@@ -139,10 +157,15 @@ def _serve(listeners: list[socket.socket], stop_fd: int) -> None:
                     break
                 except OSError:
                     break
-                conn.close()
+                if http:
+                    conn.setblocking(False)
+                    conns[conn.fileno()] = conn
+                    ep.register(conn.fileno(), select.EPOLLIN)
+                else:
+                    conn.close()
 
 
-def start_backends(n: int) -> tuple[int, int, list[int]]:
+def start_backends(n: int, http: bool = False) -> tuple[int, int, list[int]]:
     """Fork the backends' process; returns (pid, write end of its stop pipe, ports)."""
     listeners = []
     for _ in range(n):
@@ -158,7 +181,7 @@ def start_backends(n: int) -> tuple[int, int, list[int]]:
         try:
             os.close(w)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            _serve(listeners, r)
+            _serve(listeners, r, http)
         finally:
             os._exit(0)
     os.close(r)
@@ -203,8 +226,8 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
                         window: float) -> Window:
     from l4lb.health import HealthChecker, HealthSettings
 
-    settings = HealthSettings(kind="syn" if phase in _SYN_PHASES else "tcp", interval=1.0,
-                              timeout=0.5, jitter=0.1)
+    kind = "syn" if phase in _SYN_PHASES else "http" if phase == "http" else "tcp"
+    settings = HealthSettings(kind=kind, interval=1.0, timeout=0.5, jitter=0.1)
     checker: HealthChecker[int] | None = None
     if backends:
         checker = HealthChecker(lambda _k, _t: None, max_in_flight=4096,
@@ -417,12 +440,12 @@ def _print(rows: list[Window], floors: dict[int, Window]) -> None:
     for w in rows:
         u, s = w.per_probe_us()
         ratio = ""
-        if w.phase in ("checker", *_SYN_PHASES) and w.backends in floors:
+        if w.phase in ("checker", "http", *_SYN_PHASES) and w.backends in floors:
             fu, fs = floors[w.backends].per_probe_us()
             if fu + fs:
                 ratio = f"{(u + s) / (fu + fs):.2f}"
         lag = (f"{w.lag_p50_ms:.2f}/{w.lag_p99_ms:.2f}/{w.lag_max_ms:.2f}"
-               if w.phase in ("checker", "idle", *_SYN_PHASES) else "-")
+               if w.phase in ("checker", "http", "idle", *_SYN_PHASES) else "-")
         print(f"{w.phase:8} {w.backends:>8} {w.rate:>9.0f} {w.cpu_pct:>6.1f} "
               f"{100 * w.user / w.seconds:>6.1f} {100 * w.sys / w.seconds:>6.1f} "
               f"{u:>6.1f}+{s:<6.1f} {ratio:>6} {lag:>20} {w.runq_wait:>7.2f} "
@@ -438,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=1, help="repetitions of every phase")
     ap.add_argument("--quick", action="store_true", help="10,000 backends only, 3 s windows")
     ap.add_argument("--only", choices=["checker", "floor", "idle", "hole", "syn", "synpy",
-                                       "synold", "synfloor"],
+                                       "synold", "synfloor", "http"],
                     action="append",
                     help="run only these phases (repeatable)")
     ap.add_argument("--nice", type=int, default=0, help="os.nice() increment (e.g. -15)")
@@ -467,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         if time.monotonic() - t > 0.5:
             print(f"waited {time.monotonic() - t:.0f}s for {LOCK_PATH}", file=sys.stderr)
     pid, stop_w, ports = start_backends(args.listeners)
+    http_pid, http_stop_w, http_ports = (start_backends(args.listeners, http=True)
+                                         if "http" in phases else (0, -1, []))
     rows: list[Window] = []
     floors: dict[int, Window] = {}
     try:
@@ -490,8 +515,13 @@ def main(argv: list[str] | None = None) -> int:
                                                               args.window)))
                 if "synfloor" in phases:
                     rows.append(measure_syn_floor(b, ports, args.warmup, args.window))
+                if "http" in phases:
+                    rows.append(asyncio.run(_measure_loop("http", b, http_ports, args.warmup,
+                                                          args.window)))
     finally:
         stop_backends(pid, stop_w)
+        if http_pid:
+            stop_backends(http_pid, http_stop_w)
         if lock_fd >= 0:
             os.close(lock_fd)
     _print(rows, floors)

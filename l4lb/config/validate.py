@@ -58,12 +58,15 @@ from l4lb.config.model import (
 from l4lb.dataplane import CC_NAME_MAX, SOCKBUF_MAX, SOCKBUF_MIN, congestion_control_name_ok
 from l4lb.health.settings import (
     DEFAULT_SETTINGS,
+    HTTP_FIELDS,
+    HTTP_METHODS,
     INITIAL_STATES,
     MAX_JITTER,
     ON_DOWN,
     PROBE_KINDS,
     HealthSettings,
     HealthSettingsError,
+    parse_status_spec,
 )
 from l4lb.proxyproto import PROXY_VERSIONS, ProxyVersion
 from l4lb.table.maglev import is_prime
@@ -120,8 +123,12 @@ HEALTH_KEYS = (
     "kind", "interval", "timeout", "rise", "fall", "start_period", "down_interval", "jitter",
     "port", "source", "send", "send_hex", "expect", "expect_regex", "initial_state", "max_fails",
     "fail_timeout", "min_healthy", "slow_start", "send_proxy",
-    "on_down",
+    "on_down", *HTTP_FIELDS, "http_expect_body_regex",
 )
+HTTP_KEYS = (*HTTP_FIELDS, "http_expect_body_regex")  # [services.health] keys of kind "http"
+# a key and the one written instead of it ("send_hex" for "send"): the pair's field
+_ALIASES = (("send_hex", "send"), ("expect_regex", "expect"),
+            ("http_expect_body_regex", "http_expect_body"))
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _IFNAME = re.compile(r"[^\s/:]{1,15}")  # an interface name (as l4lb.vrrp.settings checks it)
@@ -440,11 +447,13 @@ class _Checker:
         leaving out those about keys the readers already reported (since `before`)."""
         flagged = {str(d.path[len(path)]) for d in self.diagnostics[before:]
                    if len(d.path) > len(path) and d.path[:len(path)] == path}
-        flagged |= {alias for key, alias in (("send_hex", "send"), ("expect_regex", "expect"))
-                    if key in flagged}
+        flagged |= {alias for key, alias in _ALIASES if key in flagged}
         for problem in problems:
             head = problem.split(":", 1)[0].removeprefix(f"{section}.")
             fields = [f.split("[")[0] for f in head.split("/")]
+            # a field written under its other key (expect_regex for expect) is reported there
+            fields = [next((k for k, a in _ALIASES if a == f and k in table), f)
+                      if f not in table else f for f in fields]
             # a problem about, or mentioning, a key already reported comes from a placeholder
             if any(f in flagged for f in fields) or any(
                     re.search(rf"\b{re.escape(f)}\b", problem) for f in flagged):
@@ -1017,14 +1026,14 @@ class _Checker:
                        "PROXY header (proxy_protocol is off), so its probes have none to send; "
                        'set proxy_protocol = "v1" or "v2", or leave send_proxy out')
             send_proxy = False
-        elif send_proxy and explicit and kind != "send_expect":
-            self.error((*path, "send_proxy"), f"{hs.label('send_proxy')}: only kind "
-                       f'"send_expect" sends data, and this probe is {quote(kind)}; a '
-                       "connect-only probe sends no header (leave send_proxy out)")
+        elif send_proxy and explicit and kind not in ("send_expect", "http"):
+            self.error((*path, "send_proxy"), f"{hs.label('send_proxy')}: only kinds "
+                       f'"send_expect" and "http" send data, and this probe is {quote(kind)}; '
+                       "a connect-only probe sends no header (leave send_proxy out)")
             send_proxy = False
         values: dict[str, Any] = dict(
             kind=kind,
-            proxy_protocol=proxy if send_proxy and kind == "send_expect" else "off",
+            proxy_protocol=proxy if send_proxy and kind in ("send_expect", "http") else "off",
             interval=self.read_duration(hs, table, "interval", d.interval, zero_ok=False),
             timeout=self.read_duration(hs, table, "timeout", d.timeout, zero_ok=False),
             rise=self.read_int(hs, table, "rise", d.rise, 1, 100),
@@ -1043,6 +1052,7 @@ class _Checker:
             slow_start=self.read_duration(hs, table, "slow_start", d.slow_start, zero_ok=True),
             on_down=self.read_enum(hs, table, "on_down", d.on_down, ON_DOWN),
         )
+        values.update(self.health_http(hs, table, kind))
         try:
             settings = HealthSettings(**values)
         except HealthSettingsError as exc:
@@ -1057,6 +1067,50 @@ class _Checker:
                            f"socket, which this process cannot open ({self.raw_problem}); run "
                            'with CAP_NET_RAW (e.g. as root) or use kind "tcp"')
         return None if len(self.diagnostics) > before else settings
+
+    def health_http(self, hs: _Scope, table: dict[str, Any], kind: str) -> dict[str, Any]:
+        """The http_* keys of a health table as HealthSettings fields. With another kind
+        each one written is an error at its key (unless `kind` itself was wrong)."""
+        path = hs.path
+        if kind != "http":
+            if table.get("kind", kind) == kind:  # a bad kind is reported once, at kind
+                for key in HTTP_KEYS:
+                    if key in table:
+                        self.error((*path, key), f'{hs.label(key)}: applies to kind = "http" '
+                                   f"only (this probe is {quote(kind)})")
+            return {}
+        out: dict[str, Any] = {}
+        if (http_path := self.read_str(hs, table, "http_path")) is not None:
+            out["http_path"] = http_path
+        out["http_method"] = self.read_enum(hs, table, "http_method", "GET", HTTP_METHODS)
+        if (host := self.read_str(hs, table, "http_host")) is not None:
+            out["http_host"] = host
+        if "http_expect_status" in table:
+            value = table["http_expect_status"]
+            key_path = (*path, "http_expect_status")
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
+            if not isinstance(value, str):
+                self.wrong_type(key_path, hs.label("http_expect_status"),
+                                'a string such as "200,204,301-308" (or one code)', value)
+            else:
+                try:
+                    out["http_expect_status"] = parse_status_spec(value)
+                except ValueError as exc:
+                    self.error(key_path, f"{hs.label('http_expect_status')}: {exc}")
+        if "http_expect_body" in table and "http_expect_body_regex" in table:
+            self.error((*path, "http_expect_body_regex"),
+                       f"{hs.label('http_expect_body_regex')}: give http_expect_body or "
+                       "http_expect_body_regex, not both")
+        elif (literal := self.read_str(hs, table, "http_expect_body")) is not None:
+            out["http_expect_body"] = literal.encode()
+        elif (pattern := self.read_str(hs, table, "http_expect_body_regex")) is not None:
+            try:
+                out["http_expect_body"] = re.compile(pattern.encode())
+            except re.error as exc:
+                self.error((*path, "http_expect_body_regex"),
+                           f"{hs.label('http_expect_body_regex')}: not a valid regex: {exc}")
+        return out
 
     def service_name(self, scope: _Scope, table: dict[str, Any], i: int) -> str:
         if "name" not in table:

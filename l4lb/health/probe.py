@@ -8,6 +8,7 @@ A probe is a small slotted object driven by callbacks:
     socket(SOCK_NONBLOCK) -> SO_LINGER {on, 0} -> [bind source] -> connect() -> EINPROGRESS
     -> epoll EPOLLOUT -> connected? (the event mask says so; SO_ERROR only on an error event)
     -> tcp: done | send_expect: send() -> EPOLLIN -> recv() until expect matches -> close()
+                 | http: send(request) -> EPOLLIN -> recv() until HttpExpect.judge decides
 
 which is five or six system calls and no per-probe asyncio object. When the epoll fd becomes
 readable, one callback drains up to `max_events` events. Timeouts need no heap: every probe
@@ -24,7 +25,9 @@ the old fd's readiness.
 
 A probe's verdict is a `ProbeResult(ok, reason, latency, conclusive)`. Reasons are short and
 meant for operators: "connect ok", "expect matched", "connect refused", "connect timeout",
-"read timeout", "connection closed", "connection reset", "expect mismatch: got b'...'".
+"read timeout", "connection closed", "connection reset", "expect mismatch: got b'...'";
+`kind = "http"` probes give the reasons of `l4lb.health.httpresponse` ("HTTP 200 OK",
+"HTTP 503 Service Unavailable", "read timeout in the headers (HTTP 200 OK)", ...).
 A result is *inconclusive* when the failure is local (no free fd, the source address cannot be
 bound, no ephemeral port): it says nothing about the backend and must not count against it.
 
@@ -53,7 +56,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
-from l4lb import proxyproto
+from l4lb import __version__, proxyproto
+from l4lb.health.httpresponse import HttpExpect
 from l4lb.health.settings import HealthSettings
 
 if TYPE_CHECKING:
@@ -66,6 +70,7 @@ T = TypeVar("T")
 READ_LIMIT = 16384  # bytes read at most while waiting for `expect` to match
 _RECV_CHUNK = 4096  # bytes per recv() call
 _SHOW_BYTES = 40  # bytes of a reply shown in a mismatch reason
+USER_AGENT = f"l4lb-health/{__version__}"  # kind "http": names the prober in access logs
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, no TIME_WAIT
 _IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: bind(source, 0) picks the port at connect()
 _TIMER_SLACK = 0.01  # seconds: resolution of probe timeouts (a timeout is at most this late)
@@ -132,11 +137,13 @@ class ProbeSpec:
     send: bytes  # sent once connected ("" for none)
     expect: bytes | re.Pattern[bytes] | None  # None: the connect alone decides
     syn: bool = False  # half-open probe through a raw socket (kind "syn") instead of connect
+    http: HttpExpect | None = None  # kind "http": judges the reply to `send` (the request)
     # derived: a completed handshake is the verdict (no send, no expect); the engine's fast path
     connect_only: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "connect_only", self.expect is None and not self.send)
+        object.__setattr__(self, "connect_only",
+                           self.expect is None and not self.send and self.http is None)
 
     @classmethod
     def build(cls, host: str, port: int, settings: HealthSettings) -> ProbeSpec:
@@ -159,16 +166,35 @@ class ProbeSpec:
             source = (str(src), 0, 0, 0) if v6 else (str(src), 0)
         expect = settings.expect if settings.kind == "send_expect" else None
         send = settings.send if settings.kind == "send_expect" else b""
-        if settings.kind == "send_expect" and settings.proxy_protocol != "off":
+        http: HttpExpect | None = None
+        if settings.kind == "http":
+            send = http_request(settings, str(addr), probe_port)
+            http = HttpExpect(statuses=settings.http_expect_status,
+                              body=settings.http_expect_body)
+        if settings.kind in ("send_expect", "http") and settings.proxy_protocol != "off":
             # a probe is the balancer's own connection, not a relayed client: LOCAL
             send = proxyproto.local(proxyproto.version_number(settings.proxy_protocol)) + send
         return cls(host=str(addr), port=probe_port, family=family, sockaddr=sockaddr,
                    source=source, timeout=settings.timeout, send=send, expect=expect,
-                   syn=settings.kind == "syn")
+                   syn=settings.kind == "syn", http=http)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else \
             f"{self.host}:{self.port}"
+
+
+def http_request(settings: HealthSettings, host: str, port: int) -> bytes:
+    """The bytes of a kind "http" probe's request to host:port (the address probed)."""
+    if settings.http_host is not None:
+        authority = settings.http_host
+    else:
+        name = f"[{host}]" if ":" in host else host
+        authority = name if port == 80 else f"{name}:{port}"
+    return (f"{settings.http_method} {settings.http_path} HTTP/1.1\r\n"
+            f"Host: {authority}\r\n"
+            f"User-Agent: {USER_AGENT}\r\n"
+            "Connection: close\r\n"
+            "\r\n").encode("ascii")
 
 
 def _errno_reason(err: int) -> str:
@@ -425,7 +451,7 @@ class ProbeEngine:
             except OSError as exc:
                 self._finish(probe, False, _ERRNO_REASONS.get(exc.errno or 0, "send failed"))
                 return False
-        if probe.spec.expect is None:
+        if probe.spec.expect is None and probe.spec.http is None:
             self._finish(probe, True, "sent")
             return False
         return True
@@ -437,6 +463,10 @@ class ProbeEngine:
             return
         except OSError as exc:
             self._finish(probe, False, _ERRNO_REASONS.get(exc.errno or 0, "read failed"))
+            return
+        http = probe.spec.http
+        if http is not None:
+            self._read_http(probe, http, data)
             return
         expect = probe.spec.expect
         if not data:
@@ -464,6 +494,17 @@ class ProbeEngine:
         elif len(buf) >= READ_LIMIT:
             self._finish(probe, False, f"expect mismatch: got {_shown(buf)}")
 
+    def _read_http(self, probe: Probe, http: HttpExpect, data: bytes) -> None:
+        """kind "http": judge the response so far; data b"" is the end of the connection."""
+        buf = probe.buf
+        if data:
+            if not isinstance(buf, bytearray):
+                buf = probe.buf = bytearray()
+            buf += data
+        verdict = http.judge(buf, not data)
+        if verdict is not None:
+            self._finish(probe, verdict.ok, verdict.reason)
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = float("inf")
@@ -484,7 +525,9 @@ class ProbeEngine:
                     continue  # that probe finished long ago
                 expire_budget -= 1
                 reason = _PHASE_TIMEOUT[probe.phase]
-                if probe.phase == _READING and probe.buf:
+                if probe.phase == _READING and probe.spec.http is not None:
+                    reason = probe.spec.http.timeout_reason(probe.buf)
+                elif probe.phase == _READING and probe.buf:
                     reason += f" (got {_shown(probe.buf)})"
                 self._finish(probe, False, reason)
             if self._closed:

@@ -38,11 +38,16 @@ Why these defaults (the same numbers as HAProxy's, for the same reasons):
   port or path failed while established sessions still work, and resetting them is a choice
   only the operator can make. "shutdown_sessions" resets them once the table without the
   backend is out (TCP services only; UDP flows move by themselves).
+- kind "http": method GET (keepalived's HTTP_GET; HEAD saves the body but some applications
+  answer it differently, and OPTIONS is often 405 on real applications), path "/", Host the
+  backend's own address (the probe names no virtual host unless told), expected status
+  200-399 (HAProxy's default for `option httpchk`: 2xx and 3xx pass), no body match.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -50,11 +55,13 @@ from typing import Literal
 
 from l4lb.proxyproto import PROXY_VERSIONS, ProxyVersion
 
-ProbeKind = Literal["tcp", "send_expect", "syn"]
+ProbeKind = Literal["tcp", "send_expect", "syn", "http"]
+HttpMethod = Literal["GET", "HEAD", "OPTIONS"]
 InitialState = Literal["up", "down"]
 OnDown = Literal["keep", "shutdown_sessions"]
 
-PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect", "syn")
+PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect", "syn", "http")
+HTTP_METHODS: tuple[HttpMethod, ...] = ("GET", "HEAD", "OPTIONS")
 INITIAL_STATES: tuple[InitialState, ...] = ("up", "down")
 ON_DOWN: tuple[OnDown, ...] = ("keep", "shutdown_sessions")
 
@@ -62,6 +69,15 @@ MIN_INTERVAL = 0.01  # seconds; below this the checker would spend its time on o
 MAX_JITTER = 0.5  # fraction; more would let two consecutive probes nearly coincide
 MAX_SEND_BYTES = 4096  # a probe payload is a greeting, not a request body
 MAX_EXPECT_BYTES = 1024  # a literal prefix longer than this belongs in a regex
+MAX_HTTP_PATH = 1024  # bytes of http_path (a health URL, not a query API)
+MAX_HTTP_HOST = 255  # bytes of http_host (a DNS name is at most 253, plus ":port")
+DEFAULT_HTTP_STATUS: tuple[tuple[int, int], ...] = ((200, 399),)  # HAProxy's 2xx and 3xx
+# The keys (and HealthSettings fields) of kind "http" alone, with their defaults.
+HTTP_DEFAULTS: dict[str, object] = {
+    "http_path": "/", "http_method": "GET", "http_host": None,
+    "http_expect_status": DEFAULT_HTTP_STATUS, "http_expect_body": None,
+}
+HTTP_FIELDS = tuple(HTTP_DEFAULTS)
 
 
 class HealthSettingsError(ValueError):
@@ -70,6 +86,42 @@ class HealthSettingsError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems  # one line per problem, each naming its field
+
+
+def parse_status_spec(text: str) -> tuple[tuple[int, int], ...]:
+    """`"200,204,301-308"` -> ((200, 200), (204, 204), (301, 308)); ValueError with the reason.
+
+    Items are separated by commas (spaces around them are ignored); each is a code or an
+    inclusive range LOW-HIGH, every code from 100 to 599.
+    """
+    out: list[tuple[int, int]] = []
+    items = text.split(",")
+    for item in items:
+        part = item.strip()
+        match = re.fullmatch(r"([0-9]+)(?:\s*-\s*([0-9]+))?", part)
+        if match is None:
+            what = "an empty item" if not part else repr(part)
+            raise ValueError(f"{what} is not a status code or range (write codes and ranges "
+                             'such as "200,204,301-308")')
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        for code in (lo, hi):
+            if not 100 <= code <= 599:
+                raise ValueError(f"{code} is not an HTTP status code (100..599)")
+        if lo > hi:
+            raise ValueError(f"{lo}-{hi} is a reversed range (write {hi}-{lo})")
+        out.append((lo, hi))
+    return tuple(out)
+
+
+def format_status_spec(spec: tuple[tuple[int, int], ...]) -> str:
+    """The inverse of parse_status_spec: ((200, 399),) -> "200-399"."""
+    return ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in spec)
+
+
+def _q(value: object) -> str:
+    """A string value in double quotes (as the config loader quotes them), else its repr."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
 
 
 def _fmt_s(seconds: float) -> str:
@@ -109,6 +161,15 @@ class HealthSettings:
     # l4lb.proxyproto.local), "off" for none; the validator derives it from the service's
     # proxy_protocol and health.send_proxy
     proxy_protocol: ProxyVersion = "off"
+    # kind "http" only (see docs/health.md): the request line's path and method, the Host
+    # header (None: the probed address as host[:port]), the statuses that pass (inclusive
+    # ranges), and a literal or regex the first 16 KiB of the body must contain (None: the
+    # body is not read)
+    http_path: str = "/"  # the defaults are HTTP_DEFAULTS
+    http_method: HttpMethod = "GET"
+    http_host: str | None = None
+    http_expect_status: tuple[tuple[int, int], ...] = DEFAULT_HTTP_STATUS
+    http_expect_body: bytes | re.Pattern[bytes] | None = None
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -191,11 +252,59 @@ class HealthSettings:
         if self.proxy_protocol not in PROXY_VERSIONS:
             out.append(f"health.proxy_protocol: {self.proxy_protocol!r} is not one of "
                        f"{', '.join(PROXY_VERSIONS)}")
-        elif self.proxy_protocol != "off" and self.kind != "send_expect":
-            out.append('health.send_proxy: only kind "send_expect" sends data, so a PROXY '
-                       'header needs it')
-        if self.kind in ("tcp", "syn") and (self.send or expect is not None):
-            out.append('health.send/expect: only kind "send_expect" sends or expects data')
+        elif self.proxy_protocol != "off" and self.kind not in ("send_expect", "http"):
+            out.append('health.send_proxy: only kinds "send_expect" and "http" send data, so a '
+                       'PROXY header needs one of them')
+        if self.kind != "send_expect" and (self.send or expect is not None):
+            out.append('health.send/expect: only kind "send_expect" sends or expects data' +
+                       ('; kind "http" matches with its own http_expect_* keys'
+                        if self.kind == "http" else ""))
+        out.extend(self._http_problems())
+        return out
+
+    def _http_problems(self) -> list[str]:
+        out: list[str] = []
+        if self.kind != "http":
+            for name in HTTP_FIELDS:
+                if getattr(self, name) != HTTP_DEFAULTS[name]:
+                    out.append(f'health.{name}: applies to kind "http" only')
+            return out
+        path = self.http_path
+        if not isinstance(path, str) or not path.startswith("/"):
+            out.append(f"health.http_path: {_q(path)} must start with \"/\" (a path on the "
+                       "backend, e.g. \"/healthz\")")
+        elif not path.isascii() or any(not 0x21 <= ord(c) <= 0x7e for c in path):
+            out.append(f"health.http_path: {_q(path)} must be printable ASCII without spaces "
+                       "(percent-encode the rest, e.g. %20)")
+        elif len(path) > MAX_HTTP_PATH:
+            out.append(f"health.http_path: {len(path)} characters is more than {MAX_HTTP_PATH}")
+        if self.http_method not in HTTP_METHODS:
+            out.append(f"health.http_method: {_q(self.http_method)} is not one of "
+                       f"{', '.join(HTTP_METHODS)}")
+        host = self.http_host
+        if host is not None and (not isinstance(host, str) or not host or not host.isascii()
+                                 or any(not 0x21 <= ord(c) <= 0x7e for c in host)
+                                 or len(host) > MAX_HTTP_HOST):
+            out.append(f"health.http_host: {_q(host)} must be 1 to {MAX_HTTP_HOST} printable "
+                       "ASCII characters without spaces (a name, or name:port)")
+        spec = self.http_expect_status
+        if not isinstance(spec, tuple) or not spec or any(
+                not isinstance(r, tuple) or len(r) != 2 or not all(
+                    isinstance(c, int) and 100 <= c <= 599 for c in r) or r[0] > r[1]
+                for r in spec):
+            out.append(f"health.http_expect_status: {spec!r} must be ranges (low, high) of "
+                       "status codes from 100 to 599")
+        body = self.http_expect_body
+        if body is not None and not isinstance(body, bytes) and not (
+                isinstance(body, re.Pattern) and isinstance(body.pattern, bytes)):
+            out.append(f"health.http_expect_body: {body!r} must be bytes or a compiled bytes "
+                       "regex")
+        elif isinstance(body, bytes) and not 1 <= len(body) <= MAX_EXPECT_BYTES:
+            out.append(f"health.http_expect_body: a literal must be 1 to {MAX_EXPECT_BYTES} "
+                       "bytes")
+        elif body is not None and self.http_method == "HEAD":
+            out.append('health.http_expect_body: http_method "HEAD" gets no body to match; '
+                       'use "GET"')
         return out
 
     @property

@@ -69,7 +69,7 @@ def test_settings_collect_every_problem_with_field_names() -> None:
 @pytest.mark.parametrize("kwargs, field", [
     ({"kind": "send_expect"}, "health.expect"),
     ({"kind": "tcp", "send": b"PING\r\n"}, "health.send/expect"),
-    ({"kind": "http"}, "health.kind"),
+    ({"kind": "ftp"}, "health.kind"),
     ({"interval": 0.0}, "health.interval"),
     ({"timeout": 0.5, "down_interval": 0.2}, "health.timeout"),
     ({"min_healthy": 1.5}, "health.min_healthy"),
