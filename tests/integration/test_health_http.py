@@ -21,7 +21,7 @@ from l4lb.health.probe import USER_AGENT
 from l4lb.health.settings import parse_status_spec
 
 from .procs import child_env, free_port, l4lb_cmd, stop_process, wait_listening
-from .test_health_daemon import wait_state
+from .test_health_daemon import check_of, wait_state
 from .test_health_probes import open_fds, refusing_port, run, server
 
 pytestmark = pytest.mark.timeout(60)
@@ -203,6 +203,10 @@ def test_daemon_takes_an_nginx_backend_down_on_503_and_back(tmp_path: Path) -> N
         wait_state(cfg, backend, "up")
         (tmp_path / "maintenance").touch()
         wait_state(cfg, backend, "down")
+        check = check_of(cfg, backend)  # why, as `l4lb status` and the control API say it
+        assert check["change_reason"] == \
+            "HTTP 503 Service Temporarily Unavailable (2/2 probes failed)"
+        assert check["last_reason"] == "HTTP 503 Service Temporarily Unavailable"
         (tmp_path / "maintenance").unlink()
         wait_state(cfg, backend, "up")
         time.sleep(0.05)
