@@ -188,7 +188,8 @@ def _body(head: ResponseHead, rest: bytes, eof: bool) -> tuple[bytes, bool]:
     length_text = head.header("content-length")
     if length_text is not None:
         values = {v.strip() for v in length_text.split(",")}
-        if len(values) != 1 or not (value := values.pop()).isdigit() or len(value) > 18:
+        if len(values) != 1 or not (value := values.pop()).isascii() or not value.isdigit() \
+                or len(value) > 18:  # isascii: "\xb2".isdigit(), but int() refuses it
             raise HttpResponseError(f"malformed Content-Length: {length_text[:_SHOW_BYTES]!r}")
         want = min(int(value), MAX_BODY_BYTES)
         return rest[:want], len(rest) >= want or eof

@@ -220,3 +220,17 @@ def test_fuzz_structured_responses(data: bytes, eof: bool) -> None:
         expect.timeout_reason(data)
     with contextlib.suppress(HttpResponseError):  # anything else fails the test
         parse_head(data)
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"1\xb9", b"\xb3\xb3"])
+def test_content_length_with_non_ascii_digits_is_malformed_not_a_crash(value: bytes) -> None:
+    """`str.isdigit()` holds for the latin-1 superscripts (U+00B2, U+00B3, U+00B9), which
+    int() refuses: such a Content-Length is a malformed one, a conclusive failure, and not a
+    ValueError (which the probe engine turns into an inconclusive "internal error", so a
+    backend answering that way would never be counted down)."""
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\nhealthy"
+    for eof in (False, True):
+        verdict = BODY.judge(response, eof)
+        assert verdict is not None and not verdict.ok
+        assert verdict.reason.startswith("malformed Content-Length: ")
+    assert BODY.timeout_reason(response).startswith("read timeout")
