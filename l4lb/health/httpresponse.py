@@ -27,7 +27,8 @@ The rules, in the order they decide:
    after the last chunk not read); otherwise `Content-Length` bytes, otherwise up to the end of
    the connection. Only the first `MAX_BODY_BYTES` of the (de-chunked) body are searched. A
    match passes (`HTTP 200 OK, body matched`); a body that ended, or reached the bound, without
-   a match fails: `HTTP 200 OK, body does not match (first 312 bytes)`.
+   a match fails: `HTTP 200 OK, body does not match (first 312 bytes)`. A chunked body is
+   read up to `MAX_CHUNKED_BYTES` (framing included) at most, whatever it decodes to.
 6. The connection closing before a verdict: `connection closed before the status line`,
    `connection closed in the headers (HTTP 200 OK)`; in the body it is the end of the body
    (rule 5). A timeout: `read timeout before the status line`, `read timeout in the headers
@@ -46,6 +47,9 @@ from typing import NamedTuple
 
 MAX_HEAD_BYTES = 16384  # status line + headers + the empty line; HAProxy's default bufsize
 MAX_BODY_BYTES = 16384  # bytes of the body searched for a body match
+# raw bytes of a chunked body read at most (framing included): one-byte chunks or long chunk
+# extensions would otherwise take megabytes for MAX_BODY_BYTES, all parsed again at each read
+MAX_CHUNKED_BYTES = 2 * MAX_BODY_BYTES
 MAX_REASON_CHARS = 40  # characters of a reason phrase shown
 _SHOW_BYTES = 40  # bytes of a bad line shown in a reason
 _MAX_CHUNK_LINE = 1024  # a chunk-size line (with extensions) longer than this is malformed
@@ -183,8 +187,8 @@ def _body(head: ResponseHead, rest: bytes, eof: bool) -> tuple[bytes, bool]:
     """(the body read so far, capped at MAX_BODY_BYTES; True when it is complete)."""
     encoding = head.header("transfer-encoding")
     if encoding is not None and encoding.lower().replace(" ", "").endswith("chunked"):
-        body, done = _dechunk(rest, MAX_BODY_BYTES)
-        return body, done or eof
+        body, done = _dechunk(rest[:MAX_CHUNKED_BYTES], MAX_BODY_BYTES)
+        return body, done or eof or len(rest) >= MAX_CHUNKED_BYTES
     length_text = head.header("content-length")
     if length_text is not None:
         values = {v.strip() for v in length_text.split(",")}
