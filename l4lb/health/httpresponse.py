@@ -24,11 +24,12 @@ The rules, in the order they decide:
    body is not read.
 5. With a body match (a literal substring, or a bytes regex searched), the body is read:
    `Transfer-Encoding: chunked` is de-chunked (chunk extensions skipped, the trailer section
-   after the last chunk not read); otherwise `Content-Length` bytes, otherwise up to the end of
-   the connection. Only the first `MAX_BODY_BYTES` of the (de-chunked) body are searched. A
-   match passes (`HTTP 200 OK, body matched`); a body that ended, or reached the bound, without
-   a match fails: `HTTP 200 OK, body does not match (first 312 bytes)`. A chunked body is
-   read up to `MAX_CHUNKED_BYTES` (framing included) at most, whatever it decodes to.
+   after the last chunk not read); otherwise, without a Transfer-Encoding, `Content-Length`
+   bytes, otherwise up to the end of the connection. Only the first `MAX_BODY_BYTES` of the
+   (de-chunked) body are searched, and at most `MAX_CHUNKED_BYTES` of a chunked body are
+   read (framing included). A match passes (`HTTP 200 OK, body matched`); a body that
+   ended, or reached a bound, without a match fails: `HTTP 200 OK, body does not match
+   (first 312 bytes)`.
 6. The connection closing before a verdict: `connection closed before the status line`,
    `connection closed in the headers (HTTP 200 OK)`; in the body it is the end of the body
    (rule 5). A timeout: `read timeout before the status line`, `read timeout in the headers
@@ -190,7 +191,7 @@ def _body(head: ResponseHead, rest: bytes, eof: bool) -> tuple[bytes, bool]:
         body, done = _dechunk(rest[:MAX_CHUNKED_BYTES], MAX_BODY_BYTES)
         return body, done or eof or len(rest) >= MAX_CHUNKED_BYTES
     length_text = head.header("content-length")
-    if length_text is not None:
+    if length_text is not None and encoding is None:  # else up to the close (RFC 9112 6.3)
         values = {v.strip() for v in length_text.split(",")}
         if len(values) != 1 or not (value := values.pop()).isascii() or not value.isdigit() \
                 or len(value) > 18:  # isascii: "\xb2".isdigit(), but int() refuses it

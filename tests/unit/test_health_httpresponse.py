@@ -253,3 +253,14 @@ def test_chunk_framing_read_is_bounded(chunk: bytes) -> None:
     # a match decoded within the bound still passes
     assert BODY.judge(head + b"7\r\nhealthy\r\n" + raw, False) == \
         Verdict(True, "HTTP 200 OK, body matched")
+
+
+def test_transfer_encoding_without_final_chunked_overrides_content_length() -> None:
+    """RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and a response whose final
+    coding is not chunked runs until the connection closes; its Content-Length is not the
+    body's length."""
+    response = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nContent-Length: 2\r\n\r\n"
+                b"xxhealthy")
+    assert BODY.judge(response, False) == Verdict(True, "HTTP 200 OK, body matched")
+    assert first_verdict(BODY, [response[:-7], response[-7:]]) == \
+        Verdict(True, "HTTP 200 OK, body matched")
