@@ -24,10 +24,12 @@ The rules, in the order they decide:
    body is not read.
 5. With a body match (a literal substring, or a bytes regex searched), the body is read:
    `Transfer-Encoding: chunked` is de-chunked (chunk extensions skipped, the trailer section
-   after the last chunk not read); otherwise `Content-Length` bytes, otherwise up to the end of
-   the connection. Only the first `MAX_BODY_BYTES` of the (de-chunked) body are searched. A
-   match passes (`HTTP 200 OK, body matched`); a body that ended, or reached the bound, without
-   a match fails: `HTTP 200 OK, body does not match (first 312 bytes)`.
+   after the last chunk not read); otherwise, without a Transfer-Encoding, `Content-Length`
+   bytes, otherwise up to the end of the connection. Only the first `MAX_BODY_BYTES` of the
+   (de-chunked) body are searched, and at most `MAX_CHUNKED_BYTES` of a chunked body are
+   read (framing included). A match passes (`HTTP 200 OK, body matched`); a body that
+   ended, or reached a bound, without a match fails: `HTTP 200 OK, body does not match
+   (first 312 bytes)`.
 6. The connection closing before a verdict: `connection closed before the status line`,
    `connection closed in the headers (HTTP 200 OK)`; in the body it is the end of the body
    (rule 5). A timeout: `read timeout before the status line`, `read timeout in the headers
@@ -46,6 +48,9 @@ from typing import NamedTuple
 
 MAX_HEAD_BYTES = 16384  # status line + headers + the empty line; HAProxy's default bufsize
 MAX_BODY_BYTES = 16384  # bytes of the body searched for a body match
+# raw bytes of a chunked body read at most (framing included): one-byte chunks or long chunk
+# extensions would otherwise take megabytes for MAX_BODY_BYTES, all parsed again at each read
+MAX_CHUNKED_BYTES = 2 * MAX_BODY_BYTES
 MAX_REASON_CHARS = 40  # characters of a reason phrase shown
 _SHOW_BYTES = 40  # bytes of a bad line shown in a reason
 _MAX_CHUNK_LINE = 1024  # a chunk-size line (with extensions) longer than this is malformed
@@ -183,12 +188,13 @@ def _body(head: ResponseHead, rest: bytes, eof: bool) -> tuple[bytes, bool]:
     """(the body read so far, capped at MAX_BODY_BYTES; True when it is complete)."""
     encoding = head.header("transfer-encoding")
     if encoding is not None and encoding.lower().replace(" ", "").endswith("chunked"):
-        body, done = _dechunk(rest, MAX_BODY_BYTES)
-        return body, done or eof
+        body, done = _dechunk(rest[:MAX_CHUNKED_BYTES], MAX_BODY_BYTES)
+        return body, done or eof or len(rest) >= MAX_CHUNKED_BYTES
     length_text = head.header("content-length")
-    if length_text is not None:
+    if length_text is not None and encoding is None:  # else up to the close (RFC 9112 6.3)
         values = {v.strip() for v in length_text.split(",")}
-        if len(values) != 1 or not (value := values.pop()).isdigit() or len(value) > 18:
+        if len(values) != 1 or not (value := values.pop()).isascii() or not value.isdigit() \
+                or len(value) > 18:  # isascii: "\xb2".isdigit(), but int() refuses it
             raise HttpResponseError(f"malformed Content-Length: {length_text[:_SHOW_BYTES]!r}")
         want = min(int(value), MAX_BODY_BYTES)
         return rest[:want], len(rest) >= want or eof

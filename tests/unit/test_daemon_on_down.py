@@ -538,6 +538,7 @@ def test_a_drain_deadline_closes_off_the_loop_and_ends_the_drain_when_done(
         old = daemon.cmd_drain_status(replaced)["outcome"]
         assert (old["outcome"], old["closed"]) == ("deadline", 2)
         assert daemon.cmd_drain_status(again)["outcome"]["outcome"] == "drained"
+        assert not daemon.drain_closing  # else check_drains would never end a later drain
 
     with caplog.at_level(logging.INFO, logger="l4lb"):
         asyncio.run(go())

@@ -220,3 +220,47 @@ def test_fuzz_structured_responses(data: bytes, eof: bool) -> None:
         expect.timeout_reason(data)
     with contextlib.suppress(HttpResponseError):  # anything else fails the test
         parse_head(data)
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"1\xb9", b"\xb3\xb3"])
+def test_content_length_with_non_ascii_digits_is_malformed_not_a_crash(value: bytes) -> None:
+    """`str.isdigit()` holds for the latin-1 superscripts (U+00B2, U+00B3, U+00B9), which
+    int() refuses: such a Content-Length is a malformed one, a conclusive failure, and not a
+    ValueError (which the probe engine turns into an inconclusive "internal error", so a
+    backend answering that way would never be counted down)."""
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\nhealthy"
+    for eof in (False, True):
+        verdict = BODY.judge(response, eof)
+        assert verdict is not None and not verdict.ok
+        assert verdict.reason.startswith("malformed Content-Length: ")
+    assert BODY.timeout_reason(response).startswith("read timeout")
+
+
+@pytest.mark.parametrize("chunk", [b"1\r\na\r\n", b"1\na\n", b"1;" + b"x" * 1000 + b"\r\na\r\n"],
+                         ids=["one-byte chunks", "one-byte chunks, LF", "long extensions"])
+def test_chunk_framing_read_is_bounded(chunk: bytes) -> None:
+    """The judge parses the whole buffer again after every 4 KiB read, so the bytes a chunked
+    body may take are bounded, framing included: one-byte chunks (or chunk extensions of up
+    to 1 KiB each) must not make the probe read 100 KiB (or 16 MiB) to decode 16 KiB of body,
+    parsing it all again at every read on the event loop (measured: 0.5 s, or 77 s, of loop
+    time for one probe). Past 2 * MAX_BODY_BYTES of raw body the search ends with what was
+    decoded."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    raw = chunk * (2 * MAX_BODY_BYTES // len(chunk) + 1)
+    verdict = BODY.judge(head + raw, False)
+    assert verdict is not None and not verdict.ok
+    assert verdict.reason.startswith("HTTP 200 OK, body does not match (first ")
+    # a match decoded within the bound still passes
+    assert BODY.judge(head + b"7\r\nhealthy\r\n" + raw, False) == \
+        Verdict(True, "HTTP 200 OK, body matched")
+
+
+def test_transfer_encoding_without_final_chunked_overrides_content_length() -> None:
+    """RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and a response whose final
+    coding is not chunked runs until the connection closes; its Content-Length is not the
+    body's length."""
+    response = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nContent-Length: 2\r\n\r\n"
+                b"xxhealthy")
+    assert BODY.judge(response, False) == Verdict(True, "HTTP 200 OK, body matched")
+    assert first_verdict(BODY, [response[:-7], response[-7:]]) == \
+        Verdict(True, "HTTP 200 OK, body matched")

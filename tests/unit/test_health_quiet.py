@@ -374,6 +374,10 @@ def test_bulk_snapshots_read_quiet_passes_without_collecting_them(
             dampener = checker._entries["b"].dampener
             before = dampener.view(rig.now, 0.0)
             bulk = checker.views(0.0)["b"]
+            # the fleet's time is monotonic: the view adds to_wall to it, as to the others
+            wall = checker.views(1e9)["b"]
+            assert (wall["last_probe"], wall["since"]) == \
+                (bulk["last_probe"] + 1e9, bulk["since"] + 1e9)
             # the dampener itself still has the last pass it was handed (before going quiet)
             assert bulk["last_probe"] > before["last_probe"]
             assert runner.collect_all(False)  # nothing was collected ...
