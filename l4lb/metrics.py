@@ -333,8 +333,9 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
                               "of the start of its checks); checked backends only.",
                               labels=labels)
     consecutive = GaugeMetricFamily("l4lb_backend_check_consecutive",
-                                    "Consecutive failed probes counted toward fall (UP) or "
-                                    "passed ones toward rise (DOWN).",
+                                    "Consecutive failed probes since the last pass or change "
+                                    "of state (toward fall while UP), and passed ones toward "
+                                    "rise while DOWN (0 while UP).",
                                     labels=[*labels, "result"])
     last = GaugeMetricFamily("l4lb_backend_last_check_passed",
                              "1 if the backend's last conclusive probe passed, 0 if it "
