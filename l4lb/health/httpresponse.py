@@ -36,8 +36,12 @@ The rules, in the order they decide:
    (HTTP 200 OK)`, `read timeout in the body (HTTP 200 OK, 312 bytes read)`. Anything read
    before the status line is shown as `(got b'...')`.
 
-Interim 1xx responses (`103 Early Hints`) are judged like any other status; a probe sends no
-`Expect: 100-continue`, so servers do not send `100 Continue`.
+Interim responses (1xx other than `101 Switching Protocols`: `103 Early Hints`, a `100
+Continue` sent unasked) are skipped, as RFC 9110 §15.2 tells a client to: the response that
+follows is judged. At most `MAX_INTERIM` of them, each a complete head within
+`MAX_HEAD_BYTES`; a probe waits for the rest of one that is not complete yet, and its
+timeout or the connection's end says `in the headers (HTTP 103 Early Hints)`. `101` is a final
+status (judged, so it fails unless expected).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ MAX_BODY_BYTES = 16384  # bytes of the body searched for a body match
 # raw bytes of a chunked body read at most (framing included): one-byte chunks or long chunk
 # extensions would otherwise take megabytes for MAX_BODY_BYTES, all parsed again at each read
 MAX_CHUNKED_BYTES = 2 * MAX_BODY_BYTES
+MAX_INTERIM = 4  # interim 1xx responses skipped before the final one; more fail
 MAX_REASON_CHARS = 40  # characters of a reason phrase shown
 _SHOW_BYTES = 40  # bytes of a bad line shown in a reason
 _MAX_CHUNK_LINE = 1024  # a chunk-size line (with extensions) longer than this is malformed
@@ -223,6 +228,14 @@ class HttpExpect:
             return Verdict(False, str(exc))
 
     def _judge(self, data: bytes, eof: bool) -> Verdict | None:
+        for _ in range(MAX_INTERIM):
+            rest = _after_interim(data)
+            if rest is None:
+                break
+            data = rest
+        else:
+            if _after_interim(data) is not None:
+                raise HttpResponseError(f"more than {MAX_INTERIM} interim 1xx responses")
         nl = data.find(b"\n", 0, MAX_HEAD_BYTES)
         if nl < 0:
             if not b"HTTP/".startswith(data[:5]):
@@ -235,7 +248,7 @@ class HttpExpect:
             return None
         status, reason = parse_status_line(data[:nl].removesuffix(b"\r"))
         text = f"HTTP {status} {reason}" if reason else f"HTTP {status}"
-        if not self.status_ok(status):
+        if not self.status_ok(status) and not _interim(status):
             return Verdict(False, text)
         if head_end(data) is None:
             if len(data) >= MAX_HEAD_BYTES:
@@ -261,6 +274,11 @@ class HttpExpect:
     def timeout_reason(self, buf: bytes | bytearray) -> str:
         """The reason of a probe whose timeout struck after reading `buf` (no verdict yet)."""
         data = bytes(buf)
+        for _ in range(MAX_INTERIM):
+            rest = _after_interim(data)
+            if rest is None:
+                break
+            data = rest
         nl = data.find(b"\n", 0, MAX_HEAD_BYTES)
         if nl < 0:
             return "read timeout before the status line" + (
@@ -278,6 +296,28 @@ class HttpExpect:
         except HttpResponseError as exc:
             return f"read timeout ({exc})"
         return f"read timeout in the body ({text}, {len(body)} bytes read)"
+
+
+def _interim(status: int) -> bool:
+    """An interim response, to be skipped: 1xx, except 101 (the final answer to an Upgrade)."""
+    return 100 <= status < 200 and status != 101
+
+
+def _after_interim(data: bytes) -> bytes | None:
+    """`data` after the complete interim response it starts with; None when it does not start
+    with one (another status, or an interim head not complete yet, which _judge then waits
+    for or reports like any incomplete head)."""
+    nl = data.find(b"\n", 0, MAX_HEAD_BYTES)
+    if nl < 0:
+        return None
+    match = _STATUS_LINE.fullmatch(data[:nl].removesuffix(b"\r"))
+    if match is None or not _interim(int(match.group(1))):
+        return None
+    end = head_end(data)
+    if end is None:
+        return None
+    parse_head(data)  # its header lines must be well formed too
+    return data[end:]
 
 
 def _closed_before(data: bytes) -> str:

@@ -85,6 +85,25 @@ CASES = [
            b"7\r\nhealthy\r\n0\r\n\r\n", Verdict(True, "HTTP 200 OK, body matched")),
     (BODY, b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH:7\r\n\r\nhealthy",
      Verdict(True, "HTTP 200 OK, body matched")),
+    # interim 1xx responses are skipped and the final one is judged; 101 is final
+    (PLAIN, b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Verdict(True, "HTTP 200 OK")),
+    (BODY, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n"
+           b"HTTP/1.1 200 OK\r\n\r\nhealthy", Verdict(True, "HTTP 200 OK, body matched")),
+    (PLAIN, b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 503 Service Unavailable\r\n\r\n",
+     Verdict(False, "HTTP 503 Service Unavailable")),
+    (PLAIN, b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n",
+     Verdict(False, "connection closed in the headers (HTTP 103 Early Hints)")),
+    (PLAIN, b"HTTP/1.1 103 Early Hints\r\n\r\n",
+     Verdict(False, "connection closed before the status line")),
+    (PLAIN, b"HTTP/1.1 103 Early Hints\r\nbad line\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+     Verdict(False, "malformed header line: b'bad line'")),
+    (PLAIN, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+     Verdict(False, "HTTP 101 Switching Protocols")),
+    (PLAIN, b"HTTP/1.1 103 Early Hints\r\n\r\n" * 5 + b"HTTP/1.1 200 OK\r\n\r\n",
+     Verdict(False, "more than 4 interim 1xx responses")),
+    (PLAIN, b"HTTP/1.1 103 Early Hints\r\n\r\n" * 4 + b"HTTP/1.1 200 OK\r\n\r\n",
+     Verdict(True, "HTTP 200 OK")),
 ]
 
 
@@ -107,6 +126,16 @@ def test_every_split_gives_the_same_verdict(expect: HttpExpect, response: bytes,
             assert got.ok is False and got.reason.startswith("not HTTP: got b'")
         else:
             assert got == verdict, chunks
+
+
+def test_timeout_after_an_interim_response_names_the_final_one() -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\n\r\n"
+    assert PLAIN.judge(early, False) is None  # the final response is still to come
+    assert PLAIN.timeout_reason(early) == "read timeout before the status line"
+    assert BODY.timeout_reason(early + b"HTTP/1.1 200 OK\r\n\r\nhea") == \
+        "read timeout in the body (HTTP 200 OK, 3 bytes read)"
+    assert PLAIN.timeout_reason(b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n") == \
+        "read timeout in the headers (HTTP 103 Early Hints)"
 
 
 def test_status_decides_before_the_headers_end() -> None:
