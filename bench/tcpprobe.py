@@ -22,6 +22,8 @@ connections whose request is already waiting when the relay connects use it, whi
 --defer-accept SECONDS (TCP_DEFER_ACCEPT on the listener) makes every client-speaks-first one.
 --proxy-protocol 1|2 sends that PROXY protocol header first (set_proxy_protocol); the backend
 must expect it (nginx `listen ... proxy_protocol`).
+--source IP binds each backend connection to IP (port 0) before it connects, as the service
+key `source` does.
 --accept-proxy turns on the service's accept_proxy (set_accept_proxy, 5 s) and, with
 wrk-close only, has wrk start every connection with a PROXY v1 header in the same write as its
 request (a Lua script: each request goes on a new connection, so each header is the first bytes
@@ -48,7 +50,7 @@ from typing import Any
 TIMEOUT_SLACK = 20.0  # seconds a load generator may overrun --seconds before it is killed
 
 
-def _config(listen_port: int, backend: str) -> Any:
+def _config(listen_port: int, backend: str, source: str | None = None) -> Any:
     from l4lb.config.model import Backend, Config, Endpoint, GlobalSettings, Service
 
     host, port = backend.rsplit(":", 1)
@@ -56,7 +58,8 @@ def _config(listen_port: int, backend: str) -> Any:
     svc = Service(name="probe", protocol="tcp",
                   listen=(Endpoint(host="127.0.0.1", port=listen_port,
                                    text=f"127.0.0.1:{listen_port}"),),
-                  backends=(Backend(address=be, name=backend),), scheduler="round_robin")
+                  backends=(Backend(address=be, name=backend, source=source),),
+                  scheduler="round_robin", source=source)
     return Config(path="<tcpprobe>", global_=GlobalSettings(workers=1), services=(svc,))
 
 
@@ -159,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dp._tune(16384 if args.copy_threshold is None else args.copy_threshold,
                  args.pipe_size or 0)
     builder = TableBuilder()
-    blob = builder.build(_config(args.listen_port, args.backend))
+    blob = builder.build(_config(args.listen_port, args.backend, args.source))
     sid = builder.service_ids()["probe"]
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -219,6 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "proxy_protocol": args.proxy_protocol,
             "defer_accept": args.defer_accept,
             "accept_proxy": bool(args.accept_proxy),
+            "source": args.source or "",
             "proxy_header_errors": _svc_counter(dp, sid, "proxy_header_errors"),
             f"fo_attempts_per_{unit}": round(
                 (in1["fast_open_attempts"] - in0["fast_open_attempts"]) / units, 4),
@@ -270,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wrk-script-baseline", action="store_true",
                     help="wrk through the same Lua script, without the header (the pair of "
                          "--accept-proxy)")
+    ap.add_argument("--source", metavar="IP",
+                    help="bind every backend connection to this address first, as a service's "
+                         "source key (IP_BIND_ADDRESS_NO_PORT + bind, two system calls per "
+                         "connection); e.g. 127.0.0.2 for a backend on 127.0.0.1")
     args = ap.parse_args(argv)
     if (args.accept_proxy or args.wrk_script_baseline) and args.load != "wrk-close":
         ap.error("--accept-proxy and --wrk-script-baseline need --load wrk-close")

@@ -77,7 +77,8 @@ class DataplaneAPI(Protocol):
            backend_closed  the backend's FIN went through first
            client_reset    the client reset (or vanished), also while the backend connected
            backend_reset   the backend reset
-           connect_failed  every connect attempt failed (refused, unreachable, timed out)
+           connect_failed  every connect attempt failed (refused, unreachable, timed out, or
+                           the backend's source address did not bind)
            no_backend      no eligible backend (or no table / no such tcp service)
            rejected        max_connections of the service, or of every weighted backend
            idle_timeout    idle for the service's idle_timeout_ms

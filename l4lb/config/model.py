@@ -61,6 +61,10 @@ class Backend:
     weight: int = 1  # 1..256 in the file (0 only through the runtime API)
     max_connections: int = 0  # 0 = unlimited
     backup: bool = False
+    # source address of the connections (UDP: flow sockets) to this backend, bound with port 0
+    # before connect(): the backend's own `source`, else the service's; None = the kernel's
+    # choice (docs/configuration.md, "Source address")
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,9 @@ class Service:
     # accept_proxy
     accept_proxy: bool = False
     accept_proxy_timeout: float = 5.0
+    # the service's `source` as written (its backends without their own inherit it: read
+    # Backend.source, the effective one); None = none
+    source: str | None = None
 
     @property
     def client_congestion_control(self) -> str | None:

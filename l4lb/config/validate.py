@@ -27,6 +27,7 @@ never returned, because any error means the diagnostics are returned instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import difflib
 import errno
@@ -101,7 +102,7 @@ SERVICE_KEYS = (
     "udp_idle_timeout", "max_flows", "responses", "session", "congestion_control",
     "backend_congestion_control", "backend_fast_open", "defer_accept", "udp_gro",
     "client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf", "proxy_protocol",
-    "accept_proxy", "accept_proxy_timeout",
+    "accept_proxy", "accept_proxy_timeout", "source",
 )
 SOCKBUF_KEYS = ("client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf")
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session", "udp_gro")
@@ -113,7 +114,7 @@ TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle
                  "proxy_protocol": "", "accept_proxy": "",
                  "accept_proxy_timeout": ""}  # key -> the UDP key instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
-BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup")
+BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup", "source")
 VRRP_KEYS = (
     "name", "interface", "virtual_router_id", "priority", "advert_interval", "version",
     "preempt", "preempt_delay", "vips", "unicast_peers", "garp_repeat", "garp_refresh",
@@ -129,6 +130,8 @@ HTTP_KEYS = (*HTTP_FIELDS, "http_expect_body_regex")  # [services.health] keys o
 # a key and the one written instead of it ("send_hex" for "send"): the pair's field
 _ALIASES = (("send_hex", "send"), ("expect_regex", "expect"),
             ("http_expect_body_regex", "http_expect_body"))
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _IFNAME = re.compile(r"[^\s/:]{1,15}")  # an interface name (as l4lb.vrrp.settings checks it)
@@ -259,7 +262,7 @@ class _Checker:
         self.raw_checked = False  # raw_problem is valid
         self.cc_problems: dict[str, str | None] = {}  # congestion control name -> problem
         self.fastopen_sysctl: str | None = None  # net.ipv4.tcp_fastopen once asked ("": unread)
-        self.bind_errnos: dict[str, int] = {}  # health.source -> errno of binding it (0: ok)
+        self.bind_errnos: dict[str, int] = {}  # source address -> errno of binding it (0: ok)
         self.host_interfaces: Mapping[str, tuple[VipInterface, ...]] | None = None  # once asked
         self.interfaces_asked = False  # host_interfaces is valid
 
@@ -834,6 +837,10 @@ class _Checker:
                        f"number of backends ({len(backends)})")
         if scheduler == "round_robin":
             self.round_robin_weights(scope, table, indexed)
+        source = self.service_source(scope, table, indexed)
+        if source is not None:
+            backends = [b if b.source is not None else dataclasses.replace(b, source=source)
+                        for b in backends]
         return Service(
             name=name, protocol=protocol, listen=tuple(listen), backends=tuple(backends),
             scheduler=scheduler, hash_key=hash_key, connect_timeout=connect_timeout,
@@ -846,6 +853,7 @@ class _Checker:
             proxy_protocol=proxy if protocol == "tcp" else "off",
             accept_proxy=accept_proxy and protocol == "tcp",
             accept_proxy_timeout=accept_timeout if protocol == "tcp" else d.accept_proxy_timeout,
+            source=source,
             **(sockbuf if protocol == "tcp" else {}),
         )
 
@@ -875,8 +883,14 @@ class _Checker:
                        f"{'are' if len(other) > 1 else 'is'} IPv{family}; a probe leaves from "
                        f"this address, so every backend must be IPv{source.version} (leave "
                        f"source out, or move the IPv{family} backends to a service of their own)")
+        self.source_bindable(path, label, source, "probes")
+
+    def source_bindable(self, path: KeyPath, label: str, source: IPAddress, what: str) -> bool:
+        """With host checks on, can this process bind `source` (port 0)? Reports at `path` why
+        not, naming `what` leaves from it ("probes", "backend connections"); each address is
+        tried once per load. An IPv6 address still in DAD (tentative) counts as bindable."""
         if self.host is None:
-            return
+            return True
         key = str(source)
         if key not in self.bind_errnos:
             self.bind_errnos[key] = self.host.bind_errno(key)
@@ -885,11 +899,72 @@ class _Checker:
         if links is not None and any(a.ip == source for v in links.values() for a in v):
             err = 0  # configured but not usable yet: an IPv6 address still in DAD (tentative)
         if err == errno.EADDRNOTAVAIL:
-            self.error(path, f"{label}: {source} is not an address of this host, so probes "
+            self.error(path, f"{label}: {source} is not an address of this host, so {what} "
                        "cannot leave from it")
         elif err != 0:
-            self.error(path, f"{label}: probes cannot leave from {source}: binding it fails "
+            self.error(path, f"{label}: {what} cannot leave from {source}: binding it fails "
                        f"({os.strerror(err).lower()})")
+        return err == 0
+
+    def read_source(self, scope: _Scope, table: dict[str, Any]) -> IPAddress | None:
+        """The `source` key of a service or backend: an IP address of one host interface, no
+        port (None: absent or reported)."""
+        text = self.read_str(scope, table, "source")
+        if text is None:
+            return None
+        path = (*scope.path, "source")
+        label = scope.label("source")
+        try:
+            source = ipaddress.ip_address(text)
+        except ValueError:
+            hint = ""
+            with contextlib.suppress(ValueError):
+                parse_endpoint(text, wildcard_ok=True)
+                hint = "; write the address alone (the port is the kernel's choice)"
+            self.error(path, f"{label}: {quote(text)} is not an IP address (backend "
+                       f"connections never resolve names){hint}")
+            return None
+        if isinstance(source, ipaddress.IPv6Address) and source.scope_id is not None:
+            self.error(path, f"{label}: {quote(text)}: a zone index is not allowed (a "
+                       "link-local address cannot be a source)")
+            return None
+        if source.is_unspecified or source.is_multicast or str(source) == "255.255.255.255":
+            kind = "the wildcard" if source.is_unspecified else "a multicast or broadcast address"
+            self.error(path, f"{label}: {text} is {kind}, which cannot be a source "
+                       "(leave source out for the kernel's choice)")
+            return None
+        return source
+
+    def service_source(self, scope: _Scope, table: dict[str, Any],
+                       backends: Sequence[tuple[int, Backend]]) -> str | None:
+        """The service's `source` (None: absent or reported). Every backend that does not set
+        its own must be of its family, since each connection binds it before connect(); with
+        host checks, this process must be able to bind it."""
+        source = self.read_source(scope, table)
+        if source is None:
+            return None
+        path = (*scope.path, "source")
+        label = scope.label("source")
+        raw = table.get("backends")
+        raw_list = raw if isinstance(raw, list) else []
+        inherit = [(j, b) for j, b in backends
+                   if not (j < len(raw_list) and isinstance(raw_list[j], dict)
+                           and "source" in raw_list[j])]
+        other = [(j, b) for j, b in inherit if b.address.family != source.version]
+        ok = not other
+        if other:
+            j, first = other[0]
+            which = f"backends[{j}] ({quote(first.address.text or str(first.address))})"
+            if len(other) > 1:
+                which += f" and {len(other) - 1} other backend{'s' if len(other) > 2 else ''}"
+            family = 4 if source.version == 6 else 6
+            self.error(path, f"{label}: {source} is IPv{source.version}, but {which} "
+                       f"{'are' if len(other) > 1 else 'is'} IPv{family}; backend connections "
+                       f"leave from this address, so every backend without a source of its own "
+                       f"must be IPv{source.version} (give the IPv{family} backends their own "
+                       "source, or move them to a service of their own)")
+        ok = self.source_bindable(path, label, source, "backend connections") and ok
+        return str(source) if ok else None
 
     def backend_fast_open(self, scope: _Scope, table: dict[str, Any], protocol: Protocol) -> bool:
         """The `backend_fast_open` switch. On for a TCP service with host checks on, the host
@@ -1339,10 +1414,20 @@ class _Checker:
         max_connections = self.read_int(scope, table, "max_connections", d.max_connections,
                                         0, U32_MAX)
         backup = self.read_bool(scope, table, "backup", d.backup)
+        source = self.read_source(scope, table)
+        if source is not None and address is not None and address.family != source.version:
+            self.error((*scope.path, "source"), f"{scope.label('source')}: {source} is "
+                       f"IPv{source.version}, but the backend's address "
+                       f"{quote(address.text or str(address))} is IPv{address.family}")
+            source = None
+        if source is not None and not self.source_bindable(
+                (*scope.path, "source"), scope.label("source"), source, "backend connections"):
+            source = None
         if address is None:
             return None
         return Backend(address=address, name=name, weight=weight,
-                       max_connections=max_connections, backup=backup)
+                       max_connections=max_connections, backup=backup,
+                       source=None if source is None else str(source))
 
     def backend_name(self, scope: _Scope, table: dict[str, Any], address: Endpoint | None) -> str:
         if "name" not in table:

@@ -9,7 +9,9 @@ generations.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import socket
 
 from l4lb.table.blob import BackendRec, ServiceRec, Table
 from l4lb.table.hashing import flow_hash
@@ -24,6 +26,8 @@ class LiveTable:
         self._by_service_id: dict[int, ServiceRec] = {s.service_id: s for s in table.services}
         # (host text, port) to connect to, by absolute backend index
         self.targets: list[tuple[str, int]] = [_target(b) for b in table.backends]
+        # source address to bind before connecting, by absolute backend index (None: none)
+        self.sources: list[str | None] = [_source(b) for b in table.backends]
 
     def service(self, service_id: int) -> ServiceRec | None:
         """The service with this stable id, None when the table has none."""
@@ -51,6 +55,26 @@ class LiveTable:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
         addr16 = addr.packed.ljust(16, b"\0")
         return flow_hash(self.table.hash_seed, addr.version, addr16, port, svc.hash_key)
+
+
+IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: bind(address, 0) reserves no port until connect()
+
+
+def bind_source(sock: socket.socket, host: str) -> None:
+    """Give a fresh, unconnected backend socket its source address (the C relay's
+    relay_bind_source): IP_BIND_ADDRESS_NO_PORT (best effort), then bind((host, 0)), so the
+    kernel picks the port at connect(). OSError from the bind: a failed connect attempt of
+    the backend (docs/configuration.md, `source`)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((host, 0))
+
+
+def _source(backend: BackendRec) -> str | None:
+    raw = bytes(backend.source_addr)
+    if backend.source_family == 0:
+        return None
+    return str(ipaddress.ip_address(raw[:4] if backend.source_family == 4 else raw))
 
 
 def _target(backend: BackendRec) -> tuple[str, int]:

@@ -51,6 +51,7 @@ from typing import Any
 
 from l4lb.refdp.counters import Counters
 from l4lb.refdp.dgram import RECV_MAX, Received, receive, reply
+from l4lb.refdp.livetable import bind_source
 from l4lb.refdp.records import RecordQueue, make_record
 from l4lb.refdp.shared import Shared, add_count
 from l4lb.table.blob import FLAG_DOWN, PROTO_UDP, ServiceRec
@@ -245,13 +246,18 @@ class UdpRelay:
             counters["accept_errors"] += 1
             self._release(sid, rec.backend_id)
             return None
+        source = live.sources[choice[1]]
+        bound = False  # a source bind that fails is the backend's failure, whatever the errno
         try:
             upstream.setblocking(False)
+            if source is not None:
+                bind_source(upstream, source)
+            bound = True
             upstream.connect(live.targets[choice[1]])
         except OSError as exc:
             upstream.close()
             self._release(sid, rec.backend_id)
-            if exc.errno in LOCAL_ERRNOS:
+            if bound and exc.errno in LOCAL_ERRNOS:
                 counters["accept_errors"] += 1
             else:  # the backend's address is unusable from here (no route, ...)
                 self.counters.backend(rec.backend_id)["connect_failures"] += 1

@@ -66,6 +66,7 @@ from l4lb import proxyproto
 from l4lb.net.listen import SO_RCVBUFFORCE, SO_SNDBUFFORCE
 from l4lb.proxyproto import ProxyHeaderError
 from l4lb.refdp.counters import Counters
+from l4lb.refdp.livetable import bind_source
 from l4lb.refdp.pipes import PipePool
 from l4lb.refdp.records import RecordQueue, make_record
 from l4lb.refdp.relay import Outcome, Session, State, reset_and_close
@@ -627,6 +628,14 @@ class Worker:
             self._close_session(session, reset=True, reason="error")
             return
         sock.setblocking(False)
+        source = live.sources[index]
+        if source is not None:
+            try:
+                bind_source(sock, source)
+            except OSError:  # the backend's failure, whatever the errno: count it, retry
+                sock.close()
+                self._connect_failed(session)
+                return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         cc = self.shared.congestion.get(session.service_id)
         if cc is not None:  # before connect(), as the C relay; refused: the system default

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from l4lb.table.maglev import is_prime
 
 MAGIC = b"L4LB"
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 32
 SERVICE_SIZE = 48
-BACKEND_SIZE = 40
+BACKEND_SIZE = 56
 MAX_SERVICES = 1024
 MAX_BACKENDS = 65536
 MAX_WEIGHT = 256
@@ -40,10 +40,11 @@ HASH_SRC_IP, HASH_SRC_IP_PORT = 0, 1
 FLOW_SRC_IP_PORT, FLOW_SRC_IP = 0, 1  # udp flow_key: client address and port / address only
 FLAG_BACKUP = 1  # backend flag bit 0: a backup backend (informational)
 FLAG_DOWN = 2  # backend flag bit 1: health DOWN or maintenance (its UDP flows move)
+NO_SOURCE = bytes(16)  # source_addr of a backend without a source address (source_family 0)
 
 _HEADER = struct.Struct("<4sHHIIIIII")
 _SERVICE = struct.Struct("<IBBBB10I")
-_BACKEND = struct.Struct("<IBBH16sIIII")
+_BACKEND = struct.Struct("<IBBH16sIIB3s16sI")
 
 
 class TableError(ValueError):
@@ -73,7 +74,7 @@ class ServiceRec:
 
 @dataclass(frozen=True)
 class BackendRec:
-    """One decoded 40-byte backend record."""
+    """One decoded 56-byte backend record."""
 
     backend_id: int  # stable dense id < 65536
     family: int  # 4 or 6
@@ -82,6 +83,8 @@ class BackendRec:
     addr: bytes  # 16 bytes, network order; IPv4 in the first 4
     weight: int  # 0..256, 0 = not eligible for new connections
     max_connections: int  # 0 = unlimited
+    source_family: int = 0  # 0: no source (the kernel's choice), else 4 or 6 = family
+    source_addr: bytes = NO_SOURCE  # 16 bytes, network order, bound before connect; 0 if none
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def _ring_bytes(ring: tuple[int, ...] | list[int]) -> bytes:
 
 
 def pack(table: Table) -> bytes:
-    """Encode a Table as a version-1 blob (no semantic checks: parse() does those)."""
+    """Encode a Table as a version-2 blob (no semantic checks: parse() does those)."""
     ns, nb, nr = len(table.services), len(table.backends), len(table.ring)
     total = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb + 4 * nr
     parts = [_HEADER.pack(MAGIC, VERSION, HEADER_SIZE, ns, nb, nr, table.hash_seed, total, 0)]
@@ -146,9 +149,21 @@ def pack(table: Table) -> bytes:
     for b in table.backends:
         if len(b.addr) != 16:
             raise TableError(f"backend addr {b.addr!r} is not 16 bytes")
+        if len(b.source_addr) != 16:
+            raise TableError(f"backend source_addr {b.source_addr!r} is not 16 bytes")
         parts.append(
             _BACKEND.pack(
-                b.backend_id, b.family, b.flags, b.port, b.addr, b.weight, b.max_connections, 0, 0
+                b.backend_id,
+                b.family,
+                b.flags,
+                b.port,
+                b.addr,
+                b.weight,
+                b.max_connections,
+                b.source_family,
+                bytes(3),
+                b.source_addr,
+                0,
             )
         )
     parts.append(_ring_bytes(table.ring))
@@ -177,7 +192,7 @@ def _check_header(blob: bytes) -> tuple[int, int, int, int]:
     if magic != MAGIC:
         raise TableError(f'header.magic: {magic.hex()} is not 4c344c42 ("L4LB")')
     if version != VERSION:
-        raise TableError(f"header.version: {version} is not 1")
+        raise TableError(f"header.version: {version} is not {VERSION}")
     if hsize != HEADER_SIZE:
         raise TableError(f"header.header_size: {hsize} is not 32")
     if total != n:
@@ -185,7 +200,7 @@ def _check_header(blob: bytes) -> tuple[int, int, int, int]:
     expect = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb + 4 * nr
     if expect != total:
         raise TableError(
-            f"header.total_size: {total} does not equal 32 + 48*{ns} + 40*{nb} + 4*{nr} = {expect}"
+            f"header.total_size: {total} does not equal 32 + 48*{ns} + 56*{nb} + 4*{nr} = {expect}"
         )
     if reserved != 0:
         raise TableError(f"header.reserved: {reserved} is not 0")
@@ -196,7 +211,7 @@ def _check_backends(blob: bytes, offset: int, nb: int) -> list[BackendRec]:
     backends: list[BackendRec] = []
     first_use: dict[int, int] = {}
     for i, fields in enumerate(_BACKEND.iter_unpack(blob[offset : offset + BACKEND_SIZE * nb])):
-        bid, family, flags, port, addr, weight, maxc, res0, res1 = fields
+        bid, family, flags, port, addr, weight, maxc, sfam, res0, saddr, res1 = fields
         where = f"backend[{i}]"
         if bid >= MAX_BACKENDS:
             raise TableError(f"{where}.backend_id: {bid} is not below 65536")
@@ -211,10 +226,19 @@ def _check_backends(blob: bytes, offset: int, nb: int) -> list[BackendRec]:
             raise TableError(f"{where}.addr: bytes 4..15 of an IPv4 address are not 0")
         if weight > MAX_WEIGHT:
             raise TableError(f"{where}.weight: {weight} is above 256")
-        for k, res in enumerate((res0, res1)):
-            if res != 0:
-                raise TableError(f"{where}.reserved[{k}]: {res} is not 0")
-        backends.append(BackendRec(bid, family, flags, port, addr, weight, maxc))
+        if sfam not in (0, 4, 6):
+            raise TableError(f"{where}.source_family: {sfam} is not 0, 4 or 6")
+        if sfam not in (0, family):
+            raise TableError(f"{where}.source_family: {sfam} is not the backend's family {family}")
+        if any(res0):
+            raise TableError(f"{where}.reserved0: bytes 33..35 are not 0")
+        if sfam == 0 and any(saddr):
+            raise TableError(f"{where}.source_addr: not 0 although source_family is 0")
+        if sfam == 4 and any(saddr[4:]):
+            raise TableError(f"{where}.source_addr: bytes 4..15 of an IPv4 address are not 0")
+        if res1 != 0:
+            raise TableError(f"{where}.reserved1: {res1} is not 0")
+        backends.append(BackendRec(bid, family, flags, port, addr, weight, maxc, sfam, saddr))
     return backends
 
 

@@ -39,6 +39,7 @@ from l4lb.table.blob import (
     MAX_BACKENDS,
     MAX_SERVICES,
     MAX_WEIGHT,
+    NO_SOURCE,
     PROTO_TCP,
     PROTO_UDP,
     SCHED_MAGLEV,
@@ -256,6 +257,8 @@ class TableBuilder:
                         addr=p.addr,
                         weight=w,
                         max_connections=min(p.backend.max_connections, U32_MAX),
+                        source_family=p.source_family,
+                        source_addr=p.source_addr,
                     )
                 )
             sched = SCHEDULERS.index(svc.scheduler)
@@ -312,7 +315,11 @@ class TableBuilder:
             cache[host] = fa
             port = b.address.port
             key = f"[{host}]:{port}" if fa[0] == 6 else f"{host}:{port}"
-            prepared.append(_Prepared(b, fa[0], fa[1], key, b.address.text or key))
+            sfa = (0, NO_SOURCE)
+            if b.source is not None:
+                sip = ipaddress.ip_address(b.source)
+                sfa = (sip.version, addr16(sip.version, sip.packed))
+            prepared.append(_Prepared(b, fa[0], fa[1], key, b.address.text or key, *sfa))
         prepared.sort(key=lambda p: (p.family, p.addr, p.backend.address.port))
         return prepared
 
@@ -336,6 +343,8 @@ class _Prepared(NamedTuple):
     addr: bytes  # 16 bytes, network order
     key: str  # canonical endpoint text, str(backend.address): the id key
     label: str  # address as written (backend_label)
+    source_family: int  # 0 (no source address) or the family of source_addr
+    source_addr: bytes  # 16 bytes, network order, bound before connect; 0 when none
 
 
 def _effective_weights(

@@ -606,6 +606,37 @@ socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage
     return sizeof(*sin6);
 }
 
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24 /* linux/in.h, Linux 4.2 */
+#endif
+
+int relay_bind_source(int fd, const struct dp_backend *b)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int one = 1;
+
+    if (b->source_family == 0)
+        return 0;
+    memset(&ss, 0, sizeof(ss));
+    if (b->source_family == 4) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+        sin->sin_family = AF_INET;
+        memcpy(&sin->sin_addr, b->source_addr, 4);
+        sl = sizeof(*sin);
+    } else {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+        sin6->sin6_family = AF_INET6;
+        memcpy(&sin6->sin6_addr, b->source_addr, 16);
+        sl = sizeof(*sin6);
+    }
+    /* an IPv6 socket takes this IPPROTO_IP option too (it sets the same inet flag) */
+    (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0)
+        return -errno;
+    return 0;
+}
+
 /* Build the PROXY protocol header (version s->pp) of session s into out (PP_MAX bytes): the
  * client's address from the session key, the address it connected to from the key too unless
  * the listener is a wildcard, then from getsockname(). Returns its length or -errno. */
@@ -717,9 +748,12 @@ static void relay_sockbuf(struct dp_worker *w, int fd, uint32_t service_id, uint
         DP_CNT_ADD(&w->cnt->sockbuf_errors[service_id], 1);
 }
 
-/* Start a nonblocking connect to b. 0 connected, 1 in progress, -errno failed (bfd closed). */
+/* Start a nonblocking connect to b. 0 connected, 1 in progress, -errno failed (bfd closed).
+ * *bind_failed is set to 1 when the failure was binding b's source address: that is b's
+ * failure (counted, retried), whatever the errno (EADDRNOTAVAIL, which relay_local_error takes
+ * for this host's ephemeral ports running out, is the usual one). */
 static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
-                               const struct dp_backend *b)
+                               const struct dp_backend *b, int *bind_failed)
 {
     struct sockaddr_storage ss;
     socklen_t sl = relay_backend_addr(b, &ss);
@@ -730,11 +764,17 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     uint8_t opts = atomic_load_explicit(&w->dp->opts.bits[s->service_id], memory_order_relaxed);
     int fd, err, rc;
 
+    *bind_failed = 0;
     fd = socket(b->family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                 0);
     if (fd < 0)
         return -errno;
     fd = relay_fd_lower(w, fd);
+    if (b->source_family && (rc = relay_bind_source(fd, b)) < 0) {
+        *bind_failed = 1;
+        relay_close(fd);
+        return rc;
+    }
     relay_nodelay(fd);
     cc = dp_congestion_control(w->dp, s->service_id);
     if (cc) /* the service's backend-leg algorithm (dp.c, "Congestion control"); refused: the
@@ -812,7 +852,7 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
     const struct dp_table *t = w->table;
     const struct dp_service *svc;
     uint32_t tried[RELAY_MAX_TRIES], n, idx, slot, k;
-    int rc, first = s->n_tried == 0, weighted = 0;
+    int rc, first = s->n_tried == 0, weighted = 0, bind_failed = 0;
 
     for (;;) {
         svc = t ? dp_table_service(t, s->service_id) : NULL;
@@ -843,7 +883,7 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         s->backend_id = (int32_t)b->backend_id;
         atomic_fetch_add_explicit(&w->dp->shared->active[b->backend_id], 1, memory_order_relaxed);
         dp_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, 1);
-        rc = relay_start_connect(w, s, b);
+        rc = relay_start_connect(w, s, b, &bind_failed);
         if (rc == 0) {
             relay_established(w, s, RELAY_EV_UNKNOWN);
             return;
@@ -853,11 +893,11 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
             return;
         }
         relay_release_backend(w, s);
-        if (relay_out_of_fds(-rc) && relay_reserve_spend(w)) {
+        if (!bind_failed && relay_out_of_fds(-rc) && relay_reserve_spend(w)) {
             s->n_tried--; /* not the backend's fault: the same pick may be tried again */
             continue;
         }
-        if (relay_local_error(-rc)) {
+        if (!bind_failed && relay_local_error(-rc)) {
             dp_svc_add(w, s->service_id, DP_SC_ACCEPT_ERRORS, 1);
             relay_kill(w, s, 1, DP_CLOSE_ERROR);
             return;

@@ -490,6 +490,13 @@ void relay_tcp_close_backends(struct dp_worker *w, struct dp_close_set *set, uin
 /* relay_tcp.c, shared with relay_udp.c: fill ss with backend b's address; returns its length. */
 socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss);
 
+/* relay_tcp.c, shared with relay_udp.c: give fd (a fresh, unconnected socket of b's family) b's
+ * source address, when the table names one (b->source_family != 0; else it does nothing):
+ * IP_BIND_ADDRESS_NO_PORT, then bind(source, port 0), so the kernel picks the port at connect()
+ * and may reuse it towards other destinations. Returns 0 or -errno (the bind's; the option is
+ * best effort). A failure is a failed connect attempt of b (docs/configuration.md, `source`). */
+int relay_bind_source(int fd, const struct dp_backend *b);
+
 /* Claim w's next connection-log record (call only while w->log_on), or NULL when the ring is
  * full (counted in connlog_dropped). Fill every field, then connlog_ring_commit(w->log_ring). */
 static inline struct dp_conn_record *dp_log_claim(struct dp_worker *w)

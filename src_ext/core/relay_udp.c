@@ -567,7 +567,7 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
     int64_t all;
     int32_t prev;
     uint32_t cap;
-    int fd, err, gro = 0;
+    int fd, err, gro = 0, srcfail = 0;
 
     /* the service's place first: a flow max_flows refuses never holds one in the cap */
     prev = atomic_fetch_add_explicit(sact, 1, memory_order_relaxed);
@@ -606,10 +606,14 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
         !(atomic_load_explicit(&w->dp->opts.bits[sid], memory_order_relaxed) & DP_OPT_NO_GRO))
         gro = relay_udp_gro_on(fd) == 0;
     sl = relay_backend_addr(b, &ss);
-    if (connect(fd, (struct sockaddr *)&ss, sl) < 0) {
+    err = b->source_family ? -relay_bind_source(fd, b) : 0;
+    if (err == 0 && connect(fd, (struct sockaddr *)&ss, sl) < 0)
         err = errno;
+    else if (err != 0)
+        srcfail = 1; /* the backend's source: its failure, whatever the errno */
+    if (err != 0) {
         close(fd);
-        if (udp_local_error(err))
+        if (!srcfail && udp_local_error(err))
             goto local_failure;
         /* the backend's address is unusable from here (unreachable network, ...) */
         dp_be_add(w, (int32_t)b->backend_id, DP_BC_CONNECT_FAILURES, 1);

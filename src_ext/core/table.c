@@ -24,7 +24,7 @@
 
 #define TABLE_HEADER_SIZE 32u  /* bytes of the header */
 #define TABLE_SERVICE_SIZE 48u /* bytes of one service record */
-#define TABLE_BACKEND_SIZE 40u /* bytes of one backend record */
+#define TABLE_BACKEND_SIZE 56u /* bytes of one backend record */
 
 static const char *const table_sched_names[] = {
     "round_robin", "weighted_round_robin", "least_conn", "random_two", "source_hash", "maglev",
@@ -74,8 +74,8 @@ static int table_check_header(const uint8_t *blob, size_t len, uint32_t *ns, uin
         return table_fail(err, errlen, "header.magic: %02x%02x%02x%02x is not 4c344c42 (\"L4LB\")",
                           blob[0], blob[1], blob[2], blob[3]);
     if (table_rd16(blob + 4) != DP_TABLE_VERSION)
-        return table_fail(err, errlen, "header.version: %u is not 1",
-                          (unsigned)table_rd16(blob + 4));
+        return table_fail(err, errlen, "header.version: %u is not %u",
+                          (unsigned)table_rd16(blob + 4), (unsigned)DP_TABLE_VERSION);
     if (table_rd16(blob + 6) != TABLE_HEADER_SIZE)
         return table_fail(err, errlen, "header.header_size: %u is not 32",
                           (unsigned)table_rd16(blob + 6));
@@ -92,7 +92,7 @@ static int table_check_header(const uint8_t *blob, size_t len, uint32_t *ns, uin
              (uint64_t)TABLE_BACKEND_SIZE * *nb + 4ull * *nr;
     if (expect != total)
         return table_fail(err, errlen,
-                          "header.total_size: %u does not equal 32 + 48*%u + 40*%u + 4*%u = %llu",
+                          "header.total_size: %u does not equal 32 + 48*%u + 56*%u + 4*%u = %llu",
                           total, *ns, *nb, *nr, (unsigned long long)expect);
     if (reserved != 0)
         return table_fail(err, errlen, "header.reserved: %u is not 0", reserved);
@@ -113,6 +113,8 @@ static int table_check_backend(struct dp_table *t, const uint8_t *rec, uint32_t 
     memcpy(b->addr, rec + 8, 16);
     b->weight = table_rd32(rec + 24);
     b->max_connections = table_rd32(rec + 28);
+    b->source_family = rec[32];
+    memcpy(b->source_addr, rec + 36, 16);
 
     if (b->backend_id >= DP_MAX_BACKENDS)
         return table_fail(err, errlen, "backend[%u].backend_id: %u is not below 65536", i,
@@ -136,10 +138,24 @@ static int table_check_backend(struct dp_table *t, const uint8_t *rec, uint32_t 
                                   "backend[%u].addr: bytes 4..15 of an IPv4 address are not 0", i);
     if (b->weight > DP_MAX_WEIGHT)
         return table_fail(err, errlen, "backend[%u].weight: %u is above 256", i, b->weight);
-    for (k = 0; k < 2; k++)
-        if (table_rd32(rec + 32 + 4 * k) != 0)
-            return table_fail(err, errlen, "backend[%u].reserved[%u]: %u is not 0", i, k,
-                              table_rd32(rec + 32 + 4 * k));
+    if (b->source_family != 0 && b->source_family != 4 && b->source_family != 6)
+        return table_fail(err, errlen, "backend[%u].source_family: %u is not 0, 4 or 6", i,
+                          (unsigned)b->source_family);
+    if (b->source_family != 0 && b->source_family != b->family)
+        return table_fail(err, errlen,
+                          "backend[%u].source_family: %u is not the backend's family %u", i,
+                          (unsigned)b->source_family, (unsigned)b->family);
+    if (rec[33] != 0 || rec[34] != 0 || rec[35] != 0)
+        return table_fail(err, errlen, "backend[%u].reserved0: bytes 33..35 are not 0", i);
+    for (k = b->source_family == 4 ? 4 : b->source_family == 6 ? 16 : 0; k < 16; k++)
+        if (b->source_addr[k] != 0)
+            return table_fail(err, errlen, b->source_family == 0
+                                  ? "backend[%u].source_addr: not 0 although source_family is 0"
+                                  : "backend[%u].source_addr: bytes 4..15 of an IPv4 address "
+                                    "are not 0", i);
+    if (table_rd32(rec + 52) != 0)
+        return table_fail(err, errlen, "backend[%u].reserved1: %u is not 0", i,
+                          table_rd32(rec + 52));
     return 0;
 }
 

@@ -12,7 +12,7 @@
 #include <stdatomic.h>
 
 #define DP_TABLE_MAGIC "L4LB"
-#define DP_TABLE_VERSION 1
+#define DP_TABLE_VERSION 2
 #define DP_MAX_SERVICES 1024u
 #define DP_MAX_BACKENDS 65536u
 #define DP_MAX_WEIGHT 256u
@@ -50,7 +50,7 @@ struct dp_service {
     uint32_t responses;           /* udp: datagrams from the backend that end a flow, 0 = never */
 };
 
-/* One backend, decoded from its 40-byte record. */
+/* One backend, decoded from its 56-byte record. */
 struct dp_backend {
     uint32_t backend_id;          /* stable dense id, index of per-backend counters */
     uint8_t family;               /* 4 or 6 */
@@ -60,6 +60,10 @@ struct dp_backend {
     uint8_t addr[16];             /* network byte order; IPv4 in the first 4 bytes */
     uint32_t weight;              /* 0 = not eligible for new connections */
     uint32_t max_connections;     /* 0 = unlimited */
+    uint8_t source_family;        /* 0: no source address (the kernel picks one at connect);
+                                     else 4 or 6, equal to family */
+    uint8_t source_addr[16];      /* network byte order, IPv4 in the first 4 bytes; bound (port
+                                     0, IP_BIND_ADDRESS_NO_PORT) before connect; 0 when none */
 };
 
 /* A validated, immutable table. Built once by dp_table_parse(), never modified after. */
@@ -80,8 +84,7 @@ struct dp_table {
  * (one allocation). On failure returns -EINVAL and writes a one-line reason naming the first
  * failing field into err (same text as l4lb/table/blob.py), or -ENOMEM. Check order: header
  * fields by offset, then backend records, then service records (fields by offset), then each
- * service's ring entries. Beyond the documented rules it also refuses a maglev ring_size that
- * is not prime and an IPv4 backend address whose bytes 4..15 are not 0. */
+ * service's ring entries. */
 int dp_table_parse(const uint8_t *blob, size_t len, struct dp_table **out, char *err, size_t errlen);
 void dp_table_free(struct dp_table *t);
 

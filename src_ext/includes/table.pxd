@@ -56,6 +56,8 @@ cdef extern from "table.h" nogil:
         uint8_t addr[16]
         uint32_t weight
         uint32_t max_connections
+        uint8_t source_family
+        uint8_t source_addr[16]
 
     struct dp_table:
         uint64_t generation

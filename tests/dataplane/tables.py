@@ -33,6 +33,7 @@ class BackendSpec:
     max_connections: int = 0
     down: bool = False  # flag bit 1: the control plane says DOWN (weight should be 0 then)
     backend_id: int | None = None  # a fixed id (tables that drop a backend keep the others')
+    source: str | None = None  # source address bound before connecting (None: the kernel's)
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,9 @@ def build_table(services: list[ServiceSpec], hash_seed: int = 0,
                 raise ValueError(f"backend name {b.name!r} used twice")
             ids[b.name] = bid
             flags = FLAG_DOWN if b.down else 0
+            sfam, sraw = _addr16(b.source) if b.source is not None else (0, bytes(16))
             be_recs.append(BackendRec(bid, family, flags, b.port, raw, b.weight,
-                                      b.max_connections))
+                                      b.max_connections, sfam, sraw))
         sched = SCHED_NAMES.index(spec.scheduler)
         own = be_recs[first:]
         ring_entries: list[int] = []

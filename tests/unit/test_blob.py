@@ -24,12 +24,12 @@ BACKENDS = (
     # service 0 (maglev, M = 7): backend 1 has weight 0
     BackendRec(10, 4, 0, 8080, v4(10, 0, 0, 1), 3, 0),
     BackendRec(11, 4, 1, 8080, v4(10, 0, 0, 2), 0, 0),
-    BackendRec(12, 6, 0, 8080, bytes(range(1, 17)), 1, 100),
+    BackendRec(12, 6, 0, 8080, bytes(range(1, 17)), 1, 100, 6, bytes(range(17, 33))),
     # service 1 (source_hash): weights 2 + 1
     BackendRec(20, 4, 0, 53, v4(10, 0, 1, 1), 2, 0),
     BackendRec(21, 4, 0, 53, v4(10, 0, 1, 2), 1, 0),
-    # service 2 (round_robin)
-    BackendRec(30, 4, 0, 9000, v4(10, 0, 2, 1), 256, 5),
+    # service 2 (round_robin); its backend leaves from 10.9.9.9 (a source address)
+    BackendRec(30, 4, 0, 9000, v4(10, 0, 2, 1), 256, 5, 4, v4(10, 9, 9, 9)),
 )
 MAGLEV_RING = tuple(
     maglev_fill(77, [(b.family, b.addr, b.port, b.weight) for b in BACKENDS[:3]], 7)
@@ -42,7 +42,7 @@ SERVICES = (
 BASE = Table(77, SERVICES, BACKENDS, (*MAGLEV_RING, 0, 0, 1))
 SVC_OFF = 32
 BK_OFF = 32 + 48 * 3
-RING_OFF = BK_OFF + 40 * 6
+RING_OFF = BK_OFF + 56 * 6
 
 
 def base_blob() -> bytearray:
@@ -62,7 +62,7 @@ def svc(i: int, field_offset: int, fmt: str, value: int) -> Callable[[bytearray]
 
 
 def bk(i: int, field_offset: int, fmt: str, value: int) -> Callable[[bytearray], bytearray]:
-    return put(fmt, BK_OFF + 40 * i + field_offset, value)
+    return put(fmt, BK_OFF + 56 * i + field_offset, value)
 
 
 def ring(k: int, value: int) -> Callable[[bytearray], bytearray]:
@@ -95,7 +95,7 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
         put("4s", 0, b"L4LC"),  # type: ignore[arg-type]
         'header.magic: 4c344c43 is not 4c344c42 ("L4LB")',
     ),
-    ("version", put("H", 4, 2), "header.version: 2 is not 1"),
+    ("version", put("H", 4, 1), "header.version: 1 is not 2"),
     ("header_size", put("H", 6, 40), "header.header_size: 40 is not 32"),
     (
         "total_size-length",
@@ -105,12 +105,12 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
     (
         "total_size-formula",
         grow,
-        f"header.total_size: {TOTAL + 4} does not equal 32 + 48*3 + 40*6 + 4*10 = {TOTAL}",
+        f"header.total_size: {TOTAL + 4} does not equal 32 + 48*3 + 56*6 + 4*10 = {TOTAL}",
     ),
     (
         "total_size-counts",
         put("I", 8, 4),
-        f"header.total_size: {TOTAL} does not equal 32 + 48*4 + 40*6 + 4*10 = {TOTAL + 48}",
+        f"header.total_size: {TOTAL} does not equal 32 + 48*4 + 56*6 + 4*10 = {TOTAL + 48}",
     ),
     ("header-reserved", put("I", 28, 1), "header.reserved: 1 is not 0"),
     ("service_id-range", svc(1, 0, "I", 1024), "service[1].service_id: 1024 is not below 1024"),
@@ -186,8 +186,34 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
         "backend[3].addr: bytes 4..15 of an IPv4 address are not 0",
     ),
     ("weight", bk(5, 24, "I", 257), "backend[5].weight: 257 is above 256"),
-    ("backend-reserved0", bk(0, 32, "I", 4), "backend[0].reserved[0]: 4 is not 0"),
-    ("backend-reserved1", bk(1, 36, "I", 1), "backend[1].reserved[1]: 1 is not 0"),
+    ("source_family", bk(0, 32, "B", 5), "backend[0].source_family: 5 is not 0, 4 or 6"),
+    (
+        "source_family-not-the-backend's",
+        bk(2, 32, "B", 4),
+        "backend[2].source_family: 4 is not the backend's family 6",
+    ),
+    (
+        "source_family-v6-on-v4",
+        bk(5, 32, "B", 6),
+        "backend[5].source_family: 6 is not the backend's family 4",
+    ),
+    ("backend-reserved0", bk(1, 34, "B", 4), "backend[1].reserved0: bytes 33..35 are not 0"),
+    (
+        "source_addr-without-family",
+        bk(3, 36 + 15, "B", 1),
+        "backend[3].source_addr: not 0 although source_family is 0",
+    ),
+    (
+        "source_addr-ipv4-tail",
+        bk(5, 36 + 4, "B", 1),
+        "backend[5].source_addr: bytes 4..15 of an IPv4 address are not 0",
+    ),
+    ("backend-reserved1", bk(1, 52, "I", 1), "backend[1].reserved1: 1 is not 0"),
+    (
+        "order-source_family-before-source_addr",
+        both(bk(4, 36, "B", 1), bk(4, 32, "B", 9)),
+        "backend[4].source_family: 9 is not 0, 4 or 6",
+    ),
     # first failing field: backends are checked before services, services before rings,
     # and lower indexes first
     (
@@ -232,7 +258,7 @@ def test_base_blob_is_valid_in_both(cdp: types.ModuleType) -> None:
     blob = pack(BASE)
     assert parse(blob) == BASE
     cdp.table_check(blob)
-    assert len(blob) == 32 + 48 * 3 + 40 * 6 + 4 * 10
+    assert len(blob) == 32 + 48 * 3 + 56 * 6 + 4 * 10
 
 
 @pytest.mark.parametrize(("name", "mutate", "message"), CASES, ids=[c[0] for c in CASES])
@@ -288,7 +314,7 @@ def test_digest() -> None:
     for i in range(len(SERVICES)):
         struct.pack_into("<I", zeroed, 32 + 48 * i, 0)
     for i in range(len(BACKENDS)):
-        struct.pack_into("<I", zeroed, 32 + 48 * len(SERVICES) + 40 * i, 0)
+        struct.pack_into("<I", zeroed, 32 + 48 * len(SERVICES) + 56 * i, 0)
     assert digest(blob) == hashlib.sha256(bytes(zeroed)).hexdigest()[:16]
 
 
@@ -316,7 +342,16 @@ backend_rec_st = st.builds(
     addr=st.binary(min_size=16, max_size=16),
     weight=st.integers(0, 256),
     max_connections=st.integers(0, 2**32 - 1),
+    source_family=st.sampled_from([0, 0, 1]),  # 1: a source of the backend's own family
+    source_addr=st.binary(min_size=16, max_size=16),
 )
+
+
+def _source(b: BackendRec) -> tuple[int, bytes]:
+    """A drawn record's source fields made valid: none, or one of the backend's family."""
+    if not b.source_family:
+        return 0, bytes(16)
+    return b.family, b.source_addr[:4] + bytes(12) if b.family == 4 else b.source_addr
 
 
 @st.composite
@@ -342,6 +377,7 @@ def tables(draw: st.DrawFn) -> Table:
                 b.addr[:4] + bytes(12) if b.family == 4 else b.addr,
                 b.weight,
                 b.max_connections,
+                *_source(b),
             )
             for j, b in enumerate(own)
         ]

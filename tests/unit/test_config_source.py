@@ -1,0 +1,128 @@
+"""The `source` keys: a service's (inherited by its backends) and a backend's own.
+
+The text-only errors are in the golden file tests/golden/config/source.toml; here: the model
+they build (inheritance, override, UDP), the host check that each source binds (the machinery
+of health.source, one bind per address and load), and what the table builder packs.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+
+import pytest
+
+from l4lb.config import ConfigError, load_text
+from l4lb.table.blob import parse
+from l4lb.table.builder import TableBuilder
+
+from .test_config_review6 import NetHost
+
+TEXT = """\
+[[services]]
+name = "web"
+protocol = "{protocol}"
+listen = ["127.0.0.1:8080"]
+source = "{source}"
+backends = [
+  {{ address = "127.0.0.1:9001" }},
+  {{ address = "127.0.0.1:9002", source = "{own}" }},
+]
+"""
+
+
+def text(source: str = "127.0.0.1", own: str = "192.0.2.2", protocol: str = "tcp") -> str:
+    return TEXT.format(source=source, own=own, protocol=protocol)
+
+
+def problems(body: str, host: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_text(body, "t.toml", host=host)
+    return [str(d) for d in info.value.diagnostics]
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_backends_inherit_the_service_source_unless_they_set_their_own(protocol: str) -> None:
+    host = NetHost()
+    [svc] = load_text(text(protocol=protocol), "t.toml", host=host).services
+    assert svc.source == "127.0.0.1"
+    assert [b.source for b in svc.backends] == ["127.0.0.1", "192.0.2.2"]
+    # one bind per address and load
+    assert sorted(q for q in host.asked if q.startswith("bind")) == [
+        "bind 127.0.0.1", "bind 192.0.2.2"]
+
+
+def test_no_source_is_the_default() -> None:
+    body = text().replace('source = "127.0.0.1"\n', "").replace(', source = "192.0.2.2"', "")
+    [svc] = load_text(body, "t.toml", host=NetHost()).services
+    assert svc.source is None and [b.source for b in svc.backends] == [None, None]
+
+
+def test_an_address_is_written_as_the_ip_it_is() -> None:
+    body = TEXT.format(source="::1", own="::1", protocol="tcp").replace(
+        "127.0.0.1:900", "[0::1]:900")
+    [svc] = load_text(body, "t.toml", host=NetHost()).services
+    assert [b.source for b in svc.backends] == ["::1", "::1"]
+
+
+def test_service_source_must_be_an_address_of_this_host() -> None:
+    assert problems(text(source="10.9.9.9"), NetHost()) == [
+        't.toml:5:10: error: services[0] ("web"): source: 10.9.9.9 is not an address of this '
+        "host, so backend connections cannot leave from it"]
+    assert load_text(text(source="10.9.9.9"), "t.toml", host=None).services  # no host checks
+
+
+def test_backend_source_must_be_an_address_of_this_host() -> None:
+    assert problems(text(own="10.9.9.8"), NetHost()) == [
+        't.toml:8:42: error: services[0] ("web"): backends[1].source: 10.9.9.8 is not an '
+        "address of this host, so backend connections cannot leave from it"]
+
+
+def test_other_bind_errors_are_worded() -> None:
+    class Denied(NetHost):
+        def bind_errno(self, address: str) -> int:
+            return errno.EACCES
+
+    lines = problems(text(), Denied())
+    assert [line.split(": error: ")[1] for line in lines] == [
+        'services[0] ("web"): source: backend connections cannot leave from 127.0.0.1: binding '
+        "it fails (permission denied)",
+        'services[0] ("web"): backends[1].source: backend connections cannot leave from '
+        "192.0.2.2: binding it fails (permission denied)"]
+
+
+def test_a_tentative_ipv6_source_is_accepted() -> None:
+    """Configured on an interface but still in DAD (bind says EADDRNOTAVAIL): as health.source."""
+    host = NetHost(links={"eth1": (ipaddress.ip_interface("fd00::7/64"),)}, bindable=set())
+    body = TEXT.format(source="fd00::7", own="fd00::7", protocol="tcp").replace(
+        "127.0.0.1:900", "[fd00::1]:900")
+    assert load_text(body, "t.toml", host=host).services
+    assert problems(body.replace("fd00::7", "fd00::8"), host)
+
+
+def test_service_family_is_checked_against_inheriting_backends_only() -> None:
+    body = """\
+[[services]]
+name = "v6"
+listen = ["127.0.0.1:8080"]
+source = "::1"
+backends = [{ address = "[::1]:9001" }, { address = "127.0.0.1:9002", source = "127.0.0.1" }]
+"""
+    [svc] = load_text(body, "t.toml", host=NetHost()).services
+    assert [b.source for b in svc.backends] == ["::1", "127.0.0.1"]
+    assert problems(body.replace(', source = "127.0.0.1"', ""), NetHost()) == [
+        't.toml:4:10: error: services[0] ("v6"): source: ::1 is IPv6, but backends[1] '
+        '("127.0.0.1:9002") is IPv4; backend connections leave from this address, so every '
+        "backend without a source of its own must be IPv6 (give the IPv4 backends their own "
+        "source, or move them to a service of their own)"]
+
+
+def test_the_table_carries_each_backends_source() -> None:
+    config = load_text(text(own="127.0.0.2"), "t.toml", host=None)
+    table = parse(TableBuilder().build(config, {}, set()))
+    got = {b.port: (b.source_family, b.source_addr) for b in table.backends}
+    assert got == {9001: (4, bytes([127, 0, 0, 1]) + bytes(12)),
+                   9002: (4, bytes([127, 0, 0, 2]) + bytes(12))}
+    body = text().replace('source = "127.0.0.1"\n', "").replace(', source = "192.0.2.2"', "")
+    table = parse(TableBuilder().build(load_text(body, "t.toml", host=None), {}, set()))
+    assert {(b.source_family, b.source_addr) for b in table.backends} == {(0, bytes(16))}
