@@ -211,6 +211,7 @@ class BackendView:
     drain_deadline: float | None = None  # unix time `drain --timeout` closes the rest, if armed
     probe_latency: float | None = None  # seconds of the last conclusive health probe, if any
     sessions_shut_down: int = 0  # sessions closed because it went DOWN (health.on_down)
+    source: str | None = None  # source address of its connections (Backend.source), if set
     check: dict[str, Any] | None = None  # health check detail (Dampener.view), None
     #                                      when its service has no [services.health]
 
@@ -1144,7 +1145,7 @@ class Daemon:
                              if self.weights is not None else 0)
                 view = BackendView(service.name, rt.address, backend.name, state=rt.state,
                                    weight=rt.weight, effective_weight=effective,
-                                   backup=rt.backup)
+                                   backup=rt.backup, source=backend.source)
                 bid = ids.get((service.name, view.address))
                 counters = stats["backends"].get(bid, {}) if bid is not None else {}
                 for key in BACKEND_COUNTERS:
@@ -1839,6 +1840,7 @@ class Daemon:
                 "counters": {k: int(v) for k, v in counters.items()},
                 "differences_from_file": self.overlay.differences(service.name),
                 "panic": panic.get(service.name),
+                "source": service.source,
                 "backends": views.get(service.name, []),
             })
             if service.protocol == "tcp":  # the socket options in effect (None: the system's)

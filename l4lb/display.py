@@ -256,6 +256,19 @@ def udp_options_text(options: dict[str, Any]) -> str:
     return "no GRO buffers (this data plane or kernel reads datagram by datagram)"
 
 
+def source_text(svc: dict[str, Any]) -> str:
+    """The source addresses of a service's backend connections, for `l4lb status`: `source
+    address: 10.0.0.5`, then each backend that differs (`; 10.0.1.9:80 from 10.0.0.6`, or `from
+    the kernel's choice` when only some backends have one); "" when none has one."""
+    kernel = "the kernel's choice"
+    service = svc.get("source")
+    others = [f"{b['address']} from {b.get('source') or kernel}"
+              for b in svc.get("backends", []) if b.get("source") != service]
+    if service is None and not others:
+        return ""
+    return "; ".join([f"source address: {service or kernel}", *others])
+
+
 def _peer_word(peer: dict[str, Any]) -> str:
     """A digest-check peer's word: silent (cannot be compared), same or DIFFERENT."""
     if peer.get("silent"):
@@ -311,6 +324,9 @@ def status_text(status: dict[str, Any]) -> str:
                    or udp_options_text(svc.get("udp_options") or {}))
         if options:
             out.append(f"  options: {options}")
+        source = source_text(svc)
+        if source:
+            out.append(f"  {source}")
         diff = svc.get("differences_from_file", {})
         if diff.get("added") or diff.get("removed"):
             out.append("  differs from the file: "

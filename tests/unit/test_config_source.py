@@ -126,3 +126,24 @@ def test_the_table_carries_each_backends_source() -> None:
     body = text().replace('source = "127.0.0.1"\n', "").replace(', source = "192.0.2.2"', "")
     table = parse(TableBuilder().build(load_text(body, "t.toml", host=None), {}, set()))
     assert {(b.source_family, b.source_addr) for b in table.backends} == {(0, bytes(16))}
+
+
+def test_status_shows_each_backend_source() -> None:
+    from l4lb.daemon import Daemon
+    from l4lb.display import status_text
+    from l4lb.state import Runtime
+
+    from .test_daemon_drain import FakeDataplane
+
+    daemon = Daemon(load_text(text(), "t.toml", host=NetHost()))
+    daemon.dp = FakeDataplane()
+    daemon.file_config = daemon.config
+    daemon.runtime = Runtime.from_config(daemon.config)
+    daemon._publish()
+    status = daemon.cmd_status()
+    svc = status["services"][0]
+    assert svc["source"] == "127.0.0.1"
+    assert [b["source"] for b in svc["backends"]] == ["127.0.0.1", "192.0.2.2"]
+    assert [b["source"] for b in daemon.cmd_backends("web")] == ["127.0.0.1", "192.0.2.2"]
+    assert "\n  source address: 127.0.0.1; 127.0.0.1:9002 from 192.0.2.2\n" in \
+        status_text(status)

@@ -91,3 +91,24 @@ def test_status_names_accept_errors_only_when_there_are_some() -> None:
     quiet["services"][0]["counters"] = {"accept_errors": 7, "conns_total": 3}
     assert "3 total, 0 rejected, 0 without backend, 7 accept errors (out of fds?)" \
         in status_text(quiet)
+
+
+def _svc(service: str | None, *backends: str | None) -> dict[str, Any]:
+    return {"source": service,
+            "backends": [{"address": f"10.0.1.{i}:80", "source": b}
+                         for i, b in enumerate(backends, 1)]}
+
+
+@pytest.mark.parametrize(("svc", "text"), [
+    (_svc(None, None, None), ""),
+    ({"backends": [{"address": "10.0.1.1:80"}]}, ""),  # a daemon that does not send them
+    (_svc("10.0.0.5", "10.0.0.5", "10.0.0.5"), "source address: 10.0.0.5"),
+    (_svc("10.0.0.5", "10.0.0.5", "10.0.0.6"),
+     "source address: 10.0.0.5; 10.0.1.2:80 from 10.0.0.6"),
+    (_svc(None, None, "10.0.0.6"),
+     "source address: the kernel's choice; 10.0.1.2:80 from 10.0.0.6"),
+])
+def test_source_text(svc: dict[str, Any], text: str) -> None:
+    from l4lb.display import source_text
+
+    assert source_text(svc) == text
