@@ -491,7 +491,8 @@ def _follow_drain(info: dict[str, Any], config_path: str | None, socket_path: st
     tty = sys.stdout.isatty() and not as_json
     shown = False
     try:
-        while info["outcome"] is None and info["sessions"] + info["flows"] > 0:
+        while info["outcome"] is None and (info["sessions"] + info["flows"] > 0
+                                           or info.get("closing")):
             if not as_json:
                 line = drain_line(info)
                 if tty:

@@ -1527,10 +1527,14 @@ class Daemon:
             "protocol": self._protocol(service), "state": rt.state if rt else "removed",
             "sessions": sessions, "flows": flows}
         if isinstance(found, DrainDeadline):
+            # closing: the deadline's close runs off the loop; the drain ends (outcome
+            # "deadline") when it has, though its sessions may already read 0
             info.update(deadline=found.deadline, timeout=found.timeout,
-                        remaining=found.remaining(now), outcome=None)
+                        remaining=found.remaining(now), outcome=None,
+                        closing=found.key in self.drain_closing)
         else:
-            info.update(deadline=None, timeout=None, remaining=0.0, outcome=found.as_dict())
+            info.update(deadline=None, timeout=None, remaining=0.0, outcome=found.as_dict(),
+                        closing=False)
         return info
 
     def cmd_drain_status(self, drain_id: int) -> dict[str, Any]:

@@ -282,3 +282,22 @@ def test_cli_countdown_and_end_lines() -> None:
     assert drain_end_text(ended("drained")) == (f"web/{B2}: drained, no sessions left", 0)
     assert drain_end_text(ended("cancelled", reason="backend state is now up")) == \
         (f"web/{B2}: drain deadline cancelled: backend state is now up", 1)
+
+
+def test_cli_follows_a_drain_whose_close_is_still_running(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """With the close off the loop, drain-status can read 0 flows left before the drain has
+    ended (`closing`): `l4lb drain` must wait for the outcome, not call it drained."""
+    import l4lb.cli as cli
+
+    base: dict[str, Any] = {"id": 1, "service": "dns", "backend": B2, "protocol": "udp",
+                            "state": "drain", "sessions": 0, "flows": 1, "remaining": 0.0,
+                            "deadline": 1.0, "timeout": 1.0, "outcome": None, "closing": False}
+    replies = iter([{**base, "flows": 0, "closing": True},
+                    {**base, "flows": 0, "deadline": None, "closing": False,
+                     "outcome": {"outcome": "deadline", "closed": 1, "reason": "", "at": 2.0}}])
+    monkeypatch.setattr(cli, "_call", lambda *_a, **_k: next(replies))
+    monkeypatch.setattr(cli.time, "sleep", lambda _s: None)
+    assert cli._follow_drain(base, None, None, False) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        f"dns/{B2}: deadline reached, closed 1 flow"

@@ -526,8 +526,11 @@ def test_a_drain_deadline_closes_off_the_loop_and_ends_the_drain_when_done(
         daemon.drain_deadline_reached(drain)  # returns at once, the close in its thread
         assert await loop.run_in_executor(None, dp.started.wait, 5.0)
         assert daemon.closing is not None
-        assert daemon.cmd_drain_status(drain)["outcome"] is None  # not ended yet
+        status = daemon.cmd_drain_status(drain)
+        assert status["outcome"] is None and status["closing"] is True  # not ended yet
         dp.active[b2] = 0  # as if the workers had closed some already
+        # `l4lb drain` must go on polling: 0 sessions left, but the drain has not ended
+        assert daemon.cmd_drain_status(drain)["sessions"] == 0
         daemon.check_drains()  # ... which must not end it as "drained"
         assert daemon.cmd_drain_status(drain)["outcome"] is None
         # a new drain of B3 while the close runs waits for it (the fence): the old drain
@@ -544,8 +547,8 @@ def test_a_drain_deadline_closes_off_the_loop_and_ends_the_drain_when_done(
         asyncio.run(go())
     assert dp.ended_at and dp.ended_at[0][1] == "l4lb-close_0"
     assert [sorted(call) for call in dp.calls] == [sorted([b2, b3])]
-    outcome = daemon.cmd_drain_status(drain)["outcome"]
-    assert outcome["outcome"] == "deadline"
+    status = daemon.cmd_drain_status(drain)
+    assert status["outcome"]["outcome"] == "deadline" and status["closing"] is False
     assert f"backend web/{B2}: drain deadline reached, closed 0 sessions" in caplog.messages
     assert caplog.messages.index(f"backend web/{B3}: drain deadline reached, closed 2 "
                                  "sessions") < next(i for i, m in enumerate(caplog.messages)
