@@ -1,4 +1,5 @@
-"""Run active health probes (TCP connect, or connect + send + expect) on the asyncio event loop.
+"""Run active health probes (TCP connect, connect + send + expect, HTTP, UDP datagrams) on the
+asyncio event loop.
 
 Design. The checker must probe 10,000 backends a second without stalling the event loop it
 shares with VRRP, so a probe is not a coroutine, a task or a future. `ProbeEngine` owns one
@@ -10,14 +11,20 @@ A probe is a small slotted object driven by callbacks:
     -> tcp: done | send_expect: send() -> EPOLLIN -> recv() until expect matches -> close()
                  | http: send(request) -> EPOLLIN -> recv() until HttpExpect.judge decides
 
-which is five or six system calls and no per-probe asyncio object. When the epoll fd becomes
-readable, one callback drains up to `max_events` events. Timeouts need no heap: every probe
-with the same timeout has a later deadline than the probes started before it (the clock is
-monotonic), so the engine keeps one FIFO of (deadline, probe number) per distinct timeout value
-(one per service in practice), appends in O(1), pops expired heads in O(1), and arms one asyncio
-timer for the earliest head. Probe sockets close with SO_LINGER {1, 0}: an RST
-instead of a FIN, so 10,000 probes a second leave no TIME_WAIT sockets and use no ephemeral ports
-for long (a backend may log the reset as an aborted connection).
+which is five or six system calls and no per-probe asyncio object. A kind "udp" probe is
+
+    socket(SOCK_DGRAM) -> [bind source] -> connect() -> send(datagram) -> epoll EPOLLIN
+    -> recv(): the first datagram, or a queued ICMP error (ECONNREFUSED: port unreachable)
+
+with the datagram sent once more at UDP_RESEND_AT x timeout (a second FIFO per timeout).
+
+When the epoll fd becomes readable, one callback drains up to `max_events` events. Timeouts need
+no heap: every probe with the same timeout has a later deadline than the probes started before
+it (the clock is monotonic), so the engine keeps one FIFO of (deadline, probe number) per
+distinct timeout value (one per service in practice), appends in O(1), pops expired heads in
+O(1), and arms one asyncio timer for the earliest head. Probe sockets close with SO_LINGER {1,
+0}: an RST instead of a FIN, so 10,000 probes a second leave no TIME_WAIT sockets and use no
+ephemeral ports for long (a backend may log the reset as an aborted connection).
 
 Events of one epoll batch apply only to probes started before that batch was polled: a callback
 may close a probe and start another that reuses its fd number, and that new probe must not see
@@ -26,6 +33,7 @@ the old fd's readiness.
 A probe's verdict is a `ProbeResult(ok, reason, latency, conclusive)`. Reasons are short and
 meant for operators: "connect ok", "expect matched", "connect refused", "connect timeout",
 "read timeout", "connection closed", "connection reset", "expect mismatch: got b'...'";
+kind "udp": "reply received", "reply matched", "port unreachable (ICMP)", "no reply (timeout)";
 `kind = "http"` probes give the reasons of `l4lb.health.httpresponse` ("HTTP 200 OK",
 "HTTP 503 Service Unavailable", "read timeout in the headers (HTTP 200 OK)", ...).
 A result is *inconclusive* when the failure is local (no free fd, the source address cannot be
