@@ -22,8 +22,8 @@ When the epoll fd becomes readable, one callback drains up to `max_events` event
 no heap: every probe with the same timeout has a later deadline than the probes started before
 it (the clock is monotonic), so the engine keeps one FIFO of (deadline, probe number) per
 distinct timeout value (one per service in practice), appends in O(1), pops expired heads in
-O(1), and arms one asyncio timer for the earliest head. Probe sockets close with SO_LINGER {1,
-0}: an RST instead of a FIN, so 10,000 probes a second leave no TIME_WAIT sockets and use no
+O(1), and arms one asyncio timer for the earliest head. Probe sockets close with SO_LINGER
+{1, 0}: an RST instead of a FIN, so 10,000 probes a second leave no TIME_WAIT sockets and use no
 ephemeral ports for long (a backend may log the reset as an aborted connection).
 
 Events of one epoll batch apply only to probes started before that batch was polled: a callback
