@@ -38,6 +38,9 @@ What it does:
 8. `http` (not run by default; `--only http`): the checker phase with `kind = "http"` (connect,
    send a GET, read and judge the response head) against a second child process whose
    listeners read each request and answer `200 OK` with a 3-byte body before closing.
+9. `udp` (not run by default; `--only udp`): the checker phase with `kind = "udp"` (send a
+   4-byte datagram, receive the reply) against a third child process whose UDP sockets answer
+   every datagram with `pong`.
 
 Per-probe figures are CPU microseconds per probe; `ratio` is checker (or syn) / floor; `quiet%`
 is the share of a syn phase's probes that the fleet kept as quiet passes (passes of backends
@@ -165,14 +168,38 @@ def _serve(listeners: list[socket.socket], stop_fd: int, http: bool = False) -> 
                     conn.close()
 
 
-def start_backends(n: int, http: bool = False) -> tuple[int, int, list[int]]:
+def _serve_udp(socks: list[socket.socket], stop_fd: int) -> None:
+    """Child (phase udp): answer every datagram on every socket with b"pong", until stop_fd
+    becomes readable."""
+    ep = select.epoll()
+    by_fd = {s.fileno(): s for s in socks}
+    for s in socks:
+        s.setblocking(False)
+        ep.register(s.fileno(), select.EPOLLIN)
+    ep.register(stop_fd, select.EPOLLIN)
+    while True:
+        for fd, _ev in ep.poll(1.0, 256):
+            if fd == stop_fd:
+                return
+            s = by_fd[fd]
+            for _ in range(64):
+                try:
+                    _data, peer = s.recvfrom(2048)
+                    s.sendto(b"pong", peer)
+                except OSError:  # EAGAIN: drained; ECONNREFUSED: a probe that went away
+                    break
+
+
+def start_backends(n: int, http: bool = False,
+                   udp: bool = False) -> tuple[int, int, list[int]]:
     """Fork the backends' process; returns (pid, write end of its stop pipe, ports)."""
     listeners = []
     for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", 0))
-        s.listen(4096)
+        if not udp:
+            s.listen(4096)
         listeners.append(s)
     ports = [s.getsockname()[1] for s in listeners]
     r, w = os.pipe()
@@ -181,7 +208,10 @@ def start_backends(n: int, http: bool = False) -> tuple[int, int, list[int]]:
         try:
             os.close(w)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            _serve(listeners, r, http)
+            if udp:
+                _serve_udp(listeners, r)
+            else:
+                _serve(listeners, r, http)
         finally:
             os._exit(0)
     os.close(r)
@@ -226,8 +256,9 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
                         window: float) -> Window:
     from l4lb.health import HealthChecker, HealthSettings
 
-    kind = "syn" if phase in _SYN_PHASES else "http" if phase == "http" else "tcp"
-    settings = HealthSettings(kind=kind, interval=1.0, timeout=0.5, jitter=0.1)
+    kind = "syn" if phase in _SYN_PHASES else phase if phase in ("http", "udp") else "tcp"
+    settings = HealthSettings(kind=kind, interval=1.0, timeout=0.5, jitter=0.1,
+                              send=b"ping" if kind == "udp" else b"")
     checker: HealthChecker[int] | None = None
     if backends:
         checker = HealthChecker(lambda _k, _t: None, max_in_flight=4096,
@@ -440,12 +471,12 @@ def _print(rows: list[Window], floors: dict[int, Window]) -> None:
     for w in rows:
         u, s = w.per_probe_us()
         ratio = ""
-        if w.phase in ("checker", "http", *_SYN_PHASES) and w.backends in floors:
+        if w.phase in ("checker", "http", "udp", *_SYN_PHASES) and w.backends in floors:
             fu, fs = floors[w.backends].per_probe_us()
             if fu + fs:
                 ratio = f"{(u + s) / (fu + fs):.2f}"
         lag = (f"{w.lag_p50_ms:.2f}/{w.lag_p99_ms:.2f}/{w.lag_max_ms:.2f}"
-               if w.phase in ("checker", "http", "idle", *_SYN_PHASES) else "-")
+               if w.phase in ("checker", "http", "udp", "idle", *_SYN_PHASES) else "-")
         print(f"{w.phase:8} {w.backends:>8} {w.rate:>9.0f} {w.cpu_pct:>6.1f} "
               f"{100 * w.user / w.seconds:>6.1f} {100 * w.sys / w.seconds:>6.1f} "
               f"{u:>6.1f}+{s:<6.1f} {ratio:>6} {lag:>20} {w.runq_wait:>7.2f} "
@@ -461,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=1, help="repetitions of every phase")
     ap.add_argument("--quick", action="store_true", help="10,000 backends only, 3 s windows")
     ap.add_argument("--only", choices=["checker", "floor", "idle", "hole", "syn", "synpy",
-                                       "synold", "synfloor", "http"],
+                                       "synold", "synfloor", "http", "udp"],
                     action="append",
                     help="run only these phases (repeatable)")
     ap.add_argument("--nice", type=int, default=0, help="os.nice() increment (e.g. -15)")
@@ -492,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     pid, stop_w, ports = start_backends(args.listeners)
     http_pid, http_stop_w, http_ports = (start_backends(args.listeners, http=True)
                                          if "http" in phases else (0, -1, []))
+    udp_pid, udp_stop_w, udp_ports = (start_backends(args.listeners, udp=True)
+                                      if "udp" in phases else (0, -1, []))
     rows: list[Window] = []
     floors: dict[int, Window] = {}
     try:
@@ -518,10 +551,15 @@ def main(argv: list[str] | None = None) -> int:
                 if "http" in phases:
                     rows.append(asyncio.run(_measure_loop("http", b, http_ports, args.warmup,
                                                           args.window)))
+                if "udp" in phases:
+                    rows.append(asyncio.run(_measure_loop("udp", b, udp_ports, args.warmup,
+                                                          args.window)))
     finally:
         stop_backends(pid, stop_w)
         if http_pid:
             stop_backends(http_pid, http_stop_w)
+        if udp_pid:
+            stop_backends(udp_pid, udp_stop_w)
         if lock_fd >= 0:
             os.close(lock_fd)
     _print(rows, floors)

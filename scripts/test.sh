@@ -6,8 +6,9 @@ L4LB_EXTRAS=test,dev
 # Real peers and tools the tests drive (installed only as root, only when missing): keepalived
 # (VRRP interoperability), tcpdump (captures), chromium (status page), tmux (`l4lb top`), nginx
 # and haproxy (backends that read the PROXY protocol header, and balancers in front that send
-# it: nginx's stream module is libnginx-mod-stream).
-L4LB_APT_EXTRA=${L4LB_APT_EXTRA:-"iproute2 keepalived tcpdump chromium tmux nginx haproxy libnginx-mod-stream"}
+# it: nginx's stream module is libnginx-mod-stream), dnsmasq (a DNS server for kind = "udp"
+# health checks).
+L4LB_APT_EXTRA=${L4LB_APT_EXTRA:-"iproute2 keepalived tcpdump chromium tmux nginx haproxy libnginx-mod-stream dnsmasq-base"}
 export L4LB_EXTRAS L4LB_APT_EXTRA
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$l4lb_root"

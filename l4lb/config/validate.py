@@ -796,10 +796,11 @@ class _Checker:
                               protocol) if "health" in table else None)
         if isinstance(raw_health, dict):
             self.health_source(scope, raw_health, indexed)
-        if protocol == "udp" and isinstance(raw_health, dict) and "port" not in raw_health:
+        if protocol == "udp" and isinstance(raw_health, dict) and "port" not in raw_health \
+                and raw_health.get("kind") != "udp":
             self.error((*scope.path, "health"), f"{scope.label('health')}: a UDP service's "
-                       "health check needs `port`, a TCP port of the backends to probe (UDP "
-                       "probes are not built yet)", at_key=True,
+                       'health check needs kind = "udp" (a datagram to the backends\' port), or '
+                       "`port`: a TCP port of the backends to probe", at_key=True,
                        position_of=(*scope.path, "health"))
         if protocol == "udp" and isinstance(raw_health, dict) and "on_down" in raw_health:
             self.error((*scope.path, "health", "on_down"), f"{scope.label('health.on_down')}: "
@@ -1102,9 +1103,11 @@ class _Checker:
                        'set proxy_protocol = "v1" or "v2", or leave send_proxy out')
             send_proxy = False
         elif send_proxy and explicit and kind not in ("send_expect", "http"):
+            why = ("a datagram carries no PROXY header" if kind == "udp"
+                   else "a connect-only probe sends no header")
             self.error((*path, "send_proxy"), f"{hs.label('send_proxy')}: only kinds "
-                       f'"send_expect" and "http" send data, and this probe is {quote(kind)}; '
-                       "a connect-only probe sends no header (leave send_proxy out)")
+                       f'"send_expect" and "http" send a PROXY header, and this probe is '
+                       f"{quote(kind)}; {why} (leave send_proxy out)")
             send_proxy = False
         values: dict[str, Any] = dict(
             kind=kind,

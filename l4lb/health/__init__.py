@@ -3,7 +3,8 @@
 - `settings`: `HealthSettings`, the validated per-service settings and their defaults.
 - `dampener`: pure UP/DOWN state machine per backend (rise, fall, start period, passive input).
 - `pool`: pure effective weights of a service (admin state, backups, min_healthy, slow start).
-- `probe`: TCP connect, send/expect and HTTP probes on one private epoll under the asyncio loop.
+- `probe`: TCP connect, send/expect, HTTP and UDP probes on one private epoll under the asyncio
+  loop.
 - `httpresponse`: pure judge of an HTTP/1.x response to a kind "http" probe.
 - `synprobe`: half-open SYN probes through a BPF-filtered raw socket (kind "syn").
 - `synfleet`: the SYN fleet the checker runs "syn" backends on (C, or its Python twin).

@@ -1,4 +1,5 @@
-"""Run active health probes (TCP connect, or connect + send + expect) on the asyncio event loop.
+"""Run active health probes (TCP connect, connect + send + expect, HTTP, UDP datagrams) on the
+asyncio event loop.
 
 Design. The checker must probe 10,000 backends a second without stalling the event loop it
 shares with VRRP, so a probe is not a coroutine, a task or a future. `ProbeEngine` owns one
@@ -10,14 +11,20 @@ A probe is a small slotted object driven by callbacks:
     -> tcp: done | send_expect: send() -> EPOLLIN -> recv() until expect matches -> close()
                  | http: send(request) -> EPOLLIN -> recv() until HttpExpect.judge decides
 
-which is five or six system calls and no per-probe asyncio object. When the epoll fd becomes
-readable, one callback drains up to `max_events` events. Timeouts need no heap: every probe
-with the same timeout has a later deadline than the probes started before it (the clock is
-monotonic), so the engine keeps one FIFO of (deadline, probe number) per distinct timeout value
-(one per service in practice), appends in O(1), pops expired heads in O(1), and arms one asyncio
-timer for the earliest head. Probe sockets close with SO_LINGER {1, 0}: an RST
-instead of a FIN, so 10,000 probes a second leave no TIME_WAIT sockets and use no ephemeral ports
-for long (a backend may log the reset as an aborted connection).
+which is five or six system calls and no per-probe asyncio object. A kind "udp" probe is
+
+    socket(SOCK_DGRAM) -> [bind source] -> connect() -> send(datagram) -> epoll EPOLLIN
+    -> recv(): the first datagram, or a queued ICMP error (ECONNREFUSED: port unreachable)
+
+with the datagram sent once more at UDP_RESEND_AT x timeout (a second FIFO per timeout).
+
+When the epoll fd becomes readable, one callback drains up to `max_events` events. Timeouts need
+no heap: every probe with the same timeout has a later deadline than the probes started before
+it (the clock is monotonic), so the engine keeps one FIFO of (deadline, probe number) per
+distinct timeout value (one per service in practice), appends in O(1), pops expired heads in
+O(1), and arms one asyncio timer for the earliest head. Probe sockets close with SO_LINGER
+{1, 0}: an RST instead of a FIN, so 10,000 probes a second leave no TIME_WAIT sockets and use no
+ephemeral ports for long (a backend may log the reset as an aborted connection).
 
 Events of one epoll batch apply only to probes started before that batch was polled: a callback
 may close a probe and start another that reuses its fd number, and that new probe must not see
@@ -26,6 +33,7 @@ the old fd's readiness.
 A probe's verdict is a `ProbeResult(ok, reason, latency, conclusive)`. Reasons are short and
 meant for operators: "connect ok", "expect matched", "connect refused", "connect timeout",
 "read timeout", "connection closed", "connection reset", "expect mismatch: got b'...'";
+kind "udp": "reply received", "reply matched", "port unreachable (ICMP)", "no reply (timeout)";
 `kind = "http"` probes give the reasons of `l4lb.health.httpresponse` ("HTTP 200 OK",
 "HTTP 503 Service Unavailable", "read timeout in the headers (HTTP 200 OK)", ...).
 A result is *inconclusive* when the failure is local (no free fd, the source address cannot be
@@ -80,6 +88,8 @@ _EINPROGRESS = errno.EINPROGRESS
 _SOL_SOCKET = socket.SOL_SOCKET
 _SO_LINGER = socket.SO_LINGER
 _SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_UDP_SOCK_TYPE = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+UDP_RESEND_AT = 0.5  # kind "udp": the datagram is sent again after this fraction of `timeout`
 _EPOLLOUT = select.EPOLLOUT
 _EPOLLIN = select.EPOLLIN
 _EPOLL_BAD = select.EPOLLERR | select.EPOLLHUP
@@ -106,6 +116,17 @@ _ERRNO_REASONS = {
 # Local failures: the probe could not be made, which says nothing about the backend.
 _LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
                            errno.EADDRNOTAVAIL, errno.EADDRINUSE, errno.EAGAIN})
+# kind "udp": errors a connected UDP socket reports on send() or recv(). ICMP errors about an
+# earlier datagram come back this way: port unreachable as ECONNREFUSED, host, network and
+# "administratively prohibited" unreachables as EHOSTUNREACH / ENETUNREACH (linux/icmp.c's
+# icmp_err_convert; the same for ICMPv6). A send refused by this host's own firewall (EPERM,
+# EACCES from an OUTPUT rule) or short of buffers is local, as for kind "syn".
+_UDP_ERRNO_REASONS = {
+    errno.ECONNREFUSED: "port unreachable (ICMP)",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+}
+_UDP_LOCAL_ERRNOS = _LOCAL_ERRNOS | {errno.EPERM, errno.EACCES}
 
 
 class ProbeResult(NamedTuple):
@@ -138,12 +159,14 @@ class ProbeSpec:
     expect: bytes | re.Pattern[bytes] | None  # None: the connect alone decides
     syn: bool = False  # half-open probe through a raw socket (kind "syn") instead of connect
     http: HttpExpect | None = None  # kind "http": judges the reply to `send` (the request)
+    udp: bool = False  # kind "udp": `send` is one datagram, the first reply datagram decides
     # derived: a completed handshake is the verdict (no send, no expect); the engine's fast path
     connect_only: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "connect_only",
-                           self.expect is None and not self.send and self.http is None)
+                           self.expect is None and not self.send and self.http is None
+                           and not self.udp)
 
     @classmethod
     def build(cls, host: str, port: int, settings: HealthSettings) -> ProbeSpec:
@@ -164,19 +187,21 @@ class ProbeSpec:
                 raise ValueError(f"health.source {settings.source} is IPv{src.version} but "
                                  f"backend {host} is IPv{addr.version}")
             source = (str(src), 0, 0, 0) if v6 else (str(src), 0)
-        expect = settings.expect if settings.kind == "send_expect" else None
-        send = settings.send if settings.kind == "send_expect" else b""
+        payload = settings.kind in ("send_expect", "udp")
+        expect = settings.expect if payload else None
+        send = settings.send if payload else b""
         http: HttpExpect | None = None
         if settings.kind == "http":
             send = http_request(settings, str(addr), probe_port)
             http = HttpExpect(statuses=settings.http_expect_status,
                               body=settings.http_expect_body)
         if settings.kind in ("send_expect", "http") and settings.proxy_protocol != "off":
-            # a probe is the balancer's own connection, not a relayed client: LOCAL
+            # a probe is the balancer's own connection, not a relayed client: LOCAL. Never
+            # for "udp": a datagram carries no PROXY header (settings refuse the combination)
             send = proxyproto.local(proxyproto.version_number(settings.proxy_protocol)) + send
         return cls(host=str(addr), port=probe_port, family=family, sockaddr=sockaddr,
                    source=source, timeout=settings.timeout, send=send, expect=expect,
-                   syn=settings.kind == "syn", http=http)
+                   syn=settings.kind == "syn", http=http, udp=settings.kind == "udp")
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else \
@@ -204,6 +229,27 @@ def _errno_reason(err: int) -> str:
 def _shown(data: bytes | bytearray) -> str:
     head = bytes(data[:_SHOW_BYTES])
     return repr(head) + ("..." if len(data) > _SHOW_BYTES else "")
+
+
+def udp_error(err: int, what: str) -> tuple[str, bool]:
+    """kind "udp": (reason, conclusive) for errno `err` of a send() or recv() (`what`)."""
+    reason = _UDP_ERRNO_REASONS.get(err)
+    if reason is not None:
+        return reason, True
+    return f"{what} failed: {os.strerror(err).lower()}", err not in _UDP_LOCAL_ERRNOS
+
+
+def judge_datagram(expect: bytes | re.Pattern[bytes] | None, data: bytes) -> tuple[bool, str]:
+    """kind "udp": (ok, reason) for the first reply datagram (at most READ_LIMIT bytes of it).
+
+    No `expect`: any reply passes, an empty datagram too. A literal must be a prefix of the
+    datagram; a regex is searched in it.
+    """
+    if expect is None:
+        return True, "reply received"
+    ok = data.startswith(expect) if isinstance(expect, bytes) else \
+        expect.search(data) is not None
+    return (True, "reply matched") if ok else (False, f"expect mismatch: got {_shown(data)}")
 
 
 class Probe:
@@ -255,6 +301,8 @@ class ProbeEngine:
         # garbage collector tracks (see start), the dict forgets a probe as soon as it
         # finishes; FIFO entries of finished probes are skipped when they reach the head.
         self._deadlines: dict[float, deque[tuple[float, int]]] = {}  # timeout -> FIFO
+        # kind "udp": when to send the datagram again, by timeout (the same FIFO property)
+        self._resends: dict[float, deque[tuple[float, int]]] = {}
         self._timed: dict[int, Probe] = {}  # probe number -> probe, while it may time out
         self._seq = 0  # probe numbers
         self._batch = 0  # number of epoll batches polled so far
@@ -289,6 +337,8 @@ class ProbeEngine:
                 syn = self._syn = SynProbeEngine(self._loop)
             return syn.start(spec, callback, token)
         probe = Probe(self, spec, callback, token, time.monotonic())
+        if spec.udp:
+            return self._start_udp(probe, spec)
         try:
             sock = _socket.socket(spec.family, _SOCK_TYPE)
         except OSError as exc:
@@ -332,6 +382,73 @@ class ProbeEngine:
         if deadline < self._timer_at:
             self._arm(deadline)
         return probe
+
+    def _start_udp(self, probe: Probe, spec: ProbeSpec) -> Probe:
+        """kind "udp": socket(SOCK_DGRAM) -> [bind source] -> connect() (no packet: it only
+        fixes the peer, so the kernel hands this socket the peer's replies and its ICMP errors)
+        -> send() -> wait for EPOLLIN (a datagram, or EPOLLERR: a queued ICMP error) -> recv().
+        The datagram is sent again at UDP_RESEND_AT x timeout if nothing came back yet."""
+        try:
+            sock = _socket.socket(spec.family, _UDP_SOCK_TYPE)
+        except OSError as exc:
+            text = (exc.strerror or str(exc)).lower()
+            self._finish_soon(probe, False, f"cannot create socket: {text}", False)
+            return probe
+        probe.sock = sock
+        if spec.source is not None:
+            # No IP_BIND_ADDRESS_NO_PORT: it lets TCP share one source port among connections
+            # to different peers; a UDP bind picks a port of its own either way.
+            try:
+                sock.bind(spec.source)
+            except OSError as exc:
+                text = (exc.strerror or str(exc)).lower()
+                self._finish_soon(probe, False,
+                                  f"cannot set up probe socket ({spec.source[0]}): {text}", False)
+                return probe
+        err = sock.connect_ex(spec.sockaddr)  # sends nothing; fails only locally (no route)
+        if err:
+            self._finish_soon(probe, False, _errno_reason(err), err not in _LOCAL_ERRNOS)
+            return probe
+        failed = self._send_datagram(sock, spec.send)
+        if failed is not None:
+            self._finish_soon(probe, False, *failed)
+            return probe
+        probe.phase = _READING
+        fd = sock.fileno()
+        probe.fd = fd
+        probe.batch = self._batch
+        self._by_fd[fd] = probe
+        self._ep.register(fd, _EPOLLIN)
+        seq = self._seq = self._seq + 1
+        probe.number = seq
+        self._timed[seq] = probe
+        for queues, when in ((self._deadlines, probe.deadline),
+                             (self._resends, probe.started + spec.timeout * UDP_RESEND_AT)):
+            fifo = queues.get(spec.timeout)
+            if fifo is None:
+                fifo = queues[spec.timeout] = deque()
+            fifo.append((when, seq))
+            if when < self._timer_at:
+                self._arm(when)
+        return probe
+
+    @staticmethod
+    def _send_datagram(sock: _socket.socket, data: bytes) -> tuple[str, bool] | None:
+        """kind "udp": send the probe's datagram; None, or (reason, conclusive) of the error."""
+        try:
+            sock.send(data)
+        except OSError as exc:  # BlockingIOError (a full send buffer) included: local
+            return udp_error(exc.errno or errno.EAGAIN, "send")
+        return None
+
+    def _resend(self, probe: Probe) -> None:
+        """kind "udp": half the timeout passed without a reply; send the datagram once more."""
+        sock = probe.sock
+        if sock is None or probe.phase != _READING:
+            return
+        failed = self._send_datagram(sock, probe.spec.send)
+        if failed is not None:
+            self._finish(probe, False, *failed)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -438,7 +555,21 @@ class ProbeEngine:
             probe.phase = _READING
             self._ep.modify(probe.fd, _EPOLLIN)
             return  # the reply comes with a later event
+        if probe.spec.udp:
+            self._read_udp(probe, sock)
+            return
         self._read(probe, sock)
+
+    def _read_udp(self, probe: Probe, sock: _socket.socket) -> None:
+        """kind "udp": the first datagram (or queued ICMP error) decides."""
+        try:
+            data = sock.recv(READ_LIMIT)  # the rest of a longer datagram is discarded
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._finish(probe, False, *udp_error(exc.errno or 0, "receive"))
+            return
+        self._finish(probe, *judge_datagram(probe.spec.expect, data))
 
     def _send(self, probe: Probe, sock: _socket.socket) -> bool:
         """Send what is left; True when all is sent (False: finished, or wait for EPOLLOUT)."""
@@ -527,6 +658,8 @@ class ProbeEngine:
                 reason = _PHASE_TIMEOUT[probe.phase]
                 if probe.phase == _READING and probe.spec.http is not None:
                     reason = probe.spec.http.timeout_reason(probe.buf)
+                elif probe.spec.udp:
+                    reason = "no reply (timeout)"
                 elif probe.phase == _READING and probe.buf:
                     reason += f" (got {_shown(probe.buf)})"
                 self._finish(probe, False, reason)
@@ -534,8 +667,24 @@ class ProbeEngine:
                 return
             if not fifo and self._deadlines.get(timeout) is fifo:
                 del self._deadlines[timeout]  # no probe with this timeout in flight
+        for timeout, fifo in list(self._resends.items()):  # kind "udp" only
+            while fifo and expire_budget and pop_budget:
+                when, number = fifo[0]
+                probe = timed.get(number)
+                if probe is not None and when > limit:
+                    break
+                fifo.popleft()
+                pop_budget -= 1
+                if probe is not None:
+                    expire_budget -= 1
+                    self._resend(probe)
+            if self._closed:
+                return
+            if not fifo and self._resends.get(timeout) is fifo:
+                del self._resends[timeout]
         # (callbacks above may have started probes: look at every queue as it is now)
-        heads = [fifo[0][0] for fifo in self._deadlines.values() if fifo]
+        heads = [fifo[0][0] for queues in (self._deadlines, self._resends)
+                 for fifo in queues.values() if fifo]
         if not expire_budget or not pop_budget:
             self._arm(now)  # more to do: continue in a fresh callback
         elif heads:
@@ -555,6 +704,7 @@ class ProbeEngine:
             self._timer.cancel()
             self._timer = None
         self._deadlines.clear()
+        self._resends.clear()
         self._timed.clear()
         if self._syn is not None:
             self._syn.close()

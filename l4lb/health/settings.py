@@ -42,6 +42,9 @@ Why these defaults (the same numbers as HAProxy's, for the same reasons):
   answer it differently, and OPTIONS is often 405 on real applications), path "/", Host the
   backend's own address (the probe names no virtual host unless told), expected status
   200-399 (HAProxy's default for `option httpchk`: 2xx and 3xx pass), no body match.
+- kind "udp": `send` is required and must not be empty. An empty datagram is legal UDP, but
+  no protocol we know answers one, so such a probe could only ever fail: a closed port by
+  ICMP, an open one by silence. `expect` is optional: without it any reply datagram passes.
 """
 
 from __future__ import annotations
@@ -55,12 +58,13 @@ from typing import Literal
 
 from l4lb.proxyproto import PROXY_VERSIONS, ProxyVersion
 
-ProbeKind = Literal["tcp", "send_expect", "syn", "http"]
+ProbeKind = Literal["tcp", "send_expect", "syn", "http", "udp"]
 HttpMethod = Literal["GET", "HEAD", "OPTIONS"]
 InitialState = Literal["up", "down"]
 OnDown = Literal["keep", "shutdown_sessions"]
 
-PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect", "syn", "http")
+PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect", "syn", "http", "udp")
+PAYLOAD_KINDS: tuple[ProbeKind, ...] = ("send_expect", "udp")  # the kinds that use send/expect
 HTTP_METHODS: tuple[HttpMethod, ...] = ("GET", "HEAD", "OPTIONS")
 INITIAL_STATES: tuple[InitialState, ...] = ("up", "down")
 ON_DOWN: tuple[OnDown, ...] = ("keep", "shutdown_sessions")
@@ -138,7 +142,8 @@ class HealthSettings:
     """
 
     kind: ProbeKind = "tcp"  # "tcp": connect only; "send_expect": connect, send, read, match;
-    # "syn": half-open, a SYN from a raw socket answered by SYN-ACK or RST (needs CAP_NET_RAW)
+    # "syn": half-open, a SYN from a raw socket answered by SYN-ACK or RST (needs CAP_NET_RAW);
+    # "http": one HTTP/1.1 request; "udp": one datagram `send`, one reply datagram (`expect`)
     interval: float = 2.0  # seconds between probes of an UP backend (start to start)
     timeout: float = 1.0  # whole probe: connect (+ send + read); <= interval
     rise: int = 2  # consecutive passed probes that bring a DOWN backend UP
@@ -148,8 +153,9 @@ class HealthSettings:
     jitter: float = 0.1  # each interval is scaled by a random factor in [1-jitter, 1+jitter]
     port: int | None = None  # probe this port instead of the backend's port
     source: str | None = None  # bind probes to this source address (family must match)
-    send: bytes = b""  # send_expect: bytes sent once connected (may be empty: banner protocols)
-    expect: bytes | re.Pattern[bytes] | None = None  # send_expect: prefix or regex
+    send: bytes = b""  # send_expect: bytes sent once connected (may be empty: banner protocols);
+    # udp: the datagram (required, not empty)
+    expect: bytes | re.Pattern[bytes] | None = None  # send_expect, udp: prefix or regex
     initial_state: InitialState = "up"  # state of a backend before its first probe
     max_fails: int = 0  # passive: this many failed connects within fail_timeout -> DOWN; 0 = off
     fail_timeout: float = 10.0  # passive: the sliding window in seconds
@@ -249,14 +255,18 @@ class HealthSettings:
             out.append(f"health.expect: a prefix must be 1 to {MAX_EXPECT_BYTES} bytes")
         if self.kind == "send_expect" and expect is None:
             out.append('health.expect: kind "send_expect" needs an expect value')
+        if self.kind == "udp" and isinstance(self.send, bytes) and not self.send:
+            out.append('health.send: kind "udp" needs a datagram to send (send or send_hex, '
+                       "not empty: no UDP service answers an empty datagram)")
         if self.proxy_protocol not in PROXY_VERSIONS:
             out.append(f"health.proxy_protocol: {self.proxy_protocol!r} is not one of "
                        f"{', '.join(PROXY_VERSIONS)}")
         elif self.proxy_protocol != "off" and self.kind not in ("send_expect", "http"):
             out.append('health.send_proxy: only kinds "send_expect" and "http" send data, so a '
                        'PROXY header needs one of them')
-        if self.kind != "send_expect" and (self.send or expect is not None):
-            out.append('health.send/expect: only kind "send_expect" sends or expects data' +
+        if self.kind not in PAYLOAD_KINDS and (self.send or expect is not None):
+            out.append('health.send/expect: only kinds "send_expect" and "udp" send or expect '
+                       'data' +
                        ('; kind "http" matches with its own http_expect_* keys'
                         if self.kind == "http" else ""))
         out.extend(self._http_problems())

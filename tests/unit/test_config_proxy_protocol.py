@@ -111,8 +111,8 @@ def test_send_proxy_errors() -> None:
         '\n  [services.health]\n  kind = "tcp"\n  send_proxy = true\n'
     assert errors(text) == [
         't.toml:10:16: error: services[0] ("web"): health.send_proxy: only kinds "send_expect" '
-        'and "http" send data, and this probe is "tcp"; a connect-only probe sends no header '
-        '(leave send_proxy out)']
+        'and "http" send a PROXY header, and this probe is "tcp"; a connect-only probe sends '
+        'no header (leave send_proxy out)']
 
 
 class VersionRecorder(OldDataplane):

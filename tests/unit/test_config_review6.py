@@ -195,7 +195,8 @@ vips = ["192.0.2.101/24"]
 def test_udp_port_and_duplicate_vrrp_name_are_reported_with_the_other_errors() -> None:
     assert problems(EVERY_PROBLEM) == [
         't.toml:7:3: error: services[0] ("dns"): health: a UDP service\'s health check needs '
-        "`port`, a TCP port of the backends to probe (UDP probes are not built yet)",
+        'kind = "udp" (a datagram to the backends\' port), or `port`: a TCP port of the '
+        "backends to probe",
         't.toml:9:13: error: services[0] ("dns"): health.timeout: 2s must not exceed interval 1s',
         't.toml:18:8: error: vrrp[1] ("VI_1"): name: "VI_1" is already used by vrrp[0]',
         't.toml:21:12: error: vrrp[1] ("VI_1"): priority: 0 out of range (1..255)',
@@ -452,7 +453,7 @@ def test_missing_key_in_an_inline_health_table_points_at_its_brace() -> None:
     text = service(["127.0.0.1:9001"], 'health = { interval = "1s" }').replace(
         'name = "web"', 'name = "web"\nprotocol = "udp"')
     [line] = problems(text)
-    assert line.startswith("t.toml:6:10: error: ") and "needs `port`" in line
+    assert line.startswith("t.toml:6:10: error: ") and "or `port`: a TCP port" in line
 
 
 def test_a_vip_without_prefix_is_a_host_address() -> None:
