@@ -35,9 +35,19 @@ def example_health() -> HealthSettings:
 
 
 def udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free for UDP and for TCP on 127.0.0.1: dnsmasq listens on both (a port free
+    for UDP alone failed in CI with "Address already in use" from its TCP listener)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            t.bind(("127.0.0.1", 0))
+            port = int(t.getsockname()[1])
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free for both UDP and TCP")
 
 
 @contextlib.contextmanager
