@@ -93,7 +93,7 @@ def test_builder_build_and_pack_c_fill(benchmark: Any, n: int) -> None:
     cfg = config(n)
     builder = TableBuilder()
     blob = benchmark(builder.build, cfg)
-    assert len(blob) == 32 + 48 + 40 * n + 4 * M
+    assert len(blob) == 32 + 56 + 56 * n + 4 * M
 
 
 def test_builder_cold_1000_c_fill(benchmark: Any) -> None:

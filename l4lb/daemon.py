@@ -180,7 +180,7 @@ BACKEND_COUNTERS = ("conns_total", "conns_active", "connect_failures", "bytes_to
 # UDP services also the second tuple's
 SERVICE_COUNTERS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
                     "bytes_to_client", "accept_errors", "proxy_header_errors",
-                    "proxy_header_timeouts")
+                    "proxy_header_timeouts", "proxy_direct")
 UDP_SERVICE_COUNTERS = ("datagrams_in", "datagrams_out", "flows_created", "flows_expired",
                         "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
                         "drops_send", "drops_max_udp_flows")
@@ -1856,6 +1856,7 @@ class Daemon:
                     "proxy_protocol": service.proxy_protocol,
                     "accept_proxy": service.accept_proxy,
                     "accept_proxy_timeout": service.accept_proxy_timeout,
+                    "accept_proxy_from": [str(n) for n in service.accept_proxy_from] or None,
                 }
                 services[-1]["tcp_options"].update(self._buffer_status(service, dp, sids))
             else:  # the key, and whether GRO buffers are in use (data plane and kernel)

@@ -211,8 +211,10 @@ def tcp_options_text(options: dict[str, Any]) -> str:
     if options.get("defer_accept"):
         parts.append("defer accept")
     if options.get("accept_proxy"):
+        sources = options.get("accept_proxy_from")
         parts.append(f"accepts PROXY protocol (header within "
-                     f"{options.get('accept_proxy_timeout', 5.0):g}s)")
+                     f"{options.get('accept_proxy_timeout', 5.0):g}s"
+                     + (f", from {', '.join(sources)} only" if sources else "") + ")")
     if options.get("proxy_protocol", "off") != "off":
         parts.append(f"PROXY protocol {options['proxy_protocol']}")
     parts.extend(_buffers_text(options))
@@ -319,7 +321,10 @@ def status_text(status: dict[str, Any]) -> str:
                        + (f", PROXY header errors {c.get('proxy_header_errors', 0)}, timeouts "
                           f"{c.get('proxy_header_timeouts', 0)}"
                           if c.get("proxy_header_errors") or c.get("proxy_header_timeouts")
-                          or (svc.get("tcp_options") or {}).get("accept_proxy") else ""))
+                          or (svc.get("tcp_options") or {}).get("accept_proxy") else "")
+                       + (f", {c.get('proxy_direct', 0)} direct (no header expected)"
+                          if c.get("proxy_direct")
+                          or (svc.get("tcp_options") or {}).get("accept_proxy_from") else ""))
         options = (tcp_options_text(svc.get("tcp_options") or {})
                    or udp_options_text(svc.get("udp_options") or {}))
         if options:

@@ -275,6 +275,11 @@ def _service_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]
         "Clients of an accept_proxy service reset before any backend was chosen, by reason: "
         "invalid (a missing, malformed or cut-short PROXY header) or timeout.",
         labels=["service", "reason"])
+    proxy_direct = CounterMetricFamily(
+        "l4lb_service_proxy_direct",
+        "Clients of an accept_proxy service with accept_proxy_from that were outside every "
+        "listed prefix and connected directly, without a PROXY header.",
+        labels=["service"])
     for svc in services:
         name = str(svc["name"])
         c = svc.get("counters", {})
@@ -291,11 +296,13 @@ def _service_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]
                 or c.get("proxy_header_errors") or c.get("proxy_header_timeouts")):
             proxy_errors.add_metric([name, "invalid"], c.get("proxy_header_errors", 0))
             proxy_errors.add_metric([name, "timeout"], c.get("proxy_header_timeouts", 0))
+        if (svc.get("tcp_options") or {}).get("accept_proxy_from") or c.get("proxy_direct"):
+            proxy_direct.add_metric([name], c.get("proxy_direct", 0))
         states = [b.get("state") for b in svc.get("backends", [])]
         for state in STATES:
             backends.add_metric([name, state], states.count(state))
     yield from (svc_info, conns, active, rejected, no_backend, accept_errors, nbytes, backends,
-                proxy_errors)
+                proxy_errors, proxy_direct)
 
 
 def _backend_families(services: Sequence[Mapping[str, Any]],

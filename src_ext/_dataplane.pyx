@@ -77,7 +77,7 @@ _SERVICE_KEYS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes
                  "bytes_to_client", "accept_errors", "datagrams_in", "datagrams_out",
                  "flows_created", "flows_expired", "flows_active", "drops_max_flows",
                  "drops_no_backend", "drops_truncated", "drops_send", "drops_max_udp_flows",
-                 "proxy_header_errors", "proxy_header_timeouts")
+                 "proxy_header_errors", "proxy_header_timeouts", "proxy_direct")
 _BACKEND_KEYS = ("conns_total", "conns_active", "connect_failures", "bytes_to_backend",
                  "bytes_to_client", "datagrams_to_backend", "datagrams_to_client",
                  "flows_active", "flows_total")
@@ -218,14 +218,14 @@ cdef class Dataplane:
                         or s.flows_expired or s.flows_active or s.drops_max_flows
                         or s.drops_no_backend or s.drops_truncated or s.drops_send
                         or s.drops_max_udp_flows or s.proxy_header_errors
-                        or s.proxy_header_timeouts):
+                        or s.proxy_header_timeouts or s.proxy_direct):
                     services[i] = dict(zip(_SERVICE_KEYS, (
                         s.conns_total, s.conns_active, s.rejected, s.no_backend,
                         s.bytes_to_backend, s.bytes_to_client, s.accept_errors,
                         s.datagrams_in, s.datagrams_out, s.flows_created, s.flows_expired,
                         s.flows_active, s.drops_max_flows, s.drops_no_backend,
                         s.drops_truncated, s.drops_send, s.drops_max_udp_flows,
-                        s.proxy_header_errors, s.proxy_header_timeouts)))
+                        s.proxy_header_errors, s.proxy_header_timeouts, s.proxy_direct)))
             for i in range(st.n_be):  # ids no table named were never counted
                 b = &st.be[i]
                 if (b.conns_total or b.conns_active or b.connect_failures

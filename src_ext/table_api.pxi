@@ -9,6 +9,8 @@
 #   flow_hash(seed, family, addr, port, hash_key) -> int     addr: 16 bytes (or 4 for IPv4)
 #   maglev_fill(seed, [(family, addr, port, weight), ...], m) -> list[int]   ValueError if bad
 #   table_check(blob) -> None                                  ValueError(C validator's text)
+#   proxy_from_match(blob, service_id, family, addr) -> bool   addr: 16 bytes (or 4 for IPv4);
+#       does the client match the service's accept_proxy_from prefixes (Table.proxy_from_match)
 #   sched_sequence(blob, service_id, flow_hashes, active, rng_seed) -> list[int]
 #       one sched_pick per flow hash, state (rr counters, WRR currents, PRNG) carried from pick
 #       to pick, starting fresh; active = {backend_id: open sessions}, fixed for the whole run;
@@ -133,6 +135,25 @@ cdef _tbl.dp_table *_tbl_parse(bytes blob) except NULL:
 def table_check(bytes blob):
     """Validate a blob with the C validator; ValueError carries its one-line reason."""
     _tbl.dp_table_free(_tbl_parse(blob))
+
+
+def proxy_from_match(bytes blob, service_id, int family, addr):
+    """dp_table_proxy_from_match on a parsed blob: is the client one of the service's
+    accept_proxy_from prefixes (0 entries: False)."""
+    cdef uint32_t sid = _tbl_u32(service_id, "service_id")
+    if family not in (4, 6):
+        raise ValueError(f"family: {family} is not 4 or 6")
+    cdef bytes a = _tbl_addr16(family, addr, "addr")
+    cdef const uint8_t *pa = a
+    cdef _tbl.dp_table *t = _tbl_parse(blob)
+    cdef const _tbl.dp_service *svc = _tbl.dp_table_service(t, sid)
+    cdef int hit = 0
+    if svc != NULL:
+        hit = _tbl.dp_table_proxy_from_match(t, svc, <uint8_t>family, pa)
+    _tbl.dp_table_free(t)
+    if svc == NULL:
+        raise ValueError(f"service_id: {sid} is not in the table")
+    return bool(hit)
 
 
 cdef class _TblSched:

@@ -119,6 +119,10 @@ class Service:
     # accept_proxy
     accept_proxy: bool = False
     accept_proxy_timeout: float = 5.0
+    # TCP only, with accept_proxy: the sources that send the header (the balancers in front);
+    # a client outside every prefix connects directly and sends none. () = every client sends
+    # one. At most 64 prefixes; docs/configuration.md, accept_proxy_from
+    accept_proxy_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # the service's `source` as written (its backends without their own inherit it: read
     # Backend.source, the effective one); None = none
     source: str | None = None

@@ -102,7 +102,7 @@ SERVICE_KEYS = (
     "udp_idle_timeout", "max_flows", "responses", "session", "congestion_control",
     "backend_congestion_control", "backend_fast_open", "defer_accept", "udp_gro",
     "client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf", "proxy_protocol",
-    "accept_proxy", "accept_proxy_timeout", "source",
+    "accept_proxy", "accept_proxy_timeout", "source", "accept_proxy_from",
 )
 SOCKBUF_KEYS = ("client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf")
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session", "udp_gro")
@@ -112,7 +112,7 @@ TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle
                  "defer_accept": "", "client_sndbuf": "", "client_rcvbuf": "",
                  "backend_sndbuf": "", "backend_rcvbuf": "",
                  "proxy_protocol": "", "accept_proxy": "",
-                 "accept_proxy_timeout": ""}  # key -> the UDP key instead
+                 "accept_proxy_timeout": "", "accept_proxy_from": ""}  # key -> UDP key instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup", "source")
 VRRP_KEYS = (
@@ -132,6 +132,8 @@ _ALIASES = (("send_hex", "send"), ("expect_regex", "expect"),
             ("http_expect_body_regex", "http_expect_body"))
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_PROXY_FROM = 64  # accept_proxy_from entries per service (docs/forwarding-table.md)
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _IFNAME = re.compile(r"[^\s/:]{1,15}")  # an interface name (as l4lb.vrrp.settings checks it)
@@ -821,6 +823,7 @@ class _Checker:
         accept_proxy = self.read_bool(scope, table, "accept_proxy", d.accept_proxy)
         accept_timeout = self.read_duration(scope, table, "accept_proxy_timeout",
                                             d.accept_proxy_timeout, zero_ok=False)
+        accept_from = self.accept_proxy_from(scope, table, accept_proxy, protocol)
         if protocol == "tcp":
             for key in UDP_ONLY_KEYS:
                 if key in table:
@@ -854,9 +857,72 @@ class _Checker:
             proxy_protocol=proxy if protocol == "tcp" else "off",
             accept_proxy=accept_proxy and protocol == "tcp",
             accept_proxy_timeout=accept_timeout if protocol == "tcp" else d.accept_proxy_timeout,
+            accept_proxy_from=accept_from,
             source=source,
             **(sockbuf if protocol == "tcp" else {}),
         )
+
+    def accept_proxy_from(self, scope: _Scope, table: dict[str, Any], accept_proxy: bool,
+                          protocol: Protocol) -> tuple[IPNetwork, ...]:
+        """`accept_proxy_from`: the addresses or prefixes whose connections carry a PROXY
+        header (every other client connects directly). Needs accept_proxy = true; not empty
+        (that would mean "nobody", i.e. accept_proxy off); at most MAX_PROXY_FROM entries (the
+        data plane scans them at each accept); a prefix with host bits set is refused, as
+        ipaddress.ip_network(strict=True) refuses it. A UDP service is reported elsewhere."""
+        key = "accept_proxy_from"
+        if key not in table or protocol != "tcp":
+            return ()
+        value = table[key]
+        path = (*scope.path, key)
+        label = scope.label(key)
+        if isinstance(value, str):
+            self.wrong_type(path, label, "an array of addresses or prefixes", value,
+                            f"write [{quote(value)}]")
+            return ()
+        if not isinstance(value, list):
+            self.wrong_type(path, label, "an array of addresses or prefixes", value)
+            return ()
+        if not accept_proxy:
+            if not isinstance(table.get("accept_proxy", False), bool):
+                return ()  # accept_proxy itself is wrong, and reported
+            self.error(path, f"{label}: needs accept_proxy = true (it names the sources whose "
+                       "connections carry a PROXY header)", at_key=True)
+            return ()
+        if not value:
+            self.error(path, f"{label}: must not be empty (leave the key out for a header "
+                       "from every client, or accept_proxy out for none)")
+            return ()
+        if len(value) > MAX_PROXY_FROM:
+            self.error(path, f"{label}: {len(value)} entries are more than {MAX_PROXY_FROM} (the "
+                       "data plane compares each new connection with every entry; use wider "
+                       "prefixes)")
+            return ()
+        out: list[IPNetwork] = []
+        for k, item in enumerate(value):
+            item_path = (*path, k)
+            item_label = f"{label}[{k}]"
+            if not isinstance(item, str):
+                self.wrong_type(item_path, item_label, "an address or prefix string", item)
+                continue
+            try:
+                if "%" in item:
+                    raise ValueError("a zone")
+                net = ipaddress.ip_network(item, strict=True)
+            except ValueError as exc:
+                text = str(exc)
+                if "has host bits set" in text:
+                    loose = ipaddress.ip_network(item, strict=False)
+                    self.error(item_path, f"{item_label}: {quote(item)} has host bits set "
+                               f"beyond its prefix; write {quote(str(loose))}")
+                else:
+                    self.error(item_path, f"{item_label}: {quote(item)} is not an IP address "
+                               "or prefix (ADDRESS or ADDRESS/LENGTH, no names, no zone)")
+                continue
+            if net in out:
+                self.error(item_path, f"{item_label}: {quote(item)} is listed twice")
+                continue
+            out.append(net)
+        return tuple(out)
 
     def health_source(self, scope: _Scope, health: dict[str, Any],
                       backends: Sequence[tuple[int, Backend]]) -> None:

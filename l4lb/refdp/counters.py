@@ -34,6 +34,8 @@ What each counter means (the C core, src_ext/core/dp.h, keeps the same ones):
            proxy_header_errors    clients reset before any backend was chosen: their PROXY
                              protocol header was missing, invalid, or cut short by their FIN
            proxy_header_timeouts  clients reset because the header was not complete in time
+           proxy_direct      (with accept_proxy_from) clients outside every listed prefix,
+                             relayed without a header
   backend  conns_total       sessions whose connect to this backend succeeded
            conns_active      sessions assigned to it and still open (connecting or established)
            connect_failures  connects refused, unreachable or timed out; udp: flows ended by
@@ -56,7 +58,7 @@ SERVICE_FIELDS = ("conns_total", "conns_active", "rejected", "no_backend",
                   "datagrams_in", "datagrams_out", "flows_created", "flows_expired",
                   "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
                   "drops_send", "drops_max_udp_flows", "proxy_header_errors",
-                  "proxy_header_timeouts")
+                  "proxy_header_timeouts", "proxy_direct")
 BACKEND_FIELDS = ("conns_total", "conns_active", "connect_failures",
                   "bytes_to_backend", "bytes_to_client",
                   "datagrams_to_backend", "datagrams_to_client", "flows_active", "flows_total")

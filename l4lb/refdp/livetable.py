@@ -50,6 +50,11 @@ class LiveTable:
                 return rec
         return None
 
+    def proxy_from_match(self, svc: ServiceRec, host: str) -> bool:
+        """Is a client of svc one of its accept_proxy_from sources (it owes a PROXY header)?"""
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+        return self.table.proxy_from_match(svc, addr.version, addr.packed.ljust(16, b"\0"))
+
     def flow_hash(self, svc: ServiceRec, host: str, port: int) -> int:
         """The flow hash of a client of svc (docs/forwarding-table.md, "Flow hash")."""
         addr = ipaddress.ip_address(host.split("%", 1)[0])

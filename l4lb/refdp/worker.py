@@ -35,6 +35,8 @@ bytes known to be the header's (a level-triggered selector cannot leave an incom
 queued, as the C relay does under its edge-triggered epoll, without waking again and again);
 its addresses become the session's client (scheduler, sessions(), the log, the header sent on);
 a bad one resets the client (proxy_header_errors), a late one too (proxy_header_timeouts).
+With accept_proxy_from (the service's prefixes in the table) only a listed peer owes a header;
+any other client goes on to step 3 at once, as without accept_proxy (proxy_direct).
 A client that resets while its backend is still connecting ends its session at once (steps 3-4
 are abandoned; nothing is counted but the close).
 
@@ -512,10 +514,13 @@ class Worker:
         self._register(session, CLIENT, READ)  # to notice a client that resets meanwhile
         timeout_ms = self.shared.accept_proxy.get(service_id, 0)
         if timeout_ms:  # no backend before the client's PROXY header is read (_pin_read)
-            session.pin_wait = True
             session.peer = client
-            self._at(time.monotonic() + timeout_ms / 1000.0, lambda: self._pin_timer(session))
-            return
+            if not svc.proxy_from_count or live.proxy_from_match(svc, client[0]):
+                session.pin_wait = True
+                self._at(time.monotonic() + timeout_ms / 1000.0,
+                         lambda: self._pin_timer(session))
+                return
+            counters["proxy_direct"] += 1  # accept_proxy_from: not listed, connects directly
         self._connect_next(session)
 
     # --- the client's PROXY protocol header (accept_proxy) ----------------------------------

@@ -5,12 +5,22 @@ follow docs/forwarding-table.md to the bit; the tests run both on the same input
 turns a Config plus backend states into a blob; the reference data plane parses it with blob.py.
 """
 
-from l4lb.table.blob import BackendRec, ServiceRec, Table, TableError, digest, pack, parse
+from l4lb.table.blob import (
+    BackendRec,
+    ProxyFromRec,
+    ServiceRec,
+    Table,
+    TableError,
+    digest,
+    pack,
+    parse,
+)
 from l4lb.table.hashing import flow_hash, flow_key, hash64
 from l4lb.table.maglev import maglev_fill
 
 __all__ = [
     "BackendRec",
+    "ProxyFromRec",
     "ServiceRec",
     "Table",
     "TableError",

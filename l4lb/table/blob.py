@@ -4,12 +4,13 @@ Layout and rules: docs/forwarding-table.md. `parse` refuses exactly what the C v
 in the same order, with the same one-line text naming the first failing field, so a bad blob
 reads the same whichever data plane refused it (tests/unit/test_blob.py compares the two).
 Check order: header fields in offset order; every backend record; every service record (fields in
-offset order); every service's ring entries.
+offset order); every service's ring entries; every proxy_from entry.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import struct
 import sys
 from array import array
@@ -20,8 +21,10 @@ from l4lb.table.maglev import is_prime
 MAGIC = b"L4LB"
 VERSION = 2
 HEADER_SIZE = 32
-SERVICE_SIZE = 48
+SERVICE_SIZE = 56
 BACKEND_SIZE = 56
+PROXY_FROM_SIZE = 20
+MAX_PROXY_FROM = 64  # accept_proxy_from entries per service (a linear scan at accept)
 MAX_SERVICES = 1024
 MAX_BACKENDS = 65536
 MAX_WEIGHT = 256
@@ -43,8 +46,9 @@ FLAG_DOWN = 2  # backend flag bit 1: health DOWN or maintenance (its UDP flows m
 NO_SOURCE = bytes(16)  # source_addr of a backend without a source address (source_family 0)
 
 _HEADER = struct.Struct("<4sHHIIIIII")
-_SERVICE = struct.Struct("<IBBBB10I")
+_SERVICE = struct.Struct("<IBBBB12I")
 _BACKEND = struct.Struct("<IBBH16sIIB3s16sI")
+_PROXY_FROM = struct.Struct("<BB2s16s")
 
 
 class TableError(ValueError):
@@ -53,7 +57,7 @@ class TableError(ValueError):
 
 @dataclass(frozen=True)
 class ServiceRec:
-    """One decoded 48-byte service record."""
+    """One decoded 56-byte service record."""
 
     service_id: int  # stable dense id < 1024
     protocol: int  # 0 tcp, 1 udp
@@ -70,6 +74,8 @@ class ServiceRec:
     flow_key: int = 0  # udp: 0 client address and port, 1 client address only; tcp: 0
     max_flows: int = 0  # udp: flows at once (all workers together), 0 = unlimited; tcp: 0
     responses: int = 0  # udp: a flow ends after this many datagrams from its backend, 0 = never
+    proxy_from_first: int = 0  # index of the service's first proxy_from entry
+    proxy_from_count: int = 0  # tcp: accept_proxy_from entries (<= 64); 0 = every client
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,34 @@ class BackendRec:
 
 
 @dataclass(frozen=True)
+class ProxyFromRec:
+    """One decoded 20-byte proxy_from entry: a prefix of accept_proxy_from."""
+
+    family: int  # 4 or 6
+    prefix_len: int  # 0..32 (IPv4) or 0..128 (IPv6)
+    addr: bytes  # 16 bytes, network order; IPv4 in the first 4; host bits 0
+
+    @classmethod
+    def of(cls, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ProxyFromRec:
+        """The entry of a network (host bits already 0)."""
+        raw = network.network_address.packed
+        return cls(network.version, network.prefixlen, raw.ljust(16, b"\0"))
+
+    def matches(self, family: int, addr16: bytes) -> bool:
+        """Do the first prefix_len bits of a client address (16 bytes) equal this prefix's?"""
+        if family != self.family:
+            return False
+        n = self.prefix_len
+        whole, rest = divmod(n, 8)
+        if addr16[:whole] != self.addr[:whole]:
+            return False
+        return rest == 0 or ((addr16[whole] ^ self.addr[whole]) >> (8 - rest)) == 0
+
+
+_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6 addresses
+
+
+@dataclass(frozen=True)
 class Table:
     """A whole forwarding table: what a blob encodes."""
 
@@ -95,6 +129,7 @@ class Table:
     services: tuple[ServiceRec, ...]
     backends: tuple[BackendRec, ...]
     ring: tuple[int, ...]  # relative backend indexes of every service's ring, concatenated
+    proxy_from: tuple[ProxyFromRec, ...] = ()  # every service's accept_proxy_from, concatenated
     _by_id: dict[int, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +148,22 @@ class Table:
         """The ring entries of one service (relative backend indexes)."""
         return self.ring[svc.ring_first : svc.ring_first + svc.ring_size]
 
+    def proxy_from_match(self, svc: ServiceRec, family: int, addr16: bytes) -> bool:
+        """Does a client (family 4/6, 16-byte address, IPv4 in the first 4) match one of svc's
+        accept_proxy_from prefixes? An IPv4-mapped IPv6 client (::ffff:a.b.c.d) also matches
+        the IPv4 prefixes by its IPv4 address (C: dp_table_proxy_from_match)."""
+        first = svc.proxy_from_first
+        entries = self.proxy_from[first : first + svc.proxy_from_count]
+        v4 = addr16 if family == 4 else None
+        if family == 6 and addr16[:12] == _MAPPED:
+            v4 = addr16[12:16] + bytes(12)
+        for e in entries:
+            if e.family == 4 and v4 is not None and e.matches(4, v4):
+                return True
+            if e.family == 6 and e.matches(family, addr16):
+                return True
+        return False
+
 
 def _ring_bytes(ring: tuple[int, ...] | list[int]) -> bytes:
     arr = array("I", ring)
@@ -124,8 +175,9 @@ def _ring_bytes(ring: tuple[int, ...] | list[int]) -> bytes:
 def pack(table: Table) -> bytes:
     """Encode a Table as a version-2 blob (no semantic checks: parse() does those)."""
     ns, nb, nr = len(table.services), len(table.backends), len(table.ring)
-    total = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb + 4 * nr
-    parts = [_HEADER.pack(MAGIC, VERSION, HEADER_SIZE, ns, nb, nr, table.hash_seed, total, 0)]
+    npf = len(table.proxy_from)
+    total = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb + 4 * nr + PROXY_FROM_SIZE * npf
+    parts = [_HEADER.pack(MAGIC, VERSION, HEADER_SIZE, ns, nb, nr, table.hash_seed, total, npf)]
     for s in table.services:
         parts.append(
             _SERVICE.pack(
@@ -144,6 +196,8 @@ def pack(table: Table) -> bytes:
                 s.ring_size,
                 s.max_flows,
                 s.responses,
+                s.proxy_from_first,
+                s.proxy_from_count,
             )
         )
     for b in table.backends:
@@ -167,6 +221,10 @@ def pack(table: Table) -> bytes:
             )
         )
     parts.append(_ring_bytes(table.ring))
+    for e in table.proxy_from:
+        if len(e.addr) != 16:
+            raise TableError(f"proxy_from addr {e.addr!r} is not 16 bytes")
+        parts.append(_PROXY_FROM.pack(e.family, e.prefix_len, bytes(2), e.addr))
     return b"".join(parts)
 
 
@@ -184,11 +242,11 @@ def digest(blob: bytes) -> str:
     return hashlib.sha256(bytes(masked)).hexdigest()[:16]
 
 
-def _check_header(blob: bytes) -> tuple[int, int, int, int]:
+def _check_header(blob: bytes) -> tuple[int, int, int, int, int]:
     n = len(blob)
     if n < HEADER_SIZE:
         raise TableError(f"blob: length {n} is shorter than the 32-byte header")
-    magic, version, hsize, ns, nb, nr, seed, total, reserved = _HEADER.unpack_from(blob)
+    magic, version, hsize, ns, nb, nr, seed, total, npf = _HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise TableError(f'header.magic: {magic.hex()} is not 4c344c42 ("L4LB")')
     if version != VERSION:
@@ -197,14 +255,13 @@ def _check_header(blob: bytes) -> tuple[int, int, int, int]:
         raise TableError(f"header.header_size: {hsize} is not 32")
     if total != n:
         raise TableError(f"header.total_size: {total} does not equal the blob length {n}")
-    expect = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb + 4 * nr
+    expect = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb + 4 * nr + PROXY_FROM_SIZE * npf
     if expect != total:
         raise TableError(
-            f"header.total_size: {total} does not equal 32 + 48*{ns} + 56*{nb} + 4*{nr} = {expect}"
+            f"header.total_size: {total} does not equal 32 + 56*{ns} + 56*{nb} + 4*{nr} + "
+            f"20*{npf} = {expect}"
         )
-    if reserved != 0:
-        raise TableError(f"header.reserved: {reserved} is not 0")
-    return ns, nb, nr, seed
+    return ns, nb, nr, npf, seed
 
 
 def _check_backends(blob: bytes, offset: int, nb: int) -> list[BackendRec]:
@@ -242,7 +299,9 @@ def _check_backends(blob: bytes, offset: int, nb: int) -> list[BackendRec]:
     return backends
 
 
-def _check_services(blob: bytes, ns: int, nr: int, backends: list[BackendRec]) -> list[ServiceRec]:
+def _check_services(
+    blob: bytes, ns: int, nr: int, npf: int, backends: list[BackendRec]
+) -> list[ServiceRec]:
     services: list[ServiceRec] = []
     first_use: dict[int, int] = {}
     nb = len(backends)
@@ -264,6 +323,8 @@ def _check_services(blob: bytes, ns: int, nr: int, backends: list[BackendRec]) -
             rsize,
             max_flows,
             responses,
+            pf_first,
+            pf_count,
         ) = fields
         w = f"service[{i}]"
         if sid >= MAX_SERVICES:
@@ -321,6 +382,19 @@ def _check_services(blob: bytes, ns: int, nr: int, backends: list[BackendRec]) -
             raise TableError(f"{w}.max_flows: {max_flows} is not 0 (tcp)")
         if proto == PROTO_TCP and responses != 0:
             raise TableError(f"{w}.responses: {responses} is not 0 (tcp)")
+        if pf_first > npf:
+            raise TableError(
+                f"{w}.proxy_from_first: {pf_first} is beyond the {npf} proxy_from entries"
+            )
+        if proto == PROTO_UDP and pf_count != 0:
+            raise TableError(f"{w}.proxy_from_count: {pf_count} is not 0 (udp)")
+        if pf_count > MAX_PROXY_FROM:
+            raise TableError(f"{w}.proxy_from_count: {pf_count} is above 64")
+        if pf_first + pf_count > npf:
+            raise TableError(
+                f"{w}.proxy_from_count: {pf_count} entries from {pf_first} overrun the {npf} "
+                "proxy_from entries"
+            )
         services.append(
             ServiceRec(
                 sid,
@@ -338,6 +412,8 @@ def _check_services(blob: bytes, ns: int, nr: int, backends: list[BackendRec]) -
                 fkey,
                 max_flows,
                 responses,
+                pf_first,
+                pf_count,
             )
         )
     return services
@@ -361,15 +437,37 @@ def _check_rings(services: list[ServiceRec], backends: list[BackendRec], ring: a
                 raise TableError(f"service[{i}].ring[{j}]: backend {e} has weight 0")
 
 
+def _check_proxy_from(blob: bytes, offset: int, npf: int) -> list[ProxyFromRec]:
+    entries: list[ProxyFromRec] = []
+    area = blob[offset : offset + PROXY_FROM_SIZE * npf]
+    for i, (family, plen, res, addr) in enumerate(_PROXY_FROM.iter_unpack(area)):
+        w = f"proxy_from[{i}]"
+        if family not in (4, 6):
+            raise TableError(f"{w}.family: {family} is not 4 or 6")
+        alen = 4 if family == 4 else 16
+        if plen > alen * 8:
+            raise TableError(f"{w}.prefix_len: {plen} is above {alen * 8} (IPv{family})")
+        if any(res):
+            raise TableError(f"{w}.reserved: bytes 2..3 are not 0")
+        if any(addr[alen:]):
+            raise TableError(f"{w}.addr: bytes 4..15 of an IPv4 address are not 0")
+        host_mask = (1 << (alen * 8 - plen)) - 1
+        if int.from_bytes(addr[:alen], "big") & host_mask:
+            raise TableError(f"{w}.addr: host bits beyond /{plen} are not 0")
+        entries.append(ProxyFromRec(family, plen, addr))
+    return entries
+
+
 def parse(blob: bytes) -> Table:
     """Decode and validate a blob; raises TableError naming the first failing field."""
-    ns, nb, nr, seed = _check_header(blob)
+    ns, nb, nr, npf, seed = _check_header(blob)
     backends = _check_backends(blob, HEADER_SIZE + SERVICE_SIZE * ns, nb)
     ring_off = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb
     ring = array("I")
     ring.frombytes(blob[ring_off : ring_off + 4 * nr])
     if sys.byteorder == "big":
         ring.byteswap()
-    services = _check_services(blob, ns, nr, backends)
+    services = _check_services(blob, ns, nr, npf, backends)
     _check_rings(services, backends, ring)
-    return Table(seed, tuple(services), tuple(backends), tuple(ring))
+    proxy_from = _check_proxy_from(blob, ring_off + 4 * nr, npf)
+    return Table(seed, tuple(services), tuple(backends), tuple(ring), tuple(proxy_from))

@@ -45,6 +45,7 @@ from l4lb.table.blob import (
     SCHED_MAGLEV,
     SCHED_SRCHASH,
     BackendRec,
+    ProxyFromRec,
     ServiceRec,
     Table,
     pack,
@@ -243,6 +244,7 @@ class TableBuilder:
         services: list[ServiceRec] = []
         backends: list[BackendRec] = []
         ring: list[int] = []
+        proxy_from: list[ProxyFromRec] = []
         for svc, bks in ordered:
             is_down = [(svc.name, p.label) in down or (svc.name, p.key) in down for p in bks]
             eff = _effective_weights(svc.name, bks, weights, is_down)
@@ -264,6 +266,10 @@ class TableBuilder:
             sched = SCHEDULERS.index(svc.scheduler)
             svc_ring = self._ring(config.global_.hash_seed, svc, sched, backends[first:])
             udp = svc.protocol == "udp"
+            # the list matters only with accept_proxy (set out of band, set_accept_proxy): a
+            # service without it gets none, so the table never holds one that means nothing
+            pfrom = [ProxyFromRec.of(net) for net in svc.accept_proxy_from
+                     ] if svc.accept_proxy and not udp else []
             services.append(
                 ServiceRec(
                     service_id=svc_ids[svc.name],
@@ -285,11 +291,15 @@ class TableBuilder:
                     ),
                     max_flows=min(svc.max_flows, U32_MAX) if udp else 0,
                     responses=min(svc.responses, U32_MAX) if udp else 0,
+                    proxy_from_first=len(proxy_from),
+                    proxy_from_count=len(pfrom),
                 )
             )
             ring.extend(svc_ring)
+            proxy_from.extend(pfrom)
 
-        table = Table(config.global_.hash_seed, tuple(services), tuple(backends), tuple(ring))
+        table = Table(config.global_.hash_seed, tuple(services), tuple(backends), tuple(ring),
+                      tuple(proxy_from))
         blob = pack(table)
         self._retired_svc = _retire(self._svc_ids, svc_ids, self._retired_svc)
         self._retired_bk = _retire(self._bk_ids, bk_ids, self._retired_bk)

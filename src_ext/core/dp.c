@@ -1179,6 +1179,7 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
             out->svc[k].drops_max_udp_flows += v[DP_SC_DROPS_MAX_UDP_FLOWS];
             out->svc[k].proxy_header_errors += v[DP_SC_PROXY_HDR_ERRORS];
             out->svc[k].proxy_header_timeouts += v[DP_SC_PROXY_HDR_TIMEOUTS];
+            out->svc[k].proxy_direct += v[DP_SC_PROXY_DIRECT];
         }
         for (k = 0; k < n_be; k++) {
             for (x = 0; x < DP_BC_N; x++)

@@ -62,6 +62,8 @@ struct dp_svc_stats {
                                      missing, invalid or cut short by their FIN */
     uint64_t proxy_header_timeouts; /* tcp, accept_proxy: clients closed (RST) because their
                                        header was not complete within the service's timeout */
+    uint64_t proxy_direct;     /* tcp, accept_proxy with accept_proxy_from: clients outside
+                                  every listed prefix, relayed without a header */
 };
 
 /* Per-backend counters, summed over workers. */

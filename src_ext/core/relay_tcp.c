@@ -206,7 +206,13 @@
  * snapshots, the log, and the header sent on with proxy_protocol (whose destination is then the
  * header's, not getsockname's). LOCAL / UNKNOWN keep the connection's addresses. Then the
  * deadline is cancelled, s->cev says whether bytes or a FIN follow the header, and
- * relay_connect_next picks a backend as for any client. A bad header, or a valid beginning
+ * relay_connect_next picks a backend as for any client. With accept_proxy_from (a list of
+ * prefixes in the service's table record, so a reload changes it atomically with the rest)
+ * only a peer inside one of them waits for a header: relay_new scans the list once (at most
+ * 64 entries, dp_table_proxy_from_match; only for accept_proxy services, and a service
+ * without a list pays one more branch) and a client outside every prefix connects at once,
+ * as without accept_proxy, its first bytes untouched; its peer is itself and it counts
+ * proxy_direct. A bad header, or a valid beginning
  * followed by the client's FIN (EPOLLRDHUP), counts proxy_header_errors and resets the client;
  * the deadline counts proxy_header_timeouts and resets it; neither ever chose a backend. A FIN
  * before any byte (a TCP check of the balancer in front) closes quietly. The session struct
@@ -1231,6 +1237,16 @@ static void relay_pin_start(struct dp_worker *w, struct relay_session *s, uint32
     ct_timer_arm(&w->ct, &s->ct, w->now_ms + timeout_ms);
 }
 
+/* A client of an accept_proxy service outside its accept_proxy_from prefixes connected
+ * directly: it owes no header, its peer is itself, and it goes on as any client at once. */
+static void relay_pin_direct(struct dp_worker *w, struct relay_session *s)
+{
+    s->peer_family = s->ct.key.family;
+    s->peer_port = s->ct.key.cport;
+    memcpy(s->peer_addr, s->ct.key.caddr, 16);
+    dp_svc_add(w, s->service_id, DP_SC_PROXY_DIRECT, 1);
+}
+
 /* The header was valid and named a client: it becomes the session's key (re-indexed), so the
  * scheduler, the snapshots, the log and the header sent on (proxy_protocol) all use it. */
 static void relay_pin_apply(struct dp_worker *w, struct relay_session *s,
@@ -1580,9 +1596,14 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     hdr_ms = atomic_load_explicit(&w->dp->accept_proxy.timeout_ms[sid], memory_order_relaxed);
     if (__builtin_expect(hdr_ms != 0, 0)) {
         /* accept_proxy: no backend before the client's PROXY header is read. The insert
-         * above polled the socket, so a header already there raises EPOLLIN at once */
-        relay_pin_start(w, s, hdr_ms);
-        return;
+         * above polled the socket, so a header already there raises EPOLLIN at once. With
+         * accept_proxy_from, only the listed sources owe one: any other client is direct */
+        if (!svc->proxy_from_count ||
+            dp_table_proxy_from_match(t, svc, e->key.family, e->key.caddr)) {
+            relay_pin_start(w, s, hdr_ms);
+            return;
+        }
+        relay_pin_direct(w, s);
     }
     relay_connect_next(w, s);
 }

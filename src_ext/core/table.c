@@ -9,8 +9,9 @@
  *
  * Check order ("first failing field"): the header in offset order; then every backend record
  * (fields in offset order), because the service checks need trusted weights; then every service
- * record (fields in offset order); then every service's ring entries. The whole table lives in
- * ONE allocation (struct, services, backends, ring), so freeing it is one free() and a parsed
+ * record (fields in offset order); then every service's ring entries; then every proxy_from
+ * entry (accept_proxy_from prefixes). The whole table lives in ONE allocation (struct,
+ * services, backends, ring, proxy_from), so freeing it is one free() and a parsed
  * table costs the blob's size plus ~2 KiB of lookup array. Integers are assembled byte by byte,
  * so the blob may be unaligned and the host may be of any endianness.
  */
@@ -23,8 +24,9 @@
 #include "table.h"
 
 #define TABLE_HEADER_SIZE 32u  /* bytes of the header */
-#define TABLE_SERVICE_SIZE 48u /* bytes of one service record */
+#define TABLE_SERVICE_SIZE 56u /* bytes of one service record */
 #define TABLE_BACKEND_SIZE 56u /* bytes of one backend record */
+#define TABLE_PROXY_FROM_SIZE 20u /* bytes of one proxy_from entry (bytes only: no alignment) */
 
 static const char *const table_sched_names[] = {
     "round_robin", "weighted_round_robin", "least_conn", "random_two", "source_hash", "maglev",
@@ -60,11 +62,12 @@ static inline size_t table_align8(size_t n)
     return (n + 7u) & ~(size_t)7u;
 }
 
-/* Header checks; fills the four counts. */
+/* Header checks; fills the counts and the seed. */
 static int table_check_header(const uint8_t *blob, size_t len, uint32_t *ns, uint32_t *nb,
-                              uint32_t *nr, uint32_t *seed, char *err, size_t errlen)
+                              uint32_t *nr, uint32_t *np, uint32_t *seed, char *err,
+                              size_t errlen)
 {
-    uint32_t total, reserved;
+    uint32_t total;
     uint64_t expect;
 
     if (len < TABLE_HEADER_SIZE)
@@ -84,18 +87,18 @@ static int table_check_header(const uint8_t *blob, size_t len, uint32_t *ns, uin
     *nr = table_rd32(blob + 16);
     *seed = table_rd32(blob + 20);
     total = table_rd32(blob + 24);
-    reserved = table_rd32(blob + 28);
+    *np = table_rd32(blob + 28);
     if ((uint64_t)total != (uint64_t)len)
         return table_fail(err, errlen, "header.total_size: %u does not equal the blob length %zu",
                           total, len);
     expect = TABLE_HEADER_SIZE + (uint64_t)TABLE_SERVICE_SIZE * *ns +
-             (uint64_t)TABLE_BACKEND_SIZE * *nb + 4ull * *nr;
+             (uint64_t)TABLE_BACKEND_SIZE * *nb + 4ull * *nr +
+             (uint64_t)TABLE_PROXY_FROM_SIZE * *np;
     if (expect != total)
         return table_fail(err, errlen,
-                          "header.total_size: %u does not equal 32 + 48*%u + 56*%u + 4*%u = %llu",
-                          total, *ns, *nb, *nr, (unsigned long long)expect);
-    if (reserved != 0)
-        return table_fail(err, errlen, "header.reserved: %u is not 0", reserved);
+                          "header.total_size: %u does not equal 32 + 56*%u + 56*%u + 4*%u + "
+                          "20*%u = %llu",
+                          total, *ns, *nb, *nr, *np, (unsigned long long)expect);
     return 0;
 }
 
@@ -182,6 +185,8 @@ static int table_check_service(struct dp_table *t, const uint8_t *rec, uint32_t 
     s->flow_key = rec[7];
     s->max_flows = table_rd32(rec + 40);
     s->responses = table_rd32(rec + 44);
+    s->proxy_from_first = table_rd32(rec + 48);
+    s->proxy_from_count = table_rd32(rec + 52);
 
     if (s->service_id >= DP_MAX_SERVICES)
         return table_fail(err, errlen, "service[%u].service_id: %u is not below 1024", i,
@@ -267,6 +272,21 @@ static int table_check_service(struct dp_table *t, const uint8_t *rec, uint32_t 
     if (s->protocol == DP_PROTO_TCP && s->responses != 0)
         return table_fail(err, errlen, "service[%u].responses: %u is not 0 (tcp)", i,
                           s->responses);
+    if (s->proxy_from_first > t->n_proxy_from)
+        return table_fail(err, errlen,
+                          "service[%u].proxy_from_first: %u is beyond the %u proxy_from entries",
+                          i, s->proxy_from_first, t->n_proxy_from);
+    if (s->protocol == DP_PROTO_UDP && s->proxy_from_count != 0)
+        return table_fail(err, errlen, "service[%u].proxy_from_count: %u is not 0 (udp)", i,
+                          s->proxy_from_count);
+    if (s->proxy_from_count > DP_MAX_PROXY_FROM)
+        return table_fail(err, errlen, "service[%u].proxy_from_count: %u is above 64", i,
+                          s->proxy_from_count);
+    if ((uint64_t)s->proxy_from_first + s->proxy_from_count > t->n_proxy_from)
+        return table_fail(err, errlen,
+                          "service[%u].proxy_from_count: %u entries from %u overrun the %u "
+                          "proxy_from entries",
+                          i, s->proxy_from_count, s->proxy_from_first, t->n_proxy_from);
     return 0;
 }
 
@@ -289,12 +309,74 @@ static int table_check_ring(const struct dp_table *t, uint32_t i, char *err, siz
     return 0;
 }
 
+/* Decode and check proxy_from entry i. */
+static int table_check_proxy_from(struct dp_table *t, const uint8_t *rec, uint32_t i, char *err,
+                                  size_t errlen)
+{
+    struct dp_proxy_from *e = &t->proxy_from[i];
+    uint32_t alen, k;
+
+    e->family = rec[0];
+    e->prefix_len = rec[1];
+    memcpy(e->addr, rec + 4, 16);
+    if (e->family != 4 && e->family != 6)
+        return table_fail(err, errlen, "proxy_from[%u].family: %u is not 4 or 6", i,
+                          (unsigned)e->family);
+    alen = e->family == 4 ? 4 : 16;
+    if (e->prefix_len > alen * 8)
+        return table_fail(err, errlen, "proxy_from[%u].prefix_len: %u is above %u (IPv%u)", i,
+                          (unsigned)e->prefix_len, alen * 8, (unsigned)e->family);
+    if (rec[2] != 0 || rec[3] != 0)
+        return table_fail(err, errlen, "proxy_from[%u].reserved: bytes 2..3 are not 0", i);
+    for (k = alen; k < 16; k++)
+        if (e->addr[k] != 0)
+            return table_fail(err, errlen,
+                              "proxy_from[%u].addr: bytes 4..15 of an IPv4 address are not 0", i);
+    for (k = 0; k < alen; k++) {
+        uint32_t bits = e->prefix_len > k * 8 ? e->prefix_len - k * 8 : 0;
+        uint8_t host = bits >= 8 ? 0 : (uint8_t)(0xffu >> bits);
+
+        if (e->addr[k] & host)
+            return table_fail(err, errlen, "proxy_from[%u].addr: host bits beyond /%u are not 0",
+                              i, (unsigned)e->prefix_len);
+    }
+    return 0;
+}
+
+/* 1 when the first prefix_len bits of a and p are equal. */
+static int table_prefix_eq(const uint8_t *a, const uint8_t *p, uint32_t prefix_len)
+{
+    uint32_t whole = prefix_len / 8, rest = prefix_len % 8;
+
+    if (memcmp(a, p, whole) != 0)
+        return 0;
+    return rest == 0 || ((a[whole] ^ p[whole]) & (uint8_t)(0xffu << (8 - rest))) == 0;
+}
+
+int dp_table_proxy_from_match(const struct dp_table *t, const struct dp_service *svc,
+                              uint8_t family, const uint8_t addr[16])
+{
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    const struct dp_proxy_from *e = t->proxy_from + svc->proxy_from_first;
+    const uint8_t *v4 = family == 4 ? addr : NULL;
+    uint32_t k;
+
+    if (family == 6 && memcmp(addr, mapped, sizeof(mapped)) == 0)
+        v4 = addr + 12; /* ::ffff:a.b.c.d, a dual-stack listener's IPv4 client */
+    for (k = 0; k < svc->proxy_from_count; k++, e++) {
+        if (e->family == 4 ? v4 != NULL && table_prefix_eq(v4, e->addr, e->prefix_len)
+                           : family == 6 && table_prefix_eq(addr, e->addr, e->prefix_len))
+            return 1;
+    }
+    return 0;
+}
+
 int dp_table_parse(const uint8_t *blob, size_t len, struct dp_table **out, char *err,
                    size_t errlen)
 {
     uint64_t seen[DP_MAX_BACKENDS / 64];
-    uint32_t ns = 0, nb = 0, nr = 0, seed = 0, i;
-    size_t off_svc, off_bk, off_ring, size;
+    uint32_t ns = 0, nb = 0, nr = 0, np = 0, seed = 0, i;
+    size_t off_svc, off_bk, off_ring, off_pf, size;
     const uint8_t *p;
     struct dp_table *t;
     char *mem;
@@ -303,14 +385,15 @@ int dp_table_parse(const uint8_t *blob, size_t len, struct dp_table **out, char 
     *out = NULL;
     if (err != NULL && errlen > 0)
         err[0] = '\0';
-    rc = table_check_header(blob, len, &ns, &nb, &nr, &seed, err, errlen);
+    rc = table_check_header(blob, len, &ns, &nb, &nr, &np, &seed, err, errlen);
     if (rc < 0)
         return rc;
 
     off_svc = table_align8(sizeof(struct dp_table));
     off_bk = table_align8(off_svc + sizeof(struct dp_service) * (size_t)ns);
     off_ring = table_align8(off_bk + sizeof(struct dp_backend) * (size_t)nb);
-    size = off_ring + sizeof(uint32_t) * (size_t)nr;
+    off_pf = table_align8(off_ring + sizeof(uint32_t) * (size_t)nr);
+    size = off_pf + sizeof(struct dp_proxy_from) * (size_t)np;
     mem = malloc(size);
     if (mem == NULL)
         return -ENOMEM;
@@ -320,9 +403,11 @@ int dp_table_parse(const uint8_t *blob, size_t len, struct dp_table **out, char 
     t->n_services = ns;
     t->n_backends = nb;
     t->n_ring = nr;
+    t->n_proxy_from = np;
     t->services = (struct dp_service *)(mem + off_svc);
     t->backends = (struct dp_backend *)(mem + off_bk);
     t->ring = (uint32_t *)(mem + off_ring);
+    t->proxy_from = (struct dp_proxy_from *)(mem + off_pf);
     for (i = 0; i < DP_MAX_SERVICES; i++)
         t->by_service_id[i] = -1;
 
@@ -344,6 +429,13 @@ int dp_table_parse(const uint8_t *blob, size_t len, struct dp_table **out, char 
     }
     for (i = 0; i < ns; i++) {
         rc = table_check_ring(t, i, err, errlen);
+        if (rc < 0)
+            goto fail;
+    }
+    p = blob + TABLE_HEADER_SIZE + (size_t)TABLE_SERVICE_SIZE * ns +
+        (size_t)TABLE_BACKEND_SIZE * nb + 4 * (size_t)nr;
+    for (i = 0; i < np; i++) {
+        rc = table_check_proxy_from(t, p + (size_t)TABLE_PROXY_FROM_SIZE * i, i, err, errlen);
         if (rc < 0)
             goto fail;
     }

@@ -16,6 +16,7 @@
 #define DP_MAX_SERVICES 1024u
 #define DP_MAX_BACKENDS 65536u
 #define DP_MAX_WEIGHT 256u
+#define DP_MAX_PROXY_FROM 64u /* accept_proxy_from entries per service (a linear scan at accept) */
 
 enum dp_proto { DP_PROTO_TCP = 0, DP_PROTO_UDP = 1 };
 enum dp_sched {
@@ -31,7 +32,7 @@ enum dp_flow_key { DP_FLOW_SRC_IP_PORT = 0, DP_FLOW_SRC_IP = 1 }; /* udp: what k
 #define DP_BACKEND_FLAG_BACKUP 0x01u  /* informational */
 #define DP_BACKEND_FLAG_DOWN 0x02u    /* health DOWN or maintenance: its UDP flows move */
 
-/* One service, decoded from its 48-byte record. */
+/* One service, decoded from its 56-byte record. */
 struct dp_service {
     uint32_t service_id;          /* stable dense id, index of per-service counters */
     uint8_t protocol;             /* enum dp_proto */
@@ -48,6 +49,16 @@ struct dp_service {
     uint8_t flow_key;             /* udp: enum dp_flow_key; tcp: 0 */
     uint32_t max_flows;           /* udp: flows at once, all workers together, 0 = unlimited */
     uint32_t responses;           /* udp: datagrams from the backend that end a flow, 0 = never */
+    uint32_t proxy_from_first;    /* index of the first entry in dp_table.proxy_from */
+    uint32_t proxy_from_count;    /* tcp: accept_proxy_from entries (<= DP_MAX_PROXY_FROM); 0 =
+                                     every client sends a PROXY header (when accept_proxy is on) */
+};
+
+/* One accept_proxy_from prefix, decoded from its 20-byte entry. */
+struct dp_proxy_from {
+    uint8_t family;               /* 4 or 6 */
+    uint8_t prefix_len;           /* 0..32 (IPv4) or 0..128 (IPv6) */
+    uint8_t addr[16];             /* network byte order, IPv4 in the first 4 bytes; host bits 0 */
 };
 
 /* One backend, decoded from its 56-byte record. */
@@ -73,9 +84,11 @@ struct dp_table {
     uint32_t n_services;          /* entries in services[] */
     uint32_t n_backends;          /* entries in backends[] */
     uint32_t n_ring;              /* entries in ring[] */
+    uint32_t n_proxy_from;        /* entries in proxy_from[] */
     struct dp_service *services;  /* n_services decoded records */
     struct dp_backend *backends;  /* n_backends decoded records */
     uint32_t *ring;               /* n_ring entries, relative backend indexes */
+    struct dp_proxy_from *proxy_from; /* n_proxy_from decoded accept_proxy_from prefixes */
     int16_t by_service_id[DP_MAX_SERVICES]; /* service_id -> index in services[], -1 if absent */
     uint8_t digest[32];           /* SHA-256 of the blob, computed by the caller, may stay zero */
 };
@@ -84,12 +97,19 @@ struct dp_table {
  * (one allocation). On failure returns -EINVAL and writes a one-line reason naming the first
  * failing field into err (same text as l4lb/table/blob.py), or -ENOMEM. Check order: header
  * fields by offset, then backend records, then service records (fields by offset), then each
- * service's ring entries. */
+ * service's ring entries, then every proxy_from entry. */
 int dp_table_parse(const uint8_t *blob, size_t len, struct dp_table **out, char *err, size_t errlen);
 void dp_table_free(struct dp_table *t);
 
 /* Service record by stable id, NULL if the table has no such service. */
 const struct dp_service *dp_table_service(const struct dp_table *t, uint32_t service_id);
+
+/* 1 when the client (family 4/6, 16-byte address in network order, IPv4 in the first 4 bytes)
+ * matches one of svc's accept_proxy_from prefixes, else 0. An IPv4-mapped IPv6 client
+ * (::ffff:a.b.c.d) also matches the IPv4 prefixes by its IPv4 address. A linear scan of at
+ * most DP_MAX_PROXY_FROM entries; callers test svc->proxy_from_count first. */
+int dp_table_proxy_from_match(const struct dp_table *t, const struct dp_service *svc,
+                              uint8_t family, const uint8_t addr[16]);
 
 /* Flow hash (FNV-1a 64 + splitmix64 finaliser), see the docs. */
 uint64_t dp_hash64(uint32_t seed, const uint8_t *data, size_t len);

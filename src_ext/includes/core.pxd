@@ -37,6 +37,7 @@ cdef extern from "dp.h" nogil:
         uint64_t drops_max_udp_flows
         uint64_t proxy_header_errors
         uint64_t proxy_header_timeouts
+        uint64_t proxy_direct
 
     struct dp_be_stats:
         uint64_t conns_total

@@ -13,6 +13,7 @@ cdef extern from "table.h" nogil:
         DP_MAX_SERVICES
         DP_MAX_BACKENDS
         DP_MAX_WEIGHT
+        DP_MAX_PROXY_FROM
         MAGLEV_KEY_LEN
 
     enum dp_proto:
@@ -47,6 +48,13 @@ cdef extern from "table.h" nogil:
         uint8_t flow_key
         uint32_t max_flows
         uint32_t responses
+        uint32_t proxy_from_first
+        uint32_t proxy_from_count
+
+    struct dp_proxy_from:
+        uint8_t family
+        uint8_t prefix_len
+        uint8_t addr[16]
 
     struct dp_backend:
         uint32_t backend_id
@@ -65,15 +73,19 @@ cdef extern from "table.h" nogil:
         uint32_t n_services
         uint32_t n_backends
         uint32_t n_ring
+        uint32_t n_proxy_from
         dp_service *services
         dp_backend *backends
         uint32_t *ring
+        dp_proxy_from *proxy_from
         int16_t by_service_id[1024]
         uint8_t digest[32]
 
     int dp_table_parse(const uint8_t *blob, size_t len, dp_table **out, char *err, size_t errlen)
     void dp_table_free(dp_table *t)
     const dp_service *dp_table_service(const dp_table *t, uint32_t service_id)
+    int dp_table_proxy_from_match(const dp_table *t, const dp_service *svc, uint8_t family,
+                                  const uint8_t *addr)
 
     uint64_t dp_hash64(uint32_t seed, const uint8_t *data, size_t len)
     uint64_t dp_flow_hash(uint32_t seed, uint8_t family, const uint8_t *addr, uint16_t port,

@@ -13,7 +13,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from l4lb.table.blob import FLAG_DOWN, SCHED_NAMES, BackendRec, ServiceRec, Table, pack
+from l4lb.table.blob import (
+    FLAG_DOWN,
+    SCHED_NAMES,
+    BackendRec,
+    ProxyFromRec,
+    ServiceRec,
+    Table,
+    pack,
+)
 from l4lb.table.hashing import flow_hash
 from l4lb.table.maglev import maglev_fill
 
@@ -53,6 +61,7 @@ class ServiceSpec:
     flow_key: str = "address_port"  # udp: what identifies a flow, see FLOW_KEYS
     max_flows: int = 0  # udp: flows at once, 0 = unlimited
     responses: int = 0  # udp: a flow ends after this many datagrams from its backend
+    proxy_from: tuple[str, ...] = ()  # tcp: accept_proxy_from prefixes ("10.0.0.0/8", "::1")
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ def build_table(services: list[ServiceSpec], hash_seed: int = 0,
     svc_recs: list[ServiceRec] = []
     be_recs: list[BackendRec] = []
     ring: list[int] = []
+    proxy_from: list[ProxyFromRec] = []
     ids: dict[str, int] = {}
     for spec in services:
         ordered = sorted(spec.backends, key=_canonical)
@@ -112,10 +122,12 @@ def build_table(services: list[ServiceSpec], hash_seed: int = 0,
             retries=spec.retries, max_connections=spec.max_connections, backend_first=first,
             backend_count=len(ordered), ring_first=len(ring), ring_size=len(ring_entries),
             flow_key=FLOW_KEYS.index(spec.flow_key), max_flows=spec.max_flows,
-            responses=spec.responses,
+            responses=spec.responses, proxy_from_first=len(proxy_from),
+            proxy_from_count=len(spec.proxy_from),
         ))
         ring.extend(ring_entries)
-    table = Table(hash_seed, tuple(svc_recs), tuple(be_recs), tuple(ring))
+        proxy_from.extend(ProxyFromRec.of(ipaddress.ip_network(n)) for n in spec.proxy_from)
+    table = Table(hash_seed, tuple(svc_recs), tuple(be_recs), tuple(ring), tuple(proxy_from))
     return BuiltTable(pack(table), table, ids, {v: k for k, v in ids.items()})
 
 

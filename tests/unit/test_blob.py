@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import struct
 import types
@@ -12,7 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l4lb.table.blob import BackendRec, ServiceRec, Table, TableError, digest, pack, parse
+from l4lb.table.blob import (
+    BackendRec,
+    ProxyFromRec,
+    ServiceRec,
+    Table,
+    TableError,
+    digest,
+    pack,
+    parse,
+)
 from l4lb.table.maglev import maglev_fill
 
 
@@ -34,15 +44,24 @@ BACKENDS = (
 MAGLEV_RING = tuple(
     maglev_fill(77, [(b.family, b.addr, b.port, b.weight) for b in BACKENDS[:3]], 7)
 )
-SERVICES = (
-    ServiceRec(3, 0, 5, 0, 1000, 0, 2, 0, 0, 3, 0, 7),
-    ServiceRec(5, 1, 4, 1, 500, 30000, 0, 10, 3, 2, 7, 3, flow_key=1, max_flows=100, responses=1),
-    ServiceRec(9, 0, 0, 0, 3000, 300000, 1, 0, 5, 1, 10, 0),
+# accept_proxy_from prefixes: service 0 has the first two, service 2 the third
+PROXY_FROM = (
+    ProxyFromRec(4, 8, v4(10, 0, 0, 0)),
+    ProxyFromRec(6, 32, bytes.fromhex("20010db8") + bytes(12)),
+    ProxyFromRec(4, 32, v4(192, 0, 2, 7)),
 )
-BASE = Table(77, SERVICES, BACKENDS, (*MAGLEV_RING, 0, 0, 1))
+SERVICES = (
+    ServiceRec(3, 0, 5, 0, 1000, 0, 2, 0, 0, 3, 0, 7, proxy_from_first=0, proxy_from_count=2),
+    ServiceRec(5, 1, 4, 1, 500, 30000, 0, 10, 3, 2, 7, 3, flow_key=1, max_flows=100, responses=1,
+               proxy_from_first=2),
+    ServiceRec(9, 0, 0, 0, 3000, 300000, 1, 0, 5, 1, 10, 0, proxy_from_first=2,
+               proxy_from_count=1),
+)
+BASE = Table(77, SERVICES, BACKENDS, (*MAGLEV_RING, 0, 0, 1), PROXY_FROM)
 SVC_OFF = 32
-BK_OFF = 32 + 48 * 3
+BK_OFF = 32 + 56 * 3
 RING_OFF = BK_OFF + 56 * 6
+PF_OFF = RING_OFF + 4 * 10
 
 
 def base_blob() -> bytearray:
@@ -58,7 +77,7 @@ def put(fmt: str, offset: int, value: int) -> Callable[[bytearray], bytearray]:
 
 
 def svc(i: int, field_offset: int, fmt: str, value: int) -> Callable[[bytearray], bytearray]:
-    return put(fmt, SVC_OFF + 48 * i + field_offset, value)
+    return put(fmt, SVC_OFF + 56 * i + field_offset, value)
 
 
 def bk(i: int, field_offset: int, fmt: str, value: int) -> Callable[[bytearray], bytearray]:
@@ -69,10 +88,26 @@ def ring(k: int, value: int) -> Callable[[bytearray], bytearray]:
     return put("I", RING_OFF + 4 * k, value)
 
 
+def pf(i: int, field_offset: int, value: int) -> Callable[[bytearray], bytearray]:
+    return put("B", PF_OFF + 20 * i + field_offset, value)
+
+
 def grow(blob: bytearray) -> bytearray:
     blob += bytes(4)
     struct.pack_into("<I", blob, 24, len(blob))
     return blob
+
+
+def add_proxy_from(family: int, prefix_len: int, addr: bytes) -> Callable[[bytearray], bytearray]:
+    """Append one proxy_from entry (outside every service's range) and fix the counts."""
+
+    def mutate(blob: bytearray) -> bytearray:
+        blob += struct.pack("<BB2s16s", family, prefix_len, bytes(2), addr)
+        struct.pack_into("<I", blob, 24, len(blob))
+        struct.pack_into("<I", blob, 28, len(PROXY_FROM) + 1)
+        return blob
+
+    return mutate
 
 
 def both(*mutations: Callable[[bytearray], bytearray]) -> Callable[[bytearray], bytearray]:
@@ -105,14 +140,21 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
     (
         "total_size-formula",
         grow,
-        f"header.total_size: {TOTAL + 4} does not equal 32 + 48*3 + 56*6 + 4*10 = {TOTAL}",
+        f"header.total_size: {TOTAL + 4} does not equal 32 + 56*3 + 56*6 + 4*10 + 20*3 = "
+        f"{TOTAL}",
     ),
     (
         "total_size-counts",
         put("I", 8, 4),
-        f"header.total_size: {TOTAL} does not equal 32 + 48*4 + 56*6 + 4*10 = {TOTAL + 48}",
+        f"header.total_size: {TOTAL} does not equal 32 + 56*4 + 56*6 + 4*10 + 20*3 = "
+        f"{TOTAL + 56}",
     ),
-    ("header-reserved", put("I", 28, 1), "header.reserved: 1 is not 0"),
+    (
+        "total_size-n_proxy_from",
+        put("I", 28, 4),
+        f"header.total_size: {TOTAL} does not equal 32 + 56*3 + 56*6 + 4*10 + 20*4 = "
+        f"{TOTAL + 20}",
+    ),
     ("service_id-range", svc(1, 0, "I", 1024), "service[1].service_id: 1024 is not below 1024"),
     ("service_id-unique", svc(2, 0, "I", 3), "service[2].service_id: 3 is also used by service[0]"),
     ("protocol", svc(0, 4, "B", 2), "service[0].protocol: 2 is not 0 (tcp) or 1 (udp)"),
@@ -166,6 +208,61 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
     ),
     ("max_flows-tcp", svc(0, 40, "I", 9), "service[0].max_flows: 9 is not 0 (tcp)"),
     ("responses-tcp", svc(2, 44, "I", 1), "service[2].responses: 1 is not 0 (tcp)"),
+    (
+        "proxy_from_first",
+        svc(2, 48, "I", 4),
+        "service[2].proxy_from_first: 4 is beyond the 3 proxy_from entries",
+    ),
+    ("proxy_from_count-udp", svc(1, 52, "I", 1), "service[1].proxy_from_count: 1 is not 0 (udp)"),
+    ("proxy_from_count-max", svc(0, 52, "I", 65), "service[0].proxy_from_count: 65 is above 64"),
+    (
+        "proxy_from_count-range",
+        svc(2, 52, "I", 2),
+        "service[2].proxy_from_count: 2 entries from 2 overrun the 3 proxy_from entries",
+    ),
+    ("proxy_from-family", pf(1, 0, 5), "proxy_from[1].family: 5 is not 4 or 6"),
+    ("proxy_from-prefix_len-v4", pf(0, 1, 33), "proxy_from[0].prefix_len: 33 is above 32 (IPv4)"),
+    (
+        "proxy_from-prefix_len-v6",
+        pf(1, 1, 129),
+        "proxy_from[1].prefix_len: 129 is above 128 (IPv6)",
+    ),
+    ("proxy_from-reserved", pf(2, 3, 1), "proxy_from[2].reserved: bytes 2..3 are not 0"),
+    (
+        "proxy_from-addr-ipv4-tail",
+        pf(0, 4 + 4, 1),
+        "proxy_from[0].addr: bytes 4..15 of an IPv4 address are not 0",
+    ),
+    (
+        "proxy_from-host-bits-v4",
+        pf(0, 4 + 3, 1),
+        "proxy_from[0].addr: host bits beyond /8 are not 0",
+    ),
+    (
+        "proxy_from-host-bits-v4-partial-byte",
+        both(pf(0, 1, 12), pf(0, 4 + 1, 0x08)),
+        "proxy_from[0].addr: host bits beyond /12 are not 0",
+    ),
+    (
+        "proxy_from-host-bits-v6",
+        pf(1, 4 + 15, 1),
+        "proxy_from[1].addr: host bits beyond /32 are not 0",
+    ),
+    (
+        "proxy_from-unused-entry-is-checked-too",
+        add_proxy_from(4, 0, v4(1, 0, 0, 0)),
+        "proxy_from[3].addr: host bits beyond /0 are not 0",
+    ),
+    (
+        "order-ring-before-proxy_from",
+        both(pf(0, 0, 9), ring(8, 2)),
+        "service[1].ring[1]: 2 is not below backend_count 2",
+    ),
+    (
+        "order-proxy_from-family-before-prefix_len",
+        both(pf(2, 1, 200), pf(2, 0, 0)),
+        "proxy_from[2].family: 0 is not 4 or 6",
+    ),
     ("ring-entry-range", ring(8, 2), "service[1].ring[1]: 2 is not below backend_count 2"),
     (
         "ring-entry-weight",
@@ -258,7 +355,7 @@ def test_base_blob_is_valid_in_both(cdp: types.ModuleType) -> None:
     blob = pack(BASE)
     assert parse(blob) == BASE
     cdp.table_check(blob)
-    assert len(blob) == 32 + 48 * 3 + 56 * 6 + 4 * 10
+    assert len(blob) == 32 + 56 * 3 + 56 * 6 + 4 * 10 + 20 * 3
 
 
 @pytest.mark.parametrize(("name", "mutate", "message"), CASES, ids=[c[0] for c in CASES])
@@ -306,15 +403,15 @@ def test_digest() -> None:
     # the digest ignores service and backend ids (they depend on a node's reload history) ...
     renumbered = bytearray(blob)
     struct.pack_into("<I", renumbered, 32, 77)  # service[0].service_id
-    struct.pack_into("<I", renumbered, 32 + 48 * len(SERVICES), 4242)  # backend[0].backend_id
+    struct.pack_into("<I", renumbered, 32 + 56 * len(SERVICES), 4242)  # backend[0].backend_id
     parse(bytes(renumbered))
     assert digest(bytes(renumbered)) == digest(blob)
     # ... and is the SHA-256 of the blob with those ids zeroed
     zeroed = bytearray(blob)
     for i in range(len(SERVICES)):
-        struct.pack_into("<I", zeroed, 32 + 48 * i, 0)
+        struct.pack_into("<I", zeroed, 32 + 56 * i, 0)
     for i in range(len(BACKENDS)):
-        struct.pack_into("<I", zeroed, 32 + 48 * len(SERVICES) + 56 * i, 0)
+        struct.pack_into("<I", zeroed, 32 + 56 * len(SERVICES) + 56 * i, 0)
     assert digest(blob) == hashlib.sha256(bytes(zeroed)).hexdigest()[:16]
 
 
@@ -355,6 +452,17 @@ def _source(b: BackendRec) -> tuple[int, bytes]:
 
 
 @st.composite
+def networks(draw: st.DrawFn) -> ProxyFromRec:
+    """A valid proxy_from entry: any family and prefix length, host bits cleared."""
+    family = draw(st.sampled_from([4, 6]))
+    bits = 32 if family == 4 else 128
+    plen = draw(st.integers(0, bits))
+    raw = draw(st.binary(min_size=bits // 8, max_size=bits // 8))
+    net = ipaddress.ip_network((raw, plen), strict=False)
+    return ProxyFromRec.of(net)
+
+
+@st.composite
 def tables(draw: st.DrawFn) -> Table:
     """Random valid tables: every scheduler, random weights, consistent rings."""
     seed = draw(st.integers(0, 2**32 - 1))
@@ -365,6 +473,7 @@ def tables(draw: st.DrawFn) -> Table:
     services: list[ServiceRec] = []
     backends: list[BackendRec] = []
     ring: list[int] = []
+    proxy_from: list[ProxyFromRec] = []
     for sid in sids:
         sched = draw(st.integers(0, 5))
         own = draw(st.lists(backend_rec_st, min_size=0, max_size=6))
@@ -389,6 +498,7 @@ def tables(draw: st.DrawFn) -> Table:
         else:
             svc_ring = []
         udp = draw(st.booleans())
+        pfrom = [] if udp else draw(st.lists(networks(), max_size=3))
         services.append(
             ServiceRec(
                 sid,
@@ -406,11 +516,14 @@ def tables(draw: st.DrawFn) -> Table:
                 flow_key=draw(st.integers(0, 1)) if udp else 0,
                 max_flows=draw(st.integers(0, 2**32 - 1)) if udp else 0,
                 responses=draw(st.integers(0, 2**32 - 1)) if udp else 0,
+                proxy_from_first=len(proxy_from),
+                proxy_from_count=len(pfrom),
             )
         )
         backends.extend(own)
         ring.extend(svc_ring)
-    return Table(seed, tuple(services), tuple(backends), tuple(ring))
+        proxy_from.extend(pfrom)
+    return Table(seed, tuple(services), tuple(backends), tuple(ring), tuple(proxy_from))
 
 
 @settings(max_examples=80, deadline=None)
@@ -443,3 +556,68 @@ def test_c_and_python_agree_on_corrupted_blobs(
         assert str(c_err.value) == str(exc)
     else:
         cdp.table_check(bytes(blob))
+
+
+def _client(text: str) -> tuple[int, bytes]:
+    a = ipaddress.ip_address(text)
+    return a.version, a.packed.ljust(16, b"\0")
+
+
+MATCH_TABLE = Table(
+    0,
+    (
+        ServiceRec(1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, proxy_from_first=0, proxy_from_count=4),
+        ServiceRec(2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, proxy_from_first=4),
+    ),
+    (),
+    (),
+    tuple(ProxyFromRec.of(ipaddress.ip_network(n)) for n in
+          ("10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "172.16.0.0/12")),
+)
+
+
+@pytest.mark.parametrize(("client", "service_id", "hit"), [
+    ("10.1.2.3", 1, True),
+    ("11.0.0.1", 1, False),
+    ("192.0.2.7", 1, True),
+    ("192.0.2.8", 1, False),
+    ("172.31.255.255", 1, True),  # a /12: the last byte of the prefix is partial
+    ("172.32.0.0", 1, False),
+    ("2001:db8::1", 1, True),
+    ("2001:db9::1", 1, False),
+    ("::1", 1, False),
+    ("::ffff:10.9.9.9", 1, True),  # IPv4-mapped (a dual-stack listener): the IPv4 entries
+    ("::ffff:192.0.2.8", 1, False),
+    ("::10.9.9.9", 1, False),  # IPv4-compatible (deprecated) is not mapped
+    ("10.1.2.3", 2, False),  # no list: nothing matches (the caller expects a header of all)
+])
+def test_proxy_from_match_c_and_python(
+    cdp: types.ModuleType, client: str, service_id: int, hit: bool
+) -> None:
+    family, addr = _client(client)
+    svc = MATCH_TABLE.service(service_id)
+    assert svc is not None
+    assert MATCH_TABLE.proxy_from_match(svc, family, addr) is hit
+    assert cdp.proxy_from_match(pack(MATCH_TABLE), service_id, family, addr) is hit
+
+
+@settings(max_examples=200, deadline=None)
+@given(nets=st.lists(networks(), min_size=1, max_size=5),
+       client=st.one_of(st.ip_addresses(), st.ip_addresses(v=4).map(
+           lambda a: ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + a.packed))))
+def test_proxy_from_match_agrees_with_ipaddress(
+    cdp: types.ModuleType, nets: list[ProxyFromRec],
+    client: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    table = Table(0, (ServiceRec(1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, proxy_from_first=0,
+                                 proxy_from_count=len(nets)),), (), (), tuple(nets))
+    family, addr = client.version, client.packed.ljust(16, b"\0")
+    plain = client.ipv4_mapped if isinstance(client, ipaddress.IPv6Address) else None
+    expect = any(
+        (client in n) or (plain is not None and plain in n)
+        for e in nets
+        for n in [ipaddress.ip_network((e.addr[: 4 if e.family == 4 else 16], e.prefix_len))]
+        if n.version == client.version or plain is not None
+    )
+    assert table.proxy_from_match(table.services[0], family, addr) is expect
+    assert cdp.proxy_from_match(pack(table), 1, family, addr) is expect

@@ -168,10 +168,12 @@ def test_shipped_examples_load_cleanly(path: Path) -> None:
 def test_annotated_example_shows_every_key() -> None:
     text = (REPO / "conf" / "l4lb.toml").read_text()
     written = set(re.findall(r"^\s*([a-z_]+)\s*=", text, flags=re.M))
-    # connection_log is off unless set, so the example shows it commented out
+    # connection_log is off unless set, and accept_proxy_from needs accept_proxy (off there),
+    # so the example shows both commented out
     assert (set(GLOBAL_KEYS) - {"connection_log"}) \
-        | (set(SERVICE_KEYS) - {"backends", "health", *UDP_ONLY_KEYS}) \
+        | (set(SERVICE_KEYS) - {"backends", "health", "accept_proxy_from", *UDP_ONLY_KEYS}) \
         | set(BACKEND_KEYS) <= written
+    assert "# accept_proxy_from = [" in text
     assert "[services.health]" in text
     commented = set(re.findall(r"^\s*#?\s*([a-z_]+)\s*=", text, flags=re.M))
     assert set(HEALTH_KEYS) - {"send_hex", "expect_regex"} <= commented

@@ -87,7 +87,7 @@ def test_every_metric_has_its_type_and_help() -> None:
         "l4lb_service_connections_active": "gauge", "l4lb_service_rejected": "counter",
         "l4lb_service_no_backend": "counter", "l4lb_service_accept_errors": "counter",
         "l4lb_service_bytes": "counter", "l4lb_service_backends": "gauge",
-        "l4lb_service_proxy_header_errors": "counter",
+        "l4lb_service_proxy_header_errors": "counter", "l4lb_service_proxy_direct": "counter",
         "l4lb_backend_connections": "counter", "l4lb_backend_connections_active": "gauge",
         "l4lb_backend_connect_failures": "counter", "l4lb_backend_bytes": "counter",
         "l4lb_backend_sessions_shut_down": "counter",
