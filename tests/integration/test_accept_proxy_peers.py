@@ -8,8 +8,10 @@ balancer as the client, and exactly the client's bytes after the header; l4lb's 
 must name the client and, as `peer`, the front balancer's connection. Clients come over IPv4
 and IPv6 while the front always reaches l4lb over IPv4 (a TCP6 header over an IPv4
 connection). A client that skips the front and sends no header is
-reset and counted. Both data planes. A test is skipped when its peer is not installed (CI
-installs the Debian packages `haproxy`, `nginx` and `libnginx-mod-stream`; scripts/test.sh)."""
+reset and counted; with `accept_proxy_from` naming HAProxy's `source`, such a client is relayed
+as it is on the same listener. Both data planes. A test is skipped when its peer is not
+installed (CI installs the Debian packages `haproxy`, `nginx` and `libnginx-mod-stream`;
+scripts/test.sh)."""
 
 from __future__ import annotations
 
@@ -235,3 +237,67 @@ def test_behind_nginx_stream_proxy_protocol(tmp_path: Path, nginx: tuple[int, in
     f1, lb = nginx
     behind_the_front(tmp_path, backend, lb, [("127.0.0.1", f1), ("::1", f1)], reference)
     assert "broken header" not in (tmp_path / "error.log").read_text()
+
+
+HAPROXY_MIXED_CONF = """\
+global
+    log stderr format raw local0 info
+defaults
+    mode tcp
+    log global
+    timeout connect 2s
+    timeout client 5s
+    timeout server 5s
+frontend front
+    bind 127.0.0.1:{f1}
+    default_backend to_l4lb
+backend to_l4lb
+    server l4lb 127.0.0.1:{lb} send-proxy-v2 source 127.0.0.2
+"""
+
+
+@needs_haproxy
+@pytest.mark.parametrize("reference", [False, True], ids=["c", "ref"])
+def test_haproxy_and_direct_clients_on_one_listener(tmp_path: Path, backend: ProxyBackend,
+                                                    reference: bool) -> None:
+    """accept_proxy_from: HAProxy reaches l4lb from 127.0.0.2 (`source`) and must send a
+    header; a client of 127.0.0.1 skips it and is relayed as it is, even when its first bytes
+    look like a PROXY header. The backend gets l4lb's own v2 header naming each real client."""
+    f1, lb = free_port(), free_port()
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(HAPROXY_MIXED_CONF.format(f1=f1, lb=lb))
+    cfg = tmp_path / "l4lb.toml"
+    cfg.write_text(l4lb_config(tmp_path, lb, backend.addr).replace(
+        'accept_proxy_timeout = "2s"\n', 'accept_proxy_timeout = "2s"\n'
+        'accept_proxy_from = ["127.0.0.2"]\n'))
+    front = subprocess.Popen(["haproxy", "-db", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        wait_listening(f1, front)
+        proc = subprocess.Popen(l4lb_cmd("run", "-c", str(cfg)), env=child_env(reference),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_listening(lb, proc)
+        via_front = trip("127.0.0.1", f1, b"through haproxy")
+        lookalike = b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\nplain client"
+        direct = trip("127.0.0.1", lb, lookalike)
+        # three at the backend: wait_listening's probe connect is a direct client too
+        assert wait_until(lambda: len(backend.done()) >= 3, 10.0), backend.done()
+        res = subprocess.run(l4lb_cmd("status", "--json", "-c", str(cfg)), capture_output=True,
+                             text=True, env=child_env(), timeout=30, check=True)
+        counters = json.loads(res.stdout)["services"][0]["counters"]
+        # direct: this client and wait_listening's probe connect
+        assert (counters["proxy_direct"], counters["proxy_header_errors"]) == (2, 0)
+    finally:
+        if proc is not None:
+            assert stop_process(proc) == 0
+        stop_process(front, timeout=10.0)
+    done: list[Conn] = backend.done()
+    assert all(c.error == "" for c in done), [c.error for c in done]
+    got = sorted((c.header.src, c.payload) for c in done if c.payload)
+    assert got == sorted([(via_front, b"through haproxy"), (direct, lookalike)])
+    assert len(done) == 3 and sum(not c.payload for c in done) == 1  # the probe connect
+    lines = [json.loads(line) for line in (tmp_path / "conn.jsonl").read_text().splitlines()]
+    peers = {line["client"]: line["peer"] for line in lines}
+    assert peers[hostport(direct)] == hostport(direct)  # a direct client is its own peer
+    assert peers[hostport(via_front)].startswith("127.0.0.2:")  # HAProxy's source
