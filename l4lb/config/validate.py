@@ -1000,6 +1000,12 @@ class _Checker:
             self.error(path, f"{label}: {text} is {kind}, which cannot be a source "
                        "(leave source out for the kernel's choice)")
             return None
+        if isinstance(source, ipaddress.IPv6Address) and source.ipv4_mapped is not None:
+            # it binds on an IPv6 socket, but every connect() from it fails (EAFNOSUPPORT)
+            self.error(path, f"{label}: {text} is an IPv4-mapped IPv6 address, which cannot be "
+                       f"a source (an IPv4 source is written {source.ipv4_mapped}, for IPv4 "
+                       "backends)")
+            return None
         return source
 
     def service_source(self, scope: _Scope, table: dict[str, Any],

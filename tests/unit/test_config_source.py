@@ -147,3 +147,15 @@ def test_status_shows_each_backend_source() -> None:
     assert [b["source"] for b in daemon.cmd_backends("web")] == ["127.0.0.1", "192.0.2.2"]
     assert "\n  source address: 127.0.0.1; 127.0.0.1:9002 from 192.0.2.2\n" in \
         status_text(status)
+
+
+def test_an_ipv4_mapped_source_is_refused() -> None:
+    """::ffff:a.b.c.d binds on an IPv6 socket, but no IPv6 backend can be reached from it (the
+    connect fails with EAFNOSUPPORT, every time): as for addresses, write the IPv4 form."""
+    body = TEXT.format(source="::ffff:127.0.0.1", own="::1", protocol="tcp").replace(
+        "127.0.0.1:900", "[::1]:900")
+    assert problems(body, NetHost(bindable={"::ffff:127.0.0.1", "::1"})) == [
+        't.toml:5:10: error: services[0] ("web"): source: ::ffff:127.0.0.1 is an IPv4-mapped '
+        "IPv6 address, which cannot be a source (an IPv4 source is written 127.0.0.1, for "
+        "IPv4 backends)"]
+    assert problems(body, None)  # a text check: also without host checks
