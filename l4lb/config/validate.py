@@ -267,6 +267,7 @@ class _Checker:
         self.bind_errnos: dict[str, int] = {}  # source address -> errno of binding it (0: ok)
         self.host_interfaces: Mapping[str, tuple[VipInterface, ...]] | None = None  # once asked
         self.interfaces_asked = False  # host_interfaces is valid
+        self.vip_ips: set[IPAddress] = set()  # the addresses of the document's [[vrrp]] vips
 
     # ------------------------------------------------------------ reporting
 
@@ -407,6 +408,7 @@ class _Checker:
             table = self.read_table(("global",), "global", doc["global"])
             if table is not None:
                 settings = self.global_settings(table)
+        self.vip_ips = _vip_ips(doc.get("vrrp"))
         services: list[Service] = []
         if "services" in doc:
             services = self.services(doc["services"])
@@ -955,8 +957,13 @@ class _Checker:
     def source_bindable(self, path: KeyPath, label: str, source: IPAddress, what: str) -> bool:
         """With host checks on, can this process bind `source` (port 0)? Reports at `path` why
         not, naming `what` leaves from it ("probes", "backend connections"); each address is
-        tried once per load. An IPv6 address still in DAD (tentative) counts as bindable."""
+        tried once per load. An IPv6 address still in DAD (tentative) counts as bindable, and
+        so does, for backend connections, a VIP of this document's [[vrrp]] instances: the
+        node that does not hold it (the standby) must still load the pair's config; its binds
+        fail only while no client reaches it through the VIP."""
         if self.host is None:
+            return True
+        if what == "backend connections" and source in self.vip_ips:
             return True
         key = str(source)
         if key not in self.bind_errnos:
@@ -999,6 +1006,12 @@ class _Checker:
             kind = "the wildcard" if source.is_unspecified else "a multicast or broadcast address"
             self.error(path, f"{label}: {text} is {kind}, which cannot be a source "
                        "(leave source out for the kernel's choice)")
+            return None
+        if isinstance(source, ipaddress.IPv6Address) and source.ipv4_mapped is not None:
+            # it binds on an IPv6 socket, but every connect() from it fails (EAFNOSUPPORT)
+            self.error(path, f"{label}: {text} is an IPv4-mapped IPv6 address, which cannot be "
+                       f"a source (an IPv4 source is written {source.ipv4_mapped}, for IPv4 "
+                       "backends)")
             return None
         return source
 
@@ -1578,6 +1591,18 @@ def congestion_control_problem(host: HostChecks, name: str) -> str | None:
                 f"net.ipv4.tcp_allowed_congestion_control may be used ({' '.join(allowed)}); "
                 f"run l4lb as root (or with CAP_NET_ADMIN), or add {name} to that sysctl")
     return f"{quote(name)} cannot be set on a TCP socket: {os.strerror(err).lower()}"
+
+
+def _vip_ips(vrrp: object) -> set[IPAddress]:
+    """The addresses of the `vips` of a raw [[vrrp]] array (what does not parse is skipped:
+    the [[vrrp]] checks report it)."""
+    out: set[IPAddress] = set()
+    for table in vrrp if isinstance(vrrp, list) else []:
+        vips = table.get("vips") if isinstance(table, dict) else None
+        for text in vips if isinstance(vips, list) else []:
+            with contextlib.suppress(ValueError, TypeError):
+                out.add(ipaddress.ip_interface(text).ip)
+    return out
 
 
 def validate(doc: dict[str, Any], locator: Locator, file: str,

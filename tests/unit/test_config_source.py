@@ -147,3 +147,47 @@ def test_status_shows_each_backend_source() -> None:
     assert [b["source"] for b in daemon.cmd_backends("web")] == ["127.0.0.1", "192.0.2.2"]
     assert "\n  source address: 127.0.0.1; 127.0.0.1:9002 from 192.0.2.2\n" in \
         status_text(status)
+
+
+def test_an_ipv4_mapped_source_is_refused() -> None:
+    """::ffff:a.b.c.d binds on an IPv6 socket, but no IPv6 backend can be reached from it (the
+    connect fails with EAFNOSUPPORT, every time): as for addresses, write the IPv4 form."""
+    body = TEXT.format(source="::ffff:127.0.0.1", own="::1", protocol="tcp").replace(
+        "127.0.0.1:900", "[::1]:900")
+    assert problems(body, NetHost(bindable={"::ffff:127.0.0.1", "::1"})) == [
+        't.toml:5:10: error: services[0] ("web"): source: ::ffff:127.0.0.1 is an IPv4-mapped '
+        "IPv6 address, which cannot be a source (an IPv4 source is written 127.0.0.1, for "
+        "IPv4 backends)"]
+    assert problems(body, None)  # a text check: also without host checks
+
+
+VIP_SOURCE = """\
+[[services]]
+name = "web"
+listen = ["192.0.2.100:443"]
+source = "192.0.2.100"
+backends = [{ address = "192.0.2.11:443" }]
+
+[[vrrp]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+vips = ["192.0.2.100/24"]
+"""
+
+
+def test_a_vip_of_this_config_is_a_source_on_the_node_without_it() -> None:
+    """docs/configuration.md offers a VIP as a source. The standby does not hold it (the bind
+    check says EADDRNOTAVAIL there), yet it must load the pair's config, start and reload: the
+    bind fails only while the VIP is away, when no client reaches this node through it."""
+    [svc] = load_text(VIP_SOURCE, "t.toml", host=NetHost()).services
+    assert [b.source for b in svc.backends] == ["192.0.2.100"]
+    # a backend's own source too; an address that is no VIP is still refused
+    own = VIP_SOURCE.replace('source = "192.0.2.100"\n', "").replace(
+        '"192.0.2.11:443" }', '"192.0.2.11:443", source = "192.0.2.100" }')
+    assert [b.source for b in load_text(own, "t.toml", host=NetHost()).services[0].backends] \
+        == ["192.0.2.100"]
+    assert problems(VIP_SOURCE.replace('source = "192.0.2.100"', 'source = "192.0.2.101"'),
+                    NetHost()) == [
+        't.toml:4:10: error: services[0] ("web"): source: 192.0.2.101 is not an address of this '
+        "host, so backend connections cannot leave from it"]
