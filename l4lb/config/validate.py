@@ -943,15 +943,11 @@ class _Checker:
         label = f"{scope.prefix}health.source"
         other = [(j, b) for j, b in backends if b.address.family != source.version]
         if other:
-            j, first = other[0]
-            which = f"backends[{j}] ({quote(first.address.text or str(first.address))})"
-            if len(other) > 1:
-                which += f" and {len(other) - 1} other backend{'s' if len(other) > 2 else ''}"
-            family = 4 if source.version == 6 else 6
-            self.error(path, f"{label}: {source} is IPv{source.version}, but {which} "
-                       f"{'are' if len(other) > 1 else 'is'} IPv{family}; a probe leaves from "
-                       f"this address, so every backend must be IPv{source.version} (leave "
-                       f"source out, or move the IPv{family} backends to a service of their own)")
+            v, family = source.version, 4 if source.version == 6 else 6
+            self.error(path, f"{label}: {source} is IPv{v}, but {_which(other)} IPv{family}; "
+                       f"a probe leaves from this address, so every backend must be IPv{v} "
+                       f"(leave source out, or move the IPv{family} backends to a service of "
+                       "their own)")
         self.source_bindable(path, label, source, "probes")
 
     def source_bindable(self, path: KeyPath, label: str, source: IPAddress, what: str) -> bool:
@@ -1033,16 +1029,11 @@ class _Checker:
         other = [(j, b) for j, b in inherit if b.address.family != source.version]
         ok = not other
         if other:
-            j, first = other[0]
-            which = f"backends[{j}] ({quote(first.address.text or str(first.address))})"
-            if len(other) > 1:
-                which += f" and {len(other) - 1} other backend{'s' if len(other) > 2 else ''}"
-            family = 4 if source.version == 6 else 6
-            self.error(path, f"{label}: {source} is IPv{source.version}, but {which} "
-                       f"{'are' if len(other) > 1 else 'is'} IPv{family}; backend connections "
-                       f"leave from this address, so every backend without a source of its own "
-                       f"must be IPv{source.version} (give the IPv{family} backends their own "
-                       "source, or move them to a service of their own)")
+            v, family = source.version, 4 if source.version == 6 else 6
+            self.error(path, f"{label}: {source} is IPv{v}, but {_which(other)} IPv{family}; "
+                       f"backend connections leave from this address, so every backend without "
+                       f"a source of its own must be IPv{v} (give the IPv{family} backends their "
+                       "own source, or move them to a service of their own)")
         ok = self.source_bindable(path, label, source, "backend connections") and ok
         return str(source) if ok else None
 
@@ -1618,3 +1609,13 @@ def validate(doc: dict[str, Any], locator: Locator, file: str,
     if checker.diagnostics:
         return checker.diagnostics
     return config
+
+
+def _which(other: list[tuple[int, Any]]) -> str:
+    """The backends of another family than a source's, for its error: `backends[2]
+    ("10.0.1.5:80") is`, `backends[2] ("10.0.1.5:80") and 3 other backends are`."""
+    j, first = other[0]
+    which = f"backends[{j}] ({quote(first.address.text or str(first.address))})"
+    if len(other) > 1:
+        which += f" and {len(other) - 1} other backend{'s' if len(other) > 2 else ''}"
+    return which + (" are" if len(other) > 1 else " is")
