@@ -333,7 +333,8 @@ def backends(service: str, config_path: str | None, socket_path: str | None,
              as_json: bool) -> None:
     """Backends of SERVICE with state and counters."""
     _emit(_call(config_path, socket_path, "backends", service=service), as_json,
-          backends_text)
+          lambda views: backends_text(views, views[0].get("protocol", "tcp") if views
+                                      else "tcp"))
 
 
 @cli.command()

@@ -212,6 +212,7 @@ class BackendView:
     probe_latency: float | None = None  # seconds of the last conclusive health probe, if any
     sessions_shut_down: int = 0  # sessions closed because it went DOWN (health.on_down)
     source: str | None = None  # source address of its connections (Backend.source), if set
+    protocol: str = "tcp"  # its service's protocol (`l4lb backends` picks its layout by it)
     check: dict[str, Any] | None = None  # health check detail (Dampener.view), None
     #                                      when its service has no [services.health]
 
@@ -1145,7 +1146,8 @@ class Daemon:
                              if self.weights is not None else 0)
                 view = BackendView(service.name, rt.address, backend.name, state=rt.state,
                                    weight=rt.weight, effective_weight=effective,
-                                   backup=rt.backup, source=backend.source)
+                                   backup=rt.backup, source=backend.source,
+                                   protocol=service.protocol)
                 bid = ids.get((service.name, view.address))
                 counters = stats["backends"].get(bid, {}) if bid is not None else {}
                 for key in BACKEND_COUNTERS:

@@ -113,6 +113,13 @@ def test_stopped_udp_backend_goes_down_by_icmp_and_comes_back(tmp_path: Path) ->
         assert (check["change_reason"], check["last_reason"]) == \
             ("port unreachable (ICMP) (2/2 probes failed)", "port unreachable (ICMP)")
         assert Counter(ask(port, q) for q in range(10)) == {"u1": 10}
+        # `l4lb backends` in text: the UDP layout, and why b2 is DOWN under the table
+        res = subprocess.run(l4lb_cmd("backends", "dns", "-c", str(cfg)), capture_output=True,
+                             text=True, env=child_env(), timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert "DGRAMS-TO-BACKEND" in res.stdout.splitlines()[0], res.stdout
+        assert f"\n{b2}: DOWN for 0m" in res.stdout, res.stdout
+        assert "port unreachable (ICMP) (2/2 probes failed); last probe" in res.stdout
         revived = Answerer("u2-again", port=servers[1].port)
         wait_state(cfg, b2, "up")
         assert backends(cfg)[b2]["check"]["change_reason"] == \
