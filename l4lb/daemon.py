@@ -325,12 +325,14 @@ class Daemon:
         bound: list[ListenerGroup] = []  # not self.listeners until the first table is out:
         try:                              # _publish() reads those as handed to the data plane
             # bind first: an address in use stops the start before a table is published or
-            # the connection log is opened (and logged as such)
+            # the connection log is opened (and logged as such). listen() comes once the
+            # listeners have their socket options (congestion control, defer_accept, buffers),
+            # which a connection inherits at its handshake
             for service in self.config.services:
                 for endpoint in service.listen:
                     bound.append(open_listeners(service.name, endpoint, self.workers,
                                                 self.config.global_.listen_backlog,
-                                                service.protocol))
+                                                service.protocol, listen=False))
             self.dp.start()
             self._publish()
             self._sync_udp_flow_cap()  # a [global] key: at start and at each reload only
@@ -346,6 +348,8 @@ class Daemon:
                         + self._sync_listener_buffers(self.listeners))
             if problems:
                 raise ListenError(errno.EINVAL, problems[0])
+            for group in self.listeners:
+                group.listen(self.config.global_.listen_backlog)
             ids = self.builder.service_ids()
             for group in self.listeners:
                 for worker, sock in enumerate(group.sockets):
@@ -1586,6 +1590,8 @@ class Daemon:
                         + self._sync_listener_buffers(fresh))
             if problems:
                 raise ValueError("; ".join(problems))  # logged without a traceback
+            for group in fresh:  # bound only until now (reload): they listen with options
+                group.listen(config.global_.listen_backlog)
             for group in fresh:
                 for worker, sock in enumerate(group.sockets):
                     self.dp.add_listener(ids[group.service], sock.fileno(), worker)
@@ -1750,7 +1756,8 @@ class Daemon:
         try:
             for service, (protocol, endpoint) in diff.bind:
                 fresh.append(open_listeners(service, endpoint, self.workers,
-                                            self.config.global_.listen_backlog, protocol))
+                                            self.config.global_.listen_backlog, protocol,
+                                            listen=False))
             if new_log is not None and new_log != self.connlog_path:
                 fresh_log = self._open_connlog(new_log)
             if (new.services, new.global_.hash_seed) != (previous.services,

@@ -46,6 +46,19 @@ class ListenerGroup:
             sock.close()
         self.sockets = []
 
+    def listen(self, backlog: int) -> None:
+        """listen() on every TCP socket of a group opened with `listen=False`, once its socket
+        options are set (a connection inherits the listener's options when its handshake
+        completes, so one that came in earlier would keep the kernel's). Raises ListenError."""
+        if self.protocol != "tcp":
+            return
+        try:
+            for sock in self.sockets:
+                sock.listen(backlog)
+        except OSError as exc:
+            raise ListenError(exc.errno or 0, _describe(self.service, self.endpoint, exc)) \
+                from exc
+
 
 def _new_socket(endpoint: Endpoint, reuseport: bool, protocol: str = "tcp") -> socket.socket:
     family = socket.AF_INET6 if endpoint.family == 6 else socket.AF_INET
@@ -99,8 +112,9 @@ def _describe(service: str, endpoint: Endpoint, exc: OSError) -> str:
 
 
 def open_listeners(service: str, endpoint: Endpoint, workers: int, backlog: int,
-                   protocol: str = "tcp") -> ListenerGroup:
+                   protocol: str = "tcp", listen: bool = True) -> ListenerGroup:
     """Bind (and for TCP listen on) `workers` nonblocking SO_REUSEPORT sockets on endpoint.
+    With `listen=False` TCP sockets are only bound: ListenerGroup.listen() starts them.
 
     Raises ListenError with a one-line message when the address cannot be bound.
     """
@@ -113,7 +127,7 @@ def open_listeners(service: str, endpoint: Endpoint, workers: int, backlog: int,
     try:
         for _ in range(workers):
             sock = _new_socket(endpoint, reuseport=True, protocol=protocol)
-            if protocol == "tcp":
+            if protocol == "tcp" and listen:
                 sock.listen(backlog)
             sock.setblocking(False)
             sockets.append(sock)

@@ -201,3 +201,43 @@ def test_a_second_start_publishes_into_its_new_data_plane(
         assert daemon.digest == first and daemon.generation == 1
     finally:
         daemon.stop(0.0)
+
+
+def _listening(groups: list[Any]) -> list[bool]:
+    import socket
+
+    return [bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+            for group in groups for sock in group.sockets]
+
+
+def test_listeners_listen_only_once_their_options_are_set(
+        tmp_path: Path, ports: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A connection takes the listener's socket options (congestion control, buffers,
+    defer_accept) when its handshake completes: one accepted before they were set would keep
+    the kernel's. So at start and for a reload's new listener, listen() comes after them (a CI
+    run saw the first connection of a fresh daemon with the system's algorithm)."""
+    from l4lb.config import load_file
+    from l4lb.daemon import Daemon
+
+    web, extra = ports
+    path = write(tmp_path, service("web", web, ["127.0.0.1:9001"]))
+    seen: list[list[bool]] = []
+    real = Daemon._sync_listener_congestion
+
+    def note(self: Daemon, groups: list[Any]) -> list[str]:
+        seen.append(_listening(groups))
+        return real(self, groups)
+
+    monkeypatch.setattr(Daemon, "_sync_listener_congestion", note)
+    daemon = Daemon(load_file(str(path)))
+    try:
+        daemon.start()
+        assert seen[0] == [False] * daemon.workers  # options first ...
+        assert _listening(daemon.listeners) == [True] * daemon.workers  # ... then listen()
+        path.write_text(path.read_text() + service("more", extra, ["127.0.0.1:9002"]))
+        seen.clear()
+        daemon.reload()
+        assert seen[0] == [False] * daemon.workers  # the new listener, before its options
+        assert all(_listening(daemon.listeners))
+    finally:
+        daemon.stop(0.0)
