@@ -374,6 +374,7 @@ class Daemon:
                 or (rt.health == "down" and weights.weights.get(key, 0) == 0)}
         blob = self.builder.build(self.config, weights.weights, down)
         fresh = digest(blob)
+        self._sync_accept_proxy(offs_only=True)  # before the table that drops their list
         if self.generation == 0 or fresh != self.digest:  # the same table again: keep the live
             self.generation = self.dp.publish(blob)        # one (a no-op `weight`, say)
             self.digest = fresh
@@ -567,12 +568,17 @@ class Daemon:
 
     # ---- PROXY protocol from the clients (docs/configuration.md, accept_proxy) ----
 
-    def _sync_accept_proxy(self) -> None:
+    def _sync_accept_proxy(self, offs_only: bool = False) -> None:
         """Tell the data plane which TCP services expect a PROXY protocol header from each
-        client and how long it may take, and none for ids that no longer expect one (after
-        each publish: a reload may move service ids; clients already accepted keep what they
-        had). A data plane without set_accept_proxy is a problem (in cc_problems, so start
-        refuses) only when some service asks for it."""
+        client and how long it may take, and none for ids that no longer expect one (with the
+        ids of the table just built: a reload may move service ids; clients already accepted
+        keep what they had). The switch-offs come first, with `offs_only` before the table
+        is published, the rest after it: the switch is out of band and the accept_proxy_from
+        list is in the table, so a reload that drops both switches off before the list goes
+        (else, for an instant, every client of the service would owe a header), and one that
+        adds both publishes the list before switching on. A data plane without
+        set_accept_proxy is a problem (in cc_problems, so start refuses) only when some
+        service asks for it."""
         if self.dp is None:
             return
         ids = self.builder.service_ids()
@@ -581,6 +587,8 @@ class Daemon:
                 if s.protocol == "tcp" and s.accept_proxy and s.name in ids}
         if not want and not self.accept_proxy:
             return  # the default path: no call at all
+        if offs_only and not self._dp_supports("set_accept_proxy"):
+            return  # the call after the publish reports it
         if not self._dp_supports("set_accept_proxy"):
             self.cc_problems.append("this data plane cannot receive a PROXY protocol header")
             log.error("%s", self.cc_problems[-1])
@@ -592,6 +600,8 @@ class Daemon:
             if sid in names:
                 log.info("service %s: clients no longer send a PROXY protocol header",
                          names[sid])
+        if offs_only:
+            return
         for sid, (name, timeout_ms) in sorted(want.items()):
             if self.accept_proxy.get(sid) == timeout_ms:
                 continue

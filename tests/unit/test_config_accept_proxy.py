@@ -133,3 +133,33 @@ def test_connection_log_line_names_the_peer() -> None:
     assert "proxy_header" in connlog.TCP_REASONS and "proxy_header_timeout" in connlog.TCP_REASONS
     del record["peer"]
     assert '"peer"' not in connlog.format_record(record)  # other services' lines as before
+
+
+class OrderRecorder(OldDataplane):
+    """Records publishes and set_accept_proxy calls in the order they come."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def publish(self, blob: bytes) -> int:
+        self.events.append(("publish", 0))
+        return len(self.events)
+
+    def set_accept_proxy(self, service_id: int, timeout_ms: int) -> None:
+        self.events.append(("accept_proxy", timeout_ms))
+
+
+def test_a_reload_switches_off_before_the_table_and_on_after_it() -> None:
+    """The switch is out of band, the accept_proxy_from list is in the table: a reload that
+    drops both must switch off first (else, for an instant, the old switch with no list would
+    make every client owe a header); one that adds both publishes the list first."""
+    dp = OrderRecorder()
+    daemon = daemon_on("", "", dp)
+    dp.events.clear()
+    with_list = 'accept_proxy = true\naccept_proxy_from = ["127.0.0.2"]'
+    switch(daemon, with_list, "")
+    assert dp.events == [("publish", 0), ("accept_proxy", 5000)]
+    dp.events.clear()
+    switch(daemon, "", "")
+    assert dp.events == [("accept_proxy", 0), ("publish", 0)]
+    assert daemon.accept_proxy == {}
