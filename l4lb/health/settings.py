@@ -230,9 +230,15 @@ class HealthSettings:
             out.append(f"health.port: {self.port!r} must be a port from 1 to 65535")
         if self.source is not None:
             try:
-                ipaddress.ip_address(self.source)
+                src = ipaddress.ip_address(self.source)
             except ValueError:
                 out.append(f"health.source: {self.source!r} is not an IP address")
+            else:
+                if isinstance(src, ipaddress.IPv6Address) and src.ipv4_mapped is not None:
+                    # it binds on an IPv6 socket, but no probe from it can connect
+                    out.append(f"health.source: {self.source} is an IPv4-mapped IPv6 address, "
+                               f"which cannot be a source (an IPv4 source is written "
+                               f"{src.ipv4_mapped}, for IPv4 backends)")
         if self.initial_state not in INITIAL_STATES:
             out.append(f"health.initial_state: {self.initial_state!r} is not one of "
                        f"{', '.join(INITIAL_STATES)}")

@@ -191,3 +191,19 @@ def test_a_vip_of_this_config_is_a_source_on_the_node_without_it() -> None:
                     NetHost()) == [
         't.toml:4:10: error: services[0] ("web"): source: 192.0.2.101 is not an address of this '
         "host, so backend connections cannot leave from it"]
+
+
+def test_an_ipv4_mapped_health_source_is_refused_too() -> None:
+    """The same for the probes' source (health.source): no probe from it could connect."""
+    from l4lb.health.settings import HealthSettings, HealthSettingsError
+
+    body = ('[[services]]\nname = "web"\nlisten = ["127.0.0.1:8080"]\n'
+            'backends = [{ address = "[::1]:9001" }]\n'
+            '  [services.health]\n  source = "::ffff:127.0.0.1"\n')
+    assert problems(body, None) == [
+        't.toml:6:12: error: services[0] ("web"): health.source: ::ffff:127.0.0.1 is an '
+        "IPv4-mapped IPv6 address, which cannot be a source (an IPv4 source is written "
+        "127.0.0.1, for IPv4 backends)"]
+    with pytest.raises(HealthSettingsError):
+        HealthSettings(source="::ffff:10.0.0.1")
+    assert HealthSettings(source="::1").source == "::1"
