@@ -635,11 +635,9 @@ class _Checker:
                    if len(d.path) > len(path) and d.path[:len(path)] == path}
         vips = table.get("vips")
         family: int | None = None
-        vip_ips: set[object] = set()
+        vip_ips: set[IPAddress] = set()
         if "vips" not in flagged and isinstance(vips, list):
-            for text in vips:
-                with contextlib.suppress(ValueError, TypeError):
-                    vip_ips.add(ipaddress.ip_interface(text).ip)
+            vip_ips = _vip_ips([table])
             with contextlib.suppress(ValueError, TypeError, IndexError):
                 family = ipaddress.ip_interface(vips[0]).version
         interface = table.get("interface")

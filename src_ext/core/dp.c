@@ -123,8 +123,8 @@
  * attempt or new flow, so a change applies from the next one on; services without options pay
  * that load and a branch. The client leg's accept_proxy is a word per service id of its own
  * (struct dp_accept_proxy: the header timeout, 0 = none; dp_set_accept_proxy), read once per
- * accepted client (relay_tcp.c, "Receiving the PROXY protocol"). dp_set_udp_gro also sets the socket option on the service's
- * listeners itself, under cmd_lock, from the caller's thread.
+ * accepted client (relay_tcp.c, "Receiving the PROXY protocol"). dp_set_udp_gro also sets the
+ * socket option on the service's listeners itself, under cmd_lock, from the caller's thread.
  *
  * Counters. Per worker, single writer, relaxed stores (no locked instruction on the data path);
  * dp_stats() sums them with relaxed loads. The only shared read-modify-writes on the data path
