@@ -260,15 +260,21 @@ def udp_options_text(options: dict[str, Any]) -> str:
 
 def source_text(svc: dict[str, Any]) -> str:
     """The source addresses of a service's backend connections, for `l4lb status`: `source
-    address: 10.0.0.5`, then each backend that differs (`; 10.0.1.9:80 from 10.0.0.6`, or `from
-    the kernel's choice` when only some backends have one); "" when none has one."""
+    address: 10.0.0.5`, or `source address: the client's (transparent)` for source = "client",
+    then each backend that differs (`; 10.0.1.9:80 from 10.0.0.6`, or `from the kernel's choice`
+    when only some backends have one); "" when none has one."""
     kernel = "the kernel's choice"
     service = svc.get("source")
-    others = [f"{b['address']} from {b.get('source') or kernel}"
+    others = [f"{b['address']} from {_source_word(b.get('source')) or kernel}"
               for b in svc.get("backends", []) if b.get("source") != service]
     if service is None and not others:
         return ""
-    return "; ".join([f"source address: {service or kernel}", *others])
+    return "; ".join([f"source address: {_source_word(service) or kernel}", *others])
+
+
+def _source_word(source: str | None) -> str | None:
+    """A `source` as status shows it: the address, or for "client" the client's (transparent)."""
+    return "the client's (transparent)" if source == "client" else source
 
 
 def _peer_word(peer: dict[str, Any]) -> str:

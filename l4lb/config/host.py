@@ -9,7 +9,8 @@ of every error stays in validate.py.
 The facts: whether a directory exists; why no raw socket opens; the errno of setting a TCP
 congestion control; a net.ipv4 sysctl; the network interfaces of this namespace with their
 addresses (for `[[vrrp]]` interface, source_address and track_interfaces); and the errno of
-binding a TCP socket to (address, 0), which is what a health probe with `source` does. Where
+binding a TCP socket to (address, 0), which is what a health probe with `source` does, and of
+setting IP_TRANSPARENT / IPV6_TRANSPARENT on one (`source = "client"`). Where
 `ip_nonlocal_bind` lets any address bind (common next to keepalived), the kernel's route for the
 address must also say it is local, so a typo still fails as it does elsewhere.
 """
@@ -28,6 +29,9 @@ from l4lb.health.synprobe import raw_socket_problem
 from l4lb.vrrp.settings import VipInterface
 
 _IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: bind(address, 0) reserves no port until connect()
+_SOL_IP, _SOL_IPV6 = 0, 41  # socket option levels
+_IP_TRANSPARENT = 19  # linux/in.h: bind and send from an address not of this host
+_IPV6_TRANSPARENT = 75  # linux/in6.h: the same for an IPv6 socket
 _NLMSG_HDR = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, sequence, port id
 _NLMSG_ERROR = 2  # linux/netlink.h message types and flags
 _NLMSG_DONE = 3
@@ -67,6 +71,11 @@ class HostChecks(Protocol):
     def bind_errno(self, address: str) -> int:
         """0 when a TCP socket of this process can bind (address, 0), else the errno
         (EADDRNOTAVAIL: not an address of this host)."""
+
+    def transparent_errno(self, version: int) -> int:
+        """0 when this process can set IP_TRANSPARENT (version 4) / IPV6_TRANSPARENT (6) on a
+        TCP socket of that family (what `source = "client"` does to every backend socket), else
+        the errno (EPERM: neither CAP_NET_ADMIN nor CAP_NET_RAW)."""
 
 
 class ThisHost:
@@ -120,6 +129,18 @@ class ThisHost:
                     return errno.EADDRNOTAVAIL
             except (OSError, ValueError, struct.error):
                 pass  # cannot tell: the bind's answer stands
+        return 0
+
+
+    def transparent_errno(self, version: int) -> int:
+        family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        level, option = ((_SOL_IPV6, _IPV6_TRANSPARENT) if version == 6
+                         else (_SOL_IP, _IP_TRANSPARENT))
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(level, option, 1)
+        except OSError as exc:
+            return exc.errno or errno.EINVAL
         return 0
 
 

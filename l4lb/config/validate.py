@@ -132,6 +132,7 @@ _ALIASES = (("send_hex", "send"), ("expect_regex", "expect"),
             ("http_expect_body_regex", "http_expect_body"))
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+CLIENT = "client"  # `source = "client"`: transparent, each connection leaves from its client
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_PROXY_FROM = 64  # accept_proxy_from entries per service (docs/forwarding-table.md)
 
@@ -265,6 +266,8 @@ class _Checker:
         self.cc_problems: dict[str, str | None] = {}  # congestion control name -> problem
         self.fastopen_sysctl: str | None = None  # net.ipv4.tcp_fastopen once asked ("": unread)
         self.bind_errnos: dict[str, int] = {}  # source address -> errno of binding it (0: ok)
+        # IP version -> errno of setting IP(V6)_TRANSPARENT (0: ok), for source = "client"
+        self.transparent_errnos: dict[int, int] = {}
         self.host_interfaces: Mapping[str, tuple[VipInterface, ...]] | None = None  # once asked
         self.interfaces_asked = False  # host_interfaces is valid
         self.vip_ips: set[IPAddress] = set()  # the addresses of the document's [[vrrp]] vips
@@ -841,7 +844,8 @@ class _Checker:
                        f"number of backends ({len(backends)})")
         if scheduler == "round_robin":
             self.round_robin_weights(scope, table, indexed)
-        source = self.service_source(scope, table, indexed)
+        source = self.service_source(scope, table, indexed, listen,
+                                     accept_proxy and protocol == "tcp")
         if source is not None:
             backends = [b if b.source is not None else dataclasses.replace(b, source=source)
                         for b in backends]
@@ -974,12 +978,15 @@ class _Checker:
                        f"({os.strerror(err).lower()})")
         return err == 0
 
-    def read_source(self, scope: _Scope, table: dict[str, Any]) -> IPAddress | None:
+    def read_source(self, scope: _Scope, table: dict[str, Any]) -> IPAddress | str | None:
         """The `source` key of a service or backend: an IP address of one host interface, no
-        port (None: absent or reported)."""
+        port, or CLIENT (transparent: each connection leaves from its client's address); None:
+        absent or reported."""
         text = self.read_str(scope, table, "source")
         if text is None:
             return None
+        if text == CLIENT:
+            return CLIENT
         path = (*scope.path, "source")
         label = scope.label("source")
         try:
@@ -1010,13 +1017,14 @@ class _Checker:
         return source
 
     def service_source(self, scope: _Scope, table: dict[str, Any],
-                       backends: Sequence[tuple[int, Backend]]) -> str | None:
+                       backends: Sequence[tuple[int, Backend]], listen: Sequence[Endpoint],
+                       accept_proxy: bool) -> str | None:
         """The service's `source` (None: absent or reported). Every backend that does not set
         its own must be of its family, since each connection binds it before connect(); with
-        host checks, this process must be able to bind it."""
+        host checks, this process must be able to bind it. For CLIENT (transparent), the
+        backends that inherit it or set it themselves are checked against the clients the
+        service can have (transparent_families)."""
         source = self.read_source(scope, table)
-        if source is None:
-            return None
         path = (*scope.path, "source")
         label = scope.label("source")
         raw = table.get("backends")
@@ -1024,6 +1032,19 @@ class _Checker:
         inherit = [(j, b) for j, b in backends
                    if not (j < len(raw_list) and isinstance(raw_list[j], dict)
                            and "source" in raw_list[j])]
+        inheriting = {j for j, _ in inherit}
+        own = [(j, b) for j, b in backends if j not in inheriting and b.source == CLIENT]
+        for j, b in own:
+            self.transparent_families(
+                (*scope.path, "backends", j, "source"), f"{scope.prefix}backends[{j}].source",
+                [(j, b)], listen, accept_proxy)
+        if source is None:
+            return None
+        if isinstance(source, str):  # CLIENT
+            ok = self.transparent_families(path, label, inherit, listen, accept_proxy)
+            ok = self.transparent_allowed(
+                path, label, sorted({b.address.family for _, b in inherit})) and ok
+            return CLIENT if ok else None
         other = [(j, b) for j, b in inherit if b.address.family != source.version]
         ok = not other
         if other:
@@ -1034,6 +1055,56 @@ class _Checker:
                        "own source, or move them to a service of their own)")
         ok = self.source_bindable(path, label, source, "backend connections") and ok
         return str(source) if ok else None
+
+    def transparent_families(self, path: KeyPath, label: str,
+                             backends: Sequence[tuple[int, Backend]],
+                             listen: Sequence[Endpoint], accept_proxy: bool) -> bool:
+        """source = "client": a connection can leave from its client's address only towards a
+        backend of the client's family. Without accept_proxy the clients are of the families
+        of the listeners (an IPv6 listener is IPv6-only), so a backend of a family no listener
+        has could never be reached: reported here, naming the first such backend. Under
+        accept_proxy a header may name a client of either family, and a service listening on
+        both takes clients of both: a client of the other family than its backend's is that
+        backend's failed connect at run time (docs/configuration.md, "Transparent mode")."""
+        if accept_proxy or not listen:
+            return True
+        families = {e.family for e in listen}
+        other = [(j, b) for j, b in backends if b.address.family not in families]
+        if not other:
+            return True
+        have = sorted(families)[0]
+        family = 4 if have == 6 else 6
+        which = _which(other)
+        if path[-2:] != ("backends", other[0][0]) and path[-3:-1] == ("backends", other[0][0]):
+            first = other[0][1]
+            which = f"the backend ({quote(first.address.text or str(first.address))}) is"
+        self.error(path, f'{label}: "client" binds each client\'s address, but {which} '
+                   f"IPv{family} and the service listens on IPv{have} only, so no client could "
+                   f"reach {'them' if len(other) > 1 else 'it'} (a connection leaves from an "
+                   f"address of its backend's family; give the IPv{family} backends another "
+                   f"source, or listen on IPv{family} too)")
+        return False
+
+    def transparent_allowed(self, path: KeyPath, label: str, families: Sequence[int]) -> bool:
+        """With host checks on, can this process set IP_TRANSPARENT (IPv4) / IPV6_TRANSPARENT
+        (IPv6) on a socket of each family in `families`? Reports the first refusal at `path`;
+        each family is tried once per load."""
+        if self.host is None:
+            return True
+        for version in families:
+            if version not in self.transparent_errnos:
+                self.transparent_errnos[version] = self.host.transparent_errno(version)
+            err = self.transparent_errnos[version]
+            if err == 0:
+                continue
+            option = "IP_TRANSPARENT" if version == 4 else "IPV6_TRANSPARENT"
+            why = ("this process has neither CAP_NET_ADMIN nor CAP_NET_RAW" if err == errno.EPERM
+                   else "this kernel refuses it")
+            self.error(path, f'{label}: "client" (transparent) needs {option} on every backend '
+                       f"socket, and setting it fails ({os.strerror(err).lower()}): {why} (run "
+                       "l4lb as root or give it CAP_NET_ADMIN, or leave source out)")
+            return False
+        return True
 
     def backend_fast_open(self, scope: _Scope, table: dict[str, Any], protocol: Protocol) -> bool:
         """The `backend_fast_open` switch. On for a TCP service with host checks on, the host
@@ -1149,7 +1220,13 @@ class _Checker:
                          if "down_interval" in table else None)
         port = self.read_int(hs, table, "port", 1, 1, 65535) if "port" in table else None
         source = self.read_str(hs, table, "source")
-        if source is not None:
+        if source == CLIENT:
+            self.error((*path, "source"), f'{hs.label("source")}: "client" is for backend '
+                       "connections only: a probe has no client whose address it could leave "
+                       "from, so probes are never transparent (leave health.source out for the "
+                       "kernel's choice, or give an address of this host)")
+            source = None
+        elif source is not None:
             try:
                 ipaddress.ip_address(source)
             except ValueError:
@@ -1486,19 +1563,21 @@ class _Checker:
                                         0, U32_MAX)
         backup = self.read_bool(scope, table, "backup", d.backup)
         source = self.read_source(scope, table)
-        if source is not None and address is not None and address.family != source.version:
-            self.error((*scope.path, "source"), f"{scope.label('source')}: {source} is "
-                       f"IPv{source.version}, but the backend's address "
-                       f"{quote(address.text or str(address))} is IPv{address.family}")
-            source = None
-        if source is not None and not self.source_bindable(
-                (*scope.path, "source"), scope.label("source"), source, "backend connections"):
-            source = None
+        written: str | None = None
+        path, label = (*scope.path, "source"), scope.label("source")
+        if isinstance(source, str):  # CLIENT: its families are checked by service_source
+            if address is None or self.transparent_allowed(path, label, [address.family]):
+                written = source
+        elif source is not None and address is not None and address.family != source.version:
+            self.error(path, f"{label}: {source} is IPv{source.version}, but the backend's "
+                       f"address {quote(address.text or str(address))} is IPv{address.family}")
+        elif source is not None and self.source_bindable(path, label, source,
+                                                         "backend connections"):
+            written = str(source)
         if address is None:
             return None
         return Backend(address=address, name=name, weight=weight,
-                       max_connections=max_connections, backup=backup,
-                       source=None if source is None else str(source))
+                       max_connections=max_connections, backup=backup, source=written)
 
     def backend_name(self, scope: _Scope, table: dict[str, Any], address: Endpoint | None) -> str:
         if "name" not in table:

@@ -10,10 +10,12 @@ generations.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import os
 import socket
 
-from l4lb.table.blob import BackendRec, ServiceRec, Table
+from l4lb.table.blob import SOURCE_CLIENT, BackendRec, ServiceRec, Table
 from l4lb.table.hashing import flow_hash
 
 
@@ -26,7 +28,8 @@ class LiveTable:
         self._by_service_id: dict[int, ServiceRec] = {s.service_id: s for s in table.services}
         # (host text, port) to connect to, by absolute backend index
         self.targets: list[tuple[str, int]] = [_target(b) for b in table.backends]
-        # source address to bind before connecting, by absolute backend index (None: none)
+        # source address to bind before connecting, by absolute backend index (None: none;
+        # CLIENT: the session's client, transparent)
         self.sources: list[str | None] = [_source(b) for b in table.backends]
 
     def service(self, service_id: int) -> ServiceRec | None:
@@ -63,22 +66,43 @@ class LiveTable:
 
 
 IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: bind(address, 0) reserves no port until connect()
+IP_TRANSPARENT = 19  # linux/in.h, SOL_IP: bind and send from an address not of this host
+IPV6_TRANSPARENT = 75  # linux/in6.h, SOL_IPV6: the same for an IPv6 socket
+SOL_IP, SOL_IPV6 = 0, 41
+CLIENT = "client"  # LiveTable.sources entry of a transparent backend (source = "client")
 
 
-def bind_source(sock: socket.socket, host: str) -> None:
+def bind_source(sock: socket.socket, source: str, client: str) -> None:
     """Give a fresh, unconnected backend socket its source address (the C relay's
-    relay_bind_source): IP_BIND_ADDRESS_NO_PORT (best effort), then bind((host, 0)), so the
-    kernel picks the port at connect(). OSError from the bind: a failed connect attempt of
-    the backend (docs/configuration.md, `source`)."""
+    relay_bind_source): IP_BIND_ADDRESS_NO_PORT (best effort), then bind((source, 0)), so the
+    kernel picks the port at connect(). For CLIENT (transparent) the address is `client`, the
+    session's effective client (an IPv4-mapped IPv6 one as its IPv4 address), bound after
+    IP_TRANSPARENT / IPV6_TRANSPARENT; a client of the other family than the socket's raises
+    EAFNOSUPPORT. OSError: a failed connect attempt of the backend (docs/configuration.md,
+    `source`)."""
+    if source == CLIENT:
+        addr = ipaddress.ip_address(client.split("%", 1)[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        six = sock.family == socket.AF_INET6
+        if addr.version != (6 if six else 4):
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        if six:
+            sock.setsockopt(SOL_IPV6, IPV6_TRANSPARENT, 1)
+        else:
+            sock.setsockopt(SOL_IP, IP_TRANSPARENT, 1)
+        source = str(addr)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-    sock.bind((host, 0))
+    sock.bind((source, 0))
 
 
 def _source(backend: BackendRec) -> str | None:
     raw = bytes(backend.source_addr)
     if backend.source_family == 0:
         return None
+    if backend.source_family == SOURCE_CLIENT:
+        return CLIENT
     return str(ipaddress.ip_address(raw[:4] if backend.source_family == 4 else raw))
 
 

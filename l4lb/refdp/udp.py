@@ -251,7 +251,7 @@ class UdpRelay:
         try:
             upstream.setblocking(False)
             if source is not None:
-                bind_source(upstream, source)
+                bind_source(upstream, source, key[2])
             bound = True
             upstream.connect(live.targets[choice[1]])
         except OSError as exc:

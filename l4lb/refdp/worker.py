@@ -636,7 +636,7 @@ class Worker:
         source = live.sources[index]
         if source is not None:
             try:
-                bind_source(sock, source)
+                bind_source(sock, source, session.client_addr[0])
             except OSError:  # the backend's failure, whatever the errno: count it, retry
                 sock.close()
                 self._connect_failed(session)

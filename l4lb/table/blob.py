@@ -44,6 +44,9 @@ FLOW_SRC_IP_PORT, FLOW_SRC_IP = 0, 1  # udp flow_key: client address and port / 
 FLAG_BACKUP = 1  # backend flag bit 0: a backup backend (informational)
 FLAG_DOWN = 2  # backend flag bit 1: health DOWN or maintenance (its UDP flows move)
 NO_SOURCE = bytes(16)  # source_addr of a backend without a source address (source_family 0)
+# source_family of a transparent backend (`source = "client"`): every connection binds the
+# client's address, port 0, after IP_TRANSPARENT / IPV6_TRANSPARENT; source_addr is 0
+SOURCE_CLIENT = 1
 
 _HEADER = struct.Struct("<4sHHIIIIII")
 _SERVICE = struct.Struct("<IBBBB12I")
@@ -89,7 +92,9 @@ class BackendRec:
     addr: bytes  # 16 bytes, network order; IPv4 in the first 4
     weight: int  # 0..256, 0 = not eligible for new connections
     max_connections: int  # 0 = unlimited
-    source_family: int = 0  # 0: no source (the kernel's choice), else 4 or 6 = family
+    # 0: no source (the kernel's choice); 1 (SOURCE_CLIENT): the client's address
+    # (transparent); else 4 or 6 = family, and source_addr is the address
+    source_family: int = 0
     source_addr: bytes = NO_SOURCE  # 16 bytes, network order, bound before connect; 0 if none
 
 
@@ -283,14 +288,14 @@ def _check_backends(blob: bytes, offset: int, nb: int) -> list[BackendRec]:
             raise TableError(f"{where}.addr: bytes 4..15 of an IPv4 address are not 0")
         if weight > MAX_WEIGHT:
             raise TableError(f"{where}.weight: {weight} is above 256")
-        if sfam not in (0, 4, 6):
-            raise TableError(f"{where}.source_family: {sfam} is not 0, 4 or 6")
-        if sfam not in (0, family):
+        if sfam not in (0, SOURCE_CLIENT, 4, 6):
+            raise TableError(f"{where}.source_family: {sfam} is not 0, 1, 4 or 6")
+        if sfam not in (0, SOURCE_CLIENT, family):
             raise TableError(f"{where}.source_family: {sfam} is not the backend's family {family}")
         if any(res0):
             raise TableError(f"{where}.reserved0: bytes 33..35 are not 0")
-        if sfam == 0 and any(saddr):
-            raise TableError(f"{where}.source_addr: not 0 although source_family is 0")
+        if sfam in (0, SOURCE_CLIENT) and any(saddr):
+            raise TableError(f"{where}.source_addr: not 0 although source_family is {sfam}")
         if sfam == 4 and any(saddr[4:]):
             raise TableError(f"{where}.source_addr: bytes 4..15 of an IPv4 address are not 0")
         if res1 != 0:

@@ -44,6 +44,7 @@ from l4lb.table.blob import (
     PROTO_UDP,
     SCHED_MAGLEV,
     SCHED_SRCHASH,
+    SOURCE_CLIENT,
     BackendRec,
     ProxyFromRec,
     ServiceRec,
@@ -326,7 +327,9 @@ class TableBuilder:
             port = b.address.port
             key = f"[{host}]:{port}" if fa[0] == 6 else f"{host}:{port}"
             sfa = (0, NO_SOURCE)
-            if b.source is not None:
+            if b.source == "client":
+                sfa = (SOURCE_CLIENT, NO_SOURCE)
+            elif b.source is not None:
                 sip = ipaddress.ip_address(b.source)
                 sfa = (sip.version, addr16(sip.version, sip.packed))
             prepared.append(_Prepared(b, fa[0], fa[1], key, b.address.text or key, *sfa))
@@ -353,7 +356,7 @@ class _Prepared(NamedTuple):
     addr: bytes  # 16 bytes, network order
     key: str  # canonical endpoint text, str(backend.address): the id key
     label: str  # address as written (backend_label)
-    source_family: int  # 0 (no source address) or the family of source_addr
+    source_family: int  # 0 (no source address), SOURCE_CLIENT, or the family of source_addr
     source_addr: bytes  # 16 bytes, network order, bound before connect; 0 when none
 
 

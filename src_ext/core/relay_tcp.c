@@ -616,16 +616,61 @@ socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage
 #define IP_BIND_ADDRESS_NO_PORT 24 /* linux/in.h, Linux 4.2 */
 #endif
 
-int relay_bind_source(int fd, const struct dp_backend *b)
+#ifndef IP_TRANSPARENT
+#define IP_TRANSPARENT 19 /* linux/in.h, SOL_IP */
+#endif
+#ifndef IPV6_TRANSPARENT
+#define IPV6_TRANSPARENT 75 /* linux/in6.h, SOL_IPV6 */
+#endif
+
+/* The client address a transparent backend socket of family `family` binds: the client's own
+ * (cfamily, caddr), an IPv4-mapped IPv6 client (::ffff:a.b.c.d) as the IPv4 address a.b.c.d.
+ * Fills ss and *sl; -EAFNOSUPPORT when the client is of the other family. */
+static int relay_client_source(uint8_t family, uint8_t cfamily, const uint8_t *caddr,
+                               struct sockaddr_storage *ss, socklen_t *sl)
+{
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    const uint8_t *a = caddr;
+
+    if (cfamily == 6 && memcmp(caddr, mapped, sizeof(mapped)) == 0) {
+        cfamily = 4;
+        a = caddr + 12;
+    }
+    if (cfamily != family)
+        return -EAFNOSUPPORT;
+    if (family == 4) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+        sin->sin_family = AF_INET;
+        memcpy(&sin->sin_addr, a, 4);
+        *sl = sizeof(*sin);
+    } else {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+        sin6->sin6_family = AF_INET6;
+        memcpy(&sin6->sin6_addr, a, 16);
+        *sl = sizeof(*sin6);
+    }
+    return 0;
+}
+
+int relay_bind_source(int fd, const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
-    int one = 1;
+    int one = 1, rc;
 
     if (b->source_family == 0)
         return 0;
     memset(&ss, 0, sizeof(ss));
-    if (b->source_family == 4) {
+    if (b->source_family == DP_SOURCE_CLIENT) {
+        /* transparent: the client's address, which is not this host's, so the socket must be
+         * IP_TRANSPARENT (CAP_NET_ADMIN or CAP_NET_RAW; checked at config load) */
+        rc = relay_client_source(b->family, cfamily, caddr, &ss, &sl);
+        if (rc < 0)
+            return rc;
+        if ((b->family == 4 ? setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one))
+                            : setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))) < 0)
+            return -errno;
+    } else if (b->source_family == 4) {
         struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
         sin->sin_family = AF_INET;
         memcpy(&sin->sin_addr, b->source_addr, 4);
@@ -776,7 +821,8 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     if (fd < 0)
         return -errno;
     fd = relay_fd_lower(w, fd);
-    if (b->source_family && (rc = relay_bind_source(fd, b)) < 0) {
+    if (b->source_family &&
+        (rc = relay_bind_source(fd, b, s->ct.key.family, s->ct.key.caddr)) < 0) {
         *bind_failed = 1;
         relay_close(fd);
         return rc;

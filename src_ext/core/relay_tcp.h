@@ -493,9 +493,13 @@ socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage
 /* relay_tcp.c, shared with relay_udp.c: give fd (a fresh, unconnected socket of b's family) b's
  * source address, when the table names one (b->source_family != 0; else it does nothing):
  * IP_BIND_ADDRESS_NO_PORT, then bind(source, port 0), so the kernel picks the port at connect()
- * and may reuse it towards other destinations. Returns 0 or -errno (the bind's; the option is
- * best effort). A failure is a failed connect attempt of b (docs/configuration.md, `source`). */
-int relay_bind_source(int fd, const struct dp_backend *b);
+ * and may reuse it towards other destinations. For DP_SOURCE_CLIENT (transparent) the source is
+ * the session's client (cfamily, caddr: the key's, so a PROXY header's client under
+ * accept_proxy; an IPv4-mapped IPv6 client is its IPv4 address), bound after IP_TRANSPARENT /
+ * IPV6_TRANSPARENT; a client of the other family is -EAFNOSUPPORT. Returns 0 or -errno (the
+ * bind's or IP_TRANSPARENT's; IP_BIND_ADDRESS_NO_PORT is best effort). A failure is a failed
+ * connect attempt of b (docs/configuration.md, `source`). */
+int relay_bind_source(int fd, const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr);
 
 /* Claim w's next connection-log record (call only while w->log_on), or NULL when the ring is
  * full (counted in connlog_dropped). Fill every field, then connlog_ring_commit(w->log_ring). */

@@ -606,7 +606,7 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
         !(atomic_load_explicit(&w->dp->opts.bits[sid], memory_order_relaxed) & DP_OPT_NO_GRO))
         gro = relay_udp_gro_on(fd) == 0;
     sl = relay_backend_addr(b, &ss);
-    err = b->source_family ? -relay_bind_source(fd, b) : 0;
+    err = b->source_family ? -relay_bind_source(fd, b, k->family, k->caddr) : 0;
     if (err == 0 && connect(fd, (struct sockaddr *)&ss, sl) < 0)
         err = errno;
     else if (err != 0)

@@ -141,10 +141,12 @@ static int table_check_backend(struct dp_table *t, const uint8_t *rec, uint32_t 
                                   "backend[%u].addr: bytes 4..15 of an IPv4 address are not 0", i);
     if (b->weight > DP_MAX_WEIGHT)
         return table_fail(err, errlen, "backend[%u].weight: %u is above 256", i, b->weight);
-    if (b->source_family != 0 && b->source_family != 4 && b->source_family != 6)
-        return table_fail(err, errlen, "backend[%u].source_family: %u is not 0, 4 or 6", i,
+    if (b->source_family != 0 && b->source_family != DP_SOURCE_CLIENT && b->source_family != 4 &&
+        b->source_family != 6)
+        return table_fail(err, errlen, "backend[%u].source_family: %u is not 0, 1, 4 or 6", i,
                           (unsigned)b->source_family);
-    if (b->source_family != 0 && b->source_family != b->family)
+    if (b->source_family != 0 && b->source_family != DP_SOURCE_CLIENT &&
+        b->source_family != b->family)
         return table_fail(err, errlen,
                           "backend[%u].source_family: %u is not the backend's family %u", i,
                           (unsigned)b->source_family, (unsigned)b->family);
@@ -152,10 +154,11 @@ static int table_check_backend(struct dp_table *t, const uint8_t *rec, uint32_t 
         return table_fail(err, errlen, "backend[%u].reserved0: bytes 33..35 are not 0", i);
     for (k = b->source_family == 4 ? 4 : b->source_family == 6 ? 16 : 0; k < 16; k++)
         if (b->source_addr[k] != 0)
-            return table_fail(err, errlen, b->source_family == 0
-                                  ? "backend[%u].source_addr: not 0 although source_family is 0"
-                                  : "backend[%u].source_addr: bytes 4..15 of an IPv4 address "
-                                    "are not 0", i);
+            return b->source_family == 4
+                       ? table_fail(err, errlen, "backend[%u].source_addr: bytes 4..15 of an "
+                                    "IPv4 address are not 0", i)
+                       : table_fail(err, errlen, "backend[%u].source_addr: not 0 although "
+                                    "source_family is %u", i, (unsigned)b->source_family);
     if (table_rd32(rec + 52) != 0)
         return table_fail(err, errlen, "backend[%u].reserved1: %u is not 0", i,
                           table_rd32(rec + 52));

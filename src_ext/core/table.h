@@ -16,6 +16,7 @@
 #define DP_MAX_SERVICES 1024u
 #define DP_MAX_BACKENDS 65536u
 #define DP_MAX_WEIGHT 256u
+#define DP_SOURCE_CLIENT 1 /* backend source_family: bind the client's address (transparent) */
 #define DP_MAX_PROXY_FROM 64u /* accept_proxy_from entries per service (a linear scan at accept) */
 
 enum dp_proto { DP_PROTO_TCP = 0, DP_PROTO_UDP = 1 };
@@ -72,6 +73,7 @@ struct dp_backend {
     uint32_t weight;              /* 0 = not eligible for new connections */
     uint32_t max_connections;     /* 0 = unlimited */
     uint8_t source_family;        /* 0: no source address (the kernel picks one at connect);
+                                     DP_SOURCE_CLIENT: the client's address (transparent);
                                      else 4 or 6, equal to family */
     uint8_t source_addr[16];      /* network byte order, IPv4 in the first 4 bytes; bound (port
                                      0, IP_BIND_ADDRESS_NO_PORT) before connect; 0 when none */

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from l4lb.table.blob import (
     FLAG_DOWN,
     SCHED_NAMES,
+    SOURCE_CLIENT,
     BackendRec,
     ProxyFromRec,
     ServiceRec,
@@ -41,7 +42,9 @@ class BackendSpec:
     max_connections: int = 0
     down: bool = False  # flag bit 1: the control plane says DOWN (weight should be 0 then)
     backend_id: int | None = None  # a fixed id (tables that drop a backend keep the others')
-    source: str | None = None  # source address bound before connecting (None: the kernel's)
+    # source address bound before connecting (None: the kernel's; "client": the client's,
+    # transparent)
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,8 @@ def build_table(services: list[ServiceSpec], hash_seed: int = 0,
                 raise ValueError(f"backend name {b.name!r} used twice")
             ids[b.name] = bid
             flags = FLAG_DOWN if b.down else 0
-            sfam, sraw = _addr16(b.source) if b.source is not None else (0, bytes(16))
+            sfam, sraw = ((SOURCE_CLIENT, bytes(16)) if b.source == "client"
+                          else _addr16(b.source) if b.source is not None else (0, bytes(16)))
             be_recs.append(BackendRec(bid, family, flags, b.port, raw, b.weight,
                                       b.max_connections, sfam, sraw))
         sched = SCHED_NAMES.index(spec.scheduler)

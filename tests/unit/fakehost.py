@@ -19,6 +19,7 @@ class FakeHost:
     raw_error: str | None = None  # why no raw socket opens (None: it opens)
     cc: dict[str, int] = field(default_factory=dict)  # algorithm -> errno (0: usable)
     sysctls: dict[str, list[str]] = field(default_factory=dict)  # net.ipv4 sysctl -> words
+    transparent: int = 0  # errno of setting IP(V6)_TRANSPARENT (0: allowed)
     asked: list[str] = field(default_factory=list)  # questions, e.g. "cc cubic", "raw"
 
     def dir_exists(self, path: str) -> bool:
@@ -36,12 +37,25 @@ class FakeHost:
     def ipv4_sysctl_words(self, name: str) -> list[str]:
         return list(self.sysctls.get(name, []))
 
+    def transparent_errno(self, version: int) -> int:
+        self.asked.append(f"transparent {version}")
+        return self.transparent
+
 
 class ExampleHost:
     """This machine's answers, except that it always has the `eth0` (IPv4 and link-local IPv6)
-    that the shipped examples and the golden files name, so they load on any test host."""
+    that the shipped examples and the golden files name, and may set IP_TRANSPARENT (unless
+    told otherwise), so they load on any test host."""
 
     ETH0 = (ipaddress.ip_interface("192.0.2.2/24"), ipaddress.ip_interface("fe80::2/64"))
+
+    def __init__(self, transparent: int = 0) -> None:
+        # errno of setting IP(V6)_TRANSPARENT: allowed unless a case says otherwise, so that
+        # `source = "client"` loads on a test host without CAP_NET_ADMIN too
+        self.transparent = transparent
+
+    def transparent_errno(self, version: int) -> int:
+        return self.transparent
 
     def __getattr__(self, name: str) -> Any:
         return getattr(THIS_HOST, name)

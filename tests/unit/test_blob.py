@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l4lb.table.blob import (
+    SOURCE_CLIENT,
     BackendRec,
     ProxyFromRec,
     ServiceRec,
@@ -37,7 +38,7 @@ BACKENDS = (
     BackendRec(12, 6, 0, 8080, bytes(range(1, 17)), 1, 100, 6, bytes(range(17, 33))),
     # service 1 (source_hash): weights 2 + 1
     BackendRec(20, 4, 0, 53, v4(10, 0, 1, 1), 2, 0),
-    BackendRec(21, 4, 0, 53, v4(10, 0, 1, 2), 1, 0),
+    BackendRec(21, 4, 0, 53, v4(10, 0, 1, 2), 1, 0, SOURCE_CLIENT),  # transparent
     # service 2 (round_robin); its backend leaves from 10.9.9.9 (a source address)
     BackendRec(30, 4, 0, 9000, v4(10, 0, 2, 1), 256, 5, 4, v4(10, 9, 9, 9)),
 )
@@ -283,7 +284,7 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
         "backend[3].addr: bytes 4..15 of an IPv4 address are not 0",
     ),
     ("weight", bk(5, 24, "I", 257), "backend[5].weight: 257 is above 256"),
-    ("source_family", bk(0, 32, "B", 5), "backend[0].source_family: 5 is not 0, 4 or 6"),
+    ("source_family", bk(0, 32, "B", 5), "backend[0].source_family: 5 is not 0, 1, 4 or 6"),
     (
         "source_family-not-the-backend's",
         bk(2, 32, "B", 4),
@@ -300,6 +301,17 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
         bk(3, 36 + 15, "B", 1),
         "backend[3].source_addr: not 0 although source_family is 0",
     ),
+    ("source_family-2", bk(1, 32, "B", 2), "backend[1].source_family: 2 is not 0, 1, 4 or 6"),
+    (
+        "source_addr-of-a-transparent-backend",
+        bk(4, 36, "B", 10),
+        "backend[4].source_addr: not 0 although source_family is 1",
+    ),
+    (
+        "source_addr-left-when-made-transparent",
+        bk(2, 32, "B", SOURCE_CLIENT),
+        "backend[2].source_addr: not 0 although source_family is 1",
+    ),
     (
         "source_addr-ipv4-tail",
         bk(5, 36 + 4, "B", 1),
@@ -309,7 +321,7 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
     (
         "order-source_family-before-source_addr",
         both(bk(4, 36, "B", 1), bk(4, 32, "B", 9)),
-        "backend[4].source_family: 9 is not 0, 4 or 6",
+        "backend[4].source_family: 9 is not 0, 1, 4 or 6",
     ),
     # first failing field: backends are checked before services, services before rings,
     # and lower indexes first
@@ -439,7 +451,8 @@ backend_rec_st = st.builds(
     addr=st.binary(min_size=16, max_size=16),
     weight=st.integers(0, 256),
     max_connections=st.integers(0, 2**32 - 1),
-    source_family=st.sampled_from([0, 0, 1]),  # 1: a source of the backend's own family
+    # 1: a source of the backend's own family; 2: the client's (transparent)
+    source_family=st.sampled_from([0, 0, 1, 2]),
     source_addr=st.binary(min_size=16, max_size=16),
 )
 
@@ -448,6 +461,8 @@ def _source(b: BackendRec) -> tuple[int, bytes]:
     """A drawn record's source fields made valid: none, or one of the backend's family."""
     if not b.source_family:
         return 0, bytes(16)
+    if b.source_family == 2:
+        return SOURCE_CLIENT, bytes(16)
     return b.family, b.source_addr[:4] + bytes(12) if b.family == 4 else b.source_addr
 
 

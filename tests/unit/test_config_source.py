@@ -207,3 +207,130 @@ def test_an_ipv4_mapped_health_source_is_refused_too() -> None:
     with pytest.raises(HealthSettingsError):
         HealthSettings(source="::ffff:10.0.0.1")
     assert HealthSettings(source="::1").source == "::1"
+
+
+# --- transparent mode: source = "client" ---------------------------------------------------
+
+TRANSPARENT = """\
+[[services]]
+name = "web"
+protocol = "{protocol}"
+listen = ["127.0.0.1:8080"]
+source = "client"
+backends = [
+  {{ address = "127.0.0.1:9001" }},
+  {{ address = "127.0.0.1:9002", source = "127.0.0.1" }},
+]
+"""
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_client_source_is_inherited_and_overridden(protocol: str) -> None:
+    host = NetHost()
+    [svc] = load_text(TRANSPARENT.format(protocol=protocol), "t.toml", host=host).services
+    assert svc.source == "client"
+    assert [b.source for b in svc.backends] == ["client", "127.0.0.1"]
+    assert "transparent 4" in host.asked  # the privilege is asked once per family and load
+    assert host.asked.count("transparent 4") == 1
+    # and the other way round: a backend's own "client" under a service with an address
+    body = TRANSPARENT.format(protocol=protocol).replace(
+        'source = "client"\n', 'source = "127.0.0.1"\n').replace(
+        '"127.0.0.1:9002", source = "127.0.0.1"', '"127.0.0.1:9002", source = "client"')
+    [svc] = load_text(body, "t.toml", host=NetHost()).services
+    assert [b.source for b in svc.backends] == ["127.0.0.1", "client"]
+
+
+def test_the_table_carries_the_client_as_source_family_1() -> None:
+    config = load_text(TRANSPARENT.format(protocol="tcp"), "t.toml", host=None)
+    table = parse(TableBuilder().build(config, {}, set()))
+    got = {b.port: (b.source_family, b.source_addr) for b in table.backends}
+    assert got == {9001: (1, bytes(16)), 9002: (4, bytes([127, 0, 0, 1]) + bytes(12))}
+
+
+def test_client_source_needs_the_privilege() -> None:
+    host = NetHost(transparent=errno.EPERM)
+    assert problems(TRANSPARENT.format(protocol="tcp"), host) == [
+        't.toml:5:10: error: services[0] ("web"): source: "client" (transparent) needs '
+        "IP_TRANSPARENT on every backend socket, and setting it fails (operation not "
+        "permitted): this process has neither CAP_NET_ADMIN nor CAP_NET_RAW (run l4lb as root "
+        "or give it CAP_NET_ADMIN, or leave source out)"]
+    # without host checks nothing is asked
+    assert load_text(TRANSPARENT.format(protocol="tcp"), "t.toml", host=None).services
+
+
+def test_an_ipv6_backend_asks_for_ipv6_transparent() -> None:
+    body = TRANSPARENT.format(protocol="tcp").replace("127.0.0.1:8080", "[::1]:8080").replace(
+        '"127.0.0.1:9001"', '"[::1]:9001"')
+    host = NetHost(transparent=errno.EPERM)
+    [line] = problems(body, host)
+    assert "needs IPV6_TRANSPARENT on every backend socket" in line
+    assert host.asked.count("transparent 6") == 1 and "transparent 4" not in host.asked
+
+
+def test_a_dual_stack_service_may_mix_families() -> None:
+    """Listeners of both families: each backend has clients of its family (the others' connects
+    fail at run time, counted), so the load accepts it."""
+    body = TRANSPARENT.format(protocol="tcp").replace(
+        '["127.0.0.1:8080"]', '["127.0.0.1:8080", "[::1]:8080"]').replace(
+        '"127.0.0.1:9001"', '"[::1]:9001"')
+    [svc] = load_text(body, "t.toml", host=NetHost()).services
+    assert [b.source for b in svc.backends] == ["client", "127.0.0.1"]
+
+
+def _setpriv() -> str | None:
+    import shutil
+    return shutil.which("setpriv")
+
+
+@pytest.mark.skipif(_setpriv() is None, reason="setpriv is not installed")
+def test_this_host_answers_eperm_without_capabilities() -> None:
+    """ThisHost.transparent_errno in a process without any capability (setpriv drops them all,
+    root or not): EPERM for both families; with this process's privileges, what it has."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from l4lb.config.host import THIS_HOST as h; "
+            "print(h.transparent_errno(4), h.transparent_errno(6))")
+    setpriv = _setpriv()
+    assert setpriv is not None
+    out = subprocess.run(
+        [setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", sys.executable,
+         "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    assert out == [str(errno.EPERM)] * 2
+    from l4lb.config.host import THIS_HOST
+    if os.geteuid() == 0:
+        assert (THIS_HOST.transparent_errno(4), THIS_HOST.transparent_errno(6)) == (0, 0)
+
+
+@pytest.mark.skipif(_setpriv() is None, reason="setpriv is not installed")
+def test_check_refuses_client_source_without_capabilities(tmp_path: object) -> None:
+    """The whole path: `l4lb check` in a process without capabilities names the key."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    conf = tmp_path / "t.toml"
+    conf.write_text(TRANSPARENT.format(protocol="tcp"))
+    setpriv = _setpriv()
+    assert setpriv is not None
+    run = subprocess.run(
+        [setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", sys.executable,
+         "-m", "l4lb", "check", "-c", str(conf)], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert 'services[0] ("web"): source: "client" (transparent) needs IP_TRANSPARENT' in \
+        run.stdout + run.stderr
+
+
+def test_status_says_the_client(tmp_path: object) -> None:
+    from l4lb.display import source_text
+
+    svc = {"source": "client", "backends": [
+        {"address": "127.0.0.1:9001", "source": "client"},
+        {"address": "127.0.0.1:9002", "source": "127.0.0.1"}]}
+    assert source_text(svc) == ("source address: the client's (transparent); 127.0.0.1:9002 "
+                                "from 127.0.0.1")
+    svc = {"source": None, "backends": [{"address": "127.0.0.1:9001", "source": "client"}]}
+    assert source_text(svc) == ("source address: the kernel's choice; 127.0.0.1:9001 from the "
+                                "client's (transparent)")

@@ -1,0 +1,260 @@
+"""Transparent mode (source = "client", BackendRec.source_family 1), against both data planes.
+
+Each connection (UDP: each flow's socket) to a transparent backend sets IP_TRANSPARENT /
+IPV6_TRANSPARENT and binds the session's client address, port 0, before it connects, so the
+backend sees the client as its peer. Replies to the client's address must come back to the
+balancer and be delivered locally there; the topology is the recipe of docs/configuration.md
+("Transparent mode"):
+
+    client ns  c0 10.77.1.2/24 fd77:1::2/64 ── lc 10.77.1.1 fd77:1::1  balancer  (the test
+    thread's private namespace, fast_open_env.private_netns)  lb 10.77.2.1 fd77:2::1 ── b0
+    10.77.2.2/24 fd77:2::2/64  backend ns, default route via the balancer
+
+with `ip rule add iif lb lookup 100` + `ip route add local 0.0.0.0/0 dev lo table 100` (and the
+IPv6 twins) on the balancer. The client and backend sockets are made inside their namespaces by
+this thread (setns there and back), so every test stays single-threaded. Root only; the named
+namespaces (and with them the veths) are deleted whatever the test did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from .clients import wait_for
+from .conftest import LB, SVC, MakeLB
+from .tables import BackendSpec, ServiceSpec
+
+CLONE_NEWNET = 0x40000000  # linux/sched.h
+_libc = ctypes.CDLL(None, use_errno=True)
+_names = itertools.count(1)
+CLIENT4, LB4_C, LB4_B, BACKEND4 = "10.77.1.2", "10.77.1.1", "10.77.2.1", "10.77.2.2"
+CLIENT6, LB6_C, LB6_B, BACKEND6 = "fd77:1::2", "fd77:1::1", "fd77:2::1", "fd77:2::2"
+TIMEOUT = 5.0
+
+
+def ip(*argv: str) -> None:
+    """Run `ip ...` in this thread's namespace; a failure names stderr."""
+    proc = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(argv)}: {proc.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def in_ns(name: str) -> Iterator[None]:
+    """This thread in the named namespace `name`, then back where it was."""
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        there = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _libc.setns(there, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns {name}")
+        finally:
+            os.close(there)
+        try:
+            yield
+        finally:
+            if _libc.setns(back, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(back)
+
+
+def no_dad(name: str | None) -> None:
+    """IPv6 duplicate address detection off for new interfaces of a namespace (None: this
+    thread's)."""
+    for conf in ("default", "all"):
+        key = f"net.ipv6.conf.{conf}.accept_dad=0"
+        argv = ["sysctl", "-qw", key] if name is None else \
+            ["ip", "netns", "exec", name, "sysctl", "-qw", key]
+        subprocess.run(argv, check=True, capture_output=True, timeout=10)
+
+
+@dataclass
+class Topo:
+    """The client and backend namespaces around the balancer (this thread's namespace)."""
+
+    client: str  # namespace names
+    backend: str
+
+    def client_socket(self, family: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        with in_ns(self.client):
+            sock = socket.socket(family, kind)
+        sock.settimeout(TIMEOUT)
+        return sock
+
+    def backend_socket(self, family: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        """A backend socket bound to the backend's address (listening, for TCP)."""
+        with in_ns(self.backend):
+            sock = socket.socket(family, kind)
+        sock.settimeout(TIMEOUT)
+        sock.bind((BACKEND6 if family == socket.AF_INET6 else BACKEND4, 0))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(16)
+        return sock
+
+
+@pytest.fixture
+def topo(fo_ns: None) -> Iterator[Topo]:
+    n = next(_names)
+    names = Topo(f"l4tr-{os.getpid()}-{n}-c", f"l4tr-{os.getpid()}-{n}-b")
+    made: list[str] = []
+    no_dad(None)  # link-local addresses usable at once (neighbour discovery needs one)
+    try:
+        for name, here, there, mine, peer, mine6, peer6 in (
+                (names.client, "lc", "c0", LB4_C, CLIENT4, LB6_C, CLIENT6),
+                (names.backend, "lb", "b0", LB4_B, BACKEND4, LB6_B, BACKEND6)):
+            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True,
+                           timeout=10)
+            made.append(name)
+            no_dad(name)
+            ip("link", "add", here, "type", "veth", "peer", "name", there)
+            ip("link", "set", there, "netns", name)
+            ip("addr", "add", f"{mine}/24", "dev", here)
+            ip("-6", "addr", "add", f"{mine6}/64", "dev", here, "nodad")
+            ip("link", "set", here, "up")
+            for argv in (("addr", "add", f"{peer}/24", "dev", there),
+                         ("-6", "addr", "add", f"{peer6}/64", "dev", there, "nodad"),
+                         ("link", "set", there, "up"), ("link", "set", "lo", "up"),
+                         ("route", "add", "default", "via", mine),
+                         ("-6", "route", "add", "default", "via", mine6)):
+                ip("-n", name, *argv)
+        # replies to a client's address arriving from the backends: delivered here
+        ip("rule", "add", "iif", "lb", "lookup", "100")
+        ip("route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+        ip("-6", "rule", "add", "iif", "lb", "lookup", "100")
+        ip("-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100")
+        yield names
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+def tcp_trip(topo: Topo, lb: LB, backend: socket.socket, family: int = socket.AF_INET,
+             lb_host: str = LB4_C, header: bytes = b"") -> tuple[str, int]:
+    """One client connection through lb to backend: data both ways; the backend's peer."""
+    client = topo.client_socket(family)
+    try:
+        client.connect((lb_host, lb.port()))
+        client.sendall(header + b"ping")
+        conn, _ = backend.accept()
+        with conn:
+            conn.settimeout(TIMEOUT)
+            peer = conn.getpeername()
+            assert conn.recv(100) == b"ping"
+            conn.sendall(b"pong")
+            assert client.recv(100) == b"pong"
+        return str(peer[0]), int(peer[1])
+    finally:
+        client.close()
+
+
+def spec(backend: socket.socket, name: str = "b", source: str | None = "client") -> BackendSpec:
+    host, port = backend.getsockname()[:2]
+    return BackendSpec(name, host, port, source=source)
+
+
+def test_tcp_backend_sees_the_client(fo_make_lb: MakeLB, topo: Topo) -> None:
+    with topo.backend_socket(socket.AF_INET) as backend:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(backend),))], host=LB4_C)
+        peers = [tcp_trip(topo, lb, backend) for _ in range(2)]
+        assert [p[0] for p in peers] == [CLIENT4] * 2
+        assert peers[0][1] != peers[1][1]  # the kernel's port each time (port 0)
+        assert lb.be_stats("b")["connect_failures"] == 0
+
+
+def test_tcp_without_client_source_is_the_balancer(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """The control: the same topology without source = "client" shows the balancer."""
+    with topo.backend_socket(socket.AF_INET) as backend:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(backend, source=None),))], host=LB4_C)
+        assert tcp_trip(topo, lb, backend)[0] == LB4_B
+
+
+def test_tcp_ipv6_backend_sees_the_client(fo_make_lb: MakeLB, topo: Topo) -> None:
+    with topo.backend_socket(socket.AF_INET6) as backend:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(backend),))], host=LB6_C)
+        assert tcp_trip(topo, lb, backend, socket.AF_INET6, LB6_C)[0] == CLIENT6
+        assert lb.be_stats("b")["connect_failures"] == 0
+
+
+def test_udp_flow_leaves_from_the_client(fo_make_lb: MakeLB, topo: Topo) -> None:
+    with topo.backend_socket(socket.AF_INET, socket.SOCK_DGRAM) as backend, \
+            topo.client_socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(backend),), protocol="udp",
+                                     idle_timeout_ms=30_000)], host=LB4_C)
+        client.sendto(b"q1", (LB4_C, lb.port()))
+        data, peer = backend.recvfrom(100)
+        assert (data, peer[0]) == (b"q1", CLIENT4)
+        backend.sendto(b"a1", peer)  # to the client's address: back through the balancer
+        assert client.recvfrom(100) == (b"a1", (LB4_C, lb.port()))
+        client.sendto(b"q2", (LB4_C, lb.port()))  # the same flow, the same bound socket
+        assert backend.recvfrom(100) == (b"q2", peer)
+        assert lb.be_stats("b")["connect_failures"] == 0
+
+
+def test_udp_ipv4_client_of_a_dual_stack_listener_is_ipv4(fo_make_lb: MakeLB,
+                                                         topo: Topo) -> None:
+    """On a dual-stack :: listener an IPv4 client is ::ffff:10.77.1.2: its IPv4 address is
+    bound, towards an IPv4 backend."""
+    with topo.backend_socket(socket.AF_INET, socket.SOCK_DGRAM) as backend, \
+            topo.client_socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(backend),), protocol="udp",
+                                     idle_timeout_ms=30_000)], host="::", v6only=False)
+        client.sendto(b"q1", (LB4_C, lb.port()))
+        data, peer = backend.recvfrom(100)
+        assert (data, peer[0]) == (b"q1", CLIENT4)
+        backend.sendto(b"a1", peer)
+        assert client.recvfrom(100)[0] == b"a1"
+        assert lb.be_stats("b")["connect_failures"] == 0
+
+
+def test_family_mismatch_is_the_backends_failure(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """An IPv4 client cannot leave from its address towards an IPv6 backend: that backend's
+    failed connect (counted), and the retry goes to the IPv4 one. Never the balancer's own
+    address instead."""
+    with topo.backend_socket(socket.AF_INET6) as six, \
+            topo.backend_socket(socket.AF_INET) as four:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(four, "four"), spec(six, "six")), retries=1)],
+                        host=LB4_C)
+        for _ in range(4):  # round robin: every second first pick is the IPv6 backend
+            assert tcp_trip(topo, lb, four)[0] == CLIENT4
+        six.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            six.accept()  # nothing ever reached it
+        assert lb.be_stats("six")["connect_failures"] >= 2
+        assert lb.be_stats("four")["conns_total"] == 4
+        assert lb.svc_stats()["no_backend"] == 0
+        assert lb.svc_stats()["accept_errors"] == 0  # the backend's failure, not a local one
+
+
+def test_udp_family_mismatch_is_the_backends_failure(fo_make_lb: MakeLB, topo: Topo) -> None:
+    with topo.backend_socket(socket.AF_INET6, socket.SOCK_DGRAM) as six, \
+            topo.client_socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(six, "six"),), protocol="udp",
+                                     idle_timeout_ms=30_000)], host=LB4_C)
+        client.sendto(b"q1", (LB4_C, lb.port()))
+        assert wait_for(lambda: lb.be_stats("six")["connect_failures"] == 1, TIMEOUT)
+        assert lb.svc_stats()["drops_send"] == 1
+        assert lb.svc_stats()["accept_errors"] == 0
+        six.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            six.recvfrom(100)
+
+
+def test_accept_proxy_binds_the_headers_client(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """Under accept_proxy the client is the PROXY header's: its address is bound (the real
+    peer, 10.77.1.2, is another balancer), and replies to it come back all the same."""
+    with topo.backend_socket(socket.AF_INET) as backend:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(backend),))], host=LB4_C)
+        lb.dp.set_accept_proxy(SVC, 5000)
+        header = f"PROXY TCP4 10.77.1.9 {LB4_C} 40000 {lb.port()}\r\n".encode()
+        assert tcp_trip(topo, lb, backend, header=header)[0] == "10.77.1.9"
+        assert lb.be_stats("b")["connect_failures"] == 0
