@@ -1075,14 +1075,16 @@ class _Checker:
         have = sorted(families)[0]
         family = 4 if have == 6 else 6
         which = _which(other)
-        if path[-2:] != ("backends", other[0][0]) and path[-3:-1] == ("backends", other[0][0]):
+        own = path[-3:-1] == ("backends", other[0][0])  # a backend's own source = "client"
+        if own:
             first = other[0][1]
             which = f"the backend ({quote(first.address.text or str(first.address))}) is"
+        many = len(other) > 1
         self.error(path, f'{label}: "client" binds each client\'s address, but {which} '
                    f"IPv{family} and the service listens on IPv{have} only, so no client could "
-                   f"reach {'them' if len(other) > 1 else 'it'} (a connection leaves from an "
-                   f"address of its backend's family; give the IPv{family} backends another "
-                   f"source, or listen on IPv{family} too)")
+                   f"reach {'them' if many else 'it'} (a connection leaves from an address of "
+                   f"its backend's family; give {'them' if many else 'it'} another source, or "
+                   f"listen on IPv{family} too)")
         return False
 
     def transparent_allowed(self, path: KeyPath, label: str, families: Sequence[int]) -> bool:
