@@ -20,6 +20,8 @@ class FakeHost:
     cc: dict[str, int] = field(default_factory=dict)  # algorithm -> errno (0: usable)
     sysctls: dict[str, list[str]] = field(default_factory=dict)  # net.ipv4 sysctl -> words
     asked: list[str] = field(default_factory=list)  # questions, e.g. "cc cubic", "raw"
+    programs: dict[str, str | None] = field(default_factory=dict)  # path -> problem (None: ok)
+    users: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (uid, gid)
 
     def dir_exists(self, path: str) -> bool:
         self.asked.append(f"dir {path}")
@@ -35,6 +37,14 @@ class FakeHost:
 
     def ipv4_sysctl_words(self, name: str) -> list[str]:
         return list(self.sysctls.get(name, []))
+
+    def program_problem(self, path: str) -> str | None:
+        self.asked.append(f"program {path}")
+        return self.programs.get(path, "no such file or directory")
+
+    def user_ids(self, name: str) -> tuple[int, int] | None:
+        self.asked.append(f"user {name}")
+        return self.users.get(name)
 
 
 class ExampleHost:
