@@ -49,12 +49,18 @@ class FakeHost:
 
 class ExampleHost:
     """This machine's answers, except that it always has the `eth0` (IPv4 and link-local IPv6)
-    that the shipped examples and the golden files name, so they load on any test host."""
+    that the shipped examples and the golden files name, and the check programs the examples
+    install (conf/examples/check-pg as /usr/local/bin/check-pg), so they load on any test
+    host."""
 
     ETH0 = (ipaddress.ip_interface("192.0.2.2/24"), ipaddress.ip_interface("fe80::2/64"))
+    PROGRAMS = ("/usr/local/bin/check-pg",)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(THIS_HOST, name)
 
     def interfaces(self) -> Mapping[str, tuple[Any, ...]] | None:
         return {**(THIS_HOST.interfaces() or {}), "eth0": self.ETH0}
+
+    def program_problem(self, path: str) -> str | None:
+        return None if path in self.PROGRAMS else THIS_HOST.program_problem(path)
