@@ -41,6 +41,10 @@ What it does:
 9. `udp` (not run by default; `--only udp`): the checker phase with `kind = "udp"` (send a
    4-byte datagram, receive the reply) against a third child process whose UDP sockets answer
    every datagram with `pong`.
+10. `exec` (not run by default; `--only exec`): the checker phase with `kind = "exec"`, each
+   probe running `/bin/true` (fork, exec, pidfd, reap). The CPU figures are the checker's own
+   process; the commands' CPU (RUSAGE_CHILDREN) is printed apart. Use small `--backends`
+   (100): every probe is a process.
 
 Per-probe figures are CPU microseconds per probe; `ratio` is checker (or syn) / floor; `quiet%`
 is the share of a syn phase's probes that the fleet kept as quiet passes (passes of backends
@@ -256,9 +260,11 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
                         window: float) -> Window:
     from l4lb.health import HealthChecker, HealthSettings
 
-    kind = "syn" if phase in _SYN_PHASES else phase if phase in ("http", "udp") else "tcp"
+    kind = "syn" if phase in _SYN_PHASES else phase if phase in ("http", "udp", "exec") \
+        else "tcp"
     settings = HealthSettings(kind=kind, interval=1.0, timeout=0.5, jitter=0.1,
-                              send=b"ping" if kind == "udp" else b"")
+                              send=b"ping" if kind == "udp" else b"",
+                              command=("/bin/true",) if kind == "exec" else ())
     checker: HealthChecker[int] | None = None
     if backends:
         checker = HealthChecker(lambda _k, _t: None, max_in_flight=4096,
@@ -275,11 +281,13 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
         p0 = checker.stats().probes if checker else 0
         k0 = _quiet(checker)
         u0, s0 = _rusage()
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         q0 = _runq_wait()
         t0 = time.monotonic()
         await asyncio.sleep(window)
         t1 = time.monotonic()
         u1, s1 = _rusage()
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         q1 = _runq_wait()
         p1 = checker.stats().probes if checker else 0
         k1 = _quiet(checker)
@@ -292,6 +300,10 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
             checker.stop()
             if failed:
                 print(f"  note: {failed} probes failed during the run", file=sys.stderr)
+    if phase == "exec" and p1 > p0:
+        child_us = 1e6 * ((c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)) / (p1 - p0)
+        print(f"  exec: the commands themselves: {child_us:.0f} us CPU per probe "
+              "(RUSAGE_CHILDREN)", file=sys.stderr)
     return Window(phase, backends, t1 - t0, p1 - p0, u1 - u0, s1 - s0, q1 - q0,
                   1e3 * _pct(snap, 0.5), 1e3 * _pct(snap, 0.99), 1e3 * (snap[-1] if snap else 0),
                   k1 - k0)
@@ -471,12 +483,12 @@ def _print(rows: list[Window], floors: dict[int, Window]) -> None:
     for w in rows:
         u, s = w.per_probe_us()
         ratio = ""
-        if w.phase in ("checker", "http", "udp", *_SYN_PHASES) and w.backends in floors:
+        if w.phase in ("checker", "http", "udp", "exec", *_SYN_PHASES) and w.backends in floors:
             fu, fs = floors[w.backends].per_probe_us()
             if fu + fs:
                 ratio = f"{(u + s) / (fu + fs):.2f}"
         lag = (f"{w.lag_p50_ms:.2f}/{w.lag_p99_ms:.2f}/{w.lag_max_ms:.2f}"
-               if w.phase in ("checker", "http", "udp", "idle", *_SYN_PHASES) else "-")
+               if w.phase in ("checker", "http", "udp", "exec", "idle", *_SYN_PHASES) else "-")
         print(f"{w.phase:8} {w.backends:>8} {w.rate:>9.0f} {w.cpu_pct:>6.1f} "
               f"{100 * w.user / w.seconds:>6.1f} {100 * w.sys / w.seconds:>6.1f} "
               f"{u:>6.1f}+{s:<6.1f} {ratio:>6} {lag:>20} {w.runq_wait:>7.2f} "
@@ -492,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=1, help="repetitions of every phase")
     ap.add_argument("--quick", action="store_true", help="10,000 backends only, 3 s windows")
     ap.add_argument("--only", choices=["checker", "floor", "idle", "hole", "syn", "synpy",
-                                       "synold", "synfloor", "http", "udp"],
+                                       "synold", "synfloor", "http", "udp", "exec"],
                     action="append",
                     help="run only these phases (repeatable)")
     ap.add_argument("--nice", type=int, default=0, help="os.nice() increment (e.g. -15)")
@@ -553,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
                                                           args.window)))
                 if "udp" in phases:
                     rows.append(asyncio.run(_measure_loop("udp", b, udp_ports, args.warmup,
+                                                          args.window)))
+                if "exec" in phases:
+                    rows.append(asyncio.run(_measure_loop("exec", b, ports, args.warmup,
                                                           args.window)))
     finally:
         stop_backends(pid, stop_w)

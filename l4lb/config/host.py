@@ -10,7 +10,9 @@ The facts: whether a directory exists; why no raw socket opens; the errno of set
 congestion control; a net.ipv4 sysctl; the network interfaces of this namespace with their
 addresses (for `[[vrrp]]` interface, source_address and track_interfaces); and the errno of
 binding a TCP socket to (address, 0), which is what a health probe with `source` does, and of
-setting IP_TRANSPARENT / IPV6_TRANSPARENT on one (`source = "client"`). Where
+setting IP_TRANSPARENT / IPV6_TRANSPARENT on one (`source = "client"`); whether a path is a
+program this process can run, and the user and group ids of a user name (a `kind = "exec"`
+health check's command and command_user). Where
 `ip_nonlocal_bind` lets any address bind (common next to keepalived), the kernel's route for the
 address must also say it is local, so a typo still fails as it does elsewhere.
 """
@@ -20,7 +22,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import pwd
 import socket
+import stat
 import struct
 from collections.abc import Mapping
 from typing import Protocol
@@ -77,6 +81,13 @@ class HostChecks(Protocol):
         TCP socket of that family (what `source = "client"` does to every backend socket), else
         the errno (EPERM: neither CAP_NET_ADMIN nor CAP_NET_RAW)."""
 
+    def program_problem(self, path: str) -> str | None:
+        """Why `path` is not a regular file this process may execute ("no such file or
+        directory", "is a directory", "is not executable"); None when it is one."""
+
+    def user_ids(self, name: str) -> tuple[int, int] | None:
+        """(uid, primary gid) of user `name`; None when there is no such user."""
+
 
 class ThisHost:
     """The answers of this machine, for this process."""
@@ -131,6 +142,25 @@ class ThisHost:
                 pass  # cannot tell: the bind's answer stands
         return 0
 
+    def program_problem(self, path: str) -> str | None:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return (exc.strerror or str(exc)).lower()
+        if stat.S_ISDIR(st.st_mode):
+            return "is a directory"
+        if not stat.S_ISREG(st.st_mode):
+            return "is not a regular file"
+        if not os.access(path, os.X_OK):
+            return "is not executable (chmod +x)"
+        return None
+
+    def user_ids(self, name: str) -> tuple[int, int] | None:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            return None
+        return entry.pw_uid, entry.pw_gid
 
     def transparent_errno(self, version: int) -> int:
         family = socket.AF_INET6 if version == 6 else socket.AF_INET

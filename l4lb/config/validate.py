@@ -59,6 +59,7 @@ from l4lb.config.model import (
 from l4lb.dataplane import CC_NAME_MAX, SOCKBUF_MAX, SOCKBUF_MIN, congestion_control_name_ok
 from l4lb.health.settings import (
     DEFAULT_SETTINGS,
+    EXEC_FIELDS,
     HTTP_FIELDS,
     HTTP_METHODS,
     INITIAL_STATES,
@@ -124,7 +125,7 @@ HEALTH_KEYS = (
     "kind", "interval", "timeout", "rise", "fall", "start_period", "down_interval", "jitter",
     "port", "source", "send", "send_hex", "expect", "expect_regex", "initial_state", "max_fails",
     "fail_timeout", "min_healthy", "slow_start", "send_proxy",
-    "on_down", *HTTP_FIELDS, "http_expect_body_regex",
+    "on_down", *HTTP_FIELDS, "http_expect_body_regex", *EXEC_FIELDS,
 )
 HTTP_KEYS = (*HTTP_FIELDS, "http_expect_body_regex")  # [services.health] keys of kind "http"
 # a key and the one written instead of it ("send_hex" for "send"): the pair's field
@@ -798,14 +799,15 @@ class _Checker:
         proxy = self.read_enum(scope, table, "proxy_protocol", d.proxy_protocol, PROXY_VERSIONS)
         raw_health = table.get("health")
         health = (self.health(scope, raw_health, proxy if protocol == "tcp" else "off",
-                              protocol) if "health" in table else None)
+                              protocol, name) if "health" in table else None)
         if isinstance(raw_health, dict):
             self.health_source(scope, raw_health, indexed)
         if protocol == "udp" and isinstance(raw_health, dict) and "port" not in raw_health \
-                and raw_health.get("kind") != "udp":
+                and raw_health.get("kind") not in ("udp", "exec"):
             self.error((*scope.path, "health"), f"{scope.label('health')}: a UDP service's "
-                       'health check needs kind = "udp" (a datagram to the backends\' port), or '
-                       "`port`: a TCP port of the backends to probe", at_key=True,
+                       'health check needs kind = "udp" (a datagram to the backends\' port), '
+                       'kind = "exec" (a command decides), or `port`: a TCP port of the backends '
+                       "to probe", at_key=True,
                        position_of=(*scope.path, "health"))
         if protocol == "udp" and isinstance(raw_health, dict) and "on_down" in raw_health:
             self.error((*scope.path, "health", "on_down"), f"{scope.label('health.on_down')}: "
@@ -1181,7 +1183,7 @@ class _Checker:
         return float(value)
 
     def health(self, scope: _Scope, value: object, proxy: ProxyVersion,
-               protocol: Protocol = "tcp") -> HealthSettings | None:
+               protocol: Protocol = "tcp", service: str = "") -> HealthSettings | None:
         """The service's [services.health] table; None when absent or wrong. proxy: the
         service's proxy_protocol, which send_expect probes speak too unless health.send_proxy
         says otherwise (by default they do when they probe the traffic port, as HAProxy's
@@ -1251,6 +1253,7 @@ class _Checker:
             send_proxy = False
         elif send_proxy and explicit and kind not in ("send_expect", "http"):
             why = ("a datagram carries no PROXY header" if kind == "udp"
+                   else "the command makes its own connections" if kind == "exec"
                    else "a connect-only probe sends no header")
             self.error((*path, "send_proxy"), f"{hs.label('send_proxy')}: only kinds "
                        f'"send_expect" and "http" send a PROXY header, and this probe is '
@@ -1278,6 +1281,8 @@ class _Checker:
             on_down=self.read_enum(hs, table, "on_down", d.on_down, ON_DOWN),
         )
         values.update(self.health_http(hs, table, kind))
+        values.update(self.health_exec(hs, table, kind))
+        values.update(service=service, protocol=protocol)
         try:
             settings = HealthSettings(**values)
         except HealthSettingsError as exc:
@@ -1336,6 +1341,49 @@ class _Checker:
                 self.error((*path, "http_expect_body_regex"),
                            f"{hs.label('http_expect_body_regex')}: not a valid regex: {exc}")
         return out
+
+    def health_exec(self, hs: _Scope, table: dict[str, Any], kind: str) -> dict[str, Any]:
+        """The keys of kind "exec" (command, command_user) as HealthSettings fields. With
+        another kind each one written is an error at its key (unless `kind` itself was
+        wrong). With host checks on, argv[0] must be a program this process can run and
+        command_user a user of this host."""
+        path = hs.path
+        if kind != "exec":
+            if table.get("kind", kind) == kind:  # a bad kind is reported once, at kind
+                for key in EXEC_FIELDS:
+                    if key in table:
+                        self.error((*path, key), f'{hs.label(key)}: applies to kind = "exec" '
+                                   f"only (this probe is {quote(kind)})")
+            return {}
+        out: dict[str, Any] = {}
+        key_path = (*path, "command")
+        value = table.get("command")
+        if isinstance(value, str):  # missing: HealthSettings says what to write
+            argv = ", ".join(quote(word) for word in value.split()) or quote(value)
+            self.wrong_type(key_path, hs.label("command"), "an array of strings (an argv list; "
+                            "no shell runs it)", value, f"write [{argv}]")
+        else:
+            before = len(self.diagnostics)
+            command = self.read_str_array(hs, table, "command")
+            if len(self.diagnostics) == before:
+                out["command"] = command
+            if command and command[0].startswith("/") and self.host is not None:
+                problem = self.host.program_problem(command[0])
+                if problem is not None:
+                    self.error((*key_path, 0), f"{hs.label('command')}[0]: {quote(command[0])} "
+                               f"{self._program_words(problem)}")
+        user = self.read_str(hs, table, "command_user")
+        if user is not None:
+            out["command_user"] = user
+            if user and self.host is not None and self.host.user_ids(user) is None:
+                self.error((*path, "command_user"), f"{hs.label('command_user')}: no user "
+                           f"{quote(user)} on this host")
+        return out
+
+    @staticmethod
+    def _program_words(problem: str) -> str:
+        """A host's program_problem as the rest of a sentence about the path."""
+        return problem if problem.startswith("is ") else f"cannot be run: {problem}"
 
     def service_name(self, scope: _Scope, table: dict[str, Any], i: int) -> str:
         if "name" not in table:

@@ -6,6 +6,7 @@
 - `probe`: TCP connect, send/expect, HTTP and UDP probes on one private epoll under the asyncio
   loop.
 - `httpresponse`: pure judge of an HTTP/1.x response to a kind "http" probe.
+- `execprobe`: kind "exec" probes: a command per probe, its exit status the verdict.
 - `synprobe`: half-open SYN probes through a BPF-filtered raw socket (kind "syn").
 - `synfleet`: the SYN fleet the checker runs "syn" backends on (C, or its Python twin).
 - `checker`: schedules probes for many backends and reports transitions.

@@ -41,7 +41,9 @@ bound, no ephemeral port): it says nothing about the backend and must not count 
 
 Specs of `kind = "syn"` (half-open probes through a raw socket) go to a `SynProbeEngine`
 (l4lb/health/synprobe.py) that this engine opens on first use and closes with itself, so the
-checker drives both kinds through one `start()` and gets the same `ProbeResult`s.
+checker drives both kinds through one `start()` and gets the same `ProbeResult`s. Specs of
+`kind = "exec"` (a command decides) go the same way to an `ExecProbeEngine`
+(l4lb/health/execprobe.py).
 
 `run_probe()` is the coroutine wrapper for one-off probes (tests, a future `l4lb probe`).
 """
@@ -65,6 +67,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from l4lb import __version__, proxyproto
+from l4lb.health.execprobe import ExecCommand, ExecProbeEngine
 from l4lb.health.httpresponse import HttpExpect
 from l4lb.health.settings import HealthSettings
 
@@ -160,19 +163,21 @@ class ProbeSpec:
     syn: bool = False  # half-open probe through a raw socket (kind "syn") instead of connect
     http: HttpExpect | None = None  # kind "http": judges the reply to `send` (the request)
     udp: bool = False  # kind "udp": `send` is one datagram, the first reply datagram decides
+    command: ExecCommand | None = None  # kind "exec": run this; its exit status decides
     # derived: a completed handshake is the verdict (no send, no expect); the engine's fast path
     connect_only: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "connect_only",
                            self.expect is None and not self.send and self.http is None
-                           and not self.udp)
+                           and not self.udp and self.command is None)
 
     @classmethod
     def build(cls, host: str, port: int, settings: HealthSettings) -> ProbeSpec:
         """The spec for backend host:port under these settings.
 
-        ValueError if the source address is of another family than the backend.
+        ValueError if the source address is of another family than the backend, or
+        command_user (kind "exec") is no user of this host.
         """
         addr = ipaddress.ip_address(host)
         probe_port = settings.port if settings.port is not None else port
@@ -199,9 +204,12 @@ class ProbeSpec:
             # a probe is the balancer's own connection, not a relayed client: LOCAL. Never
             # for "udp": a datagram carries no PROXY header (settings refuse the combination)
             send = proxyproto.local(proxyproto.version_number(settings.proxy_protocol)) + send
+        command = ExecCommand.build(settings, str(addr), port, probe_port) \
+            if settings.kind == "exec" else None
         return cls(host=str(addr), port=probe_port, family=family, sockaddr=sockaddr,
                    source=source, timeout=settings.timeout, send=send, expect=expect,
-                   syn=settings.kind == "syn", http=http, udp=settings.kind == "udp")
+                   syn=settings.kind == "syn", http=http, udp=settings.kind == "udp",
+                   command=command)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else \
@@ -310,12 +318,14 @@ class ProbeEngine:
         self._timer_at = float("inf")  # when _timer fires
         self._closed = False
         self._syn: SynProbeEngine | None = None  # opened by the first syn probe
+        self._exec: ExecProbeEngine | None = None  # opened by the first exec probe
         self._loop.add_reader(self._ep.fileno(), self._on_ready)
 
     @property
     def in_flight(self) -> int:
         """Probes started and not yet finished or cancelled."""
-        return len(self._by_fd) + (self._syn.in_flight if self._syn is not None else 0)
+        return len(self._by_fd) + (self._syn.in_flight if self._syn is not None else 0) + \
+            (self._exec.in_flight if self._exec is not None else 0)
 
     @property
     def syn_engine(self) -> SynProbeEngine | None:
@@ -336,6 +346,11 @@ class ProbeEngine:
                 from l4lb.health.synprobe import SynProbeEngine
                 syn = self._syn = SynProbeEngine(self._loop)
             return syn.start(spec, callback, token)
+        if spec.command is not None:
+            runner = self._exec
+            if runner is None:
+                runner = self._exec = ExecProbeEngine(self._loop)
+            return runner.start(spec.command, spec.timeout, callback, token)
         probe = Probe(self, spec, callback, token, time.monotonic())
         if spec.udp:
             return self._start_udp(probe, spec)
@@ -709,6 +724,9 @@ class ProbeEngine:
         if self._syn is not None:
             self._syn.close()
             self._syn = None
+        if self._exec is not None:
+            self._exec.close()
+            self._exec = None
         self._loop.remove_reader(self._ep.fileno())
         self._ep.close()
 

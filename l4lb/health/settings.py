@@ -45,6 +45,10 @@ Why these defaults (the same numbers as HAProxy's, for the same reasons):
 - kind "udp": `send` is required and must not be empty. An empty datagram is legal UDP, but
   no protocol we know answers one, so such a probe could only ever fail: a closed port by
   ICMP, an open one by silence. `expect` is optional: without it any reply datagram passes.
+- kind "exec": `command` is required (an argv list, run without a shell; argv[0] an absolute
+  path, so the daemon's PATH never decides which program runs); `command_user` None runs it as
+  the daemon's own user (keepalived's MISC_CHECK default too), because only the operator knows
+  which unprivileged user can read what the script needs.
 """
 
 from __future__ import annotations
@@ -58,12 +62,13 @@ from typing import Literal
 
 from l4lb.proxyproto import PROXY_VERSIONS, ProxyVersion
 
-ProbeKind = Literal["tcp", "send_expect", "syn", "http", "udp"]
+ProbeKind = Literal["tcp", "send_expect", "syn", "http", "udp", "exec"]
 HttpMethod = Literal["GET", "HEAD", "OPTIONS"]
 InitialState = Literal["up", "down"]
 OnDown = Literal["keep", "shutdown_sessions"]
 
-PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect", "syn", "http", "udp")
+PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect", "syn", "http", "udp", "exec")
+ServiceProtocol = Literal["tcp", "udp"]
 PAYLOAD_KINDS: tuple[ProbeKind, ...] = ("send_expect", "udp")  # the kinds that use send/expect
 HTTP_METHODS: tuple[HttpMethod, ...] = ("GET", "HEAD", "OPTIONS")
 INITIAL_STATES: tuple[InitialState, ...] = ("up", "down")
@@ -82,6 +87,8 @@ HTTP_DEFAULTS: dict[str, object] = {
     "http_expect_status": DEFAULT_HTTP_STATUS, "http_expect_body": None,
 }
 HTTP_FIELDS = tuple(HTTP_DEFAULTS)
+EXEC_FIELDS = ("command", "command_user")  # the keys (and fields) of kind "exec" alone
+MAX_COMMAND_ARGS = 64  # an argv for a check script, not a job
 
 
 class HealthSettingsError(ValueError):
@@ -143,7 +150,8 @@ class HealthSettings:
 
     kind: ProbeKind = "tcp"  # "tcp": connect only; "send_expect": connect, send, read, match;
     # "syn": half-open, a SYN from a raw socket answered by SYN-ACK or RST (needs CAP_NET_RAW);
-    # "http": one HTTP/1.1 request; "udp": one datagram `send`, one reply datagram (`expect`)
+    # "http": one HTTP/1.1 request; "udp": one datagram `send`, one reply datagram (`expect`);
+    # "exec": run `command`, exit status 0 passes (l4lb/health/execprobe.py)
     interval: float = 2.0  # seconds between probes of an UP backend (start to start)
     timeout: float = 1.0  # whole probe: connect (+ send + read); <= interval
     rise: int = 2  # consecutive passed probes that bring a DOWN backend UP
@@ -176,6 +184,14 @@ class HealthSettings:
     http_host: str | None = None
     http_expect_status: tuple[tuple[int, int], ...] = DEFAULT_HTTP_STATUS
     http_expect_body: bytes | re.Pattern[bytes] | None = None
+    # kind "exec" only (see docs/health.md): the argv run for each probe (argv[0] an absolute
+    # path, no shell) and the user it runs as (None: the daemon's own user)
+    command: tuple[str, ...] = ()
+    command_user: str | None = None
+    # the service these settings belong to, filled in by the config validator: kind "exec"
+    # tells the command (L4LB_SERVICE, L4LB_PROTOCOL); "" for settings made elsewhere
+    service: str = ""
+    protocol: ServiceProtocol = "tcp"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -276,6 +292,39 @@ class HealthSettings:
                        ('; kind "http" matches with its own http_expect_* keys'
                         if self.kind == "http" else ""))
         out.extend(self._http_problems())
+        out.extend(self._exec_problems())
+        return out
+
+    def _exec_problems(self) -> list[str]:
+        out: list[str] = []
+        if self.protocol not in ("tcp", "udp"):
+            out.append(f"health.protocol: {self.protocol!r} is not one of tcp, udp")
+        command, user = self.command, self.command_user
+        if self.kind != "exec":
+            if command != ():
+                out.append('health.command: applies to kind "exec" only')
+            if user is not None:
+                out.append('health.command_user: applies to kind "exec" only')
+            return out
+        if not isinstance(command, tuple) or any(not isinstance(a, str) for a in command):
+            out.append(f"health.command: {command!r} must be a tuple of strings")
+        elif not command:
+            out.append('health.command: kind "exec" needs a command: an argv list such as '
+                       '["/usr/local/bin/check", "--deep"]')
+        elif len(command) > MAX_COMMAND_ARGS:
+            out.append(f"health.command: {len(command)} arguments is more than "
+                       f"{MAX_COMMAND_ARGS}")
+        elif any("\0" in a for a in command):
+            out.append("health.command: an argument contains a NUL character")
+        elif not command[0].startswith("/"):
+            out.append(f"health.command: {_q(command[0])} must be an absolute path (the "
+                       "command runs without a shell and without the daemon's PATH)")
+        if user is not None and (not isinstance(user, str) or not user or "\0" in user
+                                 or ":" in user):
+            out.append(f"health.command_user: {_q(user)} is not a user name")
+        if self.source is not None:
+            out.append('health.source: kind "exec" opens no socket of its own (the command '
+                       "decides where it connects from)")
         return out
 
     def _http_problems(self) -> list[str]:

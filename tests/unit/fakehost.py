@@ -21,6 +21,8 @@ class FakeHost:
     sysctls: dict[str, list[str]] = field(default_factory=dict)  # net.ipv4 sysctl -> words
     transparent: int = 0  # errno of setting IP(V6)_TRANSPARENT (0: allowed)
     asked: list[str] = field(default_factory=list)  # questions, e.g. "cc cubic", "raw"
+    programs: dict[str, str | None] = field(default_factory=dict)  # path -> problem (None: ok)
+    users: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (uid, gid)
 
     def dir_exists(self, path: str) -> bool:
         self.asked.append(f"dir {path}")
@@ -41,13 +43,23 @@ class FakeHost:
         self.asked.append(f"transparent {version}")
         return self.transparent
 
+    def program_problem(self, path: str) -> str | None:
+        self.asked.append(f"program {path}")
+        return self.programs.get(path, "no such file or directory")
+
+    def user_ids(self, name: str) -> tuple[int, int] | None:
+        self.asked.append(f"user {name}")
+        return self.users.get(name)
+
 
 class ExampleHost:
     """This machine's answers, except that it always has the `eth0` (IPv4 and link-local IPv6)
-    that the shipped examples and the golden files name, and may set IP_TRANSPARENT (unless
-    told otherwise), so they load on any test host."""
+    that the shipped examples and the golden files name, the check programs the examples
+    install (conf/examples/check-pg as /usr/local/bin/check-pg), and may set IP_TRANSPARENT
+    (unless told otherwise), so they load on any test host."""
 
     ETH0 = (ipaddress.ip_interface("192.0.2.2/24"), ipaddress.ip_interface("fe80::2/64"))
+    PROGRAMS = ("/usr/local/bin/check-pg",)
 
     def __init__(self, transparent: int = 0) -> None:
         # errno of setting IP(V6)_TRANSPARENT: allowed unless a case says otherwise, so that
@@ -62,3 +74,6 @@ class ExampleHost:
 
     def interfaces(self) -> Mapping[str, tuple[Any, ...]] | None:
         return {**(THIS_HOST.interfaces() or {}), "eth0": self.ETH0}
+
+    def program_problem(self, path: str) -> str | None:
+        return None if path in self.PROGRAMS else THIS_HOST.program_problem(path)

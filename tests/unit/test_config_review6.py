@@ -195,7 +195,8 @@ vips = ["192.0.2.101/24"]
 def test_udp_port_and_duplicate_vrrp_name_are_reported_with_the_other_errors() -> None:
     assert problems(EVERY_PROBLEM) == [
         't.toml:7:3: error: services[0] ("dns"): health: a UDP service\'s health check needs '
-        'kind = "udp" (a datagram to the backends\' port), or `port`: a TCP port of the '
+        'kind = "udp" (a datagram to the backends\' port), kind = "exec" (a command decides), or '
+        '`port`: a TCP port of the '
         "backends to probe",
         't.toml:9:13: error: services[0] ("dns"): health.timeout: 2s must not exceed interval 1s',
         't.toml:18:8: error: vrrp[1] ("VI_1"): name: "VI_1" is already used by vrrp[0]',

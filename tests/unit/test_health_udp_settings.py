@@ -83,7 +83,8 @@ def test_udp_service_with_kind_udp_needs_no_port() -> None:
 def test_udp_service_with_another_kind_still_needs_a_tcp_port() -> None:
     [line] = problems(UDP_SERVICE.format(health='  kind = "tcp"\n'))
     assert line.startswith("t.toml:7:3: error: ") and \
-        'needs kind = "udp" (a datagram to the backends\' port), or `port`' in line
+        'needs kind = "udp" (a datagram to the backends\' port), kind = "exec" (a command ' \
+        'decides), or `port`' in line
 
 
 def test_send_hex_and_expect_regex() -> None:

@@ -1,0 +1,329 @@
+"""Integration tests of `kind = "exec"` probes running real shell scripts written into tmp_path.
+
+Verdicts (exit 0, exit N with and without output, a signal, a timeout), the process group
+(a backgrounded grandchild is killed at the timeout and when the script exits while it holds
+the pipe), bounded output, the environment, stdin and cwd the script gets, a program that
+vanished after load, command_user, cancellation and the engine's close, and the checker
+taking a backend DOWN and UP. Every test bounds its probes with asyncio.wait_for; every
+process a script starts is checked to be dead by PID, and no child of this process is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import pwd
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from l4lb.health import HealthChecker, HealthSettings, ProbeEngine, ProbeResult, ProbeSpec
+from l4lb.health.execprobe import EXEC_PATH, OUTPUT_KEEP, ExecProbe
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a fresh loop, bounded to 30 s (fixtures pass through)."""
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 30.0))
+    return run
+
+
+def script(path: Path, body: str, mode: int = 0o755) -> Path:
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(mode)
+    return path
+
+
+def settings(command: Path | str, timeout: float = 5.0, **kw: Any) -> HealthSettings:
+    return HealthSettings(kind="exec", command=(str(command),), timeout=timeout,
+                          interval=max(timeout, 2.0), service="web", **kw)
+
+
+def children() -> set[int]:
+    """The PIDs of this process's children (every thread's)."""
+    out: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            out |= {int(p) for p in Path(f"/proc/self/task/{tid}/children").read_text().split()}
+    return out
+
+
+def dead(pid: int) -> bool:
+    """True when `pid` is gone or a zombie (killed; an orphan's reaping is its new parent's
+    job, here PID 1's)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return text.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def wait_dead(*pids: int, within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
+    while not all(dead(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"still alive: {[p for p in pids if not dead(p)]}"
+        time.sleep(0.01)
+
+
+def read_pid(path: Path, within: float = 3.0) -> int:
+    deadline = time.monotonic() + within
+    while True:
+        text = path.read_text().strip() if path.exists() else ""
+        if text.endswith("."):
+            return int(text[:-1])
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def no_child_left() -> Iterator[None]:
+    before = children()
+    yield
+    deadline = time.monotonic() + 3.0
+    while children() - before:
+        assert time.monotonic() < deadline, f"children left: {children() - before}"
+        time.sleep(0.01)
+
+
+async def probe(spec: ProbeSpec, engine: ProbeEngine | None = None,
+                within: float = 20.0) -> tuple[ProbeResult, ExecProbe]:
+    """Run one probe; the result and the exec engine's handle (its output, discarded count)."""
+    own = engine is None
+    eng = engine if engine is not None else ProbeEngine()
+    fut: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
+    handle = eng.start(spec, lambda _t, r: fut.set_result(r), None)
+    assert isinstance(handle, ExecProbe)
+    try:
+        return await asyncio.wait_for(fut, within), handle
+    finally:
+        handle.cancel()
+        if own:
+            eng.close()
+
+
+def spec_of(command: Path | str, timeout: float = 5.0, **kw: Any) -> ProbeSpec:
+    return ProbeSpec.build("127.0.0.1", 8443, settings(command, timeout, **kw))
+
+
+# -- verdicts -------------------------------------------------------------------------------
+
+
+@sync
+async def test_exit_zero_passes(tmp_path: Path) -> None:
+    result, _ = await probe(spec_of(script(tmp_path / "ok", "echo fine; exit 0")))
+    assert (result.ok, result.reason, result.conclusive) == (True, "exit status 0", True)
+    assert result.latency < 2.0
+
+
+@sync
+async def test_exit_status_fails_with_the_first_line_of_stdout_or_stderr(tmp_path: Path) -> None:
+    body = 'echo "   "; echo "  db unreachable: connection refused  " >&2; echo more; exit 2'
+    result, _ = await probe(spec_of(script(tmp_path / "fail", body)))
+    assert (result.ok, result.reason, result.conclusive) == \
+        (False, "exit status 2: db unreachable: connection refused", True)
+    long_line = "x" * 300
+    result, _ = await probe(spec_of(script(tmp_path / "long", f"echo {long_line}; exit 1")))
+    assert result.reason == "exit status 1: " + "x" * 120
+
+
+@sync
+async def test_exit_status_without_output(tmp_path: Path) -> None:
+    result, _ = await probe(spec_of(script(tmp_path / "quiet", "exit 3")))
+    assert (result.ok, result.reason) == (False, "exit status 3")
+
+
+@sync
+async def test_killed_by_a_signal(tmp_path: Path) -> None:
+    result, _ = await probe(spec_of(script(tmp_path / "segv", "echo crash; kill -SEGV $$")))
+    assert (result.ok, result.reason) == (False, "killed by signal SIGSEGV")
+
+
+@sync
+async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    body = (f"sleep 60 & echo $!. > {tmp_path}/child\n"
+            f"echo $$. > {tmp_path}/self\n"
+            "echo still working\n"
+            "sleep 60\n")
+    started = time.monotonic()
+    result, _ = await probe(spec_of(script(tmp_path / "slow", body), timeout=0.5))
+    took = time.monotonic() - started
+    assert (result.ok, result.reason) == (False, "timed out after 0.5s (killed)")
+    assert 0.45 <= took < 2.0
+    child, own = read_pid(tmp_path / "child"), read_pid(tmp_path / "self")
+    assert not Path(f"/proc/{own}").exists()  # the script was reaped, not just killed
+    wait_dead(child)
+
+
+@sync
+async def test_a_grandchild_holding_the_pipe_neither_hangs_the_probe_nor_survives(
+        tmp_path: Path) -> None:
+    body = f"sleep 60 & echo $!. > {tmp_path}/child\necho started\nexit 4"
+    started = time.monotonic()
+    result, _ = await probe(spec_of(script(tmp_path / "bg", body), timeout=5.0))
+    assert (result.ok, result.reason) == (False, "exit status 4: started")
+    assert time.monotonic() - started < 2.0  # the exit decided, not the end of the output
+    wait_dead(read_pid(tmp_path / "child"))
+
+
+@sync
+async def test_huge_output_is_drained_and_only_its_head_kept(tmp_path: Path) -> None:
+    body = "echo first line; yes | head -c 10000000; exit 1"
+    result, handle = await probe(spec_of(script(tmp_path / "chatty", body), timeout=10.0))
+    assert (result.ok, result.reason) == (False, "exit status 1: first line")
+    assert result.latency < 5.0  # never blocked on a full pipe until the timeout
+    assert len(handle.output) == OUTPUT_KEEP
+    assert len(handle.output) + handle.discarded == len("first line\n") + 10_000_000
+
+
+# -- what the command gets ------------------------------------------------------------------
+
+
+@sync
+async def test_environment_stdin_cwd_and_merged_output(tmp_path: Path, monkeypatch:
+                                                       pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("L4LB_SECRET_OF_THE_DAEMON", "leak")
+    out = tmp_path / "seen"
+    body = (f"tr '\\0' '\\n' < /proc/$$/environ > {out}.env\n"
+            f"pwd > {out}.cwd\n"
+            "fds=$(readlink /proc/$$/fd/0 /proc/$$/fd/1 /proc/$$/fd/2)\n"
+            f'echo "$fds" > {out}.fds\n'
+            f"ps -o pgid= -o sid= -p $$ > {out}.ids; echo $$ >> {out}.ids\n")
+    spec = ProbeSpec.build("2001:db8::5", 8443,
+                           settings(script(tmp_path / "env", body), protocol="udp", port=5353))
+    result, _ = await probe(spec)
+    assert result.ok, result
+    env = dict(line.split("=", 1) for line in Path(f"{out}.env").read_text().splitlines())
+    assert env == {"PATH": EXEC_PATH, "L4LB_SERVICE": "web", "L4LB_PROTOCOL": "udp",
+                   "L4LB_BACKEND": "[2001:db8::5]:8443", "L4LB_BACKEND_ADDRESS": "2001:db8::5",
+                   "L4LB_BACKEND_PORT": "5353"}
+    assert Path(f"{out}.cwd").read_text() == "/\n"
+    stdin, stdout, stderr = Path(f"{out}.fds").read_text().split()
+    assert stdin == "/dev/null" and stdout == stderr and stdout.startswith("pipe:")
+    pgid, sid, pid = Path(f"{out}.ids").read_text().split()
+    assert pgid == sid == pid  # a session and process group of its own
+
+
+@sync
+async def test_a_program_that_vanished_after_load_fails(tmp_path: Path) -> None:
+    path = script(tmp_path / "gone", "exit 0")
+    spec = spec_of(path)
+    path.unlink()
+    result, _ = await probe(spec)
+    assert (result.ok, result.reason, result.conclusive) == \
+        (False, f"cannot run {path}: no such file or directory", True)
+    script(path, "exit 0", mode=0o644)
+    result, _ = await probe(spec)
+    assert (result.ok, result.reason) == (False, f"cannot run {path}: permission denied")
+    path.write_bytes(b"\x7fELF not really\n")
+    path.chmod(0o755)
+    result, _ = await probe(spec)
+    assert (result.ok, result.reason) == (False, f"cannot run {path}: exec format error")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+@sync
+async def test_command_user_runs_as_that_user_and_its_group() -> None:
+    nobody = pwd.getpwnam("nobody")
+    where = Path(tempfile.mkdtemp(prefix="l4lb-exec-", dir="/tmp"))
+    try:
+        where.chmod(0o755)
+        path = script(where / "who", 'echo "$(id -u) $(id -g) $(id -G)"; exit 1')
+        result, _ = await probe(spec_of(path, command_user="nobody"))
+        assert result.reason == \
+            f"exit status 1: {nobody.pw_uid} {nobody.pw_gid} {nobody.pw_gid}"
+        result, _ = await probe(spec_of(path))
+        assert result.reason.startswith(f"exit status 1: {os.geteuid()} ")
+        path.chmod(0o700)  # root's own: nobody cannot run it
+        result, _ = await probe(spec_of(path, command_user="nobody"))
+        assert result.reason == f"cannot run {path}: permission denied"
+    finally:
+        shutil.rmtree(where)
+
+
+# -- cancellation, close, the checker -------------------------------------------------------
+
+
+@sync
+async def test_cancel_kills_the_group_and_reaps_it(tmp_path: Path) -> None:
+    body = f"sleep 60 & echo $!. > {tmp_path}/child\necho $$. > {tmp_path}/self\nsleep 60"
+    engine = ProbeEngine()
+    results: list[ProbeResult] = []
+    try:
+        handle = engine.start(spec_of(script(tmp_path / "long", body)),
+                              lambda _t, r: results.append(r), None)
+        assert isinstance(handle, ExecProbe)
+        own = await asyncio.to_thread(read_pid, tmp_path / "self")
+        child = read_pid(tmp_path / "child")
+        assert engine.in_flight == 1
+        handle.cancel()
+        assert engine.in_flight == 0
+        deadline = time.monotonic() + 3.0
+        while Path(f"/proc/{own}").exists():  # reaped on the loop, when its pidfd fires
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        wait_dead(child)
+        await asyncio.sleep(0.1)
+        assert results == []
+    finally:
+        engine.close()
+
+
+@sync
+async def test_engine_close_kills_and_reaps_at_once(tmp_path: Path) -> None:
+    engine = ProbeEngine()
+    pids = []
+    for i in range(3):
+        body = f"sleep 60 & echo $!. > {tmp_path}/child{i}\necho $$. > {tmp_path}/self{i}\n" \
+               "sleep 60"
+        engine.start(spec_of(script(tmp_path / f"long{i}", body)), lambda _t, _r: None, None)
+    for i in range(3):
+        pids.append(await asyncio.to_thread(read_pid, tmp_path / f"self{i}"))
+        pids.append(read_pid(tmp_path / f"child{i}"))
+    engine.close()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids[0::2])  # reaped in close()
+    wait_dead(*pids[1::2])
+
+
+@sync
+async def test_checker_takes_a_backend_down_and_up_with_the_reason(tmp_path: Path) -> None:
+    flag = tmp_path / "healthy"
+    path = script(tmp_path / "chk", f'[ -e {flag} ] && exit 0\necho "flag missing"; exit 2')
+    transitions: list[Any] = []
+    checker: HealthChecker[str] = HealthChecker(lambda key, t: transitions.append((key, t)))
+    hs = HealthSettings(kind="exec", command=(str(path),), interval=0.1, timeout=0.1, rise=2,
+                        fall=2, jitter=0.0, service="web")
+    checker.add("web/127.0.0.1:1", "127.0.0.1", 1, hs)
+    checker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not transitions:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        key, down = transitions[0]
+        assert (key, down.new.value, down.reason) == \
+            ("web/127.0.0.1:1", "down", "exit status 2: flag missing (no probe has passed yet)")
+        flag.touch()
+        while len(transitions) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        up = transitions[1][1]
+        assert (up.new.value, up.reason) == ("up", "exit status 0 (2/2 probes passed)")
+        assert checker.stats().inconclusive == 0
+    finally:
+        checker.stop()
+
+
+def test_scripts_are_written_executable(tmp_path: Path) -> None:
+    mode = script(tmp_path / "x", "exit 0").stat().st_mode
+    assert stat.S_IMODE(mode) == 0o755
