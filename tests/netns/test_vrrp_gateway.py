@@ -204,3 +204,15 @@ def test_gateway_vip_on_the_backend_side(pair: Topology, tmp_path: Path) -> None
     sh("ip", "-n", bk, "link", "set", "lb1b", "up")
     wait_state(conf1, "MASTER", 5)
     wait_placement(pair, "lb1", "lb2", 3)
+
+
+def test_start_fails_without_a_vip_interface(pair: Topology) -> None:
+    """The instance itself refuses a VIP dev the host lacks (the loader checks it first)."""
+    node = pair.python("lb1", "vrrp_node.py", json.dumps({"instances": [
+        {"name": "VI_1", "interface": "eth0", "virtual_router_id": 51,
+         "vips": [VIP4, f"{GW4} dev nosuch1"]}]}))
+    ev = node.wait_for(lambda e: e.get("event") in ("ready", "error"), 10)
+    assert ev["event"] == "error", ev
+    assert "no interface named nosuch1 (a VIP's dev)" in ev["message"]
+    assert node.proc.wait(5) == 1
+    assert not pair.addresses("lb1") & FRONT
