@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -185,14 +184,6 @@ def test_adverts_with_dev_vips_match_keepalived_byte_for_byte(sample: dict[str, 
 # --- the loader: positions, host checks ---------------------------------------------------
 
 
-class TwoLeggedHost(ExampleHost):
-    """ExampleHost with an eth1 as well (the backend side)."""
-
-    def interfaces(self) -> Mapping[str, tuple[Any, ...]] | None:
-        return {**(super().interfaces() or {}),
-                "eth1": (ipaddress.ip_interface("10.2.0.2/24"),)}
-
-
 def vrrp_doc(vips: str) -> str:
     return f"""\
 [[vrrp]]
@@ -205,7 +196,7 @@ vips = {vips}
 
 def test_a_two_legged_instance_loads() -> None:
     config = load_text(vrrp_doc(json.dumps(list(TWO_LEGGED))), "t.toml",
-                       host=TwoLeggedHost())
+                       host=ExampleHost())
     [s] = config.vrrp
     assert s.vips == TWO_LEGGED
     assert s.vip_links == ("eth1",)
@@ -230,7 +221,7 @@ def test_syntax_errors_point_at_their_element_all_at_once() -> None:
     with pytest.raises(ConfigError) as info:
         load_text(vrrp_doc('["10.0.0.100/24", "10.2.0.1/24 scope link", '
                            '"10.0.0.100/32 dev eth1", "10.2.0.2 dev eth/1"]'),
-                  "t.toml", host=TwoLeggedHost())
+                  "t.toml", host=ExampleHost())
     assert [str(d) for d in info.value.diagnostics] == [
         't.toml:5:26: error: vrrp[0] ("VI_1"): vips: \'10.2.0.1/24 scope link\' has '
         'keepalived\'s "scope" option, which l4lb does not support (only "dev IFNAME" may '
