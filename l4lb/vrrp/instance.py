@@ -26,9 +26,9 @@ of that interface. The adverts (on the instance's interface) list them all the s
 
 Tracking: the instance's own interface, every interface carrying a VIP and `track_interfaces`
 are watched (VrrpSettings.tracked_interfaces, l4lb.net.vip's LinkWatcher); one that is down is
-a fault and puts the instance in FAULT. `set_tracking()`
-feeds service health: a tracked service with weight 0 and no healthy backend is a fault; other
-weights move the effective priority (negative while unhealthy, positive while healthy).
+a fault and puts the instance in FAULT. `set_tracking()` feeds service health: a tracked
+service with weight 0 and no healthy backend is a fault; other weights move the effective
+priority (negative while unhealthy, positive while healthy).
 
 Lifecycle: `await start()` (raises VrrpError when the interface or its address is missing, or
 a socket cannot be opened), `await stop(graceful=True)`: a master sends a priority-0 advert (the

@@ -153,7 +153,7 @@ class VrrpSettings:
     """One VRRP instance: which router it is, where it speaks, what it owns and tracks."""
 
     name: str  # instance name for logs, status and the notify program ("VI_1")
-    interface: str  # interface the adverts, VIPs and GARPs use ("eth0")
+    interface: str  # interface of the adverts, and of the VIPs without `dev` ("eth0")
     virtual_router_id: int  # VRID 1..255, equal on every node of the group
     vips: tuple[str, ...]  # virtual addresses, "10.0.0.100/24", "fd00::100/64" or with the
     # interface they go on: "10.2.0.1/24 dev eth1" (default: `interface`)
