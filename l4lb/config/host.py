@@ -8,13 +8,13 @@ of every error stays in validate.py.
 
 The facts: whether a directory exists; why no raw socket opens; the errno of setting a TCP
 congestion control; a net.ipv4 sysctl; the network interfaces of this namespace with their
-addresses (for `[[vrrp]]` interface, source_address and track_interfaces); and the errno of
-binding a TCP socket to (address, 0), which is what a health probe with `source` does, and of
+addresses (for `[[vrrp]]` interface, source_address, track_interfaces and VIP devs); the errno
+of binding a TCP socket to (address, 0), which is what a health probe with `source` does, and of
 setting IP_TRANSPARENT / IPV6_TRANSPARENT on one (`source = "client"`); whether a path is a
 program this process can run, and the user and group ids of a user name (a `kind = "exec"`
-health check's command and command_user). Where
-`ip_nonlocal_bind` lets any address bind (common next to keepalived), the kernel's route for the
-address must also say it is local, so a typo still fails as it does elsewhere.
+health check's command and command_user). Where `ip_nonlocal_bind` lets any address bind
+(common next to keepalived), the kernel's route for the address must also say it is local, so a
+typo still fails as it does elsewhere.
 """
 
 from __future__ import annotations

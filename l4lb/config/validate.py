@@ -17,8 +17,9 @@ CAP_NET_RAW and the daemon refuses to start or reload instead of marking every b
 unprobeable; can it set each service's `congestion_control` / `backend_congestion_control`;
 for a service with `backend_fast_open`, does net.ipv4.tcp_fastopen let clients use TCP Fast
 Open; can it bind each `health.source`; and do the interfaces and addresses a [[vrrp]] table
-names (interface, source_address, track_interfaces) exist, so that an instance does not fail
-only after the listeners were bound, or sit in FAULT for ever. Nothing else does I/O here.
+names (interface, source_address, track_interfaces, a VIP's `dev`) exist, so that an instance
+does not fail only after the listeners were bound, or sit in FAULT for ever. Nothing else does
+I/O here.
 
 Invalid values are replaced by the model's defaults while checking continues; such a Config is
 never returned, because any error means the diagnostics are returned instead.
@@ -72,7 +73,15 @@ from l4lb.health.settings import (
 )
 from l4lb.proxyproto import PROXY_VERSIONS, ProxyVersion
 from l4lb.table.maglev import is_prime
-from l4lb.vrrp.settings import TrackService, VipInterface, VrrpSettings, VrrpSettingsError
+from l4lb.vrrp.settings import (
+    TrackService,
+    VipInterface,
+    VipSyntaxError,
+    VrrpSettings,
+    VrrpSettingsError,
+    is_ifname,
+    parse_vip,
+)
 
 MAX_SERVICES = 1024  # DP_MAX_SERVICES of the forwarding table
 MAX_BACKENDS = 65536  # DP_MAX_BACKENDS, over all services
@@ -138,7 +147,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_PROXY_FROM = 64  # accept_proxy_from entries per service (docs/forwarding-table.md)
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_IFNAME = re.compile(r"[^\s/:]{1,15}")  # an interface name (as l4lb.vrrp.settings checks it)
 
 _GLOBAL_DEFAULTS = GlobalSettings()
 _SERVICE_DEFAULTS = Service(name="", protocol="tcp", listen=(), backends=())
@@ -642,8 +650,8 @@ class _Checker:
         vip_ips: set[IPAddress] = set()
         if "vips" not in flagged and isinstance(vips, list):
             vip_ips = _vip_ips([table])
-            with contextlib.suppress(ValueError, TypeError, IndexError):
-                family = ipaddress.ip_interface(vips[0]).version
+            with contextlib.suppress(ValueError, TypeError, IndexError, AttributeError):
+                family = parse_vip(vips[0]).address.version
         interface = table.get("interface")
         if isinstance(interface, str) and "interface" not in flagged:
             if interface not in links:
@@ -665,10 +673,20 @@ class _Checker:
         tracked = table.get("track_interfaces")
         if isinstance(tracked, list):
             for k, name in enumerate(tracked):
-                if isinstance(name, str) and _IFNAME.fullmatch(name) and name not in links:
+                if is_ifname(name) and name not in links:
                     self.error((*path, "track_interfaces", k),
                                f"{scope.label('track_interfaces')}[{k}]: "
                                + _no_interface(name, links))
+        # a VIP's own interface (`dev`) must exist as `interface` must: the instance could
+        # neither add nor announce it, and would sit in FAULT for good
+        for k, text in enumerate(vips if isinstance(vips, list) else []):
+            if (*path, "vips", k) in {d.path for d in self.diagnostics[before:]}:
+                continue
+            with contextlib.suppress(VipSyntaxError, AttributeError):
+                dev = parse_vip(text).dev
+                if dev is not None and dev not in links:
+                    self.error((*path, "vips", k), f"{scope.label('vips')}[{k}]: "
+                               + _no_interface(dev, links))
 
     def global_settings(self, table: dict[str, Any]) -> GlobalSettings:
         scope = _Scope(path=("global",), table="[global]", prefix="global.")
@@ -1656,7 +1674,7 @@ def _element_of(text: str, values: list[Any], message: str,
             continue
         spellings = {value, repr(value)}
         with contextlib.suppress(ValueError):
-            spellings.add(str(ipaddress.ip_interface(value).ip))
+            spellings.add(str(parse_vip(value).address.ip))
         if any(text.startswith(f"{s} ") for s in spellings):
             matches.append(k)
     if not matches:
@@ -1672,12 +1690,12 @@ def _router_of(table: dict[str, Any]) -> tuple[str, int, int] | None:
     them is missing or not valid (reported at the key)."""
     interface, vrid, vips = table.get("interface"), table.get("virtual_router_id"), \
         table.get("vips")
-    if not isinstance(interface, str) or not _IFNAME.fullmatch(interface) or \
+    if not is_ifname(interface) or not isinstance(interface, str) or \
             isinstance(vrid, bool) or not isinstance(vrid, int) or not 1 <= vrid <= 255 or \
             not isinstance(vips, list) or not vips or not isinstance(vips[0], str):
         return None
     try:
-        family = ipaddress.ip_interface(vips[0]).version
+        family = parse_vip(vips[0]).address.version
     except ValueError:
         return None
     return interface, vrid, family
@@ -1718,8 +1736,8 @@ def _vip_ips(vrrp: object) -> set[IPAddress]:
     for table in vrrp if isinstance(vrrp, list) else []:
         vips = table.get("vips") if isinstance(table, dict) else None
         for text in vips if isinstance(vips, list) else []:
-            with contextlib.suppress(ValueError, TypeError):
-                out.add(ipaddress.ip_interface(text).ip)
+            with contextlib.suppress(ValueError, AttributeError):
+                out.add(parse_vip(text).address.ip)
     return out
 
 

@@ -20,10 +20,15 @@ Receiving: the advert socket is registered with `add_reader`; each wake-up drain
 l4lb.vrrp.packet) is dropped and counted by reason; each reason is logged at most once a
 minute ("vrid" drops, normal with other routers on the segment, only at debug level).
 
-Tracking: the instance's own interface and `track_interfaces` are watched (l4lb.net.vip's
-LinkWatcher); one that is down is a fault and puts the instance in FAULT. `set_tracking()`
-feeds service health: a tracked service with weight 0 and no healthy backend is a fault; other
-weights move the effective priority (negative while unhealthy, positive while healthy).
+VIPs go on their own interface (`dev`, VrrpSettings.placed_vips; default the instance's): each
+is added to, removed from and announced on it, with that interface's MAC, on a frame socket
+of that interface. The adverts (on the instance's interface) list them all the same.
+
+Tracking: the instance's own interface, every interface carrying a VIP and `track_interfaces`
+are watched (VrrpSettings.tracked_interfaces, l4lb.net.vip's LinkWatcher); one that is down is
+a fault and puts the instance in FAULT. `set_tracking()` feeds service health: a tracked
+service with weight 0 and no healthy backend is a fault; other weights move the effective
+priority (negative while unhealthy, positive while healthy).
 
 Lifecycle: `await start()` (raises VrrpError when the interface or its address is missing, or
 a socket cannot be opened), `await stop(graceful=True)`: a master sends a priority-0 advert (the
@@ -201,8 +206,8 @@ class VrrpInstance:
         self._netlink: Netlink | None = None
         self._watcher: LinkWatcher | None = None
         self._sock: AdvertSocket | None = None
-        self._frames: FrameSocket | None = None
-        self._mac = bytes(6)  # interface MAC, source of GARP / NA frames
+        self._frames: dict[str, FrameSocket] = {}  # VIP interface -> its frame socket
+        self._macs: dict[str, bytes] = {}  # VIP interface -> its MAC, source of GARP / NA
         self._vip_lane: _Lane | None = None
         self._notify_lane: _Lane | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -259,11 +264,19 @@ class VrrpInstance:
     async def _open(self) -> None:
         s = self.settings
         assert self._netlink is not None and self._loop is not None
+        opening = s.interface  # the interface the error below is about
         try:
             info = await self._netlink.link(s.interface)
             if info is None:
                 raise VrrpError(f"vrrp {s.name}: no interface named {s.interface}")
-            self._mac = info.mac
+            self._macs[s.interface] = info.mac
+            for name in s.vip_links:
+                opening = name
+                link = await self._netlink.link(name)
+                if link is None:
+                    raise VrrpError(f"vrrp {s.name}: no interface named {name} (a VIP's dev)")
+                self._macs[name] = link.mac
+            opening = s.interface
             self.address = s.source or await self._primary_address()
             self.fsm = VrrpFsm(s.fsm_config(self.address), self._clock)
             if s.family == 4:
@@ -272,15 +285,16 @@ class VrrpInstance:
                 assert isinstance(self.address, ipaddress.IPv6Address)
                 self._sock = Ipv6Socket(s.interface, info.index, self.address,
                                         multicast=not s.unicast_peers)
-            self._frames = FrameSocket(s.interface)
+            for name in (s.interface, *s.vip_links):
+                opening = name
+                self._frames[name] = FrameSocket(name)
         except (OSError, VipError) as exc:
-            raise VrrpError(f"vrrp {s.name}: cannot open {s.interface}: "
+            raise VrrpError(f"vrrp {s.name}: cannot open {opening}: "
                             f"{exc.strerror or exc}") from None
         self._vip_lane = _Lane(f"vrrp {s.name} vips")
         self._notify_lane = _Lane(f"vrrp {s.name} notify")
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
-        watched = [s.interface, *[n for n in s.track_interfaces if n != s.interface]]
-        self._watcher = LinkWatcher(watched, self._on_link)
+        self._watcher = LinkWatcher(s.tracked_interfaces, self._on_link)
         try:
             self._links = await self._watcher.start()
         except Exception as exc:
@@ -328,9 +342,9 @@ class VrrpInstance:
                 self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
-        if self._frames is not None:
-            self._frames.close()
-            self._frames = None
+        for frames in self._frames.values():
+            frames.close()
+        self._frames = {}
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
@@ -510,19 +524,18 @@ class VrrpInstance:
 
     async def _add_vips(self) -> None:
         assert self._netlink is not None
-        for vip in self.settings.vip_interfaces:
-            await self._vip_op(vip, add=True)
+        for vip, ifname in self.settings.placed_vips:
+            await self._vip_op(vip, ifname, add=True)
 
     async def _remove_vips(self) -> None:
         assert self._netlink is not None
-        for vip in self.settings.vip_interfaces:
-            await self._vip_op(vip, add=False)
+        for vip, ifname in self.settings.placed_vips:
+            await self._vip_op(vip, ifname, add=False)
 
-    async def _vip_op(self, vip: VipInterface, *, add: bool) -> None:
+    async def _vip_op(self, vip: VipInterface, ifname: str, *, add: bool) -> None:
         netlink = self._netlink
         if netlink is None:
             return
-        ifname = self.settings.interface
         try:
             changed = await (netlink.add(ifname, vip) if add else netlink.remove(ifname, vip))
         except VipError as exc:
@@ -534,20 +547,23 @@ class VrrpInstance:
                      vip, "to" if add else "from", ifname)
 
     def _send_garp(self, repeat: int) -> None:
-        frames_sock = self._frames
-        if frames_sock is None or repeat <= 0:
+        if not self._frames or repeat <= 0:
             return
-        vips = self.settings.vip_interfaces
-        router = any(v.version == 6 for v in vips) and ipv6_forwarding(self.settings.interface)
-        frames = [(v.version, announce(self._mac, v.ip, router=router)) for v in vips]
+        # each VIP is announced on its own interface, with that interface's MAC (and the NA
+        # Router flag as that interface forwards IPv6)
+        routers = {name: ipv6_forwarding(name) for name in
+                   {dev for vip, dev in self.settings.placed_vips if vip.version == 6}}
+        frames = [(vip.version, dev, announce(self._macs[dev], vip.ip,
+                                              router=routers.get(dev, False)))
+                  for vip, dev in self.settings.placed_vips if dev in self._frames]
         for _ in range(repeat):
-            for version, frame in frames:
+            for version, dev, frame in frames:
                 try:
-                    frames_sock.send(frame)
+                    self._frames[dev].send(frame)
                 except OSError as exc:
                     self.counters.send_errors += 1
-                    self._log_error("garp", f"cannot send a GARP/NA on "
-                                            f"{self.settings.interface}: {exc.strerror or exc}")
+                    self._log_error(f"garp {dev}", f"cannot send a GARP/NA on {dev}: "
+                                                   f"{exc.strerror or exc}")
                     continue
                 if version == 4:
                     self.counters.garp_sent += 1
@@ -643,7 +659,7 @@ class VrrpInstance:
             "address": str(self.address) if self.address is not None else None,
             "master": str(fsm.master_address) if fsm is not None and
             fsm.master_address is not None else None,
-            "vips": list(s.vips),
+            "vips": list(s.vip_texts),
             "vips_held": self.vips_held,
             "since": now - (now_us - fsm.since_us) / 1e6 if fsm is not None else None,
             "last_transition": None if last is None else {

@@ -26,6 +26,13 @@ instance's family is the family of the FIRST VIP, as in keepalived: only the VIP
 are advertised (and must match the peer's list); VIPs of the other family are added, removed and
 announced with the others but not advertised (keepalived's `virtual_ipaddress_excluded`).
 VRRPv2 is IPv4 only, so a v2 instance's first VIP must be IPv4.
+
+A VIP may name the interface it goes on, keepalived's spelling: "10.2.0.1/24 dev eth1"
+(`parse_vip`). Without `dev` it goes on `interface`. Its device changes where the address is
+added and announced, and makes that interface tracked (`tracked_interfaces`), never what the
+adverts carry: keepalived lists every VIP of the advert's family whatever its device, and so
+does `advertised`. keepalived's other per-address options (`brd`, `scope`, `label`, ...) are
+refused by name.
 """
 
 from __future__ import annotations
@@ -50,6 +57,60 @@ GARP_DELAY: Final = 5.0  # seconds between the two GARP bursts of a takeover (ga
 
 _IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ - 1, no slash, colon or blank
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# keepalived's virtual_ipaddress options other than `dev`: refused by name, not as noise
+KEEPALIVED_VIP_OPTIONS: Final = frozenset((
+    "brd", "broadcast", "scope", "label", "peer", "home", "-nodad", "noprefixroute",
+    "autojoin", "no_track", "track_group"))
+
+
+def is_ifname(name: object) -> bool:
+    """Whether `name` can be a Linux interface name (1..15 bytes, no blank, "/" or ":")."""
+    return isinstance(name, str) and bool(_IFNAME.fullmatch(name)) and name not in (".", "..")
+
+
+class VipSyntaxError(ValueError):
+    """A VIP string that does not parse; str() is the predicate after the string as written
+    ("is not an address like ...", "has ...")."""
+
+
+@dataclass(frozen=True)
+class Vip:
+    """One VIP as written: its address and prefix, and the interface it names with `dev`."""
+
+    address: VipInterface  # "10.2.0.1/24"; no prefix means /32 or /128
+    dev: str | None  # the interface after `dev`; None: the instance's `interface`
+    text: str  # the address part as written ("10.2.0.1/24")
+
+
+def parse_vip(text: str) -> Vip:
+    """A VIP string ("10.0.0.100/24", "10.2.0.1/24 dev eth1"); VipSyntaxError says why not."""
+    words = text.split() if isinstance(text, str) else []
+    if not words:
+        raise VipSyntaxError("is not an address like 10.0.0.100/24 or fd00::100/64")
+    try:
+        address = ipaddress.ip_interface(words[0])
+    except ValueError:
+        raise VipSyntaxError("is not an address like 10.0.0.100/24 or fd00::100/64") from None
+    dev: str | None = None
+    rest = words[1:]
+    while rest:
+        word = rest.pop(0)
+        if word == "dev":
+            if not rest:
+                raise VipSyntaxError('has "dev" without an interface name after it')
+            name = rest.pop(0)
+            if dev is not None:
+                raise VipSyntaxError('names "dev" twice')
+            if not is_ifname(name):
+                raise VipSyntaxError(f"has {name!r} after dev, which is not an interface name")
+            dev = name
+        elif word in KEEPALIVED_VIP_OPTIONS:
+            raise VipSyntaxError(f'has keepalived\'s "{word}" option, which l4lb does not '
+                                 'support (only "dev IFNAME" may follow the address)')
+        else:
+            raise VipSyntaxError(f'has "{word}" after the address, where only "dev IFNAME" '
+                                 "may follow it")
+    return Vip(address=address, dev=dev, text=words[0])
 
 
 class VrrpSettingsError(ValueError):
@@ -92,9 +153,10 @@ class VrrpSettings:
     """One VRRP instance: which router it is, where it speaks, what it owns and tracks."""
 
     name: str  # instance name for logs, status and the notify program ("VI_1")
-    interface: str  # interface the adverts, VIPs and GARPs use ("eth0")
+    interface: str  # interface of the adverts, and of the VIPs without `dev` ("eth0")
     virtual_router_id: int  # VRID 1..255, equal on every node of the group
-    vips: tuple[str, ...]  # virtual addresses, "10.0.0.100/24" or "fd00::100/64"
+    vips: tuple[str, ...]  # virtual addresses, "10.0.0.100/24", "fd00::100/64" or with the
+    # interface they go on: "10.2.0.1/24 dev eth1" (default: `interface`)
     priority: int = 100  # 1..254; 255 = address owner (takes over at once, never preempted)
     advert_interval: float = 1.0  # seconds; v3: 0.01..40.95 in whole centiseconds; v2: 1..255 s
     version: int = 3  # VRRP version: 3 (RFC 5798) or 2 (RFC 3768, IPv4 only)
@@ -124,8 +186,7 @@ class VrrpSettings:
                 len(self.name) > MAX_NAME:
             out.append(f"vrrp.name: {self.name!r} must be 1 to {MAX_NAME} letters, digits, "
                        f'"_", "." or "-"')
-        if not isinstance(self.interface, str) or not _IFNAME.fullmatch(self.interface) or \
-                self.interface in (".", ".."):
+        if not is_ifname(self.interface):
             out.append(f"vrrp.interface: {self.interface!r} is not an interface name")
         if not _is_int(self.virtual_router_id) or not 1 <= self.virtual_router_id <= 255:
             out.append(f"vrrp.virtual_router_id: {self.virtual_router_id!r} must be a whole "
@@ -203,13 +264,15 @@ class VrrpSettings:
         family: int | None = None
         counts = {4: 0, 6: 0}
         for text in self.vips:
-            try:
-                vip = ipaddress.ip_interface(text)
-            except (ValueError, TypeError):
+            if not isinstance(text, str):
                 out.append(f"vrrp.vips: {text!r} is not an address like 10.0.0.100/24 or "
                            "fd00::100/64")
                 continue
-            ip = vip.ip
+            try:
+                ip = parse_vip(text).address.ip
+            except VipSyntaxError as exc:
+                out.append(f"vrrp.vips: {text!r} {exc}")
+                continue
             if ip.is_multicast or ip.is_unspecified or ip.is_loopback or \
                     (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")):
                 out.append(f"vrrp.vips: {text} cannot be a virtual address (multicast, "
@@ -256,7 +319,7 @@ class VrrpSettings:
         else:
             names: set[str] = set()
             for name in self.track_interfaces:
-                if not isinstance(name, str) or not _IFNAME.fullmatch(name):
+                if not is_ifname(name):
                     out.append(f"vrrp.track_interfaces: {name!r} is not an interface name")
                 elif name in names:
                     out.append(f"vrrp.track_interfaces: {name} is listed twice")
@@ -303,9 +366,38 @@ class VrrpSettings:
         return round(self.advert_interval * 100)
 
     @property
+    def parsed_vips(self) -> tuple[Vip, ...]:
+        """Every VIP as written, parsed, in order."""
+        return tuple(parse_vip(v) for v in self.vips)
+
+    @property
     def vip_interfaces(self) -> tuple[VipInterface, ...]:
         """Every VIP with its prefix length, in the order written."""
-        return tuple(ipaddress.ip_interface(v) for v in self.vips)
+        return tuple(v.address for v in self.parsed_vips)
+
+    @property
+    def placed_vips(self) -> tuple[tuple[VipInterface, str], ...]:
+        """Every VIP with the interface it is added to and announced on, in order."""
+        return tuple((v.address, v.dev or self.interface) for v in self.parsed_vips)
+
+    @property
+    def vip_links(self) -> tuple[str, ...]:
+        """The interfaces other than `interface` that carry a VIP, in the order first named."""
+        return tuple(dict.fromkeys(dev for _, dev in self.placed_vips if dev != self.interface))
+
+    @property
+    def tracked_interfaces(self) -> tuple[str, ...]:
+        """Every interface whose loss puts the instance in FAULT: its own, each one carrying a
+        VIP (a master that cannot hold one, a backends' gateway say, would black-hole its
+        traffic), and `track_interfaces`; each once, in that order."""
+        return tuple(dict.fromkeys((self.interface, *self.vip_links, *self.track_interfaces)))
+
+    @property
+    def vip_texts(self) -> tuple[str, ...]:
+        """The VIPs for display: the address as written, with " dev IFNAME" where the VIP
+        goes on another interface than `interface`."""
+        return tuple(v.text if v.dev in (None, self.interface) else f"{v.text} dev {v.dev}"
+                     for v in self.parsed_vips)
 
     @property
     def family(self) -> int:

@@ -54,11 +54,12 @@ class FakeHost:
 
 class ExampleHost:
     """This machine's answers, except that it always has the `eth0` (IPv4 and link-local IPv6)
-    that the shipped examples and the golden files name, the check programs the examples
-    install (conf/examples/check-pg as /usr/local/bin/check-pg), and may set IP_TRANSPARENT
-    (unless told otherwise), so they load on any test host."""
+    and the backend-side `eth1` that the shipped examples and the golden files name, the check
+    programs the examples install (conf/examples/check-pg as /usr/local/bin/check-pg), and may
+    set IP_TRANSPARENT (unless told otherwise), so they load on any test host."""
 
     ETH0 = (ipaddress.ip_interface("192.0.2.2/24"), ipaddress.ip_interface("fe80::2/64"))
+    ETH1 = (ipaddress.ip_interface("10.2.0.2/24"),)
     PROGRAMS = ("/usr/local/bin/check-pg",)
 
     def __init__(self, transparent: int = 0) -> None:
@@ -73,7 +74,7 @@ class ExampleHost:
         return getattr(THIS_HOST, name)
 
     def interfaces(self) -> Mapping[str, tuple[Any, ...]] | None:
-        return {**(THIS_HOST.interfaces() or {}), "eth0": self.ETH0}
+        return {**(THIS_HOST.interfaces() or {}), "eth0": self.ETH0, "eth1": self.ETH1}
 
     def program_problem(self, path: str) -> str | None:
         return None if path in self.PROGRAMS else THIS_HOST.program_problem(path)

@@ -159,7 +159,8 @@ backends = [{ address = "10.0.0.1:1", weight = 1 }, { address = "10.0.0.2:1" }]
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_shipped_examples_load_cleanly(path: Path) -> None:
-    # the pair examples name eth0: load them on this host with a fixed eth0 (fakehost.py)
+    # the pair examples name eth0 (and eth1): load them on this host with those fixed
+    # (fakehost.py)
     config = load_text(path.read_text(), str(path), host=ExampleHost())
     assert config.services, "every example defines at least one service"
     assert all(s.backends for s in config.services)
