@@ -81,12 +81,28 @@ class HostChecks(Protocol):
         TCP socket of that family (what `source = "client"` does to every backend socket), else
         the errno (EPERM: neither CAP_NET_ADMIN nor CAP_NET_RAW)."""
 
-    def program_problem(self, path: str) -> str | None:
+    def program_problem(self, path: str, user: tuple[int, int] | None = None) -> str | None:
         """Why `path` is not a regular file this process may execute ("no such file or
-        directory", "is a directory", "is not executable"); None when it is one."""
+        directory", "is a directory", "is not executable"); None when it is one. With `user`
+        (uid, primary gid; command_user, which runs without supplementary groups), whether
+        that user may: every directory above it searchable and the file executable by the
+        user's permission bits ("is not executable by that user", "is not reachable by that
+        user (...)")."""
 
     def user_ids(self, name: str) -> tuple[int, int] | None:
         """(uid, primary gid) of user `name`; None when there is no such user."""
+
+
+def _permits(st: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether the permission bits of `st` give user uid with the only group gid execute
+    (search, for a directory) permission; root needs one x bit. ACLs are not read."""
+    if uid == 0:
+        return bool(st.st_mode & 0o111)
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
 
 
 class ThisHost:
@@ -142,7 +158,7 @@ class ThisHost:
                 pass  # cannot tell: the bind's answer stands
         return 0
 
-    def program_problem(self, path: str) -> str | None:
+    def program_problem(self, path: str, user: tuple[int, int] | None = None) -> str | None:
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -153,6 +169,25 @@ class ThisHost:
             return "is not a regular file"
         if not os.access(path, os.X_OK):
             return "is not executable (chmod +x)"
+        if user is None:
+            return None
+        uid, gid = user
+        # the directories the kernel walks: those of the path as written and of its target
+        real = os.path.realpath(path)
+        for name in (path, real):
+            parent = os.path.dirname(os.path.abspath(name))
+            while True:
+                try:
+                    dst = os.stat(parent)
+                except OSError:
+                    break  # the stat of the file succeeded; leave it to the run
+                if not _permits(dst, uid, gid):
+                    return f"is not reachable by that user (no search permission on {parent})"
+                if parent == "/":
+                    break
+                parent = os.path.dirname(parent)
+        if not _permits(st, uid, gid):
+            return "is not executable by that user"
         return None
 
     def user_ids(self, name: str) -> tuple[int, int] | None:

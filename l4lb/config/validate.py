@@ -1376,6 +1376,7 @@ class _Checker:
         out: dict[str, Any] = {}
         key_path = (*path, "command")
         value = table.get("command")
+        command: tuple[str, ...] = ()
         if isinstance(value, str):  # missing: HealthSettings says what to write
             argv = ", ".join(quote(word) for word in value.split()) or quote(value)
             self.wrong_type(key_path, hs.label("command"), "an array of strings (an argv list; "
@@ -1385,17 +1386,22 @@ class _Checker:
             command = self.read_str_array(hs, table, "command")
             if len(self.diagnostics) == before:
                 out["command"] = command
-            if command and command[0].startswith("/") and self.host is not None:
-                problem = self.host.program_problem(command[0])
-                if problem is not None:
-                    self.error((*key_path, 0), f"{hs.label('command')}[0]: {quote(command[0])} "
-                               f"{self._program_words(problem)}")
         user = self.read_str(hs, table, "command_user")
+        ids: tuple[int, int] | None = None
         if user is not None:
             out["command_user"] = user
-            if user and self.host is not None and self.host.user_ids(user) is None:
-                self.error((*path, "command_user"), f"{hs.label('command_user')}: no user "
-                           f"{quote(user)} on this host")
+            if user and self.host is not None:
+                ids = self.host.user_ids(user)
+                if ids is None:
+                    self.error((*path, "command_user"), f"{hs.label('command_user')}: no user "
+                               f"{quote(user)} on this host")
+        if command and command[0].startswith("/") and self.host is not None:
+            # judged for the user the command runs as (its primary group alone)
+            problem = self.host.program_problem(command[0], ids)
+            if problem is not None:
+                whose = f" (command_user {quote(user)})" if ids is not None and user else ""
+                self.error((*key_path, 0), f"{hs.label('command')}[0]: {quote(command[0])} "
+                           f"{self._program_words(problem)}{whose}")
         return out
 
     @staticmethod

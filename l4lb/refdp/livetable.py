@@ -97,6 +97,16 @@ def bind_source(sock: socket.socket, source: str, client: str) -> None:
     sock.bind((source, 0))
 
 
+def client_unbindable(source: str | None, client: str) -> bool:
+    """Whether `source` is CLIENT and `client` is an address no backend socket can bind: IPv6
+    link-local (no scope in the session key). The session is then the client's local error
+    (accept_errors), not a connect failure of the backend (the C relay_client_unbindable)."""
+    if source != CLIENT:
+        return False
+    addr = ipaddress.ip_address(client.split("%", 1)[0])
+    return addr.version == 6 and addr.is_link_local
+
+
 def _source(backend: BackendRec) -> str | None:
     raw = bytes(backend.source_addr)
     if backend.source_family == 0:

@@ -51,7 +51,7 @@ from typing import Any
 
 from l4lb.refdp.counters import Counters
 from l4lb.refdp.dgram import RECV_MAX, Received, receive, reply
-from l4lb.refdp.livetable import bind_source
+from l4lb.refdp.livetable import bind_source, client_unbindable
 from l4lb.refdp.records import RecordQueue, make_record
 from l4lb.refdp.shared import Shared, add_count
 from l4lb.table.blob import FLAG_DOWN, PROTO_UDP, ServiceRec
@@ -247,6 +247,11 @@ class UdpRelay:
             self._release(sid, rec.backend_id)
             return None
         source = live.sources[choice[1]]
+        if client_unbindable(source, key[2]):  # the client's doing, not the backend's
+            upstream.close()
+            counters["accept_errors"] += 1
+            self._release(sid, rec.backend_id)
+            return None
         bound = False  # a source bind that fails is the backend's failure, whatever the errno
         try:
             upstream.setblocking(False)

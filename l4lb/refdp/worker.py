@@ -68,7 +68,7 @@ from l4lb import proxyproto
 from l4lb.net.listen import SO_RCVBUFFORCE, SO_SNDBUFFORCE
 from l4lb.proxyproto import ProxyHeaderError
 from l4lb.refdp.counters import Counters
-from l4lb.refdp.livetable import bind_source
+from l4lb.refdp.livetable import bind_source, client_unbindable
 from l4lb.refdp.pipes import PipePool
 from l4lb.refdp.records import RecordQueue, make_record
 from l4lb.refdp.relay import Outcome, Session, State, reset_and_close
@@ -625,6 +625,10 @@ class Worker:
         session.attempt += 1
         self.counters.backend(bid)["conns_active"] += 1
         host, port = live.targets[index]
+        if client_unbindable(live.sources[index], session.client_addr[0]):
+            counters["accept_errors"] += 1  # the client's doing, not the backend's failure
+            self._close_session(session, reset=True, reason="error")
+            return
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = self._lower(socket.socket(family, socket.SOCK_STREAM))

@@ -652,6 +652,14 @@ static int relay_client_source(uint8_t family, uint8_t cfamily, const uint8_t *c
     return 0;
 }
 
+int relay_client_unbindable(const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr)
+{
+    /* IPv6 link-local (fe80::/10): bind() needs its scope, which the session key lacks, and
+     * the client's link is not the backends' anyway */
+    return b->source_family == DP_SOURCE_CLIENT && cfamily == 6 && caddr[0] == 0xfe &&
+           (caddr[1] & 0xc0) == 0x80;
+}
+
 int relay_bind_source(int fd, const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr)
 {
     struct sockaddr_storage ss;
@@ -816,6 +824,8 @@ static int relay_start_connect(struct dp_worker *w, struct relay_session *s,
     int fd, err, rc;
 
     *bind_failed = 0;
+    if (relay_client_unbindable(b, s->ct.key.family, s->ct.key.caddr))
+        return -EADDRNOTAVAIL; /* the client's doing: a local error, not b's failure */
     fd = socket(b->family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                 0);
     if (fd < 0)

@@ -501,6 +501,11 @@ socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage
  * connect attempt of b (docs/configuration.md, `source`). */
 int relay_bind_source(int fd, const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr);
 
+/* Whether b is transparent (DP_SOURCE_CLIENT) and the client (cfamily, caddr) is one whose
+ * address no backend socket can bind: IPv6 link-local (fe80::/10; the key has no scope id).
+ * Such a session is the client's local error (accept_errors), never a connect failure of b. */
+int relay_client_unbindable(const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr);
+
 /* Claim w's next connection-log record (call only while w->log_on), or NULL when the ring is
  * full (counted in connlog_dropped). Fill every field, then connlog_ring_commit(w->log_ring). */
 static inline struct dp_conn_record *dp_log_claim(struct dp_worker *w)

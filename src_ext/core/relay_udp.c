@@ -606,6 +606,10 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
         !(atomic_load_explicit(&w->dp->opts.bits[sid], memory_order_relaxed) & DP_OPT_NO_GRO))
         gro = relay_udp_gro_on(fd) == 0;
     sl = relay_backend_addr(b, &ss);
+    if (relay_client_unbindable(b, k->family, k->caddr)) { /* the client's doing */
+        close(fd);
+        goto local_failure;
+    }
     err = b->source_family ? -relay_bind_source(fd, b, k->family, k->caddr) : 0;
     if (err == 0 && connect(fd, (struct sockaddr *)&ss, sl) < 0)
         err = errno;

@@ -258,3 +258,28 @@ def test_accept_proxy_binds_the_headers_client(fo_make_lb: MakeLB, topo: Topo) -
         header = f"PROXY TCP4 10.77.1.9 {LB4_C} 40000 {lb.port()}\r\n".encode()
         assert tcp_trip(topo, lb, backend, header=header)[0] == "10.77.1.9"
         assert lb.be_stats("b")["connect_failures"] == 0
+
+
+def test_link_local_client_is_not_the_backends_failure(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """review12: an IPv6 link-local client (fe80::/10; here from a PROXY header, the same as a
+    direct one on a wildcard listener) has no scope in the session key, so its address can
+    never be bound (EINVAL) towards any backend. That is the client's doing, not the
+    backends': the session ends as a local error (accept_errors), and no backend gets a
+    connect failure (they feed max_fails, so one such client could take every backend DOWN)."""
+    with topo.backend_socket(socket.AF_INET6) as one, topo.backend_socket(socket.AF_INET6) as two:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(one, "one"), spec(two, "two")), retries=1)],
+                        host=LB6_C)
+        lb.dp.set_accept_proxy(SVC, 5000)
+        for _ in range(2):
+            client = topo.client_socket(socket.AF_INET6)
+            with client:
+                client.connect((LB6_C, lb.port()))
+                client.sendall(f"PROXY TCP6 fe80::9 {LB6_C} 40000 {lb.port()}\r\n".encode()
+                               + b"ping")
+                with contextlib.suppress(ConnectionResetError):
+                    assert client.recv(100) == b""  # closed, never relayed
+        assert wait_for(lambda: lb.svc_stats()["accept_errors"] == 2, TIMEOUT), \
+            (lb.svc_stats(), lb.be_stats("one"), lb.be_stats("two"))
+        assert lb.be_stats("one").get("connect_failures", 0) == 0  # (C: no counter yet)
+        assert lb.be_stats("two").get("connect_failures", 0) == 0
+        assert lb.svc_stats()["no_backend"] == 0

@@ -43,7 +43,7 @@ class FakeHost:
         self.asked.append(f"transparent {version}")
         return self.transparent
 
-    def program_problem(self, path: str) -> str | None:
+    def program_problem(self, path: str, user: tuple[int, int] | None = None) -> str | None:
         self.asked.append(f"program {path}")
         return self.programs.get(path, "no such file or directory")
 
@@ -76,5 +76,5 @@ class ExampleHost:
     def interfaces(self) -> Mapping[str, tuple[Any, ...]] | None:
         return {**(THIS_HOST.interfaces() or {}), "eth0": self.ETH0, "eth1": self.ETH1}
 
-    def program_problem(self, path: str) -> str | None:
-        return None if path in self.PROGRAMS else THIS_HOST.program_problem(path)
+    def program_problem(self, path: str, user: tuple[int, int] | None = None) -> str | None:
+        return None if path in self.PROGRAMS else THIS_HOST.program_problem(path, user)
