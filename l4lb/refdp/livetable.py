@@ -97,14 +97,25 @@ def bind_source(sock: socket.socket, source: str, client: str) -> None:
     sock.bind((source, 0))
 
 
-def client_unbindable(source: str | None, client: str) -> bool:
-    """Whether `source` is CLIENT and `client` is an address no backend socket can bind: IPv6
-    link-local (no scope in the session key). The session is then the client's local error
-    (accept_errors), not a connect failure of the backend (the C relay_client_unbindable)."""
+def client_unbindable(source: str | None, client: str, backend: str) -> bool:
+    """Whether `source` is CLIENT and `client` is an address that cannot be the source of a
+    connection to `backend` (an IP): IPv6 link-local (no scope in the session key), or
+    loopback towards a backend that is not (the kernel never routes a loopback source off the
+    host). The session is then the client's local error (accept_errors), not a connect failure
+    of the backend (the C relay_client_unbindable)."""
     if source != CLIENT:
         return False
-    addr = ipaddress.ip_address(client.split("%", 1)[0])
-    return addr.version == 6 and addr.is_link_local
+    addr = _unmapped(ipaddress.ip_address(client.split("%", 1)[0]))
+    if addr.version == 6 and addr.is_link_local:
+        return True
+    return addr.is_loopback and not _unmapped(ipaddress.ip_address(backend)).is_loopback
+
+
+def _unmapped(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) \
+        -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4-mapped IPv6 address as its IPv4 address; any other as it is."""
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    return mapped if mapped is not None else addr
 
 
 def _source(backend: BackendRec) -> str | None:

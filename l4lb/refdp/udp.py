@@ -247,7 +247,7 @@ class UdpRelay:
             self._release(sid, rec.backend_id)
             return None
         source = live.sources[choice[1]]
-        if client_unbindable(source, key[2]):  # the client's doing, not the backend's
+        if client_unbindable(source, key[2], live.targets[choice[1]][0]):  # the client's doing
             upstream.close()
             counters["accept_errors"] += 1
             self._release(sid, rec.backend_id)

@@ -625,7 +625,7 @@ class Worker:
         session.attempt += 1
         self.counters.backend(bid)["conns_active"] += 1
         host, port = live.targets[index]
-        if client_unbindable(live.sources[index], session.client_addr[0]):
+        if client_unbindable(live.sources[index], session.client_addr[0], host):
             counters["accept_errors"] += 1  # the client's doing, not the backend's failure
             self._close_session(session, reset=True, reason="error")
             return

@@ -652,12 +652,29 @@ static int relay_client_source(uint8_t family, uint8_t cfamily, const uint8_t *c
     return 0;
 }
 
+/* Whether (family, a) is a loopback address: 127.0.0.0/8, ::1, or ::ffff:127.x.y.z. */
+static int relay_loopback(uint8_t family, const uint8_t *a)
+{
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    static const uint8_t one[16] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 };
+
+    if (family == 4)
+        return a[0] == 127;
+    return memcmp(a, one, 16) == 0 || (memcmp(a, mapped, 12) == 0 && a[12] == 127);
+}
+
 int relay_client_unbindable(const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr)
 {
+    if (b->source_family != DP_SOURCE_CLIENT)
+        return 0;
     /* IPv6 link-local (fe80::/10): bind() needs its scope, which the session key lacks, and
      * the client's link is not the backends' anyway */
-    return b->source_family == DP_SOURCE_CLIENT && cfamily == 6 && caddr[0] == 0xfe &&
-           (caddr[1] & 0xc0) == 0x80;
+    if (cfamily == 6 && caddr[0] == 0xfe && (caddr[1] & 0xc0) == 0x80)
+        return 1;
+    /* a loopback client (a local process through 127.0.0.1 or a wildcard listener) binds, but
+     * the kernel never routes a loopback source off the host: connect() to any other backend
+     * fails with EINVAL */
+    return relay_loopback(cfamily, caddr) && !relay_loopback(b->family, b->addr);
 }
 
 int relay_bind_source(int fd, const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr)

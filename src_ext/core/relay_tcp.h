@@ -502,8 +502,10 @@ socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage
 int relay_bind_source(int fd, const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr);
 
 /* Whether b is transparent (DP_SOURCE_CLIENT) and the client (cfamily, caddr) is one whose
- * address no backend socket can bind: IPv6 link-local (fe80::/10; the key has no scope id).
- * Such a session is the client's local error (accept_errors), never a connect failure of b. */
+ * address cannot be a backend connection's source: IPv6 link-local (fe80::/10; the key has no
+ * scope id), or loopback (127.0.0.0/8, ::1, ::ffff:127.x.y.z) towards a backend that is not
+ * on loopback. Such a session is the client's local error (accept_errors), never a connect
+ * failure of b. */
 int relay_client_unbindable(const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr);
 
 /* Claim w's next connection-log record (call only while w->log_on), or NULL when the ring is

@@ -241,7 +241,7 @@ def test_udp_family_mismatch_is_the_backends_failure(fo_make_lb: MakeLB, topo: T
         lb = fo_make_lb([ServiceSpec(SVC, (spec(six, "six"),), protocol="udp",
                                      idle_timeout_ms=30_000)], host=LB4_C)
         client.sendto(b"q1", (LB4_C, lb.port()))
-        assert wait_for(lambda: lb.be_stats("six")["connect_failures"] == 1, TIMEOUT)
+        assert wait_for(lambda: lb.be_stats("six").get("connect_failures", 0) == 1, TIMEOUT)
         assert lb.svc_stats()["drops_send"] == 1
         assert lb.svc_stats()["accept_errors"] == 0
         six.settimeout(0.2)
@@ -283,3 +283,49 @@ def test_link_local_client_is_not_the_backends_failure(fo_make_lb: MakeLB, topo:
         assert lb.be_stats("one").get("connect_failures", 0) == 0  # (C: no counter yet)
         assert lb.be_stats("two").get("connect_failures", 0) == 0
         assert lb.svc_stats()["no_backend"] == 0
+
+
+def test_loopback_client_towards_a_remote_backend_is_a_local_error(fo_make_lb: MakeLB,
+                                                                   topo: Topo) -> None:
+    """review12: a local client through a wildcard listener is 127.0.0.1. Its address binds
+    under IP_TRANSPARENT, but connect() towards a backend off the host fails (EINVAL): the
+    kernel never routes a loopback source out. That is the client's doing, so the session is
+    a local error (accept_errors), and the backends get no connect failure."""
+    with topo.backend_socket(socket.AF_INET) as one:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(one, "one"),))], host="0.0.0.0")
+        for _ in range(2):
+            # reset at once: at connect, at the send or at the read, as the race goes
+            with contextlib.suppress(ConnectionResetError), \
+                    socket.create_connection(("127.0.0.1", lb.port()), timeout=TIMEOUT) as client:
+                client.sendall(b"ping")
+                assert client.recv(100) == b""  # closed, never relayed
+        assert wait_for(lambda: lb.svc_stats()["accept_errors"] == 2, TIMEOUT), \
+            (lb.svc_stats(), lb.be_stats("one"))
+        assert lb.be_stats("one").get("connect_failures", 0) == 0
+        assert lb.svc_stats()["no_backend"] == 0
+        # a client from the client namespace still goes through, from its own address
+        assert tcp_trip(topo, lb, one)[0] == CLIENT4
+
+
+def test_loopback_client_towards_a_loopback_backend_is_transparent(fo_make_lb: MakeLB,
+                                                                   topo: Topo) -> None:
+    """A loopback client of a backend that is on loopback too is bound as any other: the
+    backend sees 127.0.0.2, not the balancer's 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as backend:
+        backend.settimeout(TIMEOUT)
+        backend.bind(("127.0.0.1", 0))
+        backend.listen(4)
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(backend),))], host="127.0.0.1")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
+            client.settimeout(TIMEOUT)
+            client.bind(("127.0.0.2", 0))
+            client.connect(("127.0.0.1", lb.port()))
+            client.sendall(b"ping")
+            conn, peer = backend.accept()
+            with conn:
+                conn.settimeout(TIMEOUT)
+                assert conn.recv(100) == b"ping"
+                conn.sendall(b"pong")
+                assert client.recv(100) == b"pong"
+        assert peer[0] == "127.0.0.2"
+        assert lb.be_stats("b").get("connect_failures", 0) == 0
