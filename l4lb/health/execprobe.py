@@ -126,8 +126,8 @@ def _cancelled(token: Any, result: ProbeResult) -> None:
 class ExecProbe:
     """One command in flight (the handle ExecProbeEngine.start returns)."""
 
-    __slots__ = ("callback", "discarded", "engine", "grace", "output", "pidfd", "proc",
-                 "started", "timed_out", "timeout", "timer", "token")
+    __slots__ = ("callback", "command", "discarded", "engine", "grace", "output", "pidfd",
+                 "proc", "started", "timed_out", "timeout", "timer", "token")
 
     def __init__(self, engine: ExecProbeEngine, callback: Callable[[Any, ProbeResult], None],
                  token: Any, timeout: float) -> None:
@@ -143,6 +143,7 @@ class ExecProbe:
         self.timer: asyncio.TimerHandle | None = None  # the timeout, then the reap grace
         self.grace = False  # the timer is the reap grace, not the timeout
         self.timed_out = False  # the timeout killed the group
+        self.command: ExecCommand | None = None  # what runs (None: nothing was started)
 
     @property
     def pid(self) -> int | None:
@@ -181,6 +182,15 @@ class ExecProbeEngine:
         if self._closed:
             raise RuntimeError("exec probe engine is closed")
         probe = ExecProbe(self, callback, token, timeout)
+        stuck = next((p for p in self._procs.values() if p.command == command), None)
+        if stuck is not None and stuck.pid is not None:
+            # the same backend's previous command survived its SIGKILL (uninterruptible
+            # sleep, e.g. on a hung NFS mount): no second one, or they would pile up
+            self._loop.call_soon(self._deliver, probe, (
+                False, f"previous command (pid {stuck.pid}) still not reaped after SIGKILL",
+                True))
+            return probe
+        probe.command = command
         uid = command.uid
         try:
             proc = subprocess.Popen(

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from l4lb.health import HealthChecker, HealthSettings, ProbeEngine, ProbeResult, ProbeSpec
-from l4lb.health.execprobe import EXEC_PATH, OUTPUT_KEEP, ExecProbe
+from l4lb.health.execprobe import EXEC_PATH, OUTPUT_KEEP, ExecProbe, ExecProbeEngine
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -163,6 +163,35 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     child, own = read_pid(tmp_path / "child"), read_pid(tmp_path / "self")
     assert not Path(f"/proc/{own}").exists()  # the script was reaped, not just killed
     wait_dead(child)
+
+
+@sync
+async def test_a_command_that_survives_its_kill_is_not_started_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review12: a command that SIGKILL cannot end (uninterruptible sleep, e.g. on a hung NFS
+    mount; simulated here by a kill that does nothing) gets its timeout verdict after the reap
+    grace, and the same backend's next probe fails at once instead of starting a second
+    command, so they cannot pile up beyond max_in_flight's count."""
+    monkeypatch.setattr(ExecProbeEngine, "_killpg", staticmethod(lambda pgid: None))
+    slow = script(tmp_path / "stuck", f"echo $$. > {tmp_path}/self\nexec sleep 60")
+    engine = ProbeEngine()
+    try:
+        first, _ = await probe(spec_of(slow, timeout=0.3), engine)
+        assert (first.ok, first.reason) == (False, "timed out after 0.3s (killed; not reaped "
+                                                   "yet)")
+        pid = read_pid(tmp_path / "self")
+        running = children()
+        second, _ = await probe(spec_of(slow, timeout=0.3), engine, within=1.0)
+        assert (second.ok, second.reason, second.conclusive) == (
+            False, f"previous command (pid {pid}) still not reaped after SIGKILL", True)
+        assert children() == running  # nothing new was started
+        other, _ = await probe(spec_of(script(tmp_path / "ok", "exit 0"), timeout=0.3), engine)
+        assert other.ok  # another backend's (another command's) probes still run
+    finally:
+        monkeypatch.undo()
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(read_pid(tmp_path / "self", within=0), 9)
+        engine.close()
 
 
 @sync
