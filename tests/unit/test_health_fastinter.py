@@ -412,7 +412,7 @@ def test_syn_fleet_going_down_then_recovering_returns_to_interval(
 # -- the config file ------------------------------------------------------------------------
 
 
-def test_config_reads_fast_interval_and_defaults_it_to_interval() -> None:
+def test_config_reads_fast_interval_and_leaves_it_unset_by_default() -> None:
     def health(lines: str) -> HealthSettings:
         text = ('[[services]]\nname = "web"\nlisten = ["127.0.0.1:8080"]\n'
                 'backends = [{ address = "127.0.0.1:9001" }]\n'
