@@ -131,7 +131,8 @@ VRRP_KEYS = (
     "track_interfaces", "track_services", "notify", "source_address", "auth_pass",
 )
 HEALTH_KEYS = (
-    "kind", "interval", "timeout", "rise", "fall", "start_period", "down_interval", "jitter",
+    "kind", "interval", "timeout", "rise", "fall", "start_period", "down_interval",
+    "fast_interval", "jitter",
     "port", "source", "send", "send_hex", "expect", "expect_regex", "initial_state", "max_fails",
     "fail_timeout", "min_healthy", "slow_start", "send_proxy",
     "on_down", *HTTP_FIELDS, "http_expect_body_regex", *EXEC_FIELDS,
@@ -1240,6 +1241,8 @@ class _Checker:
                            f"{hs.label('expect_regex')}: not a valid regex: {exc}")
         down_interval = (self.read_duration(hs, table, "down_interval", 1.0, zero_ok=False)
                          if "down_interval" in table else None)
+        fast_interval = (self.read_duration(hs, table, "fast_interval", 1.0, zero_ok=False)
+                         if "fast_interval" in table else None)
         port = self.read_int(hs, table, "port", 1, 1, 65535) if "port" in table else None
         source = self.read_str(hs, table, "source")
         if source == CLIENT:
@@ -1287,6 +1290,7 @@ class _Checker:
             start_period=self.read_duration(hs, table, "start_period", d.start_period,
                                             zero_ok=True),
             down_interval=down_interval,
+            fast_interval=fast_interval,
             jitter=self.read_fraction(hs, table, "jitter", d.jitter, MAX_JITTER),
             port=port, source=source, send=send, expect=expect,
             initial_state=self.read_enum(hs, table, "initial_state", d.initial_state,

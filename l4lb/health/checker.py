@@ -8,20 +8,26 @@ loop callback (the rest continue in the next callback, so other callbacks such a
 run in between), and at most `max_in_flight` probes at once (each holds a socket; the rest wait
 in a FIFO and start as probes finish, which then shows as start delay in `stats()`).
 
-Intervals: a probe is due `interval` (DOWN: `down_interval`) after the previous one STARTED,
-scaled by a random factor in [1 - jitter, 1 + jitter], but never before the previous one
-finished: one backend never has two probes in flight. The first probe of a new backend is due at
-a random point of its first interval, so backends added together (start-up, reload) are spread
-out instead of probed in one burst.
+Intervals: a probe is due `Dampener.interval` after the previous one STARTED (`interval` while
+UP, `down_interval` while DOWN, `fast_interval` while in transition: UP with a failure counted,
+DOWN with a pass counted; see dampener.probe_interval), scaled by a random factor in
+[1 - jitter, 1 + jitter], but never before the previous one finished: one backend never has two
+probes in flight. The interval is chosen after the dampener has taken the result, so the probe
+after a first failure is already due at `fast_interval`. The first probe of a new backend is due
+at a random point of its first interval, so backends added together (start-up, reload) are
+spread out instead of probed in one burst.
 
 Backends of services with `kind = "syn"` are not in the heap: they go to a SYN fleet
 (l4lb/health/synfleet.py: the C fleet, or its Python twin without the extension) that owns their
 schedule, probes and timeouts and delivers results in batches; those results take the same path
-as the others (`_account`: dampener, latency, counters, transitions), and a change of state sets
-the fleet's interval for the backend (`down_interval` while DOWN). Should a backend not fit the
-fleet (its lane or source address cannot be set up), it stays in the heap, where the probe
-engine turns that into an inconclusive result as before. `syn_fleet="off"` keeps every backend
-in the heap.
+as the others (`_account`: dampener, latency, counters, transitions), and whenever a result
+changes the backend's `Dampener.interval` (a change of state, or the first failure or pass that
+puts it in transition, or the one that ends it) the checker sets the fleet's interval for the
+backend, which reschedules its waiting probe from the previous send with the same jitter draw.
+A backend in transition is never quiet (below), so all its results come here. Should a backend
+not fit the fleet (its lane or source address cannot be set up), it stays in the heap, where the
+probe engine turns that into an inconclusive result as before. `syn_fleet="off"` keeps every
+backend in the heap.
 
 The latency of each backend's last conclusive probe is kept (`latency()`, `latencies()`): the
 time from its start to its verdict, a timeout included. Inconclusive results leave it as it was.
@@ -75,8 +81,8 @@ _INCONCLUSIVE_LOG_EVERY = 60.0  # seconds between two warnings about local probe
 class _Entry(Generic[K]):
     """One checked backend."""
 
-    __slots__ = ("dampener", "due", "fleet_id", "host", "ident", "key", "last_start", "latency",
-                 "port", "probe", "quiet", "removed", "settings", "spec")
+    __slots__ = ("dampener", "due", "fleet_id", "fleet_interval", "host", "ident", "key",
+                 "last_start", "latency", "port", "probe", "quiet", "removed", "settings", "spec")
 
     def __init__(self, ident: int, key: K, host: str, port: int, settings: HealthSettings,
                  dampener: Dampener) -> None:
@@ -94,6 +100,7 @@ class _Entry(Generic[K]):
         self.removed = False  # set by remove(); queued references are then skipped
         self.fleet_id: int | None = None  # id in the SYN fleet while it schedules this backend
         self.quiet = False  # the fleet counts its passes instead of reporting them
+        self.fleet_interval = 0.0  # the interval the fleet was last given for it (seconds)
 
 
 @dataclass(frozen=True)
@@ -361,12 +368,13 @@ class HealthChecker(Generic[K]):
                                              impl=self._syn_fleet, seed=self._rng.getrandbits(64),
                                              tick=self._tick)
             try:
-                interval = self._current_interval(entry)
+                interval = entry.dampener.interval
                 fid = self._fleet.add(entry.spec, interval, entry.settings.jitter, first)
             except OSError as exc:
                 log.debug("health: %s stays off the syn fleet: %s", entry.spec, exc)
             else:
                 entry.fleet_id = fid
+                entry.fleet_interval = interval
                 self._by_fleet_id[fid] = entry
                 return
         self._push(entry, first)
@@ -401,16 +409,12 @@ class HealthChecker(Generic[K]):
         self._arm_for_heap()
         self._kick()
 
-    @staticmethod
-    def _current_interval(entry: _Entry[K]) -> float:
-        settings = entry.settings
-        return settings.interval if entry.dampener.state is Health.UP \
-            else settings.effective_down_interval
-
     def _fleet_timing(self, entry: _Entry[K]) -> None:
         if self._fleet is not None and entry.fleet_id is not None:
-            self._fleet.set_timing(entry.fleet_id, self._current_interval(entry),
-                                   entry.settings.timeout, entry.settings.jitter)
+            interval = entry.dampener.interval
+            self._fleet.set_timing(entry.fleet_id, interval, entry.settings.timeout,
+                                   entry.settings.jitter)
+            entry.fleet_interval = interval
 
     def _set_quiet(self, entry: _Entry[K], quiet: bool) -> None:
         if self._fleet is not None and entry.fleet_id is not None:
@@ -473,12 +477,14 @@ class HealthChecker(Generic[K]):
                 passed += 1
                 entry.latency = lat_us / 1e6
                 dampener.probe(True, _FLEET_UP_REASON, now)
+                if entry.fleet_interval != entry.settings.interval:  # it was going down
+                    self._fleet_timing(entry)
                 if quiet_passes and not entry.quiet:
                     self._set_quiet(entry, True)
                 continue
             self._account(entry, probe_result(verdict, err, lat_us), now)
             if not entry.removed and entry.fleet_id == fid:
-                if dampener.state is not before:
+                if dampener.state is not before or dampener.interval != entry.fleet_interval:
                     self._fleet_timing(entry)
                 self._sync_quiet(entry)
         self._probes += passed
@@ -578,10 +584,8 @@ class HealthChecker(Generic[K]):
         self._account(entry, result, now)
         if entry.removed or entry.fleet_id is not None:  # the transition callback moved it
             return
-        settings = entry.settings
-        interval = settings.interval if entry.dampener.state is Health.UP \
-            else settings.effective_down_interval
-        jitter = settings.jitter
+        interval = entry.dampener.interval  # after the result: fast_interval if in transition
+        jitter = entry.settings.jitter
         if jitter:
             interval *= 1.0 - jitter + 2.0 * jitter * self._rng.random()
         due = entry.last_start + interval

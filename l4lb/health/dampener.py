@@ -21,6 +21,12 @@ The state machine of one backend (rise, fall, ... are `HealthSettings` fields):
 Every change of state is returned as a `Transition` whose reason is ready for a log line:
 `connect refused (3/3 probes failed)`, `connect ok (2/2 probes passed)`,
 `7 failed connects within 10s (passive, max_fails 5)`.
+
+The time to the next probe is a function of this state too (`probe_interval`, the checker's
+rule): `fast_interval` while the backend is in transition (UP with a failure counted toward
+`fall`, DOWN with a pass counted toward `rise`: HAProxy's `fastinter`), else `interval` while UP
+and `down_interval` while DOWN. Passive failures count toward `max_fails`, not `fall`, so they
+never make a backend "in transition"; a backend they take DOWN is probed at `down_interval`.
 """
 
 from __future__ import annotations
@@ -73,6 +79,24 @@ class HealthSnapshot:
         """`UP`, `UP (unconfirmed)`, `UP, going down (1/3)`, `DOWN`, `DOWN, going up (1/2)`."""
         return describe(self.state, self.confirmed, self.successes, self.failures, self.rise,
                         self.fall)
+
+
+def probe_interval(settings: HealthSettings, state: Health, successes: int,
+                   failures: int) -> float:
+    """Seconds from the start of one probe to the start of the next (before jitter).
+
+    `fast_interval` while in transition: UP with at least one consecutive failed probe counted
+    (on its way down to `fall`), or DOWN with at least one consecutive passed probe counted (on
+    its way up to `rise`). Otherwise, and always when `fast_interval` is not set, `interval`
+    while UP and `down_interval` while DOWN. The counts are the dampener's, so failures ignored
+    in a start period do not count, and a transition, which resets both counts, returns the
+    backend to its steady interval. (An unconfirmed UP backend never has a failure counted: its
+    first counted failure takes it DOWN.)
+    """
+    fast = settings.fast_interval
+    if state is Health.UP:
+        return fast if failures and fast is not None else settings.interval
+    return fast if successes and fast is not None else settings.effective_down_interval
 
 
 def describe(state: Health, confirmed: bool, successes: int, failures: int, rise: int,
@@ -158,6 +182,12 @@ class Dampener:
                 return None
             return self._passed(reason, now)
         return self._failed(reason, now)
+
+    @property
+    def interval(self) -> float:
+        """Seconds from the start of this backend's last probe to its next one, before jitter
+        (`probe_interval` of the current state and settings)."""
+        return probe_interval(self._settings, self._state, self._successes, self._failures)
 
     @property
     def steady(self) -> bool:

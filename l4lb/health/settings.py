@@ -24,6 +24,13 @@ Why these defaults (the same numbers as HAProxy's, for the same reasons):
   backends and the checker in bursts.
 - down_interval None (= interval): a DOWN backend is probed as often as an UP one, so it comes
   back as fast as possible; set it higher to spend less on backends that stay dead for long.
+- fast_interval None (not set): a backend in transition (UP with a failed probe counted, or
+  DOWN with a passed one; HAProxy's `fastinter`) is probed at the interval of its state, as
+  before the key existed (`interval` while UP, `down_interval` while DOWN; both `interval`
+  unless down_interval is set), so nothing changes unless asked. Set it lower to confirm a
+  failing backend DOWN (or a recovering one UP) sooner without probing every steady backend
+  that often. (HAProxy without `fastinter` probes a recovering server at `inter`, not
+  `downinter`; keeping down_interval there is what keeps existing configurations unchanged.)
 - max_fails 0 (passive checks off): the data plane already retries a failed connect elsewhere, so
   a dead backend between two probes costs a client one retry, while counting connect failures of
   an overloaded-but-alive backend as deaths pushes its load onto the others. Turn it on where the
@@ -158,6 +165,9 @@ class HealthSettings:
     fall: int = 3  # consecutive failed probes that take an UP backend DOWN
     start_period: float = 0.0  # after a backend is added, failed probes are ignored this long
     down_interval: float | None = None  # seconds between probes of a DOWN backend; None=interval
+    # seconds between probes while in transition (UP with >= 1 failure counted, DOWN with >= 1
+    # pass counted; HAProxy's fastinter); None: the state's own interval, as without it
+    fast_interval: float | None = None
     jitter: float = 0.1  # each interval is scaled by a random factor in [1-jitter, 1+jitter]
     port: int | None = None  # probe this port instead of the backend's port
     source: str | None = None  # bind probes to this source address (family must match)
@@ -227,6 +237,11 @@ class HealthSettings:
                 ok_timeout and self.timeout > self.down_interval:
             out.append(f"health.timeout: {_fmt_s(self.timeout)} must not exceed "
                        f"down_interval {_fmt_s(self.down_interval)}")
+        if self.fast_interval is not None and \
+                duration("fast_interval", self.fast_interval, MIN_INTERVAL, False) and \
+                ok_timeout and self.timeout > self.fast_interval:
+            out.append(f"health.timeout: {_fmt_s(self.timeout)} must not exceed "
+                       f"fast_interval {_fmt_s(self.fast_interval)}")
         duration("start_period", self.start_period, 0.0, True)
         duration("fail_timeout", self.fail_timeout, 0.001, False)
         duration("slow_start", self.slow_start, 0.0, True)

@@ -17,8 +17,8 @@ flight its deadline), draw the jitter factor and the SYN sequence numbers from t
 streams seeded by the caller, and compute the scaled interval in the same integer arithmetic,
 so one seed gives one schedule in both. Scheduling is checker.py's rule: the next probe is due
 interval * uniform[1 - jitter, 1 + jitter] after the previous send, never before the verdict;
-`set_timing` (the backend went DOWN: `down_interval`) reschedules a waiting target with the
-same draw.
+`set_timing` (the backend's interval changed: DOWN, `down_interval`; in transition,
+`fast_interval`) reschedules a waiting target with the same draw.
 
 Quiet passes: the caller may mark a target quiet (`set_quiet`); the fleet then counts its
 passes (verdict UP) instead of writing them to the results, keeping per target the number since
@@ -724,7 +724,7 @@ class SynFleetRunner:
         self._free.append(tid)
 
     def set_timing(self, tid: int, interval: float, timeout: float, jitter: float) -> None:
-        """New interval (e.g. down_interval), timeout and jitter for `tid`."""
+        """New interval (e.g. down_interval, fast_interval), timeout and jitter for `tid`."""
         if self._closed:
             return
         self._fleet.set_timing(tid, _ms(interval), _ms(timeout), _ppm(jitter))

@@ -24,7 +24,8 @@
  * Scheduling. After a verdict the next probe is due interval * f after the previous SEND, f
  * uniform in [1 - jitter, 1 + jitter], never before the verdict itself (one probe in flight per
  * target) - the rule of checker.py. The draw is kept, so a changed interval (the backend went
- * DOWN: down_interval) reschedules a waiting target with the same factor. Draws and sequence
+ * DOWN: down_interval; or is in transition: fast_interval) reschedules a waiting target with the
+ * same factor. Draws and sequence
  * numbers come from two splitmix64 streams seeded by the caller, so a seed fixes the schedule.
  *
  * I/O. SYNs of one lane go out with sendmmsg (one call per up to SP_BATCH due probes); replies
