@@ -20,7 +20,9 @@ Life of a connection (the C core does the same, in the same order):
 2. the service's max_connections reached: reset the client and count rejected;
 3. pick a backend from the live table with the Python scheduler twin (l4lb.table.sched.pick),
    excluding backends already tried (by id, so a retry after a table swap still excludes them);
-   none: reset the client and count rejected when the first pick found every weighted backend
+   a transparent backend of the other family than the client's is passed over (remembered as
+   tried, no connect failure, no retry spent) and the next pick follows, MAX_TRIES picks at
+   most; none: reset the client and count rejected when the first pick found every weighted backend
    full, no_backend otherwise;
 4. nonblocking connect with the connect_timeout of the service at accept; refusal, error or
    timeout count a connect_failure on that backend and go back to 3 while the retries allowed
