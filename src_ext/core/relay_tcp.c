@@ -48,8 +48,8 @@
  * accept_errors and reset the client. A transparent backend (source = "client") of the other
  * family than the client's is no candidate for it: passed over before any socket, it costs no
  * retry and no connect failure, and is remembered as tried. No candidate left: RST the client
- * (SO_LINGER 0), count no_backend. sched_shared.active[backend_id] is incremented when an attempt starts and
- * decremented exactly once when the attempt fails or the session ends.
+ * (SO_LINGER 0), count no_backend. sched_shared.active[backend_id] is incremented when an
+ * attempt starts and decremented exactly once when the attempt fails or the session ends.
  *
  * Relay. Both sockets are registered once, edge-triggered: the backend for IN|OUT|RDHUP, the
  * client for IN|RDHUP only. EPOLLOUT on the client is added by one EPOLL_CTL_MOD the first time
@@ -675,7 +675,8 @@ static int relay_loopback(uint8_t family, const uint8_t *a)
 
 int relay_client_other_family(const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr)
 {
-    return b->source_family == DP_SOURCE_CLIENT && relay_client_family(cfamily, caddr) != b->family;
+    return b->source_family == DP_SOURCE_CLIENT &&
+           relay_client_family(cfamily, caddr) != b->family;
 }
 
 int relay_client_unbindable(const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr)
