@@ -40,10 +40,13 @@ class LiveTable:
         """The backend record at an absolute index."""
         return self.table.backends[index]
 
-    def any_weighted(self, svc: ServiceRec) -> bool:
-        """True when some backend of svc has weight > 0 (it may still be at its max)."""
+    def any_weighted(self, svc: ServiceRec, client: str) -> bool:
+        """True when some backend of svc has weight > 0 (it may still be at its max) and is a
+        candidate for `client` (not transparent of the other family: client_other_family)."""
         first = svc.backend_first
-        return any(b.weight > 0 for b in self.table.backends[first:first + svc.backend_count])
+        return any(self.backend(i).weight > 0
+                   and not client_other_family(self.sources[i], client, self.targets[i][0])
+                   for i in range(first, first + svc.backend_count))
 
     def service_backend(self, svc: ServiceRec, backend_id: int) -> BackendRec | None:
         """The record of backend_id among svc's backends, None when svc has no such backend."""
@@ -78,7 +81,8 @@ def bind_source(sock: socket.socket, source: str, client: str) -> None:
     kernel picks the port at connect(). For CLIENT (transparent) the address is `client`, the
     session's effective client (an IPv4-mapped IPv6 one as its IPv4 address), bound after
     IP_TRANSPARENT / IPV6_TRANSPARENT; a client of the other family than the socket's raises
-    EAFNOSUPPORT. OSError: a failed connect attempt of the backend (docs/configuration.md,
+    EAFNOSUPPORT (the workers never get there: client_other_family passes such a backend over
+    first). OSError: a failed connect attempt of the backend (docs/configuration.md,
     `source`)."""
     if source == CLIENT:
         addr = ipaddress.ip_address(client.split("%", 1)[0])
@@ -95,6 +99,18 @@ def bind_source(sock: socket.socket, source: str, client: str) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
     sock.bind((source, 0))
+
+
+def client_other_family(source: str | None, client: str, backend: str) -> bool:
+    """Whether `source` is CLIENT and `client` is of the other family than `backend` (an IP;
+    an IPv4-mapped IPv6 client counts as IPv4): no connection can leave from the client's
+    address towards that backend, so it is no candidate for this client. TCP passes it over
+    without a socket, a connect failure or a retry; UDP picks again without it (the C
+    relay_client_other_family)."""
+    if source != CLIENT:
+        return False
+    return (_unmapped(ipaddress.ip_address(client.split("%", 1)[0])).version
+            != ipaddress.ip_address(backend).version)
 
 
 def client_unbindable(source: str | None, client: str, backend: str) -> bool:

@@ -45,9 +45,11 @@
  * (SO_ERROR). A refused, unreachable or
  * timed-out attempt counts connect_failures on that backend and, while failures <= retries, picks
  * again. Local resource failures (EMFILE, ENOBUFS, ...) are not the backend's fault: they count
- * accept_errors and reset the client. No candidate left: RST the client (SO_LINGER 0), count
- * no_backend. sched_shared.active[backend_id] is incremented when an attempt starts and
- * decremented exactly once when the attempt fails or the session ends.
+ * accept_errors and reset the client. A transparent backend (source = "client") of the other
+ * family than the client's is no candidate for it: passed over before any socket, it costs no
+ * retry and no connect failure, and is remembered as tried. No candidate left: RST the client
+ * (SO_LINGER 0), count no_backend. sched_shared.active[backend_id] is incremented when an
+ * attempt starts and decremented exactly once when the attempt fails or the session ends.
  *
  * Relay. Both sockets are registered once, edge-triggered: the backend for IN|OUT|RDHUP, the
  * client for IN|RDHUP only. EPOLLOUT on the client is added by one EPOLL_CTL_MOD the first time
@@ -476,7 +478,7 @@ static void relay_kill(struct dp_worker *w, struct relay_session *s, int rst, ui
     if (__builtin_expect(w->log_on, 0))
         relay_log(w, s, s->service_id,
                   s->backend_id >= 0 ? s->backend_id
-                  : s->n_tried     ? (int32_t)s->tried_ids[s->n_tried - 1]
+                  : s->last_try    ? (int32_t)s->tried_ids[s->last_try - 1]
                                    : -1,
                   &s->ct.key, s->started, dp_unix_now(), s->bytes_c2b, s->bytes_b2c, reason);
     if (s->cfd >= 0) {
@@ -623,16 +625,24 @@ socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage
 #define IPV6_TRANSPARENT 75 /* linux/in6.h, SOL_IPV6 */
 #endif
 
+/* The family a client (cfamily, caddr) binds as: an IPv4-mapped IPv6 client (::ffff:a.b.c.d)
+ * is IPv4 (4), any other its own cfamily. */
+static uint8_t relay_client_family(uint8_t cfamily, const uint8_t *caddr)
+{
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+
+    return cfamily == 6 && memcmp(caddr, mapped, sizeof(mapped)) == 0 ? 4 : cfamily;
+}
+
 /* The client address a transparent backend socket of family `family` binds: the client's own
  * (cfamily, caddr), an IPv4-mapped IPv6 client (::ffff:a.b.c.d) as the IPv4 address a.b.c.d.
  * Fills ss and *sl; -EAFNOSUPPORT when the client is of the other family. */
 static int relay_client_source(uint8_t family, uint8_t cfamily, const uint8_t *caddr,
                                struct sockaddr_storage *ss, socklen_t *sl)
 {
-    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
     const uint8_t *a = caddr;
 
-    if (cfamily == 6 && memcmp(caddr, mapped, sizeof(mapped)) == 0) {
+    if (relay_client_family(cfamily, caddr) != cfamily) {
         cfamily = 4;
         a = caddr + 12;
     }
@@ -661,6 +671,12 @@ static int relay_loopback(uint8_t family, const uint8_t *a)
     if (family == 4)
         return a[0] == 127;
     return memcmp(a, one, 16) == 0 || (memcmp(a, mapped, 12) == 0 && a[12] == 127);
+}
+
+int relay_client_other_family(const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr)
+{
+    return b->source_family == DP_SOURCE_CLIENT &&
+           relay_client_family(cfamily, caddr) != b->family;
 }
 
 int relay_client_unbindable(const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr)
@@ -925,12 +941,19 @@ static uint32_t relay_tried_indexes(const struct dp_table *t, const struct dp_se
 }
 
 /* Pick a backend (excluding the ones tried) and connect, retrying immediate failures.
+ * A transparent backend of the other family than the client's is no candidate for it
+ * (relay_client_other_family): it is passed over without a socket, a connect failure or a
+ * retry, and stays in tried_ids so no later pick of the session takes it; the ring walk of a
+ * hashing scheduler goes on from its slot, as after a failure. RELAY_MAX_TRIES bounds the
+ * tried_ids of a session, passed-over ones included: a client with more than that many
+ * other-family backends picked before one of its own ends as no_backend.
  * Ends the session (no_backend) when no candidate is left. */
 static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
 {
     const struct dp_table *t = w->table;
     const struct dp_service *svc;
     uint32_t tried[RELAY_MAX_TRIES], n, idx, slot, k;
+    uint8_t last_try;
     int rc, first = s->n_tried == 0, weighted = 0, bind_failed = 0;
 
     for (;;) {
@@ -948,17 +971,28 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
             slot = (uint32_t)((hash % svc->ring_size + svc->ring_size - 1) % svc->ring_size);
         }
         if (sched_pick(t, svc, w->dp->shared, w->sw, hash, tried, n, &slot, &idx) != 0) {
-            for (k = 0; first && k < svc->backend_count; k++)
-                weighted |= t->backends[svc->backend_first + k].weight > 0;
+            for (k = 0; first && k < svc->backend_count; k++) {
+                const struct dp_backend *c = &t->backends[svc->backend_first + k];
+                /* a backend of the other family is no refusal of this client: not counted */
+                weighted |= c->weight > 0 &&
+                            !relay_client_other_family(c, s->ct.key.family, s->ct.key.caddr);
+            }
             break;
         }
         const struct dp_backend *b = &t->backends[idx];
+        s->slot = slot;
+        s->pick_gen = t->generation;
+        if (relay_client_other_family(b, s->ct.key.family, s->ct.key.caddr)) {
+            /* no candidate for this client: passed over, not attempted (first stays) */
+            s->tried_ids[s->n_tried++] = b->backend_id;
+            continue;
+        }
         if (first)
             dp_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);
         first = 0;
-        s->slot = slot;
-        s->pick_gen = t->generation;
+        last_try = s->last_try;
         s->tried_ids[s->n_tried++] = b->backend_id;
+        s->last_try = s->n_tried;
         s->backend_id = (int32_t)b->backend_id;
         atomic_fetch_add_explicit(&w->dp->shared->active[b->backend_id], 1, memory_order_relaxed);
         dp_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, 1);
@@ -974,6 +1008,7 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         relay_release_backend(w, s);
         if (!bind_failed && relay_out_of_fds(-rc) && relay_reserve_spend(w)) {
             s->n_tried--; /* not the backend's fault: the same pick may be tried again */
+            s->last_try = last_try;
             continue;
         }
         if (!bind_failed && relay_local_error(-rc)) {

@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import itertools
 import os
 import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+
+from l4lb.table.hashing import flow_hash
 
 from .clients import wait_for
 from .conftest import LB, SVC, MakeLB
@@ -216,37 +220,231 @@ def test_udp_ipv4_client_of_a_dual_stack_listener_is_ipv4(fo_make_lb: MakeLB,
         assert lb.be_stats("b")["connect_failures"] == 0
 
 
-def test_family_mismatch_is_the_backends_failure(fo_make_lb: MakeLB, topo: Topo) -> None:
-    """An IPv4 client cannot leave from its address towards an IPv6 backend: that backend's
-    failed connect (counted), and the retry goes to the IPv4 one. Never the balancer's own
-    address instead."""
+def refused(topo: Topo, lb: LB, family: int = socket.AF_INET, lb_host: str = LB4_C) -> None:
+    """One client connection that lb accepts and resets, never relaying a byte."""
+    # reset at once: at the send or at the read, as the race goes
+    with topo.client_socket(family) as client, contextlib.suppress(ConnectionResetError):
+        client.connect((lb_host, lb.port()))
+        client.sendall(b"ping")
+        assert client.recv(100) == b""
+
+
+def nothing_reached(backend: socket.socket) -> None:
+    """No connection (TCP) or datagram (UDP) ever reached backend."""
+    backend.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        if backend.type == socket.SOCK_STREAM:
+            backend.accept()
+        else:
+            backend.recvfrom(100)
+
+
+def ring_walk(lb: LB, client: tuple[str, int]) -> list[str]:
+    """The backends of service SVC in the order a hashing scheduler's walk meets them for
+    client, from its home slot on (each once): the first pick, then a retry's."""
+    assert lb.built is not None
+    table = lb.built.table
+    svc = table.service(SVC)
+    assert svc is not None and svc.ring_size > 0
+    addr = ipaddress.ip_address(client[0])
+    h = flow_hash(table.hash_seed, addr.version, addr.packed.ljust(16, b"\0"), client[1],
+                  svc.hash_key)
+    names: list[str] = []
+    for k in range(svc.ring_size):
+        rel = table.ring[svc.ring_first + (h + k) % svc.ring_size]
+        name = lb.built.names[table.backends[svc.backend_first + rel].backend_id]
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def test_family_mismatch_is_no_candidate(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """An IPv4 client cannot leave from its address towards an IPv6 backend: that backend is
+    no candidate for it, passed over before any socket (no connect failure, no retry spent),
+    and the IPv4 one takes the connection. Never the balancer's own address instead."""
     with topo.backend_socket(socket.AF_INET6) as six, \
             topo.backend_socket(socket.AF_INET) as four:
         lb = fo_make_lb([ServiceSpec(SVC, (spec(four, "four"), spec(six, "six")), retries=1)],
                         host=LB4_C)
         for _ in range(4):  # round robin: every second first pick is the IPv6 backend
             assert tcp_trip(topo, lb, four)[0] == CLIENT4
-        six.settimeout(0.2)
-        with pytest.raises(TimeoutError):
-            six.accept()  # nothing ever reached it
-        assert lb.be_stats("six")["connect_failures"] >= 2
+        nothing_reached(six)
+        assert lb.be_stats("six").get("connect_failures", 0) == 0  # (C: no counter yet)
+        assert lb.be_stats("four")["connect_failures"] == 0
         assert lb.be_stats("four")["conns_total"] == 4
+        assert lb.svc_stats()["conns_total"] == 4
         assert lb.svc_stats()["no_backend"] == 0
-        assert lb.svc_stats()["accept_errors"] == 0  # the backend's failure, not a local one
+        assert lb.svc_stats()["accept_errors"] == 0
 
 
-def test_udp_family_mismatch_is_the_backends_failure(fo_make_lb: MakeLB, topo: Topo) -> None:
+def test_family_mismatch_costs_no_retry(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """retries = 0: an IPv4 client whose pick is the IPv6 backend still reaches the IPv4 one
+    (passing a backend over is no failed attempt), every time."""
+    with topo.backend_socket(socket.AF_INET6) as six, \
+            topo.backend_socket(socket.AF_INET) as four:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(six, "six"), spec(four, "four")), retries=0)],
+                        host=LB4_C)
+        for _ in range(6):
+            assert tcp_trip(topo, lb, four)[0] == CLIENT4
+        nothing_reached(six)
+        assert lb.be_stats("six").get("connect_failures", 0) == 0
+        assert lb.be_stats("four")["connect_failures"] == 0
+        assert lb.be_stats("four")["conns_total"] == 6
+        assert lb.svc_stats()["no_backend"] == 0
+
+
+def test_only_other_family_backends_is_no_backend(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """A service whose backends are all of the other family has no candidate for the
+    client: no_backend, close reason no_backend (not connect_failed), no backend charged
+    and no backend named in the log."""
+    with topo.backend_socket(socket.AF_INET6) as one, topo.backend_socket(socket.AF_INET6) as two:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(one, "one"), spec(two, "two")))], host=LB4_C)
+        lb.dp.set_connection_log(True, 64)
+        for _ in range(2):
+            refused(topo, lb)
+        assert wait_for(lambda: lb.svc_stats().get("no_backend", 0) == 2, TIMEOUT), \
+            lb.svc_stats()
+        records: list[dict[str, Any]] = []
+
+        def two_records() -> bool:
+            records.extend(lb.dp.closed_sessions())
+            return len(records) >= 2
+
+        assert wait_for(two_records, TIMEOUT)
+        assert [(r["reason"], r["backend_id"]) for r in records] == [("no_backend", -1)] * 2
+        for name in ("one", "two"):
+            assert lb.be_stats(name).get("connect_failures", 0) == 0
+        assert lb.svc_stats()["conns_total"] == 2
+        assert lb.svc_stats()["rejected"] == 0
+        assert lb.svc_stats()["accept_errors"] == 0
+        nothing_reached(one)
+        nothing_reached(two)
+
+
+def test_full_own_family_is_a_refusal(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """The client's own-family backend at its max_connections, the other-family one free:
+    a capacity refusal (rejected), as if the other-family backend did not exist."""
+    with topo.backend_socket(socket.AF_INET6) as six, \
+            topo.backend_socket(socket.AF_INET) as four:
+        lb = fo_make_lb([ServiceSpec(SVC, (
+            BackendSpec("four", BACKEND4, four.getsockname()[1], max_connections=1,
+                        source="client"),
+            spec(six, "six")))], host=LB4_C)
+        held = topo.client_socket(socket.AF_INET)
+        with held:
+            held.connect((LB4_C, lb.port()))
+            conn, _ = four.accept()
+            with conn:
+                refused(topo, lb)
+                assert wait_for(lambda: lb.svc_stats().get("rejected", 0) == 1, TIMEOUT), \
+                    lb.svc_stats()
+        assert lb.svc_stats()["no_backend"] == 0
+        assert lb.svc_stats()["conns_total"] == 1
+        assert lb.be_stats("six").get("connect_failures", 0) == 0
+
+
+def test_maglev_walks_on_past_the_other_family(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """maglev, backends of both families, retries = 0: a client whose home slot is an IPv6
+    backend gets the first IPv4 backend of its ring walk (the order a retry follows), so the
+    choice stays deterministic; the IPv6 backends are never charged."""
+    with topo.backend_socket(socket.AF_INET6) as s1, topo.backend_socket(socket.AF_INET6) as s2, \
+            topo.backend_socket(socket.AF_INET) as f1, topo.backend_socket(socket.AF_INET) as f2:
+        fours = {"f1": f1, "f2": f2}
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(s1, "s1"), spec(s2, "s2"), spec(f1, "f1"),
+                                           spec(f2, "f2")),
+                                     scheduler="maglev", hash_key="src_ip_port", retries=0,
+                                     maglev_size=251)], host=LB4_C)
+        walks = {port: ring_walk(lb, (CLIENT4, port)) for port in range(41000, 41200)}
+        ports = [p for p, walk in walks.items() if walk[0].startswith("s")][:6]
+        assert len(ports) == 6
+        for port in ports:
+            want = next(name for name in walks[port] if name.startswith("f"))
+            client = topo.client_socket(socket.AF_INET)
+            with client:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                client.bind((CLIENT4, port))
+                client.connect((LB4_C, lb.port()))
+                client.sendall(b"ping")
+                conn, peer = fours[want].accept()
+                with conn:
+                    conn.settimeout(TIMEOUT)
+                    assert peer[0] == CLIENT4
+                    assert conn.recv(100) == b"ping"
+                    conn.sendall(b"pong")
+                    assert client.recv(100) == b"pong"
+        for name in ("s1", "s2", "f1", "f2"):
+            assert lb.be_stats(name).get("connect_failures", 0) == 0
+        assert lb.svc_stats()["no_backend"] == 0
+        nothing_reached(s1)
+        nothing_reached(s2)
+
+
+def test_udp_family_mismatch_is_no_candidate(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """A new flow of an IPv4 client picks again past an IPv6 backend: every flow reaches the
+    IPv4 backend, from the client's address; nothing is dropped or charged."""
+    with topo.backend_socket(socket.AF_INET6, socket.SOCK_DGRAM) as six, \
+            topo.backend_socket(socket.AF_INET, socket.SOCK_DGRAM) as four:
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(six, "six"), spec(four, "four")),
+                                     protocol="udp", idle_timeout_ms=30_000)], host=LB4_C)
+        for k in range(4):  # four flows (four client ports): round robin meets six twice
+            with topo.client_socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.sendto(b"q%d" % k, (LB4_C, lb.port()))
+                data, peer = four.recvfrom(100)
+                assert (data, peer[0]) == (b"q%d" % k, CLIENT4)
+                four.sendto(b"a", peer)
+                assert client.recvfrom(100)[0] == b"a"
+        nothing_reached(six)
+        assert lb.be_stats("six").get("connect_failures", 0) == 0
+        assert lb.be_stats("four")["flows_total"] == 4
+        stats = lb.svc_stats()
+        assert (stats["drops_send"], stats["drops_no_backend"], stats["accept_errors"]) == (
+            0, 0, 0)
+
+
+def test_udp_only_other_family_backends_drops_no_backend(fo_make_lb: MakeLB,
+                                                        topo: Topo) -> None:
     with topo.backend_socket(socket.AF_INET6, socket.SOCK_DGRAM) as six, \
             topo.client_socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         lb = fo_make_lb([ServiceSpec(SVC, (spec(six, "six"),), protocol="udp",
                                      idle_timeout_ms=30_000)], host=LB4_C)
         client.sendto(b"q1", (LB4_C, lb.port()))
-        assert wait_for(lambda: lb.be_stats("six").get("connect_failures", 0) == 1, TIMEOUT)
-        assert lb.svc_stats()["drops_send"] == 1
+        assert wait_for(lambda: lb.svc_stats().get("drops_no_backend", 0) == 1, TIMEOUT), \
+            lb.svc_stats()
+        assert lb.svc_stats()["drops_send"] == 0
         assert lb.svc_stats()["accept_errors"] == 0
-        six.settimeout(0.2)
-        with pytest.raises(TimeoutError):
-            six.recvfrom(100)
+        assert lb.be_stats("six").get("connect_failures", 0) == 0
+        nothing_reached(six)
+
+
+def test_udp_maglev_walks_on_past_the_other_family(fo_make_lb: MakeLB, topo: Topo) -> None:
+    """The UDP twin of the maglev test: a flow whose home slot is an IPv6 backend goes to the
+    first IPv4 backend of its ring walk."""
+    with topo.backend_socket(socket.AF_INET6, socket.SOCK_DGRAM) as s1, \
+            topo.backend_socket(socket.AF_INET6, socket.SOCK_DGRAM) as s2, \
+            topo.backend_socket(socket.AF_INET, socket.SOCK_DGRAM) as f1, \
+            topo.backend_socket(socket.AF_INET, socket.SOCK_DGRAM) as f2:
+        fours = {"f1": f1, "f2": f2}
+        lb = fo_make_lb([ServiceSpec(SVC, (spec(s1, "s1"), spec(s2, "s2"), spec(f1, "f1"),
+                                           spec(f2, "f2")),
+                                     scheduler="maglev", hash_key="src_ip_port",
+                                     maglev_size=251, protocol="udp", idle_timeout_ms=30_000)],
+                        host=LB4_C)
+        walks = {port: ring_walk(lb, (CLIENT4, port)) for port in range(42000, 42200)}
+        ports = [p for p, walk in walks.items() if walk[0].startswith("s")][:6]
+        assert len(ports) == 6
+        for port in ports:
+            want = next(name for name in walks[port] if name.startswith("f"))
+            with topo.client_socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.bind((CLIENT4, port))
+                client.sendto(b"q", (LB4_C, lb.port()))
+                data, peer = fours[want].recvfrom(100)
+                assert (data, tuple(peer[:1])) == (b"q", (CLIENT4,))
+        for name in ("s1", "s2", "f1", "f2"):
+            assert lb.be_stats(name).get("connect_failures", 0) == 0
+        stats = lb.svc_stats()
+        assert (stats["drops_send"], stats["drops_no_backend"]) == (0, 0)
+        nothing_reached(s1)
+        nothing_reached(s2)
 
 
 def test_accept_proxy_binds_the_headers_client(fo_make_lb: MakeLB, topo: Topo) -> None:
