@@ -277,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", metavar="IP",
                     help="bind every backend connection to this address first, as a service's "
                          "source key (IP_BIND_ADDRESS_NO_PORT + bind, two system calls per "
-                         "connection); e.g. 127.0.0.2 for a backend on 127.0.0.1")
+                         "connection); e.g. 127.0.0.2 for a backend on 127.0.0.1; 'client' "
+                         "for transparent mode (IP_TRANSPARENT first: three system calls; wrk "
+                         "on 127.0.0.1 and a loopback backend, so no routing is needed)")
     args = ap.parse_args(argv)
     if (args.accept_proxy or args.wrk_script_baseline) and args.load != "wrk-close":
         ap.error("--accept-proxy and --wrk-script-baseline need --load wrk-close")
