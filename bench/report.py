@@ -220,7 +220,9 @@ def markdown(doc: dict[str, Any]) -> str:
     o = meta["options"]
     out = [f"# l4lb comparative benchmark: {meta['mode']} run, {meta['started']}", ""]
     out += [f"- Command: `{meta['command']}`; {meta['duration_s']:.0f} s.",
-            f"- Machine: {meta['host']['cpus']} CPUs, kernel {meta['host']['kernel']}; "
+            f"- Machine: {meta['host']['cpus']} CPUs"
+            + (f" ({meta['host']['cpu_model']})" if meta["host"].get("cpu_model") else "")
+            + f", kernel {meta['host']['kernel']}; "
             + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
             f"- Repetitions: {o['reps']}; pinning: {', '.join(o['pins'])} (pinned: balancer "
             "on CPU 1, load generators and backends on CPU 0); durations: iperf3 "

@@ -198,8 +198,8 @@ def execute(plan: Plan, repo: Path, rawdir: Path, max_seconds: float,
             "targets": list(o.targets),
             "target_labels": {t: TARGET_LABELS[t] for t in o.targets},
             "workloads": [w.__dict__ for w in plan.workloads],
-            "host": {"cpus": os.cpu_count(), "kernel": os.uname().release,
-                     "python": sys.version.split()[0]},
+            "host": {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                     "kernel": os.uname().release, "python": sys.version.split()[0]},
             "versions": versions(),
             "l4lb": None if l4lb_setup is None else l4lb_setup.__dict__,
             "ports": {"front": front.__dict__, "back": back.__dict__},
@@ -265,3 +265,16 @@ def _progress_line(rec: dict[str, Any], reps: int) -> str:
     bits.append(f"other {rec.get('other_cpu_pct', 0):.0f}%")
     bits.append(f"vCPU {rec.get('vcpu_rtt_ns', -1):.0f} ns")
     return f"{head} " + " · ".join(bits)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" when it does not say)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
