@@ -35,7 +35,7 @@ import errno
 import ipaddress
 import os
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -1320,16 +1320,23 @@ class _Checker:
                            'with CAP_NET_RAW (e.g. as root) or use kind "tcp"')
         return None if len(self.diagnostics) > before else settings
 
+    def kind_only_keys(self, hs: _Scope, table: dict[str, Any], kind: str, owner: str,
+                       keys: Iterable[str]) -> None:
+        """Each of `keys` (which only kind `owner` takes) written in a health table of another
+        `kind` is an error at its key, unless `kind` itself was wrong (reported once, there)."""
+        if table.get("kind", kind) != kind:
+            return
+        for key in keys:
+            if key in table:
+                self.error((*hs.path, key), f'{hs.label(key)}: applies to kind = "{owner}" '
+                           f"only (this probe is {quote(kind)})")
+
     def health_http(self, hs: _Scope, table: dict[str, Any], kind: str) -> dict[str, Any]:
         """The http_* keys of a health table as HealthSettings fields. With another kind
         each one written is an error at its key (unless `kind` itself was wrong)."""
         path = hs.path
         if kind != "http":
-            if table.get("kind", kind) == kind:  # a bad kind is reported once, at kind
-                for key in HTTP_KEYS:
-                    if key in table:
-                        self.error((*path, key), f'{hs.label(key)}: applies to kind = "http" '
-                                   f"only (this probe is {quote(kind)})")
+            self.kind_only_keys(hs, table, kind, "http", HTTP_KEYS)
             return {}
         out: dict[str, Any] = {}
         if (http_path := self.read_str(hs, table, "http_path")) is not None:
@@ -1371,11 +1378,7 @@ class _Checker:
         command_user a user of this host."""
         path = hs.path
         if kind != "exec":
-            if table.get("kind", kind) == kind:  # a bad kind is reported once, at kind
-                for key in EXEC_FIELDS:
-                    if key in table:
-                        self.error((*path, key), f'{hs.label(key)}: applies to kind = "exec" '
-                                   f"only (this probe is {quote(kind)})")
+            self.kind_only_keys(hs, table, kind, "exec", EXEC_FIELDS)
             return {}
         out: dict[str, Any] = {}
         key_path = (*path, "command")
