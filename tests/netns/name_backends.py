@@ -1,7 +1,8 @@
 """TCP backends that answer every connection with their name and close (netns test helper).
 
 Usage: python3 name_backends.py NAME=ADDRESS:PORT ... Prints {"event": "ready"} once every
-server listens, and runs until SIGTERM / SIGINT.
+server listens, and runs until SIGTERM / SIGINT. A backend named "@peer" answers with the peer
+address it sees instead (transparent mode: the client's, or the balancer's).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ async def main(specs: list[str]) -> int:
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          name: str = name) -> None:
             try:
-                writer.write(name.encode())
+                text = str(writer.get_extra_info("peername")[0]) if name == "@peer" else name
+                writer.write(text.encode())
                 await writer.drain()
             except ConnectionError:
                 pass

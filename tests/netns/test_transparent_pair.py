@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from .conftest import CLIENT4, CLIENT6, VIP4, VIP6
-from .test_vrrp_gateway import GW4, GW6, backend_side, l4lb, wait_placement, wait_state
+from .test_vrrp_gateway import GW4, GW6, backend_side, config, l4lb, wait_placement, wait_state
 from .topo import Topology, sh
 
 BACKEND4 = "198.51.100.21"
@@ -41,14 +41,7 @@ print(data.decode())
 """
 
 
-def config(tmp_path: Path, host: str, priority: int) -> Path:
-    path = tmp_path / f"{host}.toml"
-    path.write_text(f"""
-[global]
-workers = 1
-control_socket = "{tmp_path / f'{host}.sock'}"
-shutdown_timeout = "1s"
-
+SERVICES = f"""
 [[services]]
 name = "web4"
 listen = ["{VIP4.split('/')[0]}:{PORT}"]
@@ -64,16 +57,7 @@ source = "client"
 
   [[services.backends]]
   address = "[{BACKEND6}]:9000"
-
-[[vrrp]]
-name = "VI_1"
-interface = "eth0"
-virtual_router_id = 51
-priority = {priority}
-advert_interval = "100ms"
-vips = ["{VIP4}", "{GW4} dev eth1", "{GW6} dev eth1", "{VIP6}"]
-""")
-    return path
+"""
 
 
 def transparent_routing(topo: Topology, host: str) -> None:
@@ -99,12 +83,13 @@ def test_backends_see_the_client_through_either_node(pair: Topology, tmp_path: P
     sh("ip", "-n", bk, "addr", "add", f"{BACKEND6}/64", "dev", "br1")
     sh("ip", "-4", "-n", bk, "route", "add", "default", "via", GW4.split("/")[0])
     sh("ip", "-6", "-n", bk, "route", "add", "default", "via", GW6.split("/")[0])
-    backend = pair.python("bk", "peer_backends.py", f"{BACKEND4}:9000", f"[{BACKEND6}]:9000",
-                          name="peer-backends")
+    backend = pair.python("bk", "name_backends.py", f"@peer={BACKEND4}:9000",
+                          f"@peer=[{BACKEND6}]:9000", name="peer-backends")
     backend.wait_for(lambda e: e.get("event") == "ready", 10)
     for host in ("lb1", "lb2"):
         transparent_routing(pair, host)
-    conf1, conf2 = config(tmp_path, "lb1", 100), config(tmp_path, "lb2", 90)
+    conf1 = config(tmp_path, "lb1", 100, SERVICES)
+    conf2 = config(tmp_path, "lb2", 90, SERVICES)
     lb1 = pair.start("lb1", l4lb("run", "-c", str(conf1)), name="lb1-l4lb", stdin=False)
     wait_state(conf1, "MASTER", 10)
     pair.start("lb2", l4lb("run", "-c", str(conf2)), name="lb2-l4lb", stdin=False)

@@ -41,21 +41,26 @@ def l4lb(*args: str) -> list[str]:
     return [sys.executable, "-m", "l4lb", *args]
 
 
-def config(tmp_path: Path, host: str, priority: int) -> Path:
-    path = tmp_path / f"{host}.toml"
-    path.write_text(f"""
-[global]
-workers = 1
-control_socket = "{tmp_path / f'{host}.sock'}"
-shutdown_timeout = "1s"
-
+WEB = f"""
 [[services]]
 name = "web"
 listen = ["{VIP4.split('/')[0]}:8080"]
 
   [[services.backends]]
   address = "{BACKEND4.split('/')[0]}:9000"
+"""
 
+
+def config(tmp_path: Path, host: str, priority: int, services: str = WEB) -> Path:
+    """Node `host`'s file: `services`, and VI_1 with the frontend VIPs on eth0 and the
+    gateway VIPs on eth1."""
+    path = tmp_path / f"{host}.toml"
+    path.write_text(f"""
+[global]
+workers = 1
+control_socket = "{tmp_path / f'{host}.sock'}"
+shutdown_timeout = "1s"
+{services}
 [[vrrp]]
 name = "VI_1"
 interface = "eth0"
