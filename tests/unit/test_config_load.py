@@ -311,3 +311,13 @@ def test_load_file_refuses_a_fifo_and_a_directory_without_blocking(tmp_path: Pat
         load_file(str(fifo))  # would block in open()/read() until a writer came
     with pytest.raises(IsADirectoryError):
         load_file(str(tmp_path))
+
+
+def test_example_fast_interval_loads_when_uncommented() -> None:
+    """The commented `fast_interval` of conf/l4lb.toml is a value its reader can switch on
+    as it stands: with the example's timeout it must load, not fail `timeout must not exceed
+    fast_interval`."""
+    text = (REPO / "conf" / "l4lb.toml").read_text()
+    on, n = re.subn(r"^(\s*)# (fast_interval = )", r"\1\2", text, flags=re.M)
+    assert n == 1
+    load_text(on, "l4lb.toml", host=ExampleHost())
