@@ -203,7 +203,7 @@ def sched_sequence(bytes blob, service_id, flow_hashes, active, rng_seed):
         if not isinstance(fh, int) or not 0 <= fh <= 0xFFFFFFFFFFFFFFFF:
             raise ValueError(f"flow hash {fh!r} is not a u64")
         h = <uint64_t>fh
-        rc = _tbl.sched_pick(st.t, st.svc, st.sh, st.w, h, NULL, 0, &slot, &out)
+        rc = _tbl.sched_pick(st.t, st.svc, st.sh, st.w, h, NULL, 0, 0, &slot, &out)
         result.append(<long long>out if rc == 0 else -1)
     return result
 
@@ -224,7 +224,8 @@ def sched_retry_sequence(bytes blob, service_id, flow_hash, n, active=None, rng_
         raise MemoryError()
     try:
         while n_tried < count:
-            if _tbl.sched_pick(st.t, st.svc, st.sh, st.w, h, tried, n_tried, &slot, &out) != 0:
+            if _tbl.sched_pick(st.t, st.svc, st.sh, st.w, h, tried, n_tried, 0, &slot,
+                               &out) != 0:
                 break
             tried[n_tried] = out
             n_tried += 1

@@ -101,6 +101,12 @@ def bind_source(sock: socket.socket, source: str, client: str) -> None:
     sock.bind((source, 0))
 
 
+def client_family(client: str) -> int:
+    """The family (4 or 6) a client address binds as: an IPv4-mapped one is 4 (the C
+    relay_client_family). The schedulers take it (l4lb.table.sched.pick's family)."""
+    return _unmapped(ipaddress.ip_address(client.split("%", 1)[0])).version
+
+
 def client_other_family(source: str | None, client: str, backend: str) -> bool:
     """Whether `source` is CLIENT and `client` is of the other family than `backend` (an IP;
     an IPv4-mapped IPv6 client counts as IPv4): no connection can leave from the client's

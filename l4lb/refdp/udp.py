@@ -53,7 +53,12 @@ from typing import Any
 
 from l4lb.refdp.counters import Counters
 from l4lb.refdp.dgram import RECV_MAX, Received, receive, reply
-from l4lb.refdp.livetable import bind_source, client_other_family, client_unbindable
+from l4lb.refdp.livetable import (
+    bind_source,
+    client_family,
+    client_other_family,
+    client_unbindable,
+)
 from l4lb.refdp.records import RecordQueue, make_record
 from l4lb.refdp.shared import Shared, add_count
 from l4lb.table.blob import FLAG_DOWN, PROTO_UDP, ServiceRec
@@ -231,11 +236,13 @@ class UdpRelay:
                 counters["drops_max_udp_flows"] += 1
                 return None
             # a transparent backend of the other family than the client's is no candidate for
-            # it: pick again without it (a ring walk goes on from its slot), never its failure
+            # it: pick, told the client's family, skips it. The loop is a guard: were one
+            # picked, it would be picked again without it, never counted as its failure
             passed: list[int] = []
             choice, slot = None, 0
             while len(passed) < MAX_PICKS:
-                choice = pick(live.table, svc, self.shared.sched, self.sched, h, passed, slot)
+                choice = pick(live.table, svc, self.shared.sched, self.sched, h, passed, slot,
+                              client_family(key[2]))
                 if choice is None or not client_other_family(
                         live.sources[choice[1]], key[2], live.targets[choice[1]][0]):
                     break

@@ -70,7 +70,12 @@ from l4lb import proxyproto
 from l4lb.net.listen import SO_RCVBUFFORCE, SO_SNDBUFFORCE
 from l4lb.proxyproto import ProxyHeaderError
 from l4lb.refdp.counters import Counters
-from l4lb.refdp.livetable import bind_source, client_other_family, client_unbindable
+from l4lb.refdp.livetable import (
+    bind_source,
+    client_family,
+    client_other_family,
+    client_unbindable,
+)
 from l4lb.refdp.pipes import PipePool
 from l4lb.refdp.records import RecordQueue, make_record
 from l4lb.refdp.relay import Outcome, Session, State, reset_and_close
@@ -613,7 +618,8 @@ class Worker:
                         and svc.scheduler in (SCHED_SRCHASH, SCHED_MAGLEV)):
                     slot = (h % svc.ring_size + svc.ring_size - 1) % svc.ring_size
                 with self.shared.lock:
-                    choice = pick(live.table, svc, self.shared.sched, self.sched, h, tried, slot)
+                    choice = pick(live.table, svc, self.shared.sched, self.sched, h, tried, slot,
+                                  client_family(host))
                     if choice is None:
                         weighted = first and live.any_weighted(svc, host)
                         break
@@ -624,7 +630,9 @@ class Worker:
                         add_count(self.shared.sched.active, bid, 1)
                 session.slot = choice[0]
                 session.pick_gen = live.generation
-                if passed:  # no candidate for this client: not attempted, first stays
+                # a guard: pick, told the client's family, never picks such a backend; if it
+                # did, it would be passed over, not attempted (first stays)
+                if passed:
                     session.tried_ids.append(bid)
                     choice = None
         if live is None or svc is None or choice is None:

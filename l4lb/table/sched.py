@@ -20,6 +20,7 @@ from l4lb.table.blob import (
     SCHED_RR,
     SCHED_SRCHASH,
     SCHED_WRR,
+    SOURCE_CLIENT,
     ServiceRec,
     Table,
     parse,
@@ -62,11 +63,16 @@ def _load(shared: SchedShared, backend_id: int) -> int:
     return max(shared.active.get(backend_id, 0), 0)
 
 
-def _candidate(table: Table, shared: SchedShared, b: int, tried: Sequence[int]) -> bool:
+def _candidate(table: Table, shared: SchedShared, b: int, tried: Sequence[int],
+               family: int = 0) -> bool:
+    """Whether absolute index b may take a new session of a client of `family` (4 or 6; 0:
+    any): a transparent backend (SOURCE_CLIENT) of the other family may not."""
     be = table.backends[b]
     if be.weight == 0:
         return False
     if be.max_connections and _load(shared, be.backend_id) >= be.max_connections:
+        return False
+    if family and be.source_family == SOURCE_CLIENT and be.family != family:
         return False
     return b not in tried
 
@@ -92,6 +98,7 @@ def _pick_ring(
     flow_hash: int,
     tried: Sequence[int],
     slot: int,
+    family: int = 0,
 ) -> tuple[int, int] | None:
     rs = svc.ring_size
     if rs == 0:
@@ -99,42 +106,47 @@ def _pick_ring(
     c = flow_hash % rs if not tried else (slot % rs + 1) % rs
     for _ in range(rs):
         b = svc.backend_first + table.ring[svc.ring_first + c]
-        if _candidate(table, shared, b, tried):
+        if _candidate(table, shared, b, tried, family):
             return c, b
         c = c + 1 if c + 1 < rs else 0
     return None
 
 
 def _candidates(
-    table: Table, svc: ServiceRec, shared: SchedShared, tried: Sequence[int]
+    table: Table, svc: ServiceRec, shared: SchedShared, tried: Sequence[int], family: int = 0
 ) -> list[int]:
     """Eligible, untried backends of the service (absolute indexes, canonical order)."""
     return [
         b
         for b in range(svc.backend_first, svc.backend_first + svc.backend_count)
-        if _candidate(table, shared, b, tried)
+        if _candidate(table, shared, b, tried, family)
     ]
 
 
 def _pick_rr(
-    table: Table, svc: ServiceRec, shared: SchedShared, tried: Sequence[int]
+    table: Table, svc: ServiceRec, shared: SchedShared, tried: Sequence[int], family: int = 0
 ) -> int | None:
     """The (counter mod C)-th of the C candidates: an ineligible backend's turns spread evenly."""
-    cands = _candidates(table, svc, shared, tried)
+    cands = _candidates(table, svc, shared, tried, family)
     if not cands:
         return None
     return cands[_next_rr(shared, svc) % len(cands)]
 
 
 def _pick_wrr(
-    table: Table, svc: ServiceRec, shared: SchedShared, worker: SchedWorker, tried: Sequence[int]
+    table: Table,
+    svc: ServiceRec,
+    shared: SchedShared,
+    worker: SchedWorker,
+    tried: Sequence[int],
+    family: int = 0,
 ) -> int | None:
     cur = worker.wrr_current
     total = 0
     best: int | None = None
     best_id = 0
     for b in range(svc.backend_first, svc.backend_first + svc.backend_count):
-        if not _candidate(table, shared, b, tried):
+        if not _candidate(table, shared, b, tried, family):
             continue
         be = table.backends[b]
         cur[be.backend_id] = cur.get(be.backend_id, 0) + be.weight
@@ -148,10 +160,10 @@ def _pick_wrr(
 
 
 def _pick_lc(
-    table: Table, svc: ServiceRec, shared: SchedShared, tried: Sequence[int]
+    table: Table, svc: ServiceRec, shared: SchedShared, tried: Sequence[int], family: int = 0
 ) -> int | None:
     """Least (active+1)/weight; ties go to the first candidate at or after rank counter mod C."""
-    cands = _candidates(table, svc, shared, tried)
+    cands = _candidates(table, svc, shared, tried, family)
     if not cands:
         return None
     start = _next_rr(shared, svc) % len(cands)
@@ -163,9 +175,14 @@ def _pick_lc(
 
 
 def _pick_random2(
-    table: Table, svc: ServiceRec, shared: SchedShared, worker: SchedWorker, tried: Sequence[int]
+    table: Table,
+    svc: ServiceRec,
+    shared: SchedShared,
+    worker: SchedWorker,
+    tried: Sequence[int],
+    family: int = 0,
 ) -> int | None:
-    cands = _candidates(table, svc, shared, tried)
+    cands = _candidates(table, svc, shared, tried, family)
     e = len(cands)
     if e == 0:
         return None
@@ -182,23 +199,26 @@ def pick(
     flow_hash: int,
     tried: Sequence[int] = (),
     slot: int = 0,
+    family: int = 0,
 ) -> tuple[int, int] | None:
     """Pick a backend: returns (slot, absolute backend index), or None when no candidate is left.
 
     tried: absolute indexes already attempted by this session (excluded). slot: on a retry of a
     hashing scheduler, the ring slot of the previous attempt (the walk starts after it). The slot
     returned is the ring slot used, 0 for non-hashing schedulers. Active counts are not changed.
+    family: the client's (4 or 6; 0: any): a transparent backend of the other family is no
+    candidate (the C sched_pick's cfamily).
     """
     if svc.scheduler in (SCHED_SRCHASH, SCHED_MAGLEV):
-        return _pick_ring(table, svc, shared, flow_hash, tried, slot)
+        return _pick_ring(table, svc, shared, flow_hash, tried, slot, family)
     if svc.scheduler == SCHED_RR:
-        b = _pick_rr(table, svc, shared, tried)
+        b = _pick_rr(table, svc, shared, tried, family)
     elif svc.scheduler == SCHED_WRR:
-        b = _pick_wrr(table, svc, shared, worker, tried)
+        b = _pick_wrr(table, svc, shared, worker, tried, family)
     elif svc.scheduler == SCHED_LC:
-        b = _pick_lc(table, svc, shared, tried)
+        b = _pick_lc(table, svc, shared, tried, family)
     elif svc.scheduler == SCHED_RANDOM2:
-        b = _pick_random2(table, svc, shared, worker, tried)
+        b = _pick_random2(table, svc, shared, worker, tried, family)
     else:
         raise ValueError(f"scheduler {svc.scheduler} is not in 0..5")
     return None if b is None else (0, b)

@@ -46,8 +46,8 @@
  * timed-out attempt counts connect_failures on that backend and, while failures <= retries, picks
  * again. Local resource failures (EMFILE, ENOBUFS, ...) are not the backend's fault: they count
  * accept_errors and reset the client. A transparent backend (source = "client") of the other
- * family than the client's is no candidate for it: passed over before any socket, it costs no
- * retry and no connect failure, and is remembered as tried. No candidate left: RST the client
+ * family than the client's is no candidate for it: the scheduler leaves it out (sched_pick's
+ * cfamily), so it costs no retry and no connect failure. No candidate left: RST the client
  * (SO_LINGER 0), count no_backend. sched_shared.active[backend_id] is incremented when an
  * attempt starts and decremented exactly once when the attempt fails or the session ends.
  *
@@ -627,7 +627,7 @@ socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage
 
 /* The family a client (cfamily, caddr) binds as: an IPv4-mapped IPv6 client (::ffff:a.b.c.d)
  * is IPv4 (4), any other its own cfamily. */
-static uint8_t relay_client_family(uint8_t cfamily, const uint8_t *caddr)
+uint8_t relay_client_family(uint8_t cfamily, const uint8_t *caddr)
 {
     static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 
@@ -941,13 +941,11 @@ static uint32_t relay_tried_indexes(const struct dp_table *t, const struct dp_se
 }
 
 /* Pick a backend (excluding the ones tried) and connect, retrying immediate failures.
- * A transparent backend of the other family than the client's is no candidate for it
- * (relay_client_other_family): it is passed over without a socket, a connect failure or a
- * retry, and stays in tried_ids so no later pick of the session takes it; the ring walk of a
- * hashing scheduler goes on from its slot, as after a failure. RELAY_MAX_TRIES bounds the
- * tried_ids of a session, passed-over ones included: a client with more than that many
- * other-family backends picked before one of its own ends as no_backend.
- * Ends the session (no_backend) when no candidate is left. */
+ * A transparent backend of the other family than the client's is no candidate for it:
+ * sched_pick, given the client's family, leaves it out (no socket, connect failure or retry;
+ * round_robin's rotation stays even). The relay_client_other_family check after the pick is a
+ * guard that would pass such a backend over (remembered in tried_ids, the ring walk going on
+ * from its slot). Ends the session (no_backend) when no candidate is left. */
 static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
 {
     const struct dp_table *t = w->table;
@@ -970,7 +968,8 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
             /* the ring changed under a retry: restart the walk at this table's home slot */
             slot = (uint32_t)((hash % svc->ring_size + svc->ring_size - 1) % svc->ring_size);
         }
-        if (sched_pick(t, svc, w->dp->shared, w->sw, hash, tried, n, &slot, &idx) != 0) {
+        if (sched_pick(t, svc, w->dp->shared, w->sw, hash, tried, n,
+                       relay_client_family(s->ct.key.family, s->ct.key.caddr), &slot, &idx) != 0) {
             for (k = 0; first && k < svc->backend_count; k++) {
                 const struct dp_backend *c = &t->backends[svc->backend_first + k];
                 /* a backend of the other family is no refusal of this client: not counted */
@@ -983,7 +982,8 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         s->slot = slot;
         s->pick_gen = t->generation;
         if (relay_client_other_family(b, s->ct.key.family, s->ct.key.caddr)) {
-            /* no candidate for this client: passed over, not attempted (first stays) */
+            /* a guard: sched_pick, told the client's family, never picks such a backend; if it
+             * did, it would be passed over, not attempted (first stays) */
             s->tried_ids[s->n_tried++] = b->backend_id;
             continue;
         }

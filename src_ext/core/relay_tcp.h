@@ -515,6 +515,11 @@ int relay_bind_source(int fd, const struct dp_backend *b, uint8_t cfamily, const
  * picks again without it (udp_flow_new); never b's failure. */
 int relay_client_other_family(const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr);
 
+/* The family (4 or 6) a client (cfamily, caddr) binds as: an IPv4-mapped IPv6 client
+ * (::ffff:a.b.c.d) is 4, any other its own cfamily. sched_pick takes it, so a transparent
+ * backend of the other family is no candidate. */
+uint8_t relay_client_family(uint8_t cfamily, const uint8_t *caddr);
+
 /* Whether b is transparent (DP_SOURCE_CLIENT) and the client (cfamily, caddr) is one whose
  * address cannot be a backend connection's source: IPv6 link-local (fe80::/10; the key has no
  * scope id), or loopback (127.0.0.0/8, ::1, ::ffff:127.x.y.z) towards a backend that is not

@@ -589,11 +589,13 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
         return NULL;
     }
     /* a transparent backend of the other family than the client's is no candidate for it:
-     * pick again without it (a ring walk goes on from its slot, as a TCP retry's), never its
-     * failure; RELAY_UDP_MAX_PICKS picks at most */
+     * sched_pick, told the client's family, skips it. The loop is a guard: were one picked, it
+     * would be picked again without it (a ring walk goes on from its slot, as a TCP retry's),
+     * never counted as its failure; RELAY_UDP_MAX_PICKS picks at most */
     for (;;) {
         if (n == RELAY_UDP_MAX_PICKS ||
-            sched_pick(t, svc, w->dp->shared, w->sw, hash, passed, n, &slot, &idx) != 0) {
+            sched_pick(t, svc, w->dp->shared, w->sw, hash, passed, n,
+                       relay_client_family(k->family, k->caddr), &slot, &idx) != 0) {
             udp_flow_unclaim(w, sid);
             dp_svc_add(w, sid, DP_SC_DROPS_NO_BACKEND, dgrams);
             return NULL;

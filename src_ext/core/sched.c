@@ -61,9 +61,10 @@ static inline int64_t sched_load(struct sched_shared *sh, uint32_t backend_id)
     return a < 0 ? 0 : a;
 }
 
-/* 1 when absolute backend index b may take a new session for this pick. */
+/* 1 when absolute backend index b may take a new session for this pick (of a client of family
+ * cfamily, 4 or 6; 0: any client). */
 static inline int sched_candidate(const struct dp_table *t, struct sched_shared *sh, uint32_t b,
-                                  const uint32_t *tried, uint32_t n_tried)
+                                  const uint32_t *tried, uint32_t n_tried, uint8_t cfamily)
 {
     const struct dp_backend *be = &t->backends[b];
     uint32_t k;
@@ -71,6 +72,9 @@ static inline int sched_candidate(const struct dp_table *t, struct sched_shared 
     if (be->weight == 0)
         return 0;
     if (be->max_connections != 0 && sched_load(sh, be->backend_id) >= be->max_connections)
+        return 0;
+    /* transparent (source = "client"): only a backend of the client's family can take it */
+    if (cfamily != 0 && be->source_family == DP_SOURCE_CLIENT && be->family != cfamily)
         return 0;
     for (k = 0; k < n_tried; k++)
         if (tried[k] == b)
@@ -91,7 +95,7 @@ static inline int sched_lighter(const struct dp_table *t, struct sched_shared *s
 /* source_hash and maglev: walk the ring from its start slot to the first candidate. */
 static int sched_pick_ring(const struct dp_table *t, const struct dp_service *svc,
                            struct sched_shared *sh, uint64_t flow_hash, const uint32_t *tried,
-                           uint32_t n_tried, uint32_t *slot, uint32_t *out)
+                           uint32_t n_tried, uint8_t cfamily, uint32_t *slot, uint32_t *out)
 {
     const uint32_t *ring = t->ring + svc->ring_first;
     uint32_t rs = svc->ring_size, c, k;
@@ -105,7 +109,7 @@ static int sched_pick_ring(const struct dp_table *t, const struct dp_service *sv
     for (k = 0; k < rs; k++) {
         uint32_t b = svc->backend_first + ring[c];
 
-        if (sched_candidate(t, sh, b, tried, n_tried)) {
+        if (sched_candidate(t, sh, b, tried, n_tried, cfamily)) {
             *slot = c;
             *out = b;
             return 0;
@@ -119,31 +123,31 @@ static int sched_pick_ring(const struct dp_table *t, const struct dp_service *sv
 /* Number of candidates (eligible, untried) of the service. */
 static uint32_t sched_count_candidates(const struct dp_table *t, const struct dp_service *svc,
                                       struct sched_shared *sh, const uint32_t *tried,
-                                      uint32_t n_tried)
+                                      uint32_t n_tried, uint8_t cfamily)
 {
     uint32_t e = 0, k;
 
     for (k = 0; k < svc->backend_count; k++)
-        e += (uint32_t)sched_candidate(t, sh, svc->backend_first + k, tried, n_tried);
+        e += (uint32_t)sched_candidate(t, sh, svc->backend_first + k, tried, n_tried, cfamily);
     return e;
 }
 
 static uint32_t sched_nth_candidate(const struct dp_table *t, const struct dp_service *svc,
                                     struct sched_shared *sh, const uint32_t *tried,
-                                    uint32_t n_tried, uint32_t r);
+                                    uint32_t n_tried, uint8_t cfamily, uint32_t r);
 
 /* round_robin: the (counter mod C)-th of the C candidates, so that a backend that is not
  * eligible hands its turns to all the others evenly (not to its next neighbour only). */
 static int sched_pick_rr(const struct dp_table *t, const struct dp_service *svc,
                          struct sched_shared *sh, const uint32_t *tried, uint32_t n_tried,
-                         uint32_t *out)
+                         uint8_t cfamily, uint32_t *out)
 {
-    uint32_t e = sched_count_candidates(t, svc, sh, tried, n_tried), n, b;
+    uint32_t e = sched_count_candidates(t, svc, sh, tried, n_tried, cfamily), n, b;
 
     if (e == 0)
         return -ENOENT;
     n = atomic_fetch_add_explicit(&sh->rr_next[svc->service_id], 1, memory_order_relaxed);
-    b = sched_nth_candidate(t, svc, sh, tried, n_tried, n % e);
+    b = sched_nth_candidate(t, svc, sh, tried, n_tried, cfamily, n % e);
     if (b == UINT32_MAX)
         return -ENOENT;
     *out = b;
@@ -153,7 +157,7 @@ static int sched_pick_rr(const struct dp_table *t, const struct dp_service *svc,
 /* weighted_round_robin: nginx's smooth WRR over the candidates, currents per worker. */
 static int sched_pick_wrr(const struct dp_table *t, const struct dp_service *svc,
                           struct sched_shared *sh, struct sched_worker *w, const uint32_t *tried,
-                          uint32_t n_tried, uint32_t *out)
+                          uint32_t n_tried, uint8_t cfamily, uint32_t *out)
 {
     int64_t total = 0;
     uint32_t k, best = UINT32_MAX;
@@ -162,7 +166,7 @@ static int sched_pick_wrr(const struct dp_table *t, const struct dp_service *svc
         uint32_t b = svc->backend_first + k;
         const struct dp_backend *be = &t->backends[b];
 
-        if (!sched_candidate(t, sh, b, tried, n_tried))
+        if (!sched_candidate(t, sh, b, tried, n_tried, cfamily))
             continue;
         w->wrr_current[be->backend_id] += be->weight;
         total += be->weight;
@@ -181,9 +185,9 @@ static int sched_pick_wrr(const struct dp_table *t, const struct dp_service *svc
  * (counter mod C), so ties rotate evenly over the C candidates. */
 static int sched_pick_lc(const struct dp_table *t, const struct dp_service *svc,
                          struct sched_shared *sh, const uint32_t *tried, uint32_t n_tried,
-                         uint32_t *out)
+                         uint8_t cfamily, uint32_t *out)
 {
-    uint32_t e = sched_count_candidates(t, svc, sh, tried, n_tried), start, k, rank = 0;
+    uint32_t e = sched_count_candidates(t, svc, sh, tried, n_tried, cfamily), start, k, rank = 0;
     uint32_t best = UINT32_MAX, best_rot = 0;
 
     if (e == 0)
@@ -192,7 +196,7 @@ static int sched_pick_lc(const struct dp_table *t, const struct dp_service *svc,
     for (k = 0; k < svc->backend_count; k++) {
         uint32_t b = svc->backend_first + k, rot;
 
-        if (!sched_candidate(t, sh, b, tried, n_tried))
+        if (!sched_candidate(t, sh, b, tried, n_tried, cfamily))
             continue;
         rot = (rank + e - start) % e; /* position in the rotated order */
         rank++;
@@ -212,14 +216,14 @@ static int sched_pick_lc(const struct dp_table *t, const struct dp_service *svc,
  * (another worker changed a load between the two passes); UINT32_MAX if there is none. */
 static uint32_t sched_nth_candidate(const struct dp_table *t, const struct dp_service *svc,
                                     struct sched_shared *sh, const uint32_t *tried,
-                                    uint32_t n_tried, uint32_t r)
+                                    uint32_t n_tried, uint8_t cfamily, uint32_t r)
 {
     uint32_t k, last = UINT32_MAX;
 
     for (k = 0; k < svc->backend_count; k++) {
         uint32_t b = svc->backend_first + k;
 
-        if (!sched_candidate(t, sh, b, tried, n_tried))
+        if (!sched_candidate(t, sh, b, tried, n_tried, cfamily))
             continue;
         if (r-- == 0)
             return b;
@@ -231,16 +235,17 @@ static uint32_t sched_nth_candidate(const struct dp_table *t, const struct dp_se
 /* random_two: two uniform draws among the candidates, the less loaded wins, the first on ties. */
 static int sched_pick_random2(const struct dp_table *t, const struct dp_service *svc,
                               struct sched_shared *sh, struct sched_worker *w,
-                              const uint32_t *tried, uint32_t n_tried, uint32_t *out)
+                              const uint32_t *tried, uint32_t n_tried, uint8_t cfamily,
+                              uint32_t *out)
 {
-    uint32_t e = sched_count_candidates(t, svc, sh, tried, n_tried), r1, r2, b1, b2;
+    uint32_t e = sched_count_candidates(t, svc, sh, tried, n_tried, cfamily), r1, r2, b1, b2;
 
     if (e == 0)
         return -ENOENT;
     r1 = (uint32_t)(((sched_rng_next(w) >> 32) * e) >> 32);
     r2 = (uint32_t)(((sched_rng_next(w) >> 32) * e) >> 32);
-    b1 = sched_nth_candidate(t, svc, sh, tried, n_tried, r1);
-    b2 = sched_nth_candidate(t, svc, sh, tried, n_tried, r2);
+    b1 = sched_nth_candidate(t, svc, sh, tried, n_tried, cfamily, r1);
+    b2 = sched_nth_candidate(t, svc, sh, tried, n_tried, cfamily, r2);
     if (b1 == UINT32_MAX && b2 == UINT32_MAX)
         return -ENOENT;
     if (b1 == UINT32_MAX || (b2 != UINT32_MAX && sched_lighter(t, sh, b2, b1)))
@@ -251,24 +256,24 @@ static int sched_pick_random2(const struct dp_table *t, const struct dp_service 
 
 int sched_pick(const struct dp_table *t, const struct dp_service *svc, struct sched_shared *sh,
                struct sched_worker *w, uint64_t flow_hash, const uint32_t *tried, uint32_t n_tried,
-               uint32_t *slot, uint32_t *out)
+               uint8_t cfamily, uint32_t *slot, uint32_t *out)
 {
     switch (svc->scheduler) {
     case DP_SCHED_SRCHASH:
     case DP_SCHED_MAGLEV:
-        return sched_pick_ring(t, svc, sh, flow_hash, tried, n_tried, slot, out);
+        return sched_pick_ring(t, svc, sh, flow_hash, tried, n_tried, cfamily, slot, out);
     case DP_SCHED_RR:
         *slot = 0;
-        return sched_pick_rr(t, svc, sh, tried, n_tried, out);
+        return sched_pick_rr(t, svc, sh, tried, n_tried, cfamily, out);
     case DP_SCHED_WRR:
         *slot = 0;
-        return sched_pick_wrr(t, svc, sh, w, tried, n_tried, out);
+        return sched_pick_wrr(t, svc, sh, w, tried, n_tried, cfamily, out);
     case DP_SCHED_LC:
         *slot = 0;
-        return sched_pick_lc(t, svc, sh, tried, n_tried, out);
+        return sched_pick_lc(t, svc, sh, tried, n_tried, cfamily, out);
     case DP_SCHED_RANDOM2:
         *slot = 0;
-        return sched_pick_random2(t, svc, sh, w, tried, n_tried, out);
+        return sched_pick_random2(t, svc, sh, w, tried, n_tried, cfamily, out);
     default:
         return -EINVAL; /* unreachable: dp_table_parse rejects other values */
     }

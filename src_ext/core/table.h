@@ -166,9 +166,12 @@ uint64_t sched_rng_next(struct sched_worker *w);
  * schedulers also skip a full backend on the FIRST pick (walking on from the home slot).
  * round_robin and least_conn advance rr_next[service_id] once per call (when backend_count > 0);
  * random_two draws two PRNG outputs per call that has a candidate, index = (x>>32)*E>>32 among
- * the E candidates in canonical order. Service max_connections is NOT checked here. */
+ * the E candidates in canonical order. Service max_connections is NOT checked here.
+ * cfamily (4 or 6; 0: any) is the family of the client the pick is for: a transparent backend
+ * (source_family DP_SOURCE_CLIENT) of the other family is no candidate, so round_robin and
+ * least_conn rotate over the client's family only. */
 int sched_pick(const struct dp_table *t, const struct dp_service *svc, struct sched_shared *sh,
                struct sched_worker *w, uint64_t flow_hash, const uint32_t *tried, uint32_t n_tried,
-               uint32_t *slot, uint32_t *out);
+               uint8_t cfamily, uint32_t *slot, uint32_t *out);
 
 #endif

@@ -109,5 +109,5 @@ cdef extern from "table.h" nogil:
     void sched_worker_init(sched_worker *w, uint64_t seed)
     uint64_t sched_rng_next(sched_worker *w)
     int sched_pick(const dp_table *t, const dp_service *svc, sched_shared *sh, sched_worker *w,
-                   uint64_t flow_hash, const uint32_t *tried, uint32_t n_tried, uint32_t *slot,
-                   uint32_t *out)
+                   uint64_t flow_hash, const uint32_t *tried, uint32_t n_tried,
+                   uint8_t cfamily, uint32_t *slot, uint32_t *out)

@@ -530,12 +530,10 @@ def test_loopback_client_towards_a_loopback_backend_is_transparent(fo_make_lb: M
         assert lb.be_stats("b").get("connect_failures", 0) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="review12b: a passed-over pick advances the shared "
-                   "rotation counter, so the backend after the other-family one is skewed")
 @pytest.mark.parametrize("scheduler", ["round_robin", "least_conn"])
 def test_passing_over_the_other_family_keeps_the_rotation_even(fo_make_lb: MakeLB, topo: Topo,
                                                                scheduler: str) -> None:
-    """Two IPv4 backends of equal weight around an IPv6 one, IPv4 clients only, one
+    """review12b: two IPv4 backends of equal weight around an IPv6 one, IPv4 clients only, one
     connection at a time: the IPv4 backends share the connections evenly, as if the IPv6 one
     were not there. A pick that passes over the IPv6 backend must not spend a second turn of
     the rotation (round_robin's counter, least_conn's tie rotation), or the IPv4 backend
