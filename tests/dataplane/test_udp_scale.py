@@ -146,15 +146,23 @@ def test_ten_thousand_concurrent_flows_spread_by_the_scheduler(
 
 def test_hundred_thousand_short_flows_leave_nothing_behind(
         make_lb: MakeLB, servers: Servers, fleet: Callable[[int], FleetProcess]) -> None:
-    """responses = 1 ends each flow with its answer; the short idle timeout would end any that
-    lost its answer. Afterwards: no flow, no upstream socket, counters equal to the traffic."""
+    """responses = 1 ends each flow with its answer; the idle timeout would end any that lost
+    its answer. Afterwards: no flow, no upstream socket, counters equal to the traffic.
+
+    The idle timeout is 2 s, not 200 ms. With 200 ms the reference plane's variant lost
+    answers in 2 of 3 full CI runs on a slow 2-vCPU host, never when run alone. The likely
+    cause, not proven: the reference plane runs in this (the test) process, and late in a full
+    run it can stall for more than 200 ms (a garbage collection of a large heap) between a
+    flow's query and its answer, so the flow ends first. The rounds' budget (100 s) stays
+    below the fleet's answer ceiling (120 s), so a lost answer shows as `missing`, not as a
+    silent child."""
     echo = servers.udp("echo", "echo")
     lb = make_lb([ServiceSpec(SVC, (BackendSpec("echo", HOST, echo.port),),
-                              protocol="udp", idle_timeout_ms=200, responses=1)])
+                              protocol="udp", idle_timeout_ms=2000, responses=1)])
     clients = fleet(SHORT_SOCKETS)
     fds = len(os.listdir("/proc/self/fd"))
     start = time.monotonic()
-    result = clients.rounds(lb.addr(), SHORT_FLOWS // SHORT_SOCKETS, timeout=120)
+    result = clients.rounds(lb.addr(), SHORT_FLOWS // SHORT_SOCKETS, timeout=100)
     seconds = time.monotonic() - start
     assert result == {"answered": SHORT_FLOWS, "missing": 0, "wrong": 0}, result
     settled(lb, flows_created=SHORT_FLOWS, flows_expired=SHORT_FLOWS, flows_active=0,

@@ -110,15 +110,19 @@ def wait_placement(topo: Topology, owner: str, other: str, timeout: float) -> No
 
 
 def status(path: Path, check: bool = True) -> dict[str, Any]:
-    """`l4lb vrrp status --json` of the node running `path`: its instance ({} when the
-    daemon does not answer and not `check`)."""
+    """`l4lb vrrp status --json` of the node running `path`: its instance ({} when not
+    `check` and the daemon does not answer yet, or answers before its instance has started:
+    the control socket opens first)."""
     res = subprocess.run(l4lb("vrrp", "status", "--json", "-c", str(path)),
                          capture_output=True, text=True, env=child_env(), timeout=30)
     if res.returncode != 0 and not check:
         return {}
     assert res.returncode == 0, res.stderr
-    instance: dict[str, Any] = json.loads(res.stdout)["instances"][0]
-    return instance
+    instances: list[dict[str, Any]] = json.loads(res.stdout)["instances"]
+    if not instances and not check:
+        return {}
+    assert len(instances) == 1, instances
+    return instances[0]
 
 
 def wait_state(path: Path, state: str, timeout: float) -> dict[str, Any]:
