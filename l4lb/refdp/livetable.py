@@ -81,8 +81,8 @@ def bind_source(sock: socket.socket, source: str, client: str) -> None:
     kernel picks the port at connect(). For CLIENT (transparent) the address is `client`, the
     session's effective client (an IPv4-mapped IPv6 one as its IPv4 address), bound after
     IP_TRANSPARENT / IPV6_TRANSPARENT; a client of the other family than the socket's raises
-    EAFNOSUPPORT (the workers never get there: client_other_family passes such a backend over
-    first). OSError: a failed connect attempt of the backend (docs/configuration.md,
+    EAFNOSUPPORT (the workers never get there: the scheduler, told the client's family, leaves
+    such a backend out). OSError: a failed connect attempt of the backend (docs/configuration.md,
     `source`)."""
     if source == CLIENT:
         addr = ipaddress.ip_address(client.split("%", 1)[0])
@@ -110,12 +110,12 @@ def client_family(client: str) -> int:
 def client_other_family(source: str | None, client: str, backend: str) -> bool:
     """Whether `source` is CLIENT and `client` is of the other family than `backend` (an IP;
     an IPv4-mapped IPv6 client counts as IPv4): no connection can leave from the client's
-    address towards that backend, so it is no candidate for this client. TCP passes it over
-    without a socket, a connect failure or a retry; UDP picks again without it (the C
-    relay_client_other_family)."""
+    address towards that backend, so it is no candidate for this client (the scheduler leaves
+    it out; any_weighted uses this to tell a full service from one with none of the client's
+    family; the C relay_client_other_family)."""
     if source != CLIENT:
         return False
-    return (_unmapped(ipaddress.ip_address(client.split("%", 1)[0])).version
+    return (client_family(client)
             != ipaddress.ip_address(backend).version)
 
 

@@ -232,10 +232,7 @@ class Session:
         self.state = State.CONNECTING
         self.backend: socket.socket | None = None  # connecting or connected backend socket
         self.backend_id = -1  # stable id of the current attempt's backend, -1 while none
-        self.tried_ids: list[int] = []  # backend ids picked so far, attempted or passed over
-        #                                 for their family (excluded from retries)
-        self.last_tried = -1  # backend id of the last attempt started (the log names it), -1
-        #                       none; a backend passed over for its family is no attempt
+        self.tried_ids: list[int] = []  # backend ids picked so far (excluded from retries)
         self.failures = 0  # connect attempts that failed
         self.slot = 0  # ring slot of the last pick (hashing schedulers)
         self.pick_gen = 0  # generation of the table of the last pick

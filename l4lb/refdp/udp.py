@@ -19,10 +19,10 @@ A datagram from a client:
    drops_max_flows; the data plane's flow cap (all services together) reached:
    drops_max_udp_flows; the scheduler (l4lb.table.sched.pick, no retries) finds no backend:
    drops_no_backend (a transparent backend of the other family than the client's is no
-   candidate: the pick is made again without it, MAX_PICKS picks at most, and it is never
-   charged); no fd (or port) for the upstream socket: accept_errors; its connect()
-   fails otherwise (no route): connect_failure on the backend and drops_send. Otherwise a
-   connected, nonblocking upstream socket to the backend is opened and the flow counted
+   candidate, and it is never charged); no fd (or port) for the upstream socket:
+   accept_errors; its connect() fails otherwise (no route): connect_failure on the backend and
+   drops_send. Otherwise a connected, nonblocking upstream socket to the backend is opened and
+   the flow counted
    (flows_created, flows_active, and the backend's flows_total, flows_active);
 4. remembers the client's address (with flow_key 1 the latest port wins: replies go there) and
    goes out on the flow's upstream socket; a send the kernel refuses is counted in drops_send,
@@ -56,7 +56,6 @@ from l4lb.refdp.dgram import RECV_MAX, Received, receive, reply
 from l4lb.refdp.livetable import (
     bind_source,
     client_family,
-    client_other_family,
     client_unbindable,
 )
 from l4lb.refdp.records import RecordQueue, make_record
@@ -64,8 +63,6 @@ from l4lb.refdp.shared import Shared, add_count
 from l4lb.table.blob import FLAG_DOWN, PROTO_UDP, ServiceRec
 from l4lb.table.sched import SchedWorker, pick
 
-MAX_PICKS = 8  # picks of a new flow, the first included: the others pass over transparent
-#               backends of the other family than the client's (the C RELAY_UDP_MAX_PICKS)
 BATCH = 64  # datagrams read per readiness event of one socket before others get a turn
 STOP_IDLE = 0.25  # seconds: while stopping, a flow idle this long is done (C: 250 ms)
 UPSTREAM = "upstream"  # selector key data kind of a flow's upstream socket
@@ -235,20 +232,9 @@ class UdpRelay:
             if 0 < self.shared.udp_flow_cap <= self.shared.udp_flows:
                 counters["drops_max_udp_flows"] += 1
                 return None
-            # a transparent backend of the other family than the client's is no candidate for
-            # it: pick, told the client's family, skips it. The loop is a guard: were one
-            # picked, it would be picked again without it, never counted as its failure
-            passed: list[int] = []
-            choice, slot = None, 0
-            while len(passed) < MAX_PICKS:
-                choice = pick(live.table, svc, self.shared.sched, self.sched, h, passed, slot,
-                              client_family(key[2]))
-                if choice is None or not client_other_family(
-                        live.sources[choice[1]], key[2], live.targets[choice[1]][0]):
-                    break
-                slot = choice[0]
-                passed.append(choice[1])
-                choice = None
+            # told the client's family: a transparent backend of the other family is no candidate
+            choice = pick(live.table, svc, self.shared.sched, self.sched, h,
+                          family=client_family(key[2]))
             if choice is None:
                 counters["drops_no_backend"] += 1
                 return None

@@ -19,11 +19,10 @@ Life of a connection (the C core does the same, in the same order):
    reset the client and count no_backend;
 2. the service's max_connections reached: reset the client and count rejected;
 3. pick a backend from the live table with the Python scheduler twin (l4lb.table.sched.pick),
-   excluding backends already tried (by id, so a retry after a table swap still excludes them);
-   a transparent backend of the other family than the client's is passed over (remembered as
-   tried, no connect failure, no retry spent) and the next pick follows, MAX_TRIES picks at
-   most; none: reset the client and count rejected when the first pick found every weighted backend
-   full, no_backend otherwise;
+   excluding backends already tried (by id, so a retry after a table swap still excludes them)
+   and, for the client's family, transparent backends of the other family; none: reset the
+   client and count rejected when the first pick found every weighted backend full,
+   no_backend otherwise;
 4. nonblocking connect with the connect_timeout of the service at accept; refusal, error or
    timeout count a connect_failure on that backend and go back to 3 while the retries allowed
    at accept remain, else no_backend. With fast open on for the service and the client's first
@@ -73,7 +72,6 @@ from l4lb.refdp.counters import Counters
 from l4lb.refdp.livetable import (
     bind_source,
     client_family,
-    client_other_family,
     client_unbindable,
 )
 from l4lb.refdp.pipes import PipePool
@@ -94,8 +92,6 @@ FD_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # errors that say this host ran out of something, not that a peer failed (relay_local_error)
 LOCAL_ERRNOS = (*FD_SHORTAGE, errno.EADDRNOTAVAIL)
 PIN_PEEK = 4096  # accept_proxy: bytes peeked per look at a client's PROXY header
-MAX_TRIES = 32  # picks per session, backends passed over for their family included (the C
-#                relay's RELAY_MAX_TRIES)
 COPY_PEEK = 16384  # fast open: bytes of a waiting client peeked for the SYN (the C default
 #                    copy buffer)
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -596,47 +592,31 @@ class Worker:
 
         Like the C core, every pick (retries too) reads the table live now: tried backends are
         remembered by id, and when the ring of a hashing scheduler changed since the last pick
-        the walk restarts at this table's home slot of the client. A transparent backend of the
-        other family than the client's is no candidate for it (client_other_family): passed
-        over without a socket, a connect failure or a retry, remembered as tried, and the next
-        pick follows (the ring walk from its slot); MAX_TRIES picks per session at most."""
+        the walk restarts at this table's home slot of the client. The pick is told the
+        client's family, so a transparent backend of the other family is no candidate."""
         counters = self.counters.service(session.service_id)
         first = not session.tried_ids
         live = self.shared.table
         svc = live.service(session.service_id) if live is not None else None
         choice = None
-        weighted = False  # the failed first pick found only full backends of the client's family
+        host = session.client_addr[0]
         if live is not None and svc is not None and svc.protocol == PROTO_TCP:
+            first_be = svc.backend_first
+            tried = [i for i in range(first_be, first_be + svc.backend_count)
+                     if live.backend(i).backend_id in session.tried_ids]
             h = live.flow_hash(svc, *session.client_addr)
-            host = session.client_addr[0]
-            while choice is None and len(session.tried_ids) < MAX_TRIES:
-                first_be = svc.backend_first
-                tried = [i for i in range(first_be, first_be + svc.backend_count)
-                         if live.backend(i).backend_id in session.tried_ids]
-                slot = session.slot
-                if (tried and session.pick_gen != live.generation and svc.ring_size
-                        and svc.scheduler in (SCHED_SRCHASH, SCHED_MAGLEV)):
-                    slot = (h % svc.ring_size + svc.ring_size - 1) % svc.ring_size
-                with self.shared.lock:
-                    choice = pick(live.table, svc, self.shared.sched, self.sched, h, tried, slot,
-                                  client_family(host))
-                    if choice is None:
-                        weighted = first and live.any_weighted(svc, host)
-                        break
+            slot = session.slot
+            if (tried and session.pick_gen != live.generation and svc.ring_size
+                    and svc.scheduler in (SCHED_SRCHASH, SCHED_MAGLEV)):
+                slot = (h % svc.ring_size + svc.ring_size - 1) % svc.ring_size
+            with self.shared.lock:
+                choice = pick(live.table, svc, self.shared.sched, self.sched, h, tried, slot,
+                              client_family(host))
+                if choice is not None:
                     bid = live.backend(choice[1]).backend_id
-                    passed = client_other_family(live.sources[choice[1]], host,
-                                                 live.targets[choice[1]][0])
-                    if not passed:
-                        add_count(self.shared.sched.active, bid, 1)
-                session.slot = choice[0]
-                session.pick_gen = live.generation
-                # a guard: pick, told the client's family, never picks such a backend; if it
-                # did, it would be passed over, not attempted (first stays)
-                if passed:
-                    session.tried_ids.append(bid)
-                    choice = None
+                    add_count(self.shared.sched.active, bid, 1)
         if live is None or svc is None or choice is None:
-            if weighted:
+            if first and svc is not None and live is not None and live.any_weighted(svc, host):
                 counters["rejected"] += 1  # every weighted backend is at its max_connections
                 reason = "rejected"
             else:
@@ -646,9 +626,9 @@ class Worker:
             self._close_session(session, reset=True, reason=reason)
             return
         counters["conns_total"] += first
-        index = choice[1]
+        session.slot, index = choice
+        session.pick_gen = live.generation
         session.tried_ids.append(bid)
-        session.last_tried = bid
         session.backend_id = bid
         session.attempt += 1
         self.counters.backend(bid)["conns_active"] += 1
@@ -920,8 +900,8 @@ class Worker:
             return
         if self.log.on:
             backend_id = session.backend_id
-            if backend_id < 0:
-                backend_id = session.last_tried  # its last attempt failed: name that one
+            if backend_id < 0 and session.tried_ids:
+                backend_id = session.tried_ids[-1]  # its last attempt failed: name that one
             self.log.add(make_record("tcp", session.service_id, backend_id, session.client_addr,
                                      session.started, session.bytes_to_backend,
                                      session.bytes_to_client, reason, session.peer))

@@ -478,7 +478,7 @@ static void relay_kill(struct dp_worker *w, struct relay_session *s, int rst, ui
     if (__builtin_expect(w->log_on, 0))
         relay_log(w, s, s->service_id,
                   s->backend_id >= 0 ? s->backend_id
-                  : s->last_try    ? (int32_t)s->tried_ids[s->last_try - 1]
+                  : s->n_tried     ? (int32_t)s->tried_ids[s->n_tried - 1]
                                    : -1,
                   &s->ct.key, s->started, dp_unix_now(), s->bytes_c2b, s->bytes_b2c, reason);
     if (s->cfd >= 0) {
@@ -943,15 +943,13 @@ static uint32_t relay_tried_indexes(const struct dp_table *t, const struct dp_se
 /* Pick a backend (excluding the ones tried) and connect, retrying immediate failures.
  * A transparent backend of the other family than the client's is no candidate for it:
  * sched_pick, given the client's family, leaves it out (no socket, connect failure or retry;
- * round_robin's rotation stays even). The relay_client_other_family check after the pick is a
- * guard that would pass such a backend over (remembered in tried_ids, the ring walk going on
- * from its slot). Ends the session (no_backend) when no candidate is left. */
+ * round_robin's rotation stays even). Ends the session (no_backend) when no candidate is
+ * left. */
 static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
 {
     const struct dp_table *t = w->table;
     const struct dp_service *svc;
     uint32_t tried[RELAY_MAX_TRIES], n, idx, slot, k;
-    uint8_t last_try;
     int rc, first = s->n_tried == 0, weighted = 0, bind_failed = 0;
 
     for (;;) {
@@ -981,18 +979,10 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         const struct dp_backend *b = &t->backends[idx];
         s->slot = slot;
         s->pick_gen = t->generation;
-        if (relay_client_other_family(b, s->ct.key.family, s->ct.key.caddr)) {
-            /* a guard: sched_pick, told the client's family, never picks such a backend; if it
-             * did, it would be passed over, not attempted (first stays) */
-            s->tried_ids[s->n_tried++] = b->backend_id;
-            continue;
-        }
         if (first)
             dp_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);
         first = 0;
-        last_try = s->last_try;
         s->tried_ids[s->n_tried++] = b->backend_id;
-        s->last_try = s->n_tried;
         s->backend_id = (int32_t)b->backend_id;
         atomic_fetch_add_explicit(&w->dp->shared->active[b->backend_id], 1, memory_order_relaxed);
         dp_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, 1);
@@ -1008,7 +998,6 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         relay_release_backend(w, s);
         if (!bind_failed && relay_out_of_fds(-rc) && relay_reserve_spend(w)) {
             s->n_tried--; /* not the backend's fault: the same pick may be tried again */
-            s->last_try = last_try;
             continue;
         }
         if (!bind_failed && relay_local_error(-rc)) {

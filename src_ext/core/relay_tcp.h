@@ -34,9 +34,7 @@
 #define DP_LIBC_CALLS 0
 #endif
 
-#define RELAY_MAX_TRIES 32u          /* backends remembered per session for retries (and
-                                        passed over for their family: at most this many picks
-                                        per session) */
+#define RELAY_MAX_TRIES 32u          /* backends remembered per session for retries */
 #define RELAY_ACCEPT_BATCH 64u       /* accepts per listener per wake-up */
 #define RELAY_BUDGET (512u * 1024u)  /* bytes per direction per wake-up before yielding */
 #define RELAY_EMFILE_PAUSE_MS 100u   /* listener pause after EMFILE/ENFILE */
@@ -201,9 +199,6 @@ struct relay_session {
     uint32_t connect_timeout_ms;   /* per attempt, copied at accept */
     uint32_t idle_timeout_ms;      /* 0 = none, copied at accept */
     uint16_t peer_port;            /* accept_proxy: the real peer's port, host order */
-    uint8_t last_try;              /* 1 + the tried_ids index of the last backend attempted
-                                      (the log names it), 0 none; entries passed over for
-                                      their family (relay_client_other_family) are no attempt */
     uint64_t pick_gen;             /* generation of the table used for the last pick */
     uint64_t last_active_ms;       /* monotonic ms of the last byte moved */
     double started;                /* unix time of accept */
@@ -217,9 +212,8 @@ struct relay_session {
     uint32_t syn_data;             /* bytes of the client's queue the kernel took into the
                                       current attempt's SYN (fast open); they stay in the client
                                       socket until the attempt connects, 0 = none */
-    uint16_t tried_ids[RELAY_MAX_TRIES]; /* backend ids attempted or passed over for their
-                                            family (excluded on retry); ids are below
-                                            DP_MAX_BACKENDS (65536) */
+    uint16_t tried_ids[RELAY_MAX_TRIES]; /* backend ids attempted (excluded on retry); ids
+                                            are below DP_MAX_BACKENDS (65536) */
     uint32_t pin_skip;             /* RELAY_PIN_SKIP_*: header bytes (version 2 TLVs) still to
                                       discard once its addresses were read, 0 = none */
     uint8_t peer_addr[16];         /* accept_proxy: the real peer's address, network order,
@@ -503,16 +497,16 @@ socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage
  * the session's client (cfamily, caddr: the key's, so a PROXY header's client under
  * accept_proxy; an IPv4-mapped IPv6 client is its IPv4 address), bound after IP_TRANSPARENT /
  * IPV6_TRANSPARENT; a client of the other family is -EAFNOSUPPORT (the relays never get there:
- * relay_client_other_family passes such a backend over first). Returns 0 or -errno (the
+ * sched_pick leaves such a backend out for that client). Returns 0 or -errno (the
  * bind's or IP_TRANSPARENT's; IP_BIND_ADDRESS_NO_PORT is best effort). A failure is a failed
  * connect attempt of b (docs/configuration.md, `source`). */
 int relay_bind_source(int fd, const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr);
 
 /* Whether b is transparent (DP_SOURCE_CLIENT) and of the other family than the client
  * (cfamily, caddr; an IPv4-mapped IPv6 client counts as IPv4): no connection can leave from
- * the client's address towards b, so b is no candidate for this client. The TCP relay passes
- * it over without a socket, a connect failure or a retry (relay_connect_next), the UDP relay
- * picks again without it (udp_flow_new); never b's failure. */
+ * the client's address towards b, so b is no candidate for this client (sched_pick leaves it
+ * out). relay_connect_next uses it to tell a full service (rejected) from one with no backend
+ * of the client's family (no_backend). */
 int relay_client_other_family(const struct dp_backend *b, uint8_t cfamily, const uint8_t *caddr);
 
 /* The family (4 or 6) a client (cfamily, caddr) binds as: an IPv4-mapped IPv6 client

@@ -174,9 +174,8 @@
  *   (accept_errors), connect() refused by routing (the backend's connect_failures and
  *   drops_send). Nothing is retried on another backend: UDP has no handshake to fail. A
  *   transparent backend (source = "client") of the other family than the client's is no
- *   candidate, though: the pick is made again without it (the ring walk of a hashing
- *   scheduler goes on from its slot), up to RELAY_UDP_MAX_PICKS picks, then drops_no_backend;
- *   that backend is never charged.
+ *   candidate (sched_pick takes the client's family): with none of its family left, the
+ *   datagram counts drops_no_backend, and that backend is never charged.
  * - TCP fields of a udp service (connect_timeout_ms, retries, max_connections) are ignored.
  *
  * Cost (measured: 1 worker pinned to one vCPU of this 2-vCPU VM; bench/csrc udpgen, 8 flows of
@@ -559,8 +558,7 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
                                            uint16_t cport, const struct msghdr *mh,
                                            uint32_t ifindex, uint32_t dgrams)
 {
-    uint32_t sid = l->service_id, idx = 0, slot = 0, n = 0, passed[RELAY_UDP_MAX_PICKS];
-    uint64_t hash = dp_flow_hash(t->hash_seed, k->family, k->caddr, cport, svc->hash_key);
+    uint32_t sid = l->service_id, idx = 0, slot = 0;
     _Atomic int32_t *sact = &w->dp->shared->svc_active[sid];
     struct epoll_event ev = { .events = EPOLLIN };
     struct sockaddr_storage ss;
@@ -588,23 +586,15 @@ static struct relay_udp_flow *udp_flow_new(struct dp_worker *w, struct dp_listen
         dp_svc_add(w, sid, DP_SC_DROPS_MAX_UDP_FLOWS, dgrams);
         return NULL;
     }
-    /* a transparent backend of the other family than the client's is no candidate for it:
-     * sched_pick, told the client's family, skips it. The loop is a guard: were one picked, it
-     * would be picked again without it (a ring walk goes on from its slot, as a TCP retry's),
-     * never counted as its failure; RELAY_UDP_MAX_PICKS picks at most */
-    for (;;) {
-        if (n == RELAY_UDP_MAX_PICKS ||
-            sched_pick(t, svc, w->dp->shared, w->sw, hash, passed, n,
-                       relay_client_family(k->family, k->caddr), &slot, &idx) != 0) {
-            udp_flow_unclaim(w, sid);
-            dp_svc_add(w, sid, DP_SC_DROPS_NO_BACKEND, dgrams);
-            return NULL;
-        }
-        b = &t->backends[idx];
-        if (!relay_client_other_family(b, k->family, k->caddr))
-            break;
-        passed[n++] = idx;
+    /* the client's family: a transparent backend of the other family is no candidate */
+    if (sched_pick(t, svc, w->dp->shared, w->sw,
+                   dp_flow_hash(t->hash_seed, k->family, k->caddr, cport, svc->hash_key), NULL, 0,
+                   relay_client_family(k->family, k->caddr), &slot, &idx) != 0) {
+        udp_flow_unclaim(w, sid);
+        dp_svc_add(w, sid, DP_SC_DROPS_NO_BACKEND, dgrams);
+        return NULL;
     }
+    b = &t->backends[idx];
     fd = socket(b->family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                 0);
     if (fd < 0)

@@ -18,9 +18,6 @@
                                         cache line, plus one line so slots start in different
                                         cache sets */
 #define RELAY_UDP_ROUNDS 4u          /* listener batches per wake-up before yielding */
-#define RELAY_UDP_MAX_PICKS 8u       /* picks of a new flow, the first included: the others
-                                        pass over transparent backends of the other family
-                                        than the client's (udp_flow_new); then drops_no_backend */
 #define RELAY_UDP_STOP_IDLE_MS 250u  /* while stopping, a flow idle this long is done */
 #define RELAY_UDP_POLL_US 50u        /* default poll-mode sleep (see relay_udp.c, "Polling") */
 #define RELAY_UDP_POLL_MAX_US 1000u  /* largest poll-mode sleep tuning accepts */

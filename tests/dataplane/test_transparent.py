@@ -261,7 +261,7 @@ def ring_walk(lb: LB, client: tuple[str, int]) -> list[str]:
 
 def test_family_mismatch_is_no_candidate(fo_make_lb: MakeLB, topo: Topo) -> None:
     """An IPv4 client cannot leave from its address towards an IPv6 backend: that backend is
-    no candidate for it, passed over before any socket (no connect failure, no retry spent),
+    no candidate for it, left out by the scheduler (no socket, connect failure or retry),
     and the IPv4 one takes the connection. Never the balancer's own address instead."""
     with topo.backend_socket(socket.AF_INET6) as six, \
             topo.backend_socket(socket.AF_INET) as four:
