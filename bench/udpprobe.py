@@ -13,10 +13,11 @@ how many datagrams moved inside GSO runs (sent) and GRO buffers (received).
     python -m bench.udpprobe --backend 127.0.0.1:8404 --rate 300000 --no-gro
     python -m bench.udpprobe --backend 127.0.0.1:8404 --rate 300000 --gen-singles
 
---no-gro turns the relay's GRO buffers off (Dataplane._udp_tune(gro=False)). --gen-singles
-makes udpgen send every datagram on its own instead of one GSO packet per flow and tick; on
-loopback nothing is merged then, so the relay's GRO has nothing to work with (a NIC's GRO
-would merge what arrives back to back).
+--poll-us sets the worker's poll-mode sleep (Dataplane._udp_tune(poll_us=...); 50 is the
+default, 0 never sleeps). --no-gro turns the relay's GRO buffers off
+(Dataplane._udp_tune(gro=False)). --gen-singles makes udpgen send every datagram on its own
+instead of one GSO packet per flow and tick; on loopback nothing is merged then, so the relay's
+GRO has nothing to work with (a NIC's GRO would merge what arrives back to back).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.sched_setaffinity(0, {args.lb_cpu} if args.lb_cpu >= 0 else set(range(os.cpu_count() or 1)))
     before = {int(t) for t in os.listdir("/proc/self/task")}
     dp = Dataplane(1)
-    dp._udp_tune(gro=not args.no_gro)
+    dp._udp_tune(gro=not args.no_gro, poll_us=args.poll_us)
     builder = TableBuilder()
     blob = builder.build(_config(args.listen_port, args.backend))
     sid = builder.service_ids()["probe"]
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         rx, up = d("udp_rx_datagrams"), d("udp_up_datagrams")
         return {
-            "rate": args.rate, "gro": not args.no_gro, "gen_gso": not args.gen_singles,
+            "rate": args.rate, "poll_us": args.poll_us, "gro": not args.no_gro,
+            "gen_gso": not args.gen_singles,
             "echoes": echoes, "loss_pct": gen.get("loss_pct"),
             "rtt_p50_us": gen.get("rtt_p50_us"), "rtt_p99_us": gen.get("rtt_p99_us"),
             "gen_skipped": gen.get("skipped"),
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-gro", action="store_true", help="the relay asks for no GRO buffers")
     ap.add_argument("--gen-singles", action="store_true",
                     help="udpgen sends datagram by datagram (no GSO packets)")
+    ap.add_argument("--poll-us", type=int, default=50,
+                    help="poll-mode sleep of the worker in us (0: block in epoll_wait)")
     args = ap.parse_args(argv)
     print(json.dumps(run(args)))
     return 0
