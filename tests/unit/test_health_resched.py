@@ -318,15 +318,18 @@ def test_reload_without_a_change_of_schedule_moves_nothing(monkeypatch: pytest.M
     same = HealthSettings(interval=60.0, timeout=1.0, jitter=0.5)
     probe_only = dataclasses.replace(same, timeout=0.5, rise=5, fall=1)
     reading: list[float] = []
+    idents: set[int] = set()
 
     def before_and_after(ctx: Ctx, chk: HealthChecker[str], at: float) -> None:
         reading.append(pending(chk)[1])
+        idents.add(chk._entries["b"].ident)  # the heap's: a new one when it is rescheduled
 
     events: list[Event] = [(1.0, ("read", None)), (2.0, ("reload", same)),
                            (3.0, ("reload", probe_only))]
     ctx = run(monkeypatch, path, hs, 4.0, events, rng=_FirstAtOnce(11),
               probe=before_and_after)
     assert len(reading) == 3 and reading[0] == reading[1] == reading[2]
+    assert len(idents) == 1  # (on the fleet: the same draw and interval, the same due time)
     assert reading[0] - START_NS / S > 30.0  # with the jitter draw, between 30 and 90 s
     assert len(ctx.starts) == 1
 
@@ -386,11 +389,11 @@ def test_passive_down_while_a_probe_is_in_flight_waits_for_its_result(
 # -- the heap's queue of due probes waiting for a free slot ----------------------------------
 
 
-def _queue_run(monkeypatch: pytest.MonkeyPatch, new: HealthSettings,
-               until: float) -> dict[str, Any]:
+def _queue_run(monkeypatch: pytest.MonkeyPatch, new: HealthSettings, until: float,
+               with_c: bool = False) -> dict[str, Any]:
     """max_in_flight 1, heap only: b (interval 2 s) probes at 0 s; a, added at 1 s, probes at
-    once and takes 3 s, so b's probe due at 2 s waits for the slot; b is reloaded to `new` at
-    2.5 s. The clock moves by 0.125 s."""
+    once and takes 3 s, so b's probe due at 2 s waits for the slot (and c's, added at 0.25 s,
+    due at 2.25 s, behind it); b is reloaded to `new` at 2.5 s. The clock moves by 0.125 s."""
     clock = [START_NS]
     monkeypatch.setattr(time, "monotonic_ns", lambda: clock[0])
     monkeypatch.setattr(time, "monotonic", lambda: clock[0] / S)
@@ -410,6 +413,8 @@ def _queue_run(monkeypatch: pytest.MonkeyPatch, new: HealthSettings,
         try:
             while clock[0] <= START_NS + until * S:
                 t = _rel(clock[0])
+                if t == 0.25 and with_c:
+                    chk.add("c", "127.0.0.1", 3, FAST)
                 if t == 1.0:
                     chk.add("a", "127.0.0.1", 1, HealthSettings(interval=10.0, timeout=4.0,
                                                                 jitter=0.0))
@@ -447,3 +452,14 @@ def test_waiting_probe_still_due_keeps_its_place(monkeypatch: pytest.MonkeyPatch
     assert out["waiting_before"] == ["b"] and out["waiting_after"] == ["b"]
     assert out["starts"] == [(0.0, "b"), (1.0, "a"), (4.0, "b"), (5.0, "b"), (6.0, "b")]
     assert out["most_in_flight"] == 1
+
+
+def test_waiting_probe_still_due_keeps_its_place_ahead_of_later_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """b and c wait (in that order); b's reload keeps it first: b at 4 s, c when b's probe
+    ends (the next step, 4.125 s)."""
+    out = _queue_run(monkeypatch, HealthSettings(interval=1.0, timeout=0.5, jitter=0.0), 6.0,
+                     with_c=True)
+    assert out["waiting_before"] == ["b", "c"] and out["waiting_after"] == ["b", "c"]
+    assert out["starts"] == [(0.0, "b"), (0.25, "c"), (1.0, "a"), (4.0, "b"), (4.125, "c"),
+                             (5.0, "b"), (6.0, "b")]
