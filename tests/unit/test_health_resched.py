@@ -59,6 +59,13 @@ class _FirstAtOnce(random.Random):
         return a
 
 
+class _FirstHalfway(_FirstAtOnce):
+    """The first probe half way through its first interval."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a + b) / 2
+
+
 class _Handle:
     def __init__(self) -> None:
         self.cancelled = False
@@ -354,6 +361,24 @@ def test_reload_keeps_the_jitter_draw(monkeypatch: pytest.MonkeyPatch, path: str
     before, after = (reading[0] - start) / 60.0, (reading[1] - start) / 2.0
     assert 0.5 <= before <= 1.5 and before != 1.0
     assert after == pytest.approx(before, rel=1e-6)
+
+
+def _refused(_t: float) -> tuple[bool, float]:
+    return False, LAT
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("hs, event, answer, starts", [
+    (SLOW, ("reload", FAST), _always_up, [30.0, 32.0, 34.0]),
+    (PASSIVE, ("passive", 3), _refused, [30.0, 35.0]),
+])
+def test_a_change_before_the_first_probe_leaves_it_where_it_is(
+        monkeypatch: pytest.MonkeyPatch, path: str, hs: HealthSettings, event: tuple[str, Any],
+        answer: Answer, starts: list[float]) -> None:
+    """No previous start: the first probe stays at its random point of the first interval
+    (30 s of 60 s here), as on the fleet; the change applies from its result on."""
+    ctx = run(monkeypatch, path, hs, 35.0, [(10.0, event)], answer, rng=_FirstHalfway(3))
+    assert ctx.starts == starts
 
 
 # -- a probe in flight during the change ----------------------------------------------------
