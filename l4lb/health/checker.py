@@ -17,6 +17,22 @@ after a first failure is already due at `fast_interval`. The first probe of a ne
 at a random point of its first interval, so backends added together (start-up, reload) are
 spread out instead of probed in one burst.
 
+The interval in effect can also change outside a probe result: passive failures take the
+backend DOWN (`down_interval`), a reload changes its settings. Each entry keeps what its
+waiting probe's due time was computed from: the interval in effect (before jitter), the jitter
+and the jitter draw. After a passive transition or a reload (`_retime`), if the interval in
+effect or the jitter differs from those, the waiting probe moves to `previous start + new
+interval`, scaled by the same draw (a fresh one only if the jitter was 0), never before now,
+earlier or later than it was: the rule of the SYN fleet's `set_timing`, so both give the same
+schedule. Nothing else a reload changes (timeout, rise, fall, kind within the heap, send and
+expect...) moves it: the next probe simply runs with the new settings, and a reload that changes
+nothing moves nothing. A probe in flight is left alone (its result picks the interval then in
+effect, as always), and so is a first probe not yet started (it keeps its random point of the
+first interval; the fleet does the same). A moved probe gets a new ident, which drops its old
+heap reference. A probe already due and waiting for a slot keeps its place in that queue if it
+is still due at the new time, else it leaves the queue (its reference there is skipped) for
+the heap.
+
 Backends of services with `kind = "syn"` are not in the heap: they go to a SYN fleet
 (l4lb/health/synfleet.py: the C fleet, or its Python twin without the extension) that owns their
 schedule, probes and timeouts and delivers results in batches; those results take the same path
