@@ -679,7 +679,19 @@ class HealthChecker(Generic[K]):
         entry.ident = self._idents
         self._by_ident[entry.ident] = entry
         self._push(entry, due)
+        if len(self._heap) > 2 * len(self._by_ident) + 64:
+            self._compact_heap()
         self._arm_for_heap()
+
+    def _compact_heap(self) -> None:
+        """Drop the stale references (old idents) from the heap: a reload that moves every
+        backend's probe earlier leaves one behind per backend, below the top, where it would
+        stay until its old due time. A live entry has at most one reference, under its
+        current ident."""
+        by_ident = self._by_ident
+        heap = self._heap  # in place: _run may hold it
+        heap[:] = [item for item in heap if item[1] in by_ident]
+        heapq.heapify(heap)
 
     def _account(self, entry: _Entry[K], result: ProbeResult, now: float) -> None:
         """The result path shared by the heap's probes and the fleet's: counters, latency,

@@ -488,3 +488,51 @@ def test_waiting_probe_still_due_keeps_its_place_ahead_of_later_ones(
     assert out["waiting_before"] == ["b", "c"] and out["waiting_after"] == ["b", "c"]
     assert out["starts"] == [(0.0, "b"), (0.25, "c"), (1.0, "a"), (4.0, "b"), (4.125, "c"),
                              (5.0, "b"), (6.0, "b")]
+
+
+# -- many backends --------------------------------------------------------------------------
+
+
+def test_reloads_of_many_backends_leave_a_bounded_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 backends probed once, then reloaded to ever shorter intervals (60 s down to 2 s):
+    every reload moves every waiting probe earlier, leaving a stale heap reference behind at
+    the later time; those are dropped, so the heap stays within twice the backends (plus a
+    little), and every backend keeps exactly one live reference, at its current due time."""
+    clock = [START_NS]
+    monkeypatch.setattr(time, "monotonic_ns", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0] / S)
+    engines: list[_Engine] = []
+
+    def make_engine(_loop: object) -> _Engine:
+        engines.append(_Engine(clock, _always_up))
+        return engines[-1]
+    monkeypatch.setattr(checker_mod, "ProbeEngine", make_engine)
+    names = [f"b{i}" for i in range(300)]
+    intervals = [50.0, 40.0, 30.0, 20.0, 10.0, 5.0, 4.0, 3.0, 2.0]
+
+    async def go() -> None:
+        chk: HealthChecker[str] = HealthChecker(lambda _k, _t: None, rng=_FirstAtOnce(1),
+                                                tick=0.0, batch=1000)
+        for i, name in enumerate(names):
+            chk.add(name, "127.0.0.1", 1000 + i, SLOW)
+        chk.start()
+        try:
+            chk._run()
+            clock[0] += STEP
+            engines[0].deliver()
+            assert len(engines[0].starts) == 300 and not engines[0].pending
+            most = 0
+            for interval in intervals:
+                clock[0] += STEP
+                hs = HealthSettings(interval=interval, timeout=1.0, jitter=0.0)
+                for i, name in enumerate(names):
+                    chk.add(name, "127.0.0.1", 1000 + i, hs)
+                    most = max(most, len(chk._heap))
+            assert most <= 2 * 300 + 64 + 1
+            live = [item for item in chk._heap if item[1] in chk._by_ident]
+            assert sorted(i for _d, i in live) == sorted(e.ident for e in chk._entries.values())
+            assert {d for d, _i in live} == {START_NS / S + 2.0}  # 0 + the last interval
+        finally:
+            chk.stop()
+
+    asyncio.run(go())
