@@ -29,9 +29,10 @@ expect...) moves it: the next probe simply runs with the new settings, and a rel
 nothing moves nothing. A probe in flight is left alone (its result picks the interval then in
 effect, as always), and so is a first probe not yet started (it keeps its random point of the
 first interval; the fleet does the same). A moved probe gets a new ident, which drops its old
-heap reference. A probe already due and waiting for a slot keeps its place in that queue if it
-is still due at the new time, else it leaves the queue (its reference there is skipped) for
-the heap.
+heap reference (stale references are purged once they outnumber the backends). A probe
+already due and waiting for a slot keeps its place in that queue if it is still due at the new
+time, else it leaves the queue (its reference there is skipped, and not counted in `stats()`)
+for the heap.
 
 Backends of services with `kind = "syn"` are not in the heap: they go to a SYN fleet
 (l4lb/health/synfleet.py: the C fleet, or its Python twin without the extension) that owns their
@@ -380,10 +381,15 @@ class HealthChecker(Generic[K]):
         stray = self._stray + (fleet.stray if fleet is not None else 0) + \
             (syn.stray if syn is not None else 0)
         return CheckerStats(backends=len(self._entries), in_flight=in_flight,
-                            waiting=len(self._waiting), probes=self._probes + quiet,
+                            waiting=self._waiting_count(), probes=self._probes + quiet,
                             failed=self._failed, inconclusive=self._inconclusive,
                             transitions=self._transitions,
                             max_start_delay=self._max_start_delay, stray=stray)
+
+    def _waiting_count(self) -> int:
+        """Probes in the queue that still wait (the queue may hold references to removed
+        backends and to ones _retime moved later; _run skips those)."""
+        return sum(1 for e in self._waiting if e.waiting and not e.removed)
 
     # -- the SYN fleet ---------------------------------------------------------------------
 

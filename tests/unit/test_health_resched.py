@@ -447,6 +447,7 @@ def _queue_run(monkeypatch: pytest.MonkeyPatch, new: HealthSettings, until: floa
                     out["waiting_before"] = [e.key for e in chk._waiting if e.waiting]
                     chk.add("b", "127.0.0.1", 2, new)
                     out["waiting_after"] = [e.key for e in chk._waiting if e.waiting]
+                    out["stats_waiting"] = chk.stats().waiting
                 engines[0].deliver()
                 chk._run()
                 clock[0] += STEP * 64
@@ -465,6 +466,7 @@ def test_waiting_probe_moved_later_leaves_the_queue(monkeypatch: pytest.MonkeyPa
     starts; b's next probe comes at 0 + 60 s."""
     out = _queue_run(monkeypatch, SLOW, 60.5)
     assert out["waiting_before"] == ["b"] and out["waiting_after"] == []
+    assert out["stats_waiting"] == 0  # its reference left in the queue is not counted
     assert out["starts"] == [(0.0, "b"), (1.0, "a"), (11.0, "a"), (21.0, "a"), (31.0, "a"),
                              (41.0, "a"), (51.0, "a"), (60.0, "b")]
     assert out["most_in_flight"] == 1
@@ -486,6 +488,7 @@ def test_waiting_probe_still_due_keeps_its_place_ahead_of_later_ones(
     out = _queue_run(monkeypatch, HealthSettings(interval=1.0, timeout=0.5, jitter=0.0), 6.0,
                      with_c=True)
     assert out["waiting_before"] == ["b", "c"] and out["waiting_after"] == ["b", "c"]
+    assert out["stats_waiting"] == 2
     assert out["starts"] == [(0.0, "b"), (0.25, "c"), (1.0, "a"), (4.0, "b"), (4.125, "c"),
                              (5.0, "b"), (6.0, "b")]
 
