@@ -17,6 +17,23 @@ after a first failure is already due at `fast_interval`. The first probe of a ne
 at a random point of its first interval, so backends added together (start-up, reload) are
 spread out instead of probed in one burst.
 
+The interval in effect can also change outside a probe result: passive failures take the
+backend DOWN (`down_interval`), a reload changes its settings. Each entry keeps what its
+waiting probe's due time was computed from: the interval in effect (before jitter), the jitter
+and the jitter draw. After a passive transition or a reload (`_retime`), if the interval in
+effect or the jitter differs from those, the waiting probe moves to `previous start + new
+interval`, scaled by the same draw (a fresh one only if the jitter was 0), never before now,
+earlier or later than it was: the rule of the SYN fleet's `set_timing`, so both give the same
+schedule. Nothing else a reload changes (timeout, rise, fall, kind within the heap, send and
+expect...) moves it: the next probe simply runs with the new settings, and a reload that changes
+nothing moves nothing. A probe in flight is left alone (its result picks the interval then in
+effect, as always), and so is a first probe not yet started (it keeps its random point of the
+first interval; the fleet does the same). A moved probe gets a new ident, which drops its old
+heap reference (stale references are purged once they outnumber the backends). A probe
+already due and waiting for a slot keeps its place in that queue if it is still due at the new
+time, else it leaves the queue (its reference there is skipped, and not counted in `stats()`)
+for the heap.
+
 Backends of services with `kind = "syn"` are not in the heap: they go to a SYN fleet
 (l4lb/health/synfleet.py: the C fleet, or its Python twin without the extension) that owns their
 schedule, probes and timeouts and delivers results in batches; those results take the same path
@@ -81,8 +98,9 @@ _INCONCLUSIVE_LOG_EVERY = 60.0  # seconds between two warnings about local probe
 class _Entry(Generic[K]):
     """One checked backend."""
 
-    __slots__ = ("dampener", "due", "fleet_id", "fleet_interval", "host", "ident", "key",
-                 "last_start", "latency", "port", "probe", "quiet", "removed", "settings", "spec")
+    __slots__ = ("dampener", "draw", "due", "fleet_id", "fleet_interval", "host", "ident",
+                 "interval", "jitter", "key", "last_start", "latency", "port", "probe", "quiet",
+                 "removed", "settings", "spec", "waiting")
 
     def __init__(self, ident: int, key: K, host: str, port: int, settings: HealthSettings,
                  dampener: Dampener) -> None:
@@ -94,7 +112,14 @@ class _Entry(Generic[K]):
         self.spec = ProbeSpec.build(host, port, settings)  # what a probe does
         self.dampener = dampener  # its health state
         self.due = 0.0  # monotonic time the next probe is due (valid while queued)
-        self.last_start = 0.0  # monotonic start of the last probe
+        self.last_start = 0.0  # monotonic start of the last probe (0: none since scheduled)
+        # what the pending due time was computed from (see _retime): the interval in effect
+        # (Dampener.interval, before jitter), the jitter, and the jitter draw in [0, 1)
+        # (None: none made, the jitter was 0)
+        self.interval = 0.0
+        self.jitter = 0.0
+        self.draw: float | None = None
+        self.waiting = False  # in the checker's FIFO of due probes waiting for a slot
         self.probe: ProbeHandle | None = None  # the probe in flight, if any
         self.latency: float | None = None  # seconds the last conclusive probe took
         self.removed = False  # set by remove(); queued references are then skipped
@@ -235,6 +260,8 @@ class HealthChecker(Generic[K]):
                 self._sync_quiet(old)
             elif old.fleet_id is not None or (spec.syn and self._fleet_wanted()):
                 self._reschedule_elsewhere(old, now)
+            else:
+                self._retime(old, now)
             return
         if old is not None:
             self.remove(key)
@@ -333,12 +360,17 @@ class HealthChecker(Generic[K]):
             return
         if entry.quiet:  # its passes came before these failures
             self._collect(entry)
-        transition = entry.dampener.passive_failures(count, time.monotonic())
+        now = time.monotonic()
+        transition = entry.dampener.passive_failures(count, now)
         if transition is not None:
             self._report(entry, transition)
-            if entry.fleet_id is not None and not entry.removed:
+            if entry.removed or self._entries.get(key) is not entry:
+                return  # the transition callback removed (or replaced) it
+            if entry.fleet_id is not None:
                 self._fleet_timing(entry)
                 self._sync_quiet(entry)
+            else:
+                self._retime(entry, now)
 
     def stats(self) -> CheckerStats:
         """Counters since construction."""
@@ -349,10 +381,15 @@ class HealthChecker(Generic[K]):
         stray = self._stray + (fleet.stray if fleet is not None else 0) + \
             (syn.stray if syn is not None else 0)
         return CheckerStats(backends=len(self._entries), in_flight=in_flight,
-                            waiting=len(self._waiting), probes=self._probes + quiet,
+                            waiting=self._waiting_count(), probes=self._probes + quiet,
                             failed=self._failed, inconclusive=self._inconclusive,
                             transitions=self._transitions,
                             max_start_delay=self._max_start_delay, stray=stray)
+
+    def _waiting_count(self) -> int:
+        """Probes in the queue that still wait (the queue may hold references to removed
+        backends and to ones _retime moved later; _run skips those)."""
+        return sum(1 for e in self._waiting if e.waiting and not e.removed)
 
     # -- the SYN fleet ---------------------------------------------------------------------
 
@@ -362,6 +399,11 @@ class HealthChecker(Generic[K]):
     def _schedule_new(self, entry: _Entry[K], now: float) -> None:
         """First probe of a (new, or moved) backend: in the fleet if it takes it, else the heap."""
         first = now + self._rng.uniform(0, entry.settings.interval)
+        entry.last_start = 0.0  # no probe since: _retime leaves the first one where it is
+        entry.interval = entry.dampener.interval
+        entry.jitter = entry.settings.jitter
+        entry.draw = None
+        entry.waiting = False
         if entry.spec.syn and self._fleet_wanted() and self._loop is not None:
             if self._fleet is None:
                 self._fleet = SynFleetRunner(self._loop, self._on_fleet_batch,
@@ -531,7 +573,10 @@ class HealthChecker(Generic[K]):
         waiting = self._waiting
         while waiting and budget and self._in_flight < self._max_in_flight:
             entry = waiting.popleft()
-            if not entry.removed and entry.fleet_id is None:
+            # not waiting any more: rescheduled to a later time by _retime (or a duplicate
+            # reference left behind by it)
+            if entry.waiting and not entry.removed and entry.fleet_id is None:
+                entry.waiting = False
                 self._launch(engine, entry, now)
                 budget -= 1
         horizon = now + self._tick
@@ -557,6 +602,7 @@ class HealthChecker(Generic[K]):
                 entry.probe = start(entry.spec, result_cb, entry)
                 budget -= 1
             else:
+                entry.waiting = True
                 waiting.append(entry)
         if max_delay > self._max_start_delay:
             self._max_start_delay = max_delay
@@ -586,8 +632,13 @@ class HealthChecker(Generic[K]):
             return
         interval = entry.dampener.interval  # after the result: fast_interval if in transition
         jitter = entry.settings.jitter
+        entry.interval = interval  # what the due time is computed from (see _retime)
+        entry.jitter = jitter
         if jitter:
-            interval *= 1.0 - jitter + 2.0 * jitter * self._rng.random()
+            draw = entry.draw = self._rng.random()
+            interval *= 1.0 - jitter + 2.0 * jitter * draw
+        else:
+            entry.draw = None
         due = entry.last_start + interval
         if due < now:
             due = now
@@ -597,6 +648,56 @@ class HealthChecker(Generic[K]):
             self._arm_for_heap()
         if self._waiting:
             self._kick()
+
+    def _retime(self, entry: _Entry[K], now: float) -> None:
+        """The interval in effect for a heap backend (`Dampener.interval`) or its jitter may have
+        changed outside a probe result (a passive transition, a reload): if so, move its waiting
+        probe to `previous start + new interval`, scaled by the same jitter draw, never before
+        `now`, earlier or later than it was (the SYN fleet's `set_timing`). Nothing moves when
+        neither changed (a reload that changes nothing), when a probe is in flight (its result
+        schedules the next one with the interval then in effect) or before the first probe
+        (it stays at its random point of the first interval, as on the fleet)."""
+        if entry.fleet_id is not None or entry.removed or self._loop is None:
+            return
+        interval = entry.dampener.interval
+        jitter = entry.settings.jitter
+        if interval == entry.interval and jitter == entry.jitter:
+            return
+        if entry.probe is not None or not entry.last_start:
+            return  # the interval is read when the result comes, or at the first probe
+        entry.interval = interval
+        entry.jitter = jitter
+        if jitter:
+            draw = entry.draw
+            if draw is None:  # the jitter was 0 when it was scheduled: draw as _on_result does
+                draw = entry.draw = self._rng.random()
+            interval *= 1.0 - jitter + 2.0 * jitter * draw
+        due = entry.last_start + interval
+        if due < now:
+            due = now
+        if entry.waiting:  # due already, waiting for a slot
+            if due <= now:
+                return  # still due: it keeps its place in the queue
+            entry.waiting = False  # _run skips its reference in the queue
+        # a new ident drops the old heap reference (the idents of the heap are never reused)
+        del self._by_ident[entry.ident]
+        self._idents += 1
+        entry.ident = self._idents
+        self._by_ident[entry.ident] = entry
+        self._push(entry, due)
+        if len(self._heap) > 2 * len(self._by_ident) + 64:
+            self._compact_heap()
+        self._arm_for_heap()
+
+    def _compact_heap(self) -> None:
+        """Drop the stale references (old idents) from the heap: a reload that moves every
+        backend's probe earlier leaves one behind per backend, below the top, where it would
+        stay until its old due time. A live entry has at most one reference, under its
+        current ident."""
+        by_ident = self._by_ident
+        heap = self._heap  # in place: _run may hold it
+        heap[:] = [item for item in heap if item[1] in by_ident]
+        heapq.heapify(heap)
 
     def _account(self, entry: _Entry[K], result: ProbeResult, now: float) -> None:
         """The result path shared by the heap's probes and the fleet's: counters, latency,
