@@ -284,7 +284,9 @@ class _Checker:
         self.locator = locator
         self.file = file
         self.host = host  # answers the questions about this host; None = skip them
-        self.running_vrrp = running_vrrp  # instances a reload keeps: no host checks for them
+        # instances a reload keeps: no host checks for them (compared as the [[vrrp]] table
+        # reads, before a [[vrrp_sync_group]] marks its members)
+        self.running_vrrp = [dataclasses.replace(v, sync_group=None) for v in running_vrrp]
         self.diagnostics: list[Diagnostic] = []
         self.service_names: dict[str, int] = {}
         self.listen_exact: dict[tuple[str, str, int], _ListenClaim] = {}
