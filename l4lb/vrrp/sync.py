@@ -213,6 +213,8 @@ class SyncGroup:
             self.reason = f"{culprit}: {cfsm.reason if cfsm is not None else 'fault'}"
         elif new is State.INIT:
             self.reason = "every member stopped"
+        elif new is State.MASTER:
+            self.reason = "every member is MASTER"
         else:
             self.reason = f"{trigger}: {fsm.reason}" if fsm is not None else trigger
         return [GroupNotify(self.name, new, previous, self.reason)]
