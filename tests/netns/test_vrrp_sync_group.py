@@ -12,12 +12,16 @@ program; lb1 has priority 100, lb2 90, 100 ms adverts. Checked:
   why VI_1 left (`sync group G: VI_2 is FAULT`). Without the group VI_1 would stay on lb1;
 - the carrier returns: both instances of lb1 leave FAULT and preempt together;
 - the group notify program ran as `NOTIFY GROUP G STATE` on each group change.
+
+Then the same with keepalived 2.2 on lb2 running its own vrrp_sync_group, both as the master
+and as the backup (skipped when keepalived is not installed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -25,8 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import VIP4
+import pytest
+
+from .conftest import VIP4, keepalived_available
 from .test_vrrp_gateway import GW4, WEB, backend_side, l4lb
+from .test_vrrp_keepalived import Keepalived
 from .topo import Topology, child_env, sh
 
 
@@ -176,3 +183,94 @@ def test_sync_group_moves_both_instances_together(pair: Topology, tmp_path: Path
                            "GROUP G STOP"], runs
     assert moved < 3, moved
     assert os.path.exists(programs["lb1"][1])
+
+
+KEEPALIVED_CONF = """
+global_defs {{
+    router_id l4lb_test_lb2
+}}
+vrrp_sync_group G {{
+    group {{
+        VI_1
+        VI_2
+    }}
+}}
+vrrp_instance VI_1 {{
+    state BACKUP
+    interface eth0
+    virtual_router_id 51
+    priority {priority}
+    advert_int 0.1
+    version 3
+    virtual_ipaddress {{
+        {vip}
+    }}
+}}
+vrrp_instance VI_2 {{
+    state BACKUP
+    interface eth1
+    virtual_router_id 52
+    priority {priority}
+    advert_int 0.1
+    version 3
+    virtual_ipaddress {{
+        {gw}
+    }}
+}}
+"""
+
+
+def keepalived_states(log: str) -> dict[str, str]:
+    """Each instance's last "(VI_n) Entering X STATE" in keepalived's log."""
+    out: dict[str, str] = {}
+    for name, state in re.findall(r"\((VI_\d)\) Entering (\w+) STATE", log):
+        out[name] = state
+    return out
+
+
+@pytest.mark.skipif(not keepalived_available(),
+                    reason="keepalived is not installed (apt-get install keepalived)")
+@pytest.mark.parametrize(("l4lb_prio", "ka_prio"), [(100, 90), (90, 100)],
+                         ids=["l4lb-master", "keepalived-master"])
+def test_sync_group_with_keepalived(pair: Topology, tmp_path: Path, l4lb_prio: int,
+                                    ka_prio: int) -> None:
+    """l4lb (lb1) and keepalived 2.2 (lb2) each run the two instances in a sync group G. The
+    master's backend side loses carrier: its group goes FAULT whole and the other
+    implementation takes both VIPs; the carrier returns: the master's group preempts whole."""
+    bk = backend_side(pair)
+    for host in ("lb1", "lb2"):
+        wait_carrier(pair, host, "eth1")
+    program, _ = notify_program(tmp_path, "lb1")
+    conf1 = config(tmp_path, "lb1", l4lb_prio, program)
+    (tmp_path / "ka").mkdir()
+    ka = Keepalived(pair, "lb2", tmp_path / "ka",
+                    KEEPALIVED_CONF.format(priority=ka_prio, vip=VIP4, gw=GW4))
+    lb1 = pair.start("lb1", l4lb("run", "-c", str(conf1)), name="lb1-l4lb", stdin=False)
+    kan = ka.start()
+    master, backup = ("lb1", "lb2") if l4lb_prio > ka_prio else ("lb2", "lb1")
+    wait_group(conf1, "MASTER" if master == "lb1" else "BACKUP", 10)
+    wait_vips(pair, master, backup, 5)
+
+    def keepalived_in(state: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while keepalived_states(kan.stderr()) != {"VI_1": state, "VI_2": state}:
+            assert time.monotonic() < deadline, kan.stderr()[-3000:]
+            time.sleep(0.05)
+
+    keepalived_in("BACKUP" if master == "lb1" else "MASTER", 5)
+    # the master's backend side loses carrier: the whole group moves to the other node
+    sh("ip", "-n", bk, "link", "set", f"{master}b", "down")
+    wait_vips(pair, backup, master, 5)
+    if master == "lb1":
+        wait_group(conf1, "FAULT", 3)
+        keepalived_in("MASTER", 3)
+    else:
+        wait_group(conf1, "MASTER", 3)
+        keepalived_in("FAULT", 3)
+    # the carrier returns: the master's group preempts whole
+    sh("ip", "-n", bk, "link", "set", f"{master}b", "up")
+    wait_vips(pair, master, backup, 5)
+    wait_group(conf1, "MASTER" if master == "lb1" else "BACKUP", 3)
+    keepalived_in("BACKUP" if master == "lb1" else "MASTER", 3)
+    lb1.signal(signal.SIGTERM)
+    assert lb1.proc.wait(15) == 0, lb1.stderr()
