@@ -109,3 +109,26 @@ def test_the_page_script_builds_the_same_lines() -> None:
     out = subprocess.run(["node", "-e", program], capture_output=True, text=True, timeout=30,
                          check=True).stdout
     assert json.loads(out) == vrrp_lines(status)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_page_script_redraws_the_vrrp_lines(tmp_path: Any) -> None:
+    from .test_review6_views import _DOM_STUB
+
+    report = r"""
+pending.shift()();
+setImmediate(function () { setImmediate(function () {
+  process.stdout.write(JSON.stringify(byId.vrrp.children.map(function (p) {
+    return [p.className, p.textContent]; })));
+}); });
+"""
+    first = {"time": 100.0, "status": {**page_status(), "vrrp_sync_groups": [], "vrrp": []},
+             "health": None, "drain_left": {}}
+    second = {"time": 102.0, "status": page_status(), "health": None, "drain_left": {}}
+    path = tmp_path / "page.js"
+    path.write_text(_DOM_STUB + _SCRIPT + report)
+    done = subprocess.run(["node", str(path)], input=json.dumps({"first": first,
+                                                                 "second": second}),
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["vrrp", line] for line in vrrp_lines(page_status())]
