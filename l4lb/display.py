@@ -361,10 +361,9 @@ def vrrp_text(result: dict[str, Any]) -> str:
         out += ["", f"vrrp sync group {group['name']}: {group['state']}  (members {members})",
                 "  last transition: " + (f"{last['from']} -> {last['to']}: {last['reason']}"
                                          if last else "-")]
-        for m in group["members"]:
-            if m["state"] != group["state"] or m["own_faults"] or m["forced"]:
-                own = f"; own faults: {', '.join(m['own_faults'])}" if m["own_faults"] else ""
-                out.append(f"  {m['name']}: {m['state']} ({m['reason']}){own}")
+        for m in group["members"]:  # each member's state and why (the group's doing or not)
+            own = f"; own faults: {', '.join(m['own_faults'])}" if m["own_faults"] else ""
+            out.append(f"  {m['name']}: {m['state']} ({m['reason']}){own}")
     for inst in result["instances"]:
         last = inst.get("last_transition")
         why = f"{last['from']} -> {last['to']}: {last['reason']}" if last else "-"

@@ -62,6 +62,7 @@ def test_vrrp_status_text_shows_a_waiting_member() -> None:
     text = vrrp_text({"table": {"generation": 1, "digest": "cc"}, "sync_groups": [g],
                       "instances": [instance("VI_1", "BACKUP", "startup", waiting=True)]})
     assert "(members VI_1 BACKUP (waiting), VI_2 BACKUP)" in text
+    assert "  VI_2: BACKUP (fault: interface eth1 down)\n" in text  # every member, no faults
     assert "  sync group G: ready, waiting for the other members" in text
 
 
