@@ -592,9 +592,10 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _restart_key(key: str) -> str:
-    """How a restart-only key is named: `[global] workers`, `[metrics] listen`, `[[vrrp]]`."""
-    if key == "vrrp":
-        return "[[vrrp]]"
+    """How a restart-only key is named: `[global] workers`, `[metrics] listen`, `[[vrrp]]`,
+    `[[vrrp_sync_group]]`."""
+    if key in ("vrrp", "vrrp_sync_group"):
+        return f"[[{key}]]"
     table, dot, name = key.partition(".")
     return f"[{table}] {name}" if dot else f"[global] {key}"
 

@@ -88,6 +88,7 @@ from l4lb.state import (
 from l4lb.table.blob import digest
 from l4lb.table.builder import TableBuilder
 from l4lb.vrrp.digestcheck import DigestCheck
+from l4lb.vrrp.group import SyncGroupRuntime
 from l4lb.vrrp.instance import VrrpInstance
 from l4lb.weights import Key, Weights, compute
 
@@ -256,6 +257,7 @@ class Daemon:
     closing: tuple[Future[dict[int, int]], Callable[[Future[dict[int, int]]], None]] | None = None
     drain_closing: set[Key] = field(default_factory=set)  # drained backends being closed
     vrrp: list[VrrpInstance] = field(default_factory=list)  # running [[vrrp]] instances
+    sync_groups: list[SyncGroupRuntime] = field(default_factory=list)  # [[vrrp_sync_group]]
     digest_check: DigestCheck | None = None  # compares table digests with the VRRP peers
     drains: Drains = field(default_factory=Drains)  # `drain --timeout` deadlines and their ends
     drain_timers: dict[int, asyncio.TimerHandle] = field(default_factory=dict)  # by drain id
@@ -881,10 +883,17 @@ class Daemon:
     async def start_vrrp(self) -> None:
         """Start every [[vrrp]] instance (listeners are already bound, with IP_FREEBIND).
 
-        Raises VrrpError when one cannot start; the ones already started are stopped."""
+        Raises VrrpError when one cannot start; the ones already started are stopped. The
+        members of a [[vrrp_sync_group]] report to its runtime (l4lb.vrrp.group)."""
+        groups = {g.name: SyncGroupRuntime(g) for g in self.config.vrrp_sync_groups}
+        self.sync_groups = list(groups.values())
+        for group in self.sync_groups:
+            group.start()
         try:
             for settings in self.config.vrrp:
                 instance = VrrpInstance(settings)
+                if settings.sync_group is not None:
+                    groups[settings.sync_group].member(settings.name, instance)
                 await instance.start()
                 self.vrrp.append(instance)
                 log.info("vrrp %s: started on %s (VRID %d, priority %d)", settings.name,
@@ -909,6 +918,9 @@ class Daemon:
         for instance in self.vrrp:
             await instance.stop(graceful=True)
         self.vrrp = []
+        for group in self.sync_groups:
+            await group.stop()
+        self.sync_groups = []
 
     def cmd_vrrp(self) -> dict[str, Any]:
         check = self.digest_check.status() if self.digest_check is not None else None
@@ -919,6 +931,7 @@ class Daemon:
                 status["digest_check"] = check["instances"].get(instance.settings.name)
             instances.append(status)
         return {"instances": instances, "digest_check": check,
+                "sync_groups": [g.status() for g in self.sync_groups],
                 "table": {"generation": self.generation, "digest": self.digest}}
 
     def log_summary(self, why: str) -> None:
@@ -940,6 +953,9 @@ class Daemon:
         for instance in self.vrrp:
             state = instance.status()
             log.info("vrrp %s: %s", instance.settings.name, state.get("state", "?"))
+        for group in self.sync_groups:
+            log.info("vrrp sync group %s: %s (%s)", group.settings.name, group.group.state,
+                     group.group.reason)
 
     # ---- health checks (docs/health.md) ----
 
@@ -1661,11 +1677,13 @@ class Daemon:
 
     def _keep_restart_only(self, new: Config) -> Config:
         """`new` with what only a restart changes taken from the running configuration: the
-        RESTART_ONLY [global] keys, [metrics] listen and the [[vrrp]] instances."""
+        RESTART_ONLY [global] keys, [metrics] listen, the [[vrrp]] instances and the
+        [[vrrp_sync_group]] tables."""
         keep = {k: getattr(self.config.global_, k) for k in RESTART_ONLY}
         return dataclasses.replace(new, global_=dataclasses.replace(new.global_, **keep),
                                    metrics_listen=self.config.metrics_listen,
-                                   vrrp=self.config.vrrp)
+                                   vrrp=self.config.vrrp,
+                                   vrrp_sync_groups=self.config.vrrp_sync_groups)
 
     def _apply_overlay(self, overlay: Overlay, what: str) -> None:
         """Run file + `overlay` (add-backend, remove-backend); ControlError if it fails, with
@@ -1759,6 +1777,8 @@ class Daemon:
         restart_needed = list(diff.restart_needed)
         if new.vrrp != self.config.vrrp:
             restart_needed.append("vrrp")
+        if new.vrrp_sync_groups != self.config.vrrp_sync_groups:
+            restart_needed.append("vrrp_sync_group")
         new = self._keep_restart_only(new)
         fresh: list[ListenerGroup] = []
         new_log = new.global_.connection_log
@@ -1834,10 +1854,16 @@ class Daemon:
         if "vrrp" in restart_needed:
             log.warning("reload: [[vrrp]] changed: takes effect only after a restart; "
                         "keeping the running instances")
+        if "vrrp_sync_group" in restart_needed:
+            log.warning("reload: [[vrrp_sync_group]] changed: takes effect only after a "
+                        "restart; keeping the running groups")
         summary = diff.summary()
         if "vrrp" in restart_needed:
             summary = ("" if summary == "no change" else summary + "; ") + \
                 "[[vrrp]] changed (needs a restart; the running instances stay)"
+        if "vrrp_sync_group" in restart_needed:
+            summary = ("" if summary == "no change" else summary + "; ") + \
+                "[[vrrp_sync_group]] changed (needs a restart; the running groups stay)"
         log.info("reload: %s applied: %s", self.config.path, summary)
         return {"generation": self.generation, "digest": self.digest, "changes": summary,
                 "restart_needed": restart_needed}
@@ -1900,7 +1926,8 @@ class Daemon:
                 "fds": {"limit": self.fd_limit, "ceiling": self.fd_ceiling or None,
                         "listener_pauses": int(stats.get("listener_pauses", 0))},
                 "services": services,
-                "vrrp": [instance.status() for instance in self.vrrp]}
+                "vrrp": [instance.status() for instance in self.vrrp],
+                "vrrp_sync_groups": [g.status() for g in self.sync_groups]}
 
     def _udp_flows_status(self, dp: Any) -> dict[str, Any]:
         """`udp_flows` of `status`: the cap on UDP flows of all services, where it comes from,

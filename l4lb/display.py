@@ -349,11 +349,21 @@ def status_text(status: dict[str, Any]) -> str:
 
 
 def vrrp_text(result: dict[str, Any]) -> str:
-    """`l4lb vrrp status`: one block per instance."""
+    """`l4lb vrrp status`: one block per sync group, then one per instance."""
     table_info = result["table"]
     out = [f"table generation {table_info['generation']}  digest {table_info['digest']}"]
     if not result["instances"]:
         out.append("no [[vrrp]] instances configured")
+    for group in result.get("sync_groups", []):
+        last = group.get("last_transition")
+        members = ", ".join(f"{m['name']} {m['state']}" + (" (waiting)" if m["waiting"] else "")
+                            for m in group["members"])
+        out += ["", f"vrrp sync group {group['name']}: {group['state']}  (members {members})",
+                "  last transition: " + (f"{last['from']} -> {last['to']}: {last['reason']}"
+                                         if last else "-")]
+        for m in group["members"]:  # each member's state and why (the group's doing or not)
+            own = f"; own faults: {', '.join(m['own_faults'])}" if m["own_faults"] else ""
+            out.append(f"  {m['name']}: {m['state']} ({m['reason']}){own}")
     for inst in result["instances"]:
         last = inst.get("last_transition")
         why = f"{last['from']} -> {last['to']}: {last['reason']}" if last else "-"
@@ -371,6 +381,10 @@ def vrrp_text(result: dict[str, Any]) -> str:
                               or "-"),
             "  drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "none"),
         ]
+        group = inst.get("sync_group")
+        if group:
+            out.append(f"  sync group {group['name']}" + (
+                ": ready, waiting for the other members" if group.get("waiting") else ""))
         check = inst.get("digest_check")
         if check:
             peers = ", ".join(f"{p['address']} {p['digest']} ({_peer_word(p)})"

@@ -160,6 +160,7 @@ def _status_families(status: Mapping[str, Any],
     yield from _udp_families(services)
     yield from _backend_families(services, latency)
     yield from _vrrp_families(status.get("vrrp", []))
+    yield from _sync_group_families(status.get("vrrp_sync_groups", []))
 
 
 VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT")
@@ -246,6 +247,31 @@ def _vrrp_families(instances: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
         for reason, value in sorted(c.get("drops", {}).items()):
             drops.add_metric([name, reason], value)
     yield from (state, priority, effective, vips, counters, drops)
+
+
+def _sync_group_families(groups: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    if not groups:
+        return
+    state = GaugeMetricFamily("l4lb_vrrp_sync_group_state",
+                              "1 for the VRRP sync group's current state.",
+                              labels=["group", "state"])
+    waiting = GaugeMetricFamily("l4lb_vrrp_sync_group_member_waiting",
+                                "1 while the member instance is ready to be master and waits "
+                                "for the other members of its sync group.",
+                                labels=["group", "instance"])
+    counters = CounterMetricFamily("l4lb_vrrp_sync_group_events",
+                                   "Sync group counters (transitions, member transitions it "
+                                   "forced, notify runs and errors), by kind.",
+                                   labels=["group", "kind"])
+    for g in groups:
+        name = str(g.get("name", ""))
+        for s in VRRP_STATES:
+            state.add_metric([name, s], 1 if g.get("state") == s else 0)
+        for m in g.get("members", []):
+            waiting.add_metric([name, str(m.get("name", ""))], 1 if m.get("waiting") else 0)
+        for kind, value in sorted(g.get("counters", {}).items()):
+            counters.add_metric([name, kind], value)
+    yield from (state, waiting, counters)
 
 
 def _service_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:

@@ -71,6 +71,7 @@ text-align:center}
 .tag.check{color:#8a1f11}
 .tag.deadline{color:#7a4b00;font-weight:600;font-variant-numeric:tabular-nums}
 .panic{color:#9d1c12;font-weight:bold}
+.vrrp{margin:.1em 0;font-size:.92em}
 """
 
 _SCRIPT = r"""
@@ -81,6 +82,25 @@ _SCRIPT = r"""
   var dataEl = document.getElementById("l4lb-data");
   var refresh = Number(document.body.getAttribute("data-refresh")) || 2;
   var prev = JSON.parse(dataEl.textContent);
+
+  // @VRRP_LINES@ (the same lines as statuspage.vrrp_lines)
+  function vrrpLines(st) {
+    var out = [];
+    (st.vrrp_sync_groups || []).forEach(function (g) {
+      var members = (g.members || []).map(function (m) {
+        return m.name + " " + m.state + (m.waiting ? " (waiting)" : "");
+      }).join(", ");
+      out.push("vrrp sync group " + g.name + ": " + g.state + " (" + g.reason + ") \u00b7 " +
+               "members " + members);
+    });
+    (st.vrrp || []).forEach(function (i) {
+      var last = i.last_transition;
+      out.push("vrrp " + i.name + ": " + i.state + " (" + (last ? last.reason : "-") + ")" +
+               (i.sync_group ? " \u00b7 sync group " + i.sync_group.name : ""));
+    });
+    return out;
+  }
+  // @END_VRRP_LINES@
 
   function bytes(n) {
     var units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -169,6 +189,13 @@ _SCRIPT = r"""
     } else {
       health.textContent = "";
     }
+    var vrrp = document.getElementById("vrrp");
+    vrrp.replaceChildren.apply(vrrp, vrrpLines(st).map(function (line) {
+      var p = document.createElement("p");
+      p.className = "vrrp";
+      p.textContent = line;
+      return p;
+    }));
     var root = document.getElementById("services");
     var sections = [];
     (st.services || []).forEach(function (svc) {
@@ -368,6 +395,25 @@ def checks(status: Mapping[str, Any], now: float) -> dict[str, dict[str, list[st
     return out
 
 
+def vrrp_lines(status: Mapping[str, Any]) -> list[str]:
+    """The VRRP part of the page: one line per sync group (its state, why, its members), then
+    one per instance (its state and the reason of its last transition, which names the sync
+    group when the group forced it). The page script builds the same lines."""
+    out = []
+    for g in status.get("vrrp_sync_groups", []):
+        members = ", ".join(f"{m['name']} {m['state']}" + (" (waiting)" if m.get("waiting")
+                                                           else "")
+                            for m in g.get("members", []))
+        out.append(f"vrrp sync group {g['name']}: {g['state']} ({g['reason']}) \u00b7 "
+                   f"members {members}")
+    for i in status.get("vrrp", []):
+        last = i.get("last_transition")
+        group = i.get("sync_group")
+        out.append(f"vrrp {i['name']}: {i['state']} ({last['reason'] if last else '-'})"
+                   + (f" \u00b7 sync group {group['name']}" if group else ""))
+    return out
+
+
 def status_json(status: Mapping[str, Any], health: Mapping[str, Any] | None = None,
                 now: float | None = None) -> bytes:
     """`document()` as UTF-8 JSON."""
@@ -395,6 +441,8 @@ def render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None = No
         f'<p class="summary" id="summary">{esc(summary)}</p>',
         f'<p class="summary" id="health">{esc(_health_line(health))}</p>',
         '<p id="freshness">rendered by the server; rates need the page script</p>',
+        '<div id="vrrp">', *(f'<p class="vrrp">{esc(line)}</p>' for line in vrrp_lines(status)),
+        "</div>",
         '<div id="services" data-rates="no">',
     ]
     for svc in status.get("services", []):

@@ -156,6 +156,17 @@ class GlobalSettings:
 
 
 @dataclass(frozen=True)
+class SyncGroupSettings:
+    """A `[[vrrp_sync_group]]` table: [[vrrp]] instances that move together (l4lb.vrrp.sync)."""
+
+    name: str  # group name for logs, status and the notify program ("G1")
+    instances: tuple[str, ...]  # names of its [[vrrp]] instances, at least two
+    notify: str | None = None  # absolute path, exec'd as: NOTIFY GROUP NAME STATE
+    tracking_weight: bool = False  # members may track services with a weight (keepalived's
+    # sync_group_tracking_weight); otherwise a member's weight must be 0 (FAULT)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole validated configuration file."""
 
@@ -163,4 +174,5 @@ class Config:
     global_: GlobalSettings
     services: tuple[Service, ...]
     vrrp: tuple[VrrpSettings, ...] = ()  # [[vrrp]] instances
+    vrrp_sync_groups: tuple[SyncGroupSettings, ...] = ()  # [[vrrp_sync_group]] tables
     metrics_listen: Endpoint | None = None  # [metrics] listen: Prometheus + status page; None=off

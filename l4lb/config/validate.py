@@ -56,6 +56,7 @@ from l4lb.config.model import (
     LogLevel,
     Protocol,
     Service,
+    SyncGroupSettings,
 )
 from l4lb.dataplane import CC_NAME_MAX, SOCKBUF_MAX, SOCKBUF_MIN, congestion_control_name_ok
 from l4lb.health.settings import (
@@ -74,6 +75,7 @@ from l4lb.health.settings import (
 from l4lb.proxyproto import PROXY_VERSIONS, ProxyVersion
 from l4lb.table.maglev import is_prime
 from l4lb.vrrp.settings import (
+    MAX_NAME,
     TrackService,
     VipInterface,
     VipSyntaxError,
@@ -100,7 +102,7 @@ PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
-TOP_KEYS = ("global", "services", "vrrp", "metrics")
+TOP_KEYS = ("global", "services", "vrrp", "vrrp_sync_group", "metrics")
 METRICS_KEYS = ("listen",)
 GLOBAL_KEYS = (
     "workers", "control_socket", "log_level", "log_format", "hash_seed", "shutdown_timeout",
@@ -130,6 +132,7 @@ VRRP_KEYS = (
     "preempt", "preempt_delay", "vips", "unicast_peers", "garp_repeat", "garp_refresh",
     "track_interfaces", "track_services", "notify", "source_address", "auth_pass",
 )
+SYNC_GROUP_KEYS = ("name", "instances", "notify", "tracking_weight")
 HEALTH_KEYS = (
     "kind", "interval", "timeout", "rise", "fall", "start_period", "down_interval",
     "fast_interval", "jitter",
@@ -148,6 +151,23 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_PROXY_FROM = 64  # accept_proxy_from entries per service (docs/forwarding-table.md)
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_VRRP_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a [[vrrp]] or [[vrrp_sync_group]] name
+# keepalived's sync group keys that l4lb spells or places otherwise
+_GROUP_TRACK = ("l4lb tracks on the members: a member's fault puts the whole group in FAULT, "
+                "so list it in one member's")
+_SYNC_GROUP_HOMES = {
+    "group": "write the members as instances = [\"VI_1\", \"VI_2\"]",
+    "track_interfaces": f"{_GROUP_TRACK} track_interfaces",
+    "track_interface": f"{_GROUP_TRACK} track_interfaces",
+    "track_services": f"{_GROUP_TRACK} track_services",
+    "track_script": f"{_GROUP_TRACK} track_services",
+    "global_tracking": "write tracking_weight = true (keepalived's sync_group_tracking_weight)",
+    "sync_group_tracking_weight": "write tracking_weight = true",
+    "notify_master": "one notify program gets the state as its third argument",
+    "notify_backup": "one notify program gets the state as its third argument",
+    "notify_fault": "one notify program gets the state as its third argument",
+    "notify_stop": "one notify program gets the state as its third argument",
+}
 
 _GLOBAL_DEFAULTS = GlobalSettings()
 _SERVICE_DEFAULTS = Service(name="", protocol="tcp", listen=(), backends=())
@@ -264,7 +284,9 @@ class _Checker:
         self.locator = locator
         self.file = file
         self.host = host  # answers the questions about this host; None = skip them
-        self.running_vrrp = running_vrrp  # instances a reload keeps: no host checks for them
+        # instances a reload keeps: no host checks for them (compared as the [[vrrp]] table
+        # reads, before a [[vrrp_sync_group]] marks its members)
+        self.running_vrrp = [dataclasses.replace(v, sync_group=None) for v in running_vrrp]
         self.diagnostics: list[Diagnostic] = []
         self.service_names: dict[str, int] = {}
         self.listen_exact: dict[tuple[str, str, int], _ListenClaim] = {}
@@ -428,13 +450,20 @@ class _Checker:
         instances: list[VrrpSettings] = []
         if "vrrp" in doc:
             instances = self.vrrp_instances(doc["vrrp"], {s.name for s in services})
+        groups: list[SyncGroupSettings] = []
+        if "vrrp_sync_group" in doc:
+            groups = self.sync_groups(doc["vrrp_sync_group"], doc.get("vrrp"))
+            member_of = {m: g.name for g in groups for m in g.instances}
+            instances = [dataclasses.replace(v, sync_group=member_of[v.name])
+                         if v.name in member_of else v for v in instances]
         metrics_listen: Endpoint | None = None
         if "metrics" in doc:
             table = self.read_table(("metrics",), "metrics", doc["metrics"])
             if table is not None:
                 metrics_listen = self.metrics(table)
         return Config(path=self.file, global_=settings, services=tuple(services),
-                      vrrp=tuple(instances), metrics_listen=metrics_listen)
+                      vrrp=tuple(instances), vrrp_sync_groups=tuple(groups),
+                      metrics_listen=metrics_listen)
 
     def metrics(self, table: dict[str, Any]) -> Endpoint | None:
         scope = _Scope(path=("metrics",), table="[metrics]", prefix="metrics.")
@@ -627,6 +656,96 @@ class _Checker:
         if self.host is not None and (settings is None or settings not in self.running_vrrp):
             self.vrrp_host(scope, table, before)
         return None if len(self.diagnostics) > before else settings
+
+    # ------------------------------------------------------------ [[vrrp_sync_group]]
+
+    def sync_groups(self, value: object, vrrp: object) -> list[SyncGroupSettings]:
+        """The [[vrrp_sync_group]] tables, checked against the [[vrrp]] tables as written (an
+        instance with problems of its own is still a known name here)."""
+        if not isinstance(value, list):
+            self.wrong_type(("vrrp_sync_group",), "vrrp_sync_group",
+                            "an array of tables ([[vrrp_sync_group]])", value)
+            return []
+        tables = [t if isinstance(t, dict) else {} for t in (vrrp if isinstance(vrrp, list)
+                                                              else [])]
+        known = {t["name"]: i for i, t in enumerate(tables) if isinstance(t.get("name"), str)}
+        out: list[SyncGroupSettings] = []
+        names: dict[str, int] = {}
+        owner: dict[str, tuple[int, str]] = {}  # instance -> (group index, group label)
+        for g, item in enumerate(value):
+            table = self.read_table(("vrrp_sync_group", g), f"vrrp_sync_group[{g}]", item)
+            if table is None:
+                continue
+            before = len(self.diagnostics)
+            raw_name = table.get("name")
+            label = f"vrrp_sync_group[{g}]" + (f" ({quote(raw_name)})"
+                                               if isinstance(raw_name, str) else "")
+            scope = _Scope(path=("vrrp_sync_group", g), table=label, prefix=f"{label}: ")
+            self.check_keys(scope, table, SYNC_GROUP_KEYS, _SYNC_GROUP_HOMES)
+            for key in ("name", "instances"):
+                if key not in table:
+                    self.missing(scope, key)
+            name = self.read_str(scope, table, "name")
+            if name is not None:
+                if not 1 <= len(name) <= MAX_NAME or not _VRRP_NAME.fullmatch(name):
+                    self.error((*scope.path, "name"), f"{scope.label('name')}: {quote(name)} "
+                               f"must be 1 to {MAX_NAME} letters, digits, '_', '.' or '-'")
+                elif name in names:
+                    self.error((*scope.path, "name"), f"{scope.label('name')}: {quote(name)} "
+                               f"is already used by vrrp_sync_group[{names[name]}]")
+                else:
+                    names[name] = g
+            members: list[str] = []
+            ipath = (*scope.path, "instances")
+            raw = table.get("instances")
+            for k, member in enumerate(self.read_str_array(scope, table, "instances")):
+                where = f"{scope.label('instances')}[{k}]"
+                if member not in known:
+                    hint = suggest(member, sorted(known))
+                    self.error((*ipath, k), f"{where}: no [[vrrp]] instance named "
+                               f"{quote(member)}" + (f"; did you mean {quote(hint)}?"
+                                                      if hint else ""))
+                elif member in members:
+                    self.error((*ipath, k), f"{where}: {quote(member)} is listed twice")
+                elif member in owner and owner[member][0] != g:
+                    self.error((*ipath, k), f"{where}: {quote(member)} is already a member of "
+                               f"{owner[member][1]} (an instance belongs to one sync group "
+                               "at most)")
+                else:
+                    members.append(member)
+                    owner[member] = (g, label)
+            if isinstance(raw, list) and len(raw) < 2 and \
+                    not any(d.path[:len(ipath)] == ipath for d in self.diagnostics[before:]):
+                self.error(ipath, f"{scope.label('instances')}: a sync group needs at least "
+                           f"two instances, found {len(raw)} (a group of one changes nothing)")
+            notify = self.read_str(scope, table, "notify")
+            if notify is not None and (not notify.startswith("/") or "\0" in notify):
+                self.error((*scope.path, "notify"), f"{scope.label('notify')}: {notify!r} must "
+                           "be an absolute path to a program")
+            weighted = self.read_bool(scope, table, "tracking_weight", False)
+            if not weighted:
+                for member in members:
+                    self.unweighted_member(tables[known[member]], known[member], name or "?")
+            if len(self.diagnostics) == before and name is not None:
+                out.append(SyncGroupSettings(name=name, instances=tuple(members), notify=notify,
+                                             tracking_weight=weighted))
+        return out
+
+    def unweighted_member(self, table: dict[str, Any], i: int, group: str) -> None:
+        """A member of a group without tracking_weight: its track_services weights must be 0
+        (a weight moves one member's priority alone, and the group can then be held BACKUP on
+        both nodes' disagreeing members)."""
+        tracks = table.get("track_services")
+        vname = table.get("name")
+        for k, entry in enumerate(tracks if isinstance(tracks, list) else []):
+            weight = entry.get("weight", 0) if isinstance(entry, dict) else 0
+            if isinstance(weight, int) and not isinstance(weight, bool) and weight != 0:
+                self.error(("vrrp", i, "track_services", k, "weight"),
+                           f"vrrp[{i}] ({quote(str(vname))}): track_services[{k}].weight: "
+                           f"{weight} in a member of sync group {quote(group)}: a member's "
+                           "weight must be 0 (the service's loss then puts the whole group in "
+                           "FAULT); set tracking_weight = true in the group to allow weights "
+                           "(keepalived's sync_group_tracking_weight)")
 
     def interfaces(self) -> Mapping[str, tuple[VipInterface, ...]] | None:
         """The host's interfaces and their addresses (asked once); None: unknown."""

@@ -29,6 +29,13 @@ goes beyond the RFC, this follows keepalived, because the peer may be keepalived
 - entering FAULT from MASTER sends a priority-0 advert so the backup takes over after Skew_Time;
 - an effective priority change in BACKUP moves the running down timer by the change of
   Skew_Time; the address owner's priority 255 never changes.
+
+A member of a sync group (`FsmConfig.sync_group`, l4lb.vrrp.sync) does not become master on its
+own when its down timer expires: it stays BACKUP and is `ready` (keepalived's wantstate MASTER)
+until the group promotes it (`promote`), which happens only when every member is ready. A
+ready member that accepts a master's advert is no longer ready. The group also forces a member
+down (`demote`: MASTER -> BACKUP with a priority-0 advert) and into FAULT (`set_fault` with a
+fault of the group's, and its own `reason`).
 See docs/vrrp-internals.md for the full transition table.
 """
 
@@ -119,6 +126,7 @@ class FsmConfig:
     garp_lower_prio_repeat: int = 5  # burst when a master hears a lower priority; 0 = none
     garp_lower_prio_delay_us: int = 5 * US_PER_S  # its second burst; 0 = none
     lower_prio_no_advert: bool = False  # True: do not answer a lower priority with an advert
+    sync_group: str | None = None  # member of this sync group: the group decides on MASTER
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -180,6 +188,8 @@ class VrrpFsm:
         self._garp_at: int | None = None  # MASTER: second GARP burst after takeover
         self._lower_garp_at: int | None = None  # MASTER: second burst after a lower priority
         self._preempt_at: int | None = None  # BACKUP: preempt_delay ends (None = not started)
+        self.ready = False  # BACKUP in a sync group: down timer expired, waits for the group
+        self.ready_cause = ""  # ready: what the expiry meant (the reason it will become master)
 
     # --- derived values -------------------------------------------------------------------
 
@@ -251,6 +261,12 @@ class VrrpFsm:
         now = self._clock()
         if self.state is State.BACKUP:
             if self._down_at is not None and now >= self._down_at:
+                if self.config.sync_group is not None:
+                    # the group decides (l4lb.vrrp.sync): wait, ready, until every member is
+                    self.ready = True
+                    self.ready_cause = self._down_cause
+                    self._down_at = None
+                    return []
                 return self._become_master(self._down_cause)
             return []
         if self.state is not State.MASTER:
@@ -267,8 +283,10 @@ class VrrpFsm:
             self._lower_garp_at = None
         return actions
 
-    def set_fault(self, name: str, active: bool) -> list[Action]:
-        """A tracked resource `name` failed (active) or recovered; FAULT while any is active."""
+    def set_fault(self, name: str, active: bool, reason: str | None = None) -> list[Action]:
+        """A tracked resource `name` failed (active) or recovered; FAULT while any is active.
+        `reason` replaces the default one of the transition it causes ("fault: NAME",
+        "fault cleared: NAME")."""
         if active:
             if name in self._faults:
                 return []
@@ -278,15 +296,30 @@ class VrrpFsm:
             actions: list[Action] = []
             if self.state is State.MASTER:
                 actions += [SendAdvert(PRIORITY_STOP), RemoveVips()]
-            return actions + self._enter(State.FAULT, f"fault: {name}")
+            return actions + self._enter(State.FAULT, reason or f"fault: {name}")
         if name not in self._faults:
             return []
         self._faults.discard(name)
         if self._faults or self.state is not State.FAULT:
             return []
+        why = reason or f"fault cleared: {name}"
         if self.priority == PRIORITY_OWNER:
-            return self._become_master(f"fault cleared: {name}; address owner (priority 255)")
-        return self._become_backup(f"fault cleared: {name}", self.config.interval_us)
+            return self._become_master(f"{why}; address owner (priority 255)")
+        return self._become_backup(why, self.config.interval_us)
+
+    def promote(self, reason: str) -> list[Action]:
+        """The sync group makes this BACKUP member master now (no effect in another state)."""
+        if self.state is not State.BACKUP:
+            return []
+        return self._become_master(reason)
+
+    def demote(self, reason: str) -> list[Action]:
+        """The sync group makes this MASTER member leave: a priority-0 advert (the peer takes
+        over after Skew_Time), the VIPs removed, BACKUP. No effect in another state."""
+        if self.state is not State.MASTER:
+            return []
+        return [SendAdvert(PRIORITY_STOP), RemoveVips(),
+                *self._become_backup(reason, self.config.interval_us)]
 
     def set_priority(self, priority: int) -> list[Action]:
         """Tracking changed the effective priority (clamped to 1..254; the owner keeps 255)."""
@@ -316,6 +349,7 @@ class VrrpFsm:
             self._down_at = now + self.master_down_interval_us
             self._down_cause = REASON_DOWN_TIMER
             self.master_address = source
+            self.ready = False  # a master it accepts: no longer ready to take over
             if cfg.preempt and cfg.preempt_delay_us > 0:
                 if priority >= self.priority:
                     self._preempt_at = None
@@ -381,6 +415,8 @@ class VrrpFsm:
         self._adver_at = self._down_at = self._garp_at = self._lower_garp_at = None
         self._preempt_at = None
         self._down_cause = REASON_DOWN_TIMER
+        self.ready = False
+        self.ready_cause = ""
         return [Notify(self.config.name, state, previous, reason)]
 
     def _fault_names(self) -> str:

@@ -48,7 +48,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from l4lb.net.vip import LinkWatcher, Netlink, VipError, VipInterface
 from l4lb.vrrp.announce import announce
@@ -95,6 +95,16 @@ def monotonic_us() -> int:
     return time.monotonic_ns() // 1000
 
 
+class SyncHook(Protocol):
+    """The sync group an instance belongs to (l4lb.vrrp.group runs it)."""
+
+    def attach(self, name: str, fsm: VrrpFsm) -> None:
+        """The member `name` created its state machine (before its start event)."""
+
+    def after(self, name: str, actions: list[Action]) -> None:
+        """The member `name` executed the actions of one event (possibly none)."""
+
+
 class VrrpError(Exception):
     """The instance cannot start (interface or address missing, sockets refused)."""
 
@@ -117,7 +127,7 @@ class Counters:
         default_factory=lambda: dict.fromkeys(sorted(REASONS), 0))  # by packet.REASONS
 
 
-class _Lane:
+class Lane:
     """Runs submitted jobs one after another, in order, on a task of the running loop."""
 
     def __init__(self, name: str) -> None:
@@ -189,8 +199,9 @@ class VrrpInstance:
 
     def __init__(self, settings: VrrpSettings, *,
                  on_notify: Callable[[Notify], None] | None = None,
-                 clock: Clock = monotonic_us) -> None:
+                 clock: Clock = monotonic_us, sync: SyncHook | None = None) -> None:
         self.settings = settings  # validated configuration
+        self.sync = sync  # the sync group it is a member of (settings.sync_group)
         self._on_notify = on_notify  # called on every state change (after logging)
         self._clock = clock  # monotonic microseconds (the loop must use the same clock)
         self.fsm: VrrpFsm | None = None  # created by start()
@@ -208,8 +219,8 @@ class VrrpInstance:
         self._sock: AdvertSocket | None = None
         self._frames: dict[str, FrameSocket] = {}  # VIP interface -> its frame socket
         self._macs: dict[str, bytes] = {}  # VIP interface -> its MAC, source of GARP / NA
-        self._vip_lane: _Lane | None = None
-        self._notify_lane: _Lane | None = None
+        self._vip_lane: Lane | None = None
+        self._notify_lane: Lane | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None  # the deadline _timer is armed for
         self._refresh: asyncio.TimerHandle | None = None  # garp_refresh while MASTER
@@ -279,6 +290,8 @@ class VrrpInstance:
             opening = s.interface
             self.address = s.source or await self._primary_address()
             self.fsm = VrrpFsm(s.fsm_config(self.address), self._clock)
+            if self.sync is not None:
+                self.sync.attach(s.name, self.fsm)
             if s.family == 4:
                 self._sock = Ipv4Socket(s.interface, info.index, multicast=not s.unicast_peers)
             else:
@@ -291,8 +304,8 @@ class VrrpInstance:
         except (OSError, VipError) as exc:
             raise VrrpError(f"vrrp {s.name}: cannot open {opening}: "
                             f"{exc.strerror or exc}") from None
-        self._vip_lane = _Lane(f"vrrp {s.name} vips")
-        self._notify_lane = _Lane(f"vrrp {s.name} notify")
+        self._vip_lane = Lane(f"vrrp {s.name} vips")
+        self._notify_lane = Lane(f"vrrp {s.name} notify")
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
         self._watcher = LinkWatcher(s.tracked_interfaces, self._on_link)
         try:
@@ -329,6 +342,8 @@ class VrrpInstance:
                 actions.insert(0, RemoveVips())
             self._execute(actions)
             self._cancel_timers()
+            if self.sync is not None:
+                self.sync.after(self.settings.name, actions)
             for lane in (self._vip_lane, self._notify_lane):
                 if lane is not None and not await lane.join(STOP_TIMEOUT):
                     log.warning("%s: still busy after %gs; abandoned", lane.name, STOP_TIMEOUT)
@@ -409,8 +424,19 @@ class VrrpInstance:
     # --- events ---------------------------------------------------------------------------
 
     def _run(self, actions: list[Action]) -> None:
-        """Execute the actions of one event and re-arm the timer."""
+        """Execute the actions of one event and re-arm the timer; then the sync group (if
+        any) looks at the event and may force actions on its members."""
         if self._loop is None:
+            return
+        self._execute(actions)
+        self._rearm()
+        if self.sync is not None and not self._stopped:
+            self.sync.after(self.settings.name, actions)
+
+    def run_forced(self, actions: list[Action]) -> None:
+        """Execute actions the sync group forced on this member (its state machine has already
+        changed) and re-arm the timer; the group is not asked again."""
+        if self._loop is None or self._stopped:
             return
         self._execute(actions)
         self._rearm()
@@ -606,33 +632,12 @@ class VrrpInstance:
     async def _run_notify(self, state: str, priority: int) -> None:
         s = self.settings
         assert s.notify is not None
-        argv = [s.notify, "INSTANCE", s.name, state, str(priority)]
         self.counters.notify_runs += 1
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
+        problem = await run_program([s.notify, "INSTANCE", s.name, state, str(priority)])
+        if problem is not None:
             self.counters.notify_errors += 1
-            log.error("vrrp %s: cannot run notify program %s: %s", s.name, s.notify,
-                      exc.strerror or exc)
-            return
-        try:
-            code = await asyncio.wait_for(proc.wait(), NOTIFY_TIMEOUT)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            self.counters.notify_errors += 1
-            log.error("vrrp %s: notify program %s %s ran longer than %gs: killed", s.name,
-                      s.notify, state, NOTIFY_TIMEOUT)
-            return
-        if code != 0:
-            self.counters.notify_errors += 1
-            log.warning("vrrp %s: notify program %s %s exited with status %d", s.name,
-                        s.notify, state, code)
+            log.log(logging.WARNING if problem.startswith("exited") else logging.ERROR,
+                    "vrrp %s: notify program %s %s %s", s.name, s.notify, state, problem)
 
     # --- status ---------------------------------------------------------------------------
 
@@ -666,6 +671,8 @@ class VrrpInstance:
                 "from": str(last.previous), "to": str(last.state), "reason": last.reason,
                 "at": last.at},
             "faults": sorted(fsm.faults) if fsm is not None else [],
+            "sync_group": None if s.sync_group is None else {
+                "name": s.sync_group, "waiting": bool(fsm is not None and fsm.ready)},
             "tracking": {
                 "interfaces": dict(self._links),
                 "services": {t.service: {"healthy": self._services[t.service],
@@ -682,6 +689,28 @@ class VrrpInstance:
             "timer_late_max_ms": self.timer_late_max_us / 1000,
             "counters": {**counters, "drops": dict(self.counters.drops)},
         }
+
+
+async def run_program(argv: list[str], timeout: float = NOTIFY_TIMEOUT) -> str | None:
+    """Run a notify program (no shell, no input or output, its own session) and wait for it;
+    None when it exited 0, otherwise what went wrong ("exited with status 2", "ran longer than
+    30s: killed", "cannot be run: ..."). Cancelling kills it."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        return f"cannot be run: {exc.strerror or exc}"
+    try:
+        code = await asyncio.wait_for(proc.wait(), timeout)
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return f"ran longer than {timeout:g}s: killed"
+    return None if code == 0 else f"exited with status {code}"
 
 
 CAP_NET_ADMIN = 12  # linux/capability.h

@@ -171,6 +171,9 @@ class VrrpSettings:
     source_address: str | None = None  # advert source; default: the interface's primary
     # IPv4 address (IPv6: its link-local address), like keepalived's mcast_src_ip/unicast_src_ip
     auth_pass: str | None = None  # v2 only: simple password (keepalived auth_type PASS), 1..8 B
+    # the [[vrrp_sync_group]] it is a member of (the loader sets it from that table); a member
+    # becomes master only with the whole group (l4lb.vrrp.sync)
+    sync_group: str | None = None
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -432,4 +435,4 @@ class VrrpSettings:
             preempt=self.preempt, preempt_delay_us=round(self.preempt_delay * US_PER_S),
             garp_repeat=self.garp_repeat, garp_delay_us=round(GARP_DELAY * US_PER_S),
             garp_lower_prio_repeat=self.garp_repeat,
-            garp_lower_prio_delay_us=round(GARP_DELAY * US_PER_S))
+            garp_lower_prio_delay_us=round(GARP_DELAY * US_PER_S), sync_group=self.sync_group)

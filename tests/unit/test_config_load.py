@@ -29,6 +29,7 @@ from l4lb.config.validate import (
     HEALTH_KEYS,
     METRICS_KEYS,
     SERVICE_KEYS,
+    SYNC_GROUP_KEYS,
     UDP_ONLY_KEYS,
     VRRP_KEYS,
 )
@@ -179,6 +180,7 @@ def test_annotated_example_shows_every_key() -> None:
     commented = set(re.findall(r"^\s*#?\s*([a-z_]+)\s*=", text, flags=re.M))
     assert set(HEALTH_KEYS) - {"send_hex", "expect_regex"} <= commented
     assert "# [[vrrp]]" in text and set(VRRP_KEYS) <= commented
+    assert "# [[vrrp_sync_group]]" in text and set(SYNC_GROUP_KEYS) <= commented
     assert set(UDP_ONLY_KEYS) <= commented
     assert "connection_log" in commented
     assert "# [metrics]" in text and set(METRICS_KEYS) <= commented
@@ -187,7 +189,7 @@ def test_annotated_example_shows_every_key() -> None:
 def test_reference_documents_every_key_and_field() -> None:
     doc = (REPO / "docs" / "configuration.md").read_text()
     for key in (*GLOBAL_KEYS, *SERVICE_KEYS, *BACKEND_KEYS, *HEALTH_KEYS, *VRRP_KEYS,
-                *METRICS_KEYS):
+                *SYNC_GROUP_KEYS, *METRICS_KEYS):
         assert f"`{key}`" in doc, key
     # every model field is reachable from some key of the file
     fields = {f.name for cls in (GlobalSettings, Service, Backend) for f in dataclasses.fields(cls)}

@@ -226,8 +226,8 @@ El.prototype.getAttribute = function (k) {
 El.prototype.replaceChildren = function () {
   this.children = Array.prototype.slice.call(arguments); };
 var byId = {};
-["version", "summary", "health", "services", "freshness", "l4lb-data"].forEach(function (id) {
-  byId[id] = new El("div"); });
+["version", "summary", "health", "vrrp", "services", "freshness",
+ "l4lb-data"].forEach(function (id) { byId[id] = new El("div"); });
 var input = JSON.parse(require("fs").readFileSync(0, "utf8"));
 byId["l4lb-data"].textContent = JSON.stringify(input.first);
 global.document = {getElementById: function (id) { return byId[id]; },
