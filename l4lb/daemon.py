@@ -1074,12 +1074,6 @@ class Daemon:
             log.info("%s", line)
         self._publish_soon()
 
-    def agent_stats(self) -> dict[str, Any] | None:
-        """The agent poller's counters (for metrics), None when no agent is polled."""
-        if self.agents is None or not self.agents.keys():
-            return None
-        return dataclasses.asdict(self.agents.stats())
-
     def _on_transition(self, key: Key, transition: Transition) -> None:
         rt = self.runtime.backends.get(key)
         if rt is None:

@@ -34,7 +34,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from l4lb.config.model import AgentSettings
@@ -47,18 +46,6 @@ K = TypeVar("K", bound=Hashable)
 
 JITTER = 0.1  # each interval is scaled by a random factor in [1 - JITTER, 1 + JITTER]
 MAX_IN_FLIGHT = 256  # polls (sockets) at once, all agents together
-
-
-@dataclass(frozen=True)
-class AgentStats:
-    """Counters of the poller since it was made (for metrics)."""
-
-    agents: int  # backends polled
-    in_flight: int  # polls running now
-    polls: int  # polls finished
-    replies: int  # of those, valid replies
-    errors: int  # malformed replies (ignored)
-    failures: int  # agent not reached, or no reply
 
 
 def _subject(key: object) -> str:
@@ -118,8 +105,6 @@ class AgentPoller(Generic[K]):
         self._agents: dict[K, _Agent[K]] = {}
         self._slots: asyncio.Semaphore | None = None  # made by start(), on the loop
         self._running = False
-        self._in_flight = 0
-        self._polls = self._replies = self._errors = self._failures = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -193,11 +178,6 @@ class AgentPoller(Generic[K]):
             }
         return out
 
-    def stats(self) -> AgentStats:
-        return AgentStats(agents=len(self._agents), in_flight=self._in_flight,
-                          polls=self._polls, replies=self._replies, errors=self._errors,
-                          failures=self._failures)
-
     # -- polling ---------------------------------------------------------------------------
 
     def _launch(self, agent: _Agent[K], first: bool) -> None:
@@ -217,11 +197,7 @@ class AgentPoller(Generic[K]):
             slots = self._slots
             assert slots is not None
             async with slots:
-                self._in_flight += 1
-                try:
-                    data, problem = await self._poll(agent)
-                finally:
-                    self._in_flight -= 1
+                data, problem = await self._poll(agent)
             if self._agents.get(agent.key) is not agent:
                 return  # removed meanwhile
             self._account(agent, data, problem)
@@ -258,12 +234,10 @@ class AgentPoller(Generic[K]):
     def _account(self, agent: _Agent[K], data: bytes, problem: str | None) -> None:
         now = time.time()
         agent.polls += 1
-        self._polls += 1
         subject = f"backend {_subject(agent.key)}"
         if problem is not None:
             agent.failures += 1
             agent.consecutive_failures += 1
-            self._failures += 1
             if agent.last_ok or agent.last_error != problem:
                 log.warning("%s: agent %s not answering: %s (its state is kept)", subject,
                             format_target(agent.host, agent.port), problem)
@@ -273,7 +247,6 @@ class AgentPoller(Generic[K]):
         assert reply is not None
         if not reply.ok:
             agent.errors += 1
-            self._errors += 1
             agent.consecutive_failures = 0
             if agent.last_ok or agent.last_error != reply.error:
                 log.warning("%s: agent reply ignored: %s: %r", subject, reply.error, reply.text)
@@ -283,7 +256,6 @@ class AgentPoller(Generic[K]):
             log.info("%s: agent %s answers again", subject,
                      format_target(agent.host, agent.port))
         agent.replies += 1
-        self._replies += 1
         agent.consecutive_failures = 0
         agent.last_ok = True
         agent.last_reply, agent.last_reply_at = reply.text, now
