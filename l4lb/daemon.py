@@ -53,7 +53,7 @@ from l4lb import __version__, proxyproto
 from l4lb.config import ConfigError, load_file
 from l4lb.config.durations import format_duration_ms, parse_duration_ms
 from l4lb.config.locate import Locator
-from l4lb.config.model import Backend, Config, Service
+from l4lb.config.model import AgentSettings, Backend, Config, Service
 from l4lb.config.validate import U32_MAX, validate
 from l4lb.connlog import ConnLogWriter, RecordError
 from l4lb.control import ControlError, ControlServer, install_loop_exception_handler
@@ -1052,17 +1052,30 @@ class Daemon:
         if self.agents is None:
             return
         wanted: set[Key] = set()
-        for service in self.config.services:
+        for key, host, port, settings in self._agent_targets(self.config):
+            self.agents.add(key, host, port, settings)
+            wanted.add(key)
+        if prune:
+            for key in set(self.agents.keys()) - wanted:
+                self.agents.remove(key)
+
+    @staticmethod
+    def _agent_targets(config: Config) -> list[tuple[Key, str, int, AgentSettings]]:
+        """Every agent `config` polls: (backend, address, port, settings). ValueError, naming
+        the backend, for one that has no port (a backend added at run time to a service whose
+        [services.agent] relies on each backend's agent_port), before anything is changed."""
+        out: list[tuple[Key, str, int, AgentSettings]] = []
+        for service in config.services:
             if service.agent is None:
                 continue
             for backend in service.backends:
                 key = (service.name, address_text(backend))
+                if backend.agent_port is None and service.agent.port is None:
+                    raise ValueError(f"backend {key[0]}/{key[1]}: no agent port ([services."
+                                     "agent] has no port and the backend no agent_port)")
                 host, port = service.agent.target(backend)
-                self.agents.add(key, host, port, service.agent)
-                wanted.add(key)
-        if prune:
-            for key in set(self.agents.keys()) - wanted:
-                self.agents.remove(key)
+                out.append((key, host, port, service.agent))
+        return out
 
     def _on_agent_change(self, key: Key, old: Dynamic, new: Dynamic, reply: AgentReply) -> None:
         if key not in self.runtime.backends:
@@ -1680,6 +1693,7 @@ class Daemon:
         again. The steps that release things (listeners closed, health checks of removed
         backends) are left to the caller, after this returned."""
         self._health_targets(config)  # ValueError here: nothing changed yet
+        self._agent_targets(config)
         self.finish_close()  # counted before the state a rollback puts back is saved
         old = (self.config, self.runtime, self.file_config, self.overlay)
         saved_ids = self.builder.checkpoint()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import subprocess
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from l4lb.control import request
+from l4lb.control import ControlError, request
 
 from .procs import (
     NameServer,
@@ -181,6 +182,9 @@ def test_agent_replies_move_weights_state_and_traffic(tmp_path: Path,
         counts = spread(listen, 30)
         assert set(counts) == {"a", "c"} and 9 <= counts["a"] <= 11, counts
 
+        # the operator's enable is a separate flag: it cannot undo the agent's drain
+        reply = request(sock, "enable", service="web", backend="b")
+        assert (reply["state"], reply["agent"]) == ("drain", "drain (#maintenance window)")
         # the operator's disable is a separate flag: the agent's ready does not undo it
         request(sock, "disable", service="web", backend="b")
         agents.lines[pb] = b"ready\n"
@@ -263,6 +267,11 @@ def test_reload_keeps_what_the_agent_said_for_backends_that_stay(
         got = views(sock)
         assert got["c"]["state"] == "up" and got["c"]["effective_weight"] == 10
         assert got["c"]["agent"]["last_reply"] is None
+        # a runtime backend would have no agent port ([services.agent] has none): refused
+        with pytest.raises(ControlError, match=re.escape(
+                "no agent port ([services.agent] has no port and the backend no agent_port)")):
+            request(sock, "add-backend", service="web", address="127.0.0.1:1")
+        assert set(views(sock)) == {"a", "b", "c"}
         # no [services.agent]: nothing is polled, the base weights again
         cfg.write_text(config(tmp_path, listen, backends, ports, agent=False))
         reload_ok(cfg)
