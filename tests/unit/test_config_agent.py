@@ -3,8 +3,11 @@ loader reads them (the errors are in tests/golden/config/agent.toml)."""
 
 from __future__ import annotations
 
+import pytest
+
 from l4lb.config.load import load_text
 from l4lb.config.model import AgentSettings
+from l4lb.health.settings import HealthSettings, HealthSettingsError
 
 TEXT = """
 [[services]]
@@ -45,3 +48,12 @@ def test_agent_settings_and_targets() -> None:
 def test_defaults_are_haproxys_agent_inter() -> None:
     d = AgentSettings()
     assert (d.interval, d.timeout, d.send, d.address) == (2.0, 1.0, b"", None)
+
+
+def test_health_settings_refuse_dynamic_without_exec() -> None:
+    with pytest.raises(HealthSettingsError) as info:
+        HealthSettings(kind="tcp", dynamic=True)
+    assert info.value.problems == [
+        'health.dynamic: applies to kind "exec" only (the weight comes from the command\'s '
+        "exit status)"]
+    assert HealthSettings(kind="exec", command=("/bin/true",), dynamic=True).dynamic
