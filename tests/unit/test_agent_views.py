@@ -93,3 +93,15 @@ def test_metrics_of_agents_and_dynamic_weights() -> None:
                  "l4lb_backend_agent_health", "l4lb_backend_agent_failures_total",
                  "l4lb_backend_agent_bad_replies_total", "l4lb_backend_dynamic_weight"):
         assert f"`{name}`" in doc, name
+
+
+def test_change_reply_names_what_the_agent_holds() -> None:
+    from l4lb.cli import _change_text
+
+    reply = {"service": "web", "backend": "b", "state": "drain", "weight": 10, "generation": 4,
+             "agent": "drain (#window)"}
+    assert _change_text(reply) == ("web/b: state drain, weight 10 (table generation 4)\n"
+                                   "note: its agent holds it at drain (#window) until the "
+                                   "agent says otherwise")
+    del reply["agent"]
+    assert "agent" not in _change_text(reply)
