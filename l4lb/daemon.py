@@ -53,14 +53,23 @@ from l4lb import __version__, proxyproto
 from l4lb.config import ConfigError, load_file
 from l4lb.config.durations import format_duration_ms, parse_duration_ms
 from l4lb.config.locate import Locator
-from l4lb.config.model import Backend, Config, Service
+from l4lb.config.model import AgentSettings, Backend, Config, Service
 from l4lb.config.validate import U32_MAX, validate
 from l4lb.connlog import ConnLogWriter, RecordError
 from l4lb.control import ControlError, ControlServer, install_loop_exception_handler
 from l4lb.control import cap_for as control_cap_for
 from l4lb.dataplane import load_dataplane_class
+from l4lb.health.agent import AgentPoller
+from l4lb.health.agentreply import AgentReply
 from l4lb.health.checker import HealthChecker
 from l4lb.health.dampener import Health, Transition, transition_log_line
+from l4lb.health.dynamic import (
+    NEUTRAL,
+    Dynamic,
+    agent_words,
+    combined_admin,
+    combined_health,
+)
 from l4lb.health.probe import ProbeSpec
 from l4lb.health.settings import HealthSettings
 from l4lb.httpserver import HttpServer, caps_for
@@ -216,6 +225,10 @@ class BackendView:
     protocol: str = "tcp"  # its service's protocol (`l4lb backends` picks its layout by it)
     check: dict[str, Any] | None = None  # health check detail (Dampener.view), None
     #                                      when its service has no [services.health]
+    admin: str = "up"  # the operator's admin state alone (`state` has the agent's applied)
+    agent: dict[str, Any] | None = None  # agent detail (AgentPoller.views), None without
+    #                                      [services.agent]
+    dynamic_weight: int | None = None  # weight a misc_dynamic exit status set, if any
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict, in field order: dataclasses.asdict() without its recursion
@@ -242,6 +255,7 @@ class Daemon:
     started: float = field(default_factory=time.time)  # unix time of start()
     weights: Weights | None = None  # effective weights of the live table
     checker: HealthChecker[Key] | None = None  # active health checks (on the event loop)
+    agents: AgentPoller[Key] | None = None  # agent checks ([services.agent], on the loop)
     publish_handle: asyncio.Handle | None = None  # a coalesced re-publish is queued
     ramp_handle: asyncio.TimerHandle | None = None  # re-publish at the next slow-start step
     panic_logged: dict[str, str] = field(default_factory=dict)  # service -> reason warned
@@ -366,14 +380,19 @@ class Daemon:
 
     def _publish(self) -> None:
         self.finish_close()  # no table goes out while an on_down close is in flight
+        dynamic = self.dynamic()
         weights = compute(self.config, self.runtime, time.monotonic(), self._ramp_start,
-                          self._unproven)
-        # DOWN or in maintenance: UDP flows move on their next datagram (drained ones stay).
-        # A DOWN backend that a panic keeps in rotation (weight > 0) is not marked: the builder
-        # gives every marked backend weight 0.
-        down = {key for key, rt in self.runtime.backends.items()
-                if rt.admin == "maint"
-                or (rt.health == "down" and weights.weights.get(key, 0) == 0)}
+                          self._unproven, dynamic)
+        # DOWN or in maintenance (by the operator or the agent): UDP flows move on their next
+        # datagram (drained ones stay). A DOWN backend that a panic keeps in rotation (weight
+        # > 0) is not marked: the builder gives every marked backend weight 0.
+        down = set()
+        for key, rt in self.runtime.backends.items():
+            dyn = dynamic.get(key, NEUTRAL)
+            if combined_admin(rt.admin, dyn) == "maint" or (
+                    combined_health(rt.health, dyn) == "down"
+                    and weights.weights.get(key, 0) == 0):
+                down.add(key)
         blob = self.builder.build(self.config, weights.weights, down)
         fresh = digest(blob)
         self._sync_accept_proxy(offs_only=True)  # before the table that drops their list
@@ -409,6 +428,32 @@ class Daemon:
             self._shut_down_sessions(weights)
         for gone in [key for key in self.sessions_shut_down if key not in self.runtime.backends]:
             del self.sessions_shut_down[gone]  # a backend added again later starts from 0
+
+    def dynamic(self) -> dict[Key, Dynamic]:
+        """What agents and misc_dynamic commands said, per backend (l4lb.health.dynamic), for
+        the services that have them in the running configuration (a reload in progress keeps
+        the pollers' state of the others until it is committed, for a rollback)."""
+        agent_services = {s.name for s in self.config.services if s.agent is not None}
+        dynamic_services = {s.name for s in self.config.services
+                            if s.health is not None and s.health.dynamic}
+        out: dict[Key, Dynamic] = {}
+        if self.agents is not None and agent_services:
+            out = {key: state for key, state in self.agents.states().items()
+                   if key[0] in agent_services}
+        if self.checker is not None and dynamic_services:
+            for key, weight in self.checker.dynamic_weights().items():
+                if key[0] in dynamic_services:
+                    out[key] = dataclasses.replace(out.get(key, NEUTRAL), exec_weight=weight)
+        return out
+
+    def effective_state(self, key: Key, dynamic: Dynamic | None = None) -> str:
+        """The one word an operator sees (maint, drain, down or up, in that precedence) with
+        the agent's flags applied (l4lb.health.dynamic)."""
+        rt = self.runtime.backends[key]
+        if dynamic is None:
+            dynamic = self.dynamic().get(key, NEUTRAL)
+        admin = combined_admin(rt.admin, dynamic)
+        return admin if admin != "up" else combined_health(rt.health, dynamic)
 
     def _unproven(self, key: Key) -> bool:
         """True while a checked backend is DOWN by initial_state "down" with no verdict yet."""
@@ -961,7 +1006,7 @@ class Daemon:
 
     def start_health(self) -> None:
         """Start probing on the running loop (serve() calls this)."""
-        self.checker = HealthChecker(self._on_transition)
+        self.checker = HealthChecker(self._on_transition, on_weight=self._on_dynamic_weight)
         self._sync_health()
         if any(rt.health == "down" for rt in self.runtime.backends.values()):
             self._publish()  # initial_state "down": start() published them UP
@@ -998,6 +1043,65 @@ class Daemon:
         if prune:
             for key in set(self.checker.keys()) - {key for key, _, _ in targets}:
                 self.checker.remove(key)
+
+    def _on_dynamic_weight(self, key: Key, old: int | None, new: int, reason: str) -> None:
+        """A misc_dynamic exit status changed a backend's weight (kind "exec", dynamic)."""
+        if key not in self.runtime.backends:
+            return
+        was = (f"was {old}" if old is not None
+               else f"was the base weight {self.runtime.backends[key].weight}")
+        log.info("backend %s/%s: weight %d from the check: %s (misc_dynamic; %s)", *key, new,
+                 reason, was)
+        self._publish_soon()
+
+    # ---- agent checks (docs/health.md, "Agent checks") ----
+
+    def start_agents(self) -> None:
+        """Start polling agents on the running loop (serve() calls this)."""
+        self.agents = AgentPoller(self._on_agent_change)
+        self._sync_agents()
+        self.agents.start()
+
+    def _sync_agents(self, prune: bool = True) -> None:
+        """Poll the agent of every backend of a service with [services.agent], and (with
+        `prune`) only those: a backend that stays keeps what its agent said."""
+        if self.agents is None:
+            return
+        wanted: set[Key] = set()
+        for key, host, port, settings in self._agent_targets(self.config):
+            self.agents.add(key, host, port, settings)
+            wanted.add(key)
+        if prune:
+            for key in set(self.agents.keys()) - wanted:
+                self.agents.remove(key)
+
+    @staticmethod
+    def _agent_targets(config: Config) -> list[tuple[Key, str, int, AgentSettings]]:
+        """Every agent `config` polls: (backend, address, port, settings). ValueError, naming
+        the backend, for one that has no port (a backend added at run time to a service whose
+        [services.agent] relies on each backend's agent_port), before anything is changed."""
+        out: list[tuple[Key, str, int, AgentSettings]] = []
+        for service in config.services:
+            if service.agent is None:
+                continue
+            for backend in service.backends:
+                key = (service.name, address_text(backend))
+                if backend.agent_port is None and service.agent.port is None:
+                    raise ValueError(f"backend {key[0]}/{key[1]}: no agent port ([services."
+                                     "agent] has no port and the backend no agent_port)")
+                host, port = service.agent.target(backend)
+                out.append((key, host, port, service.agent))
+        return out
+
+    def _on_agent_change(self, key: Key, old: Dynamic, new: Dynamic, reply: AgentReply) -> None:
+        if key not in self.runtime.backends:
+            return
+        line = f"backend {key[0]}/{key[1]}: agent says {reply.said() or reply.text}"
+        if new.health != "up" and old.health == "up":
+            log.warning("%s", line)
+        else:
+            log.info("%s", line)
+        self._publish_soon()
 
     def _on_transition(self, key: Key, transition: Transition) -> None:
         rt = self.runtime.backends.get(key)
@@ -1166,6 +1270,8 @@ class Daemon:
         latencies = self.checker.latencies() if self.checker is not None else {}
         checks = (self.checker.views(time.time() - time.monotonic())
                   if self.checker is not None else {})
+        agents = self.agents.views() if self.agents is not None else {}
+        dynamic = self.dynamic()
         views: list[BackendView] = []
         for service in self.config.services:
             if service_name is not None and service.name != service_name:
@@ -1174,20 +1280,28 @@ class Daemon:
                 rt = self.runtime.backends[(service.name, address_text(backend))]
                 effective = (self.weights.weights.get((service.name, rt.address), 0)
                              if self.weights is not None else 0)
-                view = BackendView(service.name, rt.address, backend.name, state=rt.state,
+                key = (service.name, rt.address)
+                dyn = dynamic.get(key, NEUTRAL)
+                view = BackendView(service.name, rt.address, backend.name,
+                                   state=self.effective_state(key, dyn),
                                    weight=rt.weight, effective_weight=effective,
                                    backup=rt.backup, source=backend.source,
                                    protocol=service.protocol)
                 bid = ids.get((service.name, view.address))
                 counters = stats["backends"].get(bid, {}) if bid is not None else {}
-                for key in BACKEND_COUNTERS:
-                    setattr(view, key, int(counters.get(key, 0)))
+                for counter in BACKEND_COUNTERS:
+                    setattr(view, counter, int(counters.get(counter, 0)))
                 armed = self.drains.pending.get((service.name, rt.address))
                 view.drain_deadline = armed.deadline if armed is not None else None
                 view.probe_latency = latencies.get((service.name, rt.address))
                 view.check = checks.get((service.name, rt.address))
                 view.sessions_shut_down = self.sessions_shut_down.get((service.name, rt.address),
                                                                       0)
+                view.admin = rt.admin
+                view.agent = agents.get(key)
+                if view.agent is not None:
+                    view.agent["holds"] = agent_words(dyn)
+                view.dynamic_weight = dyn.exec_weight
                 views.append(view)
         return views
 
@@ -1595,6 +1709,7 @@ class Daemon:
         again. The steps that release things (listeners closed, health checks of removed
         backends) are left to the caller, after this returned."""
         self._health_targets(config)  # ValueError here: nothing changed yet
+        self._agent_targets(config)
         self.finish_close()  # counted before the state a rollback puts back is saved
         old = (self.config, self.runtime, self.file_config, self.overlay)
         saved_ids = self.builder.checkpoint()
@@ -1608,6 +1723,7 @@ class Daemon:
             self.config, self.file_config, self.overlay = config, file_config, overlay
             self.runtime = Runtime.from_config(config, previous=old[1])
             self._sync_health(prune=False)
+            self._sync_agents(prune=False)
             self._publish()
             ids = self.builder.service_ids()
             # before they are polled; as at start, a new listener without its options is refused
@@ -1636,6 +1752,7 @@ class Daemon:
             self.config, self.runtime, self.file_config, self.overlay = old
             try:
                 self._sync_health()
+                self._sync_agents()
                 # The ids go back to what they were (those given out since stay retired);
                 # if the new table went live, the old one is built again, with the same ids.
                 # Published even when the table did not change: _publish() then leaves the
@@ -1663,6 +1780,7 @@ class Daemon:
             log.info("service %s: now serves %s (was %s)", group.service, group.endpoint,
                      service)
         self._sync_health()  # committed: stop checking what left
+        self._sync_agents()
 
     def _hand_listener(self, group: ListenerGroup, service_id: int) -> None:
         """Make the data plane serve `group`'s sockets for `service_id` (a moved listener)."""
@@ -2037,10 +2155,17 @@ class Daemon:
         except StateError as exc:
             raise ControlError(str(exc)) from None
         self._publish()
-        log.info("backend %s/%s: %s (state %s, weight %d)", service, rt.address, what, rt.state,
-                 rt.weight)
-        return {"service": service, "backend": rt.address, "state": rt.state,
-                "weight": rt.weight, "generation": self.generation}
+        key = (service, rt.address)
+        dyn = self.dynamic().get(key, NEUTRAL)
+        state = self.effective_state(key, dyn)
+        held = agent_words(dyn)
+        log.info("backend %s/%s: %s (state %s, weight %d%s)", service, rt.address, what, state,
+                 rt.weight, f"; its agent holds it at {held}" if held else "")
+        reply = {"service": service, "backend": rt.address, "state": state,
+                 "weight": rt.weight, "generation": self.generation}
+        if held:
+            reply["agent"] = held
+        return reply
 
     def cmd_enable(self, service: str, backend: str) -> dict[str, Any]:
         return self._change("enabled", service, backend,
@@ -2105,6 +2230,9 @@ class Daemon:
         if self.checker is not None:
             self.checker.stop()
             self.checker = None
+        if self.agents is not None:
+            self.agents.stop()
+            self.agents = None
         for handle in (self.publish_handle, self.ramp_handle):
             if handle is not None:
                 handle.cancel()
@@ -2314,6 +2442,7 @@ async def serve(daemon: Daemon, tick: Callable[[Daemon], None] | None = None,
     for signum in HANDLED_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     daemon.start_health()
+    daemon.start_agents()
     daemon.start_connlog()
     try:
         try:

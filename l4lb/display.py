@@ -121,6 +121,11 @@ def _backend_lead(b: dict[str, Any], now: float | None) -> list[Any]:
         state += f", {countdown(b['drain_deadline'] - now)} left"
     progress = check_progress(b.get("check"))
     state += f", {progress}" if progress else ""
+    agent = b.get("agent")
+    if agent and agent.get("holds"):
+        state += f", agent: {agent['holds']}"
+    if b.get("dynamic_weight") is not None:
+        state += f", check weight {b['dynamic_weight']}"
     state += " (backup)" if b.get("backup") else ""
     return [b["address"], name, state, b["weight"], b["effective_weight"]]
 
@@ -159,12 +164,48 @@ def check_note(check: dict[str, Any] | None, now: float) -> str:
     return text
 
 
+def agent_note(agent: dict[str, Any] | None, now: float) -> str:
+    """What a backend's agent holds it at and how its polls go: `agent 10.0.1.5:9777: holds
+    drain 50% (#window); last reply 2s ago: "drain 50% #window"; last poll failed 1s ago:
+    connect refused (3 in a row, 5 failures, 1 bad reply)`. "" for a backend without an
+    agent, and for one whose agent holds nothing back and whose last poll went well."""
+    if not agent:
+        return ""
+    failing = agent.get("consecutive_failures", 0) > 0
+    bad_last = agent.get("last_error") is not None and (
+        agent.get("last_reply_at") is None
+        or (agent.get("last_error_at") or 0) > agent["last_reply_at"])
+    if not agent.get("holds") and not bad_last:
+        return ""
+    parts = [f"agent {agent['target']}: " + (f"holds {agent['holds']}" if agent.get("holds")
+                                             else "holds nothing back")]
+    if agent.get("last_reply_at") is not None:
+        parts.append(f"last reply {uptime(now - agent['last_reply_at'])} ago: "
+                     f"{agent['last_reply']!r}")
+    if bad_last:
+        what = "failed" if failing else "ignored"
+        text = (f"last poll {what} {uptime(now - (agent.get('last_error_at') or now))} ago: "
+                f"{agent['last_error']}")
+        counts = []
+        if failing:
+            counts.append(f"{agent['consecutive_failures']} in a row")
+        counts.append(f"{agent.get('failures', 0)} failures, {agent.get('errors', 0)} bad "
+                      "replies in all")
+        parts.append(text + f" ({', '.join(counts)})")
+    return "; ".join(parts)
+
+
 def check_lines(backends: Sequence[dict[str, Any]], now: float | None = None) -> list[str]:
-    """check_note() of every backend that has one, as `ADDRESS: NOTE` lines for under the
-    backends table (UP backends whose last probe passed get no line)."""
+    """check_note() and agent_note() of every backend that has one, as `ADDRESS: NOTE` lines
+    for under the backends table (UP backends whose last probe passed, and whose agent holds
+    nothing back, get no line)."""
     stamp = time.time() if now is None else now
-    notes = ((b["address"], check_note(b.get("check"), stamp)) for b in backends)
-    return [f"{address}: {note}" for address, note in notes if note]
+    out = []
+    for b in backends:
+        for note in (check_note(b.get("check"), stamp), agent_note(b.get("agent"), stamp)):
+            if note:
+                out.append(f"{b['address']}: {note}")
+    return out
 
 
 def backends_text(backends: Sequence[dict[str, Any]], protocol: str = "tcp",

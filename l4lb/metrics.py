@@ -398,9 +398,51 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
         if seconds is not None:
             probe.add_metric(key, seconds)
     yield from (conns, active, failures, shut_down, nbytes, up, state, weight, effective, backup)
-    for family in (probe, since, consecutive, last):
+    for family in (probe, since, consecutive, last, *_agent_families(services)):
         if family.samples:
             yield family
+
+
+AGENT_ADMIN_WORDS = ("ready", "drain", "maint")
+AGENT_HEALTH_WORDS = ("up", "down", "fail", "stopped")
+
+
+def _agent_families(services: Sequence[Mapping[str, Any]]) -> list[Metric]:
+    """What the backends' agents said ([services.agent]) and misc_dynamic weights; only
+    backends that have them get samples."""
+    labels = list(_BACKEND_LABELS)
+    percent = GaugeMetricFamily("l4lb_backend_agent_weight_percent",
+                                "Weight percentage the backend's agent last said (absent "
+                                "until it says one).", labels=labels)
+    admin = GaugeMetricFamily("l4lb_backend_agent_admin",
+                              "1 for the admin word the backend's agent holds (ready, drain, "
+                              "maint).", labels=[*labels, "state"])
+    health = GaugeMetricFamily("l4lb_backend_agent_health",
+                               "1 for the health word the backend's agent holds (up, down, "
+                               "fail, stopped).", labels=[*labels, "state"])
+    failures = CounterMetricFamily("l4lb_backend_agent_failures",
+                                   "Polls of the backend's agent that got no reply (refused, "
+                                   "timeout, closed).", labels=labels)
+    bad = CounterMetricFamily("l4lb_backend_agent_bad_replies",
+                              "Replies of the backend's agent that were malformed and ignored.",
+                              labels=labels)
+    dynamic = GaugeMetricFamily("l4lb_backend_dynamic_weight",
+                                "Weight the backend's misc_dynamic check set (kind exec, "
+                                "dynamic = true); absent until one is set.", labels=labels)
+    for b, key in _backends(services):
+        agent = b.get("agent")
+        if agent:
+            if agent.get("weight_percent") is not None:
+                percent.add_metric(key, agent["weight_percent"])
+            for word in AGENT_ADMIN_WORDS:
+                admin.add_metric([*key, word], 1 if agent.get("admin") == word else 0)
+            for word in AGENT_HEALTH_WORDS:
+                health.add_metric([*key, word], 1 if agent.get("health") == word else 0)
+            failures.add_metric(key, agent.get("failures", 0))
+            bad.add_metric(key, agent.get("errors", 0))
+        if b.get("dynamic_weight") is not None:
+            dynamic.add_metric(key, b["dynamic_weight"])
+    return [percent, admin, health, failures, bad, dynamic]
 
 
 def _stats_families(stats: Mapping[str, Any],

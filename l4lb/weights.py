@@ -8,11 +8,12 @@ ramp, which reduces to "admin up and weight > 0".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from l4lb.config.model import Config
 from l4lb.health.dampener import Health
+from l4lb.health.dynamic import NEUTRAL, Dynamic, combined_admin, combined_health, combined_weight
 from l4lb.health.pool import PoolMember, effective_weights
 from l4lb.state import Runtime, address_text
 
@@ -31,8 +32,11 @@ class Weights:
 
 def compute(config: Config, runtime: Runtime, now: float,
             ramp_start: Callable[[Key], float | None] = lambda key: None,
-            unproven: Callable[[Key], bool] = lambda key: False) -> Weights:
-    """Weights for every backend of `config` given `runtime` at monotonic time `now`."""
+            unproven: Callable[[Key], bool] = lambda key: False,
+            dynamic: Mapping[Key, Dynamic] | None = None) -> Weights:
+    """Weights for every backend of `config` given `runtime` at monotonic time `now`, and
+    `dynamic`: what agents and misc_dynamic commands said (absent keys: nothing)."""
+    said = dynamic if dynamic is not None else {}
     weights: dict[Key, int] = {}
     panic: dict[str, str] = {}
     up: dict[str, int] = {}
@@ -42,10 +46,12 @@ def compute(config: Config, runtime: Runtime, now: float,
         for backend in service.backends:
             key = (service.name, address_text(backend))
             rt = runtime.backends[key]
+            dyn = said.get(key, NEUTRAL)
             members.append(PoolMember(
-                key=key, weight=rt.weight,
-                health=Health.UP if rt.health == "up" else Health.DOWN,
-                admin=rt.admin, backup=rt.backup,
+                key=key, weight=combined_weight(rt.weight, dyn),
+                health=(Health.UP if combined_health(rt.health, dyn) == "up"
+                        else Health.DOWN),
+                admin=combined_admin(rt.admin, dyn), backup=rt.backup,
                 ramp_start=ramp_start(key) if service.health is not None else None,
                 unproven=service.health is not None and unproven(key)))
         hs = service.health

@@ -65,6 +65,30 @@ class Backend:
     # before connect(): the backend's own `source`, else the service's; None = the kernel's
     # choice (docs/configuration.md, "Source address")
     source: str | None = None
+    # the backend's own agent (`agent_port`, `agent_address`), overriding [services.agent]'s
+    # port and address for it; None = the service's (docs/health.md, "Agent checks")
+    agent_port: int | None = None
+    agent_address: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """`[services.agent]`: poll an agent on (or for) each backend over TCP; its one-line
+    reply sets the backend's weight percentage, admin state and health (HAProxy's
+    agent-check; docs/health.md, "Agent checks")."""
+
+    port: int | None = None  # the agents' TCP port; None: every backend has agent_port
+    interval: float = 2.0  # seconds from the start of one poll to the start of the next
+    timeout: float = 1.0  # connect, send and read of one poll; <= interval
+    send: bytes = b""  # written once connected (HAProxy's agent-send); b"": nothing
+    address: str | None = None  # the agents' IP address; None: each backend's own
+
+    def target(self, backend: Backend) -> tuple[str, int]:
+        """The (address, port) of `backend`'s agent."""
+        host = backend.agent_address or self.address or backend.address.host
+        port = backend.agent_port if backend.agent_port is not None else self.port
+        assert port is not None  # the validator requires one of the two
+        return host, port
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,7 @@ class Service:
     max_connections: int = 0
     maglev_table_size: int = 65537  # prime
     health: HealthSettings | None = None  # [services.health]; None = no active checks
+    agent: AgentSettings | None = None  # [services.agent]; None = no agent checks
     # UDP only (protocol = "udp"); TCP services keep the defaults:
     udp_idle_timeout: float = 30.0  # a flow expires after this long without a datagram
     max_flows: int = 0  # flows at once, all workers together; 0 = unlimited

@@ -47,6 +47,7 @@ from l4lb.config.locate import Locator
 from l4lb.config.model import (
     HASH_KEYS,
     SCHEDULERS,
+    AgentSettings,
     Backend,
     Config,
     Endpoint,
@@ -114,7 +115,7 @@ SERVICE_KEYS = (
     "udp_idle_timeout", "max_flows", "responses", "session", "congestion_control",
     "backend_congestion_control", "backend_fast_open", "defer_accept", "udp_gro",
     "client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf", "proxy_protocol",
-    "accept_proxy", "accept_proxy_timeout", "source", "accept_proxy_from",
+    "accept_proxy", "accept_proxy_timeout", "source", "accept_proxy_from", "agent",
 )
 SOCKBUF_KEYS = ("client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf")
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session", "udp_gro")
@@ -126,7 +127,9 @@ TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle
                  "proxy_protocol": "", "accept_proxy": "",
                  "accept_proxy_timeout": "", "accept_proxy_from": ""}  # key -> UDP key instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
-BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup", "source")
+BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup", "source",
+                "agent_port", "agent_address")
+AGENT_KEYS = ("port", "interval", "timeout", "send", "address")  # [services.agent]
 VRRP_KEYS = (
     "name", "interface", "virtual_router_id", "priority", "advert_interval", "version",
     "preempt", "preempt_delay", "vips", "unicast_peers", "garp_repeat", "garp_refresh",
@@ -951,6 +954,9 @@ class _Checker:
             self.error((*scope.path, "health", "on_down"), f"{scope.label('health.on_down')}: "
                        'applies to protocol = "tcp" only; a UDP flow whose backend goes DOWN '
                        'moves to another backend with its next datagram (close reason "moved")')
+        agent = self.agent(scope, table["agent"], indexed) if "agent" in table else None
+        if "agent" not in table:
+            self.agent_keys_alone(scope, table)
         udp_idle_timeout = self.read_duration(scope, table, "udp_idle_timeout",
                                               d.udp_idle_timeout, zero_ok=False)
         max_flows = self.read_int(scope, table, "max_flows", d.max_flows, 0, U32_MAX)
@@ -993,7 +999,8 @@ class _Checker:
             name=name, protocol=protocol, listen=tuple(listen), backends=tuple(backends),
             scheduler=scheduler, hash_key=hash_key, connect_timeout=connect_timeout,
             idle_timeout=idle_timeout, retries=retries, max_connections=max_connections,
-            maglev_table_size=table_size, health=health, udp_idle_timeout=udp_idle_timeout,
+            maglev_table_size=table_size, health=health, agent=agent,
+            udp_idle_timeout=udp_idle_timeout,
             max_flows=max_flows, responses=responses, session=session,
             udp_gro=udp_gro or protocol == "tcp", congestion_control=congestion,
             backend_congestion_control=backend_congestion,
@@ -1512,6 +1519,8 @@ class _Checker:
             command = self.read_str_array(hs, table, "command")
             if len(self.diagnostics) == before:
                 out["command"] = command
+        if "dynamic" in table:
+            out["dynamic"] = self.read_bool(hs, table, "dynamic", False)
         user = self.read_str(hs, table, "command_user")
         ids: tuple[int, int] | None = None
         if user is not None:
@@ -1529,6 +1538,79 @@ class _Checker:
                 self.error((*key_path, 0), f"{hs.label('command')}[0]: {quote(command[0])} "
                            f"{self._program_words(problem)}{whose}")
         return out
+
+    # ------------------------------------------------------------ [services.agent]
+
+    def agent(self, scope: _Scope, value: object,
+              backends: Sequence[tuple[int, Backend]]) -> AgentSettings | None:
+        """The service's [services.agent] table; None when it is wrong (reported). `port` is
+        required unless every backend has its own `agent_port`."""
+        path = (*scope.path, "agent")
+        table = self.read_table(path, scope.label("agent"), value)
+        if table is None:
+            return None
+        ags = _Scope(path=path, table=f"{scope.table}: agent", prefix=f"{scope.prefix}agent.")
+        before = len(self.diagnostics)
+        self.check_keys(ags, table, AGENT_KEYS, {})
+        d = AgentSettings()
+        port = self.read_int(ags, table, "port", 1, 1, 65535) if "port" in table else None
+        if "port" not in table and any(b.agent_port is None for _, b in backends):
+            lacking = [j for j, b in backends if b.agent_port is None]
+            self.error((*path, "port"), f"{ags.table}: missing required key \"port\" (the "
+                       f"agents' TCP port; backends[{lacking[0]}] has no agent_port of its "
+                       "own)", at_key=True, position_of=path)
+        durations = len(self.diagnostics)
+        interval = self.read_duration(ags, table, "interval", d.interval, zero_ok=False)
+        timeout = self.read_duration(ags, table, "timeout", d.timeout, zero_ok=False)
+        if timeout > interval and len(self.diagnostics) == durations:
+            key = "timeout" if "timeout" in table else "interval"
+            self.error((*path, key), f"{ags.label('timeout')}: "
+                       f"{suggest_duration(round(timeout * 1000))} must not exceed interval "
+                       f"{suggest_duration(round(interval * 1000))} (one poll at a time per "
+                       "backend)")
+        send = self.read_str(ags, table, "send")
+        if send is not None and len(send.encode()) > 1024:
+            self.error((*path, "send"), f"{ags.label('send')}: {len(send.encode())} bytes "
+                       "is more than 1024")
+            send = None
+        address = self.read_agent_address(ags, table, "address")
+        if len(self.diagnostics) > before:
+            return None
+        return AgentSettings(port=port, interval=interval, timeout=timeout,
+                             send=send.encode() if send else b"", address=address)
+
+    def read_agent_address(self, scope: _Scope, table: dict[str, Any], key: str) -> str | None:
+        """An agent's IP address (no name, no port, no zone); None: absent or reported."""
+        text = self.read_str(scope, table, key)
+        if text is None:
+            return None
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            self.error((*scope.path, key), f"{scope.label(key)}: {quote(text)} is not an IP "
+                       "address (agents are polled by address; names are never resolved, and "
+                       "the port is agent_port's or port's)")
+            return None
+        if ip.is_unspecified or ip.is_multicast or \
+                (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None):
+            self.error((*scope.path, key), f"{scope.label(key)}: {text} cannot be polled (a "
+                       "wildcard, multicast or zoned address)")
+            return None
+        return str(ip)
+
+    def agent_keys_alone(self, scope: _Scope, table: dict[str, Any]) -> None:
+        """agent_port / agent_address on a backend of a service without [services.agent]."""
+        raw = table.get("backends")
+        if not isinstance(raw, list):
+            return
+        for j, entry in enumerate(raw):
+            if not isinstance(entry, dict):
+                continue
+            for key in ("agent_port", "agent_address"):
+                if key in entry:
+                    self.error((*scope.path, "backends", j, key),
+                               f"{scope.label('backends')}[{j}].{key}: the service has no "
+                               "[services.agent] table, so no agent is polled")
 
     @staticmethod
     def _program_words(problem: str) -> str:
@@ -1774,10 +1856,14 @@ class _Checker:
         elif source is not None and self.source_bindable(path, label, source,
                                                          "backend connections"):
             written = str(source)
+        agent_port = (self.read_int(scope, table, "agent_port", 1, 1, 65535)
+                      if "agent_port" in table else None)
+        agent_address = self.read_agent_address(scope, table, "agent_address")
         if address is None:
             return None
         return Backend(address=address, name=name, weight=weight,
-                       max_connections=max_connections, backup=backup, source=written)
+                       max_connections=max_connections, backup=backup, source=written,
+                       agent_port=agent_port, agent_address=agent_address)
 
     def backend_name(self, scope: _Scope, table: dict[str, Any], address: Endpoint | None) -> str:
         if "name" not in table:

@@ -98,9 +98,9 @@ _INCONCLUSIVE_LOG_EVERY = 60.0  # seconds between two warnings about local probe
 class _Entry(Generic[K]):
     """One checked backend."""
 
-    __slots__ = ("dampener", "draw", "due", "fleet_id", "fleet_interval", "host", "ident",
-                 "interval", "jitter", "key", "last_start", "latency", "port", "probe", "quiet",
-                 "removed", "settings", "spec", "waiting")
+    __slots__ = ("dampener", "draw", "due", "dynamic_weight", "fleet_id", "fleet_interval",
+                 "host", "ident", "interval", "jitter", "key", "last_start", "latency", "port",
+                 "probe", "quiet", "removed", "settings", "spec", "waiting")
 
     def __init__(self, ident: int, key: K, host: str, port: int, settings: HealthSettings,
                  dampener: Dampener) -> None:
@@ -126,6 +126,7 @@ class _Entry(Generic[K]):
         self.fleet_id: int | None = None  # id in the SYN fleet while it schedules this backend
         self.quiet = False  # the fleet counts its passes instead of reporting them
         self.fleet_interval = 0.0  # the interval the fleet was last given for it (seconds)
+        self.dynamic_weight: int | None = None  # set by a misc_dynamic exit status (exec)
 
 
 @dataclass(frozen=True)
@@ -157,12 +158,16 @@ class HealthChecker(Generic[K]):
     def __init__(self, on_transition: Callable[[K, Transition], None], *,
                  max_in_flight: int = 2048, batch: int = 32, tick: float = 0.005,
                  rng: random.Random | None = None, syn_fleet: str = "auto",
-                 quiet_passes: bool = True) -> None:
+                 quiet_passes: bool = True,
+                 on_weight: Callable[[K, int | None, int, str], None] | None = None) -> None:
         if max_in_flight < 1 or batch < 1 or tick < 0:
             raise ValueError("max_in_flight and batch must be >= 1, tick >= 0")
         if syn_fleet not in ("auto", "c", "py", "off"):
             raise ValueError("syn_fleet must be auto, c, py or off")
         self._on_transition = on_transition  # called as (key, transition)
+        # called as (key, old weight, new weight, reason) when a misc_dynamic exit status
+        # changes a backend's weight (kind "exec" with dynamic = true)
+        self._on_weight = on_weight
         self._max_in_flight = max_in_flight  # probes (sockets) at once
         self._batch = batch  # probes started per loop callback
         self._tick = tick  # probes due this soon are started together
@@ -252,6 +257,8 @@ class HealthChecker(Generic[K]):
             old.spec = spec
             old.settings = settings
             old.dampener.reconfigure(settings)
+            if not (settings.kind == "exec" and settings.dynamic):
+                old.dynamic_weight = None  # misc_dynamic turned off: the base weight again
             if self._loop is None:
                 return
             if old.fleet_id is not None and spec.syn and (spec.sockaddr, spec.source) == \
@@ -290,6 +297,11 @@ class HealthChecker(Generic[K]):
     def state(self, key: K) -> Health:
         """Current health of `key` (KeyError if unknown)."""
         return self._entries[key].dampener.state
+
+    def dynamic_weights(self) -> dict[K, int]:
+        """The weight misc_dynamic exit statuses set, of every backend that has one."""
+        return {key: e.dynamic_weight for key, e in self._entries.items()
+                if e.dynamic_weight is not None}
 
     def proven(self, key: K) -> bool:
         """False while `key` is unproven: DOWN by initial_state "down", no verdict yet."""
@@ -703,7 +715,7 @@ class HealthChecker(Generic[K]):
         """The result path shared by the heap's probes and the fleet's: counters, latency,
         dampener, transitions."""
         self._probes += 1
-        ok, reason, latency, conclusive = result
+        ok, reason, latency, conclusive, weight = result
         if not conclusive:
             self._inconclusive += 1
             if now - self._last_inconclusive_log >= _INCONCLUSIVE_LOG_EVERY:
@@ -714,6 +726,13 @@ class HealthChecker(Generic[K]):
             entry.latency = latency
             if not ok:
                 self._failed += 1
+            if weight is not None and weight != entry.dynamic_weight:
+                old, entry.dynamic_weight = entry.dynamic_weight, weight
+                if self._on_weight is not None:
+                    try:
+                        self._on_weight(entry.key, old, weight, reason)
+                    except Exception:  # the checker must keep running whatever it does
+                        log.exception("health: weight callback failed for %s", entry.spec)
             transition = entry.dampener.probe(ok, reason, now)
             if transition is not None:
                 self._report(entry, transition)

@@ -73,6 +73,7 @@ class ExecCommand:
     env: tuple[tuple[str, str], ...]  # the command's entire environment
     uid: int | None = None  # run as this user and group (no supplementary groups); None: ours
     gid: int | None = None
+    dynamic: bool = False  # misc_dynamic: exit status 2..255 passes and sets a weight
 
     @classmethod
     def build(cls, settings: HealthSettings, host: str, port: int,
@@ -91,7 +92,7 @@ class ExecCommand:
         env = (("PATH", EXEC_PATH), ("L4LB_SERVICE", settings.service),
                ("L4LB_BACKEND", f"{name}:{port}"), ("L4LB_BACKEND_ADDRESS", host),
                ("L4LB_BACKEND_PORT", str(probe_port)), ("L4LB_PROTOCOL", settings.protocol))
-        return cls(argv=settings.command, env=env, uid=uid, gid=gid)
+        return cls(argv=settings.command, env=env, uid=uid, gid=gid, dynamic=settings.dynamic)
 
 
 def first_line(output: bytes) -> str:
@@ -117,6 +118,18 @@ def exit_verdict(returncode: int, output: bytes) -> tuple[bool, str]:
         return False, f"killed by signal {name}"
     line = first_line(output)
     return False, f"exit status {returncode}: {line}" if line else f"exit status {returncode}"
+
+
+def dynamic_verdict(returncode: int, output: bytes,
+                    dynamic: bool) -> tuple[bool, str, int | None]:
+    """(ok, reason, weight): exit_verdict(), and with `dynamic` (keepalived's misc_dynamic)
+    an exit status 2..255 passes and sets the weight status - 2 (0..253). Exit status 0 passes
+    and sets no weight (a weight set before stays, as in keepalived); 1 fails."""
+    if dynamic and 2 <= returncode <= 255:
+        weight = returncode - 2
+        return True, f"exit status {returncode} (weight {weight})", weight
+    ok, reason = exit_verdict(returncode, output)
+    return ok, reason, None
 
 
 def _cancelled(token: Any, result: ProbeResult) -> None:
@@ -276,7 +289,10 @@ class ExecProbeEngine:
         if probe.timed_out:
             self._deliver(probe, (False, f"timed out after {probe.timeout:g}s (killed)", True))
         else:
-            self._deliver(probe, (*exit_verdict(proc.returncode, bytes(probe.output)), True))
+            ok, reason, weight = dynamic_verdict(proc.returncode, bytes(probe.output),
+                                                 probe.command is not None
+                                                 and probe.command.dynamic)
+            self._deliver(probe, (ok, reason, True), weight)
 
     def _on_timeout(self, probe: ExecProbe) -> None:
         probe.timer = None
@@ -321,14 +337,15 @@ class ExecProbeEngine:
             self._procs.pop(proc.pid, None)
             probe.proc = None
 
-    def _deliver(self, probe: ExecProbe, verdict: tuple[bool, str, bool]) -> None:
+    def _deliver(self, probe: ExecProbe, verdict: tuple[bool, str, bool],
+                 weight: int | None = None) -> None:
         from l4lb.health.probe import ProbeResult
         callback, token = probe.callback, probe.token
         if callback is _cancelled:
             return
         probe.callback = _cancelled
         ok, reason, conclusive = verdict
-        result = ProbeResult(ok, reason, time.monotonic() - probe.started, conclusive)
+        result = ProbeResult(ok, reason, time.monotonic() - probe.started, conclusive, weight)
         try:
             callback(token, result)
         except Exception:  # a broken callback must not stop the other probes

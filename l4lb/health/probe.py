@@ -139,6 +139,9 @@ class ProbeResult(NamedTuple):
     reason: str  # short operator-readable cause ("connect refused", "expect matched")
     latency: float  # seconds from the start of the probe to the verdict
     conclusive: bool = True  # False: a local failure that says nothing about the backend
+    # kind "exec" with dynamic = true (misc_dynamic): the weight an exit status 2..255 sets
+    # (status - 2); None: the probe sets no weight
+    weight: int | None = None
 
 
 class ProbeHandle(Protocol):
@@ -510,7 +513,7 @@ class ProbeEngine:
         probe.phase = _DONE
         latency = time.monotonic() - probe.started
         self._close_sock(probe)
-        self._deliver(probe, _new_tuple(ProbeResult, (ok, reason, latency, conclusive)))
+        self._deliver(probe, _new_tuple(ProbeResult, (ok, reason, latency, conclusive, None)))
 
     def _on_ready(self) -> None:
         self._batch += 1
@@ -527,7 +530,7 @@ class ProbeEngine:
                 # completed and that is the verdict.
                 probe.phase = _DONE
                 result = _new_tuple(ProbeResult, (True, "connect ok", monotonic() - probe.started,
-                                                  True))
+                                                  True, None))
                 sock = probe.sock
                 probe.sock = None
                 del by_fd[fd]

@@ -94,7 +94,7 @@ HTTP_DEFAULTS: dict[str, object] = {
     "http_expect_status": DEFAULT_HTTP_STATUS, "http_expect_body": None,
 }
 HTTP_FIELDS = tuple(HTTP_DEFAULTS)
-EXEC_FIELDS = ("command", "command_user")  # the keys (and fields) of kind "exec" alone
+EXEC_FIELDS = ("command", "command_user", "dynamic")  # the keys (and fields) of kind "exec" alone
 MAX_COMMAND_ARGS = 64  # an argv for a check script, not a job
 
 
@@ -198,6 +198,9 @@ class HealthSettings:
     # path, no shell) and the user it runs as (None: the daemon's own user)
     command: tuple[str, ...] = ()
     command_user: str | None = None
+    # kind "exec" only: keepalived's misc_dynamic: exit status 2..255 passes and sets the
+    # backend's weight to status - 2 (l4lb.health.dynamic); without it they fail
+    dynamic: bool = False
     # the service these settings belong to, filled in by the config validator: kind "exec"
     # tells the command (L4LB_SERVICE, L4LB_PROTOCOL); "" for settings made elsewhere
     service: str = ""
@@ -320,6 +323,9 @@ class HealthSettings:
                 out.append('health.command: applies to kind "exec" only')
             if user is not None:
                 out.append('health.command_user: applies to kind "exec" only')
+            if self.dynamic:
+                out.append('health.dynamic: applies to kind "exec" only (the weight comes '
+                           "from the command's exit status)")
             return out
         if not isinstance(command, tuple) or any(not isinstance(a, str) for a in command):
             out.append(f"health.command: {command!r} must be a tuple of strings")

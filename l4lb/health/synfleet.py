@@ -555,10 +555,10 @@ def probe_result(verdict: int, err: int, latency_us: int) -> ProbeResult:
     """The ProbeResult of one record (the same verdicts and reasons as SynProbeEngine)."""
     latency = latency_us / 1e6
     if verdict == UP:
-        return _new_tuple(ProbeResult, (True, UP_REASON, latency, True))
+        return _new_tuple(ProbeResult, (True, UP_REASON, latency, True, None))
     reason = _VERDICT_REASONS.get(verdict)
     if reason is not None:
-        return _new_tuple(ProbeResult, (False, reason, latency, True))
+        return _new_tuple(ProbeResult, (False, reason, latency, True, None))
     reason = _SEND_REASONS.get(err) or f"send failed: {os.strerror(err).lower()}"
     return ProbeResult(False, reason, latency, verdict == SEND_ERROR)
 

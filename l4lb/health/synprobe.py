@@ -597,7 +597,7 @@ class SynProbeEngine:
             probe.callback = _cancelled
             try:
                 callback(probe.token, _new_tuple(ProbeResult, (
-                    ok, "syn-ack" if ok else "connect refused", now - probe.started, True)))
+                    ok, "syn-ack" if ok else "connect refused", now - probe.started, True, None)))
             except Exception:  # a broken callback must not stop the other probes
                 log.exception("health probe callback failed for %s", probe.spec)
             if self._closed:
@@ -629,7 +629,7 @@ class SynProbeEngine:
                 probe.callback = _cancelled
                 try:
                     callback(probe.token, _new_tuple(ProbeResult, (
-                        False, "connect timeout", now - probe.started, True)))
+                        False, "connect timeout", now - probe.started, True, None)))
                 except Exception:  # a broken callback must not stop the other probes
                     log.exception("health probe callback failed for %s", probe.spec)
                 if self._closed:

@@ -356,3 +356,60 @@ async def test_checker_takes_a_backend_down_and_up_with_the_reason(tmp_path: Pat
 def test_scripts_are_written_executable(tmp_path: Path) -> None:
     mode = script(tmp_path / "x", "exit 0").stat().st_mode
     assert stat.S_IMODE(mode) == 0o755
+
+
+# -- misc_dynamic (dynamic = true) ------------------------------------------------------------
+
+
+@sync
+async def test_misc_dynamic_exit_statuses(tmp_path: Path) -> None:
+    """keepalived's rule: 0 passes without a weight, 1 fails, 2..255 pass with status - 2;
+    without dynamic, 2..255 fail as before."""
+    cases = [(0, True, "exit status 0", None), (1, False, "exit status 1: one", None),
+             (2, True, "exit status 2 (weight 0)", 0), (52, True, "exit status 52 (weight 50)", 50),
+             (255, True, "exit status 255 (weight 253)", 253)]
+    for status, ok, reason, weight in cases:
+        path = script(tmp_path / f"s{status}", f"echo one; exit {status}")
+        result, _ = await probe(spec_of(path, dynamic=True))
+        assert (result.ok, result.reason, result.weight) == (ok, reason, weight), status
+        plain, _ = await probe(spec_of(path))
+        assert plain.weight is None and plain.ok == (status == 0), status
+    killed, _ = await probe(spec_of(script(tmp_path / "k", "kill -9 $$"), dynamic=True))
+    assert (killed.ok, killed.weight) == (False, None)
+
+
+@sync
+async def test_checker_reports_misc_dynamic_weights_and_keeps_them_on_exit_zero(
+        tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("12")
+    path = script(tmp_path / "chk", f'exit "$(cat {status})"')
+    weights: list[tuple[str, int | None, int, str]] = []
+    checker: HealthChecker[str] = HealthChecker(
+        lambda key, t: None, on_weight=lambda *args: weights.append(args))
+    hs = HealthSettings(kind="exec", command=(str(path),), interval=0.05, timeout=0.05,
+                        jitter=0.0, service="web", dynamic=True)
+    checker.add("b", "127.0.0.1", 1, hs)
+    checker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not weights:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert weights == [("b", None, 10, "exit status 12 (weight 10)")]
+        assert checker.dynamic_weights() == {"b": 10}
+        status.write_text("0")  # exit 0: the weight set before stays (keepalived)
+        await asyncio.sleep(0.3)
+        assert checker.dynamic_weights() == {"b": 10} and len(weights) == 1
+        status.write_text("7")
+        while len(weights) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert weights[1] == ("b", 10, 5, "exit status 7 (weight 5)")
+        # a reload that turns dynamic off drops the weight: the base weight again
+        checker.add("b", "127.0.0.1", 1, HealthSettings(
+            kind="exec", command=(str(path),), interval=0.05, timeout=0.05, jitter=0.0,
+            service="web"))
+        assert checker.dynamic_weights() == {}
+    finally:
+        checker.stop()

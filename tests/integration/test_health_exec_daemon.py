@@ -133,3 +133,79 @@ health = {{ kind = "exec", command = ["{slow}"], interval = "4s", timeout = "4s"
     assert f"backend web/{a2} is DOWN: exit status 2: db unreachable (web {a2} tcp) " \
            "(3/3 probes failed)" in err, err
     assert f"backend web/{a2} is UP: exit status 0 (2/2 probes passed)" in err, err
+
+
+DYNAMIC = """#!/bin/sh
+exit "$(cat {flags}/status-$L4LB_BACKEND_PORT)"
+"""
+
+
+def test_misc_dynamic_sets_the_weight_in_the_table(tmp_path: Path) -> None:
+    """keepalived's misc_dynamic through the daemon: exit 2..255 sets the weight the table
+    uses (status - 2), exit 0 keeps it, exit 1 takes the backend DOWN."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    check = tmp_path / "check-dyn"
+    check.write_text(DYNAMIC.format(flags=flags))
+    check.chmod(0o755)
+    b1, b2 = free_port(), free_port()
+    (flags / f"status-{b1}").write_text("0")
+    (flags / f"status-{b2}").write_text("0")
+    cfg = tmp_path / "dyn.toml"
+    cfg.write_text(f"""\
+[global]
+control_socket = "{tmp_path}/ctl.sock"
+
+[[services]]
+name = "web"
+listen = ["127.0.0.1:{free_port()}"]
+scheduler = "weighted_round_robin"
+backends = [{{ address = "127.0.0.1:{b1}", weight = 10 }},
+            {{ address = "127.0.0.1:{b2}", weight = 10 }}]
+  [services.health]
+  kind = "exec"
+  command = ["{check}"]
+  dynamic = true
+  interval = "100ms"
+  timeout = "100ms"
+  jitter = 0.0
+  fall = 1
+  min_healthy = 0.0
+""")
+    log = tmp_path / "l4lb.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(l4lb_cmd("run", "-c", str(cfg)), env=child_env(),
+                                stdout=subprocess.DEVNULL, stderr=err)
+    a1, a2 = f"127.0.0.1:{b1}", f"127.0.0.1:{b2}"
+
+    def wait_eff(want: dict[str, int]) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + 8
+        while True:
+            got = backends(cfg, "web") if (tmp_path / "ctl.sock").exists() else {}
+            if got and {a: b["effective_weight"] for a, b in got.items()} == want:
+                return got
+            assert proc.poll() is None and time.monotonic() < deadline, got
+            time.sleep(0.05)
+
+    try:
+        wait_eff({a1: 10, a2: 10})
+        (flags / f"status-{b1}").write_text("27")
+        got = wait_eff({a1: 25, a2: 10})
+        assert got[a1]["dynamic_weight"] == 25 and got[a1]["state"] == "up"
+        assert got[a1]["check"]["last_reason"] == "exit status 27 (weight 25)"
+        (flags / f"status-{b1}").write_text("0")  # keeps 25
+        time.sleep(0.4)
+        wait_eff({a1: 25, a2: 10})
+        (flags / f"status-{b2}").write_text("1")
+        got = wait_eff({a1: 25, a2: 0})
+        assert got[a2]["state"] == "down"
+        (flags / f"status-{b1}").write_text("2")  # weight 0: no new sessions, still UP
+        got = wait_eff({a1: 0, a2: 0})
+        assert got[a1]["state"] == "up" and got[a1]["dynamic_weight"] == 0
+    finally:
+        stop_process(proc, signal.SIGTERM)
+    text = log.read_text()
+    assert f"backend web/{a1}: weight 25 from the check: exit status 27 (weight 25) " \
+           "(misc_dynamic; was the base weight 10)" in text, text
+    assert f"backend web/{a1}: weight 0 from the check: exit status 2 (weight 0) " \
+           "(misc_dynamic; was 25)" in text, text

@@ -24,6 +24,7 @@ from l4lb.config import (
     validate,
 )
 from l4lb.config.validate import (
+    AGENT_KEYS,
     BACKEND_KEYS,
     GLOBAL_KEYS,
     HEALTH_KEYS,
@@ -172,13 +173,18 @@ def test_annotated_example_shows_every_key() -> None:
     written = set(re.findall(r"^\s*([a-z_]+)\s*=", text, flags=re.M))
     # connection_log is off unless set, and accept_proxy_from needs accept_proxy (off there),
     # so the example shows both commented out
+    # [services.agent] and its per-backend keys are shown commented out (the example has no
+    # agents to poll)
     assert (set(GLOBAL_KEYS) - {"connection_log"}) \
-        | (set(SERVICE_KEYS) - {"backends", "health", "accept_proxy_from", *UDP_ONLY_KEYS}) \
-        | set(BACKEND_KEYS) <= written
+        | (set(SERVICE_KEYS) - {"backends", "health", "agent", "accept_proxy_from",
+                                *UDP_ONLY_KEYS}) \
+        | (set(BACKEND_KEYS) - {"agent_port", "agent_address"}) <= written
     assert "# accept_proxy_from = [" in text
     assert "[services.health]" in text
     commented = set(re.findall(r"^\s*#?\s*([a-z_]+)\s*=", text, flags=re.M))
     assert set(HEALTH_KEYS) - {"send_hex", "expect_regex"} <= commented
+    assert "# [services.agent]" in text and set(AGENT_KEYS) <= commented
+    assert {"agent_port", "agent_address"} <= commented
     assert "# [[vrrp]]" in text and set(VRRP_KEYS) <= commented
     assert "# [[vrrp_sync_group]]" in text and set(SYNC_GROUP_KEYS) <= commented
     assert set(UDP_ONLY_KEYS) <= commented
