@@ -627,9 +627,10 @@ class HealthChecker(Generic[K]):
         entry.probe = None
         self._in_flight -= 1
         now = time.monotonic()
+        ident = entry.ident
         self._account(entry, result, now)
-        if entry.removed or entry.fleet_id is not None:  # the transition callback moved it
-            return
+        if entry.removed or entry.fleet_id is not None or entry.ident != ident:
+            return  # the transition callback moved it (a re-add: _retime scheduled it)
         interval = entry.dampener.interval  # after the result: fast_interval if in transition
         jitter = entry.settings.jitter
         entry.interval = interval  # what the due time is computed from (see _retime)
