@@ -99,8 +99,8 @@ class _Entry(Generic[K]):
     """One checked backend."""
 
     __slots__ = ("dampener", "draw", "due", "fleet_id", "fleet_interval", "host", "ident",
-                 "interval", "jitter", "key", "last_start", "latency", "port", "probe", "quiet",
-                 "removed", "settings", "spec", "waiting")
+                 "interval", "jitter", "key", "last_start", "latency", "port", "probe", "queued",
+                 "quiet", "removed", "settings", "spec", "waiting")
 
     def __init__(self, ident: int, key: K, host: str, port: int, settings: HealthSettings,
                  dampener: Dampener) -> None:
@@ -120,6 +120,9 @@ class _Entry(Generic[K]):
         self.jitter = 0.0
         self.draw: float | None = None
         self.waiting = False  # in the checker's FIFO of due probes waiting for a slot
+        # its references in that FIFO: the newest is the live one while `waiting`, the older
+        # ones were left behind when _retime took it out of the queue (skipped)
+        self.queued = 0
         self.probe: ProbeHandle | None = None  # the probe in flight, if any
         self.latency: float | None = None  # seconds the last conclusive probe took
         self.removed = False  # set by remove(); queued references are then skipped
@@ -219,6 +222,8 @@ class HealthChecker(Generic[K]):
                 entry.probe = None
             entry.fleet_id = None
             entry.quiet = False
+            entry.waiting = False  # the queue is cleared below
+            entry.queued = 0
         if self._fleet is not None:
             self._fleet.close()
             self._probes += self._fleet.quiet_passes
@@ -389,7 +394,7 @@ class HealthChecker(Generic[K]):
     def _waiting_count(self) -> int:
         """Probes in the queue that still wait (the queue may hold references to removed
         backends and to ones _retime moved later; _run skips those)."""
-        return sum(1 for e in self._waiting if e.waiting and not e.removed)
+        return len({id(e) for e in self._waiting if e.waiting and not e.removed})
 
     # -- the SYN fleet ---------------------------------------------------------------------
 
@@ -573,9 +578,11 @@ class HealthChecker(Generic[K]):
         waiting = self._waiting
         while waiting and budget and self._in_flight < self._max_in_flight:
             entry = waiting.popleft()
-            # not waiting any more: rescheduled to a later time by _retime (or a duplicate
-            # reference left behind by it)
-            if entry.waiting and not entry.removed and entry.fleet_id is None:
+            entry.queued -= 1
+            # not waiting any more: rescheduled to a later time by _retime; or a reference it
+            # left behind, older than the entry's live one (which keeps its own place)
+            if entry.waiting and not entry.queued and not entry.removed and \
+                    entry.fleet_id is None:
                 entry.waiting = False
                 self._launch(engine, entry, now)
                 budget -= 1
@@ -603,6 +610,7 @@ class HealthChecker(Generic[K]):
                 budget -= 1
             else:
                 entry.waiting = True
+                entry.queued += 1
                 waiting.append(entry)
         if max_delay > self._max_start_delay:
             self._max_start_delay = max_delay
