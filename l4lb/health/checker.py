@@ -638,7 +638,10 @@ class HealthChecker(Generic[K]):
         ident = entry.ident
         self._account(entry, result, now)
         if entry.removed or entry.fleet_id is not None or entry.ident != ident:
-            return  # the transition callback moved it (a re-add: _retime scheduled it)
+            # the transition callback moved it (a re-add: _retime scheduled it); its slot is
+            # free all the same
+            self._kick()
+            return
         interval = entry.dampener.interval  # after the result: fast_interval if in transition
         jitter = entry.settings.jitter
         entry.interval = interval  # what the due time is computed from (see _retime)

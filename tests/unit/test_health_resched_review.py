@@ -125,3 +125,48 @@ def test_a_probe_that_left_the_queue_and_rejoined_it_counts_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """At 3.75 s two probes wait (c's and b's), not three."""
     assert _requeue_run(monkeypatch)["stats_waiting"] == 2
+
+
+def test_the_slot_freed_by_a_re_added_backend_serves_the_queue(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_in_flight 1: b's probe (0 s, 1 s long) fails, c's (due at 0.5 s) waits for the slot.
+    b's result frees it and its transition callback re-adds b: the checker must still run its
+    queue at once (a kick), not leave c waiting for the next due time of the heap (b's, 5 s)."""
+    clock = [START_NS]
+    monkeypatch.setattr(time, "monotonic_ns", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0] / S)
+    engines: list[_Engine] = []
+
+    def make_engine(_loop: object) -> _Engine:
+        engines.append(_Engine(clock, lambda t: (False, 1.0) if t == 0.0 else (True, LAT)))
+        return engines[-1]
+    monkeypatch.setattr(checker_mod, "ProbeEngine", make_engine)
+    chk_box: list[HealthChecker[str]] = []
+
+    def on_transition(key: str, _tr: Transition) -> None:
+        if key == "b":
+            chk_box[0].add(key, "127.0.0.1", 2, ONE_FALL)
+
+    kicked: list[bool] = []
+
+    async def go() -> None:
+        chk: HealthChecker[str] = HealthChecker(on_transition, rng=_FirstAtOnce(1), tick=0.0,
+                                                max_in_flight=1)
+        chk_box.append(chk)
+        chk.add("b", "127.0.0.1", 2, ONE_FALL)
+        chk.start()
+        try:
+            chk._run()  # b starts at 0 s
+            clock[0] += S // 2
+            chk.add("c", "127.0.0.1", 3, ONE_FALL)  # due at once: waits for b's slot
+            chk._run()
+            assert [e.key for e in chk._waiting if e.waiting] == ["c"]
+            clock[0] += S // 2
+            chk._kick_pending = False
+            engines[0].deliver()  # b fails: DOWN, the callback re-adds b
+            kicked.append(chk._kick_pending)
+        finally:
+            chk.stop()
+
+    asyncio.run(go())
+    assert kicked == [True]
