@@ -956,12 +956,14 @@ class Daemon:
                 instance.set_tracking(services=healthy)
 
     async def stop_vrrp(self) -> None:
-        """Leave the VRRP groups gracefully: priority-0 advert, VIPs removed."""
+        """Leave the VRRP groups gracefully: priority-0 advert, VIPs removed. Every instance
+        resigns at once, before any waits for its lanes (a notify program may still run there):
+        one after the other, the members of a sync group would be split between the nodes for
+        as long as the first one waits."""
         if self.digest_check is not None:
             await self.digest_check.stop()
             self.digest_check = None
-        for instance in self.vrrp:
-            await instance.stop(graceful=True)
+        await asyncio.gather(*(instance.stop(graceful=True) for instance in self.vrrp))
         self.vrrp = []
         for group in self.sync_groups:
             await group.stop()

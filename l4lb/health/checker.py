@@ -100,7 +100,7 @@ class _Entry(Generic[K]):
 
     __slots__ = ("dampener", "draw", "due", "dynamic_weight", "fleet_id", "fleet_interval",
                  "host", "ident", "interval", "jitter", "key", "last_start", "latency", "port",
-                 "probe", "quiet", "removed", "settings", "spec", "waiting")
+                 "probe", "queued", "quiet", "removed", "settings", "spec", "waiting")
 
     def __init__(self, ident: int, key: K, host: str, port: int, settings: HealthSettings,
                  dampener: Dampener) -> None:
@@ -120,6 +120,9 @@ class _Entry(Generic[K]):
         self.jitter = 0.0
         self.draw: float | None = None
         self.waiting = False  # in the checker's FIFO of due probes waiting for a slot
+        # its references in that FIFO: the newest is the live one while `waiting`, the older
+        # ones were left behind when _retime took it out of the queue (skipped)
+        self.queued = 0
         self.probe: ProbeHandle | None = None  # the probe in flight, if any
         self.latency: float | None = None  # seconds the last conclusive probe took
         self.removed = False  # set by remove(); queued references are then skipped
@@ -224,6 +227,8 @@ class HealthChecker(Generic[K]):
                 entry.probe = None
             entry.fleet_id = None
             entry.quiet = False
+            entry.waiting = False  # the queue is cleared below
+            entry.queued = 0
         if self._fleet is not None:
             self._fleet.close()
             self._probes += self._fleet.quiet_passes
@@ -401,7 +406,7 @@ class HealthChecker(Generic[K]):
     def _waiting_count(self) -> int:
         """Probes in the queue that still wait (the queue may hold references to removed
         backends and to ones _retime moved later; _run skips those)."""
-        return sum(1 for e in self._waiting if e.waiting and not e.removed)
+        return len({id(e) for e in self._waiting if e.waiting and not e.removed})
 
     # -- the SYN fleet ---------------------------------------------------------------------
 
@@ -585,9 +590,11 @@ class HealthChecker(Generic[K]):
         waiting = self._waiting
         while waiting and budget and self._in_flight < self._max_in_flight:
             entry = waiting.popleft()
-            # not waiting any more: rescheduled to a later time by _retime (or a duplicate
-            # reference left behind by it)
-            if entry.waiting and not entry.removed and entry.fleet_id is None:
+            entry.queued -= 1
+            # not waiting any more: rescheduled to a later time by _retime; or a reference it
+            # left behind, older than the entry's live one (which keeps its own place)
+            if entry.waiting and not entry.queued and not entry.removed and \
+                    entry.fleet_id is None:
                 entry.waiting = False
                 self._launch(engine, entry, now)
                 budget -= 1
@@ -615,6 +622,7 @@ class HealthChecker(Generic[K]):
                 budget -= 1
             else:
                 entry.waiting = True
+                entry.queued += 1
                 waiting.append(entry)
         if max_delay > self._max_start_delay:
             self._max_start_delay = max_delay
@@ -639,8 +647,12 @@ class HealthChecker(Generic[K]):
         entry.probe = None
         self._in_flight -= 1
         now = time.monotonic()
+        ident = entry.ident
         self._account(entry, result, now)
-        if entry.removed or entry.fleet_id is not None:  # the transition callback moved it
+        if entry.removed or entry.fleet_id is not None or entry.ident != ident:
+            # the transition callback moved it (a re-add: _retime scheduled it); its slot is
+            # free all the same
+            self._kick()
             return
         interval = entry.dampener.interval  # after the result: fast_interval if in transition
         jitter = entry.settings.jitter
