@@ -721,6 +721,7 @@ class _Checker:
                     not any(d.path[:len(ipath)] == ipath for d in self.diagnostics[before:]):
                 self.error(ipath, f"{scope.label('instances')}: a sync group needs at least "
                            f"two instances, found {len(raw)} (a group of one changes nothing)")
+            self.owner_mix(ipath, scope, [(m, tables[known[m]]) for m in members])
             notify = self.read_str(scope, table, "notify")
             if notify is not None and (not notify.startswith("/") or "\0" in notify):
                 self.error((*scope.path, "notify"), f"{scope.label('notify')}: {notify!r} must "
@@ -733,6 +734,20 @@ class _Checker:
                 out.append(SyncGroupSettings(name=name, instances=tuple(members), notify=notify,
                                              tracking_weight=weighted))
         return out
+
+    def owner_mix(self, ipath: tuple[str | int, ...], scope: _Scope,
+                  members: list[tuple[str, dict[str, Any]]]) -> None:
+        """A group's members are all address owners (priority 255) or none: an owner is never
+        preempted, so a group that mixes them cannot move as one (keepalived says the same at
+        load: "this won't work")."""
+        prios = [(m, t.get("priority", 100)) for m, t in members]
+        owners = [m for m, p in prios if p == 255]
+        others = [(m, p) for m, p in prios if isinstance(p, int) and p != 255]
+        if owners and others:
+            self.error(ipath, f"{scope.label('instances')}: {quote(owners[0])} has priority 255 "
+                       f"(the address owner) and {quote(others[0][0])} priority {others[0][1]}: "
+                       "the members of a sync group must all be address owners or none (an "
+                       "owner is never preempted, so the group could not move as one)")
 
     def unweighted_member(self, table: dict[str, Any], i: int, group: str) -> None:
         """A member of a group without tracking_weight: its track_services weights must be 0
