@@ -24,9 +24,18 @@ from l4lb.state import Runtime
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free for TCP and for UDP a moment ago: the services here are of either protocol
+    (a port checked for TCP only collided with another process's UDP socket once)."""
+    for _ in range(50):
+        with socket.socket() as s, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no port free for both TCP and UDP in 50 tries")
 
 
 def can_bind(port: int) -> bool:
