@@ -469,13 +469,20 @@ class Daemon:
                 and hs.initial_state == "down")
 
     def _ramp_start(self, key: Key) -> float | None:
-        """When the backend last came UP (start of its slow-start ramp), if it is checked."""
-        if self.checker is None:
-            return None
-        try:
-            return self.checker.up_since(key)
-        except KeyError:
-            return None
+        """When the backend last came UP (start of its slow-start ramp): the later of its
+        health check's last DOWN -> UP and its agent's last `up` after a `down` (HAProxy's
+        agent `up` starts the warm-up too)."""
+        starts: list[float] = []
+        for source in (self.checker, self.agents):
+            if source is None:
+                continue
+            try:
+                at = source.up_since(key)
+            except KeyError:
+                continue
+            if at is not None:
+                starts.append(at)
+        return max(starts, default=None)
 
     def _schedule_ramp(self, at: float | None) -> None:
         if self.ramp_handle is not None:

@@ -1,0 +1,78 @@
+"""Agent checks in the daemon, against a fake data plane and a poller that is not started:
+the replies are handed to the poller's accounting as a poll would (no sockets, no sleeping).
+Slow start after the agent brings a backend back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from l4lb.daemon import Daemon
+from l4lb.health.agent import AgentPoller
+
+from .test_daemon_on_down import FakeDataplane, make_daemon, settle
+
+B1, B2 = "127.0.0.1:9001", "127.0.0.1:9002"
+
+
+def config(health: str = "") -> str:
+    return f"""\
+[global]
+control_socket = "{{dir}}/l4lb.sock"
+
+[[services]]
+name = "web"
+listen = ["127.0.0.1:18080"]
+scheduler = "weighted_round_robin"
+backends = [{{{{ address = "{B1}", weight = 100 }}}}, {{{{ address = "{B2}", weight = 100 }}}}]
+
+  [services.health]
+  min_healthy = 0.0
+  {health}
+
+  [services.agent]
+  port = 9777
+"""
+
+
+def with_agents(tmp_path: Path, text: str) -> tuple[Daemon, FakeDataplane, AgentPoller]:
+    daemon, dp = make_daemon(tmp_path, text)
+    poller = daemon.agents = AgentPoller(daemon._on_agent_change)
+    daemon._sync_agents()
+    return daemon, dp, poller
+
+
+def says(daemon: Daemon, poller: AgentPoller, address: str, line: bytes) -> None:
+    """The agent of `address` answers `line` to one poll; the coalesced publish runs."""
+    async def go() -> None:
+        poller._account(poller._agents[("web", address)], line, None)
+        await settle(daemon)
+    asyncio.run(go())
+
+
+def eff(daemon: Daemon) -> dict[str, int]:
+    assert daemon.weights is not None
+    return {key[1]: w for key, w in daemon.weights.weights.items()}
+
+
+def test_a_backend_the_agent_brings_back_up_ramps_with_slow_start(tmp_path: Path) -> None:
+    daemon, _, poller = with_agents(tmp_path, config('slow_start = "100s"'))
+    assert eff(daemon) == {B1: 100, B2: 100}  # at start nothing ramps
+    says(daemon, poller, B2, b"stopped #deploy\n")
+    assert eff(daemon) == {B1: 100, B2: 0}
+    says(daemon, poller, B2, b"up\n")
+    # came back UP a moment ago: it starts at weight 1, as after a health check's DOWN -> UP
+    assert eff(daemon) == {B1: 100, B2: 1}
+    assert daemon.ramp_handle is not None  # the next step is scheduled
+    daemon.ramp_handle.cancel()
+    says(daemon, poller, B2, b"up 50%\n")  # what keeps it UP starts no new ramp
+    assert eff(daemon)[B2] == 1
+    says(daemon, poller, B1, b"ready 100%\n")  # never down: no ramp
+    assert eff(daemon)[B1] == 100
+
+
+def test_without_slow_start_the_agent_brings_it_back_at_once(tmp_path: Path) -> None:
+    daemon, _, poller = with_agents(tmp_path, config())
+    says(daemon, poller, B2, b"down\n")
+    says(daemon, poller, B2, b"up\n")
+    assert eff(daemon) == {B1: 100, B2: 100}
