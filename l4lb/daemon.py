@@ -1103,6 +1103,8 @@ class Daemon:
     def _on_agent_change(self, key: Key, old: Dynamic, new: Dynamic, reply: AgentReply) -> None:
         if key not in self.runtime.backends:
             return
+        if dataclasses.replace(old, reason=new.reason) == new:
+            return  # only the `#` text changed (a load figure, say): shown, not logged
         line = f"backend {key[0]}/{key[1]}: agent says {reply.said() or reply.text}"
         if new.health != "up" and old.health == "up":
             log.warning("%s", line)

@@ -1,11 +1,14 @@
 """Agent checks in the daemon, against a fake data plane and a poller that is not started:
 the replies are handed to the poller's accounting as a poll would (no sockets, no sleeping).
-Slow start after the agent brings a backend back."""
+Slow start after the agent brings a backend back; a reply that changes only its `#` text."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+
+import pytest
 
 from l4lb.daemon import Daemon
 from l4lb.health.agent import AgentPoller
@@ -76,3 +79,21 @@ def test_without_slow_start_the_agent_brings_it_back_at_once(tmp_path: Path) -> 
     says(daemon, poller, B2, b"down\n")
     says(daemon, poller, B2, b"up\n")
     assert eff(daemon) == {B1: 100, B2: 100}
+
+
+def test_a_reply_that_changes_only_its_reason_is_neither_logged_nor_published(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    daemon, dp, poller = with_agents(tmp_path, config())
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        says(daemon, poller, B1, b"up 50% #load 0.31\n")
+        assert f"backend web/{B1}: agent says up 50% (#load 0.31)" in caplog.messages
+        lines, builds = len(caplog.messages), dp.generation
+        calls = []
+        daemon._publish_soon = lambda: calls.append(1)  # type: ignore[method-assign]
+        for load in ("0.32", "0.35", "0.30"):
+            says(daemon, poller, B1, f"up 50% #load {load}\n".encode())
+    assert calls == [] and dp.generation == builds
+    assert len(caplog.messages) == lines  # one line per reply that changes the table
+    view = {v["address"]: v for v in daemon.cmd_backends("web")}[B1]
+    assert view["agent"]["reason"] == "load 0.30"  # the reason shown is the latest
+    assert view["agent"]["holds"] == "50% (#load 0.30)"
