@@ -259,6 +259,8 @@ class Daemon:
     publish_handle: asyncio.Handle | None = None  # a coalesced re-publish is queued
     ramp_handle: asyncio.TimerHandle | None = None  # re-publish at the next slow-start step
     panic_logged: dict[str, str] = field(default_factory=dict)  # service -> reason warned
+    # round_robin services told that their agent's percentages change nothing (once each)
+    round_robin_warned: set[str] = field(default_factory=set)
     failures_seen: dict[int, int] = field(default_factory=dict)  # backend id -> connect fails
     # health.on_down = "shutdown_sessions": backends gone DOWN whose sessions are still to close
     # once a published table gives them weight 0 -> the panic that delays it was logged
@@ -1106,6 +1108,13 @@ class Daemon:
         if dataclasses.replace(old, reason=new.reason) == new:
             return  # only the `#` text changed (a load figure, say): shown, not logged
         line = f"backend {key[0]}/{key[1]}: agent says {reply.said() or reply.text}"
+        if new.percent not in (None, 0, 100, old.percent) and \
+                key[0] not in self.round_robin_warned and \
+                self._service_config(key[0]).scheduler == "round_robin":
+            self.round_robin_warned.add(key[0])
+            log.warning('service %s: the agent of backend %s says %d%%, but scheduler '
+                        '"round_robin" ignores weights (only 0%% takes a backend out); use '
+                        '"weighted_round_robin" for shares', key[0], key[1], new.percent)
         if new.health != "up" and old.health == "up":
             log.warning("%s", line)
         else:

@@ -97,3 +97,27 @@ def test_a_reply_that_changes_only_its_reason_is_neither_logged_nor_published(
     view = {v["address"]: v for v in daemon.cmd_backends("web")}[B1]
     assert view["agent"]["reason"] == "load 0.30"  # the reason shown is the latest
     assert view["agent"]["holds"] == "50% (#load 0.30)"
+
+
+def test_a_percentage_on_a_round_robin_service_is_warned_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """round_robin (the default scheduler) ignores weights: an agent's 50% would show in EFF
+    and change nothing, so the daemon says so, once per service."""
+    text = config().replace('scheduler = "weighted_round_robin"', 'scheduler = "round_robin"')
+    daemon, _, poller = with_agents(tmp_path, text)
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        says(daemon, poller, B1, b"up 100%\n")  # changes no share: nothing to say
+        says(daemon, poller, B1, b"0%\n")  # 0 takes it out under round_robin too
+        assert not [m for m in caplog.messages if "round_robin" in m]
+        says(daemon, poller, B1, b"50%\n")
+        says(daemon, poller, B2, b"25%\n")
+    warned = [r for r in caplog.records if "round_robin" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert warned[0].getMessage() == (
+        f'service web: the agent of backend {B1} says 50%, but scheduler "round_robin" '
+        'ignores weights (only 0% takes a backend out); use "weighted_round_robin" for '
+        "shares")
+    daemon2, _, poller2 = with_agents(tmp_path, config())
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        says(daemon2, poller2, B1, b"50%\n")  # a scheduler that reads weights: no warning
+    assert len([r for r in caplog.records if "round_robin" in r.getMessage()]) == 1
