@@ -1688,7 +1688,8 @@ class Daemon:
         sessions, flows = self._remaining(found.key) if rt is not None else (0, 0)
         info: dict[str, Any] = {
             "id": ident, "service": service, "backend": address,
-            "protocol": self._protocol(service), "state": rt.state if rt else "removed",
+            "protocol": self._protocol(service),
+            "state": self.effective_state(found.key) if rt else "removed",
             "sessions": sessions, "flows": flows}
         if isinstance(found, DrainDeadline):
             # closing: the deadline's close runs off the loop; the drain ends (outcome

@@ -121,3 +121,16 @@ def test_a_percentage_on_a_round_robin_service_is_warned_once(
     with caplog.at_level(logging.INFO, logger="l4lb"):
         says(daemon2, poller2, B1, b"50%\n")  # a scheduler that reads weights: no warning
     assert len([r for r in caplog.records if "round_robin" in r.getMessage()]) == 1
+
+
+def test_drain_status_shows_the_state_with_the_agent_applied(tmp_path: Path) -> None:
+    """drain-status says the same state as `l4lb backends`: the stricter of the operator's
+    drain and the agent's maint."""
+    daemon, _, poller = with_agents(tmp_path, config())
+    armed = daemon.cmd_drain("web", B1, timeout="5m")
+    ident = armed["drain"]["id"]
+    assert daemon.cmd_drain_status(ident)["state"] == "drain"
+    says(daemon, poller, B1, b"maint #reboot\n")
+    view = {v["address"]: v for v in daemon.cmd_backends("web")}[B1]
+    assert view["state"] == "maint"
+    assert daemon.cmd_drain_status(ident)["state"] == "maint"
