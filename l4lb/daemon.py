@@ -2178,12 +2178,16 @@ class Daemon:
         dyn = self.dynamic().get(key, NEUTRAL)
         state = self.effective_state(key, dyn)
         held = agent_words(dyn)
-        log.info("backend %s/%s: %s (state %s, weight %d%s)", service, rt.address, what, state,
-                 rt.weight, f"; its agent holds it at {held}" if held else "")
+        replaced = (f"; its check's misc_dynamic weight {dyn.exec_weight} replaces it"
+                    if dyn.exec_weight is not None else "")
+        log.info("backend %s/%s: %s (state %s, weight %d%s%s)", service, rt.address, what,
+                 state, rt.weight, replaced, f"; its agent holds it at {held}" if held else "")
         reply = {"service": service, "backend": rt.address, "state": state,
                  "weight": rt.weight, "generation": self.generation}
         if held:
             reply["agent"] = held
+        if dyn.exec_weight is not None:
+            reply["dynamic_weight"] = dyn.exec_weight
         return reply
 
     def cmd_enable(self, service: str, backend: str) -> dict[str, Any]:

@@ -1,17 +1,23 @@
-"""Agent checks in the daemon, against a fake data plane and a poller that is not started:
-the replies are handed to the poller's accounting as a poll would (no sockets, no sleeping).
-Slow start after the agent brings a backend back; a reply that changes only its `#` text."""
+"""Agent checks and misc_dynamic weights in the daemon, against a fake data plane and a poller
+(or checker) that is not started: the replies and exit statuses are handed to their accounting
+as a poll or probe would (no sockets, no commands, no sleeping). Slow start after the agent
+brings a backend back; a reply that changes only its `#` text; percentages under round_robin;
+drain-status's state; a weight change's reply while a misc_dynamic weight replaces it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import pytest
 
+from l4lb.cli import _change_text
 from l4lb.daemon import Daemon
 from l4lb.health.agent import AgentPoller
+from l4lb.health.checker import HealthChecker
+from l4lb.health.probe import ProbeResult
 
 from .test_daemon_on_down import FakeDataplane, make_daemon, settle
 
@@ -134,3 +140,30 @@ def test_drain_status_shows_the_state_with_the_agent_applied(tmp_path: Path) -> 
     view = {v["address"]: v for v in daemon.cmd_backends("web")}[B1]
     assert view["state"] == "maint"
     assert daemon.cmd_drain_status(ident)["state"] == "maint"
+
+
+def test_a_weight_change_reply_says_that_a_misc_dynamic_weight_replaces_it(
+        tmp_path: Path) -> None:
+    """`l4lb weight` while a misc_dynamic weight is set changes the base weight, which the
+    check's weight replaces: the reply says so instead of reporting a weight the table does
+    not use."""
+    text = config('kind = "exec"\n  command = ["/bin/true"]\n  dynamic = true')
+    daemon, _ = make_daemon(tmp_path, text.split("  [services.agent]")[0])
+    checker = daemon.checker = HealthChecker(daemon._on_transition,
+                                             on_weight=daemon._on_dynamic_weight)
+    daemon._sync_health()
+
+    async def exit_status_12() -> None:
+        entry = checker._entries[("web", B1)]
+        checker._account(entry, ProbeResult(True, "exit status 12 (weight 10)", 0.01, True,
+                                            10), time.monotonic())
+        await settle(daemon)
+    asyncio.run(exit_status_12())
+    assert eff(daemon) == {B1: 10, B2: 100}
+    reply = daemon.cmd_weight("web", B1, 50)
+    assert (reply["weight"], reply["dynamic_weight"]) == (50, 10)
+    assert eff(daemon) == {B1: 10, B2: 100}  # the table keeps the check's weight
+    assert "note: its check's misc_dynamic weight 10 replaces this weight while it is set" \
+        in _change_text(reply)
+    plain = daemon.cmd_weight("web", B2, 60)
+    assert "dynamic_weight" not in plain and "misc_dynamic" not in _change_text(plain)
