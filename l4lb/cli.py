@@ -390,6 +390,9 @@ def _overlay_text(r: dict[str, Any], what: str) -> str:
 def _change_text(r: dict[str, Any]) -> str:
     text = (f"{r['service']}/{r['backend']}: state {r['state']}, weight {r['weight']} "
             f"(table generation {r['generation']})")
+    if r.get("dynamic_weight") is not None:  # misc_dynamic replaces the base weight
+        text += (f"\nnote: its check's misc_dynamic weight {r['dynamic_weight']} replaces "
+                 "this weight while it is set")
     if r.get("agent"):  # the agent's own flags hold apart from the operator's
         text += f"\nnote: its agent holds it at {r['agent']} until the agent says otherwise"
     return text + _note(r)

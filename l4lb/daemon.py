@@ -259,6 +259,8 @@ class Daemon:
     publish_handle: asyncio.Handle | None = None  # a coalesced re-publish is queued
     ramp_handle: asyncio.TimerHandle | None = None  # re-publish at the next slow-start step
     panic_logged: dict[str, str] = field(default_factory=dict)  # service -> reason warned
+    # round_robin services told that their agent's percentages change nothing (once each)
+    round_robin_warned: set[str] = field(default_factory=set)
     failures_seen: dict[int, int] = field(default_factory=dict)  # backend id -> connect fails
     # health.on_down = "shutdown_sessions": backends gone DOWN whose sessions are still to close
     # once a published table gives them weight 0 -> the panic that delays it was logged
@@ -469,13 +471,20 @@ class Daemon:
                 and hs.initial_state == "down")
 
     def _ramp_start(self, key: Key) -> float | None:
-        """When the backend last came UP (start of its slow-start ramp), if it is checked."""
-        if self.checker is None:
-            return None
-        try:
-            return self.checker.up_since(key)
-        except KeyError:
-            return None
+        """When the backend last came UP (start of its slow-start ramp): the later of its
+        health check's last DOWN -> UP and its agent's last `up` after a `down` (HAProxy's
+        agent `up` starts the warm-up too)."""
+        starts: list[float] = []
+        for source in (self.checker, self.agents):
+            if source is None:
+                continue
+            try:
+                at = source.up_since(key)
+            except KeyError:
+                continue
+            if at is not None:
+                starts.append(at)
+        return max(starts, default=None)
 
     def _schedule_ramp(self, at: float | None) -> None:
         if self.ramp_handle is not None:
@@ -1098,7 +1107,16 @@ class Daemon:
     def _on_agent_change(self, key: Key, old: Dynamic, new: Dynamic, reply: AgentReply) -> None:
         if key not in self.runtime.backends:
             return
+        if dataclasses.replace(old, reason=new.reason) == new:
+            return  # only the `#` text changed (a load figure, say): shown, not logged
         line = f"backend {key[0]}/{key[1]}: agent says {reply.said() or reply.text}"
+        if new.percent not in (None, 0, 100, old.percent) and \
+                key[0] not in self.round_robin_warned and \
+                self._service_config(key[0]).scheduler == "round_robin":
+            self.round_robin_warned.add(key[0])
+            log.warning('service %s: the agent of backend %s says %d%%, but scheduler '
+                        '"round_robin" ignores weights (only 0%% takes a backend out); use '
+                        '"weighted_round_robin" for shares', key[0], key[1], new.percent)
         if new.health != "up" and old.health == "up":
             log.warning("%s", line)
         else:
@@ -1672,7 +1690,8 @@ class Daemon:
         sessions, flows = self._remaining(found.key) if rt is not None else (0, 0)
         info: dict[str, Any] = {
             "id": ident, "service": service, "backend": address,
-            "protocol": self._protocol(service), "state": rt.state if rt else "removed",
+            "protocol": self._protocol(service),
+            "state": self.effective_state(found.key) if rt else "removed",
             "sessions": sessions, "flows": flows}
         if isinstance(found, DrainDeadline):
             # closing: the deadline's close runs off the loop; the drain ends (outcome
@@ -2161,12 +2180,16 @@ class Daemon:
         dyn = self.dynamic().get(key, NEUTRAL)
         state = self.effective_state(key, dyn)
         held = agent_words(dyn)
-        log.info("backend %s/%s: %s (state %s, weight %d%s)", service, rt.address, what, state,
-                 rt.weight, f"; its agent holds it at {held}" if held else "")
+        replaced = (f"; its check's misc_dynamic weight {dyn.exec_weight} replaces it"
+                    if dyn.exec_weight is not None else "")
+        log.info("backend %s/%s: %s (state %s, weight %d%s%s)", service, rt.address, what,
+                 state, rt.weight, replaced, f"; its agent holds it at {held}" if held else "")
         reply = {"service": service, "backend": rt.address, "state": state,
                  "weight": rt.weight, "generation": self.generation}
         if held:
             reply["agent"] = held
+        if dyn.exec_weight is not None:
+            reply["dynamic_weight"] = dyn.exec_weight
         return reply
 
     def cmd_enable(self, service: str, backend: str) -> dict[str, Any]:

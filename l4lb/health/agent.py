@@ -90,6 +90,7 @@ class _Agent(Generic[K]):
         self.last_error: str | None = None  # the last failure or malformed reply, and when
         self.last_error_at: float | None = None
         self.last_ok = True  # the last poll got a valid reply (or none happened yet)
+        self.up_since: float | None = None  # monotonic time its agent last took back a down
 
 
 class AgentPoller(Generic[K]):
@@ -161,6 +162,12 @@ class AgentPoller(Generic[K]):
 
     def state(self, key: K) -> Dynamic:
         return self._agents[key].state
+
+    def up_since(self, key: K) -> float | None:
+        """Monotonic time the agent of `key` last said `up` (or `ready`) after a `down`,
+        `fail` or `stopped`: the start of a slow-start ramp; None if it never did (KeyError if
+        unknown)."""
+        return self._agents[key].up_since
 
     def views(self) -> dict[K, dict[str, Any]]:
         """For display (control API `agent` of each backend; docs/control-api.md)."""
@@ -263,6 +270,8 @@ class AgentPoller(Generic[K]):
         new = apply_reply(old, reply)
         if new != old:
             agent.state = new
+            if old.health != "up" and new.health == "up":
+                agent.up_since = time.monotonic()
             try:
                 self._on_change(agent.key, old, new, reply)
             except Exception:  # the poller must keep running whatever the callback does

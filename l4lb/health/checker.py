@@ -738,6 +738,8 @@ class HealthChecker(Generic[K]):
             entry.latency = latency
             if not ok:
                 self._failed += 1
+            if weight is not None and not entry.settings.dynamic:
+                weight = None  # a probe started before a reload turned misc_dynamic off
             if weight is not None and weight != entry.dynamic_weight:
                 old, entry.dynamic_weight = entry.dynamic_weight, weight
                 if self._on_weight is not None:

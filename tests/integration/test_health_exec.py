@@ -413,3 +413,38 @@ async def test_checker_reports_misc_dynamic_weights_and_keeps_them_on_exit_zero(
         assert checker.dynamic_weights() == {}
     finally:
         checker.stop()
+
+
+def test_shipped_misc_dynamic_examples_fail_when_the_server_does_not_answer(
+        tmp_path: Path) -> None:
+    """A shipped example with `dynamic = true` must run a command that exits 1 on every
+    failure: under misc_dynamic an exit status 2..255 PASSES (weight status - 2), so a command
+    that passes on its own failure statuses (pg_isready: 2 no response, 3 bad arguments) would
+    keep a dead server UP. The example's program runs with a stand-in pg_isready that exits
+    with each of its statuses."""
+    import subprocess
+    import tomllib
+
+    from l4lb.health.execprobe import dynamic_verdict
+
+    examples = Path(__file__).resolve().parents[2] / "conf" / "examples"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    script(fake / "pg_isready", 'echo "pg_isready $*"; exit "$FAKE_STATUS"')
+    found = 0
+    for toml in sorted(examples.glob("*.toml")):
+        for service in tomllib.loads(toml.read_text()).get("services", []):
+            health = service.get("health", {})
+            if not (health.get("kind") == "exec" and health.get("dynamic")):
+                continue
+            program = examples / Path(health["command"][0]).name  # installed from here
+            assert program.is_file(), (toml.name, program)
+            found += 1
+            for status, ok in ((0, True), (1, False), (2, False), (3, False)):
+                done = subprocess.run(
+                    [str(program), *health["command"][1:]], capture_output=True, timeout=10,
+                    env={"PATH": f"{fake}:{EXEC_PATH}", "FAKE_STATUS": str(status),
+                         "L4LB_BACKEND_ADDRESS": "10.0.1.5", "L4LB_BACKEND_PORT": "5432"})
+                verdict = dynamic_verdict(done.returncode, done.stdout, True)
+                assert verdict[0] is ok, (toml.name, status, verdict)
+    assert found >= 1

@@ -55,12 +55,13 @@ class FakeHost:
 class ExampleHost:
     """This machine's answers, except that it always has the `eth0` (IPv4 and link-local IPv6)
     and the backend-side `eth1` that the shipped examples and the golden files name, the check
-    programs the examples install (conf/examples/check-pg as /usr/local/bin/check-pg), and may
-    set IP_TRANSPARENT (unless told otherwise), so they load on any test host."""
+    programs the examples install (conf/examples/check-pg and check-pg-dynamic, in
+    /usr/local/bin), and may set IP_TRANSPARENT (unless told otherwise), so they load on any
+    test host."""
 
     ETH0 = (ipaddress.ip_interface("192.0.2.2/24"), ipaddress.ip_interface("fe80::2/64"))
     ETH1 = (ipaddress.ip_interface("10.2.0.2/24"),)
-    PROGRAMS = ("/usr/local/bin/check-pg",)
+    PROGRAMS = ("/usr/local/bin/check-pg", "/usr/local/bin/check-pg-dynamic")
 
     def __init__(self, transparent: int = 0) -> None:
         # errno of setting IP(V6)_TRANSPARENT: allowed unless a case says otherwise, so that
