@@ -44,7 +44,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -1121,7 +1121,25 @@ class Daemon:
             log.warning("%s", line)
         else:
             log.info("%s", line)
+        self._note_down(key, went_down=new.health != "up" and old.health == "up")
         self._publish_soon()
+
+    def _note_down(self, key: Key, went_down: bool) -> None:
+        """on_down bookkeeping after the health check or the agent changed `key`'s health:
+        a transition to DOWN (either of them) is due to close its sessions after the next
+        publish (health.on_down = "shutdown_sessions"); a backend UP again by both is not."""
+        if went_down and self._on_down(key[0]) == "shutdown_sessions":
+            self.on_down_pending.setdefault(key, False)  # closed after the next publish
+        elif not self._is_down(key):
+            self.on_down_pending.pop(key, None)
+
+    def _is_down(self, key: Key, dynamic: Mapping[Key, Dynamic] | None = None) -> bool:
+        """DOWN by its health check or by its agent (l4lb.health.dynamic.combined_health)."""
+        rt = self.runtime.backends.get(key)
+        if rt is None:
+            return False
+        said = (dynamic if dynamic is not None else self.dynamic()).get(key, NEUTRAL)
+        return combined_health(rt.health, said) == "down"
 
     def _on_transition(self, key: Key, transition: Transition) -> None:
         rt = self.runtime.backends.get(key)
@@ -1133,10 +1151,7 @@ class Daemon:
         else:
             log.info("%s", line)
         rt.health = transition.new.value
-        if transition.new is Health.DOWN and self._on_down(key[0]) == "shutdown_sessions":
-            self.on_down_pending.setdefault(key, False)  # closed after the next publish
-        else:
-            self.on_down_pending.pop(key, None)
+        self._note_down(key, went_down=transition.new is Health.DOWN)
         self._publish_soon()
 
     def _on_down(self, service: str) -> str:
@@ -1170,10 +1185,11 @@ class Daemon:
         given without start(), as in the unit tests) closes here, on the loop, as does a
         publish made without a running loop or once a stop has begun."""
         ids = self.builder.backend_ids()
+        dynamic = self.dynamic()
         due: dict[Key, int] = {}  # backend -> its id, in on_down_pending order
         for key, panic_logged in list(self.on_down_pending.items()):
-            rt = self.runtime.backends.get(key)
-            if rt is None or rt.health != "down" or self._on_down(key[0]) != "shutdown_sessions":
+            if not self._is_down(key, dynamic) or \
+                    self._on_down(key[0]) != "shutdown_sessions":
                 del self.on_down_pending[key]
                 continue
             service, address = key
