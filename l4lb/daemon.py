@@ -1101,7 +1101,8 @@ class Daemon:
                     raise ValueError(f"backend {key[0]}/{key[1]}: no agent port ([services."
                                      "agent] has no port and the backend no agent_port)")
                 host, port = service.agent.target(backend)
-                out.append((key, host, port, service.agent))
+                send = service.agent.send_for(service.name, backend)
+                out.append((key, host, port, dataclasses.replace(service.agent, send=send)))
         return out
 
     def _on_agent_change(self, key: Key, old: Dynamic, new: Dynamic, reply: AgentReply) -> None:
