@@ -1,6 +1,7 @@
 """The agent poller (l4lb.health.agent) against asyncio agents on loopback, in one loop: replies
 written in pieces, the timeout with and without a partial line, an over-long line, the bound on
-polls in flight, answering agents keeping their pace while many hang, the interval between polls, and add/remove keeping or dropping the state."""
+polls in flight, answering agents keeping their pace while many hang, the interval between
+polls, and add/remove keeping or dropping the state."""
 
 from __future__ import annotations
 
