@@ -1079,19 +1079,21 @@ class Daemon:
         if self.agents is None:
             return
         wanted: set[Key] = set()
-        for key, host, port, settings in self._agent_targets(self.config):
-            self.agents.add(key, host, port, settings)
+        for key, host, port, settings, source in self._agent_targets(self.config):
+            self.agents.add(key, host, port, settings, source)
             wanted.add(key)
         if prune:
             for key in set(self.agents.keys()) - wanted:
                 self.agents.remove(key)
 
     @staticmethod
-    def _agent_targets(config: Config) -> list[tuple[Key, str, int, AgentSettings]]:
-        """Every agent `config` polls: (backend, address, port, settings). ValueError, naming
-        the backend, for one that has no port (a backend added at run time to a service whose
-        [services.agent] relies on each backend's agent_port), before anything is changed."""
-        out: list[tuple[Key, str, int, AgentSettings]] = []
+    def _agent_targets(config: Config) -> list[tuple[Key, str, int, AgentSettings, str | None]]:
+        """Every agent `config` polls: (backend, address, port, settings with its own `send`,
+        source: the service's health.source, which the loader checked is of the agents'
+        family, as probes bind it). ValueError, naming the backend, for one that has no port
+        (a backend added at run time to a service whose [services.agent] relies on each
+        backend's agent_port), before anything is changed."""
+        out: list[tuple[Key, str, int, AgentSettings, str | None]] = []
         for service in config.services:
             if service.agent is None:
                 continue
@@ -1102,7 +1104,9 @@ class Daemon:
                                      "agent] has no port and the backend no agent_port)")
                 host, port = service.agent.target(backend)
                 send = service.agent.send_for(service.name, backend)
-                out.append((key, host, port, dataclasses.replace(service.agent, send=send)))
+                source = service.health.source if service.health is not None else None
+                out.append((key, host, port, dataclasses.replace(service.agent, send=send),
+                            source))
         return out
 
     def _on_agent_change(self, key: Key, old: Dynamic, new: Dynamic, reply: AgentReply) -> None:

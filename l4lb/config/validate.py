@@ -973,6 +973,8 @@ class _Checker:
         agent = self.agent(scope, table["agent"], indexed) if "agent" in table else None
         if "agent" not in table:
             self.agent_keys_alone(scope, table)
+        if agent is not None and health is not None and health.source is not None:
+            self.agent_source(scope, agent, indexed, health.source)
         udp_idle_timeout = self.read_duration(scope, table, "udp_idle_timeout",
                                               d.udp_idle_timeout, zero_ok=False)
         max_flows = self.read_int(scope, table, "max_flows", d.max_flows, 0, U32_MAX)
@@ -1606,6 +1608,21 @@ class _Checker:
             self.error((*scope.path, key), f"{scope.label(key)}: {wrong}")
             return None
         return send.encode()
+
+    def agent_source(self, scope: _Scope, agent: AgentSettings,
+                     backends: Sequence[tuple[int, Backend]], source: str) -> None:
+        """Agents are polled from `health.source`, as probes are: every agent's address must
+        be of its family."""
+        version = ipaddress.ip_address(source).version
+        for j, backend in backends:
+            host, _ = agent.target(backend)
+            if ipaddress.ip_address(host).version != version:
+                self.error((*scope.path, "agent"), f"{scope.label('agent')}: the agent of "
+                           f"backends[{j}] ({host}) is not IPv{version}, but agents are polled "
+                           f"from health.source {source}, as probes are (give it an IPv{version}"
+                           " agent_address, or leave health.source out)",
+                           at_key=True)
+                return
 
     def read_agent_address(self, scope: _Scope, table: dict[str, Any], key: str) -> str | None:
         """An agent's IP address (no name, no port, no zone); None: absent or reported."""

@@ -85,11 +85,13 @@ def format_target(host: str, port: int) -> str:
 class _Agent(Generic[K]):
     """One polled backend."""
 
-    def __init__(self, key: K, host: str, port: int, settings: AgentSettings) -> None:
+    def __init__(self, key: K, host: str, port: int, settings: AgentSettings,
+                 source: str | None) -> None:
         self.key = key
         self.host = host  # the agent's address
         self.port = port
         self.settings = settings
+        self.source = source  # bound before connecting (health.source); None: the kernel's
         self.state: Dynamic = NEUTRAL  # what the agent has said
         self.task: asyncio.Task[None] | None = None
         self.polls = 0
@@ -140,21 +142,26 @@ class AgentPoller(Generic[K]):
 
     # -- agents ----------------------------------------------------------------------------
 
-    def add(self, key: K, host: str, port: int, settings: AgentSettings) -> None:
-        """Poll the agent of `key` at host:port. An existing key keeps what its agent said;
-        a changed target or settings take effect from its next poll."""
+    def add(self, key: K, host: str, port: int, settings: AgentSettings,
+            source: str | None = None) -> None:
+        """Poll the agent of `key` at host:port, from `source` if set (an address of the
+        host's family, port 0: the service's health.source, as its probes). An existing key
+        keeps what its agent said; a changed target or settings take effect from its next
+        poll."""
         agent = self._agents.get(key)
         if agent is not None:
-            if (agent.host, agent.port, agent.settings) == (host, port, settings):
+            if (agent.host, agent.port, agent.settings, agent.source) == \
+                    (host, port, settings, source):
                 return
             agent.host, agent.port, agent.settings = host, port, settings
+            agent.source = source
             if agent.task is not None:
                 agent.task.cancel()
                 agent.task = None
             if self._running:
                 self._launch(agent, first=True)
             return
-        agent = _Agent(key, host, port, settings)
+        agent = _Agent(key, host, port, settings, source)
         self._agents[key] = agent
         if self._running:
             self._launch(agent, first=True)
@@ -230,7 +237,9 @@ class AgentPoller(Generic[K]):
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(settings.timeout):
-                reader, writer = await asyncio.open_connection(agent.host, agent.port)
+                reader, writer = await asyncio.open_connection(
+                    agent.host, agent.port,
+                    local_addr=(agent.source, 0) if agent.source is not None else None)
                 if settings.send:
                     writer.write(settings.send)
                     await writer.drain()

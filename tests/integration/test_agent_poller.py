@@ -206,3 +206,26 @@ async def test_answering_agents_keep_their_pace_while_many_agents_hang() -> None
         poller.stop()
         server.close()
         hang.close()
+
+
+@sync
+async def test_polls_leave_from_the_source_address() -> None:
+    """`source` (the service's health.source, as its probes) is bound before connecting."""
+    peers: list[str] = []
+
+    async def handle(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername")[0])
+        writer.write(b"up\n")
+        writer.close()
+    server, port = await agent(handle)
+    poller: AgentPoller[str] = AgentPoller(Recorder(), rng=random.Random(6))
+    poller.add("from", "127.0.0.1", port, FAST, source="127.0.0.2")
+    poller.add("plain", "127.0.0.1", port, FAST)
+    poller.start()
+    try:
+        await until(lambda: {"127.0.0.2", "127.0.0.1"} <= set(peers))
+        poller.add("from", "127.0.0.1", port, FAST, source="127.0.0.3")  # a reload changes it
+        await until(lambda: "127.0.0.3" in peers)
+    finally:
+        poller.stop()
+        server.close()

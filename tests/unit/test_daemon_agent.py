@@ -220,3 +220,11 @@ def test_health_up_while_the_agent_holds_it_down_keeps_the_close_due(tmp_path: P
     assert ("web", B2) in daemon.on_down_pending
     says(daemon, poller, B2, b"up\n")
     assert ("web", B2) not in daemon.on_down_pending
+
+
+def test_agents_are_polled_from_the_health_source(tmp_path: Path) -> None:
+    _, _, poller = with_agents(tmp_path, config('source = "127.0.0.1"'))
+    assert {k: a.source for k, a in poller._agents.items()} == {
+        ("web", B1): "127.0.0.1", ("web", B2): "127.0.0.1"}
+    _, _, poller = with_agents(tmp_path, config())
+    assert {a.source for a in poller._agents.values()} == {None}
