@@ -44,7 +44,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -1079,19 +1079,21 @@ class Daemon:
         if self.agents is None:
             return
         wanted: set[Key] = set()
-        for key, host, port, settings in self._agent_targets(self.config):
-            self.agents.add(key, host, port, settings)
+        for key, host, port, settings, source in self._agent_targets(self.config):
+            self.agents.add(key, host, port, settings, source)
             wanted.add(key)
         if prune:
             for key in set(self.agents.keys()) - wanted:
                 self.agents.remove(key)
 
     @staticmethod
-    def _agent_targets(config: Config) -> list[tuple[Key, str, int, AgentSettings]]:
-        """Every agent `config` polls: (backend, address, port, settings). ValueError, naming
-        the backend, for one that has no port (a backend added at run time to a service whose
-        [services.agent] relies on each backend's agent_port), before anything is changed."""
-        out: list[tuple[Key, str, int, AgentSettings]] = []
+    def _agent_targets(config: Config) -> list[tuple[Key, str, int, AgentSettings, str | None]]:
+        """Every agent `config` polls: (backend, address, port, settings with its own `send`,
+        source: the service's health.source, which the loader checked is of the agents'
+        family, as probes bind it). ValueError, naming the backend, for one that has no port
+        (a backend added at run time to a service whose [services.agent] relies on each
+        backend's agent_port), before anything is changed."""
+        out: list[tuple[Key, str, int, AgentSettings, str | None]] = []
         for service in config.services:
             if service.agent is None:
                 continue
@@ -1101,7 +1103,10 @@ class Daemon:
                     raise ValueError(f"backend {key[0]}/{key[1]}: no agent port ([services."
                                      "agent] has no port and the backend no agent_port)")
                 host, port = service.agent.target(backend)
-                out.append((key, host, port, service.agent))
+                send = service.agent.send_for(service.name, backend)
+                source = service.health.source if service.health is not None else None
+                out.append((key, host, port, dataclasses.replace(service.agent, send=send),
+                            source))
         return out
 
     def _on_agent_change(self, key: Key, old: Dynamic, new: Dynamic, reply: AgentReply) -> None:
@@ -1121,7 +1126,25 @@ class Daemon:
             log.warning("%s", line)
         else:
             log.info("%s", line)
+        self._note_down(key, went_down=new.health != "up" and old.health == "up")
         self._publish_soon()
+
+    def _note_down(self, key: Key, went_down: bool) -> None:
+        """on_down bookkeeping after the health check or the agent changed `key`'s health:
+        a transition to DOWN (either of them) is due to close its sessions after the next
+        publish (health.on_down = "shutdown_sessions"); a backend UP again by both is not."""
+        if went_down and self._on_down(key[0]) == "shutdown_sessions":
+            self.on_down_pending.setdefault(key, False)  # closed after the next publish
+        elif not self._is_down(key):
+            self.on_down_pending.pop(key, None)
+
+    def _is_down(self, key: Key, dynamic: Mapping[Key, Dynamic] | None = None) -> bool:
+        """DOWN by its health check or by its agent (l4lb.health.dynamic.combined_health)."""
+        rt = self.runtime.backends.get(key)
+        if rt is None:
+            return False
+        said = (dynamic if dynamic is not None else self.dynamic()).get(key, NEUTRAL)
+        return combined_health(rt.health, said) == "down"
 
     def _on_transition(self, key: Key, transition: Transition) -> None:
         rt = self.runtime.backends.get(key)
@@ -1133,10 +1156,7 @@ class Daemon:
         else:
             log.info("%s", line)
         rt.health = transition.new.value
-        if transition.new is Health.DOWN and self._on_down(key[0]) == "shutdown_sessions":
-            self.on_down_pending.setdefault(key, False)  # closed after the next publish
-        else:
-            self.on_down_pending.pop(key, None)
+        self._note_down(key, went_down=transition.new is Health.DOWN)
         self._publish_soon()
 
     def _on_down(self, service: str) -> str:
@@ -1170,10 +1190,11 @@ class Daemon:
         given without start(), as in the unit tests) closes here, on the loop, as does a
         publish made without a running loop or once a stop has begun."""
         ids = self.builder.backend_ids()
+        dynamic = self.dynamic()
         due: dict[Key, int] = {}  # backend -> its id, in on_down_pending order
         for key, panic_logged in list(self.on_down_pending.items()):
-            rt = self.runtime.backends.get(key)
-            if rt is None or rt.health != "down" or self._on_down(key[0]) != "shutdown_sessions":
+            if not self._is_down(key, dynamic) or \
+                    self._on_down(key[0]) != "shutdown_sessions":
                 del self.on_down_pending[key]
                 continue
             service, address = key

@@ -164,18 +164,19 @@ def check_note(check: dict[str, Any] | None, now: float) -> str:
     return text
 
 
-def agent_note(agent: dict[str, Any] | None, now: float) -> str:
+def agent_note(agent: dict[str, Any] | None, now: float, always: bool = False) -> str:
     """What a backend's agent holds it at and how its polls go: `agent 10.0.1.5:9777: holds
     drain 50% (#window); last reply 2s ago: "drain 50% #window"; last poll failed 1s ago:
     connect refused (3 in a row, 5 failures, 1 bad reply)`. "" for a backend without an
-    agent, and for one whose agent holds nothing back and whose last poll went well."""
+    agent, and (unless `always`) for one whose agent holds nothing back and whose last poll
+    went well."""
     if not agent:
         return ""
     failing = agent.get("consecutive_failures", 0) > 0
     bad_last = agent.get("last_error") is not None and (
         agent.get("last_reply_at") is None
         or (agent.get("last_error_at") or 0) > agent["last_reply_at"])
-    if not agent.get("holds") and not bad_last:
+    if not agent.get("holds") and not bad_last and not always:
         return ""
     parts = [f"agent {agent['target']}: " + (f"holds {agent['holds']}" if agent.get("holds")
                                              else "holds nothing back")]

@@ -21,6 +21,13 @@ snapshot is the reason) gets a line under its heading with the wording of `l4lb 
 (display.panic_text; the script's copy of the wording is filled in from the same constants).
 A UDP backend's Active and Total count its flows, as `l4lb backends` does.
 
+A backend with an agent (`[services.agent]`) gets an `agent: ...` tag after its state badge,
+where the health check's progress tag is: what the agent holds it at (`agent: stopped
+(#deploying)`, `agent: drain 50% (#window)`), else its last reply as received (`agent: up
+100%`), with `, not answering` or `, bad reply` when its last poll failed or was malformed.
+The tag's tooltip is the agent line of `l4lb status` (display.agent_note). Both come from the
+document's `agents` ({service: {address: [tag, tooltip]}}), which the script only copies.
+
 `CONTENT_SECURITY_POLICY` allows exactly the page's own style and script (by hash) and fetches
 to the same origin; the server sends it with the page.
 """
@@ -38,6 +45,7 @@ from typing import Any
 from l4lb.display import (
     PANIC_PREFIX,
     PANIC_TAIL,
+    agent_note,
     check_note,
     check_progress,
     countdown,
@@ -69,6 +77,7 @@ text-align:center}
 .state-maint{background:#e2e4e9;color:#464d5a}
 .tag{font-size:.8em;color:#5b6475;margin-left:.4em}
 .tag.check{color:#8a1f11}
+.tag.agent{color:#4b3a7a}
 .tag.deadline{color:#7a4b00;font-weight:600;font-variant-numeric:tabular-nums}
 .panic{color:#9d1c12;font-weight:bold}
 .vrrp{margin:.1em 0;font-size:.92em}
@@ -202,6 +211,7 @@ _SCRIPT = r"""
       var c = svc.counters || {}, oc = oldSvc[svc.name];
       var left = own(doc.drain_left, svc.name);
       var checks = own(doc.checks, svc.name);
+      var agents = own(doc.agents, svc.name);
       var sec = document.createElement("section");
       sec.className = "service";
       sec.setAttribute("data-service", svc.name);
@@ -255,6 +265,14 @@ _SCRIPT = r"""
             progress.textContent = check[0];
             td.appendChild(progress);
           }
+        }
+        var agent = own(agents, b.address);
+        if (agent) {
+          var said = document.createElement("span");
+          said.className = "tag agent";
+          said.title = agent[1];
+          said.textContent = agent[0];
+          td.appendChild(said);
         }
         var until = own(left, b.address);
         if (typeof until === "string") {
@@ -360,11 +378,13 @@ def document(status: Mapping[str, Any], health: Mapping[str, Any] | None = None,
              now: float | None = None) -> dict[str, Any]:
     """The object served at /status.json: {"time": unix time, "status": ..., "health": ...,
     "drain_left": {service: {address: "4m32s"}}, "checks": {service: {address: [progress,
-    note]}}} (drain_left: only backends with a deadline; checks: see checks())."""
+    note]}}, "agents": {service: {address: [tag, note]}}} (drain_left: only backends with a
+    deadline; checks: see checks(); agents: see agents())."""
     stamp = time.time() if now is None else now
     return {"time": stamp, "status": status,
             "health": dict(health) if health is not None else None,
-            "drain_left": drain_left(status, stamp), "checks": checks(status, stamp)}
+            "drain_left": drain_left(status, stamp), "checks": checks(status, stamp),
+            "agents": agents(status, stamp)}
 
 
 def drain_left(status: Mapping[str, Any], now: float) -> dict[str, dict[str, str]]:
@@ -392,6 +412,39 @@ def checks(status: Mapping[str, Any], now: float) -> dict[str, dict[str, list[st
             if progress or note:
                 out.setdefault(str(svc.get("name", "")), {})[str(b.get("address", ""))] = \
                     [progress, note]
+    return out
+
+
+AGENT_TAG_CHARS = 60  # characters of an agent's words shown in its tag (the tooltip has all)
+
+
+def agent_tag(agent: Mapping[str, Any]) -> str:
+    """The tag of a backend's agent: what it holds the backend at, else its last reply, and
+    whether its last poll failed or was malformed."""
+    said = agent.get("holds") or agent.get("last_reply")
+    text = str(said) if said else "no reply yet"
+    if len(text) > AGENT_TAG_CHARS:
+        text = text[:AGENT_TAG_CHARS - 3] + "..."
+    if agent.get("consecutive_failures", 0) > 0:
+        text += ", not answering"
+    elif agent.get("last_error") is not None and (
+            agent.get("last_reply_at") is None
+            or (agent.get("last_error_at") or 0) > agent["last_reply_at"]):
+        text += ", bad reply"
+    return f"agent: {text}"
+
+
+def agents(status: Mapping[str, Any], now: float) -> dict[str, dict[str, list[str]]]:
+    """The agent's part of each backend's state cell: [agent_tag(), display.agent_note()
+    (the tag's tooltip)], by service and backend address; backends without an agent are
+    left out."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for svc in status.get("services", []):
+        for b in svc.get("backends", []):
+            agent = b.get("agent")
+            if agent:
+                out.setdefault(str(svc.get("name", "")), {})[str(b.get("address", ""))] = \
+                    [agent_tag(agent), agent_note(dict(agent), now, always=True)]
     return out
 
 
@@ -448,7 +501,7 @@ def render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None = No
     for svc in status.get("services", []):
         name = str(svc.get("name", ""))
         parts.append(_service_html(svc, doc["drain_left"].get(name, {}),
-                                   doc["checks"].get(name, {})))
+                                   doc["checks"].get(name, {}), doc["agents"].get(name, {})))
     parts.append("</div>")
     parts.append('<script type="application/json" id="l4lb-data">'
                  f"{_script_safe_json(doc)}</script>")
@@ -458,7 +511,7 @@ def render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None = No
 
 
 def _service_html(svc: Mapping[str, Any], left: Mapping[str, str],
-                  checked: Mapping[str, list[str]]) -> str:
+                  checked: Mapping[str, list[str]], agented: Mapping[str, list[str]]) -> str:
     esc = html.escape
     name = str(svc.get("name", ""))
     meta = " · ".join([str(svc.get("protocol", "")), str(svc.get("scheduler", "")),
@@ -466,7 +519,8 @@ def _service_html(svc: Mapping[str, Any], left: Mapping[str, str],
     head = "".join(f'<th class="n">{esc(h)}</th>' if i >= _NUMERIC_FROM else f"<th>{esc(h)}</th>"
                    for i, h in enumerate(_HEAD))
     rows = [_backend_html(b, left.get(str(b.get("address", ""))),
-                          checked.get(str(b.get("address", ""))))
+                          checked.get(str(b.get("address", ""))),
+                          agented.get(str(b.get("address", ""))))
             for b in svc.get("backends", [])]
     c = svc.get("counters", {})
     counts = (f"rejected {c.get('rejected', 0)} · no backend {c.get('no_backend', 0)} · "
@@ -486,7 +540,8 @@ def _service_html(svc: Mapping[str, Any], left: Mapping[str, str],
             f"<tbody>{''.join(rows)}</tbody><tfoot><tr>{foot}</tr></tfoot></table></section>")
 
 
-def _backend_html(b: Mapping[str, Any], until: str | None, check: list[str] | None) -> str:
+def _backend_html(b: Mapping[str, Any], until: str | None, check: list[str] | None,
+                  agent: list[str] | None = None) -> str:
     esc = html.escape
     address = str(b.get("address", ""))
     name = str(b.get("name", address))
@@ -497,6 +552,8 @@ def _backend_html(b: Mapping[str, Any], until: str | None, check: list[str] | No
     badge = f'<span class="state state-{css}"{title}>{esc(state)}</span>'
     if progress:
         badge += f'<span class="tag check">{esc(progress)}</span>'
+    if agent is not None:
+        badge += f'<span class="tag agent" title="{esc(agent[1])}">{esc(agent[0])}</span>'
     if until is not None:
         badge += (f'<span class="tag deadline" title="time left until the drain deadline '
                   f'closes what is left">{esc(until)}</span>')

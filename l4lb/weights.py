@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from l4lb.config.model import Config
 from l4lb.health.dampener import Health
-from l4lb.health.dynamic import NEUTRAL, Dynamic, combined_admin, combined_health, combined_weight
+from l4lb.health.dynamic import NEUTRAL, Dynamic, combined_health, combined_weight, pool_admin
 from l4lb.health.pool import PoolMember, effective_weights
 from l4lb.state import Runtime, address_text
 
@@ -51,7 +51,7 @@ def compute(config: Config, runtime: Runtime, now: float,
                 key=key, weight=combined_weight(rt.weight, dyn),
                 health=(Health.UP if combined_health(rt.health, dyn) == "up"
                         else Health.DOWN),
-                admin=combined_admin(rt.admin, dyn), backup=rt.backup,
+                admin=pool_admin(rt.admin, dyn), backup=rt.backup,
                 ramp_start=ramp_start(key) if service.health is not None else None,
                 unproven=service.health is not None and unproven(key)))
         hs = service.health

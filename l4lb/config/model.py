@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from l4lb.health.agentsend import render as render_send
 from l4lb.health.settings import HealthSettings
 from l4lb.proxyproto import ProxyVersion
 from l4lb.vrrp.settings import VrrpSettings
@@ -69,6 +70,7 @@ class Backend:
     # port and address for it; None = the service's (docs/health.md, "Agent checks")
     agent_port: int | None = None
     agent_address: str | None = None
+    agent_send: bytes | None = None  # the backend's own `send` (a template); None: the service's
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,9 @@ class AgentSettings:
     port: int | None = None  # the agents' TCP port; None: every backend has agent_port
     interval: float = 2.0  # seconds from the start of one poll to the start of the next
     timeout: float = 1.0  # connect, send and read of one poll; <= interval
-    send: bytes = b""  # written once connected (HAProxy's agent-send); b"": nothing
+    # written once connected (HAProxy's agent-send), a template (l4lb.health.agentsend):
+    # `send_for` expands it for one backend; b"": nothing
+    send: bytes = b""
     address: str | None = None  # the agents' IP address; None: each backend's own
 
     def target(self, backend: Backend) -> tuple[str, int]:
@@ -89,6 +93,14 @@ class AgentSettings:
         port = backend.agent_port if backend.agent_port is not None else self.port
         assert port is not None  # the validator requires one of the two
         return host, port
+
+    def send_for(self, service: str, backend: Backend) -> bytes:
+        """What is written to `backend`'s agent: its own `agent_send`, else `send`, with the
+        placeholders expanded."""
+        template = backend.agent_send if backend.agent_send is not None else self.send
+        return render_send(template, {"service": service, "name": backend.name,
+                                      "address": str(backend.address.host),
+                                      "port": str(backend.address.port)})
 
 
 @dataclass(frozen=True)

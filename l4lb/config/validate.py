@@ -60,6 +60,7 @@ from l4lb.config.model import (
     SyncGroupSettings,
 )
 from l4lb.dataplane import CC_NAME_MAX, SOCKBUF_MAX, SOCKBUF_MIN, congestion_control_name_ok
+from l4lb.health.agentsend import problem as agent_send_problem
 from l4lb.health.settings import (
     DEFAULT_SETTINGS,
     EXEC_FIELDS,
@@ -128,7 +129,7 @@ TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle
                  "accept_proxy_timeout": "", "accept_proxy_from": ""}  # key -> UDP key instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup", "source",
-                "agent_port", "agent_address")
+                "agent_port", "agent_address", "agent_send")
 AGENT_KEYS = ("port", "interval", "timeout", "send", "address")  # [services.agent]
 VRRP_KEYS = (
     "name", "interface", "virtual_router_id", "priority", "advert_interval", "version",
@@ -972,6 +973,8 @@ class _Checker:
         agent = self.agent(scope, table["agent"], indexed) if "agent" in table else None
         if "agent" not in table:
             self.agent_keys_alone(scope, table)
+        if agent is not None and health is not None and health.source is not None:
+            self.agent_source(scope, agent, indexed, health.source)
         udp_idle_timeout = self.read_duration(scope, table, "udp_idle_timeout",
                                               d.udp_idle_timeout, zero_ok=False)
         max_flows = self.read_int(scope, table, "max_flows", d.max_flows, 0, U32_MAX)
@@ -1583,16 +1586,43 @@ class _Checker:
                        f"{suggest_duration(round(timeout * 1000))} must not exceed interval "
                        f"{suggest_duration(round(interval * 1000))} (one poll at a time per "
                        "backend)")
-        send = self.read_str(ags, table, "send")
-        if send is not None and len(send.encode()) > 1024:
-            self.error((*path, "send"), f"{ags.label('send')}: {len(send.encode())} bytes "
-                       "is more than 1024")
-            send = None
+        send = self.read_agent_send(ags, table, "send")
         address = self.read_agent_address(ags, table, "address")
         if len(self.diagnostics) > before:
             return None
         return AgentSettings(port=port, interval=interval, timeout=timeout,
-                             send=send.encode() if send else b"", address=address)
+                             send=send or b"", address=address)
+
+    def read_agent_send(self, scope: _Scope, table: dict[str, Any], key: str) -> bytes | None:
+        """An agent's `send` text (at most 1024 bytes, known placeholders only,
+        l4lb.health.agentsend) as UTF-8; None: absent or reported."""
+        send = self.read_str(scope, table, key)
+        if send is None:
+            return None
+        if len(send.encode()) > 1024:
+            self.error((*scope.path, key), f"{scope.label(key)}: {len(send.encode())} bytes "
+                       "is more than 1024")
+            return None
+        wrong = agent_send_problem(send)
+        if wrong is not None:
+            self.error((*scope.path, key), f"{scope.label(key)}: {wrong}")
+            return None
+        return send.encode()
+
+    def agent_source(self, scope: _Scope, agent: AgentSettings,
+                     backends: Sequence[tuple[int, Backend]], source: str) -> None:
+        """Agents are polled from `health.source`, as probes are: every agent's address must
+        be of its family."""
+        version = ipaddress.ip_address(source).version
+        for j, backend in backends:
+            host, _ = agent.target(backend)
+            if ipaddress.ip_address(host).version != version:
+                self.error((*scope.path, "agent"), f"{scope.label('agent')}: the agent of "
+                           f"backends[{j}] ({host}) is not IPv{version}, but agents are polled "
+                           f"from health.source {source}, as probes are (give it an IPv{version}"
+                           " agent_address, or leave health.source out)",
+                           at_key=True)
+                return
 
     def read_agent_address(self, scope: _Scope, table: dict[str, Any], key: str) -> str | None:
         """An agent's IP address (no name, no port, no zone); None: absent or reported."""
@@ -1621,7 +1651,7 @@ class _Checker:
         for j, entry in enumerate(raw):
             if not isinstance(entry, dict):
                 continue
-            for key in ("agent_port", "agent_address"):
+            for key in ("agent_port", "agent_address", "agent_send"):
                 if key in entry:
                     self.error((*scope.path, "backends", j, key),
                                f"{scope.label('backends')}[{j}].{key}: the service has no "
@@ -1874,11 +1904,13 @@ class _Checker:
         agent_port = (self.read_int(scope, table, "agent_port", 1, 1, 65535)
                       if "agent_port" in table else None)
         agent_address = self.read_agent_address(scope, table, "agent_address")
+        agent_send = self.read_agent_send(scope, table, "agent_send")
         if address is None:
             return None
         return Backend(address=address, name=name, weight=weight,
                        max_connections=max_connections, backup=backup, source=written,
-                       agent_port=agent_port, agent_address=agent_address)
+                       agent_port=agent_port, agent_address=agent_address,
+                       agent_send=agent_send)
 
     def backend_name(self, scope: _Scope, table: dict[str, Any], address: Endpoint | None) -> str:
         if "name" not in table:

@@ -2,7 +2,9 @@
 
 Each polled backend has one small task: it sleeps until its next poll (the first at a random
 point of its first interval, then `interval` x a factor in [1 - JITTER, 1 + JITTER] after the
-previous poll STARTED, never before it ended), takes one of `max_in_flight` slots, connects to
+previous poll STARTED, never before it ended), takes one of `max_in_flight` slots (handed out
+fairly, l4lb.health.fairslots: answering agents before ones whose last poll failed, the
+services in turn, so agents that hang cannot slow the others down), connects to
 the agent, writes `send` if set, reads one line (l4lb.health.agentreply.scan: at most MAX_LINE
 bytes, partial reads joined), all within `timeout`, and closes. No thread, no resolver (the
 address is a literal). The health checker has its own scheduler and slots, so slow or dead
@@ -39,6 +41,7 @@ from typing import Any, Generic, TypeVar
 from l4lb.config.model import AgentSettings
 from l4lb.health.agentreply import MAX_LINE, AgentReply, scan
 from l4lb.health.dynamic import NEUTRAL, Dynamic, apply_reply
+from l4lb.health.fairslots import FairSlots
 
 log = logging.getLogger("l4lb.health")
 
@@ -46,6 +49,15 @@ K = TypeVar("K", bound=Hashable)
 
 JITTER = 0.1  # each interval is scaled by a random factor in [1 - JITTER, 1 + JITTER]
 MAX_IN_FLIGHT = 256  # polls (sockets) at once, all agents together
+
+
+def _group(key: Hashable) -> Hashable:
+    """The service of a (service, backend) key, whose polls share slots fairly with other
+    services' (l4lb.health.fairslots); the key itself otherwise."""
+    if isinstance(key, tuple) and len(key) == 2:
+        service: Hashable = key[0]
+        return service
+    return key
 
 
 def _subject(key: object) -> str:
@@ -73,11 +85,13 @@ def format_target(host: str, port: int) -> str:
 class _Agent(Generic[K]):
     """One polled backend."""
 
-    def __init__(self, key: K, host: str, port: int, settings: AgentSettings) -> None:
+    def __init__(self, key: K, host: str, port: int, settings: AgentSettings,
+                 source: str | None) -> None:
         self.key = key
         self.host = host  # the agent's address
         self.port = port
         self.settings = settings
+        self.source = source  # bound before connecting (health.source); None: the kernel's
         self.state: Dynamic = NEUTRAL  # what the agent has said
         self.task: asyncio.Task[None] | None = None
         self.polls = 0
@@ -104,7 +118,7 @@ class AgentPoller(Generic[K]):
         self._max_in_flight = max_in_flight
         self._rng = rng if rng is not None else random.Random()
         self._agents: dict[K, _Agent[K]] = {}
-        self._slots: asyncio.Semaphore | None = None  # made by start(), on the loop
+        self._slots: FairSlots | None = None  # made by start()
         self._running = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -114,7 +128,7 @@ class AgentPoller(Generic[K]):
         if self._running:
             return
         self._running = True
-        self._slots = asyncio.Semaphore(self._max_in_flight)
+        self._slots = FairSlots(self._max_in_flight)
         for agent in self._agents.values():
             self._launch(agent, first=True)
 
@@ -128,21 +142,26 @@ class AgentPoller(Generic[K]):
 
     # -- agents ----------------------------------------------------------------------------
 
-    def add(self, key: K, host: str, port: int, settings: AgentSettings) -> None:
-        """Poll the agent of `key` at host:port. An existing key keeps what its agent said;
-        a changed target or settings take effect from its next poll."""
+    def add(self, key: K, host: str, port: int, settings: AgentSettings,
+            source: str | None = None) -> None:
+        """Poll the agent of `key` at host:port, from `source` if set (an address of the
+        host's family, port 0: the service's health.source, as its probes). An existing key
+        keeps what its agent said; a changed target or settings take effect from its next
+        poll."""
         agent = self._agents.get(key)
         if agent is not None:
-            if (agent.host, agent.port, agent.settings) == (host, port, settings):
+            if (agent.host, agent.port, agent.settings, agent.source) == \
+                    (host, port, settings, source):
                 return
             agent.host, agent.port, agent.settings = host, port, settings
+            agent.source = source
             if agent.task is not None:
                 agent.task.cancel()
                 agent.task = None
             if self._running:
                 self._launch(agent, first=True)
             return
-        agent = _Agent(key, host, port, settings)
+        agent = _Agent(key, host, port, settings, source)
         self._agents[key] = agent
         if self._running:
             self._launch(agent, first=True)
@@ -203,7 +222,7 @@ class AgentPoller(Generic[K]):
             started = loop.time()
             slots = self._slots
             assert slots is not None
-            async with slots:
+            async with slots.slot(_group(agent.key), urgent=agent.consecutive_failures == 0):
                 data, problem = await self._poll(agent)
             if self._agents.get(agent.key) is not agent:
                 return  # removed meanwhile
@@ -218,7 +237,9 @@ class AgentPoller(Generic[K]):
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(settings.timeout):
-                reader, writer = await asyncio.open_connection(agent.host, agent.port)
+                reader, writer = await asyncio.open_connection(
+                    agent.host, agent.port,
+                    local_addr=(agent.source, 0) if agent.source is not None else None)
                 if settings.send:
                     writer.write(settings.send)
                     await writer.drain()

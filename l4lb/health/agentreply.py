@@ -2,7 +2,9 @@
 
 Pure: bytes in, an `AgentReply` out; no I/O, no clock.
 
-The agent answers one ASCII line, ended by the first CR or LF. Its words are separated by
+The agent answers one line, ended by the first CR or LF, read as UTF-8 (a byte that is not
+valid UTF-8 reads as U+FFFD, so a reason in any script shows as written and a broken one
+cannot fail the reply); its words are ASCII. Its words are separated by
 spaces, tabs or commas, compared without regard to case, in any order, and the last word of
 each category wins:
 
@@ -118,7 +120,7 @@ def scan(data: bytes, closed: bool) -> AgentReply | None:
         if at != -1:
             end = min(end, at)
     if end >= MAX_LINE or (end == len(data) and len(data) >= MAX_LINE):
-        head = data[:MAX_LINE].decode("latin-1")
+        head = data[:MAX_LINE].decode("utf-8", "replace")
         return AgentReply(_printable(head)[:_SHOWN] + "...",
                           error=f"line longer than {MAX_LINE - 1} bytes")
     if end == len(data):  # no line end yet
@@ -126,6 +128,6 @@ def scan(data: bytes, closed: bool) -> AgentReply | None:
             return None
         if not data:
             return AgentReply("", error="closed without a reply")
-        return AgentReply(_printable(data.decode("latin-1")),
+        return AgentReply(_printable(data.decode("utf-8", "replace")),
                           error="incomplete line (the agent closed before its newline)")
-    return parse_line(data[:end].decode("latin-1"))
+    return parse_line(data[:end].decode("utf-8", "replace"))

@@ -16,6 +16,11 @@ Precedence (docs/health.md, "Who decides what"):
    backend whose agent said `drain` stays drained until the agent says `ready`.
 2. **Health**: the backend is UP only if its health check says UP (or it has none) and its
    agent has not said `down`, `fail` or `stopped` since it last said `up` (or `ready`).
+   The words differ for the pool (`pool_admin`): `stopped` says the backend was taken out on
+   purpose (a deploy), so the pool treats it like `maint` (not enabled: it counts neither as
+   UP nor as missing for min_healthy, and a panic never puts it back); `down` and `fail` are
+   the agent's findings of a failure, which count like a health check's DOWN (a panic may put
+   the backend back, as it does for a probe's verdict).
 3. **Weight**: the base is the operator's weight (`l4lb weight`, else the file's); a
    misc_dynamic exit status 2..255 replaces it with status - 2; an agent's percentage then
    scales it: floor(base x percent / 100), at least 1 when the percentage is above 0, at most
@@ -78,6 +83,15 @@ def combined_admin(operator: AdminState, state: Dynamic) -> AdminState:
     """The stricter of the operator's and the agent's admin states (maint > drain > up)."""
     agent = agent_admin(state)
     return operator if _ADMIN_RANK[operator] >= _ADMIN_RANK[agent] else agent
+
+
+def pool_admin(operator: AdminState, state: Dynamic) -> AdminState:
+    """The admin state the pool sees: `combined_admin`, except that an agent's `stopped` is
+    `maint` there (taken out on purpose: not enabled, never put back by a panic; see the
+    module docstring). What operators see stays `combined_admin` with the health `down`."""
+    if state.health == "stopped":
+        return "maint"
+    return combined_admin(operator, state)
 
 
 def combined_health(checked: HealthWord, state: Dynamic) -> HealthWord:

@@ -118,7 +118,8 @@ backends = [{rows}]
 health = {{ interval = "200ms", timeout = "100ms", min_healthy = 0.0 }}
 """
     if agent:
-        text += f'agent = {{ interval = "{interval}", timeout = "100ms", send = "web\\n" }}\n'
+        text += (f'agent = {{ interval = "{interval}", timeout = "100ms", '
+                 'send = "{service}/{name}\\n" }\n')
     return text
 
 
@@ -153,7 +154,8 @@ def test_agent_replies_move_weights_state_and_traffic(tmp_path: Path,
     pa, pb, pc = ports
     listen = free_port()
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(config(tmp_path, listen, backends, ports))
+    cfg.write_text(config(tmp_path, listen, backends, ports).replace(
+        'name = "c", weight = 10', 'name = "c", weight = 10, agent_send = "c: own\\n"'))
     sock = str(tmp_path / "ctl.sock")
     log = tmp_path / "l4lb.log"
     with log.open("wb") as err:
@@ -164,7 +166,9 @@ def test_agent_replies_move_weights_state_and_traffic(tmp_path: Path,
         got = wait_for(sock, lambda g: all(b["agent"]["last_reply"] == "up ready 100%"
                                            for b in g.values()))
         assert eff(got) == {"a": 10, "b": 10, "c": 10}
-        assert agents.received[b"web\n"] >= 3  # `send` reached the agents
+        # `send` reached the agents, expanded for each backend; c's own agent_send wins
+        assert agents.received[b"web/a\n"] >= 1 and agents.received[b"web/b\n"] >= 1
+        assert agents.received[b"c: own\n"] >= 1 and b"web/c\n" not in agents.received
 
         # a percentage of the base weight, and where the connections go
         agents.lines[pa] = b"50%\n"

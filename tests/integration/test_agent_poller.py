@@ -1,12 +1,14 @@
 """The agent poller (l4lb.health.agent) against asyncio agents on loopback, in one loop: replies
 written in pieces, the timeout with and without a partial line, an over-long line, the bound on
-polls in flight, the interval between polls, and add/remove keeping or dropping the state."""
+polls in flight, answering agents keeping their pace while many hang, the interval between
+polls, and add/remove keeping or dropping the state."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import random
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -173,3 +175,57 @@ async def test_add_keeps_the_state_and_remove_drops_it() -> None:
         assert poller.state("b") == Dynamic()
     finally:
         poller.stop()
+
+
+@sync
+async def test_answering_agents_keep_their_pace_while_many_agents_hang() -> None:
+    """24 agents that accept and never answer hold each of the 3 slots for their whole
+    timeout; answering agents, of another service and of theirs, are still polled about
+    every interval (l4lb.health.fairslots), not once per trip through the hanging ones."""
+    server, port = await agent(replying(b"up\n"))
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(1024)  # never accepted: connects complete (or wait), no byte ever comes
+    hang_port = int(hang.getsockname()[1])
+    settings = AgentSettings(port=1, interval=0.15, timeout=0.1)
+    poller: AgentPoller[tuple[str, str]] = AgentPoller(Recorder(), max_in_flight=3,
+                                                       rng=random.Random(5))
+    for i in range(24):
+        poller.add(("hang", f"h{i}"), "127.0.0.1", hang_port, settings)
+    poller.add(("hang", "ok"), "127.0.0.1", port, settings)
+    poller.add(("web", "ok"), "127.0.0.1", port, settings)
+    poller.start()
+    try:
+        await asyncio.sleep(1.0)  # every hanging agent has failed once by now
+        before = {k: poller._agents[k].polls for k in (("hang", "ok"), ("web", "ok"))}
+        await asyncio.sleep(1.5)  # 10 intervals
+        polls = {k: poller._agents[k].polls - n for k, n in before.items()}
+        assert all(n >= 6 for n in polls.values()), polls
+        assert poller._agents[("hang", "h0")].failures >= 2  # the hanging ones are polled too
+    finally:
+        poller.stop()
+        server.close()
+        hang.close()
+
+
+@sync
+async def test_polls_leave_from_the_source_address() -> None:
+    """`source` (the service's health.source, as its probes) is bound before connecting."""
+    peers: list[str] = []
+
+    async def handle(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername")[0])
+        writer.write(b"up\n")
+        writer.close()
+    server, port = await agent(handle)
+    poller: AgentPoller[str] = AgentPoller(Recorder(), rng=random.Random(6))
+    poller.add("from", "127.0.0.1", port, FAST, source="127.0.0.2")
+    poller.add("plain", "127.0.0.1", port, FAST)
+    poller.start()
+    try:
+        await until(lambda: {"127.0.0.2", "127.0.0.1"} <= set(peers))
+        poller.add("from", "127.0.0.1", port, FAST, source="127.0.0.3")  # a reload changes it
+        await until(lambda: "127.0.0.3" in peers)
+    finally:
+        poller.stop()
+        server.close()

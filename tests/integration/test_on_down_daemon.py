@@ -1,7 +1,8 @@
 """health.on_down in the running daemon, on both data planes: a long-lived session to a backend
 whose health checks then fail is reset soon after the backend goes DOWN with
 on_down = "shutdown_sessions" (logged, counted, close reason backend_down, and a client that
-reconnects at once lands on the other backend), and carries on with the default "keep"."""
+reconnects at once lands on the other backend), and carries on with the default "keep". An
+agent's `fail` resets it the same way."""
 
 from __future__ import annotations
 
@@ -225,5 +226,55 @@ def test_by_default_the_session_of_the_down_backend_carries_on(impl: str,
         assert f"backend web/{a} is DOWN" in err and "on_down" not in err, err
         assert "backend_down" not in log.read_text()
     finally:
+        dying.close()
+        spare.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_shutdown_sessions_follows_the_agent_down(impl: str, tmp_path: Path) -> None:
+    """The agent of a healthy backend says `fail`: with on_down = "shutdown_sessions" its
+    session is reset as for a health DOWN (logged, counted, reason backend_down), the other
+    backend's session carries on."""
+    from .test_agent_daemon import Agents
+    cfg, port, dying, spare, log = setup(tmp_path, "")
+    ports = {"a": free_port(), "b": free_port()}
+    agents = Agents(list(ports.values()))
+    lines = [line for line in cfg.read_text().splitlines() if "[[services.backends]]" not in
+             line and "address =" not in line]
+    # the test agents wait 50 ms for a `send` before they answer
+    lines += ['  on_down = "shutdown_sessions"', "", "  [services.agent]",
+              '  interval = "300ms"', '  timeout = "250ms"']
+    for server, name in ((dying, "a"), (spare, "b")):
+        lines += ["", "  [[services.backends]]", f'  address = "127.0.0.1:{server.port}"',
+                  f"  agent_port = {ports[name]}"]
+    cfg.write_text("\n".join(lines) + "\n")
+    a = f"127.0.0.1:{dying.port}"
+    try:
+        with running(cfg, impl, port) as proc:
+            with sessions_on_both(port) as open_:
+                assert echoes(open_["a"], b"before") and echoes(open_["b"], b"before")
+                host, cport = open_["a"].getsockname()
+                me = f"{host}:{cport}"
+                open_["a"].settimeout(10)
+                agents.lines[ports["a"]] = b"fail #disk full\n"
+                with pytest.raises(ConnectionResetError):
+                    while open_["a"].recv(65536):
+                        pass
+                again, name = session(port)
+                with again:
+                    assert name == "b"
+                assert echoes(open_["b"], b"still here")
+                view = backends(cfg)
+                assert view[a]["state"] == "down" and view[a]["sessions_shut_down"] == 1
+            assert stop_process(proc, signal.SIGTERM) == 0
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        said = err.index(f"backend web/{a}: agent says fail (#disk full)")
+        closed = err.index(f'backend web/{a}: closed 1 session (on_down = "shutdown_sessions")')
+        assert said < closed, err
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        assert [(r["backend"], r["reason"]) for r in records if r["client"] == me] == \
+            [(a, "backend_down")], records
+    finally:
+        agents.shutdown()
         dying.close()
         spare.close()

@@ -123,3 +123,13 @@ def test_text_is_printable() -> None:
     reply = scan(b"up #caf\xc3\xa9\x07\n", closed=False)
     assert reply is not None and reply.ok and "\x07" not in reply.text
     assert reply.reason.endswith("?")
+
+
+def test_the_line_is_read_as_utf8_with_replacement() -> None:
+    reply = scan("stopped #déploiement 第2版\n".encode(), closed=False)
+    assert reply is not None and reply.ok and reply.reason == "déploiement 第2版"
+    assert reply.text == "stopped #déploiement 第2版"
+    broken = scan(b"up #caf\xe9 \xff\n", closed=False)  # latin-1 bytes: not UTF-8
+    assert broken is not None and broken.ok and broken.reason == "caf\ufffd \ufffd"
+    unterminated = scan("drain #ü".encode(), closed=True)
+    assert unterminated is not None and unterminated.text == "drain #ü"

@@ -57,3 +57,21 @@ def test_health_settings_refuse_dynamic_without_exec() -> None:
         'health.dynamic: applies to kind "exec" only (the weight comes from the command\'s '
         "exit status)"]
     assert HealthSettings(kind="exec", command=("/bin/true",), dynamic=True).dynamic
+
+
+SEND = """
+[[services]]
+name = "web"
+listen = ["127.0.0.1:8080"]
+backends = [{ address = "127.0.0.1:9001", name = "b1" },
+            { address = "[::1]:9002", agent_send = "{{x}} {name} {address} {port}\\n" },
+            { address = "127.0.0.1:9003", agent_send = "" }]
+agent = { port = 9777, address = "127.0.0.9", send = "{service}/{name}\\n" }
+"""
+
+
+def test_send_placeholders_and_a_backends_own_agent_send() -> None:
+    web, = load_text(SEND).services
+    assert web.agent is not None and web.agent.send == b"{service}/{name}\n"
+    assert [web.agent.send_for(web.name, b) for b in web.backends] == [
+        b"web/b1\n", b"{x} [::1]:9002 ::1 9002\n", b""]

@@ -178,13 +178,13 @@ def test_annotated_example_shows_every_key() -> None:
     assert (set(GLOBAL_KEYS) - {"connection_log"}) \
         | (set(SERVICE_KEYS) - {"backends", "health", "agent", "accept_proxy_from",
                                 *UDP_ONLY_KEYS}) \
-        | (set(BACKEND_KEYS) - {"agent_port", "agent_address"}) <= written
+        | (set(BACKEND_KEYS) - {"agent_port", "agent_address", "agent_send"}) <= written
     assert "# accept_proxy_from = [" in text
     assert "[services.health]" in text
     commented = set(re.findall(r"^\s*#?\s*([a-z_]+)\s*=", text, flags=re.M))
     assert set(HEALTH_KEYS) - {"send_hex", "expect_regex"} <= commented
     assert "# [services.agent]" in text and set(AGENT_KEYS) <= commented
-    assert {"agent_port", "agent_address"} <= commented
+    assert {"agent_port", "agent_address", "agent_send"} <= commented
     assert "# [[vrrp]]" in text and set(VRRP_KEYS) <= commented
     assert "# [[vrrp_sync_group]]" in text and set(SYNC_GROUP_KEYS) <= commented
     assert set(UDP_ONLY_KEYS) <= commented

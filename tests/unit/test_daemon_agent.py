@@ -167,3 +167,64 @@ def test_a_weight_change_reply_says_that_a_misc_dynamic_weight_replaces_it(
         in _change_text(reply)
     plain = daemon.cmd_weight("web", B2, 60)
     assert "dynamic_weight" not in plain and "misc_dynamic" not in _change_text(plain)
+
+
+def bid(daemon: Daemon, address: str) -> int:
+    return daemon.builder.backend_ids()[("web", address)]
+
+
+@pytest.mark.parametrize("word", [b"down", b"fail", b"stopped #deploy"])
+def test_an_agent_down_closes_the_sessions_with_on_down(tmp_path: Path, word: bytes,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """on_down = "shutdown_sessions" follows the agent's down, fail and stopped as it
+    follows the health check's DOWN: one close right after the table without the backend."""
+    daemon, dp, poller = with_agents(tmp_path, config('on_down = "shutdown_sessions"'))
+    b2 = bid(daemon, B2)
+    dp.active = {b2: 5, bid(daemon, B1): 2}
+    with caplog.at_level(logging.INFO, logger="l4lb"):
+        says(daemon, poller, B2, word + b"\n")
+    assert dp.closes == [(b2, "backend_down", 0, dp.generation)]
+    assert dp.active == {bid(daemon, B1): 2}
+    assert f'backend web/{B2}: closed 5 sessions (on_down = "shutdown_sessions")' \
+        in caplog.messages
+    dp.active[b2] = 1
+    says(daemon, poller, B2, word + b" 50%\n")  # still down: no new transition, no close
+    says(daemon, poller, B2, b"up\n")
+    assert len(dp.closes) == 1
+
+
+def test_an_agent_down_keeps_the_sessions_by_default_and_in_a_panic(tmp_path: Path) -> None:
+    daemon, dp, poller = with_agents(tmp_path, config())
+    dp.active = {bid(daemon, B2): 5}
+    says(daemon, poller, B2, b"down\n")
+    assert dp.closes == []  # on_down = "keep"
+    text = config('on_down = "shutdown_sessions"').replace("min_healthy = 0.0",
+                                                             "min_healthy = 1.0")
+    daemon, dp, poller = with_agents(tmp_path, text)
+    dp.active = {bid(daemon, B2): 5}
+    says(daemon, poller, B2, b"fail\n")  # panic: a finding, kept in rotation
+    assert dp.closes == [] and daemon.weights is not None and daemon.weights.panic
+    says(daemon, poller, B2, b"stopped\n")  # deliberate: out of rotation, panic or not
+    assert [c[:3] for c in dp.closes] == [(bid(daemon, B2), "backend_down", 0)]
+
+
+def test_health_up_while_the_agent_holds_it_down_keeps_the_close_due(tmp_path: Path) -> None:
+    """A backend the agent holds DOWN is still DOWN when its health check comes back UP: a
+    close kept by a panic stays due until the backend leaves rotation."""
+    text = config('on_down = "shutdown_sessions"').replace("min_healthy = 0.0",
+                                                             "min_healthy = 1.0")
+    daemon, _, poller = with_agents(tmp_path, text)
+    says(daemon, poller, B2, b"down\n")
+    assert ("web", B2) in daemon.on_down_pending  # kept by the panic
+    daemon._note_down(("web", B2), went_down=False)  # e.g. its health check's UP
+    assert ("web", B2) in daemon.on_down_pending
+    says(daemon, poller, B2, b"up\n")
+    assert ("web", B2) not in daemon.on_down_pending
+
+
+def test_agents_are_polled_from_the_health_source(tmp_path: Path) -> None:
+    _, _, poller = with_agents(tmp_path, config('source = "127.0.0.1"'))
+    assert {k: a.source for k, a in poller._agents.items()} == {
+        ("web", B1): "127.0.0.1", ("web", B2): "127.0.0.1"}
+    _, _, poller = with_agents(tmp_path, config())
+    assert {a.source for a in poller._agents.values()} == {None}

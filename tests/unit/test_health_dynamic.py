@@ -20,6 +20,7 @@ from l4lb.health.dynamic import (
     combined_admin,
     combined_health,
     combined_weight,
+    pool_admin,
 )
 from l4lb.state import Runtime
 from l4lb.weights import compute
@@ -152,3 +153,54 @@ def test_operator_maint_beats_agent_ready_in_compute() -> None:
     runtime.set_admin("web", a[1], "up")
     assert compute(config, runtime, 0.0, dynamic={a: said("maint", "ready")}).weights[a] == 10
     assert compute(config, runtime, 0.0, dynamic={a: said("ready", "maint")}).weights[a] == 0
+
+
+PANIC_CONFIG = """
+[[services]]
+name = "web"
+listen = ["127.0.0.1:18080"]
+scheduler = "weighted_round_robin"
+backends = [{ address = "127.0.0.1:9001", weight = 10 },
+            { address = "127.0.0.1:9002", weight = 10 },
+            { address = "127.0.0.1:9003", weight = 10 },
+            { address = "127.0.0.1:9004", weight = 10 }]
+health = { min_healthy = 0.5 }
+agent = { port = 9777 }
+"""
+
+
+def test_agent_stopped_counts_like_maint_and_panic_never_puts_it_back() -> None:
+    config = load_text(PANIC_CONFIG)
+    runtime = Runtime.from_config(config)
+    a, b, c, d = keys()
+    # 3 of 4 stopped for a deploy: not enabled, so 1 of 1 is UP, no panic, d alone serves
+    deploy = {k: said("stopped #deploying") for k in (a, b, c)}
+    w = compute(config, runtime, 0.0, dynamic=deploy)
+    assert w.panic == {} and w.weights == {a: 0, b: 0, c: 0, d: 10}
+    # all four stopped: nothing is enabled, nothing panics, nothing serves
+    w = compute(config, runtime, 0.0, dynamic={k: said("stopped") for k in keys()})
+    assert w.panic == {} and set(w.weights.values()) == {0}
+    # stopped beside a probe's DOWN: the panic puts back the probed one only
+    runtime.backends[d].health = "down"
+    w = compute(config, runtime, 0.0, dynamic=deploy)
+    assert w.panic == {"web": "0 of 1 enabled primary backends are UP"}
+    assert w.weights == {a: 0, b: 0, c: 0, d: 10}
+
+
+@pytest.mark.parametrize("word", ["down", "fail"])
+def test_agent_down_and_fail_count_like_a_probe_down_and_panic_may_override(word: str) -> None:
+    config = load_text(PANIC_CONFIG)
+    runtime = Runtime.from_config(config)
+    a, b, c, d = keys()
+    w = compute(config, runtime, 0.0, dynamic={k: said(word) for k in (a, b, c)})
+    assert w.panic == {"web": "1 of 4 enabled primary backends are UP"}
+    assert w.weights == {a: 10, b: 10, c: 10, d: 10}
+    assert w.up["web"] == 1  # tracking sees the real health, panic or not
+
+
+def test_pool_admin_is_combined_admin_but_maint_for_stopped() -> None:
+    assert pool_admin("up", said("stopped")) == "maint"
+    assert pool_admin("drain", said("down")) == "drain"
+    assert pool_admin("up", said("fail")) == "up"
+    assert pool_admin("up", said("stopped", "up")) == "up"
+    assert combined_admin("up", said("stopped")) == "up"  # what operators see: DOWN, not maint
