@@ -821,13 +821,8 @@ class ProbeEngine:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            if probe.phase == _CONFIRMING:
-                # the backend went while our close_notify was on its way: what it said
-                # before (its alert, or its tickets) is what decides; read it
-                st.pending = b""
-                return True
             self._finish(probe, False, handshake_failure(exc, st.head)
-                         if probe.phase == _HANDSHAKING
+                         if probe.phase in (_HANDSHAKING, _CONFIRMING)
                          else _ERRNO_REASONS.get(exc.errno or 0, "send failed"))
             return False
         st.pending = st.pending[sent:]

@@ -263,6 +263,8 @@ def test_client_certificate_for_mtls_backends(pki: Pki, version: str) -> None:
                                    tls_client_key=key))
     assert good.ok, good
     assert good.reason.startswith(f"TLS handshake ok: {version} ")
+    # TLS 1.3: the server's session ticket says it took the certificate, at once
+    assert "no session ticket" not in good.reason and good.latency < 0.4, good
     # a certificate of a CA the server does not trust: in TLS 1.3 the server says so only
     # after the client's side of the handshake completed (the probe waits for its verdict)
     stranger = pki.client_files(ca=trustme.CA(), name="stranger")
@@ -278,6 +280,27 @@ def test_client_certificate_for_mtls_backends(pki: Pki, version: str) -> None:
     assert no_cert.reason == ("TLS error after the handshake: alert certificate required"
                               if version == "TLSv1.3" else
                               "TLS handshake failed: alert handshake failure"), no_cert.reason
+
+
+def test_tls13_server_without_session_tickets(pki: Pki) -> None:
+    # it says nothing when it accepts the client's certificate: the probe passes at its
+    # timeout and says that the backend's verdict is not known
+    ctx = pki.server_context()
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    pki.ca.configure_trust(ctx)
+    ctx.num_tickets = 0
+    cert, key = pki.client_files()
+    result = probe_blocking(ctx, tls(tls_ca_file=pki.ca_file, tls_client_cert=cert,
+                                     tls_client_key=key))
+    assert result.ok and result.reason.endswith(
+        "(no session ticket came: the backend's verdict on the client certificate is "
+        "unknown)"), result
+    assert result.latency >= 0.45
+    # a refusal is still seen (its alert)
+    stranger = pki.client_files(ca=trustme.CA(), name="stranger")
+    bad = probe_blocking(ctx, tls(tls_ca_file=pki.ca_file, tls_client_cert=stranger[0],
+                                  tls_client_key=stranger[1]))
+    assert bad.reason == "TLS handshake failed: alert unknown ca", bad
 
 
 def test_tls13_server_that_closes_without_its_alert(pki: Pki) -> None:
