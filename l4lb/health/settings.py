@@ -56,6 +56,13 @@ Why these defaults (the same numbers as HAProxy's, for the same reasons):
   path, so the daemon's PATH never decides which program runs); `command_user` None runs it as
   the daemon's own user (keepalived's MISC_CHECK default too), because only the operator knows
   which unprivileged user can read what the script needs.
+- checks over TLS (kind "tls", or tls = True with "http" and "send_expect"): tls_verify
+  "required", with the system's CA store unless tls_ca_file is set, because a TLS check is
+  there to see an expired or untrusted certificate (the loader refuses it on a host whose
+  store is empty and says to set tls_ca_file or tls_verify = "none"); no server name (no SNI,
+  no name check: backends are addresses, and certificates rarely carry IPs); minimum TLS 1.2.
+  A kind of its own for the handshake check, not "tcp" + tls: `kind` names what decides the
+  verdict, and "tcp" stays a plain connect that reads no files.
 """
 
 from __future__ import annotations
@@ -181,7 +188,8 @@ class HealthSettings:
     kind: ProbeKind = "tcp"  # "tcp": connect only; "send_expect": connect, send, read, match;
     # "syn": half-open, a SYN from a raw socket answered by SYN-ACK or RST (needs CAP_NET_RAW);
     # "http": one HTTP/1.1 request; "udp": one datagram `send`, one reply datagram (`expect`);
-    # "exec": run `command`, exit status 0 passes (l4lb/health/execprobe.py)
+    # "exec": run `command`, exit status 0 passes (l4lb/health/execprobe.py); "tls": a
+    # completed TLS handshake, with a certificate that verifies unless tls_verify is "none"
     interval: float = 2.0  # seconds between probes of an UP backend (start to start)
     timeout: float = 1.0  # whole probe: connect (+ send + read); <= interval
     rise: int = 2  # consecutive passed probes that bring a DOWN backend UP
