@@ -18,6 +18,11 @@ which is five or six system calls and no per-probe asyncio object. A kind "udp" 
 
 with the datagram sent once more at UDP_RESEND_AT x timeout (a second FIFO per timeout).
 
+A probe over TLS (kind "tls", or tls = true with "http" or "send_expect") is the same object:
+once connected it drives an ssl.SSLObject over two memory BIOs, moving the bytes with its own
+send()/recv() on the same epoll (see "TLS" below), with a context shared by every probe of the
+same settings (l4lb/health/tlscontext.py) and reasons from l4lb/health/tlsverdict.py.
+
 When the epoll fd becomes readable, one callback drains up to `max_events` events. Timeouts need
 no heap: every probe with the same timeout has a later deadline than the probes started before
 it (the clock is monotonic), so the engine keeps one FIFO of (deadline, probe number) per

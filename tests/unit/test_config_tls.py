@@ -4,13 +4,15 @@ that is empty). The text-only errors are in tests/golden/config/health_tls.toml.
 
 from __future__ import annotations
 
+import ssl
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 
 from l4lb.config import ConfigError, load_text
 from l4lb.config.host import THIS_HOST
-from l4lb.health import HealthSettings, ProbeSpec
+from l4lb.health import HealthSettings, ProbeSpec, tlscontext
 from l4lb.health.probe import http_request
 
 from .fakehost import FakeHost
@@ -116,6 +118,22 @@ def test_verify_without_any_ca_says_what_to_write() -> None:
         't.toml:8:17: error: services[0] ("web"): health.tls_ca_file: "/etc/l4lb/ca.pem" '
         "cannot be read: no such file or directory"]
     assert host.asked == ["file /etc/l4lb/ca.pem"]
+
+
+def test_an_empty_system_store_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "certs"
+    empty.mkdir()
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: ssl.DefaultVerifyPaths(
+        None, str(empty), "SSL_CERT_FILE", "/nonexistent", "SSL_CERT_DIR", str(empty)))
+    monkeypatch.setattr(tlscontext, "_cache", OrderedDict())  # build, do not reuse
+    assert tlscontext.system_store_empty()
+    assert errors('  kind = "tls"\n')[0].startswith(
+        't.toml:6:3: error: services[0] ("web"): health.tls_verify: "required" (the default) '
+        "needs CA certificates to verify with")
+    # a CA file, or no verification, needs no store
+    assert load('  kind = "tls"\n  tls_verify = "none"\n').tls_verify == "none"
+    (empty / "0123abcd.0").write_text("")  # a hashed directory with entries counts
+    assert not tlscontext.system_store_empty()
 
 
 def test_https_request_names_the_server() -> None:
