@@ -120,6 +120,7 @@ _PHASE_TIMEOUT = {_CONNECTING: "connect timeout", _SENDING: "send timeout",
                   _CONFIRMING: "TLS: no answer to the client certificate"}
 _TLS_RECV = 16384  # bytes per recv() of TLS records (one full record)
 _TLS_STEPS = 16  # recv/handshake rounds per event at most (bounds one probe's share of a batch)
+TLS_SLICE = 0.005  # seconds of TLS work per loop callback, at most about (then the next turn)
 
 # errno -> reason; anything else becomes "connect error: <strerror>".
 _ERRNO_REASONS = {
@@ -328,7 +329,8 @@ class Probe:
 class _TlsState:
     """The TLS session of one probe (kind "tls", tls = true)."""
 
-    __slots__ = ("eof", "head", "incoming", "mask", "obj", "outgoing", "pending", "verdict")
+    __slots__ = ("eof", "head", "incoming", "mask", "obj", "outgoing", "pending", "summary",
+                 "verdict")
 
     def __init__(self, obj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
                  pending: bytes) -> None:
@@ -340,6 +342,8 @@ class _TlsState:
         self.eof = False  # the backend closed its side
         self.mask = _EPOLLOUT  # what the probe's fd is registered for
         self.verdict = ""  # kind "tls": the reason of the pass, taken when the handshake ended
+        # http, send_expect: the version and the certificate's notAfter, added to a pass
+        self.summary = ""
 
 
 class ProbeEngine:
@@ -555,6 +559,8 @@ class ProbeEngine:
         self._close_sock(probe)
 
     def _finish(self, probe: Probe, ok: bool, reason: str, conclusive: bool = True) -> None:
+        if ok and probe.tls is not None and probe.tls.summary:  # http, send_expect over TLS
+            reason = f"{reason} ({probe.tls.summary})"
         probe.phase = _DONE
         latency = time.monotonic() - probe.started
         self._close_sock(probe)
@@ -566,10 +572,20 @@ class ProbeEngine:
         by_fd = self._by_fd
         timed = self._timed
         monotonic = time.monotonic
+        tls_until = 0.0  # TLS work in this callback ends at this time (0: none done yet)
         for fd, events in self._ep.poll(0, self._max_events):
             probe = by_fd.get(fd)
             if probe is None or probe.batch >= batch:
                 continue
+            if probe.spec.tls is not None and probe.phase != _CONNECTING:
+                # a handshake step costs up to a millisecond of CPU: bound this callback's
+                # share (the loop is VRRP's too); the level-triggered epoll reports the rest
+                # again at the next turn of the loop
+                now = monotonic()
+                if not tls_until:
+                    tls_until = now + TLS_SLICE
+                elif now >= tls_until:
+                    break
             if events == _EPOLLOUT and probe.phase == _CONNECTING and probe.spec.connect_only:
                 # The common case, inlined (_finish, _close_sock, _deliver): the handshake
                 # completed and that is the verdict.
@@ -806,6 +822,9 @@ class ProbeEngine:
             return
         if spec.send:
             st.obj.write(spec.send)  # a memory BIO takes it all
+        valid_until = not_after(st.obj.getpeercert())
+        st.summary = st.obj.version() or "TLS" if valid_until is None else \
+            f"{st.obj.version()}, certificate valid until {valid_until}"
         probe.phase = _READING
 
     def _tls_pass(self, probe: Probe, sock: _socket.socket, st: _TlsState) -> None:

@@ -29,6 +29,9 @@ pytestmark = pytest.mark.timeout(60)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 NAME = "app.example.com"
+# what a pass over TLS adds to the reason of http and send_expect (trustme's certificates are
+# valid until 3000)
+TLS13 = " (TLSv1.3, certificate valid until 3000-01-01)"
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\nhealthy\n"
 
 
@@ -341,7 +344,7 @@ def test_https_status_and_body(pki: Pki) -> None:
     handler, requests = answering(OK)
     result = probe(handler, pki.server_context(), https(pki, http_path="/healthz",
                                                         http_expect_body=b"healthy"))
-    assert (result.ok, result.reason) == (True, "HTTP 200 OK, body matched")
+    assert (result.ok, result.reason) == (True, "HTTP 200 OK, body matched" + TLS13)
     # the request went over TLS, with Host the server name (the SNI) and the port
     assert requests[0].startswith(b"GET /healthz HTTP/1.1\r\nHost: app.example.com:")
     sick, _ = answering(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
@@ -356,7 +359,12 @@ def test_https_status_and_body(pki: Pki) -> None:
     handler, _ = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 30009\r\n\r\n" + big[:12000]
                            + b"healthy\n\n" + big[12000:])
     result = probe(handler, pki.server_context(), https(pki, http_expect_body=b"healthy"))
-    assert (result.ok, result.reason) == (True, "HTTP 200 OK, body matched")
+    assert (result.ok, result.reason) == (True, "HTTP 200 OK, body matched" + TLS13)
+    # without verification no certificate is decoded: the version alone
+    handler, _ = answering(OK)
+    result = probe(handler, pki.server_context(), HealthSettings(
+        kind="http", tls=True, tls_verify="none", interval=1.0, timeout=0.5))
+    assert (result.ok, result.reason) == (True, "HTTP 200 OK (TLSv1.3)")
 
 
 def test_https_against_a_failing_certificate_never_sends_the_request(pki: Pki) -> None:
@@ -376,7 +384,8 @@ def test_send_expect_over_tls(pki: Pki) -> None:
     settings = HealthSettings(kind="send_expect", tls=True, tls_ca_file=pki.ca_file,
                               send=b"PING\r\n", expect=b"+PONG", interval=1.0, timeout=0.5)
     assert probe(pong, pki.server_context(), settings) == \
-        ProbeResult(True, "expect matched", pytest.approx(0.05, abs=0.5))  # type: ignore[arg-type]
+        ProbeResult(True, "expect matched" + TLS13,
+                    pytest.approx(0.05, abs=0.5))  # type: ignore[arg-type]
     wrong = HealthSettings(kind="send_expect", tls=True, tls_ca_file=pki.ca_file,
                            send=b"PING\r\n", expect=b"+OK", interval=1.0, timeout=0.5)
     result = probe(pong, pki.server_context(), wrong)
@@ -417,3 +426,38 @@ def test_missing_file_at_probe_time_is_inconclusive(pki: Pki) -> None:
     assert not result.ok and not result.conclusive
     assert result.reason == ("TLS: cannot set up the client: health.tls_ca_file: cannot be "
                              "loaded: no such file or directory")
+
+
+# -- the loop's share ----------------------------------------------------------------------------
+
+
+def test_tls_work_is_sliced_across_loop_turns(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a handshake step costs up to a millisecond: with a slice of 0, one loop callback runs at
+    # most one TLS step (after the ClientHello), and every probe still finishes
+    from l4lb.health import probe as probe_module
+    monkeypatch.setattr(probe_module, "TLS_SLICE", 0.0)
+    steps: list[int] = []  # the loop callback (engine batch) of each TLS step after connect
+    real_step = probe_module.ProbeEngine._step
+
+    def counted(self: probe_module.ProbeEngine, p: probe_module.Probe, events: int) -> None:
+        if p.phase != probe_module._CONNECTING:
+            steps.append(self._batch)
+        real_step(self, p, events)
+    monkeypatch.setattr(probe_module.ProbeEngine, "_step", counted)
+    settings = tls(tls_ca_file=pki.ca_file, tls_server_name=NAME)
+
+    async def go() -> list[ProbeResult]:
+        async with tls_server(hold, pki.server_context()) as port:
+            engine = probe_module.ProbeEngine()
+            try:
+                spec = ProbeSpec.build("127.0.0.1", port, settings)
+                return list(await asyncio.gather(*(probe_module.run_probe(spec, engine)
+                                                   for _ in range(30))))
+            finally:
+                engine.close()
+    results = run(go())
+    assert all(r.ok for r in results), [r for r in results if not r.ok]
+    per_batch: dict[int, int] = {}
+    for b in steps:
+        per_batch[b] = per_batch.get(b, 0) + 1
+    assert steps and max(per_batch.values()) == 1, per_batch
