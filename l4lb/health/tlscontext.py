@@ -8,9 +8,10 @@ reads and parses files and costs about a millisecond, so it happens when a confi
 checked (the config loader asks `context_problem` through l4lb.config.host) and when the
 checker builds a backend's probe spec; a probe never builds one.
 
-The cache key is the settings plus, for each file, its device, inode, size and mtime, so a
-reload after a certificate was renewed builds a new context, and one that changed nothing
-reuses the old. The cache keeps the most recent MAX_CONTEXTS.
+The cache key is the settings plus, for each file (the system's CA file too, when it is the
+one verified with), its device, inode, size and mtime, so a reload after a certificate was
+renewed builds a new context, and one that changed nothing reuses the old. The cache keeps
+the most recent MAX_CONTEXTS.
 
 Why the defaults (docs/health.md, "Checks over TLS"):
 
@@ -71,7 +72,11 @@ class TlsOptions:
                    min_version=settings.tls_min_version)
 
     def files(self) -> tuple[str | None, ...]:
-        return self.ca_file, self.client_cert, self.client_key
+        """The files the context is built from; verifying without a CA file, the system
+        store's file too (so a reload after the store was updated builds a new context)."""
+        system = ssl.get_default_verify_paths().cafile \
+            if self.verify and self.ca_file is None else None
+        return self.ca_file, self.client_cert, self.client_key, system
 
 
 @dataclass(frozen=True)

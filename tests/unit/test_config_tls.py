@@ -136,6 +136,21 @@ def test_an_empty_system_store_is_found(tmp_path: Path, monkeypatch: pytest.Monk
     assert not tlscontext.system_store_empty()
 
 
+def test_a_renewed_system_store_makes_a_new_context(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "ca-certificates.crt"
+    trustme.CA().cert_pem.write_to_path(str(store))
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: ssl.DefaultVerifyPaths(
+        str(store), None, "SSL_CERT_FILE", str(store), "SSL_CERT_DIR", "/nonexistent"))
+    settings = HealthSettings(kind="tls")
+    before = ProbeSpec.build("10.0.1.5", 443, settings).tls
+    again = ProbeSpec.build("10.0.1.6", 443, settings).tls
+    assert before is not None and again is not None and before.context is again.context
+    trustme.CA().cert_pem.write_to_path(str(store))  # the store was updated
+    after = ProbeSpec.build("10.0.1.5", 443, settings).tls
+    assert after is not None and after.context is not before.context
+
+
 def test_https_request_names_the_server() -> None:
     s = HealthSettings(kind="http", tls=True, tls_verify="none",
                        tls_server_name="app.example.com")
