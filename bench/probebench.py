@@ -45,6 +45,11 @@ What it does:
    probe running `/bin/true` (fork, exec, pidfd, reap). The CPU figures are the checker's own
    process; the commands' CPU (RUSAGE_CHILDREN) is printed apart. Use small `--backends`
    (100): every probe is a process.
+11. `tls` (not run by default; `--only tls`): the checker phase with `kind = "tls"` (connect, a
+   full TLS 1.3 handshake, the certificate verified against a CA file and a server name)
+   against a fourth child process whose listeners are asyncio TLS servers. The certificates
+   are made by trustme (the test extra) in a temporary directory. Use small `--backends`
+   (200): the backends' process pays a handshake per probe too, on the same machine.
 
 Per-probe figures are CPU microseconds per probe; `ratio` is checker (or syn) / floor; `quiet%`
 is the share of a syn phase's probes that the fleet kept as quiet passes (passes of backends
@@ -56,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -65,6 +71,7 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -194,8 +201,46 @@ def _serve_udp(socks: list[socket.socket], stop_fd: int) -> None:
                     break
 
 
-def start_backends(n: int, http: bool = False,
-                   udp: bool = False) -> tuple[int, int, list[int]]:
+def _serve_tls(listeners: list[socket.socket], stop_fd: int, cert: str, key: str) -> None:
+    """Child (phase tls): a TLS server on every listener (asyncio, one handshake per
+    connection, then wait for the client to go), until stop_fd becomes readable."""
+    import ssl
+
+    async def serve() -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_reader(stop_fd, stop.set)
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):  # ssl.SSLError included
+                await r.read(1)
+            w.close()
+        servers = [await asyncio.start_server(handler, sock=s, ssl=ctx, backlog=4096)
+                   for s in listeners]
+        await stop.wait()
+        for srv in servers:
+            srv.close()
+    asyncio.run(serve())
+
+
+_TLS: dict[str, str] = {}  # phase tls: the files trustme made (ca, cert, key)
+
+
+def _make_tls_files(directory: str) -> None:
+    import trustme  # the test extra
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("backend.bench.invalid")
+    _TLS.update(ca=os.path.join(directory, "ca.pem"), cert=os.path.join(directory, "leaf.pem"),
+                key=os.path.join(directory, "leaf.key"))
+    ca.cert_pem.write_to_path(_TLS["ca"])
+    leaf.cert_chain_pems[0].write_to_path(_TLS["cert"])
+    leaf.private_key_pem.write_to_path(_TLS["key"])
+
+
+def start_backends(n: int, http: bool = False, udp: bool = False,
+                   tls: bool = False) -> tuple[int, int, list[int]]:
     """Fork the backends' process; returns (pid, write end of its stop pipe, ports)."""
     listeners = []
     for _ in range(n):
@@ -214,6 +259,8 @@ def start_backends(n: int, http: bool = False,
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             if udp:
                 _serve_udp(listeners, r)
+            elif tls:
+                _serve_tls(listeners, r, _TLS["cert"], _TLS["key"])
             else:
                 _serve(listeners, r, http)
         finally:
@@ -260,11 +307,13 @@ async def _measure_loop(phase: str, backends: int, ports: list[int], warmup: flo
                         window: float) -> Window:
     from l4lb.health import HealthChecker, HealthSettings
 
-    kind = "syn" if phase in _SYN_PHASES else phase if phase in ("http", "udp", "exec") \
+    kind = "syn" if phase in _SYN_PHASES else phase if phase in ("http", "udp", "exec", "tls") \
         else "tcp"
+    tls: dict[str, Any] = dict(tls_ca_file=_TLS["ca"], tls_server_name="backend.bench.invalid") \
+        if kind == "tls" else {}
     settings = HealthSettings(kind=kind, interval=1.0, timeout=0.5, jitter=0.1,
                               send=b"ping" if kind == "udp" else b"",
-                              command=("/bin/true",) if kind == "exec" else ())
+                              command=("/bin/true",) if kind == "exec" else (), **tls)
     checker: HealthChecker[int] | None = None
     if backends:
         checker = HealthChecker(lambda _k, _t: None, max_in_flight=4096,
@@ -483,12 +532,14 @@ def _print(rows: list[Window], floors: dict[int, Window]) -> None:
     for w in rows:
         u, s = w.per_probe_us()
         ratio = ""
-        if w.phase in ("checker", "http", "udp", "exec", *_SYN_PHASES) and w.backends in floors:
+        if w.phase in ("checker", "http", "udp", "exec", "tls", *_SYN_PHASES) \
+                and w.backends in floors:
             fu, fs = floors[w.backends].per_probe_us()
             if fu + fs:
                 ratio = f"{(u + s) / (fu + fs):.2f}"
         lag = (f"{w.lag_p50_ms:.2f}/{w.lag_p99_ms:.2f}/{w.lag_max_ms:.2f}"
-               if w.phase in ("checker", "http", "udp", "exec", "idle", *_SYN_PHASES) else "-")
+               if w.phase in ("checker", "http", "udp", "exec", "tls", "idle", *_SYN_PHASES)
+               else "-")
         print(f"{w.phase:8} {w.backends:>8} {w.rate:>9.0f} {w.cpu_pct:>6.1f} "
               f"{100 * w.user / w.seconds:>6.1f} {100 * w.sys / w.seconds:>6.1f} "
               f"{u:>6.1f}+{s:<6.1f} {ratio:>6} {lag:>20} {w.runq_wait:>7.2f} "
@@ -504,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=1, help="repetitions of every phase")
     ap.add_argument("--quick", action="store_true", help="10,000 backends only, 3 s windows")
     ap.add_argument("--only", choices=["checker", "floor", "idle", "hole", "syn", "synpy",
-                                       "synold", "synfloor", "http", "udp", "exec"],
+                                       "synold", "synfloor", "http", "udp", "exec", "tls"],
                     action="append",
                     help="run only these phases (repeatable)")
     ap.add_argument("--nice", type=int, default=0, help="os.nice() increment (e.g. -15)")
@@ -537,6 +588,11 @@ def main(argv: list[str] | None = None) -> int:
                                          if "http" in phases else (0, -1, []))
     udp_pid, udp_stop_w, udp_ports = (start_backends(args.listeners, udp=True)
                                       if "udp" in phases else (0, -1, []))
+    tls_dir = tempfile.TemporaryDirectory(prefix="l4lb-bench-tls-") if "tls" in phases else None
+    if tls_dir is not None:
+        _make_tls_files(tls_dir.name)
+    tls_pid, tls_stop_w, tls_ports = (start_backends(args.listeners, tls=True)
+                                      if "tls" in phases else (0, -1, []))
     rows: list[Window] = []
     floors: dict[int, Window] = {}
     try:
@@ -569,12 +625,19 @@ def main(argv: list[str] | None = None) -> int:
                 if "exec" in phases:
                     rows.append(asyncio.run(_measure_loop("exec", b, ports, args.warmup,
                                                           args.window)))
+                if "tls" in phases:
+                    rows.append(asyncio.run(_measure_loop("tls", b, tls_ports, args.warmup,
+                                                          args.window)))
     finally:
         stop_backends(pid, stop_w)
         if http_pid:
             stop_backends(http_pid, http_stop_w)
         if udp_pid:
             stop_backends(udp_pid, udp_stop_w)
+        if tls_pid:
+            stop_backends(tls_pid, tls_stop_w)
+        if tls_dir is not None:
+            tls_dir.cleanup()
         if lock_fd >= 0:
             os.close(lock_fd)
     _print(rows, floors)

@@ -12,7 +12,9 @@ addresses (for `[[vrrp]]` interface, source_address, track_interfaces and VIP de
 of binding a TCP socket to (address, 0), which is what a health probe with `source` does, and of
 setting IP_TRANSPARENT / IPV6_TRANSPARENT on one (`source = "client"`); whether a path is a
 program this process can run, and the user and group ids of a user name (a `kind = "exec"`
-health check's command and command_user). Where `ip_nonlocal_bind` lets any address bind
+health check's command and command_user); whether a file can be read, and whether the files of
+a check over TLS make a client context (a PEM CA file, a certificate and its key, a system CA
+store to verify with). Where `ip_nonlocal_bind` lets any address bind
 (common next to keepalived), the kernel's route for the address must also say it is local, so a
 typo still fails as it does elsewhere.
 """
@@ -29,7 +31,9 @@ import struct
 from collections.abc import Mapping
 from typing import Protocol
 
+from l4lb.health.settings import HealthSettings
 from l4lb.health.synprobe import raw_socket_problem
+from l4lb.health.tlscontext import context_problem
 from l4lb.vrrp.settings import VipInterface
 
 _IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: bind(address, 0) reserves no port until connect()
@@ -91,6 +95,15 @@ class HostChecks(Protocol):
 
     def user_ids(self, name: str) -> tuple[int, int] | None:
         """(uid, primary gid) of user `name`; None when there is no such user."""
+
+    def file_problem(self, path: str) -> str | None:
+        """Why this process cannot read `path` as a regular file ("no such file or
+        directory", "is a directory", "permission denied"); None when it can."""
+
+    def tls_problem(self, settings: HealthSettings) -> tuple[str, str] | None:
+        """(key, problem) when the files and settings of a check over TLS make no client
+        context ("holds no PEM certificate", "is not the key of tls_client_cert", key
+        "tls_verify": no CA certificates in the system store); None when they do."""
 
 
 def _permits(st: os.stat_result, uid: int, gid: int) -> bool:
@@ -196,6 +209,22 @@ class ThisHost:
         except KeyError:
             return None
         return entry.pw_uid, entry.pw_gid
+
+    def file_problem(self, path: str) -> str | None:
+        if os.path.isdir(path):
+            return "is a directory"
+        try:
+            with open(path, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return "is not a regular file"
+                f.read(1)
+        except OSError as exc:
+            return (exc.strerror or str(exc)).lower()
+        return None
+
+    def tls_problem(self, settings: HealthSettings) -> tuple[str, str] | None:
+        # builds the context into the probes' cache: the daemon's first probes reuse it
+        return context_problem(settings)
 
     def transparent_errno(self, version: int) -> int:
         family = socket.AF_INET6 if version == 6 else socket.AF_INET

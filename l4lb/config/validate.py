@@ -70,6 +70,10 @@ from l4lb.health.settings import (
     MAX_JITTER,
     ON_DOWN,
     PROBE_KINDS,
+    PROXY_KINDS,
+    TLS_FIELDS,
+    TLS_VERIFY,
+    TLS_VERSIONS,
     HealthSettings,
     HealthSettingsError,
     parse_status_spec,
@@ -142,8 +146,9 @@ HEALTH_KEYS = (
     "fast_interval", "jitter",
     "port", "source", "send", "send_hex", "expect", "expect_regex", "initial_state", "max_fails",
     "fail_timeout", "min_healthy", "slow_start", "send_proxy",
-    "on_down", *HTTP_FIELDS, "http_expect_body_regex", *EXEC_FIELDS,
+    "on_down", *HTTP_FIELDS, "http_expect_body_regex", *EXEC_FIELDS, "tls", *TLS_FIELDS,
 )
+TLS_FILE_KEYS = ("tls_ca_file", "tls_client_cert", "tls_client_key")  # read at load
 HTTP_KEYS = (*HTTP_FIELDS, "http_expect_body_regex")  # [services.health] keys of kind "http"
 # a key and the one written instead of it ("send_hex" for "send"): the pair's field
 _ALIASES = (("send_hex", "send"), ("expect_regex", "expect"),
@@ -1416,17 +1421,17 @@ class _Checker:
                        "PROXY header (proxy_protocol is off), so its probes have none to send; "
                        'set proxy_protocol = "v1" or "v2", or leave send_proxy out')
             send_proxy = False
-        elif send_proxy and explicit and kind not in ("send_expect", "http"):
+        elif send_proxy and explicit and kind not in PROXY_KINDS:
             why = ("a datagram carries no PROXY header" if kind == "udp"
                    else "the command makes its own connections" if kind == "exec"
                    else "a connect-only probe sends no header")
             self.error((*path, "send_proxy"), f"{hs.label('send_proxy')}: only kinds "
-                       f'"send_expect" and "http" send a PROXY header, and this probe is '
-                       f"{quote(kind)}; {why} (leave send_proxy out)")
+                       f'"send_expect", "http" and "tls" send a PROXY header, and this probe '
+                       f"is {quote(kind)}; {why} (leave send_proxy out)")
             send_proxy = False
         values: dict[str, Any] = dict(
             kind=kind,
-            proxy_protocol=proxy if send_proxy and kind in ("send_expect", "http") else "off",
+            proxy_protocol=proxy if send_proxy and kind in PROXY_KINDS else "off",
             interval=self.read_duration(hs, table, "interval", d.interval, zero_ok=False),
             timeout=self.read_duration(hs, table, "timeout", d.timeout, zero_ok=False),
             rise=self.read_int(hs, table, "rise", d.rise, 1, 100),
@@ -1448,12 +1453,15 @@ class _Checker:
         )
         values.update(self.health_http(hs, table, kind))
         values.update(self.health_exec(hs, table, kind))
+        values.update(self.health_tls(hs, table, kind))
         values.update(service=service, protocol=protocol)
         try:
             settings = HealthSettings(**values)
         except HealthSettingsError as exc:
             self.settings_problems(path, scope.prefix, "health", table, exc.problems, before)
             return None
+        if settings.speaks_tls and self.host is not None and len(self.diagnostics) == before:
+            self.tls_files(hs, table, settings)
         if settings.kind == "syn" and self.host is not None:
             if not self.raw_checked:
                 self.raw_checked = True
@@ -1556,6 +1564,73 @@ class _Checker:
                 self.error((*key_path, 0), f"{hs.label('command')}[0]: {quote(command[0])} "
                            f"{self._program_words(problem)}{whose}")
         return out
+
+    def health_tls(self, hs: _Scope, table: dict[str, Any], kind: str) -> dict[str, Any]:
+        """The keys of checks over TLS as HealthSettings fields (HealthSettings says which
+        kinds take them). Nothing when `kind` itself was wrong (reported once, there)."""
+        if table.get("kind", kind) != kind:
+            return {}
+        out: dict[str, Any] = {}
+        if "tls" in table:
+            value = self.read_bool(hs, table, "tls", False)
+            if kind == "tls" and table["tls"] is False:
+                self.error((*hs.path, "tls"), f'{hs.label("tls")}: kind = "tls" always speaks '
+                           "TLS (leave tls out; for a plain connect write kind = \"tcp\")")
+            elif kind != "tls":
+                out["tls"] = value
+        for key in ("tls_server_name", *TLS_FILE_KEYS):
+            if (text := self.read_str(hs, table, key)) is not None:
+                out[key] = text
+        if "tls_verify" in table:
+            out["tls_verify"] = self.read_enum(hs, table, "tls_verify", "required", TLS_VERIFY)
+        if "tls_min_version" in table:
+            if isinstance(table["tls_min_version"], float):  # 1.2 written without quotes
+                self.wrong_type((*hs.path, "tls_min_version"), hs.label("tls_min_version"),
+                                "a string", table["tls_min_version"],
+                                f'write "{table["tls_min_version"]}"')
+            else:
+                out["tls_min_version"] = self.read_enum(hs, table, "tls_min_version", "1.2",
+                                                        TLS_VERSIONS)
+        if "tls_alpn" in table:
+            if isinstance(table["tls_alpn"], str):
+                self.wrong_type((*hs.path, "tls_alpn"), hs.label("tls_alpn"),
+                                "an array of strings", table["tls_alpn"],
+                                f"write [{quote(table['tls_alpn'])}]")
+            else:
+                out["tls_alpn"] = self.read_str_array(hs, table, "tls_alpn")
+        return out
+
+    def tls_files(self, hs: _Scope, table: dict[str, Any], settings: HealthSettings) -> None:
+        """With host checks on: every file a TLS check names must be readable, and together
+        they must make a client context (PEM certificates, a key that matches, CA
+        certificates to verify with), so `l4lb check` finds what the first probe would."""
+        assert self.host is not None
+        unreadable = False
+        for key in TLS_FILE_KEYS:
+            file = getattr(settings, key)
+            if file is None:
+                continue
+            problem = self.host.file_problem(file)
+            if problem is not None:
+                unreadable = True
+                self.error((*hs.path, key), f"{hs.label(key)}: {quote(file)} cannot be read: "
+                           f"{problem}")
+        if unreadable:
+            return
+        found = self.host.tls_problem(settings)
+        if found is None:
+            return
+        key, problem = found
+        if key == "tls_verify":
+            self.error((*hs.path, key), f'{hs.label(key)}: "required"'
+                       f'{"" if key in table else " (the default)"} needs CA certificates to '
+                       f"verify with, and this host's system store has none: set tls_ca_file "
+                       '= "/path/to/ca.pem" (the CA that signed the backends\' certificates), or '
+                       'write tls_verify = "none" to check the handshake without verifying',
+                       at_key=key not in table, position_of=None if key in table else hs.path)
+            return
+        self.error((*hs.path, key), f"{hs.label(key)}: {quote(getattr(settings, key))} "
+                   f"{problem}")
 
     # ------------------------------------------------------------ [services.agent]
 

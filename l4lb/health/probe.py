@@ -18,6 +18,11 @@ which is five or six system calls and no per-probe asyncio object. A kind "udp" 
 
 with the datagram sent once more at UDP_RESEND_AT x timeout (a second FIFO per timeout).
 
+A probe over TLS (kind "tls", or tls = true with "http" or "send_expect") is the same object:
+once connected it drives an ssl.SSLObject over two memory BIOs, moving the bytes with its own
+send()/recv() on the same epoll (see "TLS" below), with a context shared by every probe of the
+same settings (l4lb/health/tlscontext.py) and reasons from l4lb/health/tlsverdict.py.
+
 When the epoll fd becomes readable, one callback drains up to `max_events` events. Timeouts need
 no heap: every probe with the same timeout has a later deadline than the probes started before
 it (the clock is monotonic), so the engine keeps one FIFO of (deadline, probe number) per
@@ -52,6 +57,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -59,6 +65,7 @@ import os
 import re
 import select
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -70,6 +77,8 @@ from l4lb import __version__, proxyproto
 from l4lb.health.execprobe import ExecCommand, ExecProbeEngine
 from l4lb.health.httpresponse import HttpExpect
 from l4lb.health.settings import HealthSettings
+from l4lb.health.tlscontext import TlsClient, client_for
+from l4lb.health.tlsverdict import handshake_failure, not_after, passed, session_failure
 
 if TYPE_CHECKING:
     from l4lb.health.synprobe import SynProbeEngine
@@ -103,9 +112,15 @@ _CONNECTING = 0
 _SENDING = 1
 _READING = 2
 _DONE = 3
+_HANDSHAKING = 4  # TLS: the handshake is under way
+_CONFIRMING = 5  # TLS 1.3 with a client certificate: waiting for the backend's verdict on it
 
 _PHASE_TIMEOUT = {_CONNECTING: "connect timeout", _SENDING: "send timeout",
-                  _READING: "read timeout"}
+                  _READING: "read timeout", _HANDSHAKING: "TLS handshake timed out",
+                  _CONFIRMING: "TLS: no answer to the client certificate"}
+_TLS_RECV = 16384  # bytes per recv() of TLS records (one full record)
+_TLS_STEPS = 16  # recv/handshake rounds per event at most (bounds one probe's share of a batch)
+TLS_SLICE = 0.005  # seconds of TLS work per loop callback, at most about (then the next turn)
 
 # errno -> reason; anything else becomes "connect error: <strerror>".
 _ERRNO_REASONS = {
@@ -167,13 +182,17 @@ class ProbeSpec:
     http: HttpExpect | None = None  # kind "http": judges the reply to `send` (the request)
     udp: bool = False  # kind "udp": `send` is one datagram, the first reply datagram decides
     command: ExecCommand | None = None  # kind "exec": run this; its exit status decides
+    # kind "tls", or tls = true: the shared client context and the server name; `send` then
+    # goes over TLS, and `preamble` (a PROXY header) before the handshake, in the clear
+    tls: TlsClient | None = field(default=None, compare=False)
+    preamble: bytes = b""
     # derived: a completed handshake is the verdict (no send, no expect); the engine's fast path
     connect_only: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "connect_only",
                            self.expect is None and not self.send and self.http is None
-                           and not self.udp and self.command is None)
+                           and not self.udp and self.command is None and self.tls is None)
 
     @classmethod
     def build(cls, host: str, port: int, settings: HealthSettings) -> ProbeSpec:
@@ -203,16 +222,21 @@ class ProbeSpec:
             send = http_request(settings, str(addr), probe_port)
             http = HttpExpect(statuses=settings.http_expect_status,
                               body=settings.http_expect_body)
-        if settings.kind in ("send_expect", "http") and settings.proxy_protocol != "off":
+        preamble = b""
+        if settings.kind in ("send_expect", "http", "tls") and settings.proxy_protocol != "off":
             # a probe is the balancer's own connection, not a relayed client: LOCAL. Never
-            # for "udp": a datagram carries no PROXY header (settings refuse the combination)
-            send = proxyproto.local(proxyproto.version_number(settings.proxy_protocol)) + send
+            # for "udp": a datagram carries no PROXY header (settings refuse the combination).
+            # Over TLS the header comes first, in the clear, as the data plane sends it.
+            preamble = proxyproto.local(proxyproto.version_number(settings.proxy_protocol))
+        tls = client_for(settings) if settings.speaks_tls else None
+        if tls is None:
+            send, preamble = preamble + send, b""
         command = ExecCommand.build(settings, str(addr), port, probe_port) \
             if settings.kind == "exec" else None
         return cls(host=str(addr), port=probe_port, family=family, sockaddr=sockaddr,
                    source=source, timeout=settings.timeout, send=send, expect=expect,
                    syn=settings.kind == "syn", http=http, udp=settings.kind == "udp",
-                   command=command)
+                   command=command, tls=tls, preamble=preamble)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else \
@@ -221,11 +245,15 @@ class ProbeSpec:
 
 def http_request(settings: HealthSettings, host: str, port: int) -> bytes:
     """The bytes of a kind "http" probe's request to host:port (the address probed)."""
+    default_port = 443 if settings.speaks_tls else 80
     if settings.http_host is not None:
         authority = settings.http_host
     else:
-        name = f"[{host}]" if ":" in host else host
-        authority = name if port == 80 else f"{name}:{port}"
+        # over TLS with a server name, the name: a backend that routes by SNI expects Host to
+        # agree with it (some answer 421 Misdirected Request otherwise)
+        name = settings.tls_server_name if settings.tls_server_name is not None else \
+            f"[{host}]" if ":" in host else host
+        authority = name if port == default_port else f"{name}:{port}"
     return (f"{settings.http_method} {settings.http_path} HTTP/1.1\r\n"
             f"Host: {authority}\r\n"
             f"User-Agent: {USER_AGENT}\r\n"
@@ -267,7 +295,7 @@ class Probe:
     """One probe in flight (the handle ProbeEngine.start returns); owned by its engine."""
 
     __slots__ = ("batch", "buf", "callback", "deadline", "engine", "fd", "number", "phase",
-                 "sent", "sock", "spec", "started", "token")
+                 "sent", "sock", "spec", "started", "tls", "token")
 
     def __init__(self, engine: ProbeEngine, spec: ProbeSpec,
                  callback: Callable[[Any, ProbeResult], None], token: Any,
@@ -285,6 +313,7 @@ class Probe:
         self.number = 0  # engine-wide probe number, key of the engine's deadline table
         self.sent = 0  # bytes of spec.send already sent
         self.buf: bytes | bytearray = b""  # bytes read so far (a bytearray once data came)
+        self.tls: _TlsState | None = None  # kind "tls", tls = true: once connected
 
     @property
     def done(self) -> bool:
@@ -295,6 +324,26 @@ class Probe:
         """Abandon the probe: close its socket; its callback will not be called."""
         self.phase = _DONE
         self.engine._release(self)
+
+
+class _TlsState:
+    """The TLS session of one probe (kind "tls", tls = true)."""
+
+    __slots__ = ("eof", "head", "incoming", "mask", "obj", "outgoing", "pending", "summary",
+                 "verdict")
+
+    def __init__(self, obj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 pending: bytes) -> None:
+        self.obj = obj  # the session
+        self.incoming = incoming  # bytes from the backend, for the session
+        self.outgoing = outgoing  # bytes of the session, for the backend
+        self.pending = pending  # bytes to send before anything else (a PROXY header)
+        self.head = b""  # the first bytes the backend sent (shown when they are not TLS)
+        self.eof = False  # the backend closed its side
+        self.mask = _EPOLLOUT  # what the probe's fd is registered for
+        self.verdict = ""  # kind "tls": the reason of the pass, taken when the handshake ended
+        # http, send_expect: the version and the certificate's notAfter, added to a pass
+        self.summary = ""
 
 
 class ProbeEngine:
@@ -510,6 +559,8 @@ class ProbeEngine:
         self._close_sock(probe)
 
     def _finish(self, probe: Probe, ok: bool, reason: str, conclusive: bool = True) -> None:
+        if ok and probe.tls is not None and probe.tls.summary:  # http, send_expect over TLS
+            reason = f"{reason} ({probe.tls.summary})"
         probe.phase = _DONE
         latency = time.monotonic() - probe.started
         self._close_sock(probe)
@@ -521,10 +572,20 @@ class ProbeEngine:
         by_fd = self._by_fd
         timed = self._timed
         monotonic = time.monotonic
+        tls_until = 0.0  # TLS work in this callback ends at this time (0: none done yet)
         for fd, events in self._ep.poll(0, self._max_events):
             probe = by_fd.get(fd)
             if probe is None or probe.batch >= batch:
                 continue
+            if probe.spec.tls is not None and probe.phase != _CONNECTING:
+                # a handshake step costs up to a millisecond of CPU: bound this callback's
+                # share (the loop is VRRP's too); the level-triggered epoll reports the rest
+                # again at the next turn of the loop
+                now = monotonic()
+                if not tls_until:
+                    tls_until = now + TLS_SLICE
+                elif now >= tls_until:
+                    break
             if events == _EPOLLOUT and probe.phase == _CONNECTING and probe.spec.connect_only:
                 # The common case, inlined (_finish, _close_sock, _deliver): the handshake
                 # completed and that is the verdict.
@@ -566,7 +627,13 @@ class ProbeEngine:
             if probe.spec.connect_only:
                 self._finish(probe, True, "connect ok")
                 return
+            if probe.spec.tls is not None:
+                self._tls_start(probe, sock)
+                return
             probe.phase = _SENDING
+        if probe.tls is not None:
+            self._tls_run(probe, sock)
+            return
         if probe.phase == _SENDING:
             if not self._send(probe, sock):
                 return
@@ -613,6 +680,10 @@ class ProbeEngine:
         except OSError as exc:
             self._finish(probe, False, _ERRNO_REASONS.get(exc.errno or 0, "read failed"))
             return
+        self._consume(probe, data)
+
+    def _consume(self, probe: Probe, data: bytes) -> None:
+        """Judge the reply so far with `data` added (b"": the backend closed)."""
         http = probe.spec.http
         if http is not None:
             self._read_http(probe, http, data)
@@ -654,6 +725,165 @@ class ProbeEngine:
         if verdict is not None:
             self._finish(probe, verdict.ok, verdict.reason)
 
+    # -- TLS (kind "tls", tls = true) ----------------------------------------------------------
+    #
+    # The session runs over two memory BIOs (ssl.MemoryBIO): the engine moves bytes between
+    # them and the socket with its own recv()/send() on its own epoll, so a TLS probe is the
+    # same callback-driven object as the others, keeps its socket (SO_LINGER, the fd the epoll
+    # knows) and shows the first bytes a backend sent when they were not TLS at all.
+    #
+    #   connected -> [PROXY header] + ClientHello -> do_handshake() <-> recv/send ...
+    #   -> kind "tls": pass (TLS 1.3 with a client certificate: wait for the backend's
+    #      verdict on the certificate, which TLS 1.3 gives only after the client's side of
+    #      the handshake completed: an alert or a close fails; a session ticket, which a
+    #      server sends once it accepted the client, or application data passes; the
+    #      timeout passes too, saying that the backend sent neither)
+    #   -> http, send_expect: write(send) -> read() decrypted replies -> the usual judges
+
+    def _tls_start(self, probe: Probe, sock: _socket.socket) -> None:
+        client = probe.spec.tls
+        assert client is not None
+        if client.context is None:  # the files changed since the configuration was checked
+            self._finish(probe, False, client.problem, False)
+            return
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        try:
+            obj = client.context.wrap_bio(incoming, outgoing,
+                                          server_hostname=client.server_name)
+        except (ssl.SSLError, ValueError, MemoryError) as exc:
+            self._finish(probe, False, f"TLS: cannot start a session: {exc}", False)
+            return
+        probe.tls = _TlsState(obj, incoming, outgoing, probe.spec.preamble)
+        probe.phase = _HANDSHAKING
+        self._tls_run(probe, sock)
+
+    def _tls_run(self, probe: Probe, sock: _socket.socket) -> None:
+        """Advance a TLS probe as far as the bytes at hand allow."""
+        st = probe.tls
+        assert st is not None
+        for _ in range(_TLS_STEPS):
+            if not self._tls_flush(probe, sock, st):
+                return  # finished, or waiting for EPOLLOUT
+            phase = probe.phase
+            try:
+                if phase == _HANDSHAKING:
+                    st.obj.do_handshake()
+                    self._tls_handshaken(probe, sock, st)
+                elif phase == _CONFIRMING:
+                    st.obj.read(READ_LIMIT)  # application data: it took the certificate
+                    self._tls_pass(probe, sock, st)
+                else:
+                    self._consume(probe, st.obj.read(READ_LIMIT))
+            except ssl.SSLWantReadError:
+                if phase == _CONFIRMING and _has_ticket(st.obj):
+                    self._tls_pass(probe, sock, st)
+                    return
+                if st.outgoing.pending:
+                    continue  # send what the session wrote, then read
+                got = self._tls_fill(probe, sock, st)
+                if got == 0:
+                    self._tls_wait(probe, st, _EPOLLIN)
+                if got <= 0:
+                    return
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError) as exc:
+                if phase == _HANDSHAKING:
+                    self._finish(probe, False, handshake_failure(exc, st.head))
+                elif phase == _CONFIRMING:
+                    # closed without an alert: a TLS 1.3 server sends its session tickets
+                    # only once it accepted the client's certificate
+                    if _has_ticket(st.obj):
+                        self._tls_pass(probe, sock, st)
+                    else:
+                        self._finish(probe, False, "TLS handshake failed: the backend closed "
+                                     "the connection without accepting the client "
+                                     "certificate")
+                else:
+                    self._consume(probe, b"")
+            except ssl.SSLError as exc:  # SSLCertVerificationError included
+                self._finish(probe, False, handshake_failure(exc, st.head)
+                             if phase != _READING else session_failure(exc))
+            if probe.phase == _DONE:
+                return
+        # (more work than one event's share: level-triggered readiness brings it back)
+
+    def _tls_handshaken(self, probe: Probe, sock: _socket.socket, st: _TlsState) -> None:
+        spec = probe.spec
+        if spec.http is None and spec.expect is None and not spec.send:  # kind "tls"
+            obj = st.obj
+            cipher = obj.cipher()
+            st.verdict = passed(obj.version(), cipher[0] if cipher else None,
+                                not_after(obj.getpeercert()), obj.selected_alpn_protocol())
+            client = spec.tls
+            if client is not None and client.client_cert and st.obj.version() == "TLSv1.3":
+                probe.phase = _CONFIRMING
+                return
+            self._tls_pass(probe, sock, st)
+            return
+        if spec.send:
+            st.obj.write(spec.send)  # a memory BIO takes it all
+        valid_until = not_after(st.obj.getpeercert())
+        st.summary = st.obj.version() or "TLS" if valid_until is None else \
+            f"{st.obj.version()}, certificate valid until {valid_until}"
+        probe.phase = _READING
+
+    def _tls_pass(self, probe: Probe, sock: _socket.socket, st: _TlsState) -> None:
+        """kind "tls": the handshake completed (and the backend took the client certificate)."""
+        if st.outgoing.pending:  # the client's Finished: let the backend see a whole handshake
+            with contextlib.suppress(OSError):
+                sock.send(st.outgoing.read())
+        self._finish(probe, True, st.verdict)
+
+    def _tls_flush(self, probe: Probe, sock: _socket.socket, st: _TlsState) -> bool:
+        """Send what the session wrote; True when nothing is left to send."""
+        if st.outgoing.pending:
+            st.pending += st.outgoing.read()
+        if not st.pending:
+            return True
+        try:
+            sent = sock.send(st.pending)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._finish(probe, False, handshake_failure(exc, st.head)
+                         if probe.phase in (_HANDSHAKING, _CONFIRMING)
+                         else _ERRNO_REASONS.get(exc.errno or 0, "send failed"))
+            return False
+        st.pending = st.pending[sent:]
+        if st.pending:
+            self._tls_wait(probe, st, _EPOLLOUT)
+            return False
+        return True
+
+    def _tls_fill(self, probe: Probe, sock: _socket.socket, st: _TlsState) -> int:
+        """Move what the socket has into the session: 1 when something (or the end) came,
+        0 when nothing is there yet, -1 when the probe finished."""
+        if st.eof:
+            self._finish(probe, False, "TLS: connection closed by the backend")
+            return -1
+        try:
+            data = sock.recv(_TLS_RECV)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self._finish(probe, False, handshake_failure(exc, st.head)
+                         if probe.phase in (_HANDSHAKING, _CONFIRMING)
+                         else _ERRNO_REASONS.get(exc.errno or 0, "read failed"))
+            return -1
+        if not data:
+            st.eof = True
+            st.incoming.write_eof()
+            return 1
+        if not st.head:
+            st.head = data[:2 * _SHOW_BYTES]  # (more than is shown: the reason says "...")
+        st.incoming.write(data)
+        return 1
+
+    def _tls_wait(self, probe: Probe, st: _TlsState, mask: int) -> None:
+        if st.mask != mask:
+            self._ep.modify(probe.fd, mask)
+            st.mask = mask
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = float("inf")
@@ -674,7 +904,14 @@ class ProbeEngine:
                     continue  # that probe finished long ago
                 expire_budget -= 1
                 reason = _PHASE_TIMEOUT[probe.phase]
-                if probe.phase == _READING and probe.spec.http is not None:
+                if probe.phase == _CONFIRMING and probe.tls is not None:
+                    # a server without session tickets says nothing when it accepts
+                    self._finish(probe, True, probe.tls.verdict + " (no session ticket came: "
+                                 "the backend's verdict on the client certificate is unknown)")
+                    continue
+                if probe.phase == _HANDSHAKING and probe.tls is not None and not probe.tls.head:
+                    reason += " (no reply to the ClientHello)"
+                elif probe.phase == _READING and probe.spec.http is not None:
                     reason = probe.spec.http.timeout_reason(probe.buf)
                 elif probe.spec.udp:
                     reason = "no reply (timeout)"
@@ -732,6 +969,12 @@ class ProbeEngine:
             self._exec = None
         self._loop.remove_reader(self._ep.fileno())
         self._ep.close()
+
+
+def _has_ticket(obj: ssl.SSLObject) -> bool:
+    """Whether the backend sent a session ticket (TLS 1.3: after it accepted the client)."""
+    session = obj.session
+    return session is not None and session.has_ticket
 
 
 def _cancelled_callback(token: Any, result: ProbeResult) -> None:

@@ -56,6 +56,13 @@ Why these defaults (the same numbers as HAProxy's, for the same reasons):
   path, so the daemon's PATH never decides which program runs); `command_user` None runs it as
   the daemon's own user (keepalived's MISC_CHECK default too), because only the operator knows
   which unprivileged user can read what the script needs.
+- checks over TLS (kind "tls", or tls = True with "http" and "send_expect"): tls_verify
+  "required", with the system's CA store unless tls_ca_file is set, because a TLS check is
+  there to see an expired or untrusted certificate (the loader refuses it on a host whose
+  store is empty and says to set tls_ca_file or tls_verify = "none"); no server name (no SNI,
+  no name check: backends are addresses, and certificates rarely carry IPs); minimum TLS 1.2.
+  A kind of its own for the handshake check, not "tcp" + tls: `kind` names what decides the
+  verdict, and "tcp" stays a plain connect that reads no files.
 """
 
 from __future__ import annotations
@@ -69,17 +76,32 @@ from typing import Literal
 
 from l4lb.proxyproto import PROXY_VERSIONS, ProxyVersion
 
-ProbeKind = Literal["tcp", "send_expect", "syn", "http", "udp", "exec"]
+ProbeKind = Literal["tcp", "send_expect", "syn", "http", "udp", "exec", "tls"]
 HttpMethod = Literal["GET", "HEAD", "OPTIONS"]
 InitialState = Literal["up", "down"]
 OnDown = Literal["keep", "shutdown_sessions"]
+TlsVerify = Literal["required", "none"]
+TlsVersion = Literal["1.2", "1.3"]
 
-PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect", "syn", "http", "udp", "exec")
+PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "send_expect", "syn", "http", "udp", "exec",
+                                      "tls")
 ServiceProtocol = Literal["tcp", "udp"]
 PAYLOAD_KINDS: tuple[ProbeKind, ...] = ("send_expect", "udp")  # the kinds that use send/expect
 HTTP_METHODS: tuple[HttpMethod, ...] = ("GET", "HEAD", "OPTIONS")
 INITIAL_STATES: tuple[InitialState, ...] = ("up", "down")
 ON_DOWN: tuple[OnDown, ...] = ("keep", "shutdown_sessions")
+TLS_VERIFY: tuple[TlsVerify, ...] = ("required", "none")
+TLS_VERSIONS: tuple[TlsVersion, ...] = ("1.2", "1.3")
+TLS_OPTIONAL_KINDS: tuple[ProbeKind, ...] = ("http", "send_expect")  # kinds that take tls = true
+PROXY_KINDS: tuple[ProbeKind, ...] = ("send_expect", "http", "tls")  # kinds that send a header
+# The keys (and HealthSettings fields) that apply only to checks over TLS, with their defaults.
+TLS_DEFAULTS: dict[str, object] = {
+    "tls_server_name": None, "tls_verify": "required", "tls_ca_file": None,
+    "tls_client_cert": None, "tls_client_key": None, "tls_alpn": (), "tls_min_version": "1.2",
+}
+TLS_FIELDS = tuple(TLS_DEFAULTS)
+MAX_ALPN = 8  # protocols offered by one probe
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 MIN_INTERVAL = 0.01  # seconds; below this the checker would spend its time on one backend
 MAX_JITTER = 0.5  # fraction; more would let two consecutive probes nearly coincide
@@ -142,6 +164,14 @@ def _q(value: object) -> str:
     return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _fmt_s(seconds: float) -> str:
     """`2s`, `0.5s`: a duration for an error message."""
     return f"{seconds:g}s"
@@ -158,7 +188,8 @@ class HealthSettings:
     kind: ProbeKind = "tcp"  # "tcp": connect only; "send_expect": connect, send, read, match;
     # "syn": half-open, a SYN from a raw socket answered by SYN-ACK or RST (needs CAP_NET_RAW);
     # "http": one HTTP/1.1 request; "udp": one datagram `send`, one reply datagram (`expect`);
-    # "exec": run `command`, exit status 0 passes (l4lb/health/execprobe.py)
+    # "exec": run `command`, exit status 0 passes (l4lb/health/execprobe.py); "tls": a
+    # completed TLS handshake, with a certificate that verifies unless tls_verify is "none"
     interval: float = 2.0  # seconds between probes of an UP backend (start to start)
     timeout: float = 1.0  # whole probe: connect (+ send + read); <= interval
     rise: int = 2  # consecutive passed probes that bring a DOWN backend UP
@@ -205,6 +236,16 @@ class HealthSettings:
     # tells the command (L4LB_SERVICE, L4LB_PROTOCOL); "" for settings made elsewhere
     service: str = ""
     protocol: ServiceProtocol = "tcp"
+    # checks over TLS (see docs/health.md): kinds "http" and "send_expect" speak TLS with
+    # tls = True, kind "tls" always (a completed handshake, and a verified certificate, pass)
+    tls: bool = False
+    tls_server_name: str | None = None  # SNI and the name verified; None: neither
+    tls_verify: TlsVerify = "required"  # "none": any certificate passes
+    tls_ca_file: str | None = None  # PEM CAs to verify with; None: the system's store
+    tls_client_cert: str | None = None  # PEM certificate presented (mTLS backends)
+    tls_client_key: str | None = None  # its key; None: in tls_client_cert's file
+    tls_alpn: tuple[str, ...] = ()  # ALPN protocols offered
+    tls_min_version: TlsVersion = "1.2"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -301,9 +342,9 @@ class HealthSettings:
         if self.proxy_protocol not in PROXY_VERSIONS:
             out.append(f"health.proxy_protocol: {self.proxy_protocol!r} is not one of "
                        f"{', '.join(PROXY_VERSIONS)}")
-        elif self.proxy_protocol != "off" and self.kind not in ("send_expect", "http"):
-            out.append('health.send_proxy: only kinds "send_expect" and "http" send data, so a '
-                       'PROXY header needs one of them')
+        elif self.proxy_protocol != "off" and self.kind not in PROXY_KINDS:
+            out.append('health.send_proxy: only kinds "send_expect", "http" and "tls" open a '
+                       'stream the backend reads, so a PROXY header needs one of them')
         if self.kind not in PAYLOAD_KINDS and (self.send or expect is not None):
             out.append('health.send/expect: only kinds "send_expect" and "udp" send or expect '
                        'data' +
@@ -311,6 +352,71 @@ class HealthSettings:
                         if self.kind == "http" else ""))
         out.extend(self._http_problems())
         out.extend(self._exec_problems())
+        out.extend(self._tls_problems())
+        return out
+
+    @property
+    def speaks_tls(self) -> bool:
+        """Whether probes speak TLS (kind "tls", or tls = True)."""
+        return self.kind == "tls" or self.tls is True
+
+    def _tls_problems(self) -> list[str]:
+        out: list[str] = []
+        if not isinstance(self.tls, bool):
+            out.append(f"health.tls: {self.tls!r} must be true or false")
+        elif self.tls and self.kind not in (*TLS_OPTIONAL_KINDS, "tls"):
+            why = {"tcp": 'kind "tcp" is a plain connect: write kind = "tls" for a TLS '
+                          "handshake check",
+                   "syn": "a half-open probe never completes a TCP handshake",
+                   "udp": "TLS runs over a stream (DTLS is not built)",
+                   "exec": "the command makes its own connections"}.get(self.kind, "")
+            out.append('health.tls: applies to kinds "http" and "send_expect" (kind "tls" '
+                       f"always speaks TLS); {why}")
+        if not self.speaks_tls:
+            for name in TLS_FIELDS:
+                if getattr(self, name) != TLS_DEFAULTS[name]:
+                    out.append(f'health.{name}: applies only to checks over TLS (kind = "tls", '
+                               'or tls = true with kind "http" or "send_expect")')
+            return out
+        server = self.tls_server_name
+        if server is not None:
+            if not isinstance(server, str) or _is_ip(server):
+                out.append(f"health.tls_server_name: {_q(server)} is an IP address; SNI "
+                           "carries host names only (leave tls_server_name out for an IP "
+                           "backend)")
+            elif len(server.rstrip(".")) > 253 or not all(
+                    _DNS_LABEL.fullmatch(label) for label in server.rstrip(".").split(".")):
+                out.append(f"health.tls_server_name: {_q(server)} is not a host name (letters, "
+                           "digits, '-' and '_' in dot-separated labels)")
+        if self.tls_verify not in TLS_VERIFY:
+            out.append(f"health.tls_verify: {_q(self.tls_verify)} is not one of "
+                       f"{', '.join(TLS_VERIFY)}")
+        elif self.tls_verify == "none" and self.tls_ca_file is not None:
+            out.append('health.tls_ca_file: unused with tls_verify = "none" (nothing is '
+                       'verified); remove it, or write tls_verify = "required"')
+        for key in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value.startswith("/")
+                                      or "\0" in value):
+                out.append(f"health.{key}: {_q(value)} must be an absolute path")
+        if self.tls_client_key is not None and self.tls_client_cert is None:
+            out.append("health.tls_client_key: needs tls_client_cert (the certificate this "
+                       "key belongs to)")
+        alpn = self.tls_alpn
+        if not isinstance(alpn, tuple) or any(not isinstance(p, str) for p in alpn):
+            out.append(f"health.tls_alpn: {alpn!r} must be a tuple of strings")
+        elif len(alpn) > MAX_ALPN:
+            out.append(f"health.tls_alpn: {len(alpn)} protocols is more than {MAX_ALPN}")
+        elif any(not p or len(p) > 255 or not p.isascii() or not p.isprintable()
+                 for p in alpn):
+            out.append("health.tls_alpn: each protocol must be 1 to 255 printable ASCII "
+                       'characters (e.g. "h2", "http/1.1")')
+        elif self.kind == "http" and any(p != "http/1.1" for p in alpn):
+            out.append('health.tls_alpn: kind "http" speaks HTTP/1.1 only; offer ["http/1.1"] '
+                       "or leave tls_alpn out")
+        if self.tls_min_version not in TLS_VERSIONS:
+            out.append(f"health.tls_min_version: {_q(self.tls_min_version)} is not one of "
+                       f"{', '.join(TLS_VERSIONS)}")
         return out
 
     def _exec_problems(self) -> list[str]:

@@ -23,6 +23,8 @@ class FakeHost:
     asked: list[str] = field(default_factory=list)  # questions, e.g. "cc cubic", "raw"
     programs: dict[str, str | None] = field(default_factory=dict)  # path -> problem (None: ok)
     users: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (uid, gid)
+    files: dict[str, str | None] = field(default_factory=dict)  # path -> problem (None: ok)
+    tls: tuple[str, str] | None = None  # the answer to every tls_problem question
 
     def dir_exists(self, path: str) -> bool:
         self.asked.append(f"dir {path}")
@@ -51,6 +53,14 @@ class FakeHost:
         self.asked.append(f"user {name}")
         return self.users.get(name)
 
+    def file_problem(self, path: str) -> str | None:
+        self.asked.append(f"file {path}")
+        return self.files.get(path, "no such file or directory")
+
+    def tls_problem(self, settings: Any) -> tuple[str, str] | None:
+        self.asked.append("tls")
+        return self.tls
+
 
 class ExampleHost:
     """This machine's answers, except that it always has the `eth0` (IPv4 and link-local IPv6)
@@ -62,6 +72,9 @@ class ExampleHost:
     ETH0 = (ipaddress.ip_interface("192.0.2.2/24"), ipaddress.ip_interface("fe80::2/64"))
     ETH1 = (ipaddress.ip_interface("10.2.0.2/24"),)
     PROGRAMS = ("/usr/local/bin/check-pg", "/usr/local/bin/check-pg-dynamic")
+    # the files of conf/examples/https-backends.toml (a CA and a client certificate)
+    TLS_FILES = ("/etc/l4lb/tls/backend-ca.pem", "/etc/l4lb/tls/l4lb-client.pem",
+                 "/etc/l4lb/tls/l4lb-client.key")
 
     def __init__(self, transparent: int = 0) -> None:
         # errno of setting IP(V6)_TRANSPARENT: allowed unless a case says otherwise, so that
@@ -79,3 +92,12 @@ class ExampleHost:
 
     def program_problem(self, path: str, user: tuple[int, int] | None = None) -> str | None:
         return None if path in self.PROGRAMS else THIS_HOST.program_problem(path, user)
+
+    def file_problem(self, path: str) -> str | None:
+        return None if path in self.TLS_FILES else THIS_HOST.file_problem(path)
+
+    def tls_problem(self, settings: Any) -> tuple[str, str] | None:
+        files = (settings.tls_ca_file, settings.tls_client_cert, settings.tls_client_key)
+        if any(f in self.TLS_FILES for f in files):
+            return None  # stand-ins: the example's files are not on the test host
+        return THIS_HOST.tls_problem(settings)

@@ -71,7 +71,7 @@ def test_http_keys_with_another_kind_are_errors_at_each_key() -> None:
         'only (this probe is "tcp")']
     assert errors('  kind = "htp"\n  http_path = "/"\n') == [
         't.toml:6:10: error: services[0] ("web"): health.kind: "htp" is not one of tcp, '
-        'send_expect, syn, http, udp, exec; did you mean "http"?']
+        'send_expect, syn, http, udp, exec, tls; did you mean "http"?']
 
 
 def test_status_spec_parse_and_format() -> None:

@@ -110,9 +110,9 @@ def test_send_proxy_errors() -> None:
     text = TCP.format(keys='proxy_protocol = "v1"') + \
         '\n  [services.health]\n  kind = "tcp"\n  send_proxy = true\n'
     assert errors(text) == [
-        't.toml:10:16: error: services[0] ("web"): health.send_proxy: only kinds "send_expect" '
-        'and "http" send a PROXY header, and this probe is "tcp"; a connect-only probe sends '
-        'no header (leave send_proxy out)']
+        't.toml:10:16: error: services[0] ("web"): health.send_proxy: only kinds "send_expect", '
+        '"http" and "tls" send a PROXY header, and this probe is "tcp"; a connect-only probe '
+        'sends no header (leave send_proxy out)']
 
 
 class VersionRecorder(OldDataplane):
