@@ -445,11 +445,11 @@ STRESS_C = r"""
 /* One round-robin service (id 1) over the two echo backends with weights w0, w1. */
 static size_t blob(uint8_t *b, uint32_t w0, uint32_t w1)
 {
-    size_t total = 32 + 56 + 2 * 56;
+    size_t total = 32 + 64 + 2 * 56;
     int lo = echo_port[0] < echo_port[1] ? 0 : 1;
     memset(b, 0, total);
     memcpy(b, "L4LB", 4);
-    put16(b + 4, 2);             /* blob version */
+    put16(b + 4, 3);             /* blob version */
     put16(b + 6, 32);
     put32(b + 8, 1);
     put32(b + 12, 2);
@@ -460,7 +460,7 @@ static size_t blob(uint8_t *b, uint32_t w0, uint32_t w1)
     put32(b + 32 + 16, 1);       /* retries */
     put32(b + 32 + 28, 2);       /* backend_count */
     for (int i = 0; i < 2; i++) {
-        uint8_t *r = b + 88 + 56 * i;
+        uint8_t *r = b + 96 + 56 * i;
         int which = i == 0 ? lo : 1 - lo; /* canonical order: by port */
         put32(r, (uint32_t)which);
         r[4] = 4;
@@ -1123,18 +1123,18 @@ static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
  * flow key = address, responses = 1, over echo0 (backend id 2). Idle 300 ms. */
 static size_t blob(uint8_t *b, int down0)
 {
-    size_t total = 32 + 2 * 56 + 3 * 56;
+    size_t total = 32 + 2 * 64 + 3 * 56;
     int lo = echo_port[0] < echo_port[1] ? 0 : 1;
     memset(b, 0, total);
     memcpy(b, "L4LB", 4);
-    put16(b + 4, 2);             /* blob version */
+    put16(b + 4, 3);             /* blob version */
     put16(b + 6, 32);
     put32(b + 8, 2);
     put32(b + 12, 3);
     put32(b + 20, 9);
     put32(b + 24, (uint32_t)total);
     for (int s = 0; s < 2; s++) {
-        uint8_t *r = b + 32 + 56 * s;
+        uint8_t *r = b + 32 + 64 * s;
         put32(r, (uint32_t)s + 1);  /* service id 1, 2 */
         r[4] = 1;                   /* udp, round_robin, src_ip */
         r[7] = (uint8_t)s;          /* service 2: flow key = address */
@@ -1145,7 +1145,7 @@ static size_t blob(uint8_t *b, int down0)
         put32(r + 44, s ? 1 : 0);   /* responses */
     }
     for (int i = 0; i < 3; i++) {
-        uint8_t *r = b + 32 + 112 + 56 * i;
+        uint8_t *r = b + 32 + 128 + 56 * i;
         int which = i == 2 ? 0 : i == 0 ? lo : 1 - lo; /* canonical order: by port */
         put32(r, (uint32_t)i);
         r[4] = 4;
