@@ -190,7 +190,8 @@ BACKEND_COUNTERS = ("conns_total", "conns_active", "connect_failures", "bytes_to
 # UDP services also the second tuple's
 SERVICE_COUNTERS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
                     "bytes_to_client", "accept_errors", "proxy_header_errors",
-                    "proxy_header_timeouts", "proxy_direct")
+                    "proxy_header_timeouts", "proxy_direct", "queued_now", "queued_total",
+                    "queue_timeouts", "queue_wait_ms")
 UDP_SERVICE_COUNTERS = ("datagrams_in", "datagrams_out", "flows_created", "flows_expired",
                         "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
                         "drops_send", "drops_max_udp_flows")
@@ -1478,7 +1479,8 @@ class Daemon:
                 "backend": backend if backend is not None or bid < 0 else f"?{bid}",
                 "started": record["started"], "duration": record["duration"],
                 "bytes_to_backend": record["bytes_to_backend"],
-                "bytes_to_client": record["bytes_to_client"], "reason": record["reason"]}
+                "bytes_to_client": record["bytes_to_client"], "reason": record["reason"],
+                **({"queued": record["queued"]} if record.get("queued") else {})}
 
     def _ring_dropped(self) -> int:
         dp = self.dp  # stop() may clear it meanwhile, from the executor thread

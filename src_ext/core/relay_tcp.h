@@ -42,6 +42,8 @@
                                         a backend socket and a pipe (relay_reserve_spend) */
 #define RELAY_SPLICE_LEN (1u << 20)  /* length asked of one splice into a pipe */
 #define RELAY_EV_UNKNOWN 0xffffffffu /* relay_established(): connected at once, no event mask */
+#define RELAY_QUEUE_RETRY_MS 50u     /* a worker with waiting clients tries its queue at least
+                                        this often (table changes, a missed kick) */
 
 /* Per-worker counter slots (plain single-writer counters, read with relaxed loads). */
 enum dp_svc_counter {
@@ -52,7 +54,9 @@ enum dp_svc_counter {
     DP_SC_FLOWS_ACTIVE, DP_SC_DROPS_MAX_FLOWS, DP_SC_DROPS_NO_BACKEND, DP_SC_DROPS_TRUNCATED,
     DP_SC_DROPS_SEND, DP_SC_DROPS_MAX_UDP_FLOWS,
     /* tcp, accept_proxy (relay_tcp.c, "Receiving the PROXY protocol") */
-    DP_SC_PROXY_HDR_ERRORS, DP_SC_PROXY_HDR_TIMEOUTS, DP_SC_PROXY_DIRECT, DP_SC_N
+    DP_SC_PROXY_HDR_ERRORS, DP_SC_PROXY_HDR_TIMEOUTS, DP_SC_PROXY_DIRECT,
+    /* tcp, queue_timeout (relay_tcp.c, "The queue") */
+    DP_SC_QUEUED_NOW, DP_SC_QUEUED_TOTAL, DP_SC_QUEUE_TIMEOUTS, DP_SC_QUEUE_WAIT_MS, DP_SC_N
 };
 enum dp_be_counter {
     DP_BC_CONNS_TOTAL, DP_BC_CONNS_ACTIVE, DP_BC_CONNECT_FAILURES,
@@ -187,6 +191,11 @@ struct relay_session {
     uint8_t pin;                   /* enum relay_pin: the client's own PROXY header */
     uint8_t peer_family;           /* accept_proxy: 4 or 6, the family of the connection's
                                       real peer (the balancer in front), 0 on other services */
+    uint8_t queued;                /* 1 while waiting in the worker's queue for a backend slot
+                                      (state RELAY_CONNECTING, no backend, nothing read; the
+                                      queue borrows ready_prev/ready_next, a waiting session is
+                                      never on the ready list; last_active_ms is when it began
+                                      to wait) */
     uint32_t cev;                  /* client events seen while connecting (EPOLLIN/RDHUP say
                                       data or a FIN waits for the pump), 0 once established */
     int cfd;                       /* client socket */
@@ -218,6 +227,7 @@ struct relay_session {
                                       discard once its addresses were read, 0 = none */
     uint8_t peer_addr[16];         /* accept_proxy: the real peer's address, network order,
                                       IPv4 in the first 4 bytes */
+    uint32_t queue_ms;             /* ms it waited in the queue (set when it left), 0 = never */
 };
 _Static_assert(DP_MAX_BACKENDS <= 65536u, "relay_session.tried_ids holds 16-bit backend ids");
 
@@ -349,6 +359,15 @@ struct dp_worker {
     uint8_t udp_more;              /* a UDP read stopped at its budget: more may be waiting */
     uint8_t log_on;                /* connection log on: each close leaves a record in log_ring
                                       (written by this worker only, in a command) */
+    struct relay_session *q_head;  /* oldest client waiting for a backend slot (relay_tcp.c,
+                                      "The queue"; linked through ready_prev/ready_next) */
+    struct relay_session *q_tail;  /* newest waiting client */
+    uint32_t q_n;                  /* clients in this worker's queue */
+    _Atomic uint32_t q_waiting;    /* shared: q_n for other workers, who kick this one's eventfd
+                                      when they free a slot while it is not 0 */
+    uint8_t q_kick;                /* a slot was freed (or a client queued) in this batch: try
+                                      the queue after it */
+    uint64_t q_retry_ms;           /* try the queue again at this time even without a kick */
     struct connlog_ring *log_ring; /* this worker's record ring (NULL until the log is first
                                       turned on); the worker produces, dp_closed_sessions
                                       consumes under dp->log_lock; replaced only in a command
@@ -486,6 +505,10 @@ void relay_tcp_close_all(struct dp_worker *w);
 void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out);
 void relay_tcp_pause_listeners(struct dp_worker *w);
 void relay_tcp_close_backends(struct dp_worker *w, struct dp_close_set *set, uint8_t reason);
+/* relay_tcp.c, "The queue": dispatch waiting clients to freed slots (oldest first per service),
+ * and close every waiting client at a stop (counted rejected, logged shutdown). */
+void relay_tcp_queue_run(struct dp_worker *w);
+void relay_tcp_queue_close_all(struct dp_worker *w);
 
 /* relay_tcp.c, shared with relay_udp.c: fill ss with backend b's address; returns its length. */
 socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss);

@@ -38,6 +38,10 @@ cdef extern from "dp.h" nogil:
         uint64_t proxy_header_errors
         uint64_t proxy_header_timeouts
         uint64_t proxy_direct
+        int64_t queued_now
+        uint64_t queued_total
+        uint64_t queue_timeouts
+        uint64_t queue_wait_ms
 
     struct dp_be_stats:
         uint64_t conns_total
@@ -108,6 +112,7 @@ cdef extern from "dp.h" nogil:
         double duration
         uint64_t bytes_to_backend
         uint64_t bytes_to_client
+        uint32_t queued_ms
 
     struct dp_internals_s "dp_internals":
         uint64_t pipes_created
