@@ -2024,6 +2024,8 @@ class Daemon:
                     "accept_proxy": service.accept_proxy,
                     "accept_proxy_timeout": service.accept_proxy_timeout,
                     "accept_proxy_from": [str(n) for n in service.accept_proxy_from] or None,
+                    "queue_timeout": service.queue_timeout,
+                    "max_queue": service.max_queue if service.queue_timeout else None,
                 }
                 services[-1]["tcp_options"].update(self._buffer_status(service, dp, sids))
             else:  # the key, and whether GRO buffers are in use (data plane and kernel)

@@ -994,6 +994,10 @@ class _Checker:
         queue_timeout = self.read_duration(scope, table, "queue_timeout", d.queue_timeout,
                                            zero_ok=True)
         max_queue = self.read_int(scope, table, "max_queue", d.max_queue, 1, MAX_QUEUE)
+        if protocol == "tcp" and "max_queue" in table and "queue_timeout" not in table:
+            self.error((*scope.path, "max_queue"), f"{scope.label('max_queue')}: needs "
+                       "queue_timeout (without it a client that finds every backend at its "
+                       "max_connections is refused at once, and nothing waits)")
         if protocol == "tcp":
             for key in UDP_ONLY_KEYS:
                 if key in table:

@@ -12,7 +12,9 @@
  * Loop. One iteration: epoll_wait; load the live table; hand each event to its relay (a TCP
  * listener accepts, a UDP listener is read by recvmmsg, sockets of sessions and flows pump);
  * pump the TCP ready list; flush the UDP replies gathered in the iteration (relay_udp.c);
- * fire due timers of both tables; free what was closed; run queued commands. Under heavy UDP
+ * fire due timers of both tables; try the TCP queue when this worker holds waiting clients and
+ * a slot was freed (here, or on another worker: its eventfd write) or the queue's retry time
+ * came (relay_tcp.c, "The queue"); free what was closed; run queued commands. Under heavy UDP
  * load the worker switches to poll mode (relay_udp.c, "Polling"): a short sleep before a
  * non-blocking epoll_wait, so that arrivals queue up into deeper batches instead of waking it.
  *

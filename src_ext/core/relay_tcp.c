@@ -222,6 +222,38 @@
  * 20 of the 64 bytes that freed hold the peer's address and the skip count, with pin,
  * peer_family and peer_port in what was padding: 432 -> 384 bytes per session.
  *
+ * The queue. A service whose record has queue_timeout_ms (HAProxy's `timeout queue`) does not
+ * refuse a client whose first pick found every eligible backend at its max_connections: the
+ * capacity branch of relay_connect_next calls relay_queue_wait instead, which takes a place
+ * in sched_shared.queued[service] (one atomic fetch-add, undone beyond the record's max_queue:
+ * then the client is rejected as before), appends the session to the worker's waiting list
+ * (w->q_head/q_tail, linked through ready_prev/ready_next, which a session without a backend
+ * never uses), and arms the ct timer with the queue deadline. The session stays
+ * RELAY_CONNECTING with s->queued set and no backend: nothing is read from the client (its
+ * events only note data in cev, as while connecting; EPOLLRDHUP or EPOLLHUP/EPOLLERR end it
+ * as client_closed / client_reset), it holds no pipe and no backend socket, and it still
+ * counts in svc_active (the service's max_connections, which never queues). A slot frees
+ * where a backend is released (relay_release_backend: a session ends, an attempt fails): there
+ * one relaxed load of sched_shared.queued_all, zero unless someone waits, is the whole cost
+ * to services without a queue. When it is not zero the worker sets w->q_kick and writes the
+ * eventfd of every other worker whose q_waiting is not zero; after its batch, a worker with
+ * waiting sessions that was kicked (or woken by the eventfd, or reached q_retry_ms, every
+ * RELAY_QUEUE_RETRY_MS while it holds any) runs relay_tcp_queue_run: oldest first, each
+ * waiting session picks again through relay_connect_next (a first pick: same scheduler, live
+ * table), and a service whose session still finds no slot is skipped for the rest of the pass,
+ * so a service's waiting sessions leave a worker in arrival order. One that gets a backend
+ * leaves the queue (relay_queue_leave: counts, timer, its wait in queue_ms) and connects as
+ * usual. A new client of a service whose queue is not empty queues behind it without picking
+ * (relay_new), and queuing a client kicks its own worker, so a slot freed between a failed pick
+ * and the queuing (when nobody was there to be kicked) is found after the batch. The deadline
+ * (relay_tcp_expire) resets it as queue_timeout; a stop resets every waiting session at once
+ * (relay_tcp_queue_close_all: rejected, reason shutdown). There is no order across workers:
+ * each serves its own waiting sessions oldest first, and a slot goes to the worker that picks
+ * first after it frees. The record is read when a session starts to wait, so a reload that
+ * changes the queue applies to new waits; a waiting session keeps its deadline and place and
+ * reads the live table at each pick (a removed service ends it as no_backend). What it costs
+ * is in docs/performance.md ("The queue for full backends").
+ *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
  * drops it from epoll) and queues it on the worker's graveyard; relay_tcp_reap() frees the slab
@@ -234,7 +266,8 @@
  * completes the pair is the second), a failed write blames the destination's side and a failed
  * read the source's (relay_pump's reset_dst / reset labels), the epoll error path the socket it
  * came from, the connect path rejected / no_backend / connect_failed, the timers idle_timeout,
- * stop shutdown, dp_close_backend_sessions() the reason its caller gives, drain_timeout or
+ * stop shutdown, the queue's deadline queue_timeout, dp_close_backend_sessions() the reason its
+ * caller gives, drain_timeout or
  * backend_down (shutdown once the worker is stopping: a second signal cutting the drain short),
  * local failures error. Clients
  * refused before they had a session (no service, the service's max_connections, no slab slot)

@@ -191,11 +191,6 @@ struct relay_session {
     uint8_t pin;                   /* enum relay_pin: the client's own PROXY header */
     uint8_t peer_family;           /* accept_proxy: 4 or 6, the family of the connection's
                                       real peer (the balancer in front), 0 on other services */
-    uint8_t queued;                /* 1 while waiting in the worker's queue for a backend slot
-                                      (state RELAY_CONNECTING, no backend, nothing read; the
-                                      queue borrows ready_prev/ready_next, a waiting session is
-                                      never on the ready list; last_active_ms is when it began
-                                      to wait) */
     uint32_t cev;                  /* client events seen while connecting (EPOLLIN/RDHUP say
                                       data or a FIN waits for the pump), 0 once established */
     int cfd;                       /* client socket */
@@ -208,6 +203,11 @@ struct relay_session {
     uint32_t connect_timeout_ms;   /* per attempt, copied at accept */
     uint32_t idle_timeout_ms;      /* 0 = none, copied at accept */
     uint16_t peer_port;            /* accept_proxy: the real peer's port, host order */
+    uint8_t queued;                /* 1 while waiting in the worker's queue for a backend slot
+                                      (state RELAY_CONNECTING, no backend, nothing read; the
+                                      queue borrows ready_prev/ready_next, a waiting session is
+                                      never on the ready list; last_active_ms is when it began
+                                      to wait); in what was padding */
     uint64_t pick_gen;             /* generation of the table used for the last pick */
     uint64_t last_active_ms;       /* monotonic ms of the last byte moved */
     double started;                /* unix time of accept */
@@ -223,11 +223,15 @@ struct relay_session {
                                       socket until the attempt connects, 0 = none */
     uint16_t tried_ids[RELAY_MAX_TRIES]; /* backend ids attempted (excluded on retry); ids
                                             are below DP_MAX_BACKENDS (65536) */
-    uint32_t pin_skip;             /* RELAY_PIN_SKIP_*: header bytes (version 2 TLVs) still to
+    union {                        /* two phases that never overlap: the header is read before
+                                      any pick, so before any wait */
+        uint32_t pin_skip;         /* RELAY_PIN_SKIP_*: header bytes (version 2 TLVs) still to
                                       discard once its addresses were read, 0 = none */
+        uint32_t queue_ms;         /* once it left the queue: ms it waited there, 0 = never
+                                      (the connection log's queued) */
+    };
     uint8_t peer_addr[16];         /* accept_proxy: the real peer's address, network order,
                                       IPv4 in the first 4 bytes */
-    uint32_t queue_ms;             /* ms it waited in the queue (set when it left), 0 = never */
 };
 _Static_assert(DP_MAX_BACKENDS <= 65536u, "relay_session.tried_ids holds 16-bit backend ids");
 

@@ -33,7 +33,7 @@ from .tables import BackendSpec, ServiceSpec
 
 HOST = "127.0.0.1"
 RECORD_KEYS = {"protocol", "service_id", "backend_id", "client", "started", "duration",
-               "bytes_to_backend", "bytes_to_client", "reason", "peer"}
+               "bytes_to_backend", "bytes_to_client", "reason", "peer", "queued"}
 
 
 def logged_lb(make_lb: MakeLB, services: list[ServiceSpec], capacity: int = 1024,
@@ -398,7 +398,7 @@ def test_api_checks_and_log_before_start(dp_impl: type[Any]) -> None:
 
 def test_every_reason_is_documented() -> None:
     """The strings the data planes may produce are the ones l4lb.dataplane lists."""
-    assert len(set(CLOSE_REASONS_TCP)) == 14 and len(set(CLOSE_REASONS_UDP)) == 8
+    assert len(set(CLOSE_REASONS_TCP)) == 15 and len(set(CLOSE_REASONS_UDP)) == 8
     if reference_requested():
         return
     from l4lb import _dataplane
