@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 
+from .backends import BackendServer
 from .clients import closed_within, connect, fate, recv_exact, wait_for
 from .conftest import LB, SVC, MakeLB, Servers, open_listeners
 from .tables import BackendSpec, ServiceSpec
@@ -20,12 +22,12 @@ HOST = "127.0.0.1"
 
 
 def queued_lb(make_lb: MakeLB, servers: Servers, workers: int = 1, timeout_ms: int = 5000,
-              max_queue: int = 0) -> LB:
+              max_queue: int = 0) -> tuple[LB, BackendServer]:
     """One echo backend that takes one connection at a time, behind a service with a queue."""
     echo = servers.start("echo", "echo")
     return make_lb([ServiceSpec(SVC, (BackendSpec("echo", HOST, echo.port, max_connections=1),),
                                 queue_timeout_ms=timeout_ms, max_queue=max_queue)],
-                   workers=workers)
+                   workers=workers), echo
 
 
 def hold(lb: LB) -> socket.socket:
@@ -42,12 +44,13 @@ def nothing_yet(sock: socket.socket, seconds: float = 0.2) -> bool:
 
 
 def test_waiter_is_served_when_the_slot_frees(make_lb: MakeLB, servers: Servers) -> None:
-    lb = queued_lb(make_lb, servers)
+    lb, echo = queued_lb(make_lb, servers)
     with hold(lb) as holder, connect(lb.addr()) as waiter:
         payload = bytes(range(256)) * 64  # 16 KiB, waits in the kernel meanwhile
         waiter.sendall(payload)
         assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3), lb.svc_stats()
         assert nothing_yet(waiter)  # not rejected, not served
+        assert len(echo.records()) == 1  # the waiter holds no backend connection
         stats = lb.svc_stats()
         assert (stats["rejected"], stats["queued_total"], stats["conns_active"]) == (0, 1, 2)
         holder.close()
@@ -60,7 +63,7 @@ def test_waiter_is_served_when_the_slot_frees(make_lb: MakeLB, servers: Servers)
 
 
 def test_waiters_are_served_oldest_first(make_lb: MakeLB, servers: Servers) -> None:
-    lb = queued_lb(make_lb, servers)
+    lb, _echo = queued_lb(make_lb, servers)
     with contextlib.ExitStack() as stack:
         current = stack.enter_context(hold(lb))
         waiters = []
@@ -80,7 +83,7 @@ def test_waiters_are_served_oldest_first(make_lb: MakeLB, servers: Servers) -> N
 
 
 def test_queue_timeout_resets_the_waiter(make_lb: MakeLB, servers: Servers) -> None:
-    lb = queued_lb(make_lb, servers, timeout_ms=300)
+    lb, _echo = queued_lb(make_lb, servers, timeout_ms=300)
     with hold(lb) as holder:
         start = time.monotonic()
         with connect(lb.addr()) as waiter:
@@ -95,7 +98,7 @@ def test_queue_timeout_resets_the_waiter(make_lb: MakeLB, servers: Servers) -> N
 
 
 def test_full_queue_rejects(make_lb: MakeLB, servers: Servers) -> None:
-    lb = queued_lb(make_lb, servers, max_queue=1)
+    lb, _echo = queued_lb(make_lb, servers, max_queue=1)
     with hold(lb), connect(lb.addr()) as waiter:
         assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
         start = time.monotonic()
@@ -108,8 +111,7 @@ def test_full_queue_rejects(make_lb: MakeLB, servers: Servers) -> None:
 
 
 def test_waiter_that_hangs_up_leaves_the_queue(make_lb: MakeLB, servers: Servers) -> None:
-    lb = queued_lb(make_lb, servers)
-    echo_records = servers._owned[0]  # the echo backend started by queued_lb
+    lb, echo = queued_lb(make_lb, servers)
     with hold(lb) as holder:
         quiet = connect(lb.addr())
         assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
@@ -122,7 +124,7 @@ def test_waiter_that_hangs_up_leaves_the_queue(make_lb: MakeLB, servers: Servers
         assert wait_for(lambda: lb.svc_stats().get("conns_active") == 1, 2)
         holder.close()
     time.sleep(0.2)  # a waiter still queued would reach the backend now
-    assert len(echo_records.records()) == 1  # only the holder ever got there
+    assert len(echo.records()) == 1  # only the holder ever got there
     stats = lb.svc_stats()
     assert (stats["queued_total"], stats["queue_timeouts"], stats["rejected"]) == (2, 0, 0)
 
@@ -132,7 +134,7 @@ def test_slot_freed_on_one_worker_serves_a_waiter_on_another(make_lb: MakeLB,
     """Two workers, each with a listener of its own for the service: the holder comes in on
     worker 0, the waiter on worker 1; worker 0's close must reach worker 1 (its kick, or at
     worst the retry every 50 ms)."""
-    lb = queued_lb(make_lb, servers, workers=2)
+    lb, _echo = queued_lb(make_lb, servers, workers=2)
     own = [open_listeners(HOST, 1)[0], open_listeners(HOST, 1)[0]]
     for worker, sock in enumerate(own):
         lb.listeners[1000 + worker] = [sock]  # closed with the others, after the stop
@@ -157,7 +159,7 @@ def test_slot_freed_on_one_worker_serves_a_waiter_on_another(make_lb: MakeLB,
 def test_new_client_queues_behind_waiters(make_lb: MakeLB, servers: Servers) -> None:
     """A newcomer does not take a slot an older waiter is due, even if it arrives first
     after the close: it is queued behind (the run after the batch serves the oldest)."""
-    lb = queued_lb(make_lb, servers)
+    lb, _echo = queued_lb(make_lb, servers)
     with hold(lb) as holder, connect(lb.addr()) as old:
         old.sendall(b"old")
         assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
@@ -174,9 +176,9 @@ def test_new_client_queues_behind_waiters(make_lb: MakeLB, servers: Servers) -> 
 def test_reload_without_the_queue_keeps_the_waiter(make_lb: MakeLB, servers: Servers) -> None:
     """A table without queue_timeout_ms applies to new clients (rejected at once); a client
     already waiting keeps its place and deadline and is served when the slot frees."""
-    lb = queued_lb(make_lb, servers)
+    lb, echo = queued_lb(make_lb, servers)
     assert lb.built is not None
-    spec = ServiceSpec(SVC, (BackendSpec("echo", HOST, servers._owned[0].port,
+    spec = ServiceSpec(SVC, (BackendSpec("echo", HOST, echo.port,
                                          max_connections=1),))
     with hold(lb) as holder, connect(lb.addr()) as waiter:
         waiter.sendall(b"kept")
@@ -190,12 +192,27 @@ def test_reload_without_the_queue_keeps_the_waiter(make_lb: MakeLB, servers: Ser
     assert lb.svc_stats()["queued_now"] == 0
 
 
+def test_a_table_with_room_serves_the_waiter(make_lb: MakeLB, servers: Servers) -> None:
+    """No session ends, but a new table raises the backend's max_connections: the waiting
+    client is served by the queue's periodic retry (50 ms), not at its deadline."""
+    lb, echo = queued_lb(make_lb, servers, timeout_ms=4000)
+    port = echo.port
+    with hold(lb), connect(lb.addr()) as waiter:
+        waiter.sendall(b"room")
+        assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
+        lb.publish([ServiceSpec(SVC, (BackendSpec("echo", HOST, port, max_connections=2),),
+                                queue_timeout_ms=4000)])
+        start = time.monotonic()
+        assert recv_exact(waiter, 4, timeout=3.0) == b"room"
+        assert time.monotonic() - start < 1.0
+    assert lb.svc_stats()["queue_timeouts"] == 0
+
+
 def test_stop_closes_the_waiters(make_lb: MakeLB, servers: Servers) -> None:
-    lb = queued_lb(make_lb, servers)
+    lb, _echo = queued_lb(make_lb, servers)
     with hold(lb) as holder, connect(lb.addr()) as waiter:
         assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
         start = time.monotonic()
-        import threading
         stopper = threading.Thread(target=lb.stop, args=(5.0,), daemon=True)
         stopper.start()
         try:
@@ -212,7 +229,7 @@ def test_stop_closes_the_waiters(make_lb: MakeLB, servers: Servers) -> None:
 
 
 def test_connection_log_names_the_wait(make_lb: MakeLB, servers: Servers) -> None:
-    lb = queued_lb(make_lb, servers, timeout_ms=300)
+    lb, _echo = queued_lb(make_lb, servers, timeout_ms=300)
     lb.dp.set_connection_log(True, 64)
     with hold(lb) as holder:
         with connect(lb.addr()) as late:
