@@ -51,11 +51,13 @@ that held a backend ends (or an attempt fails), every worker with waiting client
 waiting clients oldest first, at most one failed pick per service (FIFO per service and
 worker); a worker with waiting clients also tries every QUEUE_RETRY seconds (table changes).
 A client still waiting at queue_timeout_ms is reset (queue_timeouts, close reason
-queue_timeout). A client that closes while it waits leaves the queue: its first event is
-peeked; a FIN or reset ends it at once; when data is waiting the level-triggered selector
-cannot watch it further without reading, so each queue run polls such clients for POLLRDHUP
-(the C relay sees EPOLLRDHUP at once; here it takes up to QUEUE_RETRY). A stop closes every
-waiting client (rejected, close reason shutdown).
+queue_timeout). A client that gives up while it waits leaves the queue: its first event is
+peeked; a reset, or a FIN with nothing before it, ends it at once; a FIN after data may be a
+half-close after a request and keeps it waiting (the C relay's relay_queue_fin). When data is
+waiting the level-triggered selector cannot watch the client further without reading, so each
+queue run polls such clients for a reset (POLLERR / POLLHUP; the C relay sees EPOLLHUP at
+once, here it takes up to QUEUE_RETRY). A stop closes every waiting client (rejected, close
+reason shutdown).
 
 Every end of a session goes through `_close_session(session, reset, reason)`, whose callers name
 the close reason (l4lb/dataplane.py); with the connection log on it queues one record in the
@@ -627,8 +629,9 @@ class Worker:
                 kick()
 
     def _queue_waiter_event(self, session: Session) -> None:
-        """The client of a waiting session stirred: a FIN or reset drops it; data stays in
-        its socket (unwatched from now on; _queue_run polls it for a hangup)."""
+        """The client of a waiting session stirred: a reset, or a FIN with nothing before it,
+        drops it; data stays in its socket (unwatched from now on; _queue_run polls it for a
+        reset), and so does a FIN after data (as the C relay's relay_queue_fin)."""
         try:
             data = session.client.recv(1, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
@@ -636,9 +639,11 @@ class Worker:
         except OSError:
             self._close_session(session, reset=True, reason="client_reset")
             return
-        if not data:
+        if not data:  # a FIN with nothing before it: the client gave up
             self._close_session(session, reset=False, reason="client_closed")
             return
+        # data waits (maybe followed by a FIN: a half-close after a request, which keeps it
+        # waiting); unwatched from now on, _queue_run polls it for a reset
         self._register(session, CLIENT, 0)
 
     def _queue_run(self) -> None:
@@ -647,16 +652,15 @@ class Worker:
         self.q_kick = False
         self.q_retry = time.monotonic() + QUEUE_RETRY
         watch = [s for s in self.waiting if s.client_mask == 0]
-        if watch:  # clients with data waiting: a hangup shows as POLLRDHUP / POLLHUP
+        if watch:  # clients with data waiting: a reset shows as POLLERR / POLLHUP (their
+            #          FIN, after data, keeps them waiting)
             poller = select.poll()
             by_fd = {s.client.fileno(): s for s in watch}
             for fd in by_fd:
-                poller.register(fd, select.POLLRDHUP)
+                poller.register(fd, 0)
             for fd, ev in poller.poll(0):
                 if ev & (select.POLLHUP | select.POLLERR):
                     self._close_session(by_fd[fd], reset=True, reason="client_reset")
-                elif ev & select.POLLRDHUP:
-                    self._close_session(by_fd[fd], reset=False, reason="client_closed")
         blocked: set[int] = set()
         for session in list(self.waiting):
             if session.closed or not session.queued or session.service_id in blocked:

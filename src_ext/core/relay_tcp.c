@@ -230,8 +230,10 @@
  * (w->q_head/q_tail, linked through ready_prev/ready_next, which a session without a backend
  * never uses), and arms the ct timer with the queue deadline. The session stays
  * RELAY_CONNECTING with s->queued set and no backend: nothing is read from the client (its
- * events only note data in cev, as while connecting; EPOLLRDHUP or EPOLLHUP/EPOLLERR end it
- * as client_closed / client_reset), it holds no pipe and no backend socket, and it still
+ * events only note data in cev, as while connecting; EPOLLHUP/EPOLLERR end it as client_reset,
+ * and so does a FIN with nothing before it as client_closed, while a FIN after data, which may
+ * be a half-close after a request, keeps it waiting: relay_queue_fin), it holds no pipe and no
+ * backend socket, and it still
  * counts in svc_active (the service's max_connections, which never queues). A slot frees
  * where a backend is released (relay_release_backend: a session ends, an attempt fails): there
  * one relaxed load of sched_shared.queued_all, zero unless someone waits, is the whole cost
@@ -1565,6 +1567,28 @@ static void relay_pin_read(struct dp_worker *w, struct relay_session *s, uint32_
     relay_connect_next(w, s);
 }
 
+/* A waiting client sent its FIN (EPOLLRDHUP). With no byte before it, it gave up: it leaves
+ * the queue (client_closed) and 1 is returned. With bytes before it, it may be a half-close
+ * after a request, which the backend must still get (HAProxy's default, without option
+ * abortonclose, is the same): it keeps waiting, 0. One peek of one byte tells, paid only by a
+ * waiting client's FIN. */
+static int relay_queue_fin(struct dp_worker *w, struct relay_session *s)
+{
+    uint8_t b;
+    ssize_t n;
+
+    do
+        n = relay_peek(s->cfd, &b, 1);
+    while (n < 0 && errno == EINTR);
+    if (n > 0)
+        return 0;
+    if (n == 0)
+        relay_kill(w, s, 0, DP_CLOSE_CLIENT_CLOSED);
+    else
+        relay_kill(w, s, 1, DP_CLOSE_CLIENT_RESET); /* EAGAIN cannot follow a FIN */
+    return 1;
+}
+
 void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
 {
     struct relay_session *s;
@@ -1586,11 +1610,12 @@ void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
             }
             /* a client that resets (or vanishes) while we connect ends the attempt at once;
              * its data and FIN wait in the socket (noted in cev): the pump reads them once
-             * connected. One that closes while it waits in the queue leaves it */
+             * connected. A waiting client's FIN with nothing before it ends it too (see
+             * relay_queue_fin) */
             if (__builtin_expect(s->queued, 0) && (events & EPOLLRDHUP) &&
-                !(events & (EPOLLERR | EPOLLHUP)))
-                relay_kill(w, s, 0, DP_CLOSE_CLIENT_CLOSED);
-            else if (events & (EPOLLERR | EPOLLHUP))
+                !(events & (EPOLLERR | EPOLLHUP)) && relay_queue_fin(w, s))
+                return;
+            if (events & (EPOLLERR | EPOLLHUP))
                 relay_kill(w, s, 1, DP_CLOSE_CLIENT_RESET);
             else
                 s->cev |= events;

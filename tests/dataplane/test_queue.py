@@ -14,7 +14,15 @@ import threading
 import time
 
 from .backends import BackendServer
-from .clients import closed_within, connect, fate, recv_exact, wait_for
+from .clients import (
+    closed_within,
+    connect,
+    fate,
+    read_to_end,
+    recv_exact,
+    reset_close,
+    wait_for,
+)
 from .conftest import LB, SVC, MakeLB, Servers, open_listeners
 from .tables import BackendSpec, ServiceSpec
 
@@ -111,15 +119,17 @@ def test_full_queue_rejects(make_lb: MakeLB, servers: Servers) -> None:
 
 
 def test_waiter_that_hangs_up_leaves_the_queue(make_lb: MakeLB, servers: Servers) -> None:
+    """A FIN with nothing before it (the client gave up) and a reset (after data) drop a
+    waiting client at once; neither ever reaches the backend."""
     lb, echo = queued_lb(make_lb, servers)
     with hold(lb) as holder:
         quiet = connect(lb.addr())
         assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
         talker = connect(lb.addr())
-        talker.sendall(b"never delivered")  # data waits unread, then the FIN
+        talker.sendall(b"never delivered")  # data waits unread, then the RST
         assert wait_for(lambda: lb.svc_stats().get("queued_now") == 2, 3)
         quiet.close()
-        talker.close()
+        reset_close(talker)
         assert wait_for(lambda: lb.svc_stats().get("queued_now") == 0, 2), lb.svc_stats()
         assert wait_for(lambda: lb.svc_stats().get("conns_active") == 1, 2)
         holder.close()
@@ -127,6 +137,21 @@ def test_waiter_that_hangs_up_leaves_the_queue(make_lb: MakeLB, servers: Servers
     assert len(echo.records()) == 1  # only the holder ever got there
     stats = lb.svc_stats()
     assert (stats["queued_total"], stats["queue_timeouts"], stats["rejected"]) == (2, 0, 0)
+
+
+def test_half_close_after_data_keeps_the_waiter(make_lb: MakeLB, servers: Servers) -> None:
+    """A client that sends its request and then its FIN (a half-close) may still want the
+    answer: it keeps waiting, and once served the backend gets the data and the FIN."""
+    lb, _ = queued_lb(make_lb, servers)
+    with hold(lb) as holder, connect(lb.addr()) as waiter:
+        waiter.sendall(b"request")
+        waiter.shutdown(socket.SHUT_WR)
+        assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
+        assert nothing_yet(waiter, 0.3)  # still waiting, not dropped
+        assert lb.svc_stats()["queued_now"] == 1
+        holder.close()
+        data, how = read_to_end(waiter, 5.0)
+        assert (data, how) == (b"request", "eof")  # the echo came back, then the FIN
 
 
 def test_slot_freed_on_one_worker_serves_a_waiter_on_another(make_lb: MakeLB,
