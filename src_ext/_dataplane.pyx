@@ -655,6 +655,7 @@ cdef class Dataplane:
             "udp_gso_datagrams": r.udp_gso_datagrams, "udp_gro_datagrams": r.udp_gro_datagrams,
             "udp_poll_sleeps": r.udp_poll_sleeps,
             "loop_iterations": r.loop_iterations, "close_passes": r.close_passes,
+            "queue_kicks": r.queue_kicks,
             "fast_open_attempts": fo_attempts, "fast_open_syn_data": fo_syn_data,
             "fast_open_syn_bytes": fo_syn_bytes,
         }

@@ -276,6 +276,7 @@ static void dp_worker_internals(struct dp_worker *w, struct dp_internals *out)
     out->udp_poll_sleeps += __atomic_load_n(&w->cnt->udp_poll_sleeps, __ATOMIC_RELAXED);
     out->loop_iterations += __atomic_load_n(&w->cnt->loop_iterations, __ATOMIC_RELAXED);
     out->close_passes += __atomic_load_n(&w->cnt->close_passes, __ATOMIC_RELAXED);
+    out->queue_kicks += __atomic_load_n(&w->cnt->queue_kicks, __ATOMIC_RELAXED);
 }
 
 /* State passed to the snapshot callback. */

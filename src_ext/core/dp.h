@@ -230,6 +230,9 @@ struct dp_internals {
     uint64_t loop_iterations;  /* epoll_wait calls of the worker loops */
     uint64_t close_passes;     /* close-by-backend commands the workers ran (one per worker per
                                   dp_close_backends call, however many ids it named) */
+    uint64_t queue_kicks;      /* eventfd writes by which a worker that freed a backend slot
+                                  woke another worker holding waiting clients (relay_tcp.c,
+                                  "The queue") */
 };
 
 /* Create a data plane with n workers (1..DP_MAX_WORKERS). Nothing runs until dp_start(). */

@@ -450,8 +450,10 @@ static void relay_queue_kick(struct dp_worker *w)
     for (i = 0; i < dp->n_workers; i++) {
         struct dp_worker *o = &dp->workers[i];
         if (o != w && atomic_load_explicit(&o->q_waiting, memory_order_relaxed) &&
-            o->evfd >= 0)
+            o->evfd >= 0) {
             (void)!relay_write(o->evfd, &one, sizeof(one));
+            DP_CNT_ADD(&w->cnt->queue_kicks, 1);
+        }
     }
 }
 

@@ -88,6 +88,8 @@ struct dp_counters {
                                                way; relay_udp.c, "GRO buffers") */
     uint64_t udp_poll_sleeps;               /* poll-mode sleeps (see relay_udp.c, "Polling") */
     uint64_t loop_iterations;               /* epoll_wait calls of the worker loop */
+    uint64_t queue_kicks;                   /* eventfd writes to other workers holding waiting
+                                               clients (relay_queue_kick) */
     uint64_t close_passes;                  /* close-by-backend commands run, each one pass
                                                over the sessions and flows (dp.c) */
     uint64_t connlog_dropped;               /* connection-log records refused (ring full) */

@@ -149,6 +149,7 @@ cdef extern from "dp.h" nogil:
         uint64_t udp_poll_sleeps
         uint64_t loop_iterations
         uint64_t close_passes
+        uint64_t queue_kicks
 
     int dp_create(uint32_t n_workers, dp **out)
     int dp_set_tuning(dp *d, uint32_t copy_threshold, uint32_t pipe_size, int copy_only)
