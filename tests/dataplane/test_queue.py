@@ -235,6 +235,22 @@ def test_a_table_with_room_serves_the_waiter(make_lb: MakeLB, servers: Servers) 
     assert lb.svc_stats()["queue_timeouts"] == 0
 
 
+def test_a_table_without_the_service_ends_the_waiter(make_lb: MakeLB,
+                                                      servers: Servers) -> None:
+    """The service leaves the table: its waiting client is reset (no_backend) at the queue's
+    next try, not left until its deadline."""
+    lb, _ = queued_lb(make_lb, servers, timeout_ms=5000)
+    with hold(lb), connect(lb.addr()) as waiter:
+        assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
+        other = servers.start("other", "echo")
+        lb.publish([ServiceSpec(SVC + 1, (BackendSpec("other", HOST, other.port),))])
+        start = time.monotonic()
+        assert closed_within(waiter, 3.0) == "reset"
+        assert time.monotonic() - start < 1.0
+        stats = lb.svc_stats()
+        assert (stats["queued_now"], stats["no_backend"], stats["queue_timeouts"]) == (0, 1, 0)
+
+
 def test_stop_closes_the_waiters(make_lb: MakeLB, servers: Servers) -> None:
     lb, _echo = queued_lb(make_lb, servers)
     with hold(lb) as holder, connect(lb.addr()) as waiter:
