@@ -498,8 +498,8 @@ static void relay_queue_leave(struct dp_worker *w, struct relay_session *s)
 }
 
 /* Put a session whose first pick found every eligible backend full at the tail of the queue
- * (svc->queue_timeout_ms != 0). Returns 0, or -1 when the service's max_queue clients wait
- * already (the caller refuses it as before: rejected). */
+ * (svc->queue_timeout_ms != 0). Returns 0, or -ENOSPC when the service's max_queue clients
+ * wait already (the caller refuses it as before: rejected). */
 static int relay_queue_wait(struct dp_worker *w, struct relay_session *s,
                             const struct dp_service *svc)
 {
@@ -508,7 +508,7 @@ static int relay_queue_wait(struct dp_worker *w, struct relay_session *s,
 
     if ((uint32_t)prev >= svc->max_queue) {
         atomic_fetch_sub_explicit(&sh->queued[s->service_id], 1, memory_order_relaxed);
-        return -1;
+        return -ENOSPC;
     }
     atomic_fetch_add_explicit(&sh->queued_all, 1, memory_order_relaxed);
     s->queued = 1;
