@@ -33,11 +33,14 @@ Input record (a dict: the daemon maps the data plane's `closed_sessions()` recor
     bytes_to_client   int    bytes relayed backend -> client
     reason            str    why it closed (see TCP_REASONS, UDP_REASONS; other short words are
                              allowed, so a newer data plane's reason is written, not dropped)
+    queued            float  (optional) seconds the client waited in the service's queue for a
+                             backend slot (queue_timeout), part of duration; absent or 0: never
 Output line:
     {"client":..,"service":..,"protocol":"tcp","backend":..,"start":"2026-01-02T03:04:05.678Z",
      "duration":1.234,"bytes_to_backend":..,"bytes_to_client":..,"reason":..}
-    with "peer":.. after "client" for a session of an accept_proxy service (only there, so the
-    lines of other services stay as they were).
+    with "peer":.. after "client" for a session of an accept_proxy service, and "queued":..
+    after "duration" for a client that waited in a queue (only there, so the lines of other
+    services and sessions stay as they were).
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ log = logging.getLogger("l4lb")
 # The close reasons the data plane reports (docs/connection-log.md explains each).
 TCP_REASONS = ("client_closed", "backend_closed", "client_reset", "backend_reset",
                "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
-               "drain_timeout", "backend_down", "error", "proxy_header", "proxy_header_timeout")
+               "drain_timeout", "backend_down", "error", "proxy_header", "proxy_header_timeout",
+               "queue_timeout")
 UDP_REASONS = ("idle_timeout", "responses", "refused", "moved", "listener_gone", "shutdown",
                "drain_timeout", "error")
 CLOSE_REASONS = tuple(dict.fromkeys(TCP_REASONS + UDP_REASONS))  # both, without repeats
@@ -117,9 +121,13 @@ def format_record(record: Mapping[str, Any]) -> str:
     peer = record.get("peer")
     if peer is not None and not isinstance(peer, str):
         raise RecordError("peer: expected a string or null")
+    queued = _number(record, "queued") if record.get("queued") is not None else 0.0
+    if queued < 0:
+        raise RecordError(f"queued: negative ({queued})")
     line = {"client": client, **({"peer": peer} if peer is not None else {}),
             "service": service, "protocol": protocol, "backend": backend,
             "start": rfc3339(started), "duration": round(duration, 6),
+            **({"queued": round(queued, 3)} if queued > 0 else {}),
             "bytes_to_backend": to_backend, "bytes_to_client": to_client, "reason": reason}
     return _ENCODER.encode(line) + "\n"
 

@@ -190,7 +190,8 @@ BACKEND_COUNTERS = ("conns_total", "conns_active", "connect_failures", "bytes_to
 # UDP services also the second tuple's
 SERVICE_COUNTERS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
                     "bytes_to_client", "accept_errors", "proxy_header_errors",
-                    "proxy_header_timeouts", "proxy_direct")
+                    "proxy_header_timeouts", "proxy_direct", "queued_now", "queued_total",
+                    "queue_timeouts", "queue_wait_ms")
 UDP_SERVICE_COUNTERS = ("datagrams_in", "datagrams_out", "flows_created", "flows_expired",
                         "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
                         "drops_send", "drops_max_udp_flows")
@@ -1517,7 +1518,8 @@ class Daemon:
                 "backend": backend if backend is not None or bid < 0 else f"?{bid}",
                 "started": record["started"], "duration": record["duration"],
                 "bytes_to_backend": record["bytes_to_backend"],
-                "bytes_to_client": record["bytes_to_client"], "reason": record["reason"]}
+                "bytes_to_client": record["bytes_to_client"], "reason": record["reason"],
+                **({"queued": record["queued"]} if record.get("queued") else {})}
 
     def _ring_dropped(self) -> int:
         dp = self.dp  # stop() may clear it meanwhile, from the executor thread
@@ -2062,6 +2064,8 @@ class Daemon:
                     "accept_proxy": service.accept_proxy,
                     "accept_proxy_timeout": service.accept_proxy_timeout,
                     "accept_proxy_from": [str(n) for n in service.accept_proxy_from] or None,
+                    "queue_timeout": service.queue_timeout,
+                    "max_queue": service.max_queue if service.queue_timeout else None,
                 }
                 services[-1]["tcp_options"].update(self._buffer_status(service, dp, sids))
             else:  # the key, and whether GRO buffers are in use (data plane and kernel)

@@ -71,7 +71,8 @@ class DataplaneAPI(Protocol):
          tcp connect_failed: the last backend tried), "client": (host: str, port: int),
          "started": float (unix time of accept / first datagram),
          "duration": float (seconds, >= 0), "bytes_to_backend": int, "bytes_to_client": int,
-         "reason": str, "peer": (host: str, port: int) | None (as in sessions())}
+         "reason": str, "peer": (host: str, port: int) | None (as in sessions()),
+         "queued": float (seconds it waited in the service's queue, 0 when it never did)}
     Close reasons (CLOSE_REASONS_TCP / CLOSE_REASONS_UDP below; the most specific one):
       tcp  client_closed   the client's FIN went through first and the session ended normally
            backend_closed  the backend's FIN went through first
@@ -92,6 +93,8 @@ class DataplaneAPI(Protocol):
            proxy_header    accept_proxy: the client's PROXY protocol header was missing,
                            invalid or cut short; no backend was chosen (backend_id -1)
            proxy_header_timeout  accept_proxy: the header was not complete in time
+           queue_timeout   waited queue_timeout_ms in the service's queue (every eligible
+                           backend at its max_connections) and got no slot; backend_id -1
       udp  idle_timeout    no datagram either way for idle_timeout_ms
            responses       the service's `responses` count of backend datagrams was reached
            refused         an ICMP error (port unreachable, ...) on the flow's upstream socket
@@ -340,7 +343,7 @@ def congestion_control_name_ok(name: str) -> bool:
 CLOSE_REASONS_TCP = ("client_closed", "backend_closed", "client_reset", "backend_reset",
                      "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
                      "drain_timeout", "backend_down", "error", "proxy_header",
-                     "proxy_header_timeout")
+                     "proxy_header_timeout", "queue_timeout")
 CLOSE_REASONS_UDP = ("idle_timeout", "responses", "refused", "moved", "listener_gone",
                      "shutdown", "drain_timeout", "error")
 

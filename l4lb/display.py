@@ -259,6 +259,9 @@ def tcp_options_text(options: dict[str, Any]) -> str:
                      + (f", from {', '.join(sources)} only" if sources else "") + ")")
     if options.get("proxy_protocol", "off") != "off":
         parts.append(f"PROXY protocol {options['proxy_protocol']}")
+    if options.get("queue_timeout"):
+        parts.append(f"queue for full backends (up to {options.get('max_queue')} clients, "
+                     f"{options['queue_timeout']:g}s each)")
     parts.extend(_buffers_text(options))
     return "; ".join(parts)
 
@@ -373,6 +376,12 @@ def status_text(status: dict[str, Any]) -> str:
                        + (f", {c.get('proxy_direct', 0)} direct (no header expected)"
                           if c.get("proxy_direct")
                           or (svc.get("tcp_options") or {}).get("accept_proxy_from") else ""))
+            if c.get("queued_total") or (svc.get("tcp_options") or {}).get("queue_timeout"):
+                done = c.get("queued_total", 0) - c.get("queued_now", 0)
+                mean = f", mean wait {c.get('queue_wait_ms', 0) / done:.0f} ms" if done else ""
+                out.append(f"  queue {c.get('queued_now', 0)} waiting, "
+                           f"{c.get('queued_total', 0)} queued in all, "
+                           f"{c.get('queue_timeouts', 0)} timed out{mean}")
         options = (tcp_options_text(svc.get("tcp_options") or {})
                    or udp_options_text(svc.get("udp_options") or {}))
         if options:

@@ -306,6 +306,24 @@ def _service_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]
         "Clients of an accept_proxy service with accept_proxy_from that were outside every "
         "listed prefix and connected directly, without a PROXY header.",
         labels=["service"])
+    queued = GaugeMetricFamily(
+        "l4lb_service_queued",
+        "Clients of the service waiting now for a backend slot (queue_timeout).",
+        labels=["service"])
+    queued_total = CounterMetricFamily(
+        "l4lb_service_queued_clients",
+        "Clients that waited in the service's queue because every eligible backend was at "
+        "its max_connections.",
+        labels=["service"])
+    queue_timeouts = CounterMetricFamily(
+        "l4lb_service_queue_timeouts",
+        "Waiting clients reset because no backend slot came free within queue_timeout.",
+        labels=["service"])
+    queue_wait = CounterMetricFamily(
+        "l4lb_service_queue_wait_seconds",
+        "Time spent in the service's queue by the clients that left it, summed (divide its "
+        "rate by the rate of l4lb_service_queued_clients for the mean wait).",
+        labels=["service"])
     for svc in services:
         name = str(svc["name"])
         c = svc.get("counters", {})
@@ -324,11 +342,16 @@ def _service_families(services: Sequence[Mapping[str, Any]]) -> Iterator[Metric]
             proxy_errors.add_metric([name, "timeout"], c.get("proxy_header_timeouts", 0))
         if (svc.get("tcp_options") or {}).get("accept_proxy_from") or c.get("proxy_direct"):
             proxy_direct.add_metric([name], c.get("proxy_direct", 0))
+        if (svc.get("tcp_options") or {}).get("queue_timeout") or c.get("queued_total"):
+            queued.add_metric([name], c.get("queued_now", 0))
+            queued_total.add_metric([name], c.get("queued_total", 0))
+            queue_timeouts.add_metric([name], c.get("queue_timeouts", 0))
+            queue_wait.add_metric([name], c.get("queue_wait_ms", 0) / 1000.0)
         states = [b.get("state") for b in svc.get("backends", [])]
         for state in STATES:
             backends.add_metric([name, state], states.count(state))
     yield from (svc_info, conns, active, rejected, no_backend, accept_errors, nbytes, backends,
-                proxy_errors, proxy_direct)
+                proxy_errors, proxy_direct, queued, queued_total, queue_timeouts, queue_wait)
 
 
 def _backend_families(services: Sequence[Mapping[str, Any]],

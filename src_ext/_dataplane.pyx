@@ -67,7 +67,7 @@ _SESSION_STATES = ("connecting", "established", "half_closed")
 _CLOSE_REASONS = ("client_closed", "backend_closed", "client_reset", "backend_reset",
                   "connect_failed", "no_backend", "rejected", "idle_timeout", "shutdown",
                   "drain_timeout", "error", "responses", "refused", "moved", "listener_gone",
-                  "backend_down", "proxy_header", "proxy_header_timeout")
+                  "backend_down", "proxy_header", "proxy_header_timeout", "queue_timeout")
 _PROTOCOLS = ("tcp", "udp")
 if len(_CLOSE_REASONS) != <int>_core.DP_CLOSE_N:
     raise ImportError("l4lb._dataplane: _CLOSE_REASONS does not match enum dp_close_reason")
@@ -77,7 +77,8 @@ _SERVICE_KEYS = ("conns_total", "conns_active", "rejected", "no_backend", "bytes
                  "bytes_to_client", "accept_errors", "datagrams_in", "datagrams_out",
                  "flows_created", "flows_expired", "flows_active", "drops_max_flows",
                  "drops_no_backend", "drops_truncated", "drops_send", "drops_max_udp_flows",
-                 "proxy_header_errors", "proxy_header_timeouts", "proxy_direct")
+                 "proxy_header_errors", "proxy_header_timeouts", "proxy_direct",
+                 "queued_now", "queued_total", "queue_timeouts", "queue_wait_ms")
 _BACKEND_KEYS = ("conns_total", "conns_active", "connect_failures", "bytes_to_backend",
                  "bytes_to_client", "datagrams_to_backend", "datagrams_to_client",
                  "flows_active", "flows_total")
@@ -218,14 +219,16 @@ cdef class Dataplane:
                         or s.flows_expired or s.flows_active or s.drops_max_flows
                         or s.drops_no_backend or s.drops_truncated or s.drops_send
                         or s.drops_max_udp_flows or s.proxy_header_errors
-                        or s.proxy_header_timeouts or s.proxy_direct):
+                        or s.proxy_header_timeouts or s.proxy_direct or s.queued_now
+                        or s.queued_total or s.queue_timeouts or s.queue_wait_ms):
                     services[i] = dict(zip(_SERVICE_KEYS, (
                         s.conns_total, s.conns_active, s.rejected, s.no_backend,
                         s.bytes_to_backend, s.bytes_to_client, s.accept_errors,
                         s.datagrams_in, s.datagrams_out, s.flows_created, s.flows_expired,
                         s.flows_active, s.drops_max_flows, s.drops_no_backend,
                         s.drops_truncated, s.drops_send, s.drops_max_udp_flows,
-                        s.proxy_header_errors, s.proxy_header_timeouts, s.proxy_direct)))
+                        s.proxy_header_errors, s.proxy_header_timeouts, s.proxy_direct,
+                        s.queued_now, s.queued_total, s.queue_timeouts, s.queue_wait_ms)))
             for i in range(st.n_be):  # ids no table named were never counted
                 b = &st.be[i]
                 if (b.conns_total or b.conns_active or b.connect_failures
@@ -398,6 +401,7 @@ cdef class Dataplane:
                     "duration": x.duration, "bytes_to_backend": x.bytes_to_backend,
                     "bytes_to_client": x.bytes_to_client, "reason": _CLOSE_REASONS[x.reason],
                     "peer": _peer(x.peer_family, x.peer_addr, x.peer_port),
+                    "queued": x.queued_ms / 1000.0,
                 })
         finally:
             free(arr)
@@ -651,6 +655,7 @@ cdef class Dataplane:
             "udp_gso_datagrams": r.udp_gso_datagrams, "udp_gro_datagrams": r.udp_gro_datagrams,
             "udp_poll_sleeps": r.udp_poll_sleeps,
             "loop_iterations": r.loop_iterations, "close_passes": r.close_passes,
+            "queue_kicks": r.queue_kicks,
             "fast_open_attempts": fo_attempts, "fast_open_syn_data": fo_syn_data,
             "fast_open_syn_bytes": fo_syn_bytes,
         }

@@ -160,6 +160,13 @@ class Service:
     # a client outside every prefix connects directly and sends none. () = every client sends
     # one. At most 64 prefixes; docs/configuration.md, accept_proxy_from
     accept_proxy_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # TCP only: how long (seconds) a client may wait, accepted and unread, while every
+    # eligible backend is at its max_connections; 0 = no queue, such a client is refused at
+    # once (`rejected`). docs/configuration.md, queue_timeout
+    queue_timeout: float = 0.0
+    # TCP only, with queue_timeout: clients waiting at once (all workers together); one more
+    # is refused (`rejected`). docs/configuration.md, max_queue
+    max_queue: int = 1024
     # the service's `source` as written (its backends without their own inherit it: read
     # Backend.source, the effective one); None = none
     source: str | None = None

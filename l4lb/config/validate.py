@@ -97,6 +97,7 @@ MAX_DURATION_MS = 24 * 3_600_000  # every duration is at most 24h
 U32_MAX = 2**32 - 1
 MAX_WORKERS = 256
 MAX_RETRIES = 16
+MAX_QUEUE = 65536  # max_queue: waiting clients of one service (each holds an fd and a session)
 TFO_CLIENT = 0x1  # net.ipv4.tcp_fastopen: clients may use TCP Fast Open
 MAX_WEIGHT = 256
 MAX_MAGLEV_TABLE_SIZE = 1_000_003
@@ -121,6 +122,7 @@ SERVICE_KEYS = (
     "backend_congestion_control", "backend_fast_open", "defer_accept", "udp_gro",
     "client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf", "proxy_protocol",
     "accept_proxy", "accept_proxy_timeout", "source", "accept_proxy_from", "agent",
+    "queue_timeout", "max_queue",
 )
 SOCKBUF_KEYS = ("client_sndbuf", "client_rcvbuf", "backend_sndbuf", "backend_rcvbuf")
 UDP_ONLY_KEYS = ("udp_idle_timeout", "max_flows", "responses", "session", "udp_gro")
@@ -130,7 +132,8 @@ TCP_ONLY_KEYS = {"connect_timeout": "", "retries": "", "idle_timeout": "udp_idle
                  "defer_accept": "", "client_sndbuf": "", "client_rcvbuf": "",
                  "backend_sndbuf": "", "backend_rcvbuf": "",
                  "proxy_protocol": "", "accept_proxy": "",
-                 "accept_proxy_timeout": "", "accept_proxy_from": ""}  # key -> UDP key instead
+                 "accept_proxy_timeout": "", "accept_proxy_from": "",
+                 "queue_timeout": "", "max_queue": ""}  # key -> UDP key instead
 FLOW_KEYS: tuple[FlowKey, ...] = ("src_ip_port", "src_ip")
 BACKEND_KEYS = ("address", "name", "weight", "max_connections", "backup", "source",
                 "agent_port", "agent_address", "agent_send")
@@ -996,6 +999,13 @@ class _Checker:
         accept_timeout = self.read_duration(scope, table, "accept_proxy_timeout",
                                             d.accept_proxy_timeout, zero_ok=False)
         accept_from = self.accept_proxy_from(scope, table, accept_proxy, protocol)
+        queue_timeout = self.read_duration(scope, table, "queue_timeout", d.queue_timeout,
+                                           zero_ok=True)
+        max_queue = self.read_int(scope, table, "max_queue", d.max_queue, 1, MAX_QUEUE)
+        if protocol == "tcp" and "max_queue" in table and "queue_timeout" not in table:
+            self.error((*scope.path, "max_queue"), f"{scope.label('max_queue')}: needs "
+                       "queue_timeout (without it a client that finds every backend at its "
+                       "max_connections is refused at once, and nothing waits)")
         if protocol == "tcp":
             for key in UDP_ONLY_KEYS:
                 if key in table:
@@ -1033,6 +1043,8 @@ class _Checker:
             accept_proxy_timeout=accept_timeout if protocol == "tcp" else d.accept_proxy_timeout,
             accept_proxy_from=accept_from,
             source=source,
+            queue_timeout=queue_timeout if protocol == "tcp" else 0.0,
+            max_queue=max_queue if protocol == "tcp" else d.max_queue,
             **(sockbuf if protocol == "tcp" else {}),
         )
 

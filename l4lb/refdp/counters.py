@@ -36,6 +36,11 @@ What each counter means (the C core, src_ext/core/dp.h, keeps the same ones):
            proxy_header_timeouts  clients reset because the header was not complete in time
            proxy_direct      (with accept_proxy_from) clients outside every listed prefix,
                              relayed without a header
+  tcp service (queue_timeout)
+           queued_now        clients waiting now for a backend slot
+           queued_total      clients that ever waited (each once)
+           queue_timeouts    waiting clients reset at queue_timeout
+           queue_wait_ms     ms waited by clients that left the queue, summed
   backend  conns_total       sessions whose connect to this backend succeeded
            conns_active      sessions assigned to it and still open (connecting or established)
            connect_failures  connects refused, unreachable or timed out; udp: flows ended by
@@ -58,7 +63,8 @@ SERVICE_FIELDS = ("conns_total", "conns_active", "rejected", "no_backend",
                   "datagrams_in", "datagrams_out", "flows_created", "flows_expired",
                   "flows_active", "drops_max_flows", "drops_no_backend", "drops_truncated",
                   "drops_send", "drops_max_udp_flows", "proxy_header_errors",
-                  "proxy_header_timeouts", "proxy_direct")
+                  "proxy_header_timeouts", "proxy_direct", "queued_now", "queued_total",
+                  "queue_timeouts", "queue_wait_ms")
 BACKEND_FIELDS = ("conns_total", "conns_active", "connect_failures",
                   "bytes_to_backend", "bytes_to_client",
                   "datagrams_to_backend", "datagrams_to_client", "flows_active", "flows_total")

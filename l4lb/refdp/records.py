@@ -29,9 +29,10 @@ def ring_capacity(capacity: int) -> int:
 
 def make_record(protocol: str, service_id: int, backend_id: int, client: tuple[str, int],
                 started: float, bytes_to_backend: int, bytes_to_client: int,
-                reason: str, peer: tuple[str, int] | None = None) -> dict[str, Any]:
+                reason: str, peer: tuple[str, int] | None = None,
+                queued: float = 0.0) -> dict[str, Any]:
     """One closed_sessions() record, closed now (peer: the real peer of an accept_proxy
-    session)."""
+    session; queued: seconds it waited in the service's queue)."""
     return {
         "protocol": protocol,
         "service_id": service_id,
@@ -43,6 +44,7 @@ def make_record(protocol: str, service_id: int, backend_id: int, client: tuple[s
         "bytes_to_client": bytes_to_client,
         "reason": reason,
         "peer": peer,
+        "queued": queued,
     }
 
 

@@ -259,6 +259,9 @@ class Session:
         self.reset_by = ""  # after a RESET outcome: "client_reset" or "backend_reset"
         self.client_mask = 0  # selector events the client socket is registered for
         self.backend_mask = 0  # selector events the backend socket is registered for
+        self.queued = False  # waiting in its worker's queue for a backend slot (queue_timeout)
+        self.queued_at = 0.0  # monotonic time it began to wait
+        self.queue_ms = 0  # ms it waited, set when it left the queue; 0 = never waited
         self.closed = False
 
     def connected(self, pool: PipePool) -> None:

@@ -1,9 +1,9 @@
 """State that all workers of one reference data plane share: the live table and the counts
 that limits and schedulers read across workers.
 
-Everything here except `table`, `congestion`, `fast_open`, `proxy`, `accept_proxy`, `sockbuf`
-and `sockbuf_force` is
-guarded by `lock`; `table` is replaced whole by publish() (one reference assignment) and read
+Everything here except `table`, `kicks` (filled before any worker starts, then only read),
+`congestion`, `fast_open`, `proxy`, `accept_proxy`, `sockbuf` and `sockbuf_force` is guarded
+by `lock`; `table` is replaced whole by publish() (one reference assignment) and read
 without the lock; `congestion`, `fast_open`, `proxy`, `accept_proxy` and `sockbuf` get
 single-key stores and
 reads (each
@@ -15,6 +15,7 @@ probed with.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from l4lb.refdp.livetable import LiveTable
@@ -35,6 +36,11 @@ class Shared:
     udp_flow_cap: int = 0  # at most this many UDP flows at once, 0 = no cap (set_udp_flow_cap)
     fd_ceiling: int = 0  # descriptors from here up are the control plane's (set_fd_ceiling);
     #                      0 = none. Read without the lock: one int, replaced whole
+    queued: dict[int, int] = field(default_factory=dict)  # clients waiting per service id
+    #                      (queue_timeout; l4lb.refdp.worker, "The queue"), all workers
+    queued_all: int = 0  # sum of queued (under lock; read without it as a hint, one int)
+    kicks: list[Callable[[], None]] = field(default_factory=list)  # one per worker: wake it
+    #                      when it holds waiting clients (a slot was freed elsewhere)
 
     def fd_high(self, fd: int) -> bool:
         """Whether fd is at or above the descriptor ceiling (the process is nearly full)."""

@@ -41,6 +41,24 @@ any other client goes on to step 3 at once, as without accept_proxy (proxy_direc
 A client that resets while its backend is still connecting ends its session at once (steps 3-4
 are abandoned; nothing is counted but the close).
 
+The queue (queue_timeout_ms > 0 in the service's record; the C relay's "The queue"). When the
+first pick of step 3 finds every weighted backend at its max_connections, the client waits in
+its worker's queue instead of being rejected, while fewer than max_queue clients of the service
+wait on all workers together (Shared.queued; else rejected as before); nothing is read from it.
+A new client of a service whose queue is not empty queues behind the others. When a session
+that held a backend ends (or an attempt fails), every worker with waiting clients is kicked
+(Shared.kicks: a byte on its wake-up socket; itself: q_kick) and, after its batch, tries its
+waiting clients oldest first, at most one failed pick per service (FIFO per service and
+worker); a worker with waiting clients also tries every QUEUE_RETRY seconds (table changes).
+A client still waiting at queue_timeout_ms is reset (queue_timeouts, close reason
+queue_timeout). A client that gives up while it waits leaves the queue: its first event is
+peeked; a reset, or a FIN with nothing before it, ends it at once; a FIN after data may be a
+half-close after a request and keeps it waiting (the C relay's relay_queue_fin). When data is
+waiting the level-triggered selector cannot watch the client further without reading, so each
+queue run polls such clients for a reset (POLLERR / POLLHUP; the C relay sees EPOLLHUP at
+once, here it takes up to QUEUE_RETRY). A stop closes every waiting client (rejected, close
+reason shutdown).
+
 Every end of a session goes through `_close_session(session, reset, reason)`, whose callers name
 the close reason (l4lb/dataplane.py); with the connection log on it queues one record in the
 worker's RecordQueue (l4lb.refdp.records), as do the refusals of steps 1 and 2 (no session, no
@@ -57,6 +75,7 @@ import heapq
 import itertools
 import os
 import queue
+import select
 import selectors
 import socket
 import threading
@@ -79,7 +98,7 @@ from l4lb.refdp.records import RecordQueue, make_record
 from l4lb.refdp.relay import Outcome, Session, State, reset_and_close
 from l4lb.refdp.shared import Shared, add_count
 from l4lb.refdp.udp import UPSTREAM, UdpListener, UdpRelay
-from l4lb.table.blob import PROTO_TCP, SCHED_MAGLEV, SCHED_SRCHASH
+from l4lb.table.blob import PROTO_TCP, SCHED_MAGLEV, SCHED_SRCHASH, ServiceRec
 from l4lb.table.sched import SchedWorker, pick
 
 T = TypeVar("T")
@@ -95,6 +114,8 @@ PIN_PEEK = 4096  # accept_proxy: bytes peeked per look at a client's PROXY heade
 COPY_PEEK = 16384  # fast open: bytes of a waiting client peeked for the SYN (the C default
 #                    copy buffer)
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+QUEUE_RETRY = 0.05  # seconds: a worker with waiting clients tries its queue at least this often
+#                     (the C relay's RELAY_QUEUE_RETRY_MS)
 
 # what a selector key's data says the fd is (and UPSTREAM: a UDP flow's backend socket)
 WAKE, LISTENER, UDP_LISTENER, CLIENT, BACKEND = (
@@ -179,6 +200,13 @@ class Worker:
         self.udp = UdpRelay(shared, self.counters, self.sched, self.sel, self._at,
                             self.log)  # UDP flows
         self.stopping = False  # stop() began: no listeners, sessions drain until deadline
+        self.waiting: dict[Session, None] = {}  # clients waiting for a backend slot, oldest
+        #                                         first ("The queue"); read by other threads
+        #                                         only for emptiness
+        self.q_kick = False  # a slot was freed (or a client queued): try the queue after this
+        #                      batch
+        self.q_retry = 0.0  # monotonic time of the next try even without a kick
+        shared.kicks.append(self._kick)
         self.error: BaseException | None = None  # what killed the loop, if anything
         self.thread = threading.Thread(target=self._run, name=f"l4lb-refdp-{index}",
                                        daemon=True)
@@ -249,6 +277,12 @@ class Worker:
             self.sel.unregister(lst.sock)
         lst.sock.detach()
 
+    def _kick(self) -> None:
+        """Any thread: a backend slot was freed; wake this worker when clients wait here."""
+        if self.waiting:
+            with contextlib.suppress(OSError):  # wake-ups pending already, or closed
+                self.wake_w.send(b"\0")
+
     def begin_stop(self, deadline: float) -> None:
         """Stop accepting and reading datagrams now; TCP sessions may finish until deadline
         (monotonic), then are reset; UDP flows relay replies until they have been idle for
@@ -261,6 +295,9 @@ class Worker:
             self.sel.unregister(udp.sock)
         self.udp.stopping()
         self.stopping = True
+        for session in list(self.waiting):  # no slot is promised to them: closed now
+            self.counters.service(session.service_id)["rejected"] += 1
+            self._close_session(session, reset=True, reason="shutdown")
         self._at(deadline, self._expire_all)
 
     def close_backends(self, backend_ids: frozenset[int],
@@ -337,6 +374,9 @@ class Worker:
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            if self.waiting:
+                due = max(0.0, self.q_retry - time.monotonic())
+                timeout = due if timeout is None else min(timeout, due)
             for key, mask in self.sel.select(timeout):
                 kind, obj = key.data
                 if kind == WAKE:
@@ -351,6 +391,8 @@ class Worker:
                 elif not obj.closed:
                     self._on_session_event(obj, kind, mask)
             self._run_timers()
+            if self.waiting and (self.q_kick or time.monotonic() >= self.q_retry):
+                self._queue_run()
 
     def _exit(self) -> None:
         with self.cmd_lock:
@@ -374,6 +416,7 @@ class Worker:
         self.wake_w.close()
 
     def _on_wake(self) -> None:
+        self.q_kick = True  # maybe another worker freed a slot
         try:
             while self.wake_r.recv(4096):
                 pass
@@ -526,7 +569,105 @@ class Worker:
                          lambda: self._pin_timer(session))
                 return
             counters["proxy_direct"] += 1  # accept_proxy_from: not listed, connects directly
+        if svc.queue_timeout_ms and self.shared.queued.get(service_id) and not self.stopping:
+            # clients of this service wait already: a newcomer queues behind them (the run
+            # after this batch dispatches it at once if a slot is free)
+            if not self._queue_wait(session, svc):
+                counters["rejected"] += 1
+                self._close_session(session, reset=True, reason="rejected")
+            return
         self._connect_next(session)
+
+    # --- the queue (queue_timeout) ----------------------------------------------------------
+
+    def _queue_wait(self, session: Session, svc: ServiceRec) -> bool:
+        """Put a client whose first pick found every backend full at the tail of the queue;
+        False when max_queue clients of the service wait already (all workers)."""
+        with self.shared.lock:
+            if self.shared.queued.get(session.service_id, 0) >= svc.max_queue:
+                return False
+            add_count(self.shared.queued, session.service_id, 1)
+            self.shared.queued_all += 1
+        session.queued = True
+        session.queued_at = time.monotonic()
+        if not self.waiting:
+            self.q_retry = session.queued_at + QUEUE_RETRY
+        self.waiting[session] = None
+        counters = self.counters.service(session.service_id)
+        counters["queued_now"] += 1
+        counters["queued_total"] += 1
+        self._at(session.queued_at + svc.queue_timeout_ms / 1000.0,
+                 lambda: self._queue_timer(session))
+        self.q_kick = True  # a slot freed between the pick and now kicked nobody: look again
+        return True
+
+    def _queue_leave(self, session: Session) -> None:
+        """Take a waiting client out of the queue (dispatched or closed)."""
+        del self.waiting[session]
+        session.queued = False
+        session.queue_ms = max(0, round((time.monotonic() - session.queued_at) * 1000))
+        with self.shared.lock:
+            add_count(self.shared.queued, session.service_id, -1)
+            self.shared.queued_all -= 1
+        counters = self.counters.service(session.service_id)
+        counters["queued_now"] -= 1
+        counters["queue_wait_ms"] += session.queue_ms
+
+    def _queue_timer(self, session: Session) -> None:
+        """queue_timeout: a client still waiting is reset."""
+        if session.closed or not session.queued:
+            return
+        self.counters.service(session.service_id)["queue_timeouts"] += 1
+        self._close_session(session, reset=True, reason="queue_timeout")
+
+    def _queue_kick(self) -> None:
+        """A backend slot was freed while clients wait somewhere: this worker tries its queue
+        after the batch, the others are woken."""
+        self.q_kick = True
+        for kick in self.shared.kicks:
+            if kick != self._kick:
+                kick()
+
+    def _queue_waiter_event(self, session: Session) -> None:
+        """The client of a waiting session stirred: a reset, or a FIN with nothing before it,
+        drops it; data stays in its socket (unwatched from now on; _queue_run polls it for a
+        reset), and so does a FIN after data (as the C relay's relay_queue_fin)."""
+        try:
+            data = session.client.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close_session(session, reset=True, reason="client_reset")
+            return
+        if not data:  # a FIN with nothing before it: the client gave up
+            self._close_session(session, reset=False, reason="client_closed")
+            return
+        # data waits (maybe followed by a FIN: a half-close after a request, which keeps it
+        # waiting); unwatched from now on, _queue_run polls it for a reset
+        self._register(session, CLIENT, 0)
+
+    def _queue_run(self) -> None:
+        """Dispatch waiting clients to freed slots: oldest first, and a service whose oldest
+        waiter found no slot keeps its younger ones waiting too (FIFO per service)."""
+        self.q_kick = False
+        self.q_retry = time.monotonic() + QUEUE_RETRY
+        watch = [s for s in self.waiting if s.client_mask == 0]
+        if watch:  # clients with data waiting: a reset shows as POLLERR / POLLHUP (their
+            #          FIN, after data, keeps them waiting)
+            poller = select.poll()
+            by_fd = {s.client.fileno(): s for s in watch}
+            for fd in by_fd:
+                poller.register(fd, 0)
+            for fd, ev in poller.poll(0):
+                if ev & (select.POLLHUP | select.POLLERR):
+                    self._close_session(by_fd[fd], reset=True, reason="client_reset")
+        blocked: set[int] = set()
+        for session in list(self.waiting):
+            if session.closed or not session.queued or session.service_id in blocked:
+                continue
+            self._connect_next(session)
+            if session.queued:
+                blocked.add(session.service_id)
 
     # --- the client's PROXY protocol header (accept_proxy) ----------------------------------
 
@@ -617,7 +758,14 @@ class Worker:
                     add_count(self.shared.sched.active, bid, 1)
         if live is None or svc is None or choice is None:
             if first and svc is not None and live is not None and live.any_weighted(svc, host):
-                counters["rejected"] += 1  # every weighted backend is at its max_connections
+                # every weighted backend is at its max_connections: a waiting client keeps its
+                # place; a new one waits when the service has a queue with room
+                if session.queued:
+                    return
+                if (svc.queue_timeout_ms and not self.stopping
+                        and self._queue_wait(session, svc)):
+                    return
+                counters["rejected"] += 1
                 reason = "rejected"
             else:
                 counters["conns_total"] += first
@@ -625,6 +773,8 @@ class Worker:
                 reason = "connect_failed" if session.failures else "no_backend"
             self._close_session(session, reset=True, reason=reason)
             return
+        if session.queued:  # a waiting client found its slot
+            self._queue_leave(session)
         counters["conns_total"] += first
         session.slot, index = choice
         session.pick_gen = live.generation
@@ -774,6 +924,8 @@ class Worker:
         self.counters.backend(bid)["conns_active"] -= 1
         with self.shared.lock:
             add_count(self.shared.sched.active, bid, -1)
+        if self.shared.queued_all:
+            self._queue_kick()
         if session.backend is not None:
             self._register(session, BACKEND, 0)
             session.backend.close()
@@ -825,6 +977,9 @@ class Worker:
 
     def _on_session_event(self, session: Session, kind: str, mask: int) -> None:
         if session.state is State.CONNECTING:
+            if kind == CLIENT and session.queued:
+                self._queue_waiter_event(session)
+                return
             if kind == CLIENT and session.pin_wait:
                 self._pin_read(session)
                 return
@@ -898,13 +1053,16 @@ class Worker:
         """End a session (every close goes through here), recording why when the log is on."""
         if session.closed:
             return
+        if session.queued:
+            self._queue_leave(session)
         if self.log.on:
             backend_id = session.backend_id
             if backend_id < 0 and session.tried_ids:
                 backend_id = session.tried_ids[-1]  # its last attempt failed: name that one
             self.log.add(make_record("tcp", session.service_id, backend_id, session.client_addr,
                                      session.started, session.bytes_to_backend,
-                                     session.bytes_to_client, reason, session.peer))
+                                     session.bytes_to_client, reason, session.peer,
+                                     session.queue_ms / 1000.0))
         self._register(session, CLIENT, 0)
         self._register(session, BACKEND, 0)
         session.close(reset)
@@ -916,4 +1074,6 @@ class Worker:
         self.counters.service(session.service_id)["conns_active"] -= 1
         if session.backend_id >= 0:
             self.counters.backend(session.backend_id)["conns_active"] -= 1
+            if self.shared.queued_all:  # a slot was freed while clients wait
+                self._queue_kick()
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from l4lb.table.maglev import is_prime
 
 MAGIC = b"L4LB"
-VERSION = 2
+VERSION = 3
 HEADER_SIZE = 32
-SERVICE_SIZE = 56
+SERVICE_SIZE = 64
 BACKEND_SIZE = 56
 PROXY_FROM_SIZE = 20
 MAX_PROXY_FROM = 64  # accept_proxy_from entries per service (a linear scan at accept)
@@ -49,7 +49,7 @@ NO_SOURCE = bytes(16)  # source_addr of a backend without a source address (sour
 SOURCE_CLIENT = 1
 
 _HEADER = struct.Struct("<4sHHIIIIII")
-_SERVICE = struct.Struct("<IBBBB12I")
+_SERVICE = struct.Struct("<IBBBB14I")
 _BACKEND = struct.Struct("<IBBH16sIIB3s16sI")
 _PROXY_FROM = struct.Struct("<BB2s16s")
 
@@ -60,7 +60,7 @@ class TableError(ValueError):
 
 @dataclass(frozen=True)
 class ServiceRec:
-    """One decoded 56-byte service record."""
+    """One decoded 64-byte service record."""
 
     service_id: int  # stable dense id < 1024
     protocol: int  # 0 tcp, 1 udp
@@ -79,6 +79,9 @@ class ServiceRec:
     responses: int = 0  # udp: a flow ends after this many datagrams from its backend, 0 = never
     proxy_from_first: int = 0  # index of the service's first proxy_from entry
     proxy_from_count: int = 0  # tcp: accept_proxy_from entries (<= 64); 0 = every client
+    queue_timeout_ms: int = 0  # tcp: how long a client may wait for a full backend, 0 = no
+    #                            queue (refused at once); udp: 0
+    max_queue: int = 0  # tcp: clients waiting at once (all workers), > 0 with a queue; else 0
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def _ring_bytes(ring: tuple[int, ...] | list[int]) -> bytes:
 
 
 def pack(table: Table) -> bytes:
-    """Encode a Table as a version-2 blob (no semantic checks: parse() does those)."""
+    """Encode a Table as a version-3 blob (no semantic checks: parse() does those)."""
     ns, nb, nr = len(table.services), len(table.backends), len(table.ring)
     npf = len(table.proxy_from)
     total = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb + 4 * nr + PROXY_FROM_SIZE * npf
@@ -203,6 +206,8 @@ def pack(table: Table) -> bytes:
                 s.responses,
                 s.proxy_from_first,
                 s.proxy_from_count,
+                s.queue_timeout_ms,
+                s.max_queue,
             )
         )
     for b in table.backends:
@@ -263,7 +268,7 @@ def _check_header(blob: bytes) -> tuple[int, int, int, int, int]:
     expect = HEADER_SIZE + SERVICE_SIZE * ns + BACKEND_SIZE * nb + 4 * nr + PROXY_FROM_SIZE * npf
     if expect != total:
         raise TableError(
-            f"header.total_size: {total} does not equal 32 + 56*{ns} + 56*{nb} + 4*{nr} + "
+            f"header.total_size: {total} does not equal 32 + 64*{ns} + 56*{nb} + 4*{nr} + "
             f"20*{npf} = {expect}"
         )
     return ns, nb, nr, npf, seed
@@ -330,6 +335,8 @@ def _check_services(
             responses,
             pf_first,
             pf_count,
+            q_timeout,
+            max_queue,
         ) = fields
         w = f"service[{i}]"
         if sid >= MAX_SERVICES:
@@ -400,6 +407,12 @@ def _check_services(
                 f"{w}.proxy_from_count: {pf_count} entries from {pf_first} overrun the {npf} "
                 "proxy_from entries"
             )
+        if proto == PROTO_UDP and q_timeout != 0:
+            raise TableError(f"{w}.queue_timeout_ms: {q_timeout} is not 0 (udp)")
+        if proto == PROTO_UDP and max_queue != 0:
+            raise TableError(f"{w}.max_queue: {max_queue} is not 0 (udp)")
+        if q_timeout and not max_queue:
+            raise TableError(f"{w}.max_queue: 0 although queue_timeout_ms is {q_timeout}")
         services.append(
             ServiceRec(
                 sid,
@@ -419,6 +432,8 @@ def _check_services(
                 responses,
                 pf_first,
                 pf_count,
+                q_timeout,
+                max_queue,
             )
         )
     return services

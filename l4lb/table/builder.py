@@ -294,6 +294,11 @@ class TableBuilder:
                     responses=min(svc.responses, U32_MAX) if udp else 0,
                     proxy_from_first=len(proxy_from),
                     proxy_from_count=len(pfrom),
+                    # a queue only where a timeout is set (docs/configuration.md, queue_timeout)
+                    queue_timeout_ms=(max(_ms(svc.queue_timeout), 1)
+                                      if not udp and svc.queue_timeout > 0 else 0),
+                    max_queue=(min(svc.max_queue, U32_MAX)
+                               if not udp and svc.queue_timeout > 0 else 0),
                 )
             )
             ring.extend(svc_ring)

@@ -12,7 +12,9 @@
  * Loop. One iteration: epoll_wait; load the live table; hand each event to its relay (a TCP
  * listener accepts, a UDP listener is read by recvmmsg, sockets of sessions and flows pump);
  * pump the TCP ready list; flush the UDP replies gathered in the iteration (relay_udp.c);
- * fire due timers of both tables; free what was closed; run queued commands. Under heavy UDP
+ * fire due timers of both tables; try the TCP queue when this worker holds waiting clients and
+ * a slot was freed (here, or on another worker: its eventfd write) or the queue's retry time
+ * came (relay_tcp.c, "The queue"); free what was closed; run queued commands. Under heavy UDP
  * load the worker switches to poll mode (relay_udp.c, "Polling"): a short sleep before a
  * non-blocking epoll_wait, so that arrivals queue up into deeper batches instead of waking it.
  *
@@ -274,6 +276,7 @@ static void dp_worker_internals(struct dp_worker *w, struct dp_internals *out)
     out->udp_poll_sleeps += __atomic_load_n(&w->cnt->udp_poll_sleeps, __ATOMIC_RELAXED);
     out->loop_iterations += __atomic_load_n(&w->cnt->loop_iterations, __ATOMIC_RELAXED);
     out->close_passes += __atomic_load_n(&w->cnt->close_passes, __ATOMIC_RELAXED);
+    out->queue_kicks += __atomic_load_n(&w->cnt->queue_kicks, __ATOMIC_RELAXED);
 }
 
 /* State passed to the snapshot callback. */
@@ -487,6 +490,10 @@ static int dp_worker_timeout(struct dp_worker *w)
         x = w->stop_deadline_ms > w->now_ms ? (int64_t)(w->stop_deadline_ms - w->now_ms) : 0;
         t = t < 0 || x < t ? x : t;
     }
+    if (w->q_n) { /* clients wait for a slot: look again at q_retry_ms at the latest */
+        x = w->q_retry_ms > w->now_ms ? (int64_t)(w->q_retry_ms - w->now_ms) : 0;
+        t = t < 0 || x < t ? x : t;
+    }
     if (t > 3600000)
         t = 3600000;
     return (int)t;
@@ -571,6 +578,11 @@ static void *dp_worker_main(void *arg)
             w->udp_polling = 0;
         ct_wheel_advance(&w->ct, w->now_ms, relay_tcp_expire, w);
         ct_wheel_advance(&w->uct, w->now_ms, relay_udp_expire, w);
+        /* waiting clients (relay_tcp.c, "The queue"): a slot freed here or on another worker
+         * (whose kick is the eventfd: cmds), or the retry tick */
+        if (__builtin_expect(w->q_n != 0, 0) &&
+            (w->q_kick || cmds || w->now_ms >= w->q_retry_ms))
+            relay_tcp_queue_run(w);
         relay_tcp_reap(w);
         relay_udp_reap(w);
         if (cmds)
@@ -580,6 +592,8 @@ static void *dp_worker_main(void *arg)
             for (i = 0; i < w->n_listeners; i++)
                 dp_listener_disarm(w, w->listeners[i]);
             relay_udp_stopping(w);
+            relay_tcp_queue_close_all(w); /* no slot is promised to them: closed now */
+            relay_tcp_reap(w);
         }
         if (w->paused_until_ms && w->now_ms >= w->paused_until_ms) {
             if (relay_reserve_fill(w) != 0) { /* still short of fds: stay paused */
@@ -1180,6 +1194,10 @@ int dp_stats(struct dp *dp, struct dp_stats *out)
             out->svc[k].proxy_header_errors += v[DP_SC_PROXY_HDR_ERRORS];
             out->svc[k].proxy_header_timeouts += v[DP_SC_PROXY_HDR_TIMEOUTS];
             out->svc[k].proxy_direct += v[DP_SC_PROXY_DIRECT];
+            out->svc[k].queued_now += (int64_t)v[DP_SC_QUEUED_NOW];
+            out->svc[k].queued_total += v[DP_SC_QUEUED_TOTAL];
+            out->svc[k].queue_timeouts += v[DP_SC_QUEUE_TIMEOUTS];
+            out->svc[k].queue_wait_ms += v[DP_SC_QUEUE_WAIT_MS];
         }
         for (k = 0; k < n_be; k++) {
             for (x = 0; x < DP_BC_N; x++)

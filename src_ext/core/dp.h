@@ -64,6 +64,11 @@ struct dp_svc_stats {
                                        header was not complete within the service's timeout */
     uint64_t proxy_direct;     /* tcp, accept_proxy with accept_proxy_from: clients outside
                                   every listed prefix, relayed without a header */
+    int64_t queued_now;        /* tcp, queue_timeout: clients waiting now for a backend slot */
+    uint64_t queued_total;     /* tcp: clients that ever waited (each once) */
+    uint64_t queue_timeouts;   /* tcp: waiting clients closed (RST) at queue_timeout */
+    uint64_t queue_wait_ms;    /* tcp: ms waited by clients that left the queue (dispatched,
+                                  timed out, hung up or closed at stop), summed */
 };
 
 /* Per-backend counters, summed over workers. */
@@ -160,6 +165,7 @@ enum dp_close_reason {
     DP_CLOSE_PROXY_HEADER,         /* tcp, accept_proxy: the client's PROXY protocol header was
                                       missing, invalid or cut short; no backend was chosen */
     DP_CLOSE_PROXY_TIMEOUT,        /* tcp, accept_proxy: the header did not arrive in time */
+    DP_CLOSE_QUEUE_TIMEOUT,        /* tcp: waited queue_timeout for a backend slot in vain */
     DP_CLOSE_N
 };
 
@@ -182,6 +188,8 @@ struct dp_conn_record {
     double duration;           /* seconds from started to the close, >= 0 */
     uint64_t bytes_to_backend; /* bytes (udp: payload bytes) written to the backend */
     uint64_t bytes_to_client;  /* bytes (udp: payload bytes) written to the client */
+    uint32_t queued_ms;        /* tcp: ms it waited in the service's queue (included in
+                                  duration), 0 when it never waited */
 };
 
 /* Internal figures for tests and benchmarks (summed over workers). */
@@ -222,6 +230,9 @@ struct dp_internals {
     uint64_t loop_iterations;  /* epoll_wait calls of the worker loops */
     uint64_t close_passes;     /* close-by-backend commands the workers ran (one per worker per
                                   dp_close_backends call, however many ids it named) */
+    uint64_t queue_kicks;      /* eventfd writes by which a worker that freed a backend slot
+                                  woke another worker holding waiting clients (relay_tcp.c,
+                                  "The queue") */
 };
 
 /* Create a data plane with n workers (1..DP_MAX_WORKERS). Nothing runs until dp_start(). */

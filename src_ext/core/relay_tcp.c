@@ -222,6 +222,40 @@
  * 20 of the 64 bytes that freed hold the peer's address and the skip count, with pin,
  * peer_family and peer_port in what was padding: 432 -> 384 bytes per session.
  *
+ * The queue. A service whose record has queue_timeout_ms (HAProxy's `timeout queue`) does not
+ * refuse a client whose first pick found every eligible backend at its max_connections: the
+ * capacity branch of relay_connect_next calls relay_queue_wait instead, which takes a place
+ * in sched_shared.queued[service] (one atomic fetch-add, undone beyond the record's max_queue:
+ * then the client is rejected as before), appends the session to the worker's waiting list
+ * (w->q_head/q_tail, linked through ready_prev/ready_next, which a session without a backend
+ * never uses), and arms the ct timer with the queue deadline. The session stays
+ * RELAY_CONNECTING with s->queued set and no backend: nothing is read from the client (its
+ * events only note data in cev, as while connecting; EPOLLHUP/EPOLLERR end it as client_reset,
+ * and so does a FIN with nothing before it as client_closed, while a FIN after data, which may
+ * be a half-close after a request, keeps it waiting: relay_queue_fin), it holds no pipe and no
+ * backend socket, and it still
+ * counts in svc_active (the service's max_connections, which never queues). A slot frees
+ * where a backend is released (relay_release_backend: a session ends, an attempt fails): there
+ * one relaxed load of sched_shared.queued_all, zero unless someone waits, is the whole cost
+ * to services without a queue. When it is not zero the worker sets w->q_kick and writes the
+ * eventfd of every other worker whose q_waiting is not zero; after its batch, a worker with
+ * waiting sessions that was kicked (or woken by the eventfd, or reached q_retry_ms, every
+ * RELAY_QUEUE_RETRY_MS while it holds any) runs relay_tcp_queue_run: oldest first, each
+ * waiting session picks again through relay_connect_next (a first pick: same scheduler, live
+ * table), and a service whose session still finds no slot is skipped for the rest of the pass,
+ * so a service's waiting sessions leave a worker in arrival order. One that gets a backend
+ * leaves the queue (relay_queue_leave: counts, timer, its wait in queue_ms) and connects as
+ * usual. A new client of a service whose queue is not empty queues behind it without picking
+ * (relay_new), and queuing a client kicks its own worker, so a slot freed between a failed pick
+ * and the queuing (when nobody was there to be kicked) is found after the batch. The deadline
+ * (relay_tcp_expire) resets it as queue_timeout; a stop resets every waiting session at once
+ * (relay_tcp_queue_close_all: rejected, reason shutdown). There is no order across workers:
+ * each serves its own waiting sessions oldest first, and a slot goes to the worker that picks
+ * first after it frees. The record is read when a session starts to wait, so a reload that
+ * changes the queue applies to new waits; a waiting session keeps its deadline and place and
+ * reads the live table at each pick (a removed service ends it as no_backend). What it costs
+ * is in docs/performance.md ("The queue for full backends").
+ *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
  * drops it from epoll) and queues it on the worker's graveyard; relay_tcp_reap() frees the slab
@@ -234,7 +268,8 @@
  * completes the pair is the second), a failed write blames the destination's side and a failed
  * read the source's (relay_pump's reset_dst / reset labels), the epoll error path the socket it
  * came from, the connect path rejected / no_backend / connect_failed, the timers idle_timeout,
- * stop shutdown, dp_close_backend_sessions() the reason its caller gives, drain_timeout or
+ * stop shutdown, the queue's deadline queue_timeout, dp_close_backend_sessions() the reason its
+ * caller gives, drain_timeout or
  * backend_down (shutdown once the worker is stopping: a second signal cutting the drain short),
  * local failures error. Clients
  * refused before they had a session (no service, the service's max_connections, no slab slot)
@@ -403,6 +438,25 @@ static void relay_drop_park(struct relay_dir *d)
     d->park_len = d->park_off = 0;
 }
 
+/* A backend slot was freed while clients wait somewhere: try this worker's queue after the
+ * batch, and wake every other worker that holds waiting clients (one eventfd write each). */
+static void relay_queue_kick(struct dp_worker *w)
+{
+    struct dp *dp = w->dp;
+    uint64_t one = 1;
+    uint32_t i;
+
+    w->q_kick = 1;
+    for (i = 0; i < dp->n_workers; i++) {
+        struct dp_worker *o = &dp->workers[i];
+        if (o != w && atomic_load_explicit(&o->q_waiting, memory_order_relaxed) &&
+            o->evfd >= 0) {
+            (void)!relay_write(o->evfd, &one, sizeof(one));
+            DP_CNT_ADD(&w->cnt->queue_kicks, 1);
+        }
+    }
+}
+
 /* Release the backend held by the current attempt (active counts). */
 static void relay_release_backend(struct dp_worker *w, struct relay_session *s)
 {
@@ -411,6 +465,71 @@ static void relay_release_backend(struct dp_worker *w, struct relay_session *s)
     atomic_fetch_sub_explicit(&w->dp->shared->active[s->backend_id], 1, memory_order_relaxed);
     dp_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, -1);
     s->backend_id = -1;
+    /* the whole cost of the queue where nobody waits: one relaxed load and a branch */
+    if (__builtin_expect(atomic_load_explicit(&w->dp->shared->queued_all,
+                                              memory_order_relaxed) != 0, 0))
+        relay_queue_kick(w);
+}
+
+/* Take a waiting session out of the worker's queue (dispatched or closed): counts, timer. */
+static void relay_queue_leave(struct dp_worker *w, struct relay_session *s)
+{
+    struct sched_shared *sh = w->dp->shared;
+    uint64_t waited = w->now_ms > s->last_active_ms ? w->now_ms - s->last_active_ms : 0;
+
+    if (s->ready_prev)
+        s->ready_prev->ready_next = s->ready_next;
+    else
+        w->q_head = s->ready_next;
+    if (s->ready_next)
+        s->ready_next->ready_prev = s->ready_prev;
+    else
+        w->q_tail = s->ready_prev;
+    s->ready_prev = s->ready_next = NULL;
+    s->queued = 0;
+    s->queue_ms = waited > UINT32_MAX ? UINT32_MAX : (uint32_t)waited;
+    w->q_n--;
+    atomic_store_explicit(&w->q_waiting, w->q_n, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&sh->queued[s->service_id], 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&sh->queued_all, 1, memory_order_relaxed);
+    dp_svc_add(w, s->service_id, DP_SC_QUEUED_NOW, -1);
+    dp_svc_add(w, s->service_id, DP_SC_QUEUE_WAIT_MS, (int64_t)s->queue_ms);
+    ct_timer_cancel(&w->ct, &s->ct);
+}
+
+/* Put a session whose first pick found every eligible backend full at the tail of the queue
+ * (svc->queue_timeout_ms != 0). Returns 0, or -ENOSPC when the service's max_queue clients
+ * wait already (the caller refuses it as before: rejected). */
+static int relay_queue_wait(struct dp_worker *w, struct relay_session *s,
+                            const struct dp_service *svc)
+{
+    struct sched_shared *sh = w->dp->shared;
+    int32_t prev = atomic_fetch_add_explicit(&sh->queued[s->service_id], 1, memory_order_relaxed);
+
+    if ((uint32_t)prev >= svc->max_queue) {
+        atomic_fetch_sub_explicit(&sh->queued[s->service_id], 1, memory_order_relaxed);
+        return -ENOSPC;
+    }
+    atomic_fetch_add_explicit(&sh->queued_all, 1, memory_order_relaxed);
+    s->queued = 1;
+    s->last_active_ms = w->now_ms; /* when it began to wait */
+    s->ready_next = NULL;
+    s->ready_prev = w->q_tail;
+    if (w->q_tail)
+        w->q_tail->ready_next = s;
+    else
+        w->q_head = s;
+    w->q_tail = s;
+    if (w->q_n++ == 0)
+        w->q_retry_ms = w->now_ms + RELAY_QUEUE_RETRY_MS;
+    atomic_store_explicit(&w->q_waiting, w->q_n, memory_order_relaxed);
+    dp_svc_add(w, s->service_id, DP_SC_QUEUED_NOW, 1);
+    dp_svc_add(w, s->service_id, DP_SC_QUEUED_TOTAL, 1);
+    ct_timer_arm(&w->ct, &s->ct, w->now_ms + svc->queue_timeout_ms);
+    /* a slot freed between the pick and now kicked nobody (this worker had no waiter yet):
+     * look again after the batch */
+    w->q_kick = 1;
+    return 0;
 }
 
 /* Fill one connection-log record of a TCP client (w->log_on): nothing, when the ring is full.
@@ -443,6 +562,7 @@ static void relay_log(struct dp_worker *w, const struct relay_session *s, uint32
     r->duration = now > started ? now - started : 0.0;
     r->bytes_to_backend = c2b;
     r->bytes_to_client = b2c;
+    r->queued_ms = s ? s->queue_ms : 0;
     connlog_ring_commit(w->log_ring);
 }
 
@@ -475,6 +595,8 @@ static void relay_kill(struct dp_worker *w, struct relay_session *s, int rst, ui
 {
     if (s->state == RELAY_DEAD)
         return;
+    if (__builtin_expect(s->queued, 0))
+        relay_queue_leave(w, s);
     if (__builtin_expect(w->log_on, 0))
         relay_log(w, s, s->service_id,
                   s->backend_id >= 0 ? s->backend_id
@@ -977,6 +1099,8 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
             break;
         }
         const struct dp_backend *b = &t->backends[idx];
+        if (__builtin_expect(s->queued, 0)) /* a waiting client found its slot */
+            relay_queue_leave(w, s);
         s->slot = slot;
         s->pick_gen = t->generation;
         if (first)
@@ -1011,7 +1135,13 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
             break;
     }
     if (first && weighted) {
-        /* every weighted backend is at its max_connections: a capacity refusal */
+        /* every weighted backend is at its max_connections: a capacity refusal, unless the
+         * service has a queue (relay_tcp.c, "The queue"): a waiting client keeps its place,
+         * a new one waits at the tail while there is room */
+        if (s->queued)
+            return;
+        if (svc && svc->queue_timeout_ms && !w->stopping && relay_queue_wait(w, s, svc) == 0)
+            return;
         dp_svc_add(w, s->service_id, DP_SC_REJECTED, 1);
         relay_kill(w, s, 1, DP_CLOSE_REJECTED);
         return;
@@ -1439,6 +1569,28 @@ static void relay_pin_read(struct dp_worker *w, struct relay_session *s, uint32_
     relay_connect_next(w, s);
 }
 
+/* A waiting client sent its FIN (EPOLLRDHUP). With no byte before it, it gave up: it leaves
+ * the queue (client_closed) and 1 is returned. With bytes before it, it may be a half-close
+ * after a request, which the backend must still get (HAProxy's default, without option
+ * abortonclose, is the same): it keeps waiting, 0. One peek of one byte tells, paid only by a
+ * waiting client's FIN. */
+static int relay_queue_fin(struct dp_worker *w, struct relay_session *s)
+{
+    uint8_t b;
+    ssize_t n;
+
+    do
+        n = relay_peek(s->cfd, &b, 1);
+    while (n < 0 && errno == EINTR);
+    if (n > 0)
+        return 0;
+    if (n == 0)
+        relay_kill(w, s, 0, DP_CLOSE_CLIENT_CLOSED);
+    else
+        relay_kill(w, s, 1, DP_CLOSE_CLIENT_RESET); /* EAGAIN cannot follow a FIN */
+    return 1;
+}
+
 void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
 {
     struct relay_session *s;
@@ -1460,7 +1612,11 @@ void relay_tcp_event(struct dp_worker *w, struct dp_ep *ep, uint32_t events)
             }
             /* a client that resets (or vanishes) while we connect ends the attempt at once;
              * its data and FIN wait in the socket (noted in cev): the pump reads them once
-             * connected */
+             * connected. A waiting client's FIN with nothing before it ends it too (see
+             * relay_queue_fin) */
+            if (__builtin_expect(s->queued, 0) && (events & EPOLLRDHUP) &&
+                !(events & (EPOLLERR | EPOLLHUP)) && relay_queue_fin(w, s))
+                return;
             if (events & (EPOLLERR | EPOLLHUP))
                 relay_kill(w, s, 1, DP_CLOSE_CLIENT_RESET);
             else
@@ -1526,6 +1682,12 @@ void relay_tcp_expire(struct ct_entry *e, void *arg)
     if (s->state == RELAY_DEAD)
         return;
     if (s->state == RELAY_CONNECTING) {
+        if (__builtin_expect(s->queued, 0)) {
+            /* no slot came free within queue_timeout */
+            dp_svc_add(w, s->service_id, DP_SC_QUEUE_TIMEOUTS, 1);
+            relay_kill(w, s, 1, DP_CLOSE_QUEUE_TIMEOUT);
+            return;
+        }
         if (__builtin_expect(s->pin >= RELAY_PIN_WAIT, 0)) {
             /* the whole header did not arrive in time */
             dp_svc_add(w, s->service_id, DP_SC_PROXY_HDR_TIMEOUTS, 1);
@@ -1580,6 +1742,38 @@ void relay_tcp_close_backends(struct dp_worker *w, struct dp_close_set *set, uin
 
     ct_foreach(&w->ct, relay_kill_if_backend, &b);
     relay_tcp_reap(w); /* between batches: no event or ready entry points at them any more */
+}
+
+void relay_tcp_queue_run(struct dp_worker *w)
+{
+    uint64_t blocked[DP_MAX_SERVICES / 64];
+    struct relay_session *s, *next;
+    uint32_t sid;
+
+    w->q_kick = 0;
+    w->q_retry_ms = w->now_ms + RELAY_QUEUE_RETRY_MS;
+    if (!w->q_head)
+        return;
+    memset(blocked, 0, sizeof(blocked));
+    for (s = w->q_head; s; s = next) {
+        next = s->ready_next; /* a dispatch touches only s: next stays valid */
+        sid = s->service_id;
+        if (blocked[sid / 64] >> (sid % 64) & 1u)
+            continue; /* an older client of its service is still waiting: FIFO */
+        relay_connect_next(w, s);
+        if (s->queued) /* still no slot: the service's younger waiters stay behind it */
+            blocked[sid / 64] |= 1ull << (sid % 64);
+    }
+}
+
+void relay_tcp_queue_close_all(struct dp_worker *w)
+{
+    struct relay_session *s;
+
+    while ((s = w->q_head) != NULL) {
+        dp_svc_add(w, s->service_id, DP_SC_REJECTED, 1);
+        relay_kill(w, s, 1, DP_CLOSE_SHUTDOWN);
+    }
 }
 
 void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out)
@@ -1661,6 +1855,8 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
     s->pp = s->pp_sent = s->pp_pending = 0;
     s->pin = RELAY_PIN_NONE;
     s->peer_family = 0;
+    s->queued = 0;
+    s->queue_ms = 0;
     e->key.proto = DP_PROTO_TCP;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
@@ -1701,6 +1897,18 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
             return;
         }
         relay_pin_direct(w, s);
+    }
+    if (__builtin_expect(svc->queue_timeout_ms != 0, 0) &&
+        atomic_load_explicit(&w->dp->shared->queued[sid], memory_order_relaxed) > 0 &&
+        !w->stopping) {
+        /* clients of this service wait already: a newcomer takes its place behind them
+         * rather than a slot one of them is due (the run after the batch dispatches it at
+         * once if a slot is free) */
+        if (relay_queue_wait(w, s, svc) == 0)
+            return;
+        dp_svc_add(w, sid, DP_SC_REJECTED, 1);
+        relay_kill(w, s, 1, DP_CLOSE_REJECTED);
+        return;
     }
     relay_connect_next(w, s);
 }

@@ -42,6 +42,8 @@
                                         a backend socket and a pipe (relay_reserve_spend) */
 #define RELAY_SPLICE_LEN (1u << 20)  /* length asked of one splice into a pipe */
 #define RELAY_EV_UNKNOWN 0xffffffffu /* relay_established(): connected at once, no event mask */
+#define RELAY_QUEUE_RETRY_MS 50u     /* a worker with waiting clients tries its queue at least
+                                        this often (table changes, a missed kick) */
 
 /* Per-worker counter slots (plain single-writer counters, read with relaxed loads). */
 enum dp_svc_counter {
@@ -52,7 +54,9 @@ enum dp_svc_counter {
     DP_SC_FLOWS_ACTIVE, DP_SC_DROPS_MAX_FLOWS, DP_SC_DROPS_NO_BACKEND, DP_SC_DROPS_TRUNCATED,
     DP_SC_DROPS_SEND, DP_SC_DROPS_MAX_UDP_FLOWS,
     /* tcp, accept_proxy (relay_tcp.c, "Receiving the PROXY protocol") */
-    DP_SC_PROXY_HDR_ERRORS, DP_SC_PROXY_HDR_TIMEOUTS, DP_SC_PROXY_DIRECT, DP_SC_N
+    DP_SC_PROXY_HDR_ERRORS, DP_SC_PROXY_HDR_TIMEOUTS, DP_SC_PROXY_DIRECT,
+    /* tcp, queue_timeout (relay_tcp.c, "The queue") */
+    DP_SC_QUEUED_NOW, DP_SC_QUEUED_TOTAL, DP_SC_QUEUE_TIMEOUTS, DP_SC_QUEUE_WAIT_MS, DP_SC_N
 };
 enum dp_be_counter {
     DP_BC_CONNS_TOTAL, DP_BC_CONNS_ACTIVE, DP_BC_CONNECT_FAILURES,
@@ -84,6 +88,8 @@ struct dp_counters {
                                                way; relay_udp.c, "GRO buffers") */
     uint64_t udp_poll_sleeps;               /* poll-mode sleeps (see relay_udp.c, "Polling") */
     uint64_t loop_iterations;               /* epoll_wait calls of the worker loop */
+    uint64_t queue_kicks;                   /* eventfd writes to other workers holding waiting
+                                               clients (relay_queue_kick) */
     uint64_t close_passes;                  /* close-by-backend commands run, each one pass
                                                over the sessions and flows (dp.c) */
     uint64_t connlog_dropped;               /* connection-log records refused (ring full) */
@@ -199,6 +205,11 @@ struct relay_session {
     uint32_t connect_timeout_ms;   /* per attempt, copied at accept */
     uint32_t idle_timeout_ms;      /* 0 = none, copied at accept */
     uint16_t peer_port;            /* accept_proxy: the real peer's port, host order */
+    uint8_t queued;                /* 1 while waiting in the worker's queue for a backend slot
+                                      (state RELAY_CONNECTING, no backend, nothing read; the
+                                      queue borrows ready_prev/ready_next, a waiting session is
+                                      never on the ready list; last_active_ms is when it began
+                                      to wait); in what was padding */
     uint64_t pick_gen;             /* generation of the table used for the last pick */
     uint64_t last_active_ms;       /* monotonic ms of the last byte moved */
     double started;                /* unix time of accept */
@@ -214,8 +225,13 @@ struct relay_session {
                                       socket until the attempt connects, 0 = none */
     uint16_t tried_ids[RELAY_MAX_TRIES]; /* backend ids attempted (excluded on retry); ids
                                             are below DP_MAX_BACKENDS (65536) */
-    uint32_t pin_skip;             /* RELAY_PIN_SKIP_*: header bytes (version 2 TLVs) still to
+    union {                        /* two phases that never overlap: the header is read before
+                                      any pick, so before any wait */
+        uint32_t pin_skip;         /* RELAY_PIN_SKIP_*: header bytes (version 2 TLVs) still to
                                       discard once its addresses were read, 0 = none */
+        uint32_t queue_ms;         /* once it left the queue: ms it waited there, 0 = never
+                                      (the connection log's queued) */
+    };
     uint8_t peer_addr[16];         /* accept_proxy: the real peer's address, network order,
                                       IPv4 in the first 4 bytes */
 };
@@ -349,6 +365,15 @@ struct dp_worker {
     uint8_t udp_more;              /* a UDP read stopped at its budget: more may be waiting */
     uint8_t log_on;                /* connection log on: each close leaves a record in log_ring
                                       (written by this worker only, in a command) */
+    struct relay_session *q_head;  /* oldest client waiting for a backend slot (relay_tcp.c,
+                                      "The queue"; linked through ready_prev/ready_next) */
+    struct relay_session *q_tail;  /* newest waiting client */
+    uint32_t q_n;                  /* clients in this worker's queue */
+    _Atomic uint32_t q_waiting;    /* shared: q_n for other workers, who kick this one's eventfd
+                                      when they free a slot while it is not 0 */
+    uint8_t q_kick;                /* a slot was freed (or a client queued) in this batch: try
+                                      the queue after it */
+    uint64_t q_retry_ms;           /* try the queue again at this time even without a kick */
     struct connlog_ring *log_ring; /* this worker's record ring (NULL until the log is first
                                       turned on); the worker produces, dp_closed_sessions
                                       consumes under dp->log_lock; replaced only in a command
@@ -486,6 +511,10 @@ void relay_tcp_close_all(struct dp_worker *w);
 void relay_tcp_info(const struct relay_session *s, struct dp_session_info *out);
 void relay_tcp_pause_listeners(struct dp_worker *w);
 void relay_tcp_close_backends(struct dp_worker *w, struct dp_close_set *set, uint8_t reason);
+/* relay_tcp.c, "The queue": dispatch waiting clients to freed slots (oldest first per service),
+ * and close every waiting client at a stop (counted rejected, logged shutdown). */
+void relay_tcp_queue_run(struct dp_worker *w);
+void relay_tcp_queue_close_all(struct dp_worker *w);
 
 /* relay_tcp.c, shared with relay_udp.c: fill ss with backend b's address; returns its length. */
 socklen_t relay_backend_addr(const struct dp_backend *b, struct sockaddr_storage *ss);

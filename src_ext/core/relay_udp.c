@@ -391,6 +391,7 @@ static void udp_log(struct dp_worker *w, const struct relay_udp_flow *f, uint8_t
     r->duration = now > f->started ? now - f->started : 0.0;
     r->bytes_to_backend = f->bytes_c2b;
     r->bytes_to_client = f->bytes_b2c;
+    r->queued_ms = 0; /* flows never wait in a queue */
     connlog_ring_commit(w->log_ring);
 }
 

@@ -24,7 +24,7 @@
 #include "table.h"
 
 #define TABLE_HEADER_SIZE 32u  /* bytes of the header */
-#define TABLE_SERVICE_SIZE 56u /* bytes of one service record */
+#define TABLE_SERVICE_SIZE 64u /* bytes of one service record */
 #define TABLE_BACKEND_SIZE 56u /* bytes of one backend record */
 #define TABLE_PROXY_FROM_SIZE 20u /* bytes of one proxy_from entry (bytes only: no alignment) */
 
@@ -96,7 +96,7 @@ static int table_check_header(const uint8_t *blob, size_t len, uint32_t *ns, uin
              (uint64_t)TABLE_PROXY_FROM_SIZE * *np;
     if (expect != total)
         return table_fail(err, errlen,
-                          "header.total_size: %u does not equal 32 + 56*%u + 56*%u + 4*%u + "
+                          "header.total_size: %u does not equal 32 + 64*%u + 56*%u + 4*%u + "
                           "20*%u = %llu",
                           total, *ns, *nb, *nr, *np, (unsigned long long)expect);
     return 0;
@@ -190,6 +190,8 @@ static int table_check_service(struct dp_table *t, const uint8_t *rec, uint32_t 
     s->responses = table_rd32(rec + 44);
     s->proxy_from_first = table_rd32(rec + 48);
     s->proxy_from_count = table_rd32(rec + 52);
+    s->queue_timeout_ms = table_rd32(rec + 56);
+    s->max_queue = table_rd32(rec + 60);
 
     if (s->service_id >= DP_MAX_SERVICES)
         return table_fail(err, errlen, "service[%u].service_id: %u is not below 1024", i,
@@ -290,6 +292,15 @@ static int table_check_service(struct dp_table *t, const uint8_t *rec, uint32_t 
                           "service[%u].proxy_from_count: %u entries from %u overrun the %u "
                           "proxy_from entries",
                           i, s->proxy_from_count, s->proxy_from_first, t->n_proxy_from);
+    if (s->protocol == DP_PROTO_UDP && s->queue_timeout_ms != 0)
+        return table_fail(err, errlen, "service[%u].queue_timeout_ms: %u is not 0 (udp)", i,
+                          s->queue_timeout_ms);
+    if (s->protocol == DP_PROTO_UDP && s->max_queue != 0)
+        return table_fail(err, errlen, "service[%u].max_queue: %u is not 0 (udp)", i,
+                          s->max_queue);
+    if (s->queue_timeout_ms && !s->max_queue)
+        return table_fail(err, errlen, "service[%u].max_queue: 0 although queue_timeout_ms is %u",
+                          i, s->queue_timeout_ms);
     return 0;
 }
 

@@ -12,7 +12,7 @@
 #include <stdatomic.h>
 
 #define DP_TABLE_MAGIC "L4LB"
-#define DP_TABLE_VERSION 2
+#define DP_TABLE_VERSION 3
 #define DP_MAX_SERVICES 1024u
 #define DP_MAX_BACKENDS 65536u
 #define DP_MAX_WEIGHT 256u
@@ -33,7 +33,7 @@ enum dp_flow_key { DP_FLOW_SRC_IP_PORT = 0, DP_FLOW_SRC_IP = 1 }; /* udp: what k
 #define DP_BACKEND_FLAG_BACKUP 0x01u  /* informational */
 #define DP_BACKEND_FLAG_DOWN 0x02u    /* health DOWN or maintenance: its UDP flows move */
 
-/* One service, decoded from its 56-byte record. */
+/* One service, decoded from its 64-byte record. */
 struct dp_service {
     uint32_t service_id;          /* stable dense id, index of per-service counters */
     uint8_t protocol;             /* enum dp_proto */
@@ -53,6 +53,11 @@ struct dp_service {
     uint32_t proxy_from_first;    /* index of the first entry in dp_table.proxy_from */
     uint32_t proxy_from_count;    /* tcp: accept_proxy_from entries (<= DP_MAX_PROXY_FROM); 0 =
                                      every client sends a PROXY header (when accept_proxy is on) */
+    uint32_t queue_timeout_ms;    /* tcp: how long a client may wait while every eligible backend
+                                     is at its max_connections, 0 = no queue (refused at once,
+                                     `rejected`); udp: 0 (relay_tcp.c, "The queue") */
+    uint32_t max_queue;           /* tcp: clients waiting at once, all workers together; > 0
+                                     when queue_timeout_ms is; udp: 0 */
 };
 
 /* One accept_proxy_from prefix, decoded from its 20-byte entry. */
@@ -139,6 +144,10 @@ struct sched_shared {
     _Atomic uint32_t rr_next[DP_MAX_SERVICES];  /* round-robin counter per service id */
     _Atomic int32_t active[DP_MAX_BACKENDS];    /* open sessions per backend id, all workers */
     _Atomic int32_t svc_active[DP_MAX_SERVICES]; /* open sessions per service id, all workers */
+    _Atomic int32_t queued[DP_MAX_SERVICES];    /* clients waiting per service id, all workers
+                                                   (relay_tcp.c, "The queue") */
+    _Atomic int32_t queued_all;                 /* sum of queued[]: 0 = nobody waits, the one
+                                                   load a session's end pays */
 };
 
 /* Scheduler state private to one worker. */

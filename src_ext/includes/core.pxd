@@ -38,6 +38,10 @@ cdef extern from "dp.h" nogil:
         uint64_t proxy_header_errors
         uint64_t proxy_header_timeouts
         uint64_t proxy_direct
+        int64_t queued_now
+        uint64_t queued_total
+        uint64_t queue_timeouts
+        uint64_t queue_wait_ms
 
     struct dp_be_stats:
         uint64_t conns_total
@@ -108,6 +112,7 @@ cdef extern from "dp.h" nogil:
         double duration
         uint64_t bytes_to_backend
         uint64_t bytes_to_client
+        uint32_t queued_ms
 
     struct dp_internals_s "dp_internals":
         uint64_t pipes_created
@@ -144,6 +149,7 @@ cdef extern from "dp.h" nogil:
         uint64_t udp_poll_sleeps
         uint64_t loop_iterations
         uint64_t close_passes
+        uint64_t queue_kicks
 
     int dp_create(uint32_t n_workers, dp **out)
     int dp_set_tuning(dp *d, uint32_t copy_threshold, uint32_t pipe_size, int copy_only)

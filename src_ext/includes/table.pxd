@@ -50,6 +50,8 @@ cdef extern from "table.h" nogil:
         uint32_t responses
         uint32_t proxy_from_first
         uint32_t proxy_from_count
+        uint32_t queue_timeout_ms
+        uint32_t max_queue
 
     struct dp_proxy_from:
         uint8_t family

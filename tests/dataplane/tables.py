@@ -65,6 +65,8 @@ class ServiceSpec:
     max_flows: int = 0  # udp: flows at once, 0 = unlimited
     responses: int = 0  # udp: a flow ends after this many datagrams from its backend
     proxy_from: tuple[str, ...] = ()  # tcp: accept_proxy_from prefixes ("10.0.0.0/8", "::1")
+    queue_timeout_ms: int = 0  # tcp: wait this long for a full backend, 0 = no queue
+    max_queue: int = 0  # tcp: waiting clients at once (0 with a queue: 1024)
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def build_table(services: list[ServiceSpec], hash_seed: int = 0,
             backend_count=len(ordered), ring_first=len(ring), ring_size=len(ring_entries),
             flow_key=FLOW_KEYS.index(spec.flow_key), max_flows=spec.max_flows,
             responses=spec.responses, proxy_from_first=len(proxy_from),
-            proxy_from_count=len(spec.proxy_from),
+            proxy_from_count=len(spec.proxy_from), queue_timeout_ms=spec.queue_timeout_ms,
+            max_queue=(spec.max_queue or 1024) if spec.queue_timeout_ms else spec.max_queue,
         ))
         ring.extend(ring_entries)
         proxy_from.extend(ProxyFromRec.of(ipaddress.ip_network(n)) for n in spec.proxy_from)

@@ -33,7 +33,7 @@ from .tables import BackendSpec, ServiceSpec
 
 HOST = "127.0.0.1"
 RECORD_KEYS = {"protocol", "service_id", "backend_id", "client", "started", "duration",
-               "bytes_to_backend", "bytes_to_client", "reason", "peer"}
+               "bytes_to_backend", "bytes_to_client", "reason", "peer", "queued"}
 
 
 def logged_lb(make_lb: MakeLB, services: list[ServiceSpec], capacity: int = 1024,
@@ -398,7 +398,7 @@ def test_api_checks_and_log_before_start(dp_impl: type[Any]) -> None:
 
 def test_every_reason_is_documented() -> None:
     """The strings the data planes may produce are the ones l4lb.dataplane lists."""
-    assert len(set(CLOSE_REASONS_TCP)) == 14 and len(set(CLOSE_REASONS_UDP)) == 8
+    assert len(set(CLOSE_REASONS_TCP)) == 15 and len(set(CLOSE_REASONS_UDP)) == 8
     if reference_requested():
         return
     from l4lb import _dataplane
@@ -420,11 +420,11 @@ static atomic_ulong taken, drained, reasons[DP_CLOSE_N];
 /* One round-robin tcp service (id 1) over the two echo backends (ids 0 and 1). */
 static size_t blob(uint8_t *b)
 {
-    size_t total = 32 + 56 + 2 * 56;
+    size_t total = 32 + 64 + 2 * 56;
     int lo = echo_port[0] < echo_port[1] ? 0 : 1;
     memset(b, 0, total);
     memcpy(b, "L4LB", 4);
-    put16(b + 4, 2);             /* blob version */
+    put16(b + 4, 3);             /* blob version */
     put16(b + 6, 32);
     put32(b + 8, 1);
     put32(b + 12, 2);
@@ -433,7 +433,7 @@ static size_t blob(uint8_t *b)
     put32(b + 32 + 8, 500);
     put32(b + 32 + 28, 2);
     for (int i = 0; i < 2; i++) {
-        uint8_t *r = b + 88 + 56 * i;
+        uint8_t *r = b + 96 + 56 * i;
         int which = i == 0 ? lo : 1 - lo;
         put32(r, (uint32_t)which);
         r[4] = 4;

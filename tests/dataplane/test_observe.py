@@ -15,7 +15,8 @@ HOST = "127.0.0.1"
 # every service and backend has every counter; TCP moves these, UDP the others
 TCP_SERVICE_KEYS = {"conns_total", "conns_active", "rejected", "no_backend", "bytes_to_backend",
                     "bytes_to_client", "accept_errors", "proxy_header_errors",
-                    "proxy_header_timeouts", "proxy_direct"}
+                    "proxy_header_timeouts", "proxy_direct", "queued_now", "queued_total",
+                    "queue_timeouts", "queue_wait_ms"}
 SERVICE_KEYS = TCP_SERVICE_KEYS | {"datagrams_in", "datagrams_out", "flows_created",
                                    "flows_expired", "flows_active", "drops_max_flows",
                                    "drops_no_backend", "drops_truncated", "drops_send",
@@ -94,7 +95,8 @@ def test_stats_count_per_service_and_backend(make_lb: MakeLB, servers: Servers) 
     assert {k: svc[k] for k in TCP_SERVICE_KEYS} == {
         "conns_total": 4, "conns_active": 0, "rejected": 0, "no_backend": 0,
         "bytes_to_backend": sum(sizes), "bytes_to_client": sum(sizes), "accept_errors": 0,
-        "proxy_header_errors": 0, "proxy_header_timeouts": 0, "proxy_direct": 0}
+        "proxy_header_errors": 0, "proxy_header_timeouts": 0, "proxy_direct": 0,
+        "queued_now": 0, "queued_total": 0, "queue_timeouts": 0, "queue_wait_ms": 0}
     for counters in list(stats["services"].values()) + list(stats["backends"].values()):
         udp_only = set(counters) - TCP_SERVICE_KEYS - TCP_BACKEND_KEYS
         assert {counters[k] for k in udp_only} == {0}  # no datagram, no flow

@@ -56,11 +56,11 @@ SERVICES = (
     ServiceRec(5, 1, 4, 1, 500, 30000, 0, 10, 3, 2, 7, 3, flow_key=1, max_flows=100, responses=1,
                proxy_from_first=2),
     ServiceRec(9, 0, 0, 0, 3000, 300000, 1, 0, 5, 1, 10, 0, proxy_from_first=2,
-               proxy_from_count=1),
+               proxy_from_count=1, queue_timeout_ms=5000, max_queue=10),
 )
 BASE = Table(77, SERVICES, BACKENDS, (*MAGLEV_RING, 0, 0, 1), PROXY_FROM)
 SVC_OFF = 32
-BK_OFF = 32 + 56 * 3
+BK_OFF = 32 + 64 * 3
 RING_OFF = BK_OFF + 56 * 6
 PF_OFF = RING_OFF + 4 * 10
 
@@ -78,7 +78,7 @@ def put(fmt: str, offset: int, value: int) -> Callable[[bytearray], bytearray]:
 
 
 def svc(i: int, field_offset: int, fmt: str, value: int) -> Callable[[bytearray], bytearray]:
-    return put(fmt, SVC_OFF + 56 * i + field_offset, value)
+    return put(fmt, SVC_OFF + 64 * i + field_offset, value)
 
 
 def bk(i: int, field_offset: int, fmt: str, value: int) -> Callable[[bytearray], bytearray]:
@@ -131,7 +131,7 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
         put("4s", 0, b"L4LC"),  # type: ignore[arg-type]
         'header.magic: 4c344c43 is not 4c344c42 ("L4LB")',
     ),
-    ("version", put("H", 4, 1), "header.version: 1 is not 2"),
+    ("version", put("H", 4, 1), "header.version: 1 is not 3"),
     ("header_size", put("H", 6, 40), "header.header_size: 40 is not 32"),
     (
         "total_size-length",
@@ -141,19 +141,19 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
     (
         "total_size-formula",
         grow,
-        f"header.total_size: {TOTAL + 4} does not equal 32 + 56*3 + 56*6 + 4*10 + 20*3 = "
+        f"header.total_size: {TOTAL + 4} does not equal 32 + 64*3 + 56*6 + 4*10 + 20*3 = "
         f"{TOTAL}",
     ),
     (
         "total_size-counts",
         put("I", 8, 4),
-        f"header.total_size: {TOTAL} does not equal 32 + 56*4 + 56*6 + 4*10 + 20*3 = "
-        f"{TOTAL + 56}",
+        f"header.total_size: {TOTAL} does not equal 32 + 64*4 + 56*6 + 4*10 + 20*3 = "
+        f"{TOTAL + 64}",
     ),
     (
         "total_size-n_proxy_from",
         put("I", 28, 4),
-        f"header.total_size: {TOTAL} does not equal 32 + 56*3 + 56*6 + 4*10 + 20*4 = "
+        f"header.total_size: {TOTAL} does not equal 32 + 64*3 + 56*6 + 4*10 + 20*4 = "
         f"{TOTAL + 20}",
     ),
     ("service_id-range", svc(1, 0, "I", 1024), "service[1].service_id: 1024 is not below 1024"),
@@ -221,6 +221,11 @@ CASES: list[tuple[str, Callable[[bytearray], bytearray], str]] = [
         svc(2, 52, "I", 2),
         "service[2].proxy_from_count: 2 entries from 2 overrun the 3 proxy_from entries",
     ),
+    ("queue_timeout_ms-udp", svc(1, 56, "I", 5),
+     "service[1].queue_timeout_ms: 5 is not 0 (udp)"),
+    ("max_queue-udp", svc(1, 60, "I", 3), "service[1].max_queue: 3 is not 0 (udp)"),
+    ("max_queue-zero", svc(2, 60, "I", 0),
+     "service[2].max_queue: 0 although queue_timeout_ms is 5000"),
     ("proxy_from-family", pf(1, 0, 5), "proxy_from[1].family: 5 is not 4 or 6"),
     ("proxy_from-prefix_len-v4", pf(0, 1, 33), "proxy_from[0].prefix_len: 33 is above 32 (IPv4)"),
     (
@@ -367,7 +372,7 @@ def test_base_blob_is_valid_in_both(cdp: types.ModuleType) -> None:
     blob = pack(BASE)
     assert parse(blob) == BASE
     cdp.table_check(blob)
-    assert len(blob) == 32 + 56 * 3 + 56 * 6 + 4 * 10 + 20 * 3
+    assert len(blob) == 32 + 64 * 3 + 56 * 6 + 4 * 10 + 20 * 3
 
 
 @pytest.mark.parametrize(("name", "mutate", "message"), CASES, ids=[c[0] for c in CASES])
@@ -415,15 +420,15 @@ def test_digest() -> None:
     # the digest ignores service and backend ids (they depend on a node's reload history) ...
     renumbered = bytearray(blob)
     struct.pack_into("<I", renumbered, 32, 77)  # service[0].service_id
-    struct.pack_into("<I", renumbered, 32 + 56 * len(SERVICES), 4242)  # backend[0].backend_id
+    struct.pack_into("<I", renumbered, 32 + 64 * len(SERVICES), 4242)  # backend[0].backend_id
     parse(bytes(renumbered))
     assert digest(bytes(renumbered)) == digest(blob)
     # ... and is the SHA-256 of the blob with those ids zeroed
     zeroed = bytearray(blob)
     for i in range(len(SERVICES)):
-        struct.pack_into("<I", zeroed, 32 + 56 * i, 0)
+        struct.pack_into("<I", zeroed, 32 + 64 * i, 0)
     for i in range(len(BACKENDS)):
-        struct.pack_into("<I", zeroed, 32 + 56 * len(SERVICES) + 56 * i, 0)
+        struct.pack_into("<I", zeroed, 32 + 64 * len(SERVICES) + 56 * i, 0)
     assert digest(blob) == hashlib.sha256(bytes(zeroed)).hexdigest()[:16]
 
 
@@ -514,6 +519,7 @@ def tables(draw: st.DrawFn) -> Table:
             svc_ring = []
         udp = draw(st.booleans())
         pfrom = [] if udp else draw(st.lists(networks(), max_size=3))
+        q_timeout = 0 if udp else draw(st.integers(0, 2**32 - 1))
         services.append(
             ServiceRec(
                 sid,
@@ -533,6 +539,8 @@ def tables(draw: st.DrawFn) -> Table:
                 responses=draw(st.integers(0, 2**32 - 1)) if udp else 0,
                 proxy_from_first=len(proxy_from),
                 proxy_from_count=len(pfrom),
+                queue_timeout_ms=q_timeout,
+                max_queue=draw(st.integers(1, 2**32 - 1)) if q_timeout else 0,
             )
         )
         backends.extend(own)

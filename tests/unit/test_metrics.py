@@ -88,6 +88,8 @@ def test_every_metric_has_its_type_and_help() -> None:
         "l4lb_service_no_backend": "counter", "l4lb_service_accept_errors": "counter",
         "l4lb_service_bytes": "counter", "l4lb_service_backends": "gauge",
         "l4lb_service_proxy_header_errors": "counter", "l4lb_service_proxy_direct": "counter",
+        "l4lb_service_queued": "gauge", "l4lb_service_queued_clients": "counter",
+        "l4lb_service_queue_timeouts": "counter", "l4lb_service_queue_wait_seconds": "counter",
         "l4lb_backend_connections": "counter", "l4lb_backend_connections_active": "gauge",
         "l4lb_backend_connect_failures": "counter", "l4lb_backend_bytes": "counter",
         "l4lb_backend_sessions_shut_down": "counter",
@@ -98,6 +100,23 @@ def test_every_metric_has_its_type_and_help() -> None:
     assert {n: f.type for n, f in fams.items()} == want
     for fam in fams.values():
         assert fam.documentation, fam.name
+
+
+def test_queue_metrics_only_for_services_with_a_queue() -> None:
+    def status() -> dict[str, Any]:
+        st = make_status()
+        web = st["services"][0]
+        web["tcp_options"] = {"queue_timeout": 5.0, "max_queue": 100}
+        web["counters"].update(queued_now=2, queued_total=9, queue_timeouts=3,
+                               queue_wait_ms=4500)
+        return st
+
+    fams = scrape(Exporter(status, process=False))
+    web = (("service", "web"),)
+    assert samples(fams, "l4lb_service_queued") == {web: 2}
+    assert samples(fams, "l4lb_service_queued_clients_total") == {web: 9}
+    assert samples(fams, "l4lb_service_queue_timeouts_total") == {web: 3}
+    assert samples(fams, "l4lb_service_queue_wait_seconds_total") == {web: 4.5}
 
 
 def test_info_and_daemon_gauges() -> None:
