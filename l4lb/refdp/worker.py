@@ -569,16 +569,24 @@ class Worker:
                          lambda: self._pin_timer(session))
                 return
             counters["proxy_direct"] += 1  # accept_proxy_from: not listed, connects directly
-        if svc.queue_timeout_ms and self.shared.queued.get(service_id) and not self.stopping:
-            # clients of this service wait already: a newcomer queues behind them (the run
-            # after this batch dispatches it at once if a slot is free)
-            if not self._queue_wait(session, svc):
-                counters["rejected"] += 1
-                self._close_session(session, reset=True, reason="rejected")
+        if self._queue_behind(session, svc):
             return
         self._connect_next(session)
 
     # --- the queue (queue_timeout) ----------------------------------------------------------
+
+    def _queue_behind(self, session: Session, svc: ServiceRec | None) -> bool:
+        """A client about to make its first pick (a new one, or one whose PROXY header was
+        just read) of a service whose clients wait already queues behind them (the run after
+        this batch dispatches it at once if a slot is free), or is refused when the queue is
+        full; True then, False when it picks as usual (the C relay's relay_queue_behind)."""
+        if (svc is None or not svc.queue_timeout_ms or self.stopping
+                or not self.shared.queued.get(session.service_id)):
+            return False
+        if not self._queue_wait(session, svc):
+            self.counters.service(session.service_id)["rejected"] += 1
+            self._close_session(session, reset=True, reason="rejected")
+        return True
 
     def _queue_wait(self, session: Session, svc: ServiceRec) -> bool:
         """Put a client whose first pick found every backend full at the tail of the queue;
@@ -724,6 +732,9 @@ class Worker:
             return
         session.pin_wait = False
         session.pin_buf = b""
+        live = self.shared.table
+        if self._queue_behind(session, live.service(session.service_id) if live else None):
+            return
         self._connect_next(session)
 
     # --- connecting -------------------------------------------------------------------------

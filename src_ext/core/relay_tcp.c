@@ -562,7 +562,9 @@ static void relay_log(struct dp_worker *w, const struct relay_session *s, uint32
     r->duration = now > started ? now - started : 0.0;
     r->bytes_to_backend = c2b;
     r->bytes_to_client = b2c;
-    r->queued_ms = s ? s->queue_ms : 0;
+    /* queue_ms shares its word with pin_skip: a client still owing (part of) its PROXY
+     * header never waited, whatever header bytes were left to skip */
+    r->queued_ms = s && s->pin < RELAY_PIN_WAIT ? s->queue_ms : 0;
     connlog_ring_commit(w->log_ring);
 }
 
@@ -1452,6 +1454,24 @@ local_failure:
     return -1;
 }
 
+/* A client about to make its first pick (relay_new, or relay_pin_read once its PROXY header
+ * was read) of a service (svc: live, may be NULL) whose clients wait already: it takes its
+ * place behind them rather than a slot one of them is due (the run after the batch dispatches
+ * it at once if a slot is free), or is refused when the queue is full. Returns 1 when it was
+ * queued or refused, 0 when it picks as usual. */
+static int relay_queue_behind(struct dp_worker *w, struct relay_session *s,
+                              const struct dp_service *svc)
+{
+    if (__builtin_expect(!svc || svc->queue_timeout_ms == 0, 1) || w->stopping ||
+        atomic_load_explicit(&w->dp->shared->queued[s->service_id], memory_order_relaxed) <= 0)
+        return 0;
+    if (relay_queue_wait(w, s, svc) == 0)
+        return 1;
+    dp_svc_add(w, s->service_id, DP_SC_REJECTED, 1);
+    relay_kill(w, s, 1, DP_CLOSE_REJECTED);
+    return 1;
+}
+
 /* A client of an accept_proxy service was admitted: remember the real peer, wait for its
  * header for at most timeout_ms (relay_tcp_expire). */
 static void relay_pin_start(struct dp_worker *w, struct relay_session *s, uint32_t timeout_ms)
@@ -1566,6 +1586,8 @@ static void relay_pin_read(struct dp_worker *w, struct relay_session *s, uint32_
     s->pin = s->pin == RELAY_PIN_SKIP_PROXY ? RELAY_PIN_PROXY : RELAY_PIN_LOCAL;
     ct_timer_cancel(&w->ct, &s->ct);
     s->cev = more | (events & EPOLLRDHUP); /* what relay_established pumps first */
+    if (w->table && relay_queue_behind(w, s, dp_table_service(w->table, s->service_id)))
+        return;
     relay_connect_next(w, s);
 }
 
@@ -1898,18 +1920,8 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
         }
         relay_pin_direct(w, s);
     }
-    if (__builtin_expect(svc->queue_timeout_ms != 0, 0) &&
-        atomic_load_explicit(&w->dp->shared->queued[sid], memory_order_relaxed) > 0 &&
-        !w->stopping) {
-        /* clients of this service wait already: a newcomer takes its place behind them
-         * rather than a slot one of them is due (the run after the batch dispatches it at
-         * once if a slot is free) */
-        if (relay_queue_wait(w, s, svc) == 0)
-            return;
-        dp_svc_add(w, sid, DP_SC_REJECTED, 1);
-        relay_kill(w, s, 1, DP_CLOSE_REJECTED);
+    if (relay_queue_behind(w, s, svc))
         return;
-    }
     relay_connect_next(w, s);
 }
 
