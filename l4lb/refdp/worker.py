@@ -45,8 +45,9 @@ The queue (queue_timeout_ms > 0 in the service's record; the C relay's "The queu
 first pick of step 3 finds every weighted backend at its max_connections, the client waits in
 its worker's queue instead of being rejected, while fewer than max_queue clients of the service
 wait on all workers together (Shared.queued; else rejected as before); nothing is read from it.
-A new client of a service whose queue is not empty queues behind the others. When a session
-that held a backend ends (or an attempt fails), every worker with waiting clients is kicked
+A new client of a service whose queue is not empty (with accept_proxy: once its header was
+read) queues behind the others. When a session that held a backend ends (or an attempt fails)
+while clients of its service wait, every worker with waiting clients is kicked
 (Shared.kicks: a byte on its wake-up socket; itself: q_kick) and, after its batch, tries its
 waiting clients oldest first, at most one failed pick per service (FIFO per service and
 worker); a worker with waiting clients also tries every QUEUE_RETRY seconds (table changes).
@@ -935,7 +936,7 @@ class Worker:
         self.counters.backend(bid)["conns_active"] -= 1
         with self.shared.lock:
             add_count(self.shared.sched.active, bid, -1)
-        if self.shared.queued_all:
+        if self.shared.queued.get(session.service_id):  # its own service's waiters only
             self._queue_kick()
         if session.backend is not None:
             self._register(session, BACKEND, 0)
@@ -1085,6 +1086,6 @@ class Worker:
         self.counters.service(session.service_id)["conns_active"] -= 1
         if session.backend_id >= 0:
             self.counters.backend(session.backend_id)["conns_active"] -= 1
-            if self.shared.queued_all:  # a slot was freed while clients wait
+            if self.shared.queued.get(session.service_id):  # a slot freed for its waiters
                 self._queue_kick()
 

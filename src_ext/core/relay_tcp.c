@@ -237,16 +237,18 @@
  * counts in svc_active (the service's max_connections, which never queues). A slot frees
  * where a backend is released (relay_release_backend: a session ends, an attempt fails): there
  * one relaxed load of sched_shared.queued_all, zero unless someone waits, is the whole cost
- * to services without a queue. When it is not zero the worker sets w->q_kick and writes the
- * eventfd of every other worker whose q_waiting is not zero; after its batch, a worker with
- * waiting sessions that was kicked (or woken by the eventfd, or reached q_retry_ms, every
- * RELAY_QUEUE_RETRY_MS while it holds any) runs relay_tcp_queue_run: oldest first, each
- * waiting session picks again through relay_connect_next (a first pick: same scheduler, live
- * table), and a service whose session still finds no slot is skipped for the rest of the pass,
- * so a service's waiting sessions leave a worker in arrival order. One that gets a backend
- * leaves the queue (relay_queue_leave: counts, timer, its wait in queue_ms) and connects as
- * usual. A new client of a service whose queue is not empty queues behind it without picking
- * (relay_new), and queuing a client kicks its own worker, so a slot freed between a failed pick
+ * to services without a queue. When it is not zero and clients of the session's own service
+ * wait (sched_shared.queued[service]: a backend's slot serves no other service) the worker
+ * sets w->q_kick and writes the eventfd of every other worker whose q_waiting is not zero;
+ * after its batch, a worker with waiting sessions that was kicked (or woken by the eventfd, or
+ * reached q_retry_ms, every RELAY_QUEUE_RETRY_MS while it holds any) runs relay_tcp_queue_run:
+ * oldest first, each waiting session picks again through relay_connect_next (a first pick:
+ * same scheduler, live table), and a service whose session still finds no slot is skipped
+ * for the rest of the pass, so a service's waiting sessions leave a worker in arrival order.
+ * One that gets a backend leaves the queue (relay_queue_leave: counts, timer, its wait in
+ * queue_ms) and connects as usual. A new client of a service whose queue is not empty queues behind it without picking
+ * (relay_queue_behind: from relay_new, or from relay_pin_read once a PROXY header was read),
+ * and queuing a client kicks its own worker, so a slot freed between a failed pick
  * and the queuing (when nobody was there to be kicked) is found after the batch. The deadline
  * (relay_tcp_expire) resets it as queue_timeout; a stop resets every waiting session at once
  * (relay_tcp_queue_close_all: rejected, reason shutdown). There is no order across workers:
@@ -465,9 +467,11 @@ static void relay_release_backend(struct dp_worker *w, struct relay_session *s)
     atomic_fetch_sub_explicit(&w->dp->shared->active[s->backend_id], 1, memory_order_relaxed);
     dp_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, -1);
     s->backend_id = -1;
-    /* the whole cost of the queue where nobody waits: one relaxed load and a branch */
+    /* the whole cost of the queue where nobody waits: one relaxed load and a branch. A slot
+     * of this backend serves only its own service's waiting clients: no kick for the others */
     if (__builtin_expect(atomic_load_explicit(&w->dp->shared->queued_all,
-                                              memory_order_relaxed) != 0, 0))
+                                              memory_order_relaxed) != 0, 0) &&
+        atomic_load_explicit(&w->dp->shared->queued[s->service_id], memory_order_relaxed) > 0)
         relay_queue_kick(w);
 }
 

@@ -193,6 +193,39 @@ def test_blocking_or_non_listening_sockets_are_refused() -> None:
     dp.stop(0)
 
 
+def test_queue_kicks_only_for_the_service_that_waits(c_lb: MakeCLB, servers: Servers) -> None:
+    """A client of service A waits on worker 1; sessions of service B (no queue, no waiters)
+    end on worker 0. Their slots are no use to A's waiter, so worker 0 must not write worker
+    1's eventfd for them (one system call per session end, and a queue pass over there)."""
+    echo = servers.start("echo", "echo")
+    other = servers.start("other", "echo")
+    lb = c_lb([ServiceSpec(SVC, (BackendSpec("echo", HOST, echo.port, max_connections=1),),
+                           queue_timeout_ms=5000),
+               ServiceSpec(SVC + 1, (BackendSpec("other", HOST, other.port),))])
+    own = {}
+    for worker, sid in ((1, SVC), (0, SVC + 1)):
+        sock = socket.create_server((HOST, 0), backlog=64)
+        sock.setblocking(False)
+        lb.listeners[2000 + worker] = [sock]  # closed with the others, after the stop
+        lb.dp.add_listener(sid, sock.fileno(), worker)
+        own[sid] = (HOST, sock.getsockname()[1])
+    with connect(own[SVC]) as holder, connect(own[SVC]) as waiter:
+        holder.sendall(b"h")
+        assert recv_exact(holder, 1) == b"h"
+        waiter.sendall(b"w")
+        assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
+        before = lb.dp._internals()["queue_kicks"]
+        for _ in range(20):  # sessions of the other service, on worker 0
+            with connect(own[SVC + 1]) as passer:
+                passer.sendall(b"b")
+                assert recv_exact(passer, 1) == b"b"
+        assert wait_for(lambda: lb.svc_stats(SVC + 1).get("conns_active") == 0, 3)
+        assert lb.dp._internals()["queue_kicks"] == before
+        holder.close()  # a slot of the waiter's own service: worker 1 is woken for it
+        assert recv_exact(waiter, 1) == b"w"
+    assert lb.svc_stats()["queued_now"] == 0
+
+
 def test_shared_active_counts_are_exact(c_lb: MakeCLB, servers: Servers) -> None:
     """sched_shared.active/svc_active (least_conn, max_connections) follow sessions exactly
     through retries, timeouts, resets and half-closes, and return to zero."""

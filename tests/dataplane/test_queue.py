@@ -9,8 +9,8 @@ up, and closed at a stop. Without the keys nothing changes (test_limits.py).
 from __future__ import annotations
 
 import contextlib
-import struct
 import socket
+import struct
 import threading
 import time
 
