@@ -245,11 +245,11 @@
  * oldest first, each waiting session picks again through relay_connect_next (a first pick:
  * same scheduler, live table), and a service whose session still finds no slot is skipped
  * for the rest of the pass, so a service's waiting sessions leave a worker in arrival order.
- * One that gets a backend leaves the queue (relay_queue_leave: counts, timer, its wait in
- * queue_ms) and connects as usual. A new client of a service whose queue is not empty queues behind it without picking
- * (relay_queue_behind: from relay_new, or from relay_pin_read once a PROXY header was read),
- * and queuing a client kicks its own worker, so a slot freed between a failed pick
- * and the queuing (when nobody was there to be kicked) is found after the batch. The deadline
+ * One that gets a backend leaves the queue (relay_queue_leave: counts, timer, its wait in queue_ms)
+ * and connects as usual. A new client of a service whose queue is not empty queues behind it
+ * without picking (relay_queue_behind: from relay_new, or from relay_pin_read once a PROXY header
+ * was read), and queuing a client kicks its own worker, so a slot freed between a failed pick and
+ * the queuing (when nobody was there to be kicked) is found after the batch. The deadline
  * (relay_tcp_expire) resets it as queue_timeout; a stop resets every waiting session at once
  * (relay_tcp_queue_close_all: rejected, reason shutdown). There is no order across workers:
  * each serves its own waiting sessions oldest first, and a slot goes to the worker that picks
