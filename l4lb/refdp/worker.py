@@ -50,7 +50,8 @@ read) queues behind the others. When a session that held a backend ends (or an a
 while clients of its service wait, every worker with waiting clients is kicked
 (Shared.kicks: a byte on its wake-up socket; itself: q_kick) and, after its batch, tries its
 waiting clients oldest first, at most one failed pick per service (FIFO per service and
-worker); a worker with waiting clients also tries every QUEUE_RETRY seconds (table changes).
+worker), skipping a service whose oldest client here is younger than another worker's oldest
+(Shared.q_issued tickets, Shared.q_first: FIFO across workers too); a worker with waiting clients also tries every QUEUE_RETRY seconds (table changes).
 A client still waiting at queue_timeout_ms is reset (queue_timeouts, close reason
 queue_timeout). A client that gives up while it waits leaves the queue: its first event is
 peeked; a reset, or a FIN with nothing before it, ends it at once; a FIN after data may be a
@@ -208,6 +209,9 @@ class Worker:
         #                      batch
         self.q_retry = 0.0  # monotonic time of the next try even without a kick
         shared.kicks.append(self._kick)
+        self.q_first: dict[int, int] = {}  # service id -> ticket of its oldest waiting client
+        #                                    here (under shared.lock; read by other workers)
+        shared.q_first.append(self.q_first)
         self.error: BaseException | None = None  # what killed the loop, if anything
         self.thread = threading.Thread(target=self._run, name=f"l4lb-refdp-{index}",
                                        daemon=True)
@@ -597,6 +601,10 @@ class Worker:
                 return False
             add_count(self.shared.queued, session.service_id, 1)
             self.shared.queued_all += 1
+            ticket = self.shared.q_issued.get(session.service_id, 0)
+            self.shared.q_issued[session.service_id] = ticket + 1
+            session.queue_ticket = ticket
+            self.q_first.setdefault(session.service_id, ticket)
         session.queued = True
         session.queued_at = time.monotonic()
         if not self.waiting:
@@ -618,6 +626,13 @@ class Worker:
         with self.shared.lock:
             add_count(self.shared.queued, session.service_id, -1)
             self.shared.queued_all -= 1
+            sid = session.service_id
+            if self.q_first.get(sid) == session.queue_ticket:  # its service's oldest here
+                later = [s.queue_ticket for s in self.waiting if s.service_id == sid]
+                if later:
+                    self.q_first[sid] = later[0]
+                else:
+                    del self.q_first[sid]
         counters = self.counters.service(session.service_id)
         counters["queued_now"] -= 1
         counters["queue_wait_ms"] += session.queue_ms
@@ -636,6 +651,16 @@ class Worker:
         for kick in self.shared.kicks:
             if kick != self._kick:
                 kick()
+
+    def _queue_older_elsewhere(self, session: Session) -> bool:
+        """Whether another worker holds an older waiting client of the session's service (the
+        session is the oldest of it here): the slot is that one's, so that a worker where
+        slots free does not serve its own newer clients over older ones elsewhere (the C
+        relay's relay_queue_older_elsewhere)."""
+        with self.shared.lock:
+            return any(first.get(session.service_id, session.queue_ticket)
+                       < session.queue_ticket
+                       for first in self.shared.q_first if first is not self.q_first)
 
     def _queue_waiter_event(self, session: Session) -> None:
         """The client of a waiting session stirred: a reset, or a FIN with nothing before it,
@@ -673,6 +698,9 @@ class Worker:
         blocked: set[int] = set()
         for session in list(self.waiting):
             if session.closed or not session.queued or session.service_id in blocked:
+                continue
+            if self._queue_older_elsewhere(session):  # that one's worker takes the slot
+                blocked.add(session.service_id)
                 continue
             self._connect_next(session)
             if session.queued:

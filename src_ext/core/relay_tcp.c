@@ -251,12 +251,16 @@
  * was read), and queuing a client kicks its own worker, so a slot freed between a failed pick and
  * the queuing (when nobody was there to be kicked) is found after the batch. The deadline
  * (relay_tcp_expire) resets it as queue_timeout; a stop resets every waiting session at once
- * (relay_tcp_queue_close_all: rejected, reason shutdown). There is no order across workers:
- * each serves its own waiting sessions oldest first, and a slot goes to the worker that picks
- * first after it frees. The record is read when a session starts to wait, so a reload that
- * changes the queue applies to new waits; a waiting session keeps its deadline and place and
- * reads the live table at each pick (a removed service ends it as no_backend). What it costs
- * is in docs/performance.md ("The queue for full backends").
+ * (relay_tcp_queue_close_all: rejected, reason shutdown). The order holds across workers: a
+ * waiting session takes a ticket of its service (sched_shared.q_issued; the union's queue_ticket)
+ * and each worker publishes the ticket of its oldest session of each service (w->q_first); a try
+ * skips a service whose oldest session here is younger than another worker's oldest
+ * (relay_queue_older_elsewhere), whose worker was kicked by the release or retries within
+ * RELAY_QUEUE_RETRY_MS. So a worker where slots keep freeing does not serve its own newcomers
+ * while an older client elsewhere waits out its deadline. The record is read when a session starts
+ * to wait, so a reload that changes the queue applies to new waits; a waiting session keeps its
+ * deadline and place and reads the live table at each pick (a removed service ends it as
+ * no_backend). What it costs is in docs/performance.md ("The queue for full backends").
  *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
@@ -480,7 +484,16 @@ static void relay_queue_leave(struct dp_worker *w, struct relay_session *s)
 {
     struct sched_shared *sh = w->dp->shared;
     uint64_t waited = w->now_ms > s->last_active_ms ? w->now_ms - s->last_active_ms : 0;
+    uint32_t sid = s->service_id;
+    struct relay_session *n;
 
+    if (atomic_load_explicit(&w->q_first[sid], memory_order_relaxed) ==
+        (RELAY_QUEUE_FIRST | s->queue_ticket)) { /* its service's oldest here: the next one */
+        for (n = s->ready_next; n && n->service_id != sid; n = n->ready_next)
+            ;
+        atomic_store_explicit(&w->q_first[sid], n ? RELAY_QUEUE_FIRST | n->queue_ticket : 0,
+                              memory_order_relaxed);
+    }
     if (s->ready_prev)
         s->ready_prev->ready_next = s->ready_next;
     else
@@ -515,6 +528,11 @@ static int relay_queue_wait(struct dp_worker *w, struct relay_session *s,
         return -ENOSPC;
     }
     atomic_fetch_add_explicit(&sh->queued_all, 1, memory_order_relaxed);
+    s->queue_ticket = atomic_fetch_add_explicit(&sh->q_issued[s->service_id], 1,
+                                                memory_order_relaxed);
+    if (!atomic_load_explicit(&w->q_first[s->service_id], memory_order_relaxed))
+        atomic_store_explicit(&w->q_first[s->service_id], RELAY_QUEUE_FIRST | s->queue_ticket,
+                              memory_order_relaxed);
     s->queued = 1;
     s->last_active_ms = w->now_ms; /* when it began to wait */
     s->ready_next = NULL;
@@ -1770,6 +1788,26 @@ void relay_tcp_close_backends(struct dp_worker *w, struct dp_close_set *set, uin
     relay_tcp_reap(w); /* between batches: no event or ready entry points at them any more */
 }
 
+/* True when another worker holds an older waiting client of s's service (s is the oldest of
+ * it here): the slot is that one's (its worker was kicked, or retries within
+ * RELAY_QUEUE_RETRY_MS), so that a worker where slots free does not serve its own newer
+ * clients over older ones elsewhere. */
+static int relay_queue_older_elsewhere(struct dp_worker *w, const struct relay_session *s)
+{
+    struct dp *dp = w->dp;
+    uint32_t i;
+    uint64_t v;
+
+    for (i = 0; i < dp->n_workers; i++) {
+        if (&dp->workers[i] == w)
+            continue;
+        v = atomic_load_explicit(&dp->workers[i].q_first[s->service_id], memory_order_relaxed);
+        if (v && (int32_t)((uint32_t)v - s->queue_ticket) < 0)
+            return 1;
+    }
+    return 0;
+}
+
 void relay_tcp_queue_run(struct dp_worker *w)
 {
     uint64_t blocked[DP_MAX_SERVICES / 64];
@@ -1786,6 +1824,10 @@ void relay_tcp_queue_run(struct dp_worker *w)
         sid = s->service_id;
         if (blocked[sid / 64] >> (sid % 64) & 1u)
             continue; /* an older client of its service is still waiting: FIFO */
+        if (relay_queue_older_elsewhere(w, s)) { /* so does one on another worker */
+            blocked[sid / 64] |= 1ull << (sid % 64);
+            continue;
+        }
         relay_connect_next(w, s);
         if (s->queued) /* still no slot: the service's younger waiters stay behind it */
             blocked[sid / 64] |= 1ull << (sid % 64);

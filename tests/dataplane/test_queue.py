@@ -341,3 +341,36 @@ def test_proxy_client_queues_behind_waiters(make_lb: MakeLB, servers: Servers) -
             assert recv_exact(new, 3) == b"new"
     stats = lb.svc_stats()
     assert (stats["queued_total"], stats["rejected"], stats["queue_timeouts"]) == (2, 0, 0)
+
+
+def test_older_waiter_on_another_worker_goes_first(make_lb: MakeLB, servers: Servers) -> None:
+    """The slot frees on worker 1, which holds a newer waiting client; the oldest waits on
+    worker 0. The slot is the oldest's (worker 0 is woken for it), not the newer one's that
+    happens to sit where it freed: else a worker where slots keep freeing serves its own
+    newcomers while an older client elsewhere waits out its queue_timeout."""
+    lb, _echo = queued_lb(make_lb, servers, workers=2)
+    own = [open_listeners(HOST, 1)[0], open_listeners(HOST, 1)[0]]
+    for worker, sock in enumerate(own):
+        lb.listeners[1000 + worker] = [sock]  # closed with the others, after the stop
+        lb.dp.add_listener(SVC, sock.fileno(), worker)
+    addr0, addr1 = (HOST, own[0].getsockname()[1]), (HOST, own[1].getsockname()[1])
+    with contextlib.ExitStack() as stack:
+        holder = stack.enter_context(connect(addr1))
+        holder.sendall(b"h")
+        assert recv_exact(holder, 1) == b"h"
+        for k in range(3):
+            old = stack.enter_context(connect(addr0))  # worker 0: the oldest waiter
+            old.sendall(b"old%d" % k)
+            assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
+            new = stack.enter_context(connect(addr1))  # worker 1, where the slot frees
+            new.sendall(b"new%d" % k)
+            assert wait_for(lambda: lb.svc_stats().get("queued_now") == 2, 3)
+            holder.close()
+            assert recv_exact(old, 4, timeout=2.0) == b"old%d" % k
+            assert nothing_yet(new, 0.1)
+            old.close()
+            assert recv_exact(new, 4, timeout=2.0) == b"new%d" % k
+            holder = new  # on worker 1 again: the next slot frees there too
+    assert wait_for(lambda: lb.svc_stats().get("conns_active") == 0, 3)
+    stats = lb.svc_stats()
+    assert (stats["queued_now"], stats["queued_total"], stats["queue_timeouts"]) == (0, 6, 0)
