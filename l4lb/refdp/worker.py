@@ -51,7 +51,8 @@ while clients of its service wait, every worker with waiting clients is kicked
 (Shared.kicks: a byte on its wake-up socket; itself: q_kick) and, after its batch, tries its
 waiting clients oldest first, at most one failed pick per service (FIFO per service and
 worker), skipping a service whose oldest client here is younger than another worker's oldest
-(Shared.q_issued tickets, Shared.q_first: FIFO across workers too); a worker with waiting clients also tries every QUEUE_RETRY seconds (table changes).
+(Shared.q_issued tickets, Shared.q_first: FIFO across workers too); a worker with waiting
+clients also tries every QUEUE_RETRY seconds (table changes).
 A client still waiting at queue_timeout_ms is reset (queue_timeouts, close reason
 queue_timeout). A client that gives up while it waits leaves the queue: its first event is
 peeked; a reset, or a FIN with nothing before it, ends it at once; a FIN after data may be a
