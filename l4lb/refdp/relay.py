@@ -262,6 +262,8 @@ class Session:
         self.queued = False  # waiting in its worker's queue for a backend slot (queue_timeout)
         self.queued_at = 0.0  # monotonic time it began to wait
         self.queue_ms = 0  # ms it waited, set when it left the queue; 0 = never waited
+        self.queue_ticket = 0  # while it waits: its place in its service's order across
+        #                        workers (Shared.q_issued)
         self.closed = False
 
     def connected(self, pool: PipePool) -> None:

@@ -41,6 +41,11 @@ class Shared:
     queued_all: int = 0  # sum of queued (under lock; read without it as a hint, one int)
     kicks: list[Callable[[], None]] = field(default_factory=list)  # one per worker: wake it
     #                      when it holds waiting clients (a slot was freed elsewhere)
+    q_issued: dict[int, int] = field(default_factory=dict)  # next queue ticket per service
+    #                      id (under lock): the order of waiting clients across workers
+    q_first: list[dict[int, int]] = field(default_factory=list)  # one per worker (the list
+    #                      filled before any worker starts; each dict under lock): service id
+    #                      -> ticket of that worker's oldest waiting client of it
 
     def fd_high(self, fd: int) -> bool:
         """Whether fd is at or above the descriptor ceiling (the process is nearly full)."""

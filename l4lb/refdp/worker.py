@@ -45,11 +45,14 @@ The queue (queue_timeout_ms > 0 in the service's record; the C relay's "The queu
 first pick of step 3 finds every weighted backend at its max_connections, the client waits in
 its worker's queue instead of being rejected, while fewer than max_queue clients of the service
 wait on all workers together (Shared.queued; else rejected as before); nothing is read from it.
-A new client of a service whose queue is not empty queues behind the others. When a session
-that held a backend ends (or an attempt fails), every worker with waiting clients is kicked
+A new client of a service whose queue is not empty (with accept_proxy: once its header was
+read) queues behind the others. When a session that held a backend ends (or an attempt fails)
+while clients of its service wait, every worker with waiting clients is kicked
 (Shared.kicks: a byte on its wake-up socket; itself: q_kick) and, after its batch, tries its
 waiting clients oldest first, at most one failed pick per service (FIFO per service and
-worker); a worker with waiting clients also tries every QUEUE_RETRY seconds (table changes).
+worker), skipping a service whose oldest client here is younger than another worker's oldest
+(Shared.q_issued tickets, Shared.q_first: FIFO across workers too); a worker with waiting
+clients also tries every QUEUE_RETRY seconds (table changes).
 A client still waiting at queue_timeout_ms is reset (queue_timeouts, close reason
 queue_timeout). A client that gives up while it waits leaves the queue: its first event is
 peeked; a reset, or a FIN with nothing before it, ends it at once; a FIN after data may be a
@@ -207,6 +210,9 @@ class Worker:
         #                      batch
         self.q_retry = 0.0  # monotonic time of the next try even without a kick
         shared.kicks.append(self._kick)
+        self.q_first: dict[int, int] = {}  # service id -> ticket of its oldest waiting client
+        #                                    here (under shared.lock; read by other workers)
+        shared.q_first.append(self.q_first)
         self.error: BaseException | None = None  # what killed the loop, if anything
         self.thread = threading.Thread(target=self._run, name=f"l4lb-refdp-{index}",
                                        daemon=True)
@@ -569,16 +575,24 @@ class Worker:
                          lambda: self._pin_timer(session))
                 return
             counters["proxy_direct"] += 1  # accept_proxy_from: not listed, connects directly
-        if svc.queue_timeout_ms and self.shared.queued.get(service_id) and not self.stopping:
-            # clients of this service wait already: a newcomer queues behind them (the run
-            # after this batch dispatches it at once if a slot is free)
-            if not self._queue_wait(session, svc):
-                counters["rejected"] += 1
-                self._close_session(session, reset=True, reason="rejected")
+        if self._queue_behind(session, svc):
             return
         self._connect_next(session)
 
     # --- the queue (queue_timeout) ----------------------------------------------------------
+
+    def _queue_behind(self, session: Session, svc: ServiceRec | None) -> bool:
+        """A client about to make its first pick (a new one, or one whose PROXY header was
+        just read) of a service whose clients wait already queues behind them (the run after
+        this batch dispatches it at once if a slot is free), or is refused when the queue is
+        full; True then, False when it picks as usual (the C relay's relay_queue_behind)."""
+        if (svc is None or not svc.queue_timeout_ms or self.stopping
+                or not self.shared.queued.get(session.service_id)):
+            return False
+        if not self._queue_wait(session, svc):
+            self.counters.service(session.service_id)["rejected"] += 1
+            self._close_session(session, reset=True, reason="rejected")
+        return True
 
     def _queue_wait(self, session: Session, svc: ServiceRec) -> bool:
         """Put a client whose first pick found every backend full at the tail of the queue;
@@ -588,6 +602,10 @@ class Worker:
                 return False
             add_count(self.shared.queued, session.service_id, 1)
             self.shared.queued_all += 1
+            ticket = self.shared.q_issued.get(session.service_id, 0)
+            self.shared.q_issued[session.service_id] = ticket + 1
+            session.queue_ticket = ticket
+            self.q_first.setdefault(session.service_id, ticket)
         session.queued = True
         session.queued_at = time.monotonic()
         if not self.waiting:
@@ -609,6 +627,13 @@ class Worker:
         with self.shared.lock:
             add_count(self.shared.queued, session.service_id, -1)
             self.shared.queued_all -= 1
+            sid = session.service_id
+            if self.q_first.get(sid) == session.queue_ticket:  # its service's oldest here
+                later = [s.queue_ticket for s in self.waiting if s.service_id == sid]
+                if later:
+                    self.q_first[sid] = later[0]
+                else:
+                    del self.q_first[sid]
         counters = self.counters.service(session.service_id)
         counters["queued_now"] -= 1
         counters["queue_wait_ms"] += session.queue_ms
@@ -627,6 +652,16 @@ class Worker:
         for kick in self.shared.kicks:
             if kick != self._kick:
                 kick()
+
+    def _queue_older_elsewhere(self, session: Session) -> bool:
+        """Whether another worker holds an older waiting client of the session's service (the
+        session is the oldest of it here): the slot is that one's, so that a worker where
+        slots free does not serve its own newer clients over older ones elsewhere (the C
+        relay's relay_queue_older_elsewhere)."""
+        with self.shared.lock:
+            return any(first.get(session.service_id, session.queue_ticket)
+                       < session.queue_ticket
+                       for first in self.shared.q_first if first is not self.q_first)
 
     def _queue_waiter_event(self, session: Session) -> None:
         """The client of a waiting session stirred: a reset, or a FIN with nothing before it,
@@ -664,6 +699,9 @@ class Worker:
         blocked: set[int] = set()
         for session in list(self.waiting):
             if session.closed or not session.queued or session.service_id in blocked:
+                continue
+            if self._queue_older_elsewhere(session):  # that one's worker takes the slot
+                blocked.add(session.service_id)
                 continue
             self._connect_next(session)
             if session.queued:
@@ -724,6 +762,9 @@ class Worker:
             return
         session.pin_wait = False
         session.pin_buf = b""
+        live = self.shared.table
+        if self._queue_behind(session, live.service(session.service_id) if live else None):
+            return
         self._connect_next(session)
 
     # --- connecting -------------------------------------------------------------------------
@@ -924,7 +965,7 @@ class Worker:
         self.counters.backend(bid)["conns_active"] -= 1
         with self.shared.lock:
             add_count(self.shared.sched.active, bid, -1)
-        if self.shared.queued_all:
+        if self.shared.queued.get(session.service_id):  # its own service's waiters only
             self._queue_kick()
         if session.backend is not None:
             self._register(session, BACKEND, 0)
@@ -1074,6 +1115,6 @@ class Worker:
         self.counters.service(session.service_id)["conns_active"] -= 1
         if session.backend_id >= 0:
             self.counters.backend(session.backend_id)["conns_active"] -= 1
-            if self.shared.queued_all:  # a slot was freed while clients wait
+            if self.shared.queued.get(session.service_id):  # a slot freed for its waiters
                 self._queue_kick()
 

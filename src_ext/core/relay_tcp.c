@@ -237,24 +237,30 @@
  * counts in svc_active (the service's max_connections, which never queues). A slot frees
  * where a backend is released (relay_release_backend: a session ends, an attempt fails): there
  * one relaxed load of sched_shared.queued_all, zero unless someone waits, is the whole cost
- * to services without a queue. When it is not zero the worker sets w->q_kick and writes the
- * eventfd of every other worker whose q_waiting is not zero; after its batch, a worker with
- * waiting sessions that was kicked (or woken by the eventfd, or reached q_retry_ms, every
- * RELAY_QUEUE_RETRY_MS while it holds any) runs relay_tcp_queue_run: oldest first, each
- * waiting session picks again through relay_connect_next (a first pick: same scheduler, live
- * table), and a service whose session still finds no slot is skipped for the rest of the pass,
- * so a service's waiting sessions leave a worker in arrival order. One that gets a backend
- * leaves the queue (relay_queue_leave: counts, timer, its wait in queue_ms) and connects as
- * usual. A new client of a service whose queue is not empty queues behind it without picking
- * (relay_new), and queuing a client kicks its own worker, so a slot freed between a failed pick
- * and the queuing (when nobody was there to be kicked) is found after the batch. The deadline
+ * to services without a queue. When it is not zero and clients of the session's own service
+ * wait (sched_shared.queued[service]: a backend's slot serves no other service) the worker
+ * sets w->q_kick and writes the eventfd of every other worker whose q_waiting is not zero;
+ * after its batch, a worker with waiting sessions that was kicked (or woken by the eventfd, or
+ * reached q_retry_ms, every RELAY_QUEUE_RETRY_MS while it holds any) runs relay_tcp_queue_run:
+ * oldest first, each waiting session picks again through relay_connect_next (a first pick:
+ * same scheduler, live table), and a service whose session still finds no slot is skipped
+ * for the rest of the pass, so a service's waiting sessions leave a worker in arrival order.
+ * One that gets a backend leaves the queue (relay_queue_leave: counts, timer, its wait in queue_ms)
+ * and connects as usual. A new client of a service whose queue is not empty queues behind it
+ * without picking (relay_queue_behind: from relay_new, or from relay_pin_read once a PROXY header
+ * was read), and queuing a client kicks its own worker, so a slot freed between a failed pick and
+ * the queuing (when nobody was there to be kicked) is found after the batch. The deadline
  * (relay_tcp_expire) resets it as queue_timeout; a stop resets every waiting session at once
- * (relay_tcp_queue_close_all: rejected, reason shutdown). There is no order across workers:
- * each serves its own waiting sessions oldest first, and a slot goes to the worker that picks
- * first after it frees. The record is read when a session starts to wait, so a reload that
- * changes the queue applies to new waits; a waiting session keeps its deadline and place and
- * reads the live table at each pick (a removed service ends it as no_backend). What it costs
- * is in docs/performance.md ("The queue for full backends").
+ * (relay_tcp_queue_close_all: rejected, reason shutdown). The order holds across workers: a
+ * waiting session takes a ticket of its service (sched_shared.q_issued; the union's queue_ticket)
+ * and each worker publishes the ticket of its oldest session of each service (w->q_first); a try
+ * skips a service whose oldest session here is younger than another worker's oldest
+ * (relay_queue_older_elsewhere), whose worker was kicked by the release or retries within
+ * RELAY_QUEUE_RETRY_MS. So a worker where slots keep freeing does not serve its own newcomers
+ * while an older client elsewhere waits out its deadline. The record is read when a session starts
+ * to wait, so a reload that changes the queue applies to new waits; a waiting session keeps its
+ * deadline and place and reads the live table at each pick (a removed service ends it as
+ * no_backend). What it costs is in docs/performance.md ("The queue for full backends").
  *
  * Lifetime. A session closed while handling an event may still be referenced by later events of
  * the same epoll batch or by the ready list, so closing marks it dead, closes its fds (which
@@ -465,9 +471,11 @@ static void relay_release_backend(struct dp_worker *w, struct relay_session *s)
     atomic_fetch_sub_explicit(&w->dp->shared->active[s->backend_id], 1, memory_order_relaxed);
     dp_be_add(w, s->backend_id, DP_BC_CONNS_ACTIVE, -1);
     s->backend_id = -1;
-    /* the whole cost of the queue where nobody waits: one relaxed load and a branch */
+    /* the whole cost of the queue where nobody waits: one relaxed load and a branch. A slot
+     * of this backend serves only its own service's waiting clients: no kick for the others */
     if (__builtin_expect(atomic_load_explicit(&w->dp->shared->queued_all,
-                                              memory_order_relaxed) != 0, 0))
+                                              memory_order_relaxed) != 0, 0) &&
+        atomic_load_explicit(&w->dp->shared->queued[s->service_id], memory_order_relaxed) > 0)
         relay_queue_kick(w);
 }
 
@@ -476,7 +484,16 @@ static void relay_queue_leave(struct dp_worker *w, struct relay_session *s)
 {
     struct sched_shared *sh = w->dp->shared;
     uint64_t waited = w->now_ms > s->last_active_ms ? w->now_ms - s->last_active_ms : 0;
+    uint32_t sid = s->service_id;
+    struct relay_session *n;
 
+    if (atomic_load_explicit(&w->q_first[sid], memory_order_relaxed) ==
+        (RELAY_QUEUE_FIRST | s->queue_ticket)) { /* its service's oldest here: the next one */
+        for (n = s->ready_next; n && n->service_id != sid; n = n->ready_next)
+            ;
+        atomic_store_explicit(&w->q_first[sid], n ? RELAY_QUEUE_FIRST | n->queue_ticket : 0,
+                              memory_order_relaxed);
+    }
     if (s->ready_prev)
         s->ready_prev->ready_next = s->ready_next;
     else
@@ -511,6 +528,11 @@ static int relay_queue_wait(struct dp_worker *w, struct relay_session *s,
         return -ENOSPC;
     }
     atomic_fetch_add_explicit(&sh->queued_all, 1, memory_order_relaxed);
+    s->queue_ticket = atomic_fetch_add_explicit(&sh->q_issued[s->service_id], 1,
+                                                memory_order_relaxed);
+    if (!atomic_load_explicit(&w->q_first[s->service_id], memory_order_relaxed))
+        atomic_store_explicit(&w->q_first[s->service_id], RELAY_QUEUE_FIRST | s->queue_ticket,
+                              memory_order_relaxed);
     s->queued = 1;
     s->last_active_ms = w->now_ms; /* when it began to wait */
     s->ready_next = NULL;
@@ -562,7 +584,9 @@ static void relay_log(struct dp_worker *w, const struct relay_session *s, uint32
     r->duration = now > started ? now - started : 0.0;
     r->bytes_to_backend = c2b;
     r->bytes_to_client = b2c;
-    r->queued_ms = s ? s->queue_ms : 0;
+    /* queue_ms shares its word with pin_skip: a client still owing (part of) its PROXY
+     * header never waited, whatever header bytes were left to skip */
+    r->queued_ms = s && s->pin < RELAY_PIN_WAIT ? s->queue_ms : 0;
     connlog_ring_commit(w->log_ring);
 }
 
@@ -1452,6 +1476,24 @@ local_failure:
     return -1;
 }
 
+/* A client about to make its first pick (relay_new, or relay_pin_read once its PROXY header
+ * was read) of a service (svc: live, may be NULL) whose clients wait already: it takes its
+ * place behind them rather than a slot one of them is due (the run after the batch dispatches
+ * it at once if a slot is free), or is refused when the queue is full. Returns 1 when it was
+ * queued or refused, 0 when it picks as usual. */
+static int relay_queue_behind(struct dp_worker *w, struct relay_session *s,
+                              const struct dp_service *svc)
+{
+    if (__builtin_expect(!svc || svc->queue_timeout_ms == 0, 1) || w->stopping ||
+        atomic_load_explicit(&w->dp->shared->queued[s->service_id], memory_order_relaxed) <= 0)
+        return 0;
+    if (relay_queue_wait(w, s, svc) == 0)
+        return 1;
+    dp_svc_add(w, s->service_id, DP_SC_REJECTED, 1);
+    relay_kill(w, s, 1, DP_CLOSE_REJECTED);
+    return 1;
+}
+
 /* A client of an accept_proxy service was admitted: remember the real peer, wait for its
  * header for at most timeout_ms (relay_tcp_expire). */
 static void relay_pin_start(struct dp_worker *w, struct relay_session *s, uint32_t timeout_ms)
@@ -1566,6 +1608,8 @@ static void relay_pin_read(struct dp_worker *w, struct relay_session *s, uint32_
     s->pin = s->pin == RELAY_PIN_SKIP_PROXY ? RELAY_PIN_PROXY : RELAY_PIN_LOCAL;
     ct_timer_cancel(&w->ct, &s->ct);
     s->cev = more | (events & EPOLLRDHUP); /* what relay_established pumps first */
+    if (w->table && relay_queue_behind(w, s, dp_table_service(w->table, s->service_id)))
+        return;
     relay_connect_next(w, s);
 }
 
@@ -1744,6 +1788,26 @@ void relay_tcp_close_backends(struct dp_worker *w, struct dp_close_set *set, uin
     relay_tcp_reap(w); /* between batches: no event or ready entry points at them any more */
 }
 
+/* True when another worker holds an older waiting client of s's service (s is the oldest of
+ * it here): the slot is that one's (its worker was kicked, or retries within
+ * RELAY_QUEUE_RETRY_MS), so that a worker where slots free does not serve its own newer
+ * clients over older ones elsewhere. */
+static int relay_queue_older_elsewhere(struct dp_worker *w, const struct relay_session *s)
+{
+    struct dp *dp = w->dp;
+    uint32_t i;
+    uint64_t v;
+
+    for (i = 0; i < dp->n_workers; i++) {
+        if (&dp->workers[i] == w)
+            continue;
+        v = atomic_load_explicit(&dp->workers[i].q_first[s->service_id], memory_order_relaxed);
+        if (v && (int32_t)((uint32_t)v - s->queue_ticket) < 0)
+            return 1;
+    }
+    return 0;
+}
+
 void relay_tcp_queue_run(struct dp_worker *w)
 {
     uint64_t blocked[DP_MAX_SERVICES / 64];
@@ -1760,6 +1824,10 @@ void relay_tcp_queue_run(struct dp_worker *w)
         sid = s->service_id;
         if (blocked[sid / 64] >> (sid % 64) & 1u)
             continue; /* an older client of its service is still waiting: FIFO */
+        if (relay_queue_older_elsewhere(w, s)) { /* so does one on another worker */
+            blocked[sid / 64] |= 1ull << (sid % 64);
+            continue;
+        }
         relay_connect_next(w, s);
         if (s->queued) /* still no slot: the service's younger waiters stay behind it */
             blocked[sid / 64] |= 1ull << (sid % 64);
@@ -1898,18 +1966,8 @@ static void relay_new(struct dp_worker *w, struct dp_listener *l, int fd,
         }
         relay_pin_direct(w, s);
     }
-    if (__builtin_expect(svc->queue_timeout_ms != 0, 0) &&
-        atomic_load_explicit(&w->dp->shared->queued[sid], memory_order_relaxed) > 0 &&
-        !w->stopping) {
-        /* clients of this service wait already: a newcomer takes its place behind them
-         * rather than a slot one of them is due (the run after the batch dispatches it at
-         * once if a slot is free) */
-        if (relay_queue_wait(w, s, svc) == 0)
-            return;
-        dp_svc_add(w, sid, DP_SC_REJECTED, 1);
-        relay_kill(w, s, 1, DP_CLOSE_REJECTED);
+    if (relay_queue_behind(w, s, svc))
         return;
-    }
     relay_connect_next(w, s);
 }
 

@@ -44,6 +44,7 @@
 #define RELAY_EV_UNKNOWN 0xffffffffu /* relay_established(): connected at once, no event mask */
 #define RELAY_QUEUE_RETRY_MS 50u     /* a worker with waiting clients tries its queue at least
                                         this often (table changes, a missed kick) */
+#define RELAY_QUEUE_FIRST (1ull << 32) /* dp_worker.q_first: a waiting client's ticket is set */
 
 /* Per-worker counter slots (plain single-writer counters, read with relaxed loads). */
 enum dp_svc_counter {
@@ -229,6 +230,8 @@ struct relay_session {
                                       any pick, so before any wait */
         uint32_t pin_skip;         /* RELAY_PIN_SKIP_*: header bytes (version 2 TLVs) still to
                                       discard once its addresses were read, 0 = none */
+        uint32_t queue_ticket;     /* while it waits (queued): its place in its service's
+                                      order across workers (sched_shared.q_issued) */
         uint32_t queue_ms;         /* once it left the queue: ms it waited there, 0 = never
                                       (the connection log's queued) */
     };
@@ -374,6 +377,10 @@ struct dp_worker {
     uint8_t q_kick;                /* a slot was freed (or a client queued) in this batch: try
                                       the queue after it */
     uint64_t q_retry_ms;           /* try the queue again at this time even without a kick */
+    _Atomic uint64_t q_first[DP_MAX_SERVICES]; /* shared: per service, RELAY_QUEUE_FIRST | the
+                                                  queue_ticket of this worker's oldest waiting
+                                                  client of it, 0 = none (other workers leave
+                                                  an older one its slot) */
     struct connlog_ring *log_ring; /* this worker's record ring (NULL until the log is first
                                       turned on); the worker produces, dp_closed_sessions
                                       consumes under dp->log_lock; replaced only in a command

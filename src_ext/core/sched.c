@@ -32,6 +32,7 @@ void sched_shared_init(struct sched_shared *sh)
         atomic_init(&sh->rr_next[i], 0);
         atomic_init(&sh->svc_active[i], 0);
         atomic_init(&sh->queued[i], 0);
+        atomic_init(&sh->q_issued[i], 0);
     }
     atomic_init(&sh->queued_all, 0);
     for (i = 0; i < DP_MAX_BACKENDS; i++)

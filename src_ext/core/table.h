@@ -148,6 +148,9 @@ struct sched_shared {
                                                    (relay_tcp.c, "The queue") */
     _Atomic int32_t queued_all;                 /* sum of queued[]: 0 = nobody waits, the one
                                                    load a session's end pays */
+    _Atomic uint32_t q_issued[DP_MAX_SERVICES]; /* next queue ticket per service id: the order
+                                                   of waiting clients across workers (serial
+                                                   arithmetic: it wraps) */
 };
 
 /* Scheduler state private to one worker. */

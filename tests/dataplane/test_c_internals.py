@@ -193,6 +193,39 @@ def test_blocking_or_non_listening_sockets_are_refused() -> None:
     dp.stop(0)
 
 
+def test_queue_kicks_only_for_the_service_that_waits(c_lb: MakeCLB, servers: Servers) -> None:
+    """A client of service A waits on worker 1; sessions of service B (no queue, no waiters)
+    end on worker 0. Their slots are no use to A's waiter, so worker 0 must not write worker
+    1's eventfd for them (one system call per session end, and a queue pass over there)."""
+    echo = servers.start("echo", "echo")
+    other = servers.start("other", "echo")
+    lb = c_lb([ServiceSpec(SVC, (BackendSpec("echo", HOST, echo.port, max_connections=1),),
+                           queue_timeout_ms=5000),
+               ServiceSpec(SVC + 1, (BackendSpec("other", HOST, other.port),))])
+    own = {}
+    for worker, sid in ((1, SVC), (0, SVC + 1)):
+        sock = socket.create_server((HOST, 0), backlog=64)
+        sock.setblocking(False)
+        lb.listeners[2000 + worker] = [sock]  # closed with the others, after the stop
+        lb.dp.add_listener(sid, sock.fileno(), worker)
+        own[sid] = (HOST, sock.getsockname()[1])
+    with connect(own[SVC]) as holder, connect(own[SVC]) as waiter:
+        holder.sendall(b"h")
+        assert recv_exact(holder, 1) == b"h"
+        waiter.sendall(b"w")
+        assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
+        before = lb.dp._internals()["queue_kicks"]
+        for _ in range(20):  # sessions of the other service, on worker 0
+            with connect(own[SVC + 1]) as passer:
+                passer.sendall(b"b")
+                assert recv_exact(passer, 1) == b"b"
+        assert wait_for(lambda: lb.svc_stats(SVC + 1).get("conns_active") == 0, 3)
+        assert lb.dp._internals()["queue_kicks"] == before
+        holder.close()  # a slot of the waiter's own service: worker 1 is woken for it
+        assert recv_exact(waiter, 1) == b"w"
+    assert lb.svc_stats()["queued_now"] == 0
+
+
 def test_shared_active_counts_are_exact(c_lb: MakeCLB, servers: Servers) -> None:
     """sched_shared.active/svc_active (least_conn, max_connections) follow sessions exactly
     through retries, timeouts, resets and half-closes, and return to zero."""
@@ -651,6 +684,215 @@ def test_queue_under_sanitizers(tmp_path: Any, sanitizer: str) -> None:
         ("0", "0", "0"), figures
     assert (figures["active"], figures["sessions"], figures["pipes_in_use"]) == ("0", "0", "0")
     assert (figures["sched_active"], figures["sched_svc_active"]) == ("0", "0"), figures
+
+
+# The queue churned: waiters end every way while tables, close passes and a stop go on.
+QUEUE_CHURN_C = r"""
+/* queue churn under sanitizers: waiters that time out, hang up, reset, half-close, are served;
+ * tables that drop the service, change the slots and the queue; close-by-backend passes; the
+ * connection log on and drained; a low fd ceiling; a stop while clients still wait. */
+""" + cstress.TCP_HARNESS_C + r"""
+#include <time.h>
+static atomic_int stop_clients;
+
+/* variant: 0 no service 1 (id 2), 1 one slot per backend + queue, 2 two slots + queue,
+ * 3 one slot without a queue, 4 one backend weight 0 (other full) + queue */
+static size_t blob(uint8_t *b, int variant)
+{
+    size_t total = 32 + 64 + 2 * 56;
+    int lo = echo_port[0] < echo_port[1] ? 0 : 1;
+    memset(b, 0, total);
+    memcpy(b, "L4LB", 4);
+    put16(b + 4, 3);
+    put16(b + 6, 32);
+    put32(b + 8, 1);
+    put32(b + 12, 2);
+    put32(b + 20, 7);
+    put32(b + 24, (uint32_t)total);
+    put32(b + 32, variant == 0 ? 2 : 1);
+    put32(b + 32 + 8, 300);
+    put32(b + 32 + 16, 1);
+    put32(b + 32 + 28, 2);
+    if (variant != 3) {
+        put32(b + 32 + 56, 40 + (uint32_t)variant * 20); /* queue_timeout_ms: short */
+        put32(b + 32 + 60, 6);                           /* max_queue */
+    }
+    for (int i = 0; i < 2; i++) {
+        uint8_t *r = b + 96 + 56 * i;
+        int which = i == 0 ? lo : 1 - lo;
+        put32(r, (uint32_t)which);
+        r[4] = 4;
+        put16(r + 6, (uint16_t)echo_port[which]);
+        r[8] = 127;
+        r[11] = 1;
+        put32(r + 24, variant == 4 && which == 1 ? 0 : 1);
+        put32(r + 28, variant == 2 ? 2 : 1);
+    }
+    return total;
+}
+
+static void *client_main(void *arg)
+{
+    long id = (long)arg;
+    char out[4096], in[4096];
+    for (size_t i = 0; i < sizeof out; i++)
+        out[i] = (char)(i * 7 + (size_t)id);
+    for (int round = 0; round < 400 && !atomic_load(&stop_clients); round++) {
+        int c = socket(AF_INET, SOCK_STREAM, 0), kind = (round * 7 + (int)id * 3) % 6;
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)lb_port),
+                                .sin_addr.s_addr = htonl(0x7f000001)};
+        struct timeval tv = {0, 150000};
+        struct linger lg = {1, 0};
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (connect(c, (void *)&a, sizeof a)) {
+            close(c);
+            continue;
+        }
+        switch (kind) {
+        case 0: /* FIN before any byte */
+            usleep((useconds_t)(round % 5) * 1000);
+            break;
+        case 1: /* data then RST */
+            send(c, out, 100, MSG_NOSIGNAL);
+            usleep((useconds_t)(round % 7) * 1000);
+            setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            break;
+        case 2: /* silent: waits until served or its queue_timeout */
+            (void)recv(c, in, sizeof in, 0);
+            break;
+        default: { /* data, half-close, read what comes back */
+            size_t n = 1 + (size_t)(round * 131 + id) % sizeof out;
+            send(c, out, n, MSG_NOSIGNAL);
+            if (kind == 3)
+                shutdown(c, SHUT_WR);
+            for (int k = 0; k < 4; k++)
+                if (recv(c, in, sizeof in, 0) <= 0)
+                    break;
+            if (kind == 5) {
+                setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            }
+        }
+        }
+        close(c);
+    }
+    return NULL;
+}
+
+static void *publisher_main(void *arg)
+{
+    uint8_t b[256];
+    char err[256];
+    uint64_t gen;
+    (void)arg;
+    for (int i = 0; i < 600 && !atomic_load(&stop_clients); i++) {
+        int v = i % 17 == 0 ? 0 : i % 11 == 0 ? 3 : i % 7 == 0 ? 4 : 1 + i % 2;
+        size_t len = blob(b, v);
+        if (dp_publish(g_dp, b, len, &gen, err, sizeof err)) {
+            fprintf(stderr, "publish: %s\n", err);
+            atomic_fetch_add(&bad, 1);
+        }
+        usleep(3000);
+    }
+    return NULL;
+}
+
+int main(void)
+{
+    int e0 = listen_on(0, 0), e1 = listen_on(0, 0), l0, l1;
+    pthread_t et[2], ct[6], pt;
+    uint8_t b[256];
+    char err[256];
+    uint64_t gen, closed[2];
+    uint32_t ids[2] = {0, 1};
+    struct dp_stats *st = malloc(sizeof *st);
+    struct dp_internals in;
+    size_t logged = 0;
+
+    echo_port[0] = port_of(e0);
+    echo_port[1] = port_of(e1);
+    pthread_create(&et[0], NULL, echo_main, &e0);
+    pthread_create(&et[1], NULL, echo_main, &e1);
+    if (dp_create(2, &g_dp))
+        return 3;
+    l0 = listen_on(0, 1);
+    lb_port = port_of(l0);
+    l1 = listen_on(lb_port, 1);
+    if (dp_add_listener(g_dp, 1, l0, 0) || dp_start(g_dp) || dp_add_listener(g_dp, 1, l1, 1))
+        return 4;
+    if (dp_publish(g_dp, b, blob(b, 1), &gen, err, sizeof err))
+        return 5;
+    if (dp_set_connection_log(g_dp, 1, 256))
+        return 6;
+    pthread_create(&pt, NULL, publisher_main, NULL);
+    for (long i = 0; i < 6; i++)
+        pthread_create(&ct[i], NULL, client_main, (void *)i);
+    for (int i = 0; i < 300; i++) {
+        struct dp_session_info *s;
+        struct dp_conn_record *r;
+        size_t n;
+        if (dp_sessions(g_dp, &s, &n) || dp_stats(g_dp, st) || dp_internals(g_dp, &in))
+            atomic_fetch_add(&bad, 1);
+        free(s);
+        if (dp_closed_sessions(g_dp, 1024, &r, &n) == 0) {
+            for (size_t k = 0; k < n; k++)
+                if (r[k].queued_ms > 5000) { /* nothing waits longer than 140 ms here */
+                    fprintf(stderr, "queued_ms %u reason %d\n", r[k].queued_ms, r[k].reason);
+                    atomic_fetch_add(&bad, 1);
+                }
+            logged += n;
+            free(r);
+        }
+        if (i % 10 == 5 && dp_close_backends(g_dp, ids, 2, DP_CLOSE_BACKEND_DOWN, closed))
+            atomic_fetch_add(&bad, 1);
+        if (i == 100)
+            dp_set_fd_ceiling(g_dp, (uint32_t)fcntl(0, F_DUPFD, 0) + 40);
+        if (i == 160)
+            dp_set_fd_ceiling(g_dp, 0);
+        usleep(3000);
+    }
+    /* a stop while clients still come and wait */
+    dp_stop(g_dp, 300);
+    atomic_store(&stop_clients, 1);
+    for (int i = 0; i < 6; i++)
+        pthread_join(ct[i], NULL);
+    pthread_join(pt, NULL);
+    dp_stats(g_dp, st);
+    dp_internals(g_dp, &in);
+    printf("logged=%zu active=%lld queued_now=%lld queued_total=%llu queue_timeouts=%llu "
+           "sched_active=%lld sched_svc_active=%lld sessions=%llu pipes_in_use=%lld bad=%d\n",
+           logged, (long long)st->svc[1].conns_active, (long long)st->svc[1].queued_now,
+           (unsigned long long)st->svc[1].queued_total,
+           (unsigned long long)st->svc[1].queue_timeouts, (long long)in.sched_active,
+           (long long)in.sched_svc_active, (unsigned long long)in.sessions,
+           (long long)in.pipes_in_use, atomic_load(&bad));
+    dp_destroy(g_dp);
+    free(st);
+    atomic_store(&done, 1);
+    pthread_join(et[0], NULL);
+    pthread_join(et[1], NULL);
+    close(l0);
+    close(l1);
+    close(e0);
+    close(e1);
+    return atomic_load(&bad) ? 1 : 0;
+}
+"""
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sanitizer", ["thread", "address,undefined"])
+def test_queue_churn_under_sanitizers(tmp_path: Any, sanitizer: str) -> None:
+    """Six clients that hang up before any byte, reset after data, wait silently, half-close
+    or echo, over two workers and one or two slots per backend with a short queue_timeout;
+    meanwhile tables that drop the service, change the slots, turn the queue off or leave one
+    backend without weight; close-by-backend passes; the connection log on and drained (no
+    record names an impossible wait); a low fd ceiling for a while; and a stop while clients
+    still wait. No sanitizer report, and every count back at zero."""
+    figures = cstress.run(cstress.build(tmp_path, "queue_churn", QUEUE_CHURN_C,
+                                        ["-O1", f"-fsanitize={sanitizer}"]))
+    assert int(figures["queued_total"]) > 0 and int(figures["logged"]) > 0, figures
+    assert (figures["queued_now"], figures["active"], figures["sessions"]) == ("0", "0", "0")
+    assert (figures["sched_active"], figures["sched_svc_active"]) == ("0", "0"), figures
+    assert figures["pipes_in_use"] == "0" and figures["bad"] == "0", figures
 
 
 def test_reset_reaches_a_quiet_half_closed_session() -> None:

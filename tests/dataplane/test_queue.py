@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
+
+from l4lb import proxyproto
 
 from .backends import BackendServer
 from .clients import (
@@ -292,3 +295,82 @@ def test_connection_log_names_the_wait(make_lb: MakeLB, servers: Servers) -> Non
     waited = [r for r in records if r["reason"] != "queue_timeout" and float(r["queued"]) > 0]
     assert len(waited) == 1 and float(waited[0]["queued"]) >= 0.08, records
     assert sum(1 for r in records if float(r["queued"]) == 0) == 1  # the holder never waited
+
+
+def test_log_of_a_header_cut_short_names_no_wait(make_lb: MakeLB, servers: Servers) -> None:
+    """accept_proxy: a version 2 header whose TLVs are cut short by the client's FIN never
+    waited in the queue, so its connection-log record says queued 0 (the C session keeps the
+    header bytes still to skip and the queue's wait in the same word)."""
+    lb, _echo = queued_lb(make_lb, servers)
+    lb.dp.set_accept_proxy(SVC, 2000)
+    lb.dp.set_connection_log(True, 64)
+    base = proxyproto.build(2, ("203.0.113.7", 40001), ("198.51.100.10", 443))
+    tlv = b"\xee" + struct.pack("!H", 5000) + b"t" * 5000  # an unknown type, 5003 bytes
+    header = base[:14] + struct.pack("!H", 12 + len(tlv)) + base[16:] + tlv
+    with connect(lb.addr()) as sock:
+        sock.sendall(header[:200])  # the addresses, and a few of the TLV bytes
+        sock.shutdown(socket.SHUT_WR)
+        assert closed_within(sock, 3.0) == "reset"
+    records: list[dict[str, object]] = []
+    assert wait_for(lambda: (records.extend(lb.dp.closed_sessions()), bool(records))[1], 3)
+    assert [(r["reason"], float(r["queued"])) for r in records] == [("proxy_header", 0.0)]
+    assert lb.svc_stats().get("queued_total", 0) == 0
+
+
+def test_proxy_client_queues_behind_waiters(make_lb: MakeLB, servers: Servers) -> None:
+    """accept_proxy: a client whose header completes while older clients wait queues behind
+    them, as any newcomer does, rather than taking a slot one of them is due. The slot here
+    comes from a new table (no session ends, so no kick: the waiter is due at the queue's
+    next retry, within 50 ms), and the newcomer's header arrives right after it."""
+    lb, echo = queued_lb(make_lb, servers)
+    lb.dp.set_accept_proxy(SVC, 2000)
+    header = proxyproto.build(1, ("203.0.113.7", 40001), ("198.51.100.10", 443))
+    with connect(lb.addr()) as holder, connect(lb.addr()) as old:
+        holder.sendall(header + b"holder")
+        assert recv_exact(holder, 6) == b"holder"
+        old.sendall(header + b"old")
+        assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
+        lb.publish([ServiceSpec(SVC, (BackendSpec("echo", HOST, echo.port,
+                                                  max_connections=2),),
+                                queue_timeout_ms=5000)])
+        with connect(lb.addr()) as new:
+            new.sendall(header + b"new")
+            assert recv_exact(old, 3, timeout=2.0) == b"old"  # the oldest gets the slot
+            assert nothing_yet(new)  # the newcomer waits behind it
+            old.close()
+            assert recv_exact(new, 3) == b"new"
+    stats = lb.svc_stats()
+    assert (stats["queued_total"], stats["rejected"], stats["queue_timeouts"]) == (2, 0, 0)
+
+
+def test_older_waiter_on_another_worker_goes_first(make_lb: MakeLB, servers: Servers) -> None:
+    """The slot frees on worker 1, which holds a newer waiting client; the oldest waits on
+    worker 0. The slot is the oldest's (worker 0 is woken for it), not the newer one's that
+    happens to sit where it freed: else a worker where slots keep freeing serves its own
+    newcomers while an older client elsewhere waits out its queue_timeout."""
+    lb, _echo = queued_lb(make_lb, servers, workers=2)
+    own = [open_listeners(HOST, 1)[0], open_listeners(HOST, 1)[0]]
+    for worker, sock in enumerate(own):
+        lb.listeners[1000 + worker] = [sock]  # closed with the others, after the stop
+        lb.dp.add_listener(SVC, sock.fileno(), worker)
+    addr0, addr1 = (HOST, own[0].getsockname()[1]), (HOST, own[1].getsockname()[1])
+    with contextlib.ExitStack() as stack:
+        holder = stack.enter_context(connect(addr1))
+        holder.sendall(b"h")
+        assert recv_exact(holder, 1) == b"h"
+        for k in range(3):
+            old = stack.enter_context(connect(addr0))  # worker 0: the oldest waiter
+            old.sendall(b"old%d" % k)
+            assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3)
+            new = stack.enter_context(connect(addr1))  # worker 1, where the slot frees
+            new.sendall(b"new%d" % k)
+            assert wait_for(lambda: lb.svc_stats().get("queued_now") == 2, 3)
+            holder.close()
+            assert recv_exact(old, 4, timeout=2.0) == b"old%d" % k
+            assert nothing_yet(new, 0.1)
+            old.close()
+            assert recv_exact(new, 4, timeout=2.0) == b"new%d" % k
+            holder = new  # on worker 1 again: the next slot frees there too
+    assert wait_for(lambda: lb.svc_stats().get("conns_active") == 0, 3)
+    stats = lb.svc_stats()
+    assert (stats["queued_now"], stats["queued_total"], stats["queue_timeouts"]) == (0, 6, 0)
