@@ -38,8 +38,9 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
-from l4lb.config.model import AgentSettings
+from l4lb.config.model import AgentSettings, Endpoint
 from l4lb.health.agentreply import MAX_LINE, AgentReply, scan
+from l4lb.health.checker import subject as key_subject
 from l4lb.health.dynamic import NEUTRAL, Dynamic, apply_reply
 from l4lb.health.fairslots import FairSlots
 
@@ -60,12 +61,6 @@ def _group(key: Hashable) -> Hashable:
     return key
 
 
-def _subject(key: object) -> str:
-    if isinstance(key, tuple) and len(key) == 2:
-        return f"{key[0]}/{key[1]}"
-    return str(key)
-
-
 def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timeout"
@@ -79,7 +74,8 @@ def _failure_reason(exc: BaseException) -> str:
 
 
 def format_target(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """host:port, [v6]:port for IPv6: the target as views and log lines show it."""
+    return str(Endpoint(host, port))
 
 
 class _Agent(Generic[K]):
@@ -208,7 +204,7 @@ class AgentPoller(Generic[K]):
 
     def _launch(self, agent: _Agent[K], first: bool) -> None:
         agent.task = asyncio.get_running_loop().create_task(
-            self._run(agent, first), name=f"agent {_subject(agent.key)}")
+            self._run(agent, first), name=f"agent {key_subject(agent.key)}")
 
     def _next_delay(self, agent: _Agent[K]) -> float:
         factor = 1.0 - JITTER + 2.0 * JITTER * self._rng.random()
@@ -262,7 +258,7 @@ class AgentPoller(Generic[K]):
     def _account(self, agent: _Agent[K], data: bytes, problem: str | None) -> None:
         now = time.time()
         agent.polls += 1
-        subject = f"backend {_subject(agent.key)}"
+        subject = f"backend {key_subject(agent.key)}"
         if problem is not None:
             agent.failures += 1
             agent.consecutive_failures += 1

@@ -147,7 +147,7 @@ class CheckerStats:
     stray: int = 0  # segments on the SYN probes' raw sockets that matched no probe
 
 
-def _subject(key: object) -> str:
+def subject(key: object) -> str:
     """How log lines name a checked backend: SERVICE/ADDRESS for the daemon's (service,
     address) keys, the key as text otherwise."""
     if isinstance(key, tuple) and len(key) == 2:
@@ -733,7 +733,7 @@ class HealthChecker(Generic[K]):
             if now - self._last_inconclusive_log >= _INCONCLUSIVE_LOG_EVERY:
                 self._last_inconclusive_log = now
                 log.warning("backend %s: probe of %s could not be made: %s (not counted "
-                            "against the backend)", _subject(entry.key), entry.spec, reason)
+                            "against the backend)", subject(entry.key), entry.spec, reason)
         else:
             entry.latency = latency
             if not ok:
