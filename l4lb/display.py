@@ -239,6 +239,19 @@ def panic_text(reason: str | None) -> str:
     return f"{PANIC_PREFIX}{reason}{PANIC_TAIL}"
 
 
+def queue_text(svc: dict[str, Any]) -> str:
+    """The queue line of a service (`l4lb status`, the status page): `queue 3 waiting, 120
+    queued in all, 2 timed out, mean wait 41 ms`, or "" when the service has no queue
+    (`queue_timeout` unset) and never queued anyone."""
+    c = svc.get("counters") or {}
+    if not c.get("queued_total") and not (svc.get("tcp_options") or {}).get("queue_timeout"):
+        return ""
+    done = c.get("queued_total", 0) - c.get("queued_now", 0)
+    mean = f", mean wait {c.get('queue_wait_ms', 0) / done:.0f} ms" if done else ""
+    return (f"queue {c.get('queued_now', 0)} waiting, {c.get('queued_total', 0)} queued in all, "
+            f"{c.get('queue_timeouts', 0)} timed out{mean}")
+
+
 def tcp_options_text(options: dict[str, Any]) -> str:
     """The TCP socket options of a service that differ from the defaults, for `l4lb status`:
     `congestion control cubic (clients), bbr (backends); backend fast open; defer accept`, or
@@ -376,12 +389,9 @@ def status_text(status: dict[str, Any]) -> str:
                        + (f", {c.get('proxy_direct', 0)} direct (no header expected)"
                           if c.get("proxy_direct")
                           or (svc.get("tcp_options") or {}).get("accept_proxy_from") else ""))
-            if c.get("queued_total") or (svc.get("tcp_options") or {}).get("queue_timeout"):
-                done = c.get("queued_total", 0) - c.get("queued_now", 0)
-                mean = f", mean wait {c.get('queue_wait_ms', 0) / done:.0f} ms" if done else ""
-                out.append(f"  queue {c.get('queued_now', 0)} waiting, "
-                           f"{c.get('queued_total', 0)} queued in all, "
-                           f"{c.get('queue_timeouts', 0)} timed out{mean}")
+            queue = queue_text(svc)
+            if queue:
+                out.append(f"  {queue}")
         options = (tcp_options_text(svc.get("tcp_options") or {})
                    or udp_options_text(svc.get("udp_options") or {}))
         if options:

@@ -28,6 +28,10 @@ where the health check's progress tag is: what the agent holds it at (`agent: st
 The tag's tooltip is the agent line of `l4lb status` (display.agent_note). Both come from the
 document's `agents` ({service: {address: [tag, tooltip]}}), which the script only copies.
 
+A TCP service with a queue for full backends (`queue_timeout`) gets the queue line of `l4lb
+status` under its heading (display.queue_text: waiting now, queued in all, timed out, mean
+wait); the text is the document's `queues` ({service: text}), which the script only copies.
+
 `CONTENT_SECURITY_POLICY` allows exactly the page's own style and script (by hash) and fetches
 to the same origin; the server sends it with the page.
 """
@@ -50,6 +54,7 @@ from l4lb.display import (
     check_progress,
     countdown,
     panic_text,
+    queue_text,
     uptime,
 )
 
@@ -230,6 +235,13 @@ _SCRIPT = r"""
         ((svc.tcp_options || {}).accept_proxy ? " \u00b7 PROXY header errors " +
          (c.proxy_header_errors || 0) + " \u00b7 timeouts " + (c.proxy_header_timeouts || 0) : "");
       sec.appendChild(counts);
+      var queue = own(doc.queues, svc.name);
+      if (queue) {
+        var ql = document.createElement("p");
+        ql.className = "summary queue";
+        ql.textContent = queue;
+        sec.appendChild(ql);
+      }
       if (svc.panic) {
         var panic = document.createElement("p");
         panic.className = "summary panic";
@@ -378,13 +390,24 @@ def document(status: Mapping[str, Any], health: Mapping[str, Any] | None = None,
              now: float | None = None) -> dict[str, Any]:
     """The object served at /status.json: {"time": unix time, "status": ..., "health": ...,
     "drain_left": {service: {address: "4m32s"}}, "checks": {service: {address: [progress,
-    note]}}, "agents": {service: {address: [tag, note]}}} (drain_left: only backends with a
-    deadline; checks: see checks(); agents: see agents())."""
+    note]}}, "agents": {service: {address: [tag, note]}}, "queues": {service: text}}
+    (drain_left: only backends with a deadline; checks: see checks(); agents: see agents();
+    queues: see queues())."""
     stamp = time.time() if now is None else now
     return {"time": stamp, "status": status,
             "health": dict(health) if health is not None else None,
             "drain_left": drain_left(status, stamp), "checks": checks(status, stamp),
-            "agents": agents(status, stamp)}
+            "agents": agents(status, stamp), "queues": queues(status)}
+
+
+def queues(status: Mapping[str, Any]) -> dict[str, str]:
+    """The queue line of each service that has one (display.queue_text), by service name."""
+    out: dict[str, str] = {}
+    for svc in status.get("services", []):
+        text = queue_text(dict(svc))
+        if text:
+            out[str(svc.get("name", ""))] = text
+    return out
 
 
 def drain_left(status: Mapping[str, Any], now: float) -> dict[str, dict[str, str]]:
@@ -530,6 +553,9 @@ def _service_html(svc: Mapping[str, Any], left: Mapping[str, str],
                    f"timeouts {c.get('proxy_header_timeouts', 0)}")
     panic = panic_text(svc.get("panic"))
     panic_html = f'<p class="summary panic">{esc(panic)}</p>' if panic else ""
+    queue = queue_text(dict(svc))
+    if queue:
+        panic_html = f'<p class="summary queue">{esc(queue)}</p>' + panic_html
     foot = _cells(["service total", "", "", "", "", _sessions(c, "active"), _NO_RATE,
                    _sessions(c, "total"), "", human_bytes(c.get("bytes_to_backend", 0)),
                    human_bytes(c.get("bytes_to_client", 0)), _NO_RATE, _NO_RATE, ""])

@@ -47,6 +47,10 @@ def page_url() -> Iterator[tuple[str, GrowingStatus]]:
             # beta is DOWN, one passed probe toward rise 2 (its tag), with its reason (tooltip)
             b["check"] = BETA_CHECK | {"since": status.t0, "last_probe": status.t0} \
                 if b["name"] == "<b>beta</b>" else None
+        svc = result["services"][0]  # a queue for full backends: its line under the heading
+        svc["tcp_options"] = {"queue_timeout": 5.0, "max_queue": 10}
+        svc["counters"] |= {"queued_now": 1, "queued_total": 5, "queue_timeouts": 1,
+                            "queue_wait_ms": 400}
         return result
 
     server: HttpServer = lt.run(httpserver.start("127.0.0.1:0", snapshot, refresh=1.0,
@@ -166,6 +170,9 @@ def test_script_renders_backends_states_and_rates(tmp_path: Path,
     assert unit == "MiB/s" and float(rate) == pytest.approx(BYTE_RATE / 2**20, rel=0.001)
     assert number(dom.foot[6]) == pytest.approx(CONN_RATE, rel=0.001)  # the service's rate
     assert "4 backends, 8 probes, 1 failed" in dom.text_of["health"]
+    # the queue line of `l4lb status`, drawn by the script from the document's `queues`
+    assert re.findall(r'<p class="summary queue">([^<]*)</p>', result.stdout) == [
+        "queue 1 waiting, 5 queued in all, 1 timed out, mean wait 100 ms"]
 
 
 def read_png(path: Path) -> tuple[int, int, list[bytes]]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from l4lb import statuspage
 from l4lb.config import load_text
 from l4lb.connlog import RecordError, format_record
 from l4lb.display import status_text, tcp_options_text
@@ -93,3 +94,23 @@ def test_connection_log_line_has_queued_only_for_clients_that_waited() -> None:
         format_record(base_record(queued=-1.0))
     with pytest.raises(RecordError):
         format_record(base_record(queued="soon"))
+
+
+def test_status_page_shows_the_queue_line() -> None:
+    svc = {"name": "db<1>", "protocol": "tcp", "scheduler": "least_conn",
+           "listen": ["127.0.0.1:6432"], "backends": [],
+           "tcp_options": {"queue_timeout": 10.0, "max_queue": 500},
+           "counters": {"queued_now": 2, "queued_total": 6, "queue_timeouts": 1,
+                        "queue_wait_ms": 1000}}
+    plain = {"name": "web", "protocol": "tcp", "scheduler": "maglev", "listen": [],
+             "backends": [], "counters": {"conns_total": 3}}
+    doc = {"version": "t", "pid": 1, "started": 0.0, "workers": 1,
+           "table": {"generation": 1, "digest": "d"}, "services": [svc, plain], "vrrp": []}
+    line = "queue 2 waiting, 6 queued in all, 1 timed out, mean wait 250 ms"
+    # the page script copies the document's text; the server renders the same line
+    assert statuspage.document(doc, now=0.0)["queues"] == {"db<1>": line}
+    page = statuspage.render_page(doc, now=0.0)
+    assert page.count('<p class="summary queue">') == 1
+    assert f'<p class="summary queue">{line}</p>' in page
+    # a service without queue_timeout that never queued has no line
+    assert statuspage.queues({"services": [plain]}) == {}

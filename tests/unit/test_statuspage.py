@@ -129,14 +129,14 @@ def test_embedded_json_is_the_status_document() -> None:
     assert len(data) == 1
     assert "</" not in data[0]
     assert json.loads(data[0]) == {"time": 5000.0, "status": status, "health": {"probes": 3},
-                                   "drain_left": {}, "checks": {}, "agents": {}}
+                                   "drain_left": {}, "checks": {}, "agents": {}, "queues": {}}
 
 
 def test_status_json_document() -> None:
     status = make_status()
     doc = json.loads(status_json(status, None, now=12.5))
     assert doc == {"time": 12.5, "status": status, "health": None, "drain_left": {}, "checks": {},
-                   "agents": {}}
+                   "agents": {}, "queues": {}}
 
 
 def with_deadline(deadline: float) -> dict[str, Any]:
