@@ -99,7 +99,9 @@ def skew(version: int, priority: int, interval: float) -> float:
     return skew_time_us(version, priority, round(interval * 1e6)) / 1e6
 
 
-CASES = [(2, 1.0, 100, 90, False), (2, 1.0, 90, 100, False), (3, 1.0, 100, 90, False),
+# v3 at 1 s is left out (14 s of the CI budget): v2 covers the 1 s timing with keepalived, and
+# the v3 cases its framing and centisecond intervals
+CASES = [(2, 1.0, 100, 90, False), (2, 1.0, 90, 100, False),
          (3, 0.1, 100, 90, False), (3, 0.1, 90, 100, False), (3, 0.1, 100, 90, True),
          (3, 0.1, 90, 100, True)]
 
