@@ -53,7 +53,7 @@ from l4lb import __version__, proxyproto
 from l4lb.config import ConfigError, load_file
 from l4lb.config.durations import format_duration_ms, parse_duration_ms
 from l4lb.config.locate import Locator
-from l4lb.config.model import AgentSettings, Backend, Config, Service
+from l4lb.config.model import AgentSettings, Backend, Config, Service, hostport
 from l4lb.config.validate import U32_MAX, validate
 from l4lb.connlog import ConnLogWriter, RecordError
 from l4lb.control import ControlError, ControlServer, install_loop_exception_handler
@@ -151,8 +151,7 @@ def closes_off_loop(dp_class: Any) -> bool:
 
 def _hostport(addr: Any) -> str:
     """(host, port) as "host:port", "[v6]:port" for IPv6 (sessions, the connection log)."""
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return hostport(addr[0], addr[1])
 
 
 def _reason(exc: BaseException) -> str:

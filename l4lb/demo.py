@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from l4lb.config import load_text
+from l4lb.config.model import hostport
 from l4lb.daemon import Daemon, serve
 
 log = logging.getLogger("l4lb")
@@ -118,7 +119,7 @@ def _own_command() -> str:
 
 def render_config(host: str, port: int, ports: list[int]) -> str:
     """The demo's TOML with the real backend ports filled in."""
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    listen = hostport(host, port)
     return DEMO_CONFIG.format(listen=listen, p1=ports[0], p2=ports[1], p3=ports[2])
 
 
@@ -150,7 +151,7 @@ async def run_demo(host: str, port: int, duration: float | None, show_config: bo
         daemon = Daemon(config)
         daemon.start()
         tty = sys.stdout.isatty()
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        where = hostport(host, port)
         me = _own_command()
         tries = [(f"curl -s http://{where}/", "each request names the backend that answered"),
                  (f"nc {'-6 ' if ':' in host else ''}{host} {port}",

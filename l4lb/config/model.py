@@ -31,6 +31,11 @@ SCHEDULERS: tuple[Scheduler, ...] = (
 HASH_KEYS: tuple[HashKey, ...] = ("src_ip", "src_ip_port")
 
 
+def hostport(host: str, port: int) -> str:
+    """host:port as written everywhere l4lb shows an address: "[v6]:port" for IPv6."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True, order=True)
 class Endpoint:
     """An IP address and port, e.g. `127.0.0.1:9001` or `[::1]:9001`."""
@@ -50,7 +55,7 @@ class Endpoint:
         return ipaddress.ip_address(self.host).packed
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if self.family == 6 else f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
 
 @dataclass(frozen=True)
