@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -239,7 +239,7 @@ def panic_text(reason: str | None) -> str:
     return f"{PANIC_PREFIX}{reason}{PANIC_TAIL}"
 
 
-def queue_text(svc: dict[str, Any]) -> str:
+def queue_text(svc: Mapping[str, Any]) -> str:
     """The queue line of a service (`l4lb status`, the status page): `queue 3 waiting, 120
     queued in all, 2 timed out, mean wait 41 ms`, or "" when the service has no queue
     (`queue_timeout` unset) and never queued anyone."""

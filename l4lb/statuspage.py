@@ -404,7 +404,7 @@ def queues(status: Mapping[str, Any]) -> dict[str, str]:
     """The queue line of each service that has one (display.queue_text), by service name."""
     out: dict[str, str] = {}
     for svc in status.get("services", []):
-        text = queue_text(dict(svc))
+        text = queue_text(svc)
         if text:
             out[str(svc.get("name", ""))] = text
     return out
@@ -524,7 +524,8 @@ def render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None = No
     for svc in status.get("services", []):
         name = str(svc.get("name", ""))
         parts.append(_service_html(svc, doc["drain_left"].get(name, {}),
-                                   doc["checks"].get(name, {}), doc["agents"].get(name, {})))
+                                   doc["checks"].get(name, {}), doc["agents"].get(name, {}),
+                                   doc["queues"].get(name, "")))
     parts.append("</div>")
     parts.append('<script type="application/json" id="l4lb-data">'
                  f"{_script_safe_json(doc)}</script>")
@@ -534,7 +535,8 @@ def render_page(status: Mapping[str, Any], health: Mapping[str, Any] | None = No
 
 
 def _service_html(svc: Mapping[str, Any], left: Mapping[str, str],
-                  checked: Mapping[str, list[str]], agented: Mapping[str, list[str]]) -> str:
+                  checked: Mapping[str, list[str]], agented: Mapping[str, list[str]],
+                  queue: str) -> str:
     esc = html.escape
     name = str(svc.get("name", ""))
     meta = " · ".join([str(svc.get("protocol", "")), str(svc.get("scheduler", "")),
@@ -553,15 +555,13 @@ def _service_html(svc: Mapping[str, Any], left: Mapping[str, str],
                    f"timeouts {c.get('proxy_header_timeouts', 0)}")
     panic = panic_text(svc.get("panic"))
     panic_html = f'<p class="summary panic">{esc(panic)}</p>' if panic else ""
-    queue = queue_text(dict(svc))
-    if queue:
-        panic_html = f'<p class="summary queue">{esc(queue)}</p>' + panic_html
+    queue_html = f'<p class="summary queue">{esc(queue)}</p>' if queue else ""
     foot = _cells(["service total", "", "", "", "", _sessions(c, "active"), _NO_RATE,
                    _sessions(c, "total"), "", human_bytes(c.get("bytes_to_backend", 0)),
                    human_bytes(c.get("bytes_to_client", 0)), _NO_RATE, _NO_RATE, ""])
     return (f'<section class="service" data-service="{esc(name)}">'
             f'<h2>{esc(name)} <span class="meta">{esc(meta)}</span></h2>'
-            f'<p class="summary">{esc(counts)}</p>{panic_html}'
+            f'<p class="summary">{esc(counts)}</p>{queue_html}{panic_html}'
             f'<table class="backends"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody><tfoot><tr>{foot}</tr></tfoot></table></section>")
 
