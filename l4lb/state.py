@@ -1,4 +1,4 @@
-"""Runtime state of every backend (admin state, runtime weight, drain deadlines).
+"""Runtime state of every backend (admin state, runtime weight and limit, drain deadlines).
 
 Pure: no I/O, no clock (callers pass the time). The daemon owns one `Runtime`; the control API
 and the health checker change it; after every change the daemon rebuilds and publishes the
@@ -23,6 +23,7 @@ from l4lb.config.model import Backend, Config
 AdminState = Literal["up", "drain", "maint"]
 HealthState = Literal["up", "down"]
 MAX_WEIGHT = 256
+U32_MAX = 2**32 - 1  # the forwarding table's field for max_connections
 
 
 class StateError(ValueError):
@@ -38,6 +39,10 @@ class BackendRuntime:
     name: str  # backend name (defaults to the address)
     weight: int  # current weight: from the file, or set at run time
     backup: bool  # backup backends carry traffic only while no primary is up
+    file_weight: int  # the file's weight when it was last loaded: a reload that changes it
+    #                   replaces a runtime weight, one that keeps it keeps the runtime weight
+    max_connections: int = 0  # current limit (0: none): from the file, or set at run time
+    file_max_connections: int = 0  # the file's max_connections when it was last loaded
     admin: AdminState = "up"  # up | drain (no new sessions) | maint (disabled)
     health: HealthState = "up"  # up until a health check says otherwise
 
@@ -57,7 +62,12 @@ class Runtime:
 
     @classmethod
     def from_config(cls, config: Config, previous: Runtime | None = None) -> Runtime:
-        """State for `config`; backends also present in `previous` keep their runtime state."""
+        """State for `config`; backends also present in `previous` keep their runtime state.
+
+        A runtime weight or connection limit (`l4lb weight`, `l4lb maxconn`) survives a reload
+        that leaves the file's value of that backend as it was; where the file's value changed,
+        the new file wins, as the operator edited it last (HAProxy's server-state file does the
+        same with its configured weight)."""
         rt = cls()
         for service in config.services:
             for backend in service.backends:
@@ -65,8 +75,13 @@ class Runtime:
                 old = previous.backends.get(key) if previous is not None else None
                 rt.backends[key] = BackendRuntime(
                     service=service.name, address=key[1], name=backend.name,
-                    weight=backend.weight if old is None else old.weight,
-                    backup=backend.backup,
+                    weight=(old.weight if old is not None and old.file_weight == backend.weight
+                            else backend.weight),
+                    backup=backend.backup, file_weight=backend.weight,
+                    max_connections=(old.max_connections if old is not None
+                                     and old.file_max_connections == backend.max_connections
+                                     else backend.max_connections),
+                    file_max_connections=backend.max_connections,
                     admin="up" if old is None else old.admin,
                     # a new backend starts as its health check's initial_state says, so the
                     # first table already leaves out one that must prove itself; a service
@@ -100,6 +115,13 @@ class Runtime:
             raise StateError(f"weight {weight} out of range 0..{MAX_WEIGHT}")
         b = self.find(service, backend)
         b.weight = weight
+        return b
+
+    def set_max_connections(self, service: str, backend: str, limit: int) -> BackendRuntime:
+        if not 0 <= limit <= U32_MAX:
+            raise StateError(f"max_connections {limit} out of range 0..{U32_MAX} (0: no limit)")
+        b = self.find(service, backend)
+        b.max_connections = limit
         return b
 
 
