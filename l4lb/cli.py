@@ -572,6 +572,30 @@ def weight(service: str, backend: str, weight: int, config_path: str | None,
                 weight=weight), as_json, _change_text)
 
 
+def _maxconn_text(r: dict[str, Any]) -> str:
+    limit = r["max_connections"]
+    text = (f"{r['service']}/{r['backend']}: max_connections "
+            f"{limit if limit else '0 (no limit)'}, state {r['state']} "
+            f"(table generation {r['generation']})")
+    effective = r["effective_max_connections"]
+    if effective != limit:  # only an agent's maxconn: can make it stricter
+        text += (f"\nnote: its agent's maxconn:{effective} holds it at {effective} until the "
+                 "agent says otherwise")
+    return text
+
+
+@cli.command(cls=_SignedArguments)
+@click.argument("service")
+@click.argument("backend")
+@click.argument("max_connections", metavar="N", type=click.IntRange(0, 2**32 - 1))
+@_socket_options
+def maxconn(service: str, backend: str, max_connections: int, config_path: str | None,
+            socket_path: str | None, as_json: bool) -> None:
+    """Set the connection limit N of BACKEND of SERVICE at run time (0: no limit)."""
+    _emit(_call(config_path, socket_path, "maxconn", service=service, backend=backend,
+                max_connections=max_connections), as_json, _maxconn_text)
+
+
 def _daemon_file(status: dict[str, Any]) -> str | None:
     """The file the daemon runs, as a path this process can open (None: cannot tell). The
     daemon names it as it was given to `l4lb run -c`, and as an absolute path (`config_file`);

@@ -229,6 +229,8 @@ class BackendView:
     agent: dict[str, Any] | None = None  # agent detail (AgentPoller.views), None without
     #                                      [services.agent]
     dynamic_weight: int | None = None  # weight a misc_dynamic exit status set, if any
+    max_connections: int = 0  # connection limit the live table gives it (0: none): the
+    #                           operator's (file or `l4lb maxconn`) or its agent's, the stricter
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict, in field order: dataclasses.asdict() without its recursion
@@ -395,7 +397,7 @@ class Daemon:
                     combined_health(rt.health, dyn) == "down"
                     and weights.weights.get(key, 0) == 0):
                 down.add(key)
-        blob = self.builder.build(self.config, weights.weights, down)
+        blob = self.builder.build(self.config, weights.weights, down, weights.max_connections)
         fresh = digest(blob)
         self._sync_accept_proxy(offs_only=True)  # before the table that drops their list
         if self.generation == 0 or fresh != self.digest:  # the same table again: keep the live
@@ -1343,6 +1345,8 @@ class Daemon:
                 if view.agent is not None:
                     view.agent["holds"] = agent_words(dyn)
                 view.dynamic_weight = dyn.exec_weight
+                view.max_connections = (self.weights.max_connections.get(key, 0)
+                                        if self.weights is not None else 0)
                 views.append(view)
         return views
 
@@ -1737,6 +1741,7 @@ class Daemon:
                 "sessions": self.cmd_sessions, "flows": self.cmd_flows,
                 "enable": self.cmd_enable,
                 "disable": self.cmd_disable, "drain": self.cmd_drain, "weight": self.cmd_weight,
+                "maxconn": self.cmd_maxconn,
                 "reload": self.cmd_reload, "vrrp": self.cmd_vrrp,
                 "add-backend": self.cmd_add_backend, "remove-backend": self.cmd_remove_backend,
                 "drain-status": self.cmd_drain_status, "reopen-logs": self.cmd_reopen_logs}
@@ -2264,6 +2269,20 @@ class Daemon:
                              lambda: self.runtime.set_weight(service, backend, weight))
         if self._service_config(service).scheduler == "round_robin":  # in turn, whatever
             reply["note"] = ROUND_ROBIN_NOTE
+        return reply
+
+    def cmd_maxconn(self, service: str, backend: str, max_connections: int) -> dict[str, Any]:
+        """Set the backend's connection limit at run time (0: none; HAProxy's `set maxconn
+        server`). Its agent's `maxconn:` is a second limit: the stricter one holds."""
+        what = (f"max_connections set to {max_connections}" if max_connections
+                else "max_connections set to 0 (no limit)")
+        reply = self._change(what, service, backend,
+                             lambda: self.runtime.set_max_connections(service, backend,
+                                                                      max_connections))
+        key = (service, reply["backend"])
+        reply["max_connections"] = self.runtime.backends[key].max_connections
+        reply["effective_max_connections"] = (
+            self.weights.max_connections.get(key, 0) if self.weights is not None else 0)
         return reply
 
     def _service_config(self, service: str) -> Service:

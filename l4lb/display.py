@@ -82,9 +82,10 @@ def backend_rows(backends: Sequence[dict[str, Any]],
     """Rows under BACKEND_HEADERS. A drain deadline shows in the state ("drain, 4m32s left",
     counted from `now`, default the current time); PROBE is the last probe's latency.
     ACTIVE and TOTAL count sessions: TCP connections, or the flows of a UDP backend (a backend
-    has only one kind, the other counts stay 0), so the table fits both protocols."""
+    has only one kind, the other counts stay 0), so the table fits both protocols. A backend
+    with a connection limit shows ACTIVE as `active/limit`."""
     return [[*_backend_lead(b, now),
-             _count(b, "conns_active") + _count(b, "flows_active"),
+             _of_limit(_count(b, "conns_active") + _count(b, "flows_active"), b),
              _count(b, "conns_total") + _count(b, "flows_total"),
              _count(b, "connect_failures"), human_bytes(_count(b, "bytes_to_backend")),
              human_bytes(_count(b, "bytes_to_client")), _probe(b)]
@@ -94,13 +95,21 @@ def backend_rows(backends: Sequence[dict[str, Any]],
 def udp_backend_rows(backends: Sequence[dict[str, Any]],
                      now: float | None = None) -> list[list[Any]]:
     """Rows under UDP_BACKEND_HEADERS: flows open now and ever mapped to the backend, ICMP
-    refusals (FAILS), datagrams and bytes each way, the last probe's latency."""
+    refusals (FAILS), datagrams and bytes each way, the last probe's latency. A backend with
+    a connection limit (which counts its flows) shows FLOWS as `open/limit`."""
     return [[*_backend_lead(b, now),
-             _count(b, "flows_active"), _count(b, "flows_total"), _count(b, "connect_failures"),
+             _of_limit(_count(b, "flows_active"), b), _count(b, "flows_total"),
+             _count(b, "connect_failures"),
              _count(b, "datagrams_to_backend"), _count(b, "datagrams_to_client"),
              human_bytes(_count(b, "bytes_to_backend")),
              human_bytes(_count(b, "bytes_to_client")), _probe(b)]
             for b in backends]
+
+
+def _of_limit(active: int, b: dict[str, Any]) -> int | str:
+    """`active`, or `active/limit` for a backend with a connection limit."""
+    limit = b.get("max_connections") or 0
+    return f"{active}/{limit}" if limit else active
 
 
 def backend_table(backends: Sequence[dict[str, Any]], protocol: str = "tcp",

@@ -1,4 +1,7 @@
-"""Compute every backend's effective weight from admin state, health and the pool rules.
+"""Compute every backend's effective weight and connection limit from the runtime state.
+
+Weights come from admin state, health and the pool rules; connection limits from the operator's
+(`l4lb maxconn`, else the file's) and the agent's `maxconn:`.
 
 Pure: the daemon passes the configuration, the runtime state and the time; the result feeds
 TableBuilder.build. Every service goes through l4lb.health.pool (backups, min_healthy panic,
@@ -13,7 +16,14 @@ from dataclasses import dataclass
 
 from l4lb.config.model import Config
 from l4lb.health.dampener import Health
-from l4lb.health.dynamic import NEUTRAL, Dynamic, combined_health, combined_weight, pool_admin
+from l4lb.health.dynamic import (
+    NEUTRAL,
+    Dynamic,
+    combined_health,
+    combined_max_connections,
+    combined_weight,
+    pool_admin,
+)
 from l4lb.health.pool import PoolMember, effective_weights
 from l4lb.state import Runtime, address_text
 
@@ -28,6 +38,7 @@ class Weights:
     panic: dict[str, str]  # service -> panic reason, for services in panic only
     up: dict[str, int]  # service -> UP enabled backends (both tiers; for tracking)
     next_change: float | None  # monotonic time a slow-start step is due; None = none
+    max_connections: dict[Key, int]  # every backend's connection limit (0: none), for the table
 
 
 def compute(config: Config, runtime: Runtime, now: float,
@@ -41,12 +52,14 @@ def compute(config: Config, runtime: Runtime, now: float,
     panic: dict[str, str] = {}
     up: dict[str, int] = {}
     next_change: float | None = None
+    limits: dict[Key, int] = {}
     for service in config.services:
         members = []
         for backend in service.backends:
             key = (service.name, address_text(backend))
             rt = runtime.backends[key]
             dyn = said.get(key, NEUTRAL)
+            limits[key] = combined_max_connections(rt.max_connections, dyn)
             members.append(PoolMember(
                 key=key, weight=combined_weight(rt.weight, dyn),
                 health=(Health.UP if combined_health(rt.health, dyn) == "up"
@@ -65,4 +78,5 @@ def compute(config: Config, runtime: Runtime, now: float,
         if result.next_change is not None:
             next_change = (result.next_change if next_change is None
                            else min(next_change, result.next_change))
-    return Weights(weights=weights, panic=panic, up=up, next_change=next_change)
+    return Weights(weights=weights, panic=panic, up=up, next_change=next_change,
+                   max_connections=limits)

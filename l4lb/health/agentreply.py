@@ -12,7 +12,8 @@ each category wins:
   (at most MAX_PERCENT; l4lb.health.dynamic caps the result at the table's 256);
 - an admin word, `ready`, `drain` or `maint`;
 - a health word, `up`, or `down`, `fail`, `stopped` (all three take the backend out);
-- `maxconn:N`, accepted and ignored (l4lb has no runtime per-backend connection limit);
+- `maxconn:N`, the backend's connection limit as the agent sees it (0: the agent sets none;
+  l4lb.health.dynamic combines it with the operator's, the stricter wins; at most MAX_MAXCONN);
 - `#` ends the words: the rest of the line, stripped, is the reason shown with them.
 
 A word of none of these kinds, a percentage that is not digits followed by one `%`, a line
@@ -36,13 +37,14 @@ AgentAdmin = Literal["ready", "drain", "maint"]
 AgentHealth = Literal["up", "down", "fail", "stopped"]
 
 MAX_LINE = 512  # bytes of a reply line, its end included; HAProxy reads up to its buffer size
+MAX_MAXCONN = 2**32 - 1  # larger maxconn:N count as this (the forwarding table's field)
 MAX_PERCENT = 25600  # larger percentages count as this (HAProxy's bound before the 256 cap)
 REASON_CHARS = 120  # characters of the `#` reason kept
 ADMIN_WORDS: tuple[AgentAdmin, ...] = ("ready", "drain", "maint")
 HEALTH_WORDS: tuple[AgentHealth, ...] = ("up", "down", "fail", "stopped")
 _SEPARATORS = re.compile(r"[ \t,]+")
 _PERCENT = re.compile(r"([0-9]+)%")
-_MAXCONN = re.compile(r"maxconn:[0-9]+", re.IGNORECASE)
+_MAXCONN = re.compile(r"maxconn:([0-9]+)", re.IGNORECASE)
 _SHOWN = 40  # characters of a bad word quoted in an error
 
 
@@ -54,6 +56,7 @@ class AgentReply:
     percent: int | None = None  # weight percentage, 0..MAX_PERCENT
     admin: AgentAdmin | None = None
     health: AgentHealth | None = None
+    maxconn: int | None = None  # connection limit, 0..MAX_MAXCONN (0: none from the agent)
     reason: str = ""  # text after `#`, stripped
     error: str = ""  # not "": the reply is malformed and must be ignored
 
@@ -67,6 +70,8 @@ class AgentReply:
         words: list[str] = [w for w in (self.admin, self.health) if w is not None]
         if self.percent is not None:
             words.append(f"{self.percent}%")
+        if self.maxconn is not None:
+            words.append(f"maxconn:{self.maxconn}")
         text = " ".join(words)
         if self.reason:
             text += f" (#{self.reason})" if text else f"#{self.reason}"
@@ -89,6 +94,7 @@ def parse_line(line: str) -> AgentReply:
     percent: int | None = None
     admin: AgentAdmin | None = None
     health: AgentHealth | None = None
+    maxconn: int | None = None
     for word in _SEPARATORS.split(words_part):
         if not word:
             continue
@@ -99,15 +105,16 @@ def parse_line(line: str) -> AgentReply:
             admin = ADMIN_WORDS[ADMIN_WORDS.index(lower)]
         elif (m := _PERCENT.fullmatch(word)) is not None:
             percent = min(int(m.group(1)), MAX_PERCENT)
-        elif _MAXCONN.fullmatch(word):
-            continue
+        elif (m := _MAXCONN.fullmatch(word)) is not None:
+            maxconn = min(int(m.group(1)), MAX_MAXCONN)
         elif word[:1].isdigit():
             return AgentReply(shown, error=f"bad weight {_shown(word)} (write a whole "
                                            "percentage such as 75%)")
         else:
             return AgentReply(shown, error=f"unknown word {_shown(word)}")
     text = _printable(reason.strip())[:REASON_CHARS] if sharp else ""
-    return AgentReply(shown, percent=percent, admin=admin, health=health, reason=text)
+    return AgentReply(shown, percent=percent, admin=admin, health=health, maxconn=maxconn,
+                      reason=text)
 
 
 def scan(data: bytes, closed: bool) -> AgentReply | None:

@@ -21,7 +21,10 @@ Precedence (docs/health.md, "Who decides what"):
    UP nor as missing for min_healthy, and a panic never puts it back); `down` and `fail` are
    the agent's findings of a failure, which count like a health check's DOWN (a panic may put
    the backend back, as it does for a probe's verdict).
-3. **Weight**: the base is the operator's weight (`l4lb weight`, else the file's); a
+3. **Connection limit**: the base is the operator's (`l4lb maxconn`, else the file's
+   `max_connections`); an agent's `maxconn:N` is a second limit, and the stricter one holds
+   (the smaller of those that are set; 0 sets none, so `maxconn:0` lifts only the agent's).
+4. **Weight**: the base is the operator's weight (`l4lb weight`, else the file's); a
    misc_dynamic exit status 2..255 replaces it with status - 2; an agent's percentage then
    scales it: floor(base x percent / 100), at least 1 when the percentage is above 0, at most
    MAX_WEIGHT. 0% (or a misc_dynamic weight of 0) leaves the backend out of new sessions
@@ -51,6 +54,7 @@ class Dynamic:
     admin: AgentAdmin = "ready"  # agent's admin word ("ready" until it says drain/maint)
     health: AgentHealth = "up"  # agent's health word ("up" until it says down/fail/stopped)
     reason: str = ""  # the `#` text of the agent's last reply that changed something
+    maxconn: int | None = None  # agent's connection limit (0: none); None: never said
     exec_weight: int | None = None  # misc_dynamic: exit status - 2; None: not set
 
 
@@ -68,10 +72,12 @@ def apply_reply(state: Dynamic, reply: AgentReply) -> Dynamic:
     health = reply.health if reply.health is not None else state.health
     if reply.health is None and reply.admin == "ready":
         health = "up"
-    said = reply.percent is not None or reply.admin is not None or reply.health is not None
+    maxconn = reply.maxconn if reply.maxconn is not None else state.maxconn
+    said = (reply.percent is not None or reply.admin is not None or reply.health is not None
+            or reply.maxconn is not None)
     reason = reply.reason if said else state.reason
     return Dynamic(percent=percent, admin=admin, health=health, reason=reason,
-                   exec_weight=state.exec_weight)
+                   maxconn=maxconn, exec_weight=state.exec_weight)
 
 
 def agent_admin(state: Dynamic) -> AdminState:
@@ -109,6 +115,13 @@ def combined_weight(base: int, state: Dynamic) -> int:
     return min(MAX_WEIGHT, max(1, weight * state.percent // 100))
 
 
+def combined_max_connections(base: int, state: Dynamic) -> int:
+    """The backend's connection limit: the smaller of the operator's and the agent's, where
+    0 (or an agent that never said `maxconn:`) sets none. 0: no limit."""
+    limits = [n for n in (base, state.maxconn or 0) if n > 0]
+    return min(limits) if limits else 0
+
+
 def agent_words(state: Dynamic) -> str:
     """What the agent holds the backend at, in its own words: `drain 50% (#window)`, or ""
     when it holds nothing (ready, up, no percentage)."""
@@ -119,6 +132,8 @@ def agent_words(state: Dynamic) -> str:
         words.append(state.health)
     if state.percent is not None and state.percent != 100:
         words.append(f"{state.percent}%")
+    if state.maxconn:
+        words.append(f"maxconn:{state.maxconn}")
     if not words:
         return ""
     return " ".join(words) + (f" (#{state.reason})" if state.reason else "")

@@ -215,11 +215,14 @@ class TableBuilder:
         config: Config,
         weights: Mapping[tuple[str, str], int] | None = None,
         down: Collection[tuple[str, str]] | None = None,
+        max_connections: Mapping[tuple[str, str], int] | None = None,
     ) -> bytes:
-        """Build the blob for `config` with optional effective-weight overrides and the set of
-        backends that are DOWN or in maintenance (weight 0 and flag bit 1), both keyed by
-        (service name, backend address as written) or (service name, str(endpoint))."""
+        """Build the blob for `config` with optional effective-weight overrides, the set of
+        backends that are DOWN or in maintenance (weight 0 and flag bit 1) and optional
+        connection-limit overrides (0: none), all keyed by (service name, backend address as
+        written) or (service name, str(endpoint))."""
         weights = weights or {}
+        limits = max_connections or {}
         down = down or frozenset()
         if len(config.services) > MAX_SERVICES:
             raise ValueError(f"services: {len(config.services)} is more than {MAX_SERVICES}")
@@ -259,7 +262,7 @@ class TableBuilder:
                         port=p.backend.address.port,
                         addr=p.addr,
                         weight=w,
-                        max_connections=min(p.backend.max_connections, U32_MAX),
+                        max_connections=_limit(svc.name, p, limits),
                         source_family=p.source_family,
                         source_addr=p.source_addr,
                     )
@@ -363,6 +366,15 @@ class _Prepared(NamedTuple):
     label: str  # address as written (backend_label)
     source_family: int  # 0 (no source address), SOURCE_CLIENT, or the family of source_addr
     source_addr: bytes  # 16 bytes, network order, bound before connect; 0 when none
+
+
+def _limit(service: str, p: _Prepared, limits: Mapping[tuple[str, str], int]) -> int:
+    """The backend's connection limit: its override, else the file's (0: none)."""
+    n = limits.get((service, p.label), limits.get((service, p.key), p.backend.max_connections))
+    if not isinstance(n, int) or not 0 <= n <= U32_MAX:
+        raise ValueError(f"max_connections of {service}/{p.label}: {n!r} is not in "
+                         f"0..{U32_MAX}")
+    return n
 
 
 def _effective_weights(

@@ -55,9 +55,9 @@ def test_reason_after_sharp() -> None:
     assert ok("#just a note").reason == "just a note"
 
 
-def test_maxconn_is_accepted_and_ignored() -> None:
+def test_maxconn_is_read_next_to_the_other_words() -> None:
     reply = ok("maxconn:30 75%")
-    assert reply.percent == 75 and reply.ok
+    assert (reply.percent, reply.maxconn) == (75, 30)
 
 
 def test_an_empty_line_is_valid_and_says_nothing() -> None:
