@@ -379,6 +379,10 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
                                   "Weight the table uses for new sessions (0 when not "
                                   "eligible; DOWN backends keep theirs during a panic).",
                                   labels=labels)
+    limit = GaugeMetricFamily("l4lb_backend_max_connections",
+                              "Connection limit the table gives the backend (TCP sessions or "
+                              "UDP flows; 0: none): the operator's or its agent's, the "
+                              "stricter.", labels=labels)
     backup = GaugeMetricFamily("l4lb_backend_backup", "1 if the backend is a backup.",
                                labels=labels)
     probe = GaugeMetricFamily("l4lb_backend_probe_latency_seconds",
@@ -416,11 +420,13 @@ def _backend_families(services: Sequence[Mapping[str, Any]],
             state.add_metric([*key, s], 1 if now == s else 0)
         weight.add_metric(key, b.get("weight", 0))
         effective.add_metric(key, b.get("effective_weight", 0))
+        limit.add_metric(key, b.get("max_connections", 0))
         backup.add_metric(key, 1 if b.get("backup") else 0)
         seconds = latency.get((key[0], key[1]))
         if seconds is not None:
             probe.add_metric(key, seconds)
-    yield from (conns, active, failures, shut_down, nbytes, up, state, weight, effective, backup)
+    yield from (conns, active, failures, shut_down, nbytes, up, state, weight, effective, limit,
+                backup)
     for family in (probe, since, consecutive, last, *_agent_families(services)):
         if family.samples:
             yield family

@@ -22,14 +22,14 @@ def backend(service: str, address: str, name: str, state: str, **counters: Any) 
     view = {"service": service, "address": address, "name": name, "state": state, "weight": 2,
             "effective_weight": 2 if state == "up" else 0, "backup": False, "conns_total": 0,
             "conns_active": 0, "connect_failures": 0, "bytes_to_backend": 0,
-            "bytes_to_client": 0}
+            "bytes_to_client": 0, "max_connections": 0}
     view.update(counters)
     return view
 
 
 def make_status() -> dict[str, Any]:
     web = [backend("web", "127.0.0.1:9001", "b1", "up", conns_total=11, conns_active=3,
-                   bytes_to_backend=1000, bytes_to_client=50000),
+                   bytes_to_backend=1000, bytes_to_client=50000, max_connections=30),
            backend("web", "[::1]:9002", 'odd "name"\\ with\nnewline', "drain", conns_total=5,
                    connect_failures=2, backup=True),
            backend("web", "10.0.0.3:80", "10.0.0.3:80", "down", weight=7)]
@@ -95,7 +95,7 @@ def test_every_metric_has_its_type_and_help() -> None:
         "l4lb_backend_sessions_shut_down": "counter",
         "l4lb_backend_up": "gauge", "l4lb_backend_state": "gauge",
         "l4lb_backend_weight": "gauge", "l4lb_backend_effective_weight": "gauge",
-        "l4lb_backend_backup": "gauge",
+        "l4lb_backend_max_connections": "gauge", "l4lb_backend_backup": "gauge",
     }
     assert {n: f.type for n, f in fams.items()} == want
     for fam in fams.values():
@@ -159,7 +159,7 @@ def test_backend_metrics_carry_every_view_field() -> None:
     for name in ("l4lb_backend_connections_total", "l4lb_backend_connections_active",
                  "l4lb_backend_connect_failures_total", "l4lb_backend_up",
                  "l4lb_backend_weight", "l4lb_backend_effective_weight",
-                 "l4lb_backend_backup"):
+                 "l4lb_backend_max_connections", "l4lb_backend_backup"):
         assert len(samples(fams, name)) == len(backends), name
     for b in backends:
         key = bkey(b["service"], b["address"], b["name"])
@@ -169,6 +169,7 @@ def test_backend_metrics_carry_every_view_field() -> None:
             b["connect_failures"]
         assert samples(fams, "l4lb_backend_weight")[key] == b["weight"]
         assert samples(fams, "l4lb_backend_effective_weight")[key] == b["effective_weight"]
+        assert samples(fams, "l4lb_backend_max_connections")[key] == b["max_connections"]
         assert samples(fams, "l4lb_backend_backup")[key] == (1 if b["backup"] else 0)
         assert samples(fams, "l4lb_backend_up")[key] == (1 if b["state"] == "up" else 0)
         nbytes = samples(fams, "l4lb_backend_bytes_total")
