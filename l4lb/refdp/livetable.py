@@ -14,6 +14,7 @@ import errno
 import ipaddress
 import os
 import socket
+from collections.abc import Collection
 
 from l4lb.table.blob import SOURCE_CLIENT, BackendRec, ServiceRec, Table
 from l4lb.table.hashing import flow_hash
@@ -40,11 +41,13 @@ class LiveTable:
         """The backend record at an absolute index."""
         return self.table.backends[index]
 
-    def any_weighted(self, svc: ServiceRec, client: str) -> bool:
-        """True when some backend of svc has weight > 0 (it may still be at its max) and is a
-        candidate for `client` (not transparent of the other family: client_other_family)."""
+    def any_weighted(self, svc: ServiceRec, client: str,
+                     tried: Collection[int] = ()) -> bool:
+        """True when some backend of svc has weight > 0 (it may still be at its max), is not
+        among the `tried` backend ids, and is a candidate for `client` (not transparent of the
+        other family: client_other_family)."""
         first = svc.backend_first
-        return any(self.backend(i).weight > 0
+        return any(self.backend(i).weight > 0 and self.backend(i).backend_id not in tried
                    and not client_other_family(self.sources[i], client, self.targets[i][0])
                    for i in range(first, first + svc.backend_count))
 

@@ -45,6 +45,8 @@ The queue (queue_timeout_ms > 0 in the service's record; the C relay's "The queu
 first pick of step 3 finds every weighted backend at its max_connections, the client waits in
 its worker's queue instead of being rejected, while fewer than max_queue clients of the service
 wait on all workers together (Shared.queued; else rejected as before); nothing is read from it.
+A retry after a failed connect whose untried weighted backends are all full waits again the
+same way (redispatch), its tried backends still left out; without room it ends as before.
 A new client of a service whose queue is not empty (with accept_proxy: once its header was
 read) queues behind the others. When a session that held a backend ends (or an attempt fails)
 while clients of its service wait, every worker with waiting clients is kicked
@@ -595,8 +597,10 @@ class Worker:
         return True
 
     def _queue_wait(self, session: Session, svc: ServiceRec) -> bool:
-        """Put a client whose first pick found every backend full at the tail of the queue;
-        False when max_queue clients of the service wait already (all workers)."""
+        """Put a client whose pick found every backend full at the tail of the queue (its
+        first pick, or a retry after a failed connect: redispatch, with a new deadline; its
+        next pick still leaves out what failed); False when max_queue clients of the service
+        wait already (all workers)."""
         with self.shared.lock:
             if self.shared.queued.get(session.service_id, 0) >= svc.max_queue:
                 return False
@@ -623,6 +627,7 @@ class Worker:
         """Take a waiting client out of the queue (dispatched or closed)."""
         del self.waiting[session]
         session.queued = False
+        # a client re-queued after a failed connect reports its last wait (as the C relay)
         session.queue_ms = max(0, round((time.monotonic() - session.queued_at) * 1000))
         with self.shared.lock:
             add_count(self.shared.queued, session.service_id, -1)
@@ -798,14 +803,18 @@ class Worker:
                     bid = live.backend(choice[1]).backend_id
                     add_count(self.shared.sched.active, bid, 1)
         if live is None or svc is None or choice is None:
-            if first and svc is not None and live is not None and live.any_weighted(svc, host):
-                # every weighted backend is at its max_connections: a waiting client keeps its
-                # place; a new one waits when the service has a queue with room
+            full = (svc is not None and live is not None
+                    and live.any_weighted(svc, host, session.tried_ids))
+            if full and svc is not None:
+                # every weighted backend not tried yet is at its max_connections: a waiting
+                # client keeps its place; a new one waits when the service has a queue with
+                # room, and so does one whose connect failed (redispatch)
                 if session.queued:
                     return
                 if (svc.queue_timeout_ms and not self.stopping
                         and self._queue_wait(session, svc)):
                     return
+            if full and first:
                 counters["rejected"] += 1
                 reason = "rejected"
             else:

@@ -234,7 +234,11 @@
  * and so does a FIN with nothing before it as client_closed, while a FIN after data, which may
  * be a half-close after a request, keeps it waiting: relay_queue_fin), it holds no pipe and no
  * backend socket, and it still
- * counts in svc_active (the service's max_connections, which never queues). A slot frees
+ * counts in svc_active (the service's max_connections, which never queues). A retry after a
+ * failed connect takes the same branch when every weighted backend it has not tried is full
+ * (the capacity test leaves the tried ones out: relay_was_tried), so it waits again at the
+ * tail with a new deadline, its tried ids kept, instead of ending as connect_failed; without
+ * a queue or room in it, it still ends that way. A slot frees
  * where a backend is released (relay_release_backend: a session ends, an attempt fails): there
  * one relaxed load of sched_shared.queued_all, zero unless someone waits, is the whole cost
  * to services without a queue. When it is not zero and clients of the session's own service
@@ -504,6 +508,8 @@ static void relay_queue_leave(struct dp_worker *w, struct relay_session *s)
         w->q_tail = s->ready_prev;
     s->ready_prev = s->ready_next = NULL;
     s->queued = 0;
+    /* the word held the ticket until now; a client re-queued after a failed connect reports
+     * its last wait (its first one is in the counter already) */
     s->queue_ms = waited > UINT32_MAX ? UINT32_MAX : (uint32_t)waited;
     w->q_n--;
     atomic_store_explicit(&w->q_waiting, w->q_n, memory_order_relaxed);
@@ -514,8 +520,10 @@ static void relay_queue_leave(struct dp_worker *w, struct relay_session *s)
     ct_timer_cancel(&w->ct, &s->ct);
 }
 
-/* Put a session whose first pick found every eligible backend full at the tail of the queue
- * (svc->queue_timeout_ms != 0). Returns 0, or -ENOSPC when the service's max_queue clients
+/* Put a session whose pick found every eligible backend full at the tail of the queue
+ * (svc->queue_timeout_ms != 0): its first pick, or a retry after a failed connect whose
+ * untried backends are all full (redispatch: it waits again, at the tail, with a new
+ * deadline, and its next pick still leaves out the backends that failed). Returns 0, or -ENOSPC when the service's max_queue clients
  * wait already (the caller refuses it as before: rejected). */
 static int relay_queue_wait(struct dp_worker *w, struct relay_session *s,
                             const struct dp_service *svc)
@@ -1086,6 +1094,17 @@ static uint32_t relay_tried_indexes(const struct dp_table *t, const struct dp_se
     return n;
 }
 
+/* Whether backend_id is one of the session's tried backends. */
+static int relay_was_tried(const struct relay_session *s, uint32_t backend_id)
+{
+    uint32_t i;
+
+    for (i = 0; i < s->n_tried; i++)
+        if (s->tried_ids[i] == backend_id)
+            return 1;
+    return 0;
+}
+
 /* Pick a backend (excluding the ones tried) and connect, retrying immediate failures.
  * A transparent backend of the other family than the client's is no candidate for it:
  * sched_pick, given the client's family, leaves it out (no socket, connect failure or retry;
@@ -1114,10 +1133,11 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         }
         if (sched_pick(t, svc, w->dp->shared, w->sw, hash, tried, n,
                        relay_client_family(s->ct.key.family, s->ct.key.caddr), &slot, &idx) != 0) {
-            for (k = 0; first && k < svc->backend_count; k++) {
+            for (k = 0; k < svc->backend_count; k++) {
                 const struct dp_backend *c = &t->backends[svc->backend_first + k];
-                /* a backend of the other family is no refusal of this client: not counted */
-                weighted |= c->weight > 0 &&
+                /* an untried candidate the pick left out is at its max_connections; a
+                 * backend of the other family is no refusal of this client: not counted */
+                weighted |= c->weight > 0 && !relay_was_tried(s, c->backend_id) &&
                             !relay_client_other_family(c, s->ct.key.family, s->ct.key.caddr);
             }
             break;
@@ -1158,17 +1178,21 @@ static void relay_connect_next(struct dp_worker *w, struct relay_session *s)
         if (s->failures > s->retries)
             break;
     }
-    if (first && weighted) {
-        /* every weighted backend is at its max_connections: a capacity refusal, unless the
-         * service has a queue (relay_tcp.c, "The queue"): a waiting client keeps its place,
-         * a new one waits at the tail while there is room */
+    if (weighted) {
+        /* every weighted backend not tried yet is at its max_connections: a capacity
+         * refusal, unless the service has a queue (relay_tcp.c, "The queue"): a waiting
+         * client keeps its place, a new one waits at the tail while there is room, and so
+         * does one whose connect failed (redispatch; without a queue, or with a full one,
+         * that one ends as connect_failed below, as before) */
         if (s->queued)
             return;
         if (svc && svc->queue_timeout_ms && !w->stopping && relay_queue_wait(w, s, svc) == 0)
             return;
-        dp_svc_add(w, s->service_id, DP_SC_REJECTED, 1);
-        relay_kill(w, s, 1, DP_CLOSE_REJECTED);
-        return;
+        if (first) {
+            dp_svc_add(w, s->service_id, DP_SC_REJECTED, 1);
+            relay_kill(w, s, 1, DP_CLOSE_REJECTED);
+            return;
+        }
     }
     if (first)
         dp_svc_add(w, s->service_id, DP_SC_CONNS_TOTAL, 1);

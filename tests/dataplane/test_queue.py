@@ -374,3 +374,52 @@ def test_older_waiter_on_another_worker_goes_first(make_lb: MakeLB, servers: Ser
     assert wait_for(lambda: lb.svc_stats().get("conns_active") == 0, 3)
     stats = lb.svc_stats()
     assert (stats["queued_now"], stats["queued_total"], stats["queue_timeouts"]) == (0, 6, 0)
+
+
+def test_a_failed_connect_waits_again_for_a_full_backend(make_lb: MakeLB,
+                                                        servers: Servers) -> None:
+    """Redispatch: a client whose connect failed, while every other backend is full, waits
+    in the queue again (it used to end as connect_failed) and is served by another backend
+    when a slot frees; the backend that refused it is not tried again."""
+    echo = servers.start("echo", "echo")
+    dead = servers.refusing()
+    lb = make_lb([ServiceSpec(SVC, (BackendSpec("echo", HOST, echo.port, max_connections=1),
+                                    BackendSpec("dead", HOST, dead.port)),
+                              queue_timeout_ms=5000)])
+    # the first client reaches the echo backend (directly, or after the dead one refused
+    # it) and holds its only slot
+    with hold(lb) as holder:
+        before = lb.svc_stats()
+        failures = lb.be_stats("dead").get("connect_failures", 0)
+        with connect(lb.addr()) as waiter:
+            waiter.sendall(b"w")
+            # its pick took the dead backend (the other is full), the connect was refused,
+            # and it waits for the echo backend's slot
+            assert wait_for(lambda: lb.svc_stats().get("queued_now") == 1, 3), lb.svc_stats()
+            assert lb.be_stats("dead").get("connect_failures", 0) == failures + 1
+            assert nothing_yet(waiter)
+            holder.close()
+            assert recv_exact(waiter, 1) == b"w"
+            assert lb.be_stats("dead").get("connect_failures", 0) == failures + 1
+    stats = lb.svc_stats()
+    assert stats["queued_total"] == before["queued_total"] + 1
+    assert stats["no_backend"] == before["no_backend"]
+    assert (stats["queued_now"], stats["rejected"]) == (0, 0)
+
+
+def test_without_a_queue_a_failed_connect_to_a_full_service_ends_as_before(
+        make_lb: MakeLB, servers: Servers) -> None:
+    """Without queue_timeout, the client whose connect failed while every other backend is
+    full is reset and counted as no_backend (connect_failed), as it always was."""
+    echo = servers.start("echo", "echo")
+    dead = servers.refusing()
+    lb = make_lb([ServiceSpec(SVC, (BackendSpec("echo", HOST, echo.port, max_connections=1),
+                                    BackendSpec("dead", HOST, dead.port)))])
+    with hold(lb):
+        before = lb.svc_stats()
+        # each pick takes the dead backend (the echo one is full), its connect is refused,
+        # and the retry finds nothing with room
+        assert [fate(lb.addr(), 2.0) for _ in range(3)] == ["reset"] * 3
+        assert wait_for(lambda: lb.svc_stats()["no_backend"] == before["no_backend"] + 3, 2)
+        stats = lb.svc_stats()
+        assert (stats["queued_total"], stats["rejected"]) == (0, 0)
