@@ -632,7 +632,9 @@ def _restart_key(key: str) -> str:
 def _reload_text(r: dict[str, Any], path: str) -> str:
     return (f"reloaded {path}: {r['changes']} (table generation {r['generation']})"
             + "".join(f"\nwarning: {_restart_key(k)} changed: needs a restart"
-                      for k in r["restart_needed"]))
+                      for k in r["restart_needed"])
+            + "".join(f"\nerror: {e} (not running; the next reload tries again)"
+                      for e in r.get("vrrp_errors", ())))
 
 
 @cli.command()
@@ -643,7 +645,8 @@ def reload(config_path: str | None, socket_path: str | None, as_json: bool) -> N
     The daemon re-reads the file it was started with. With -c FILE, FILE must be that file
     (-c names the daemon, through its control socket): another file is refused with exit 1;
     running another file needs a restart. An invalid file changes nothing: every error is
-    printed and the exit code is 1.
+    printed and the exit code is 1. Exit code 1 too when the reload was applied but a [[vrrp]]
+    instance it starts or changes could not start (it is named).
     """
     where = _socket_path(config_path, socket_path)
     status = _call(None, where, "status")
@@ -655,7 +658,10 @@ def reload(config_path: str | None, socket_path: str | None, as_json: bool) -> N
                    f"reload re-reads {running}; to run {config_path}, restart the daemon "
                    "with it", err=True)
         sys.exit(1)
-    _emit(_call(None, where, "reload"), as_json, lambda r: _reload_text(r, running))
+    result = _call(None, where, "reload")
+    _emit(result, as_json, lambda r: _reload_text(r, running))
+    if result.get("vrrp_errors"):  # applied, but a VRRP instance could not start
+        sys.exit(1)
 
 
 @cli.group()

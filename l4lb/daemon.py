@@ -98,7 +98,10 @@ from l4lb.table.blob import digest
 from l4lb.table.builder import TableBuilder
 from l4lb.vrrp.digestcheck import DigestCheck
 from l4lb.vrrp.group import SyncGroupRuntime
-from l4lb.vrrp.instance import VrrpInstance
+from l4lb.vrrp.instance import VrrpError, VrrpInstance
+from l4lb.vrrp.reloadplan import VrrpPlan, same_router
+from l4lb.vrrp.reloadplan import plan as vrrp_plan
+from l4lb.vrrp.settings import VrrpSettings
 from l4lb.weights import Key, Weights, compute
 
 log = logging.getLogger("l4lb")
@@ -276,6 +279,8 @@ class Daemon:
     drain_closing: set[Key] = field(default_factory=set)  # drained backends being closed
     vrrp: list[VrrpInstance] = field(default_factory=list)  # running [[vrrp]] instances
     sync_groups: list[SyncGroupRuntime] = field(default_factory=list)  # [[vrrp_sync_group]]
+    vrrp_apply: asyncio.Task[list[str]] | None = None  # a reload's VRRP changes, in progress
+    #                                                    or done (its errors)
     digest_check: DigestCheck | None = None  # compares table digests with the VRRP peers
     drains: Drains = field(default_factory=Drains)  # `drain --timeout` deadlines and their ends
     drain_timers: dict[int, asyncio.TimerHandle] = field(default_factory=dict)  # by drain id
@@ -966,11 +971,83 @@ class Daemon:
             for instance in self.vrrp:
                 instance.set_tracking(services=healthy)
 
+    def _start_vrrp_apply(self, vplan: VrrpPlan, running: tuple[VrrpSettings, ...]) -> None:
+        """Carry out a reload's VRRP plan on the loop, after any earlier one (vrrp_apply)."""
+        previous = self.vrrp_apply
+        settings = {s.name: s for s in self.config.vrrp}
+        old = {s.name: s for s in running}
+        self.vrrp_apply = asyncio.get_running_loop().create_task(
+            self._apply_vrrp(vplan, settings, old, previous))
+
+    async def _apply_vrrp(self, vplan: VrrpPlan, settings: dict[str, VrrpSettings],
+                          old: dict[str, VrrpSettings],
+                          previous: asyncio.Task[list[str]] | None) -> list[str]:
+        """Stop the removed instances, replace the changed ones and start the added ones
+        (l4lb.vrrp.reloadplan). An instance that cannot start is logged, left out of the
+        running configuration (so the next reload tries it again) and named in the result."""
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        by_name = {instance.settings.name: instance for instance in self.vrrp}
+        errors: list[str] = []
+        for name in vplan.removed:
+            instance = by_name.pop(name, None)
+            if instance is not None:
+                await instance.stop(graceful=True)
+                log.info("vrrp %s: removed by the reload", name)
+        for name in (*vplan.changed, *vplan.added):
+            current = by_name.pop(name, None)
+            resume: VrrpInstance | None = None
+            if current is not None:
+                if name in old and same_router(old[name], settings[name]):
+                    # the same router: no resignation; a master stays master (its VIPs
+                    # stay, those the new settings drop go), a backup starts as backup
+                    keep = set(settings[name].placed_vips)
+                    await current.detach(
+                        drop=[p for p in old[name].placed_vips if p not in keep])
+                    resume = current
+                else:  # another router now: leave the old one as a removed instance does
+                    await current.stop(graceful=True)
+            instance = VrrpInstance(settings[name])
+            try:
+                await instance.start(resume=resume)
+            except (VrrpError, OSError) as exc:
+                await instance.stop(graceful=False)
+                if resume is not None and resume.vips_held:  # nobody speaks for them now
+                    await VrrpInstance.release_vips(old[name])
+                log.error("vrrp %s: cannot start with the reloaded settings: %s", name, exc)
+                errors.append(f"vrrp {name}: {exc}")
+                self.config = dataclasses.replace(
+                    self.config, vrrp=tuple(s for s in self.config.vrrp if s.name != name))
+                continue
+            by_name[name] = instance
+            log.info("vrrp %s: %s by the reload (VRID %d, priority %d)", name,
+                     "changed" if current is not None else "started",
+                     settings[name].virtual_router_id, settings[name].priority)
+        order = [s.name for s in self.config.vrrp]
+        self.vrrp = [by_name[n] for n in order if n in by_name]
+        if self.weights is not None:
+            healthy = {service: up > 0 for service, up in self.weights.up.items()}
+            for instance in self.vrrp:
+                instance.set_tracking(services=healthy)
+        if self.vrrp and self.digest_check is None:
+            self.digest_check = DigestCheck(lambda: self.vrrp,
+                                            lambda: (self.generation, self.digest))
+            await self.digest_check.start()
+        elif not self.vrrp and self.digest_check is not None:
+            await self.digest_check.stop()
+            self.digest_check = None
+        return errors
+
     async def stop_vrrp(self) -> None:
         """Leave the VRRP groups gracefully: priority-0 advert, VIPs removed. Every instance
         resigns at once, before any waits for its lanes (a notify program may still run there):
         one after the other, the members of a sync group would be split between the nodes for
         as long as the first one waits."""
+        if self.vrrp_apply is not None:  # a reload's changes end first: nothing starts after
+            with contextlib.suppress(Exception):
+                await self.vrrp_apply
+            self.vrrp_apply = None
         if self.digest_check is not None:
             await self.digest_check.stop()
             self.digest_check = None
@@ -1841,14 +1918,17 @@ class Daemon:
         if self.stop_deadline is not None:
             raise ControlError(f"{what}: refused: the daemon is stopping (draining)")
 
-    def _keep_restart_only(self, new: Config) -> Config:
+    def _keep_restart_only(self, new: Config, vrrp: bool = True) -> Config:
         """`new` with what only a restart changes taken from the running configuration: the
-        RESTART_ONLY [global] keys, [metrics] listen, the [[vrrp]] instances and the
-        [[vrrp_sync_group]] tables."""
+        RESTART_ONLY [global] keys, [metrics] listen, and (`vrrp`) the [[vrrp]] instances and
+        the [[vrrp_sync_group]] tables (a reload applies those itself unless its plan says
+        they wait: l4lb.vrrp.reloadplan)."""
         keep = {k: getattr(self.config.global_, k) for k in RESTART_ONLY}
-        return dataclasses.replace(new, global_=dataclasses.replace(new.global_, **keep),
-                                   metrics_listen=self.config.metrics_listen,
-                                   vrrp=self.config.vrrp,
+        new = dataclasses.replace(new, global_=dataclasses.replace(new.global_, **keep),
+                                  metrics_listen=self.config.metrics_listen)
+        if not vrrp:
+            return new
+        return dataclasses.replace(new, vrrp=self.config.vrrp,
                                    vrrp_sync_groups=self.config.vrrp_sync_groups)
 
     def _apply_overlay(self, overlay: Overlay, what: str) -> None:
@@ -1908,8 +1988,16 @@ class Daemon:
         return {"service": service, "backend": address, "generation": self.generation,
                 "differences": overlay.differences(service)}
 
-    def cmd_reload(self) -> dict[str, Any]:
-        return self.reload()
+    async def cmd_reload(self) -> dict[str, Any]:
+        """`reload`, and (when it changes VRRP instances) wait until they are applied: the
+        reply's `vrrp_errors` names any instance that could not start."""
+        reply = self.reload()
+        task = self.vrrp_apply
+        if task is not None:
+            errors = await asyncio.shield(task)
+            if errors:
+                reply["vrrp_errors"] = errors
+        return reply
 
     def reload(self) -> dict[str, Any]:
         """Re-read the configuration file and apply the difference (SIGHUP, `l4lb reload`).
@@ -1941,11 +2029,15 @@ class Daemon:
         new = overlay.apply(new)
         diff = plan(previous, new)
         restart_needed = list(diff.restart_needed)
-        if new.vrrp != self.config.vrrp:
-            restart_needed.append("vrrp")
-        if new.vrrp_sync_groups != self.config.vrrp_sync_groups:
-            restart_needed.append("vrrp_sync_group")
-        new = self._keep_restart_only(new)
+        vplan = vrrp_plan(self.config.vrrp, new.vrrp, self.config.vrrp_sync_groups,
+                          new.vrrp_sync_groups)
+        if vplan.restart:
+            if new.vrrp != self.config.vrrp:
+                restart_needed.append("vrrp")
+            if new.vrrp_sync_groups != self.config.vrrp_sync_groups:
+                restart_needed.append("vrrp_sync_group")
+        running_vrrp = self.config.vrrp
+        new = self._keep_restart_only(new, vrrp=bool(vplan.restart))
         fresh: list[ListenerGroup] = []
         new_log = new.global_.connection_log
         fresh_log: ConnLogWriter | None = None
@@ -2017,19 +2109,22 @@ class Daemon:
             elif key == "hash_seed":
                 log.warning("reload: [global] hash_seed changed (%s -> %s): every maglev and "
                             "source_hash client is remapped", before, after)
+        waits = []  # (what changed, what stays): each VRRP part that waits for a restart
         if "vrrp" in restart_needed:
-            log.warning("reload: [[vrrp]] changed: takes effect only after a restart; "
-                        "keeping the running instances")
+            waits.append((vplan.restart if "vrrp_sync_group" not in restart_needed
+                          else "[[vrrp]] changed", "instances"))
         if "vrrp_sync_group" in restart_needed:
-            log.warning("reload: [[vrrp_sync_group]] changed: takes effect only after a "
-                        "restart; keeping the running groups")
+            waits.append(("[[vrrp_sync_group]] changed", "groups"))
+        for what, stays in waits:
+            log.warning("reload: %s: takes effect only after a restart; keeping the running "
+                        "%s", what, stays)
         summary = diff.summary()
-        if "vrrp" in restart_needed:
+        for what, stays in waits:
             summary = ("" if summary == "no change" else summary + "; ") + \
-                "[[vrrp]] changed (needs a restart; the running instances stay)"
-        if "vrrp_sync_group" in restart_needed:
-            summary = ("" if summary == "no change" else summary + "; ") + \
-                "[[vrrp_sync_group]] changed (needs a restart; the running groups stay)"
+                f"{what} (needs a restart; the running {stays} stay)"
+        if not vplan.restart and not vplan.empty:
+            summary = ("" if summary == "no change" else summary + "; ") + vplan.summary()
+            self._start_vrrp_apply(vplan, running_vrrp)
         log.info("reload: %s applied: %s", self.config.path, summary)
         return {"generation": self.generation, "digest": self.digest, "changes": summary,
                 "restart_needed": restart_needed}

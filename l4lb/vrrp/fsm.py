@@ -228,6 +228,18 @@ class VrrpFsm:
             return self._become_master("address owner (priority 255)")
         return [RemoveVips(), *self._become_backup("startup", self.config.interval_us)]
 
+    def resume_master(self, reason: str) -> list[Action]:
+        """Startup of an instance that was MASTER of the same virtual router until a reload
+        replaced its settings (l4lb.vrrp.reloadplan): MASTER at once, as the address owner
+        starts, so the VIPs never leave this node; a peer with a higher priority takes over by
+        the usual rules. In a fault, or as the address owner, it is `start()`. No effect
+        unless in INIT."""
+        if self.state is not State.INIT:
+            return []
+        if self._faults or self.priority == PRIORITY_OWNER:
+            return self.start()
+        return self._become_master(reason)
+
     def shutdown(self) -> list[Action]:
         """Shutdown event: a master resigns with a priority-0 advert and drops the VIPs."""
         if self.state is State.INIT:

@@ -46,7 +46,7 @@ import inspect
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -236,8 +236,13 @@ class VrrpInstance:
         """The current state (INIT before start and after stop)."""
         return State.INIT if self.fsm is None else self.fsm.state
 
-    async def start(self) -> None:
-        """Open the sockets, resolve the interface and begin the election (BACKUP first)."""
+    async def start(self, resume: VrrpInstance | None = None) -> None:
+        """Open the sockets, resolve the interface and begin the election (BACKUP first).
+
+        `resume`: the instance of the same virtual router these settings replace at a reload,
+        already detached (l4lb.vrrp.reloadplan); this one takes over its counters and last
+        transition, and if it was MASTER, starts MASTER at once: the state did not change, so
+        no transition is counted and no notify program runs."""
         if self._loop is not None:
             raise VrrpError(f"vrrp {self.settings.name}: already started")
         s = self.settings
@@ -270,7 +275,19 @@ class VrrpInstance:
                  "advert interval %gs", s.name, s.interface, s.virtual_router_id, s.priority,
                  s.version, "unicast to " + ", ".join(s.unicast_peers) if s.unicast_peers
                  else "multicast", self.address, s.advert_interval)
-        self._run(fsm.start())
+        if resume is not None:
+            self.counters = resume.counters
+            self.last_transition = resume.last_transition
+        if resume is None or resume.state is not State.MASTER:
+            self._run(fsm.start())
+            return
+        actions = fsm.resume_master("reload: new settings, MASTER kept")
+        if fsm.state is State.MASTER:
+            log.info("vrrp %s: MASTER kept across the reload", s.name)
+            actions = [a for a in actions if not isinstance(a, Notify)]
+        self._run(actions)
+        if fsm.state is State.MASTER:
+            self._arm_refresh(True)  # what the skipped transition would have armed
 
     async def _open(self) -> None:
         s = self.settings
@@ -349,6 +366,44 @@ class VrrpInstance:
                     log.warning("%s: still busy after %gs; abandoned", lane.name, STOP_TIMEOUT)
         await self._close()
         log.info("vrrp %s: stopped", self.settings.name)
+
+    async def detach(self, drop: Sequence[tuple[VipInterface, str]] = ()) -> None:
+        """Stop speaking for the router without leaving it, because a reload replaces these
+        settings with others for the same router (l4lb.vrrp.reloadplan): no priority-0
+        advert, no notify program, and the VIPs stay where they are, except `drop` (VIPs
+        these settings placed that the new ones do not), which are removed first if held.
+        Waits at most STOP_TIMEOUT for the VIP operations."""
+        if self._stopped:
+            return
+        if self.vips_held and drop:
+            dropped = tuple(drop)
+
+            async def remove() -> None:
+                for vip, ifname in dropped:
+                    await self._vip_op(vip, ifname, add=False)
+            self._submit_vip("remove dropped VIPs", remove)
+        self._stopped = True
+        self._cancel_timers()
+        for lane in (self._vip_lane, self._notify_lane):
+            if lane is not None and not await lane.join(STOP_TIMEOUT):
+                log.warning("%s: still busy after %gs; abandoned", lane.name, STOP_TIMEOUT)
+        await self._close()
+        log.info("vrrp %s: handing over to its new settings", self.settings.name)
+
+    @staticmethod
+    async def release_vips(settings: VrrpSettings) -> None:
+        """Remove the VIPs `settings` place, outside any instance: the way out when a
+        detached master's replacement could not start (nobody speaks for them any more)."""
+        netlink = Netlink()
+        try:
+            for vip, ifname in settings.placed_vips:
+                try:
+                    if await netlink.remove(ifname, vip):
+                        log.info("vrrp %s: removed %s from %s", settings.name, vip, ifname)
+                except VipError as exc:
+                    log.error("vrrp %s: %s", settings.name, exc)
+        finally:
+            netlink.close()
 
     async def _close(self) -> None:
         self._cancel_timers()
