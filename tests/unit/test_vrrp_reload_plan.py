@@ -6,6 +6,8 @@ tests/netns/test_vrrp_reload.py)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -86,3 +88,86 @@ def test_resume_master_in_a_fault_or_as_the_owner_is_a_start() -> None:
     actions = owner.resume_master("reload")
     assert owner.state is State.MASTER
     assert "address owner" in owner.reason and SendGarp(5) in actions
+
+
+def test_the_reload_text_names_an_instance_that_could_not_start() -> None:
+    from l4lb.cli import _reload_text
+    reply = {"changes": "vrrp: VI_2 added", "generation": 3, "restart_needed": [],
+             "vrrp_errors": ["vrrp VI_2: cannot open eth9: No such device"]}
+    assert _reload_text(reply, "/etc/l4lb.toml") == (
+        "reloaded /etc/l4lb.toml: vrrp: VI_2 added (table generation 3)\n"
+        "error: vrrp VI_2: cannot open eth9: No such device (not running; the next reload "
+        "tries again)")
+
+
+class FakeInstance:
+    """Stands in for VrrpInstance in the daemon: records what the reload does with it."""
+
+    log: ClassVar[list[str]] = []
+    fail: ClassVar[set[str]] = set()
+
+    def __init__(self, settings: VrrpSettings) -> None:
+        self.settings = settings
+        self.state = State.BACKUP
+        self.vips_held = False
+
+    async def start(self, resume: object = None) -> None:
+        if self.settings.name in self.fail:
+            from l4lb.vrrp.instance import VrrpError
+            raise VrrpError(f"vrrp {self.settings.name}: cannot open eth0: gone")
+        self.log.append(f"start {self.settings.name} resume={resume is not None}")
+
+    async def stop(self, graceful: bool = True) -> None:
+        self.log.append(f"stop {self.settings.name} graceful={graceful}")
+
+    async def detach(self, drop: object = ()) -> None:
+        self.log.append(f"detach {self.settings.name}")
+
+    def set_tracking(self, **_: object) -> None:
+        pass
+
+
+VRRP = """
+[[vrrp]]
+name = "VI_1"
+interface = "lo"
+virtual_router_id = 51
+vips = ["192.0.2.100/32"]
+"""
+
+
+def test_the_daemon_carries_out_the_plan_and_names_what_could_not_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from l4lb import daemon as daemon_module
+
+    from .test_review6_reload import free_port, make_daemon, service, write
+
+    monkeypatch.setattr(daemon_module, "VrrpInstance", FakeInstance)
+    monkeypatch.setattr(daemon_module, "DigestCheck", None)  # never needed: asserted below
+    FakeInstance.log, FakeInstance.fail = [], set()
+    body = service("web", free_port(), ["127.0.0.1:9001"])
+    path = write(tmp_path, body + VRRP)
+    daemon, _ = make_daemon(path)
+    daemon.digest_check = object()  # type: ignore[assignment]  # "already running"
+
+    async def run() -> None:
+        daemon.vrrp = [FakeInstance(s) for s in daemon.config.vrrp]  # type: ignore[misc]
+        write(tmp_path, body + VRRP.replace("VI_1", "VI_2").replace("51", "52")
+                        .replace(".100", ".101")
+                        + VRRP.replace("vips", "priority = 90\nvips"))
+        FakeInstance.fail = {"VI_2"}
+        reply = await daemon.cmd_reload()
+        assert reply["vrrp_errors"] == ["vrrp VI_2: vrrp VI_2: cannot open eth0: gone"]
+        assert "vrrp: VI_2 added, VI_1 changed" in reply["changes"]
+        assert [s.name for s in daemon.config.vrrp] == ["VI_1"]  # the next reload retries
+        assert [i.settings.name for i in daemon.vrrp] == ["VI_1"]
+        assert daemon.vrrp[0].settings.priority == 90
+        assert FakeInstance.log == ["detach VI_1", "start VI_1 resume=True",
+                                    "stop VI_2 graceful=False"]
+        FakeInstance.fail = set()
+        reply = await daemon.cmd_reload()  # the same file: VI_2 is tried again
+        assert "vrrp_errors" not in reply and reply["changes"] == "vrrp: VI_2 added"
+        assert [i.settings.name for i in daemon.vrrp] == ["VI_2", "VI_1"]
+    asyncio.run(run())
