@@ -1991,9 +1991,10 @@ class Daemon:
     async def cmd_reload(self) -> dict[str, Any]:
         """`reload`, and (when it changes VRRP instances) wait until they are applied: the
         reply's `vrrp_errors` names any instance that could not start."""
+        before = self.vrrp_apply
         reply = self.reload()
         task = self.vrrp_apply
-        if task is not None:
+        if task is not None and task is not before:  # this reload changed VRRP instances
             errors = await asyncio.shield(task)
             if errors:
                 reply["vrrp_errors"] = errors

@@ -166,8 +166,13 @@ def test_the_daemon_carries_out_the_plan_and_names_what_could_not_start(
         assert daemon.vrrp[0].settings.priority == 90
         assert FakeInstance.log == ["detach VI_1", "start VI_1 resume=True",
                                     "stop VI_2 graceful=False"]
+        text = path.read_text()
+        write(tmp_path, body + VRRP.replace("vips", "priority = 90\nvips"))
+        reply = await daemon.cmd_reload()  # no instance changes: the old errors are not news
+        assert "vrrp_errors" not in reply and reply["changes"] == "no change"
+        path.write_text(text)
         FakeInstance.fail = set()
-        reply = await daemon.cmd_reload()  # the same file: VI_2 is tried again
+        reply = await daemon.cmd_reload()  # VI_2 in the file again: it is tried again
         assert "vrrp_errors" not in reply and reply["changes"] == "vrrp: VI_2 added"
         assert [i.settings.name for i in daemon.vrrp] == ["VI_2", "VI_1"]
     asyncio.run(run())
