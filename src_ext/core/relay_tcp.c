@@ -523,8 +523,9 @@ static void relay_queue_leave(struct dp_worker *w, struct relay_session *s)
 /* Put a session whose pick found every eligible backend full at the tail of the queue
  * (svc->queue_timeout_ms != 0): its first pick, or a retry after a failed connect whose
  * untried backends are all full (redispatch: it waits again, at the tail, with a new
- * deadline, and its next pick still leaves out the backends that failed). Returns 0, or -ENOSPC when the service's max_queue clients
- * wait already (the caller refuses it as before: rejected). */
+ * deadline, and its next pick still leaves out the backends that failed). Returns 0, or
+ * -ENOSPC when the service's max_queue clients wait already (the caller refuses it as
+ * before: rejected). */
 static int relay_queue_wait(struct dp_worker *w, struct relay_session *s,
                             const struct dp_service *svc)
 {
