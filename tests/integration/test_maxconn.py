@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +16,9 @@ import pytest
 
 from .procs import child_env, free_port, l4lb_cmd, running, stop_process, wait_until
 from .test_agent_daemon import Agents
+from .test_queue_daemon import echo_port  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(90)
-
-ECHO = Path(__file__).with_name("echo_backends.py")
-
-
-@pytest.fixture
-def echo_port() -> Iterator[int]:
-    proc = subprocess.Popen([sys.executable, str(ECHO), "1"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        yield int(proc.stdout.readline())
-    finally:
-        if proc.stdin:
-            proc.stdin.close()
-        proc.wait(timeout=10)
-
 
 def cli(cfg: Path, *args: str) -> str:
     res = subprocess.run(l4lb_cmd(*args, "-c", str(cfg)), capture_output=True, text=True,
@@ -63,8 +46,8 @@ def echoed(conn: socket.socket, data: bytes) -> bool:
 
 
 @pytest.mark.parametrize("impl", ["c", "ref"])
-def test_runtime_and_agent_limits_hold_clients_in_the_queue(tmp_path: Path, echo_port: int,
-                                                            impl: str) -> None:
+def test_runtime_and_agent_limits_hold_clients_in_the_queue(
+        tmp_path: Path, echo_port: int, impl: str) -> None:  # noqa: F811
     port, agent_port = free_port(), free_port()
     backend = f"127.0.0.1:{echo_port}"
     agents = Agents([agent_port])

@@ -4,7 +4,6 @@ two combine (the stricter holds), what a reload keeps, and what reaches the forw
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -14,9 +13,7 @@ from click.testing import CliRunner
 from l4lb import cli
 from l4lb.config.model import Backend, Config, Endpoint, GlobalSettings, Service
 from l4lb.control import ControlError
-from l4lb.daemon import Daemon
 from l4lb.display import backend_table
-from l4lb.health.agent import AgentPoller
 from l4lb.health.agentreply import MAX_MAXCONN, parse_line
 from l4lb.health.dynamic import NEUTRAL, apply_reply, combined_max_connections
 from l4lb.state import U32_MAX, Runtime, StateError
@@ -25,7 +22,8 @@ from l4lb.table.builder import TableBuilder
 from l4lb.table.maglev import maglev_fill as py_fill
 from l4lb.weights import compute
 
-from .test_daemon_on_down import FakeDataplane, make_daemon, settle
+from .test_daemon_agent import says, with_agents
+from .test_daemon_on_down import FakeDataplane, make_daemon
 
 B1, B2 = "127.0.0.1:9001", "127.0.0.1:9002"
 
@@ -172,22 +170,9 @@ def test_the_command_publishes_the_limit_and_says_so(tmp_path: Path,
         daemon.cmd_maxconn("web", B1, -5)
 
 
-def with_agents(tmp_path: Path) -> tuple[Daemon, FakeDataplane, AgentPoller]:
-    daemon, dp = make_daemon(tmp_path, TEXT.replace("{agent}", "[services.agent]\nport = 9777"))
-    poller = daemon.agents = AgentPoller(daemon._on_agent_change)
-    daemon._sync_agents()
-    return daemon, dp, poller
-
-
-def says(daemon: Daemon, poller: AgentPoller, address: str, line: bytes) -> None:
-    async def go() -> None:
-        poller._account(poller._agents[("web", address)], line, None)
-        await settle(daemon)
-    asyncio.run(go())
-
-
 def test_the_agent_limit_and_the_operator_limit_the_stricter_holds(tmp_path: Path) -> None:
-    daemon, dp, poller = with_agents(tmp_path)
+    daemon, dp, poller = with_agents(tmp_path, TEXT.replace("{agent}",
+                                                           "[services.agent]\nport = 9777"))
     says(daemon, poller, B1, b"maxconn:30\n")
     says(daemon, poller, B2, b"maxconn:30\n")
     assert limits(dp) == {B1: 30, B2: 30}
