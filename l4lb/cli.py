@@ -40,6 +40,7 @@ from l4lb.display import (
 from l4lb.entry import ignore_operator_signals
 from l4lb.logs import LEVELS, flush_logs, setup_logging
 from l4lb.net.listen import ListenError
+from l4lb.table.builder import U32_MAX
 from l4lb.vrrp.instance import VrrpError
 
 log = logging.getLogger("l4lb")
@@ -587,7 +588,7 @@ def _maxconn_text(r: dict[str, Any]) -> str:
 @cli.command(cls=_SignedArguments)
 @click.argument("service")
 @click.argument("backend")
-@click.argument("max_connections", metavar="N", type=click.IntRange(0, 2**32 - 1))
+@click.argument("max_connections", metavar="N", type=click.IntRange(0, U32_MAX))
 @_socket_options
 def maxconn(service: str, backend: str, max_connections: int, config_path: str | None,
             socket_path: str | None, as_json: bool) -> None:

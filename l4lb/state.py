@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from l4lb.config.model import Backend, Config
+from l4lb.table.builder import U32_MAX  # the table's field for max_connections
 
 AdminState = Literal["up", "drain", "maint"]
 HealthState = Literal["up", "down"]
 MAX_WEIGHT = 256
-U32_MAX = 2**32 - 1  # the forwarding table's field for max_connections
 
 
 class StateError(ValueError):
